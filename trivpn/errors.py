@@ -1,0 +1,32 @@
+"""Error hierarchy shared by every layer.
+
+Two directions, as in h11/h2: a *local* error means our own caller misused a core
+(a bug, or a wrong option); a *remote* error means the peer sent something we refuse.
+Remote errors on a single packet are never fatal: the layer drops the packet and counts it.
+"""
+
+from __future__ import annotations
+
+
+class TrivpnError(Exception):
+    """Base of every error trivpn raises on purpose."""
+
+
+class ProtocolError(TrivpnError):
+    """A protocol rule was broken (see the two subclasses for who broke it)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our side misused a sans-IO core (wrong state, oversized message, ...)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes we refuse: malformed, forged, replayed or out of state."""
+
+
+class ConfigError(TrivpnError):
+    """A profile, option or pushed setting is unusable; the message is one line for the user."""
+
+
+class FatalError(TrivpnError):
+    """The session cannot continue (certificate rejected, AUTH_FAILED, HALT, ...)."""
