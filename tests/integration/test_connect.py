@@ -1,0 +1,180 @@
+"""trivpn against Debian's real openvpn 2.6 server, across network namespaces.
+
+Each case: the server runs in one namespace, `python -m trivpn connect` in the other (a
+real TUN configured from the PUSH_REPLY), pings cross the tunnel over IPv4 and IPv6 in both
+directions, then SIGINT must end the client with exit 0 within 5 s and leave no device,
+address or route behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trivpn.testing.ovpn_server import ServerOptions, client_profile
+
+pytestmark = pytest.mark.root
+
+#: Run a command with every capability dropped (no CAP_NET_ADMIN: no TUN, no routes). The
+#: uid stays 0 only so the interpreter under /root stays readable; it confers nothing else.
+UNPRIVILEGED = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"]
+
+CASES = {
+    "udp-tlscrypt-aes256gcm": (
+        ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM"),
+        "auto",
+        "AES-256-GCM",
+    ),
+    "tcp-tlsauth-chacha20": (
+        ServerOptions(proto="tcp", wrap="tls-auth", data_ciphers="CHACHA20-POLY1305"),
+        "auto",
+        "CHACHA20-POLY1305",
+    ),
+    "udp6-nowrap-aes128gcm": (
+        ServerOptions(proto="udp6", wrap="none", data_ciphers="AES-128-GCM"),
+        "auto",
+        "AES-128-GCM",
+    ),
+    "udp-tlscrypt-prf": (
+        ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM"),
+        "prf",
+        "AES-256-GCM",
+    ),
+    "udp-tlsauth-net30": (
+        ServerOptions(proto="udp", wrap="tls-auth", topology="net30"),
+        "auto",
+        "AES-256-GCM",
+    ),
+}
+
+
+def _state(ns) -> str:  # type: ignore[no-untyped-def]
+    out = []
+    for argv in (["ip", "-o", "link"], ["ip", "-o", "addr"], ["ip", "route"], ["ip", "-6", "route"]):
+        out.append(ns.run(argv).stdout)
+    return "\n".join(out)
+
+
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """Read the client's stdout until a line containing `needle` (bounded in time)."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = ""
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read()
+        if chunk:
+            buf += chunk
+            *done, buf = buf.split("\n")
+            lines.extend(done)
+            if any(needle in ln for ln in done):
+                return lines
+        elif proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no {needle!r} from trivpn within {timeout}s; output so far:\n" + "\n".join(lines + [buf]))
+
+
+def _tun_addresses(ns) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    v4 = ns.run(["ip", "-o", "-4", "addr", "show", "scope", "global"]).stdout
+    v6 = ns.run(["ip", "-o", "-6", "addr", "show", "scope", "global"]).stdout
+    a4 = [ln.split()[3].split("/")[0] for ln in v4.splitlines() if "10.202." in ln]
+    a6 = [ln.split()[3].split("/")[0] for ln in v6.splitlines() if "fd00:202:" in ln]
+    assert a4 and a6, f"tunnel addresses missing:\n{v4}\n{v6}"
+    return a4[0], a6[0]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts, kd, cipher = CASES[case]
+    server = openvpn_server(opts)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host))
+    before = _state(netns.client)
+    proc = netns.client.popen(
+        [sys.executable, "-m", "trivpn", "connect", str(profile), "--key-derivation", kd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = _wait_for_line(proc, "tunnel up", 30)
+        up = next(ln for ln in lines if "tunnel up" in ln)
+        assert cipher in up
+        assert ("tls1-prf" if kd == "prf" else "tls-ekm") in up
+        assert any("TLS ok" in ln and "trivpn-test-server" in ln for ln in lines)
+        v4, v6 = _tun_addresses(netns.client)
+        for target in (server.tunnel_v4, server.tunnel_v6):
+            r = netns.client.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", target], check=False)
+            assert r.returncode == 0, f"client→{target} failed:\n{r.stdout}{r.stderr}\n{server.log_text()[-3000:]}"
+        for target in (v4, v6):
+            r = netns.server.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", target], check=False)
+            assert r.returncode == 0, f"server→{target} failed:\n{r.stdout}{r.stderr}"
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=5)
+        rest = proc.stdout.read() if proc.stdout else ""
+        assert rc == 0, f"exit code {rc}:\n{rest}"
+        assert "Traceback" not in rest
+        assert _state(netns.client) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_trivpn_ping_needs_no_root_and_no_tun(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt")
+    server = openvpn_server(opts)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host))
+    before = _state(netns.client)
+    unpriv = UNPRIVILEGED
+    for target in (server.tunnel_v4, server.tunnel_v6):
+        r = netns.client.run(
+            [*unpriv, sys.executable, "-m", "trivpn", "ping", str(profile), target, "-c", "3", "-i", "0.2"],
+            check=False,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "3 packets transmitted, 3 received" in r.stdout, r.stdout
+        assert f"bytes from {target}: icmp_seq=1" in r.stdout
+    assert _state(netns.client) == before  # no TUN, no address, no route
+
+
+def test_untrusted_server_certificate_is_one_clear_line(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt")
+    server = openvpn_server(opts)
+    text = client_profile(pki, opts, server.remote_host)
+    text = text.replace(pki.ca_cert.strip(), pki.other_ca_cert.strip())
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(text)
+    r = netns.client.run(
+        [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "1"],
+        check=False,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and "certificate" in errors[0], r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_connect_without_root_says_so_in_one_line(pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt")
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, "127.0.0.1"))
+    r = subprocess.run(
+        [*UNPRIVILEGED, sys.executable, "-m", "trivpn", "connect", str(profile)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1, r.stderr
+    assert "root" in errors[0] and "trivpn ping" in errors[0]

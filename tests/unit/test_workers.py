@@ -1,0 +1,117 @@
+"""The workers manager: one failure cancels every layer; cleanups always run."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trivpn.workers.driver import CoreTimer, Outbox
+from trivpn.workers.manager import ServiceFailed, WorkersManager, primary_error
+
+
+async def test_failure_in_one_service_cancels_the_others_and_cleans_up() -> None:
+    cleaned: list[str] = []
+    cancelled: list[str] = []
+    manager = WorkersManager()
+    manager.add_cleanup(lambda: cleaned.append("tun"))
+    manager.add_cleanup(lambda: cleaned.append("routes"))
+
+    async def forever(name: str) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.append(name)
+
+    async def broken() -> None:
+        await trio.sleep(0.01)
+        raise ValueError("boom")
+
+    async def setup(m: WorkersManager) -> None:
+        m.start_service("a", forever, "a")
+        m.start_service("b", forever, "b")
+        m.start_service("datachannel", broken)
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await manager.run(setup)
+    err = info.value.exceptions[0]
+    assert isinstance(err, ServiceFailed) and err.service == "datachannel"
+    assert isinstance(primary_error(info.value), ValueError)
+    assert sorted(cancelled) == ["a", "b"]
+    assert cleaned == ["routes", "tun"]  # newest first
+
+
+async def test_graceful_stop_runs_exit_hooks_then_cancels() -> None:
+    order: list[str] = []
+    manager = WorkersManager(exit_grace=1.0)
+
+    async def hook() -> None:
+        order.append("exit-notify")
+
+    manager.add_exit_hook(hook)
+    manager.add_cleanup(lambda: order.append("cleanup"))
+
+    async def setup(m: WorkersManager) -> None:
+        m.start_service("idle", trio.sleep_forever)
+        m.request_stop("test")
+
+    with trio.fail_after(5):
+        await manager.run(setup)
+    assert order == ["exit-notify", "cleanup"]
+    assert manager.stop_reason == "test"
+
+
+async def test_a_hanging_exit_hook_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    manager = WorkersManager(exit_grace=0.5)
+
+    async def hangs() -> None:
+        await trio.sleep_forever()
+
+    manager.add_exit_hook(hangs)
+
+    async def setup(m: WorkersManager) -> None:
+        m.start_service("idle", trio.sleep_forever)
+        m.request_stop()
+
+    start = trio.current_time()
+    await manager.run(setup)
+    assert trio.current_time() - start == pytest.approx(0.5)
+
+
+async def test_core_timer_fires_at_deadline_and_rereads_when_poked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deadline = [10.0]
+    fired: list[float] = []
+    timer = CoreTimer()
+
+    async def on_fire() -> None:
+        fired.append(trio.current_time())
+        deadline[0] = 1e9
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer.run, lambda: deadline[0], on_fire)
+        await trio.sleep(1)
+        deadline[0] = 3.0
+        timer.poke()
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert fired == [pytest.approx(3.0)]
+
+
+async def test_outbox_keeps_order_between_concurrent_flushers() -> None:
+    send, recv = trio.open_memory_channel[list[int]](0)
+    box: Outbox[int] = Outbox(send)
+    counter = iter(range(100))
+
+    async def flusher() -> None:
+        for _ in range(10):
+            await box.flush(lambda: [next(counter)])
+
+    got: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher)
+        nursery.start_soon(flusher)
+        for _ in range(20):
+            got.extend(await recv.receive())
+    assert got == sorted(got)

@@ -1,0 +1,1 @@
+"""controlchannel: control packet codec, tls-auth/tls-crypt wrapping and the control-channel service."""

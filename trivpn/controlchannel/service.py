@@ -1,0 +1,74 @@
+"""The control-channel service: TLS bytes ⇄ reliable P_CONTROL_V1 messages.
+
+Down, it cuts the TLS ciphertext into payloads that keep every control packet within
+OpenVPN's control-channel MTU (a peer drops larger ones). Up, it hands the payloads of
+in-order P_CONTROL_V1 messages to the TLS session of their key id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from trivpn.controlchannel.packet import CONTROL_SEND_ACK_MAX, SESSION_ID_LEN, Opcode
+from trivpn.messages import Ciphertext, ReliableMessage, ResetComplete
+
+log = logging.getLogger("trivpn.controlchannel")
+
+#: OpenVPN's default `tls-mtu` (TLS_MTU_DEFAULT): the whole control packet incl. IP/UDP.
+TLS_MTU_DEFAULT = 1250
+
+
+def control_payload_size(wrap_overhead: int, *, ipv6: bool, tls_mtu: int = TLS_MTU_DEFAULT) -> int:
+    """Largest TLS payload per control packet, computed the way OpenVPN sizes its own."""
+    fixed = 1 + SESSION_ID_LEN + (1 + 4 * CONTROL_SEND_ACK_MAX + SESSION_ID_LEN) + 4
+    ip_overhead = 48 if ipv6 else 28
+    return min(2048, tls_mtu) - fixed - wrap_overhead - ip_overhead
+
+
+def chunk_ciphertext(key_id: int, data: bytes, size: int) -> list[ReliableMessage]:
+    return [
+        ReliableMessage(key_id, Opcode.CONTROL_V1, data[i : i + size])
+        for i in range(0, len(data), size)
+    ]
+
+
+async def run_controlchannel(
+    *,
+    from_rel: trio.MemoryReceiveChannel[list[object]],
+    to_rel: trio.MemorySendChannel[list[ReliableMessage]],
+    to_tls: trio.MemorySendChannel[list[object]],
+    from_tls: trio.MemoryReceiveChannel[list[Ciphertext]],
+    payload_size: int,
+) -> None:
+    async def up() -> None:
+        async with from_rel, to_tls:
+            async for batch in from_rel:
+                out: list[object] = []
+                for item in batch:
+                    if isinstance(item, ResetComplete):
+                        out.append(item)
+                    elif isinstance(item, ReliableMessage):
+                        if item.opcode == Opcode.CONTROL_V1:
+                            if item.payload:
+                                out.append(Ciphertext(item.key_id, item.payload))
+                        elif item.opcode == Opcode.CONTROL_SOFT_RESET_V1:
+                            log.warning(
+                                "the server started a key renegotiation (key id %d), which this "
+                                "version does not support yet", item.key_id
+                            )
+                if out:
+                    await to_tls.send(out)
+
+    async with to_rel:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(up)
+            async with from_tls:
+                async for batch in from_tls:
+                    msgs: list[ReliableMessage] = []
+                    for ct in batch:
+                        msgs.extend(chunk_ciphertext(ct.key_id, ct.data, payload_size))
+                    if msgs:
+                        await to_rel.send(msgs)
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,1 @@
+"""datachannel: data-channel crypto (AEAD), replay protection, keepalive and its service."""

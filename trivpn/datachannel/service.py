@@ -1,0 +1,135 @@
+"""The data-channel service: encrypts TUN batches down, decrypts network batches up.
+
+This is the hot path. Each task handles a whole batch per wake-up (one `encrypt`/`decrypt`
+call, one channel send), encrypted packets go straight to networkio, and the core keeps no
+per-packet Python objects beyond the packets themselves. A third task handles keys,
+keepalive pings and the ping-restart deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from trivpn.datachannel.core import Compression, DataChannel
+from trivpn.errors import FatalError
+from trivpn.messages import InstallKey, SendExitNotify
+from trivpn.workers.driver import CoreTimer
+
+log = logging.getLogger("trivpn.datachannel")
+
+_COMPRESSION = {
+    None: Compression.NONE,
+    "lzo-no": Compression.LZO_NO,
+    "stub": Compression.STUB,
+    "stub-v2": Compression.STUB_V2,
+}
+
+
+class PingRestart(FatalError):
+    """Nothing authentic came from the server for `ping-restart` seconds."""
+
+
+class DataService:
+    def __init__(
+        self,
+        *,
+        from_mux: trio.MemoryReceiveChannel[list[bytes]],
+        from_tun: trio.MemoryReceiveChannel[list[bytes]],
+        control: trio.MemoryReceiveChannel[list[object]],
+        to_tun: trio.MemorySendChannel[list[bytes]],
+        to_net: trio.MemorySendChannel[list[bytes]],
+        is_server: bool = False,
+    ) -> None:
+        self.core: DataChannel | None = None
+        self._from_mux = from_mux
+        self._from_tun = from_tun
+        self._control = control
+        self._to_tun = to_tun
+        self._to_net = to_net
+        self._is_server = is_server
+        self._timer = CoreTimer()
+        self.ping_restart = 0.0
+        self.dropped_before_key = 0
+
+    def _deadline(self) -> float | None:
+        core = self.core
+        if core is None:
+            return None
+        t = core.get_timer()
+        if self.ping_restart > 0:
+            pr = core.last_received + self.ping_restart
+            t = pr if t is None else min(t, pr)
+        return t
+
+    async def _on_timer(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        now = trio.current_time()
+        if self.ping_restart > 0 and now >= core.last_received + self.ping_restart:
+            raise PingRestart(
+                f"no packet from the server for {self.ping_restart:g} s (ping-restart)"
+            )
+        core.handle_timer(now)
+        pings = core.packets_to_send(now)
+        if pings:
+            await self._to_net.send(pings)
+
+    async def _up(self) -> None:
+        async with self._from_mux, self._to_tun:
+            async for batch in self._from_mux:
+                core = self.core
+                if core is None:
+                    self.dropped_before_key += len(batch)
+                    continue
+                packets = core.decrypt(batch, trio.current_time())
+                if packets:
+                    await self._to_tun.send(packets)
+                if core.peer_exited:
+                    raise FatalError("the server is shutting down (it sent an exit notification)")
+
+    async def _down(self) -> None:
+        async with self._from_tun:
+            async for batch in self._from_tun:
+                core = self.core
+                if core is None:
+                    self.dropped_before_key += len(batch)
+                    continue
+                await self._to_net.send(core.encrypt(batch, trio.current_time()))
+
+    async def _control_loop(self) -> None:
+        async with self._control:
+            async for batch in self._control:
+                now = trio.current_time()
+                for item in batch:
+                    if isinstance(item, InstallKey):
+                        if self.core is None:
+                            self.core = DataChannel(
+                                cipher=item.cipher,
+                                is_server=self._is_server,
+                                peer_id=item.peer_id,
+                                compression=_COMPRESSION.get(item.compression, Compression.NONE),
+                                ping_interval=item.ping_interval,
+                            )
+                            self.ping_restart = item.ping_restart
+                        self.core.install_key(item.key_id, item.key2, now)
+                        self.core.last_received = now
+                    elif isinstance(item, SendExitNotify) and self.core is not None:
+                        await self._to_net.send(
+                            [self.core.exit_packet(now) for _ in range(item.count)]
+                        )
+                self._timer.poke()
+
+    async def run(self) -> None:
+        async with self._to_net:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._up)
+                nursery.start_soon(self._control_loop)
+                nursery.start_soon(self._timer.run, self._deadline, self._on_timer)
+                await self._down()
+                nursery.cancel_scope.cancel()
+
+
+__all__ = ["DataService", "PingRestart"]

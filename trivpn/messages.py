@@ -1,0 +1,77 @@
+"""Typed items that travel on the memory channels between layers.
+
+Channels carry lists of these (batches). Data-plane channels carry plain `list[bytes]`
+instead, so the hot path allocates nothing per packet beyond the packet itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ResetComplete:
+    """The hard-reset exchange finished: both session ids are known (muxer → up)."""
+
+    local_session_id: bytes
+    remote_session_id: bytes
+    #: early-negotiation TLVs the server put in its reset (empty normally)
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlOut:
+    """Control packets ready to be framed for one key id (reliable → muxer)."""
+
+    key_id: int
+    packets: list[Any]  # list[reliabletransport.OutgoingPacket]
+
+
+@dataclass(frozen=True, slots=True)
+class ReliableMessage:
+    """One reliable control message, in order (reliable ⇄ controlchannel)."""
+
+    key_id: int
+    opcode: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ciphertext:
+    """TLS bytes for one key id (controlchannel ⇄ tlssession)."""
+
+    key_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InstallKey:
+    """Data-channel keys for one key id (tlssession → datachannel)."""
+
+    key_id: int
+    key2: bytes
+    cipher: str
+    peer_id: int | None
+    compression: str | None
+    ping_interval: float
+    ping_restart: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SendExitNotify:
+    """Ask the data channel to send OCC EXIT (explicit-exit-notify without cc-exit)."""
+
+    count: int = 1
+
+
+@dataclass(slots=True)
+class TunnelUp:
+    """The tunnel carries traffic: pushed settings applied and keys installed."""
+
+    settings: Any  # profile.push.PushedSettings
+    cipher: str
+    key_derivation: str
+    peer_subject: str
+    tls_version: str
+    extra: dict[str, Any] = field(default_factory=dict)

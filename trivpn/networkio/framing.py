@@ -1,0 +1,66 @@
+"""TCP stream framing: every OpenVPN packet is preceded by a uint16 big-endian length.
+
+The framer is sans-IO and incremental: feed it whatever `recv` returned and it hands back
+every complete packet, keeping the tail for the next call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from trivpn.errors import RemoteProtocolError
+
+#: Smallest frame that can hold an OpenVPN packet (an opcode byte and a session id).
+MIN_FRAME = 1
+#: The length prefix is 16 bits, so nothing larger can be framed.
+MAX_FRAME = 0xFFFF
+
+
+class TCPFramer:
+    """Splits a byte stream into length-prefixed packets."""
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add stream bytes; return every packet completed by them.
+
+        A zero length or one above `max_frame` can never be resynchronised on a stream, so it
+        raises RemoteProtocolError and the connection must be dropped.
+        """
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if length < MIN_FRAME or length > self.max_frame:
+                raise RemoteProtocolError(f"invalid TCP frame length {length}")
+            if n - pos - 2 < length:
+                break
+            out.append(bytes(buf[pos + 2 : pos + 2 + length]))
+            pos += 2 + length
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered towards an incomplete frame."""
+        return len(self._buf)
+
+
+def frame_packets(packets: Iterable[bytes]) -> bytes:
+    """Concatenate packets with their length prefixes, ready for one `send_all`."""
+    out = bytearray()
+    for p in packets:
+        n = len(p)
+        if n < MIN_FRAME or n > MAX_FRAME:
+            raise ValueError(f"cannot frame a packet of {n} bytes")
+        out += n.to_bytes(2, "big")
+        out += p
+    return bytes(out)

@@ -1,0 +1,252 @@
+"""UDP and TCP transports that move *batches* of OpenVPN packets.
+
+Why not trio's socket methods directly: every `await sock.recv()` is a checkpoint, and a
+checkpoint per datagram is what makes a naive Python tunnel slow. Here the socket is a plain
+non-blocking stdlib socket; we wait for readability once with trio, then drain it with plain
+`recv` calls until it would block (or the batch is full). Sending works the same way: plain
+`send` until the kernel pushes back, and only then `wait_writable`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from trivpn.errors import TrivpnError
+from trivpn.networkio.framing import TCPFramer, frame_packets
+
+#: Upper bound on packets returned by one `recv_batch` (keeps latency and memory bounded).
+MAX_BATCH = 64
+#: Socket buffers large enough for a burst of full-size datagrams.
+SOCKET_BUFFER = 4 * 1024 * 1024
+_RECV_SIZE = 65536
+_TCP_RECV_SIZE = 256 * 1024
+
+Reporter = Callable[[str], None]
+
+
+class TransportError(TrivpnError):
+    """The transport can no longer carry packets (peer closed TCP, socket error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A resolved remote: what we connect to and how."""
+
+    host: str
+    port: int
+    proto: str  # "udp" | "tcp"
+    family: socket.AddressFamily
+    sockaddr: tuple[str, int] | tuple[str, int, int, int]
+
+    @property
+    def address(self) -> str:
+        return str(self.sockaddr[0])
+
+    def describe(self) -> str:
+        addr = self.address
+        shown = f"[{addr}]" if ":" in addr else addr
+        return f"{shown}:{self.sockaddr[1]} ({self.proto}{'6' if self.family == socket.AF_INET6 else '4'})"
+
+
+def _family_for(proto: str) -> int:
+    if proto.endswith("6"):
+        return socket.AF_INET6
+    if proto.endswith("4"):
+        return socket.AF_INET
+    return socket.AF_UNSPEC
+
+
+async def resolve(host: str, port: int, proto: str) -> list[Endpoint]:
+    """Every address of `host` usable with `proto` (udp/udp4/udp6/tcp/tcp4/tcp6), in resolver order."""
+    kind = "tcp" if proto.startswith("tcp") else "udp"
+    socktype = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, _family_for(proto), socktype)
+    except socket.gaierror as exc:
+        raise TransportError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    out: list[Endpoint] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ep = Endpoint(host, port, kind, socket.AddressFamily(family), sockaddr)  # type: ignore[arg-type]
+        if ep not in out:
+            out.append(ep)
+    if not out:
+        raise TransportError(f"{host!r} has no address usable with {proto}")
+    return out
+
+
+class _SocketTransport:
+    """Shared non-blocking plumbing; subclasses define framing."""
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.rx_packets = 0
+        self.tx_packets = 0
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.closed = False
+
+    @property
+    def proto(self) -> str:
+        return self.endpoint.proto
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+class UDPTransport(_SocketTransport):
+    """One OpenVPN packet per datagram, on a connected UDP socket."""
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint, report: Reporter | None = None) -> None:
+        super().__init__(sock, endpoint)
+        self._report = report
+        self.refused = 0
+
+    async def recv_batch(self) -> list[bytes]:
+        sock = self.sock
+        recv = sock.recv
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            batch: list[bytes] = []
+            try:
+                while len(batch) < MAX_BATCH:
+                    batch.append(recv(_RECV_SIZE))
+            except BlockingIOError:
+                pass
+            except ConnectionRefusedError:
+                # ICMP port unreachable: the server is not (yet) listening. Transient for UDP.
+                self.refused += 1
+                if self._report is not None:
+                    self._report(f"{self.endpoint.describe()}: connection refused (ICMP), still trying")
+            except OSError as exc:
+                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    if self._report is not None:
+                        self._report(f"{self.endpoint.describe()}: {exc.strerror}, still trying")
+                else:
+                    raise TransportError(f"UDP receive failed: {exc.strerror}") from None
+            if batch:
+                self.rx_packets += len(batch)
+                return batch
+
+    async def send_batch(self, packets: Sequence[bytes]) -> None:
+        sock = self.sock
+        send = sock.send
+        for p in packets:
+            while True:
+                try:
+                    send(p)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except ConnectionRefusedError:
+                    self.refused += 1
+                    break  # reported by the receive side; the datagram is simply lost
+                except OSError as exc:
+                    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
+                        break
+                    raise TransportError(f"UDP send failed: {exc.strerror}") from None
+        self.tx_packets += len(packets)
+
+
+class TCPTransport(_SocketTransport):
+    """Packets with uint16 length prefixes on a TCP stream."""
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint) -> None:
+        super().__init__(sock, endpoint)
+        self._framer = TCPFramer()
+
+    async def recv_batch(self) -> list[bytes]:
+        sock = self.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            packets: list[bytes] = []
+            eof = False
+            try:
+                for _ in range(8):
+                    data = sock.recv(_TCP_RECV_SIZE)
+                    if not data:
+                        eof = True
+                        break
+                    self.rx_bytes += len(data)
+                    packets.extend(self._framer.feed(data))
+                    if len(packets) >= MAX_BATCH:
+                        break
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise TransportError(f"TCP receive failed: {exc.strerror}") from None
+            if packets:
+                self.rx_packets += len(packets)
+                return packets
+            if eof:
+                raise TransportError("the server closed the TCP connection")
+
+    async def send_batch(self, packets: Sequence[bytes]) -> None:
+        data = memoryview(frame_packets(packets))
+        sock = self.sock
+        while data:
+            try:
+                n = sock.send(data)
+                data = data[n:]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+            except OSError as exc:
+                raise TransportError(f"TCP send failed: {exc.strerror}") from None
+        self.tx_packets += len(packets)
+
+
+Transport = UDPTransport | TCPTransport
+
+
+def _new_socket(endpoint: Endpoint) -> socket.socket:
+    kind = socket.SOCK_STREAM if endpoint.proto == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(endpoint.family, kind)
+    try:
+        sock.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_transport(
+    endpoint: Endpoint, *, connect_timeout: float = 10.0, report: Reporter | None = None
+) -> Transport:
+    """Connect a socket to `endpoint` (UDP: just fixes the peer; TCP: the handshake)."""
+    sock = _new_socket(endpoint)
+    try:
+        if endpoint.proto == "udp":
+            sock.connect(endpoint.sockaddr)
+            return UDPTransport(sock, endpoint, report)
+        try:
+            sock.connect(endpoint.sockaddr)
+        except BlockingIOError:
+            pass
+        with trio.move_on_after(connect_timeout) as scope:
+            await trio.lowlevel.wait_writable(sock)
+        if scope.cancelled_caught:
+            raise TransportError(f"TCP connect to {endpoint.describe()} timed out")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise TransportError(f"TCP connect to {endpoint.describe()} failed: {os.strerror(err)}")
+        return TCPTransport(sock, endpoint)
+    except BaseException:
+        sock.close()
+        raise

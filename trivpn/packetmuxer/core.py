@@ -1,0 +1,180 @@
+"""The packet muxer core: routes wire packets, owns the hard reset and the session ids.
+
+Why the hard reset lives here and not in the reliable layer: a 2.6 UDP server answers a
+client reset statelessly (its session id is an HMAC cookie, it never retransmits), and it
+creates state only when the client's next packet ACKs that reset with the cookie as peer
+session id. So the reset is a tiny exchange of its own: we (re)send our reset with message
+id 0 and exponential backoff until the server's reset arrives; then both session ids are
+known, and the reliable layer starts at message id 1 in both directions with ACK 0 pending,
+which guarantees that the first packet after the reset carries the cookie.
+
+Everything here is sans-IO: time comes in as `now`, wire bytes come in and go out as lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trivpn.controlchannel.packet import (
+    SESSION_ID_LEN,
+    ControlPacket,
+    Opcode,
+    parse_control_packet,
+    serialize_control_packet,
+)
+from trivpn.controlchannel.wrap import ControlWrap
+from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.messages import ResetComplete
+
+#: OpenVPN's initial control retransmission timeout (`tls-timeout`).
+RESET_TIMEOUT = 2.0
+#: Backoff cap for reset retransmissions.
+MAX_RESET_TIMEOUT = 16.0
+
+@dataclass(slots=True)
+class MuxStats:
+    """Why packets were dropped, for `--verb` output and tests."""
+
+    data_in: int = 0
+    control_in: int = 0
+    resets_sent: int = 0
+    drop_malformed: int = 0
+    drop_unauthentic: int = 0
+    drop_session: int = 0
+    drop_early: int = 0
+
+
+class PacketMuxer:
+    """Client-side muxer; the reset exchange is the only state it keeps."""
+
+    def __init__(
+        self,
+        wrap: ControlWrap,
+        local_session_id: bytes,
+        *,
+        reset_timeout: float = RESET_TIMEOUT,
+        max_reset_timeout: float = MAX_RESET_TIMEOUT,
+    ) -> None:
+        if len(local_session_id) != SESSION_ID_LEN or not any(local_session_id):
+            raise LocalProtocolError("session id must be 8 bytes and not all zero")
+        self.wrap = wrap
+        self.local_session_id = local_session_id
+        self.remote_session_id: bytes | None = None
+        self._reset_timeout = reset_timeout
+        self._max_reset_timeout = max_reset_timeout
+        self._next_reset: float | None = None
+        self._current_timeout = reset_timeout
+        self._events: list[ResetComplete] = []
+        self.stats = MuxStats()
+
+    # -- the hard reset ---------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Begin the reset exchange: the first reset is due at once."""
+        self._next_reset = now
+        self._current_timeout = self._reset_timeout
+
+    @property
+    def reset_complete(self) -> bool:
+        return self.remote_session_id is not None
+
+    def get_timer(self) -> float | None:
+        return None if self.reset_complete else self._next_reset
+
+    def handle_timer(self, now: float) -> None:
+        """Nothing to do: `datagrams_to_send` emits whatever is due."""
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Our hard reset, when it is due (first send and retransmissions)."""
+        if self.reset_complete or self._next_reset is None or now < self._next_reset:
+            return []
+        pkt = ControlPacket(
+            Opcode.CONTROL_HARD_RESET_CLIENT_V2, 0, self.local_session_id, message_id=0
+        )
+        self._next_reset = now + self._current_timeout
+        self._current_timeout = min(self._current_timeout * 2, self._max_reset_timeout)
+        self.stats.resets_sent += 1
+        return [self.wrap.wrap(serialize_control_packet(pkt), now)]
+
+    # -- incoming ----------------------------------------------------------------------
+    def receive_datagrams(
+        self, datagrams: Sequence[bytes], now: float
+    ) -> tuple[list[bytes], list[ControlPacket]]:
+        """Split a batch into data packets (for the data channel) and control packets.
+
+        Control packets are unwrapped, parsed and checked against the session ids here, so
+        layers above only ever see authentic packets of this session. Bad ones are counted.
+        """
+        data: list[bytes] = []
+        control: list[ControlPacket] = []
+        stats = self.stats
+        for d in datagrams:
+            if not d:
+                stats.drop_malformed += 1
+                continue
+            op = d[0] >> 3
+            if op == 9 or op == 6:
+                if self.remote_session_id is None:
+                    stats.drop_early += 1
+                else:
+                    data.append(d)
+                continue
+            try:
+                plain = self.wrap.unwrap(d, now)
+            except RemoteProtocolError:
+                stats.drop_unauthentic += 1
+                continue
+            try:
+                pkt = parse_control_packet(plain)
+            except RemoteProtocolError:
+                stats.drop_malformed += 1
+                continue
+            if pkt.acks and pkt.remote_session_id != self.local_session_id:
+                stats.drop_session += 1
+                continue
+            if self.remote_session_id is None:
+                if (
+                    pkt.opcode is Opcode.CONTROL_HARD_RESET_SERVER_V2
+                    and pkt.message_id == 0
+                    and pkt.key_id == 0
+                    and any(pkt.session_id)
+                ):
+                    self.remote_session_id = pkt.session_id
+                    self._next_reset = None
+                    self._events.append(
+                        ResetComplete(self.local_session_id, pkt.session_id, pkt.payload)
+                    )
+                else:
+                    stats.drop_early += 1
+                continue
+            if pkt.session_id != self.remote_session_id:
+                stats.drop_session += 1
+                continue
+            stats.control_in += 1
+            control.append(pkt)
+        stats.data_in += len(data)
+        return data, control
+
+    def events(self) -> list[ResetComplete]:
+        ev, self._events = self._events, []
+        return ev
+
+    # -- outgoing control --------------------------------------------------------------
+    def wrap_control(self, key_id: int, packets: Sequence[object], now: float) -> list[bytes]:
+        """Frame the reliable layer's packets: add session ids, serialize, wrap."""
+        if self.remote_session_id is None:
+            raise LocalProtocolError("control packets before the reset exchange finished")
+        out: list[bytes] = []
+        for p in packets:
+            acks = p.acks  # type: ignore[attr-defined]
+            pkt = ControlPacket(
+                Opcode(p.opcode),  # type: ignore[attr-defined]
+                key_id,
+                self.local_session_id,
+                tuple(acks),
+                self.remote_session_id if acks else None,
+                p.message_id,  # type: ignore[attr-defined]
+                p.payload,  # type: ignore[attr-defined]
+            )
+            out.append(self.wrap.wrap(serialize_control_packet(pkt), now))
+        return out

@@ -1,0 +1,72 @@
+"""The packet muxer service: one task up (route), one task down (frame control, resets).
+
+Data packets are routed to the data channel as one batch per received batch and never
+touch the reliable layer; outgoing data packets do not pass through here at all (the data
+channel writes to networkio directly).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from trivpn.messages import ControlOut
+from trivpn.packetmuxer.core import PacketMuxer
+from trivpn.workers.driver import CoreTimer, Outbox
+
+log = logging.getLogger("trivpn.packetmuxer")
+
+
+async def run_packetmuxer(
+    core: PacketMuxer,
+    *,
+    net_up: trio.MemoryReceiveChannel[list[bytes]],
+    net_down: trio.MemorySendChannel[list[bytes]],
+    data_up: trio.MemorySendChannel[list[bytes]],
+    ctrl_up: trio.MemorySendChannel[list[object]],
+    ctrl_down: trio.MemoryReceiveChannel[list[ControlOut]],
+) -> None:
+    to_net: Outbox[bytes] = Outbox(net_down)
+    timer = CoreTimer()
+
+    async def flush_resets() -> None:
+        before = core.stats.resets_sent
+        await to_net.flush(lambda: core.datagrams_to_send(trio.current_time()))
+        if core.stats.resets_sent > 1 and core.stats.resets_sent != before:
+            log.warning("no answer from the server yet; resending reset (attempt %d)", core.stats.resets_sent)
+
+    async def up() -> None:
+        async with net_up, data_up, ctrl_up:
+            async for batch in net_up:
+                data, control = core.receive_datagrams(batch, trio.current_time())
+                events = core.events()
+                if events:
+                    timer.poke()
+                if data:
+                    await data_up.send(data)
+                if events or control:
+                    await ctrl_up.send([*events, *control])
+
+    async def down() -> None:
+        async with ctrl_down:
+            async for batch in ctrl_down:
+                now = trio.current_time()
+                out: list[bytes] = []
+                for item in batch:
+                    out.extend(core.wrap_control(item.key_id, item.packets, now))
+                await to_net.send(out)
+        # the layers above are gone: nothing left to do down here
+        nursery.cancel_scope.cancel()
+
+    async def on_timer() -> None:
+        core.handle_timer(trio.current_time())
+        await flush_resets()
+
+    async with net_down:
+        core.start(trio.current_time())
+        await flush_resets()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(up)
+            nursery.start_soon(down)
+            nursery.start_soon(timer.run, core.get_timer, on_timer)

@@ -1,0 +1,1 @@
+"""profile: .ovpn profile parsing and PUSH_REPLY parsing."""

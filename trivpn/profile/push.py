@@ -1,0 +1,512 @@
+"""PUSH_REPLY handling: reassembly of continued replies and parsing of pushed options.
+
+Theory of operation
+-------------------
+The server sends its settings as ``PUSH_REPLY,opt1,opt2,...``; options are separated
+by commas (no escaping) and each is tokenized like a config line.  A long reply is
+split into several messages; all but the last carry ``push-continuation 2`` and the
+last ``push-continuation 1`` (or none).  :class:`PushReplyAssembler` glues the parts
+together and drops the continuation markers; :func:`parse_push_options` turns the
+option list into :class:`PushedSettings`.
+
+Everything here is untrusted input: malformed values (bad address, bad number,
+peer-id beyond 24 bits, compression we refuse) raise :class:`RemoteProtocolError`
+with a clear message; options we do not implement only add a warning line.
+
+``dns`` options (2.6, pushed when we announce IV_PROTO bit 6) take precedence over
+``dhcp-option DNS``/``DOMAIN`` as in OpenVPN: if any ``dns server`` address was
+pushed, :attr:`PushedSettings.dns_servers` only holds those (by ascending server
+priority); likewise ``dns search-domains`` replaces the ``dhcp-option`` domains.
+
+``redirect_gateway_ipv6`` is True when IPv6 default traffic is meant to go through
+the tunnel: the ``ipv6`` flag of ``redirect-gateway``, or a pushed ``route-ipv6``
+covering ``::/0`` (either as one route or as the two halves ``::/1`` + ``8000::/1``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.profile.options import tokenize_line
+
+__all__ = [
+    "MAX_PEER_ID",
+    "PushReplyAssembler",
+    "PushedSettings",
+    "Route",
+    "Route6",
+    "parse_push_options",
+]
+
+PUSH_REPLY_PREFIX = "PUSH_REPLY"
+#: Largest peer-id (24 bits); OpenVPN's ``MAX_PEER_ID`` (0xFFFFFF also means "none").
+MAX_PEER_ID = 0xFFFFFF
+#: Our own bound on how many continued PUSH_REPLY messages we glue together.
+MAX_PUSH_MESSAGES = 64
+#: Our own bound on the number of options in one assembled reply.
+MAX_PUSH_OPTIONS = 1024
+#: Upper bound for pushed timer values (seconds).
+MAX_SECONDS = 10 * 365 * 24 * 3600
+#: Largest route metric accepted.
+MAX_METRIC = 0x7FFFFFFF
+TUN_MTU_MIN = 100
+TUN_MTU_MAX = 65535
+#: Longest DNS name.
+MAX_DOMAIN_LEN = 253
+
+ROUTE_KEYWORDS = frozenset({"vpn_gateway", "net_gateway", "remote_host"})
+TOPOLOGIES = frozenset({"net30", "p2p", "subnet"})
+REDIRECT_FLAGS = frozenset(
+    {"local", "autolocal", "def1", "bypass-dhcp", "bypass-dns", "block-local", "ipv6", "!ipv4"}
+)
+PROTOCOL_FLAGS = frozenset({"cc-exit", "tls-ekm", "dyn-tls-crypt", "aead-epoch"})
+
+#: Pushed options that change nothing for our client and are accepted quietly.
+_SILENT_PUSH = frozenset(
+    {"block-outside-dns", "register-dns", "route-delay", "ip-win32", "dhcp-pre-release"}
+)
+
+_DOMAIN_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
+_CIPHER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A pushed IPv4 route.
+
+    ``network`` and ``gateway`` are dotted quads or one of the keywords
+    ``vpn_gateway``/``net_gateway``/``remote_host`` (resolved later by the routing
+    layer); ``gateway`` None means "use route-gateway".
+    """
+
+    network: str
+    netmask: str
+    gateway: str | None
+    metric: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route6:
+    """A pushed IPv6 route; ``network`` is normalized, e.g. ``"fd00::/64"``."""
+
+    network: str
+    gateway: str | None
+    metric: int | None
+
+
+@dataclass(slots=True)
+class PushedSettings:
+    """What the server told us to use. Defaults are OpenVPN's client defaults."""
+
+    ifconfig_local: str | None = None
+    ifconfig_remote_or_mask: str | None = None
+    topology: str = "net30"
+    ifconfig_ipv6_local: str | None = None
+    ifconfig_ipv6_remote: str | None = None
+    routes: list[Route] = field(default_factory=list)
+    routes_ipv6: list[Route6] = field(default_factory=list)
+    route_gateway: str | None = None
+    redirect_gateway: frozenset[str] | None = None
+    redirect_gateway_ipv6: bool = False
+    dns_servers: list[str] = field(default_factory=list)
+    dns_domains: list[str] = field(default_factory=list)
+    ping: int | None = None
+    ping_restart: int | None = None
+    peer_id: int | None = None
+    cipher: str | None = None
+    key_derivation_ekm: bool = False
+    protocol_flags: frozenset[str] = frozenset()
+    tun_mtu: int | None = None
+    auth_token: str | None = None
+    compression: str | None = None
+    options: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ipv4_prefixlen(self) -> int | None:
+        """Prefix length of our IPv4 address: the mask for subnet, 32 for net30/p2p."""
+        iface = self.ipv4_interface()
+        return None if iface is None else iface[1]
+
+    def ipv4_interface(self) -> tuple[str, int, str | None] | None:
+        """``(address, prefixlen, peer)`` for the tun device, or None without ifconfig.
+
+        With ``topology subnet`` the second ifconfig value is a netmask and there is
+        no peer; with net30/p2p it is the point-to-point peer address.
+        """
+        if self.ifconfig_local is None or self.ifconfig_remote_or_mask is None:
+            return None
+        if self.topology == "subnet":
+            net = ipaddress.IPv4Network(f"0.0.0.0/{self.ifconfig_remote_or_mask}")
+            return self.ifconfig_local, net.prefixlen, None
+        return self.ifconfig_local, 32, self.ifconfig_remote_or_mask
+
+    @property
+    def use_data_v2(self) -> bool:
+        """P_DATA_V2 is used exactly when the server pushed a peer-id."""
+        return self.peer_id is not None
+
+
+class PushReplyAssembler:
+    """Accumulates ``PUSH_REPLY`` messages joined by ``push-continuation``.
+
+    Sans-IO: feed each control-channel message; get the whole option list back when
+    the last part arrives.  After a complete reply the assembler starts afresh (a
+    server may push again, e.g. a new auth-token on renegotiation).
+    """
+
+    __slots__ = ("_options", "_messages")
+
+    def __init__(self) -> None:
+        self._options: list[str] = []
+        self._messages = 0
+
+    @property
+    def pending(self) -> bool:
+        """True while a continued reply is incomplete."""
+        return self._messages > 0
+
+    def feed(self, message: str) -> list[str] | None:
+        """Add one message; return the complete option list, or None if more follow."""
+        msg = message.rstrip("\0")
+        if msg != PUSH_REPLY_PREFIX and not msg.startswith(PUSH_REPLY_PREFIX + ","):
+            raise RemoteProtocolError(f"not a PUSH_REPLY: {msg[:40]!r}")
+        if not all(" " <= c <= "~" for c in msg):
+            raise RemoteProtocolError("PUSH_REPLY contains non-printable characters")
+        continuation: int | None = None
+        parts: list[str] = []
+        for item in msg[len(PUSH_REPLY_PREFIX) + 1 :].split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item.split(None, 1)[0] == "push-continuation":
+                continuation = _continuation_value(item)
+                continue
+            parts.append(item)
+        self._messages += 1
+        self._options.extend(parts)
+        if self._messages > MAX_PUSH_MESSAGES or len(self._options) > MAX_PUSH_OPTIONS:
+            self._reset()
+            raise RemoteProtocolError(
+                f"PUSH_REPLY too long (over {MAX_PUSH_MESSAGES} parts or {MAX_PUSH_OPTIONS} options)"
+            )
+        if continuation == 2:
+            return None
+        result = self._options
+        self._reset()
+        return result
+
+    def _reset(self) -> None:
+        self._options = []
+        self._messages = 0
+
+
+def _continuation_value(item: str) -> int:
+    words = item.split()
+    if len(words) != 2 or words[1] not in ("1", "2"):
+        raise RemoteProtocolError(f"bad push-continuation: {item!r}")
+    return int(words[1])
+
+
+def parse_push_options(options: Sequence[str]) -> PushedSettings:
+    """Parse pushed options (one option string per item) into :class:`PushedSettings`."""
+    parser = _PushParser()
+    for item in options:
+        parser.feed(item)
+    return parser.finish()
+
+
+# ---- value checkers (all raise RemoteProtocolError) ----------------------------------
+
+
+def _fail(name: str, msg: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"pushed option '{name}': {msg}")
+
+
+def _ipv4(name: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise _fail(name, f"{value!r} is not an IPv4 address") from None
+
+
+def _ipv6(name: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        raise _fail(name, f"{value!r} is not an IPv6 address") from None
+
+
+def _netmask(name: str, value: str) -> str:
+    mask = _ipv4(name, value)
+    try:
+        ipaddress.IPv4Network(f"0.0.0.0/{mask}")
+    except ValueError:
+        raise _fail(name, f"{value!r} is not a valid netmask") from None
+    return mask
+
+
+def _integer(name: str, value: str, lo: int, hi: int) -> int:
+    if not value.isascii() or not value.isdigit() or len(value) > 12:
+        raise _fail(name, f"{value!r} is not a number")
+    n = int(value)
+    if not lo <= n <= hi:
+        raise _fail(name, f"{n} is out of range {lo}..{hi}")
+    return n
+
+
+def _domain(name: str, value: str) -> str:
+    if len(value) > MAX_DOMAIN_LEN or not _DOMAIN_RE.match(value):
+        raise _fail(name, f"{value!r} is not a valid domain name")
+    return value
+
+
+def _nargs(name: str, args: list[str], lo: int, hi: int) -> None:
+    if not lo <= len(args) <= hi:
+        raise _fail(name, f"expects {lo}..{hi} arguments, got {len(args)}")
+
+
+class _PushParser:
+    """Walks pushed options in order, filling one :class:`PushedSettings`."""
+
+    def __init__(self) -> None:
+        self.s = PushedSettings()
+        self.dhcp_dns: list[str] = []
+        self.dhcp_domains: list[str] = []
+        self.dns_servers: dict[int, list[str]] = {}
+        self.dns_search: list[str] | None = None
+        self.proto_flags: set[str] = set()
+
+    def warn(self, text: str) -> None:
+        self.s.warnings.append(text)
+
+    def feed(self, item: str) -> None:
+        if not isinstance(item, str):
+            raise RemoteProtocolError("pushed option is not text")
+        self.s.options.append(item)
+        try:
+            tokens = tokenize_line(item)
+        except ConfigError as exc:
+            raise RemoteProtocolError(f"malformed pushed option {item[:40]!r}: {exc}") from None
+        if not tokens:
+            return
+        name, args = tokens[0], tokens[1:]
+        handler = getattr(self, "_opt_" + name.replace("-", "_"), None)
+        if handler is not None and name.isascii() and name.replace("-", "").isalnum():
+            handler(name, args)
+        elif name in _SILENT_PUSH:
+            return
+        else:
+            self.warn(f"pushed option '{name[:40]}' is not supported and was ignored")
+
+    def finish(self) -> PushedSettings:
+        s = self.s
+        if self.dns_servers:
+            s.dns_servers = [a for prio in sorted(self.dns_servers) for a in self.dns_servers[prio]]
+        else:
+            s.dns_servers = self.dhcp_dns
+        s.dns_domains = self.dns_search if self.dns_search is not None else self.dhcp_domains
+        s.protocol_flags = frozenset(self.proto_flags)
+        if "tls-ekm" in self.proto_flags:
+            s.key_derivation_ekm = True
+        if s.redirect_gateway is not None and "ipv6" in s.redirect_gateway:
+            s.redirect_gateway_ipv6 = True
+        nets = {r.network for r in s.routes_ipv6}
+        if "::/0" in nets or {"::/1", "8000::/1"} <= nets:
+            s.redirect_gateway_ipv6 = True
+        if s.ifconfig_local is not None and s.ifconfig_remote_or_mask is not None:
+            if s.topology == "subnet":
+                _netmask("ifconfig", s.ifconfig_remote_or_mask)
+        return s
+
+    # ---- handlers: _opt_<name with - as _>(name, args) -----------------------------
+
+    def _opt_ifconfig(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 2, 2)
+        self.s.ifconfig_local = _ipv4(name, args[0])
+        self.s.ifconfig_remote_or_mask = _ipv4(name, args[1])
+
+    def _opt_ifconfig_ipv6(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 2)
+        addr, _, bits = args[0].partition("/")
+        prefix = _integer(name, bits, 0, 128) if bits else 64
+        self.s.ifconfig_ipv6_local = f"{_ipv6(name, addr)}/{prefix}"
+        self.s.ifconfig_ipv6_remote = _ipv6(name, args[1]) if len(args) == 2 else None
+
+    def _opt_topology(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 1)
+        if args[0] not in TOPOLOGIES:
+            raise _fail(name, f"unknown topology {args[0]!r}")
+        self.s.topology = args[0]
+
+    def _opt_route(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 4)
+        net = args[0] if args[0] in ROUTE_KEYWORDS else _ipv4(name, args[0])
+        mask = "255.255.255.255"
+        if len(args) > 1 and args[1] != "default":
+            mask = _netmask(name, args[1])
+        gateway: str | None = None
+        if len(args) > 2 and args[2] != "default":
+            gateway = args[2] if args[2] in ROUTE_KEYWORDS else _ipv4(name, args[2])
+        metric: int | None = None
+        if len(args) > 3 and args[3] != "default":
+            metric = _integer(name, args[3], 0, MAX_METRIC)
+        self.s.routes.append(Route(net, mask, gateway, metric))
+
+    def _opt_route_ipv6(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 3)
+        try:
+            net = ipaddress.IPv6Network(args[0], strict=False)
+        except ValueError:
+            raise _fail(name, f"{args[0]!r} is not an IPv6 network") from None
+        gateway: str | None = None
+        if len(args) > 1 and args[1] != "default":
+            gateway = args[1] if args[1] in ROUTE_KEYWORDS else _ipv6(name, args[1])
+        metric: int | None = None
+        if len(args) > 2 and args[2] != "default":
+            metric = _integer(name, args[2], 0, MAX_METRIC)
+        self.s.routes_ipv6.append(Route6(str(net), gateway, metric))
+
+    def _opt_route_gateway(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 1)
+        self.s.route_gateway = "dhcp" if args[0] == "dhcp" else _ipv4(name, args[0])
+
+    def _opt_redirect_gateway(self, name: str, args: list[str]) -> None:
+        flags = set(args)
+        unknown = flags - REDIRECT_FLAGS
+        for flag in sorted(unknown):
+            self.warn(
+                f"pushed option 'redirect-gateway' flag '{flag[:40]}' is not supported and was ignored"
+            )
+        self.s.redirect_gateway = frozenset(flags & REDIRECT_FLAGS)
+
+    def _opt_dhcp_option(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 2)
+        kind = args[0].upper()
+        if kind in ("DNS", "DNS6") and len(args) == 2:
+            value = args[1]
+            if ":" in value:
+                self.dhcp_dns.append(_ipv6(name, value))
+            elif kind == "DNS":
+                self.dhcp_dns.append(_ipv4(name, value))
+            else:
+                raise _fail(name, f"{value!r} is not an IPv6 address")
+        elif kind in ("DOMAIN", "DOMAIN-SEARCH", "ADAPTER_DOMAIN_SUFFIX") and len(args) == 2:
+            domain = _domain(name, args[1])
+            if domain not in self.dhcp_domains:
+                self.dhcp_domains.append(domain)
+        else:
+            self.warn(
+                f"pushed option 'dhcp-option {args[0][:40]}' is not supported and was ignored"
+            )
+
+    def _opt_dns(self, name: str, args: list[str]) -> None:
+        if len(args) >= 2 and args[0] == "search-domains":
+            self.dns_search = self.dns_search or []
+            self.dns_search.extend(_domain(name, d) for d in args[1:])
+            return
+        if len(args) >= 4 and args[0] == "server":
+            prio = _integer(name, args[1].lstrip("-"), 0, 127)
+            if args[1].startswith("-"):
+                prio = -prio
+            if args[2] == "address":
+                addrs = self.dns_servers.setdefault(prio, [])
+                for a in args[3:]:
+                    addrs.append(self._dns_address(name, a))
+                return
+            if args[2] == "resolve-domains":
+                for d in args[3:]:
+                    _domain(name, d)
+        self.warn(f"pushed option 'dns {' '.join(args[:3])[:60]}' is not supported and was ignored")
+
+    def _dns_address(self, name: str, value: str) -> str:
+        """An address of ``dns server N address``, which may carry a port."""
+        host, port = value, None
+        if value.startswith("["):
+            host, sep, rest = value[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise _fail(name, f"bad address {value!r}")
+            port = rest[1:] or None
+            addr = _ipv6(name, host)
+        elif value.count(":") == 1:
+            host, port = value.split(":")
+            addr = _ipv4(name, host)
+        elif ":" in value:
+            addr = _ipv6(name, value)
+        else:
+            addr = _ipv4(name, value)
+        if port is not None and _integer(name, port, 1, 65535) != 53:
+            self.warn(f"pushed DNS server {value[:60]} uses port {port}; port 53 will be used")
+        return addr
+
+    def _timer(self, name: str, args: list[str]) -> int:
+        _nargs(name, args, 1, 1)
+        return _integer(name, args[0], 0, MAX_SECONDS)
+
+    def _opt_ping(self, name: str, args: list[str]) -> None:
+        self.s.ping = self._timer(name, args)
+
+    def _opt_ping_restart(self, name: str, args: list[str]) -> None:
+        self.s.ping_restart = self._timer(name, args)
+
+    def _opt_peer_id(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 1)
+        self.s.peer_id = _integer(name, args[0], 0, MAX_PEER_ID)
+
+    def _opt_cipher(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 1)
+        if not _CIPHER_RE.match(args[0]):
+            raise _fail(name, f"invalid cipher name {args[0][:40]!r}")
+        self.s.cipher = args[0].upper()
+
+    def _opt_key_derivation(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 1)
+        if args[0] != "tls-ekm":
+            raise _fail(name, f"unknown key derivation {args[0][:40]!r}")
+        self.s.key_derivation_ekm = True
+
+    def _opt_protocol_flags(self, name: str, args: list[str]) -> None:
+        for flag in args:
+            if flag in PROTOCOL_FLAGS:
+                self.proto_flags.add(flag)
+            else:
+                self.warn(f"pushed protocol flag '{flag[:40]}' is not supported and was ignored")
+
+    def _opt_tun_mtu(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 2)
+        self.s.tun_mtu = _integer(name, args[0], TUN_MTU_MIN, TUN_MTU_MAX)
+
+    def _opt_auth_token(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 1)
+        if not _TOKEN_RE.match(args[0]):
+            raise _fail(name, "token has invalid characters")
+        self.s.auth_token = args[0]
+
+    def _opt_comp_lzo(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 0, 1)
+        if args == ["no"]:
+            self.s.compression = "lzo-no"
+        else:
+            raise _fail(
+                name,
+                "the server asked for LZO compression, which is unsafe (VORACLE) and not supported",
+            )
+
+    def _opt_compress(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 0, 1)
+        alg = args[0] if args else "stub"
+        if alg in ("stub", "stub-v2"):
+            self.s.compression = alg
+        else:
+            raise _fail(
+                name,
+                f"the server asked for {alg[:20]!r} compression, which is unsafe (VORACLE) and not supported",
+            )
+
+    def _opt_push_continuation(self, name: str, args: list[str]) -> None:
+        _continuation_value(" ".join([name, *args]))

@@ -1,0 +1,1 @@
+"""reliabletransport: OpenVPN's reliability layer for control packets (sans-IO core + service)."""

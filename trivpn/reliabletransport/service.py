@@ -1,0 +1,118 @@
+"""The reliable-transport service: one core per key id, driven by three tasks.
+
+up:    control packets from the muxer → ACK processing, in-order messages to the control
+       channel, and any ACKs/retransmissions down to the muxer.
+down:  messages from the control channel → queued in the core → packets to the muxer.
+timer: retransmissions when the core's deadline passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from trivpn.messages import ControlOut, ReliableMessage, ResetComplete
+from trivpn.reliabletransport.core import ReliableTransport
+from trivpn.workers.driver import CoreTimer, Outbox
+
+log = logging.getLogger("trivpn.reliabletransport")
+
+
+def _after_hard_reset() -> ReliableTransport:
+    """Key 0 after the muxer's reset exchange: id 0 used both ways, ACK 0 still owed."""
+    return ReliableTransport(next_send_id=1, next_recv_id=1, initial_acks=(0,))
+
+
+class ReliableService:
+    def __init__(
+        self,
+        *,
+        from_mux: trio.MemoryReceiveChannel[list[object]],
+        to_mux: trio.MemorySendChannel[list[ControlOut]],
+        to_cc: trio.MemorySendChannel[list[object]],
+        from_cc: trio.MemoryReceiveChannel[list[ReliableMessage]],
+        first_key_factory: Callable[[], ReliableTransport] = _after_hard_reset,
+    ) -> None:
+        self.cores: dict[int, ReliableTransport] = {}
+        self._from_mux = from_mux
+        self._from_cc = from_cc
+        self._to_mux: Outbox[ControlOut] = Outbox(to_mux)
+        self._to_cc: Outbox[object] = Outbox(to_cc)
+        self._timer = CoreTimer()
+        self._first_key_factory = first_key_factory
+        self.dropped_unknown_key = 0
+
+    def _deadline(self) -> float | None:
+        timers = [t for c in self.cores.values() if (t := c.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def _collect_packets(self) -> list[ControlOut]:
+        now = trio.current_time()
+        out = []
+        for kid, core in self.cores.items():
+            pkts = core.packets_to_send(now)
+            if pkts:
+                out.append(ControlOut(kid, pkts))
+        return out
+
+    async def _flush_down(self) -> None:
+        await self._to_mux.flush(self._collect_packets)
+        self._timer.poke()
+
+    async def _up(self) -> None:
+        async with self._from_mux, self._to_cc.channel:
+            async for batch in self._from_mux:
+                now = trio.current_time()
+                ups: list[object] = []
+                for item in batch:
+                    if isinstance(item, ResetComplete):
+                        self.cores[0] = self._first_key_factory()
+                        ups.append(item)
+                        continue
+                    core = self.cores.get(item.key_id)  # type: ignore[attr-defined]
+                    if core is None:
+                        self.dropped_unknown_key += 1
+                        continue
+                    core.receive_packet(
+                        item.opcode,  # type: ignore[attr-defined]
+                        item.acks,  # type: ignore[attr-defined]
+                        item.message_id,  # type: ignore[attr-defined]
+                        item.payload,  # type: ignore[attr-defined]
+                        now,
+                    )
+
+                def collect(ups: list[object] = ups) -> list[object]:
+                    for kid, core in self.cores.items():
+                        for op, payload in core.messages_received():
+                            ups.append(ReliableMessage(kid, op, payload))
+                    return ups
+
+                await self._to_cc.flush(collect)
+                await self._flush_down()
+
+    async def _down(self) -> None:
+        async with self._from_cc:
+            async for batch in self._from_cc:
+                for msg in batch:
+                    core = self.cores.get(msg.key_id)
+                    if core is None:
+                        self.dropped_unknown_key += 1
+                        continue
+                    core.send(msg.opcode, msg.payload)
+                await self._flush_down()
+
+    async def _on_timer(self) -> None:
+        now = trio.current_time()
+        for core in self.cores.values():
+            core.handle_timer(now)
+        await self._flush_down()
+
+    async def run(self) -> None:
+        async with self._to_mux.channel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._up)
+                nursery.start_soon(self._timer.run, self._deadline, self._on_timer)
+                await self._down()
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,1 @@
+"""tlssession: TLS over the control channel, key method 2, PUSH and data-key derivation."""

@@ -1,0 +1,293 @@
+"""Interface configuration (MTU, addresses, routes) with pyroute2, undone exactly on exit.
+
+Theory of operation: `apply` validates the whole TunConfig first (ConfigError, nothing
+touched), then makes netlink changes one at a time and records each change that *we* made as
+an undo step. Something that already existed (EEXIST) is left alone and not recorded, so
+`undo` never removes state that belonged to someone else. `undo` replays the record in reverse
+and never raises: an object that is already gone (the TUN fd was closed first, which deletes
+the interface with its addresses and routes) counts as removed. The one thing closing the TUN
+does not remove is the host route to the VPN server through the *previous* default path,
+added for redirect-gateway; that is why `undo` must always run.
+
+pyroute2's IPRoute is synchronous and blocks briefly; it is used only at setup and teardown
+(call from a worker thread if the event loop must stay responsive).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from trivpn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TUN_MTU_MIN = 68  # IPv4 minimum link MTU (RFC 791)
+TUN_MTU_MAX = 65535
+IPV6_MIN_MTU = 1280  # RFC 8200: an interface carrying IPv6 needs at least this
+# Errors meaning "the thing to remove is not there any more" (its interface is gone, ...).
+_ALREADY_GONE = frozenset({errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
+
+REDIRECT_DEF1_V4 = ("0.0.0.0/1", "128.0.0.0/1")
+REDIRECT_DEF1_V6 = ("::/1", "8000::/1")
+
+
+@dataclass(slots=True)
+class TunConfig:
+    """Everything to put on the TUN interface, usually derived from PUSH_REPLY options."""
+
+    mtu: int = 1500
+    ipv4: tuple[str, int, str | None] | None = None  # (address, prefixlen, p2p/net30 peer)
+    ipv6: tuple[str, int] | None = None  # (address, prefixlen)
+    routes: list[tuple[str, str | None, int | None]] = field(default_factory=list)
+    routes6: list[tuple[str, str | None, int | None]] = field(default_factory=list)
+    redirect_gateway: bool = False  # def1: 0.0.0.0/1 + 128.0.0.0/1 through the tunnel
+    redirect_gateway6: bool = False  # ::/1 + 8000::/1
+    server_addresses: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Step:
+    """One change we made: the netlink call that reverts it, and a label for the logs."""
+
+    kind: str  # "link", "addr" or "route"
+    undo_kwargs: dict[str, Any]
+    label: str
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A validated TunConfig in the exact form the netlink calls need."""
+
+    addrs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    # (dst, prefixlen, family, gateway, metric, label); gateway None = on-link through the TUN
+    routes: list[tuple[str, int, int, str | None, int | None, str]] = field(default_factory=list)
+    host_routes: list[tuple[str, int]] = field(default_factory=list)  # (server address, family)
+
+
+def _addr(text: str, version: int, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not an IP address") from None
+    if address.version != version:
+        raise ConfigError(f"{what}: {text} is not an IPv{version} address")
+    return address
+
+
+def _network(text: str, version: int, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not a network (address/prefixlen)") from None
+    if network.version != version:
+        raise ConfigError(f"{what}: {text} is not an IPv{version} network")
+    return network
+
+
+def _plan(cfg: TunConfig) -> _Plan:
+    """Validate `cfg` completely before touching the system."""
+    if not TUN_MTU_MIN <= cfg.mtu <= TUN_MTU_MAX:
+        raise ConfigError(f"tun-mtu {cfg.mtu} is outside {TUN_MTU_MIN}..{TUN_MTU_MAX}")
+    if cfg.ipv6 is not None and cfg.mtu < IPV6_MIN_MTU:
+        raise ConfigError(f"tun-mtu {cfg.mtu} is below {IPV6_MIN_MTU}, too small for IPv6")
+    plan = _Plan()
+    if cfg.ipv4 is not None:
+        local, prefixlen, peer = cfg.ipv4
+        local_ip = _addr(local, 4, "ifconfig")
+        if not 0 < prefixlen <= 32:
+            raise ConfigError(f"ifconfig: bad IPv4 prefix length {prefixlen}")
+        if peer is None:
+            kwargs: dict[str, Any] = {"address": str(local_ip), "prefixlen": prefixlen}
+            if prefixlen < 31:
+                net = ipaddress.IPv4Network(f"{local_ip}/{prefixlen}", strict=False)
+                kwargs["broadcast"] = str(net.broadcast_address)
+            plan.addrs.append((kwargs, f"{local_ip}/{prefixlen}"))
+        else:
+            # Point-to-point (net30/p2p): IFA_LOCAL is ours, IFA_ADDRESS is the far end.
+            peer_ip = _addr(peer, 4, "ifconfig peer")
+            kwargs = {"local": str(local_ip), "address": str(peer_ip), "prefixlen": prefixlen}
+            plan.addrs.append((kwargs, f"{local_ip} peer {peer_ip}"))
+    if cfg.ipv6 is not None:
+        address6, prefixlen6 = cfg.ipv6
+        ip6 = _addr(address6, 6, "ifconfig-ipv6")
+        if not 0 < prefixlen6 <= 128:
+            raise ConfigError(f"ifconfig-ipv6: bad prefix length {prefixlen6}")
+        plan.addrs.append(({"address": str(ip6), "prefixlen": prefixlen6}, f"{ip6}/{prefixlen6}"))
+    for version, routes, what in ((4, cfg.routes, "route"), (6, cfg.routes6, "route-ipv6")):
+        for network_text, gateway, metric in routes:
+            net = _network(network_text, version, what)
+            gw = str(_addr(gateway, version, f"{what} gateway")) if gateway is not None else None
+            if metric is not None and not 0 <= metric <= 0xFFFFFFFF:
+                raise ConfigError(f"{what} {network_text}: bad metric {metric}")
+            family = socket.AF_INET if version == 4 else socket.AF_INET6
+            label = f"{net}" + (f" via {gw}" if gw else "")
+            plan.routes.append((str(net.network_address), net.prefixlen, family, gw, metric, label))
+    for enabled, nets, family in (
+        (cfg.redirect_gateway, REDIRECT_DEF1_V4, socket.AF_INET),
+        (cfg.redirect_gateway6, REDIRECT_DEF1_V6, socket.AF_INET6),
+    ):
+        if not enabled:
+            continue
+        for text in nets:
+            net = ipaddress.ip_network(text)
+            plan.routes.append(
+                (str(net.network_address), net.prefixlen, family, None, None, f"{net} (redirect)")
+            )
+        for server in cfg.server_addresses:
+            try:
+                server_ip = ipaddress.ip_address(server)
+            except ValueError:
+                raise ConfigError(f"VPN server address {server!r} is not an IP address") from None
+            server_family = socket.AF_INET if server_ip.version == 4 else socket.AF_INET6
+            if server_family == family:
+                plan.host_routes.append((str(server_ip), family))
+    return plan
+
+
+class NetConfigurator:
+    """Applies a TunConfig to an interface with pyroute2 and remembers exactly what it added."""
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self._steps: list[_Step] = []
+
+    @property
+    def applied(self) -> list[str]:
+        """Human-readable list of the changes currently recorded (oldest first)."""
+        return [step.label for step in self._steps]
+
+    def apply(self, cfg: TunConfig) -> None:
+        """Set MTU, bring up, add addresses and routes; on failure undo and raise ConfigError."""
+        plan = _plan(cfg)
+        try:
+            with IPRoute() as ipr:
+                self._apply(ipr, cfg, plan)
+        except NetlinkError as exc:
+            self.undo()
+            raise ConfigError(f"configuring {self.ifname} failed: {_describe(exc)}") from None
+        except ConfigError:
+            self.undo()
+            raise
+        except OSError as exc:
+            self.undo()
+            raise ConfigError(f"configuring {self.ifname} failed: {exc}") from None
+
+    def _apply(self, ipr: IPRoute, cfg: TunConfig, plan: _Plan) -> None:
+        found = ipr.link_lookup(ifname=self.ifname)
+        if not found:
+            raise ConfigError(f"network interface {self.ifname!r} does not exist")
+        index = found[0]
+        link = ipr.get_links(index)[0]
+        old_mtu = link.get_attr("IFLA_MTU")
+        was_up = bool(link["flags"] & 1)  # IFF_UP
+        ipr.link("set", index=index, mtu=cfg.mtu, state="up")
+        restore: dict[str, Any] = {"index": index, "mtu": old_mtu}
+        if not was_up:
+            restore["state"] = "down"
+        self._steps.append(_Step("link", restore, f"{self.ifname} mtu {cfg.mtu} up"))
+
+        for kwargs, label in plan.addrs:
+            full = {"index": index, **kwargs}
+            if self._add(ipr, "addr", full, f"address {label}"):
+                undo = {k: v for k, v in full.items() if k != "broadcast"}
+                self._steps.append(_Step("addr", undo, f"address {label}"))
+
+        # The server host routes must be looked up before the redirect routes exist,
+        # otherwise the lookup would already answer "through the tunnel".
+        for server, family in plan.host_routes:
+            self._add_server_route(ipr, index, server, family)
+
+        for dst, prefixlen, family, gateway, metric, label in plan.routes:
+            kwargs = {"dst": dst, "dst_len": prefixlen, "family": family, "oif": index}
+            if gateway is not None:
+                kwargs["gateway"] = gateway
+            if metric is not None:
+                kwargs["priority"] = metric
+            if self._add(ipr, "route", kwargs, f"route {label}"):
+                self._steps.append(_Step("route", kwargs, f"route {label}"))
+
+    def _add_server_route(self, ipr: IPRoute, tun_index: int, server: str, family: int) -> None:
+        """Pin the VPN server to the path it uses now, so redirect-gateway cannot loop."""
+        try:
+            found = ipr.route("get", dst=server, family=family)
+        except NetlinkError as exc:
+            log.warning("no existing route to VPN server %s (%s); not pinning it", server, exc)
+            return
+        if not found:
+            return
+        current = found[0]
+        oif = current.get_attr("RTA_OIF")
+        gateway = current.get_attr("RTA_GATEWAY")
+        if oif is None or oif == tun_index or current.get("type", 1) != 1:  # 1 = RTN_UNICAST
+            return  # local address, already through the tunnel, or unreachable: nothing to pin
+        kwargs: dict[str, Any] = {
+            "dst": server,
+            "dst_len": 32 if family == socket.AF_INET else 128,
+            "family": family,
+            "oif": oif,
+        }
+        if gateway is not None:
+            kwargs["gateway"] = gateway
+        label = f"route {server} (VPN server)" + (f" via {gateway}" if gateway else "")
+        if self._add(ipr, "route", kwargs, label):
+            self._steps.append(_Step("route", kwargs, label))
+
+    @staticmethod
+    def _add(ipr: IPRoute, kind: str, kwargs: dict[str, Any], label: str) -> bool:
+        """Add one object; False (and not ours to remove) if it already existed."""
+        try:
+            getattr(ipr, kind)("add", **kwargs)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                log.warning("%s already exists; leaving it alone", label)
+                return False
+            raise ConfigError(f"cannot add {label}: {_describe(exc)}") from None
+        log.debug("added %s", label)
+        return True
+
+    def undo(self) -> None:
+        """Remove everything `apply` added, newest first. Idempotent; never raises."""
+        if not self._steps:
+            return
+        steps, self._steps = self._steps, []
+        try:
+            ipr = IPRoute()
+        except Exception as exc:  # never raise from cleanup
+            log.error("cannot open netlink to undo %s: %s", self.ifname, exc)
+            return
+        try:
+            for step in reversed(steps):
+                try:
+                    if step.kind == "link":
+                        ipr.link("set", **step.undo_kwargs)
+                    else:
+                        getattr(ipr, step.kind)("del", **step.undo_kwargs)
+                except NetlinkError as exc:
+                    if exc.code in _ALREADY_GONE:
+                        log.debug("%s was already gone", step.label)
+                    else:
+                        log.warning("could not undo %s: %s", step.label, _describe(exc))
+                except Exception as exc:
+                    log.warning("could not undo %s: %s", step.label, exc)
+                else:
+                    log.debug("removed %s", step.label)
+        finally:
+            try:
+                ipr.close()
+            except Exception as exc:
+                log.debug("closing netlink socket failed: %s", exc)
+
+
+def _describe(exc: NetlinkError) -> str:
+    try:
+        return f"{exc.args[1]} (errno {exc.code})"
+    except (IndexError, AttributeError):
+        return str(exc)

@@ -1,0 +1,128 @@
+"""The workers manager: the root nursery every layer runs in, and the way out.
+
+Structured concurrency does the hard part: every service runs as a task of one nursery, so
+an exception in any layer cancels all the others, and the nursery only returns once every
+task has finished. The manager adds what a VPN needs around that:
+
+* a graceful stop (`request_stop`): run the exit hooks (send EXIT / OCC exit so the server
+  frees our slot at once), give them a bounded time, then cancel the root scope;
+* SIGINT/SIGTERM mapped to that graceful stop (the CLI enables it);
+* cleanups (remove routes and addresses, close the TUN) that run on every exit path,
+  including cancellation and errors, in reverse order of registration;
+* a name per service, so a failure is reported as "layer X failed: reason".
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+log = logging.getLogger("trivpn.workers")
+
+#: How long exit notifications may take before everything is cancelled anyway.
+EXIT_GRACE = 1.0
+
+
+class ServiceFailed(Exception):
+    """Wraps a layer's exception with the layer's name (the original is `__cause__`)."""
+
+    def __init__(self, service: str, exc: BaseException) -> None:
+        super().__init__(f"{service}: {exc}")
+        self.service = service
+        self.error = exc
+
+
+def primary_error(exc: BaseException) -> BaseException:
+    """The error that caused a failure, dug out of exception groups and service wrappers."""
+    while True:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+            exc = inner[0] if inner else exc.exceptions[0]
+            continue
+        if isinstance(exc, ServiceFailed):
+            exc = exc.error
+            continue
+        return exc
+
+
+class WorkersManager:
+    def __init__(self, *, handle_signals: bool = False, exit_grace: float = EXIT_GRACE) -> None:
+        self.handle_signals = handle_signals
+        self.exit_grace = exit_grace
+        self.nursery: trio.Nursery | None = None
+        self.cancel_scope = trio.CancelScope()
+        self._cleanups: list[Callable[[], Any]] = []
+        self._exit_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._stopping = False
+        self.stop_reason: str | None = None
+
+    def add_cleanup(self, fn: Callable[[], Any]) -> None:
+        """Register a synchronous cleanup; runs on every exit path, newest first."""
+        self._cleanups.append(fn)
+
+    def add_exit_hook(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Register an async exit notification, run (bounded) before a graceful stop."""
+        self._exit_hooks.append(fn)
+
+    def start_service(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self.nursery is not None, "start services inside run()"
+
+        async def wrapped() -> None:
+            try:
+                await fn(*args)
+            except (trio.Cancelled, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise ServiceFailed(name, exc) from exc
+
+        self.nursery.start_soon(wrapped, name=name)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Begin a graceful stop (idempotent)."""
+        if self._stopping or self.nursery is None:
+            return
+        self._stopping = True
+        self.stop_reason = reason
+        self.nursery.start_soon(self._graceful_stop)
+
+    async def _graceful_stop(self) -> None:
+        with trio.move_on_after(self.exit_grace):
+            for hook in self._exit_hooks:
+                try:
+                    await hook()
+                except Exception as exc:  # an exit notice is best effort
+                    log.debug("exit hook failed: %s", exc)
+        self.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self._stopping:
+                    log.warning("%s again: stopping now", name)
+                    self.cancel_scope.cancel()
+                else:
+                    log.info("%s received, shutting down", name)
+                    self.request_stop(name)
+
+    async def run(self, setup: Callable[[WorkersManager], Awaitable[None]]) -> None:
+        """Run `setup` (which starts services) and keep every service under one scope."""
+        try:
+            with self.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    if self.handle_signals:
+                        nursery.start_soon(self._signals, name="signals")
+                    await setup(self)
+        finally:
+            self.nursery = None
+            for fn in reversed(self._cleanups):
+                try:
+                    fn()
+                except Exception as exc:
+                    log.warning("cleanup failed: %s", exc)
+            self._cleanups.clear()
