@@ -84,12 +84,33 @@ def _load(path: str) -> object:
     return profile
 
 
+def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
+    """Username/password from the flags, the profile's auth-user-pass, or a prompt."""
+    if args.auth_user:
+        return args.auth_user, args.auth_password
+    aup = getattr(profile, "auth_user_pass", None)
+    if isinstance(aup, tuple):
+        return aup
+    if aup is True:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                "the profile asks for a username and password (auth-user-pass) "
+                "and there is no terminal to prompt on"
+            )
+        import getpass
+
+        user = input("Username: ")
+        return user, getpass.getpass("Password: ")
+    return "", ""
+
+
 async def cmd_connect(args: argparse.Namespace) -> int:
     from trivpn.client import Client
     from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
     from trivpn.workers.manager import WorkersManager
 
     profile = _load(args.profile)
+    username, password = _credentials(profile, args)
     try:
         fd, name = open_tun()
     except TunPermissionError as exc:
@@ -103,8 +124,8 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         ifname=name,
         configure_tun=True,
         key_derivation=args.key_derivation,
-        username=args.auth_user,
-        password=args.auth_password,
+        username=username,
+        password=password,
     )
 
     async def setup(m: WorkersManager) -> None:
@@ -130,11 +151,12 @@ async def cmd_ping(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"TARGET must be an IP address, not {args.target!r}") from None
     profile = _load(args.profile)
+    username, password = _credentials(profile, args)
     async with connect(
         profile,  # type: ignore[arg-type]
         key_derivation=args.key_derivation,
-        username=args.auth_user,
-        password=args.auth_password,
+        username=username,
+        password=password,
     ) as tunnel:
         s = tunnel.settings
         if target.version == 4:

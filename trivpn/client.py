@@ -126,10 +126,13 @@ def tun_config_from(settings: PushedSettings, server_address: str) -> TunConfig:
         iface = ipaddress.IPv6Interface(settings.ifconfig_ipv6_local)
         cfg.ipv6 = (str(iface.ip), iface.network.prefixlen)
     for r in settings.routes:
-        if r.gateway == "net_gateway":
-            log.warning("route %s %s via net_gateway is not supported; skipped", r.network, r.netmask)
+        network = r.network
+        if network == "vpn_gateway" and settings.route_gateway:
+            network = settings.route_gateway
+        if r.gateway == "net_gateway" or network in ("net_gateway", "remote_host", "vpn_gateway"):
+            log.warning("route %s %s %s is not supported; skipped", r.network, r.netmask, r.gateway or "")
             continue
-        net = ipaddress.IPv4Network(f"{r.network}/{r.netmask}", strict=False)
+        net = ipaddress.IPv4Network(f"{network}/{r.netmask}", strict=False)
         cfg.routes.append((str(net), None, r.metric))
     for r6 in settings.routes_ipv6:
         net6 = ipaddress.IPv6Network(r6.network, strict=False)
@@ -351,7 +354,13 @@ class Client:
         manager.add_exit_hook(self.exit_notify)
 
         with trio.move_on_after(self.hand_window) as scope:
-            up = await events_r.receive()
+            try:
+                up = await events_r.receive()
+            except trio.EndOfChannel:
+                # The TLS layer ended. If it failed, its error cancels us within moments and
+                # is the one reported; the line below is only for an unexplained end.
+                await trio.sleep(5)
+                raise FatalError("the TLS session ended before the tunnel came up") from None
         if scope.cancelled_caught:
             raise FatalError(
                 f"no tunnel within {self.hand_window:g} s: the server did not complete the TLS "

@@ -55,31 +55,48 @@ CASES = {
 
 
 def _state(ns) -> str:  # type: ignore[no-untyped-def]
-    out = []
-    for argv in (["ip", "-o", "link"], ["ip", "-o", "addr"], ["ip", "route"], ["ip", "-6", "route"]):
-        out.append(ns.run(argv).stdout)
+    """Interfaces (by name), addresses and routes of a namespace: what a run must not leave."""
+    links = ns.run(["ip", "-o", "link"]).stdout
+    names = sorted(ln.split(":")[1].strip() for ln in links.splitlines() if ":" in ln)
+    out = [" ".join(names)]
+    for argv in (["ip", "-o", "addr"], ["ip", "route"], ["ip", "-6", "route"]):
+        # the veth's link-local address may appear late (kernel DAD); it is not ours anyway
+        out.extend(ln for ln in ns.run(argv).stdout.splitlines() if "fe80::" not in ln)
     return "\n".join(out)
 
 
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> list[str]:
     """Read the client's stdout until a line containing `needle` (bounded in time)."""
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
     buf = ""
     while time.monotonic() < deadline:
-        chunk = proc.stdout.read()
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            chunk = None
         if chunk:
-            buf += chunk
+            buf += chunk.decode(errors="replace")
             *done, buf = buf.split("\n")
             lines.extend(done)
             if any(needle in ln for ln in done):
                 return lines
-        elif proc.poll() is not None:
+        elif chunk == b"" or proc.poll() is not None:
             break
-        time.sleep(0.05)
-    raise AssertionError(f"no {needle!r} from trivpn within {timeout}s; output so far:\n" + "\n".join(lines + [buf]))
+        else:
+            time.sleep(0.05)
+    raise AssertionError(
+        f"no {needle!r} from trivpn within {timeout}s; output so far:\n" + "\n".join([*lines, buf])
+    )
+
+
+def _rest_of_output(proc: subprocess.Popen[bytes]) -> str:
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), True)
+    return proc.stdout.read().decode(errors="replace")
 
 
 def _tun_addresses(ns) -> tuple[str, str]:  # type: ignore[no-untyped-def]
@@ -102,7 +119,6 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
         [sys.executable, "-m", "trivpn", "connect", str(profile), "--key-derivation", kd],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         lines = _wait_for_line(proc, "tunnel up", 30)
@@ -119,7 +135,7 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
             assert r.returncode == 0, f"server→{target} failed:\n{r.stdout}{r.stderr}"
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=5)
-        rest = proc.stdout.read() if proc.stdout else ""
+        rest = _rest_of_output(proc)
         assert rc == 0, f"exit code {rc}:\n{rest}"
         assert "Traceback" not in rest
         assert _state(netns.client) == before

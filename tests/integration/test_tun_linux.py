@@ -368,7 +368,11 @@ def test_existing_route_is_not_ours_to_remove(netns: str) -> None:
     res = _run_inside(netns, "preexisting")
     # A server host route that existed before apply() is left in place by undo().
     assert "198.51.100.7 via 192.0.2.1 dev up0" in _routes(res["after"])
-    assert res["applied"] == ["tvpn mtu", "route 0.0.0.0/1 (redirect)", "route 128.0.0.0/1 (redirect)"]
+    assert res["applied"] == [
+        "tvpn mtu",
+        "route 0.0.0.0/1 (redirect)",
+        "route 128.0.0.0/1 (redirect)",
+    ]
 
 
 # --------------------------------------------------------------------------------------------

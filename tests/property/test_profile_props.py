@@ -19,7 +19,7 @@ from trivpn.profile.profile import (
     Remote,
     parse_profile,
 )
-from trivpn.profile.push import PushReplyAssembler, PushedSettings, parse_push_options
+from trivpn.profile.push import PushedSettings, PushReplyAssembler, parse_push_options
 
 NOWHERE = Path("/nonexistent-trivpn-test-dir")
 CA = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUCA==\n-----END CERTIFICATE-----\n"
@@ -32,7 +32,7 @@ styles = st.sampled_from(["plain", "double", "single"])
 
 def render_token(tok: str, style: str) -> str:
     """Write ``tok`` so OpenVPN's tokenizer gives it back unchanged."""
-    plain_ok = tok and not any(c in ' \t\v\f\r"\'\\' for c in tok) and tok[0] not in "#;"
+    plain_ok = tok and not any(c in " \t\v\f\r\"'\\" for c in tok) and tok[0] not in "#;"
     if style == "plain" and plain_ok:
         return tok
     if style == "single" and "'" not in tok:

@@ -215,7 +215,8 @@ class LossyLinkMachine(RuleBasedStateMachine):
                 lowest = next(iter(end._unacked))
                 assert max(transmitted) < lowest + self.send_window
             assert len(end._recv_buffer) + len(end._ready) <= self.recv_window
-            assert all(i > end._next_recv_id for i in end._recv_buffer)
+            nxt = end._next_recv_id
+            assert all(nxt < i < nxt + self.recv_window for i in end._recv_buffer)
             assert len(end._pending_acks) <= RELIABLE_ACK_SIZE
             assert len(set(end._pending_acks)) == len(end._pending_acks)
             assert len(end._mru) <= RELIABLE_ACK_SIZE

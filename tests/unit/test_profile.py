@@ -61,7 +61,10 @@ def one_line_error(exc: pytest.ExceptionInfo[ConfigError]) -> str:
         ("remote host # trailing comment", ["remote", "host"]),
         ("remote host ;trailing", ["remote", "host"]),
         ("setenv FOO a#b", ["setenv", "FOO", "a#b"]),
-        ('verify-x509-name "C=DE, CN=vpn server" subject', ["verify-x509-name", "C=DE, CN=vpn server", "subject"]),
+        (
+            'verify-x509-name "C=DE, CN=vpn server" subject',
+            ["verify-x509-name", "C=DE, CN=vpn server", "subject"],
+        ),
         ("verify-x509-name 'C=DE, CN=x' name", ["verify-x509-name", "C=DE, CN=x", "name"]),
         (r'setenv X "a \"quoted\" word"', ["setenv", "X", 'a "quoted" word']),
         (r'setenv X "back\\slash"', ["setenv", "X", "back\\slash"]),
@@ -192,7 +195,9 @@ def test_proto_normalized(given: str, normal: str) -> None:
 
 def test_remote_forms_and_defaults_from_port_and_proto() -> None:
     base = f"client\ndev tun\n<ca>\n{CA}</ca>\n"
-    p = parse_profile(base + "remote a\nremote b 1195\nremote c 443 tcp\nport 1300\nproto tcp4-client\n")
+    p = parse_profile(
+        base + "remote a\nremote b 1195\nremote c 443 tcp\nport 1300\nproto tcp4-client\n"
+    )
     assert p.remotes == [
         Remote("a", 1300, "tcp4"),
         Remote("b", 1195, "tcp4"),
@@ -249,7 +254,9 @@ def write_keys(d: Path) -> None:
 
 def test_files_relative_to_base_dir(tmp_path: Path) -> None:
     write_keys(tmp_path)
-    text = "client\ndev tun\nremote h\nca ca.crt\ncert client.crt\nkey client.key\ntls-auth ta.key 1\n"
+    text = (
+        "client\ndev tun\nremote h\nca ca.crt\ncert client.crt\nkey client.key\ntls-auth ta.key 1\n"
+    )
     p = parse_profile(text, base_dir=tmp_path)
     assert (p.ca, p.cert, p.key, p.tls_auth, p.key_direction) == (CA, CERT, KEY, STATIC_KEY, 1)
 
@@ -271,8 +278,7 @@ def test_quoted_file_name_with_space(tmp_path: Path) -> None:
 def test_inline_equals_file(tmp_path: Path) -> None:
     write_keys(tmp_path)
     files = parse_profile(
-        "client\ndev tun\nremote h\nca ca.crt\ncert client.crt\nkey client.key\n"
-        "tls-crypt ta.key\n",
+        "client\ndev tun\nremote h\nca ca.crt\ncert client.crt\nkey client.key\ntls-crypt ta.key\n",
         base_dir=tmp_path,
     )
     inline = parse_profile(
@@ -345,7 +351,10 @@ def test_tls_checks() -> None:
     assert p.remote_cert_tls == "server"
     assert p.verify_x509_name == ("vpn.example.com", "name")
     assert p.tls_version_min == "1.2"
-    assert parse('verify-x509-name "C=US, CN=srv"\n').verify_x509_name == ("C=US, CN=srv", "subject")
+    assert parse('verify-x509-name "C=US, CN=srv"\n').verify_x509_name == (
+        "C=US, CN=srv",
+        "subject",
+    )
     assert parse("verify-x509-name srv- name-prefix\n").verify_x509_name == ("srv-", "name-prefix")
     assert parse("tls-version-min 1.3\n").tls_version_min == "1.3"
 
@@ -435,7 +444,15 @@ def test_compression_stubs(extra: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "extra", ["comp-lzo\n", "comp-lzo yes\n", "comp-lzo adaptive\n", "compress lz4\n", "compress lzo\n", "compress lz4-v2\n"]
+    "extra",
+    [
+        "comp-lzo\n",
+        "comp-lzo yes\n",
+        "comp-lzo adaptive\n",
+        "compress lz4\n",
+        "compress lzo\n",
+        "compress lz4-v2\n",
+    ],
 )
 def test_real_compression_refused(extra: str) -> None:
     with pytest.raises(ConfigError, match="VORACLE") as exc:
@@ -453,7 +470,10 @@ def test_auth_user_pass_forms(tmp_path: Path) -> None:
         "s3cret pass",
     )
     (tmp_path / "creds.txt").write_text("bob\r\nhunter2\r\n")
-    assert parse("auth-user-pass creds.txt\n", base_dir=tmp_path).auth_user_pass == ("bob", "hunter2")
+    assert parse("auth-user-pass creds.txt\n", base_dir=tmp_path).auth_user_pass == (
+        "bob",
+        "hunter2",
+    )
     (tmp_path / "user.txt").write_text("carol\n")
     p = parse("auth-user-pass user.txt\n", base_dir=tmp_path)
     assert p.auth_user_pass is True
@@ -531,7 +551,9 @@ def test_connection_blocks() -> None:
         {"remote": ["a.example", "1195"], "proto": ["udp"], "nobind": []},
         {"remote": ["b.example", "443", "tcp"]},
     ]
-    assert "option 'remote' (line 4) is ignored because <connection> blocks are present" in p.warnings
+    assert (
+        "option 'remote' (line 4) is ignored because <connection> blocks are present" in p.warnings
+    )
     assert any("line 15" in w and "only the first" in w for w in p.warnings)
 
 
@@ -551,7 +573,10 @@ def test_connection_inherits_global_defaults_and_inline_tls_auth() -> None:
     [
         ("remote a\nverb 3\n", "line 10: option 'verb': is not allowed inside a <connection>"),
         ("nobind\n", "line 8: option 'connection': block has no 'remote'"),
-        ("remote a\nremote b\n", "line 10: option 'remote': a <connection> block may hold only one"),
+        (
+            "remote a\nremote b\n",
+            "line 10: option 'remote': a <connection> block may hold only one",
+        ),
         ("remote a\n<connection>\nremote b\n</connection>\n", "missing </connection>"),
     ],
 )

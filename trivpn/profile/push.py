@@ -66,8 +66,16 @@ REDIRECT_FLAGS = frozenset(
 PROTOCOL_FLAGS = frozenset({"cc-exit", "tls-ekm", "dyn-tls-crypt", "aead-epoch"})
 
 #: Pushed options that change nothing for our client and are accepted quietly.
+#: (`tun-ipv6` is a no-op that 2.6 servers still push to every client with IPv6.)
 _SILENT_PUSH = frozenset(
-    {"block-outside-dns", "register-dns", "route-delay", "ip-win32", "dhcp-pre-release"}
+    {
+        "block-outside-dns",
+        "register-dns",
+        "route-delay",
+        "ip-win32",
+        "dhcp-pre-release",
+        "tun-ipv6",
+    }
 )
 
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")

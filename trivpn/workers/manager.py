@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from trivpn.errors import TrivpnError
+
 log = logging.getLogger("trivpn.workers")
 
 #: How long exit notifications may take before everything is cancelled anyway.
@@ -36,12 +38,26 @@ class ServiceFailed(Exception):
         self.error = exc
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    return exc.error if isinstance(exc, ServiceFailed) else exc
+
+
 def primary_error(exc: BaseException) -> BaseException:
     """The error that caused a failure, dug out of exception groups and service wrappers."""
     while True:
         if isinstance(exc, BaseExceptionGroup):
-            inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
-            exc = inner[0] if inner else exc.exceptions[0]
+            leaves = _leaves(exc)
+            inner = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+            # an error we raised on purpose names the cause better than its side effects
+            ours = [e for e in inner if isinstance(_unwrap(e), TrivpnError)]
+            exc = (ours or inner or leaves)[0]
             continue
         if isinstance(exc, ServiceFailed):
             exc = exc.error
