@@ -34,7 +34,14 @@ from trivpn.datachannel.crypto import SUPPORTED_AEAD, normalize_cipher_name
 from trivpn.datachannel.service import DataService
 from trivpn.errors import ConfigError, FatalError
 from trivpn.messages import SendExitNotify, TunnelUp
-from trivpn.networkio import Endpoint, open_transport, resolve, run_networkio
+from trivpn.networkio import (
+    Endpoint,
+    Transport,
+    TransportError,
+    open_transport,
+    resolve,
+    run_networkio,
+)
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.profile.profile import Profile
 from trivpn.profile.push import PushedSettings
@@ -254,11 +261,42 @@ class Client:
 
         return make
 
-    async def _pick_endpoint(self) -> Endpoint:
+    async def _connect(self, deadline: float) -> Transport:
+        """Resolve the remote and open the transport, retrying transient failures.
+
+        Every address of the name is tried in resolver order; a refused or unreachable TCP
+        connect is reported and retried with backoff (1 s doubling, 8 s cap) until the
+        hand-window deadline. UDP needs no connect: its retries are the reset's.
+        """
         remote = self.profile.remotes[0]
-        log.info("resolving %s", remote.host)
-        endpoints = await resolve(remote.host, remote.port, remote.proto)
-        return endpoints[0]
+        delay = 1.0
+        while True:
+            log.info("resolving %s", remote.host)
+            try:
+                endpoints = await resolve(remote.host, remote.port, remote.proto)
+            except TransportError as exc:
+                if trio.current_time() + delay >= deadline:
+                    raise FatalError(str(exc)) from None
+                log.warning("%s; retrying in %g s", exc, delay)
+            else:
+                for endpoint in endpoints:
+                    log.info("connecting to %s", endpoint.describe())
+                    try:
+                        transport = await open_transport(
+                            endpoint, report=lambda m: log.warning("%s", m)
+                        )
+                    except TransportError as exc:
+                        log.warning("%s", exc)
+                        continue
+                    self.endpoint = endpoint
+                    return transport
+                if trio.current_time() + delay >= deadline:
+                    raise FatalError(
+                        f"could not connect to {remote.host} port {remote.port} ({remote.proto})"
+                    )
+                log.warning("no address of %s answered; retrying in %g s", remote.host, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
     async def exit_notify(self) -> None:
         """Tell the server we are leaving (EXIT with cc-exit, else OCC exit on UDP)."""
@@ -275,10 +313,9 @@ class Client:
         self, manager: WorkersManager, *, task_status: trio.TaskStatus[TunnelInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Start every layer under `manager`, wait for the tunnel, then keep it running."""
-        endpoint = await self._pick_endpoint()
-        self.endpoint = endpoint
-        log.info("connecting to %s", endpoint.describe())
-        transport = await open_transport(endpoint, report=lambda m: log.warning("%s", m))
+        deadline = trio.current_time() + self.hand_window
+        transport = await self._connect(deadline)
+        endpoint = transport.endpoint
         manager.add_cleanup(transport.close)
         wrap = build_wrap(self.profile, int(time.time()))
         sid = os.urandom(8)
@@ -353,7 +390,7 @@ class Client:
             )
         manager.add_exit_hook(self.exit_notify)
 
-        with trio.move_on_after(self.hand_window) as scope:
+        with trio.move_on_at(deadline) as scope:
             try:
                 up = await events_r.receive()
             except trio.EndOfChannel:

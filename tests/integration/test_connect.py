@@ -46,11 +46,31 @@ CASES = {
         "prf",
         "AES-256-GCM",
     ),
-    "udp-tlsauth-net30": (
-        ServerOptions(proto="udp", wrap="tls-auth", topology="net30"),
+    "udp-tlsauth-net30-routes": (
+        ServerOptions(
+            proto="udp",
+            wrap="tls-auth",
+            topology="net30",
+            extra=[
+                'push "route 10.203.0.0 255.255.255.0"',
+                'push "route-ipv6 fd00:203::/64"',
+                'push "redirect-gateway def1"',
+            ],
+        ),
         "auto",
         "AES-256-GCM",
     ),
+}
+
+#: Routes each case must have installed while the tunnel is up (checked in `ip route`).
+EXPECTED_ROUTES = {
+    "udp-tlsauth-net30-routes": [
+        ("-4", "10.203.0.0/24 "),
+        ("-4", "0.0.0.0/1 "),
+        ("-4", "128.0.0.0/1 "),
+        ("-4", "10.201.0.1 "),  # host route to the server, outside the tunnel
+        ("-6", "fd00:203::/64 "),
+    ],
 }
 
 
@@ -127,6 +147,12 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
         assert ("tls1-prf" if kd == "prf" else "tls-ekm") in up
         assert any("TLS ok" in ln and "trivpn-test-server" in ln for ln in lines)
         v4, v6 = _tun_addresses(netns.client)
+        for family, prefix in EXPECTED_ROUTES.get(case, []):
+            routes = netns.client.run(["ip", family, "route"]).stdout
+            assert any(ln.startswith(prefix) for ln in routes.splitlines()), f"{prefix} missing:\n{routes}"
+        if case in EXPECTED_ROUTES:
+            server_route = netns.client.run(["ip", "route", "get", "10.201.0.1"]).stdout
+            assert "veth0" in server_route, server_route
         for target in (server.tunnel_v4, server.tunnel_v6):
             r = netns.client.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", target], check=False)
             assert r.returncode == 0, f"client→{target} failed:\n{r.stdout}{r.stderr}\n{server.log_text()[-3000:]}"
@@ -194,3 +220,28 @@ def test_connect_without_root_says_so_in_one_line(pki, tmp_path: Path) -> None: 
     errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(errors) == 1, r.stderr
     assert "root" in errors[0] and "trivpn ping" in errors[0]
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_transient_failures_are_reported_while_retrying(proto, pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Started before its server, the client reports each failed attempt, then connects."""
+    opts = ServerOptions(proto=proto, wrap="tls-crypt")
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, netns.server_v4))
+    proc = netns.client.popen(
+        [sys.executable, "-m", "trivpn", "ping", str(profile), "10.202.0.1", "-c", "2", "-i", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        needle = "no answer from the server yet" if proto == "udp" else "Connection refused"
+        early = _wait_for_line(proc, needle, 15)
+        openvpn_server(opts)
+        rc = proc.wait(timeout=40)
+        out = "\n".join(early) + _rest_of_output(proc)
+        assert rc == 0, out
+        assert "2 packets transmitted, 2 received" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

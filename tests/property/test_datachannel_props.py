@@ -88,7 +88,11 @@ def test_any_bit_flip_rejected(
         st.one_of(
             st.binary(max_size=80),
             # bytes that look like data packets for key 0, to get past the cheap checks
-            st.builds(lambda b0, rest: bytes([b0]) + rest, st.sampled_from([0x30, 0x48]), st.binary(max_size=80)),
+            st.builds(
+                lambda b0, rest: bytes([b0]) + rest,
+                st.sampled_from([0x30, 0x48]),
+                st.binary(max_size=80),
+            ),
         ),
         max_size=8,
     ),

@@ -428,7 +428,9 @@ def test_lame_duck_decrypts_after_new_key() -> None:
     assert (client.primary_key_id, client.lame_duck_key_id) == (1, 0)
     (new,) = client.encrypt([b"\x45new"], 10.0)
     assert new[0] == 0x49
-    assert new == ref_packet("AES-256-GCM", b"\x45new", pid=1, from_server=False, key_id=1, key2=KEY2_B)
+    assert new == ref_packet(
+        "AES-256-GCM", b"\x45new", pid=1, from_server=False, key_id=1, key2=KEY2_B
+    )
     assert server.decrypt([new, old], 10.0) == [b"\x45new", b"\x45old"]
     # a third key pushes the oldest out
     client.install_key(2, KEY2, 20.0)

@@ -90,9 +90,7 @@ class DirectionKeys:
     implicit_iv: bytes  # 8 bytes (first 8 of the hmac slot)
 
 
-def split_key2(
-    key2: bytes, cipher: str, *, is_server: bool
-) -> tuple[DirectionKeys, DirectionKeys]:
+def split_key2(key2: bytes, cipher: str, *, is_server: bool) -> tuple[DirectionKeys, DirectionKeys]:
     """Slice `key2` into (encrypt, decrypt) keys for our side of the connection."""
     if len(key2) != KEY2_LEN:
         raise LocalProtocolError(f"key2 must be {KEY2_LEN} bytes, got {len(key2)}")
