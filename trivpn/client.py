@@ -416,6 +416,29 @@ class Client:
         self.info = info
         log.info("%s", describe_tunnel(info))
         task_status.started(info)
-        async with events_r:
-            async for ev in events_r:
-                log.debug("event %r", ev)
+        try:
+            async with events_r:
+                async for ev in events_r:
+                    log.debug("event %r", ev)
+        finally:
+            log.info("%s", self.counters_line(muxer, data))
+
+    @staticmethod
+    def counters_line(muxer: PacketMuxer, data: DataService) -> str:
+        """One line of traffic and drop counters (every dropped packet is counted somewhere)."""
+        m = muxer.stats
+        parts = [
+            f"control in {m.control_in}",
+            f"dropped control: {m.drop_unauthentic} unauthentic, {m.drop_malformed} malformed, "
+            f"{m.drop_session} wrong session, {m.drop_early} early",
+        ]
+        core = data.core
+        if core is not None:
+            d = core.stats
+            parts.insert(0, f"data in {d.rx_packets} out {d.tx_packets} packets")
+            parts.append(
+                f"dropped data: {d.drop_auth} unauthentic, {d.drop_replay} replayed, "
+                f"{d.drop_malformed} malformed, {d.drop_no_key} unknown key, "
+                f"{d.drop_compression} bad framing"
+            )
+        return "counters: " + "; ".join(parts)

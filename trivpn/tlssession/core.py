@@ -37,7 +37,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trivpn.errors import LocalProtocolError
+from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.profile.push import PushReplyAssembler
 from trivpn.tlssession.keymethod import (
     PRE_MASTER_LEN,
     RANDOM_LEN,
@@ -53,9 +54,6 @@ from trivpn.tlssession.tls import TLSConfig, TLSEngine
 PUSH_REQUEST_INTERVAL = 5.0
 PUSH_REQUEST = "PUSH_REQUEST"
 PUSH_REPLY = "PUSH_REPLY"
-PUSH_CONTINUATION = "push-continuation"
-#: `push-continuation 2` means "more parts follow"; 1 marks the last part.
-_CONTINUATION_MORE = "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +131,7 @@ class TLSSession:
         self._events: list[object] = []
         self._held: list[bytes] = []  # control records written before our key-method-2
         self._handshake_reported = False
-        self._push_parts: list[str] = []
+        self._push_assembler = PushReplyAssembler()
         self._push_complete = False
         self._push_timer: float | None = None
 
@@ -233,20 +231,15 @@ class TLSSession:
             self._events.append(ControlMessage(text))
 
     def _on_push_reply(self, text: str, now: float) -> None:
-        continuation: str | None = None
-        for option in text.split(",")[1:]:
-            words = option.split()
-            if not words:
-                continue
-            if words[0] == PUSH_CONTINUATION:
-                continuation = words[1] if len(words) > 1 else ""
-            else:
-                self._push_parts.append(option)
-        if continuation == _CONTINUATION_MORE:
+        try:
+            options = self._push_assembler.feed(text)
+        except RemoteProtocolError:
+            self.dropped_control_messages += 1
+            return
+        if options is None:  # a continued reply: more parts follow
             if self._push_timer is not None:
                 self._push_timer = now + self._interval
             return
-        options, self._push_parts = self._push_parts, []
         self._push_complete = True
         self._push_timer = None
         self._events.append(PushReplyReceived(options))
