@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,7 +192,10 @@ class Client:
         username: str = "",
         password: str = "",
         hand_window: float = HAND_WINDOW,
+        on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_tunnel_up` runs once the keys are in place and before the tunnel is reported
+        up: a privileged manager applies the network settings there (see issue 7)."""
         if key_derivation not in ("auto", "ekm", "prf"):
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
         self.profile = profile
@@ -203,6 +206,7 @@ class Client:
         self.username = username
         self.password = password
         self.hand_window = hand_window
+        self.on_tunnel_up = on_tunnel_up
         self.info: TunnelInfo | None = None
         self.endpoint: Endpoint | None = None
         self.ciphers = negotiable_ciphers(profile)
@@ -413,6 +417,8 @@ class Client:
             configurator = NetConfigurator(self.ifname)
             manager.add_cleanup(configurator.undo)
             configurator.apply(info.tun_config)
+        if self.on_tunnel_up is not None:
+            await self.on_tunnel_up(info)
         self.info = info
         log.info("%s", describe_tunnel(info))
         task_status.started(info)
