@@ -72,7 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("-i", "--interval", type=float, default=1.0, help="seconds between requests")
     pg.add_argument("-W", "--timeout", type=float, default=2.0, help="seconds to wait for the last reply")
     pg.add_argument("-s", "--size", type=int, default=56, help="payload bytes (default 56)")
+    _add_plugin_commands(sub, common)
     return p
+
+
+#: Modules that add sub-commands: each has `add_commands(sub, common)` registering parsers
+#: with `set_defaults(handler=async_fn)`. Kept light at import time (no heavy imports at the
+#: top of those modules) so `trivpn connect` starts fast.
+PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli")
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction, common: object) -> None:  # type: ignore[type-arg]
+    import importlib
+
+    for name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that feature is not part of this build
+            raise
+        module.add_commands(sub, common)
 
 
 def _load(path: str) -> object:
@@ -233,10 +253,10 @@ async def cmd_ping(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(getattr(args, "verbose", 0))
     from trivpn.workers.manager import primary_error
 
-    handler = {"connect": cmd_connect, "ping": cmd_ping}[args.command]
+    handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
         return trio.run(handler, args)
     except KeyboardInterrupt:
@@ -246,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         err = primary_error(exc)
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         if isinstance(err, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)

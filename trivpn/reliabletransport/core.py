@@ -268,7 +268,7 @@ class ReliableTransport:
             stats.no_buffer += 1  # OpenVPN: no free receive buffer -> ignore, no ACK
             return
         next_id = self._next_recv_id
-        if message_id > next_id + self._recv_window:
+        if message_id >= next_id + self._recv_window:
             stats.out_of_window += 1
             return
         if message_id < next_id or message_id in self._recv_buffer:
