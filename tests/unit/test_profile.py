@@ -487,10 +487,10 @@ def test_auth_user_pass_forms(tmp_path: Path) -> None:
 
 def test_unknown_and_unsupported_options_warn() -> None:
     p = parse("remote-random\nfloat\nmssfix 1400\nfrobnicate 3\nredirect-gateway def1\nup /x.sh\n")
+    assert p.remote_random
     assert p.warnings == [
         f"option '{name}' (line {n}) is not supported and was ignored"
         for n, name in [
-            (9, "remote-random"),
             (10, "float"),
             (11, "mssfix"),
             (12, "frobnicate"),
@@ -725,8 +725,8 @@ def test_commercial_provider_profile(tmp_path: Path) -> None:
     assert p.tls_auth == STATIC_KEY and p.key_direction == 1
     assert p.explicit_exit_notify == 1
     assert p.ca == CA and p.cert is None
+    assert p.remote_random
     assert p.warnings == [
-        "option 'remote-random' (line 8) is not supported and was ignored",
         "option 'remote-random-hostname' (line 9) is not supported and was ignored",
     ]
 

@@ -104,7 +104,12 @@ def test_in_order_delivery_from_reordered_packets() -> None:
     r = ReliableTransport()
     for mid in (2, 0, 3, 1):
         r.receive_packet(CONTROL, [], mid, f"m{mid}".encode(), 0.0)
-    assert r.messages_received() == [(CONTROL, b"m0"), (CONTROL, b"m1"), (CONTROL, b"m2"), (CONTROL, b"m3")]
+    assert r.messages_received() == [
+        (CONTROL, b"m0"),
+        (CONTROL, b"m1"),
+        (CONTROL, b"m2"),
+        (CONTROL, b"m3"),
+    ]
     assert r.messages_received() == []
     assert r.stats.received == 4 and r.stats.delivered == 4
 

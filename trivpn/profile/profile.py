@@ -234,6 +234,13 @@ class Profile:
     ping_exit: int | None = None
     keepalive: tuple[int, int] | None = None
     reneg_sec: int | None = None
+    reneg_bytes: int | None = None
+    reneg_pkts: int | None = None
+    connect_retry: tuple[int, int] | None = None  # (initial delay, max delay) seconds
+    connect_retry_max: int | None = None  # full passes over the remotes; None = unlimited
+    server_poll_timeout: int | None = None  # per address: seconds to get an answer
+    hand_window: int | None = None
+    remote_random: bool = False
     explicit_exit_notify: int | None = None
     connections: list[dict[str, list[str]]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -350,6 +357,14 @@ class _Builder:
             "ping-exit": self._timer,
             "keepalive": self._keepalive,
             "reneg-sec": self._reneg_sec,
+            "reneg-bytes": self._int_attr,
+            "reneg-pkts": self._int_attr,
+            "connect-retry-max": self._int_attr,
+            "server-poll-timeout": self._int_attr,
+            "connect-timeout": self._int_attr,
+            "hand-window": self._int_attr,
+            "connect-retry": self._connect_retry,
+            "remote-random": self._remote_random,
             "explicit-exit-notify": self._explicit_exit_notify,
             "setenv": self._setenv,
             "ignore-unknown-option": self._ignore_unknown_option,
@@ -661,6 +676,30 @@ class _Builder:
         self.p.reneg_sec = self.integer(line, name, args[0], 0, MAX_SECONDS)
         if len(args) == 2:
             self.integer(line, name, args[1], 0, MAX_SECONDS)
+
+    _INT_ATTRS = {
+        "reneg-bytes": ("reneg_bytes", 2**62),
+        "reneg-pkts": ("reneg_pkts", 2**62),
+        "connect-retry-max": ("connect_retry_max", 2**31),
+        "server-poll-timeout": ("server_poll_timeout", MAX_SECONDS),
+        "connect-timeout": ("server_poll_timeout", MAX_SECONDS),
+        "hand-window": ("hand_window", MAX_SECONDS),
+    }
+
+    def _int_attr(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 1, 1)
+        attr, hi = self._INT_ATTRS[name]
+        setattr(self.p, attr, self.integer(line, name, args[0], 0, hi))
+
+    def _connect_retry(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 1, 2)
+        first = self.integer(line, name, args[0], 0, MAX_SECONDS)
+        cap = self.integer(line, name, args[1], 0, MAX_SECONDS) if len(args) == 2 else 300
+        self.p.connect_retry = (first, max(first, cap))
+
+    def _remote_random(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 0, 0)
+        self.p.remote_random = True
 
     def _explicit_exit_notify(self, line: int, name: str, args: list[str], inline: bool) -> None:
         self.nargs(line, name, args, 0, 1)
