@@ -231,7 +231,7 @@ class Client:
             bits |= IV_PROTO_TLS_KEY_EXPORT
         return bits
 
-    def _make_session_factory(self, proto: str) -> Callable[[int], TLSSession]:
+    def _make_session_factory(self, proto: str) -> Callable[[int, str | None], TLSSession]:
         p = self.profile
         options = occ_options_string(
             proto=proto,
@@ -253,14 +253,16 @@ class Client:
             },
         )
 
-        def make(key_id: int) -> TLSSession:
+        def make(key_id: int, auth_token: str | None) -> TLSSession:
+            # every key exchange sends the credentials again; a pushed auth-token replaces
+            # the password. Only the first key pulls (the server pushes once per session).
             return TLSSession(
                 self.tls_config,
                 options_string=options,
                 peer_info=peer_info,
                 username=self.username,
-                password=self.password,
-                pull=p.pull,
+                password=auth_token or self.password,
+                pull=p.pull and key_id == 0,
             )
 
         return make
@@ -355,6 +357,8 @@ class Client:
             to_data=keys_s,
             events=events_s,
             commands=cmd_r,
+            reneg_sec=float(self.profile.reneg_sec if self.profile.reneg_sec is not None else 3600),
+            hand_window=self.hand_window,
         )
         self._tls = tls
         data = DataService(

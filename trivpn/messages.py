@@ -21,6 +21,13 @@ class ResetComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class SoftReset:
+    """A key renegotiation for `key_id` (up: the peer's soft reset; down: send ours)."""
+
+    key_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ControlOut:
     """Control packets ready to be framed for one key id (reliable → muxer)."""
 

@@ -1,5 +1,8 @@
 """The control-channel service: TLS bytes ⇄ reliable P_CONTROL_V1 messages.
 
+It also carries renegotiation: an in-order P_CONTROL_SOFT_RESET_V1 goes up as `SoftReset`,
+and a `SoftReset` coming down becomes our own soft-reset message for that key id.
+
 Down, it cuts the TLS ciphertext into payloads that keep every control packet within
 OpenVPN's control-channel MTU (a peer drops larger ones). Up, it hands the payloads of
 in-order P_CONTROL_V1 messages to the TLS session of their key id.
@@ -12,7 +15,7 @@ import logging
 import trio
 
 from trivpn.controlchannel.packet import CONTROL_SEND_ACK_MAX, SESSION_ID_LEN, Opcode
-from trivpn.messages import Ciphertext, ReliableMessage, ResetComplete
+from trivpn.messages import Ciphertext, ReliableMessage, ResetComplete, SoftReset
 
 log = logging.getLogger("trivpn.controlchannel")
 
@@ -39,7 +42,7 @@ async def run_controlchannel(
     from_rel: trio.MemoryReceiveChannel[list[object]],
     to_rel: trio.MemorySendChannel[list[ReliableMessage]],
     to_tls: trio.MemorySendChannel[list[object]],
-    from_tls: trio.MemoryReceiveChannel[list[Ciphertext]],
+    from_tls: trio.MemoryReceiveChannel[list[Ciphertext | SoftReset]],
     payload_size: int,
 ) -> None:
     async def up() -> None:
@@ -54,10 +57,7 @@ async def run_controlchannel(
                             if item.payload:
                                 out.append(Ciphertext(item.key_id, item.payload))
                         elif item.opcode == Opcode.CONTROL_SOFT_RESET_V1:
-                            log.warning(
-                                "the server started a key renegotiation (key id %d), which this "
-                                "version does not support yet", item.key_id
-                            )
+                            out.append(SoftReset(item.key_id))
                 if out:
                     await to_tls.send(out)
 
@@ -67,8 +67,13 @@ async def run_controlchannel(
             async with from_tls:
                 async for batch in from_tls:
                     msgs: list[ReliableMessage] = []
-                    for ct in batch:
-                        msgs.extend(chunk_ciphertext(ct.key_id, ct.data, payload_size))
+                    for item in batch:
+                        if isinstance(item, SoftReset):
+                            msgs.append(
+                                ReliableMessage(item.key_id, Opcode.CONTROL_SOFT_RESET_V1, b"")
+                            )
+                        else:
+                            msgs.extend(chunk_ciphertext(item.key_id, item.data, payload_size))
                     if msgs:
                         await to_rel.send(msgs)
             nursery.cancel_scope.cancel()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import trio
 
+from trivpn.controlchannel.packet import Opcode
 from trivpn.messages import ControlOut, ReliableMessage, ResetComplete
 from trivpn.reliabletransport.core import ReliableTransport
 from trivpn.workers.driver import CoreTimer, Outbox
@@ -43,6 +44,21 @@ class ReliableService:
         self._timer = CoreTimer()
         self._first_key_factory = first_key_factory
         self.dropped_unknown_key = 0
+        #: keys whose core the peer's soft reset created (our reply must reuse it)
+        self._peer_opened: set[int] = set()
+
+    def _new_key(self, key_id: int) -> ReliableTransport:
+        """A fresh core for a renegotiation: message ids restart at 0 with the soft reset.
+
+        At most two keys stay: the one being negotiated and the one in use (older cores
+        could only re-ACK packets of a key that no longer carries data).
+        """
+        self.cores.pop(key_id, None)
+        while len(self.cores) >= 2:
+            self.cores.pop(next(iter(self.cores)))
+        core = ReliableTransport()
+        self.cores[key_id] = core
+        return core
 
     def _deadline(self) -> float | None:
         timers = [t for c in self.cores.values() if (t := c.get_timer()) is not None]
@@ -73,8 +89,11 @@ class ReliableService:
                         continue
                     core = self.cores.get(item.key_id)  # type: ignore[attr-defined]
                     if core is None:
-                        self.dropped_unknown_key += 1
-                        continue
+                        if item.opcode != Opcode.CONTROL_SOFT_RESET_V1:  # type: ignore[attr-defined]
+                            self.dropped_unknown_key += 1
+                            continue
+                        core = self._new_key(item.key_id)  # type: ignore[attr-defined]
+                        self._peer_opened.add(item.key_id)  # type: ignore[attr-defined]
                     core.receive_packet(
                         item.opcode,  # type: ignore[attr-defined]
                         item.acks,  # type: ignore[attr-defined]
@@ -97,6 +116,11 @@ class ReliableService:
             async for batch in self._from_cc:
                 for msg in batch:
                     core = self.cores.get(msg.key_id)
+                    if msg.opcode == Opcode.CONTROL_SOFT_RESET_V1:
+                        # our reset opens the key unless the peer's reset already did
+                        if msg.key_id not in self._peer_opened:
+                            core = self._new_key(msg.key_id)
+                        self._peer_opened.discard(msg.key_id)
                     if core is None:
                         self.dropped_unknown_key += 1
                         continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import trio
 
 from trivpn.errors import FatalError, RemoteProtocolError
-from trivpn.messages import Ciphertext, InstallKey, ResetComplete, TunnelUp
+from trivpn.messages import Ciphertext, InstallKey, ResetComplete, SoftReset, TunnelUp
 from trivpn.profile.push import PushedSettings, parse_push_options
 from trivpn.tlssession.core import (
     ControlMessage,
@@ -59,20 +59,22 @@ class TLSService:
     def __init__(
         self,
         *,
-        make_session: Callable[[int], TLSSession],
+        make_session: Callable[[int, str | None], TLSSession],
         policy: CipherPolicy,
         from_cc: trio.MemoryReceiveChannel[list[object]],
-        to_cc: trio.MemorySendChannel[list[Ciphertext]],
+        to_cc: trio.MemorySendChannel[list[Ciphertext | SoftReset]],
         to_data: trio.MemorySendChannel[list[object]],
         events: trio.MemorySendChannel[object],
         commands: trio.MemoryReceiveChannel[str],
+        reneg_sec: float = 3600.0,
+        hand_window: float = 60.0,
     ) -> None:
         self._make_session = make_session
         self.policy = policy
         self.sessions: dict[int, TLSSession] = {}
         self.reset: ResetComplete | None = None
         self._from_cc = from_cc
-        self._to_cc: Outbox[Ciphertext] = Outbox(to_cc)
+        self._to_cc: Outbox[Ciphertext | SoftReset] = Outbox(to_cc)
         self._to_data = to_data
         self._events = events
         self._commands = commands
@@ -81,14 +83,103 @@ class TLSService:
         self.settings: PushedSettings | None = None
         self.cc_exit = False
         self.dropped_control_messages = 0
+        self.reneg_sec = reneg_sec
+        self.hand_window = hand_window
+        #: the key id carrying data, and the one being negotiated (if any)
+        self.primary: int | None = None
+        self.pending: int | None = None
+        self._pending_started = 0.0
+        self._reneg_at: float | None = None
+        self._ekm = False
+        self._cipher = ""
+        self.renegotiations = 0
 
     def _deadline(self) -> float | None:
         timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
+        if self.pending:  # a renegotiation (the first key's deadline is the client's)
+            timers.append(self._pending_started + self.hand_window)
+        elif self._reneg_at is not None:
+            timers.append(self._reneg_at)
         return min(timers) if timers else None
 
-    def _collect(self) -> list[Ciphertext]:
+    @staticmethod
+    def next_key_id(key_id: int) -> int:
+        """Key ids run 1..7 after the first key (0), wrapping to 1, never back to 0."""
+        return 1 if key_id >= 7 else key_id + 1
+
+    def _open_key(self, key_id: int) -> TLSSession:
+        """A brand-new TLS session for a renegotiation (never TLS-level renegotiation)."""
+        keep = {key_id, self.primary}
+        for kid in [k for k in self.sessions if k not in keep]:
+            del self.sessions[kid]
+        token = self.settings.auth_token if self.settings is not None else None
+        session = self._make_session(key_id, token)
+        self.sessions[key_id] = session
+        self.pending = key_id
+        self._pending_started = trio.current_time()
+        return session
+
+    async def start_renegotiation(self, reason: str) -> None:
+        """Client-initiated soft reset: our SOFT_RESET first, TLS once the peer answers."""
+        if self.pending is not None or self.primary is None:
+            return
+        kid = self.next_key_id(self.primary)
+        log.info("renegotiating data keys (%s): key id %d", reason, kid)
+        self._open_key(kid)
+        await self._to_cc.send([SoftReset(kid)])
+        self._timer.poke()
+
+    async def _on_soft_reset(self, key_id: int, now: float) -> None:
+        if key_id == self.pending:
+            # the peer answered our soft reset: we are the TLS client, so we start
+            self.sessions[key_id].start(now)
+            return
+        if key_id in self.sessions:
+            return  # a repeated reset of a key we already have
+        if self.primary is None:
+            log.debug("ignoring a soft reset before the first key is up")
+            return
+        if key_id != self.next_key_id(self.primary):
+            log.warning("server renegotiates with key id %d (expected %d)", key_id, self.next_key_id(self.primary))
+        log.info("server started a renegotiation: key id %d", key_id)
+        session = self._open_key(key_id)
+        await self._to_cc.send([SoftReset(key_id)])
+        session.start(now)
+
+    async def _install_renegotiated(self, key_id: int) -> None:
+        assert self.reset is not None
+        key2 = self.sessions[key_id].data_key2(
+            ekm=self._ekm,
+            client_sid=self.reset.local_session_id,
+            server_sid=self.reset.remote_session_id,
+        )
+        s = self.settings
+        assert s is not None
+        await self._to_data.send(
+            [
+                InstallKey(
+                    key_id,
+                    key2,
+                    self._cipher,
+                    s.peer_id,
+                    s.compression,
+                    float(s.ping or 0),
+                    float(s.ping_restart or 0),
+                )
+            ]
+        )
+        self.primary = key_id
+        self.pending = None
+        self.renegotiations += 1
+        self._schedule_reneg()
+        log.info("new data keys in use: key id %d (renegotiation %d)", key_id, self.renegotiations)
+
+    def _schedule_reneg(self) -> None:
+        self._reneg_at = trio.current_time() + self.reneg_sec if self.reneg_sec > 0 else None
+
+    def _collect(self) -> list[Ciphertext | SoftReset]:
         now = trio.current_time()
-        out = []
+        out: list[Ciphertext | SoftReset] = []
         for kid, s in self.sessions.items():
             data = s.ciphertext_to_send(now)
             if data:
@@ -107,6 +198,8 @@ class TLSService:
                 log.info("TLS ok: %s, %s, server %s", ev.tls_version, ev.cipher, ev.peer_subject)
             elif isinstance(ev, KeyExchangeComplete):
                 log.debug("key exchange complete; server options: %s", ev.peer_options)
+                if key_id != 0 and key_id == self.pending:
+                    await self._install_renegotiated(key_id)
             elif isinstance(ev, PushReplyReceived):
                 await self._on_push_reply(key_id, ev.options)
             elif isinstance(ev, ControlMessage):
@@ -135,6 +228,11 @@ class TLSService:
         )
         self.cc_exit = "cc-exit" in settings.protocol_flags
         self.settings = settings
+        self._ekm = ekm
+        self._cipher = cipher
+        self.primary = key_id
+        self.pending = None
+        self._schedule_reneg()
         await self._to_data.send(
             [
                 InstallKey(
@@ -183,10 +281,15 @@ class TLSService:
                 for item in batch:
                     if isinstance(item, ResetComplete):
                         self.reset = item
-                        session = self._make_session(0)
+                        session = self._make_session(0, None)
                         self.sessions[0] = session
+                        self.pending = 0
+                        self._pending_started = now
                         session.start(now)
                         touched.add(0)
+                    elif isinstance(item, SoftReset):
+                        await self._on_soft_reset(item.key_id, now)
+                        touched.add(item.key_id)
                     elif isinstance(item, Ciphertext):
                         session = self.sessions.get(item.key_id)
                         if session is None:
@@ -194,21 +297,35 @@ class TLSService:
                         session.receive_ciphertext(item.data, now)
                         touched.add(item.key_id)
                 for kid in sorted(touched):
-                    await self._handle_events(kid)
+                    if kid in self.sessions:
+                        await self._handle_events(kid)
                 await self._flush()
 
     async def _on_timer(self) -> None:
         now = trio.current_time()
         for s in self.sessions.values():
             s.handle_timer(now)
+        if self.pending and now >= self._pending_started + self.hand_window:
+            log.warning(
+                "renegotiation of key id %d did not finish within %g s; keeping key id %s",
+                self.pending, self.hand_window, self.primary,
+            )
+            self.sessions.pop(self.pending, None)
+            self.pending = None
+            self._schedule_reneg()
+        elif self.pending is None and self._reneg_at is not None and now >= self._reneg_at:
+            self._reneg_at = None
+            await self.start_renegotiation(f"reneg-sec {self.reneg_sec:g}")
         await self._flush()
 
     async def _commands_loop(self) -> None:
         async with self._commands:
             async for cmd in self._commands:
-                if cmd == "exit" and self.cc_exit and 0 in self.sessions:
-                    self.sessions[0].send_control_message("EXIT")
+                if cmd == "exit" and self.cc_exit and self.primary in self.sessions:
+                    self.sessions[self.primary].send_control_message("EXIT")
                     await self._flush()
+                elif cmd.startswith("renegotiate"):
+                    await self.start_renegotiation(cmd.partition(":")[2] or "requested")
 
     async def run(self) -> None:
         async with self._to_cc.channel, self._to_data, self._events:
