@@ -397,6 +397,8 @@ class Client:
                 "tun", lambda: run_tun(self.device, to_data=tun_up_s, from_data=tun_down_r)
             )
         manager.add_exit_hook(self.exit_notify)
+        if self.profile.reneg_bytes or self.profile.reneg_pkts:
+            manager.start_service("reneg-watch", self._watch_volume, data, cmd_s.clone())
 
         with trio.move_on_at(deadline) as scope:
             try:
@@ -432,6 +434,39 @@ class Client:
                     log.debug("event %r", ev)
         finally:
             log.info("%s", self.counters_line(muxer, data))
+
+    async def _watch_volume(self, data: DataService, commands: trio.MemorySendChannel[str]) -> None:
+        """Ask for new keys after `reneg-bytes` / `reneg-pkts` (or near packet-id wrap).
+
+        Reads the data core's counters once a second instead of testing them per packet, so
+        the hot path carries no renegotiation logic at all.
+        """
+        limit_bytes = self.profile.reneg_bytes or 0
+        limit_pkts = self.profile.reneg_pkts or 0
+        base_bytes = base_pkts = 0
+        key: int | None = None
+        async with commands:
+            while True:
+                await trio.sleep(1)
+                core = data.core
+                if core is None:
+                    continue
+                st = core.stats
+                moved_bytes = st.tx_bytes + st.rx_bytes
+                moved_pkts = st.tx_packets + st.rx_packets
+                if core.primary_key_id != key:
+                    key, base_bytes, base_pkts = core.primary_key_id, moved_bytes, moved_pkts
+                    continue
+                if limit_bytes and moved_bytes - base_bytes >= limit_bytes:
+                    reason = f"reneg-bytes {limit_bytes}"
+                elif limit_pkts and moved_pkts - base_pkts >= limit_pkts:
+                    reason = f"reneg-pkts {limit_pkts}"
+                elif core.needs_renegotiation:
+                    reason = "packet ids near wrap"
+                else:
+                    continue
+                await commands.send(f"renegotiate:{reason}")
+                base_bytes, base_pkts = moved_bytes, moved_pkts
 
     @staticmethod
     def counters_line(muxer: PacketMuxer, data: DataService) -> str:

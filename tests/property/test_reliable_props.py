@@ -7,9 +7,7 @@ with TRIVPN_HYPOTHESIS_PROFILE=trivpn-thorough.
 
 from __future__ import annotations
 
-import os
-
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -25,21 +23,8 @@ from trivpn.reliabletransport.core import (
     ReliableTransport,
 )
 
-settings.register_profile(
-    "trivpn-ci",
-    max_examples=100,
-    stateful_step_count=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "trivpn-thorough",
-    max_examples=2000,
-    stateful_step_count=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.load_profile(os.environ.get("TRIVPN_HYPOTHESIS_PROFILE", "trivpn-ci"))
+# hypothesis profiles (trivpn-ci / trivpn-thorough) are registered in tests/conftest.py
+
 
 ACK = 5
 OPCODES = st.sampled_from([3, 4, 11])

@@ -13,9 +13,9 @@ frame) is consumed; more than :data:`MAX_HEADER` bytes without a newline is an e
 
 After the header, each message is a frame: a 4-byte big-endian length, then that many bytes
 of protobuf. :class:`FrameDecoder` buffers arbitrary chunks and returns whole payloads. A
-length of zero or above :data:`MAX_MESSAGE` is a :class:`RemoteProtocolError`, and so is
-anything fed after one: a stream with a corrupt frame cannot be resynchronised, so the
-service hangs up.
+length of zero or above :data:`MAX_MESSAGE` breaks the decoder for good (`error` says why;
+the frames before it are still returned, so nothing good is lost): a stream with a corrupt
+frame cannot be resynchronised, so the service hangs up.
 """
 
 from __future__ import annotations
@@ -194,8 +194,18 @@ class FrameDecoder:
         """Bytes received but not yet returned (a partial frame at end of stream is an error)."""
         return len(self._buf)
 
+    @property
+    def error(self) -> str | None:
+        """Why the stream is broken (set by `feed`); the caller must then hang up."""
+        return self._broken
+
     def feed(self, data: bytes) -> list[bytes]:
-        """Every payload completed by `data`, in order."""
+        """Every payload completed by `data`, in order.
+
+        A bad length does not raise here, so the good frames before it in the same chunk are
+        still returned: check `error` afterwards. Feeding a broken decoder raises
+        RemoteProtocolError.
+        """
         if self._broken is not None:
             raise RemoteProtocolError(self._broken)
         self._buf += data
@@ -213,7 +223,7 @@ class FrameDecoder:
                         else f"message length {length} exceeds {MAX_MESSAGE}"
                     )
                     del buf[:]
-                    raise RemoteProtocolError(self._broken)
+                    return out
                 pos += 4
                 self._need = length
             if len(buf) - pos < self._need:
