@@ -554,7 +554,11 @@ def test_connection_blocks() -> None:
     assert (
         "option 'remote' (line 4) is ignored because <connection> blocks are present" in p.warnings
     )
-    assert any("line 15" in w and "only the first" in w for w in p.warnings)
+    # the second block is a complete profile of its own, tried after the first
+    assert not any("only the first" in w for w in p.warnings)
+    (alt,) = p.alternatives
+    assert alt.remotes == [Remote("b.example", 443, "tcp")]
+    assert not alt.nobind and alt.ca == p.ca
 
 
 def test_connection_inherits_global_defaults_and_inline_tls_auth() -> None:

@@ -243,6 +243,8 @@ class Profile:
     remote_random: bool = False
     explicit_exit_notify: int | None = None
     connections: list[dict[str, list[str]]] = field(default_factory=list)
+    #: profiles for the 2nd, 3rd... <connection> blocks, tried in order after this one
+    alternatives: list[Profile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     source: str | None = None
 
@@ -263,9 +265,17 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
 
 def parse_profile(text: str, *, base_dir: Path | None = None, source: str | None = None) -> Profile:
     """Parse profile ``text``; raises :class:`ConfigError` with a one-line message."""
-    builder = _Builder(base_dir)
     try:
-        return builder.build(text, source)
+        profile = _Builder(base_dir).build(text, source)
+        # each further <connection> block is its own complete profile (global options plus
+        # that block's), tried in order after the first
+        for index in range(1, len(profile.connections)):
+            alt = _Builder(base_dir, connection=index).build(text, source)
+            alt.warnings = []
+            profile.alternatives.append(alt)
+        if profile.alternatives:
+            profile.warnings = [w for w in profile.warnings if "only the first <connection>" not in w]
+        return profile
     except ConfigError as exc:
         if source:
             raise ConfigError(f"{source}: {exc}") from None
@@ -299,8 +309,10 @@ class _RawRemote:
 class _Builder:
     """Mutable state while walking the option lines of one profile."""
 
-    def __init__(self, base_dir: Path | None) -> None:
+    def __init__(self, base_dir: Path | None, connection: int = 0) -> None:
         self.base_dir = base_dir
+        #: which <connection> block this builder applies (0 = the first)
+        self.connection = connection
         self.p = Profile(remotes=[])
         self.dev: str | None = None
         self.dev_type: str | None = None
@@ -726,7 +738,7 @@ class _Builder:
             raise _err(line, "connection", "blocks cannot be nested")
         self.conn_count += 1
         raw: dict[str, list[str]] = {}
-        first = self.conn_count == 1
+        first = self.conn_count == self.connection + 1
         self.in_conn = first
         try:
             for sub_line, tokens in _iter_options(args[0], line + 1):
