@@ -57,9 +57,16 @@ async def connect(
     username: str = "",
     password: str = "",
     hand_window: float = HAND_WINDOW,
+    reconnect: bool = True,
+    connect_timeout: float | None = None,
     **_unused: Any,
 ) -> AsyncIterator[Tunnel]:
-    """Connect to the profile's server and yield a userspace `Tunnel` once it is up."""
+    """Connect to the profile's server and yield a userspace `Tunnel` once it is up.
+
+    The tunnel reconnects by itself when the session ends (server restart, ping-restart,
+    lost TCP connection) unless `reconnect=False`; `connect_timeout` bounds how long the
+    first connection may take (None: keep trying, like `trivpn connect`).
+    """
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     device = UserspaceTun()
@@ -70,6 +77,8 @@ async def connect(
         username=username,
         password=password,
         hand_window=hand_window,
+        no_reconnect=not reconnect,
+        give_up_after=connect_timeout,
     )
     manager = WorkersManager()
 

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
             default="auto",
             help="data-key derivation to offer: TLS-EKM (default when the server agrees) or the TLS1-PRF",
         )
+        sp.add_argument(
+            "--no-reconnect", action="store_true", help="exit when the session ends instead of reconnecting"
+        )
         sp.add_argument("--auth-user", default="", help=argparse.SUPPRESS)
         sp.add_argument("--auth-password", default="", help=argparse.SUPPRESS)
 
@@ -72,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("-i", "--interval", type=float, default=1.0, help="seconds between requests")
     pg.add_argument("-W", "--timeout", type=float, default=2.0, help="seconds to wait for the last reply")
     pg.add_argument("-s", "--size", type=int, default=56, help="payload bytes (default 56)")
+    pg.add_argument(
+        "--connect-timeout", type=float, default=60.0, help="give up if no tunnel within this (default 60 s)"
+    )
     _add_plugin_commands(sub, common)
     return p
 
@@ -143,6 +149,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         device=device,
         ifname=name,
         configure_tun=True,
+        no_reconnect=args.no_reconnect,
         key_derivation=args.key_derivation,
         username=username,
         password=password,
@@ -177,6 +184,8 @@ async def cmd_ping(args: argparse.Namespace) -> int:
         key_derivation=args.key_derivation,
         username=username,
         password=password,
+        reconnect=not args.no_reconnect,
+        connect_timeout=args.connect_timeout,
     ) as tunnel:
         s = tunnel.settings
         if target.version == 4:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ from trivpn.controlchannel.service import control_payload_size, run_controlchann
 from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
 from trivpn.datachannel.crypto import SUPPORTED_AEAD, normalize_cipher_name
 from trivpn.datachannel.service import DataService
-from trivpn.errors import ConfigError, FatalError
+from trivpn.errors import ConfigError, FatalError, SessionRestart
 from trivpn.messages import SendExitNotify, TunnelUp
 from trivpn.networkio import (
     Endpoint,
@@ -42,8 +43,9 @@ from trivpn.networkio import (
     resolve,
     run_networkio,
 )
+from trivpn.networkio.connect import connect_first
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
-from trivpn.profile.profile import Profile
+from trivpn.profile.profile import Profile, Remote
 from trivpn.profile.push import PushedSettings
 from trivpn.reliabletransport.service import ReliableService
 from trivpn.tlssession.core import TLSSession
@@ -59,7 +61,7 @@ from trivpn.tlssession.service import CipherPolicy, TLSService
 from trivpn.tlssession.tls import TLSConfig
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 from trivpn.tun.service import run_tun
-from trivpn.workers.manager import WorkersManager
+from trivpn.workers.manager import WorkersManager, primary_error, start_named
 
 log = logging.getLogger("trivpn")
 
@@ -84,6 +86,43 @@ class TunnelInfo:
     ifname: str | None = None
     tun_config: TunConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: Reconnect backoff (first delay, cap) in seconds when the profile sets no connect-retry.
+DEFAULT_CONNECT_RETRY = (1, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One place to connect to: a remote, with the profile (or <connection> block) it came from."""
+
+    profile: Profile
+    remote: Remote
+
+
+def candidates(profile: Profile, rng: random.Random) -> list[Candidate]:
+    """Remotes in the order they are tried: every remote of every <connection> block."""
+    out = [Candidate(v, r) for v in (profile, *profile.alternatives) for r in v.remotes]
+    if profile.remote_random:
+        rng.shuffle(out)
+    return out
+
+
+def backoff_delay(failures: int, first: float, cap: float, rng: random.Random) -> float:
+    """`first` doubling per consecutive failure up to `cap`, with ±20 % jitter (so many
+    clients cut off together do not come back in step)."""
+    base = min(cap, first * 2 ** max(0, failures - 1))
+    return max(0.0, base * rng.uniform(0.8, 1.2))
+
+
+@dataclass(slots=True)
+class _LiveSession:
+    """What the exit hook needs of the session that is running now."""
+
+    tls: TLSService
+    endpoint: Endpoint
+    commands: trio.MemorySendChannel[str]
+    data_control: trio.MemorySendChannel[list[object]]
 
 
 def build_wrap(profile: Profile, now_unix: int) -> ControlWrap:
@@ -193,6 +232,9 @@ class Client:
         password: str = "",
         hand_window: float = HAND_WINDOW,
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
+        no_reconnect: bool = False,
+        give_up_after: float | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """`on_tunnel_up` runs once the keys are in place and before the tunnel is reported
         up: a privileged manager applies the network settings there (see issue 7)."""
@@ -221,9 +263,17 @@ class Client:
         )
         if not profile.ca:
             raise ConfigError("the profile has no 'ca': the server could not be verified")
-        self._tls: TLSService | None = None
-        self._data_control: trio.MemorySendChannel[list[object]] | None = None
-        self._commands: trio.MemorySendChannel[str] | None = None
+        self.no_reconnect = no_reconnect
+        #: seconds after which a client that never got a tunnel stops retrying (None: never)
+        self.give_up_after = give_up_after
+        self._rng = rng or random.Random()
+        self._live: _LiveSession | None = None
+        self._came_up = False
+        self._configurator: NetConfigurator | None = None
+        self._applied: TunConfig | None = None
+        self._manager: WorkersManager | None = None
+        self._tun_up_r: trio.MemoryReceiveChannel[list[bytes]]
+        self._tun_down_s: trio.MemorySendChannel[list[bytes]]
 
     def _iv_proto(self) -> int:
         bits = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_CC_EXIT_NOTIFY
@@ -267,63 +317,107 @@ class Client:
 
         return make
 
-    async def _connect(self, deadline: float) -> Transport:
-        """Resolve the remote and open the transport, retrying transient failures.
+    async def _open(self, cand: Candidate, attempt: int, connect_timeout: float) -> Transport:
+        """Resolve the remote and open one transport to it (no retry: the caller loops)."""
+        remote = cand.remote
+        log.info("resolving %s", remote.host)
+        endpoints = await resolve(remote.host, remote.port, remote.proto)
 
-        Every address of the name is tried in resolver order; a refused or unreachable TCP
-        connect is reported and retried with backoff (1 s doubling, 8 s cap) until the
-        hand-window deadline. UDP needs no connect: its retries are the reset's.
-        """
-        remote = self.profile.remotes[0]
-        delay = 1.0
-        while True:
-            log.info("resolving %s", remote.host)
-            try:
-                endpoints = await resolve(remote.host, remote.port, remote.proto)
-            except TransportError as exc:
-                if trio.current_time() + delay >= deadline:
-                    raise FatalError(str(exc)) from None
-                log.warning("%s; retrying in %g s", exc, delay)
-            else:
-                for endpoint in endpoints:
-                    log.info("connecting to %s", endpoint.describe())
-                    try:
-                        transport = await open_transport(
-                            endpoint, report=lambda m: log.warning("%s", m)
-                        )
-                    except TransportError as exc:
-                        log.warning("%s", exc)
-                        continue
-                    self.endpoint = endpoint
-                    return transport
-                if trio.current_time() + delay >= deadline:
-                    raise FatalError(
-                        f"could not connect to {remote.host} port {remote.port} ({remote.proto})"
-                    )
-                log.warning("no address of %s answered; retrying in %g s", remote.host, delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 8.0)
+        def report(msg: str) -> None:
+            log.warning("%s", msg)
+
+        if endpoints[0].proto == "tcp":
+            for ep in endpoints:
+                log.info("connecting to %s", ep.describe())
+            return await connect_first(endpoints, connect_timeout=connect_timeout, report=report)
+        # UDP: one address per attempt, rotating through all of them
+        ep = endpoints[attempt % len(endpoints)]
+        log.info("connecting to %s", ep.describe())
+        return await open_transport(ep, report=report)
 
     async def exit_notify(self) -> None:
         """Tell the server we are leaving (EXIT with cc-exit, else OCC exit on UDP)."""
-        if self.info is None or self.endpoint is None or self._tls is None:
+        sess = self._live
+        if sess is None or self.info is None:
             return
-        if self._tls.cc_exit and self._commands is not None:
-            await self._commands.send("exit")
+        if sess.tls.cc_exit:
+            await sess.commands.send("exit")
             await trio.sleep(0.2)  # let the EXIT message leave before we cancel
-        elif self.endpoint.proto == "udp" and self._data_control is not None:
-            await self._data_control.send([SendExitNotify(count=2)])
+        elif sess.endpoint.proto == "udp":
+            await sess.data_control.send([SendExitNotify(count=2)])
             await trio.sleep(0.05)
 
     async def run(
         self, manager: WorkersManager, *, task_status: trio.TaskStatus[TunnelInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start every layer under `manager`, wait for the tunnel, then keep it running."""
-        deadline = trio.current_time() + self.hand_window
-        transport = await self._connect(deadline)
+        """Connect, keep the tunnel up, and reconnect (with backoff) when a session ends.
+
+        The TUN device and its service outlive sessions (persist-tun): applications see a
+        pause, not a dead interface. Each session runs every layer in a nursery of its own;
+        a `SessionRestart` ending it leads to the next attempt, anything else ends the run.
+        """
+        tun_up_s, self._tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        self._tun_down_s, tun_down_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        if self.device is not None:
+            manager.start_service(
+                "tun", lambda: run_tun(self.device, to_data=tun_up_s, from_data=tun_down_r)
+            )
+        manager.add_exit_hook(self.exit_notify)
+        self._manager = manager
+        cands = candidates(self.profile, self._rng)
+        started_at = trio.current_time()
+        tries = [0] * len(cands)
+        index = 0
+        failures = 0
+        status: trio.TaskStatus[TunnelInfo] | None = task_status
+        while True:
+            cand = cands[index]
+            tries[index] += 1
+            came_up = False
+            reason = "the session ended"
+            try:
+                came_up = await self._session(cand, tries[index] - 1, status)
+            except BaseException as exc:
+                err = primary_error(exc)
+                if isinstance(err, trio.Cancelled) or not isinstance(err, SessionRestart):
+                    raise
+                if self.no_reconnect:
+                    raise err from None
+                came_up = self._came_up
+                reason = str(err)
+            if came_up:
+                status = None
+                failures = 0
+            else:
+                failures += 1
+                index = (index + 1) % len(cands)
+                limit = cand.profile.connect_retry_max
+                if limit and all(t >= limit for t in tries):
+                    raise FatalError(
+                        f"giving up after {limit} attempt(s) at each remote (connect-retry-max): {reason}"
+                    )
+            first, cap = cand.profile.connect_retry or DEFAULT_CONNECT_RETRY
+            delay = backoff_delay(max(failures, 1), first, cap, self._rng)
+            if status is not None and self.give_up_after is not None:
+                if trio.current_time() + delay >= started_at + self.give_up_after:
+                    raise FatalError(f"no tunnel within {self.give_up_after:g} s: {reason}")
+            log.warning("%s; reconnecting in %.1f s", reason, delay)
+            await trio.sleep(delay)
+
+    async def _session(
+        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
+    ) -> bool:
+        """One session: every layer in its own nursery, until something ends it."""
+        self._came_up = False
+        profile = cand.profile
+        window = float(min(self.hand_window, profile.server_poll_timeout or self.hand_window))
+        deadline = trio.current_time() + window
+        with trio.move_on_at(deadline) as connect_scope:
+            transport = await self._open(cand, attempt, window)
+        if connect_scope.cancelled_caught:
+            raise TransportError(f"no connection to {cand.remote.host} within {window:g} s")
         endpoint = transport.endpoint
-        manager.add_cleanup(transport.close)
-        wrap = build_wrap(self.profile, int(time.time()))
+        wrap = build_wrap(profile, int(time.time()))
         sid = os.urandom(8)
         while not any(sid):
             sid = os.urandom(8)
@@ -344,96 +438,116 @@ class Client:
         keys_s, keys_r = chan(CONTROL_CHANNEL_SIZE)
         events_s, events_r = chan(CONTROL_CHANNEL_SIZE)
         cmd_s, cmd_r = chan(CONTROL_CHANNEL_SIZE)
-        tun_up_s, tun_up_r = chan(DATA_CHANNEL_SIZE)
-        tun_down_s, tun_down_r = chan(DATA_CHANNEL_SIZE)
 
-        self._data_control = keys_s.clone()
-        self._commands = cmd_s
+        keepalive = (
+            float(profile.ping or (profile.keepalive[0] if profile.keepalive else 0)),
+            float(profile.ping_restart or (profile.keepalive[1] if profile.keepalive else 0)),
+            float(profile.ping_exit or 0),
+        )
         tls = TLSService(
-            make_session=self._make_session_factory(self.profile.remotes[0].proto),
-            policy=CipherPolicy(self.ciphers, self.profile.data_ciphers_fallback or self.profile.cipher, self.key_derivation),
+            make_session=self._make_session_factory(cand.remote.proto),
+            policy=CipherPolicy(self.ciphers, profile.data_ciphers_fallback or profile.cipher, self.key_derivation),
             from_cc=cc_up_r,
             to_cc=tls_down_s,
             to_data=keys_s,
             events=events_s,
             commands=cmd_r,
-            reneg_sec=float(self.profile.reneg_sec if self.profile.reneg_sec is not None else 3600),
+            reneg_sec=float(profile.reneg_sec if profile.reneg_sec is not None else 3600),
             hand_window=self.hand_window,
+            keepalive=keepalive,
         )
-        self._tls = tls
         data = DataService(
             from_mux=mux_data_r,
-            from_tun=tun_up_r,
+            from_tun=self._tun_up_r.clone(),
             control=keys_r,
-            to_tun=tun_down_s,
+            to_tun=self._tun_down_s.clone(),
             to_net=net_down_s.clone(),
         )
         reliable = ReliableService(from_mux=mux_ctrl_r, to_mux=rel_down_s, to_cc=rel_up_s, from_cc=cc_down_r)
         payload = control_payload_size(wrap.overhead, ipv6=endpoint.family == socket.AF_INET6)
-
-        manager.start_service("networkio", run_networkio, transport, net_up_s, net_down_r)
-        manager.start_service(
-            "packetmuxer",
-            lambda: run_packetmuxer(
-                muxer,
-                net_up=net_up_r,
-                net_down=net_down_s,
-                data_up=mux_data_s,
-                ctrl_up=mux_ctrl_s,
-                ctrl_down=rel_down_r,
-            ),
-        )
-        manager.start_service("reliabletransport", reliable.run)
-        manager.start_service(
-            "controlchannel",
-            lambda: run_controlchannel(
-                from_rel=rel_up_r, to_rel=cc_down_s, to_tls=cc_up_s, from_tls=tls_down_r, payload_size=payload
-            ),
-        )
-        manager.start_service("tlssession", tls.run)
-        manager.start_service("datachannel", data.run)
-        if self.device is not None:
-            manager.start_service(
-                "tun", lambda: run_tun(self.device, to_data=tun_up_s, from_data=tun_down_r)
-            )
-        manager.add_exit_hook(self.exit_notify)
-        if self.profile.reneg_bytes or self.profile.reneg_pkts:
-            manager.start_service("reneg-watch", self._watch_volume, data, cmd_s.clone())
-
-        with trio.move_on_at(deadline) as scope:
-            try:
-                up = await events_r.receive()
-            except trio.EndOfChannel:
-                # The TLS layer ended. If it failed, its error cancels us within moments and
-                # is the one reported; the line below is only for an unexplained end.
-                await trio.sleep(5)
-                raise FatalError("the TLS session ended before the tunnel came up") from None
-        if scope.cancelled_caught:
-            raise FatalError(
-                f"no tunnel within {self.hand_window:g} s: the server did not complete the TLS "
-                f"handshake and push (check the remote, the tls-auth/tls-crypt key and the firewall)"
-            )
-        assert isinstance(up, TunnelUp)
-        info = TunnelInfo(
-            up.settings, up.cipher, up.key_derivation, up.peer_subject, up.tls_version,
-            endpoint.describe(), ifname=self.ifname,
-        )
-        info.tun_config = tun_config_from(up.settings, endpoint.address)
-        if self.configure_tun and self.ifname:
-            configurator = NetConfigurator(self.ifname)
-            manager.add_cleanup(configurator.undo)
-            configurator.apply(info.tun_config)
-        if self.on_tunnel_up is not None:
-            await self.on_tunnel_up(info)
-        self.info = info
-        log.info("%s", describe_tunnel(info))
-        task_status.started(info)
+        live = _LiveSession(tls, endpoint, cmd_s.clone(), keys_s.clone())
         try:
-            async with events_r:
-                async for ev in events_r:
-                    log.debug("event %r", ev)
+            async with trio.open_nursery() as nursery:
+
+                def start(name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+                    start_named(nursery, name, fn, *args)
+
+                start("networkio", run_networkio, transport, net_up_s, net_down_r)
+                start(
+                    "packetmuxer",
+                    lambda: run_packetmuxer(
+                        muxer,
+                        net_up=net_up_r,
+                        net_down=net_down_s,
+                        data_up=mux_data_s,
+                        ctrl_up=mux_ctrl_s,
+                        ctrl_down=rel_down_r,
+                    ),
+                )
+                start("reliabletransport", reliable.run)
+                start(
+                    "controlchannel",
+                    lambda: run_controlchannel(
+                        from_rel=rel_up_r, to_rel=cc_down_s, to_tls=cc_up_s, from_tls=tls_down_r, payload_size=payload
+                    ),
+                )
+                start("tlssession", tls.run)
+                start("datachannel", data.run)
+                if profile.reneg_bytes or profile.reneg_pkts:
+                    start("reneg-watch", self._watch_volume, data, cmd_s.clone())
+                self._live = live
+
+                with trio.move_on_at(deadline) as scope:
+                    try:
+                        up = await events_r.receive()
+                    except trio.EndOfChannel:
+                        # The TLS layer ended. If it failed, its error cancels us within
+                        # moments and is the one reported; this is for an unexplained end.
+                        await trio.sleep(5)
+                        raise SessionRestart("the TLS session ended before the tunnel came up") from None
+                if scope.cancelled_caught:
+                    raise SessionRestart(
+                        f"no tunnel from {endpoint.describe()} within {window:g} s (no answer, "
+                        "or the TLS handshake and push did not finish)"
+                    )
+                assert isinstance(up, TunnelUp)
+                info = TunnelInfo(
+                    up.settings, up.cipher, up.key_derivation, up.peer_subject, up.tls_version,
+                    endpoint.describe(), ifname=self.ifname,
+                )
+                info.tun_config = tun_config_from(up.settings, endpoint.address)
+                self._apply_tun(info.tun_config)
+                if self.on_tunnel_up is not None:
+                    await self.on_tunnel_up(info)
+                self.info = info
+                self._came_up = True
+                log.info("%s", describe_tunnel(info))
+                if task_status is not None:
+                    task_status.started(info)
+                async with events_r:
+                    async for ev in events_r:
+                        log.debug("event %r", ev)
         finally:
+            self._live = None
+            transport.close()
             log.info("%s", self.counters_line(muxer, data))
+        return self._came_up
+
+    def _apply_tun(self, cfg: TunConfig) -> None:
+        """Configure the TUN the first time; on a reconnect only if the settings changed."""
+        if not (self.configure_tun and self.ifname):
+            return
+        if self._configurator is not None:
+            if self._applied == cfg:
+                return
+            log.info("the server pushed different settings; reconfiguring %s", self.ifname)
+            self._configurator.undo()
+        else:
+            self._configurator = NetConfigurator(self.ifname)
+            assert self._manager is not None
+            self._manager.add_cleanup(self._configurator.undo)
+        self._configurator.apply(cfg)
+        self._applied = cfg
 
     async def _watch_volume(self, data: DataService, commands: trio.MemorySendChannel[str]) -> None:
         """Ask for new keys after `reneg-bytes` / `reneg-pkts` (or near packet-id wrap).

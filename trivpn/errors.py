@@ -30,3 +30,8 @@ class ConfigError(TrivpnError):
 
 class FatalError(TrivpnError):
     """The session cannot continue (certificate rejected, AUTH_FAILED, HALT, ...)."""
+
+
+class SessionRestart(TrivpnError):
+    """The session ended in a way a reconnect may fix (ping-restart, server RESTART, lost
+    transport, handshake timeout). The client reconnects unless told not to."""

@@ -63,6 +63,7 @@ class InstallKey:
     compression: str | None
     ping_interval: float
     ping_restart: float = 0.0
+    ping_exit: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,11 @@ NORMAL) encrypts with half 0 and decrypts with half 1; the server (INVERSE) the 
 round. AEAD ciphers only use a prefix of the cipher slot as key, and the first 8 bytes of the
 hmac slot as the implicit part of the 12-byte nonce (the packet id supplies the other 4).
 
-Only AEAD ciphers are implemented. Anything else is refused here with a one-line
-`ConfigError`, so a bad `cipher`/`data-ciphers` setting fails before a tunnel is attempted.
+`normalize_cipher_name` accepts AEAD ciphers only (the modern data channel);
+`normalize_data_cipher` also accepts the legacy AES-CBC ciphers, which need an HMAC digest
+(`normalize_auth_name`) and live in `trivpn.datachannel.cbc`. Anything else is refused here
+with a one-line `ConfigError`, so a bad `cipher`/`data-ciphers`/`auth` setting fails before a
+tunnel is attempted.
 """
 
 from __future__ import annotations
@@ -49,32 +52,117 @@ _SMALL_BLOCK_PREFIXES = ("BF", "BLOWFISH", "DES", "CAST", "RC2", "IDEA")
 AEAD = AESGCM | ChaCha20Poly1305
 
 
+#: Legacy CBC ciphers (with an HMAC from `auth`), strongest first.
+SUPPORTED_CBC = ("AES-256-CBC", "AES-192-CBC", "AES-128-CBC")
+#: Every data-channel cipher we speak, AEAD first.
+SUPPORTED_DATA_CIPHERS = SUPPORTED_AEAD + SUPPORTED_CBC
+_CBC_KEY_LEN = {"AES-128-CBC": 16, "AES-192-CBC": 24, "AES-256-CBC": 32}
+
+#: `auth` digests for the CBC HMAC: canonical OpenVPN/OpenSSL name -> (hashlib name, size).
+SUPPORTED_AUTH: dict[str, tuple[str, int]] = {
+    "SHA1": ("sha1", 20),
+    "SHA224": ("sha224", 28),
+    "SHA256": ("sha256", 32),
+    "SHA384": ("sha384", 48),
+    "SHA512": ("sha512", 64),
+}
+# OpenSSL 3 spellings that name the same digests.
+_AUTH_ALIASES = {
+    "SHA-1": "SHA1",
+    "SHA2-224": "SHA224",
+    "SHA-224": "SHA224",
+    "SHA2-256": "SHA256",
+    "SHA-256": "SHA256",
+    "SHA2-384": "SHA384",
+    "SHA-384": "SHA384",
+    "SHA2-512": "SHA512",
+    "SHA-512": "SHA512",
+}
+
+
+def _refuse(name: str, supported: tuple[str, ...]) -> ConfigError:
+    """The one-line reason a data cipher is refused, naming what would work instead."""
+    upper = name.strip().upper()
+    shown = name.strip() or repr(name)
+    choices = ", ".join(supported)
+    if upper == "NONE":
+        return ConfigError(f"cipher {shown} is refused: the data channel must be encrypted")
+    if upper.startswith(_SMALL_BLOCK_PREFIXES):
+        return ConfigError(
+            f"cipher {shown} is refused: it has a 64-bit block, so blocks start to collide "
+            f"after a few GB under one key and plaintext leaks (SWEET32, CVE-2016-6329); "
+            f"ask the server to offer one of {choices}"
+        )
+    if upper.endswith(("-CBC", "-CFB", "-CFB1", "-CFB8", "-OFB", "-CTR")):
+        return ConfigError(f"cipher {shown} is not supported; use one of {choices}")
+    return ConfigError(
+        f"unknown or unsupported data-channel cipher {shown}; supported: {choices}"
+    )
+
+
 def normalize_cipher_name(name: str) -> str:
     """Return the canonical OpenVPN spelling of an AEAD cipher, or raise `ConfigError`.
 
     Matching is case-insensitive as in OpenVPN (which asks OpenSSL); the error names the
-    cipher and says why it is refused.
+    cipher and says why it is refused. CBC ciphers are refused here: see
+    `normalize_data_cipher`.
     """
     upper = name.strip().upper()
     if upper in _KEY_LEN:
         return upper
+    raise _refuse(name, SUPPORTED_AEAD)
+
+
+def is_cbc(cipher: str) -> bool:
+    """True for a legacy CBC cipher we implement (any spelling)."""
+    return cipher.strip().upper() in _CBC_KEY_LEN
+
+
+def normalize_data_cipher(name: str) -> str:
+    """Canonical name of any data cipher we speak (AEAD or AES-CBC), or `ConfigError`.
+
+    Why a second function: `normalize_cipher_name` stays AEAD-only for code that can only
+    run AEAD; cipher negotiation and the data channel use this one.
+    """
+    upper = name.strip().upper()
+    if upper in _KEY_LEN or upper in _CBC_KEY_LEN:
+        return upper
+    raise _refuse(name, SUPPORTED_DATA_CIPHERS)
+
+
+def cbc_key_len(cipher: str) -> int:
+    """AES key length in bytes of a CBC cipher name (raises `ConfigError` for others)."""
+    name = normalize_data_cipher(cipher)
+    if name not in _CBC_KEY_LEN:
+        raise ConfigError(f"cipher {name} is not a CBC cipher")
+    return _CBC_KEY_LEN[name]
+
+
+def normalize_auth_name(name: str) -> str:
+    """Canonical `auth` digest name for the CBC HMAC, or a one-line `ConfigError`."""
+    upper = name.strip().upper()
+    upper = _AUTH_ALIASES.get(upper, upper)
+    if upper in SUPPORTED_AUTH:
+        return upper
     shown = name.strip() or repr(name)
     if upper == "NONE":
-        raise ConfigError(f"cipher {shown} is refused: the data channel must be encrypted")
-    if upper.startswith(_SMALL_BLOCK_PREFIXES):
         raise ConfigError(
-            f"cipher {shown} is refused: 64-bit block ciphers are insecure (SWEET32); "
-            f"use one of {', '.join(SUPPORTED_AEAD)}"
+            "auth none is refused: CBC packets without an HMAC can be forged and decrypted "
+            "by padding-oracle attacks"
         )
-    if upper.endswith("-CBC") or upper.endswith("-CFB") or upper.endswith("-OFB"):
+    if upper in ("MD5", "MD4", "RIPEMD160", "MDC2"):
         raise ConfigError(
-            f"cipher {shown} is not supported (only AEAD data ciphers are implemented); "
-            f"use one of {', '.join(SUPPORTED_AEAD)}"
+            f"auth {shown} is refused: it is a weak or obsolete digest; "
+            f"use one of {', '.join(SUPPORTED_AUTH)}"
         )
     raise ConfigError(
-        f"unknown or unsupported data-channel cipher {shown}; "
-        f"supported: {', '.join(SUPPORTED_AEAD)}"
+        f"unknown or unsupported auth digest {shown}; supported: {', '.join(SUPPORTED_AUTH)}"
     )
+
+
+def auth_digest_size(auth: str) -> int:
+    """HMAC output (and key) length in bytes of an `auth` digest."""
+    return SUPPORTED_AUTH[normalize_auth_name(auth)][1]
 
 
 def cipher_key_len(cipher: str) -> int:
@@ -129,9 +217,17 @@ __all__ = [
     "OPENVPN_AEAD_TAG_LENGTH",
     "PACKET_ID_LEN",
     "SUPPORTED_AEAD",
+    "SUPPORTED_AUTH",
+    "SUPPORTED_CBC",
+    "SUPPORTED_DATA_CIPHERS",
     "DirectionKeys",
+    "auth_digest_size",
+    "cbc_key_len",
     "cipher_key_len",
+    "is_cbc",
     "make_cipher",
+    "normalize_auth_name",
     "normalize_cipher_name",
+    "normalize_data_cipher",
     "split_key2",
 ]

@@ -13,7 +13,7 @@ import logging
 import trio
 
 from trivpn.datachannel.core import Compression, DataChannel
-from trivpn.errors import FatalError
+from trivpn.errors import FatalError, SessionRestart
 from trivpn.messages import InstallKey, SendExitNotify
 from trivpn.workers.driver import CoreTimer
 
@@ -27,8 +27,12 @@ _COMPRESSION = {
 }
 
 
-class PingRestart(FatalError):
+class PingRestart(SessionRestart):
     """Nothing authentic came from the server for `ping-restart` seconds."""
+
+
+class PingExit(FatalError):
+    """Nothing authentic came from the server for `ping-exit` seconds: stop for good."""
 
 
 class DataService:
@@ -51,6 +55,7 @@ class DataService:
         self._is_server = is_server
         self._timer = CoreTimer()
         self.ping_restart = 0.0
+        self.ping_exit = 0.0
         self.dropped_before_key = 0
 
     def _deadline(self) -> float | None:
@@ -58,9 +63,10 @@ class DataService:
         if core is None:
             return None
         t = core.get_timer()
-        if self.ping_restart > 0:
-            pr = core.last_received + self.ping_restart
-            t = pr if t is None else min(t, pr)
+        for limit in (self.ping_restart, self.ping_exit):
+            if limit > 0:
+                pr = core.last_received + limit
+                t = pr if t is None else min(t, pr)
         return t
 
     async def _on_timer(self) -> None:
@@ -68,6 +74,8 @@ class DataService:
         if core is None:
             return
         now = trio.current_time()
+        if self.ping_exit > 0 and now >= core.last_received + self.ping_exit:
+            raise PingExit(f"no packet from the server for {self.ping_exit:g} s (ping-exit)")
         if self.ping_restart > 0 and now >= core.last_received + self.ping_restart:
             raise PingRestart(
                 f"no packet from the server for {self.ping_restart:g} s (ping-restart)"
@@ -88,7 +96,7 @@ class DataService:
                 if packets:
                     await self._to_tun.send(packets)
                 if core.peer_exited:
-                    raise FatalError("the server is shutting down (it sent an exit notification)")
+                    raise SessionRestart("the server is shutting down (it sent an exit notification)")
 
     async def _down(self) -> None:
         async with self._from_tun:
@@ -114,6 +122,7 @@ class DataService:
                                 ping_interval=item.ping_interval,
                             )
                             self.ping_restart = item.ping_restart
+                            self.ping_exit = item.ping_exit
                         self.core.install_key(item.key_id, item.key2, now)
                         self.core.last_received = now
                     elif isinstance(item, SendExitNotify) and self.core is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from trivpn.errors import TrivpnError
+from trivpn.errors import SessionRestart
 from trivpn.networkio.framing import TCPFramer, frame_packets
 
 #: Upper bound on packets returned by one `recv_batch` (keeps latency and memory bounded).
@@ -30,7 +30,7 @@ _TCP_RECV_SIZE = 256 * 1024
 Reporter = Callable[[str], None]
 
 
-class TransportError(TrivpnError):
+class TransportError(SessionRestart):
     """The transport can no longer carry packets (peer closed TCP, socket error)."""
 
 

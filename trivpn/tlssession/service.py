@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from trivpn.errors import FatalError, RemoteProtocolError
+from trivpn.errors import FatalError, RemoteProtocolError, SessionRestart
 from trivpn.messages import Ciphertext, InstallKey, ResetComplete, SoftReset, TunnelUp
 from trivpn.profile.push import PushedSettings, parse_push_options
 from trivpn.tlssession.core import (
@@ -68,7 +68,9 @@ class TLSService:
         commands: trio.MemoryReceiveChannel[str],
         reneg_sec: float = 3600.0,
         hand_window: float = 60.0,
+        keepalive: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> None:
+        """`keepalive` is the profile's (ping, ping-restart, ping-exit); pushed values win."""
         self._make_session = make_session
         self.policy = policy
         self.sessions: dict[int, TLSSession] = {}
@@ -93,6 +95,7 @@ class TLSService:
         self._ekm = False
         self._cipher = ""
         self.renegotiations = 0
+        self.keepalive = keepalive
 
     def _deadline(self) -> float | None:
         timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
@@ -157,15 +160,7 @@ class TLSService:
         assert s is not None
         await self._to_data.send(
             [
-                InstallKey(
-                    key_id,
-                    key2,
-                    self._cipher,
-                    s.peer_id,
-                    s.compression,
-                    float(s.ping or 0),
-                    float(s.ping_restart or 0),
-                )
+                self._install_key(key_id, key2, s, self._cipher)
             ]
         )
         self.primary = key_id
@@ -173,6 +168,21 @@ class TLSService:
         self.renegotiations += 1
         self._schedule_reneg()
         log.info("new data keys in use: key id %d (renegotiation %d)", key_id, self.renegotiations)
+
+    def _install_key(
+        self, key_id: int, key2: bytes, s: PushedSettings, cipher: str
+    ) -> InstallKey:
+        ping, restart, ping_exit = self.keepalive
+        return InstallKey(
+            key_id,
+            key2,
+            cipher,
+            s.peer_id,
+            s.compression,
+            float(s.ping if s.ping is not None else ping),
+            float(s.ping_restart if s.ping_restart is not None else restart),
+            ping_exit,
+        )
 
     def _schedule_reneg(self) -> None:
         self._reneg_at = trio.current_time() + self.reneg_sec if self.reneg_sec > 0 else None
@@ -235,15 +245,7 @@ class TLSService:
         self._schedule_reneg()
         await self._to_data.send(
             [
-                InstallKey(
-                    key_id,
-                    key2,
-                    cipher,
-                    settings.peer_id,
-                    settings.compression,
-                    float(settings.ping or 0),
-                    float(settings.ping_restart or 0),
-                )
+                self._install_key(key_id, key2, settings, cipher)
             ]
         )
         hs = self.handshake
@@ -260,13 +262,18 @@ class TLSService:
     def _on_control_message(self, text: str) -> None:
         head = text.split(",", 1)[0]
         if head == "AUTH_FAILED":
-            raise FatalError(f"the server refused authentication: {text}")
+            reason = text[len("AUTH_FAILED") :].lstrip(",")
+            if reason.startswith("TEMP"):
+                raise SessionRestart(f"the server refused authentication for now: {reason}")
+            raise FatalError(
+                "the server refused authentication (AUTH_FAILED" + (f": {reason})" if reason else ")")
+            )
         if head == "HALT":
             raise FatalError(f"the server halted the session: {text}")
         if head == "RESTART":
-            raise FatalError(f"the server asked for a restart: {text}")
+            raise SessionRestart(f"the server asked for a restart: {text}")
         if head == "EXIT":
-            raise FatalError("the server closed the session (EXIT)")
+            raise SessionRestart("the server closed the session (EXIT)")
         if head in ("INFO", "INFO_PRE", "AUTH_PENDING"):
             log.info("server says: %s", text)
         else:
@@ -294,7 +301,17 @@ class TLSService:
                         session = self.sessions.get(item.key_id)
                         if session is None:
                             continue
-                        session.receive_ciphertext(item.data, now)
+                        try:
+                            session.receive_ciphertext(item.data, now)
+                        except RemoteProtocolError as exc:
+                            if item.key_id != self.pending or item.key_id == 0:
+                                raise SessionRestart(f"TLS failed: {exc}") from None
+                            # a failed renegotiation: the current key keeps the tunnel up
+                            log.warning("renegotiation of key id %d failed: %s", item.key_id, exc)
+                            self.sessions.pop(item.key_id, None)
+                            self.pending = None
+                            self._schedule_reneg()
+                            continue
                         touched.add(item.key_id)
                 for kid in sorted(touched):
                     if kid in self.sessions:

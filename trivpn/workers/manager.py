@@ -38,6 +38,22 @@ class ServiceFailed(Exception):
         self.error = exc
 
 
+def start_named(
+    nursery: trio.Nursery, name: str, fn: Callable[..., Awaitable[Any]], *args: Any
+) -> None:
+    """Start a service in `nursery`; its failure is re-raised as ServiceFailed(name, error)."""
+
+    async def wrapped() -> None:
+        try:
+            await fn(*args)
+        except (trio.Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise ServiceFailed(name, exc) from exc
+
+    nursery.start_soon(wrapped, name=name)
+
+
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     out: list[BaseException] = []
     for e in group.exceptions:
@@ -86,16 +102,7 @@ class WorkersManager:
 
     def start_service(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self.nursery is not None, "start services inside run()"
-
-        async def wrapped() -> None:
-            try:
-                await fn(*args)
-            except (trio.Cancelled, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                raise ServiceFailed(name, exc) from exc
-
-        self.nursery.start_soon(wrapped, name=name)
+        start_named(self.nursery, name, fn, *args)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Begin a graceful stop (idempotent)."""

@@ -1,0 +1,269 @@
+"""One client run, measured from inside the client's network namespace.
+
+Why a separate process: the start → first-ping time must be measured by something that is
+already running *in the client's namespace* when the client starts, so neither
+`ip netns exec` nor an interpreter start-up lands inside the figure. The orchestrator
+(`trivpn.bench.vpn`) starts this module in the namespace with a JSON spec on stdin; it
+starts the VPN client itself, probes with raw ICMP until the first reply, runs the
+workloads (iperf3 both ways, ping idle and under load), reads the client's CPU time and
+peak RSS from /proc, stops the client and prints one JSON object on stdout.
+
+Stdlib only, and no trio: the probe must never be what limits a measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Bound on any single wait for the client (start-up, the tunnel, shutdown).
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+#: Seconds between raw ICMP probes while waiting for the tunnel.
+PROBE_INTERVAL = 0.002
+_TIME_RE = re.compile(r"time=([0-9.]+) ms")
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True)
+class Spec:
+    """What to run and measure (sent by the orchestrator as JSON)."""
+
+    client: str  # "trivpn" | "openvpn" (label only)
+    argv: list[str]
+    up_line: str  # a line of the client's output meaning "tunnel up"
+    connect_line: str  # a line meaning "first packet to the server is on its way"
+    target: str  # tunnel address of the server (iperf3 server and ping target)
+    seconds: float = 3.0  # per iperf3 run
+    omit: int = 0  # iperf3 -O
+    pings: int = 100  # per RTT sample
+    ping_interval: float = 0.01
+    stop_signal: int = int(signal.SIGINT)
+
+
+@dataclass(slots=True)
+class Result:
+    client: str
+    ok: bool = False
+    error: str = ""
+    start_to_ping_s: float | None = None
+    start_to_up_s: float | None = None
+    handshake_s: float | None = None
+    tx_mbps: float | None = None  # client → server (iperf3 default)
+    rx_mbps: float | None = None  # server → client (iperf3 -R)
+    rtt_idle_ms: list[float] = field(default_factory=list)
+    rtt_load_ms: list[float] = field(default_factory=list)
+    load_mbps: float | None = None
+    cpu_s: float | None = None  # client CPU during both iperf3 runs
+    moved_bytes: int = 0
+    peak_rss_mb: float | None = None
+    exit_code: int | None = None
+    tail: str = ""
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def _echo(ident: int, seq: int) -> bytes:
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"trivpn-bench"
+    return body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+
+
+def wait_first_reply(target: str, deadline: float, alive: Any) -> float | None:
+    """Probe `target` with raw ICMP echoes until one is answered; return the reply time."""
+    ident = os.getpid() & 0xFFFF
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        sock.setblocking(False)
+        seq = 0
+        while time.monotonic() < deadline and alive():
+            seq = (seq + 1) & 0xFFFF
+            with contextlib.suppress(OSError):  # no route yet: ENETUNREACH
+                sock.sendto(_echo(ident, seq), (target, 0))
+            ready, _, _ = select.select([sock], [], [], PROBE_INTERVAL)
+            while ready:
+                try:
+                    pkt, (src, _port) = sock.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                ihl = (pkt[0] & 0x0F) * 4
+                if (
+                    src == target
+                    and len(pkt) >= ihl + 8
+                    and pkt[ihl] == 0
+                    and struct.unpack_from("!H", pkt, ihl + 4)[0] == ident
+                ):
+                    return time.monotonic()
+        return None
+    finally:
+        sock.close()
+
+
+class _Output:
+    """Collects the client's output lines with the time each one arrived."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            with self._lock:
+                self.lines.append((time.monotonic(), raw.decode(errors="replace").rstrip()))
+
+    def first(self, needle: str) -> float | None:
+        with self._lock:
+            return next((t for t, ln in self.lines if needle in ln), None)
+
+    def wait_for(self, needle: str, deadline: float) -> float | None:
+        while time.monotonic() < deadline:
+            t = self.first(needle)
+            if t is not None:
+                return t
+            time.sleep(0.01)
+        return None
+
+    def tail(self, n: int = 30) -> str:
+        with self._lock:
+            return "\n".join(ln for _, ln in self.lines[-n:])
+
+    def join(self) -> None:
+        self._thread.join(timeout=2)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def iperf(target: str, seconds: float, omit: int, reverse: bool) -> tuple[float, int]:
+    """(Mbit/s received, bytes received) of one iperf3 TCP run through the tunnel."""
+    argv = ["iperf3", "-c", target, "-t", f"{seconds:g}", "-J"]
+    if omit:
+        argv += ["-O", str(omit)]
+    if reverse:
+        argv.append("-R")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + omit + 30)
+    try:
+        data = json.loads(r.stdout)
+    except ValueError:
+        raise RuntimeError(f"iperf3 gave no JSON: {r.stderr.strip()[-300:]}") from None
+    if "error" in data:
+        raise RuntimeError(f"iperf3: {data['error']}")
+    recv = data["end"]["sum_received"]
+    return recv["bits_per_second"] / 1e6, int(recv["bytes"])
+
+
+def ping_rtts(target: str, count: int, interval: float) -> list[float]:
+    """Per-reply RTTs (ms) of `count` echo requests, as the system ping reports them."""
+    r = subprocess.run(
+        ["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "1", target],
+        capture_output=True,
+        text=True,
+        timeout=count * interval + 30,
+    )
+    return [float(m) for m in _TIME_RE.findall(r.stdout)]
+
+
+def measure(spec: Spec) -> Result:
+    res = Result(spec.client)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out = _Output(proc)
+    try:
+        deadline = t0 + START_TIMEOUT
+        t_ping = wait_first_reply(spec.target, deadline, lambda: proc.poll() is None)
+        if t_ping is None:
+            raise RuntimeError("no ping reply through the tunnel")
+        res.start_to_ping_s = t_ping - t0
+        t_up = out.wait_for(spec.up_line, deadline)
+        t_conn = out.first(spec.connect_line)
+        if t_up is not None:
+            res.start_to_up_s = t_up - t0
+            if t_conn is not None:
+                res.handshake_s = t_up - t_conn
+        res.rtt_idle_ms = ping_rtts(spec.target, spec.pings, spec.ping_interval)
+        cpu0 = _cpu_seconds(proc.pid)
+        res.tx_mbps, b1 = iperf(spec.target, spec.seconds, spec.omit, reverse=False)
+        res.rx_mbps, b2 = iperf(spec.target, spec.seconds, spec.omit, reverse=True)
+        res.cpu_s = _cpu_seconds(proc.pid) - cpu0
+        res.moved_bytes = b1 + b2
+        # RTT under load: ping while a forward iperf3 run fills the tunnel.
+        load = subprocess.Popen(
+            ["iperf3", "-c", spec.target, "-t", f"{spec.seconds + 1:g}", "-J"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            time.sleep(0.5)
+            n = max(10, int(spec.seconds / spec.ping_interval / 2))
+            res.rtt_load_ms = ping_rtts(spec.target, n, spec.ping_interval)
+            stdout, _ = load.communicate(timeout=spec.seconds + 30)
+            with contextlib.suppress(ValueError, KeyError):
+                res.load_mbps = json.loads(stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+        res.peak_rss_mb = _peak_rss_mb(proc.pid)
+        res.ok = True
+    except (RuntimeError, OSError, subprocess.SubprocessError, KeyError) as exc:
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(spec.stop_signal)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        res.exit_code = proc.returncode
+        out.join()
+        if not res.ok:
+            res.tail = out.tail()
+    return res
+
+
+def main() -> int:
+    spec = Spec(**json.load(sys.stdin))
+    res = measure(spec)
+    json.dump(asdict(res), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""`python -m trivpn.bench vpn`: trivpn's client against OpenVPN's own, same server, same run.
+
+For every cell (transport × data cipher) the benchmark creates a fresh pair of network
+namespaces, starts Debian's openvpn server in one and an iperf3 server beside it, then runs
+the two clients in the other namespace *alternately* (trivpn first in even rounds, OpenVPN
+first in odd ones) so slow drift of the machine hits both alike. Each client run is measured
+by `trivpn.bench.probe` inside the client namespace. Medians over rounds are reported with
+the trivpn/OpenVPN ratio, printed as a table, written as JSON and drawn as a PNG chart (when
+matplotlib, the `bench` extra, is installed).
+
+Traffic only ever flows inside the namespaces created here, and every loop is bounded by a
+count and a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CLIENTS = ("trivpn", "openvpn")
+TRANSPORTS = ("udp", "tcp")
+CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
+#: Extra seconds a probe may take beyond its planned workload before it is killed.
+PROBE_SLACK = 90.0
+#: Seconds the iperf3 server gets to start listening.
+IPERF_START = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    transport: str
+    cipher: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.transport}/{self.cipher}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.transport}-{self.cipher.lower()}"
+
+
+@dataclass(slots=True)
+class Plan:
+    rounds: int
+    seconds: float
+    omit: int
+    pings: int
+    cells: list[Cell]
+    clients: tuple[str, ...]
+    out: Path
+
+
+# ---------------------------------------------------------------------------------------
+# statistics
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def _median(values: list[float | None]) -> float | None:
+    vs = [v for v in values if v is not None]
+    return statistics.median(vs) if vs else None
+
+
+#: metric → (label, unit, higher is better)
+METRICS: dict[str, tuple[str, str, bool]] = {
+    "tx_mbps": ("throughput client→server", "Mbit/s", True),
+    "rx_mbps": ("throughput server→client (-R)", "Mbit/s", True),
+    "start_to_ping_s": ("process start → first ping reply", "s", False),
+    "handshake_s": ("handshake (connect → tunnel up)", "s", False),
+    "rtt_idle_p50": ("ping RTT idle p50", "ms", False),
+    "rtt_idle_p99": ("ping RTT idle p99", "ms", False),
+    "rtt_load_p50": ("ping RTT under load p50", "ms", False),
+    "rtt_load_p99": ("ping RTT under load p99", "ms", False),
+    "cpu_s_per_gb": ("client CPU per GB moved", "s/GB", False),
+    "peak_rss_mb": ("client peak RSS", "MB", False),
+}
+
+
+def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
+    """The per-run figures the table reports, derived from one probe result."""
+    moved = run.get("moved_bytes") or 0
+    cpu = run.get("cpu_s")
+    return {
+        "tx_mbps": run.get("tx_mbps"),
+        "rx_mbps": run.get("rx_mbps"),
+        "start_to_ping_s": run.get("start_to_ping_s"),
+        "handshake_s": run.get("handshake_s"),
+        "rtt_idle_p50": percentile(run.get("rtt_idle_ms") or [], 50),
+        "rtt_idle_p99": percentile(run.get("rtt_idle_ms") or [], 99),
+        "rtt_load_p50": percentile(run.get("rtt_load_ms") or [], 50),
+        "rtt_load_p99": percentile(run.get("rtt_load_ms") or [], 99),
+        "cpu_s_per_gb": (cpu / (moved / 1e9)) if cpu is not None and moved else None,
+        "peak_rss_mb": run.get("peak_rss_mb"),
+    }
+
+
+def summarize(runs: list[dict[str, Any]], clients: tuple[str, ...]) -> dict[str, Any]:
+    """Medians per client over the successful runs, and trivpn/OpenVPN ratios."""
+    medians: dict[str, dict[str, float | None]] = {}
+    for client in clients:
+        per_run = [run_metrics(r) for r in runs if r["client"] == client and r.get("ok")]
+        medians[client] = {m: _median([pr[m] for pr in per_run]) for m in METRICS}
+    ratios: dict[str, float | None] = {}
+    if "trivpn" in medians and "openvpn" in medians:
+        for m in METRICS:
+            a, b = medians["trivpn"][m], medians["openvpn"][m]
+            ratios[m] = (a / b) if a is not None and b else None
+    return {"medians": medians, "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------------------
+# machine description
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return ((r.stdout or r.stderr).strip().splitlines() or ["unknown"])[0]
+
+
+def describe_machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "openvpn": _first_line(["openvpn", "--version"]),
+        "iperf3": _first_line(["iperf3", "--version"]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# running
+
+
+def _client_spec(client: str, cell: Cell, profile: Path, target: str, plan: Plan) -> dict[str, Any]:
+    if client == "trivpn":
+        argv = [sys.executable, "-m", "trivpn", "connect", str(profile)]
+        up, conn, stop = "tunnel up", "connecting to", signal.SIGINT
+    else:
+        argv = ["openvpn", "--config", str(profile)]
+        up = "Initialization Sequence Completed"
+        conn = "link remote" if cell.transport == "udp" else "Attempting to establish TCP"
+        stop = signal.SIGTERM
+    return {
+        "client": client,
+        "argv": argv,
+        "up_line": up,
+        "connect_line": conn,
+        "target": target,
+        "seconds": plan.seconds,
+        "omit": plan.omit,
+        "pings": plan.pings,
+        "stop_signal": int(stop),
+    }
+
+
+def _probe(ns: Any, spec: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """Run one measured client session in namespace `ns`; never raises for a failed run."""
+    budget = 3 * (plan.seconds + plan.omit) + plan.seconds + 1 + PROBE_SLACK
+    proc = ns.popen(
+        [sys.executable, "-m", "trivpn.bench.probe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(json.dumps(spec), timeout=budget)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"client": spec["client"], "ok": False, "error": f"probe timed out after {budget:g} s"}
+    try:
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"client": spec["client"], "ok": False, "error": f"probe failed: {err.strip()[-500:]}"}
+    return result
+
+
+def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, Any]]:
+    from trivpn.testing import OpenVPNServer, ServerOptions, client_profile, netns_pair
+
+    opts = ServerOptions(proto=cell.transport, wrap="tls-crypt", data_ciphers=cell.cipher)
+    runs: list[dict[str, Any]] = []
+    with netns_pair(prefix="tvb") as pair:
+        server = OpenVPNServer(
+            pair.server, pki, opts, workdir / cell.slug, listen_v4=pair.server_v4
+        )
+        server.start()
+        iperf = pair.server.popen(
+            ["iperf3", "-s"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_listening(pair.server, 5201)
+            profile = workdir / cell.slug / "client.ovpn"
+            profile.write_text(client_profile(pki, opts, server.remote_host))
+            for rnd in range(plan.rounds):
+                order = plan.clients if rnd % 2 == 0 else tuple(reversed(plan.clients))
+                for client in order:
+                    spec = _client_spec(client, cell, profile, server.tunnel_v4, plan)
+                    res = _probe(pair.client, spec, plan)
+                    res["round"] = rnd
+                    res["cell"] = cell.name
+                    runs.append(res)
+                    _report_run(res)
+        finally:
+            iperf.terminate()
+            try:
+                iperf.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                iperf.kill()
+                iperf.wait()
+            server.stop()
+    return runs
+
+
+def _wait_listening(ns: Any, port: int) -> None:
+    deadline = time.monotonic() + IPERF_START
+    while time.monotonic() < deadline:
+        r = ns.run(["ss", "-Htln", f"sport = :{port}"], check=False)
+        if r.stdout.strip():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"iperf3 server did not listen on port {port} within {IPERF_START:g} s")
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if unit == "Mbit/s":
+        return f"{v:.0f}"
+    if unit == "s":
+        return f"{v:.3f}"
+    if unit in ("ms", "s/GB", "MB"):
+        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    return f"{v:.2f}"
+
+
+def _report_run(res: dict[str, Any]) -> None:
+    if not res.get("ok"):
+        print(f"  {res['cell']} round {res['round']} {res['client']}: FAILED {res.get('error')}",
+              flush=True)
+        if res.get("tail"):
+            print("    " + res["tail"].replace("\n", "\n    "), flush=True)
+        return
+    m = run_metrics(res)
+    print(
+        f"  {res['cell']} round {res['round']} {res['client']:8s} "
+        f"tx {_fmt(m['tx_mbps'], 'Mbit/s')} rx {_fmt(m['rx_mbps'], 'Mbit/s')} Mbit/s, "
+        f"start→ping {_fmt(m['start_to_ping_s'], 's')} s, "
+        f"rtt {_fmt(m['rtt_idle_p50'], 'ms')}/{_fmt(m['rtt_load_p50'], 'ms')} ms, "
+        f"cpu {_fmt(m['cpu_s_per_gb'], 's/GB')} s/GB, rss {_fmt(m['peak_rss_mb'], 'MB')} MB",
+        flush=True,
+    )
+
+
+def format_table(results: dict[str, Any], clients: tuple[str, ...]) -> str:
+    """A Markdown table: one block of rows per cell, medians and the ratio."""
+    head = ["cell", "metric", *clients]
+    if len(clients) == 2:
+        head.append("ratio trivpn/openvpn")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell_name, cell in results.items():
+        for m, (label, unit, _higher) in METRICS.items():
+            row = [cell_name, f"{label} ({unit})"]
+            row += [_fmt(cell["medians"][c][m], unit) for c in clients]
+            if len(clients) == 2:
+                r = cell["ratios"].get(m)
+                row.append("—" if r is None else f"{r:.2f}×")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def draw_chart(results: dict[str, Any], clients: tuple[str, ...], path: Path) -> bool:
+    """Write a PNG (throughput, start → ping, RTT); False if matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cells = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    width = 0.8 / (2 * len(clients))
+    ax = axes[0]
+    for i, client in enumerate(clients):
+        for j, (metric, tag) in enumerate((("tx_mbps", "up"), ("rx_mbps", "down"))):
+            vals = [results[c]["medians"][client][metric] or 0 for c in cells]
+            xs = [k + (2 * i + j) * width - 0.4 + width / 2 for k in range(len(cells))]
+            ax.bar(xs, vals, width, label=f"{client} {tag}", alpha=1.0 if j == 0 else 0.6)
+    ax.set_xticks(range(len(cells)), cells, rotation=15, fontsize=8)
+    ax.set_ylabel("Mbit/s (iperf3 TCP through the tunnel)")
+    ax.set_title("throughput (higher is better)")
+    ax.legend(fontsize=8)
+    for ax, metrics, title, unit in (
+        (axes[1], ("start_to_ping_s", "handshake_s"), "start → ping, handshake", "s"),
+        (axes[2], ("rtt_idle_p50", "rtt_load_p50"), "ping RTT p50 idle / under load", "ms"),
+    ):
+        for i, client in enumerate(clients):
+            for j, metric in enumerate(metrics):
+                vals = [results[c]["medians"][client][metric] or 0 for c in cells]
+                xs = [k + (2 * i + j) * width - 0.4 + width / 2 for k in range(len(cells))]
+                ax.bar(xs, vals, width, label=f"{client} {METRICS[metric][0]}",
+                       alpha=1.0 if j == 0 else 0.6)
+        ax.set_xticks(range(len(cells)), cells, rotation=15, fontsize=8)
+        ax.set_ylabel(unit)
+        ax.set_title(f"{title} (lower is better)")
+        ax.legend(fontsize=7)
+    axes[2].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _missing_requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "the benchmark needs root (network namespaces, TUN devices)"
+    for tool in ("ip", "openvpn", "iperf3", "ping", "ss"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` not found on PATH (apt-get install openvpn iperf3 iproute2 iputils-ping)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    return None
+
+
+def parse_args(argv: list[str] | None) -> Plan:
+    p = argparse.ArgumentParser(
+        prog="python -m trivpn.bench vpn",
+        description="trivpn's client vs OpenVPN's own against Debian's openvpn server (needs root).",
+    )
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds per cell (default 3; --quick: 1)")
+    p.add_argument("--quick", action="store_true", help="a short run: 1 round, 2 s iperf3 runs")
+    p.add_argument("--seconds", type=float, default=None, help="seconds per iperf3 run (default 5; --quick: 2)")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for JSON and PNG")
+    p.add_argument(
+        "--cells", default="all",
+        help="comma-separated cells, e.g. udp-aes-256-gcm,tcp-chacha20-poly1305 (default all)",
+    )
+    p.add_argument("--clients", default="trivpn,openvpn", help="comma-separated: trivpn,openvpn")
+    a = p.parse_args(argv)
+    cells = [Cell(t, c) for t in TRANSPORTS for c in CIPHERS]
+    if a.cells != "all":
+        wanted = {s.strip().lower() for s in a.cells.split(",") if s.strip()}
+        unknown = wanted - {c.slug for c in cells}
+        if unknown:
+            p.error(f"unknown cell(s) {', '.join(sorted(unknown))}; known: {', '.join(c.slug for c in cells)}")
+        cells = [c for c in cells if c.slug in wanted]
+    clients = tuple(c.strip() for c in a.clients.split(",") if c.strip())
+    if not clients or any(c not in CLIENTS for c in clients):
+        p.error(f"--clients takes a comma-separated subset of {','.join(CLIENTS)}")
+    rounds = a.rounds if a.rounds is not None else (1 if a.quick else 3)
+    seconds = a.seconds if a.seconds is not None else (2.0 if a.quick else 5.0)
+    if not 1 <= rounds <= 50:
+        p.error("--rounds must be 1..50")
+    if not 0.5 <= seconds <= 120:
+        p.error("--seconds must be 0.5..120")
+    return Plan(
+        rounds=rounds,
+        seconds=seconds,
+        omit=0 if a.quick else 1,
+        pings=50 if a.quick else 200,
+        cells=cells,
+        clients=clients,
+        out=a.out,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan = parse_args(argv)
+    missing = _missing_requirements()
+    if missing:
+        print(f"trivpn.bench vpn: error: {missing}", file=sys.stderr)
+        return 1
+    from trivpn.testing import generate_pki
+
+    machine = describe_machine()
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
+          f"kernel {machine['kernel']}, Python {machine['python']}, {machine['openvpn']}", flush=True)
+    print(f"plan: {plan.rounds} round(s), {plan.seconds:g} s per iperf3 run, cells "
+          f"{', '.join(c.name for c in plan.cells)}, clients {', '.join(plan.clients)}", flush=True)
+    pki = generate_pki()
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    all_runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="trivpn-bench-") as tmp:
+        for cell in plan.cells:
+            runs = run_cell(cell, plan, pki, Path(tmp))
+            all_runs.extend(runs)
+            results[cell.name] = summarize(runs, plan.clients)
+    elapsed = time.monotonic() - started
+    table = format_table(results, plan.clients)
+    print()
+    print(table)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "machine": machine,
+        "plan": {
+            "rounds": plan.rounds,
+            "seconds": plan.seconds,
+            "omit": plan.omit,
+            "pings": plan.pings,
+            "cells": [c.name for c in plan.cells],
+            "clients": list(plan.clients),
+            "elapsed_s": round(elapsed, 1),
+        },
+        "results": results,
+        "runs": all_runs,
+    }
+    json_path = plan.out / "bench-vpn.json"
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    (plan.out / "bench-vpn.md").write_text(table + "\n")
+    png = plan.out / "bench-vpn.png"
+    drawn = draw_chart(results, plan.clients, png)
+    print(f"\nwrote {json_path}" + (f" and {png}" if drawn else
+          " (no chart: pip install 'trivpn[bench]' for matplotlib)") + f" in {elapsed:.0f} s")
+    failed = [r for r in all_runs if not r.get("ok")]
+    if failed:
+        print(f"{len(failed)} run(s) failed", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,107 @@
+"""`trivpn tunnel` (the unprivileged half) and `trivpn manage PROFILE` (both halves).
+
+Kept light at import time: `trivpn connect` loads this module to list sub-commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+
+log = logging.getLogger("trivpn")
+
+
+def add_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]
+    t = sub.add_parser(
+        "tunnel", help="serve a manager over the control protocol (started by a manager)"
+    )
+    t.add_argument("--rpc-read-fd", type=int, metavar="R", help="fd the manager's messages arrive on")
+    t.add_argument("--rpc-write-fd", type=int, metavar="W", help="fd our messages leave on")
+    t.add_argument("--rpc-socket", metavar="PATH", help="connect to the manager's Unix socket instead")
+    t.add_argument(
+        "--user", default="nobody",
+        help="when started as root, switch to this user before serving (default nobody)",
+    )
+    t.add_argument("-v", "--verbose", action="count", default=0, help="forward debug logs too")
+    t.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    t.set_defaults(handler=cmd_tunnel)
+
+    m = sub.add_parser(
+        "manage", help="bring up a tunnel through an unprivileged tunnel process (needs root)"
+    )
+    common(m)
+    m.add_argument(
+        "--tunnel-user", default="nobody", help="user the tunnel process runs as (default nobody)"
+    )
+    m.add_argument("--ifname", default="tvpn%d", help="TUN interface name (%%d: first free number)")
+    m.set_defaults(handler=cmd_manage)
+
+
+async def cmd_tunnel(args: argparse.Namespace) -> int:
+    from trivpn.manager.process import drop_privileges, open_rpc_stream, serve_manager
+
+    stream = await open_rpc_stream(args.rpc_read_fd, args.rpc_write_fd, args.rpc_socket)
+    if os.geteuid() == 0 and args.user:
+        drop_privileges(args.user)
+    await serve_manager(stream, verbose=args.verbose > 0)
+    return 0
+
+
+async def cmd_manage(args: argparse.Namespace) -> int:
+    import signal
+
+    import trio
+
+    from trivpn.cli import _credentials, _load
+    from trivpn.errors import FatalError
+    from trivpn.manager import manager_pb2 as pb
+    from trivpn.manager.session import open_tunnel
+
+    profile = _load(args.profile)
+    username, password = _credentials(profile, args)
+    stop_reason: str | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_tunnel(
+            args.profile,
+            username=username,
+            password=password,
+            key_derivation=args.key_derivation,
+            tunnel_user=args.tunnel_user or None,
+            ifname=args.ifname,
+            verbose=args.verbose > 0,
+        ) as tunnel:
+            peer = tunnel.peer
+            log.info(
+                "managed tunnel up on %s: %s (tunnel process %d)",
+                tunnel.ifname,
+                ", ".join(peer.ip_addrs) if peer else "no addresses",
+                tunnel.pid,
+            )
+            async with trio.open_nursery() as nursery:
+
+                async def on_signal() -> None:
+                    nonlocal stop_reason
+                    async for signum in signals:
+                        stop_reason = signal.Signals(signum).name
+                        log.info("%s received, stopping the tunnel", stop_reason)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                async def on_updates() -> None:
+                    state = peer.state if peer else None
+                    async for update in tunnel.peer_updates():
+                        for p in update.upserted_peers:
+                            if p.state != state:
+                                state = p.state
+                                log.info("peer %s: %s", p.name, pb.Peer.State.Name(p.state).lower())
+                            if p.state in (pb.Peer.FAILED, pb.Peer.DISCONNECTED) and stop_reason is None:
+                                raise FatalError(p.error_message or "the tunnel went down")
+                    if stop_reason is None:
+                        raise FatalError("the tunnel process ended")
+
+                nursery.start_soon(on_signal)
+                nursery.start_soon(on_updates)
+    log.info("disconnected (%s)", stop_reason or "stopped")
+    return 0

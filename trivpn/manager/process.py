@@ -1,0 +1,124 @@
+"""The tunnel process: open the RPC stream, drop root, serve one manager, exit.
+
+Dropping privileges happens in-process, after every module the engine needs is imported:
+the interpreter and its packages may live where the unprivileged user cannot read (a
+0700 home directory), so nothing may be imported lazily after the switch. The TUN device
+and the RPC pipes stay usable because they are already-open file descriptors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import trio
+
+from trivpn.errors import ConfigError, FatalError
+
+__all__ = ["PRELOAD", "capabilities", "drop_privileges", "open_rpc_stream", "serve_manager"]
+
+log = logging.getLogger("trivpn.manager")
+
+#: Everything the tunnel may import after it dropped root (see the module docstring).
+PRELOAD = (
+    "encodings.idna",
+    "encodings.ascii",
+    "trivpn.client",
+    "trivpn.api",
+    "trivpn.tun.linux",
+    "trivpn.tun.service",
+    "trivpn.profile.profile",
+    "trivpn.profile.push",
+    "trivpn.workers.manager",
+    "trivpn.datachannel.crypto",
+    "trivpn.datachannel.service",
+    "trivpn.tlssession.tls",
+    "trivpn.tlssession.keys",
+    "trivpn.tlssession.service",
+    "trivpn.manager.tunnel",
+    "trivpn.manager.convert",
+    "OpenSSL._util",
+    "google.protobuf.timestamp_pb2",
+)
+
+
+def capabilities() -> dict[str, int]:
+    """The CapInh/CapPrm/CapEff/CapBnd/CapAmb masks of this process (Linux)."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Cap"):
+                    key, _, value = line.partition(":")
+                    out[key] = int(value.strip(), 16)
+    except OSError:
+        pass
+    return out
+
+
+def drop_privileges(user: str) -> tuple[int, int]:
+    """Become `user` for good (all groups, uids and capabilities); returns (uid, gid)."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"no such user {user!r} to run the tunnel as") from None
+    if pw.pw_uid == 0:
+        raise ConfigError("the tunnel must not run as root: choose another --user")
+    for name in PRELOAD:
+        importlib.import_module(name)
+    os.chdir("/")
+    os.setgroups([])
+    os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+    os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)  # also clears every capability
+    os.environ["HOME"] = "/"
+    if os.getresuid() != (pw.pw_uid,) * 3 or os.getresgid() != (pw.pw_gid,) * 3:
+        raise FatalError("could not drop privileges")
+    caps = capabilities()
+    if caps.get("CapEff", 0) or caps.get("CapPrm", 0):
+        raise FatalError("capabilities remain after dropping privileges")
+    return pw.pw_uid, pw.pw_gid
+
+
+async def open_rpc_stream(read_fd: int | None, write_fd: int | None, socket_path: str | None) -> trio.abc.Stream:
+    """The manager's stream: two inherited pipe fds, or a Unix socket it listens on."""
+    if socket_path:
+        try:
+            return await trio.open_unix_socket(socket_path)
+        except OSError as exc:
+            raise ConfigError(f"cannot connect to {socket_path}: {exc.strerror or exc}") from None
+    if read_fd is None or write_fd is None:
+        raise ConfigError("give --rpc-read-fd and --rpc-write-fd, or --rpc-socket")
+    for fd in (read_fd, write_fd):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ConfigError(f"fd {fd} is not open in the tunnel process") from None
+    if read_fd == write_fd:
+        raise ConfigError("--rpc-read-fd and --rpc-write-fd must differ")
+    return trio.StapledStream(trio.lowlevel.FdStream(write_fd), trio.lowlevel.FdStream(read_fd))
+
+
+async def serve_manager(stream: trio.abc.Stream, *, verbose: bool = False) -> None:
+    """Handshake, forward logs, serve requests until Stop or hang-up."""
+    from trivpn.manager.speaker import Speaker
+    from trivpn.manager.tunnel import RPCLogHandler, Tunnel
+
+    speaker = Speaker(stream, "tunnel")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(speaker.run)
+        root = logging.getLogger("trivpn")
+        handler = RPCLogHandler(speaker, trio.lowlevel.current_trio_token())
+        saved = root.handlers[:]
+        root.handlers[:] = [handler]
+        root.setLevel(logging.DEBUG if verbose else logging.INFO)
+        root.propagate = False
+        try:
+            await Tunnel(speaker).serve()
+            with trio.move_on_after(2.0):  # let the Stop reply (the last frame) leave
+                await speaker.wait_closed()
+        finally:
+            root.handlers[:] = saved
+            nursery.cancel_scope.cancel()
