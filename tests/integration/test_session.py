@@ -74,3 +74,122 @@ def test_continuous_ping_across_many_renegotiations(  # type: ignore[no-untyped-
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _tun_link(netns) -> str:  # type: ignore[no-untyped-def]
+    """index:name of the client's TUN device (must survive reconnects unchanged)."""
+    links = netns.client.run(["ip", "-o", "link", "show", "type", "tun"]).stdout.splitlines()
+    assert len(links) == 1, links
+    return ":".join(links[0].split(":")[:2])
+
+
+def _ping_ok(netns, target: str, count: int = 3) -> bool:  # type: ignore[no-untyped-def]
+    r = netns.client.run(["ping", "-c", str(count), "-i", "0.2", "-W", "1", target], check=False)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("how", ["restart", "kill"])
+def test_server_restart_reconnects_with_the_same_tun(  # type: ignore[no-untyped-def]
+    how, pki, netns, openvpn_server, tmp_path: Path
+) -> None:
+    """`restart`: the server says RESTART as it stops; `kill`: it vanishes (ping-restart)."""
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", keepalive=(1, 4))
+    server = openvpn_server(opts)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host))
+    log = tmp_path / "client.log"
+    proc = _run_client(netns, profile, log)
+    try:
+        _wait_for(log, "tunnel up", 30)
+        link = _tun_link(netns)
+        assert _ping_ok(netns, server.tunnel_v4)
+        if how == "kill":
+            server._proc.kill()  # type: ignore[union-attr]  # a crash: no goodbye
+            server._proc.wait()  # type: ignore[union-attr]
+            server._proc = None
+        else:
+            server.stop()
+        _wait_for(log, "reconnecting in", 20)
+        server.start()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and log.read_text().count("tunnel up") < 2:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert text.count("tunnel up") >= 2, text
+        assert ("ping-restart" if how == "kill" else "restart") in text
+        assert _tun_link(netns) == link  # the same device, never torn down
+        assert _ping_ok(netns, server.tunnel_v4)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_dead_first_remote_then_good_one(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt")
+    server = openvpn_server(opts)
+    text = client_profile(pki, opts, server.remote_host)
+    good = f"remote {server.remote_host} 1194"
+    assert good in text
+    # nothing listens on 1199: the first remote never answers (ICMP port unreachable)
+    text = text.replace(good, f"remote {server.remote_host} 1199\n{good}\nserver-poll-timeout 3")
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(text)
+    r = netns.client.run(
+        [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "2", "-i", "0.2"],
+        check=False,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ":1199" in r.stdout and "reconnecting in" in r.stdout
+    assert "2 packets transmitted, 2 received" in r.stdout
+
+
+def test_connect_retry_max_against_a_dead_server_ends_by_itself(pki, netns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt")
+    text = client_profile(pki, opts, netns.server_v4)
+    text += "\nconnect-retry 1 1\nconnect-retry-max 2\nserver-poll-timeout 2\n"
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(text)
+    start = time.monotonic()
+    r = netns.client.run(
+        [sys.executable, "-m", "trivpn", "connect", str(profile)], check=False, timeout=60
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and "connect-retry-max" in errors[0], r.stderr
+    assert r.stdout.count("reconnecting in") == 1  # two attempts, one pause between them
+    assert time.monotonic() - start < 30
+    assert "tvpn" not in netns.client.run(["ip", "-o", "link"]).stdout
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_name_with_v6_and_v4_where_only_v4_answers(  # type: ignore[no-untyped-def]
+    proto, pki, netns, openvpn_server, tmp_path: Path
+) -> None:
+    """`vpn.test` resolves to the server's IPv6 and IPv4 addresses; only IPv4 has a server."""
+    opts = ServerOptions(proto=proto, wrap="tls-crypt")
+    server = openvpn_server(opts)
+    hosts_dir = Path("/etc/netns") / netns.client.name
+    hosts_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (hosts_dir / "hosts").write_text(
+            f"127.0.0.1 localhost\n{netns.server_v6} vpn.test\n{netns.server_v4} vpn.test\n"
+        )
+        text = client_profile(pki, opts, "vpn.test") + "\nserver-poll-timeout 3\n"
+        profile = tmp_path / "client.ovpn"
+        profile.write_text(text)
+        r = netns.client.run(
+            [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "2", "-i", "0.2"],
+            check=False,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"[{netns.server_v6}]" in r.stdout  # the v6 address was tried (first)
+        assert "2 packets transmitted, 2 received" in r.stdout
+    finally:
+        for f in hosts_dir.glob("*"):
+            f.unlink()
+        hosts_dir.rmdir()

@@ -93,7 +93,7 @@ async def cmd_manage(args: argparse.Namespace) -> int:
                     state = peer.state if peer else None
                     async for update in tunnel.peer_updates():
                         for p in update.upserted_peers:
-                            if p.state != state:
+                            if p.state != state and p.state not in (pb.Peer.CONNECTING, pb.Peer.CONNECTED):
                                 state = p.state
                                 log.info("peer %s: %s", p.name, pb.Peer.State.Name(p.state).lower())
                             if p.state in (pb.Peer.FAILED, pb.Peer.DISCONNECTED) and stop_reason is None:

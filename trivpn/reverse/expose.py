@@ -1,0 +1,209 @@
+"""`trivpn expose`: the side behind NAT. Keeps a tunnel to the relay and connects each
+stream the relay opens to the local service.
+
+Reconnect policy: after a lost connection (or a failed attempt) wait 1 s, doubling to
+30 s, with jitter, at most `attempts` tries in a row (0 = forever); a session that reached
+BOUND resets the count. The client keeps one random client id for its whole life and asks
+for the port it had before, so the relay gives the same public port back (from its lease,
+or simply because the port is still free after a relay restart). Authentication failures
+and TLS verification failures are not retried: hammering a relay with a wrong token or
+an untrusted certificate cannot succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from trivpn.errors import ConfigError, FatalError
+from trivpn.reverse import session as S
+from trivpn.reverse.frames import ErrorCode
+from trivpn.reverse.metrics import Metrics
+from trivpn.reverse.ports import Backoff
+from trivpn.reverse.service import SessionRunner, StreamPipe
+from trivpn.reverse.session import SessionConfig
+
+log = logging.getLogger("trivpn.reverse")
+
+CONNECT_TIMEOUT = 10.0
+DIAL_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class ExposeConfig:
+    server_host: str
+    server_port: int
+    local_host: str
+    local_port: int
+    token: bytes
+    remote_port: int = 0
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_server_name: str | None = None  # default: server_host, the name we dialled
+    reconnect: bool = True
+    attempts: int = 10
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    observe_http: bool = True
+    session: SessionConfig = field(default_factory=SessionConfig)
+
+
+class Expose:
+    def __init__(self, config: ExposeConfig, on_bound: Callable[[str, int], None] | None = None) -> None:
+        if not config.token:
+            raise ConfigError("--token must not be empty")
+        self.config = config
+        self.client_id = secrets.token_bytes(16)
+        self.metrics = Metrics()  # whole-run totals
+        self.session_metrics: Metrics | None = None
+        self.port = 0
+        self.sessions = 0
+        self.on_bound = on_bound
+        self._ssl: ssl.SSLContext | None = None
+        if config.tls or config.tls_ca:
+            try:
+                ctx = ssl.create_default_context(cafile=config.tls_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load the CA file {config.tls_ca}: {exc}") from None
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._ssl = ctx
+
+    async def _connect(self) -> trio.abc.Stream:
+        cfg = self.config
+        with trio.fail_after(CONNECT_TIMEOUT):
+            sock = await trio.open_tcp_stream(cfg.server_host, cfg.server_port)
+        if self._ssl is None:
+            return sock
+        name = cfg.tls_server_name or cfg.server_host
+        tls = trio.SSLStream(sock, self._ssl, server_hostname=name)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(sock)
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise FatalError(
+                    f"TLS: the relay's certificate is not trusted for {name!r}: "
+                    f"{cause.verify_message or cause.reason}"
+                ) from None
+            raise
+        return tls
+
+    async def run(self) -> None:
+        """Until cancelled, or a FatalError (auth refused, gave up reconnecting, ...)."""
+        cfg = self.config
+        backoff = Backoff(cfg.backoff_initial, cfg.backoff_max, cfg.attempts)
+        wanted = cfg.remote_port
+        while True:
+            why = ""
+            try:
+                transport = await self._connect()
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                why = f"cannot reach the relay {cfg.server_host}:{cfg.server_port}: " + (
+                    "timed out" if isinstance(exc, trio.TooSlowError) else str(getattr(exc, "strerror", None) or exc)
+                )
+            else:
+                session = S.Session(
+                    "client",
+                    trio.current_time(),
+                    cfg.session,
+                    token=cfg.token,
+                    client_id=self.client_id,
+                    requested_port=wanted,
+                )
+                metrics = Metrics()
+                self.session_metrics = metrics
+                runner = ExposeRunner(self, session, transport, metrics)
+                try:
+                    closed = await runner.run()
+                finally:
+                    self.metrics.add(metrics)
+                if runner.auth_failed:
+                    raise FatalError(runner.auth_failed)
+                if runner.bind_failed:
+                    if wanted and wanted == cfg.remote_port:
+                        raise FatalError(runner.bind_failed)
+                    wanted = 0  # our remembered port went to someone else: take any
+                if runner.bound_port:
+                    wanted = runner.bound_port
+                    backoff.reset()
+                    log.info("tunnel lost: %s", closed.reason if closed else "closed")
+                    print(metrics.summary("session summary"), flush=True)
+                why = closed.reason if closed else "the tunnel closed"
+                if closed is not None and closed.code == ErrorCode.REPLACED:
+                    raise FatalError("another expose with the same identity replaced this one")
+            if not cfg.reconnect:
+                raise FatalError(f"{why} (not reconnecting: --no-reconnect)")
+            delay = backoff.next_delay(random.random())
+            if delay is None:
+                raise FatalError(f"{why}; gave up after {cfg.attempts} attempts")
+            limit = f"/{cfg.attempts}" if cfg.attempts else ""
+            log.info("%s; reconnecting in %.1f s (attempt %d%s)", why, delay, backoff.failures, limit)
+            await trio.sleep(delay)
+
+
+class ExposeRunner(SessionRunner):
+    def __init__(self, expose: Expose, session: S.Session, transport: trio.abc.Stream, metrics: Metrics) -> None:
+        super().__init__(session, transport, metrics, observe_http=expose.config.observe_http)
+        self.expose = expose
+        self.bound_port = 0
+        self.bind_failed: str | None = None
+
+    def on_event(self, ev: S.Event) -> None:
+        if isinstance(ev, S.Bound):
+            self.bound_port = ev.port
+            self.expose.port = ev.port
+            self.expose.sessions += 1
+            self.metrics.connections = 1
+            cfg = self.expose.config
+            log.info(
+                "public address %s:%d -> %s:%d (lease %d s)",
+                cfg.server_host,
+                ev.port,
+                cfg.local_host,
+                cfg.local_port,
+                ev.lease,
+            )
+            if self.expose.on_bound is not None:
+                self.expose.on_bound(cfg.server_host, ev.port)
+        elif isinstance(ev, S.BindFailed):
+            self.bind_failed = ev.reason
+        elif isinstance(ev, S.StreamOpened):
+            pipe = StreamPipe(self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False)
+            self.pipes[ev.stream_id] = pipe
+            assert self.nursery is not None
+            self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe))
+
+    def _dialer(self, pipe: StreamPipe) -> Callable[[], trio.SocketStream]:
+        cfg = self.expose.config
+
+        async def dial() -> trio.SocketStream:
+            try:
+                with trio.fail_after(DIAL_TIMEOUT):
+                    return await trio.open_tcp_stream(cfg.local_host, cfg.local_port)
+            except (OSError, trio.TooSlowError) as exc:
+                self.metrics.streams_refused += 1
+                log.info(
+                    "stream %d from %s: local service %s:%d unreachable: %s",
+                    pipe.sid,
+                    pipe.peer,
+                    cfg.local_host,
+                    cfg.local_port,
+                    "timed out" if isinstance(exc, trio.TooSlowError) else getattr(exc, "strerror", exc),
+                )
+                self.session.reset_stream(pipe.sid, ErrorCode.REFUSED)
+                self.ring()
+                raise trio.BrokenResourceError("local service unreachable") from None
+
+        return dial  # type: ignore[return-value]
+
+    def opened(self, pipe: StreamPipe) -> None:
+        self.session.accept_stream(pipe.sid)
+        self.ring()
