@@ -193,3 +193,39 @@ def test_name_with_v6_and_v4_where_only_v4_answers(  # type: ignore[no-untyped-d
         for f in hosts_dir.glob("*"):
             f.unlink()
         hosts_dir.rmdir()
+
+
+def _auth_server_opts(tmp_path: Path) -> ServerOptions:
+    """A server that checks username/password with a script (OpenVPN's via-file method)."""
+    script = tmp_path / "check-pass.sh"
+    script.write_text('#!/bin/sh\n[ "$(sed -n 1p "$1")" = alice ] && [ "$(sed -n 2p "$1")" = s3cret ]\n')
+    script.chmod(0o755)
+    return ServerOptions(
+        proto="udp",
+        wrap="tls-crypt",
+        extra=["script-security 2", f"auth-user-pass-verify {script} via-file"],
+    )
+
+
+@pytest.mark.parametrize(("password", "ok"), [("s3cret", True), ("wrong", False)])
+def test_username_password_checked_by_the_server(  # type: ignore[no-untyped-def]
+    password, ok, pki, netns, openvpn_server, tmp_path: Path
+) -> None:
+    opts = _auth_server_opts(tmp_path)
+    server = openvpn_server(opts)
+    creds = tmp_path / "creds.txt"
+    creds.write_text(f"alice\n{password}\n")
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host, extra=[f"auth-user-pass {creds}"]))
+    r = netns.client.run(
+        [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "1"],
+        check=False,
+        timeout=60,
+    )
+    if ok:
+        assert r.returncode == 0, r.stdout + r.stderr
+    else:
+        assert r.returncode == 1, r.stdout + r.stderr
+        errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(errors) == 1 and "AUTH_FAILED" in errors[0], r.stderr
+        assert "reconnecting" not in r.stdout  # a refused password is not retried

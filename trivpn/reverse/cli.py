@@ -1,0 +1,192 @@
+"""`trivpn relay` and `trivpn expose` sub-commands (plugged into trivpn.cli).
+
+Only argparse at import time: the tunnel modules load inside the handlers, so other
+commands start as fast as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+log = logging.getLogger("trivpn.reverse")
+
+
+def _common(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sp.add_argument(
+        "--max-frame",
+        type=int,
+        default=16 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest frame payload accepted after authentication (default 16 MiB)",
+    )
+    sp.add_argument(
+        "--window",
+        type=int,
+        default=2 * 1024 * 1024,
+        metavar="BYTES",
+        help="per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
+    )
+    sp.add_argument("--no-http-log", action="store_true", help="do not parse HTTP for the request log")
+
+
+def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # type: ignore[type-arg]
+    r = sub.add_parser("relay", help="public side of a reverse TCP tunnel")
+    r.add_argument("--addr", default=":9000", metavar="HOST:PORT", help="tunnel listen address (default :9000)")
+    r.add_argument("--start-port", type=int, default=10000, metavar="N", help="first public port (default 10000)")
+    r.add_argument("--end-port", type=int, default=None, metavar="M", help="last public port (default N+999)")
+    r.add_argument("--public-host", default=None, metavar="HOST", help="address the public ports bind (default: --addr's host)")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--token", metavar="T", help="the shared token clients authenticate with")
+    g.add_argument("--tokens-file", metavar="F", help="one name:token per line (per-client tokens and metrics)")
+    r.add_argument("--tls-cert", metavar="F", help="serve the tunnel over TLS with this certificate (PEM)")
+    r.add_argument("--tls-key", metavar="F", help="private key of --tls-cert (PEM)")
+    r.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics on http://HOST:PORT/metrics")
+    r.add_argument("--lease", type=float, default=60.0, metavar="SECONDS", help="keep a client's port this long after it leaves (default 60)")
+    r.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS", help="heartbeat interval; 3 missed expire a session (default 10)")
+    _common(r)
+    r.set_defaults(handler=cmd_relay)
+
+    e = sub.add_parser("expose", help="expose a local TCP service through a relay")
+    e.add_argument("--server", required=True, metavar="HOST:PORT", help="the relay's tunnel address")
+    e.add_argument("--local", required=True, metavar="HOST:PORT", help="the local service to expose")
+    e.add_argument("--token", required=True, metavar="T", help="the token the relay knows")
+    e.add_argument("--tls", action="store_true", help="connect with TLS, verifying the relay's certificate")
+    e.add_argument("--tls-ca", metavar="F", help="CA certificate(s) to verify the relay with (implies --tls)")
+    e.add_argument("--tls-server-name", metavar="NAME", help="name to verify instead of --server's host")
+    e.add_argument("--remote-port", type=int, default=0, metavar="N", help="ask for this public port (default: any)")
+    e.add_argument("--no-reconnect", action="store_true", help="exit when the tunnel is lost")
+    e.add_argument("--max-attempts", type=int, default=10, metavar="N", help="reconnect attempts in a row, 0 = forever (default 10)")
+    _common(e)
+    e.set_defaults(handler=cmd_expose)
+
+
+def _session_config(args: argparse.Namespace, heartbeat: float = 10.0) -> object:
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.frames import ABSOLUTE_MAX_FRAME
+    from trivpn.reverse.session import MAX_WINDOW, SessionConfig
+
+    if not 256 <= args.max_frame <= ABSOLUTE_MAX_FRAME:
+        raise ConfigError(f"--max-frame must be between 256 and {ABSOLUTE_MAX_FRAME}")
+    if not 1024 <= args.window <= MAX_WINDOW:
+        raise ConfigError("--window must be between 1024 and 2147483647")
+    if not 0.05 <= heartbeat <= 3600:
+        raise ConfigError("--heartbeat must be between 0.05 and 3600 seconds")
+    return SessionConfig(window=args.window, max_frame=args.max_frame, heartbeat=heartbeat)
+
+
+async def _until_signal(body: object, on_stop: object) -> int:
+    """Run `body()`; SIGINT/SIGTERM ends it gracefully and prints `on_stop()` (exit 0)."""
+    import trio
+
+    stopped = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal stopped
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+        async def main() -> None:
+            try:
+                await body()  # type: ignore[operator]
+            finally:
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        nursery.start_soon(main)
+    print(on_stop(), flush=True)  # type: ignore[operator]
+    return 0 if stopped else 1
+
+
+async def cmd_relay(args: argparse.Namespace) -> int:
+    import trio
+
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.relay import Relay, RelayConfig, load_tokens
+    from trivpn.reverse.service import parse_hostport
+
+    host, port = parse_hostport(args.addr, "--addr")
+    end = args.end_port if args.end_port is not None else min(args.start_port + 999, 65535)
+    tokens = load_tokens(args.tokens_file) if args.tokens_file else {"default": args.token.encode()}
+    if args.token is not None and not args.token:
+        raise ConfigError("--token must not be empty")
+    relay = Relay(
+        RelayConfig(
+            host=host,
+            port=port,
+            start_port=args.start_port,
+            end_port=end,
+            tokens=tokens,
+            public_host=args.public_host,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            lease=args.lease,
+            observe_http=not args.no_http_log,
+            session=_session_config(args, args.heartbeat),  # type: ignore[arg-type]
+        )
+    )
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            if args.metrics_addr:
+                from trivpn.reverse.metrics import make_registry
+                from trivpn.reverse.promserver import serve_metrics
+
+                mhost, mport = parse_hostport(args.metrics_addr, "--metrics-addr", "127.0.0.1")
+                registry = make_registry(relay.metrics_groups)
+                bound = await nursery.start(serve_metrics, registry, mhost, mport)
+                log.info("metrics on http://%s:%d/metrics", mhost, bound)
+            await nursery.start(relay.serve)
+
+    return await _until_signal(body, relay.summary)
+
+
+async def cmd_expose(args: argparse.Namespace) -> int:
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.expose import Expose, ExposeConfig
+    from trivpn.reverse.service import parse_hostport
+
+    shost, sport = parse_hostport(args.server, "--server", "localhost")
+    lhost, lport = parse_hostport(args.local, "--local", "127.0.0.1")
+    if not args.token:
+        raise ConfigError("--token must not be empty")
+    if not 0 <= args.remote_port <= 65535:
+        raise ConfigError("--remote-port must be 0..65535")
+    if args.max_attempts < 0:
+        raise ConfigError("--max-attempts must be 0 (forever) or more")
+
+    def on_bound(host: str, port: int) -> None:
+        print(f"public address: {host}:{port}", flush=True)
+
+    expose = Expose(
+        ExposeConfig(
+            server_host=shost,
+            server_port=sport,
+            local_host=lhost,
+            local_port=lport,
+            token=args.token.encode(),
+            remote_port=args.remote_port,
+            tls=args.tls or bool(args.tls_ca),
+            tls_ca=args.tls_ca,
+            tls_server_name=args.tls_server_name,
+            reconnect=not args.no_reconnect,
+            attempts=args.max_attempts,
+            observe_http=not args.no_http_log,
+            session=_session_config(args),  # type: ignore[arg-type]
+        ),
+        on_bound=on_bound,
+    )
+    try:
+        return await _until_signal(expose.run, lambda: expose.metrics.summary("expose summary"))
+    except BaseException:
+        if expose.metrics.connections:
+            print(expose.metrics.summary("expose summary"), file=sys.stderr, flush=True)
+        raise
