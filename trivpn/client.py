@@ -30,7 +30,15 @@ import trio
 
 from trivpn import __version__
 from trivpn.controlchannel.service import control_payload_size, run_controlchannel
-from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
+from trivpn.controlchannel.wrap import (
+    EARLY_NEG_START,
+    ControlWrap,
+    NoWrap,
+    StaticKey,
+    TLSAuth,
+    TLSCrypt,
+    TLSCryptV2ClientKey,
+)
 from trivpn.datachannel.crypto import SUPPORTED_AEAD, normalize_cipher_name
 from trivpn.datachannel.service import DataService
 from trivpn.errors import ConfigError, FatalError, SessionRestart
@@ -125,7 +133,17 @@ class _LiveSession:
     data_control: trio.MemorySendChannel[list[object]]
 
 
-def build_wrap(profile: Profile, now_unix: int) -> ControlWrap:
+def build_wrap(profile: Profile, now_unix: int) -> tuple[ControlWrap, bytes | None]:
+    """The control-channel protection, and the tls-crypt-v2 WKc to send (if any)."""
+    if profile.tls_crypt_v2:
+        v2 = TLSCryptV2ClientKey.from_text(profile.tls_crypt_v2)
+        # replay ids start at EARLY_NEG_START: "I can do the stateless cookie handshake"
+        wrap = TLSCrypt(v2.key, server=False, timestamp=now_unix, initial_packet_id=EARLY_NEG_START + 1)
+        return wrap, v2.wkc
+    return _build_v1_wrap(profile, now_unix), None
+
+
+def _build_v1_wrap(profile: Profile, now_unix: int) -> ControlWrap:
     if profile.tls_crypt:
         return TLSCrypt(StaticKey.from_text(profile.tls_crypt), server=False, timestamp=now_unix)
     if profile.tls_auth:
@@ -417,11 +435,11 @@ class Client:
         if connect_scope.cancelled_caught:
             raise TransportError(f"no connection to {cand.remote.host} within {window:g} s")
         endpoint = transport.endpoint
-        wrap = build_wrap(profile, int(time.time()))
+        wrap, wkc = build_wrap(profile, int(time.time()))
         sid = os.urandom(8)
         while not any(sid):
             sid = os.urandom(8)
-        muxer = PacketMuxer(wrap, sid)
+        muxer = PacketMuxer(wrap, sid, wkc=wkc)
 
         def chan(size: int) -> tuple[Any, Any]:
             return trio.open_memory_channel(size)

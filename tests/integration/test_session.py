@@ -229,3 +229,28 @@ def test_username_password_checked_by_the_server(  # type: ignore[no-untyped-def
         errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(errors) == 1 and "AUTH_FAILED" in errors[0], r.stderr
         assert "reconnecting" not in r.stdout  # a refused password is not retried
+
+
+def test_tls_crypt_v2_with_keys_from_openvpn_genkey(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Keys made by `openvpn --genkey`; the 2.6 server answers statelessly (cookie + WKC)."""
+    server_key, client_key = tmp_path / "v2-server.key", tmp_path / "v2-client.key"
+    subprocess.run(["openvpn", "--genkey", "tls-crypt-v2-server", str(server_key)], check=True, capture_output=True)
+    subprocess.run(
+        ["openvpn", "--tls-crypt-v2", str(server_key), "--genkey", "tls-crypt-v2-client", str(client_key)],
+        check=True,
+        capture_output=True,
+    )
+    opts = ServerOptions(proto="udp", wrap="none", extra=[f"tls-crypt-v2 {server_key}"])
+    server = openvpn_server(opts)
+    block = f"<tls-crypt-v2>\n{client_key.read_text().strip()}\n</tls-crypt-v2>"
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host, extra=[block]))
+    r = netns.client.run(
+        [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "2", "-i", "0.2"],
+        check=False,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr + server.log_text()[-3000:]
+    assert "2 packets transmitted, 2 received" in r.stdout
+    log = server.log_text()
+    assert "tls-crypt-v2" in log.lower() or "WKc" in log

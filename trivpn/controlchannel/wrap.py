@@ -347,3 +347,51 @@ class TLSCrypt:
         if not self._ids.accept(data[TLS_CRYPT_OFF_PID:TLS_CRYPT_OFF_TAG], now):
             raise RemoteProtocolError("tls-crypt: replayed or stale packet id")
         return data[:CLEAR_HEADER_LEN] + plaintext
+
+
+# ---- tls-crypt-v2 client keys ------------------------------------------------------------
+
+TLS_CRYPT_V2_CLIENT_BEGIN = "-----BEGIN OpenVPN tls-crypt-v2 client key-----"
+TLS_CRYPT_V2_CLIENT_END = "-----END OpenVPN tls-crypt-v2 client key-----"
+#: The server refuses wrapped client keys longer than this (tls-crypt-v2.txt).
+TLS_CRYPT_V2_MAX_WKC_LEN = 1024
+#: A client that starts its replay ids here tells a 2.6 server it can do the stateless
+#: (cookie) handshake; the server tests `(id & 0xff000000) == 0x0f000000`.
+EARLY_NEG_START = 0x0F000000
+
+
+@dataclass(frozen=True, slots=True)
+class TLSCryptV2ClientKey:
+    """A tls-crypt-v2 client key: Kc (used like a tls-crypt key) and the server-wrapped WKc.
+
+    The client cannot read WKc (it is sealed with the server's key); it only sends it along
+    so that a server holding no per-client state can recover Kc.
+    """
+
+    key: StaticKey = field(repr=False)
+    wkc: bytes = field(repr=False)
+
+    @classmethod
+    def from_text(cls, text: str) -> TLSCryptV2ClientKey:
+        import base64
+        import binascii
+
+        begin = text.find(TLS_CRYPT_V2_CLIENT_BEGIN)
+        if begin < 0:
+            if "tls-crypt-v2 server key" in text:
+                raise ConfigError("tls-crypt-v2: this is the server's key; the client needs a client key")
+            raise ConfigError(f"tls-crypt-v2: missing '{TLS_CRYPT_V2_CLIENT_BEGIN}' line")
+        start = begin + len(TLS_CRYPT_V2_CLIENT_BEGIN)
+        end = text.find(TLS_CRYPT_V2_CLIENT_END, start)
+        if end < 0:
+            raise ConfigError(f"tls-crypt-v2: missing '{TLS_CRYPT_V2_CLIENT_END}' line")
+        try:
+            blob = base64.b64decode("".join(text[start:end].split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("tls-crypt-v2: the client key is not valid base64") from None
+        wkc = blob[STATIC_KEY_LEN:]
+        if len(wkc) < 2 + 32 or len(wkc) > TLS_CRYPT_V2_MAX_WKC_LEN:
+            raise ConfigError(f"tls-crypt-v2: client key of {len(blob)} bytes is malformed")
+        if int.from_bytes(wkc[-2:], "big") != len(wkc):
+            raise ConfigError("tls-crypt-v2: the wrapped key's length field does not match")
+        return cls(StaticKey(blob[:STATIC_KEY_LEN]), wkc)

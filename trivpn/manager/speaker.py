@@ -163,32 +163,41 @@ class Speaker:
     async def handshake(self) -> Version:
         """Exchange headers (concurrently, bounded in time); the negotiated version."""
         reader = HeaderReader()
+        failures: list[BaseException] = []
 
         async def write_header() -> None:
-            await self.stream.send_all(self._header)
+            try:
+                await self.stream.send_all(self._header)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failures.append(HandshakeError(f"could not send our header: {exc}"))
 
+        async def read_header(scope: trio.CancelScope) -> None:
+            try:
+                while True:
+                    byte = await self.stream.receive_some(1)
+                    if not byte:
+                        raise HandshakeError("the peer hung up during the header exchange")
+                    if reader.feed_byte(byte[0]):
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failures.append(HandshakeError(f"could not read the peer's header: {exc}"))
+            except RemoteProtocolError as exc:
+                failures.append(exc)
+            scope.cancel()  # no point finishing our write
+
+        with trio.move_on_after(self.handshake_timeout) as deadline:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_header)
+                nursery.start_soon(read_header, nursery.cancel_scope)
+        if failures:
+            exc = failures[0]
+            raise exc if isinstance(exc, HandshakeError) else HandshakeError(f"handshake failed: {exc}")
+        if deadline.cancelled_caught or reader.line is None:
+            raise HandshakeError(f"no header from the {self.peer_role} within {self.handshake_timeout:g} s")
         try:
-            with trio.fail_after(self.handshake_timeout):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(write_header)
-                    while True:
-                        byte = await self.stream.receive_some(1)
-                        if not byte:
-                            raise HandshakeError("the peer hung up during the header exchange")
-                        if reader.feed_byte(byte[0]):
-                            break
-            assert reader.line is not None
             header = parse_header(reader.line, self.peer_role)
             version = negotiate(self.versions, header.versions)
-        except trio.TooSlowError:
-            raise HandshakeError(
-                f"no header from the {self.peer_role} within {self.handshake_timeout:g} s"
-            ) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise HandshakeError(f"header exchange failed: {exc}") from None
         except RemoteProtocolError as exc:
-            if isinstance(exc, HandshakeError):
-                raise
             raise HandshakeError(f"handshake failed: {exc}") from None
         log.debug("%s: protocol version %s", self.role, version)
         return version

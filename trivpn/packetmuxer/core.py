@@ -55,7 +55,11 @@ class PacketMuxer:
         *,
         reset_timeout: float = RESET_TIMEOUT,
         max_reset_timeout: float = MAX_RESET_TIMEOUT,
+        wkc: bytes | None = None,
     ) -> None:
+        """`wkc` is the tls-crypt-v2 wrapped client key: the reset becomes
+        P_CONTROL_HARD_RESET_CLIENT_V3 carrying it, and if the server asks (early
+        negotiation flag RESEND_WKC) our message id 1 is sent as P_CONTROL_WKC_V1 with it."""
         if len(local_session_id) != SESSION_ID_LEN or not any(local_session_id):
             raise LocalProtocolError("session id must be 8 bytes and not all zero")
         self.wrap = wrap
@@ -67,6 +71,10 @@ class PacketMuxer:
         self._current_timeout = reset_timeout
         self._events: list[ResetComplete] = []
         self.stats = MuxStats()
+        self.wkc = wkc
+        #: the server wants the WKc again on message id 1 (it kept no state: HMAC cookie)
+        self.resend_wkc = False
+        self._id1_sent = False
 
     # -- the hard reset ---------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -88,13 +96,15 @@ class PacketMuxer:
         """Our hard reset, when it is due (first send and retransmissions)."""
         if self.reset_complete or self._next_reset is None or now < self._next_reset:
             return []
-        pkt = ControlPacket(
-            Opcode.CONTROL_HARD_RESET_CLIENT_V2, 0, self.local_session_id, message_id=0
+        opcode = (
+            Opcode.CONTROL_HARD_RESET_CLIENT_V3 if self.wkc else Opcode.CONTROL_HARD_RESET_CLIENT_V2
         )
+        pkt = ControlPacket(opcode, 0, self.local_session_id, message_id=0)
         self._next_reset = now + self._current_timeout
         self._current_timeout = min(self._current_timeout * 2, self._max_reset_timeout)
         self.stats.resets_sent += 1
-        return [self.wrap.wrap(serialize_control_packet(pkt), now)]
+        wire = self.wrap.wrap(serialize_control_packet(pkt), now)
+        return [wire + self.wkc if self.wkc else wire]
 
     # -- incoming ----------------------------------------------------------------------
     def receive_datagrams(
@@ -141,6 +151,7 @@ class PacketMuxer:
                 ):
                     self.remote_session_id = pkt.session_id
                     self._next_reset = None
+                    self.resend_wkc = bool(self.wkc) and _early_neg_flags(pkt.payload) & 1 == 1
                     self._events.append(
                         ResetComplete(self.local_session_id, pkt.session_id, pkt.payload)
                     )
@@ -167,8 +178,18 @@ class PacketMuxer:
         out: list[bytes] = []
         for p in packets:
             acks = p.acks  # type: ignore[attr-defined]
+            opcode = Opcode(p.opcode)  # type: ignore[attr-defined]
+            wkc_here = self.resend_wkc and key_id == 0 and p.message_id == 1  # type: ignore[attr-defined]
+            if self.resend_wkc and key_id == 0 and not self._id1_sent:
+                if opcode is Opcode.ACK_V1:
+                    # the stateless server cannot check anything before it has the WKc; the
+                    # ACK rides on message 1 instead (re-ACKed from the MRU list)
+                    continue
+            if wkc_here:
+                opcode = Opcode.CONTROL_WKC_V1
+                self._id1_sent = True
             pkt = ControlPacket(
-                Opcode(p.opcode),  # type: ignore[attr-defined]
+                opcode,
                 key_id,
                 self.local_session_id,
                 tuple(acks),
@@ -176,5 +197,26 @@ class PacketMuxer:
                 p.message_id,  # type: ignore[attr-defined]
                 p.payload,  # type: ignore[attr-defined]
             )
-            out.append(self.wrap.wrap(serialize_control_packet(pkt), now))
+            wire = self.wrap.wrap(serialize_control_packet(pkt), now)
+            out.append(wire + self.wkc if wkc_here and self.wkc else wire)
         return out
+
+
+def _early_neg_flags(payload: bytes) -> int:
+    """EARLY_NEG_FLAGS from the TLV list a 2.6 server puts in its reset (0 if absent).
+
+    TLVs are uint16 type, uint16 length, value; unknown types are skipped, and a
+    truncated list ends the parse (whatever was read stays valid).
+    """
+    flags = 0
+    pos = 0
+    while pos + 4 <= len(payload):
+        kind = int.from_bytes(payload[pos : pos + 2], "big")
+        length = int.from_bytes(payload[pos + 2 : pos + 4], "big")
+        value = payload[pos + 4 : pos + 4 + length]
+        if len(value) < length:
+            break
+        if kind == 1 and length == 2:
+            flags = int.from_bytes(value, "big")
+        pos += 4 + length
+    return flags

@@ -112,7 +112,6 @@ SILENT_OPTIONS = frozenset(
 #: Options we refuse: ignoring them would skip a check the user asked for, bypass a
 #: transport they configured, or they need credentials/features we cannot provide.
 UNSAFE_OPTIONS: dict[str, str] = {
-    "tls-crypt-v2": "tls-crypt-v2 is not implemented yet, the control channel would lose its protection",
     "tls-verify": "the certificate verification script would be skipped",
     "verify-hash": "certificate pinning would be skipped",
     "peer-fingerprint": "certificate pinning would be skipped",
@@ -211,6 +210,7 @@ class Profile:
     tls_auth: str | None = None
     key_direction: int | None = None
     tls_crypt: str | None = None
+    tls_crypt_v2: str | None = None  # the client key text (Kc + wrapped WKc)
     remote_cert_tls: str | None = None
     verify_x509_name: tuple[str, str] | None = None
     data_ciphers: list[str] = field(default_factory=lambda: list(DEFAULT_DATA_CIPHERS))
@@ -349,6 +349,7 @@ class _Builder:
             "key": self._pem,
             "tls-auth": self._tls_auth,
             "tls-crypt": self._tls_crypt,
+            "tls-crypt-v2": self._tls_crypt_v2,
             "key-direction": self._key_direction,
             "remote-cert-tls": self._remote_cert_tls,
             "verify-x509-name": self._verify_x509_name,
@@ -550,6 +551,18 @@ class _Builder:
     def _tls_crypt(self, line: int, name: str, args: list[str], inline: bool) -> None:
         self.nargs(line, name, args, 1, 1)
         self.p.tls_crypt = self._static_key(line, name, args[0], inline)
+        self.tls_crypt_line = line
+
+    def _tls_crypt_v2(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        from trivpn.controlchannel.wrap import TLSCryptV2ClientKey
+
+        self.nargs(line, name, args, 1, 2)
+        text = self.content(line, name, args[0], inline)
+        try:
+            TLSCryptV2ClientKey.from_text(text)
+        except ConfigError as exc:
+            raise _err(line, name, str(exc)) from None
+        self.p.tls_crypt_v2 = text
         self.tls_crypt_line = line
 
     def _direction(self, line: int, name: str, value: str) -> int:
@@ -792,6 +805,9 @@ class _Builder:
         if (p.cert is None) != (p.key is None):
             missing = "key" if p.key is None else "cert"
             raise ConfigError(f"missing '{missing}': 'cert' and 'key' must be given together")
+        wraps = [p.tls_auth is not None, p.tls_crypt is not None, p.tls_crypt_v2 is not None]
+        if sum(wraps) > 1 and p.tls_crypt_v2 is not None:
+            raise ConfigError("only one of 'tls-auth', 'tls-crypt' and 'tls-crypt-v2' may be used")
         if p.tls_auth is not None and p.tls_crypt is not None:
             raise _err(
                 max(self.tls_auth_line, self.tls_crypt_line),

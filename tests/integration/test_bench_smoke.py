@@ -1,0 +1,45 @@
+"""The benchmark must not rot: its quickest mode, one cell, both clients, real server.
+
+Figures are not asserted (speed belongs in the benchmark); only that every measurement was
+taken, the JSON/table files were written, and nothing was left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+#: Bound on the whole benchmark run (it normally takes about 15 s).
+BENCH_TIMEOUT = 120
+
+
+def test_bench_vpn_quick_one_cell(tmp_path: Path) -> None:
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "trivpn.bench", "vpn", "--quick", "--seconds", "1",
+         "--cells", "udp-aes-256-gcm", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=BENCH_TIMEOUT,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads((tmp_path / "bench-vpn.json").read_text())
+    assert doc["plan"]["cells"] == ["udp/AES-256-GCM"]
+    runs = doc["runs"]
+    assert sorted(run["client"] for run in runs) == ["openvpn", "trivpn"]
+    for run in runs:
+        assert run["ok"], run
+        assert run["tx_mbps"] > 0 and run["rx_mbps"] > 0, run
+        assert 0 < run["start_to_ping_s"] < 30, run
+        assert run["rtt_idle_ms"] and run["rtt_load_ms"], run
+        assert run["peak_rss_mb"] > 0 and run["moved_bytes"] > 0, run
+    medians = doc["results"]["udp/AES-256-GCM"]["medians"]
+    assert set(medians) == {"trivpn", "openvpn"}
+    assert doc["results"]["udp/AES-256-GCM"]["ratios"]["tx_mbps"] > 0
+    assert "| udp/AES-256-GCM |" in (tmp_path / "bench-vpn.md").read_text()
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert after == before
