@@ -483,6 +483,8 @@ class Client:
         )
         reliable = ReliableService(from_mux=mux_ctrl_r, to_mux=rel_down_s, to_cc=rel_up_s, from_cc=cc_down_r)
         payload = control_payload_size(wrap.overhead, ipv6=endpoint.family == socket.AF_INET6)
+        if wkc:
+            payload -= len(wkc)  # message 1 may carry the WKc too: keep it within one MTU
         live = _LiveSession(tls, endpoint, cmd_s.clone(), keys_s.clone())
         try:
             async with trio.open_nursery() as nursery:

@@ -40,7 +40,9 @@ __all__ = [
     "DEFAULT_DATA_CIPHERS",
     "SILENT_OPTIONS",
     "UNSAFE_OPTIONS",
+    "HTTPProxyOptions",
     "Profile",
+    "ProxySpec",
     "Remote",
     "load_profile",
     "parse_profile",
@@ -133,8 +135,6 @@ UNSAFE_OPTIONS: dict[str, str] = {
     "capath": "a CA directory is not supported; use 'ca'",
     "secret": "static-key mode is not supported (it is insecure and removed in OpenVPN 2.7)",
     "fragment": "it changes the data packet framing and the server would not understand us",
-    "http-proxy": "connecting directly would bypass the configured proxy",
-    "socks-proxy": "connecting directly would bypass the configured proxy",
     "pull-filter": "server-pushed settings you filtered out would be applied",
     "route-nopull": "server-pushed routes you refused would be applied",
     "server": "this is a server configuration",
@@ -178,6 +178,15 @@ CONNECTION_OPTIONS = frozenset(
     }
 )
 
+#: ``socks-proxy`` port when none is given (OpenVPN's default).
+SOCKS_PROXY_PORT = 1080
+#: ``http-proxy`` third argument values that are not an auth file.
+_HTTP_PROXY_AUTO = frozenset({"auto", "auto-nct"})
+#: ``http-proxy`` auth methods we implement (NTLM and Digest are not).
+_HTTP_PROXY_METHODS = frozenset({"none", "basic"})
+#: OpenVPN's ``MAX_CUSTOM_HTTP_HEADER``.
+MAX_CUSTOM_HTTP_HEADERS = 10
+
 _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 _PEM_KEY_SUFFIX = "PRIVATE KEY-----"
 _STATIC_KEY = "-----BEGIN OpenVPN Static key V1-----"
@@ -190,6 +199,31 @@ class Remote:
     host: str
     port: int
     proto: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    """An HTTP or SOCKS5 proxy that the TCP connection to the server goes through.
+
+    ``auth`` is ``none``, ``basic``, ``auto`` or ``auto-nct`` for HTTP and ``none`` or
+    ``userpass`` for SOCKS5; ``ask`` means the credentials must be entered by the user
+    (auth file ``stdin``, or a file with a username only).
+    """
+
+    host: str
+    port: int
+    auth: str = "none"
+    credentials: tuple[str, str] | None = None
+    ask: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPProxyOptions:
+    """``http-proxy-option``: HTTP version, User-Agent and extra request headers."""
+
+    version: str = "1.0"
+    agent: str | None = None
+    headers: tuple[tuple[str, str | None], ...] = ()  # (name, value) or (whole line, None)
 
 
 @dataclass(slots=True)
@@ -242,6 +276,9 @@ class Profile:
     hand_window: int | None = None
     remote_random: bool = False
     explicit_exit_notify: int | None = None
+    http_proxy: ProxySpec | None = None
+    socks_proxy: ProxySpec | None = None
+    http_proxy_options: HTTPProxyOptions = field(default_factory=HTTPProxyOptions)
     connections: list[dict[str, list[str]]] = field(default_factory=list)
     #: profiles for the 2nd, 3rd... <connection> blocks, tried in order after this one
     alternatives: list[Profile] = field(default_factory=list)
@@ -330,6 +367,10 @@ class _Builder:
         self.tls_auth_line = 0
         self.tls_crypt_line = 0
         self.compression_line = 0
+        self.http_proxy_line = 0
+        self.socks_proxy_line = 0
+        self.http_proxy_option_line = 0
+        self.http_proxy_user_pass: tuple[str, str] | None = None
         self.handlers: dict[str, Callable[[int, str, list[str], bool], None]] = {
             "client": self._client,
             "pull": self._flag,
@@ -382,6 +423,10 @@ class _Builder:
             "setenv": self._setenv,
             "ignore-unknown-option": self._ignore_unknown_option,
             "mode": self._mode,
+            "http-proxy": self._http_proxy,
+            "http-proxy-option": self._http_proxy_option,
+            "http-proxy-user-pass": self._http_proxy_user_pass,
+            "socks-proxy": self._socks_proxy,
             "<connection>": self._connection,
         }
 
@@ -746,6 +791,94 @@ class _Builder:
             raise _err(line, name, "needs at least one option name")
         self.ignore_unknown.update(a.removeprefix("--") for a in args)
 
+    def _proxy_credentials(
+        self, line: int, name: str, arg: str, inline: bool
+    ) -> tuple[tuple[str, str] | None, bool]:
+        """(credentials, ask) from a proxy auth file: user and password lines, or 'stdin'."""
+        if arg == "stdin" and not inline:
+            return None, True
+        text = self.content(line, name, arg, inline)
+        lines = [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+        if not lines:
+            raise _err(line, name, "no username found in the proxy auth file")
+        if len(lines) == 1:
+            self.p.warnings.append(
+                f"option '{name}' (line {line}) gives no proxy password; it must be entered"
+            )
+            return None, True
+        return (lines[0], lines[1]), False
+
+    def _proxy_host_port(self, line: int, name: str, host: str, port: str) -> tuple[str, int]:
+        if not host:
+            raise _err(line, name, "empty proxy host name")
+        return host, self.integer(line, name, port, 1, 65535)
+
+    def _http_proxy(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        if len(args) < 2:
+            raise _err(line, name, "needs the proxy host and port")
+        self.nargs(line, name, args, 2, 4)
+        host, port = self._proxy_host_port(line, name, args[0], args[1])
+        auth, credentials, ask = "none", None, False
+        if len(args) >= 3:
+            if args[2] in _HTTP_PROXY_AUTO:
+                if len(args) == 4:
+                    raise _err(line, name, f"no auth method may follow {args[2]!r}")
+                auth = args[2]
+            else:
+                auth = args[3].lower() if len(args) == 4 else "basic"
+                if auth not in _HTTP_PROXY_METHODS:
+                    raise _err(
+                        line, name, f"proxy auth method {args[3]!r} is not supported (basic or none)"
+                    )
+                if auth == "basic":
+                    credentials, ask = self._proxy_credentials(line, name, args[2], False)
+        self.p.http_proxy = ProxySpec(host, port, auth, credentials, ask)
+        self.http_proxy_line = line
+
+    def _http_proxy_user_pass(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 1, 1)
+        credentials, ask = self._proxy_credentials(line, name, args[0], inline)
+        if credentials is None or ask:
+            raise _err(line, name, "needs a username line and a password line")
+        self.http_proxy_user_pass = credentials
+
+    def _http_proxy_option(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 2, 3)
+        what = args[0]
+        opts = self.p.http_proxy_options
+        if any(c in a for a in args for c in "\r\n\0") or not all(a.isascii() for a in args):
+            raise _err(line, name, "contains characters an HTTP header cannot carry")
+        if what == "VERSION" and len(args) == 2:
+            if args[1] not in ("1.0", "1.1"):
+                raise _err(line, name, f"HTTP version must be 1.0 or 1.1, not {args[1]!r}")
+            self.p.http_proxy_options = HTTPProxyOptions(args[1], opts.agent, opts.headers)
+        elif what == "AGENT" and len(args) == 2:
+            self.p.http_proxy_options = HTTPProxyOptions(opts.version, args[1], opts.headers)
+        elif what in ("CUSTOM-HEADER", "EXT1", "EXT2"):
+            if len(opts.headers) >= MAX_CUSTOM_HTTP_HEADERS:
+                raise _err(line, name, f"at most {MAX_CUSTOM_HTTP_HEADERS} custom headers")
+            header = (args[1], args[2] if len(args) == 3 else None)
+            self.p.http_proxy_options = HTTPProxyOptions(
+                opts.version, opts.agent, (*opts.headers, header)
+            )
+        else:
+            raise _err(
+                line, name, f"unknown or malformed {what!r} (VERSION, AGENT or CUSTOM-HEADER)"
+            )
+        self.http_proxy_option_line = line
+
+    def _socks_proxy(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 1, 3)
+        host, port = self._proxy_host_port(
+            line, name, args[0], args[1] if len(args) > 1 else str(SOCKS_PROXY_PORT)
+        )
+        credentials, ask = None, False
+        if len(args) == 3:
+            credentials, ask = self._proxy_credentials(line, name, args[2], False)
+        auth = "userpass" if credentials is not None or ask else "none"
+        self.p.socks_proxy = ProxySpec(host, port, auth, credentials, ask)
+        self.socks_proxy_line = line
+
     def _connection(self, line: int, name: str, args: list[str], inline: bool) -> None:
         if self.in_conn:
             raise _err(line, "connection", "blocks cannot be nested")
@@ -829,6 +962,7 @@ class _Builder:
             proto_default = self.global_proto
         if not chosen:
             raise ConfigError("missing 'remote': the profile must name a server")
+        self._finish_proxy(chosen, proto_default)
         p.remotes = [
             Remote(
                 host=r.host,
@@ -837,3 +971,37 @@ class _Builder:
             )
             for r in chosen
         ]
+
+    def _finish_proxy(self, chosen: list[_RawRemote], proto_default: str | None) -> None:
+        """Proxies carry TCP only, one kind at a time (OpenVPN refuses the same)."""
+        p = self.p
+        if self.http_proxy_option_line and p.http_proxy is None:
+            raise _err(
+                self.http_proxy_option_line,
+                "http-proxy-option",
+                "is given but there is no 'http-proxy'",
+            )
+        if p.http_proxy is not None and self.http_proxy_user_pass is not None:
+            spec = p.http_proxy
+            if spec.credentials is None:
+                auth = "basic" if spec.auth == "none" else spec.auth
+                p.http_proxy = ProxySpec(spec.host, spec.port, auth, self.http_proxy_user_pass)
+        if p.http_proxy is None and p.socks_proxy is None:
+            return
+        if p.http_proxy is not None and p.socks_proxy is not None:
+            raise _err(
+                max(self.http_proxy_line, self.socks_proxy_line),
+                "socks-proxy" if self.socks_proxy_line > self.http_proxy_line else "http-proxy",
+                "'http-proxy' and 'socks-proxy' cannot be used together",
+            )
+        name = "http-proxy" if p.http_proxy is not None else "socks-proxy"
+        line = self.http_proxy_line or self.socks_proxy_line
+        for r in chosen:
+            proto = r.proto or proto_default or DEFAULT_PROTO
+            if not proto.startswith("tcp"):
+                raise _err(
+                    line,
+                    name,
+                    f"a proxy carries TCP only, but 'remote {r.host}' (line {r.line}) uses "
+                    f"{proto}: add 'proto tcp'",
+                )

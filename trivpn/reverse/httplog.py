@@ -112,7 +112,9 @@ class HttpObserver:
                 ev = self._resp.next_event()
                 if ev is h11.NEED_DATA or ev is h11.PAUSED:
                     break
-                if isinstance(ev, h11.Response):
+                if isinstance(ev, h11.InformationalResponse) and ev.status_code != 101:
+                    continue  # 100 Continue and friends: the real response follows
+                if isinstance(ev, h11.Response | h11.InformationalResponse):
                     if not self._pending:
                         return self._off()
                     method, target, started = self._pending.popleft()

@@ -1,0 +1,250 @@
+"""The two roles over the protocol, each against a raw-bytes peer; and the settings mapping."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from trivpn.errors import RemoteProtocolError
+from trivpn.manager import manager_pb2 as pb
+from trivpn.manager.convert import network_settings_request, tun_config_from_request, tunnel_overhead
+from trivpn.manager.session import ManagedTunnel
+from trivpn.manager.speaker import Speaker
+from trivpn.manager.tunnel import RPCLogHandler, Tunnel
+from trivpn.testing.ovpn_server import ServerOptions, client_profile
+from trivpn.testing.pki import generate_pki
+from trivpn.tun.netconfig import TunConfig
+
+from test_manager_speaker import RawPeer, frame  # same directory (rootdir import mode)
+
+LIMIT = 20
+
+
+# ---------------------------------------------------------------- settings mapping
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TunConfig(mtu=1500, ipv4=("10.8.0.2", 24, None), ipv6=("fd00::1000", 64)),
+        TunConfig(mtu=1400, ipv4=("10.8.0.6", 32, "10.8.0.5"), routes=[("10.9.0.0/16", None, None)]),
+        TunConfig(
+            ipv4=("10.8.0.2", 24, None),
+            routes=[("192.168.7.0/24", "10.8.0.1", None)],
+            routes6=[("fd00:203::/64", None, None)],
+            redirect_gateway=True,
+            redirect_gateway6=True,
+            server_addresses=["192.0.2.10", "2001:db8::10"],
+        ),
+        TunConfig(routes=[("0.0.0.0/1", None, None)]),  # one half alone is a plain route
+    ],
+)
+def test_settings_round_trip(cfg: TunConfig) -> None:
+    req = network_settings_request(cfg, remote="192.0.2.10:1194 (udp4)", dns_servers=[], dns_domains=[])
+    wire = pb.NetworkSettingsRequest.FromString(req.SerializeToString())
+    assert tun_config_from_request(wire) == cfg
+
+
+def test_settings_request_fields() -> None:
+    cfg = TunConfig(mtu=1500, ipv4=("10.8.0.6", 32, "10.8.0.5"), redirect_gateway=True, server_addresses=["192.0.2.10"])
+    req = network_settings_request(
+        cfg, remote="[2001:db8::1]:443 (tcp6)", dns_servers=["10.8.0.1"], dns_domains=["corp.example"]
+    )
+    assert req.mtu == 1500 and req.tunnel_remote_address == "2001:db8::1"
+    assert req.tunnel_overhead_bytes == 40 + 22 + 24
+    assert list(req.ipv4_settings.addrs) == ["10.8.0.6"] and req.ipv4_settings.router == "10.8.0.5"
+    assert list(req.ipv4_settings.subnet_masks) == ["255.255.255.255"]
+    assert [(r.destination, r.mask) for r in req.ipv4_settings.included_routes] == [
+        ("0.0.0.0", "128.0.0.0"),
+        ("128.0.0.0", "128.0.0.0"),
+    ]
+    assert [r.destination for r in req.ipv4_settings.excluded_routes] == ["192.0.2.10"]
+    assert list(req.dns_settings.servers) == ["10.8.0.1"]
+    assert req.dns_settings.domain_name == "corp.example"
+    assert tunnel_overhead("10.0.0.1:1194 (udp4)") == 20 + 8 + 24
+
+
+@pytest.mark.parametrize(
+    ("req", "why"),
+    [
+        (pb.NetworkSettingsRequest(ipv4_settings={"addrs": ["10.0.0.1"]}), "pair up"),
+        (pb.NetworkSettingsRequest(ipv4_settings={"addrs": ["nope"], "subnet_masks": ["255.0.0.0"]}), "IPv4 address"),
+        (pb.NetworkSettingsRequest(ipv4_settings={"addrs": ["10.0.0.1"], "subnet_masks": ["255.0.255.0"]}), "mask"),
+        (pb.NetworkSettingsRequest(ipv4_settings={"addrs": ["::1"], "subnet_masks": ["255.0.0.0"]}), "IPv4 address"),
+        (pb.NetworkSettingsRequest(ipv6_settings={"addrs": ["fd00::1"], "prefix_lengths": [129]}), "prefix"),
+        (pb.NetworkSettingsRequest(ipv4_settings={"included_routes": [{"destination": "x", "mask": "1"}]}), "route"),
+        (pb.NetworkSettingsRequest(ipv4_settings={"excluded_routes": [{"destination": "10.0.0.0", "mask": "255.0.0.0"}]}), "host routes"),
+        (pb.NetworkSettingsRequest(ipv4_settings={"addrs": ["10.0.0.1", "10.0.0.2"], "subnet_masks": ["255.0.0.0"] * 2}), "more than one"),
+    ],
+)
+def test_malformed_settings_are_remote_errors(req: pb.NetworkSettingsRequest, why: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=why):
+        tun_config_from_request(req)
+
+
+# ---------------------------------------------------------------- tunnel role
+
+
+async def _tunnel(nursery: trio.Nursery, first: bytes = b"") -> tuple[Speaker, RawPeer, Tunnel]:
+    a, b = trio.testing.memory_stream_pair()
+    speaker = Speaker(a, "tunnel")
+    peer = RawPeer(b)
+    await peer.write(b"trivpn manager 1.0\n" + first)
+    await nursery.start(speaker.run)
+    assert await peer.read_line() == b"trivpn tunnel 1.0\n"
+    tunnel = Tunnel(speaker)
+    nursery.start_soon(tunnel.serve)
+    return speaker, peer, tunnel
+
+
+async def _read_until(peer: RawPeer, kind: str) -> tuple[pb.TunnelMessage, list[pb.TunnelMessage]]:
+    """Frames up to the first of `kind` (bounded: the test's fail_after)."""
+    seen: list[pb.TunnelMessage] = []
+    while True:
+        msg = await peer.read_frame(pb.TunnelMessage)
+        assert isinstance(msg, pb.TunnelMessage)
+        if msg.WhichOneof("msg") == kind:
+            return msg, seen
+        seen.append(msg)
+
+
+async def test_tunnel_start_with_bad_profile_fails_in_one_line_then_stops() -> None:
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            start = pb.ManagerMessage(
+                rpc={"msg_id": 1}, start={"profile_text": "remote\n", "tunnel_file_descriptor": 9}
+            )
+            _, peer, _ = await _tunnel(nursery, frame(start))
+            reply, before = await _read_until(peer, "start")
+            assert reply.rpc.response_to == 1 and not reply.start.success
+            assert "remote" in reply.start.error_message and "\n" not in reply.start.error_message
+            pushed = [m.peer_update.upserted_peers[0] for m in before if m.WhichOneof("msg") == "peer_update"]
+            assert pushed and pushed[-1].state == pb.Peer.FAILED
+            await peer.write(frame(pb.ManagerMessage(rpc={"msg_id": 2}, stop={})))
+            stop, _ = await _read_until(peer, "stop")
+            assert stop.rpc.response_to == 2 and stop.stop.success
+            await peer.expect_eof()
+
+
+async def test_tunnel_refuses_a_tun_fd_it_does_not_have() -> None:
+    pki = generate_pki()
+    text = client_profile(pki, ServerOptions(proto="udp", wrap="tls-crypt"), "127.0.0.1")
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            _, peer, _ = await _tunnel(nursery)
+            for msg_id, fd, why in ((1, 1000, "not open"), (2, 1000, "already started")):
+                start = pb.ManagerMessage(rpc={"msg_id": msg_id}, start={"profile_text": text, "tunnel_file_descriptor": fd})
+                await peer.write(frame(start))
+                reply, _ = await _read_until(peer, "start")
+                assert reply.rpc.response_to == msg_id and not reply.start.success
+                assert why in reply.start.error_message
+            nursery.cancel_scope.cancel()
+
+
+async def test_tunnel_stop_while_connecting_answers_start_then_stop() -> None:
+    """Start against a silent loopback UDP port: Stop must end the engine and answer both."""
+    pki = generate_pki()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", port=port)
+    text = client_profile(pki, opts, "127.0.0.1")
+    r, w = os.pipe()  # stands in for the TUN fd: the engine never gets to use it
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                _, peer, tunnel = await _tunnel(nursery)
+                start = pb.ManagerMessage(
+                    rpc={"msg_id": 1}, start={"profile_text": text, "tunnel_file_descriptor": r, "tunnel_name": "t0"}
+                )
+                await peer.write(frame(start))
+                update, _ = await _read_until(peer, "peer_update")
+                assert update.peer_update.upserted_peers[0].state == pb.Peer.CONNECTING
+                await peer.write(frame(pb.ManagerMessage(rpc={"msg_id": 2}, get_peer_update={})))
+                full, _ = await _read_until(peer, "peer_update")
+                while full.rpc.response_to != 2:
+                    full, _ = await _read_until(peer, "peer_update")
+                assert full.peer_update.upserted_peers[0].name == "127.0.0.1"
+                await peer.write(frame(pb.ManagerMessage(rpc={"msg_id": 3}, stop={})))
+                start_reply, _ = await _read_until(peer, "start")
+                assert not start_reply.start.success
+                stop_reply, between = await _read_until(peer, "stop")
+                assert stop_reply.rpc.response_to == 3 and stop_reply.stop.success
+                states = [m.peer_update.upserted_peers[0].state for m in between if m.WhichOneof("msg") == "peer_update"]
+                assert pb.Peer.DISCONNECTED in states
+                await peer.expect_eof()
+                assert tunnel.device is not None and tunnel.device.closed
+    finally:
+        silent.close()
+        os.close(w)
+        try:
+            os.close(r)
+        except OSError:
+            pass  # the engine's cleanup closed it
+
+
+async def test_log_records_become_log_messages() -> None:
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            speaker, peer, _ = await _tunnel(nursery)
+            handler = RPCLogHandler(speaker, trio.lowlevel.current_trio_token())
+            logger = logging.getLogger("trivpn.test.manager")
+            logger.addHandler(handler)
+            try:
+                logger.warning("disk %s is %d%% full", "sda", 91)
+                try:
+                    raise ValueError("inner")
+                except ValueError:
+                    logger.exception("failed")
+            finally:
+                logger.removeHandler(handler)
+            first, _ = await _read_until(peer, "log")
+            assert first.log.level == pb.Log.WARN and first.log.message == "disk sda is 91% full"
+            assert list(first.log.logger_names) == ["trivpn", "test", "manager"]
+            second, _ = await _read_until(peer, "log")
+            assert second.log.level == pb.Log.ERROR
+            assert {f.name: f.value for f in second.log.fields}["error"] == "ValueError: inner"
+            assert first.rpc.msg_id == 0 and first.rpc.response_to == 0
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- manager role
+
+
+async def test_manager_role_handles_what_the_tunnel_sends(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(LIMIT):
+        a, b = trio.testing.memory_stream_pair()
+        speaker = Speaker(a, "manager")
+        peer = RawPeer(b)
+        await peer.write(b"trivpn tunnel 1.0\n")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(speaker.run)
+            assert await peer.read_line() == b"trivpn manager 1.0\n"
+            managed = ManagedTunnel(speaker, "tvpn9", None)  # type: ignore[arg-type]
+            nursery.start_soon(managed._serve)
+            bad = pb.NetworkSettingsRequest(ipv4_settings={"addrs": ["10.0.0.1"]})
+            newer = pb.TunnelMessage(rpc={"msg_id": 3}).SerializeToString() + b"\xfa\x01\x00"
+            with caplog.at_level(logging.INFO, logger="trivpn"):
+                await peer.write(
+                    frame(pb.TunnelMessage(log={"level": pb.Log.WARN, "message": "relayed", "logger_names": ["trivpn", "x"]}))
+                    + frame(pb.TunnelMessage(peer_update={"upserted_peers": [{"name": "vpn", "state": pb.Peer.CONNECTED}]}))
+                    + frame(pb.TunnelMessage(rpc={"msg_id": 1}, network_settings=bad))
+                    + struct.pack(">I", len(newer)) + newer
+                )
+                replies = [await peer.read_frame(pb.ManagerMessage) for _ in range(2)]
+                reply, empty = sorted(replies, key=lambda m: m.rpc.response_to)  # type: ignore[attr-defined]
+                assert reply.rpc.response_to == 1 and not reply.network_settings.success  # type: ignore[attr-defined]
+                assert "pair up" in reply.network_settings.error_message  # type: ignore[attr-defined]
+                assert empty.rpc.response_to == 3 and empty.WhichOneof("msg") is None  # type: ignore[attr-defined]
+            assert any(r.name == "trivpn.tunnel" and r.getMessage() == "relayed" and r.levelno == logging.WARNING for r in caplog.records)
+            assert managed.peer is not None and managed.peer.state == pb.Peer.CONNECTED
+            await peer.stream.aclose()
+            updates = [u async for u in managed.peer_updates()]
+            assert [u.upserted_peers[0].name for u in updates] == ["vpn"]
+            await managed.closed.wait()
