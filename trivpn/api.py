@@ -59,6 +59,7 @@ async def connect(
     hand_window: float = HAND_WINDOW,
     reconnect: bool = True,
     connect_timeout: float | None = None,
+    family: int | None = None,
     **_unused: Any,
 ) -> AsyncIterator[Tunnel]:
     """Connect to the profile's server and yield a userspace `Tunnel` once it is up.
@@ -79,6 +80,7 @@ async def connect(
         hand_window=hand_window,
         no_reconnect=not reconnect,
         give_up_after=connect_timeout,
+        family=family,
     )
     manager = WorkersManager()
 

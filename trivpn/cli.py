@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
             default="auto",
             help="data-key derivation to offer: TLS-EKM (default when the server agrees) or the TLS1-PRF",
         )
+        fam = sp.add_mutually_exclusive_group()
+        fam.add_argument("-4", "--ipv4", dest="family", action="store_const", const=4, help="use IPv4 only")
+        fam.add_argument("-6", "--ipv6", dest="family", action="store_const", const=6, help="use IPv6 only")
         sp.add_argument(
             "--no-reconnect", action="store_true", help="exit when the session ends instead of reconnecting"
         )
@@ -150,6 +153,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         ifname=name,
         configure_tun=True,
         no_reconnect=args.no_reconnect,
+        family=args.family,
         key_derivation=args.key_derivation,
         username=username,
         password=password,
@@ -186,6 +190,7 @@ async def cmd_ping(args: argparse.Namespace) -> int:
         password=password,
         reconnect=not args.no_reconnect,
         connect_timeout=args.connect_timeout,
+        family=args.family,
     ) as tunnel:
         s = tunnel.settings
         if target.version == 4:

@@ -252,6 +252,7 @@ class Client:
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         no_reconnect: bool = False,
         give_up_after: float | None = None,
+        family: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """`on_tunnel_up` runs once the keys are in place and before the tunnel is reported
@@ -282,6 +283,9 @@ class Client:
         if not profile.ca:
             raise ConfigError("the profile has no 'ca': the server could not be verified")
         self.no_reconnect = no_reconnect
+        if family not in (None, 4, 6):
+            raise ConfigError("the address family must be 4 or 6")
+        self.family = family
         #: seconds after which a client that never got a tunnel stops retrying (None: never)
         self.give_up_after = give_up_after
         self._rng = rng or random.Random()
@@ -338,8 +342,11 @@ class Client:
     async def _open(self, cand: Candidate, attempt: int, connect_timeout: float) -> Transport:
         """Resolve the remote and open one transport to it (no retry: the caller loops)."""
         remote = cand.remote
+        proto = remote.proto
+        if self.family is not None:  # -4 / -6 on the command line override the profile
+            proto = proto.rstrip("46") + str(self.family)
         log.info("resolving %s", remote.host)
-        endpoints = await resolve(remote.host, remote.port, remote.proto)
+        endpoints = await resolve(remote.host, remote.port, proto)
 
         def report(msg: str) -> None:
             log.warning("%s", msg)

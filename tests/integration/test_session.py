@@ -165,9 +165,9 @@ def test_connect_retry_max_against_a_dead_server_ends_by_itself(pki, netns, tmp_
     assert "tvpn" not in netns.client.run(["ip", "-o", "link"]).stdout
 
 
-@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize(("proto", "flag"), [("udp", None), ("tcp", None), ("udp", "-4")])
 def test_name_with_v6_and_v4_where_only_v4_answers(  # type: ignore[no-untyped-def]
-    proto, pki, netns, openvpn_server, tmp_path: Path
+    proto, flag, pki, netns, openvpn_server, tmp_path: Path
 ) -> None:
     """`vpn.test` resolves to the server's IPv6 and IPv4 addresses; only IPv4 has a server."""
     opts = ServerOptions(proto=proto, wrap="tls-crypt")
@@ -181,13 +181,13 @@ def test_name_with_v6_and_v4_where_only_v4_answers(  # type: ignore[no-untyped-d
         text = client_profile(pki, opts, "vpn.test") + "\nserver-poll-timeout 3\n"
         profile = tmp_path / "client.ovpn"
         profile.write_text(text)
-        r = netns.client.run(
-            [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "2", "-i", "0.2"],
-            check=False,
-            timeout=60,
-        )
+        argv = [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "2", "-i", "0.2"]
+        r = netns.client.run([*argv, *([flag] if flag else [])], check=False, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"[{netns.server_v6}]" in r.stdout  # the v6 address was tried (first)
+        if flag == "-4":
+            assert netns.server_v6 not in r.stdout  # IPv6 never tried
+        else:
+            assert f"[{netns.server_v6}]" in r.stdout  # the v6 address was tried (first)
         assert "2 packets transmitted, 2 received" in r.stdout
     finally:
         for f in hosts_dir.glob("*"):

@@ -172,11 +172,15 @@ async def test_tunnel_stop_while_connecting_answers_start_then_stop() -> None:
                     full, _ = await _read_until(peer, "peer_update")
                 assert full.peer_update.upserted_peers[0].name == "127.0.0.1"
                 await peer.write(frame(pb.ManagerMessage(rpc={"msg_id": 3}, stop={})))
-                start_reply, _ = await _read_until(peer, "start")
+                start_reply, before = await _read_until(peer, "start")
                 assert not start_reply.start.success
                 stop_reply, between = await _read_until(peer, "stop")
                 assert stop_reply.rpc.response_to == 3 and stop_reply.stop.success
-                states = [m.peer_update.upserted_peers[0].state for m in between if m.WhichOneof("msg") == "peer_update"]
+                states = [
+                    m.peer_update.upserted_peers[0].state
+                    for m in before + between
+                    if m.WhichOneof("msg") == "peer_update"
+                ]
                 assert pb.Peer.DISCONNECTED in states
                 await peer.expect_eof()
                 assert tunnel.device is not None and tunnel.device.closed

@@ -145,6 +145,7 @@ class Tunnel:
         self._started = False
         self._up = trio.Event()
         self._engine_done = trio.Event()
+        self._start_answered = trio.Event()
         self._engine_scope = trio.CancelScope()
 
     async def serve(self) -> None:
@@ -205,11 +206,17 @@ class Tunnel:
                 self._push_update()
 
     async def _handle_start(self, request: Request, nursery: trio.Nursery) -> None:
-        start = request.message.start
         if self._started:
             await self._reply(request, pb.TunnelMessage(start=pb.StartResponse(success=False, error_message="already started")))
             return
         self._started = True
+        try:
+            await self._start(request, nursery)
+        finally:
+            self._start_answered.set()
+
+    async def _start(self, request: Request, nursery: trio.Nursery) -> None:
+        start = request.message.start
         try:
             client, device = self._prepare(start)
         except TrivpnError as exc:
@@ -345,4 +352,7 @@ class Tunnel:
 
     async def _handle_stop(self, request: Request) -> None:
         await self._stop_engine("stop requested by the manager")
+        if self._started:  # Start's answer must leave before Stop's, which is the last frame
+            with trio.move_on_after(STOP_TIMEOUT):
+                await self._start_answered.wait()
         await self._reply(request, pb.TunnelMessage(stop=pb.StopResponse(success=True)))
