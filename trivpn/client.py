@@ -60,6 +60,7 @@ from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
+    IV_PROTO_DYN_TLS_CRYPT,
     IV_PROTO_REQUEST_PUSH,
     IV_PROTO_TLS_KEY_EXPORT,
     occ_options_string,
@@ -141,6 +142,14 @@ def build_wrap(profile: Profile, now_unix: int) -> tuple[ControlWrap, bytes | No
         wrap = TLSCrypt(v2.key, server=False, timestamp=now_unix, initial_packet_id=EARLY_NEG_START + 1)
         return wrap, v2.wkc
     return _build_v1_wrap(profile, now_unix), None
+
+
+def wrap_key_bytes(profile: Profile) -> bytes | None:
+    """The 256 bytes of the configured control-channel key (mixed into dyn-tls-crypt)."""
+    if profile.tls_crypt_v2:
+        return TLSCryptV2ClientKey.from_text(profile.tls_crypt_v2).key.data
+    text = profile.tls_crypt or profile.tls_auth
+    return StaticKey.from_text(text).data if text else None
 
 
 def _build_v1_wrap(profile: Profile, now_unix: int) -> ControlWrap:
@@ -300,7 +309,8 @@ class Client:
     def _iv_proto(self) -> int:
         bits = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_CC_EXIT_NOTIFY
         if self.key_derivation != "prf":
-            bits |= IV_PROTO_TLS_KEY_EXPORT
+            # dynamic tls-crypt needs the exporter, so both come together
+            bits |= IV_PROTO_TLS_KEY_EXPORT | IV_PROTO_DYN_TLS_CRYPT
         return bits
 
     def _make_session_factory(self, proto: str) -> Callable[[int, str | None], TLSSession]:
@@ -480,6 +490,7 @@ class Client:
             reneg_sec=float(profile.reneg_sec if profile.reneg_sec is not None else 3600),
             hand_window=self.hand_window,
             keepalive=keepalive,
+            wrap_key=wrap_key_bytes(profile),
         )
         data = DataService(
             from_mux=mux_data_r,

@@ -28,6 +28,17 @@ class SoftReset:
 
 
 @dataclass(frozen=True, slots=True)
+class DynamicWrapKey:
+    """The dynamic tls-crypt key for control packets of key id > 0 (tlssession → muxer).
+
+    It travels down through the control channel and the reliable layer like any other item,
+    so the muxer has it before the first renegotiation packet can exist.
+    """
+
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ControlOut:
     """Control packets ready to be framed for one key id (reliable → muxer)."""
 

@@ -120,3 +120,44 @@ def test_manage_brings_up_tunnel_with_unprivileged_tunnel_process(pki, netns, op
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_manage_without_root_is_one_line(pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt")
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, "127.0.0.1"))
+    r = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
+         sys.executable, "-m", "trivpn", "manage", str(profile)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and "root" in errors[0], r.stderr
+
+
+def test_tunnel_command_rejects_a_bad_manager_header(tmp_path: Path) -> None:
+    """`trivpn tunnel` on two pipes: a wrong header ends it with one line, exit 1."""
+    import os
+
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trivpn", "tunnel", "--rpc-read-fd", str(to_r), "--rpc-write-fd", str(from_w)],
+            pass_fds=(to_r, from_w), stderr=subprocess.PIPE, text=True,
+        )
+        os.close(to_r)
+        os.close(from_w)
+        os.write(to_w, b"codervpn manager 1.0\n")
+        with os.fdopen(from_r, "rb") as f:
+            assert f.readline() == b"trivpn tunnel 1.0\n"
+        from_r = -1
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "preamble" in lines[0], err
+    finally:
+        for fd in (to_w, from_r):
+            if fd >= 0:
+                os.close(fd)

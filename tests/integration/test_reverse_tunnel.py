@@ -103,6 +103,15 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
         n.cancel_scope.cancel()
 
 
+async def wait_until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll a condition, bounded in count and time (tasks in other services set it)."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
 async def read_all(stream: trio.abc.ReceiveStream, limit: int = 1 << 30) -> bytes:
     buf = bytearray()
     while len(buf) <= limit:
@@ -159,9 +168,8 @@ async def test_http_keepalive_requests_all_logged(nursery: trio.Nursery, caplog:
         assert results[0] == (200, b"hello /api/users")
         assert results[1] == (200, b"hello /api/users?page=2")
         assert results[2] == (404, b"nope")
-        with trio.fail_after(5):
-            while tunnel.expose.session_metrics is None or tunnel.expose.session_metrics.http_requests < 3:
-                await trio.sleep(0.01)
+        m = tunnel.expose
+        await wait_until(lambda: m.session_metrics is not None and m.session_metrics.http_requests >= 3)
         lines = [r.getMessage() for r in caplog.records if "│ HTTP │" in r.getMessage()]
         # three requests on one keep-alive connection, each logged by the relay and by expose
         assert sum("✓ GET /api/users 200 OK" in x for x in lines) == 2
@@ -196,8 +204,7 @@ async def test_thousand_concurrent_echo_streams(nursery: trio.Nursery) -> None:
         async with trio.open_nursery() as n:
             for i in range(1000):
                 n.start_soon(one, i)
-            while tunnel.relay.live["alice"][0].streams_active < 1000:
-                await trio.sleep(0.01)
+            await wait_until(lambda: tunnel.relay.live["alice"][0].streams_active >= 1000, 30)
             assert tunnel.relay.live["alice"][0].streams_active == 1000
             gate.set()
     assert len(results) == 1000 and all(results.values())
@@ -374,9 +381,7 @@ async def test_lease_keeps_port_for_same_client_only(nursery: trio.Nursery) -> N
     with trio.fail_after(10):
         await other_ready.wait()
     assert other_port[0] != first  # a different client never gets a leased port
-    with trio.fail_after(15):
-        while len(tunnel.bound) < 2:
-            await trio.sleep(0.02)
+    await wait_until(lambda: len(tunnel.bound) >= 2, 15)
     assert tunnel.bound[1] == first
 
 

@@ -34,17 +34,22 @@ def _wait_for(log: Path, needle: str, timeout: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("who", "server_extra", "client_extra"),
+    ("who", "wrap", "server_extra", "client_extra"),
     [
-        ("server", ["reneg-sec 2"], ["reneg-sec 0"]),
-        ("client", ["reneg-sec 0"], ["reneg-sec 2"]),
+        ("server", "tls-auth", ["reneg-sec 2"], ["reneg-sec 0"]),
+        ("client", "none", ["reneg-sec 0"], ["reneg-sec 2"]),
     ],
 )
 def test_continuous_ping_across_many_renegotiations(  # type: ignore[no-untyped-def]
-    who, server_extra, client_extra, pki, netns, openvpn_server, tmp_path: Path
+    who, wrap, server_extra, client_extra, pki, netns, openvpn_server, tmp_path: Path
 ) -> None:
-    """A ping every 0.1 s for 20 s while the keys change about every 2 s (key ids wrap 7→1)."""
-    opts = ServerOptions(proto="udp", wrap="tls-crypt", extra=server_extra)
+    """A ping every 0.1 s for 20 s while the keys change about every 2 s (key ids wrap 7→1).
+
+    The client offers dynamic tls-crypt, so every renegotiation packet (key id > 0) is
+    wrapped with the key exported from the first TLS session — mixed with the tls-auth key
+    in one case, alone in the other.
+    """
+    opts = ServerOptions(proto="udp", wrap=wrap, extra=server_extra)
     server = openvpn_server(opts)
     profile = tmp_path / "client.ovpn"
     profile.write_text(client_profile(pki, opts, server.remote_host, extra=client_extra))
@@ -61,6 +66,7 @@ def test_continuous_ping_across_many_renegotiations(  # type: ignore[no-untyped-
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=5) == 0
         text = log.read_text()
+        assert "dyn-tls-crypt" in text  # pushed protocol-flags: the server agreed
         renegs = re.findall(r"new data keys in use: key id (\d)", text)
         started = "server started a renegotiation" if who == "server" else "renegotiating data keys"
         assert started in text, text

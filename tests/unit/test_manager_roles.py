@@ -10,18 +10,21 @@ import struct
 import pytest
 import trio
 import trio.testing
+from test_manager_speaker import RawPeer, frame  # same directory (rootdir import mode)
 
 from trivpn.errors import RemoteProtocolError
 from trivpn.manager import manager_pb2 as pb
-from trivpn.manager.convert import network_settings_request, tun_config_from_request, tunnel_overhead
+from trivpn.manager.convert import (
+    network_settings_request,
+    tun_config_from_request,
+    tunnel_overhead,
+)
 from trivpn.manager.session import ManagedTunnel
 from trivpn.manager.speaker import Speaker
 from trivpn.manager.tunnel import RPCLogHandler, Tunnel
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
 from trivpn.testing.pki import generate_pki
 from trivpn.tun.netconfig import TunConfig
-
-from test_manager_speaker import RawPeer, frame  # same directory (rootdir import mode)
 
 LIMIT = 20
 
@@ -252,3 +255,45 @@ async def test_manager_role_handles_what_the_tunnel_sends(caplog: pytest.LogCapt
             updates = [u async for u in managed.peer_updates()]
             assert [u.upserted_peers[0].name for u in updates] == ["vpn"]
             await managed.closed.wait()
+
+
+async def test_tunnel_process_serves_over_a_unix_socket(tmp_path: pytest.TempPathFactory) -> None:
+    """`--rpc-socket`: the tunnel connects, forwards its logs, answers Stop last, hangs up."""
+    from trivpn.manager.process import open_rpc_stream, serve_manager
+
+    path = str(tmp_path / "rpc.sock")  # type: ignore[operator]
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(path)
+    listener.listen(1)
+    with trio.fail_after(LIMIT), listener:
+        async with trio.open_nursery() as nursery:
+            stream = await open_rpc_stream(None, None, path)
+            nursery.start_soon(serve_manager, stream)
+            conn, _ = await listener.accept()
+            peer = RawPeer(trio.SocketStream(conn))
+            await peer.write(b"trivpn manager 1.0\n")
+            assert await peer.read_line() == b"trivpn tunnel 1.0\n"
+            await peer.write(frame(pb.ManagerMessage(rpc={"msg_id": 4}, get_peer_update={})))
+            update, _ = await _read_until(peer, "peer_update")
+            assert update.rpc.response_to == 4
+            logging.getLogger("trivpn.engine").info("hello manager")
+            log_msg, _ = await _read_until(peer, "log")
+            assert log_msg.log.message == "hello manager" and log_msg.log.level == pb.Log.INFO
+            await peer.write(frame(pb.ManagerMessage(rpc={"msg_id": 5}, stop={})))
+            stop, _ = await _read_until(peer, "stop")
+            assert stop.rpc.response_to == 5 and stop.stop.success
+            await peer.expect_eof()
+    root = logging.getLogger("trivpn")  # the forwarding handler was removed again
+    assert not any(isinstance(h, RPCLogHandler) for h in root.handlers) and root.propagate
+
+
+async def test_rpc_stream_arguments_are_checked() -> None:
+    from trivpn.errors import ConfigError
+    from trivpn.manager.process import open_rpc_stream
+
+    with pytest.raises(ConfigError, match="--rpc-read-fd"):
+        await open_rpc_stream(None, 5, None)
+    with pytest.raises(ConfigError, match="not open"):
+        await open_rpc_stream(1000, 1001, None)
+    with pytest.raises(ConfigError, match="cannot connect"):
+        await open_rpc_stream(None, None, "/nonexistent/rpc.sock")

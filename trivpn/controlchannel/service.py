@@ -15,7 +15,7 @@ import logging
 import trio
 
 from trivpn.controlchannel.packet import CONTROL_SEND_ACK_MAX, SESSION_ID_LEN, Opcode
-from trivpn.messages import Ciphertext, ReliableMessage, ResetComplete, SoftReset
+from trivpn.messages import Ciphertext, DynamicWrapKey, ReliableMessage, ResetComplete, SoftReset
 
 log = logging.getLogger("trivpn.controlchannel")
 
@@ -68,7 +68,9 @@ async def run_controlchannel(
                 async for batch in from_tls:
                     msgs: list[ReliableMessage] = []
                     for item in batch:
-                        if isinstance(item, SoftReset):
+                        if isinstance(item, DynamicWrapKey):
+                            msgs.append(item)  # type: ignore[arg-type]  # for the muxer
+                        elif isinstance(item, SoftReset):
                             msgs.append(
                                 ReliableMessage(item.key_id, Opcode.CONTROL_SOFT_RESET_V1, b"")
                             )

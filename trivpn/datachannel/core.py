@@ -25,6 +25,11 @@ The plaintext is `[compression framing] || payload` (§6.4). Every outgoing payl
 framed, pings and OCC messages included; incoming payloads are un-framed before the magic
 ping / OCC prefixes are recognised. Pings are consumed; OCC EXIT sets `peer_exited`.
 
+Legacy CBC (an AES-*-CBC cipher with an `auth` HMAC digest, reference §6.3) shares keys,
+packet ids, replay windows, framing and keepalive with AEAD; only sealing and opening differ,
+and live in `trivpn.datachannel.cbc`. Its packet id sits inside the ciphertext, so
+`_decrypt_cbc` checks the HMAC, decrypts, and only then checks for replays.
+
 Nothing received is ever raised: each bad packet is dropped and counted in `stats`.
 Counters are accumulated in locals and written once per batch to keep the loop lean.
 """
@@ -39,14 +44,18 @@ from enum import Enum
 from cryptography.exceptions import InvalidTag
 
 from trivpn.controlchannel.packet import Opcode
+from trivpn.datachannel.cbc import CBCAuthError, make_cbc_directions
+from trivpn.datachannel.cbc import seal_batch as cbc_seal_batch
 from trivpn.datachannel.crypto import (
     OPENVPN_AEAD_TAG_LENGTH,
     PACKET_ID_LEN,
+    is_cbc,
     make_cipher,
-    normalize_cipher_name,
+    normalize_auth_name,
+    normalize_data_cipher,
     split_key2,
 )
-from trivpn.errors import ConfigError, LocalProtocolError
+from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK, ReplayWindow
 
 #: Keepalive payload (`ping_string`, ping.c).
@@ -170,14 +179,24 @@ class _Key:
     __slots__ = ("key_id", "enc", "enc_iv", "dec", "dec_iv", "send_pid", "replay", "hdr")
 
     def __init__(
-        self, key_id: int, key2: bytes, cipher: str, is_server: bool, replay: ReplayWindow
+        self,
+        key_id: int,
+        key2: bytes,
+        cipher: str,
+        is_server: bool,
+        replay: ReplayWindow,
+        cbc_auth: str | None = None,
     ) -> None:
-        tx, rx = split_key2(key2, cipher, is_server=is_server)
         self.key_id = key_id
-        self.enc = make_cipher(cipher, tx.cipher_key)
-        self.enc_iv = tx.implicit_iv
-        self.dec = make_cipher(cipher, rx.cipher_key)
-        self.dec_iv = rx.implicit_iv
+        if cbc_auth is not None:  # enc/dec are CBCDirection objects, no implicit IV
+            self.enc, self.dec = make_cbc_directions(key2, cipher, cbc_auth, is_server=is_server)
+            self.enc_iv = self.dec_iv = b""
+        else:
+            tx, rx = split_key2(key2, cipher, is_server=is_server)
+            self.enc = make_cipher(cipher, tx.cipher_key)
+            self.enc_iv = tx.implicit_iv
+            self.dec = make_cipher(cipher, rx.cipher_key)
+            self.dec_iv = rx.implicit_iv
         self.send_pid = 0  # last id used; the first packet carries 1
         self.replay = replay
         self.hdr: int = 0  # V2 header word, or V1 header byte value
@@ -196,8 +215,19 @@ class DataChannel:
         ping_interval: float = 0.0,
         replay_window: int = DEFAULT_SEQ_BACKTRACK,
         replay_time: float = DEFAULT_TIME_BACKTRACK,
+        auth: str | None = None,
     ) -> None:
-        self.cipher = normalize_cipher_name(cipher)
+        """`auth` is the HMAC digest of a CBC cipher (the profile's `auth`, e.g. SHA256);
+        AEAD ciphers ignore it, as OpenVPN does."""
+        self.cipher = normalize_data_cipher(cipher)
+        #: the CBC HMAC digest, or None with an AEAD cipher
+        self.auth: str | None = None
+        if is_cbc(self.cipher):
+            if auth is None:
+                raise ConfigError(
+                    f"cipher {self.cipher} needs the HMAC digest of the profile's 'auth' option"
+                )
+            self.auth = normalize_auth_name(auth)
         if peer_id is not None and not 0 <= peer_id <= MAX_PEER_ID:
             raise ConfigError(f"peer-id {peer_id} is out of range (0..{MAX_PEER_ID})")
         if ping_interval < 0:
@@ -241,6 +271,7 @@ class DataChannel:
             self.cipher,
             self.is_server,
             ReplayWindow(self.replay_window, self.replay_time),
+            self.auth,
         )
         if self.peer_id is not None:
             key.hdr = ((_OP_V2 << P_OPCODE_SHIFT | key_id) << 24) | self.peer_id
@@ -296,6 +327,10 @@ class DataChannel:
             raise LocalProtocolError(
                 "data-channel packet ids are exhausted for this key; renegotiate first"
             )
+        if self.auth is not None:
+            hdr_b = key.hdr.to_bytes(4, "big") if self.peer_id is not None else bytes((key.hdr,))
+            cbc_out, key.send_pid = cbc_seal_batch(key.enc, hdr_b, pid, payloads, frame)
+            return cbc_out
         out: list[bytes] = []
         append = out.append
         enc = key.enc.encrypt
@@ -375,6 +410,8 @@ class DataChannel:
 
     def decrypt(self, wire_packets: Sequence[bytes], now: float) -> list[bytes]:
         """Plaintext IP packets from a batch of wire packets; bad ones are dropped and counted."""
+        if self.auth is not None:
+            return self._decrypt_cbc(wire_packets, now)
         out: list[bytes] = []
         append = out.append
         by_id = self._by_id
@@ -456,6 +493,58 @@ class DataChannel:
             stats.drop_replay += replayed
             stats.drop_no_key += no_key
             stats.drop_compression += comp
+        return out
+
+    def _decrypt_cbc(self, wire_packets: Sequence[bytes], now: float) -> list[bytes]:
+        """`decrypt` for CBC keys: HMAC, then decryption, then the replay check (§6.3).
+
+        Authentic plaintexts are treated exactly as in the AEAD loop. CBC is the legacy
+        path, so this loop favours plainness over the AEAD loop's micro-optimisations.
+        """
+        out: list[bytes] = []
+        stats = self.stats
+        unframe = self._unframe
+        for w in wire_packets:
+            op = w[0] >> P_OPCODE_SHIFT if w else -1
+            off = _V2_HDR_LEN if op == _OP_V2 else _V1_HDR_LEN if op == _OP_V1 else 0
+            if not off:
+                stats.drop_malformed += 1
+                continue
+            key = self._by_id[w[0] & P_KEY_ID_MASK]
+            if key is None:
+                stats.drop_no_key += 1
+                continue
+            try:
+                pid, pt = key.dec.open(w, off)
+            except CBCAuthError:
+                stats.drop_auth += 1
+                continue
+            except RemoteProtocolError:
+                stats.drop_malformed += 1
+                continue
+            if not key.replay.check(pid, now):
+                stats.drop_replay += 1
+                continue
+            key.replay.update(pid, now)
+            self.last_received = now
+            if unframe is not None:
+                framed = unframe(pt)
+                if framed is None:
+                    stats.drop_compression += 1
+                    continue
+                pt = framed
+            if pt == PING_MAGIC:
+                stats.rx_pings += 1
+            elif not pt:
+                stats.rx_empty += 1
+            elif pt[0] == 0x28 and pt.startswith(OCC_MAGIC):
+                stats.rx_occ += 1
+                if len(pt) > len(OCC_MAGIC) and pt[len(OCC_MAGIC)] == OCC_EXIT:
+                    self.peer_exited = True
+            else:
+                stats.rx_packets += 1
+                stats.rx_bytes += len(pt)
+                out.append(pt)
         return out
 
 

@@ -62,7 +62,18 @@ async def cmd_manage(args: argparse.Namespace) -> int:
     profile = _load(args.profile)
     username, password = _credentials(profile, args)
     stop_reason: str | None = None
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+    async def watch_signals(scope: trio.CancelScope) -> None:
+        nonlocal stop_reason
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                stop_reason = signal.Signals(signum).name
+                log.info("%s received, stopping the tunnel", stop_reason)
+                scope.cancel()  # leaving open_tunnel sends Stop and cleans up
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, nursery.cancel_scope)
         async with open_tunnel(
             args.profile,
             username=username,
@@ -79,29 +90,16 @@ async def cmd_manage(args: argparse.Namespace) -> int:
                 ", ".join(peer.ip_addrs) if peer else "no addresses",
                 tunnel.pid,
             )
-            async with trio.open_nursery() as nursery:
-
-                async def on_signal() -> None:
-                    nonlocal stop_reason
-                    async for signum in signals:
-                        stop_reason = signal.Signals(signum).name
-                        log.info("%s received, stopping the tunnel", stop_reason)
-                        nursery.cancel_scope.cancel()
-                        return
-
-                async def on_updates() -> None:
-                    state = peer.state if peer else None
-                    async for update in tunnel.peer_updates():
-                        for p in update.upserted_peers:
-                            if p.state != state and p.state not in (pb.Peer.CONNECTING, pb.Peer.CONNECTED):
-                                state = p.state
-                                log.info("peer %s: %s", p.name, pb.Peer.State.Name(p.state).lower())
-                            if p.state in (pb.Peer.FAILED, pb.Peer.DISCONNECTED) and stop_reason is None:
-                                raise FatalError(p.error_message or "the tunnel went down")
-                    if stop_reason is None:
-                        raise FatalError("the tunnel process ended")
-
-                nursery.start_soon(on_signal)
-                nursery.start_soon(on_updates)
+            state = peer.state if peer else None
+            async for update in tunnel.peer_updates():
+                for p in update.upserted_peers:
+                    if p.state != state and p.state not in (pb.Peer.CONNECTING, pb.Peer.CONNECTED):
+                        state = p.state
+                        log.info("peer %s: %s", p.name, pb.Peer.State.Name(p.state).lower())
+                    if p.state in (pb.Peer.FAILED, pb.Peer.DISCONNECTED) and stop_reason is None:
+                        raise FatalError(p.error_message or "the tunnel went down")
+            if stop_reason is None:
+                raise FatalError("the tunnel process ended")
+        nursery.cancel_scope.cancel()
     log.info("disconnected (%s)", stop_reason or "stopped")
     return 0

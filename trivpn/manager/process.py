@@ -111,7 +111,7 @@ async def serve_manager(stream: trio.abc.Stream, *, verbose: bool = False) -> No
         await nursery.start(speaker.run)
         root = logging.getLogger("trivpn")
         handler = RPCLogHandler(speaker, trio.lowlevel.current_trio_token())
-        saved = root.handlers[:]
+        saved = (root.handlers[:], root.level, root.propagate)
         root.handlers[:] = [handler]
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
         root.propagate = False
@@ -120,5 +120,6 @@ async def serve_manager(stream: trio.abc.Stream, *, verbose: bool = False) -> No
             with trio.move_on_after(2.0):  # let the Stop reply (the last frame) leave
                 await speaker.wait_closed()
         finally:
-            root.handlers[:] = saved
+            root.handlers[:], level, root.propagate = saved
+            root.setLevel(level)
             nursery.cancel_scope.cancel()

@@ -320,7 +320,7 @@ class Socks5Handshake:
             self._state = "reply"
             return True
         # reply: VER REP RSV ATYP BND.ADDR BND.PORT
-        if len(buf) < 5:
+        if len(buf) < 4:
             return False
         ver, rep, _rsv, atyp = buf[0], buf[1], buf[2], buf[3]
         if ver != SOCKS_VERSION:
@@ -333,6 +333,8 @@ class Socks5Handshake:
         elif atyp == ATYP_IPV6:
             size = 4 + 16 + 2
         elif atyp == ATYP_DOMAIN:
+            if len(buf) < 5:
+                return False
             size = 4 + 1 + buf[4] + 2
         else:
             raise ProxyError(f"SOCKS5 proxy reply has unknown address type {atyp:#04x}")

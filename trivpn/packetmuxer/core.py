@@ -23,7 +23,7 @@ from trivpn.controlchannel.packet import (
     parse_control_packet,
     serialize_control_packet,
 )
-from trivpn.controlchannel.wrap import ControlWrap
+from trivpn.controlchannel.wrap import ControlWrap, StaticKey, TLSCrypt
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 from trivpn.messages import ResetComplete
 
@@ -75,6 +75,15 @@ class PacketMuxer:
         #: the server wants the WKc again on message id 1 (it kept no state: HMAC cookie)
         self.resend_wkc = False
         self._id1_sent = False
+        #: tls-crypt with the dynamic key, for control packets of key id > 0 (2.6 dyn-tls-crypt)
+        self.dynamic_wrap: TLSCrypt | None = None
+
+    def set_dynamic_wrap(self, key: bytes, *, now_unix: int) -> None:
+        """Use `key` (256 bytes) as a client-side tls-crypt key for key ids above 0."""
+        self.dynamic_wrap = TLSCrypt(StaticKey(key), server=False, timestamp=now_unix)
+
+    def _wrap_for(self, key_id: int) -> ControlWrap:
+        return self.dynamic_wrap if key_id and self.dynamic_wrap is not None else self.wrap
 
     # -- the hard reset ---------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -130,7 +139,7 @@ class PacketMuxer:
                     data.append(d)
                 continue
             try:
-                plain = self.wrap.unwrap(d, now)
+                plain = self._wrap_for(d[0] & 7).unwrap(d, now)
             except RemoteProtocolError:
                 stats.drop_unauthentic += 1
                 continue
@@ -197,7 +206,7 @@ class PacketMuxer:
                 p.message_id,  # type: ignore[attr-defined]
                 p.payload,  # type: ignore[attr-defined]
             )
-            wire = self.wrap.wrap(serialize_control_packet(pkt), now)
+            wire = self._wrap_for(key_id).wrap(serialize_control_packet(pkt), now)
             out.append(wire + self.wkc if wkc_here and self.wkc else wire)
         return out
 

@@ -8,10 +8,11 @@ channel writes to networkio directly).
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
-from trivpn.messages import ControlOut
+from trivpn.messages import ControlOut, DynamicWrapKey
 from trivpn.packetmuxer.core import PacketMuxer
 from trivpn.workers.driver import CoreTimer, Outbox
 
@@ -54,6 +55,9 @@ async def run_packetmuxer(
                 now = trio.current_time()
                 out: list[bytes] = []
                 for item in batch:
+                    if isinstance(item, DynamicWrapKey):
+                        core.set_dynamic_wrap(item.key, now_unix=int(time.time()))
+                        continue
                     out.extend(core.wrap_control(item.key_id, item.packets, now))
                 await to_net.send(out)
         # the layers above are gone: nothing left to do down here

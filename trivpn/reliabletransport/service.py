@@ -14,7 +14,7 @@ from collections.abc import Callable
 import trio
 
 from trivpn.controlchannel.packet import Opcode
-from trivpn.messages import ControlOut, ReliableMessage, ResetComplete
+from trivpn.messages import ControlOut, DynamicWrapKey, ReliableMessage, ResetComplete
 from trivpn.reliabletransport.core import ReliableTransport
 from trivpn.workers.driver import CoreTimer, Outbox
 
@@ -115,6 +115,9 @@ class ReliableService:
         async with self._from_cc:
             async for batch in self._from_cc:
                 for msg in batch:
+                    if isinstance(msg, DynamicWrapKey):
+                        await self._to_mux.send([msg])  # type: ignore[list-item]  # for the muxer
+                        continue
                     core = self.cores.get(msg.key_id)
                     if msg.opcode == Opcode.CONTROL_SOFT_RESET_V1:
                         # our reset opens the key unless the peer's reset already did

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import trio
 
 from trivpn.errors import FatalError, RemoteProtocolError, SessionRestart
-from trivpn.messages import Ciphertext, InstallKey, ResetComplete, SoftReset, TunnelUp
+from trivpn.messages import (
+    Ciphertext,
+    DynamicWrapKey,
+    InstallKey,
+    ResetComplete,
+    SoftReset,
+    TunnelUp,
+)
 from trivpn.profile.push import PushedSettings, parse_push_options
 from trivpn.tlssession.core import (
     ControlMessage,
@@ -28,6 +35,9 @@ from trivpn.tlssession.core import (
 from trivpn.workers.driver import CoreTimer, Outbox
 
 log = logging.getLogger("trivpn.tlssession")
+
+#: RFC 5705 label of 2.6's dynamic tls-crypt key (ssl_backend.h).
+DYNAMIC_TLS_CRYPT_LABEL = b"EXPORTER-OpenVPN-dynamic-tls-crypt"
 
 
 @dataclass(slots=True)
@@ -62,13 +72,14 @@ class TLSService:
         make_session: Callable[[int, str | None], TLSSession],
         policy: CipherPolicy,
         from_cc: trio.MemoryReceiveChannel[list[object]],
-        to_cc: trio.MemorySendChannel[list[Ciphertext | SoftReset]],
+        to_cc: trio.MemorySendChannel[list[Ciphertext | SoftReset | DynamicWrapKey]],
         to_data: trio.MemorySendChannel[list[object]],
         events: trio.MemorySendChannel[object],
         commands: trio.MemoryReceiveChannel[str],
         reneg_sec: float = 3600.0,
         hand_window: float = 60.0,
         keepalive: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        wrap_key: bytes | None = None,
     ) -> None:
         """`keepalive` is the profile's (ping, ping-restart, ping-exit); pushed values win."""
         self._make_session = make_session
@@ -76,7 +87,7 @@ class TLSService:
         self.sessions: dict[int, TLSSession] = {}
         self.reset: ResetComplete | None = None
         self._from_cc = from_cc
-        self._to_cc: Outbox[Ciphertext | SoftReset] = Outbox(to_cc)
+        self._to_cc: Outbox[Ciphertext | SoftReset | DynamicWrapKey] = Outbox(to_cc)
         self._to_data = to_data
         self._events = events
         self._commands = commands
@@ -96,6 +107,9 @@ class TLSService:
         self._cipher = ""
         self.renegotiations = 0
         self.keepalive = keepalive
+        #: the configured tls-auth / tls-crypt(-v2) key, mixed into the dynamic tls-crypt key
+        self.wrap_key = wrap_key
+        self.dynamic_tls_crypt = False
 
     def _deadline(self) -> float | None:
         timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
@@ -184,12 +198,23 @@ class TLSService:
             ping_exit,
         )
 
+    def _dynamic_key(self, session: TLSSession) -> bytes:
+        """EKM "EXPORTER-OpenVPN-dynamic-tls-crypt", XORed with the configured wrap key.
+
+        Mixing in the static key keeps renegotiations protected by what the user configured
+        even if the TLS session's secrets leaked.
+        """
+        key = session.engine.export_keying_material(DYNAMIC_TLS_CRYPT_LABEL, 256)
+        if self.wrap_key:
+            key = bytes(a ^ b for a, b in zip(key, self.wrap_key, strict=True))
+        return key
+
     def _schedule_reneg(self) -> None:
         self._reneg_at = trio.current_time() + self.reneg_sec if self.reneg_sec > 0 else None
 
-    def _collect(self) -> list[Ciphertext | SoftReset]:
+    def _collect(self) -> list[Ciphertext | SoftReset | DynamicWrapKey]:
         now = trio.current_time()
-        out: list[Ciphertext | SoftReset] = []
+        out: list[Ciphertext | SoftReset | DynamicWrapKey] = []
         for kid, s in self.sessions.items():
             data = s.ciphertext_to_send(now)
             if data:
@@ -237,6 +262,9 @@ class TLSService:
             server_sid=self.reset.remote_session_id,
         )
         self.cc_exit = "cc-exit" in settings.protocol_flags
+        if "dyn-tls-crypt" in settings.protocol_flags and ekm:
+            await self._to_cc.send([DynamicWrapKey(self._dynamic_key(self.sessions[key_id]))])
+            self.dynamic_tls_crypt = True
         self.settings = settings
         self._ekm = ekm
         self._cipher = cipher
