@@ -52,6 +52,7 @@ from trivpn.networkio import (
     run_networkio,
 )
 from trivpn.networkio.connect import connect_first
+from trivpn.networkio.transport import bind_address
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.profile.profile import Profile, Remote
 from trivpn.profile.push import PushedSettings
@@ -361,14 +362,23 @@ class Client:
         def report(msg: str) -> None:
             log.warning("%s", msg)
 
+        profile = cand.profile
+
+        def bind(ep: Endpoint) -> tuple[str, int] | None:
+            # bind only when asked (local/lport/bind) and never with nobind; unlike OpenVPN
+            # we do not grab port 1194 by default, so several clients can run side by side
+            if profile.nobind or not profile.bind:
+                return None
+            return bind_address(ep, profile.local, profile.lport)
+
         if endpoints[0].proto == "tcp":
             for ep in endpoints:
                 log.info("connecting to %s", ep.describe())
-            return await connect_first(endpoints, connect_timeout=connect_timeout, report=report)
+            return await connect_first(endpoints, connect_timeout=connect_timeout, report=report, bind=bind)
         # UDP: one address per attempt, rotating through all of them
         ep = endpoints[attempt % len(endpoints)]
         log.info("connecting to %s", ep.describe())
-        return await open_transport(ep, report=report)
+        return await open_transport(ep, report=report, bind_to=bind(ep))
 
     async def exit_notify(self) -> None:
         """Tell the server we are leaving (EXIT with cc-exit, else OCC exit on UDP)."""

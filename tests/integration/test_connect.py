@@ -165,6 +165,9 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
         assert rc == 0, f"exit code {rc}:\n{rest}"
         assert "Traceback" not in rest
         assert _state(netns.client) == before
+        if opts.proto.startswith("udp"):
+            # explicit exit notification: the server frees our slot at once (cc-exit)
+            assert "CC-EEN exit message received by peer" in server.log_text()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -260,3 +260,20 @@ def test_tls_crypt_v2_with_keys_from_openvpn_genkey(pki, netns, openvpn_server, 
     assert "2 packets transmitted, 2 received" in r.stdout
     log = server.log_text()
     assert "tls-crypt-v2" in log.lower() or "WKc" in log
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_lport_and_local_bind_the_client_socket(proto, pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto=proto, wrap="tls-crypt")
+    server = openvpn_server(opts)
+    text = client_profile(pki, opts, server.remote_host).replace("nobind\n", "")
+    text += f"\nlocal {netns.client_v4}\nlport 41194\n"
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(text)
+    r = netns.client.run(
+        [sys.executable, "-m", "trivpn", "ping", str(profile), server.tunnel_v4, "-c", "1"],
+        check=False,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{netns.client_v4}:41194" in server.log_text()

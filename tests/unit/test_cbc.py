@@ -23,6 +23,7 @@ from trivpn.datachannel.cbc import (
     seal_batch,
     split_key2_cbc,
 )
+from trivpn.datachannel.core import Compression, DataChannel
 from trivpn.datachannel.crypto import (
     SUPPORTED_AUTH,
     SUPPORTED_CBC,
@@ -275,3 +276,110 @@ def test_auth_refusals(name: str, why: str) -> None:
 def test_aead_cipher_is_not_a_cbc_direction() -> None:
     with pytest.raises(ConfigError, match="not a CBC cipher"):
         make_cbc_directions(KEY2, "AES-256-GCM", "SHA1", is_server=False)
+
+
+# -- the data-channel core with CBC keys ----------------------------------------------------
+
+
+def _pair(
+    cipher: str = "AES-256-CBC", auth: str = "SHA256", **kw: object
+) -> tuple[DataChannel, DataChannel]:
+    client = DataChannel(cipher=cipher, auth=auth, **kw)  # type: ignore[arg-type]
+    server = DataChannel(cipher=cipher, auth=auth, is_server=True, **kw)  # type: ignore[arg-type]
+    client.install_key(0, KEY2, 0.0)
+    server.install_key(0, KEY2, 0.0)
+    return client, server
+
+
+def test_core_opens_the_openssl_vector_once() -> None:
+    _, server = _pair()
+    cipher, auth, _srv, pid, payload, _iv, body, mac = VECTORS[0]
+    wire = b"\x30" + bytes.fromhex(mac + body)  # P_DATA_V1, key id 0, packet id 1
+    assert server.decrypt([wire], 1.0) == [payload]
+    assert server.decrypt([wire], 1.0) == []  # the same packet id again is a replay
+    assert server.stats.drop_replay == 1 and server.stats.rx_packets == 1
+
+
+@pytest.mark.parametrize("peer_id", [None, 7])
+@pytest.mark.parametrize("compression", list(Compression))
+def test_core_round_trip_headers_and_framing(peer_id: int | None, compression: Compression) -> None:
+    client, server = _pair(peer_id=peer_id, compression=compression)
+    ips = [b"\x45" + bytes(27), b"\x60" + bytes(47), b"\x45\x01"]
+    wire = client.encrypt(ips, 1.0)
+    assert len(wire) == 3
+    if peer_id is None:
+        assert all(w[0] == 0x30 for w in wire)
+    else:
+        assert all(w[:4] == bytes((0x48, 0, 0, 7)) for w in wire)
+    assert server.decrypt(wire, 1.0) == ips
+    back = server.encrypt(ips[:1], 2.0)
+    assert client.decrypt(back, 2.0) == ips[:1]
+    assert client.stats.tx_packets == 3 and server.stats.rx_packets == 3
+
+
+def test_core_packet_ids_are_sequential_inside_the_ciphertext() -> None:
+    client, _ = _pair("AES-128-CBC", "SHA1")
+    _, dec = make_cbc_directions(KEY2, "AES-128-CBC", "SHA1", is_server=True)
+    wire = client.encrypt([b"a", b"", b"b"], 0.0) + [client.exit_packet(1.0)]
+    assert [dec.open(w, 1)[0] for w in wire] == [1, 2, 3]
+
+
+def test_core_keepalive_and_exit_over_cbc() -> None:
+    client, server = _pair(ping_interval=10.0)
+    pings = client.packets_to_send(10.0)
+    assert len(pings) == 1
+    assert server.decrypt(pings, 10.0) == [] and server.stats.rx_pings == 1
+    assert server.last_received == 10.0
+    assert server.decrypt([client.exit_packet(11.0)], 11.0) == []
+    assert server.peer_exited and server.stats.rx_occ == 1
+
+
+def test_core_drops_and_counts_bad_packets() -> None:
+    client, server = _pair()
+    good = client.encrypt([b"\x45" + bytes(19)], 0.0)[0]
+    tampered = good[:-1] + bytes((good[-1] ^ 1,))
+    other_key = bytes((0x31,)) + good[1:]  # key id 1 is not installed
+    bad_op = bytes((0x20,)) + good[1:]
+    short = good[:30]
+    assert server.decrypt([b"", tampered, other_key, bad_op, short, good], 5.0) == [b"\x45" + bytes(19)]
+    st_ = server.stats
+    assert (st_.drop_malformed, st_.drop_auth, st_.drop_no_key) == (3, 1, 1)
+    assert server.last_received == 5.0
+
+
+def test_core_forged_or_replayed_packets_do_not_feed_keepalive() -> None:
+    client, server = _pair()
+    pkt = client.encrypt([b"\x45"], 0.0)[0]
+    server.decrypt([pkt], 1.0)
+    server.decrypt([pkt], 2.0)  # replayed
+    server.decrypt([pkt[:-1] + b"\x00"], 3.0)  # forged
+    assert server.last_received == 1.0
+
+
+def test_core_lame_duck_key_still_decrypts() -> None:
+    client, server = _pair()
+    old = client.encrypt([b"\x45old"], 0.0)
+    key2b = bytes(reversed(KEY2))
+    client.install_key(1, key2b, 1.0)
+    server.install_key(1, key2b, 1.0)
+    new = client.encrypt([b"\x45new"], 1.0)
+    assert new[0][0] == 0x31
+    assert server.decrypt(new + old, 1.0) == [b"\x45new", b"\x45old"]
+
+
+def test_core_cbc_needs_auth_and_aead_ignores_it() -> None:
+    with pytest.raises(ConfigError, match="'auth'"):
+        DataChannel(cipher="AES-256-CBC")
+    with pytest.raises(ConfigError, match="refused"):
+        DataChannel(cipher="AES-256-CBC", auth="none")
+    with pytest.raises(ConfigError, match="64-bit block"):
+        DataChannel(cipher="BF-CBC", auth="SHA1")
+    aead = DataChannel(cipher="AES-256-GCM", auth="SHA512")
+    assert aead.auth is None
+    assert DataChannel(cipher="aes-128-cbc", auth="sha2-256").auth == "SHA256"
+
+
+@given(st.binary(max_size=120), st.sampled_from([0x30, 0x48]))
+def test_core_random_cbc_packets_are_dropped_never_raised(data: bytes, first: int) -> None:
+    _, server = _pair()
+    assert server.decrypt([bytes((first,)) + data, data], 0.0) == []

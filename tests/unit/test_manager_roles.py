@@ -262,6 +262,7 @@ async def test_tunnel_process_serves_over_a_unix_socket(tmp_path: pytest.TempPat
     from trivpn.manager.process import open_rpc_stream, serve_manager
 
     path = str(tmp_path / "rpc.sock")  # type: ignore[operator]
+    before = logging.getLogger("trivpn").propagate
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await listener.bind(path)
     listener.listen(1)
@@ -284,7 +285,7 @@ async def test_tunnel_process_serves_over_a_unix_socket(tmp_path: pytest.TempPat
             assert stop.rpc.response_to == 5 and stop.stop.success
             await peer.expect_eof()
     root = logging.getLogger("trivpn")  # the forwarding handler was removed again
-    assert not any(isinstance(h, RPCLogHandler) for h in root.handlers) and root.propagate
+    assert not any(isinstance(h, RPCLogHandler) for h in root.handlers) and root.propagate == before
 
 
 async def test_rpc_stream_arguments_are_checked() -> None:

@@ -100,6 +100,16 @@ def test_http_407_without_credentials() -> None:
     assert "requires authentication" in str(info.value) and "407" in str(info.value)
 
 
+def test_http_401_from_tinyproxy_is_an_auth_refusal() -> None:
+    hs = HTTPConnectHandshake("h", 1, credentials=("alice", "bad"))
+    with pytest.raises(ProxyAuthRequired, match="rejected our credentials") as info:
+        hs.receive_data(
+            b"HTTP/1.0 401 Unauthorized\r\nServer: tinyproxy/1.11.1\r\n"
+            b'WWW-Authenticate: Basic realm="Tinyproxy"\r\nConnection: close\r\n\r\n<?xml'
+        )
+    assert info.value.schemes == ("Basic",) and info.value.code == 401
+
+
 def test_http_407_with_credentials_means_rejected() -> None:
     hs = HTTPConnectHandshake("h", 1, credentials=("u", "p"))
     with pytest.raises(ProxyAuthRequired, match="rejected our credentials") as info:

@@ -167,8 +167,12 @@ def _iperf(port: int, seconds: float, reverse: bool) -> float:
     argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", f"{seconds:g}", "-J"]
     if reverse:
         argv.append("-R")
-    r = subprocess.run(argv, capture_output=True, timeout=seconds + 30)
-    data = json.loads(r.stdout or b"{}")
+    for _ in range(10):  # the server may still be finishing the previous test
+        r = subprocess.run(argv, capture_output=True, timeout=seconds + 30)
+        data = json.loads(r.stdout or b"{}")
+        if "busy" not in str(data.get("error", "")):
+            break
+        time.sleep(1.0)
     if "error" in data or r.returncode != 0:
         raise RuntimeError(f"iperf3 failed on port {port}: {data.get('error', r.stderr.decode()[-200:])}")
     return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
@@ -271,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=5.0, help="duration of each latency step")
     p.add_argument("--connections", type=int, default=16, help="keep-alive connections for the latency test")
     p.add_argument("--streams", type=int, default=10000, help="concurrent streams to hold (default 10000)")
+    p.add_argument("--http-log", action="store_true", help="keep HTTP request logging on (costs CPU)")
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh -R comparison")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--serve", choices=("http", "echo"), help=argparse.SUPPRESS)
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         relay = ch.start(
             "relay",
             [sys.executable, "-m", "trivpn", "relay", "--addr", f"{HOST}:{tport}", "--start-port", str(base),
-             "--end-port", str(base + 2), "--token", TOKEN],
+             "--end-port", str(base + 2), "--token", TOKEN, *([] if args.http_log else ["--no-http-log"])],
         )  # fmt: skip
         _wait_port(tport)
         exposes = {}
@@ -313,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             exposes[name] = ch.start(
                 f"expose-{name}",
                 [sys.executable, "-m", "trivpn", "expose", "--server", f"{HOST}:{tport}", "--local",
-                 f"{HOST}:{local}", "--token", TOKEN, "--remote-port", str(base + i), "--no-http-log"],
+                 f"{HOST}:{local}", "--token", TOKEN, "--remote-port", str(base + i),
+                 *([] if args.http_log else ["--no-http-log"])],
             )  # fmt: skip
             _wait_port(base + i)
         paths = {"direct": (iperf_port, http_port), "trivpn": (base, base + 1)}

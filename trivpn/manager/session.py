@@ -269,38 +269,55 @@ async def open_tunnel(
         speaker = Speaker(stream, "manager")
         tunnel = ManagedTunnel(speaker, name, process)
         try:
+            # The protocol tasks are shielded: when our caller is cancelled, they must still
+            # carry Stop and its answer. They are cancelled explicitly at the very end.
+            protocol_scopes: list[trio.CancelScope] = []
+
+            async def protected(fn: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+                with trio.CancelScope(shield=True) as scope:
+                    protocol_scopes.append(scope)
+                    await fn(task_status=task_status)
+
+            async def serve(task_status: trio.TaskStatus[None]) -> None:
+                task_status.started()
+                await tunnel._serve()
+
             async with trio.open_nursery() as nursery:
-                version = await nursery.start(speaker.run)
-                log.debug("protocol version %s with tunnel %d", version, process.pid)
-                nursery.start_soon(tunnel._serve)
-                start = pb.StartRequest(
-                    tunnel_file_descriptor=tun_fd,
-                    profile_text=text,
-                    profile_path=source,
-                    username=username,
-                    password=password,
-                    key_derivation=key_derivation,
-                    tunnel_name=name,
-                )
-                with trio.move_on_after(start_timeout) as scope:
-                    try:
-                        answer = await speaker.request(pb.ManagerMessage(start=start))
-                    except RPCClosed as exc:
-                        raise FatalError(f"the tunnel process ended during Start ({exc})") from None
-                if scope.cancelled_caught:
-                    raise FatalError(f"the tunnel did not come up within {start_timeout:g} s")
-                if not answer.start.success:
-                    raise FatalError(answer.start.error_message or "the tunnel failed to start")
                 try:
+                    version = await nursery.start(protected, speaker.run)
+                    log.debug("protocol version %s with tunnel %d", version, process.pid)
+                    await nursery.start(protected, serve)
+                    start = pb.StartRequest(
+                        tunnel_file_descriptor=tun_fd,
+                        profile_text=text,
+                        profile_path=source,
+                        username=username,
+                        password=password,
+                        key_derivation=key_derivation,
+                        tunnel_name=name,
+                    )
+                    with trio.move_on_after(start_timeout) as scope:
+                        try:
+                            answer = await speaker.request(pb.ManagerMessage(start=start))
+                        except RPCClosed as exc:
+                            raise FatalError(f"the tunnel process ended during Start ({exc})") from None
+                    if scope.cancelled_caught:
+                        raise FatalError(f"the tunnel did not come up within {start_timeout:g} s")
+                    if not answer.start.success:
+                        raise FatalError(answer.start.error_message or "the tunnel failed to start")
                     yield tunnel
                 finally:
                     with trio.CancelScope(shield=True):
-                        if not speaker.finished:
+                        if len(protocol_scopes) == 2 and not speaker.finished:
                             with trio.move_on_after(STOP_TIMEOUT):
                                 try:
                                     await tunnel.stop()
                                 except RPCClosed:
                                     pass
+                            with trio.move_on_after(EXIT_TIMEOUT):  # relay the last logs
+                                await tunnel.closed.wait()
+                        for protocol_scope in protocol_scopes:
+                            protocol_scope.cancel()
                         nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # one error, as `trivpn.connect` raises
             from trivpn.workers.manager import primary_error

@@ -9,7 +9,7 @@ cancelled and closed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -25,6 +25,7 @@ async def connect_first(
     connect_timeout: float = 10.0,
     stagger: float = HAPPY_EYEBALLS_DELAY,
     report: Reporter | None = None,
+    bind: Callable[[Endpoint], tuple[str, int] | None] | None = None,
 ) -> Transport:
     """The first endpoint that accepts a connection, raced with a stagger between starts."""
     if not endpoints:
@@ -37,7 +38,12 @@ async def connect_first(
         async def attempt(ep: Endpoint, failed: trio.Event) -> None:
             nonlocal winner
             try:
-                transport = await open_transport(ep, connect_timeout=connect_timeout, report=report)
+                transport = await open_transport(
+                    ep,
+                    connect_timeout=connect_timeout,
+                    report=report,
+                    bind_to=bind(ep) if bind is not None else None,
+                )
             except TransportError as exc:
                 errors.append(str(exc))
                 if report is not None:

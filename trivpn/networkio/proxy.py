@@ -108,6 +108,9 @@ def _check_credentials(credentials: tuple[str, str] | None, *, limit: int | None
 # -- HTTP CONNECT -------------------------------------------------------------------------
 
 
+_AUTH_HEADERS = ("proxy-authenticate", "www-authenticate")
+
+
 class HTTPConnectHandshake:
     """Sans-IO `CONNECT host:port` exchange with an HTTP proxy."""
 
@@ -187,11 +190,12 @@ class HTTPConnectHandshake:
             self.done = True
             self.leftover = rest
             return
-        if status == 407:
+        # 407 is the standard answer; some proxies (tinyproxy) say 401 to wrong credentials.
+        if status in (401, 407):
             schemes = []
             for line in header_lines:
                 name, _, value = line.partition(":")
-                if name.strip().lower() == "proxy-authenticate" and value.strip():
+                if name.strip().lower() in _AUTH_HEADERS and value.strip():
                     schemes.append(value.strip().split(None, 1)[0].capitalize())
             if self.sent_credentials:
                 msg = f"HTTP proxy rejected our credentials ({shown})"

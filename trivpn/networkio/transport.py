@@ -226,12 +226,32 @@ def _new_socket(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
+def bind_address(endpoint: Endpoint, local: str | None, lport: int | None) -> tuple[str, int]:
+    """The local address to bind for `endpoint`: only the family in use is ever bound."""
+    v6 = endpoint.family == socket.AF_INET6
+    if local is not None and (":" in local) != v6:
+        raise TransportError(
+            f"local address {local} cannot reach {endpoint.describe()} (other address family)"
+        )
+    return (local or ("::" if v6 else "0.0.0.0"), lport or 0)
+
+
 async def open_transport(
-    endpoint: Endpoint, *, connect_timeout: float = 10.0, report: Reporter | None = None
+    endpoint: Endpoint,
+    *,
+    connect_timeout: float = 10.0,
+    report: Reporter | None = None,
+    bind_to: tuple[str, int] | None = None,
 ) -> Transport:
     """Connect a socket to `endpoint` (UDP: just fixes the peer; TCP: the handshake)."""
     sock = _new_socket(endpoint)
     try:
+        if bind_to is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(bind_to)
+            except OSError as exc:
+                raise TransportError(f"cannot bind to {bind_to[0]} port {bind_to[1]}: {exc.strerror}") from None
         if endpoint.proto == "udp":
             sock.connect(endpoint.sockaddr)
             return UDPTransport(sock, endpoint, report)

@@ -275,6 +275,9 @@ class Profile:
     server_poll_timeout: int | None = None  # per address: seconds to get an answer
     hand_window: int | None = None
     remote_random: bool = False
+    local: str | None = None  # `local` address to bind (an IP literal)
+    lport: int | None = None  # `lport` / `port` for binding when `bind` is in effect
+    bind: bool = False  # bind the socket (set by `local`, `lport`, `bind`); `nobind` clears it
     explicit_exit_notify: int | None = None
     http_proxy: ProxySpec | None = None
     socks_proxy: ProxySpec | None = None
@@ -419,6 +422,9 @@ class _Builder:
             "hand-window": self._int_attr,
             "connect-retry": self._connect_retry,
             "remote-random": self._remote_random,
+            "local": self._local,
+            "lport": self._lport,
+            "bind": self._bind,
             "explicit-exit-notify": self._explicit_exit_notify,
             "setenv": self._setenv,
             "ignore-unknown-option": self._ignore_unknown_option,
@@ -766,6 +772,26 @@ class _Builder:
         first = self.integer(line, name, args[0], 0, MAX_SECONDS)
         cap = self.integer(line, name, args[1], 0, MAX_SECONDS) if len(args) == 2 else 300
         self.p.connect_retry = (first, max(first, cap))
+
+    def _local(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        import ipaddress
+
+        self.nargs(line, name, args, 1, 1)
+        try:
+            ipaddress.ip_address(args[0])
+        except ValueError:
+            raise _err(line, name, f"{args[0][:60]!r} must be an IP address") from None
+        self.p.local = args[0]
+        self.p.bind = True
+
+    def _lport(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 1, 1)
+        self.p.lport = self.integer(line, name, args[0], 0, 65535)
+        self.p.bind = True
+
+    def _bind(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 0, 1)
+        self.p.bind = True
 
     def _remote_random(self, line: int, name: str, args: list[str], inline: bool) -> None:
         self.nargs(line, name, args, 0, 0)

@@ -125,6 +125,7 @@ class Expose:
                     closed = await runner.run()
                 finally:
                     self.metrics.add(metrics)
+                    self.metrics.state = metrics.state
                 if runner.auth_failed:
                     raise FatalError(runner.auth_failed)
                 if runner.bind_failed:

@@ -103,7 +103,7 @@ def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> object:
                 "bi": CounterMetricFamily("trivpn_reverse_bytes_in", "Bytes into the tunnel", labels=["client"]),
                 "bo": CounterMetricFamily("trivpn_reverse_bytes_out", "Bytes out of the tunnel", labels=["client"]),
                 "hr": CounterMetricFamily("trivpn_reverse_http_requests", "HTTP requests seen", labels=["client", "status"]),
-                "ls": CounterMetricFamily("trivpn_reverse_http_latency_seconds_sum", "Sum of HTTP latencies", labels=["client"]),
+                "ls": CounterMetricFamily("trivpn_reverse_http_latency_seconds", "Sum of HTTP request latencies", labels=["client"]),
                 "up": GaugeMetricFamily("trivpn_reverse_session_uptime_seconds", "Uptime of the oldest live session", labels=["client"]),
             }
             now = time.time()

@@ -96,6 +96,7 @@ class StreamPipe:
         "observer",
         "requests_from_socket",
         "peer",
+        "failed",
     )
 
     def __init__(self, runner: SessionRunner, sid: int, peer: str, observe_http: bool, requests_from_socket: bool) -> None:
@@ -107,6 +108,7 @@ class StreamPipe:
         self.inbox_bytes = 0
         self.ended = False
         self.reset = False
+        self.failed = False
         self._inbox_ev = trio.Event()
         self._writable = trio.Event()
         self.scope = trio.CancelScope()
@@ -191,22 +193,32 @@ class StreamPipe:
             runner.session.consumed(self.sid, n)
             runner.ring()
 
+    async def _guard(self, pump: Callable[[], Awaitable[None]]) -> None:
+        """A socket error in either direction aborts the whole pipe (no exception groups)."""
+        try:
+            await pump()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, StreamClosedError) as exc:
+            log.debug("stream %d: %s", self.sid, exc)
+            self.failed = True
+            self.scope.cancel()
+
     async def run(self, opener: Callable[[], Awaitable[trio.SocketStream]]) -> None:
         """Open the socket, then both directions until both ended; abort on error or RST."""
         core = self.runner.session
-        clean = False
         try:
             with self.scope:
-                self.sock = await opener()
-                self.runner.opened(self)  # a reset meanwhile cancels the nursery below at once
+                try:
+                    self.sock = await opener()
+                    self.runner.opened(self)  # a reset meanwhile cancels the nursery at once
+                except (trio.BrokenResourceError, OSError, StreamClosedError) as exc:
+                    log.debug("stream %d: %s", self.sid, exc)
+                    self.failed = True
+                    return
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.pump_out)
-                    nursery.start_soon(self.pump_in)
-                clean = True
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, StreamClosedError) as exc:
-            log.debug("stream %d: %s", self.sid, exc)
+                    nursery.start_soon(self._guard, self.pump_out)
+                    nursery.start_soon(self._guard, self.pump_in)
         finally:
-            if not clean or self.reset:
+            if self.failed or self.reset or self.scope.cancelled_caught:
                 core.reset_stream(self.sid, ErrorCode.CANCEL)
                 self.runner.ring()
                 if self.sock is not None:
