@@ -42,7 +42,7 @@ from trivpn.controlchannel.wrap import (
 from trivpn.datachannel.crypto import SUPPORTED_AEAD, normalize_cipher_name
 from trivpn.datachannel.service import DataService
 from trivpn.errors import ConfigError, FatalError, SessionRestart
-from trivpn.messages import SendExitNotify, TunnelUp
+from trivpn.messages import AuthPending, SendExitNotify, TunnelUp
 from trivpn.networkio import (
     Endpoint,
     Transport,
@@ -59,6 +59,8 @@ from trivpn.profile.push import PushedSettings
 from trivpn.reliabletransport.service import ReliableService
 from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.keymethod import (
+    IV_PROTO_AUTH_FAIL_TEMP,
+    IV_PROTO_AUTH_PENDING_KW,
     IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
     IV_PROTO_DYN_TLS_CRYPT,
@@ -308,7 +310,13 @@ class Client:
         self._tun_down_s: trio.MemorySendChannel[list[bytes]]
 
     def _iv_proto(self) -> int:
-        bits = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_CC_EXIT_NOTIFY
+        bits = (
+            IV_PROTO_DATA_V2
+            | IV_PROTO_REQUEST_PUSH
+            | IV_PROTO_CC_EXIT_NOTIFY
+            | IV_PROTO_AUTH_PENDING_KW  # AUTH_PENDING,timeout N extends the wait
+            | IV_PROTO_AUTH_FAIL_TEMP  # AUTH_FAILED,TEMP is retried, not fatal
+        )
         if self.key_derivation != "prf":
             # dynamic tls-crypt needs the exporter, so both come together
             bits |= IV_PROTO_TLS_KEY_EXPORT | IV_PROTO_DYN_TLS_CRYPT
@@ -548,6 +556,9 @@ class Client:
                 with trio.move_on_at(deadline) as scope:
                     try:
                         up = await events_r.receive()
+                        while isinstance(up, AuthPending):  # the server needs more time
+                            scope.deadline = max(scope.deadline, trio.current_time() + up.timeout)
+                            up = await events_r.receive()
                     except trio.EndOfChannel:
                         # The TLS layer ended. If it failed, its error cancels us within
                         # moments and is the one reported; this is for an unexplained end.

@@ -94,3 +94,10 @@ class TunnelUp:
     peer_subject: str
     tls_version: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPending:
+    """The server is still authenticating us (AUTH_PENDING): wait up to `timeout` seconds."""
+
+    timeout: float

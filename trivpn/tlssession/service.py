@@ -17,6 +17,7 @@ import trio
 
 from trivpn.errors import FatalError, RemoteProtocolError, SessionRestart
 from trivpn.messages import (
+    AuthPending,
     Ciphertext,
     DynamicWrapKey,
     InstallKey,
@@ -38,6 +39,15 @@ log = logging.getLogger("trivpn.tlssession")
 
 #: RFC 5705 label of 2.6's dynamic tls-crypt key (ssl_backend.h).
 DYNAMIC_TLS_CRYPT_LABEL = b"EXPORTER-OpenVPN-dynamic-tls-crypt"
+
+
+def _auth_pending_timeout(text: str, default: float = 60.0) -> float:
+    """`AUTH_PENDING,timeout 120` → 120 (OpenVPN's keyword list); default otherwise."""
+    for part in text.split(",")[1:]:
+        words = part.split()
+        if len(words) == 2 and words[0] == "timeout" and words[1].isdigit():
+            return float(min(int(words[1]), 3600))
+    return default
 
 
 @dataclass(slots=True)
@@ -107,6 +117,7 @@ class TLSService:
         self._cipher = ""
         self.renegotiations = 0
         self.keepalive = keepalive
+        self._pending_events: list[object] = []
         #: the configured tls-auth / tls-crypt(-v2) key, mixed into the dynamic tls-crypt key
         self.wrap_key = wrap_key
         self.dynamic_tls_crypt = False
@@ -304,9 +315,16 @@ class TLSService:
             raise SessionRestart("the server closed the session (EXIT)")
         if head in ("INFO", "INFO_PRE", "AUTH_PENDING"):
             log.info("server says: %s", text)
+            if head == "AUTH_PENDING":
+                self._pending_events.append(AuthPending(_auth_pending_timeout(text)))
         else:
             self.dropped_control_messages += 1
             log.debug("ignored control message %r", text[:80])
+
+    async def _flush_events(self) -> None:
+        events, self._pending_events = self._pending_events, []
+        for ev in events:
+            await self._events.send(ev)
 
     async def _up(self) -> None:
         async with self._from_cc:
@@ -344,6 +362,7 @@ class TLSService:
                 for kid in sorted(touched):
                     if kid in self.sessions:
                         await self._handle_events(kid)
+                await self._flush_events()
                 await self._flush()
 
     async def _on_timer(self) -> None:
