@@ -42,6 +42,9 @@ CORPUS_DIR = FUZZ_DIR / "corpus"
 DEFAULT_RUNS = 1_000_000
 #: Longest input libFuzzer generates (the parsers' inputs are packets or small texts).
 MAX_LEN = 4096
+#: Shorter limits where a harness's real inputs are shorter (PUSH_REPLY fits a 2048-byte
+#: TLS record; the framing harness reads at most 1 + 1024 bytes).
+MAX_LEN_FOR = {"fuzz_push_reply": 2048, "fuzz_tcp_framing": 1025}
 #: Most crash inputs the mutation driver keeps per harness.
 MAX_KEPT_CRASHES = 5
 
@@ -187,6 +190,29 @@ def atheris_available() -> bool:
     return importlib.util.find_spec("atheris") is not None
 
 
+_CHILD_FLAG = "--atheris-child"
+
+
+def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
+    """Fuzz one harness in this process; never returns (libFuzzer exits).
+
+    Why not run fuzz/<name>.py itself: its `atheris.instrument_all()` instruments every
+    loaded module (the standard library, cryptography's Python parts, ...), which makes each
+    execution tens of times slower. Here only `trivpn` — the code under test — is
+    instrumented for coverage; the invariants are the harness's own `test_one_input`.
+    """
+    import atheris
+
+    with atheris.instrument_imports(include=["trivpn"]):
+        module = load_harness(name)
+    corpus = next((a for a in libfuzzer_args if not a.startswith("-")), None)
+    if corpus is not None:
+        for i, seed in enumerate(getattr(module, "SEEDS", ())):
+            (Path(corpus) / f"harness-seed-{i}").write_bytes(bytes(seed))
+    atheris.Setup([sys.argv[0], *libfuzzer_args], module.test_one_input)
+    atheris.Fuzz()
+
+
 def run_atheris(
     name: str, *, runs: int | None, seconds: float | None, workdir: Path, timeout: int, max_len: int
 ) -> Result:
@@ -195,7 +221,9 @@ def run_atheris(
     (scratch / "corpus").mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
-        str(FUZZ_DIR / f"{name}.py"),
+        str(Path(__file__).resolve()),
+        _CHILD_FLAG,
+        name,
         f"-max_len={max_len}",
         f"-timeout={timeout}",
         f"-artifact_prefix={scratch}/",
@@ -259,7 +287,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated harness names (default: all)")
     p.add_argument("--workdir", type=Path, default=None, help="scratch corpora, logs and crash inputs")
     p.add_argument("--timeout", type=int, default=10, help="atheris: seconds one input may take")
-    p.add_argument("--max-len", type=int, default=MAX_LEN, help="atheris: longest generated input")
+    p.add_argument("--max-len", type=int, default=0,
+                   help=f"atheris: longest generated input (default {MAX_LEN}, less for some harnesses)")
     p.add_argument("--seed", type=int, default=0, help="mutation driver seed")
     args = p.parse_args(argv)
     if args.runs is None and args.seconds is None:
@@ -272,7 +301,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == [_CHILD_FLAG]:
+        _atheris_child(raw[1], raw[2:])
+        return 0
+    args = parse_args(raw)
     names = harness_names()
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -298,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             if driver == "atheris":
                 fut = pool.submit(run_atheris, name, runs=args.runs, seconds=args.seconds,
-                                  workdir=workdir, timeout=args.timeout, max_len=args.max_len)
+                                  workdir=workdir, timeout=args.timeout,
+                                  max_len=args.max_len or MAX_LEN_FOR.get(name, MAX_LEN))
             else:
                 fut = pool.submit(_mutate_child, name, args.runs or 10**12, args.seconds, args.seed)
             futures[fut] = name

@@ -39,7 +39,7 @@ from trivpn.controlchannel.wrap import (
     TLSCrypt,
     TLSCryptV2ClientKey,
 )
-from trivpn.datachannel.crypto import SUPPORTED_AEAD, normalize_cipher_name
+from trivpn.datachannel.crypto import SUPPORTED_DATA_CIPHERS, normalize_data_cipher
 from trivpn.datachannel.service import DataService
 from trivpn.errors import ConfigError, FatalError, SessionRestart
 from trivpn.messages import AuthPending, SendExitNotify, TunnelUp
@@ -52,6 +52,7 @@ from trivpn.networkio import (
     run_networkio,
 )
 from trivpn.networkio.connect import connect_first
+from trivpn.networkio.proxy import open_profile_proxy_transport, proxy_of
 from trivpn.networkio.transport import bind_address
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.profile.profile import Profile, Remote
@@ -172,7 +173,7 @@ def negotiable_ciphers(profile: Profile) -> list[str]:
     out: list[str] = []
     for name in profile.data_ciphers:
         try:
-            n = normalize_cipher_name(name)
+            n = normalize_data_cipher(name)
         except ConfigError:
             log.warning("data-ciphers: %s is not supported and is not offered to the server", name)
             continue
@@ -181,7 +182,7 @@ def negotiable_ciphers(profile: Profile) -> list[str]:
     if not out:
         raise ConfigError(
             f"none of data-ciphers ({':'.join(profile.data_ciphers)}) is supported; "
-            f"use one of {', '.join(SUPPORTED_AEAD)}"
+            f"use one of {', '.join(SUPPORTED_DATA_CIPHERS)}"
         )
     return out
 
@@ -364,11 +365,21 @@ class Client:
         proto = remote.proto
         if self.family is not None:  # -4 / -6 on the command line override the profile
             proto = proto.rstrip("46") + str(self.family)
-        log.info("resolving %s", remote.host)
-        endpoints = await resolve(remote.host, remote.port, proto)
-
         def report(msg: str) -> None:
             log.warning("%s", msg)
+
+        if proxy_of(cand.profile) is not None:
+            # the proxy resolves the server's name: it may only exist on the proxy's side
+            return await open_profile_proxy_transport(
+                cand.profile,
+                remote.host,
+                remote.port,
+                proto,
+                connect_timeout=connect_timeout,
+                report=report,
+            )
+        log.info("resolving %s", remote.host)
+        endpoints = await resolve(remote.host, remote.port, proto)
 
         profile = cand.profile
 
@@ -499,7 +510,12 @@ class Client:
         )
         tls = TLSService(
             make_session=self._make_session_factory(cand.remote.proto),
-            policy=CipherPolicy(self.ciphers, profile.data_ciphers_fallback or profile.cipher, self.key_derivation),
+            policy=CipherPolicy(
+                self.ciphers,
+                profile.data_ciphers_fallback or profile.cipher,
+                self.key_derivation,
+                auth=profile.auth or "SHA1",
+            ),
             from_cc=cc_up_r,
             to_cc=tls_down_s,
             to_data=keys_s,

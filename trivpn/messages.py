@@ -75,6 +75,8 @@ class InstallKey:
     ping_interval: float
     ping_restart: float = 0.0
     ping_exit: float = 0.0
+    #: HMAC digest for a legacy CBC cipher (None for AEAD ciphers)
+    auth: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

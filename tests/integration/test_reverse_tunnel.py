@@ -143,7 +143,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-async def test_http_keepalive_requests_all_logged(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+async def test_http_keepalive_requests_all_logged(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
     server = http.server.ThreadingHTTPServer((HOST, 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -169,7 +171,9 @@ async def test_http_keepalive_requests_all_logged(nursery: trio.Nursery, caplog:
         assert results[1] == (200, b"hello /api/users?page=2")
         assert results[2] == (404, b"nope")
         m = tunnel.expose
-        await wait_until(lambda: m.session_metrics is not None and m.session_metrics.http_requests >= 3)
+        await wait_until(
+            lambda: m.session_metrics is not None and m.session_metrics.http_requests >= 3
+        )
         lines = [r.getMessage() for r in caplog.records if "│ HTTP │" in r.getMessage()]
         # three requests on one keep-alive connection, each logged by the relay and by expose
         assert sum("✓ GET /api/users 200 OK" in x for x in lines) == 2
@@ -331,7 +335,8 @@ async def test_relay_restart_gives_same_port(nursery: trio.Nursery) -> None:
         ready[0].set()
 
     expose = Expose(
-        ExposeConfig(HOST, tport, HOST, port, TOKEN, backoff_initial=0.05, backoff_max=0.2), on_bound
+        ExposeConfig(HOST, tport, HOST, port, TOKEN, backoff_initial=0.05, backoff_max=0.2),
+        on_bound,
     )
     nursery.start_soon(expose.run)
     with trio.fail_after(10):
@@ -392,7 +397,10 @@ async def test_wrong_token_is_fatal_and_not_retried(nursery: trio.Nursery) -> No
     port = await start_service(nursery, echo_handler)
     tunnel = await start_tunnel(nursery, port)
     bad = Expose(ExposeConfig(HOST, tunnel.tunnel_port, HOST, port, b"wrong"))
-    with trio.fail_after(10), pytest.raises(FatalError, match="authentication failed: the relay rejected the token"):
+    with (
+        trio.fail_after(10),
+        pytest.raises(FatalError, match="authentication failed: the relay rejected the token"),
+    ):
         await bad.run()
 
 
@@ -430,7 +438,12 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "relay.test")
     other = trustme.CA()
-    paths = {"ca": d / "ca.pem", "other": d / "other.pem", "chain": d / "chain.pem", "key": d / "key.pem"}
+    paths = {
+        "ca": d / "ca.pem",
+        "other": d / "other.pem",
+        "chain": d / "chain.pem",
+        "key": d / "key.pem",
+    }
     ca.cert_pem.write_to_path(str(paths["ca"]))
     other.cert_pem.write_to_path(str(paths["other"]))
     cert.private_key_pem.write_to_path(str(paths["key"]))
@@ -440,7 +453,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-async def test_tls_verified_against_ca_and_real_name(nursery: trio.Nursery, tls_files: dict[str, str]) -> None:
+async def test_tls_verified_against_ca_and_real_name(
+    nursery: trio.Nursery, tls_files: dict[str, str]
+) -> None:
     port = await start_service(nursery, echo_handler)
     tunnel = await start_tunnel(
         nursery,
@@ -455,13 +470,18 @@ async def test_tls_verified_against_ca_and_real_name(nursery: trio.Nursery, tls_
         with trio.fail_after(10):
             assert await read_all(stream) == b"over tls"
     # an unrelated CA, or a name the certificate does not carry, is refused (not retried)
-    for kw in ({"tls_ca": tls_files["other"]}, {"tls_ca": tls_files["ca"], "tls_server_name": "evil.test"}):
+    for kw in (
+        {"tls_ca": tls_files["other"]},
+        {"tls_ca": tls_files["ca"], "tls_server_name": "evil.test"},
+    ):
         cfg = ExposeConfig(HOST, tunnel.tunnel_port, HOST, port, TOKEN, tls=True, **kw)  # type: ignore[arg-type]
         with trio.fail_after(10), pytest.raises(FatalError, match="not trusted"):
             await Expose(cfg).run()
 
 
-async def test_tls_relay_refuses_plain_client(nursery: trio.Nursery, tls_files: dict[str, str]) -> None:
+async def test_tls_relay_refuses_plain_client(
+    nursery: trio.Nursery, tls_files: dict[str, str]
+) -> None:
     port = await start_service(nursery, echo_handler)
     tunnel = await start_tunnel(
         nursery,

@@ -35,7 +35,13 @@ def hostile_frames(draw: st.DrawFn) -> bytes:
         flags = draw(st.sampled_from([0, Flag.ACK, Flag.FIN, 0xFFFF]))
         payload = draw(st.binary(max_size=64))
         length = draw(st.sampled_from([len(payload), len(payload), 2**32 - 1, 300]))
-        parts.append(bytes([1, t]) + flags.to_bytes(2, "big") + sid.to_bytes(4, "big") + length.to_bytes(4, "big") + payload)
+        parts.append(
+            bytes([1, t])
+            + flags.to_bytes(2, "big")
+            + sid.to_bytes(4, "big")
+            + length.to_bytes(4, "big")
+            + payload
+        )
     return b"".join(parts)
 
 
@@ -49,14 +55,28 @@ def test_fuzz_harness_hostile_frames(first: int, data: bytes) -> None:
     fuzz.test_one_input(bytes([first]) + data)
 
 
-@given(st.lists(st.tuples(st.sampled_from(list(FrameType)), st.integers(1, 5), st.binary(max_size=30)), max_size=20))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(list(FrameType)), st.integers(1, 5), st.binary(max_size=30)),
+        max_size=20,
+    )
+)
 def test_decoder_roundtrip(specs: list) -> None:
     wire = b""
     expect = []
     for t, sid, payload in specs:
         sid = sid if t in (FrameType.OPEN, FrameType.DATA, FrameType.WINDOW, FrameType.RST) else 0
-        size = {FrameType.HELLO: 40, FrameType.HELLO_ACK: 44, FrameType.AUTH: 32, FrameType.AUTH_OK: 32,
-                FrameType.BIND: 2, FrameType.BIND_OK: 6, FrameType.PING: 8, FrameType.WINDOW: 4, FrameType.RST: 4}.get(t)
+        size = {
+            FrameType.HELLO: 40,
+            FrameType.HELLO_ACK: 44,
+            FrameType.AUTH: 32,
+            FrameType.AUTH_OK: 32,
+            FrameType.BIND: 2,
+            FrameType.BIND_OK: 6,
+            FrameType.PING: 8,
+            FrameType.WINDOW: 4,
+            FrameType.RST: 4,
+        }.get(t)
         if size is not None:
             payload = (payload + bytes(size))[:size]
         wire += encode(t, 0, sid, payload)
@@ -71,7 +91,9 @@ def test_decoder_roundtrip(specs: list) -> None:
 @given(
     window=st.integers(1024, 20000),
     chunk=st.integers(256, 5000),
-    writes=st.lists(st.tuples(st.integers(0, 3), st.binary(min_size=1, max_size=3000)), max_size=30),
+    writes=st.lists(
+        st.tuples(st.integers(0, 3), st.binary(min_size=1, max_size=3000)), max_size=30
+    ),
     consume_every=st.integers(1, 4),
 )
 def test_streams_deliver_every_byte_in_order_within_credit(
@@ -104,7 +126,9 @@ def test_streams_deliver_every_byte_in_order_within_credit(
     assert client.total_buffered == 0 and client.stream_count == 4  # client never sent FIN
 
 
-def _move(relay: Session, client: Session, got: dict, unconsumed: dict, consume: bool, window: int) -> bool:
+def _move(
+    relay: Session, client: Session, got: dict, unconsumed: dict, consume: bool, window: int
+) -> bool:
     out = b"".join(relay.data_to_send(0.0))
     client.receive_data(out, 0.0)
     for ev in client.events():

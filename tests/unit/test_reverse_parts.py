@@ -152,8 +152,13 @@ def test_http_observer_turns_off_for_other_protocols() -> None:
     obs.feed_request(b"\x16\x03\x01\x02\x00", 0.0)  # a TLS ClientHello
     assert not obs.active
     obs2 = HttpObserver()
-    obs2.feed_request(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 0)
-    out = obs2.feed_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello", 0.01)
+    obs2.feed_request(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 0
+    )
+    out = obs2.feed_response(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello",
+        0.01,
+    )
     assert [e.status for e in out] == [101] and not obs2.active
     obs3 = HttpObserver()
     obs3.feed_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0)
@@ -167,7 +172,9 @@ def test_cli_parsers_registered() -> None:
     p = build_parser()
     a = p.parse_args(["relay", "--token", "t"])
     assert a.addr == ":9000" and a.start_port == 10000 and a.handler.__name__ == "cmd_relay"
-    e = p.parse_args(["expose", "--server", "r:9000", "--local", ":3000", "--token", "t", "--no-reconnect"])
+    e = p.parse_args(
+        ["expose", "--server", "r:9000", "--local", ":3000", "--token", "t", "--no-reconnect"]
+    )
     assert e.no_reconnect and e.remote_port == 0 and e.handler.__name__ == "cmd_expose"
     with pytest.raises(SystemExit):
         p.parse_args(["relay"])  # a token or a tokens file is required

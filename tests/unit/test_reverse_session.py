@@ -34,8 +34,12 @@ def pump(a: Session, b: Session, now: float = 0.0, rounds: int = 50) -> tuple[li
 
 
 def pair(cfg: SessionConfig | None = None, token: bytes = b"s3cret", port: int = 0):
-    relay = Session("relay", 0.0, cfg or SessionConfig(), tokens={"alice": b"s3cret", "bob": b"other"})
-    client = Session("client", 0.0, cfg or SessionConfig(), token=token, client_id=CID, requested_port=port)
+    relay = Session(
+        "relay", 0.0, cfg or SessionConfig(), tokens={"alice": b"s3cret", "bob": b"other"}
+    )
+    client = Session(
+        "client", 0.0, cfg or SessionConfig(), token=token, client_id=CID, requested_port=port
+    )
     return relay, client
 
 

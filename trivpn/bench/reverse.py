@@ -68,7 +68,9 @@ def _serve(kind: str, port: int) -> int:
     """Run one origin service in this process (a child of the benchmark)."""
     import trio
 
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nhello, bench\n"
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nhello, bench\n"
+    )
 
     async def http(stream: trio.SocketStream) -> None:
         buf = b""
@@ -174,7 +176,9 @@ def _iperf(port: int, seconds: float, reverse: bool) -> float:
             break
         time.sleep(1.0)
     if "error" in data or r.returncode != 0:
-        raise RuntimeError(f"iperf3 failed on port {port}: {data.get('error', r.stderr.decode()[-200:])}")
+        raise RuntimeError(
+            f"iperf3 failed on port {port}: {data.get('error', r.stderr.decode()[-200:])}"
+        )
     return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
@@ -262,20 +266,38 @@ def _streams(port: int, count: int, pids: dict[str, int]) -> dict[str, Any]:
 
     trio.run(main)
     per = {k: (after[k] - before[k]) * 1024 / count for k in pids}
-    return {"count": count, "echo_ok": ok, "rss_kib_before": before, "rss_kib_after": after, "bytes_per_stream": per}
+    return {
+        "count": count,
+        "echo_ok": ok,
+        "rss_kib_before": before,
+        "rss_kib_after": after,
+        "bytes_per_stream": per,
+    }
 
 
 # ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trivpn.bench reverse", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per test (default 5)")
+    p = argparse.ArgumentParser(
+        prog="python -m trivpn.bench reverse", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--seconds", type=float, default=5.0, help="iperf3 duration per test (default 5)"
+    )
     p.add_argument("--rate", type=int, default=1000, help="HTTP requests per second (default 1000)")
-    p.add_argument("--latency-seconds", type=float, default=5.0, help="duration of each latency step")
-    p.add_argument("--connections", type=int, default=16, help="keep-alive connections for the latency test")
-    p.add_argument("--streams", type=int, default=10000, help="concurrent streams to hold (default 10000)")
-    p.add_argument("--http-log", action="store_true", help="keep HTTP request logging on (costs CPU)")
+    p.add_argument(
+        "--latency-seconds", type=float, default=5.0, help="duration of each latency step"
+    )
+    p.add_argument(
+        "--connections", type=int, default=16, help="keep-alive connections for the latency test"
+    )
+    p.add_argument(
+        "--streams", type=int, default=10000, help="concurrent streams to hold (default 10000)"
+    )
+    p.add_argument(
+        "--http-log", action="store_true", help="keep HTTP request logging on (costs CPU)"
+    )
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh -R comparison")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--serve", choices=("http", "echo"), help=argparse.SUPPRESS)
@@ -314,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         _wait_port(tport)
         exposes = {}
-        for i, (name, local) in enumerate((("iperf", iperf_port), ("http", http_port), ("echo", echo_port))):
+        for i, (name, local) in enumerate(
+            (("iperf", iperf_port), ("http", http_port), ("echo", echo_port))
+        ):
             exposes[name] = ch.start(
                 f"expose-{name}",
                 [sys.executable, "-m", "trivpn", "expose", "--server", f"{HOST}:{tport}", "--local",
@@ -335,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                 "up_mbit": _iperf(ip, args.seconds, reverse=False),
                 "down_mbit": _iperf(ip, args.seconds, reverse=True),
             }
-            print(f"throughput {name:8s} {thr[name]['up_mbit']:9.0f} Mbit/s up  {thr[name]['down_mbit']:9.0f} Mbit/s down", flush=True)
+            print(
+                f"throughput {name:8s} {thr[name]['up_mbit']:9.0f} Mbit/s up  {thr[name]['down_mbit']:9.0f} Mbit/s down",
+                flush=True,
+            )
         results["throughput"] = thr
         lat: dict[str, dict[str, float]] = {}
         for name, (_, hp) in paths.items():

@@ -15,7 +15,7 @@ import trio
 from trivpn.datachannel.core import Compression, DataChannel
 from trivpn.errors import FatalError, SessionRestart
 from trivpn.messages import InstallKey, SendExitNotify
-from trivpn.workers.driver import CoreTimer
+from trivpn.workers.driver import CoreTimer, hand_over
 
 log = logging.getLogger("trivpn.datachannel")
 
@@ -94,7 +94,7 @@ class DataService:
                     continue
                 packets = core.decrypt(batch, trio.current_time())
                 if packets:
-                    await self._to_tun.send(packets)
+                    await hand_over(self._to_tun, packets)
                 if core.peer_exited:
                     raise SessionRestart("the server is shutting down (it sent an exit notification)")
 
@@ -105,7 +105,9 @@ class DataService:
                 if core is None:
                     self.dropped_before_key += len(batch)
                     continue
-                await self._to_net.send(core.encrypt(batch, trio.current_time()))
+                out = core.encrypt(batch, trio.current_time())
+                if out:
+                    await hand_over(self._to_net, out)
 
     async def _control_loop(self) -> None:
         async with self._control:
@@ -120,6 +122,7 @@ class DataService:
                                 peer_id=item.peer_id,
                                 compression=_COMPRESSION.get(item.compression, Compression.NONE),
                                 ping_interval=item.ping_interval,
+                                auth=item.auth,
                             )
                             self.ping_restart = item.ping_restart
                             self.ping_exit = item.ping_exit

@@ -10,6 +10,7 @@ from __future__ import annotations
 import trio
 
 from trivpn.networkio.transport import Transport
+from trivpn.workers.driver import hand_over
 
 
 async def run_networkio(
@@ -21,7 +22,7 @@ async def run_networkio(
         async with up:
             while True:
                 batch = await transport.recv_batch()
-                await up.send(batch)
+                await hand_over(up, batch)
 
     async def writer() -> None:
         async with down:

@@ -5,6 +5,14 @@ checkpoint per datagram is what makes a naive Python tunnel slow. Here the socke
 non-blocking stdlib socket; we wait for readability once with trio, then drain it with plain
 `recv` calls until it would block (or the batch is full). Sending works the same way: plain
 `send` until the kernel pushes back, and only then `wait_writable`.
+
+UDP sends use generic segmentation offload (UDP_SEGMENT, Linux ≥ 4.18) where they can:
+a run of equal-sized packets (the last may be shorter) leaves in one `sendmsg`, and the
+kernel cuts it into datagrams, so a full batch costs a few system calls instead of one per
+packet. Segments larger than the path allows (EINVAL/EMSGSIZE: the datagram would need IP
+fragmentation) are sent one by one and that size is remembered; a kernel or device without
+support (EIO, ENOPROTOOPT, ...) turns GSO off for the socket. Receivers see ordinary
+datagrams either way.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,9 +34,20 @@ MAX_BATCH = 64
 #: Socket buffers large enough for a burst of full-size datagrams.
 SOCKET_BUFFER = 4 * 1024 * 1024
 _RECV_SIZE = 65536
+#: `SOL_UDP` / `UDP_SEGMENT` (linux/udp.h); not exported by Python 3.11's socket module.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+#: Kernel limits of one GSO send: `UDP_MAX_SEGMENTS` and the largest UDP payload.
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+_GSO_SIZE = struct.Struct("=H")
 _TCP_RECV_SIZE = 256 * 1024
 
 Reporter = Callable[[str], None]
+#: errnos meaning "this socket or device cannot do UDP GSO at all".
+_GSO_UNSUPPORTED = frozenset(
+    {errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+)
 
 
 class TransportError(SessionRestart):
@@ -111,6 +131,9 @@ class UDPTransport(_SocketTransport):
         super().__init__(sock, endpoint)
         self._report = report
         self.refused = 0
+        #: Largest segment size GSO may carry; 0 turns GSO off (see the module docstring).
+        self.gso_max_size = GSO_MAX_BYTES
+        self.gso_sends = 0
 
     async def recv_batch(self) -> list[bytes]:
         sock = self.sock
@@ -139,23 +162,68 @@ class UDPTransport(_SocketTransport):
                 return batch
 
     async def send_batch(self, packets: Sequence[bytes]) -> None:
+        n = len(packets)
+        i = 0
+        while i < n:
+            size = len(packets[i])
+            j = i + 1
+            if size <= self.gso_max_size:
+                limit = min(n, i + GSO_MAX_SEGMENTS, i + GSO_MAX_BYTES // max(size, 1))
+                while j < limit and len(packets[j]) == size:
+                    j += 1
+                if j < limit and len(packets[j]) < size:
+                    j += 1  # a shorter last segment is allowed
+            if j - i > 1:
+                await self._send_gso(packets[i:j], size)
+            else:
+                await self._send_one(packets[i])
+            i = j
+        self.tx_packets += n
+
+    async def _send_one(self, packet: bytes) -> None:
         sock = self.sock
-        send = sock.send
-        for p in packets:
-            while True:
-                try:
-                    send(p)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                except ConnectionRefusedError:
-                    self.refused += 1
-                    break  # reported by the receive side; the datagram is simply lost
-                except OSError as exc:
-                    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
-                        break
+        while True:
+            try:
+                sock.send(packet)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+            except ConnectionRefusedError:
+                self.refused += 1
+                return  # reported by the receive side; the datagram is simply lost
+            except OSError as exc:
+                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
+                    return
+                raise TransportError(f"UDP send failed: {exc.strerror}") from None
+
+    async def _send_gso(self, group: Sequence[bytes], size: int) -> None:
+        """Send `group` (equal sizes, last maybe shorter) as one GSO super-datagram."""
+        sock = self.sock
+        data = b"".join(group)
+        cmsg = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))]
+        while True:
+            try:
+                sock.sendmsg([data], cmsg)
+                self.gso_sends += 1
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+            except ConnectionRefusedError:
+                self.refused += 1
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    return
+                if exc.errno in (errno.EINVAL, errno.EMSGSIZE):
+                    # Too big for one unfragmented datagram: never try this size again.
+                    self.gso_max_size = size - 1
+                elif exc.errno in _GSO_UNSUPPORTED:
+                    self.gso_max_size = 0
+                else:
                     raise TransportError(f"UDP send failed: {exc.strerror}") from None
-        self.tx_packets += len(packets)
+                break
+        for packet in group:
+            await self._send_one(packet)
 
 
 class TCPTransport(_SocketTransport):

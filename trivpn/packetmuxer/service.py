@@ -14,7 +14,7 @@ import trio
 
 from trivpn.messages import ControlOut, DynamicWrapKey
 from trivpn.packetmuxer.core import PacketMuxer
-from trivpn.workers.driver import CoreTimer, Outbox
+from trivpn.workers.driver import CoreTimer, Outbox, hand_over
 
 log = logging.getLogger("trivpn.packetmuxer")
 
@@ -45,7 +45,7 @@ async def run_packetmuxer(
                 if events:
                     timer.poke()
                 if data:
-                    await data_up.send(data)
+                    await hand_over(data_up, data)
                 if events or control:
                     await ctrl_up.send([*events, *control])
 

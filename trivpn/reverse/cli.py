@@ -31,36 +31,95 @@ def _common(sp: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
     )
-    sp.add_argument("--no-http-log", action="store_true", help="do not parse HTTP for the request log")
+    sp.add_argument(
+        "--no-http-log", action="store_true", help="do not parse HTTP for the request log"
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # type: ignore[type-arg]
     r = sub.add_parser("relay", help="public side of a reverse TCP tunnel")
-    r.add_argument("--addr", default=":9000", metavar="HOST:PORT", help="tunnel listen address (default :9000)")
-    r.add_argument("--start-port", type=int, default=10000, metavar="N", help="first public port (default 10000)")
-    r.add_argument("--end-port", type=int, default=None, metavar="M", help="last public port (default N+999)")
-    r.add_argument("--public-host", default=None, metavar="HOST", help="address the public ports bind (default: --addr's host)")
+    r.add_argument(
+        "--addr", default=":9000", metavar="HOST:PORT", help="tunnel listen address (default :9000)"
+    )
+    r.add_argument(
+        "--start-port",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="first public port (default 10000)",
+    )
+    r.add_argument(
+        "--end-port", type=int, default=None, metavar="M", help="last public port (default N+999)"
+    )
+    r.add_argument(
+        "--public-host",
+        default=None,
+        metavar="HOST",
+        help="address the public ports bind (default: --addr's host)",
+    )
     g = r.add_mutually_exclusive_group(required=True)
     g.add_argument("--token", metavar="T", help="the shared token clients authenticate with")
-    g.add_argument("--tokens-file", metavar="F", help="one name:token per line (per-client tokens and metrics)")
-    r.add_argument("--tls-cert", metavar="F", help="serve the tunnel over TLS with this certificate (PEM)")
+    g.add_argument(
+        "--tokens-file", metavar="F", help="one name:token per line (per-client tokens and metrics)"
+    )
+    r.add_argument(
+        "--tls-cert", metavar="F", help="serve the tunnel over TLS with this certificate (PEM)"
+    )
     r.add_argument("--tls-key", metavar="F", help="private key of --tls-cert (PEM)")
-    r.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics on http://HOST:PORT/metrics")
-    r.add_argument("--lease", type=float, default=60.0, metavar="SECONDS", help="keep a client's port this long after it leaves (default 60)")
-    r.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS", help="heartbeat interval; 3 missed expire a session (default 10)")
+    r.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics",
+    )
+    r.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep a client's port this long after it leaves (default 60)",
+    )
+    r.add_argument(
+        "--heartbeat",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="heartbeat interval; 3 missed expire a session (default 10)",
+    )
     _common(r)
     r.set_defaults(handler=cmd_relay)
 
     e = sub.add_parser("expose", help="expose a local TCP service through a relay")
-    e.add_argument("--server", required=True, metavar="HOST:PORT", help="the relay's tunnel address")
-    e.add_argument("--local", required=True, metavar="HOST:PORT", help="the local service to expose")
+    e.add_argument(
+        "--server", required=True, metavar="HOST:PORT", help="the relay's tunnel address"
+    )
+    e.add_argument(
+        "--local", required=True, metavar="HOST:PORT", help="the local service to expose"
+    )
     e.add_argument("--token", required=True, metavar="T", help="the token the relay knows")
-    e.add_argument("--tls", action="store_true", help="connect with TLS, verifying the relay's certificate")
-    e.add_argument("--tls-ca", metavar="F", help="CA certificate(s) to verify the relay with (implies --tls)")
-    e.add_argument("--tls-server-name", metavar="NAME", help="name to verify instead of --server's host")
-    e.add_argument("--remote-port", type=int, default=0, metavar="N", help="ask for this public port (default: any)")
+    e.add_argument(
+        "--tls", action="store_true", help="connect with TLS, verifying the relay's certificate"
+    )
+    e.add_argument(
+        "--tls-ca", metavar="F", help="CA certificate(s) to verify the relay with (implies --tls)"
+    )
+    e.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to verify instead of --server's host"
+    )
+    e.add_argument(
+        "--remote-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ask for this public port (default: any)",
+    )
     e.add_argument("--no-reconnect", action="store_true", help="exit when the tunnel is lost")
-    e.add_argument("--max-attempts", type=int, default=10, metavar="N", help="reconnect attempts in a row, 0 = forever (default 10)")
+    e.add_argument(
+        "--max-attempts",
+        type=int,
+        default=10,
+        metavar="N",
+        help="reconnect attempts in a row, 0 = forever (default 10)",
+    )
     _common(e)
     e.set_defaults(handler=cmd_expose)
 

@@ -55,7 +55,9 @@ class ExposeConfig:
 
 
 class Expose:
-    def __init__(self, config: ExposeConfig, on_bound: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self, config: ExposeConfig, on_bound: Callable[[str, int], None] | None = None
+    ) -> None:
         if not config.token:
             raise ConfigError("--token must not be empty")
         self.config = config
@@ -107,7 +109,9 @@ class Expose:
                 transport = await self._connect()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                 why = f"cannot reach the relay {cfg.server_host}:{cfg.server_port}: " + (
-                    "timed out" if isinstance(exc, trio.TooSlowError) else str(getattr(exc, "strerror", None) or exc)
+                    "timed out"
+                    if isinstance(exc, trio.TooSlowError)
+                    else str(getattr(exc, "strerror", None) or exc)
                 )
             else:
                 session = S.Session(
@@ -146,12 +150,16 @@ class Expose:
             if delay is None:
                 raise FatalError(f"{why}; gave up after {cfg.attempts} attempts")
             limit = f"/{cfg.attempts}" if cfg.attempts else ""
-            log.info("%s; reconnecting in %.1f s (attempt %d%s)", why, delay, backoff.failures, limit)
+            log.info(
+                "%s; reconnecting in %.1f s (attempt %d%s)", why, delay, backoff.failures, limit
+            )
             await trio.sleep(delay)
 
 
 class ExposeRunner(SessionRunner):
-    def __init__(self, expose: Expose, session: S.Session, transport: trio.abc.Stream, metrics: Metrics) -> None:
+    def __init__(
+        self, expose: Expose, session: S.Session, transport: trio.abc.Stream, metrics: Metrics
+    ) -> None:
         super().__init__(session, transport, metrics, observe_http=expose.config.observe_http)
         self.expose = expose
         self.bound_port = 0
@@ -177,7 +185,9 @@ class ExposeRunner(SessionRunner):
         elif isinstance(ev, S.BindFailed):
             self.bind_failed = ev.reason
         elif isinstance(ev, S.StreamOpened):
-            pipe = StreamPipe(self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False)
+            pipe = StreamPipe(
+                self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False
+            )
             self.pipes[ev.stream_id] = pipe
             assert self.nursery is not None
             self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe))
@@ -197,7 +207,9 @@ class ExposeRunner(SessionRunner):
                     pipe.peer,
                     cfg.local_host,
                     cfg.local_port,
-                    "timed out" if isinstance(exc, trio.TooSlowError) else getattr(exc, "strerror", exc),
+                    "timed out"
+                    if isinstance(exc, trio.TooSlowError)
+                    else getattr(exc, "strerror", exc),
                 )
                 self.session.reset_stream(pipe.sid, ErrorCode.REFUSED)
                 self.ring()

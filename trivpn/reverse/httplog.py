@@ -64,8 +64,10 @@ class HttpObserver:
             # cheap early exit for non-HTTP protocols: a method token must come first
             head = data[:16]
             token = head.split(b" ", 1)[0]
-            if not token or not all(c in _METHOD_CHARS for c in token) or (
-                b" " not in head and len(head) == 16
+            if (
+                not token
+                or not all(c in _METHOD_CHARS for c in token)
+                or (b" " not in head and len(head) == 16)
             ):
                 return self._off()
             self._checked = True
@@ -99,7 +101,10 @@ class HttpObserver:
                     return
             elif isinstance(ev, h11.ConnectionClosed):
                 return
-            if self._req.our_state is h11.SWITCHED_PROTOCOL or self._req.their_state is h11.MUST_CLOSE:
+            if (
+                self._req.our_state is h11.SWITCHED_PROTOCOL
+                or self._req.their_state is h11.MUST_CLOSE
+            ):
                 return
 
     def feed_response(self, data: bytes, now: float) -> list[HttpExchange]:

@@ -97,14 +97,36 @@ def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> object:
         def collect(self) -> Iterator[object]:
             groups = source()
             fams = {
-                "conn": CounterMetricFamily("trivpn_reverse_connections", "Tunnel sessions established", labels=["client"]),
-                "st": CounterMetricFamily("trivpn_reverse_streams", "Streams opened", labels=["client"]),
-                "sa": GaugeMetricFamily("trivpn_reverse_streams_active", "Streams open now", labels=["client"]),
-                "bi": CounterMetricFamily("trivpn_reverse_bytes_in", "Bytes into the tunnel", labels=["client"]),
-                "bo": CounterMetricFamily("trivpn_reverse_bytes_out", "Bytes out of the tunnel", labels=["client"]),
-                "hr": CounterMetricFamily("trivpn_reverse_http_requests", "HTTP requests seen", labels=["client", "status"]),
-                "ls": CounterMetricFamily("trivpn_reverse_http_latency_seconds", "Sum of HTTP request latencies", labels=["client"]),
-                "up": GaugeMetricFamily("trivpn_reverse_session_uptime_seconds", "Uptime of the oldest live session", labels=["client"]),
+                "conn": CounterMetricFamily(
+                    "trivpn_reverse_connections", "Tunnel sessions established", labels=["client"]
+                ),
+                "st": CounterMetricFamily(
+                    "trivpn_reverse_streams", "Streams opened", labels=["client"]
+                ),
+                "sa": GaugeMetricFamily(
+                    "trivpn_reverse_streams_active", "Streams open now", labels=["client"]
+                ),
+                "bi": CounterMetricFamily(
+                    "trivpn_reverse_bytes_in", "Bytes into the tunnel", labels=["client"]
+                ),
+                "bo": CounterMetricFamily(
+                    "trivpn_reverse_bytes_out", "Bytes out of the tunnel", labels=["client"]
+                ),
+                "hr": CounterMetricFamily(
+                    "trivpn_reverse_http_requests",
+                    "HTTP requests seen",
+                    labels=["client", "status"],
+                ),
+                "ls": CounterMetricFamily(
+                    "trivpn_reverse_http_latency_seconds",
+                    "Sum of HTTP request latencies",
+                    labels=["client"],
+                ),
+                "up": GaugeMetricFamily(
+                    "trivpn_reverse_session_uptime_seconds",
+                    "Uptime of the oldest live session",
+                    labels=["client"],
+                ),
             }
             now = time.time()
             for name, ms in sorted(groups.items()):

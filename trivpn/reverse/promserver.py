@@ -33,12 +33,20 @@ async def _answer(conn: trio.SocketStream, registry: object) -> None:
             break
         if isinstance(ev, h11.Request) and ev.method in (b"GET", b"HEAD"):
             if ev.target.split(b"?")[0] == b"/metrics":
-                status, body, ctype = 200, render(registry), "text/plain; version=0.0.4; charset=utf-8"
+                status, body, ctype = (
+                    200,
+                    render(registry),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
             else:
                 status, body, ctype = 404, b"see /metrics\n", "text/plain"
         else:
             status, body, ctype = 405, b"GET /metrics\n", "text/plain"
-        headers = [("content-type", ctype), ("content-length", str(len(body))), ("connection", "close")]
+        headers = [
+            ("content-type", ctype),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
         out = h.send(h11.Response(status_code=status, headers=headers)) or b""
         if ev is not None and getattr(ev, "method", b"") != b"HEAD":
             out += h.send(h11.Data(data=body)) or b""
@@ -55,7 +63,11 @@ async def _handle(conn: trio.SocketStream, registry: object) -> None:
 
 
 async def serve_metrics(
-    registry: object, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    registry: object,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     try:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
@@ -68,7 +80,9 @@ async def serve_metrics(
             nursery.start_soon(_serve_one, lst, registry, nursery)
 
 
-async def _serve_one(listener: trio.SocketListener, registry: object, nursery: trio.Nursery) -> None:
+async def _serve_one(
+    listener: trio.SocketListener, registry: object, nursery: trio.Nursery
+) -> None:
     async with listener:
         while True:
             try:

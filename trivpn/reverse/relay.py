@@ -76,7 +76,9 @@ def load_tokens(path: str) -> dict[str, bytes]:
 class Relay:
     def __init__(self, config: RelayConfig) -> None:
         if not config.tokens or not all(config.tokens.values()):
-            raise ConfigError("the relay needs at least one non-empty token (--token or --tokens-file)")
+            raise ConfigError(
+                "the relay needs at least one non-empty token (--token or --tokens-file)"
+            )
         if not 1 <= config.start_port <= config.end_port <= 65535:
             raise ConfigError(f"bad public port range {config.start_port}-{config.end_port}")
         self.config = config
@@ -122,7 +124,9 @@ class Relay:
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host or None)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {cfg.host or '*'}:{cfg.port}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot listen on {cfg.host or '*'}:{cfg.port}: {exc.strerror}"
+            ) from None
         self.tunnel_port = listeners[0].socket.getsockname()[1]
         log.info(
             "relay listening on %s:%d (%s), public ports %d-%d",
@@ -159,7 +163,9 @@ class Relay:
                 if scope.cancelled_caught:
                     raise trio.BrokenResourceError("TLS handshake timed out")
                 transport = tls
-            session = S.Session("relay", trio.current_time(), self.config.session, tokens=self.config.tokens)
+            session = S.Session(
+                "relay", trio.current_time(), self.config.session, tokens=self.config.tokens
+            )
             runner = RelayRunner(self, session, transport, peer)
             await runner.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
@@ -171,7 +177,9 @@ class Relay:
 
 
 class RelayRunner(SessionRunner):
-    def __init__(self, relay: Relay, session: S.Session, transport: trio.abc.Stream, peer: str) -> None:
+    def __init__(
+        self, relay: Relay, session: S.Session, transport: trio.abc.Stream, peer: str
+    ) -> None:
         super().__init__(session, transport, Metrics(), observe_http=relay.config.observe_http)
         self.relay = relay
         self.peer = peer
@@ -190,7 +198,12 @@ class RelayRunner(SessionRunner):
         if self.owner is not None:
             if self.port:
                 relay.allocator.release(self.port, self.owner, trio.current_time())
-                log.info("client %s left; port %d leased to it for %g s", self.name, self.port, relay.config.lease)
+                log.info(
+                    "client %s left; port %d leased to it for %g s",
+                    self.name,
+                    self.port,
+                    relay.config.lease,
+                )
             if relay.by_owner.get(self.owner) is self:
                 del relay.by_owner[self.owner]
         if self.name:
@@ -233,7 +246,9 @@ class RelayRunner(SessionRunner):
                 old = relay.by_owner.get(self.owner)
                 if old is not None and old is not self:
                     log.info("client %s reconnected: replacing its previous session", self.name)
-                    old.session.close("replaced by a new connection of the same client", ErrorCode.REPLACED)
+                    old.session.close(
+                        "replaced by a new connection of the same client", ErrorCode.REPLACED
+                    )
                     old.dispatch()
                     old.ring()
                     with trio.move_on_after(TAKEOVER_WAIT) as scope:
@@ -242,7 +257,11 @@ class RelayRunner(SessionRunner):
                         old.nursery.cancel_scope.cancel()
                         await old.done.wait()
                     relay.allocator.assign(self.owner, port, trio.current_time())
-            host = relay.config.public_host if relay.config.public_host is not None else relay.config.host
+            host = (
+                relay.config.public_host
+                if relay.config.public_host is not None
+                else relay.config.host
+            )
             try:
                 listeners = await trio.open_tcp_listeners(port, host=host or None)
             except OSError as exc:

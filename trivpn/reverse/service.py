@@ -99,7 +99,14 @@ class StreamPipe:
         "failed",
     )
 
-    def __init__(self, runner: SessionRunner, sid: int, peer: str, observe_http: bool, requests_from_socket: bool) -> None:
+    def __init__(
+        self,
+        runner: SessionRunner,
+        sid: int,
+        peer: str,
+        observe_http: bool,
+        requests_from_socket: bool,
+    ) -> None:
         self.runner = runner
         self.sid = sid
         self.peer = peer
@@ -197,7 +204,12 @@ class StreamPipe:
         """A socket error in either direction aborts the whole pipe (no exception groups)."""
         try:
             await pump()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, StreamClosedError) as exc:
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+            StreamClosedError,
+        ) as exc:
             log.debug("stream %d: %s", self.sid, exc)
             self.failed = True
             self.scope.cancel()
@@ -364,7 +376,11 @@ class SessionRunner:
             elif isinstance(ev, S.SessionClosed):
                 self.closed_event = ev
                 self.metrics.state = "CLOSED"
-                level = logging.DEBUG if ev.code == ErrorCode.NORMAL and not ev.by_peer else logging.INFO
+                level = (
+                    logging.DEBUG
+                    if ev.code == ErrorCode.NORMAL and not ev.by_peer
+                    else logging.INFO
+                )
                 log.log(level, "session closed: %s", ev.reason)
             elif isinstance(ev, S.AuthFailed):
                 self.auth_failed = ev.reason

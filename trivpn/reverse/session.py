@@ -694,13 +694,17 @@ class Session:
             hb_ms = int(self.heartbeat * 1000)
             self._send_control(
                 FrameType.HELLO_ACK,
-                payload=_HELLO_ACK.pack(self._challenge, self.config.window, self.config.max_frame, hb_ms),
+                payload=_HELLO_ACK.pack(
+                    self._challenge, self.config.window, self.config.max_frame, hb_ms
+                ),
             )
             self.state = State.HANDSHAKEN
         elif self.state is State.HANDSHAKEN and t is FrameType.AUTH:
             matched = ""
             for name, token in self._tokens.items():  # no early exit: time says nothing
-                expect = auth_mac(token, _CLIENT_LABEL, self._challenge, self._nonce, self.client_id)
+                expect = auth_mac(
+                    token, _CLIENT_LABEL, self._challenge, self._nonce, self.client_id
+                )
                 if hmac.compare_digest(expect, f.payload) and not matched:
                     matched = name
             if not matched:
@@ -738,7 +742,9 @@ class Session:
             self._events.append(AuthFailed(reason))
             self._finish(reason, ErrorCode.NORMAL, by_peer=True)
         elif self.state is State.HANDSHAKEN and t is FrameType.AUTH_OK:
-            expect = auth_mac(self._token, _RELAY_LABEL, self._challenge, self._nonce, self.client_id)
+            expect = auth_mac(
+                self._token, _RELAY_LABEL, self._challenge, self._nonce, self.client_id
+            )
             if not hmac.compare_digest(expect, f.payload):
                 raise RemoteProtocolError("the relay could not prove it knows the token")
             self.state = State.AUTHENTICATED
@@ -788,7 +794,9 @@ class Session:
         if f.flags & Flag.ACK:
             raise RemoteProtocolError("the relay sent OPEN|ACK")
         if sid <= self._highest_sid:
-            raise RemoteProtocolError(f"stream id {sid} reused (highest so far {self._highest_sid})")
+            raise RemoteProtocolError(
+                f"stream id {sid} reused (highest so far {self._highest_sid})"
+            )
         self._highest_sid = sid
         self.state = State.FORWARDING
         if len(self._streams) >= self.config.max_streams:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
+from trivpn.datachannel.crypto import is_cbc
 from trivpn.errors import FatalError, RemoteProtocolError, SessionRestart
 from trivpn.messages import (
     AuthPending,
@@ -57,18 +58,19 @@ class CipherPolicy:
     data_ciphers: list[str]
     fallback: str | None
     key_derivation: str  # "auto" | "ekm" | "prf"
+    auth: str = "SHA1"  # HMAC digest for CBC ciphers (`auth`)
 
 
 def choose_cipher(settings: PushedSettings, policy: CipherPolicy) -> str:
-    from trivpn.datachannel.crypto import normalize_cipher_name
+    from trivpn.datachannel.crypto import normalize_data_cipher
 
     if settings.cipher:
-        name = normalize_cipher_name(settings.cipher)
-        if name not in [normalize_cipher_name(c) for c in policy.data_ciphers]:
+        name = normalize_data_cipher(settings.cipher)
+        if name not in [normalize_data_cipher(c) for c in policy.data_ciphers]:
             raise FatalError(f"the server chose data cipher {name}, which is not in data-ciphers")
         return name
     if policy.fallback:
-        return normalize_cipher_name(policy.fallback)
+        return normalize_data_cipher(policy.fallback)
     raise FatalError(
         "the server did not negotiate a data cipher (no 'cipher' pushed); "
         "set data-ciphers-fallback to the server's cipher"
@@ -207,6 +209,7 @@ class TLSService:
             float(s.ping if s.ping is not None else ping),
             float(s.ping_restart if s.ping_restart is not None else restart),
             ping_exit,
+            self.policy.auth if is_cbc(cipher) else None,
         )
 
     def _dynamic_key(self, session: TLSSession) -> bytes:

@@ -6,6 +6,8 @@ from typing import Any
 
 import trio
 
+from trivpn.workers.driver import hand_over
+
 
 async def run_tun(
     device: Any,
@@ -21,7 +23,7 @@ async def run_tun(
                 batch = await device.read_batch()
                 if not batch:
                     return
-                await to_data.send(batch)
+                await hand_over(to_data, batch)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)

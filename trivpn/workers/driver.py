@@ -6,6 +6,11 @@ lock guarantees that.
 
 `CoreTimer`: sleeps until a core's `get_timer()` deadline and fires `on_fire`; any task that
 may have moved the deadline calls `poke()` so the sleeper re-reads it.
+
+`hand_over`: the data path's channel send. `MemorySendChannel.send` always yields to the
+scheduler, even when the channel has room; on the data path the sender's own loop already
+yields once per batch (waiting for its input), so the extra yield only costs a task switch
+per hop. `hand_over` skips it unless the channel is full (then it waits: backpressure).
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ from typing import Generic, TypeVar
 import trio
 
 T = TypeVar("T")
+
+
+async def hand_over(channel: trio.MemorySendChannel[T], item: T) -> None:
+    """Send `item`, yielding only if the channel is full (callers checkpoint elsewhere)."""
+    try:
+        channel.send_nowait(item)
+    except trio.WouldBlock:
+        await channel.send(item)
 
 
 class Outbox(Generic[T]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,14 @@ def test_trivpn_ping_over_cbc(case: str, pki, netns, openvpn_server, tmp_path: P
     counters = next(ln for ln in out.splitlines() if "counters:" in ln)
     assert re.search(r"dropped data: 0 unauthentic, 0 replayed, 0 malformed", counters), counters
     # the server authenticated and decrypted every packet too
+    # (openvpn logs its data-channel line about a second after the push: wait for it, bounded)
+    want = f"Data Channel: cipher '{opts.data_ciphers}', auth '{opts.auth}'"
+    deadline = time.monotonic() + 5
+    while want not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = server.log_text()
     assert "Authenticate/Decrypt packet error" not in log
-    assert f"Data Channel: cipher '{opts.data_ciphers}', auth '{opts.auth}'" in log, log[-3000:]
+    assert want in log, log[-3000:]
 
 
 @needs_wiring
