@@ -4,15 +4,10 @@ The server offers only a CBC cipher (`data-ciphers AES-256-CBC`, `auth SHA256`);
 profile lists the same. `python -m trivpn ping` must negotiate it (the server pushes
 `cipher AES-256-CBC`), report it in the `tunnel up` line, and get every echo back with no
 data packet dropped on either side.
-
-These need the client wiring that hands the profile's `auth` digest to the data channel
-(`InstallKey.auth`); until `trivpn.messages.InstallKey` has that field they are skipped with
-that reason.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 import time
@@ -20,16 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from trivpn.messages import InstallKey
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
 
 pytestmark = pytest.mark.root
-
-CBC_WIRED = "auth" in {f.name for f in dataclasses.fields(InstallKey)}
-needs_wiring = pytest.mark.skipif(
-    not CBC_WIRED,
-    reason="InstallKey has no 'auth' field yet: the client does not pass the CBC HMAC digest",
-)
 
 CASES = {
     "udp-aes256cbc-sha256": ServerOptions(
@@ -41,7 +29,6 @@ CASES = {
 }
 
 
-@needs_wiring
 @pytest.mark.parametrize("case", list(CASES))
 def test_trivpn_ping_over_cbc(case: str, pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     opts = CASES[case]
@@ -72,7 +59,6 @@ def test_trivpn_ping_over_cbc(case: str, pki, netns, openvpn_server, tmp_path: P
     assert want in log, log[-3000:]
 
 
-@needs_wiring
 def test_cbc_with_mismatched_auth_digest_gets_no_reply(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A profile whose `auth` differs from the server's: every packet fails its HMAC, on
     both sides, and nothing forged is ever delivered."""

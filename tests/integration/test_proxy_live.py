@@ -10,14 +10,12 @@ only get there if it hands the name to the proxy, and the proxy's own log must s
   reaches the real openvpn server through the real proxy, which answers our hard reset
   with its own (echoing our session id). Also the refusals: wrong password, no password.
 * `test_trivpn_ping_through_*`: the whole client (`python -m trivpn ping`) with a profile
-  holding `http-proxy` / `socks-proxy`. It needs `Client._connect` to use the proxy; until
-  trivpn.client does, it is skipped with that reason.
+  holding `http-proxy` / `socks-proxy`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import shutil
 import subprocess
@@ -28,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-import trivpn.client
 from trivpn.testing.netns import Netns
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
 
@@ -251,14 +248,6 @@ def test_socks5_target_refused_is_a_transport_error(pki, netns, tmp_path: Path) 
 
 # -- the whole client (needs Client._connect to use the proxy) -----------------------------
 
-CLIENT_USES_PROXIES = "proxy" in inspect.getsource(trivpn.client)
-needs_wiring = pytest.mark.skipif(
-    not CLIENT_USES_PROXIES,
-    reason="trivpn.client does not route through http-proxy/socks-proxy yet (Client._connect wiring)",
-)
-
-
-@needs_wiring
 @pytest.mark.parametrize("kind", ["http", "socks5"])
 def test_trivpn_ping_through_real_proxy(kind: str, pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     opts = ServerOptions(proto="tcp", wrap="tls-crypt")

@@ -54,6 +54,7 @@ class Spec:
     pings: int = 100  # per RTT sample
     ping_interval: float = 0.01
     stop_signal: int = int(signal.SIGINT)
+    env: dict[str, str | None] = field(default_factory=dict)  # overrides; None removes
 
 
 @dataclass(slots=True)
@@ -228,9 +229,16 @@ def _ping_under_load(spec: Spec) -> tuple[list[float], float | None]:
 
 def measure(spec: Spec) -> Result:
     res = Result(spec.client)
+    env = dict(os.environ)
+    for name, value in spec.env.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env,
     )
     out = _Output(proc)
     try:
