@@ -53,7 +53,7 @@ from trivpn.networkio import (
 )
 from trivpn.networkio.connect import connect_first
 from trivpn.networkio.proxy import open_profile_proxy_transport, proxy_of
-from trivpn.networkio.transport import bind_address
+from trivpn.networkio.transport import ResolveError, bind_address
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.profile.profile import Profile, Remote
 from trivpn.profile.push import PushedSettings
@@ -71,7 +71,7 @@ from trivpn.tlssession.keymethod import (
     peer_info_string,
 )
 from trivpn.tlssession.service import CipherPolicy, TLSService
-from trivpn.tlssession.tls import TLSConfig
+from trivpn.tlssession.tls import TLSConfig, TLSEngine
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 from trivpn.tun.service import run_tun
 from trivpn.workers.manager import WorkersManager, primary_error, start_named
@@ -295,6 +295,7 @@ class Client:
         )
         if not profile.ca:
             raise ConfigError("the profile has no 'ca': the server could not be verified")
+        TLSEngine(self.tls_config)  # fail now, not after connecting, on unusable PEM
         self.no_reconnect = no_reconnect
         if family not in (None, 4, 6):
             raise ConfigError("the address family must be 4 or 6")
@@ -430,6 +431,7 @@ class Client:
         self._manager = manager
         cands = candidates(self.profile, self._rng)
         started_at = trio.current_time()
+        unresolved_since: float | None = None
         tries = [0] * len(cands)
         index = 0
         failures = 0
@@ -449,6 +451,13 @@ class Client:
                     raise err from None
                 came_up = self._came_up
                 reason = str(err)
+                if isinstance(err, ResolveError):
+                    unresolved_since = unresolved_since or trio.current_time()
+                    limit_s = cand.profile.resolv_retry
+                    if limit_s is not None and trio.current_time() - unresolved_since >= limit_s:
+                        raise FatalError(f"{reason} (gave up after resolv-retry {limit_s:g} s)") from None
+                else:
+                    unresolved_since = None
             if came_up:
                 status = None
                 failures = 0

@@ -54,6 +54,10 @@ class TransportError(SessionRestart):
     """The transport can no longer carry packets (peer closed TCP, socket error)."""
 
 
+class ResolveError(TransportError):
+    """A remote's name did not resolve (retried for `resolv-retry` seconds)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A resolved remote: what we connect to and how."""
@@ -89,7 +93,7 @@ async def resolve(host: str, port: int, proto: str) -> list[Endpoint]:
     try:
         infos = await trio.socket.getaddrinfo(host, port, _family_for(proto), socktype)
     except socket.gaierror as exc:
-        raise TransportError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        raise ResolveError(f"cannot resolve {host!r}: {exc.strerror}") from None
     out: list[Endpoint] = []
     for family, _type, _proto, _canon, sockaddr in infos:
         if family not in (socket.AF_INET, socket.AF_INET6):
