@@ -115,3 +115,61 @@ def test_hostile_datagrams_never_raise(blobs: list[bytes]) -> None:
         assert p.session_id == SRV
     for d in data:
         assert d[0] >> 3 in (6, 9)
+
+
+# ---- tls-crypt-v2 ---------------------------------------------------------------------
+
+WKC = b"\xaa" * 40 + (42).to_bytes(2, "big")
+
+
+def test_v3_reset_carries_the_wkc_after_the_wrapped_packet() -> None:
+    m = PacketMuxer(NoWrap(), CLI, wkc=WKC)
+    m.start(0.0)
+    (wire,) = m.datagrams_to_send(0.0)
+    assert wire.endswith(WKC)
+    pkt = parse_control_packet(wire[: -len(WKC)])
+    assert pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3 and pkt.message_id == 0
+
+
+def _reset_with_tlvs(tlvs: bytes) -> bytes:
+    return serialize_control_packet(
+        ControlPacket(Opcode.CONTROL_HARD_RESET_SERVER_V2, 0, SRV, (0,), CLI, 0, tlvs)
+    )
+
+
+def test_resend_wkc_turns_message_1_into_wkc_v1_and_holds_bare_acks() -> None:
+    m = PacketMuxer(NoWrap(), CLI, wkc=WKC)
+    m.start(0.0)
+    # unknown TLV type 7 first (skipped), then EARLY_NEG_FLAGS = RESEND_WKC
+    m.receive_datagrams([_reset_with_tlvs(b"\x00\x07\x00\x01z" + b"\x00\x01\x00\x02\x00\x01")], 0.1)
+    assert m.resend_wkc
+    # a bare ACK before message 1 would be unverifiable for the stateless server: held back
+    assert m.wrap_control(0, [OutgoingPacket(Opcode.ACK_V1, (0,), None, b"")], 0.2) == []
+    (wire,) = m.wrap_control(0, [OutgoingPacket(Opcode.CONTROL_V1, (0,), 1, b"hello")], 0.3)
+    assert wire.endswith(WKC)
+    pkt = parse_control_packet(wire[: -len(WKC)])
+    assert pkt.opcode is Opcode.CONTROL_WKC_V1 and pkt.message_id == 1 and pkt.acks == (0,)
+    # afterwards everything is ordinary again
+    (ack,) = m.wrap_control(0, [OutgoingPacket(Opcode.ACK_V1, (1,), None, b"")], 0.4)
+    assert parse_control_packet(ack).opcode is Opcode.ACK_V1
+
+
+def test_without_resend_wkc_message_1_is_plain() -> None:
+    m = PacketMuxer(NoWrap(), CLI, wkc=WKC)
+    m.start(0.0)
+    m.receive_datagrams([_reset_with_tlvs(b"")], 0.1)
+    assert not m.resend_wkc
+    (wire,) = m.wrap_control(0, [OutgoingPacket(Opcode.CONTROL_V1, (0,), 1, b"hello")], 0.3)
+    assert parse_control_packet(wire).opcode is Opcode.CONTROL_V1
+
+
+def test_dynamic_wrap_is_used_for_key_ids_above_zero_only() -> None:
+    m = started()
+    m.receive_datagrams([server_reset()], 0.1)
+    m.set_dynamic_wrap(bytes(range(256)), now_unix=1_700_000_000)
+    (k0,) = m.wrap_control(0, [OutgoingPacket(Opcode.CONTROL_V1, (), 2, b"x")], 0.2)
+    (k1,) = m.wrap_control(1, [OutgoingPacket(Opcode.CONTROL_SOFT_RESET_V1, (), 0, b"")], 0.2)
+    assert parse_control_packet(k0).payload == b"x"  # key 0: the configured (no) wrapping
+    assert len(k1) == len(serialize_control_packet(
+        ControlPacket(Opcode.CONTROL_SOFT_RESET_V1, 1, CLI, (), None, 0, b"")
+    )) + 40  # key 1: tls-crypt (replay id 8 + tag 32)

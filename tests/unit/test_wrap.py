@@ -384,3 +384,27 @@ def test_nowrap_is_identity() -> None:
     assert w.overhead == 0
     assert w.wrap(CLIENT_RESET_V2_NONE, 0.0) == CLIENT_RESET_V2_NONE
     assert w.unwrap(bytearray(CLIENT_RESET_V2_NONE), 0.0) == CLIENT_RESET_V2_NONE
+
+
+def test_tls_crypt_v2_client_key_from_openvpn_genkey(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import subprocess
+
+    from trivpn.controlchannel.wrap import TLSCryptV2ClientKey
+
+    if shutil.which("openvpn") is None:
+        pytest.skip("needs Debian's openvpn to make a real tls-crypt-v2 key")
+    srv, cli = tmp_path / "s.key", tmp_path / "c.key"
+    subprocess.run(["openvpn", "--genkey", "tls-crypt-v2-server", str(srv)], check=True, capture_output=True)
+    subprocess.run(
+        ["openvpn", "--tls-crypt-v2", str(srv), "--genkey", "tls-crypt-v2-client", str(cli)],
+        check=True,
+        capture_output=True,
+    )
+    key = TLSCryptV2ClientKey.from_text(cli.read_text())
+    assert len(key.key.data) == 256
+    assert int.from_bytes(key.wkc[-2:], "big") == len(key.wkc) == 299  # reference §7.3
+    with pytest.raises(ConfigError, match="server's key"):
+        TLSCryptV2ClientKey.from_text(srv.read_text())
+    with pytest.raises(ConfigError, match="base64"):
+        TLSCryptV2ClientKey.from_text(cli.read_text().replace("A", "*", 1))

@@ -94,16 +94,9 @@ class StaticKey:
     @classmethod
     def from_text(cls, text: str) -> StaticKey:
         """Parse the PEM-like hex block; text outside the BEGIN/END lines is ignored."""
-        begin = text.find(STATIC_KEY_BEGIN)
-        if begin < 0:
-            if "tls-crypt-v2" in text:
-                raise ConfigError("static key: this is a tls-crypt-v2 key, not a static key")
-            raise ConfigError(f"static key: missing '{STATIC_KEY_BEGIN}' line")
-        start = begin + len(STATIC_KEY_BEGIN)
-        end = text.find(STATIC_KEY_END, start)
-        if end < 0:
-            raise ConfigError(f"static key: missing '{STATIC_KEY_END}' line")
-        digits = "".join(text[start:end].split())
+        if STATIC_KEY_BEGIN not in text and "tls-crypt-v2" in text:
+            raise ConfigError("static key: this is a tls-crypt-v2 key, not a static key")
+        digits = "".join(_armored_body(text, STATIC_KEY_BEGIN, STATIC_KEY_END, "static key").split())
         bad = next((c for c in digits if c not in _HEX), None)
         if bad is not None:
             raise ConfigError(f"static key: non-hex character {bad!r} in the key block")
@@ -349,6 +342,18 @@ class TLSCrypt:
         return data[:CLEAR_HEADER_LEN] + plaintext
 
 
+def _armored_body(text: str, begin_line: str, end_line: str, what: str) -> str:
+    """The text between OpenVPN's BEGIN/END marker lines (ConfigError if one is missing)."""
+    begin = text.find(begin_line)
+    if begin < 0:
+        raise ConfigError(f"{what}: missing '{begin_line}' line")
+    start = begin + len(begin_line)
+    end = text.find(end_line, start)
+    if end < 0:
+        raise ConfigError(f"{what}: missing '{end_line}' line")
+    return text[start:end]
+
+
 # ---- tls-crypt-v2 client keys ------------------------------------------------------------
 
 TLS_CRYPT_V2_CLIENT_BEGIN = "-----BEGIN OpenVPN tls-crypt-v2 client key-----"
@@ -376,17 +381,11 @@ class TLSCryptV2ClientKey:
         import base64
         import binascii
 
-        begin = text.find(TLS_CRYPT_V2_CLIENT_BEGIN)
-        if begin < 0:
-            if "tls-crypt-v2 server key" in text:
-                raise ConfigError("tls-crypt-v2: this is the server's key; the client needs a client key")
-            raise ConfigError(f"tls-crypt-v2: missing '{TLS_CRYPT_V2_CLIENT_BEGIN}' line")
-        start = begin + len(TLS_CRYPT_V2_CLIENT_BEGIN)
-        end = text.find(TLS_CRYPT_V2_CLIENT_END, start)
-        if end < 0:
-            raise ConfigError(f"tls-crypt-v2: missing '{TLS_CRYPT_V2_CLIENT_END}' line")
+        if TLS_CRYPT_V2_CLIENT_BEGIN not in text and "tls-crypt-v2 server key" in text:
+            raise ConfigError("tls-crypt-v2: this is the server's key; the client needs a client key")
+        body = _armored_body(text, TLS_CRYPT_V2_CLIENT_BEGIN, TLS_CRYPT_V2_CLIENT_END, "tls-crypt-v2")
         try:
-            blob = base64.b64decode("".join(text[start:end].split()), validate=True)
+            blob = base64.b64decode("".join(body.split()), validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError("tls-crypt-v2: the client key is not valid base64") from None
         wkc = blob[STATIC_KEY_LEN:]
