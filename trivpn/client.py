@@ -441,6 +441,7 @@ class Client:
             tries[index] += 1
             came_up = False
             reason = "the session ended"
+            err: BaseException | None = None
             try:
                 came_up = await self._session(cand, tries[index] - 1, status)
             except BaseException as exc:
@@ -458,9 +459,12 @@ class Client:
                         raise FatalError(f"{reason} (gave up after resolv-retry {limit_s:g} s)") from None
                 else:
                     unresolved_since = None
+            advance = isinstance(err, SessionRestart) and err.advance
             if came_up:
                 status = None
                 failures = 0
+                if advance:
+                    index = (index + 1) % len(cands)
             else:
                 failures += 1
                 index = (index + 1) % len(cands)

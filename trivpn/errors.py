@@ -34,4 +34,7 @@ class FatalError(TrivpnError):
 
 class SessionRestart(TrivpnError):
     """The session ended in a way a reconnect may fix (ping-restart, server RESTART, lost
-    transport, handshake timeout). The client reconnects unless told not to."""
+    transport, handshake timeout). The client reconnects unless told not to; `advance`
+    asks for the next remote rather than the same one (server `RESTART,[N]`)."""
+
+    advance: bool = False

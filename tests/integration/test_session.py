@@ -277,3 +277,49 @@ def test_lport_and_local_bind_the_client_socket(proto, pki, netns, openvpn_serve
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{netns.client_v4}:41194" in server.log_text()
+
+
+def _management(netns, command: str) -> str:  # type: ignore[no-untyped-def]
+    """Send one command to the server's management interface (inside its namespace)."""
+    script = (
+        "import socket,sys,time\n"
+        "s=socket.create_connection(('127.0.0.1',7505),timeout=5)\n"
+        "time.sleep(0.3); s.recv(4096)\n"
+        f"s.sendall({(command + chr(10)).encode()!r})\n"
+        "time.sleep(0.5); print(s.recv(4096).decode(errors='replace'))\n"
+        "s.sendall(b'quit\\n'); s.close()\n"
+    )
+    return netns.server.run([sys.executable, "-c", script], timeout=15).stdout
+
+
+@pytest.mark.parametrize("signal_name", ["HALT", "RESTART"])
+def test_server_halt_ends_and_restart_reconnects(  # type: ignore[no-untyped-def]
+    signal_name, pki, netns, openvpn_server, tmp_path: Path
+) -> None:
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", extra=["management 127.0.0.1 7505"])
+    server = openvpn_server(opts)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host))
+    log = tmp_path / "client.log"
+    proc = _run_client(netns, profile, log)
+    try:
+        _wait_for(log, "tunnel up", 30)
+        out = _management(netns, f"client-kill 0 {signal_name}")
+        assert "SUCCESS" in out, out
+        if signal_name == "HALT":
+            assert proc.wait(timeout=10) == 1
+            text = log.read_text()
+            assert "halted" in text and "reconnecting" not in text, text
+            assert "tvpn" not in netns.client.run(["ip", "-o", "link"]).stdout
+        else:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and log.read_text().count("tunnel up") < 2:
+                time.sleep(0.2)
+            assert log.read_text().count("tunnel up") == 2, log.read_text()
+            assert _ping_ok(netns, server.tunnel_v4)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

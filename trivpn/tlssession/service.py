@@ -313,7 +313,11 @@ class TLSService:
         if head == "HALT":
             raise FatalError(f"the server halted the session: {text}")
         if head == "RESTART":
-            raise SessionRestart(f"the server asked for a restart: {text}")
+            err = SessionRestart(f"the server asked for a restart: {text}")
+            # RESTART,[flags]message: N = go on to the next remote (P = keep credentials)
+            flags = text[len("RESTART,") :].partition("]")[0] if text.startswith("RESTART,[") else ""
+            err.advance = "N" in flags
+            raise err
         if head == "EXIT":
             raise SessionRestart("the server closed the session (EXIT)")
         if head in ("INFO", "INFO_PRE", "AUTH_PENDING"):
