@@ -236,14 +236,15 @@ def run_atheris(
         argv.append(str(CORPUS_DIR / name))
     start = time.monotonic()
     limit = None if seconds is None else seconds * 2 + 120
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=limit, cwd=scratch)
-        rc, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc = -1
-        output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    log = scratch / "output.log"  # written as the fuzzer runs: `tail -f` it to watch progress
+    with log.open("w") as out:
+        try:
+            rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=limit, cwd=scratch).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+    output = log.read_text(errors="replace")
+    if rc == -1:
         output += "\n[run_all: the fuzzer process overran its time limit and was killed]"
-    (scratch / "output.log").write_text(output)
     result = Result(name, "atheris", seconds=time.monotonic() - start)
     m = _EXECUTED.search(output) or _DONE.search(output)
     if m is None:

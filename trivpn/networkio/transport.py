@@ -44,6 +44,12 @@ _GSO_SIZE = struct.Struct("=H")
 _TCP_RECV_SIZE = 256 * 1024
 
 Reporter = Callable[[str], None]
+
+#: A datagram that cannot leave is lost like any other (the protocol retransmits); these
+#: errors never end the session. EPERM is what a local firewall (nftables drop) returns.
+_TRANSIENT_SEND_ERRORS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE, errno.EPERM, errno.ENOBUFS}
+)
 #: errnos meaning "this socket or device cannot do UDP GSO at all".
 _GSO_UNSUPPORTED = frozenset(
     {errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
@@ -196,7 +202,7 @@ class UDPTransport(_SocketTransport):
                 self.refused += 1
                 return  # reported by the receive side; the datagram is simply lost
             except OSError as exc:
-                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
+                if exc.errno in _TRANSIENT_SEND_ERRORS:
                     return
                 raise TransportError(f"UDP send failed: {exc.strerror}") from None
 
