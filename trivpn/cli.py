@@ -114,23 +114,43 @@ def _load(path: str) -> object:
 
 
 def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
-    """Username/password from the flags, the profile's auth-user-pass, or a prompt."""
-    if args.auth_user:
-        return args.auth_user, args.auth_password
-    aup = getattr(profile, "auth_user_pass", None)
-    if isinstance(aup, tuple):
-        return aup
-    if aup is True:
-        if not sys.stdin.isatty():
-            raise ConfigError(
-                "the profile asks for a username and password (auth-user-pass) "
-                "and there is no terminal to prompt on"
-            )
-        import getpass
+    """Username/password from the flags, the profile's auth-user-pass, or a prompt; with
+    `static-challenge` the response is asked for and folded into the password."""
+    import getpass
 
-        user = input("Username: ")
-        return user, getpass.getpass("Password: ")
-    return "", ""
+    def need_tty(what: str) -> None:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"the profile asks for {what} and there is no terminal to prompt on")
+
+    if args.auth_user:
+        user, password = args.auth_user, args.auth_password
+    else:
+        aup = getattr(profile, "auth_user_pass", None)
+        if isinstance(aup, tuple):
+            user, password = aup
+        elif aup is True:
+            need_tty("a username and password (auth-user-pass)")
+            user = input("Username: ")
+            password = getpass.getpass("Password: ")
+        else:
+            return "", ""
+    challenge = getattr(profile, "static_challenge", None)
+    if challenge is not None:
+        text, echo = challenge
+        need_tty(f"a response to the static challenge {text!r}")
+        response = input(f"{text} ") if echo else getpass.getpass(f"{text} ")
+        password = static_challenge_password(password, response)
+    return user, password
+
+
+def static_challenge_password(password: str, response: str) -> str:
+    """OpenVPN's static-challenge encoding: SCRV1:base64(password):base64(response)."""
+    import base64
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return f"SCRV1:{b64(password)}:{b64(response)}"
 
 
 async def cmd_connect(args: argparse.Namespace) -> int:

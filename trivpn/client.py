@@ -70,7 +70,7 @@ from trivpn.tlssession.keymethod import (
     occ_options_string,
     peer_info_string,
 )
-from trivpn.tlssession.service import CipherPolicy, TLSService
+from trivpn.tlssession.service import AuthTokenExpired, CipherPolicy, TLSService
 from trivpn.tlssession.tls import TLSConfig, TLSEngine
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 from trivpn.tun.service import run_tun
@@ -307,6 +307,7 @@ class Client:
         self._rng = rng or random.Random()
         self._live: _LiveSession | None = None
         self._came_up = False
+        self._auth_token: str | None = None
         self._configurator: NetConfigurator | None = None
         self._applied: TunConfig | None = None
         self._manager: WorkersManager | None = None
@@ -356,7 +357,7 @@ class Client:
                 options_string=options,
                 peer_info=peer_info,
                 username=self.username,
-                password=auth_token or self.password,
+                password=auth_token or self._auth_token or self.password,
                 pull=p.pull and key_id == 0,
             )
 
@@ -454,6 +455,8 @@ class Client:
                     raise err from None
                 came_up = self._came_up
                 reason = str(err)
+                if isinstance(err, AuthTokenExpired):
+                    self._auth_token = None
                 if isinstance(err, ResolveError):
                     unresolved_since = unresolved_since or trio.current_time()
                     limit_s = cand.profile.resolv_retry
@@ -611,6 +614,8 @@ class Client:
                     await self.on_tunnel_up(info)
                 self.info = info
                 self._came_up = True
+                if up.settings.auth_token:  # reused on renegotiation and on reconnect
+                    self._auth_token = up.settings.auth_token
                 log.info("%s", describe_tunnel(info))
                 if task_status is not None:
                     task_status.started(info)

@@ -323,3 +323,47 @@ def test_server_halt_ends_and_restart_reconnects(  # type: ignore[no-untyped-def
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_auth_token_is_reused_on_reconnect(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The password script accepts exactly one login; the reconnect must use the auth-token."""
+    marker = tmp_path / "password-used"
+    script = tmp_path / "once.sh"
+    script.write_text(
+        f'#!/bin/sh\n[ -e {marker} ] && exit 1\ntouch {marker}\n[ "$(sed -n 2p "$1")" = s3cret ]\n'
+    )
+    script.chmod(0o755)
+    opts = ServerOptions(
+        proto="udp",
+        wrap="tls-crypt",
+        extra=[
+            "script-security 2",
+            f"auth-user-pass-verify {script} via-file",
+            "auth-gen-token 600",
+            "management 127.0.0.1 7505",
+        ],
+    )
+    server = openvpn_server(opts)
+    creds = tmp_path / "creds.txt"
+    creds.write_text("alice\ns3cret\n")
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host, extra=[f"auth-user-pass {creds}"]))
+    log = tmp_path / "client.log"
+    proc = _run_client(netns, profile, log)
+    try:
+        _wait_for(log, "tunnel up", 30)
+        assert marker.exists()
+        assert "SUCCESS" in _management(netns, "client-kill 0 RESTART")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and log.read_text().count("tunnel up") < 2:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert text.count("tunnel up") == 2, text + server.log_text()[-2000:]
+        assert "AUTH_FAILED" not in text
+        assert _ping_ok(netns, server.tunnel_v4)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

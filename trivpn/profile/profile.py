@@ -278,6 +278,7 @@ class Profile:
     local: str | None = None  # `local` address to bind (an IP literal)
     lport: int | None = None  # `lport` / `port` for binding when `bind` is in effect
     bind: bool = False  # bind the socket (set by `local`, `lport`, `bind`); `nobind` clears it
+    static_challenge: tuple[str, bool] | None = None  # (prompt text, echo the response)
     explicit_exit_notify: int | None = None
     http_proxy: ProxySpec | None = None
     socks_proxy: ProxySpec | None = None
@@ -423,6 +424,7 @@ class _Builder:
             "connect-retry": self._connect_retry,
             "remote-random": self._remote_random,
             "local": self._local,
+            "static-challenge": self._static_challenge,
             "lport": self._lport,
             "bind": self._bind,
             "explicit-exit-notify": self._explicit_exit_notify,
@@ -772,6 +774,12 @@ class _Builder:
         first = self.integer(line, name, args[0], 0, MAX_SECONDS)
         cap = self.integer(line, name, args[1], 0, MAX_SECONDS) if len(args) == 2 else 300
         self.p.connect_retry = (first, max(first, cap))
+
+    def _static_challenge(self, line: int, name: str, args: list[str], inline: bool) -> None:
+        self.nargs(line, name, args, 2, 3)
+        if args[1] not in ("0", "1"):
+            raise _err(line, name, f"echo flag must be 0 or 1, not {args[1][:20]!r}")
+        self.p.static_challenge = (args[0], args[1] == "1")
 
     def _local(self, line: int, name: str, args: list[str], inline: bool) -> None:
         import ipaddress

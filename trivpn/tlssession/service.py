@@ -42,6 +42,10 @@ log = logging.getLogger("trivpn.tlssession")
 DYNAMIC_TLS_CRYPT_LABEL = b"EXPORTER-OpenVPN-dynamic-tls-crypt"
 
 
+class AuthTokenExpired(SessionRestart):
+    """AUTH_FAILED,SESSION: the pushed auth-token is no longer valid; reconnect without it."""
+
+
 def _auth_pending_timeout(text: str, default: float = 60.0) -> float:
     """`AUTH_PENDING,timeout 120` → 120 (OpenVPN's keyword list); default otherwise."""
     for part in text.split(",")[1:]:
@@ -307,6 +311,9 @@ class TLSService:
             reason = text[len("AUTH_FAILED") :].lstrip(",")
             if reason.startswith("TEMP"):
                 raise SessionRestart(f"the server refused authentication for now: {reason}")
+            if reason.startswith("SESSION") and self.settings is not None:
+                # our auth-token expired: log in again with the real credentials
+                raise AuthTokenExpired(f"the server's auth-token expired: {reason}")
             raise FatalError(
                 "the server refused authentication (AUTH_FAILED" + (f": {reason})" if reason else ")")
             )
