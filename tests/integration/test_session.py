@@ -367,3 +367,25 @@ def test_auth_token_is_reused_on_reconnect(pki, netns, openvpn_server, tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ping_exit_ends_the_run_when_the_server_goes_silent(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", keepalive=(1, 10))
+    server = openvpn_server(opts)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host, extra=["ping-exit 3"]))
+    log = tmp_path / "client.log"
+    proc = _run_client(netns, profile, log)
+    try:
+        _wait_for(log, "tunnel up", 30)
+        server._proc.kill()  # type: ignore[union-attr]  # silent: no exit notification
+        server._proc.wait()  # type: ignore[union-attr]
+        server._proc = None
+        assert proc.wait(timeout=15) == 1
+        text = log.read_text()
+        assert "ping-exit" in text and "reconnecting" not in text, text
+        assert "tvpn" not in netns.client.run(["ip", "-o", "link"]).stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
