@@ -8,16 +8,15 @@ address or route behind.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
+from trivpn.testing.process import namespace_state, read_until, rest_of_output
 
 pytestmark = pytest.mark.root
 
@@ -74,51 +73,6 @@ EXPECTED_ROUTES = {
 }
 
 
-def _state(ns) -> str:  # type: ignore[no-untyped-def]
-    """Interfaces (by name), addresses and routes of a namespace: what a run must not leave."""
-    links = ns.run(["ip", "-o", "link"]).stdout
-    names = sorted(ln.split(":")[1].strip() for ln in links.splitlines() if ":" in ln)
-    out = [" ".join(names)]
-    for argv in (["ip", "-o", "addr"], ["ip", "route"], ["ip", "-6", "route"]):
-        # the veth's link-local address may appear late (kernel DAD); it is not ours anyway
-        out.extend(ln for ln in ns.run(argv).stdout.splitlines() if "fe80::" not in ln)
-    return "\n".join(out)
-
-
-def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> list[str]:
-    """Read the client's stdout until a line containing `needle` (bounded in time)."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    buf = ""
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            chunk = None
-        if chunk:
-            buf += chunk.decode(errors="replace")
-            *done, buf = buf.split("\n")
-            lines.extend(done)
-            if any(needle in ln for ln in done):
-                return lines
-        elif chunk == b"" or proc.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    raise AssertionError(
-        f"no {needle!r} from trivpn within {timeout}s; output so far:\n" + "\n".join([*lines, buf])
-    )
-
-
-def _rest_of_output(proc: subprocess.Popen[bytes]) -> str:
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), True)
-    return proc.stdout.read().decode(errors="replace")
-
-
 def _tun_addresses(ns) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     v4 = ns.run(["ip", "-o", "-4", "addr", "show", "scope", "global"]).stdout
     v6 = ns.run(["ip", "-o", "-6", "addr", "show", "scope", "global"]).stdout
@@ -134,14 +88,14 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
     server = openvpn_server(opts)
     profile = tmp_path / "client.ovpn"
     profile.write_text(client_profile(pki, opts, server.remote_host))
-    before = _state(netns.client)
+    before = namespace_state(netns.client)
     proc = netns.client.popen(
         [sys.executable, "-m", "trivpn", "connect", str(profile), "--key-derivation", kd],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
-        lines = _wait_for_line(proc, "tunnel up", 30)
+        lines = read_until(proc, "tunnel up", 30)
         up = next(ln for ln in lines if "tunnel up" in ln)
         assert cipher in up
         assert ("tls1-prf" if kd == "prf" else "tls-ekm") in up
@@ -161,10 +115,10 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
             assert r.returncode == 0, f"server→{target} failed:\n{r.stdout}{r.stderr}"
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=5)
-        rest = _rest_of_output(proc)
+        rest = rest_of_output(proc)
         assert rc == 0, f"exit code {rc}:\n{rest}"
         assert "Traceback" not in rest
-        assert _state(netns.client) == before
+        assert namespace_state(netns.client) == before
         if opts.proto.startswith("udp"):
             # explicit exit notification: the server frees our slot at once (cc-exit)
             assert "CC-EEN exit message received by peer" in server.log_text()
@@ -179,7 +133,7 @@ def test_trivpn_ping_needs_no_root_and_no_tun(pki, netns, openvpn_server, tmp_pa
     server = openvpn_server(opts)
     profile = tmp_path / "client.ovpn"
     profile.write_text(client_profile(pki, opts, server.remote_host))
-    before = _state(netns.client)
+    before = namespace_state(netns.client)
     unpriv = UNPRIVILEGED
     for target in (server.tunnel_v4, server.tunnel_v6):
         r = netns.client.run(
@@ -190,7 +144,7 @@ def test_trivpn_ping_needs_no_root_and_no_tun(pki, netns, openvpn_server, tmp_pa
         assert r.returncode == 0, r.stdout + r.stderr
         assert "3 packets transmitted, 3 received" in r.stdout, r.stdout
         assert f"bytes from {target}: icmp_seq=1" in r.stdout
-    assert _state(netns.client) == before  # no TUN, no address, no route
+    assert namespace_state(netns.client) == before  # no TUN, no address, no route
 
 
 def test_untrusted_server_certificate_is_one_clear_line(pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -238,10 +192,10 @@ def test_transient_failures_are_reported_while_retrying(proto, pki, netns, openv
     )
     try:
         needle = "no answer from the server yet" if proto == "udp" else "Connection refused"
-        early = _wait_for_line(proc, needle, 15)
+        early = read_until(proc, needle, 15)
         openvpn_server(opts)
         rc = proc.wait(timeout=40)
-        out = "\n".join(early) + _rest_of_output(proc)
+        out = "\n".join(early) + rest_of_output(proc)
         assert rc == 0, out
         assert "2 packets transmitted, 2 received" in out, out
     finally:

@@ -13,12 +13,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
+from trivpn.testing.process import read_until
 
 pytestmark = pytest.mark.root
 
@@ -30,34 +30,6 @@ def _state(ns) -> str:  # type: ignore[no-untyped-def]
     for argv in (["ip", "-o", "addr"], ["ip", "route"], ["ip", "-6", "route"]):
         out.extend(ln for ln in ns.run(argv).stdout.splitlines() if "fe80::" not in ln)
     return "\n".join(out)
-
-
-def _read_until(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> list[str]:
-    """Lines of the manager's output up to one containing `needle` (bounded in time)."""
-    import os
-
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    lines: list[str] = []
-    buf = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            chunk = None
-        if chunk:
-            buf += chunk.decode(errors="replace")
-            *done, buf = buf.split("\n")
-            lines.extend(done)
-            if any(needle in ln for ln in done):
-                return lines
-        elif chunk == b"" or proc.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    raise AssertionError(f"no {needle!r} within {timeout}s:\n" + "\n".join([*lines, buf]))
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -81,7 +53,7 @@ def test_manage_brings_up_tunnel_with_unprivileged_tunnel_process(pki, netns, op
         stderr=subprocess.STDOUT,
     )
     try:
-        lines = _read_until(proc, "managed tunnel up", 40)
+        lines = read_until(proc, "managed tunnel up", 40)
         text = "\n".join(lines)
         m = re.search(r"managed tunnel up .*\(tunnel process (\d+)\)", text)
         assert m, text

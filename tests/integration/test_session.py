@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
+from trivpn.testing.process import wait_for_text
 
 pytestmark = pytest.mark.root
 
@@ -22,15 +23,6 @@ def _run_client(netns, profile: Path, log: Path) -> subprocess.Popen[bytes]:  # 
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-
-
-def _wait_for(log: Path, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in log.read_text(errors="replace"):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{needle!r} not seen within {timeout}s:\n{log.read_text()}")
 
 
 @pytest.mark.parametrize(
@@ -56,7 +48,7 @@ def test_continuous_ping_across_many_renegotiations(  # type: ignore[no-untyped-
     log = tmp_path / "client.log"
     proc = _run_client(netns, profile, log)
     try:
-        _wait_for(log, "tunnel up", 30)
+        wait_for_text(log, "tunnel up", 30)
         r = netns.client.run(
             ["ping", "-c", "200", "-i", "0.1", "-W", "1", server.tunnel_v4], check=False, timeout=60
         )
@@ -106,7 +98,7 @@ def test_server_restart_reconnects_with_the_same_tun(  # type: ignore[no-untyped
     log = tmp_path / "client.log"
     proc = _run_client(netns, profile, log)
     try:
-        _wait_for(log, "tunnel up", 30)
+        wait_for_text(log, "tunnel up", 30)
         link = _tun_link(netns)
         assert _ping_ok(netns, server.tunnel_v4)
         if how == "kill":
@@ -115,12 +107,9 @@ def test_server_restart_reconnects_with_the_same_tun(  # type: ignore[no-untyped
             server._proc = None
         else:
             server.stop()
-        _wait_for(log, "reconnecting in", 20)
+        wait_for_text(log, "reconnecting in", 20)
         server.start()
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and log.read_text().count("tunnel up") < 2:
-            time.sleep(0.2)
-        text = log.read_text()
+        text = wait_for_text(log, "tunnel up", 40, count=2)
         assert text.count("tunnel up") >= 2, text
         assert ("ping-restart" if how == "kill" else "restart") in text
         assert _tun_link(netns) == link  # the same device, never torn down
@@ -303,7 +292,7 @@ def test_server_halt_ends_and_restart_reconnects(  # type: ignore[no-untyped-def
     log = tmp_path / "client.log"
     proc = _run_client(netns, profile, log)
     try:
-        _wait_for(log, "tunnel up", 30)
+        wait_for_text(log, "tunnel up", 30)
         out = _management(netns, f"client-kill 0 {signal_name}")
         assert "SUCCESS" in out, out
         if signal_name == "HALT":
@@ -312,10 +301,7 @@ def test_server_halt_ends_and_restart_reconnects(  # type: ignore[no-untyped-def
             assert "halted" in text and "reconnecting" not in text, text
             assert "tvpn" not in netns.client.run(["ip", "-o", "link"]).stdout
         else:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and log.read_text().count("tunnel up") < 2:
-                time.sleep(0.2)
-            assert log.read_text().count("tunnel up") == 2, log.read_text()
+            assert wait_for_text(log, "tunnel up", 30, count=2).count("tunnel up") == 2
             assert _ping_ok(netns, server.tunnel_v4)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=5) == 0
@@ -351,13 +337,10 @@ def test_auth_token_is_reused_on_reconnect(pki, netns, openvpn_server, tmp_path:
     log = tmp_path / "client.log"
     proc = _run_client(netns, profile, log)
     try:
-        _wait_for(log, "tunnel up", 30)
+        wait_for_text(log, "tunnel up", 30)
         assert marker.exists()
         assert "SUCCESS" in _management(netns, "client-kill 0 RESTART")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and log.read_text().count("tunnel up") < 2:
-            time.sleep(0.2)
-        text = log.read_text()
+        text = wait_for_text(log, "tunnel up", 30, count=2)
         assert text.count("tunnel up") == 2, text + server.log_text()[-2000:]
         assert "AUTH_FAILED" not in text
         assert _ping_ok(netns, server.tunnel_v4)
@@ -377,7 +360,7 @@ def test_ping_exit_ends_the_run_when_the_server_goes_silent(pki, netns, openvpn_
     log = tmp_path / "client.log"
     proc = _run_client(netns, profile, log)
     try:
-        _wait_for(log, "tunnel up", 30)
+        wait_for_text(log, "tunnel up", 30)
         server._proc.kill()  # type: ignore[union-attr]  # silent: no exit notification
         server._proc.wait()  # type: ignore[union-attr]
         server._proc = None
