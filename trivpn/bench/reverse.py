@@ -42,6 +42,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _free_range(n: int) -> int:
+    """First of `n` consecutive ports that are all free now (for the relay's public range)."""
+    for _ in range(100):
+        base = _free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((HOST, base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 def _wait_port(port: int, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -233,6 +254,30 @@ def _latency(port: int, rate: int, seconds: float, conns: int) -> dict[str, floa
     }
 
 
+def _pingpong(port: int, count: int, gap: float) -> dict[str, float]:
+    """1-byte round trips through an echo service, back to back or paced `gap` s apart (ms)."""
+    times: list[float] = []
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            if gap:
+                time.sleep(gap)
+            t0 = time.perf_counter()
+            s.sendall(b"x")
+            if s.recv(16) != b"x":
+                raise RuntimeError(f"echo on port {port} answered wrongly")
+            times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p99_ms": times[int(len(times) * 0.99)]}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _streams(port: int, count: int, pids: dict[str, int]) -> dict[str, Any]:
     """Hold `count` echo streams open at once; RSS growth per stream of each process."""
     import trio
@@ -299,12 +344,21 @@ def main(argv: list[str] | None = None) -> int:
         "--http-log", action="store_true", help="keep HTTP request logging on (costs CPU)"
     )
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh -R comparison")
+    p.add_argument(
+        "--only",
+        default="throughput,latency,streams",
+        metavar="LIST",
+        help="comma-separated parts to run: throughput, latency, streams (default: all)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--serve", choices=("http", "echo"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
         return _serve(args.serve, args.port)
+    parts = {x.strip() for x in args.only.split(",") if x.strip()}
+    if not parts or parts - {"throughput", "latency", "streams"}:
+        p.error(f"--only takes throughput, latency, streams, not {args.only!r}")
     if shutil.which("iperf3") is None:
         print("reverse bench: iperf3 is not installed (apt-get install iperf3)", file=sys.stderr)
         return 1
@@ -328,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             _wait_port(port)
 
         tport = _free_port()
-        base = _free_port()
+        base = _free_range(3)
         relay = ch.start(
             "relay",
             [sys.executable, "-m", "trivpn", "relay", "--addr", f"{HOST}:{tport}", "--start-port", str(base),
@@ -347,43 +401,63 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             _wait_port(base + i)
         paths = {"direct": (iperf_port, http_port), "trivpn": (base, base + 1)}
-        if not args.no_ssh:
+        if not args.no_ssh and parts & {"throughput", "latency"}:
             ssh_port, key = _start_sshd(ch, work)
             s_iperf, s_http = _free_port(), _free_port()
             _ssh_forward(ch, ssh_port, key, [(s_iperf, iperf_port), (s_http, http_port)])
             paths["ssh -R"] = (s_iperf, s_http)
 
-        thr: dict[str, dict[str, float]] = {}
-        for name, (ip, _) in paths.items():
-            thr[name] = {
-                "up_mbit": _iperf(ip, args.seconds, reverse=False),
-                "down_mbit": _iperf(ip, args.seconds, reverse=True),
-            }
+        if "throughput" in parts:
+            thr: dict[str, dict[str, float]] = {}
+            for name, (ip, _) in paths.items():
+                thr[name] = {
+                    "up_mbit": _iperf(ip, args.seconds, reverse=False),
+                    "down_mbit": _iperf(ip, args.seconds, reverse=True),
+                }
+                print(
+                    f"throughput {name:8s} {thr[name]['up_mbit']:9.0f} Mbit/s up  {thr[name]['down_mbit']:9.0f} Mbit/s down",
+                    flush=True,
+                )
+            results["throughput"] = thr
+            if "ssh -R" in thr:
+                for d in ("up_mbit", "down_mbit"):
+                    results.setdefault("ratio_vs_ssh", {})[d] = thr["trivpn"][d] / thr["ssh -R"][d]
+                print(f"trivpn / ssh -R throughput: {results['ratio_vs_ssh']}", flush=True)
+        if "latency" in parts:
+            tunnel_pids = (relay.pid, exposes["http"].pid)
+            lat: dict[str, dict[str, float]] = {}
+            for name, (_, hp) in paths.items():
+                cpu0 = sum(_cpu_seconds(pid) for pid in tunnel_pids)
+                lat[name] = _latency(hp, args.rate, args.latency_seconds, args.connections)
+                if name == "trivpn":  # relay + expose CPU per request (kernel time included)
+                    cpu = sum(_cpu_seconds(pid) for pid in tunnel_pids) - cpu0
+                    lat[name]["cpu_us_per_request"] = cpu / lat[name]["requests"] * 1e6
+                print(f"latency    {name:8s} p50 {lat[name]['p50_ms']:.3f} ms  p99 {lat[name]['p99_ms']:.3f} ms  "
+                      f"({lat[name]['rate']:.0f} req/s, {lat[name]['errors']} errors)", flush=True)  # fmt: skip
+            for name in lat:
+                lat[name]["added_p50_ms"] = lat[name]["p50_ms"] - lat["direct"]["p50_ms"]
             print(
-                f"throughput {name:8s} {thr[name]['up_mbit']:9.0f} Mbit/s up  {thr[name]['down_mbit']:9.0f} Mbit/s down",
+                f"trivpn relay + expose CPU: {lat['trivpn']['cpu_us_per_request']:.0f} us/request"
+            )
+            results["latency"] = lat
+            pp: dict[str, dict[str, dict[str, float]]] = {}
+            for name, port in (("direct", echo_port), ("trivpn", base + 2)):
+                pp[name] = {"back_to_back": _pingpong(port, 2000, 0.0),
+                            "paced_5ms": _pingpong(port, 200, 0.005)}  # fmt: skip
+                print(f"1-byte RTT {name:8s} back to back p50 {pp[name]['back_to_back']['p50_ms']:.3f} ms, "
+                      f"paced 5 ms apart p50 {pp[name]['paced_5ms']['p50_ms']:.3f} ms", flush=True)  # fmt: skip
+            results["pingpong"] = pp
+        if "streams" in parts:
+            st = _streams(
+                base + 2, args.streams, {"relay": relay.pid, "expose": exposes["echo"].pid}
+            )
+            results["streams"] = st
+            per = st["bytes_per_stream"]
+            print(
+                f"streams    {st['echo_ok']}/{st['count']} echoed while all open; RSS per stream: "
+                f"relay {per['relay'] / 1024:.1f} KiB, expose {per['expose'] / 1024:.1f} KiB",
                 flush=True,
             )
-        results["throughput"] = thr
-        lat: dict[str, dict[str, float]] = {}
-        for name, (_, hp) in paths.items():
-            lat[name] = _latency(hp, args.rate, args.latency_seconds, args.connections)
-            print(f"latency    {name:8s} p50 {lat[name]['p50_ms']:.3f} ms  p99 {lat[name]['p99_ms']:.3f} ms  "
-                  f"({lat[name]['rate']:.0f} req/s, {lat[name]['errors']} errors)", flush=True)  # fmt: skip
-        for name in lat:
-            lat[name]["added_p50_ms"] = lat[name]["p50_ms"] - lat["direct"]["p50_ms"]
-        results["latency"] = lat
-        st = _streams(base + 2, args.streams, {"relay": relay.pid, "expose": exposes["echo"].pid})
-        results["streams"] = st
-        per = st["bytes_per_stream"]
-        print(
-            f"streams    {st['echo_ok']}/{st['count']} echoed while all open; RSS per stream: "
-            f"relay {per['relay'] / 1024:.1f} KiB, expose {per['expose'] / 1024:.1f} KiB",
-            flush=True,
-        )
-        if "ssh -R" in thr:
-            for d in ("up_mbit", "down_mbit"):
-                results.setdefault("ratio_vs_ssh", {})[d] = thr["trivpn"][d] / thr["ssh -R"][d]
-            print(f"trivpn / ssh -R throughput: {results['ratio_vs_ssh']}")
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         print(f"reverse bench: {exc} (logs in {work})", file=sys.stderr)
         return 1

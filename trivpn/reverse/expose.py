@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -26,7 +27,7 @@ from trivpn.reverse import session as S
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.ports import Backoff
-from trivpn.reverse.service import SessionRunner, StreamPipe
+from trivpn.reverse.service import SessionRunner, StreamPipe, connect_plain
 from trivpn.reverse.session import SessionConfig
 
 log = logging.getLogger("trivpn.reverse")
@@ -192,13 +193,13 @@ class ExposeRunner(SessionRunner):
             assert self.nursery is not None
             self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe))
 
-    def _dialer(self, pipe: StreamPipe) -> Callable[[], trio.SocketStream]:
+    def _dialer(self, pipe: StreamPipe) -> Callable[[], Awaitable[socket.socket]]:
         cfg = self.expose.config
 
-        async def dial() -> trio.SocketStream:
+        async def dial() -> socket.socket:
             try:
                 with trio.fail_after(DIAL_TIMEOUT):
-                    return await trio.open_tcp_stream(cfg.local_host, cfg.local_port)
+                    return await connect_plain(cfg.local_host, cfg.local_port)
             except (OSError, trio.TooSlowError) as exc:
                 self.metrics.streams_refused += 1
                 log.info(
@@ -212,11 +213,11 @@ class ExposeRunner(SessionRunner):
                     else getattr(exc, "strerror", exc),
                 )
                 self.session.reset_stream(pipe.sid, ErrorCode.REFUSED)
-                self.ring()
+                self.flush()
                 raise trio.BrokenResourceError("local service unreachable") from None
 
-        return dial  # type: ignore[return-value]
+        return dial
 
     def opened(self, pipe: StreamPipe) -> None:
         self.session.accept_stream(pipe.sid)
-        self.ring()
+        self.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -23,7 +24,14 @@ from trivpn.reverse import session as S
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
-from trivpn.reverse.service import SessionRunner, StreamPipe, abort_socket, peer_name
+from trivpn.reverse.service import (
+    SessionRunner,
+    StreamPipe,
+    close_plain,
+    format_addr,
+    peer_name,
+    plain_socket,
+)
 from trivpn.reverse.session import SessionConfig, StreamClosedError
 
 log = logging.getLogger("trivpn.reverse")
@@ -297,24 +305,25 @@ class RelayRunner(SessionRunner):
         async with listener:
             while True:
                 try:
-                    conn = await listener.accept()
+                    tsock, addr = await listener.socket.accept()
                 except OSError as exc:
                     log.warning("public accept failed: %s", exc)
                     await trio.sleep(0.1)
                     continue
-                peer = peer_name(conn)
+                conn = plain_socket(tsock)
+                peer = format_addr(addr)
                 try:
                     sid = self.session.open_stream(peer, trio.current_time())
                 except StreamClosedError as exc:
                     log.info("refusing public connection from %s: %s", peer, exc)
-                    abort_socket(conn)
+                    close_plain(conn, reset=True)
                     continue
                 pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
                 self.pipes[sid] = pipe
-                self.ring()
+                self.flush()
                 assert self.nursery is not None
 
-                async def opener(conn: trio.SocketStream = conn) -> trio.SocketStream:
+                async def opener(conn: socket.socket = conn) -> socket.socket:
                     return conn
 
                 self.nursery.start_soon(self.run_pipe, pipe, opener)
