@@ -222,8 +222,8 @@ class UDPTransport(_SocketTransport):
                 self.refused += 1
                 return
             except OSError as exc:
-                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    return
+                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM, errno.ENOBUFS):
+                    return  # lost like any datagram (EPERM: a local firewall dropped it)
                 if exc.errno in (errno.EINVAL, errno.EMSGSIZE):
                     # Too big for one unfragmented datagram: never try this size again.
                     self.gso_max_size = size - 1
