@@ -583,8 +583,8 @@ class Client:
                 )
                 start("tlssession", tls.run)
                 start("datachannel", data.run)
-                if profile.reneg_bytes or profile.reneg_pkts:
-                    start("reneg-watch", self._watch_volume, data, cmd_s.clone())
+                # always: besides reneg-bytes/-pkts it renews keys before packet ids wrap
+                start("reneg-watch", self._watch_volume, data, cmd_s.clone())
                 self._live = live
 
                 with trio.move_on_at(deadline) as scope:
