@@ -284,7 +284,6 @@ class Client:
         self.hand_window = hand_window
         self.on_tunnel_up = on_tunnel_up
         self.info: TunnelInfo | None = None
-        self.endpoint: Endpoint | None = None
         self.ciphers = negotiable_ciphers(profile)
         self.tls_config = TLSConfig(
             ca_pem=profile.ca or "",
