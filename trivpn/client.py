@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -40,6 +41,7 @@ from trivpn.controlchannel.wrap import (
     TLSCryptV2ClientKey,
 )
 from trivpn.datachannel.crypto import SUPPORTED_DATA_CIPHERS, normalize_data_cipher
+from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
 from trivpn.errors import ConfigError, FatalError, SessionRestart
 from trivpn.messages import AuthPending, SendExitNotify, TunnelUp
@@ -53,7 +55,7 @@ from trivpn.networkio import (
 )
 from trivpn.networkio.connect import connect_first
 from trivpn.networkio.proxy import open_profile_proxy_transport, proxy_of
-from trivpn.networkio.transport import ResolveError, bind_address
+from trivpn.networkio.transport import ResolveError, UDPTransport, bind_address
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.profile.profile import Profile, Remote
 from trivpn.profile.push import PushedSettings
@@ -72,6 +74,7 @@ from trivpn.tlssession.keymethod import (
 )
 from trivpn.tlssession.service import AuthTokenExpired, CipherPolicy, TLSService
 from trivpn.tlssession.tls import TLSConfig, TLSEngine
+from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 from trivpn.tun.service import run_tun
 from trivpn.workers.manager import WorkersManager, primary_error, start_named
@@ -269,9 +272,13 @@ class Client:
         give_up_after: float | None = None,
         family: int | None = None,
         rng: random.Random | None = None,
+        data_threads: bool = True,
     ) -> None:
         """`on_tunnel_up` runs once the keys are in place and before the tunnel is reported
-        up: a privileged manager applies the network settings there (see issue 7)."""
+        up: a privileged manager applies the network settings there (see issue 7).
+
+        `data_threads`: move data packets of UDP sessions over a kernel TUN in two
+        data-plane threads (`datachannel.fastpath`) instead of trio tasks."""
         if key_derivation not in ("auto", "ekm", "prf"):
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
         self.profile = profile
@@ -310,8 +317,7 @@ class Client:
         self._configurator: NetConfigurator | None = None
         self._applied: TunConfig | None = None
         self._manager: WorkersManager | None = None
-        self._tun_up_r: trio.MemoryReceiveChannel[list[bytes]]
-        self._tun_down_s: trio.MemorySendChannel[list[bytes]]
+        self.data_threads = data_threads
 
     def _iv_proto(self) -> int:
         bits = (
@@ -419,16 +425,11 @@ class Client:
     ) -> None:
         """Connect, keep the tunnel up, and reconnect (with backoff) when a session ends.
 
-        The TUN device and its service outlive sessions (persist-tun): applications see a
-        pause, not a dead interface. Each session runs every layer in a nursery of its own;
-        a `SessionRestart` ending it leads to the next attempt, anything else ends the run.
+        The TUN device outlives sessions (persist-tun): applications see a pause, not a dead
+        interface; each session moves its packets (TUN service or data-plane threads). Each
+        session runs every layer in a nursery of its own; a `SessionRestart` ending it leads
+        to the next attempt, anything else ends the run.
         """
-        tun_up_s, self._tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
-        self._tun_down_s, tun_down_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
-        if self.device is not None:
-            manager.start_service(
-                "tun", lambda: run_tun(self.device, to_data=tun_up_s, from_data=tun_down_r)
-            )
         manager.add_exit_hook(self.exit_notify)
         self._manager = manager
         cands = candidates(self.profile, self._rng)
@@ -510,6 +511,13 @@ class Client:
         net_up_s, net_up_r = chan(DATA_CHANNEL_SIZE)
         net_down_s, net_down_r = chan(DATA_CHANNEL_SIZE)
         mux_data_s, mux_data_r = chan(DATA_CHANNEL_SIZE)
+        fast: FastPathIO | None = None
+        tun_up_s = tun_up_r = tun_down_s = tun_down_r = None
+        if self.data_threads and isinstance(self.device, LinuxTun) and type(transport) is UDPTransport:
+            fast = FastPathIO(transport, self.device, net_up_s)
+        else:
+            tun_up_s, tun_up_r = chan(DATA_CHANNEL_SIZE)
+            tun_down_s, tun_down_r = chan(DATA_CHANNEL_SIZE)
         mux_ctrl_s, mux_ctrl_r = chan(CONTROL_CHANNEL_SIZE)
         rel_down_s, rel_down_r = chan(CONTROL_CHANNEL_SIZE)
         rel_up_s, rel_up_r = chan(CONTROL_CHANNEL_SIZE)
@@ -545,10 +553,11 @@ class Client:
         )
         data = DataService(
             from_mux=mux_data_r,
-            from_tun=self._tun_up_r.clone(),
+            from_tun=tun_up_r,
             control=keys_r,
-            to_tun=self._tun_down_s.clone(),
+            to_tun=tun_down_s,
             to_net=net_down_s.clone(),
+            fastpath=fast,
         )
         reliable = ReliableService(from_mux=mux_ctrl_r, to_mux=rel_down_s, to_cc=rel_up_s, from_cc=cc_down_r)
         payload = control_payload_size(wrap.overhead, ipv6=endpoint.family == socket.AF_INET6)
@@ -561,7 +570,13 @@ class Client:
                 def start(name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
                     start_named(nursery, name, fn, *args)
 
-                start("networkio", run_networkio, transport, net_up_s, net_down_r)
+                if fast is not None:
+                    # the data-plane threads read the socket; the session closes it after them
+                    start("networkio", partial(run_networkio, close_transport=False), transport, None, net_down_r)
+                else:
+                    start("networkio", run_networkio, transport, net_up_s, net_down_r)
+                    if self.device is not None:
+                        start("tun", partial(run_tun, self.device, to_data=tun_up_s, from_data=tun_down_r))
                 start(
                     "packetmuxer",
                     lambda: run_packetmuxer(

@@ -4,15 +4,20 @@ This is the hot path. Each task handles a whole batch per wake-up (one `encrypt`
 call, one channel send), encrypted packets go straight to networkio, and the core keeps no
 per-packet Python objects beyond the packets themselves. A third task handles keys,
 keepalive pings and the ping-restart deadline.
+
+With a `FastPathIO` (UDP transport + kernel TUN) the two batch tasks are replaced by the
+data-plane threads of `datachannel.fastpath`; every use of the core then holds `lock`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import trio
 
 from trivpn.datachannel.core import Compression, DataChannel
+from trivpn.datachannel.fastpath import FastPathIO, run_fastpath
 from trivpn.errors import FatalError, SessionRestart
 from trivpn.messages import InstallKey, SendExitNotify
 from trivpn.workers.driver import CoreTimer, hand_over
@@ -40,12 +45,15 @@ class DataService:
         self,
         *,
         from_mux: trio.MemoryReceiveChannel[list[bytes]],
-        from_tun: trio.MemoryReceiveChannel[list[bytes]],
+        from_tun: trio.MemoryReceiveChannel[list[bytes]] | None,
         control: trio.MemoryReceiveChannel[list[object]],
-        to_tun: trio.MemorySendChannel[list[bytes]],
+        to_tun: trio.MemorySendChannel[list[bytes]] | None,
         to_net: trio.MemorySendChannel[list[bytes]],
         is_server: bool = False,
+        fastpath: FastPathIO | None = None,
     ) -> None:
+        if fastpath is None and (from_tun is None or to_tun is None):
+            raise ValueError("the TUN channels are needed unless the data-plane threads move packets")
         self.core: DataChannel | None = None
         self._from_mux = from_mux
         self._from_tun = from_tun
@@ -57,6 +65,9 @@ class DataService:
         self.ping_restart = 0.0
         self.ping_exit = 0.0
         self.dropped_before_key = 0
+        self.fastpath = fastpath
+        #: Held around every use of the core: the data-plane threads share it (see fastpath).
+        self.lock = threading.Lock()
 
     def _deadline(self) -> float | None:
         core = self.core
@@ -80,12 +91,14 @@ class DataService:
             raise PingRestart(
                 f"no packet from the server for {self.ping_restart:g} s (ping-restart)"
             )
-        core.handle_timer(now)
-        pings = core.packets_to_send(now)
+        with self.lock:
+            core.handle_timer(now)
+            pings = core.packets_to_send(now)
         if pings:
             await self._to_net.send(pings)
 
     async def _up(self) -> None:
+        assert self._to_tun is not None
         async with self._from_mux, self._to_tun:
             async for batch in self._from_mux:
                 core = self.core
@@ -99,6 +112,7 @@ class DataService:
                     raise SessionRestart("the server is shutting down (it sent an exit notification)")
 
     async def _down(self) -> None:
+        assert self._from_tun is not None
         async with self._from_tun:
             async for batch in self._from_tun:
                 core = self.core
@@ -115,32 +129,41 @@ class DataService:
                 now = trio.current_time()
                 for item in batch:
                     if isinstance(item, InstallKey):
-                        if self.core is None:
-                            self.core = DataChannel(
-                                cipher=item.cipher,
-                                is_server=self._is_server,
-                                peer_id=item.peer_id,
-                                compression=_COMPRESSION.get(item.compression, Compression.NONE),
-                                ping_interval=item.ping_interval,
-                                auth=item.auth,
-                            )
-                            self.ping_restart = item.ping_restart
-                            self.ping_exit = item.ping_exit
-                        self.core.install_key(item.key_id, item.key2, now)
-                        self.core.last_received = now
+                        with self.lock:
+                            if self.core is None:
+                                core = DataChannel(
+                                    cipher=item.cipher,
+                                    is_server=self._is_server,
+                                    peer_id=item.peer_id,
+                                    compression=_COMPRESSION.get(item.compression, Compression.NONE),
+                                    ping_interval=item.ping_interval,
+                                    auth=item.auth,
+                                )
+                                self.ping_restart = item.ping_restart
+                                self.ping_exit = item.ping_exit
+                                core.install_key(item.key_id, item.key2, now)
+                                core.last_received = now
+                                self.core = core  # published only once keyed
+                            else:
+                                self.core.install_key(item.key_id, item.key2, now)
+                                self.core.last_received = now
                     elif isinstance(item, SendExitNotify) and self.core is not None:
-                        await self._to_net.send(
-                            [self.core.exit_packet(now) for _ in range(item.count)]
-                        )
+                        with self.lock:
+                            exits = [self.core.exit_packet(now) for _ in range(item.count)]
+                        await self._to_net.send(exits)
                 self._timer.poke()
 
     async def run(self) -> None:
         async with self._to_net:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._up)
                 nursery.start_soon(self._control_loop)
                 nursery.start_soon(self._timer.run, self._deadline, self._on_timer)
-                await self._down()
+                if self.fastpath is not None:
+                    async with self._from_mux:  # the muxer sends no data packets then
+                        await run_fastpath(self, self.fastpath)
+                else:
+                    nursery.start_soon(self._up)
+                    await self._down()
                 nursery.cancel_scope.cancel()
 
 

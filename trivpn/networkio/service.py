@@ -2,7 +2,8 @@
 
 Up: every `recv_batch` (a drained socket) becomes one list on `up`. Down: each list received
 from `down` is written with one `send_batch`. Closing `down` ends the writer; a transport
-error ends the service with an exception, which cancels the whole stack.
+error ends the service with an exception, which cancels the whole stack. With `up=None`
+the data-plane threads (`datachannel.fastpath`) own the receive side and only the writer runs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from trivpn.workers.driver import hand_over
 
 async def run_networkio(
     transport: Transport,
-    up: trio.MemorySendChannel[list[bytes]],
+    up: trio.MemorySendChannel[list[bytes]] | None,
     down: trio.MemoryReceiveChannel[list[bytes]],
+    *,
+    close_transport: bool = True,
 ) -> None:
+    """`close_transport=False` when other threads may still use the socket: its owner
+    closes it after they are joined (a closed fd number can be reused at once)."""
     async def reader() -> None:
+        assert up is not None
         async with up:
             while True:
                 batch = await transport.recv_batch()
@@ -32,7 +38,9 @@ async def run_networkio(
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
+            if up is not None:
+                nursery.start_soon(reader)
             nursery.start_soon(writer)
     finally:
-        transport.close()
+        if close_transport:
+            transport.close()

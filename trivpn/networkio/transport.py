@@ -56,6 +56,10 @@ _GSO_UNSUPPORTED = frozenset(
 )
 
 
+#: Outcomes of one GSO send attempt.
+_SENT, _BLOCKED, _REGROUP = object(), object(), object()
+
+
 class TransportError(SessionRestart):
     """The transport can no longer carry packets (peer closed TCP, socket error)."""
 
@@ -145,35 +149,48 @@ class UDPTransport(_SocketTransport):
         self.gso_max_size = GSO_MAX_BYTES
         self.gso_sends = 0
 
+    def recv_nowait(self, limit: int = MAX_BATCH) -> list[bytes]:
+        """Drain up to `limit` datagrams without blocking (`[]` when none is waiting).
+
+        Shared by the trio reader and the data-plane thread (`datachannel.fastpath`).
+        """
+        recv = self.sock.recv
+        batch: list[bytes] = []
+        try:
+            while len(batch) < limit:
+                batch.append(recv(_RECV_SIZE))
+        except BlockingIOError:
+            pass
+        except ConnectionRefusedError:
+            # ICMP port unreachable: the server is not (yet) listening. Transient for UDP.
+            self.refused += 1
+            if self._report is not None:
+                self._report(f"{self.endpoint.describe()}: connection refused (ICMP), still trying")
+        except OSError as exc:
+            if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                if self._report is not None:
+                    self._report(f"{self.endpoint.describe()}: {exc.strerror}, still trying")
+            else:
+                raise TransportError(f"UDP receive failed: {exc.strerror}") from None
+        self.rx_packets += len(batch)
+        return batch
+
     async def recv_batch(self) -> list[bytes]:
         sock = self.sock
-        recv = sock.recv
         while True:
             await trio.lowlevel.wait_readable(sock)
-            batch: list[bytes] = []
-            try:
-                while len(batch) < MAX_BATCH:
-                    batch.append(recv(_RECV_SIZE))
-            except BlockingIOError:
-                pass
-            except ConnectionRefusedError:
-                # ICMP port unreachable: the server is not (yet) listening. Transient for UDP.
-                self.refused += 1
-                if self._report is not None:
-                    self._report(f"{self.endpoint.describe()}: connection refused (ICMP), still trying")
-            except OSError as exc:
-                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    if self._report is not None:
-                        self._report(f"{self.endpoint.describe()}: {exc.strerror}, still trying")
-                else:
-                    raise TransportError(f"UDP receive failed: {exc.strerror}") from None
+            batch = self.recv_nowait()
             if batch:
-                self.rx_packets += len(batch)
                 return batch
 
-    async def send_batch(self, packets: Sequence[bytes]) -> None:
+    def send_nowait(self, packets: Sequence[bytes], start: int = 0) -> int:
+        """Send `packets[start:]` until the socket would block; return the first unsent index.
+
+        Runs of equal-sized packets go out as one GSO send. A GSO send is all or nothing, so
+        the caller can wait for writability and call again from the returned index.
+        """
         n = len(packets)
-        i = 0
+        i = start
         while i < n:
             size = len(packets[i])
             j = i + 1
@@ -184,56 +201,60 @@ class UDPTransport(_SocketTransport):
                 if j < limit and len(packets[j]) < size:
                     j += 1  # a shorter last segment is allowed
             if j - i > 1:
-                await self._send_gso(packets[i:j], size)
-            else:
-                await self._send_one(packets[i])
-            i = j
-        self.tx_packets += n
-
-    async def _send_one(self, packet: bytes) -> None:
-        sock = self.sock
-        while True:
-            try:
-                sock.send(packet)
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-            except ConnectionRefusedError:
-                self.refused += 1
-                return  # reported by the receive side; the datagram is simply lost
-            except OSError as exc:
-                if exc.errno in _TRANSIENT_SEND_ERRORS:
-                    return
-                raise TransportError(f"UDP send failed: {exc.strerror}") from None
-
-    async def _send_gso(self, group: Sequence[bytes], size: int) -> None:
-        """Send `group` (equal sizes, last maybe shorter) as one GSO super-datagram."""
-        sock = self.sock
-        data = b"".join(group)
-        cmsg = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))]
-        while True:
-            try:
-                sock.sendmsg([data], cmsg)
-                self.gso_sends += 1
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-            except ConnectionRefusedError:
-                self.refused += 1
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM, errno.ENOBUFS):
-                    return  # lost like any datagram (EPERM: a local firewall dropped it)
-                if exc.errno in (errno.EINVAL, errno.EMSGSIZE):
-                    # Too big for one unfragmented datagram: never try this size again.
-                    self.gso_max_size = size - 1
-                elif exc.errno in _GSO_UNSUPPORTED:
-                    self.gso_max_size = 0
-                else:
-                    raise TransportError(f"UDP send failed: {exc.strerror}") from None
+                result = self._send_gso(packets[i:j], size)
+                if result is _BLOCKED:
+                    break
+                if result is _REGROUP:
+                    continue  # gso_max_size changed: group again from the same packet
+            elif not self._send_one(packets[i]):
                 break
-        for packet in group:
-            await self._send_one(packet)
+            i = j
+        self.tx_packets += i - start
+        return i
+
+    async def send_batch(self, packets: Sequence[bytes]) -> None:
+        n = len(packets)
+        i = self.send_nowait(packets)
+        while i < n:
+            await trio.lowlevel.wait_writable(self.sock)
+            i = self.send_nowait(packets, i)
+
+    def _send_one(self, packet: bytes) -> bool:
+        """False if the socket would block; True if sent or lost for good."""
+        try:
+            self.sock.send(packet)
+        except BlockingIOError:
+            return False
+        except ConnectionRefusedError:
+            self.refused += 1  # reported by the receive side; the datagram is simply lost
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT_SEND_ERRORS:
+                raise TransportError(f"UDP send failed: {exc.strerror}") from None
+        return True
+
+    def _send_gso(self, group: Sequence[bytes], size: int) -> object:
+        """Send `group` (equal sizes, last maybe shorter) as one GSO super-datagram."""
+        cmsg = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))]
+        try:
+            self.sock.sendmsg([b"".join(group)], cmsg)
+            self.gso_sends += 1
+            return _SENT
+        except BlockingIOError:
+            return _BLOCKED
+        except ConnectionRefusedError:
+            self.refused += 1
+            return _SENT
+        except OSError as exc:
+            if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM, errno.ENOBUFS):
+                return _SENT  # lost like any datagram (EPERM: a local firewall dropped it)
+            if exc.errno in (errno.EINVAL, errno.EMSGSIZE):
+                # Too big for one unfragmented datagram: never try this size again.
+                self.gso_max_size = size - 1
+            elif exc.errno in _GSO_UNSUPPORTED:
+                self.gso_max_size = 0
+            else:
+                raise TransportError(f"UDP send failed: {exc.strerror}") from None
+            return _REGROUP
 
 
 class TCPTransport(_SocketTransport):

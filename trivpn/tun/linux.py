@@ -88,71 +88,102 @@ class LinuxTun:
     def closed(self) -> bool:
         return self._closed
 
+    def read_nowait(self, limit: int = 0) -> list[bytes] | None:
+        """Drain up to `limit` (default max_batch) packets without blocking; `None` once the
+        device is closed.
+
+        Shared by the trio reader below and the data-plane thread (`datachannel.fastpath`).
+        """
+        if self._closed:
+            return None
+        read = os.read
+        fd = self.fd
+        read_size = self._read_size
+        max_batch = limit or self.max_batch
+        batch: list[bytes] = []
+        nbytes = 0
+        while len(batch) < max_batch:
+            try:
+                packet = read(fd, read_size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return None
+                raise
+            if not packet:  # only if the fd stopped being a TUN: treat as closed
+                if not batch:
+                    return None
+                break
+            batch.append(packet)
+            nbytes += len(packet)
+        if batch:
+            self.stats.packets_read += len(batch)
+            self.stats.bytes_read += nbytes
+        return batch
+
     async def read_batch(self) -> list[bytes]:
         """Wait until readable, then read up to max_batch packets; `[]` once the device is closed."""
-        read_size = self._read_size
-        max_batch = self.max_batch
         while not self._closed:
             try:
                 await trio.lowlevel.wait_readable(self.fd)
             except trio.ClosedResourceError:
                 return []
-            if self._closed:
+            batch = self.read_nowait()
+            if batch is None:
                 return []
-            batch: list[bytes] = []
-            nbytes = 0
-            while len(batch) < max_batch:
-                try:
-                    packet = os.read(self.fd, read_size)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        return []
-                    raise
-                if not packet:  # only if the fd stopped being a TUN; treat as closed
-                    break
-                batch.append(packet)
-                nbytes += len(packet)
             if batch:
-                self.stats.packets_read += len(batch)
-                self.stats.bytes_read += nbytes
                 return batch
             # Spurious wakeup (another reader won the race): wait again.
         return []
 
-    async def write_batch(self, packets: Sequence[bytes]) -> None:
-        """Write every packet; drop and count the ones the kernel refuses."""
+    def write_nowait(self, packets: Sequence[bytes], start: int = 0) -> int:
+        """Write `packets[start:]` until the kernel would block; return the first unwritten index.
+
+        A packet the kernel refuses (other than EAGAIN) is dropped and counted.
+        """
         if self._closed:
             raise trio.ClosedResourceError("TUN device is closed")
-        waited = False
+        write = os.write
+        fd = self.fd
+        stats = self.stats
+        n = len(packets)
+        i = start
         written = nbytes = 0
         try:
-            for packet in packets:
+            while i < n:
+                packet = packets[i]
                 size = len(packet)
                 if size == 0 or size > TUN_MAX_PACKET:
-                    self.stats.dropped_oversize += 1
-                    continue
-                while True:
+                    stats.dropped_oversize += 1
+                else:
                     try:
-                        os.write(self.fd, packet)
+                        write(fd, packet)
                     except BlockingIOError:
-                        await trio.lowlevel.wait_writable(self.fd)
-                        waited = True
-                        continue
+                        break
                     except OSError as exc:
                         if exc.errno == errno.EBADF:
                             raise trio.ClosedResourceError("TUN device is closed") from None
-                        self.stats.dropped_errors += 1
+                        stats.dropped_errors += 1
                     else:
                         written += 1
                         nbytes += size
-                    break
+                i += 1
         finally:
-            self.stats.packets_written += written
-            self.stats.bytes_written += nbytes
-        if not waited:
+            stats.packets_written += written
+            stats.bytes_written += nbytes
+        return i
+
+    async def write_batch(self, packets: Sequence[bytes]) -> None:
+        """Write every packet; drop and count the ones the kernel refuses."""
+        n = len(packets)
+        i = self.write_nowait(packets)
+        if i >= n:
             await trio.lowlevel.checkpoint()
+            return
+        while i < n:
+            await trio.lowlevel.wait_writable(self.fd)
+            i = self.write_nowait(packets, i)
 
     def close(self) -> None:
         """Close the fd (which deletes the interface); wakes blocked readers/writers. Idempotent."""

@@ -1,0 +1,174 @@
+"""The data-plane threads (`datachannel.fastpath`) over real sockets, without root.
+
+The "TUN" is a LinuxTun over a SOCK_SEQPACKET socketpair (packet boundaries kept, like a TUN
+fd); the "server" is a connected UDP socket on 127.0.0.1 with a server-role DataChannel
+holding the same key. Every wait is bounded by `trio.fail_after`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+
+from trivpn.datachannel.core import DataChannel
+from trivpn.datachannel.fastpath import FastPathIO
+from trivpn.datachannel.service import DataService
+from trivpn.errors import SessionRestart
+from trivpn.messages import InstallKey
+from trivpn.networkio.transport import Endpoint, UDPTransport
+from trivpn.tun.linux import LinuxTun
+from trivpn.workers.manager import primary_error
+
+KEY2 = bytes(range(256))
+CIPHER = "AES-256-GCM"
+LIMIT = 10.0
+
+
+class Rig:
+    """Both ends of the fast path: app side of the TUN and the server's UDP socket."""
+
+    def __init__(self) -> None:
+        self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        tun_end.setblocking(False)
+        self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
+        tun_end.close()
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.server.bind(("127.0.0.1", 0))
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(("127.0.0.1", 0))
+        client.connect(self.server.getsockname())
+        client.setblocking(False)
+        self.server.connect(client.getsockname())
+        self.server.settimeout(LIMIT)
+        self.app.settimeout(LIMIT)
+        ep = Endpoint("127.0.0.1", self.server.getsockname()[1], "udp", socket.AF_INET, self.server.getsockname())
+        self.transport = UDPTransport(client, ep)
+        self.peer = DataChannel(cipher=CIPHER, is_server=True, peer_id=7)
+        self.peer.install_key(0, KEY2, 0.0)
+        self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
+        self.keys_s, keys_r = trio.open_memory_channel[list[object]](8)
+        self.net_s, self.net_r = trio.open_memory_channel[list[bytes]](8)
+        mux_s, self._mux_r = trio.open_memory_channel[list[bytes]](8)
+        self._mux_s = mux_s
+        self.service = DataService(
+            from_mux=self._mux_r,
+            from_tun=None,
+            control=keys_r,
+            to_tun=None,
+            to_net=self.net_s,
+            fastpath=FastPathIO(self.transport, self.tun, self.to_mux_s),
+        )
+
+    def install_key(self) -> InstallKey:
+        return InstallKey(0, KEY2, CIPHER, 7, None, 0.0)
+
+    def close(self) -> None:
+        for s in (self.app, self.server):
+            s.close()
+        self.transport.close()
+        self.tun.close()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.close()
+
+
+async def _until(pred: Callable[[], bool], what: str) -> None:
+    """Poll a condition set by another thread (a trio.Event cannot be set from there)."""
+    with trio.fail_after(LIMIT):
+        for _ in range(int(LIMIT / 0.005)):
+            if pred():
+                return
+            await trio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+def _ip(i: int, size: int = 100) -> bytes:
+    return bytes([0x45]) + i.to_bytes(4, "big") + bytes(size - 5)
+
+
+async def test_both_directions_and_control_handover(rig: Rig) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.service.run)
+        await rig.keys_s.send([rig.install_key()])
+        await _until(lambda: rig.service.core is not None, "key installed")
+
+        # TUN → network: what the app writes arrives encrypted at the server, in order.
+        sent = [_ip(i, 60 + i) for i in range(50)]
+        for p in sent:
+            rig.app.send(p)
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+            got.extend(rig.peer.decrypt([wire], 1.0))
+        assert got == sent
+
+        # network → TUN: the server's packets come out of the TUN in order.
+        back = [_ip(1000 + i) for i in range(50)]
+        for w in rig.peer.encrypt(back, 1.0):
+            rig.server.send(w)
+        out = [await trio.to_thread.run_sync(rig.app.recv, 65536) for _ in back]
+        assert out == back
+
+        # Anything that is not P_DATA goes to the packet muxer untouched.
+        control = bytes([7 << 3]) + bytes(13)
+        rig.server.send(control)
+        with trio.fail_after(LIMIT):
+            assert await rig.to_mux_r.receive() == [control]
+
+        # A forged data packet is dropped and counted, never written to the TUN.
+        forged = bytearray(rig.peer.encrypt([_ip(9)], 1.0)[0])
+        forged[-1] ^= 1
+        rig.server.send(bytes(forged))
+        await _until(lambda: rig.service.core.stats.drop_auth == 1, "forgery counted")  # type: ignore[union-attr]
+        names = {t.name for t in threading.enumerate() if t.is_alive()}
+        assert {"trivpn data up", "trivpn data down"} <= names
+        nursery.cancel_scope.cancel()
+    # Cancellation joined both threads before the service returned (trio keeps idle
+    # workers cached, but they no longer run our loops or carry our names).
+    assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
+
+
+async def test_packets_before_the_key_are_counted_not_sent(rig: Rig) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.service.run)
+        rig.app.send(_ip(1))
+        await _until(lambda: rig.service.dropped_before_key == 1, "drop counted")
+        nursery.cancel_scope.cancel()
+    rig.server.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        rig.server.recv(65536)
+
+
+async def test_exit_notification_restarts_the_session(rig: Rig) -> None:
+    with pytest.raises(BaseException) as info:  # noqa: PT011 - checked below
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rig.service.run)
+                await rig.keys_s.send([rig.install_key()])
+                await _until(lambda: rig.service.core is not None, "key installed")
+                rig.server.send(rig.peer.exit_packet(1.0))
+                await trio.sleep_forever()
+    err = primary_error(info.value)
+    assert isinstance(err, SessionRestart)
+    assert "exit notification" in str(err)
+    assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
+
+
+async def test_closed_tun_ends_the_fast_path(rig: Rig) -> None:
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.service.run)
+            await rig.keys_s.send([rig.install_key()])
+            await _until(lambda: rig.service.core is not None, "key installed")
+            rig.app.close()  # the far end of the "TUN" goes away: reads return b""
+            # the service returns on its own: the nursery exits without a cancel
+    assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
