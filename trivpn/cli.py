@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("connect", help="bring up a tunnel on a TUN device (needs root)")
     common(c)
+    c.add_argument(
+        "--no-data-threads",
+        action="store_true",
+        help="move data packets in trio tasks instead of the two data-plane threads (UDP only)",
+    )
     pg = sub.add_parser("ping", help="ping through a userspace tunnel (no root, no TUN)")
     common(pg)
     pg.add_argument("target", metavar="TARGET", help="IPv4 or IPv6 address inside the tunnel")
@@ -173,6 +178,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         ifname=name,
         configure_tun=True,
         no_reconnect=args.no_reconnect,
+        data_threads=not args.no_data_threads,
         family=args.family,
         key_derivation=args.key_derivation,
         username=username,

@@ -515,6 +515,7 @@ class Client:
         tun_up_s = tun_up_r = tun_down_s = tun_down_r = None
         if self.data_threads and isinstance(self.device, LinuxTun) and type(transport) is UDPTransport:
             fast = FastPathIO(transport, self.device, net_up_s)
+            log.info("data packets move in two data-plane threads")
         else:
             tun_up_s, tun_up_r = chan(DATA_CHANNEL_SIZE)
             tun_down_s, tun_down_r = chan(DATA_CHANNEL_SIZE)

@@ -59,7 +59,16 @@ CASES = {
         "auto",
         "AES-256-GCM",
     ),
+    # the same UDP session with data packets moved by trio tasks instead of the threads
+    "udp-tlscrypt-trio-datapath": (
+        ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM"),
+        "auto",
+        "AES-256-GCM",
+    ),
 }
+
+#: Extra command-line arguments per case.
+EXTRA_ARGS = {"udp-tlscrypt-trio-datapath": ["--no-data-threads"]}
 
 #: Routes each case must have installed while the tunnel is up (checked in `ip route`).
 EXPECTED_ROUTES = {
@@ -90,7 +99,7 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
     profile.write_text(client_profile(pki, opts, server.remote_host))
     before = namespace_state(netns.client)
     proc = netns.client.popen(
-        [sys.executable, "-m", "trivpn", "connect", str(profile), "--key-derivation", kd],
+        [sys.executable, "-m", "trivpn", "connect", str(profile), "--key-derivation", kd, *EXTRA_ARGS.get(case, [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -100,6 +109,8 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
         assert cipher in up
         assert ("tls1-prf" if kd == "prf" else "tls-ekm") in up
         assert any("TLS ok" in ln and "trivpn-test-server" in ln for ln in lines)
+        threads = any("data-plane threads" in ln for ln in lines)
+        assert threads == (opts.proto.startswith("udp") and case not in EXTRA_ARGS), lines
         v4, v6 = _tun_addresses(netns.client)
         for family, prefix in EXPECTED_ROUTES.get(case, []):
             routes = netns.client.run(["ip", family, "route"]).stdout
