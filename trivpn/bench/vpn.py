@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CLIENTS = ("trivpn", "openvpn")
+#: "trivpn-trio" is trivpn with `--no-data-threads` (data packets in trio tasks), for A/B runs.
+CLIENTS = ("trivpn", "openvpn", "trivpn-trio")
 TRANSPORTS = ("udp", "tcp")
 CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 #: Extra seconds a probe may take beyond its planned workload before it is killed.
@@ -199,8 +200,10 @@ def _bytecode_env(plan: Plan) -> dict[str, str | None]:
 
 def _client_spec(client: str, cell: Cell, profile: Path, target: str, plan: Plan) -> dict[str, Any]:
     env: dict[str, str | None] = {}
-    if client == "trivpn":
+    if client.startswith("trivpn"):
         argv = [sys.executable, "-m", "trivpn", "connect", str(profile)]
+        if client == "trivpn-trio":
+            argv.append("--no-data-threads")
         up, conn, stop = "tunnel up", "connecting to", signal.SIGINT
         env = _bytecode_env(plan)
     else:
@@ -336,14 +339,15 @@ def _report_run(res: dict[str, Any]) -> None:
 def format_table(results: dict[str, Any], clients: tuple[str, ...]) -> str:
     """A Markdown table: one block of rows per cell, medians and the ratio."""
     head = ["cell", "metric", *clients]
-    if len(clients) == 2:
+    with_ratio = "trivpn" in clients and "openvpn" in clients
+    if with_ratio:
         head.append("ratio trivpn/openvpn")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell_name, cell in results.items():
         for m, (label, unit, _higher) in METRICS.items():
             row = [cell_name, f"{label} ({unit})"]
             row += [_fmt(cell["medians"][c][m], unit) for c in clients]
-            if len(clients) == 2:
+            if with_ratio:
                 r = cell["ratios"].get(m)
                 row.append("—" if r is None else f"{r:.2f}×")
             lines.append("| " + " | ".join(row) + " |")
@@ -417,7 +421,10 @@ def parse_args(argv: list[str] | None) -> Plan:
         "--cells", default="all",
         help="comma-separated cells, e.g. udp-aes-256-gcm,tcp-chacha20-poly1305 (default all)",
     )
-    p.add_argument("--clients", default="trivpn,openvpn", help="comma-separated: trivpn,openvpn")
+    p.add_argument(
+        "--clients", default="trivpn,openvpn",
+        help="comma-separated, in order: trivpn, openvpn, trivpn-trio (trivpn --no-data-threads)",
+    )
     a = p.parse_args(argv)
     cells = [Cell(t, c) for t in TRANSPORTS for c in CIPHERS]
     if a.cells != "all":
