@@ -87,6 +87,10 @@ CONTROL_CHANNEL_SIZE = 64
 #: Data-plane channels carry batches of up to 64 packets; 8 in flight per hop is ample and
 #: bounds the memory a burst can pin (32 let RSS grow by several MB under load).
 DATA_CHANNEL_SIZE = 8
+#: `low_latency`: seconds after the last data packet during which the data-plane threads
+#: keep their hot path warm (see datachannel/fastpath.py): covers request/response and
+#: typing-speed traffic, and bounds the CPU spent after each burst.
+LOW_LATENCY_WARM_FOR = 0.1
 #: The version we announce; servers compare IV_VER against OpenVPN releases.
 ANNOUNCED_VERSION = "2.6.14"
 
@@ -273,12 +277,14 @@ class Client:
         family: int | None = None,
         rng: random.Random | None = None,
         data_threads: bool = True,
+        low_latency: bool = False,
     ) -> None:
         """`on_tunnel_up` runs once the keys are in place and before the tunnel is reported
         up: a privileged manager applies the network settings there (see issue 7).
 
         `data_threads`: move data packets of UDP sessions over a kernel TUN in two
-        data-plane threads (`datachannel.fastpath`) instead of trio tasks."""
+        data-plane threads (`datachannel.fastpath`) instead of trio tasks; `low_latency`
+        keeps those threads' hot path warm for a moment after traffic (costs CPU)."""
         if key_derivation not in ("auto", "ekm", "prf"):
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
         self.profile = profile
@@ -318,6 +324,7 @@ class Client:
         self._applied: TunConfig | None = None
         self._manager: WorkersManager | None = None
         self.data_threads = data_threads
+        self.low_latency = low_latency
 
     def _iv_proto(self) -> int:
         bits = (
@@ -514,8 +521,12 @@ class Client:
         fast: FastPathIO | None = None
         tun_up_s = tun_up_r = tun_down_s = tun_down_r = None
         if self.data_threads and isinstance(self.device, LinuxTun) and type(transport) is UDPTransport:
-            fast = FastPathIO(transport, self.device, net_up_s)
-            log.info("data packets move in two data-plane threads")
+            warm = LOW_LATENCY_WARM_FOR if self.low_latency else 0.0
+            fast = FastPathIO(transport, self.device, net_up_s, warm_for=warm)
+            log.info(
+                "data packets move in two data-plane threads%s",
+                " (low-latency: kept warm after traffic)" if warm else "",
+            )
         else:
             tun_up_s, tun_up_r = chan(DATA_CHANNEL_SIZE)
             tun_down_s, tun_down_r = chan(DATA_CHANNEL_SIZE)

@@ -36,6 +36,7 @@ def test_bench_vpn_quick_one_cell(tmp_path: Path) -> None:
         assert run["tx_mbps"] > 0 and run["rx_mbps"] > 0, run
         assert 0 < run["start_to_ping_s"] < 30, run
         assert run["rtt_idle_ms"] and run["rtt_load_ms"], run
+        assert run["idle_cpu_pct"] is not None and run["idle_cpu_pct"] >= 0, run
         assert run["peak_rss_mb"] > 0 and run["moved_bytes"] > 0, run
     medians = doc["results"]["udp/AES-256-GCM"]["medians"]
     assert set(medians) == {"trivpn", "openvpn"}

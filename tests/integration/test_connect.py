@@ -65,10 +65,18 @@ CASES = {
         "auto",
         "AES-256-GCM",
     ),
+    "udp-tlscrypt-low-latency": (
+        ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="CHACHA20-POLY1305"),
+        "auto",
+        "CHACHA20-POLY1305",
+    ),
 }
 
 #: Extra command-line arguments per case.
-EXTRA_ARGS = {"udp-tlscrypt-trio-datapath": ["--no-data-threads"]}
+EXTRA_ARGS = {
+    "udp-tlscrypt-trio-datapath": ["--no-data-threads"],
+    "udp-tlscrypt-low-latency": ["--low-latency"],
+}
 
 #: Routes each case must have installed while the tunnel is up (checked in `ip route`).
 EXPECTED_ROUTES = {
@@ -110,7 +118,8 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
         assert ("tls1-prf" if kd == "prf" else "tls-ekm") in up
         assert any("TLS ok" in ln and "trivpn-test-server" in ln for ln in lines)
         threads = any("data-plane threads" in ln for ln in lines)
-        assert threads == (opts.proto.startswith("udp") and case not in EXTRA_ARGS), lines
+        assert threads == (opts.proto.startswith("udp") and "--no-data-threads" not in EXTRA_ARGS.get(case, [])), lines
+        assert any("low-latency" in ln for ln in lines) == ("--low-latency" in EXTRA_ARGS.get(case, []))
         v4, v6 = _tun_addresses(netns.client)
         for family, prefix in EXPECTED_ROUTES.get(case, []):
             routes = netns.client.run(["ip", family, "route"]).stdout

@@ -32,7 +32,7 @@ LIMIT = 10.0
 class Rig:
     """Both ends of the fast path: app side of the TUN and the server's UDP socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm_for: float = 0.0) -> None:
         self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tun_end.setblocking(False)
         self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
@@ -61,7 +61,7 @@ class Rig:
             control=keys_r,
             to_tun=None,
             to_net=self.net_s,
-            fastpath=FastPathIO(self.transport, self.tun, self.to_mux_s),
+            fastpath=FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for),
         )
 
     def install_key(self) -> InstallKey:
@@ -172,3 +172,34 @@ async def test_closed_tun_ends_the_fast_path(rig: Rig) -> None:
             rig.app.close()  # the far end of the "TUN" goes away: reads return b""
             # the service returns on its own: the nursery exits without a cancel
     assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
+
+
+async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -> None:
+    rig = Rig(warm_for=0.05)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.service.run)
+            await rig.keys_s.send([rig.install_key()])
+            await _until(lambda: rig.service.core is not None, "key installed")
+            await trio.sleep(0.1)
+            threads = rig.service.fastpath_threads
+            assert threads is not None
+            assert threads.touches == 0  # no traffic yet: the threads sleep
+            rig.app.send(_ip(1))
+            wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+            assert rig.peer.decrypt([wire], 1.0) == [_ip(1)]
+            await _until(lambda: threads.touches > 0, "warming after traffic")
+            await trio.sleep(0.2)  # well past warm_for: the threads are blocking again
+            settled = threads.touches
+            await trio.sleep(0.1)
+            assert threads.touches == settled
+            # The dummy cores never touched the session: one packet out, none in.
+            stats = rig.service.core.stats  # type: ignore[union-attr]
+            assert (stats.tx_packets, stats.rx_packets, stats.drop_auth) == (1, 0, 0)
+            # Traffic still flows both ways in this mode.
+            for w in rig.peer.encrypt([_ip(2)], 1.0):
+                rig.server.send(w)
+            assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(2)
+            nursery.cancel_scope.cancel()
+    finally:
+        rig.close()

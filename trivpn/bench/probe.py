@@ -71,6 +71,7 @@ class Result:
     rtt_load_ms: list[float] = field(default_factory=list)
     load_mbps: float | None = None
     cpu_s: float | None = None  # client CPU during both iperf3 runs
+    idle_cpu_pct: float | None = None  # client CPU while the idle pings ran, % of one core
     moved_bytes: int = 0
     peak_rss_mb: float | None = None
     exit_code: int | None = None
@@ -253,7 +254,9 @@ def measure(spec: Spec) -> Result:
             res.start_to_up_s = t_up - t0
             if t_conn is not None:
                 res.handshake_s = t_up - t_conn
+        cpu_i, t_i = _cpu_seconds(proc.pid), time.monotonic()
         res.rtt_idle_ms = ping_rtts(spec.target, spec.pings, spec.ping_interval)
+        res.idle_cpu_pct = 100 * (_cpu_seconds(proc.pid) - cpu_i) / (time.monotonic() - t_i)
         cpu0 = _cpu_seconds(proc.pid)
         res.tx_mbps, b1 = iperf(spec.target, spec.seconds, spec.omit, reverse=False)
         res.rx_mbps, b2 = iperf(spec.target, spec.seconds, spec.omit, reverse=True)

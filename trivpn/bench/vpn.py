@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: "trivpn-trio" is trivpn with `--no-data-threads` (data packets in trio tasks), for A/B runs.
-CLIENTS = ("trivpn", "openvpn", "trivpn-trio")
+#: Variants for A/B runs: "trivpn-trio" is trivpn with `--no-data-threads` (data packets in
+#: trio tasks), "trivpn-lowlat" is trivpn with `--low-latency`.
+CLIENT_FLAGS = {"trivpn": [], "trivpn-trio": ["--no-data-threads"], "trivpn-lowlat": ["--low-latency"]}
+CLIENTS = ("trivpn", "openvpn", "trivpn-trio", "trivpn-lowlat")
 TRANSPORTS = ("udp", "tcp")
 CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 #: Extra seconds a probe may take beyond its planned workload before it is killed.
@@ -104,6 +106,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "handshake_s": ("handshake (connect → tunnel up)", "s", False),
     "rtt_idle_p50": ("ping RTT idle p50", "ms", False),
     "rtt_idle_p99": ("ping RTT idle p99", "ms", False),
+    "idle_cpu_pct": ("client CPU during the idle pings", "% of a core", False),
     "rtt_load_p50": ("ping RTT under load p50", "ms", False),
     "rtt_load_p99": ("ping RTT under load p99", "ms", False),
     "cpu_s_per_gb": ("client CPU per GB moved", "s/GB", False),
@@ -122,6 +125,7 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "handshake_s": run.get("handshake_s"),
         "rtt_idle_p50": percentile(run.get("rtt_idle_ms") or [], 50),
         "rtt_idle_p99": percentile(run.get("rtt_idle_ms") or [], 99),
+        "idle_cpu_pct": run.get("idle_cpu_pct"),
         "rtt_load_p50": percentile(run.get("rtt_load_ms") or [], 50),
         "rtt_load_p99": percentile(run.get("rtt_load_ms") or [], 99),
         "cpu_s_per_gb": (cpu / (moved / 1e9)) if cpu is not None and moved else None,
@@ -201,9 +205,7 @@ def _bytecode_env(plan: Plan) -> dict[str, str | None]:
 def _client_spec(client: str, cell: Cell, profile: Path, target: str, plan: Plan) -> dict[str, Any]:
     env: dict[str, str | None] = {}
     if client.startswith("trivpn"):
-        argv = [sys.executable, "-m", "trivpn", "connect", str(profile)]
-        if client == "trivpn-trio":
-            argv.append("--no-data-threads")
+        argv = [sys.executable, "-m", "trivpn", "connect", str(profile), *CLIENT_FLAGS[client]]
         up, conn, stop = "tunnel up", "connecting to", signal.SIGINT
         env = _bytecode_env(plan)
     else:
@@ -327,10 +329,11 @@ def _report_run(res: dict[str, Any]) -> None:
         return
     m = run_metrics(res)
     print(
-        f"  {res['cell']} round {res['round']} {res['client']:8s} "
+        f"  {res['cell']} round {res['round']} {res['client']:13s} "
         f"tx {_fmt(m['tx_mbps'], 'Mbit/s')} rx {_fmt(m['rx_mbps'], 'Mbit/s')} Mbit/s, "
         f"start→ping {_fmt(m['start_to_ping_s'], 's')} s, "
-        f"rtt {_fmt(m['rtt_idle_p50'], 'ms')}/{_fmt(m['rtt_load_p50'], 'ms')} ms, "
+        f"rtt {_fmt(m['rtt_idle_p50'], 'ms')}/{_fmt(m['rtt_load_p50'], 'ms')} ms "
+        f"(idle cpu {_fmt(m['idle_cpu_pct'])} %), "
         f"cpu {_fmt(m['cpu_s_per_gb'], 's/GB')} s/GB, rss {_fmt(m['peak_rss_mb'], 'MB')} MB",
         flush=True,
     )
@@ -423,7 +426,8 @@ def parse_args(argv: list[str] | None) -> Plan:
     )
     p.add_argument(
         "--clients", default="trivpn,openvpn",
-        help="comma-separated, in order: trivpn, openvpn, trivpn-trio (trivpn --no-data-threads)",
+        help="comma-separated, in order: trivpn, openvpn, trivpn-trio (trivpn --no-data-threads), "
+        "trivpn-lowlat (trivpn --low-latency)",
     )
     a = p.parse_args(argv)
     cells = [Cell(t, c) for t in TRANSPORTS for c in CIPHERS]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import trio
 
@@ -66,6 +67,8 @@ class DataService:
         self.ping_exit = 0.0
         self.dropped_before_key = 0
         self.fastpath = fastpath
+        #: the running data-plane threads' shared state (counters), for tests and logs
+        self.fastpath_threads: Any = None
         #: Held around every use of the core: the data-plane threads share it (see fastpath).
         self.lock = threading.Lock()
 
