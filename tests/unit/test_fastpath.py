@@ -18,7 +18,7 @@ import trio
 from trivpn.datachannel.core import DataChannel
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
-from trivpn.errors import SessionRestart
+from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.messages import InstallKey
 from trivpn.networkio.transport import Endpoint, UDPTransport
 from trivpn.tun.linux import LinuxTun
@@ -203,3 +203,13 @@ async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -
             nursery.cancel_scope.cancel()
     finally:
         rig.close()
+
+
+async def test_a_blocking_fd_is_refused_before_any_thread_starts(rig: Rig) -> None:
+    os.set_blocking(rig.tun.fd, True)
+    with pytest.raises(BaseException) as info:  # noqa: PT011 - checked below
+        with trio.fail_after(LIMIT):
+            await rig.service.run()
+    err = primary_error(info.value)
+    assert isinstance(err, LocalProtocolError)
+    assert "non-blocking" in str(err)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trivpn.errors import SessionRestart
+from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
 
 if TYPE_CHECKING:
@@ -301,6 +301,10 @@ class _Threads:
 
 async def run_fastpath(service: DataService, io: FastPathIO) -> None:
     """Run both data-plane threads until cancelled, a thread fails, or the TUN closes."""
+    # The threads read before they poll: a blocking fd would park a thread in `read` where
+    # the stop pipe cannot reach it, and the session could never end.
+    if os.get_blocking(io.tun.fd) or io.transport.sock.getblocking():
+        raise LocalProtocolError("the data-plane threads need a non-blocking TUN fd and socket")
     stop_r, stop_w = os.pipe()
     threads = _Threads(service, io, stop_r)
     service.fastpath_threads = threads
