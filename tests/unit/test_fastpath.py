@@ -206,7 +206,8 @@ async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -
 
 
 async def test_a_blocking_fd_is_refused_before_any_thread_starts(rig: Rig) -> None:
-    os.set_blocking(rig.tun.fd, True)
+    assert not os.get_blocking(rig.tun.fd)  # LinuxTun makes any fd it is given non-blocking
+    os.set_blocking(rig.tun.fd, True)  # ... so only a later change can get here
     with pytest.raises(BaseException) as info:  # noqa: PT011 - checked below
         with trio.fail_after(LIMIT):
             await rig.service.run()

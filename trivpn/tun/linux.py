@@ -76,6 +76,9 @@ class LinuxTun:
     ) -> None:
         if max_batch < 1:
             raise ConfigError("max_batch must be at least 1")
+        # Both data paths drain the fd until EAGAIN; an inherited fd (a manager's TUN) may
+        # arrive blocking, and one blocking read would stall the loop or a data thread.
+        os.set_blocking(fd, False)
         self.fd = fd
         self.name = name
         self.mtu = mtu
