@@ -1,4 +1,4 @@
-"""Kernel TUN + pyroute2 configuration, exercised inside a private network namespace.
+"""Kernel TUN + rtnetlink configuration (trivpn.tun.netconfig), exercised inside a private network namespace.
 
 The root tests create `tvtun-<random>`, put a veth "uplink" with default routes in it, and run
 this file as a script inside the namespace (`ip netns exec NS python THIS_FILE scenario`),

@@ -60,11 +60,9 @@ class Cell:
 #: Everything a client run imports, including what is imported lazily on the way to "tunnel
 #: up" (an installed copy has all of it compiled by pip; see `_bytecode_env`).
 WARM_IMPORTS = (
-    "import base64, binascii, getpass, importlib.util\n"
+    "import base64, binascii, getpass\n"
     "import trivpn.api, trivpn.cli, trivpn.client, trivpn.tun.linux, trivpn.tun.netconfig\n"
     "import OpenSSL._util\n"
-    "if importlib.util.find_spec('pyroute2'):\n"
-    "    import pyroute2\n"
 )
 
 

@@ -8,7 +8,7 @@ TUN fd inherited (same fd numbers), in its own session so a terminal's Ctrl+C re
 us. The tunnel drops to an unprivileged user (`tunnel_user`) before it reads anything from
 the pipe. Over the protocol we send Start; while the tunnel connects it asks us, with a
 `NetworkSettingsRequest`, to put addresses, routes and DNS on the TUN, which we do with
-pyroute2 (`NetConfigurator`) and undo exactly on exit. Its `Log` messages are re-logged on
+rtnetlink (`NetConfigurator`) and undo exactly on exit. Its `Log` messages are re-logged on
 the "trivpn.tunnel" logger; its `PeerUpdate`s are kept (`ManagedTunnel.peer`) and offered
 as an async iterator.
 

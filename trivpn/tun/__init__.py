@@ -1,1 +1,1 @@
-"""tun: TUN devices (kernel via pyroute2, userspace via channels) and IP helpers."""
+"""tun: TUN devices (kernel via rtnetlink, userspace via channels) and IP helpers."""
