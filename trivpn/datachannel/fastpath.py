@@ -112,9 +112,6 @@ class _Warmer:
         self.sealed += 1
         return self.tx.encrypt((WARM_PACKET,), 0.0)
 
-    def seal_and_open(self) -> None:
-        self.rx.decrypt(self.seal(), 0.0)
-
 
 class _Threads:
     """The two thread bodies and what they share."""
@@ -133,12 +130,23 @@ class _Threads:
         self.warm_until = 0.0
         self.touches = 0
 
-    def _warmer(self, mine: _Warmer | None) -> _Warmer | None:
-        """This thread's dummy cores (made once the session has keys, renewed rarely)."""
-        if mine is not None and mine.sealed < WARM_PID_RENEW:
-            return mine
-        core = self.service.core
-        return None if core is None else _Warmer(core)
+    def _toucher(self, *, open_too: bool) -> Callable[[], None]:
+        """One thread's low-latency warm-up step, with dummy cores of its own (made once the
+        session has keys, renewed long before their packet ids run out)."""
+        warmer: _Warmer | None = None
+
+        def touch() -> None:
+            nonlocal warmer
+            if warmer is None or warmer.sealed >= WARM_PID_RENEW:
+                core = self.service.core
+                if core is None:
+                    return
+                warmer = _Warmer(core)
+            wire = warmer.seal()
+            if open_too:
+                warmer.rx.decrypt(wire, 0.0)
+
+        return touch
 
     def _idle(self, poller: select.poll, touch: Callable[[], None]) -> None:
         """Wait for the fd. In low-latency mode, shortly after traffic, wake every
@@ -188,14 +196,7 @@ class _Threads:
         tun_writable = self._poller(tun.fd, select.POLLOUT)
         data_ops = DATA_OPCODES
         warm_for = self.warm_for
-        warmer: _Warmer | None = None
-
-        def touch() -> None:
-            nonlocal warmer
-            warmer = self._warmer(warmer)
-            if warmer is not None:
-                warmer.seal_and_open()
-
+        touch = self._toucher(open_too=True)
         limit = 1  # after an idle wait the first datagram goes through alone (see `down`)
         try:
             while not self.stopping:
@@ -252,19 +253,12 @@ class _Threads:
         lock = service.lock
         tun_readable = self._poller(tun.fd, select.POLLIN)
         sock_writable = self._poller(transport.sock.fileno(), select.POLLOUT)
+        warm_for = self.warm_for
+        touch = self._toucher(open_too=False)
         # After an idle wait the first packet goes out alone: draining to EAGAIN first would
         # put one more system call (~40 µs with cold caches, see docs/performance.md) in
         # front of a lone packet. Once busy, whole batches are read, and the thread only
         # waits again after a read that found nothing.
-        warm_for = self.warm_for
-        warmer: _Warmer | None = None
-
-        def touch() -> None:
-            nonlocal warmer
-            warmer = self._warmer(warmer)
-            if warmer is not None:
-                warmer.seal()
-
         limit = 1
         try:
             while not self.stopping:

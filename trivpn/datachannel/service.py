@@ -19,7 +19,7 @@ import trio
 
 from trivpn.datachannel.core import Compression, DataChannel
 from trivpn.datachannel.fastpath import FastPathIO, run_fastpath
-from trivpn.errors import FatalError, SessionRestart
+from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
 from trivpn.messages import InstallKey, SendExitNotify
 from trivpn.workers.driver import CoreTimer, hand_over
 
@@ -54,7 +54,7 @@ class DataService:
         fastpath: FastPathIO | None = None,
     ) -> None:
         if fastpath is None and (from_tun is None or to_tun is None):
-            raise ValueError("the TUN channels are needed unless the data-plane threads move packets")
+            raise LocalProtocolError("the TUN channels are needed unless the data-plane threads move packets")
         self.core: DataChannel | None = None
         self._from_mux = from_mux
         self._from_tun = from_tun
