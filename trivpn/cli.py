@@ -74,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--no-data-threads",
         action="store_true",
-        help="move data packets in trio tasks instead of data-plane threads",
+        help="move data packets in trio tasks instead of the two data-plane threads (UDP only)",
     )
     c.add_argument(
         "--low-latency",
         action="store_true",
         help="lower idle round-trip times by keeping the data path warm for 0.1 s after "
-        "traffic (costs CPU while traffic is sporadic; with data-plane threads only)",
+        "traffic (costs CPU while traffic is sporadic; UDP with data threads only)",
     )
     pg = sub.add_parser("ping", help="ping through a userspace tunnel (no root, no TUN)")
     common(pg)

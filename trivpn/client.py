@@ -55,7 +55,7 @@ from trivpn.networkio import (
 )
 from trivpn.networkio.connect import connect_first
 from trivpn.networkio.proxy import open_profile_proxy_transport, proxy_of
-from trivpn.networkio.transport import ResolveError, TCPTransport, UDPTransport, bind_address
+from trivpn.networkio.transport import ResolveError, UDPTransport, bind_address
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.profile.profile import Profile, Remote
 from trivpn.profile.push import PushedSettings
@@ -520,18 +520,14 @@ class Client:
         mux_data_s, mux_data_r = chan(DATA_CHANNEL_SIZE)
         fast: FastPathIO | None = None
         tun_up_s = tun_up_r = tun_down_s = tun_down_r = None
-        kind = type(transport)  # exact types: proxied transports keep the trio path
-        if self.data_threads and isinstance(self.device, LinuxTun) and kind in (UDPTransport, TCPTransport):
+        if self.data_threads and isinstance(self.device, LinuxTun) and type(transport) is UDPTransport:
             warm = LOW_LATENCY_WARM_FOR if self.low_latency else 0.0
-            up_only = kind is TCPTransport  # one writer per TCP stream: down stays in trio
-            fast = FastPathIO(transport, self.device, net_up_s, warm_for=warm, up_only=up_only)
+            fast = FastPathIO(transport, self.device, net_up_s, warm_for=warm)
             log.info(
-                "data packets %s%s",
-                "from the server move in a data-plane thread" if up_only
-                else "move in two data-plane threads",
+                "data packets move in two data-plane threads%s",
                 " (low-latency: kept warm after traffic)" if warm else "",
             )
-        if fast is None or fast.up_only:
+        else:
             tun_up_s, tun_up_r = chan(DATA_CHANNEL_SIZE)
             tun_down_s, tun_down_r = chan(DATA_CHANNEL_SIZE)
         mux_ctrl_s, mux_ctrl_r = chan(CONTROL_CHANNEL_SIZE)
@@ -591,8 +587,8 @@ class Client:
                     start("networkio", partial(run_networkio, close_transport=False), transport, None, net_down_r)
                 else:
                     start("networkio", run_networkio, transport, net_up_s, net_down_r)
-                if self.device is not None and (fast is None or fast.up_only):
-                    start("tun", partial(run_tun, self.device, to_data=tun_up_s, from_data=tun_down_r))
+                    if self.device is not None:
+                        start("tun", partial(run_tun, self.device, to_data=tun_up_s, from_data=tun_down_r))
                 start(
                     "packetmuxer",
                     lambda: run_packetmuxer(

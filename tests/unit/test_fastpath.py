@@ -20,8 +20,7 @@ from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.messages import InstallKey
-from trivpn.networkio.framing import frame_packets
-from trivpn.networkio.transport import Endpoint, TCPTransport, UDPTransport
+from trivpn.networkio.transport import Endpoint, UDPTransport
 from trivpn.tun.linux import LinuxTun
 from trivpn.workers.manager import primary_error
 
@@ -215,61 +214,3 @@ async def test_a_blocking_fd_is_refused_before_any_thread_starts(rig: Rig) -> No
     err = primary_error(info.value)
     assert isinstance(err, LocalProtocolError)
     assert "non-blocking" in str(err)
-
-
-async def test_tcp_up_thread_with_the_down_path_in_trio() -> None:
-    """TCP: the thread reads and de-frames the stream (split across writes), the TUN → network
-    direction stays in trio tasks and leaves through networkio's channel."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname(), timeout=LIMIT)
-    server, _ = listener.accept()
-    listener.close()
-    client.setblocking(False)
-    server.settimeout(LIMIT)
-    app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    app.settimeout(LIMIT)
-    tun = LinuxTun(os.dup(tun_end.fileno()), "fake1")
-    tun_end.close()
-    ep = Endpoint("127.0.0.1", server.getsockname()[1], "tcp", socket.AF_INET, server.getsockname())
-    transport = TCPTransport(client, ep)
-    peer = DataChannel(cipher=CIPHER, is_server=True, peer_id=7)
-    peer.install_key(0, KEY2, 0.0)
-    to_mux_s, to_mux_r = trio.open_memory_channel[list[bytes]](8)
-    keys_s, keys_r = trio.open_memory_channel[list[object]](8)
-    net_s, net_r = trio.open_memory_channel[list[bytes]](8)
-    _mux_s, mux_r = trio.open_memory_channel[list[bytes]](8)
-    tun_up_s, tun_up_r = trio.open_memory_channel[list[bytes]](8)
-    tun_down_s, _tun_down_r = trio.open_memory_channel[list[bytes]](8)
-    service = DataService(
-        from_mux=mux_r, from_tun=tun_up_r, control=keys_r, to_tun=tun_down_s, to_net=net_s,
-        fastpath=FastPathIO(transport, tun, to_mux_s, up_only=True),
-    )
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(service.run)
-            await keys_s.send([InstallKey(0, KEY2, CIPHER, 7, None, 0.0)])
-            await _until(lambda: service.core is not None, "key installed")
-            back = [_ip(2000 + i) for i in range(20)]
-            control = bytes([7 << 3]) + bytes(13)
-            stream = frame_packets([*peer.encrypt(back, 1.0), control])
-            server.sendall(stream[:5])  # a frame split across segments
-            await trio.sleep(0.05)
-            server.sendall(stream[5:])
-            out = [await trio.to_thread.run_sync(app.recv, 65536) for _ in back]
-            assert out == back
-            with trio.fail_after(LIMIT):
-                assert await to_mux_r.receive() == [control]
-            # down: TUN → trio data task → networkio's channel, encrypted for the server
-            await tun_up_s.send([_ip(1)])
-            with trio.fail_after(LIMIT):
-                wire = await net_r.receive()
-            assert peer.decrypt(wire, 1.0) == [_ip(1)]
-            names = {t.name for t in threading.enumerate() if t.is_alive()}
-            assert "trivpn data up" in names and "trivpn data down" not in names
-            nursery.cancel_scope.cancel()
-    finally:
-        for s in (app, server):
-            s.close()
-        transport.close()
-        tun.close()
-    assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())

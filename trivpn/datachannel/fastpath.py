@@ -60,7 +60,7 @@ from trivpn.networkio.transport import MAX_BATCH
 if TYPE_CHECKING:
     from trivpn.datachannel.core import DataChannel
     from trivpn.datachannel.service import DataService
-    from trivpn.networkio.transport import TCPTransport, UDPTransport
+    from trivpn.networkio.transport import UDPTransport
     from trivpn.tun.linux import LinuxTun
 
 log = logging.getLogger("trivpn.datachannel")
@@ -78,15 +78,13 @@ class FastPathIO:
     """What the data-plane threads work on: the session's UDP transport, the kernel TUN,
     and the packet muxer's input channel for everything that is not data."""
 
-    transport: UDPTransport | TCPTransport
+    transport: UDPTransport
     tun: LinuxTun
     to_muxer: trio.MemorySendChannel[list[bytes]]
     #: low-latency mode: keep the hot path warm this long after the last data packet (0: off)
     warm_for: float = 0.0
     #: ... by touching it this often
     warm_every: float = 0.001
-    #: only the up thread (a TCP stream needs one writer: data and control go down in trio)
-    up_only: bool = False
 
 
 #: The dummy payload low-latency mode seals and opens.
@@ -329,8 +327,7 @@ async def run_fastpath(service: DataService, io: FastPathIO) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stopper)
                 nursery.start_soon(in_thread, threads.up, "trivpn data up")
-                if not io.up_only:
-                    nursery.start_soon(in_thread, threads.down, "trivpn data down")
+                nursery.start_soon(in_thread, threads.down, "trivpn data down")
     finally:
         os.close(stop_r)
         os.close(stop_w)

@@ -5,9 +5,8 @@ call, one channel send), encrypted packets go straight to networkio, and the cor
 per-packet Python objects beyond the packets themselves. A third task handles keys,
 keepalive pings and the ping-restart deadline.
 
-With a `FastPathIO` (kernel TUN) the batch tasks are replaced by the data-plane threads of
-`datachannel.fastpath`: both for UDP, only the upward one for TCP. Every use of the core
-holds `lock`.
+With a `FastPathIO` (UDP transport + kernel TUN) the two batch tasks are replaced by the
+data-plane threads of `datachannel.fastpath`; every use of the core then holds `lock`.
 """
 
 from __future__ import annotations
@@ -109,8 +108,7 @@ class DataService:
                 if core is None:
                     self.dropped_before_key += len(batch)
                     continue
-                with self.lock:
-                    packets = core.decrypt(batch, trio.current_time())
+                packets = core.decrypt(batch, trio.current_time())
                 if packets:
                     await hand_over(self._to_tun, packets)
                 if core.peer_exited:
@@ -124,8 +122,7 @@ class DataService:
                 if core is None:
                     self.dropped_before_key += len(batch)
                     continue
-                with self.lock:
-                    out = core.encrypt(batch, trio.current_time())
+                out = core.encrypt(batch, trio.current_time())
                 if out:
                     await hand_over(self._to_net, out)
 
@@ -164,20 +161,13 @@ class DataService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._control_loop)
                 nursery.start_soon(self._timer.run, self._deadline, self._on_timer)
-                if self.fastpath is None:
+                if self.fastpath is not None:
+                    async with self._from_mux:  # the muxer sends no data packets then
+                        await run_fastpath(self, self.fastpath)
+                else:
                     nursery.start_soon(self._up)
                     await self._down()
-                elif self.fastpath.up_only:
-                    nursery.start_soon(self._run_fastpath)
-                    await self._down()
-                else:
-                    await self._run_fastpath()
                 nursery.cancel_scope.cancel()
-
-    async def _run_fastpath(self) -> None:
-        assert self.fastpath is not None
-        async with self._from_mux:  # the muxer gets no data packets then
-            await run_fastpath(self, self.fastpath)
 
 
 __all__ = ["DataService", "PingRestart"]

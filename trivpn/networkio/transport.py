@@ -264,37 +264,31 @@ class TCPTransport(_SocketTransport):
         super().__init__(sock, endpoint)
         self._framer = TCPFramer()
 
-    def recv_nowait(self, limit: int = MAX_BATCH) -> list[bytes]:
-        """Read what the stream holds (at most 8 reads) and return the whole packets in it;
-        `[]` if only part of a packet came. End of stream raises TransportError once the
-        packets before it were returned. Shared with the data-plane thread (`fastpath`)."""
-        sock = self.sock
-        packets: list[bytes] = []
-        try:
-            for _ in range(8):
-                data = sock.recv(_TCP_RECV_SIZE)
-                if not data:
-                    if packets:
-                        break  # hand these out; the next read sees the end again
-                    raise TransportError("the server closed the TCP connection")
-                self.rx_bytes += len(data)
-                packets.extend(self._framer.feed(data))
-                if len(packets) >= limit:
-                    break
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise TransportError(f"TCP receive failed: {exc.strerror}") from None
-        self.rx_packets += len(packets)
-        return packets
-
     async def recv_batch(self) -> list[bytes]:
         sock = self.sock
         while True:
             await trio.lowlevel.wait_readable(sock)
-            packets = self.recv_nowait()
+            packets: list[bytes] = []
+            eof = False
+            try:
+                for _ in range(8):
+                    data = sock.recv(_TCP_RECV_SIZE)
+                    if not data:
+                        eof = True
+                        break
+                    self.rx_bytes += len(data)
+                    packets.extend(self._framer.feed(data))
+                    if len(packets) >= MAX_BATCH:
+                        break
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise TransportError(f"TCP receive failed: {exc.strerror}") from None
             if packets:
+                self.rx_packets += len(packets)
                 return packets
+            if eof:
+                raise TransportError("the server closed the TCP connection")
 
     async def send_batch(self, packets: Sequence[bytes]) -> None:
         data = memoryview(frame_packets(packets))
