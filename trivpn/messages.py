@@ -103,3 +103,36 @@ class AuthPending:
     """The server is still authenticating us (AUTH_PENDING): wait up to `timeout` seconds."""
 
     timeout: float
+
+
+# -- commands and usage reports for the key schedule (typed, never strings) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Renegotiate:
+    """Command to the TLS service: start a renegotiation now; `reason` is logged."""
+
+    reason: str = "requested"
+
+
+@dataclass(frozen=True, slots=True)
+class SendExit:
+    """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated)."""
+
+
+#: Everything the session sends to the TLS service's command channel.
+TLSCommand = Renegotiate | SendExit
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """What the data channel's primary key has carried so far (data plane → key schedule).
+
+    The key schedule polls it to apply reneg-bytes / reneg-pkts and to renew keys before
+    packet ids wrap; the hot path itself carries no renegotiation logic.
+    """
+
+    key_id: int | None
+    bytes: int = 0
+    packets: int = 0
+    near_wrap: bool = False

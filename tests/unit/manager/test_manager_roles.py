@@ -10,7 +10,7 @@ import struct
 import pytest
 import trio
 import trio.testing
-from test_manager_speaker import RawPeer, frame  # same directory (rootdir import mode)
+from helpers.manager_peer import RawPeer, frame
 
 from trivpn.errors import RemoteProtocolError
 from trivpn.manager import manager_pb2 as pb
