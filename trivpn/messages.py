@@ -80,6 +80,14 @@ class InstallKey:
 
 
 @dataclass(frozen=True, slots=True)
+class RetireKey:
+    """The lame-duck key `key_id` reached the end of its transition window (tlssession →
+    datachannel): stop decrypting with it."""
+
+    key_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class SendExitNotify:
     """Ask the data channel to send OCC EXIT (explicit-exit-notify without cc-exit)."""
 
