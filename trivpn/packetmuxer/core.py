@@ -8,6 +8,15 @@ id 0 and exponential backoff until the server's reset arrives; then both session
 known, and the reliable layer starts at message id 1 in both directions with ACK 0 pending,
 which guarantees that the first packet after the reset carries the cookie.
 
+The server role (`is_server=True`) is the other end of the same exchange, for one peer: it
+waits for the client's P_CONTROL_HARD_RESET_CLIENT_V2 (message id 0), answers with
+P_CONTROL_HARD_RESET_SERVER_V2 (message id 0, ACKing the client's 0, our session id), and
+emits the same `ResetComplete`, so every layer above starts exactly as on the client. It
+never retransmits its reset on a timer: the client keeps resending its own until ours
+arrives, and each repeat of the client's reset (same session id) is answered again, so the
+exchange is idempotent and a lost answer costs one client retry, as with a 2.6 server.
+Routing many clients to sessions is not done here (one muxer = one peer).
+
 Everything here is sans-IO: time comes in as `now`, wire bytes come in and go out as lists.
 """
 
@@ -24,7 +33,7 @@ from trivpn.controlchannel.packet import (
     serialize_control_packet,
 )
 from trivpn.controlchannel.wrap import ControlWrap, StaticKey, TLSCrypt
-from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.messages import ResetComplete
 
 #: OpenVPN's initial control retransmission timeout (`tls-timeout`).
@@ -43,10 +52,12 @@ class MuxStats:
     drop_unauthentic: int = 0
     drop_session: int = 0
     drop_early: int = 0
+    #: client resets this server-role muxer refused (tls-crypt-v2, not served yet)
+    drop_unsupported: int = 0
 
 
 class PacketMuxer:
-    """Client-side muxer; the reset exchange is the only state it keeps."""
+    """Per-session muxer of either role; the reset exchange is the only state it keeps."""
 
     def __init__(
         self,
@@ -56,12 +67,21 @@ class PacketMuxer:
         reset_timeout: float = RESET_TIMEOUT,
         max_reset_timeout: float = MAX_RESET_TIMEOUT,
         wkc: bytes | None = None,
+        is_server: bool = False,
     ) -> None:
         """`wkc` is the tls-crypt-v2 wrapped client key: the reset becomes
         P_CONTROL_HARD_RESET_CLIENT_V3 carrying it, and if the server asks (early
-        negotiation flag RESEND_WKC) our message id 1 is sent as P_CONTROL_WKC_V1 with it."""
+        negotiation flag RESEND_WKC) our message id 1 is sent as P_CONTROL_WKC_V1 with it.
+
+        `is_server`: answer the peer's reset instead of sending ours (see the module
+        docstring); `wrap` must then be built for the server direction."""
         if len(local_session_id) != SESSION_ID_LEN or not any(local_session_id):
             raise LocalProtocolError("session id must be 8 bytes and not all zero")
+        if is_server and wkc is not None:
+            raise ConfigError("tls-crypt-v2 is not supported in the server role yet")
+        self.is_server = is_server
+        #: server role: our reset is owed to the client (first answer or a repeat)
+        self._answer_owed = False
         self.wrap = wrap
         self.local_session_id = local_session_id
         self.remote_session_id: bytes | None = None
@@ -79,21 +99,30 @@ class PacketMuxer:
         self.dynamic_wrap: TLSCrypt | None = None
 
     def set_dynamic_wrap(self, key: bytes, *, now_unix: int) -> None:
-        """Use `key` (256 bytes) as a client-side tls-crypt key for key ids above 0."""
-        self.dynamic_wrap = TLSCrypt(StaticKey(key), server=False, timestamp=now_unix)
+        """Use `key` (256 bytes) as this role's tls-crypt key for key ids above 0."""
+        self.dynamic_wrap = TLSCrypt(StaticKey(key), server=self.is_server, timestamp=now_unix)
 
     def _wrap_for(self, key_id: int) -> ControlWrap:
         return self.dynamic_wrap if key_id and self.dynamic_wrap is not None else self.wrap
 
     # -- the hard reset ---------------------------------------------------------------
     def start(self, now: float) -> None:
-        """Begin the reset exchange: the first reset is due at once."""
+        """Begin the reset exchange: the client's first reset is due at once; the server
+        waits for the client's."""
+        if self.is_server:
+            return
         self._next_reset = now
         self._current_timeout = self._reset_timeout
 
     @property
     def reset_complete(self) -> bool:
         return self.remote_session_id is not None
+
+    @property
+    def answer_owed(self) -> bool:
+        """Server role: a reset answer waits in `datagrams_to_send` (the service flushes it
+        right after the receive that caused it, there is no timer for it)."""
+        return self._answer_owed
 
     def get_timer(self) -> float | None:
         return None if self.reset_complete else self._next_reset
@@ -103,6 +132,8 @@ class PacketMuxer:
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Our hard reset, when it is due (first send and retransmissions)."""
+        if self.is_server:
+            return self._server_reset(now)
         if self.reset_complete or self._next_reset is None or now < self._next_reset:
             return []
         opcode = (
@@ -114,6 +145,42 @@ class PacketMuxer:
         self.stats.resets_sent += 1
         wire = self.wrap.wrap(serialize_control_packet(pkt), now)
         return [wire + self.wkc if self.wkc else wire]
+
+    def _server_reset(self, now: float) -> list[bytes]:
+        """The answer to the client's reset: message id 0, ACKing its 0, our session id."""
+        if not self._answer_owed or self.remote_session_id is None:
+            return []
+        self._answer_owed = False
+        pkt = ControlPacket(
+            Opcode.CONTROL_HARD_RESET_SERVER_V2,
+            0,
+            self.local_session_id,
+            (0,),
+            self.remote_session_id,
+            message_id=0,
+        )
+        self.stats.resets_sent += 1
+        return [self.wrap.wrap(serialize_control_packet(pkt), now)]
+
+    def _on_client_reset(self, pkt: ControlPacket) -> bool:
+        """Server role: take (or answer again) a client reset. False: not one to take."""
+        if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3:
+            self.stats.drop_unsupported += 1
+            return True
+        if not (
+            pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V2
+            and pkt.message_id == 0
+            and pkt.key_id == 0
+            and any(pkt.session_id)
+        ):
+            return False
+        if self.remote_session_id is None:
+            self.remote_session_id = pkt.session_id
+            self._events.append(ResetComplete(self.local_session_id, pkt.session_id, b""))
+        elif pkt.session_id != self.remote_session_id:
+            return False  # another client: the later server demultiplexer's business
+        self._answer_owed = True
+        return True
 
     # -- incoming ----------------------------------------------------------------------
     def receive_datagrams(
@@ -151,9 +218,17 @@ class PacketMuxer:
             if pkt.acks and pkt.remote_session_id != self.local_session_id:
                 stats.drop_session += 1
                 continue
+            if self.is_server and pkt.opcode in _CLIENT_RESETS:
+                if not self._on_client_reset(pkt):
+                    if self.remote_session_id is None:
+                        stats.drop_early += 1
+                    else:
+                        stats.drop_session += 1
+                continue
             if self.remote_session_id is None:
                 if (
-                    pkt.opcode is Opcode.CONTROL_HARD_RESET_SERVER_V2
+                    not self.is_server
+                    and pkt.opcode is Opcode.CONTROL_HARD_RESET_SERVER_V2
                     and pkt.message_id == 0
                     and pkt.key_id == 0
                     and any(pkt.session_id)
@@ -209,6 +284,9 @@ class PacketMuxer:
             wire = self._wrap_for(key_id).wrap(serialize_control_packet(pkt), now)
             out.append(wire + self.wkc if wkc_here and self.wkc else wire)
         return out
+
+
+_CLIENT_RESETS = (Opcode.CONTROL_HARD_RESET_CLIENT_V2, Opcode.CONTROL_HARD_RESET_CLIENT_V3)
 
 
 def _early_neg_flags(payload: bytes) -> int:

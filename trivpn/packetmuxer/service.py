@@ -1,5 +1,8 @@
 """The packet muxer service: one task up (route), one task down (frame control, resets).
 
+Both roles: the client's resets leave on the timer, the server's answer leaves right after
+the receive that asked for it.
+
 Data packets are routed to the data channel as one batch per received batch and never
 touch the reliable layer; outgoing data packets do not pass through here at all (the data
 channel writes to networkio directly).
@@ -26,7 +29,7 @@ async def run_packetmuxer(
     net_down: trio.MemorySendChannel[list[bytes]],
     data_up: trio.MemorySendChannel[list[bytes]],
     ctrl_up: trio.MemorySendChannel[list[object]],
-    ctrl_down: trio.MemoryReceiveChannel[list[ControlOut]],
+    ctrl_down: trio.MemoryReceiveChannel[list[ControlOut | DynamicWrapKey]],
 ) -> None:
     to_net: Outbox[bytes] = Outbox(net_down)
     timer = CoreTimer()
@@ -35,7 +38,10 @@ async def run_packetmuxer(
         before = core.stats.resets_sent
         await to_net.flush(lambda: core.datagrams_to_send(trio.current_time()))
         if core.stats.resets_sent > 1 and core.stats.resets_sent != before:
-            log.warning("no answer from the server yet; resending reset (attempt %d)", core.stats.resets_sent)
+            if core.is_server:
+                log.debug("answering a repeated client reset (answer %d)", core.stats.resets_sent)
+            else:
+                log.warning("no answer from the server yet; resending reset (attempt %d)", core.stats.resets_sent)
 
     async def up() -> None:
         async with net_up, data_up, ctrl_up:
@@ -44,6 +50,8 @@ async def run_packetmuxer(
                 events = core.events()
                 if events:
                     timer.poke()
+                if core.answer_owed:  # server role: a client reset to answer
+                    await flush_resets()
                 if data:
                     await hand_over(data_up, data)
                 if events or control:

@@ -21,9 +21,15 @@ from trivpn.workers.driver import CoreTimer, Outbox
 log = logging.getLogger("trivpn.reliabletransport")
 
 
-def _after_hard_reset() -> ReliableTransport:
-    """Key 0 after the muxer's reset exchange: id 0 used both ways, ACK 0 still owed."""
-    return ReliableTransport(next_send_id=1, next_recv_id=1, initial_acks=(0,))
+def after_hard_reset(is_server: bool = False) -> ReliableTransport:
+    """Key 0 after the muxer's reset exchange: message id 0 is used in both directions.
+
+    The client still owes the ACK of the server's reset (a 2.6 server creates its state only
+    when that ACK comes back with the cookie). The server owes nothing: its reset already
+    carried the ACK of the client's 0, and the muxer answers every repeat of the client's
+    reset, so the server core starts with no ACK pending.
+    """
+    return ReliableTransport(next_send_id=1, next_recv_id=1, initial_acks=() if is_server else (0,))
 
 
 class ReliableService:
@@ -31,18 +37,21 @@ class ReliableService:
         self,
         *,
         from_mux: trio.MemoryReceiveChannel[list[object]],
-        to_mux: trio.MemorySendChannel[list[ControlOut]],
+        to_mux: trio.MemorySendChannel[list[ControlOut | DynamicWrapKey]],
         to_cc: trio.MemorySendChannel[list[object]],
-        from_cc: trio.MemoryReceiveChannel[list[ReliableMessage]],
-        first_key_factory: Callable[[], ReliableTransport] = _after_hard_reset,
+        from_cc: trio.MemoryReceiveChannel[list[ReliableMessage | DynamicWrapKey]],
+        first_key_factory: Callable[[], ReliableTransport] | None = None,
+        is_server: bool = False,
     ) -> None:
+        """`first_key_factory` builds key 0's core after the reset exchange (default: the
+        role's `after_hard_reset`)."""
         self.cores: dict[int, ReliableTransport] = {}
         self._from_mux = from_mux
         self._from_cc = from_cc
-        self._to_mux: Outbox[ControlOut] = Outbox(to_mux)
+        self._to_mux: Outbox[ControlOut | DynamicWrapKey] = Outbox(to_mux)
         self._to_cc: Outbox[object] = Outbox(to_cc)
         self._timer = CoreTimer()
-        self._first_key_factory = first_key_factory
+        self._first_key_factory = first_key_factory or (lambda: after_hard_reset(is_server))
         self.dropped_unknown_key = 0
         #: keys whose core the peer's soft reset created (our reply must reuse it)
         self._peer_opened: set[int] = set()
@@ -64,9 +73,9 @@ class ReliableService:
         timers = [t for c in self.cores.values() if (t := c.get_timer()) is not None]
         return min(timers) if timers else None
 
-    def _collect_packets(self) -> list[ControlOut]:
+    def _collect_packets(self) -> list[ControlOut | DynamicWrapKey]:
         now = trio.current_time()
-        out = []
+        out: list[ControlOut | DynamicWrapKey] = []
         for kid, core in self.cores.items():
             pkts = core.packets_to_send(now)
             if pkts:
@@ -116,7 +125,7 @@ class ReliableService:
             async for batch in self._from_cc:
                 for msg in batch:
                     if isinstance(msg, DynamicWrapKey):
-                        await self._to_mux.send([msg])  # type: ignore[list-item]  # for the muxer
+                        await self._to_mux.send([msg])  # for the muxer
                         continue
                     core = self.cores.get(msg.key_id)
                     if msg.opcode == Opcode.CONTROL_SOFT_RESET_V1:
