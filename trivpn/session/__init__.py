@@ -1,0 +1,1 @@
+"""session: one session's configuration, layer stack and reconnect policy, for both roles."""

@@ -1,0 +1,156 @@
+"""One session's layer stack, the same for the client and the server role.
+
+Channel map (every channel is bounded; control-plane items are lists of typed messages from
+`trivpn.messages`, data-plane items are `list[bytes]`). The caller owns the ends drawn at the
+edges: the network pair (a socket through networkio, the data-plane threads, or an in-memory
+link) and the TUN pair (a TUN service, or nothing when the data-plane threads move packets):
+
+    net_up ─────────▶ packetmuxer ──mux_data──▶ datachannel ──tun_down─▶ (TUN)
+    net_down ◀─────── packetmuxer               datachannel ◀─tun_up──── (TUN)
+    net_down ◀─(clone)──────────────────────────datachannel
+    packetmuxer ──mux_ctrl──▶ reliable ──rel_up──▶ controlchannel ──cc_up──▶ tls
+    packetmuxer ◀─rel_down─── reliable ◀─cc_down── controlchannel ◀─tls_down─ tls
+    tls ──keys──▶ datachannel        (InstallKey, RetireKey; data_control: SendExitNotify)
+    tls ──events──▶ owner            (TunnelUp, AuthPending, ...)
+    owner ──commands──▶ tls          (renegotiate, exit)
+
+Data packets cross at most three hops each way and never enter the reliable layer; down,
+the data channel writes to the network directly. The role changes only the muxer (who
+sends the first reset), the reliable layer's key-0 start, the data channel's direction and
+what the TLS service does with the handshake; the wiring is identical, which is what lets
+an in-memory client stack talk to an in-memory server stack (`trivpn.testing.twoended`).
+
+Why the TLS service comes from a factory: its inputs (client profile and credentials, or a
+server's push options) differ per role; the stack only hands it its channel ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from trivpn.controlchannel.service import run_controlchannel
+from trivpn.datachannel.fastpath import FastPathIO
+from trivpn.datachannel.service import DataService
+from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
+from trivpn.reliabletransport.service import ReliableService
+from trivpn.workers.manager import start_named
+
+CONTROL_CHANNEL_SIZE = 64
+#: Data-plane channels carry batches of up to 64 packets; 8 in flight per hop is ample and
+#: bounds the memory a burst can pin (32 let RSS grow by several MB under load).
+DATA_CHANNEL_SIZE = 8
+
+
+class Runnable(Protocol):
+    """A service object the stack runs (its `run` returns when the service is done)."""
+
+    async def run(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TLSPorts:
+    """The channel ends the TLS service runs on (see the channel map)."""
+
+    from_cc: trio.MemoryReceiveChannel[Any]
+    to_cc: trio.MemorySendChannel[Any]
+    to_data: trio.MemorySendChannel[Any]
+    events: trio.MemorySendChannel[Any]
+    commands: trio.MemoryReceiveChannel[Any]
+
+
+def _chan(size: int) -> tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]:
+    return trio.open_memory_channel[Any](size)
+
+
+class SessionStack:
+    """The channels and services of one session; `run` runs them in one nursery."""
+
+    def __init__(
+        self,
+        *,
+        is_server: bool,
+        muxer: PacketMuxer,
+        make_tls: Callable[[TLSPorts], Runnable],
+        net_up: trio.MemoryReceiveChannel[list[bytes]],
+        net_down: trio.MemorySendChannel[list[bytes]],
+        payload_size: int,
+        tun_up: trio.MemoryReceiveChannel[list[bytes]] | None = None,
+        tun_down: trio.MemorySendChannel[list[bytes]] | None = None,
+        fastpath: FastPathIO | None = None,
+    ) -> None:
+        """`tun_up`/`tun_down` carry IP packets from/to the TUN; leave them out only with
+        `fastpath` (the data-plane threads then move data packets themselves).
+        `payload_size` is the TLS bytes per control packet (`control_payload_size`)."""
+        if muxer.is_server != is_server:
+            raise ValueError("the muxer's role differs from the stack's")
+        self.is_server = is_server
+        self.muxer = muxer
+        self._net_up = net_up
+        self._net_down = net_down
+        self._payload_size = payload_size
+        self._mux_data = _chan(DATA_CHANNEL_SIZE)
+        self._mux_ctrl = _chan(CONTROL_CHANNEL_SIZE)
+        self._rel_down = _chan(CONTROL_CHANNEL_SIZE)
+        self._rel_up = _chan(CONTROL_CHANNEL_SIZE)
+        self._cc_down = _chan(CONTROL_CHANNEL_SIZE)
+        self._cc_up = _chan(CONTROL_CHANNEL_SIZE)
+        self._tls_down = _chan(CONTROL_CHANNEL_SIZE)
+        keys_s, keys_r = _chan(CONTROL_CHANNEL_SIZE)
+        events_s, events_r = _chan(CONTROL_CHANNEL_SIZE)
+        cmd_s, cmd_r = _chan(CONTROL_CHANNEL_SIZE)
+        #: what the TLS service reports (TunnelUp, AuthPending, ...): the owner reads it
+        self.events: trio.MemoryReceiveChannel[Any] = events_r
+        #: commands to the TLS service (renegotiate, exit): clone it to keep a handle
+        self.commands: trio.MemorySendChannel[Any] = cmd_s
+        #: the data channel's control input (SendExitNotify); clone it to keep a handle
+        self.data_control: trio.MemorySendChannel[Any] = keys_s
+        self.tls = make_tls(TLSPorts(self._cc_up[1], self._tls_down[0], keys_s, events_s, cmd_r))
+        self.reliable = ReliableService(
+            from_mux=self._mux_ctrl[1],
+            to_mux=self._rel_down[0],
+            to_cc=self._rel_up[0],
+            from_cc=self._cc_down[1],
+            is_server=is_server,
+        )
+        self.data = DataService(
+            from_mux=self._mux_data[1],
+            from_tun=tun_up,
+            control=keys_r,
+            to_tun=tun_down,
+            to_net=net_down.clone(),
+            is_server=is_server,
+            fastpath=fastpath,
+        )
+
+    async def _muxer(self) -> None:
+        await run_packetmuxer(
+            self.muxer,
+            net_up=self._net_up,
+            net_down=self._net_down,
+            data_up=self._mux_data[0],
+            ctrl_up=self._mux_ctrl[0],
+            ctrl_down=self._rel_down[1],
+        )
+
+    async def _controlchannel(self) -> None:
+        await run_controlchannel(
+            from_rel=self._rel_up[1],
+            to_rel=self._cc_down[0],
+            to_tls=self._cc_up[0],
+            from_tls=self._tls_down[1],
+            payload_size=self._payload_size,
+        )
+
+    async def run(self) -> None:
+        """Run every layer until one fails or the stack is cancelled (a failure is raised
+        as `ServiceFailed` naming the layer, and cancels the rest)."""
+        async with trio.open_nursery() as nursery:
+            start_named(nursery, "packetmuxer", self._muxer)
+            start_named(nursery, "reliabletransport", self.reliable.run)
+            start_named(nursery, "controlchannel", self._controlchannel)
+            start_named(nursery, "tlssession", self.tls.run)
+            start_named(nursery, "datachannel", self.data.run)
