@@ -19,11 +19,27 @@ import trio
 
 from trivpn.datachannel.crypto import is_cbc, normalize_data_cipher
 from trivpn.errors import FatalError, SessionRestart
-from trivpn.messages import Ciphertext, DynamicWrapKey, InstallKey, ResetComplete, SoftReset, TunnelUp
+from trivpn.messages import (
+    Ciphertext,
+    DynamicWrapKey,
+    InstallKey,
+    ResetComplete,
+    SoftReset,
+    TunnelUp,
+)
 from trivpn.profile.push import parse_push_options
 from trivpn.session.stack import TLSPorts
-from trivpn.tlssession.core import ControlMessage, KeyExchangeComplete, PushRequestReceived, TLSSession
-from trivpn.tlssession.keymethod import IV_PROTO_CC_EXIT_NOTIFY, IV_PROTO_DYN_TLS_CRYPT, IV_PROTO_TLS_KEY_EXPORT
+from trivpn.tlssession.core import (
+    ControlMessage,
+    KeyExchangeComplete,
+    PushRequestReceived,
+    TLSSession,
+)
+from trivpn.tlssession.keymethod import (
+    IV_PROTO_CC_EXIT_NOTIFY,
+    IV_PROTO_DYN_TLS_CRYPT,
+    IV_PROTO_TLS_KEY_EXPORT,
+)
 from trivpn.tlssession.service import DYNAMIC_TLS_CRYPT_LABEL
 from trivpn.workers.driver import CoreTimer, Outbox
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +74,8 @@ class TwoEndedConfig:
     push_options: tuple[str, ...] = ("topology subnet", "ifconfig 10.8.0.2 255.255.255.0")
     #: seconds both ends wait for the tunnel (TLS hand-window)
     hand_window: float = 60.0
+    #: the client offers cc-exit (EXIT on the control channel); else OCC EXIT data packets
+    cc_exit: bool = True
 
     def validate(self) -> None:
         if self.wrap not in WRAPS:
@@ -139,7 +141,7 @@ class TwoEnded:
     def _client_tls(self, pki: PKI, wrap_key: bytes | None) -> Any:
         cfg = self.config
         tls_config = TLSConfig(ca_pem=pki.ca_cert, cert_pem=pki.client_cert, key_pem=pki.client_key, remote_cert_tls="server")
-        iv_proto = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_CC_EXIT_NOTIFY
+        iv_proto = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | (IV_PROTO_CC_EXIT_NOTIFY if cfg.cc_exit else 0)
         if cfg.key_derivation == "auto":
             iv_proto |= IV_PROTO_TLS_KEY_EXPORT | IV_PROTO_DYN_TLS_CRYPT
         options = occ_options_string(proto="udp", tls_client=True, tls_auth=cfg.wrap == "tls-auth", key_direction=1 if cfg.wrap == "tls-auth" else None)
@@ -202,6 +204,14 @@ class TwoEnded:
             if self.up[side] is None:
                 raise RuntimeError(f"the {side} stack ended before the tunnel came up: {self.ended[side]!r}")
 
+    async def wait_until(self, condition: Callable[[], bool], within: float, poll: float = 0.01) -> None:
+        """Wait (in trio time) until `condition()` holds; TooSlowError after `within` s."""
+        with trio.fail_after(within):
+            for _ in range(int(within / poll) + 2):
+                if condition():
+                    return
+                await trio.sleep(poll)
+
     async def wait_ended(self, side: str) -> BaseException | None:
         await self._end_events[side].wait()
         return self.ended[side]
@@ -218,7 +228,8 @@ class TwoEnded:
     async def exit(self, side: str) -> None:
         """Leave the way the client does: EXIT with cc-exit, else OCC EXIT data packets."""
         await self.commands[side].send("exit")
-        if self.up[side] is not None and not self.up[side].settings.protocol_flags & {"cc-exit"}:
+        up = self.up[side]
+        if up is not None and "cc-exit" not in up.settings.protocol_flags:
             await self.data_control[side].send([SendExitNotify(count=2)])
 
     def renegotiations(self, side: str) -> int:
