@@ -11,7 +11,14 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from trivpn.messages import Ciphertext, DynamicWrapKey, InstallKey, ResetComplete, RetireKey, SoftReset
+from trivpn.messages import (
+    Ciphertext,
+    DynamicWrapKey,
+    InstallKey,
+    ResetComplete,
+    RetireKey,
+    SoftReset,
+)
 from trivpn.testing.pki import PKI, generate_pki
 from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.keymethod import (
