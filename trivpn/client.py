@@ -44,7 +44,7 @@ from trivpn.datachannel.crypto import SUPPORTED_DATA_CIPHERS, normalize_data_cip
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
 from trivpn.errors import ConfigError, FatalError, SessionRestart
-from trivpn.messages import AuthPending, SendExitNotify, TunnelUp
+from trivpn.messages import AuthPending, KeyUsage, SendExit, SendExitNotify, TLSCommand, TunnelUp
 from trivpn.networkio import (
     Endpoint,
     Transport,
@@ -72,6 +72,7 @@ from trivpn.tlssession.keymethod import (
     occ_options_string,
     peer_info_string,
 )
+from trivpn.tlssession.keyschedule import KeySchedule, KeyScheduleConfig
 from trivpn.tlssession.service import AuthTokenExpired, CipherPolicy, TLSService
 from trivpn.tlssession.tls import TLSConfig, TLSEngine
 from trivpn.tun.linux import LinuxTun
@@ -143,8 +144,23 @@ class _LiveSession:
 
     tls: TLSService
     endpoint: Endpoint
-    commands: trio.MemorySendChannel[str]
+    commands: trio.MemorySendChannel[TLSCommand]
     data_control: trio.MemorySendChannel[list[object]]
+
+
+def _data_usage(data: DataService) -> KeyUsage:
+    """What the data channel's primary key carried (the key schedule's reneg-bytes/-pkts
+    and packet-id wrap triggers), read from its counters; totals of both directions."""
+    core = data.core
+    if core is None:
+        return KeyUsage(None)
+    st = core.stats
+    return KeyUsage(
+        core.primary_key_id,
+        st.tx_bytes + st.rx_bytes,
+        st.tx_packets + st.rx_packets,
+        core.needs_renegotiation,
+    )
 
 
 def build_wrap(profile: Profile, now_unix: int) -> tuple[ControlWrap, bytes | None]:
@@ -421,7 +437,7 @@ class Client:
         if sess is None or self.info is None:
             return
         if sess.tls.cc_exit:
-            await sess.commands.send("exit")
+            await sess.commands.send(SendExit())
             await trio.sleep(0.2)  # let the EXIT message leave before we cancel
         elif sess.endpoint.proto == "udp":
             await sess.data_control.send([SendExitNotify(count=2)])
@@ -545,23 +561,24 @@ class Client:
             float(profile.ping_restart or (profile.keepalive[1] if profile.keepalive else 0)),
             float(profile.ping_exit or 0),
         )
-        tls = TLSService(
-            make_session=self._make_session_factory(cand.remote.proto),
-            policy=CipherPolicy(
-                self.ciphers,
-                profile.data_ciphers_fallback or profile.cipher,
-                self.key_derivation,
-                auth=profile.auth or "SHA1",
+        schedule = KeySchedule(
+            KeyScheduleConfig(
+                role="client",
+                policy=CipherPolicy(
+                    self.ciphers,
+                    profile.data_ciphers_fallback or profile.cipher,
+                    self.key_derivation,
+                    auth=profile.auth or "SHA1",
+                ),
+                reneg_sec=float(profile.reneg_sec if profile.reneg_sec is not None else 3600),
+                reneg_bytes=profile.reneg_bytes or 0,
+                reneg_pkts=profile.reneg_pkts or 0,
+                hand_window=self.hand_window,
+                keepalive=keepalive,
+                wrap_key=wrap_key_bytes(profile),
+                pull=profile.pull,
             ),
-            from_cc=cc_up_r,
-            to_cc=tls_down_s,
-            to_data=keys_s,
-            events=events_s,
-            commands=cmd_r,
-            reneg_sec=float(profile.reneg_sec if profile.reneg_sec is not None else 3600),
-            hand_window=self.hand_window,
-            keepalive=keepalive,
-            wrap_key=wrap_key_bytes(profile),
+            self._make_session_factory(cand.remote.proto),
         )
         data = DataService(
             from_mux=mux_data_r,
@@ -570,6 +587,15 @@ class Client:
             to_tun=tun_down_s,
             to_net=net_down_s.clone(),
             fastpath=fast,
+        )
+        tls = TLSService(
+            schedule,
+            from_cc=cc_up_r,
+            to_cc=tls_down_s,
+            to_data=keys_s,
+            events=events_s,
+            commands=cmd_r,
+            usage=partial(_data_usage, data),
         )
         reliable = ReliableService(from_mux=mux_ctrl_r, to_mux=rel_down_s, to_cc=rel_up_s, from_cc=cc_down_r)
         payload = control_payload_size(wrap.overhead, ipv6=endpoint.family == socket.AF_INET6)
@@ -609,8 +635,6 @@ class Client:
                 )
                 start("tlssession", tls.run)
                 start("datachannel", data.run)
-                # always: besides reneg-bytes/-pkts it renews keys before packet ids wrap
-                start("reneg-watch", self._watch_volume, data, cmd_s.clone())
                 self._live = live
 
                 with trio.move_on_at(deadline) as scope:
@@ -669,39 +693,6 @@ class Client:
             self._manager.add_cleanup(self._configurator.undo)
         self._configurator.apply(cfg)
         self._applied = cfg
-
-    async def _watch_volume(self, data: DataService, commands: trio.MemorySendChannel[str]) -> None:
-        """Ask for new keys after `reneg-bytes` / `reneg-pkts` (or near packet-id wrap).
-
-        Reads the data core's counters once a second instead of testing them per packet, so
-        the hot path carries no renegotiation logic at all.
-        """
-        limit_bytes = self.profile.reneg_bytes or 0
-        limit_pkts = self.profile.reneg_pkts or 0
-        base_bytes = base_pkts = 0
-        key: int | None = None
-        async with commands:
-            while True:
-                await trio.sleep(1)
-                core = data.core
-                if core is None:
-                    continue
-                st = core.stats
-                moved_bytes = st.tx_bytes + st.rx_bytes
-                moved_pkts = st.tx_packets + st.rx_packets
-                if core.primary_key_id != key:
-                    key, base_bytes, base_pkts = core.primary_key_id, moved_bytes, moved_pkts
-                    continue
-                if limit_bytes and moved_bytes - base_bytes >= limit_bytes:
-                    reason = f"reneg-bytes {limit_bytes}"
-                elif limit_pkts and moved_pkts - base_pkts >= limit_pkts:
-                    reason = f"reneg-pkts {limit_pkts}"
-                elif core.needs_renegotiation:
-                    reason = "packet ids near wrap"
-                else:
-                    continue
-                await commands.send(f"renegotiate:{reason}")
-                base_bytes, base_pkts = moved_bytes, moved_pkts
 
     @staticmethod
     def counters_line(muxer: PacketMuxer, data: DataService) -> str:
