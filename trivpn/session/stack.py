@@ -11,8 +11,9 @@ link) and the TUN pair (a TUN service, or nothing when the data-plane threads mo
     packetmuxer ──mux_ctrl──▶ reliable ──rel_up──▶ controlchannel ──cc_up──▶ tls
     packetmuxer ◀─rel_down─── reliable ◀─cc_down── controlchannel ◀─tls_down─ tls
     tls ──keys──▶ datachannel        (InstallKey, RetireKey; data_control: SendExitNotify)
-    tls ──events──▶ owner            (TunnelUp, AuthPending, ...)
-    owner ──commands──▶ tls          (renegotiate, exit)
+    tls ◀─usage── datachannel        (KeyUsage, read about once a second: reneg-bytes/-pkts)
+    tls ──events──▶ owner            (TunnelUp / ClientReady, AuthPending)
+    owner ──commands──▶ tls          (Renegotiate, SendExit)
 
 Data packets cross at most three hops each way and never enter the reliable layer; down,
 the data channel writes to the network directly. The role changes only the muxer (who
@@ -20,8 +21,9 @@ sends the first reset), the reliable layer's key-0 start, the data channel's dir
 what the TLS service does with the handshake; the wiring is identical, which is what lets
 an in-memory client stack talk to an in-memory server stack (`trivpn.testing.twoended`).
 
-Why the TLS service comes from a factory: its inputs (client profile and credentials, or a
-server's push options) differ per role; the stack only hands it its channel ends.
+Why the TLS service comes from a factory: its inputs (the key schedule's configuration:
+client profile and credentials, or a server's push options) differ per role; the stack only
+hands it its channel ends.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import trio
 from trivpn.controlchannel.service import run_controlchannel
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
+from trivpn.messages import KeyUsage
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.reliabletransport.service import ReliableService
 from trivpn.workers.manager import start_named
@@ -60,6 +63,23 @@ class TLSPorts:
     to_data: trio.MemorySendChannel[Any]
     events: trio.MemorySendChannel[Any]
     commands: trio.MemoryReceiveChannel[Any]
+    #: what the data channel's primary key has carried so far (polled by the TLS service)
+    usage: Callable[[], KeyUsage]
+
+
+def data_usage(data: DataService) -> KeyUsage:
+    """What the data channel's primary key carried (the key schedule's reneg-bytes/-pkts
+    and packet-id wrap triggers), read from its counters; totals of both directions."""
+    core = data.core
+    if core is None:
+        return KeyUsage(None)
+    st = core.stats
+    return KeyUsage(
+        core.primary_key_id,
+        st.tx_bytes + st.rx_bytes,
+        st.tx_packets + st.rx_packets,
+        core.needs_renegotiation,
+    )
 
 
 def _chan(size: int) -> tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]:
@@ -108,7 +128,6 @@ class SessionStack:
         self.commands: trio.MemorySendChannel[Any] = cmd_s
         #: the data channel's control input (SendExitNotify); clone it to keep a handle
         self.data_control: trio.MemorySendChannel[Any] = keys_s
-        self.tls = make_tls(TLSPorts(self._cc_up[1], self._tls_down[0], keys_s, events_s, cmd_r))
         self.reliable = ReliableService(
             from_mux=self._mux_ctrl[1],
             to_mux=self._rel_down[0],
@@ -124,6 +143,10 @@ class SessionStack:
             to_net=net_down.clone(),
             is_server=is_server,
             fastpath=fastpath,
+        )
+        data = self.data
+        self.tls = make_tls(
+            TLSPorts(self._cc_up[1], self._tls_down[0], keys_s, events_s, cmd_r, lambda: data_usage(data))
         )
 
     async def _muxer(self) -> None:

@@ -7,15 +7,15 @@ opens a socket or needs root or an openvpn binary, and everything runs on trio's
 with `trio.testing.MockClock(autojump_threshold=0)` retransmissions, renegotiation timers
 and link delays cost no real time.
 
-`open_two_ended(...)` starts both stacks, waits until both report `TunnelUp` (reset
-exchange, TLS, key method 2, PUSH_REQUEST/PUSH_REPLY, keys installed) and yields a
+`open_two_ended(...)` starts both stacks, waits until the client reports `TunnelUp` and the
+server `ClientReady` (reset exchange, TLS, key method 2, PUSH_REQUEST/PUSH_REPLY, keys
+installed) and yields a
 `TwoEnded` whose `client_tun` / `server_tun` carry IP packets through the tunnel. Each end's
 received packets are counted in `received`; how each stack ended is kept in `ended`
 (a stack that fails does not take the other down: that is how "the server saw the client
 leave" is observed). Leaving the context cancels whatever still runs.
 
-The server role's TLS layer is `trivpn.testing.server_tls` (test scaffolding until the
-server's key schedule exists); the client's is the production `TLSService`.
+Both TLS layers are the production `TLSService` around a `KeySchedule`, one in each role.
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ import trio
 from trivpn.controlchannel.service import control_payload_size
 from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
 from trivpn.errors import ConfigError
-from trivpn.messages import SendExitNotify, TunnelUp
+from trivpn.messages import ClientReady, Renegotiate, SendExit, SendExitNotify, TunnelUp
 from trivpn.packetmuxer import PacketMuxer
 from trivpn.session.stack import DATA_CHANNEL_SIZE, Runnable, SessionStack, TLSPorts
 from trivpn.testing.memlink import MemoryLink
 from trivpn.testing.pki import PKI, generate_pki
 from trivpn.testing.relay import RelayConfig
-from trivpn.testing.server_tls import ScaffoldServerTLS, ServerPolicy
 from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
@@ -50,7 +49,9 @@ from trivpn.tlssession.keymethod import (
     occ_options_string,
     peer_info_string,
 )
-from trivpn.tlssession.service import CipherPolicy, TLSService
+from trivpn.tlssession.keyschedule import KeySchedule, KeyScheduleConfig
+from trivpn.tlssession.negotiation import CipherPolicy
+from trivpn.tlssession.service import TLSService
 from trivpn.tlssession.tls import TLSConfig
 from trivpn.tun.service import run_tun
 from trivpn.tun.userspace import UserspaceTun
@@ -111,7 +112,8 @@ class TwoEnded:
         self.link = MemoryLink(config.link)
         self.tun = {side: UserspaceTun(f"{side}tun") for side in SIDES}
         self.received: dict[str, Counter[bytes]] = {side: Counter() for side in SIDES}
-        self.up: dict[str, TunnelUp | None] = {side: None for side in SIDES}
+        #: the client's TunnelUp and the server's ClientReady
+        self.up: dict[str, TunnelUp | ClientReady | None] = {side: None for side in SIDES}
         self.ended: dict[str, BaseException | None] = {side: None for side in SIDES}
         self._up_events = {side: trio.Event() for side in SIDES}
         self._end_events = {side: trio.Event() for side in SIDES}
@@ -119,6 +121,7 @@ class TwoEnded:
         ends = {"client": self.link.client, "server": self.link.server}
         self._tun_channels: dict[str, tuple[Any, Any, Any, Any]] = {}
         self.stacks: dict[str, SessionStack] = {}
+        self.tls: dict[str, TLSService] = {}
         for side, wrap in (("client", cwrap), ("server", swrap)):
             is_server = side == "server"
             tun_up_s, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
@@ -138,7 +141,7 @@ class TwoEnded:
         self.data_control = {side: self.stacks[side].data_control.clone() for side in SIDES}
 
     # -- the two TLS layers ----------------------------------------------------------------
-    def _client_tls(self, pki: PKI, wrap_key: bytes | None) -> Any:
+    def _client_tls(self, pki: PKI, wrap_key: bytes | None) -> Callable[[TLSPorts], Runnable]:
         cfg = self.config
         tls_config = TLSConfig(ca_pem=pki.ca_cert, cert_pem=pki.client_cert, key_pem=pki.client_key, remote_cert_tls="server")
         iv_proto = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | (IV_PROTO_CC_EXIT_NOTIFY if cfg.cc_exit else 0)
@@ -150,25 +153,50 @@ class TwoEnded:
         def session(key_id: int, token: str | None) -> TLSSession:
             return TLSSession(tls_config, options_string=options, peer_info=peer_info, pull=key_id == 0)
 
-        def make(ports: TLSPorts) -> Runnable:
-            return TLSService(
-                make_session=session,
-                policy=CipherPolicy(list(cfg.ciphers), None, cfg.key_derivation),
-                from_cc=ports.from_cc, to_cc=ports.to_cc, to_data=ports.to_data,
-                events=ports.events, commands=ports.commands,
-                reneg_sec=cfg.client_reneg_sec, hand_window=cfg.hand_window, wrap_key=wrap_key,
-            )
+        config = KeyScheduleConfig(
+            role="client",
+            policy=CipherPolicy(cfg.ciphers, None, cfg.key_derivation),
+            reneg_sec=cfg.client_reneg_sec,
+            hand_window=cfg.hand_window,
+            wrap_key=wrap_key,
+        )
+        return self._tls_service("client", config, session)
 
-        return make
-
-    def _server_tls(self, pki: PKI, wrap_key: bytes | None) -> Any:
+    def _server_tls(self, pki: PKI, wrap_key: bytes | None) -> Callable[[TLSPorts], Runnable]:
         cfg = self.config
-        tls_config = TLSConfig(ca_pem=pki.ca_cert, cert_pem=pki.server_cert, key_pem=pki.server_key, is_server=True, remote_cert_tls="client")
-        options = occ_options_string(proto="udp", tls_client=False, tls_auth=cfg.wrap == "tls-auth", key_direction=0 if cfg.wrap == "tls-auth" else None)
-        policy = ServerPolicy(cfg.push_options, cfg.ciphers, cfg.server_reneg_sec, wrap_key=wrap_key)
+        tls_config = TLSConfig(
+            ca_pem=pki.ca_cert, cert_pem=pki.server_cert, key_pem=pki.server_key,
+            is_server=True, remote_cert_tls="client",
+        )
+        options = occ_options_string(
+            proto="udp", tls_client=False, tls_auth=cfg.wrap == "tls-auth",
+            key_direction=0 if cfg.wrap == "tls-auth" else None,
+        )
 
+        def session(key_id: int, token: str | None) -> TLSSession:
+            return TLSSession(tls_config, options_string=options)
+
+        config = KeyScheduleConfig(
+            role="server",
+            policy=CipherPolicy(cfg.ciphers, None, cfg.key_derivation),
+            reneg_sec=cfg.server_reneg_sec,
+            hand_window=cfg.hand_window,
+            wrap_key=wrap_key,
+            push=cfg.push_options,
+            peer_id=0,
+        )
+        return self._tls_service("server", config, session)
+
+    def _tls_service(
+        self, side: str, config: KeyScheduleConfig, session: Callable[[int, str | None], TLSSession]
+    ) -> Callable[[TLSPorts], Runnable]:
         def make(ports: TLSPorts) -> Runnable:
-            return ScaffoldServerTLS(ports, lambda kid: TLSSession(tls_config, options_string=options), policy)
+            self.tls[side] = TLSService(
+                KeySchedule(config, session),
+                from_cc=ports.from_cc, to_cc=ports.to_cc, to_data=ports.to_data,
+                events=ports.events, commands=ports.commands, usage=ports.usage,
+            )
+            return self.tls[side]
 
         return make
 
@@ -190,7 +218,7 @@ class TwoEnded:
 
     async def _watch_events(self, side: str) -> None:
         async for ev in self.stacks[side].events:
-            if isinstance(ev, TunnelUp) and self.up[side] is None:
+            if isinstance(ev, TunnelUp | ClientReady) and self.up[side] is None:
                 self.up[side] = ev
                 self._up_events[side].set()
 
@@ -223,17 +251,17 @@ class TwoEnded:
             await self.tun[side].send(p)
 
     async def renegotiate(self, side: str) -> None:
-        await self.commands[side].send("renegotiate:test")
+        await self.commands[side].send(Renegotiate("test"))
 
     async def exit(self, side: str) -> None:
-        """Leave the way the client does: EXIT with cc-exit, else OCC EXIT data packets."""
-        await self.commands[side].send("exit")
-        up = self.up[side]
-        if up is not None and "cc-exit" not in up.settings.protocol_flags:
+        """Leave the way the client does: EXIT with cc-exit, else OCC EXIT data packets (a
+        server always says RESTART on the control channel)."""
+        await self.commands[side].send(SendExit())
+        if side == "client" and not self.tls[side].cc_exit:
             await self.data_control[side].send([SendExitNotify(count=2)])
 
     def renegotiations(self, side: str) -> int:
-        return int(self.stacks[side].tls.renegotiations)  # type: ignore[attr-defined]
+        return self.tls[side].renegotiations
 
     def primary_key_id(self, side: str) -> int | None:
         core = self.stacks[side].data.core

@@ -16,9 +16,9 @@ import trio.testing
 
 from trivpn.datachannel.service import PingRestart
 from trivpn.errors import SessionRestart
+from trivpn.messages import ClientReady, TunnelUp
 from trivpn.testing.pki import PKI, generate_pki
 from trivpn.testing.relay import Impairment, RelayConfig
-from trivpn.testing.server_tls import ClientLeft
 from trivpn.testing.twoended import TwoEnded, TwoEndedConfig, make_packet, open_two_ended
 
 SIDES = ("client", "server")
@@ -66,7 +66,7 @@ def test_handshake_and_data_both_ways(pki: PKI, wrap: str, key_derivation: str) 
         cfg = TwoEndedConfig(wrap=wrap, key_derivation=key_derivation)
         async with open_two_ended(cfg, pki=pki, seed=1) as te:
             cup, sup = te.up["client"], te.up["server"]
-            assert cup is not None and sup is not None
+            assert isinstance(cup, TunnelUp) and isinstance(sup, ClientReady)
             assert cup.cipher == sup.cipher == "AES-256-GCM"
             expected = "tls-ekm" if key_derivation == "auto" else "tls1-prf"
             assert cup.key_derivation == sup.key_derivation == expected
@@ -129,10 +129,9 @@ def test_client_leaves_and_the_server_sees_it(pki: PKI, cc_exit: bool) -> None:
             await te.exit("client")
             with trio.fail_after(10):
                 ended = await te.wait_ended("server")
-            if cc_exit:  # EXIT on the control channel
-                assert isinstance(ended, ClientLeft)
-            else:  # OCC EXIT data packets
-                assert isinstance(ended, SessionRestart) and "exit notification" in str(ended)
+            assert isinstance(ended, SessionRestart)
+            # EXIT on the control channel with cc-exit, else OCC EXIT data packets
+            assert ("EXIT" if cc_exit else "exit notification") in str(ended)
             assert te.ended["client"] is None  # the client is still up; it only said goodbye
 
     run(main)
@@ -145,8 +144,9 @@ def test_server_leaves_and_the_client_sees_it(pki: PKI, cc_exit: bool) -> None:
             await te.exit("server")
             with trio.fail_after(10):
                 ended = await te.wait_ended("client")
+            # a server always says RESTART on the control channel
             assert isinstance(ended, SessionRestart) and not isinstance(ended, PingRestart)
-            assert ("RESTART" if cc_exit else "exit notification") in str(ended)
+            assert "RESTART" in str(ended)
 
     run(main)
 
