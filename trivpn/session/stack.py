@@ -28,6 +28,7 @@ hands it its channel ends.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,21 +68,6 @@ class TLSPorts:
     usage: Callable[[], KeyUsage]
 
 
-def data_usage(data: DataService) -> KeyUsage:
-    """What the data channel's primary key carried (the key schedule's reneg-bytes/-pkts
-    and packet-id wrap triggers), read from its counters; totals of both directions."""
-    core = data.core
-    if core is None:
-        return KeyUsage(None)
-    st = core.stats
-    return KeyUsage(
-        core.primary_key_id,
-        st.tx_bytes + st.rx_bytes,
-        st.tx_packets + st.rx_packets,
-        core.needs_renegotiation,
-    )
-
-
 def _chan(size: int) -> tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]:
     return trio.open_memory_channel[Any](size)
 
@@ -101,10 +87,13 @@ class SessionStack:
         tun_up: trio.MemoryReceiveChannel[list[bytes]] | None = None,
         tun_down: trio.MemorySendChannel[list[bytes]] | None = None,
         fastpath: FastPathIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`tun_up`/`tun_down` carry IP packets from/to the TUN; leave them out only with
         `fastpath` (the data-plane threads then move data packets themselves).
-        `payload_size` is the TLS bytes per control packet (`control_payload_size`)."""
+        `payload_size` is the TLS bytes per control packet (`control_payload_size`).
+        `clock` is the data plane's clock (`trio.current_time` under a MockClock, with the
+        trio-task plane only: threads must not read trio's clock)."""
         if muxer.is_server != is_server:
             raise ValueError("the muxer's role differs from the stack's")
         self.is_server = is_server
@@ -143,11 +132,9 @@ class SessionStack:
             to_net=net_down.clone(),
             is_server=is_server,
             fastpath=fastpath,
+            clock=clock,
         )
-        data = self.data
-        self.tls = make_tls(
-            TLSPorts(self._cc_up[1], self._tls_down[0], keys_s, events_s, cmd_r, lambda: data_usage(data))
-        )
+        self.tls = make_tls(TLSPorts(self._cc_up[1], self._tls_down[0], keys_s, events_s, cmd_r, self.data.usage))
 
     async def _muxer(self) -> None:
         await run_packetmuxer(

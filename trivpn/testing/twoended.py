@@ -136,6 +136,7 @@ class TwoEnded:
                 payload_size=control_payload_size(wrap.overhead, ipv6=False),
                 tun_up=tun_up_r,
                 tun_down=tun_down_s,
+                clock=trio.current_time,  # one clock for the whole harness (MockClock)
             )
         self.commands = {side: self.stacks[side].commands.clone() for side in SIDES}
         self.data_control = {side: self.stacks[side].data_control.clone() for side in SIDES}
