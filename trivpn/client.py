@@ -1,17 +1,8 @@
-"""The OpenVPN client: builds the layer stack from a profile and runs it under the manager.
+"""The OpenVPN client: builds the session stack from a profile and runs it under the manager.
 
-Channel map (every channel is bounded; control-plane items are lists of typed messages from
-`trivpn.messages`, data-plane items are `list[bytes]`):
-
-    tun ──tun_up──▶ datachannel ──net_down (clone)──────────────────────────▶ networkio
-    tun ◀─tun_down─ datachannel ◀──mux_data── packetmuxer ◀──net_up────────── networkio
-                                              packetmuxer ──net_down────────▶ networkio
-    reliable ◀─mux_ctrl── packetmuxer ◀─rel_down── reliable
-    controlchannel ◀─rel_up── reliable ◀─cc_down── controlchannel
-    tlssession ◀─cc_up── controlchannel ◀─tls_down── tlssession
-    tlssession ──keys──▶ datachannel;  tlssession ──events──▶ client;  client ──commands──▶ tlssession
-
-Data packets cross three hops each way at most and never enter the reliable layer.
+Each session opens a transport, plugs it (through networkio, or the data-plane threads) and
+the TUN into a client-role `trivpn.session.stack.SessionStack` — whose docstring is the
+channel map — waits for the tunnel and applies the network settings.
 """
 
 from __future__ import annotations
@@ -30,7 +21,7 @@ from typing import Any
 import trio
 
 from trivpn import __version__
-from trivpn.controlchannel.service import control_payload_size, run_controlchannel
+from trivpn.controlchannel.service import control_payload_size
 from trivpn.controlchannel.wrap import (
     EARLY_NEG_START,
     ControlWrap,
@@ -44,7 +35,7 @@ from trivpn.datachannel.crypto import SUPPORTED_DATA_CIPHERS, normalize_data_cip
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
 from trivpn.errors import ConfigError, FatalError, SessionRestart
-from trivpn.messages import AuthPending, KeyUsage, SendExit, SendExitNotify, TLSCommand, TunnelUp
+from trivpn.messages import AuthPending, SendExit, SendExitNotify, TLSCommand, TunnelUp
 from trivpn.networkio import (
     Endpoint,
     Transport,
@@ -56,10 +47,10 @@ from trivpn.networkio import (
 from trivpn.networkio.connect import connect_first
 from trivpn.networkio.proxy import open_profile_proxy_transport, proxy_of
 from trivpn.networkio.transport import ResolveError, UDPTransport, bind_address
-from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
+from trivpn.packetmuxer import PacketMuxer
 from trivpn.profile.profile import Profile, Remote
 from trivpn.profile.push import PushedSettings
-from trivpn.reliabletransport.service import ReliableService
+from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack, TLSPorts
 from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.keymethod import (
     IV_PROTO_AUTH_FAIL_TEMP,
@@ -84,10 +75,6 @@ log = logging.getLogger("trivpn")
 
 #: OpenVPN's hand-window: the whole TLS + push exchange must finish within this.
 HAND_WINDOW = 60.0
-CONTROL_CHANNEL_SIZE = 64
-#: Data-plane channels carry batches of up to 64 packets; 8 in flight per hop is ample and
-#: bounds the memory a burst can pin (32 let RSS grow by several MB under load).
-DATA_CHANNEL_SIZE = 8
 #: `low_latency`: seconds after the last data packet during which the data-plane threads
 #: keep their hot path warm (see datachannel/fastpath.py): covers request/response and
 #: typing-speed traffic, and bounds the CPU spent after each burst.
@@ -134,7 +121,7 @@ def candidates(profile: Profile, rng: random.Random) -> list[Candidate]:
 def backoff_delay(failures: int, first: float, cap: float, rng: random.Random) -> float:
     """`first` doubling per consecutive failure up to `cap`, with ±20 % jitter (so many
     clients cut off together do not come back in step)."""
-    base = min(cap, first * 2 ** max(0, failures - 1))
+    base = min(cap, first * 2.0 ** max(0, failures - 1))
     return max(0.0, base * rng.uniform(0.8, 1.2))
 
 
@@ -146,21 +133,6 @@ class _LiveSession:
     endpoint: Endpoint
     commands: trio.MemorySendChannel[TLSCommand]
     data_control: trio.MemorySendChannel[list[object]]
-
-
-def _data_usage(data: DataService) -> KeyUsage:
-    """What the data channel's primary key carried (the key schedule's reneg-bytes/-pkts
-    and packet-id wrap triggers), read from its counters; totals of both directions."""
-    core = data.core
-    if core is None:
-        return KeyUsage(None)
-    st = core.stats
-    return KeyUsage(
-        core.primary_key_id,
-        st.tx_bytes + st.rx_bytes,
-        st.tx_packets + st.rx_packets,
-        core.needs_renegotiation,
-    )
 
 
 def build_wrap(profile: Profile, now_unix: int) -> tuple[ControlWrap, bytes | None]:
@@ -528,12 +500,8 @@ class Client:
             sid = os.urandom(8)
         muxer = PacketMuxer(wrap, sid, wkc=wkc)
 
-        def chan(size: int) -> tuple[Any, Any]:
-            return trio.open_memory_channel(size)
-
-        net_up_s, net_up_r = chan(DATA_CHANNEL_SIZE)
-        net_down_s, net_down_r = chan(DATA_CHANNEL_SIZE)
-        mux_data_s, mux_data_r = chan(DATA_CHANNEL_SIZE)
+        net_up_s, net_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        net_down_s, net_down_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
         fast: FastPathIO | None = None
         tun_up_s = tun_up_r = tun_down_s = tun_down_r = None
         if self.data_threads and isinstance(self.device, LinuxTun) and type(transport) is UDPTransport:
@@ -544,17 +512,8 @@ class Client:
                 " (low-latency: kept warm after traffic)" if warm else "",
             )
         else:
-            tun_up_s, tun_up_r = chan(DATA_CHANNEL_SIZE)
-            tun_down_s, tun_down_r = chan(DATA_CHANNEL_SIZE)
-        mux_ctrl_s, mux_ctrl_r = chan(CONTROL_CHANNEL_SIZE)
-        rel_down_s, rel_down_r = chan(CONTROL_CHANNEL_SIZE)
-        rel_up_s, rel_up_r = chan(CONTROL_CHANNEL_SIZE)
-        cc_down_s, cc_down_r = chan(CONTROL_CHANNEL_SIZE)
-        cc_up_s, cc_up_r = chan(CONTROL_CHANNEL_SIZE)
-        tls_down_s, tls_down_r = chan(CONTROL_CHANNEL_SIZE)
-        keys_s, keys_r = chan(CONTROL_CHANNEL_SIZE)
-        events_s, events_r = chan(CONTROL_CHANNEL_SIZE)
-        cmd_s, cmd_r = chan(CONTROL_CHANNEL_SIZE)
+            tun_up_s, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+            tun_down_s, tun_down_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
 
         keepalive = (
             float(profile.ping or (profile.keepalive[0] if profile.keepalive else 0)),
@@ -580,28 +539,37 @@ class Client:
             ),
             self._make_session_factory(cand.remote.proto),
         )
-        data = DataService(
-            from_mux=mux_data_r,
-            from_tun=tun_up_r,
-            control=keys_r,
-            to_tun=tun_down_s,
-            to_net=net_down_s.clone(),
-            fastpath=fast,
-        )
-        tls = TLSService(
-            schedule,
-            from_cc=cc_up_r,
-            to_cc=tls_down_s,
-            to_data=keys_s,
-            events=events_s,
-            commands=cmd_r,
-            usage=partial(_data_usage, data),
-        )
-        reliable = ReliableService(from_mux=mux_ctrl_r, to_mux=rel_down_s, to_cc=rel_up_s, from_cc=cc_down_r)
+
+        def make_tls(ports: TLSPorts) -> TLSService:
+            return TLSService(
+                schedule,
+                from_cc=ports.from_cc,
+                to_cc=ports.to_cc,
+                to_data=ports.to_data,
+                events=ports.events,
+                commands=ports.commands,
+                usage=ports.usage,
+            )
+
         payload = control_payload_size(wrap.overhead, ipv6=endpoint.family == socket.AF_INET6)
         if wkc:
             payload -= len(wkc)  # message 1 may carry the WKc too: keep it within one MTU
-        live = _LiveSession(tls, endpoint, cmd_s.clone(), keys_s.clone())
+        stack = SessionStack(
+            is_server=False,
+            muxer=muxer,
+            make_tls=make_tls,
+            net_up=net_up_r,
+            net_down=net_down_s,
+            payload_size=payload,
+            tun_up=tun_up_r,
+            tun_down=tun_down_s,
+            fastpath=fast,
+        )
+        tls = stack.tls
+        assert isinstance(tls, TLSService)
+        data = stack.data
+        events_r = stack.events
+        live = _LiveSession(tls, endpoint, stack.commands.clone(), stack.data_control.clone())
         try:
             async with trio.open_nursery() as nursery:
 
@@ -613,28 +581,9 @@ class Client:
                     start("networkio", partial(run_networkio, close_transport=False), transport, None, net_down_r)
                 else:
                     start("networkio", run_networkio, transport, net_up_s, net_down_r)
-                    if self.device is not None:
+                    if self.device is not None and tun_up_s is not None and tun_down_r is not None:
                         start("tun", partial(run_tun, self.device, to_data=tun_up_s, from_data=tun_down_r))
-                start(
-                    "packetmuxer",
-                    lambda: run_packetmuxer(
-                        muxer,
-                        net_up=net_up_r,
-                        net_down=net_down_s,
-                        data_up=mux_data_s,
-                        ctrl_up=mux_ctrl_s,
-                        ctrl_down=rel_down_r,
-                    ),
-                )
-                start("reliabletransport", reliable.run)
-                start(
-                    "controlchannel",
-                    lambda: run_controlchannel(
-                        from_rel=rel_up_r, to_rel=cc_down_s, to_tls=cc_up_s, from_tls=tls_down_r, payload_size=payload
-                    ),
-                )
-                start("tlssession", tls.run)
-                start("datachannel", data.run)
+                nursery.start_soon(stack.run)  # each layer's failure already names the layer
                 self._live = live
 
                 with trio.move_on_at(deadline) as scope:
