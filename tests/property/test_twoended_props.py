@@ -3,6 +3,10 @@
 Whatever the seeded impairment (loss, reordering, duplication, delay within bounds), the
 session must come up and carry data both ways. Everything runs on trio's autojump clock, so
 every example is bounded in mock time (`fail_after`) and costs no real time waiting.
+
+The hand-window is widened from OpenVPN's 60 s: at 30 % loss each way, six reset attempts
+in a row fail about once in a hundred draws, and a real client would then simply reconnect.
+What is tested is that the protocol converges, not how lucky a 60 s window is.
 """
 
 from __future__ import annotations
@@ -11,15 +15,17 @@ import functools
 
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from trivpn.testing.pki import PKI, generate_pki
 from trivpn.testing.relay import Impairment, RelayConfig
 from trivpn.testing.twoended import TwoEnded, TwoEndedConfig, make_packet, open_two_ended
 
-#: Mock seconds an example may take: tunnel up (hand-window 60 s) plus the data exchange.
-EXAMPLE_BOUND = 240.0
+#: Mock seconds the tunnel may take to come up (see the module docstring).
+HAND_WINDOW = 600.0
+#: Mock seconds an example may take: tunnel up plus the data exchange.
+EXAMPLE_BOUND = HAND_WINDOW + 60.0
 #: Packets each side may send until one gets through.
 MAX_TRIES = 60
 
@@ -52,6 +58,8 @@ async def until_one_arrives(te: TwoEnded, side: str) -> int:
     delay_max=st.floats(min_value=0.0, max_value=0.5),
     wrap=st.sampled_from(["none", "tls-auth", "tls-crypt"]),
 )
+# six resets (or their answers) lost in a row: more than a 60 s hand-window allows
+@example(seed=292, up=Impairment(drop=0.28125), down=Impairment(drop=0.25), latency=0.0, delay_max=0.0, wrap="none")
 def test_session_comes_up_and_carries_data_over_any_bounded_impairment(
     seed: int, up: Impairment, down: Impairment, latency: float, delay_max: float, wrap: str
 ) -> None:
@@ -59,7 +67,7 @@ def test_session_comes_up_and_carries_data_over_any_bounded_impairment(
 
     async def main() -> None:
         with trio.fail_after(EXAMPLE_BOUND):
-            async with open_two_ended(TwoEndedConfig(link=link, wrap=wrap), pki=shared_pki(), seed=seed) as te:
+            async with open_two_ended(TwoEndedConfig(link=link, wrap=wrap, hand_window=HAND_WINDOW), pki=shared_pki(), seed=seed) as te:
                 for side in ("client", "server"):
                     await until_one_arrives(te, side)
                 for side in ("client", "server"):
@@ -68,3 +76,4 @@ def test_session_comes_up_and_carries_data_over_any_bounded_impairment(
                     assert mux.drop_malformed == 0
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
