@@ -44,14 +44,19 @@ async def run_packetmuxer(
                 log.warning("no answer from the server yet; resending reset (attempt %d)", core.stats.resets_sent)
 
     async def up() -> None:
+        refused_logged = False
         async with net_up, data_up, ctrl_up:
             async for batch in net_up:
                 data, control = core.receive_datagrams(batch, trio.current_time())
                 events = core.events()
                 if events:
                     timer.poke()
-                if core.answer_owed:  # server role: a client reset to answer
-                    await flush_resets()
+                if core.is_server:
+                    if core.answer_owed:  # a client reset to answer
+                        await flush_resets()
+                    if core.stats.drop_unsupported and not refused_logged:
+                        refused_logged = True
+                        log.warning("a client asked for tls-crypt-v2, which the server role does not support yet")
                 if data:
                     await hand_over(data_up, data)
                 if events or control:
