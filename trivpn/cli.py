@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
-        return trio.run(handler, args)
+        rc: int = trio.run(handler, args)
+        return rc
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

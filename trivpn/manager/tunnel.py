@@ -95,7 +95,7 @@ class PeerState:
     """What a `Peer` message reports; `snapshot` builds it."""
 
     name: str = ""
-    state: int = pb.Peer.UNKNOWN
+    state: pb.Peer.State.ValueType = pb.Peer.UNKNOWN
     remote: str = ""
     ip_addrs: list[str] = field(default_factory=list)
     last_handshake: float | None = None
@@ -106,7 +106,7 @@ class PeerState:
     def snapshot(self, device: Any) -> pb.Peer:
         peer = pb.Peer(
             name=self.name,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             remote=self.remote,
             ip_addrs=self.ip_addrs,
             cipher=self.cipher,
@@ -188,7 +188,7 @@ class Tunnel:
     def _push_update(self) -> None:
         self.speaker.send_nowait(pb.TunnelMessage(peer_update=self._update()))
 
-    def _set_state(self, state: int, error: str = "") -> None:
+    def _set_state(self, state: pb.Peer.State.ValueType, error: str = "") -> None:
         self.peer.state = state
         self.peer.error_message = error
         self._push_update()
