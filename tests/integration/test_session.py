@@ -268,17 +268,37 @@ def test_lport_and_local_bind_the_client_socket(proto, pki, netns, openvpn_serve
     assert f"{netns.client_v4}:41194" in server.log_text()
 
 
+#: Runs inside the server's namespace: one management command, read back with a deadline
+#: (the banner line, then the command's SUCCESS:/ERROR: line) instead of sleeping and hoping.
+_MANAGEMENT_SCRIPT = r"""
+import re, socket, sys, time
+deadline = time.monotonic() + 10
+s = socket.create_connection(("127.0.0.1", 7505), timeout=5)
+buf = b""
+def read_until(pattern):
+    global buf
+    while not re.search(pattern, buf, re.M):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            sys.exit(f"management: timed out waiting for {pattern!r}; got {buf!r}")
+        s.settimeout(left)
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit(f"management: closed while waiting for {pattern!r}; got {buf!r}")
+        buf += chunk
+read_until(rb"^>INFO:.*\n")
+buf = b""
+s.sendall(sys.argv[1].encode() + b"\n")
+read_until(rb"^(SUCCESS|ERROR):.*\n")
+print(buf.decode(errors="replace"))
+s.sendall(b"quit\n")
+s.close()
+"""
+
+
 def _management(netns, command: str) -> str:  # type: ignore[no-untyped-def]
     """Send one command to the server's management interface (inside its namespace)."""
-    script = (
-        "import socket,sys,time\n"
-        "s=socket.create_connection(('127.0.0.1',7505),timeout=5)\n"
-        "time.sleep(0.3); s.recv(4096)\n"
-        f"s.sendall({(command + chr(10)).encode()!r})\n"
-        "time.sleep(0.5); print(s.recv(4096).decode(errors='replace'))\n"
-        "s.sendall(b'quit\\n'); s.close()\n"
-    )
-    return netns.server.run([sys.executable, "-c", script], timeout=15).stdout
+    return netns.server.run([sys.executable, "-c", _MANAGEMENT_SCRIPT, command], timeout=15).stdout
 
 
 @pytest.mark.parametrize("signal_name", ["HALT", "RESTART"])
