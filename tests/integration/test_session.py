@@ -316,7 +316,7 @@ s.close()
 
 def _management(netns, command: str) -> str:  # type: ignore[no-untyped-def]
     """Send one command to the server's management interface (inside its namespace)."""
-    return netns.server.run([sys.executable, "-c", _MANAGEMENT_SCRIPT, command], timeout=15).stdout
+    return str(netns.server.run([sys.executable, "-c", _MANAGEMENT_SCRIPT, command], timeout=15).stdout)
 
 
 @pytest.mark.parametrize("signal_name", ["HALT", "RESTART"])
