@@ -162,10 +162,13 @@ def _wire(cipher: str, auth: str | None, compression: Compression, v1: bool,
     if _accounted(rx) != len(packets):
         raise AssertionError(f"{len(packets)} packets but {_accounted(rx)} counted: {rx.stats}")
     opened = [o for o in (ref_open(cipher, auth, w) for w in packets) if o is not None]
-    data = [(pid, u) for pid, p in opened
-            if ref_kind(u := ref_unframe(compression, p)) == "data" and u is not None]
-    it = iter(u for _, u in data)
-    if not all(any(p == u for u in it) for p in got):  # a subsequence of the authentic data
+    data: list[tuple[int, bytes]] = []  # (packet id, payload) of the authentic IP packets
+    for pid, plain in opened:
+        payload = ref_unframe(compression, plain)
+        if payload is not None and ref_kind(payload) == "data":
+            data.append((pid, payload))
+    remaining = iter(payload for _, payload in data)
+    if not all(any(p == u for u in remaining) for p in got):  # an in-order subsequence
         raise AssertionError(f"delivered a packet the reference calls forged: {got!r}")
     if len(got) > len({pid for pid, _ in data}):
         raise AssertionError("one packet id delivered twice (replay)")

@@ -67,14 +67,6 @@ def test_every_parser_has_a_harness_and_a_seed_corpus() -> None:
         assert name in HARNESSES and list((ROOT / "fuzz" / "corpus" / name).glob("gen-*"))
 
 
-def test_generated_corpora_are_current() -> None:
-    """The committed gen-* seeds are what fuzz/make_corpus.py writes today (same keys, same
-    encoders): a change to a wire format or to a harness's key must regenerate them."""
-    r = subprocess.run([sys.executable, str(ROOT / "fuzz" / "make_corpus.py"), "--check"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 @pytest.mark.parametrize("name", HARNESSES)
 def test_smoke_mutation_run(name: str, fuzz_reach: dict[str, dict[str, int]]) -> None:
     harness = run_all.load_harness(name)
