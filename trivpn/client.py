@@ -1,4 +1,7 @@
-"""The OpenVPN client: builds the layer stack from a profile and runs it under the manager.
+"""The OpenVPN client: builds the layer stack from a SessionConfig and runs its sessions.
+
+`trivpn.engine.Engine` runs a Client on a device under a WorkersManager; which remote comes
+next and when is decided by `trivpn.session.reconnect.ReconnectPolicy`.
 
 Channel map (every channel is bounded; control-plane items are lists of typed messages from
 `trivpn.messages`, data-plane items are `list[bytes]`):
