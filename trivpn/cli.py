@@ -13,7 +13,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NoReturn
 
 import trio
@@ -294,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "verbose", 0))
     from trivpn.workers.manager import primary_error
 
-    handler: Callable[[argparse.Namespace], Awaitable[int]] = (
-        getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
-    )
+    handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
         rc: int = trio.run(handler, args)
         return rc
