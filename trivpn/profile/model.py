@@ -121,6 +121,7 @@ class Profile:
     http_proxy: ProxySpec | None = None
     socks_proxy: ProxySpec | None = None
     http_proxy_options: HTTPProxyOptions = field(default_factory=HTTPProxyOptions)
+    #: every <connection> block's options as written (one list, shared with the alternatives)
     connections: list[dict[str, list[str]]] = field(default_factory=list)
     #: profiles for the 2nd, 3rd... <connection> blocks, tried in order after this one
     alternatives: list[Profile] = field(default_factory=list)
