@@ -125,12 +125,10 @@ class _Parser:
             raise err(line, name, "is not allowed inside a <connection> block")
         scope = self.scope
         try:
-            simple = TABLE.get(name)
-            special = SPECIAL.get(name)
-            if simple is not None:
+            if (simple := TABLE.get(name)) is not None:
                 for field, value in simple.assignments(args, inline, self.base_dir):
                     scope.set(field, value)
-            elif special is not None:
+            elif (special := SPECIAL.get(name)) is not None:
                 special(self, line, name, args, inline)
             elif name in UNSAFE_OPTIONS:
                 raise Invalid(f"is not supported: {UNSAFE_OPTIONS[name]}")
