@@ -481,9 +481,8 @@ class Client:
             f"dropped control: {m.drop_unauthentic} unauthentic, {m.drop_malformed} malformed, "
             f"{m.drop_session} wrong session, {m.drop_early} early",
         ]
-        core = data.core
-        if core is not None:
-            d = core.stats
+        d = data.stats()
+        if d is not None:
             parts.insert(0, f"data in {d.rx_packets} out {d.tx_packets} packets")
             parts.append(
                 f"dropped data: {d.drop_auth} unauthentic, {d.drop_replay} replayed, "

@@ -42,6 +42,7 @@ from trivpn.datachannel.crypto import (
     MAX_HMAC_KEY_LENGTH,
     PACKET_ID_LEN,
     SUPPORTED_AUTH,
+    DataAuthError,
     cbc_key_len,
     normalize_auth_name,
     normalize_data_cipher,
@@ -58,7 +59,7 @@ _unpack_pid_from = _PID.unpack_from
 _PADS = [bytes((n,)) * n for n in range(BLOCK + 1)]
 
 
-class CBCAuthError(RemoteProtocolError):
+class CBCAuthError(DataAuthError):
     """The packet's HMAC does not match: forged, corrupted, or keyed with another key."""
 
 

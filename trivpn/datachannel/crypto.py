@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from trivpn.errors import ConfigError, LocalProtocolError
+from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 #: AEAD ciphers we speak, in OpenVPN 2.6's default `data-ciphers` preference order first.
 SUPPORTED_AEAD = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "AES-192-GCM")
@@ -50,6 +50,11 @@ _KEY_LEN = {
 _SMALL_BLOCK_PREFIXES = ("BF", "BLOWFISH", "DES", "CAST", "RC2", "IDEA")
 
 AEAD = AESGCM | ChaCha20Poly1305
+
+
+class DataAuthError(RemoteProtocolError):
+    """A data packet's tag (AEAD) or HMAC (CBC) does not match: forged, corrupted, or sealed
+    with another key. Counted apart from malformed packets, so it has a type of its own."""
 
 
 #: Legacy CBC ciphers (with an HMAC from `auth`), strongest first.
@@ -220,6 +225,7 @@ __all__ = [
     "SUPPORTED_AUTH",
     "SUPPORTED_CBC",
     "SUPPORTED_DATA_CIPHERS",
+    "DataAuthError",
     "DirectionKeys",
     "auth_digest_size",
     "cbc_key_len",

@@ -8,23 +8,25 @@ threads that block in `poll` answer as fast as a C program's system calls allow,
 let the kernel work of one direction (the TUN write, the GSO send) run on the second core
 while the other direction runs Python.
 
-Theory of operation. `run_fastpath` runs inside the data-channel service's nursery and
-starts two threads with `trio.to_thread.run_sync`:
+Theory of operation. `ThreadPlane.run` (a `plane.DataPlane`) starts two threads with
+`trio.to_thread.run_sync`:
 
-* **up**: drain the UDP socket (`UDPTransport.recv_nowait`), keep the P_DATA packets,
-  `DataChannel.decrypt` them under the core lock, write the plaintext to the TUN
+* **up**: drain the UDP socket (`UDPTransport.recv_nowait`), keep the P_DATA packets, open
+  them with the session's `core.Decryptor`, write the plaintext to the TUN
   (`LinuxTun.write_nowait`). Every other datagram (control, resets, garbage) is handed to
   the packet muxer's input channel through `TrioToken.run_sync_soon`: it never blocks, and a
   full channel drops the batch exactly like a congested network would (the reliable layer
   retransmits). The thread only classifies by opcode; the muxer checks everything else.
-* **down**: drain the TUN (`LinuxTun.read_nowait`), encrypt under the core lock, send with
-  `UDPTransport.send_nowait` (GSO runs).
+* **down**: drain the TUN (`LinuxTun.read_nowait`), seal with the session's `core.Encryptor`,
+  send with `UDPTransport.send_nowait` (GSO runs). It also seals and sends the keepalive
+  pings and exit notifications the service requests (`DataLink.requests`): the service
+  writes a byte to a *kick pipe* the down thread polls next to the TUN fd.
 
-The data-channel core stays the pure sans-IO object it is on the trio path; the lock makes
-each batch's encrypt/decrypt atomic with respect to the other thread and to the service's
-trio tasks (key installs, keepalive pings, exit notifications), which take the same lock.
-Time comes from the run's clock (`trio.lowlevel.current_clock()`), so `now` means the same
-thing on both sides.
+No lock: each thread owns its direction's state (packet ids and tx counters; replay windows
+and rx counters) and both read the immutable key table the service swaps atomically on a
+key install (`keys.KeySlot`). Time comes from the link's clock (`time.monotonic` unless the
+session injects another), never from trio, so `now` means the same in both threads and in
+the service's keepalive timer.
 
 Low-latency mode (`FastPathIO.warm_for > 0`, `trivpn connect --low-latency`). On this
 machine a thread that slept ~10 ms runs its next packet 10–20× slower than a warm one
@@ -38,9 +40,9 @@ is silent for `warm_for`, the threads block as usual. Off by default.
 
 Structured concurrency holds: a thread that raises ends its `to_thread.run_sync` call with
 that exception, which cancels the session like any layer's error. Cancellation sets a flag
-and writes a byte to a stop pipe that both threads poll next to their fd, and the service
-waits for both to return before it returns — so the socket and the TUN are never closed
-under a running thread. A thread that finds its device closed ends the fast path.
+and writes a byte to a stop pipe that both threads poll next to their fd, and `run` waits
+for both to return before it returns — so the socket and the TUN are never closed under a
+running thread. A thread that finds its device closed ends the data plane.
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trivpn.datachannel.core import DataChannel
+from trivpn.datachannel.keys import DataConfig
+from trivpn.datachannel.link import PEER_EXITED, DataLink
+from trivpn.datachannel.sender import Encryptor
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
 
 if TYPE_CHECKING:
-    from trivpn.datachannel.core import DataChannel
-    from trivpn.datachannel.service import DataService
     from trivpn.networkio.transport import UDPTransport
     from trivpn.tun.linux import LinuxTun
 
@@ -97,15 +101,20 @@ class _Warmer:
     """A private client/server pair of data-channel cores under a random key: running them
     keeps the code and data of the real seal/open path in the caches (low-latency mode)."""
 
-    def __init__(self, core: DataChannel) -> None:
-        from trivpn.datachannel.core import DataChannel
-
+    def __init__(self, config: DataConfig) -> None:
         key2 = os.urandom(256)
-        kwargs = {"peer_id": core.peer_id, "compression": core.compression, "auth": core.auth}
-        self.tx = DataChannel(cipher=core.cipher, is_server=core.is_server, **kwargs)  # type: ignore[arg-type]
-        self.rx = DataChannel(cipher=core.cipher, is_server=not core.is_server, **kwargs)  # type: ignore[arg-type]
-        self.tx.install_key(0, key2, 0.0)
-        self.rx.install_key(0, key2, 0.0)
+        pair: list[DataChannel] = []
+        for is_server in (config.is_server, not config.is_server):
+            core = DataChannel(
+                cipher=config.cipher,
+                is_server=is_server,
+                peer_id=config.peer_id,
+                compression=config.compression,
+                auth=config.auth,
+            )
+            core.install_key(0, key2, 0.0)
+            pair.append(core)
+        self.tx, self.rx = pair
         self.sealed = 0
 
     def seal(self) -> list[bytes]:
@@ -113,16 +122,24 @@ class _Warmer:
         return self.tx.encrypt((WARM_PACKET,), 0.0)
 
 
+def _drain(fd: int) -> None:
+    try:
+        os.read(fd, 4096)
+    except BlockingIOError:
+        pass
+
+
 class _Threads:
     """The two thread bodies and what they share."""
 
-    def __init__(self, service: DataService, io: FastPathIO, stop_fd: int) -> None:
-        self.service = service
+    def __init__(self, link: DataLink, io: FastPathIO, stop_fd: int, kick_fd: int) -> None:
+        self.link = link
         self.io = io
         self.stop_fd = stop_fd
+        self.kick_fd = kick_fd
         self.stopping = False
         self.token = trio.lowlevel.current_trio_token()
-        self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        self.now = link.clock
         self.control_dropped = 0
         self.warm_for = io.warm_for
         self.warm_every_ms = max(1, round(io.warm_every * 1000))
@@ -138,15 +155,24 @@ class _Threads:
         def touch() -> None:
             nonlocal warmer
             if warmer is None or warmer.sealed >= WARM_PID_RENEW:
-                core = self.service.core
-                if core is None:
+                tx = self.link.tx
+                if tx is None:
                     return
-                warmer = _Warmer(core)
+                warmer = _Warmer(tx.config)
             wire = warmer.seal()
             if open_too:
                 warmer.rx.decrypt(wire, 0.0)
 
         return touch
+
+    def _ready(self, ready: list[tuple[int, int]]) -> None:
+        for fd, _event in ready:
+            if fd == self.stop_fd:
+                raise _Stopped
+            if fd == self.kick_fd:
+                _drain(fd)  # the down loop serves the requests on its next turn
+        if self.stopping:
+            raise _Stopped
 
     def _idle(self, poller: select.poll, touch: Callable[[], None]) -> None:
         """Wait for the fd. In low-latency mode, shortly after traffic, wake every
@@ -154,9 +180,7 @@ class _Threads:
         while self.now() < self.warm_until:
             ready = poller.poll(self.warm_every_ms)
             if ready:
-                for fd, _event in ready:
-                    if fd == self.stop_fd:
-                        raise _Stopped
+                self._ready(ready)
                 return
             if self.stopping:
                 raise _Stopped
@@ -164,19 +188,17 @@ class _Threads:
             self.touches += 1
         self._wait(poller)
 
-    def _poller(self, fd: int, event: int) -> select.poll:
+    def _poller(self, fd: int, event: int, *, kick: bool = False) -> select.poll:
         poller = select.poll()
         poller.register(fd, event)
         poller.register(self.stop_fd, select.POLLIN)
+        if kick:
+            poller.register(self.kick_fd, select.POLLIN)
         return poller
 
     def _wait(self, poller: select.poll) -> None:
-        """Block (GIL released) until the fd is ready; `_Stopped` when asked to stop."""
-        for fd, _event in poller.poll():
-            if fd == self.stop_fd:
-                raise _Stopped
-        if self.stopping:
-            raise _Stopped
+        """Block (GIL released) until an fd is ready; `_Stopped` when asked to stop."""
+        self._ready(poller.poll())
 
     # -- network → TUN ----------------------------------------------------------------------
 
@@ -190,8 +212,8 @@ class _Threads:
     def up(self) -> None:
         transport = self.io.transport
         tun = self.io.tun
-        service = self.service
-        lock = service.lock
+        link = self.link
+        now_fn = self.now
         sock_readable = self._poller(transport.sock.fileno(), select.POLLIN)
         tun_writable = self._poller(tun.fd, select.POLLOUT)
         data_ops = DATA_OPCODES
@@ -217,20 +239,18 @@ class _Threads:
                         return
                 if not data:
                     continue
-                with lock:
-                    core = service.core
-                    if core is None:
-                        service.dropped_before_key += len(data)
-                        continue
-                    now = self.now()
-                    packets = core.decrypt(data, now)
-                    exited = core.peer_exited
+                rx = link.rx
+                if rx is None:
+                    link.dropped_up += len(data)
+                    continue
+                now = now_fn()
+                packets = rx.decrypt(data, now)
                 if warm_for:
                     self.warm_until = now + warm_for
                 if packets:
                     self._write_all(tun, packets, tun_writable)
-                if exited:
-                    raise SessionRestart("the server is shutting down (it sent an exit notification)")
+                if rx.peer_exited:
+                    raise SessionRestart(PEER_EXITED)
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:
@@ -246,15 +266,29 @@ class _Threads:
 
     # -- TUN → network ----------------------------------------------------------------------
 
+    def _send_all(self, out: list[bytes], writable: select.poll) -> None:
+        transport = self.io.transport
+        i = transport.send_nowait(out)
+        while i < len(out):
+            self._wait(writable)
+            i = transport.send_nowait(out, i)
+
+    def _serve(self, tx: Encryptor | None, writable: select.poll) -> None:
+        if tx is not None:
+            extra = self.link.requested_packets(tx, self.now())
+            if extra:
+                self._send_all(extra, writable)
+
     def down(self) -> None:
         transport = self.io.transport
         tun = self.io.tun
-        service = self.service
-        lock = service.lock
-        tun_readable = self._poller(tun.fd, select.POLLIN)
-        sock_writable = self._poller(transport.sock.fileno(), select.POLLOUT)
+        link = self.link
+        now_fn = self.now
+        tun_readable = self._poller(tun.fd, select.POLLIN, kick=True)
+        sock_writable = self._poller(transport.sock.fileno(), select.POLLOUT, kick=True)
         warm_for = self.warm_for
         touch = self._toucher(open_too=False)
+        served = 0  # link.requests already served
         # After an idle wait the first packet goes out alone: draining to EAGAIN first would
         # put one more system call (~40 µs with cold caches, see docs/performance.md) in
         # front of a lone packet. Once busy, whole batches are read, and the thread only
@@ -262,6 +296,9 @@ class _Threads:
         limit = 1
         try:
             while not self.stopping:
+                if link.requests != served:  # pings / exit notifications to seal
+                    served = link.requests
+                    self._serve(link.tx, sock_writable)
                 batch = tun.read_nowait(limit)
                 if batch is None:
                     return  # the device was closed
@@ -270,21 +307,16 @@ class _Threads:
                     self._idle(tun_readable, touch)
                     continue
                 limit = 0  # the device's max_batch
-                with lock:
-                    core = service.core
-                    if core is None:
-                        service.dropped_before_key += len(batch)
-                        continue
-                    now = self.now()
-                    out = core.encrypt(batch, now)
+                tx = link.tx
+                if tx is None:
+                    link.dropped_down += len(batch)
+                    continue
+                now = now_fn()
+                out = tx.encrypt(batch, now)
                 if warm_for:
                     self.warm_until = now + warm_for
-                if not out:
-                    continue
-                i = transport.send_nowait(out)
-                while i < len(out):
-                    self._wait(sock_writable)
-                    i = transport.send_nowait(out, i)
+                if out:
+                    self._send_all(out, sock_writable)
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:
@@ -293,46 +325,78 @@ class _Threads:
             raise
 
 
-async def run_fastpath(service: DataService, io: FastPathIO) -> None:
-    """Run both data-plane threads until cancelled, a thread fails, or the TUN closes."""
-    # The threads read before they poll: a blocking fd would park a thread in `read` where
-    # the stop pipe cannot reach it, and the session could never end.
-    if os.get_blocking(io.tun.fd) or io.transport.sock.getblocking():
-        raise LocalProtocolError("the data-plane threads need a non-blocking TUN fd and socket")
-    stop_r, stop_w = os.pipe()
-    threads = _Threads(service, io, stop_r)
-    service.fastpath_threads = threads
-    limiter = trio.CapacityLimiter(2)  # our own: never waits behind other to_thread users
+class ThreadPlane:
+    """The data plane as two threads (see the module docstring); a `plane.DataPlane`."""
 
-    def stop() -> None:
-        if not threads.stopping:
-            threads.stopping = True
-            os.write(stop_w, b"x")
+    def __init__(
+        self,
+        io: FastPathIO,
+        *,
+        from_mux: trio.MemoryReceiveChannel[list[bytes]] | None = None,
+        to_net: trio.MemorySendChannel[list[bytes]] | None = None,
+    ) -> None:
+        """`from_mux` / `to_net`: the session's data channels to and from the muxer and
+        networkio, if it made them; closed at once, as the threads use the socket itself."""
+        self.io = io
+        self._unused = [c for c in (from_mux, to_net) if c is not None]
+        self._kick_w: int | None = None
+        #: the running threads' shared state (counters), for tests and logs
+        self.threads: _Threads | None = None
 
-    async def in_thread(body: Callable[[], None], name: str) -> None:
+    def kick(self) -> None:
+        if self._kick_w is not None:
+            try:
+                os.write(self._kick_w, b"k")
+            except BlockingIOError:
+                pass  # the pipe is full of kicks the down thread has not drained yet
+
+    async def run(self, link: DataLink) -> None:
+        """Run both data-plane threads until cancelled, a thread fails, or the TUN closes."""
+        for channel in self._unused:
+            await channel.aclose()
+        io = self.io
+        # The threads read before they poll: a blocking fd would park a thread in `read` where
+        # the stop pipe cannot reach it, and the session could never end.
+        if os.get_blocking(io.tun.fd) or io.transport.sock.getblocking():
+            raise LocalProtocolError("the data-plane threads need a non-blocking TUN fd and socket")
+        stop_r, stop_w = os.pipe()
+        kick_r, kick_w = os.pipe()
+        os.set_blocking(kick_r, False)
+        os.set_blocking(kick_w, False)
+        threads = self.threads = _Threads(link, io, stop_r, kick_r)
+        self._kick_w = kick_w
+        limiter = trio.CapacityLimiter(2)  # our own: never waits behind other to_thread users
+
+        def stop() -> None:
+            if not threads.stopping:
+                threads.stopping = True
+                os.write(stop_w, b"x")
+
+        async def in_thread(body: Callable[[], None], name: str) -> None:
+            try:
+                await trio.to_thread.run_sync(body, thread_name=name, limiter=limiter)
+            finally:
+                stop()  # one side ended (or failed): the other must not run on alone
+                nursery.cancel_scope.cancel()
+
+        async def stopper() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop()
+
         try:
-            await trio.to_thread.run_sync(body, thread_name=name, limiter=limiter)
+            async with io.to_muxer:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stopper)
+                    nursery.start_soon(in_thread, threads.up, "trivpn data up")
+                    nursery.start_soon(in_thread, threads.down, "trivpn data down")
         finally:
-            stop()  # one side ended (or failed): the other must not run on alone
-            nursery.cancel_scope.cancel()
-
-    async def stopper() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            stop()
-
-    try:
-        async with io.to_muxer:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stopper)
-                nursery.start_soon(in_thread, threads.up, "trivpn data up")
-                nursery.start_soon(in_thread, threads.down, "trivpn data down")
-    finally:
-        os.close(stop_r)
-        os.close(stop_w)
-        if threads.control_dropped:
-            log.debug("data plane: %d control datagrams dropped (muxer busy)", threads.control_dropped)
+            self._kick_w = None  # before the close: a later kick must not hit a reused fd
+            for fd in (stop_r, stop_w, kick_r, kick_w):
+                os.close(fd)
+            if threads.control_dropped:
+                log.debug("data plane: %d control datagrams dropped (muxer busy)", threads.control_dropped)
 
 
-__all__ = ["DATA_OPCODES", "FastPathIO", "run_fastpath"]
+__all__ = ["DATA_OPCODES", "FastPathIO", "ThreadPlane"]

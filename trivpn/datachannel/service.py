@@ -1,36 +1,40 @@
-"""The data-channel service: encrypts TUN batches down, decrypts network batches up.
+"""The data-channel service: keys, keepalive and exit notifications; a data plane moves packets.
 
-This is the hot path. Each task handles a whole batch per wake-up (one `encrypt`/`decrypt`
-call, one channel send), encrypted packets go straight to networkio, and the core keeps no
-per-packet Python objects beyond the packets themselves. A third task handles keys,
-keepalive pings and the ping-restart deadline.
+The session stack chooses the data plane (`plane.TaskPlane`: trio tasks; `fastpath.ThreadPlane`:
+two threads) and the service runs it next to two tasks of its own: one installs and retires
+keys and turns exit requests into requests to the plane, one runs the keepalive core's timer
+(pings are requested from the plane's sending side, which alone seals; ping-restart and
+ping-exit end the session from here).
 
-With a `FastPathIO` (UDP transport + kernel TUN) the two batch tasks are replaced by the
-data-plane threads of `datachannel.fastpath`; every use of the core then holds `lock`.
+Time: every `now` — in the planes' threads, the cores and the keepalive timer — comes from one
+injected clock (`time.monotonic` by default); the threads must not read trio's clock. Only the
+sleep itself is trio's: a deadline `d` on the injected clock is slept towards as
+`trio.current_time() + (d - clock())`, re-read whenever it fires early, so keepalive and
+ping-restart deadlines mean the same instants the data plane stamped. (With a trio MockClock
+in a test, inject `trio.current_time` and use the trio plane: then both are the same clock.)
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
+import time
+from collections.abc import Callable
 
 import trio
 
-from trivpn.datachannel.core import Compression, DataChannel
-from trivpn.datachannel.fastpath import FastPathIO, run_fastpath
+from trivpn.datachannel.core import DataChannel, DataStats
+from trivpn.datachannel.fastpath import FastPathIO
+from trivpn.datachannel.framing import Compression
+from trivpn.datachannel.keepalive import PeerSilent
+from trivpn.datachannel.link import DataLink
+from trivpn.datachannel.plane import DataPlane, make_plane
 from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
-from trivpn.messages import InstallKey, SendExitNotify
-from trivpn.workers.driver import CoreTimer, hand_over
+from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify
+from trivpn.workers.driver import CoreTimer
 
 log = logging.getLogger("trivpn.datachannel")
 
-_COMPRESSION = {
-    None: Compression.NONE,
-    "lzo-no": Compression.LZO_NO,
-    "stub": Compression.STUB,
-    "stub-v2": Compression.STUB_V2,
-}
+_COMPRESSION = {None: Compression.NONE, "lzo-no": Compression.LZO_NO, "stub": Compression.STUB, "stub-v2": Compression.STUB_V2}
 
 
 class PingRestart(SessionRestart):
@@ -45,129 +49,110 @@ class DataService:
     def __init__(
         self,
         *,
-        from_mux: trio.MemoryReceiveChannel[list[bytes]],
-        from_tun: trio.MemoryReceiveChannel[list[bytes]] | None,
         control: trio.MemoryReceiveChannel[list[object]],
-        to_tun: trio.MemorySendChannel[list[bytes]] | None,
-        to_net: trio.MemorySendChannel[list[bytes]],
+        plane: DataPlane | None = None,
+        from_mux: trio.MemoryReceiveChannel[list[bytes]] | None = None,
+        from_tun: trio.MemoryReceiveChannel[list[bytes]] | None = None,
+        to_tun: trio.MemorySendChannel[list[bytes]] | None = None,
+        to_net: trio.MemorySendChannel[list[bytes]] | None = None,
         is_server: bool = False,
         fastpath: FastPathIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if fastpath is None and (from_tun is None or to_tun is None):
-            raise LocalProtocolError("the TUN channels are needed unless the data-plane threads move packets")
+        """Give `plane`, or the channels (and `fastpath`) to build one with `make_plane`."""
+        if plane is None:
+            if from_mux is None or to_net is None:
+                raise LocalProtocolError("a data plane, or the channels to build one, is needed")
+            plane = make_plane(from_mux=from_mux, from_tun=from_tun, to_tun=to_tun, to_net=to_net, fastpath=fastpath)
+        self.plane = plane
+        self.link = DataLink(clock)
+        #: both directions and the keepalive core, published once keyed
         self.core: DataChannel | None = None
-        self._from_mux = from_mux
-        self._from_tun = from_tun
         self._control = control
-        self._to_tun = to_tun
-        self._to_net = to_net
         self._is_server = is_server
+        self._clock = clock
         self._timer = CoreTimer()
-        self.ping_restart = 0.0
-        self.ping_exit = 0.0
-        self.dropped_before_key = 0
-        self.fastpath = fastpath
-        #: the running data-plane threads' shared state (counters), for tests and logs
-        self.fastpath_threads: Any = None
-        #: Held around every use of the core: the data-plane threads share it (see fastpath).
-        self.lock = threading.Lock()
+
+    @property
+    def dropped_before_key(self) -> int:
+        return self.link.dropped_up + self.link.dropped_down
+
+    def stats(self) -> DataStats | None:
+        """A snapshot of both directions' counters (None before the first key)."""
+        return None if self.core is None else self.core.stats
+
+    def usage(self) -> KeyUsage:
+        """What the primary key carried so far (polled by the key schedule)."""
+        return KeyUsage(None) if self.core is None else self.core.usage()
 
     def _deadline(self) -> float | None:
         core = self.core
         if core is None:
             return None
-        t = core.get_timer()
-        for limit in (self.ping_restart, self.ping_exit):
-            if limit > 0:
-                pr = core.last_received + limit
-                t = pr if t is None else min(t, pr)
-        return t
+        core.keepalive.observe(last_sent=core.tx.last_sent, last_received=core.rx.last_received)
+        due = core.keepalive.get_timer()
+        return None if due is None else trio.current_time() + (due - self._clock())
 
     async def _on_timer(self) -> None:
         core = self.core
         if core is None:
             return
-        now = trio.current_time()
-        if self.ping_exit > 0 and now >= core.last_received + self.ping_exit:
-            raise PingExit(f"no packet from the server for {self.ping_exit:g} s (ping-exit)")
-        if self.ping_restart > 0 and now >= core.last_received + self.ping_restart:
-            raise PingRestart(
-                f"no packet from the server for {self.ping_restart:g} s (ping-restart)"
+        keepalive = core.keepalive
+        keepalive.observe(last_sent=core.tx.last_sent, last_received=core.rx.last_received)
+        keepalive.handle_timer(self._clock())
+        for event in keepalive.events():
+            if isinstance(event, PeerSilent):
+                what = "ping-exit" if event.fatal else "ping-restart"
+                error = PingExit if event.fatal else PingRestart
+                raise error(f"no packet from the server for {event.limit:g} s ({what})")
+            self._request(pings=1)
+
+    def _request(self, *, pings: int = 0, exits: int = 0) -> None:
+        link = self.link
+        link.pings_wanted += pings
+        link.exits_wanted += exits
+        link.requests += 1  # after the counts: the sender reads them once it sees this
+        self.plane.kick()
+
+    def _install(self, item: InstallKey, now: float) -> None:
+        core = self.core
+        if core is None:
+            core = DataChannel(
+                cipher=item.cipher,
+                is_server=self._is_server,
+                peer_id=item.peer_id,
+                compression=_COMPRESSION.get(item.compression, Compression.NONE),
+                ping_interval=item.ping_interval,
+                ping_restart=item.ping_restart,
+                ping_exit=item.ping_exit,
+                auth=item.auth,
             )
-        with self.lock:
-            core.handle_timer(now)
-            pings = core.packets_to_send(now)
-        if pings:
-            await self._to_net.send(pings)
-
-    async def _up(self) -> None:
-        assert self._to_tun is not None
-        async with self._from_mux, self._to_tun:
-            async for batch in self._from_mux:
-                core = self.core
-                if core is None:
-                    self.dropped_before_key += len(batch)
-                    continue
-                packets = core.decrypt(batch, trio.current_time())
-                if packets:
-                    await hand_over(self._to_tun, packets)
-                if core.peer_exited:
-                    raise SessionRestart("the server is shutting down (it sent an exit notification)")
-
-    async def _down(self) -> None:
-        assert self._from_tun is not None
-        async with self._from_tun:
-            async for batch in self._from_tun:
-                core = self.core
-                if core is None:
-                    self.dropped_before_key += len(batch)
-                    continue
-                out = core.encrypt(batch, trio.current_time())
-                if out:
-                    await hand_over(self._to_net, out)
+            core.install_key(item.key_id, item.key2, now)
+            self.link.rx = core.rx  # published only once keyed
+            self.link.tx = core.tx
+            self.core = core
+        else:
+            core.install_key(item.key_id, item.key2, now)  # an atomic table swap, no lock
 
     async def _control_loop(self) -> None:
         async with self._control:
             async for batch in self._control:
-                now = trio.current_time()
+                now = self._clock()
                 for item in batch:
                     if isinstance(item, InstallKey):
-                        with self.lock:
-                            if self.core is None:
-                                core = DataChannel(
-                                    cipher=item.cipher,
-                                    is_server=self._is_server,
-                                    peer_id=item.peer_id,
-                                    compression=_COMPRESSION.get(item.compression, Compression.NONE),
-                                    ping_interval=item.ping_interval,
-                                    auth=item.auth,
-                                )
-                                self.ping_restart = item.ping_restart
-                                self.ping_exit = item.ping_exit
-                                core.install_key(item.key_id, item.key2, now)
-                                core.last_received = now
-                                self.core = core  # published only once keyed
-                            else:
-                                self.core.install_key(item.key_id, item.key2, now)
-                                self.core.last_received = now
+                        self._install(item, now)
+                    elif isinstance(item, RetireKey) and self.core is not None:
+                        self.core.retire_key(item.key_id)
                     elif isinstance(item, SendExitNotify) and self.core is not None:
-                        with self.lock:
-                            exits = [self.core.exit_packet(now) for _ in range(item.count)]
-                        await self._to_net.send(exits)
+                        self._request(exits=item.count)
                 self._timer.poke()
 
     async def run(self) -> None:
-        async with self._to_net:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._control_loop)
-                nursery.start_soon(self._timer.run, self._deadline, self._on_timer)
-                if self.fastpath is not None:
-                    async with self._from_mux:  # the muxer sends no data packets then
-                        await run_fastpath(self, self.fastpath)
-                else:
-                    nursery.start_soon(self._up)
-                    await self._down()
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._control_loop)
+            nursery.start_soon(self._timer.run, self._deadline, self._on_timer)
+            await self.plane.run(self.link)
+            nursery.cancel_scope.cancel()
 
 
-__all__ = ["DataService", "PingRestart"]
+__all__ = ["DataService", "PingExit", "PingRestart"]

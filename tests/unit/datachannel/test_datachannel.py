@@ -459,11 +459,13 @@ def test_reinstall_same_key_id_keeps_no_lame_duck() -> None:
 def test_packet_id_exhaustion_and_renegotiation_flag() -> None:
     client, server = pair()
     assert not client.needs_renegotiation
-    client._primary.send_pid = PACKET_ID_WRAP_TRIGGER - 1  # type: ignore[union-attr]
+    client.encrypt([IPV4], 0.0)  # the sender starts using the key (packet id 1)
+    client.tx._pid = PACKET_ID_WRAP_TRIGGER - 1  # jump ahead instead of sealing 4e9 packets
     assert not client.needs_renegotiation
     client.encrypt([IPV4], 0.0)
     assert client.needs_renegotiation
-    client._primary.send_pid = PACKET_ID_MAX - 1  # type: ignore[union-attr]
+    assert client.usage().near_wrap
+    client.tx._pid = PACKET_ID_MAX - 1
     (last,) = client.encrypt([IPV4], 0.0)
     assert last[4:8] == b"\xff\xff\xff\xff"
     assert server.decrypt([last], 0.0) == [IPV4]
