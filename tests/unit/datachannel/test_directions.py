@@ -24,9 +24,11 @@ KEYS = [bytes((i * 31 + k) & 0xFF for i in range(256)) for k in range(8)]
 JOIN = 30.0
 
 
-def _pair(cipher: str = "AES-256-GCM", **kw: object) -> tuple[DataChannel, DataChannel]:
-    client = DataChannel(cipher=cipher, peer_id=3, **kw)  # type: ignore[arg-type]
-    server = DataChannel(cipher=cipher, peer_id=3, is_server=True, **kw)  # type: ignore[arg-type]
+def _pair(
+    cipher: str = "AES-256-GCM", *, auth: str | None = None, ping_interval: float = 0.0
+) -> tuple[DataChannel, DataChannel]:
+    client = DataChannel(cipher=cipher, peer_id=3, auth=auth, ping_interval=ping_interval)
+    server = DataChannel(cipher=cipher, peer_id=3, is_server=True, auth=auth)
     client.install_key(0, KEYS[0], 0.0)
     server.install_key(0, KEYS[0], 0.0)
     return client, server
@@ -155,8 +157,7 @@ def test_retiring_the_lame_duck() -> None:
 def test_key_swaps_under_concurrent_encrypt_and_decrypt(cipher: str) -> None:
     """A sender and a receiver thread run while the main thread renegotiates 12 times and
     retires lame ducks: no nonce reuse, nothing forged or torn, nothing delivered twice."""
-    kw = {"auth": "SHA256"} if "CBC" in cipher else {}
-    client, server = _pair(cipher, **kw)
+    client, server = _pair(cipher, auth="SHA256" if "CBC" in cipher else None)
     batches, per_batch, renegotiations = 300, 8, 12
     wire_q: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=8)
     sent_wire: list[bytes] = []
