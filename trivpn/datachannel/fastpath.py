@@ -418,7 +418,9 @@ class ThreadPlane:
             for fd in (stop_r, stop_w, kick_r, kick_w):
                 os.close(fd)
             if threads.control_dropped:
-                log.debug("data plane: %d control datagrams dropped (muxer busy)", threads.control_dropped)
+                log.debug(
+                    "data plane: %d control datagrams dropped (muxer busy)", threads.control_dropped
+                )
 
 
 __all__ = ["DATA_OPCODES", "FastPathIO", "ThreadPlane"]

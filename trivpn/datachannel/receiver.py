@@ -81,7 +81,18 @@ class _RxKey:
 class Decryptor:
     """The receiving direction. Only the one thread or task that receives calls `decrypt`."""
 
-    __slots__ = ("config", "stats", "last_received", "peer_exited", "_slot", "_unframe", "_aead", "_table", "_by_id", "_prim")
+    __slots__ = (
+        "config",
+        "stats",
+        "last_received",
+        "peer_exited",
+        "_slot",
+        "_unframe",
+        "_aead",
+        "_table",
+        "_by_id",
+        "_prim",
+    )
 
     def __init__(self, config: DataConfig, slot: KeySlot) -> None:
         self.config = config
@@ -105,7 +116,9 @@ class Decryptor:
             if key is not None:
                 entry = old.get(key)
                 if entry is None:
-                    entry = _RxKey(key, ReplayWindow(self.config.replay_window, self.config.replay_time))
+                    entry = _RxKey(
+                        key, ReplayWindow(self.config.replay_window, self.config.replay_time)
+                    )
                 by_id[i] = entry
         self._by_id = by_id  # a new list: `usage_of` in another thread reads it whole
         self._prim = by_id[table.primary.key_id] if table.primary is not None else None

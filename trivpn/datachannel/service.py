@@ -34,7 +34,12 @@ from trivpn.workers.driver import CoreTimer
 
 log = logging.getLogger("trivpn.datachannel")
 
-_COMPRESSION = {None: Compression.NONE, "lzo-no": Compression.LZO_NO, "stub": Compression.STUB, "stub-v2": Compression.STUB_V2}
+_COMPRESSION = {
+    None: Compression.NONE,
+    "lzo-no": Compression.LZO_NO,
+    "stub": Compression.STUB,
+    "stub-v2": Compression.STUB_V2,
+}
 
 
 class PingRestart(SessionRestart):
@@ -63,7 +68,13 @@ class DataService:
         if plane is None:
             if from_mux is None or to_net is None:
                 raise LocalProtocolError("a data plane, or the channels to build one, is needed")
-            plane = make_plane(from_mux=from_mux, from_tun=from_tun, to_tun=to_tun, to_net=to_net, fastpath=fastpath)
+            plane = make_plane(
+                from_mux=from_mux,
+                from_tun=from_tun,
+                to_tun=to_tun,
+                to_net=to_net,
+                fastpath=fastpath,
+            )
         self.plane = plane
         self.link = DataLink(clock)
         #: both directions and the keepalive core, published once keyed

@@ -36,10 +36,16 @@ class Ends:
     to_net: trio.MemoryReceiveChannel[list[bytes]]
 
     async def install(
-        self, key_id: int = 0, ping_interval: float = 0.0, ping_restart: float = 0.0, ping_exit: float = 0.0
+        self,
+        key_id: int = 0,
+        ping_interval: float = 0.0,
+        ping_restart: float = 0.0,
+        ping_exit: float = 0.0,
     ) -> None:
         self.peer.install_key(key_id, KEY2[key_id], trio.current_time())
-        item = InstallKey(key_id, KEY2[key_id], CIPHER, 1, None, ping_interval, ping_restart, ping_exit)
+        item = InstallKey(
+            key_id, KEY2[key_id], CIPHER, 1, None, ping_interval, ping_restart, ping_exit
+        )
         await self.control.send([item])
         await trio.testing.wait_all_tasks_blocked()
 

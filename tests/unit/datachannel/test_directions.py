@@ -66,7 +66,9 @@ def test_key_table_install_retire_and_lookup() -> None:
 def test_aead_key_open_matches_the_seal_and_rejects_forgeries() -> None:
     cfg = DataConfig.build(cipher="CHACHA20-POLY1305", peer_id=9)
     tx = make_key(cfg, 1, KEYS[1])
-    rx = make_key(DataConfig.build(cipher="CHACHA20-POLY1305", peer_id=9, is_server=True), 1, KEYS[1])
+    rx = make_key(
+        DataConfig.build(cipher="CHACHA20-POLY1305", peer_id=9, is_server=True), 1, KEYS[1]
+    )
     assert isinstance(rx, AEADKey)
     wires, last = tx.seal_batch(41, [b"", _ip(1), _ip(2)], None)
     assert last == 43 and len(wires) == 2

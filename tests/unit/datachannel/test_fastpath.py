@@ -47,13 +47,21 @@ class Rig:
         self.server.connect(client.getsockname())
         self.server.settimeout(LIMIT)
         self.app.settimeout(LIMIT)
-        ep = Endpoint("127.0.0.1", self.server.getsockname()[1], "udp", socket.AF_INET, self.server.getsockname())
+        ep = Endpoint(
+            "127.0.0.1",
+            self.server.getsockname()[1],
+            "udp",
+            socket.AF_INET,
+            self.server.getsockname(),
+        )
         self.transport = UDPTransport(client, ep)
         self.peer = DataChannel(cipher=CIPHER, is_server=True, peer_id=7)
         self.peer.install_key(0, KEY2, 0.0)
         self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
         self.keys_s, keys_r = trio.open_memory_channel[list[object]](8)
-        self.plane = ThreadPlane(FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for))
+        self.plane = ThreadPlane(
+            FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for)
+        )
         if clock is None:
             self.service = DataService(control=keys_r, plane=self.plane)
         else:
