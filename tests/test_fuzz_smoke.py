@@ -125,11 +125,11 @@ def test_data_packet_harness_catches_a_receiver_that_delivers_pings(
 ) -> None:
     """The sealed mode's reference model bites: a receiver that no longer recognises the
     keepalive ping (and so hands it to the TUN as an IP packet) is a crash."""
-    from trivpn.datachannel import core
+    from trivpn.datachannel import receiver
 
     harness = run_all.load_harness("fuzz_data_packet")
-    sealed_ping = bytes([harness.SEALED]) + core.PING_MAGIC
+    sealed_ping = bytes([harness.SEALED]) + receiver.PING_MAGIC
     harness.test_one_input(sealed_ping)  # the real receiver passes
-    monkeypatch.setattr(core, "PING_MAGIC", b"\x00" * 16)
+    monkeypatch.setattr(receiver, "PING_MAGIC", b"\x00" * 16)
     with pytest.raises(AssertionError, match="reference"):
         harness.test_one_input(sealed_ping)

@@ -29,7 +29,7 @@ from trivpn.datachannel.keepalive import PeerSilent
 from trivpn.datachannel.link import DataLink
 from trivpn.datachannel.plane import DataPlane, make_plane
 from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
-from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify
+from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify, TLSToData
 from trivpn.workers.driver import CoreTimer
 
 log = logging.getLogger("trivpn.datachannel")
@@ -54,7 +54,7 @@ class DataService:
     def __init__(
         self,
         *,
-        control: trio.MemoryReceiveChannel[list[object]],
+        control: trio.MemoryReceiveChannel[list[TLSToData]],
         plane: DataPlane | None = None,
         from_mux: trio.MemoryReceiveChannel[list[bytes]] | None = None,
         from_tun: trio.MemoryReceiveChannel[list[bytes]] | None = None,

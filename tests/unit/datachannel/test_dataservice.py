@@ -18,7 +18,7 @@ from trivpn.datachannel.core import DataChannel
 from trivpn.datachannel.plane import TaskPlane
 from trivpn.datachannel.service import DataService, PingExit, PingRestart
 from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
-from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify
+from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify, TLSToData
 from trivpn.workers.manager import primary_error
 
 KEY2 = [bytes((i * 17 + k) & 0xFF for i in range(256)) for k in range(3)]
@@ -29,7 +29,7 @@ CIPHER = "AES-256-GCM"
 class Ends:
     service: DataService
     peer: DataChannel  # the server side, driven by the test
-    control: trio.MemorySendChannel[list[object]]
+    control: trio.MemorySendChannel[list[TLSToData]]
     from_net: trio.MemorySendChannel[list[bytes]]  # what the muxer would hand up
     from_app: trio.MemorySendChannel[list[bytes]]  # what the TUN would hand down
     to_app: trio.MemoryReceiveChannel[list[bytes]]
@@ -52,7 +52,7 @@ class Ends:
 
 @asynccontextmanager
 async def running() -> AsyncIterator[Ends]:
-    control_s, control_r = trio.open_memory_channel[list[object]](4)
+    control_s, control_r = trio.open_memory_channel[list[TLSToData]](4)
     mux_s, mux_r = trio.open_memory_channel[list[bytes]](4)
     tun_up_s, tun_up_r = trio.open_memory_channel[list[bytes]](4)
     tun_down_s, tun_down_r = trio.open_memory_channel[list[bytes]](4)
@@ -163,7 +163,7 @@ async def test_exit_notifications_and_peer_exit() -> None:
 
 
 async def test_service_needs_a_plane_or_its_channels() -> None:
-    control_s, control_r = trio.open_memory_channel[list[object]](1)
+    control_s, control_r = trio.open_memory_channel[list[TLSToData]](1)
     with pytest.raises(LocalProtocolError, match="data plane"):
         DataService(control=control_r)
     mux_s, mux_r = trio.open_memory_channel[list[bytes]](1)

@@ -20,7 +20,7 @@ from trivpn.datachannel.core import DataChannel, DataStats
 from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
 from trivpn.datachannel.service import DataService
 from trivpn.errors import LocalProtocolError, SessionRestart
-from trivpn.messages import InstallKey, SendExitNotify
+from trivpn.messages import InstallKey, SendExitNotify, TLSToData
 from trivpn.networkio.transport import Endpoint, UDPTransport
 from trivpn.tun.linux import LinuxTun
 from trivpn.workers.manager import primary_error
@@ -58,7 +58,7 @@ class Rig:
         self.peer = DataChannel(cipher=CIPHER, is_server=True, peer_id=7)
         self.peer.install_key(0, KEY2, 0.0)
         self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
-        self.keys_s, keys_r = trio.open_memory_channel[list[object]](8)
+        self.keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](8)
         self.plane = ThreadPlane(
             FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for)
         )
@@ -260,7 +260,7 @@ async def test_legacy_keywords_still_build_the_thread_plane() -> None:
     try:
         mux_s, mux_r = trio.open_memory_channel[list[bytes]](1)
         net_s, net_r = trio.open_memory_channel[list[bytes]](1)
-        keys_s, keys_r = trio.open_memory_channel[list[object]](1)
+        keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](1)
         io = FastPathIO(rig.transport, rig.tun, rig.to_mux_s)
         service = DataService(
             from_mux=mux_r, from_tun=None, control=keys_r, to_tun=None, to_net=net_s, fastpath=io
