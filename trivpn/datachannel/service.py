@@ -51,6 +51,8 @@ class PingExit(FatalError):
 
 
 class DataService:
+    """One session's data channel: keys, keepalive and exit notifications around a data plane."""
+
     def __init__(
         self,
         *,
