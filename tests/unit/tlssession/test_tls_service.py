@@ -64,10 +64,8 @@ async def _relay(src: trio.MemoryReceiveChannel[list[Any]], dst: trio.MemorySend
 async def test_services_connect_renegotiate_and_exit(autojump_clock: trio.testing.MockClock) -> None:
     client = End(KeySchedule(client_config(), client_factory(client_peer_info())))
     wrap = {"near": False}
-    server = End(
-        KeySchedule(server_config(), server_factory()),
-        usage=lambda: KeyUsage(server.service.schedule.primary, 0, 0, wrap["near"]),
-    )
+    server_ks = KeySchedule(server_config(), server_factory())
+    server = End(server_ks, usage=lambda: KeyUsage(server_ks.primary, 0, 0, wrap["near"]))
     with pytest.raises(BaseExceptionGroup) as info:
         async with trio.open_nursery() as nursery:
             for end in (client, server):
