@@ -29,7 +29,13 @@ when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the fir
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
 wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
-done within `hand_window`) is dropped and the current key stays in use.
+done within `hand_window`) is dropped and the current key stays in use; the next attempt
+takes the next key id, skipping the ids of the primary and lame-duck keys.
+
+Known difference from OpenVPN: its server sends with a renegotiated key only once the
+client acknowledged the server's key-method-2 message; here the server's InstallKey comes
+at key exchange, so the data channel may send with the new key a moment before the client
+has it (the client installs one control round trip later).
 
 Interface (time only enters as `now`)::
 
