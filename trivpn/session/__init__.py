@@ -1,0 +1,7 @@
+"""One OpenVPN session stack, for the client role now and the server role next.
+
+`config` turns a profile plus command-line/API overrides into one frozen `SessionConfig`
+(validated once, before anything connects); `reconnect` is the pure policy that decides
+which remote comes next and how long to wait; `netsettings` translates pushed options into
+what the TUN layer applies.
+"""
