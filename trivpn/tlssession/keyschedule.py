@@ -93,17 +93,8 @@ from trivpn.tlssession.negotiation import (
     server_agreement,
 )
 
-__all__ = [
-    "TRANSITION_WINDOW",
-    "ClientReady",
-    "Event",
-    "Fatal",
-    "KeySchedule",
-    "KeyScheduleConfig",
-    "PushSource",
-    "Restart",
-    "next_key_id",
-]
+__all__ = ["TRANSITION_WINDOW", "ClientReady", "Event", "Fatal", "KeySchedule", "KeyScheduleConfig",
+           "PushSource", "Restart", "next_key_id"]
 
 log = logging.getLogger("trivpn.tlssession")
 
