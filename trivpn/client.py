@@ -35,7 +35,7 @@ from trivpn.controlchannel.service import control_payload_size, run_controlchann
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
 from trivpn.errors import FatalError, SessionRestart
-from trivpn.messages import AuthPending, SendExitNotify, TunnelUp
+from trivpn.messages import AuthPending, SendExit, SendExitNotify, TLSCommand, TunnelUp
 from trivpn.networkio import (
     Endpoint,
     Transport,
@@ -71,6 +71,7 @@ from trivpn.session.reconnect import (
     candidates,
 )
 from trivpn.tlssession.core import TLSSession
+from trivpn.tlssession.keyschedule import KeySchedule, KeyScheduleConfig
 from trivpn.tlssession.service import AuthTokenExpired, TLSService
 from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
@@ -114,7 +115,7 @@ class _LiveSession:
 
     tls: TLSService
     endpoint: Endpoint
-    commands: trio.MemorySendChannel[str]
+    commands: trio.MemorySendChannel[TLSCommand]
     data_control: trio.MemorySendChannel[list[object]]
 
 
@@ -223,7 +224,7 @@ class Client:
         if sess is None or self.info is None:
             return
         if sess.tls.cc_exit:
-            await sess.commands.send("exit")
+            await sess.commands.send(SendExit())
             await trio.sleep(0.2)  # let the EXIT message leave before we cancel
         elif sess.endpoint.proto == "udp":
             await sess.data_control.send([SendExitNotify(count=2)])
@@ -318,19 +319,19 @@ class Client:
         events_s, events_r = chan(CONTROL_CHANNEL_SIZE)
         cmd_s, cmd_r = chan(CONTROL_CHANNEL_SIZE)
 
-        keepalive = self.config.keepalive
-        tls = TLSService(
-            make_session=self._make_session_factory(cand.remote.proto, conn),
-            policy=self.config.cipher_policy(),
-            from_cc=cc_up_r,
-            to_cc=tls_down_s,
-            to_data=keys_s,
-            events=events_s,
-            commands=cmd_r,
-            reneg_sec=self.config.reneg.seconds,
-            hand_window=self.config.hand_window,
-            keepalive=keepalive,
-            wrap_key=conn.wrap.key_bytes,
+        schedule = KeySchedule(
+            KeyScheduleConfig(
+                role="client",
+                policy=self.config.cipher_policy(),
+                reneg_sec=self.config.reneg.seconds,
+                reneg_bytes=self.config.reneg.bytes,
+                reneg_pkts=self.config.reneg.packets,
+                hand_window=self.config.hand_window,
+                keepalive=self.config.keepalive,
+                wrap_key=conn.wrap.key_bytes,
+                pull=self.config.pull,
+            ),
+            self._make_session_factory(cand.remote.proto, conn),
         )
         data = DataService(
             from_mux=mux_data_r,
@@ -339,6 +340,15 @@ class Client:
             to_tun=tun_down_s,
             to_net=net_down_s.clone(),
             fastpath=fast,
+        )
+        tls = TLSService(
+            schedule,
+            from_cc=cc_up_r,
+            to_cc=tls_down_s,
+            to_data=keys_s,
+            events=events_s,
+            commands=cmd_r,
+            usage=data.usage,
         )
         reliable = ReliableService(from_mux=mux_ctrl_r, to_mux=rel_down_s, to_cc=rel_up_s, from_cc=cc_down_r)
         payload = control_payload_size(wrap.overhead, ipv6=endpoint.family == socket.AF_INET6)
@@ -378,8 +388,6 @@ class Client:
                 )
                 start("tlssession", tls.run)
                 start("datachannel", data.run)
-                # always: besides reneg-bytes/-pkts it renews keys before packet ids wrap
-                start("reneg-watch", self._watch_volume, data, cmd_s.clone())
                 self._live = live
 
                 with trio.move_on_at(deadline) as scope:
@@ -438,39 +446,6 @@ class Client:
             self._manager.add_cleanup(self._configurator.undo)
         self._configurator.apply(cfg)
         self._applied = cfg
-
-    async def _watch_volume(self, data: DataService, commands: trio.MemorySendChannel[str]) -> None:
-        """Ask for new keys after `reneg-bytes` / `reneg-pkts` (or near packet-id wrap).
-
-        Reads the data core's counters once a second instead of testing them per packet, so
-        the hot path carries no renegotiation logic at all.
-        """
-        limit_bytes = self.profile.reneg_bytes or 0
-        limit_pkts = self.profile.reneg_pkts or 0
-        base_bytes = base_pkts = 0
-        key: int | None = None
-        async with commands:
-            while True:
-                await trio.sleep(1)
-                core = data.core
-                if core is None:
-                    continue
-                st = core.stats
-                moved_bytes = st.tx_bytes + st.rx_bytes
-                moved_pkts = st.tx_packets + st.rx_packets
-                if core.primary_key_id != key:
-                    key, base_bytes, base_pkts = core.primary_key_id, moved_bytes, moved_pkts
-                    continue
-                if limit_bytes and moved_bytes - base_bytes >= limit_bytes:
-                    reason = f"reneg-bytes {limit_bytes}"
-                elif limit_pkts and moved_pkts - base_pkts >= limit_pkts:
-                    reason = f"reneg-pkts {limit_pkts}"
-                elif core.needs_renegotiation:
-                    reason = "packet ids near wrap"
-                else:
-                    continue
-                await commands.send(f"renegotiate:{reason}")
-                base_bytes, base_pkts = moved_bytes, moved_pkts
 
     @staticmethod
     def counters_line(muxer: PacketMuxer, data: DataService) -> str:

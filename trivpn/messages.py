@@ -117,6 +117,24 @@ class TunnelUp:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientReady:
+    """Server role: a client finished key method 2 and its first data key is installed.
+
+    Carries what the server needs to admit it: the negotiated settings, the option list it
+    pushes, the client's peer-info and credentials (the password is kept out of repr).
+    """
+
+    peer_info: Any  # tlssession.negotiation.PeerInfo
+    options: tuple[str, ...]
+    cipher: str
+    key_derivation: str
+    peer_subject: str
+    tls_version: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthPending:
     """The server is still authenticating us (AUTH_PENDING): wait up to `timeout` seconds."""
 

@@ -27,14 +27,16 @@ Plaintext is a sequence of TLS records, and OpenVPN gives records meaning:
 4. Everything else (AUTH_FAILED, RESTART, HALT, EXIT, INFO, AUTH_PENDING, ...) is surfaced as
    ControlMessage; deciding what it means is the session layer's job.
 
-The server role exists so tests (and later a server) can run a full exchange in memory: it
-answers key method 2 and reports PushRequestReceived, nothing more.
+Server role: it answers key method 2 (KeyExchangeComplete carries the client's OCC options and
+peer-info), reports PUSH_REQUEST as PushRequestReceived and sends the reply the key schedule
+chose with `send_push_reply`, split like OpenVPN's into messages of at most
+PUSH_BUNDLE_LIMIT characters joined by `push-continuation 2` ... `push-continuation 1`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
@@ -54,6 +56,28 @@ from trivpn.tlssession.tls import TLSConfig, TLSEngine
 PUSH_REQUEST_INTERVAL = 5.0
 PUSH_REQUEST = "PUSH_REQUEST"
 PUSH_REPLY = "PUSH_REPLY"
+#: OpenVPN closes a PUSH_REPLY message before it grows past PUSH_BUNDLE_SIZE (1024) minus
+#: the 84 bytes it reserves (push.c); the rest follows in continuation messages.
+PUSH_BUNDLE_LIMIT = 1024 - 84
+
+
+def push_reply_messages(options: Sequence[str], limit: int = PUSH_BUNDLE_LIMIT) -> list[str]:
+    """The PUSH_REPLY message(s) carrying `options` (LocalProtocolError for a bad option)."""
+    for opt in options:
+        if not opt or "," in opt or not _is_printable(opt.encode("ascii", "replace")) or not opt.isascii():
+            raise LocalProtocolError(f"cannot push {opt[:40]!r}: options are printable ASCII without commas")
+        if len(PUSH_REPLY) + 1 + len(opt) > limit:
+            raise LocalProtocolError(f"pushed option of {len(opt)} characters is too long")
+    messages: list[str] = []
+    current = PUSH_REPLY
+    for opt in options:
+        if current != PUSH_REPLY and len(current) + 1 + len(opt) > limit:
+            messages.append(current + ",push-continuation 2")
+            current = PUSH_REPLY
+        current += "," + opt
+    if messages:
+        return [*messages, current + ",push-continuation 1"]
+    return [current]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +275,13 @@ class TLSSession:
     def ciphertext_to_send(self, now: float) -> bytes:
         """All TLS bytes waiting for the control channel (b"" when none)."""
         return self.engine.ciphertext_to_send()
+
+    def send_push_reply(self, options: Sequence[str]) -> None:
+        """Server: send `options` as one or more PUSH_REPLY messages (continued if long)."""
+        if not self.is_server:
+            raise LocalProtocolError("only the server sends PUSH_REPLY")
+        for text in push_reply_messages(options):
+            self._write_control(text)
 
     def send_control_message(self, text: str) -> None:
         """Send one control string (printable ASCII) as its own NUL-terminated record."""

@@ -145,7 +145,7 @@ def _verify_error_text(errnum: int) -> str:
     try:  # pyOpenSSL's private bindings expose OpenSSL's own table; fall back quietly
         from OpenSSL._util import ffi, lib
 
-        return ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()
+        return str(ffi.string(lib.X509_verify_cert_error_string(errnum)).decode())
     except Exception:
         return _VERIFY_ERRORS.get(errnum, f"X509 verify error {errnum}")
 

@@ -124,7 +124,7 @@ def test_keepalive_reneg_and_cipher_policy() -> None:
     assert tuple(cfg.keepalive) == (5.0, 60.0, 300.0)  # what the TLS service takes
     assert cfg.reneg == Reneg(0.0, 1000, 50)
     policy = cfg.cipher_policy()
-    assert policy.data_ciphers == list(cfg.ciphers) and policy.fallback == "AES-256-CBC"
+    assert policy.data_ciphers == tuple(cfg.ciphers) and policy.fallback == "AES-256-CBC"
     assert policy.auth == "SHA256" and policy.key_derivation == "auto"
     assert cfg.cipher_policy() is not policy  # a fresh object per session
 

@@ -1,0 +1,96 @@
+"""Control-message policy: what a control string from the peer means for the session.
+
+Pure functions from the text to a verdict; the key schedule turns verdicts into events.
+Client side (reference openvpn-protocol.md §5): AUTH_FAILED (TEMP → retry later, SESSION →
+the auth-token expired, anything else → give up), HALT (give up), RESTART[,[flags]msg]
+(reconnect; flag N = next remote), EXIT (the server left), INFO/INFO_PRE/AUTH_PENDING (logged;
+AUTH_PENDING extends the wait). Server side: EXIT (the client left); PUSH_REQUEST never gets
+here (the TLS core reports it as PushRequestReceived).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trivpn.messages import AuthPending
+
+#: The longest AUTH_PENDING timeout we honour (seconds).
+MAX_AUTH_PENDING = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """The session ends; a reconnect may fix it. `advance`: try the next remote (RESTART,[N]);
+    `auth_token_expired`: reconnect with the real credentials, not the pushed auth-token."""
+
+    reason: str
+    advance: bool = False
+    auth_token_expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """The session ends and retrying cannot help (AUTH_FAILED, HALT, certificate refused)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """A message to log and otherwise ignore (INFO, INFO_PRE, AUTH_PENDING's text)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A message this role does not act on (counted, logged at debug level)."""
+
+    text: str
+
+
+Verdict = Restart | Fatal | Info | AuthPending | Unknown
+
+
+def auth_pending_timeout(text: str, default: float = 60.0) -> float:
+    """`AUTH_PENDING,timeout 120` → 120 (OpenVPN's keyword list); default otherwise."""
+    for part in text.split(",")[1:]:
+        words = part.split()
+        if len(words) == 2 and words[0] == "timeout" and words[1].isdigit():
+            return float(min(int(words[1]), MAX_AUTH_PENDING))
+    return default
+
+
+def client_verdict(text: str, *, pushed: bool) -> Verdict:
+    """What a control message from the server means; `pushed`: a PUSH_REPLY was applied in
+    this session (only then can AUTH_FAILED,SESSION be an expired auth-token)."""
+    head = text.split(",", 1)[0]
+    if head == "AUTH_FAILED":
+        reason = text[len("AUTH_FAILED") :].lstrip(",")
+        if reason.startswith("TEMP"):
+            return Restart(f"the server refused authentication for now: {reason}")
+        if reason.startswith("SESSION") and pushed:
+            return Restart(f"the server's auth-token expired: {reason}", auth_token_expired=True)
+        return Fatal("the server refused authentication (AUTH_FAILED" + (f": {reason})" if reason else ")"))
+    if head == "HALT":
+        return Fatal(f"the server halted the session: {text}")
+    if head == "RESTART":
+        # RESTART,[flags]message: N = go on to the next remote (P = keep credentials)
+        flags = text[len("RESTART,") :].partition("]")[0] if text.startswith("RESTART,[") else ""
+        return Restart(f"the server asked for a restart: {text}", advance="N" in flags)
+    if head == "EXIT":
+        return Restart("the server closed the session (EXIT)")
+    if head == "AUTH_PENDING":
+        return AuthPending(auth_pending_timeout(text))
+    if head in ("INFO", "INFO_PRE"):
+        return Info(text)
+    return Unknown(text)
+
+
+def server_verdict(text: str) -> Verdict:
+    """What a control message from a client means (EXIT: it leaves; nothing else acts)."""
+    if text.split(",", 1)[0] == "EXIT":
+        return Restart("the client closed the session (EXIT)")
+    if text.startswith("INFO"):
+        return Info(text)
+    return Unknown(text)

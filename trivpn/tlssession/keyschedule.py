@@ -1,0 +1,517 @@
+"""The key schedule of one session (OpenVPN's tls_multi), sans-IO and role-symmetric.
+
+Theory of operation
+-------------------
+Every data key comes from its own TLS session, one per key id (0 first, then 1..7 wrapping
+to 1, never 0 again). At any time there are at most three:
+
+* **primary** — the key the data channel sends with;
+* **pending** — a key being negotiated (the first one, or a renegotiation);
+* **lame duck** — the previous primary, kept for decryption until `transition_window`
+  seconds after its successor was installed, then retired with a `RetireKey` event. A newer
+  installation replaces an older lame duck outright (the data channel keeps two keys).
+
+The first key starts with `receive_reset` (the muxer's ResetComplete). The client, always
+the TLS client, starts the handshake; the server answers it. Keys are installed when both
+ends know the data-channel parameters: the client on the complete PUSH_REPLY (or at key
+exchange without `pull`), the server at key exchange, after negotiating the cipher (NCP),
+the key derivation and the protocol flags from the client's peer-info; it then pushes the
+base options plus the per-client part (proactively when the client's IV_PROTO asks for it,
+else on PUSH_REQUEST; a repeated PUSH_REQUEST within 30 s is ignored).
+
+A renegotiation starts on either side: `renegotiate()` (every trigger lives here: reneg-sec
+through the timer, reneg-bytes / reneg-pkts / packet ids near wrap through
+`receive_usage`) opens the next key id and sends our SoftReset; the peer answers with its
+own. A peer's SoftReset opens that key and is answered at once. Whoever sent the first
+SoftReset, the client starts TLS once both resets were exchanged. If both ends start at
+once with different ids, the client yields to the server's. Both ends install the new key
+when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the first key stay.
+
+Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
+wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
+done within `hand_window`) is dropped and the current key stays in use; the next attempt
+takes the next key id, skipping the ids of the primary and lame-duck keys.
+
+Known difference from OpenVPN: its server sends with a renegotiated key only once the
+client acknowledged the server's key-method-2 message; here the server's InstallKey comes
+at key exchange, so the data channel may send with the new key a moment before the client
+has it (the client installs one control round trip later).
+
+Interface (time only enters as `now`)::
+
+    ks = KeySchedule(KeyScheduleConfig(role="client"|"server", policy=CipherPolicy(...), ...),
+                     make_session=lambda key_id, auth_token: TLSSession(...))
+    ks.receive_reset(ResetComplete, now)        ks.receive_soft_reset(key_id, now)
+    ks.receive_ciphertext(key_id, data, now)    ks.receive_usage(KeyUsage, now)
+    ks.renegotiate(reason, now) -> bool         ks.send_exit(now) -> bool
+    ks.items_to_send(now) -> list[SoftReset | DynamicWrapKey | Ciphertext]   (in order)
+    ks.events() -> list[InstallKey | RetireKey | TunnelUp | ClientReady | AuthPending
+                        | Restart | Fatal]
+    ks.get_timer() -> float | None              ks.handle_timer(now)
+
+After `Restart` or `Fatal` the schedule is closed and ignores further input. Nothing from
+the peer raises; misuse by the caller raises LocalProtocolError.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.messages import (
+    AuthPending,
+    Ciphertext,
+    ClientReady,
+    DynamicWrapKey,
+    InstallKey,
+    KeyUsage,
+    ResetComplete,
+    RetireKey,
+    SoftReset,
+    TunnelUp,
+)
+from trivpn.profile.push import PushedSettings
+from trivpn.tlssession.config import TRANSITION_WINDOW, KeyScheduleConfig, PushSource
+from trivpn.tlssession.control import Fatal, Info, Restart, Unknown, client_verdict, server_verdict
+from trivpn.tlssession.core import (
+    ControlMessage,
+    HandshakeComplete,
+    KeyExchangeComplete,
+    PushReplyReceived,
+    PushRequestReceived,
+    TLSSession,
+)
+from trivpn.tlssession.negotiation import (
+    Agreement,
+    NegotiationError,
+    PeerInfo,
+    client_agreement,
+    dynamic_wrap_key,
+    first_install_key,
+    server_agreement,
+)
+
+__all__ = ["TRANSITION_WINDOW", "ClientReady", "Event", "Fatal", "KeySchedule", "KeyScheduleConfig",
+           "PushSource", "Restart", "next_key_id"]
+
+log = logging.getLogger("trivpn.tlssession")
+
+#: A server ends a refused client this long after telling it (OpenVPN's schedule_exit).
+SCHEDULED_EXIT = 5.0
+#: A server ignores a repeated PUSH_REQUEST this soon after its reply (push.c).
+PUSH_REPEAT_HOLD = 30.0
+
+Event = InstallKey | RetireKey | TunnelUp | ClientReady | AuthPending | Restart | Fatal
+Outgoing = SoftReset | DynamicWrapKey | Ciphertext
+
+
+def next_key_id(key_id: int) -> int:
+    """Key ids run 1..7 after the first key (0), wrapping to 1, never back to 0."""
+    return 1 if key_id >= 7 else key_id + 1
+
+
+class KeySchedule:
+    """Primary / pending / lame-duck keys of one session, for either role (sans-IO)."""
+
+    def __init__(
+        self, config: KeyScheduleConfig, make_session: Callable[[int, str | None], TLSSession]
+    ) -> None:
+        self.config = config
+        self.is_server = config.role == "server"
+        self._make_session = make_session
+        self.sessions: dict[int, TLSSession] = {}
+        self.reset: ResetComplete | None = None
+        self.primary: int | None = None
+        self.pending: int | None = None
+        self.lame_duck: int | None = None
+        self._pending_deadline = 0.0
+        self._pending_local = False  # we sent the first SoftReset of the pending key
+        self._pending_answered = False  # both SoftResets were exchanged
+        self._lame_until = 0.0
+        self._reneg_at: float | None = None
+        self._last_key_id = 0
+        self._usage_key: int | None = None
+        self._usage_base = (0, 0)
+        self._out: list[Outgoing] = []
+        self._events: list[Event] = []
+        self.closed = False
+        self._end: tuple[float, Restart | Fatal] | None = None
+        self.handshake: HandshakeComplete | None = None
+        #: client: the pushed settings; server: what we pushed, parsed
+        self.settings: PushedSettings | None = None
+        self.cipher = ""
+        self.ekm = False
+        self.cc_exit = False
+        self.dynamic_tls_crypt = False
+        self._template: InstallKey | None = None
+        self.peer: PeerInfo | None = None  # server: the client's peer-info
+        self._push: list[str] | None = None  # server: the options we push
+        self._push_requested = False
+        self._pushed_at: float | None = None
+        self.renegotiations = 0
+        self.dropped_control_messages = 0
+
+    # -- input --------------------------------------------------------------------------------
+
+    def receive_reset(self, reset: ResetComplete, now: float) -> None:
+        """The hard reset is done (both session ids known): open key 0."""
+        if self.closed or self.reset is not None:
+            return
+        self.reset = reset
+        self._open_key(0, now, local=True)
+        self._pending_answered = True
+        self.sessions[0].start(now)
+
+    def receive_soft_reset(self, key_id: int, now: float) -> None:
+        """The peer's P_CONTROL_SOFT_RESET_V1 for `key_id` (a start or an answer)."""
+        if self.closed or not 0 < key_id <= 7:
+            return
+        if key_id == self.pending:
+            if self._pending_local and not self._pending_answered:
+                self._pending_answered = True  # the peer answered ours
+                if not self.is_server:
+                    self.sessions[key_id].start(now)
+            return
+        if key_id in (self.primary, self.lame_duck):
+            return  # a repeated reset of a key we already have
+        if self.primary is None:
+            log.debug("ignoring a soft reset before the first key is up")
+            return
+        if self.pending is not None:
+            if self.is_server and self._pending_local and not self._pending_answered:
+                log.info("both ends started a renegotiation; waiting for the client to follow")
+                return
+            log.info("the peer moved on from key id %d to %d", self.pending, key_id)
+            self._drop_pending()
+        expected = next_key_id(self._last_key_id)
+        peer = "client" if self.is_server else "server"
+        if key_id != expected:
+            log.warning("%s renegotiates with key id %d (expected %d)", peer, key_id, expected)
+        log.info("%s started a renegotiation: key id %d", peer, key_id)
+        self._open_key(key_id, now, local=False)
+
+    def receive_ciphertext(self, key_id: int, data: bytes, now: float) -> None:
+        """TLS bytes of `key_id` from the control channel."""
+        session = self.sessions.get(key_id)
+        if self.closed or session is None:
+            return
+        if key_id == self.pending and not self._pending_answered:
+            return  # no TLS before both soft resets: nothing valid can arrive yet
+        try:
+            session.receive_ciphertext(data, now)
+        except (RemoteProtocolError, FatalError) as exc:
+            self._key_failed(key_id, exc, now)
+            return
+        self._process_events(key_id, now)
+
+    def receive_usage(self, usage: KeyUsage, now: float) -> None:
+        """What the data channel's primary key carried: reneg-bytes, reneg-pkts, wrap."""
+        if self.closed or usage.key_id is None:
+            return
+        if usage.key_id != self._usage_key:  # a new key: measure from here
+            self._usage_key, self._usage_base = usage.key_id, (usage.bytes, usage.packets)
+            return
+        limit_bytes, limit_pkts = self.config.reneg_bytes, self.config.reneg_pkts
+        base_bytes, base_pkts = self._usage_base
+        if limit_bytes and usage.bytes - base_bytes >= limit_bytes:
+            reason = f"reneg-bytes {limit_bytes}"
+        elif limit_pkts and usage.packets - base_pkts >= limit_pkts:
+            reason = f"reneg-pkts {limit_pkts}"
+        elif usage.near_wrap:
+            reason = "packet ids near wrap"
+        else:
+            return
+        self._usage_base = (usage.bytes, usage.packets)
+        self.renegotiate(reason, now)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def renegotiate(self, reason: str, now: float) -> bool:
+        """Start a renegotiation (our SoftReset first); False if one is running or no key yet."""
+        if self.closed or self.primary is None or self.pending is not None:
+            return False
+        key_id = next_key_id(self._last_key_id)
+        while key_id in (self.primary, self.lame_duck):  # after failed attempts wrapped around
+            key_id = next_key_id(key_id)
+        log.info("renegotiating data keys (%s): key id %d", reason, key_id)
+        self._open_key(key_id, now, local=True)
+        return True
+
+    def send_exit(self, now: float, *, advance: bool = False) -> bool:
+        """Tell the peer we leave: client EXIT (with cc-exit), server RESTART[,[N]].
+
+        False if nothing was sent (no key yet, or a client without cc-exit: the caller
+        then sends OCC EXIT on the data channel)."""
+        if self.closed or self.primary is None or not (self.cc_exit or self.is_server):
+            return False
+        text = ("RESTART,[N]" if advance else "RESTART") if self.is_server else "EXIT"
+        self.sessions[self.primary].send_control_message(text)
+        return True
+
+    # -- output -------------------------------------------------------------------------------
+
+    def items_to_send(self, now: float) -> list[Outgoing]:
+        """Soft resets and wrap keys first, in order, then each key's TLS bytes."""
+        out, self._out = self._out, []
+        for key_id, session in self.sessions.items():
+            data = session.ciphertext_to_send(now)
+            if data:
+                out.append(Ciphertext(key_id, data))
+        return out
+
+    def events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def get_timer(self) -> float | None:
+        if self.closed:
+            return None
+        timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
+        if self.pending is not None:
+            timers.append(self._pending_deadline)
+        elif self._reneg_at is not None and self.primary is not None:
+            timers.append(self._reneg_at)
+        if self.lame_duck is not None:
+            timers.append(self._lame_until)
+        if self._end is not None:
+            timers.append(self._end[0])
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        for session in self.sessions.values():
+            session.handle_timer(now)
+        if self._end is not None and now >= self._end[0]:
+            self._close(self._end[1])
+            return
+        if self.pending is not None and now >= self._pending_deadline:
+            if self.pending == 0:
+                self._close(
+                    Restart(f"TLS key negotiation failed to occur within {self.config.hand_window:g} seconds")
+                )
+                return
+            log.warning(
+                "renegotiation of key id %d did not finish within %g s; keeping key id %s",
+                self.pending, self.config.hand_window, self.primary,
+            )
+            self._drop_pending()
+            self._schedule_reneg(now)
+        elif self.pending is None and self._reneg_at is not None and now >= self._reneg_at:
+            self._reneg_at = None
+            self.renegotiate(f"reneg-sec {self.config.reneg_sec:g}", now)
+        if self.lame_duck is not None and now >= self._lame_until:
+            self._retire_lame_duck()
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _open_key(self, key_id: int, now: float, *, local: bool) -> None:
+        """A brand-new TLS session for `key_id` (never TLS-level renegotiation)."""
+        keep = {self.primary, self.lame_duck}
+        for stale in [k for k in self.sessions if k not in keep]:
+            del self.sessions[stale]
+        token = None if self.is_server or self.settings is None else self.settings.auth_token
+        session = self._make_session(key_id, token)
+        self.sessions[key_id] = session
+        self.pending = key_id
+        self._pending_deadline = now + self.config.hand_window
+        self._pending_local = local
+        self._pending_answered = not local
+        self._last_key_id = key_id
+        if key_id == 0:
+            return
+        self._out.append(SoftReset(key_id))
+        if not local and not self.is_server:
+            session.start(now)  # both resets exchanged: the TLS client begins
+
+    def _drop_pending(self) -> None:
+        if self.pending is not None:
+            self.sessions.pop(self.pending, None)
+            self.pending = None
+
+    def _retire_lame_duck(self) -> None:
+        if self.lame_duck is not None:
+            self._events.append(RetireKey(self.lame_duck))
+            self.sessions.pop(self.lame_duck, None)
+            self.lame_duck = None
+
+    def _schedule_reneg(self, now: float) -> None:
+        sec = self.config.reneg_sec
+        self._reneg_at = now + sec if sec > 0 else None
+
+    def _key2(self, key_id: int, ekm: bool) -> bytes:
+        reset = self.reset
+        if reset is None:
+            raise LocalProtocolError("no session ids: receive_reset was never called")
+        ours, theirs = reset.local_session_id, reset.remote_session_id
+        client_sid, server_sid = (theirs, ours) if self.is_server else (ours, theirs)
+        return self.sessions[key_id].data_key2(ekm=ekm, client_sid=client_sid, server_sid=server_sid)
+
+    def _key_failed(self, key_id: int, exc: Exception, now: float) -> None:
+        if key_id == self.pending and key_id != 0:
+            # a failed renegotiation: the current key keeps the tunnel up
+            log.warning("renegotiation of key id %d failed: %s", key_id, exc)
+            self._drop_pending()
+            self._schedule_reneg(now)
+        elif isinstance(exc, FatalError):
+            self._close(Fatal(str(exc)))
+        else:
+            self._close(Restart(f"TLS failed: {exc}"))
+
+    def _install_renegotiated(self, key_id: int, now: float) -> None:
+        assert self._template is not None
+        key2 = self._key2(key_id, self.ekm)
+        self._events.append(replace(self._template, key_id=key_id, key2=key2))
+        if self.lame_duck is not None:  # replaced by the installation, not retired by time
+            self.sessions.pop(self.lame_duck, None)
+        self.lame_duck, self._lame_until = self.primary, now + self.config.transition_window
+        self.primary, self.pending = key_id, None
+        self.renegotiations += 1
+        self._schedule_reneg(now)
+        log.info("new data keys in use: key id %d (renegotiation %d)", key_id, self.renegotiations)
+
+    # -- events of one TLS session ------------------------------------------------------------
+
+    def _process_events(self, key_id: int, now: float) -> None:
+        session = self.sessions[key_id]
+        for ev in session.events():
+            if self.closed:
+                return
+            if isinstance(ev, HandshakeComplete):
+                self.handshake = ev if key_id == 0 or self.handshake is None else self.handshake
+                peer = "client" if self.is_server else "server"
+                log.info("TLS ok: %s, %s, %s %s", ev.tls_version, ev.cipher, peer, ev.peer_subject)
+            elif isinstance(ev, KeyExchangeComplete):
+                log.debug("key exchange complete; peer options: %s", ev.peer_options)
+                if key_id != self.pending:
+                    continue
+                if key_id != 0:
+                    self._install_renegotiated(key_id, now)
+                elif self.is_server:
+                    self._server_ready(ev, now)
+                elif not self.config.pull:
+                    self._client_ready([], now)
+            elif isinstance(ev, PushReplyReceived):
+                if not self.is_server:
+                    self._on_push_reply(key_id, ev.options, now)
+            elif isinstance(ev, PushRequestReceived):
+                self._on_push_request(now)
+            elif isinstance(ev, ControlMessage):
+                self._on_control(ev.text, now)
+
+    def _on_control(self, text: str, now: float) -> None:
+        if self.is_server:
+            verdict = server_verdict(text)
+        else:
+            verdict = client_verdict(text, pushed=self.settings is not None)
+        if isinstance(verdict, Restart | Fatal):
+            self._close(verdict)
+        elif isinstance(verdict, Info | AuthPending):
+            log.info("%s says: %s", "client" if self.is_server else "server", text)
+            if isinstance(verdict, AuthPending):
+                self._events.append(verdict)
+                if self.pending == 0:  # the server needs more time for the first key
+                    self._pending_deadline = max(self._pending_deadline, now + verdict.timeout)
+        elif isinstance(verdict, Unknown):
+            self.dropped_control_messages += 1
+            log.debug("ignored control message %r", text[:80])
+
+    def _close(self, event: Restart | Fatal) -> None:
+        self._events.append(event)
+        self.closed = True
+
+    # -- client: the PUSH_REPLY makes the first key -------------------------------------------
+
+    def _on_push_reply(self, key_id: int, options: list[str], now: float) -> None:
+        if self.settings is not None or key_id != 0 or self.pending != 0:
+            log.debug("ignoring a repeated PUSH_REPLY")
+            return
+        log.info("pushed settings: %s", ",".join(options))
+        self._client_ready(options, now)
+
+    def _client_ready(self, options: list[str], now: float) -> None:
+        try:
+            agreement = client_agreement(options, self.config.policy)
+        except FatalError as exc:
+            self._close(Fatal(str(exc)))
+            return
+        for warning in agreement.settings.warnings:
+            log.warning("%s", warning)
+        self._agreed(agreement, now)
+        hs = self.handshake
+        self._events.append(
+            TunnelUp(
+                agreement.settings,
+                agreement.cipher,
+                agreement.key_derivation,
+                hs.peer_subject if hs else "?",
+                hs.tls_version if hs else "?",
+            )
+        )
+
+    def _agreed(self, agreement: Agreement, now: float) -> None:
+        """Key 0 is done: remember what was settled and install it."""
+        self.settings, self.cipher = agreement.settings, agreement.cipher
+        self.ekm, self.cc_exit = agreement.ekm, agreement.cc_exit
+        if agreement.dyn_tls_crypt:
+            self._out.append(DynamicWrapKey(dynamic_wrap_key(self.sessions[0].engine, self.config.wrap_key)))
+            self.dynamic_tls_crypt = True
+        self._template = first_install_key(
+            agreement, self._key2(0, agreement.ekm), self.config.keepalive, self.config.policy,
+            server=self.is_server,
+        )
+        self.primary, self.pending = 0, None
+        self._schedule_reneg(now)
+        self._events.append(self._template)
+
+    # -- server: negotiation at key exchange, PUSH_REPLY on request ---------------------------
+
+    def _server_ready(self, ev: KeyExchangeComplete, now: float) -> None:
+        session = self.sessions[0]
+        km = session.peer_km
+        hs = self.handshake
+        subject = hs.peer_subject if hs else ""
+        peer = PeerInfo.parse(ev.peer_info, username=km.username if km else "", peer_subject=subject)
+        self.peer = peer
+        source = self.config.push
+        try:
+            base = source(peer) if callable(source) else source
+            agreement = server_agreement(peer, ev.peer_options, self.config.policy, base, self.config.peer_id)
+        except NegotiationError as exc:
+            log.warning("refusing the client: %s", exc)
+            session.send_control_message(f"AUTH_FAILED,{exc}")
+            self._end = (now + SCHEDULED_EXIT, Fatal(f"the client was refused: {exc}"))
+            self.pending = None  # only the scheduled end remains
+            return
+        except FatalError as exc:
+            self._close(Fatal(str(exc)))
+            return
+        self._push = list(agreement.options)
+        self._agreed(agreement, now)
+        self._events.append(
+            ClientReady(
+                peer,
+                agreement.options,
+                agreement.cipher,
+                agreement.key_derivation,
+                subject,
+                hs.tls_version if hs else "",
+                km.username if km else "",
+                km.password if km else "",
+            )
+        )
+        if agreement.request_push or self._push_requested:
+            self._send_push(now)
+
+    def _on_push_request(self, now: float) -> None:
+        if self._push is None:
+            self._push_requested = True  # answered once the client is ready
+        elif self._pushed_at is None or now - self._pushed_at >= PUSH_REPEAT_HOLD:
+            self._send_push(now)
+
+    def _send_push(self, now: float) -> None:
+        assert self._push is not None and self.primary is not None
+        self.sessions[self.primary].send_push_reply(self._push)
+        self._pushed_at = now
