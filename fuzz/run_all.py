@@ -13,6 +13,9 @@ process, with a scratch corpus (written to) in front of the seed corpus fuzz/cor
 (bit flips, byte edits, inserts, deletions, duplicated ranges, splices) and calls the
 harness's ``test_one_input`` directly; the CI smoke run (tests/test_fuzz_smoke.py) uses it.
 
+A harness may keep a ``REACHED`` counter (stage -> inputs that got there); the mutation
+driver reports it, so a run shows that inputs get past the cheap checks into the decoders.
+
 A crash is any exception escaping ``test_one_input`` (each harness catches exactly the
 errors its parser may raise) or, under atheris, an input running longer than ``--timeout``
 seconds. Crash inputs are kept under ``--workdir`` (printed at the end). Exit status 1 if any
@@ -60,6 +63,8 @@ class Result:
     seconds: float = 0.0
     detail: str = ""
     crash_inputs: list[bytes] = field(default_factory=list)
+    #: the harness's REACHED counts for this run (mutation driver only)
+    reached: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -171,11 +176,22 @@ def mutation_drive(
     return result
 
 
+def reached_during(module: ModuleType, run: Callable[[], Result]) -> Result:
+    """`run()` with the harness's REACHED counter reset first, its counts kept in the result."""
+    counter = getattr(module, "REACHED", None)
+    if counter is not None:
+        counter.clear()
+    result = run()
+    if counter is not None:
+        result.reached = dict(sorted(counter.items()))
+    return result
+
+
 def _mutate_child(name: str, runs: int, seconds: float | None, seed: int) -> Result:
     module = load_harness(name)
-    return mutation_drive(
+    return reached_during(module, lambda: mutation_drive(
         module.test_one_input, seeds_for(name, module), runs=runs, seed=seed, seconds=seconds, name=name
-    )
+    ))
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,7 +217,7 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     execution tens of times slower. Here only `trivpn` — the code under test — is
     instrumented for coverage; the invariants are the harness's own `test_one_input`.
     """
-    import atheris
+    import atheris  # type: ignore[import-untyped]  # optional, ships no type stubs
 
     with atheris.instrument_imports(include=["trivpn"]):
         module = load_harness(name)
@@ -342,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(r)
             print(f"  {r.harness}: {r.executions:,} executions, {r.crashes} crashes, {r.seconds:.1f} s",
                   flush=True)
+            for stage, count in r.reached.items():
+                print(f"      reached {stage}: {count:,} inputs", flush=True)
             for i, data in enumerate(r.crash_inputs):
                 path = workdir / r.harness / f"mutate-crash-{i}.bin"
                 if driver == "mutate":

@@ -16,9 +16,11 @@ from typing import Any
 
 import trio
 
-from trivpn.client import HAND_WINDOW, Client, TunnelInfo
+from trivpn.engine import Engine, userspace_tun
 from trivpn.profile.profile import Profile, load_profile
 from trivpn.profile.push import PushedSettings
+from trivpn.session.config import HAND_WINDOW, SessionConfig
+from trivpn.session.netsettings import TunnelInfo
 from trivpn.tun.userspace import UserspaceTun
 from trivpn.workers.manager import WorkersManager, primary_error
 
@@ -70,10 +72,8 @@ async def connect(
     """
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
-    device = UserspaceTun()
-    client = Client(
+    config = SessionConfig.from_profile(
         profile,
-        device=device,
         key_derivation=key_derivation,
         username=username,
         password=password,
@@ -82,23 +82,15 @@ async def connect(
         give_up_after=connect_timeout,
         family=family,
     )
-    manager = WorkersManager()
-
-    async def run_manager(task_status: trio.TaskStatus[TunnelInfo]) -> None:
-        async def setup(m: WorkersManager) -> None:
-            assert m.nursery is not None
-            info = await m.nursery.start(client.run, m)
-            task_status.started(info)
-
-        await manager.run(setup)
-
+    device = userspace_tun()
+    engine = Engine(config, device, close_device=False)
     try:
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(run_manager)
+            info = await nursery.start(engine.run)
             try:
-                yield Tunnel(info, device, manager)
+                yield Tunnel(info, device, engine.manager)
             finally:
-                manager.request_stop("left the connect() block")
+                engine.request_stop("left the connect() block")
     except BaseExceptionGroup as group:
         err = primary_error(group)
         if isinstance(err, Exception):

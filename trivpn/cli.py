@@ -13,12 +13,15 @@ import os
 import statistics
 import sys
 import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
 from trivpn import __version__
 from trivpn.errors import ConfigError, TrivpnError
+
+if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
+    from trivpn.profile.profile import Profile
 
 log = logging.getLogger("trivpn")
 
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli")
 
 
-def _add_plugin_commands(sub: argparse._SubParsersAction, common: object) -> None:  # type: ignore[type-arg]
+def _add_plugin_commands(sub: argparse._SubParsersAction[_Parser], common: object) -> None:
     import importlib
 
     for name in PLUGIN_COMMANDS:
@@ -115,7 +118,7 @@ def _add_plugin_commands(sub: argparse._SubParsersAction, common: object) -> Non
         module.add_commands(sub, common)
 
 
-def _load(path: str) -> object:
+def _load(path: str) -> Profile:
     from trivpn.profile.profile import load_profile
 
     profile = load_profile(path)
@@ -165,24 +168,13 @@ def static_challenge_password(password: str, response: str) -> str:
 
 
 async def cmd_connect(args: argparse.Namespace) -> int:
-    from trivpn.client import Client
-    from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
-    from trivpn.workers.manager import WorkersManager
+    from trivpn.engine import Engine, kernel_tun
+    from trivpn.session.config import SessionConfig
 
     profile = _load(args.profile)
     username, password = _credentials(profile, args)
-    try:
-        fd, name = open_tun()
-    except TunPermissionError as exc:
-        raise ConfigError(f"{exc}") from None
-    device = LinuxTun(fd, name)
-    manager = WorkersManager(handle_signals=True)
-    manager.add_cleanup(device.close)
-    client = Client(
-        profile,  # type: ignore[arg-type]
-        device=device,
-        ifname=name,
-        configure_tun=True,
+    config = SessionConfig.from_profile(
+        profile,
         no_reconnect=args.no_reconnect,
         data_threads=not args.no_data_threads,
         low_latency=args.low_latency,
@@ -191,12 +183,10 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         username=username,
         password=password,
     )
-
-    async def setup(m: WorkersManager) -> None:
-        m.start_service("client", client.run, m)
-
-    await manager.run(setup)
-    log.info("disconnected (%s); %s removed", manager.stop_reason or "stopped", name)
+    device = kernel_tun()
+    engine = Engine(config, device, configure_tun=True, handle_signals=True)
+    await engine.run()
+    log.info("disconnected (%s); %s removed", engine.stop_reason or "stopped", device.name)
     return 0
 
 
@@ -217,7 +207,7 @@ async def cmd_ping(args: argparse.Namespace) -> int:
     profile = _load(args.profile)
     username, password = _credentials(profile, args)
     async with connect(
-        profile,  # type: ignore[arg-type]
+        profile,
         key_derivation=args.key_derivation,
         username=username,
         password=password,
@@ -305,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
-        return trio.run(handler, args)
+        rc: int = trio.run(handler, args)
+        return rc
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,12 +2,22 @@
 
 Channels carry lists of these (batches). Data-plane channels carry plain `list[bytes]`
 instead, so the hot path allocates nothing per packet beyond the packet itself.
+
+The aliases at the end name what each control-plane channel carries, so a service's
+constructor says exactly which items it may receive and send (the channel map). They are
+strings for the interpreter (the codec and reliable-layer types they name import this
+module), real unions for the type checker.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from trivpn.controlchannel.packet import ControlPacket
+    from trivpn.profile.push import PushedSettings
+    from trivpn.reliabletransport.core import OutgoingPacket
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +53,7 @@ class ControlOut:
     """Control packets ready to be framed for one key id (reliable → muxer)."""
 
     key_id: int
-    packets: list[Any]  # list[reliabletransport.OutgoingPacket]
+    packets: list[OutgoingPacket]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +108,7 @@ class SendExitNotify:
 class TunnelUp:
     """The tunnel carries traffic: pushed settings applied and keys installed."""
 
-    settings: Any  # profile.push.PushedSettings
+    settings: PushedSettings
     cipher: str
     key_derivation: str
     peer_subject: str
@@ -162,3 +172,23 @@ class KeyUsage:
     bytes: int = 0
     packets: int = 0
     near_wrap: bool = False
+
+
+# -- what each control-plane channel carries (one batch = a list of these) ---------------
+
+#: packet muxer → reliable: the reset exchange's result, then parsed control packets.
+MuxToReliable: TypeAlias = "ResetComplete | ControlPacket"
+#: reliable → packet muxer: packets to frame per key id, and the dynamic tls-crypt key.
+ReliableToMux: TypeAlias = "ControlOut | DynamicWrapKey"
+#: reliable → control channel: the reset exchange's result, then in-order messages.
+ReliableToControl: TypeAlias = "ResetComplete | ReliableMessage"
+#: control channel → reliable: messages to send reliably, and the key bound for the muxer.
+ControlToReliable: TypeAlias = "ReliableMessage | DynamicWrapKey"
+#: control channel → TLS session: reset result, TLS bytes, the peer's soft resets.
+ControlToTLS: TypeAlias = "ResetComplete | Ciphertext | SoftReset"
+#: TLS session → control channel: TLS bytes, our soft resets, the dynamic tls-crypt key.
+TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
+#: TLS session / key schedule → data channel: key installs and retirements, exit notice.
+TLSToData: TypeAlias = "InstallKey | RetireKey | SendExitNotify"
+#: TLS session → the session runner (one item per send, not a batch).
+SessionEvent: TypeAlias = "TunnelUp | AuthPending"

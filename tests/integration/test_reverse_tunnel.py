@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+from helpers.require import require_module
 
 from trivpn.errors import FatalError
 from trivpn.reverse.expose import Expose, ExposeConfig
@@ -442,7 +443,7 @@ async def test_cli_wrong_token_one_line_exit_1(nursery: trio.Nursery) -> None:
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    trustme = pytest.importorskip("trustme")
+    trustme = require_module("trustme")
     d = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "relay.test")
@@ -507,7 +508,7 @@ async def test_tls_relay_refuses_plain_client(
 
 
 async def test_prometheus_endpoint(nursery: trio.Nursery) -> None:
-    pytest.importorskip("prometheus_client")
+    require_module("prometheus_client")
     from trivpn.reverse.metrics import make_registry
     from trivpn.reverse.promserver import serve_metrics
 

@@ -233,7 +233,14 @@ class LossyLinkMachine(RuleBasedStateMachine):
             return
         # Heal: no more drops. Everything must arrive within a few timer firings: each
         # in-flight message (at most send_window per side) needs at most one more timeout.
-        bound = 2 * self.send_window + 2
+        # A receive window narrower than the send window discards packets that overtake a
+        # hole, so then every queued message may need its own retransmission, plus one
+        # useless one fired while its predecessor was still missing (found by hypothesis:
+        # send_window 2, recv_window 1, 4 queued messages took 7 firings).
+        if self.recv_window >= self.send_window:
+            bound = 2 * self.send_window + 2
+        else:
+            bound = 2 * 2 * self.max_queue + 2
         firings = 0
         self._pump(0)
         self._pump(1)

@@ -19,7 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from trivpn.testing.pki import PKI, generate_pki
-from trivpn.testing.relay import Impairment, RelayConfig
+from trivpn.testing.relaycore import Impairment, RelayConfig
 from trivpn.testing.twoended import TwoEnded, TwoEndedConfig, make_packet, open_two_ended
 
 #: Mock seconds the tunnel may take to come up (see the module docstring).

@@ -74,7 +74,7 @@ def _stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> str:
 
 
 def _start_relay(ns: Any, upstream: str, seed: int, impairment: list[str]) -> subprocess.Popen[str]:
-    proc = ns.popen(
+    proc: subprocess.Popen[str] = ns.popen(
         [sys.executable, "-m", "trivpn.testing.relay", "--listen", "127.0.0.1:1194",
          "--upstream", f"{upstream}:1194", "--seed", str(seed), "--lifetime", "600", *impairment],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

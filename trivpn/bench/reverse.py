@@ -118,7 +118,7 @@ def _serve(kind: str, port: int) -> int:
             pass
 
     handler = http if kind == "http" else echo
-    trio.run(trio.serve_tcp, handler, port)  # type: ignore[arg-type]
+    trio.run(trio.serve_tcp, handler, port)
     return 0
 
 

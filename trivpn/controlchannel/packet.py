@@ -21,68 +21,49 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
-
-#: Length of a session id (`SID_SIZE`).
-SESSION_ID_LEN = 8
-#: Most ack ids one packet may carry; a receiver drops packets with more (`RELIABLE_ACK_SIZE`).
-RELIABLE_ACK_SIZE = 8
-#: Most acks OpenVPN piggy-backs on a P_CONTROL_V1 / SOFT_RESET (`CONTROL_SEND_ACK_MAX`).
-CONTROL_SEND_ACK_MAX = 4
-#: `P_OPCODE_SHIFT` and `P_KEY_ID_MASK`: byte0 = (opcode << 3) | key_id.
-P_OPCODE_SHIFT = 3
-P_KEY_ID_MASK = 0x07
-#: Length of the message-packet-id (`packet_id_type`).
-MESSAGE_ID_LEN = 4
-#: Largest value of any 32-bit id on the wire.
-MAX_UINT32 = 0xFFFFFFFF
-
-
-class Opcode(IntEnum):
-    """Wire opcodes (`ssl_pkt.h P_*`); 1 and 2 (key-method 1) are obsolete and not listed."""
-
-    CONTROL_SOFT_RESET_V1 = 3
-    CONTROL_V1 = 4
-    ACK_V1 = 5
-    DATA_V1 = 6
-    CONTROL_HARD_RESET_CLIENT_V2 = 7
-    CONTROL_HARD_RESET_SERVER_V2 = 8
-    DATA_V2 = 9
-    CONTROL_HARD_RESET_CLIENT_V3 = 10
-    CONTROL_WKC_V1 = 11
-
-
-#: Opcodes this codec handles; data opcodes belong to the data channel.
-CONTROL_OPCODES = frozenset(
-    {
-        Opcode.CONTROL_SOFT_RESET_V1,
-        Opcode.CONTROL_V1,
-        Opcode.ACK_V1,
-        Opcode.CONTROL_HARD_RESET_CLIENT_V2,
-        Opcode.CONTROL_HARD_RESET_SERVER_V2,
-        Opcode.CONTROL_HARD_RESET_CLIENT_V3,
-        Opcode.CONTROL_WKC_V1,
-    }
+from trivpn.wire import (
+    CONTROL_OPCODES,
+    CONTROL_SEND_ACK_MAX,
+    DATA_OPCODES,
+    MAX_UINT32,
+    MESSAGE_ID_LEN,
+    OBSOLETE_OPCODES,
+    P_KEY_ID_MASK,
+    P_OPCODE_SHIFT,
+    RELIABLE_ACK_SIZE,
+    SESSION_ID_LEN,
+    Opcode,
+    byte0,
+    is_data_byte0,
+    split_byte0,
 )
+
+# The wire constants live in trivpn.wire; these names stay importable from here.
+__all__ = [
+    "CONTROL_OPCODES",
+    "CONTROL_SEND_ACK_MAX",
+    "MAX_UINT32",
+    "MESSAGE_ID_LEN",
+    "P_KEY_ID_MASK",
+    "P_OPCODE_SHIFT",
+    "RELIABLE_ACK_SIZE",
+    "SESSION_ID_LEN",
+    "ControlPacket",
+    "Opcode",
+    "is_data_byte0",
+    "parse_control_packet",
+    "serialize_control_packet",
+    "split_byte0",
+]
+
 # Lookup by raw int so parsing needs no try/except around the enum constructor.
 _CONTROL_BY_VALUE: dict[int, Opcode] = {int(op): op for op in CONTROL_OPCODES}
-_DATA_VALUES = frozenset({int(Opcode.DATA_V1), int(Opcode.DATA_V2)})
 
 _U32 = struct.Struct("!I")
 # Shortest legal packet: byte0 + own sid + ack_count (a P_ACK_V1 with no acks).
 _MIN_LEN = 1 + SESSION_ID_LEN + 1
-
-
-def split_byte0(b: int) -> tuple[int, int]:
-    """Split a first byte into (opcode, key_id) without judging either."""
-    return b >> P_OPCODE_SHIFT, b & P_KEY_ID_MASK
-
-
-def is_data_byte0(b: int) -> bool:
-    """True if the first byte announces P_DATA_V1 or P_DATA_V2 (cheap demux test)."""
-    return (b >> P_OPCODE_SHIFT) in _DATA_VALUES
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +88,9 @@ def parse_control_packet(data: bytes | bytearray | memoryview) -> ControlPacket:
     raw_op, key_id = split_byte0(buf[0])
     opcode = _CONTROL_BY_VALUE.get(raw_op)
     if opcode is None:
-        if raw_op in (1, 2):
+        if raw_op in OBSOLETE_OPCODES:
             raise RemoteProtocolError("obsolete key-method 1 opcode")
-        if raw_op in _DATA_VALUES:
+        if raw_op in DATA_OPCODES:
             raise RemoteProtocolError("data opcode on the control channel")
         raise RemoteProtocolError(f"unknown opcode {raw_op}")
     session_id = buf[1 : 1 + SESSION_ID_LEN]
@@ -171,7 +152,7 @@ def serialize_control_packet(p: ControlPacket) -> bytes:
     """Encode `p` in the plaintext wire form; LocalProtocolError if it is inconsistent."""
     _check(p)
     parts = [
-        bytes((int(p.opcode) << P_OPCODE_SHIFT | p.key_id,)),
+        bytes((byte0(p.opcode, p.key_id),)),
         bytes(p.session_id),
         bytes((len(p.acks),)),
     ]

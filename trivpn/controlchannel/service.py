@@ -14,18 +14,34 @@ import logging
 
 import trio
 
-from trivpn.controlchannel.packet import CONTROL_SEND_ACK_MAX, SESSION_ID_LEN, Opcode
-from trivpn.messages import Ciphertext, DynamicWrapKey, ReliableMessage, ResetComplete, SoftReset
+from trivpn.messages import (
+    Ciphertext,
+    ControlToReliable,
+    ControlToTLS,
+    DynamicWrapKey,
+    ReliableMessage,
+    ReliableToControl,
+    ResetComplete,
+    SoftReset,
+    TLSToControl,
+)
+from trivpn.wire import (
+    CONTROL_SEND_ACK_MAX,
+    MESSAGE_ID_LEN,
+    SESSION_ID_LEN,
+    TLS_MTU_DEFAULT,
+    Opcode,
+)
 
 log = logging.getLogger("trivpn.controlchannel")
 
-#: OpenVPN's default `tls-mtu` (TLS_MTU_DEFAULT): the whole control packet incl. IP/UDP.
-TLS_MTU_DEFAULT = 1250
+__all__ = ["TLS_MTU_DEFAULT", "chunk_ciphertext", "control_payload_size", "run_controlchannel"]
 
 
 def control_payload_size(wrap_overhead: int, *, ipv6: bool, tls_mtu: int = TLS_MTU_DEFAULT) -> int:
     """Largest TLS payload per control packet, computed the way OpenVPN sizes its own."""
-    fixed = 1 + SESSION_ID_LEN + (1 + 4 * CONTROL_SEND_ACK_MAX + SESSION_ID_LEN) + 4
+    acks = 1 + MESSAGE_ID_LEN * CONTROL_SEND_ACK_MAX + SESSION_ID_LEN
+    fixed = 1 + SESSION_ID_LEN + acks + MESSAGE_ID_LEN
     ip_overhead = 48 if ipv6 else 28
     return min(2048, tls_mtu) - fixed - wrap_overhead - ip_overhead
 
@@ -39,16 +55,16 @@ def chunk_ciphertext(key_id: int, data: bytes, size: int) -> list[ReliableMessag
 
 async def run_controlchannel(
     *,
-    from_rel: trio.MemoryReceiveChannel[list[object]],
-    to_rel: trio.MemorySendChannel[list[ReliableMessage]],
-    to_tls: trio.MemorySendChannel[list[object]],
-    from_tls: trio.MemoryReceiveChannel[list[Ciphertext | SoftReset]],
+    from_rel: trio.MemoryReceiveChannel[list[ReliableToControl]],
+    to_rel: trio.MemorySendChannel[list[ControlToReliable]],
+    to_tls: trio.MemorySendChannel[list[ControlToTLS]],
+    from_tls: trio.MemoryReceiveChannel[list[TLSToControl]],
     payload_size: int,
 ) -> None:
     async def up() -> None:
         async with from_rel, to_tls:
             async for batch in from_rel:
-                out: list[object] = []
+                out: list[ControlToTLS] = []
                 for item in batch:
                     if isinstance(item, ResetComplete):
                         out.append(item)
@@ -66,10 +82,10 @@ async def run_controlchannel(
             nursery.start_soon(up)
             async with from_tls:
                 async for batch in from_tls:
-                    msgs: list[ReliableMessage] = []
+                    msgs: list[ControlToReliable] = []
                     for item in batch:
                         if isinstance(item, DynamicWrapKey):
-                            msgs.append(item)  # type: ignore[arg-type]  # for the muxer
+                            msgs.append(item)  # for the muxer
                         elif isinstance(item, SoftReset):
                             msgs.append(
                                 ReliableMessage(item.key_id, Opcode.CONTROL_SOFT_RESET_V1, b"")

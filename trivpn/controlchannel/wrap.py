@@ -43,16 +43,16 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK, ReplayWindow
+from trivpn.wire import MAX_UINT32, PACKET_ID_LONG_LEN, SESSION_ID_LEN
 
 #: Size of an "OpenVPN Static key V1" (2048 bits, `struct key2` with two keys).
 STATIC_KEY_LEN = 256
 #: Size of one cipher or hmac slot of a key (`MAX_CIPHER_KEY_LENGTH`, `MAX_HMAC_KEY_LENGTH`).
 KEY_SLOT_LEN = 64
 #: Bytes of the cleartext header both wrappers keep in front: op|key_id + session id.
-CLEAR_HEADER_LEN = 1 + 8
-#: Long-form replay packet-id: 32-bit id + 32-bit time (`packet_id_size(true)`).
-PACKET_ID_LONG_LEN = 8
-MAX_PACKET_ID = 0xFFFFFFFF
+CLEAR_HEADER_LEN = 1 + SESSION_ID_LEN
+#: Long-form replay packet-ids (`PACKET_ID_LONG_LEN`, from trivpn.wire) are 32-bit.
+MAX_PACKET_ID = MAX_UINT32
 #: tls-crypt constants (`tls_crypt.h`).
 TLS_CRYPT_TAG_SIZE = 32
 TLS_CRYPT_BLOCK_SIZE = 16

@@ -117,7 +117,9 @@ class DataChannel:
             replay_time=replay_time,
             auth=auth,
         )
-        self.keepalive = Keepalive(ping_interval=ping_interval, ping_restart=ping_restart, ping_exit=ping_exit)
+        self.keepalive = Keepalive(
+            ping_interval=ping_interval, ping_restart=ping_restart, ping_exit=ping_exit
+        )
         self.slot = KeySlot()
         self.tx = Encryptor(self.config, self.slot)
         self.rx = Decryptor(self.config, self.slot)

@@ -129,6 +129,18 @@ def _drain(fd: int) -> None:
         pass
 
 
+class _Side:
+    """What one thread writes and others only read (tests, logs, the other thread)."""
+
+    __slots__ = ("warm_until", "touches", "idle_waits")
+
+    def __init__(self) -> None:
+        #: low-latency mode: keep touching the hot path until then
+        self.warm_until = 0.0
+        self.touches = 0  # warm-up steps run
+        self.idle_waits = 0  # times the thread blocked with nothing to do
+
+
 class _Threads:
     """The two thread bodies and what they share."""
 
@@ -143,9 +155,16 @@ class _Threads:
         self.control_dropped = 0
         self.warm_for = io.warm_for
         self.warm_every_ms = max(1, round(io.warm_every * 1000))
-        #: low-latency mode: touch the hot path until then (either thread moves it on)
-        self.warm_until = 0.0
-        self.touches = 0
+        self.up_side = _Side()
+        self.down_side = _Side()
+
+    @property
+    def touches(self) -> int:
+        return self.up_side.touches + self.down_side.touches
+
+    def _warm_until(self) -> float:
+        # traffic either way keeps both threads warm: interactive traffic goes both ways
+        return max(self.up_side.warm_until, self.down_side.warm_until)
 
     def _toucher(self, *, open_too: bool) -> Callable[[], None]:
         """One thread's low-latency warm-up step, with dummy cores of its own (made once the
@@ -174,10 +193,10 @@ class _Threads:
         if self.stopping:
             raise _Stopped
 
-    def _idle(self, poller: select.poll, touch: Callable[[], None]) -> None:
+    def _idle(self, poller: select.poll, touch: Callable[[], None], side: _Side) -> None:
         """Wait for the fd. In low-latency mode, shortly after traffic, wake every
         `warm_every` to run `touch` instead of sleeping through."""
-        while self.now() < self.warm_until:
+        while self.now() < self._warm_until():
             ready = poller.poll(self.warm_every_ms)
             if ready:
                 self._ready(ready)
@@ -185,7 +204,8 @@ class _Threads:
             if self.stopping:
                 raise _Stopped
             touch()
-            self.touches += 1
+            side.touches += 1
+        side.idle_waits += 1
         self._wait(poller)
 
     def _poller(self, fd: int, event: int, *, kick: bool = False) -> select.poll:
@@ -219,13 +239,14 @@ class _Threads:
         data_ops = DATA_OPCODES
         warm_for = self.warm_for
         touch = self._toucher(open_too=True)
+        side = self.up_side
         limit = 1  # after an idle wait the first datagram goes through alone (see `down`)
         try:
             while not self.stopping:
                 batch = transport.recv_nowait(limit)
                 if not batch:
                     limit = 1
-                    self._idle(sock_readable, touch)
+                    self._idle(sock_readable, touch, side)
                     continue
                 limit = MAX_BATCH
                 data: list[bytes] = []
@@ -246,7 +267,7 @@ class _Threads:
                 now = now_fn()
                 packets = rx.decrypt(data, now)
                 if warm_for:
-                    self.warm_until = now + warm_for
+                    side.warm_until = now + warm_for
                 if packets:
                     self._write_all(tun, packets, tun_writable)
                 if rx.peer_exited:
@@ -288,6 +309,7 @@ class _Threads:
         sock_writable = self._poller(transport.sock.fileno(), select.POLLOUT, kick=True)
         warm_for = self.warm_for
         touch = self._toucher(open_too=False)
+        side = self.down_side
         served = 0  # link.requests already served
         # After an idle wait the first packet goes out alone: draining to EAGAIN first would
         # put one more system call (~40 µs with cold caches, see docs/performance.md) in
@@ -304,7 +326,7 @@ class _Threads:
                     return  # the device was closed
                 if not batch:
                     limit = 1
-                    self._idle(tun_readable, touch)
+                    self._idle(tun_readable, touch, side)
                     continue
                 limit = 0  # the device's max_batch
                 tx = link.tx
@@ -314,7 +336,7 @@ class _Threads:
                 now = now_fn()
                 out = tx.encrypt(batch, now)
                 if warm_for:
-                    self.warm_until = now + warm_for
+                    side.warm_until = now + warm_for
                 if out:
                     self._send_all(out, sock_writable)
         except (_Stopped, trio.ClosedResourceError):
@@ -396,7 +418,9 @@ class ThreadPlane:
             for fd in (stop_r, stop_w, kick_r, kick_w):
                 os.close(fd)
             if threads.control_dropped:
-                log.debug("data plane: %d control datagrams dropped (muxer busy)", threads.control_dropped)
+                log.debug(
+                    "data plane: %d control datagrams dropped (muxer busy)", threads.control_dropped
+                )
 
 
 __all__ = ["DATA_OPCODES", "FastPathIO", "ThreadPlane"]

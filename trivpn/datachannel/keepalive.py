@@ -48,8 +48,14 @@ KeepaliveEvent = SendPing | PeerSilent
 class Keepalive:
     """Ping / ping-restart / ping-exit timers of one data channel (pure, no clock)."""
 
-    def __init__(self, *, ping_interval: float = 0.0, ping_restart: float = 0.0, ping_exit: float = 0.0) -> None:
-        for name, value in (("ping interval", ping_interval), ("ping-restart", ping_restart), ("ping-exit", ping_exit)):
+    def __init__(
+        self, *, ping_interval: float = 0.0, ping_restart: float = 0.0, ping_exit: float = 0.0
+    ) -> None:
+        for name, value in (
+            ("ping interval", ping_interval),
+            ("ping-restart", ping_restart),
+            ("ping-exit", ping_exit),
+        ):
             if value < 0:
                 raise ConfigError(f"{name} must not be negative, got {value:g}")
         self.ping_interval = float(ping_interval)

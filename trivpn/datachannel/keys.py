@@ -106,7 +106,9 @@ class DataConfig:
         digest: str | None = None
         if is_cbc(name):
             if auth is None:
-                raise ConfigError(f"cipher {name} needs the HMAC digest of the profile's 'auth' option")
+                raise ConfigError(
+                    f"cipher {name} needs the HMAC digest of the profile's 'auth' option"
+                )
             digest = normalize_auth_name(auth)
         if peer_id is not None and not 0 <= peer_id <= MAX_PEER_ID:
             raise ConfigError(f"peer-id {peer_id} is out of range (0..{MAX_PEER_ID})")
@@ -232,7 +234,9 @@ def make_key(config: DataConfig, key_id: int, key2: bytes) -> AEADKey | CBCKey:
     else:
         hdr = OP_V1 << P_OPCODE_SHIFT | key_id
     if config.auth is not None:
-        enc_c, dec_c = make_cbc_directions(key2, config.cipher, config.auth, is_server=config.is_server)
+        enc_c, dec_c = make_cbc_directions(
+            key2, config.cipher, config.auth, is_server=config.is_server
+        )
         header = hdr.to_bytes(4, "big") if peer_id is not None else bytes((hdr,))
         return CBCKey(key_id, header, enc_c, dec_c)
     tx, rx = split_key2(key2, config.cipher, is_server=config.is_server)

@@ -35,7 +35,18 @@ class TxStats:
 class Encryptor:
     """The sending direction. Only the one thread or task that sends calls its methods."""
 
-    __slots__ = ("config", "stats", "last_sent", "_slot", "_frame", "_ping", "_exit", "_key", "_pid", "_base")
+    __slots__ = (
+        "config",
+        "stats",
+        "last_sent",
+        "_slot",
+        "_frame",
+        "_ping",
+        "_exit",
+        "_key",
+        "_pid",
+        "_base",
+    )
 
     def __init__(self, config: DataConfig, slot: KeySlot) -> None:
         self.config = config
@@ -62,7 +73,9 @@ class Encryptor:
             self._base = (key, self.stats.tx_bytes, self.stats.tx_packets)
         pid = self._pid
         if pid + len(payloads) > PACKET_ID_MAX:
-            raise LocalProtocolError("data-channel packet ids are exhausted for this key; renegotiate first")
+            raise LocalProtocolError(
+                "data-channel packet ids are exhausted for this key; renegotiate first"
+            )
         out, self._pid = key.seal_batch(pid, payloads, frame)
         return out
 
@@ -101,7 +114,11 @@ class Encryptor:
         if used is not key:
             return 0, 0, False  # nothing sealed with it yet
         stats = self.stats
-        return stats.tx_bytes - base_bytes, stats.tx_packets - base_packets, self._pid >= PACKET_ID_WRAP_TRIGGER
+        return (
+            stats.tx_bytes - base_bytes,
+            stats.tx_packets - base_packets,
+            self._pid >= PACKET_ID_WRAP_TRIGGER,
+        )
 
 
 __all__ = ["Encryptor", "TxStats"]

@@ -29,12 +29,17 @@ from trivpn.datachannel.keepalive import PeerSilent
 from trivpn.datachannel.link import DataLink
 from trivpn.datachannel.plane import DataPlane, make_plane
 from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
-from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify
+from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify, TLSToData
 from trivpn.workers.driver import CoreTimer
 
 log = logging.getLogger("trivpn.datachannel")
 
-_COMPRESSION = {None: Compression.NONE, "lzo-no": Compression.LZO_NO, "stub": Compression.STUB, "stub-v2": Compression.STUB_V2}
+_COMPRESSION = {
+    None: Compression.NONE,
+    "lzo-no": Compression.LZO_NO,
+    "stub": Compression.STUB,
+    "stub-v2": Compression.STUB_V2,
+}
 
 
 class PingRestart(SessionRestart):
@@ -46,10 +51,12 @@ class PingExit(FatalError):
 
 
 class DataService:
+    """One session's data channel: keys, keepalive and exit notifications around a data plane."""
+
     def __init__(
         self,
         *,
-        control: trio.MemoryReceiveChannel[list[object]],
+        control: trio.MemoryReceiveChannel[list[TLSToData]],
         plane: DataPlane | None = None,
         from_mux: trio.MemoryReceiveChannel[list[bytes]] | None = None,
         from_tun: trio.MemoryReceiveChannel[list[bytes]] | None = None,
@@ -63,7 +70,13 @@ class DataService:
         if plane is None:
             if from_mux is None or to_net is None:
                 raise LocalProtocolError("a data plane, or the channels to build one, is needed")
-            plane = make_plane(from_mux=from_mux, from_tun=from_tun, to_tun=to_tun, to_net=to_net, fastpath=fastpath)
+            plane = make_plane(
+                from_mux=from_mux,
+                from_tun=from_tun,
+                to_tun=to_tun,
+                to_net=to_net,
+                fastpath=fastpath,
+            )
         self.plane = plane
         self.link = DataLink(clock)
         #: both directions and the keepalive core, published once keyed

@@ -13,7 +13,10 @@ from collections.abc import Callable
 log = logging.getLogger("trivpn")
 
 
-def add_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: Callable[[argparse.ArgumentParser], None],
+) -> None:
     t = sub.add_parser(
         "tunnel", help="serve a manager over the control protocol (started by a manager)"
     )

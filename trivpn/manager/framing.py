@@ -199,7 +199,7 @@ class FrameDecoder:
         """Why the stream is broken (set by `feed`); the caller must then hang up."""
         return self._broken
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
         """Every payload completed by `data`, in order.
 
         A bad length does not raise here, so the good frames before it in the same chunk are

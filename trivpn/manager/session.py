@@ -124,14 +124,16 @@ class ManagedTunnel:
             yield update
 
     async def get_peer_update(self) -> pb.PeerUpdate:
-        answer = await self.speaker.request(pb.ManagerMessage(get_peer_update=pb.GetPeerUpdate()))
+        answer: pb.TunnelMessage = await self.speaker.request(
+            pb.ManagerMessage(get_peer_update=pb.GetPeerUpdate())
+        )
         if answer.WhichOneof("msg") != "peer_update":
             raise RemoteProtocolError("GetPeerUpdate answered with something else")
         return answer.peer_update
 
     async def stop(self) -> pb.StopResponse:
         """Ask the tunnel to disconnect; its reply is the last thing it sends."""
-        answer = await self.speaker.request(pb.ManagerMessage(stop=pb.StopRequest()))
+        answer: pb.TunnelMessage = await self.speaker.request(pb.ManagerMessage(stop=pb.StopRequest()))
         return answer.stop
 
     # ---------------------------------------------------------------- internals
@@ -247,7 +249,7 @@ async def open_tunnel(
         raise ConfigError(str(exc)) from None
     to_tunnel_r, to_tunnel_w = os.pipe()
     from_tunnel_r, from_tunnel_w = os.pipe()
-    child_fds = (to_tunnel_r, from_tunnel_w)
+    child_fds: tuple[int, ...] = (to_tunnel_r, from_tunnel_w)
     process: trio.Process | None = None
     tunnel: ManagedTunnel | None = None
     try:

@@ -313,7 +313,7 @@ class Speaker:
         elif isinstance(ev, Notice) and ev.kind is None:
             log.warning("%s: ignored a one-way message of an unknown type", self.role)
         else:
-            batch.append(ev)  # type: ignore[arg-type]
+            batch.append(ev)
 
     async def _writer(self, scope: trio.CancelScope) -> None:
         try:

@@ -6,7 +6,7 @@ The tunnel owns no privileges: the manager created the TUN device and passes its
 number in `StartRequest` (the fd itself was inherited). `Tunnel.serve` reads the
 manager's requests:
 
-* **Start** runs a `Client` under its own `WorkersManager` in a child task, with
+* **Start** runs a client `trivpn.engine.Engine` in a child task, with
   `configure_tun=False` and an `on_tunnel_up` hook. The hook sends a
   `NetworkSettingsRequest` built from the PUSH_REPLY and waits for the manager's answer;
   only a successful answer lets the engine declare the tunnel up. Start is answered once
@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -35,6 +35,9 @@ from trivpn.manager import manager_pb2 as pb
 from trivpn.manager.convert import network_settings_request
 from trivpn.manager.rpc import Request
 from trivpn.manager.speaker import RPCClosed, Speaker
+
+if TYPE_CHECKING:
+    from trivpn.engine import Engine
 
 __all__ = ["PEER_UPDATE_INTERVAL", "RPCLogHandler", "Tunnel", "log_message"]
 
@@ -95,7 +98,7 @@ class PeerState:
     """What a `Peer` message reports; `snapshot` builds it."""
 
     name: str = ""
-    state: int = pb.Peer.UNKNOWN
+    state: pb.Peer.State.ValueType = pb.Peer.UNKNOWN
     remote: str = ""
     ip_addrs: list[str] = field(default_factory=list)
     last_handshake: float | None = None
@@ -106,7 +109,7 @@ class PeerState:
     def snapshot(self, device: Any) -> pb.Peer:
         peer = pb.Peer(
             name=self.name,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             remote=self.remote,
             ip_addrs=self.ip_addrs,
             cipher=self.cipher,
@@ -188,7 +191,7 @@ class Tunnel:
     def _push_update(self) -> None:
         self.speaker.send_nowait(pb.TunnelMessage(peer_update=self._update()))
 
-    def _set_state(self, state: int, error: str = "") -> None:
+    def _set_state(self, state: pb.Peer.State.ValueType, error: str = "") -> None:
         self.peer.state = state
         self.peer.error_message = error
         self._push_update()
@@ -218,13 +221,13 @@ class Tunnel:
     async def _start(self, request: Request, nursery: trio.Nursery) -> None:
         start = request.message.start
         try:
-            client, device = self._prepare(start)
+            engine = self._prepare(start)
         except TrivpnError as exc:
             self._engine_done.set()
             self._set_state(pb.Peer.FAILED, str(exc))
             await self._reply(request, pb.TunnelMessage(start=pb.StartResponse(success=False, error_message=str(exc))))
             return
-        nursery.start_soon(self._engine, client, device)
+        nursery.start_soon(self._engine, engine)
         async with trio.open_nursery() as wait:
 
             async def until(event: trio.Event) -> None:
@@ -239,11 +242,11 @@ class Tunnel:
             response = pb.StartResponse(success=False, error_message=self.peer.error_message or "the tunnel stopped")
         await self._reply(request, pb.TunnelMessage(start=response))
 
-    def _prepare(self, start: pb.StartRequest) -> tuple[Any, Any]:
-        """Profile, TUN device and Client from a StartRequest (ConfigError: one line)."""
-        from trivpn.client import Client
+    def _prepare(self, start: pb.StartRequest) -> Engine:
+        """Profile, TUN device and engine from a StartRequest (ConfigError: one line)."""
+        from trivpn.engine import Engine, inherited_tun
         from trivpn.profile.profile import load_profile, parse_profile
-        from trivpn.tun.linux import LinuxTun
+        from trivpn.session.config import SessionConfig
 
         if start.profile_text:
             base = Path(start.profile_path).parent if start.profile_path else None
@@ -254,47 +257,25 @@ class Tunnel:
             raise ConfigError("StartRequest has neither profile_text nor profile_path")
         for w in profile.warnings:
             log.warning("%s", w)
-        fd = start.tunnel_file_descriptor
-        if fd < 3:
-            raise ConfigError(f"tunnel_file_descriptor {fd} is not a TUN fd (need an inherited fd >= 3)")
-        try:
-            import os
-
-            os.fstat(fd)
-        except OSError:
-            raise ConfigError(f"tunnel_file_descriptor {fd} is not open in the tunnel process") from None
-        name = start.tunnel_name or f"fd{fd}"
-        device = LinuxTun(fd, name)
-        kd = start.key_derivation or "auto"
-        client = Client(
+        device = inherited_tun(start.tunnel_file_descriptor, start.tunnel_name)
+        config = SessionConfig.from_profile(
             profile,
-            device=device,
-            ifname=name,
-            configure_tun=False,
-            key_derivation=kd,
+            key_derivation=start.key_derivation or "auto",
             username=start.username,
             password=start.password,
-            on_tunnel_up=self._on_tunnel_up,
         )
+        engine = Engine(config, device, configure_tun=False, on_tunnel_up=self._on_tunnel_up)
         self.device = device
         self.peer.name = profile.remotes[0].host if profile.remotes else ""
-        return client, device
+        return engine
 
-    async def _engine(self, client: Any, device: Any) -> None:
-        from trivpn.workers.manager import WorkersManager
-
-        workers = WorkersManager(handle_signals=False)
-        self.workers = workers
-        workers.add_cleanup(device.close)
+    async def _engine(self, engine: Engine) -> None:
+        self.workers = engine.manager
         self._set_state(pb.Peer.CONNECTING)
-
-        async def setup(m: WorkersManager) -> None:
-            m.start_service("client", client.run, m)
-
         error = ""
         try:
             with self._engine_scope:
-                await workers.run(setup)
+                await engine.run()
         except Exception as exc:
             error = _one_line(exc)
             log.error("tunnel failed: %s", error)

@@ -106,9 +106,10 @@ async def resolve(host: str, port: int, proto: str) -> list[Endpoint]:
         raise ResolveError(f"cannot resolve {host!r}: {exc.strerror}") from None
     out: list[Endpoint] = []
     for family, _type, _proto, _canon, sockaddr in infos:
-        if family not in (socket.AF_INET, socket.AF_INET6):
+        # (the (int, bytes) form of sockaddr belongs to other families)
+        if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(sockaddr[0], str):
             continue
-        ep = Endpoint(host, port, kind, socket.AddressFamily(family), sockaddr)  # type: ignore[arg-type]
+        ep = Endpoint(host, port, kind, socket.AddressFamily(family), sockaddr)
         if ep not in out:
             out.append(ep)
     if not out:

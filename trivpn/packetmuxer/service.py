@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from trivpn.messages import ControlOut, DynamicWrapKey
+from trivpn.messages import DynamicWrapKey, MuxToReliable, ReliableToMux
 from trivpn.packetmuxer.core import PacketMuxer
 from trivpn.workers.driver import CoreTimer, Outbox, hand_over
 
@@ -28,8 +28,8 @@ async def run_packetmuxer(
     net_up: trio.MemoryReceiveChannel[list[bytes]],
     net_down: trio.MemorySendChannel[list[bytes]],
     data_up: trio.MemorySendChannel[list[bytes]],
-    ctrl_up: trio.MemorySendChannel[list[object]],
-    ctrl_down: trio.MemoryReceiveChannel[list[ControlOut | DynamicWrapKey]],
+    ctrl_up: trio.MemorySendChannel[list[MuxToReliable]],
+    ctrl_down: trio.MemoryReceiveChannel[list[ReliableToMux]],
 ) -> None:
     to_net: Outbox[bytes] = Outbox(net_down)
     timer = CoreTimer()

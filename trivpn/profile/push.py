@@ -1,13 +1,10 @@
-"""PUSH_REPLY handling: reassembly of continued replies and parsing of pushed options.
+"""PUSH_REPLY handling: parsing of pushed options (reassembly is in :mod:`.pushreply`).
 
 Theory of operation
 -------------------
-The server sends its settings as ``PUSH_REPLY,opt1,opt2,...``; options are separated
-by commas (no escaping) and each is tokenized like a config line.  A long reply is
-split into several messages; all but the last carry ``push-continuation 2`` and the
-last ``push-continuation 1`` (or none).  :class:`PushReplyAssembler` glues the parts
-together and drops the continuation markers; :func:`parse_push_options` turns the
-option list into :class:`PushedSettings`.
+:class:`PushReplyAssembler` (re-exported here) turns one or more ``PUSH_REPLY``
+messages into a list of option strings; each is tokenized like a config line and
+:func:`parse_push_options` turns the list into :class:`PushedSettings`.
 
 Everything here is untrusted input: malformed values (bad address, bad number,
 peer-id beyond 24 bits, compression we refuse) raise :class:`RemoteProtocolError`
@@ -32,9 +29,17 @@ from dataclasses import dataclass, field
 
 from trivpn.errors import ConfigError, RemoteProtocolError
 from trivpn.profile.options import tokenize_line
+from trivpn.profile.pushreply import (
+    MAX_PUSH_MESSAGES,
+    MAX_PUSH_OPTIONS,
+    PushReplyAssembler,
+    continuation_value,
+)
 
 __all__ = [
     "MAX_PEER_ID",
+    "MAX_PUSH_MESSAGES",
+    "MAX_PUSH_OPTIONS",
     "PushReplyAssembler",
     "PushedSettings",
     "Route",
@@ -42,13 +47,8 @@ __all__ = [
     "parse_push_options",
 ]
 
-PUSH_REPLY_PREFIX = "PUSH_REPLY"
 #: Largest peer-id (24 bits); OpenVPN's ``MAX_PEER_ID`` (0xFFFFFF also means "none").
 MAX_PEER_ID = 0xFFFFFF
-#: Our own bound on how many continued PUSH_REPLY messages we glue together.
-MAX_PUSH_MESSAGES = 64
-#: Our own bound on the number of options in one assembled reply.
-MAX_PUSH_OPTIONS = 1024
 #: Upper bound for pushed timer values (seconds).
 MAX_SECONDS = 10 * 365 * 24 * 3600
 #: Largest route metric accepted.
@@ -160,65 +160,6 @@ class PushedSettings:
         return self.peer_id is not None
 
 
-class PushReplyAssembler:
-    """Accumulates ``PUSH_REPLY`` messages joined by ``push-continuation``.
-
-    Sans-IO: feed each control-channel message; get the whole option list back when
-    the last part arrives.  After a complete reply the assembler starts afresh (a
-    server may push again, e.g. a new auth-token on renegotiation).
-    """
-
-    __slots__ = ("_options", "_messages")
-
-    def __init__(self) -> None:
-        self._options: list[str] = []
-        self._messages = 0
-
-    @property
-    def pending(self) -> bool:
-        """True while a continued reply is incomplete."""
-        return self._messages > 0
-
-    def feed(self, message: str) -> list[str] | None:
-        """Add one message; return the complete option list, or None if more follow."""
-        msg = message.rstrip("\0")
-        if msg != PUSH_REPLY_PREFIX and not msg.startswith(PUSH_REPLY_PREFIX + ","):
-            raise RemoteProtocolError(f"not a PUSH_REPLY: {msg[:40]!r}")
-        if not all(" " <= c <= "~" for c in msg):
-            raise RemoteProtocolError("PUSH_REPLY contains non-printable characters")
-        continuation: int | None = None
-        parts: list[str] = []
-        for item in msg[len(PUSH_REPLY_PREFIX) + 1 :].split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item.split(None, 1)[0] == "push-continuation":
-                continuation = _continuation_value(item)
-                continue
-            parts.append(item)
-        self._messages += 1
-        self._options.extend(parts)
-        if self._messages > MAX_PUSH_MESSAGES or len(self._options) > MAX_PUSH_OPTIONS:
-            self._reset()
-            raise RemoteProtocolError(
-                f"PUSH_REPLY too long (over {MAX_PUSH_MESSAGES} parts or {MAX_PUSH_OPTIONS} options)"
-            )
-        if continuation == 2:
-            return None
-        result = self._options
-        self._reset()
-        return result
-
-    def _reset(self) -> None:
-        self._options = []
-        self._messages = 0
-
-
-def _continuation_value(item: str) -> int:
-    words = item.split()
-    if len(words) != 2 or words[1] not in ("1", "2"):
-        raise RemoteProtocolError(f"bad push-continuation: {item!r}")
-    return int(words[1])
 
 
 def parse_push_options(options: Sequence[str]) -> PushedSettings:
@@ -517,4 +458,4 @@ class _PushParser:
             )
 
     def _opt_push_continuation(self, name: str, args: list[str]) -> None:
-        _continuation_value(" ".join([name, *args]))
+        continuation_value(" ".join([name, *args]))

@@ -53,17 +53,32 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from trivpn.errors import ConfigError, LocalProtocolError
+from trivpn.wire import CONTROL_SEND_ACK_MAX, P_ACK_V1, RELIABLE_ACK_SIZE
+from trivpn.wire import MAX_UINT32 as MAX_MESSAGE_ID
+
+# RELIABLE_ACK_SIZE, CONTROL_SEND_ACK_MAX and P_ACK_V1 live in trivpn.wire; re-exported here.
+__all__ = [
+    "CONTROL_SEND_ACK_MAX",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_TIMEOUT",
+    "DEFAULT_TLS_TIMEOUT",
+    "MAX_MESSAGE_ID",
+    "N_ACK_RETRANSMIT",
+    "P_ACK_V1",
+    "RELIABLE_ACK_SIZE",
+    "TLS_RELIABLE_N_REC_BUFFERS",
+    "TLS_RELIABLE_N_SEND_BUFFERS",
+    "OutgoingPacket",
+    "ReliableStats",
+    "ReliableTransport",
+]
 
 TLS_RELIABLE_N_SEND_BUFFERS = 6
 TLS_RELIABLE_N_REC_BUFFERS = 12
-RELIABLE_ACK_SIZE = 8
-CONTROL_SEND_ACK_MAX = 4
 N_ACK_RETRANSMIT = 3
-P_ACK_V1 = 5
 DEFAULT_TLS_TIMEOUT = 2.0
 DEFAULT_MAX_TIMEOUT = 60.0
 DEFAULT_MAX_QUEUE = 256
-MAX_MESSAGE_ID = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,18 @@ from collections.abc import Callable
 
 import trio
 
-from trivpn.controlchannel.packet import Opcode
-from trivpn.messages import ControlOut, DynamicWrapKey, ReliableMessage, ResetComplete
+from trivpn.messages import (
+    ControlOut,
+    ControlToReliable,
+    DynamicWrapKey,
+    MuxToReliable,
+    ReliableMessage,
+    ReliableToControl,
+    ReliableToMux,
+    ResetComplete,
+)
 from trivpn.reliabletransport.core import ReliableTransport
+from trivpn.wire import Opcode
 from trivpn.workers.driver import CoreTimer, Outbox
 
 log = logging.getLogger("trivpn.reliabletransport")
@@ -36,10 +45,10 @@ class ReliableService:
     def __init__(
         self,
         *,
-        from_mux: trio.MemoryReceiveChannel[list[object]],
-        to_mux: trio.MemorySendChannel[list[ControlOut | DynamicWrapKey]],
-        to_cc: trio.MemorySendChannel[list[object]],
-        from_cc: trio.MemoryReceiveChannel[list[ReliableMessage | DynamicWrapKey]],
+        from_mux: trio.MemoryReceiveChannel[list[MuxToReliable]],
+        to_mux: trio.MemorySendChannel[list[ReliableToMux]],
+        to_cc: trio.MemorySendChannel[list[ReliableToControl]],
+        from_cc: trio.MemoryReceiveChannel[list[ControlToReliable]],
         first_key_factory: Callable[[], ReliableTransport] | None = None,
         is_server: bool = False,
     ) -> None:
@@ -48,8 +57,8 @@ class ReliableService:
         self.cores: dict[int, ReliableTransport] = {}
         self._from_mux = from_mux
         self._from_cc = from_cc
-        self._to_mux: Outbox[ControlOut | DynamicWrapKey] = Outbox(to_mux)
-        self._to_cc: Outbox[object] = Outbox(to_cc)
+        self._to_mux: Outbox[ReliableToMux] = Outbox(to_mux)
+        self._to_cc: Outbox[ReliableToControl] = Outbox(to_cc)
         self._timer = CoreTimer()
         self._first_key_factory = first_key_factory or (lambda: after_hard_reset(is_server))
         self.dropped_unknown_key = 0
@@ -73,9 +82,9 @@ class ReliableService:
         timers = [t for c in self.cores.values() if (t := c.get_timer()) is not None]
         return min(timers) if timers else None
 
-    def _collect_packets(self) -> list[ControlOut | DynamicWrapKey]:
+    def _collect_packets(self) -> list[ReliableToMux]:
         now = trio.current_time()
-        out: list[ControlOut | DynamicWrapKey] = []
+        out: list[ReliableToMux] = []
         for kid, core in self.cores.items():
             pkts = core.packets_to_send(now)
             if pkts:
@@ -90,28 +99,22 @@ class ReliableService:
         async with self._from_mux, self._to_cc.channel:
             async for batch in self._from_mux:
                 now = trio.current_time()
-                ups: list[object] = []
+                ups: list[ReliableToControl] = []
                 for item in batch:
                     if isinstance(item, ResetComplete):
                         self.cores[0] = self._first_key_factory()
                         ups.append(item)
                         continue
-                    core = self.cores.get(item.key_id)  # type: ignore[attr-defined]
+                    core = self.cores.get(item.key_id)
                     if core is None:
-                        if item.opcode != Opcode.CONTROL_SOFT_RESET_V1:  # type: ignore[attr-defined]
+                        if item.opcode != Opcode.CONTROL_SOFT_RESET_V1:
                             self.dropped_unknown_key += 1
                             continue
-                        core = self._new_key(item.key_id)  # type: ignore[attr-defined]
-                        self._peer_opened.add(item.key_id)  # type: ignore[attr-defined]
-                    core.receive_packet(
-                        item.opcode,  # type: ignore[attr-defined]
-                        item.acks,  # type: ignore[attr-defined]
-                        item.message_id,  # type: ignore[attr-defined]
-                        item.payload,  # type: ignore[attr-defined]
-                        now,
-                    )
+                        core = self._new_key(item.key_id)
+                        self._peer_opened.add(item.key_id)
+                    core.receive_packet(item.opcode, item.acks, item.message_id, item.payload, now)
 
-                def collect(ups: list[object] = ups) -> list[object]:
+                def collect(ups: list[ReliableToControl] = ups) -> list[ReliableToControl]:
                     for kid, core in self.cores.items():
                         for op, payload in core.messages_received():
                             ups.append(ReliableMessage(kid, op, payload))

@@ -10,6 +10,11 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trivpn.reverse.config import SessionConfig
 
 log = logging.getLogger("trivpn.reverse")
 
@@ -36,7 +41,7 @@ def _common(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: object) -> None:
     r = sub.add_parser("relay", help="public side of a reverse TCP tunnel")
     r.add_argument(
         "--addr", default=":9000", metavar="HOST:PORT", help="tunnel listen address (default :9000)"
@@ -124,10 +129,10 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     e.set_defaults(handler=cmd_expose)
 
 
-def _session_config(args: argparse.Namespace, heartbeat: float = 10.0) -> object:
+def _session_config(args: argparse.Namespace, heartbeat: float = 10.0) -> SessionConfig:
     from trivpn.errors import ConfigError
+    from trivpn.reverse.config import MAX_WINDOW, SessionConfig
     from trivpn.reverse.frames import ABSOLUTE_MAX_FRAME
-    from trivpn.reverse.session import MAX_WINDOW, SessionConfig
 
     if not 256 <= args.max_frame <= ABSOLUTE_MAX_FRAME:
         raise ConfigError(f"--max-frame must be between 256 and {ABSOLUTE_MAX_FRAME}")
@@ -138,7 +143,7 @@ def _session_config(args: argparse.Namespace, heartbeat: float = 10.0) -> object
     return SessionConfig(window=args.window, max_frame=args.max_frame, heartbeat=heartbeat)
 
 
-async def _until_signal(body: object, on_stop: object) -> int:
+async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[], str]) -> int:
     """Run `body()`; SIGINT/SIGTERM ends it gracefully and prints `on_stop()` (exit 0)."""
     import trio
 
@@ -155,13 +160,13 @@ async def _until_signal(body: object, on_stop: object) -> int:
 
         async def main() -> None:
             try:
-                await body()  # type: ignore[operator]
+                await body()
             finally:
                 nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch)
         nursery.start_soon(main)
-    print(on_stop(), flush=True)  # type: ignore[operator]
+    print(on_stop(), flush=True)
     return 0 if stopped else 1
 
 
@@ -170,7 +175,7 @@ async def cmd_relay(args: argparse.Namespace) -> int:
 
     from trivpn.errors import ConfigError
     from trivpn.reverse.relay import Relay, RelayConfig, load_tokens
-    from trivpn.reverse.service import parse_hostport
+    from trivpn.reverse.sockets import parse_hostport
 
     host, port = parse_hostport(args.addr, "--addr")
     end = args.end_port if args.end_port is not None else min(args.start_port + 999, 65535)
@@ -189,7 +194,7 @@ async def cmd_relay(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             lease=args.lease,
             observe_http=not args.no_http_log,
-            session=_session_config(args, args.heartbeat),  # type: ignore[arg-type]
+            session=_session_config(args, args.heartbeat),
         )
     )
 
@@ -211,7 +216,7 @@ async def cmd_relay(args: argparse.Namespace) -> int:
 async def cmd_expose(args: argparse.Namespace) -> int:
     from trivpn.errors import ConfigError
     from trivpn.reverse.expose import Expose, ExposeConfig
-    from trivpn.reverse.service import parse_hostport
+    from trivpn.reverse.sockets import parse_hostport
 
     shost, sport = parse_hostport(args.server, "--server", "localhost")
     lhost, lport = parse_hostport(args.local, "--local", "127.0.0.1")
@@ -239,7 +244,7 @@ async def cmd_expose(args: argparse.Namespace) -> int:
             reconnect=not args.no_reconnect,
             attempts=args.max_attempts,
             observe_http=not args.no_http_log,
-            session=_session_config(args),  # type: ignore[arg-type]
+            session=_session_config(args),
         ),
         on_bound=on_bound,
     )

@@ -23,16 +23,19 @@ from dataclasses import dataclass, field
 import trio
 
 from trivpn.errors import ConfigError, FatalError
-from trivpn.reverse import session as S
+from trivpn.reverse import connection
+from trivpn.reverse import events as E
+from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.metrics import Metrics
+from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Backoff
-from trivpn.reverse.service import SessionRunner, StreamPipe, connect_plain
-from trivpn.reverse.session import SessionConfig
+from trivpn.reverse.service import SessionRunner
+from trivpn.reverse.session import Session
+from trivpn.reverse.sockets import connect_plain
 
 log = logging.getLogger("trivpn.reverse")
 
-CONNECT_TIMEOUT = 10.0
 DIAL_TIMEOUT = 10.0
 
 
@@ -77,27 +80,10 @@ class Expose:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             self._ssl = ctx
 
-    async def _connect(self) -> trio.abc.Stream:
+    async def _connect(self) -> connection.Connection:
         cfg = self.config
-        with trio.fail_after(CONNECT_TIMEOUT):
-            sock = await trio.open_tcp_stream(cfg.server_host, cfg.server_port)
-        if self._ssl is None:
-            return sock
         name = cfg.tls_server_name or cfg.server_host
-        tls = trio.SSLStream(sock, self._ssl, server_hostname=name)
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await tls.do_handshake()
-        except trio.BrokenResourceError as exc:
-            await trio.aclose_forcefully(sock)
-            cause = exc.__cause__
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                raise FatalError(
-                    f"TLS: the relay's certificate is not trusted for {name!r}: "
-                    f"{cause.verify_message or cause.reason}"
-                ) from None
-            raise
-        return tls
+        return await connection.dial(cfg.server_host, cfg.server_port, self._ssl, name)
 
     async def run(self) -> None:
         """Until cancelled, or a FatalError (auth refused, gave up reconnecting, ...)."""
@@ -107,7 +93,7 @@ class Expose:
         while True:
             why = ""
             try:
-                transport = await self._connect()
+                tunnel = await self._connect()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                 why = f"cannot reach the relay {cfg.server_host}:{cfg.server_port}: " + (
                     "timed out"
@@ -115,7 +101,7 @@ class Expose:
                     else str(getattr(exc, "strerror", None) or exc)
                 )
             else:
-                session = S.Session(
+                session = Session(
                     "client",
                     trio.current_time(),
                     cfg.session,
@@ -125,7 +111,7 @@ class Expose:
                 )
                 metrics = Metrics()
                 self.session_metrics = metrics
-                runner = ExposeRunner(self, session, transport, metrics)
+                runner = ExposeRunner(self, session, tunnel, metrics)
                 try:
                     closed = await runner.run()
                 finally:
@@ -159,15 +145,15 @@ class Expose:
 
 class ExposeRunner(SessionRunner):
     def __init__(
-        self, expose: Expose, session: S.Session, transport: trio.abc.Stream, metrics: Metrics
+        self, expose: Expose, session: Session, tunnel: connection.Connection, metrics: Metrics
     ) -> None:
-        super().__init__(session, transport, metrics, observe_http=expose.config.observe_http)
+        super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
         self.expose = expose
         self.bound_port = 0
         self.bind_failed: str | None = None
 
-    def on_event(self, ev: S.Event) -> None:
-        if isinstance(ev, S.Bound):
+    def on_event(self, ev: E.Event) -> None:
+        if isinstance(ev, E.Bound):
             self.bound_port = ev.port
             self.expose.port = ev.port
             self.expose.sessions += 1
@@ -183,9 +169,9 @@ class ExposeRunner(SessionRunner):
             )
             if self.expose.on_bound is not None:
                 self.expose.on_bound(cfg.server_host, ev.port)
-        elif isinstance(ev, S.BindFailed):
+        elif isinstance(ev, E.BindFailed):
             self.bind_failed = ev.reason
-        elif isinstance(ev, S.StreamOpened):
+        elif isinstance(ev, E.StreamOpened):
             pipe = StreamPipe(
                 self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False
             )

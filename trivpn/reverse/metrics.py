@@ -13,8 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from trivpn.reverse.httplog import HttpExchange
+
+if TYPE_CHECKING:  # prometheus-client is imported only when an endpoint is asked for
+    from prometheus_client.core import CollectorRegistry, Metric
 
 
 @dataclass(slots=True)
@@ -85,7 +89,7 @@ def merged(items: Iterable[Metrics]) -> Metrics:
     return total
 
 
-def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> object:
+def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> CollectorRegistry:
     """A prometheus CollectorRegistry reading live `Metrics` (grouped by client name)."""
     from prometheus_client.core import (
         CollectorRegistry,
@@ -94,9 +98,9 @@ def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> object:
     )
 
     class _Collector:
-        def collect(self) -> Iterator[object]:
+        def collect(self) -> Iterator[Metric]:
             groups = source()
-            fams = {
+            fams: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
                 "conn": CounterMetricFamily(
                     "trivpn_reverse_connections", "Tunnel sessions established", labels=["client"]
                 ),
@@ -144,11 +148,11 @@ def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> object:
             yield from fams.values()
 
     registry = CollectorRegistry()
-    registry.register(_Collector())  # type: ignore[arg-type]
+    registry.register(_Collector())
     return registry
 
 
-def render(registry: object) -> bytes:
+def render(registry: CollectorRegistry) -> bytes:
     from prometheus_client import generate_latest
 
-    return generate_latest(registry)  # type: ignore[arg-type]
+    return generate_latest(registry)

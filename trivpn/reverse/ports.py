@@ -69,8 +69,7 @@ class PortAllocator:
         if requested:
             if not self.start <= requested <= self.end:
                 raise PortUnavailable(f"port {requested} is outside {self.start}-{self.end}")
-            le = self._ports.get(requested)
-            if le is not None or requested in exclude:
+            if requested in self._ports or requested in exclude:
                 raise PortUnavailable(f"port {requested} is in use or leased to another client")
             if mine is not None:
                 del self._ports[mine]
@@ -107,7 +106,7 @@ class Backoff:
         """Seconds to wait before the next try (`rand` uniform in [0, 1)), or None: give up."""
         if self.attempts and self.failures >= self.attempts:
             return None
-        base = min(self.initial * (2 ** min(self.failures, 30)), self.maximum)
+        base = min(self.initial * (1 << min(self.failures, 30)), self.maximum)
         self.failures += 1
         return base * (1.0 - self.jitter + 2.0 * self.jitter * rand)
 

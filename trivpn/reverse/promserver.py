@@ -8,6 +8,7 @@ request size, and answers one request.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import h11
 import trio
@@ -15,13 +16,16 @@ import trio
 from trivpn.errors import ConfigError
 from trivpn.reverse.metrics import render
 
+if TYPE_CHECKING:
+    from prometheus_client.core import CollectorRegistry
+
 log = logging.getLogger("trivpn.reverse")
 
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 8192
 
 
-async def _answer(conn: trio.SocketStream, registry: object) -> None:
+async def _answer(conn: trio.SocketStream, registry: CollectorRegistry) -> None:
     h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     with trio.move_on_after(REQUEST_TIMEOUT):
         while True:
@@ -53,7 +57,7 @@ async def _answer(conn: trio.SocketStream, registry: object) -> None:
         await conn.send_all(out)
 
 
-async def _handle(conn: trio.SocketStream, registry: object) -> None:
+async def _handle(conn: trio.SocketStream, registry: CollectorRegistry) -> None:
     try:
         await _answer(conn, registry)
     except (h11.ProtocolError, trio.BrokenResourceError, OSError) as exc:
@@ -63,7 +67,7 @@ async def _handle(conn: trio.SocketStream, registry: object) -> None:
 
 
 async def serve_metrics(
-    registry: object,
+    registry: CollectorRegistry,
     host: str,
     port: int,
     *,
@@ -81,7 +85,7 @@ async def serve_metrics(
 
 
 async def _serve_one(
-    listener: trio.SocketListener, registry: object, nursery: trio.Nursery
+    listener: trio.SocketListener, registry: CollectorRegistry, nursery: trio.Nursery
 ) -> None:
     async with listener:
         while True:

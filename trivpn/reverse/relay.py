@@ -20,24 +20,21 @@ from dataclasses import dataclass, field
 import trio
 
 from trivpn.errors import ConfigError
-from trivpn.reverse import session as S
+from trivpn.reverse import connection
+from trivpn.reverse import events as E
+from trivpn.reverse.config import SessionConfig
+from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.metrics import Metrics
+from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
-from trivpn.reverse.service import (
-    SessionRunner,
-    StreamPipe,
-    close_plain,
-    format_addr,
-    peer_name,
-    plain_socket,
-)
-from trivpn.reverse.session import SessionConfig, StreamClosedError
+from trivpn.reverse.service import SessionRunner
+from trivpn.reverse.session import Session
+from trivpn.reverse.sockets import close_plain, format_addr, peer_name, plain_socket
 
 log = logging.getLogger("trivpn.reverse")
 
 TAKEOVER_WAIT = 3.0
-TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -162,40 +159,41 @@ class Relay:
 
     async def _handle(self, conn: trio.SocketStream) -> None:
         peer = peer_name(conn)
-        transport: trio.abc.Stream = conn
+        tunnel: connection.Connection | None = None
         try:
-            if self._ssl is not None:
-                tls = trio.SSLStream(conn, self._ssl, server_side=True)
-                with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
-                    await tls.do_handshake()
-                if scope.cancelled_caught:
-                    raise trio.BrokenResourceError("TLS handshake timed out")
-                transport = tls
-            session = S.Session(
+            tunnel = await connection.accept(conn, self._ssl)
+            session = Session(
                 "relay", trio.current_time(), self.config.session, tokens=self.config.tokens
             )
-            runner = RelayRunner(self, session, transport, peer)
+            runner = RelayRunner(self, session, tunnel, peer)
             await runner.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
             log.info("tunnel connection from %s failed: %s", peer, exc)
-            await trio.aclose_forcefully(transport)
+            await _close(tunnel, conn)
         except Exception:  # one broken session must never take the relay down
             log.exception("internal error in the session from %s", peer)
-            await trio.aclose_forcefully(transport)
+            await _close(tunnel, conn)
+
+
+async def _close(tunnel: connection.Connection | None, conn: trio.SocketStream) -> None:
+    if tunnel is not None:
+        await tunnel.aclose()
+    else:
+        await trio.aclose_forcefully(conn)
 
 
 class RelayRunner(SessionRunner):
     def __init__(
-        self, relay: Relay, session: S.Session, transport: trio.abc.Stream, peer: str
+        self, relay: Relay, session: Session, tunnel: connection.Connection, peer: str
     ) -> None:
-        super().__init__(session, transport, Metrics(), observe_http=relay.config.observe_http)
+        super().__init__(session, tunnel, Metrics(), observe_http=relay.config.observe_http)
         self.relay = relay
         self.peer = peer
         self.name = ""
         self.owner: Owner | None = None
         self.port = 0
 
-    async def run(self) -> S.SessionClosed | None:
+    async def run(self) -> E.SessionClosed | None:
         try:
             return await super().run()
         finally:
@@ -220,73 +218,31 @@ class RelayRunner(SessionRunner):
                 live.remove(self.metrics)
             relay.totals.setdefault(self.name, Metrics(state="TOTAL")).add(self.metrics)
 
-    def on_event(self, ev: S.Event) -> None:
-        if isinstance(ev, S.Authenticated):
+    def on_event(self, ev: E.Event) -> None:
+        if isinstance(ev, E.Authenticated):
             self.name = ev.name
             self.owner = (ev.name, ev.client_id)
             self.metrics.connections = 1
             self.relay.live.setdefault(ev.name, []).append(self.metrics)
             log.info("client %s authenticated from %s", ev.name, self.peer)
-        elif isinstance(ev, S.BindRequested):
+        elif isinstance(ev, E.BindRequested):
             assert self.nursery is not None
             self.nursery.start_soon(self._bind, ev.port)
 
-    def on_stream_reset(self, ev: S.StreamReset) -> None:
+    def on_stream_reset(self, ev: E.StreamReset) -> None:
         if ev.by_peer and ev.code == ErrorCode.REFUSED:
             self.metrics.streams_refused += 1
 
     async def _bind(self, requested: int) -> None:
         relay = self.relay
         assert self.owner is not None and self.nursery is not None
-        exclude: set[int] = set()
-        for _ in range(64):
-            try:
-                port, takeover = relay.allocator.assign(
-                    self.owner, requested, trio.current_time(), frozenset(exclude)
-                )
-            except PortUnavailable as exc:
-                log.info("client %s: bind refused: %s", self.name, exc)
-                self.session.reject_bind(str(exc))
-                self.dispatch()
-                self.ring()
-                return
-            if takeover:
-                old = relay.by_owner.get(self.owner)
-                if old is not None and old is not self:
-                    log.info("client %s reconnected: replacing its previous session", self.name)
-                    old.session.close(
-                        "replaced by a new connection of the same client", ErrorCode.REPLACED
-                    )
-                    old.dispatch()
-                    old.ring()
-                    with trio.move_on_after(TAKEOVER_WAIT) as scope:
-                        await old.done.wait()
-                    if scope.cancelled_caught and old.nursery is not None:
-                        old.nursery.cancel_scope.cancel()
-                        await old.done.wait()
-                    relay.allocator.assign(self.owner, port, trio.current_time())
-            host = (
-                relay.config.public_host
-                if relay.config.public_host is not None
-                else relay.config.host
-            )
-            try:
-                listeners = await trio.open_tcp_listeners(port, host=host or None)
-            except OSError as exc:
-                relay.allocator.forget(port)
-                if exc.errno == errno.EADDRINUSE and not requested:
-                    exclude.add(port)
-                    continue
-                self.session.reject_bind(f"port {port}: {exc.strerror}")
-                self.dispatch()
-                self.ring()
-                return
-            break
-        else:
-            self.session.reject_bind("no free port")
+        got = await _open_port(self, self.owner, requested)
+        if isinstance(got, str):
+            self.session.reject_bind(got)
             self.dispatch()
             self.ring()
             return
+        port, listeners = got
         if self.session.closed:
             for lst in listeners:
                 await lst.aclose()
@@ -327,3 +283,60 @@ class RelayRunner(SessionRunner):
                     return conn
 
                 self.nursery.start_soon(self.run_pipe, pipe, opener)
+
+
+async def _open_port(
+    runner: RelayRunner, owner: Owner, requested: int
+) -> tuple[int, list[trio.SocketListener]] | str:
+    """A public port for this client, listening, or why not (the BIND_ERR reason).
+
+    A port the allocator picked that turns out to be taken by another program is skipped
+    (unless the client asked for exactly that one).
+    """
+    relay = runner.relay
+    exclude: set[int] = set()
+    for _ in range(64):
+        try:
+            port, takeover = relay.allocator.assign(
+                owner, requested, trio.current_time(), frozenset(exclude)
+            )
+        except PortUnavailable as exc:
+            log.info("client %s: bind refused: %s", runner.name, exc)
+            return str(exc)
+        if takeover:
+            await _replace_previous(runner, owner, port)
+        host = (
+            relay.config.public_host if relay.config.public_host is not None else relay.config.host
+        )
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host or None)
+        except OSError as exc:
+            relay.allocator.forget(port)
+            if exc.errno == errno.EADDRINUSE and not requested:
+                exclude.add(port)
+                continue
+            return f"port {port}: {exc.strerror}"
+        return port, listeners
+    return "no free port"
+
+
+async def _replace_previous(runner: RelayRunner, owner: Owner, port: int) -> None:
+    """The same client reconnected while its old session lingers: end that one first.
+
+    Its listener closes before the port is bound again; the wait is bounded, so a takeover
+    never hangs on a stuck session.
+    """
+    relay = runner.relay
+    old = relay.by_owner.get(owner)
+    if old is None or old is runner:
+        return
+    log.info("client %s reconnected: replacing its previous session", runner.name)
+    old.session.close("replaced by a new connection of the same client", ErrorCode.REPLACED)
+    old.dispatch()
+    old.ring()
+    with trio.move_on_after(TAKEOVER_WAIT) as scope:
+        await old.done.wait()
+    if scope.cancelled_caught and old.nursery is not None:
+        old.nursery.cancel_scope.cancel()
+        await old.done.wait()
+    relay.allocator.assign(owner, port, trio.current_time())

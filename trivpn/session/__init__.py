@@ -1,1 +1,8 @@
-"""session: one session's configuration, layer stack and reconnect policy, for both roles."""
+"""One OpenVPN session stack, for the client and the server role.
+
+`config` turns a profile plus command-line/API overrides into one frozen `SessionConfig`
+(validated once, before anything connects); `reconnect` is the pure policy that decides
+which remote comes next and how long to wait; `netsettings` translates pushed options into
+what the TUN layer applies; `stack` builds one session's channels and services for either
+role (its docstring is the channel map).
+"""

@@ -38,7 +38,17 @@ import trio
 from trivpn.controlchannel.service import run_controlchannel
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
-from trivpn.messages import KeyUsage
+from trivpn.messages import (
+    ControlToReliable,
+    ControlToTLS,
+    KeyUsage,
+    MuxToReliable,
+    ReliableToControl,
+    ReliableToMux,
+    TLSCommand,
+    TLSToControl,
+    TLSToData,
+)
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.reliabletransport.service import ReliableService
 from trivpn.workers.manager import start_named
@@ -62,14 +72,10 @@ class TLSPorts:
     from_cc: trio.MemoryReceiveChannel[Any]
     to_cc: trio.MemorySendChannel[Any]
     to_data: trio.MemorySendChannel[Any]
-    events: trio.MemorySendChannel[Any]
-    commands: trio.MemoryReceiveChannel[Any]
+    events: trio.MemorySendChannel[Any]  # TunnelUp / ClientReady / AuthPending, one per send
+    commands: trio.MemoryReceiveChannel[TLSCommand]
     #: what the data channel's primary key has carried so far (polled by the TLS service)
     usage: Callable[[], KeyUsage]
-
-
-def _chan(size: int) -> tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]:
-    return trio.open_memory_channel[Any](size)
 
 
 class SessionStack:
@@ -101,22 +107,23 @@ class SessionStack:
         self._net_up = net_up
         self._net_down = net_down
         self._payload_size = payload_size
-        self._mux_data = _chan(DATA_CHANNEL_SIZE)
-        self._mux_ctrl = _chan(CONTROL_CHANNEL_SIZE)
-        self._rel_down = _chan(CONTROL_CHANNEL_SIZE)
-        self._rel_up = _chan(CONTROL_CHANNEL_SIZE)
-        self._cc_down = _chan(CONTROL_CHANNEL_SIZE)
-        self._cc_up = _chan(CONTROL_CHANNEL_SIZE)
-        self._tls_down = _chan(CONTROL_CHANNEL_SIZE)
-        keys_s, keys_r = _chan(CONTROL_CHANNEL_SIZE)
-        events_s, events_r = _chan(CONTROL_CHANNEL_SIZE)
-        cmd_s, cmd_r = _chan(CONTROL_CHANNEL_SIZE)
-        #: what the TLS service reports (TunnelUp, AuthPending, ...): the owner reads it
+        n = CONTROL_CHANNEL_SIZE
+        self._mux_data = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        self._mux_ctrl = trio.open_memory_channel[list[MuxToReliable]](n)
+        self._rel_down = trio.open_memory_channel[list[ReliableToMux]](n)
+        self._rel_up = trio.open_memory_channel[list[ReliableToControl]](n)
+        self._cc_down = trio.open_memory_channel[list[ControlToReliable]](n)
+        self._cc_up = trio.open_memory_channel[list[ControlToTLS]](n)
+        self._tls_down = trio.open_memory_channel[list[TLSToControl]](n)
+        keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](n)
+        events_s, events_r = trio.open_memory_channel[Any](n)
+        cmd_s, cmd_r = trio.open_memory_channel[TLSCommand](n)
+        #: what the TLS service reports (TunnelUp / ClientReady, AuthPending): the owner reads it
         self.events: trio.MemoryReceiveChannel[Any] = events_r
-        #: commands to the TLS service (renegotiate, exit): clone it to keep a handle
-        self.commands: trio.MemorySendChannel[Any] = cmd_s
+        #: commands to the TLS service (Renegotiate, SendExit): clone it to keep a handle
+        self.commands: trio.MemorySendChannel[TLSCommand] = cmd_s
         #: the data channel's control input (SendExitNotify); clone it to keep a handle
-        self.data_control: trio.MemorySendChannel[Any] = keys_s
+        self.data_control: trio.MemorySendChannel[list[TLSToData]] = keys_s
         self.reliable = ReliableService(
             from_mux=self._mux_ctrl[1],
             to_mux=self._rel_down[0],

@@ -3,7 +3,7 @@
 Theory of operation: each end of the link is a pair of `list[bytes]` channels shaped exactly
 like networkio's (`net_up` delivers datagrams to a stack, `net_down` takes the datagrams it
 sends), so a session stack cannot tell the link from a UDP socket. Every datagram goes
-through the sans-IO `RelayCore` of `trivpn.testing.relay` — the same seeded knobs (drop,
+through the sans-IO `RelayCore` of `trivpn.testing.relaycore` — the same seeded knobs (drop,
 reorder, duplicate, delay, corrupt, ...) with the same per-datagram determinism — one core
 per direction, so a stalled direction never holds up the other. UP is client → server.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from trivpn.testing.relay import DOWN, UP, Counters, RelayConfig, RelayCore
+from trivpn.testing.relaycore import DOWN, UP, Counters, RelayConfig, RelayCore
 
 #: Batches in flight per link channel (as between networkio and the muxer).
 LINK_CHANNEL_SIZE = 8

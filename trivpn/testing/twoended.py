@@ -38,7 +38,7 @@ from trivpn.packetmuxer import PacketMuxer
 from trivpn.session.stack import DATA_CHANNEL_SIZE, Runnable, SessionStack, TLSPorts
 from trivpn.testing.memlink import MemoryLink
 from trivpn.testing.pki import PKI, generate_pki
-from trivpn.testing.relay import RelayConfig
+from trivpn.testing.relaycore import RelayConfig
 from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,

@@ -29,7 +29,13 @@ when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the fir
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
 wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
-done within `hand_window`) is dropped and the current key stays in use.
+done within `hand_window`) is dropped and the current key stays in use; the next attempt
+takes the next key id, skipping the ids of the primary and lame-duck keys.
+
+Known difference from OpenVPN: its server sends with a renegotiated key only once the
+client acknowledged the server's key-method-2 message; here the server's InstallKey comes
+at key exchange, so the data channel may send with the new key a moment before the client
+has it (the client installs one control round trip later).
 
 Interface (time only enters as `now`)::
 
@@ -50,11 +56,10 @@ the peer raises; misuse by the caller raises LocalProtocolError.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 
-from trivpn.datachannel.crypto import is_cbc
-from trivpn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
 from trivpn.messages import (
     AuthPending,
     Ciphertext,
@@ -67,7 +72,8 @@ from trivpn.messages import (
     SoftReset,
     TunnelUp,
 )
-from trivpn.profile.push import PushedSettings, parse_push_options
+from trivpn.profile.push import PushedSettings
+from trivpn.tlssession.config import TRANSITION_WINDOW, KeyScheduleConfig, PushSource
 from trivpn.tlssession.control import Fatal, Info, Restart, Unknown, client_verdict, server_verdict
 from trivpn.tlssession.core import (
     ControlMessage,
@@ -76,32 +82,22 @@ from trivpn.tlssession.core import (
     PushReplyReceived,
     PushRequestReceived,
     TLSSession,
-    push_reply_messages,
 )
 from trivpn.tlssession.negotiation import (
-    CipherPolicy,
+    Agreement,
     NegotiationError,
     PeerInfo,
-    choose_cipher,
+    client_agreement,
     dynamic_wrap_key,
-    negotiate,
-    push_options,
+    first_install_key,
+    server_agreement,
 )
 
-__all__ = [
-    "ClientReady",
-    "Event",
-    "Fatal",
-    "KeySchedule",
-    "KeyScheduleConfig",
-    "Restart",
-    "next_key_id",
-]
+__all__ = ["TRANSITION_WINDOW", "ClientReady", "Event", "Fatal", "KeySchedule", "KeyScheduleConfig",
+           "PushSource", "Restart", "next_key_id"]
 
 log = logging.getLogger("trivpn.tlssession")
 
-#: OpenVPN's tran-window default: how long the lame-duck key keeps decrypting.
-TRANSITION_WINDOW = 3600.0
 #: A server ends a refused client this long after telling it (OpenVPN's schedule_exit).
 SCHEDULED_EXIT = 5.0
 #: A server ignores a repeated PUSH_REQUEST this soon after its reply (push.c).
@@ -109,45 +105,11 @@ PUSH_REPEAT_HOLD = 30.0
 
 Event = InstallKey | RetireKey | TunnelUp | ClientReady | AuthPending | Restart | Fatal
 Outgoing = SoftReset | DynamicWrapKey | Ciphertext
-PushSource = tuple[str, ...] | Callable[[PeerInfo], Sequence[str]]
 
 
 def next_key_id(key_id: int) -> int:
     """Key ids run 1..7 after the first key (0), wrapping to 1, never back to 0."""
     return 1 if key_id >= 7 else key_id + 1
-
-
-@dataclass(frozen=True, slots=True)
-class KeyScheduleConfig:
-    """Everything the key schedule of one session needs to know, fixed for its lifetime.
-
-    `keepalive` is (ping, ping-restart, ping-exit); on the client, pushed values win.
-    `push` (server) is the base PUSH_REPLY option list, or a callable that makes it from
-    the client's PeerInfo; `peer_id` (server) is pushed to DATA_V2 clients.
-    """
-
-    role: str
-    policy: CipherPolicy
-    reneg_sec: float = 3600.0
-    reneg_bytes: int = 0
-    reneg_pkts: int = 0
-    hand_window: float = 60.0
-    transition_window: float = TRANSITION_WINDOW
-    keepalive: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    wrap_key: bytes | None = None
-    pull: bool = True
-    push: PushSource = ()
-    peer_id: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.role not in ("client", "server"):
-            raise ConfigError(f"role must be client or server, not {self.role!r}")
-        if self.hand_window <= 0 or self.transition_window < 0 or self.reneg_sec < 0:
-            raise ConfigError("hand-window must be positive; reneg-sec and tran-window not negative")
-        if self.reneg_bytes < 0 or self.reneg_pkts < 0:
-            raise ConfigError("reneg-bytes and reneg-pkts must not be negative")
-        if self.wrap_key is not None and len(self.wrap_key) != 256:
-            raise ConfigError("the wrap key mixed into dynamic tls-crypt must be 256 bytes")
 
 
 class KeySchedule:
@@ -271,6 +233,8 @@ class KeySchedule:
         if self.closed or self.primary is None or self.pending is not None:
             return False
         key_id = next_key_id(self._last_key_id)
+        while key_id in (self.primary, self.lame_duck):  # after failed attempts wrapped around
+            key_id = next_key_id(key_id)
         log.info("renegotiating data keys (%s): key id %d", reason, key_id)
         self._open_key(key_id, now, local=True)
         return True
@@ -345,8 +309,6 @@ class KeySchedule:
 
     def _open_key(self, key_id: int, now: float, *, local: bool) -> None:
         """A brand-new TLS session for `key_id` (never TLS-level renegotiation)."""
-        if key_id == self.lame_duck:
-            self._retire_lame_duck()
         keep = {self.primary, self.lame_duck}
         for stale in [k for k in self.sessions if k not in keep]:
             del self.sessions[stale]
@@ -410,22 +372,6 @@ class KeySchedule:
         self._schedule_reneg(now)
         log.info("new data keys in use: key id %d (renegotiation %d)", key_id, self.renegotiations)
 
-    def _first_key_up(self, template: InstallKey, now: float) -> None:
-        self._template = template
-        self.cipher = template.cipher
-        self.primary, self.pending = 0, None
-        self._schedule_reneg(now)
-        self._events.append(template)
-
-    def _install_parameters(self, key2: bytes, cipher: str, peer_id: int | None,
-                            settings: PushedSettings) -> InstallKey:
-        ping, restart, ping_exit = self.config.keepalive
-        if not self.is_server:  # pushed timers win on the client
-            ping = float(settings.ping) if settings.ping is not None else ping
-            restart = float(settings.ping_restart) if settings.ping_restart is not None else restart
-        auth = self.config.policy.auth if is_cbc(cipher) else None
-        return InstallKey(0, key2, cipher, peer_id, settings.compression, ping, restart, ping_exit, auth)
-
     # -- events of one TLS session ------------------------------------------------------------
 
     def _process_events(self, key_id: int, now: float) -> None:
@@ -487,40 +433,38 @@ class KeySchedule:
 
     def _client_ready(self, options: list[str], now: float) -> None:
         try:
-            settings = parse_push_options(options)
-        except RemoteProtocolError as exc:
-            self._close(Fatal(f"unusable PUSH_REPLY from the server: {exc}"))
-            return
-        for warning in settings.warnings:
-            log.warning("%s", warning)
-        policy = self.config.policy
-        try:
-            cipher = choose_cipher(settings, policy)
-        except (FatalError, ConfigError) as exc:
+            agreement = client_agreement(options, self.config.policy)
+        except FatalError as exc:
             self._close(Fatal(str(exc)))
             return
-        ekm = settings.key_derivation_ekm or "tls-ekm" in settings.protocol_flags
-        if policy.key_derivation == "ekm" and not ekm:
-            self._close(Fatal("TLS-EKM key derivation was required but the server did not agree"))
-            return
-        self.ekm = ekm
-        self.cc_exit = "cc-exit" in settings.protocol_flags
-        if "dyn-tls-crypt" in settings.protocol_flags and ekm:
-            self._out.append(DynamicWrapKey(dynamic_wrap_key(self.sessions[0].engine, self.config.wrap_key)))
-            self.dynamic_tls_crypt = True
-        self.settings = settings
-        key2 = self._key2(0, ekm)
-        self._first_key_up(self._install_parameters(key2, cipher, settings.peer_id, settings), now)
+        for warning in agreement.settings.warnings:
+            log.warning("%s", warning)
+        self._agreed(agreement, now)
         hs = self.handshake
         self._events.append(
             TunnelUp(
-                settings,
-                cipher,
-                "tls-ekm" if ekm else "tls1-prf",
+                agreement.settings,
+                agreement.cipher,
+                agreement.key_derivation,
                 hs.peer_subject if hs else "?",
                 hs.tls_version if hs else "?",
             )
         )
+
+    def _agreed(self, agreement: Agreement, now: float) -> None:
+        """Key 0 is done: remember what was settled and install it."""
+        self.settings, self.cipher = agreement.settings, agreement.cipher
+        self.ekm, self.cc_exit = agreement.ekm, agreement.cc_exit
+        if agreement.dyn_tls_crypt:
+            self._out.append(DynamicWrapKey(dynamic_wrap_key(self.sessions[0].engine, self.config.wrap_key)))
+            self.dynamic_tls_crypt = True
+        self._template = first_install_key(
+            agreement, self._key2(0, agreement.ekm), self.config.keepalive, self.config.policy,
+            server=self.is_server,
+        )
+        self.primary, self.pending = 0, None
+        self._schedule_reneg(now)
+        self._events.append(self._template)
 
     # -- server: negotiation at key exchange, PUSH_REPLY on request ---------------------------
 
@@ -531,43 +475,34 @@ class KeySchedule:
         subject = hs.peer_subject if hs else ""
         peer = PeerInfo.parse(ev.peer_info, username=km.username if km else "", peer_subject=subject)
         self.peer = peer
+        source = self.config.push
         try:
-            neg = negotiate(peer, ev.peer_options, self.config.policy, self.config.peer_id)
+            base = source(peer) if callable(source) else source
+            agreement = server_agreement(peer, ev.peer_options, self.config.policy, base, self.config.peer_id)
         except NegotiationError as exc:
             log.warning("refusing the client: %s", exc)
             session.send_control_message(f"AUTH_FAILED,{exc}")
             self._end = (now + SCHEDULED_EXIT, Fatal(f"the client was refused: {exc}"))
             self.pending = None  # only the scheduled end remains
             return
-        source = self.config.push
-        base = source(peer) if callable(source) else source
-        options = push_options(base, neg)
-        try:
-            push_reply_messages(options)
-            settings = parse_push_options(options)
-        except (LocalProtocolError, RemoteProtocolError) as exc:
-            self._close(Fatal(f"unusable push options: {exc}"))
+        except FatalError as exc:
+            self._close(Fatal(str(exc)))
             return
-        self.settings, self._push = settings, options
-        self.ekm, self.cc_exit = neg.ekm, neg.cc_exit
-        if neg.dyn_tls_crypt:
-            self._out.append(DynamicWrapKey(dynamic_wrap_key(session.engine, self.config.wrap_key)))
-            self.dynamic_tls_crypt = True
-        key2 = self._key2(0, neg.ekm)
-        self._first_key_up(self._install_parameters(key2, neg.cipher, neg.peer_id, settings), now)
+        self._push = list(agreement.options)
+        self._agreed(agreement, now)
         self._events.append(
             ClientReady(
                 peer,
-                tuple(options),
-                neg.cipher,
-                "tls-ekm" if neg.ekm else "tls1-prf",
+                agreement.options,
+                agreement.cipher,
+                agreement.key_derivation,
                 subject,
                 hs.tls_version if hs else "",
                 km.username if km else "",
                 km.password if km else "",
             )
         )
-        if neg.request_push or self._push_requested:
+        if agreement.request_push or self._push_requested:
             self._send_push(now)
 
     def _on_push_request(self, now: float) -> None:

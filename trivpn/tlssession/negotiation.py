@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from trivpn.datachannel.crypto import normalize_data_cipher
-from trivpn.errors import ConfigError, FatalError
-from trivpn.profile.push import PushedSettings
+from trivpn.datachannel.crypto import is_cbc, normalize_data_cipher
+from trivpn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.messages import InstallKey
+from trivpn.profile.push import PushedSettings, parse_push_options
+from trivpn.tlssession.core import push_reply_messages
 from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
@@ -211,3 +213,72 @@ def dynamic_wrap_key(engine: TLSEngine, wrap_key: bytes | None) -> bytes:
     if wrap_key:
         key = bytes(a ^ b for a, b in zip(key, wrap_key, strict=True))
     return key
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """Everything both ends settled for the session's data channel (fixed after key 0).
+
+    `settings` is the PUSH_REPLY parsed: what the client received, or what the server sends
+    (`options`, in order). The data channel's compression framing follows it on both ends.
+    """
+
+    settings: PushedSettings
+    cipher: str
+    ekm: bool
+    cc_exit: bool
+    dyn_tls_crypt: bool
+    peer_id: int | None
+    options: tuple[str, ...] = ()
+    request_push: bool = False
+
+    @property
+    def key_derivation(self) -> str:
+        return "tls-ekm" if self.ekm else "tls1-prf"
+
+
+def client_agreement(options: Sequence[str], policy: CipherPolicy) -> Agreement:
+    """Client: what the server's PUSH_REPLY settled (FatalError if we cannot accept it)."""
+    try:
+        settings = parse_push_options(options)
+    except RemoteProtocolError as exc:
+        raise FatalError(f"unusable PUSH_REPLY from the server: {exc}") from None
+    try:
+        cipher = choose_cipher(settings, policy)
+    except ConfigError as exc:
+        raise FatalError(str(exc)) from None
+    ekm = settings.key_derivation_ekm or "tls-ekm" in settings.protocol_flags
+    if policy.key_derivation == "ekm" and not ekm:
+        raise FatalError("TLS-EKM key derivation was required but the server did not agree")
+    flags = settings.protocol_flags
+    return Agreement(settings, cipher, ekm, "cc-exit" in flags, "dyn-tls-crypt" in flags and ekm, settings.peer_id)
+
+
+def server_agreement(
+    peer: PeerInfo, occ_options: str, policy: CipherPolicy, base: Sequence[str], peer_id: int | None
+) -> Agreement:
+    """Server: NCP and flags for this client plus the options to push (NegotiationError if
+    the client cannot be served, FatalError if our own push options are unusable)."""
+    neg = negotiate(peer, occ_options, policy, peer_id)
+    options = push_options(base, neg)
+    try:
+        push_reply_messages(options)
+        settings = parse_push_options(options)
+    except (LocalProtocolError, RemoteProtocolError) as exc:
+        raise FatalError(f"unusable push options: {exc}") from None
+    return Agreement(
+        settings, neg.cipher, neg.ekm, neg.cc_exit, neg.dyn_tls_crypt, neg.peer_id, tuple(options), neg.request_push
+    )
+
+
+def first_install_key(
+    agreement: Agreement, key2: bytes, keepalive: tuple[float, float, float], policy: CipherPolicy, *, server: bool
+) -> InstallKey:
+    """The InstallKey of key 0; later keys copy it with their own id and key block."""
+    ping, restart, ping_exit = keepalive
+    s = agreement.settings
+    if not server:  # pushed timers win on the client
+        ping = float(s.ping) if s.ping is not None else ping
+        restart = float(s.ping_restart) if s.ping_restart is not None else restart
+    auth = policy.auth if is_cbc(agreement.cipher) else None
+    return InstallKey(0, key2, agreement.cipher, agreement.peer_id, s.compression, ping, restart, ping_exit, auth)

@@ -1,12 +1,10 @@
 """The TLS-session service: a thin trio loop around the KeySchedule (keyschedule.py).
 
-It feeds what the control channel delivers (ResetComplete, SoftReset, Ciphertext) and the
-commands of the session (Renegotiate, SendExit) into the key schedule, runs its timer, polls
-the data channel's key usage about once a second, and routes what comes out: soft resets,
-wrap keys and TLS bytes down to the control channel (in the order the schedule produced
-them), InstallKey / RetireKey to the data channel, TunnelUp / ClientReady / AuthPending to
-the session's events channel. A Restart or Fatal event ends the service with the matching
-exception. Only this module reads the clock.
+In: control-channel items, Renegotiate/SendExit commands, its timer, the data channel's key
+usage (polled once a second). Out, in the schedule's order: soft resets, wrap keys and TLS
+bytes to the control channel; InstallKey/RetireKey to the data channel; other events to the
+session. Restart/Fatal end the service with SessionRestart/FatalError. Only here is the
+clock read.
 """
 
 from __future__ import annotations
@@ -33,13 +31,7 @@ from trivpn.tlssession.keyschedule import KeySchedule
 from trivpn.tlssession.negotiation import DYNAMIC_TLS_CRYPT_LABEL, CipherPolicy, choose_cipher
 from trivpn.workers.driver import CoreTimer, Outbox
 
-__all__ = [
-    "DYNAMIC_TLS_CRYPT_LABEL",
-    "AuthTokenExpired",
-    "CipherPolicy",
-    "TLSService",
-    "choose_cipher",
-]
+__all__ = ["DYNAMIC_TLS_CRYPT_LABEL", "AuthTokenExpired", "CipherPolicy", "TLSService", "choose_cipher"]
 
 #: How often the data channel's key usage is read (reneg-bytes, reneg-pkts, packet-id wrap).
 USAGE_POLL_INTERVAL = 1.0
@@ -50,6 +42,8 @@ class AuthTokenExpired(SessionRestart):
 
 
 class TLSService:
+    """Runs one KeySchedule; `usage` reads the data channel's KeyUsage (None: no polling)."""
+
     def __init__(
         self,
         schedule: KeySchedule,

@@ -60,7 +60,8 @@ def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) ->
     """RFC 1071 one's-complement checksum (the value to store in the header field)."""
     if len(data) % 2:
         data = bytes(data) + b"\x00"
-    total = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
+    words: tuple[int, ...] = struct.unpack(f"!{len(data) // 2}H", data)
+    total = initial + sum(words)
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -104,10 +105,10 @@ def build_echo_request(src: str, dst: str, ident: int, seq: int, payload: bytes 
         icmp, _pseudo_header_sum(src_ip.packed, dst_ip.packed, plen, IpProto.ICMPV6)
     )
     struct.pack_into("!H", icmp, 2, csum)
-    header = _IPV6_HDR.pack(
+    header6 = _IPV6_HDR.pack(
         6 << 28, plen, IpProto.ICMPV6, DEFAULT_TTL, src_ip.packed, dst_ip.packed
     )
-    return header + bytes(icmp)
+    return header6 + bytes(icmp)
 
 
 def parse_echo_reply(packet: bytes) -> EchoReply | None:

@@ -106,8 +106,8 @@ def _plan(cfg: TunConfig) -> _Plan:
         if peer is None:
             kwargs: dict[str, Any] = {"address": str(local_ip), "prefixlen": prefixlen}
             if prefixlen < 31:
-                net = ipaddress.IPv4Network(f"{local_ip}/{prefixlen}", strict=False)
-                kwargs["broadcast"] = str(net.broadcast_address)
+                subnet = ipaddress.IPv4Network(f"{local_ip}/{prefixlen}", strict=False)
+                kwargs["broadcast"] = str(subnet.broadcast_address)
             plan.addrs.append((kwargs, f"{local_ip}/{prefixlen}"))
         else:
             # Point-to-point (net30/p2p): IFA_LOCAL is ours, IFA_ADDRESS is the far end.
@@ -205,13 +205,13 @@ class NetConfigurator:
             self._add_server_route(nl, index, server)
 
         for dst, prefixlen, gateway, metric, label in plan.routes:
-            kwargs: dict[str, Any] = {"dst": dst, "dst_len": prefixlen, "oif": index}
+            route: dict[str, Any] = {"dst": dst, "dst_len": prefixlen, "oif": index}
             if gateway is not None:
-                kwargs["gateway"] = gateway
+                route["gateway"] = gateway
             if metric is not None:
-                kwargs["priority"] = metric
-            if self._add(nl, "route", kwargs, f"route {label}"):
-                self._steps.append(_Step("route", kwargs, f"route {label}"))
+                route["priority"] = metric
+            if self._add(nl, "route", route, f"route {label}"):
+                self._steps.append(_Step("route", route, f"route {label}"))
 
     def _add_server_route(self, nl: RtnlSocket, tun_index: int, server: str) -> None:
         """Pin the VPN server to the path it uses now, so redirect-gateway cannot loop."""

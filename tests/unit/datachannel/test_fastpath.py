@@ -2,7 +2,8 @@
 
 The "TUN" is a LinuxTun over a SOCK_SEQPACKET socketpair (packet boundaries kept, like a TUN
 fd); the "server" is a connected UDP socket on 127.0.0.1 with a server-role DataChannel
-holding the same key. Every wait is bounded by `trio.fail_after`.
+holding the same key. Every wait is bounded by `trio.fail_after`; waits for what a data-plane
+thread does poll a condition (a trio.Event cannot be set from there), never sleep blindly.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from collections.abc import Callable, Iterator
 import pytest
 import trio
 
-from trivpn.datachannel.core import DataChannel
-from trivpn.datachannel.fastpath import FastPathIO
+from trivpn.datachannel.core import DataChannel, DataStats
+from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
 from trivpn.datachannel.service import DataService
 from trivpn.errors import LocalProtocolError, SessionRestart
-from trivpn.messages import InstallKey
+from trivpn.messages import InstallKey, SendExitNotify, TLSToData
 from trivpn.networkio.transport import Endpoint, UDPTransport
 from trivpn.tun.linux import LinuxTun
 from trivpn.workers.manager import primary_error
@@ -32,7 +33,7 @@ LIMIT = 10.0
 class Rig:
     """Both ends of the fast path: app side of the TUN and the server's UDP socket."""
 
-    def __init__(self, warm_for: float = 0.0) -> None:
+    def __init__(self, warm_for: float = 0.0, clock: Callable[[], float] | None = None) -> None:
         self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tun_end.setblocking(False)
         self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
@@ -46,26 +47,28 @@ class Rig:
         self.server.connect(client.getsockname())
         self.server.settimeout(LIMIT)
         self.app.settimeout(LIMIT)
-        ep = Endpoint("127.0.0.1", self.server.getsockname()[1], "udp", socket.AF_INET, self.server.getsockname())
+        ep = Endpoint(
+            "127.0.0.1",
+            self.server.getsockname()[1],
+            "udp",
+            socket.AF_INET,
+            self.server.getsockname(),
+        )
         self.transport = UDPTransport(client, ep)
         self.peer = DataChannel(cipher=CIPHER, is_server=True, peer_id=7)
         self.peer.install_key(0, KEY2, 0.0)
         self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
-        self.keys_s, keys_r = trio.open_memory_channel[list[object]](8)
-        self.net_s, self.net_r = trio.open_memory_channel[list[bytes]](8)
-        mux_s, self._mux_r = trio.open_memory_channel[list[bytes]](8)
-        self._mux_s = mux_s
-        self.service = DataService(
-            from_mux=self._mux_r,
-            from_tun=None,
-            control=keys_r,
-            to_tun=None,
-            to_net=self.net_s,
-            fastpath=FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for),
+        self.keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](8)
+        self.plane = ThreadPlane(
+            FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for)
         )
+        if clock is None:
+            self.service = DataService(control=keys_r, plane=self.plane)
+        else:
+            self.service = DataService(control=keys_r, plane=self.plane, clock=clock)
 
-    def install_key(self) -> InstallKey:
-        return InstallKey(0, KEY2, CIPHER, 7, None, 0.0)
+    def install_key(self, ping_interval: float = 0.0) -> InstallKey:
+        return InstallKey(0, KEY2, CIPHER, 7, None, ping_interval)
 
     def close(self) -> None:
         for s in (self.app, self.server):
@@ -89,6 +92,12 @@ async def _until(pred: Callable[[], bool], what: str) -> None:
                 return
             await trio.sleep(0.005)
     raise AssertionError(f"timed out waiting for: {what}")
+
+
+def _stats(rig: Rig) -> DataStats:
+    stats = rig.service.stats()
+    assert stats is not None
+    return stats
 
 
 def _ip(i: int, size: int = 100) -> bytes:
@@ -128,7 +137,7 @@ async def test_both_directions_and_control_handover(rig: Rig) -> None:
         forged = bytearray(rig.peer.encrypt([_ip(9)], 1.0)[0])
         forged[-1] ^= 1
         rig.server.send(bytes(forged))
-        await _until(lambda: rig.service.core.stats.drop_auth == 1, "forgery counted")  # type: ignore[union-attr]
+        await _until(lambda: _stats(rig).drop_auth == 1, "forgery counted")
         names = {t.name for t in threading.enumerate() if t.is_alive()}
         assert {"trivpn data up", "trivpn data down"} <= names
         nursery.cancel_scope.cancel()
@@ -175,31 +184,98 @@ async def test_closed_tun_ends_the_fast_path(rig: Rig) -> None:
 
 
 async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -> None:
-    rig = Rig(warm_for=0.05)
+    # The threads' notion of time is the injected clock: the test moves it by hand, so
+    # "after warm_for" is a step of the test, not a sleep.
+    now = [100.0]
+    rig = Rig(warm_for=0.05, clock=lambda: now[0])
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rig.service.run)
             await rig.keys_s.send([rig.install_key()])
             await _until(lambda: rig.service.core is not None, "key installed")
-            await trio.sleep(0.1)
-            threads = rig.service.fastpath_threads
+            await _until(lambda: rig.plane.threads is not None, "threads started")
+            threads = rig.plane.threads
             assert threads is not None
-            assert threads.touches == 0  # no traffic yet: the threads sleep
+            sides = (threads.up_side, threads.down_side)
+            await _until(lambda: all(s.idle_waits >= 1 for s in sides), "both threads blocked")
+            assert threads.touches == 0  # no traffic yet: the threads block without warming
             rig.app.send(_ip(1))
             wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
             assert rig.peer.decrypt([wire], 1.0) == [_ip(1)]
             await _until(lambda: threads.touches > 0, "warming after traffic")
-            await trio.sleep(0.2)  # well past warm_for: the threads are blocking again
+            waits = [s.idle_waits for s in sides]
+            now[0] += 1.0  # well past warm_for: the down thread stops warming, blocks again
+            # (the up thread was blocked all along: nothing woke it to start warming)
+            await _until(lambda: threads.down_side.idle_waits > waits[1], "down thread blocked")
             settled = threads.touches
-            await trio.sleep(0.1)
+            # Wake the up thread with a control datagram: it hands it over and blocks again
+            # at once, without a single warm-up step.
+            control = bytes([7 << 3]) + bytes(13)
+            rig.server.send(control)
+            with trio.fail_after(LIMIT):
+                assert await rig.to_mux_r.receive() == [control]
+            await _until(lambda: threads.up_side.idle_waits > waits[0], "up thread blocked again")
             assert threads.touches == settled
             # The dummy cores never touched the session: one packet out, none in.
-            stats = rig.service.core.stats  # type: ignore[union-attr]
+            stats = _stats(rig)
             assert (stats.tx_packets, stats.rx_packets, stats.drop_auth) == (1, 0, 0)
             # Traffic still flows both ways in this mode.
             for w in rig.peer.encrypt([_ip(2)], 1.0):
                 rig.server.send(w)
             assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(2)
+            nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+
+
+async def test_keepalive_pings_and_exit_notifications_leave_from_the_down_thread(rig: Rig) -> None:
+    """The service requests pings and OCC EXIT; the down thread (woken by the kick pipe)
+    seals and sends them, so packet ids stay in one thread."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.service.run)
+        await rig.keys_s.send([rig.install_key(ping_interval=0.05)])
+        with trio.fail_after(LIMIT):
+            while True:  # the first ping is due one interval after the key
+                wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+                assert rig.peer.decrypt([wire], 1.0) == []
+                if rig.peer.stats.rx_pings:
+                    break
+        await rig.keys_s.send([SendExitNotify(count=2)])
+        with trio.fail_after(LIMIT):
+            while rig.peer.stats.rx_occ < 2:
+                wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+                rig.peer.decrypt([wire], 1.0)
+        assert rig.peer.peer_exited
+        assert rig.peer.stats.drop_replay == rig.peer.stats.drop_auth == 0
+        link = rig.service.link
+        await _until(lambda: link.exits_sealed == 2, "exits sealed")
+        assert link.pings_sealed >= 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_legacy_keywords_still_build_the_thread_plane() -> None:
+    """client.py's DataService(from_mux=..., to_net=..., fastpath=...) keeps working: the
+    unused channels are closed, as the threads use the socket themselves."""
+    rig = Rig()
+    try:
+        mux_s, mux_r = trio.open_memory_channel[list[bytes]](1)
+        net_s, net_r = trio.open_memory_channel[list[bytes]](1)
+        keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](1)
+        io = FastPathIO(rig.transport, rig.tun, rig.to_mux_s)
+        service = DataService(
+            from_mux=mux_r, from_tun=None, control=keys_r, to_tun=None, to_net=net_s, fastpath=io
+        )
+        assert isinstance(service.plane, ThreadPlane)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            await keys_s.send([rig.install_key()])
+            with trio.fail_after(LIMIT):
+                assert [b async for b in net_r] == []  # closed by the plane
+            with pytest.raises(trio.BrokenResourceError):
+                mux_s.send_nowait([b"x"])
+            rig.app.send(_ip(3))
+            wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+            assert rig.peer.decrypt([wire], 1.0) == [_ip(3)]
             nursery.cancel_scope.cancel()
     finally:
         rig.close()

@@ -18,7 +18,7 @@ from trivpn.datachannel.service import PingRestart
 from trivpn.errors import SessionRestart
 from trivpn.messages import ClientReady, TunnelUp
 from trivpn.testing.pki import PKI, generate_pki
-from trivpn.testing.relay import Impairment, RelayConfig
+from trivpn.testing.relaycore import Impairment, RelayConfig
 from trivpn.testing.twoended import TwoEnded, TwoEndedConfig, make_packet, open_two_ended
 
 SIDES = ("client", "server")

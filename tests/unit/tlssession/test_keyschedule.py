@@ -503,3 +503,22 @@ def test_config_is_validated() -> None:
             KeyScheduleConfig(**{"role": "client", "policy": policy, **bad})  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         CipherPolicy(["AES-256-GCM"], key_derivation="magic")
+
+
+def test_failed_attempts_never_reuse_a_key_id_in_use() -> None:
+    p = Pair(client=client_config(hand_window=5))
+    p.connect()
+    p.client.ks.renegotiate("first", p.now)
+    p.pump()
+    assert p.client.ks.primary == 1
+    tried = []
+    for _ in range(7):  # every attempt is lost on the way: ids 2..7, then 1 is the primary
+        p.client.ks.renegotiate("lost", p.now)
+        tried.append(p.client.ks.pending)
+        p.pump(copies=lambda d, i: 0 if d == "c2s" else 1)
+        p.advance(5)
+    assert tried == [2, 3, 4, 5, 6, 7, 2]
+    p.client.ks.renegotiate("works", p.now)
+    p.pump()
+    _agree(p)
+    assert p.client.ks.primary == 3 and p.client.ks.lame_duck == 1

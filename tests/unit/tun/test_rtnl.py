@@ -16,6 +16,7 @@ import struct
 from typing import Any
 
 import pytest
+from helpers.require import require_module
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -216,7 +217,7 @@ def test_requests_match_pyroute2_bytes(case: tuple[Any, ...]) -> None:
 
 
 def test_golden_is_what_pyroute2_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("pyroute2")
+    require_module("pyroute2")
     import pyroute2.netlink.core as core
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error

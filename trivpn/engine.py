@@ -1,0 +1,119 @@
+"""The engine: one client session stack, its TUN device and the workers manager around it.
+
+The command line (`trivpn connect`), the library API (`trivpn.connect`, and through it
+`trivpn ping`) and the manager-driven tunnel process all run the same thing: a `Client` on
+a device under a `WorkersManager` whose cleanups close the device and undo the network
+settings on every exit path. This module is the one place that builds and runs that trio;
+the callers differ only in the device they hand over and in who applies the network
+settings.
+
+Usage::
+
+    config = SessionConfig.from_profile(profile, username=..., password=...)
+    engine = Engine(config, kernel_tun(), configure_tun=True, handle_signals=True)
+    await engine.run()  # or: info = await nursery.start(engine.run)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from trivpn.client import Client
+from trivpn.errors import ConfigError
+from trivpn.session.config import SessionConfig
+from trivpn.session.netsettings import TunnelInfo
+from trivpn.tun.base import TunDevice
+from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
+from trivpn.tun.userspace import UserspaceTun
+from trivpn.workers.manager import WorkersManager
+
+__all__ = ["Engine", "inherited_tun", "kernel_tun", "userspace_tun"]
+
+log = logging.getLogger("trivpn")
+
+
+def kernel_tun() -> LinuxTun:
+    """A new kernel TUN interface (needs root or CAP_NET_ADMIN; ConfigError otherwise)."""
+    try:
+        fd, name = open_tun()
+    except TunPermissionError as exc:
+        raise ConfigError(f"{exc}") from None
+    return LinuxTun(fd, name)
+
+
+def inherited_tun(fd: int, name: str = "") -> LinuxTun:
+    """The TUN a privileged manager created and let this process inherit as `fd`."""
+    if fd < 3:
+        raise ConfigError(f"tunnel_file_descriptor {fd} is not a TUN fd (need an inherited fd >= 3)")
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise ConfigError(f"tunnel_file_descriptor {fd} is not open in the tunnel process") from None
+    return LinuxTun(fd, name or f"fd{fd}")
+
+
+def userspace_tun() -> UserspaceTun:
+    """An in-process TUN: the application sends and receives the IP packets (no root)."""
+    return UserspaceTun()
+
+
+class Engine:
+    """A client session stack on `device`, run under its own `WorkersManager`.
+
+    `configure_tun`: apply the pushed addresses and routes to the (kernel) device ourselves;
+    otherwise `on_tunnel_up` may do it (the privileged manager). `close_device`: close the
+    device when the run ends (a userspace device stays readable for the application).
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        device: TunDevice,
+        *,
+        configure_tun: bool = False,
+        on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
+        handle_signals: bool = False,
+        close_device: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.close_device = close_device
+        self.manager = WorkersManager(handle_signals=handle_signals)
+        self.client = Client(
+            config,
+            device=device,
+            ifname=device.name if isinstance(device, LinuxTun) else None,
+            configure_tun=configure_tun,
+            on_tunnel_up=on_tunnel_up,
+            rng=rng,
+        )
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why a graceful stop was requested (a signal name, the application, ...)."""
+        return self.manager.stop_reason
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Begin a graceful stop: EXIT to the server, then cancel (idempotent)."""
+        self.manager.request_stop(reason)
+
+    async def run(self, *, task_status: trio.TaskStatus[TunnelInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped or failed; `task_status` gets the first `TunnelInfo`.
+
+        Failures come out as the manager's exception group (`primary_error` names the cause).
+        """
+        if self.close_device:
+            self.manager.add_cleanup(self.device.close)
+
+        async def setup(m: WorkersManager) -> None:
+            assert m.nursery is not None
+            info = await m.nursery.start(self.client.run, m)
+            task_status.started(info)
+
+        await self.manager.run(setup)

@@ -1,0 +1,129 @@
+"""The parsed profile: :class:`Profile` and the value types it holds.
+
+These are plain data: :mod:`trivpn.profile.profile` builds them (see
+:mod:`trivpn.profile.table` for how), the session layers read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_AUTH",
+    "DEFAULT_DATA_CIPHERS",
+    "DEFAULT_PROTO",
+    "DEFAULT_VERB",
+    "OPENVPN_PORT",
+    "HTTPProxyOptions",
+    "Profile",
+    "ProxySpec",
+    "Remote",
+]
+
+#: OpenVPN 2.6's default ``--data-ciphers``.
+DEFAULT_DATA_CIPHERS = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
+#: Default remote port (OpenVPN's ``OPENVPN_PORT``).
+OPENVPN_PORT = 1194
+DEFAULT_PROTO = "udp"
+DEFAULT_AUTH = "SHA1"
+#: OpenVPN's default ``--verb``.
+DEFAULT_VERB = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """One server address to try, with the normalized transport name."""
+
+    host: str
+    port: int
+    proto: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    """An HTTP or SOCKS5 proxy that the TCP connection to the server goes through.
+
+    ``auth`` is ``none``, ``basic``, ``auto`` or ``auto-nct`` for HTTP and ``none`` or
+    ``userpass`` for SOCKS5; ``ask`` means the credentials must be entered by the user
+    (auth file ``stdin``, or a file with a username only).
+    """
+
+    host: str
+    port: int
+    auth: str = "none"
+    credentials: tuple[str, str] | None = None
+    ask: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPProxyOptions:
+    """``http-proxy-option``: HTTP version, User-Agent and extra request headers."""
+
+    version: str = "1.0"
+    agent: str | None = None
+    headers: tuple[tuple[str, str | None], ...] = ()  # (name, value) or (whole line, None)
+
+
+@dataclass(slots=True)
+class Profile:
+    """Everything trivpn needs from a client profile, validated.
+
+    ``auth_user_pass`` is ``None`` when the profile has no ``auth-user-pass``,
+    ``(username, password)`` when both come from an inline block or a file, and
+    ``True`` when the user must be prompted (no file, or a file with only a username;
+    a warning then says so).
+    """
+
+    remotes: list[Remote]
+    dev_type: str = "tun"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    tls_auth: str | None = None
+    key_direction: int | None = None
+    tls_crypt: str | None = None
+    tls_crypt_v2: str | None = None  # the client key text (Kc + wrapped WKc)
+    remote_cert_tls: str | None = None
+    verify_x509_name: tuple[str, str] | None = None
+    data_ciphers: list[str] = field(default_factory=lambda: list(DEFAULT_DATA_CIPHERS))
+    cipher: str | None = None
+    data_ciphers_fallback: str | None = None
+    auth: str = DEFAULT_AUTH
+    tls_version_min: str | None = None
+    verb: int = DEFAULT_VERB
+    pull: bool = False
+    tls_client: bool = False
+    persist_tun: bool = False
+    persist_key: bool = False
+    nobind: bool = False
+    resolv_retry: float | None = None
+    mute_replay_warnings: bool = False
+    compression: str | None = None
+    auth_user_pass: tuple[str, str] | None | bool = None
+    tun_mtu: int | None = None
+    ping: int | None = None
+    ping_restart: int | None = None
+    ping_exit: int | None = None
+    keepalive: tuple[int, int] | None = None
+    reneg_sec: int | None = None
+    reneg_bytes: int | None = None
+    reneg_pkts: int | None = None
+    connect_retry: tuple[int, int] | None = None  # (initial delay, max delay) seconds
+    connect_retry_max: int | None = None  # full passes over the remotes; None = unlimited
+    server_poll_timeout: int | None = None  # per address: seconds to get an answer
+    hand_window: int | None = None
+    remote_random: bool = False
+    local: str | None = None  # `local` address to bind (an IP literal)
+    lport: int | None = None  # `lport` / `port` for binding when `bind` is in effect
+    bind: bool = False  # bind the socket (set by `local`, `lport`, `bind`); `nobind` clears it
+    static_challenge: tuple[str, bool] | None = None  # (prompt text, echo the response)
+    explicit_exit_notify: int | None = None
+    http_proxy: ProxySpec | None = None
+    socks_proxy: ProxySpec | None = None
+    http_proxy_options: HTTPProxyOptions = field(default_factory=HTTPProxyOptions)
+    #: every <connection> block's options as written (one list, shared with the alternatives)
+    connections: list[dict[str, list[str]]] = field(default_factory=list)
+    #: profiles for the 2nd, 3rd... <connection> blocks, tried in order after this one
+    alternatives: list[Profile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    source: str | None = None

@@ -1,0 +1,211 @@
+"""The options that are not a table row: explicit functions (see :mod:`.table`).
+
+Each takes the parse context, the line number, the option name, its arguments and
+whether they came from an inline block; it assigns fields of ``ctx.scope`` and
+raises :class:`~trivpn.profile.table.Invalid` for a bad argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from trivpn.profile.checks import (
+    Invalid,
+    integer,
+    key_direction,
+    nargs,
+    proto_name,
+    read_content,
+    static_key,
+)
+from trivpn.profile.model import ProxySpec
+from trivpn.profile.scope import RawRemote, Scope
+
+__all__ = ["MAX_CUSTOM_HTTP_HEADERS", "SOCKS_PROXY_PORT", "SPECIAL", "Context"]
+
+#: ``socks-proxy`` port when none is given (OpenVPN's default).
+SOCKS_PROXY_PORT = 1080
+#: OpenVPN's ``MAX_CUSTOM_HTTP_HEADER``.
+MAX_CUSTOM_HTTP_HEADERS = 10
+#: ``http-proxy`` third argument values that are not an auth file.
+_HTTP_PROXY_AUTO = frozenset({"auto", "auto-nct"})
+#: ``http-proxy`` auth methods we implement (NTLM and Digest are not).
+_HTTP_PROXY_METHODS = frozenset({"none", "basic"})
+
+
+class Context(Protocol):
+    """What an explicit option function may use of the parser."""
+
+    #: where the current line's values go: the global scope or a <connection> block's
+    scope: Scope
+    base_dir: Path | None
+    #: names from `ignore-unknown-option`: skipped without a warning
+    ignore_unknown: set[str]
+
+    @property
+    def in_block(self) -> bool: ...
+
+    def apply(self, line: int, tokens: list[str]) -> None: ...
+
+
+def _remote(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 3)
+    host = args[0]
+    if not host:
+        raise Invalid("empty host name")
+    port = integer(args[1], 1, 65535) if len(args) > 1 else None
+    proto = proto_name(args[2]) if len(args) > 2 else None
+    if ctx.in_block and ctx.scope.extra.raw_remotes:
+        raise Invalid("a <connection> block may hold only one 'remote'")
+    ctx.scope.append("raw_remotes", RawRemote(line, host, port, proto))
+
+
+def _tls_auth(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1 if inline else 2)  # an inline key takes its direction from key-direction
+    ctx.scope.set("tls_auth", static_key(read_content(ctx.base_dir, args[0], inline)))
+    if len(args) == 2:
+        ctx.scope.set("key_direction", key_direction(args[1]))
+
+
+def _user_pass_lines(ctx: Context, arg: str, inline: bool) -> list[str]:
+    """The non-blank lines of a credentials file or inline block."""
+    text = read_content(ctx.base_dir, arg, inline)
+    return [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+
+
+def _auth_user_pass(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    nargs(args, 0, 1)
+    if not args:
+        ctx.scope.set("auth_user_pass", True)
+        return
+    lines = _user_pass_lines(ctx, args[0], inline)
+    if not lines:
+        raise Invalid("no username found")
+    if len(lines) == 1:
+        ctx.scope.set("auth_user_pass", True)
+        ctx.scope.warn(
+            line, f"option 'auth-user-pass' (line {line}) gives no password; it must be entered"
+        )
+        return
+    ctx.scope.set("auth_user_pass", (lines[0], lines[1]))
+
+
+def _setenv(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    # `setenv opt OPTION ...` asks for OPTION to be applied if it is known;
+    # any other setenv only feeds scripts, which we never run.
+    if len(args) >= 2 and args[0] == "opt":
+        if args[1].startswith("<"):
+            raise Invalid(f"cannot apply inline tag {args[1]!r}")
+        ctx.apply(line, args[1:])
+
+
+def _ignore_unknown_option(
+    ctx: Context, line: int, name: str, args: list[str], inline: bool
+) -> None:
+    if not args:
+        raise Invalid("needs at least one option name")
+    ctx.ignore_unknown.update(a.removeprefix("--") for a in args)
+
+
+# ---- proxies ----------------------------------------------------------------------------
+
+
+def _proxy_credentials(
+    ctx: Context, line: int, name: str, arg: str, inline: bool
+) -> tuple[tuple[str, str] | None, bool]:
+    """(credentials, ask) from a proxy auth file: user and password lines, or 'stdin'."""
+    if arg == "stdin" and not inline:
+        return None, True
+    lines = _user_pass_lines(ctx, arg, inline)
+    if not lines:
+        raise Invalid("no username found in the proxy auth file")
+    if len(lines) == 1:
+        ctx.scope.warn(
+            line, f"option '{name}' (line {line}) gives no proxy password; it must be entered"
+        )
+        return None, True
+    return (lines[0], lines[1]), False
+
+
+def _proxy_host_port(host: str, port: str) -> tuple[str, int]:
+    if not host:
+        raise Invalid("empty proxy host name")
+    return host, integer(port, 1, 65535)
+
+
+def _http_proxy(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    if len(args) < 2:
+        raise Invalid("needs the proxy host and port")
+    nargs(args, 2, 4)
+    host, port = _proxy_host_port(args[0], args[1])
+    auth, credentials, ask = "none", None, False
+    if len(args) >= 3:
+        if args[2] in _HTTP_PROXY_AUTO:
+            if len(args) == 4:
+                raise Invalid(f"no auth method may follow {args[2]!r}")
+            auth = args[2]
+        else:
+            auth = args[3].lower() if len(args) == 4 else "basic"
+            if auth not in _HTTP_PROXY_METHODS:
+                raise Invalid(f"proxy auth method {args[3]!r} is not supported (basic or none)")
+            if auth == "basic":
+                credentials, ask = _proxy_credentials(ctx, line, name, args[2], False)
+    ctx.scope.set("http_proxy", ProxySpec(host, port, auth, credentials, ask))
+
+
+def _http_proxy_user_pass(
+    ctx: Context, line: int, name: str, args: list[str], inline: bool
+) -> None:
+    nargs(args, 1, 1)
+    credentials, ask = _proxy_credentials(ctx, line, name, args[0], inline)
+    if credentials is None or ask:
+        raise Invalid("needs a username line and a password line")
+    ctx.scope.set("http_proxy_user_pass", credentials)
+
+
+def _http_proxy_option(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 3)
+    what = args[0]
+    if any(c in a for a in args for c in "\r\n\0") or not all(a.isascii() for a in args):
+        raise Invalid("contains characters an HTTP header cannot carry")
+    if what == "VERSION" and len(args) == 2:
+        if args[1] not in ("1.0", "1.1"):
+            raise Invalid(f"HTTP version must be 1.0 or 1.1, not {args[1]!r}")
+        ctx.scope.set("http_version", args[1])
+    elif what == "AGENT" and len(args) == 2:
+        ctx.scope.set("http_agent", args[1])
+    elif what in ("CUSTOM-HEADER", "EXT1", "EXT2"):
+        if len(ctx.scope.extra.http_headers) >= MAX_CUSTOM_HTTP_HEADERS:
+            raise Invalid(f"at most {MAX_CUSTOM_HTTP_HEADERS} custom headers")
+        header = (args[1], args[2] if len(args) == 3 else None)
+        ctx.scope.append("http_headers", (line, header))
+    else:
+        raise Invalid(f"unknown or malformed {what!r} (VERSION, AGENT or CUSTOM-HEADER)")
+
+
+def _socks_proxy(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 3)
+    host, port = _proxy_host_port(args[0], args[1] if len(args) > 1 else str(SOCKS_PROXY_PORT))
+    credentials, ask = None, False
+    if len(args) == 3:
+        credentials, ask = _proxy_credentials(ctx, line, name, args[2], False)
+    auth = "userpass" if credentials is not None or ask else "none"
+    ctx.scope.set("socks_proxy", ProxySpec(host, port, auth, credentials, ask))
+
+
+Special = Callable[[Context, int, str, list[str], bool], None]
+
+#: Options handled by an explicit function: name -> function.
+SPECIAL: Mapping[str, Special] = {
+    "remote": _remote,
+    "tls-auth": _tls_auth,
+    "auth-user-pass": _auth_user_pass,
+    "setenv": _setenv,
+    "ignore-unknown-option": _ignore_unknown_option,
+    "http-proxy": _http_proxy,
+    "http-proxy-option": _http_proxy_option,
+    "http-proxy-user-pass": _http_proxy_user_pass,
+    "socks-proxy": _socks_proxy,
+}

@@ -1,0 +1,251 @@
+"""Handshake, authentication and bind of a reverse-tunnel session (pure, either role).
+
+Theory of operation
+-------------------
+States, enforced on both sides (a frame not legal in the current state is a
+RemoteProtocolError; the session then closes with GOAWAY(PROTOCOL)):
+
+    client: INIT --HELLO--> (HELLO_ACK) HANDSHAKEN --AUTH--> (AUTH_OK) AUTHENTICATED
+            --BIND--> (BIND_OK) BOUND
+    relay:  INIT (HELLO) --HELLO_ACK--> HANDSHAKEN (AUTH) --AUTH_OK--> AUTHENTICATED
+            (BIND) --BIND_OK--> BOUND
+
+HELLO / HELLO_ACK carry each side's per-stream window and largest frame, and the relay's
+heartbeat interval, which the client adopts. Authentication is challenge-response: the
+relay sends a random challenge, the client answers HMAC-SHA256(token, label | challenge |
+client nonce | client id), the relay compares against every configured token with
+`hmac.compare_digest` (all of them, so the time taken does not say which token was
+close), and proves in AUTH_OK that it knows the token too. The token never crosses the
+wire. The relay answers BIND only when its application chose a port (`accept_bind` or
+`reject_bind`); the client binds right after AUTH_OK.
+
+This piece knows nothing of streams, time or framing limits: the `Session` enforces the
+256-byte pre-auth frame limit and the handshake deadline, and takes over at BOUND. A
+refused token or bind is not an exception but a `HandshakeFailed` the session turns into
+its end.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.reverse.config import MAX_WINDOW, SessionConfig
+from trivpn.reverse.events import (
+    Authenticated,
+    AuthFailed,
+    BindFailed,
+    BindRequested,
+    Bound,
+    Event,
+)
+from trivpn.reverse.frames import (
+    ABSOLUTE_MAX_FRAME,
+    MAX_TEXT,
+    PRE_AUTH_MAX_FRAME,
+    Frame,
+    FrameType,
+    text,
+)
+from trivpn.reverse.scheduler import Scheduler
+
+_U16 = struct.Struct("!H")
+_HELLO = struct.Struct("!16s16sII")
+_HELLO_ACK = struct.Struct("!32sIII")
+_BIND_OK = struct.Struct("!HI")
+_CLIENT_LABEL = b"trivpn-reverse-v1 client"
+_RELAY_LABEL = b"trivpn-reverse-v1 relay"
+
+
+class State(enum.Enum):
+    INIT = "INIT"
+    HANDSHAKEN = "HANDSHAKEN"
+    AUTHENTICATED = "AUTHENTICATED"
+    BOUND = "BOUND"
+    FORWARDING = "FORWARDING"  # the session's, once a stream opened
+    CLOSED = "CLOSED"  # the session's
+
+
+@dataclass(slots=True, frozen=True)
+class HandshakeFailed:
+    """The handshake ended the session (refused token or bind); not a protocol error."""
+
+    reason: str
+    by_peer: bool
+
+
+def auth_mac(token: bytes, label: bytes, challenge: bytes, nonce: bytes, client_id: bytes) -> bytes:
+    return hmac.new(token, label + challenge + nonce + client_id, hashlib.sha256).digest()
+
+
+class Handshake:
+    """INIT → HANDSHAKEN → AUTHENTICATED → BOUND for one role; see the module docstring."""
+
+    def __init__(
+        self,
+        role: str,
+        config: SessionConfig,
+        scheduler: Scheduler,
+        events: list[Event],
+        *,
+        tokens: Mapping[str, bytes] | None,
+        token: bytes,
+        client_id: bytes,
+        requested_port: int,
+        random: bytes,
+    ) -> None:
+        if len(random) < 32:
+            raise LocalProtocolError("random must be at least 32 bytes")
+        self.role = role
+        self.config = config
+        self.state = State.INIT
+        self.name = ""  # relay: the name of the token that matched
+        self.port = 0
+        self.lease = 0
+        self.heartbeat = config.heartbeat  # the client adopts the relay's
+        self.peer_window = 0
+        self.peer_max_frame = PRE_AUTH_MAX_FRAME
+        self.bind_asked = False
+        self._scheduler = scheduler
+        self._events = events
+        self._tokens = dict(tokens or {})
+        self._token = token
+        self._requested_port = requested_port
+        if role == "client":
+            if not token:
+                raise LocalProtocolError("a client session needs a token")
+            if len(client_id) != 16:
+                raise LocalProtocolError("client id must be 16 bytes")
+            if not 0 <= requested_port <= 65535:
+                raise LocalProtocolError("requested port must be 0..65535")
+            self.client_id = client_id
+            self._nonce = random[:16]
+            self._challenge = b""
+            hello = _HELLO.pack(self._nonce, client_id, config.window, config.max_frame)
+            scheduler.control(FrameType.HELLO, payload=hello)
+        else:
+            if not self._tokens or not all(self._tokens.values()):
+                raise LocalProtocolError("a relay session needs at least one non-empty token")
+            self.client_id = b""
+            self._nonce = b""
+            self._challenge = random[:32]
+
+    def handle(self, f: Frame) -> HandshakeFailed | None:
+        """One frame before BOUND; raises RemoteProtocolError if it is not legal now."""
+        if self.role == "relay":
+            return self._relay(f)
+        return self._client(f)
+
+    # relay side ----------------------------------------------------------------------
+
+    def accept_bind(self, port: int, lease: int) -> None:
+        if self.role != "relay" or self.state is not State.AUTHENTICATED or not self.bind_asked:
+            raise LocalProtocolError(f"accept_bind in state {self.state.value}")
+        self.port, self.lease = port, lease
+        self._scheduler.control(FrameType.BIND_OK, payload=_BIND_OK.pack(port, lease))
+        self.state = State.BOUND
+
+    def reject_bind(self, reason: str) -> HandshakeFailed:
+        if self.role != "relay" or self.state is not State.AUTHENTICATED:
+            raise LocalProtocolError(f"reject_bind in state {self.state.value}")
+        self._scheduler.control(FrameType.BIND_ERR, payload=reason.encode()[:MAX_TEXT])
+        return HandshakeFailed(f"bind refused: {reason}", by_peer=False)
+
+    def _relay(self, f: Frame) -> HandshakeFailed | None:
+        t = f.type
+        if self.state is State.INIT and t is FrameType.HELLO:
+            nonce, client_id, window, max_frame = _HELLO.unpack(f.payload)
+            self._set_peer_limits(window, max_frame)
+            self._nonce, self.client_id = nonce, client_id
+            hb_ms = int(self.heartbeat * 1000)
+            ack = _HELLO_ACK.pack(self._challenge, self.config.window, self.config.max_frame, hb_ms)
+            self._scheduler.control(FrameType.HELLO_ACK, payload=ack)
+            self.state = State.HANDSHAKEN
+        elif self.state is State.HANDSHAKEN and t is FrameType.AUTH:
+            return self._check_auth(f.payload)
+        elif self.state is State.AUTHENTICATED and t is FrameType.BIND and not self.bind_asked:
+            self.bind_asked = True
+            self._events.append(BindRequested(_U16.unpack(f.payload)[0]))
+        else:
+            raise self._illegal(f)
+        return None
+
+    def _check_auth(self, answer: bytes) -> HandshakeFailed | None:
+        matched = ""
+        for name, token in self._tokens.items():  # no early exit: time says nothing
+            expect = auth_mac(token, _CLIENT_LABEL, self._challenge, self._nonce, self.client_id)
+            if hmac.compare_digest(expect, answer) and not matched:
+                matched = name
+        if not matched:
+            self._scheduler.control(FrameType.AUTH_ERR, payload=b"invalid token")
+            self._events.append(AuthFailed("the client presented a wrong token"))
+            return HandshakeFailed("authentication failed: wrong token", by_peer=False)
+        self.name = matched
+        token = self._tokens[matched]
+        proof = auth_mac(token, _RELAY_LABEL, self._challenge, self._nonce, self.client_id)
+        self._scheduler.control(FrameType.AUTH_OK, payload=proof)
+        self.state = State.AUTHENTICATED
+        self.bind_asked = False
+        self._events.append(Authenticated(matched, self.client_id))
+        return None
+
+    # client side ---------------------------------------------------------------------
+
+    def _client(self, f: Frame) -> HandshakeFailed | None:
+        t = f.type
+        if self.state is State.INIT and t is FrameType.HELLO_ACK:
+            challenge, window, max_frame, hb_ms = _HELLO_ACK.unpack(f.payload)
+            self._set_peer_limits(window, max_frame)
+            if not 50 <= hb_ms <= 3_600_000:
+                raise RemoteProtocolError(f"heartbeat interval {hb_ms} ms out of range")
+            self.heartbeat = hb_ms / 1000
+            self._challenge = challenge
+            mac = auth_mac(self._token, _CLIENT_LABEL, challenge, self._nonce, self.client_id)
+            self._scheduler.control(FrameType.AUTH, payload=mac)
+            self.state = State.HANDSHAKEN
+        elif self.state is State.HANDSHAKEN and t is FrameType.AUTH_ERR:
+            reason = "authentication failed: the relay rejected the token"
+            self._events.append(AuthFailed(reason))
+            return HandshakeFailed(reason, by_peer=True)
+        elif self.state is State.HANDSHAKEN and t is FrameType.AUTH_OK:
+            expect = auth_mac(
+                self._token, _RELAY_LABEL, self._challenge, self._nonce, self.client_id
+            )
+            if not hmac.compare_digest(expect, f.payload):
+                raise RemoteProtocolError("the relay could not prove it knows the token")
+            self.state = State.AUTHENTICATED
+            self._events.append(Authenticated("", self.client_id))
+            self._scheduler.control(FrameType.BIND, payload=_U16.pack(self._requested_port))
+        elif self.state is State.AUTHENTICATED and t is FrameType.BIND_OK:
+            self.port, self.lease = _BIND_OK.unpack(f.payload)
+            if self.port == 0:
+                raise RemoteProtocolError("the relay bound port 0")
+            self.state = State.BOUND
+            self._events.append(Bound(self.port, self.lease))
+        elif self.state is State.AUTHENTICATED and t is FrameType.BIND_ERR:
+            reason = f"the relay refused the bind: {text(f.payload)}"
+            self._events.append(BindFailed(reason))
+            return HandshakeFailed(reason, by_peer=True)
+        else:
+            raise self._illegal(f)
+        return None
+
+    # helpers -------------------------------------------------------------------------
+
+    def _set_peer_limits(self, window: int, max_frame: int) -> None:
+        if not 1024 <= window <= MAX_WINDOW:
+            raise RemoteProtocolError(f"peer window {window} out of range")
+        if not PRE_AUTH_MAX_FRAME <= max_frame <= ABSOLUTE_MAX_FRAME:
+            raise RemoteProtocolError(f"peer max frame {max_frame} out of range")
+        self.peer_window = window
+        self.peer_max_frame = max_frame
+
+    def _illegal(self, frame: Frame) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            f"{frame.type.name} frame is not allowed in state {self.state.value} ({self.role} side)"
+        )
