@@ -35,6 +35,7 @@ from trivpn.controlchannel.packet import (
 from trivpn.controlchannel.wrap import ControlWrap, StaticKey, TLSCrypt
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.messages import ResetComplete
+from trivpn.wire import P_KEY_ID_MASK, is_data_byte0
 
 #: OpenVPN's initial control retransmission timeout (`tls-timeout`).
 RESET_TIMEOUT = 2.0
@@ -198,15 +199,14 @@ class PacketMuxer:
             if not d:
                 stats.drop_malformed += 1
                 continue
-            op = d[0] >> 3
-            if op == 9 or op == 6:
+            if is_data_byte0(d[0]):
                 if self.remote_session_id is None:
                     stats.drop_early += 1
                 else:
                     data.append(d)
                 continue
             try:
-                plain = self._wrap_for(d[0] & 7).unwrap(d, now)
+                plain = self._wrap_for(d[0] & P_KEY_ID_MASK).unwrap(d, now)
             except RemoteProtocolError:
                 stats.drop_unauthentic += 1
                 continue

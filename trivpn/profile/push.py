@@ -35,6 +35,7 @@ from trivpn.profile.pushreply import (
     PushReplyAssembler,
     continuation_value,
 )
+from trivpn.wire import MAX_PEER_ID
 
 __all__ = [
     "MAX_PEER_ID",
@@ -47,8 +48,6 @@ __all__ = [
     "parse_push_options",
 ]
 
-#: Largest peer-id (24 bits); OpenVPN's ``MAX_PEER_ID`` (0xFFFFFF also means "none").
-MAX_PEER_ID = 0xFFFFFF
 #: Upper bound for pushed timer values (seconds).
 MAX_SECONDS = 10 * 365 * 24 * 3600
 #: Largest route metric accepted.

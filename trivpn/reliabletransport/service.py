@@ -1,4 +1,4 @@
-"""The reliable-transport service: one core per key id, driven by three tasks.
+"""The reliable-transport service: runs `ReliableKeys` (one core per key id) in three tasks.
 
 up:    control packets from the muxer → ACK processing, in-order messages to the control
        channel, and any ACKs/retransmissions down to the muxer.
@@ -8,37 +8,21 @@ timer: retransmissions when the core's deadline passes.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import trio
 
 from trivpn.messages import (
-    ControlOut,
     ControlToReliable,
     DynamicWrapKey,
     MuxToReliable,
-    ReliableMessage,
     ReliableToControl,
     ReliableToMux,
     ResetComplete,
 )
 from trivpn.reliabletransport.core import ReliableTransport
-from trivpn.wire import Opcode
+from trivpn.reliabletransport.keys import ReliableKeys, after_hard_reset
 from trivpn.workers.driver import CoreTimer, Outbox
-
-log = logging.getLogger("trivpn.reliabletransport")
-
-
-def after_hard_reset(is_server: bool = False) -> ReliableTransport:
-    """Key 0 after the muxer's reset exchange: message id 0 is used in both directions.
-
-    The client still owes the ACK of the server's reset (a 2.6 server creates its state only
-    when that ACK comes back with the cookie). The server owes nothing: its reset already
-    carried the ACK of the client's 0, and the muxer answers every repeat of the client's
-    reset, so the server core starts with no ACK pending.
-    """
-    return ReliableTransport(next_send_id=1, next_recv_id=1, initial_acks=() if is_server else (0,))
 
 
 class ReliableService:
@@ -54,42 +38,24 @@ class ReliableService:
     ) -> None:
         """`first_key_factory` builds key 0's core after the reset exchange (default: the
         role's `after_hard_reset`)."""
-        self.cores: dict[int, ReliableTransport] = {}
+        self.keys = ReliableKeys(is_server=is_server)
         self._from_mux = from_mux
         self._from_cc = from_cc
         self._to_mux: Outbox[ReliableToMux] = Outbox(to_mux)
         self._to_cc: Outbox[ReliableToControl] = Outbox(to_cc)
         self._timer = CoreTimer()
-        self._first_key_factory = first_key_factory or (lambda: after_hard_reset(is_server))
-        self.dropped_unknown_key = 0
-        #: keys whose core the peer's soft reset created (our reply must reuse it)
-        self._peer_opened: set[int] = set()
+        self._first_key_factory = first_key_factory
 
-    def _new_key(self, key_id: int) -> ReliableTransport:
-        """A fresh core for a renegotiation: message ids restart at 0 with the soft reset.
+    @property
+    def cores(self) -> dict[int, ReliableTransport]:
+        return self.keys.cores
 
-        At most two keys stay: the one being negotiated and the one in use (older cores
-        could only re-ACK packets of a key that no longer carries data).
-        """
-        self.cores.pop(key_id, None)
-        while len(self.cores) >= 2:
-            self.cores.pop(next(iter(self.cores)))
-        core = ReliableTransport()
-        self.cores[key_id] = core
-        return core
-
-    def _deadline(self) -> float | None:
-        timers = [t for c in self.cores.values() if (t := c.get_timer()) is not None]
-        return min(timers) if timers else None
+    @property
+    def dropped_unknown_key(self) -> int:
+        return self.keys.dropped_unknown_key
 
     def _collect_packets(self) -> list[ReliableToMux]:
-        now = trio.current_time()
-        out: list[ReliableToMux] = []
-        for kid, core in self.cores.items():
-            pkts = core.packets_to_send(now)
-            if pkts:
-                out.append(ControlOut(kid, pkts))
-        return out
+        return list(self.keys.packets_to_send(trio.current_time()))
 
     async def _flush_down(self) -> None:
         await self._to_mux.flush(self._collect_packets)
@@ -102,22 +68,14 @@ class ReliableService:
                 ups: list[ReliableToControl] = []
                 for item in batch:
                     if isinstance(item, ResetComplete):
-                        self.cores[0] = self._first_key_factory()
+                        factory = self._first_key_factory
+                        self.keys.open_first(factory() if factory is not None else None)
                         ups.append(item)
-                        continue
-                    core = self.cores.get(item.key_id)
-                    if core is None:
-                        if item.opcode != Opcode.CONTROL_SOFT_RESET_V1:
-                            self.dropped_unknown_key += 1
-                            continue
-                        core = self._new_key(item.key_id)
-                        self._peer_opened.add(item.key_id)
-                    core.receive_packet(item.opcode, item.acks, item.message_id, item.payload, now)
+                    else:
+                        self.keys.receive_packet(item, now)
 
                 def collect(ups: list[ReliableToControl] = ups) -> list[ReliableToControl]:
-                    for kid, core in self.cores.items():
-                        for op, payload in core.messages_received():
-                            ups.append(ReliableMessage(kid, op, payload))
+                    ups.extend(self.keys.messages_received())
                     return ups
 
                 await self._to_cc.flush(collect)
@@ -130,28 +88,20 @@ class ReliableService:
                     if isinstance(msg, DynamicWrapKey):
                         await self._to_mux.send([msg])  # for the muxer
                         continue
-                    core = self.cores.get(msg.key_id)
-                    if msg.opcode == Opcode.CONTROL_SOFT_RESET_V1:
-                        # our reset opens the key unless the peer's reset already did
-                        if msg.key_id not in self._peer_opened:
-                            core = self._new_key(msg.key_id)
-                        self._peer_opened.discard(msg.key_id)
-                    if core is None:
-                        self.dropped_unknown_key += 1
-                        continue
-                    core.send(msg.opcode, msg.payload)
+                    self.keys.send(msg)
                 await self._flush_down()
 
     async def _on_timer(self) -> None:
-        now = trio.current_time()
-        for core in self.cores.values():
-            core.handle_timer(now)
+        self.keys.handle_timer(trio.current_time())
         await self._flush_down()
 
     async def run(self) -> None:
         async with self._to_mux.channel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._up)
-                nursery.start_soon(self._timer.run, self._deadline, self._on_timer)
+                nursery.start_soon(self._timer.run, self.keys.get_timer, self._on_timer)
                 await self._down()
                 nursery.cancel_scope.cancel()
+
+
+__all__ = ["ReliableService", "after_hard_reset"]
