@@ -49,7 +49,7 @@ from trivpn.tun.service import run_tun
 from trivpn.tun.userspace import UserspaceTun
 from trivpn.workers.manager import primary_error, start_named
 
-__all__ = ["LoopbackServer", "LoopbackServerConfig", "open_loopback_server"]
+__all__ = ["LoopbackServer", "LoopbackServerConfig", "accept_peer", "listen", "open_loopback_server"]
 
 LOOPBACK = "127.0.0.1"
 _RECV_SIZE = 65536
@@ -131,46 +131,16 @@ class LoopbackServer:
             self._ready.set()  # never leave a waiter hanging on a dead server
 
     async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
-        kind = socket.SOCK_DGRAM if self.config.proto == "udp" else socket.SOCK_STREAM
-        listener = socket.socket(socket.AF_INET, kind)
+        listener = listen(self.config.proto)
         try:
-            listener.setblocking(False)
-            listener.bind((LOOPBACK, 0))
             self.port = listener.getsockname()[1]
-            if kind == socket.SOCK_STREAM:
-                listener.listen(1)
             task_status.started(self.port)
-            transport, first = await (self._first_datagram(listener) if kind == socket.SOCK_DGRAM else self._accept(listener))
+            transport, first = await accept_peer(listener)
         except BaseException:
             listener.close()
             raise
+        self.peer = (transport.endpoint.host, transport.endpoint.port)
         await self._run_stack(transport, first)
-
-    async def _first_datagram(self, sock: socket.socket) -> tuple[Transport, list[bytes]]:
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data, addr = sock.recvfrom(_RECV_SIZE)
-                break
-            except BlockingIOError:
-                continue
-        sock.connect(addr)
-        self.peer = (addr[0], addr[1])
-        return UDPTransport(sock, Endpoint(addr[0], addr[1], "udp", socket.AF_INET, addr)), [data]
-
-    async def _accept(self, listener: socket.socket) -> tuple[Transport, list[bytes]]:
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            try:
-                conn, addr = listener.accept()
-                break
-            except BlockingIOError:
-                continue
-        listener.close()
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.peer = (addr[0], addr[1])
-        return TCPTransport(conn, Endpoint(addr[0], addr[1], "tcp", socket.AF_INET, addr)), []
 
     async def _run_stack(self, transport: Transport, first: list[bytes]) -> None:
         cfg = self.config
@@ -217,6 +187,45 @@ class LoopbackServer:
             if reply is not None:
                 self.echoed += 1
                 await self.tun.send(reply)
+
+
+def listen(proto: str) -> socket.socket:
+    """A non-blocking UDP socket, or a listening TCP socket, on 127.0.0.1 and a free port."""
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        sock.setblocking(False)
+        sock.bind((LOOPBACK, 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def accept_peer(sock: socket.socket) -> tuple[Transport, list[bytes]]:
+    """The first peer as a transport, and what it already sent (UDP: its first datagram).
+
+    UDP: the socket is connected to the sender of the first datagram. TCP: the first
+    connection is accepted and the listener closed."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            if sock.type == socket.SOCK_DGRAM:
+                data, addr = sock.recvfrom(_RECV_SIZE)
+            else:
+                conn, addr = sock.accept()
+            break
+        except BlockingIOError:
+            continue
+    if sock.type == socket.SOCK_DGRAM:
+        sock.connect(addr)
+        return UDPTransport(sock, Endpoint(addr[0], addr[1], "udp", socket.AF_INET, addr)), [data]
+    sock.close()
+    conn.setblocking(False)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return TCPTransport(conn, Endpoint(addr[0], addr[1], "tcp", socket.AF_INET, addr)), []
 
 
 @asynccontextmanager
