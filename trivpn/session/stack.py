@@ -53,6 +53,8 @@ from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.reliabletransport.service import ReliableService
 from trivpn.workers.manager import start_named
 
+__all__ = ["CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "Runnable", "SessionStack", "TLSPorts", "counters_line"]
+
 CONTROL_CHANNEL_SIZE = 64
 #: Data-plane channels carry batches of up to 64 packets; 8 in flight per hop is ample and
 #: bounds the memory a burst can pin (32 let RSS grow by several MB under load).
@@ -171,3 +173,22 @@ class SessionStack:
             start_named(nursery, "controlchannel", self._controlchannel)
             start_named(nursery, "tlssession", self.tls.run)
             start_named(nursery, "datachannel", self.data.run)
+
+
+def counters_line(muxer: PacketMuxer, data: DataService) -> str:
+    """One line of traffic and drop counters (every dropped packet is counted somewhere)."""
+    m = muxer.stats
+    parts = [
+        f"control in {m.control_in}",
+        f"dropped control: {m.drop_unauthentic} unauthentic, {m.drop_malformed} malformed, "
+        f"{m.drop_session} wrong session, {m.drop_early} early",
+    ]
+    d = data.stats()
+    if d is not None:
+        parts.insert(0, f"data in {d.rx_packets} out {d.tx_packets} packets")
+        parts.append(
+            f"dropped data: {d.drop_auth} unauthentic, {d.drop_replay} replayed, "
+            f"{d.drop_malformed} malformed, {d.drop_no_key} unknown key, "
+            f"{d.drop_compression} bad framing"
+        )
+    return "counters: " + "; ".join(parts)

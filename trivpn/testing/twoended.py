@@ -59,6 +59,8 @@ from trivpn.workers.manager import primary_error
 
 SIDES = ("client", "server")
 WRAPS = ("none", "tls-auth", "tls-crypt")
+DEFAULT_CIPHERS = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
+DEFAULT_PUSH = ("topology subnet", "ifconfig 10.8.0.2 255.255.255.0")
 
 
 @dataclass(slots=True)
@@ -67,12 +69,12 @@ class TwoEndedConfig:
 
     link: RelayConfig = field(default_factory=RelayConfig)
     wrap: str = "none"
-    ciphers: tuple[str, ...] = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     #: "auto" lets the client offer TLS-EKM (and dynamic tls-crypt); "prf" never
     key_derivation: str = "auto"
     client_reneg_sec: float = 0.0
     server_reneg_sec: float = 0.0
-    push_options: tuple[str, ...] = ("topology subnet", "ifconfig 10.8.0.2 255.255.255.0")
+    push_options: tuple[str, ...] = DEFAULT_PUSH
     #: seconds both ends wait for the tunnel (TLS hand-window)
     hand_window: float = 60.0
     #: the client offers cc-exit (EXIT on the control channel); else OCC EXIT data packets
@@ -86,19 +88,72 @@ class TwoEndedConfig:
         self.link.validate()
 
 
-def _session_id(rng: random.Random) -> bytes:
+def server_tls_factory(
+    pki: PKI,
+    *,
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS,
+    key_derivation: str = "auto",
+    reneg_sec: float = 0.0,
+    hand_window: float = 60.0,
+    push: tuple[str, ...] = DEFAULT_PUSH,
+    wrap: str = "none",
+    wrap_key: bytes | None = None,
+    proto: str = "udp",
+    made: Callable[[TLSService], object] | None = None,
+) -> Callable[[TLSPorts], TLSService]:
+    """How a server-role `SessionStack` builds its TLS service (one peer, peer-id 0): the
+    PKI's server certificate, a server-role key schedule pushing `push`. `made` sees the
+    service once the stack built it."""
+    tls_config = TLSConfig(
+        ca_pem=pki.ca_cert, cert_pem=pki.server_cert, key_pem=pki.server_key,
+        is_server=True, remote_cert_tls="client",
+    )
+    options = occ_options_string(
+        proto="tcp-server" if proto.startswith("tcp") else proto, tls_client=False,
+        tls_auth=wrap == "tls-auth", key_direction=0 if wrap == "tls-auth" else None,
+    )
+
+    def session(key_id: int, token: str | None) -> TLSSession:
+        return TLSSession(tls_config, options_string=options)
+
+    config = KeyScheduleConfig(
+        role="server",
+        policy=CipherPolicy(ciphers, None, key_derivation),
+        reneg_sec=reneg_sec,
+        hand_window=hand_window,
+        wrap_key=wrap_key,
+        push=push,
+        peer_id=0,
+    )
+
+    def make(ports: TLSPorts) -> TLSService:
+        tls = TLSService(
+            KeySchedule(config, session),
+            from_cc=ports.from_cc, to_cc=ports.to_cc, to_data=ports.to_data,
+            events=ports.events, commands=ports.commands, usage=ports.usage,
+        )
+        if made is not None:
+            made(tls)
+        return tls
+
+    return make
+
+
+def session_id(rng: random.Random) -> bytes:
+    """A random, non-zero session id."""
     sid = b"\x00" * 8
     while not any(sid):
         sid = rng.randbytes(8)
     return sid
 
 
-def _wraps(config: TwoEndedConfig, pki: PKI) -> tuple[ControlWrap, ControlWrap, bytes | None]:
-    """(client wrap, server wrap, key bytes for dyn-tls-crypt) for the configured wrap."""
-    if config.wrap == "none":
+def wrap_pair(wrap: str, pki: PKI) -> tuple[ControlWrap, ControlWrap, bytes | None]:
+    """(client wrap, server wrap, key bytes for dyn-tls-crypt) for `wrap` (one of WRAPS)
+    keyed with the PKI's static key."""
+    if wrap == "none":
         return NoWrap(), NoWrap(), None
     key = StaticKey.from_text(pki.static_key)
-    if config.wrap == "tls-auth":  # key-direction 1 on the client, 0 on the server
+    if wrap == "tls-auth":  # key-direction 1 on the client, 0 on the server
         return TLSAuth(key, 1, timestamp=1), TLSAuth(key, 0, timestamp=2), key.data
     return TLSCrypt(key, server=False, timestamp=1), TLSCrypt(key, server=True, timestamp=2), key.data
 
@@ -117,7 +172,7 @@ class TwoEnded:
         self.ended: dict[str, BaseException | None] = {side: None for side in SIDES}
         self._up_events = {side: trio.Event() for side in SIDES}
         self._end_events = {side: trio.Event() for side in SIDES}
-        cwrap, swrap, wrap_key = _wraps(config, pki)
+        cwrap, swrap, wrap_key = wrap_pair(config.wrap, pki)
         ends = {"client": self.link.client, "server": self.link.server}
         self._tun_channels: dict[str, tuple[Any, Any, Any, Any]] = {}
         self.stacks: dict[str, SessionStack] = {}
@@ -129,7 +184,7 @@ class TwoEnded:
             self._tun_channels[side] = (tun_up_s, tun_up_r, tun_down_s, tun_down_r)
             self.stacks[side] = SessionStack(
                 is_server=is_server,
-                muxer=PacketMuxer(wrap, _session_id(rng), is_server=is_server),
+                muxer=PacketMuxer(wrap, session_id(rng), is_server=is_server),
                 make_tls=self._server_tls(pki, wrap_key) if is_server else self._client_tls(pki, wrap_key),
                 net_up=ends[side].net_up,
                 net_down=ends[side].net_down,
@@ -165,28 +220,11 @@ class TwoEnded:
 
     def _server_tls(self, pki: PKI, wrap_key: bytes | None) -> Callable[[TLSPorts], Runnable]:
         cfg = self.config
-        tls_config = TLSConfig(
-            ca_pem=pki.ca_cert, cert_pem=pki.server_cert, key_pem=pki.server_key,
-            is_server=True, remote_cert_tls="client",
+        return server_tls_factory(
+            pki, ciphers=cfg.ciphers, key_derivation=cfg.key_derivation, reneg_sec=cfg.server_reneg_sec,
+            hand_window=cfg.hand_window, push=cfg.push_options, wrap=cfg.wrap, wrap_key=wrap_key,
+            made=lambda tls: self.tls.__setitem__("server", tls),
         )
-        options = occ_options_string(
-            proto="udp", tls_client=False, tls_auth=cfg.wrap == "tls-auth",
-            key_direction=0 if cfg.wrap == "tls-auth" else None,
-        )
-
-        def session(key_id: int, token: str | None) -> TLSSession:
-            return TLSSession(tls_config, options_string=options)
-
-        config = KeyScheduleConfig(
-            role="server",
-            policy=CipherPolicy(cfg.ciphers, None, cfg.key_derivation),
-            reneg_sec=cfg.server_reneg_sec,
-            hand_window=cfg.hand_window,
-            wrap_key=wrap_key,
-            push=cfg.push_options,
-            peer_id=0,
-        )
-        return self._tls_service("server", config, session)
 
     def _tls_service(
         self, side: str, config: KeyScheduleConfig, session: Callable[[int, str | None], TLSSession]

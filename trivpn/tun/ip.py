@@ -75,6 +75,21 @@ def _pseudo_header_sum(src: bytes, dst: bytes, length: int, next_header: int) ->
 
 def build_echo_request(src: str, dst: str, ident: int, seq: int, payload: bytes = b"") -> bytes:
     """An IPv4+ICMP or IPv6+ICMPv6 echo request (family taken from the addresses)."""
+    return _build_echo(src, dst, ident, seq, payload, reply=False)
+
+
+def echo_reply_to(packet: bytes) -> bytes | None:
+    """The echo reply a host owes for `packet`, or None if it is no valid echo request.
+
+    For userspace peers that play the far host (the rootless loopback server in
+    `trivpn.testing`): source and destination swapped, same ident, seq and payload."""
+    req = parse_echo_request(packet)
+    if req is None:
+        return None
+    return _build_echo(req.dst, req.src, req.ident, req.seq, req.payload, reply=True)
+
+
+def _build_echo(src: str, dst: str, ident: int, seq: int, payload: bytes, *, reply: bool) -> bytes:
     try:
         src_ip = ipaddress.ip_address(src)
         dst_ip = ipaddress.ip_address(dst)
@@ -88,7 +103,8 @@ def build_echo_request(src: str, dst: str, ident: int, seq: int, payload: bytes 
         total = IPV4_HEADER_LEN + ICMP_ECHO_HEADER_LEN + len(payload)
         if total > IP_MAXPACKET:
             raise LocalProtocolError("payload too large for one IP packet")
-        icmp = bytearray(_ECHO_HDR.pack(IcmpType.ECHO_REQUEST, 0, 0, ident, seq) + payload)
+        kind = IcmpType.ECHO_REPLY if reply else IcmpType.ECHO_REQUEST
+        icmp = bytearray(_ECHO_HDR.pack(kind, 0, 0, ident, seq) + payload)
         struct.pack_into("!H", icmp, 2, internet_checksum(icmp))
         header = bytearray(
             _IPV4_HDR.pack(
@@ -100,7 +116,8 @@ def build_echo_request(src: str, dst: str, ident: int, seq: int, payload: bytes 
     plen = ICMP_ECHO_HEADER_LEN + len(payload)
     if plen > IP_MAXPACKET:
         raise LocalProtocolError("payload too large for one IP packet")
-    icmp = bytearray(_ECHO_HDR.pack(Icmp6Type.ECHO_REQUEST, 0, 0, ident, seq) + payload)
+    kind6 = Icmp6Type.ECHO_REPLY if reply else Icmp6Type.ECHO_REQUEST
+    icmp = bytearray(_ECHO_HDR.pack(kind6, 0, 0, ident, seq) + payload)
     csum = internet_checksum(
         icmp, _pseudo_header_sum(src_ip.packed, dst_ip.packed, plen, IpProto.ICMPV6)
     )
@@ -113,18 +130,27 @@ def build_echo_request(src: str, dst: str, ident: int, seq: int, payload: bytes 
 
 def parse_echo_reply(packet: bytes) -> EchoReply | None:
     """Return the echo reply carried by `packet`, or None for anything else or anything broken."""
+    return _parse_echo(packet, request=False)
+
+
+def parse_echo_request(packet: bytes) -> EchoReply | None:
+    """Return the echo request carried by `packet` (same fields as a reply), or None."""
+    return _parse_echo(packet, request=True)
+
+
+def _parse_echo(packet: bytes, *, request: bool) -> EchoReply | None:
     try:
         version = ip_version(packet)
         if version == 4:
-            return _parse_v4_reply(packet)
+            return _parse_v4_echo(packet, IcmpType.ECHO_REQUEST if request else IcmpType.ECHO_REPLY)
         if version == 6:
-            return _parse_v6_reply(packet)
+            return _parse_v6_echo(packet, Icmp6Type.ECHO_REQUEST if request else Icmp6Type.ECHO_REPLY)
     except (struct.error, ValueError, IndexError):  # defensive: the checks below should cover all
         return None
     return None
 
 
-def _parse_v4_reply(packet: bytes) -> EchoReply | None:
+def _parse_v4_echo(packet: bytes, want: int) -> EchoReply | None:
     if len(packet) < IPV4_HEADER_LEN:
         return None
     ver_ihl, _tos, total, _id, frag, ttl, proto, _csum, src, dst = _IPV4_HDR.unpack_from(packet)
@@ -139,7 +165,7 @@ def _parse_v4_reply(packet: bytes) -> EchoReply | None:
     if internet_checksum(icmp) != 0:
         return None
     icmp_type, code, _c, ident, seq = _ECHO_HDR.unpack_from(icmp)
-    if icmp_type != IcmpType.ECHO_REPLY or code != 0:
+    if icmp_type != want or code != 0:
         return None
     return EchoReply(
         socket.inet_ntop(socket.AF_INET, src),
@@ -151,7 +177,7 @@ def _parse_v4_reply(packet: bytes) -> EchoReply | None:
     )
 
 
-def _parse_v6_reply(packet: bytes) -> EchoReply | None:
+def _parse_v6_echo(packet: bytes, want: int) -> EchoReply | None:
     if len(packet) < IPV6_HEADER_LEN:
         return None
     _vtf, plen, next_header, hop_limit, src, dst = _IPV6_HDR.unpack_from(packet)
@@ -164,7 +190,7 @@ def _parse_v6_reply(packet: bytes) -> EchoReply | None:
     if internet_checksum(icmp, _pseudo_header_sum(src, dst, plen, IpProto.ICMPV6)) != 0:
         return None
     icmp_type, code, _c, ident, seq = _ECHO_HDR.unpack_from(icmp)
-    if icmp_type != Icmp6Type.ECHO_REPLY or code != 0:
+    if icmp_type != want or code != 0:
         return None
     return EchoReply(
         socket.inet_ntop(socket.AF_INET6, src),

@@ -13,10 +13,12 @@ from trivpn.errors import LocalProtocolError
 from trivpn.tun.ip import (
     EchoReply,
     build_echo_request,
+    echo_reply_to,
     internet_checksum,
     ip_destination,
     ip_version,
     parse_echo_reply,
+    parse_echo_request,
 )
 
 
@@ -259,3 +261,23 @@ def test_ip_version_and_destination() -> None:
     assert ip_version(b"\x50") is None and ip_destination(b"\x50" * 40) is None
     assert ip_version(v4[:19]) == 4 and ip_destination(v4[:19]) is None
     assert ip_destination(v6[:39]) is None
+
+
+@pytest.mark.parametrize(("src", "dst"), [("10.8.0.2", "10.8.0.1"), ("fd00::2", "fd00::1")])
+def test_echo_reply_to_a_request_is_the_reply_a_host_sends(src: str, dst: str) -> None:
+    request = build_echo_request(src, dst, 0x1234, 7, b"abc")
+    req = parse_echo_request(request)
+    assert req is not None and (req.src, req.dst, req.ident, req.seq, req.payload) == (src, dst, 0x1234, 7, b"abc")
+    assert parse_echo_reply(request) is None
+    reply = echo_reply_to(request)
+    assert reply is not None
+    assert len(reply) == len(request)
+    got = parse_echo_reply(reply)  # checksums verified by the parser
+    assert got is not None and (got.src, got.dst, got.ident, got.seq, got.payload) == (dst, src, 0x1234, 7, b"abc")
+    assert echo_reply_to(reply) is None  # a reply is never answered
+
+
+@given(st.binary(max_size=80))
+def test_echo_reply_to_never_raises_on_garbage(packet: bytes) -> None:
+    out = echo_reply_to(packet)
+    assert out is None or parse_echo_reply(out) is not None
