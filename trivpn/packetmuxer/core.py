@@ -99,6 +99,22 @@ class PacketMuxer:
         #: tls-crypt with the dynamic key, for control packets of key id > 0 (2.6 dyn-tls-crypt)
         self.dynamic_wrap: TLSCrypt | None = None
 
+    @classmethod
+    def server_after_cookie(
+        cls, wrap: ControlWrap, local_session_id: bytes, remote_session_id: bytes
+    ) -> PacketMuxer:
+        """Server role for a client whose reset a stateless demultiplexer already answered
+        (HMAC cookie = `local_session_id`): the exchange is complete, nothing is owed, and
+        the usual `ResetComplete` comes out with the first `receive_datagrams`, so every
+        layer above starts exactly as after `_on_client_reset`. `wrap` must not reuse the
+        replay packet-id of that answer (the demultiplexer hands one starting at 2)."""
+        if len(remote_session_id) != SESSION_ID_LEN or not any(remote_session_id):
+            raise LocalProtocolError("session id must be 8 bytes and not all zero")
+        mux = cls(wrap, local_session_id, is_server=True)
+        mux.remote_session_id = remote_session_id
+        mux._events.append(ResetComplete(local_session_id, remote_session_id, b""))
+        return mux
+
     def set_dynamic_wrap(self, key: bytes, *, now_unix: int) -> None:
         """Use `key` (256 bytes) as this role's tls-crypt key for key ids above 0."""
         self.dynamic_wrap = TLSCrypt(StaticKey(key), server=self.is_server, timestamp=now_unix)

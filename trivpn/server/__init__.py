@@ -1,0 +1,1 @@
+"""`trivpn serve`: the server's pure cores (demultiplexing, configuration, pool, routing)."""

@@ -1,0 +1,489 @@
+"""The UDP external multiplexer of a server: which session a datagram belongs to.
+
+Theory of operation
+-------------------
+One UDP socket (or several, if the caller puts the listener into the address tuple) feeds
+every datagram here with its source address. The answer is a list of typed actions:
+`Reply` (send these bytes back, nothing else happens), `NewSession` (start a per-client
+stack and give it `first_packet`), `Deliver` (hand datagrams to an existing session).
+Everything refused is only counted, by `DropReason`, so a flood produces no output at all.
+
+Lookup (reference openvpn-server.md §1.1): a P_DATA_V2 of at least 4 bytes whose peer-id is
+not 0xFFFFFF goes to the session holding that peer-id, or is dropped; a source address that
+differs from the session's is a *float candidate*: delivered, flagged, and committed only
+when the session has authenticated the packet and calls `confirm_float`. Every other packet
+goes to the session of its source address.
+
+A source with no session gets the stateless HMAC-cookie handshake (§1.3). The first-packet
+filter lets through only HARD_RESET_CLIENT_V2/V3, CONTROL_V1, CONTROL_WKC_V1 and ACK_V1 with
+key id 0, a non-zero session id, and a valid tls-auth/tls-crypt wrap. A RESET_V2 is answered,
+within the `connect-freq-initial` budget, by HARD_RESET_SERVER_V2 whose session id is the
+cookie: the first 8 bytes of HMAC-SHA256(process key, time slot | client address | client
+session id), slot = now // ((hand_window + 1) // 2). Nothing is stored. The client's next
+CONTROL_V1 / ACK_V1 echoes the cookie after its ACKs; it is accepted for slot offsets
+-2..+1, with every ACKed id and the message id at most 1 (Debian deb12u2), from the very
+address the cookie was made for. Only then is state created, subject to `max_clients`
+(unauthenticated sessions count) and with the lowest free peer-id.
+
+tls-crypt-v2 (RESET_V3, WKC_V1) is refused and counted (`TLS_CRYPT_V2`): recovering the
+client key Kc from the WKc needs the tls-crypt-v2 *server* unwrap, which trivpn lacks. Once
+it exists the plan is: a RESET_V3 is authenticated with the Kc from its trailing WKc; if its
+replay packet-id has the top byte 0x0f (EARLY_NEG_START) it gets the same stateless reply
+plus the TLV EARLY_NEG_FLAGS=RESEND_WKC, and the client's WKC_V1 (cookie + WKc again) is
+checked like a CONTROL_V1, with NewSession carrying a tls-crypt wrap made from that Kc;
+older clients (no 0x0f) would need state at once, as OpenVPN does without force-cookie.
+
+Memory: before a valid cookie returns, the only state a packet can touch is the O(1) rate
+limiter and one reusable verifier wrap; tables are bounded by `max_clients`. Time comes in
+as `now` (seconds, any monotonic origin); the cookie key is injected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import secrets
+import struct
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from trivpn.controlchannel.packet import (
+    ControlPacket,
+    parse_control_packet,
+    serialize_control_packet,
+)
+from trivpn.controlchannel.wrap import ControlWrap
+from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.wire import (
+    DATA_OPCODES,
+    MAX_PEER_ID,
+    MAX_UINT32,
+    P_ACK_V1,
+    P_CONTROL_HARD_RESET_CLIENT_V2,
+    P_CONTROL_HARD_RESET_CLIENT_V3,
+    P_CONTROL_V1,
+    P_CONTROL_WKC_V1,
+    P_DATA_V2,
+    P_KEY_ID_MASK,
+    P_OPCODE_SHIFT,
+    SESSION_ID_LEN,
+    Opcode,
+)
+
+#: A peer address as the socket layer reports it, e.g. ("192.0.2.1", 1194); hashable and
+#: with a deterministic repr (it goes into the cookie). Add the listener to the tuple when
+#: one demux serves several sockets.
+Address = Hashable
+#: Builds a fresh server-direction control wrap (empty replay state) whose first send uses
+#: the given replay packet-id: 1 for the stateless reply, 2 for the session that follows it.
+WrapFactory = Callable[[int], ControlWrap]
+
+#: Length of the process key for the cookie HMAC (SHA-256 block-sized keys gain nothing).
+COOKIE_KEY_LEN = 32
+#: Slot offsets a returning cookie may have been made in (`check_session_id_hmac`).
+COOKIE_SLOT_OFFSETS = (0, -1, -2, 1)
+#: Highest message id / ACKed id a cookie-carrying packet may use (Debian deb12u2).
+MAX_COOKIE_MESSAGE_ID = 1
+
+_FIRST_OPCODES = frozenset(
+    {P_CONTROL_HARD_RESET_CLIENT_V2, P_CONTROL_HARD_RESET_CLIENT_V3, P_CONTROL_V1,
+     P_CONTROL_WKC_V1, P_ACK_V1}
+)
+_V2_ONLY = frozenset({P_CONTROL_HARD_RESET_CLIENT_V3, P_CONTROL_WKC_V1})
+_U32 = struct.Struct("!I")
+
+
+def random_cookie_key() -> bytes:
+    """A fresh per-process cookie key (for the service; tests inject their own)."""
+    return secrets.token_bytes(COOKIE_KEY_LEN)
+
+
+class DropReason(StrEnum):
+    """Why a datagram went nowhere (counted in `DemuxStats.drops`)."""
+
+    EMPTY = "empty"
+    #: from an unknown source and not a permitted first packet (opcode, key id, session id)
+    NOT_FIRST_PACKET = "not-first-packet"
+    #: RESET_V3 / WKC_V1: tls-crypt-v2 needs the server-side WKc unwrap, not implemented
+    TLS_CRYPT_V2 = "tls-crypt-v2-unsupported"
+    UNAUTHENTIC = "unauthentic"
+    MALFORMED = "malformed"
+    #: a valid reset over the `connect-freq-initial` budget: no answer
+    RATE_LIMITED = "rate-limited"
+    #: no echoed session id, or not the cookie for this source in slots -2..+1
+    BAD_COOKIE = "bad-cookie"
+    #: a cookie-carrying packet with a message id or ACKed id above 1 (deb12u2)
+    BAD_MESSAGE_ID = "bad-message-id"
+    MAX_CLIENTS = "max-clients"
+    #: P_DATA_V2 naming a peer-id that no session holds
+    UNKNOWN_PEER_ID = "unknown-peer-id"
+    #: a data packet from a source with no session
+    NO_SESSION = "no-session"
+    #: `stop_accepting` was called (shutdown pending)
+    NOT_ACCEPTING = "not-accepting"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send `datagram` to `addr`; the stateless cookie reset (no state was created)."""
+
+    addr: Address
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """A client proved it got our reset: start its stack (server-role muxer built with
+    `PacketMuxer.server_after_cookie(wrap, local_session_id, remote_session_id)`), then
+    feed it `first_packet`."""
+
+    session: int  # never reused; the key of `Deliver`, `confirm_float`, `remove_session`
+    addr: Address
+    peer_id: int
+    local_session_id: bytes  # the cookie
+    remote_session_id: bytes  # the client's session id
+    #: the session's control wrap; its send counter starts after the reply's packet-id 1
+    wrap: ControlWrap = field(repr=False)
+    first_packet: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Datagrams for an existing session, in arrival order, all from `addr`."""
+
+    session: int
+    addr: Address
+    datagrams: list[bytes] = field(repr=False)
+    #: `addr` is not the session's address (P_DATA_V2 by peer-id): once the session has
+    #: authenticated one of these, it calls `confirm_float(session, addr)`
+    float_candidate: bool = False
+
+
+DemuxAction = Reply | NewSession | Deliver
+
+
+@dataclass(frozen=True, slots=True)
+class DemuxConfig:
+    """The server options the demultiplexer obeys (OpenVPN 2.6 defaults)."""
+
+    hand_window: int = 60
+    max_clients: int = 1024
+    #: `connect-freq-initial N SEC`: at most N answered resets per SEC seconds
+    connect_freq_initial: int = 100
+    connect_freq_initial_period: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.hand_window < 1:
+            raise ConfigError("hand-window must be at least 1 second")
+        if not 1 <= self.max_clients < MAX_PEER_ID:
+            raise ConfigError(f"max-clients must be between 1 and {MAX_PEER_ID - 1}")
+        if self.connect_freq_initial < 1 or self.connect_freq_initial_period <= 0:
+            raise ConfigError("connect-freq-initial needs a positive count and period")
+
+
+@dataclass(slots=True)
+class DemuxStats:
+    """Counters for status output and tests; nothing here influences routing."""
+
+    resets_answered: int = 0
+    sessions_created: int = 0
+    delivered: int = 0
+    float_candidates: int = 0
+    floats_confirmed: int = 0
+    floats_refused: int = 0
+    drops: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
+
+
+class ResetRateLimit:
+    """`connect-freq-initial`: a counter per period, O(1) state whatever the traffic.
+
+    A session created from a cookie gives its reset back to the budget, so only resets
+    that never return use it up (OpenVPN's `reflect_filter_rate_limit_decrease`)."""
+
+    __slots__ = ("limit", "period", "_start", "_count")
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self._start: float | None = None
+        self._count = 0
+
+    def allow(self, now: float) -> bool:
+        if self._start is None or now >= self._start + self.period or now < self._start:
+            self._start = now
+            self._count = 0
+        if self._count >= self.limit:
+            return False
+        self._count += 1
+        return True
+
+    def credit(self) -> None:
+        if self._count:
+            self._count -= 1
+
+
+@dataclass(slots=True)
+class _Session:
+    session: int
+    peer_id: int
+    addr: Address
+
+
+class ServerDemux:
+    """Routes a server's UDP datagrams to sessions; creates them via the HMAC cookie."""
+
+    def __init__(
+        self,
+        wrap_factory: WrapFactory,
+        *,
+        cookie_key: bytes,
+        config: DemuxConfig | None = None,
+    ) -> None:
+        if len(cookie_key) < 16:
+            raise ConfigError("the cookie key must be at least 16 bytes")
+        self.config = config or DemuxConfig()
+        self._wrap_factory = wrap_factory
+        self._cookie_mac = hmac.new(cookie_key, digestmod=hashlib.sha256)
+        self._slot_len = (self.config.hand_window + 1) // 2
+        self._rate = ResetRateLimit(
+            self.config.connect_freq_initial, self.config.connect_freq_initial_period
+        )
+        #: a wrap used only to authenticate first packets; replaced once it has accepted
+        #: one (its replay state then holds that packet id), kept while it refuses forgeries
+        self._verifier: ControlWrap | None = None
+        self._by_addr: dict[Address, _Session] = {}
+        self._by_peer: dict[int, _Session] = {}
+        self._by_id: dict[int, _Session] = {}
+        self._free_peer_ids: list[int] = []  # heap of released ids below _next_peer_id
+        self._next_peer_id = 0
+        self._next_session = 0
+        self.accepting = True
+        self.stats = DemuxStats()
+
+    # -- queries -----------------------------------------------------------------------
+    @property
+    def session_count(self) -> int:
+        return len(self._by_id)
+
+    def session_for_addr(self, addr: Address) -> int | None:
+        s = self._by_addr.get(addr)
+        return None if s is None else s.session
+
+    def session_info(self, session: int) -> tuple[int, Address] | None:
+        """(peer_id, current address) of a session, None if it is unknown."""
+        s = self._by_id.get(session)
+        return None if s is None else (s.peer_id, s.addr)
+
+    def table_sizes(self) -> tuple[int, int, int, int]:
+        """Sizes of every per-client structure (for the bounded-memory tests)."""
+        return len(self._by_addr), len(self._by_peer), len(self._by_id), len(self._free_peer_ids)
+
+    # -- incoming ----------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> list[DemuxAction]:
+        out: list[DemuxAction] = []
+        self._route(data, addr, now, out)
+        return out
+
+    def receive_datagrams(
+        self, batch: Iterable[tuple[bytes, Address]], now: float
+    ) -> list[DemuxAction]:
+        """A batch; consecutive datagrams for one session from one address share a Deliver."""
+        out: list[DemuxAction] = []
+        for data, addr in batch:
+            self._route(data, addr, now, out)
+        return out
+
+    def _route(self, data: bytes, addr: Address, now: float, out: list[DemuxAction]) -> None:
+        if not data:
+            self._drop(DropReason.EMPTY)
+            return
+        op = data[0] >> P_OPCODE_SHIFT
+        if op == P_DATA_V2 and len(data) >= 4:
+            peer_id = int.from_bytes(data[1:4], "big")
+            if peer_id != MAX_PEER_ID:
+                s = self._by_peer.get(peer_id)
+                if s is None:
+                    self._drop(DropReason.UNKNOWN_PEER_ID)
+                else:
+                    self._deliver(s, data, addr, out)
+                return
+        s = self._by_addr.get(addr)
+        if s is not None:
+            self._deliver(s, data, addr, out)
+        elif op in DATA_OPCODES:
+            self._drop(DropReason.NO_SESSION)
+        else:
+            self._first_packet(bytes(data), addr, now, out)
+
+    def _deliver(self, s: _Session, data: bytes, addr: Address, out: list[DemuxAction]) -> None:
+        self.stats.delivered += 1
+        last = out[-1] if out else None
+        if isinstance(last, Deliver) and last.session == s.session and last.addr == addr:
+            last.datagrams.append(data)
+            return
+        moved = addr != s.addr
+        if moved:
+            self.stats.float_candidates += 1
+        out.append(Deliver(s.session, addr, [data], moved))
+
+    def _drop(self, reason: DropReason) -> None:
+        self.stats.drops[reason] += 1
+
+    # -- the stateless handshake ---------------------------------------------------------
+    def _first_packet(self, data: bytes, addr: Address, now: float, out: list[DemuxAction]) -> None:
+        if len(data) < 1 + SESSION_ID_LEN:
+            self._drop(DropReason.NOT_FIRST_PACKET)
+            return
+        op, key_id = data[0] >> P_OPCODE_SHIFT, data[0] & P_KEY_ID_MASK
+        if key_id or op not in _FIRST_OPCODES or not any(data[1 : 1 + SESSION_ID_LEN]):
+            self._drop(DropReason.NOT_FIRST_PACKET)
+            return
+        if op in _V2_ONLY:
+            self._drop(DropReason.TLS_CRYPT_V2)
+            return
+        if not self.accepting:
+            self._drop(DropReason.NOT_ACCEPTING)
+            return
+        verifier = self._verifier or self._wrap_factory(1)
+        try:
+            plain = verifier.unwrap(data, now)
+        except RemoteProtocolError:
+            self._verifier = verifier  # authentication failed before any replay state moved
+            self._drop(DropReason.UNAUTHENTIC)
+            return
+        self._verifier = None
+        try:
+            pkt = parse_control_packet(plain)
+        except RemoteProtocolError:
+            self._drop(DropReason.MALFORMED)
+            return
+        if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V2:
+            self._answer_reset(pkt, addr, now, out)
+        else:
+            self._accept_cookie(pkt, data, addr, now, out)
+
+    def _slot(self, now: float) -> int:
+        return int(now // self._slot_len)
+
+    def _cookie(self, slot: int, addr: Address, client_sid: bytes) -> bytes:
+        mac = self._cookie_mac.copy()
+        mac.update(_U32.pack(slot & MAX_UINT32))
+        mac.update(repr(addr).encode())
+        mac.update(client_sid)
+        return mac.digest()[:SESSION_ID_LEN]
+
+    def _answer_reset(
+        self, pkt: ControlPacket, addr: Address, now: float, out: list[DemuxAction]
+    ) -> None:
+        if not self._rate.allow(now):
+            self._drop(DropReason.RATE_LIMITED)
+            return
+        cookie = self._cookie(self._slot(now), addr, pkt.session_id)
+        reply = ControlPacket(
+            Opcode.CONTROL_HARD_RESET_SERVER_V2, 0, cookie, (0,), pkt.session_id, 0, b""
+        )
+        self.stats.resets_answered += 1
+        out.append(Reply(addr, self._wrap_factory(1).wrap(serialize_control_packet(reply), now)))
+
+    def _cookie_valid(self, echoed: bytes, addr: Address, client_sid: bytes, now: float) -> bool:
+        slot = self._slot(now)
+        ok = False
+        for off in COOKIE_SLOT_OFFSETS:  # no early exit: the cost does not depend on the slot
+            ok |= hmac.compare_digest(self._cookie(slot + off, addr, client_sid), echoed)
+        return ok
+
+    def _accept_cookie(
+        self, pkt: ControlPacket, data: bytes, addr: Address, now: float, out: list[DemuxAction]
+    ) -> None:
+        if pkt.remote_session_id is None:  # no ACK, hence no echoed cookie
+            self._drop(DropReason.BAD_COOKIE)
+            return
+        if max(pkt.acks) > MAX_COOKIE_MESSAGE_ID or (
+            pkt.message_id is not None and pkt.message_id > MAX_COOKIE_MESSAGE_ID
+        ):
+            self._drop(DropReason.BAD_MESSAGE_ID)
+            return
+        if not self._cookie_valid(pkt.remote_session_id, addr, pkt.session_id, now):
+            self._drop(DropReason.BAD_COOKIE)
+            return
+        new = self._admit(addr)
+        if new is None:
+            return
+        self._by_addr[addr] = new
+        self._rate.credit()
+        out.append(
+            NewSession(
+                new.session,
+                addr,
+                new.peer_id,
+                pkt.remote_session_id,
+                pkt.session_id,
+                self._wrap_factory(2),
+                data,
+            )
+        )
+
+    # -- session lifecycle -------------------------------------------------------------
+    def _admit(self, addr: Address) -> _Session | None:
+        """max-clients, then the lowest free peer-id and a new session number."""
+        if len(self._by_id) >= self.config.max_clients:
+            self._drop(DropReason.MAX_CLIENTS)
+            return None
+        if self._free_peer_ids:
+            peer_id = heapq.heappop(self._free_peer_ids)
+        else:
+            peer_id = self._next_peer_id
+            self._next_peer_id += 1
+        s = _Session(self._next_session, peer_id, addr)
+        self._next_session += 1
+        self._by_peer[peer_id] = s
+        self._by_id[s.session] = s
+        self.stats.sessions_created += 1
+        return s
+
+    def add_stream_session(self, addr: Address) -> tuple[int, int] | None:
+        """A TCP connection's session (no cookie; routed by its connection, not here):
+        counts against max-clients and takes a peer-id. (session, peer_id), or None when
+        full. Remove it with `remove_session` like any other."""
+        if not self.accepting:
+            self._drop(DropReason.NOT_ACCEPTING)
+            return None
+        s = self._admit(addr)
+        return None if s is None else (s.session, s.peer_id)
+
+    def remove_session(self, session: int) -> None:
+        """Forget a session: its address and peer-id become free (idempotent)."""
+        s = self._by_id.pop(session, None)
+        if s is None:
+            return
+        if self._by_addr.get(s.addr) is s:
+            del self._by_addr[s.addr]
+        del self._by_peer[s.peer_id]
+        heapq.heappush(self._free_peer_ids, s.peer_id)
+
+    def confirm_float(self, session: int, new_addr: Address) -> bool:
+        """The session authenticated a packet from `new_addr`: move it there. Refused
+        (False) when another session holds that address; OpenVPN closes the holder instead
+        if both have the same certificate, which the caller can do with `remove_session`
+        first. False also for an unknown session."""
+        s = self._by_id.get(session)
+        if s is None:
+            return False
+        if new_addr == s.addr:
+            return True
+        holder = self._by_addr.get(new_addr)
+        if holder is not None:
+            self.stats.floats_refused += 1
+            return False
+        if self._by_addr.get(s.addr) is s:
+            del self._by_addr[s.addr]
+        s.addr = new_addr
+        self._by_addr[new_addr] = s
+        self.stats.floats_confirmed += 1
+        return True
+
+    def stop_accepting(self) -> None:
+        """Shutdown pending: existing sessions keep their traffic, newcomers get nothing."""
+        self.accepting = False
