@@ -12,7 +12,9 @@ Lookup (reference openvpn-server.md §1.1): a P_DATA_V2 of at least 4 bytes whos
 not 0xFFFFFF goes to the session holding that peer-id, or is dropped; a source address that
 differs from the session's is a *float candidate*: delivered, flagged, and committed only
 when the session has authenticated the packet and calls `confirm_float`. Every other packet
-goes to the session of its source address.
+goes to the session of its source address, except a permitted first packet (below) with
+another client session id than that session's: a client restarted on the same port, which
+gets the cookie handshake and, when its cookie returns, a session that `replaces` the old.
 
 A source with no session gets the stateless HMAC-cookie handshake (§1.3). The first-packet
 filter lets through only HARD_RESET_CLIENT_V2/V3, CONTROL_V1, CONTROL_WKC_V1 and ACK_V1 with
@@ -45,9 +47,8 @@ import heapq
 import hmac
 import secrets
 import struct
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from trivpn.controlchannel.packet import (
     ControlPacket,
@@ -56,6 +57,18 @@ from trivpn.controlchannel.packet import (
 )
 from trivpn.controlchannel.wrap import ControlWrap
 from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.server.demux_types import (
+    Address,
+    Deliver,
+    DemuxAction,
+    DemuxConfig,
+    DemuxStats,
+    DropReason,
+    NewSession,
+    Reply,
+    ResetRateLimit,
+    WrapFactory,
+)
 from trivpn.wire import (
     DATA_OPCODES,
     MAX_PEER_ID,
@@ -72,14 +85,6 @@ from trivpn.wire import (
     Opcode,
 )
 
-#: A peer address as the socket layer reports it, e.g. ("192.0.2.1", 1194); hashable and
-#: with a deterministic repr (it goes into the cookie). Add the listener to the tuple when
-#: one demux serves several sockets.
-Address = Hashable
-#: Builds a fresh server-direction control wrap (empty replay state) whose first send uses
-#: the given replay packet-id: 1 for the stateless reply, 2 for the session that follows it.
-WrapFactory = Callable[[int], ControlWrap]
-
 #: Length of the process key for the cookie HMAC (SHA-256 block-sized keys gain nothing).
 COOKIE_KEY_LEN = 32
 #: Slot offsets a returning cookie may have been made in (`check_session_id_hmac`).
@@ -88,11 +93,31 @@ COOKIE_SLOT_OFFSETS = (0, -1, -2, 1)
 MAX_COOKIE_MESSAGE_ID = 1
 
 _FIRST_OPCODES = frozenset(
-    {P_CONTROL_HARD_RESET_CLIENT_V2, P_CONTROL_HARD_RESET_CLIENT_V3, P_CONTROL_V1,
-     P_CONTROL_WKC_V1, P_ACK_V1}
+    {
+        P_CONTROL_HARD_RESET_CLIENT_V2,
+        P_CONTROL_HARD_RESET_CLIENT_V3,
+        P_CONTROL_V1,
+        P_CONTROL_WKC_V1,
+        P_ACK_V1,
+    }
 )
 _V2_ONLY = frozenset({P_CONTROL_HARD_RESET_CLIENT_V3, P_CONTROL_WKC_V1})
 _U32 = struct.Struct("!I")
+
+__all__ = [
+    "Address",
+    "Deliver",
+    "DemuxAction",
+    "DemuxConfig",
+    "DemuxStats",
+    "DropReason",
+    "NewSession",
+    "Reply",
+    "ResetRateLimit",
+    "ServerDemux",
+    "WrapFactory",
+    "random_cookie_key",
+]
 
 
 def random_cookie_key() -> bytes:
@@ -100,135 +125,12 @@ def random_cookie_key() -> bytes:
     return secrets.token_bytes(COOKIE_KEY_LEN)
 
 
-class DropReason(StrEnum):
-    """Why a datagram went nowhere (counted in `DemuxStats.drops`)."""
-
-    EMPTY = "empty"
-    #: from an unknown source and not a permitted first packet (opcode, key id, session id)
-    NOT_FIRST_PACKET = "not-first-packet"
-    #: RESET_V3 / WKC_V1: tls-crypt-v2 needs the server-side WKc unwrap, not implemented
-    TLS_CRYPT_V2 = "tls-crypt-v2-unsupported"
-    UNAUTHENTIC = "unauthentic"
-    MALFORMED = "malformed"
-    #: a valid reset over the `connect-freq-initial` budget: no answer
-    RATE_LIMITED = "rate-limited"
-    #: no echoed session id, or not the cookie for this source in slots -2..+1
-    BAD_COOKIE = "bad-cookie"
-    #: a cookie-carrying packet with a message id or ACKed id above 1 (deb12u2)
-    BAD_MESSAGE_ID = "bad-message-id"
-    MAX_CLIENTS = "max-clients"
-    #: P_DATA_V2 naming a peer-id that no session holds
-    UNKNOWN_PEER_ID = "unknown-peer-id"
-    #: a data packet from a source with no session
-    NO_SESSION = "no-session"
-    #: `stop_accepting` was called (shutdown pending)
-    NOT_ACCEPTING = "not-accepting"
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """Send `datagram` to `addr`; the stateless cookie reset (no state was created)."""
-
-    addr: Address
-    datagram: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class NewSession:
-    """A client proved it got our reset: start its stack (server-role muxer built with
-    `PacketMuxer.server_after_cookie(wrap, local_session_id, remote_session_id)`), then
-    feed it `first_packet`."""
-
-    session: int  # never reused; the key of `Deliver`, `confirm_float`, `remove_session`
-    addr: Address
-    peer_id: int
-    local_session_id: bytes  # the cookie
-    remote_session_id: bytes  # the client's session id
-    #: the session's control wrap; its send counter starts after the reply's packet-id 1
-    wrap: ControlWrap = field(repr=False)
-    first_packet: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Datagrams for an existing session, in arrival order, all from `addr`."""
-
-    session: int
-    addr: Address
-    datagrams: list[bytes] = field(repr=False)
-    #: `addr` is not the session's address (P_DATA_V2 by peer-id): once the session has
-    #: authenticated one of these, it calls `confirm_float(session, addr)`
-    float_candidate: bool = False
-
-
-DemuxAction = Reply | NewSession | Deliver
-
-
-@dataclass(frozen=True, slots=True)
-class DemuxConfig:
-    """The server options the demultiplexer obeys (OpenVPN 2.6 defaults)."""
-
-    hand_window: int = 60
-    max_clients: int = 1024
-    #: `connect-freq-initial N SEC`: at most N answered resets per SEC seconds
-    connect_freq_initial: int = 100
-    connect_freq_initial_period: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.hand_window < 1:
-            raise ConfigError("hand-window must be at least 1 second")
-        if not 1 <= self.max_clients < MAX_PEER_ID:
-            raise ConfigError(f"max-clients must be between 1 and {MAX_PEER_ID - 1}")
-        if self.connect_freq_initial < 1 or self.connect_freq_initial_period <= 0:
-            raise ConfigError("connect-freq-initial needs a positive count and period")
-
-
-@dataclass(slots=True)
-class DemuxStats:
-    """Counters for status output and tests; nothing here influences routing."""
-
-    resets_answered: int = 0
-    sessions_created: int = 0
-    delivered: int = 0
-    float_candidates: int = 0
-    floats_confirmed: int = 0
-    floats_refused: int = 0
-    drops: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
-
-
-class ResetRateLimit:
-    """`connect-freq-initial`: a counter per period, O(1) state whatever the traffic.
-
-    A session created from a cookie gives its reset back to the budget, so only resets
-    that never return use it up (OpenVPN's `reflect_filter_rate_limit_decrease`)."""
-
-    __slots__ = ("limit", "period", "_start", "_count")
-
-    def __init__(self, limit: int, period: float) -> None:
-        self.limit = limit
-        self.period = period
-        self._start: float | None = None
-        self._count = 0
-
-    def allow(self, now: float) -> bool:
-        if self._start is None or now >= self._start + self.period or now < self._start:
-            self._start = now
-            self._count = 0
-        if self._count >= self.limit:
-            return False
-        self._count += 1
-        return True
-
-    def credit(self) -> None:
-        if self._count:
-            self._count -= 1
-
-
 @dataclass(slots=True)
 class _Session:
     session: int
     peer_id: int
     addr: Address
+    client_sid: bytes  # empty for stream sessions
 
 
 class ServerDemux:
@@ -310,12 +212,22 @@ class ServerDemux:
                     self._deliver(s, data, addr, out)
                 return
         s = self._by_addr.get(addr)
-        if s is not None:
-            self._deliver(s, data, addr, out)
-        elif op in DATA_OPCODES:
-            self._drop(DropReason.NO_SESSION)
+        if s is None:
+            if op in DATA_OPCODES:
+                self._drop(DropReason.NO_SESSION)
+            else:
+                self._first_packet(bytes(data), addr, now, out, None)
+        elif (
+            op in _FIRST_OPCODES
+            and len(data) >= 1 + SESSION_ID_LEN
+            and not data[0] & P_KEY_ID_MASK
+            and data[1 : 1 + SESSION_ID_LEN] != s.client_sid
+        ):
+            # a new client session from a known address (a client restarted on the same
+            # port): the old session would refuse it; the cookie handshake may replace it
+            self._first_packet(bytes(data), addr, now, out, s)
         else:
-            self._first_packet(bytes(data), addr, now, out)
+            self._deliver(s, data, addr, out)
 
     def _deliver(self, s: _Session, data: bytes, addr: Address, out: list[DemuxAction]) -> None:
         self.stats.delivered += 1
@@ -332,7 +244,14 @@ class ServerDemux:
         self.stats.drops[reason] += 1
 
     # -- the stateless handshake ---------------------------------------------------------
-    def _first_packet(self, data: bytes, addr: Address, now: float, out: list[DemuxAction]) -> None:
+    def _first_packet(
+        self,
+        data: bytes,
+        addr: Address,
+        now: float,
+        out: list[DemuxAction],
+        holder: _Session | None,
+    ) -> None:
         if len(data) < 1 + SESSION_ID_LEN:
             self._drop(DropReason.NOT_FIRST_PACKET)
             return
@@ -362,7 +281,7 @@ class ServerDemux:
         if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V2:
             self._answer_reset(pkt, addr, now, out)
         else:
-            self._accept_cookie(pkt, data, addr, now, out)
+            self._accept_cookie(pkt, data, addr, now, out, holder)
 
     def _slot(self, now: float) -> int:
         return int(now // self._slot_len)
@@ -395,7 +314,13 @@ class ServerDemux:
         return ok
 
     def _accept_cookie(
-        self, pkt: ControlPacket, data: bytes, addr: Address, now: float, out: list[DemuxAction]
+        self,
+        pkt: ControlPacket,
+        data: bytes,
+        addr: Address,
+        now: float,
+        out: list[DemuxAction],
+        holder: _Session | None,
     ) -> None:
         if pkt.remote_session_id is None:  # no ACK, hence no echoed cookie
             self._drop(DropReason.BAD_COOKIE)
@@ -408,7 +333,10 @@ class ServerDemux:
         if not self._cookie_valid(pkt.remote_session_id, addr, pkt.session_id, now):
             self._drop(DropReason.BAD_COOKIE)
             return
-        new = self._admit(addr)
+        if holder is not None:
+            self.remove_session(holder.session)
+            self.stats.sessions_replaced += 1
+        new = self._admit(addr, pkt.session_id)
         if new is None:
             return
         self._by_addr[addr] = new
@@ -422,11 +350,12 @@ class ServerDemux:
                 pkt.session_id,
                 self._wrap_factory(2),
                 data,
+                None if holder is None else holder.session,
             )
         )
 
     # -- session lifecycle -------------------------------------------------------------
-    def _admit(self, addr: Address) -> _Session | None:
+    def _admit(self, addr: Address, client_sid: bytes) -> _Session | None:
         """max-clients, then the lowest free peer-id and a new session number."""
         if len(self._by_id) >= self.config.max_clients:
             self._drop(DropReason.MAX_CLIENTS)
@@ -436,7 +365,7 @@ class ServerDemux:
         else:
             peer_id = self._next_peer_id
             self._next_peer_id += 1
-        s = _Session(self._next_session, peer_id, addr)
+        s = _Session(self._next_session, peer_id, addr, client_sid)
         self._next_session += 1
         self._by_peer[peer_id] = s
         self._by_id[s.session] = s
@@ -450,7 +379,7 @@ class ServerDemux:
         if not self.accepting:
             self._drop(DropReason.NOT_ACCEPTING)
             return None
-        s = self._admit(addr)
+        s = self._admit(addr, b"")
         return None if s is None else (s.session, s.peer_id)
 
     def remove_session(self, session: int) -> None:

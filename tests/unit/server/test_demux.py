@@ -273,6 +273,44 @@ def test_round_trip_with_the_real_client_muxer(kind: str) -> None:
     assert len(server.receive_datagrams(dl.datagrams, 100.4)[1]) == 1
 
 
+def test_packets_of_the_sessions_own_client_id_are_delivered_whatever_they_are() -> None:
+    d = demux()
+    ns = connect(d, ADDR)
+    w = cli_wrap()
+    for blob in [
+        reset(w),  # a late duplicate of the client's reset: the session answers it
+        returning(w, b"\x05" * 8, message_id=9),  # bad for a cookie, fine for a session
+        returning(w, b"\x05" * 8, key_id=3),
+        b"\x20" + CLI,
+        b"\x20\x00\x00",  # too short to name a client session id
+    ]:
+        dl = only(d.receive_datagram(blob, ADDR, 1.0), Deliver)
+        assert dl.session == ns.session
+    assert sum(d.stats.drops.values()) == 0
+
+
+def test_a_client_restarted_on_the_same_port_replaces_its_session_via_the_cookie() -> None:
+    d = demux()
+    old = connect(d, ADDR)
+    other = connect(d, ("192.0.2.1", 2))
+    new_sid = b"\x42" * 8
+    w = cli_wrap()
+    # its new reset gets the stateless answer; the old session is untouched so far
+    rep = only(d.receive_datagram(reset(w, sid=new_sid), ADDR, 1.0), Reply)
+    assert d.session_for_addr(ADDR) == old.session and d.session_count == 2
+    # a forged continuation (wrong cookie) from that address neither reaches nor kills it
+    assert d.receive_datagram(returning(w, b"\x05" * 8, sid=new_sid), ADDR, 1.0) == []
+    assert d.stats.drops[DropReason.BAD_COOKIE] == 1 and d.session_for_addr(ADDR) == old.session
+    cookie = parse_control_packet(cli_wrap().unwrap(rep.datagram, 1.0)).session_id
+    ns = only(d.receive_datagram(returning(w, cookie, sid=new_sid), ADDR, 1.0), NewSession)
+    assert ns.replaces == old.session and ns.remote_session_id == new_sid
+    assert d.session_info(old.session) is None and d.session_for_addr(ADDR) == ns.session
+    assert ns.peer_id == old.peer_id == 0 and d.session_count == 2
+    assert d.stats.sessions_replaced == 1
+    assert d.session_for_addr(("192.0.2.1", 2)) == other.session
+    assert old.replaces is None
+
+
 # -- limits ------------------------------------------------------------------------------
 def test_connect_freq_initial_limits_answers_and_returns_credit() -> None:
     d = demux(connect_freq_initial=3, connect_freq_initial_period=10.0)
@@ -323,7 +361,11 @@ def test_stop_accepting_keeps_existing_sessions() -> None:
     d.stop_accepting()
     assert d.receive_datagram(reset(cli_wrap()), ("192.0.2.1", 2), 0.0) == []
     assert d.stats.drops[DropReason.NOT_ACCEPTING] == 1
-    assert isinstance(only(d.receive_datagram(b"\x28" + b"\x00" * 9, ADDR, 0.0), Deliver), Deliver)
+    ack = bytes([Opcode.ACK_V1 << 3]) + CLI + b"\x00"
+    assert isinstance(only(d.receive_datagram(ack, ADDR, 0.0), Deliver), Deliver)
+    # nor can a restarted client replace its old session now
+    assert d.receive_datagram(reset(cli_wrap(), sid=b"\x09" * 8), ADDR, 0.0) == []
+    assert d.stats.drops[DropReason.NOT_ACCEPTING] == 2
     assert d.add_stream_session(("tcp", 1)) is None
     assert ns.session == 0
 
@@ -343,7 +385,7 @@ def test_data_v2_is_routed_by_peer_id_and_a_new_source_is_a_float_candidate() ->
     assert d.confirm_float(a.session, moved)
     assert d.session_for_addr(moved) == a.session and d.session_for_addr(("192.0.2.1", 1)) is None
     assert d.session_info(a.session) == (a.peer_id, moved)
-    dl = only(d.receive_datagram(b"\x20" + b"\x01" * 12, moved, 2.0), Deliver)
+    dl = only(d.receive_datagram(b"\x20" + CLI + b"\x01" * 12, moved, 2.0), Deliver)
     assert isinstance(dl, Deliver) and dl.session == a.session and not dl.float_candidate
     assert d.confirm_float(a.session, moved)  # already there
     assert d.stats.floats_confirmed == 1
