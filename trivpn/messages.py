@@ -191,4 +191,4 @@ TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
 #: TLS session / key schedule → data channel: key installs and retirements, exit notice.
 TLSToData: TypeAlias = "InstallKey | RetireKey | SendExitNotify"
 #: TLS session → the session runner (one item per send, not a batch).
-SessionEvent: TypeAlias = "TunnelUp | AuthPending"
+SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady"

@@ -35,6 +35,7 @@ from trivpn.controlchannel.packet import (
 from trivpn.controlchannel.wrap import ControlWrap, StaticKey, TLSCrypt
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.messages import ResetComplete
+from trivpn.reliabletransport.core import OutgoingPacket
 from trivpn.wire import P_KEY_ID_MASK, is_data_byte0
 
 #: OpenVPN's initial control retransmission timeout (`tls-timeout`).
@@ -271,15 +272,15 @@ class PacketMuxer:
         return ev
 
     # -- outgoing control --------------------------------------------------------------
-    def wrap_control(self, key_id: int, packets: Sequence[object], now: float) -> list[bytes]:
+    def wrap_control(self, key_id: int, packets: Sequence[OutgoingPacket], now: float) -> list[bytes]:
         """Frame the reliable layer's packets: add session ids, serialize, wrap."""
         if self.remote_session_id is None:
             raise LocalProtocolError("control packets before the reset exchange finished")
         out: list[bytes] = []
         for p in packets:
-            acks = p.acks  # type: ignore[attr-defined]
-            opcode = Opcode(p.opcode)  # type: ignore[attr-defined]
-            wkc_here = self.resend_wkc and key_id == 0 and p.message_id == 1  # type: ignore[attr-defined]
+            acks = p.acks
+            opcode = Opcode(p.opcode)
+            wkc_here = self.resend_wkc and key_id == 0 and p.message_id == 1
             if self.resend_wkc and key_id == 0 and not self._id1_sent:
                 if opcode is Opcode.ACK_V1:
                     # the stateless server cannot check anything before it has the WKc; the
@@ -294,8 +295,8 @@ class PacketMuxer:
                 self.local_session_id,
                 tuple(acks),
                 self.remote_session_id if acks else None,
-                p.message_id,  # type: ignore[attr-defined]
-                p.payload,  # type: ignore[attr-defined]
+                p.message_id,
+                p.payload,
             )
             wire = self._wrap_for(key_id).wrap(serialize_control_packet(pkt), now)
             out.append(wire + self.wkc if wkc_here and self.wkc else wire)

@@ -116,6 +116,12 @@ class PushRequestReceived:
     """The client asked for its options; server side."""
 
 
+#: What `TLSSession.events()` can return.
+TLSEvent = (
+    HandshakeComplete | KeyExchangeComplete | PushReplyReceived | ControlMessage | PushRequestReceived
+)
+
+
 def _is_printable(raw: bytes) -> bool:
     """OpenVPN's CC_PRINT test for control strings: ASCII 0x20..0x7e only."""
     return all(0x20 <= b < 0x7F for b in raw)
@@ -152,7 +158,7 @@ class TLSSession:
         self._interval = push_request_interval
         self._random = random_bytes
         self._started = False
-        self._events: list[object] = []
+        self._events: list[TLSEvent] = []
         self._held: list[bytes] = []  # control records written before our key-method-2
         self._handshake_reported = False
         self._push_assembler = PushReplyAssembler()
@@ -301,7 +307,7 @@ class TLSSession:
         else:
             self.engine.write(record)
 
-    def events(self) -> list[object]:
+    def events(self) -> list[TLSEvent]:
         """Drain the events produced so far."""
         events, self._events = self._events, []
         return events

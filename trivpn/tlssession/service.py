@@ -16,15 +16,18 @@ import trio
 from trivpn.errors import FatalError, SessionRestart
 from trivpn.messages import (
     Ciphertext,
-    DynamicWrapKey,
+    ControlToTLS,
     InstallKey,
     KeyUsage,
     Renegotiate,
     ResetComplete,
     RetireKey,
     SendExit,
+    SessionEvent,
     SoftReset,
     TLSCommand,
+    TLSToControl,
+    TLSToData,
 )
 from trivpn.tlssession.control import Fatal, Restart
 from trivpn.tlssession.keyschedule import KeySchedule
@@ -48,16 +51,16 @@ class TLSService:
         self,
         schedule: KeySchedule,
         *,
-        from_cc: trio.MemoryReceiveChannel[list[object]],
-        to_cc: trio.MemorySendChannel[list[Ciphertext | SoftReset | DynamicWrapKey]],
-        to_data: trio.MemorySendChannel[list[object]],
-        events: trio.MemorySendChannel[object],
+        from_cc: trio.MemoryReceiveChannel[list[ControlToTLS]],
+        to_cc: trio.MemorySendChannel[list[TLSToControl]],
+        to_data: trio.MemorySendChannel[list[TLSToData]],
+        events: trio.MemorySendChannel[SessionEvent],
         commands: trio.MemoryReceiveChannel[TLSCommand],
         usage: Callable[[], KeyUsage] | None = None,
     ) -> None:
         self.schedule = schedule
         self._from_cc = from_cc
-        self._to_cc: Outbox[Ciphertext | SoftReset | DynamicWrapKey] = Outbox(to_cc)
+        self._to_cc: Outbox[TLSToControl] = Outbox(to_cc)
         self._to_data = to_data
         self._events = events
         self._commands = commands

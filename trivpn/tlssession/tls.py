@@ -36,6 +36,7 @@ from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 
@@ -102,6 +103,15 @@ _CERT_ALERTS = (
     "certificate required",
     "unknown ca",
     "access denied",
+)
+
+#: Private keys pyOpenSSL can put into a TLS context (others get a one-line error).
+_TLS_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
 )
 
 
@@ -242,9 +252,14 @@ class TLSEngine:
             key = serialization.load_pem_private_key(key_pem.encode(), password=None)
         except (ValueError, TypeError, UnicodeError) as exc:
             raise ConfigError(f"cannot read the private key (PEM, unencrypted): {exc}") from None
+        if not isinstance(key, _TLS_KEY_TYPES):
+            raise ConfigError(
+                f"the private key is a {type(key).__name__.removeprefix('_')}, which cannot sign "
+                "a TLS handshake (use RSA, EC, Ed25519 or Ed448)"
+            )
         try:
             ctx.use_certificate(chain[0])
-            ctx.use_privatekey(key)  # type: ignore[arg-type]
+            ctx.use_privatekey(key)
             for extra in chain[1:]:
                 ctx.add_extra_chain_cert(extra)
             ctx.check_privatekey()

@@ -657,3 +657,15 @@ def test_engine_write_limits(world: World) -> None:
     hello = engine.ciphertext_to_send()
     assert hello[:1] == b"\x16"  # a TLS handshake record (ClientHello)
     assert engine.ciphertext_to_send() == b""
+
+
+def test_private_key_that_cannot_sign_tls_is_a_one_line_config_error(world: World) -> None:
+    """A key type pyOpenSSL cannot use (X25519 here) is refused clearly, never a crash."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    pem = x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(ConfigError, match="cannot sign a TLS handshake") as info:
+        TLSEngine(client_config(world, key_pem=pem.decode()))
+    assert "\n" not in str(info.value)
