@@ -180,7 +180,9 @@ class AddressPool:
             if start > end:
                 raise ConfigError(f"pool start {ipv4.start} is above its end {ipv4.end}")
             if end - start >= POOL_MAX:
-                raise ConfigError(f"pool {ipv4.start}-{ipv4.end} is larger than {POOL_MAX} addresses")
+                raise ConfigError(
+                    f"pool {ipv4.start}-{ipv4.end} is larger than {POOL_MAX} addresses"
+                )
             if ipv4.type is PoolType.NET30:
                 self._v4_base = start & ~3
                 sizes.append((((end | 3) + 1) - self._v4_base) >> 2)
@@ -203,7 +205,9 @@ class AddressPool:
             sizes.append((1 << host_bits) - host if ipv6.netbits >= 112 else POOL_MAX)
         self.size = min(sizes)
         if self.size < 2:
-            raise ConfigError(f"address pool too small ({self.size}), it needs at least 2 addresses")
+            raise ConfigError(
+                f"address pool too small ({self.size}), it needs at least 2 addresses"
+            )
         self._entries = [_Entry() for _ in range(self.size)]
         self._next_id = 1
         self._fixed_v4: dict[IPv4Address, int] = {}
@@ -262,7 +266,9 @@ class AddressPool:
                 continue
             if common_name is not None and e.common_name == common_name:
                 return i
-            if not e.fixed and (oldest is None or e.last_release < self._entries[oldest].last_release):
+            if not e.fixed and (
+                oldest is None or e.last_release < self._entries[oldest].last_release
+            ):
                 oldest = i
         return oldest
 
@@ -360,8 +366,12 @@ class AddressPool:
             lease_id=self._new_id(),
             common_name=common_name,
             handle=handle,
-            ipv4=ipv4 if ipv4 is not None else (self._v4_for(handle) if handle is not None else None),
-            ipv6=ipv6 if ipv6 is not None else (self._v6_for(handle) if handle is not None else None),
+            ipv4=ipv4
+            if ipv4 is not None
+            else (self._v4_for(handle) if handle is not None else None),
+            ipv6=ipv6
+            if ipv6 is not None
+            else (self._v6_for(handle) if handle is not None else None),
             fixed_ipv4=ipv4 is not None,
             fixed_ipv6=ipv6 is not None,
             blocked=tuple(blocked),
@@ -393,7 +403,9 @@ class AddressPool:
             if addr not in net:
                 raise FixedAddressError(f"fixed address {addr} is outside the server network {net}")
             if net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
-                raise FixedAddressError(f"fixed address {addr} is the network or broadcast address of {net}")
+                raise FixedAddressError(
+                    f"fixed address {addr} is the network or broadcast address of {net}"
+                )
         if v4 is not None and addr == v4.server:
             raise FixedAddressError(f"fixed address {addr} is the server's own address")
         if self._fixed_v4.get(addr, owner) != owner:
@@ -424,20 +436,28 @@ class AddressPool:
             if pe.ipv4 is not None:
                 h = self.handle_of_ipv4(pe.ipv4)
                 if h is None:
-                    warnings.append(f"pool-persist: IPv4 {pe.ipv4} of {pe.common_name!r} is outside the pool")
+                    warnings.append(
+                        f"pool-persist: IPv4 {pe.ipv4} of {pe.common_name!r} is outside the pool"
+                    )
             if pe.ipv6 is not None:
                 h6 = self.handle_of_ipv6(pe.ipv6)
                 if h6 is None:
-                    warnings.append(f"pool-persist: IPv6 {pe.ipv6} of {pe.common_name!r} is outside the pool")
+                    warnings.append(
+                        f"pool-persist: IPv6 {pe.ipv6} of {pe.common_name!r} is outside the pool"
+                    )
                 elif h is None:
                     h = h6
                 elif h != h6:
-                    warnings.append(f"pool-persist: IPv4 and IPv6 of {pe.common_name!r} differ in slot; using IPv4")
+                    warnings.append(
+                        f"pool-persist: IPv4 and IPv6 of {pe.common_name!r} differ in slot; using IPv4"
+                    )
             if h is None:
                 continue
             e = self._entries[h]
             if e.in_use:
-                warnings.append(f"pool-persist: slot of {pe.common_name!r} is in use, entry ignored")
+                warnings.append(
+                    f"pool-persist: slot of {pe.common_name!r} is in use, entry ignored"
+                )
                 continue
             e.common_name, e.last_release, e.fixed = pe.common_name, now, fixed
         return warnings
@@ -448,7 +468,9 @@ class AddressPool:
         for h, e in enumerate(self._entries):
             if e.common_name is not None:
                 v6 = self._v6_for(h)
-                out.append(PersistEntry(e.common_name, self.ipv4_base(h), v6.address if v6 else None))
+                out.append(
+                    PersistEntry(e.common_name, self.ipv4_base(h), v6.address if v6 else None)
+                )
         return out
 
 
@@ -467,15 +489,31 @@ def pool_for_server(
         n, bcast = int(network.network_address), int(network.broadcast_address)
         if topology == "subnet":
             if network.prefixlen > 30:
-                raise ConfigError(f"server network {network} is too small for topology subnet (/30 at most)")
-            v4 = IPv4Pool(PoolType.INDIV, IPv4Address(n + 2), IPv4Address(bcast - 1), network.netmask,
-                          network, IPv4Address(n + 1))
+                raise ConfigError(
+                    f"server network {network} is too small for topology subnet (/30 at most)"
+                )
+            v4 = IPv4Pool(
+                PoolType.INDIV,
+                IPv4Address(n + 2),
+                IPv4Address(bcast - 1),
+                network.netmask,
+                network,
+                IPv4Address(n + 1),
+            )
         elif topology == "net30":
             if network.prefixlen > 29:
-                raise ConfigError(f"server network {network} is too small for topology net30 (/29 at most)")
+                raise ConfigError(
+                    f"server network {network} is too small for topology net30 (/29 at most)"
+                )
             reserve = 0 if network.prefixlen == 29 else 4
-            v4 = IPv4Pool(PoolType.NET30, IPv4Address(n + 4), IPv4Address(bcast - reserve), None,
-                          network, IPv4Address(n + 1))
+            v4 = IPv4Pool(
+                PoolType.NET30,
+                IPv4Address(n + 4),
+                IPv4Address(bcast - reserve),
+                None,
+                network,
+                IPv4Address(n + 1),
+            )
         else:
             raise ConfigError(f"topology {topology!r} has no server pool (subnet or net30)")
     v6: IPv6Pool | None = None
