@@ -32,6 +32,7 @@ pool side of it. No clock reads: `now` is passed in.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -117,6 +118,13 @@ class AddressPool:
                 f"address pool too small ({self.size}), it needs at least 2 addresses"
             )
         self._entries = [_Entry() for _ in range(self.size)]
+        # Indexes that make acquire O(log n) instead of OpenVPN's scan (a /16 pool has 65,534
+        # entries): free non-fixed entries by (last release, handle) and by handle, both
+        # heaps with lazy deletion (an item is valid only if it still describes the entry),
+        # and the handles each CN is remembered on.
+        self._by_release: list[tuple[float, int]] = [(0.0, i) for i in range(self.size)]
+        self._by_handle: list[int] = list(range(self.size))
+        self._cn_handles: dict[str, set[int]] = {}
         self._next_id = 1
         self._fixed_v4: dict[IPv4Address, int] = {}
         self._fixed_v6: dict[IPv6Address, int] = {}
@@ -164,21 +172,49 @@ class AddressPool:
     # ---- acquire / release --------------------------------------------------------------
 
     def _find(self, common_name: str | None, duplicate_cn: bool) -> int | None:
-        oldest: int | None = None
-        for i, e in enumerate(self._entries):
-            if e.in_use:
-                continue
-            if duplicate_cn:
-                if not e.fixed:
-                    return i
-                continue
-            if common_name is not None and e.common_name == common_name:
-                return i
-            if not e.fixed and (
-                oldest is None or e.last_release < self._entries[oldest].last_release
-            ):
-                oldest = i
-        return oldest
+        entries = self._entries
+        if duplicate_cn:
+            heap = self._by_handle
+            while heap and (entries[heap[0]].in_use or entries[heap[0]].fixed):
+                heapq.heappop(heap)
+            return heap[0] if heap else None
+        if common_name is not None:
+            mine = [h for h in self._cn_handles.get(common_name, ()) if not entries[h].in_use]
+            if mine:
+                return min(mine)
+        by_release = self._by_release
+        while by_release:
+            released, h = by_release[0]
+            e = entries[h]
+            if not e.in_use and not e.fixed and e.last_release == released:
+                return h
+            heapq.heappop(by_release)
+        return None
+
+    def _set_cn(self, h: int, common_name: str | None) -> None:
+        e = self._entries[h]
+        if e.common_name is not None:
+            handles = self._cn_handles[e.common_name]
+            handles.discard(h)
+            if not handles:
+                del self._cn_handles[e.common_name]
+        e.common_name = common_name
+        if common_name is not None:
+            self._cn_handles.setdefault(common_name, set()).add(h)
+
+    def _freed(self, h: int) -> None:
+        """Entry `h` just became free (or changed its release time or fixed flag)."""
+        e = self._entries[h]
+        e.in_use, e.holder = False, None
+        if e.fixed:
+            return
+        heapq.heappush(self._by_release, (e.last_release, h))
+        heapq.heappush(self._by_handle, h)
+        if len(self._by_release) > 2 * self.size + 64:  # stale items from CN re-acquires
+            free = [i for i, x in enumerate(self._entries) if not x.in_use and not x.fixed]
+            self._by_release = [(self._entries[i].last_release, i) for i in free]
+            heapq.heapify(self._by_release)
+            self._by_handle = free
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -198,7 +234,7 @@ class AddressPool:
         )
         e = self._entries[h]
         e.in_use, e.holder = True, lease.lease_id
-        e.common_name = None if duplicate_cn else common_name
+        self._set_cn(h, None if duplicate_cn else common_name)
         self._live[lease.lease_id] = lease
         return lease
 
@@ -211,13 +247,13 @@ class AddressPool:
         if lease.handle is not None:
             e = self._entries[lease.handle]
             if e.holder == lease.lease_id:
-                e.in_use, e.holder, e.last_release = False, None, now
+                e.last_release = now
                 if hard:
-                    e.common_name = None
+                    self._set_cn(lease.handle, None)
+                self._freed(lease.handle)
         for h in lease.blocked:
-            e = self._entries[h]
-            if e.holder == lease.lease_id:
-                e.in_use, e.holder = False, None
+            if self._entries[h].holder == lease.lease_id:
+                self._freed(h)
         if lease.fixed_ipv4 and lease.ipv4 is not None:
             self._fixed_v4.pop(lease.ipv4.address, None)
         if lease.fixed_ipv6 and lease.ipv6 is not None:
@@ -367,7 +403,9 @@ class AddressPool:
                     f"pool-persist: slot of {pe.common_name!r} is in use, entry ignored"
                 )
                 continue
-            e.common_name, e.last_release, e.fixed = pe.common_name, now, fixed
+            e.last_release, e.fixed = now, fixed
+            self._set_cn(h, pe.common_name)
+            self._freed(h)
         return warnings
 
     def persist_entries(self) -> list[PersistEntry]:

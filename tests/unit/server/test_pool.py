@@ -457,3 +457,82 @@ def test_live_leases_never_share_an_address(seq: list[tuple[str, int, bool, int]
         assert len(v4s) == len(set(v4s)), v4s
         assert len(v6s) == len(set(v6s)), v6s
         assert all(pool.is_live(lease) for lease in live)
+
+
+class _ModelEntry:
+    def __init__(self) -> None:
+        self.in_use = False
+        self.cn: str | None = None
+        self.released = 0.0
+        self.fixed = False
+
+
+def _model_find(entries: list[_ModelEntry], cn: str, dup: bool) -> int | None:
+    """OpenVPN's linear scan, written independently of the pool's indexes."""
+    oldest: int | None = None
+    for i, e in enumerate(entries):
+        if e.in_use:
+            continue
+        if dup:
+            if not e.fixed:
+                return i
+            continue
+        if e.cn == cn:
+            return i
+        if not e.fixed and (oldest is None or e.released < entries[oldest].released):
+            oldest = i
+    return oldest
+
+
+choice_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["acq", "acq", "acq", "rel", "hard", "persist"]),
+        st.integers(0, 5),
+        st.booleans(),
+        st.integers(0, 30),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(choice_ops)
+def test_choice_matches_openvpns_scan(seq: list[tuple[str, int, bool, int]]) -> None:
+    pool = AddressPool(
+        IPv4Pool(
+            PoolType.INDIV,
+            IPv4Address("10.0.0.2"),
+            IPv4Address("10.0.0.7"),
+            IPv4Address("255.0.0.0"),
+        )
+    )
+    model = [_ModelEntry() for _ in range(pool.size)]
+    live: list[Lease] = []
+    now = 0.0
+    for op, cn_i, flag, n in seq:
+        now += float(n % 3)  # equal release times happen: ties break on the lowest handle
+        cn = f"cn{cn_i}"
+        if op == "acq":
+            want = _model_find(model, cn, flag)
+            if want is None:
+                with pytest.raises(PoolExhausted):
+                    pool.acquire(cn, duplicate_cn=flag)
+                continue
+            lease = pool.acquire(cn, duplicate_cn=flag)
+            assert lease.handle == want
+            model[want].in_use, model[want].cn = True, None if flag else cn
+            live.append(lease)
+        elif op in ("rel", "hard") and live:
+            lease = live.pop(n % len(live))
+            assert lease.handle is not None
+            pool.release(lease, now, hard=op == "hard")
+            m = model[lease.handle]
+            m.in_use, m.released = False, now
+            if op == "hard":
+                m.cn = None
+        elif op == "persist":
+            h = n % pool.size
+            addr = pool.ipv4_base(h)
+            if not model[h].in_use:
+                assert pool.load_persist([PersistEntry(cn, addr, None)], fixed=flag, now=now) == []
+                model[h].cn, model[h].released, model[h].fixed = cn, now, flag
