@@ -142,6 +142,16 @@ def test_cn_gets_its_address_back_after_disconnect() -> None:
     assert b.ipv4 != again.ipv4
 
 
+def test_cn_remembered_on_two_entries_takes_the_lowest() -> None:
+    pool = subnet_pool()
+    a = pool.acquire("twice")
+    b = pool.acquire("twice")  # without duplicate-cn the service drops `a` first; here both live
+    pool.release(b, now=1.0)
+    pool.release(a, now=2.0)
+    assert pool.acquire("twice").handle == 0
+    assert pool.acquire("twice").handle == 1
+
+
 def test_oldest_release_wins_for_a_new_cn() -> None:
     pool = AddressPool(
         IPv4Pool(
