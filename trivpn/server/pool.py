@@ -102,8 +102,10 @@ class AddressPool:
                 sizes.append(end - start + 1)
         self._v6_base = 0
         if ipv6 is not None:
-            if not 64 <= ipv6.netbits <= 126:
-                raise ConfigError(f"IPv6 pool prefix /{ipv6.netbits} is not within /64../126")
+            if not 64 <= ipv6.netbits <= 124:
+                raise ConfigError(
+                    f"IPv6 pool prefix /{ipv6.netbits} is not within /64../124 (as OpenVPN requires)"
+                )
             host_bits = 128 - ipv6.netbits
             base = int(ipv6.base)
             host = base & ((1 << min(host_bits, 32)) - 1)
@@ -138,7 +140,7 @@ class AddressPool:
             return None
         if v4.type is PoolType.NET30:
             b = self._v4_base + 4 * handle
-            return IfconfigPush(IPv4Address(b + 2), IPv4Address(b + 1))
+            return IfconfigPush(IPv4Address(b + 2), IPv4Address(b + 1), net30=True)
         assert v4.netmask is not None
         return IfconfigPush(IPv4Address(self._v4_base + handle), v4.netmask)
 

@@ -69,10 +69,12 @@ class IPv6Pool:
 
 @dataclass(frozen=True, slots=True)
 class IfconfigPush:
-    """`ifconfig A B`: B is the netmask (subnet) or the server end of the /30 (net30)."""
+    """`ifconfig A B`: B is the netmask (subnet) or the server end of the /30 (net30,
+    `net30` true; it only decides the script environment's names)."""
 
     address: IPv4Address
     netmask_or_peer: IPv4Address
+    net30: bool = False
 
     @property
     def option(self) -> str:
@@ -118,6 +120,20 @@ class Lease:
         if self.ipv4 is not None:
             out.append(self.ipv4)
         return out
+
+    def env(self) -> dict[str, str]:
+        """The `ifconfig_pool_*` variables of the client-connect/disconnect scripts."""
+        env: dict[str, str] = {}
+        if self.ipv4 is not None:
+            env["ifconfig_pool_remote_ip"] = str(self.ipv4.address)
+            name = "ifconfig_pool_local_ip" if self.ipv4.net30 else "ifconfig_pool_netmask"
+            env[name] = str(self.ipv4.netmask_or_peer)
+        if self.ipv6 is not None:
+            env["ifconfig_pool_remote_ip6"] = str(self.ipv6.address)
+            if self.ipv6.peer is not None:
+                env["ifconfig_pool_local_ip6"] = str(self.ipv6.peer)
+            env["ifconfig_pool_ip6_netbits"] = str(self.ipv6.netbits)
+        return env
 
 
 @dataclass(frozen=True, slots=True)

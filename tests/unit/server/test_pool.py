@@ -66,6 +66,20 @@ def test_net30_first_clients() -> None:
     assert pool.ipv4_base(1) == IPv4Address("10.9.0.8")
 
 
+def test_script_environment() -> None:
+    assert subnet_pool().acquire("c").env() == {
+        "ifconfig_pool_remote_ip": "10.8.0.2",
+        "ifconfig_pool_netmask": "255.255.255.0",
+        "ifconfig_pool_remote_ip6": "fd00:8::1000",
+        "ifconfig_pool_local_ip6": "fd00:8::1",
+        "ifconfig_pool_ip6_netbits": "64",
+    }
+    assert pool_for_server(NET9, "net30").acquire("c").env() == {
+        "ifconfig_pool_remote_ip": "10.9.0.6",
+        "ifconfig_pool_local_ip": "10.9.0.5",
+    }
+
+
 def test_net30_slash29_is_a_single_slot_and_refused() -> None:
     # net30 on a /29: pool N+4 .. broadcast is one /30, below OpenVPN's minimum of two
     with pytest.raises(ConfigError, match="too small"):
@@ -102,6 +116,10 @@ def test_bad_server_networks(net: IPv4Network, topology: str) -> None:
 
 
 def test_pool_needs_some_range() -> None:
+    with pytest.raises(ConfigError, match="/64../124"):
+        pool_for_server(None, "subnet", IPv6Network("fd00::/125"))
+    with pytest.raises(ConfigError, match="/64../124"):
+        pool_for_server(None, "subnet", IPv6Network("fd00::/48"))
     with pytest.raises(ConfigError):
         AddressPool(None, None)
     with pytest.raises(ConfigError):
