@@ -1,1 +1,3 @@
-"""`trivpn serve`: the server's pure cores (demultiplexing, configuration, pool, routing)."""
+"""The server role (`trivpn serve`, issue 12): pure cores for the configuration, the UDP
+demultiplexer (stateless HMAC-cookie reset, peer-ids, float), the address pool and the
+internal multiplexer (routing). No trio service runs them yet."""
