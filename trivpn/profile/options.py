@@ -132,15 +132,16 @@ def is_inline(tokens: list[str]) -> bool:
     return len(tokens) == 2 and tokens[0].startswith("<") and tokens[0].endswith(">")
 
 
-def iter_options(text: str) -> Iterator[tuple[int, list[str]]]:
+def iter_options(text: str, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, tokens)`` for every option in ``text``.
 
     Blank and comment lines are skipped, a leading ``--`` is removed from the name,
     and an inline block ``<tag>…</tag>`` is yielded once as ``["<tag>", body]``
     where ``body`` keeps every inner line with a trailing ``"\\n"``.  Errors are
-    :class:`ConfigError` with a message starting ``line N:``.
+    :class:`ConfigError` with a message starting ``line N:``; ``text`` starts at line
+    ``first_line`` (the body of an inline block is numbered from the line after its tag).
     """
-    return _iter_options(text, 1)
+    return _iter_options(text, first_line)
 
 
 def _iter_options(text: str, first_line: int) -> Iterator[tuple[int, list[str]]]:

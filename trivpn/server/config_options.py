@@ -1,0 +1,632 @@
+"""How each server option line is treated: the server's option table.
+
+Theory of operation
+-------------------
+A line goes to one of five treatments, looked up by name in this order (the same
+scheme as the client's :mod:`trivpn.profile.table`):
+
+1. **shared rows** (:data:`SHARED`) - options that mean the same on both sides
+   (``ca``, ``cert``, ``key``, ``tls-crypt``, ``data-ciphers``, ``keepalive``, ...):
+   the client's own table rows are reused, so arity, inline handling and validation
+   are identical; their values land in same-named :class:`Draft` fields;
+2. **server functions** (:data:`SERVER`) - ``server``, ``push``, ``management``,
+   scripts, ... each checks its arguments and sets :class:`Draft` fields;
+3. **refused** (:data:`UNSAFE`) - ignoring it would skip a check or an
+   authentication step the administrator asked for: :class:`ConfigError`;
+4. **silently accepted** (:data:`SILENT`) - ignoring it is exactly right;
+5. **everything else** - one warning line, the option is ignored.
+
+Functions raise :class:`~trivpn.profile.checks.Invalid`; the parser turns that into the
+one-line ``line N: option 'X': message`` error.  The combination checks and the
+``server`` helper's expansion run after the walk, in :mod:`trivpn.server.config`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
+from pathlib import Path
+
+from trivpn.profile.checks import Invalid, integer, key_direction, nargs, read_content, static_key
+from trivpn.profile.table import MAX_SECONDS, TABLE, Simple
+
+__all__ = ["SERVER", "SHARED", "SILENT", "UNSAFE", "Draft", "RawListener", "parse_proto"]
+
+#: peer-ids are 24 bits and 0xFFFFFF means "none": max-clients must stay below it.
+MAX_CLIENTS_LIMIT = 0xFFFFFF - 1
+_TLS_CRYPT_V2_SERVER_BEGIN = "-----BEGIN OpenVPN tls-crypt-v2 server key-----"
+_TLS_CRYPT_V2_SERVER_END = "-----END OpenVPN tls-crypt-v2 server key-----"
+#: Ke and Ka, 64 bytes each (``openvpn --genkey tls-crypt-v2-server``).
+_TLS_CRYPT_V2_SERVER_KEY_LEN = 128
+_PEM_CRL = "-----BEGIN X509 CRL-----"
+_PEM_DH = "-----BEGIN DH PARAMETERS-----"
+
+#: server ``proto`` values -> (transport, address family or None for both).
+_PROTO: Mapping[str, tuple[str, int | None]] = {
+    "udp": ("udp", None),
+    "udp4": ("udp", 4),
+    "udp6": ("udp", 6),
+    "tcp": ("tcp", None),
+    "tcp4": ("tcp", 4),
+    "tcp6": ("tcp", 6),
+    "tcp-server": ("tcp", None),
+    "tcp4-server": ("tcp", 4),
+    "tcp6-server": ("tcp", 6),
+}
+
+#: Client-table rows that mean the same thing in a server configuration.
+SHARED: Mapping[str, Simple] = {
+    name: TABLE[name]
+    for name in (
+        "dev",
+        "dev-type",
+        "persist-tun",
+        "persist-key",
+        "port",
+        "ca",
+        "cert",
+        "key",
+        "tls-crypt",
+        "key-direction",
+        "data-ciphers",
+        "ncp-ciphers",
+        "data-ciphers-fallback",
+        "cipher",
+        "auth",
+        "comp-lzo",
+        "compress",
+        "mute-replay-warnings",
+        "tun-mtu",
+        "ping",
+        "ping-restart",
+        "keepalive",
+        "reneg-sec",
+        "hand-window",
+        "verb",
+        "tls-version-min",
+        "explicit-exit-notify",
+    )
+}
+
+#: Accepted without a warning: ignoring them is right for trivpn's server.
+SILENT = frozenset(
+    {
+        "allow-compression",  # we never compress; 'compress'/'comp-lzo' themselves are checked
+        "disable-dco",  # userspace data path, never DCO
+        "fast-io",
+        "float",  # a server always lets authenticated clients float
+        "ifconfig-nowarn",
+        "machine-readable-output",
+        "mute",
+        "rcvbuf",
+        "sndbuf",
+        "suppress-timestamps",
+        "tun-ipv6",  # obsolete no-op (the helper still pushes it for old clients)
+        "txqueuelen",
+        "setenv",  # environment for scripts; applied to what we run is a later step
+        "setenv-safe",
+        "tmp-dir",  # via-file temporary files go to a private directory anyway
+    }
+)
+
+#: Refused: ignoring them would skip a check or authentication the admin asked for.
+UNSAFE: Mapping[str, str] = {
+    "client-cert-not-required": "removed in OpenVPN 2.5; use 'verify-client-cert none'",
+    "plugin": "plugins are not supported (their authentication would be skipped)",
+    "management-client-auth": "clients would be accepted without the management approval",
+    "management-external-key": "external keys via the management interface are not supported",
+    "management-external-cert": "external certificates are not supported",
+    "tls-verify": "the certificate verification script would be skipped",
+    "verify-hash": "certificate pinning would be skipped",
+    "peer-fingerprint": "certificate pinning would be skipped",
+    "verify-x509-name": "the client certificate name check would be skipped",
+    "x509-track": "certificate fields for scripts are not supported",
+    "remote-cert-ku": "the client certificate key-usage check would be skipped",
+    "remote-cert-eku": "the client certificate extended-key-usage check would be skipped",
+    "ns-cert-type": "removed in OpenVPN 2.5; use 'remote-cert-tls client'",
+    "tls-cipher": "the TLS cipher restriction would be skipped",
+    "tls-ciphersuites": "the TLS 1.3 cipher-suite restriction would be skipped",
+    "tls-groups": "the TLS key-exchange group restriction would be skipped",
+    "tls-cert-profile": "the certificate strength profile would be skipped",
+    "force-tls-key-material-export": "clients without TLS key export would be accepted",
+    "pkcs12": "PKCS#12 bundles are not supported; use 'ca', 'cert' and 'key'",
+    "pkcs11-providers": "PKCS#11 tokens are not supported",
+    "pkcs11-id": "PKCS#11 tokens are not supported",
+    "capath": "a CA directory is not supported; use 'ca'",
+    "askpass": "encrypted private keys are not supported; decrypt the key first",
+    "secret": "static-key mode is not supported (insecure, removed in OpenVPN 2.7)",
+    "fragment": "it changes the data packet framing clients expect",
+    "server-bridge": "tap bridging is not supported, only 'dev tun'",
+    "client": "this is a client option; 'trivpn serve' needs a server configuration",
+    "remote": "this is a client option; 'trivpn serve' needs a server configuration",
+    "tls-client": "this is a client option; 'trivpn serve' needs a server configuration",
+    "pull": "this is a client option; 'trivpn serve' needs a server configuration",
+}
+
+
+@dataclass(slots=True)
+class RawListener:
+    """A listener as written; unset values come from the top-level options."""
+
+    line: int
+    proto: tuple[str, int | None] | None = None
+    port: int | None = None
+    local: str | None = None
+
+
+@dataclass(slots=True)
+class Draft:
+    """Everything one walk collects, before the combination checks."""
+
+    base_dir: Path | None
+    lines: dict[str, int] = field(default_factory=dict)
+    warnings: list[tuple[int, str]] = field(default_factory=list)
+    listen_blocks: list[RawListener] = field(default_factory=list)
+    # shared rows (names as in the client table)
+    dev: str | None = None
+    dev_kind: str | None = None
+    persist_tun: bool = False
+    persist_key: bool = False
+    port: int | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    tls_crypt: str | None = None
+    key_direction: int | None = None
+    data_ciphers: list[str] | None = None
+    data_ciphers_fallback: str | None = None
+    cipher: str | None = None  # ignored in TLS mode, as in OpenVPN 2.6
+    auth: str | None = None
+    compression: str | None = None
+    mute_replay_warnings: bool = False
+    tun_mtu: int | None = None
+    ping: int | None = None
+    ping_restart: int | None = None
+    keepalive: tuple[int, int] | None = None
+    reneg_sec: int | None = None
+    hand_window: int | None = None
+    verb: int | None = None
+    tls_version_min: str | None = None
+    explicit_exit_notify: int | None = None
+    # server options
+    mode_server: bool = False
+    tls_server: bool = False
+    proto: tuple[str, int | None] | None = None
+    local: str | None = None
+    server: tuple[IPv4Network, bool] | None = None  # (network, nopool)
+    server_ipv6: IPv6Network | None = None
+    topology: str | None = None
+    ifconfig: tuple[IPv4Address, IPv4Address] | None = None
+    ifconfig_pool: tuple[IPv4Address, IPv4Address, IPv4Address | None] | None = None
+    ifconfig_ipv6: IPv6Interface | None = None
+    ifconfig_ipv6_pool: IPv6Interface | None = None
+    dh: str | None = None
+    tls_auth: str | None = None
+    tls_crypt_v2: str | None = None
+    crl_verify: str | None = None
+    push: list[str] = field(default_factory=list)
+    routes: list[IPv4Network] = field(default_factory=list)
+    routes_ipv6: list[IPv6Network] = field(default_factory=list)
+    client_to_client: bool = False
+    duplicate_cn: bool = False
+    max_clients: int | None = None
+    pool_persist: tuple[str, int] | None = None
+    client_config_dir: str | None = None
+    ccd_exclusive: bool = False
+    verify_client_cert: str | None = None
+    remote_cert_tls: str | None = None
+    auth_user_pass_verify: tuple[str, str] | None = None
+    script_security: int | None = None
+    username_as_common_name: bool = False
+    client_connect: str | None = None
+    client_disconnect: str | None = None
+    learn_address: str | None = None
+    status: tuple[str, int] | None = None
+    status_version: int | None = None
+    user: str | None = None
+    group: str | None = None
+    management: tuple[str, int | None, str | None] | None = None
+    connect_freq: tuple[int, int] | None = None
+    connect_freq_initial: tuple[int, int] | None = None
+
+
+# ---- argument checks ----------------------------------------------------------------
+
+
+def parse_proto(value: str) -> tuple[str, int | None]:
+    """(transport, family) of a server ``proto``; client-only values are refused."""
+    if value.endswith("-client"):
+        raise Invalid(f"{value!r} is for clients; a server uses udp, tcp or tcp-server")
+    proto = _PROTO.get(value)
+    if proto is None:
+        raise Invalid(f"unknown protocol {value[:40]!r}")
+    return proto
+
+
+def _ipv4(value: str, what: str = "an IPv4 address") -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise Invalid(f"{value[:60]!r} is not {what}") from None
+
+
+def _netmask(value: str) -> IPv4Address:
+    mask = _ipv4(value, "an IPv4 netmask")
+    bits = int(mask)
+    if bits and (bits | (bits - 1)) & 0xFFFFFFFF != 0xFFFFFFFF:
+        raise Invalid(f"{value!r} is not a contiguous netmask")
+    return mask
+
+
+def _network(addr: str, mask: str, what: str) -> IPv4Network:
+    net = _ipv4(addr)
+    m = _netmask(mask)
+    try:
+        return IPv4Network(f"{net}/{m}")
+    except ValueError:
+        raise Invalid(f"{what} {addr} {mask} is not a network address and netmask") from None
+
+
+def _ipv6_prefix(value: str, *, strict: bool) -> IPv6Interface:
+    if "/" not in value:
+        raise Invalid(f"{value[:60]!r} must be an IPv6 address with a /bits prefix length")
+    try:
+        iface = IPv6Interface(value)
+        if strict:
+            IPv6Network(value)  # host bits must be zero
+    except ValueError:
+        raise Invalid(f"{value[:60]!r} is not an IPv6 network/bits") from None
+    return iface
+
+
+def _host(value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise Invalid(f"invalid host name {value[:60]!r}")
+    return value
+
+
+def _command(args: list[str]) -> str:
+    if not args[0].strip():
+        raise Invalid("empty command")
+    return args[0]
+
+
+def _pair(args: list[str], lo: int, hi: int) -> tuple[int, int]:
+    return integer(args[0], lo, hi), integer(args[1], 1, MAX_SECONDS)
+
+
+# ---- server option functions ------------------------------------------------------------
+
+Handler = Callable[[Draft, int, list[str], bool], None]
+
+
+def _mode(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    if args[0] == "p2p":
+        raise Invalid("'trivpn serve' needs 'mode server' (p2p is one peer, not a server)")
+    if args[0] != "server":
+        raise Invalid(f"unknown mode {args[0][:40]!r} (server)")
+    d.mode_server = True
+
+
+def _server(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 3)
+    if len(args) == 3 and args[2] != "nopool":
+        raise Invalid(f"unexpected {args[2][:40]!r} (only 'nopool' may follow)")
+    d.server = (_network(args[0], args[1], "network/netmask"), len(args) == 3)
+
+
+def _server_ipv6(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    iface = _ipv6_prefix(args[0], strict=False)
+    if not 64 <= iface.network.prefixlen <= 124:
+        raise Invalid(f"the network must be between /64 and /124, not /{iface.network.prefixlen}")
+    d.server_ipv6 = iface.network
+
+
+def _topology(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    if args[0] not in ("subnet", "net30", "p2p"):
+        raise Invalid(f"unknown topology {args[0][:40]!r} (subnet, net30 or p2p)")
+    d.topology = args[0]
+
+
+def _proto(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.proto = parse_proto(args[0])
+
+
+def _local(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.local = _host(args[0])
+
+
+def _lport(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.port = integer(args[0], 1, 65535)
+
+
+def _ifconfig(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 2)
+    d.ifconfig = (_ipv4(args[0]), _ipv4(args[1]))
+
+
+def _ifconfig_pool(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 3)
+    start, end = _ipv4(args[0]), _ipv4(args[1])
+    if start > end:
+        raise Invalid(f"start {start} is after end {end}")
+    d.ifconfig_pool = (start, end, _netmask(args[2]) if len(args) == 3 else None)
+
+
+def _ifconfig_ipv6(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 2)
+    d.ifconfig_ipv6 = _ipv6_prefix(args[0], strict=False)
+    try:
+        ipaddress.IPv6Address(args[1])
+    except ValueError:
+        raise Invalid(f"{args[1][:60]!r} is not an IPv6 address") from None
+
+
+def _ifconfig_ipv6_pool(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.ifconfig_ipv6_pool = _ipv6_prefix(args[0], strict=False)
+
+
+def _dh(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    if args[0] == "none" and not inline:
+        d.dh = "none"
+        return
+    text = read_content(d.base_dir, args[0], inline)
+    if _PEM_DH not in text:
+        raise Invalid("no PEM DH parameters found (or use 'dh none')")
+    d.dh = text
+    d.warnings.append(
+        (
+            line,
+            f"option 'dh' (line {line}): DH parameters are not used; keys are exchanged with ECDHE",
+        )
+    )
+
+
+def _tls_server(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 0, 0)
+    d.tls_server = True
+
+
+def _tls_auth(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1 if inline else 2)  # an inline key takes its direction from key-direction
+    d.tls_auth = static_key(read_content(d.base_dir, args[0], inline))
+    if len(args) == 2:
+        d.key_direction = key_direction(args[1])
+
+
+def _tls_crypt_v2(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 2)
+    if len(args) == 2 and args[1] not in ("force-cookie", "allow-noncookie"):
+        raise Invalid(f"unexpected {args[1][:40]!r} (force-cookie or allow-noncookie)")
+    text = read_content(d.base_dir, args[0], inline)
+    if "tls-crypt-v2 client key" in text:
+        raise Invalid("this is a client key; a server needs the tls-crypt-v2 server key")
+    begin = text.find(_TLS_CRYPT_V2_SERVER_BEGIN)
+    end = text.find(_TLS_CRYPT_V2_SERVER_END, begin + 1)
+    if begin < 0 or end < 0:
+        raise Invalid("no 'OpenVPN tls-crypt-v2 server key' found")
+    body = "".join(text[begin + len(_TLS_CRYPT_V2_SERVER_BEGIN) : end].split())
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("the tls-crypt-v2 server key is not valid base64") from None
+    if len(raw) != _TLS_CRYPT_V2_SERVER_KEY_LEN:
+        raise Invalid(
+            f"the tls-crypt-v2 server key has {len(raw)} bytes, not {_TLS_CRYPT_V2_SERVER_KEY_LEN}"
+        )
+    d.tls_crypt_v2 = text
+
+
+def _crl_verify(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1 if inline else 2)
+    if len(args) == 2:
+        if args[1] == "dir":
+            raise Invalid("a CRL directory ('dir') is not supported; give one CRL file")
+        raise Invalid(f"unexpected {args[1][:40]!r}")
+    text = read_content(d.base_dir, args[0], inline)
+    if _PEM_CRL not in text:
+        raise Invalid("no PEM certificate revocation list found")
+    d.crl_verify = text
+
+
+def _push(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    option = args[0].strip()
+    if not option:
+        raise Invalid("empty option")
+    if "," in option:
+        raise Invalid("a pushed option cannot contain ',' (it separates PUSH_REPLY options)")
+    if not option.isprintable():
+        raise Invalid("a pushed option must be printable text")
+    d.push.append(option)
+
+
+def _route(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 4)
+    d.routes.append(_network(args[0], args[1] if len(args) > 1 else "255.255.255.255", "route"))
+    if len(args) > 2:
+        d.warnings.append(
+            (
+                line,
+                f"option 'route' (line {line}): gateway and metric are ignored (route into the tun)",
+            )
+        )
+
+
+def _route_ipv6(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 3)
+    try:
+        d.routes_ipv6.append(IPv6Network(args[0]))
+    except ValueError:
+        raise Invalid(f"{args[0][:60]!r} is not an IPv6 network/bits") from None
+
+
+def _flag(name: str) -> Handler:
+    def handler(d: Draft, line: int, args: list[str], inline: bool) -> None:
+        nargs(args, 0, 0)
+        setattr(d, name, True)
+
+    return handler
+
+
+def _max_clients(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.max_clients = integer(args[0], 1, MAX_CLIENTS_LIMIT)
+
+
+def _pool_persist(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 2)
+    seconds = integer(args[1], 0, MAX_SECONDS) if len(args) == 2 else 600
+    d.pool_persist = (_path(d, args[0]), seconds)
+
+
+def _path(d: Draft, value: str) -> str:
+    """A file or directory the server uses later, anchored at the config's directory."""
+    if not value:
+        raise Invalid("empty file name")
+    path = Path(value)
+    if not path.is_absolute() and d.base_dir is not None:
+        path = d.base_dir / path
+    return str(path)
+
+
+def _client_config_dir(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.client_config_dir = _path(d, args[0])
+
+
+def _verify_client_cert(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    if args[0] not in ("none", "optional", "require"):
+        raise Invalid(f"unknown mode {args[0][:40]!r} (none, optional or require)")
+    d.verify_client_cert = args[0]
+
+
+def _remote_cert_tls(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    if args[0] != "client":
+        raise Invalid(f"a server can only check 'client' certificates, not {args[0][:40]!r}")
+    d.remote_cert_tls = "client"
+
+
+def _auth_user_pass_verify(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 2)
+    if args[1] not in ("via-file", "via-env"):
+        raise Invalid(f"unknown method {args[1][:40]!r} (via-file or via-env)")
+    d.auth_user_pass_verify = (_command(args), args[1])
+
+
+def _script(name: str) -> Handler:
+    def handler(d: Draft, line: int, args: list[str], inline: bool) -> None:
+        nargs(args, 1, 1)
+        setattr(d, name, _command(args))
+
+    return handler
+
+
+def _script_security(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.script_security = integer(args[0], 0, 3)
+
+
+def _status(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 2)
+    seconds = integer(args[1], 1, MAX_SECONDS) if len(args) == 2 else 60
+    d.status = (_path(d, args[0]), seconds)
+
+
+def _status_version(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 0, 1)
+    d.status_version = integer(args[0], 1, 3) if args else 1
+
+
+def _user(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.user = _host(args[0])
+
+
+def _group(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.group = _host(args[0])
+
+
+def _management(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 3)
+    password = _path(d, args[2]) if len(args) == 3 and args[2] != "stdin" else None
+    if len(args) == 3 and args[2] == "stdin":
+        raise Invalid("a password from 'stdin' is not supported; give a password file")
+    if args[1] == "unix":
+        d.management = (_path(d, args[0]), None, password)
+        return
+    try:
+        ipaddress.ip_address(args[0])
+    except ValueError:
+        raise Invalid(f"{args[0][:60]!r} must be an IP address (or use 'PATH unix')") from None
+    d.management = (args[0], integer(args[1], 1, 65535), password)
+
+
+def _connect_freq(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 2)
+    d.connect_freq = _pair(args, 1, 2**31)
+
+
+def _connect_freq_initial(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 2, 2)
+    d.connect_freq_initial = _pair(args, 0, 2**31)
+
+
+#: Options handled by an explicit server function.
+SERVER: Mapping[str, Handler] = {
+    "mode": _mode,
+    "server": _server,
+    "server-ipv6": _server_ipv6,
+    "topology": _topology,
+    "tls-server": _tls_server,
+    "proto": _proto,
+    "local": _local,
+    "lport": _lport,
+    "ifconfig": _ifconfig,
+    "ifconfig-pool": _ifconfig_pool,
+    "ifconfig-ipv6": _ifconfig_ipv6,
+    "ifconfig-ipv6-pool": _ifconfig_ipv6_pool,
+    "dh": _dh,
+    "tls-auth": _tls_auth,
+    "tls-crypt-v2": _tls_crypt_v2,
+    "crl-verify": _crl_verify,
+    "push": _push,
+    "route": _route,
+    "route-ipv6": _route_ipv6,
+    "client-to-client": _flag("client_to_client"),
+    "duplicate-cn": _flag("duplicate_cn"),
+    "ccd-exclusive": _flag("ccd_exclusive"),
+    "username-as-common-name": _flag("username_as_common_name"),
+    "max-clients": _max_clients,
+    "ifconfig-pool-persist": _pool_persist,
+    "client-config-dir": _client_config_dir,
+    "verify-client-cert": _verify_client_cert,
+    "remote-cert-tls": _remote_cert_tls,
+    "auth-user-pass-verify": _auth_user_pass_verify,
+    "script-security": _script_security,
+    "client-connect": _script("client_connect"),
+    "client-disconnect": _script("client_disconnect"),
+    "learn-address": _script("learn_address"),
+    "status": _status,
+    "status-version": _status_version,
+    "user": _user,
+    "group": _group,
+    "management": _management,
+    "connect-freq": _connect_freq,
+    "connect-freq-initial": _connect_freq_initial,
+}
