@@ -335,7 +335,7 @@ def _expand_ipv4(d: Draft, topology: str) -> _V4:
     out = _V4()
     if d.server is None:
         out.ifconfig = d.ifconfig
-        out.pool = _manual_pool(d, topology)
+        out.pool = _manual_pool(d, topology, d.ifconfig)
         return out
     net, nopool = d.server
     if d.ifconfig is not None:
@@ -369,18 +369,21 @@ def _expand_ipv4(d: Draft, topology: str) -> _V4:
         out.push = [route, f"topology {topology}"]
         out.routes = [net]
     if nopool:
-        out.pool = _manual_pool(d, topology)
+        out.pool = _manual_pool(d, topology, out.ifconfig)
     return out
 
 
-def _manual_pool(d: Draft, topology: str) -> IPv4Pool | None:
-    """The pool from ``ifconfig-pool START END [MASK]`` (no helper, or ``nopool``)."""
+def _manual_pool(
+    d: Draft, topology: str, ifconfig: tuple[IPv4Address, IPv4Address] | None
+) -> IPv4Pool | None:
+    """The pool from ``ifconfig-pool START END [MASK]`` (no helper, or ``nopool``);
+    ``ifconfig`` is the server's own tun address (its netmask, or its peer address)."""
     if d.ifconfig_pool is None:
         return None
     start, end, mask = d.ifconfig_pool
     if topology == "subnet":
-        if mask is None and d.ifconfig is not None:
-            mask = d.ifconfig[1]
+        if mask is None and ifconfig is not None:
+            mask = ifconfig[1]
         if mask is None:
             raise _line_err(d, "ifconfig-pool", "topology subnet needs a netmask (or 'ifconfig')")
         size = int(end) - int(start) + 1
@@ -390,7 +393,7 @@ def _manual_pool(d: Draft, topology: str) -> IPv4Pool | None:
     first, last = int(start) & ~3, int(end) | 3
     if (last + 1 - first) // 4 > POOL_MAX:
         raise _line_err(d, "ifconfig-pool", f"more than {POOL_MAX} /30 blocks")
-    peer = d.ifconfig[0] if topology == "p2p" and d.ifconfig is not None else None
+    peer = ifconfig[0] if topology == "p2p" and ifconfig is not None else None
     if topology == "p2p" and peer is None:
         raise _line_err(d, "ifconfig-pool", "topology p2p needs 'ifconfig'")
     return IPv4Pool(topology, IPv4Address(first), IPv4Address(last), None, peer)
