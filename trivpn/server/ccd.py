@@ -19,7 +19,8 @@ from pathlib import Path
 from trivpn.errors import ConfigError
 from trivpn.profile.checks import MAX_REFERENCED_FILE_SIZE, Invalid, err, nargs, read_limited
 from trivpn.profile.options import is_inline, iter_options
-from trivpn.server.config_options import SERVER, Draft
+from trivpn.server.config_draft import Draft
+from trivpn.server.config_options import SERVER
 
 __all__ = ["CcdEntry", "load_ccd", "parse_ccd"]
 

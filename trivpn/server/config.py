@@ -53,6 +53,7 @@ from trivpn.errors import ConfigError
 from trivpn.profile.checks import Invalid, Unsupported, err, read_limited
 from trivpn.profile.model import DEFAULT_DATA_CIPHERS, DEFAULT_VERB, OPENVPN_PORT
 from trivpn.profile.options import is_inline, iter_options
+from trivpn.server.config_draft import Draft, RawListener
 from trivpn.server.config_model import (
     DEFAULT_CONNECT_FREQ_INITIAL,
     DEFAULT_HAND_WINDOW,
@@ -67,7 +68,7 @@ from trivpn.server.config_model import (
     ServerConfig,
     StatusFile,
 )
-from trivpn.server.config_options import SERVER, SHARED, SILENT, UNSAFE, Draft, RawListener
+from trivpn.server.config_options import SERVER, SHARED, SILENT, UNSAFE
 
 __all__ = ["LISTEN_OPTIONS", "ServerConfig", "load_server_config", "parse_server_config"]
 

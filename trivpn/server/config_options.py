@@ -27,14 +27,24 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
-from pathlib import Path
+from ipaddress import IPv6Network
 
 from trivpn.profile.checks import Invalid, integer, key_direction, nargs, read_content, static_key
 from trivpn.profile.table import MAX_SECONDS, TABLE, Simple
+from trivpn.server.config_draft import (
+    Draft,
+    command,
+    host,
+    ipv4,
+    ipv6_prefix,
+    netmask,
+    network,
+    pair,
+    parse_proto,
+    path,
+)
 
-__all__ = ["SERVER", "SHARED", "SILENT", "UNSAFE", "Draft", "RawListener", "parse_proto"]
+__all__ = ["SERVER", "SHARED", "SILENT", "UNSAFE", "Handler"]
 
 #: peer-ids are 24 bits and 0xFFFFFF means "none": max-clients must stay below it.
 MAX_CLIENTS_LIMIT = 0xFFFFFF - 1
@@ -44,19 +54,6 @@ _TLS_CRYPT_V2_SERVER_END = "-----END OpenVPN tls-crypt-v2 server key-----"
 _TLS_CRYPT_V2_SERVER_KEY_LEN = 128
 _PEM_CRL = "-----BEGIN X509 CRL-----"
 _PEM_DH = "-----BEGIN DH PARAMETERS-----"
-
-#: server ``proto`` values -> (transport, address family or None for both).
-_PROTO: Mapping[str, tuple[str, int | None]] = {
-    "udp": ("udp", None),
-    "udp4": ("udp", 4),
-    "udp6": ("udp", 6),
-    "tcp": ("tcp", None),
-    "tcp4": ("tcp", 4),
-    "tcp6": ("tcp", 6),
-    "tcp-server": ("tcp", None),
-    "tcp4-server": ("tcp", 4),
-    "tcp6-server": ("tcp", 6),
-}
 
 #: Client-table rows that mean the same thing in a server configuration.
 SHARED: Mapping[str, Simple] = {
@@ -148,157 +145,6 @@ UNSAFE: Mapping[str, str] = {
 }
 
 
-@dataclass(slots=True)
-class RawListener:
-    """A listener as written; unset values come from the top-level options."""
-
-    line: int
-    proto: tuple[str, int | None] | None = None
-    port: int | None = None
-    local: str | None = None
-
-
-@dataclass(slots=True)
-class Draft:
-    """Everything one walk collects, before the combination checks."""
-
-    base_dir: Path | None
-    lines: dict[str, int] = field(default_factory=dict)
-    warnings: list[tuple[int, str]] = field(default_factory=list)
-    listen_blocks: list[RawListener] = field(default_factory=list)
-    # shared rows (names as in the client table)
-    dev: str | None = None
-    dev_kind: str | None = None
-    persist_tun: bool = False
-    persist_key: bool = False
-    port: int | None = None
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    tls_crypt: str | None = None
-    key_direction: int | None = None
-    data_ciphers: list[str] | None = None
-    data_ciphers_fallback: str | None = None
-    cipher: str | None = None  # ignored in TLS mode, as in OpenVPN 2.6
-    auth: str | None = None
-    compression: str | None = None
-    mute_replay_warnings: bool = False
-    tun_mtu: int | None = None
-    ping: int | None = None
-    ping_restart: int | None = None
-    keepalive: tuple[int, int] | None = None
-    reneg_sec: int | None = None
-    hand_window: int | None = None
-    verb: int | None = None
-    tls_version_min: str | None = None
-    explicit_exit_notify: int | None = None
-    # server options
-    mode_server: bool = False
-    tls_server: bool = False
-    proto: tuple[str, int | None] | None = None
-    local: str | None = None
-    server: tuple[IPv4Network, bool] | None = None  # (network, nopool)
-    server_ipv6: IPv6Network | None = None
-    topology: str | None = None
-    ifconfig: tuple[IPv4Address, IPv4Address] | None = None
-    ifconfig_pool: tuple[IPv4Address, IPv4Address, IPv4Address | None] | None = None
-    ifconfig_ipv6: IPv6Interface | None = None
-    ifconfig_ipv6_pool: IPv6Interface | None = None
-    dh: str | None = None
-    tls_auth: str | None = None
-    tls_crypt_v2: str | None = None
-    crl_verify: str | None = None
-    push: list[str] = field(default_factory=list)
-    routes: list[IPv4Network] = field(default_factory=list)
-    routes_ipv6: list[IPv6Network] = field(default_factory=list)
-    client_to_client: bool = False
-    duplicate_cn: bool = False
-    max_clients: int | None = None
-    pool_persist: tuple[str, int] | None = None
-    client_config_dir: str | None = None
-    ccd_exclusive: bool = False
-    verify_client_cert: str | None = None
-    remote_cert_tls: str | None = None
-    auth_user_pass_verify: tuple[str, str] | None = None
-    script_security: int | None = None
-    username_as_common_name: bool = False
-    client_connect: str | None = None
-    client_disconnect: str | None = None
-    learn_address: str | None = None
-    status: tuple[str, int] | None = None
-    status_version: int | None = None
-    user: str | None = None
-    group: str | None = None
-    management: tuple[str, int | None, str | None] | None = None
-    connect_freq: tuple[int, int] | None = None
-    connect_freq_initial: tuple[int, int] | None = None
-
-
-# ---- argument checks ----------------------------------------------------------------
-
-
-def parse_proto(value: str) -> tuple[str, int | None]:
-    """(transport, family) of a server ``proto``; client-only values are refused."""
-    if value.endswith("-client"):
-        raise Invalid(f"{value!r} is for clients; a server uses udp, tcp or tcp-server")
-    proto = _PROTO.get(value)
-    if proto is None:
-        raise Invalid(f"unknown protocol {value[:40]!r}")
-    return proto
-
-
-def _ipv4(value: str, what: str = "an IPv4 address") -> IPv4Address:
-    try:
-        return IPv4Address(value)
-    except ValueError:
-        raise Invalid(f"{value[:60]!r} is not {what}") from None
-
-
-def _netmask(value: str) -> IPv4Address:
-    mask = _ipv4(value, "an IPv4 netmask")
-    bits = int(mask)
-    if bits and (bits | (bits - 1)) & 0xFFFFFFFF != 0xFFFFFFFF:
-        raise Invalid(f"{value!r} is not a contiguous netmask")
-    return mask
-
-
-def _network(addr: str, mask: str, what: str) -> IPv4Network:
-    net = _ipv4(addr)
-    m = _netmask(mask)
-    try:
-        return IPv4Network(f"{net}/{m}")
-    except ValueError:
-        raise Invalid(f"{what} {addr} {mask} is not a network address and netmask") from None
-
-
-def _ipv6_prefix(value: str, *, strict: bool) -> IPv6Interface:
-    if "/" not in value:
-        raise Invalid(f"{value[:60]!r} must be an IPv6 address with a /bits prefix length")
-    try:
-        iface = IPv6Interface(value)
-        if strict:
-            IPv6Network(value)  # host bits must be zero
-    except ValueError:
-        raise Invalid(f"{value[:60]!r} is not an IPv6 network/bits") from None
-    return iface
-
-
-def _host(value: str) -> str:
-    if not value or any(c.isspace() for c in value):
-        raise Invalid(f"invalid host name {value[:60]!r}")
-    return value
-
-
-def _command(args: list[str]) -> str:
-    if not args[0].strip():
-        raise Invalid("empty command")
-    return args[0]
-
-
-def _pair(args: list[str], lo: int, hi: int) -> tuple[int, int]:
-    return integer(args[0], lo, hi), integer(args[1], 1, MAX_SECONDS)
-
-
 # ---- server option functions ------------------------------------------------------------
 
 Handler = Callable[[Draft, int, list[str], bool], None]
@@ -317,12 +163,12 @@ def _server(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 3)
     if len(args) == 3 and args[2] != "nopool":
         raise Invalid(f"unexpected {args[2][:40]!r} (only 'nopool' may follow)")
-    d.server = (_network(args[0], args[1], "network/netmask"), len(args) == 3)
+    d.server = (network(args[0], args[1], "network/netmask"), len(args) == 3)
 
 
 def _server_ipv6(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 1)
-    iface = _ipv6_prefix(args[0], strict=False)
+    iface = ipv6_prefix(args[0], strict=False)
     if not 64 <= iface.network.prefixlen <= 124:
         raise Invalid(f"the network must be between /64 and /124, not /{iface.network.prefixlen}")
     d.server_ipv6 = iface.network
@@ -342,7 +188,7 @@ def _proto(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _local(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 1)
-    d.local = _host(args[0])
+    d.local = host(args[0])
 
 
 def _lport(d: Draft, line: int, args: list[str], inline: bool) -> None:
@@ -352,20 +198,20 @@ def _lport(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _ifconfig(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 2)
-    d.ifconfig = (_ipv4(args[0]), _ipv4(args[1]))
+    d.ifconfig = (ipv4(args[0]), ipv4(args[1]))
 
 
 def _ifconfig_pool(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 3)
-    start, end = _ipv4(args[0]), _ipv4(args[1])
+    start, end = ipv4(args[0]), ipv4(args[1])
     if start > end:
         raise Invalid(f"start {start} is after end {end}")
-    d.ifconfig_pool = (start, end, _netmask(args[2]) if len(args) == 3 else None)
+    d.ifconfig_pool = (start, end, netmask(args[2]) if len(args) == 3 else None)
 
 
 def _ifconfig_ipv6(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 2)
-    d.ifconfig_ipv6 = _ipv6_prefix(args[0], strict=False)
+    d.ifconfig_ipv6 = ipv6_prefix(args[0], strict=False)
     try:
         ipaddress.IPv6Address(args[1])
     except ValueError:
@@ -374,7 +220,7 @@ def _ifconfig_ipv6(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _ifconfig_ipv6_pool(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 1)
-    d.ifconfig_ipv6_pool = _ipv6_prefix(args[0], strict=False)
+    d.ifconfig_ipv6_pool = ipv6_prefix(args[0], strict=False)
 
 
 def _dh(d: Draft, line: int, args: list[str], inline: bool) -> None:
@@ -455,7 +301,7 @@ def _push(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _route(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 4)
-    d.routes.append(_network(args[0], args[1] if len(args) > 1 else "255.255.255.255", "route"))
+    d.routes.append(network(args[0], args[1] if len(args) > 1 else "255.255.255.255", "route"))
     if len(args) > 2:
         d.warnings.append(
             (
@@ -489,22 +335,12 @@ def _max_clients(d: Draft, line: int, args: list[str], inline: bool) -> None:
 def _pool_persist(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 2)
     seconds = integer(args[1], 0, MAX_SECONDS) if len(args) == 2 else 600
-    d.pool_persist = (_path(d, args[0]), seconds)
-
-
-def _path(d: Draft, value: str) -> str:
-    """A file or directory the server uses later, anchored at the config's directory."""
-    if not value:
-        raise Invalid("empty file name")
-    path = Path(value)
-    if not path.is_absolute() and d.base_dir is not None:
-        path = d.base_dir / path
-    return str(path)
+    d.pool_persist = (path(d, args[0]), seconds)
 
 
 def _client_config_dir(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 1)
-    d.client_config_dir = _path(d, args[0])
+    d.client_config_dir = path(d, args[0])
 
 
 def _verify_client_cert(d: Draft, line: int, args: list[str], inline: bool) -> None:
@@ -525,13 +361,13 @@ def _auth_user_pass_verify(d: Draft, line: int, args: list[str], inline: bool) -
     nargs(args, 2, 2)
     if args[1] not in ("via-file", "via-env"):
         raise Invalid(f"unknown method {args[1][:40]!r} (via-file or via-env)")
-    d.auth_user_pass_verify = (_command(args), args[1])
+    d.auth_user_pass_verify = (command(args), args[1])
 
 
 def _script(name: str) -> Handler:
     def handler(d: Draft, line: int, args: list[str], inline: bool) -> None:
         nargs(args, 1, 1)
-        setattr(d, name, _command(args))
+        setattr(d, name, command(args))
 
     return handler
 
@@ -544,7 +380,7 @@ def _script_security(d: Draft, line: int, args: list[str], inline: bool) -> None
 def _status(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 2)
     seconds = integer(args[1], 1, MAX_SECONDS) if len(args) == 2 else 60
-    d.status = (_path(d, args[0]), seconds)
+    d.status = (path(d, args[0]), seconds)
 
 
 def _status_version(d: Draft, line: int, args: list[str], inline: bool) -> None:
@@ -554,21 +390,21 @@ def _status_version(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _user(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 1)
-    d.user = _host(args[0])
+    d.user = host(args[0])
 
 
 def _group(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 1)
-    d.group = _host(args[0])
+    d.group = host(args[0])
 
 
 def _management(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 3)
-    password = _path(d, args[2]) if len(args) == 3 and args[2] != "stdin" else None
+    password = path(d, args[2]) if len(args) == 3 and args[2] != "stdin" else None
     if len(args) == 3 and args[2] == "stdin":
         raise Invalid("a password from 'stdin' is not supported; give a password file")
     if args[1] == "unix":
-        d.management = (_path(d, args[0]), None, password)
+        d.management = (path(d, args[0]), None, password)
         return
     try:
         ipaddress.ip_address(args[0])
@@ -579,12 +415,12 @@ def _management(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _connect_freq(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 2)
-    d.connect_freq = _pair(args, 1, 2**31)
+    d.connect_freq = pair(args, 1, 2**31)
 
 
 def _connect_freq_initial(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 2)
-    d.connect_freq_initial = _pair(args, 0, 2**31)
+    d.connect_freq_initial = pair(args, 0, 2**31)
 
 
 #: Options handled by an explicit server function.
