@@ -40,7 +40,10 @@ tun.  ``server-ipv6 P/n``: the server is P+1/n, the IPv6 pool starts at P+0x1000
 (P+2 from /112 on) and ``tun-ipv6`` is pushed.  ``keepalive A B`` pushes ``ping A``
 and ``ping-restart B`` and the server itself uses ``ping A``, ``ping-restart 2B``.
 
-Errors are one-line :class:`ConfigError`; a line-level one starts ``line N:``.
+Relative file names (keys, ``ifconfig-pool-persist``, ``status``, ``client-config-dir``)
+are anchored at the config file's directory - where systemd's ``openvpn-server@`` unit
+runs OpenVPN - or, after a ``cd DIR`` line, at DIR, as OpenVPN changes directory while
+parsing.  Errors are one-line :class:`ConfigError`; a line-level one starts ``line N:``.
 """
 
 from __future__ import annotations
@@ -213,6 +216,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         tls_crypt=d.tls_crypt,
         tls_crypt_v2=d.tls_crypt_v2,
         crl_verify=d.crl_verify,
+        crl_verify_path=d.crl_verify_path,
         data_ciphers=tuple(d.data_ciphers) if d.data_ciphers else DEFAULT_DATA_CIPHERS,
         data_ciphers_fallback=d.data_ciphers_fallback,
         auth=d.auth,
@@ -316,6 +320,8 @@ def _keepalive(d: Draft) -> tuple[int | None, int | None, list[str]]:
         if name in d.lines:
             raise _line_err(d, name, "cannot be used together with 'keepalive'")
     interval, timeout = d.keepalive
+    if not interval and not timeout:
+        return None, None, []
     if interval and timeout and timeout < 2 * interval:
         raise _line_err(d, "keepalive", "the timeout must be at least twice the ping interval")
     push = [f"ping {interval}", f"ping-restart {timeout}"]

@@ -103,6 +103,7 @@ class Draft:
     tls_auth: str | None = None
     tls_crypt_v2: str | None = None
     crl_verify: str | None = None
+    crl_verify_path: str | None = None
     push: list[str] = field(default_factory=list)
     routes: list[IPv4Network] = field(default_factory=list)
     routes_ipv6: list[IPv6Network] = field(default_factory=list)

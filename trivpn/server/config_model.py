@@ -177,7 +177,9 @@ class ServerConfig:
     key_direction: int | None = None
     tls_crypt: str | None = None
     tls_crypt_v2: str | None = None  # the server key text
-    crl_verify: str | None = None  # CRL text (PEM)
+    crl_verify: str | None = None  # CRL text (PEM) as read at startup
+    #: the CRL file to re-read when it changes (OpenVPN reads it per connection); None inline
+    crl_verify_path: str | None = None
     data_ciphers: tuple[str, ...] = DEFAULT_DATA_CIPHERS
     data_ciphers_fallback: str | None = None
     auth: str | None = None

@@ -28,6 +28,7 @@ import binascii
 import ipaddress
 from collections.abc import Callable, Mapping
 from ipaddress import IPv6Network
+from pathlib import Path
 
 from trivpn.profile.checks import Invalid, integer, key_direction, nargs, read_content, static_key
 from trivpn.profile.table import MAX_SECONDS, TABLE, Simple
@@ -285,6 +286,16 @@ def _crl_verify(d: Draft, line: int, args: list[str], inline: bool) -> None:
     if _PEM_CRL not in text:
         raise Invalid("no PEM certificate revocation list found")
     d.crl_verify = text
+    d.crl_verify_path = None if inline else path(d, args[0])
+
+
+def _cd(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    # OpenVPN changes directory while parsing: later relative names start there.
+    nargs(args, 1, 1)
+    directory = Path(path(d, args[0]))
+    if not directory.is_dir():
+        raise Invalid(f"'{directory}' is not a directory")
+    d.base_dir = directory
 
 
 def _push(d: Draft, line: int, args: list[str], inline: bool) -> None:
@@ -441,6 +452,7 @@ SERVER: Mapping[str, Handler] = {
     "tls-auth": _tls_auth,
     "tls-crypt-v2": _tls_crypt_v2,
     "crl-verify": _crl_verify,
+    "cd": _cd,
     "push": _push,
     "route": _route,
     "route-ipv6": _route_ipv6,

@@ -84,6 +84,37 @@ def test_debian_sample_server_conf(tmp_path: Path) -> None:
     assert cfg.source == str(tmp_path / "server.conf")
 
 
+def test_debian_sample_with_its_optional_lines_enabled(tmp_path: Path) -> None:
+    text = DEBIAN_SAMPLE.read_text() if DEBIAN_SAMPLE.exists() else ""
+    enabled = []
+    for line in text.splitlines():
+        # every commented-out example except the tap/bridge ones and the learn-address script
+        if line.startswith(";") and not any(
+            w in line for w in ("dev tap", "server-bridge", "learn-address", "local a.b")
+        ):
+            line = line[1:]
+        enabled.append(line)
+    if not text:
+        pytest.skip("Debian's openvpn sample configs")
+    _write_pki(tmp_path)
+    (tmp_path / "server.conf").write_text("\n".join(enabled) + "\n")
+    cfg = load_server_config(tmp_path / "server.conf")
+    assert cfg.tls_auth == STATIC_KEY and cfg.key_direction == 0
+    assert cfg.client_to_client and cfg.duplicate_cn and cfg.max_clients == 100
+    assert (cfg.user, cfg.group) == ("openvpn", "openvpn")
+    assert cfg.client_config_dir == str(tmp_path / "ccd")
+    assert cfg.listeners[0].proto == "udp"  # the later `proto udp` wins over `proto tcp`
+    assert cfg.data_ciphers == ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "AES-256-CBC")
+    assert "redirect-gateway def1 bypass-dhcp" in cfg.push
+    assert IPv4Network("192.168.40.128/29") in cfg.routes
+    warned = {w.split("'")[1] for w in cfg.warnings}
+    assert warned == {"dh", "dev-node", "log", "log-append"}
+    # the learn-address example needs 'script-security 2', which the sample does not set
+    (tmp_path / "server.conf").write_text(text.replace(";learn-address", "learn-address"))
+    with pytest.raises(ConfigError, match="option 'learn-address': runs a script"):
+        load_server_config(tmp_path / "server.conf")
+
+
 FULL = f"""\
 # a production-style server: UDP and TCP, v4 and v6, tls-crypt, user/password
 mode server
@@ -226,6 +257,21 @@ def test_files_relative_to_config(tmp_path: Path) -> None:
     assert cfg.tls_crypt_v2 == V2_SERVER_KEY
 
 
+def test_cd_moves_relative_names(tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir()
+    _write_pki(tmp_path / "pki")
+    (tmp_path / "pki" / "crl.pem").write_text(CRL)
+    text = (
+        f"cd {tmp_path / 'pki'}\nserver 10.8.0.0 255.255.255.0\ndev tun\nca ca.crt\n"
+        "cert server.crt\nkey server.key\ncrl-verify crl.pem\nstatus status.log\n"
+    )
+    cfg = parse_server_config(text, base_dir=Path("/nonexistent"))
+    assert cfg.ca == CA and cfg.crl_verify == CRL
+    assert cfg.crl_verify_path == str(tmp_path / "pki" / "crl.pem")
+    assert cfg.status is not None and cfg.status.path == str(tmp_path / "pki" / "status.log")
+    assert "is not a directory" in error(f"cd {tmp_path / 'missing'}\n")
+
+
 # ---- the server helper ---------------------------------------------------------------------
 
 
@@ -337,6 +383,12 @@ def test_keepalive_and_ping_restart() -> None:
     cfg = parse("keepalive 10 60\n")
     assert (cfg.ping, cfg.ping_restart, cfg.keepalive) == (10, 120, (10, 60))
     assert cfg.push[-2:] == ("ping 10", "ping-restart 60")
+    cfg = parse("keepalive 0 0\n")
+    assert (cfg.ping, cfg.ping_restart, cfg.push) == (
+        None,
+        None,
+        ("route 10.8.0.1", "topology net30"),
+    )
     cfg = parse("ping 5\nping-restart 30\n")
     assert (cfg.ping, cfg.ping_restart) == (5, 30) and "ping 5" not in cfg.push
 
