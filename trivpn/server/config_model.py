@@ -111,7 +111,7 @@ class IPv6Pool:
 class Management:
     """``management IP PORT [pwfile]`` or ``management /path unix [pwfile]``."""
 
-    address: str  # an IP literal, or the socket path for ``unix``
+    address: str  # an IP address or host name, or the socket path for ``unix``
     port: int | None  # None for a unix socket
     password_file: str | None = None
 

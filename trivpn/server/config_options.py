@@ -411,17 +411,14 @@ def _group(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _management(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 3)
-    password = path(d, args[2]) if len(args) == 3 and args[2] != "stdin" else None
     if len(args) == 3 and args[2] == "stdin":
         raise Invalid("a password from 'stdin' is not supported; give a password file")
+    password = path(d, args[2]) if len(args) == 3 else None
     if args[1] == "unix":
         d.management = (path(d, args[0]), None, password)
         return
-    try:
-        ipaddress.ip_address(args[0])
-    except ValueError:
-        raise Invalid(f"{args[0][:60]!r} must be an IP address (or use 'PATH unix')") from None
-    d.management = (args[0], integer(args[1], 1, 65535), password)
+    # an address or a name such as 'localhost', resolved when the socket is opened
+    d.management = (host(args[0]), integer(args[1], 1, 65535), password)
 
 
 def _connect_freq(d: Draft, line: int, args: list[str], inline: bool) -> None:

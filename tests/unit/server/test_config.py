@@ -484,7 +484,7 @@ def test_listen_blocks_inherit_top_level_options_anywhere() -> None:
         ("status /tmp/s 0\n", "out of range"),
         ("status-version 4\n", "out of range 1..3"),
         ("management 127.0.0.1\n", "takes 2 to 3 arguments"),
-        ("management localhost 7505\n", "must be an IP address"),
+        ('management "" 7505\n', "invalid host name"),
         ("management 127.0.0.1 70000\n", "out of range"),
         ("management 127.0.0.1 7505 stdin\n", "'stdin' is not supported"),
         ("connect-freq 10\n", "takes exactly 2 arguments"),
@@ -625,6 +625,13 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("dev tun\nserver 10.8.0.0 255.255.255.0\ntopology star\n")
     with pytest.raises(ConfigError, match=r"bad\.conf: line 3: option 'topology'"):
         load_server_config(bad)
+
+
+def test_management_over_tcp_and_crlf_lines() -> None:
+    cfg = parse("management localhost 7505 mgmt.pw\r\nverb 5\r\n")
+    assert cfg.management is not None and not cfg.management.unix
+    assert (cfg.management.address, cfg.management.port) == ("localhost", 7505)
+    assert cfg.management.password_file == "mgmt.pw" and cfg.verb == 5
 
 
 def test_config_is_frozen() -> None:
