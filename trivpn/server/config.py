@@ -34,8 +34,8 @@ The ``server`` helper (as OpenVPN 2.6's, reference openvpn-server.md 1.5)
 ``server N M``: subnet: the server is N+1/M, the pool N+2 .. broadcast-1, and
 ``route-gateway N+1`` and ``topology subnet`` are pushed.  net30 (2.6's default) and
 p2p: the server is N+1 with peer N+2, the pool is the /30 blocks from N+4 up to
-broadcast-4 (to the broadcast for a /29), ``route N+1`` (``route N M`` with
-client-to-client) and the topology are pushed, and the server routes N/M into the
+broadcast-4 (to the broadcast for a /29), ``route N+1`` (net30 only; ``route N M``
+with client-to-client) and the topology are pushed, and the server routes N/M into the
 tun.  ``server-ipv6 P/n``: the server is P+1/n, the IPv6 pool starts at P+0x1000
 (P+2 from /112 on) and ``tun-ipv6`` is pushed.  ``keepalive A B`` pushes ``ping A``
 and ``ping-restart B`` and the server itself uses ``ping A``, ``ping-restart 2B``.
@@ -368,12 +368,12 @@ def _expand_ipv4(d: Draft, topology: str) -> _V4:
             None,
             IPv4Address(base + 1) if topology == "p2p" else None,
         )
-        route = (
-            f"route {net.network_address} {mask}"
-            if d.client_to_client
-            else f"route {IPv4Address(base + 1)}"
-        )
-        out.push = [route, f"topology {topology}"]
+        # p2p clients peer with the server address itself: no route to it is needed
+        if d.client_to_client:
+            out.push = [f"route {net.network_address} {mask}"]
+        elif topology == "net30":
+            out.push = [f"route {IPv4Address(base + 1)}"]
+        out.push.append(f"topology {topology}")
         out.routes = [net]
     if nopool:
         out.pool = _manual_pool(d, topology, out.ifconfig)

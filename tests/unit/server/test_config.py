@@ -326,7 +326,9 @@ def test_p2p_helper_peers_with_the_server_address() -> None:
     cfg = parse("topology p2p\n")
     assert cfg.pool is not None and cfg.pool.layout == "p2p"
     assert cfg.pool.client_address(0) == (IPv4Address("10.8.0.6"), IPv4Address("10.8.0.1"))
-    assert cfg.push == ("route 10.8.0.1", "topology p2p")
+    assert cfg.push == ("topology p2p",)  # [V] no route: the peer is the server itself
+    cfg = parse("topology p2p\nclient-to-client\n")
+    assert cfg.push == ("route 10.8.0.0 255.255.255.0", "topology p2p")
 
 
 def test_nopool() -> None:
