@@ -53,7 +53,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6
 from pathlib import Path
 
 from trivpn.errors import ConfigError
-from trivpn.profile.checks import Invalid, Unsupported, err, read_limited
+from trivpn.profile.checks import (
+    MAX_REFERENCED_FILE_SIZE,
+    Invalid,
+    Unsupported,
+    err,
+    read_limited,
+)
 from trivpn.profile.model import DEFAULT_DATA_CIPHERS, DEFAULT_VERB, OPENVPN_PORT
 from trivpn.profile.options import is_inline, iter_options
 from trivpn.server.config_draft import Draft, RawListener
@@ -106,6 +112,8 @@ def parse_server_config(
 ) -> ServerConfig:
     """Parse server config ``text``; raises :class:`ConfigError` with a one-line message."""
     try:
+        if len(text) > MAX_REFERENCED_FILE_SIZE:
+            raise ConfigError(f"larger than {MAX_REFERENCED_FILE_SIZE} characters")
         draft = Draft(base_dir)
         for line, tokens in iter_options(text):
             if tokens[0] == "<listen>":

@@ -624,6 +624,8 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     big.write_bytes(b"#" * ((1 << 20) + 1))
     with pytest.raises(ConfigError, match="larger than"):
         load_server_config(big)
+    with pytest.raises(ConfigError, match="larger than"):
+        parse_server_config("#" * ((1 << 20) + 1))
     bad.write_text("dev tun\nserver 10.8.0.0 255.255.255.0\ntopology star\n")
     with pytest.raises(ConfigError, match=r"bad\.conf: line 3: option 'topology'"):
         load_server_config(bad)
