@@ -261,6 +261,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         connect_freq=d.connect_freq,
         connect_freq_initial=d.connect_freq_initial or DEFAULT_CONNECT_FREQ_INITIAL,
         tun_mtu=d.tun_mtu,
+        compression=d.compression,
         warnings=tuple(text for _, text in sorted(d.warnings, key=lambda w: w[0])),
         source=source,
     )

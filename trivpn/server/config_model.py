@@ -214,5 +214,8 @@ class ServerConfig:
     connect_freq: tuple[int, int] | None = None
     connect_freq_initial: tuple[int, int] = DEFAULT_CONNECT_FREQ_INITIAL
     tun_mtu: int | None = None
+    #: ``comp-lzo no`` -> "lzo-no", ``compress``/``compress stub(-v2)`` -> "stub"/"stub-v2":
+    #: no compression, but the data packets carry the compression framing byte
+    compression: str | None = None
     warnings: tuple[str, ...] = field(default=())
     source: str | None = None

@@ -381,6 +381,19 @@ def test_manual_mode_server() -> None:
     assert cfg.pool_ipv6 is not None and cfg.pool_ipv6.base == IPv6Address("fd00:7::100")
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", None),
+        ("comp-lzo no\n", "lzo-no"),
+        ("compress\n", "stub"),
+        ("compress stub-v2\n", "stub-v2"),
+    ],
+)
+def test_compression_framing(line: str, expected: str | None) -> None:
+    assert parse(line).compression == expected
+
+
 def test_keepalive_and_ping_restart() -> None:
     cfg = parse("keepalive 10 60\n")
     assert (cfg.ping, cfg.ping_restart, cfg.keepalive) == (10, 120, (10, 60))
