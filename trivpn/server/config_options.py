@@ -119,6 +119,7 @@ UNSAFE: Mapping[str, str] = {
     "management-external-key": "external keys via the management interface are not supported",
     "management-external-cert": "external certificates are not supported",
     "tls-verify": "the certificate verification script would be skipped",
+    "tls-crypt-v2-verify": "the client key verification script would be skipped",
     "verify-hash": "certificate pinning would be skipped",
     "peer-fingerprint": "certificate pinning would be skipped",
     "verify-x509-name": "the client certificate name check would be skipped",

@@ -526,6 +526,7 @@ def test_line_errors(extra: str, expected: str) -> None:
         "plugin /usr/lib/openvpn/plugin.so",
         "management-client-auth",
         "tls-verify /bin/check",
+        "tls-crypt-v2-verify /bin/check",
         "verify-x509-name client1 name",
         "remote-cert-eku 'TLS Web Client Authentication'",
         "tls-cipher DEFAULT",
