@@ -31,11 +31,11 @@ options, wherever they appear in the file::
 
 The ``server`` helper (as OpenVPN 2.6's, reference openvpn-server.md 1.5)
 -------------------------------------------------------------------------
-``server N M``: subnet: the server is N+1/M, the pool N+2 .. broadcast-1, and
-``route-gateway N+1`` and ``topology subnet`` are pushed.  net30 (2.6's default) and
-p2p: the server is N+1 with peer N+2, the pool is the /30 blocks from N+4 up to
-broadcast-4 (to the broadcast for a /29), ``route N+1`` (net30 only; ``route N M``
-with client-to-client) and the topology are pushed, and the server routes N/M into the
+The pools are :mod:`trivpn.server.pool_types` values, ready for
+:class:`~trivpn.server.pool.AddressPool`.  ``server N M``: subnet: the server is N+1/M, the pool N+2 .. broadcast-1, and
+``route-gateway N+1`` and ``topology subnet`` are pushed.  net30 (2.6's default): the server is N+1 with peer N+2, the pool is the /30 blocks from N+4 up to
+broadcast-4 (to the broadcast for a /29), ``route N+1`` (``route N M`` with
+client-to-client) and ``topology net30`` are pushed, and the server routes N/M into the
 tun.  ``server-ipv6 P/n``: the server is P+1/n, the IPv6 pool starts at P+0x1000
 (P+2 from /112 on) and ``tun-ipv6`` is pushed.  ``keepalive A B`` pushes ``ping A``
 and ``ping-restart B`` and the server itself uses ``ping A``, ``ping-restart 2B``.
@@ -49,7 +49,7 @@ parsing.  Errors are one-line :class:`ConfigError`; a line-level one starts ``li
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Interface
 from pathlib import Path
 
 from trivpn.errors import ConfigError
@@ -69,8 +69,6 @@ from trivpn.server.config_model import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_RENEG_SEC,
     AuthScript,
-    IPv4Pool,
-    IPv6Pool,
     Listener,
     Management,
     PoolPersist,
@@ -78,13 +76,12 @@ from trivpn.server.config_model import (
     StatusFile,
 )
 from trivpn.server.config_options import SERVER, SHARED, SILENT, UNSAFE
+from trivpn.server.pool_types import POOL_MAX, IPv4Pool, IPv6Pool, PoolType
 
 __all__ = ["LISTEN_OPTIONS", "ServerConfig", "load_server_config", "parse_server_config"]
 
 #: Options a ``<listen>`` block may hold.
 LISTEN_OPTIONS = frozenset({"proto", "port", "lport", "local"})
-#: OpenVPN's IFCONFIG_POOL_MAX: no pool has more handles.
-POOL_MAX = 65536
 #: IPv6 pool offset from the network: 0x1000, or 2 for /112 and longer prefixes.
 _IPV6_POOL_OFFSET = 0x1000
 _IPV6_SMALL_PREFIX = 112
@@ -351,7 +348,7 @@ def _expand_ipv4(d: Draft, topology: str) -> _V4:
     out = _V4()
     if d.server is None:
         out.ifconfig = d.ifconfig
-        out.pool = _manual_pool(d, topology, d.ifconfig)
+        out.pool = _manual_pool(d, topology, d.ifconfig, None)
         return out
     net, nopool = d.server
     if d.ifconfig is not None:
@@ -363,56 +360,53 @@ def _expand_ipv4(d: Draft, topology: str) -> _V4:
     if net.prefixlen > 29:
         raise _line_err(d, "server", "the network must be 255.255.255.248 (/29) or larger")
     base, bcast, mask = int(net.network_address), int(net.broadcast_address), net.netmask
+    server = IPv4Address(base + 1)
     if topology == "subnet":
-        out.ifconfig = (IPv4Address(base + 1), mask)
-        out.pool = IPv4Pool("subnet", IPv4Address(base + 2), IPv4Address(bcast - 1), mask)
-        out.push = [f"route-gateway {IPv4Address(base + 1)}", "topology subnet"]
+        out.ifconfig = (server, mask)
+        out.pool = IPv4Pool(
+            PoolType.INDIV, IPv4Address(base + 2), IPv4Address(bcast - 1), mask, net, server
+        )
+        out.push = [f"route-gateway {server}", "topology subnet"]
     else:
-        out.ifconfig = (IPv4Address(base + 1), IPv4Address(base + 2))
+        out.ifconfig = (server, IPv4Address(base + 2))
         reserve = 0 if net.prefixlen == 29 else 4
         out.pool = IPv4Pool(
-            topology,
-            IPv4Address(base + 4),
-            IPv4Address(bcast - reserve),
-            None,
-            IPv4Address(base + 1) if topology == "p2p" else None,
+            PoolType.NET30, IPv4Address(base + 4), IPv4Address(bcast - reserve), None, net, server
         )
-        # p2p clients peer with the server address itself: no route to it is needed
-        if d.client_to_client:
-            out.push = [f"route {net.network_address} {mask}"]
-        elif topology == "net30":
-            out.push = [f"route {IPv4Address(base + 1)}"]
-        out.push.append(f"topology {topology}")
+        route = f"route {net.network_address} {mask}" if d.client_to_client else f"route {server}"
+        out.push = [route, "topology net30"]
         out.routes = [net]
     if nopool:
-        out.pool = _manual_pool(d, topology, out.ifconfig)
+        out.pool = _manual_pool(d, topology, out.ifconfig, net)
     return out
 
 
 def _manual_pool(
-    d: Draft, topology: str, ifconfig: tuple[IPv4Address, IPv4Address] | None
+    d: Draft,
+    topology: str,
+    ifconfig: tuple[IPv4Address, IPv4Address] | None,
+    network: IPv4Network | None,
 ) -> IPv4Pool | None:
     """The pool from ``ifconfig-pool START END [MASK]`` (no helper, or ``nopool``);
-    ``ifconfig`` is the server's own tun address (its netmask, or its peer address)."""
+    ``ifconfig`` is the server's own tun address (with its netmask, or its peer)."""
     if d.ifconfig_pool is None:
         return None
     start, end, mask = d.ifconfig_pool
+    server = ifconfig[0] if ifconfig is not None else None
     if topology == "subnet":
         if mask is None and ifconfig is not None:
             mask = ifconfig[1]
         if mask is None:
             raise _line_err(d, "ifconfig-pool", "topology subnet needs a netmask (or 'ifconfig')")
-        size = int(end) - int(start) + 1
-        if size > POOL_MAX:
+        if int(end) - int(start) + 1 > POOL_MAX:
             raise _line_err(d, "ifconfig-pool", f"more than {POOL_MAX} addresses")
-        return IPv4Pool("subnet", start, end, mask)
+        if network is None and server is not None:
+            network = IPv4Network(f"{server}/{mask}", strict=False)
+        return IPv4Pool(PoolType.INDIV, start, end, mask, network, server)
     first, last = int(start) & ~3, int(end) | 3
     if (last + 1 - first) // 4 > POOL_MAX:
         raise _line_err(d, "ifconfig-pool", f"more than {POOL_MAX} /30 blocks")
-    peer = ifconfig[0] if topology == "p2p" and ifconfig is not None else None
-    if topology == "p2p" and peer is None:
-        raise _line_err(d, "ifconfig-pool", "topology p2p needs 'ifconfig'")
-    return IPv4Pool(topology, IPv4Address(first), IPv4Address(last), None, peer)
+    return IPv4Pool(PoolType.NET30, start, end, None, network, server)
 
 
 class _V6:
@@ -428,7 +422,11 @@ def _expand_ipv6(d: Draft) -> _V6:
     if net is None:
         out.ifconfig = d.ifconfig_ipv6
         if d.ifconfig_ipv6_pool is not None:
-            out.pool = _ipv6_pool(d.ifconfig_ipv6_pool.network, d.ifconfig_ipv6_pool.ip)
+            pool = d.ifconfig_ipv6_pool
+            if not 64 <= pool.network.prefixlen <= 124:
+                raise _line_err(d, "ifconfig-ipv6-pool", "the prefix must be between /64 and /124")
+            server = d.ifconfig_ipv6.ip if d.ifconfig_ipv6 is not None else None
+            out.pool = IPv6Pool(pool.ip, pool.network.prefixlen, server)
         return out
     if d.server is not None and d.server[1]:
         raise _line_err(d, "server-ipv6", "cannot be used with 'server ... nopool'")
@@ -438,14 +436,9 @@ def _expand_ipv6(d: Draft) -> _V6:
     base = net.network_address
     out.ifconfig = IPv6Interface(f"{base + 1}/{net.prefixlen}")
     offset = 2 if net.prefixlen >= _IPV6_SMALL_PREFIX else _IPV6_POOL_OFFSET
-    out.pool = _ipv6_pool(net, base + offset)
+    out.pool = IPv6Pool(base + offset, net.prefixlen, base + 1)
     out.push = ["tun-ipv6"]
     return out
-
-
-def _ipv6_pool(net: IPv6Network, start: IPv6Address) -> IPv6Pool:
-    size = min(int(net.broadcast_address) - int(start) + 1, POOL_MAX)
-    return IPv6Pool(start, net.prefixlen, max(size, 0))
 
 
 def _listeners(d: Draft) -> tuple[Listener, ...]:

@@ -8,9 +8,10 @@ objects so that consumers never re-parse text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
 
 from trivpn.profile.model import DEFAULT_DATA_CIPHERS, DEFAULT_VERB, OPENVPN_PORT
+from trivpn.server.pool_types import IPv4Pool, IPv6Pool
 
 __all__ = [
     "DEFAULT_CONNECT_FREQ_INITIAL",
@@ -23,8 +24,6 @@ __all__ = [
     "DEFAULT_VERB",
     "OPENVPN_PORT",
     "AuthScript",
-    "IPv4Pool",
-    "IPv6Pool",
     "Listener",
     "Management",
     "PoolPersist",
@@ -56,55 +55,6 @@ class Listener:
     local: str | None = None
     family: int | None = None
     line: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class IPv4Pool:
-    """The IPv4 address pool and the server's own tunnel address.
-
-    ``layout`` is ``subnet`` (handle i is ``start + i``, pushed with ``netmask``),
-    ``net30`` (handle i is the /30 at ``start + 4i``: the client gets ``+2``, its peer
-    address ``+1``) or ``p2p`` (the /30 client address, with ``peer`` as its peer).
-    ``start``/``end`` are inclusive; for net30/p2p ``start`` is a /30 base.
-    """
-
-    layout: str
-    start: IPv4Address
-    end: IPv4Address
-    netmask: IPv4Address | None = None
-    #: topology p2p: every client's peer address is the server's own tun address
-    peer: IPv4Address | None = None
-
-    @property
-    def size(self) -> int:
-        """Number of handles (addresses for subnet, /30 blocks for net30)."""
-        span = int(self.end) - int(self.start) + 1
-        return span if self.layout == "subnet" else span // 4
-
-    def client_address(self, handle: int) -> tuple[IPv4Address, IPv4Address]:
-        """``(client address, second ifconfig argument)`` for pool handle ``handle``."""
-        if not 0 <= handle < self.size:
-            raise IndexError(handle)
-        if self.layout != "subnet":
-            base = int(self.start) + 4 * handle
-            return IPv4Address(base + 2), self.peer or IPv4Address(base + 1)
-        assert self.netmask is not None
-        return IPv4Address(int(self.start) + handle), self.netmask
-
-
-@dataclass(frozen=True, slots=True)
-class IPv6Pool:
-    """The IPv6 pool: handle i is ``base + i`` with prefix length ``bits``; it shares
-    the handle index with the IPv4 pool (as OpenVPN does)."""
-
-    base: IPv6Address
-    bits: int
-    size: int
-
-    def client_address(self, handle: int) -> IPv6Address:
-        if not 0 <= handle < self.size:
-            raise IndexError(handle)
-        return self.base + handle
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +111,7 @@ class ServerConfig:
     key: str
     dev: str = "tun"
     topology: str = "net30"
-    #: the server's tun address and netmask (subnet) or peer address (net30/p2p)
+    #: the server's tun address and netmask (subnet) or peer address (net30)
     ifconfig: tuple[IPv4Address, IPv4Address] | None = None
     ifconfig_ipv6: IPv6Interface | None = None  # the server's own, e.g. fd00:8::1/64
     pool: IPv4Pool | None = None

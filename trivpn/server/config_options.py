@@ -178,8 +178,10 @@ def _server_ipv6(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _topology(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 1)
-    if args[0] not in ("subnet", "net30", "p2p"):
-        raise Invalid(f"unknown topology {args[0][:40]!r} (subnet, net30 or p2p)")
+    if args[0] == "p2p":
+        raise Invalid("topology p2p is not supported; use subnet (or net30)")
+    if args[0] not in ("subnet", "net30"):
+        raise Invalid(f"unknown topology {args[0][:40]!r} (subnet or net30)")
     d.topology = args[0]
 
 

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from trivpn.errors import ConfigError
 from trivpn.server.config import load_server_config, parse_server_config
-from trivpn.server.config_model import IPv4Pool, Listener, ServerConfig
+from trivpn.server.config_model import Listener, ServerConfig
+from trivpn.server.pool import AddressPool
+from trivpn.server.pool_types import IPv4Pool, IPv6Pool, PoolType
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUCA==\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgE=\n-----END PRIVATE KEY-----\n"
@@ -70,7 +72,7 @@ def test_debian_sample_server_conf(tmp_path: Path) -> None:
     assert cfg.listeners == (Listener("udp", 1194, None, None, cfg.listeners[0].line),)
     assert cfg.topology == "subnet"
     assert cfg.ifconfig == (IPv4Address("10.8.0.1"), IPv4Address("255.255.255.0"))
-    assert cfg.pool is not None and cfg.pool.layout == "subnet"
+    assert cfg.pool is not None and cfg.pool.type is PoolType.INDIV
     assert (cfg.pool.start, cfg.pool.end) == (IPv4Address("10.8.0.2"), IPv4Address("10.8.0.254"))
     assert cfg.push == ("route-gateway 10.8.0.1", "topology subnet", "ping 10", "ping-restart 120")
     assert (cfg.ping, cfg.ping_restart) == (10, 240)
@@ -275,19 +277,31 @@ def test_cd_moves_relative_names(tmp_path: Path) -> None:
 # ---- the server helper ---------------------------------------------------------------------
 
 
+def _addresses(cfg: ServerConfig, n: int) -> list[str]:
+    """The ifconfig/ifconfig-ipv6 pushes of the first ``n`` clients of the config's pool."""
+    pool = AddressPool(cfg.pool, cfg.pool_ipv6)
+    return [",".join(push.option for push in pool.acquire(f"client{i}").pushes()) for i in range(n)]
+
+
 def test_subnet_helper() -> None:
     cfg = parse("topology subnet\n")
-    assert cfg.network == IPv4Network("10.8.0.0/24")
+    net = IPv4Network("10.8.0.0/24")
+    assert cfg.network == net
     assert cfg.ifconfig == (IPv4Address("10.8.0.1"), IPv4Address("255.255.255.0"))
-    pool = cfg.pool
-    assert pool == IPv4Pool(
-        "subnet", IPv4Address("10.8.0.2"), IPv4Address("10.8.0.254"), IPv4Address("255.255.255.0")
+    assert cfg.pool == IPv4Pool(
+        PoolType.INDIV,
+        IPv4Address("10.8.0.2"),
+        IPv4Address("10.8.0.254"),
+        IPv4Address("255.255.255.0"),
+        net,
+        IPv4Address("10.8.0.1"),
     )
-    assert pool.size == 253
-    assert pool.client_address(0) == (IPv4Address("10.8.0.2"), IPv4Address("255.255.255.0"))
-    assert pool.client_address(252)[0] == IPv4Address("10.8.0.254")
-    with pytest.raises(IndexError):
-        pool.client_address(253)
+    # [V] pool base 10.8.0.2, size 253; the client got `ifconfig 10.8.0.2 255.255.255.0`
+    assert AddressPool(cfg.pool).size == 253
+    assert _addresses(cfg, 2) == [
+        "ifconfig 10.8.0.2 255.255.255.0",
+        "ifconfig 10.8.0.3 255.255.255.0",
+    ]
     assert cfg.push == ("route-gateway 10.8.0.1", "topology subnet")
     assert cfg.routes == ()  # the tun's own subnet covers the clients
 
@@ -297,13 +311,13 @@ def test_net30_helper() -> None:
     assert cfg.topology == "net30"
     assert cfg.ifconfig == (IPv4Address("10.9.0.1"), IPv4Address("10.9.0.2"))
     pool = cfg.pool
-    assert pool is not None and pool.layout == "net30"
+    assert pool is not None and pool.type is PoolType.NET30
     assert (pool.start, pool.end) == (IPv4Address("10.9.0.4"), IPv4Address("10.9.0.251"))
-    assert pool.size == 62
+    assert pool.server == IPv4Address("10.9.0.1")
+    assert AddressPool(pool).size == 62
     # [V] first client 10.9.0.6/10.9.0.5, next 10.9.0.10/10.9.0.9
-    assert pool.client_address(0) == (IPv4Address("10.9.0.6"), IPv4Address("10.9.0.5"))
-    assert pool.client_address(1) == (IPv4Address("10.9.0.10"), IPv4Address("10.9.0.9"))
-    assert cfg.push == ("route 10.9.0.1", "topology net30")
+    assert _addresses(cfg, 2) == ["ifconfig 10.9.0.6 10.9.0.5", "ifconfig 10.9.0.10 10.9.0.9"]
+    assert cfg.push == ("route 10.9.0.1", "topology net30")  # [V]
     assert cfg.routes == (IPv4Network("10.9.0.0/24"),)
 
 
@@ -315,20 +329,7 @@ def test_net30_with_client_to_client_pushes_the_whole_network() -> None:
 def test_net30_slash29_uses_the_last_block() -> None:
     cfg = parse("", base="dev tun\nserver 10.8.0.0 255.255.255.248\n" + KEYS)
     assert cfg.pool is not None
-    assert (cfg.pool.start, cfg.pool.end, cfg.pool.size) == (
-        IPv4Address("10.8.0.4"),
-        IPv4Address("10.8.0.7"),
-        1,
-    )
-
-
-def test_p2p_helper_peers_with_the_server_address() -> None:
-    cfg = parse("topology p2p\n")
-    assert cfg.pool is not None and cfg.pool.layout == "p2p"
-    assert cfg.pool.client_address(0) == (IPv4Address("10.8.0.6"), IPv4Address("10.8.0.1"))
-    assert cfg.push == ("topology p2p",)  # [V] no route: the peer is the server itself
-    cfg = parse("topology p2p\nclient-to-client\n")
-    assert cfg.push == ("route 10.8.0.0 255.255.255.0", "topology p2p")
+    assert (cfg.pool.start, cfg.pool.end) == (IPv4Address("10.8.0.4"), IPv4Address("10.8.0.7"))
 
 
 def test_nopool() -> None:
@@ -339,25 +340,35 @@ def test_nopool() -> None:
         base="dev tun\nserver 10.8.0.0 255.255.255.0 nopool\ntopology subnet\n" + KEYS,
     )
     assert cfg.pool == IPv4Pool(
-        "subnet", IPv4Address("10.8.0.100"), IPv4Address("10.8.0.199"), IPv4Address("255.255.255.0")
+        PoolType.INDIV,
+        IPv4Address("10.8.0.100"),
+        IPv4Address("10.8.0.199"),
+        IPv4Address("255.255.255.0"),
+        IPv4Network("10.8.0.0/24"),
+        IPv4Address("10.8.0.1"),
     )
 
 
 @pytest.mark.parametrize(
-    ("prefix", "server", "pool_base", "size"),
+    ("prefix", "server", "pool_base"),
     [
-        ("fd00:8::/64", "fd00:8::1/64", "fd00:8::1000", 65536),
-        ("fd00:8::/112", "fd00:8::1/112", "fd00:8::2", 65534),
-        ("fd00:8::/120", "fd00:8::1/120", "fd00:8::2", 254),
+        ("fd00:8::/64", "fd00:8::1/64", "fd00:8::1000"),
+        ("fd00:8::/112", "fd00:8::1/112", "fd00:8::2"),
+        ("fd00:8::/120", "fd00:8::1/120", "fd00:8::2"),
     ],
 )
-def test_ipv6_helper(prefix: str, server: str, pool_base: str, size: int) -> None:
+def test_ipv6_helper(prefix: str, server: str, pool_base: str) -> None:
     cfg = parse(f"server-ipv6 {prefix}\ntopology subnet\n")
     assert cfg.ifconfig_ipv6 == IPv6Interface(server)
     assert cfg.network_ipv6 == IPv6Network(prefix)
-    assert cfg.pool_ipv6 is not None
-    assert cfg.pool_ipv6.base == IPv6Address(pool_base) and cfg.pool_ipv6.size == size
-    assert cfg.pool_ipv6.client_address(1) == IPv6Address(pool_base) + 1
+    bits = IPv6Network(prefix).prefixlen
+    assert cfg.pool_ipv6 == IPv6Pool(IPv6Address(pool_base), bits, IPv6Interface(server).ip)
+    # the IPv6 pool shares the handle with IPv4: [V] `ifconfig-ipv6 fd00:8::1000/64 fd00:8::1`
+    first = _addresses(cfg, 1)[0]
+    assert first == (
+        f"ifconfig-ipv6 {pool_base}/{bits} {IPv6Interface(server).ip},"
+        "ifconfig 10.8.0.2 255.255.255.0"
+    )
     assert cfg.push == ("tun-ipv6", "route-gateway 10.8.0.1", "topology subnet")
 
 
@@ -371,14 +382,19 @@ def test_manual_mode_server() -> None:
     base = "mode server\ntls-server\ndev tun\ntopology subnet\n" + KEYS
     cfg = parse("ifconfig 10.7.0.1 255.255.255.0\nifconfig-pool 10.7.0.10 10.7.0.20\n", base)
     assert cfg.ifconfig == (IPv4Address("10.7.0.1"), IPv4Address("255.255.255.0"))
-    assert cfg.pool is not None and cfg.pool.size == 11 and cfg.push == ()
+    assert cfg.pool is not None and AddressPool(cfg.pool).size == 11 and cfg.push == ()
+    assert (cfg.pool.network, cfg.pool.server) == (
+        IPv4Network("10.7.0.0/24"),
+        IPv4Address("10.7.0.1"),
+    )
     cfg = parse(
         "ifconfig 10.7.0.1 10.7.0.2\nifconfig-pool 10.7.0.4 10.7.0.255\n",
         base.replace("subnet", "net30"),
     )
-    assert cfg.pool is not None and cfg.pool.size == 63
+    assert cfg.pool is not None and AddressPool(cfg.pool).size == 63
+    assert _addresses(cfg, 1) == ["ifconfig 10.7.0.6 10.7.0.5"]
     cfg = parse("ifconfig-ipv6 fd00:7::1/64 fd00:7::2\nifconfig-ipv6-pool fd00:7::100/64\n", base)
-    assert cfg.pool_ipv6 is not None and cfg.pool_ipv6.base == IPv6Address("fd00:7::100")
+    assert cfg.pool_ipv6 == IPv6Pool(IPv6Address("fd00:7::100"), 64, IPv6Address("fd00:7::1"))
 
 
 @pytest.mark.parametrize(
@@ -452,6 +468,7 @@ def test_listen_blocks_inherit_top_level_options_anywhere() -> None:
         ("server-ipv6 fd00::/48\n", "between /64 and /124, not /48"),
         ("server-ipv6 fd00::/64x\n", "not an IPv6 network/bits"),
         ("topology star\n", "unknown topology"),
+        ("topology p2p\n", "topology p2p is not supported; use subnet"),
         ("proto tcp-client\n", "is for clients"),
         ("proto sctp\n", "unknown protocol"),
         ("port 0\n", "out of range"),
@@ -600,9 +617,9 @@ def test_unsafe_options_are_refused(name: str) -> None:
             "more than 65536 addresses",
         ),
         (
-            "ifconfig-pool 10.7.0.4 10.7.0.20\n",
-            "mode server\ntls-server\ndev tun\ntopology p2p\n" + KEYS,
-            "topology p2p needs 'ifconfig'",
+            "ifconfig-ipv6-pool fd00:7::100/56\n",
+            "mode server\ntls-server\ndev tun\n" + KEYS,
+            "the prefix must be between /64 and /124",
         ),
         (
             "<listen>\n</listen>\n<listen>\n</listen>\n",

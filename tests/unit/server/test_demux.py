@@ -121,7 +121,9 @@ def test_reset_is_answered_statelessly_with_the_cookie() -> None:
     # a repeat gets the very same cookie, still without state
     again = only(d.receive_datagram(reset(cli_wrap()), ADDR, 50.0), Reply)
     assert isinstance(again, Reply)
-    assert parse_control_packet(cli_wrap().unwrap(again.datagram, 50.0)).session_id == pkt.session_id
+    assert (
+        parse_control_packet(cli_wrap().unwrap(again.datagram, 50.0)).session_id == pkt.session_id
+    )
     assert d.stats.resets_answered == 2 and d.table_sizes() == (0, 0, 0, 0)
 
 
@@ -205,8 +207,14 @@ def test_first_packet_filter() -> None:
         (returning(w, cookie, key_id=1), DropReason.NOT_FIRST_PACKET),
         (reset(w, sid=b"\x00" * 8), DropReason.NOT_FIRST_PACKET),
         (returning(w, cookie, opcode=Opcode.CONTROL_SOFT_RESET_V1), DropReason.NOT_FIRST_PACKET),
-        (returning(w, cookie, opcode=Opcode.CONTROL_HARD_RESET_SERVER_V2), DropReason.NOT_FIRST_PACKET),
-        (bytes([Opcode.CONTROL_HARD_RESET_CLIENT_V3 << 3]) + CLI + b"\x00" * 60, DropReason.TLS_CRYPT_V2),
+        (
+            returning(w, cookie, opcode=Opcode.CONTROL_HARD_RESET_SERVER_V2),
+            DropReason.NOT_FIRST_PACKET,
+        ),
+        (
+            bytes([Opcode.CONTROL_HARD_RESET_CLIENT_V3 << 3]) + CLI + b"\x00" * 60,
+            DropReason.TLS_CRYPT_V2,
+        ),
         (returning(w, cookie, opcode=Opcode.CONTROL_WKC_V1), DropReason.TLS_CRYPT_V2),
         (reset(TLSAuth(KEY, 0, "SHA256", timestamp=1)), DropReason.UNAUTHENTIC),  # wrong direction
         (reset(w)[:-1] + b"\x01", DropReason.UNAUTHENTIC),
@@ -253,17 +261,25 @@ def test_round_trip_with_the_real_client_muxer(kind: str) -> None:
     client.receive_datagrams([rep.datagram], 100.1)
     (done,) = client.events()
     assert done.remote_session_id == expected_cookie(3, ADDR)
-    first = client.wrap_control(0, [OutgoingPacket(Opcode.CONTROL_V1, (0,), 1, b"ClientHello")], 100.2)
+    first = client.wrap_control(
+        0, [OutgoingPacket(Opcode.CONTROL_V1, (0,), 1, b"ClientHello")], 100.2
+    )
     ns = only(d.receive_datagrams([(first[0], ADDR)], 100.2), NewSession)
     assert isinstance(ns, NewSession)
-    assert (ns.local_session_id, ns.remote_session_id, ns.peer_id) == (done.remote_session_id, CLI, 0)
+    assert (ns.local_session_id, ns.remote_session_id, ns.peer_id) == (
+        done.remote_session_id,
+        CLI,
+        0,
+    )
     server = PacketMuxer.server_after_cookie(ns.wrap, ns.local_session_id, ns.remote_session_id)
     _, control = server.receive_datagrams([ns.first_packet], 100.2)
     assert server.events() == [ResetComplete(ns.local_session_id, CLI, b"")]
     assert [p.payload for p in control] == [b"ClientHello"]
     assert server.datagrams_to_send(100.3) == [] and server.get_timer() is None
     # the server's reply passes the client's replay check although the reset used id 1
-    answer = server.wrap_control(0, [OutgoingPacket(Opcode.CONTROL_V1, (1,), 1, b"ServerHello")], 100.3)
+    answer = server.wrap_control(
+        0, [OutgoingPacket(Opcode.CONTROL_V1, (1,), 1, b"ServerHello")], 100.3
+    )
     _, back = client.receive_datagrams(answer, 100.3)
     assert [p.payload for p in back] == [b"ServerHello"] and client.stats.drop_unauthentic == 0
     # later client packets are delivered to the session
@@ -379,7 +395,11 @@ def test_data_v2_is_routed_by_peer_id_and_a_new_source_is_a_float_candidate() ->
     assert isinstance(dl, Deliver) and (dl.session, dl.float_candidate) == (b.session, False)
     moved = ("198.51.100.4", 7777)
     dl = only(d.receive_datagram(data_v2(a.peer_id), moved, 1.0), Deliver)
-    assert isinstance(dl, Deliver) and (dl.session, dl.addr, dl.float_candidate) == (a.session, moved, True)
+    assert isinstance(dl, Deliver) and (dl.session, dl.addr, dl.float_candidate) == (
+        a.session,
+        moved,
+        True,
+    )
     # not committed yet: control traffic from the new address is still a stranger's
     assert d.session_for_addr(moved) is None
     assert d.confirm_float(a.session, moved)
@@ -426,7 +446,9 @@ def test_batch_coalesces_consecutive_datagrams_per_session_and_source() -> None:
         (data_v2(a.peer_id, b"6"), a.addr),
     ]
     out = d.receive_datagrams(batch, 1.0)
-    shape = [(x.session, len(x.datagrams), x.float_candidate) for x in out if isinstance(x, Deliver)]
+    shape = [
+        (x.session, len(x.datagrams), x.float_candidate) for x in out if isinstance(x, Deliver)
+    ]
     # the dropped empty datagram leaves no action behind, so b's two stay together
     assert shape == [(a.session, 2, False), (a.session, 1, True), (b.session, 2, False),
                      (a.session, 1, False)]  # fmt: skip

@@ -60,7 +60,9 @@ async def test_client_stack_connects_through_the_cookie_handshake(
                     await te.link.server.net_down.send([action.datagram])
                 elif isinstance(action, NewSession):
                     assert to_session is None, "one client, one session"
-                    to_session, from_demux = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+                    to_session, from_demux = trio.open_memory_channel[list[bytes]](
+                        DATA_CHANNEL_SIZE
+                    )
                     stack = SessionStack(
                         is_server=True,
                         muxer=PacketMuxer.server_after_cookie(
