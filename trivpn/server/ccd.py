@@ -21,6 +21,7 @@ from trivpn.profile.checks import MAX_REFERENCED_FILE_SIZE, Invalid, err, nargs,
 from trivpn.profile.options import is_inline, iter_options
 from trivpn.server.config_draft import Draft
 from trivpn.server.config_options import SERVER
+from trivpn.server.pool_types import IfconfigIPv6Push, IfconfigPush
 
 __all__ = ["CcdEntry", "load_ccd", "parse_ccd"]
 
@@ -30,11 +31,12 @@ class CcdEntry:
     """One client's settings from its ccd file.
 
     ``ifconfig_push`` is ``(address, netmask or peer address)`` as written: the second
-    value is a netmask with topology subnet and the peer address with net30.
+    value is a netmask with topology subnet and the peer address with net30, so the pool
+    gets it through :meth:`ipv4_push`.
     """
 
     ifconfig_push: tuple[IPv4Address, IPv4Address] | None = None
-    ifconfig_ipv6_push: tuple[IPv6Interface, IPv6Address | None] | None = None
+    ifconfig_ipv6_push: IfconfigIPv6Push | None = None
     iroutes: tuple[IPv4Network, ...] = ()
     iroutes_ipv6: tuple[IPv6Network, ...] = ()
     push: tuple[str, ...] = ()
@@ -43,11 +45,18 @@ class CcdEntry:
     disable: bool = False
     warnings: tuple[str, ...] = ()
 
+    def ipv4_push(self, topology: str) -> IfconfigPush | None:
+        """The fixed IPv4 address for :meth:`AddressPool.reserve_fixed` under ``topology``."""
+        if self.ifconfig_push is None:
+            return None
+        address, second = self.ifconfig_push
+        return IfconfigPush(address, second, net30=topology == "net30")
+
 
 class _Builder:
     def __init__(self) -> None:
         self.ifconfig_push: tuple[IPv4Address, IPv4Address] | None = None
-        self.ifconfig_ipv6_push: tuple[IPv6Interface, IPv6Address | None] | None = None
+        self.ifconfig_ipv6_push: IfconfigIPv6Push | None = None
         self.iroutes: list[IPv4Network] = []
         self.iroutes_ipv6: list[IPv6Network] = []
         self.push_remove: list[str] = []
@@ -83,7 +92,8 @@ def _apply(b: _Builder, line: int, name: str, args: list[str]) -> bool:
             iface = IPv6Interface(args[0])
         except ValueError:
             raise Invalid(f"{args[0][:60]!r} is not an IPv6 address/bits") from None
-        b.ifconfig_ipv6_push = (iface, _ipv6(args[1]) if len(args) == 2 else None)
+        peer = _ipv6(args[1]) if len(args) == 2 else None
+        b.ifconfig_ipv6_push = IfconfigIPv6Push(iface.ip, iface.network.prefixlen, peer)
     elif name == "iroute":
         nargs(args, 1, 2)
         mask = args[1] if len(args) == 2 else "255.255.255.255"

@@ -192,6 +192,8 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         last = max(wraps, key=lambda n: d.lines[n])
         raise _line_err(d, last, f"'{wraps[0]}' and '{wraps[1]}' cannot be used together")
     _check_auth(d)
+    if d.hand_window is not None and d.hand_window < 1:
+        raise _line_err(d, "hand-window", "must be at least 1 second on a server")
     ping, ping_restart, helper_push = _keepalive(d)
     topology = d.topology or "net30"
     v4 = _expand_ipv4(d, topology)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
 
 from trivpn.profile.model import DEFAULT_DATA_CIPHERS, DEFAULT_VERB, OPENVPN_PORT
+from trivpn.server.demux_types import DemuxConfig
 from trivpn.server.pool_types import IPv4Pool, IPv6Pool
 
 __all__ = [
@@ -169,3 +170,8 @@ class ServerConfig:
     compression: str | None = None
     warnings: tuple[str, ...] = field(default=())
     source: str | None = None
+
+    def demux_config(self) -> DemuxConfig:
+        """The options the UDP demultiplexer obeys."""
+        count, period = self.connect_freq_initial
+        return DemuxConfig(self.hand_window, self.max_clients, count, float(period))

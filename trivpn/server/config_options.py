@@ -431,7 +431,7 @@ def _connect_freq(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _connect_freq_initial(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 2)
-    d.connect_freq_initial = pair(args, 0, 2**31)
+    d.connect_freq_initial = pair(args, 1, 2**31)
 
 
 #: Options handled by an explicit server function.

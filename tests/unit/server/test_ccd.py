@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 
 from trivpn.errors import ConfigError
 from trivpn.server.ccd import CcdEntry, load_ccd, parse_ccd
+from trivpn.server.config import parse_server_config
+from trivpn.server.pool import AddressPool
+from trivpn.server.pool_types import IfconfigIPv6Push, IfconfigPush
 
 CLIENT2 = """\
 # ccd/client2: a fixed address and the office LAN behind this client
@@ -28,7 +31,9 @@ def test_real_looking_ccd() -> None:
     entry = parse_ccd(CLIENT2)
     assert entry == CcdEntry(
         ifconfig_push=(IPv4Address("10.8.0.50"), IPv4Address("255.255.255.0")),
-        ifconfig_ipv6_push=(IPv6Interface("fd00:8::50/64"), IPv6Address("fd00:8::1")),
+        ifconfig_ipv6_push=IfconfigIPv6Push(
+            IPv6Address("fd00:8::50"), 64, IPv6Address("fd00:8::1")
+        ),
         iroutes=(IPv4Network("192.168.77.0/24"),),
         iroutes_ipv6=(IPv6Network("fd00:77::/64"),),
         push=("route 192.168.88.0 255.255.255.0", "dhcp-option DNS 10.8.0.53"),
@@ -39,15 +44,39 @@ def test_real_looking_ccd() -> None:
 def test_net30_pair_host_iroute_and_flags() -> None:
     entry = parse_ccd("ifconfig-push 10.9.0.22 10.9.0.21\niroute 10.20.0.7\npush-reset\ndisable\n")
     assert entry.ifconfig_push == (IPv4Address("10.9.0.22"), IPv4Address("10.9.0.21"))
+    assert entry.ipv4_push("net30") == IfconfigPush(
+        IPv4Address("10.9.0.22"), IPv4Address("10.9.0.21"), net30=True
+    )
+    assert parse_ccd("").ipv4_push("subnet") is None
     assert entry.iroutes == (IPv4Network("10.20.0.7/32"),)
     assert entry.push_reset and entry.disable
     assert entry.ifconfig_ipv6_push is None
 
 
+def test_fixed_address_reserved_in_the_pool() -> None:
+    keys = (
+        "<ca>\n-----BEGIN CERTIFICATE-----\n</ca>\n<cert>\n-----BEGIN CERTIFICATE-----\n"
+        "</cert>\n<key>\n-----BEGIN PRIVATE KEY-----\n</key>\n"
+    )
+    cfg = parse_server_config(
+        "dev tun\ntopology subnet\nserver 10.8.0.0 255.255.255.0\nserver-ipv6 fd00:8::/64\n" + keys
+    )
+    entry = parse_ccd(CLIENT2)
+    pool = AddressPool(cfg.pool, cfg.pool_ipv6)
+    lease = pool.reserve_fixed(
+        "client2", ipv4=entry.ipv4_push(cfg.topology), ipv6=entry.ifconfig_ipv6_push, now=0.0
+    )
+    assert [p.option for p in lease.pushes()] == [
+        "ifconfig-ipv6 fd00:8::50/64 fd00:8::1",
+        "ifconfig 10.8.0.50 255.255.255.0",
+    ]
+
+
 def test_empty_file_and_ipv6_push_without_remote() -> None:
     assert parse_ccd("") == CcdEntry()
     entry = parse_ccd("ifconfig-ipv6-push fd00:8::99/64\n")
-    assert entry.ifconfig_ipv6_push == (IPv6Interface("fd00:8::99/64"), None)
+    assert entry.ifconfig_ipv6_push == IfconfigIPv6Push(IPv6Address("fd00:8::99"), 64, None)
+    assert entry.ifconfig_ipv6_push.option == "ifconfig-ipv6 fd00:8::99/64"
 
 
 def test_other_options_warn() -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from trivpn.errors import ConfigError
 from trivpn.server.config import load_server_config, parse_server_config
 from trivpn.server.config_model import Listener, ServerConfig
+from trivpn.server.demux_types import DemuxConfig
 from trivpn.server.pool import AddressPool
 from trivpn.server.pool_types import IPv4Pool, IPv6Pool, PoolType
 
@@ -243,6 +244,13 @@ def test_defaults() -> None:
     assert cfg.data_ciphers == ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
     assert cfg.ping is None and cfg.ping_restart is None
     assert cfg.dh == "none" and cfg.warnings == ()
+
+
+def test_demux_config() -> None:
+    demux = parse("hand-window 30\nmax-clients 10\nconnect-freq-initial 5 2\n").demux_config()
+    assert (demux.hand_window, demux.max_clients) == (30, 10)
+    assert (demux.connect_freq_initial, demux.connect_freq_initial_period) == (5, 2.0)
+    assert parse().demux_config() == DemuxConfig()  # the same OpenVPN defaults
 
 
 def test_files_relative_to_config(tmp_path: Path) -> None:
@@ -521,6 +529,7 @@ def test_listen_blocks_inherit_top_level_options_anywhere() -> None:
         ("management 127.0.0.1 7505 stdin\n", "'stdin' is not supported"),
         ("connect-freq 10\n", "takes exactly 2 arguments"),
         ("connect-freq-initial 10 0\n", "out of range"),
+        ("connect-freq-initial 0 10\n", "out of range"),
         ("keepalive 10\n", "takes exactly 2 arguments"),
         ("data-ciphers AES-256-GCM:b@d\n", "invalid cipher name"),
         ("compress lz4\n", "compression"),
@@ -595,6 +604,7 @@ def test_unsafe_options_are_refused(name: str) -> None:
             "via-env passes the password in the environment, which needs 'script-security 3'",
         ),
         ("keepalive 10 15\n", BASE, "at least twice the ping interval"),
+        ("hand-window 0\n", BASE, "option 'hand-window': must be at least 1 second"),
         ("keepalive 10 60\nping 5\n", BASE, "option 'ping': cannot be used together"),
         ("ifconfig 10.8.0.1 255.255.255.0\n", BASE, "cannot be used with 'server'"),
         ("ifconfig-pool 10.8.0.10 10.8.0.20\n", BASE, "already defines the pool"),
