@@ -77,6 +77,7 @@ from trivpn.server.config_model import (
 )
 from trivpn.server.config_options import SERVER, SHARED, SILENT, UNSAFE
 from trivpn.server.pool_types import POOL_MAX, IPv4Pool, IPv6Pool, PoolType
+from trivpn.server.routing import MAX_ROUTES_PER_CLIENT
 
 __all__ = ["LISTEN_OPTIONS", "ServerConfig", "load_server_config", "parse_server_config"]
 
@@ -234,6 +235,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         client_to_client=d.client_to_client,
         duplicate_cn=d.duplicate_cn,
         max_clients=d.max_clients or DEFAULT_MAX_CLIENTS,
+        max_routes_per_client=d.max_routes_per_client or MAX_ROUTES_PER_CLIENT,
         pool_persist=PoolPersist(*d.pool_persist) if d.pool_persist else None,
         client_config_dir=d.client_config_dir,
         ccd_exclusive=d.ccd_exclusive,

@@ -110,6 +110,7 @@ class Draft:
     client_to_client: bool = False
     duplicate_cn: bool = False
     max_clients: int | None = None
+    max_routes_per_client: int | None = None
     pool_persist: tuple[str, int] | None = None
     client_config_dir: str | None = None
     ccd_exclusive: bool = False

@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
 from trivpn.profile.model import DEFAULT_DATA_CIPHERS, DEFAULT_VERB, OPENVPN_PORT
 from trivpn.server.demux_types import DemuxConfig
 from trivpn.server.pool_types import IPv4Pool, IPv6Pool
+from trivpn.server.routing import MAX_ROUTES_PER_CLIENT
 
 __all__ = [
     "DEFAULT_CONNECT_FREQ_INITIAL",
@@ -141,6 +142,7 @@ class ServerConfig:
     client_to_client: bool = False
     duplicate_cn: bool = False
     max_clients: int = DEFAULT_MAX_CLIENTS
+    max_routes_per_client: int = MAX_ROUTES_PER_CLIENT  # for the Router
     pool_persist: PoolPersist | None = None
     client_config_dir: str | None = None
     ccd_exclusive: bool = False

@@ -346,6 +346,11 @@ def _max_clients(d: Draft, line: int, args: list[str], inline: bool) -> None:
     d.max_clients = integer(args[0], 1, MAX_CLIENTS_LIMIT)
 
 
+def _max_routes_per_client(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.max_routes_per_client = integer(args[0], 1, 2**20)
+
+
 def _pool_persist(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 1, 2)
     seconds = integer(args[1], 0, MAX_SECONDS) if len(args) == 2 else 600
@@ -461,6 +466,7 @@ SERVER: Mapping[str, Handler] = {
     "ccd-exclusive": _flag("ccd_exclusive"),
     "username-as-common-name": _flag("username_as_common_name"),
     "max-clients": _max_clients,
+    "max-routes-per-client": _max_routes_per_client,
     "ifconfig-pool-persist": _pool_persist,
     "client-config-dir": _client_config_dir,
     "verify-client-cert": _verify_client_cert,

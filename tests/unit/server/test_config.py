@@ -151,6 +151,7 @@ push 'dhcp-option DOMAIN example.test'
 client-to-client
 duplicate-cn
 max-clients 100
+max-routes-per-client 16
 ifconfig-pool-persist ipp.txt 0
 client-config-dir /etc/openvpn/ccd
 ccd-exclusive
@@ -205,7 +206,7 @@ def test_full_server(tmp_path: Path) -> None:
         "ping-restart 60",
     )
     assert cfg.client_to_client and cfg.duplicate_cn and cfg.ccd_exclusive
-    assert cfg.max_clients == 100
+    assert cfg.max_clients == 100 and cfg.max_routes_per_client == 16
     assert cfg.pool_persist is not None
     assert cfg.pool_persist.path == str(tmp_path / "ipp.txt") and cfg.pool_persist.seconds == 0
     assert cfg.client_config_dir == "/etc/openvpn/ccd"
@@ -513,6 +514,7 @@ def test_listen_blocks_inherit_top_level_options_anywhere() -> None:
         ("route-ipv6 fd00::1/64\n", "not an IPv6 network/bits"),
         ("client-to-client yes\n", "takes exactly 0 arguments"),
         ("max-clients 0\n", "out of range"),
+        ("max-routes-per-client 0\n", "out of range"),
         ("max-clients 16777215\n", "out of range"),
         ("ifconfig-pool-persist ipp.txt soon\n", "is not a number"),
         ("verify-client-cert maybe\n", "none, optional or require"),
@@ -643,9 +645,9 @@ def test_combination_errors(extra: str, base: str, expected: str) -> None:
 
 
 def test_warnings_for_unimplemented_options() -> None:
-    cfg = parse("txqueuelen 1000\nmax-routes-per-client 10\nroute 10.1.0.0 255.255.0.0 10.8.0.2\n")
+    cfg = parse("txqueuelen 1000\nhash-size 512 512\nroute 10.1.0.0 255.255.0.0 10.8.0.2\n")
     assert cfg.warnings == (
-        "option 'max-routes-per-client' (line 20) is not supported and was ignored",
+        "option 'hash-size' (line 20) is not supported and was ignored",
         "option 'route' (line 21): gateway and metric are ignored (route into the tun)",
     )
     cfg = parse("username-as-common-name\n")
