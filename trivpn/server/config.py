@@ -32,11 +32,13 @@ options, wherever they appear in the file::
 The ``server`` helper (as OpenVPN 2.6's, reference openvpn-server.md 1.5)
 -------------------------------------------------------------------------
 The pools are :mod:`trivpn.server.pool_types` values, ready for
-:class:`~trivpn.server.pool.AddressPool`.  ``server N M``: subnet: the server is N+1/M, the pool N+2 .. broadcast-1, and
-``route-gateway N+1`` and ``topology subnet`` are pushed.  net30 (2.6's default): the server is N+1 with peer N+2, the pool is the /30 blocks from N+4 up to
-broadcast-4 (to the broadcast for a /29), ``route N+1`` (``route N M`` with
-client-to-client) and ``topology net30`` are pushed, and the server routes N/M into the
-tun.  ``server-ipv6 P/n``: the server is P+1/n, the IPv6 pool starts at P+0x1000
+:class:`~trivpn.server.pool.AddressPool`.  ``server N M`` with topology subnet: the
+server is N+1/M, the pool N+2 .. broadcast-1, and ``route-gateway N+1`` and ``topology
+subnet`` are pushed.  With net30 (2.6's default): the server is N+1 with peer N+2, the
+pool is the /30 blocks from N+4 up to broadcast-4 (to the broadcast for a /29),
+``route N+1`` (``route N M`` with client-to-client) and ``topology net30`` are pushed,
+and the server routes N/M into the tun.  topology p2p is refused (the pool has no p2p
+layout).  ``server-ipv6 P/n``: the server is P+1/n, the IPv6 pool starts at P+0x1000
 (P+2 from /112 on) and ``tun-ipv6`` is pushed.  ``keepalive A B`` pushes ``ping A``
 and ``ping-restart B`` and the server itself uses ``ping A``, ``ping-restart 2B``.
 
