@@ -154,15 +154,12 @@ class Speaker:
         self.core = SpeakerCore(role, versions=versions, handshake_timeout=handshake_timeout)
         self.role, self.peer_role = role, self.core.peer_role
         self.versions, self.handshake_timeout = versions, handshake_timeout
+        self.version: Version | None = None
         self._waiting: dict[int, trio.Event] = {}  # request() callers, by msg_id
         self._out_s, self._out_r = trio.open_memory_channel[list[bytes]](queue_size)
         self._req_s, self.requests = trio.open_memory_channel[list[Request | Notice]](queue_size)
         self._ready = trio.Event()
         self._done = trio.Event()
-
-    @property
-    def version(self) -> Version | None:
-        return self.core.version
 
     @property
     def closed_reason(self) -> str | None:
@@ -226,23 +223,23 @@ class Speaker:
 
     async def run(self, *, task_status: trio.TaskStatus[Version] = trio.TASK_STATUS_IGNORED) -> None:
         """Handshake, then read and write until the stream ends. Hands back the version."""
+        reason = "handshake cancelled"
         try:
-            version = await self.handshake()
-        except BaseException as exc:
-            self._shutdown(f"{exc}" if isinstance(exc, TrivpnError) else "handshake cancelled")
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.stream)
-            raise
-        self._ready.set()
-        task_status.started(version)
-        try:
+            try:
+                self.version = await self.handshake()
+            except TrivpnError as exc:
+                reason = f"{exc}"
+                raise
+            reason = "speaker stopped"
+            self._ready.set()
+            task_status.started(self.version)
             async with trio.open_nursery() as nursery:
                 reader = read_frames(self.stream, self.core, self._waiting, self._out_s, self._req_s)
                 nursery.start_soon(self._pump, reader, nursery.cancel_scope, "reader stopped")
                 writer = write_frames(self.stream, self.core, self._out_r)
                 nursery.start_soon(self._pump, writer, nursery.cancel_scope, None)
         finally:
-            self._shutdown(self.core.closed_reason or "speaker stopped")
+            self._shutdown(self.core.closed_reason or reason)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
 

@@ -140,6 +140,11 @@ def prepare_engine(
     return engine, device, profile.remotes[0].host if profile.remotes else ""
 
 
+def _counters(device: Any) -> Counters | None:
+    stats = getattr(device, "stats", None)
+    return None if stats is None else (stats.bytes_read, stats.bytes_written)
+
+
 class Tunnel:
     """Serves one manager over `speaker` (which must already be running)."""
 
@@ -167,9 +172,13 @@ class Tunnel:
                 async with self.speaker.requests:
                     async for batch in self.speaker.requests:
                         for item in batch:
-                            action = self.core.receive_request(item, self._counters())
+                            action = self.core.receive_request(item, _counters(self.device))
                             if isinstance(action, StopTunnel):
-                                await self._handle_stop(action.request)
+                                await self._stop_engine("stop requested by the manager")
+                                if self.core.started:  # Start's answer leaves before Stop's (the last)
+                                    with trio.move_on_after(STOP_TIMEOUT):
+                                        await self._start_answered.wait()
+                                await self._reply(action.request, self.core.stop_reply())
                                 return
                             if isinstance(action, StartTunnel):
                                 nursery.start_soon(self._start, action.request, nursery)
@@ -186,20 +195,16 @@ class Tunnel:
         except RPCClosed as exc:
             log.debug("reply to %d not sent: %s", request.msg_id, exc)
 
-    def _counters(self) -> Counters | None:
-        stats = getattr(self.device, "stats", None)
-        return None if stats is None else (stats.bytes_read, stats.bytes_written)
-
     def _push(self) -> None:
         """Send what the core queued (pushed PeerUpdates); dropped when the stream is full."""
-        for msg in self.core.updates_to_send(self._counters()):
+        for msg in self.core.updates_to_send(_counters(self.device)):
             self.speaker.send_nowait(msg)
 
     async def _periodic_updates(self) -> None:
         while True:
             timer = self.core.get_timer()
             await trio.sleep_until(math.inf if timer is None else timer)
-            self.core.handle_timer(trio.current_time(), self._counters())
+            self.core.handle_timer(trio.current_time(), _counters(self.device))
             self._push()
 
     async def _start(self, request: Request, nursery: trio.Nursery) -> None:
@@ -264,10 +269,3 @@ class Tunnel:
             if not self._engine_done.is_set():
                 self._engine_scope.cancel()
                 await self._engine_done.wait()
-
-    async def _handle_stop(self, request: Request) -> None:
-        await self._stop_engine("stop requested by the manager")
-        if self.core.started:  # Start's answer must leave before Stop's, which is the last frame
-            with trio.move_on_after(STOP_TIMEOUT):
-                await self._start_answered.wait()
-        await self._reply(request, self.core.stop_reply())
