@@ -24,16 +24,23 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from trivpn.errors import ConfigError, FatalError, RemoteProtocolError, TrivpnError
+from trivpn.errors import ConfigError, FatalError, TrivpnError
 from trivpn.manager import manager_pb2 as pb
 from trivpn.manager.convert import tun_config_from_request
+from trivpn.manager.managercore import (
+    ApplySettings,
+    EmptyReply,
+    ManagerCore,
+    NotePeerUpdate,
+    RelayLog,
+)
 from trivpn.manager.rpc import Notice, Request
 from trivpn.manager.speaker import RPCClosed, Speaker
 
@@ -47,16 +54,6 @@ START_TIMEOUT = 90.0
 STOP_TIMEOUT = 10.0
 EXIT_TIMEOUT = 5.0
 PEER_QUEUE = 64
-
-_PY_LEVEL = {
-    pb.Log.DEBUG: logging.DEBUG,
-    pb.Log.INFO: logging.INFO,
-    pb.Log.WARN: logging.WARNING,
-    pb.Log.ERROR: logging.ERROR,
-    pb.Log.CRITICAL: logging.CRITICAL,
-    pb.Log.FATAL: logging.CRITICAL,
-}
-
 
 def tunnel_command(read_fd: int, write_fd: int, *, user: str | None, verbose: bool = False) -> list[str]:
     """The argv that starts a tunnel process speaking on the two fds."""
@@ -106,7 +103,7 @@ class ManagedTunnel:
         self.speaker = speaker
         self.ifname = ifname
         self.process = process
-        self.peer: pb.Peer | None = None
+        self.core = ManagerCore()
         self.closed = trio.Event()
         self.network_settings: pb.NetworkSettingsRequest | None = None
         self.dropped_updates = 0
@@ -118,18 +115,19 @@ class ManagedTunnel:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def peer(self) -> pb.Peer | None:
+        """The latest peer state the tunnel reported."""
+        return self.core.peer
+
     async def peer_updates(self) -> AsyncIterator[pb.PeerUpdate]:
         """Every PeerUpdate the tunnel pushes, until it goes away."""
         async for update in self._updates_r:
             yield update
 
     async def get_peer_update(self) -> pb.PeerUpdate:
-        answer: pb.TunnelMessage = await self.speaker.request(
-            pb.ManagerMessage(get_peer_update=pb.GetPeerUpdate())
-        )
-        if answer.WhichOneof("msg") != "peer_update":
-            raise RemoteProtocolError("GetPeerUpdate answered with something else")
-        return answer.peer_update
+        answer = await self.speaker.request(pb.ManagerMessage(get_peer_update=pb.GetPeerUpdate()))
+        return self.core.check_peer_update(answer)
 
     async def stop(self) -> pb.StopResponse:
         """Ask the tunnel to disconnect; its reply is the last thing it sends."""
@@ -137,14 +135,6 @@ class ManagedTunnel:
         return answer.stop
 
     # ---------------------------------------------------------------- internals
-
-    def _note_update(self, update: pb.PeerUpdate) -> None:
-        for peer in update.upserted_peers:
-            self.peer = peer
-        try:
-            self._updates_s.send_nowait(update)
-        except trio.WouldBlock:
-            self.dropped_updates += 1
 
     async def _apply(self, req: pb.NetworkSettingsRequest) -> None:
         from trivpn.tun.netconfig import NetConfigurator
@@ -171,35 +161,28 @@ class ManagedTunnel:
             self.closed.set()
 
     async def _handle(self, item: Request | Notice) -> None:
-        msg = item.message
-        if item.kind == "log":
-            entry = msg.log
-            names = ".".join(entry.logger_names[1:]) if entry.logger_names[:1] == ["trivpn"] else ".".join(entry.logger_names)
-            extra = "".join(f" [{f.name}={f.value}]" for f in entry.fields if f.name != "time")
-            tunnel_log.log(_PY_LEVEL.get(entry.level, logging.INFO), "%s%s", entry.message, extra, extra={"tunnel_logger": names})
-        elif item.kind == "peer_update":
-            self._note_update(msg.peer_update)
-            if isinstance(item, Request):
-                await self.speaker.reply(item, pb.ManagerMessage())
-        elif item.kind == "network_settings" and isinstance(item, Request):
+        action = self.core.receive(item)
+        if isinstance(action, RelayLog):
+            tunnel_log.log(action.level, "%s%s", action.message, action.extra, extra={"tunnel_logger": action.logger})
+        elif isinstance(action, NotePeerUpdate):
             try:
-                await self._apply(msg.network_settings)
-                answer = pb.NetworkSettingsResponse(success=True)
-            except TrivpnError as exc:
-                log.error("network settings refused: %s", exc)
-                answer = pb.NetworkSettingsResponse(success=False, error_message=str(exc))
-            except OSError as exc:
-                log.error("network settings failed: %s", exc)
-                answer = pb.NetworkSettingsResponse(success=False, error_message=f"{exc.strerror or exc}")
+                self._updates_s.send_nowait(action.update)
+            except trio.WouldBlock:
+                self.dropped_updates += 1
+            if action.request is not None:
+                await self.speaker.reply(action.request, pb.ManagerMessage())
+        elif isinstance(action, ApplySettings):
+            error: TrivpnError | OSError | None = None
             try:
-                await self.speaker.reply(item, pb.ManagerMessage(network_settings=answer))
+                await self._apply(action.settings)
+            except (TrivpnError, OSError) as exc:
+                error = exc
+            try:
+                await self.speaker.reply(action.request, self.core.settings_answer(error))
             except RPCClosed:
                 pass
-        elif isinstance(item, Request):
-            log.warning("unexpected request %s from the tunnel; empty reply", item.kind)
-            await self.speaker.reply(item, pb.ManagerMessage())
-        else:
-            log.warning("ignoring a one-way %s from the tunnel", item.kind)
+        elif isinstance(action, EmptyReply):
+            await self.speaker.reply(action.request, pb.ManagerMessage())
 
     def _undo(self) -> None:
         self._dns.undo()
@@ -216,6 +199,94 @@ def _read_profile(path: str | os.PathLike[str]) -> tuple[str, str]:
     for w in profile.warnings:
         log.debug("%s", w)
     return p.read_text(encoding="utf-8"), str(p.resolve())
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+async def _spawn(
+    argv_for: Callable[[int, int], list[str]], tun_fd: int
+) -> tuple[trio.Process, trio.abc.Stream]:
+    """Start the tunnel process (`argv_for(read_fd, write_fd)`) on two new pipes, with the
+    TUN fd inherited, in its own session; our ends of the pipes become the returned stream."""
+    to_tunnel_r, to_tunnel_w = os.pipe()
+    from_tunnel_r, from_tunnel_w = os.pipe()
+    ours = [to_tunnel_w, from_tunnel_r]
+    try:
+        process = await trio.lowlevel.open_process(
+            argv_for(to_tunnel_r, from_tunnel_w),
+            pass_fds=(to_tunnel_r, from_tunnel_w, tun_fd),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        stream = trio.StapledStream(
+            trio.lowlevel.FdStream(to_tunnel_w), trio.lowlevel.FdStream(from_tunnel_r)
+        )
+        ours = []  # owned by the stream now
+    finally:
+        _close_fds(to_tunnel_r, from_tunnel_w, *ours)
+    return process, stream
+
+
+async def _reap(process: trio.Process) -> None:
+    """Wait (bounded) for the tunnel process to exit, then kill it."""
+    with trio.move_on_after(EXIT_TIMEOUT):
+        await process.wait()
+    if process.returncode is None:
+        log.warning("tunnel process %d did not exit; killing it", process.pid)
+        process.kill()
+        await process.wait()
+
+
+@asynccontextmanager
+async def _protocol(tunnel: ManagedTunnel, start: pb.ManagerMessage, start_timeout: float) -> AsyncIterator[None]:
+    """Speak to the tunnel: handshake, serve it, Start (bounded); on exit Stop (bounded)."""
+    speaker = tunnel.speaker
+    # The protocol tasks are shielded: when our caller is cancelled, they must still
+    # carry Stop and its answer. They are cancelled explicitly at the very end.
+    protocol_scopes: list[trio.CancelScope] = []
+
+    async def protected(fn: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            protocol_scopes.append(scope)
+            await fn(task_status=task_status)
+
+    async def serve(task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await tunnel._serve()
+
+    async with trio.open_nursery() as nursery:
+        try:
+            version = await nursery.start(protected, speaker.run)
+            log.debug("protocol version %s with tunnel %d", version, tunnel.pid)
+            await nursery.start(protected, serve)
+            answer = None
+            with trio.move_on_after(start_timeout) as scope:
+                try:
+                    answer = await speaker.request(start)
+                except RPCClosed as exc:
+                    raise FatalError(f"the tunnel process ended during Start ({exc})") from None
+            tunnel.core.check_start(answer, timed_out=scope.cancelled_caught, start_timeout=start_timeout)
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                if len(protocol_scopes) == 2 and not speaker.finished:
+                    with trio.move_on_after(STOP_TIMEOUT):
+                        try:
+                            await tunnel.stop()
+                        except RPCClosed:
+                            pass
+                    with trio.move_on_after(EXIT_TIMEOUT):  # relay the last logs
+                        await tunnel.closed.wait()
+                for protocol_scope in protocol_scopes:
+                    protocol_scope.cancel()
+                nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -247,80 +318,25 @@ async def open_tunnel(
         tun_fd, name = open_tun(ifname)
     except TunPermissionError as exc:
         raise ConfigError(str(exc)) from None
-    to_tunnel_r, to_tunnel_w = os.pipe()
-    from_tunnel_r, from_tunnel_w = os.pipe()
-    child_fds: tuple[int, ...] = (to_tunnel_r, from_tunnel_w)
     process: trio.Process | None = None
     tunnel: ManagedTunnel | None = None
     try:
-        if tunnel_argv is None:
-            argv = tunnel_command(to_tunnel_r, from_tunnel_w, user=tunnel_user, verbose=verbose)
-        else:
-            argv = [*tunnel_argv, "--rpc-read-fd", str(to_tunnel_r), "--rpc-write-fd", str(from_tunnel_w)]
-        process = await trio.lowlevel.open_process(
-            argv, pass_fds=(*child_fds, tun_fd), start_new_session=True, stdin=subprocess.DEVNULL
-        )
-        for fd in child_fds:
-            os.close(fd)
-        child_fds = ()
+
+        def argv_for(read_fd: int, write_fd: int) -> list[str]:
+            if tunnel_argv is None:
+                return tunnel_command(read_fd, write_fd, user=tunnel_user, verbose=verbose)
+            return [*tunnel_argv, "--rpc-read-fd", str(read_fd), "--rpc-write-fd", str(write_fd)]
+
+        process, stream = await _spawn(argv_for, tun_fd)
         log.info("tunnel process %d started on %s", process.pid, name)
-        stream = trio.StapledStream(
-            trio.lowlevel.FdStream(to_tunnel_w), trio.lowlevel.FdStream(from_tunnel_r)
+        tunnel = ManagedTunnel(Speaker(stream, "manager"), name, process)
+        start = tunnel.core.start_message(
+            tun_fd=tun_fd, profile_text=text, profile_path=source, username=username,
+            password=password, key_derivation=key_derivation, tunnel_name=name,
         )
-        to_tunnel_w = from_tunnel_r = -1  # owned by the stream now
-        speaker = Speaker(stream, "manager")
-        tunnel = ManagedTunnel(speaker, name, process)
         try:
-            # The protocol tasks are shielded: when our caller is cancelled, they must still
-            # carry Stop and its answer. They are cancelled explicitly at the very end.
-            protocol_scopes: list[trio.CancelScope] = []
-
-            async def protected(fn: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-                with trio.CancelScope(shield=True) as scope:
-                    protocol_scopes.append(scope)
-                    await fn(task_status=task_status)
-
-            async def serve(task_status: trio.TaskStatus[None]) -> None:
-                task_status.started()
-                await tunnel._serve()
-
-            async with trio.open_nursery() as nursery:
-                try:
-                    version = await nursery.start(protected, speaker.run)
-                    log.debug("protocol version %s with tunnel %d", version, process.pid)
-                    await nursery.start(protected, serve)
-                    start = pb.StartRequest(
-                        tunnel_file_descriptor=tun_fd,
-                        profile_text=text,
-                        profile_path=source,
-                        username=username,
-                        password=password,
-                        key_derivation=key_derivation,
-                        tunnel_name=name,
-                    )
-                    with trio.move_on_after(start_timeout) as scope:
-                        try:
-                            answer = await speaker.request(pb.ManagerMessage(start=start))
-                        except RPCClosed as exc:
-                            raise FatalError(f"the tunnel process ended during Start ({exc})") from None
-                    if scope.cancelled_caught:
-                        raise FatalError(f"the tunnel did not come up within {start_timeout:g} s")
-                    if not answer.start.success:
-                        raise FatalError(answer.start.error_message or "the tunnel failed to start")
-                    yield tunnel
-                finally:
-                    with trio.CancelScope(shield=True):
-                        if len(protocol_scopes) == 2 and not speaker.finished:
-                            with trio.move_on_after(STOP_TIMEOUT):
-                                try:
-                                    await tunnel.stop()
-                                except RPCClosed:
-                                    pass
-                            with trio.move_on_after(EXIT_TIMEOUT):  # relay the last logs
-                                await tunnel.closed.wait()
-                        for protocol_scope in protocol_scopes:
-                            protocol_scope.cancel()
-                        nursery.cancel_scope.cancel()
+            async with _protocol(tunnel, start, start_timeout):
+                yield tunnel
         except BaseExceptionGroup as group:  # one error, as `trivpn.connect` raises
             from trivpn.workers.manager import primary_error
 
@@ -331,17 +347,7 @@ async def open_tunnel(
     finally:
         with trio.CancelScope(shield=True):
             if process is not None:
-                with trio.move_on_after(EXIT_TIMEOUT):
-                    await process.wait()
-                if process.returncode is None:
-                    log.warning("tunnel process %d did not exit; killing it", process.pid)
-                    process.kill()
-                    await process.wait()
+                await _reap(process)
             if tunnel is not None:
                 tunnel._undo()
-            for fd in (*child_fds, to_tunnel_w, from_tunnel_r, tun_fd):
-                if fd >= 0:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            _close_fds(tun_fd)

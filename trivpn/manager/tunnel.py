@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 The tunnel owns no privileges: the manager created the TUN device and passes its fd
-number in `StartRequest` (the fd itself was inherited). `Tunnel.serve` reads the
-manager's requests:
+number in `StartRequest` (the fd itself was inherited). Every protocol decision is
+:class:`~trivpn.manager.tunnelcore.TunnelCore`'s; `Tunnel.serve` reads the manager's
+requests, hands each to the core, and carries out what it asks:
 
-* **Start** runs a client `trivpn.engine.Engine` in a child task, with
-  `configure_tun=False` and an `on_tunnel_up` hook. The hook sends a
+* **Start** builds (:func:`prepare_engine`) and runs a client `trivpn.engine.Engine` in a
+  child task, with `configure_tun=False` and an `on_tunnel_up` hook. The hook sends a
   `NetworkSettingsRequest` built from the PUSH_REPLY and waits for the manager's answer;
   only a successful answer lets the engine declare the tunnel up. Start is answered once
   the tunnel is up, or with `success=false` and one line when the engine failed first.
@@ -15,7 +16,7 @@ manager's requests:
   and answers. That answer is the last frame (the speaker enforces it).
 * **GetPeerUpdate** is answered with the full peer state. The state is also pushed
   (`PeerUpdate` without a request) on every state change and, while traffic flows, every
-  `PEER_UPDATE_INTERVAL` seconds.
+  `PEER_UPDATE_INTERVAL` seconds (the core's timer).
 
 Logs of the "trivpn" logger are forwarded as `Log` messages by `RPCLogHandler`.
 """
@@ -23,8 +24,9 @@ Logs of the "trivpn" logger are forwarded as `Log` messages by `RPCLogHandler`.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,19 +34,25 @@ import trio
 
 from trivpn.errors import ConfigError, FatalError, TrivpnError
 from trivpn.manager import manager_pb2 as pb
-from trivpn.manager.convert import network_settings_request
 from trivpn.manager.rpc import Request
 from trivpn.manager.speaker import RPCClosed, Speaker
+from trivpn.manager.tunnelcore import (
+    PEER_UPDATE_INTERVAL,
+    Counters,
+    PeerState,
+    Reply,
+    StartTunnel,
+    StopTunnel,
+    TunnelCore,
+)
 
 if TYPE_CHECKING:
     from trivpn.engine import Engine
 
-__all__ = ["PEER_UPDATE_INTERVAL", "RPCLogHandler", "Tunnel", "log_message"]
+__all__ = ["PEER_UPDATE_INTERVAL", "PeerState", "RPCLogHandler", "Tunnel", "log_message", "prepare_engine"]
 
 log = logging.getLogger("trivpn.manager")
 
-#: How often byte counters are pushed while they change (the reference uses 10 s).
-PEER_UPDATE_INTERVAL = 10.0
 #: Bound on the engine's graceful stop (EXIT to the server) before it is cancelled.
 STOP_TIMEOUT = 5.0
 
@@ -93,38 +101,6 @@ class RPCLogHandler(logging.Handler):
             self.dropped += 1
 
 
-@dataclass(slots=True)
-class PeerState:
-    """What a `Peer` message reports; `snapshot` builds it."""
-
-    name: str = ""
-    state: pb.Peer.State.ValueType = pb.Peer.UNKNOWN
-    remote: str = ""
-    ip_addrs: list[str] = field(default_factory=list)
-    last_handshake: float | None = None
-    cipher: str = ""
-    key_derivation: str = ""
-    error_message: str = ""
-
-    def snapshot(self, device: Any) -> pb.Peer:
-        peer = pb.Peer(
-            name=self.name,
-            state=self.state,
-            remote=self.remote,
-            ip_addrs=self.ip_addrs,
-            cipher=self.cipher,
-            key_derivation=self.key_derivation,
-            error_message=self.error_message,
-        )
-        if self.last_handshake is not None:
-            peer.last_handshake.FromNanoseconds(int(self.last_handshake * 1e9))
-        stats = getattr(device, "stats", None)
-        if stats is not None:
-            peer.tx_bytes = stats.bytes_read  # read from the TUN = sent into the tunnel
-            peer.rx_bytes = stats.bytes_written
-        return peer
-
-
 def _one_line(exc: BaseException) -> str:
     from trivpn.workers.manager import primary_error
 
@@ -136,48 +112,82 @@ def _one_line(exc: BaseException) -> str:
     return f"internal error: {type(err).__name__}: {err}"
 
 
+def prepare_engine(
+    start: pb.StartRequest, on_tunnel_up: Callable[[Any], Awaitable[None]]
+) -> tuple[Engine, Any, str]:
+    """Engine, TUN device and peer name from a StartRequest (ConfigError: one line)."""
+    from trivpn.engine import Engine, inherited_tun
+    from trivpn.profile.profile import load_profile, parse_profile
+    from trivpn.session.config import SessionConfig
+
+    if start.profile_text:
+        base = Path(start.profile_path).parent if start.profile_path else None
+        profile = parse_profile(start.profile_text, base_dir=base, source=start.profile_path or None)
+    elif start.profile_path:
+        profile = load_profile(start.profile_path)
+    else:
+        raise ConfigError("StartRequest has neither profile_text nor profile_path")
+    for w in profile.warnings:
+        log.warning("%s", w)
+    device = inherited_tun(start.tunnel_file_descriptor, start.tunnel_name)
+    config = SessionConfig.from_profile(
+        profile,
+        key_derivation=start.key_derivation or "auto",
+        username=start.username,
+        password=start.password,
+    )
+    engine = Engine(config, device, configure_tun=False, on_tunnel_up=on_tunnel_up)
+    return engine, device, profile.remotes[0].host if profile.remotes else ""
+
+
+def _counters(device: Any) -> Counters | None:
+    stats = getattr(device, "stats", None)
+    return None if stats is None else (stats.bytes_read, stats.bytes_written)
+
+
 class Tunnel:
     """Serves one manager over `speaker` (which must already be running)."""
 
     def __init__(self, speaker: Speaker, *, peer_update_interval: float = PEER_UPDATE_INTERVAL) -> None:
         self.speaker = speaker
         self.peer_update_interval = peer_update_interval
-        self.peer = PeerState()
+        self.core = TunnelCore(peer_update_interval=peer_update_interval)
         self.device: Any = None
         self.workers: Any = None
-        self._started = False
-        self._up = trio.Event()
+        self._settled = trio.Event()  # the tunnel is up, or the engine ended
         self._engine_done = trio.Event()
         self._start_answered = trio.Event()
         self._engine_scope = trio.CancelScope()
 
+    @property
+    def peer(self) -> PeerState:
+        return self.core.peer
+
     async def serve(self) -> None:
         """Handle requests until Stop is answered or the manager hangs up."""
+        self.core.start_timer(trio.current_time())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._periodic_updates)
             try:
                 async with self.speaker.requests:
                     async for batch in self.speaker.requests:
                         for item in batch:
-                            if not isinstance(item, Request):
-                                log.warning("ignoring a one-way %s from the manager", item.kind)
-                                continue
-                            if item.kind == "stop":
-                                await self._handle_stop(item)
+                            action = self.core.receive_request(item, _counters(self.device))
+                            if isinstance(action, StopTunnel):
+                                await self._stop_engine("stop requested by the manager")
+                                if self.core.started:  # Start's answer leaves before Stop's (the last)
+                                    with trio.move_on_after(STOP_TIMEOUT):
+                                        await self._start_answered.wait()
+                                await self._reply(action.request, self.core.stop_reply())
                                 return
-                            if item.kind == "start":
-                                nursery.start_soon(self._handle_start, item, nursery)
-                            elif item.kind == "get_peer_update":
-                                await self._reply(item, pb.TunnelMessage(peer_update=self._update()))
-                            else:
-                                log.warning("unexpected request %s from the manager", item.kind)
-                                await self._reply(item, pb.TunnelMessage())
+                            if isinstance(action, StartTunnel):
+                                nursery.start_soon(self._start, action.request, nursery)
+                            elif isinstance(action, Reply):
+                                await self._reply(action.request, action.message)
             finally:
                 # Manager gone (or Stop answered): the engine must not outlive the protocol.
                 await self._stop_engine("the manager hung up")
                 nursery.cancel_scope.cancel()
-
-    # ---------------------------------------------------------------- handlers
 
     async def _reply(self, request: Request, msg: pb.TunnelMessage) -> None:
         try:
@@ -185,93 +195,43 @@ class Tunnel:
         except RPCClosed as exc:
             log.debug("reply to %d not sent: %s", request.msg_id, exc)
 
-    def _update(self) -> pb.PeerUpdate:
-        return pb.PeerUpdate(upserted_peers=[self.peer.snapshot(self.device)])
-
-    def _push_update(self) -> None:
-        self.speaker.send_nowait(pb.TunnelMessage(peer_update=self._update()))
-
-    def _set_state(self, state: pb.Peer.State.ValueType, error: str = "") -> None:
-        self.peer.state = state
-        self.peer.error_message = error
-        self._push_update()
+    def _push(self) -> None:
+        """Send what the core queued (pushed PeerUpdates); dropped when the stream is full."""
+        for msg in self.core.updates_to_send(_counters(self.device)):
+            self.speaker.send_nowait(msg)
 
     async def _periodic_updates(self) -> None:
-        last: tuple[int, int] | None = None
         while True:
-            await trio.sleep(self.peer_update_interval)
-            stats = getattr(self.device, "stats", None)
-            if stats is None or self.peer.state != pb.Peer.CONNECTED:
-                continue
-            now = (stats.bytes_read, stats.bytes_written)
-            if now != last:
-                last = now
-                self._push_update()
+            timer = self.core.get_timer()
+            await trio.sleep_until(math.inf if timer is None else timer)
+            self.core.handle_timer(trio.current_time(), _counters(self.device))
+            self._push()
 
-    async def _handle_start(self, request: Request, nursery: trio.Nursery) -> None:
-        if self._started:
-            await self._reply(request, pb.TunnelMessage(start=pb.StartResponse(success=False, error_message="already started")))
+    async def _start(self, request: Request, nursery: trio.Nursery) -> None:
+        refusal = self.core.claim_start()
+        if refusal is not None:
+            await self._reply(request, refusal)
             return
-        self._started = True
         try:
-            await self._start(request, nursery)
+            try:
+                engine, self.device, name = prepare_engine(request.message.start, self._on_tunnel_up)
+            except TrivpnError as exc:
+                self._engine_done.set()
+                answer = self.core.start_failed(str(exc))
+                self._push()
+                await self._reply(request, answer)
+                return
+            self.core.engine_prepared(name)
+            nursery.start_soon(self._engine, engine)
+            await self._settled.wait()
+            await self._reply(request, self.core.start_reply())
         finally:
             self._start_answered.set()
 
-    async def _start(self, request: Request, nursery: trio.Nursery) -> None:
-        start = request.message.start
-        try:
-            engine = self._prepare(start)
-        except TrivpnError as exc:
-            self._engine_done.set()
-            self._set_state(pb.Peer.FAILED, str(exc))
-            await self._reply(request, pb.TunnelMessage(start=pb.StartResponse(success=False, error_message=str(exc))))
-            return
-        nursery.start_soon(self._engine, engine)
-        async with trio.open_nursery() as wait:
-
-            async def until(event: trio.Event) -> None:
-                await event.wait()
-                wait.cancel_scope.cancel()
-
-            wait.start_soon(until, self._up)
-            wait.start_soon(until, self._engine_done)
-        if self._up.is_set():
-            response = pb.StartResponse(success=True)
-        else:
-            response = pb.StartResponse(success=False, error_message=self.peer.error_message or "the tunnel stopped")
-        await self._reply(request, pb.TunnelMessage(start=response))
-
-    def _prepare(self, start: pb.StartRequest) -> Engine:
-        """Profile, TUN device and engine from a StartRequest (ConfigError: one line)."""
-        from trivpn.engine import Engine, inherited_tun
-        from trivpn.profile.profile import load_profile, parse_profile
-        from trivpn.session.config import SessionConfig
-
-        if start.profile_text:
-            base = Path(start.profile_path).parent if start.profile_path else None
-            profile = parse_profile(start.profile_text, base_dir=base, source=start.profile_path or None)
-        elif start.profile_path:
-            profile = load_profile(start.profile_path)
-        else:
-            raise ConfigError("StartRequest has neither profile_text nor profile_path")
-        for w in profile.warnings:
-            log.warning("%s", w)
-        device = inherited_tun(start.tunnel_file_descriptor, start.tunnel_name)
-        config = SessionConfig.from_profile(
-            profile,
-            key_derivation=start.key_derivation or "auto",
-            username=start.username,
-            password=start.password,
-        )
-        engine = Engine(config, device, configure_tun=False, on_tunnel_up=self._on_tunnel_up)
-        self.device = device
-        self.peer.name = profile.remotes[0].host if profile.remotes else ""
-        return engine
-
     async def _engine(self, engine: Engine) -> None:
         self.workers = engine.manager
-        self._set_state(pb.Peer.CONNECTING)
+        self.core.engine_started()
+        self._push()
         error = ""
         try:
             with self._engine_scope:
@@ -281,46 +241,25 @@ class Tunnel:
             log.error("tunnel failed: %s", error)
         finally:
             self._engine_done.set()
-            self._set_state(pb.Peer.FAILED if error else pb.Peer.DISCONNECTED, error)
+            self._settled.set()
+            self.core.engine_finished(error)
+            self._push()
 
     async def _on_tunnel_up(self, info: Any) -> None:
         """Runs inside the engine before the tunnel is declared up: the manager configures."""
-        cfg = info.tun_config
-        req = network_settings_request(
-            cfg,
-            remote=info.remote,
-            dns_servers=list(info.settings.dns_servers),
-            dns_domains=list(info.settings.dns_domains),
-        )
         try:
-            answer = await self.speaker.request(pb.TunnelMessage(network_settings=req))
+            answer = await self.speaker.request(self.core.network_settings_request(info))
         except RPCClosed as exc:
             raise FatalError(f"no answer to the network settings: {exc}") from None
-        if answer.WhichOneof("msg") != "network_settings":
-            raise FatalError("the manager did not answer the network settings request")
-        if not answer.network_settings.success:
-            raise FatalError(
-                f"the manager could not apply the network settings: "
-                f"{answer.network_settings.error_message or 'no reason given'}"
-            )
-        p = self.peer
-        p.remote = info.remote
-        p.cipher = info.cipher
-        p.key_derivation = info.key_derivation
-        p.last_handshake = time.time()
-        p.ip_addrs = []
-        if cfg.ipv4 is not None:
-            p.ip_addrs.append(f"{cfg.ipv4[0]}/{cfg.ipv4[1]}")
-        if cfg.ipv6 is not None:
-            p.ip_addrs.append(f"{cfg.ipv6[0]}/{cfg.ipv6[1]}")
-        self._set_state(pb.Peer.CONNECTED)
-        self._up.set()
+        self.core.receive_network_settings(answer, info, time.time())
+        self._push()
+        self._settled.set()
 
     async def _stop_engine(self, reason: str) -> None:
-        if not self._started or self._engine_done.is_set():
+        if not self.core.stop_engine():
             return
         with trio.CancelScope(shield=True):
-            self._set_state(pb.Peer.DISCONNECTING)
+            self._push()
             if self.workers is not None and self.workers.nursery is not None:
                 self.workers.request_stop(reason)
             else:
@@ -330,10 +269,3 @@ class Tunnel:
             if not self._engine_done.is_set():
                 self._engine_scope.cancel()
                 await self._engine_done.wait()
-
-    async def _handle_stop(self, request: Request) -> None:
-        await self._stop_engine("stop requested by the manager")
-        if self._started:  # Start's answer must leave before Stop's, which is the last frame
-            with trio.move_on_after(STOP_TIMEOUT):
-                await self._start_answered.wait()
-        await self._reply(request, pb.TunnelMessage(stop=pb.StopResponse(success=True)))
