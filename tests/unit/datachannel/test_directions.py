@@ -167,13 +167,25 @@ def test_key_swaps_under_concurrent_encrypt_and_decrypt(cipher: str) -> None:
     errors: list[BaseException] = []
     progress = threading.Semaphore(0)
 
+    # The sender may run at most `chunk` batches past the latest install, and each install
+    # happens while up to `slack` batches sealed under the previous key are still queued (the
+    # receiver opens them with the lame duck, concurrently). Key ids repeat every 8 installs
+    # with the same key material here, so a batch sealed under an old key X must be received
+    # before X comes back, or it would authenticate under the new X and poison its replay
+    # window; pacing on *received* batches guarantees that however the threads are scheduled
+    # (counting sender permits let several installs run back to back under load).
+    chunk = batches // (renegotiations + 1)
+    slack = 4
+    go = threading.Semaphore(0)
+
     def sender() -> None:
         try:
             for b in range(batches):
+                if b and b % chunk == 0 and b // chunk <= renegotiations:
+                    assert go.acquire(timeout=JOIN)  # install number b // chunk is done
                 wires = client.tx.encrypt([_ip(b * per_batch + i) for i in range(per_batch)], 0.0)
                 sent_wire.extend(wires)
                 wire_q.put(wires, timeout=JOIN)
-                progress.release()
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
         finally:
@@ -186,19 +198,23 @@ def test_key_swaps_under_concurrent_encrypt_and_decrypt(cipher: str) -> None:
                 if wires is None:
                     return
                 delivered.extend(server.rx.decrypt(wires, 0.0))
+                progress.release()
         except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=sender), threading.Thread(target=receiver)]
     for t in threads:
         t.start()
+    received = 0
     for n in range(1, renegotiations + 1):
-        for _ in range(batches // (renegotiations + 2)):  # let some batches through first
+        while received < chunk * n - slack:
             assert progress.acquire(timeout=JOIN)
+            received += 1
         server.install_key(n % 8, KEYS[n % 8], 0.0)  # the receiver learns the key first
         client.install_key(n % 8, KEYS[n % 8], 0.0)
         if n % 3 == 0:
             server.retire_lame_duck()  # may cut off packets still in flight: counted, not lost
+        go.release()
     for t in threads:
         t.join(JOIN)
         assert not t.is_alive()
