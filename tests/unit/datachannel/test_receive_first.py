@@ -39,6 +39,11 @@ def _ip(n: int, size: int = 40) -> bytes:
     return b"\x45" + n.to_bytes(4, "big") + bytes(size - 5)
 
 
+def _roles(core: DataChannel) -> tuple[int | None, int | None, int | None]:
+    """(primary, lame duck, pending) key ids."""
+    return core.primary_key_id, core.lame_duck_key_id, core.pending_key_id
+
+
 def _pid(wire: bytes) -> int:
     return int.from_bytes(wire[4:8], "big")  # V2 header (peer id set): the id follows
 
@@ -97,7 +102,7 @@ def test_receive_only_install_switches_on_the_peers_first_packet() -> None:
     assert server.usage() == KeyUsage(1, bytes=120, packets=3)  # the sending key, both ways
     # ActivateKey afterwards only makes the table say so: no second restart of the ids
     server.activate_key(1)
-    assert (server.primary_key_id, server.lame_duck_key_id, server.pending_key_id) == (1, 0, None)
+    assert _roles(server) == (1, 0, None)
     assert _pid(server.encrypt([_ip(7)], 4.0)[0]) == 3
     assert server.stats.drop_no_key == client.stats.drop_no_key == 0
 
@@ -141,7 +146,7 @@ def test_retire_and_reinstall_while_a_key_is_pending() -> None:
     assert server.sending_key_id == 1  # key-1 packets prove nothing about key 2
     # the key schedule retires the old primary late: the pending key takes over
     server.retire_key(1)
-    assert (server.primary_key_id, server.lame_duck_key_id, server.pending_key_id) == (2, None, None)
+    assert _roles(server) == (2, None, None)
     client.install_key(2, KEYS[2], 3.0)
     assert client.decrypt(server.encrypt([_ip(3)], 3.0), 3.0) == [_ip(3)]
 
@@ -195,7 +200,7 @@ async def test_service_installs_receive_only_and_activates() -> None:
         await trio.testing.wait_all_tasks_blocked()
         core = service.core
         assert core is not None
-        assert (core.primary_key_id, core.lame_duck_key_id, core.pending_key_id) == (2, None, None)
+        assert _roles(core) == (2, None, None)
         nursery.cancel_scope.cancel()
 
 

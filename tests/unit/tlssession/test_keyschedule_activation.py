@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from helpers.keyschedule_pair import Pair, client_config, server_config
 
 from trivpn.messages import ActivateKey, InstallKey, RetireKey
 
 
-def _installs(events: list[object]) -> list[tuple[int, bool]]:
+def _installs(events: Sequence[object]) -> list[tuple[int, bool]]:
     return [(e.key_id, e.send_now) for e in events if isinstance(e, InstallKey)]
 
 
