@@ -136,16 +136,22 @@ class Decryptor:
         self._prim = by_id[table.primary.key_id] if table.primary is not None else None
         pending = table.pending
         self._pend = None
-        if pending is not None and self._slot.proven is not pending:
-            self._pend = by_id[pending.key_id]
+        if pending is not None:
+            if self._slot.proven is pending:  # already proven: the sender seals with it
+                self._prim = by_id[pending.key_id]
+            else:
+                self._pend = by_id[pending.key_id]
         self._table = table
 
     def _check_proof(self, pend: _RxKey) -> None:
         """Once per batch while a key is pending: an authentic packet with it (its replay
-        window moved) proves the peer has it; tell the sender (see `keys.KeySlot`)."""
+        window moved) proves the peer has it; tell the sender (see `keys.KeySlot`). From the
+        next batch on its traffic is counted as the primary's (the sender seals with it now;
+        the packets of this one batch are not counted for it)."""
         if pend.replay.highest:
             self._slot.proven = pend.key
             self._pend = None
+            self._prim = pend
 
     def usage_of(self, key: DataKey) -> tuple[int, int]:
         """(bytes, packets) received with `key`; safe to call from another thread."""
@@ -164,7 +170,7 @@ class Decryptor:
         out: list[bytes] = []
         append = out.append
         by_id = self._by_id
-        prim = self._prim
+        prim = self._prim  # the key whose traffic `usage_of` reports (the one we seal with)
         unframe = self._unframe
         ping = PING_MAGIC
         rx = rx_bytes = pings = malformed = auth = replayed = no_key = comp = empty = occ = 0
@@ -227,11 +233,9 @@ class Decryptor:
                 if len(pt) > len(OCC_MAGIC) and pt[len(OCC_MAGIC)] == OCC_EXIT:
                     self.peer_exited = True
                 continue
-            if e is not prim:  # lame-duck / pending traffic is counted on its own key
+            if e is not prim:  # lame-duck traffic does not count towards the primary's usage
                 lame += 1
                 lame_bytes += len(pt)
-                e.packets += 1
-                e.bytes += len(pt)
             rx += 1
             rx_bytes += len(pt)
             append(pt)
@@ -272,6 +276,7 @@ class Decryptor:
         """
         out: list[bytes] = []
         unframe = self._unframe
+        prim = self._prim
         rx = rx_bytes = pings = malformed = auth = replayed = no_key = comp = empty = occ = 0
         for w in wire_packets:
             op = w[0] >> P_OPCODE_SHIFT if w else -1
@@ -313,8 +318,9 @@ class Decryptor:
             else:
                 rx += 1
                 rx_bytes += len(pt)
-                e.packets += 1
-                e.bytes += len(pt)
+                if e is prim:
+                    e.packets += 1
+                    e.bytes += len(pt)
                 out.append(pt)
         if self._pend is not None:
             self._check_proof(self._pend)

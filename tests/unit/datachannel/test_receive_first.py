@@ -99,7 +99,10 @@ def test_receive_only_install_switches_on_the_peers_first_packet() -> None:
     new = server.encrypt([_ip(5), _ip(6)], 3.0)
     assert [(w[0] & 7, _pid(w)) for w in new] == [(1, 1), (1, 2)]  # ids restart at 1
     assert client.decrypt(new, 3.0) == [_ip(5), _ip(6)]
-    assert server.usage() == KeyUsage(1, bytes=120, packets=3)  # the sending key, both ways
+    # usage reports the sending key; received traffic counts from the batch after the proof
+    assert server.usage() == KeyUsage(1, bytes=80, packets=2)
+    server.decrypt(client.encrypt([_ip(8, 50)], 3.0), 3.0)
+    assert server.usage() == KeyUsage(1, bytes=130, packets=3)
     # ActivateKey afterwards only makes the table say so: no second restart of the ids
     server.activate_key(1)
     assert _roles(server) == (1, 0, None)
