@@ -22,7 +22,7 @@ from trivpn.datachannel.service import DataService
 from trivpn.messages import ActivateKey, InstallKey, KeyUsage, RetireKey, TLSToData
 from trivpn.tlssession.keyschedule import next_key_id
 
-KEYS = [bytes((i * 29 + k) & 0xFF for i in range(256)) for k in range(8)]
+KEYS = [bytes((i * 29 + k) & 0xFF for i in range(256)) for k in range(16)]
 CIPHER = "AES-256-GCM"
 JOIN = 30.0
 
@@ -279,9 +279,9 @@ def test_server_style_renegotiations_under_four_threads_lose_nothing() -> None:
         for n in range(1, renegotiations + 1):
             key_id = ids[n]
             down.wait(12)  # everything sealed with older keys has been opened
-            server.install_key(key_id, KEYS[key_id], 0.0, send_now=False)
+            server.install_key(key_id, KEYS[n], 0.0, send_now=False)  # fresh material
             down.wait(3)  # the server keeps sealing with its primary meanwhile
-            client.install_key(key_id, KEYS[key_id], 0.0)
+            client.install_key(key_id, KEYS[n], 0.0)
             if n % 3:  # the client's packets prove it has the key
                 for _ in range(200):
                     if server.sending_key_id == key_id:
