@@ -66,7 +66,11 @@ class Encryptor:
 
     def _seal(self, payloads: Sequence[bytes], frame: Framer | None) -> list[bytes]:
         slot = self._slot
-        key = slot.sending_key(slot.table)  # one table (and one proof) for the whole batch
+        table = slot.table  # one table (and one proof) for the whole batch
+        key = table.primary
+        pending = table.pending
+        if pending is not None and slot.proven is pending:  # `KeySlot.sending_key`, inlined
+            key = pending
         if key is None:
             raise LocalProtocolError("no data-channel key is installed")
         if key is not self._key:  # a new sending key: packet ids restart
