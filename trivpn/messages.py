@@ -87,6 +87,17 @@ class InstallKey:
     ping_exit: float = 0.0
     #: HMAC digest for a legacy CBC cipher (None for AEAD ciphers)
     auth: str | None = None
+    #: seal with this key at once; False: receive with it now, send once the peer proved it
+    #: has it or `ActivateKey` comes (the key schedule decides by role)
+    send_now: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ActivateKey:
+    """Seal with the receive-only key `key_id` now, even if the peer never proved it has it
+    (tlssession → datachannel; the fallback for a silent peer)."""
+
+    key_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +199,8 @@ ControlToReliable: TypeAlias = "ReliableMessage | DynamicWrapKey"
 ControlToTLS: TypeAlias = "ResetComplete | Ciphertext | SoftReset"
 #: TLS session → control channel: TLS bytes, our soft resets, the dynamic tls-crypt key.
 TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
-#: TLS session / key schedule → data channel: key installs and retirements, exit notice.
-TLSToData: TypeAlias = "InstallKey | RetireKey | SendExitNotify"
+#: TLS session / key schedule → data channel: key installs, activations and retirements,
+#: exit notice.
+TLSToData: TypeAlias = "InstallKey | ActivateKey | RetireKey | SendExitNotify"
 #: TLS session → the session runner (one item per send, not a batch).
 SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady"

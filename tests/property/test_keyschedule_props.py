@@ -14,7 +14,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from trivpn.messages import Ciphertext, KeyUsage, SoftReset
+from trivpn.messages import ActivateKey, Ciphertext, InstallKey, KeyUsage, SoftReset
 from trivpn.tlssession.keyschedule import Fatal, Restart
 
 HAND_WINDOW = 20.0
@@ -108,6 +108,22 @@ class KeyScheduleMachine(RuleBasedStateMachine):
         for ks in (self.p.client.ks, self.p.server.ks):
             if ks.lame_duck is not None:
                 assert self.p.now < ks._lame_until <= self.p.now + TRANSITION_WINDOW
+
+    @invariant()
+    def only_the_server_sends_late_and_activates_in_time(self) -> None:
+        c, s = self.p.client, self.p.server
+        assert all(e.send_now for e in c.events if isinstance(e, InstallKey))
+        assert not any(isinstance(e, ActivateKey) for e in c.events)
+        late: set[int] = set()
+        for e in s.events:
+            if isinstance(e, InstallKey):
+                assert e.send_now == (e.key_id == 0)  # renegotiated keys: receive first
+                late = set() if e.send_now else {e.key_id}  # a newer key supersedes
+            elif isinstance(e, ActivateKey):
+                assert e.key_id in late  # only the newest receive-only key
+        pending = s.ks._activate
+        if pending is not None:
+            assert pending[0] == s.ks.primary and pending[1] <= s.ks._lame_until
 
     @invariant()
     def both_ends_agree_when_idle(self) -> None:

@@ -20,15 +20,18 @@ them, and the decryptor's generic loop opens them (HMAC, decryption, then the re
 The two directions are separate objects so that each can run in its own thread (the
 data-plane threads of `fastpath`) without a lock around crypto:
 
-* `Encryptor` (sending) seals with the primary key of the current `keys.KeyTable`. It owns
-  the packet-id counter (restarting at 1 whenever the primary key changes), the tx counters
-  and `last_sent`.
-* `Decryptor` (receiving) picks each packet's key by the key id in its first byte (primary or
-  lame duck, anything else is `drop_no_key`). It owns one replay window per key (updated only
-  after the tag checked), the rx counters, `last_received` and `peer_exited`.
+* `Encryptor` (sending) seals with the sending key of the current `keys.KeyTable` (the
+  primary, or a receive-only pending key once the peer proved it has it). It owns the
+  packet-id counter (restarting at 1 whenever the sending key changes), the tx counters and
+  `last_sent`.
+* `Decryptor` (receiving) picks each packet's key by the key id in its first byte (primary,
+  lame duck or pending key, anything else is `drop_no_key`). It owns one replay window per
+  key (updated only after the tag checked), the rx counters, `last_received`, `peer_exited`
+  and the proof that the peer has the pending key (`keys.KeySlot.proven`).
 
-Neither writes anything the other reads; both read the `keys.KeySlot` once per batch (see
-`keys.KeySlot` for why that needs no lock). Each is written by exactly one thread or task.
+The only thing one writes and the other reads is that proof; both read the `keys.KeySlot`
+once per batch (see `keys.KeySlot` for why that needs no lock). Each is written by exactly
+one thread or task.
 
 The plaintext is `[compression framing] || payload` (§6.4, `framing`). Pings are consumed;
 OCC EXIT sets `peer_exited`. Nothing received is ever raised: each bad packet is dropped and
@@ -153,14 +156,24 @@ class DataChannel:
 
     # -- keys (any thread may read; only the key schedule's caller writes) --------------------
 
-    def install_key(self, key_id: int, key2: bytes, now: float) -> None:
-        """Make `key2` the sending key; the previous primary is kept for decryption only."""
+    def install_key(self, key_id: int, key2: bytes, now: float, *, send_now: bool = True) -> None:
+        """Make `key2` the sending key; the previous primary is kept for decryption only.
+
+        With `send_now=False` the key opens packets at once but is sealed with only once the
+        peer proved it has it, or after `activate_key` (receive early, send late)."""
         key = make_key(self.config, key_id, key2)
-        self.slot.table = self.slot.table.installed(key)  # one atomic swap (see keys.KeySlot)
+        table = self.slot.table
+        # one atomic swap (see keys.KeySlot)
+        self.slot.table = table.installed(key) if send_now else table.installed_pending(key)
         self.keepalive.key_installed(now)
 
+    def activate_key(self, key_id: int) -> None:
+        """Seal with the pending key `key_id` from now on, proven or not (a stale id is ignored)."""
+        self.slot.table = self.slot.table.activated(key_id)
+
     def retire_key(self, key_id: int) -> None:
-        """Stop decrypting with lame-duck key `key_id` (its transition window is over)."""
+        """Stop decrypting with lame-duck key `key_id` (its transition window is over).
+        Retiring the primary while a key is pending activates that key first."""
         self.slot.table = self.slot.table.retired(key_id)
 
     def retire_lame_duck(self) -> None:
@@ -185,13 +198,25 @@ class DataChannel:
         return None if key is None else key.key_id
 
     @property
+    def pending_key_id(self) -> int | None:
+        """The receive-only key, if one is installed (whether or not the sender uses it yet)."""
+        key = self.slot.table.pending
+        return None if key is None else key.key_id
+
+    @property
+    def sending_key_id(self) -> int | None:
+        """The key the next batch is sealed with."""
+        key = self.slot.sending_key(self.slot.table)
+        return None if key is None else key.key_id
+
+    @property
     def needs_renegotiation(self) -> bool:
         """True once the sending key's packet ids approach wrapping (OpenVPN soft-resets)."""
         return self.tx.near_wrap
 
     def usage(self) -> KeyUsage:
-        """What the primary key carried so far, both directions (polled by the key schedule)."""
-        key = self.slot.table.primary
+        """What the sending key carried so far, both directions (polled by the key schedule)."""
+        key = self.slot.sending_key(self.slot.table)
         if key is None:
             return KeyUsage(None)
         tx_bytes, tx_packets, near_wrap = self.tx.usage_of(key)

@@ -2,18 +2,33 @@
 
 Theory of operation
 -------------------
-A data channel has at most two keys: the *primary* (the only one we seal with) and the
-*lame duck* (the previous primary, still opening packets the peer sealed before it switched,
-until the key schedule retires it with `RetireKey`). Both live in a `KeyTable`: a frozen
-object that also maps the 3-bit key id of a received packet to its key. Nothing in a table
-or in a key ever changes after construction: a key install or a retirement builds a *new*
-table and publishes it with one reference assignment to `KeySlot.table`.
+A data channel has at most two keys at once, in three roles: the *primary* (the key we seal
+with), the *lame duck* (the previous primary, still opening packets the peer sealed before it
+switched, until the key schedule retires it with `RetireKey`) and the *pending* key (installed
+for receiving only, `InstallKey(send_now=False)`). Installing a pending key drops the lame
+duck, so a table holds primary + lame duck or primary + pending, never three keys. All of it
+lives in a `KeyTable`: a frozen object that also maps the 3-bit key id of a received packet
+to its key. Nothing in a table or in a key ever changes after construction: an install, an
+activation or a retirement builds a *new* table and publishes it with one reference
+assignment to `KeySlot.table`.
+
+Receive early, send late. A renegotiated key arrives at the two ends at different moments
+(a server derives it one control round trip before the client). A side that installs it
+receive-only keeps sealing with its primary until the peer *proves* it has the new key: the
+first authentic packet the receiving side opens with the pending key. The receiver records
+that in `KeySlot.proven` (it alone writes that field), the sender reads it once per batch and
+seals with the pending key from then on (see `KeySlot` for why that is safe without a lock).
+As a fallback for a silent peer the key schedule later sends `ActivateKey`, which makes the
+pending key the primary (and the old primary the lame duck) in a new table. Tables only move
+forward: a pending key leaves a table only by becoming its primary, so a sender never
+returns to a key it has left (that would restart its packet ids under the same key).
 
 That is what lets the two directions run in two threads without a lock around crypto. The
 sending side (`core.Encryptor`) and the receiving side (`core.Decryptor`) each read
 `slot.table` once per batch and use that table for the whole batch; all the state they
-*write* (packet-id counter, replay windows, counters) is their own. The key schedule's
-writer (the data-channel service, in the trio thread) only ever rebinds `slot.table`.
+*write* (packet-id counter, replay windows, counters, the receiver's `slot.proven`) is their
+own. The key schedule's writer (the data-channel service, in the trio thread) only ever
+rebinds `slot.table`.
 
 Key kinds: AEAD (`AEADKey`: AES-GCM / ChaCha20-Poly1305, reference §6.2) and legacy CBC +
 HMAC (`CBCKey`, §6.3) implement the one small `DataKey` protocol: seal a whole batch, and
@@ -259,45 +274,96 @@ class KeyTable:
     lame: DataKey | None = None
     #: key id (0..7) -> key; the primary wins a (theoretical) tie
     by_id: tuple[DataKey | None, ...] = (None,) * (P_KEY_ID_MASK + 1)
+    #: installed for receiving only; sealed with once the peer proved it has it
+    pending: DataKey | None = None
 
     @classmethod
-    def of(cls, primary: DataKey | None, lame: DataKey | None) -> KeyTable:
+    def of(
+        cls, primary: DataKey | None, lame: DataKey | None, pending: DataKey | None = None
+    ) -> KeyTable:
         table: list[DataKey | None] = [None] * (P_KEY_ID_MASK + 1)
-        for key in (lame, primary):
+        for key in (lame, pending, primary):
             if key is not None:
                 table[key.key_id] = key
-        return cls(primary, lame, tuple(table))
+        return cls(primary, lame, tuple(table), pending)
 
     def installed(self, key: DataKey) -> KeyTable:
         """`key` as the new primary; the old primary becomes the lame duck (unless it had the
-        same key id: then it is simply replaced). A previous lame duck is dropped."""
-        old = self.primary
+        same key id: then it is simply replaced). A previous lame duck is dropped; a pending
+        key is activated first (it may already be in use), so it becomes the lame duck."""
+        base = self.promoted()
+        old = base.primary
         return KeyTable.of(key, old if old is not None and old.key_id != key.key_id else None)
 
+    def installed_pending(self, key: DataKey) -> KeyTable:
+        """`key` for receiving only, next to the primary; the lame duck is dropped. An older
+        pending key is activated first (the sender may already seal with it). Without a
+        primary, or with the primary's key id, this is a plain `installed`."""
+        base = self.promoted()
+        primary = base.primary
+        if primary is None or primary.key_id == key.key_id:
+            return base.installed(key)
+        return KeyTable.of(primary, None, key)
+
+    def activated(self, key_id: int) -> KeyTable:
+        """The pending key `key_id` as the primary, the old primary as the lame duck (a stale
+        activation changes nothing)."""
+        pending = self.pending
+        if pending is None or pending.key_id != key_id:
+            return self
+        return KeyTable.of(pending, self.primary)
+
+    def promoted(self) -> KeyTable:
+        """The pending key, if any, activated."""
+        return self if self.pending is None else self.activated(self.pending.key_id)
+
     def retired(self, key_id: int) -> KeyTable:
-        """Without the lame duck, if it is `key_id` (a stale retirement changes nothing)."""
+        """Without the lame duck, if it is `key_id` (a stale retirement changes nothing).
+        Retiring the primary while a key is pending activates that key first."""
+        if self.pending is not None and self.primary is not None and self.primary.key_id == key_id:
+            return self.promoted().retired(key_id)
         if self.lame is None or self.lame.key_id != key_id:
             return self
-        return KeyTable.of(self.primary, None)
+        return KeyTable.of(self.primary, None, self.pending)
 
 
 class KeySlot:
-    """The one mutable reference to the current `KeyTable`, shared by both directions.
+    """The mutable references both directions share: the current `KeyTable`, and the proof
+    that the peer has the table's pending key.
 
-    Writers (key install, retirement) build a new table and assign it here; readers load
-    `table` once per batch. In CPython an attribute store or load of an object reference is
-    a single bytecode and therefore atomic with respect to other threads (the free-threaded
-    build keeps reference loads/stores of attributes atomic too), and the table is complete
-    before it is published and never changes afterwards: a reader sees either the whole old
-    table or the whole new one, never a mixture, and needs no lock. A batch that started
-    with the old table finishes with it — harmless, as the lame duck still opens packets of
-    the old key and the sender simply switches keys one batch later.
+    `table` has one writer, the key schedule's caller (install, activation, retirement): it
+    builds a new table and assigns it here; readers load `table` once per batch. `proven`
+    has one writer, the receiving side: once it opened an authentic packet with the pending
+    key of the table it holds, it stores that key here; the sending side loads it once per
+    batch and seals with `table.pending` when `proven is table.pending`.
+
+    Memory ordering. In CPython an attribute store or load of an object reference is a single
+    bytecode and therefore atomic with respect to other threads (the free-threaded build
+    keeps reference loads/stores of attributes atomic too), and a table is complete before it
+    is published and never changes afterwards: a reader sees either the whole old table or
+    the whole new one, never a mixture, and needs no lock. A batch that started with the old
+    table finishes with it — harmless, as the lame duck still opens packets of the old key
+    and the sender simply switches keys one batch later. `proven` needs no ordering with
+    `table` either: keys are compared by identity and never reused (a re-installed key is a
+    new object), so a proof only ever matches the pending key it was written for; the
+    receiver writes it only after the peer demonstrably sealed with that key, so it is never
+    early; a proof the sender sees one batch late only delays the switch by one batch; and a
+    proof that arrives after the key stopped being pending (activated, or superseded) is
+    simply never matched again.
     """
 
-    __slots__ = ("table",)
+    __slots__ = ("table", "proven")
 
     def __init__(self, table: KeyTable | None = None) -> None:
         self.table = table if table is not None else KeyTable()
+        self.proven: DataKey | None = None
+
+    def sending_key(self, table: KeyTable) -> DataKey | None:
+        """The key to seal with under `table`: the pending key once proven, else the primary."""
+        pending = table.pending
+        if pending is not None and self.proven is pending:
+            return pending
+        return table.primary
 
 
 __all__ = [

@@ -1,10 +1,12 @@
 """The receiving direction of a data channel (`Decryptor`), free of IO and clocks.
 
 See `trivpn.datachannel.core` for the theory of operation. The `Decryptor` picks each
-packet's key by the key id in its first byte (primary or lame duck of the current
-`keys.KeyTable`; anything else is `drop_no_key`). It owns one replay window per key (updated
-only after the tag checked), the rx counters, `last_received` and `peer_exited`, and is
-called by exactly one thread or task: the data plane's receiving side.
+packet's key by the key id in its first byte (primary, lame duck or pending key of the
+current `keys.KeyTable`; anything else is `drop_no_key`). It owns one replay window per key
+(updated only after the tag checked), the rx counters, `last_received`, `peer_exited` and
+`keys.KeySlot.proven` (the peer sealed with the pending key: checked once per batch, from
+that key's replay window, so the per-packet loops carry no extra work), and is called by
+exactly one thread or task: the data plane's receiving side.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class Decryptor:
         "_table",
         "_by_id",
         "_prim",
+        "_pend",
     )
 
     def __init__(self, config: DataConfig, slot: KeySlot) -> None:
@@ -115,6 +118,7 @@ class Decryptor:
         self._table = KeyTable()
         self._by_id: list[_RxKey | None] = [None] * (P_KEY_ID_MASK + 1)
         self._prim: _RxKey | None = None
+        self._pend: _RxKey | None = None  # the pending key, until the peer proved it has it
 
     def _adopt(self, table: KeyTable) -> None:
         """Follow a new key table: keep the replay window of every key still in it."""
@@ -130,7 +134,24 @@ class Decryptor:
                 by_id[i] = entry
         self._by_id = by_id  # a new list: `usage_of` in another thread reads it whole
         self._prim = by_id[table.primary.key_id] if table.primary is not None else None
+        pending = table.pending
+        self._pend = None
+        if pending is not None:
+            if self._slot.proven is pending:  # already proven: the sender seals with it
+                self._prim = by_id[pending.key_id]
+            else:
+                self._pend = by_id[pending.key_id]
         self._table = table
+
+    def _check_proof(self, pend: _RxKey) -> None:
+        """Once per batch while a key is pending: an authentic packet with it (its replay
+        window moved) proves the peer has it; tell the sender (see `keys.KeySlot`). From the
+        next batch on its traffic is counted as the primary's (the sender seals with it now;
+        the packets of this one batch are not counted for it)."""
+        if pend.replay.highest:
+            self._slot.proven = pend.key
+            self._pend = None
+            self._prim = pend
 
     def usage_of(self, key: DataKey) -> tuple[int, int]:
         """(bytes, packets) received with `key`; safe to call from another thread."""
@@ -149,7 +170,7 @@ class Decryptor:
         out: list[bytes] = []
         append = out.append
         by_id = self._by_id
-        prim = self._prim
+        prim = self._prim  # the key whose traffic `usage_of` reports (the one we seal with)
         unframe = self._unframe
         ping = PING_MAGIC
         rx = rx_bytes = pings = malformed = auth = replayed = no_key = comp = empty = occ = 0
@@ -220,6 +241,8 @@ class Decryptor:
             append(pt)
         if authentic:
             self.last_received = now
+            if self._pend is not None:
+                self._check_proof(self._pend)
         if rx:
             stats = self.stats
             stats.rx_packets += rx
@@ -299,6 +322,8 @@ class Decryptor:
                     e.packets += 1
                     e.bytes += len(pt)
                 out.append(pt)
+        if self._pend is not None:
+            self._check_proof(self._pend)
         self.stats.rx_packets += rx
         self.stats.rx_bytes += rx_bytes
         self._count(pings, occ, empty, malformed, auth, replayed, no_key, comp)

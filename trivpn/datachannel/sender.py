@@ -1,8 +1,9 @@
 """The sending direction of a data channel (`Encryptor`), free of IO and clocks.
 
 See `trivpn.datachannel.core` for the theory of operation. The `Encryptor` seals with the
-primary key of the current `keys.KeyTable`; it owns the packet-id counter (restarting at 1
-whenever the primary key changes), the tx counters and `last_sent`, and is called by exactly
+sending key of the current `keys.KeyTable` (its primary, or its pending key once the peer
+proved it has it: `keys.KeySlot.sending_key`); it owns the packet-id counter (restarting at 1
+whenever the sending key changes), the tx counters and `last_sent`, and is called by exactly
 one thread or task: the data plane's sending side.
 """
 
@@ -57,17 +58,22 @@ class Encryptor:
         self._frame = FRAMING[config.compression][0]
         self._ping = framed(config.compression, PING_MAGIC)
         self._exit = framed(config.compression, OCC_MAGIC + bytes([OCC_EXIT]))
-        self._key: DataKey | None = None  # the primary we last sealed with ...
+        self._key: DataKey | None = None  # the key we last sealed with ...
         self._pid = 0  # ... and the last packet id used with it (the first packet carries 1)
         #: (key, tx_bytes, tx_packets) when that key was first used: one tuple, replaced whole,
         #: so `usage_of` (another thread) never pairs a key with another key's base
         self._base: tuple[DataKey | None, int, int] = (None, 0, 0)
 
     def _seal(self, payloads: Sequence[bytes], frame: Framer | None) -> list[bytes]:
-        key = self._slot.table.primary  # one table for the whole batch
+        slot = self._slot
+        table = slot.table  # one table (and one proof) for the whole batch
+        key = table.primary
+        pending = table.pending
+        if pending is not None and slot.proven is pending:  # `KeySlot.sending_key`, inlined
+            key = pending
         if key is None:
             raise LocalProtocolError("no data-channel key is installed")
-        if key is not self._key:  # a new primary: packet ids restart
+        if key is not self._key:  # a new sending key: packet ids restart
             self._key = key
             self._pid = 0
             self._base = (key, self.stats.tx_bytes, self.stats.tx_packets)
@@ -105,8 +111,9 @@ class Encryptor:
 
     @property
     def near_wrap(self) -> bool:
-        """True once the primary key's packet ids approach wrapping (renegotiate then)."""
-        return self._key is self._slot.table.primary and self._pid >= PACKET_ID_WRAP_TRIGGER
+        """True once the sending key's packet ids approach wrapping (renegotiate then)."""
+        slot = self._slot
+        return self._key is slot.sending_key(slot.table) and self._pid >= PACKET_ID_WRAP_TRIGGER
 
     def usage_of(self, key: DataKey) -> tuple[int, int, bool]:
         """(bytes, packets, near wrap) sent with `key`; safe to call from another thread."""

@@ -29,7 +29,14 @@ from trivpn.datachannel.keepalive import PeerSilent
 from trivpn.datachannel.link import DataLink
 from trivpn.datachannel.plane import DataPlane, make_plane
 from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
-from trivpn.messages import InstallKey, KeyUsage, RetireKey, SendExitNotify, TLSToData
+from trivpn.messages import (
+    ActivateKey,
+    InstallKey,
+    KeyUsage,
+    RetireKey,
+    SendExitNotify,
+    TLSToData,
+)
 from trivpn.workers.driver import CoreTimer
 
 log = logging.getLogger("trivpn.datachannel")
@@ -140,12 +147,13 @@ class DataService:
                 ping_exit=item.ping_exit,
                 auth=item.auth,
             )
-            core.install_key(item.key_id, item.key2, now)
+            core.install_key(item.key_id, item.key2, now)  # the first key always sends
             self.link.rx = core.rx  # published only once keyed
             self.link.tx = core.tx
             self.core = core
         else:
-            core.install_key(item.key_id, item.key2, now)  # an atomic table swap, no lock
+            # an atomic table swap, no lock
+            core.install_key(item.key_id, item.key2, now, send_now=item.send_now)
 
     async def _control_loop(self) -> None:
         async with self._control:
@@ -154,6 +162,8 @@ class DataService:
                 for item in batch:
                     if isinstance(item, InstallKey):
                         self._install(item, now)
+                    elif isinstance(item, ActivateKey) and self.core is not None:
+                        self.core.activate_key(item.key_id)
                     elif isinstance(item, RetireKey) and self.core is not None:
                         self.core.retire_key(item.key_id)
                     elif isinstance(item, SendExitNotify) and self.core is not None:

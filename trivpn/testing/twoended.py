@@ -303,8 +303,18 @@ class TwoEnded:
         return self.tls[side].renegotiations
 
     def primary_key_id(self, side: str) -> int | None:
+        """The newest data key installed (the key schedule's primary). A server may still
+        seal with the previous one until the client proved it has this one."""
         core = self.stacks[side].data.core
-        return None if core is None else core.primary_key_id
+        if core is None:
+            return None
+        pending = core.pending_key_id
+        return core.primary_key_id if pending is None else pending
+
+    def sending_key_id(self, side: str) -> int | None:
+        """The data key `side` seals its next batch with."""
+        core = self.stacks[side].data.core
+        return None if core is None else core.sending_key_id
 
 
 def make_packet(side: str, index: int, size: int = 100) -> bytes:

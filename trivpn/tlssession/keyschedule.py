@@ -32,10 +32,12 @@ wait) or the session ends with `Restart`. A renegotiation that fails (TLS error,
 done within `hand_window`) is dropped and the current key stays in use; the next attempt
 takes the next key id, skipping the ids of the primary and lame-duck keys.
 
-Known difference from OpenVPN: its server sends with a renegotiated key only once the
-client acknowledged the server's key-method-2 message; here the server's InstallKey comes
-at key exchange, so the data channel may send with the new key a moment before the client
-has it (the client installs one control round trip later).
+Receive early, send late: the server has a renegotiated key at key exchange, one control
+round trip before the client, so its InstallKey says `send_now=False` (receive only; the
+data channel seals with it once the client's first packet with it arrives) and an
+`ActivateKey` follows after min(hand_window, transition_window / 2) for a silent client (by
+then the client has the key or gave up; OpenVPN waits for the ACK of its key-method-2). The
+client installs with `send_now=True`: a real server already has the key then.
 
 Interface (time only enters as `now`)::
 
@@ -45,8 +47,8 @@ Interface (time only enters as `now`)::
     ks.receive_ciphertext(key_id, data, now)    ks.receive_usage(KeyUsage, now)
     ks.renegotiate(reason, now) -> bool         ks.send_exit(now) -> bool
     ks.items_to_send(now) -> list[SoftReset | DynamicWrapKey | Ciphertext]   (in order)
-    ks.events() -> list[InstallKey | RetireKey | TunnelUp | ClientReady | AuthPending
-                        | Restart | Fatal]
+    ks.events() -> list[InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady
+                        | AuthPending | Restart | Fatal]
     ks.get_timer() -> float | None              ks.handle_timer(now)
 
 After `Restart` or `Fatal` the schedule is closed and ignores further input. Nothing from
@@ -61,6 +63,7 @@ from dataclasses import replace
 
 from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
 from trivpn.messages import (
+    ActivateKey,
     AuthPending,
     Ciphertext,
     ClientReady,
@@ -103,7 +106,7 @@ SCHEDULED_EXIT = 5.0
 #: A server ignores a repeated PUSH_REQUEST this soon after its reply (push.c).
 PUSH_REPEAT_HOLD = 30.0
 
-Event = InstallKey | RetireKey | TunnelUp | ClientReady | AuthPending | Restart | Fatal
+Event = InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady | AuthPending | Restart | Fatal
 Outgoing = SoftReset | DynamicWrapKey | Ciphertext
 
 
@@ -130,6 +133,7 @@ class KeySchedule:
         self._pending_local = False  # we sent the first SoftReset of the pending key
         self._pending_answered = False  # both SoftResets were exchanged
         self._lame_until = 0.0
+        self._activate: tuple[int, float] | None = None  # (receive-only key, ActivateKey due)
         self._reneg_at: float | None = None
         self._last_key_id = 0
         self._usage_key: int | None = None
@@ -275,6 +279,8 @@ class KeySchedule:
             timers.append(self._reneg_at)
         if self.lame_duck is not None:
             timers.append(self._lame_until)
+        if self._activate is not None:
+            timers.append(self._activate[1])
         if self._end is not None:
             timers.append(self._end[0])
         return min(timers) if timers else None
@@ -302,6 +308,9 @@ class KeySchedule:
         elif self.pending is None and self._reneg_at is not None and now >= self._reneg_at:
             self._reneg_at = None
             self.renegotiate(f"reneg-sec {self.config.reneg_sec:g}", now)
+        if self._activate is not None and now >= self._activate[1]:
+            self._events.append(ActivateKey(self._activate[0]))  # before any RetireKey
+            self._activate = None
         if self.lame_duck is not None and now >= self._lame_until:
             self._retire_lame_duck()
 
@@ -363,7 +372,11 @@ class KeySchedule:
     def _install_renegotiated(self, key_id: int, now: float) -> None:
         assert self._template is not None
         key2 = self._key2(key_id, self.ekm)
-        self._events.append(replace(self._template, key_id=key_id, key2=key2))
+        send_now = not self.is_server  # see "receive early, send late" above
+        self._events.append(replace(self._template, key_id=key_id, key2=key2, send_now=send_now))
+        # an older receive-only key is activated by this install (data channel: KeyTable)
+        cfg = self.config
+        self._activate = None if send_now else (key_id, now + min(cfg.hand_window, cfg.transition_window / 2))
         if self.lame_duck is not None:  # replaced by the installation, not retired by time
             self.sessions.pop(self.lame_duck, None)
         self.lame_duck, self._lame_until = self.primary, now + self.config.transition_window

@@ -2,8 +2,8 @@
 
 In: control-channel items, Renegotiate/SendExit commands, its timer, the data channel's key
 usage (polled once a second). Out, in the schedule's order: soft resets, wrap keys and TLS
-bytes to the control channel; InstallKey/RetireKey to the data channel; other events to the
-session. Restart/Fatal end the service with SessionRestart/FatalError. Only here is the
+bytes to the control channel; InstallKey/ActivateKey/RetireKey to the data channel; other
+events to the session. Restart/Fatal end the service with SessionRestart/FatalError. Only here is the
 clock read.
 """
 
@@ -15,6 +15,7 @@ import trio
 
 from trivpn.errors import FatalError, SessionRestart
 from trivpn.messages import (
+    ActivateKey,
     Ciphertext,
     ControlToTLS,
     InstallKey,
@@ -81,7 +82,7 @@ class TLSService:
         """Route the schedule's events, then flush its output to the control channel."""
         async with self._lock:
             for ev in self.schedule.events():
-                if isinstance(ev, InstallKey | RetireKey):
+                if isinstance(ev, InstallKey | ActivateKey | RetireKey):
                     await self._to_data.send([ev])
                 elif isinstance(ev, Restart):
                     err = AuthTokenExpired(ev.reason) if ev.auth_token_expired else SessionRestart(ev.reason)

@@ -20,7 +20,7 @@ from trivpn.datachannel.sender import Encryptor, TxStats
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 from trivpn.messages import KeyUsage
 
-KEYS = [bytes((i * 31 + k) & 0xFF for i in range(256)) for k in range(8)]
+KEYS = [bytes((i * 31 + k) & 0xFF for i in range(256)) for k in range(16)]
 JOIN = 30.0
 
 
@@ -210,8 +210,9 @@ def test_key_swaps_under_concurrent_encrypt_and_decrypt(cipher: str) -> None:
         while received < chunk * n - slack:
             assert progress.acquire(timeout=JOIN)
             received += 1
-        server.install_key(n % 8, KEYS[n % 8], 0.0)  # the receiver learns the key first
-        client.install_key(n % 8, KEYS[n % 8], 0.0)
+        # key ids wrap, key material never repeats (as with real renegotiations)
+        server.install_key(n % 8, KEYS[n], 0.0)  # the receiver learns the key first
+        client.install_key(n % 8, KEYS[n], 0.0)
         if n % 3 == 0:
             server.retire_lame_duck()  # may cut off packets still in flight: counted, not lost
         go.release()

@@ -290,3 +290,30 @@ async def test_a_blocking_fd_is_refused_before_any_thread_starts(rig: Rig) -> No
     err = primary_error(info.value)
     assert isinstance(err, LocalProtocolError)
     assert "non-blocking" in str(err)
+
+
+async def test_receive_only_key_switches_the_down_thread_on_the_peers_proof(rig: Rig) -> None:
+    """Receive early, send late across the two threads: the up thread records the proof,
+    the down thread switches keys on its next batch (ids restart at 1)."""
+    key1 = bytes(reversed(KEY2))
+
+    async def sealed_with() -> tuple[int, int]:
+        rig.app.send(_ip(1))
+        wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+        assert rig.peer.decrypt([wire], 1.0) == [_ip(1)]
+        return wire[0] & 7, int.from_bytes(wire[4:8], "big")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.service.run)
+        late = InstallKey(1, key1, CIPHER, 7, None, 0.0, send_now=False)
+        await rig.keys_s.send([rig.install_key(), late])
+        core = rig.service
+        await _until(lambda: core.core is not None and core.core.pending_key_id == 1, "pending")
+        assert await sealed_with() == (0, 1)
+        assert await sealed_with() == (0, 2)
+        rig.peer.install_key(1, key1, 1.0)
+        rig.server.send(rig.peer.encrypt([_ip(2)], 1.0)[0])  # the proof
+        assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(2)
+        assert await sealed_with() == (1, 1)
+        assert _stats(rig).drop_no_key == rig.peer.stats.drop_no_key == 0
+        nursery.cancel_scope.cancel()

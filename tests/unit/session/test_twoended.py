@@ -105,6 +105,8 @@ def test_five_renegotiations_from_both_sides_lose_nothing(pki: PKI) -> None:
             assert_exactly_once(te, 400)
             await paced_traffic(te, 50, 0.01, tag="after")
             assert_exactly_once(te, 50, tag="after")
+            # the client's packets proved it has key 5: the server seals with it too
+            assert te.sending_key_id("client") == te.sending_key_id("server") == 5
 
     run(main)
 
@@ -169,14 +171,6 @@ def test_impaired_link_still_completes_and_carries_data(pki: PKI) -> None:
     run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known race (issue 11): the server installs a renegotiated key at key exchange and "
-    "sends with it at once; the client learns the key from the server's key-method-2 message, "
-    "which climbs five layers while data takes one hop, so a burst in flight is dropped as "
-    "drop_no_key. OpenVPN avoids it by processing in order; the fix is a receive-only install "
-    "until the peer proves it has the key (or until our key-method-2 is ACKed)",
-)
 def test_burst_traffic_across_renegotiations_loses_nothing(pki: PKI) -> None:
     async def main() -> None:
         async with open_two_ended(TwoEndedConfig(), pki=pki, seed=8) as te:
