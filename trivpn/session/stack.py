@@ -10,7 +10,7 @@ link) and the TUN pair (a TUN service, or nothing when the data-plane threads mo
     net_down ◀─(clone)──────────────────────────datachannel
     packetmuxer ──mux_ctrl──▶ reliable ──rel_up──▶ controlchannel ──cc_up──▶ tls
     packetmuxer ◀─rel_down─── reliable ◀─cc_down── controlchannel ◀─tls_down─ tls
-    tls ──keys──▶ datachannel        (InstallKey, RetireKey; data_control: SendExitNotify)
+    tls ──keys──▶ datachannel        (InstallKey, ActivateKey, RetireKey; data_control: SendExitNotify)
     tls ◀─usage── datachannel        (KeyUsage, read about once a second: reneg-bytes/-pkts)
     tls ──events──▶ owner            (TunnelUp / ClientReady, AuthPending)
     owner ──commands──▶ tls          (Renegotiate, SendExit)
