@@ -134,13 +134,13 @@ def _parse_client(text: str) -> ClientStatus:
     )
 
 
-def _read_whole(path: Path, needle: str, timeout: float) -> str:
-    """The file's text once it is complete (ends in END) and contains `needle`."""
+def _read_whole(path: Path, needle: str, timeout: float, *more: str) -> str:
+    """The file's text once it is complete (ends in END) and contains every needle."""
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
         text = path.read_text() if path.exists() else ""
-        if text.endswith("\nEND\n") and needle in text:
+        if text.endswith("\nEND\n") and all(n in text for n in (needle, *more)):
             return text
         time.sleep(0.1)
     raise AssertionError(f"{path.name} did not list {needle!r} within {timeout}s:\n{text}")
@@ -186,8 +186,15 @@ def test_status_layout_matches_openvpn(version, pki, netns, openvpn_server, tmp_
     try:
         cn = common_name(pki.client_cert)
         sep = "," if version == 2 else "\t"
+        # OpenVPN lists a client as soon as its TLS session starts (no virtual address yet,
+        # cipher shown as BF-CBC); wait for the established entry and its routes.
         file_text = _read_whole(
-            server.workdir / "status.log", f"CLIENT_LIST{sep}{cn}{sep}", LISTED_TIMEOUT
+            server.workdir / "status.log",
+            f"CLIENT_LIST{sep}{cn}{sep}",
+            LISTED_TIMEOUT,
+            f"{sep}AES-256-GCM\n",
+            f"ROUTING_TABLE{sep}10.202.0.",
+            f"ROUTING_TABLE{sep}fd00:202:",
         )
         parsed = _parse_tagged(file_text, sep)
         # The round trip only means something if the report really describes our client.
