@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from datetime import datetime
-from ipaddress import IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 
 import pytest
@@ -75,8 +75,8 @@ def _parse_tagged(text: str, sep: str) -> ServerStatus:
                 ClientEntry(
                     common_name=f[1],
                     real_address=_real(f[2]),
-                    virtual_v4=ip_address(f[3]) if f[3] else None,  # type: ignore[arg-type]
-                    virtual_v6=ip_address(f[4]) if f[4] else None,  # type: ignore[arg-type]
+                    virtual_v4=IPv4Address(f[3]) if f[3] else None,
+                    virtual_v6=IPv6Address(f[4]) if f[4] else None,
                     bytes_received=int(f[5]),
                     bytes_sent=int(f[6]),
                     connected_since=int(f[8]),
