@@ -15,6 +15,7 @@ from trivpn.status import (
     RouteEntry,
     ServerStatus,
     StatusModelError,
+    StatusVersion,
     escape_field,
     format_client_status,
     format_server_status,
@@ -171,7 +172,8 @@ def test_hostile_common_name_cannot_forge_a_line() -> None:
     client = ClientEntry(evil, ALICE, None, None, 0, 0, T0, evil, 1, 1, "AES-256-GCM")
     route = RouteEntry(IPv4Address("10.8.0.2"), evil, ALICE, T0)
     status = ServerStatus(TITLE, T0, (client,), (route,))
-    for version, sep, width in ((1, ",", 5), (2, ",", 13), (3, "\t", 13)):
+    cases: list[tuple[StatusVersion, str, int]] = [(1, ",", 5), (2, ",", 13), (3, "\t", 13)]
+    for version, sep, width in cases:
         lines = format_server_status(status, version, tz=UTC).split("\n")
         assert lines.count("END") == 1 and lines[-2:] == ["END", ""]
         assert len(lines) == (11 if version == 1 else 10)  # incl. the "" after the final newline

@@ -1,12 +1,14 @@
 """Our version 1 report through code nobody here wrote: PyPI `openvpn-status-reader`.
 
-It is the maintained fork of `openvpn-status` that reads OpenVPN 2.5+ dates (it installs the
-module `openvpn_status`). Its parser needs `host:port` real addresses, so native-IPv6 clients
-(printed without a port by OpenVPN 2.6 too) are kept out of this snapshot.
+It is the maintained fork of `openvpn-status` that reads OpenVPN 2.5+ dates. Both install the
+module `openvpn_status` (see the check below). Its parser needs `host:port` real addresses,
+so native-IPv6 clients (printed without a port by OpenVPN 2.6 too) are kept out of this
+snapshot.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -15,6 +17,14 @@ import pytest
 from trivpn.status import ClientEntry, RealAddress, RouteEntry, ServerStatus, format_server_status
 
 openvpn_status = pytest.importorskip("openvpn_status", reason="pip install 'openvpn-status-reader'")
+if not hasattr(openvpn_status.utils, "DATETIME_FORMAT_OPENVPN_V2_5"):
+    # PyPI `openvpn-status` (pulled in by `openvpn-management-api`) installs the SAME module
+    # name without 2.5+ date support; whichever is installed last owns `openvpn_status`.
+    # Fix: `pip install --force-reinstall --no-deps openvpn-status-reader` (API-compatible).
+    _why = "`openvpn_status` is the old openvpn-status package, not openvpn-status-reader"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true, so not skipping: {_why}", pytrace=False)
+    pytest.skip(_why, allow_module_level=True)
 
 
 T0 = 1795323354
