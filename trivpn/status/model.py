@@ -36,9 +36,11 @@ def _check_range(name: str, value: int, top: int) -> None:
         raise StatusModelError(f"{name} must be an integer in 0..{top}, not {value!r}")
 
 
-def _check_text(name: str, value: str | None) -> None:
-    if value is not None and not isinstance(value, str):
-        raise StatusModelError(f"{name} must be a string or None, not {type(value).__name__}")
+def _check_text(name: str, value: str | None, *, optional: bool = True) -> None:
+    if (value is None and optional) or isinstance(value, str):
+        return
+    kind = "a string or None" if optional else "a string"
+    raise StatusModelError(f"{name} must be {kind}, not {type(value).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,7 @@ class ClientEntry:
     def __post_init__(self) -> None:
         _check_text("common_name", self.common_name)
         _check_text("username", self.username)
-        _check_text("cipher", self.cipher)
+        _check_text("cipher", self.cipher, optional=False)
         if not isinstance(self.real_address, RealAddress):
             raise StatusModelError("real_address must be a RealAddress")
         if self.virtual_v4 is not None and not isinstance(self.virtual_v4, IPv4Address):
@@ -134,7 +136,7 @@ class ServerStatus:
     dco_enabled: bool = False
 
     def __post_init__(self) -> None:
-        _check_text("title", self.title)
+        _check_text("title", self.title, optional=False)
         _check_range("time", self.time, MAX_TIME)
         if not all(isinstance(c, ClientEntry) for c in self.clients):
             raise StatusModelError("clients must be ClientEntry values")
