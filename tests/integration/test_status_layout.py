@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
@@ -28,12 +29,14 @@ from trivpn.status import (
     RealAddress,
     RouteEntry,
     ServerStatus,
+    StatusVersion,
     format_client_status,
     format_server_status,
 )
 from trivpn.status.model import VirtualAddress
-from trivpn.testing.ovpn_server import ServerOptions, client_profile
-from trivpn.testing.pki import common_name
+from trivpn.testing.netns import NetnsPair
+from trivpn.testing.ovpn_server import OpenVPNServer, ServerOptions, client_profile
+from trivpn.testing.pki import PKI, common_name
 
 #: Bound on the client showing up in the server's status file (handshake + 1 s rewrite).
 LISTED_TIMEOUT = 12.0
@@ -167,7 +170,13 @@ def _mgmt_status(sock_path: Path, version: int) -> str:
 
 @pytest.mark.root
 @pytest.mark.parametrize("version", [2, 3])
-def test_status_layout_matches_openvpn(version, pki, netns, openvpn_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_status_layout_matches_openvpn(
+    version: StatusVersion,
+    pki: PKI,
+    netns: NetnsPair,
+    openvpn_server: Callable[[ServerOptions], OpenVPNServer],
+    tmp_path: Path,
+) -> None:
     mgmt = tmp_path / "mgmt.sock"
     opts = ServerOptions(extra=[f"status-version {version}", f"management {mgmt} unix"])
     server = openvpn_server(opts)
