@@ -169,16 +169,20 @@ def _mgmt_status(sock_path: Path, version: int) -> str:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("version", [2, 3])
+# udp6: the client's real address is a native IPv6 one, which OpenVPN 2.6 prints without port.
+@pytest.mark.parametrize(("version", "proto"), [(2, "udp"), (3, "udp6")])
 def test_status_layout_matches_openvpn(
     version: StatusVersion,
+    proto: str,
     pki: PKI,
     netns: NetnsPair,
     openvpn_server: Callable[[ServerOptions], OpenVPNServer],
     tmp_path: Path,
 ) -> None:
     mgmt = tmp_path / "mgmt.sock"
-    opts = ServerOptions(extra=[f"status-version {version}", f"management {mgmt} unix"])
+    opts = ServerOptions(
+        proto=proto, extra=[f"status-version {version}", f"management {mgmt} unix"]
+    )
     server = openvpn_server(opts)
     client_status = tmp_path / "client-status.log"
     profile = tmp_path / "client.ovpn"
@@ -208,7 +212,9 @@ def test_status_layout_matches_openvpn(
         parsed = _parse_tagged(file_text, sep)
         # The round trip only means something if the report really describes our client.
         (entry,) = parsed.clients
-        assert entry.real_address.host == ip_address(netns.client_v4)
+        client_ip = netns.client_v6 if proto == "udp6" else netns.client_v4
+        assert entry.real_address.host == ip_address(client_ip)
+        assert (entry.real_address.port > 0) == (proto == "udp")  # no port shown for IPv6
         assert str(entry.virtual_v4).startswith("10.202.0.")
         assert str(entry.virtual_v6).startswith("fd00:202:")
         assert entry.cipher == "AES-256-GCM" and entry.username is None
