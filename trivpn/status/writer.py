@@ -24,7 +24,8 @@ from trivpn.status.model import ClientStatus, ServerStatus, StatusModelError
 
 #: OpenVPN's default refresh interval for `status FILE` without N.
 DEFAULT_INTERVAL = 60.0
-#: Mode of the written file: readable by monitoring tools that do not run as root.
+#: Mode of the written file: readable by monitoring tools that do not run as root. OpenVPN
+#: creates its file 0600 (it lists names and addresses); pass mode=0o600 to match it.
 DEFAULT_MODE = 0o644
 
 
