@@ -1,0 +1,142 @@
+"""Trio service for the management interface: listeners, one task per connection, broadcast.
+
+Each connection runs a `ManagementConnection` core; a reader feeds it the client's bytes, a
+notifier feeds it broadcast notifications and bytecount timers. Notifications reach a
+connection through a bounded channel: a client that stops reading fills it and is dropped
+(counted in `slow_dropped`), so it cannot make the daemon buffer without limit. A failing
+connection is logged and closed; it never reaches the host's nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from trivpn.management.config import ManagementConfigError, is_loopback, remove_socket_file
+from trivpn.management.core import (
+    MAX_LINE_BYTES,
+    ManagementConnection,
+    ManagementHost,
+    Notification,
+)
+
+log = logging.getLogger(__name__)
+_Flush = Callable[[], Awaitable[None]]
+
+
+class ManagementService:
+    """Serve the management protocol for `host` on TCP and/or unix-socket listeners."""
+
+    def __init__(
+        self, host: ManagementHost, *, password: str | None = None,
+        queue_size: int = 256, max_connections: int = 16,
+    ) -> None:
+        self._host = host
+        self._password = password
+        self._queue_size = queue_size
+        self._max_connections = max_connections
+        self._connections: dict[trio.MemorySendChannel[list[Notification]], trio.CancelScope] = {}
+        self.slow_dropped = 0  #: connections closed because their queue overflowed
+        self.refused = 0  #: connections refused over max_connections
+        self.failed = 0  #: connections that ended with an unexpected error
+
+    def broadcast(self, notifications: list[Notification]) -> None:
+        """Queue `notifications` for every connection (never blocks; drops slow readers)."""
+        for channel, scope in list(self._connections.items()):
+            try:
+                channel.send_nowait(notifications)
+            except trio.WouldBlock:
+                self.slow_dropped += 1
+                del self._connections[channel]
+                scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def serve_tcp(
+        self, port: int, address: str = "127.0.0.1",
+        *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if not is_loopback(address) and self._password is None:
+            raise ManagementConfigError(
+                f"management: listening on non-loopback address {address} needs a password file"
+            )
+        await trio.serve_tcp(self.handle_stream, port, host=address, task_status=task_status)
+
+    async def serve_unix(
+        self, path: str,
+        *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        remove_socket_file(path)  # a stale socket of an earlier run
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        with sock:
+            await sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(8)
+            listener = trio.SocketListener(sock.dup())
+        try:
+            await trio.serve_listeners(self.handle_stream, [listener], task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            remove_socket_file(path)
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Run one management connection until quit, EOF, overflow or error."""
+        if len(self._connections) >= self._max_connections:
+            self.refused += 1
+            await trio.aclose_forcefully(stream)
+            return
+        core = ManagementConnection(self._host, password=self._password)
+        send, receive = trio.open_memory_channel[list[Notification]](self._queue_size)
+        lock = trio.Lock()
+
+        async def flush() -> None:
+            data = core.data_to_send()
+            if data:
+                async with lock:
+                    await stream.send_all(data)
+
+        try:
+            with trio.CancelScope() as scope:
+                self._connections[send] = scope
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._notifier, core, receive, flush)
+                    await self._reader(core, stream, flush)
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+            log.debug("management connection closed: %s", type(err).__name__)
+        except Exception:
+            self.failed += 1
+            log.warning("management connection failed", exc_info=True)
+        finally:
+            self._connections.pop(send, None)
+            await trio.aclose_forcefully(stream)
+
+    @staticmethod
+    async def _reader(core: ManagementConnection, stream: trio.abc.Stream, flush: _Flush) -> None:
+        await flush()
+        while not core.closed:
+            data = b""
+            if core.wants_data:
+                data = bytes(await stream.receive_some(MAX_LINE_BYTES))
+                if not data:
+                    return
+            core.receive_data(data, trio.current_time())
+            await flush()
+
+    @staticmethod
+    async def _notifier(
+        core: ManagementConnection,
+        receive: trio.MemoryReceiveChannel[list[Notification]], flush: _Flush,
+    ) -> None:
+        while True:
+            timer = core.get_timer()
+            with trio.move_on_at(math.inf if timer is None else timer):
+                for notification in await receive.receive():
+                    core.notify(notification)
+            core.handle_timer(trio.current_time())
+            await flush()
