@@ -189,9 +189,14 @@ class ManagementConnection:
 
     @property
     def wants_data(self) -> bool:
-        """Whether the caller may read more input now (input and output both below limits)."""
+        """Whether the caller should read more input now.
+
+        False while complete lines wait (held back by the output limit: drain
+        `data_to_send()` and call `receive_data(b"", now)`) or the connection is closed.
+        """
         return (
             not self.closed
+            and b"\n" not in self._inbuf
             and len(self._inbuf) < MAX_INPUT_BYTES - MAX_LINE_BYTES
             and len(self._outbuf) < OUTPUT_HIGH_WATER
         )
