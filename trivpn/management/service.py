@@ -9,6 +9,7 @@ connection is logged and closed; it never reaches the host's nursery.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -105,7 +106,7 @@ class ManagementService:
                 self._connections[send] = scope
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._notifier, core, receive, flush)
-                    await self._reader(core, stream, flush)
+                    await self._reader(core, stream, flush, send)
                     nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
             log.debug("management connection closed: %s", type(err).__name__)
@@ -117,7 +118,10 @@ class ManagementService:
             await trio.aclose_forcefully(stream)
 
     @staticmethod
-    async def _reader(core: ManagementConnection, stream: trio.abc.Stream, flush: _Flush) -> None:
+    async def _reader(
+        core: ManagementConnection, stream: trio.abc.Stream, flush: _Flush,
+        wake: trio.MemorySendChannel[list[Notification]],
+    ) -> None:
         await flush()
         while not core.closed:
             data = b""
@@ -125,7 +129,11 @@ class ManagementService:
                 data = bytes(await stream.receive_some(MAX_LINE_BYTES))
                 if not data:
                     return
+            timer = core.get_timer()
             core.receive_data(data, trio.current_time())
+            if core.get_timer() != timer:  # wake the notifier to re-arm the bytecount timer
+                with contextlib.suppress(trio.WouldBlock):
+                    wake.send_nowait([])
             await flush()
 
     @staticmethod
