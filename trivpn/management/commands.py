@@ -28,7 +28,9 @@ class Help:
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    pass
+    """`version` shows versions; `version N` records the client's version, with no reply."""
+
+    client_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +156,7 @@ Command: TypeAlias = (
 #: commands only a server answers; a client replies "not supported by the current daemon mode"
 SERVER_ONLY: dict[type, str] = {
     Kill: "kill", ClientKill: "client-kill", ClientAuth: "client-auth",
-    ClientAuthNt: "client-auth", ClientDeny: "client-deny", LoadStats: "load-stats",
+    ClientAuthNt: "client-auth", ClientDeny: "client-deny",
 }
 
 
@@ -179,6 +181,17 @@ def _number(text: str, what: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 9:
         raise CommandError(f"cannot parse {what}")
     return int(text)
+
+
+def _atoi(text: str) -> int:
+    """C's atoi, which the daemon uses here: leading digits, else 0 (`bytecount x` is off)."""
+    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text)
+    prefix = ""
+    for ch in digits[:9]:
+        if not ("0" <= ch <= "9"):
+            break
+        prefix += ch
+    return sign * int(prefix) if prefix else 0
 
 
 def _history(name: str, args: list[str], bare_count: HistoryCount) -> tuple[OnOff, HistoryCount]:
@@ -221,7 +234,7 @@ def parse_command(params: list[str]) -> Command:
     if name == "help":
         return Help()
     if name == "version":
-        return Version()
+        return Version(_atoi(args[0]) if args else None)
     if name == "pid":
         return Pid()
     if name == "load-stats":
@@ -242,7 +255,7 @@ def parse_command(params: list[str]) -> Command:
         return Status(int(args[0]))
     if name == "bytecount":
         _need(name, args, 1)
-        return ByteCount(_number(args[0], "bytecount interval"))
+        return ByteCount(max(_atoi(args[0]), 0))
     if name == "signal":
         _need(name, args, 1)
         if args[0] not in SIGNALS:

@@ -338,6 +338,8 @@ class ManagementConnection:
         match command:
             case c.Help():
                 self._send(*_HELP, "END")
+            case c.Version(client_version) if client_version is not None:
+                pass  # observed: `version 3` gets no reply
             case c.Version():
                 self._send(
                     f"OpenVPN Version: {host.version_title()}",

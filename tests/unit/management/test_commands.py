@@ -17,6 +17,7 @@ def parse(line: str) -> c.Command:
     [
         ("help", c.Help()),
         ("version", c.Version()),
+        ("version 3", c.Version(3)),
         ("pid", c.Pid()),
         ("load-stats", c.LoadStats()),
         ("quit", c.Quit()),
@@ -37,6 +38,9 @@ def parse(line: str) -> c.Command:
         ("status 3", c.Status(3)),
         ("bytecount 5", c.ByteCount(5)),
         ("bytecount 0", c.ByteCount(0)),
+        ("bytecount x", c.ByteCount(0)),  # observed: the daemon reads it with atoi
+        ("bytecount 7s", c.ByteCount(7)),
+        ("bytecount -1", c.ByteCount(0)),
         ("signal SIGHUP", c.Signal("SIGHUP")),
         ("signal SIGTERM", c.Signal("SIGTERM")),
         ("signal SIGUSR1", c.Signal("SIGUSR1")),
@@ -84,7 +88,9 @@ def test_parse(line: str, command: c.Command) -> None:
         ("auth-retry bogus", "bad auth-retry parameter"),
         # ours
         ("status 9", "status version must be 1, 2 or 3"),
-        ("bytecount -1", "cannot parse bytecount interval"),
+        ("client-kill x", "cannot parse CID"),  # observed
+        ("client-auth 1", "the 'client-auth' command requires 2 parameters"),  # observed
+        ("echo", "the 'echo' command requires at least 1 parameter"),  # observed
         ("client-auth x 1", "cannot parse CID"),
         ("client-auth 1 x", "cannot parse KID"),
         ("client-deny 1 2", "the 'client-deny' command requires 3 parameters"),

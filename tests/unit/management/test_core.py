@@ -86,6 +86,9 @@ def test_version_and_pid(host: Any) -> None:
         b"OpenVPN Version: OpenVPN 2.6.14 trivpn-test\r\nManagement Version: 5\r\nEND\r\n"
     )
     assert talk(conn, b"pid\n") == b"SUCCESS: pid=4242\r\n"
+    assert talk(conn, b"version 3\n") == b""  # observed: no reply
+    # observed in client mode: b'SUCCESS: nclients=0,bytesin=0,bytesout=0\r\n'
+    assert talk(conn, b"load-stats\n") == b"SUCCESS: nclients=0,bytesin=0,bytesout=0\r\n"
 
 
 def test_help_is_a_block_ending_in_end(host: Any) -> None:
