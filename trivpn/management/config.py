@@ -1,4 +1,4 @@
-"""Management set-up checks that need no I/O beyond reading the password file."""
+"""Management set-up: address check, password file, the unix socket file."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import ipaddress
 import os
 import stat
 from pathlib import Path
+
+import trio
 
 
 class ManagementConfigError(ValueError):
@@ -36,3 +38,17 @@ def remove_socket_file(path: str) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+async def open_unix_listener(path: str) -> trio.SocketListener:
+    """Listen on unix socket `path` (mode 0600), replacing a stale socket of an earlier run."""
+    remove_socket_file(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        os.chmod(path, 0o600)  # before listen: nobody else can connect in between
+        sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)

@@ -12,18 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from trivpn.management.config import ManagementConfigError, is_loopback, remove_socket_file
-from trivpn.management.core import (
-    MAX_LINE_BYTES,
-    ManagementConnection,
-    ManagementHost,
-    Notification,
-)
+from trivpn.management import config, core
+from trivpn.management.core import MAX_LINE_BYTES, ManagementConnection, Notification
 
 log = logging.getLogger(__name__)
 _Flush = Callable[[], Awaitable[None]]
@@ -33,7 +27,7 @@ class ManagementService:
     """Serve the management protocol for `host` on TCP and/or unix-socket listeners."""
 
     def __init__(
-        self, host: ManagementHost, *, password: str | None = None,
+        self, host: core.ManagementHost, *, password: str | None = None,
         queue_size: int = 256, max_connections: int = 16,
     ) -> None:
         self._host = host
@@ -61,8 +55,8 @@ class ManagementService:
         self, port: int, address: str = "127.0.0.1",
         *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        if not is_loopback(address) and self._password is None:
-            raise ManagementConfigError(
+        if not config.is_loopback(address) and self._password is None:
+            raise config.ManagementConfigError(
                 f"management: listening on non-loopback address {address} needs a password file"
             )
         await trio.serve_tcp(self.handle_stream, port, host=address, task_status=task_status)
@@ -71,19 +65,13 @@ class ManagementService:
         self, path: str,
         *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        remove_socket_file(path)  # a stale socket of an earlier run
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        with sock:
-            await sock.bind(path)
-            os.chmod(path, 0o600)
-            sock.listen(8)
-            listener = trio.SocketListener(sock.dup())
+        listener = await config.open_unix_listener(path)
         try:
             await trio.serve_listeners(self.handle_stream, [listener], task_status=task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
-            remove_socket_file(path)
+            config.remove_socket_file(path)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Run one management connection until quit, EOF, overflow or error."""
@@ -91,12 +79,12 @@ class ManagementService:
             self.refused += 1
             await trio.aclose_forcefully(stream)
             return
-        core = ManagementConnection(self._host, password=self._password)
+        conn = ManagementConnection(self._host, password=self._password)
         send, receive = trio.open_memory_channel[list[Notification]](self._queue_size)
         lock = trio.Lock()
 
         async def flush() -> None:
-            data = core.data_to_send()
+            data = conn.data_to_send()
             if data:
                 async with lock:
                     await stream.send_all(data)
@@ -105,12 +93,12 @@ class ManagementService:
             with trio.CancelScope() as scope:
                 self._connections[send] = scope
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._notifier, core, receive, flush)
-                    await self._reader(core, stream, flush, send)
+                    nursery.start_soon(self._notifier, conn, receive, flush)
+                    await self._reader(conn, stream, flush, send)
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-            log.debug("management connection closed: %s", type(err).__name__)
-        except Exception:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            log.debug("management connection closed by the peer")
+        except* Exception:
             self.failed += 1
             log.warning("management connection failed", exc_info=True)
         finally:
@@ -119,32 +107,32 @@ class ManagementService:
 
     @staticmethod
     async def _reader(
-        core: ManagementConnection, stream: trio.abc.Stream, flush: _Flush,
+        conn: ManagementConnection, stream: trio.abc.Stream, flush: _Flush,
         wake: trio.MemorySendChannel[list[Notification]],
     ) -> None:
         await flush()
-        while not core.closed:
+        while not conn.closed:
             data = b""
-            if core.wants_data:
+            if conn.wants_data:
                 data = bytes(await stream.receive_some(MAX_LINE_BYTES))
                 if not data:
                     return
-            timer = core.get_timer()
-            core.receive_data(data, trio.current_time())
-            if core.get_timer() != timer:  # wake the notifier to re-arm the bytecount timer
+            timer = conn.get_timer()
+            conn.receive_data(data, trio.current_time())
+            if conn.get_timer() != timer:  # wake the notifier to re-arm the bytecount timer
                 with contextlib.suppress(trio.WouldBlock):
                     wake.send_nowait([])
             await flush()
 
     @staticmethod
     async def _notifier(
-        core: ManagementConnection,
+        conn: ManagementConnection,
         receive: trio.MemoryReceiveChannel[list[Notification]], flush: _Flush,
     ) -> None:
         while True:
-            timer = core.get_timer()
+            timer = conn.get_timer()
             with trio.move_on_at(math.inf if timer is None else timer):
                 for notification in await receive.receive():
-                    core.notify(notification)
-            core.handle_timer(trio.current_time())
+                    conn.notify(notification)
+            conn.handle_timer(trio.current_time())
             await flush()

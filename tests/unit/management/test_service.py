@@ -161,3 +161,21 @@ async def test_connections_over_the_limit_are_refused(host: Any) -> None:
 
 def _exists(path: str) -> bool:
     return os.path.exists(path)
+
+
+async def test_a_peer_that_hangs_up_is_not_a_failure(host: Any) -> None:
+    service = ManagementService(host)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start_tcp(nursery, service)
+            for _ in range(3):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await read_until(stream, b"\r\n")
+                await stream.send_all(b"help\n")  # reply pending while the peer goes away
+                await stream.aclose()
+            last = await trio.open_tcp_stream("127.0.0.1", port)
+            await read_until(last, b"\r\n")
+            await last.send_all(b"pid\n")
+            assert await read_until(last, b"\r\n") == b"SUCCESS: pid=4242\r\n"
+            assert service.failed == 0
+            nursery.cancel_scope.cancel()
