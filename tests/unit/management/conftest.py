@@ -78,3 +78,9 @@ def host() -> FakeHost:
 @pytest.fixture
 def server_host() -> FakeHost:
     return FakeHost(server=True)
+
+
+@pytest.fixture
+def make_host() -> type[FakeHost]:
+    """The class itself, for tests that need a fresh host per example (hypothesis)."""
+    return FakeHost

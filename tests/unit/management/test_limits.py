@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trivpn.management import commands as c
 from trivpn.management import core
@@ -82,3 +84,36 @@ def test_wrong_passwords_stop_at_three(host: Any) -> None:
     conn.receive_data(b"1\n2\n3\n4\n5\n", 0.0)
     assert conn.closed
     assert conn.data_to_send() == b"ENTER PASSWORD:" * 2
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    chunks=st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.sampled_from([b"\n", b"\r\n", b'"', b"'", b"\\", b"END\n", b"client-auth 1 2\n",
+                             b"state on all\n", b"bytecount 1\n", b"quit\n", b"help\n"]),
+        ),
+        max_size=60,
+    ),
+    server=st.booleans(),
+)
+def test_arbitrary_input_never_raises_and_stays_bounded(
+    make_host: Any, chunks: list[bytes], server: bool
+) -> None:
+    conn = core.ManagementConnection(make_host(server=server))
+    now = 0.0
+    for chunk in chunks:
+        if conn.closed:
+            break
+        assert conn.wants_data or b"\n" in conn._inbuf
+        while not conn.wants_data and not conn.closed:
+            conn.data_to_send()
+            conn.receive_data(b"", now)
+        conn.receive_data(chunk, now)
+        conn.handle_timer(now)
+        now += 0.5
+        assert len(conn._inbuf) <= core.MAX_INPUT_BYTES
+        assert len(conn._block_lines) <= core.MAX_BLOCK_LINES
+        out = conn.data_to_send()
+        assert not out or out.endswith(b"\r\n") or out.endswith(b"ENTER PASSWORD:")
