@@ -1,0 +1,54 @@
+"""Management set-up: address check, password file, the unix socket file."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+import trio
+
+
+class ManagementConfigError(ValueError):
+    """A management set-up the service refuses (one line, for the user)."""
+
+
+def read_password_file(path: str | Path) -> str:
+    """The management password: the file's first line (call before starting the service)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0]:
+        raise ManagementConfigError(f"management: password file {path} is empty")
+    return lines[0]
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def remove_socket_file(path: str) -> None:
+    """Remove `path` if it is a unix socket (never another kind of file)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def open_unix_listener(path: str) -> trio.SocketListener:
+    """Listen on unix socket `path` (mode 0600), replacing a stale socket of an earlier run."""
+    remove_socket_file(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        os.chmod(path, 0o600)  # before listen: nobody else can connect in between
+        sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
