@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from trivpn.wire import PACKET_ID_LEN
 
 #: AEAD ciphers we speak, in OpenVPN 2.6's default `data-ciphers` preference order first.
 SUPPORTED_AEAD = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "AES-192-GCM")
@@ -34,8 +35,6 @@ MAX_HMAC_KEY_LENGTH = 64
 OPENVPN_AEAD_TAG_LENGTH = 16
 #: AEAD nonce length; the first `PACKET_ID_LEN` bytes are the packet id.
 AEAD_IV_LEN = 12
-#: Short-form data packet id (`packet_id_type`).
-PACKET_ID_LEN = 4
 #: Implicit IV taken from the hmac slot: `iv_len - sizeof(packet_id_type)`.
 IMPLICIT_IV_LEN = AEAD_IV_LEN - PACKET_ID_LEN
 

@@ -62,6 +62,7 @@ from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
+from trivpn.wire import DATA_OPCODES, P_OPCODE_SHIFT
 
 if TYPE_CHECKING:
     from trivpn.networkio.transport import UDPTransport
@@ -69,8 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trivpn.datachannel")
 
-#: P_DATA_V1 and P_DATA_V2: the only opcodes the data plane keeps for itself.
-DATA_OPCODES = frozenset({6, 9})
 
 
 class _Stopped(Exception):
@@ -252,7 +251,7 @@ class _Threads:
                 data: list[bytes] = []
                 control: list[bytes] = []
                 for d in batch:
-                    (data if d and d[0] >> 3 in data_ops else control).append(d)
+                    (data if d and d[0] >> P_OPCODE_SHIFT in data_ops else control).append(d)
                 if control:
                     try:
                         self.token.run_sync_soon(self._deliver, control)

@@ -62,18 +62,12 @@ from trivpn.datachannel.crypto import (
 from trivpn.datachannel.framing import Compression, Framer
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK
+from trivpn.wire import MAX_PEER_ID, P_KEY_ID_MASK, P_OPCODE_SHIFT, PACKET_ID_MAX
 
-#: Highest packet id; once it has been used the key can send no more (`PACKET_ID_MAX`).
-PACKET_ID_MAX = 0xFFFFFFFF
 #: From this id on the key should be renegotiated (`PACKET_ID_WRAP_TRIGGER`).
 PACKET_ID_WRAP_TRIGGER = 0xFF000000
-#: Largest 24-bit peer id; 0xFFFFFF itself means "no peer id" to OpenVPN (`MAX_PEER_ID`).
-MAX_PEER_ID = 0xFFFFFF
 #: OpenVPN's upper bound for `--replay-window n` (`MAX_SEQ_BACKTRACK`).
 MAX_SEQ_BACKTRACK = 65536
-#: `P_OPCODE_SHIFT` / `P_KEY_ID_MASK`.
-P_OPCODE_SHIFT = 3
-P_KEY_ID_MASK = 0x07
 OP_V1 = int(Opcode.DATA_V1)
 OP_V2 = int(Opcode.DATA_V2)
 V1_HDR_LEN = 1

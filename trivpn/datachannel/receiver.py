@@ -17,13 +17,11 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 
-from trivpn.datachannel.crypto import AEAD, PACKET_ID_LEN, DataAuthError
+from trivpn.datachannel.crypto import AEAD, DataAuthError
 from trivpn.datachannel.framing import FRAMING, OCC_EXIT, OCC_MAGIC, PING_MAGIC
 from trivpn.datachannel.keys import (
     OP_V1,
     OP_V2,
-    P_KEY_ID_MASK,
-    P_OPCODE_SHIFT,
     TAG_LEN,
     V1_HDR_LEN,
     V2_HDR_LEN,
@@ -36,6 +34,7 @@ from trivpn.datachannel.keys import (
 )
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 from trivpn.replay import ReplayWindow
+from trivpn.wire import P_KEY_ID_MASK, P_OPCODE_SHIFT, PACKET_ID_LEN
 
 _MIN_V1 = V1_HDR_LEN + PACKET_ID_LEN + TAG_LEN
 _MIN_V2 = V2_HDR_LEN + PACKET_ID_LEN + TAG_LEN

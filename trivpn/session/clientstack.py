@@ -35,6 +35,7 @@ from trivpn.tlssession.service import TLSService
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun
 from trivpn.tun.service import run_tun
+from trivpn.wire import SESSION_ID_LEN
 from trivpn.workers.manager import start_named
 
 __all__ = ["LOW_LATENCY_WARM_FOR", "ClientSession", "client_tls_factory", "tls_session_factory"]
@@ -109,9 +110,9 @@ def client_tls_factory(
 
 
 def _session_id() -> bytes:
-    sid = os.urandom(8)
+    sid = os.urandom(SESSION_ID_LEN)
     while not any(sid):
-        sid = os.urandom(8)
+        sid = os.urandom(SESSION_ID_LEN)
     return sid
 
 
