@@ -27,7 +27,7 @@ from trivpn.server.config_model import ServerConfig
 from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_cookie_key
 from trivpn.server.hub import Hub
 from trivpn.server.sessionparts import SessionParts, session_parts
-from trivpn.server.tun import open_server_tun, run_tun_reader, run_tun_writer
+from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
 from trivpn.server.udp import UDPListener, bind_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
 from trivpn.workers.manager import WorkersManager, primary_error
@@ -52,7 +52,9 @@ class _Socket:
 class Server:
     """Everything `trivpn serve` runs (see the module docstring)."""
 
-    def __init__(self, config: ServerConfig, *, handle_signals: bool = False) -> None:
+    def __init__(
+        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun
+    ) -> None:
         if any(lst.proto != "udp" for lst in config.listeners):
             from trivpn.errors import ConfigError
 
@@ -65,13 +67,16 @@ class Server:
         self.clients: dict[int, ClientSession] = {}
         self.tun_name: str | None = None
         self._clients_nursery: trio.Nursery | None = None
+        self._tun_factory = tun_factory
+        #: the bound (host, port) of every listener, once `run` has started
+        self.addresses: list[tuple[str, int]] = []
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.manager.request_stop(reason)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async def setup(m: WorkersManager) -> None:
-            tun = open_server_tun(self.config, m.add_cleanup)
+            tun = self._tun_factory(self.config, m.add_cleanup)
             self.tun_name = tun.name
             m.start_service("tun-reader", run_tun_reader, tun, self.hub)
             m.start_service("tun-writer", run_tun_writer, tun, self._tun_r)
@@ -79,6 +84,7 @@ class Server:
             for listener in self.config.listeners:
                 udp = UDPListener(bind_udp(listener))
                 m.add_cleanup(udp.close)
+                self.addresses.append(udp.sock.getsockname()[:2])
                 demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
                                     config=self.config.demux_config())
                 m.start_service(f"{udp.name} writer", udp.run_writer)

@@ -23,12 +23,16 @@ import trio
 from trivpn.errors import ConfigError
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.hub import Hub
+from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 
-__all__ = ["open_server_tun", "run_tun_reader", "run_tun_writer", "server_tun_config"]
+__all__ = ["TunFactory", "open_server_tun", "run_tun_reader", "run_tun_writer", "server_tun_config"]
 
 log = logging.getLogger("trivpn.server")
+
+#: Opens the server's device and registers its removal (tests pass a userspace TUN).
+TunFactory = Callable[[ServerConfig, Callable[[Callable[[], Any]], None]], TunDevice]
 
 
 def server_tun_config(cfg: ServerConfig) -> TunConfig:
@@ -64,7 +68,7 @@ def open_server_tun(cfg: ServerConfig, add_cleanup: Callable[[Callable[[], Any]]
     return tun
 
 
-async def run_tun_reader(tun: LinuxTun, hub: Hub) -> None:
+async def run_tun_reader(tun: TunDevice, hub: Hub) -> None:
     while True:
         batch = await tun.read_batch()
         if not batch:
@@ -72,6 +76,6 @@ async def run_tun_reader(tun: LinuxTun, hub: Hub) -> None:
         hub.from_tun(batch)
 
 
-async def run_tun_writer(tun: LinuxTun, packets: trio.MemoryReceiveChannel[list[bytes]]) -> None:
+async def run_tun_writer(tun: TunDevice, packets: trio.MemoryReceiveChannel[list[bytes]]) -> None:
     async for batch in packets:
         await tun.write_batch(batch)
