@@ -1,0 +1,131 @@
+"""The pure pieces of `trivpn serve`: the hub's packet switch, the TUN settings, CN parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+from ipaddress import ip_address
+
+import pytest
+import trio
+from helpers.profiles import shared_pki
+
+from trivpn.errors import ConfigError
+from trivpn.server.config import parse_server_config
+from trivpn.server.config_model import Listener, ServerConfig
+from trivpn.server.hub import Hub
+from trivpn.server.sessionparts import common_name_of, session_parts
+from trivpn.server.tun import server_tun_config
+from trivpn.server.udp import bind_udp
+from trivpn.tun.ip import build_echo_request
+
+
+def config(extra: str = "", topology: str = "subnet") -> ServerConfig:
+    pki = shared_pki()
+    text = "\n".join(
+        [
+            "server 10.8.0.0 255.255.255.0", f"topology {topology}", "dev tun", "dh none",
+            f"<ca>\n{pki.ca_cert}</ca>", f"<cert>\n{pki.server_cert}</cert>",
+            f"<key>\n{pki.server_key}</key>", extra,
+        ]
+    )
+    return parse_server_config(text)
+
+
+class FakeClient:
+    def __init__(self, size: int = 2) -> None:
+        self.to_client, self.received = trio.open_memory_channel[list[bytes]](size)
+
+
+def echo(src: str, dst: str, seq: int = 1) -> bytes:
+    return build_echo_request(src, dst, 1, seq, b"x")
+
+
+def hub_with_two(extra: str = "") -> tuple[Hub, trio.MemoryReceiveChannel[list[bytes]], FakeClient, FakeClient]:
+    tun_s, tun_r = trio.open_memory_channel[list[bytes]](2)
+    hub = Hub(config(extra), tun_s)
+    a, b = FakeClient(), FakeClient()
+    for key, client, addr in ((1, a, "10.8.0.2"), (2, b, "10.8.0.3")):
+        hub.clients[key] = client
+        hub.router.learn(key, ip_address(addr))
+    return hub, tun_r, a, b
+
+
+def test_tun_packets_go_to_their_owner_in_one_batch_per_client() -> None:
+    hub, _tun, a, b = hub_with_two()
+    hub.from_tun([echo("10.8.0.1", "10.8.0.2", 1), echo("10.8.0.1", "10.8.0.3", 2),
+                  echo("10.8.0.1", "10.8.0.2", 3), echo("10.8.0.1", "10.8.0.99", 4)])
+    assert a.received.receive_nowait() == [echo("10.8.0.1", "10.8.0.2", 1), echo("10.8.0.1", "10.8.0.2", 3)]
+    assert b.received.receive_nowait() == [echo("10.8.0.1", "10.8.0.3", 2)]
+    assert hub.router.counters.no_route == 1
+
+
+def test_a_full_client_channel_drops_and_counts_without_blocking() -> None:
+    hub, _tun, a, b = hub_with_two()
+    for seq in range(5):
+        hub.from_tun([echo("10.8.0.1", "10.8.0.2", seq)])
+    hub.from_tun([echo("10.8.0.1", "10.8.0.3")])
+    assert hub.counters.client_full == 3  # channel of 2 batches
+    assert b.received.receive_nowait() == [echo("10.8.0.1", "10.8.0.3")]
+
+
+def test_client_packets_are_source_checked_and_go_to_the_tun() -> None:
+    hub, tun, a, b = hub_with_two()
+    hub.from_client(1, [echo("10.8.0.2", "10.8.0.1"), echo("10.8.0.3", "10.8.0.1"), b"\x45"])
+    assert tun.receive_nowait() == [echo("10.8.0.2", "10.8.0.1")]
+    assert hub.router.counters.bad_source == 1 and hub.router.counters.malformed == 1
+    # without client-to-client, a packet for another client goes to the kernel
+    hub.from_client(1, [echo("10.8.0.2", "10.8.0.3")])
+    assert tun.receive_nowait() == [echo("10.8.0.2", "10.8.0.3")]
+    with pytest.raises(trio.WouldBlock):
+        b.received.receive_nowait()
+
+
+def test_client_to_client_skips_the_tun() -> None:
+    hub, tun, a, b = hub_with_two("client-to-client")
+    hub.from_client(1, [echo("10.8.0.2", "10.8.0.3")])
+    assert b.received.receive_nowait() == [echo("10.8.0.2", "10.8.0.3")]
+    with pytest.raises(trio.WouldBlock):
+        tun.receive_nowait()
+
+
+def test_a_full_tun_channel_drops_and_counts() -> None:
+    hub, _tun, a, _b = hub_with_two()
+    for seq in range(4):
+        hub.from_client(1, [echo("10.8.0.2", "10.8.0.1", seq)])
+    assert hub.counters.tun_full == 2
+
+
+def test_server_tun_settings_per_topology() -> None:
+    sub = server_tun_config(config())
+    assert sub.ipv4 == ("10.8.0.1", 24, None) and sub.routes == [] and sub.ipv6 is None
+    net30 = server_tun_config(config(topology="net30"))
+    assert net30.ipv4 == ("10.8.0.1", 32, "10.8.0.2")
+    assert net30.routes == [("10.8.0.0/24", None, None)]
+    v6 = server_tun_config(config("server-ipv6 fd00:8::/64"))
+    assert v6.ipv6 == ("fd00:8::1", 64)
+
+
+def test_common_name_of_a_formatted_subject() -> None:
+    assert common_name_of("O=trivpn tests, CN=client-1") == "client-1"
+    assert common_name_of("CN=a + OU=b, CN=last") == "last"
+    assert common_name_of("O=no cn") == ""
+
+
+def test_tls_crypt_v2_is_refused_for_now_and_wraps_are_fresh() -> None:
+    pki = shared_pki()
+    cfg = config(f"<tls-crypt>\n{pki.static_key}</tls-crypt>")
+    parts = session_parts(cfg)
+    assert parts.wrap_key is not None and parts.wrap_overhead > 0
+    assert parts.wrap_factory(1) is not parts.wrap_factory(1)
+    with pytest.raises(ConfigError, match="tls-crypt-v2"):
+        session_parts(dataclasses.replace(cfg, tls_crypt=None, tls_crypt_v2="key"))
+
+
+def test_a_port_in_use_is_a_one_line_config_error() -> None:
+    first = bind_udp(Listener("udp", 0, "127.0.0.1", 4))
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on udp 127.0.0.1:{port}"):
+            bind_udp(Listener("udp", port, "127.0.0.1", 4))
+    finally:
+        first.close()
