@@ -26,9 +26,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     from trivpn.server.service import Server
 
     config = load_server_config(args.config)
-    for warning in config.warnings:
-        log.warning("%s", warning)
     server = Server(config, handle_signals=True)
+    for warning in (*config.warnings, *server.warnings):
+        log.warning("%s", warning)
     await server.run()
     log.info("stopped (%s); %s removed", server.manager.stop_reason or "stopped", server.tun_name or "tun")
     return 0

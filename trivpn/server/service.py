@@ -27,6 +27,7 @@ from trivpn.server.config_model import ServerConfig
 from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_cookie_key
 from trivpn.server.hub import Hub
 from trivpn.server.sessionparts import SessionParts, session_parts
+from trivpn.server.support import check_served
 from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
 from trivpn.server.udp import UDPListener, bind_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
@@ -55,10 +56,8 @@ class Server:
     def __init__(
         self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun
     ) -> None:
-        if any(lst.proto != "udp" for lst in config.listeners):
-            from trivpn.errors import ConfigError
-
-            raise ConfigError("only UDP listeners are served so far ('proto udp')")
+        #: ignored options (one-line warnings); the unsafe ones raised ConfigError here
+        self.warnings = check_served(config)
         self.config = config
         self.parts: SessionParts = session_parts(config)
         self.manager = WorkersManager(handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7)

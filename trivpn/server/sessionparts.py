@@ -83,7 +83,7 @@ class SessionParts:
 
 def session_parts(cfg: ServerConfig) -> SessionParts:
     """Build the wraps and TLS settings once (ConfigError for what trivpn cannot serve)."""
-    if cfg.tls_crypt_v2 is not None:
+    if cfg.tls_crypt_v2 is not None:  # also refused by support.check_served
         raise ConfigError("tls-crypt-v2 is not served yet (the server-side key unwrap is missing)")
     stamp = int(time.time())
     factory: WrapFactory

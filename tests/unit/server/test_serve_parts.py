@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 import trio
 from helpers.profiles import shared_pki
 
+from trivpn.cli import main
 from trivpn.errors import ConfigError
 from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import Listener, ServerConfig
 from trivpn.server.hub import Hub
 from trivpn.server.sessionparts import common_name_of, session_parts
+from trivpn.server.support import check_served
 from trivpn.server.tun import server_tun_config
 from trivpn.server.udp import bind_udp
 from trivpn.tun.ip import build_echo_request
@@ -129,3 +132,26 @@ def test_a_port_in_use_is_a_one_line_config_error() -> None:
             bind_udp(Listener("udp", port, "127.0.0.1", 4))
     finally:
         first.close()
+
+
+def test_ignored_options_warn_and_unsafe_ones_are_refused() -> None:
+    cfg = config("status /tmp/st.log 10\nifconfig-pool-persist ipp.txt\nuser nobody")
+    warnings = check_served(cfg)
+    assert [w.split("'")[1] for w in warnings] == ["ifconfig-pool-persist", "status", "user/group (privileges are not dropped)"]
+    assert check_served(config()) == []
+    for change, name in (
+        ({"crl_verify": "pem"}, "crl-verify"),
+        ({"verify_client_cert": "none"}, "verify-client-cert"),
+        ({"client_config_dir": "/etc/ccd"}, "client-config-dir"),
+        ({"listeners": (Listener("tcp", 1194),)}, "proto tcp"),
+    ):
+        with pytest.raises(ConfigError, match=f"option '{name}' is not supported"):
+            check_served(dataclasses.replace(cfg, **change))
+
+
+def test_serve_command_reports_a_bad_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "server.conf"
+    conf.write_text("server 10.8.0.0 255.255.255.0\ndev tun\ncrl-verify missing.pem\n")
+    assert main(["serve", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("trivpn: error: ") and err.count("\n") == 1, err
