@@ -16,7 +16,7 @@ owner then calls `cleanup`, which gives everything back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 import trio
@@ -36,40 +36,50 @@ __all__ = ["ClientSession"]
 
 log = logging.getLogger("trivpn.server")
 
-Sender = Callable[[list[bytes]], None]
-
-
 class ClientSession:
     """A client's stack and its pumps (see the module docstring)."""
 
-    def __init__(self, key: int, new: NewSession, parts: SessionParts, hub: Hub, send: Sender) -> None:
+    def __init__(
+        self, key: int, session: int, peer_id: int, addr: tuple[str, int], muxer: PacketMuxer,
+        parts: SessionParts, hub: Hub, *, proto: str = "udp",
+    ) -> None:
+        """`session`/`peer_id` come from the demultiplexer, `muxer` is the session's
+        server-role muxer (after the cookie on UDP, a fresh one on TCP)."""
         self.key = key
-        self.session = new.session
-        self.peer_id = new.peer_id
-        self.addr = cast(tuple[str, int], new.addr)  # the UDP listener's (host, port)
+        self.session = session
+        self.peer_id = peer_id
+        self.addr = addr
         self.hub = hub
-        self._send = send
         self.lease: Lease | None = None
         self.common_name = ""
         self.tls: TLSService | None = None
         self.ready: ClientReady | None = None
         self.cancel_scope = trio.CancelScope()
         self.to_client, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        #: the network side, for whoever moves the datagrams (UDP listener or networkio)
         self.net_up, net_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
-        net_down_s, self._net_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        net_down_s, self.net_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
         tun_down_s, self._tun_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
         self.stack = SessionStack(
             is_server=True,
-            muxer=PacketMuxer.server_after_cookie(new.wrap, new.local_session_id, new.remote_session_id),
-            make_tls=parts.tls_factory(new.peer_id, self._push, lambda tls: setattr(self, "tls", tls)),
+            muxer=muxer,
+            make_tls=parts.tls_factory(peer_id, self._push, lambda tls: setattr(self, "tls", tls), proto=proto),
             net_up=net_up_r,
             net_down=net_down_s,
-            payload_size=control_payload_size(new.wrap.overhead, ipv6=":" in self.addr[0]),
+            payload_size=control_payload_size(muxer.wrap.overhead, ipv6=":" in addr[0]),
             tun_up=tun_up_r,
             tun_down=tun_down_s,
         )
-        self.net_up.send_nowait([new.first_packet])
         self.delivered_dropped = 0
+
+    @classmethod
+    def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
+        """A UDP client the demultiplexer admitted; its first packet is already queued."""
+        addr = cast(tuple[str, int], new.addr)  # the UDP listener's (host, port)
+        muxer = PacketMuxer.server_after_cookie(new.wrap, new.local_session_id, new.remote_session_id)
+        client = cls(key, new.session, new.peer_id, addr, muxer, parts, hub)
+        client.net_up.send_nowait([new.first_packet])
+        return client
 
     def __repr__(self) -> str:
         return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
@@ -105,18 +115,15 @@ class ClientSession:
         else:
             await self.stack.data_control.send([SendExitNotify(count=2)])
 
-    async def run(self) -> None:
+    async def run(self, io: Callable[[], Awaitable[object]]) -> None:
+        """Run the stack with `io` moving its datagrams (see `net_up`/`net_down`)."""
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
+                nursery.start_soon(io)
                 nursery.start_soon(self._from_client)
                 nursery.start_soon(self._watch_events)
                 await self.stack.run()
                 nursery.cancel_scope.cancel()
-
-    async def _writer(self) -> None:
-        async for batch in self._net_down:
-            self._send(batch)
 
     async def _from_client(self) -> None:
         async for batch in self._tun_down:

@@ -47,12 +47,13 @@ class SessionParts:
     wrap_overhead: int
     wrap_key: bytes | None  # the static key mixed into dynamic tls-crypt
     tls_config: TLSConfig
-    options: str  # our OCC options string
+    options: dict[str, str]  # our OCC options string per transport ("udp", "tcp")
 
     def tls_factory(
-        self, peer_id: int, push: Callable[[PeerInfo], Sequence[str]], made: Callable[[TLSService], object]
+        self, peer_id: int, push: Callable[[PeerInfo], Sequence[str]], made: Callable[[TLSService], object],
+        *, proto: str = "udp",
     ) -> Callable[[TLSPorts], TLSService]:
-        """How the stack of the client with `peer_id` builds its TLS service."""
+        """How the stack of the client with `peer_id` (on `proto`) builds its TLS service."""
         cfg = self.config
         ks_config = KeyScheduleConfig(
             role="server",
@@ -64,7 +65,7 @@ class SessionParts:
             push=push,
             peer_id=peer_id,
         )
-        tls_config, options = self.tls_config, self.options
+        tls_config, options = self.tls_config, self.options[proto]
 
         def session(key_id: int, token: str | None) -> TLSSession:
             return TLSSession(tls_config, options_string=options)
@@ -112,10 +113,11 @@ def session_parts(cfg: ServerConfig) -> SessionParts:
         ca_pem=cfg.ca, cert_pem=cfg.cert, key_pem=cfg.key, is_server=True,
         remote_cert_tls=cfg.remote_cert_tls, tls_version_min=cfg.tls_version_min or "1.2",
     )
-    proto = cfg.listeners[0].proto
-    options = occ_options_string(
-        proto="tcp-server" if proto.startswith("tcp") else "udp", tls_client=False,
-        tls_auth=cfg.tls_auth is not None, key_direction=cfg.key_direction if cfg.tls_auth else None,
-        tun_mtu=cfg.tun_mtu or 1500,
-    )
+    options = {
+        proto: occ_options_string(
+            proto=wire, tls_client=False, tls_auth=cfg.tls_auth is not None,
+            key_direction=cfg.key_direction if cfg.tls_auth else None, tun_mtu=cfg.tun_mtu or 1500,
+        )
+        for proto, wire in (("udp", "udp"), ("tcp", "tcp-server"))
+    }
     return SessionParts(cfg, factory, factory(1).overhead, wrap_key, tls_config, options)

@@ -24,7 +24,6 @@ def check_served(cfg: ServerConfig) -> list[str]:
         (cfg.client_config_dir is not None, "client-config-dir", "ccd 'disable' and fixed addresses would be ignored"),
         (cfg.client_connect is not None, "client-connect", "the script could not refuse clients"),
         (cfg.compression is not None, "comp-lzo/compress", "the compression framing is not served yet"),
-        (any(lst.proto != "udp" for lst in cfg.listeners), "proto tcp", "only UDP listeners are served so far"),
     ]
     for bad, name, why in unsafe:
         if bad:

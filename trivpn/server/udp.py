@@ -18,11 +18,9 @@ import socket
 
 import trio
 
-from trivpn.errors import ConfigError
-from trivpn.networkio.transport import MAX_BATCH, SOCKET_BUFFER
-from trivpn.server.config_model import Listener
+from trivpn.networkio.transport import MAX_BATCH
 
-__all__ = ["UDPListener", "bind_udp"]
+__all__ = ["UDPListener"]
 
 log = logging.getLogger("trivpn.server")
 
@@ -33,36 +31,6 @@ _TRANSIENT = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE, e
                         errno.ENOBUFS, errno.ECONNREFUSED, errno.EINVAL, errno.EAFNOSUPPORT})
 
 Addr = tuple[str, int]
-
-
-def bind_udp(listener: Listener) -> socket.socket:
-    """A non-blocking UDP socket bound as `listener` says (ConfigError if it cannot be)."""
-    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(listener.family or 0, socket.AF_UNSPEC)
-    candidates: list[tuple[socket.AddressFamily, Addr]]
-    if listener.local is None and family == socket.AF_UNSPEC:
-        candidates = [(socket.AF_INET6, ("::", listener.port)), (socket.AF_INET, ("0.0.0.0", listener.port))]
-    else:
-        try:
-            infos = socket.getaddrinfo(listener.local, listener.port, family, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise ConfigError(f"cannot resolve local address {listener.local!r}: {exc.strerror}") from None
-        candidates = [(fam, (str(sa[0]), int(sa[1]))) for fam, _t, _p, _c, sa in infos]
-    last: OSError | None = None
-    for fam, sockaddr in candidates:  # the first that binds (several sockets: a later step)
-        sock = socket.socket(fam, socket.SOCK_DGRAM)
-        try:
-            if fam == socket.AF_INET6 and listener.family is None:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-            sock.bind(sockaddr)
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-    where = f"{listener.local or '*'}:{listener.port}"
-    raise ConfigError(f"cannot listen on udp {where}: {last.strerror if last else 'no address'}")
 
 
 class UDPListener:

@@ -31,7 +31,7 @@ BOUND = 30
 SERVER_IP = "10.8.0.1"
 
 
-def server_config(pki: PKI, extra: str = "") -> ServerConfig:
+def server_config(pki: PKI, extra: str = "", protos: tuple[str, ...] = ("udp",)) -> ServerConfig:
     text = "\n".join(
         [
             "server 10.8.0.0 255.255.255.0", "topology subnet", "dev tun", "proto udp",
@@ -41,11 +41,11 @@ def server_config(pki: PKI, extra: str = "") -> ServerConfig:
         ]
     )
     cfg = parse_server_config(text)
-    return dataclasses.replace(cfg, listeners=(Listener("udp", 0, "127.0.0.1", 4),))
+    return dataclasses.replace(cfg, listeners=tuple(Listener(p, 0, "127.0.0.1", 4) for p in protos))
 
 
-def client_profile(pki: PKI, port: int) -> str:
-    lines = ["client", "dev tun", "nobind", f"remote 127.0.0.1 {port} udp"]
+def client_profile(pki: PKI, port: int, proto: str = "udp") -> str:
+    lines = ["client", "dev tun", "nobind", f"remote 127.0.0.1 {port} {proto}"]
     for tag, pem in (("ca", pki.ca_cert), ("cert", pki.client_cert), ("key", pki.client_key)):
         lines += [f"<{tag}>", pem.strip(), f"</{tag}>"]
     lines += ["<tls-crypt>", pki.static_key.strip(), "</tls-crypt>"]
@@ -155,3 +155,24 @@ async def test_a_refused_client_ends_only_its_own_session() -> None:
             async with api.connect(parse_profile(client_profile(pki, port)), reconnect=False) as tunnel:
                 await ping(tunnel, tunnel.settings.ifconfig_local or "", SERVER_IP, 1)
             nursery.cancel_scope.cancel()
+
+
+async def test_udp_and_tcp_clients_on_one_server() -> None:
+    """One process listening on UDP and TCP: one pool, one router, pings from both."""
+    pki = shared_pki()
+    seen: list[bytes] = []
+    with trio.fail_after(BOUND):
+        cfg = server_config(pki, "duplicate-cn", protos=("udp", "tcp"))
+        async with running_server(cfg) as (server, tun), trio.open_nursery() as nursery:
+            nursery.start_soon(answer_echo, tun, seen)
+            (_, udp_port), (_, tcp_port) = server.addresses
+            udp = parse_profile(client_profile(pki, udp_port))
+            tcp = parse_profile(client_profile(pki, tcp_port, "tcp"))
+            async with api.connect(udp, reconnect=False) as a, api.connect(tcp, reconnect=True) as b:
+                assert a.info.remote.endswith("(udp4)") and b.info.remote.endswith("(tcp4)")
+                assert {a.settings.ifconfig_local, b.settings.ifconfig_local} == {"10.8.0.2", "10.8.0.3"}
+                for seq, tunnel in enumerate((a, b, a, b)):
+                    await ping(tunnel, tunnel.settings.ifconfig_local or "", SERVER_IP, seq)
+                assert len(server.clients) == 2
+            nursery.cancel_scope.cancel()
+    assert len([p for p in seen if echo_reply_to(p) is not None]) == 4
