@@ -1,7 +1,8 @@
 """`trivpn serve` with Debian's real openvpn 2.6 as the client, across network namespaces.
 
-`python -m trivpn serve server.conf` runs in the server namespace (UDP, tls-crypt,
-AES-256-GCM, topology subnet, keepalive), `openvpn --client` in a client namespace. The
+`python -m trivpn serve server.conf` runs in the server namespace (UDP + tls-crypt +
+AES-256-GCM, or TCP + tls-auth + CHACHA20-POLY1305; topology subnet, keepalive),
+`openvpn --client` in a client namespace. The
 client's tunnel must come up, pings must cross it both ways, and SIGINT must end the server
 with exit 0, the client told the server is going away, and the server namespace's links,
 addresses and routes as they were before. The second case puts two clients on two client
@@ -36,7 +37,11 @@ GOODBYE_MARKS = ("server-pushed-connection-reset", "exit-with-notification")
 _ADDR = re.compile(r"net_addr_v4_add: (10\.8\.0\.\d+)/24")
 
 
-def server_conf(pki: PKI, workdir: Path, extra: list[str]) -> Path:
+UDP_TLSCRYPT = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
+TCP_TLSAUTH = ServerOptions(proto="tcp", wrap="tls-auth", data_ciphers="CHACHA20-POLY1305", port=PORT)
+
+
+def server_conf(pki: PKI, workdir: Path, extra: list[str], opts: ServerOptions = UDP_TLSCRYPT) -> Path:
     files = {"ca.crt": pki.ca_cert, "server.crt": pki.server_cert, "server.key": pki.server_key,
              "ta.key": pki.static_key}
     for name, text in files.items():
@@ -44,9 +49,11 @@ def server_conf(pki: PKI, workdir: Path, extra: list[str]) -> Path:
         (workdir / name).chmod(0o600)
     conf = workdir / "server.conf"
     lines = [
-        "port 1194", "proto udp", "dev tun", "topology subnet", "server 10.8.0.0 255.255.255.0",
-        "keepalive 10 60", "ca ca.crt", "cert server.crt", "key server.key", "dh none",
-        "tls-crypt ta.key", "data-ciphers AES-256-GCM", "persist-key", "persist-tun", "verb 3",
+        f"port {opts.port}", "proto " + ("tcp-server" if opts.is_tcp else "udp"), "dev tun",
+        "topology subnet", "server 10.8.0.0 255.255.255.0", "keepalive 10 60", "ca ca.crt",
+        "cert server.crt", "key server.key", "dh none",
+        "tls-crypt ta.key" if opts.wrap == "tls-crypt" else "tls-auth ta.key 0",
+        f"data-ciphers {opts.data_ciphers}", "persist-key", "persist-tun", "verb 3",
         *extra,
     ]
     conf.write_text("\n".join(lines) + "\n")
@@ -78,9 +85,10 @@ def trivpn_serve(ns: Netns, conf: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextmanager
-def openvpn_client(ns: Netns, pki: PKI, remote: str, workdir: Path, name: str) -> Iterator[Path]:
+def openvpn_client(
+    ns: Netns, pki: PKI, remote: str, workdir: Path, name: str, opts: ServerOptions = UDP_TLSCRYPT
+) -> Iterator[Path]:
     """Debian's openvpn as a client in `ns`; yields its log once the tunnel is up."""
-    opts = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
     profile = workdir / f"{name}.ovpn"
     profile.write_text(client_profile(pki, opts, remote))
     log = workdir / f"{name}.log"
@@ -116,12 +124,16 @@ def stop_server(proc: subprocess.Popen[bytes]) -> str:
     return out
 
 
-def test_openvpn_client_through_trivpn_serve(netns: NetnsPair, pki: PKI, tmp_path: Path) -> None:
+@pytest.mark.parametrize("opts", [UDP_TLSCRYPT, TCP_TLSAUTH], ids=["udp-tlscrypt-aes256gcm", "tcp-tlsauth-chacha20"])
+def test_openvpn_client_through_trivpn_serve(
+    netns: NetnsPair, pki: PKI, tmp_path: Path, opts: ServerOptions
+) -> None:
     before = namespace_state(netns.server)
-    conf = server_conf(pki, tmp_path, [f"local {netns.server_v4}"])
+    conf = server_conf(pki, tmp_path, [f"local {netns.server_v4}"], opts)
     with trivpn_serve(netns.server, conf) as serve, openvpn_client(
-        netns.client, pki, netns.server_v4, tmp_path, "client"
+        netns.client, pki, netns.server_v4, tmp_path, "client", opts
     ) as log:
+        assert f"Data Channel: cipher '{opts.data_ciphers}'" in log.read_text(errors="replace")
         client_ip = tunnel_address(log)
         assert client_ip == "10.8.0.2"
         read_until(serve, "ready:", UP_TIMEOUT)
