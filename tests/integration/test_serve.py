@@ -1,9 +1,9 @@
 """`trivpn serve` with Debian's real openvpn 2.6 as the client, across network namespaces.
 
 `python -m trivpn serve server.conf` runs in the server namespace (UDP + tls-crypt +
-AES-256-GCM, or TCP + tls-auth + CHACHA20-POLY1305; topology subnet, keepalive),
-`openvpn --client` in a client namespace. The
-client's tunnel must come up, pings must cross it both ways, and SIGINT must end the server
+AES-256-GCM, or TCP + tls-auth + CHACHA20-POLY1305; topology subnet, server-ipv6,
+keepalive), `openvpn --client` in a client namespace. The
+client's tunnel must come up, pings (IPv4 and IPv6) must cross it both ways, and SIGINT must end the server
 with exit 0, the client told the server is going away, and the server namespace's links,
 addresses and routes as they were before. The second case puts two clients on two client
 machines (namespaces) and pings between them through `client-to-client`.
@@ -129,7 +129,7 @@ def test_openvpn_client_through_trivpn_serve(
     netns: NetnsPair, pki: PKI, tmp_path: Path, opts: ServerOptions
 ) -> None:
     before = namespace_state(netns.server)
-    conf = server_conf(pki, tmp_path, [f"local {netns.server_v4}"], opts)
+    conf = server_conf(pki, tmp_path, [f"local {netns.server_v4}", "server-ipv6 fd00:8::/64"], opts)
     with trivpn_serve(netns.server, conf) as serve, openvpn_client(
         netns.client, pki, netns.server_v4, tmp_path, "client", opts
     ) as log:
@@ -139,6 +139,8 @@ def test_openvpn_client_through_trivpn_serve(
         read_until(serve, "ready:", UP_TIMEOUT)
         ping(netns.client, SERVER_TUNNEL)
         ping(netns.server, client_ip)
+        ping(netns.client, "fd00:8::1")
+        ping(netns.server, "fd00:8::1000")
         out = stop_server(serve)
         text = wait_for_text(log, "SIGUSR1", UP_TIMEOUT)
         assert any(mark in text for mark in GOODBYE_MARKS), text[-3000:]
