@@ -89,6 +89,8 @@ class ClientSession:
         if self.lease is None:
             self.common_name = common_name_of(peer.peer_subject)
             cfg = self.hub.config
+            if self.hub.retire_common_name(self.common_name, self.key, trio.current_time()):
+                log.info("%r replaces the older session of %s", self, self.common_name)
             try:
                 self.lease = self.hub.pool.acquire(self.common_name or None, cfg.duplicate_cn)
             except PoolExhausted as exc:
@@ -135,6 +137,12 @@ class ClientSession:
                 self.ready = ev
                 addrs = ", ".join(str(p.address) for p in self.lease.pushes()) if self.lease else "none"
                 log.info("%r ready: %s, %s, address %s", self, ev.cipher, ev.key_derivation, addrs)
+
+    def retire(self, now: float) -> None:
+        """Replaced by a newer session of the same common name: free its addresses now,
+        end its task (which cleans up the rest)."""
+        self.cleanup(now)
+        self.cancel_scope.cancel()
 
     def cleanup(self, now: float) -> None:
         """Give back the lease and the routes (idempotent)."""

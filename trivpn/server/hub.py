@@ -24,9 +24,13 @@ log = logging.getLogger("trivpn.server")
 
 
 class Inbound(Protocol):
-    """What the hub needs of a client: the channel its stack encrypts packets from."""
+    """What the hub needs of a client: the channel its stack encrypts packets from, and
+    its common name with a way to retire it (a newer session with that name replaces it)."""
 
     to_client: trio.MemorySendChannel[list[bytes]]
+    common_name: str
+
+    def retire(self, now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -55,6 +59,17 @@ class Hub:
         """A server-wide client number (never reused; the router's key)."""
         self._next_key += 1
         return self._next_key
+
+    def retire_common_name(self, common_name: str, keep: int, now: float) -> int:
+        """Without duplicate-cn a common name has one session: retire the others (their
+        addresses are free again at once, so the newcomer gets the same one). Returns how
+        many were retired."""
+        if self.config.duplicate_cn or not common_name:
+            return 0
+        older = [c for k, c in self.clients.items() if k != keep and c.common_name == common_name]
+        for client in older:
+            client.retire(now)
+        return len(older)
 
     def to_client(self, key: int, batch: list[bytes]) -> None:
         client = self.clients.get(key)

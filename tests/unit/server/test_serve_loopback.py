@@ -176,3 +176,22 @@ async def test_udp_and_tcp_clients_on_one_server() -> None:
                 assert len(server.clients) == 2
             nursery.cancel_scope.cancel()
     assert len([p for p in seen if echo_reply_to(p) is not None]) == 4
+
+
+async def test_a_newer_session_of_the_same_common_name_replaces_the_older() -> None:
+    """Without duplicate-cn (a client that reconnected from a new port, say): the older
+    session ends and the newcomer gets the same address at once."""
+    pki = shared_pki()
+    seen: list[bytes] = []
+    with trio.fail_after(BOUND):
+        async with running_server(server_config(pki)) as (server, tun), trio.open_nursery() as nursery:
+            nursery.start_soon(answer_echo, tun, seen)
+            profile = parse_profile(client_profile(pki, server.addresses[0][1]))
+            async with api.connect(profile, reconnect=False) as first:
+                assert first.settings.ifconfig_local == "10.8.0.2"
+                (old_key,) = server.clients
+                async with api.connect(profile, reconnect=False) as second:
+                    assert second.settings.ifconfig_local == "10.8.0.2"
+                    await ping(second, "10.8.0.2", SERVER_IP, 1)
+                    assert old_key not in server.clients and len(server.clients) == 1
+            nursery.cancel_scope.cancel()

@@ -36,8 +36,13 @@ def config(extra: str = "", topology: str = "subnet") -> ServerConfig:
 
 
 class FakeClient:
-    def __init__(self, size: int = 2) -> None:
+    def __init__(self, size: int = 2, common_name: str = "") -> None:
         self.to_client, self.received = trio.open_memory_channel[list[bytes]](size)
+        self.common_name = common_name
+        self.retired: list[float] = []
+
+    def retire(self, now: float) -> None:
+        self.retired.append(now)
 
 
 def echo(src: str, dst: str, seq: int = 1) -> bytes:
@@ -156,3 +161,13 @@ def test_serve_command_reports_a_bad_config_in_one_line(tmp_path: Path, capsys: 
     assert main(["serve", str(conf)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("trivpn: error: ") and err.count("\n") == 1, err
+
+
+def test_a_common_name_has_one_session_unless_duplicate_cn() -> None:
+    for extra, expect in (("", [5.0]), ("duplicate-cn", [])):
+        tun_s, _tun_r = trio.open_memory_channel[list[bytes]](2)
+        hub = Hub(config(extra), tun_s)
+        old, other, new = FakeClient(common_name="alice"), FakeClient(common_name="bob"), FakeClient(common_name="alice")
+        hub.clients.update({1: old, 2: other, 3: new})
+        assert hub.retire_common_name("alice", keep=3, now=5.0) == len(expect)
+        assert old.retired == expect and other.retired == [] and new.retired == []
