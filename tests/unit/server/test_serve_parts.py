@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,12 @@ def test_ignored_options_warn_and_unsafe_ones_are_refused() -> None:
 def test_serve_command_reports_a_bad_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "server.conf"
     conf.write_text("server 10.8.0.0 255.255.255.0\ndev tun\ncrl-verify missing.pem\n")
-    assert main(["serve", str(conf)]) == 1
+    logger = logging.getLogger("trivpn")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        assert main(["serve", str(conf)]) == 1
+    finally:  # main() points the trivpn logger at this test's (soon closed) stdout
+        logger.handlers[:], logger.level, logger.propagate = saved
     err = capsys.readouterr().err
     assert err.startswith("trivpn: error: ") and err.count("\n") == 1, err
 
