@@ -31,10 +31,12 @@ BOUND = 30
 SERVER_IP = "10.8.0.1"
 
 
-def server_config(pki: PKI, extra: str = "", protos: tuple[str, ...] = ("udp",)) -> ServerConfig:
+def server_config(
+    pki: PKI, extra: str = "", protos: tuple[str, ...] = ("udp",), topology: str = "subnet"
+) -> ServerConfig:
     text = "\n".join(
         [
-            "server 10.8.0.0 255.255.255.0", "topology subnet", "dev tun", "proto udp",
+            "server 10.8.0.0 255.255.255.0", f"topology {topology}", "dev tun", "proto udp",
             "keepalive 10 60", "dh none", "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
             f"<ca>\n{pki.ca_cert}</ca>", f"<cert>\n{pki.server_cert}</cert>",
             f"<key>\n{pki.server_key}</key>", f"<tls-crypt>\n{pki.static_key}</tls-crypt>", extra,
@@ -194,4 +196,21 @@ async def test_a_newer_session_of_the_same_common_name_replaces_the_older() -> N
                     assert second.settings.ifconfig_local == "10.8.0.2"
                     await ping(second, "10.8.0.2", SERVER_IP, 1)
                     assert old_key not in server.clients and len(server.clients) == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_net30_and_ipv6_pool_addresses() -> None:
+    pki = shared_pki()
+    seen: list[bytes] = []
+    cfg = server_config(pki, "server-ipv6 fd00:8::/64", topology="net30")
+    with trio.fail_after(BOUND):
+        async with running_server(cfg) as (server, tun), trio.open_nursery() as nursery:
+            nursery.start_soon(answer_echo, tun, seen)
+            profile = parse_profile(client_profile(pki, server.addresses[0][1]))
+            async with api.connect(profile, reconnect=False) as tunnel:
+                s = tunnel.settings
+                assert (s.ifconfig_local, s.ifconfig_remote_or_mask) == ("10.8.0.6", "10.8.0.5")
+                assert s.ifconfig_ipv6_local is not None and s.ifconfig_ipv6_local.startswith("fd00:8::1000")
+                await ping(tunnel, "10.8.0.6", SERVER_IP, 1)
+                await ping(tunnel, "fd00:8::1000", "fd00:8::1", 2)
             nursery.cancel_scope.cancel()
