@@ -1,4 +1,4 @@
-"""Command line: `trivpn connect PROFILE` and `trivpn ping PROFILE TARGET`.
+"""Command line: `trivpn connect PROFILE`, `trivpn ping PROFILE TARGET`, `trivpn serve CONFIG`.
 
 Every failure ends with one line naming the cause (exit 1); a wrong flag ends with one
 line too (exit 2). Tracebacks are only shown with `--debug`.
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Modules that add sub-commands: each has `add_commands(sub, common)` registering parsers
 #: with `set_defaults(handler=async_fn)`. Kept light at import time (no heavy imports at the
 #: top of those modules) so `trivpn connect` starts fast.
-PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli")
+PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli", "trivpn.server.cli")
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction[_Parser], common: object) -> None:

@@ -1,0 +1,34 @@
+"""`trivpn serve CONFIG`: an OpenVPN 2.6 server configuration, served in the foreground.
+
+Plugged into trivpn.cli like the other sub-commands (only argparse at import time). Errors
+end with one line and exit 1, as `connect`; SIGINT/SIGTERM stop gracefully (clients are
+told, the TUN with its addresses and routes is removed) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("trivpn")
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: object) -> None:
+    s = sub.add_parser("serve", help="serve OpenVPN clients from an OpenVPN server config (needs root)")
+    s.add_argument("config", metavar="CONFIG", help="an OpenVPN 2.6 server configuration")
+    s.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    s.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    s.set_defaults(handler=cmd_serve)
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    from trivpn.server.config import load_server_config
+    from trivpn.server.service import Server
+
+    config = load_server_config(args.config)
+    server = Server(config, handle_signals=True)
+    for warning in (*config.warnings, *server.warnings):
+        log.warning("%s", warning)
+    await server.run()
+    log.info("stopped (%s); %s removed", server.manager.stop_reason or "stopped", server.tun_name or "tun")
+    return 0

@@ -1,0 +1,88 @@
+"""The server's clients: one task each, in a nursery of their own under the server's.
+
+A client's task runs its `ClientSession` with whatever moves its datagrams (the UDP
+listener's writer loop, or networkio on its TCP connection). However the session ends —
+EXIT, ping-restart, hand-window, a refused client, a transport error — only that task
+ends: the error is logged, and the demux, the pool and the router forget the client. A
+cancelled server cancels every client task with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from trivpn.server.clientsession import ClientSession
+from trivpn.server.demux import ServerDemux
+from trivpn.server.hub import Hub
+from trivpn.server.udp import UDPListener
+from trivpn.workers.manager import primary_error
+
+__all__ = ["GOODBYE_TIME", "ClientTable", "Listening"]
+
+log = logging.getLogger("trivpn.server")
+
+#: How long the goodbye packets get before the tree is cancelled.
+GOODBYE_TIME = 0.3
+
+IO = Callable[[], Awaitable[object]]
+
+
+@dataclass(slots=True)
+class Listening:
+    """One listening socket (UDP: with its send queue), its demultiplexer (on TCP only
+    max-clients and peer-ids) and the clients it created, by demux session."""
+
+    demux: ServerDemux
+    udp: UDPListener | None = None
+    sessions: dict[int, ClientSession] = field(default_factory=dict)
+
+
+class ClientTable:
+    """Every live client, by the server-wide key the router uses."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.clients: dict[int, ClientSession] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the clients' nursery until the server is cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start(self, sock: Listening, client: ClientSession, io: IO) -> None:
+        sock.sessions[client.session] = self.clients[client.key] = client
+        self.hub.clients[client.key] = client
+        assert self._nursery is not None, "start clients once run() has started"
+        self._nursery.start_soon(self._run, client, sock, io)
+
+    async def _run(self, client: ClientSession, sock: Listening, io: IO) -> None:
+        log.info("new session from %s (peer-id %d)", client.addr, client.peer_id)
+        reason = "cancelled"
+        try:
+            await client.run(io)
+        except Exception as exc:  # one client's end is never the server's
+            reason = str(primary_error(exc))
+        finally:
+            sock.demux.remove_session(client.session)
+            if sock.sessions.get(client.session) is client:
+                del sock.sessions[client.session]
+            self.clients.pop(client.key, None)
+            self.hub.clients.pop(client.key, None)
+            client.cleanup(trio.current_time())
+            log.info("%r ended: %s", client, reason)
+
+    async def goodbye(self) -> None:
+        """Tell every ready client the server is going away, then give it a moment to leave."""
+        for client in list(self.clients.values()):
+            try:
+                await client.say_goodbye()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        await trio.sleep(GOODBYE_TIME)

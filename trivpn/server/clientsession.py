@@ -1,0 +1,151 @@
+"""One client of the server: its server-role session stack and the tasks around it.
+
+Built like `trivpn.testing.loopback_server` but fed by the demultiplexer instead of a
+connected socket: `net_up` receives the datagrams the demux delivers, `net_down` is drained
+by a task that queues them on the listener's socket toward the client's *current* address
+(the demux knows it). The data plane is the trio-task plane with its own channel pair: the
+hub puts TUN packets for this client into `to_client`, and what the client sends comes out
+of the stack's TUN side into `Hub.from_client` (source check, client-to-client).
+
+The pool lease is taken inside the key schedule's push callable, when the client's
+certificate is known (its common name picks the address it had before); its addresses are
+learned by the router at that moment. `run` returns or raises when the session ends; the
+owner then calls `cleanup`, which gives everything back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
+
+import trio
+
+from trivpn.controlchannel.service import control_payload_size
+from trivpn.messages import ClientReady, SendExit, SendExitNotify
+from trivpn.packetmuxer import PacketMuxer
+from trivpn.server.demux_types import NewSession
+from trivpn.server.hub import Hub
+from trivpn.server.pool_types import Lease, PoolExhausted
+from trivpn.server.sessionparts import SessionParts, common_name_of
+from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
+from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
+from trivpn.tlssession.service import TLSService
+
+__all__ = ["ClientSession"]
+
+log = logging.getLogger("trivpn.server")
+
+class ClientSession:
+    """A client's stack and its pumps (see the module docstring)."""
+
+    def __init__(
+        self, key: int, session: int, peer_id: int, addr: tuple[str, int], muxer: PacketMuxer,
+        parts: SessionParts, hub: Hub, *, proto: str = "udp",
+    ) -> None:
+        """`session`/`peer_id` come from the demultiplexer, `muxer` is the session's
+        server-role muxer (after the cookie on UDP, a fresh one on TCP)."""
+        self.key = key
+        self.session = session
+        self.peer_id = peer_id
+        self.addr = addr
+        self.hub = hub
+        self.lease: Lease | None = None
+        self.common_name = ""
+        self.tls: TLSService | None = None
+        self.ready: ClientReady | None = None
+        self.cancel_scope = trio.CancelScope()
+        self.to_client, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        #: the network side, for whoever moves the datagrams (UDP listener or networkio)
+        self.net_up, net_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        net_down_s, self.net_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        tun_down_s, self._tun_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        self.stack = SessionStack(
+            is_server=True,
+            muxer=muxer,
+            make_tls=parts.tls_factory(peer_id, self._push, lambda tls: setattr(self, "tls", tls), proto=proto),
+            net_up=net_up_r,
+            net_down=net_down_s,
+            payload_size=control_payload_size(muxer.wrap.overhead, ipv6=":" in addr[0]),
+            tun_up=tun_up_r,
+            tun_down=tun_down_s,
+        )
+        self.delivered_dropped = 0
+
+    @classmethod
+    def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
+        """A UDP client the demultiplexer admitted; its first packet is already queued."""
+        addr = cast(tuple[str, int], new.addr)  # the UDP listener's (host, port)
+        muxer = PacketMuxer.server_after_cookie(new.wrap, new.local_session_id, new.remote_session_id)
+        client = cls(key, new.session, new.peer_id, addr, muxer, parts, hub)
+        client.net_up.send_nowait([new.first_packet])
+        return client
+
+    def __repr__(self) -> str:
+        return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
+
+    def _push(self, peer: PeerInfo) -> Sequence[str]:
+        """The key schedule asks what to push: lease addresses now, then the config's pushes."""
+        if self.lease is None:
+            self.common_name = common_name_of(peer.peer_subject)
+            cfg = self.hub.config
+            if self.hub.retire_common_name(self.common_name, self.key, trio.current_time()):
+                log.info("%r replaces the older session of %s", self, self.common_name)
+            try:
+                self.lease = self.hub.pool.acquire(self.common_name or None, cfg.duplicate_cn)
+            except PoolExhausted as exc:
+                raise NegotiationError(str(exc)) from None
+            for item in self.lease.pushes():
+                self.hub.router.learn(self.key, item.address, self.common_name)
+        return [*self.hub.config.push, *(item.option for item in self.lease.pushes())]
+
+    def deliver(self, datagrams: list[bytes]) -> None:
+        """Datagrams from the demux; a full channel drops them (the protocol recovers)."""
+        try:
+            self.net_up.send_nowait(datagrams)
+        except trio.WouldBlock:
+            self.delivered_dropped += len(datagrams)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def say_goodbye(self) -> None:
+        """The server is going away: RESTART with cc-exit, else OCC exit on the data channel."""
+        if self.tls is None or self.ready is None:
+            return
+        if self.tls.cc_exit:
+            await self.stack.commands.send(SendExit())
+        else:
+            await self.stack.data_control.send([SendExitNotify(count=2)])
+
+    async def run(self, io: Callable[[], Awaitable[object]]) -> None:
+        """Run the stack with `io` moving its datagrams (see `net_up`/`net_down`)."""
+        with self.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(io)
+                nursery.start_soon(self._from_client)
+                nursery.start_soon(self._watch_events)
+                await self.stack.run()
+                nursery.cancel_scope.cancel()
+
+    async def _from_client(self) -> None:
+        async for batch in self._tun_down:
+            self.hub.from_client(self.key, batch)
+
+    async def _watch_events(self) -> None:
+        async for ev in self.stack.events:
+            if isinstance(ev, ClientReady) and self.ready is None:
+                self.ready = ev
+                addrs = ", ".join(str(p.address) for p in self.lease.pushes()) if self.lease else "none"
+                log.info("%r ready: %s, %s, address %s", self, ev.cipher, ev.key_derivation, addrs)
+
+    def retire(self, now: float) -> None:
+        """Replaced by a newer session of the same common name: free its addresses now,
+        end its task (which cleans up the rest)."""
+        self.cleanup(now)
+        self.cancel_scope.cancel()
+
+    def cleanup(self, now: float) -> None:
+        """Give back the lease and the routes (idempotent)."""
+        self.hub.router.forget_client(self.key)
+        if self.lease is not None:
+            self.hub.pool.release(self.lease, now)

@@ -1,0 +1,123 @@
+"""`trivpn serve`: the server's root task tree.
+
+    WorkersManager nursery (signals, cleanups: TUN, addresses, routes)
+    ├── tun reader ──Hub.from_tun──▶ client.to_client          (per client, batched)
+    ├── tun writer ◀──Hub.to_tun─── clients' decrypted packets (source-checked)
+    ├── per UDP listener: receiver ──ServerDemux──▶ Reply / NewSession / Deliver
+    │                     writer   ◀── every client's datagrams, to its current address
+    ├── per TCP listener: acceptor (tcp.py: one session per connection, over networkio)
+    └── clients nursery (clients.py)
+        └── one task per client, its own cancel scope: the ClientSession's stack
+
+A client's failure ends only its own task (logged; then the demux, pool and router forget
+it); the server's failure or a signal cancels the whole tree. On SIGINT/SIGTERM the exit
+hook first tells every client the server is going away (RESTART, or OCC exit without
+cc-exit), waits a moment for those packets to leave, and then everything is cancelled and
+the cleanups remove the TUN with its addresses and routes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from trivpn.server.clients import GOODBYE_TIME, ClientTable, Listening
+from trivpn.server.clientsession import ClientSession
+from trivpn.server.config_model import ServerConfig
+from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_cookie_key
+from trivpn.server.hub import Hub
+from trivpn.server.sessionparts import SessionParts, session_parts
+from trivpn.server.sockets import bind_listener
+from trivpn.server.support import check_served
+from trivpn.server.tcp import run_tcp_acceptor
+from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
+from trivpn.server.udp import UDPListener
+from trivpn.session.stack import DATA_CHANNEL_SIZE
+from trivpn.workers.manager import WorkersManager
+
+__all__ = ["Server"]
+
+log = logging.getLogger("trivpn.server")
+
+class Server:
+    """Everything `trivpn serve` runs (see the module docstring)."""
+
+    def __init__(
+        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun
+    ) -> None:
+        #: ignored options (one-line warnings); the unsafe ones raised ConfigError here
+        self.warnings = check_served(config)
+        self.config = config
+        self.parts: SessionParts = session_parts(config)
+        self.manager = WorkersManager(handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7)
+        self._tun_s, self._tun_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE * 4)
+        self.hub = Hub(config, self._tun_s)
+        self.table = ClientTable(self.hub)
+        #: every live client by its server-wide key
+        self.clients = self.table.clients
+        self.tun_name: str | None = None
+        self._tun_factory = tun_factory
+        #: the bound (host, port) of every listener, once `run` has started
+        self.addresses: list[tuple[str, int]] = []
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        self.manager.request_stop(reason)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def setup(m: WorkersManager) -> None:
+            tun = self._tun_factory(self.config, m.add_cleanup)
+            self.tun_name = tun.name
+            m.start_service("tun-reader", run_tun_reader, tun, self.hub)
+            m.start_service("tun-writer", run_tun_writer, tun, self._tun_r)
+            m.add_exit_hook(self.table.goodbye)
+            for listener in self.config.listeners:
+                raw = bind_listener(listener)
+                m.add_cleanup(raw.close)
+                host, port = raw.getsockname()[:2]
+                self.addresses.append((host, port))
+                demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
+                                    config=self.config.demux_config())
+                name = f"{listener.proto} {host}:{port}"
+                if listener.proto == "tcp":
+                    m.start_service(f"{name} acceptor", run_tcp_acceptor, raw, Listening(demux), self.table,
+                                    self.parts, self.hub)
+                else:
+                    udp = UDPListener(raw)
+                    m.start_service(f"{name} writer", udp.run_writer)
+                    m.start_service(f"{name} receiver", self._receive, Listening(demux, udp))
+                log.info("listening on %s", name)
+            assert m.nursery is not None
+            await m.nursery.start(self.table.run)
+            log.info("Initialization Sequence Completed")
+            task_status.started()
+
+        await self.manager.run(setup)
+
+    async def _receive(self, sock: Listening) -> None:
+        udp, demux = sock.udp, sock.demux
+        assert udp is not None
+        while True:
+            batch = await udp.receive_batch()
+            for action in demux.receive_datagrams(batch, trio.current_time()):
+                if isinstance(action, Deliver):
+                    client = sock.sessions.get(action.session)
+                    if client is not None:
+                        client.deliver(action.datagrams)
+                elif isinstance(action, Reply):
+                    udp.send_nowait(action.addr, [action.datagram])  # type: ignore[arg-type]  # Address is (host, port) here
+                elif isinstance(action, NewSession):
+                    self._start_udp_client(sock, udp, action)
+
+    def _start_udp_client(self, sock: Listening, udp: UDPListener, new: NewSession) -> None:
+        if new.replaces is not None and (old := sock.sessions.get(new.replaces)) is not None:
+            old.cancel_scope.cancel()  # a client restarted on the same address
+        client = ClientSession.after_cookie(self.hub.new_key(), new, self.parts, self.hub)
+
+        async def writer() -> None:  # to the client's current address (the demux knows it)
+            async for batch in client.net_down:
+                info = sock.demux.session_info(client.session)
+                if info is not None:
+                    udp.send_nowait(info[1], batch)  # type: ignore[arg-type]  # (host, port)
+
+        self.table.start(sock, client, writer)

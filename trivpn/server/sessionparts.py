@@ -1,0 +1,123 @@
+"""What one client's server-role session stack is built from, derived from a ServerConfig.
+
+Kept apart from the services so that the per-client service only wires channels: the
+control-channel wrap (tls-auth / tls-crypt, keyed from the server config, one fresh wrap per
+use as the demultiplexer's `WrapFactory` wants), the TLS configuration, the OCC options
+string and the key schedule's configuration with a per-client push callable and peer-id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
+from trivpn.errors import ConfigError
+from trivpn.server.config_model import ServerConfig
+from trivpn.server.demux_types import WrapFactory
+from trivpn.session.stack import TLSPorts
+from trivpn.tlssession.config import KeyScheduleConfig
+from trivpn.tlssession.core import TLSSession
+from trivpn.tlssession.keymethod import occ_options_string
+from trivpn.tlssession.keyschedule import KeySchedule
+from trivpn.tlssession.negotiation import CipherPolicy, PeerInfo
+from trivpn.tlssession.service import TLSService
+from trivpn.tlssession.tls import TLSConfig
+
+__all__ = ["SessionParts", "common_name_of", "session_parts"]
+
+
+def common_name_of(subject: str) -> str:
+    """The last CN of a subject as `format_subject` renders it ("C=US, CN=x"), or ""."""
+    cn = ""
+    for rdn in subject.split(", "):
+        for part in rdn.split(" + "):
+            if part.startswith("CN="):
+                cn = part[3:]
+    return cn
+
+
+@dataclass(frozen=True, slots=True)
+class SessionParts:
+    """The per-server constants every client session is built from."""
+
+    config: ServerConfig
+    wrap_factory: WrapFactory
+    wrap_overhead: int
+    wrap_key: bytes | None  # the static key mixed into dynamic tls-crypt
+    tls_config: TLSConfig
+    options: dict[str, str]  # our OCC options string per transport ("udp", "tcp")
+
+    def tls_factory(
+        self, peer_id: int, push: Callable[[PeerInfo], Sequence[str]], made: Callable[[TLSService], object],
+        *, proto: str = "udp",
+    ) -> Callable[[TLSPorts], TLSService]:
+        """How the stack of the client with `peer_id` (on `proto`) builds its TLS service."""
+        cfg = self.config
+        ks_config = KeyScheduleConfig(
+            role="server",
+            policy=CipherPolicy(cfg.data_ciphers, cfg.data_ciphers_fallback, "auto", cfg.auth or "SHA1"),
+            reneg_sec=float(cfg.reneg_sec),
+            hand_window=float(cfg.hand_window),
+            keepalive=(float(cfg.ping or 0), float(cfg.ping_restart or 0), 0.0),
+            wrap_key=self.wrap_key,
+            push=push,
+            peer_id=peer_id,
+        )
+        tls_config, options = self.tls_config, self.options[proto]
+
+        def session(key_id: int, token: str | None) -> TLSSession:
+            return TLSSession(tls_config, options_string=options)
+
+        def make(ports: TLSPorts) -> TLSService:
+            tls = TLSService(
+                KeySchedule(ks_config, session),
+                from_cc=ports.from_cc, to_cc=ports.to_cc, to_data=ports.to_data,
+                events=ports.events, commands=ports.commands, usage=ports.usage,
+            )
+            made(tls)
+            return tls
+
+        return make
+
+
+def session_parts(cfg: ServerConfig) -> SessionParts:
+    """Build the wraps and TLS settings once (ConfigError for what trivpn cannot serve)."""
+    if cfg.tls_crypt_v2 is not None:  # also refused by support.check_served
+        raise ConfigError("tls-crypt-v2 is not served yet (the server-side key unwrap is missing)")
+    stamp = int(time.time())
+    factory: WrapFactory
+    if cfg.tls_crypt is not None:
+        key = StaticKey.from_text(cfg.tls_crypt)
+
+        def factory(pid: int) -> ControlWrap:
+            return TLSCrypt(key, server=True, timestamp=stamp, initial_packet_id=pid)
+
+        wrap_key: bytes | None = key.data
+    elif cfg.tls_auth is not None:
+        key = StaticKey.from_text(cfg.tls_auth)
+        direction, digest = cfg.key_direction, cfg.auth or "SHA1"
+
+        def factory(pid: int) -> ControlWrap:
+            return TLSAuth(key, direction, digest, timestamp=stamp, initial_packet_id=pid)
+
+        wrap_key = key.data
+    else:
+
+        def factory(pid: int) -> ControlWrap:
+            return NoWrap()
+
+        wrap_key = None
+    tls_config = TLSConfig(
+        ca_pem=cfg.ca, cert_pem=cfg.cert, key_pem=cfg.key, is_server=True,
+        remote_cert_tls=cfg.remote_cert_tls, tls_version_min=cfg.tls_version_min or "1.2",
+    )
+    options = {
+        proto: occ_options_string(
+            proto=wire, tls_client=False, tls_auth=cfg.tls_auth is not None,
+            key_direction=cfg.key_direction if cfg.tls_auth else None, tun_mtu=cfg.tun_mtu or 1500,
+        )
+        for proto, wire in (("udp", "udp"), ("tcp", "tcp-server"))
+    }
+    return SessionParts(cfg, factory, factory(1).overhead, wrap_key, tls_config, options)

@@ -1,0 +1,40 @@
+"""Which parsed server options this first `trivpn serve` honours, and what happens to the rest.
+
+The parser accepts every option of issue 12's list; the service does not implement all of
+them yet. Ignoring some would let clients in that the configuration means to keep out
+(a CRL, a password check, a client-connect script that can refuse, a ccd `disable`), so
+those are errors; the others are one-line warnings, like an unknown option.
+"""
+
+from __future__ import annotations
+
+from trivpn.errors import ConfigError
+from trivpn.server.config_model import ServerConfig
+
+__all__ = ["check_served"]
+
+
+def check_served(cfg: ServerConfig) -> list[str]:
+    """Warnings for ignored options; ConfigError for the first one unsafe to ignore."""
+    unsafe = [
+        (cfg.tls_crypt_v2 is not None, "tls-crypt-v2", "the server-side key unwrap is missing"),
+        (cfg.crl_verify is not None, "crl-verify", "revoked certificates would be accepted"),
+        (cfg.auth_user_pass_verify is not None, "auth-user-pass-verify", "passwords would go unchecked"),
+        (cfg.verify_client_cert != "require", "verify-client-cert", "only 'require' is served"),
+        (cfg.client_config_dir is not None, "client-config-dir", "ccd 'disable' and fixed addresses would be ignored"),
+        (cfg.client_connect is not None, "client-connect", "the script could not refuse clients"),
+        (cfg.compression is not None, "comp-lzo/compress", "the compression framing is not served yet"),
+    ]
+    for bad, name, why in unsafe:
+        if bad:
+            raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
+    ignored = [
+        (cfg.pool_persist is not None, "ifconfig-pool-persist"),
+        (cfg.status is not None, "status"),
+        (cfg.management is not None, "management"),
+        (cfg.client_disconnect is not None, "client-disconnect"),
+        (cfg.learn_address is not None, "learn-address"),
+        (cfg.user is not None or cfg.group is not None, "user/group (privileges are not dropped)"),
+        (cfg.connect_freq is not None, "connect-freq"),
+    ]
+    return [f"option '{name}' is not supported by trivpn serve yet and was ignored" for bad, name in ignored if bad]
