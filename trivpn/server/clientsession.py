@@ -16,6 +16,7 @@ owner then calls `cleanup`, which gives everything back.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
@@ -49,6 +50,9 @@ class ClientSession:
         self.session = session
         self.peer_id = peer_id
         self.addr = addr
+        self.proto = proto
+        #: wall-clock creation time (the status report's Connected Since)
+        self.created = time.time()
         self.hub = hub
         self.lease: Lease | None = None
         self.common_name = ""

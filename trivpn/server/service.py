@@ -29,6 +29,7 @@ from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_
 from trivpn.server.hub import Hub
 from trivpn.server.sessionparts import SessionParts, session_parts
 from trivpn.server.sockets import bind_listener
+from trivpn.server.statustask import run_status_file, run_status_signal
 from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
 from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
@@ -89,6 +90,11 @@ class Server:
                 log.info("listening on %s", name)
             assert m.nursery is not None
             await m.nursery.start(self.table.run)
+            status = self.config.status
+            if status is not None:
+                m.start_service("status file", run_status_file, status, self.clients, self.hub)
+            if m.handle_signals:
+                m.start_service("SIGUSR2", run_status_signal, self.clients, self.hub, status.version if status else 1)
             log.info("Initialization Sequence Completed")
             task_status.started()
 
@@ -118,6 +124,7 @@ class Server:
             async for batch in client.net_down:
                 info = sock.demux.session_info(client.session)
                 if info is not None:
+                    client.addr = info[1]  # type: ignore[assignment]  # follows a float; (host, port) here
                     udp.send_nowait(info[1], batch)  # type: ignore[arg-type]  # (host, port)
 
         self.table.start(sock, client, writer)

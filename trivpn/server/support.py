@@ -30,7 +30,6 @@ def check_served(cfg: ServerConfig) -> list[str]:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
     ignored = [
         (cfg.pool_persist is not None, "ifconfig-pool-persist"),
-        (cfg.status is not None, "status"),
         (cfg.management is not None, "management"),
         (cfg.client_disconnect is not None, "client-disconnect"),
         (cfg.learn_address is not None, "learn-address"),
