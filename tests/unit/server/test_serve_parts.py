@@ -144,7 +144,7 @@ def test_a_port_in_use_is_a_one_line_config_error() -> None:
 def test_ignored_options_warn_and_unsafe_ones_are_refused() -> None:
     cfg = config("status /tmp/st.log 10\nifconfig-pool-persist ipp.txt\nuser nobody")
     warnings = check_served(cfg)
-    assert [w.split("'")[1] for w in warnings] == ["ifconfig-pool-persist", "status", "user/group (privileges are not dropped)"]
+    assert [w.split("'")[1] for w in warnings] == ["ifconfig-pool-persist", "user/group (privileges are not dropped)"]
     assert check_served(config()) == []
     cases: list[tuple[dict[str, Any], str]] = [
         ({"crl_verify": "pem"}, "crl-verify"),

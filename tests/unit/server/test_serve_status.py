@@ -34,6 +34,13 @@ from trivpn.tun.ip import build_echo_request, echo_reply_to, parse_echo_reply
 from trivpn.tun.userspace import UserspaceTun
 
 openvpn_status = pytest.importorskip("openvpn_status", reason="pip install 'openvpn-status-reader'")
+if not hasattr(openvpn_status.utils, "DATETIME_FORMAT_OPENVPN_V2_5"):
+    # the old `openvpn-status` owns the same module name and cannot read 2.5+ dates
+    # (tests/unit/status/test_status_reader.py explains; .ci/run installs the reader last)
+    _why = "`openvpn_status` is the old openvpn-status package, not openvpn-status-reader"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true, so not skipping: {_why}", pytrace=False)
+    pytest.skip(_why, allow_module_level=True)
 
 BOUND = 30
 SERVER_IP = "10.8.0.1"
@@ -96,7 +103,10 @@ async def ping(tunnel: api.Tunnel, seq: int) -> None:
 async def wait_for(path: Path, ok: Callable[[str], bool]) -> str:
     """The file's text once `ok` holds (the caller's fail_after bounds the wait)."""
     while True:
-        text = path.read_text() if path.exists() else ""
+        try:
+            text = await trio.Path(path).read_text()
+        except FileNotFoundError:
+            text = ""
         if text and ok(text):
             return text
         await trio.sleep(0.05)
