@@ -6,13 +6,16 @@ keepalive), `openvpn --client` in a client namespace. The
 client's tunnel must come up, pings (IPv4 and IPv6) must cross it both ways, and SIGINT must end the server
 with exit 0, the client told the server is going away, and the server namespace's links,
 addresses and routes as they were before. The second case puts two clients on two client
-machines (namespaces) and pings between them through `client-to-client`.
+machines (namespaces) and pings between them through `client-to-client`. The first case
+also checks the status file (`status FILE 1`, version 2) and SIGUSR2's report in the log.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,8 +26,14 @@ import pytest
 
 from trivpn.testing.netns import Netns, NetnsPair, second_client
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
-from trivpn.testing.pki import PKI
-from trivpn.testing.process import namespace_state, read_until, rest_of_output, wait_for_text
+from trivpn.testing.pki import PKI, common_name
+from trivpn.testing.process import (
+    namespace_state,
+    read_until,
+    rest_of_output,
+    wait_for_text,
+    wait_until,
+)
 
 pytestmark = pytest.mark.root
 
@@ -115,6 +124,16 @@ def ping(ns: Netns, target: str) -> None:
     assert r.returncode == 0, f"ping {target} from {ns.name}: {r.stdout}{r.stderr}"
 
 
+def status_row(path: Path) -> list[str] | None:
+    """The one CLIENT_LIST row of a version-2 status file once both byte counts are > 0."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    rows = [line.split(",") for line in text.splitlines() if line.startswith("CLIENT_LIST,")]
+    return rows[0] if len(rows) == 1 and int(rows[0][5]) > 0 and int(rows[0][6]) > 0 else None
+
+
 def stop_server(proc: subprocess.Popen[bytes]) -> str:
     """SIGINT; the server must exit 0 (bounded). Returns the rest of its output."""
     proc.send_signal(signal.SIGINT)
@@ -129,7 +148,9 @@ def test_openvpn_client_through_trivpn_serve(
     netns: NetnsPair, pki: PKI, tmp_path: Path, opts: ServerOptions
 ) -> None:
     before = namespace_state(netns.server)
-    conf = server_conf(pki, tmp_path, [f"local {netns.server_v4}", "server-ipv6 fd00:8::/64"], opts)
+    status = tmp_path / "status.log"
+    extra = [f"local {netns.server_v4}", "server-ipv6 fd00:8::/64", f"status {status} 1", "status-version 2"]
+    conf = server_conf(pki, tmp_path, extra, opts)
     with trivpn_serve(netns.server, conf) as serve, openvpn_client(
         netns.client, pki, netns.server_v4, tmp_path, "client", opts
     ) as log:
@@ -141,6 +162,13 @@ def test_openvpn_client_through_trivpn_serve(
         ping(netns.server, client_ip)
         ping(netns.client, "fd00:8::1")
         ping(netns.server, "fd00:8::1000")
+        wait_until(lambda: status_row(status) is not None, 5, f"a client with traffic in {status}")
+        row = status_row(status)
+        assert row is not None and row[1] == common_name(pki.client_cert)
+        assert row[2].startswith(f"{netns.client_v4}:") and row[3:5] == ["10.8.0.2", "fd00:8::1000"]
+        assert row[-1] == opts.data_ciphers and stat.S_IMODE(os.stat(status).st_mode) == 0o600
+        serve.send_signal(signal.SIGUSR2)
+        read_until(serve, f"CLIENT_LIST,{row[1]},", 5)
         out = stop_server(serve)
         text = wait_for_text(log, "SIGUSR1", UP_TIMEOUT)
         assert any(mark in text for mark in GOODBYE_MARKS), text[-3000:]
