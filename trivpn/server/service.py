@@ -6,6 +6,7 @@
     ├── per UDP listener: receiver ──ServerDemux──▶ Reply / NewSession / Deliver
     │                     writer   ◀── every client's datagrams, to its current address
     ├── per TCP listener: acceptor (tcp.py: one session per connection, over networkio)
+    ├── status file writer and SIGUSR2 listener (statustask.py)
     └── clients nursery (clients.py)
         └── one task per client, its own cancel scope: the ClientSession's stack
 

@@ -152,6 +152,8 @@ async def test_status_v1_lists_the_client_with_growing_counters_then_drops_it(tm
             text = await wait_for(path, lambda t: not v1_clients(t))
             assert openvpn_status.parse_status(text).routing_table == {}
             assert isinstance(openvpn_status.parse_status(text).updated_at, datetime)
+    # a clean stop leaves the file as last written, as OpenVPN does
+    assert v1_clients(await trio.Path(path).read_text()) == {}
 
 
 @pytest.mark.parametrize("version", [2, 3])
