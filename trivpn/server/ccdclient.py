@@ -11,7 +11,9 @@ be refused (NegotiationError → AUTH_FAILED) and builds the per-client push lis
 
 from __future__ import annotations
 
+import logging
 import os
+from ipaddress import IPv4Network, IPv6Network
 
 from trivpn.errors import ConfigError
 from trivpn.server.ccd import CcdEntry, load_ccd
@@ -19,6 +21,8 @@ from trivpn.server.pool_types import IfconfigIPv6Push, IfconfigPush, Lease
 from trivpn.tlssession.negotiation import NegotiationError
 
 __all__ = ["DEFAULT_FILE", "ccd_file_name", "client_pushes", "find_ccd"]
+
+log = logging.getLogger("trivpn.server")
 
 #: The file used for a client without a file of its own.
 DEFAULT_FILE = "DEFAULT"
@@ -56,6 +60,8 @@ def find_ccd(directory: str, common_name: str, exclusive: bool) -> CcdEntry | No
         raise NegotiationError(f"client-config-dir file rejected: {exc}") from None
     if entry.disable:
         raise NegotiationError("client is disabled (client-config-dir)")
+    for warning in entry.warnings:
+        log.warning("%s: %s", path, warning)
     return entry
 
 
@@ -63,12 +69,28 @@ def _removed(option: str, prefixes: tuple[str, ...]) -> bool:
     return any(option.startswith(p) for p in prefixes)
 
 
+def _own_iroute(option: str, entry: CcdEntry) -> bool:
+    """A `route`/`route-ipv6` push naming one of the client's own iroutes (the client
+    must not route its own network into the tunnel)."""
+    words = option.split()
+    try:
+        if words[0] == "route" and len(words) >= 2:
+            mask = words[2] if len(words) >= 3 and words[2] != "default" else "255.255.255.255"
+            return IPv4Network(f"{words[1]}/{mask}") in entry.iroutes
+        if words[0] == "route-ipv6" and len(words) >= 2:
+            return IPv6Network(words[1]) in entry.iroutes_ipv6
+    except ValueError:
+        return False
+    return False
+
+
 def client_pushes(global_push: tuple[str, ...] | list[str], entry: CcdEntry | None, lease: Lease) -> list[str]:
     """The server's pushes as the ccd entry changes them, then the lease's addresses.
 
     `push-reset` drops the whole inherited list; `push-remove p` drops inherited entries
     that start with `p`, and `ifconfig`/`ifconfig-ipv6` exactly name the address blocks;
-    the entry's own `push` lines come after the inherited ones."""
+    the entry's own `push` lines come after the inherited ones; a `route` naming one of
+    the client's own iroutes is not pushed to it."""
     items: list[IfconfigIPv6Push | IfconfigPush] = lease.pushes()
     if entry is None:
         return [*global_push, *(item.option for item in items)]
@@ -79,4 +101,5 @@ def client_pushes(global_push: tuple[str, ...] | list[str], entry: CcdEntry | No
         if not (isinstance(item, IfconfigPush) and "ifconfig" in blocked)
         and not (isinstance(item, IfconfigIPv6Push) and "ifconfig-ipv6" in blocked)
     ]
-    return [*inherited, *entry.push, *(item.option for item in keep)]
+    chosen = [p for p in (*inherited, *entry.push) if not _own_iroute(p, entry)]
+    return [*chosen, *(item.option for item in keep)]
