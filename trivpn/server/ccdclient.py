@@ -17,10 +17,11 @@ from ipaddress import IPv4Network, IPv6Network
 
 from trivpn.errors import ConfigError
 from trivpn.server.ccd import CcdEntry, load_ccd
+from trivpn.server.config_model import ServerConfig
 from trivpn.server.pool_types import IfconfigIPv6Push, IfconfigPush, Lease
 from trivpn.tlssession.negotiation import NegotiationError
 
-__all__ = ["DEFAULT_FILE", "ccd_file_name", "client_pushes", "find_ccd"]
+__all__ = ["DEFAULT_FILE", "ccd_file_name", "client_pushes", "find_ccd", "unrouted_iroutes"]
 
 log = logging.getLogger("trivpn.server")
 
@@ -63,6 +64,16 @@ def find_ccd(directory: str, common_name: str, exclusive: bool) -> CcdEntry | No
     for warning in entry.warnings:
         log.warning("%s: %s", path, warning)
     return entry
+
+
+def unrouted_iroutes(entry: CcdEntry, config: ServerConfig) -> list[str]:
+    """The entry's iroutes no `route`/`route-ipv6` line (nor the server network) sends into
+    the TUN: as in OpenVPN, iroute only feeds the internal router, so the kernel would never
+    hand their packets to the server (worth a warning, not a refusal)."""
+    v4 = [n for n in (*config.routes, config.network) if n is not None]
+    v6 = [n for n in (*config.routes_ipv6, config.network_ipv6) if n is not None]
+    out = [str(net) for net in entry.iroutes if not any(net.subnet_of(r) for r in v4)]
+    return out + [str(net) for net in entry.iroutes_ipv6 if not any(net.subnet_of(r) for r in v6)]
 
 
 def _removed(option: str, prefixes: tuple[str, ...]) -> bool:

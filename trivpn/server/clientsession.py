@@ -26,7 +26,7 @@ from trivpn.controlchannel.service import control_payload_size
 from trivpn.messages import ClientReady, SendExit, SendExitNotify
 from trivpn.packetmuxer import PacketMuxer
 from trivpn.server.ccd import CcdEntry
-from trivpn.server.ccdclient import client_pushes, find_ccd
+from trivpn.server.ccdclient import client_pushes, find_ccd, unrouted_iroutes
 from trivpn.server.demux_types import NewSession
 from trivpn.server.hub import Hub
 from trivpn.server.pool_types import FixedAddressError, Lease, PoolExhausted
@@ -98,6 +98,8 @@ class ClientSession:
             cfg = self.hub.config
             if cfg.client_config_dir is not None:
                 self.ccd = find_ccd(cfg.client_config_dir, self.common_name, cfg.ccd_exclusive)
+                if self.ccd is not None and (unrouted := unrouted_iroutes(self.ccd, cfg)):
+                    log.warning("%r: no 'route' sends iroute %s into the TUN", self, ", ".join(unrouted))
             if self.hub.retire_common_name(self.common_name, self.key, trio.current_time()):
                 log.info("%r replaces the older session of %s", self, self.common_name)
             try:

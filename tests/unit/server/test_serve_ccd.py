@@ -19,7 +19,7 @@ from trivpn import api
 from trivpn.errors import FatalError
 from trivpn.profile.profile import Profile, parse_profile
 from trivpn.server.ccd import parse_ccd
-from trivpn.server.ccdclient import ccd_file_name, client_pushes, find_ccd
+from trivpn.server.ccdclient import ccd_file_name, client_pushes, find_ccd, unrouted_iroutes
 from trivpn.server.config_model import PoolPersist
 from trivpn.server.persist import load_pool_persist, write_pool_persist
 from trivpn.server.pool import pool_for_server
@@ -70,6 +70,15 @@ def test_client_pushes_reset_remove_and_own_iroute() -> None:
     ]
     reset = parse_ccd('push-reset\npush "ping 5"\npush-remove ifconfig\n')
     assert client_pushes(base, reset, lease) == ["ping 5"]
+
+
+def test_iroutes_without_a_route_into_the_tun_are_reported() -> None:
+    cfg = server_config(shared_pki(), "route 192.168.0.0 255.255.0.0\nserver-ipv6 fd00:8::/64")
+    entry = parse_ccd(
+        "iroute 192.168.77.0 255.255.255.0\niroute 172.16.1.0 255.255.255.0\n"
+        "iroute-ipv6 fd00:8::8000/120\niroute-ipv6 fd00:99::/64\n"
+    )
+    assert unrouted_iroutes(entry, cfg) == ["172.16.1.0/24", "fd00:99::/64"]
 
 
 def test_persist_file_round_trip(tmp_path: Path) -> None:
