@@ -8,7 +8,8 @@ hub puts TUN packets for this client into `to_client`, and what the client sends
 of the stack's TUN side into `Hub.from_client` (source check, client-to-client).
 
 The pool lease is taken inside the key schedule's push callable, when the client's
-certificate is known (its common name picks the address it had before); its addresses are
+certificate is known (its common name picks the address it had before, or its
+client-config-dir file a fixed one: see ccdclient.py); its addresses and ccd iroutes are
 learned by the router at that moment. `run` returns or raises when the session ends; the
 owner then calls `cleanup`, which gives everything back.
 """
@@ -25,9 +26,12 @@ import trio
 from trivpn.controlchannel.service import control_payload_size
 from trivpn.messages import ClientReady, SendExit, SendExitNotify
 from trivpn.packetmuxer import PacketMuxer
+from trivpn.server.ccd import CcdEntry
+from trivpn.server.ccdclient import client_pushes, find_ccd, unrouted_iroutes
 from trivpn.server.demux_types import NewSession
 from trivpn.server.hub import Hub
-from trivpn.server.pool_types import Lease, PoolExhausted
+from trivpn.server.pool_types import FixedAddressError, Lease, PoolExhausted
+from trivpn.server.routing import RouteLimitExceeded
 from trivpn.server.sessionparts import SessionParts, common_name_of
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
@@ -55,6 +59,8 @@ class ClientSession:
         self.created = time.time()
         self.hub = hub
         self.lease: Lease | None = None
+        #: the client's client-config-dir entry, once its common name is known
+        self.ccd: CcdEntry | None = None
         self.common_name = ""
         self.tls: TLSService | None = None
         self.ready: ClientReady | None = None
@@ -89,19 +95,27 @@ class ClientSession:
         return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
 
     def _push(self, peer: PeerInfo) -> Sequence[str]:
-        """The key schedule asks what to push: lease addresses now, then the config's pushes."""
+        """The key schedule asks what to push: the ccd file (if any) is applied, the lease
+        taken (its fixed address, else the pool's), its addresses and iroutes learned."""
         if self.lease is None:
             self.common_name = common_name_of(peer.peer_subject)
             cfg = self.hub.config
+            if cfg.client_config_dir is not None:
+                self.ccd = find_ccd(cfg.client_config_dir, self.common_name, cfg.ccd_exclusive)
+                if self.ccd is not None and (unrouted := unrouted_iroutes(self.ccd, cfg)):
+                    log.warning("%r: no 'route' sends iroute %s into the TUN", self, ", ".join(unrouted))
             if self.hub.retire_common_name(self.common_name, self.key, trio.current_time()):
                 log.info("%r replaces the older session of %s", self, self.common_name)
             try:
-                self.lease = self.hub.pool.acquire(self.common_name or None, cfg.duplicate_cn)
-            except PoolExhausted as exc:
+                self.lease = self.hub.take_lease(self.common_name, self.ccd, trio.current_time())
+                for item in self.lease.pushes():
+                    self.hub.router.learn(self.key, item.address, self.common_name)
+                if self.ccd is not None:
+                    for net in self.ccd.iroutes + self.ccd.iroutes_ipv6:
+                        self.hub.router.learn(self.key, net, self.common_name)
+            except (PoolExhausted, FixedAddressError, RouteLimitExceeded) as exc:
                 raise NegotiationError(str(exc)) from None
-            for item in self.lease.pushes():
-                self.hub.router.learn(self.key, item.address, self.common_name)
-        return [*self.hub.config.push, *(item.option for item in self.lease.pushes())]
+        return client_pushes(self.hub.config.push, self.ccd, self.lease)
 
     def deliver(self, datagrams: list[bytes]) -> None:
         """Datagrams from the demux; a full channel drops them (the protocol recovers)."""

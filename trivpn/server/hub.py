@@ -14,8 +14,10 @@ from typing import Protocol
 
 import trio
 
+from trivpn.server.ccd import CcdEntry
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.pool import AddressPool, pool_for_server
+from trivpn.server.pool_types import Lease
 from trivpn.server.routing import Drop, Router, ToClient
 
 __all__ = ["Hub", "HubCounters", "Inbound"]
@@ -59,6 +61,15 @@ class Hub:
         """A server-wide client number (never reused; the router's key)."""
         self._next_key += 1
         return self._next_key
+
+    def take_lease(self, common_name: str, ccd: CcdEntry | None, now: float) -> Lease:
+        """A client's addresses: the ccd entry's fixed ones, else from the pool (raises
+        PoolExhausted or FixedAddressError)."""
+        ipv4 = ccd.ipv4_push(self.config.topology) if ccd is not None else None
+        ipv6 = ccd.ifconfig_ipv6_push if ccd is not None else None
+        if ipv4 is not None or ipv6 is not None:
+            return self.pool.reserve_fixed(common_name or None, ipv4=ipv4, ipv6=ipv6, now=now)
+        return self.pool.acquire(common_name or None, self.config.duplicate_cn)
 
     def retire_common_name(self, common_name: str, keep: int, now: float) -> int:
         """Without duplicate-cn a common name has one session: retire the others (their

@@ -28,6 +28,7 @@ from trivpn.server.clientsession import ClientSession
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_cookie_key
 from trivpn.server.hub import Hub
+from trivpn.server.persist import start_pool_persist
 from trivpn.server.sessionparts import SessionParts, session_parts
 from trivpn.server.sockets import bind_listener
 from trivpn.server.statustask import run_status_file, run_status_signal
@@ -73,6 +74,8 @@ class Server:
             m.start_service("tun-reader", run_tun_reader, tun, self.hub)
             m.start_service("tun-writer", run_tun_writer, tun, self._tun_r)
             m.add_exit_hook(self.table.goodbye)
+            if self.config.pool_persist is not None:
+                start_pool_persist(m, self.hub.pool, self.config.pool_persist)
             for listener in self.config.listeners:
                 raw = bind_listener(listener)
                 m.add_cleanup(raw.close)

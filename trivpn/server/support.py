@@ -2,7 +2,7 @@
 
 The parser accepts every option of issue 12's list; the service does not implement all of
 them yet. Ignoring some would let clients in that the configuration means to keep out
-(a CRL, a password check, a client-connect script that can refuse, a ccd `disable`), so
+(a CRL, a password check, a client-connect script that can refuse), so
 those are errors; the others are one-line warnings, like an unknown option.
 """
 
@@ -21,7 +21,6 @@ def check_served(cfg: ServerConfig) -> list[str]:
         (cfg.crl_verify is not None, "crl-verify", "revoked certificates would be accepted"),
         (cfg.auth_user_pass_verify is not None, "auth-user-pass-verify", "passwords would go unchecked"),
         (cfg.verify_client_cert != "require", "verify-client-cert", "only 'require' is served"),
-        (cfg.client_config_dir is not None, "client-config-dir", "ccd 'disable' and fixed addresses would be ignored"),
         (cfg.client_connect is not None, "client-connect", "the script could not refuse clients"),
         (cfg.compression is not None, "comp-lzo/compress", "the compression framing is not served yet"),
     ]
@@ -29,7 +28,6 @@ def check_served(cfg: ServerConfig) -> list[str]:
         if bad:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
     ignored = [
-        (cfg.pool_persist is not None, "ifconfig-pool-persist"),
         (cfg.management is not None, "management"),
         (cfg.client_disconnect is not None, "client-disconnect"),
         (cfg.learn_address is not None, "learn-address"),

@@ -9,6 +9,7 @@ A second, unrelated CA lets tests check that verification really fails.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import secrets
 from dataclasses import dataclass
@@ -208,3 +209,15 @@ def generate_pki(
         static_key=static_key_text(),
         other_ca_cert=_cert_pem(other_ca_cert),
     )
+
+
+def with_client(pki: PKI, client_cn: str) -> PKI:
+    """`pki` with a new client certificate and key for `client_cn`, signed by the same CA
+    (a server test needs several clients with different common names)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.encode("ascii"))
+    ca_key = serialization.load_pem_private_key(pki.ca_key.encode("ascii"), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ConfigError("the test CA key is neither EC nor RSA")
+    key_type = "ec" if isinstance(ca_key, ec.EllipticCurvePrivateKey) else "rsa"
+    cert, key = _make_leaf(client_cn, key_type, ca_cert, ca_key, server=False)
+    return dataclasses.replace(pki, client_cert=_cert_pem(cert), client_key=_key_pem(key))

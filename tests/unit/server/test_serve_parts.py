@@ -144,12 +144,12 @@ def test_a_port_in_use_is_a_one_line_config_error() -> None:
 def test_ignored_options_warn_and_unsafe_ones_are_refused() -> None:
     cfg = config("status /tmp/st.log 10\nifconfig-pool-persist ipp.txt\nuser nobody")
     warnings = check_served(cfg)
-    assert [w.split("'")[1] for w in warnings] == ["ifconfig-pool-persist", "user/group (privileges are not dropped)"]
+    assert [w.split("'")[1] for w in warnings] == ["user/group (privileges are not dropped)"]
     assert check_served(config()) == []
+    assert check_served(config("client-config-dir /etc/ccd\nccd-exclusive")) == []  # served now
     cases: list[tuple[dict[str, Any], str]] = [
         ({"crl_verify": "pem"}, "crl-verify"),
         ({"verify_client_cert": "none"}, "verify-client-cert"),
-        ({"client_config_dir": "/etc/ccd"}, "client-config-dir"),
     ]
     for change, name in cases:
         with pytest.raises(ConfigError, match=f"option '{name}' is not supported"):

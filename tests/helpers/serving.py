@@ -1,0 +1,58 @@
+"""A rootless `trivpn serve` for tests: the real Server with a userspace TUN the test plays
+the far side of, and trivpn's own clients (userspace too) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trivpn.server.config import parse_server_config
+from trivpn.server.config_model import Listener, ServerConfig
+from trivpn.server.service import Server
+from trivpn.testing.pki import PKI
+from trivpn.tun.userspace import UserspaceTun
+
+
+def server_config(pki: PKI, extra: str = "", topology: str = "subnet") -> ServerConfig:
+    """A UDP server on 127.0.0.1 (ephemeral port), 10.8.0.0/24, tls-crypt, plus `extra`."""
+    text = "\n".join(
+        [
+            "server 10.8.0.0 255.255.255.0", f"topology {topology}", "dev tun", "proto udp",
+            "keepalive 10 60", "dh none", "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
+            f"<ca>\n{pki.ca_cert}</ca>", f"<cert>\n{pki.server_cert}</cert>",
+            f"<key>\n{pki.server_key}</key>", f"<tls-crypt>\n{pki.static_key}</tls-crypt>", extra,
+        ]
+    )
+    cfg = parse_server_config(text)
+    return dataclasses.replace(cfg, listeners=(Listener("udp", 0, "127.0.0.1", 4),))
+
+
+def client_profile(pki: PKI, port: int) -> str:
+    """A trivpn client profile for `pki`'s client certificate toward the test server."""
+    lines = ["client", "dev tun", "nobind", f"remote 127.0.0.1 {port} udp"]
+    for tag, pem in (("ca", pki.ca_cert), ("cert", pki.client_cert), ("key", pki.client_key)):
+        lines += [f"<{tag}>", pem.strip(), f"</{tag}>"]
+    lines += ["<tls-crypt>", pki.static_key.strip(), "</tls-crypt>"]
+    return "\n".join(lines) + "\n"
+
+
+@asynccontextmanager
+async def running_server(cfg: ServerConfig) -> AsyncIterator[tuple[Server, UserspaceTun]]:
+    """The server, started (listening) on entry; on exit stopped, its cleanups done."""
+    tun = UserspaceTun("srvtun")
+
+    def factory(config: ServerConfig, add_cleanup: Callable[[Callable[[], Any]], None]) -> UserspaceTun:
+        add_cleanup(tun.close)
+        return tun
+
+    server = Server(cfg, tun_factory=factory)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        try:
+            yield server, tun
+        finally:
+            server.request_stop("test over")
