@@ -202,7 +202,10 @@ class Session:
             return
         self._heartbeat.last_rx = now
         try:
-            for frame in self._decoder.feed(data):
+            # one frame at a time: BIND_OK changes the size limit for the frames after it
+            decoder = self._decoder
+            decoder.push(data)
+            while (frame := decoder.next_frame()) is not None:
                 self._handle(frame, now)
                 if self._closed:
                     return
