@@ -61,3 +61,69 @@ def test_decoder_limit_applies_per_frame() -> None:
     second = dec.next_frame()
     assert second is not None and len(second.payload) == 1000
     assert dec.next_frame() is None and dec.buffered == 0
+
+
+def _bound_pair() -> tuple[Session, Session]:
+    relay, client = _authenticated_pair()
+    relay.accept_bind(10000, 60)
+    _pump(relay, client)
+    assert relay.state is State.BOUND and client.state is State.BOUND
+    return relay, client
+
+
+def test_ping_flood_from_a_peer_that_never_reads_stays_under_the_control_limit() -> None:
+    """40 MiB of PINGs offered by a peer that never reads our pongs: what we queue stays
+    at most `control_buffer` (256 KiB here), the rest waits unread (reading_paused)."""
+    limit = 256 * 1024
+    relay = Session("relay", 0.0, SessionConfig(control_buffer=limit), tokens={"alice": TOKEN})
+    client = Session("client", 0.0, SessionConfig(), token=TOKEN, client_id=CID)
+    er, _ = _pump(relay, client)
+    relay.accept_bind(10000, 60)
+    _pump(relay, client)
+    assert relay.state is State.BOUND
+    ping = encode(FrameType.PING, payload=bytes(8))
+    read = ping * (256 * 1024 // len(ping))  # one tunnel read of PINGs
+    total = 40 * 1024 * 1024
+    offered = accepted = 0
+    peak = 0
+    for _ in range(total // len(read) + 1):  # bounded: 40 MiB worth of reads at most
+        if offered >= total:
+            break
+        offered += len(read)
+        if relay.reading_paused:  # the service would not read: the bytes stay in the kernel
+            continue
+        relay.receive_data(read, 0.0)
+        accepted += len(read)
+        peak = max(peak, relay._scheduler.control_bytes)
+    assert offered >= total
+    assert relay.reading_paused and not relay.closed
+    assert peak < limit + len(ping)  # figure: queued pongs never above 256 KiB + one pong
+    assert accepted <= 2 * len(read)  # and we stopped reading after about one limit
+    # once the pongs are taken (the peer reads again), the waiting frames are handled
+    out = b"".join(relay.data_to_send(0.0))
+    assert len(out) == peak
+    relay.receive_data(b"", 0.0)
+    assert relay._scheduler.control_bytes > 0
+
+
+def test_ping_flood_with_a_slow_reader_keeps_queue_bounded() -> None:
+    """8 MiB of PINGs fed while the peer reads our output only now and then."""
+    limit = 128 * 1024
+    relay, client = _bound_pair()
+    relay._scheduler.config.control_buffer = limit
+    ping = encode(FrameType.PING, payload=bytes(8))
+    read = ping * (64 * 1024 // len(ping))
+    fed = peak = 0
+    for i in range(10_000):  # bounded
+        if fed >= 8 * 1024 * 1024:
+            break
+        if relay.reading_paused or i % 7 == 0:
+            relay.data_to_send(0.0)  # the peer read everything we had queued
+            relay.receive_data(b"", 0.0)
+        if not relay.reading_paused:
+            relay.receive_data(read, 0.0)
+            fed += len(read)
+        peak = max(peak, relay._scheduler.control_bytes)
+    assert fed >= 8 * 1024 * 1024
+    assert peak < limit + len(ping)
+    assert relay._decoder.buffered <= len(read)
