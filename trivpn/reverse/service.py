@@ -152,7 +152,8 @@ class SessionIO:
         try:
             self.session.receive_data(data, trio.current_time())
         except RemoteProtocolError as exc:
-            log.warning("closing the session: %s", exc)
+            pre_auth = self.session.role == "relay" and not self.session.name
+            log.log(logging.DEBUG if pre_auth else logging.WARNING, "closing the session: %s", exc)
 
     async def writer(self) -> None:
         """Returns once the session closed and its last bytes went (or the grace ran out)."""
@@ -280,7 +281,7 @@ class SessionRunner:
             elif isinstance(ev, E.SessionClosed):
                 self.closed_event = ev
                 self.metrics.state = "CLOSED"
-                quiet = ev.code == ErrorCode.NORMAL and not ev.by_peer
+                quiet = ev.code == ErrorCode.NORMAL and not ev.by_peer or self._pre_auth()
                 log.log(logging.DEBUG if quiet else logging.INFO, "session closed: %s", ev.reason)
             elif isinstance(ev, E.AuthFailed):
                 self.auth_failed = ev.reason
@@ -291,6 +292,10 @@ class SessionRunner:
             else:
                 self.on_event(ev)
         self.metrics.state = self.session.state.value
+
+    def _pre_auth(self) -> bool:
+        """A relay session from a source that never authenticated: its log is debug only."""
+        return self.session.role == "relay" and not self.session.name
 
     def on_event(self, ev: E.Event) -> None:
         """Role-specific events (Authenticated, BindRequested, Bound, StreamOpened, ...)."""

@@ -10,9 +10,11 @@ CID = bytes(range(16))
 TOKEN = b"0123456789abcdef-token"
 
 
-def _pump(a: Session, b: Session, now: float = 0.0, rounds: int = 50) -> tuple[list, list]:
-    ea: list = []
-    eb: list = []
+def _pump(
+    a: Session, b: Session, now: float = 0.0, rounds: int = 50
+) -> tuple[list[object], list[object]]:
+    ea: list[object] = []
+    eb: list[object] = []
     for _ in range(rounds):
         out_a = b"".join(a.data_to_send(now))
         if out_a:
