@@ -3,14 +3,19 @@ logins rate-limited per source in a bounded table, the open-file limit raised at
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import pathlib
 import resource
 import socket
 
 import pytest
 import trio
 
+from trivpn.cli import build_parser
+from trivpn.errors import ConfigError
+from trivpn.reverse.cli import TOKEN_ENV, cmd_relay, resolve_token
 from trivpn.reverse.guard import GuardConfig, SourceGuard
 from trivpn.reverse.relay import Relay, RelayConfig
 from trivpn.reverse.sockets import raise_nofile_limit
@@ -129,3 +134,48 @@ def _closed(socks: list[socket.socket]) -> list[socket.socket]:
         except OSError:
             out.append(s)
     return out
+
+
+# ------------------------------------------------------------------------ tokens (CLI)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+EXPOSE = ["expose", "--server", "r:9000", "--local", ":3000"]
+
+
+def test_short_token_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(ConfigError, match=r"--token: the token is 5 bytes, at least 16") as ei:
+        resolve_token(_parse(["relay", "--token", "short"]))
+    assert "secrets.token_urlsafe" in str(ei.value) and "\n" not in str(ei.value)
+    assert resolve_token(_parse(["relay", "--token", "x" * 16])) == b"x" * 16
+
+
+def test_token_from_file_or_environment(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    f = tmp_path / "token"
+    f.write_text("from-a-file-0123456789\n")
+    assert resolve_token(_parse([*EXPOSE, "--token-file", str(f)])) == b"from-a-file-0123456789"
+    assert resolve_token(_parse(["relay", "--token-file", str(f)])) == b"from-a-file-0123456789"
+    with pytest.raises(ConfigError, match="cannot read --token-file"):
+        resolve_token(_parse(["relay", "--token-file", str(tmp_path / "missing")]))
+    with pytest.raises(SystemExit):  # no token anywhere: argparse says so
+        _parse(EXPOSE)
+    monkeypatch.setenv(TOKEN_ENV, "from-the-environment")
+    assert resolve_token(_parse(EXPOSE)) == b"from-the-environment"
+    assert resolve_token(_parse(["relay"])) == b"from-the-environment"
+    monkeypatch.setenv(TOKEN_ENV, "short")
+    with pytest.raises(ConfigError, match=r"\$TRIVPN_TOKEN: the token is 5 bytes"):
+        resolve_token(_parse(["relay"]))
+
+
+def test_short_token_in_tokens_file_is_refused(tmp_path: pathlib.Path) -> None:
+    f = tmp_path / "tokens"
+    f.write_text("alice:long-enough-token-0123\nbob:short\n")
+    with pytest.raises(ConfigError, match="client bob: the token is 5 bytes"):
+        trio.run(cmd_relay, _parse(["relay", "--tokens-file", str(f)]))
