@@ -129,3 +129,64 @@ def test_ping_flood_with_a_slow_reader_keeps_queue_bounded() -> None:
     assert fed >= 8 * 1024 * 1024
     assert peak < limit + len(ping)
     assert relay._decoder.buffered <= len(read)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def test_relay_over_loopback_stops_reading_a_ping_flooder() -> None:
+    """A client that authenticates, then sends up to 40 MiB of PINGs and never reads: the
+    relay's queued pongs stay at its control limit and its memory does not follow the
+    flood (measured: ~1 MiB sent, RSS +1 MiB; without the read pause, 39 MiB went in and
+    RSS grew 40 MiB; before this change +143 MB per 40 MiB)."""
+    import trio
+
+    from trivpn.reverse.relay import Relay, RelayConfig
+
+    limit = 256 * 1024
+    relay = Relay(
+        RelayConfig(
+            host="127.0.0.1",
+            port=0,
+            start_port=41000,
+            end_port=41010,
+            tokens={"alice": TOKEN},
+            session=SessionConfig(control_buffer=limit),
+        )
+    )
+    client = Session("client", 0.0, SessionConfig(), token=TOKEN, client_id=CID)
+    ping = encode(FrameType.PING, payload=bytes(8))
+    chunk = ping * (64 * 1024 // len(ping))
+    sent = 0
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(relay.serve)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            for _ in range(100):  # handshake, bounded
+                out = b"".join(client.data_to_send(trio.current_time()))
+                if out:
+                    await stream.send_all(out)
+                if client.state is State.BOUND:
+                    break
+                client.receive_data(await stream.receive_some(65536), trio.current_time())
+            assert client.state is State.BOUND
+            runner = next(iter(relay.by_owner.values()))
+            before = _rss_kib()
+            peak = 0
+            with trio.move_on_after(2):  # the flood stalls once the relay stops reading
+                for _ in range(40 * 1024 * 1024 // len(chunk)):
+                    await stream.send_all(chunk)
+                    sent += len(chunk)
+                    peak = max(peak, runner.session._scheduler.control_bytes)
+            grown_mib = (_rss_kib() - before) / 1024
+            queued = runner.session._scheduler.control_bytes
+            assert queued < limit + len(ping) and peak < limit + len(ping)
+            assert sent < 40 * 1024 * 1024  # the relay stopped reading (measured: ~1 MiB)
+            assert grown_mib < 32, f"relay grew {grown_mib:.0f} MiB for {sent >> 20} MiB sent"
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
