@@ -429,7 +429,7 @@ async def test_cli_wrong_token_one_line_exit_1(nursery: trio.Nursery) -> None:
                 "--local",
                 f"{HOST}:{port}",
                 "--token",
-                "wrong",
+                "wrong-token-but-16-bytes",
             ],
             capture_stdout=True,
             capture_stderr=True,

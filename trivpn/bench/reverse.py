@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"  # trivpn relay/expose want at least 16 bytes
 START_TIMEOUT = 15.0
 
 

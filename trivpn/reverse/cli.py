@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,50 @@ if TYPE_CHECKING:
     from trivpn.reverse.config import SessionConfig
 
 log = logging.getLogger("trivpn.reverse")
+
+MIN_TOKEN = 16  # bytes; shorter shared secrets are guessable by an online attacker
+TOKEN_ENV = "TRIVPN_TOKEN"
+TOKEN_HINT = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+
+
+def _token_options(g: argparse._ActionsContainer, help_token: str) -> None:
+    g.add_argument(
+        "--token", metavar="T", help=f"{help_token} (visible in ps; prefer ${TOKEN_ENV})"
+    )
+    g.add_argument("--token-file", metavar="F", help="read the token from this file (first line)")
+
+
+def resolve_token(args: argparse.Namespace) -> bytes:
+    """The token from --token, --token-file or $TRIVPN_TOKEN, at least 16 bytes."""
+    from trivpn.errors import ConfigError
+
+    token: str
+    if args.token is not None:
+        token, what = str(args.token), "--token"
+    elif getattr(args, "token_file", None):
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.readline().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read --token-file {args.token_file}: {exc.strerror}"
+            ) from None
+        what = "--token-file"
+    else:
+        token, what = os.environ.get(TOKEN_ENV, ""), f"${TOKEN_ENV}"
+    check_token(token.encode(), what)
+    return token.encode()
+
+
+def check_token(token: bytes, what: str) -> None:
+    from trivpn.errors import ConfigError
+
+    if not token:
+        raise ConfigError(f"{what}: the token must not be empty")
+    if len(token) < MIN_TOKEN:
+        raise ConfigError(
+            f"{what}: the token is {len(token)} bytes, at least {MIN_TOKEN} needed; {TOKEN_HINT}"
+        )
 
 
 def _common(sp: argparse.ArgumentParser) -> None:
@@ -62,8 +107,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         metavar="HOST",
         help="address the public ports bind (default: --addr's host)",
     )
-    g = r.add_mutually_exclusive_group(required=True)
-    g.add_argument("--token", metavar="T", help="the shared token clients authenticate with")
+    # a token is required unless $TRIVPN_TOKEN holds it
+    g = r.add_mutually_exclusive_group(required=TOKEN_ENV not in os.environ)
+    _token_options(g, "the shared token clients authenticate with")
     g.add_argument(
         "--tokens-file", metavar="F", help="one name:token per line (per-client tokens and metrics)"
     )
@@ -100,7 +146,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     e.add_argument(
         "--local", required=True, metavar="HOST:PORT", help="the local service to expose"
     )
-    e.add_argument("--token", required=True, metavar="T", help="the token the relay knows")
+    eg = e.add_mutually_exclusive_group(required=TOKEN_ENV not in os.environ)
+    _token_options(eg, "the token the relay knows")
     e.add_argument(
         "--tls", action="store_true", help="connect with TLS, verifying the relay's certificate"
     )
@@ -173,15 +220,17 @@ async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[
 async def cmd_relay(args: argparse.Namespace) -> int:
     import trio
 
-    from trivpn.errors import ConfigError
     from trivpn.reverse.relay import Relay, RelayConfig, load_tokens
     from trivpn.reverse.sockets import parse_hostport
 
     host, port = parse_hostport(args.addr, "--addr")
     end = args.end_port if args.end_port is not None else min(args.start_port + 999, 65535)
-    tokens = load_tokens(args.tokens_file) if args.tokens_file else {"default": args.token.encode()}
-    if args.token is not None and not args.token:
-        raise ConfigError("--token must not be empty")
+    if args.tokens_file:
+        tokens = load_tokens(args.tokens_file)
+        for name, token in tokens.items():
+            check_token(token, f"{args.tokens_file}: client {name}")
+    else:
+        tokens = {"default": resolve_token(args)}
     relay = Relay(
         RelayConfig(
             host=host,
@@ -216,12 +265,12 @@ async def cmd_relay(args: argparse.Namespace) -> int:
 async def cmd_expose(args: argparse.Namespace) -> int:
     from trivpn.errors import ConfigError
     from trivpn.reverse.expose import Expose, ExposeConfig
-    from trivpn.reverse.sockets import parse_hostport
+    from trivpn.reverse.sockets import parse_hostport, raise_nofile_limit
 
     shost, sport = parse_hostport(args.server, "--server", "localhost")
     lhost, lport = parse_hostport(args.local, "--local", "127.0.0.1")
-    if not args.token:
-        raise ConfigError("--token must not be empty")
+    token = resolve_token(args)
+    raise_nofile_limit()  # one descriptor per stream: do not stop at the default 1,024
     if not 0 <= args.remote_port <= 65535:
         raise ConfigError("--remote-port must be 0..65535")
     if args.max_attempts < 0:
@@ -236,7 +285,7 @@ async def cmd_expose(args: argparse.Namespace) -> int:
             server_port=sport,
             local_host=lhost,
             local_port=lport,
-            token=args.token.encode(),
+            token=token,
             remote_port=args.remote_port,
             tls=args.tls or bool(args.tls_ca),
             tls_ca=args.tls_ca,

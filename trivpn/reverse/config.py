@@ -26,6 +26,7 @@ class SessionConfig:
     handshake_timeout: float = 5.0
     max_streams: int = 65536
     linger: float = 300.0
+    control_buffer: int = 1024 * 1024  # queued control output before we stop reading the peer
 
     def check(self) -> None:
         if not 1024 <= self.window <= MAX_WINDOW:

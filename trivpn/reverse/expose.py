@@ -3,11 +3,15 @@ stream the relay opens to the local service.
 
 Reconnect policy: after a lost connection (or a failed attempt) wait 1 s, doubling to
 30 s, with jitter, at most `attempts` tries in a row (0 = forever); a session that reached
-BOUND resets the count. The client keeps one random client id for its whole life and asks
+BOUND and then lived `stable_after` seconds resets the count (one that got a port and died
+within seconds counts as a failure, so a relay that drops every session cannot make it
+reconnect without end). The client keeps one random client id for its whole life and asks
 for the port it had before, so the relay gives the same public port back (from its lease,
 or simply because the port is still free after a relay restart). Authentication failures
 and TLS verification failures are not retried: hammering a relay with a wrong token or
-an untrusted certificate cannot succeed.
+an untrusted certificate cannot succeed. Being replaced by another copy of ourselves
+(GOAWAY(REPLACED)) is final too, but only from a relay that proved it knows the token: a
+fake relay must not be able to make us quit for good.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class ExposeConfig:
     attempts: int = 10
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
+    stable_after: float = 10.0  # a bound session this old resets the backoff
     observe_http: bool = True
     session: SessionConfig = field(default_factory=SessionConfig)
 
@@ -125,11 +130,13 @@ class Expose:
                     wanted = 0  # our remembered port went to someone else: take any
                 if runner.bound_port:
                     wanted = runner.bound_port
-                    backoff.reset()
+                    if trio.current_time() - runner.bound_at >= cfg.stable_after:
+                        backoff.reset()
                     log.info("tunnel lost: %s", closed.reason if closed else "closed")
                     print(metrics.summary("session summary"), flush=True)
                 why = closed.reason if closed else "the tunnel closed"
-                if closed is not None and closed.code == ErrorCode.REPLACED:
+                replaced = closed is not None and closed.code == ErrorCode.REPLACED
+                if replaced and runner.relay_proven:
                     raise FatalError("another expose with the same identity replaced this one")
             if not cfg.reconnect:
                 raise FatalError(f"{why} (not reconnecting: --no-reconnect)")
@@ -150,11 +157,16 @@ class ExposeRunner(SessionRunner):
         super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
         self.expose = expose
         self.bound_port = 0
+        self.bound_at = 0.0
+        self.relay_proven = False  # AUTH_OK carried the relay's proof of the token
         self.bind_failed: str | None = None
 
     def on_event(self, ev: E.Event) -> None:
-        if isinstance(ev, E.Bound):
+        if isinstance(ev, E.Authenticated):
+            self.relay_proven = True
+        elif isinstance(ev, E.Bound):
             self.bound_port = ev.port
+            self.bound_at = trio.current_time()
             self.expose.port = ev.port
             self.expose.sessions += 1
             self.metrics.connections = 1

@@ -135,44 +135,60 @@ class FrameDecoder:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[Frame]:
+        """All complete frames so far, judged by the current `max_frame`."""
+        self.push(data)
+        frames: list[Frame] = []
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
+        return frames
+
+    def push(self, data: bytes) -> None:
+        """Buffer bytes; take frames out one at a time with `next_frame()`.
+
+        One frame at a time lets the caller change `max_frame` between frames: bytes
+        coalesced with the frame that ends the handshake are judged by the new limit.
+        """
         buf = self._buf
         if self._pos and self._pos == len(buf):
             buf.clear()
             self._pos = 0
         buf += data
-        frames: list[Frame] = []
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None until more bytes arrive."""
+        buf = self._buf
         pos = self._pos
-        end = len(buf)
-        while end - pos >= HEADER_SIZE:
-            version, ftype, flags, sid, length = HEADER.unpack_from(buf, pos)
-            if version != VERSION:
-                raise RemoteProtocolError(f"unsupported frame version {version}")
-            try:
-                kind = FrameType(ftype)
-            except ValueError:
-                raise RemoteProtocolError(f"unknown frame type {ftype:#04x}") from None
-            if flags & ~_ALLOWED_FLAGS[kind]:
-                raise RemoteProtocolError(f"{kind.name} frame with flags {flags:#x}")
-            if (kind in STREAM_TYPES) != (sid != 0):
-                raise RemoteProtocolError(f"{kind.name} frame with stream id {sid}")
-            if length > self.max_frame:
-                raise RemoteProtocolError(
-                    f"{kind.name} frame of {length} bytes exceeds the limit of {self.max_frame}"
-                )
-            fixed = FIXED_SIZE.get(kind)
-            if fixed is not None and length != fixed:
-                raise RemoteProtocolError(f"{kind.name} frame of {length} bytes, expected {fixed}")
-            limit = MAX_VARIABLE.get(kind)
-            if limit is not None and length > limit:
-                raise RemoteProtocolError(f"{kind.name} frame of {length} bytes is too long")
-            if end - pos - HEADER_SIZE < length:
-                break
-            start = pos + HEADER_SIZE
-            frames.append(Frame(kind, flags, sid, bytes(buf[start : start + length])))
-            pos = start + length
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        version, ftype, flags, sid, length = HEADER.unpack_from(buf, pos)
+        if version != VERSION:
+            raise RemoteProtocolError(f"unsupported frame version {version}")
+        try:
+            kind = FrameType(ftype)
+        except ValueError:
+            raise RemoteProtocolError(f"unknown frame type {ftype:#04x}") from None
+        if flags & ~_ALLOWED_FLAGS[kind]:
+            raise RemoteProtocolError(f"{kind.name} frame with flags {flags:#x}")
+        if (kind in STREAM_TYPES) != (sid != 0):
+            raise RemoteProtocolError(f"{kind.name} frame with stream id {sid}")
+        if length > self.max_frame:
+            raise RemoteProtocolError(
+                f"{kind.name} frame of {length} bytes exceeds the limit of {self.max_frame}"
+            )
+        fixed = FIXED_SIZE.get(kind)
+        if fixed is not None and length != fixed:
+            raise RemoteProtocolError(f"{kind.name} frame of {length} bytes, expected {fixed}")
+        limit = MAX_VARIABLE.get(kind)
+        if limit is not None and length > limit:
+            raise RemoteProtocolError(f"{kind.name} frame of {length} bytes is too long")
+        start = pos + HEADER_SIZE
+        if len(buf) - start < length:
+            return None
+        frame = Frame(kind, flags, sid, bytes(buf[start : start + length]))
+        pos = start + length
         # compact once the consumed prefix is large, so a long stream of frames stays O(n)
         if pos > 65536 and pos * 2 > len(buf):
             del buf[:pos]
             pos = 0
         self._pos = pos
-        return frames
+        return frame

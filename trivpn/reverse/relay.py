@@ -25,12 +25,20 @@ from trivpn.reverse import events as E
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
+from trivpn.reverse.guard import GuardConfig, SourceGuard
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
 from trivpn.reverse.service import SessionRunner
 from trivpn.reverse.session import Session
-from trivpn.reverse.sockets import close_plain, format_addr, peer_name, plain_socket
+from trivpn.reverse.sockets import (
+    close_plain,
+    format_addr,
+    peer_name,
+    plain_socket,
+    raise_nofile_limit,
+    source_host,
+)
 
 log = logging.getLogger("trivpn.reverse")
 
@@ -50,6 +58,7 @@ class RelayConfig:
     lease: float = 60.0
     observe_http: bool = True
     session: SessionConfig = field(default_factory=SessionConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
 
 
 def load_tokens(path: str) -> dict[str, bytes]:
@@ -92,6 +101,7 @@ class Relay:
         self.live: dict[str, list[Metrics]] = {}
         self.totals: dict[str, Metrics] = {}
         self.tunnel_port = config.port
+        self.guard = SourceGuard(config.guard)
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
             if not (config.tls_cert and config.tls_key):
@@ -126,6 +136,9 @@ class Relay:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen for tunnel connections; reports the bound tunnel port once listening."""
         cfg = self.config
+        old, new = raise_nofile_limit()
+        if new != old:
+            log.debug("open-file limit raised from %d to %d", old, new)
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host or None)
         except OSError as exc:
@@ -159,20 +172,49 @@ class Relay:
 
     async def _handle(self, conn: trio.SocketStream) -> None:
         peer = peer_name(conn)
+        source = source_host(conn)
+        refused = self.guard.admit(source, trio.current_time())
+        if refused is not None:  # debug only: a flood must not flood the log too
+            log.debug("refusing tunnel connection from %s: %s", peer, refused)
+            await trio.aclose_forcefully(conn)
+            return
+        log.debug("tunnel connection from %s", peer)
         tunnel: connection.Connection | None = None
+        runner: RelayRunner | None = None
         try:
             tunnel = await connection.accept(conn, self._ssl)
             session = Session(
                 "relay", trio.current_time(), self.config.session, tokens=self.config.tokens
             )
-            runner = RelayRunner(self, session, tunnel, peer)
+            runner = RelayRunner(self, session, tunnel, peer, source)
             await runner.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
-            log.info("tunnel connection from %s failed: %s", peer, exc)
+            level = logging.INFO if runner is not None and runner.name else logging.DEBUG
+            log.log(level, "tunnel connection from %s failed: %s", peer, exc)
             await _close(tunnel, conn)
         except Exception:  # one broken session must never take the relay down
             log.exception("internal error in the session from %s", peer)
             await _close(tunnel, conn)
+        finally:
+            if runner is None or not runner.name:
+                self.guard.left(source)
+            if runner is not None and runner.auth_failed:
+                self._login_failed(source, peer, runner.auth_failed)
+
+    def _login_failed(self, source: str, peer: str, reason: str) -> None:
+        """Log a wrong token, at most `max_failures` + 1 lines per source and window."""
+        cfg = self.guard.config
+        count = self.guard.login_failed(source, trio.current_time())
+        if count < cfg.max_failures:
+            log.warning("failed login from %s: %s", peer, reason)
+        elif count == cfg.max_failures:
+            log.warning(
+                "failed login from %s: %s; %d in a row, its connections are refused for %g s",
+                peer,
+                reason,
+                count,
+                cfg.failure_window,
+            )
 
 
 async def _close(tunnel: connection.Connection | None, conn: trio.SocketStream) -> None:
@@ -184,11 +226,17 @@ async def _close(tunnel: connection.Connection | None, conn: trio.SocketStream) 
 
 class RelayRunner(SessionRunner):
     def __init__(
-        self, relay: Relay, session: Session, tunnel: connection.Connection, peer: str
+        self,
+        relay: Relay,
+        session: Session,
+        tunnel: connection.Connection,
+        peer: str,
+        source: str = "?",
     ) -> None:
         super().__init__(session, tunnel, Metrics(), observe_http=relay.config.observe_http)
         self.relay = relay
         self.peer = peer
+        self.source = source
         self.name = ""
         self.owner: Owner | None = None
         self.port = 0
@@ -221,6 +269,7 @@ class RelayRunner(SessionRunner):
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
             self.name = ev.name
+            self.relay.guard.authenticated(self.source)
             self.owner = (ev.name, ev.client_id)
             self.metrics.connections = 1
             self.relay.live.setdefault(ev.name, []).append(self.metrics)

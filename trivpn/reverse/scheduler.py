@@ -11,6 +11,11 @@ Everything a session sends leaves through one `Scheduler`, in two classes:
   `config.chunk` bytes (and never more than the peer's max frame) per frame and at most
   `config.burst` payload bytes per `data_to_send()` call.
 
+Control output is what a peer can make us queue by sending (a pong per PING, a WINDOW
+per DATA): `control_bytes` counts it until it is taken, and `over_control_limit` tells the
+session to stop decoding (and the service to stop reading) while it is at
+`config.control_buffer`, so a peer that floods PINGs and never reads holds at most that.
+
 So a heartbeat or a window update waits behind at most one burst of bulk data, and a
 stream with a lot queued cannot starve the others: after each frame it goes to the back
 of the ring. The scheduler knows stream ids only; the frames themselves come from a
@@ -43,18 +48,26 @@ class DataSource(Protocol):
 class Scheduler:
     """Control ahead of data, DATA round-robin within a burst; see the module docstring."""
 
-    __slots__ = ("config", "max_frame", "_control", "_ready", "_queued")
+    __slots__ = ("config", "max_frame", "control_bytes", "_control", "_ready", "_queued")
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.max_frame = PRE_AUTH_MAX_FRAME  # the peer's limit, known after the handshake
         self._control: list[bytes] = []
+        self.control_bytes = 0  # encoded control frames queued, not yet taken
         self._ready: deque[int] = deque()
         self._queued: set[int] = set()
 
     def control(self, ftype: FrameType, flags: int = 0, sid: int = 0, payload: bytes = b"") -> None:
         """Queue one control frame; it leaves before any DATA."""
-        self._control.append(encode(ftype, flags, sid, payload))
+        frame = encode(ftype, flags, sid, payload)
+        self._control.append(frame)
+        self.control_bytes += len(frame)
+
+    @property
+    def over_control_limit(self) -> bool:
+        """Stop taking input: the peer is not reading what its input made us queue."""
+        return self.control_bytes >= self.config.control_buffer
 
     def ready(self, sid: int) -> None:
         """Stream `sid` has something to send (the caller checked its credit)."""
@@ -68,6 +81,7 @@ class Scheduler:
 
     def take_control(self) -> list[bytes]:
         out, self._control = self._control, []
+        self.control_bytes = 0
         return out
 
     def clear_data(self) -> None:

@@ -89,6 +89,7 @@ class SessionIO:
         self._flushing = False
         self._wake = trio.Event()
         self._timer_kick = trio.Event()
+        self._drained = trio.Event()  # the writer took output from the core
         self._timer_at = float("inf")
 
     def ring(self) -> None:
@@ -133,15 +134,26 @@ class SessionIO:
                     s.receive_eof(trio.current_time())
                 else:
                     full = len(data) == TUNNEL_READ_SIZE
-                    try:
-                        s.receive_data(data, trio.current_time())
-                    except RemoteProtocolError as exc:
-                        log.warning("closing the session: %s", exc)
+                    self._feed(data)
             self.dispatch()
             self.flush()
+            while s.reading_paused:  # the peer does not read what its input makes us send
+                self._drained = trio.Event()
+                self._wake.set()
+                await self._drained.wait()
+                self._feed(b"")
+                self.dispatch()
+                self.flush()
             if s.get_timer() < self._timer_at:
                 self._timer_kick.set()
         # the writer flushes what is left (GOAWAY, AUTH_ERR) and ends the session
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.session.receive_data(data, trio.current_time())
+        except RemoteProtocolError as exc:
+            pre_auth = self.session.role == "relay" and not self.session.name
+            log.log(logging.DEBUG if pre_auth else logging.WARNING, "closing the session: %s", exc)
 
     async def writer(self) -> None:
         """Returns once the session closed and its last bytes went (or the grace ran out)."""
@@ -152,6 +164,7 @@ class SessionIO:
             while True:
                 if not self._out:
                     out = s.data_to_send(trio.current_time())
+                    self._drained.set()
                     self.dispatch()
                     if not out:
                         break
@@ -168,6 +181,7 @@ class SessionIO:
                     self._lost(exc)
                     break
             if s.closed:
+                self._drained.set()
                 return
 
     async def timer(self) -> None:
@@ -267,7 +281,7 @@ class SessionRunner:
             elif isinstance(ev, E.SessionClosed):
                 self.closed_event = ev
                 self.metrics.state = "CLOSED"
-                quiet = ev.code == ErrorCode.NORMAL and not ev.by_peer
+                quiet = ev.code == ErrorCode.NORMAL and not ev.by_peer or self._pre_auth()
                 log.log(logging.DEBUG if quiet else logging.INFO, "session closed: %s", ev.reason)
             elif isinstance(ev, E.AuthFailed):
                 self.auth_failed = ev.reason
@@ -278,6 +292,10 @@ class SessionRunner:
             else:
                 self.on_event(ev)
         self.metrics.state = self.session.state.value
+
+    def _pre_auth(self) -> bool:
+        """A relay session from a source that never authenticated: its log is debug only."""
+        return self.session.role == "relay" and not self.session.name
 
     def on_event(self, ev: E.Event) -> None:
         """Role-specific events (Authenticated, BindRequested, Bound, StreamOpened, ...)."""

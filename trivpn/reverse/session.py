@@ -198,11 +198,18 @@ class Session:
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes from the connection. Raises RemoteProtocolError after closing the session."""
-        if self._closed or not data:
+        if self._closed:
             return
-        self._heartbeat.last_rx = now
+        if data:
+            self._heartbeat.last_rx = now
+        scheduler = self._scheduler
         try:
-            for frame in self._decoder.feed(data):
+            # one frame at a time: BIND_OK changes the size limit for the frames after it;
+            # while our queued control output is at its limit the rest waits in the decoder
+            # (call again with b"" once data_to_send() took it; see `reading_paused`)
+            decoder = self._decoder
+            decoder.push(data)
+            while not scheduler.over_control_limit and (frame := decoder.next_frame()) is not None:
                 self._handle(frame, now)
                 if self._closed:
                     return
@@ -277,6 +284,12 @@ class Session:
         """The application took `n` bytes of this stream's data: give the credit back."""
         if not self._closed:
             self._streams.consumed(sid, n)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Do not read from the peer: the control output its input made us queue is at
+        `config.control_buffer`. Resume with `receive_data(b"", now)` after sending."""
+        return self._scheduler.over_control_limit and not self._closed
 
     @property
     def wants_to_send(self) -> bool:

@@ -142,3 +142,34 @@ def format_addr(addr: object) -> str:
         host, port = addr[0], addr[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(addr)
+
+
+NOFILE_TARGET = 1 << 20  # enough for any relay; some hard limits are "unlimited"
+
+
+def raise_nofile_limit(target: int = NOFILE_TARGET) -> tuple[int, int]:
+    """Raise the soft open-file limit towards the hard one (and `target`); (old, new).
+
+    The default soft limit (often 1,024) runs out long before memory does: a few hundred
+    idle public or pre-auth sockets would make accept() and connect() fail with EMFILE.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, want
+    return soft, soft
+
+
+def source_host(stream: trio.SocketStream) -> str:
+    """The peer's address without the port: what per-source limits count."""
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return str(addr[0]) if isinstance(addr, tuple) else str(addr)
