@@ -146,6 +146,17 @@ class ClientReady:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """Server role with a verify script: the client's key method 2 arrived; its keys and
+    PUSH_REPLY wait until the session answers with `AuthVerdict` (the password is kept out
+    of repr)."""
+
+    username: str
+    peer_subject: str
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthPending:
     """The server is still authenticating us (AUTH_PENDING): wait up to `timeout` seconds."""
 
@@ -167,8 +178,17 @@ class SendExit:
     """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated)."""
 
 
+@dataclass(frozen=True, slots=True)
+class AuthVerdict:
+    """Command to the TLS service: the answer to an `AuthRequest` (`reason` goes into
+    AUTH_FAILED when refused)."""
+
+    accept: bool
+    reason: str = ""
+
+
 #: Everything the session sends to the TLS service's command channel.
-TLSCommand = Renegotiate | SendExit
+TLSCommand = Renegotiate | SendExit | AuthVerdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,4 +223,4 @@ TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
 #: exit notice.
 TLSToData: TypeAlias = "InstallKey | ActivateKey | RetireKey | SendExitNotify"
 #: TLS session → the session runner (one item per send, not a batch).
-SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady"
+SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest"

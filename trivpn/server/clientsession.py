@@ -24,8 +24,9 @@ from typing import cast
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
-from trivpn.messages import ClientReady, SendExit, SendExitNotify
+from trivpn.messages import AuthRequest, AuthVerdict, ClientReady, SendExit, SendExitNotify
 from trivpn.packetmuxer import PacketMuxer
+from trivpn.server.authscript import printable_username, verify_password
 from trivpn.server.ccd import CcdEntry
 from trivpn.server.ccdclient import client_pushes, find_ccd, unrouted_iroutes
 from trivpn.server.demux_types import NewSession
@@ -99,6 +100,8 @@ class ClientSession:
         taken (its fixed address, else the pool's), its addresses and iroutes learned."""
         if self.lease is None:
             self.common_name = common_name_of(peer.peer_subject)
+            if self.hub.config.username_as_common_name and peer.username:
+                self.common_name = printable_username(peer.username)  # vetted by the script
             cfg = self.hub.config
             if cfg.client_config_dir is not None:
                 self.ccd = find_ccd(cfg.client_config_dir, self.common_name, cfg.ccd_exclusive)
@@ -151,10 +154,26 @@ class ClientSession:
 
     async def _watch_events(self) -> None:
         async for ev in self.stack.events:
-            if isinstance(ev, ClientReady) and self.ready is None:
+            if isinstance(ev, AuthRequest):
+                await self._verify(ev)
+            elif isinstance(ev, ClientReady) and self.ready is None:
                 self.ready = ev
                 addrs = ", ".join(str(p.address) for p in self.lease.pushes()) if self.lease else "none"
                 log.info("%r ready: %s, %s, address %s", self, ev.cipher, ev.key_derivation, addrs)
+
+    async def _verify(self, ev: AuthRequest) -> None:
+        """Run the auth-user-pass-verify script (within half the hand window, so that a
+        refusal still reaches the client) and answer the key schedule."""
+        script = self.hub.config.auth_user_pass_verify
+        assert script is not None  # the schedule only asks when a script is configured
+        timeout = self.hub.config.hand_window / 2
+        why = await verify_password(script, ev.username, ev.password, ev.peer_subject, self.addr, timeout)
+        user = printable_username(ev.username)
+        if why is None:
+            log.info("%r: user %r authenticated by the auth-user-pass-verify script", self, user)
+        else:
+            log.warning("%r: user %r refused: %s", self, user, why)
+        await self.stack.commands.send(AuthVerdict(why is None))
 
     def retire(self, now: float) -> None:
         """Replaced by a newer session of the same common name: free its addresses now,

@@ -64,6 +64,7 @@ class SessionParts:
             wrap_key=self.wrap_key,
             push=push,
             peer_id=peer_id,
+            verify_auth=cfg.auth_user_pass_verify is not None,
         )
         tls_config, options = self.tls_config, self.options[proto]
 

@@ -36,6 +36,8 @@ class KeyScheduleConfig:
     pull: bool = True
     push: PushSource = ()
     peer_id: int | None = None
+    #: server: hold key 0 after key method 2 for an AuthVerdict (auth-user-pass-verify)
+    verify_auth: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ("client", "server"):

@@ -27,6 +27,10 @@ SoftReset, the client starts TLS once both resets were exchanged. If both ends s
 once with different ids, the client yields to the server's. Both ends install the new key
 when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the first key stay.
 
+A server with a verify script (`verify_auth`) holds key 0 after key method 2: it emits
+`AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
+and ends the session shortly after. The hand window keeps running meanwhile.
+
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
 wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
 done within `hand_window`) is dropped and the current key stays in use; the next attempt
@@ -48,7 +52,8 @@ Interface (time only enters as `now`)::
     ks.renegotiate(reason, now) -> bool         ks.send_exit(now) -> bool
     ks.items_to_send(now) -> list[SoftReset | DynamicWrapKey | Ciphertext]   (in order)
     ks.events() -> list[InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady
-                        | AuthPending | Restart | Fatal]
+                        | AuthPending | AuthRequest | Restart | Fatal]
+    ks.answer_auth(accept, reason, now)         (server with verify_auth: after AuthRequest)
     ks.get_timer() -> float | None              ks.handle_timer(now)
 
 After `Restart` or `Fatal` the schedule is closed and ignores further input. Nothing from
@@ -65,6 +70,7 @@ from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
 from trivpn.messages import (
     ActivateKey,
     AuthPending,
+    AuthRequest,
     Ciphertext,
     ClientReady,
     DynamicWrapKey,
@@ -106,7 +112,9 @@ SCHEDULED_EXIT = 5.0
 #: A server ignores a repeated PUSH_REQUEST this soon after its reply (push.c).
 PUSH_REPEAT_HOLD = 30.0
 
-Event = InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady | AuthPending | Restart | Fatal
+Event = (
+    InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady | AuthPending | AuthRequest | Restart | Fatal
+)
 Outgoing = SoftReset | DynamicWrapKey | Ciphertext
 
 
@@ -153,6 +161,7 @@ class KeySchedule:
         self.peer: PeerInfo | None = None  # server: the client's peer-info
         self._push: list[str] | None = None  # server: the options we push
         self._push_requested = False
+        self._held: KeyExchangeComplete | None = None  # server: key 0 awaiting answer_auth
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
@@ -402,6 +411,8 @@ class KeySchedule:
                     continue
                 if key_id != 0:
                     self._install_renegotiated(key_id, now)
+                elif self.is_server and self.config.verify_auth:
+                    self._hold_for_auth(ev)
                 elif self.is_server:
                     self._server_ready(ev, now)
                 elif not self.config.pull:
@@ -481,6 +492,30 @@ class KeySchedule:
 
     # -- server: negotiation at key exchange, PUSH_REPLY on request ---------------------------
 
+    def _hold_for_auth(self, ev: KeyExchangeComplete) -> None:
+        """A verify script decides first: no keys, no PUSH_REPLY until `answer_auth`."""
+        km = self.sessions[0].peer_km
+        self._held = ev
+        subject = self.handshake.peer_subject if self.handshake else ""
+        self._events.append(AuthRequest(km.username if km else "", subject, km.password if km else ""))
+
+    def answer_auth(self, accept: bool, reason: str, now: float) -> None:
+        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end.
+        Stray answers (none asked, or already closed) are ignored."""
+        ev, self._held = self._held, None
+        if ev is None or self.closed or self.pending != 0:
+            return
+        if accept:
+            self._server_ready(ev, now)
+        else:
+            self._refuse(reason, now)
+
+    def _refuse(self, reason: str, now: float) -> None:
+        log.warning("refusing the client: %s", reason or "authentication failed")
+        self.sessions[0].send_control_message(f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED")
+        self._end = (now + SCHEDULED_EXIT, Fatal(f"the client was refused: {reason or 'authentication failed'}"))
+        self.pending = None  # only the scheduled end remains
+
     def _server_ready(self, ev: KeyExchangeComplete, now: float) -> None:
         session = self.sessions[0]
         km = session.peer_km
@@ -493,10 +528,7 @@ class KeySchedule:
             base = source(peer) if callable(source) else source
             agreement = server_agreement(peer, ev.peer_options, self.config.policy, base, self.config.peer_id)
         except NegotiationError as exc:
-            log.warning("refusing the client: %s", exc)
-            session.send_control_message(f"AUTH_FAILED,{exc}")
-            self._end = (now + SCHEDULED_EXIT, Fatal(f"the client was refused: {exc}"))
-            self.pending = None  # only the scheduled end remains
+            self._refuse(str(exc), now)
             return
         except FatalError as exc:
             self._close(Fatal(str(exc)))

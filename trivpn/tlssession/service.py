@@ -1,6 +1,6 @@
 """The TLS-session service: a thin trio loop around the KeySchedule (keyschedule.py).
 
-In: control-channel items, Renegotiate/SendExit commands, its timer, the data channel's key
+In: control-channel items, Renegotiate/SendExit/AuthVerdict commands, its timer, the data channel's key
 usage (polled once a second). Out, in the schedule's order: soft resets, wrap keys and TLS
 bytes to the control channel; InstallKey/ActivateKey/RetireKey to the data channel; other
 events to the session. Restart/Fatal end the service with SessionRestart/FatalError. Only here is the
@@ -16,6 +16,7 @@ import trio
 from trivpn.errors import FatalError, SessionRestart
 from trivpn.messages import (
     ActivateKey,
+    AuthVerdict,
     Ciphertext,
     ControlToTLS,
     InstallKey,
@@ -115,6 +116,8 @@ class TLSService:
                     self.schedule.renegotiate(cmd.reason, trio.current_time())
                 elif isinstance(cmd, SendExit):
                     self.schedule.send_exit(trio.current_time())
+                elif isinstance(cmd, AuthVerdict):
+                    self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time())
                 await self._dispatch()
 
     async def _poll_usage(self, usage: Callable[[], KeyUsage]) -> None:

@@ -1,0 +1,114 @@
+"""`auth-user-pass-verify SCRIPT via-file|via-env`: run the script for one client's password.
+
+The key schedule holds the client's first key (AuthRequest); this runs the script without
+blocking the event loop and says yes (exit status 0) or no (anything else, a script that
+cannot start, or one still running after `seconds`, which is then killed with its process
+group). The command is split like a shell word list (quotes, backslashes), as OpenVPN does.
+via-file: a 0600 temp file with two lines (username, password), its path the last
+argument, removed afterwards. via-env: the password is in the environment as `password`.
+The password is never logged; the username is made printable first (OpenVPN replaces
+other characters too), since it reaches the environment and the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+
+import trio
+
+from trivpn.server.config_model import AuthScript
+from trivpn.server.sessionparts import common_name_of
+
+__all__ = ["printable_username", "script_env", "verify_password"]
+
+log = logging.getLogger("trivpn.server")
+
+#: The longest username/password handed to a script (OpenVPN's USER_PASS_LEN is 128).
+MAX_CREDENTIAL = 4096
+
+
+def printable_username(name: str) -> str:
+    """Characters outside printable ASCII become '_' (env values and log lines stay sane)."""
+    return "".join(c if " " <= c <= "~" else "_" for c in name[:MAX_CREDENTIAL])
+
+
+def script_env(
+    username: str, subject: str, addr: tuple[str, int], password: str | None
+) -> dict[str, str]:
+    """The variables OpenVPN sets for a user-pass-verify script (plus our own environment)."""
+    env = dict(os.environ)
+    env.update(
+        script_type="user-pass-verify",
+        username=printable_username(username),
+        common_name=common_name_of(subject),
+        untrusted_ip=addr[0],
+        untrusted_port=str(addr[1]),
+        tls_id_0=subject,
+    )
+    for rdn in subject.split(", "):
+        for part in rdn.split(" + "):
+            key, sep, value = part.partition("=")
+            if sep and key.isalnum():
+                env[f"X509_0_{key}"] = value
+    if password is not None:
+        env["password"] = password
+    return env
+
+
+async def _run(argv: list[str], env: Mapping[str, str], seconds: float) -> int | None:
+    """Exit status, or None when it did not finish within `seconds`."""
+
+    async def kill_group(proc: trio.Process) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    with trio.move_on_after(seconds):
+        done = await trio.run_process(
+            argv, env=env, check=False, stdin=subprocess.DEVNULL,
+            start_new_session=True, deliver_cancel=kill_group,
+        )
+        return done.returncode
+    return None
+
+
+async def verify_password(
+    script: AuthScript, username: str, password: str, subject: str, addr: tuple[str, int],
+    seconds: float,
+) -> str | None:
+    """None when the script accepts the client, else why not (one line, no password)."""
+    if "\0" in password or len(password) > MAX_CREDENTIAL:
+        return "malformed password"
+    try:
+        argv = shlex.split(script.command)
+    except ValueError as exc:
+        return f"cannot split the auth-user-pass-verify command: {exc}"
+    env = script_env(username, subject, addr, password if script.method == "via-env" else None)
+    path = None
+    try:
+        if script.method == "via-file":
+            fd, path = tempfile.mkstemp(prefix="trivpn-up-")  # mode 0600
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+                f.write(f"{printable_username(username)}\n{password}\n")
+            argv.append(path)
+        status = await _run(argv, env, seconds)
+    except OSError as exc:
+        return f"the auth-user-pass-verify script could not run: {exc.strerror or exc}"
+    finally:
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    if status is None:
+        return f"the auth-user-pass-verify script did not answer within {seconds:g} s"
+    if status != 0:
+        return f"the auth-user-pass-verify script said no (exit status {status})"
+    return None
