@@ -173,7 +173,10 @@ class ClientSession:
             log.info("%r: user %r authenticated by the auth-user-pass-verify script", self, user)
         else:
             log.warning("%r: user %r refused: %s", self, user, why)
-        await self.stack.commands.send(AuthVerdict(why is None))
+        try:
+            await self.stack.commands.send(AuthVerdict(why is None))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the session already ended
 
     def retire(self, now: float) -> None:
         """Replaced by a newer session of the same common name: free its addresses now,

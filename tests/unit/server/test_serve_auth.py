@@ -7,6 +7,7 @@ mode and lines) so the tests check the interface, not just the verdict.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from contextlib import AbstractAsyncContextManager
@@ -21,7 +22,7 @@ from trivpn import api
 from trivpn.errors import ConfigError, FatalError
 from trivpn.profile.profile import parse_profile
 from trivpn.server.authscript import printable_username, script_env
-from trivpn.server.config import parse_server_config
+from trivpn.server.support import check_served
 from trivpn.testing.pki import PKI
 from trivpn.tun.ip import build_echo_request, echo_reply_to
 
@@ -143,7 +144,10 @@ def test_script_security_is_enforced() -> None:
         server_config(pki, "auth-user-pass-verify /bin/true via-env\nscript-security 2")
     with pytest.raises(ConfigError, match="script-security"):
         server_config(pki, "auth-user-pass-verify /bin/true via-file")
-    assert parse_server_config is not None
+    served = server_config(pki, "auth-user-pass-verify /bin/true via-file\nscript-security 2")
+    assert check_served(served) == []  # no longer refused by trivpn serve
+    with pytest.raises(ConfigError, match="verify-client-cert"):
+        check_served(dataclasses.replace(served, verify_client_cert="none"))  # still refused
 
 
 def test_env_and_username_are_sanitised() -> None:
