@@ -232,7 +232,7 @@ def revoke(pki: PKI, *cert_pems: str) -> str:
     ca_key = serialization.load_pem_private_key(pki.ca_key.encode("ascii"), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ConfigError("the test CA key is neither EC nor RSA")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
