@@ -58,7 +58,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def _started(ns: Netns, argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
-    proc = ns.popen(argv, stdin=subprocess.DEVNULL, **kw)  # type: ignore[arg-type]  # Popen kwargs
+    proc = ns.popen(argv, stdin=subprocess.DEVNULL, **kw)
     try:
         yield proc
     finally:
