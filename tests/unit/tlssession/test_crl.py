@@ -101,3 +101,29 @@ def test_crl_with_the_ca_name_but_a_forged_signature_is_a_config_error() -> None
 def test_oversized_crl_is_refused() -> None:
     with pytest.raises(ConfigError, match="larger than"):
         check_crl("x" * (MAX_CRL_BYTES + 1), shared_pki().ca_cert)
+
+
+def test_server_schedule_delivers_the_alert_then_ends_the_refused_session() -> None:
+    """KeySchedule, server role: a revoked client gets the TLS alert (its own Fatal names it)
+    and the server's session ends only after the scheduled exit, as for AUTH_FAILED."""
+    from helpers.keyschedule_pair import Pair, client_config, pki, server_config
+
+    from trivpn.tlssession.core import TLSSession
+    from trivpn.tlssession.keymethod import occ_options_string
+    from trivpn.tlssession.keyschedule import SCHEDULED_EXIT, Fatal, KeySchedule
+
+    p = pki()
+    cfg = TLSConfig(ca_pem=p.ca_cert, cert_pem=p.server_cert, key_pem=p.server_key, is_server=True,
+                    crl_pem=revoke(p, p.client_cert))
+    options = occ_options_string(proto="udp", tls_client=False, tls_auth=False, key_direction=None)
+    pair = Pair(client=client_config(), server=server_config())
+    pair.server.ks = KeySchedule(server_config(), lambda k, t: TLSSession(cfg, options_string=options))
+    pair.connect()
+    client_fatal = [e for e in pair.client.events if isinstance(e, Fatal)]
+    assert len(client_fatal) == 1 and "rejected our certificate" in client_fatal[0].reason
+    assert "certificate revoked" in client_fatal[0].reason
+    assert not any(isinstance(e, Fatal) for e in pair.server.events) and not pair.server.ks.closed
+    pair.advance(SCHEDULED_EXIT + 1)
+    server_fatal = [e for e in pair.server.events if isinstance(e, Fatal)]
+    assert len(server_fatal) == 1 and "certificate revoked" in server_fatal[0].reason
+    assert pair.server.ks.closed
