@@ -8,6 +8,7 @@ string and the key schedule's configuration with a per-client push callable and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
 from trivpn.errors import ConfigError
 from trivpn.server.config_model import ServerConfig
+from trivpn.server.crlfile import CRLFile
 from trivpn.server.demux_types import WrapFactory
 from trivpn.session.stack import TLSPorts
 from trivpn.tlssession.config import KeyScheduleConfig
 from trivpn.tlssession.core import TLSSession
+from trivpn.tlssession.crl import check_crl
 from trivpn.tlssession.keymethod import occ_options_string
 from trivpn.tlssession.keyschedule import KeySchedule
 from trivpn.tlssession.negotiation import CipherPolicy, PeerInfo
@@ -48,6 +51,7 @@ class SessionParts:
     wrap_key: bytes | None  # the static key mixed into dynamic tls-crypt
     tls_config: TLSConfig
     options: dict[str, str]  # our OCC options string per transport ("udp", "tcp")
+    crl_file: CRLFile | None = None  # crl-verify FILE: re-read when it changes (crlfile.py)
 
     def tls_factory(
         self, peer_id: int, push: Callable[[PeerInfo], Sequence[str]], made: Callable[[TLSService], object],
@@ -67,6 +71,8 @@ class SessionParts:
             verify_auth=cfg.auth_user_pass_verify is not None,
         )
         tls_config, options = self.tls_config, self.options[proto]
+        if self.crl_file is not None:  # a new client: take up a replaced CRL file, as OpenVPN
+            tls_config = dataclasses.replace(tls_config, crl_pem=self.crl_file.current())
 
         def session(key_id: int, token: str | None) -> TLSSession:
             return TLSSession(tls_config, options_string=options)
@@ -113,7 +119,14 @@ def session_parts(cfg: ServerConfig) -> SessionParts:
     tls_config = TLSConfig(
         ca_pem=cfg.ca, cert_pem=cfg.cert, key_pem=cfg.key, is_server=True,
         remote_cert_tls=cfg.remote_cert_tls, tls_version_min=cfg.tls_version_min or "1.2",
+        crl_pem=cfg.crl_verify,
     )
+    crl_file = None
+    if cfg.crl_verify is not None:  # a bad CRL is a one-line error at start, not later
+        if cfg.crl_verify_path is None:
+            check_crl(cfg.crl_verify, cfg.ca)
+        else:
+            crl_file = CRLFile(cfg.crl_verify_path, cfg.crl_verify, cfg.ca)
     options = {
         proto: occ_options_string(
             proto=wire, tls_client=False, tls_auth=cfg.tls_auth is not None,
@@ -121,4 +134,4 @@ def session_parts(cfg: ServerConfig) -> SessionParts:
         )
         for proto, wire in (("udp", "udp"), ("tcp", "tcp-server"))
     }
-    return SessionParts(cfg, factory, factory(1).overhead, wrap_key, tls_config, options)
+    return SessionParts(cfg, factory, factory(1).overhead, wrap_key, tls_config, options, crl_file)

@@ -2,7 +2,7 @@
 
 The parser accepts every option of issue 12's list; the service does not implement all of
 them yet. Ignoring some would let clients in that the configuration means to keep out
-(a CRL, a client-connect script that can refuse), so
+(a client-connect script that can refuse, client certificates made optional), so
 those are errors; the others are one-line warnings, like an unknown option.
 """
 
@@ -18,7 +18,6 @@ def check_served(cfg: ServerConfig) -> list[str]:
     """Warnings for ignored options; ConfigError for the first one unsafe to ignore."""
     unsafe = [
         (cfg.tls_crypt_v2 is not None, "tls-crypt-v2", "the server-side key unwrap is missing"),
-        (cfg.crl_verify is not None, "crl-verify", "revoked certificates would be accepted"),
         (cfg.verify_client_cert != "require", "verify-client-cert", "only 'require' is served"),
         (cfg.client_connect is not None, "client-connect", "the script could not refuse clients"),
         (cfg.compression is not None, "comp-lzo/compress", "the compression framing is not served yet"),

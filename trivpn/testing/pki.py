@@ -221,3 +221,27 @@ def with_client(pki: PKI, client_cn: str) -> PKI:
     key_type = "ec" if isinstance(ca_key, ec.EllipticCurvePrivateKey) else "rsa"
     cert, key = _make_leaf(client_cn, key_type, ca_cert, ca_key, server=False)
     return dataclasses.replace(pki, client_cert=_cert_pem(cert), client_key=_key_pem(key))
+
+
+def revoke(pki: PKI, *cert_pems: str) -> str:
+    """A PEM CRL from `pki`'s CA revoking `cert_pems` (none: an empty, valid CRL).
+
+    Valid from a day ago for a year, like the certificates, so OpenSSL's CRL time checks pass.
+    """
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.encode("ascii"))
+    ca_key = serialization.load_pem_private_key(pki.ca_key.encode("ascii"), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ConfigError("the test CA key is neither EC nor RSA")
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - CERT_BACKDATE)
+        .next_update(now + CERT_LIFETIME)
+    )
+    for pem in cert_pems:
+        serial = x509.load_pem_x509_certificate(pem.encode("ascii")).serial_number
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - CERT_BACKDATE)
+        builder = builder.add_revoked_certificate(entry.build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM).decode("ascii")

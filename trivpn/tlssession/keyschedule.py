@@ -368,6 +368,16 @@ class KeySchedule:
         return self.sessions[key_id].data_key2(ekm=ekm, client_sid=client_sid, server_sid=server_sid)
 
     def _key_failed(self, key_id: int, exc: Exception, now: float) -> None:
+        if self._end is not None:
+            return  # already refusing this client; the scheduled end stands
+        if self.is_server and key_id == 0 and isinstance(exc, FatalError):
+            # a refused client certificate (revoked, unknown CA, ...): OpenSSL has queued the
+            # TLS alert; keep the session a moment so the control channel delivers it and the
+            # client learns why at once instead of waiting out its hand-window
+            log.warning("refusing the client: %s", exc)
+            self._end = (now + SCHEDULED_EXIT, Fatal(str(exc)))
+            self.pending = None
+            return
         if key_id == self.pending and key_id != 0:
             # a failed renegotiation: the current key keeps the tunnel up
             log.warning("renegotiation of key id %d failed: %s", key_id, exc)

@@ -41,6 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 
 from trivpn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.tlssession.crl import load_crl
 
 #: OpenVPN reads TLS plaintext into a buffer of this size, one record at a time (common.h).
 TLS_CHANNEL_BUF_SIZE = 2048
@@ -127,6 +128,7 @@ class TLSConfig:
     verify_x509_name: tuple[str, str] | None = None
     tls_version_min: str = "1.2"
     tls_version_max: str | None = None  # OpenVPN's --tls-version-max; None = what OpenSSL offers
+    crl_pem: str | None = None  # crl-verify: a PEM CRL signed by the CA; checked for the peer
 
 
 def format_subject(name: x509.Name) -> str:
@@ -227,11 +229,15 @@ class TLSEngine:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         store = ctx.get_cert_store()
         assert store is not None
-        for ca in _load_certs(config.ca_pem, "CA certificate"):
+        cas = _load_certs(config.ca_pem, "CA certificate")
+        for ca in cas:
             try:
                 store.add_cert(crypto.X509.from_cryptography(ca))
             except crypto.Error:
                 pass  # the same CA twice in the bundle
+        if config.crl_pem is not None:  # revocation of the peer's own certificate, as OpenVPN
+            store.add_crl(load_crl(config.crl_pem, cas))
+            store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
         if config.cert_pem is not None and config.key_pem is not None:
             self._load_identity(ctx, config.cert_pem, config.key_pem)
         mode = SSL.VERIFY_PEER

@@ -147,8 +147,9 @@ def test_ignored_options_warn_and_unsafe_ones_are_refused() -> None:
     assert [w.split("'")[1] for w in warnings] == ["user/group (privileges are not dropped)"]
     assert check_served(config()) == []
     assert check_served(config("client-config-dir /etc/ccd\nccd-exclusive")) == []  # served now
+    assert check_served(dataclasses.replace(cfg, crl_verify="pem")) == warnings  # served now
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"crl_verify": "pem"}, "crl-verify"),
+        ({"tls_crypt_v2": "key"}, "tls-crypt-v2"),
         ({"verify_client_cert": "none"}, "verify-client-cert"),
     ]
     for change, name in cases:
