@@ -82,6 +82,7 @@ from trivpn.messages import (
     TunnelUp,
 )
 from trivpn.profile.push import PushedSettings
+from trivpn.tlssession import serverrole
 from trivpn.tlssession.config import TRANSITION_WINDOW, KeyScheduleConfig, PushSource
 from trivpn.tlssession.control import Fatal, Info, Restart, Unknown, client_verdict, server_verdict
 from trivpn.tlssession.core import (
@@ -94,23 +95,17 @@ from trivpn.tlssession.core import (
 )
 from trivpn.tlssession.negotiation import (
     Agreement,
-    NegotiationError,
     PeerInfo,
     client_agreement,
     dynamic_wrap_key,
     first_install_key,
-    server_agreement,
 )
+from trivpn.tlssession.serverrole import SCHEDULED_EXIT
 
 __all__ = ["TRANSITION_WINDOW", "ClientReady", "Event", "Fatal", "KeySchedule", "KeyScheduleConfig",
            "PushSource", "Restart", "next_key_id"]
 
 log = logging.getLogger("trivpn.tlssession")
-
-#: A server ends a refused client this long after telling it (OpenVPN's schedule_exit).
-SCHEDULED_EXIT = 5.0
-#: A server ignores a repeated PUSH_REQUEST this soon after its reply (push.c).
-PUSH_REPEAT_HOLD = 30.0
 
 Event = (
     InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady | AuthPending | AuthRequest | Restart | Fatal
@@ -422,9 +417,9 @@ class KeySchedule:
                 if key_id != 0:
                     self._install_renegotiated(key_id, now)
                 elif self.is_server and self.config.verify_auth:
-                    self._hold_for_auth(ev)
+                    serverrole.hold_for_auth(self, ev)
                 elif self.is_server:
-                    self._server_ready(ev, now)
+                    serverrole.server_ready(self, ev, now)
                 elif not self.config.pull:
                     self._client_ready([], now)
             elif isinstance(ev, PushReplyReceived):
@@ -500,73 +495,11 @@ class KeySchedule:
         self._schedule_reneg(now)
         self._events.append(self._template)
 
-    # -- server: negotiation at key exchange, PUSH_REPLY on request ---------------------------
-
-    def _hold_for_auth(self, ev: KeyExchangeComplete) -> None:
-        """A verify script decides first: no keys, no PUSH_REPLY until `answer_auth`."""
-        km = self.sessions[0].peer_km
-        self._held = ev
-        subject = self.handshake.peer_subject if self.handshake else ""
-        self._events.append(AuthRequest(km.username if km else "", subject, km.password if km else ""))
+    # -- server role (trivpn.tlssession.serverrole) ---------------------------------------
 
     def answer_auth(self, accept: bool, reason: str, now: float) -> None:
-        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end.
-        Stray answers (none asked, or already closed) are ignored."""
-        ev, self._held = self._held, None
-        if ev is None or self.closed or self.pending != 0:
-            return
-        if accept:
-            self._server_ready(ev, now)
-        else:
-            self._refuse(reason, now)
-
-    def _refuse(self, reason: str, now: float) -> None:
-        log.warning("refusing the client: %s", reason or "authentication failed")
-        self.sessions[0].send_control_message(f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED")
-        self._end = (now + SCHEDULED_EXIT, Fatal(f"the client was refused: {reason or 'authentication failed'}"))
-        self.pending = None  # only the scheduled end remains
-
-    def _server_ready(self, ev: KeyExchangeComplete, now: float) -> None:
-        session = self.sessions[0]
-        km = session.peer_km
-        hs = self.handshake
-        subject = hs.peer_subject if hs else ""
-        peer = PeerInfo.parse(ev.peer_info, username=km.username if km else "", peer_subject=subject)
-        self.peer = peer
-        source = self.config.push
-        try:
-            base = source(peer) if callable(source) else source
-            agreement = server_agreement(peer, ev.peer_options, self.config.policy, base, self.config.peer_id)
-        except NegotiationError as exc:
-            self._refuse(str(exc), now)
-            return
-        except FatalError as exc:
-            self._close(Fatal(str(exc)))
-            return
-        self._push = list(agreement.options)
-        self._agreed(agreement, now)
-        self._events.append(
-            ClientReady(
-                peer,
-                agreement.options,
-                agreement.cipher,
-                agreement.key_derivation,
-                subject,
-                hs.tls_version if hs else "",
-                km.username if km else "",
-                km.password if km else "",
-            )
-        )
-        if agreement.request_push or self._push_requested:
-            self._send_push(now)
+        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end."""
+        serverrole.answer_auth(self, accept, reason, now)
 
     def _on_push_request(self, now: float) -> None:
-        if self._push is None:
-            self._push_requested = True  # answered once the client is ready
-        elif self._pushed_at is None or now - self._pushed_at >= PUSH_REPEAT_HOLD:
-            self._send_push(now)
-
-    def _send_push(self, now: float) -> None:
-        assert self._push is not None and self.primary is not None
-        self.sessions[self.primary].send_push_reply(self._push)
-        self._pushed_at = now
+        serverrole.on_push_request(self, now)
