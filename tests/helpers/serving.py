@@ -8,17 +8,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 
+from trivpn import api
 from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import Listener, ServerConfig
 from trivpn.server.service import Server
 from trivpn.testing.pki import PKI
+from trivpn.tun.ip import build_echo_request, echo_reply_to, parse_echo_reply
 from trivpn.tun.userspace import UserspaceTun
 
 
-def server_config(pki: PKI, extra: str = "", topology: str = "subnet") -> ServerConfig:
-    """A UDP server on 127.0.0.1 (ephemeral port), 10.8.0.0/24, tls-crypt, plus `extra`."""
+def server_config(
+    pki: PKI, extra: str = "", protos: tuple[str, ...] = ("udp",), topology: str = "subnet"
+) -> ServerConfig:
+    """A server on 127.0.0.1 (ephemeral port per proto), 10.8.0.0/24, tls-crypt, plus `extra`."""
     text = "\n".join(
         [
             "server 10.8.0.0 255.255.255.0", f"topology {topology}", "dev tun", "proto udp",
@@ -28,12 +33,12 @@ def server_config(pki: PKI, extra: str = "", topology: str = "subnet") -> Server
         ]
     )
     cfg = parse_server_config(text)
-    return dataclasses.replace(cfg, listeners=(Listener("udp", 0, "127.0.0.1", 4),))
+    return dataclasses.replace(cfg, listeners=tuple(Listener(p, 0, "127.0.0.1", 4) for p in protos))
 
 
-def client_profile(pki: PKI, port: int) -> str:
+def client_profile(pki: PKI, port: int, proto: str = "udp") -> str:
     """A trivpn client profile for `pki`'s client certificate toward the test server."""
-    lines = ["client", "dev tun", "nobind", f"remote 127.0.0.1 {port} udp"]
+    lines = ["client", "dev tun", "nobind", f"remote 127.0.0.1 {port} {proto}"]
     for tag, pem in (("ca", pki.ca_cert), ("cert", pki.client_cert), ("key", pki.client_key)):
         lines += [f"<{tag}>", pem.strip(), f"</{tag}>"]
     lines += ["<tls-crypt>", pki.static_key.strip(), "</tls-crypt>"]
@@ -56,3 +61,23 @@ async def running_server(cfg: ServerConfig) -> AsyncIterator[tuple[Server, Users
             yield server, tun
         finally:
             server.request_stop("test over")
+
+
+async def answer_echo(tun: UserspaceTun, seen: list[bytes]) -> None:
+    """The far side of the server's TUN: answer echo requests to the server's address."""
+    async for packet in tun:
+        seen.append(packet)
+        reply = echo_reply_to(packet)
+        if reply is not None:
+            await tun.send(reply)
+
+
+async def ping(tunnel: api.Tunnel, src: str, dst: str, seq: int) -> None:
+    """One echo request through `tunnel`; its reply must come back among 16 packets."""
+    await tunnel.send(build_echo_request(src, dst, 0x5151, seq, b"serve %d" % seq))
+    for _ in range(16):
+        reply = parse_echo_reply(await tunnel.receive())
+        if reply is not None and reply.seq == seq:
+            assert (reply.src, reply.dst) == (dst, src)
+            return
+    pytest.fail("no echo reply among 16 packets")

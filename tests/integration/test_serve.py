@@ -31,6 +31,7 @@ from trivpn.testing.process import (
     namespace_state,
     read_until,
     rest_of_output,
+    stop_process,
     wait_for_text,
     wait_until,
 )
@@ -69,16 +70,6 @@ def server_conf(pki: PKI, workdir: Path, extra: list[str], opts: ServerOptions =
     return conf
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @contextmanager
 def trivpn_serve(ns: Netns, conf: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m trivpn serve conf` in `ns`, started and initialised (bounded wait)."""
@@ -90,7 +81,7 @@ def trivpn_serve(ns: Netns, conf: Path) -> Iterator[subprocess.Popen[bytes]]:
         read_until(proc, READY, UP_TIMEOUT)
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextmanager
@@ -110,7 +101,7 @@ def openvpn_client(
         wait_for_text(log, READY, UP_TIMEOUT)
         yield log
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def tunnel_address(log: Path) -> str:

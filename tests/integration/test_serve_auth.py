@@ -18,7 +18,13 @@ import pytest
 from trivpn.testing.netns import NetnsPair
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
 from trivpn.testing.pki import PKI
-from trivpn.testing.process import namespace_state, read_until, rest_of_output, wait_for_text
+from trivpn.testing.process import (
+    namespace_state,
+    read_until,
+    rest_of_output,
+    stop_process,
+    wait_for_text,
+)
 
 pytestmark = pytest.mark.root
 
@@ -31,16 +37,6 @@ SCRIPT = f"""#!/bin/sh
 {{ IFS= read -r u; IFS= read -r p; }} < "$1"
 [ "$script_type" = user-pass-verify ] && [ "$u" = alice ] && [ "$p" = {RIGHT} ]
 """
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _client(netns: NetnsPair, pki: PKI, tmp_path: Path, name: str, password: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -86,7 +82,7 @@ def test_openvpn_client_with_right_and_wrong_password(netns: NetnsPair, pki: PKI
             text = refused_log.read_text(errors="replace")
             assert "AUTH_FAILED" in text and READY not in text, text[-3000:]
         finally:
-            _stop(refused)
+            stop_process(refused)
         read_until(serve, "refused", UP_TIMEOUT)
         client, log = _client(netns, pki, tmp_path, "right", RIGHT)
         try:
@@ -100,8 +96,8 @@ def test_openvpn_client_with_right_and_wrong_password(netns: NetnsPair, pki: PKI
             out = rest_of_output(serve)
             assert rc == 0, out
         finally:
-            _stop(client)
+            stop_process(client)
     finally:
-        _stop(serve)
+        stop_process(serve)
     assert RIGHT not in out and WRONG not in out
     assert namespace_state(netns.server) == before, out

@@ -17,23 +17,19 @@ import pytest
 from trivpn.testing.netns import NetnsPair
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
 from trivpn.testing.pki import PKI, common_name
-from trivpn.testing.process import namespace_state, read_until, rest_of_output, wait_for_text
+from trivpn.testing.process import (
+    namespace_state,
+    read_until,
+    rest_of_output,
+    stop_process,
+    wait_for_text,
+)
 
 pytestmark = pytest.mark.root
 
 UP_TIMEOUT = 30.0
 READY = "Initialization Sequence Completed"
 OPTS = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=1194)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _ping(netns: NetnsPair, side: str, target: str) -> None:
@@ -85,7 +81,7 @@ def test_openvpn_client_gets_its_ccd_fixed_address(netns: NetnsPair, pki: PKI, t
             out = rest_of_output(serve)
             assert rc == 0, out
         finally:
-            _stop(client)
+            stop_process(client)
     finally:
-        _stop(serve)
+        stop_process(serve)
     assert namespace_state(netns.server) == before, out

@@ -19,7 +19,7 @@ import pytest
 from trivpn.testing.netns import Netns, NetnsPair
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
 from trivpn.testing.pki import PKI, revoke, with_client
-from trivpn.testing.process import read_until, wait_for_text
+from trivpn.testing.process import read_until, stop_process, wait_for_text
 
 pytestmark = pytest.mark.root
 
@@ -46,23 +46,13 @@ def _server_conf(pki: PKI, workdir: Path, local: str, revoked: PKI) -> Path:
     return conf
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @contextmanager
 def _started(ns: Netns, argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
     proc = ns.popen(argv, stdin=subprocess.DEVNULL, **kw)
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _openvpn(ns: Netns, pki: PKI, remote: str, workdir: Path, name: str) -> tuple[list[str], Path]:

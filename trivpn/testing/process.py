@@ -13,6 +13,17 @@ from trivpn.testing.netns import Netns
 POLL = 0.05
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL (a test never leaves a process behind)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 def read_until(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> list[str]:
     """Lines of `proc`'s stdout up to the first one containing `needle` (bounded in time).
 

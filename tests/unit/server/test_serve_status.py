@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import trio
 from helpers.profiles import shared_pki
+from helpers.serving import client_profile
 
 from trivpn import api
 from trivpn.profile.profile import parse_profile
@@ -55,14 +56,6 @@ def server_config(pki: PKI, status: str) -> ServerConfig:
     ])  # fmt: skip
     cfg = parse_server_config(text)
     return dataclasses.replace(cfg, listeners=(Listener("udp", 0, "127.0.0.1", 4),))
-
-
-def client_profile(pki: PKI, port: int) -> str:
-    lines = ["client", "dev tun", "nobind", f"remote 127.0.0.1 {port} udp"]
-    for tag, pem in (("ca", pki.ca_cert), ("cert", pki.client_cert), ("key", pki.client_key)):
-        lines += [f"<{tag}>", pem.strip(), f"</{tag}>"]
-    lines += ["<tls-crypt>", pki.static_key.strip(), "</tls-crypt>"]
-    return "\n".join(lines) + "\n"
 
 
 @asynccontextmanager
