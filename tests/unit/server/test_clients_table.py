@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from trivpn.errors import SessionRestart
@@ -64,7 +65,7 @@ async def test_cancelled_while_a_session_ends_lets_only_the_cancellation_out() -
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(table.run)
-            table.start(sock, cast(Any, client), lambda: trio.sleep(0))
+            table.start(sock, cast(Any, client), trio.lowlevel.checkpoint)
             await trio.testing.wait_all_tasks_blocked()
             assert table.clients == {client.key: client}
             scope.cancel()
