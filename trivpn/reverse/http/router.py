@@ -1,0 +1,206 @@
+"""The relay's name-routed public listeners (thin trio service over hostrouter/sni/names).
+
+`--http-addr` serves every HTTP tunnel on one port, routed by the Host header of the first
+request; `--https-addr` passes TLS through, routed by the ClientHello's server_name. For
+each public connection a task reads the head with a `HeadReader` / `SniReader` (bounded in
+bytes and time), then either hands the socket and the bytes read to the session that
+leased the name (`RelayRunner.adopt`) or sends the reject (404 page, TLS alert) and
+closes. At most `max_pending` connections may be between accept and decision; more are
+closed at once, so a slowloris crowd costs a bounded number of descriptors.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from trivpn.errors import ConfigError
+from trivpn.reverse.http.hostrouter import (
+    HEAD_TIMEOUT,
+    MAX_HEAD,
+    HeadReader,
+    Reject,
+    Route,
+    not_found,
+    offline,
+)
+from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS, NameLeases, NameUnavailable
+from trivpn.reverse.http.sni import ALERT_UNRECOGNIZED_NAME, SniReader, alert
+from trivpn.reverse.sockets import format_addr, plain_socket
+
+if TYPE_CHECKING:
+    from trivpn.reverse.relay import RelayRunner
+
+log = logging.getLogger("trivpn.reverse")
+
+REJECT_SEND_TIME = 2.0  # seconds to hand a 404 page or an alert to the kernel
+
+
+@dataclass(slots=True)
+class RoutingConfig:
+    domain: str
+    http_addr: tuple[str, int] | None = None
+    https_addr: tuple[str, int] | None = None
+    head_timeout: float = HEAD_TIMEOUT  # the whole head / ClientHello, however it trickles
+    max_head: int = MAX_HEAD
+    max_pending: int = 256  # public connections still being read
+
+
+class NameRouter:
+    def __init__(self, config: RoutingConfig, lease: float) -> None:
+        domain = config.domain.lower().strip(".")
+        if not domain or not all(c.isalnum() or c in "-." for c in domain):
+            raise ConfigError(f"--domain: bad domain name {config.domain!r}")
+        if config.http_addr is None and config.https_addr is None:
+            raise ConfigError("--domain needs --http-addr and/or --https-addr")
+        self.config = config
+        self.domain = domain
+        self.names = NameLeases(lease)
+        self.routes: dict[str, RelayRunner] = {}
+        self.http_port = 0
+        self.https_port = 0
+        self.pending = 0
+        self.rejected = 0
+
+    # leases (called by the relay's sessions) -------------------------------------------
+
+    async def bind(
+        self,
+        runner: RelayRunner,
+        name: str,
+        routes: int,
+        replace_previous: Callable[[], Awaitable[None]],
+    ) -> str | None:
+        """Lease `name` to the runner's client and route it there; or why not (BIND_ERR)."""
+        assert runner.owner is not None
+        try:
+            if routes & ROUTE_HTTP and not self.http_port:
+                raise NameUnavailable("this relay routes no HTTP (no --http-addr)")
+            if routes & ROUTE_TLS and not self.https_port:
+                raise NameUnavailable("this relay routes no TLS (no --https-addr)")
+            if self.names.assign(runner.owner, name, trio.current_time()):
+                await replace_previous()  # our previous session still held it
+                self.names.assign(runner.owner, name, trio.current_time())
+        except NameUnavailable as exc:
+            return str(exc)
+        self.routes[name] = runner
+        return None
+
+    def host(self, name: str) -> str:
+        return f"{name}.{self.domain}"
+
+    def release(self, runner: RelayRunner, name: str) -> None:
+        """The runner's session ended: unroute, and keep the name leased to its client."""
+        if self.routes.get(name) is runner:
+            del self.routes[name]
+        if runner.owner is not None:
+            self.names.release(name, runner.owner, trio.current_time())
+
+    # public side ----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        async with trio.open_nursery() as nursery:
+            for addr, tls in ((cfg.http_addr, False), (cfg.https_addr, True)):
+                if addr is None:
+                    continue
+                host, port = addr
+                try:
+                    listeners = await trio.open_tcp_listeners(port, host=host or None)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot listen on {host or '*'}:{port}: {exc.strerror}"
+                    ) from None
+                bound = listeners[0].socket.getsockname()[1]
+                if tls:
+                    self.https_port = bound
+                else:
+                    self.http_port = bound
+                log.info(
+                    "routing %s://*.%s on %s:%d",
+                    "TLS" if tls else "http",
+                    self.domain,
+                    host or "*",
+                    bound,
+                )
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, tls, nursery)
+            task_status.started()
+
+    async def _accept_loop(
+        self, listener: trio.SocketListener, tls: bool, nursery: trio.Nursery
+    ) -> None:
+        async with listener:
+            while True:
+                try:
+                    tsock, addr = await listener.socket.accept()
+                except OSError as exc:
+                    log.warning("public accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                if self.pending >= self.config.max_pending:
+                    self.rejected += 1
+                    tsock.close()
+                    continue
+                self.pending += 1
+                nursery.start_soon(self._handle, tsock, format_addr(addr), tls)
+
+    async def _handle(self, tsock: trio.socket.SocketType, peer: str, tls: bool) -> None:
+        try:
+            decision = await self._read_head(tsock, tls)
+        finally:
+            self.pending -= 1
+        if isinstance(decision, Route):
+            runner = self.routes.get(decision.name)
+            want = ROUTE_TLS if tls else ROUTE_HTTP
+            if runner is not None and runner.route_bits & want:
+                if runner.adopt(plain_socket(tsock), peer, decision.preface):
+                    return
+            if tls:
+                decision = Reject(ALERT_UNRECOGNIZED_NAME, "", alert(ALERT_UNRECOGNIZED_NAME))
+            elif self.names.leased(decision.name, trio.current_time()):
+                decision = offline(decision.host)
+            else:
+                decision = not_found(decision.host)
+        self.rejected += 1
+        log.debug("public connection from %s refused: %s", peer, decision.reason)
+        with trio.move_on_after(REJECT_SEND_TIME):
+            view = memoryview(decision.response)
+            try:
+                while view:
+                    view = view[await tsock.send(view) :]
+                tsock.shutdown(socket.SHUT_WR)
+                # read what the client still sends (bounded), so closing does not reset
+                # the connection before it read the page
+                for _ in range(16):
+                    if not await tsock.recv(16384):
+                        break
+            except OSError:
+                pass
+        tsock.close()
+
+    async def _read_head(self, tsock: trio.socket.SocketType, tls: bool) -> Route | Reject:
+        cfg = self.config
+        now = trio.current_time()
+        reader: HeadReader | SniReader
+        if tls:
+            reader = SniReader(self.domain, now, max_hello=cfg.max_head, timeout=cfg.head_timeout)
+        else:
+            reader = HeadReader(self.domain, now, max_head=cfg.max_head, timeout=cfg.head_timeout)
+        with trio.move_on_at(reader.deadline):
+            while True:
+                try:
+                    data = await tsock.recv(16384)
+                except OSError:
+                    data = b""
+                decision = reader.receive_data(data, trio.current_time())
+                if decision is not None:
+                    return decision
+        late = reader.handle_timer(trio.current_time())
+        assert late is not None
+        return late
