@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from trivpn.reverse.config import SessionConfig
+    from trivpn.reverse.expose import Expose
 
 log = logging.getLogger("trivpn.reverse")
 
@@ -182,6 +183,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     e.add_argument(
         "--subdomain", metavar="NAME", help="the name to lease (default with --http: random)"
     )
+    e.add_argument(
+        "--inspect",
+        metavar="HOST:PORT",
+        help="serve a live page of the HTTP requests, with replay (loopback only, e.g. :4040)",
+    )
     e.add_argument("--no-reconnect", action="store_true", help="exit when the tunnel is lost")
     e.add_argument(
         "--max-attempts",
@@ -312,6 +318,42 @@ def _named(args: argparse.Namespace) -> tuple[str, int]:
         raise ConfigError(f"--subdomain: {exc}") from None
 
 
+def _with_inspector(
+    expose: Expose, addr: str, lhost: str, lport: int
+) -> Callable[[], Awaitable[None]]:
+    """expose.run plus the --inspect web page (loopback only: it shows real traffic)."""
+    import ipaddress
+
+    import trio
+
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.http.inspectsrv import Inspector
+    from trivpn.reverse.sockets import parse_hostport
+
+    host, port = parse_hostport(addr, "--inspect", "127.0.0.1")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"--inspect {addr}: the inspector shows headers and query strings of real "
+            "traffic, so it listens on a loopback address only (127.0.0.1, ::1)"
+        )
+    inspector = Inspector(lhost, lport)
+    expose.pipe_factory = inspector.pipe_factory
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(inspector.serve, host, port)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"inspector: http://{shown}:{bound}/", flush=True)
+            await expose.run()
+            nursery.cancel_scope.cancel()
+
+    return body
+
+
 async def cmd_expose(args: argparse.Namespace) -> int:
     from trivpn.errors import ConfigError
     from trivpn.reverse.expose import Expose, ExposeConfig
@@ -352,8 +394,11 @@ async def cmd_expose(args: argparse.Namespace) -> int:
         ),
         on_bound=on_bound,
     )
+    body: Callable[[], Awaitable[None]] = expose.run
+    if args.inspect:
+        body = _with_inspector(expose, args.inspect, lhost, lport)
     try:
-        return await _until_signal(expose.run, lambda: expose.metrics.summary("expose summary"))
+        return await _until_signal(body, lambda: expose.metrics.summary("expose summary"))
     except BaseException:
         if expose.metrics.connections:
             print(expose.metrics.summary("expose summary"), file=sys.stderr, flush=True)

@@ -79,6 +79,8 @@ class Expose:
         self.urls: list[str] = []  # a named bind's public URLs
         self.sessions = 0
         self.on_bound = on_bound
+        #: builds each stream's pipe; the inspector (http/inspectsrv.py) swaps in its own
+        self.pipe_factory: Callable[[SessionRunner, int, str, bool, bool], StreamPipe] = StreamPipe
         self._ssl: ssl.SSLContext | None = None
         if config.tls or config.tls_ca:
             try:
@@ -204,9 +206,7 @@ class ExposeRunner(SessionRunner):
         elif isinstance(ev, E.BindFailed):
             self.bind_failed = ev.reason
         elif isinstance(ev, E.StreamOpened):
-            pipe = StreamPipe(
-                self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False
-            )
+            pipe = self.expose.pipe_factory(self, ev.stream_id, ev.peer, self.observe_http, False)
             self.pipes[ev.stream_id] = pipe
             assert self.nursery is not None
             self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe))
