@@ -361,6 +361,7 @@ class RelayRunner(SessionRunner):
             sid = self.session.open_stream(peer, trio.current_time())
             if preface:
                 self.session.send_data(sid, preface)
+                self.metrics.bytes_in += len(preface)
         except StreamClosedError as exc:
             log.info("refusing public connection from %s: %s", peer, exc)
             return False

@@ -122,8 +122,8 @@ class NameRouter:
                 else:
                     self.http_port = bound
                 log.info(
-                    "routing %s://*.%s on %s:%d",
-                    "TLS" if tls else "http",
+                    "routing %s *.%s on %s:%d",
+                    "TLS (by SNI, passed through)" if tls else "HTTP (by Host)",
                     self.domain,
                     host or "*",
                     bound,
