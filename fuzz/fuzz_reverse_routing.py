@@ -6,7 +6,8 @@ Invariants: any bytes, fed in any split, end in a `Route`, a `Reject` or "need m
 `client_hello`/`server_name` raise only `SniError`. The first byte picks the target (even:
 TLS, odd: HTTP) and the read size.
 
-Seeds (`SEEDS`, built at import): real ClientHellos that Python's ssl module sends for a
+Seeds: the committed corpus (`corpus()`: a synthetic ClientHello, whole and in two records,
+and HTTP heads) and `SEEDS`, built at import: real ClientHellos that Python's ssl module sends for a
 few names and protocol versions, the same split over two records, and HTTP heads.
 
 Run (atheris is optional and imported only in main())::
@@ -54,6 +55,40 @@ def two_records(hello: bytes) -> bytes:
     )
 
 
+def synthetic_hello(name: str) -> bytes:
+    """A minimal TLS 1.3 ClientHello for `name`, byte for byte the same on every run (the
+    committed corpus, fuzz/make_corpus.py); real ones carry fresh randoms and key shares."""
+    sni = name.encode()
+    entry = b"\x00" + len(sni).to_bytes(2, "big") + sni
+    names = len(entry).to_bytes(2, "big") + entry
+    exts = b"\x00\x00" + len(names).to_bytes(2, "big") + names + b"\x00\x2b\x00\x03\x02\x03\x04"
+    body = (
+        b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+        + len(exts).to_bytes(2, "big") + exts
+    )
+    msg = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(msg).to_bytes(2, "big") + msg
+
+
+def corpus() -> dict[str, bytes]:
+    """The deterministic seeds, for fuzz/make_corpus.py (mode byte first)."""
+    hello = synthetic_hello(f"api.{DOMAIN}")
+    return {
+        "gen-hello-api.bin": b"\x00" + hello,
+        "gen-hello-two-records.bin": b"\x02" + two_records(hello),
+        "gen-hello-other-domain.bin": b"\x04" + synthetic_hello("example.com"),
+        "gen-head-api.bin": b"\x01" + HEADS[0],
+        "gen-head-post.bin": b"\x03" + HEADS[1],
+    }
+
+
+HEADS = [
+    f"GET /users?id=1 HTTP/1.1\r\nHost: api.{DOMAIN}:8080\r\nAccept: */*\r\n\r\n".encode(),
+    f"POST /x HTTP/1.1\r\nHost: WEB.{DOMAIN}.\r\nContent-Length: 3\r\n\r\nabc".encode(),
+    b"GET / HTTP/1.0\r\n\r\n",
+]
+
+
 def _seeds() -> list[bytes]:
     hellos = [
         real_hello(f"api.{DOMAIN}"),
@@ -61,13 +96,8 @@ def _seeds() -> list[bytes]:
         real_hello("example.com"),
         real_hello(None),
     ]
-    heads = [
-        f"GET /users?id=1 HTTP/1.1\r\nHost: api.{DOMAIN}:8080\r\nAccept: */*\r\n\r\n".encode(),
-        f"POST /x HTTP/1.1\r\nHost: WEB.{DOMAIN}.\r\nContent-Length: 3\r\n\r\nabc".encode(),
-        b"GET / HTTP/1.0\r\n\r\n",
-    ]
     return [b"\x00" + h for h in hellos] + [b"\x02" + two_records(h) for h in hellos] + [
-        b"\x01" + h for h in heads
+        b"\x01" + h for h in HEADS
     ]
 
 

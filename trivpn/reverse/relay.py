@@ -26,8 +26,7 @@ from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.guard import GuardConfig, SourceGuard
-from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS
-from trivpn.reverse.http.router import NameRouter, RoutingConfig
+from trivpn.reverse.http.router import NameRouter, RoutingConfig, bind_name
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
@@ -320,39 +319,13 @@ class RelayRunner(SessionRunner):
             self.nursery.start_soon(self._public_accept, lst)
 
     async def _bind_name(self, name: str, routes: int) -> None:
-        """A named bind: lease the subdomain (trivpn/reverse/http); no port is opened."""
-        relay, router, owner = self.relay, self.relay.router, self.owner
+        owner = self.owner
         assert owner is not None
 
         async def replace() -> None:
             await _replace_previous(self, owner, 0)
 
-        why = "this relay does not route by name (no --domain)"
-        if router is not None:
-            why = await router.bind(self, name, routes, replace) or ""
-        if self.session.closed:
-            if not why and router is not None:
-                router.release(self, name)  # stays leased to this client for a reconnect
-            return
-        if why or router is None:
-            log.info("client %s: bind of %r refused: %s", self.name, name, why)
-            self.session.reject_bind(why)
-            self.dispatch()
-            self.ring()
-            return
-        self.route_name, self.route_bits = name, routes
-        relay.by_owner[owner] = self
-        host = router.host(name)
-        self.session.accept_bind(
-            0,
-            int(relay.config.lease),
-            host=host,
-            http_port=router.http_port if routes & ROUTE_HTTP else 0,
-            https_port=router.https_port if routes & ROUTE_TLS else 0,
-        )
-        self.dispatch()
-        self.ring()
-        log.info("client %s bound to %s", self.name, host)
+        await bind_name(self.relay.router, self, name, routes, replace)
 
     def adopt(self, conn: socket.socket, peer: str, preface: bytes = b"") -> bool:
         """Carry one public connection over this session; `preface` is what was already

@@ -119,27 +119,13 @@ class Inspector:
             if isinstance(reply, ReplayRequest):
                 reply = await self.replay(reply.record)
             if isinstance(reply, Response):
-                await self._respond(stream, conn, reply)
+                await stream.send_all(response_bytes(conn, reply))
             else:
                 await self._events(stream, conn)
                 return
             if conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
-
-    async def _respond(self, stream: trio.SocketStream, conn: h11.Connection, r: Response) -> None:
-        headers = [
-            ("content-type", r.content_type),
-            ("content-length", str(len(r.body))),
-            ("cache-control", "no-store"),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "no-referrer"),
-            ("content-security-policy", CSP),
-        ]
-        data = conn.send(h11.Response(status_code=r.status, headers=headers)) or b""
-        data += conn.send(h11.Data(data=r.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        await stream.send_all(data)
 
     async def _events(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
         """Server-sent events: the history, then every new exchange, until the browser leaves."""
@@ -169,31 +155,12 @@ class Inspector:
 
     async def replay(self, rec: Record) -> Response:
         """Send a recorded request to the local service again; the answer is a new record."""
-        data = replay_bytes(rec.exchange)
-        capture = ExchangeCapture(f"replay of #{rec.id}")
-        done: list[Exchange] = []
-        try:
-            with trio.fail_after(REPLAY_TIMEOUT):
-                stream = await trio.open_tcp_stream(*self.local)
-                async with stream:
-                    capture.feed_request(data, trio.current_time())
-                    await stream.send_all(data)
-                    total = 0
-                    while not done and total < MAX_REPLAY_READ:
-                        chunk = await stream.receive_some(65536)
-                        if not chunk:
-                            break
-                        total += len(chunk)
-                        done = capture.feed_response(chunk, trio.current_time())
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            why = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            return Response(502, to_json({"error": f"local service: {why}"}))
-        done = done or capture.close(trio.current_time())
-        if not done:
-            return Response(502, to_json({"error": "the local service sent no HTTP response"}))
-        new = self.add(done[0], replay_of=rec.id)
-        log.info("inspector: replayed #%d -> #%d, status %d", rec.id, new.id, done[0].status)
-        return Response(200, to_json({"id": new.id, "status": done[0].status}))
+        response, exchange = await replay(self.local, rec)
+        if exchange is not None:
+            new = self.add(exchange, replay_of=rec.id)
+            log.info("inspector: replayed #%d -> #%d, status %d", rec.id, new.id, exchange.status)
+            response = Response(200, to_json({"id": new.id, "status": exchange.status}))
+        return response
 
 
 class InspectedPipe(StreamPipe):
@@ -231,3 +198,44 @@ class InspectedPipe(StreamPipe):
         finally:
             for exchange in self.capture.close(trio.current_time()):
                 self.inspector.add(exchange)
+
+
+def response_bytes(conn: h11.Connection, r: Response) -> bytes:
+    headers = [
+        ("content-type", r.content_type),
+        ("content-length", str(len(r.body))),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("content-security-policy", CSP),
+    ]
+    data = conn.send(h11.Response(status_code=r.status, headers=headers)) or b""
+    data += conn.send(h11.Data(data=r.body)) or b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
+
+
+async def replay(local: tuple[str, int], rec: Record) -> tuple[Response, Exchange | None]:
+    """Re-send `rec`'s request on a new connection; the error reply, or the new exchange."""
+    data = replay_bytes(rec.exchange)
+    capture = ExchangeCapture(f"replay of #{rec.id}")
+    done: list[Exchange] = []
+    try:
+        with trio.fail_after(REPLAY_TIMEOUT):
+            stream = await trio.open_tcp_stream(*local)
+            async with stream:
+                capture.feed_request(data, trio.current_time())
+                await stream.send_all(data)
+                total = 0
+                while not done and total < MAX_REPLAY_READ:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    done = capture.feed_response(chunk, trio.current_time())
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        why = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        return Response(502, to_json({"error": f"local service: {why}"})), None
+    done = done or capture.close(trio.current_time())
+    if not done:
+        return Response(502, to_json({"error": "the local service sent no HTTP response"})), None
+    return Response(200, b""), done[0]

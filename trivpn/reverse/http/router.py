@@ -69,28 +69,6 @@ class NameRouter:
 
     # leases (called by the relay's sessions) -------------------------------------------
 
-    async def bind(
-        self,
-        runner: RelayRunner,
-        name: str,
-        routes: int,
-        replace_previous: Callable[[], Awaitable[None]],
-    ) -> str | None:
-        """Lease `name` to the runner's client and route it there; or why not (BIND_ERR)."""
-        assert runner.owner is not None
-        try:
-            if routes & ROUTE_HTTP and not self.http_port:
-                raise NameUnavailable("this relay routes no HTTP (no --http-addr)")
-            if routes & ROUTE_TLS and not self.https_port:
-                raise NameUnavailable("this relay routes no TLS (no --https-addr)")
-            if self.names.assign(runner.owner, name, trio.current_time()):
-                await replace_previous()  # our previous session still held it
-                self.names.assign(runner.owner, name, trio.current_time())
-        except NameUnavailable as exc:
-            return str(exc)
-        self.routes[name] = runner
-        return None
-
     def host(self, name: str) -> str:
         return f"{name}.{self.domain}"
 
@@ -152,7 +130,7 @@ class NameRouter:
 
     async def _handle(self, tsock: trio.socket.SocketType, peer: str, tls: bool) -> None:
         try:
-            decision = await self._read_head(tsock, tls)
+            decision = await read_head(self.config, self.domain, tsock, tls)
         finally:
             self.pending -= 1
         if isinstance(decision, Route):
@@ -184,23 +162,74 @@ class NameRouter:
                 pass
         tsock.close()
 
-    async def _read_head(self, tsock: trio.socket.SocketType, tls: bool) -> Route | Reject:
-        cfg = self.config
-        now = trio.current_time()
-        reader: HeadReader | SniReader
-        if tls:
-            reader = SniReader(self.domain, now, max_hello=cfg.max_head, timeout=cfg.head_timeout)
-        else:
-            reader = HeadReader(self.domain, now, max_head=cfg.max_head, timeout=cfg.head_timeout)
-        with trio.move_on_at(reader.deadline):
-            while True:
-                try:
-                    data = await tsock.recv(16384)
-                except OSError:
-                    data = b""
-                decision = reader.receive_data(data, trio.current_time())
-                if decision is not None:
-                    return decision
-        late = reader.handle_timer(trio.current_time())
-        assert late is not None
-        return late
+
+async def read_head(
+    cfg: RoutingConfig, domain: str, tsock: trio.socket.SocketType, tls: bool
+) -> Route | Reject:
+    """Read until the head (or ClientHello) decides, or its deadline passes."""
+    now = trio.current_time()
+    reader: HeadReader | SniReader
+    if tls:
+        reader = SniReader(domain, now, max_hello=cfg.max_head, timeout=cfg.head_timeout)
+    else:
+        reader = HeadReader(domain, now, max_head=cfg.max_head, timeout=cfg.head_timeout)
+    with trio.move_on_at(reader.deadline):
+        while True:
+            try:
+                data = await tsock.recv(16384)
+            except OSError:
+                data = b""
+            decision = reader.receive_data(data, trio.current_time())
+            if decision is not None:
+                return decision
+    late = reader.handle_timer(trio.current_time())
+    assert late is not None
+    return late
+
+
+async def bind_name(
+    router: NameRouter | None,
+    runner: RelayRunner,
+    name: str,
+    routes: int,
+    replace_previous: Callable[[], Awaitable[None]],
+) -> None:
+    """A named bind: lease `name` to the runner's client, route it there and answer
+    BIND_OK, or BIND_ERR saying why not. No port is opened."""
+    owner = runner.owner
+    assert owner is not None
+    why = "this relay does not route by name (no --domain)"
+    try:
+        if router is not None:
+            if routes & ROUTE_HTTP and not router.http_port:
+                raise NameUnavailable("this relay routes no HTTP (no --http-addr)")
+            if routes & ROUTE_TLS and not router.https_port:
+                raise NameUnavailable("this relay routes no TLS (no --https-addr)")
+            if router.names.assign(owner, name, trio.current_time()):
+                await replace_previous()  # our previous session still held it
+                router.names.assign(owner, name, trio.current_time())
+            why = ""
+    except NameUnavailable as exc:
+        why = str(exc)
+    session = runner.session
+    if session.closed:
+        if router is not None and not why:
+            router.names.release(name, owner, trio.current_time())  # kept for a reconnect
+        return
+    if why or router is None:
+        log.info("client %s: bind of %r refused: %s", runner.name, name, why)
+        session.reject_bind(why)
+    else:
+        router.routes[name] = runner
+        runner.route_name, runner.route_bits = name, routes
+        runner.relay.by_owner[owner] = runner
+        session.accept_bind(
+            0,
+            int(runner.relay.config.lease),
+            host=router.host(name),
+            http_port=router.http_port if routes & ROUTE_HTTP else 0,
+            https_port=router.https_port if routes & ROUTE_TLS else 0,
+        )
+        log.info("client %s bound to %s", runner.name, router.host(name))
+    runner.dispatch()
+    runner.ring()
