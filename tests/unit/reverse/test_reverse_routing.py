@@ -3,13 +3,17 @@ and the named bind in the handshake (wire compatibility both ways)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import pathlib
 import ssl
 
 import pytest
+import trio
 
-from trivpn.errors import RemoteProtocolError
+from trivpn.cli import build_parser
+from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.reverse.cli import _named, cmd_expose, cmd_relay
 from trivpn.reverse.events import BindRequested, Bound
 from trivpn.reverse.frames import FrameType, encode
 from trivpn.reverse.http.hostrouter import HeadReader, Reject, Route, host_of, name_for_host
@@ -270,3 +274,33 @@ def test_relay_refuses_malformed_named_binds(payload: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         relay.receive_data(encode(FrameType.BIND, payload=payload), 0.0)
     assert relay.closed
+
+
+# ------------------------------------------------------------------------- command line
+
+T = ["--token", "t" * 16]
+EXPOSE = ["expose", "--server", "r:9000", "--local", ":3000", *T]
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def test_cli_named_bind_options() -> None:
+    assert _named(_args(EXPOSE)) == ("", 0)
+    assert _named(_args([*EXPOSE, "--http", "--subdomain", "API"])) == ("api", ROUTE_HTTP)
+    assert _named(_args([*EXPOSE, "--https", "--subdomain", "s"])) == ("s", ROUTE_TLS)
+    assert _named(_args([*EXPOSE, "--subdomain", "s", "--http", "--https"]))[1] == 3
+    name, routes = _named(_args([*EXPOSE, "--http"]))  # random name, kept for the run
+    assert len(name) == 8 and routes == ROUTE_HTTP
+    with pytest.raises(ConfigError, match="--subdomain: bad subdomain"):
+        _named(_args([*EXPOSE, "--subdomain", "a.b"]))
+    with pytest.raises(ConfigError, match="exclude each other"):
+        _named(_args([*EXPOSE, "--http", "--remote-port", "10001"]))
+
+
+def test_cli_refusals_are_one_line() -> None:
+    with pytest.raises(ConfigError, match="need --domain"):
+        trio.run(cmd_relay, _args(["relay", *T, "--http-addr", ":8080"]))
+    with pytest.raises(ConfigError, match="loopback address only"):
+        trio.run(cmd_expose, _args([*EXPOSE, "--inspect", "0.0.0.0:4040"]))

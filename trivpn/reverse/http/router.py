@@ -31,7 +31,7 @@ from trivpn.reverse.http.hostrouter import (
 )
 from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS, NameLeases, NameUnavailable
 from trivpn.reverse.http.sni import ALERT_UNRECOGNIZED_NAME, SniReader, alert
-from trivpn.reverse.sockets import format_addr, plain_socket
+from trivpn.reverse.sockets import close_plain, format_addr, plain_socket
 
 if TYPE_CHECKING:
     from trivpn.reverse.relay import RelayRunner
@@ -130,21 +130,31 @@ class NameRouter:
 
     async def _handle(self, tsock: trio.socket.SocketType, peer: str, tls: bool) -> None:
         try:
-            decision = await read_head(self.config, self.domain, tsock, tls)
-        finally:
-            self.pending -= 1
-        if isinstance(decision, Route):
-            runner = self.routes.get(decision.name)
-            want = ROUTE_TLS if tls else ROUTE_HTTP
-            if runner is not None and runner.route_bits & want:
-                if runner.adopt(plain_socket(tsock), peer, decision.preface):
+            try:
+                decision = await read_head(self.config, self.domain, tsock, tls)
+            finally:
+                self.pending -= 1
+            if isinstance(decision, Route):
+                runner = self.routes.get(decision.name)
+                want = ROUTE_TLS if tls else ROUTE_HTTP
+                if runner is not None and runner.route_bits & want and not runner.session.closed:
+                    conn = plain_socket(tsock)  # tsock is empty from here on
+                    if not runner.adopt(conn, peer, decision.preface):
+                        close_plain(conn, reset=True)
                     return
-            if tls:
-                decision = Reject(ALERT_UNRECOGNIZED_NAME, "", alert(ALERT_UNRECOGNIZED_NAME))
-            elif self.names.leased(decision.name, trio.current_time()):
-                decision = offline(decision.host)
-            else:
-                decision = not_found(decision.host)
+                decision = self._unrouted(decision, tls)
+            await self._refuse(tsock, peer, decision)
+        finally:
+            tsock.close()  # cancelled, refused (or already handed over: then a no-op)
+
+    def _unrouted(self, route: Route, tls: bool) -> Reject:
+        if tls:
+            return Reject(ALERT_UNRECOGNIZED_NAME, "no such name", alert(ALERT_UNRECOGNIZED_NAME))
+        if self.names.leased(route.name, trio.current_time()):
+            return offline(route.host)
+        return not_found(route.host)
+
+    async def _refuse(self, tsock: trio.socket.SocketType, peer: str, decision: Reject) -> None:
         self.rejected += 1
         log.debug("public connection from %s refused: %s", peer, decision.reason)
         with trio.move_on_after(REJECT_SEND_TIME):
@@ -160,7 +170,6 @@ class NameRouter:
                         break
             except OSError:
                 pass
-        tsock.close()
 
 
 async def read_head(
