@@ -66,7 +66,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError, SessionRestart
 from trivpn.messages import (
     ActivateKey,
     AuthPending,
@@ -465,6 +465,9 @@ class KeySchedule:
             agreement = client_agreement(options, self.config.policy)
         except FatalError as exc:
             self._close(Fatal(str(exc)))
+            return
+        except SessionRestart as exc:  # a pull-filter reject
+            self._close(Restart(str(exc)))
             return
         for warning in agreement.settings.warnings:
             log.warning("%s", warning)
