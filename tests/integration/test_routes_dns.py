@@ -39,6 +39,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
          "route-ipv6 fd00:210::/64", "route-metric 7"],
     ),
     "block-ipv6": ([], ["block-ipv6", "redirect-gateway def1 ipv6"]),
+    "block-local": ([], ["redirect-gateway def1 block-local"]),
     "pushed-redirect-ipv6": (['push "redirect-gateway def1 ipv6"', *PUSHED_ROUTES], []),
     "pull-filter-ignore": (PUSHED_ROUTES, ['pull-filter ignore "route 10.211."']),
     "route-nopull": (
@@ -53,6 +54,8 @@ MUST_HAVE = {
     "route-route-ipv6-metric": ["-4 10.210.0.0/16 via 10.202.0.1 dev TUN metric 7",
                                 "-4 10.213.0.0/24 via 10.202.0.1 dev TUN metric 9"],
     "block-ipv6": ["-6 2000::/4 dev TUN"],
+    "block-local": ["-4 10.201.0.0/25 via 10.202.0.1 dev TUN", "-4 10.201.0.128/25 via 10.202.0.1 dev TUN",
+                    "-4 10.201.0.1 via 10.201.0.1 dev veth0"],
     "pushed-redirect-ipv6": ["-6 fc00::/7 dev TUN", "-4 10.211.0.0/16 via 10.202.0.1 dev TUN"],
     "pull-filter-ignore": ["-4 10.212.0.0/16 via 10.202.0.1 dev TUN"],
     "route-nopull": [],

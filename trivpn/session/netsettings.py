@@ -133,9 +133,8 @@ def net_plan(settings: PushedSettings, server_address: str, profile: Profile | N
     if flags is not None:
         if "def1" not in flags:
             log.info("redirect-gateway without def1 is applied as def1 (the default route stays)")
-        if "block-local" in flags:
-            log.warning("redirect-gateway block-local is not supported; the local network stays reachable")
         cfg.redirect_gateway = "!ipv4" not in flags
+        cfg.block_local = "block-local" in flags and cfg.redirect_gateway
         cfg.redirect_gateway6 = "ipv6" in flags
         cfg.redirect_via = gateway if cfg.redirect_gateway else None
         local_server = "local" in flags

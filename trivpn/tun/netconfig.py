@@ -58,6 +58,9 @@ class TunConfig:
     #: hosts or networks routed through the path they use now, before the tunnel's routes
     #: (a server covered by an ordinary route, `net_gateway` routes)
     bypass: list[str] = field(default_factory=list)
+    #: redirect-gateway block-local: the local network(s) of the default route's interface
+    #: go into the tunnel too (in halves, via redirect_via), except the LAN gateway itself
+    block_local: bool = False
 
 
 @dataclass(slots=True)
@@ -220,6 +223,8 @@ class NetConfigurator:
         # otherwise the lookup would already answer "through the tunnel".
         for network, prefixlen in plan.host_routes:
             self._add_server_route(nl, index, network, prefixlen)
+        if cfg.block_local:
+            self._block_local(nl, index, cfg)
 
         for dst, prefixlen, gateway, metric, label in plan.routes:
             route: dict[str, Any] = {"dst": dst, "dst_len": prefixlen, "oif": index}
@@ -251,6 +256,47 @@ class NetConfigurator:
         label = f"route {what}" + (f" via {gateway}" if gateway else "")
         if self._add(nl, "route", kwargs, label):
             self._steps.append(_Step("route", kwargs, label))
+
+    def _block_local(self, nl: RtnlSocket, tun_index: int, cfg: TunConfig) -> None:
+        """OpenVPN's block-local: the default route's local networks, split in halves so they
+        win over the connected routes, go into the tunnel; the LAN gateway keeps a host
+        route. Skipped (with a warning) when that cannot be worked out, and when the VPN
+        server itself is on that network."""
+        try:
+            default = nl.default_route4()
+            addrs = [] if default is None or default.oif is None else nl.addresses4(default.oif)
+        except (NetlinkError, RemoteProtocolError) as exc:
+            log.warning("block-local: cannot read the default route (%s); not blocking", exc)
+            return
+        if default is None or default.gateway is None or default.oif is None:
+            log.warning("block-local: no IPv4 default gateway; not blocking the local network")
+            return
+        gateway = ipaddress.IPv4Address(default.gateway)
+        nets: list[ipaddress.IPv4Network] = []
+        for address, prefixlen in addrs:
+            net = ipaddress.IPv4Network(f"{address}/{prefixlen}", strict=False)
+            if prefixlen < 32 and net not in nets:
+                nets.append(net)
+        lan = next((n for n in nets if gateway in n), None)
+        if lan is None:
+            log.warning("block-local: the gateway %s is on no local network; not blocking", gateway)
+            return
+        servers = [ipaddress.ip_address(s) for s in cfg.server_addresses]
+        if any(s.version == 4 and s in lan for s in servers):
+            log.info("block-local: the VPN server is on the local network; not blocking it")
+            return
+        pin = {"dst": str(gateway), "dst_len": 32, "oif": default.oif, "gateway": str(gateway)}
+        if self._add(nl, "route", pin, f"route {gateway} (LAN gateway)"):
+            self._steps.append(_Step("route", pin, f"route {gateway} (LAN gateway)"))
+        via = cfg.redirect_via
+        for net in nets:
+            for half in net.subnets(prefixlen_diff=1):
+                route: dict[str, Any] = {"dst": str(half.network_address), "dst_len": half.prefixlen, "oif": tun_index}
+                if via is not None:
+                    route["gateway"] = via
+                label = f"route {half} (block-local)"
+                if self._add(nl, "route", route, label):
+                    self._steps.append(_Step("route", route, label))
 
     @staticmethod
     def _add(nl: RtnlSocket, kind: str, kwargs: dict[str, Any], label: str) -> bool:
