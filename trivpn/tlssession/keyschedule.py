@@ -463,11 +463,8 @@ class KeySchedule:
     def _client_ready(self, options: list[str], now: float) -> None:
         try:
             agreement = client_agreement(options, self.config.policy)
-        except FatalError as exc:
-            self._close(Fatal(str(exc)))
-            return
-        except SessionRestart as exc:  # a pull-filter reject
-            self._close(Restart(str(exc)))
+        except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
+            self._close(Restart(str(exc)) if isinstance(exc, SessionRestart) else Fatal(str(exc)))
             return
         for warning in agreement.settings.warnings:
             log.warning("%s", warning)
