@@ -46,7 +46,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*PUSHED_ROUTES, 'push "route-ipv6 fd00:214::/64"', 'push "redirect-gateway def1"'],
         ["route-nopull"],
     ),
+    # over IPv6 to a server on the link: its host route (metric 1) instead of the IPv4 one
+    "udp6-redirect-ipv6": ([], ["redirect-gateway def1 ipv6"]),
 }
+#: cases whose transport is UDP over IPv6 (the server's veth address)
+UDP6 = {"udp6-redirect-ipv6"}
 
 #: routes each case must show (so an identical but empty result cannot pass)
 MUST_HAVE = {
@@ -59,6 +63,7 @@ MUST_HAVE = {
     "pushed-redirect-ipv6": ["-6 fc00::/7 dev TUN", "-4 10.211.0.0/16 via 10.202.0.1 dev TUN"],
     "pull-filter-ignore": ["-4 10.212.0.0/16 via 10.202.0.1 dev TUN"],
     "route-nopull": [],
+    "udp6-redirect-ipv6": ["-6 fd00:201::1 dev veth0 metric 1", "-6 ::/3 dev TUN", "-4 0.0.0.0/1 via 10.202.0.1"],
 }
 MUST_NOT_HAVE = {
     "pull-filter-ignore": ["10.211.0.0/16"],
@@ -66,9 +71,13 @@ MUST_NOT_HAVE = {
 }
 
 
-def _server(netns: NetnsPair, pki: PKI, tmp_path: Path, remote: str, push: list[str]) -> OpenVPNServer:
-    opts = ServerOptions(proto="udp", wrap="tls-crypt", extra=push)
-    server = OpenVPNServer(netns.server, pki, opts, tmp_path / "server", listen_v4=remote)
+def _server(
+    netns: NetnsPair, pki: PKI, tmp_path: Path, remote: str, push: list[str], proto: str = "udp"
+) -> OpenVPNServer:
+    opts = ServerOptions(proto=proto, wrap="tls-crypt", extra=push)
+    server = OpenVPNServer(
+        netns.server, pki, opts, tmp_path / "server", listen_v4=remote, listen_v6=netns.server_v6
+    )
     server.start()
     return server
 
@@ -97,7 +106,10 @@ def _has(table: list[str], needle: str) -> bool:
 def test_routes_match_openvpns_client(case: str, pki: PKI, netns: NetnsPair, tmp_path: Path) -> None:
     push, extra = CASES[case]
     remote = internet_shape(netns)
-    server = _server(netns, pki, tmp_path, remote, push)
+    proto = "udp6" if case in UDP6 else "udp"
+    if case in UDP6:
+        remote = netns.server_v6
+    server = _server(netns, pki, tmp_path, remote, push, proto)
     try:
         profile = tmp_path / "client.ovpn"
         profile.write_text(client_profile(pki, server.opts, remote, extra=extra))

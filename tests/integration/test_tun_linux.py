@@ -323,7 +323,7 @@ def test_tun_configure_io_and_cleanup(netns: str) -> None:
         "fd00:99::/64 dev " + tun,
         "::/1 dev " + tun,
         "8000::/1 dev " + tun,
-        "2001:db8:5::7 via 2001:db8:1::1 dev up0",
+        "2001:db8:5::7 via 2001:db8:1::1 dev up0 metric 1",  # OpenVPN's metric (issue 13)
         "default via 2001:db8:1::1 dev up0",
     } <= v6
 

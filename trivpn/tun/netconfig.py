@@ -34,6 +34,9 @@ IPV6_MIN_MTU = 1280  # RFC 8200: an interface carrying IPv6 needs at least this
 # Errors meaning "the thing to remove is not there any more" (its interface is gone, ...).
 _ALREADY_GONE = frozenset({errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
 
+#: OpenVPN gives the IPv6 host route to its server metric 1 (IPv4's has none); so do we.
+SERVER_ROUTE6_METRIC = 1
+
 REDIRECT_DEF1_V4 = ("0.0.0.0/1", "128.0.0.0/1")
 REDIRECT_DEF1_V6 = ("::/1", "8000::/1")
 
@@ -251,7 +254,10 @@ class NetConfigurator:
         kwargs: dict[str, Any] = {"dst": server, "dst_len": prefixlen, "oif": oif}
         if gateway is not None:
             kwargs["gateway"] = gateway
-        host = prefixlen == ipaddress.ip_address(server).max_prefixlen
+        version = ipaddress.ip_address(server).version
+        host = prefixlen == (32 if version == 4 else 128)
+        if host and version == 6:
+            kwargs["priority"] = SERVER_ROUTE6_METRIC
         what = f"{server} (VPN server)" if host else f"{server}/{prefixlen} (bypass)"
         label = f"route {what}" + (f" via {gateway}" if gateway else "")
         if self._add(nl, "route", kwargs, label):
