@@ -232,14 +232,14 @@ def icmp6_no_route(packet: bytes, source: str) -> bytes | None:
     """The ICMPv6 "no route to destination" answer to an IPv6 packet (block-ipv6).
 
     None when no answer may be sent (RFC 4443 §2.4 (e)): not IPv6, too short, an ICMPv6
-    error itself, or from the unspecified or a multicast source. The answer carries as
+    error itself, from the unspecified or a multicast source, or to a multicast group. The answer carries as
     much of the packet as fits in 1280 bytes and comes from `source`.
     """
     if ip_version(packet) != 6 or len(packet) < IPV6_HEADER_LEN:
         return None
     orig_src = packet[8:24]
-    if orig_src == bytes(16) or orig_src[0] == 0xFF:
-        return None
+    if orig_src == bytes(16) or orig_src[0] == 0xFF or packet[24] == 0xFF:
+        return None  # from nobody, from a group, or to a group (router solicitations, MLD)
     if packet[6] == IpProto.ICMPV6 and len(packet) > IPV6_HEADER_LEN:
         if packet[IPV6_HEADER_LEN] in _ICMP6_ERROR_TYPES:
             return None

@@ -50,6 +50,7 @@ def test_answer_fits_the_minimum_mtu() -> None:
         build_echo_request(SRC, DST, 1, 1)[:30],  # truncated
         build_echo_request("::", DST, 1, 1),  # unspecified source
         build_echo_request("ff02::1", DST, 1, 1),  # multicast source
+        build_echo_request("fe80::1", "ff02::2", 1, 1),  # to a group (a router solicitation's way)
     ],
 )
 def test_no_answer_where_rfc_4443_forbids_one(packet: bytes) -> None:
