@@ -28,7 +28,13 @@ from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.guard import GuardConfig, SourceGuard
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
-from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
+from trivpn.reverse.ports import (
+    DEFAULT_PORT_QUOTA,
+    IDLE_LEASE,
+    Owner,
+    PortAllocator,
+    PortUnavailable,
+)
 from trivpn.reverse.service import SessionRunner
 from trivpn.reverse.session import Session
 from trivpn.reverse.sockets import (
@@ -46,6 +52,14 @@ TAKEOVER_WAIT = 3.0
 
 
 @dataclass(slots=True)
+class ClientLimits:
+    """Per token name; None takes the relay-wide value."""
+
+    port_quota: int | None = None
+    bandwidth: float | None = None  # bytes per second, each direction
+
+
+@dataclass(slots=True)
 class RelayConfig:
     host: str = ""
     port: int = 9000
@@ -56,6 +70,10 @@ class RelayConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     lease: float = 60.0
+    idle_lease: float = IDLE_LEASE  # lease of a port no stream went through
+    port_quota: int = DEFAULT_PORT_QUOTA  # ports (in use or leased) per token name
+    bandwidth: float | None = None  # default per-client limit, bytes/s each direction
+    clients: dict[str, ClientLimits] = field(default_factory=dict)
     observe_http: bool = True
     session: SessionConfig = field(default_factory=SessionConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
@@ -96,7 +114,20 @@ class Relay:
         if not 1 <= config.start_port <= config.end_port <= 65535:
             raise ConfigError(f"bad public port range {config.start_port}-{config.end_port}")
         self.config = config
-        self.allocator = PortAllocator(config.start_port, config.end_port, config.lease)
+        if config.port_quota < 1 or any(
+            c.port_quota is not None and c.port_quota < 1 for c in config.clients.values()
+        ):
+            raise ConfigError("a port quota must be at least 1")
+        self.allocator = PortAllocator(
+            config.start_port,
+            config.end_port,
+            config.lease,
+            idle_lease=config.idle_lease,
+            default_quota=config.port_quota,
+            quotas={
+                n: c.port_quota for n, c in config.clients.items() if c.port_quota is not None
+            },
+        )
         self.by_owner: dict[Owner, RelayRunner] = {}
         self.live: dict[str, list[Metrics]] = {}
         self.totals: dict[str, Metrics] = {}
@@ -240,6 +271,7 @@ class RelayRunner(SessionRunner):
         self.name = ""
         self.owner: Owner | None = None
         self.port = 0
+        self.used_ports: set[int] = set()  # ports a stream went through (worth a full lease)
 
     async def run(self) -> E.SessionClosed | None:
         try:
@@ -251,12 +283,16 @@ class RelayRunner(SessionRunner):
         relay = self.relay
         if self.owner is not None:
             if self.port:
-                relay.allocator.release(self.port, self.owner, trio.current_time())
+                used = self.port in self.used_ports
+                keep = relay.allocator.release(
+                    self.port, self.owner, trio.current_time(), used=used
+                )
                 log.info(
-                    "client %s left; port %d leased to it for %g s",
+                    "client %s left; port %d leased to it for %g s%s",
                     self.name,
                     self.port,
-                    relay.config.lease,
+                    keep,
+                    "" if used else " (no stream went through it)",
                 )
             if relay.by_owner.get(self.owner) is self:
                 del relay.by_owner[self.owner]
@@ -307,6 +343,7 @@ class RelayRunner(SessionRunner):
             self.nursery.start_soon(self._public_accept, lst)
 
     async def _public_accept(self, listener: trio.SocketListener) -> None:
+        lport = listener.socket.getsockname()[1]
         async with listener:
             while True:
                 try:
@@ -323,6 +360,7 @@ class RelayRunner(SessionRunner):
                     log.info("refusing public connection from %s: %s", peer, exc)
                     close_plain(conn, reset=True)
                     continue
+                self.used_ports.add(lport)
                 pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
                 self.pipes[sid] = pipe
                 self.flush()
