@@ -22,6 +22,7 @@ import trio
 from trivpn.errors import ConfigError
 from trivpn.reverse import connection
 from trivpn.reverse import events as E
+from trivpn.reverse.bucket import Shaper
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
@@ -133,6 +134,7 @@ class Relay:
         self.totals: dict[str, Metrics] = {}
         self.tunnel_port = config.port
         self.guard = SourceGuard(config.guard)
+        self.shapers: dict[str, Shaper] = {}  # per token name, shared by its sessions
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
             if not (config.tls_cert and config.tls_key):
@@ -144,6 +146,19 @@ class Relay:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from None
             self._ssl = ctx
+
+    def shaper_for(self, name: str) -> Shaper | None:
+        """The bandwidth limit of this client (one pair of buckets per token name)."""
+        limits = self.config.clients.get(name)
+        rate = limits.bandwidth if limits is not None else None
+        if rate is None:
+            rate = self.config.bandwidth
+        if rate is None:
+            return None
+        shaper = self.shapers.get(name)
+        if shaper is None:
+            shaper = self.shapers[name] = Shaper.for_rate(rate, trio.current_time())
+        return shaper
 
     def metrics_groups(self) -> dict[str, list[Metrics]]:
         out: dict[str, list[Metrics]] = {}
@@ -272,6 +287,7 @@ class RelayRunner(SessionRunner):
         self.owner: Owner | None = None
         self.port = 0
         self.used_ports: set[int] = set()  # ports a stream went through (worth a full lease)
+        self.shaper: Shaper | None = None
 
     async def run(self) -> E.SessionClosed | None:
         try:
@@ -307,6 +323,7 @@ class RelayRunner(SessionRunner):
             self.name = ev.name
             self.relay.guard.authenticated(self.source)
             self.owner = (ev.name, ev.client_id)
+            self.shaper = self.relay.shaper_for(ev.name)
             self.metrics.connections = 1
             self.relay.live.setdefault(ev.name, []).append(self.metrics)
             log.info("client %s authenticated from %s", ev.name, self.peer)
@@ -362,6 +379,7 @@ class RelayRunner(SessionRunner):
                     continue
                 self.used_ports.add(lport)
                 pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
+                pipe.shaper = self.shaper
                 self.pipes[sid] = pipe
                 self.flush()
                 assert self.nursery is not None

@@ -7,6 +7,7 @@ import secrets
 
 import pytest
 import trio
+from helpers.reverse import free_port
 
 from trivpn.reverse import events as E
 from trivpn.reverse.ports import PortAllocator, PortUnavailable
@@ -108,8 +109,8 @@ async def test_relay_throwaway_logins_hold_at_most_the_quota() -> None:
         RelayConfig(
             host=HOST,
             port=0,
-            start_port=42110,
-            end_port=42119,
+            start_port=(start := free_port()),
+            end_port=start + 9,
             tokens={"alice": TOKEN},
             idle_lease=0.5,
             clients={"alice": ClientLimits(port_quota=4)},
