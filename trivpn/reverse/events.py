@@ -4,7 +4,7 @@ its stream API raises. Pure data; every sans-IO piece appends to one shared list
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trivpn.errors import LocalProtocolError
 from trivpn.reverse.frames import ErrorCode
@@ -26,14 +26,24 @@ class AuthFailed:
 
 
 @dataclass(slots=True, frozen=True)
-class BindRequested:
+class Binding:
+    """One public port a client asks for (protocol 2 may carry several per session)."""
+
     port: int  # 0 = any
+    name: str = ""  # a label chosen by the client (lowercase letters, digits, '-')
+
+
+@dataclass(slots=True, frozen=True)
+class BindRequested:
+    port: int  # 0 = any; the first binding's
+    bindings: tuple[Binding, ...] = field(default=(), compare=False)  # all of them, in order
 
 
 @dataclass(slots=True, frozen=True)
 class Bound:
-    port: int
+    port: int  # the first binding's
     lease: int
+    ports: tuple[int, ...] = field(default=(), compare=False)  # one per binding, in order
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,6 +55,7 @@ class BindFailed:
 class StreamOpened:
     stream_id: int
     peer: str
+    binding: int = 0  # index of the binding (public port) the connection came in on
 
 
 @dataclass(slots=True, frozen=True)

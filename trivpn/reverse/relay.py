@@ -125,9 +125,7 @@ class Relay:
             config.lease,
             idle_lease=config.idle_lease,
             default_quota=config.port_quota,
-            quotas={
-                n: c.port_quota for n, c in config.clients.items() if c.port_quota is not None
-            },
+            quotas={n: c.port_quota for n, c in config.clients.items() if c.port_quota is not None},
         )
         self.by_owner: dict[Owner, RelayRunner] = {}
         self.live: dict[str, list[Metrics]] = {}
@@ -285,7 +283,8 @@ class RelayRunner(SessionRunner):
         self.source = source
         self.name = ""
         self.owner: Owner | None = None
-        self.port = 0
+        self.port = 0  # the first binding's
+        self.ports: list[int] = []  # one per binding
         self.used_ports: set[int] = set()  # ports a stream went through (worth a full lease)
         self.shaper: Shaper | None = None
 
@@ -298,15 +297,13 @@ class RelayRunner(SessionRunner):
     def _unregister(self) -> None:
         relay = self.relay
         if self.owner is not None:
-            if self.port:
-                used = self.port in self.used_ports
-                keep = relay.allocator.release(
-                    self.port, self.owner, trio.current_time(), used=used
-                )
+            for port in self.ports:
+                used = port in self.used_ports
+                keep = relay.allocator.release(port, self.owner, trio.current_time(), used=used)
                 log.info(
                     "client %s left; port %d leased to it for %g s%s",
                     self.name,
-                    self.port,
+                    port,
                     keep,
                     "" if used else " (no stream went through it)",
                 )
@@ -329,37 +326,53 @@ class RelayRunner(SessionRunner):
             log.info("client %s authenticated from %s", ev.name, self.peer)
         elif isinstance(ev, E.BindRequested):
             assert self.nursery is not None
-            self.nursery.start_soon(self._bind, ev.port)
+            self.nursery.start_soon(self._bind, ev.bindings or (E.Binding(ev.port),))
 
     def on_stream_reset(self, ev: E.StreamReset) -> None:
         if ev.by_peer and ev.code == ErrorCode.REFUSED:
             self.metrics.streams_refused += 1
 
-    async def _bind(self, requested: int) -> None:
+    async def _bind(self, bindings: tuple[E.Binding, ...]) -> None:
+        """A public port per binding, all or none (the BIND_ERR names the one that failed)."""
         relay = self.relay
         assert self.owner is not None and self.nursery is not None
-        got = await _open_port(self, self.owner, requested)
-        if isinstance(got, str):
-            self.session.reject_bind(got)
-            self.dispatch()
-            self.ring()
-            return
-        port, listeners = got
+        ports: list[int] = []
+        listening: list[list[trio.SocketListener]] = []
+        for slot, b in enumerate(bindings):
+            got = await _open_port(self, self.owner, b.port, slot)
+            if isinstance(got, str):
+                for lsts in listening:
+                    for lst in lsts:
+                        await lst.aclose()
+                for p in ports:
+                    relay.allocator.forget(p)
+                if len(bindings) > 1:
+                    got = f"tunnel {b.name or slot + 1}: {got}"
+                self.session.reject_bind(got)
+                self.dispatch()
+                self.ring()
+                return
+            ports.append(got[0])
+            listening.append(got[1])
         if self.session.closed:
-            for lst in listeners:
-                await lst.aclose()
-            relay.allocator.forget(port)
+            for lsts in listening:
+                for lst in lsts:
+                    await lst.aclose()
+            for p in ports:
+                relay.allocator.forget(p)
             return
-        self.port = port
+        self.port, self.ports = ports[0], ports
         relay.by_owner[self.owner] = self
-        self.session.accept_bind(port, int(relay.config.lease))
+        self.session.accept_binds(ports, int(relay.config.lease))
         self.dispatch()
         self.ring()
-        log.info("client %s bound to public port %d", self.name, port)
-        for lst in listeners:
-            self.nursery.start_soon(self._public_accept, lst)
+        for slot, (b, port, lsts) in enumerate(zip(bindings, ports, listening, strict=True)):
+            label = f" for tunnel {b.name}" if b.name else ""
+            log.info("client %s bound to public port %d%s", self.name, port, label)
+            for lst in lsts:
+                self.nursery.start_soon(self._public_accept, lst, slot)
 
-    async def _public_accept(self, listener: trio.SocketListener) -> None:
+    async def _public_accept(self, listener: trio.SocketListener, slot: int = 0) -> None:
         lport = listener.socket.getsockname()[1]
         async with listener:
             while True:
@@ -372,7 +385,7 @@ class RelayRunner(SessionRunner):
                 conn = plain_socket(tsock)
                 peer = format_addr(addr)
                 try:
-                    sid = self.session.open_stream(peer, trio.current_time())
+                    sid = self.session.open_stream(peer, trio.current_time(), slot)
                 except StreamClosedError as exc:
                     log.info("refusing public connection from %s: %s", peer, exc)
                     close_plain(conn, reset=True)
@@ -391,7 +404,7 @@ class RelayRunner(SessionRunner):
 
 
 async def _open_port(
-    runner: RelayRunner, owner: Owner, requested: int
+    runner: RelayRunner, owner: Owner, requested: int, slot: int = 0
 ) -> tuple[int, list[trio.SocketListener]] | str:
     """A public port for this client, listening, or why not (the BIND_ERR reason).
 
@@ -403,13 +416,13 @@ async def _open_port(
     for _ in range(64):
         try:
             port, takeover = relay.allocator.assign(
-                owner, requested, trio.current_time(), frozenset(exclude)
+                owner, requested, trio.current_time(), frozenset(exclude), slot
             )
         except PortUnavailable as exc:
             log.info("client %s: bind refused: %s", runner.name, exc)
             return str(exc)
         if takeover:
-            await _replace_previous(runner, owner, port)
+            await _replace_previous(runner, owner, port, slot)
         host = (
             relay.config.public_host if relay.config.public_host is not None else relay.config.host
         )
@@ -425,7 +438,7 @@ async def _open_port(
     return "no free port"
 
 
-async def _replace_previous(runner: RelayRunner, owner: Owner, port: int) -> None:
+async def _replace_previous(runner: RelayRunner, owner: Owner, port: int, slot: int) -> None:
     """The same client reconnected while its old session lingers: end that one first.
 
     Its listener closes before the port is bound again; the wait is bounded, so a takeover
@@ -444,4 +457,4 @@ async def _replace_previous(runner: RelayRunner, owner: Owner, port: int) -> Non
     if scope.cancelled_caught and old.nursery is not None:
         old.nursery.cancel_scope.cancel()
         await old.done.wait()
-    relay.allocator.assign(owner, port, trio.current_time())
+    relay.allocator.assign(owner, port, trio.current_time(), slot=slot)
