@@ -181,7 +181,24 @@ def describe_machine() -> dict[str, Any]:
         "openvpn": _first_line(["openvpn", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": source_commit(),
     }
+
+
+def source_commit() -> str:
+    """The git commit of the trivpn being measured (with "+dirty" for local changes), so a
+    published table names what it measured; "unknown" outside a checkout."""
+    here = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 # ---------------------------------------------------------------------------------------

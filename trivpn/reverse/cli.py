@@ -20,10 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trivpn.reverse.config import SessionConfig
-    from trivpn.reverse.configfile import FileSettings
     from trivpn.reverse.expose import Expose
-    from trivpn.reverse.relay import Relay
 
 log = logging.getLogger("trivpn.reverse")
 
@@ -45,29 +42,11 @@ class _DefaultStr(str):
 
 
 _MARKED = (_DefaultInt, _DefaultFloat, _DefaultStr)
-_TOKEN_DESTS = ("token", "token_file", "tokens_file")
 
 
 def given(value: object) -> bool:
     """Was this option set on the command line (not a default)?"""
     return value is not None and value is not False and not isinstance(value, _MARKED)
-
-
-def apply_file(args: argparse.Namespace, file: FileSettings) -> None:
-    """Fill every option the command line did not give from the config file, in place
-    (in place: the caller's `args.debug` must see a file's `debug = true`)."""
-    if any(given(getattr(args, d, None)) for d in _TOKEN_DESTS):
-        file.values = {k: v for k, v in file.values.items() if k not in _TOKEN_DESTS}
-        file.clients = []  # the command line's token replaces the file's clients
-    if given(getattr(args, "local", None)) or given(getattr(args, "remote_port", None)):
-        file.tunnels = []  # so does its tunnel
-    for dest, value in file.values.items():
-        if not given(getattr(args, dest, None)):
-            setattr(args, dest, value)
-    if "verbose" in file.values and getattr(args, "verbose", 0) > 0:
-        from trivpn.cli import _setup_logging
-
-        _setup_logging(args.verbose)
 
 
 def _token_options(g: argparse._ActionsContainer, help_token: str) -> None:
@@ -213,6 +192,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         metavar="SECONDS",
         help="heartbeat interval; 3 missed expire a session (default 10)",
     )
+    r.add_argument(
+        "--domain", metavar="NAME", help="route NAME's subdomains to clients (with --http-addr)"
+    )
+    r.add_argument(
+        "--http-addr", metavar="HOST:PORT", help="one public port for HTTP, routed by Host"
+    )
+    r.add_argument(
+        "--https-addr", metavar="HOST:PORT", help="one public port for TLS, routed by SNI"
+    )
     _common(r)
     r.set_defaults(handler=cmd_relay)
 
@@ -241,6 +229,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         metavar="N",
         help="ask for this public port (default: any)",
     )
+    e.add_argument(
+        "--http", action="store_true", help="serve HTTP on the relay's --http-addr by name"
+    )
+    e.add_argument(
+        "--https", action="store_true", help="pass TLS through on the relay's --https-addr"
+    )
+    e.add_argument(
+        "--subdomain", metavar="NAME", help="the name to lease (default with --http: random)"
+    )
+    e.add_argument(
+        "--inspect",
+        metavar="HOST:PORT",
+        help="serve a live page of the HTTP requests, with replay (loopback only, e.g. :4040)",
+    )
     e.add_argument("--no-reconnect", action="store_true", help="exit when the tunnel is lost")
     e.add_argument(
         "--max-attempts",
@@ -251,39 +253,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     )
     _common(e)
     e.set_defaults(handler=cmd_expose)
-
-
-def _session_config(
-    args: argparse.Namespace, heartbeat: float = 10.0, limits: dict[str, object] | None = None
-) -> SessionConfig:
-    from trivpn.errors import ConfigError
-    from trivpn.reverse.config import MAX_WINDOW, SessionConfig
-    from trivpn.reverse.frames import ABSOLUTE_MAX_FRAME
-
-    if not 256 <= args.max_frame <= ABSOLUTE_MAX_FRAME:
-        raise ConfigError(f"--max-frame must be between 256 and {ABSOLUTE_MAX_FRAME}")
-    if not 1024 <= args.window <= MAX_WINDOW:
-        raise ConfigError("--window must be between 1024 and 2147483647")
-    if not 0.05 <= heartbeat <= 3600:
-        raise ConfigError("--heartbeat must be between 0.05 and 3600 seconds")
-    cfg = SessionConfig(window=args.window, max_frame=args.max_frame, heartbeat=heartbeat)
-    for key, value in (limits or {}).items():  # checked by configfile
-        setattr(cfg, key, value)
-    return cfg
-
-
-def _load(args: argparse.Namespace, role: str) -> FileSettings | None:
-    if not args.config:
-        return None
-    from trivpn.reverse import configfile
-
-    file = (
-        configfile.load_relay(args.config)
-        if role == "relay"
-        else configfile.load_expose(args.config)
-    )
-    apply_file(args, file)
-    return file
 
 
 async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[], str]) -> int:
@@ -313,63 +282,10 @@ async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[
     return 0 if stopped else 1
 
 
-def build_relay(args: argparse.Namespace) -> Relay:
-    """The relay the command line and its --config file describe (flags win)."""
-    from trivpn.errors import ConfigError
-    from trivpn.reverse.bucket import parse_rate
-    from trivpn.reverse.guard import GuardConfig
-    from trivpn.reverse.relay import ClientLimits, Relay, RelayConfig, load_tokens
-    from trivpn.reverse.sockets import parse_hostport
-
-    file = _load(args, "relay")
-    host, port = parse_hostport(args.addr, "--addr")
-    end = args.end_port if args.end_port is not None else min(args.start_port + 999, 65535)
-    clients: dict[str, ClientLimits] = {}
-    if args.tokens_file:
-        tokens = load_tokens(args.tokens_file)
-        for name, token in tokens.items():
-            check_token(token, f"{args.tokens_file}: client {name}")
-    elif file is not None and file.clients:
-        tokens = {c.name: c.token for c in file.clients}
-        clients = {c.name: ClientLimits(c.port_quota, c.bandwidth) for c in file.clients}
-    else:
-        tokens = {"default": resolve_token(args)}
-    bandwidth = args.bandwidth
-    if isinstance(bandwidth, str):  # from the command line; the file's is checked already
-        try:
-            bandwidth = parse_rate(bandwidth)
-        except ValueError as exc:
-            raise ConfigError(f"--bandwidth: {exc}") from None
-    if args.port_quota < 1:
-        raise ConfigError("--port-quota must be at least 1")
-    if args.lease < 0 or args.idle_lease < 0:
-        raise ConfigError("--lease and --idle-lease must not be negative")
-    relay = Relay(
-        RelayConfig(
-            host=host,
-            port=port,
-            start_port=args.start_port,
-            end_port=end,
-            tokens=tokens,
-            public_host=args.public_host,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            lease=args.lease,
-            idle_lease=args.idle_lease,
-            port_quota=args.port_quota,
-            bandwidth=bandwidth,
-            clients=clients,
-            observe_http=not args.no_http_log,
-            session=_session_config(args, args.heartbeat, file.session if file else None),
-            guard=GuardConfig(**file.guard) if file else GuardConfig(),
-        )
-    )
-    return relay
-
-
 async def cmd_relay(args: argparse.Namespace) -> int:
     import trio
 
+    from trivpn.reverse.build import build_relay
     from trivpn.reverse.sockets import parse_hostport
 
     relay = build_relay(args)
@@ -389,63 +305,73 @@ async def cmd_relay(args: argparse.Namespace) -> int:
     return await _until_signal(body, relay.summary)
 
 
-def build_expose(args: argparse.Namespace) -> Expose:
-    """The expose the command line and its --config file describe (flags win)."""
+def _named(args: argparse.Namespace) -> tuple[str, int]:
+    """--http/--https/--subdomain -> (subdomain, route bits); ("", 0) for a port."""
+    import secrets
+
     from trivpn.errors import ConfigError
-    from trivpn.reverse.expose import Expose, ExposeConfig, TunnelConfig
+    from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS, NameUnavailable, check_label
+
+    if not (args.http or args.https or args.subdomain):
+        return "", 0
+    if args.remote_port:
+        raise ConfigError("--remote-port and --http/--https/--subdomain exclude each other")
+    routes = (ROUTE_HTTP if args.http or not args.https else 0) | (ROUTE_TLS if args.https else 0)
+    name = args.subdomain.lower() if args.subdomain else secrets.token_hex(4)
+    try:
+        return check_label(name), routes
+    except NameUnavailable as exc:
+        raise ConfigError(f"--subdomain: {exc}") from None
+
+
+def _with_inspector(
+    expose: Expose, addr: str, lhost: str, lport: int
+) -> Callable[[], Awaitable[None]]:
+    """expose.run plus the --inspect web page (loopback only: it shows real traffic)."""
+    import ipaddress
+
+    import trio
+
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.http.inspectsrv import Inspector
     from trivpn.reverse.sockets import parse_hostport
 
-    file = _load(args, "expose")
-    if not args.server:
-        raise ConfigError("expose needs --server HOST:PORT (or server in the --config file)")
-    shost, sport = parse_hostport(args.server, "--server", "localhost")
-    if file is not None and file.tunnels:
-        tunnels = [
-            TunnelConfig(t.local_host, t.local_port, t.remote_port, t.name) for t in file.tunnels
-        ]
-    elif args.local:
-        if not 0 <= args.remote_port <= 65535:
-            raise ConfigError("--remote-port must be 0..65535")
-        lhost, lport = parse_hostport(args.local, "--local", "127.0.0.1")
-        tunnels = [TunnelConfig(lhost, lport, args.remote_port)]
-    else:
-        raise ConfigError("expose needs --local HOST:PORT (or [[tunnels]] in the --config file)")
-    token = resolve_token(args)
-    if args.max_attempts < 0:
-        raise ConfigError("--max-attempts must be 0 (forever) or more")
+    host, port = parse_hostport(addr, "--inspect", "127.0.0.1")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"--inspect {addr}: the inspector shows headers and query strings of real "
+            "traffic, so it listens on a loopback address only (127.0.0.1, ::1)"
+        )
+    inspector = Inspector(lhost, lport)
+    expose.pipe_factory = inspector.pipe_factory
 
-    def on_bound(host: str, port: int) -> None:
-        print(f"public address: {host}:{port}", flush=True)
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(inspector.serve, host, port)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"inspector: http://{shown}:{bound}/", flush=True)
+            await expose.run()
+            nursery.cancel_scope.cancel()
 
-    expose = Expose(
-        ExposeConfig(
-            server_host=shost,
-            server_port=sport,
-            local_host=tunnels[0].local_host,
-            local_port=tunnels[0].local_port,
-            token=token,
-            remote_port=tunnels[0].remote_port,
-            tunnels=tunnels,
-            tls=args.tls or bool(args.tls_ca),
-            tls_ca=args.tls_ca,
-            tls_server_name=args.tls_server_name,
-            reconnect=not args.no_reconnect,
-            attempts=args.max_attempts,
-            observe_http=not args.no_http_log,
-            session=_session_config(args, limits=file.session if file else None),
-        ),
-        on_bound=on_bound,
-    )
-    return expose
+    return body
 
 
 async def cmd_expose(args: argparse.Namespace) -> int:
+    from trivpn.reverse.build import build_expose
     from trivpn.reverse.sockets import raise_nofile_limit
 
     expose = build_expose(args)
     raise_nofile_limit()  # one descriptor per stream: do not stop at the default 1,024
+    body: Callable[[], Awaitable[None]] = expose.run
+    if args.inspect:
+        first = expose.tunnels[0]
+        body = _with_inspector(expose, args.inspect, first.local_host, first.local_port)
     try:
-        return await _until_signal(expose.run, lambda: expose.metrics.summary("expose summary"))
+        return await _until_signal(body, lambda: expose.metrics.summary("expose summary"))
     except BaseException:
         if expose.metrics.connections:
             print(expose.metrics.summary("expose summary"), file=sys.stderr, flush=True)

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trivpn.errors import ConfigError
+from trivpn.reverse.bindings import check_label
 from trivpn.reverse.bucket import parse_rate
-from trivpn.reverse.handshake import check_binding_name
 from trivpn.reverse.sockets import parse_hostport
 
 MIN_TOKEN = 16
@@ -41,11 +41,11 @@ _KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 RELAY_KEYS = (
     "addr start_port end_port public_host token token_file tokens_file tls_cert tls_key "
     "metrics_addr lease idle_lease heartbeat port_quota bandwidth window max_frame "
-    "http_log verbose debug"
+    "http_log verbose debug domain http_addr https_addr"
 ).split()
 EXPOSE_KEYS = (
     "server local remote_port token token_file tls tls_ca tls_server_name reconnect "
-    "max_attempts window max_frame http_log verbose debug"
+    "max_attempts window max_frame http_log verbose debug http https subdomain inspect"
 ).split()
 GUARD_LIMITS = ("max_pre_auth", "max_pre_auth_per_source", "max_failures", "failure_window")
 SESSION_LIMITS = (
@@ -71,7 +71,7 @@ class TunnelEntry:
     local_host: str
     local_port: int
     remote_port: int = 0
-    name: str = ""
+    label: str = ""  # the tunnel's `name` key
 
 
 @dataclass(slots=True)
@@ -213,7 +213,7 @@ def a_token_str(value: Any) -> str:
 
 def a_name(value: Any) -> str:
     name = a_str(value)
-    why = check_binding_name(name)
+    why = check_label(name)
     if why is not None:
         raise ValueError(f"{name!r} {why}")
     return name
@@ -242,6 +242,9 @@ _RELAY: dict[str, Callable[[Any], Any]] = {
     "heartbeat": a_float(0.05, 3600),
     "port_quota": an_int(1, 65535),
     "bandwidth": a_rate,
+    "domain": a_str,
+    "http_addr": a_hostport,
+    "https_addr": a_hostport,
 }
 _EXPOSE: dict[str, Callable[[Any], Any]] = {
     **_COMMON,
@@ -252,6 +255,10 @@ _EXPOSE: dict[str, Callable[[Any], Any]] = {
     "tls_ca": a_str,
     "tls_server_name": a_str,
     "max_attempts": an_int(0, 1_000_000),
+    "http": a_bool,
+    "https": a_bool,
+    "subdomain": a_str,
+    "inspect": a_hostport,
 }
 _LIMITS: dict[str, Callable[[Any], Any]] = {
     "max_pre_auth": an_int(1, 1_000_000),
@@ -392,6 +399,9 @@ def load_expose(path: str) -> FileSettings:
         raise src.error("tunnels", "1 to 16 tunnels per expose")
     if out.tunnels and ("local" in out.values or "remote_port" in out.values):
         raise src.error("tunnels", "use either [[tunnels]] or local/remote_port")
+    named = [k for k in ("http", "https", "subdomain") if out.values.get(k)]
+    if len(out.tunnels) > 1 and named:
+        raise src.error(named[0], "a named (HTTP/TLS) tunnel needs an expose of its own")
     top.finish([*EXPOSE_KEYS, "limits", "tunnels"])
     return out
 

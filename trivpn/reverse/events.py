@@ -30,19 +30,25 @@ class Binding:
     """One public port a client asks for (protocol 2 may carry several per session)."""
 
     port: int  # 0 = any
-    name: str = ""  # a label chosen by the client (lowercase letters, digits, '-')
+    label: str = ""  # chosen by the client (lowercase letters, digits, '-'), for logs
 
 
 @dataclass(slots=True, frozen=True)
 class BindRequested:
     port: int  # 0 = any; the first binding's
-    bindings: tuple[Binding, ...] = field(default=(), compare=False)  # all of them, in order
+    name: str = ""  # a subdomain to route by name (then no port is bound)
+    routes: int = 0  # http.names.ROUTE_HTTP | ROUTE_TLS
+    #: protocol 2: every binding in order (protocol 1: empty or the one binding)
+    bindings: tuple[Binding, ...] = field(default=(), compare=False)
 
 
 @dataclass(slots=True, frozen=True)
 class Bound:
     port: int  # the first binding's
     lease: int
+    host: str = ""  # a named bind: the full public host name, and the relay's ports
+    http_port: int = 0
+    https_port: int = 0
     ports: tuple[int, ...] = field(default=(), compare=False)  # one per binding, in order
 
 

@@ -51,7 +51,7 @@ class TunnelConfig:
     local_host: str
     local_port: int
     remote_port: int = 0  # 0 = any
-    name: str = ""  # a label (lowercase letters, digits, '-'); named tunnels use protocol 2
+    label: str = ""  # for the log (lowercase letters, digits, '-')
 
 
 @dataclass(slots=True)
@@ -71,6 +71,8 @@ class ExposeConfig:
     backoff_max: float = 30.0
     stable_after: float = 10.0  # a bound session this old resets the backoff
     observe_http: bool = True
+    subdomain: str = ""  # a named bind (relay --domain): routed by Host / SNI, no port
+    routes: int = 0  # http.names.ROUTE_HTTP | ROUTE_TLS, with a subdomain
     session: SessionConfig = field(default_factory=SessionConfig)
     tunnels: list[TunnelConfig] = field(default_factory=list)  # empty: the local_* above
 
@@ -84,15 +86,20 @@ class Expose:
     ) -> None:
         if not config.token:
             raise ConfigError("--token must not be empty")
+        self.tunnels = config.all_tunnels()
+        if config.subdomain and len(self.tunnels) > 1:
+            raise ConfigError("a named (--subdomain/--http/--https) tunnel needs its own expose")
         self.config = config
         self.client_id = secrets.token_bytes(16)
         self.metrics = Metrics()  # whole-run totals
         self.session_metrics: Metrics | None = None
         self.port = 0  # the first tunnel's public port
         self.ports: list[int] = []  # one per tunnel
-        self.tunnels = config.all_tunnels()
+        self.urls: list[str] = []  # a named bind's public URLs
         self.sessions = 0
         self.on_bound = on_bound
+        #: builds each stream's pipe; the inspector (http/inspectsrv.py) swaps in its own
+        self.pipe_factory: Callable[[SessionRunner, int, str, bool, bool], StreamPipe] = StreamPipe
         self._ssl: ssl.SSLContext | None = None
         if config.tls or config.tls_ca:
             try:
@@ -130,8 +137,10 @@ class Expose:
                     cfg.session,
                     token=cfg.token,
                     client_id=self.client_id,
+                    requested_name=cfg.subdomain,
+                    routes=cfg.routes if cfg.subdomain else 0,
                     bindings=tuple(
-                        Binding(w, t.name) for w, t in zip(wanted, self.tunnels, strict=True)
+                        Binding(w, t.label) for w, t in zip(wanted, self.tunnels, strict=True)
                     ),
                 )
                 metrics = Metrics()
@@ -146,15 +155,16 @@ class Expose:
                     raise FatalError(runner.auth_failed)
                 if session.protocol > 1 and _refused_protocol_2(closed):
                     raise FatalError(
-                        "the relay speaks only protocol 1 (one unnamed tunnel per connection);"
-                        " several or named tunnels need a newer relay"
+                        "the relay speaks only protocol 1 (one tunnel per connection);"
+                        " several tunnels need a newer relay"
                     )
                 if runner.bind_failed:
-                    if any(configured) and wanted == configured:
+                    if cfg.subdomain or (any(configured) and wanted == configured):
                         raise FatalError(runner.bind_failed)
                     wanted = list(configured)  # a remembered port went to someone else
-                if runner.bound_port:
-                    wanted = list(runner.bound_ports)
+                if runner.bound:
+                    if runner.bound_port:
+                        wanted = list(runner.bound_ports)
                     if trio.current_time() - runner.bound_at >= cfg.stable_after:
                         backoff.reset()
                     log.info("tunnel lost: %s", closed.reason if closed else "closed")
@@ -175,6 +185,16 @@ class Expose:
             await trio.sleep(delay)
 
 
+def public_urls(host: str, http_port: int, https_port: int) -> list[str]:
+    """A named bind's addresses, without the scheme's default port."""
+    urls = []
+    if http_port:
+        urls.append(f"http://{host}" + ("" if http_port == 80 else f":{http_port}"))
+    if https_port:
+        urls.append(f"https://{host}" + ("" if https_port == 443 else f":{https_port}"))
+    return urls
+
+
 def _refused_protocol_2(closed: E.SessionClosed | None) -> bool:
     """A protocol-1 relay's answer to our extended HELLO (GOAWAY naming its size)."""
     return (
@@ -191,6 +211,7 @@ class ExposeRunner(SessionRunner):
     ) -> None:
         super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
         self.expose = expose
+        self.bound = False
         self.bound_port = 0
         self.bound_ports: tuple[int, ...] = ()
         self.bound_at = 0.0
@@ -201,6 +222,7 @@ class ExposeRunner(SessionRunner):
         if isinstance(ev, E.Authenticated):
             self.relay_proven = True
         elif isinstance(ev, E.Bound):
+            self.bound = True
             ports = ev.ports or (ev.port,)
             self.bound_port, self.bound_ports = ev.port, ports
             self.bound_at = trio.current_time()
@@ -208,14 +230,16 @@ class ExposeRunner(SessionRunner):
             self.expose.sessions += 1
             self.metrics.connections = 1
             host = self.expose.config.server_host
+            if ev.host:  # a named bind: URLs on the relay's shared ports
+                host, ports = ev.host, (ev.http_port or ev.https_port,)
+                self.expose.urls = public_urls(ev.host, ev.http_port, ev.https_port)
             for t, port in zip(self.expose.tunnels, ports, strict=True):
                 log.info(
-                    "public address %s:%d -> %s:%d%s (lease %d s)",
-                    host,
-                    port,
+                    "public address %s -> %s:%d%s (lease %d s)",
+                    ", ".join(self.expose.urls) if ev.host else f"{host}:{port}",
                     t.local_host,
                     t.local_port,
-                    f" [{t.name}]" if t.name else "",
+                    f" [{t.label}]" if t.label else "",
                     ev.lease,
                 )
                 if self.expose.on_bound is not None:
@@ -223,9 +247,7 @@ class ExposeRunner(SessionRunner):
         elif isinstance(ev, E.BindFailed):
             self.bind_failed = ev.reason
         elif isinstance(ev, E.StreamOpened):
-            pipe = StreamPipe(
-                self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False
-            )
+            pipe = self.expose.pipe_factory(self, ev.stream_id, ev.peer, self.observe_http, False)
             self.pipes[ev.stream_id] = pipe
             assert self.nursery is not None
             self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe, ev.binding))

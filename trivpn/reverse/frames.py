@@ -22,9 +22,10 @@ from trivpn.errors import LocalProtocolError, RemoteProtocolError
 
 VERSION = 1  # of the frame header; never changes within protocol 1 and 2
 #: Protocol revisions, negotiated in HELLO / HELLO_ACK (see handshake.py). 1: one binding
-#: per session (HELLO 40 bytes, HELLO_ACK 44, BIND 2, BIND_OK 6). 2: several bindings, each
-#: with an optional name (HELLO/HELLO_ACK carry the protocol number as a trailing u16,
-#: BIND and BIND_OK carry lists, OPEN's payload starts with the binding index).
+#: per session (HELLO 40 bytes, HELLO_ACK 44; BIND 2 bytes or the named form, BIND_OK 6
+#: or the named form). 2: several port bindings, each with an optional label
+#: (HELLO/HELLO_ACK carry the protocol number as a trailing u16, BIND and BIND_OK carry
+#: lists, OPEN's payload starts with the binding index).
 PROTOCOL = 2
 MAX_BINDINGS = 16
 MAX_BINDING_NAME = 63
@@ -80,13 +81,16 @@ FIXED_SIZE: dict[int, int] = {
 #: The protocol >= 2 form of HELLO / HELLO_ACK: the same fields and the protocol u16.
 EXTENDED_SIZE: dict[int, int] = {FrameType.HELLO: 42, FrameType.HELLO_ACK: 46}
 MAX_VARIABLE: dict[int, int] = {
-    # protocol 1: port u16 (2 bytes); 2: count u8 | count x (port u16 | name len u8 | name)
-    FrameType.BIND: 1 + MAX_BINDINGS * (3 + MAX_BINDING_NAME),
-    # protocol 1: port u16 | lease u32 (6 bytes); 2: lease u32 | count u8 | count x port u16
-    FrameType.BIND_OK: 5 + 2 * MAX_BINDINGS,
     FrameType.AUTH_ERR: MAX_TEXT,
     FrameType.BIND_ERR: MAX_TEXT,
     FrameType.GOAWAY: 4 + MAX_TEXT,
+    # exact sizes are checked by the handshake, per protocol. Protocol 1: port u16
+    # [| routes u8 | length u8 | subdomain]; protocol 2: count u8 | count x (port u16 |
+    # label length u8 | label)
+    FrameType.BIND: max(4 + 63, 1 + MAX_BINDINGS * (3 + MAX_BINDING_NAME)),
+    # protocol 1: port u16 | lease u32 [| http port u16 | https port u16 | length u8 | host
+    # name]; protocol 2: lease u32 | count u8 | count x port u16
+    FrameType.BIND_OK: max(11 + 253, 5 + 2 * MAX_BINDINGS),
 }
 
 

@@ -19,15 +19,24 @@ close), and proves in AUTH_OK that it knows the token too. The token never cross
 wire. The relay answers BIND only when its application chose its ports (`accept_bind` /
 `accept_binds` or `reject_bind`); the client binds right after AUTH_OK.
 
-Protocol revision (frames.PROTOCOL): a client that asks for one unnamed binding sends the
-protocol-1 HELLO (40 bytes) and speaks protocol 1, so it works with any relay. A client
-with several bindings, or a named one, appends the highest protocol it speaks (u16) to
-HELLO; the relay answers with the extended HELLO_ACK carrying min(its own, the client's),
-and both use that. An extended HELLO_ACK answers only an extended HELLO, and a protocol
-below 2 in either is a protocol error. A relay of protocol 1 refuses the 42-byte HELLO
-(a clear GOAWAY), never misreads it. Protocol 2 changes only BIND / BIND_OK (lists, see
-frames.py) and OPEN (the binding index first); all-or-nothing: one refused binding
-refuses the bind.
+Named binds (HTTP routing by Host / TLS by SNI, trivpn/reverse/http): a client that asks
+for a subdomain sends the long BIND (port u16 | routes u8 | length u8 | label) and gets
+the long BIND_OK (port u16 | lease u32 | http port u16 | https port u16 | length u8 |
+host). Compatibility: without a subdomain both frames keep their old 2- and 6-byte form,
+so old and new ends interoperate; the relay answers the long form only to the long BIND,
+and each side refuses the other form; a relay older than this refuses the long BIND as a
+protocol error (its decoder wanted 2 bytes).
+
+Protocol revision (frames.PROTOCOL), for several port bindings on one session: a client
+with one binding (plain or named) sends the protocol-1 HELLO (40 bytes) and speaks
+protocol 1 as above, so it works with any relay. A client with several bindings appends
+the highest protocol it speaks (u16) to HELLO; the relay answers with the extended
+HELLO_ACK carrying min(its own, the client's), and both use that. An extended HELLO_ACK
+answers only an extended HELLO, and a protocol below 2 in either is a protocol error. A
+relay of protocol 1 refuses the 42-byte HELLO by its size, never misreads it. Protocol 2
+changes BIND / BIND_OK (lists, bindings.py) and OPEN (the binding index first); one
+refused binding refuses the bind. A named (subdomain) bind is not part of protocol 2: it
+keeps a session of its own.
 
 This piece knows nothing of streams, time or framing limits: the `Session` enforces the
 256-byte pre-auth frame limit and the handshake deadline, and takes over at BOUND. A
@@ -45,6 +54,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.reverse.bindings import (
+    check_label,
+    decode_bind_ok,
+    decode_bindings,
+    encode_bind_ok,
+    encode_bindings,
+)
 from trivpn.reverse.config import MAX_WINDOW, SessionConfig
 from trivpn.reverse.events import (
     Authenticated,
@@ -57,7 +73,6 @@ from trivpn.reverse.events import (
 )
 from trivpn.reverse.frames import (
     ABSOLUTE_MAX_FRAME,
-    MAX_BINDING_NAME,
     MAX_BINDINGS,
     MAX_TEXT,
     PRE_AUTH_MAX_FRAME,
@@ -72,52 +87,7 @@ _U16 = struct.Struct("!H")
 _HELLO = struct.Struct("!16s16sII")
 _HELLO_ACK = struct.Struct("!32sIII")
 _BIND_OK = struct.Struct("!HI")
-_BIND_OK2 = struct.Struct("!IB")  # lease | count, then count x port u16
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def check_binding_name(name: str) -> str | None:
-    """Why `name` cannot name a binding, or None (a DNS label: it may become a host name)."""
-    if len(name) > MAX_BINDING_NAME:
-        return f"is longer than {MAX_BINDING_NAME} characters"
-    if not set(name) <= _NAME_CHARS or name.startswith("-") or name.endswith("-"):
-        return "may hold only lowercase letters, digits and inner '-'"
-    return None
-
-
-def encode_bindings(bindings: tuple[Binding, ...]) -> bytes:
-    out = bytearray([len(bindings)])
-    for b in bindings:
-        name = b.name.encode()
-        out += _U16.pack(b.port) + bytes([len(name)]) + name
-    return bytes(out)
-
-
-def decode_bindings(payload: bytes) -> tuple[Binding, ...]:
-    """The protocol-2 BIND payload; RemoteProtocolError if it is not exactly well-formed."""
-    if not payload or not 1 <= payload[0] <= MAX_BINDINGS:
-        raise RemoteProtocolError(f"BIND must carry 1 to {MAX_BINDINGS} bindings")
-    out: list[Binding] = []
-    pos = 1
-    for _ in range(payload[0]):
-        if len(payload) < pos + 3:
-            raise RemoteProtocolError("BIND payload cut short")
-        port = _U16.unpack_from(payload, pos)[0]
-        size = payload[pos + 2]
-        raw = payload[pos + 3 : pos + 3 + size]
-        if len(raw) != size:
-            raise RemoteProtocolError("BIND payload cut short")
-        name = raw.decode("ascii", "replace")
-        why = check_binding_name(name)
-        if why is not None:
-            raise RemoteProtocolError(f"binding name {text(raw)!r} {why}")
-        out.append(Binding(port, name))
-        pos += 3 + size
-    if pos != len(payload):
-        raise RemoteProtocolError("BIND payload has trailing bytes")
-    return tuple(out)
-
-
+_NAMED_OK = struct.Struct("!HIHHB")  # port | lease | http port | https port | host length
 _CLIENT_LABEL = b"trivpn-reverse-v1 client"
 _RELAY_LABEL = b"trivpn-reverse-v1 relay"
 
@@ -158,6 +128,8 @@ class Handshake:
         client_id: bytes,
         requested_port: int,
         random: bytes,
+        requested_name: str = "",
+        routes: int = 0,
         bindings: tuple[Binding, ...] | None = None,
     ) -> None:
         if len(random) < 32:
@@ -175,6 +147,9 @@ class Handshake:
         self.peer_window = 0
         self.peer_max_frame = PRE_AUTH_MAX_FRAME
         self.bind_asked = False
+        self.bind_named = False  # the BIND (relay: received; client: sent) named a subdomain
+        self.host = ""  # named bind: the public host name
+        self.http_port = self.https_port = 0
         self._scheduler = scheduler
         self._events = events
         self._tokens = dict(tokens or {})
@@ -186,13 +161,25 @@ class Handshake:
                 raise LocalProtocolError("client id must be 16 bytes")
             self.bindings = bindings or (Binding(requested_port),)
             self._check_bindings()
+            if len(self.bindings) > 1 and requested_name:
+                raise LocalProtocolError("a named bind cannot share its session with others")
+            requested_port = self.bindings[0].port
+            if requested_name and not (
+                len(requested_name) <= 63 and requested_name.isascii() and 1 <= routes <= 3
+            ):
+                raise LocalProtocolError("bad subdomain or routes")
+            self._bind = _U16.pack(requested_port)
+            if requested_name:
+                self.bind_named = True
+                self._bind += bytes([routes, len(requested_name)]) + requested_name.encode()
             self.client_id = client_id
             self._nonce = random[:16]
             self._challenge = b""
             hello = _HELLO.pack(self._nonce, client_id, config.window, config.max_frame)
-            if len(self.bindings) > 1 or self.bindings[0].name:
+            if len(self.bindings) > 1:
                 self.protocol = PROTOCOL  # a proposal until HELLO_ACK
                 hello += _U16.pack(PROTOCOL)
+                self._bind = encode_bindings(self.bindings)
             scheduler.control(FrameType.HELLO, payload=hello)
         else:
             if not self._tokens or not all(self._tokens.values()):
@@ -209,23 +196,44 @@ class Handshake:
 
     # relay side ----------------------------------------------------------------------
 
-    def accept_bind(self, port: int, lease: int) -> None:
-        self.accept_binds((port,), lease)
-
-    def accept_binds(self, ports: tuple[int, ...] | list[int], lease: int) -> None:
-        """One port per requested binding, in order."""
-        if self.role != "relay" or self.state is not State.AUTHENTICATED or not self.bind_asked:
-            raise LocalProtocolError(f"accept_bind in state {self.state.value}")
-        if len(ports) != len(self.bindings) or not all(1 <= p <= 65535 for p in ports):
-            raise LocalProtocolError(f"{len(ports)} ports for {len(self.bindings)} bindings")
-        self.ports = tuple(ports)
-        self.port, self.lease = ports[0], lease
-        if self.protocol == 1:
-            payload = _BIND_OK.pack(ports[0], lease)
-        else:
-            payload = _BIND_OK2.pack(lease, len(ports)) + b"".join(_U16.pack(p) for p in ports)
+    def accept_bind(
+        self, port: int, lease: int, *, host: str = "", http_port: int = 0, https_port: int = 0
+    ) -> None:
+        if self.protocol > 1:
+            raise LocalProtocolError("accept_bind on a protocol-2 session: use accept_binds")
+        self._check_accept((port,))
+        self.ports = (port,)
+        self.port, self.lease = port, lease
+        payload = _BIND_OK.pack(port, lease)
+        if self.bind_named:
+            name = host.encode("ascii")
+            if not 0 < len(name) <= 253:
+                raise LocalProtocolError("a named bind needs its host name")
+            payload = _NAMED_OK.pack(port, lease, http_port, https_port, len(name)) + name
+            self.host, self.http_port, self.https_port = host, http_port, https_port
         self._scheduler.control(FrameType.BIND_OK, payload=payload)
         self.state = State.BOUND
+
+    def accept_binds(self, ports: tuple[int, ...] | list[int], lease: int) -> None:
+        """One port per requested binding, in order (either protocol; no named bind)."""
+        self._check_accept(tuple(ports))
+        if self.protocol == 1:
+            if self.bind_named:
+                raise LocalProtocolError("a named bind is answered by accept_bind")
+            self.accept_bind(ports[0], lease)
+            return
+        if 0 in ports:
+            raise LocalProtocolError("protocol 2 binds ports only, never port 0")
+        self.ports = tuple(ports)
+        self.port, self.lease = ports[0], lease
+        self._scheduler.control(FrameType.BIND_OK, payload=encode_bind_ok(self.ports, lease))
+        self.state = State.BOUND
+
+    def _check_accept(self, ports: tuple[int, ...]) -> None:
+        if self.role != "relay" or self.state is not State.AUTHENTICATED or not self.bind_asked:
+            raise LocalProtocolError(f"accept_bind in state {self.state.value}")
+        if len(ports) != len(self.bindings) or not all(0 <= p <= 65535 for p in ports):
+            raise LocalProtocolError(f"{len(ports)} ports for {len(self.bindings)} bindings")
 
     def reject_bind(self, reason: str) -> HandshakeFailed:
         if self.role != "relay" or self.state is not State.AUTHENTICATED:
@@ -252,14 +260,8 @@ class Handshake:
         elif self.state is State.HANDSHAKEN and t is FrameType.AUTH:
             return self._check_auth(f.payload)
         elif self.state is State.AUTHENTICATED and t is FrameType.BIND and not self.bind_asked:
-            if self.protocol == 1:
-                if len(f.payload) != 2:
-                    raise RemoteProtocolError(f"BIND frame of {len(f.payload)} bytes, expected 2")
-                self.bindings = (Binding(_U16.unpack(f.payload)[0]),)
-            else:
-                self.bindings = decode_bindings(f.payload)
             self.bind_asked = True
-            self._events.append(BindRequested(self.bindings[0].port, self.bindings))
+            self._events.append(self._bind_request(f.payload))
         else:
             raise self._illegal(f)
         return None
@@ -282,6 +284,22 @@ class Handshake:
         self.bind_asked = False
         self._events.append(Authenticated(matched, self.client_id))
         return None
+
+    def _bind_request(self, p: bytes) -> BindRequested:
+        if self.protocol > 1:
+            self.bindings = decode_bindings(p)
+            return BindRequested(self.bindings[0].port, bindings=self.bindings)
+        if len(p) == 2:
+            self.bindings = (Binding(_U16.unpack(p)[0]),)
+            return BindRequested(self.bindings[0].port, bindings=self.bindings)
+        if len(p) < 5 or len(p) != 4 + p[3] or not 1 <= p[2] <= 3:
+            raise RemoteProtocolError(f"malformed BIND of {len(p)} bytes")
+        name = p[4:]
+        if not name.isascii():
+            raise RemoteProtocolError("BIND with a non-ASCII subdomain")
+        self.bind_named = True
+        self.bindings = (Binding(_U16.unpack_from(p)[0]),)
+        return BindRequested(self.bindings[0].port, name.decode("ascii"), p[2], self.bindings)
 
     # client side ---------------------------------------------------------------------
 
@@ -310,16 +328,9 @@ class Handshake:
                 raise RemoteProtocolError("the relay could not prove it knows the token")
             self.state = State.AUTHENTICATED
             self._events.append(Authenticated("", self.client_id))
-            if self.protocol == 1:
-                bind = _U16.pack(self.bindings[0].port)
-            else:
-                bind = encode_bindings(self.bindings)
-            self._scheduler.control(FrameType.BIND, payload=bind)
+            self._scheduler.control(FrameType.BIND, payload=self._bind)
         elif self.state is State.AUTHENTICATED and t is FrameType.BIND_OK:
-            self.ports, self.lease = self._bind_ok(f.payload)
-            self.port = self.ports[0]
-            self.state = State.BOUND
-            self._events.append(Bound(self.port, self.lease, self.ports))
+            self._bound(f.payload)
         elif self.state is State.AUTHENTICATED and t is FrameType.BIND_ERR:
             reason = f"the relay refused the bind: {text(f.payload)}"
             self._events.append(BindFailed(reason))
@@ -341,21 +352,30 @@ class Handshake:
                 raise RemoteProtocolError(f"the relay chose protocol {chosen}")
             self.protocol = chosen
 
-    def _bind_ok(self, payload: bytes) -> tuple[tuple[int, ...], int]:
-        if self.protocol == 1:
-            if len(payload) != _BIND_OK.size:
-                raise RemoteProtocolError(f"BIND_OK frame of {len(payload)} bytes, expected 6")
-            port, lease = _BIND_OK.unpack(payload)
-            ports: tuple[int, ...] = (port,)
+    def _bound(self, p: bytes) -> None:
+        if self.protocol > 1:
+            self.ports, self.lease = decode_bind_ok(p, len(self.bindings))
+            self.port = self.ports[0]
+        elif not self.bind_named:
+            if len(p) != _BIND_OK.size:
+                raise RemoteProtocolError(f"BIND_OK of {len(p)} bytes, expected {_BIND_OK.size}")
+            self.port, self.lease = _BIND_OK.unpack(p)
+            if self.port == 0:
+                raise RemoteProtocolError("the relay bound port 0")
         else:
-            n = len(self.bindings)
-            if len(payload) != _BIND_OK2.size + 2 * n or payload[4] != n:
-                raise RemoteProtocolError(f"BIND_OK does not carry {n} ports")
-            lease = _BIND_OK2.unpack_from(payload)[0]
-            ports = tuple(_U16.unpack_from(payload, _BIND_OK2.size + 2 * i)[0] for i in range(n))
-        if 0 in ports:
-            raise RemoteProtocolError("the relay bound port 0")
-        return ports, lease
+            if len(p) <= _NAMED_OK.size or len(p) != _NAMED_OK.size + p[_NAMED_OK.size - 1]:
+                raise RemoteProtocolError(f"malformed named BIND_OK of {len(p)} bytes")
+            self.port, self.lease, self.http_port, self.https_port, _ = _NAMED_OK.unpack_from(p)
+            host = p[_NAMED_OK.size :].decode("ascii", "replace")
+            if not all(c.isalnum() or c in "-._" for c in host):
+                raise RemoteProtocolError("the relay sent a bad host name")
+            self.host = host
+        if self.protocol == 1:
+            self.ports = (self.port,)
+        self.state = State.BOUND
+        self._events.append(
+            Bound(self.port, self.lease, self.host, self.http_port, self.https_port, self.ports)
+        )
 
     # helpers -------------------------------------------------------------------------
 
@@ -365,9 +385,9 @@ class Handshake:
         for b in self.bindings:
             if not 0 <= b.port <= 65535:
                 raise LocalProtocolError("requested port must be 0..65535")
-            why = check_binding_name(b.name)
+            why = check_label(b.label)
             if why is not None:
-                raise LocalProtocolError(f"binding name {b.name!r} {why}")
+                raise LocalProtocolError(f"binding label {b.label!r} {why}")
 
     def _set_peer_limits(self, window: int, max_frame: int) -> None:
         if not 1024 <= window <= MAX_WINDOW:

@@ -27,6 +27,7 @@ from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.guard import GuardConfig, SourceGuard
+from trivpn.reverse.http.router import NameRouter, RoutingConfig, bind_name
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import (
@@ -78,6 +79,7 @@ class RelayConfig:
     observe_http: bool = True
     session: SessionConfig = field(default_factory=SessionConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
+    routing: RoutingConfig | None = None  # --domain with --http-addr / --https-addr
 
 
 def load_tokens(path: str) -> dict[str, bytes]:
@@ -133,6 +135,7 @@ class Relay:
         self.tunnel_port = config.port
         self.guard = SourceGuard(config.guard)
         self.shapers: dict[str, Shaper] = {}  # per token name, shared by its sessions
+        self.router = NameRouter(config.routing, config.lease) if config.routing else None
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
             if not (config.tls_cert and config.tls_key):
@@ -199,6 +202,8 @@ class Relay:
             cfg.end_port,
         )
         async with trio.open_nursery() as nursery:
+            if self.router is not None:
+                await nursery.start(self.router.serve)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
             task_status.started(self.tunnel_port)
@@ -287,6 +292,8 @@ class RelayRunner(SessionRunner):
         self.ports: list[int] = []  # one per binding
         self.used_ports: set[int] = set()  # ports a stream went through (worth a full lease)
         self.shaper: Shaper | None = None
+        self.route_name = ""  # a named bind: the subdomain, and its ROUTE_* bits
+        self.route_bits = 0
 
     async def run(self) -> E.SessionClosed | None:
         try:
@@ -307,6 +314,8 @@ class RelayRunner(SessionRunner):
                     keep,
                     "" if used else " (no stream went through it)",
                 )
+            if self.route_name and relay.router is not None:
+                relay.router.release(self, self.route_name)
             if relay.by_owner.get(self.owner) is self:
                 del relay.by_owner[self.owner]
         if self.name:
@@ -326,7 +335,10 @@ class RelayRunner(SessionRunner):
             log.info("client %s authenticated from %s", ev.name, self.peer)
         elif isinstance(ev, E.BindRequested):
             assert self.nursery is not None
-            self.nursery.start_soon(self._bind, ev.bindings or (E.Binding(ev.port),))
+            if ev.name:
+                self.nursery.start_soon(self._bind_name, ev.name, ev.routes)
+            else:
+                self.nursery.start_soon(self._bind, ev.bindings or (E.Binding(ev.port),))
 
     def on_stream_reset(self, ev: E.StreamReset) -> None:
         if ev.by_peer and ev.code == ErrorCode.REFUSED:
@@ -347,7 +359,7 @@ class RelayRunner(SessionRunner):
                 for p in ports:
                     relay.allocator.forget(p)
                 if len(bindings) > 1:
-                    got = f"tunnel {b.name or slot + 1}: {got}"
+                    got = f"tunnel {b.label or slot + 1}: {got}"
                 self.session.reject_bind(got)
                 self.dispatch()
                 self.ring()
@@ -367,10 +379,44 @@ class RelayRunner(SessionRunner):
         self.dispatch()
         self.ring()
         for slot, (b, port, lsts) in enumerate(zip(bindings, ports, listening, strict=True)):
-            label = f" for tunnel {b.name}" if b.name else ""
+            label = f" for tunnel {b.label}" if b.label else ""
             log.info("client %s bound to public port %d%s", self.name, port, label)
             for lst in lsts:
                 self.nursery.start_soon(self._public_accept, lst, slot)
+
+    async def _bind_name(self, name: str, routes: int) -> None:
+        owner = self.owner
+        assert owner is not None
+
+        async def replace() -> None:
+            await _replace_previous(self, owner, 0)
+
+        await bind_name(self.relay.router, self, name, routes, replace)
+
+    def adopt(self, conn: socket.socket, peer: str, preface: bytes = b"", slot: int = 0) -> bool:
+        """Carry one public connection over this session (on binding `slot`); `preface` is
+        what was already read from it (a routed request head). False: it cannot."""
+        try:
+            sid = self.session.open_stream(peer, trio.current_time(), slot)
+            if preface:
+                self.session.send_data(sid, preface)
+                self.metrics.bytes_in += len(preface)
+        except StreamClosedError as exc:
+            log.info("refusing public connection from %s: %s", peer, exc)
+            return False
+        pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
+        pipe.shaper = self.shaper
+        if preface:
+            pipe._observe(preface, True)
+        self.pipes[sid] = pipe
+        self.flush()
+        assert self.nursery is not None
+
+        async def opener() -> socket.socket:
+            return conn
+
+        self.nursery.start_soon(self.run_pipe, pipe, opener)
+        return True
 
     async def _public_accept(self, listener: trio.SocketListener, slot: int = 0) -> None:
         lport = listener.socket.getsockname()[1]
@@ -383,24 +429,10 @@ class RelayRunner(SessionRunner):
                     await trio.sleep(0.1)
                     continue
                 conn = plain_socket(tsock)
-                peer = format_addr(addr)
-                try:
-                    sid = self.session.open_stream(peer, trio.current_time(), slot)
-                except StreamClosedError as exc:
-                    log.info("refusing public connection from %s: %s", peer, exc)
+                if self.adopt(conn, format_addr(addr), slot=slot):
+                    self.used_ports.add(lport)
+                else:
                     close_plain(conn, reset=True)
-                    continue
-                self.used_ports.add(lport)
-                pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
-                pipe.shaper = self.shaper
-                self.pipes[sid] = pipe
-                self.flush()
-                assert self.nursery is not None
-
-                async def opener(conn: socket.socket = conn) -> socket.socket:
-                    return conn
-
-                self.nursery.start_soon(self.run_pipe, pipe, opener)
 
 
 async def _open_port(
@@ -438,7 +470,7 @@ async def _open_port(
     return "no free port"
 
 
-async def _replace_previous(runner: RelayRunner, owner: Owner, port: int, slot: int) -> None:
+async def _replace_previous(runner: RelayRunner, owner: Owner, port: int, slot: int = 0) -> None:
     """The same client reconnected while its old session lingers: end that one first.
 
     Its listener closes before the port is bound again; the wait is bounded, so a takeover
@@ -457,4 +489,5 @@ async def _replace_previous(runner: RelayRunner, owner: Owner, port: int, slot: 
     if scope.cancelled_caught and old.nursery is not None:
         old.nursery.cancel_scope.cancel()
         await old.done.wait()
-    relay.allocator.assign(owner, port, trio.current_time(), slot=slot)
+    if port:  # a named bind re-leases its name itself
+        relay.allocator.assign(owner, port, trio.current_time(), slot=slot)

@@ -112,6 +112,8 @@ class Session:
         client_id: bytes = b"",
         requested_port: int = 0,
         random: bytes | None = None,
+        requested_name: str = "",
+        routes: int = 0,
         bindings: tuple[Binding, ...] | None = None,
     ) -> None:
         if role not in ("relay", "client"):
@@ -140,6 +142,8 @@ class Session:
             client_id=client_id,
             requested_port=requested_port,
             random=random if random is not None else secrets.token_bytes(32),
+            requested_name=requested_name,
+            routes=routes,
             bindings=bindings,
         )
 
@@ -249,11 +253,18 @@ class Session:
 
     # relay side ----------------------------------------------------------------------
 
-    def accept_bind(self, port: int, lease: int) -> None:
-        self.accept_binds((port,), lease)
+    def accept_bind(
+        self, port: int, lease: int, *, host: str = "", http_port: int = 0, https_port: int = 0
+    ) -> None:
+        """`host` and the ports answer a named bind (BindRequested.name)."""
+        hs = self._handshake
+        if self.role != "relay" or self.state is not State.AUTHENTICATED or not hs.bind_asked:
+            raise LocalProtocolError(f"accept_bind in state {self.state.value}")
+        hs.accept_bind(port, lease, host=host, http_port=http_port, https_port=https_port)
+        self._enter_bound()
 
     def accept_binds(self, ports: tuple[int, ...] | list[int], lease: int) -> None:
-        """Relay: one public port per requested binding, in order."""
+        """Relay: one public port per requested binding, in order (protocol 1 or 2)."""
         hs = self._handshake
         if self.role != "relay" or self.state is not State.AUTHENTICATED or not hs.bind_asked:
             raise LocalProtocolError(f"accept_bind in state {self.state.value}")

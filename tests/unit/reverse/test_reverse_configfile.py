@@ -11,7 +11,8 @@ import pytest
 
 from trivpn.cli import build_parser, main
 from trivpn.errors import ConfigError
-from trivpn.reverse.cli import TOKEN_ENV, build_expose, build_relay
+from trivpn.reverse.build import build_expose, build_relay
+from trivpn.reverse.cli import TOKEN_ENV
 from trivpn.reverse.configfile import load_expose, load_relay
 
 TOKEN = "0123456789abcdef-token"
@@ -119,7 +120,7 @@ def test_expose_file_with_two_tunnels(tmp_path: pathlib.Path) -> None:
     c = e.config
     assert (c.server_host, c.server_port, c.token) == ("relay.example.net", 9000, TOKEN.encode())
     assert c.tls and not c.reconnect and c.attempts == 0
-    assert [(t.local_host, t.local_port, t.remote_port, t.name) for t in e.tunnels] == [
+    assert [(t.local_host, t.local_port, t.remote_port, t.label) for t in e.tunnels] == [
         ("127.0.0.1", 3000, 10080, "web"),
         ("127.0.0.1", 22, 0, ""),
     ]

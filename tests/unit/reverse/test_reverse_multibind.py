@@ -13,10 +13,10 @@ from helpers.reverse import HOST, free_port
 
 from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
 from trivpn.reverse import session as S
+from trivpn.reverse.bindings import decode_bindings, encode_bindings
 from trivpn.reverse.events import Binding
 from trivpn.reverse.expose import Expose, ExposeConfig, TunnelConfig
 from trivpn.reverse.frames import FrameType, encode
-from trivpn.reverse.handshake import decode_bindings, encode_bindings
 from trivpn.reverse.relay import Relay, RelayConfig
 from trivpn.reverse.session import Session
 
@@ -167,8 +167,8 @@ async def test_two_tunnels_over_one_expose_connection() -> None:
                     ready.set()
 
             tunnels = [
-                TunnelConfig(HOST, locals_[0], name="alpha"),
-                TunnelConfig(HOST, locals_[1], remote_port=start + 5, name="beta"),
+                TunnelConfig(HOST, locals_[0], label="alpha"),
+                TunnelConfig(HOST, locals_[1], remote_port=start + 5, label="beta"),
             ]
             expose = Expose(ExposeConfig(HOST, tport, "", 0, TOKEN, tunnels=tunnels), on_bound)
             nursery.start_soon(expose.run)
@@ -194,8 +194,8 @@ async def test_a_refused_binding_refuses_the_bind_and_names_it() -> None:
         async with trio.open_nursery() as nursery:
             tport = await nursery.start(relay.serve)
             tunnels = [
-                TunnelConfig(HOST, 1, name="ok"),
-                TunnelConfig(HOST, 1, remote_port=start + 20, name="far"),
+                TunnelConfig(HOST, 1, label="ok"),
+                TunnelConfig(HOST, 1, remote_port=start + 20, label="far"),
             ]
             expose = Expose(ExposeConfig(HOST, tport, "", 0, TOKEN, tunnels=tunnels))
             with pytest.raises(FatalError, match=r"tunnel far: port \d+ is outside"):
@@ -221,7 +221,7 @@ async def test_expose_explains_a_protocol_1_relay_and_does_not_retry() -> None:
                 functools.partial(trio.serve_tcp, _protocol_1_relay, 0, host=HOST)
             )
             tport = lst[0].socket.getsockname()[1]
-            tunnels = [TunnelConfig(HOST, 1, name="a"), TunnelConfig(HOST, 2, name="b")]
+            tunnels = [TunnelConfig(HOST, 1, label="a"), TunnelConfig(HOST, 2, label="b")]
             expose = Expose(ExposeConfig(HOST, tport, "", 0, TOKEN, tunnels=tunnels))
             with pytest.raises(FatalError, match="speaks only protocol 1"):
                 await expose.run()
