@@ -256,3 +256,30 @@ def test_cli_reports_a_bad_file_in_one_line_exit_1(
     err = capsys.readouterr().err
     assert err == f"trivpn: error: {path} line 1: start_port: must be an integer, not a string\n"
     assert "Traceback" not in err
+
+
+def test_routing_by_name_from_files(tmp_path: pathlib.Path) -> None:
+    relay_file = _write(
+        tmp_path,
+        f'token = "{TOKEN}"\ndomain = "tunnels.example.net"\nhttp_addr = "127.0.0.1:0"\n',
+        "relay.toml",
+    )
+    relay = build_relay(_args(["relay", "--config", relay_file]))
+    assert relay.config.routing is not None
+    assert relay.config.routing.domain == "tunnels.example.net"
+    expose_file = _write(
+        tmp_path,
+        f'server = "r:9000"\ntoken = "{TOKEN}"\nlocal = ":3000"\nhttp = true\n'
+        'subdomain = "api"\ninspect = "127.0.0.1:4040"\n',
+        "expose.toml",
+    )
+    args = _args(["expose", "--config", expose_file])
+    e = build_expose(args)
+    assert (e.config.subdomain, e.config.routes) == ("api", 1) and args.inspect == "127.0.0.1:4040"
+    two = _write(
+        tmp_path,
+        'subdomain = "api"\n[[tunnels]]\nlocal = ":1"\n[[tunnels]]\nlocal = ":2"\n',
+        "two.toml",
+    )
+    with pytest.raises(ConfigError, match=r"two.toml line 1: subdomain: a named .* of its own"):
+        load_expose(two)
