@@ -349,40 +349,37 @@ class RelayRunner(SessionRunner):
         relay = self.relay
         assert self.owner is not None and self.nursery is not None
         ports: list[int] = []
-        listening: list[list[trio.SocketListener]] = []
+        listening: list[trio.SocketListener] = []
+        slots: list[int] = []  # listening[i] serves binding slots[i]
+        refused = ""
         for slot, b in enumerate(bindings):
             got = await _open_port(self, self.owner, b.port, slot)
             if isinstance(got, str):
-                for lsts in listening:
-                    for lst in lsts:
-                        await lst.aclose()
-                for p in ports:
-                    relay.allocator.forget(p)
-                if len(bindings) > 1:
-                    got = f"tunnel {b.label or slot + 1}: {got}"
-                self.session.reject_bind(got)
-                self.dispatch()
-                self.ring()
-                return
+                refused = f"tunnel {b.label or slot + 1}: {got}" if len(bindings) > 1 else got
+                break
             ports.append(got[0])
-            listening.append(got[1])
-        if self.session.closed:
-            for lsts in listening:
-                for lst in lsts:
-                    await lst.aclose()
+            listening += got[1]
+            slots += [slot] * len(got[1])
+        if refused or self.session.closed:
+            for lst in listening:
+                await lst.aclose()
             for p in ports:
                 relay.allocator.forget(p)
+            if refused:
+                self.session.reject_bind(refused)
+                self.dispatch()
+                self.ring()
             return
         self.port, self.ports = ports[0], ports
         relay.by_owner[self.owner] = self
         self.session.accept_binds(ports, int(relay.config.lease))
         self.dispatch()
         self.ring()
-        for slot, (b, port, lsts) in enumerate(zip(bindings, ports, listening, strict=True)):
+        for b, port in zip(bindings, ports, strict=True):
             label = f" for tunnel {b.label}" if b.label else ""
             log.info("client %s bound to public port %d%s", self.name, port, label)
-            for lst in lsts:
-                self.nursery.start_soon(self._public_accept, lst, slot)
+        for lst, slot in zip(listening, slots, strict=True):
+            self.nursery.start_soon(self._public_accept, lst, slot)
 
     async def _bind_name(self, name: str, routes: int) -> None:
         owner = self.owner

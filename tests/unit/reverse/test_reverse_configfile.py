@@ -4,6 +4,7 @@ every kind of mistake is one line naming the file, the line or key, and the prob
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import re
 
@@ -252,7 +253,12 @@ def test_cli_reports_a_bad_file_in_one_line_exit_1(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _write(tmp_path, 'start_port = "ten"\n')
-    assert main(["relay", "--config", path]) == 1
+    logger = logging.getLogger("trivpn")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:  # main() sets up logging for the process: put it back for the other tests
+        assert main(["relay", "--config", path]) == 1
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
     err = capsys.readouterr().err
     assert err == f"trivpn: error: {path} line 1: start_port: must be an integer, not a string\n"
     assert "Traceback" not in err
