@@ -226,3 +226,36 @@ async def test_expose_explains_a_protocol_1_relay_and_does_not_retry() -> None:
             with pytest.raises(FatalError, match="speaks only protocol 1"):
                 await expose.run()
             nursery.cancel_scope.cancel()
+
+
+async def test_two_tunnels_get_both_ports_back_after_a_drop() -> None:
+    start = free_port()
+    relay = Relay(
+        RelayConfig(
+            host=HOST, port=0, start_port=start, end_port=start + 9, tokens={"alice": TOKEN}
+        )
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            tport = await nursery.start(relay.serve)
+            bound: list[int] = []
+            tunnels = [TunnelConfig(HOST, 1, label="a"), TunnelConfig(HOST, 2, label="b")]
+            cfg = ExposeConfig(HOST, tport, "", 0, TOKEN, tunnels=tunnels, backoff_initial=0.05)
+            expose = Expose(cfg, lambda h, p: bound.append(p))
+            nursery.start_soon(expose.run)
+            for _ in range(1000):  # bounded wait for the first bind
+                if len(bound) == 2:
+                    break
+                await trio.sleep(0.01)
+            relay.by_owner[("alice", expose.client_id)].drop()
+            # another client of the same token binds meanwhile: our ports are not its
+            other, _ = relay.allocator.assign(("alice", bytes(16)), 0, trio.current_time())
+            assert other not in bound
+            for _ in range(1000):
+                if len(bound) == 4:
+                    break
+                await trio.sleep(0.01)
+            assert bound[2:] == bound[:2] and expose.sessions == 2
+            held = relay.allocator.held("alice", trio.current_time())
+            assert held == sorted([*bound[:2], other])
+            nursery.cancel_scope.cancel()
