@@ -74,17 +74,8 @@ class Exchange:
 class ExchangeCapture:
     """Feed it copies of both directions of one stream; it returns finished exchanges."""
 
-    __slots__ = (
-        "peer",
-        "preview",
-        "replay_body",
-        "active",
-        "_req",
-        "_resp",
-        "_pending",
-        "_sent",
-        "_started",
-    )
+    __slots__ = ("peer", "preview", "replay_body", "active", "_req", "_resp", "_pending",
+                 "_sent", "_started")
 
     def __init__(self, peer: str, *, preview: int = PREVIEW, replay_body: int = REPLAY_BODY):
         self.peer = peer

@@ -96,21 +96,15 @@ def error_response(status: int, message: str) -> bytes:
 
 
 def not_found(host: str) -> Reject:
-    return Reject(
-        404,
-        f"no tunnel for {printable(host)}",
-        error_response(
-            404, f"No tunnel is serving {host}. Check the address, or start `trivpn expose`."
-        ),
-    )
+    return Reject(404, f"no tunnel for {printable(host)}", error_response(
+        404, f"No tunnel is serving {host}. Check the address, or start `trivpn expose`."
+    ))
 
 
 def offline(host: str) -> Reject:
-    return Reject(
-        503,
-        f"tunnel {printable(host)} is reconnecting",
-        error_response(503, f"The tunnel for {host} is reconnecting; try again in a few seconds."),
-    )
+    return Reject(503, f"tunnel {printable(host)} is reconnecting", error_response(
+        503, f"The tunnel for {host} is reconnecting; try again in a few seconds."
+    ))
 
 
 _D = TypeVar("_D", Route, Reject)
@@ -145,34 +139,22 @@ class HeadReader:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
-            return self._decide(
-                Reject(
-                    status,
-                    f"bad request head: {exc}",
-                    error_response(status, "The request head is malformed or too large."),
-                )
-            )
+            return self._decide(Reject(status, f"bad request head: {exc}", error_response(
+                status, "The request head is malformed or too large."
+            )))
         if event is h11.NEED_DATA:
             if len(self._raw) > self.max_head * 2:  # h11 bounds its buffer; this is ours
-                return self._decide(
-                    Reject(
-                        431,
-                        "request head too large",
-                        error_response(431, "The request head is too large."),
-                    )
-                )
+                return self._decide(Reject(431, "request head too large", error_response(
+                    431, "The request head is too large."
+                )))
             return None
         if not isinstance(event, h11.Request):
             return self._decide(Reject(400, "no request", error_response(400, "Bad request.")))
         raw_host = dict(event.headers).get(b"host")
         if raw_host is None:
-            return self._decide(
-                Reject(
-                    400,
-                    "no Host header",
-                    error_response(400, "A Host header naming the tunnel is required."),
-                )
-            )
+            return self._decide(Reject(400, "no Host header", error_response(
+                400, "A Host header naming the tunnel is required."
+            )))
         host = host_of(raw_host)
         name = name_for_host(host, self.domain)
         if name is None:
@@ -185,11 +167,9 @@ class HeadReader:
         return self._decide(self._timeout())
 
     def _timeout(self) -> Reject:
-        return Reject(
-            408,
-            "request head not complete in time",
-            error_response(408, "The request head did not arrive in time."),
-        )
+        return Reject(408, "request head not complete in time", error_response(
+            408, "The request head did not arrive in time."
+        ))
 
     def _decide(self, decision: _D) -> _D:
         self._done = True

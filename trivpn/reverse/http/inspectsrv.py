@@ -79,9 +79,7 @@ class Inspector:
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
-            raise ConfigError(
-                f"--inspect: cannot listen on {host}:{port}: {exc.strerror}"
-            ) from None
+            raise ConfigError(f"--inspect: cannot listen on {host}:{port}: {exc.strerror}") from None
         self.port = listeners[0].socket.getsockname()[1]
         self.app.port = self.port
         task_status.started(self.port)
@@ -94,9 +92,7 @@ class Inspector:
         self._connections += 1
         try:
             async with stream:
-                await self._serve_http(
-                    stream, h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-                )
+                await self._serve_http(stream, h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD))
         except (*_NET_ERRORS, trio.TooSlowError) as exc:
             log.debug("inspector connection: %s", exc)
         finally:
