@@ -96,7 +96,7 @@ class StaticKey:
         """Parse the PEM-like hex block; text outside the BEGIN/END lines is ignored."""
         if STATIC_KEY_BEGIN not in text and "tls-crypt-v2" in text:
             raise ConfigError("static key: this is a tls-crypt-v2 key, not a static key")
-        digits = "".join(_armored_body(text, STATIC_KEY_BEGIN, STATIC_KEY_END, "static key").split())
+        digits = "".join(armored_body(text, STATIC_KEY_BEGIN, STATIC_KEY_END, "static key").split())
         bad = next((c for c in digits if c not in _HEX), None)
         if bad is not None:
             raise ConfigError(f"static key: non-hex character {bad!r} in the key block")
@@ -342,7 +342,7 @@ class TLSCrypt:
         return data[:CLEAR_HEADER_LEN] + plaintext
 
 
-def _armored_body(text: str, begin_line: str, end_line: str, what: str) -> str:
+def armored_body(text: str, begin_line: str, end_line: str, what: str) -> str:
     """The text between OpenVPN's BEGIN/END marker lines (ConfigError if one is missing)."""
     begin = text.find(begin_line)
     if begin < 0:
@@ -383,7 +383,7 @@ class TLSCryptV2ClientKey:
 
         if TLS_CRYPT_V2_CLIENT_BEGIN not in text and "tls-crypt-v2 server key" in text:
             raise ConfigError("tls-crypt-v2: this is the server's key; the client needs a client key")
-        body = _armored_body(text, TLS_CRYPT_V2_CLIENT_BEGIN, TLS_CRYPT_V2_CLIENT_END, "tls-crypt-v2")
+        body = armored_body(text, TLS_CRYPT_V2_CLIENT_BEGIN, TLS_CRYPT_V2_CLIENT_END, "tls-crypt-v2")
         try:
             blob = base64.b64decode("".join(body.split()), validate=True)
         except (binascii.Error, ValueError):
@@ -394,3 +394,4 @@ class TLSCryptV2ClientKey:
         if int.from_bytes(wkc[-2:], "big") != len(wkc):
             raise ConfigError("tls-crypt-v2: the wrapped key's length field does not match")
         return cls(StaticKey(blob[:STATIC_KEY_LEN]), wkc)
+

@@ -22,6 +22,7 @@ Everything here is sans-IO: time comes in as `now`, wire bytes come in and go ou
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,20 +100,28 @@ class PacketMuxer:
         self._id1_sent = False
         #: tls-crypt with the dynamic key, for control packets of key id > 0 (2.6 dyn-tls-crypt)
         self.dynamic_wrap: TLSCrypt | None = None
+        #: server role, tls-crypt-v2: the client's WKc (see `server_after_cookie`)
+        self.client_wkc: bytes | None = None
 
     @classmethod
     def server_after_cookie(
-        cls, wrap: ControlWrap, local_session_id: bytes, remote_session_id: bytes
+        cls, wrap: ControlWrap, local_session_id: bytes, remote_session_id: bytes,
+        *, client_wkc: bytes | None = None,
     ) -> PacketMuxer:
         """Server role for a client whose reset a stateless demultiplexer already answered
         (HMAC cookie = `local_session_id`): the exchange is complete, nothing is owed, and
         the usual `ResetComplete` comes out with the first `receive_datagrams`, so every
         layer above starts exactly as after `_on_client_reset`. `wrap` must not reuse the
-        replay packet-id of that answer (the demultiplexer hands one starting at 2)."""
+        replay packet-id of that answer (the demultiplexer hands one starting at 2).
+
+        `client_wkc`: a tls-crypt-v2 client's wrapped key, which it appends to its
+        P_CONTROL_WKC_V1 (message id 1, retransmissions too): stripped here, and the packet
+        goes up as the P_CONTROL_V1 it is; a WKC_V1 with any other trailer is dropped."""
         if len(remote_session_id) != SESSION_ID_LEN or not any(remote_session_id):
             raise LocalProtocolError("session id must be 8 bytes and not all zero")
         mux = cls(wrap, local_session_id, is_server=True)
         mux.remote_session_id = remote_session_id
+        mux.client_wkc = client_wkc
         mux._events.append(ResetComplete(local_session_id, remote_session_id, b""))
         return mux
 
@@ -183,7 +192,10 @@ class PacketMuxer:
     def _on_client_reset(self, pkt: ControlPacket) -> bool:
         """Server role: take (or answer again) a client reset. False: not one to take."""
         if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3:
-            self.stats.drop_unsupported += 1
+            if self.client_wkc is None:
+                self.stats.drop_unsupported += 1
+            else:  # a late repeat: the cookie exchange is already over
+                self.stats.drop_session += 1
             return True
         if not (
             pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V2
@@ -222,6 +234,11 @@ class PacketMuxer:
                 else:
                     data.append(d)
                 continue
+            if self.client_wkc is not None and d[0] >> 3 in _WKC_OPCODES:
+                if len(d) <= len(self.client_wkc) or not d.endswith(self.client_wkc):
+                    stats.drop_unauthentic += 1
+                    continue
+                d = d[: -len(self.client_wkc)]
             try:
                 plain = self._wrap_for(d[0] & P_KEY_ID_MASK).unwrap(d, now)
             except RemoteProtocolError:
@@ -262,6 +279,8 @@ class PacketMuxer:
             if pkt.session_id != self.remote_session_id:
                 stats.drop_session += 1
                 continue
+            if pkt.opcode is Opcode.CONTROL_WKC_V1:
+                pkt = dataclasses.replace(pkt, opcode=Opcode.CONTROL_V1)
             stats.control_in += 1
             control.append(pkt)
         stats.data_in += len(data)
@@ -304,6 +323,8 @@ class PacketMuxer:
 
 
 _CLIENT_RESETS = (Opcode.CONTROL_HARD_RESET_CLIENT_V2, Opcode.CONTROL_HARD_RESET_CLIENT_V3)
+#: opcodes a tls-crypt-v2 client appends its WKc to
+_WKC_OPCODES = frozenset({int(Opcode.CONTROL_HARD_RESET_CLIENT_V3), int(Opcode.CONTROL_WKC_V1)})
 
 
 def _early_neg_flags(payload: bytes) -> int:

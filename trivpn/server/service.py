@@ -82,7 +82,7 @@ class Server:
                 host, port = raw.getsockname()[:2]
                 self.addresses.append((host, port))
                 demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
-                                    config=self.config.demux_config())
+                                    config=self.config.demux_config(), tls_crypt_v2=self.parts.tls_crypt_v2)
                 name = f"{listener.proto} {host}:{port}"
                 if listener.proto == "tcp":
                     m.start_service(f"{name} acceptor", run_tcp_acceptor, raw, Listening(demux), self.table,
