@@ -113,3 +113,34 @@ def test_topology_net30(netns: NetnsPair, pki: PKI, tmp_path: Path) -> None:
         ping(netns.client, "10.9.0.1")
         ping(netns.server, "10.9.0.6")
         stop_server(serve)
+
+
+def test_float_when_the_client_address_changes(netns: NetnsPair, pki: PKI, tmp_path: Path) -> None:
+    """The client machine's address changes mid-session (a second address takes over and the
+    old one is deleted): its next data packet moves the session there, the server's replies
+    follow (the old address no longer exists), and the status file shows the new address."""
+    status = tmp_path / "status.log"
+    conf = server_conf(pki, tmp_path, [
+        "proto udp", f"local {netns.server_v4}", "topology subnet", "server 10.8.0.0 255.255.255.0",
+        "tls-crypt ta.key", f"status {status} 1", "status-version 2",
+    ])
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
+    new_addr = "10.201.0.3"
+    with trivpn_serve(netns.server, conf) as serve, openvpn_profile_client(
+        netns.client, client_profile(pki, opts, netns.server_v4), tmp_path, "client"
+    ) as log:
+        read_until(serve, "ready:", UP_TIMEOUT)
+        ping(netns.client, "10.8.0.1")
+        wait_until(lambda: f",{netns.client_v4}:" in status.read_text(), 5, "the first address in the status")
+        for argv in (
+            ["sysctl", "-q", "-w", "net.ipv4.conf.veth0.promote_secondaries=1"],
+            ["ip", "addr", "add", f"{new_addr}/24", "dev", "veth0"],
+            ["ip", "addr", "del", f"{netns.client_v4}/24", "dev", "veth0"],
+        ):
+            netns.client.run(argv)
+        ping(netns.client, "10.8.0.1", count=5)  # the first of these floats the session
+        ping(netns.server, "10.8.0.2")
+        read_until(serve, "floated from", 5)
+        wait_until(lambda: f",{new_addr}:" in status.read_text(), 5, "the new address in the status")
+        assert "Inactivity timeout" not in log.read_text(errors="replace")
+        stop_server(serve)

@@ -36,6 +36,7 @@ from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
 from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
 from trivpn.server.udp import UDPListener
+from trivpn.server.udpdeliver import deliver_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
 from trivpn.workers.manager import WorkersManager
 
@@ -111,9 +112,7 @@ class Server:
             batch = await udp.receive_batch()
             for action in demux.receive_datagrams(batch, trio.current_time()):
                 if isinstance(action, Deliver):
-                    client = sock.sessions.get(action.session)
-                    if client is not None:
-                        client.deliver(action.datagrams)
+                    deliver_udp(sock, action)  # and float the client when the packet is authentic
                 elif isinstance(action, Reply):
                     udp.send_nowait(action.addr, [action.datagram])  # type: ignore[arg-type]  # Address is (host, port) here
                 elif isinstance(action, NewSession):
