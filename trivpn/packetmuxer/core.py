@@ -212,6 +212,26 @@ class PacketMuxer:
         self._answer_owed = True
         return True
 
+    def authenticates(self, datagram: bytes, now: float) -> bool:
+        """Server role: would this control packet be taken as this client's own? Records
+        nothing (the server asks before it lets the session float to a new address). Only a
+        per-client key can say so: the tls-crypt-v2 client key, or the dynamic tls-crypt key
+        of a renegotiation; a server-wide tls-auth/tls-crypt key is shared by every client,
+        so under it (or without a wrap) the answer is always False."""
+        if not datagram or is_data_byte0(datagram[0]) or self.remote_session_id is None:
+            return False
+        key_id = datagram[0] & P_KEY_ID_MASK
+        if self.client_wkc is None and not (key_id and self.dynamic_wrap is not None):
+            return False
+        if self.client_wkc is not None and datagram[0] >> 3 in _WKC_OPCODES:
+            if len(datagram) <= len(self.client_wkc) or not datagram.endswith(self.client_wkc):
+                return False
+            datagram = datagram[: -len(self.client_wkc)]
+        wrap = self._wrap_for(key_id)
+        if not isinstance(wrap, TLSCrypt) or datagram[1 : 1 + SESSION_ID_LEN] != self.remote_session_id:
+            return False
+        return wrap.verifies(datagram, now)
+
     # -- incoming ----------------------------------------------------------------------
     def receive_datagrams(
         self, datagrams: Sequence[bytes], now: float

@@ -11,7 +11,9 @@ Everything refused is only counted, by `DropReason`, so a flood produces no outp
 Lookup (reference openvpn-server.md §1.1): a P_DATA_V2 of at least 4 bytes whose peer-id is
 not 0xFFFFFF goes to the session holding that peer-id, or is dropped; a source address that
 differs from the session's is a *float candidate*: delivered, flagged, and committed only
-when the session has authenticated the packet and calls `confirm_float`. Every other packet
+when the session has authenticated the packet and calls `confirm_float`. A session's own
+control packet (CONTROL_V1, ACK_V1, WKC_V1, SOFT_RESET_V1 carrying its client session id)
+from an address with no session is a float candidate the same way. Every other packet
 goes to the session of its source address, except a permitted first packet (below) with
 another client session id than that session's: a client restarted on the same port, which
 gets the cookie handshake and, when its cookie returns, a session that `replaces` the old.
@@ -82,6 +84,7 @@ from trivpn.wire import (
     P_ACK_V1,
     P_CONTROL_HARD_RESET_CLIENT_V2,
     P_CONTROL_HARD_RESET_CLIENT_V3,
+    P_CONTROL_SOFT_RESET_V1,
     P_CONTROL_V1,
     P_CONTROL_WKC_V1,
     P_DATA_V2,
@@ -108,6 +111,9 @@ _FIRST_OPCODES = frozenset(
     }
 )
 _V2_ONLY = frozenset({P_CONTROL_HARD_RESET_CLIENT_V3, P_CONTROL_WKC_V1})
+#: a session's own control packets (not its resets) reach it from a new address by its
+#: client session id, as float candidates
+_FLOAT_OPCODES = frozenset({P_CONTROL_V1, P_ACK_V1, P_CONTROL_WKC_V1, P_CONTROL_SOFT_RESET_V1})
 _U32 = struct.Struct("!I")
 #: The server reset's payload for an early-negotiating tls-crypt-v2 client: the TLV
 #: EARLY_NEG_FLAGS (type 1, length 2) with the flag RESEND_WKC (1).
@@ -183,6 +189,7 @@ class ServerDemux:
         self._by_addr: dict[Address, _Session] = {}
         self._by_peer: dict[int, _Session] = {}
         self._by_id: dict[int, _Session] = {}
+        self._by_sid: dict[bytes, _Session] = {}  # UDP sessions by the client's session id
         self._free_peer_ids: list[int] = []  # heap of released ids below _next_peer_id
         self._next_peer_id = 0
         self._next_session = 0
@@ -204,7 +211,9 @@ class ServerDemux:
         return None if s is None else (s.peer_id, s.addr)
 
     def table_sizes(self) -> tuple[int, int, int, int]:
-        """Sizes of every per-client structure (for the bounded-memory tests)."""
+        """Sizes of every per-client structure (for the bounded-memory tests; the session-id
+        table is never larger than the address table's sessions)."""
+        assert len(self._by_sid) <= len(self._by_id)
         return len(self._by_addr), len(self._by_peer), len(self._by_id), len(self._free_peer_ids)
 
     # -- incoming ----------------------------------------------------------------------
@@ -240,6 +249,8 @@ class ServerDemux:
         if s is None:
             if op in DATA_OPCODES:
                 self._drop(DropReason.NO_SESSION)
+            elif op in _FLOAT_OPCODES and (t := self._by_sid.get(bytes(data[1:9]))) is not None:
+                self._deliver(t, data, addr, out)  # a client's control packet from a new address
             else:
                 self._first_packet(bytes(data), addr, now, out, None)
         elif (
@@ -401,6 +412,7 @@ class ServerDemux:
         if new is None:
             return
         self._by_addr[addr] = new
+        self._by_sid[pkt.session_id] = new
         self._rate.credit()
         out.append(
             NewSession(
@@ -452,6 +464,8 @@ class ServerDemux:
             return
         if self._by_addr.get(s.addr) is s:
             del self._by_addr[s.addr]
+        if self._by_sid.get(s.client_sid) is s:
+            del self._by_sid[s.client_sid]
         del self._by_peer[s.peer_id]
         heapq.heappush(self._free_peer_ids, s.peer_id)
 

@@ -110,9 +110,10 @@ class Server:
         assert udp is not None
         while True:
             batch = await udp.receive_batch()
-            for action in demux.receive_datagrams(batch, trio.current_time()):
+            now = trio.current_time()
+            for action in demux.receive_datagrams(batch, now):
                 if isinstance(action, Deliver):
-                    deliver_udp(sock, action)  # and float the client when the packet is authentic
+                    deliver_udp(sock, action, now)  # and float the client when the packet is authentic
                 elif isinstance(action, Reply):
                     udp.send_nowait(action.addr, [action.datagram])  # type: ignore[arg-type]  # Address is (host, port) here
                 elif isinstance(action, NewSession):

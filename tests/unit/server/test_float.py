@@ -12,8 +12,10 @@ from trivpn.controlchannel.packet import (
     parse_control_packet,
     serialize_control_packet,
 )
-from trivpn.controlchannel.wrap import ControlWrap, NoWrap
+from trivpn.controlchannel.wrap import EARLY_NEG_START, ControlWrap, NoWrap, StaticKey, TLSCrypt
+from trivpn.controlchannel.wrapv2 import TLSCryptV2Server, TLSCryptV2ServerKey, wrap_client_key
 from trivpn.datachannel.core import DataChannel
+from trivpn.packetmuxer.core import PacketMuxer
 from trivpn.server.clients import Listening
 from trivpn.server.clientsession import ClientSession
 from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux
@@ -73,11 +75,13 @@ def test_would_accept_changes_nothing_and_refuses_forged_replayed_truncated() ->
 class FakeClient:
     """What `deliver_udp` uses of a ClientSession: its address, data channel and inbox."""
 
-    def __init__(self, session: int, addr: tuple[str, int], dc: DataChannel) -> None:
+    def __init__(
+        self, session: int, addr: tuple[str, int], dc: DataChannel, muxer: PacketMuxer | None = None
+    ) -> None:
         self.session = session
         self.addr = addr
         link = SimpleNamespace(rx=dc.rx, clock=lambda: 5.0)
-        self.stack = SimpleNamespace(data=SimpleNamespace(link=link))
+        self.stack = SimpleNamespace(data=SimpleNamespace(link=link), muxer=muxer)
         self.inbox: list[bytes] = []
 
     def deliver(self, datagrams: list[bytes]) -> None:
@@ -87,7 +91,7 @@ class FakeClient:
 def route(sock: Listening, datagram: bytes, addr: tuple[str, int]) -> None:
     for action in sock.demux.receive_datagram(datagram, addr, 5.0):
         assert isinstance(action, Deliver)
-        deliver_udp(sock, action)
+        deliver_udp(sock, action, 5.0)
 
 
 def test_only_an_authentic_fresh_packet_moves_the_session() -> None:
@@ -129,3 +133,51 @@ def test_a_float_onto_another_clients_address_is_refused() -> None:
     route(sock, p1, NEW)
     assert demux.session_info(a) == (0, OLD) and demux.session_for_addr(NEW) == b
     assert demux.stats.floats_refused == 1 and fake.inbox == [p1]
+
+
+def test_control_packets_float_only_under_a_key_of_that_client() -> None:
+    """tls-crypt-v2: the client's own Kc authenticates its control packets, so one from a
+    new address (found by the client's session id) may move the session; a shared
+    tls-crypt key may not (any client holding it could forge another's packets)."""
+    server_key = TLSCryptV2ServerKey(bytes(range(128)))
+    kc = StaticKey(bytes(range(1, 256)) + b"\x01")
+    wkc = wrap_client_key(server_key, kc)
+    demux = ServerDemux(no_wrap, cookie_key=b"f" * 32, tls_crypt_v2=TLSCryptV2Server(server_key, timestamp=1))
+    cw = TLSCrypt(kc, server=False, timestamp=7, initial_packet_id=EARLY_NEG_START + 1)
+    sid = b"\x07" * 8
+    reset = ControlPacket(Opcode.CONTROL_HARD_RESET_CLIENT_V3, 0, sid, (), None, 0, b"")
+    (reply,) = demux.receive_datagram(cw.wrap(serialize_control_packet(reset), 5.0) + wkc, OLD, 5.0)
+    assert isinstance(reply, Reply)
+    cookie = parse_control_packet(TLSCrypt(kc, server=False, timestamp=7).unwrap(reply.datagram, 5.0)).session_id
+
+    def control(message_id: int, opcode: Opcode = Opcode.CONTROL_V1) -> bytes:
+        pkt = ControlPacket(opcode, 0, sid, (0,), cookie, message_id, b"tls")
+        wire = cw.wrap(serialize_control_packet(pkt), 5.0)
+        return wire + wkc if opcode is Opcode.CONTROL_WKC_V1 else wire
+
+    (new,) = demux.receive_datagram(control(1, Opcode.CONTROL_WKC_V1), OLD, 5.0)
+    assert isinstance(new, NewSession)
+    muxer = PacketMuxer.server_after_cookie(new.wrap, cookie, sid, client_wkc=new.client_wkc)
+    muxer.receive_datagrams([new.first_packet], 5.0)
+    _, server_dc = channels()
+    fake = FakeClient(new.session, OLD, server_dc, muxer)
+    sock = Listening(demux, sessions={new.session: cast(ClientSession, fake)})
+    genuine = control(2)
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 1])
+    other_sid = genuine[:1] + b"\x08" * 8 + genuine[9:]
+    for bad in (forged, other_sid, new.first_packet):  # forged, unknown sid, replayed
+        route_any(sock, bad, NEW)
+    assert demux.session_info(new.session) == (0, OLD)
+    route_any(sock, genuine, NEW)
+    assert demux.session_info(new.session) == (0, NEW) and fake.addr == NEW
+    # the session itself still takes the packet (nothing was recorded by the check)
+    assert len(muxer.receive_datagrams([genuine], 5.0)[1]) == 1
+    # a shared tls-crypt key never floats a session through the control channel
+    shared = PacketMuxer.server_after_cookie(TLSCrypt(kc, server=True, timestamp=1), cookie, sid)
+    assert not shared.authenticates(control(3), 5.0)
+
+
+def route_any(sock: Listening, datagram: bytes, addr: tuple[str, int]) -> None:
+    for action in sock.demux.receive_datagram(datagram, addr, 5.0):
+        if isinstance(action, Deliver):
+            deliver_udp(sock, action, 5.0)
