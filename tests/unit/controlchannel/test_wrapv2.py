@@ -68,7 +68,7 @@ def test_another_server_key_cannot_open_it() -> None:
         unwrap_client_key(TLSCryptV2ServerKey(b"\x07" * 128), wkc)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=1200))
 def test_random_bytes_never_open_and_never_crash(blob: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
