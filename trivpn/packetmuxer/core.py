@@ -55,7 +55,8 @@ class MuxStats:
     drop_unauthentic: int = 0
     drop_session: int = 0
     drop_early: int = 0
-    #: client resets this server-role muxer refused (tls-crypt-v2, not served yet)
+    #: tls-crypt-v2 client resets this server-role muxer refused (only a session made by the
+    #: demultiplexer's cookie exchange serves tls-crypt-v2)
     drop_unsupported: int = 0
 
 
