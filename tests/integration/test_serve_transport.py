@@ -43,18 +43,20 @@ def server_conf(pki: PKI, workdir: Path, lines: list[str]) -> Path:
     return conf
 
 
-def test_tls_crypt_v2_client_keys_made_by_openvpn(netns: NetnsPair, pki: PKI, tmp_path: Path) -> None:
-    """The client key comes from `openvpn --genkey tls-crypt-v2-client`; the 2.6 client does
-    early negotiation, so the server keeps its stateless cookie reset (RESEND_WKC)."""
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_tls_crypt_v2_client_keys_made_by_openvpn(netns: NetnsPair, pki: PKI, tmp_path: Path, proto: str) -> None:
+    """The client key comes from `openvpn --genkey tls-crypt-v2-client`. Over UDP the 2.6
+    client does early negotiation, so the server keeps its stateless cookie reset
+    (RESEND_WKC); over TCP the server opens the key from the connection's first packet."""
     srv_key, cli_key = tmp_path / "v2server.key", tmp_path / "v2client.key"
     subprocess.run(["openvpn", "--genkey", "tls-crypt-v2-server", str(srv_key)], check=True, capture_output=True)
     subprocess.run(["openvpn", "--tls-crypt-v2", str(srv_key), "--genkey", "tls-crypt-v2-client", str(cli_key)],
                    check=True, capture_output=True)
     conf = server_conf(pki, tmp_path, [
-        "proto udp", f"local {netns.server_v4}", "topology subnet", "server 10.8.0.0 255.255.255.0",
-        "server-ipv6 fd00:8::/64", f"tls-crypt-v2 {srv_key.name}", "reneg-sec 4",
+        "proto " + ("tcp-server" if proto == "tcp" else "udp"), f"local {netns.server_v4}", "topology subnet",
+        "server 10.8.0.0 255.255.255.0", "server-ipv6 fd00:8::/64", f"tls-crypt-v2 {srv_key.name}", "reneg-sec 4",
     ])
-    opts = ServerOptions(proto="udp", wrap="none", data_ciphers="AES-256-GCM", port=PORT)
+    opts = ServerOptions(proto=proto, wrap="none", data_ciphers="AES-256-GCM", port=PORT)
     profile = client_profile(pki, opts, netns.server_v4,
                              extra=["<tls-crypt-v2>", cli_key.read_text().strip(), "</tls-crypt-v2>"])
     with trivpn_serve(netns.server, conf) as serve, openvpn_profile_client(

@@ -72,17 +72,24 @@ class PacketMuxer:
         max_reset_timeout: float = MAX_RESET_TIMEOUT,
         wkc: bytes | None = None,
         is_server: bool = False,
+        client_wkc: bytes | None = None,
     ) -> None:
         """`wkc` is the tls-crypt-v2 wrapped client key: the reset becomes
         P_CONTROL_HARD_RESET_CLIENT_V3 carrying it, and if the server asks (early
         negotiation flag RESEND_WKC) our message id 1 is sent as P_CONTROL_WKC_V1 with it.
 
         `is_server`: answer the peer's reset instead of sending ours (see the module
-        docstring); `wrap` must then be built for the server direction."""
+        docstring); `wrap` must then be built for the server direction.
+
+        `client_wkc` (server role, tls-crypt-v2 on a stream): the wrapped key the client
+        appended to its P_CONTROL_HARD_RESET_CLIENT_V3, already opened by the caller, whose
+        Kc keys `wrap`; it is stripped from that reset (and from any P_CONTROL_WKC_V1)."""
         if len(local_session_id) != SESSION_ID_LEN or not any(local_session_id):
             raise LocalProtocolError("session id must be 8 bytes and not all zero")
         if is_server and wkc is not None:
-            raise ConfigError("tls-crypt-v2 is not supported in the server role yet")
+            raise ConfigError("a server-role muxer sends no wrapped client key")
+        if client_wkc is not None and not is_server:
+            raise ConfigError("only a server-role muxer takes a client's wrapped key")
         self.is_server = is_server
         #: server role: our reset is owed to the client (first answer or a repeat)
         self._answer_owed = False
@@ -102,7 +109,7 @@ class PacketMuxer:
         #: tls-crypt with the dynamic key, for control packets of key id > 0 (2.6 dyn-tls-crypt)
         self.dynamic_wrap: TLSCrypt | None = None
         #: server role, tls-crypt-v2: the client's WKc (see `server_after_cookie`)
-        self.client_wkc: bytes | None = None
+        self.client_wkc: bytes | None = client_wkc
 
     @classmethod
     def server_after_cookie(
@@ -192,15 +199,11 @@ class PacketMuxer:
 
     def _on_client_reset(self, pkt: ControlPacket) -> bool:
         """Server role: take (or answer again) a client reset. False: not one to take."""
-        if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3:
-            if self.client_wkc is None:
-                self.stats.drop_unsupported += 1
-            else:  # a late repeat: the cookie exchange is already over
-                self.stats.drop_session += 1
+        if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3 and self.client_wkc is None:
+            self.stats.drop_unsupported += 1
             return True
         if not (
-            pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V2
-            and pkt.message_id == 0
+            pkt.message_id == 0
             and pkt.key_id == 0
             and any(pkt.session_id)
         ):

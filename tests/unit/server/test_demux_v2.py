@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import struct
 
+import pytest
 import trio
 from helpers.profiles import shared_pki
 from helpers.serving import answer_echo, client_profile, ping, running_server, server_config
@@ -20,6 +21,7 @@ from trivpn.controlchannel.packet import (
 )
 from trivpn.controlchannel.wrap import EARLY_NEG_START, StaticKey, TLSCrypt
 from trivpn.controlchannel.wrapv2 import TLSCryptV2Server, TLSCryptV2ServerKey, wrap_client_key
+from trivpn.errors import RemoteProtocolError
 from trivpn.packetmuxer.core import PacketMuxer
 from trivpn.profile.profile import parse_profile
 from trivpn.server.demux import (
@@ -31,6 +33,7 @@ from trivpn.server.demux import (
     ServerDemux,
 )
 from trivpn.server.demux_types import DemuxAction
+from trivpn.server.tcpv2 import open_first_packet
 
 SERVER_KEY = TLSCryptV2ServerKey(bytes(range(7, 135)))
 KC = StaticKey(bytes((i * 7) & 0xFF for i in range(256)))
@@ -166,18 +169,45 @@ def server_key_text(key: TLSCryptV2ServerKey) -> str:
     )
 
 
-async def test_trivpn_client_with_tls_crypt_v2_through_the_server() -> None:
+def test_a_tcp_first_packet_is_opened_and_checked() -> None:
+    ctx = TLSCryptV2Server(SERVER_KEY, timestamp=1000)
+    good = v3_reset(client_wrap())
+    key = open_first_packet(good, ctx, 1.0)
+    assert key.key == KC.data and key.wkc == WKC
+    mux = PacketMuxer(key.wraps(1), b"\x05" * 8, is_server=True, client_wkc=key.wkc)
+    data, control = mux.receive_datagrams([good], 1.0)
+    assert (data, control) == ([], []) and mux.answer_owed and mux.remote_session_id == CLI
+    (answer,) = mux.datagrams_to_send(1.0)
+    assert parse_control_packet(client_wrap().unwrap(answer, 1.0)).opcode is Opcode.CONTROL_HARD_RESET_SERVER_V2
+    plain_reset = ControlPacket(Opcode.CONTROL_HARD_RESET_CLIENT_V2, 0, CLI, (), None, 0, b"")
+    for bad in (
+        b"",
+        client_wrap().wrap(serialize_control_packet(plain_reset), 0.0),  # not V3
+        good[: -len(WKC)],  # no key
+        v3_reset(client_wrap(), wrap_client_key(TLSCryptV2ServerKey(b"\x02" * 128), KC)),  # not ours
+        v3_reset(client_wrap(), wrap_client_key(SERVER_KEY, StaticKey(b"\x03" * 256))),  # another Kc
+        bytes([good[0] | 1]) + good[1:],  # key id 1
+    ):
+        with pytest.raises(RemoteProtocolError):
+            open_first_packet(bad, ctx, 1.0)
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+async def test_trivpn_client_with_tls_crypt_v2_through_the_server(proto: str) -> None:
     pki = shared_pki()
-    cfg = dataclasses.replace(server_config(pki), tls_crypt=None, tls_crypt_v2=server_key_text(SERVER_KEY))
-    profile = client_profile(pki, 0)
+    cfg = dataclasses.replace(server_config(pki, protos=(proto,)), tls_crypt=None,
+                              tls_crypt_v2=server_key_text(SERVER_KEY))
+    profile = client_profile(pki, 0, proto)
     seen: list[bytes] = []
     with trio.fail_after(30):
         async with running_server(cfg) as (server, tun), trio.open_nursery() as nursery:
             nursery.start_soon(answer_echo, tun, seen)
             port = server.addresses[0][1]
-            text = profile.replace(" 0 udp", f" {port} udp").split("<tls-crypt>")[0]
+            text = profile.replace(f" 0 {proto}", f" {port} {proto}").split("<tls-crypt>")[0]
             text += f"<tls-crypt-v2>\n{client_key_text(KC, WKC)}\n</tls-crypt-v2>\n"
-            async with api.connect(parse_profile(text), reconnect=False) as tunnel:
+            # over TCP the server may close the connection after our EXIT before we are done
+            # reading: as in test_serve_loopback, reconnect=True keeps that from being an error
+            async with api.connect(parse_profile(text), reconnect=proto == "tcp") as tunnel:
                 assert tunnel.settings.ifconfig_local == "10.8.0.2"
                 for seq in range(3):
                     await ping(tunnel, "10.8.0.2", "10.8.0.1", seq)
