@@ -87,9 +87,9 @@ class PacketMuxer:
         if len(local_session_id) != SESSION_ID_LEN or not any(local_session_id):
             raise LocalProtocolError("session id must be 8 bytes and not all zero")
         if is_server and wkc is not None:
-            raise ConfigError("a server-role muxer sends no wrapped client key")
+            raise ConfigError("tls-crypt-v2: a server-role muxer sends no wrapped key (it takes client_wkc)")
         if client_wkc is not None and not is_server:
-            raise ConfigError("only a server-role muxer takes a client's wrapped key")
+            raise ConfigError("tls-crypt-v2: only a server-role muxer takes a client's wrapped key")
         self.is_server = is_server
         #: server role: our reset is owed to the client (first answer or a repeat)
         self._answer_owed = False

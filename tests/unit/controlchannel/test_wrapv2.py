@@ -126,3 +126,22 @@ def test_keys_made_by_the_real_openvpn(tmp_path: Path) -> None:
             assert opened.metadata == b"\x00" + base64.b64decode(meta)
         # our sealing is the same deterministic function (SIV): byte-identical WKc
         assert wrap_client_key(server, opened.key, opened.metadata) == client.wkc
+
+
+def test_verifies_answers_like_unwrap_and_records_nothing() -> None:
+    """The server's float check asks a wrap without moving its replay window."""
+    from trivpn.controlchannel.wrap import TLSAuth
+
+    packet = b"\x20" + b"\x11" * 8 + b"\x00" + b"\x00\x00\x00\x01" + b"tls"
+    pairs: list[tuple[TLSCrypt | TLSAuth, TLSCrypt | TLSAuth]] = [
+        (TLSCrypt(KC, server=False, timestamp=5), TLSCrypt(KC, server=True, timestamp=6)),
+        (TLSAuth(KC, 1, "SHA256", timestamp=5), TLSAuth(KC, 0, "SHA256", timestamp=6)),
+    ]
+    for sender, receiver in pairs:
+        first, second = sender.wrap(packet, 0.0), sender.wrap(packet, 0.0)
+        assert receiver.verifies(first, 0.0) and receiver.verifies(first, 0.0)
+        assert receiver.unwrap(first, 0.0) == packet  # still accepted: nothing was recorded
+        assert not receiver.verifies(first, 0.0)  # now it is a replay
+        assert not receiver.verifies(second[:-1] + bytes([second[-1] ^ 1]), 0.0)
+        assert not receiver.verifies(second[:12], 0.0)
+        assert receiver.verifies(second, 0.0)
