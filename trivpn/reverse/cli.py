@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from trivpn.reverse.config import SessionConfig
+    from trivpn.reverse.expose import Expose
 
 log = logging.getLogger("trivpn.reverse")
 
@@ -136,6 +137,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         metavar="SECONDS",
         help="heartbeat interval; 3 missed expire a session (default 10)",
     )
+    r.add_argument(
+        "--domain", metavar="NAME", help="route NAME's subdomains to clients (with --http-addr)"
+    )
+    r.add_argument(
+        "--http-addr", metavar="HOST:PORT", help="one public port for HTTP, routed by Host"
+    )
+    r.add_argument(
+        "--https-addr", metavar="HOST:PORT", help="one public port for TLS, routed by SNI"
+    )
     _common(r)
     r.set_defaults(handler=cmd_relay)
 
@@ -163,6 +173,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         default=0,
         metavar="N",
         help="ask for this public port (default: any)",
+    )
+    e.add_argument(
+        "--http", action="store_true", help="serve HTTP on the relay's --http-addr by name"
+    )
+    e.add_argument(
+        "--https", action="store_true", help="pass TLS through on the relay's --https-addr"
+    )
+    e.add_argument(
+        "--subdomain", metavar="NAME", help="the name to lease (default with --http: random)"
+    )
+    e.add_argument(
+        "--inspect",
+        metavar="HOST:PORT",
+        help="serve a live page of the HTTP requests, with replay (loopback only, e.g. :4040)",
     )
     e.add_argument("--no-reconnect", action="store_true", help="exit when the tunnel is lost")
     e.add_argument(
@@ -220,6 +244,7 @@ async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[
 async def cmd_relay(args: argparse.Namespace) -> int:
     import trio
 
+    from trivpn.errors import ConfigError
     from trivpn.reverse.relay import Relay, RelayConfig, load_tokens
     from trivpn.reverse.sockets import parse_hostport
 
@@ -231,6 +256,17 @@ async def cmd_relay(args: argparse.Namespace) -> int:
             check_token(token, f"{args.tokens_file}: client {name}")
     else:
         tokens = {"default": resolve_token(args)}
+    routing = None
+    if args.domain or args.http_addr or args.https_addr:
+        from trivpn.reverse.http.router import RoutingConfig
+
+        if not args.domain:
+            raise ConfigError("--http-addr/--https-addr need --domain")
+        routing = RoutingConfig(
+            args.domain,
+            parse_hostport(args.http_addr, "--http-addr") if args.http_addr else None,
+            parse_hostport(args.https_addr, "--https-addr") if args.https_addr else None,
+        )
     relay = Relay(
         RelayConfig(
             host=host,
@@ -244,6 +280,7 @@ async def cmd_relay(args: argparse.Namespace) -> int:
             lease=args.lease,
             observe_http=not args.no_http_log,
             session=_session_config(args, args.heartbeat),
+            routing=routing,
         )
     )
 
@@ -262,6 +299,61 @@ async def cmd_relay(args: argparse.Namespace) -> int:
     return await _until_signal(body, relay.summary)
 
 
+def _named(args: argparse.Namespace) -> tuple[str, int]:
+    """--http/--https/--subdomain -> (subdomain, route bits); ("", 0) for a port."""
+    import secrets
+
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS, NameUnavailable, check_label
+
+    if not (args.http or args.https or args.subdomain):
+        return "", 0
+    if args.remote_port:
+        raise ConfigError("--remote-port and --http/--https/--subdomain exclude each other")
+    routes = (ROUTE_HTTP if args.http or not args.https else 0) | (ROUTE_TLS if args.https else 0)
+    name = args.subdomain.lower() if args.subdomain else secrets.token_hex(4)
+    try:
+        return check_label(name), routes
+    except NameUnavailable as exc:
+        raise ConfigError(f"--subdomain: {exc}") from None
+
+
+def _with_inspector(
+    expose: Expose, addr: str, lhost: str, lport: int
+) -> Callable[[], Awaitable[None]]:
+    """expose.run plus the --inspect web page (loopback only: it shows real traffic)."""
+    import ipaddress
+
+    import trio
+
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.http.inspectsrv import Inspector
+    from trivpn.reverse.sockets import parse_hostport
+
+    host, port = parse_hostport(addr, "--inspect", "127.0.0.1")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"--inspect {addr}: the inspector shows headers and query strings of real "
+            "traffic, so it listens on a loopback address only (127.0.0.1, ::1)"
+        )
+    inspector = Inspector(lhost, lport)
+    expose.pipe_factory = inspector.pipe_factory
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(inspector.serve, host, port)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"inspector: http://{shown}:{bound}/", flush=True)
+            await expose.run()
+            nursery.cancel_scope.cancel()
+
+    return body
+
+
 async def cmd_expose(args: argparse.Namespace) -> int:
     from trivpn.errors import ConfigError
     from trivpn.reverse.expose import Expose, ExposeConfig
@@ -276,8 +368,11 @@ async def cmd_expose(args: argparse.Namespace) -> int:
     if args.max_attempts < 0:
         raise ConfigError("--max-attempts must be 0 (forever) or more")
 
+    subdomain, routes = _named(args)
+
     def on_bound(host: str, port: int) -> None:
-        print(f"public address: {host}:{port}", flush=True)
+        for addr in expose.urls or [f"{host}:{port}"]:
+            print(f"public address: {addr}", flush=True)
 
     expose = Expose(
         ExposeConfig(
@@ -293,12 +388,17 @@ async def cmd_expose(args: argparse.Namespace) -> int:
             reconnect=not args.no_reconnect,
             attempts=args.max_attempts,
             observe_http=not args.no_http_log,
+            subdomain=subdomain,
+            routes=routes,
             session=_session_config(args),
         ),
         on_bound=on_bound,
     )
+    body: Callable[[], Awaitable[None]] = expose.run
+    if args.inspect:
+        body = _with_inspector(expose, args.inspect, lhost, lport)
     try:
-        return await _until_signal(expose.run, lambda: expose.metrics.summary("expose summary"))
+        return await _until_signal(body, lambda: expose.metrics.summary("expose summary"))
     except BaseException:
         if expose.metrics.connections:
             print(expose.metrics.summary("expose summary"), file=sys.stderr, flush=True)

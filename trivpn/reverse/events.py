@@ -28,12 +28,17 @@ class AuthFailed:
 @dataclass(slots=True, frozen=True)
 class BindRequested:
     port: int  # 0 = any
+    name: str = ""  # a subdomain to route by name (then no port is bound)
+    routes: int = 0  # http.names.ROUTE_HTTP | ROUTE_TLS
 
 
 @dataclass(slots=True, frozen=True)
 class Bound:
     port: int
     lease: int
+    host: str = ""  # a named bind: the full public host name, and the relay's ports
+    http_port: int = 0
+    https_port: int = 0
 
 
 @dataclass(slots=True, frozen=True)

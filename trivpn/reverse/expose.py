@@ -60,6 +60,8 @@ class ExposeConfig:
     backoff_max: float = 30.0
     stable_after: float = 10.0  # a bound session this old resets the backoff
     observe_http: bool = True
+    subdomain: str = ""  # a named bind (relay --domain): routed by Host / SNI, no port
+    routes: int = 0  # http.names.ROUTE_HTTP | ROUTE_TLS, with a subdomain
     session: SessionConfig = field(default_factory=SessionConfig)
 
 
@@ -74,8 +76,11 @@ class Expose:
         self.metrics = Metrics()  # whole-run totals
         self.session_metrics: Metrics | None = None
         self.port = 0
+        self.urls: list[str] = []  # a named bind's public URLs
         self.sessions = 0
         self.on_bound = on_bound
+        #: builds each stream's pipe; the inspector (http/inspectsrv.py) swaps in its own
+        self.pipe_factory: Callable[[SessionRunner, int, str, bool, bool], StreamPipe] = StreamPipe
         self._ssl: ssl.SSLContext | None = None
         if config.tls or config.tls_ca:
             try:
@@ -113,6 +118,8 @@ class Expose:
                     token=cfg.token,
                     client_id=self.client_id,
                     requested_port=wanted,
+                    requested_name=cfg.subdomain,
+                    routes=cfg.routes if cfg.subdomain else 0,
                 )
                 metrics = Metrics()
                 self.session_metrics = metrics
@@ -125,11 +132,11 @@ class Expose:
                 if runner.auth_failed:
                     raise FatalError(runner.auth_failed)
                 if runner.bind_failed:
-                    if wanted and wanted == cfg.remote_port:
+                    if cfg.subdomain or (wanted and wanted == cfg.remote_port):
                         raise FatalError(runner.bind_failed)
                     wanted = 0  # our remembered port went to someone else: take any
-                if runner.bound_port:
-                    wanted = runner.bound_port
+                if runner.bound:
+                    wanted = runner.bound_port or wanted
                     if trio.current_time() - runner.bound_at >= cfg.stable_after:
                         backoff.reset()
                     log.info("tunnel lost: %s", closed.reason if closed else "closed")
@@ -150,12 +157,23 @@ class Expose:
             await trio.sleep(delay)
 
 
+def public_urls(host: str, http_port: int, https_port: int) -> list[str]:
+    """A named bind's addresses, without the scheme's default port."""
+    urls = []
+    if http_port:
+        urls.append(f"http://{host}" + ("" if http_port == 80 else f":{http_port}"))
+    if https_port:
+        urls.append(f"https://{host}" + ("" if https_port == 443 else f":{https_port}"))
+    return urls
+
+
 class ExposeRunner(SessionRunner):
     def __init__(
         self, expose: Expose, session: Session, tunnel: connection.Connection, metrics: Metrics
     ) -> None:
         super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
         self.expose = expose
+        self.bound = False
         self.bound_port = 0
         self.bound_at = 0.0
         self.relay_proven = False  # AUTH_OK carried the relay's proof of the token
@@ -165,28 +183,30 @@ class ExposeRunner(SessionRunner):
         if isinstance(ev, E.Authenticated):
             self.relay_proven = True
         elif isinstance(ev, E.Bound):
+            self.bound = True
             self.bound_port = ev.port
             self.bound_at = trio.current_time()
             self.expose.port = ev.port
             self.expose.sessions += 1
             self.metrics.connections = 1
             cfg = self.expose.config
+            host, port = cfg.server_host, ev.port
+            if ev.host:  # a named bind: URLs on the relay's shared ports
+                host, port = ev.host, ev.http_port or ev.https_port
+                self.expose.urls = public_urls(ev.host, ev.http_port, ev.https_port)
             log.info(
-                "public address %s:%d -> %s:%d (lease %d s)",
-                cfg.server_host,
-                ev.port,
+                "public address %s -> %s:%d (lease %d s)",
+                ", ".join(self.expose.urls) if ev.host else f"{host}:{port}",
                 cfg.local_host,
                 cfg.local_port,
                 ev.lease,
             )
             if self.expose.on_bound is not None:
-                self.expose.on_bound(cfg.server_host, ev.port)
+                self.expose.on_bound(host, port)
         elif isinstance(ev, E.BindFailed):
             self.bind_failed = ev.reason
         elif isinstance(ev, E.StreamOpened):
-            pipe = StreamPipe(
-                self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False
-            )
+            pipe = self.expose.pipe_factory(self, ev.stream_id, ev.peer, self.observe_http, False)
             self.pipes[ev.stream_id] = pipe
             assert self.nursery is not None
             self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe))

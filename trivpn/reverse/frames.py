@@ -66,8 +66,6 @@ FIXED_SIZE: dict[int, int] = {
     FrameType.HELLO_ACK: 44,  # challenge 32 | window u32 | max frame u32 | heartbeat ms u32
     FrameType.AUTH: 32,  # HMAC-SHA256
     FrameType.AUTH_OK: 32,  # the relay's proof that it knows the token too
-    FrameType.BIND: 2,  # requested port, 0 = any
-    FrameType.BIND_OK: 6,  # port u16 | lease seconds u32
     FrameType.PING: 8,  # opaque, echoed in the pong
     FrameType.WINDOW: 4,  # credit increment
     FrameType.RST: 4,  # error code
@@ -76,6 +74,10 @@ MAX_VARIABLE: dict[int, int] = {
     FrameType.AUTH_ERR: MAX_TEXT,
     FrameType.BIND_ERR: MAX_TEXT,
     FrameType.GOAWAY: 4 + MAX_TEXT,
+    # port u16 [| routes u8 | length u8 | subdomain]: exact sizes checked by the handshake
+    FrameType.BIND: 4 + 63,
+    # port u16 | lease u32 [| http port u16 | https port u16 | length u8 | host name]
+    FrameType.BIND_OK: 11 + 253,
 }
 
 

@@ -19,6 +19,14 @@ close), and proves in AUTH_OK that it knows the token too. The token never cross
 wire. The relay answers BIND only when its application chose a port (`accept_bind` or
 `reject_bind`); the client binds right after AUTH_OK.
 
+Named binds (HTTP routing by Host / TLS by SNI, trivpn/reverse/http): a client that asks
+for a subdomain sends the long BIND (port u16 | routes u8 | length u8 | label) and gets
+the long BIND_OK (port u16 | lease u32 | http port u16 | https port u16 | length u8 |
+host). Compatibility: without a subdomain both frames keep their old 2- and 6-byte form,
+so old and new ends interoperate; the relay answers the long form only to the long BIND,
+and each side refuses the other form; a relay older than this refuses the long BIND as a
+protocol error (its decoder wanted 2 bytes).
+
 This piece knows nothing of streams, time or framing limits: the `Session` enforces the
 256-byte pre-auth frame limit and the handshake deadline, and takes over at BOUND. A
 refused token or bind is not an exception but a `HandshakeFailed` the session turns into
@@ -58,6 +66,7 @@ _U16 = struct.Struct("!H")
 _HELLO = struct.Struct("!16s16sII")
 _HELLO_ACK = struct.Struct("!32sIII")
 _BIND_OK = struct.Struct("!HI")
+_NAMED_OK = struct.Struct("!HIHHB")  # port | lease | http port | https port | host length
 _CLIENT_LABEL = b"trivpn-reverse-v1 client"
 _RELAY_LABEL = b"trivpn-reverse-v1 relay"
 
@@ -98,6 +107,8 @@ class Handshake:
         client_id: bytes,
         requested_port: int,
         random: bytes,
+        requested_name: str = "",
+        routes: int = 0,
     ) -> None:
         if len(random) < 32:
             raise LocalProtocolError("random must be at least 32 bytes")
@@ -111,6 +122,9 @@ class Handshake:
         self.peer_window = 0
         self.peer_max_frame = PRE_AUTH_MAX_FRAME
         self.bind_asked = False
+        self.bind_named = False  # the BIND (relay: received; client: sent) named a subdomain
+        self.host = ""  # named bind: the public host name
+        self.http_port = self.https_port = 0
         self._scheduler = scheduler
         self._events = events
         self._tokens = dict(tokens or {})
@@ -123,6 +137,14 @@ class Handshake:
                 raise LocalProtocolError("client id must be 16 bytes")
             if not 0 <= requested_port <= 65535:
                 raise LocalProtocolError("requested port must be 0..65535")
+            if requested_name and not (
+                len(requested_name) <= 63 and requested_name.isascii() and 1 <= routes <= 3
+            ):
+                raise LocalProtocolError("bad subdomain or routes")
+            self._bind = _U16.pack(requested_port)
+            if requested_name:
+                self.bind_named = True
+                self._bind += bytes([routes, len(requested_name)]) + requested_name.encode()
             self.client_id = client_id
             self._nonce = random[:16]
             self._challenge = b""
@@ -143,11 +165,20 @@ class Handshake:
 
     # relay side ----------------------------------------------------------------------
 
-    def accept_bind(self, port: int, lease: int) -> None:
+    def accept_bind(
+        self, port: int, lease: int, *, host: str = "", http_port: int = 0, https_port: int = 0
+    ) -> None:
         if self.role != "relay" or self.state is not State.AUTHENTICATED or not self.bind_asked:
             raise LocalProtocolError(f"accept_bind in state {self.state.value}")
         self.port, self.lease = port, lease
-        self._scheduler.control(FrameType.BIND_OK, payload=_BIND_OK.pack(port, lease))
+        payload = _BIND_OK.pack(port, lease)
+        if self.bind_named:
+            name = host.encode("ascii")
+            if not 0 < len(name) <= 253:
+                raise LocalProtocolError("a named bind needs its host name")
+            payload = _NAMED_OK.pack(port, lease, http_port, https_port, len(name)) + name
+            self.host, self.http_port, self.https_port = host, http_port, https_port
+        self._scheduler.control(FrameType.BIND_OK, payload=payload)
         self.state = State.BOUND
 
     def reject_bind(self, reason: str) -> HandshakeFailed:
@@ -170,7 +201,7 @@ class Handshake:
             return self._check_auth(f.payload)
         elif self.state is State.AUTHENTICATED and t is FrameType.BIND and not self.bind_asked:
             self.bind_asked = True
-            self._events.append(BindRequested(_U16.unpack(f.payload)[0]))
+            self._events.append(self._bind_request(f.payload))
         else:
             raise self._illegal(f)
         return None
@@ -193,6 +224,17 @@ class Handshake:
         self.bind_asked = False
         self._events.append(Authenticated(matched, self.client_id))
         return None
+
+    def _bind_request(self, p: bytes) -> BindRequested:
+        if len(p) == 2:
+            return BindRequested(_U16.unpack(p)[0])
+        if len(p) < 5 or len(p) != 4 + p[3] or not 1 <= p[2] <= 3:
+            raise RemoteProtocolError(f"malformed BIND of {len(p)} bytes")
+        name = p[4:]
+        if not name.isascii():
+            raise RemoteProtocolError("BIND with a non-ASCII subdomain")
+        self.bind_named = True
+        return BindRequested(_U16.unpack_from(p)[0], name.decode("ascii"), p[2])
 
     # client side ---------------------------------------------------------------------
 
@@ -220,13 +262,9 @@ class Handshake:
                 raise RemoteProtocolError("the relay could not prove it knows the token")
             self.state = State.AUTHENTICATED
             self._events.append(Authenticated("", self.client_id))
-            self._scheduler.control(FrameType.BIND, payload=_U16.pack(self._requested_port))
+            self._scheduler.control(FrameType.BIND, payload=self._bind)
         elif self.state is State.AUTHENTICATED and t is FrameType.BIND_OK:
-            self.port, self.lease = _BIND_OK.unpack(f.payload)
-            if self.port == 0:
-                raise RemoteProtocolError("the relay bound port 0")
-            self.state = State.BOUND
-            self._events.append(Bound(self.port, self.lease))
+            self._bound(f.payload)
         elif self.state is State.AUTHENTICATED and t is FrameType.BIND_ERR:
             reason = f"the relay refused the bind: {text(f.payload)}"
             self._events.append(BindFailed(reason))
@@ -234,6 +272,26 @@ class Handshake:
         else:
             raise self._illegal(f)
         return None
+
+    def _bound(self, p: bytes) -> None:
+        if not self.bind_named:
+            if len(p) != _BIND_OK.size:
+                raise RemoteProtocolError(f"BIND_OK of {len(p)} bytes, expected {_BIND_OK.size}")
+            self.port, self.lease = _BIND_OK.unpack(p)
+            if self.port == 0:
+                raise RemoteProtocolError("the relay bound port 0")
+        else:
+            if len(p) <= _NAMED_OK.size or len(p) != _NAMED_OK.size + p[_NAMED_OK.size - 1]:
+                raise RemoteProtocolError(f"malformed named BIND_OK of {len(p)} bytes")
+            self.port, self.lease, self.http_port, self.https_port, _ = _NAMED_OK.unpack_from(p)
+            host = p[_NAMED_OK.size :].decode("ascii", "replace")
+            if not all(c.isalnum() or c in "-._" for c in host):
+                raise RemoteProtocolError("the relay sent a bad host name")
+            self.host = host
+        self.state = State.BOUND
+        self._events.append(
+            Bound(self.port, self.lease, self.host, self.http_port, self.https_port)
+        )
 
     # helpers -------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.guard import GuardConfig, SourceGuard
+from trivpn.reverse.http.router import NameRouter, RoutingConfig, bind_name
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
@@ -59,6 +60,7 @@ class RelayConfig:
     observe_http: bool = True
     session: SessionConfig = field(default_factory=SessionConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
+    routing: RoutingConfig | None = None  # --domain with --http-addr / --https-addr
 
 
 def load_tokens(path: str) -> dict[str, bytes]:
@@ -102,6 +104,7 @@ class Relay:
         self.totals: dict[str, Metrics] = {}
         self.tunnel_port = config.port
         self.guard = SourceGuard(config.guard)
+        self.router = NameRouter(config.routing, config.lease) if config.routing else None
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
             if not (config.tls_cert and config.tls_key):
@@ -155,6 +158,8 @@ class Relay:
             cfg.end_port,
         )
         async with trio.open_nursery() as nursery:
+            if self.router is not None:
+                await nursery.start(self.router.serve)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
             task_status.started(self.tunnel_port)
@@ -240,6 +245,8 @@ class RelayRunner(SessionRunner):
         self.name = ""
         self.owner: Owner | None = None
         self.port = 0
+        self.route_name = ""  # a named bind: the subdomain, and its ROUTE_* bits
+        self.route_bits = 0
 
     async def run(self) -> E.SessionClosed | None:
         try:
@@ -258,6 +265,8 @@ class RelayRunner(SessionRunner):
                     self.port,
                     relay.config.lease,
                 )
+            if self.route_name and relay.router is not None:
+                relay.router.release(self, self.route_name)
             if relay.by_owner.get(self.owner) is self:
                 del relay.by_owner[self.owner]
         if self.name:
@@ -276,7 +285,10 @@ class RelayRunner(SessionRunner):
             log.info("client %s authenticated from %s", ev.name, self.peer)
         elif isinstance(ev, E.BindRequested):
             assert self.nursery is not None
-            self.nursery.start_soon(self._bind, ev.port)
+            if ev.name:
+                self.nursery.start_soon(self._bind_name, ev.name, ev.routes)
+            else:
+                self.nursery.start_soon(self._bind, ev.port)
 
     def on_stream_reset(self, ev: E.StreamReset) -> None:
         if ev.by_peer and ev.code == ErrorCode.REFUSED:
@@ -306,6 +318,39 @@ class RelayRunner(SessionRunner):
         for lst in listeners:
             self.nursery.start_soon(self._public_accept, lst)
 
+    async def _bind_name(self, name: str, routes: int) -> None:
+        owner = self.owner
+        assert owner is not None
+
+        async def replace() -> None:
+            await _replace_previous(self, owner, 0)
+
+        await bind_name(self.relay.router, self, name, routes, replace)
+
+    def adopt(self, conn: socket.socket, peer: str, preface: bytes = b"") -> bool:
+        """Carry one public connection over this session; `preface` is what was already
+        read from it (a routed request head). False: the session cannot take it."""
+        try:
+            sid = self.session.open_stream(peer, trio.current_time())
+            if preface:
+                self.session.send_data(sid, preface)
+                self.metrics.bytes_in += len(preface)
+        except StreamClosedError as exc:
+            log.info("refusing public connection from %s: %s", peer, exc)
+            return False
+        pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
+        if preface:
+            pipe._observe(preface, True)
+        self.pipes[sid] = pipe
+        self.flush()
+        assert self.nursery is not None
+
+        async def opener() -> socket.socket:
+            return conn
+
+        self.nursery.start_soon(self.run_pipe, pipe, opener)
+        return True
+
     async def _public_accept(self, listener: trio.SocketListener) -> None:
         async with listener:
             while True:
@@ -316,22 +361,8 @@ class RelayRunner(SessionRunner):
                     await trio.sleep(0.1)
                     continue
                 conn = plain_socket(tsock)
-                peer = format_addr(addr)
-                try:
-                    sid = self.session.open_stream(peer, trio.current_time())
-                except StreamClosedError as exc:
-                    log.info("refusing public connection from %s: %s", peer, exc)
+                if not self.adopt(conn, format_addr(addr)):
                     close_plain(conn, reset=True)
-                    continue
-                pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
-                self.pipes[sid] = pipe
-                self.flush()
-                assert self.nursery is not None
-
-                async def opener(conn: socket.socket = conn) -> socket.socket:
-                    return conn
-
-                self.nursery.start_soon(self.run_pipe, pipe, opener)
 
 
 async def _open_port(
@@ -388,4 +419,5 @@ async def _replace_previous(runner: RelayRunner, owner: Owner, port: int) -> Non
     if scope.cancelled_caught and old.nursery is not None:
         old.nursery.cancel_scope.cancel()
         await old.done.wait()
-    relay.allocator.assign(owner, port, trio.current_time())
+    if port:  # a named bind re-leases its name itself
+        relay.allocator.assign(owner, port, trio.current_time())

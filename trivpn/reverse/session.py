@@ -110,6 +110,8 @@ class Session:
         client_id: bytes = b"",
         requested_port: int = 0,
         random: bytes | None = None,
+        requested_name: str = "",
+        routes: int = 0,
     ) -> None:
         if role not in ("relay", "client"):
             raise LocalProtocolError(f"role must be relay or client, not {role!r}")
@@ -137,6 +139,8 @@ class Session:
             client_id=client_id,
             requested_port=requested_port,
             random=random if random is not None else secrets.token_bytes(32),
+            requested_name=requested_name,
+            routes=routes,
         )
 
     # ------------------------------------------------------------------ state
@@ -232,11 +236,14 @@ class Session:
 
     # relay side ----------------------------------------------------------------------
 
-    def accept_bind(self, port: int, lease: int) -> None:
+    def accept_bind(
+        self, port: int, lease: int, *, host: str = "", http_port: int = 0, https_port: int = 0
+    ) -> None:
+        """`host` and the ports answer a named bind (BindRequested.name)."""
         hs = self._handshake
         if self.role != "relay" or self.state is not State.AUTHENTICATED or not hs.bind_asked:
             raise LocalProtocolError(f"accept_bind in state {self.state.value}")
-        hs.accept_bind(port, lease)
+        hs.accept_bind(port, lease, host=host, http_port=http_port, https_port=https_port)
         self._enter_bound()
 
     def reject_bind(self, reason: str) -> None:
