@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.serve_live import (
+from helpers.servens import (
     UP_TIMEOUT,
-    openvpn_profile_client,
+    openvpn_client,
     ping,
     stop_server,
     trivpn_serve,
@@ -33,7 +33,7 @@ from helpers.serve_live import (
 )
 
 from trivpn.testing.netns import Netns, NetnsPair
-from trivpn.testing.ovpn_server import ServerOptions, client_profile
+from trivpn.testing.ovpn_server import ServerOptions
 from trivpn.testing.pki import PKI, common_name
 from trivpn.testing.process import read_until, wait_until
 
@@ -119,8 +119,7 @@ def test_reset_flood_creates_no_state_and_a_real_client_still_connects(
         # a third flood runs while the real client connects
         flooder = netns.client.popen(flood, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            with openvpn_profile_client(netns.client, client_profile(pki, OPTS, netns.server_v4), tmp_path,
-                                        "client"):
+            with openvpn_client(netns.client, pki, netns.server_v4, tmp_path, "client", OPTS):
                 read_until(serve, "ready:", UP_TIMEOUT)
                 ping(netns.client, "10.8.0.1")
                 ping(netns.server, "10.8.0.2")
@@ -142,8 +141,8 @@ def test_garbage_truncated_and_replayed_datagrams_never_drop_an_established_clie
 ) -> None:
     status = tmp_path / "status.log"
     conf = server_conf(pki, tmp_path, status, netns.server_v4)
-    with trivpn_serve(netns.server, conf) as serve, openvpn_profile_client(
-        netns.client, client_profile(pki, OPTS, netns.server_v4), tmp_path, "client"
+    with trivpn_serve(netns.server, conf) as serve, openvpn_client(
+        netns.client, pki, netns.server_v4, tmp_path, "client", OPTS
     ) as log:
         read_until(serve, "ready:", UP_TIMEOUT)
         ping(netns.client, "10.8.0.1")

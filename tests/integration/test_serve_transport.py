@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.serve_live import (
+from helpers.servens import (
     UP_TIMEOUT,
-    openvpn_profile_client,
+    openvpn_client,
     ping,
     ptp_pair,
     stop_server,
@@ -24,7 +24,7 @@ from helpers.serve_live import (
 )
 
 from trivpn.testing.netns import NetnsPair
-from trivpn.testing.ovpn_server import ServerOptions, client_profile
+from trivpn.testing.ovpn_server import ServerOptions
 from trivpn.testing.pki import PKI
 from trivpn.testing.process import read_until, wait_for_text, wait_until
 
@@ -57,10 +57,9 @@ def test_tls_crypt_v2_client_keys_made_by_openvpn(netns: NetnsPair, pki: PKI, tm
         "server 10.8.0.0 255.255.255.0", "server-ipv6 fd00:8::/64", f"tls-crypt-v2 {srv_key.name}", "reneg-sec 4",
     ])
     opts = ServerOptions(proto=proto, wrap="none", data_ciphers="AES-256-GCM", port=PORT)
-    profile = client_profile(pki, opts, netns.server_v4,
-                             extra=["<tls-crypt-v2>", cli_key.read_text().strip(), "</tls-crypt-v2>"])
-    with trivpn_serve(netns.server, conf) as serve, openvpn_profile_client(
-        netns.client, profile, tmp_path, "client"
+    v2_block = ("<tls-crypt-v2>", cli_key.read_text().strip(), "</tls-crypt-v2>")
+    with trivpn_serve(netns.server, conf) as serve, openvpn_client(
+        netns.client, pki, netns.server_v4, tmp_path, "client", opts, extra=v2_block
     ) as log:
         text = log.read_text(errors="replace")
         assert "tls_crypt_v2_file = '[INLINE]'" in text and "Data Channel: cipher 'AES-256-GCM'" in text
@@ -85,8 +84,8 @@ def test_udp_over_ipv6_transport(netns: NetnsPair, pki: PKI, tmp_path: Path) -> 
         "server-ipv6 fd00:8::/64", "tls-crypt ta.key",
     ])
     opts = ServerOptions(proto="udp6", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
-    with trivpn_serve(netns.server, conf) as serve, openvpn_profile_client(
-        netns.client, client_profile(pki, opts, netns.server_v6), tmp_path, "client"
+    with trivpn_serve(netns.server, conf) as serve, openvpn_client(
+        netns.client, pki, netns.server_v6, tmp_path, "client", opts
     ) as log:
         text = log.read_text(errors="replace")
         assert f"[AF_INET6]{netns.server_v6}" in text, text[-3000:]
@@ -107,8 +106,8 @@ def test_topology_net30(netns: NetnsPair, pki: PKI, tmp_path: Path) -> None:
         "tls-crypt ta.key",
     ])
     opts = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
-    with trivpn_serve(netns.server, conf) as serve, openvpn_profile_client(
-        netns.client, client_profile(pki, opts, netns.server_v4), tmp_path, "client"
+    with trivpn_serve(netns.server, conf) as serve, openvpn_client(
+        netns.client, pki, netns.server_v4, tmp_path, "client", opts
     ) as log:
         assert ptp_pair(log) == ("10.9.0.6", "10.9.0.5"), log.read_text(errors="replace")[-3000:]
         read_until(serve, "ready:", UP_TIMEOUT)
@@ -128,8 +127,8 @@ def test_float_when_the_client_address_changes(netns: NetnsPair, pki: PKI, tmp_p
     ])
     opts = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
     new_addr = "10.201.0.3"
-    with trivpn_serve(netns.server, conf) as serve, openvpn_profile_client(
-        netns.client, client_profile(pki, opts, netns.server_v4), tmp_path, "client"
+    with trivpn_serve(netns.server, conf) as serve, openvpn_client(
+        netns.client, pki, netns.server_v4, tmp_path, "client", opts
     ) as log:
         read_until(serve, "ready:", UP_TIMEOUT)
         ping(netns.client, "10.8.0.1")
