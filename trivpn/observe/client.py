@@ -110,6 +110,8 @@ class ClientMonitor:
         self.session_opened_at: float | None = None
         self.handshake_seconds: float | None = None
         self.key_clock = KeyClock()
+        #: set once the management socket, status file and metrics are in place
+        self.ready = trio.Event()
         #: called with the seconds every finished first key exchange took (metrics)
         self.on_handshake: Callable[[float], None] = lambda _: None
         self.add_state("CONNECTING")

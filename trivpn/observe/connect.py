@@ -61,6 +61,7 @@ async def run_connect(engine: Engine, monitor: ClientMonitor, options: ObserveOp
 
                 await nursery.start(serve_metrics, monitor, *options.metrics)
             nursery.start_soon(_signals, monitor)
+            monitor.ready.set()
             await engine.run()
             monitor.add_state("EXITING", engine.stop_reason or "exit")
             nursery.cancel_scope.cancel()

@@ -28,11 +28,6 @@ from trivpn.session.config import SessionConfig
 BOUND = 40
 
 
-async def _wait_for_socket(path: Path) -> None:
-    while not path.exists():
-        await trio.sleep(0.01)
-
-
 async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
     pki = shared_pki()
     sock = tmp_path / "mgmt.sock"
@@ -46,7 +41,7 @@ async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
             options = ObserveOptions(ManagementSpec(str(sock), None), (str(status_file), 1.0))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run_connect, engine, monitor, options)
-                await _wait_for_socket(sock)
+                await monitor.ready.wait()
                 m = await RawManagement.unix(str(sock))
                 assert (await m.line()).startswith(">INFO:OpenVPN Management Interface Version 5")
                 assert await m.line() == ">HOLD:Waiting for hold release:0"
@@ -105,7 +100,7 @@ async def test_query_passwords_and_auth_retry(tmp_path: Path) -> None:
             engine = Engine(config, userspace_tun(), observer=monitor)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run_connect, engine, monitor, ObserveOptions(ManagementSpec(str(sock), None)))
-                await _wait_for_socket(sock)
+                await monitor.ready.wait()
                 m = await RawManagement.unix(str(sock))
                 await m.until(">PASSWORD:Need 'Auth' username/password")
                 assert await m.command('username "Auth" alice') == [
