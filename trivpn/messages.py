@@ -154,6 +154,8 @@ class AuthRequest:
     username: str
     peer_subject: str
     password: str = field(default="", repr=False)
+    #: the client's peer-info lines (IV_...=...), for management-client-auth's ENV block
+    peer_info: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,10 @@ class Renegotiate:
 
 @dataclass(frozen=True, slots=True)
 class SendExit:
-    """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated)."""
+    """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated);
+    a server may name the control message (management `client-kill CID HALT`)."""
+
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,3 +34,20 @@ class ClientObserver(Protocol):
         """The server refused our credentials: True to try again (`auth-retry`), after
         perhaps giving `client` new ones (`client.config`); False ends the run."""
         ...
+
+
+class ServerObserver(Protocol):
+    """Called by `trivpn serve`'s client sessions (management-client-auth, metrics)."""
+
+    async def authorize(self, client: Any, request: Any) -> tuple[str | None, str]:
+        """After the script (if any) accepted `request` (an AuthRequest): (None, "") admits,
+        else (reason to log, reason for AUTH_FAILED). May set `client.ccd_extra`."""
+        ...
+
+    def client_ready(self, client: Any) -> None:
+        """The client's first key is in and its push is ready."""
+        ...
+
+    def client_gone(self, client: Any) -> None:
+        """The client's session ended, however."""
+        ...

@@ -247,7 +247,7 @@ class KeySchedule:
         self._open_key(key_id, now, local=True)
         return True
 
-    def send_exit(self, now: float, *, advance: bool = False) -> bool:
+    def send_exit(self, now: float, *, advance: bool = False, message: str | None = None) -> bool:
         """Tell the peer we leave: client EXIT (with cc-exit), server RESTART[,[N]].
 
         False if nothing was sent (no key yet, or a client without cc-exit: the caller
@@ -255,6 +255,8 @@ class KeySchedule:
         if self.closed or self.primary is None or not (self.cc_exit or self.is_server):
             return False
         text = ("RESTART,[N]" if advance else "RESTART") if self.is_server else "EXIT"
+        if message is not None and self.is_server:
+            text = message
         self.sessions[self.primary].send_control_message(text)
         return True
 

@@ -47,7 +47,9 @@ def hold_for_auth(ks: KeySchedule, ev: KeyExchangeComplete) -> None:
     km = ks.sessions[0].peer_km
     ks._held = ev
     subject = ks.handshake.peer_subject if ks.handshake else ""
-    ks._events.append(AuthRequest(km.username if km else "", subject, km.password if km else ""))
+    ks._events.append(
+        AuthRequest(km.username if km else "", subject, km.password if km else "", ev.peer_info)
+    )
 
 
 def answer_auth(ks: KeySchedule, accept: bool, reason: str, now: float) -> None:
