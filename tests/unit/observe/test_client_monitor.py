@@ -11,6 +11,7 @@ live answers (state, status, bytecount, the trivpn-status figures), the real-tim
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import trio
@@ -28,6 +29,23 @@ from trivpn.session.config import SessionConfig
 BOUND = 40
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _scrape(port: int) -> str:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    return data.decode()
+
+
 async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
     pki = shared_pki()
     sock = tmp_path / "mgmt.sock"
@@ -38,7 +56,10 @@ async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
             config = SessionConfig.from_profile(parse_profile(client_profile(pki, port)))
             monitor = ClientMonitor(hold=True)
             engine = Engine(config, userspace_tun(), observer=monitor, close_device=True)
-            options = ObserveOptions(ManagementSpec(str(sock), None), (str(status_file), 1.0))
+            mport = _free_port()
+            options = ObserveOptions(
+                ManagementSpec(str(sock), None), (str(status_file), 1.0), ("127.0.0.1", mport)
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run_connect, engine, monitor, options)
                 await monitor.ready.wait()
@@ -68,6 +89,10 @@ async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
                 assert session["cipher"] == "AES-256-GCM" and session["key_id"] == 0
                 assert session["local_ipv4"] == "10.8.0.2" and session["handshake_seconds"] > 0
                 assert await m.command("bytecount 0") == ["SUCCESS: bytecount interval changed"]
+                metrics = await _scrape(mport)
+                assert "trivpn_tunnel_up 1.0" in metrics
+                assert "trivpn_handshake_duration_seconds_count 1.0" in metrics
+                assert 'trivpn_bytes_total{direction="out"}' in metrics
                 assert (await m.command("kill x"))[0].startswith("ERROR: The 'kill' command is not supported")
                 # SIGUSR1: the session restarts, and comes back up
                 assert await m.command("hold off") == ["SUCCESS: hold flag set to OFF"]
