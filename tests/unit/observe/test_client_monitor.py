@@ -77,6 +77,9 @@ async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
                 history = await m.command("state all")
                 names = [h.split(",")[1] for h in history]
                 assert names[:2] == ["CONNECTING", "WAIT"] and names[-1] == "CONNECTED", names
+                logs = await m.command("log all")
+                assert any(",I,tunnel up: 10.8.0.2/24" in line for line in logs), logs
+                assert await m.command("log on") == ["SUCCESS: real-time log notification set to ON"]
                 status = await m.command("status 2")
                 assert status[0] == "OpenVPN STATISTICS" and status[2].startswith("TUN/TAP read bytes,")
                 assert await m.command("bytecount 1") == ["SUCCESS: bytecount interval changed"]
@@ -98,6 +101,7 @@ async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
                 assert await m.command("hold off") == ["SUCCESS: hold flag set to OFF"]
                 assert await m.command("signal SIGUSR1") == ["SUCCESS: signal SIGUSR1 thrown"]
                 await m.until(lambda t: t.startswith(">STATE:") and ",RECONNECTING,SIGUSR1," in t)
+                assert any(t.startswith(">LOG:") and ",I,SIGUSR1 received" in t for t in m.seen), m.seen[-30:]
                 await m.until(lambda t: t.startswith(">STATE:") and ",CONNECTED,SUCCESS," in t)
                 assert status_file.read_text().startswith("OpenVPN STATISTICS\nUpdated,")
                 assert await m.command("signal SIGTERM") == ["SUCCESS: signal SIGTERM thrown"]

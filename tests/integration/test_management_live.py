@@ -1,0 +1,249 @@
+"""The management interface of a running `trivpn connect` and `trivpn serve`, driven by code
+nobody here wrote (PyPI `openvpn-management-api`), and the same script run against Debian's
+openvpn in the same role to prove the script.
+
+Client role: the client runs in the client namespace against Debian's openvpn server, its
+management on a unix socket (reachable from the test: unix sockets are not bound to a network
+namespace). The script waits for CONNECTED, reads state/status/bytecount, throws SIGUSR1
+(the session must come back: two CONNECTED entries in the history with a
+RECONNECTING,SIGUSR1 between) and ends the daemon with SIGTERM.
+
+Server role: the server (management-client-auth) runs in the server namespace, Debian's
+openvpn client connects; the script admits it on `>CLIENT:CONNECT` with client-auth-nt,
+waits for ESTABLISHED, reads status 2, load-stats
+and bytecount, kills the client by common name, waits for DISCONNECT and ends the server
+with SIGTERM.
+
+Quirks of the library: replies are joined without line breaks; its reader thread turns a
+closed socket into endless reconnect attempts, so the script always ends with
+`send_sigterm()` (which stops that thread), and notifications other than `>CLIENT:` land in its
+reply queue, so the script enables no real-time output besides bytecount 3600 / 0.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.require import require_module
+
+from trivpn.testing.netns import NetnsPair
+from trivpn.testing.ovpn_server import ServerOptions, client_profile, server_config
+from trivpn.testing.pki import PKI, common_name
+from trivpn.testing.process import read_until, rest_of_output, stop_process
+
+pytestmark = pytest.mark.root
+
+require_module("openvpn_management_api")
+from openvpn_management_api.events.client import ClientEvent  # noqa: E402
+from openvpn_management_api.vpn import VPN  # noqa: E402
+
+UP_TIMEOUT = 30.0
+IMPLEMENTATIONS = ["trivpn", "openvpn"]
+
+
+def bounded(fn: Callable[[], dict[str, Any]], timeout: float) -> dict[str, Any]:
+    """Run the blocking script in a daemon thread; a hang fails the test instead of it."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # reported in the test's thread
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert box, f"the management script did not finish within {timeout}s"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    result: dict[str, Any] = box[0]
+    return result
+
+
+def _state_name(vpn: VPN) -> str:
+    raw = vpn.send_command("state")
+    fields = raw.split(",")
+    return fields[1] if len(fields) > 1 else ""
+
+
+def _wait_state(vpn: VPN, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _state_name(vpn) == name:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"state {name} not reached within {timeout}s")
+
+
+def drive_client(sock: str) -> dict[str, Any]:
+    """The script for a client-role daemon."""
+    vpn = VPN(unix_socket=sock)
+    vpn.connect()
+    result: dict[str, Any] = {"version": vpn.version}
+    _wait_state(vpn, "CONNECTED", UP_TIMEOUT)
+    result["state"] = vpn.get_state()
+    result["status"] = vpn.send_command("status")
+    result["bytecount"] = vpn.send_command("bytecount 3600")
+    result["bytecount_off"] = vpn.send_command("bytecount 0")
+    result["kill"] = vpn.send_command("kill somebody")
+    result["signal"] = vpn.send_command("signal SIGUSR1")
+    deadline = time.monotonic() + UP_TIMEOUT
+    history = ""
+    while time.monotonic() < deadline:
+        history = vpn.send_command("state all")
+        if history.count(",CONNECTED,SUCCESS,") >= 2:
+            break
+        time.sleep(0.2)
+    result["history"] = history
+    vpn.send_sigterm()
+    return result
+
+
+def drive_server(sock: str, cn: str) -> dict[str, Any]:
+    """The script for a server-role daemon with management-client-auth."""
+    events: queue.Queue[Any] = queue.Queue()
+    vpn = VPN(unix_socket=sock)
+    vpn.register_callback(ClientEvent, events.put)
+    vpn.connect()
+    result: dict[str, Any] = {"version": vpn.version, "events": []}
+
+    def next_event(kind: str) -> Any:
+        while True:
+            event = events.get(timeout=UP_TIMEOUT)
+            result["events"].append(event.type)
+            if event.type == kind:
+                return event
+
+    connect = next_event("CONNECT")
+    result["connect_env"] = dict(connect.environment)
+    result["auth"] = vpn.send_command(f"client-auth-nt {connect.client_id} {connect.key_id}")
+    established = next_event("ESTABLISHED")
+    result["established_env"] = dict(established.environment)
+    result["cid"] = connect.client_id
+    result["status"] = vpn.send_command("status 2")  # its get_status() joins the lines first
+    result["stats"] = vpn.get_stats()
+    result["bytecount"] = vpn.send_command("bytecount 3600")
+    result["bytecount_off"] = vpn.send_command("bytecount 0")
+    result["kill"] = vpn.send_command(f"kill {cn}")
+    result["disconnect_env"] = dict(next_event("DISCONNECT").environment)
+    vpn.send_sigterm()
+    return result
+
+
+def _wait_listening(sock: Path, proc: subprocess.Popen[bytes], impl: str) -> None:
+    """Until the daemon accepts management connections (it says so on its output)."""
+    if impl == "trivpn":
+        read_until(proc, "management interface listening", UP_TIMEOUT)
+    else:
+        read_until(proc, "MANAGEMENT: unix domain socket listening", UP_TIMEOUT)
+    assert sock.exists()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_client_management(impl: str, pki: PKI, netns: NetnsPair, openvpn_server: Any, tmp_path: Path) -> None:
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM")
+    server = openvpn_server(opts)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host))
+    sock = tmp_path / "mgmt.sock"
+    if impl == "trivpn":
+        argv = [sys.executable, "-m", "trivpn", "connect", str(profile), "--management", str(sock)]
+    else:
+        argv = ["openvpn", "--config", str(profile), "--management", str(sock), "unix"]
+    proc = netns.client.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_listening(sock, proc, impl)
+        result = bounded(lambda: drive_client(str(sock)), 3 * UP_TIMEOUT)
+        rc = proc.wait(timeout=15)
+    finally:
+        stop_process(proc)
+        output = rest_of_output(proc)
+    assert rc == 0, output[-3000:]
+    assert "Traceback" not in output
+    assert result["version"] and result["version"].startswith("2.6.")
+    state = result["state"]
+    assert state.state_name == "CONNECTED" and state.desc_string == "SUCCESS"
+    assert str(state.remote_addr) == netns.server_v4 and state.remote_port == 1194
+    assert str(state.local_virtual_v4_addr).startswith("10.202.0.")
+    status = result["status"]
+    assert status.startswith("OpenVPN STATISTICS") and "TCP/UDP read bytes," in status and status.endswith("END")
+    assert result["bytecount"] == result["bytecount_off"] == "SUCCESS: bytecount interval changed"
+    assert result["kill"] == "ERROR: The 'kill' command is not supported by the current daemon mode"
+    assert result["signal"] == "SUCCESS: signal SIGUSR1 thrown"
+    history = result["history"]
+    assert history.count(",CONNECTED,SUCCESS,") >= 2, history
+    assert ",RECONNECTING,SIGUSR1," in history, history
+
+
+def _write_server(pki: PKI, workdir: Path, opts: ServerOptions, local: str) -> Path:
+    for name, text in (("ca.crt", pki.ca_cert), ("server.crt", pki.server_cert),
+                       ("server.key", pki.server_key), ("ta.key", pki.static_key)):
+        (workdir / name).write_text(text)
+        (workdir / name).chmod(0o600)
+    conf = workdir / "server.conf"
+    conf.write_text(server_config(opts, dev="tun", local=local, workdir=workdir))
+    return conf
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_server_management(impl: str, pki: PKI, netns: NetnsPair, openvpn_server: Any, tmp_path: Path) -> None:
+    sock = tmp_path / "mgmt.sock"
+    extra = [f"management {sock} unix", "management-client-auth", "auth-user-pass-optional"]
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", extra=extra)
+    if impl == "trivpn":
+        workdir = tmp_path / "server"
+        workdir.mkdir()
+        conf = _write_server(pki, workdir, opts, netns.server_v4)
+        daemon = netns.server.popen(
+            [sys.executable, "-m", "trivpn", "serve", str(conf)], cwd=workdir,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        remote = netns.server_v4
+    else:
+        server = openvpn_server(opts)
+        daemon, remote = None, server.remote_host
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, remote))
+    client = None
+    try:
+        if daemon is not None:
+            _wait_listening(sock, daemon, impl)
+        client = netns.client.popen(
+            ["openvpn", "--config", str(profile), "--verb", "3"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        cn = common_name(pki.client_cert)
+        result = bounded(lambda: drive_server(str(sock), cn), 3 * UP_TIMEOUT)
+        if daemon is not None:
+            assert daemon.wait(timeout=15) == 0
+    finally:
+        if client is not None:
+            stop_process(client)
+        output = ""
+        if daemon is not None:
+            stop_process(daemon)
+            output = rest_of_output(daemon)
+    assert "Traceback" not in output, output[-3000:]
+    assert result["version"].startswith("2.6.")
+    assert result["events"][0] == "CONNECT" and "ESTABLISHED" in result["events"], result["events"]
+    assert result["events"][-1] == "DISCONNECT"
+    connect_env = result["connect_env"]
+    assert connect_env["common_name"] == cn and connect_env["untrusted_ip"] == netns.client_v4
+    assert connect_env["IV_PROTO"].isdigit() and connect_env["IV_VER"].startswith("2.6")
+    assert result["established_env"]["ifconfig_pool_remote_ip"] == "10.202.0.2"
+    assert result["auth"] == "SUCCESS: client-auth command succeeded"
+    status = result["status"]
+    assert status.startswith("TITLE,") and f"CLIENT_LIST,{cn},{netns.client_v4}:" in status, status
+    assert result["stats"].client_count == 1
+    assert result["bytecount"] == result["bytecount_off"] == "SUCCESS: bytecount interval changed"
+    assert result["kill"] == f"SUCCESS: common name '{cn}' found, 1 client(s) killed"
+    assert int(result["disconnect_env"]["bytes_received"]) >= 0
