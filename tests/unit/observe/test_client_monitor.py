@@ -11,9 +11,11 @@ live answers (state, status, bytecount, the trivpn-status figures), the real-tim
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from pathlib import Path
 
+import pytest
 import trio
 from helpers.mgmt import RawManagement
 from helpers.profiles import shared_pki
@@ -46,7 +48,8 @@ async def _scrape(port: int) -> str:
     return data.decode()
 
 
-async def test_state_status_bytecount_signals(tmp_path: Path) -> None:
+async def test_state_status_bytecount_signals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="trivpn")  # as `trivpn connect` sets it
     pki = shared_pki()
     sock = tmp_path / "mgmt.sock"
     status_file = tmp_path / "client.status"
