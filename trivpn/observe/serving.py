@@ -52,6 +52,8 @@ async def start_management(
             password = mconfig.read_password_file(spec.password_file)
         except OSError as exc:
             raise ConfigError(f"management: cannot read {spec.password_file}: {exc.strerror}") from None
+        except mconfig.ManagementConfigError as exc:
+            raise ConfigError(str(exc)) from None
     service = ManagementService(host, password=password)
     try:
         if spec.port is None:
@@ -62,6 +64,8 @@ async def start_management(
             where = f"{spec.address}:{spec.port}"
     except OSError as exc:
         raise ConfigError(f"management: cannot listen on {spec.address}: {exc.strerror or exc}") from None
+    except mconfig.ManagementConfigError as exc:
+        raise ConfigError(str(exc)) from None
     log.info("management interface listening on %s", where)
     return service
 
