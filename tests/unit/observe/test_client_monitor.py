@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -107,6 +109,8 @@ async def test_state_status_bytecount_signals(tmp_path: Path, caplog: pytest.Log
                 assert any(t.startswith(">LOG:") and ",I,SIGUSR1 received" in t for t in m.seen), m.seen[-30:]
                 await m.until(lambda t: t.startswith(">STATE:") and ",CONNECTED,SUCCESS," in t)
                 assert status_file.read_text().startswith("OpenVPN STATISTICS\nUpdated,")
+                os.kill(os.getpid(), signal.SIGUSR2)  # the OS signal: the report to the log
+                await m.until(lambda t: t.startswith(">LOG:") and t.endswith(",I,OpenVPN STATISTICS"))
                 assert await m.command("signal SIGTERM") == ["SUCCESS: signal SIGTERM thrown"]
                 await m.until(lambda t: t.startswith(">STATE:") and ",EXITING,SIGTERM," in t)
             assert engine.stop_reason == "SIGTERM"
