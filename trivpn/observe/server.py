@@ -38,7 +38,7 @@ from trivpn.observe.figures import KeyClock, SessionFigures, figures_of
 from trivpn.server.ccd import CcdEntry, parse_ccd
 from trivpn.server.sessionparts import common_name_of
 from trivpn.server.statustask import log_status, server_status
-from trivpn.status.format import StatusVersion, format_server_status, real_address_text
+from trivpn.status.format import StatusVersion, format_server_status, real_address_text, time_text
 from trivpn.status.model import RealAddress
 from trivpn.tlssession.negotiation import PeerInfo
 from trivpn.tlssession.serverrole import SCHEDULED_EXIT
@@ -118,11 +118,34 @@ class ServerMonitor:
 
     # -- ServerObserver: what the client sessions report -------------------------------------
 
-    def _env(self, client: Any, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-        env = [("n_clients", str(len(self.server.clients)))]
-        env += extra
-        env += [("untrusted_ip", client.addr[0]), ("untrusted_port", str(client.addr[1]))]
+    def _daemon_env(self) -> list[tuple[str, str]]:
+        """What OpenVPN puts in every block from the daemon itself (its "global env")."""
+        cfg = self.config
+        env = [("dev_type", "tun"), ("tun_mtu", str(cfg.tun_mtu or 1500)), ("verb", str(cfg.verb)),
+               ("daemon", "0"), ("daemon_pid", str(os.getpid()))]
+        if self.server.tun_name:
+            env.append(("dev", self.server.tun_name))
+        if cfg.ifconfig is not None:
+            second = "ifconfig_netmask" if cfg.topology == "subnet" else "ifconfig_remote"
+            env += [("ifconfig_local", str(cfg.ifconfig[0])), (second, str(cfg.ifconfig[1]))]
+        if cfg.ifconfig_ipv6 is not None:
+            env += [("ifconfig_ipv6_local", str(cfg.ifconfig_ipv6.ip)),
+                    ("ifconfig_ipv6_netbits", str(cfg.ifconfig_ipv6.network.prefixlen))]
+        for n, (_host, port) in enumerate(self.server.addresses[:1], 1):
+            env += [(f"local_port_{n}", str(port)), (f"proto_{n}", client_proto(self.config, n))]
         return env
+
+    def _client_env(self, client: Any, subject: str, peer_info: dict[str, str], username: str) -> list[tuple[str, str]]:
+        """The client's own variables: address, names, peer-info, certificate."""
+        env = [("untrusted_ip", _plain(client.addr[0])), ("untrusted_port", str(client.addr[1])),
+               ("common_name", client.common_name or common_name_of(subject)), ("username", username)]
+        env += [(k, v) for k, v in peer_info.items() if k.startswith("IV_")]
+        env += [(f"X509_0_{k}", v) for k, v in _subject_fields(subject)]
+        env.append(("tls_id_0", subject))
+        return env
+
+    def _established(self) -> int:
+        return sum(1 for x in self.server.clients.values() if x.ready is not None)
 
     async def authorize(self, client: Any, request: AuthRequest) -> tuple[str | None, str]:
         """management-client-auth: (None, "") to admit, else (reason to log, reason to send)."""
@@ -130,16 +153,10 @@ class ServerMonitor:
         kid = self._next_kid.get(cid, 0)
         self._next_kid[cid] = kid + 1
         pending = self._pending[(cid, kid)] = _Pending()
-        cn = common_name_of(request.peer_subject)
-        extra: list[tuple[str, str]] = []
-        if request.username or request.password:
-            extra.append(("password", request.password))
-        env = self._env(client, extra)
-        env += [("common_name", cn)]
-        if request.username:
-            env.append(("username", request.username))
-        env += [(k, v) for k, v in PeerInfo.parse(request.peer_info).items.items() if k.startswith("IV_")]
-        env += [("X509_0_CN", cn), ("tls_id_0", request.peer_subject)]
+        peer_info = PeerInfo.parse(request.peer_info).items
+        env = [("n_clients", str(self._established())), ("password", request.password)]
+        env += self._client_env(client, request.peer_subject, peer_info, request.username)
+        env += self._daemon_env()
         self._announced.add(cid)
         self.notify([Notification.always(*f.client_event("CONNECT", [cid, kid], env))])
         timeout = self.config.hand_window / 2
@@ -157,6 +174,19 @@ class ServerMonitor:
         log.info("%r admitted by the management interface", client)
         return None, ""
 
+    def _session_env(self, client: Any) -> list[tuple[str, str]]:
+        """ESTABLISHED and DISCONNECT: the client's variables, its addresses, times."""
+        ready = client.ready
+        peer_info = dict(ready.peer_info.items) if ready is not None else {}
+        subject = ready.peer_subject if ready is not None else ""
+        username = ready.username if ready is not None else ""
+        env = self._client_env(client, subject, peer_info, username)
+        if client.lease is not None:
+            env += list(client.lease.env().items())
+        env += [("trusted_ip", _plain(client.addr[0])), ("trusted_port", str(client.addr[1])),
+                ("time_unix", str(int(client.created))), ("time_ascii", time_text(int(client.created)))]
+        return env
+
     def client_ready(self, client: Any) -> None:
         self._handshakes[client.key] = seconds = max(0.0, self.wall() - client.created)
         self.on_handshake(seconds)
@@ -164,16 +194,11 @@ class ServerMonitor:
             return
         lines: list[str] = []
         lease = client.lease
-        pool_env: list[tuple[str, str]] = []
         if lease is not None:  # OpenVPN learns IPv4 first, then IPv6
             for item in (lease.ipv4, lease.ipv6):
                 if item is not None:
                     lines += f.client_event("ADDRESS", [client.key, str(item.address), 1], None)
-            pool_env = list(lease.env().items())
-        env = self._env(client, pool_env) + [
-            ("trusted_ip", client.addr[0]), ("trusted_port", str(client.addr[1])),
-            ("common_name", client.common_name), ("time_unix", str(int(client.created))),
-        ]
+        env = [("n_clients", str(self._established())), *self._session_env(client), *self._daemon_env()]
         lines += f.client_event("ESTABLISHED", [client.key], env)
         self.notify([Notification.always(*lines)])
 
@@ -186,13 +211,11 @@ class ServerMonitor:
             return
         self._announced.discard(key)
         stats = client.stack.data.stats()
-        env = self._env(client, [
-            ("common_name", client.common_name),
+        env = self._session_env(client) + [
             ("bytes_received", str(stats.rx_bytes if stats else 0)),
             ("bytes_sent", str(stats.tx_bytes if stats else 0)),
-            ("time_unix", str(int(client.created))),
             ("time_duration", str(int(self.wall() - client.created))),
-        ])
+        ] + self._daemon_env()
         self.notify([Notification.always(*f.client_event("DISCONNECT", [key], env))])
 
     # -- figures ---------------------------------------------------------------------------
@@ -339,6 +362,22 @@ class ServerMonitor:
         pending.accept, pending.reason, pending.client_reason = accept, reason, client_reason
         pending.done.set()
         return None
+
+
+def _subject_fields(subject: str) -> list[tuple[str, str]]:
+    """`O=x, CN=y` (format_subject's rendering) as [("O", "x"), ("CN", "y")]."""
+    out = []
+    for rdn in subject.split(", "):
+        for part in rdn.split(" + "):
+            key, sep, value = part.partition("=")
+            if sep and key.isalnum():
+                out.append((key, value))
+    return out
+
+
+def client_proto(config: Any, n: int) -> str:
+    listener = config.listeners[n - 1]
+    return "tcp-server" if listener.proto == "tcp" else "udp"
 
 
 def _plain(host: str) -> str:

@@ -65,7 +65,7 @@ async def test_client_auth_status_kill_deny(tmp_path: Path) -> None:
                 cid, kid = connect.removeprefix(">CLIENT:CONNECT,").split(",")
                 env = await _env(m)
                 assert env["common_name"] == CN and env["untrusted_ip"] == "127.0.0.1"
-                assert env["IV_PROTO"].isdigit() and "IV_VER" in env and "password" not in env
+                assert env["IV_PROTO"].isdigit() and "IV_VER" in env and env["password"] == env["username"] == ""
                 await m.send(f"client-auth {cid} {kid}")
                 await m.send('push "route 10.55.0.0 255.255.0.0"')
                 assert await m.command("END") == ["SUCCESS: client-auth command succeeded"]
