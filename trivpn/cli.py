@@ -252,33 +252,32 @@ def _observe_options(profile: Profile, args: argparse.Namespace) -> tuple[Any, A
     def rel(path: str) -> str:
         return path if os.path.isabs(path) else os.path.join(base, path)
 
+    # profile values are relative to the profile's directory, flags to the working directory
     mgmt = profile.management
+    if mgmt is not None:
+        mgmt = (mgmt[0] if mgmt[1] is not None else rel(mgmt[0]), mgmt[1], rel(mgmt[2]) if mgmt[2] else None)
     if args.management:
-        where = args.management
-        host, sep, port = where.rpartition(":")
+        host, sep, port = args.management.rpartition(":")
         if sep and port.isdigit():
             mgmt = (host.strip("[]"), int(port), None)
         else:
-            mgmt = (where, None, None)
+            mgmt = (os.path.abspath(args.management), None, None)
     if mgmt is not None and args.management_password_file:
-        mgmt = (mgmt[0], mgmt[1], args.management_password_file)
-    status = profile.status
+        mgmt = (mgmt[0], mgmt[1], os.path.abspath(args.management_password_file))
+    status = (rel(profile.status[0]), float(profile.status[1])) if profile.status else None
     if args.status:
         if len(args.status) > 2 or (len(args.status) == 2 and not args.status[1].isdigit()):
             raise ConfigError("--status takes FILE [SECONDS]")
-        status = (args.status[0], int(args.status[1]) if len(args.status) == 2 else 60)
+        status = (os.path.abspath(args.status[0]), float(args.status[1]) if len(args.status) == 2 else 60.0)
     if mgmt is None and status is None and not args.metrics_addr:
         return None
     from trivpn.observe.client import ClientMonitor
     from trivpn.observe.connect import ObserveOptions
     from trivpn.observe.serving import ManagementSpec, parse_host_port
 
-    spec = None
-    if mgmt is not None:
-        address, port_, pw = mgmt
-        spec = ManagementSpec(address if port_ is not None else rel(address), port_, rel(pw) if pw else None)
+    spec = ManagementSpec(*mgmt) if mgmt is not None else None
     metrics = parse_host_port(args.metrics_addr, "--metrics-addr") if args.metrics_addr else None
-    options = ObserveOptions(spec, (rel(status[0]), float(status[1])) if status else None, metrics)
+    options = ObserveOptions(spec, status, metrics)
     monitor = ClientMonitor(
         hold=spec is not None and (args.management_hold or profile.management_hold),
         query_passwords=spec is not None and (args.management_query_passwords or profile.management_query_passwords),

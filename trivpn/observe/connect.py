@@ -63,7 +63,8 @@ async def run_connect(engine: Engine, monitor: ClientMonitor, options: ObserveOp
             nursery.start_soon(_signals, monitor)
             monitor.ready.set()
             await engine.run()
-            monitor.add_state("EXITING", engine.stop_reason or "exit")
+            if not monitor.states or monitor.states[-1].name != "EXITING":
+                monitor.add_state("EXITING", engine.stop_reason or "exit")
             nursery.cancel_scope.cancel()
     finally:
         root.removeHandler(handler)
