@@ -11,7 +11,9 @@ when it leaves. The CID is the server-wide client number the status report shows
 ID; the KID counts the client's authorizations. Lines from `client-auth` are a
 client-config-dir file's text, laid over the client's ccd entry (pushes after the ccd's).
 
-Not done: REAUTH (a renegotiation re-authorizes without asking), client-pending-auth.
+A renegotiation asks again (`>CLIENT:REAUTH,CID,KID`): the new key waits for the answer while
+the current one carries the traffic; a refusal ends the session (OpenVPN invalidates only the
+new key, which ends it later). Not done: client-pending-auth.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ class ServerMonitor:
         env += self._client_env(client, request.peer_subject, peer_info, request.username)
         env += self._daemon_env()
         self._announced.add(cid)
-        self.notify([Notification.always(*f.client_event("CONNECT", [cid, kid], env))])
+        kind = "REAUTH" if request.key_id else "CONNECT"
+        self.notify([Notification.always(*f.client_event(kind, [cid, kid], env))])
         timeout = self.config.hand_window / 2
         with trio.move_on_after(timeout):
             await pending.done.wait()
@@ -167,7 +170,7 @@ class ServerMonitor:
             return f"no management client-auth within {timeout:g} s", ""
         if not pending.accept:
             return pending.reason or "denied by the management client", pending.client_reason
-        if pending.entry is not None:
+        if pending.entry is not None and not request.key_id:  # client-connect is not re-run
             if pending.entry.disable:
                 return "disabled by the management client-auth lines", ""
             client.ccd_extra = pending.entry

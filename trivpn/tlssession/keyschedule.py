@@ -27,7 +27,8 @@ SoftReset, the client starts TLS once both resets were exchanged. If both ends s
 once with different ids, the client yields to the server's. Both ends install the new key
 when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the first key stay.
 
-A server with a verify script (`verify_auth`) holds key 0 after key method 2: it emits
+A server with a verify script (`verify_auth`) holds key 0 (and, as OpenVPN re-authenticates
+on renegotiation, every later key) after key method 2: it emits
 `AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
 and ends the session shortly after. The hand window keeps running meanwhile.
 
@@ -157,6 +158,7 @@ class KeySchedule:
         self._push: list[str] | None = None  # server: the options we push
         self._push_requested = False
         self._held: KeyExchangeComplete | None = None  # server: key 0 awaiting answer_auth
+        self._held_reauth: int | None = None  # server: a renegotiated key awaiting answer_auth
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
@@ -416,7 +418,9 @@ class KeySchedule:
                 log.debug("key exchange complete; peer options: %s", ev.peer_options)
                 if key_id != self.pending:
                     continue
-                if key_id != 0:
+                if key_id != 0 and self.is_server and self.config.verify_auth:
+                    serverrole.hold_for_reauth(self, key_id, ev)
+                elif key_id != 0:
                     self._install_renegotiated(key_id, now)
                 elif self.is_server and self.config.verify_auth:
                     serverrole.hold_for_auth(self, ev)

@@ -30,6 +30,7 @@ __all__ = [
     "SCHEDULED_EXIT",
     "answer_auth",
     "hold_for_auth",
+    "hold_for_reauth",
     "on_push_request",
     "server_ready",
 ]
@@ -52,9 +53,30 @@ def hold_for_auth(ks: KeySchedule, ev: KeyExchangeComplete) -> None:
     )
 
 
+def hold_for_reauth(ks: KeySchedule, key_id: int, ev: KeyExchangeComplete) -> None:
+    """A renegotiated key waits for the same check (the verify script again, the management
+    interface's REAUTH); the current key carries the traffic meanwhile, and the pending key's
+    hand-window still bounds the wait."""
+    km = ks.sessions[key_id].peer_km
+    ks._held_reauth = key_id
+    subject = ks.handshake.peer_subject if ks.handshake else ""
+    ks._events.append(
+        AuthRequest(km.username if km else "", subject, km.password if km else "", ev.peer_info, key_id)
+    )
+
+
 def answer_auth(ks: KeySchedule, accept: bool, reason: str, now: float) -> None:
     """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end.
     Stray answers (none asked, or already closed) are ignored."""
+    if ks._held_reauth is not None:
+        key_id, ks._held_reauth = ks._held_reauth, None
+        if ks.closed or ks.pending != key_id:
+            return
+        if accept:
+            ks._install_renegotiated(key_id, now)
+        else:
+            refuse(ks, reason, now)
+        return
     ev, ks._held = ks._held, None
     if ev is None or ks.closed or ks.pending != 0:
         return

@@ -11,6 +11,7 @@ client reason). `client-kill CID HALT` sends HALT, which ends the client for goo
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,38 @@ def test_management_client_auth_needs_management() -> None:
     cfg = server_config(shared_pki(), "management-client-auth")
     with pytest.raises(ConfigError, match="needs 'management'"):
         check_served(cfg)
+
+
+async def test_renegotiation_asks_again_reauth(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """reneg-sec 2: `>CLIENT:REAUTH,CID,1` with its ENV; the new key is used once admitted."""
+    caplog.set_level(logging.INFO, logger="trivpn")
+    pki = shared_pki()
+    sock = tmp_path / "mgmt.sock"
+    cfg = server_config(pki, f"management {sock} unix\nmanagement-client-auth\nreneg-sec 2")
+    with trio.fail_after(BOUND):
+        async with running_server(cfg) as (server, _tun):
+            port = server.addresses[0][1]
+            m = await RawManagement.unix(str(sock))
+            profile = parse_profile(client_profile(pki, port))
+            async with trio.open_nursery() as nursery:
+
+                async def client() -> None:
+                    async with api.connect(profile, reconnect=False, connect_timeout=20):
+                        await trio.sleep_forever()
+
+                nursery.start_soon(client)
+                cid, kid = (await m.until(">CLIENT:CONNECT,")).removeprefix(">CLIENT:CONNECT,").split(",")
+                assert kid == "0"
+                await _env(m)
+                await m.command(f"client-auth-nt {cid} {kid}")
+                assert await m.command("log on") == ["SUCCESS: real-time log notification set to ON"]
+                reauth = await m.until(">CLIENT:REAUTH,")
+                assert reauth == f">CLIENT:REAUTH,{cid},1"
+                env = await _env(m)
+                assert env["common_name"] == CN and "IV_VER" in env
+                assert await m.command(f"client-auth-nt {cid} 1") == ["SUCCESS: client-auth command succeeded"]
+                await m.until(lambda t: t.startswith(">LOG:") and "new data keys in use: key id 1" in t)
+                (figures,) = await m.command("trivpn-status")
+                (session,) = json.loads(figures)["sessions"]
+                assert session["key_id"] == 1 and session["renegotiations"] == 1
+                nursery.cancel_scope.cancel()
