@@ -111,3 +111,20 @@ def test_an_unanswered_reauth_keeps_the_old_key_until_the_hand_window() -> None:
     p.server.ks.answer_auth(True, "", p.now)  # too late: a stray answer changes nothing
     p.pump()
     assert p.server.ks.primary == 0
+
+
+def test_a_second_reauth_can_be_refused_after_key_0_is_gone() -> None:
+    p = _accepted()
+    for key_id in (1, 2):
+        p.advance(1)
+        p.client.ks.renegotiate("test", p.now)
+        p.pump()
+        if key_id == 1:
+            p.server.ks.answer_auth(True, "", p.now)
+            p.pump()
+            p.advance(4000)  # the transition window retires key 0
+    assert 0 not in p.server.ks.sessions and p.server.ks.primary == 1
+    p.server.ks.answer_auth(False, "", p.now)
+    p.pump()
+    (fatal,) = _of(p.client.events, Fatal)
+    assert isinstance(fatal, Fatal) and "AUTH_FAILED" in fatal.reason
