@@ -13,7 +13,7 @@ import os
 import statistics
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower idle round-trip times by keeping the data path warm for 0.1 s after "
         "traffic (costs CPU while traffic is sporadic; UDP with data threads only)",
     )
+    _observe_flags(c)
     pg = sub.add_parser("ping", help="ping through a userspace tunnel (no root, no TUN)")
     common(pg)
     pg.add_argument("target", metavar="TARGET", help="IPv4 or IPv6 address inside the tunnel")
@@ -101,8 +102,47 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument(
         "--connect-timeout", type=float, default=60.0, help="give up if no tunnel within this (default 60 s)"
     )
+    st = sub.add_parser(
+        "status", help="show a running instance's state through its management socket",
+        description="Connects to the management interface of a running `trivpn connect` or "
+        "`trivpn serve` and prints its state: remote, addresses, cipher, key id and age, bytes "
+        "and packets both ways, drops by reason, last handshake, renegotiations (on a server: "
+        "every client). Examples: `trivpn status /run/trivpn.sock`, "
+        "`trivpn status 127.0.0.1:7505 --json`.",
+    )
+    st.add_argument("where", metavar="SOCKET|HOST:PORT", help="the management unix socket or TCP address")
+    st.add_argument("--json", action="store_true", help="print JSON instead of text")
+    st.add_argument("--password-file", help="file whose first line is the management password")
+    st.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds")
+    st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    st.set_defaults(handler=_cmd_status)
     _add_plugin_commands(sub, common)
     return p
+
+
+def _observe_flags(sp: argparse.ArgumentParser) -> None:
+    """Flags that mirror the profile's management/status options (a flag wins)."""
+    g = sp.add_argument_group("watching it run")
+    g.add_argument(
+        "--management", metavar="HOST:PORT|PATH",
+        help="OpenVPN management interface on a TCP address (loopback unless a password file "
+        "is given) or a unix socket path",
+    )
+    g.add_argument("--management-password-file", metavar="FILE", help="management password (first line)")
+    g.add_argument("--management-hold", action="store_true", help="wait for `hold release` before connecting")
+    g.add_argument(
+        "--management-query-passwords", action="store_true",
+        help="ask the management client for the username/password",
+    )
+    g.add_argument("--auth-retry", choices=("none", "nointeract", "interact"), help="what AUTH_FAILED does")
+    g.add_argument("--status", nargs="+", metavar=("FILE", "SECONDS"), help="write a status file every N s (60)")
+    g.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics here")
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    from trivpn.observe.statuscmd import run_status
+
+    return await run_status(args)
 
 
 #: Modules that add sub-commands: each has `add_commands(sub, common)` registering parsers
@@ -179,7 +219,13 @@ async def cmd_connect(args: argparse.Namespace) -> int:
 
     profile = _load(args.profile)
     profile.no_dns = profile.no_dns or args.no_dns
-    username, password = _credentials(profile, args)
+    observe = _observe_options(profile, args)
+    query = observe is not None and observe[1].query_passwords
+    if query and getattr(profile, "auth_user_pass", None) is True and not args.auth_user:
+        username, password = "", ""  # asked through the management interface
+    else:
+        username, password = _credentials(profile, args)
+        query = False
     config = SessionConfig.from_profile(
         profile,
         no_reconnect=args.no_reconnect,
@@ -191,10 +237,60 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         password=password,
     )
     device = kernel_tun()
-    engine = Engine(config, device, configure_tun=True, handle_signals=True)
-    await engine.run()
+    if observe is None:
+        engine = Engine(config, device, configure_tun=True, handle_signals=True)
+        await engine.run()
+    else:
+        from trivpn.observe.connect import run_connect
+
+        options, monitor = observe
+        monitor.need_credentials(query)
+        engine = Engine(config, device, configure_tun=True, handle_signals=True, observer=monitor)
+        await run_connect(engine, monitor, options)
     log.info("disconnected (%s); %s removed", engine.stop_reason or "stopped", device.name)
     return 0
+
+
+def _observe_options(profile: Profile, args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """(ObserveOptions, ClientMonitor) when management, a status file or metrics are asked
+    for (profile or flags), else None: then nothing of trivpn.observe is imported."""
+    base = os.path.dirname(os.path.abspath(profile.source)) if profile.source else os.getcwd()
+
+    def rel(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(base, path)
+
+    # profile values are relative to the profile's directory, flags to the working directory
+    mgmt = profile.management
+    if mgmt is not None:
+        mgmt = (mgmt[0] if mgmt[1] is not None else rel(mgmt[0]), mgmt[1], rel(mgmt[2]) if mgmt[2] else None)
+    if args.management:
+        host, sep, port = args.management.rpartition(":")
+        if sep and port.isdigit():
+            mgmt = (host.strip("[]"), int(port), None)
+        else:
+            mgmt = (os.path.abspath(args.management), None, None)
+    if mgmt is not None and args.management_password_file:
+        mgmt = (mgmt[0], mgmt[1], os.path.abspath(args.management_password_file))
+    status = (rel(profile.status[0]), float(profile.status[1])) if profile.status else None
+    if args.status:
+        if len(args.status) > 2 or (len(args.status) == 2 and not args.status[1].isdigit()):
+            raise ConfigError("--status takes FILE [SECONDS]")
+        status = (os.path.abspath(args.status[0]), float(args.status[1]) if len(args.status) == 2 else 60.0)
+    if mgmt is None and status is None and not args.metrics_addr:
+        return None
+    from trivpn.observe.client import ClientMonitor
+    from trivpn.observe.connect import ObserveOptions
+    from trivpn.observe.serving import ManagementSpec, parse_host_port
+
+    spec = ManagementSpec(*mgmt) if mgmt is not None else None
+    metrics = parse_host_port(args.metrics_addr, "--metrics-addr") if args.metrics_addr else None
+    options = ObserveOptions(spec, status, metrics)
+    monitor = ClientMonitor(
+        hold=spec is not None and (args.management_hold or profile.management_hold),
+        query_passwords=spec is not None and (args.management_query_passwords or profile.management_query_passwords),
+        auth_retry=args.auth_retry or profile.auth_retry or "none",
+    )
+    return options, monitor
 
 
 async def cmd_ping(args: argparse.Namespace) -> int:

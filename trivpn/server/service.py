@@ -20,6 +20,7 @@ the cleanups remove the TUN with its addresses and routes.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 
@@ -48,7 +49,8 @@ class Server:
     """Everything `trivpn serve` runs (see the module docstring)."""
 
     def __init__(
-        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun
+        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun,
+        metrics_addr: tuple[str, int] | None = None,
     ) -> None:
         #: ignored options (one-line warnings); the unsafe ones raised ConfigError here
         self.warnings = check_served(config)
@@ -64,6 +66,9 @@ class Server:
         self._tun_factory = tun_factory
         #: the bound (host, port) of every listener, once `run` has started
         self.addresses: list[tuple[str, int]] = []
+        self.metrics_addr = metrics_addr
+        #: the management host (trivpn.observe.server.ServerMonitor) once running, if configured
+        self.monitor: Any = None
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.manager.request_stop(reason)
@@ -100,6 +105,10 @@ class Server:
                 m.start_service("status file", run_status_file, status, self.clients, self.hub)
             if m.handle_signals:
                 m.start_service("SIGUSR2", run_status_signal, self.clients, self.hub, status.version if status else 1)
+            if self.config.management is not None or self.metrics_addr is not None:
+                from trivpn.observe.serverrun import start_observing
+
+                self.monitor = await start_observing(self, m.nursery, self.metrics_addr)
             log.info("Initialization Sequence Completed")
             task_status.started()
 

@@ -76,7 +76,7 @@ class SessionParts:
             wrap_key=self.wrap_key,
             push=push,
             peer_id=peer_id,
-            verify_auth=cfg.auth_user_pass_verify is not None,
+            verify_auth=cfg.auth_user_pass_verify is not None or cfg.management_client_auth,
         )
         tls_config, options = self.tls_config, self.options[proto]
         if self.crl_file is not None:  # a new client: take up a replaced CRL file, as OpenVPN
