@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: Modules that add sub-commands: each has `add_commands(sub, common)` registering parsers
 #: with `set_defaults(handler=async_fn)`. Kept light at import time (no heavy imports at the
 #: top of those modules) so `trivpn connect` starts fast.
-PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli", "trivpn.server.cli", "trivpn.pki.cli")
+PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli", "trivpn.server.cli", "trivpn.pki.cli",
+                   "trivpn.demo.cli")
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction[_Parser], common: object) -> None:
