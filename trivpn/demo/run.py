@@ -230,6 +230,8 @@ async def run_demo(*, iperf_seconds: int = 3, keep: bool = False) -> int:
         ok = await _ping(demo)
         if ok and iperf_seconds > 0:
             await _iperf(demo, iperf_seconds)
+        elif ok:
+            say("6. no throughput test (--iperf-seconds 0)")
         elif not ok:
             say("   no replies: see the logs above; the demo failed")
     except BaseException:
