@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers.logstate import kept_logging
 from helpers.profiles import shared_pki
 from helpers.serving import answer_echo, client_profile, running_server, server_config
 
@@ -27,11 +28,8 @@ def _leaves() -> list[tuple[str, argparse.ArgumentParser]]:
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    ours, root = logging.getLogger("trivpn"), logging.getLogger()
-    saved = (ours.handlers[:], ours.level, ours.propagate, root.handlers[:], root.level)
-    yield
-    ours.handlers[:], ours.level, ours.propagate = saved[0], saved[1], saved[2]
-    root.handlers[:], root.level = saved[3], saved[4]
+    with kept_logging():
+        yield
 
 
 def test_every_command_is_listed() -> None:

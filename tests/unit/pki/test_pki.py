@@ -7,6 +7,7 @@ import datetime
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from helpers.logstate import kept_logging
 from helpers.require import in_ci
 from OpenSSL import crypto
 
@@ -260,6 +262,13 @@ def test_bad_client_names(pki: Path, name: str) -> None:
         ops.client(pki, name)
 
 
+@pytest.fixture
+def _logging_kept() -> Iterator[None]:
+    with kept_logging():
+        yield
+
+
+@pytest.mark.usefixtures("_logging_kept")
 def test_cli_one_line_errors(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["pki", "client", str(pki), "alice", "--remote", "h.example:99"]) == 0
     assert "alice.ovpn" in capsys.readouterr().out
