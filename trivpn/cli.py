@@ -1,7 +1,9 @@
-"""Command line: `trivpn connect PROFILE`, `trivpn ping PROFILE TARGET`, `trivpn serve CONFIG`.
+"""Command line: `trivpn connect PROFILE`, `trivpn ping PROFILE TARGET`, `trivpn serve CONFIG`, ...
 
-Every failure ends with one line naming the cause (exit 1); a wrong flag ends with one
-line too (exit 2). Tracebacks are only shown with `--debug`.
+Every failure ends with one line naming the cause (exit 1; `ping` exits 2, like iputils'
+ping, whose 1 means "no reply"); a wrong flag ends with one line too (exit 2). Tracebacks
+are only shown with `--debug`. Every sub-command takes `-v`/`-vv`/`-q`/`--log FILE`
+(trivpn.cli_common); docs/cli.md is the reference.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import logging
 import os
 import statistics
 import sys
-import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
 from trivpn import __version__
+from trivpn.cli_common import finish_parsers, setup_logging
 from trivpn.errors import ConfigError, TrivpnError
 
 if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
@@ -31,24 +33,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return f"{stamp} {prefix}{record.getMessage()}"
-
-
-def _setup_logging(verbosity: int) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_Formatter())
-    root = logging.getLogger("trivpn")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
-    root.propagate = False
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="trivpn", description="An OpenVPN 2.6 compatible VPN client on trio.")
+    p = _Parser(
+        prog="trivpn",
+        description="An OpenVPN 2.6 compatible VPN client and server on trio.",
+        epilog="examples:\n  trivpn ping client.ovpn 10.8.0.1\n  sudo trivpn demo\n"
+        "  trivpn pki init ./pki --name vpn.example.net\n  trivpn COMMAND --help\n"
+        "exit status: 0 ok, 1 failure (ping: 1 no reply, 2 error), 2 wrong usage, 130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"trivpn {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -117,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     st.set_defaults(handler=_cmd_status)
     _add_plugin_commands(sub, common)
+    finish_parsers(p)
     return p
 
 
@@ -148,7 +142,8 @@ async def _cmd_status(args: argparse.Namespace) -> int:
 #: Modules that add sub-commands: each has `add_commands(sub, common)` registering parsers
 #: with `set_defaults(handler=async_fn)`. Kept light at import time (no heavy imports at the
 #: top of those modules) so `trivpn connect` starts fast.
-PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli", "trivpn.server.cli")
+PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli", "trivpn.server.cli", "trivpn.pki.cli",
+                   "trivpn.demo.cli")
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction[_Parser], common: object) -> None:
@@ -391,9 +386,18 @@ async def cmd_ping(args: argparse.Namespace) -> int:
     return 0 if received else 1
 
 
+#: `ping` exits like iputils' ping: 0 replies, 1 no reply, 2 any error.
+PING_ERROR = 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", 0))
+    failed = PING_ERROR if args.command == "ping" else 1
+    try:
+        setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False), getattr(args, "log", None))
+    except OSError as exc:
+        print(f"trivpn: error: --log {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return failed
     from trivpn.workers.manager import primary_error
 
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
@@ -419,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             msg = f"internal error: {type(err).__name__}: {err} (run with --debug for details)"
         print(f"trivpn: error: {msg}", file=sys.stderr)
-        return 1
-
-
-
+        if getattr(args, "log", None):  # the log file records how the run ended, too
+            log.error("%s", msg)
+        return failed
