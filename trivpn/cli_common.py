@@ -39,6 +39,9 @@ EXAMPLES: dict[str, str] = {
     "expose": """\
   TRIVPN_TOKEN=$(cat token) trivpn expose --server relay.example.net:9000 --local 127.0.0.1:3000
   trivpn expose --server 127.0.0.1:9000 --local 127.0.0.1:8000 --token-file token --http --subdomain api""",
+    "status": """\
+  trivpn status /run/trivpn/mgmt.sock               # a running connect or serve
+  trivpn status 127.0.0.1:7505 --json --password-file mgmt.pw""",
     "demo": """\
   sudo trivpn demo
   sudo trivpn demo --iperf-seconds 0 --keep""",
