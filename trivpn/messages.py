@@ -154,6 +154,10 @@ class AuthRequest:
     username: str
     peer_subject: str
     password: str = field(default="", repr=False)
+    #: the client's raw peer-info block (IV_* lines, for the scripts' environment)
+    peer_info: str = ""
+    #: the client's verified certificate chain as DER, leaf first (empty without one)
+    peer_chain: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +189,20 @@ class AuthVerdict:
 
     accept: bool
     reason: str = ""
+    #: auth-gen-token: the token pushed in the PUSH_REPLY (a secret: kept out of repr)
+    auth_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PushAuthToken:
+    """Command to the TLS service (server): send a renewed auth-token to the client as
+    `PUSH_REPLY,auth-token ...` (auth-gen-token renewal; kept out of repr)."""
+
+    token: str = field(repr=False)
 
 
 #: Everything the session sends to the TLS service's command channel.
-TLSCommand = Renegotiate | SendExit | AuthVerdict
+TLSCommand = Renegotiate | SendExit | AuthVerdict | PushAuthToken
 
 
 @dataclass(frozen=True, slots=True)

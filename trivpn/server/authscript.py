@@ -15,14 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import signal
-import subprocess
 import tempfile
 from collections.abc import Mapping
 
-import trio
-
 from trivpn.server.config_model import AuthScript
+from trivpn.server.scripts import run_script
 from trivpn.server.sessionparts import common_name_of
 
 __all__ = ["printable_username", "script_env", "verify_password"]
@@ -39,66 +36,52 @@ def printable_username(name: str) -> str:
 
 
 def script_env(
-    username: str, subject: str, addr: tuple[str, int], password: str | None
+    username: str, subject: str, addr: tuple[str, int], password: str | None,
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The variables OpenVPN sets for a user-pass-verify script (plus our own environment)."""
-    env = dict(os.environ)
+    """The variables of a user-pass-verify script: `base` (the daemon's and the client's,
+    see scripts.py), then the ones this call adds. Nothing of our own environment."""
+    env = dict(base or {})
     env.update(
         script_type="user-pass-verify",
         username=printable_username(username),
         common_name=common_name_of(subject),
         untrusted_ip=addr[0],
         untrusted_port=str(addr[1]),
-        tls_id_0=subject,
     )
-    for rdn in subject.split(", "):
-        for part in rdn.split(" + "):
-            key, sep, value = part.partition("=")
-            if sep and key.isalnum():
-                env[f"X509_0_{key}"] = value
+    if "tls_id_0" not in env and subject:
+        env["tls_id_0"] = subject
+        for rdn in subject.split(", "):
+            for part in rdn.split(" + "):
+                key, sep, value = part.partition("=")
+                if sep and key.isalnum():
+                    env[f"X509_0_{key}"] = value
     if password is not None:
         env["password"] = password
     return env
 
 
-async def _run(argv: list[str], env: Mapping[str, str], seconds: float) -> int | None:
-    """Exit status, or None when it did not finish within `seconds`."""
-
-    async def kill_group(proc: trio.Process) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    with trio.move_on_after(seconds):
-        done = await trio.run_process(
-            argv, env=env, check=False, stdin=subprocess.DEVNULL,
-            start_new_session=True, deliver_cancel=kill_group,
-        )
-        return done.returncode
-    return None
-
-
 async def verify_password(
     script: AuthScript, username: str, password: str, subject: str, addr: tuple[str, int],
-    seconds: float,
+    seconds: float, base: Mapping[str, str] | None = None,
 ) -> str | None:
     """None when the script accepts the client, else why not (one line, no password)."""
     if "\0" in password or len(password) > MAX_CREDENTIAL:
         return "malformed password"
     try:
-        argv = shlex.split(script.command)
+        shlex.split(script.command)
     except ValueError as exc:
         return f"cannot split the auth-user-pass-verify command: {exc}"
-    env = script_env(username, subject, addr, password if script.method == "via-env" else None)
+    env = script_env(username, subject, addr, password if script.method == "via-env" else None, base)
     path = None
+    args: list[str] = []
     try:
         if script.method == "via-file":
             fd, path = tempfile.mkstemp(prefix="trivpn-up-")  # mode 0600
             with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
                 f.write(f"{printable_username(username)}\n{password}\n")
-            argv.append(path)
-        status = await _run(argv, env, seconds)
+            args.append(path)
+        status = await run_script(script.command, args, env, seconds)
     except OSError as exc:
         return f"the auth-user-pass-verify script could not run: {exc.strerror or exc}"
     finally:
@@ -108,7 +91,7 @@ async def verify_password(
             except OSError:
                 pass
     if status is None:
-        return f"the auth-user-pass-verify script did not answer within {seconds:g} s"
+        return f"the auth-user-pass-verify script did not run or did not answer within {seconds:g} s"
     if status != 0:
         return f"the auth-user-pass-verify script said no (exit status {status})"
     return None

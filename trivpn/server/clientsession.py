@@ -16,7 +16,9 @@ owner then calls `cleanup`, which gives everything back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
@@ -24,15 +26,18 @@ from typing import cast
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
+from trivpn.errors import ConfigError
 from trivpn.messages import AuthRequest, AuthVerdict, ClientReady, SendExit, SendExitNotify
 from trivpn.packetmuxer import PacketMuxer
-from trivpn.server.authscript import printable_username, verify_password
+from trivpn.server.admission import check_credentials, connect_file, dynamic_entry, merge_entries
+from trivpn.server.authscript import printable_username
 from trivpn.server.ccd import CcdEntry
 from trivpn.server.ccdclient import client_pushes, find_ccd, unrouted_iroutes
 from trivpn.server.demux_types import NewSession
 from trivpn.server.hub import Hub
 from trivpn.server.pool_types import FixedAddressError, Lease, PoolExhausted
-from trivpn.server.routing import RouteLimitExceeded
+from trivpn.server.routing import LearnAddress, RouteLimitExceeded
+from trivpn.server.scripts import SCRIPT_SECONDS, client_env, run_script
 from trivpn.server.sessionparts import SessionParts, common_name_of
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
@@ -82,6 +87,12 @@ class ClientSession:
             tun_down=tun_down_s,
         )
         self.delivered_dropped = 0
+        self.parts = parts
+        #: the client reached the end of admission (client-disconnect runs for it)
+        self.admitted = False
+        self._env: dict[str, str] = {}
+        self._deletes: list[LearnAddress] = []
+        self._named = False
 
     @classmethod
     def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
@@ -96,29 +107,57 @@ class ClientSession:
         return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
 
     def _push(self, peer: PeerInfo) -> Sequence[str]:
-        """The key schedule asks what to push: the ccd file (if any) is applied, the lease
-        taken (its fixed address, else the pool's), its addresses and iroutes learned."""
+        """The key schedule asks what to push. Without scripts the addresses are chosen
+        right here (ccd file, lease, routes); with them `_admit` already did it."""
         if self.lease is None:
-            self.common_name = common_name_of(peer.peer_subject)
-            if self.hub.config.username_as_common_name and peer.username:
-                self.common_name = printable_username(peer.username)  # vetted by the script
-            cfg = self.hub.config
+            self._take_addresses(peer.peer_subject, peer.username)
+            self._learn_routes()
+        assert self.lease is not None
+        self.admitted = True
+        return client_pushes(self.hub.config.push, self.ccd, self.lease)
+
+    def _take_addresses(self, subject: str, username: str, dyn: CcdEntry | None = None) -> None:
+        """Common name, ccd entry (with a client-connect file's options over it), duplicate
+        retirement and the lease (NegotiationError refuses the client)."""
+        cfg = self.hub.config
+        if not self._named:
+            self._named = True
+            self.common_name = common_name_of(subject)
+            if cfg.username_as_common_name and username:
+                self.common_name = printable_username(username)  # vetted by the script
             if cfg.client_config_dir is not None:
                 self.ccd = find_ccd(cfg.client_config_dir, self.common_name, cfg.ccd_exclusive)
-                if self.ccd is not None and (unrouted := unrouted_iroutes(self.ccd, cfg)):
-                    log.warning("%r: no 'route' sends iroute %s into the TUN", self, ", ".join(unrouted))
             if self.hub.retire_common_name(self.common_name, self.key, trio.current_time()):
                 log.info("%r replaces the older session of %s", self, self.common_name)
+        if dyn is not None:
+            self.ccd = merge_entries(self.ccd, dyn)
+            if self.ccd is not None and self.ccd.disable:
+                raise NegotiationError("client is disabled (client-connect)")
+            if self.lease is not None and (dyn.ifconfig_push or dyn.ifconfig_ipv6_push):
+                self.hub.pool.release(self.lease, trio.current_time())
+                self.lease = None
+        if self.ccd is not None and (unrouted := unrouted_iroutes(self.ccd, cfg)):
+            log.warning("%r: no 'route' sends iroute %s into the TUN", self, ", ".join(unrouted))
+        if self.lease is None:
             try:
                 self.lease = self.hub.take_lease(self.common_name, self.ccd, trio.current_time())
-                for item in self.lease.pushes():
-                    self.hub.router.learn(self.key, item.address, self.common_name)
-                if self.ccd is not None:
-                    for net in self.ccd.iroutes + self.ccd.iroutes_ipv6:
-                        self.hub.router.learn(self.key, net, self.common_name)
-            except (PoolExhausted, FixedAddressError, RouteLimitExceeded) as exc:
+            except (PoolExhausted, FixedAddressError) as exc:
                 raise NegotiationError(str(exc)) from None
-        return client_pushes(self.hub.config.push, self.ccd, self.lease)
+
+    def _learn_routes(self) -> list[LearnAddress]:
+        """The lease's addresses and the ccd iroutes into the router: learn-address events."""
+        assert self.lease is not None
+        nets: list[object] = [item.address for item in reversed(self.lease.pushes())]  # v4 first
+        if self.ccd is not None:
+            nets += [*self.ccd.iroutes, *self.ccd.iroutes_ipv6]
+        events = []
+        try:
+            for net in nets:
+                if (ev := self.hub.router.learn(self.key, net, self.common_name)) is not None:  # type: ignore[arg-type]  # addresses and networks only
+                    events.append(ev)
+        except RouteLimitExceeded as exc:
+            raise NegotiationError(str(exc)) from None
+        return events
 
     def deliver(self, datagrams: list[bytes]) -> None:
         """Datagrams from the demux; a full channel drops them (the protocol recovers)."""
@@ -155,28 +194,94 @@ class ClientSession:
     async def _watch_events(self) -> None:
         async for ev in self.stack.events:
             if isinstance(ev, AuthRequest):
-                await self._verify(ev)
+                await self._admit(ev)
             elif isinstance(ev, ClientReady) and self.ready is None:
                 self.ready = ev
                 addrs = ", ".join(str(p.address) for p in self.lease.pushes()) if self.lease else "none"
                 log.info("%r ready: %s, %s, address %s", self, ev.cipher, ev.key_derivation, addrs)
 
-    async def _verify(self, ev: AuthRequest) -> None:
-        """Run the auth-user-pass-verify script (within half the hand window, so that a
-        refusal still reaches the client) and answer the key schedule."""
-        script = self.hub.config.auth_user_pass_verify
-        assert script is not None  # the schedule only asks when a script is configured
-        timeout = self.hub.config.hand_window / 2
-        why = await verify_password(script, ev.username, ev.password, ev.peer_subject, self.addr, timeout)
+    async def _admit(self, ev: AuthRequest) -> None:
+        """Password (or auth-token), addresses, client-connect, routes with learn-address
+        (admission.py has the order); the verdict releases or refuses the held key. Scripts
+        get half the hand window together, so that a refusal still reaches the client."""
+        scripts, cfg = self.parts.scripts, self.hub.config
+        seconds = cfg.hand_window / 2
+        peer_info = PeerInfo.parse(ev.peer_info).items
+        self._env = client_env(common_name=common_name_of(ev.peer_subject), username=ev.username or None,
+                               addr=self.addr, peer_info=peer_info, chain=ev.peer_chain, lease=None,
+                               connected=self.created)
+        creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **self._env}, seconds)
         user = printable_username(ev.username)
-        if why is None:
-            log.info("%r: user %r authenticated by the auth-user-pass-verify script", self, user)
-        else:
+        why = creds.why
+        if why is None and cfg.auth_user_pass_verify is not None:
+            log.info("%r: user %r authenticated", self, user)
+        elif why is not None:
             log.warning("%r: user %r refused: %s", self, user, why)
         try:
-            await self.stack.commands.send(AuthVerdict(why is None))
+            if why is None:
+                self._take_addresses(ev.peer_subject, ev.username)
+                self._env.update(common_name=self.common_name, **(self.lease.env() if self.lease else {}))
+                if cfg.client_connect is not None:
+                    self._take_addresses(ev.peer_subject, ev.username, await self._client_connect(cfg.client_connect))
+                    self._env.update(self.lease.env() if self.lease else {})
+                for learned in self._learn_routes():
+                    await self._learn_address(learned)
+        except NegotiationError as exc:
+            why = str(exc)
+            log.warning("%r refused: %s", self, why)
+            self.cleanup(trio.current_time())
+        self.admitted = why is None
+        try:
+            await self.stack.commands.send(AuthVerdict(why is None, creds.reason, creds.token))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the session already ended
+
+    async def _client_connect(self, command: str) -> CcdEntry | None:
+        """Run client-connect with its dynamic-config file; non-zero refuses the client."""
+        path = connect_file()
+        try:
+            env = {**self.parts.scripts.daemon, **self._env, "script_type": "client-connect",
+                   "client_connect_config_file": path}
+            status = await run_script(command, [path], env, self.hub.config.hand_window / 2)
+            if status != 0:
+                raise NegotiationError(f"the client-connect script refused the client (status {status})")
+            try:
+                return dynamic_entry(path)
+            except ConfigError as exc:
+                raise NegotiationError(f"the client-connect file was rejected: {exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    async def _learn_address(self, ev: LearnAddress) -> None:
+        command = self.hub.config.learn_address
+        if command is None:
+            return
+        args = [ev.op, ev.address] + ([ev.common_name] if ev.common_name is not None else [])
+        if ev.op == "delete":
+            env = {"script_type": "learn-address"}  # as OpenVPN: no client variables
+        else:
+            env = {**self.parts.scripts.daemon, **self._env, "script_type": "learn-address"}
+        status = await run_script(command, args, env)
+        if status != 0:
+            log.warning("learn-address %s %s: the script failed (status %s)", ev.op, ev.address, status)
+
+    async def finish(self) -> None:
+        """The session ended: give everything back, then client-disconnect (for an admitted
+        client) and learn-address delete, shielded from cancellation but bounded in time."""
+        self.cleanup(trio.current_time())
+        deletes, self._deletes = self._deletes, []
+        cfg = self.hub.config
+        with trio.CancelScope(shield=True), trio.move_on_after(2 * SCRIPT_SECONDS):
+            if self.admitted and cfg.client_disconnect is not None:
+                stats = self.stack.data.stats()
+                env = {**self.parts.scripts.daemon, **self._env, "script_type": "client-disconnect",
+                       "bytes_received": str(stats.rx_bytes if stats else 0),
+                       "bytes_sent": str(stats.tx_bytes if stats else 0),
+                       "time_duration": str(int(time.time() - self.created))}
+                await run_script(cfg.client_disconnect, [], env)
+            for ev in deletes:
+                await self._learn_address(ev)
 
     def retire(self, now: float) -> None:
         """Replaced by a newer session of the same common name: free its addresses now,
@@ -185,7 +290,9 @@ class ClientSession:
         self.cancel_scope.cancel()
 
     def cleanup(self, now: float) -> None:
-        """Give back the lease and the routes (idempotent)."""
-        self.hub.router.forget_client(self.key)
+        """Give back the lease and the routes (idempotent; the learn-address deletes wait
+        for `finish`)."""
+        self._deletes += self.hub.router.forget_client(self.key)
         if self.lease is not None:
             self.hub.pool.release(self.lease, now)
+            self.lease = None

@@ -71,6 +71,7 @@ class Server:
         async def setup(m: WorkersManager) -> None:
             tun = self._tun_factory(self.config, m.add_cleanup)
             self.tun_name = tun.name
+            self.parts.scripts.opened(tun.name)
             m.start_service("tun-reader", run_tun_reader, tun, self.hub)
             m.start_service("tun-writer", run_tun_writer, tun, self._tun_r)
             m.add_exit_hook(self.table.goodbye)

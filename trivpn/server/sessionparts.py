@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
 from trivpn.errors import ConfigError
@@ -27,6 +28,9 @@ from trivpn.tlssession.keyschedule import KeySchedule
 from trivpn.tlssession.negotiation import CipherPolicy, PeerInfo
 from trivpn.tlssession.service import TLSService
 from trivpn.tlssession.tls import TLSConfig
+
+if TYPE_CHECKING:
+    from trivpn.server.admission import ServerScripts
 
 __all__ = ["SessionParts", "common_name_of", "session_parts"]
 
@@ -52,6 +56,8 @@ class SessionParts:
     tls_config: TLSConfig
     options: dict[str, str]  # our OCC options string per transport ("udp", "tcp")
     crl_file: CRLFile | None = None  # crl-verify FILE: re-read when it changes (crlfile.py)
+    #: scripts' daemon variables and the auth-token key, shared by every client (admission.py)
+    scripts: ServerScripts = field(default=None)  # type: ignore[assignment]  # session_parts always sets it
 
     def tls_factory(
         self, peer_id: int, push: Callable[[PeerInfo], Sequence[str]], made: Callable[[TLSService], object],
@@ -68,7 +74,7 @@ class SessionParts:
             wrap_key=self.wrap_key,
             push=push,
             peer_id=peer_id,
-            verify_auth=cfg.auth_user_pass_verify is not None,
+            verify_auth=self.scripts.hold,
         )
         tls_config, options = self.tls_config, self.options[proto]
         if self.crl_file is not None:  # a new client: take up a replaced CRL file, as OpenVPN
@@ -134,4 +140,7 @@ def session_parts(cfg: ServerConfig) -> SessionParts:
         )
         for proto, wire in (("udp", "udp"), ("tcp", "tcp-server"))
     }
-    return SessionParts(cfg, factory, factory(1).overhead, wrap_key, tls_config, options, crl_file)
+    from trivpn.server.admission import ServerScripts  # admission imports this module
+
+    return SessionParts(cfg, factory, factory(1).overhead, wrap_key, tls_config, options, crl_file,
+                        ServerScripts(cfg))

@@ -53,7 +53,8 @@ Interface (time only enters as `now`)::
     ks.items_to_send(now) -> list[SoftReset | DynamicWrapKey | Ciphertext]   (in order)
     ks.events() -> list[InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady
                         | AuthPending | AuthRequest | Restart | Fatal]
-    ks.answer_auth(accept, reason, now)         (server with verify_auth: after AuthRequest)
+    ks.answer_auth(accept, reason, now[, token]) (server with verify_auth: after AuthRequest)
+    ks.push_auth_token(token, now)              (server: auth-gen-token renewal)
     ks.get_timer() -> float | None              ks.handle_timer(now)
 
 After `Restart` or `Fatal` the schedule is closed and ignores further input. Nothing from
@@ -157,6 +158,7 @@ class KeySchedule:
         self._push: list[str] | None = None  # server: the options we push
         self._push_requested = False
         self._held: KeyExchangeComplete | None = None  # server: key 0 awaiting answer_auth
+        self._auth_token: str | None = None  # server: auth-gen-token, pushed after peer-id
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
@@ -497,9 +499,14 @@ class KeySchedule:
 
     # -- server role (trivpn.tlssession.serverrole) ---------------------------------------
 
-    def answer_auth(self, accept: bool, reason: str, now: float) -> None:
-        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end."""
-        serverrole.answer_auth(self, accept, reason, now)
+    def answer_auth(self, accept: bool, reason: str, now: float, auth_token: str | None = None) -> None:
+        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end.
+        `auth_token` (auth-gen-token) goes into the PUSH_REPLY after `peer-id`."""
+        serverrole.answer_auth(self, accept, reason, now, auth_token)
+
+    def push_auth_token(self, token: str, now: float) -> None:
+        """Server: send a renewed auth-token (`PUSH_REPLY,auth-token ...`) once ready."""
+        serverrole.push_auth_token(self, token, now)
 
     def _on_push_request(self, now: float) -> None:
         serverrole.on_push_request(self, now)

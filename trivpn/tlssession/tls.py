@@ -210,6 +210,8 @@ class TLSEngine:
         self.config = config
         self.handshake_done = False
         self.peer_subject: str | None = None
+        #: the verified peer chain as DER, leaf first (server scripts' tls_*/X509_* variables)
+        self.peer_chain: tuple[bytes, ...] = ()
         self.tls_version: str | None = None
         self.cipher_name: str | None = None
         self._peer_role = "client" if config.is_server else "server"
@@ -359,6 +361,8 @@ class TLSEngine:
         self.handshake_done = True
         peer = self._conn.get_peer_certificate(as_cryptography=True)
         self.peer_subject = format_subject(peer.subject) if peer is not None else ""
+        chain = self._conn.get_verified_chain(as_cryptography=True) if peer is not None else None
+        self.peer_chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain or ())
         self.tls_version = self._conn.get_protocol_version_name()
         self.cipher_name = self._conn.get_cipher_name()
         pending, self._pending_writes = self._pending_writes, []
