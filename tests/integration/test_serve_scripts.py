@@ -13,6 +13,7 @@ delete` right after client-disconnect.)
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.root
 
 UP_TIMEOUT = 30.0
 READY = "Initialization Sequence Completed"
+USER = "alice"
 DUMP = """#!/bin/sh
 DUMPS='@DUMPS@'
 n=$(cat "$DUMPS/.n" 2>/dev/null || echo 100)
@@ -45,8 +47,11 @@ VOLATILE = {
     "untrusted_port", "bytes_received", "bytes_sent", "client_connect_config_file",
     "daemon_log_redirect",  # 1 under openvpn's --log; trivpn has no --log
 }
-#: Names only one side has: PWD comes from /bin/sh; deferred client-connect is not served.
-ONE_SIDED = {"PWD", "client_connect_deferred_file"}
+#: Names only one side has: PWD comes from /bin/sh; deferred authentication and deferred
+#: client-connect are not served, so trivpn offers none of their files.
+ONE_SIDED = {
+    "PWD", "client_connect_deferred_file", "auth_control_file", "auth_failed_reason_file", "auth_pending_file",
+}
 
 
 def _calls(dumps: Path) -> list[tuple[str, dict[str, str]]]:
@@ -57,9 +62,23 @@ def _calls(dumps: Path) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
-def _connect_and_leave(netns: NetnsPair, pki: PKI, opts: ServerOptions, tmp: Path, name: str, dumps: Path) -> str:
+def _profile(pki: PKI, opts: ServerOptions, remote: str, tmp: Path, with_cert: bool) -> str:
+    """The client's profile: its certificate, or (verify-client-cert none) only a password."""
+    if with_cert:
+        return client_profile(pki, opts, remote, extra=["explicit-exit-notify 1"])
+    creds = tmp / "creds.txt"
+    creds.write_text(f"{USER}\nS3cret pass\n")
+    creds.chmod(0o600)
+    text = client_profile(pki, opts, remote, extra=["explicit-exit-notify 1", f"auth-user-pass {creds}"])
+    return re.sub(r"<(cert|key)>.*?</\1>\n", "", text, flags=re.S)
+
+
+def _connect_and_leave(
+    netns: NetnsPair, pki: PKI, opts: ServerOptions, tmp: Path, name: str, dumps: Path, with_cert: bool
+) -> str:
     profile = tmp / f"{name}.ovpn"
-    profile.write_text(client_profile(pki, opts, netns.server_v4, extra=["explicit-exit-notify 1"]))
+    profile.write_text(_profile(pki, opts, netns.server_v4, tmp, with_cert))
+    assert ("<cert>" in profile.read_text()) == with_cert
     log = tmp / f"{name}.log"
     log.write_text("")
     client = netns.client.popen(["openvpn", "--config", str(profile), "--log", str(log), "--verb", "4"],
@@ -77,7 +96,11 @@ def _deletes(dumps: Path) -> None:
     wait_until(lambda: len(list(dumps.glob("*.learn-address"))) >= 4, UP_TIMEOUT, "learn-address deletes")
 
 
-def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_cert", [True, False], ids=["certificate", "password-only"])
+def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_path: Path, with_cert: bool) -> None:
+    """With `with_cert` False the server says `verify-client-cert none` and the client has
+    no certificate at all: a username and password checked by the (dumping) verify script,
+    which also names the client (username-as-common-name)."""
     script = tmp_path / "dump.sh"
     dumps = tmp_path / "dumps"
     script.write_text(DUMP.replace("@DUMPS@", str(dumps)))  # a delete's environment has no setenv
@@ -86,12 +109,14 @@ def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_pa
     opts = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", extra=[
         "script-security 2", f"client-connect {script}", f"client-disconnect {script}",
         f"learn-address {script}", "setenv FOO 'bar baz'",
-    ])
+    ] + ([] if with_cert else [
+        "verify-client-cert none", "username-as-common-name", f"auth-user-pass-verify {script} via-file",
+    ]))
     workdir = tmp_path / "server"
     reference = OpenVPNServer(netns.server, pki, opts, workdir, listen_v4=netns.server_v4)
     reference.start()
     try:
-        ref_log = _connect_and_leave(netns, pki, opts, tmp_path, "ref", dumps)
+        ref_log = _connect_and_leave(netns, pki, opts, tmp_path, "ref", dumps, with_cert)
     finally:
         reference.stop()
     ref_dumps = tmp_path / "ref-dumps"
@@ -102,7 +127,7 @@ def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_pa
                                cwd=workdir)
     try:
         read_until(serve, READY, UP_TIMEOUT)
-        ours_log = _connect_and_leave(netns, pki, opts, tmp_path, "ours", dumps)
+        ours_log = _connect_and_leave(netns, pki, opts, tmp_path, "ours", dumps, with_cert)
     finally:
         stop_process(serve)
     _deletes(dumps)
@@ -111,22 +136,29 @@ def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_pa
     ref, ours = _calls(ref_dumps), _calls(dumps)
     # openvpn reaps a gone client's routes lazily (seconds to minutes; maybe only at its
     # stop), trivpn at once: openvpn's deletes are compared when it made them in time
-    ref_deletes, ours_deletes = ref[4:], ours[4:]
+    n = 1 + [kind for kind, _ in ref].index("client-disconnect")
+    ref_deletes, ours_deletes = ref[n:], ours[n:]
     assert [env["ARGS"] for _, env in ours_deletes] == ["delete 10.202.0.2", "delete fd00:202::1000"]
     if ref_deletes:  # in hash-bucket order there
         ref_deletes = sorted(ref_deletes, key=lambda call: call[1]["ARGS"])
-        ref, ours = ref[:4] + ref_deletes, ours[:4] + ours_deletes[: len(ref_deletes)]
+        ref, ours = ref[:n] + ref_deletes, ours[:n] + ours_deletes[: len(ref_deletes)]
     else:
-        ours = ours[:4]
-    assert [(kind, env["ARGS"]) for kind, env in ours if kind != "client-connect"] == [
-        (kind, env["ARGS"]) for kind, env in ref if kind != "client-connect"
+        ref, ours = ref[:n], ours[:n]
+    temp_arg = ("client-connect", "user-pass-verify")
+    assert [(kind, env["ARGS"]) for kind, env in ours if kind not in temp_arg] == [
+        (kind, env["ARGS"]) for kind, env in ref if kind not in temp_arg
     ]
     assert [kind for kind, _ in ours] == [kind for kind, _ in ref]
     for (kind, mine), (_, theirs) in zip(ours, ref, strict=True):
         assert set(mine) - ONE_SIDED == set(theirs) - ONE_SIDED, kind
         differ = {k for k in mine if k not in VOLATILE | ONE_SIDED | {"ARGS"} and mine[k] != theirs.get(k)}
         assert not differ, {k: (mine[k], theirs.get(k)) for k in differ}
+        if kind == "user-pass-verify":  # via-file: one argument, a temporary file
+            assert len(mine["ARGS"].split()) == len(theirs["ARGS"].split()) == 1
         if kind == "client-connect":  # one argument: the file, also named in the environment
             assert mine["ARGS"] == mine["client_connect_config_file"]
             assert theirs["ARGS"] == theirs["client_connect_config_file"]
-    assert ours[0][1]["FOO"] == "bar baz" and ours[0][1]["trusted_ip"] == netns.client_v4
+    connect = next(env for kind, env in ours if kind == "client-connect")
+    assert connect["FOO"] == "bar baz" and connect["trusted_ip"] == netns.client_v4
+    if not with_cert:
+        assert connect["common_name"] == connect["username"] == USER and "tls_id_0" not in connect

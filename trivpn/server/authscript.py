@@ -45,10 +45,11 @@ def script_env(
     env.update(
         script_type="user-pass-verify",
         username=printable_username(username),
-        common_name=common_name_of(subject),
         untrusted_ip=addr[0],
         untrusted_port=str(addr[1]),
     )
+    if subject:  # no certificate, no common name yet (as OpenVPN)
+        env["common_name"] = common_name_of(subject)
     if "tls_id_0" not in env and subject:
         env["tls_id_0"] = subject
         for rdn in subject.split(", "):

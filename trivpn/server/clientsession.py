@@ -207,10 +207,14 @@ class ClientSession:
         scripts, cfg = self.parts.scripts, self.hub.config
         seconds = cfg.hand_window / 2
         peer_info = PeerInfo.parse(ev.peer_info).items
-        self._env = client_env(common_name=common_name_of(ev.peer_subject), username=ev.username or None,
-                               addr=self.addr, peer_info=peer_info, chain=ev.peer_chain, lease=None,
-                               connected=self.created)
-        creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **self._env}, seconds)
+
+        def env(common_name: str, established: bool) -> dict[str, str]:
+            return client_env(common_name=common_name, username=ev.username or None, addr=self.addr,
+                              peer_info=peer_info, chain=ev.peer_chain, lease=self.lease,
+                              connected=self.created, established=established)
+
+        early = env(common_name_of(ev.peer_subject), False)
+        creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **early}, seconds)
         user = printable_username(ev.username)
         why = creds.why
         if why is None and cfg.auth_user_pass_verify is not None:
@@ -220,10 +224,10 @@ class ClientSession:
         try:
             if why is None:
                 self._take_addresses(ev.peer_subject, ev.username)
-                self._env.update(common_name=self.common_name, **(self.lease.env() if self.lease else {}))
+                self._env = env(self.common_name, True)
                 if cfg.client_connect is not None:
                     self._take_addresses(ev.peer_subject, ev.username, await self._client_connect(cfg.client_connect))
-                    self._env.update(self.lease.env() if self.lease else {})
+                    self._env = env(self.common_name, True)  # the file may have changed the address
                 for learned in self._learn_routes():
                     await self._learn_address(learned)
         except NegotiationError as exc:

@@ -139,22 +139,26 @@ def _printable(value: str) -> str:
 
 def client_env(
     *, common_name: str, username: str | None, addr: tuple[str, int], peer_info: Mapping[str, str],
-    chain: Sequence[bytes], lease: Lease | None, connected: float,
+    chain: Sequence[bytes], lease: Lease | None, connected: float, established: bool = True,
 ) -> dict[str, str]:
-    """One client's variables (see the module docstring)."""
+    """One client's variables (see the module docstring). Before it is `established` (the
+    user-pass-verify call) OpenVPN has no `trusted_*`, `time_*`, nor a `common_name`
+    without a certificate."""
     env: dict[str, str] = {}
     infos = [(k, v) for k, v in peer_info.items() if k.startswith(("IV_", "UV_")) and k.replace("_", "").isalnum()]
     env.update((k, _printable(v)) for k, v in infos[:MAX_PEER_INFO_VARS])
     env.update(certificate_env(chain))
-    env["common_name"] = _printable(common_name)
+    if established or chain:
+        env["common_name"] = _printable(common_name)
     if username:
         env["username"] = _printable(username)
     host, port = addr
     suffix = "_ip6" if ":" in host else "_ip"
-    for kind in ("trusted", "untrusted"):
+    for kind in ("trusted", "untrusted") if established else ("untrusted",):
         env[f"{kind}{suffix}"] = host
         env[f"{kind}_port"] = str(port)
-    env.update(time_env(connected))
+    if established:
+        env.update(time_env(connected))
     if lease is not None:
         env.update(lease.env())
     return env

@@ -125,7 +125,7 @@ def session_parts(cfg: ServerConfig) -> SessionParts:
     tls_config = TLSConfig(
         ca_pem=cfg.ca, cert_pem=cfg.cert, key_pem=cfg.key, is_server=True,
         remote_cert_tls=cfg.remote_cert_tls, tls_version_min=cfg.tls_version_min or "1.2",
-        crl_pem=cfg.crl_verify,
+        crl_pem=cfg.crl_verify, verify_client_cert=cfg.verify_client_cert,
     )
     crl_file = None
     if cfg.crl_verify is not None:  # a bad CRL is a one-line error at start, not later

@@ -129,6 +129,8 @@ class TLSConfig:
     tls_version_min: str = "1.2"
     tls_version_max: str | None = None  # OpenVPN's --tls-version-max; None = what OpenSSL offers
     crl_pem: str | None = None  # crl-verify: a PEM CRL signed by the CA; checked for the peer
+    #: server: verify-client-cert none (no certificate asked) | optional | require
+    verify_client_cert: str = "require"
 
 
 def format_subject(name: x509.Name) -> str:
@@ -173,6 +175,8 @@ def _load_certs(pem: str, what: str) -> list[x509.Certificate]:
 
 
 def _check_config(config: TLSConfig) -> None:
+    if config.verify_client_cert not in ("none", "optional", "require"):
+        raise ConfigError(f"verify-client-cert {config.verify_client_cert!r} is not none, optional or require")
     if config.tls_version_min not in _TLS_VERSIONS:
         raise ConfigError(
             f"tls-version-min {config.tls_version_min!r} is not supported (use 1.2 or 1.3)"
@@ -243,7 +247,9 @@ class TLSEngine:
         if config.cert_pem is not None and config.key_pem is not None:
             self._load_identity(ctx, config.cert_pem, config.key_pem)
         mode = SSL.VERIFY_PEER
-        if config.is_server:
+        if config.is_server and config.verify_client_cert == "none":
+            mode = SSL.VERIFY_NONE  # no CertificateRequest: the password script decides
+        elif config.is_server and config.verify_client_cert == "require":
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode, self._verify_callback)
 
