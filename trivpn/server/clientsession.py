@@ -27,10 +27,18 @@ import trio
 
 from trivpn.controlchannel.service import control_payload_size
 from trivpn.errors import ConfigError
-from trivpn.messages import AuthRequest, AuthVerdict, ClientReady, SendExit, SendExitNotify
+from trivpn.messages import (
+    AuthRequest,
+    AuthVerdict,
+    ClientReady,
+    PushAuthToken,
+    SendExit,
+    SendExitNotify,
+)
 from trivpn.packetmuxer import PacketMuxer
 from trivpn.server.admission import check_credentials, connect_file, dynamic_entry, merge_entries
 from trivpn.server.authscript import printable_username
+from trivpn.server.authtoken import make_token
 from trivpn.server.ccd import CcdEntry
 from trivpn.server.ccdclient import client_pushes, find_ccd, unrouted_iroutes
 from trivpn.server.demux_types import NewSession
@@ -93,6 +101,7 @@ class ClientSession:
         self._env: dict[str, str] = {}
         self._deletes: list[LearnAddress] = []
         self._named = False
+        self._nursery: trio.Nursery | None = None
 
     @classmethod
     def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
@@ -181,6 +190,7 @@ class ClientSession:
         """Run the stack with `io` moving its datagrams (see `net_up`/`net_down`)."""
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(io)
                 nursery.start_soon(self._from_client)
                 nursery.start_soon(self._watch_events)
@@ -238,7 +248,20 @@ class ClientSession:
         try:
             await self.stack.commands.send(AuthVerdict(why is None, creds.reason, creds.token))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the session already ended
+            return  # the session already ended
+        if self.admitted and creds.token is not None and self._nursery is not None:
+            self._nursery.start_soon(self._renew_token, creds.token, ev.username)
+
+    async def _renew_token(self, token: str, username: str) -> None:
+        """auth-gen-token renewal: every `renewal` seconds a fresh token (same session id and
+        initial time), pushed to the client, so that its token never runs out while it is
+        connected (a token is valid for twice the renewal time)."""
+        cfg, key = self.hub.config.auth_gen_token, self.parts.scripts.token_key
+        assert cfg is not None and key is not None
+        while True:
+            await trio.sleep(cfg.renewal)
+            token = make_token(key, username, int(time.time()), renew=token)
+            await self.stack.commands.send(PushAuthToken(token))
 
     async def _client_connect(self, command: str) -> CcdEntry | None:
         """Run client-connect with its dynamic-config file; non-zero refuses the client."""
