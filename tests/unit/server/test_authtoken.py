@@ -15,7 +15,13 @@ from helpers.serving import server_config
 from trivpn.errors import ConfigError
 from trivpn.messages import AuthRequest
 from trivpn.server.admission import ServerScripts, check_credentials
-from trivpn.server.authtoken import AuthTokenKey, check_token, is_auth_token, make_token, session_state
+from trivpn.server.authtoken import (
+    AuthTokenKey,
+    check_token,
+    is_auth_token,
+    make_token,
+    session_state,
+)
 from trivpn.tlssession.serverrole import with_auth_token
 
 USER = "test user name"
