@@ -25,7 +25,6 @@ def check_served(cfg: ServerConfig) -> list[str]:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
     ignored = [
         (cfg.management is not None, "management"),
-        (cfg.user is not None or cfg.group is not None, "user/group (privileges are not dropped)"),
         (cfg.connect_freq is not None, "connect-freq"),
     ]
     return [f"option '{name}' is not supported by trivpn serve yet and was ignored" for bad, name in ignored if bad]

@@ -144,7 +144,7 @@ def test_a_port_in_use_is_a_one_line_config_error() -> None:
 def test_ignored_options_warn_and_unsafe_ones_are_refused() -> None:
     cfg = config("status /tmp/st.log 10\nifconfig-pool-persist ipp.txt\nuser nobody")
     warnings = check_served(cfg)
-    assert [w.split("'")[1] for w in warnings] == ["user/group (privileges are not dropped)"]
+    assert warnings == []  # user/group: dropped now
     assert check_served(config()) == []
     assert check_served(config("client-config-dir /etc/ccd\nccd-exclusive")) == []  # served now
     assert check_served(dataclasses.replace(cfg, crl_verify="pem")) == warnings  # served now
