@@ -158,6 +158,8 @@ class AuthRequest:
     peer_info: str = ""
     #: the client's verified certificate chain as DER, leaf first (empty without one)
     peer_chain: tuple[bytes, ...] = field(default=(), repr=False)
+    #: 0: the first key (admission); else a renegotiation re-authenticating (password or token)
+    key_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,8 @@ class AuthVerdict:
     reason: str = ""
     #: auth-gen-token: the token pushed in the PUSH_REPLY (a secret: kept out of repr)
     auth_token: str | None = field(default=None, repr=False)
+    #: the key the answer is for (the AuthRequest's)
+    key_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,7 @@ class ClientSession:
         self._env: dict[str, str] = {}
         self._deletes: list[LearnAddress] = []
         self._named = False
+        self._username = ""
         self._nursery: trio.Nursery | None = None
 
     @classmethod
@@ -203,7 +204,9 @@ class ClientSession:
 
     async def _watch_events(self) -> None:
         async for ev in self.stack.events:
-            if isinstance(ev, AuthRequest):
+            if isinstance(ev, AuthRequest) and ev.key_id:
+                await self._reauthenticate(ev)
+            elif isinstance(ev, AuthRequest):
                 await self._admit(ev)
             elif isinstance(ev, ClientReady) and self.ready is None:
                 self.ready = ev
@@ -245,12 +248,30 @@ class ClientSession:
             log.warning("%r refused: %s", self, why)
             self.cleanup(trio.current_time())
         self.admitted = why is None
+        self._username = ev.username
         try:
             await self.stack.commands.send(AuthVerdict(why is None, creds.reason, creds.token))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the session already ended
         if self.admitted and creds.token is not None and self._nursery is not None:
             self._nursery.start_soon(self._renew_token, creds.token, ev.username)
+
+    async def _reauthenticate(self, ev: AuthRequest) -> None:
+        """A renegotiation: the same username, and its password or auth-token checked again
+        (OpenVPN does the same); a refusal ends the session."""
+        why: str | None = "the username changed at renegotiation"
+        reason = ""
+        if ev.username == self._username:
+            scripts = self.parts.scripts
+            creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **self._env},
+                                            self.hub.config.hand_window / 2)
+            why, reason = creds.why, creds.reason
+        if why is not None:
+            log.warning("%r refused at renegotiation: %s", self, why)
+        try:
+            await self.stack.commands.send(AuthVerdict(why is None, reason, key_id=ev.key_id))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the session already ended
 
     async def _renew_token(self, token: str, username: str) -> None:
         """auth-gen-token renewal: every `renewal` seconds a fresh token (same session id and

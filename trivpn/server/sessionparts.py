@@ -75,6 +75,7 @@ class SessionParts:
             push=push,
             peer_id=peer_id,
             verify_auth=self.scripts.hold,
+            reauth=cfg.auth_user_pass_verify is not None,
         )
         tls_config, options = self.tls_config, self.options[proto]
         if self.crl_file is not None:  # a new client: take up a replaced CRL file, as OpenVPN

@@ -29,7 +29,9 @@ when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the fir
 
 A server with a verify script (`verify_auth`) holds key 0 after key method 2: it emits
 `AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
-and ends the session shortly after. The hand window keeps running meanwhile.
+and ends the session shortly after. The hand window keeps running meanwhile. With `reauth`
+it holds every renegotiated key the same way (the client's password, or its auth-token,
+is checked again, as OpenVPN does); a refusal ends the session too.
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
 wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
@@ -159,6 +161,7 @@ class KeySchedule:
         self._push_requested = False
         self._held: KeyExchangeComplete | None = None  # server: key 0 awaiting answer_auth
         self._auth_token: str | None = None  # server: auth-gen-token, pushed after peer-id
+        self._reauth_held: int | None = None  # server: a renegotiated key awaiting answer_auth
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
@@ -416,7 +419,9 @@ class KeySchedule:
                 log.debug("key exchange complete; peer options: %s", ev.peer_options)
                 if key_id != self.pending:
                     continue
-                if key_id != 0:
+                if key_id != 0 and self.is_server and self.config.reauth:
+                    serverrole.hold_renegotiation(self, key_id, ev)
+                elif key_id != 0:
                     self._install_renegotiated(key_id, now)
                 elif self.is_server and self.config.verify_auth:
                     serverrole.hold_for_auth(self, ev)
@@ -499,10 +504,15 @@ class KeySchedule:
 
     # -- server role (trivpn.tlssession.serverrole) ---------------------------------------
 
-    def answer_auth(self, accept: bool, reason: str, now: float, auth_token: str | None = None) -> None:
-        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end.
-        `auth_token` (auth-gen-token) goes into the PUSH_REPLY after `peer-id`."""
-        serverrole.answer_auth(self, accept, reason, now, auth_token)
+    def answer_auth(
+        self, accept: bool, reason: str, now: float, auth_token: str | None = None, key_id: int = 0
+    ) -> None:
+        """Server: the answer to AuthRequest (of `key_id`); refused clients get AUTH_FAILED and
+        an end. `auth_token` (auth-gen-token) goes into the PUSH_REPLY after `peer-id`."""
+        if key_id:
+            serverrole.answer_reauth(self, key_id, accept, reason, now)
+        else:
+            serverrole.answer_auth(self, accept, reason, now, auth_token)
 
     def push_auth_token(self, token: str, now: float) -> None:
         """Server: send a renewed auth-token (`PUSH_REPLY,auth-token ...`) once ready."""

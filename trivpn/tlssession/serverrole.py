@@ -29,6 +29,8 @@ __all__ = [
     "PUSH_REPEAT_HOLD",
     "SCHEDULED_EXIT",
     "answer_auth",
+    "answer_reauth",
+    "hold_renegotiation",
     "push_auth_token",
     "with_auth_token",
     "hold_for_auth",
@@ -53,6 +55,34 @@ def hold_for_auth(ks: KeySchedule, ev: KeyExchangeComplete) -> None:
         km.username if km else "", hs.peer_subject if hs else "", km.password if km else "",
         ev.peer_info, hs.peer_chain if hs else (),
     ))
+
+
+def hold_renegotiation(ks: KeySchedule, key_id: int, ev: KeyExchangeComplete) -> None:
+    """A renegotiated key waits for the credentials to be checked again (`reauth`)."""
+    km = ks.sessions[key_id].peer_km
+    ks._reauth_held = key_id
+    hs = ks.handshake
+    ks._events.append(AuthRequest(
+        km.username if km else "", hs.peer_subject if hs else "", km.password if km else "",
+        ev.peer_info, hs.peer_chain if hs else (), key_id=key_id,
+    ))
+
+
+def answer_reauth(ks: KeySchedule, key_id: int, accept: bool, reason: str, now: float) -> None:
+    """The answer for a renegotiated key: install it, or refuse the client (AUTH_FAILED on the
+    current key, then the end). Stray or late answers are ignored."""
+    if ks.closed or ks._reauth_held != key_id or ks.pending != key_id:
+        return
+    ks._reauth_held = None
+    if accept:
+        ks._install_renegotiated(key_id, now)
+        return
+    ks._drop_pending()
+    log.warning("refusing the client at renegotiation: %s", reason or "authentication failed")
+    primary = ks.sessions.get(ks.primary) if ks.primary is not None else None
+    if primary is not None:
+        primary.send_control_message(f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED")
+    ks._end = (now + SCHEDULED_EXIT, Fatal(f"the client was refused: {reason or 'authentication failed'}"))
 
 
 def answer_auth(ks: KeySchedule, accept: bool, reason: str, now: float, auth_token: str | None = None) -> None:

@@ -118,7 +118,7 @@ class TLSService:
                 elif isinstance(cmd, SendExit):
                     self.schedule.send_exit(trio.current_time())
                 elif isinstance(cmd, AuthVerdict):
-                    self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time(), cmd.auth_token)
+                    self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time(), cmd.auth_token, cmd.key_id)
                 elif isinstance(cmd, PushAuthToken):
                     self.schedule.push_auth_token(cmd.token, trio.current_time())
                 await self._dispatch()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from helpers.keyschedule_pair import Pair, server_config
 
 from trivpn.messages import AuthRequest, ClientReady, InstallKey, TunnelUp
-from trivpn.tlssession.control import Fatal
+from trivpn.tlssession.control import Fatal, Restart
 from trivpn.tlssession.keyschedule import Event
 
 
@@ -60,3 +60,38 @@ def test_without_verify_auth_nothing_is_asked() -> None:
     p = Pair()
     p.connect()
     assert not _of(p.server.events, AuthRequest) and _of(p.server.events, ClientReady)
+
+
+def _renegotiating_pair() -> Pair:
+    p = Pair(server=server_config(verify_auth=True, reauth=True), password="open sesame")
+    p.connect()
+    p.server.ks.answer_auth(True, "", p.now)
+    p.pump()
+    assert len(_of(p.server.events, InstallKey)) == 1
+    assert p.client.ks.renegotiate("test", p.now)
+    p.pump()
+    return p
+
+
+def test_reauth_holds_a_renegotiated_key_until_the_credentials_pass_again() -> None:
+    p = _renegotiating_pair()
+    reqs = _of(p.server.events, AuthRequest)
+    assert [r.key_id for r in reqs if isinstance(r, AuthRequest)] == [0, 1]
+    assert isinstance(reqs[1], AuthRequest) and reqs[1].password == "open sesame"
+    assert len(_of(p.server.events, InstallKey)) == 1  # key 1 is held
+    p.server.ks.answer_auth(True, "", p.now, key_id=1)
+    p.pump()
+    assert [k.key_id for k in _of(p.server.events, InstallKey) if isinstance(k, InstallKey)] == [0, 1]
+    p.server.ks.answer_auth(True, "", p.now, key_id=1)  # a repeated answer changes nothing
+    assert len(_of(p.server.events, InstallKey)) == 2
+
+
+def test_reauth_refusal_sends_auth_failed_and_ends_the_session() -> None:
+    p = _renegotiating_pair()
+    p.server.ks.answer_auth(False, "SESSION: token expired", p.now, key_id=1)
+    p.pump()
+    assert len(_of(p.server.events, InstallKey)) == 1 and p.server.ks.pending is None
+    (restart,) = _of(p.client.events, Restart)  # the client drops its token and reconnects
+    assert isinstance(restart, Restart) and restart.auth_token_expired
+    p.advance(6)
+    assert p.server.ks.closed
