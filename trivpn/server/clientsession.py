@@ -7,18 +7,20 @@ by a task that queues them on the listener's socket toward the client's *current
 hub puts TUN packets for this client into `to_client`, and what the client sends comes out
 of the stack's TUN side into `Hub.from_client` (source check, client-to-client).
 
-The pool lease is taken inside the key schedule's push callable, when the client's
-certificate is known (its common name picks the address it had before, or its
-client-config-dir file a fixed one: see ccdclient.py); its addresses and ccd iroutes are
-learned by the router at that moment. `run` returns or raises when the session ends; the
-owner then calls `cleanup`, which gives everything back.
+Without scripts or auth-gen-token the pool lease is taken inside the key schedule's push
+callable, when the client's certificate is known (its common name picks the address it had
+before, or its client-config-dir file a fixed one: see ccdclient.py); its addresses and ccd
+iroutes are learned by the router at that moment. With them the schedule holds the key
+(AuthRequest) and `_admit` does the same, in OpenVPN's order, around the password or token
+check, client-connect and learn-address (admission.py, clienthooks.py), then answers with an
+AuthVerdict; renegotiated keys are re-checked by `_reauthenticate`. `run` returns or raises
+when the session ends; the owner then awaits `finish`, which gives everything back and runs
+client-disconnect and the learn-address deletes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
@@ -26,7 +28,6 @@ from typing import cast
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
-from trivpn.errors import ConfigError
 from trivpn.messages import (
     AuthRequest,
     AuthVerdict,
@@ -36,16 +37,17 @@ from trivpn.messages import (
     SendExitNotify,
 )
 from trivpn.packetmuxer import PacketMuxer
-from trivpn.server.admission import check_credentials, connect_file, dynamic_entry, merge_entries
+from trivpn.server.admission import check_credentials, merge_entries
 from trivpn.server.authscript import printable_username
 from trivpn.server.authtoken import make_token
 from trivpn.server.ccd import CcdEntry
 from trivpn.server.ccdclient import client_pushes, find_ccd, unrouted_iroutes
+from trivpn.server.clienthooks import ClientHooks
 from trivpn.server.demux_types import NewSession
 from trivpn.server.hub import Hub
 from trivpn.server.pool_types import FixedAddressError, Lease, PoolExhausted
 from trivpn.server.routing import LearnAddress, RouteLimitExceeded
-from trivpn.server.scripts import SCRIPT_SECONDS, client_env, run_script
+from trivpn.server.scripts import SCRIPT_SECONDS, client_env
 from trivpn.server.sessionparts import SessionParts, common_name_of
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
@@ -98,8 +100,7 @@ class ClientSession:
         self.parts = parts
         #: the client reached the end of admission (client-disconnect runs for it)
         self.admitted = False
-        self._env: dict[str, str] = {}
-        self._deletes: list[LearnAddress] = []
+        self.hooks = ClientHooks(parts.scripts)
         self._named = False
         self._username = ""
         self._nursery: trio.Nursery | None = None
@@ -218,7 +219,11 @@ class ClientSession:
         (admission.py has the order); the verdict releases or refuses the held key. Scripts
         get half the hand window together, so that a refusal still reaches the client."""
         scripts, cfg = self.parts.scripts, self.hub.config
-        seconds = cfg.hand_window / 2
+        deadline = trio.current_time() + cfg.hand_window / 2
+
+        def left() -> float:
+            return max(0.5, deadline - trio.current_time())
+
         peer_info = PeerInfo.parse(ev.peer_info).items
 
         def env(common_name: str, established: bool) -> dict[str, str]:
@@ -227,7 +232,7 @@ class ClientSession:
                               connected=self.created, established=established)
 
         early = env(common_name_of(ev.peer_subject), False)
-        creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **early}, seconds)
+        creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **early}, left())
         user = printable_username(ev.username)
         why = creds.why
         if why is None and cfg.auth_user_pass_verify is not None:
@@ -237,12 +242,12 @@ class ClientSession:
         try:
             if why is None:
                 self._take_addresses(ev.peer_subject, ev.username)
-                self._env = env(self.common_name, True)
+                self.hooks.env = env(self.common_name, True)
                 if cfg.client_connect is not None:
-                    self._take_addresses(ev.peer_subject, ev.username, await self._client_connect(cfg.client_connect))
-                    self._env = env(self.common_name, True)  # the file may have changed the address
+                    self._take_addresses(ev.peer_subject, ev.username, await self.hooks.client_connect(left()))
+                    self.hooks.env = env(self.common_name, True)  # the file may have moved the client
                 for learned in self._learn_routes():
-                    await self._learn_address(learned)
+                    await self.hooks.learn_address(learned)
         except NegotiationError as exc:
             why = str(exc)
             log.warning("%r refused: %s", self, why)
@@ -263,7 +268,7 @@ class ClientSession:
         reason = ""
         if ev.username == self._username:
             scripts = self.parts.scripts
-            creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **self._env},
+            creds = await check_credentials(scripts, ev, self.addr, {**scripts.daemon, **self.hooks.env},
                                             self.hub.config.hand_window / 2)
             why, reason = creds.why, creds.reason
         if why is not None:
@@ -284,52 +289,14 @@ class ClientSession:
             token = make_token(key, username, int(time.time()), renew=token)
             await self.stack.commands.send(PushAuthToken(token))
 
-    async def _client_connect(self, command: str) -> CcdEntry | None:
-        """Run client-connect with its dynamic-config file; non-zero refuses the client."""
-        path = connect_file()
-        try:
-            env = {**self.parts.scripts.daemon, **self._env, "script_type": "client-connect",
-                   "client_connect_config_file": path}
-            status = await run_script(command, [path], env, self.hub.config.hand_window / 2)
-            if status != 0:
-                raise NegotiationError(f"the client-connect script refused the client (status {status})")
-            try:
-                return dynamic_entry(path)
-            except ConfigError as exc:
-                raise NegotiationError(f"the client-connect file was rejected: {exc}") from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-    async def _learn_address(self, ev: LearnAddress) -> None:
-        command = self.hub.config.learn_address
-        if command is None:
-            return
-        args = [ev.op, ev.address] + ([ev.common_name] if ev.common_name is not None else [])
-        if ev.op == "delete":
-            env = {"script_type": "learn-address"}  # as OpenVPN: no client variables
-        else:
-            env = {**self.parts.scripts.daemon, **self._env, "script_type": "learn-address"}
-        status = await run_script(command, args, env)
-        if status != 0:
-            log.warning("learn-address %s %s: the script failed (status %s)", ev.op, ev.address, status)
-
     async def finish(self) -> None:
         """The session ended: give everything back, then client-disconnect (for an admitted
         client) and learn-address delete, shielded from cancellation but bounded in time."""
         self.cleanup(trio.current_time())
-        deletes, self._deletes = self._deletes, []
-        cfg = self.hub.config
+        stats = self.stack.data.stats()
         with trio.CancelScope(shield=True), trio.move_on_after(2 * SCRIPT_SECONDS):
-            if self.admitted and cfg.client_disconnect is not None:
-                stats = self.stack.data.stats()
-                env = {**self.parts.scripts.daemon, **self._env, "script_type": "client-disconnect",
-                       "bytes_received": str(stats.rx_bytes if stats else 0),
-                       "bytes_sent": str(stats.tx_bytes if stats else 0),
-                       "time_duration": str(int(time.time() - self.created))}
-                await run_script(cfg.client_disconnect, [], env)
-            for ev in deletes:
-                await self._learn_address(ev)
+            await self.hooks.finish(self.admitted, stats.rx_bytes if stats else 0, stats.tx_bytes if stats else 0,
+                                    self.created)
 
     def retire(self, now: float) -> None:
         """Replaced by a newer session of the same common name: free its addresses now,
@@ -340,7 +307,7 @@ class ClientSession:
     def cleanup(self, now: float) -> None:
         """Give back the lease and the routes (idempotent; the learn-address deletes wait
         for `finish`)."""
-        self._deletes += self.hub.router.forget_client(self.key)
+        self.hooks.deletes += self.hub.router.forget_client(self.key)
         if self.lease is not None:
             self.hub.pool.release(self.lease, now)
             self.lease = None
