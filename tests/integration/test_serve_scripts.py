@@ -96,8 +96,11 @@ def _deletes(dumps: Path) -> None:
     wait_until(lambda: len(list(dumps.glob("*.learn-address"))) >= 4, UP_TIMEOUT, "learn-address deletes")
 
 
-@pytest.mark.parametrize("with_cert", [True, False], ids=["certificate", "password-only"])
-def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_path: Path, with_cert: bool) -> None:
+@pytest.mark.parametrize(("with_cert", "uacn"), [(True, False), (False, True), (False, False)],
+                         ids=["certificate", "password-only", "password-only-no-common-name"])
+def test_script_calls_match_openvpn_as_server(
+    netns: NetnsPair, pki: PKI, tmp_path: Path, with_cert: bool, uacn: bool
+) -> None:
     """With `with_cert` False the server says `verify-client-cert none` and the client has
     no certificate at all: a username and password checked by the (dumping) verify script,
     which also names the client (username-as-common-name)."""
@@ -110,8 +113,8 @@ def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_pa
         "script-security 2", f"client-connect {script}", f"client-disconnect {script}",
         f"learn-address {script}", "setenv FOO 'bar baz'",
     ] + ([] if with_cert else [
-        "verify-client-cert none", "username-as-common-name", f"auth-user-pass-verify {script} via-file",
-    ]))
+        "verify-client-cert none", f"auth-user-pass-verify {script} via-file",
+    ] + (["username-as-common-name"] if uacn else [])))
     workdir = tmp_path / "server"
     reference = OpenVPNServer(netns.server, pki, opts, workdir, listen_v4=netns.server_v4)
     reference.start()
@@ -161,4 +164,5 @@ def test_script_calls_match_openvpn_as_server(netns: NetnsPair, pki: PKI, tmp_pa
     connect = next(env for kind, env in ours if kind == "client-connect")
     assert connect["FOO"] == "bar baz" and connect["trusted_ip"] == netns.client_v4
     if not with_cert:
-        assert connect["common_name"] == connect["username"] == USER and "tls_id_0" not in connect
+        assert connect["username"] == USER and "tls_id_0" not in connect
+        assert connect.get("common_name") == (USER if uacn else None)  # openvpn: UNDEF only in arguments

@@ -47,7 +47,7 @@ from trivpn.server.demux_types import NewSession
 from trivpn.server.hub import Hub
 from trivpn.server.pool_types import FixedAddressError, Lease, PoolExhausted
 from trivpn.server.routing import LearnAddress, RouteLimitExceeded
-from trivpn.server.scripts import SCRIPT_SECONDS, client_env
+from trivpn.server.scripts import SCRIPT_SECONDS, UNDEF, client_env
 from trivpn.server.sessionparts import SessionParts, common_name_of
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
@@ -164,7 +164,7 @@ class ClientSession:
         events = []
         try:
             for net in nets:
-                if (ev := self.hub.router.learn(self.key, net, self.common_name)) is not None:  # type: ignore[arg-type]  # addresses and networks only
+                if (ev := self.hub.router.learn(self.key, net, self.common_name or UNDEF)) is not None:  # type: ignore[arg-type]  # addresses and networks only
                     events.append(ev)
         except RouteLimitExceeded as exc:
             raise NegotiationError(str(exc)) from None

@@ -41,6 +41,7 @@ from trivpn.tlssession.tls import format_subject
 
 __all__ = [
     "SCRIPT_SECONDS",
+    "UNDEF",
     "DaemonInfo",
     "certificate_env",
     "client_env",
@@ -53,6 +54,11 @@ log = logging.getLogger("trivpn.server")
 
 #: How long client-connect / client-disconnect / learn-address may run.
 SCRIPT_SECONDS = 15.0
+#: What OpenVPN calls a client without a common name (no certificate, no
+#: username-as-common-name) in learn-address's arguments; its scripts then get no
+#: `common_name` variable, and the server itself keeps the name empty (no duplicate-cn
+#: retirement among nameless clients).
+UNDEF = "UNDEF"
 #: Peer-info lines passed to scripts at most (the block comes from the client).
 MAX_PEER_INFO_VARS = 64
 
@@ -112,7 +118,7 @@ def certificate_env(chain: Sequence[bytes]) -> dict[str, str]:
         except ValueError:
             continue
         serial = cert.serial_number
-        env[f"tls_id_{depth}"] = format_subject(cert.subject)
+        env[f"tls_id_{depth}"] = _printable(format_subject(cert.subject))
         env[f"tls_serial_{depth}"] = str(serial)
         env[f"tls_serial_hex_{depth}"] = _colon_hex(serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"))
         env[f"tls_digest_{depth}"] = _colon_hex(hashlib.sha1(der).digest())
@@ -121,7 +127,7 @@ def certificate_env(chain: Sequence[bytes]) -> dict[str, str]:
             for part in rdn.split(" + "):
                 key, sep, value = part.partition("=")
                 if sep and key.replace("_", "").isalnum():
-                    env[f"X509_{depth}_{key}"] = value
+                    env[f"X509_{depth}_{key}"] = _printable(value)
     return env
 
 
@@ -148,7 +154,7 @@ def client_env(
     infos = [(k, v) for k, v in peer_info.items() if k.startswith(("IV_", "UV_")) and k.replace("_", "").isalnum()]
     env.update((k, _printable(v)) for k, v in infos[:MAX_PEER_INFO_VARS])
     env.update(certificate_env(chain))
-    if established or chain:
+    if common_name and (established or chain):  # no name: no variable (UNDEF only in arguments)
         env["common_name"] = _printable(common_name)
     if username:
         env["username"] = _printable(username)
@@ -188,8 +194,8 @@ async def run_script(
                 argv, env=dict(env), check=False, stdin=subprocess.DEVNULL,
                 start_new_session=True, deliver_cancel=kill_group,
             )
-        except OSError as exc:
-            log.warning("script %s could not run: %s", argv[0] if argv else "?", exc.strerror or exc)
+        except (OSError, ValueError) as exc:  # ValueError: an empty command
+            log.warning("script %s could not run: %s", argv[0] if argv else "?", getattr(exc, "strerror", None) or exc)
             return None
         return done.returncode
     log.warning("script %s did not finish within %g s and was killed", argv[0] if argv else "?", seconds)
