@@ -287,7 +287,10 @@ class ClientSession:
         while True:
             await trio.sleep(cfg.renewal)
             token = make_token(key, username, int(time.time()), renew=token)
-            await self.stack.commands.send(PushAuthToken(token))
+            try:
+                await self.stack.commands.send(PushAuthToken(token))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the session is ending
 
     async def finish(self) -> None:
         """The session ended: give everything back, then client-disconnect (for an admitted

@@ -159,6 +159,8 @@ def client_env(
     if username:
         env["username"] = _printable(username)
     host, port = addr
+    if host.lower().startswith("::ffff:") and "." in host:
+        host = host[7:]  # a v4 client on a dual-stack socket is a v4 client
     suffix = "_ip6" if ":" in host else "_ip"
     for kind in ("trusted", "untrusted") if established else ("untrusted",):
         env[f"{kind}{suffix}"] = host

@@ -123,6 +123,9 @@ def test_certificate_and_client_env() -> None:
     full = client_env(common_name="bob", username=None, addr=("192.0.2.1", 5), peer_info={}, chain=chain,
                       lease=lease, connected=0.0)
     assert full["trusted_ip"] == "192.0.2.1" and full["time_unix"] == "0" and "username" not in full
+    mapped = client_env(common_name="", username=None, addr=("::ffff:192.0.2.7", 9), peer_info={}, chain=(),
+                        lease=None, connected=0.0)
+    assert mapped["trusted_ip"] == "192.0.2.7" and "common_name" not in mapped
     assert full["ifconfig_pool_remote_ip"] == "10.8.0.9" and full["common_name"] == "bob"
 
 
