@@ -150,7 +150,7 @@ class Admission:
             log.warning("%r refused: %s", c, why)
             c.cleanup(trio.current_time())
         self.admitted = why is None
-        self.username = ev.username
+        self.username = ev.username if cfg.auth_user_pass_verify is not None else ""  # else unchecked
         try:
             await c.stack.commands.send(AuthVerdict(why is None, creds.reason, creds.token))
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -76,7 +76,7 @@ def server_status(clients: Mapping[int, ClientSession], hub: Hub, now: float) ->
             bytes_received=stats.rx_bytes if stats is not None else 0,
             bytes_sent=stats.tx_bytes if stats is not None else 0,
             connected_since=int(c.created),
-            username=None,
+            username=c.admission.username or None,  # auth-user-pass only; else UNDEF
             client_id=key,
             peer_id=c.peer_id,
             cipher=c.ready.cipher if c.ready is not None else "none",

@@ -22,6 +22,7 @@ from trivpn import api
 from trivpn.errors import ConfigError, FatalError
 from trivpn.profile.profile import parse_profile
 from trivpn.server.authscript import printable_username, script_env
+from trivpn.server.statustask import server_status
 from trivpn.server.support import check_served
 from trivpn.testing.pki import PKI
 from trivpn.tun.ip import build_echo_request, echo_reply_to
@@ -97,6 +98,8 @@ async def test_right_password_connects_wrong_is_refused(
                 # the refused session lingers until its scheduled end, without a lease
                 (client,) = [c for c in server.clients.values() if c.lease is not None]
                 assert client.common_name == CN  # no username-as-common-name
+                entries = server_status(server.clients, server.hub, 0.0).clients
+                assert [e.username for e in entries if e.virtual_v4 is not None] == ["alice"]
     rec = _record(tmp_path)
     assert rec["script_type"] == "user-pass-verify" and rec["common_name"] == CN == rec["X509_0_CN"]
     assert rec["untrusted_ip"] == "127.0.0.1" and int(rec["untrusted_port"]) > 0
