@@ -104,7 +104,8 @@ async def check_credentials(
         token = make_token(key, ev.username, now, renew=ev.password if keep else None)
         env["session_state"] = session_state(ev.password, check)
         env["session_id"] = token[len("SESS_ID_AT_") : len("SESS_ID_AT_") + 16]
-    why = await verify_password(script, ev.username, ev.password, ev.peer_subject, addr, seconds, env)
+    why = await verify_password(script, ev.username, ev.password, ev.peer_subject, addr, seconds, env,
+                                tmp_dir=cfg.tmp_dir)
     if why is not None:
         reason = "SESSION: token expired" if check is not None and check.expired else ""
         return Credentials(why, reason=reason)
@@ -145,9 +146,9 @@ def merge_entries(ccd: CcdEntry | None, dyn: CcdEntry | None) -> CcdEntry | None
     )
 
 
-def connect_file() -> str:
-    """A fresh empty 0600 file for the client-connect script to write into."""
-    fd, path = tempfile.mkstemp(prefix="trivpn_cc_", suffix=".tmp")
+def connect_file(directory: str | None = None) -> str:
+    """A fresh empty 0600 file for the client-connect script to write into (`tmp-dir`)."""
+    fd, path = tempfile.mkstemp(prefix="trivpn_cc_", suffix=".tmp", dir=directory)
     os.close(fd)
     return path
 

@@ -64,7 +64,7 @@ def script_env(
 
 async def verify_password(
     script: AuthScript, username: str, password: str, subject: str, addr: tuple[str, int],
-    seconds: float, base: Mapping[str, str] | None = None,
+    seconds: float, base: Mapping[str, str] | None = None, *, tmp_dir: str | None = None,
 ) -> str | None:
     """None when the script accepts the client, else why not (one line, no password)."""
     if "\0" in password or len(password) > MAX_CREDENTIAL:
@@ -78,7 +78,7 @@ async def verify_password(
     args: list[str] = []
     try:
         if script.method == "via-file":
-            fd, path = tempfile.mkstemp(prefix="trivpn-up-")  # mode 0600
+            fd, path = tempfile.mkstemp(prefix="trivpn-up-", dir=tmp_dir)  # mode 0600
             with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
                 f.write(f"{printable_username(username)}\n{password}\n")
             args.append(path)

@@ -45,7 +45,7 @@ class ClientHooks:
         command = self.config.client_connect
         if command is None:
             return None
-        path = connect_file()
+        path = connect_file(self.config.tmp_dir)
         try:
             env = self._env("client-connect", client_connect_config_file=path)
             status = await run_script(command, [path], env, seconds)

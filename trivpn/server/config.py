@@ -268,6 +268,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         compression=d.compression,
         setenv=tuple(d.setenv),
         auth_gen_token=_auth_gen_token(d),
+        tmp_dir=d.tmp_dir,
         warnings=tuple(text for _, text in sorted(d.warnings, key=lambda w: w[0])),
         source=source,
     )

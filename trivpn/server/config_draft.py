@@ -132,6 +132,7 @@ class Draft:
     setenv: list[tuple[str, str]] = field(default_factory=list)
     auth_gen_token: tuple[int, int | None, bool] | None = None  # lifetime, renewal, external-auth
     auth_gen_token_secret: str | None = None
+    tmp_dir: str | None = None
 
 
 # ---- argument checks (shared with the ccd parser) ----------------------------------------------------------------

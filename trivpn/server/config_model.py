@@ -185,6 +185,8 @@ class ServerConfig:
     #: ``setenv NAME VALUE`` lines: extra variables for every script
     setenv: tuple[tuple[str, str], ...] = ()
     auth_gen_token: AuthGenToken | None = None
+    #: ``tmp-dir``: where the scripts' temporary files go (None: the system's)
+    tmp_dir: str | None = None
     warnings: tuple[str, ...] = field(default=())
     source: str | None = None
 

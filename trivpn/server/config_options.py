@@ -107,7 +107,6 @@ SILENT = frozenset(
         "tun-ipv6",  # obsolete no-op (the helper still pushes it for old clients)
         "txqueuelen",
         "setenv-safe",
-        "tmp-dir",  # via-file temporary files go to a private directory anyway
     }
 )
 

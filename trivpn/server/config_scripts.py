@@ -1,4 +1,4 @@
-"""Server options for scripts and session tokens: `setenv`, `auth-gen-token`,
+"""Server options for scripts and session tokens: `setenv`, `tmp-dir`, `auth-gen-token`,
 `auth-gen-token-secret` (handlers for the option table in config_options.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from trivpn.errors import ConfigError
 from trivpn.profile.checks import Invalid, integer, nargs, read_content
 from trivpn.profile.table import MAX_SECONDS
 from trivpn.server.authtoken import AuthTokenKey
-from trivpn.server.config_draft import Draft
+from trivpn.server.config_draft import Draft, path
 
 __all__ = ["SCRIPT_OPTIONS"]
 
@@ -53,7 +53,13 @@ def _auth_gen_token_secret(d: Draft, line: int, args: list[str], inline: bool) -
     d.auth_gen_token_secret = text
 
 
+def _tmp_dir(d: Draft, line: int, args: list[str], inline: bool) -> None:
+    nargs(args, 1, 1)
+    d.tmp_dir = path(d, args[0])
+
+
 SCRIPT_OPTIONS = {
+    "tmp-dir": _tmp_dir,
     "setenv": _setenv,
     "auth-gen-token": _auth_gen_token,
     "auth-gen-token-secret": _auth_gen_token_secret,

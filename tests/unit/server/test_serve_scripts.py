@@ -56,7 +56,9 @@ async def test_client_connect_file_moves_the_client_and_every_script_is_called(t
     pki = shared_pki()
     body = ('printf "ifconfig-push 10.8.0.77 255.255.255.0\\npush \\"route 10.55.0.0 255.255.0.0\\"\\n'
             'iroute 10.66.0.0 255.255.0.0\\n" > "$1"')
-    cfg = server_config(pki, _config(_record_script(tmp_path, body)))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cfg = server_config(pki, _config(_record_script(tmp_path, body)) + f"\ntmp-dir {scratch}")
     with trio.fail_after(BOUND):
         async with running_server(cfg) as (server, tun):
             profile = parse_profile(client_profile(pki, server.addresses[0][1]))
@@ -76,6 +78,7 @@ async def test_client_connect_file_moves_the_client_and_every_script_is_called(t
         ["learn-address", "delete 10.66.0.0/16", "", ""],
     ]
     assert _gone(_calls(tmp_path)[0][1])  # the file is removed afterwards
+    assert _calls(tmp_path)[0][1].startswith(f"{scratch}/")  # tmp-dir
 
 
 @pytest.mark.parametrize("body", ["exit 1", 'echo disable > "$1"', 'echo "ifconfig-push nonsense" > "$1"'])
