@@ -47,8 +47,9 @@ VOLATILE = {
     "untrusted_port", "bytes_received", "bytes_sent", "client_connect_config_file",
     "daemon_log_redirect",  # 1 under openvpn's --log; trivpn has no --log
 }
-#: Names only one side has: PWD comes from /bin/sh; deferred authentication and deferred
-#: client-connect are not served, so trivpn offers none of their files.
+#: Names only one side has: PWD comes from /bin/sh; deferred client-connect is not served;
+#: trivpn offers the deferred-authentication files to the verify script only, where openvpn
+#: leaves their (by then removed) names in every later script's environment too.
 ONE_SIDED = {
     "PWD", "client_connect_deferred_file", "auth_control_file", "auth_failed_reason_file", "auth_pending_file",
 }

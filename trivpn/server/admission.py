@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from trivpn.messages import AuthRequest
 from trivpn.profile.checks import MAX_REFERENCED_FILE_SIZE
-from trivpn.server.authscript import MAX_CREDENTIAL, printable_username, verify_password
+from trivpn.server.authscript import MAX_CREDENTIAL, printable_username, run_verify
 from trivpn.server.authtoken import (
     AuthTokenKey,
     check_token,
@@ -104,10 +104,11 @@ async def check_credentials(
         token = make_token(key, ev.username, now, renew=ev.password if keep else None)
         env["session_state"] = session_state(ev.password, check)
         env["session_id"] = token[len("SESS_ID_AT_") : len("SESS_ID_AT_") + 16]
-    why = await verify_password(script, ev.username, ev.password, ev.peer_subject, addr, seconds, env,
-                                tmp_dir=cfg.tmp_dir)
+    verdict = await run_verify(script, ev.username, ev.password, ev.peer_subject, addr, seconds, env,
+                               tmp_dir=cfg.tmp_dir)
+    why = verdict.why
     if why is not None:
-        reason = "SESSION: token expired" if check is not None and check.expired else ""
+        reason = "SESSION: token expired" if check is not None and check.expired else verdict.reason
         return Credentials(why, reason=reason)
     return Credentials(None, token)
 

@@ -157,3 +157,24 @@ def test_env_and_username_are_sanitised() -> None:
     env = script_env("bob", "C=US, O=x, CN=bob-cert", ("192.0.2.1", 4321), None)
     assert env["common_name"] == "bob-cert" and env["X509_0_O"] == "x" and "password" not in env
     assert env["untrusted_port"] == "4321" and env["tls_id_0"] == "C=US, O=x, CN=bob-cert"
+
+
+@pytest.mark.parametrize(("answer", "reason"), [("1", ""), ("0", "come back tomorrow")])
+async def test_deferred_verdict_and_failure_reason(tmp_path: Path, answer: str, reason: str) -> None:
+    """Exit status 2 defers: the verdict arrives later in $auth_control_file (written by a
+    process the script left behind); a refusal's $auth_failed_reason_file reaches the client."""
+    pki = shared_pki()
+    body = (f'printf "%s\\n" "{reason}" > "$auth_failed_reason_file"\n'
+            f'( sleep 1; echo {answer} > "$auth_control_file" ) &\nexit 2\n')
+    script = _script(tmp_path, body)
+    cfg = server_config(pki, f"script-security 3\nauth-user-pass-verify {script} via-env")
+    with trio.fail_after(BOUND):
+        async with running_server(cfg) as (server, tun):
+            port = server.addresses[0][1]
+            if answer == "1":
+                async with _connect(pki, port, "whatever") as tunnel:
+                    await _ping_server(tunnel, tun)
+            else:
+                with pytest.raises(FatalError, match=reason):
+                    async with _connect(pki, port, "whatever"):
+                        pass
