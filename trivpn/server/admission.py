@@ -1,7 +1,7 @@
 """Admitting one client: its password or auth-token, then client-connect's dynamic config.
 
 The key schedule holds a client's first key (AuthRequest) whenever a script or
-auth-gen-token is configured; the client's session (clientsession.py) then runs, in
+auth-gen-token is configured; the client's `Admission` (clientadmit.py) then runs, in
 OpenVPN's order: the password check (`check_credentials`: a valid auth-token skips the
 verify script unless `external-auth`), the address and ccd choice, `client-connect` (whose
 temporary file may hold ccd-style options: `dynamic_entry` reads it, `merge_entries` lays
