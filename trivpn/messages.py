@@ -154,9 +154,11 @@ class AuthRequest:
     username: str
     peer_subject: str
     password: str = field(default="", repr=False)
-    #: the client's peer-info lines (IV_...=...), for management-client-auth's ENV block
+    #: the client's raw peer-info block (IV_* lines, for the scripts' environment)
     peer_info: str = ""
-    #: 0: the session's first key; else a renegotiation asks again (management REAUTH)
+    #: the client's verified certificate chain as DER, leaf first (empty without one)
+    peer_chain: tuple[bytes, ...] = field(default=(), repr=False)
+    #: 0: the first key (admission); else a renegotiation re-authenticating (password or token)
     key_id: int = 0
 
 
@@ -192,10 +194,22 @@ class AuthVerdict:
 
     accept: bool
     reason: str = ""
+    #: auth-gen-token: the token pushed in the PUSH_REPLY (a secret: kept out of repr)
+    auth_token: str | None = field(default=None, repr=False)
+    #: the key the answer is for (the AuthRequest's)
+    key_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PushAuthToken:
+    """Command to the TLS service (server): send a renewed auth-token to the client as
+    `PUSH_REPLY,auth-token ...` (auth-gen-token renewal; kept out of repr)."""
+
+    token: str = field(repr=False)
 
 
 #: Everything the session sends to the TLS service's command channel.
-TLSCommand = Renegotiate | SendExit | AuthVerdict
+TLSCommand = Renegotiate | SendExit | AuthVerdict | PushAuthToken
 
 
 @dataclass(frozen=True, slots=True)

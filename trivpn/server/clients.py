@@ -83,10 +83,10 @@ class ClientTable:
                 del sock.sessions[client.session]
             self.clients.pop(client.key, None)
             self.hub.clients.pop(client.key, None)
-            client.cleanup(trio.current_time())
+            log.info("%r ended: %s", client, reason)
+            await client.finish()  # cleanup, then client-disconnect / learn-address (bounded)
             if self.hub.observer is not None:
                 self.hub.observer.client_gone(client)
-            log.info("%r ended: %s", client, reason)
 
     async def goodbye(self) -> None:
         """Tell every ready client the server is going away, then give it a moment to leave."""

@@ -130,6 +130,10 @@ class Draft:
     management: tuple[str, int | None, str | None] | None = None
     connect_freq: tuple[int, int] | None = None
     connect_freq_initial: tuple[int, int] | None = None
+    setenv: list[tuple[str, str]] = field(default_factory=list)
+    auth_gen_token: tuple[int, int | None, bool] | None = None  # lifetime, renewal, external-auth
+    auth_gen_token_secret: str | None = None
+    tmp_dir: str | None = None
 
 
 # ---- argument checks (shared with the ccd parser) ----------------------------------------------------------------

@@ -44,6 +44,7 @@ from trivpn.server.config_draft import (
     parse_proto,
     path,
 )
+from trivpn.server.config_scripts import SCRIPT_OPTIONS
 
 __all__ = ["SERVER", "SHARED", "SILENT", "UNSAFE", "Handler"]
 
@@ -105,9 +106,7 @@ SILENT = frozenset(
         "suppress-timestamps",
         "tun-ipv6",  # obsolete no-op (the helper still pushes it for old clients)
         "txqueuelen",
-        "setenv",  # environment for scripts; applied to what we run is a later step
         "setenv-safe",
-        "tmp-dir",  # via-file temporary files go to a private directory anyway
     }
 )
 
@@ -483,4 +482,5 @@ SERVER: Mapping[str, Handler] = {
     "management": _management,
     "connect-freq": _connect_freq,
     "connect-freq-initial": _connect_freq_initial,
+    **SCRIPT_OPTIONS,
 }

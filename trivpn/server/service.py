@@ -30,15 +30,17 @@ from trivpn.server.config_model import ServerConfig
 from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_cookie_key
 from trivpn.server.hub import Hub
 from trivpn.server.persist import start_pool_persist
+from trivpn.server.privdrop import PrivilegeDrop
 from trivpn.server.sessionparts import SessionParts, session_parts
 from trivpn.server.sockets import bind_listener
-from trivpn.server.statustask import run_status_file, run_status_signal
+from trivpn.server.statustask import STATUS_FILE_MODE, run_status_file, run_status_signal
 from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
 from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
 from trivpn.server.udp import UDPListener
 from trivpn.server.udpdeliver import deliver_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
+from trivpn.status.writer import write_status_file
 from trivpn.workers.manager import WorkersManager
 
 __all__ = ["Server"]
@@ -69,19 +71,24 @@ class Server:
         self.metrics_addr = metrics_addr
         #: the management host (trivpn.observe.server.ServerMonitor) once running, if configured
         self.monitor: Any = None
+        #: user/group: dropped once the TUN and listeners are up (privdrop.py)
+        self.privileges = PrivilegeDrop(config.user, config.group)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.manager.request_stop(reason)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async def setup(m: WorkersManager) -> None:
+            m.add_cleanup(self.privileges.close)  # the oldest cleanup: runs after the last writes
             tun = self._tun_factory(self.config, m.add_cleanup)
             self.tun_name = tun.name
+            self.parts.scripts.opened(tun.name)
             m.start_service("tun-reader", run_tun_reader, tun, self.hub)
             m.start_service("tun-writer", run_tun_writer, tun, self._tun_r)
             m.add_exit_hook(self.table.goodbye)
-            if self.config.pool_persist is not None:
-                start_pool_persist(m, self.hub.pool, self.config.pool_persist)
+            if (persist := self.config.pool_persist) is not None:
+                kept = self.privileges.keep(persist.path, 0o600) if persist.seconds else None
+                start_pool_persist(m, self.hub.pool, persist, kept.replace if kept else None)
             for listener in self.config.listeners:
                 raw = bind_listener(listener)
                 m.add_cleanup(raw.close)
@@ -100,15 +107,19 @@ class Server:
                 log.info("listening on %s", name)
             assert m.nursery is not None
             await m.nursery.start(self.table.run)
-            status = self.config.status
-            if status is not None:
-                m.start_service("status file", run_status_file, status, self.clients, self.hub)
-            if m.handle_signals:
-                m.start_service("SIGUSR2", run_status_signal, self.clients, self.hub, status.version if status else 1)
             if self.config.management is not None or self.metrics_addr is not None:
+                # bound before the privileges go: a unix socket or a low port may need root
                 from trivpn.observe.serverrun import start_observing
 
                 self.monitor = await start_observing(self, m.nursery, self.metrics_addr)
+            status = self.config.status
+            kept_status = self.privileges.keep(status.path, STATUS_FILE_MODE) if status is not None else None
+            self.privileges.drop()  # user/group: the TUN and the listeners are up
+            if status is not None:
+                m.start_service("status file", run_status_file, status, self.clients, self.hub,
+                                kept_status.write if kept_status else write_status_file)
+            if m.handle_signals:
+                m.start_service("SIGUSR2", run_status_signal, self.clients, self.hub, status.version if status else 1)
             log.info("Initialization Sequence Completed")
             task_status.started()
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 from trivpn.profile.push import PushReplyAssembler
@@ -87,6 +87,8 @@ class HandshakeComplete:
     peer_subject: str
     tls_version: str
     cipher: str
+    #: the verified peer certificate chain as DER, leaf first (empty without a certificate)
+    peer_chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,7 @@ class TLSSession:
                     self.engine.peer_subject or "",
                     self.engine.tls_version or "",
                     self.engine.cipher_name or "",
+                    self.engine.peer_chain,
                 )
             )
         for record in self.engine.read_records():

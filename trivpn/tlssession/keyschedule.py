@@ -27,9 +27,11 @@ SoftReset, the client starts TLS once both resets were exchanged. If both ends s
 once with different ids, the client yields to the server's. Both ends install the new key
 when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the first key stay.
 
-A server with a verify script (`verify_auth`) holds key 0 (and each renegotiated key) after
-key method 2 (serverrole.py): it emits `AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
-and ends the session shortly after. The hand window keeps running meanwhile.
+A server with a verify script (`verify_auth`) holds key 0 after key method 2: it emits
+`AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
+and ends the session shortly after. The hand window keeps running meanwhile. With `reauth`
+it holds every renegotiated key the same way (the client's password, or its auth-token,
+is checked again, as OpenVPN does); a refusal ends the session too.
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
 wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
@@ -53,7 +55,8 @@ Interface (time only enters as `now`)::
     ks.items_to_send(now) -> list[SoftReset | DynamicWrapKey | Ciphertext]   (in order)
     ks.events() -> list[InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady
                         | AuthPending | AuthRequest | Restart | Fatal]
-    ks.answer_auth(accept, reason, now)         (server with verify_auth: after AuthRequest)
+    ks.answer_auth(accept, reason, now[, token]) (server with verify_auth: after AuthRequest)
+    ks.push_auth_token(token, now)              (server: auth-gen-token renewal)
     ks.get_timer() -> float | None              ks.handle_timer(now)
 
 After `Restart` or `Fatal` the schedule is closed and ignores further input. Nothing from
@@ -156,7 +159,9 @@ class KeySchedule:
         self.peer: PeerInfo | None = None  # server: the client's peer-info
         self._push: list[str] | None = None  # server: the options we push
         self._push_requested = False
-        self._held: tuple[int, KeyExchangeComplete] | None = None  # server: a key awaiting answer_auth
+        self._held: KeyExchangeComplete | None = None  # server: key 0 awaiting answer_auth
+        self._auth_token: str | None = None  # server: auth-gen-token, pushed after peer-id
+        self._reauth_held: int | None = None  # server: a renegotiated key awaiting answer_auth
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
@@ -414,8 +419,10 @@ class KeySchedule:
                 log.debug("key exchange complete; peer options: %s", ev.peer_options)
                 if key_id != self.pending:
                     continue
-                if key_id != 0:
-                    serverrole.renegotiated(self, key_id, ev, now)
+                if key_id != 0 and self.is_server and self.config.reauth:
+                    serverrole.hold_renegotiation(self, key_id, ev)
+                elif key_id != 0:
+                    self._install_renegotiated(key_id, now)
                 elif self.is_server and self.config.verify_auth:
                     serverrole.hold_for_auth(self, ev)
                 elif self.is_server:
@@ -497,9 +504,19 @@ class KeySchedule:
 
     # -- server role (trivpn.tlssession.serverrole) ---------------------------------------
 
-    def answer_auth(self, accept: bool, reason: str, now: float) -> None:
-        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end."""
-        serverrole.answer_auth(self, accept, reason, now)
+    def answer_auth(
+        self, accept: bool, reason: str, now: float, auth_token: str | None = None, key_id: int = 0
+    ) -> None:
+        """Server: the answer to AuthRequest (of `key_id`); refused clients get AUTH_FAILED and
+        an end. `auth_token` (auth-gen-token) goes into the PUSH_REPLY after `peer-id`."""
+        if key_id:
+            serverrole.answer_reauth(self, key_id, accept, reason, now)
+        else:
+            serverrole.answer_auth(self, accept, reason, now, auth_token)
+
+    def push_auth_token(self, token: str, now: float) -> None:
+        """Server: send a renewed auth-token (`PUSH_REPLY,auth-token ...`) once ready."""
+        serverrole.push_auth_token(self, token, now)
 
     def _on_push_request(self, now: float) -> None:
         serverrole.on_push_request(self, now)

@@ -21,6 +21,7 @@ from trivpn.messages import (
     ControlToTLS,
     InstallKey,
     KeyUsage,
+    PushAuthToken,
     Renegotiate,
     ResetComplete,
     RetireKey,
@@ -117,7 +118,9 @@ class TLSService:
                 elif isinstance(cmd, SendExit):
                     self.schedule.send_exit(trio.current_time(), message=cmd.message)
                 elif isinstance(cmd, AuthVerdict):
-                    self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time())
+                    self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time(), cmd.auth_token, cmd.key_id)
+                elif isinstance(cmd, PushAuthToken):
+                    self.schedule.push_auth_token(cmd.token, trio.current_time())
                 await self._dispatch()
 
     async def _poll_usage(self, usage: Callable[[], KeyUsage]) -> None:

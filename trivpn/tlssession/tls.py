@@ -129,6 +129,8 @@ class TLSConfig:
     tls_version_min: str = "1.2"
     tls_version_max: str | None = None  # OpenVPN's --tls-version-max; None = what OpenSSL offers
     crl_pem: str | None = None  # crl-verify: a PEM CRL signed by the CA; checked for the peer
+    #: server: verify-client-cert none (no certificate asked) | optional | require
+    verify_client_cert: str = "require"
 
 
 def format_subject(name: x509.Name) -> str:
@@ -173,6 +175,8 @@ def _load_certs(pem: str, what: str) -> list[x509.Certificate]:
 
 
 def _check_config(config: TLSConfig) -> None:
+    if config.verify_client_cert not in ("none", "optional", "require"):
+        raise ConfigError(f"verify-client-cert {config.verify_client_cert!r} is not none, optional or require")
     if config.tls_version_min not in _TLS_VERSIONS:
         raise ConfigError(
             f"tls-version-min {config.tls_version_min!r} is not supported (use 1.2 or 1.3)"
@@ -210,6 +214,8 @@ class TLSEngine:
         self.config = config
         self.handshake_done = False
         self.peer_subject: str | None = None
+        #: the verified peer chain as DER, leaf first (server scripts' tls_*/X509_* variables)
+        self.peer_chain: tuple[bytes, ...] = ()
         self.tls_version: str | None = None
         self.cipher_name: str | None = None
         self._peer_role = "client" if config.is_server else "server"
@@ -313,6 +319,8 @@ class TLSEngine:
         self.handshake_done = True
         peer = self._conn.get_peer_certificate(as_cryptography=True)
         self.peer_subject = format_subject(peer.subject) if peer is not None else ""
+        chain = self._conn.get_verified_chain(as_cryptography=True) if peer is not None else None
+        self.peer_chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain or ())
         self.tls_version = self._conn.get_protocol_version_name()
         self.cipher_name = self._conn.get_cipher_name()
         pending, self._pending_writes = self._pending_writes, []
@@ -470,7 +478,9 @@ def _build_context(config: TLSConfig) -> SSL.Context:
     if config.cert_pem is not None and config.key_pem is not None:
         _load_identity(ctx, config.cert_pem, config.key_pem)
     mode = SSL.VERIFY_PEER
-    if config.is_server:
+    if config.is_server and config.verify_client_cert == "none":
+        mode = SSL.VERIFY_NONE  # no CertificateRequest: the password script decides
+    elif config.is_server and config.verify_client_cert == "require":
         mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
     ctx.set_verify(mode, _shared_verify)
     return ctx
