@@ -84,6 +84,11 @@ def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--no-http-log", action="store_true", help="do not parse HTTP for the request log"
     )
+    sp.add_argument(
+        "--log-query",
+        action="store_true",
+        help="show query strings in the HTTP request log (redacted by default)",
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: object) -> None:
@@ -243,6 +248,7 @@ async def cmd_relay(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             lease=args.lease,
             observe_http=not args.no_http_log,
+            log_query=args.log_query,
             session=_session_config(args, args.heartbeat),
         )
     )
@@ -293,6 +299,7 @@ async def cmd_expose(args: argparse.Namespace) -> int:
             reconnect=not args.no_reconnect,
             attempts=args.max_attempts,
             observe_http=not args.no_http_log,
+            log_query=args.log_query,
             session=_session_config(args),
         ),
         on_bound=on_bound,

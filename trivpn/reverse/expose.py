@@ -7,11 +7,14 @@ BOUND and then lived `stable_after` seconds resets the count (one that got a por
 within seconds counts as a failure, so a relay that drops every session cannot make it
 reconnect without end). The client keeps one random client id for its whole life and asks
 for the port it had before, so the relay gives the same public port back (from its lease,
-or simply because the port is still free after a relay restart). Authentication failures
-and TLS verification failures are not retried: hammering a relay with a wrong token or
-an untrusted certificate cannot succeed. Being replaced by another copy of ourselves
-(GOAWAY(REPLACED)) is final too, but only from a relay that proved it knows the token: a
-fake relay must not be able to make us quit for good.
+or simply because the port is still free after a relay restart).
+TLS verification failures are not retried: an untrusted certificate cannot become trusted.
+An authentication failure (AUTH_ERR) is retried with the backoff like a lost connection:
+the relay cannot prove anything when it refuses our token, so a fake relay (or anyone on
+the path of a plain-TCP tunnel) must not be able to make us quit for good; a really wrong
+token still ends the run once the attempts are used up. Being replaced by another copy of
+ourselves (GOAWAY(REPLACED)) is final, but only from a relay that proved it knows the
+token (AUTH_OK) and gave us the takeover secret.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class ExposeConfig:
     backoff_max: float = 30.0
     stable_after: float = 10.0  # a bound session this old resets the backoff
     observe_http: bool = True
+    log_query: bool = False  # request log: show query strings (redacted by default)
     session: SessionConfig = field(default_factory=SessionConfig)
 
 
@@ -123,7 +127,10 @@ class Expose:
                     self.metrics.add(metrics)
                     self.metrics.state = metrics.state
                 if runner.auth_failed:
-                    raise FatalError(runner.auth_failed)
+                    # AUTH_ERR proves nothing: anyone on the path can send it, so it is
+                    # retried with backoff (the attempts bound still ends a wrong token)
+                    log.error("%s (wrong token? retrying: the relay cannot prove it)",
+                              runner.auth_failed)
                 if runner.bind_failed:
                     if wanted and wanted == cfg.remote_port:
                         raise FatalError(runner.bind_failed)
@@ -154,7 +161,13 @@ class ExposeRunner(SessionRunner):
     def __init__(
         self, expose: Expose, session: Session, tunnel: connection.Connection, metrics: Metrics
     ) -> None:
-        super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
+        super().__init__(
+            session,
+            tunnel,
+            metrics,
+            observe_http=expose.config.observe_http,
+            log_query=expose.config.log_query,
+        )
         self.expose = expose
         self.bound_port = 0
         self.bound_at = 0.0

@@ -52,6 +52,7 @@ class PipeHost(Protocol):
 
     session: Session
     metrics: Metrics
+    log_query: bool  # show query strings in the request log (redacted by default)
 
     def flush(self) -> None: ...
 
@@ -140,7 +141,7 @@ class _TowardsSocket:
         else:
             for ex in obs.feed_response(data, now):
                 self.runner.metrics.record_http(ex)
-                log.info("%s", ex.line())
+                log.info("%s", ex.line(self.runner.log_query))
 
     def _fail(self, exc: BaseException) -> None:
         log.debug("stream %d: %s", self.sid, exc)

@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -57,6 +58,7 @@ class RelayConfig:
     tls_key: str | None = None
     lease: float = 60.0
     observe_http: bool = True
+    log_query: bool = False  # request log: show query strings (redacted by default)
     session: SessionConfig = field(default_factory=SessionConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
 
@@ -129,7 +131,6 @@ class Relay:
         for name, ms in sorted(self.metrics_groups().items()):
             m = merged(ms)
             m.state = f"{len(self.live.get(name, []))} live session(s)"
-            m.started = min((x.started for x in ms), default=m.started)
             parts.append(m.summary(f"client {name}"))
         return "\n".join(parts) if parts else "── relay ── no client connected"
 
@@ -233,7 +234,13 @@ class RelayRunner(SessionRunner):
         peer: str,
         source: str = "?",
     ) -> None:
-        super().__init__(session, tunnel, Metrics(), observe_http=relay.config.observe_http)
+        super().__init__(
+            session,
+            tunnel,
+            Metrics(),
+            observe_http=relay.config.observe_http,
+            log_query=relay.config.log_query,
+        )
         self.relay = relay
         self.peer = peer
         self.source = source
@@ -261,10 +268,12 @@ class RelayRunner(SessionRunner):
             if relay.by_owner.get(self.owner) is self:
                 del relay.by_owner[self.owner]
         if self.name:
+            self.metrics.ended = time.time()
             live = relay.live.get(self.name, [])
             if self.metrics in live:
                 live.remove(self.metrics)
-            relay.totals.setdefault(self.name, Metrics(state="TOTAL")).add(self.metrics)
+            total = relay.totals.setdefault(self.name, Metrics(state="TOTAL", is_total=True))
+            total.add(self.metrics)
 
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
