@@ -34,6 +34,7 @@ from trivpn.reverse import connection
 from trivpn.reverse import events as E
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.frames import ErrorCode
+from trivpn.reverse.handshake import TAKEOVER_REFUSED
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Backoff
@@ -75,6 +76,7 @@ class Expose:
             raise ConfigError("--token must not be empty")
         self.config = config
         self.client_id = secrets.token_bytes(16)
+        self.takeover_key = secrets.token_bytes(32)  # revealed to take over our own session
         self.metrics = Metrics()  # whole-run totals
         self.session_metrics: Metrics | None = None
         self.port = 0
@@ -110,6 +112,7 @@ class Expose:
                     else str(getattr(exc, "strerror", None) or exc)
                 )
             else:
+                next_key = secrets.token_bytes(32)
                 session = Session(
                     "client",
                     trio.current_time(),
@@ -117,10 +120,12 @@ class Expose:
                     token=cfg.token,
                     client_id=self.client_id,
                     requested_port=wanted,
+                    resume_key=self.takeover_key,
+                    next_key=next_key,
                 )
                 metrics = Metrics()
                 self.session_metrics = metrics
-                runner = ExposeRunner(self, session, tunnel, metrics)
+                runner = ExposeRunner(self, session, tunnel, metrics, next_key)
                 try:
                     closed = await runner.run()
                 finally:
@@ -129,10 +134,14 @@ class Expose:
                 if runner.auth_failed:
                     # AUTH_ERR proves nothing: anyone on the path can send it, so it is
                     # retried with backoff (the attempts bound still ends a wrong token)
-                    log.error("%s (wrong token? retrying: the relay cannot prove it)",
-                              runner.auth_failed)
+                    log.error("%s (retrying: a refusal proves nothing)", runner.auth_failed)
                 if runner.bind_failed:
-                    if wanted and wanted == cfg.remote_port:
+                    if TAKEOVER_REFUSED in runner.bind_failed:
+                        # our last BIND_OK was lost, or another client claims our id:
+                        # start over as a new client (a new port)
+                        self.client_id = secrets.token_bytes(16)
+                        self.takeover_key = secrets.token_bytes(32)
+                    elif wanted and wanted == cfg.remote_port:
                         raise FatalError(runner.bind_failed)
                     wanted = 0  # our remembered port went to someone else: take any
                 if runner.bound_port:
@@ -159,7 +168,12 @@ class Expose:
 
 class ExposeRunner(SessionRunner):
     def __init__(
-        self, expose: Expose, session: Session, tunnel: connection.Connection, metrics: Metrics
+        self,
+        expose: Expose,
+        session: Session,
+        tunnel: connection.Connection,
+        metrics: Metrics,
+        next_key: bytes = b"",
     ) -> None:
         super().__init__(
             session,
@@ -173,6 +187,7 @@ class ExposeRunner(SessionRunner):
         self.bound_at = 0.0
         self.relay_proven = False  # AUTH_OK carried the relay's proof of the token
         self.bind_failed: str | None = None
+        self.next_key = next_key  # ours once bound: the relay keeps its commitment
 
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
@@ -180,6 +195,8 @@ class ExposeRunner(SessionRunner):
         elif isinstance(ev, E.Bound):
             self.bound_port = ev.port
             self.bound_at = trio.current_time()
+            if self.next_key:
+                self.expose.takeover_key = self.next_key
             self.expose.port = ev.port
             self.expose.sessions += 1
             self.metrics.connections = 1

@@ -60,11 +60,15 @@ _ALLOWED_FLAGS: dict[int, int] = {t: 0 for t in FrameType}
 _ALLOWED_FLAGS[FrameType.PING] = Flag.ACK
 _ALLOWED_FLAGS[FrameType.OPEN] = Flag.ACK
 _ALLOWED_FLAGS[FrameType.DATA] = Flag.FIN
+#: Sizes an older trivpn sends, recognised to say so instead of "wrong size".
+LEGACY_SIZE: dict[int, tuple[int, str]] = {
+    FrameType.AUTH: (32, "the peer is an older trivpn (AUTH without takeover proof): upgrade it"),
+}
 #: Exact payload sizes; types absent here carry a variable payload (checked by the session).
 FIXED_SIZE: dict[int, int] = {
     FrameType.HELLO: 40,  # client nonce 16 | client id 16 | window u32 | max frame u32
     FrameType.HELLO_ACK: 44,  # challenge 32 | window u32 | max frame u32 | heartbeat ms u32
-    FrameType.AUTH: 32,  # HMAC-SHA256
+    FrameType.AUTH: 96,  # HMAC-SHA256 | takeover key revealed 32 | next key's SHA-256 32
     FrameType.AUTH_OK: 32,  # the relay's proof that it knows the token too
     FrameType.BIND: 2,  # requested port, 0 = any
     FrameType.BIND_OK: 6,  # port u16 | lease seconds u32
@@ -177,6 +181,9 @@ class FrameDecoder:
             )
         fixed = FIXED_SIZE.get(kind)
         if fixed is not None and length != fixed:
+            legacy = LEGACY_SIZE.get(kind)
+            if legacy is not None and length == legacy[0]:
+                raise RemoteProtocolError(f"{kind.name} frame of {length} bytes: {legacy[1]}")
             raise RemoteProtocolError(f"{kind.name} frame of {length} bytes, expected {fixed}")
         limit = MAX_VARIABLE.get(kind)
         if limit is not None and length > limit:

@@ -27,6 +27,7 @@ from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.guard import GuardConfig, SourceGuard
+from trivpn.reverse.handshake import TAKEOVER_REFUSED, takeover_proven
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
@@ -100,6 +101,8 @@ class Relay:
         self.config = config
         self.allocator = PortAllocator(config.start_port, config.end_port, config.lease)
         self.by_owner: dict[Owner, RelayRunner] = {}
+        #: per owner, the commitment its last bound session left for the next takeover
+        self.commits: dict[Owner, bytes] = {}
         self.live: dict[str, list[Metrics]] = {}
         self.totals: dict[str, Metrics] = {}
         self.tunnel_port = config.port
@@ -115,6 +118,24 @@ class Relay:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from None
             self._ssl = ctx
+
+    def takeover_refused(self, owner: Owner, reveal: bytes) -> str | None:
+        """Why a session of `owner` may not take over its live session or leased port,
+        or None: it may (a new owner, or it revealed the key the last one committed to)."""
+        stored = self.commits.get(owner)
+        known = owner in self.by_owner or self.allocator.port_of(owner) is not None
+        if stored is None or not known or takeover_proven(stored, reveal):
+            return None
+        return f"{TAKEOVER_REFUSED}: this client id is in use and the proof does not match"
+
+    def remember_commit(self, owner: Owner, commit: bytes) -> None:
+        """Keep the bound session's commitment; forget those of owners with no port."""
+        self.commits[owner] = commit
+        span = self.config.end_port - self.config.start_port + 1
+        if len(self.commits) > 2 * span + 16:
+            for other in list(self.commits):
+                if other not in self.by_owner and self.allocator.port_of(other) is None:
+                    del self.commits[other]
 
     def metrics_groups(self) -> dict[str, list[Metrics]]:
         out: dict[str, list[Metrics]] = {}
@@ -247,6 +268,8 @@ class RelayRunner(SessionRunner):
         self.name = ""
         self.owner: Owner | None = None
         self.port = 0
+        self.reveal = b""  # the client's takeover proof and next commitment (AUTH)
+        self.commit = b""
 
     async def run(self) -> E.SessionClosed | None:
         try:
@@ -280,6 +303,7 @@ class RelayRunner(SessionRunner):
             self.name = ev.name
             self.relay.guard.authenticated(self.source)
             self.owner = (ev.name, ev.client_id)
+            self.reveal, self.commit = ev.reveal, ev.commit
             self.metrics.connections = 1
             self.relay.live.setdefault(ev.name, []).append(self.metrics)
             log.info("client %s authenticated from %s", ev.name, self.peer)
@@ -294,7 +318,8 @@ class RelayRunner(SessionRunner):
     async def _bind(self, requested: int) -> None:
         relay = self.relay
         assert self.owner is not None and self.nursery is not None
-        got = await _open_port(self, self.owner, requested)
+        refused = relay.takeover_refused(self.owner, self.reveal)
+        got = refused if refused is not None else await _open_port(self, self.owner, requested)
         if isinstance(got, str):
             self.session.reject_bind(got)
             self.dispatch()
@@ -308,6 +333,7 @@ class RelayRunner(SessionRunner):
             return
         self.port = port
         relay.by_owner[self.owner] = self
+        relay.remember_commit(self.owner, self.commit)
         self.session.accept_bind(port, int(relay.config.lease))
         self.dispatch()
         self.ring()

@@ -96,6 +96,13 @@ __all__ = [
 _U32 = struct.Struct("!I")
 
 
+def _key(key: bytes | None, role: str) -> bytes:
+    """A client's takeover key: given (kept across its sessions), else a fresh one."""
+    if role != "client":
+        return b""
+    return key if key is not None else secrets.token_bytes(32)
+
+
 class Session:
     """One end of a tunnel connection. See the module docstring for the rules."""
 
@@ -110,6 +117,8 @@ class Session:
         client_id: bytes = b"",
         requested_port: int = 0,
         random: bytes | None = None,
+        resume_key: bytes | None = None,
+        next_key: bytes | None = None,
     ) -> None:
         if role not in ("relay", "client"):
             raise LocalProtocolError(f"role must be relay or client, not {role!r}")
@@ -137,6 +146,8 @@ class Session:
             client_id=client_id,
             requested_port=requested_port,
             random=random if random is not None else secrets.token_bytes(32),
+            resume_key=_key(resume_key, role),
+            next_key=_key(next_key, role),
         )
 
     # ------------------------------------------------------------------ state
@@ -394,4 +405,6 @@ class Session:
         except ValueError:
             ecode = ErrorCode.INTERNAL
         reason = text(f.payload[4:]) or ecode.name.lower()
+        if ecode is ErrorCode.PROTOCOL and self.role == "client" and not self._bound:
+            reason += " (the relay refused our handshake: is it an older trivpn?)"
         self._finish(f"the peer closed the session: {reason}", ecode, by_peer=True)

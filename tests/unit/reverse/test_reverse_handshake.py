@@ -146,7 +146,7 @@ def test_bind_answers_only_after_a_bind_request() -> None:
 @pytest.mark.parametrize(
     "ftype, payload",
     [
-        (FrameType.AUTH, bytes(32)),  # before HELLO
+        (FrameType.AUTH, bytes(96)),  # before HELLO
         (FrameType.BIND, b"\x00\x00"),
         (FrameType.HELLO_ACK, bytes(44)),  # a client's frame type sent to the relay
     ],

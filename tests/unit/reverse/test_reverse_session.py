@@ -105,7 +105,7 @@ def test_relay_that_cannot_prove_token_is_refused() -> None:
     "frame",
     [
         encode(FrameType.BIND, payload=b"\x00\x00"),  # bind before hello
-        encode(FrameType.AUTH, payload=bytes(32)),  # auth before hello
+        encode(FrameType.AUTH, payload=bytes(96)),  # auth before hello
         encode(FrameType.DATA, 0, 1, b"x"),  # data before bound
         encode(FrameType.PING, payload=bytes(8)),
     ],
