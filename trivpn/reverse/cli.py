@@ -64,6 +64,17 @@ def check_token(token: bytes, what: str) -> None:
         )
 
 
+def _size(text: str) -> int:
+    """BYTES, or with a K/M/G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M)") from None
+
+
 def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
     sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -80,6 +91,20 @@ def _common(sp: argparse.ArgumentParser) -> None:
         default=2 * 1024 * 1024,
         metavar="BYTES",
         help="per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
+    )
+    sp.add_argument(
+        "--session-buffer",
+        type=_size,
+        default=16 * 1024 * 1024,
+        metavar="BYTES",
+        help="received bytes a tunnel may hold for readers that are slow (default 16 MiB)",
+    )
+    sp.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="reset a connection whose reader takes nothing for this long (default 60)",
     )
     sp.add_argument(
         "--no-http-log", action="store_true", help="do not parse HTTP for the request log"
@@ -133,6 +158,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         default=60.0,
         metavar="SECONDS",
         help="keep a client's port this long after it leaves (default 60)",
+    )
+    r.add_argument(
+        "--relay-buffer",
+        type=_size,
+        default=256 * 1024 * 1024,
+        metavar="BYTES",
+        help="received bytes all tunnels together may hold (default 256 MiB)",
     )
     r.add_argument(
         "--heartbeat",
@@ -192,7 +224,17 @@ def _session_config(args: argparse.Namespace, heartbeat: float = 10.0) -> Sessio
         raise ConfigError("--window must be between 1024 and 2147483647")
     if not 0.05 <= heartbeat <= 3600:
         raise ConfigError("--heartbeat must be between 0.05 and 3600 seconds")
-    return SessionConfig(window=args.window, max_frame=args.max_frame, heartbeat=heartbeat)
+    if args.session_buffer < 64 * 1024:
+        raise ConfigError("--session-buffer must be at least 64K")
+    if not 0 < args.stall_timeout <= 86400:
+        raise ConfigError("--stall-timeout must be between 0 and 86400 seconds")
+    return SessionConfig(
+        window=args.window,
+        max_frame=args.max_frame,
+        heartbeat=heartbeat,
+        session_buffer=args.session_buffer,
+        stall_timeout=args.stall_timeout,
+    )
 
 
 async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[], str]) -> int:
@@ -230,6 +272,10 @@ async def cmd_relay(args: argparse.Namespace) -> int:
 
     host, port = parse_hostport(args.addr, "--addr")
     end = args.end_port if args.end_port is not None else min(args.start_port + 999, 65535)
+    if args.relay_buffer < args.session_buffer:
+        from trivpn.errors import ConfigError
+
+        raise ConfigError("--relay-buffer must be at least --session-buffer")
     if args.tokens_file:
         tokens = load_tokens(args.tokens_file)
         for name, token in tokens.items():
@@ -247,6 +293,7 @@ async def cmd_relay(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             lease=args.lease,
+            relay_buffer=args.relay_buffer,
             observe_http=not args.no_http_log,
             log_query=args.log_query,
             session=_session_config(args, args.heartbeat),

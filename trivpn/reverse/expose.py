@@ -79,6 +79,7 @@ class Expose:
         self.takeover_key = secrets.token_bytes(32)  # revealed to take over our own session
         self.metrics = Metrics()  # whole-run totals
         self.session_metrics: Metrics | None = None
+        self.runner: ExposeRunner | None = None  # the current (or last) session
         self.port = 0
         self.sessions = 0
         self.on_bound = on_bound
@@ -126,6 +127,7 @@ class Expose:
                 metrics = Metrics()
                 self.session_metrics = metrics
                 runner = ExposeRunner(self, session, tunnel, metrics, next_key)
+                self.runner = runner
                 try:
                     closed = await runner.run()
                 finally:

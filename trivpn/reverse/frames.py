@@ -94,6 +94,7 @@ class ErrorCode(enum.IntEnum):
     CANCEL = 5  # RST: one end aborted the connection
     TIMEOUT = 6  # GOAWAY: heartbeats missed; RST: stream lingered half-closed too long
     REPLACED = 7  # GOAWAY: the same client connected again and took over
+    BUSY = 8  # RST: the receiver's buffer limit (session or relay) is reached
 
 
 @dataclass(slots=True, frozen=True)

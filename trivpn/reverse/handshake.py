@@ -161,7 +161,7 @@ class Handshake:
             self._commit = key_commitment(next_key)
             self._nonce = random[:16]
             self._challenge = b""
-            hello = _HELLO.pack(self._nonce, client_id, config.window, config.max_frame)
+            hello = _HELLO.pack(self._nonce, client_id, config.start_window, config.max_frame)
             scheduler.control(FrameType.HELLO, payload=hello)
         else:
             if not self._tokens or not all(self._tokens.values()):
@@ -199,7 +199,9 @@ class Handshake:
             self._set_peer_limits(window, max_frame)
             self._nonce, self.client_id = nonce, client_id
             hb_ms = int(self.heartbeat * 1000)
-            ack = _HELLO_ACK.pack(self._challenge, self.config.window, self.config.max_frame, hb_ms)
+            ack = _HELLO_ACK.pack(
+                self._challenge, self.config.start_window, self.config.max_frame, hb_ms
+            )
             self._scheduler.control(FrameType.HELLO_ACK, payload=ack)
             self.state = State.HANDSHAKEN
         elif self.state is State.HANDSHAKEN and t is FrameType.AUTH:

@@ -114,7 +114,7 @@ class _TowardsSocket:
                 return
             if n:
                 self.runner.metrics.bytes_out += n
-                self.runner.session.consumed(self.sid, n)
+                self.runner.session.consumed(self.sid, n, trio.current_time())
             if n == len(data):
                 return
             rest: bytes | memoryview = memoryview(data)[n:]
@@ -178,7 +178,7 @@ class _TowardsSocket:
                 if n:
                     self.backlog_bytes -= n
                     runner.metrics.bytes_out += n
-                    runner.session.consumed(self.sid, n)
+                    runner.session.consumed(self.sid, n, trio.current_time())
                     runner.flush()
             if self.ended:
                 self._send_eof()
@@ -223,7 +223,6 @@ class StreamPipe(_TowardsSocket):
         runner = self.runner
         core = runner.session
         sid = self.sid
-        half = core.config.send_buffer // 2
         full = False
         try:
             while True:
@@ -245,7 +244,7 @@ class StreamPipe(_TowardsSocket):
                 self._observe(data, self.requests_from_socket)
                 ok = core.send_data(sid, data)
                 runner.flush()
-                if not ok and core.pending_bytes(sid) > half:
+                if not ok and core.awaiting_writable(sid):  # flush() may have cleared it
                     self._writable = trio.Event()
                     await self._writable.wait()
                     self._writable = None

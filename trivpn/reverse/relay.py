@@ -31,6 +31,7 @@ from trivpn.reverse.handshake import TAKEOVER_REFUSED, takeover_proven
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
+from trivpn.reverse.scheduler import BufferPool
 from trivpn.reverse.service import SessionRunner
 from trivpn.reverse.session import Session
 from trivpn.reverse.sockets import (
@@ -61,6 +62,8 @@ class RelayConfig:
     observe_http: bool = True
     log_query: bool = False  # request log: show query strings (redacted by default)
     session: SessionConfig = field(default_factory=SessionConfig)
+    #: received-but-unconsumed bytes of all sessions together (`--relay-buffer`)
+    relay_buffer: int = 256 * 1024 * 1024
     guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
 
 
@@ -107,6 +110,7 @@ class Relay:
         self.totals: dict[str, Metrics] = {}
         self.tunnel_port = config.port
         self.guard = SourceGuard(config.guard)
+        self.pool = BufferPool(config.relay_buffer)
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
             if not (config.tls_cert and config.tls_key):
@@ -206,7 +210,11 @@ class Relay:
         try:
             tunnel = await connection.accept(conn, self._ssl)
             session = Session(
-                "relay", trio.current_time(), self.config.session, tokens=self.config.tokens
+                "relay",
+                trio.current_time(),
+                self.config.session,
+                tokens=self.config.tokens,
+                pool=self.pool,
             )
             runner = RelayRunner(self, session, tunnel, peer, source)
             await runner.run()

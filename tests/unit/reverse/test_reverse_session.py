@@ -302,15 +302,16 @@ def test_linger_resets_half_closed_stream() -> None:
 
 
 def test_session_buffer_cap_defers_window_updates() -> None:
-    cfg = SessionConfig(window=4096, session_buffer=4096, chunk=4096)
+    cfg = SessionConfig(window=4096, session_buffer=16384, chunk=4096)
     relay, client = bound_pair(cfg)
     a = relay.open_stream("a", 0.0)
     b = relay.open_stream("b", 0.0)
-    relay.send_data(a, b"a" * 4096)
-    relay.send_data(b, b"b" * 4096)
+    c = relay.open_stream("c", 0.0)
+    for sid in (a, b, c):
+        relay.send_data(sid, b"x" * 4096)
     pump(relay, client)
-    assert client.total_buffered == 8192
-    client.consumed(a, 4096)  # total now 4096, still at the cap: window update deferred
+    assert client.total_buffered == 12288
+    client.consumed(a, 4096)  # total now 8192, half the cap: window update deferred
     frames = FrameDecoder(1 << 20).feed(b"".join(client.data_to_send(0.0)))
     assert not any(f.type is FrameType.WINDOW for f in frames)
     client.consumed(b, 4096)  # below the cap: both updates go out
