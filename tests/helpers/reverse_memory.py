@@ -171,8 +171,17 @@ def run(
     tport, pport = free_port(), free_port()
     relay = _start(
         tree,
-        ["relay", "--addr", f"{HOST}:{tport}", "--start-port", str(pport), "--end-port",
-         str(pport), "--no-http-log", *extra],
+        [
+            "relay",
+            "--addr",
+            f"{HOST}:{tport}",
+            "--start-port",
+            str(pport),
+            "--end-port",
+            str(pport),
+            "--no-http-log",
+            *extra,
+        ],
     )
     expose: subprocess.Popen[bytes] | None = None
     socks: list[socket.socket] = []
@@ -180,8 +189,15 @@ def run(
         time.sleep(0.5)
         expose = _start(
             tree,
-            ["expose", "--server", f"{HOST}:{tport}", "--local", f"{HOST}:{service.port}",
-             "--no-http-log", *extra],
+            [
+                "expose",
+                "--server",
+                f"{HOST}:{tport}",
+                "--local",
+                f"{HOST}:{service.port}",
+                "--no-http-log",
+                *extra,
+            ],
         )
         _wait_public(pport)
         time.sleep(0.5)

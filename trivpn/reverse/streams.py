@@ -289,8 +289,10 @@ class Streams:
                         st.stall_at = due
                         heapq.heappush(timers, (due, sid, _STALL))
                         continue
-                self._ignore(f"stream {sid} reset: its reader took nothing for "
-                             f"{self.config.stall_timeout:g} s")
+                self._ignore(
+                    f"stream {sid} reset: its reader took nothing for "
+                    f"{self.config.stall_timeout:g} s"
+                )
             self.reset(sid, ErrorCode.TIMEOUT)
             self._events.append(StreamReset(sid, ErrorCode.TIMEOUT, by_peer=False))
 

@@ -12,10 +12,12 @@ from trivpn.reverse.session import Session, SessionConfig, State, StreamClosedEr
 CID = bytes(range(16))
 
 
-def pump(a: Session, b: Session, now: float = 0.0, rounds: int = 50) -> tuple[list, list]:
+def pump(
+    a: Session, b: Session, now: float = 0.0, rounds: int = 50
+) -> tuple[list[S.Event], list[S.Event]]:
     """Move bytes both ways until quiet; return (events of a, events of b)."""
-    ea: list = []
-    eb: list = []
+    ea: list[S.Event] = []
+    eb: list[S.Event] = []
     for _ in range(rounds):
         moved = False
         out = b"".join(a.data_to_send(now))
@@ -33,7 +35,9 @@ def pump(a: Session, b: Session, now: float = 0.0, rounds: int = 50) -> tuple[li
     return ea, eb
 
 
-def pair(cfg: SessionConfig | None = None, token: bytes = b"s3cret", port: int = 0):
+def pair(
+    cfg: SessionConfig | None = None, token: bytes = b"s3cret", port: int = 0
+) -> tuple[Session, Session]:
     relay = Session(
         "relay", 0.0, cfg or SessionConfig(), tokens={"alice": b"s3cret", "bob": b"other"}
     )
@@ -43,7 +47,7 @@ def pair(cfg: SessionConfig | None = None, token: bytes = b"s3cret", port: int =
     return relay, client
 
 
-def bound_pair(cfg: SessionConfig | None = None):
+def bound_pair(cfg: SessionConfig | None = None) -> tuple[Session, Session]:
     relay, client = pair(cfg)
     er, ec = pump(relay, client)
     assert S.Authenticated("alice", CID) in er

@@ -21,6 +21,7 @@ import socket
 from collections.abc import Callable
 
 import trio
+import trio.testing
 
 from trivpn.reverse.expose import Expose, ExposeConfig, ExposeRunner
 from trivpn.reverse.relay import Relay, RelayConfig
@@ -64,9 +65,23 @@ async def _settle(measure: Callable[[], int], limit: float = 15.0) -> int:
     return measure()
 
 
+async def _send_big(stream: trio.SocketStream) -> None:
+    """The local service's answer: SIZE bytes, until the tunnel resets the connection."""
+    async with stream:
+        try:
+            for _ in range(SIZE // len(CHUNK)):
+                await stream.send_all(CHUNK)
+        except trio.BrokenResourceError:
+            pass
+
+
 async def _connect_all(port: int, rcvbuf: int | None) -> list[socket.socket]:
+    return await _connect_all_n(port, CLIENTS, rcvbuf)
+
+
+async def _connect_all_n(port: int, n: int, rcvbuf: int | None = 4096) -> list[socket.socket]:
     socks = []
-    for _ in range(CLIENTS):
+    for _ in range(n):
         s = socket.socket()
         if rcvbuf is not None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -114,9 +129,7 @@ async def _start(
 async def test_public_clients_that_never_read_a_large_response() -> None:
     async def big_response(stream: trio.SocketStream) -> None:
         with trio.move_on_after(60):
-            async with stream:
-                for _ in range(SIZE // len(CHUNK)):
-                    await stream.send_all(CHUNK)
+            await _send_big(stream)
 
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
@@ -202,3 +215,45 @@ def _expose_runners(expose: Expose) -> list[ExposeRunner]:
 
         return [o for o in gc.get_objects() if isinstance(o, ExposeRunner) and o.expose is expose]
     return [runner]
+
+
+async def test_public_client_that_stops_reading_is_reset_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Loopback, trio's MockClock: a public client that reads nothing has its stream reset
+    (RST on its socket) once the default 60 s stall timeout passed, not before."""
+
+    async def big_response(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(600):
+            await _send_big(stream)
+
+    async with trio.open_nursery() as nursery:
+        svc = await nursery.start(trio.serve_tcp, big_response, 0)
+        relay, _, public = await _start(nursery, svc[0].socket.getsockname()[1], SessionConfig())
+        runner = next(iter(relay.by_owner.values()))
+        (client,) = await _connect_all_n(public, 1)
+        client.send(b"GET /big HTTP/1.0\r\n\r\n")
+        started = trio.current_time()
+        await trio.sleep(30)
+        assert runner.session.stream_count == 1  # half the timeout: still there
+        for _ in range(120):  # virtual seconds, bounded
+            if not runner.session.stream_count:
+                break
+            await trio.sleep(1)
+        gone_after = trio.current_time() - started
+        assert runner.session.stream_count == 0
+        assert 60 <= gone_after <= 125, gone_after  # within the timeout, plus one re-check
+        reset = False
+        for _ in range(100):  # what the kernel already had, then the reset (bounded)
+            await trio.lowlevel.wait_readable(client)
+            try:
+                if not client.recv(65536):
+                    break  # a clean end of file would be wrong
+            except ConnectionResetError:
+                reset = True
+                break
+            except BlockingIOError:
+                continue
+        client.close()
+        nursery.cancel_scope.cancel()
+    assert reset

@@ -71,9 +71,7 @@ async def test_bare_client_id_replay_is_refused_the_key_holder_takes_over() -> N
     HELLO) took over a live session and its port. Now: refused (BIND_ERR) unless the new
     session reveals the key the bound one committed to; the owner itself still can."""
     relay = Relay(
-        RelayConfig(
-            host="127.0.0.1", port=0, start_port=41200, end_port=41210, tokens={"t": TOKEN}
-        )
+        RelayConfig(host="127.0.0.1", port=0, start_port=41200, end_port=41210, tokens={"t": TOKEN})
     )
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
