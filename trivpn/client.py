@@ -34,7 +34,7 @@ from trivpn.session.config import (
     wrap_key_bytes,
 )
 from trivpn.session.netapply import TunApplier
-from trivpn.session.netsettings import TunnelInfo, describe_tunnel, tun_config_from
+from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
 from trivpn.session.reconnect import (
     Candidate,
     GiveUp,
@@ -117,7 +117,9 @@ class Client:
         to the next attempt, anything else ends the run.
         """
         manager.add_exit_hook(self.exit_notify)
-        self._tun = TunApplier(self.ifname if self.configure_tun else None, manager.add_cleanup)
+        self._tun = TunApplier(
+            self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
+        )
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
@@ -167,9 +169,10 @@ class Client:
                     up.settings, up.cipher, up.key_derivation, up.peer_subject, up.tls_version,
                     endpoint.describe(), ifname=self.ifname,
                 )
-                info.tun_config = tun_config_from(up.settings, endpoint.address)
+                plan = net_plan(up.settings, endpoint.address, self.profile)
+                info.tun_config = plan.tun
                 if self._tun is not None:
-                    self._tun.apply(info.tun_config)
+                    self._tun.apply(plan)
                 if self.on_tunnel_up is not None:
                     await self.on_tunnel_up(info)
                 self.info = info

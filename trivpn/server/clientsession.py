@@ -87,8 +87,10 @@ class ClientSession:
     def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
         """A UDP client the demultiplexer admitted; its first packet is already queued."""
         addr = cast(tuple[str, int], new.addr)  # the UDP listener's (host, port)
-        muxer = PacketMuxer.server_after_cookie(new.wrap, new.local_session_id, new.remote_session_id)
-        client = cls(key, new.session, new.peer_id, addr, muxer, parts, hub)
+        muxer = PacketMuxer.server_after_cookie(
+            new.wrap, new.local_session_id, new.remote_session_id, client_wkc=new.client_wkc
+        )
+        client = cls(key, new.session, new.peer_id, addr, muxer, parts.for_client_key(new.client_key), hub)
         client.net_up.send_nowait([new.first_packet])
         return client
 

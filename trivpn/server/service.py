@@ -36,6 +36,7 @@ from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
 from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
 from trivpn.server.udp import UDPListener
+from trivpn.server.udpdeliver import deliver_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
 from trivpn.workers.manager import WorkersManager
 
@@ -82,7 +83,7 @@ class Server:
                 host, port = raw.getsockname()[:2]
                 self.addresses.append((host, port))
                 demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
-                                    config=self.config.demux_config())
+                                    config=self.config.demux_config(), tls_crypt_v2=self.parts.tls_crypt_v2)
                 name = f"{listener.proto} {host}:{port}"
                 if listener.proto == "tcp":
                     m.start_service(f"{name} acceptor", run_tcp_acceptor, raw, Listening(demux), self.table,
@@ -109,11 +110,10 @@ class Server:
         assert udp is not None
         while True:
             batch = await udp.receive_batch()
-            for action in demux.receive_datagrams(batch, trio.current_time()):
+            now = trio.current_time()
+            for action in demux.receive_datagrams(batch, now):
                 if isinstance(action, Deliver):
-                    client = sock.sessions.get(action.session)
-                    if client is not None:
-                        client.deliver(action.datagrams)
+                    deliver_udp(sock, action, now)  # and float the client when the packet is authentic
                 elif isinstance(action, Reply):
                     udp.send_nowait(action.addr, [action.datagram])  # type: ignore[arg-type]  # Address is (host, port) here
                 elif isinstance(action, NewSession):

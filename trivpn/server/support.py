@@ -17,7 +17,6 @@ __all__ = ["check_served"]
 def check_served(cfg: ServerConfig) -> list[str]:
     """Warnings for ignored options; ConfigError for the first one unsafe to ignore."""
     unsafe = [
-        (cfg.tls_crypt_v2 is not None, "tls-crypt-v2", "the server-side key unwrap is missing"),
         (cfg.verify_client_cert != "require", "verify-client-cert", "only 'require' is served"),
         (cfg.client_connect is not None, "client-connect", "the script could not refuse clients"),
         (cfg.compression is not None, "comp-lzo/compress", "the compression framing is not served yet"),

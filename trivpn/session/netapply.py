@@ -1,16 +1,24 @@
-"""Applying the pushed network settings to a kernel TUN, once per run and again on change.
+"""Applying a tunnel's network plan to the host, once per run and again on change.
 
 Why a class of its own: the TUN outlives sessions (persist-tun), so its configuration is a
 run-long state — applied when the first tunnel comes up, left alone when a reconnect brings
 the same settings, redone when the server pushed different ones, undone by the workers
-manager's cleanup on every exit path.
+manager's cleanup on every exit path. The plan (`trivpn.session.netsettings.NetPlan`) has
+three parts: addresses and routes (rtnetlink, `trivpn.tun.netconfig`), DNS
+(`trivpn.session.dns`: systemd-resolved or resolv.conf, whose leftovers from a crashed run
+are restored when the applier starts) and block-ipv6 (the TUN answers IPv6 itself).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
+from trivpn.session.dns import DnsConfigurator
+from trivpn.session.netsettings import NetPlan
+from trivpn.tun.ip import icmp6_no_route
+from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 
 __all__ = ["TunApplier"]
@@ -19,27 +27,52 @@ log = logging.getLogger("trivpn")
 
 
 class TunApplier:
-    """Applies `TunConfig`s to `ifname` (nothing at all when `ifname` is None).
+    """Applies `NetPlan`s to `ifname` (nothing at all when `ifname` is None).
 
-    `add_cleanup` registers the undo with whoever owns the run (the workers manager)."""
+    `add_cleanup` registers the undo with whoever owns the run (the workers manager);
+    `device` is the TUN whose reads block-ipv6 filters; `dns` is the DNS configurator
+    (tests pass their own; None builds the system's)."""
 
-    def __init__(self, ifname: str | None, add_cleanup: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(
+        self,
+        ifname: str | None,
+        add_cleanup: Callable[[Callable[[], None]], object],
+        *,
+        device: object = None,
+        dns: DnsConfigurator | None = None,
+    ) -> None:
         self.ifname = ifname
         self._add_cleanup = add_cleanup
         self.applied: TunConfig | None = None
         self._configurator: NetConfigurator | None = None
+        self._device = device if isinstance(device, LinuxTun) else None
+        self._dns = dns
+        if ifname and self._dns is None:
+            self._dns = DnsConfigurator(ifname)
+        if ifname and self._dns is not None:
+            self._dns.recover()
+            add_cleanup(self._dns.undo)
 
-    def apply(self, cfg: TunConfig) -> None:
-        """Configure the TUN the first time; on a reconnect only if the settings changed."""
+    def apply(self, plan: NetPlan | TunConfig) -> None:
+        """Configure the TUN the first time; on a reconnect only what changed."""
         if not self.ifname:
             return
-        if self._configurator is not None:
-            if self.applied == cfg:
-                return
-            log.info("the server pushed different settings; reconfiguring %s", self.ifname)
-            self._configurator.undo()
-        else:
+        if isinstance(plan, TunConfig):
+            plan = NetPlan(plan)
+        cfg = plan.tun
+        if self._configurator is None:
             self._configurator = NetConfigurator(self.ifname)
             self._add_cleanup(self._configurator.undo)
-        self._configurator.apply(cfg)
+            self._configurator.apply(cfg)
+        elif self.applied != cfg:
+            log.info("the server pushed different settings; reconfiguring %s", self.ifname)
+            self._configurator.undo()
+            self._configurator.apply(cfg)
         self.applied = cfg
+        if self._dns is not None:
+            self._dns.apply(plan.dns)
+        if self._device is not None:
+            source = plan.block_ipv6_source
+            self._device.ipv6_answer = (
+                None if source is None else functools.partial(icmp6_no_route, source=source)
+            )

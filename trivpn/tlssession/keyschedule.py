@@ -66,7 +66,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError, SessionRestart
 from trivpn.messages import (
     ActivateKey,
     AuthPending,
@@ -463,8 +463,8 @@ class KeySchedule:
     def _client_ready(self, options: list[str], now: float) -> None:
         try:
             agreement = client_agreement(options, self.config.policy)
-        except FatalError as exc:
-            self._close(Fatal(str(exc)))
+        except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
+            self._close(Restart(str(exc)) if isinstance(exc, SessionRestart) else Fatal(str(exc)))
             return
         for warning in agreement.settings.warnings:
             log.warning("%s", warning)

@@ -4,13 +4,19 @@ relay with client cores driven by hand."""
 
 from __future__ import annotations
 
-import pytest
+import struct
+
 import trio
 
 from trivpn.errors import RemoteProtocolError
 from trivpn.reverse import events as E
 from trivpn.reverse.frames import ErrorCode, FrameDecoder, FrameType, encode
-from trivpn.reverse.handshake import TAKEOVER_REFUSED, key_commitment, takeover_proven
+from trivpn.reverse.handshake import (
+    TAKEOVER_REFUSED,
+    auth_mac,
+    key_commitment,
+    takeover_proven,
+)
 from trivpn.reverse.relay import Relay, RelayConfig
 from trivpn.reverse.session import Session, SessionConfig, State
 
@@ -101,16 +107,31 @@ async def test_bare_client_id_replay_is_refused_the_key_holder_takes_over() -> N
             nursery.cancel_scope.cancel()
 
 
-def test_old_client_auth_gets_a_clear_error() -> None:
-    """An older trivpn sends a 32-byte AUTH: the error says so instead of 'wrong size'."""
-    dec = FrameDecoder(256)
-    dec.push(_legacy_auth())
-    with pytest.raises(RemoteProtocolError, match="older trivpn"):
-        dec.next_frame()
+def test_older_client_still_authenticates_but_cannot_take_over_a_proven_session() -> None:
+    """An older trivpn sends the 32-byte AUTH (the MAC alone): it still logs in, and it may
+    take over only an owner that left no commitment (as before); an owner whose last
+    session committed to a key is protected from it."""
+    relay = Session("relay", 0.0, SessionConfig(), tokens={"t": TOKEN})
+    nonce = bytes(16)
+    hello = struct.pack("!16s16sII", nonce, CID, 65536, 1 << 20)
+    relay.receive_data(encode(FrameType.HELLO, payload=hello), 0.0)
+    (ack,) = FrameDecoder(1 << 20).feed(b"".join(relay.data_to_send(0.0)))
+    challenge = ack.payload[:32]
+    legacy = auth_mac(TOKEN, b"trivpn-reverse-v1 client", challenge, nonce, CID)
+    relay.receive_data(encode(FrameType.AUTH, payload=legacy), 0.0)
+    (auth,) = [e for e in relay.events() if isinstance(e, E.Authenticated)]
+    assert auth.client_id == CID and auth.reveal == b"" and auth.commit == b""
 
-
-def _legacy_auth() -> bytes:
-    return bytes([1, FrameType.AUTH, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32]) + bytes(32)
+    r = Relay(
+        RelayConfig(host="127.0.0.1", port=0, start_port=41220, end_port=41230, tokens={"t": TOKEN})
+    )
+    owner = ("t", CID)
+    r.allocator.assign(owner, 0, 0.0)  # the owner holds a port
+    assert r.takeover_refused(owner, b"") is None  # it left no commitment: legacy rules
+    r.remember_commit(owner, key_commitment(K1))
+    why = r.takeover_refused(owner, b"")
+    assert why is not None and TAKEOVER_REFUSED in why
+    assert r.takeover_refused(owner, K1) is None
 
 
 def test_client_hint_when_the_relay_refuses_the_handshake() -> None:
