@@ -242,7 +242,8 @@ async def test_public_client_that_stops_reading_is_reset_on_time(
             await trio.sleep(1)
         gone_after = trio.current_time() - started
         assert runner.session.stream_count == 0
-        assert 60 <= gone_after <= 125, gone_after  # within the timeout, plus one re-check
+        print(f"stalled public client reset after {gone_after:.1f} s (virtual)")
+        assert 60 <= gone_after <= 62, gone_after  # the timeout, counted from its last progress
         reset = False
         for _ in range(100):  # what the kernel already had, then the reset (bounded)
             await trio.lowlevel.wait_readable(client)
