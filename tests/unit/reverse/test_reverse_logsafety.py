@@ -54,3 +54,22 @@ def test_relay_summary_shows_the_connected_time() -> None:
     assert view.uptime() == 2.0 + 3.5
     assert "uptime        5.5 s" in view.summary("client alice", now=999.0)
     assert total.uptime(now=10_000.0) == 2.0  # ended sessions do not keep ageing
+
+
+def test_relay_exit_summary_uses_the_connected_time() -> None:
+    import time
+
+    from trivpn.reverse.relay import Relay, RelayConfig
+
+    relay = Relay(
+        RelayConfig(
+            host="127.0.0.1", port=0, start_port=41300, end_port=41301, tokens={"a": bytes(16)}
+        )
+    )
+    now = time.time()
+    gone = Metrics(started=now - 3.0, state="CLOSED")
+    gone.ended = now - 1.0  # connected ~2 s, left a second ago
+    relay.totals["alice"] = total = Metrics(state="TOTAL", is_total=True)
+    total.add(gone)
+    summary = relay.summary()
+    assert "client alice" in summary and "uptime        2.0 s" in summary  # before: 0.0 s
