@@ -55,6 +55,15 @@ def _session_config(
     cfg = SessionConfig(window=args.window, max_frame=args.max_frame, heartbeat=heartbeat)
     for key, value in (limits or {}).items():  # checked by configfile
         setattr(cfg, key, value)
+    # flags win over the file (their defaults are marked, see cli.given)
+    if given(args.session_buffer) or "session_buffer" not in (limits or {}):
+        if args.session_buffer < 64 * 1024:
+            raise ConfigError("--session-buffer must be at least 64K")
+        cfg.session_buffer = int(args.session_buffer)
+    if given(args.stall_timeout) or "stall_timeout" not in (limits or {}):
+        if not 0 < args.stall_timeout <= 86400:
+            raise ConfigError("--stall-timeout must be between 0 and 86400 seconds")
+        cfg.stall_timeout = float(args.stall_timeout)
     return cfg
 
 
@@ -101,6 +110,9 @@ def build_relay(args: argparse.Namespace) -> Relay:
             raise ConfigError(f"--bandwidth: {exc}") from None
     if args.port_quota < 1:
         raise ConfigError("--port-quota must be at least 1")
+    session = _session_config(args, args.heartbeat, file.session if file else None)
+    if args.relay_buffer < session.session_buffer:
+        raise ConfigError("--relay-buffer must be at least --session-buffer")
     if args.lease < 0 or args.idle_lease < 0:
         raise ConfigError("--lease and --idle-lease must not be negative")
     routing = None
@@ -130,7 +142,9 @@ def build_relay(args: argparse.Namespace) -> Relay:
             bandwidth=bandwidth,
             clients=clients,
             observe_http=not args.no_http_log,
-            session=_session_config(args, args.heartbeat, file.session if file else None),
+            log_query=bool(args.log_query),
+            session=session,
+            relay_buffer=int(args.relay_buffer),
             guard=GuardConfig(**file.guard) if file else GuardConfig(),
             routing=routing,
         )
@@ -184,6 +198,7 @@ def build_expose(args: argparse.Namespace) -> Expose:
             reconnect=not args.no_reconnect,
             attempts=args.max_attempts,
             observe_http=not args.no_http_log,
+            log_query=bool(args.log_query),
             subdomain=subdomain,
             routes=routes,
             session=_session_config(args, limits=file.session if file else None),

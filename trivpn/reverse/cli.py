@@ -93,6 +93,17 @@ def check_token(token: bytes, what: str) -> None:
         )
 
 
+def _size(text: str) -> int:
+    """BYTES, or with a K/M/G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M)") from None
+
+
 def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--config",
@@ -116,7 +127,26 @@ def _common(sp: argparse.ArgumentParser) -> None:
         help="per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
     )
     sp.add_argument(
+        "--session-buffer",
+        type=_size,
+        default=_DefaultInt(16 * 1024 * 1024),
+        metavar="BYTES",
+        help="received bytes a tunnel may hold for readers that are slow (default 16 MiB)",
+    )
+    sp.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=_DefaultFloat(60.0),
+        metavar="SECONDS",
+        help="reset a connection whose reader takes nothing for this long (default 60)",
+    )
+    sp.add_argument(
         "--no-http-log", action="store_true", help="do not parse HTTP for the request log"
+    )
+    sp.add_argument(
+        "--log-query",
+        action="store_true",
+        help="show query strings in the HTTP request log (redacted by default)",
     )
 
 
@@ -165,6 +195,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         default=_DefaultFloat(60.0),
         metavar="SECONDS",
         help="keep a client's port this long after it leaves (default 60)",
+    )
+    r.add_argument(
+        "--relay-buffer",
+        type=_size,
+        default=_DefaultInt(256 * 1024 * 1024),
+        metavar="BYTES",
+        help="received bytes all tunnels together may hold (default 256 MiB)",
     )
     r.add_argument(
         "--idle-lease",

@@ -41,11 +41,12 @@ _KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 RELAY_KEYS = (
     "addr start_port end_port public_host token token_file tokens_file tls_cert tls_key "
     "metrics_addr lease idle_lease heartbeat port_quota bandwidth window max_frame "
-    "http_log verbose debug domain http_addr https_addr"
+    "http_log verbose debug domain http_addr https_addr relay_buffer log_query"
 ).split()
 EXPOSE_KEYS = (
     "server local remote_port token token_file tls tls_ca tls_server_name reconnect "
-    "max_attempts window max_frame http_log verbose debug http https subdomain inspect"
+    "max_attempts window max_frame http_log verbose debug http https subdomain inspect "
+    "log_query"
 ).split()
 GUARD_LIMITS = ("max_pre_auth", "max_pre_auth_per_source", "max_failures", "failure_window")
 SESSION_LIMITS = (
@@ -55,6 +56,7 @@ SESSION_LIMITS = (
     "send_buffer",
     "handshake_timeout",
     "linger",
+    "stall_timeout",
 )
 
 
@@ -226,6 +228,7 @@ _COMMON: dict[str, Callable[[Any], Any]] = {
     "max_frame": an_int(256, 64 * 1024 * 1024),
     "verbose": an_int(0, 3),
     "debug": a_bool,
+    "log_query": a_bool,
 }
 _RELAY: dict[str, Callable[[Any], Any]] = {
     **_COMMON,
@@ -245,6 +248,7 @@ _RELAY: dict[str, Callable[[Any], Any]] = {
     "domain": a_str,
     "http_addr": a_hostport,
     "https_addr": a_hostport,
+    "relay_buffer": an_int(64 * 1024, 1 << 40),
 }
 _EXPOSE: dict[str, Callable[[Any], Any]] = {
     **_COMMON,
@@ -271,6 +275,7 @@ _LIMITS: dict[str, Callable[[Any], Any]] = {
     "send_buffer": an_int(4096, 1 << 30),
     "handshake_timeout": a_float(0.1, 600),
     "linger": a_float(1, 86400),
+    "stall_timeout": a_float(0.1, 86400),
 }
 _NEGATED = {"http_log": "no_http_log", "reconnect": "no_reconnect"}
 #: file names in a config file are relative to the file's own directory

@@ -18,6 +18,12 @@ class StreamClosedError(LocalProtocolError):
 class Authenticated:
     name: str  # relay: which token matched; client: ""
     client_id: bytes
+    #: relay: the client's takeover key for its previous session (check it against the
+    #: commitment that session left with `handshake.takeover_proven`), and the commitment
+    #: (SHA-256) to the key that will prove its next one; client: both b"". Kept out of
+    #: repr (a spent key is no secret, but logs need neither) and of equality.
+    reveal: bytes = field(default=b"", repr=False, compare=False)
+    commit: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(slots=True, frozen=True)

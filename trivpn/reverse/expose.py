@@ -7,11 +7,14 @@ BOUND and then lived `stable_after` seconds resets the count (one that got a por
 within seconds counts as a failure, so a relay that drops every session cannot make it
 reconnect without end). The client keeps one random client id for its whole life and asks
 for the port it had before, so the relay gives the same public port back (from its lease,
-or simply because the port is still free after a relay restart). Authentication failures
-and TLS verification failures are not retried: hammering a relay with a wrong token or
-an untrusted certificate cannot succeed. Being replaced by another copy of ourselves
-(GOAWAY(REPLACED)) is final too, but only from a relay that proved it knows the token: a
-fake relay must not be able to make us quit for good.
+or simply because the port is still free after a relay restart).
+TLS verification failures are not retried: an untrusted certificate cannot become trusted.
+An authentication failure (AUTH_ERR) is retried with the backoff like a lost connection:
+the relay cannot prove anything when it refuses our token, so a fake relay (or anyone on
+the path of a plain-TCP tunnel) must not be able to make us quit for good; a really wrong
+token still ends the run once the attempts are used up. Being replaced by another copy of
+ourselves (GOAWAY(REPLACED)) is final, but only from a relay that proved it knows the
+token (AUTH_OK) and gave us the takeover secret.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from trivpn.reverse import events as E
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import Binding
 from trivpn.reverse.frames import ErrorCode
+from trivpn.reverse.handshake import TAKEOVER_REFUSED
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Backoff
@@ -71,6 +75,7 @@ class ExposeConfig:
     backoff_max: float = 30.0
     stable_after: float = 10.0  # a bound session this old resets the backoff
     observe_http: bool = True
+    log_query: bool = False  # request log: show query strings (redacted by default)
     subdomain: str = ""  # a named bind (relay --domain): routed by Host / SNI, no port
     routes: int = 0  # http.names.ROUTE_HTTP | ROUTE_TLS, with a subdomain
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -91,8 +96,10 @@ class Expose:
             raise ConfigError("a named (--subdomain/--http/--https) tunnel needs its own expose")
         self.config = config
         self.client_id = secrets.token_bytes(16)
+        self.takeover_key = secrets.token_bytes(32)  # revealed to take over our own session
         self.metrics = Metrics()  # whole-run totals
         self.session_metrics: Metrics | None = None
+        self.runner: ExposeRunner | None = None  # the current (or last) session
         self.port = 0  # the first tunnel's public port
         self.ports: list[int] = []  # one per tunnel
         self.urls: list[str] = []  # a named bind's public URLs
@@ -131,6 +138,7 @@ class Expose:
                     else str(getattr(exc, "strerror", None) or exc)
                 )
             else:
+                next_key = secrets.token_bytes(32)
                 session = Session(
                     "client",
                     trio.current_time(),
@@ -142,24 +150,34 @@ class Expose:
                     bindings=tuple(
                         Binding(w, t.label) for w, t in zip(wanted, self.tunnels, strict=True)
                     ),
+                    resume_key=self.takeover_key,
+                    next_key=next_key,
                 )
                 metrics = Metrics()
                 self.session_metrics = metrics
-                runner = ExposeRunner(self, session, tunnel, metrics)
+                runner = ExposeRunner(self, session, tunnel, metrics, next_key)
+                self.runner = runner
                 try:
                     closed = await runner.run()
                 finally:
                     self.metrics.add(metrics)
                     self.metrics.state = metrics.state
                 if runner.auth_failed:
-                    raise FatalError(runner.auth_failed)
+                    # AUTH_ERR proves nothing: anyone on the path can send it, so it is
+                    # retried with backoff (the attempts bound still ends a wrong token)
+                    log.error("%s (retrying: a refusal proves nothing)", runner.auth_failed)
                 if session.protocol > 1 and _refused_protocol_2(closed):
                     raise FatalError(
                         "the relay speaks only protocol 1 (one tunnel per connection);"
                         " several tunnels need a newer relay"
                     )
                 if runner.bind_failed:
-                    if cfg.subdomain or (any(configured) and wanted == configured):
+                    if TAKEOVER_REFUSED in runner.bind_failed:
+                        # our last BIND_OK was lost, or another client claims our id:
+                        # start over as a new client (new ports)
+                        self.client_id = secrets.token_bytes(16)
+                        self.takeover_key = secrets.token_bytes(32)
+                    elif cfg.subdomain or (any(configured) and wanted == configured):
                         raise FatalError(runner.bind_failed)
                     wanted = list(configured)  # a remembered port went to someone else
                 if runner.bound:
@@ -207,9 +225,20 @@ def _refused_protocol_2(closed: E.SessionClosed | None) -> bool:
 
 class ExposeRunner(SessionRunner):
     def __init__(
-        self, expose: Expose, session: Session, tunnel: connection.Connection, metrics: Metrics
+        self,
+        expose: Expose,
+        session: Session,
+        tunnel: connection.Connection,
+        metrics: Metrics,
+        next_key: bytes = b"",
     ) -> None:
-        super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
+        super().__init__(
+            session,
+            tunnel,
+            metrics,
+            observe_http=expose.config.observe_http,
+            log_query=expose.config.log_query,
+        )
         self.expose = expose
         self.bound = False
         self.bound_port = 0
@@ -217,6 +246,7 @@ class ExposeRunner(SessionRunner):
         self.bound_at = 0.0
         self.relay_proven = False  # AUTH_OK carried the relay's proof of the token
         self.bind_failed: str | None = None
+        self.next_key = next_key  # ours once bound: the relay keeps its commitment
 
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
@@ -226,6 +256,8 @@ class ExposeRunner(SessionRunner):
             ports = ev.ports or (ev.port,)
             self.bound_port, self.bound_ports = ev.port, ports
             self.bound_at = trio.current_time()
+            if self.next_key:
+                self.expose.takeover_key = self.next_key
             self.expose.port, self.expose.ports = ev.port, list(ports)
             self.expose.sessions += 1
             self.metrics.connections = 1

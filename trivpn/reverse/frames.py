@@ -68,11 +68,14 @@ _ALLOWED_FLAGS: dict[int, int] = {t: 0 for t in FrameType}
 _ALLOWED_FLAGS[FrameType.PING] = Flag.ACK
 _ALLOWED_FLAGS[FrameType.OPEN] = Flag.ACK
 _ALLOWED_FLAGS[FrameType.DATA] = Flag.FIN
+#: An older trivpn's AUTH (the MAC alone, no takeover proof): still accepted, and such a
+#: client may take over only a session that did not prove anything either (see relay.py).
+LEGACY_SIZE: dict[int, int] = {FrameType.AUTH: 32}
 #: Exact payload sizes; types absent here carry a variable payload (checked by the session).
 FIXED_SIZE: dict[int, int] = {
     FrameType.HELLO: 40,  # client nonce 16 | client id 16 | window u32 | max frame u32
     FrameType.HELLO_ACK: 44,  # challenge 32 | window u32 | max frame u32 | heartbeat ms u32
-    FrameType.AUTH: 32,  # HMAC-SHA256
+    FrameType.AUTH: 96,  # HMAC-SHA256 | takeover key revealed 32 | next key's SHA-256 32
     FrameType.AUTH_OK: 32,  # the relay's proof that it knows the token too
     FrameType.PING: 8,  # opaque, echoed in the pong
     FrameType.WINDOW: 4,  # credit increment
@@ -105,6 +108,7 @@ class ErrorCode(enum.IntEnum):
     CANCEL = 5  # RST: one end aborted the connection
     TIMEOUT = 6  # GOAWAY: heartbeats missed; RST: stream lingered half-closed too long
     REPLACED = 7  # GOAWAY: the same client connected again and took over
+    BUSY = 8  # RST: the receiver's buffer limit (session or relay) is reached
 
 
 @dataclass(slots=True, frozen=True)
@@ -191,7 +195,11 @@ class FrameDecoder:
                 f"{kind.name} frame of {length} bytes exceeds the limit of {self.max_frame}"
             )
         fixed = FIXED_SIZE.get(kind)
-        if fixed is not None and length != fixed and length != EXTENDED_SIZE.get(kind):
+        if fixed is not None and length not in (
+            fixed,
+            EXTENDED_SIZE.get(kind),
+            LEGACY_SIZE.get(kind),
+        ):
             raise RemoteProtocolError(f"{kind.name} frame of {length} bytes, expected {fixed}")
         limit = MAX_VARIABLE.get(kind)
         if limit is not None and length > limit:

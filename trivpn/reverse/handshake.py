@@ -38,6 +38,16 @@ changes BIND / BIND_OK (lists, bindings.py) and OPEN (the binding index first); 
 refused binding refuses the bind. A named (subdomain) bind is not part of protocol 2: it
 keeps a session of its own.
 
+Takeover proof (commit and reveal). Several clients may share a token, and the client id
+travels in clear in HELLO, so token + client id must not be enough to take over another
+client's live session or leased port. AUTH therefore also carries `reveal`, the client's
+current takeover key, and `commit`, the SHA-256 of the key it will reveal next time; the
+MAC covers both. The relay keeps the commitment of an owner's last bound session and lets
+a new session of that owner take over only if SHA-256(reveal) matches it
+(`takeover_proven`). A key is on the wire once, when it is spent; the one that proves the
+next takeover never is, so replaying what an eavesdropper saw is refused. The client
+moves to its next key once BIND_OK came (the relay stored the commitment just before).
+
 This piece knows nothing of streams, time or framing limits: the `Session` enforces the
 256-byte pre-auth frame limit and the handshake deadline, and takes over at BOUND. A
 refused token or bind is not an exception but a `HandshakeFailed` the session turns into
@@ -113,6 +123,22 @@ def auth_mac(token: bytes, label: bytes, challenge: bytes, nonce: bytes, client_
     return hmac.new(token, label + challenge + nonce + client_id, hashlib.sha256).digest()
 
 
+#: BIND_ERR reasons start with this when a takeover lacked its proof (the client then
+#: starts over with a new identity instead of asking again).
+TAKEOVER_REFUSED = "takeover refused"
+
+
+def key_commitment(key: bytes) -> bytes:
+    """What a client announces for the takeover key it will reveal next time."""
+    return hashlib.sha256(b"trivpn-reverse takeover" + key).digest()
+
+
+def takeover_proven(commitment: bytes, reveal: bytes) -> bool:
+    """A new session may take over the owner's previous one: it revealed the key that
+    session committed to."""
+    return hmac.compare_digest(key_commitment(reveal), commitment)
+
+
 class Handshake:
     """INIT → HANDSHAKEN → AUTHENTICATED → BOUND for one role; see the module docstring."""
 
@@ -131,6 +157,8 @@ class Handshake:
         requested_name: str = "",
         routes: int = 0,
         bindings: tuple[Binding, ...] | None = None,
+        resume_key: bytes = b"",
+        next_key: bytes = b"",
     ) -> None:
         if len(random) < 32:
             raise LocalProtocolError("random must be at least 32 bytes")
@@ -172,10 +200,17 @@ class Handshake:
             if requested_name:
                 self.bind_named = True
                 self._bind += bytes([routes, len(requested_name)]) + requested_name.encode()
+            # not given: derived from `random`, good for one run of a client
+            resume_key = resume_key or hashlib.sha256(b"resume" + random).digest()
+            next_key = next_key or hashlib.sha256(b"next" + random).digest()
+            if len(resume_key) != 32 or len(next_key) != 32:
+                raise LocalProtocolError("takeover keys must be 32 bytes")
             self.client_id = client_id
+            self._reveal = resume_key
+            self._commit = key_commitment(next_key)
             self._nonce = random[:16]
             self._challenge = b""
-            hello = _HELLO.pack(self._nonce, client_id, config.window, config.max_frame)
+            hello = _HELLO.pack(self._nonce, client_id, config.start_window, config.max_frame)
             if len(self.bindings) > 1:
                 self.protocol = PROTOCOL  # a proposal until HELLO_ACK
                 hello += _U16.pack(PROTOCOL)
@@ -185,6 +220,7 @@ class Handshake:
             if not self._tokens or not all(self._tokens.values()):
                 raise LocalProtocolError("a relay session needs at least one non-empty token")
             self.client_id = b""
+            self._reveal = self._commit = b""
             self._nonce = b""
             self._challenge = random[:32]
 
@@ -248,7 +284,9 @@ class Handshake:
             self._set_peer_limits(window, max_frame)
             self._nonce, self.client_id = nonce, client_id
             hb_ms = int(self.heartbeat * 1000)
-            ack = _HELLO_ACK.pack(self._challenge, self.config.window, self.config.max_frame, hb_ms)
+            ack = _HELLO_ACK.pack(
+                self._challenge, self.config.start_window, self.config.max_frame, hb_ms
+            )
             if len(f.payload) > _HELLO.size:
                 offered = _U16.unpack_from(f.payload, _HELLO.size)[0]
                 if offered < 2:
@@ -266,10 +304,15 @@ class Handshake:
             raise self._illegal(f)
         return None
 
-    def _check_auth(self, answer: bytes) -> HandshakeFailed | None:
+    def _bound_id(self) -> bytes:
+        """What both MACs cover besides the challenge and nonce."""
+        return self.client_id + self._reveal + self._commit
+
+    def _check_auth(self, payload: bytes) -> HandshakeFailed | None:
+        answer, self._reveal, self._commit = payload[:32], payload[32:64], payload[64:96]
         matched = ""
         for name, token in self._tokens.items():  # no early exit: time says nothing
-            expect = auth_mac(token, _CLIENT_LABEL, self._challenge, self._nonce, self.client_id)
+            expect = auth_mac(token, _CLIENT_LABEL, self._challenge, self._nonce, self._bound_id())
             if hmac.compare_digest(expect, answer) and not matched:
                 matched = name
         if not matched:
@@ -278,11 +321,11 @@ class Handshake:
             return HandshakeFailed("authentication failed: wrong token", by_peer=False)
         self.name = matched
         token = self._tokens[matched]
-        proof = auth_mac(token, _RELAY_LABEL, self._challenge, self._nonce, self.client_id)
+        proof = auth_mac(token, _RELAY_LABEL, self._challenge, self._nonce, self._bound_id())
         self._scheduler.control(FrameType.AUTH_OK, payload=proof)
         self.state = State.AUTHENTICATED
         self.bind_asked = False
-        self._events.append(Authenticated(matched, self.client_id))
+        self._events.append(Authenticated(matched, self.client_id, self._reveal, self._commit))
         return None
 
     def _bind_request(self, p: bytes) -> BindRequested:
@@ -313,8 +356,8 @@ class Handshake:
                 raise RemoteProtocolError(f"heartbeat interval {hb_ms} ms out of range")
             self.heartbeat = hb_ms / 1000
             self._challenge = challenge
-            mac = auth_mac(self._token, _CLIENT_LABEL, challenge, self._nonce, self.client_id)
-            self._scheduler.control(FrameType.AUTH, payload=mac)
+            mac = auth_mac(self._token, _CLIENT_LABEL, challenge, self._nonce, self._bound_id())
+            self._scheduler.control(FrameType.AUTH, payload=mac + self._reveal + self._commit)
             self.state = State.HANDSHAKEN
         elif self.state is State.HANDSHAKEN and t is FrameType.AUTH_ERR:
             reason = "authentication failed: the relay rejected the token"
@@ -322,7 +365,7 @@ class Handshake:
             return HandshakeFailed(reason, by_peer=True)
         elif self.state is State.HANDSHAKEN and t is FrameType.AUTH_OK:
             expect = auth_mac(
-                self._token, _RELAY_LABEL, self._challenge, self._nonce, self.client_id
+                self._token, _RELAY_LABEL, self._challenge, self._nonce, self._bound_id()
             )
             if not hmac.compare_digest(expect, f.payload):
                 raise RemoteProtocolError("the relay could not prove it knows the token")

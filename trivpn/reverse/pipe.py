@@ -54,6 +54,7 @@ class PipeHost(Protocol):
 
     session: Session
     metrics: Metrics
+    log_query: bool  # show query strings in the request log (redacted by default)
 
     def flush(self) -> None: ...
 
@@ -117,7 +118,7 @@ class _TowardsSocket:
                 return
             if n:
                 self.runner.metrics.bytes_out += n
-                self.runner.session.consumed(self.sid, n)
+                self.runner.session.consumed(self.sid, n, trio.current_time())
             if n == len(data):
                 return
             rest: bytes | memoryview = memoryview(data)[n:]
@@ -144,7 +145,7 @@ class _TowardsSocket:
         else:
             for ex in obs.feed_response(data, now):
                 self.runner.metrics.record_http(ex)
-                log.info("%s", ex.line())
+                log.info("%s", ex.line(self.runner.log_query))
 
     def _fail(self, exc: BaseException) -> None:
         log.debug("stream %d: %s", self.sid, exc)
@@ -184,7 +185,7 @@ class _TowardsSocket:
                 if n:
                     self.backlog_bytes -= n
                     runner.metrics.bytes_out += n
-                    runner.session.consumed(self.sid, n)
+                    runner.session.consumed(self.sid, n, trio.current_time())
                     runner.flush()
             if self.ended:
                 self._send_eof()
@@ -248,7 +249,6 @@ class StreamPipe(_TowardsSocket):
         runner = self.runner
         core = runner.session
         sid = self.sid
-        half = core.config.send_buffer // 2
         full = False
         try:
             while True:
@@ -274,7 +274,7 @@ class StreamPipe(_TowardsSocket):
                     pause = self.shaper.up.charge(len(data), trio.current_time())
                     if pause:
                         await trio.sleep(pause)
-                if not ok and core.pending_bytes(sid) > half:
+                if not ok and core.awaiting_writable(sid):  # flush() may have cleared it
                     self._writable = trio.Event()
                     await self._writable.wait()
                     self._writable = None

@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -27,6 +28,7 @@ from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.guard import GuardConfig, SourceGuard
+from trivpn.reverse.handshake import TAKEOVER_REFUSED, takeover_proven
 from trivpn.reverse.http.router import NameRouter, RoutingConfig, bind_name
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
@@ -37,6 +39,7 @@ from trivpn.reverse.ports import (
     PortAllocator,
     PortUnavailable,
 )
+from trivpn.reverse.scheduler import BufferPool
 from trivpn.reverse.service import SessionRunner
 from trivpn.reverse.session import Session
 from trivpn.reverse.sockets import (
@@ -77,7 +80,10 @@ class RelayConfig:
     bandwidth: float | None = None  # default per-client limit, bytes/s each direction
     clients: dict[str, ClientLimits] = field(default_factory=dict)
     observe_http: bool = True
+    log_query: bool = False  # request log: show query strings (redacted by default)
     session: SessionConfig = field(default_factory=SessionConfig)
+    #: received-but-unconsumed bytes of all sessions together (`--relay-buffer`)
+    relay_buffer: int = 256 * 1024 * 1024
     guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
     routing: RoutingConfig | None = None  # --domain with --http-addr / --https-addr
 
@@ -130,10 +136,13 @@ class Relay:
             quotas={n: c.port_quota for n, c in config.clients.items() if c.port_quota is not None},
         )
         self.by_owner: dict[Owner, RelayRunner] = {}
+        #: per owner, the commitment its last bound session left for the next takeover
+        self.commits: dict[Owner, bytes] = {}
         self.live: dict[str, list[Metrics]] = {}
         self.totals: dict[str, Metrics] = {}
         self.tunnel_port = config.port
         self.guard = SourceGuard(config.guard)
+        self.pool = BufferPool(config.relay_buffer)
         self.shapers: dict[str, Shaper] = {}  # per token name, shared by its sessions
         self.router = NameRouter(config.routing, config.lease) if config.routing else None
         self._ssl: ssl.SSLContext | None = None
@@ -147,6 +156,29 @@ class Relay:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from None
             self._ssl = ctx
+
+    def takeover_refused(self, owner: Owner, reveal: bytes) -> str | None:
+        """Why a session of `owner` may not take over its live session or leased port,
+        or None: it may (a new owner, or it revealed the key the last one committed to)."""
+        stored = self.commits.get(owner)
+        known = owner in self.by_owner or self.allocator.port_of(owner) is not None
+        if stored is None or not known or takeover_proven(stored, reveal):
+            return None
+        return f"{TAKEOVER_REFUSED}: this client id is in use and the proof does not match"
+
+    def remember_commit(self, owner: Owner, commit: bytes) -> None:
+        """Keep the bound session's commitment (an older client gives none: its owner
+        then stays open to takeover without proof, as before); forget those of owners
+        with no port."""
+        if commit:
+            self.commits[owner] = commit
+        else:
+            self.commits.pop(owner, None)
+        span = self.config.end_port - self.config.start_port + 1
+        if len(self.commits) > 2 * span + 16:
+            for other in list(self.commits):
+                if other not in self.by_owner and self.allocator.port_of(other) is None:
+                    del self.commits[other]
 
     def shaper_for(self, name: str) -> Shaper | None:
         """The bandwidth limit of this client (one pair of buckets per token name)."""
@@ -176,7 +208,6 @@ class Relay:
         for name, ms in sorted(self.metrics_groups().items()):
             m = merged(ms)
             m.state = f"{len(self.live.get(name, []))} live session(s)"
-            m.started = min((x.started for x in ms), default=m.started)
             parts.append(m.summary(f"client {name}"))
         return "\n".join(parts) if parts else "── relay ── no client connected"
 
@@ -233,7 +264,11 @@ class Relay:
         try:
             tunnel = await connection.accept(conn, self._ssl)
             session = Session(
-                "relay", trio.current_time(), self.config.session, tokens=self.config.tokens
+                "relay",
+                trio.current_time(),
+                self.config.session,
+                tokens=self.config.tokens,
+                pool=self.pool,
             )
             runner = RelayRunner(self, session, tunnel, peer, source)
             await runner.run()
@@ -282,7 +317,13 @@ class RelayRunner(SessionRunner):
         peer: str,
         source: str = "?",
     ) -> None:
-        super().__init__(session, tunnel, Metrics(), observe_http=relay.config.observe_http)
+        super().__init__(
+            session,
+            tunnel,
+            Metrics(),
+            observe_http=relay.config.observe_http,
+            log_query=relay.config.log_query,
+        )
         self.relay = relay
         self.peer = peer
         self.source = source
@@ -294,6 +335,8 @@ class RelayRunner(SessionRunner):
         self.shaper: Shaper | None = None
         self.route_name = ""  # a named bind: the subdomain, and its ROUTE_* bits
         self.route_bits = 0
+        self.reveal = b""  # the client's takeover proof and next commitment (AUTH)
+        self.commit = b""
 
     async def run(self) -> E.SessionClosed | None:
         try:
@@ -319,23 +362,31 @@ class RelayRunner(SessionRunner):
             if relay.by_owner.get(self.owner) is self:
                 del relay.by_owner[self.owner]
         if self.name:
+            self.metrics.ended = time.time()
             live = relay.live.get(self.name, [])
             if self.metrics in live:
                 live.remove(self.metrics)
-            relay.totals.setdefault(self.name, Metrics(state="TOTAL")).add(self.metrics)
+            total = relay.totals.setdefault(self.name, Metrics(state="TOTAL", is_total=True))
+            total.add(self.metrics)
 
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
             self.name = ev.name
             self.relay.guard.authenticated(self.source)
             self.owner = (ev.name, ev.client_id)
+            self.reveal, self.commit = ev.reveal, ev.commit
             self.shaper = self.relay.shaper_for(ev.name)
             self.metrics.connections = 1
             self.relay.live.setdefault(ev.name, []).append(self.metrics)
             log.info("client %s authenticated from %s", ev.name, self.peer)
         elif isinstance(ev, E.BindRequested):
-            assert self.nursery is not None
-            if ev.name:
+            assert self.nursery is not None and self.owner is not None
+            refused = self.relay.takeover_refused(self.owner, self.reveal)
+            if refused is not None:  # a bare client id replay: no port, no takeover
+                log.warning("client %s from %s: %s", self.name, self.peer, refused)
+                self.session.reject_bind(refused)
+                self.ring()
+            elif ev.name:
                 self.nursery.start_soon(self._bind_name, ev.name, ev.routes)
             else:
                 self.nursery.start_soon(self._bind, ev.bindings or (E.Binding(ev.port),))
@@ -372,6 +423,7 @@ class RelayRunner(SessionRunner):
             return
         self.port, self.ports = ports[0], ports
         relay.by_owner[self.owner] = self
+        relay.remember_commit(self.owner, self.commit)
         self.session.accept_binds(ports, int(relay.config.lease))
         self.dispatch()
         self.ring()

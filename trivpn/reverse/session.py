@@ -14,7 +14,8 @@ The work is done by separate pieces, each testable alone, that share one `Schedu
   challenge-response authentication;
 * `streams.Streams` — per-stream state, credit flow control, FIN/RST, linger;
 * `scheduler.Scheduler` / `scheduler.SessionBudget` — control ahead of round-robin DATA
-  within a burst; the session-wide cap on received-but-unconsumed bytes;
+  within a burst; the session-wide cap on received-but-unconsumed bytes and windows
+  (and, on a relay, the `BufferPool` all its sessions share);
 * `heartbeat.Heartbeat` — pings, pongs, expiry after missed heartbeats;
 * `events` — the typed events and `StreamClosedError`.
 
@@ -65,7 +66,7 @@ from trivpn.reverse.frames import (
 )
 from trivpn.reverse.handshake import Handshake, State, auth_mac
 from trivpn.reverse.heartbeat import Heartbeat
-from trivpn.reverse.scheduler import Scheduler, SessionBudget
+from trivpn.reverse.scheduler import BufferPool, Scheduler, SessionBudget
 from trivpn.reverse.streams import Streams
 
 __all__ = [
@@ -98,6 +99,13 @@ __all__ = [
 _U32 = struct.Struct("!I")
 
 
+def _key(key: bytes | None, role: str) -> bytes:
+    """A client's takeover key: given (kept across its sessions), else a fresh one."""
+    if role != "client":
+        return b""
+    return key if key is not None else secrets.token_bytes(32)
+
+
 class Session:
     """One end of a tunnel connection. See the module docstring for the rules."""
 
@@ -112,6 +120,9 @@ class Session:
         client_id: bytes = b"",
         requested_port: int = 0,
         random: bytes | None = None,
+        resume_key: bytes | None = None,
+        next_key: bytes | None = None,
+        pool: BufferPool | None = None,
         requested_name: str = "",
         routes: int = 0,
         bindings: tuple[Binding, ...] | None = None,
@@ -129,7 +140,7 @@ class Session:
         self._decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
         self._events: list[Event] = []
         self._scheduler = Scheduler(self.config)
-        self._budget = SessionBudget(self.config)
+        self._budget = SessionBudget(self.config, pool)
         self._streams = Streams(role, self.config, self._scheduler, self._budget, self._events)
         self._heartbeat = Heartbeat(self.config, now, self._scheduler, self._events)
         self._handshake = Handshake(
@@ -142,6 +153,8 @@ class Session:
             client_id=client_id,
             requested_port=requested_port,
             random=random if random is not None else secrets.token_bytes(32),
+            resume_key=_key(resume_key, role),
+            next_key=_key(next_key, role),
             requested_name=requested_name,
             routes=routes,
             bindings=bindings,
@@ -307,17 +320,22 @@ class Session:
         """Half-close our direction once the queued bytes have gone."""
         if self._closed:
             raise StreamClosedError("the session is closed")
-        self._streams.send_fin(sid)
+        self._streams.send_fin(sid, now)
 
     def reset_stream(self, sid: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         """Abort a stream both ways (local service unreachable, socket error, ...)."""
         if not self._closed:
             self._streams.reset(sid, code)
 
-    def consumed(self, sid: int, n: int) -> None:
-        """The application took `n` bytes of this stream's data: give the credit back."""
+    def consumed(self, sid: int, n: int, now: float | None = None) -> None:
+        """The application took `n` bytes of this stream's data: give the credit back.
+        `now` dates the progress for the stalled-reader timeout (else: "recently")."""
         if not self._closed:
-            self._streams.consumed(sid, n)
+            self._streams.consumed(sid, n, now)
+
+    def awaiting_writable(self, sid: int) -> bool:
+        """After `send_data` returned False: still wait for StreamWritable (or a reset)."""
+        return not self._closed and self._streams.awaiting_writable(sid)
 
     @property
     def reading_paused(self) -> bool:
@@ -432,4 +450,6 @@ class Session:
         except ValueError:
             ecode = ErrorCode.INTERNAL
         reason = text(f.payload[4:]) or ecode.name.lower()
+        if ecode is ErrorCode.PROTOCOL and self.role == "client" and not self._bound:
+            reason += " (the relay refused our handshake: is it an older trivpn?)"
         self._finish(f"the peer closed the session: {reason}", ecode, by_peer=True)
