@@ -18,7 +18,7 @@ from typing import Any, Unpack
 
 import trio
 
-from trivpn.errors import FatalError, SessionRestart
+from trivpn.errors import ConfigError, FatalError, SessionRestart
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
 from trivpn.session.clientstack import LOW_LATENCY_WARM_FOR, ClientSession, tls_session_factory
@@ -42,6 +42,7 @@ from trivpn.session.reconnect import (
     SessionEnd,
     backoff_delay,
     candidates,
+    restart_cause,
 )
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
@@ -128,9 +129,10 @@ class Client:
                 came_up = await self._session(step.candidate, step.attempt, status)
             except BaseException as exc:
                 primary = primary_error(exc)
-                if isinstance(primary, trio.Cancelled) or not isinstance(primary, SessionRestart):
+                cause = None if isinstance(primary, trio.Cancelled) else restart_cause(primary)
+                if cause is None:
                     raise
-                err = primary
+                err = cause
                 came_up = self._came_up
                 if isinstance(err, AuthTokenExpired):
                     self._auth_token = None
@@ -167,7 +169,10 @@ class Client:
                     up.settings, up.cipher, up.key_derivation, up.peer_subject, up.tls_version,
                     endpoint.describe(), ifname=self.ifname,
                 )
-                info.tun_config = tun_config_from(up.settings, endpoint.address)
+                try:
+                    info.tun_config = tun_config_from(up.settings, endpoint.address)
+                except (FatalError, ConfigError) as exc:  # the server's push, not the profile
+                    raise SessionRestart(f"unusable pushed settings: {exc}") from None
                 if self._tun is not None:
                     self._tun.apply(info.tun_config)
                 if self.on_tunnel_up is not None:

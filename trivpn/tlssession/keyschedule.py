@@ -32,7 +32,9 @@ A server with a verify script (`verify_auth`) holds key 0 after key method 2: it
 and ends the session shortly after. The hand window keeps running meanwhile.
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
-wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
+wait) or the session ends with `Restart`. A client ends with `Restart` too on any TLS
+failure of key 0 (bad certificate, alert, garbage) and an unusable PUSH_REPLY: the path can
+cause them (docs/security.md); only AUTH_FAILED and HALT are `Fatal` for a client. A renegotiation that fails (TLS error, or not
 done within `hand_window`) is dropped and the current key stays in use; the next attempt
 takes the next key id, skipping the ids of the primary and lame-duck keys.
 
@@ -378,9 +380,10 @@ class KeySchedule:
             log.warning("renegotiation of key id %d failed: %s", key_id, exc)
             self._drop_pending()
             self._schedule_reneg(now)
-        elif isinstance(exc, FatalError):
+        elif isinstance(exc, FatalError) and self.is_server:
             self._close(Fatal(str(exc)))
         else:
+            # client: anyone on the path can break the handshake; a restart, never an exit
             self._close(Restart(f"TLS failed: {exc}"))
 
     def _install_renegotiated(self, key_id: int, now: float) -> None:
@@ -464,7 +467,8 @@ class KeySchedule:
         try:
             agreement = client_agreement(options, self.config.policy)
         except FatalError as exc:
-            self._close(Fatal(str(exc)))
+            # OpenVPN's process-push-msg-failed: a soft restart
+            self._close(Restart(str(exc)))
             return
         for warning in agreement.settings.warnings:
             log.warning("%s", warning)
