@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower idle round-trip times by keeping the data path warm for 0.1 s after "
         "traffic (costs CPU while traffic is sporadic; UDP with data threads only)",
     )
+    c.add_argument(
+        "--kill-switch",
+        action="store_true",
+        help="drop all traffic that is not to the VPN server or through the tunnel while "
+        "trivpn runs, reconnecting included (nftables; also `setenv opt trivpn-kill-switch`)",
+    )
     pg = sub.add_parser("ping", help="ping through a userspace tunnel (no root, no TUN)")
     common(pg)
     pg.add_argument("target", metavar="TARGET", help="IPv4 or IPv6 address inside the tunnel")
@@ -184,7 +190,10 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         password=password,
     )
     device = kernel_tun()
-    engine = Engine(config, device, configure_tun=True, handle_signals=True)
+    engine = Engine(
+        config, device, configure_tun=True, handle_signals=True,
+        kill_switch=args.kill_switch or profile.kill_switch,
+    )
     await engine.run()
     log.info("disconnected (%s); %s removed", engine.stop_reason or "stopped", device.name)
     return 0

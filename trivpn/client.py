@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Unpack
 
 import trio
 
 from trivpn.errors import ConfigError, FatalError, SessionRestart
+from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
 from trivpn.session.clientstack import LOW_LATENCY_WARM_FOR, ClientSession, tls_session_factory
@@ -33,6 +34,7 @@ from trivpn.session.config import (
     negotiable_ciphers,
     wrap_key_bytes,
 )
+from trivpn.session.killswitch import Hole, KillSwitch
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import TunnelInfo, describe_tunnel, tun_config_from
 from trivpn.session.reconnect import (
@@ -60,6 +62,24 @@ __all__ = [
 log = logging.getLogger("trivpn")
 
 
+class _Paths:
+    """The run's `PathHooks`: the kill switch's holes and the redirect-gateway bypass route
+    follow the server endpoints actually used."""
+
+    def __init__(self, tun: TunApplier, kill: KillSwitch | None) -> None:
+        self.tun = tun
+        self.kill = kill
+
+    def resolving(self, active: bool) -> None:
+        if self.kill is not None:
+            self.kill.allow_dns(active)
+
+    def reaching(self, endpoints: Sequence[Endpoint]) -> None:
+        if self.kill is not None:
+            self.kill.allow([Hole(ep.address, ep.port, ep.proto) for ep in endpoints])
+        self.tun.reaching([ep.address for ep in endpoints])
+
+
 class Client:
     """One OpenVPN client run: sessions over the profile's remotes, reconnecting between them."""
 
@@ -72,13 +92,16 @@ class Client:
         configure_tun: bool = False,
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        kill_switch: KillSwitch | None = None,
         **overrides: Unpack[SessionOverrides],
     ) -> None:
         """`config` is built once (`SessionConfig.from_profile`); a Profile plus the
         overrides is accepted too and translated here.
 
         `on_tunnel_up` runs once the keys are in place and before the tunnel is reported
-        up: a privileged manager applies the network settings there (see issue 7)."""
+        up: a privileged manager applies the network settings there (see issue 7).
+        `kill_switch` (started by the engine) is told of every server endpoint before the
+        first packet goes there."""
         if isinstance(config, Profile):
             config = SessionConfig.from_profile(config, **overrides)
         elif overrides:
@@ -95,6 +118,8 @@ class Client:
         self._came_up = False
         self._auth_token: str | None = None
         self._tun: TunApplier | None = None
+        self.kill_switch = kill_switch
+        self._paths: _Paths | None = None
 
     def _make_session_factory(
         self, proto: str, connection: ConnectionConfig | None = None
@@ -119,6 +144,7 @@ class Client:
         """
         manager.add_exit_hook(self.exit_notify)
         self._tun = TunApplier(self.ifname if self.configure_tun else None, manager.add_cleanup)
+        self._paths = _Paths(self._tun, self.kill_switch)
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
@@ -157,7 +183,7 @@ class Client:
         self._came_up = False
         window = cand.connection.connect_window
         deadline = trio.current_time() + window
-        transport = await open_within(cand, attempt, deadline, self.config.family)
+        transport = await open_within(cand, attempt, deadline, self.config.family, self._paths)
         session = ClientSession(self.config, cand, transport, self.device, lambda: self._auth_token)
         endpoint = transport.endpoint
         try:
