@@ -25,7 +25,13 @@ from trivpn.session.killswitch import TABLE
 from trivpn.testing.netns import Netns
 from trivpn.testing.ovpn_server import OpenVPNServer, ServerOptions, client_profile
 from trivpn.testing.pki import generate_pki
-from trivpn.testing.process import namespace_state, read_until, rest_of_output, stop_process, wait_until
+from trivpn.testing.process import (
+    namespace_state,
+    read_until,
+    rest_of_output,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.root
 
