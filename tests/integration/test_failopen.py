@@ -309,3 +309,43 @@ def test_a_crashed_runs_table_is_replaced_then_removed(pki, netns, tmp_path: Pat
             stop_process(third)
     finally:
         stop_process(first)
+
+
+def test_the_bypass_route_follows_the_next_remote(pki, netns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """redirect-gateway, then the first remote goes away: the second remote (reachable only
+    through a gateway, so the kernel answers "TUN" for it) gets the bypass route before the
+    first packet, the first remote's route goes, and the tunnel comes back through it."""
+    other = "198.51.100.1"
+    netns.server.run(["ip", "addr", "add", f"{other}/32", "dev", "lo"])
+    netns.client.run(["ip", "route", "add", "default", "via", netns.server_v4])
+    opts = ServerOptions(proto="udp", wrap="tls-crypt", extra=REDIRECT)
+    first = OpenVPNServer(netns.server, pki, opts, tmp_path / "first", listen_v4=netns.server_v4)
+    second = OpenVPNServer(netns.server, pki, opts, tmp_path / "second", listen_v4=other)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, netns.server_v4) + f"remote {other} {opts.port}\nconnect-retry 1 2\nserver-poll-timeout 4\n")
+    before = namespace_state(netns.client)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        first.start()
+        proc = _start_client(netns.client, profile)
+        tun = _tun_of(read_until(proc, "tunnel up", 30))
+        routes = netns.client.run(["ip", "-4", "route"]).stdout
+        assert any(ln.startswith(f"{netns.server_v4} dev veth0") for ln in routes.splitlines()), routes  # pinned
+        assert _route_dev(netns.client, other) == tun  # everything else: into the tunnel
+        first.stop()
+        second.start()
+        lines = read_until(proc, "tunnel up", 45)
+        assert any(f"connecting to {other}" in ln for ln in lines), lines
+        routes = netns.client.run(["ip", "-4", "route"]).stdout
+        assert f"{other} via {netns.server_v4} dev veth0" in routes, routes
+        assert not any(ln.startswith(f"{netns.server_v4} ") for ln in routes.splitlines()), routes  # old pin gone
+        assert _route_dev(netns.client, OUTSIDE_V4) == tun
+        r = netns.client.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", second.tunnel_v4], check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        _sigint(proc)
+        assert namespace_state(netns.client) == before
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        first.stop()
+        second.stop()

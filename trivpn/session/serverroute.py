@@ -10,10 +10,11 @@ address — while the redirect routes stay in place (persist-tun: nothing leaks 
 and then drop the old pin.
 
 The catch is the lookup: once the redirect routes exist, the kernel answers "through the
-TUN" for any new address. So the first lookup (made before the redirect routes are added)
-remembers the underlying path per address family, and a later lookup that answers "TUN"
-uses that remembered path instead; a lookup that answers another interface (a more specific
-route, the server on the local subnet) is taken as it is.
+TUN" for any new address. So the first pin (made before the redirect routes are added) also
+asks the kernel for the path to an address no one routes specially (a documentation
+address), which is the default path, and remembers it per address family; a later lookup
+that answers "TUN" uses that remembered path instead, while a lookup that answers another
+interface (a more specific route, the server on the local subnet) is taken as it is.
 
 `ServerRoutes.pin(addresses)` makes exactly those addresses pinned (adding first, removing
 after); `clear()` removes every pin and is the run's cleanup. Neither raises for a route
@@ -35,6 +36,8 @@ __all__ = ["ServerRoutes"]
 log = logging.getLogger("trivpn")
 
 _GONE = frozenset({errno.ESRCH, errno.ENOENT, errno.ENODEV})
+#: looked up (never contacted) to learn the default path of each family
+_PROBE = {4: "192.0.2.1", 6: "2001:db8::1"}
 
 
 class ServerRoutes:
@@ -61,6 +64,9 @@ class ServerRoutes:
         with nl:
             tun = nl.get_link(self.ifname)
             tun_index = tun.index if tun is not None else None
+            for version, probe in _PROBE.items():
+                if version not in self.underlay:
+                    self._learn(nl, version, probe, tun_index)
             for address in wanted:
                 if address not in self.pinned:
                     self._add(nl, address, tun_index)
@@ -74,6 +80,15 @@ class ServerRoutes:
         except Exception as exc:
             log.warning("could not remove the VPN server route: %s", exc)
 
+    def _learn(self, nl: RtnlSocket, version: int, probe: str, tun_index: int | None) -> None:
+        try:
+            route = nl.get_route(probe)
+        except NetlinkError:
+            return  # no default route for this family (yet)
+        if route is not None and route.type == RTN_UNICAST and route.oif not in (None, tun_index):
+            assert route.oif is not None
+            self.underlay[version] = (route.oif, route.gateway)
+
     def _path(self, nl: RtnlSocket, ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
               tun_index: int | None) -> tuple[int, str | None] | None:
         try:
@@ -84,9 +99,8 @@ class ServerRoutes:
         if current is not None and current.type != RTN_UNICAST:
             return None  # a local address, or unreachable: nothing to pin
         if current is not None and current.oif is not None and current.oif != tun_index:
-            known = self.underlay.get(ip.version)
-            if known is None or (known[1] is None and current.gateway is not None):
-                self.underlay[ip.version] = (current.oif, current.gateway)  # prefer a gateway
+            if ip.version not in self.underlay and current.gateway is not None:
+                self.underlay[ip.version] = (current.oif, current.gateway)  # no probe answer
             return current.oif, current.gateway
         return self.underlay.get(ip.version)  # the kernel says "TUN": use the path it had
 

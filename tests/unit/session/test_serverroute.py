@@ -53,13 +53,18 @@ class FakeNetlink:
 def test_the_pin_moves_to_the_new_server_through_the_remembered_path() -> None:
     nl = FakeNetlink()
     routes = ServerRoutes("tun0", nl)  # type: ignore[arg-type]  # duck-typed netlink
-    nl.answers["192.0.2.1"] = Route(RTN_UNICAST, ETH, "10.0.0.1")  # before the redirect routes
-    routes.pin(["192.0.2.1"])
-    assert nl.routes == [{"dst": "192.0.2.1", "dst_len": 32, "oif": ETH, "gateway": "10.0.0.1"}]
-    # later the kernel answers "TUN" for a new server: the remembered path is used, and the
-    # new pin is in place before the old one goes
+    # before the redirect routes: the server is on the local link, the default path goes
+    # through a gateway (learnt from the probe lookup)
+    nl.answers["203.0.113.9"] = Route(RTN_UNICAST, ETH, None)
+    nl.answers["192.0.2.1"] = Route(RTN_UNICAST, ETH, "10.0.0.1")
+    routes.pin(["203.0.113.9"])
+    assert nl.routes == [{"dst": "203.0.113.9", "dst_len": 32, "oif": ETH}]
+    assert routes.underlay == {4: (ETH, "10.0.0.1")}  # IPv6 had no default path
+    # later the kernel answers "TUN" for everything: a new server gets the default path, and
+    # its pin is in place before the old one goes
+    del nl.answers["192.0.2.1"]
     routes.pin(["198.51.100.7"])
-    assert nl.log == ["add 192.0.2.1", "add 198.51.100.7", "del 192.0.2.1"]
+    assert nl.log == ["add 203.0.113.9", "add 198.51.100.7", "del 203.0.113.9"]
     assert nl.routes == [{"dst": "198.51.100.7", "dst_len": 32, "oif": ETH, "gateway": "10.0.0.1"}]
     routes.pin(["198.51.100.7"])  # unchanged: no netlink traffic
     assert len(nl.log) == 3
@@ -99,7 +104,7 @@ def test_applier_pins_only_with_redirect_gateway_and_keeps_routes_across_servers
     tun = TunApplier("tun0", cleanups.append)
     tun.reaching(["192.0.2.1"])  # nothing applied yet: no redirect, no pin
     assert nl.routes == []
-    nl.answers["192.0.2.1"] = Route(RTN_UNICAST, ETH, "10.0.0.1")
+    nl.answers["192.0.2.1"] = Route(RTN_UNICAST, ETH, "10.0.0.1")  # the server, and the probe
     cfg = TunConfig(ipv4=("10.8.0.2", 24, None), redirect_gateway=True, server_addresses=["192.0.2.1"])
     tun.apply(cfg)
     assert [r["dst"] for r in nl.routes] == ["192.0.2.1"] and applied[-1].server_addresses == []
