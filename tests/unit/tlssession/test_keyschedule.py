@@ -227,6 +227,19 @@ def test_untrusted_server_certificate_is_a_restart_not_an_exit() -> None:
     assert isinstance(end, Restart) and "server certificate verification failed" in end.reason
 
 
+def test_garbage_instead_of_tls_is_a_restart_for_the_client() -> None:
+    """Bytes injected on the path in place of the server's handshake end the session with
+    Restart (a TLS error), never Fatal."""
+    p = Pair()
+    p.start()
+    p.client.ks.items_to_send(p.now)  # the ClientHello leaves
+    p.client.ks.receive_ciphertext(0, b"\x15\x03\x03\x00\x02\x02\x28" + bytes(64), p.now)  # a forged alert
+    p.client.collect()
+    assert not _of(p.client.events, Fatal) and p.client.ks.closed
+    (end,) = _of(p.client.events, Restart)
+    assert isinstance(end, Restart) and end.reason.startswith("TLS failed")
+
+
 def test_unusable_push_reply_is_a_restart_not_an_exit() -> None:
     """OpenVPN's process-push-msg-failed: the client restarts; it does not give up."""
     p = Pair(
