@@ -45,13 +45,17 @@ class _NoHooks:
         pass
 
 
-async def _resolve(host: str, port: int, proto: str, hooks: PathHooks) -> list[Endpoint]:
+def _is_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        pass
-    else:
-        return await resolve(host, port, proto)  # a literal: no DNS query, nothing to open
+        return False
+    return True
+
+
+async def _resolve(host: str, port: int, proto: str, hooks: PathHooks) -> list[Endpoint]:
+    if _is_literal(host):
+        return await resolve(host, port, proto)  # no DNS query: nothing to open for it
     hooks.resolving(True)
     try:
         return await resolve(host, port, proto)
@@ -86,7 +90,8 @@ async def open_candidate(
         # resolve the proxy's name first only to tell the hooks where packets will go
         spec = via[1]
         paths.reaching(await _resolve(spec.host, spec.port, proto, paths))
-        paths.resolving(True)  # the proxy transport resolves the proxy's name again
+        # the proxy transport resolves the proxy's name again
+        paths.resolving(not _is_literal(spec.host))
         try:
             return await open_profile_proxy_transport(
                 cand.profile,

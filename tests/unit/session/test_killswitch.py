@@ -148,3 +148,35 @@ def test_client_hooks_open_holes_for_the_endpoints_in_use() -> None:
     assert ks.holes == (Hole("192.0.2.1", 1194, "udp"), Hole("2001:db8::1", 1194, "udp"))
     paths.reaching([b])
     assert list(ks.holes) == [Hole("2001:db8::1", 1194, "udp")]
+
+
+async def test_open_within_tells_the_hooks_before_the_first_packet() -> None:
+    """DNS opens only around a real name lookup; every endpoint is announced before the
+    socket exists, and the one in use once it is open."""
+    import trio
+    from helpers.profiles import make_profile
+
+    from trivpn.session.config import SessionConfig
+    from trivpn.session.reconnect import candidates
+    from trivpn.session.transport import open_within
+
+    seen: list[object] = []
+
+    class Hooks:
+        def resolving(self, active: bool) -> None:
+            seen.append(("dns", active))
+
+        def reaching(self, endpoints: object) -> None:
+            assert isinstance(endpoints, list)
+            seen.append([ep.address for ep in endpoints])
+
+    import random
+
+    for host, expect_dns in (("127.0.0.1", False), ("localhost", True)):
+        seen.clear()
+        config = SessionConfig.from_profile(make_profile(remote=f"remote {host} 1194 udp4\n"))
+        (cand,) = candidates(config.connections, random.Random(0))
+        transport = await open_within(cand, 0, trio.current_time() + 5, None, Hooks())
+        transport.close()
+        dns = [("dns", True), ("dns", False)] if expect_dns else []
+        assert seen == [*dns, ["127.0.0.1"], ["127.0.0.1"]], host
