@@ -12,6 +12,8 @@ randoms and CBC IVs), so rerunning gives the same bytes.
   `RPCCore.encode`, cut into streams as the fuzzer's mode byte expects.
 * fuzz_reverse_frames: what crossed the wire while `bound_pair` set up a session, then what
   a bound client and a bound relay send each other, for each of the harness's modes.
+* fuzz_reverse_routing: a synthetic ClientHello (whole, in two records, another domain) and
+  HTTP request heads, as the harness's mode byte expects.
 * fuzz_data_packet: wire packets sealed with `KEY2` by `DataChannel` (AEAD) or by
   `CBCDirection` with fixed IVs (CBC), including pings, OCC EXIT and every compression
   framing; and, for sealed mode, the decrypted plaintexts of such packets.
@@ -205,6 +207,7 @@ GENERATORS: dict[str, Callable[[], dict[str, bytes]]] = {
     "fuzz_manager_frames": manager_seeds,
     "fuzz_reverse_frames": reverse_seeds,
     "fuzz_data_packet": data_packet_seeds,
+    "fuzz_reverse_routing": lambda: _harness("fuzz_reverse_routing").corpus(),
 }
 
 

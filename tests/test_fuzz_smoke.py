@@ -47,6 +47,8 @@ MUST_REACH = {
     "fuzz_reverse_frames": ["decoder alone: frames", "fresh relay: frames handled",
                             "fresh relay: authenticated", "bound relay: frames handled",
                             "bound client: frames handled"],
+    "fuzz_reverse_routing": ["sni: hello complete", "sni: a server name", "SniReader: routed",
+                             "HeadReader: routed"],
     "fuzz_data_packet": [
         *(f"wire {f}: {s}" for f in ("aead", "cbc")
           for s in ("an authentic packet", "a packet delivered")),

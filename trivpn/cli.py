@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("connect", help="bring up a tunnel on a TUN device (needs root)")
     common(c)
     c.add_argument(
+        "--no-dns",
+        action="store_true",
+        help="leave the system's DNS alone (by default pushed DNS servers are applied "
+        "through systemd-resolved or /etc/resolv.conf while connected)",
+    )
+    c.add_argument(
         "--no-data-threads",
         action="store_true",
         help="move data packets in trio tasks instead of the two data-plane threads (UDP only)",
@@ -178,6 +184,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     from trivpn.session.config import SessionConfig
 
     profile = _load(args.profile)
+    profile.no_dns = profile.no_dns or args.no_dns
     username, password = _credentials(profile, args)
     config = SessionConfig.from_profile(
         profile,

@@ -18,7 +18,7 @@ from typing import Any, Unpack
 
 import trio
 
-from trivpn.errors import ConfigError, FatalError, SessionRestart
+from trivpn.errors import FatalError, SessionRestart
 from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
@@ -36,7 +36,7 @@ from trivpn.session.config import (
 )
 from trivpn.session.killswitch import Hole, KillSwitch
 from trivpn.session.netapply import TunApplier
-from trivpn.session.netsettings import TunnelInfo, describe_tunnel, tun_config_from
+from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
 from trivpn.session.reconnect import (
     Candidate,
     GiveUp,
@@ -143,7 +143,9 @@ class Client:
         to the next attempt, anything else ends the run.
         """
         manager.add_exit_hook(self.exit_notify)
-        self._tun = TunApplier(self.ifname if self.configure_tun else None, manager.add_cleanup)
+        self._tun = TunApplier(
+            self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
+        )
         self._paths = _Paths(self._tun, self.kill_switch)
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
@@ -196,11 +198,12 @@ class Client:
                     endpoint.describe(), ifname=self.ifname,
                 )
                 try:
-                    info.tun_config = tun_config_from(up.settings, endpoint.address)
-                except (FatalError, ConfigError) as exc:  # the server's push, not the profile
+                    plan = net_plan(up.settings, endpoint.address, self.profile)
+                except FatalError as exc:  # what the server pushed cannot be applied
                     raise SessionRestart(f"unusable pushed settings: {exc}") from None
+                info.tun_config = plan.tun
                 if self._tun is not None:
-                    self._tun.apply(info.tun_config)
+                    self._tun.apply(plan)
                 if self.on_tunnel_up is not None:
                     await self.on_tunnel_up(info)
                 self.info = info

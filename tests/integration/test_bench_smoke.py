@@ -44,3 +44,23 @@ def test_bench_vpn_quick_one_cell(tmp_path: Path) -> None:
     assert "| udp/AES-256-GCM |" in (tmp_path / "bench-vpn.md").read_text()
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert after == before
+
+
+def test_bench_server_quick(tmp_path: Path) -> None:
+    """`bench server --quick`: both servers, one iperf3 client, 20 idle clients, every figure taken."""
+    r = subprocess.run(
+        [sys.executable, "-m", "trivpn.bench", "server", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=BENCH_TIMEOUT,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads((tmp_path / "bench-server.json").read_text())
+    assert doc["machine"]["commit"]
+    for kind in ("trivpn", "openvpn"):
+        res = doc["results"][kind]
+        assert res["ok"], res
+        idle = res["idle"]
+        assert idle["ok"] and idle["clients"] == 20 and idle["failures"] == [], idle
+        assert idle["clients_per_s"] > 0 and idle["rss_after_kb"] > 0, idle
+        (cell,) = res["throughput"]
+        assert cell["clients"] == 1 and cell["up_mbps"] > 0 and cell["down_mbps"] > 0, cell
+    assert "| 20 idle clients: set-up rate, clients/s |" in (tmp_path / "bench-server.md").read_text()

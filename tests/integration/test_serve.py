@@ -13,125 +13,37 @@ also checks the status file (`status FILE 1`, version 2) and SIGUSR2's report in
 from __future__ import annotations
 
 import os
-import re
 import signal
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers.servens import (
+    GOODBYE_MARKS,
+    SERVER_TUNNEL,
+    TCP_TLSAUTH,
+    UDP_TLSCRYPT,
+    UP_TIMEOUT,
+    openvpn_client,
+    ping,
+    server_conf,
+    status_row,
+    stop_server,
+    trivpn_serve,
+    tunnel_address,
+)
 
-from trivpn.testing.netns import Netns, NetnsPair, second_client
-from trivpn.testing.ovpn_server import ServerOptions, client_profile
+from trivpn.testing.netns import NetnsPair, second_client
+from trivpn.testing.ovpn_server import ServerOptions
 from trivpn.testing.pki import PKI, common_name
 from trivpn.testing.process import (
     namespace_state,
     read_until,
-    rest_of_output,
-    stop_process,
     wait_for_text,
     wait_until,
 )
 
 pytestmark = pytest.mark.root
-
-PORT = 1194
-SERVER_TUNNEL = "10.8.0.1"
-UP_TIMEOUT = 30.0
-READY = "Initialization Sequence Completed"
-#: What openvpn 2.6 logs when the server said RESTART (cc-exit) or sent OCC exit.
-GOODBYE_MARKS = ("server-pushed-connection-reset", "exit-with-notification")
-_ADDR = re.compile(r"net_addr_v4_add: (10\.8\.0\.\d+)/24")
-
-
-UDP_TLSCRYPT = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
-TCP_TLSAUTH = ServerOptions(proto="tcp", wrap="tls-auth", data_ciphers="CHACHA20-POLY1305", port=PORT)
-
-
-def server_conf(pki: PKI, workdir: Path, extra: list[str], opts: ServerOptions = UDP_TLSCRYPT) -> Path:
-    files = {"ca.crt": pki.ca_cert, "server.crt": pki.server_cert, "server.key": pki.server_key,
-             "ta.key": pki.static_key}
-    for name, text in files.items():
-        (workdir / name).write_text(text)
-        (workdir / name).chmod(0o600)
-    conf = workdir / "server.conf"
-    lines = [
-        f"port {opts.port}", "proto " + ("tcp-server" if opts.is_tcp else "udp"), "dev tun",
-        "topology subnet", "server 10.8.0.0 255.255.255.0", "keepalive 10 60", "ca ca.crt",
-        "cert server.crt", "key server.key", "dh none",
-        "tls-crypt ta.key" if opts.wrap == "tls-crypt" else "tls-auth ta.key 0",
-        f"data-ciphers {opts.data_ciphers}", "persist-key", "persist-tun", "verb 3",
-        *extra,
-    ]
-    conf.write_text("\n".join(lines) + "\n")
-    return conf
-
-
-@contextmanager
-def trivpn_serve(ns: Netns, conf: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m trivpn serve conf` in `ns`, started and initialised (bounded wait)."""
-    proc = ns.popen(
-        [sys.executable, "-m", "trivpn", "serve", str(conf)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=conf.parent,
-    )
-    try:
-        read_until(proc, READY, UP_TIMEOUT)
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-@contextmanager
-def openvpn_client(
-    ns: Netns, pki: PKI, remote: str, workdir: Path, name: str, opts: ServerOptions = UDP_TLSCRYPT
-) -> Iterator[Path]:
-    """Debian's openvpn as a client in `ns`; yields its log once the tunnel is up."""
-    profile = workdir / f"{name}.ovpn"
-    profile.write_text(client_profile(pki, opts, remote))
-    log = workdir / f"{name}.log"
-    log.write_text("")
-    proc = ns.popen(
-        ["openvpn", "--config", str(profile), "--log", str(log), "--verb", "4"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_text(log, READY, UP_TIMEOUT)
-        yield log
-    finally:
-        stop_process(proc)
-
-
-def tunnel_address(log: Path) -> str:
-    found = _ADDR.search(log.read_text(errors="replace"))
-    assert found, log.read_text(errors="replace")[-3000:]
-    return found.group(1)
-
-
-def ping(ns: Netns, target: str) -> None:
-    r = ns.run(["ping", "-c", "3", "-i", "0.2", "-W", "3", target], check=False, timeout=20)
-    assert r.returncode == 0, f"ping {target} from {ns.name}: {r.stdout}{r.stderr}"
-
-
-def status_row(path: Path) -> list[str] | None:
-    """The one CLIENT_LIST row of a version-2 status file once both byte counts are > 0."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    rows = [line.split(",") for line in text.splitlines() if line.startswith("CLIENT_LIST,")]
-    return rows[0] if len(rows) == 1 and int(rows[0][5]) > 0 and int(rows[0][6]) > 0 else None
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> str:
-    """SIGINT; the server must exit 0 (bounded). Returns the rest of its output."""
-    proc.send_signal(signal.SIGINT)
-    rc = proc.wait(timeout=10)
-    out = rest_of_output(proc)
-    assert rc == 0, out
-    return out
 
 
 @pytest.mark.parametrize("opts", [UDP_TLSCRYPT, TCP_TLSAUTH], ids=["udp-tlscrypt-aes256gcm", "tcp-tlsauth-chacha20"])

@@ -28,7 +28,6 @@ import trio
 import trio.testing
 
 from trivpn.errors import ConfigError
-from trivpn.tun import linux as tun_linux
 from trivpn.tun.base import TunDevice
 from trivpn.tun.ip import build_echo_request, parse_echo_reply
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
@@ -169,7 +168,7 @@ def test_open_tun_permission_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def deny(*_args: Any) -> int:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(tun_linux.os, "open", deny)
+    monkeypatch.setattr("trivpn.tun.linux.os.open", deny)
     with pytest.raises(TunPermissionError, match="needs root .*trivpn ping"):
         open_tun()
 
@@ -177,12 +176,12 @@ def test_open_tun_permission_error(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_open_tun_ioctl_eperm_is_permission_error(monkeypatch: pytest.MonkeyPatch) -> None:
     r, w = os.pipe()
     os.close(w)
-    monkeypatch.setattr(tun_linux.os, "open", lambda *_a: r)
+    monkeypatch.setattr("trivpn.tun.linux.os.open", lambda *_a: r)
 
     def eperm(*_args: Any) -> bytes:
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(tun_linux.fcntl, "ioctl", eperm)
+    monkeypatch.setattr("trivpn.tun.linux.fcntl.ioctl", eperm)
     with pytest.raises(TunPermissionError):
         open_tun("tvpn%d")
     with pytest.raises(OSError):  # open_tun closed the fd on failure
@@ -266,7 +265,8 @@ def _run_inside(ns: str, scenario: str) -> dict[str, Any]:
         cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, f"in-namespace script failed:\n{proc.stderr}"
-    return json.loads(proc.stdout)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def _addrs(snapshot: list[dict[str, Any]], ifname: str) -> set[str]:
@@ -323,7 +323,7 @@ def test_tun_configure_io_and_cleanup(netns: str) -> None:
         "fd00:99::/64 dev " + tun,
         "::/1 dev " + tun,
         "8000::/1 dev " + tun,
-        "2001:db8:5::7 via 2001:db8:1::1 dev up0",
+        "2001:db8:5::7 via 2001:db8:1::1 dev up0 metric 1",  # OpenVPN's metric (issue 13)
         "default via 2001:db8:1::1 dev up0",
     } <= v6
 

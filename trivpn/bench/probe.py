@@ -262,7 +262,6 @@ def measure(spec: Spec) -> Result:
         res.rx_mbps, b2 = iperf(spec.target, spec.seconds, spec.omit, reverse=True)
         res.cpu_s = _cpu_seconds(proc.pid) - cpu0
         res.moved_bytes = b1 + b2
-        # RTT under load: ping while a forward iperf3 run fills the tunnel.
         # RTT under load: ping while a forward iperf3 run fills the tunnel. A sample taken
         # while the load did not run (iperf3 server still busy) is thrown away and retaken.
         for _attempt in range(IPERF_ATTEMPTS):
@@ -272,6 +271,9 @@ def measure(spec: Spec) -> Result:
                 res.rtt_load_ms, res.load_mbps = rtts, load_mbps
                 break
         res.peak_rss_mb = _peak_rss_mb(proc.pid)
+        missing = missing_measurements(res)
+        if missing:
+            raise RuntimeError(f"measurement(s) missing: {', '.join(missing)}")
         res.ok = True
     except (RuntimeError, OSError, subprocess.SubprocessError, KeyError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"
@@ -288,6 +290,19 @@ def measure(spec: Spec) -> Result:
         if not res.ok:
             res.tail = out.tail()
     return res
+
+
+def missing_measurements(res: Result) -> list[str]:
+    """The figures a run promises but did not get; a run missing any is not `ok`."""
+    missing = [name for name in ("start_to_ping_s", "tx_mbps", "rx_mbps", "idle_cpu_pct", "peak_rss_mb")
+               if getattr(res, name) is None]
+    if not res.rtt_idle_ms:
+        missing.append("rtt_idle_ms")
+    if not res.rtt_load_ms:
+        missing.append("rtt_load_ms (no sample while the load ran)")
+    if not res.moved_bytes:
+        missing.append("moved_bytes")
+    return missing
 
 
 def main() -> int:

@@ -33,7 +33,11 @@ from typing import Any
 #: Variants for A/B runs: "trivpn-trio" is trivpn with `--no-data-threads` (data packets in
 #: trio tasks), "trivpn-lowlat" is trivpn with `--low-latency`.
 CLIENT_FLAGS = {"trivpn": [], "trivpn-trio": ["--no-data-threads"], "trivpn-lowlat": ["--low-latency"]}
-CLIENTS = ("trivpn", "openvpn", "trivpn-trio", "trivpn-lowlat")
+CLIENTS = ("trivpn", "openvpn", "openvpn-default", "trivpn-trio", "trivpn-lowlat")
+#: trivpn sets TCP_NODELAY on a TCP transport; for a like-for-like TCP cell OpenVPN's client
+#: ("openvpn") gets the same socket flag. "openvpn-default" is OpenVPN as shipped (Nagle on),
+#: reported beside it; on UDP the two are the same program and only "openvpn" runs.
+OPENVPN_TCP_FLAGS = ["--socket-flags", "TCP_NODELAY"]
 TRANSPORTS = ("udp", "tcp")
 CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 #: Extra seconds a probe may take beyond its planned workload before it is killed.
@@ -181,7 +185,24 @@ def describe_machine() -> dict[str, Any]:
         "openvpn": _first_line(["openvpn", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": source_commit(),
     }
+
+
+def source_commit() -> str:
+    """The git commit of the trivpn being measured (with "+dirty" for local changes), so a
+    published table names what it measured; "unknown" outside a checkout."""
+    here = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,6 +229,8 @@ def _client_spec(client: str, cell: Cell, profile: Path, target: str, plan: Plan
         env = _bytecode_env(plan)
     else:
         argv = ["openvpn", "--config", str(profile)]
+        if client == "openvpn" and cell.transport == "tcp":
+            argv += OPENVPN_TCP_FLAGS
         up = "Initialization Sequence Completed"
         conn = "link remote" if cell.transport == "udp" else "Attempting to establish TCP"
         stop = signal.SIGTERM
@@ -248,6 +271,11 @@ def _probe(ns: Any, spec: dict[str, Any], plan: Plan) -> dict[str, Any]:
     return result
 
 
+def cell_clients(cell: Cell, clients: tuple[str, ...]) -> tuple[str, ...]:
+    """The clients that run in `cell` ("openvpn-default" only where it differs: TCP)."""
+    return tuple(c for c in clients if not (c == "openvpn-default" and cell.transport != "tcp"))
+
+
 def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, Any]]:
     from trivpn.testing import OpenVPNServer, ServerOptions, client_profile, netns_pair
 
@@ -266,8 +294,9 @@ def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, 
             _wait_listening(pair.server, 5201)
             profile = workdir / cell.slug / "client.ovpn"
             profile.write_text(client_profile(pki, opts, server.remote_host))
+            clients = cell_clients(cell, plan.clients)
             for rnd in range(plan.rounds):
-                order = plan.clients if rnd % 2 == 0 else tuple(reversed(plan.clients))
+                order = clients if rnd % 2 == 0 else tuple(reversed(clients))
                 for client in order:
                     spec = _client_spec(client, cell, profile, server.tunnel_v4, plan)
                     res = _probe(pair.client, spec, plan)
@@ -347,7 +376,7 @@ def format_table(results: dict[str, Any], clients: tuple[str, ...]) -> str:
     for cell_name, cell in results.items():
         for m, (label, unit, _higher) in METRICS.items():
             row = [cell_name, f"{label} ({unit})"]
-            row += [_fmt(cell["medians"][c][m], unit) for c in clients]
+            row += [_fmt(cell["medians"].get(c, {}).get(m), unit) for c in clients]
             if with_ratio:
                 r = cell["ratios"].get(m)
                 row.append("—" if r is None else f"{r:.2f}×")
@@ -370,7 +399,7 @@ def draw_chart(results: dict[str, Any], clients: tuple[str, ...], path: Path) ->
     ax = axes[0]
     for i, client in enumerate(clients):
         for j, (metric, tag) in enumerate((("tx_mbps", "up"), ("rx_mbps", "down"))):
-            vals = [results[c]["medians"][client][metric] or 0 for c in cells]
+            vals = [results[c]["medians"].get(client, {}).get(metric) or 0 for c in cells]
             xs = [k + (2 * i + j) * width - 0.4 + width / 2 for k in range(len(cells))]
             ax.bar(xs, vals, width, label=f"{client} {tag}", alpha=1.0 if j == 0 else 0.6)
     ax.set_xticks(range(len(cells)), cells, rotation=15, fontsize=8)
@@ -383,7 +412,7 @@ def draw_chart(results: dict[str, Any], clients: tuple[str, ...], path: Path) ->
     ):
         for i, client in enumerate(clients):
             for j, metric in enumerate(metrics):
-                vals = [results[c]["medians"][client][metric] or 0 for c in cells]
+                vals = [results[c]["medians"].get(client, {}).get(metric) or 0 for c in cells]
                 xs = [k + (2 * i + j) * width - 0.4 + width / 2 for k in range(len(cells))]
                 ax.bar(xs, vals, width, label=f"{client} {METRICS[metric][0]}",
                        alpha=1.0 if j == 0 else 0.6)
@@ -423,9 +452,10 @@ def parse_args(argv: list[str] | None) -> Plan:
         help="comma-separated cells, e.g. udp-aes-256-gcm,tcp-chacha20-poly1305 (default all)",
     )
     p.add_argument(
-        "--clients", default="trivpn,openvpn",
-        help="comma-separated, in order: trivpn, openvpn, trivpn-trio (trivpn --no-data-threads), "
-        "trivpn-lowlat (trivpn --low-latency)",
+        "--clients", default="trivpn,openvpn,openvpn-default",
+        help="comma-separated, in order: trivpn, openvpn (on TCP with TCP_NODELAY like trivpn), "
+        "openvpn-default (OpenVPN as shipped; TCP cells only), trivpn-trio (trivpn "
+        "--no-data-threads), trivpn-lowlat (trivpn --low-latency)",
     )
     a = p.parse_args(argv)
     cells = [Cell(t, c) for t in TRANSPORTS for c in CIPHERS]
@@ -478,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         for cell in plan.cells:
             runs = run_cell(cell, plan, pki, Path(tmp))
             all_runs.extend(runs)
-            results[cell.name] = summarize(runs, plan.clients)
+            results[cell.name] = summarize(runs, cell_clients(cell, plan.clients))
     elapsed = time.monotonic() - started
     table = format_table(results, plan.clients)
     print()

@@ -18,6 +18,8 @@ __all__ = [
     "Profile",
     "ProxySpec",
     "Remote",
+    "Route",
+    "Route6",
 ]
 
 #: OpenVPN 2.6's default ``--data-ciphers``.
@@ -37,6 +39,30 @@ class Remote:
     host: str
     port: int
     proto: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An IPv4 route (``route`` in the profile or pushed).
+
+    ``network`` and ``gateway`` are dotted quads or one of the keywords
+    ``vpn_gateway``/``net_gateway``/``remote_host`` (resolved when the routes are
+    applied); ``gateway`` None means "use route-gateway".
+    """
+
+    network: str
+    netmask: str
+    gateway: str | None
+    metric: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route6:
+    """An IPv6 route; ``network`` is normalized, e.g. ``"fd00::/64"``."""
+
+    network: str
+    gateway: str | None
+    metric: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +148,23 @@ class Profile:
     http_proxy: ProxySpec | None = None
     socks_proxy: ProxySpec | None = None
     http_proxy_options: HTTPProxyOptions = field(default_factory=HTTPProxyOptions)
+    # routing and DNS (see trivpn.session.netsettings for how they meet the pushed ones)
+    routes: list[Route] = field(default_factory=list)
+    routes_ipv6: list[Route6] = field(default_factory=list)
+    route_gateway: str | None = None
+    route_metric: int | None = None
+    redirect_gateway: frozenset[str] | None = None
+    block_ipv6: bool = False
+    route_nopull: bool = False
+    #: `pull-filter` rules in order: (accept|ignore|reject, option text prefix)
+    pull_filters: list[tuple[str, str]] = field(default_factory=list)
+    ifconfig: tuple[str, str] | None = None  # (local, remote or netmask)
+    ifconfig_ipv6: tuple[str, str | None] | None = None  # ("addr/bits", remote)
+    topology: str | None = None
+    dns_servers: list[str] = field(default_factory=list)  # dhcp-option DNS/DNS6, dns server
+    dns_domains: list[str] = field(default_factory=list)  # dhcp-option DOMAIN..., dns search-domains
+    #: leave the system's DNS alone (`trivpn connect --no-dns`)
+    no_dns: bool = False
     #: every <connection> block's options as written (one list, shared with the alternatives)
     connections: list[dict[str, list[str]]] = field(default_factory=list)
     #: profiles for the 2nd, 3rd... <connection> blocks, tried in order after this one

@@ -24,10 +24,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.profile import netopts
+from trivpn.profile.checks import Invalid
+from trivpn.profile.model import Route, Route6
+from trivpn.profile.netopts import PullPolicy, PushRejected
 from trivpn.profile.options import tokenize_line
 from trivpn.profile.pushreply import (
     MAX_PUSH_MESSAGES,
@@ -41,6 +46,8 @@ __all__ = [
     "MAX_PEER_ID",
     "MAX_PUSH_MESSAGES",
     "MAX_PUSH_OPTIONS",
+    "PullPolicy",
+    "PushRejected",
     "PushReplyAssembler",
     "PushedSettings",
     "Route",
@@ -48,20 +55,13 @@ __all__ = [
     "parse_push_options",
 ]
 
+_T = TypeVar("_T")
+
 #: Upper bound for pushed timer values (seconds).
 MAX_SECONDS = 10 * 365 * 24 * 3600
-#: Largest route metric accepted.
-MAX_METRIC = 0x7FFFFFFF
 TUN_MTU_MIN = 100
 TUN_MTU_MAX = 65535
-#: Longest DNS name.
-MAX_DOMAIN_LEN = 253
 
-ROUTE_KEYWORDS = frozenset({"vpn_gateway", "net_gateway", "remote_host"})
-TOPOLOGIES = frozenset({"net30", "p2p", "subnet"})
-REDIRECT_FLAGS = frozenset(
-    {"local", "autolocal", "def1", "bypass-dhcp", "bypass-dns", "block-local", "ipv6", "!ipv4"}
-)
 PROTOCOL_FLAGS = frozenset({"cc-exit", "tls-ekm", "dyn-tls-crypt", "aead-epoch"})
 
 #: Pushed options that change nothing for our client and are accepted quietly.
@@ -77,33 +77,8 @@ _SILENT_PUSH = frozenset(
     }
 )
 
-_DOMAIN_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
 _CIPHER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A pushed IPv4 route.
-
-    ``network`` and ``gateway`` are dotted quads or one of the keywords
-    ``vpn_gateway``/``net_gateway``/``remote_host`` (resolved later by the routing
-    layer); ``gateway`` None means "use route-gateway".
-    """
-
-    network: str
-    netmask: str
-    gateway: str | None
-    metric: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Route6:
-    """A pushed IPv6 route; ``network`` is normalized, e.g. ``"fd00::/64"``."""
-
-    network: str
-    gateway: str | None
-    metric: int | None
 
 
 @dataclass(slots=True)
@@ -113,6 +88,7 @@ class PushedSettings:
     ifconfig_local: str | None = None
     ifconfig_remote_or_mask: str | None = None
     topology: str = "net30"
+    topology_pushed: bool = False
     ifconfig_ipv6_local: str | None = None
     ifconfig_ipv6_remote: str | None = None
     routes: list[Route] = field(default_factory=list)
@@ -120,6 +96,8 @@ class PushedSettings:
     route_gateway: str | None = None
     redirect_gateway: frozenset[str] | None = None
     redirect_gateway_ipv6: bool = False
+    route_metric: int | None = None
+    block_ipv6: bool = False
     dns_servers: list[str] = field(default_factory=list)
     dns_domains: list[str] = field(default_factory=list)
     ping: int | None = None
@@ -132,6 +110,8 @@ class PushedSettings:
     auth_token: str | None = None
     compression: str | None = None
     options: list[str] = field(default_factory=list)
+    #: options the user's pull-filter / route-nopull kept from taking effect
+    filtered: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -161,12 +141,24 @@ class PushedSettings:
 
 
 
-def parse_push_options(options: Sequence[str]) -> PushedSettings:
-    """Parse pushed options (one option string per item) into :class:`PushedSettings`."""
+def parse_push_options(options: Sequence[str], pull: PullPolicy | None = None) -> PushedSettings:
+    """Parse pushed options (one option string per item) into :class:`PushedSettings`.
+
+    ``pull`` (the profile's pull-filter and route-nopull) drops options first; a
+    ``pull-filter reject`` match raises :class:`PushRejected`.
+    """
     parser = _PushParser()
+    filtered: list[str] = []
+    if pull is not None:
+        for item in options:
+            if not isinstance(item, str):
+                raise RemoteProtocolError("pushed option is not text")
+        options, filtered = pull.apply(options)
     for item in options:
         parser.feed(item)
-    return parser.finish()
+    settings = parser.finish()
+    settings.filtered = filtered
+    return settings
 
 
 # ---- value checkers (all raise RemoteProtocolError) ----------------------------------
@@ -176,27 +168,16 @@ def _fail(name: str, msg: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"pushed option '{name}': {msg}")
 
 
-def _ipv4(name: str, value: str) -> str:
+def _checked(name: str, check: Callable[[list[str]], _T], args: list[str]) -> _T:
+    """Run a shared netopts check; its Invalid becomes a RemoteProtocolError."""
     try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise _fail(name, f"{value!r} is not an IPv4 address") from None
-
-
-def _ipv6(name: str, value: str) -> str:
-    try:
-        return str(ipaddress.IPv6Address(value))
-    except ValueError:
-        raise _fail(name, f"{value!r} is not an IPv6 address") from None
+        return check(args)
+    except Invalid as exc:
+        raise _fail(name, str(exc)) from None
 
 
 def _netmask(name: str, value: str) -> str:
-    mask = _ipv4(name, value)
-    try:
-        ipaddress.IPv4Network(f"0.0.0.0/{mask}")
-    except ValueError:
-        raise _fail(name, f"{value!r} is not a valid netmask") from None
-    return mask
+    return _checked(name, lambda a: netopts.netmask(a[0]), [value])
 
 
 def _integer(name: str, value: str, lo: int, hi: int) -> int:
@@ -209,9 +190,7 @@ def _integer(name: str, value: str, lo: int, hi: int) -> int:
 
 
 def _domain(name: str, value: str) -> str:
-    if len(value) > MAX_DOMAIN_LEN or not _DOMAIN_RE.match(value):
-        raise _fail(name, f"{value!r} is not a valid domain name")
-    return value
+    return _checked(name, lambda a: netopts.domain(a[0]), [value])
 
 
 def _nargs(name: str, args: list[str], lo: int, hi: int) -> None:
@@ -275,83 +254,56 @@ class _PushParser:
     # ---- handlers: _opt_<name with - as _>(name, args) -----------------------------
 
     def _opt_ifconfig(self, name: str, args: list[str]) -> None:
-        _nargs(name, args, 2, 2)
-        self.s.ifconfig_local = _ipv4(name, args[0])
-        self.s.ifconfig_remote_or_mask = _ipv4(name, args[1])
+        local, other = _checked(name, netopts.ifconfig, args)
+        self.s.ifconfig_local, self.s.ifconfig_remote_or_mask = local, other
 
     def _opt_ifconfig_ipv6(self, name: str, args: list[str]) -> None:
-        _nargs(name, args, 1, 2)
-        addr, _, bits = args[0].partition("/")
-        prefix = _integer(name, bits, 0, 128) if bits else 64
-        self.s.ifconfig_ipv6_local = f"{_ipv6(name, addr)}/{prefix}"
-        self.s.ifconfig_ipv6_remote = _ipv6(name, args[1]) if len(args) == 2 else None
+        local, remote = _checked(name, netopts.ifconfig_ipv6, args)
+        self.s.ifconfig_ipv6_local, self.s.ifconfig_ipv6_remote = local, remote
 
     def _opt_topology(self, name: str, args: list[str]) -> None:
-        _nargs(name, args, 1, 1)
-        if args[0] not in TOPOLOGIES:
-            raise _fail(name, f"unknown topology {args[0]!r}")
-        self.s.topology = args[0]
+        self.s.topology = _checked(name, netopts.topology, args)
+        self.s.topology_pushed = True
 
     def _opt_route(self, name: str, args: list[str]) -> None:
-        _nargs(name, args, 1, 4)
-        net = args[0] if args[0] in ROUTE_KEYWORDS else _ipv4(name, args[0])
-        mask = "255.255.255.255"
-        if len(args) > 1 and args[1] != "default":
-            mask = _netmask(name, args[1])
-        gateway: str | None = None
-        if len(args) > 2 and args[2] != "default":
-            gateway = args[2] if args[2] in ROUTE_KEYWORDS else _ipv4(name, args[2])
-        metric: int | None = None
-        if len(args) > 3 and args[3] != "default":
-            metric = _integer(name, args[3], 0, MAX_METRIC)
-        self.s.routes.append(Route(net, mask, gateway, metric))
+        self.s.routes.append(_checked(name, netopts.route, args))
 
     def _opt_route_ipv6(self, name: str, args: list[str]) -> None:
-        _nargs(name, args, 1, 3)
-        try:
-            net = ipaddress.IPv6Network(args[0], strict=False)
-        except ValueError:
-            raise _fail(name, f"{args[0]!r} is not an IPv6 network") from None
-        gateway: str | None = None
-        if len(args) > 1 and args[1] != "default":
-            gateway = args[1] if args[1] in ROUTE_KEYWORDS else _ipv6(name, args[1])
-        metric: int | None = None
-        if len(args) > 2 and args[2] != "default":
-            metric = _integer(name, args[2], 0, MAX_METRIC)
-        self.s.routes_ipv6.append(Route6(str(net), gateway, metric))
+        self.s.routes_ipv6.append(_checked(name, netopts.route_ipv6, args))
 
     def _opt_route_gateway(self, name: str, args: list[str]) -> None:
         _nargs(name, args, 1, 1)
-        self.s.route_gateway = "dhcp" if args[0] == "dhcp" else _ipv4(name, args[0])
+        self.s.route_gateway = "dhcp" if args[0] == "dhcp" else _checked(
+            name, lambda a: netopts.ipv4(a[0]), args
+        )
+
+    def _opt_route_metric(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 1, 1)
+        self.s.route_metric = _checked(name, lambda a: netopts.metric(a[0]), args)
+
+    def _opt_block_ipv6(self, name: str, args: list[str]) -> None:
+        _nargs(name, args, 0, 0)
+        self.s.block_ipv6 = True
 
     def _opt_redirect_gateway(self, name: str, args: list[str]) -> None:
-        flags = set(args)
-        unknown = flags - REDIRECT_FLAGS
-        for flag in sorted(unknown):
+        flags, unknown = netopts.redirect_flags(args)
+        for flag in unknown:
             self.warn(
                 f"pushed option 'redirect-gateway' flag '{flag[:40]}' is not supported and was ignored"
             )
-        self.s.redirect_gateway = frozenset(flags & REDIRECT_FLAGS)
+        self.s.redirect_gateway = flags
 
     def _opt_dhcp_option(self, name: str, args: list[str]) -> None:
-        _nargs(name, args, 1, 2)
-        kind = args[0].upper()
-        if kind in ("DNS", "DNS6") and len(args) == 2:
-            value = args[1]
-            if ":" in value:
-                self.dhcp_dns.append(_ipv6(name, value))
-            elif kind == "DNS":
-                self.dhcp_dns.append(_ipv4(name, value))
-            else:
-                raise _fail(name, f"{value!r} is not an IPv6 address")
-        elif kind in ("DOMAIN", "DOMAIN-SEARCH", "ADAPTER_DOMAIN_SUFFIX") and len(args) == 2:
-            domain = _domain(name, args[1])
-            if domain not in self.dhcp_domains:
-                self.dhcp_domains.append(domain)
-        else:
+        value = _checked(name, netopts.dhcp_option, args)
+        if value is None:
             self.warn(
                 f"pushed option 'dhcp-option {args[0][:40]}' is not supported and was ignored"
             )
+            return
+        kind, text = value
+        target = self.dhcp_dns if kind == "dns" else self.dhcp_domains
+        if kind == "dns" or text not in target:
+            target.append(text)
 
     def _opt_dns(self, name: str, args: list[str]) -> None:
         if len(args) >= 2 and args[0] == "search-domains":
@@ -374,23 +326,11 @@ class _PushParser:
 
     def _dns_address(self, name: str, value: str) -> str:
         """An address of ``dns server N address``, which may carry a port."""
-        host, port = value, None
-        if value.startswith("["):
-            host, sep, rest = value[1:].partition("]")
-            if not sep or (rest and not rest.startswith(":")):
-                raise _fail(name, f"bad address {value!r}")
-            port = rest[1:] or None
-            addr = _ipv6(name, host)
-        elif value.count(":") == 1:
-            host, port = value.split(":")
-            addr = _ipv4(name, host)
-        elif ":" in value:
-            addr = _ipv6(name, value)
-        else:
-            addr = _ipv4(name, value)
-        if port is not None and _integer(name, port, 1, 65535) != 53:
-            self.warn(f"pushed DNS server {value[:60]} uses port {port}; port 53 will be used")
-        return addr
+
+        def warn(text: str) -> None:
+            self.warn(f"pushed {text}")
+
+        return _checked(name, lambda a: netopts.dns_address(a[0], warn), [value])
 
     def _timer(self, name: str, args: list[str]) -> int:
         _nargs(name, args, 1, 1)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from trivpn.profile import netopts
 from trivpn.profile.checks import (
     Invalid,
     integer,
@@ -107,6 +108,65 @@ def _ignore_unknown_option(
     if not args:
         raise Invalid("needs at least one option name")
     ctx.ignore_unknown.update(a.removeprefix("--") for a in args)
+
+
+# ---- routing and DNS ---------------------------------------------------------------------
+
+
+def _route(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    ctx.scope.append("routes", netopts.route(args))
+
+
+def _route_ipv6(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    ctx.scope.append("routes_ipv6", netopts.route_ipv6(args))
+
+
+def _redirect_gateway(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    flags, unknown = netopts.redirect_flags(args)
+    for flag in unknown:
+        ctx.scope.warn(
+            line, f"option '{name}' (line {line}) flag '{flag[:40]}' is not supported and was ignored"
+        )
+    ctx.scope.set("redirect_gateway", flags)
+
+
+def _dhcp_option(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    value = netopts.dhcp_option(args)
+    if value is None:
+        ctx.scope.warn(
+            line, f"option '{name} {args[0][:40]}' (line {line}) is not supported and was ignored"
+        )
+        return
+    kind, text = value
+    target = "dns_servers" if kind == "dns" else "dns_domains"
+    if text not in ctx.scope.get(target):
+        ctx.scope.append(target, text)
+
+
+def _dns(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    if len(args) >= 2 and args[0] == "search-domains":
+        for d in args[1:]:
+            if netopts.domain(d) not in ctx.scope.get("dns_domains"):
+                ctx.scope.append("dns_domains", d)
+        return
+    if len(args) >= 4 and args[0] == "server" and args[2] == "address":
+        integer(args[1].removeprefix("-"), 0, 127)
+
+        def warn(text: str) -> None:
+            ctx.scope.warn(line, f"option '{name}' (line {line}): {text}")
+
+        for a in args[3:]:
+            addr = netopts.dns_address(a, warn)
+            if addr not in ctx.scope.get("dns_servers"):
+                ctx.scope.append("dns_servers", addr)
+        return
+    ctx.scope.warn(
+        line, f"option '{name} {' '.join(args[:3])[:60]}' (line {line}) is not supported and was ignored"
+    )
+
+
+def _pull_filter(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    ctx.scope.append("pull_filters", netopts.pull_filter(args))
 
 
 # ---- proxies ----------------------------------------------------------------------------
@@ -208,4 +268,10 @@ SPECIAL: Mapping[str, Special] = {
     "http-proxy-option": _http_proxy_option,
     "http-proxy-user-pass": _http_proxy_user_pass,
     "socks-proxy": _socks_proxy,
+    "route": _route,
+    "route-ipv6": _route_ipv6,
+    "redirect-gateway": _redirect_gateway,
+    "dhcp-option": _dhcp_option,
+    "dns": _dns,
+    "pull-filter": _pull_filter,
 }

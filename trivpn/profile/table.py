@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trivpn.errors import ConfigError
+from trivpn.profile import netopts
 from trivpn.profile.checks import (
     Invalid,
     Unsupported,
@@ -124,8 +125,6 @@ UNSAFE_OPTIONS: Mapping[str, str] = {
     "capath": "a CA directory is not supported; use 'ca'",
     "secret": "static-key mode is not supported (it is insecure and removed in OpenVPN 2.7)",
     "fragment": "it changes the data packet framing and the server would not understand us",
-    "pull-filter": "server-pushed settings you filtered out would be applied",
-    "route-nopull": "server-pushed routes you refused would be applied",
     "server": "this is a server configuration",
     "server-bridge": "this is a server configuration",
     "tls-server": "this is a server configuration",
@@ -445,4 +444,13 @@ TABLE: Mapping[str, Simple] = {
     "reneg-pkts": _int("reneg_pkts", 0, 2**62),
     "hand-window": _int("hand_window", 0, MAX_SECONDS),
     "verb": _int("verb", 0, MAX_VERB),
+    # routing and addresses (route, route-ipv6, redirect-gateway, dhcp-option, dns and
+    # pull-filter accumulate or warn: explicit functions)
+    "route-gateway": Simple("route_gateway", lambda args: netopts.ipv4(args[0])),
+    "route-metric": Simple("route_metric", lambda args: netopts.metric(args[0])),
+    "route-nopull": _flag("route_nopull"),
+    "block-ipv6": _flag("block_ipv6"),
+    "ifconfig": Simple("ifconfig", netopts.ifconfig, 2, 2),
+    "ifconfig-ipv6": Simple("ifconfig_ipv6", netopts.ifconfig_ipv6, 1, 2),
+    "topology": Simple("topology", netopts.topology),
 }

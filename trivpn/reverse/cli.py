@@ -2,6 +2,11 @@
 
 Only argparse at import time: the tunnel modules load inside the handlers, so other
 commands start as fast as before.
+
+`--config FILE` (configfile.py) supplies any option; a flag given on the command line
+wins. To tell "given" from "left at its default", the defaults are marked values
+(`_DefaultInt` and friends compare equal to the plain value), and flags that default to
+None or False count as not given.
 """
 
 from __future__ import annotations
@@ -15,13 +20,33 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trivpn.reverse.config import SessionConfig
+    from trivpn.reverse.expose import Expose
 
 log = logging.getLogger("trivpn.reverse")
 
 MIN_TOKEN = 16  # bytes; shorter shared secrets are guessable by an online attacker
 TOKEN_ENV = "TRIVPN_TOKEN"
 TOKEN_HINT = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+
+
+class _DefaultInt(int):
+    """An int default: equal to the plain value, but known not to come from the user."""
+
+
+class _DefaultFloat(float):
+    pass
+
+
+class _DefaultStr(str):
+    __slots__ = ()
+
+
+_MARKED = (_DefaultInt, _DefaultFloat, _DefaultStr)
+
+
+def given(value: object) -> bool:
+    """Was this option set on the command line (not a default)?"""
+    return value is not None and value is not False and not isinstance(value, _MARKED)
 
 
 def _token_options(g: argparse._ActionsContainer, help_token: str) -> None:
@@ -47,8 +72,12 @@ def resolve_token(args: argparse.Namespace) -> bytes:
                 f"cannot read --token-file {args.token_file}: {exc.strerror}"
             ) from None
         what = "--token-file"
+    elif TOKEN_ENV in os.environ:
+        token, what = os.environ[TOKEN_ENV], f"${TOKEN_ENV}"
     else:
-        token, what = os.environ.get(TOKEN_ENV, ""), f"${TOKEN_ENV}"
+        raise ConfigError(
+            f"no token: give --token, --token-file, ${TOKEN_ENV} or token/token_file in --config"
+        )
     check_token(token.encode(), what)
     return token.encode()
 
@@ -65,19 +94,24 @@ def check_token(token: bytes, what: str) -> None:
 
 
 def _common(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    sp.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from this TOML file (see docs/reverse-tunnel.md); flags win",
+    )
+    sp.add_argument("-v", "--verbose", action="count", default=_DefaultInt(0), help="more detail")
     sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sp.add_argument(
         "--max-frame",
         type=int,
-        default=16 * 1024 * 1024,
+        default=_DefaultInt(16 * 1024 * 1024),
         metavar="BYTES",
         help="largest frame payload accepted after authentication (default 16 MiB)",
     )
     sp.add_argument(
         "--window",
         type=int,
-        default=2 * 1024 * 1024,
+        default=_DefaultInt(2 * 1024 * 1024),
         metavar="BYTES",
         help="per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
     )
@@ -89,12 +123,15 @@ def _common(sp: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: object) -> None:
     r = sub.add_parser("relay", help="public side of a reverse TCP tunnel")
     r.add_argument(
-        "--addr", default=":9000", metavar="HOST:PORT", help="tunnel listen address (default :9000)"
+        "--addr",
+        default=_DefaultStr(":9000"),
+        metavar="HOST:PORT",
+        help="tunnel listen address (default :9000)",
     )
     r.add_argument(
         "--start-port",
         type=int,
-        default=10000,
+        default=_DefaultInt(10000),
         metavar="N",
         help="first public port (default 10000)",
     )
@@ -107,8 +144,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         metavar="HOST",
         help="address the public ports bind (default: --addr's host)",
     )
-    # a token is required unless $TRIVPN_TOKEN holds it
-    g = r.add_mutually_exclusive_group(required=TOKEN_ENV not in os.environ)
+    # a token comes from one of these, $TRIVPN_TOKEN or --config (checked in the handler)
+    g = r.add_mutually_exclusive_group()
     _token_options(g, "the shared token clients authenticate with")
     g.add_argument(
         "--tokens-file", metavar="F", help="one name:token per line (per-client tokens and metrics)"
@@ -125,28 +162,56 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     r.add_argument(
         "--lease",
         type=float,
-        default=60.0,
+        default=_DefaultFloat(60.0),
         metavar="SECONDS",
         help="keep a client's port this long after it leaves (default 60)",
     )
     r.add_argument(
+        "--idle-lease",
+        type=float,
+        default=_DefaultFloat(5.0),
+        metavar="SECONDS",
+        help="the lease of a port no stream went through (default 5)",
+    )
+    r.add_argument(
+        "--port-quota",
+        type=int,
+        default=_DefaultInt(4),
+        metavar="N",
+        help="ports (in use or leased) per client name (default 4)",
+    )
+    r.add_argument(
+        "--bandwidth",
+        metavar="RATE",
+        help="limit each client to RATE each way, e.g. '2 MiB/s' or '100 Mbit/s' (default: none)",
+    )
+    r.add_argument(
         "--heartbeat",
         type=float,
-        default=10.0,
+        default=_DefaultFloat(10.0),
         metavar="SECONDS",
         help="heartbeat interval; 3 missed expire a session (default 10)",
+    )
+    r.add_argument(
+        "--domain", metavar="NAME", help="route NAME's subdomains to clients (with --http-addr)"
+    )
+    r.add_argument(
+        "--http-addr", metavar="HOST:PORT", help="one public port for HTTP, routed by Host"
+    )
+    r.add_argument(
+        "--https-addr", metavar="HOST:PORT", help="one public port for TLS, routed by SNI"
     )
     _common(r)
     r.set_defaults(handler=cmd_relay)
 
     e = sub.add_parser("expose", help="expose a local TCP service through a relay")
+    e.add_argument("--server", metavar="HOST:PORT", help="the relay's tunnel address (required)")
     e.add_argument(
-        "--server", required=True, metavar="HOST:PORT", help="the relay's tunnel address"
+        "--local",
+        metavar="HOST:PORT",
+        help="the local service to expose (required, unless --config has [[tunnels]])",
     )
-    e.add_argument(
-        "--local", required=True, metavar="HOST:PORT", help="the local service to expose"
-    )
-    eg = e.add_mutually_exclusive_group(required=TOKEN_ENV not in os.environ)
+    eg = e.add_mutually_exclusive_group()
     _token_options(eg, "the token the relay knows")
     e.add_argument(
         "--tls", action="store_true", help="connect with TLS, verifying the relay's certificate"
@@ -160,34 +225,34 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     e.add_argument(
         "--remote-port",
         type=int,
-        default=0,
+        default=_DefaultInt(0),
         metavar="N",
         help="ask for this public port (default: any)",
+    )
+    e.add_argument(
+        "--http", action="store_true", help="serve HTTP on the relay's --http-addr by name"
+    )
+    e.add_argument(
+        "--https", action="store_true", help="pass TLS through on the relay's --https-addr"
+    )
+    e.add_argument(
+        "--subdomain", metavar="NAME", help="the name to lease (default with --http: random)"
+    )
+    e.add_argument(
+        "--inspect",
+        metavar="HOST:PORT",
+        help="serve a live page of the HTTP requests, with replay (loopback only, e.g. :4040)",
     )
     e.add_argument("--no-reconnect", action="store_true", help="exit when the tunnel is lost")
     e.add_argument(
         "--max-attempts",
         type=int,
-        default=10,
+        default=_DefaultInt(10),
         metavar="N",
         help="reconnect attempts in a row, 0 = forever (default 10)",
     )
     _common(e)
     e.set_defaults(handler=cmd_expose)
-
-
-def _session_config(args: argparse.Namespace, heartbeat: float = 10.0) -> SessionConfig:
-    from trivpn.errors import ConfigError
-    from trivpn.reverse.config import MAX_WINDOW, SessionConfig
-    from trivpn.reverse.frames import ABSOLUTE_MAX_FRAME
-
-    if not 256 <= args.max_frame <= ABSOLUTE_MAX_FRAME:
-        raise ConfigError(f"--max-frame must be between 256 and {ABSOLUTE_MAX_FRAME}")
-    if not 1024 <= args.window <= MAX_WINDOW:
-        raise ConfigError("--window must be between 1024 and 2147483647")
-    if not 0.05 <= heartbeat <= 3600:
-        raise ConfigError("--heartbeat must be between 0.05 and 3600 seconds")
-    return SessionConfig(window=args.window, max_frame=args.max_frame, heartbeat=heartbeat)
 
 
 async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[], str]) -> int:
@@ -220,32 +285,10 @@ async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[
 async def cmd_relay(args: argparse.Namespace) -> int:
     import trio
 
-    from trivpn.reverse.relay import Relay, RelayConfig, load_tokens
+    from trivpn.reverse.build import build_relay
     from trivpn.reverse.sockets import parse_hostport
 
-    host, port = parse_hostport(args.addr, "--addr")
-    end = args.end_port if args.end_port is not None else min(args.start_port + 999, 65535)
-    if args.tokens_file:
-        tokens = load_tokens(args.tokens_file)
-        for name, token in tokens.items():
-            check_token(token, f"{args.tokens_file}: client {name}")
-    else:
-        tokens = {"default": resolve_token(args)}
-    relay = Relay(
-        RelayConfig(
-            host=host,
-            port=port,
-            start_port=args.start_port,
-            end_port=end,
-            tokens=tokens,
-            public_host=args.public_host,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            lease=args.lease,
-            observe_http=not args.no_http_log,
-            session=_session_config(args, args.heartbeat),
-        )
-    )
+    relay = build_relay(args)
 
     async def body() -> None:
         async with trio.open_nursery() as nursery:
@@ -262,43 +305,73 @@ async def cmd_relay(args: argparse.Namespace) -> int:
     return await _until_signal(body, relay.summary)
 
 
-async def cmd_expose(args: argparse.Namespace) -> int:
+def _named(args: argparse.Namespace) -> tuple[str, int]:
+    """--http/--https/--subdomain -> (subdomain, route bits); ("", 0) for a port."""
+    import secrets
+
     from trivpn.errors import ConfigError
-    from trivpn.reverse.expose import Expose, ExposeConfig
-    from trivpn.reverse.sockets import parse_hostport, raise_nofile_limit
+    from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS, NameUnavailable, check_label
 
-    shost, sport = parse_hostport(args.server, "--server", "localhost")
-    lhost, lport = parse_hostport(args.local, "--local", "127.0.0.1")
-    token = resolve_token(args)
-    raise_nofile_limit()  # one descriptor per stream: do not stop at the default 1,024
-    if not 0 <= args.remote_port <= 65535:
-        raise ConfigError("--remote-port must be 0..65535")
-    if args.max_attempts < 0:
-        raise ConfigError("--max-attempts must be 0 (forever) or more")
-
-    def on_bound(host: str, port: int) -> None:
-        print(f"public address: {host}:{port}", flush=True)
-
-    expose = Expose(
-        ExposeConfig(
-            server_host=shost,
-            server_port=sport,
-            local_host=lhost,
-            local_port=lport,
-            token=token,
-            remote_port=args.remote_port,
-            tls=args.tls or bool(args.tls_ca),
-            tls_ca=args.tls_ca,
-            tls_server_name=args.tls_server_name,
-            reconnect=not args.no_reconnect,
-            attempts=args.max_attempts,
-            observe_http=not args.no_http_log,
-            session=_session_config(args),
-        ),
-        on_bound=on_bound,
-    )
+    if not (args.http or args.https or args.subdomain):
+        return "", 0
+    if args.remote_port:
+        raise ConfigError("--remote-port and --http/--https/--subdomain exclude each other")
+    routes = (ROUTE_HTTP if args.http or not args.https else 0) | (ROUTE_TLS if args.https else 0)
+    name = args.subdomain.lower() if args.subdomain else secrets.token_hex(4)
     try:
-        return await _until_signal(expose.run, lambda: expose.metrics.summary("expose summary"))
+        return check_label(name), routes
+    except NameUnavailable as exc:
+        raise ConfigError(f"--subdomain: {exc}") from None
+
+
+def _with_inspector(
+    expose: Expose, addr: str, lhost: str, lport: int
+) -> Callable[[], Awaitable[None]]:
+    """expose.run plus the --inspect web page (loopback only: it shows real traffic)."""
+    import ipaddress
+
+    import trio
+
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.http.inspectsrv import Inspector
+    from trivpn.reverse.sockets import parse_hostport
+
+    host, port = parse_hostport(addr, "--inspect", "127.0.0.1")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"--inspect {addr}: the inspector shows headers and query strings of real "
+            "traffic, so it listens on a loopback address only (127.0.0.1, ::1)"
+        )
+    inspector = Inspector(lhost, lport)
+    expose.pipe_factory = inspector.pipe_factory
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(inspector.serve, host, port)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"inspector: http://{shown}:{bound}/", flush=True)
+            await expose.run()
+            nursery.cancel_scope.cancel()
+
+    return body
+
+
+async def cmd_expose(args: argparse.Namespace) -> int:
+    from trivpn.reverse.build import build_expose
+    from trivpn.reverse.sockets import raise_nofile_limit
+
+    expose = build_expose(args)
+    raise_nofile_limit()  # one descriptor per stream: do not stop at the default 1,024
+    body: Callable[[], Awaitable[None]] = expose.run
+    if args.inspect:
+        first = expose.tunnels[0]
+        body = _with_inspector(expose, args.inspect, first.local_host, first.local_port)
+    try:
+        return await _until_signal(body, lambda: expose.metrics.summary("expose summary"))
     except BaseException:
         if expose.metrics.connections:
             print(expose.metrics.summary("expose summary"), file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from trivpn.errors import ConfigError, FatalError
 from trivpn.reverse import connection
 from trivpn.reverse import events as E
 from trivpn.reverse.config import SessionConfig
+from trivpn.reverse.events import Binding
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
@@ -41,6 +42,16 @@ from trivpn.reverse.sockets import connect_plain
 log = logging.getLogger("trivpn.reverse")
 
 DIAL_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class TunnelConfig:
+    """One local service behind one public port; several share one tunnel connection."""
+
+    local_host: str
+    local_port: int
+    remote_port: int = 0  # 0 = any
+    label: str = ""  # for the log (lowercase letters, digits, '-')
 
 
 @dataclass(slots=True)
@@ -60,7 +71,13 @@ class ExposeConfig:
     backoff_max: float = 30.0
     stable_after: float = 10.0  # a bound session this old resets the backoff
     observe_http: bool = True
+    subdomain: str = ""  # a named bind (relay --domain): routed by Host / SNI, no port
+    routes: int = 0  # http.names.ROUTE_HTTP | ROUTE_TLS, with a subdomain
     session: SessionConfig = field(default_factory=SessionConfig)
+    tunnels: list[TunnelConfig] = field(default_factory=list)  # empty: the local_* above
+
+    def all_tunnels(self) -> list[TunnelConfig]:
+        return self.tunnels or [TunnelConfig(self.local_host, self.local_port, self.remote_port)]
 
 
 class Expose:
@@ -69,13 +86,20 @@ class Expose:
     ) -> None:
         if not config.token:
             raise ConfigError("--token must not be empty")
+        self.tunnels = config.all_tunnels()
+        if config.subdomain and len(self.tunnels) > 1:
+            raise ConfigError("a named (--subdomain/--http/--https) tunnel needs its own expose")
         self.config = config
         self.client_id = secrets.token_bytes(16)
         self.metrics = Metrics()  # whole-run totals
         self.session_metrics: Metrics | None = None
-        self.port = 0
+        self.port = 0  # the first tunnel's public port
+        self.ports: list[int] = []  # one per tunnel
+        self.urls: list[str] = []  # a named bind's public URLs
         self.sessions = 0
         self.on_bound = on_bound
+        #: builds each stream's pipe; the inspector (http/inspectsrv.py) swaps in its own
+        self.pipe_factory: Callable[[SessionRunner, int, str, bool, bool], StreamPipe] = StreamPipe
         self._ssl: ssl.SSLContext | None = None
         if config.tls or config.tls_ca:
             try:
@@ -94,7 +118,8 @@ class Expose:
         """Until cancelled, or a FatalError (auth refused, gave up reconnecting, ...)."""
         cfg = self.config
         backoff = Backoff(cfg.backoff_initial, cfg.backoff_max, cfg.attempts)
-        wanted = cfg.remote_port
+        configured = [t.remote_port for t in self.tunnels]
+        wanted = list(configured)
         while True:
             why = ""
             try:
@@ -112,7 +137,11 @@ class Expose:
                     cfg.session,
                     token=cfg.token,
                     client_id=self.client_id,
-                    requested_port=wanted,
+                    requested_name=cfg.subdomain,
+                    routes=cfg.routes if cfg.subdomain else 0,
+                    bindings=tuple(
+                        Binding(w, t.label) for w, t in zip(wanted, self.tunnels, strict=True)
+                    ),
                 )
                 metrics = Metrics()
                 self.session_metrics = metrics
@@ -124,12 +153,18 @@ class Expose:
                     self.metrics.state = metrics.state
                 if runner.auth_failed:
                     raise FatalError(runner.auth_failed)
+                if session.protocol > 1 and _refused_protocol_2(closed):
+                    raise FatalError(
+                        "the relay speaks only protocol 1 (one tunnel per connection);"
+                        " several tunnels need a newer relay"
+                    )
                 if runner.bind_failed:
-                    if wanted and wanted == cfg.remote_port:
+                    if cfg.subdomain or (any(configured) and wanted == configured):
                         raise FatalError(runner.bind_failed)
-                    wanted = 0  # our remembered port went to someone else: take any
-                if runner.bound_port:
-                    wanted = runner.bound_port
+                    wanted = list(configured)  # a remembered port went to someone else
+                if runner.bound:
+                    if runner.bound_port:
+                        wanted = list(runner.bound_ports)
                     if trio.current_time() - runner.bound_at >= cfg.stable_after:
                         backoff.reset()
                     log.info("tunnel lost: %s", closed.reason if closed else "closed")
@@ -150,13 +185,35 @@ class Expose:
             await trio.sleep(delay)
 
 
+def public_urls(host: str, http_port: int, https_port: int) -> list[str]:
+    """A named bind's addresses, without the scheme's default port."""
+    urls = []
+    if http_port:
+        urls.append(f"http://{host}" + ("" if http_port == 80 else f":{http_port}"))
+    if https_port:
+        urls.append(f"https://{host}" + ("" if https_port == 443 else f":{https_port}"))
+    return urls
+
+
+def _refused_protocol_2(closed: E.SessionClosed | None) -> bool:
+    """A protocol-1 relay's answer to our extended HELLO (GOAWAY naming its size)."""
+    return (
+        closed is not None
+        and closed.by_peer
+        and closed.code == ErrorCode.PROTOCOL
+        and "HELLO frame of 42 bytes" in closed.reason
+    )
+
+
 class ExposeRunner(SessionRunner):
     def __init__(
         self, expose: Expose, session: Session, tunnel: connection.Connection, metrics: Metrics
     ) -> None:
         super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
         self.expose = expose
+        self.bound = False
         self.bound_port = 0
+        self.bound_ports: tuple[int, ...] = ()
         self.bound_at = 0.0
         self.relay_proven = False  # AUTH_OK carried the relay's proof of the token
         self.bind_failed: str | None = None
@@ -165,50 +222,56 @@ class ExposeRunner(SessionRunner):
         if isinstance(ev, E.Authenticated):
             self.relay_proven = True
         elif isinstance(ev, E.Bound):
-            self.bound_port = ev.port
+            self.bound = True
+            ports = ev.ports or (ev.port,)
+            self.bound_port, self.bound_ports = ev.port, ports
             self.bound_at = trio.current_time()
-            self.expose.port = ev.port
+            self.expose.port, self.expose.ports = ev.port, list(ports)
             self.expose.sessions += 1
             self.metrics.connections = 1
-            cfg = self.expose.config
-            log.info(
-                "public address %s:%d -> %s:%d (lease %d s)",
-                cfg.server_host,
-                ev.port,
-                cfg.local_host,
-                cfg.local_port,
-                ev.lease,
-            )
-            if self.expose.on_bound is not None:
-                self.expose.on_bound(cfg.server_host, ev.port)
+            host = self.expose.config.server_host
+            if ev.host:  # a named bind: URLs on the relay's shared ports
+                host, ports = ev.host, (ev.http_port or ev.https_port,)
+                self.expose.urls = public_urls(ev.host, ev.http_port, ev.https_port)
+            for t, port in zip(self.expose.tunnels, ports, strict=True):
+                log.info(
+                    "public address %s -> %s:%d%s (lease %d s)",
+                    ", ".join(self.expose.urls) if ev.host else f"{host}:{port}",
+                    t.local_host,
+                    t.local_port,
+                    f" [{t.label}]" if t.label else "",
+                    ev.lease,
+                )
+                if self.expose.on_bound is not None:
+                    self.expose.on_bound(host, port)
         elif isinstance(ev, E.BindFailed):
             self.bind_failed = ev.reason
         elif isinstance(ev, E.StreamOpened):
-            pipe = StreamPipe(
-                self, ev.stream_id, ev.peer, self.observe_http, requests_from_socket=False
-            )
+            pipe = self.expose.pipe_factory(self, ev.stream_id, ev.peer, self.observe_http, False)
             self.pipes[ev.stream_id] = pipe
             assert self.nursery is not None
-            self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe))
+            self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe, ev.binding))
 
-    def _dialer(self, pipe: StreamPipe) -> Callable[[], Awaitable[socket.socket]]:
-        cfg = self.expose.config
+    def _dialer(self, pipe: StreamPipe, binding: int) -> Callable[[], Awaitable[socket.socket]]:
+        tunnels = self.expose.tunnels
+        cfg = tunnels[binding] if binding < len(tunnels) else None
 
         async def dial() -> socket.socket:
             try:
+                if cfg is None:
+                    raise OSError(f"the relay named tunnel {binding + 1}, we have {len(tunnels)}")
                 with trio.fail_after(DIAL_TIMEOUT):
                     return await connect_plain(cfg.local_host, cfg.local_port)
             except (OSError, trio.TooSlowError) as exc:
                 self.metrics.streams_refused += 1
                 log.info(
-                    "stream %d from %s: local service %s:%d unreachable: %s",
+                    "stream %d from %s: local service %s unreachable: %s",
                     pipe.sid,
                     pipe.peer,
-                    cfg.local_host,
-                    cfg.local_port,
+                    f"{cfg.local_host}:{cfg.local_port}" if cfg else "?",
                     "timed out"
                     if isinstance(exc, trio.TooSlowError)
-                    else getattr(exc, "strerror", exc),
+                    else getattr(exc, "strerror", None) or exc,
                 )
                 self.session.reset_stream(pipe.sid, ErrorCode.REFUSED)
                 self.flush()

@@ -38,6 +38,7 @@ from trivpn.reverse.events import (
     Authenticated,
     AuthFailed,
     BindFailed,
+    Binding,
     BindRequested,
     Bound,
     Event,
@@ -73,6 +74,7 @@ __all__ = [
     "Authenticated",
     "AuthFailed",
     "BindFailed",
+    "Binding",
     "BindRequested",
     "Bound",
     "Event",
@@ -110,6 +112,9 @@ class Session:
         client_id: bytes = b"",
         requested_port: int = 0,
         random: bytes | None = None,
+        requested_name: str = "",
+        routes: int = 0,
+        bindings: tuple[Binding, ...] | None = None,
     ) -> None:
         if role not in ("relay", "client"):
             raise LocalProtocolError(f"role must be relay or client, not {role!r}")
@@ -137,6 +142,9 @@ class Session:
             client_id=client_id,
             requested_port=requested_port,
             random=random if random is not None else secrets.token_bytes(32),
+            requested_name=requested_name,
+            routes=routes,
+            bindings=bindings,
         )
 
     # ------------------------------------------------------------------ state
@@ -177,6 +185,19 @@ class Session:
     @property
     def port(self) -> int:
         return self._handshake.port
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """One public port per binding, once bound."""
+        return self._handshake.ports
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        return self._handshake.bindings
+
+    @property
+    def protocol(self) -> int:
+        return self._handshake.protocol
 
     @property
     def lease(self) -> int:
@@ -232,11 +253,22 @@ class Session:
 
     # relay side ----------------------------------------------------------------------
 
-    def accept_bind(self, port: int, lease: int) -> None:
+    def accept_bind(
+        self, port: int, lease: int, *, host: str = "", http_port: int = 0, https_port: int = 0
+    ) -> None:
+        """`host` and the ports answer a named bind (BindRequested.name)."""
         hs = self._handshake
         if self.role != "relay" or self.state is not State.AUTHENTICATED or not hs.bind_asked:
             raise LocalProtocolError(f"accept_bind in state {self.state.value}")
-        hs.accept_bind(port, lease)
+        hs.accept_bind(port, lease, host=host, http_port=http_port, https_port=https_port)
+        self._enter_bound()
+
+    def accept_binds(self, ports: tuple[int, ...] | list[int], lease: int) -> None:
+        """Relay: one public port per requested binding, in order (protocol 1 or 2)."""
+        hs = self._handshake
+        if self.role != "relay" or self.state is not State.AUTHENTICATED or not hs.bind_asked:
+            raise LocalProtocolError(f"accept_bind in state {self.state.value}")
+        hs.accept_binds(ports, lease)
         self._enter_bound()
 
     def reject_bind(self, reason: str) -> None:
@@ -245,13 +277,15 @@ class Session:
         failed = self._handshake.reject_bind(reason)
         self._finish(failed.reason, ErrorCode.NORMAL, by_peer=failed.by_peer)
 
-    def open_stream(self, peer: str, now: float) -> int:
-        """Relay: announce a new public connection; returns its stream id."""
+    def open_stream(self, peer: str, now: float, binding: int = 0) -> int:
+        """Relay: announce a new public connection (on the `binding`-th port); its id."""
         if self.role != "relay":
             raise LocalProtocolError("only the relay opens streams")
         if self._closed or not self._bound:
             raise StreamClosedError(f"cannot open a stream in state {self.state.value}")
-        sid = self._streams.open(peer)
+        if not 0 <= binding < len(self._handshake.ports):
+            raise LocalProtocolError(f"no binding {binding}")
+        sid = self._streams.open(peer, binding if self._handshake.protocol > 1 else None)
         self._forwarding = True
         return sid
 
@@ -344,6 +378,7 @@ class Session:
         self._decoder.max_frame = self.config.max_frame
         self._scheduler.max_frame = hs.peer_max_frame
         self._streams.peer_window = hs.peer_window
+        self._streams.binding_prefix = hs.protocol > 1
         self._heartbeat.start(hs.heartbeat)
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
@@ -370,6 +405,9 @@ class Session:
                 self._finish(failed.reason, ErrorCode.NORMAL, by_peer=failed.by_peer)
             elif self._handshake.state is State.BOUND:
                 self._enter_bound()
+            elif self._handshake.state is State.AUTHENTICATED:
+                # the peer proved the token: a protocol-2 BIND may exceed the pre-auth limit
+                self._decoder.max_frame = self.config.max_frame
         elif t is FrameType.DATA:
             self._streams.on_data(f, now)
         elif t is FrameType.WINDOW:

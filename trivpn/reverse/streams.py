@@ -86,6 +86,7 @@ class Streams:
         self.config = config
         self.table: dict[int, StreamState] = {}
         self.peer_window = 0  # the credit each new stream starts with, set once bound
+        self.binding_prefix = False  # protocol 2: OPEN starts with the binding index
         self.ignored = 0
         self._scheduler = scheduler
         self._budget = budget
@@ -96,7 +97,7 @@ class Streams:
 
     # ------------------------------------------------------------------ local actions
 
-    def open(self, peer: str) -> int:
+    def open(self, peer: str, binding: int | None = None) -> int:
         """Relay: a new public connection; returns its stream id."""
         if len(self.table) >= self.config.max_streams:
             raise StreamClosedError("too many streams")
@@ -105,7 +106,10 @@ class Streams:
             raise StreamClosedError("stream ids exhausted")
         self._next_sid += 1
         self.table[sid] = StreamState(sid, self.peer_window, self.config.window)
-        self._scheduler.control(FrameType.OPEN, 0, sid, peer.encode()[:MAX_TEXT])
+        payload = peer.encode()[:MAX_TEXT]
+        if binding is not None:  # protocol 2: the binding index comes first
+            payload = bytes([binding]) + payload
+        self._scheduler.control(FrameType.OPEN, 0, sid, payload)
         return sid
 
     def accept(self, sid: int) -> None:
@@ -248,7 +252,12 @@ class Streams:
             self._ignore(f"stream {sid} refused: too many streams")
             return
         self.table[sid] = StreamState(sid, self.peer_window, self.config.window)
-        self._events.append(StreamOpened(sid, text(f.payload)))
+        binding, peer = 0, f.payload
+        if self.binding_prefix:
+            if not peer:
+                raise RemoteProtocolError("OPEN without its binding index")
+            binding, peer = peer[0], peer[1:]
+        self._events.append(StreamOpened(sid, text(peer), binding))
 
     def on_data(self, f: Frame, now: float) -> None:
         st = self.table.get(f.stream_id)

@@ -69,6 +69,14 @@ class ClientTable:
             await client.run(io)
         except Exception as exc:  # one client's end is never the server's
             reason = str(primary_error(exc))
+        except BaseExceptionGroup as group:
+            # A session that was ending (EXIT, ping-restart) when the server was cancelled:
+            # only the cancellation may leave this task, never the session's own error.
+            cancelled, rest = group.split(trio.Cancelled)
+            if rest is not None:
+                reason = str(primary_error(rest))
+            if cancelled is not None:
+                raise cancelled from None
         finally:
             sock.demux.remove_session(client.session)
             if sock.sessions.get(client.session) is client:

@@ -30,6 +30,7 @@ from trivpn.controlchannel.wrap import (
 )
 from trivpn.datachannel.crypto import SUPPORTED_DATA_CIPHERS, normalize_data_cipher
 from trivpn.errors import ConfigError
+from trivpn.profile.netopts import PullPolicy
 from trivpn.profile.profile import Profile, Remote
 from trivpn.tlssession.keymethod import (
     IV_PROTO_AUTH_FAIL_TEMP,
@@ -367,4 +368,7 @@ class SessionConfig:
 
     def cipher_policy(self) -> CipherPolicy:
         """What we accept for the data channel (a fresh object per session)."""
-        return CipherPolicy(list(self.ciphers), self.cipher_fallback, self.key_derivation, auth=self.auth)
+        pull = PullPolicy(tuple(self.profile.pull_filters), self.profile.route_nopull)
+        return CipherPolicy(
+            list(self.ciphers), self.cipher_fallback, self.key_derivation, auth=self.auth, pull=pull
+        )

@@ -1,18 +1,26 @@
-"""Applying the pushed network settings to a kernel TUN, once per run and again on change.
+"""Applying a tunnel's network plan to the host, once per run and again on change.
 
 Why a class of its own: the TUN outlives sessions (persist-tun), so its configuration is a
 run-long state — applied when the first tunnel comes up, left alone when a reconnect brings
 the same settings, redone when the server pushed different ones, undone by the workers
-manager's cleanup on every exit path.
+manager's cleanup on every exit path. The plan (`trivpn.session.netsettings.NetPlan`) has
+three parts: addresses and routes (rtnetlink, `trivpn.tun.netconfig`), DNS
+(`trivpn.session.dns`: systemd-resolved or resolv.conf, whose leftovers from a crashed run
+are restored when the applier starts) and block-ipv6 (the TUN answers IPv6 itself).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from trivpn.session.dns import DnsConfigurator
+from trivpn.session.netsettings import NetPlan
 from trivpn.session.serverroute import ServerRoutes
+from trivpn.tun.ip import icmp6_no_route
+from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 
 __all__ = ["TunApplier"]
@@ -21,44 +29,78 @@ log = logging.getLogger("trivpn")
 
 
 class TunApplier:
-    """Applies `TunConfig`s to `ifname` (nothing at all when `ifname` is None).
+    """Applies `NetPlan`s to `ifname` (nothing at all when `ifname` is None).
 
-    `add_cleanup` registers the undo with whoever owns the run (the workers manager)."""
+    `add_cleanup` registers the undo with whoever owns the run (the workers manager);
+    `device` is the TUN whose reads block-ipv6 filters; `dns` is the DNS configurator
+    (tests pass their own; None builds the system's)."""
 
-    def __init__(self, ifname: str | None, add_cleanup: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(
+        self,
+        ifname: str | None,
+        add_cleanup: Callable[[Callable[[], None]], object],
+        *,
+        device: object = None,
+        dns: DnsConfigurator | None = None,
+    ) -> None:
         self.ifname = ifname
         self._add_cleanup = add_cleanup
         self.applied: TunConfig | None = None
         self._configurator: NetConfigurator | None = None
-        #: the redirect-gateway bypass routes: they follow the server in use (serverroute.py)
+        self._device = device if isinstance(device, LinuxTun) else None
+        self._dns = dns
+        if ifname and self._dns is None:
+            self._dns = DnsConfigurator(ifname)
+        if ifname and self._dns is not None:
+            self._dns.recover()
+            add_cleanup(self._dns.undo)
+        #: the redirect-gateway host routes to the server: they follow the server in use
+        #: (serverroute.py), apart from the TUN's configuration
         self.server_routes: ServerRoutes | None = None
+
+    def _redirected(self, addresses: Sequence[str], cfg: TunConfig) -> list[str]:
+        """The server addresses whose family `cfg` redirects into the tunnel."""
+        return [a for a in addresses if (cfg.redirect_gateway6 if ":" in a else cfg.redirect_gateway)]
 
     def reaching(self, addresses: Sequence[str]) -> None:
         """Packets are about to go to these server addresses: with redirect-gateway applied,
         pin them outside the tunnel first (and unpin the previous server)."""
         cfg = self.applied
-        if self.server_routes is not None and cfg is not None and (cfg.redirect_gateway or cfg.redirect_gateway6):
-            self.server_routes.pin(addresses)
+        if self.server_routes is not None and cfg is not None:
+            self.server_routes.pin(self._redirected(addresses, cfg))
 
-    def apply(self, cfg: TunConfig) -> None:
-        """Configure the TUN the first time; on a reconnect only if the settings changed."""
+    def apply(self, plan: NetPlan | TunConfig) -> None:
+        """Configure the TUN the first time; on a reconnect only what changed."""
         if not self.ifname:
             return
-        # the bypass routes are not part of the TUN's configuration: a new server address
-        # must not undo and redo the redirect routes (a moment without them would leak)
+        if isinstance(plan, TunConfig):
+            plan = NetPlan(plan)
+        cfg = plan.tun
+        # the server's host route is not part of the TUN's configuration: a new server
+        # address must not undo and redo the redirect routes (a moment without them leaks)
         if self.server_routes is None:
             self.server_routes = ServerRoutes(self.ifname)
             self._add_cleanup(self.server_routes.clear)
-        redirect = cfg.redirect_gateway or cfg.redirect_gateway6
-        self.server_routes.pin(cfg.server_addresses if redirect else [])
-        cfg = replace(cfg, server_addresses=[])
-        if self._configurator is not None:
-            if self.applied == cfg:
-                return
-            log.info("the server pushed different settings; reconfiguring %s", self.ifname)
-            self._configurator.undo()
-        else:
+        self.server_routes.pin(self._redirected(cfg.server_addresses, cfg))
+        cfg = replace(cfg, pin_servers=False)
+        if self._configurator is None:
             self._configurator = NetConfigurator(self.ifname)
             self._add_cleanup(self._configurator.undo)
-        self._configurator.apply(cfg)
+            self._configurator.apply(cfg)
+        elif not _same_but_server(self.applied, cfg):
+            log.info("the server pushed different settings; reconfiguring %s", self.ifname)
+            self._configurator.undo()
+            self._configurator.apply(cfg)
         self.applied = cfg
+        if self._dns is not None:
+            self._dns.apply(plan.dns)
+        if self._device is not None:
+            source = plan.block_ipv6_source
+            self._device.ipv6_answer = (
+                None if source is None else functools.partial(icmp6_no_route, source=source)
+            )
+
+
+def _same_but_server(old: TunConfig | None, new: TunConfig) -> bool:
+    """Equal apart from the server addresses (which only block-local's check reads)."""
+    return old is not None and replace(old, server_addresses=[]) == replace(new, server_addresses=[])

@@ -1,8 +1,9 @@
-"""What a session's tunnel looks like to the host: the pushed options as a TUN configuration.
+"""What a session's tunnel looks like to the host: pushed and profile options as a plan.
 
-`tun_config_from` translates a PUSH_REPLY into what the TUN layer applies (addresses,
-routes, redirect-gateway); `describe_tunnel` is the one "tunnel up" line users and tests
-read.
+`net_plan` merges the PUSH_REPLY with the profile's own routing and DNS options into what
+`trivpn connect` applies (TUN addresses and routes, DNS, block-ipv6); `tun_config_from` is
+its TUN part; `describe_tunnel` is the one "tunnel up" line users and tests read. Pure:
+nothing here touches the system (`trivpn.session.netapply` does).
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trivpn.errors import FatalError
+from trivpn.profile.model import Route
+from trivpn.profile.profile import Profile
 from trivpn.profile.push import PushedSettings
 from trivpn.tun.netconfig import TunConfig
 
-__all__ = ["TunnelInfo", "describe_tunnel", "tun_config_from"]
+__all__ = [
+    "DnsSettings",
+    "NetPlan",
+    "TunnelInfo",
+    "describe_tunnel",
+    "net_plan",
+    "tun_config_from",
+]
 
 log = logging.getLogger("trivpn")
 
@@ -36,42 +46,164 @@ class TunnelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def tun_config_from(settings: PushedSettings, server_address: str) -> TunConfig:
-    """Translate pushed options into what the TUN layer applies."""
-    cfg = TunConfig(mtu=settings.tun_mtu or 1500)
-    if settings.ifconfig_local:
-        other = settings.ifconfig_remote_or_mask
-        if settings.topology == "subnet":
+#: The IPv6 routes of OpenVPN's ``redirect-gateway ipv6``: all global unicast and ULA space
+#: (leaving link-local and multicast on their links).
+REDIRECT_NETS6 = ("::/3", "2000::/4", "3000::/4", "fc00::/7")
+#: Where ICMPv6 "no route" answers of block-ipv6 come from without an IPv6 peer (OpenVPN's).
+BLOCK_IPV6_SOURCE = "fe80::7"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """The DNS the tunnel asks for: servers, domains, and whether all names go there."""
+
+    servers: tuple[str, ...]
+    domains: tuple[str, ...] = ()
+    #: every query goes to these servers (redirect-gateway), not just the domains
+    default_route: bool = True
+
+
+@dataclass(slots=True)
+class NetPlan:
+    """Everything `trivpn connect` applies for one tunnel: the TUN, DNS and block-ipv6."""
+
+    tun: TunConfig
+    dns: DnsSettings | None = None
+    #: answer IPv6 read from the TUN with ICMPv6 "no route" from this source (None: off)
+    block_ipv6_source: str | None = None
+
+
+def tun_config_from(
+    settings: PushedSettings, server_address: str, profile: Profile | None = None
+) -> TunConfig:
+    """Translate pushed options (and the profile's own routing options) for the TUN layer."""
+    return net_plan(settings, server_address, profile).tun
+
+
+def net_plan(settings: PushedSettings, server_address: str, profile: Profile | None = None) -> NetPlan:
+    """What to apply, from the PUSH_REPLY and the profile, with OpenVPN's precedence.
+
+    The server's ifconfig, topology, route-gateway, route-metric and redirect-gateway win
+    over the profile's; routes and DNS servers add up (the profile's first). IPv4 routes
+    go via the VPN gateway (route-gateway, or the net30/p2p peer) as OpenVPN sets them,
+    IPv6 routes straight into the TUN. Any route that would swallow the VPN server's own
+    address gets a host route for the server through the path it uses now.
+    """
+    p = profile if profile is not None else Profile(remotes=[])
+    cfg = TunConfig(mtu=settings.tun_mtu or p.tun_mtu or 1500)
+    topology = settings.topology if settings.topology_pushed or p.topology is None else p.topology
+    local, other = settings.ifconfig_local, settings.ifconfig_remote_or_mask
+    if local is None and p.ifconfig is not None:
+        local, other = p.ifconfig
+    if local:
+        if topology == "subnet":
             if not other:
-                raise FatalError("pushed 'ifconfig' lacks a netmask for topology subnet")
+                raise FatalError("'ifconfig' lacks a netmask for topology subnet")
             prefix = ipaddress.IPv4Network(f"0.0.0.0/{other}").prefixlen
-            cfg.ipv4 = (settings.ifconfig_local, prefix, None)
+            cfg.ipv4 = (local, prefix, None)
         else:
-            cfg.ipv4 = (settings.ifconfig_local, 32, other)
-    if settings.ifconfig_ipv6_local:
-        iface = ipaddress.IPv6Interface(settings.ifconfig_ipv6_local)
+            cfg.ipv4 = (local, 32, other)
+    local6 = settings.ifconfig_ipv6_local
+    remote6 = settings.ifconfig_ipv6_remote
+    if local6 is None and p.ifconfig_ipv6 is not None:
+        local6, remote6 = p.ifconfig_ipv6
+    if local6:
+        iface = ipaddress.IPv6Interface(local6)
         cfg.ipv6 = (str(iface.ip), iface.network.prefixlen)
-    for r in settings.routes:
-        network = r.network
-        if network == "vpn_gateway" and settings.route_gateway:
-            network = settings.route_gateway
-        if r.gateway == "net_gateway" or network in ("net_gateway", "remote_host", "vpn_gateway"):
-            log.warning("route %s %s %s is not supported; skipped", r.network, r.netmask, r.gateway or "")
+
+    gateway = settings.route_gateway if settings.route_gateway != "dhcp" else None
+    gateway = gateway or p.route_gateway
+    if gateway is None and topology != "subnet" and cfg.ipv4 is not None:
+        gateway = cfg.ipv4[2]
+    if cfg.ipv4 is None:
+        gateway = None  # no IPv4 on the TUN: a gateway there would be unreachable
+    metric = settings.route_metric if settings.route_metric is not None else p.route_metric
+    server = _ip_or_none(server_address)
+    for r in [*p.routes, *settings.routes]:
+        _add_route4(cfg, r, gateway, metric, server)
+    for r6 in [*p.routes_ipv6, *settings.routes_ipv6]:
+        if r6.gateway == "net_gateway":
+            cfg.bypass.append(r6.network)
             continue
-        net = ipaddress.IPv4Network(f"{network}/{r.netmask}", strict=False)
-        cfg.routes.append((str(net), None, r.metric))
-    for r6 in settings.routes_ipv6:
-        net6 = ipaddress.IPv6Network(r6.network, strict=False)
-        cfg.routes6.append((str(net6), None, r6.metric))
-    if settings.redirect_gateway is not None:
-        if "def1" not in settings.redirect_gateway:
-            log.warning("redirect-gateway without def1 is applied as def1 (never replaces the default route)")
-        if "!ipv4" not in settings.redirect_gateway:
-            cfg.redirect_gateway = True
-    cfg.redirect_gateway6 = bool(settings.redirect_gateway_ipv6)
-    if cfg.redirect_gateway or cfg.redirect_gateway6:
-        cfg.server_addresses = [server_address]
-    return cfg
+        cfg.routes6.append((r6.network, None, r6.metric if r6.metric is not None else metric))
+
+    flags = settings.redirect_gateway if settings.redirect_gateway is not None else p.redirect_gateway
+    block6 = settings.block_ipv6 or p.block_ipv6
+    local_server = False
+    if flags is not None:
+        if "def1" not in flags:
+            log.info("redirect-gateway without def1 is applied as def1 (the default route stays)")
+        cfg.redirect_gateway = "!ipv4" not in flags
+        cfg.block_local = "block-local" in flags and cfg.redirect_gateway
+        cfg.redirect_gateway6 = "ipv6" in flags
+        cfg.redirect_via = gateway if cfg.redirect_gateway else None
+        local_server = "local" in flags
+    if block6:
+        cfg.redirect_gateway6 = True  # nothing may leave outside the tunnel
+    cfg.redirect_nets6 = REDIRECT_NETS6
+    if server is not None and not local_server:
+        redirected = cfg.redirect_gateway if server.version == 4 else cfg.redirect_gateway6
+        if redirected:
+            cfg.server_addresses = [str(server)]
+        elif _covered(server, cfg):
+            cfg.bypass.append(str(server))
+    return NetPlan(
+        cfg,
+        _dns(settings, p, cfg.redirect_gateway or cfg.redirect_gateway6),
+        (remote6 or BLOCK_IPV6_SOURCE) if block6 else None,
+    )
+
+
+def _ip_or_none(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _add_route4(
+    cfg: TunConfig,
+    r: Route,
+    gateway: str | None,
+    metric: int | None,
+    server: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+) -> None:
+    """One IPv4 route, its keywords resolved: vpn_gateway, remote_host, net_gateway."""
+    network: str | None = r.network
+    if network == "vpn_gateway":
+        network = gateway
+    elif network == "remote_host":
+        network = str(server) if server is not None and server.version == 4 else None
+    elif network == "net_gateway":
+        network = None
+    if network is None:
+        log.warning("route %s %s: cannot resolve %s here; skipped", r.network, r.netmask, r.network)
+        return
+    net = ipaddress.IPv4Network(f"{network}/{r.netmask}", strict=False)
+    if r.gateway == "net_gateway":
+        cfg.bypass.append(str(net))
+        return
+    via = gateway if r.gateway in (None, "vpn_gateway") else r.gateway
+    if via == "remote_host":
+        log.warning("route %s %s remote_host is not supported; skipped", r.network, r.netmask)
+        return
+    cfg.routes.append((str(net), via, r.metric if r.metric is not None else metric))
+
+
+def _covered(server: ipaddress.IPv4Address | ipaddress.IPv6Address, cfg: TunConfig) -> bool:
+    """Would one of the tunnel's routes carry packets to the VPN server itself?"""
+    routes = cfg.routes if server.version == 4 else cfg.routes6
+    return any(server in ipaddress.ip_network(net, strict=False) for net, _gw, _m in routes)
+
+
+def _dns(settings: PushedSettings, p: Profile, redirect: bool) -> DnsSettings | None:
+    if p.no_dns:
+        return None
+    servers = list(dict.fromkeys([*p.dns_servers, *settings.dns_servers]))
+    domains = list(dict.fromkeys([*p.dns_domains, *settings.dns_domains]))
+    if not servers:
+        return None
+    return DnsSettings(tuple(servers), tuple(domains), default_route=redirect or not domains)
 
 
 def describe_tunnel(info: TunnelInfo) -> str:
@@ -88,7 +220,7 @@ def describe_tunnel(info: TunnelInfo) -> str:
         if cfg.redirect_gateway:
             routes.append("0.0.0.0/1+128.0.0.0/1")
         if cfg.redirect_gateway6:
-            routes.append("::/1+8000::/1")
+            routes.append("+".join(cfg.redirect_nets6))
         if routes:
             parts.append("routes " + ", ".join(routes))
     where = f" on {info.ifname}" if info.ifname else ""

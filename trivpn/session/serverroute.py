@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from trivpn.tun.netconfig import SERVER_ROUTE6_METRIC
 from trivpn.tun.rtnl import RTN_UNICAST, NetlinkError, RtnlSocket
 
 __all__ = ["ServerRoutes"]
@@ -114,6 +115,8 @@ class ServerRoutes:
         kwargs: dict[str, Any] = {"dst": str(ip), "dst_len": 32 if ip.version == 4 else 128, "oif": oif}
         if gateway is not None:
             kwargs["gateway"] = gateway
+        if ip.version == 6:
+            kwargs["priority"] = SERVER_ROUTE6_METRIC  # as OpenVPN's
         label = f"route {ip} (VPN server)" + (f" via {gateway}" if gateway else "")
         try:
             nl.add_route(**kwargs)

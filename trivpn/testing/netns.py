@@ -170,18 +170,21 @@ def netns_pair(prefix: str = "tv") -> Iterator[NetnsPair]:
 
 @contextlib.contextmanager
 def second_client(
-    pair: NetnsPair, server_v4: str = "10.201.1.1", client_v4: str = "10.201.1.2"
+    pair: NetnsPair, server_v4: str = "10.201.1.1", client_v4: str = "10.201.1.2", index: int = 1
 ) -> Iterator[Netns]:
-    """A third namespace joined to `pair.server` by its own veth (`veth1` on the server's
-    side, `veth0` in the new one), for tests that need two client machines. Deleted on
-    exit with whatever runs in it; deleting it also removes `veth1` from the server."""
-    ns = Netns(f"{pair.client.name[:-2]}-d")
+    """One more namespace joined to `pair.server` by its own veth (`veth<index>` on the
+    server's side, `veth0` in the new one), for tests that need several client machines.
+    Deleted on exit with whatever runs in it; deleting it also removes `veth<index>` from
+    the server. Each `index` needs its own link addresses."""
+    suffix = "d" if index == 1 else f"d{index}"
+    ns = Netns(f"{pair.client.name[:-2]}-{suffix}")
+    server_dev = f"veth{index}"
     try:
         _ip(["netns", "add", ns.name])
-        _ip(["-n", pair.server.name, "link", "add", "veth1", "type", "veth",
+        _ip(["-n", pair.server.name, "link", "add", server_dev, "type", "veth",
              "peer", "name", VETH_NAME, "netns", ns.name])
         _ip(["-n", ns.name, "link", "set", "lo", "up"])
-        for name, dev, addr in ((pair.server.name, "veth1", server_v4), (ns.name, VETH_NAME, client_v4)):
+        for name, dev, addr in ((pair.server.name, server_dev, server_v4), (ns.name, VETH_NAME, client_v4)):
             _ip(["-n", name, "addr", "add", f"{addr}/{LINK_V4_PREFIX}", "dev", dev])
             _ip(["-n", name, "link", "set", dev, "up"])
         yield ns

@@ -68,7 +68,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError, SessionRestart
 from trivpn.messages import (
     ActivateKey,
     AuthPending,
@@ -466,8 +466,8 @@ class KeySchedule:
     def _client_ready(self, options: list[str], now: float) -> None:
         try:
             agreement = client_agreement(options, self.config.policy)
-        except FatalError as exc:
-            # OpenVPN's process-push-msg-failed: a soft restart
+        except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
+            # OpenVPN's process-push-msg-failed: a soft restart either way
             self._close(Restart(str(exc)))
             return
         for warning in agreement.settings.warnings:

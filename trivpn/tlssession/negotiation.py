@@ -13,13 +13,20 @@ per-client options in OpenVPN's order (peer-id, cipher, protocol-flags / key-der
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trivpn.datachannel.crypto import is_cbc, normalize_data_cipher
-from trivpn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.errors import (
+    ConfigError,
+    FatalError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SessionRestart,
+)
 from trivpn.messages import InstallKey
-from trivpn.profile.push import PushedSettings, parse_push_options
+from trivpn.profile.push import PullPolicy, PushedSettings, PushRejected, parse_push_options
 from trivpn.tlssession.core import push_reply_messages
 from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
@@ -29,6 +36,8 @@ from trivpn.tlssession.keymethod import (
     IV_PROTO_TLS_KEY_EXPORT,
 )
 from trivpn.tlssession.tls import TLSEngine
+
+log = logging.getLogger("trivpn")
 
 #: RFC 5705 label of 2.6's dynamic tls-crypt key (ssl_backend.h).
 DYNAMIC_TLS_CRYPT_LABEL = b"EXPORTER-OpenVPN-dynamic-tls-crypt"
@@ -55,6 +64,8 @@ class CipherPolicy:
     fallback: str | None = None
     key_derivation: str = "auto"
     auth: str = "SHA1"
+    #: client: the profile's pull-filter / route-nopull, applied to the PUSH_REPLY
+    pull: PullPolicy | None = None
 
     def __init__(
         self,
@@ -62,6 +73,7 @@ class CipherPolicy:
         fallback: str | None = None,
         key_derivation: str = "auto",
         auth: str = "SHA1",
+        pull: PullPolicy | None = None,
     ) -> None:
         if key_derivation not in ("auto", "ekm", "prf"):
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
@@ -69,6 +81,7 @@ class CipherPolicy:
         object.__setattr__(self, "fallback", fallback)
         object.__setattr__(self, "key_derivation", key_derivation)
         object.__setattr__(self, "auth", auth)
+        object.__setattr__(self, "pull", pull)
 
 
 def choose_cipher(settings: PushedSettings, policy: CipherPolicy) -> str:
@@ -240,9 +253,13 @@ class Agreement:
 def client_agreement(options: Sequence[str], policy: CipherPolicy) -> Agreement:
     """Client: what the server's PUSH_REPLY settled (FatalError if we cannot accept it)."""
     try:
-        settings = parse_push_options(options)
+        settings = parse_push_options(options, policy.pull)
+    except PushRejected as exc:  # OpenVPN restarts the session (SIGUSR1)
+        raise SessionRestart(f"{exc}; restarting") from None
     except RemoteProtocolError as exc:
         raise FatalError(f"unusable PUSH_REPLY from the server: {exc}") from None
+    for dropped in settings.filtered:
+        log.info("pushed option removed by pull-filter/route-nopull: %s", dropped[:80])
     try:
         cipher = choose_cipher(settings, policy)
     except ConfigError as exc:

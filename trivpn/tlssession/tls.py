@@ -219,58 +219,12 @@ class TLSEngine:
         self._failed: str | None = None
         self._started = False
 
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(_TLS_VERSIONS[config.tls_version_min])
-        if config.tls_version_max is not None:
-            ctx.set_max_proto_version(_TLS_VERSIONS[config.tls_version_max])
-        # As OpenVPN does: no tickets, no renegotiation, no session cache; every key_id gets
-        # a fresh full handshake.
-        ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-        store = ctx.get_cert_store()
-        assert store is not None
-        cas = _load_certs(config.ca_pem, "CA certificate")
-        for ca in cas:
-            try:
-                store.add_cert(crypto.X509.from_cryptography(ca))
-            except crypto.Error:
-                pass  # the same CA twice in the bundle
-        if config.crl_pem is not None:  # revocation of the peer's own certificate, as OpenVPN
-            store.add_crl(load_crl(config.crl_pem, cas))
-            store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
-        if config.cert_pem is not None and config.key_pem is not None:
-            self._load_identity(ctx, config.cert_pem, config.key_pem)
-        mode = SSL.VERIFY_PEER
-        if config.is_server:
-            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode, self._verify_callback)
-
-        self._conn = SSL.Connection(ctx, None)
+        self._conn = SSL.Connection(_context_for(config), None)
+        self._conn.set_app_data(self)
         if config.is_server:
             self._conn.set_accept_state()
         else:
             self._conn.set_connect_state()
-
-    @staticmethod
-    def _load_identity(ctx: SSL.Context, cert_pem: str, key_pem: str) -> None:
-        chain = _load_certs(cert_pem, "certificate")
-        try:
-            key = serialization.load_pem_private_key(key_pem.encode(), password=None)
-        except (ValueError, TypeError, UnicodeError) as exc:
-            raise ConfigError(f"cannot read the private key (PEM, unencrypted): {exc}") from None
-        if not isinstance(key, _TLS_KEY_TYPES):
-            raise ConfigError(
-                f"the private key is a {type(key).__name__.removeprefix('_')}, which cannot sign "
-                "a TLS handshake (use RSA, EC, Ed25519 or Ed448)"
-            )
-        try:
-            ctx.use_certificate(chain[0])
-            ctx.use_privatekey(key)
-            for extra in chain[1:]:
-                ctx.add_extra_chain_cert(extra)
-            ctx.check_privatekey()
-        except (SSL.Error, crypto.Error, TypeError, ValueError):
-            raise ConfigError("the certificate and the private key do not match") from None
 
     # -- verification -------------------------------------------------------------------------
 
@@ -478,3 +432,81 @@ def _ssl_error_text(exc: SSL.Error) -> str:
                 parts.append(str(item))
         return "; ".join(parts)
     return str(exc) or type(exc).__name__
+
+
+#: Contexts shared by every engine with an equal configuration. A server makes one engine per
+#: client and key_id; building a context each time parsed the CA, certificate and key again
+#: and kept a private copy of each (docs/performance.md, `bench server`: RSS per idle client).
+_CONTEXTS: dict[TLSConfig, SSL.Context] = {}
+#: Configurations kept at once (a changed CRL makes a new one; old ones age out).
+_CONTEXT_CACHE_SIZE = 8
+
+
+def _context_for(config: TLSConfig) -> SSL.Context:
+    ctx = _CONTEXTS.get(config)
+    if ctx is None:
+        ctx = _build_context(config)
+        if len(_CONTEXTS) >= _CONTEXT_CACHE_SIZE:
+            _CONTEXTS.pop(next(iter(_CONTEXTS)))
+        _CONTEXTS[config] = ctx
+    return ctx
+
+
+def _shared_verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+    """The context's verify callback: hand the call to the engine that owns `conn`."""
+    engine = conn.get_app_data()
+    if not isinstance(engine, TLSEngine):
+        return False
+    return engine._verify_callback(conn, cert, errnum, depth, ok)
+
+
+def _build_context(config: TLSConfig) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_TLS_VERSIONS[config.tls_version_min])
+    if config.tls_version_max is not None:
+        ctx.set_max_proto_version(_TLS_VERSIONS[config.tls_version_max])
+    # As OpenVPN does: no tickets, no renegotiation, no session cache; every key_id gets
+    # a fresh full handshake.
+    ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # Idle sessions (a server holds one per client) give their 16 KiB read/write buffers back.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    store = ctx.get_cert_store()
+    assert store is not None
+    cas = _load_certs(config.ca_pem, "CA certificate")
+    for ca in cas:
+        try:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+        except crypto.Error:
+            pass  # the same CA twice in the bundle
+    if config.crl_pem is not None:  # revocation of the peer's own certificate, as OpenVPN
+        store.add_crl(load_crl(config.crl_pem, cas))
+        store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+    if config.cert_pem is not None and config.key_pem is not None:
+        _load_identity(ctx, config.cert_pem, config.key_pem)
+    mode = SSL.VERIFY_PEER
+    if config.is_server:
+        mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    ctx.set_verify(mode, _shared_verify)
+    return ctx
+
+
+def _load_identity(ctx: SSL.Context, cert_pem: str, key_pem: str) -> None:
+    chain = _load_certs(cert_pem, "certificate")
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise ConfigError(f"cannot read the private key (PEM, unencrypted): {exc}") from None
+    if not isinstance(key, _TLS_KEY_TYPES):
+        raise ConfigError(
+            f"the private key is a {type(key).__name__.removeprefix('_')}, which cannot sign "
+            "a TLS handshake (use RSA, EC, Ed25519 or Ed448)"
+        )
+    try:
+        ctx.use_certificate(chain[0])
+        ctx.use_privatekey(key)
+        for extra in chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        ctx.check_privatekey()
+    except (SSL.Error, crypto.Error, TypeError, ValueError):
+        raise ConfigError("the certificate and the private key do not match") from None

@@ -218,3 +218,36 @@ def ip_destination(packet: bytes) -> str | None:
     if version == 6 and len(packet) >= IPV6_HEADER_LEN:
         return socket.inet_ntop(socket.AF_INET6, packet[24:40])
     return None
+
+
+#: ICMPv6 destination unreachable, code 0 "no route to destination" (RFC 4443 §3.1).
+ICMP6_DEST_UNREACH = 1
+ICMP6_NO_ROUTE = 0
+#: An ICMPv6 error must fit the IPv6 minimum MTU (RFC 4443 §2.4 (c)).
+ICMP6_ERROR_MAX = 1280
+_ICMP6_ERROR_TYPES = range(0, 128)  # types below 128 are errors (RFC 4443 §2.1)
+
+
+def icmp6_no_route(packet: bytes, source: str) -> bytes | None:
+    """The ICMPv6 "no route to destination" answer to an IPv6 packet (block-ipv6).
+
+    None when no answer may be sent (RFC 4443 §2.4 (e)): not IPv6, too short, an ICMPv6
+    error itself, from the unspecified or a multicast source, or to a multicast group. The answer carries as
+    much of the packet as fits in 1280 bytes and comes from `source`.
+    """
+    if ip_version(packet) != 6 or len(packet) < IPV6_HEADER_LEN:
+        return None
+    orig_src = packet[8:24]
+    if orig_src == bytes(16) or orig_src[0] == 0xFF or packet[24] == 0xFF:
+        return None  # from nobody, from a group, or to a group (router solicitations, MLD)
+    if packet[6] == IpProto.ICMPV6 and len(packet) > IPV6_HEADER_LEN:
+        if packet[IPV6_HEADER_LEN] in _ICMP6_ERROR_TYPES:
+            return None
+    src = ipaddress.IPv6Address(source).packed
+    quoted = packet[: ICMP6_ERROR_MAX - IPV6_HEADER_LEN - 8]
+    length = 8 + len(quoted)
+    body = struct.pack("!BBHI", ICMP6_DEST_UNREACH, ICMP6_NO_ROUTE, 0, 0) + quoted
+    checksum = internet_checksum(body, _pseudo_header_sum(src, orig_src, length, IpProto.ICMPV6))
+    body = body[:2] + struct.pack("!H", checksum) + body[4:]
+    header = _IPV6_HDR.pack(6 << 28, length, IpProto.ICMPV6, 255, src, orig_src)
+    return header + body

@@ -14,7 +14,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -86,6 +86,9 @@ class LinuxTun:
         self.stats = TunStats()
         self._read_size = max(mtu, DEFAULT_TUN_MTU) + TUN_READ_SLACK
         self._closed = False
+        #: block-ipv6: IPv6 packets read are answered with what this returns (ICMPv6
+        #: "no route", or None for no answer) and never handed on; None: off
+        self.ipv6_answer: Callable[[bytes], bytes | None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -123,7 +126,24 @@ class LinuxTun:
         if batch:
             self.stats.packets_read += len(batch)
             self.stats.bytes_read += nbytes
+            if self.ipv6_answer is not None:
+                return self._answer_ipv6(batch, self.ipv6_answer)
         return batch
+
+    def _answer_ipv6(self, batch: list[bytes], answer: Callable[[bytes], bytes | None]) -> list[bytes]:
+        """Keep the IPv4 packets; answer each IPv6 one locally (best effort, never blocks)."""
+        kept: list[bytes] = []
+        for packet in batch:
+            if not packet or packet[0] >> 4 != 6:
+                kept.append(packet)
+                continue
+            reply = answer(packet)
+            if reply is not None:
+                try:
+                    os.write(self.fd, reply)
+                except OSError:
+                    self.stats.dropped_errors += 1
+        return kept
 
     async def read_batch(self) -> list[bytes]:
         """Wait until readable, then read up to max_batch packets; `[]` once the device is closed."""

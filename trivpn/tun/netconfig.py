@@ -34,6 +34,9 @@ IPV6_MIN_MTU = 1280  # RFC 8200: an interface carrying IPv6 needs at least this
 # Errors meaning "the thing to remove is not there any more" (its interface is gone, ...).
 _ALREADY_GONE = frozenset({errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
 
+#: OpenVPN gives the IPv6 host route to its server metric 1 (IPv4's has none); so do we.
+SERVER_ROUTE6_METRIC = 1
+
 REDIRECT_DEF1_V4 = ("0.0.0.0/1", "128.0.0.0/1")
 REDIRECT_DEF1_V6 = ("::/1", "8000::/1")
 
@@ -48,8 +51,22 @@ class TunConfig:
     routes: list[tuple[str, str | None, int | None]] = field(default_factory=list)
     routes6: list[tuple[str, str | None, int | None]] = field(default_factory=list)
     redirect_gateway: bool = False  # def1: 0.0.0.0/1 + 128.0.0.0/1 through the tunnel
-    redirect_gateway6: bool = False  # ::/1 + 8000::/1
+    redirect_gateway6: bool = False  # redirect_nets6 (default ::/1 + 8000::/1)
+    #: VPN servers, pinned to their current path when their family is redirected
     server_addresses: list[str] = field(default_factory=list)
+    #: False: someone else pins the servers (trivpn connect: session/serverroute.py, so the
+    #: pin can follow a new server without redoing the routes); block-local still sees them
+    pin_servers: bool = True
+    #: gateway of the def1 halves (OpenVPN routes them via the VPN gateway); None: on-link
+    redirect_via: str | None = None
+    #: the IPv6 routes that make up redirect_gateway6
+    redirect_nets6: tuple[str, ...] = REDIRECT_DEF1_V6
+    #: hosts or networks routed through the path they use now, before the tunnel's routes
+    #: (a server covered by an ordinary route, `net_gateway` routes)
+    bypass: list[str] = field(default_factory=list)
+    #: redirect-gateway block-local: the local network(s) of the default route's interface
+    #: go into the tunnel too (in halves, via redirect_via), except the LAN gateway itself
+    block_local: bool = False
 
 
 @dataclass(slots=True)
@@ -68,7 +85,8 @@ class _Plan:
     addrs: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # add_addr kwargs
     # (dst, prefixlen, gateway, metric, label); gateway None = on-link through the TUN
     routes: list[tuple[str, int, str | None, int | None, str]] = field(default_factory=list)
-    host_routes: list[str] = field(default_factory=list)  # VPN server addresses to pin
+    #: (network, prefixlen) to pin to the path they use now: VPN servers, bypass routes
+    host_routes: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _addr(text: str, version: int, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -128,25 +146,33 @@ def _plan(cfg: TunConfig) -> _Plan:
                 raise ConfigError(f"{what} {network_text}: bad metric {metric}")
             label = f"{net}" + (f" via {gw}" if gw else "")
             plan.routes.append((str(net.network_address), net.prefixlen, gw, metric, label))
-    for enabled, nets, family in (
-        (cfg.redirect_gateway, REDIRECT_DEF1_V4, socket.AF_INET),
-        (cfg.redirect_gateway6, REDIRECT_DEF1_V6, socket.AF_INET6),
+    via = str(_addr(cfg.redirect_via, 4, "redirect gateway")) if cfg.redirect_via else None
+    for enabled, nets, family, gw in (
+        (cfg.redirect_gateway, REDIRECT_DEF1_V4, socket.AF_INET, via),
+        (cfg.redirect_gateway6, cfg.redirect_nets6, socket.AF_INET6, None),
     ):
         if not enabled:
             continue
         for text in nets:
-            net = ipaddress.ip_network(text)
-            plan.routes.append(
-                (str(net.network_address), net.prefixlen, None, None, f"{net} (redirect)")
-            )
-        for server in cfg.server_addresses:
+            net = _network(text, 4 if family == socket.AF_INET else 6, "redirect-gateway")
+            label = f"{net}" + (f" via {gw}" if gw else "") + " (redirect)"
+            plan.routes.append((str(net.network_address), net.prefixlen, gw, None, label))
+        for server in cfg.server_addresses if cfg.pin_servers else ():
             try:
                 server_ip = ipaddress.ip_address(server)
             except ValueError:
                 raise ConfigError(f"VPN server address {server!r} is not an IP address") from None
             server_family = socket.AF_INET if server_ip.version == 4 else socket.AF_INET6
             if server_family == family:
-                plan.host_routes.append(str(server_ip))
+                plan.host_routes.append((str(server_ip), server_ip.max_prefixlen))
+    for text in cfg.bypass:
+        try:
+            bypass = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ConfigError(f"bypass route {text!r} is not a network") from None
+        item = (str(bypass.network_address), bypass.prefixlen)
+        if item not in plan.host_routes:
+            plan.host_routes.append(item)
     return plan
 
 
@@ -201,8 +227,10 @@ class NetConfigurator:
 
         # The server host routes must be looked up before the redirect routes exist,
         # otherwise the lookup would already answer "through the tunnel".
-        for server in plan.host_routes:
-            self._add_server_route(nl, index, server)
+        for network, prefixlen in plan.host_routes:
+            self._add_server_route(nl, index, network, prefixlen)
+        if cfg.block_local:
+            self._block_local(nl, index, cfg)
 
         for dst, prefixlen, gateway, metric, label in plan.routes:
             route: dict[str, Any] = {"dst": dst, "dst_len": prefixlen, "oif": index}
@@ -213,8 +241,9 @@ class NetConfigurator:
             if self._add(nl, "route", route, f"route {label}"):
                 self._steps.append(_Step("route", route, f"route {label}"))
 
-    def _add_server_route(self, nl: RtnlSocket, tun_index: int, server: str) -> None:
-        """Pin the VPN server to the path it uses now, so redirect-gateway cannot loop."""
+    def _add_server_route(self, nl: RtnlSocket, tun_index: int, server: str, prefixlen: int) -> None:
+        """Pin the VPN server (or a bypass network) to the path it uses now, so the
+        tunnel's routes cannot loop."""
         try:
             current = nl.get_route(server)
         except NetlinkError as exc:
@@ -225,16 +254,58 @@ class NetConfigurator:
         oif, gateway = current.oif, current.gateway
         if oif is None or oif == tun_index or current.type != RTN_UNICAST:
             return  # local address, already through the tunnel, or unreachable: nothing to pin
-        kwargs: dict[str, Any] = {
-            "dst": server,
-            "dst_len": 32 if ipaddress.ip_address(server).version == 4 else 128,
-            "oif": oif,
-        }
+        kwargs: dict[str, Any] = {"dst": server, "dst_len": prefixlen, "oif": oif}
         if gateway is not None:
             kwargs["gateway"] = gateway
-        label = f"route {server} (VPN server)" + (f" via {gateway}" if gateway else "")
+        version = ipaddress.ip_address(server).version
+        host = prefixlen == (32 if version == 4 else 128)
+        if host and version == 6:
+            kwargs["priority"] = SERVER_ROUTE6_METRIC
+        what = f"{server} (VPN server)" if host else f"{server}/{prefixlen} (bypass)"
+        label = f"route {what}" + (f" via {gateway}" if gateway else "")
         if self._add(nl, "route", kwargs, label):
             self._steps.append(_Step("route", kwargs, label))
+
+    def _block_local(self, nl: RtnlSocket, tun_index: int, cfg: TunConfig) -> None:
+        """OpenVPN's block-local: the default route's local networks, split in halves so they
+        win over the connected routes, go into the tunnel; the LAN gateway keeps a host
+        route. Skipped (with a warning) when that cannot be worked out, and when the VPN
+        server itself is on that network."""
+        try:
+            default = nl.default_route4()
+            addrs = [] if default is None or default.oif is None else nl.addresses4(default.oif)
+        except (NetlinkError, RemoteProtocolError) as exc:
+            log.warning("block-local: cannot read the default route (%s); not blocking", exc)
+            return
+        if default is None or default.gateway is None or default.oif is None:
+            log.warning("block-local: no IPv4 default gateway; not blocking the local network")
+            return
+        gateway = ipaddress.IPv4Address(default.gateway)
+        nets: list[ipaddress.IPv4Network] = []
+        for address, prefixlen in addrs:
+            net = ipaddress.IPv4Network(f"{address}/{prefixlen}", strict=False)
+            if prefixlen < 32 and net not in nets:
+                nets.append(net)
+        lan = next((n for n in nets if gateway in n), None)
+        if lan is None:
+            log.warning("block-local: the gateway %s is on no local network; not blocking", gateway)
+            return
+        servers = [ipaddress.ip_address(s) for s in cfg.server_addresses]
+        if any(s.version == 4 and s in lan for s in servers):
+            log.info("block-local: the VPN server is on the local network; not blocking it")
+            return
+        pin = {"dst": str(gateway), "dst_len": 32, "oif": default.oif, "gateway": str(gateway)}
+        if self._add(nl, "route", pin, f"route {gateway} (LAN gateway)"):
+            self._steps.append(_Step("route", pin, f"route {gateway} (LAN gateway)"))
+        via = cfg.redirect_via
+        for net in nets:
+            for half in net.subnets(prefixlen_diff=1):
+                route: dict[str, Any] = {"dst": str(half.network_address), "dst_len": half.prefixlen, "oif": tun_index}
+                if via is not None:
+                    route["gateway"] = via
+                label = f"route {half} (block-local)"
+                if self._add(nl, "route", route, label):
+                    self._steps.append(_Step("route", route, label))
 
     @staticmethod
     def _add(nl: RtnlSocket, kind: str, kwargs: dict[str, Any], label: str) -> bool:

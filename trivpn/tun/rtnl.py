@@ -30,21 +30,22 @@ import os
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 
 # Message types and flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
 RTM_NEWLINK, RTM_GETLINK = 16, 18
-RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
 # Attribute types
 IFLA_IFNAME, IFLA_MTU = 3, 4
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 4, 5, 6
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
 # Values
 IFF_UP = 0x1
@@ -95,6 +96,10 @@ class Route:
     type: int  # RTN_UNICAST, RTN_LOCAL, RTN_UNREACHABLE, ...
     oif: int | None
     gateway: str | None
+    # what a dump needs besides (left out of ==, which compares lookup answers)
+    dst_len: int = field(default=0, compare=False)
+    table: int = field(default=RT_TABLE_MAIN, compare=False)
+    priority: int = field(default=0, compare=False)
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -254,7 +259,7 @@ def parse_route(body: bytes) -> Route:
     """The interesting part of an RTM_NEWROUTE reply."""
     if len(body) < _RTMSG.size:
         raise RemoteProtocolError("rtnetlink: truncated rtmsg")
-    family, *_middle, kind, _flags = _RTMSG.unpack_from(body)
+    family, dst_len, _src_len, _tos, table, _proto, _scope, kind, _flags = _RTMSG.unpack_from(body)
     attrs = parse_attrs(body[_RTMSG.size :])
     gateway = attrs.get(RTA_GATEWAY)
     text = None
@@ -263,7 +268,28 @@ def parse_route(body: bytes) -> Route:
         if width != len(gateway):
             raise RemoteProtocolError(f"rtnetlink: bad gateway for family {family}")
         text = str(ipaddress.ip_address(gateway))
-    return Route(type=kind, oif=_u32(attrs, RTA_OIF), gateway=text)
+    return Route(
+        type=kind,
+        oif=_u32(attrs, RTA_OIF),
+        gateway=text,
+        dst_len=dst_len,
+        table=_u32(attrs, RTA_TABLE) or table,
+        priority=_u32(attrs, RTA_PRIORITY) or 0,
+    )
+
+
+def parse_addr4(body: bytes) -> tuple[int, str, int] | None:
+    """(interface index, local address, prefix length) of an IPv4 RTM_NEWADDR, else None."""
+    if len(body) < _IFADDRMSG.size:
+        raise RemoteProtocolError("rtnetlink: truncated ifaddrmsg")
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body)
+    if family != socket.AF_INET:
+        return None
+    attrs = parse_attrs(body[_IFADDRMSG.size :])
+    local = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if local is None or len(local) != 4:
+        return None
+    return index, str(ipaddress.IPv4Address(local)), prefixlen
 
 
 def parse_error(body: bytes) -> int:
@@ -401,6 +427,30 @@ class RtnlSocket:
     ) -> None:
         body = route_body(dst, dst_len, oif=oif, gateway=gateway, priority=priority)
         self.request(RTM_DELROUTE, body)
+
+    def default_route4(self) -> Route | None:
+        """The IPv4 default route of the main table with the lowest metric (a dump)."""
+        body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+        best: Route | None = None
+        for msg in self.request(RTM_GETROUTE, body, NLM_F_DUMP):
+            if msg.type != RTM_NEWROUTE:
+                continue
+            route = parse_route(msg.body)
+            if route.dst_len or route.table != RT_TABLE_MAIN or route.type != RTN_UNICAST:
+                continue
+            if best is None or route.priority < best.priority:
+                best = route
+        return best
+
+    def addresses4(self, index: int) -> list[tuple[str, int]]:
+        """The IPv4 (address, prefix length) pairs of interface `index` (a dump)."""
+        body = _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+        out: list[tuple[str, int]] = []
+        for msg in self.request(RTM_GETADDR, body, NLM_F_DUMP):
+            if msg.type == RTM_NEWADDR and (addr := parse_addr4(msg.body)) is not None:
+                if addr[0] == index:
+                    out.append(addr[1:])
+        return out
 
     def get_route(self, dst: str) -> Route | None:
         """How the kernel would reach `dst` now (NetlinkError, e.g. ENETUNREACH, if it can't)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trivpn.bench import vpn
 from trivpn.bench.__main__ import main as bench_main
-from trivpn.bench.probe import _checksum, _echo
+from trivpn.bench.probe import Result, _checksum, _echo, missing_measurements
 
 
 def test_percentile_nearest_rank() -> None:
@@ -65,3 +67,33 @@ def test_dispatcher_reports_unknown_and_missing_benchmarks(capsys: pytest.Captur
     assert bench_main(["nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
     assert bench_main([]) == 2
+
+
+def test_openvpn_gets_tcp_nodelay_on_tcp_only_and_the_default_runs_beside_it(tmp_path: Path) -> None:
+    plan = vpn.parse_args(["--quick"])
+    tcp, udp = vpn.Cell("tcp", "AES-256-GCM"), vpn.Cell("udp", "AES-256-GCM")
+    assert plan.clients == ("trivpn", "openvpn", "openvpn-default")
+    assert vpn.cell_clients(udp, plan.clients) == ("trivpn", "openvpn")
+    assert vpn.cell_clients(tcp, plan.clients) == plan.clients
+    profile = tmp_path / "c.ovpn"
+    fair = vpn._client_spec("openvpn", tcp, profile, "10.8.0.1", plan)["argv"]
+    shipped = vpn._client_spec("openvpn-default", tcp, profile, "10.8.0.1", plan)["argv"]
+    over_udp = vpn._client_spec("openvpn", udp, profile, "10.8.0.1", plan)["argv"]
+    assert fair[-2:] == ["--socket-flags", "TCP_NODELAY"]
+    assert "--socket-flags" not in shipped and "--socket-flags" not in over_udp
+
+
+def test_a_run_missing_a_promised_measurement_is_not_ok() -> None:
+    res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0, rtt_idle_ms=[0.5],
+                 idle_cpu_pct=1.0, moved_bytes=10, peak_rss_mb=30.0)
+    assert missing_measurements(res) == ["rtt_load_ms (no sample while the load ran)"]
+    res.rtt_load_ms = [0.9]
+    assert missing_measurements(res) == []
+    res.tx_mbps = None
+    assert missing_measurements(res) == ["tx_mbps"]
+
+
+def test_table_shows_a_dash_for_a_client_that_did_not_run_in_a_cell() -> None:
+    s = vpn.summarize([_run("trivpn", 100), _run("openvpn", 100)], ("trivpn", "openvpn"))
+    table = vpn.format_table({"udp/X": s}, ("trivpn", "openvpn", "openvpn-default"))
+    assert "| udp/X | throughput client→server (Mbit/s) | 100 | 100 | — | 1.00× |" in table

@@ -100,14 +100,24 @@ def test_applier_pins_only_with_redirect_gateway_and_keeps_routes_across_servers
 
     monkeypatch.setattr(netapply, "NetConfigurator", FakeConfigurator)
     monkeypatch.setattr(netapply, "ServerRoutes", lambda ifname: ServerRoutes(ifname, nl))  # type: ignore[arg-type]
+    class NoDns:
+        def recover(self) -> None:
+            pass
+
+        def undo(self) -> None:
+            pass
+
+        def apply(self, dns: object) -> None:
+            pass
+
     cleanups: list[Any] = []
-    tun = TunApplier("tun0", cleanups.append)
+    tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]  # duck-typed
     tun.reaching(["192.0.2.1"])  # nothing applied yet: no redirect, no pin
     assert nl.routes == []
     nl.answers["192.0.2.1"] = Route(RTN_UNICAST, ETH, "10.0.0.1")  # the server, and the probe
     cfg = TunConfig(ipv4=("10.8.0.2", 24, None), redirect_gateway=True, server_addresses=["192.0.2.1"])
     tun.apply(cfg)
-    assert [r["dst"] for r in nl.routes] == ["192.0.2.1"] and applied[-1].server_addresses == []
+    assert [r["dst"] for r in nl.routes] == ["192.0.2.1"] and not applied[-1].pin_servers
     tun.reaching(["198.51.100.7"])  # the next attempt goes elsewhere
     tun.apply(TunConfig(ipv4=("10.8.0.2", 24, None), redirect_gateway=True, server_addresses=["198.51.100.7"]))
     assert len(applied) == 1  # same settings: not undone and redone

@@ -1,0 +1,120 @@
+"""net_plan: pushed and profile routing/DNS options merged the way OpenVPN 2.6 does (issue 13)."""
+
+from __future__ import annotations
+
+import pytest
+from helpers.profiles import make_profile
+
+from trivpn.profile.push import parse_push_options
+from trivpn.session.netsettings import BLOCK_IPV6_SOURCE, REDIRECT_NETS6, DnsSettings, net_plan
+
+SUBNET = ["topology subnet", "ifconfig 10.8.0.2 255.255.255.0", "route-gateway 10.8.0.1"]
+V6 = ["ifconfig-ipv6 fd00:8::1000/64 fd00:8::1"]
+SERVER = "198.51.100.7"
+
+
+def plan(pushed: list[str], extra: str = "", server: str = SERVER):  # type: ignore[no-untyped-def]
+    return net_plan(parse_push_options(pushed), server, make_profile(extra))
+
+
+def test_routes_go_via_the_vpn_gateway_with_route_metric() -> None:
+    p = plan(
+        [*SUBNET, *V6, "route 10.9.0.0 255.255.0.0", "route 10.10.0.0 255.255.0.0 10.8.0.7 3",
+         "route-ipv6 fd00:9::/64", "route-metric 20"],
+        "route 172.16.0.0 255.255.0.0\nroute-ipv6 2001:db8::/32 default 5\n",
+    )
+    cfg = p.tun
+    assert cfg.ipv4 == ("10.8.0.2", 24, None) and cfg.ipv6 == ("fd00:8::1000", 64)
+    assert cfg.routes == [
+        ("172.16.0.0/16", "10.8.0.1", 20),  # the profile's first, as OpenVPN
+        ("10.9.0.0/16", "10.8.0.1", 20),
+        ("10.10.0.0/16", "10.8.0.7", 3),
+    ]
+    assert cfg.routes6 == [("2001:db8::/32", None, 5), ("fd00:9::/64", None, 20)]
+    assert not cfg.redirect_gateway and not cfg.redirect_gateway6
+    assert cfg.server_addresses == [] and cfg.bypass == []
+    assert p.dns is None and p.block_ipv6_source is None
+
+
+def test_net30_gateway_is_the_peer() -> None:
+    cfg = plan(["topology net30", "ifconfig 10.8.0.6 10.8.0.5", "route 10.9.0.0 255.255.0.0"]).tun
+    assert cfg.ipv4 == ("10.8.0.6", 32, "10.8.0.5")
+    assert cfg.routes == [("10.9.0.0/16", "10.8.0.5", None)]
+
+
+@pytest.mark.parametrize(
+    ("flags", "v4", "v6", "pinned"),
+    [
+        ("def1", True, False, [SERVER]),
+        ("def1 ipv6", True, True, [SERVER]),
+        ("def1 ipv6 !ipv4", False, True, []),  # an IPv4 server is not redirected: no pin
+        ("def1 local", True, False, []),
+        ("def1 bypass-dhcp bypass-dns autolocal", True, False, [SERVER]),
+        ("", True, False, [SERVER]),  # without def1: applied as def1
+    ],
+)
+def test_redirect_gateway_flags_from_the_profile(flags: str, v4: bool, v6: bool, pinned: list[str]) -> None:
+    cfg = plan([*SUBNET, *V6], f"redirect-gateway {flags}\n").tun
+    assert cfg.redirect_gateway is v4 and cfg.redirect_gateway6 is v6
+    assert cfg.redirect_via == ("10.8.0.1" if v4 else None)
+    assert cfg.redirect_nets6 == REDIRECT_NETS6
+    assert cfg.server_addresses == pinned
+
+
+def test_pushed_redirect_gateway_replaces_the_profiles() -> None:
+    cfg = plan([*SUBNET, "redirect-gateway def1 ipv6"], "redirect-gateway def1 local\n").tun
+    assert cfg.redirect_gateway and cfg.redirect_gateway6 and cfg.server_addresses == [SERVER]
+
+
+def test_ipv6_server_pinned_when_ipv6_is_redirected() -> None:
+    cfg = plan([*SUBNET, *V6, "redirect-gateway def1 ipv6"], server="2001:db8:5::7").tun
+    assert cfg.server_addresses == ["2001:db8:5::7"]
+
+
+def test_a_pushed_default_route_keeps_the_server_reachable() -> None:
+    cfg = plan([*SUBNET, "route 0.0.0.0 0.0.0.0"]).tun
+    assert cfg.routes == [("0.0.0.0/0", "10.8.0.1", None)]
+    assert not cfg.redirect_gateway and cfg.bypass == [SERVER]
+    cfg = plan([*SUBNET, *V6, "route-ipv6 ::/0"], server="2001:db8:5::7").tun
+    assert cfg.bypass == ["2001:db8:5::7"]
+    assert plan([*SUBNET, "route 10.0.0.0 255.0.0.0"]).tun.bypass == []
+
+
+def test_route_keywords() -> None:
+    cfg = plan(
+        [*SUBNET, "route remote_host 255.255.255.255 net_gateway", "route 192.0.2.0 255.255.255.0 net_gateway",
+         "route vpn_gateway", "route 10.7.0.0 255.255.0.0 vpn_gateway"]
+    ).tun
+    assert cfg.bypass == [f"{SERVER}/32", "192.0.2.0/24"]
+    assert cfg.routes == [("10.8.0.1/32", "10.8.0.1", None), ("10.7.0.0/16", "10.8.0.1", None)]
+
+
+def test_block_ipv6_routes_ipv6_into_the_tunnel_and_answers_it() -> None:
+    p = plan([*SUBNET, "block-ipv6"])
+    assert p.tun.redirect_gateway6 and p.tun.redirect_nets6 == REDIRECT_NETS6
+    assert p.block_ipv6_source == BLOCK_IPV6_SOURCE
+    p = plan([*SUBNET, *V6], "block-ipv6\nredirect-gateway def1 ipv6\n")
+    assert p.block_ipv6_source == "fd00:8::1"  # the IPv6 peer, as OpenVPN
+
+
+def test_static_ifconfig_from_the_profile_when_nothing_is_pushed() -> None:
+    p = plan(["ping 10"], "topology subnet\nifconfig 10.66.0.2 255.255.255.0\nroute-gateway 10.66.0.1\n"
+             "ifconfig-ipv6 fd00:66::2/64 fd00:66::1\nroute 10.67.0.0 255.255.0.0\n")
+    assert p.tun.ipv4 == ("10.66.0.2", 24, None) and p.tun.ipv6 == ("fd00:66::2", 64)
+    assert p.tun.routes == [("10.67.0.0/16", "10.66.0.1", None)]
+    # a pushed ifconfig wins
+    assert plan(SUBNET, "ifconfig 10.66.0.2 255.255.255.0\n").tun.ipv4 == ("10.8.0.2", 24, None)
+
+
+def test_dns_merges_profile_and_push_and_knows_the_default_route() -> None:
+    pushed = [*SUBNET, "dhcp-option DNS 10.8.0.53", "dhcp-option DOMAIN corp.example"]
+    p = plan(pushed, "dhcp-option DNS 10.8.0.54\n")
+    assert p.dns == DnsSettings(("10.8.0.54", "10.8.0.53"), ("corp.example",), default_route=False)
+    assert plan([*pushed, "redirect-gateway def1"]).dns == DnsSettings(
+        ("10.8.0.53",), ("corp.example",), default_route=True
+    )
+    assert plan([*SUBNET, "dhcp-option DNS 10.8.0.53"]).dns == DnsSettings(("10.8.0.53",), (), True)
+    no_dns = make_profile()
+    no_dns.no_dns = True
+    assert net_plan(parse_push_options(pushed), SERVER, no_dns).dns is None
+    assert plan([*SUBNET, "dhcp-option DOMAIN corp.example"]).dns is None  # no server: nothing to do
