@@ -37,7 +37,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from trivpn.errors import ConfigError
+from trivpn.errors import ConfigError, SessionRestart
 
 __all__ = ["TABLE", "Hole", "KillSwitch", "NftRunner", "remove_stale_table", "ruleset", "run_nft", "table_owner"]
 
@@ -184,29 +184,34 @@ class KillSwitch:
             )
         if stale:
             log.warning("replacing the kill switch table (%s) a previous trivpn run left behind", TABLE)
+        self._write(self.holes, self.dns, first=True)
         self.active = True
-        self._write()
         log.info("kill switch on: only the tunnel (%s) and the VPN server can be reached", self.tun)
 
     def allow(self, holes: Sequence[Hole]) -> None:
         """Let out exactly these server endpoints (no change, no nft call)."""
         new = tuple(sorted(set(holes), key=lambda h: (h.address, h.port, h.proto)))
         if new != self.holes:
+            if self.active:
+                self._write(new, self.dns)
             self.holes = new
-            self._write()
 
     def allow_dns(self, on: bool) -> None:
         """Open (or close) port 53 while the client resolves a remote's name."""
         if on != self.dns:
+            if self.active:
+                self._write(self.holes, on)
             self.dns = on
-            self._write()
 
-    def _write(self) -> None:
-        if not self.active:
-            return
-        rc, out = self._run(["-f", "-"], ruleset(self.tun, self.holes, dns=self.dns))
+    def _write(self, holes: Sequence[Hole], dns: bool, *, first: bool = False) -> None:
+        rc, out = self._run(["-f", "-"], ruleset(self.tun, holes, dns=dns))
         if rc != 0:
-            raise ConfigError(f"kill switch: nft refused the table: {out.splitlines()[0] if out else rc}")
+            reason = f"kill switch: nft refused the table: {out.splitlines()[0] if out else rc}"
+            if first:
+                raise ConfigError(reason)
+            # the previous table stays in force (nft applies a script whole or not at all):
+            # fail closed and try again later rather than end the run and drop the table
+            raise SessionRestart(reason)
 
     def stop(self) -> None:
         """Remove the table (a cleanup: never raises)."""

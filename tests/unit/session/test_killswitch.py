@@ -180,3 +180,30 @@ async def test_open_within_tells_the_hooks_before_the_first_packet() -> None:
         transport.close()
         dns = [("dns", True), ("dns", False)] if expect_dns else []
         assert seen == [*dns, ["127.0.0.1"], ["127.0.0.1"]], host
+
+
+def test_a_refused_update_fails_closed_and_is_retried() -> None:
+    """nft applies a script whole or not at all: when an update is refused the old table
+    stays, the session restarts (not the run: that would drop the table), and the next
+    attempt writes again."""
+    from trivpn.errors import SessionRestart
+
+    nft = FakeNft()
+    ks = KillSwitch("tun0", nft)
+    ks.start()
+    good = nft.table
+    refuse = [True]
+
+    def flaky(args: list[str], script: str | None) -> tuple[int, str]:
+        if args == ["-f", "-"] and refuse[0]:
+            return 1, "Error: Could not process rule"
+        return nft(args, script)
+
+    ks._run = flaky
+    hole = Hole("192.0.2.1", 1194, "udp")
+    with pytest.raises(SessionRestart, match="nft refused the table"):
+        ks.allow([hole])
+    assert nft.table == good and ks.holes == ()
+    refuse[0] = False
+    ks.allow([hole])
+    assert nft.table is not None and "192.0.2.1" in nft.table
