@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import trio
 
@@ -51,6 +51,9 @@ from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.service import AuthTokenExpired
 from trivpn.workers.manager import WorkersManager, primary_error
+
+if TYPE_CHECKING:
+    from trivpn.observe.hooks import ClientObserver
 
 __all__ = [
     "ANNOUNCED_VERSION", "CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "DEFAULT_CONNECT_RETRY",
@@ -92,6 +95,7 @@ class Client:
         configure_tun: bool = False,
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        observer: ClientObserver | None = None,
         kill_switch: KillSwitch | None = None,
         **overrides: Unpack[SessionOverrides],
     ) -> None:
@@ -120,6 +124,15 @@ class Client:
         self._tun: TunApplier | None = None
         self.kill_switch = kill_switch
         self._paths: _Paths | None = None
+        self.observer = observer
+        self._restart_scope: trio.CancelScope | None = None
+        self._restart_reason: str | None = None
+
+    def restart(self, reason: str) -> None:
+        """End the current session now and go on with the next attempt (SIGUSR1/SIGHUP)."""
+        self._restart_reason = reason
+        if self._restart_scope is not None:
+            self._restart_scope.cancel()
 
     def _make_session_factory(
         self, proto: str, connection: ConnectionConfig | None = None
@@ -150,13 +163,18 @@ class Client:
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
+        delay = 0.0
         while True:
             came_up = False
             err: SessionRestart | None = None
+            if self.observer is not None:
+                await self.observer.hold(delay)
             try:
                 came_up = await self._session(step.candidate, step.attempt, status)
             except BaseException as exc:
                 primary = primary_error(exc)
+                if isinstance(primary, FatalError) and await self._retry_auth(primary):
+                    primary = SessionRestart(str(primary))
                 cause = None if isinstance(primary, trio.Cancelled) else restart_cause(primary)
                 if cause is None:
                     raise
@@ -175,19 +193,46 @@ class Client:
                     raise err from None
                 raise FatalError(decision.message) from None
             log.warning("%s; reconnecting in %.1f s", decision.reason, decision.delay)
+            if self.observer is not None:
+                self.observer.state("RECONNECTING", self._restart_reason or decision.reason)
             await trio.sleep(decision.delay)
-            step = decision
+            step, delay = decision, decision.delay
+
+    async def _retry_auth(self, error: FatalError) -> bool:
+        """AUTH_FAILED with management `auth-retry nointeract|interact`: try again."""
+        if self.observer is None or "AUTH_FAILED" not in str(error):
+            return False
+        return await self.observer.auth_failed(self, str(error))
 
     async def _session(
+        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
+    ) -> bool:
+        """One session, ended early by `restart` (as a SessionRestart naming its reason)."""
+        self._restart_reason = None
+        with trio.CancelScope() as scope:
+            self._restart_scope = scope
+            try:
+                return await self._attempt(cand, attempt, task_status)
+            finally:
+                self._restart_scope = None
+        raise SessionRestart(self._restart_reason or "restart requested")
+
+    async def _attempt(
         self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
     ) -> bool:
         """One session: every layer in its own nursery, until something ends it."""
         self._came_up = False
         window = cand.connection.connect_window
         deadline = trio.current_time() + window
+        observer = self.observer
+        if observer is not None:
+            observer.state("CONNECTING")
         transport = await open_within(cand, attempt, deadline, self.config.family, self._paths)
         session = ClientSession(self.config, cand, transport, self.device, lambda: self._auth_token)
         endpoint = transport.endpoint
+        if observer is not None:
+            observer.session_open(session)
+            observer.state("WAIT")
         try:
             async with trio.open_nursery() as nursery:
                 session.start(nursery)
@@ -211,6 +256,8 @@ class Client:
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect
                     self._auth_token = up.settings.auth_token
                 log.info("%s", describe_tunnel(info))
+                if observer is not None:
+                    observer.session_up(session, info)
                 if task_status is not None:
                     task_status.started(info)
                 await session.drain_events()
@@ -218,4 +265,6 @@ class Client:
             self._live = None
             transport.close()
             log.info("%s", session.counters_line())
+            if observer is not None:
+                observer.session_closed(session, self._restart_reason or "")
         return self._came_up

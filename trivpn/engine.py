@@ -20,6 +20,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -33,6 +34,9 @@ from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.userspace import UserspaceTun
 from trivpn.workers.manager import WorkersManager
+
+if TYPE_CHECKING:
+    from trivpn.observe.hooks import ClientObserver
 
 __all__ = ["Engine", "inherited_tun", "kernel_tun", "userspace_tun"]
 
@@ -82,6 +86,7 @@ class Engine:
         handle_signals: bool = False,
         close_device: bool = True,
         rng: random.Random | None = None,
+        observer: ClientObserver | None = None,
         kill_switch: bool = False,
         run_nft: NftRunner = killswitch.run_nft,
     ) -> None:
@@ -103,6 +108,7 @@ class Engine:
             configure_tun=configure_tun,
             on_tunnel_up=on_tunnel_up,
             rng=rng,
+            observer=observer,
             kill_switch=self.kill_switch,
         )
 
@@ -114,6 +120,10 @@ class Engine:
     def request_stop(self, reason: str = "stop requested") -> None:
         """Begin a graceful stop: EXIT to the server, then cancel (idempotent)."""
         self.manager.request_stop(reason)
+
+    def restart(self, reason: str) -> None:
+        """End the current session and reconnect (SIGUSR1/SIGHUP, management `signal`)."""
+        self.client.restart(reason)
 
     async def run(self, *, task_status: trio.TaskStatus[TunnelInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped or failed; `task_status` gets the first `TunnelInfo`.

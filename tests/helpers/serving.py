@@ -46,15 +46,16 @@ def client_profile(pki: PKI, port: int, proto: str = "udp") -> str:
 
 
 @asynccontextmanager
-async def running_server(cfg: ServerConfig) -> AsyncIterator[tuple[Server, UserspaceTun]]:
-    """The server, started (listening) on entry; on exit stopped, its cleanups done."""
+async def running_server(cfg: ServerConfig, **server_kw: Any) -> AsyncIterator[tuple[Server, UserspaceTun]]:
+    """The server, started (listening) on entry; on exit stopped, its cleanups done.
+    `server_kw` go to `Server` (e.g. metrics_addr)."""
     tun = UserspaceTun("srvtun")
 
     def factory(config: ServerConfig, add_cleanup: Callable[[Callable[[], Any]], None]) -> UserspaceTun:
         add_cleanup(tun.close)
         return tun
 
-    server = Server(cfg, tun_factory=factory)
+    server = Server(cfg, tun_factory=factory, **server_kw)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         try:
