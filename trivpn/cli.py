@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower idle round-trip times by keeping the data path warm for 0.1 s after "
         "traffic (costs CPU while traffic is sporadic; UDP with data threads only)",
     )
+    c.add_argument(
+        "--kill-switch",
+        action="store_true",
+        help="drop all traffic that is not to the VPN server or through the tunnel while "
+        "trivpn runs, reconnecting included (nftables; also `setenv opt trivpn-kill-switch`)",
+    )
     _observe_flags(c)
     pg = sub.add_parser("ping", help="ping through a userspace tunnel (no root, no TUN)")
     common(pg)
@@ -232,15 +238,18 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         password=password,
     )
     device = kernel_tun()
+    kill = args.kill_switch or profile.kill_switch
     if observe is None:
-        engine = Engine(config, device, configure_tun=True, handle_signals=True)
+        engine = Engine(config, device, configure_tun=True, handle_signals=True, kill_switch=kill)
         await engine.run()
     else:
         from trivpn.observe.connect import run_connect
 
         options, monitor = observe
         monitor.need_credentials(query)
-        engine = Engine(config, device, configure_tun=True, handle_signals=True, observer=monitor)
+        engine = Engine(
+            config, device, configure_tun=True, handle_signals=True, observer=monitor, kill_switch=kill
+        )
         await run_connect(engine, monitor, options)
     log.info("disconnected (%s); %s removed", engine.stop_reason or "stopped", device.name)
     return 0

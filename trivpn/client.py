@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 import trio
 
 from trivpn.errors import FatalError, SessionRestart
+from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
 from trivpn.session.clientstack import LOW_LATENCY_WARM_FOR, ClientSession, tls_session_factory
@@ -33,6 +34,7 @@ from trivpn.session.config import (
     negotiable_ciphers,
     wrap_key_bytes,
 )
+from trivpn.session.killswitch import Hole, KillSwitch
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
 from trivpn.session.reconnect import (
@@ -42,6 +44,7 @@ from trivpn.session.reconnect import (
     SessionEnd,
     backoff_delay,
     candidates,
+    restart_cause,
 )
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
@@ -62,6 +65,24 @@ __all__ = [
 log = logging.getLogger("trivpn")
 
 
+class _Paths:
+    """The run's `PathHooks`: the kill switch's holes and the redirect-gateway bypass route
+    follow the server endpoints actually used."""
+
+    def __init__(self, tun: TunApplier, kill: KillSwitch | None) -> None:
+        self.tun = tun
+        self.kill = kill
+
+    def resolving(self, active: bool) -> None:
+        if self.kill is not None:
+            self.kill.allow_dns(active)
+
+    def reaching(self, endpoints: Sequence[Endpoint]) -> None:
+        if self.kill is not None:
+            self.kill.allow([Hole(ep.address, ep.port, ep.proto) for ep in endpoints])
+        self.tun.reaching([ep.address for ep in endpoints])
+
+
 class Client:
     """One OpenVPN client run: sessions over the profile's remotes, reconnecting between them."""
 
@@ -75,13 +96,16 @@ class Client:
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
         observer: ClientObserver | None = None,
+        kill_switch: KillSwitch | None = None,
         **overrides: Unpack[SessionOverrides],
     ) -> None:
         """`config` is built once (`SessionConfig.from_profile`); a Profile plus the
         overrides is accepted too and translated here.
 
         `on_tunnel_up` runs once the keys are in place and before the tunnel is reported
-        up: a privileged manager applies the network settings there (see issue 7)."""
+        up: a privileged manager applies the network settings there (see issue 7).
+        `kill_switch` (started by the engine) is told of every server endpoint before the
+        first packet goes there."""
         if isinstance(config, Profile):
             config = SessionConfig.from_profile(config, **overrides)
         elif overrides:
@@ -98,6 +122,8 @@ class Client:
         self._came_up = False
         self._auth_token: str | None = None
         self._tun: TunApplier | None = None
+        self.kill_switch = kill_switch
+        self._paths: _Paths | None = None
         self.observer = observer
         self._restart_scope: trio.CancelScope | None = None
         self._restart_reason: str | None = None
@@ -133,6 +159,7 @@ class Client:
         self._tun = TunApplier(
             self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
         )
+        self._paths = _Paths(self._tun, self.kill_switch)
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
@@ -148,9 +175,10 @@ class Client:
                 primary = primary_error(exc)
                 if isinstance(primary, FatalError) and await self._retry_auth(primary):
                     primary = SessionRestart(str(primary))
-                elif isinstance(primary, trio.Cancelled) or not isinstance(primary, SessionRestart):
+                cause = None if isinstance(primary, trio.Cancelled) else restart_cause(primary)
+                if cause is None:
                     raise
-                err = primary
+                err = cause
                 came_up = self._came_up
                 if isinstance(err, AuthTokenExpired):
                     self._auth_token = None
@@ -199,7 +227,7 @@ class Client:
         observer = self.observer
         if observer is not None:
             observer.state("CONNECTING")
-        transport = await open_within(cand, attempt, deadline, self.config.family)
+        transport = await open_within(cand, attempt, deadline, self.config.family, self._paths)
         session = ClientSession(self.config, cand, transport, self.device, lambda: self._auth_token)
         endpoint = transport.endpoint
         if observer is not None:
@@ -214,7 +242,10 @@ class Client:
                     up.settings, up.cipher, up.key_derivation, up.peer_subject, up.tls_version,
                     endpoint.describe(), ifname=self.ifname,
                 )
-                plan = net_plan(up.settings, endpoint.address, self.profile)
+                try:
+                    plan = net_plan(up.settings, endpoint.address, self.profile)
+                except FatalError as exc:  # what the server pushed cannot be applied
+                    raise SessionRestart(f"unusable pushed settings: {exc}") from None
                 info.tun_config = plan.tun
                 if self._tun is not None:
                     self._tun.apply(plan)

@@ -10,7 +10,7 @@ settings.
 Usage::
 
     config = SessionConfig.from_profile(profile, username=..., password=...)
-    engine = Engine(config, kernel_tun(), configure_tun=True, handle_signals=True)
+    engine = Engine(config, kernel_tun(), configure_tun=True, handle_signals=True, kill_switch=False)
     await engine.run()  # or: info = await nursery.start(engine.run)
 """
 
@@ -26,7 +26,9 @@ import trio
 
 from trivpn.client import Client
 from trivpn.errors import ConfigError
+from trivpn.session import killswitch
 from trivpn.session.config import SessionConfig
+from trivpn.session.killswitch import KillSwitch, NftRunner
 from trivpn.session.netsettings import TunnelInfo
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
@@ -85,11 +87,20 @@ class Engine:
         close_device: bool = True,
         rng: random.Random | None = None,
         observer: ClientObserver | None = None,
+        kill_switch: bool = False,
+        run_nft: NftRunner = killswitch.run_nft,
     ) -> None:
         self.config = config
         self.device = device
         self.close_device = close_device
+        self.configure_tun = configure_tun
         self.manager = WorkersManager(handle_signals=handle_signals)
+        self._run_nft = run_nft
+        self.kill_switch: KillSwitch | None = None
+        if kill_switch:
+            if not isinstance(device, LinuxTun):
+                raise ConfigError("the kill switch needs a kernel TUN (trivpn connect)")
+            self.kill_switch = KillSwitch(device.name, run_nft)
         self.client = Client(
             config,
             device=device,
@@ -98,6 +109,7 @@ class Engine:
             on_tunnel_up=on_tunnel_up,
             rng=rng,
             observer=observer,
+            kill_switch=self.kill_switch,
         )
 
     @property
@@ -118,11 +130,18 @@ class Engine:
 
         Failures come out as the manager's exception group (`primary_error` names the cause).
         """
+        kill = self.kill_switch
+        if kill is not None:  # removed last: after the routes and the device are gone
+            self.manager.add_cleanup(kill.stop)
         if self.close_device:
             self.manager.add_cleanup(self.device.close)
 
         async def setup(m: WorkersManager) -> None:
             assert m.nursery is not None
+            if kill is not None:
+                kill.start()  # before the first packet; replaces a table a crashed run left
+            elif self.configure_tun:
+                killswitch.remove_stale_table(self._run_nft)
             info = await m.nursery.start(self.client.run, m)
             task_status.started(info)
 

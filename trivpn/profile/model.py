@@ -121,6 +121,7 @@ class Profile:
     tls_client: bool = False
     persist_tun: bool = False
     persist_key: bool = False
+    kill_switch: bool = False  # trivpn-kill-switch (trivpn's own directive)
     nobind: bool = False
     resolv_retry: float | None = None
     mute_replay_warnings: bool = False

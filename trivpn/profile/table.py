@@ -405,6 +405,8 @@ TABLE: Mapping[str, Simple] = {
     ),
     "persist-tun": _flag("persist_tun"),
     "persist-key": _flag("persist_key"),
+    # trivpn's own: write it `setenv opt trivpn-kill-switch` so OpenVPN only warns (README)
+    "trivpn-kill-switch": _flag("kill_switch"),
     # where to connect (the remote lines themselves are an explicit function)
     "proto": Simple("proto", _proto),
     "port": Simple("port", _port),

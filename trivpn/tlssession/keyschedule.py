@@ -34,7 +34,9 @@ it holds every renegotiated key the same way (the client's password, or its auth
 is checked again, as OpenVPN does); a refusal ends the session too.
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
-wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
+wait) or the session ends with `Restart`. A client ends with `Restart` too on any TLS
+failure of key 0 (bad certificate, alert, garbage) and an unusable PUSH_REPLY: the path can
+cause them (docs/security.md); only AUTH_FAILED and HALT are `Fatal` for a client. A renegotiation that fails (TLS error, or not
 done within `hand_window`) is dropped and the current key stays in use; the next attempt
 takes the next key id, skipping the ids of the primary and lame-duck keys.
 
@@ -383,9 +385,10 @@ class KeySchedule:
             log.warning("renegotiation of key id %d failed: %s", key_id, exc)
             self._drop_pending()
             self._schedule_reneg(now)
-        elif isinstance(exc, FatalError):
+        elif isinstance(exc, FatalError) and self.is_server:
             self._close(Fatal(str(exc)))
         else:
+            # client: anyone on the path can break the handshake; a restart, never an exit
             self._close(Restart(f"TLS failed: {exc}"))
 
     def _install_renegotiated(self, key_id: int, now: float) -> None:
@@ -471,7 +474,8 @@ class KeySchedule:
         try:
             agreement = client_agreement(options, self.config.policy)
         except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
-            self._close(Restart(str(exc)) if isinstance(exc, SessionRestart) else Fatal(str(exc)))
+            # OpenVPN's process-push-msg-failed: a soft restart either way
+            self._close(Restart(str(exc)))
             return
         for warning in agreement.settings.warnings:
             log.warning("%s", warning)

@@ -237,16 +237,31 @@ class TLSEngine:
     def _verify_callback(
         self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
     ) -> bool:
-        """Called by OpenSSL for every certificate in the chain; must never raise."""
+        """Called by OpenSSL for every certificate in the chain; must never raise.
+
+        pyOpenSSL re-raises an exception from here out of the handshake call, which would
+        crash the session instead of refusing the peer; so anything unexpected — above all
+        a certificate we cannot parse — fails verification."""
+        try:
+            return self._verify(cert, errnum, depth, ok)
+        except Exception as exc:
+            self._verify_failure = f"the certificate could not be checked ({type(exc).__name__})"
+            return False
+
+    def _verify(self, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
         try:
             xcert = cert.to_cryptography()
+        except Exception:
+            self._verify_failure = f"certificate at depth {depth} cannot be parsed"
+            return False
+        try:
             subject = format_subject(xcert.subject)
         except Exception:
-            xcert, subject = None, "?"
+            subject = "?"
         if not ok:
             self._verify_failure = f"{_verify_error_text(errnum)} (subject {subject})"
             return False
-        if depth != 0 or xcert is None:
+        if depth != 0:
             return True
         problem = self._check_leaf(xcert, subject)
         if problem is not None:
