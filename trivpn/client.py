@@ -18,7 +18,7 @@ from typing import Any, Unpack
 
 import trio
 
-from trivpn.errors import FatalError, SessionRestart
+from trivpn.errors import ConnectTimeout, RetryLimitReached, SessionRestart
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
 from trivpn.session.clientstack import LOW_LATENCY_WARM_FOR, ClientSession, tls_session_factory
@@ -43,6 +43,7 @@ from trivpn.session.reconnect import (
     backoff_delay,
     candidates,
 )
+from trivpn.session.runevents import OnRunEvent, SessionRetry, SessionUp
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
@@ -71,6 +72,7 @@ class Client:
         configure_tun: bool = False,
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        on_event: OnRunEvent | None = None,
         **overrides: Unpack[SessionOverrides],
     ) -> None:
         """`config` is built once (`SessionConfig.from_profile`); a Profile plus the
@@ -94,6 +96,8 @@ class Client:
         self._came_up = False
         self._auth_token: str | None = None
         self._tun: TunApplier | None = None
+        #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
+        self.on_event = on_event
 
     def _make_session_factory(
         self, proto: str, connection: ConnectionConfig | None = None
@@ -145,8 +149,10 @@ class Client:
             if isinstance(decision, GiveUp):
                 if decision.reraise and err is not None:
                     raise err from None
-                raise FatalError(decision.message) from None
+                raise (ConnectTimeout if decision.timeout else RetryLimitReached)(decision.message) from err
             log.warning("%s; reconnecting in %.1f s", decision.reason, decision.delay)
+            if self.on_event is not None:
+                self.on_event(SessionRetry(decision.reason, decision.delay))
             await trio.sleep(decision.delay)
             step = decision
 
@@ -180,9 +186,11 @@ class Client:
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect
                     self._auth_token = up.settings.auth_token
                 log.info("%s", describe_tunnel(info))
+                if self.on_event is not None:
+                    self.on_event(SessionUp(info, session))
                 if task_status is not None:
                     task_status.started(info)
-                await session.drain_events()
+                await session.drain_events(self.on_event)
         finally:
             self._live = None
             transport.close()

@@ -27,6 +27,7 @@ from trivpn.client import Client
 from trivpn.errors import ConfigError
 from trivpn.session.config import SessionConfig
 from trivpn.session.netsettings import TunnelInfo
+from trivpn.session.runevents import OnRunEvent
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.userspace import UserspaceTun
@@ -80,6 +81,7 @@ class Engine:
         handle_signals: bool = False,
         close_device: bool = True,
         rng: random.Random | None = None,
+        on_event: OnRunEvent | None = None,
     ) -> None:
         self.config = config
         self.device = device
@@ -92,6 +94,7 @@ class Engine:
             configure_tun=configure_tun,
             on_tunnel_up=on_tunnel_up,
             rng=rng,
+            on_event=on_event,
         )
 
     @property
