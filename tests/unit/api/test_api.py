@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from pathlib import Path
 
 import pytest
 import trio
@@ -13,9 +14,11 @@ from helpers.profiles import shared_pki
 from helpers.serving import answer_echo, client_profile, ping, server_config
 
 import trivpn
+from trivpn.api import tunnel as tunnel_module
 from trivpn.api.failures import raise_cause
-from trivpn.profile.profile import parse_profile
+from trivpn.profile.profile import load_profile, parse_profile
 from trivpn.testing.pki import generate_pki
+from trivpn.tlssession.control import Fatal, client_verdict
 
 BOUND = 30  # seconds (trio time) any one test may take
 
@@ -165,7 +168,45 @@ async def test_several_unrelated_errors_keep_the_group() -> None:
     assert {type(e) for e in several.value.exceptions} == {trivpn.AuthFailed, ValueError}
 
 
-async def test_profile_path_is_read_off_the_event_loop(tmp_path: pytest.TempPathFactory) -> None:
+async def test_profile_path_is_read_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[bool] = []
+
+    def load(path: str) -> object:
+        try:
+            trio.lowlevel.current_task()
+            threads.append(False)  # on the event loop's thread: would block every task
+        except RuntimeError:
+            threads.append(True)  # in a worker thread
+        return load_profile(path)
+
+    monkeypatch.setattr(tunnel_module, "load_profile", load)
     with pytest.raises(trivpn.ConfigError, match="cannot read profile"):
         async with trivpn.connect(f"{tmp_path}/missing.ovpn"):
             pass
+    assert threads == [True]
+
+
+async def test_refused_password_is_auth_failed(tmp_path: Path) -> None:
+    pki = shared_pki()
+    script = tmp_path / "verify.sh"
+    script.write_text("#!/bin/sh\nexit 1\n")
+    script.chmod(0o700)
+    cfg = server_config(pki, f"script-security 3\nauth-user-pass-verify '{script}' via-env")
+    with trio.fail_after(BOUND):
+        async with trivpn.serve(cfg) as server:
+            profile = parse_profile(client_profile(pki, server.addresses[0][1]))
+            with pytest.raises(trivpn.AuthFailed, match="AUTH_FAILED"):
+                async with trivpn.connect(profile, username="alice", password="wrong", reconnect=False):
+                    pass
+
+
+def test_control_verdicts_name_their_cause() -> None:
+    halt = client_verdict("HALT,maintenance", pushed=True)
+    refused = client_verdict("AUTH_FAILED,bad password", pushed=False)
+    assert isinstance(halt, Fatal) and halt.error is trivpn.Halted
+    assert isinstance(refused, Fatal) and refused.error is trivpn.AuthFailed
+    assert issubclass(trivpn.Halted, trivpn.FatalError) and issubclass(trivpn.AuthFailed, trivpn.FatalError)
+    # one except clause for both flavours of a refused certificate
+    assert issubclass(trivpn.CertificateRestart, trivpn.CertificateRejected)
+    assert issubclass(trivpn.CertificateRestart, trivpn.SessionRestart)
+    assert issubclass(trivpn.ConnectTimeout, trivpn.RetryLimitReached)
