@@ -20,7 +20,7 @@ from trivpn.profile.profile import load_profile, parse_profile
 from trivpn.testing.pki import generate_pki
 from trivpn.tlssession.control import Fatal, client_verdict
 
-BOUND = 30  # seconds (trio time) any one test may take
+BOUND = 30  # seconds any one test may take
 
 
 def test_unknown_keyword_is_a_type_error() -> None:
