@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import trio
 
-from trivpn.errors import ConnectTimeout, RetryLimitReached, SessionRestart
+from trivpn.errors import AuthFailed, ConnectTimeout, RetryLimitReached, SessionRestart
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
 from trivpn.session.clientstack import LOW_LATENCY_WARM_FOR, ClientSession, tls_session_factory
@@ -50,6 +50,9 @@ from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.service import AuthTokenExpired
 from trivpn.workers.manager import WorkersManager, primary_error
 
+if TYPE_CHECKING:
+    from trivpn.observe.hooks import ClientObserver
+
 __all__ = [
     "ANNOUNCED_VERSION", "CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "DEFAULT_CONNECT_RETRY",
     "HAND_WINDOW", "LOW_LATENCY_WARM_FOR", "Candidate", "Client", "TunnelInfo", "backoff_delay",
@@ -73,6 +76,7 @@ class Client:
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
         on_event: OnRunEvent | None = None,
+        observer: ClientObserver | None = None,
         **overrides: Unpack[SessionOverrides],
     ) -> None:
         """`config` is built once (`SessionConfig.from_profile`); a Profile plus the
@@ -98,6 +102,15 @@ class Client:
         self._tun: TunApplier | None = None
         #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
         self.on_event = on_event
+        self.observer = observer
+        self._restart_scope: trio.CancelScope | None = None
+        self._restart_reason: str | None = None
+
+    def restart(self, reason: str) -> None:
+        """End the current session now and go on with the next attempt (SIGUSR1/SIGHUP)."""
+        self._restart_reason = reason
+        if self._restart_scope is not None:
+            self._restart_scope.cancel()
 
     def _make_session_factory(
         self, proto: str, connection: ConnectionConfig | None = None
@@ -127,14 +140,19 @@ class Client:
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
+        delay = 0.0
         while True:
             came_up = False
             err: SessionRestart | None = None
+            if self.observer is not None:
+                await self.observer.hold(delay)
             try:
                 came_up = await self._session(step.candidate, step.attempt, status)
             except BaseException as exc:
                 primary = primary_error(exc)
-                if isinstance(primary, trio.Cancelled) or not isinstance(primary, SessionRestart):
+                if isinstance(primary, AuthFailed) and await self._retry_auth(primary):
+                    primary = SessionRestart(str(primary))
+                elif isinstance(primary, trio.Cancelled) or not isinstance(primary, SessionRestart):
                     raise
                 err = primary
                 came_up = self._came_up
@@ -153,19 +171,46 @@ class Client:
             log.warning("%s; reconnecting in %.1f s", decision.reason, decision.delay)
             if self.on_event is not None:
                 self.on_event(SessionRetry(decision.reason, decision.delay))
+            if self.observer is not None:
+                self.observer.state("RECONNECTING", self._restart_reason or decision.reason)
             await trio.sleep(decision.delay)
-            step = decision
+            step, delay = decision, decision.delay
+
+    async def _retry_auth(self, error: AuthFailed) -> bool:
+        """AUTH_FAILED with management `auth-retry nointeract|interact`: try again."""
+        if self.observer is None:
+            return False
+        return await self.observer.auth_failed(self, str(error))
 
     async def _session(
+        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
+    ) -> bool:
+        """One session, ended early by `restart` (as a SessionRestart naming its reason)."""
+        self._restart_reason = None
+        with trio.CancelScope() as scope:
+            self._restart_scope = scope
+            try:
+                return await self._attempt(cand, attempt, task_status)
+            finally:
+                self._restart_scope = None
+        raise SessionRestart(self._restart_reason or "restart requested")
+
+    async def _attempt(
         self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
     ) -> bool:
         """One session: every layer in its own nursery, until something ends it."""
         self._came_up = False
         window = cand.connection.connect_window
         deadline = trio.current_time() + window
+        observer = self.observer
+        if observer is not None:
+            observer.state("CONNECTING")
         transport = await open_within(cand, attempt, deadline, self.config.family)
         session = ClientSession(self.config, cand, transport, self.device, lambda: self._auth_token)
         endpoint = transport.endpoint
+        if observer is not None:
+            observer.session_open(session)
+            observer.state("WAIT")
         try:
             async with trio.open_nursery() as nursery:
                 session.start(nursery)
@@ -188,6 +233,8 @@ class Client:
                 log.info("%s", describe_tunnel(info))
                 if self.on_event is not None:
                     self.on_event(SessionUp(info, session))
+                if observer is not None:
+                    observer.session_up(session, info)
                 if task_status is not None:
                     task_status.started(info)
                 await session.drain_events(self.on_event)
@@ -195,4 +242,6 @@ class Client:
             self._live = None
             transport.close()
             log.info("%s", session.counters_line())
+            if observer is not None:
+                observer.session_closed(session, self._restart_reason or "")
         return self._came_up

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,6 +33,9 @@ from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.userspace import UserspaceTun
 from trivpn.workers.manager import WorkersManager
+
+if TYPE_CHECKING:
+    from trivpn.observe.hooks import ClientObserver
 
 __all__ = ["Engine", "inherited_tun", "kernel_tun", "userspace_tun"]
 
@@ -82,6 +86,7 @@ class Engine:
         close_device: bool = True,
         rng: random.Random | None = None,
         on_event: OnRunEvent | None = None,
+        observer: ClientObserver | None = None,
     ) -> None:
         self.config = config
         self.device = device
@@ -95,6 +100,7 @@ class Engine:
             on_tunnel_up=on_tunnel_up,
             rng=rng,
             on_event=on_event,
+            observer=observer,
         )
 
     @property
@@ -105,6 +111,10 @@ class Engine:
     def request_stop(self, reason: str = "stop requested") -> None:
         """Begin a graceful stop: EXIT to the server, then cancel (idempotent)."""
         self.manager.request_stop(reason)
+
+    def restart(self, reason: str) -> None:
+        """End the current session and reconnect (SIGUSR1/SIGHUP, management `signal`)."""
+        self.client.restart(reason)
 
     async def run(self, *, task_status: trio.TaskStatus[TunnelInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped or failed; `task_status` gets the first `TunnelInfo`.

@@ -147,13 +147,17 @@ class ClientReady:
 
 @dataclass(frozen=True, slots=True)
 class AuthRequest:
-    """Server role with a verify script: the client's key method 2 arrived; its keys and
-    PUSH_REPLY wait until the session answers with `AuthVerdict` (the password is kept out
-    of repr)."""
+    """Server role with a verify script or management-client-auth: the client's key method 2
+    arrived; its keys and PUSH_REPLY (or, on a renegotiation, the new key) wait until the
+    session answers with `AuthVerdict` (the password is kept out of repr)."""
 
     username: str
     peer_subject: str
     password: str = field(default="", repr=False)
+    #: the client's peer-info lines (IV_...=...), for management-client-auth's ENV block
+    peer_info: str = ""
+    #: 0: the session's first key; else a renegotiation asks again (management REAUTH)
+    key_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +187,10 @@ class Renegotiate:
 
 @dataclass(frozen=True, slots=True)
 class SendExit:
-    """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated)."""
+    """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated);
+    a server may name the control message (management `client-kill CID HALT`)."""
+
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

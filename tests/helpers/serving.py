@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -45,11 +46,11 @@ def client_profile(pki: PKI, port: int, proto: str = "udp") -> str:
 
 
 @asynccontextmanager
-async def running_server(cfg: ServerConfig) -> AsyncIterator[tuple[Server, UserspaceTun]]:
+async def running_server(cfg: ServerConfig, **server_kw: Any) -> AsyncIterator[tuple[Server, UserspaceTun]]:
     """The server, started (listening) on entry; on exit stopped, its cleanups done.
-
-    A thin shim over `trivpn.serve` for the tests written before it existed."""
-    async with trivpn.serve(cfg) as served:
+    `server_kw` go to `trivpn.serve` (e.g. metrics_addr). A thin shim over `trivpn.serve`
+    for the tests written before it existed."""
+    async with trivpn.serve(cfg, **server_kw) as served:
         assert served.tun is not None
         yield served.server, served.tun
 

@@ -109,6 +109,7 @@ async def serve(
     *,
     tun: str = "userspace",
     listeners: Sequence[tuple[str, str, int]] | None = None,
+    metrics_addr: tuple[str, int] | None = None,
     handle_signals: bool = False,
 ) -> AsyncIterator[ServedServer]:
     """Run a server until the block is left; yields once every listener is bound.
@@ -117,7 +118,8 @@ async def serve(
     (`trivpn.parse_server_config(text)`). `listeners` replaces the config's `proto`/`port`/
     `local` with (proto, host, port) triples; port 0 picks a free port (see
     `server.addresses`). `tun`: "userspace" (packets through `server.send`/`receive`) or
-    "kernel". Raises like `trivpn.connect` (the cause, typed; see `trivpn.api.failures`).
+    "kernel". `metrics_addr`: serve Prometheus metrics there (as `--metrics-addr`); a
+    `management` line in the config works as with `trivpn serve`. Raises like `trivpn.connect` (the cause, typed; see `trivpn.api.failures`).
     """
     if not isinstance(config, ServerConfig):
         config = await trio.to_thread.run_sync(load_server_config, config)
@@ -135,7 +137,7 @@ async def serve(
         return device
 
     server = Server(
-        config, handle_signals=handle_signals,
+        config, handle_signals=handle_signals, metrics_addr=metrics_addr,
         tun_factory=userspace_factory if device is not None else open_server_tun,
     )
     served = ServedServer(server, device)

@@ -34,9 +34,9 @@ def apply_file(args: argparse.Namespace, file: FileSettings) -> None:
         if not given(getattr(args, dest, None)):
             setattr(args, dest, value)
     if "verbose" in file.values and getattr(args, "verbose", 0) > 0:
-        from trivpn.cli import _setup_logging
+        from trivpn.cli_common import setup_logging
 
-        _setup_logging(args.verbose)
+        setup_logging(args.verbose, getattr(args, "quiet", False), getattr(args, "log", None))
 
 
 def _session_config(

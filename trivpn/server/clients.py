@@ -92,6 +92,8 @@ class ClientTable:
             self.clients.pop(client.key, None)
             self.hub.clients.pop(client.key, None)
             client.cleanup(trio.current_time())
+            if self.hub.observer is not None:
+                self.hub.observer.client_gone(client)
             log.info("%r ended: %s", client, reason)
             self._changed()
 

@@ -62,6 +62,8 @@ class ClientSession:
         self.lease: Lease | None = None
         #: the client's client-config-dir entry, once its common name is known
         self.ccd: CcdEntry | None = None
+        #: management `client-auth` lines, laid over the ccd entry at push time
+        self.ccd_extra: CcdEntry | None = None
         self.common_name = ""
         self.tls: TLSService | None = None
         self.ready: ClientReady | None = None
@@ -89,8 +91,10 @@ class ClientSession:
     def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
         """A UDP client the demultiplexer admitted; its first packet is already queued."""
         addr = cast(tuple[str, int], new.addr)  # the UDP listener's (host, port)
-        muxer = PacketMuxer.server_after_cookie(new.wrap, new.local_session_id, new.remote_session_id)
-        client = cls(key, new.session, new.peer_id, addr, muxer, parts, hub)
+        muxer = PacketMuxer.server_after_cookie(
+            new.wrap, new.local_session_id, new.remote_session_id, client_wkc=new.client_wkc
+        )
+        client = cls(key, new.session, new.peer_id, addr, muxer, parts.for_client_key(new.client_key), hub)
         client.net_up.send_nowait([new.first_packet])
         return client
 
@@ -107,8 +111,12 @@ class ClientSession:
             cfg = self.hub.config
             if cfg.client_config_dir is not None:
                 self.ccd = find_ccd(cfg.client_config_dir, self.common_name, cfg.ccd_exclusive)
-                if self.ccd is not None and (unrouted := unrouted_iroutes(self.ccd, cfg)):
-                    log.warning("%r: no 'route' sends iroute %s into the TUN", self, ", ".join(unrouted))
+            if self.ccd_extra is not None:
+                from trivpn.observe.server import merge_entries
+
+                self.ccd = merge_entries(self.ccd, self.ccd_extra)
+            if self.ccd is not None and (unrouted := unrouted_iroutes(self.ccd, cfg)):
+                log.warning("%r: no 'route' sends iroute %s into the TUN", self, ", ".join(unrouted))
             if self.hub.retire_common_name(self.common_name, self.key, trio.current_time()):
                 log.info("%r replaces the older session of %s", self, self.common_name)
             try:
@@ -164,21 +172,28 @@ class ClientSession:
                     self.on_ready()
                 addrs = ", ".join(str(p.address) for p in self.lease.pushes()) if self.lease else "none"
                 log.info("%r ready: %s, %s, address %s", self, ev.cipher, ev.key_derivation, addrs)
+                if self.hub.observer is not None:
+                    self.hub.observer.client_ready(self)
 
     async def _verify(self, ev: AuthRequest) -> None:
         """Run the auth-user-pass-verify script (within half the hand window, so that a
-        refusal still reaches the client) and answer the key schedule."""
+        refusal still reaches the client), then ask the management interface
+        (management-client-auth), and answer the key schedule."""
         script = self.hub.config.auth_user_pass_verify
-        assert script is not None  # the schedule only asks when a script is configured
         timeout = self.hub.config.hand_window / 2
-        why = await verify_password(script, ev.username, ev.password, ev.peer_subject, self.addr, timeout)
         user = printable_username(ev.username)
-        if why is None:
-            log.info("%r: user %r authenticated by the auth-user-pass-verify script", self, user)
-        else:
+        why: str | None = None
+        tell = ""
+        if script is not None:
+            why = await verify_password(script, ev.username, ev.password, ev.peer_subject, self.addr, timeout)
+            if why is None:
+                log.info("%r: user %r authenticated by the auth-user-pass-verify script", self, user)
+        if why is None and self.hub.observer is not None and self.hub.config.management_client_auth:
+            why, tell = await self.hub.observer.authorize(self, ev)
+        if why is not None:
             log.warning("%r: user %r refused: %s", self, user, why)
         try:
-            await self.stack.commands.send(AuthVerdict(why is None))
+            await self.stack.commands.send(AuthVerdict(why is None, tell))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the session already ended
 

@@ -248,6 +248,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         else None,
         script_security=d.script_security if d.script_security is not None else 1,
         username_as_common_name=d.username_as_common_name,
+        management_client_auth=d.management_client_auth,
         client_connect=d.client_connect,
         client_disconnect=d.client_disconnect,
         learn_address=d.learn_address,

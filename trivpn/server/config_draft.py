@@ -119,6 +119,7 @@ class Draft:
     auth_user_pass_verify: tuple[str, str] | None = None
     script_security: int | None = None
     username_as_common_name: bool = False
+    management_client_auth: bool = False
     client_connect: str | None = None
     client_disconnect: str | None = None
     learn_address: str | None = None

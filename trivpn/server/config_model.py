@@ -151,6 +151,8 @@ class ServerConfig:
     auth_user_pass_verify: AuthScript | None = None
     script_security: int = 1
     username_as_common_name: bool = False
+    #: ``management-client-auth``: every client waits for the management client-auth/deny
+    management_client_auth: bool = False
     client_connect: str | None = None
     client_disconnect: str | None = None
     learn_address: str | None = None

@@ -115,7 +115,6 @@ SILENT = frozenset(
 UNSAFE: Mapping[str, str] = {
     "client-cert-not-required": "removed in OpenVPN 2.5; use 'verify-client-cert none'",
     "plugin": "plugins are not supported (their authentication would be skipped)",
-    "management-client-auth": "clients would be accepted without the management approval",
     "management-external-key": "external keys via the management interface are not supported",
     "management-external-cert": "external certificates are not supported",
     "tls-verify": "the certificate verification script would be skipped",
@@ -465,6 +464,7 @@ SERVER: Mapping[str, Handler] = {
     "duplicate-cn": _flag("duplicate_cn"),
     "ccd-exclusive": _flag("ccd_exclusive"),
     "username-as-common-name": _flag("username_as_common_name"),
+    "management-client-auth": _flag("management_client_auth"),
     "max-clients": _max_clients,
     "max-routes-per-client": _max_routes_per_client,
     "ifconfig-pool-persist": _pool_persist,

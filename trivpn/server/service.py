@@ -20,6 +20,7 @@ the cleanups remove the TUN with its addresses and routes.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 
@@ -36,6 +37,7 @@ from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
 from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
 from trivpn.server.udp import UDPListener
+from trivpn.server.udpdeliver import deliver_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
 from trivpn.workers.manager import WorkersManager
 
@@ -47,7 +49,8 @@ class Server:
     """Everything `trivpn serve` runs (see the module docstring)."""
 
     def __init__(
-        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun
+        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun,
+        metrics_addr: tuple[str, int] | None = None,
     ) -> None:
         #: ignored options (one-line warnings); the unsafe ones raised ConfigError here
         self.warnings = check_served(config)
@@ -63,6 +66,9 @@ class Server:
         self._tun_factory = tun_factory
         #: the bound (host, port) of every listener, once `run` has started
         self.addresses: list[tuple[str, int]] = []
+        self.metrics_addr = metrics_addr
+        #: the management host (trivpn.observe.server.ServerMonitor) once running, if configured
+        self.monitor: Any = None
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.manager.request_stop(reason)
@@ -82,7 +88,7 @@ class Server:
                 host, port = raw.getsockname()[:2]
                 self.addresses.append((host, port))
                 demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
-                                    config=self.config.demux_config())
+                                    config=self.config.demux_config(), tls_crypt_v2=self.parts.tls_crypt_v2)
                 name = f"{listener.proto} {host}:{port}"
                 if listener.proto == "tcp":
                     m.start_service(f"{name} acceptor", run_tcp_acceptor, raw, Listening(demux), self.table,
@@ -99,6 +105,10 @@ class Server:
                 m.start_service("status file", run_status_file, status, self.clients, self.hub)
             if m.handle_signals:
                 m.start_service("SIGUSR2", run_status_signal, self.clients, self.hub, status.version if status else 1)
+            if self.config.management is not None or self.metrics_addr is not None:
+                from trivpn.observe.serverrun import start_observing
+
+                self.monitor = await start_observing(self, m.nursery, self.metrics_addr)
             log.info("Initialization Sequence Completed")
             task_status.started()
 
@@ -109,11 +119,10 @@ class Server:
         assert udp is not None
         while True:
             batch = await udp.receive_batch()
-            for action in demux.receive_datagrams(batch, trio.current_time()):
+            now = trio.current_time()
+            for action in demux.receive_datagrams(batch, now):
                 if isinstance(action, Deliver):
-                    client = sock.sessions.get(action.session)
-                    if client is not None:
-                        client.deliver(action.datagrams)
+                    deliver_udp(sock, action, now)  # and float the client when the packet is authentic
                 elif isinstance(action, Reply):
                     udp.send_nowait(action.addr, [action.datagram])  # type: ignore[arg-type]  # Address is (host, port) here
                 elif isinstance(action, NewSession):

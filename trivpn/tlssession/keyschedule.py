@@ -27,8 +27,8 @@ SoftReset, the client starts TLS once both resets were exchanged. If both ends s
 once with different ids, the client yields to the server's. Both ends install the new key
 when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the first key stay.
 
-A server with a verify script (`verify_auth`) holds key 0 after key method 2: it emits
-`AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
+A server with a verify script (`verify_auth`) holds key 0 (and each renegotiated key) after
+key method 2 (serverrole.py): it emits `AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
 and ends the session shortly after. The hand window keeps running meanwhile.
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
@@ -162,7 +162,7 @@ class KeySchedule:
         self.peer: PeerInfo | None = None  # server: the client's peer-info
         self._push: list[str] | None = None  # server: the options we push
         self._push_requested = False
-        self._held: KeyExchangeComplete | None = None  # server: key 0 awaiting answer_auth
+        self._held: tuple[int, KeyExchangeComplete] | None = None  # server: a key awaiting answer_auth
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
@@ -253,14 +253,14 @@ class KeySchedule:
         self._open_key(key_id, now, local=True)
         return True
 
-    def send_exit(self, now: float, *, advance: bool = False) -> bool:
+    def send_exit(self, now: float, *, advance: bool = False, message: str | None = None) -> bool:
         """Tell the peer we leave: client EXIT (with cc-exit), server RESTART[,[N]].
 
         False if nothing was sent (no key yet, or a client without cc-exit: the caller
         then sends OCC EXIT on the data channel)."""
         if self.closed or self.primary is None or not (self.cc_exit or self.is_server):
             return False
-        text = ("RESTART,[N]" if advance else "RESTART") if self.is_server else "EXIT"
+        text = (message or ("RESTART,[N]" if advance else "RESTART")) if self.is_server else "EXIT"
         self.sessions[self.primary].send_control_message(text)
         return True
 
@@ -421,7 +421,7 @@ class KeySchedule:
                 if key_id != self.pending:
                     continue
                 if key_id != 0:
-                    self._install_renegotiated(key_id, now)
+                    serverrole.renegotiated(self, key_id, ev, now)
                 elif self.is_server and self.config.verify_auth:
                     serverrole.hold_for_auth(self, ev)
                 elif self.is_server:

@@ -30,6 +30,7 @@ __all__ = [
     "SCHEDULED_EXIT",
     "answer_auth",
     "hold_for_auth",
+    "renegotiated",
     "on_push_request",
     "server_ready",
 ]
@@ -42,29 +43,47 @@ SCHEDULED_EXIT = 5.0
 PUSH_REPEAT_HOLD = 30.0
 
 
-def hold_for_auth(ks: KeySchedule, ev: KeyExchangeComplete) -> None:
-    """A verify script decides first: no keys, no PUSH_REPLY until `answer_auth`."""
-    km = ks.sessions[0].peer_km
-    ks._held = ev
+def hold_for_auth(ks: KeySchedule, ev: KeyExchangeComplete, key_id: int = 0) -> None:
+    """A verify script (or the management interface) decides first: no keys, and for key 0
+    no PUSH_REPLY, until `answer_auth`. For a renegotiated key (OpenVPN re-authenticates:
+    management REAUTH) the current key carries the traffic meanwhile; the pending key's
+    hand-window bounds the wait."""
+    km = ks.sessions[key_id].peer_km
+    ks._held = (key_id, ev)
     subject = ks.handshake.peer_subject if ks.handshake else ""
-    ks._events.append(AuthRequest(km.username if km else "", subject, km.password if km else ""))
+    ks._events.append(
+        AuthRequest(km.username if km else "", subject, km.password if km else "", ev.peer_info, key_id)
+    )
+
+
+def renegotiated(ks: KeySchedule, key_id: int, ev: KeyExchangeComplete, now: float) -> None:
+    """Key method 2 of a renegotiated key: install it, or hold it for the password check."""
+    if ks.is_server and ks.config.verify_auth:
+        hold_for_auth(ks, ev, key_id)
+    else:
+        ks._install_renegotiated(key_id, now)
 
 
 def answer_auth(ks: KeySchedule, accept: bool, reason: str, now: float) -> None:
     """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end.
     Stray answers (none asked, or already closed) are ignored."""
-    ev, ks._held = ks._held, None
-    if ev is None or ks.closed or ks.pending != 0:
+    held, ks._held = ks._held, None
+    if held is None or ks.closed or ks.pending != held[0]:
         return
-    if accept:
-        server_ready(ks, ev, now)
-    else:
+    key_id, ev = held
+    if not accept:
         refuse(ks, reason, now)
+    elif key_id:
+        ks._install_renegotiated(key_id, now)
+    else:
+        server_ready(ks, ev, now)
 
 
 def refuse(ks: KeySchedule, reason: str, now: float) -> None:
     log.warning("refusing the client: %s", reason or "authentication failed")
-    ks.sessions[0].send_control_message(f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED")
+    # on the current key (a refused renegotiation: key 0 may be long gone)
+    session = ks.sessions[ks.primary if ks.primary is not None else 0]
+    session.send_control_message(f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED")
     ks._end = (
         now + SCHEDULED_EXIT,
         Fatal(f"the client was refused: {reason or 'authentication failed'}"),

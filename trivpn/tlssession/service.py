@@ -126,7 +126,7 @@ class TLSService:
                 if isinstance(cmd, Renegotiate):
                     self.schedule.renegotiate(cmd.reason, trio.current_time())
                 elif isinstance(cmd, SendExit):
-                    self.schedule.send_exit(trio.current_time())
+                    self.schedule.send_exit(trio.current_time(), message=cmd.message)
                 elif isinstance(cmd, AuthVerdict):
                     self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time())
                 await self._dispatch()

@@ -30,6 +30,7 @@ class _Demux:
 @dataclass
 class _Hub:
     clients: dict[int, Any] = field(default_factory=dict)
+    observer: Any = None
 
 
 @dataclass
