@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 import trio
 
-from trivpn.errors import FatalError, SessionRestart
+from trivpn.errors import AuthFailed, ConnectTimeout, FatalError, RetryLimitReached, SessionRestart
 from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
@@ -46,6 +46,7 @@ from trivpn.session.reconnect import (
     candidates,
     restart_cause,
 )
+from trivpn.session.runevents import OnRunEvent, SessionRetry, SessionUp
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
@@ -95,6 +96,7 @@ class Client:
         configure_tun: bool = False,
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        on_event: OnRunEvent | None = None,
         observer: ClientObserver | None = None,
         kill_switch: KillSwitch | None = None,
         **overrides: Unpack[SessionOverrides],
@@ -124,6 +126,8 @@ class Client:
         self._tun: TunApplier | None = None
         self.kill_switch = kill_switch
         self._paths: _Paths | None = None
+        #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
+        self.on_event = on_event
         self.observer = observer
         self._restart_scope: trio.CancelScope | None = None
         self._restart_reason: str | None = None
@@ -173,7 +177,7 @@ class Client:
                 came_up = await self._session(step.candidate, step.attempt, status)
             except BaseException as exc:
                 primary = primary_error(exc)
-                if isinstance(primary, FatalError) and await self._retry_auth(primary):
+                if isinstance(primary, AuthFailed) and await self._retry_auth(primary):
                     primary = SessionRestart(str(primary))
                 cause = None if isinstance(primary, trio.Cancelled) else restart_cause(primary)
                 if cause is None:
@@ -191,16 +195,18 @@ class Client:
             if isinstance(decision, GiveUp):
                 if decision.reraise and err is not None:
                     raise err from None
-                raise FatalError(decision.message) from None
+                raise (ConnectTimeout if decision.timeout else RetryLimitReached)(decision.message) from err
             log.warning("%s; reconnecting in %.1f s", decision.reason, decision.delay)
+            if self.on_event is not None:
+                self.on_event(SessionRetry(decision.reason, decision.delay))
             if self.observer is not None:
                 self.observer.state("RECONNECTING", self._restart_reason or decision.reason)
             await trio.sleep(decision.delay)
             step, delay = decision, decision.delay
 
-    async def _retry_auth(self, error: FatalError) -> bool:
+    async def _retry_auth(self, error: AuthFailed) -> bool:
         """AUTH_FAILED with management `auth-retry nointeract|interact`: try again."""
-        if self.observer is None or "AUTH_FAILED" not in str(error):
+        if self.observer is None:
             return False
         return await self.observer.auth_failed(self, str(error))
 
@@ -256,11 +262,13 @@ class Client:
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect
                     self._auth_token = up.settings.auth_token
                 log.info("%s", describe_tunnel(info))
+                if self.on_event is not None:
+                    self.on_event(SessionUp(info, session))
                 if observer is not None:
                     observer.session_up(session, info)
                 if task_status is not None:
                     task_status.started(info)
-                await session.drain_events()
+                await session.drain_events(self.on_event)
         finally:
             self._live = None
             transport.close()

@@ -30,6 +30,7 @@ from trivpn.session import killswitch
 from trivpn.session.config import SessionConfig
 from trivpn.session.killswitch import KillSwitch, NftRunner
 from trivpn.session.netsettings import TunnelInfo
+from trivpn.session.runevents import OnRunEvent
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.userspace import UserspaceTun
@@ -86,6 +87,7 @@ class Engine:
         handle_signals: bool = False,
         close_device: bool = True,
         rng: random.Random | None = None,
+        on_event: OnRunEvent | None = None,
         observer: ClientObserver | None = None,
         kill_switch: bool = False,
         run_nft: NftRunner = killswitch.run_nft,
@@ -108,6 +110,7 @@ class Engine:
             configure_tun=configure_tun,
             on_tunnel_up=on_tunnel_up,
             rng=rng,
+            on_event=on_event,
             observer=observer,
             kill_switch=self.kill_switch,
         )

@@ -169,6 +169,14 @@ class AuthPending:
     timeout: float
 
 
+@dataclass(frozen=True, slots=True)
+class KeysRenegotiated:
+    """New data keys are in use (`count`: renegotiations of this session so far)."""
+
+    key_id: int
+    count: int
+
+
 # -- commands and usage reports for the key schedule (typed, never strings) ---------------
 
 
@@ -244,4 +252,4 @@ TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
 #: exit notice.
 TLSToData: TypeAlias = "InstallKey | ActivateKey | RetireKey | SendExitNotify"
 #: TLS session → the session runner (one item per send, not a batch).
-SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest"
+SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest | KeysRenegotiated"

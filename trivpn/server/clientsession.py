@@ -92,6 +92,8 @@ class ClientSession:
             tun_down=tun_down_s,
         )
         self.delivered_dropped = 0
+        #: told when the client is ready (ClientTable's change hook)
+        self.on_ready: Callable[[], None] | None = None
 
     @classmethod
     def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
@@ -148,6 +150,8 @@ class ClientSession:
                 await self.admission.admit(ev)
             elif isinstance(ev, ClientReady) and self.ready is None:
                 self.ready = ev
+                if self.on_ready is not None:
+                    self.on_ready()
                 addrs = ", ".join(str(p.address) for p in self.lease.pushes()) if self.lease else "none"
                 log.info("%r ready: %s, %s, address %s", self, ev.cipher, ev.key_derivation, addrs)
                 if self.hub.observer is not None:

@@ -140,6 +140,8 @@ class GiveUp:
 
     message: str
     reraise: bool = False
+    #: no tunnel within give_up_after (raised as ConnectTimeout, else RetryLimitReached)
+    timeout: bool = False
 
 
 class ReconnectPolicy:
@@ -220,7 +222,7 @@ class ReconnectPolicy:
         delay = backoff_delay(max(self.failures, 1), first, cap, self._rng)
         if not self.ever_up and self.give_up_after is not None:
             if now + delay >= self._started_at + self.give_up_after:
-                return GiveUp(f"no tunnel within {self.give_up_after:g} s: {end.reason}")
+                return GiveUp(f"no tunnel within {self.give_up_after:g} s: {end.reason}", timeout=True)
         return self._attempt(delay, end.reason)
 
     def _next(self) -> None:

@@ -71,7 +71,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError, SessionRestart
+from trivpn.errors import (
+    CertificateRejected,
+    FatalError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SessionRestart,
+)
 from trivpn.messages import (
     ActivateKey,
     AuthPending,
@@ -386,10 +392,10 @@ class KeySchedule:
             self._drop_pending()
             self._schedule_reneg(now)
         elif isinstance(exc, FatalError) and self.is_server:
-            self._close(Fatal(str(exc)))
+            self._close(Fatal(str(exc), type(exc)))
         else:
             # client: anyone on the path can break the handshake; a restart, never an exit
-            self._close(Restart(f"TLS failed: {exc}"))
+            self._close(Restart(f"TLS failed: {exc}", certificate=isinstance(exc, CertificateRejected)))
 
     def _install_renegotiated(self, key_id: int, now: float) -> None:
         assert self._template is not None

@@ -13,13 +13,14 @@ from collections.abc import Callable
 
 import trio
 
-from trivpn.errors import FatalError, SessionRestart
+from trivpn.errors import CertificateRestart, SessionRestart
 from trivpn.messages import (
     ActivateKey,
     AuthVerdict,
     Ciphertext,
     ControlToTLS,
     InstallKey,
+    KeysRenegotiated,
     KeyUsage,
     PushAuthToken,
     Renegotiate,
@@ -47,6 +48,12 @@ class AuthTokenExpired(SessionRestart):
     """AUTH_FAILED,SESSION: the pushed auth-token is no longer valid; reconnect without it."""
 
 
+def _restart_error(ev: Restart) -> SessionRestart:
+    if ev.auth_token_expired:
+        return AuthTokenExpired(ev.reason)
+    return CertificateRestart(ev.reason) if ev.certificate else SessionRestart(ev.reason)
+
+
 class TLSService:
     """Runs one KeySchedule; `usage` reads the data channel's KeyUsage (None: no polling)."""
 
@@ -66,6 +73,7 @@ class TLSService:
         self._to_cc: Outbox[TLSToControl] = Outbox(to_cc)
         self._to_data = to_data
         self._events = events
+        self._renegotiations = 0
         self._commands = commands
         self._usage = usage
         self._timer = CoreTimer()
@@ -87,13 +95,16 @@ class TLSService:
                 if isinstance(ev, InstallKey | ActivateKey | RetireKey):
                     await self._to_data.send([ev])
                 elif isinstance(ev, Restart):
-                    err = AuthTokenExpired(ev.reason) if ev.auth_token_expired else SessionRestart(ev.reason)
+                    err = _restart_error(ev)
                     err.advance = ev.advance
                     raise err
                 elif isinstance(ev, Fatal):
-                    raise FatalError(ev.reason)
+                    raise ev.error(ev.reason)
                 else:
                     await self._events.send(ev)
+            if self.schedule.renegotiations != self._renegotiations and self.schedule.primary is not None:
+                self._renegotiations = self.schedule.renegotiations  # told to the owner (library events)
+                await self._events.send(KeysRenegotiated(self.schedule.primary, self._renegotiations))
             await self._to_cc.flush(lambda: self.schedule.items_to_send(trio.current_time()))
         self._timer.poke()
 

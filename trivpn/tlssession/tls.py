@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 
-from trivpn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.errors import CertificateRejected, ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.tlssession.crl import load_crl
 
 #: OpenVPN reads TLS plaintext into a buffer of this size, one record at a time (common.h).
@@ -362,13 +362,13 @@ class TLSEngine:
             self._failed = (
                 f"{self._peer_role} certificate verification failed: {self._verify_failure}"
             )
-            raise FatalError(self._failed) from None
+            raise CertificateRejected(self._failed) from None
         if "did not return a certificate" in reason:
             self._failed = f"the {self._peer_role} sent no certificate ({reason})"
-            raise FatalError(self._failed) from None
+            raise CertificateRejected(self._failed) from None
         if any(alert in reason for alert in _CERT_ALERTS):
             self._failed = f"the {self._peer_role} rejected our certificate (TLS alert: {reason})"
-            raise FatalError(self._failed) from None
+            raise CertificateRejected(self._failed) from None
         self._failed = f"TLS error: {reason}"
         raise RemoteProtocolError(self._failed) from None
 

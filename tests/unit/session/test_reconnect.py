@@ -136,7 +136,7 @@ def test_give_up_after_applies_only_until_a_tunnel_came_up() -> None:
     p = policy(conn("a", retry=(4, 4)), give_up_after=10.0)
     p.first()
     assert isinstance(p.ended(FAILED, 3.0), Retry)  # next attempt at 7 < 10
-    assert p.ended(FAILED, 6.0) == GiveUp("no tunnel within 10 s: no answer")  # 6 + 4 >= 10
+    assert p.ended(FAILED, 6.0) == GiveUp("no tunnel within 10 s: no answer", timeout=True)  # 6 + 4 >= 10
     p = policy(conn("a", retry=(4, 4)), give_up_after=10.0)
     p.first()
     assert isinstance(p.ended(SessionEnd(came_up=True, failed=True), 3.0), Retry)
