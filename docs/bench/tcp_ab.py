@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,10 @@ def _run_variant(ns: Any, name: str, tree: str, flags: list[str], profile: Path,
                 return res
             time.sleep(0.05)
         time.sleep(0.3)
+        if args.pings:
+            r = ns.run(["ping", "-c", str(args.pings), "-i", "0.01", "-W", "2", target], check=False)
+            rtts = sorted(float(t) for t in re.findall(r"time=([0-9.]+) ms", r.stdout))
+            res["idle_rtt_p50_ms"] = rtts[len(rtts) // 2] if rtts else None
         for direction in args.directions:
             reverse = direction == "down"
             if args.pyspy == name:
@@ -162,6 +167,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--directions", default="down,up")
+    p.add_argument("--pings", type=int, default=100, help="idle pings before iperf3 (p50 reported)")
     p.add_argument("--pyspy", default="")
     p.add_argument("--perf", default="", help="record `perf record -g` of this variant")
     p.add_argument("--out", type=Path, default=Path("/tmp/tcp-ab"))
@@ -203,7 +209,7 @@ def main() -> int:
         ok = [r for r in runs if r["variant"] == name and r["ok"]]
         summary[name] = {
             k: statistics.median(r[k] for r in ok)
-            for k in (ok[0].keys() if ok else ()) if k.endswith(("_mbps", "_per_gb"))
+            for k in (ok[0].keys() if ok else ()) if k.endswith(("_mbps", "_per_gb", "_ms")) and all(r.get(k) is not None for r in ok)
         }
     print(json.dumps({"cipher": args.cipher, "medians": summary}, indent=1))
     (args.out / "ab.json").write_text(json.dumps({"cipher": args.cipher, "variants": args.variant,
