@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--no-reconnect", action="store_true", help="exit when the session ends instead of reconnecting"
         )
-        sp.add_argument("--auth-user", default="", help=argparse.SUPPRESS)
+        sp.add_argument(
+            "--auth-user",
+            default="",
+            help="username for auth-user-pass (the password comes from TRIVPN_PASSWORD or a prompt)",
+        )
         sp.add_argument("--auth-password", default="", help=argparse.SUPPRESS)
 
     c = sub.add_parser("connect", help="bring up a tunnel on a TUN device (needs root)")
@@ -133,17 +137,27 @@ def _load(path: str) -> Profile:
     return profile
 
 
+#: Where `--auth-user` (and a prompting profile) take the password from, if set.
+PASSWORD_ENV = "TRIVPN_PASSWORD"
+
+
 def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
-    """Username/password from the flags, the profile's auth-user-pass, or a prompt; with
-    `static-challenge` the response is asked for and folded into the password."""
+    """Username/password from `--auth-user` (password from TRIVPN_PASSWORD or a prompt),
+    the profile's auth-user-pass, or a prompt; with `static-challenge` the response is
+    asked for and folded into the password. Never from the command line: argv is public."""
     import getpass
 
     def need_tty(what: str) -> None:
         if not sys.stdin.isatty():
             raise ConfigError(f"the profile asks for {what} and there is no terminal to prompt on")
 
+    _refuse_password_flag(args)
     if args.auth_user:
-        user, password = args.auth_user, args.auth_password
+        user = args.auth_user
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+            need_tty(f"a password for {user!r} (set {PASSWORD_ENV} or run on a terminal)")
+            password = getpass.getpass("Password: ")
     else:
         aup = getattr(profile, "auth_user_pass", None)
         if isinstance(aup, tuple):
@@ -151,7 +165,7 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
         elif aup is True:
             need_tty("a username and password (auth-user-pass)")
             user = input("Username: ")
-            password = getpass.getpass("Password: ")
+            password = os.environ.get(PASSWORD_ENV, "") or getpass.getpass("Password: ")
         else:
             return "", ""
     challenge = getattr(profile, "static_challenge", None)
@@ -161,6 +175,21 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
         response = input(f"{text} ") if echo else getpass.getpass(f"{text} ")
         password = static_challenge_password(password, response)
     return user, password
+
+
+def _reread_password(args: argparse.Namespace) -> str:
+    """auth-nocache: the password again, as OpenVPN gets it (the file re-read, or a prompt)."""
+    from trivpn.profile.profile import load_profile
+
+    return _credentials(load_profile(args.profile), args)[1]
+
+
+def _refuse_password_flag(args: argparse.Namespace) -> None:
+    if getattr(args, "auth_password", None):
+        raise ConfigError(
+            "--auth-password is gone: a password on the command line is visible to every user "
+            "(ps, /proc); use the profile's auth-user-pass file, TRIVPN_PASSWORD or the prompt"
+        )
 
 
 def static_challenge_password(password: str, response: str) -> str:
@@ -189,6 +218,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         key_derivation=args.key_derivation,
         username=username,
         password=password,
+        reauth=lambda: _reread_password(args),
     )
     device = kernel_tun()
     engine = Engine(config, device, configure_tun=True, handle_signals=True)
@@ -302,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
+        _refuse_password_flag(args)
         rc: int = trio.run(handler, args)
         return rc
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ tunnel and applies the settings (`trivpn.session.netapply`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -150,11 +151,33 @@ class Client:
             await trio.sleep(decision.delay)
             step = decision
 
+    def _forget_password(self) -> None:
+        """auth-nocache: the password leaves memory once it was accepted (later key
+        exchanges and reconnects send the pushed auth-token, or ask `reauth` again)."""
+        cfg = self.config
+        if cfg.auth_nocache and cfg.password:
+            # in place, not a copy: the live session's key-exchange factory holds this
+            # object, and a copy would leave the password reachable through it
+            object.__setattr__(cfg, "password", "")
+            if isinstance(self.profile.auth_user_pass, tuple):
+                self.profile.auth_user_pass = True
+
+    async def _recall_password(self) -> None:
+        """A reconnect after auth-nocache without an auth-token: the password again."""
+        cfg = self.config
+        if not (cfg.auth_nocache and cfg.username and not cfg.password and not self._auth_token):
+            return
+        if cfg.reauth is None:
+            raise FatalError("auth-nocache: the password was dropped after use and nothing can supply it again")
+        password = await trio.to_thread.run_sync(cfg.reauth)
+        self.config = dataclasses.replace(cfg, password=password)
+
     async def _session(
         self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
     ) -> bool:
         """One session: every layer in its own nursery, until something ends it."""
         self._came_up = False
+        await self._recall_password()
         window = cand.connection.connect_window
         deadline = trio.current_time() + window
         transport = await open_within(cand, attempt, deadline, self.config.family)
@@ -179,6 +202,7 @@ class Client:
                 self._came_up = True
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect
                     self._auth_token = up.settings.auth_token
+                self._forget_password()
                 log.info("%s", describe_tunnel(info))
                 if task_status is not None:
                     task_status.started(info)

@@ -104,11 +104,11 @@ class Profile:
     dev_type: str = "tun"
     ca: str | None = None
     cert: str | None = None
-    key: str | None = None
-    tls_auth: str | None = None
+    key: str | None = field(default=None, repr=False)  # a secret
+    tls_auth: str | None = field(default=None, repr=False)  # a secret
     key_direction: int | None = None
-    tls_crypt: str | None = None
-    tls_crypt_v2: str | None = None  # the client key text (Kc + wrapped WKc)
+    tls_crypt: str | None = field(default=None, repr=False)  # a secret
+    tls_crypt_v2: str | None = field(default=None, repr=False)  # a secret
     remote_cert_tls: str | None = None
     verify_x509_name: tuple[str, str] | None = None
     data_ciphers: list[str] = field(default_factory=lambda: list(DEFAULT_DATA_CIPHERS))
@@ -125,7 +125,9 @@ class Profile:
     resolv_retry: float | None = None
     mute_replay_warnings: bool = False
     compression: str | None = None
-    auth_user_pass: tuple[str, str] | None | bool = None
+    auth_user_pass: tuple[str, str] | None | bool = field(default=None, repr=False)
+    #: drop the password from memory once it was used (`auth-nocache`)
+    auth_nocache: bool = False
     tun_mtu: int | None = None
     ping: int | None = None
     ping_restart: int | None = None

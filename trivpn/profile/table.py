@@ -76,7 +76,6 @@ DEFAULT_CONNECT_RETRY_MAX_DELAY = 300
 SILENT_OPTIONS = frozenset(
     {
         "allow-compression",  # we never compress; the compression options themselves are checked
-        "auth-nocache",  # we never cache credentials to disk anyway
         "block-outside-dns",  # Windows only
         "dhcp-release",  # Windows only
         "dhcp-renew",  # Windows only
@@ -422,6 +421,7 @@ TABLE: Mapping[str, Simple] = {
     "verify-x509-name": Simple("verify_x509_name", _verify_x509_name, 1, 2),
     "tls-version-min": Simple("tls_version_min", _tls_version_min, 1, 2),
     "static-challenge": Simple("static_challenge", _static_challenge, 2, 3),
+    "auth-nocache": _flag("auth_nocache"),
     # data channel
     "data-ciphers": Simple("data_ciphers", _cipher_list),
     "ncp-ciphers": Simple("data_ciphers", _cipher_list),

@@ -15,6 +15,7 @@ Secrets (keys, the password) are kept out of `repr`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, TypedDict
 
@@ -249,6 +250,7 @@ class SessionOverrides(TypedDict, total=False):
     family: int | None
     username: str
     password: str
+    reauth: Callable[[], str] | None
     hand_window: float
     data_threads: bool
     low_latency: bool
@@ -285,6 +287,10 @@ class SessionConfig:
     family: int | None = None  # 4 or 6 overrides the remotes' protocol family
     username: str = ""
     password: str = field(default="", repr=False)
+    #: auth-nocache: the password is forgotten after the first successful authentication
+    auth_nocache: bool = False
+    #: where a forgotten password comes from again (re-read the file, prompt); None: nowhere
+    reauth: Callable[[], str] | None = field(default=None, repr=False)
     data_threads: bool = True
     low_latency: bool = False
     no_reconnect: bool = False
@@ -301,6 +307,7 @@ class SessionConfig:
         family: int | None = None,
         username: str = "",
         password: str = "",
+        reauth: Callable[[], str] | None = None,
         hand_window: float = HAND_WINDOW,
         data_threads: bool = True,
         low_latency: bool = False,
@@ -359,6 +366,8 @@ class SessionConfig:
             family=family,
             username=username,
             password=password,
+            auth_nocache=profile.auth_nocache,
+            reauth=reauth,
             data_threads=data_threads,
             low_latency=low_latency,
             no_reconnect=no_reconnect,

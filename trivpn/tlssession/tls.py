@@ -31,7 +31,7 @@ Theory of operation (the same ideas as the comment at the top of trio's `_ssl.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from cryptography import x509
@@ -122,7 +122,7 @@ class TLSConfig:
 
     ca_pem: str
     cert_pem: str | None = None
-    key_pem: str | None = None
+    key_pem: str | None = field(default=None, repr=False)  # a secret: never in a log
     is_server: bool = False
     remote_cert_tls: str | None = None
     verify_x509_name: tuple[str, str] | None = None
