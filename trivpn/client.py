@@ -44,6 +44,7 @@ from trivpn.session.reconnect import (
     backoff_delay,
     candidates,
 )
+from trivpn.session.scripts import ClientScripts, ScriptContext, ScriptRunner
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
@@ -95,6 +96,9 @@ class Client:
         self._came_up = False
         self._auth_token: str | None = None
         self._tun: TunApplier | None = None
+        # the profile's scripts run where trivpn configures a kernel TUN (`trivpn connect`)
+        self._script_runner = ScriptRunner(self.profile) if configure_tun else None
+        self._scripts: ClientScripts | None = None
 
     def _make_session_factory(
         self, proto: str, connection: ConnectionConfig | None = None
@@ -118,6 +122,8 @@ class Client:
         to the next attempt, anything else ends the run.
         """
         manager.add_exit_hook(self.exit_notify)
+        if self._script_runner is not None:
+            self._scripts = ClientScripts(self._script_runner, manager.add_cleanup, lambda: manager.stop_reason)
         self._tun = TunApplier(
             self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
         )
@@ -198,6 +204,11 @@ class Client:
                     self._tun.apply(plan)
                 if self.on_tunnel_up is not None:
                     await self.on_tunnel_up(info)
+                if self._scripts is not None:
+                    await self._scripts.tunnel_up(ScriptContext(
+                        self.ifname or "", plan.tun, up.settings, self.profile,
+                        endpoint.address, endpoint.port, endpoint.proto, up.peer_chain,
+                    ))
                 self.info = info
                 self._came_up = True
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect

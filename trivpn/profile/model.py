@@ -172,3 +172,26 @@ class Profile:
     alternatives: list[Profile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     source: str | None = None
+    # scripts and privileges (trivpn.session.scripts, trivpn.session.privdrop)
+    script_up: str | None = None
+    script_down: str | None = None
+    script_route_up: str | None = None
+    script_route_pre_down: str | None = None
+    script_ipchange: str | None = None
+    #: OpenVPN's default level 1: no external programs
+    script_security: int = 1
+    #: `setenv NAME VALUE` pairs handed to scripts
+    setenv: list[tuple[str, str]] = field(default_factory=list)
+    user: str | None = None
+    group: str | None = None
+
+    @property
+    def scripts(self) -> dict[str, str | None]:
+        """The configured script commands by OpenVPN option name."""
+        return {
+            "up": self.script_up,
+            "down": self.script_down,
+            "route-up": self.script_route_up,
+            "route-pre-down": self.script_route_pre_down,
+            "ipchange": self.script_ipchange,
+        }

@@ -95,11 +95,17 @@ def _auth_user_pass(ctx: Context, line: int, name: str, args: list[str], inline:
 
 def _setenv(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
     # `setenv opt OPTION ...` asks for OPTION to be applied if it is known;
-    # any other setenv only feeds scripts, which we never run.
+    # any other setenv is a variable for the profile's scripts.
     if len(args) >= 2 and args[0] == "opt":
         if args[1].startswith("<"):
             raise Invalid(f"cannot apply inline tag {args[1]!r}")
         ctx.apply(line, args[1:])
+        return
+    nargs(args, 1, 2)
+    if not args[0] or "=" in args[0] or "\0" in args[0]:
+        raise Invalid(f"bad variable name {args[0][:40]!r}")
+    pairs = [kv for kv in ctx.scope.profile.setenv if kv[0] != args[0]]
+    ctx.scope.set("setenv", [*pairs, (args[0], args[1] if len(args) == 2 else "")])
 
 
 def _ignore_unknown_option(

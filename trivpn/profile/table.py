@@ -91,7 +91,6 @@ SILENT_OPTIONS = frozenset(
         "register-dns",  # Windows only
         "route-delay",  # timing of route setup, not what is routed
         "route-method",  # Windows only
-        "script-security",  # we run no scripts
         "setenv-safe",  # environment for scripts we never run
         "sndbuf",  # socket buffer tuning
         "suppress-timestamps",  # log formatting
@@ -337,6 +336,19 @@ def _ip_address(args: list[str]) -> str:
     return args[0]
 
 
+def _command(args: list[str]) -> str:
+    if not args[0].strip():
+        raise Invalid("empty command")
+    return args[0]
+
+
+def _account_name(args: list[str]) -> str:
+    name = args[0]
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
+        raise Invalid(f"{name[:64]!r} is not a user or group name")
+    return name
+
+
 # ---- the table --------------------------------------------------------------------------
 
 
@@ -451,4 +463,13 @@ TABLE: Mapping[str, Simple] = {
     "ifconfig": Simple("ifconfig", netopts.ifconfig, 2, 2),
     "ifconfig-ipv6": Simple("ifconfig_ipv6", netopts.ifconfig_ipv6, 1, 2),
     "topology": Simple("topology", netopts.topology),
+    # scripts (the profile's own only; never pushed) and privileges
+    "up": Simple("script_up", _command),
+    "down": Simple("script_down", _command),
+    "route-up": Simple("script_route_up", _command),
+    "route-pre-down": Simple("script_route_pre_down", _command),
+    "ipchange": Simple("script_ipchange", _command),
+    "script-security": _int("script_security", 0, 3),
+    "user": Simple("user", _account_name),
+    "group": Simple("group", _account_name),
 }

@@ -87,6 +87,8 @@ class HandshakeComplete:
     peer_subject: str
     tls_version: str
     cipher: str
+    #: the verified peer chain, DER, leaf first
+    peer_chain: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,7 @@ class TLSSession:
                     self.engine.peer_subject or "",
                     self.engine.tls_version or "",
                     self.engine.cipher_name or "",
+                    self.engine.peer_chain,
                 )
             )
         for record in self.engine.read_records():

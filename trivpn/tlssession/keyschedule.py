@@ -478,6 +478,7 @@ class KeySchedule:
                 agreement.key_derivation,
                 hs.peer_subject if hs else "?",
                 hs.tls_version if hs else "?",
+                peer_chain=hs.peer_chain if hs else (),
             )
         )
 

@@ -45,6 +45,8 @@ from trivpn.tlssession.crl import load_crl
 
 #: OpenVPN reads TLS plaintext into a buffer of this size, one record at a time (common.h).
 TLS_CHANNEL_BUF_SIZE = 2048
+#: Deepest chain position recorded for scripts (OpenVPN's tls_id_N); deeper ones are checked only.
+_MAX_CHAIN = 16
 #: Largest TLS plaintext record; one SSL_read never returns more.
 _MAX_RECORD = 16384
 
@@ -218,6 +220,7 @@ class TLSEngine:
         self._records: list[bytes] = []
         self._failed: str | None = None
         self._started = False
+        self._chain: dict[int, bytes] = {}
 
         self._conn = SSL.Connection(_context_for(config), None)
         self._conn.set_app_data(self)
@@ -237,6 +240,8 @@ class TLSEngine:
             subject = format_subject(xcert.subject)
         except Exception:
             xcert, subject = None, "?"
+        if xcert is not None and 0 <= depth < _MAX_CHAIN:
+            self._chain[depth] = xcert.public_bytes(serialization.Encoding.DER)
         if not ok:
             self._verify_failure = f"{_verify_error_text(errnum)} (subject {subject})"
             return False
@@ -348,6 +353,11 @@ class TLSEngine:
             raise FatalError(self._failed) from None
         self._failed = f"TLS error: {reason}"
         raise RemoteProtocolError(self._failed) from None
+
+    @property
+    def peer_chain(self) -> tuple[bytes, ...]:
+        """The verified peer chain (DER), leaf first, as the verify callback saw it."""
+        return tuple(self._chain[d] for d in sorted(self._chain))
 
     @property
     def failed(self) -> bool:
