@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 from trivpn.profile.push import PushReplyAssembler
@@ -87,8 +87,8 @@ class HandshakeComplete:
     peer_subject: str
     tls_version: str
     cipher: str
-    #: the verified peer chain, DER, leaf first
-    peer_chain: tuple[bytes, ...] = ()
+    #: the verified peer chain, DER, leaf first (for scripts; not part of equality)
+    peer_chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
