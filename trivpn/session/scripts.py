@@ -102,8 +102,8 @@ def _chain_env(env: dict[str, str], chain: Sequence[bytes]) -> None:
         except ValueError:
             continue
         env[f"tls_id_{depth}"] = format_subject(cert.subject)
-        env[f"tls_digest_{depth}"] = _colon_hex(hashlib.sha1(der).digest(), True)
-        env[f"tls_digest_sha256_{depth}"] = _colon_hex(hashlib.sha256(der).digest(), True)
+        env[f"tls_digest_{depth}"] = _colon_hex(hashlib.sha1(der).digest(), False)
+        env[f"tls_digest_sha256_{depth}"] = _colon_hex(hashlib.sha256(der).digest(), False)
         serial = cert.serial_number
         env[f"tls_serial_{depth}"] = str(serial)
         env[f"tls_serial_hex_{depth}"] = _colon_hex(serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"), False)
@@ -184,7 +184,7 @@ def script_env(kind: str, ctx: ScriptContext, *, config: str = "", verb: int = 1
         env[f"remote_port_{i}"] = str(r.port)
         env[f"proto_{i}"] = r.proto
     _chain_env(env, ctx.peer_chain)
-    if kind == "route-up":
+    if kind != "up":  # set from route-up on; OpenVPN's environment keeps it for down
         env["redirect_gateway"] = "1" if tun.redirect_gateway else "0"
     if kind in ("down", "route-pre-down") and ctx.signal:
         env["signal"] = ctx.signal
