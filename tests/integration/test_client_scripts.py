@@ -71,13 +71,13 @@ def test_up_script_environment_matches_openvpns(pki: PKI, netns: NetnsPair, tmp_
             ]))
             if out is theirs_dir:
                 with reference_client(netns, profile, tmp_path / "openvpn-client.log"):
-                    wait_until(lambda: (out / "route-up").exists(), 10, "openvpn route-up")
+                    wait_until((out / "route-up").exists, 10, "openvpn route-up")
                 continue
             proc = netns.client.popen([sys.executable, "-m", "trivpn", "connect", str(profile), "--no-dns"],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             try:
                 read_until(proc, "tunnel up", 30)
-                wait_until(lambda: (out / "route-up").exists(), 10, "trivpn route-up")
+                wait_until((out / "route-up").exists, 10, "trivpn route-up")
                 proc.send_signal(signal.SIGTERM)  # as reference_client stops openvpn
                 assert proc.wait(timeout=15) == 0, rest_of_output(proc)
             finally:
