@@ -130,10 +130,13 @@ def _add_plugin_commands(sub: argparse._SubParsersAction[_Parser], common: objec
 
 def _load(path: str) -> Profile:
     from trivpn.profile.profile import load_profile
+    from trivpn.session.config import server_check_warning
 
     profile = load_profile(path)
     for w in profile.warnings:
         log.warning("%s", w)
+    if (warning := server_check_warning(profile)) is not None:
+        log.warning("%s", warning)
     return profile
 
 
@@ -177,6 +180,16 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
     return user, password
 
 
+def _ask_key_passphrase(profile: Profile) -> None:
+    """askpass without a file: prompt for the private key's passphrase (as OpenVPN does)."""
+    if profile.askpass is True:
+        import getpass
+
+        if not sys.stdin.isatty():
+            raise ConfigError("the profile asks for the private key's passphrase (askpass) and there is no terminal")
+        profile.askpass = getpass.getpass("Private key passphrase: ")
+
+
 def _reread_password(args: argparse.Namespace) -> str:
     """auth-nocache: the password again, as OpenVPN gets it (the file re-read, or a prompt)."""
     from trivpn.profile.profile import load_profile
@@ -208,6 +221,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
 
     profile = _load(args.profile)
     profile.no_dns = profile.no_dns or args.no_dns
+    _ask_key_passphrase(profile)
     username, password = _credentials(profile, args)
     config = SessionConfig.from_profile(
         profile,

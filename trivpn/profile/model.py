@@ -116,6 +116,17 @@ class Profile:
     data_ciphers_fallback: str | None = None
     auth: str = DEFAULT_AUTH
     tls_version_min: str | None = None
+    tls_version_max: str | None = None
+    tls_cipher: str | None = None
+    tls_ciphersuites: str | None = None
+    tls_groups: str | None = None
+    tls_cert_profile: str | None = None
+    #: peer-fingerprint: SHA-256 digests (then the CA is optional)
+    peer_fingerprints: list[bytes] = field(default_factory=list)
+    crl_verify: str | None = None  # the CRL text (file or inline)
+    crl_dir: str | None = None  # crl-verify DIR dir
+    #: askpass: the key's passphrase, or True to prompt
+    askpass: str | bool | None = field(default=None, repr=False)
     verb: int = DEFAULT_VERB
     pull: bool = False
     tls_client: bool = False

@@ -33,7 +33,7 @@ from trivpn.profile.model import (
 )
 from trivpn.profile.options import _iter_options, is_inline
 from trivpn.profile.scope import Scope
-from trivpn.profile.special import MAX_CUSTOM_HTTP_HEADERS, SPECIAL
+from trivpn.profile.special import MAX_CUSTOM_HTTP_HEADERS, SPECIAL, key_mode_warning
 from trivpn.profile.table import CONNECTION_OPTIONS, SILENT_OPTIONS, TABLE, UNSAFE_OPTIONS
 
 __all__ = [
@@ -128,6 +128,8 @@ class _Parser:
             if (simple := TABLE.get(name)) is not None:
                 for field, value in simple.assignments(args, inline, self.base_dir):
                     scope.set(field, value)
+                if name == "key" and not inline and (w := key_mode_warning(self.base_dir, args[0], line)):
+                    scope.warn(line, w)
             elif (special := SPECIAL.get(name)) is not None:
                 special(self, line, name, args, inline)
             elif name in UNSAFE_OPTIONS:
@@ -193,8 +195,8 @@ def _finish(s: Scope) -> Profile:
 
     if not (p.tls_client and p.pull):
         raise ConfigError("not a client profile: add 'client' (or both 'tls-client' and 'pull')")
-    if p.ca is None:
-        raise ConfigError("missing 'ca': the server's CA certificate is required")
+    if p.ca is None and not p.peer_fingerprints:
+        raise ConfigError("missing 'ca': the server's CA certificate (or 'peer-fingerprint') is required")
     if (p.cert is None) != (p.key is None):
         missing = "key" if p.key is None else "cert"
         raise ConfigError(f"missing '{missing}': 'cert' and 'key' must be given together")

@@ -31,6 +31,8 @@ Theory of operation (the same ideas as the comment at the top of trio's `_ssl.py
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -51,6 +53,8 @@ _MAX_CHAIN = 16
 _MAX_RECORD = 16384
 
 _TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+#: tls-cert-profile -> OpenSSL security level (what each profile requires of keys and digests)
+CERT_PROFILES = {"legacy": 1, "preferred": 2, "suiteb": 3}
 _REMOTE_CERT_TLS = {
     "server": (ExtendedKeyUsageOID.SERVER_AUTH, "TLS Web Server Authentication"),
     "client": (ExtendedKeyUsageOID.CLIENT_AUTH, "TLS Web Client Authentication"),
@@ -131,6 +135,17 @@ class TLSConfig:
     tls_version_min: str = "1.2"
     tls_version_max: str | None = None  # OpenVPN's --tls-version-max; None = what OpenSSL offers
     crl_pem: str | None = None  # crl-verify: a PEM CRL signed by the CA; checked for the peer
+    #: crl-verify DIR dir: a file named after the peer's decimal serial there means revoked
+    crl_dir: str | None = None
+    #: peer-fingerprint: SHA-256 digests of acceptable peer certificates (then no CA is needed)
+    peer_fingerprints: tuple[bytes, ...] = ()
+    cipher_list: str | None = None  # tls-cipher (TLS 1.2 and below, OpenSSL syntax)
+    ciphersuites: str | None = None  # tls-ciphersuites (TLS 1.3)
+    groups: str | None = None  # tls-groups: key-exchange groups, colon separated
+    #: tls-cert-profile as an OpenSSL security level (legacy 1, preferred 2, suiteb 3)
+    security_level: int | None = None
+    #: the private key's passphrase (askpass); a secret
+    key_password: bytes | None = field(default=None, repr=False)
 
 
 def format_subject(name: x509.Name) -> str:
@@ -242,12 +257,19 @@ class TLSEngine:
             xcert, subject = None, "?"
         if xcert is not None and 0 <= depth < _MAX_CHAIN:
             self._chain[depth] = xcert.public_bytes(serialization.Encoding.DER)
+        if self.config.peer_fingerprints:  # PKI-less: only the leaf's digest counts
+            if depth != 0:
+                return True
+            if xcert is None or hashlib.sha256(self._chain[0]).digest() not in self.config.peer_fingerprints:
+                self._verify_failure = f"peer-fingerprint does not match (subject {subject})"
+                return False
+            return True
         if not ok:
             self._verify_failure = f"{_verify_error_text(errnum)} (subject {subject})"
             return False
         if depth != 0 or xcert is None:
             return True
-        problem = self._check_leaf(xcert, subject)
+        problem = self._check_leaf(xcert, subject) or _crl_dir_check(self.config.crl_dir, xcert)
         if problem is not None:
             self._verify_failure = f"{problem} (subject {subject})"
             return False
@@ -466,8 +488,15 @@ def _build_context(config: TLSConfig) -> SSL.Context:
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     # Idle sessions (a server holds one per client) give their 16 KiB read/write buffers back.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    _restrict(ctx, config)
     store = ctx.get_cert_store()
     assert store is not None
+    if not config.ca_pem and config.peer_fingerprints:
+        if config.cert_pem is not None and config.key_pem is not None:
+            _load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
+        ctx.set_verify(SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if config.is_server else 0),
+                       _shared_verify)
+        return ctx
     cas = _load_certs(config.ca_pem, "CA certificate")
     for ca in cas:
         try:
@@ -478,7 +507,7 @@ def _build_context(config: TLSConfig) -> SSL.Context:
         store.add_crl(load_crl(config.crl_pem, cas))
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     if config.cert_pem is not None and config.key_pem is not None:
-        _load_identity(ctx, config.cert_pem, config.key_pem)
+        _load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
     mode = SSL.VERIFY_PEER
     if config.is_server:
         mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
@@ -486,12 +515,46 @@ def _build_context(config: TLSConfig) -> SSL.Context:
     return ctx
 
 
-def _load_identity(ctx: SSL.Context, cert_pem: str, key_pem: str) -> None:
+def _restrict(ctx: SSL.Context, config: TLSConfig) -> None:
+    """tls-cipher, tls-ciphersuites, tls-groups and tls-cert-profile (a bad value: ConfigError)."""
+    ciphers = config.cipher_list or "DEFAULT"
+    if config.security_level is not None:
+        ciphers += f":@SECLEVEL={config.security_level}"
+    try:
+        if config.cipher_list is not None or config.security_level is not None:
+            ctx.set_cipher_list(ciphers.encode())
+        if config.ciphersuites is not None:
+            ctx.set_tls13_ciphersuites(config.ciphersuites.encode())
+    except SSL.Error:
+        raise ConfigError(f"OpenSSL accepts none of the TLS ciphers in {ciphers!r}") from None
+    if config.groups is not None:
+        from OpenSSL._util import lib  # pyOpenSSL has no public call for groups
+
+        if lib.SSL_CTX_set1_curves_list(ctx._context, config.groups.encode()) != 1:
+            raise ConfigError(f"tls-groups {config.groups!r}: OpenSSL knows none of these groups")
+
+
+def _crl_dir_check(crl_dir: str | None, cert: x509.Certificate) -> str | None:
+    """OpenVPN's `crl-verify DIR dir`: a file named after the decimal serial revokes."""
+    if crl_dir is None:
+        return None
+    if os.path.exists(os.path.join(crl_dir, str(cert.serial_number))):
+        return f"certificate serial {cert.serial_number} is revoked (crl-verify dir)"
+    return None
+
+
+def _load_identity(ctx: SSL.Context, cert_pem: str, key_pem: str, password: bytes | None = None) -> None:
     chain = _load_certs(cert_pem, "certificate")
     try:
-        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the private key (PEM, unencrypted): {exc}") from None
+        key = serialization.load_pem_private_key(key_pem.encode(), password=password)
+    except TypeError:
+        if password is None:
+            raise ConfigError("the private key is encrypted: add 'askpass' (a file, or a prompt)") from None
+        raise ConfigError("the private key is not encrypted but 'askpass' was given") from None
+    except (ValueError, UnicodeError) as exc:
+        if password is not None and "password" in str(exc).lower():
+            raise ConfigError("cannot decrypt the private key: wrong passphrase (askpass)") from None
+        raise ConfigError(f"cannot read the private key (PEM): {exc}") from None
     if not isinstance(key, _TLS_KEY_TYPES):
         raise ConfigError(
             f"the private key is a {type(key).__name__.removeprefix('_')}, which cannot sign "

@@ -249,6 +249,7 @@ def write_keys(d: Path) -> None:
     (d / "ca.crt").write_text(CA)
     (d / "client.crt").write_text(CERT)
     (d / "client.key").write_text(KEY)
+    (d / "client.key").chmod(0o600)  # as users keep keys (others-readable ones warn, issue 13)
     (d / "ta.key").write_text(STATIC_KEY)
 
 
