@@ -36,6 +36,7 @@ from trivpn.session.config import (
 )
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
+from trivpn.session.privdrop import PrivDrop
 from trivpn.session.reconnect import (
     Candidate,
     GiveUp,
@@ -99,6 +100,8 @@ class Client:
         # the profile's scripts run where trivpn configures a kernel TUN (`trivpn connect`)
         self._script_runner = ScriptRunner(self.profile) if configure_tun else None
         self._scripts: ClientScripts | None = None
+        # `user`/`group`: root is given up after the first tunnel (trivpn connect only)
+        self._privdrop = PrivDrop.from_profile(self.profile) if configure_tun else None
 
     def _make_session_factory(
         self, proto: str, connection: ConnectionConfig | None = None
@@ -209,6 +212,8 @@ class Client:
                         self.ifname or "", plan.tun, up.settings, self.profile,
                         endpoint.address, endpoint.port, endpoint.proto, up.peer_chain,
                     ))
+                if self._privdrop is not None and self._tun is not None:
+                    self._privdrop.drop(self._tun)
                 self.info = info
                 self._came_up = True
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect

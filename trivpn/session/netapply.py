@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from trivpn.session.dns import DnsConfigurator
 from trivpn.session.netsettings import NetPlan
@@ -22,6 +23,14 @@ from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 
 __all__ = ["TunApplier"]
+
+
+class _Helper(Protocol):
+    """The privileged side after a drop (trivpn.session.privdrop.HelperLink)."""
+
+    def apply(self, plan: NetPlan) -> None: ...
+    def undo_net(self) -> None: ...
+    def undo_dns(self) -> None: ...
 
 log = logging.getLogger("trivpn")
 
@@ -49,9 +58,30 @@ class TunApplier:
         self._dns = dns
         if ifname and self._dns is None:
             self._dns = DnsConfigurator(ifname)
+        #: after a privilege drop: the privileged helper that changes the host for us
+        self._helper: _Helper | None = None
         if ifname and self._dns is not None:
             self._dns.recover()
-            add_cleanup(self._dns.undo)
+            add_cleanup(self.undo_dns)
+
+    def hand_over(self, helper: _Helper) -> None:
+        """From now on the host is changed by `helper` (a forked copy of this applier that
+        kept root; see trivpn.session.privdrop); this process only filters block-ipv6."""
+        self._helper = helper
+
+    def undo_net(self) -> None:
+        """Addresses and routes off (cleanup: never raises)."""
+        if self._helper is not None:
+            self._helper.undo_net()
+        elif self._configurator is not None:
+            self._configurator.undo()
+
+    def undo_dns(self) -> None:
+        """DNS restored (cleanup: never raises)."""
+        if self._helper is not None:
+            self._helper.undo_dns()
+        elif self._dns is not None:
+            self._dns.undo()
 
     def apply(self, plan: NetPlan | TunConfig) -> None:
         """Configure the TUN the first time; on a reconnect only what changed."""
@@ -60,9 +90,13 @@ class TunApplier:
         if isinstance(plan, TunConfig):
             plan = NetPlan(plan)
         cfg = plan.tun
+        if self._helper is not None:
+            self._helper.apply(plan)
+            self._answer_ipv6(plan)
+            return
         if self._configurator is None:
             self._configurator = NetConfigurator(self.ifname)
-            self._add_cleanup(self._configurator.undo)
+            self._add_cleanup(self.undo_net)
             self._configurator.apply(cfg)
         elif self.applied != cfg:
             log.info("the server pushed different settings; reconfiguring %s", self.ifname)
@@ -71,6 +105,9 @@ class TunApplier:
         self.applied = cfg
         if self._dns is not None:
             self._dns.apply(plan.dns)
+        self._answer_ipv6(plan)
+
+    def _answer_ipv6(self, plan: NetPlan) -> None:
         if self._device is not None:
             source = plan.block_ipv6_source
             self._device.ipv6_answer = (

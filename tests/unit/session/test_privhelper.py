@@ -1,0 +1,69 @@
+"""The privileged helper's wire: plans as JSON (never pickle), requests, EOF means undo."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from trivpn.errors import ConfigError
+from trivpn.profile.model import Profile
+from trivpn.session.netsettings import DnsSettings, NetPlan
+from trivpn.session.privdrop import HelperLink, PrivDrop, _serve, plan_from_json, plan_to_json
+from trivpn.tun.netconfig import TunConfig
+
+
+def _plan() -> NetPlan:
+    tun = TunConfig(mtu=1400, ipv4=("10.8.0.2", 24, None), ipv6=("fd00::2", 64),
+                    routes=[("10.9.0.0/16", "10.8.0.1", 5)], routes6=[("fd00:9::/64", None, None)],
+                    redirect_gateway=True, server_addresses=["192.0.2.1"], redirect_via="10.8.0.1")
+    return NetPlan(tun, DnsSettings(("10.8.0.53",), ("example.test",), False), "fe80::7")
+
+
+def test_plan_round_trips_exactly() -> None:
+    assert plan_from_json(plan_to_json(_plan())) == _plan()
+    assert plan_from_json(plan_to_json(NetPlan(TunConfig()))) == NetPlan(TunConfig())
+    for bad in (b"[]", b'{"tun": 3}', b'{"tun": {"evil": 1}}', b"not json"):
+        with pytest.raises(ValueError):
+            plan_from_json(bad)
+
+
+class FakeApplier:
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+
+    def apply(self, plan: NetPlan) -> None:
+        if plan.tun.mtu == 999:
+            raise ConfigError("kernel said no")
+        self.calls.append(plan)
+
+    def undo_net(self) -> None:
+        self.calls.append("undo-net")
+
+    def undo_dns(self) -> None:
+        self.calls.append("undo-dns")
+
+
+def test_helper_serves_requests_and_undoes_everything_at_eof() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fake = FakeApplier()
+    t = threading.Thread(target=_serve, args=(theirs, fake))  # type: ignore[arg-type]  # duck-typed applier
+    t.start()
+    link = HelperLink(ours, pid=-1)
+    link.apply(_plan())
+    with pytest.raises(ConfigError, match="kernel said no"):
+        link.apply(NetPlan(TunConfig(mtu=999)))
+    link.undo_dns()
+    ours.close()  # the engine is gone: the helper undoes what is left and ends
+    t.join(5)
+    assert not t.is_alive()
+    assert fake.calls == [_plan(), "undo-dns", "undo-net", "undo-dns"]
+
+
+def test_no_user_no_drop_and_unknown_user_is_a_config_error() -> None:
+    assert PrivDrop.from_profile(Profile(remotes=[])) is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        PrivDrop.from_profile(Profile(remotes=[], user="no-such-user-trivpn"))
+    drop = PrivDrop.from_profile(Profile(remotes=[], user="nobody"))
+    assert drop is not None and drop.uid == 65534
