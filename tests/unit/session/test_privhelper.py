@@ -48,7 +48,7 @@ class FakeApplier:
 def test_helper_serves_requests_and_undoes_everything_at_eof() -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     fake = FakeApplier()
-    t = threading.Thread(target=_serve, args=(theirs, fake))  # type: ignore[arg-type]  # duck-typed applier
+    t = threading.Thread(target=_serve, args=(theirs, fake))  # a duck-typed applier
     t.start()
     link = HelperLink(ours, pid=-1)
     link.apply(_plan())
