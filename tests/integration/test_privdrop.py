@@ -107,3 +107,29 @@ def test_user_group_drop_to_cap_net_admin_and_survive_a_server_restart(
             proc.wait()
     wait_until(lambda: namespace_state(netns.client) == before, 10, "routes and TUN gone after exit")
     assert "Traceback" not in log.read_text()
+
+
+def test_helper_restores_the_host_when_the_engine_is_killed(
+    pki: PKI, netns: NetnsPair, openvpn_server: Callable[[ServerOptions], OpenVPNServer], tmp_path: Path,
+) -> None:
+    """SIGKILL of the unprivileged engine: the root helper sees its socket close and removes
+    the routes itself, including the server's host route that closing the TUN would leave."""
+    opts = ServerOptions(proto="udp", wrap="tls-crypt")
+    server = openvpn_server(opts)
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(client_profile(pki, opts, server.remote_host, extra=[
+        "user nobody", "group nogroup", "redirect-gateway def1"]))
+    before = namespace_state(netns.client)
+    log = tmp_path / "client.log"
+    proc = netns.client.popen([sys.executable, "-m", "trivpn", "connect", str(profile), "--no-dns"],
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_text(log, "dropped privileges", 30)
+        assert namespace_state(netns.client) != before
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wait_until(lambda: namespace_state(netns.client) == before, 10, "the helper's cleanup after SIGKILL")
