@@ -256,6 +256,7 @@ async def cmd_ping(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"TARGET must be an IP address, not {args.target!r}") from None
     profile = _load(args.profile)
+    _ask_key_passphrase(profile)
     username, password = _credentials(profile, args)
     async with connect(
         profile,
