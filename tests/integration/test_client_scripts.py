@@ -25,7 +25,8 @@ from trivpn.testing.process import read_until, rest_of_output, stop_process, wai
 pytestmark = pytest.mark.root
 
 PUSH = ['push "route 10.211.0.0 255.255.0.0"', 'push "dhcp-option DNS 10.8.0.53"',
-        'push "dhcp-option DOMAIN example.test"']
+        'push "dhcp-option DOMAIN example.test"', 'push "dns server 1 address 10.8.0.99"',
+        'push "dns search-domains pushed.test"']
 #: values that differ between two processes by nature
 VOLATILE = {"daemon_pid", "daemon_start_time", "daemon_log_redirect", "dev", "untrusted_port"}
 #: what the shell itself adds to `env` output
@@ -67,6 +68,7 @@ def test_up_script_environment_matches_openvpns(pki: PKI, netns: NetnsPair, tmp_
             script = _dump_script(tmp_path, out)
             profile.write_text(client_profile(pki, opts, remote, extra=[
                 "script-security 2", f"up {script}", f"route-up {script}", f"down {script}",
+                f"ipchange {script}", "dhcp-option DOMAIN-SEARCH profile.test",
                 "setenv FOO bar", "verb 3",
             ]))
             if out is theirs_dir:
@@ -85,13 +87,21 @@ def test_up_script_environment_matches_openvpns(pki: PKI, netns: NetnsPair, tmp_
     finally:
         server.stop()
     wait_until(lambda: (theirs_dir / "down").exists(), 10, "openvpn down")
-    for kind in ("up", "route-up", "down"):
+    for kind in ("ipchange", "up", "route-up", "down"):
         theirs, ours = _read(theirs_dir / kind), _read(ours_dir / kind)
         missing = sorted(set(theirs) - set(ours))
         assert not missing, f"{kind}: trivpn lacks {missing}"
         differ = {k: (theirs[k], ours[k]) for k in theirs if k not in VOLATILE and theirs[k] != ours[k]}
         assert not differ, f"{kind}: values differ (openvpn, trivpn): {differ}"
     up = _read(ours_dir / "up")
-    assert up["script_type"] == "up" and up["foreign_option_1"] == "dhcp-option DNS 10.8.0.53"
+    assert up["script_type"] == "up"
+    # 2.6's pushed `dns` replaces the pushed dhcp-option DNS; the profile's own line is gone
+    assert [up.get(f"foreign_option_{i}") for i in (1, 2, 3, 4)] == [
+        "dhcp-option DOMAIN example.test", "dhcp-option DNS 10.8.0.99",
+        "dhcp-option DOMAIN-SEARCH pushed.test", None]
+    assert up["dns_server_1_address_1"] == "10.8.0.99" and up["dns_search_domain_1"] == "pushed.test"
+    ipchange = _read(ours_dir / "ipchange")
+    assert ipchange["ARGS"] == f"[AF_INET]{remote} 1194"
+    assert ipchange["foreign_option_1"] == "dhcp-option DOMAIN-SEARCH profile.test"
     assert up["ARGS"].split()[1:] == ["1500", "0", up["ifconfig_local"], up["ifconfig_netmask"], "init"]
     assert up["route_network_1"] == "10.211.0.0" and up["common_name"] and up["FOO"] == "bar"

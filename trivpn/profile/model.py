@@ -175,6 +175,8 @@ class Profile:
     topology: str | None = None
     dns_servers: list[str] = field(default_factory=list)  # dhcp-option DNS/DNS6, dns server
     dns_domains: list[str] = field(default_factory=list)  # dhcp-option DOMAIN..., dns search-domains
+    #: the profile's `dhcp-option` lines as written (scripts' foreign_option_N)
+    dhcp_option_lines: list[str] = field(default_factory=list)
     #: leave the system's DNS alone (`trivpn connect --no-dns`)
     no_dns: bool = False
     #: every <connection> block's options as written (one list, shared with the alternatives)

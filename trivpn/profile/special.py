@@ -203,6 +203,7 @@ def _redirect_gateway(ctx: Context, line: int, name: str, args: list[str], inlin
 
 
 def _dhcp_option(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    ctx.scope.append("dhcp_option_lines", " ".join([name, *args]))
     value = netopts.dhcp_option(args)
     if value is None:
         ctx.scope.warn(

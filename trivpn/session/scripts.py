@@ -118,14 +118,68 @@ def _chain_env(env: dict[str, str], chain: Sequence[bytes]) -> None:
                 env["common_name"] = cn if isinstance(cn, str) else cn.decode("utf-8", "replace")
 
 
+def _pushed_dns(settings: PushedSettings) -> tuple[dict[int, list[str]], list[str]]:
+    """2.6's pushed `dns server N address ...` and `dns search-domains ...`, as pushed."""
+    servers: dict[int, list[str]] = {}
+    search: list[str] = []
+    for opt in settings.options:
+        t = opt.split()
+        if len(t) >= 3 and t[:2] == ["dns", "search-domains"]:
+            search += t[2:]
+        elif len(t) >= 5 and t[:2] == ["dns", "server"] and t[3] == "address":
+            try:
+                prio = int(t[2])
+            except ValueError:
+                continue
+            servers.setdefault(prio, []).extend(t[4:])
+    return servers, search
+
+
 def _foreign_options(settings: PushedSettings) -> list[str]:
-    """The pushed `dhcp-option` lines, as OpenVPN hands them to scripts (never commands)."""
+    """The pushed `dhcp-option` lines, as OpenVPN hands them to scripts (never commands).
+
+    With 2.6's `dns` options pushed, OpenVPN replaces the `dhcp-option DNS`/`DOMAIN-SEARCH`
+    lines by ones made from them (for scripts that only know `dhcp-option`)."""
+    servers, search = _pushed_dns(settings)
     out = []
     for opt in settings.options:
         tokens = opt.split()
-        if tokens and tokens[0] == "dhcp-option":
-            out.append(" ".join(tokens))
+        if len(tokens) < 2 or tokens[0] != "dhcp-option":
+            continue
+        kind = tokens[1].upper()
+        if (servers and kind in ("DNS", "DNS6")) or (search and kind == "DOMAIN-SEARCH"):
+            continue
+        out.append(" ".join(tokens))
+    for prio in sorted(servers):
+        for addr in servers[prio]:
+            host, _port = _host_port(addr)
+            out.append(f"dhcp-option {'DNS6' if ':' in host else 'DNS'} {host}")
+    out += [f"dhcp-option DOMAIN-SEARCH {d}" for d in search]
     return out
+
+
+def _host_port(addr: str) -> tuple[str, str | None]:
+    """`10.0.0.1:53`, `[fd00::1]:53`, `fd00::1` or `10.0.0.1` as (host, port or None)."""
+    if addr.startswith("[") and "]" in addr:
+        host, _, rest = addr[1:].partition("]")
+        return host, rest.removeprefix(":") or None
+    if addr.count(":") == 1:
+        host, _, port = addr.partition(":")
+        return host, port
+    return addr, None
+
+
+def _dns_env(env: dict[str, str], settings: PushedSettings) -> None:
+    """2.6's `dns_*` variables for the pushed `dns` options."""
+    servers, search = _pushed_dns(settings)
+    for i, d in enumerate(search, 1):
+        env[f"dns_search_domain_{i}"] = d
+    for prio, addrs in servers.items():
+        for m, addr in enumerate(addrs, 1):
+            host, port = _host_port(addr)
+            env[f"dns_server_{prio}_address_{m}"] = host
+            if port is not None:
+                env[f"dns_server_{prio}_port_{m}"] = port
 
 
 def script_env(kind: str, ctx: ScriptContext, *, config: str = "", verb: int = 1) -> dict[str, str]:
@@ -174,8 +228,12 @@ def script_env(kind: str, ctx: ScriptContext, *, config: str = "", verb: int = 1
         env[f"route_ipv6_gateway_{i}"] = via6 or s.ifconfig_ipv6_remote or ""
         if metric6 is not None:
             env[f"route_ipv6_metric_{i}"] = str(metric6)
-    for i, line in enumerate(_foreign_options(s), 1):
+    # ipchange runs before OpenVPN processes the PUSH_REPLY: it sees the profile's lines
+    foreign = list(p.dhcp_option_lines) if kind == "ipchange" else _foreign_options(s)
+    for i, line in enumerate(foreign, 1):
         env[f"foreign_option_{i}"] = line
+    if kind != "ipchange":
+        _dns_env(env, s)
     if ctx.remote_ip:
         env["trusted_ip"] = env["untrusted_ip"] = ctx.remote_ip
         env["trusted_port"] = env["untrusted_port"] = str(ctx.remote_port)

@@ -131,3 +131,21 @@ def test_net_gateway_reads_the_default_route(tmp_path: Path) -> None:
                  "eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\n")
     assert net_gateway(str(f)) == "10.0.0.1"
     assert net_gateway(str(tmp_path / "none")) == "0.0.0.0"
+
+
+def test_pushed_dns_replaces_dhcp_dns_in_foreign_options_and_ipchange_sees_the_profiles() -> None:
+    settings = parse_push_options([
+        "dhcp-option DNS 10.8.0.53", "dhcp-option DOMAIN example.test", "dhcp-option DOMAIN-SEARCH a.test",
+        "dns server 1 address 10.8.0.99 [fd00::53]:5353", "dns search-domains b.test",
+    ])
+    ctx = _ctx(settings=settings)
+    ctx.profile.dhcp_option_lines = ["dhcp-option DOMAIN-SEARCH profile.test"]
+    env = script_env("up", ctx)
+    assert [env.get(f"foreign_option_{i}") for i in range(1, 6)] == [
+        "dhcp-option DOMAIN example.test", "dhcp-option DNS 10.8.0.99", "dhcp-option DNS6 fd00::53",
+        "dhcp-option DOMAIN-SEARCH b.test", None]
+    assert (env["dns_server_1_address_2"], env["dns_server_1_port_2"]) == ("fd00::53", "5353")
+    assert "dns_server_1_port_1" not in env and env["dns_search_domain_1"] == "b.test"
+    ipchange = script_env("ipchange", ctx)
+    assert ipchange["foreign_option_1"] == "dhcp-option DOMAIN-SEARCH profile.test"
+    assert "foreign_option_2" not in ipchange and "dns_search_domain_1" not in ipchange
