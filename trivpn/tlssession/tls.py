@@ -32,18 +32,27 @@ Theory of operation (the same ideas as the comment at the top of trio's `_ssl.py
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
 from trivpn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
 from trivpn.tlssession.crl import load_crl
+from trivpn.tlssession.tlsload import (
+    CERT_PROFILES,
+    common_name,
+    crl_dir_check,
+    format_subject,
+    load_certs,
+    load_identity,
+    restrict,
+)
+
+__all__ = ["CERT_PROFILES", "TLS_CHANNEL_BUF_SIZE", "TLSConfig", "TLSEngine", "common_name", "format_subject"]
 
 #: OpenVPN reads TLS plaintext into a buffer of this size, one record at a time (common.h).
 TLS_CHANNEL_BUF_SIZE = 2048
@@ -53,36 +62,11 @@ _MAX_CHAIN = 16
 _MAX_RECORD = 16384
 
 _TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
-#: tls-cert-profile -> OpenSSL security level (what each profile requires of keys and digests)
-CERT_PROFILES = {"legacy": 1, "preferred": 2, "suiteb": 3}
 _REMOTE_CERT_TLS = {
     "server": (ExtendedKeyUsageOID.SERVER_AUTH, "TLS Web Server Authentication"),
     "client": (ExtendedKeyUsageOID.CLIENT_AUTH, "TLS Web Client Authentication"),
 }
 _X509_NAME_TYPES = ("subject", "name", "name-prefix")
-
-# Short names OpenSSL prints with XN_FLAG_FN_SN (what OpenVPN logs and compares for
-# verify-x509-name ... subject). Unknown attributes are printed as dotted OIDs.
-_SHORT_NAMES = {
-    NameOID.COUNTRY_NAME: "C",
-    NameOID.STATE_OR_PROVINCE_NAME: "ST",
-    NameOID.LOCALITY_NAME: "L",
-    NameOID.ORGANIZATION_NAME: "O",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.COMMON_NAME: "CN",
-    NameOID.EMAIL_ADDRESS: "emailAddress",
-    NameOID.SERIAL_NUMBER: "serialNumber",
-    NameOID.STREET_ADDRESS: "street",
-    NameOID.DOMAIN_COMPONENT: "DC",
-    NameOID.USER_ID: "UID",
-    NameOID.TITLE: "title",
-    NameOID.GIVEN_NAME: "GN",
-    NameOID.SURNAME: "SN",
-    NameOID.INITIALS: "initials",
-    NameOID.PSEUDONYM: "pseudonym",
-    NameOID.DN_QUALIFIER: "dnQualifier",
-    NameOID.POSTAL_CODE: "postalCode",
-}
 
 # Fallback texts for the X509_V_ERR_* codes a VPN user actually meets (x509_vfy.h); used only
 # if OpenSSL's own message table is not reachable through pyOpenSSL's bindings.
@@ -112,16 +96,6 @@ _CERT_ALERTS = (
     "access denied",
 )
 
-#: Private keys pyOpenSSL can put into a TLS context (others get a one-line error).
-_TLS_KEY_TYPES = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-    dsa.DSAPrivateKey,
-)
-
-
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
     """Certificates and peer checks for one side of the control channel."""
@@ -148,28 +122,6 @@ class TLSConfig:
     key_password: bytes | None = field(default=None, repr=False)
 
 
-def format_subject(name: x509.Name) -> str:
-    """Render a subject the way OpenVPN prints it: "C=US, O=x, CN=y" in certificate order."""
-    rdns = []
-    for rdn in name.rdns:
-        parts = []
-        for attr in rdn:
-            key = _SHORT_NAMES.get(attr.oid, attr.oid.dotted_string)
-            value = attr.value if isinstance(attr.value, str) else attr.value.hex()
-            parts.append(f"{key}={value}")
-        rdns.append(" + ".join(parts))
-    return ", ".join(rdns)
-
-
-def common_name(name: x509.Name) -> str:
-    """The (last) CN of a subject, or "" when there is none."""
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not cns:
-        return ""
-    value = cns[-1].value
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
-
-
 def _verify_error_text(errnum: int) -> str:
     try:  # pyOpenSSL's private bindings expose OpenSSL's own table; fall back quietly
         from OpenSSL._util import ffi, lib
@@ -177,16 +129,6 @@ def _verify_error_text(errnum: int) -> str:
         return str(ffi.string(lib.X509_verify_cert_error_string(errnum)).decode())
     except Exception:
         return _VERIFY_ERRORS.get(errnum, f"X509 verify error {errnum}")
-
-
-def _load_certs(pem: str, what: str) -> list[x509.Certificate]:
-    try:
-        certs = x509.load_pem_x509_certificates(pem.encode())
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the {what} (PEM): {exc}") from None
-    if not certs:
-        raise ConfigError(f"the {what} contains no certificate")
-    return certs
 
 
 def _check_config(config: TLSConfig) -> None:
@@ -269,7 +211,7 @@ class TLSEngine:
             return False
         if depth != 0 or xcert is None:
             return True
-        problem = self._check_leaf(xcert, subject) or _crl_dir_check(self.config.crl_dir, xcert)
+        problem = self._check_leaf(xcert, subject) or crl_dir_check(self.config.crl_dir, xcert)
         if problem is not None:
             self._verify_failure = f"{problem} (subject {subject})"
             return False
@@ -488,16 +430,16 @@ def _build_context(config: TLSConfig) -> SSL.Context:
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     # Idle sessions (a server holds one per client) give their 16 KiB read/write buffers back.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    _restrict(ctx, config)
+    restrict(ctx, config)
     store = ctx.get_cert_store()
     assert store is not None
     if not config.ca_pem and config.peer_fingerprints:
         if config.cert_pem is not None and config.key_pem is not None:
-            _load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
+            load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
         ctx.set_verify(SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if config.is_server else 0),
                        _shared_verify)
         return ctx
-    cas = _load_certs(config.ca_pem, "CA certificate")
+    cas = load_certs(config.ca_pem, "CA certificate")
     for ca in cas:
         try:
             store.add_cert(crypto.X509.from_cryptography(ca))
@@ -507,64 +449,9 @@ def _build_context(config: TLSConfig) -> SSL.Context:
         store.add_crl(load_crl(config.crl_pem, cas))
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     if config.cert_pem is not None and config.key_pem is not None:
-        _load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
+        load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
     mode = SSL.VERIFY_PEER
     if config.is_server:
         mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
     ctx.set_verify(mode, _shared_verify)
     return ctx
-
-
-def _restrict(ctx: SSL.Context, config: TLSConfig) -> None:
-    """tls-cipher, tls-ciphersuites, tls-groups and tls-cert-profile (a bad value: ConfigError)."""
-    ciphers = config.cipher_list or "DEFAULT"
-    if config.security_level is not None:
-        ciphers += f":@SECLEVEL={config.security_level}"
-    try:
-        if config.cipher_list is not None or config.security_level is not None:
-            ctx.set_cipher_list(ciphers.encode())
-        if config.ciphersuites is not None:
-            ctx.set_tls13_ciphersuites(config.ciphersuites.encode())
-    except SSL.Error:
-        raise ConfigError(f"OpenSSL accepts none of the TLS ciphers in {ciphers!r}") from None
-    if config.groups is not None:
-        from OpenSSL._util import lib  # pyOpenSSL has no public call for groups
-
-        if lib.SSL_CTX_set1_curves_list(ctx._context, config.groups.encode()) != 1:
-            raise ConfigError(f"tls-groups {config.groups!r}: OpenSSL knows none of these groups")
-
-
-def _crl_dir_check(crl_dir: str | None, cert: x509.Certificate) -> str | None:
-    """OpenVPN's `crl-verify DIR dir`: a file named after the decimal serial revokes."""
-    if crl_dir is None:
-        return None
-    if os.path.exists(os.path.join(crl_dir, str(cert.serial_number))):
-        return f"certificate serial {cert.serial_number} is revoked (crl-verify dir)"
-    return None
-
-
-def _load_identity(ctx: SSL.Context, cert_pem: str, key_pem: str, password: bytes | None = None) -> None:
-    chain = _load_certs(cert_pem, "certificate")
-    try:
-        key = serialization.load_pem_private_key(key_pem.encode(), password=password)
-    except TypeError:
-        if password is None:
-            raise ConfigError("the private key is encrypted: add 'askpass' (a file, or a prompt)") from None
-        raise ConfigError("the private key is not encrypted but 'askpass' was given") from None
-    except (ValueError, UnicodeError) as exc:
-        if password is not None and "password" in str(exc).lower():
-            raise ConfigError("cannot decrypt the private key: wrong passphrase (askpass)") from None
-        raise ConfigError(f"cannot read the private key (PEM): {exc}") from None
-    if not isinstance(key, _TLS_KEY_TYPES):
-        raise ConfigError(
-            f"the private key is a {type(key).__name__.removeprefix('_')}, which cannot sign "
-            "a TLS handshake (use RSA, EC, Ed25519 or Ed448)"
-        )
-    try:
-        ctx.use_certificate(chain[0])
-        ctx.use_privatekey(key)
-        for extra in chain[1:]:
-            ctx.add_extra_chain_cert(extra)
-        ctx.check_privatekey()
-    except (SSL.Error, crypto.Error, TypeError, ValueError):
-        raise ConfigError("the certificate and the private key do not match") from None
