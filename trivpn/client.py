@@ -130,6 +130,8 @@ class Client:
         self._tun = TunApplier(
             self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
         )
+        if self._privdrop is not None:  # before any network input: TLS and parsing run as the user
+            self._privdrop.drop(self._tun, self._script_runner)
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
@@ -212,8 +214,6 @@ class Client:
                         self.ifname or "", plan.tun, up.settings, self.profile,
                         endpoint.address, endpoint.port, endpoint.proto, up.peer_chain,
                     ))
-                if self._privdrop is not None and self._tun is not None:
-                    self._privdrop.drop(self._tun)
                 self.info = info
                 self._came_up = True
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect

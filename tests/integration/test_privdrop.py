@@ -1,10 +1,12 @@
-"""`user`/`group`: `trivpn connect` runs as the user with only CAP_NET_ADMIN once the tunnel is up.
+"""`user`/`group`: `trivpn connect` runs as the user with only CAP_NET_ADMIN from before the
+first TLS handshake on.
 
 Proven on the running process: /proc/PID/status shows the user's uid/gid in every slot and
-CapEff/CapPrm equal to CAP_NET_ADMIN alone; the tunnel still carries pings, survives a
-restart of Debian's openvpn server (the reconnect's routes go through the privileged
-helper), a `route-up` run after the drop runs as the user, and SIGINT leaves the
-namespace exactly as it was (the helper undid routes and addresses as root).
+CapEff/CapPrm equal to CAP_NET_ADMIN alone; the log shows the drop before `TLS ok`; the
+tunnel still carries pings, survives a restart of Debian's openvpn server (routes go
+through the privileged helper), the first `up`/`route-up` run as root (as OpenVPN's,
+which come before its drop) and the `route-up` of the reconnect as the user, and SIGINT
+leaves the namespace exactly as it was (the helper undid routes and addresses as root).
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def test_user_group_drop_to_cap_net_admin_and_survive_a_server_restart(
     proc = netns.client.popen([sys.executable, "-m", "trivpn", "connect", str(profile), "--no-dns"],
                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_for_text(log, "dropped privileges", 30)
+        wait_for_text(log, "tunnel up", 30)
+        text = log.read_text()
+        assert text.index("dropped privileges") < text.index("TLS ok")  # before any network input
         st = _status(proc.pid)
         assert st["Uid"].split() == [str(NOBODY)] * 4, st["Uid"]
         assert st["Gid"].split() == [str(NOBODY)] * 4, st["Gid"]
@@ -124,7 +128,7 @@ def test_helper_restores_the_host_when_the_engine_is_killed(
     proc = netns.client.popen([sys.executable, "-m", "trivpn", "connect", str(profile), "--no-dns"],
                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_for_text(log, "dropped privileges", 30)
+        wait_for_text(log, "tunnel up", 30)
         assert namespace_state(netns.client) != before
         proc.kill()
         proc.wait()

@@ -91,7 +91,10 @@ class TunApplier:
             plan = NetPlan(plan)
         cfg = plan.tun
         if self._helper is not None:
+            if self.applied is None:  # the first plan: its undo belongs to this run's cleanups
+                self._add_cleanup(self.undo_net)
             self._helper.apply(plan)
+            self.applied = cfg
             self._answer_ipv6(plan)
             return
         if self._configurator is None:

@@ -1,24 +1,27 @@
-"""`user`/`group`: `trivpn connect` gives up root once the tunnel is up.
+"""`user`/`group`: `trivpn connect` gives up root once the TUN exists, before any network input.
 
-Why this shape (see docs/architecture.md, "Privilege drop"): two parts.
+Why this shape (see docs/architecture.md, "Privilege drop"): two processes.
 
 * The engine process (TLS, the control channel, every parser of network input, the
-  scripts) becomes the profile's user and group, keeping only CAP_NET_ADMIN:
-  `prctl(PR_SET_KEEPCAPS)`, `setgroups`/`setgid`/`setuid`, then `capset` to that one
-  capability (ctypes; no new dependency). The TUN fd and the sockets stay open.
+  scripts after the first tunnel) becomes the profile's user and group, keeping only
+  CAP_NET_ADMIN: `prctl(PR_SET_KEEPCAPS)`, `setgroups`/`setgid`/`setuid`, then `capset`
+  to that one capability (ctypes; no new dependency). The TUN fd stays open. This
+  happens when the run starts, right after the TUN was created and a crashed run's DNS
+  was restored: the first TLS handshake already runs unprivileged.
 * Just before that, a *privileged helper* is forked. It inherits the run's `TunApplier`
-  (the routes it added, the resolv.conf backup or systemd-resolved link) and is the only
-  part that still changes the host: it applies a new `NetPlan` when a reconnect brings
-  different settings and undoes everything at exit. It reads small JSON requests from a
-  socketpair (never pickle: the requests come from the less privileged side) and, when
-  the engine dies in any way (its end of the socket closes, even after SIGKILL), it
-  restores routes and DNS itself and exits. So DNS restore, which needs to write
-  /etc/resolv.conf or talk to systemd-resolved as root, keeps working after the drop.
+  and is the only part that changes the host: it applies each `NetPlan` (the first one
+  too), undoes routes and DNS at exit, and runs the first tunnel's `ipchange`/`up`/
+  `route-up` as root (OpenVPN runs them before its drop), each at most once, only the
+  profile's own command, with an environment reduced to OpenVPN's variable names. It
+  reads small JSON requests from a socketpair (never pickle: they come from the less
+  privileged side) and, when the engine dies in any way (its end of the socket closes,
+  even after SIGKILL), restores routes and DNS itself and exits. So DNS restore, which
+  needs to write /etc/resolv.conf or talk to systemd-resolved as root, keeps working.
 
-Scripts that run after the drop (`route-up`/`ipchange` on reconnects, `route-pre-down`
-and `down` at exit) run as the user, as OpenVPN's do; the first `up`/`route-up` run
-before it, as root. trivpn always keeps the TUN and the keys across reconnects
-(`persist-tun`/`persist-key` semantics), so nothing ever needs root again to reopen them.
+Scripts after the first tunnel (`route-up`/`ipchange` on reconnects, `route-pre-down` and
+`down` at exit) run as the user, as OpenVPN's do. trivpn always keeps the TUN and the keys
+across reconnects (`persist-tun`/`persist-key` semantics), so nothing needs root again to
+reopen them.
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ import json
 import logging
 import os
 import pwd
+import re
+import shlex
 import signal
 import socket
+import subprocess
+import threading
 import time
 from typing import Any
 
@@ -40,6 +47,7 @@ from trivpn.errors import ConfigError
 from trivpn.profile.model import Profile
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import DnsSettings, NetPlan
+from trivpn.session.scripts import SCRIPT_TIMEOUT, ScriptRunner
 from trivpn.tun.netconfig import TunConfig
 
 __all__ = ["CAP_NET_ADMIN", "HelperLink", "PrivDrop", "plan_from_json", "plan_to_json"]
@@ -51,8 +59,17 @@ _PR_SET_KEEPCAPS = 8
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 #: Largest request or reply on the helper socket (a plan with hundreds of routes fits).
 MAX_MESSAGE = 256 * 1024
-#: Seconds the engine waits for the helper to answer.
+#: Seconds the engine waits for the helper to answer (a root script gets its own time on top).
 HELPER_TIMEOUT = 20.0
+#: The scripts the helper runs as root, each once: the first tunnel's.
+ROOT_SCRIPTS = frozenset({"ipchange", "up", "route-up"})
+#: Variable names a root script may get from the engine: OpenVPN's (no LD_*, PATH, BASH_ENV...).
+_SCRIPT_ENV = re.compile(
+    r"(script_type|script_context|dev|dev_type|tun_mtu|config|daemon|daemon_pid|daemon_start_time"
+    r"|daemon_log_redirect|verb|common_name|redirect_gateway|signal|ifconfig_[a-z0-9_]+|route_[a-z0-9_]+"
+    r"|foreign_option_[0-9]+|dns_[a-z0-9_]+|(un)?trusted_(ip|port)6?|remote_[0-9]+|remote_port_[0-9]+"
+    r"|proto_[0-9]+|tls_[a-z0-9_]+|X509_[0-9]+_[A-Za-z0-9_.]+)"
+)
 
 
 class _CapHeader(ctypes.Structure):
@@ -96,17 +113,28 @@ class HelperLink:
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock = sock
         self.pid = pid
-        sock.settimeout(HELPER_TIMEOUT)
+        self._lock = threading.Lock()  # scripts are asked from a worker thread
 
-    def _call(self, request: dict[str, Any], payload: bytes = b"") -> None:
+    def _call(self, request: dict[str, Any], payload: bytes = b"", timeout: float = HELPER_TIMEOUT) -> None:
         head = json.dumps(request).encode()
-        try:
-            self.sock.send(head + b"\n" + payload)
-            reply = json.loads(self.sock.recv(MAX_MESSAGE) or b'{"error": "the privileged helper is gone"}')
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"privileged helper: {exc}") from None
+        with self._lock:
+            try:
+                self.sock.settimeout(timeout)
+                self.sock.send(head + b"\n" + payload)
+                reply = json.loads(self.sock.recv(MAX_MESSAGE) or b'{"error": "the privileged helper is gone"}')
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"privileged helper: {exc}") from None
         if reply.get("error"):
             raise ConfigError(f"privileged helper: {reply['error']}")
+
+    def run_script(self, kind: str, argv: list[str], env: dict[str, str]) -> str | None:
+        """One of the first tunnel's scripts, run as root by the helper; the problem or None."""
+        try:
+            self._call({"op": "script", "kind": kind, "argv": argv, "env": env},
+                       timeout=SCRIPT_TIMEOUT + HELPER_TIMEOUT)
+        except ConfigError as exc:
+            return str(exc).removeprefix("privileged helper: ")
+        return None
 
     def apply(self, plan: NetPlan) -> None:
         self._call({"op": "apply"}, plan_to_json(plan))
@@ -136,9 +164,37 @@ class HelperLink:
             time.sleep(0.05)
 
 
-def _serve(sock: socket.socket, applier: TunApplier) -> None:
+def _root_script(runner: ScriptRunner | None, done: set[str], request: dict[str, Any]) -> str | None:
+    """Run one of the first tunnel's scripts as root, if it is the profile's own; the problem."""
+    kind, argv, env = request.get("kind"), request.get("argv"), request.get("env")
+    if runner is None or kind not in ROOT_SCRIPTS or kind in done or not runner.has(str(kind)):
+        return f"no root script {kind!r} to run"
+    command = shlex.split(runner.commands[str(kind)])
+    if (not isinstance(argv, list) or not all(isinstance(a, str) and "\0" not in a for a in argv)
+            or argv[: len(command)] != command or len(argv) > len(command) + 8):
+        return "refused: not the profile's command"
+    if not isinstance(env, dict):
+        return "refused: bad environment"
+    allowed = {name for name, _ in runner.profile.setenv}
+    clean = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    for name, value in env.items():
+        if (isinstance(value, str) and "\0" not in value
+                and (name in allowed or _SCRIPT_ENV.fullmatch(str(name)))):
+            clean[str(name)] = value
+    done.add(str(kind))
+    try:
+        r = subprocess.run(argv, env=clean, check=False, stdin=subprocess.DEVNULL, timeout=runner.timeout)
+    except subprocess.TimeoutExpired:
+        return f"did not finish within {runner.timeout:g} s and was killed"
+    except OSError as exc:
+        return f"could not be run: {exc.strerror or exc}"
+    return None if r.returncode == 0 else f"exited with status {r.returncode}"
+
+
+def _serve(sock: socket.socket, applier: TunApplier, runner: ScriptRunner | None = None) -> None:
     """The helper's loop (in the forked child, still root): requests until EOF."""
     sock.settimeout(None)
+    done: set[str] = set()
     while True:
         try:
             data = sock.recv(MAX_MESSAGE)
@@ -156,6 +212,10 @@ def _serve(sock: socket.socket, applier: TunApplier) -> None:
                 applier.undo_net()
             elif op == "undo-dns":
                 applier.undo_dns()
+            elif op == "script":
+                problem = _root_script(runner, done, json.loads(head))
+                if problem is not None:
+                    reply["error"] = problem
             else:
                 reply["error"] = f"unknown request {op!r}"
         except Exception as exc:  # the answer says what failed; the helper stays up
@@ -191,8 +251,9 @@ class PrivDrop:
             raise ConfigError(f"group {profile.group!r} does not exist") from None
         return cls(pw.pw_uid, gid, f"{profile.user or 'root'}:{profile.group or pw.pw_gid}")
 
-    def drop(self, applier: TunApplier) -> None:
-        """Fork the privileged helper for `applier`, then become the user with CAP_NET_ADMIN."""
+    def drop(self, applier: TunApplier, runner: ScriptRunner | None = None) -> None:
+        """Fork the privileged helper for `applier` (and the first tunnel's scripts of
+        `runner`), then become the user with CAP_NET_ADMIN."""
         if self.helper is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -204,17 +265,35 @@ class PrivDrop:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_IGN)
-                _serve(theirs, applier)
+                _serve(theirs, applier, runner)
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
         theirs.close()
+        _preload()
         self.helper = HelperLink(ours, pid)
         applier.hand_over(self.helper)
+        if runner is not None:
+            runner.privileged = self.helper.run_script
         _become(self.uid, self.gid, keep=(CAP_NET_ADMIN,))
         log.info("dropped privileges to %s (keeping CAP_NET_ADMIN); routes and DNS via helper pid %d",
                  self.name, pid)
+
+
+#: Modules imported lazily on the session path. They are loaded while still root: the user
+#: may not be able to read the Python installation (e.g. one under /root).
+_LAZY_MODULES = ("encodings.idna", "trivpn.controlchannel.wrap")
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in _LAZY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
 
 
 def _become(uid: int, gid: int, keep: tuple[int, ...]) -> None:

@@ -17,8 +17,9 @@ Rules kept from OpenVPN 2.6:
 * Only the profile's own commands run. A pushed option can never name a program: the
   PUSH_REPLY parser knows no script options, and nothing here reads the pushed options
   except the `dhcp-option` lines, which become `foreign_option_N` text.
-* After `user`/`group` dropped root, scripts run as that user (the process is that user),
-  as with OpenVPN.
+* With `user`/`group`, the first tunnel's `ipchange`, `up` and `route-up` run as root (in
+  the privileged helper, as OpenVPN runs them before its drop); every later script runs
+  as the user (the engine process is that user), as with OpenVPN.
 """
 
 from __future__ import annotations
@@ -292,6 +293,8 @@ class ScriptRunner:
     def __init__(self, profile: Profile, *, timeout: float = SCRIPT_TIMEOUT) -> None:
         self.profile = profile
         self.timeout = timeout
+        #: after a privilege drop: runs a script as root in the helper; returns the problem
+        self.privileged: Callable[[str, list[str], dict[str, str]], str | None] | None = None
         self.commands: dict[str, str] = {k: v for k, v in profile.scripts.items() if v}
         level = profile.script_security
         if level < 2:
@@ -314,12 +317,19 @@ class ScriptRunner:
         env = script_env(kind, ctx, config=self.profile.source or "", verb=self.profile.verb)
         return argv, env
 
-    async def run(self, kind: str, ctx: ScriptContext) -> None:
-        """Run `kind` if configured; a failing `up` raises FatalError, others are logged."""
+    async def run(self, kind: str, ctx: ScriptContext, *, as_root: bool = False) -> None:
+        """Run `kind` if configured; a failing `up` raises FatalError, others are logged.
+
+        `as_root`: after a privilege drop, the privileged helper runs it (the first tunnel's
+        scripts run as root, as in OpenVPN, where they come before the drop)."""
         if kind not in self.commands:
             return
         argv, env = self._prepare(kind, ctx)
-        problem: str | None = None
+        if as_root and self.privileged is not None:
+            problem = await trio.to_thread.run_sync(self.privileged, kind, argv, env)
+            self._report(kind, argv[0], problem)
+            return
+        problem = None
         with trio.move_on_after(self.timeout) as scope:
             try:
                 r = await trio.run_process(argv, env=env, check=False, stdin=subprocess.DEVNULL)
@@ -380,12 +390,12 @@ class ClientScripts:
         if not first:
             ctx.restart = True
         self._ctx = ctx
-        await self.runner.run("ipchange", ctx)
+        await self.runner.run("ipchange", ctx, as_root=first)
         if first:
-            await self.runner.run("up", ctx)
+            await self.runner.run("up", ctx, as_root=True)
             if self.runner.has("route-pre-down"):
                 self._add_cleanup(lambda: self._at_exit("route-pre-down"))
-        await self.runner.run("route-up", ctx)
+        await self.runner.run("route-up", ctx, as_root=first)
 
     def _at_exit(self, kind: str) -> None:
         ctx = self._ctx

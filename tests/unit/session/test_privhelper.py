@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
 from trivpn.errors import ConfigError
 from trivpn.profile.model import Profile
 from trivpn.session.netsettings import DnsSettings, NetPlan
-from trivpn.session.privdrop import HelperLink, PrivDrop, _serve, plan_from_json, plan_to_json
+from trivpn.session.privdrop import (
+    HelperLink,
+    PrivDrop,
+    _root_script,
+    _serve,
+    plan_from_json,
+    plan_to_json,
+)
+from trivpn.session.scripts import ScriptRunner
 from trivpn.tun.netconfig import TunConfig
 
 
@@ -67,3 +76,21 @@ def test_no_user_no_drop_and_unknown_user_is_a_config_error() -> None:
         PrivDrop.from_profile(Profile(remotes=[], user="no-such-user-trivpn"))
     drop = PrivDrop.from_profile(Profile(remotes=[], user="nobody"))
     assert drop is not None and drop.uid == 65534
+
+
+def test_root_scripts_only_the_profiles_command_once_with_openvpn_names(tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    script = tmp_path / "up.sh"
+    script.write_text(f"#!/bin/sh\nenv > {out}\n")
+    script.chmod(0o755)
+    runner = ScriptRunner(Profile(remotes=[], script_up=f"{script} x", script_security=2, setenv=[("FOO", "1")]))
+    done: set[str] = set()
+    env = {"dev": "tun0", "FOO": "1", "LD_PRELOAD": "/evil.so", "BASH_ENV": "/evil", "foreign_option_1": "a"}
+    assert _root_script(runner, done, {"kind": "up", "argv": ["/bin/sh", "-c", "id"], "env": {}}) == (
+        "refused: not the profile's command")
+    assert _root_script(runner, done, {"kind": "up", "argv": [str(script), "x", "tun0"], "env": env}) is None
+    text = out.read_text()
+    assert "dev=tun0" in text and "FOO=1" in text and "foreign_option_1=a" in text
+    assert "LD_PRELOAD" not in text and "BASH_ENV" not in text
+    assert _root_script(runner, done, {"kind": "up", "argv": [str(script), "x"], "env": {}}) is not None  # once
+    assert _root_script(runner, done, {"kind": "down", "argv": [str(script)], "env": {}}) is not None
