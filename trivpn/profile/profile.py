@@ -33,7 +33,7 @@ from trivpn.profile.model import (
 )
 from trivpn.profile.options import _iter_options, is_inline
 from trivpn.profile.scope import Scope
-from trivpn.profile.special import MAX_CUSTOM_HTTP_HEADERS, SPECIAL, key_mode_warning
+from trivpn.profile.special import MAX_CUSTOM_HTTP_HEADERS, PRIVATE_FILES, SPECIAL, key_mode_warning
 from trivpn.profile.table import CONNECTION_OPTIONS, SILENT_OPTIONS, TABLE, UNSAFE_OPTIONS
 
 __all__ = [
@@ -128,8 +128,6 @@ class _Parser:
             if (simple := TABLE.get(name)) is not None:
                 for field, value in simple.assignments(args, inline, self.base_dir):
                     scope.set(field, value)
-                if name == "key" and not inline and (w := key_mode_warning(self.base_dir, args[0], line)):
-                    scope.warn(line, w)
             elif (special := SPECIAL.get(name)) is not None:
                 special(self, line, name, args, inline)
             elif name in UNSAFE_OPTIONS:
@@ -144,6 +142,9 @@ class _Parser:
             self.warn(line, exc.name)
             return
         scope.lines[name] = line
+        if name in PRIVATE_FILES and args and not inline and args[0] != "stdin":
+            if (w := key_mode_warning(self.base_dir, args[0], line, name)) is not None:
+                scope.warn(line, w)
 
     def warn(self, line: int, name: str) -> None:
         self.scope.warn(line, f"option '{name}' (line {line}) is not supported and was ignored")

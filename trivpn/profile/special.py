@@ -24,7 +24,7 @@ from trivpn.profile.checks import (
 from trivpn.profile.model import ProxySpec
 from trivpn.profile.scope import RawRemote, Scope
 
-__all__ = ["MAX_CUSTOM_HTTP_HEADERS", "SOCKS_PROXY_PORT", "SPECIAL", "Context", "key_mode_warning"]
+__all__ = ["MAX_CUSTOM_HTTP_HEADERS", "PRIVATE_FILES", "SOCKS_PROXY_PORT", "SPECIAL", "Context", "key_mode_warning"]
 
 #: ``socks-proxy`` port when none is given (OpenVPN's default).
 SOCKS_PROXY_PORT = 1080
@@ -98,8 +98,14 @@ def _file_path(ctx: Context, arg: str) -> Path:
     return path if path.is_absolute() or ctx.base_dir is None else ctx.base_dir / path
 
 
-def key_mode_warning(base_dir: Path | None, arg: str, line: int) -> str | None:
-    """`key FILE` that group or others may read: OpenVPN warns about it, so do we."""
+#: Options whose file holds a secret: OpenVPN warns when group or others may read it.
+PRIVATE_FILES = frozenset(
+    {"key", "tls-auth", "tls-crypt", "tls-crypt-v2", "auth-user-pass", "askpass", "http-proxy-user-pass"}
+)
+
+
+def key_mode_warning(base_dir: Path | None, arg: str, line: int, name: str = "key") -> str | None:
+    """A secret's file that group or others may read: OpenVPN warns about it, so do we."""
     path = Path(arg)
     path = path if path.is_absolute() or base_dir is None else base_dir / path
     try:
@@ -108,8 +114,8 @@ def key_mode_warning(base_dir: Path | None, arg: str, line: int) -> str | None:
         return None
     if not mode & 0o077:
         return None
-    return (f"option 'key' (line {line}): the private key file is readable by group or others "
-            f"(mode {mode & 0o777:o}); chmod 600 it")
+    return (f"option '{name}' (line {line}): '{path}' holds a secret and is readable by group or "
+            f"others (mode {mode & 0o777:o}); chmod 600 it")
 
 
 def _askpass(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:

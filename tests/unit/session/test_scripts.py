@@ -149,3 +149,12 @@ def test_pushed_dns_replaces_dhcp_dns_in_foreign_options_and_ipchange_sees_the_p
     ipchange = script_env("ipchange", ctx)
     assert ipchange["foreign_option_1"] == "dhcp-option DOMAIN-SEARCH profile.test"
     assert "foreign_option_2" not in ipchange and "dns_search_domain_1" not in ipchange
+
+
+def test_pushed_script_options_are_never_commands() -> None:
+    settings = parse_push_options(["up /tmp/evil", "route-up /tmp/evil", "script-security 3", "ping 10"])
+    assert all("not supported" in w for w in settings.warnings) and len(settings.warnings) == 3
+    runner = ScriptRunner(Profile(remotes=[], script_security=2))
+    assert not any(runner.has(k) for k in ("up", "down", "route-up", "route-pre-down", "ipchange"))
+    env = script_env("up", _ctx(settings=settings))
+    assert "/tmp/evil" not in " ".join(env.values())

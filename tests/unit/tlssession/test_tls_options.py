@@ -136,6 +136,7 @@ def test_askpass_file_decrypts_the_key(tmp_path: Path) -> None:
     (tmp_path / "client.key").write_text(_encrypted_key(b"open sesame"))
     (tmp_path / "client.key").chmod(0o600)
     (tmp_path / "pass").write_text("open sesame\n")
+    (tmp_path / "pass").chmod(0o600)
     base = f"client\ndev tun\nremote a\n<ca>\n{PKI_.ca_cert}</ca>\n<cert>\n{PKI_.client_cert}</cert>\nkey client.key\n"
     (tmp_path / "ok.ovpn").write_text(base + "askpass pass\n")
     p = load_profile(tmp_path / "ok.ovpn")
@@ -156,4 +157,10 @@ def test_key_file_readable_by_others_warns(tmp_path: Path) -> None:
     (tmp_path / "client.key").chmod(0o644)
     (tmp_path / "c.ovpn").write_text(
         f"client\ndev tun\nremote a\n<ca>\n{PKI_.ca_cert}</ca>\n<cert>\n{PKI_.client_cert}</cert>\nkey client.key\n")
-    assert any("readable by group or others" in w for w in load_profile(tmp_path / "c.ovpn").warnings)
+    assert any("'key'" in w and "readable by group or others" in w for w in load_profile(tmp_path / "c.ovpn").warnings)
+    (tmp_path / "client.key").chmod(0o600)
+    (tmp_path / "up.txt").write_text("alice\npw\n")
+    (tmp_path / "up.txt").chmod(0o640)
+    (tmp_path / "c.ovpn").write_text((tmp_path / "c.ovpn").read_text() + "auth-user-pass up.txt\n")
+    warnings = load_profile(tmp_path / "c.ovpn").warnings
+    assert len(warnings) == 1 and "'auth-user-pass'" in warnings[0] and "mode 640" in warnings[0]
