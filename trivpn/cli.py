@@ -1,7 +1,9 @@
-"""Command line: `trivpn connect PROFILE`, `trivpn ping PROFILE TARGET`, `trivpn serve CONFIG`.
+"""Command line: `trivpn connect PROFILE`, `trivpn ping PROFILE TARGET`, `trivpn serve CONFIG`, ...
 
-Every failure ends with one line naming the cause (exit 1); a wrong flag ends with one
-line too (exit 2). Tracebacks are only shown with `--debug`.
+Every failure ends with one line naming the cause (exit 1; `ping` exits 2, like iputils'
+ping, whose 1 means "no reply"); a wrong flag ends with one line too (exit 2). Tracebacks
+are only shown with `--debug`. Every sub-command takes `-v`/`-vv`/`-q`/`--log FILE`
+(trivpn.cli_common); docs/cli.md is the reference.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import logging
 import os
 import statistics
 import sys
-import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
 from trivpn import __version__
+from trivpn.cli_common import finish_parsers, setup_logging
 from trivpn.errors import ConfigError, TrivpnError
 
 if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
@@ -31,24 +33,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return f"{stamp} {prefix}{record.getMessage()}"
-
-
-def _setup_logging(verbosity: int) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_Formatter())
-    root = logging.getLogger("trivpn")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
-    root.propagate = False
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="trivpn", description="An OpenVPN 2.6 compatible VPN client on trio.")
+    p = _Parser(
+        prog="trivpn",
+        description="An OpenVPN 2.6 compatible VPN client and server on trio.",
+        epilog="examples:\n  trivpn ping client.ovpn 10.8.0.1\n  sudo trivpn demo\n"
+        "  trivpn pki init ./pki --name vpn.example.net\n  trivpn COMMAND --help\n"
+        "exit status: 0 ok, 1 failure (ping: 1 no reply, 2 error), 2 wrong usage, 130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"trivpn {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -95,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower idle round-trip times by keeping the data path warm for 0.1 s after "
         "traffic (costs CPU while traffic is sporadic; UDP with data threads only)",
     )
+    c.add_argument(
+        "--kill-switch",
+        action="store_true",
+        help="drop all traffic that is not to the VPN server or through the tunnel while "
+        "trivpn runs, reconnecting included (nftables; also `setenv opt trivpn-kill-switch`)",
+    )
+    _observe_flags(c)
     pg = sub.add_parser("ping", help="ping through a userspace tunnel (no root, no TUN)")
     common(pg)
     pg.add_argument("target", metavar="TARGET", help="IPv4 or IPv6 address inside the tunnel")
@@ -105,14 +105,55 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument(
         "--connect-timeout", type=float, default=60.0, help="give up if no tunnel within this (default 60 s)"
     )
+    st = sub.add_parser(
+        "status", help="show a running instance's state through its management socket",
+        description="Connects to the management interface of a running `trivpn connect` or "
+        "`trivpn serve` and prints its state: remote, addresses, cipher, key id and age, bytes "
+        "and packets both ways, drops by reason, last handshake, renegotiations (on a server: "
+        "every client). Examples: `trivpn status /run/trivpn.sock`, "
+        "`trivpn status 127.0.0.1:7505 --json`.",
+    )
+    st.add_argument("where", metavar="SOCKET|HOST:PORT", help="the management unix socket or TCP address")
+    st.add_argument("--json", action="store_true", help="print JSON instead of text")
+    st.add_argument("--password-file", help="file whose first line is the management password")
+    st.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds")
+    st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    st.set_defaults(handler=_cmd_status)
     _add_plugin_commands(sub, common)
+    finish_parsers(p)
     return p
+
+
+def _observe_flags(sp: argparse.ArgumentParser) -> None:
+    """Flags that mirror the profile's management/status options (a flag wins)."""
+    g = sp.add_argument_group("watching it run")
+    g.add_argument(
+        "--management", metavar="HOST:PORT|PATH",
+        help="OpenVPN management interface on a TCP address (loopback unless a password file "
+        "is given) or a unix socket path",
+    )
+    g.add_argument("--management-password-file", metavar="FILE", help="management password (first line)")
+    g.add_argument("--management-hold", action="store_true", help="wait for `hold release` before connecting")
+    g.add_argument(
+        "--management-query-passwords", action="store_true",
+        help="ask the management client for the username/password",
+    )
+    g.add_argument("--auth-retry", choices=("none", "nointeract", "interact"), help="what AUTH_FAILED does")
+    g.add_argument("--status", nargs="+", metavar=("FILE", "SECONDS"), help="write a status file every N s (60)")
+    g.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics here")
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    from trivpn.observe.statuscmd import run_status
+
+    return await run_status(args)
 
 
 #: Modules that add sub-commands: each has `add_commands(sub, common)` registering parsers
 #: with `set_defaults(handler=async_fn)`. Kept light at import time (no heavy imports at the
 #: top of those modules) so `trivpn connect` starts fast.
-PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli", "trivpn.server.cli")
+PLUGIN_COMMANDS = ("trivpn.reverse.cli", "trivpn.manager.cli", "trivpn.server.cli", "trivpn.pki.cli",
+                   "trivpn.demo.cli")
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction[_Parser], common: object) -> None:
@@ -222,7 +263,13 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     profile = _load(args.profile)
     profile.no_dns = profile.no_dns or args.no_dns
     _ask_key_passphrase(profile)
-    username, password = _credentials(profile, args)
+    observe = _observe_options(profile, args)
+    query = observe is not None and observe[1].query_passwords
+    if query and getattr(profile, "auth_user_pass", None) is True and not args.auth_user:
+        username, password = "", ""  # asked through the management interface
+    else:
+        username, password = _credentials(profile, args)
+        query = False
     config = SessionConfig.from_profile(
         profile,
         no_reconnect=args.no_reconnect,
@@ -235,10 +282,63 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         reauth=lambda: _reread_password(args),
     )
     device = kernel_tun()
-    engine = Engine(config, device, configure_tun=True, handle_signals=True)
-    await engine.run()
+    kill = args.kill_switch or profile.kill_switch
+    if observe is None:
+        engine = Engine(config, device, configure_tun=True, handle_signals=True, kill_switch=kill)
+        await engine.run()
+    else:
+        from trivpn.observe.connect import run_connect
+
+        options, monitor = observe
+        monitor.need_credentials(query)
+        engine = Engine(
+            config, device, configure_tun=True, handle_signals=True, observer=monitor, kill_switch=kill
+        )
+        await run_connect(engine, monitor, options)
     log.info("disconnected (%s); %s removed", engine.stop_reason or "stopped", device.name)
     return 0
+
+
+def _observe_options(profile: Profile, args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """(ObserveOptions, ClientMonitor) when management, a status file or metrics are asked
+    for (profile or flags), else None: then nothing of trivpn.observe is imported."""
+    base = os.path.dirname(os.path.abspath(profile.source)) if profile.source else os.getcwd()
+
+    def rel(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(base, path)
+
+    # profile values are relative to the profile's directory, flags to the working directory
+    mgmt = profile.management
+    if mgmt is not None:
+        mgmt = (mgmt[0] if mgmt[1] is not None else rel(mgmt[0]), mgmt[1], rel(mgmt[2]) if mgmt[2] else None)
+    if args.management:
+        host, sep, port = args.management.rpartition(":")
+        if sep and port.isdigit():
+            mgmt = (host.strip("[]"), int(port), None)
+        else:
+            mgmt = (os.path.abspath(args.management), None, None)
+    if mgmt is not None and args.management_password_file:
+        mgmt = (mgmt[0], mgmt[1], os.path.abspath(args.management_password_file))
+    status = (rel(profile.status[0]), float(profile.status[1])) if profile.status else None
+    if args.status:
+        if len(args.status) > 2 or (len(args.status) == 2 and not args.status[1].isdigit()):
+            raise ConfigError("--status takes FILE [SECONDS]")
+        status = (os.path.abspath(args.status[0]), float(args.status[1]) if len(args.status) == 2 else 60.0)
+    if mgmt is None and status is None and not args.metrics_addr:
+        return None
+    from trivpn.observe.client import ClientMonitor
+    from trivpn.observe.connect import ObserveOptions
+    from trivpn.observe.serving import ManagementSpec, parse_host_port
+
+    spec = ManagementSpec(*mgmt) if mgmt is not None else None
+    metrics = parse_host_port(args.metrics_addr, "--metrics-addr") if args.metrics_addr else None
+    options = ObserveOptions(spec, status, metrics)
+    monitor = ClientMonitor(
+        hold=spec is not None and (args.management_hold or profile.management_hold),
+        query_passwords=spec is not None and (args.management_query_passwords or profile.management_query_passwords),
+        auth_retry=args.auth_retry or profile.auth_retry or "none",
+    )
+    return options, monitor
 
 
 async def cmd_ping(args: argparse.Namespace) -> int:
@@ -340,9 +440,18 @@ async def cmd_ping(args: argparse.Namespace) -> int:
     return 0 if received else 1
 
 
+#: `ping` exits like iputils' ping: 0 replies, 1 no reply, 2 any error.
+PING_ERROR = 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", 0))
+    failed = PING_ERROR if args.command == "ping" else 1
+    try:
+        setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False), getattr(args, "log", None))
+    except OSError as exc:
+        print(f"trivpn: error: --log {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return failed
     from trivpn.workers.manager import primary_error
 
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
@@ -369,7 +478,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             msg = f"internal error: {type(err).__name__}: {err} (run with --debug for details)"
         print(f"trivpn: error: {msg}", file=sys.stderr)
-        return 1
-
-
-
+        if getattr(args, "log", None):  # the log file records how the run ended, too
+            log.error("%s", msg)
+        return failed

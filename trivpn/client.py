@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any, Unpack
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Unpack
 
 import trio
 
-from trivpn.errors import FatalError, SessionRestart
+from trivpn.errors import AuthFailed, ConnectTimeout, FatalError, RetryLimitReached, SessionRestart
+from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
 from trivpn.session.clientstack import LOW_LATENCY_WARM_FOR, ClientSession, tls_session_factory
@@ -34,6 +35,7 @@ from trivpn.session.config import (
     negotiable_ciphers,
     wrap_key_bytes,
 )
+from trivpn.session.killswitch import Hole, KillSwitch
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
 from trivpn.session.privdrop import PrivDrop
@@ -44,13 +46,18 @@ from trivpn.session.reconnect import (
     SessionEnd,
     backoff_delay,
     candidates,
+    restart_cause,
 )
+from trivpn.session.runevents import OnRunEvent, SessionRetry, SessionUp
 from trivpn.session.scripts import ClientScripts, ScriptContext, ScriptRunner
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
 from trivpn.tlssession.service import AuthTokenExpired
 from trivpn.workers.manager import WorkersManager, primary_error
+
+if TYPE_CHECKING:
+    from trivpn.observe.hooks import ClientObserver
 
 __all__ = [
     "ANNOUNCED_VERSION", "CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "DEFAULT_CONNECT_RETRY",
@@ -60,6 +67,24 @@ __all__ = [
 ]
 
 log = logging.getLogger("trivpn")
+
+
+class _Paths:
+    """The run's `PathHooks`: the kill switch's holes and the redirect-gateway bypass route
+    follow the server endpoints actually used."""
+
+    def __init__(self, tun: TunApplier, kill: KillSwitch | None) -> None:
+        self.tun = tun
+        self.kill = kill
+
+    def resolving(self, active: bool) -> None:
+        if self.kill is not None:
+            self.kill.allow_dns(active)
+
+    def reaching(self, endpoints: Sequence[Endpoint]) -> None:
+        if self.kill is not None:
+            self.kill.allow([Hole(ep.address, ep.port, ep.proto) for ep in endpoints])
+        self.tun.reaching([ep.address for ep in endpoints])
 
 
 class Client:
@@ -74,13 +99,18 @@ class Client:
         configure_tun: bool = False,
         on_tunnel_up: Callable[[TunnelInfo], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        on_event: OnRunEvent | None = None,
+        observer: ClientObserver | None = None,
+        kill_switch: KillSwitch | None = None,
         **overrides: Unpack[SessionOverrides],
     ) -> None:
         """`config` is built once (`SessionConfig.from_profile`); a Profile plus the
         overrides is accepted too and translated here.
 
         `on_tunnel_up` runs once the keys are in place and before the tunnel is reported
-        up: a privileged manager applies the network settings there (see issue 7)."""
+        up: a privileged manager applies the network settings there (see issue 7).
+        `kill_switch` (started by the engine) is told of every server endpoint before the
+        first packet goes there."""
         if isinstance(config, Profile):
             config = SessionConfig.from_profile(config, **overrides)
         elif overrides:
@@ -100,8 +130,21 @@ class Client:
         # the profile's scripts run where trivpn configures a kernel TUN (`trivpn connect`)
         self._script_runner = ScriptRunner(self.profile) if configure_tun else None
         self._scripts: ClientScripts | None = None
-        # `user`/`group`: root is given up after the first tunnel (trivpn connect only)
+        # `user`/`group`: root is given up once the TUN exists (trivpn connect only)
         self._privdrop = PrivDrop.from_profile(self.profile) if configure_tun else None
+        self.kill_switch = kill_switch
+        self._paths: _Paths | None = None
+        #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
+        self.on_event = on_event
+        self.observer = observer
+        self._restart_scope: trio.CancelScope | None = None
+        self._restart_reason: str | None = None
+
+    def restart(self, reason: str) -> None:
+        """End the current session now and go on with the next attempt (SIGUSR1/SIGHUP)."""
+        self._restart_reason = reason
+        if self._restart_scope is not None:
+            self._restart_scope.cancel()
 
     def _make_session_factory(
         self, proto: str, connection: ConnectionConfig | None = None
@@ -130,21 +173,28 @@ class Client:
         self._tun = TunApplier(
             self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
         )
+        self._paths = _Paths(self._tun, self.kill_switch)
         if self._privdrop is not None:  # before any network input: TLS and parsing run as the user
-            self._privdrop.drop(self._tun, self._script_runner)
+            self._privdrop.drop(self._tun, self._script_runner, self.kill_switch)
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
+        delay = 0.0
         while True:
             came_up = False
             err: SessionRestart | None = None
+            if self.observer is not None:
+                await self.observer.hold(delay)
             try:
                 came_up = await self._session(step.candidate, step.attempt, status)
             except BaseException as exc:
                 primary = primary_error(exc)
-                if isinstance(primary, trio.Cancelled) or not isinstance(primary, SessionRestart):
+                if isinstance(primary, AuthFailed) and await self._retry_auth(primary):
+                    primary = SessionRestart(str(primary))
+                cause = None if isinstance(primary, trio.Cancelled) else restart_cause(primary)
+                if cause is None:
                     raise
-                err = primary
+                err = cause
                 came_up = self._came_up
                 if isinstance(err, AuthTokenExpired):
                     self._auth_token = None
@@ -157,10 +207,20 @@ class Client:
             if isinstance(decision, GiveUp):
                 if decision.reraise and err is not None:
                     raise err from None
-                raise FatalError(decision.message) from None
+                raise (ConnectTimeout if decision.timeout else RetryLimitReached)(decision.message) from err
             log.warning("%s; reconnecting in %.1f s", decision.reason, decision.delay)
+            if self.on_event is not None:
+                self.on_event(SessionRetry(decision.reason, decision.delay))
+            if self.observer is not None:
+                self.observer.state("RECONNECTING", self._restart_reason or decision.reason)
             await trio.sleep(decision.delay)
-            step = decision
+            step, delay = decision, decision.delay
+
+    async def _retry_auth(self, error: AuthFailed) -> bool:
+        """AUTH_FAILED with management `auth-retry nointeract|interact`: try again."""
+        if self.observer is None:
+            return False
+        return await self.observer.auth_failed(self, str(error))
 
     def _forget_password(self) -> None:
         """auth-nocache: the password leaves memory once it was accepted (later key
@@ -186,14 +246,33 @@ class Client:
     async def _session(
         self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
     ) -> bool:
+        """One session, ended early by `restart` (as a SessionRestart naming its reason)."""
+        self._restart_reason = None
+        with trio.CancelScope() as scope:
+            self._restart_scope = scope
+            try:
+                return await self._attempt(cand, attempt, task_status)
+            finally:
+                self._restart_scope = None
+        raise SessionRestart(self._restart_reason or "restart requested")
+
+    async def _attempt(
+        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
+    ) -> bool:
         """One session: every layer in its own nursery, until something ends it."""
         self._came_up = False
         await self._recall_password()
         window = cand.connection.connect_window
         deadline = trio.current_time() + window
-        transport = await open_within(cand, attempt, deadline, self.config.family)
+        observer = self.observer
+        if observer is not None:
+            observer.state("CONNECTING")
+        transport = await open_within(cand, attempt, deadline, self.config.family, self._paths)
         session = ClientSession(self.config, cand, transport, self.device, lambda: self._auth_token)
         endpoint = transport.endpoint
+        if observer is not None:
+            observer.session_open(session)
+            observer.state("WAIT")
         try:
             async with trio.open_nursery() as nursery:
                 session.start(nursery)
@@ -203,7 +282,10 @@ class Client:
                     up.settings, up.cipher, up.key_derivation, up.peer_subject, up.tls_version,
                     endpoint.describe(), ifname=self.ifname,
                 )
-                plan = net_plan(up.settings, endpoint.address, self.profile)
+                try:
+                    plan = net_plan(up.settings, endpoint.address, self.profile)
+                except FatalError as exc:  # what the server pushed cannot be applied
+                    raise SessionRestart(f"unusable pushed settings: {exc}") from None
                 info.tun_config = plan.tun
                 if self._tun is not None:
                     self._tun.apply(plan)
@@ -220,11 +302,17 @@ class Client:
                     self._auth_token = up.settings.auth_token
                 self._forget_password()
                 log.info("%s", describe_tunnel(info))
+                if self.on_event is not None:
+                    self.on_event(SessionUp(info, session))
+                if observer is not None:
+                    observer.session_up(session, info)
                 if task_status is not None:
                     task_status.started(info)
-                await session.drain_events()
+                await session.drain_events(self.on_event)
         finally:
             self._live = None
             transport.close()
             log.info("%s", session.counters_line())
+            if observer is not None:
+                observer.session_closed(session, self._restart_reason or "")
         return self._came_up

@@ -10,7 +10,7 @@ settings.
 Usage::
 
     config = SessionConfig.from_profile(profile, username=..., password=...)
-    engine = Engine(config, kernel_tun(), configure_tun=True, handle_signals=True)
+    engine = Engine(config, kernel_tun(), configure_tun=True, handle_signals=True, kill_switch=False)
     await engine.run()  # or: info = await nursery.start(engine.run)
 """
 
@@ -20,17 +20,24 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from trivpn.client import Client
 from trivpn.errors import ConfigError
+from trivpn.session import killswitch
 from trivpn.session.config import SessionConfig
+from trivpn.session.killswitch import KillSwitch, NftRunner
 from trivpn.session.netsettings import TunnelInfo
+from trivpn.session.runevents import OnRunEvent
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.userspace import UserspaceTun
 from trivpn.workers.manager import WorkersManager
+
+if TYPE_CHECKING:
+    from trivpn.observe.hooks import ClientObserver
 
 __all__ = ["Engine", "inherited_tun", "kernel_tun", "userspace_tun"]
 
@@ -80,11 +87,22 @@ class Engine:
         handle_signals: bool = False,
         close_device: bool = True,
         rng: random.Random | None = None,
+        on_event: OnRunEvent | None = None,
+        observer: ClientObserver | None = None,
+        kill_switch: bool = False,
+        run_nft: NftRunner = killswitch.run_nft,
     ) -> None:
         self.config = config
         self.device = device
         self.close_device = close_device
+        self.configure_tun = configure_tun
         self.manager = WorkersManager(handle_signals=handle_signals)
+        self._run_nft = run_nft
+        self.kill_switch: KillSwitch | None = None
+        if kill_switch:
+            if not isinstance(device, LinuxTun):
+                raise ConfigError("the kill switch needs a kernel TUN (trivpn connect)")
+            self.kill_switch = KillSwitch(device.name, run_nft)
         self.client = Client(
             config,
             device=device,
@@ -92,6 +110,9 @@ class Engine:
             configure_tun=configure_tun,
             on_tunnel_up=on_tunnel_up,
             rng=rng,
+            on_event=on_event,
+            observer=observer,
+            kill_switch=self.kill_switch,
         )
 
     @property
@@ -103,16 +124,27 @@ class Engine:
         """Begin a graceful stop: EXIT to the server, then cancel (idempotent)."""
         self.manager.request_stop(reason)
 
+    def restart(self, reason: str) -> None:
+        """End the current session and reconnect (SIGUSR1/SIGHUP, management `signal`)."""
+        self.client.restart(reason)
+
     async def run(self, *, task_status: trio.TaskStatus[TunnelInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped or failed; `task_status` gets the first `TunnelInfo`.
 
         Failures come out as the manager's exception group (`primary_error` names the cause).
         """
+        kill = self.kill_switch
+        if kill is not None:  # removed last: after the routes and the device are gone
+            self.manager.add_cleanup(kill.stop)
         if self.close_device:
             self.manager.add_cleanup(self.device.close)
 
         async def setup(m: WorkersManager) -> None:
             assert m.nursery is not None
+            if kill is not None:
+                kill.start()  # before the first packet; replaces a table a crashed run left
+            elif self.configure_tun:
+                killswitch.remove_stale_table(self._run_nft)
             info = await m.nursery.start(self.client.run, m)
             task_status.started(info)
 

@@ -38,3 +38,36 @@ class SessionRestart(TrivpnError):
     asks for the next remote rather than the same one (server `RESTART,[N]`)."""
 
     advance: bool = False
+
+
+# -- errors typed by cause ------------------------------------------------------------------
+# Each is a subclass of the disposition it has always had (FatalError, SessionRestart), so an
+# `except FatalError` written before these existed still catches them.
+
+
+class AuthFailed(FatalError):
+    """The server refused our credentials (AUTH_FAILED without TEMP): fix them, then retry."""
+
+
+class Halted(FatalError):
+    """The server told us to stop and not come back (HALT)."""
+
+
+class CertificateRejected(FatalError):
+    """A certificate was refused: the peer's by our verification, or ours by the peer (a
+    TLS alert). A client retries this by default (the path can forge an alert, see
+    docs/security.md); it surfaces as `CertificateRestart` only when it ends the run."""
+
+
+class CertificateRestart(SessionRestart, CertificateRejected):
+    """A session ended over a refused certificate and the client treats it as a restart;
+    still an instance of `CertificateRejected` so one `except` catches both flavours."""
+
+
+class RetryLimitReached(FatalError):
+    """The client gave up reconnecting (connect-retry-max, resolv-retry); `__cause__` is the
+    last attempt's error, when there was one."""
+
+
+class ConnectTimeout(RetryLimitReached):
+    """No tunnel came up within the time allowed (`connect_timeout`, i.e. give-up-after)."""

@@ -149,13 +149,19 @@ class ClientReady:
 
 @dataclass(frozen=True, slots=True)
 class AuthRequest:
-    """Server role with a verify script: the client's key method 2 arrived; its keys and
-    PUSH_REPLY wait until the session answers with `AuthVerdict` (the password is kept out
-    of repr)."""
+    """Server role with a verify script or management-client-auth: the client's key method 2
+    arrived; its keys and PUSH_REPLY (or, on a renegotiation, the new key) wait until the
+    session answers with `AuthVerdict` (the password is kept out of repr)."""
 
     username: str
     peer_subject: str
     password: str = field(default="", repr=False)
+    #: the client's raw peer-info block (IV_* lines, for the scripts' environment)
+    peer_info: str = ""
+    #: the client's verified certificate chain as DER, leaf first (empty without one)
+    peer_chain: tuple[bytes, ...] = field(default=(), repr=False)
+    #: 0: the first key (admission); else a renegotiation re-authenticating (password or token)
+    key_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +169,14 @@ class AuthPending:
     """The server is still authenticating us (AUTH_PENDING): wait up to `timeout` seconds."""
 
     timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeysRenegotiated:
+    """New data keys are in use (`count`: renegotiations of this session so far)."""
+
+    key_id: int
+    count: int
 
 
 # -- commands and usage reports for the key schedule (typed, never strings) ---------------
@@ -177,7 +191,10 @@ class Renegotiate:
 
 @dataclass(frozen=True, slots=True)
 class SendExit:
-    """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated)."""
+    """Command to the TLS service: tell the peer we leave (EXIT when cc-exit was negotiated);
+    a server may name the control message (management `client-kill CID HALT`)."""
+
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +204,22 @@ class AuthVerdict:
 
     accept: bool
     reason: str = ""
+    #: auth-gen-token: the token pushed in the PUSH_REPLY (a secret: kept out of repr)
+    auth_token: str | None = field(default=None, repr=False)
+    #: the key the answer is for (the AuthRequest's)
+    key_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PushAuthToken:
+    """Command to the TLS service (server): send a renewed auth-token to the client as
+    `PUSH_REPLY,auth-token ...` (auth-gen-token renewal; kept out of repr)."""
+
+    token: str = field(repr=False)
 
 
 #: Everything the session sends to the TLS service's command channel.
-TLSCommand = Renegotiate | SendExit | AuthVerdict
+TLSCommand = Renegotiate | SendExit | AuthVerdict | PushAuthToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,4 +254,4 @@ TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
 #: exit notice.
 TLSToData: TypeAlias = "InstallKey | ActivateKey | RetireKey | SendExitNotify"
 #: TLS session → the session runner (one item per send, not a batch).
-SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest"
+SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest | KeysRenegotiated"

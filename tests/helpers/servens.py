@@ -23,18 +23,24 @@ READY = "Initialization Sequence Completed"
 #: What openvpn 2.6 logs when the server said RESTART (cc-exit) or sent OCC exit.
 GOODBYE_MARKS = ("server-pushed-connection-reset", "exit-with-notification")
 _ADDR = re.compile(r"net_addr_v4_add: (10\.8\.0\.\d+)/24")
+_PTP = re.compile(r"net_addr_ptp_v4_add: (10\.\d+\.\d+\.\d+) peer (10\.\d+\.\d+\.\d+)")
 
 
 UDP_TLSCRYPT = ServerOptions(proto="udp", wrap="tls-crypt", data_ciphers="AES-256-GCM", port=PORT)
 TCP_TLSAUTH = ServerOptions(proto="tcp", wrap="tls-auth", data_ciphers="CHACHA20-POLY1305", port=PORT)
 
 
-def server_conf(pki: PKI, workdir: Path, extra: list[str], opts: ServerOptions = UDP_TLSCRYPT) -> Path:
+def write_server_files(pki: PKI, workdir: Path) -> None:
+    """ca.crt, server.crt, server.key and ta.key (mode 0600) for a server.conf in `workdir`."""
     files = {"ca.crt": pki.ca_cert, "server.crt": pki.server_cert, "server.key": pki.server_key,
              "ta.key": pki.static_key}
     for name, text in files.items():
         (workdir / name).write_text(text)
         (workdir / name).chmod(0o600)
+
+
+def server_conf(pki: PKI, workdir: Path, extra: list[str], opts: ServerOptions = UDP_TLSCRYPT) -> Path:
+    write_server_files(pki, workdir)
     conf = workdir / "server.conf"
     lines = [
         f"port {opts.port}", "proto " + ("tcp-server" if opts.is_tcp else "udp"), "dev tun",
@@ -90,8 +96,14 @@ def tunnel_address(log: Path) -> str:
     return found.group(1)
 
 
-def ping(ns: Netns, target: str) -> None:
-    r = ns.run(["ping", "-c", "3", "-i", "0.2", "-W", "3", target], check=False, timeout=20)
+def ptp_pair(log: Path) -> tuple[str, str] | None:
+    """(local, peer) when the client configured a point-to-point (net30) address."""
+    found = _PTP.search(log.read_text(errors="replace"))
+    return None if found is None else (found.group(1), found.group(2))
+
+
+def ping(ns: Netns, target: str, count: int = 3) -> None:
+    r = ns.run(["ping", "-c", str(count), "-i", "0.2", "-W", "3", target], check=False, timeout=17 + count)
     assert r.returncode == 0, f"ping {target} from {ns.name}: {r.stdout}{r.stderr}"
 
 

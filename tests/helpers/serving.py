@@ -1,16 +1,16 @@
-"""A rootless `trivpn serve` for tests: the real Server with a userspace TUN the test plays
-the far side of, and trivpn's own clients (userspace too) on 127.0.0.1."""
+"""A rootless `trivpn serve` for tests: `trivpn.serve` (the real Server) with its userspace
+TUN the test plays the far side of, and trivpn's own clients (userspace too) on 127.0.0.1."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import trio
 
+import trivpn
 from trivpn import api
 from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import Listener, ServerConfig
@@ -46,24 +46,16 @@ def client_profile(pki: PKI, port: int, proto: str = "udp") -> str:
 
 
 @asynccontextmanager
-async def running_server(cfg: ServerConfig) -> AsyncIterator[tuple[Server, UserspaceTun]]:
-    """The server, started (listening) on entry; on exit stopped, its cleanups done."""
-    tun = UserspaceTun("srvtun")
-
-    def factory(config: ServerConfig, add_cleanup: Callable[[Callable[[], Any]], None]) -> UserspaceTun:
-        add_cleanup(tun.close)
-        return tun
-
-    server = Server(cfg, tun_factory=factory)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        try:
-            yield server, tun
-        finally:
-            server.request_stop("test over")
+async def running_server(cfg: ServerConfig, **server_kw: Any) -> AsyncIterator[tuple[Server, UserspaceTun]]:
+    """The server, started (listening) on entry; on exit stopped, its cleanups done.
+    `server_kw` go to `trivpn.serve` (e.g. metrics_addr). A thin shim over `trivpn.serve`
+    for the tests written before it existed."""
+    async with trivpn.serve(cfg, **server_kw) as served:
+        assert served.tun is not None
+        yield served.server, served.tun
 
 
-async def answer_echo(tun: UserspaceTun, seen: list[bytes]) -> None:
+async def answer_echo(tun: UserspaceTun | api.ServedServer, seen: list[bytes]) -> None:
     """The far side of the server's TUN: answer echo requests to the server's address."""
     async for packet in tun:
         seen.append(packet)

@@ -178,7 +178,9 @@ async def test_http_keepalive_requests_all_logged(
         lines = [r.getMessage() for r in caplog.records if "│ HTTP │" in r.getMessage()]
         # three requests on one keep-alive connection, each logged by the relay and by expose
         assert sum("✓ GET /api/users 200 OK" in x for x in lines) == 2
-        assert sum("✓ GET /api/users?page=2 200 OK" in x for x in lines) == 2
+        # the query string is redacted by default (issue 15; --log-query shows it)
+        assert sum("✓ GET /api/users?… 200 OK" in x for x in lines) == 2
+        assert not any("page=2" in x for x in lines)
         assert sum("✗ GET /missing 404 Not Found" in x for x in lines) == 2
         assert tunnel.expose.session_metrics.http_status == {200: 2, 404: 1}
         assert tunnel.relay.live["alice"][0].streams_total == 1  # one TCP connection
@@ -403,13 +405,22 @@ async def test_lease_keeps_port_for_same_client_only(nursery: trio.Nursery) -> N
 # ------------------------------------------------------------------------- auth + TLS
 
 
-async def test_wrong_token_is_fatal_and_not_retried(nursery: trio.Nursery) -> None:
+async def test_wrong_token_is_retried_with_backoff_then_fatal(nursery: trio.Nursery) -> None:
+    """AUTH_ERR proves nothing (issue 15: a fake relay must not end expose for good), so a
+    wrong token is retried like a lost connection and ends once the attempts are used."""
     port = await start_service(nursery, echo_handler)
     tunnel = await start_tunnel(nursery, port)
-    bad = Expose(ExposeConfig(HOST, tunnel.tunnel_port, HOST, port, b"wrong"))
+    bad = Expose(
+        ExposeConfig(
+            HOST, tunnel.tunnel_port, HOST, port, b"wrong", attempts=2, backoff_initial=0.01
+        )
+    )
     with (
         trio.fail_after(10),
-        pytest.raises(FatalError, match="authentication failed: the relay rejected the token"),
+        pytest.raises(
+            FatalError,
+            match="authentication failed: the relay rejected the token; gave up after 2 attempts",
+        ),
     ):
         await bad.run()
 
@@ -430,15 +441,18 @@ async def test_cli_wrong_token_one_line_exit_1(nursery: trio.Nursery) -> None:
                 f"{HOST}:{port}",
                 "--token",
                 "wrong-token-but-16-bytes",
+                "--max-attempts",
+                "1",
             ],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
         )
     assert proc.returncode == 1
-    assert proc.stderr.decode().strip().splitlines() == [
-        "trivpn: error: authentication failed: the relay rejected the token"
-    ]
+    assert proc.stderr.decode().strip().splitlines()[-1] == (
+        "trivpn: error: authentication failed: the relay rejected the token;"
+        " gave up after 1 attempts"
+    )
 
 
 @pytest.fixture(scope="module")

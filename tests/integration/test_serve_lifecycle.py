@@ -84,3 +84,20 @@ def test_trivpn_client_against_trivpn_serve(netns: NetnsPair, pki: PKI, tmp_path
         finally:
             stop_process(client)
         stop_server(serve)
+
+
+def test_a_long_push_reply_arrives_in_several_messages(netns: NetnsPair, pki: PKI, tmp_path: Path) -> None:
+    """60 pushed routes (about 2 KB) exceed one PUSH_REPLY: openvpn must get every one."""
+    routes = [f"10.{100 + i // 200}.{i % 200}.0" for i in range(60)]
+    extra = [f"local {netns.server_v4}", *(f'push "route {net} 255.255.255.0"' for net in routes)]
+    conf = server_conf(pki, tmp_path, extra)
+    with trivpn_serve(netns.server, conf) as serve, openvpn_client(
+        netns.client, pki, netns.server_v4, tmp_path, "client"
+    ) as log:
+        text = log.read_text(errors="replace")
+        assert "push-continuation 2" in text, text[-3000:]
+        table = netns.client.run(["ip", "route"], check=False, timeout=10).stdout
+        missing = [net for net in routes if f"{net}/24 via 10.8.0.1" not in table]
+        assert not missing, table
+        ping(netns.client, SERVER_TUNNEL)
+        stop_server(serve)

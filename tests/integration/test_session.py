@@ -220,7 +220,7 @@ def test_username_password_checked_by_the_server(  # type: ignore[no-untyped-def
     if ok:
         assert r.returncode == 0, r.stdout + r.stderr
     else:
-        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.returncode == 2, r.stdout + r.stderr  # ping: 2 on errors, like iputils
         errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(errors) == 1 and "AUTH_FAILED" in errors[0], r.stderr
         assert "reconnecting" not in r.stdout  # a refused password is not retried

@@ -274,6 +274,41 @@ def format_table(results: dict[str, dict[str, Any]], plan: Plan) -> str:
     return "\n".join(rows)
 
 
+def draw_chart(results: dict[str, dict[str, Any]], plan: Plan, path: Path) -> bool:
+    """A PNG: aggregate throughput per client count, and the idle-client figures; False
+    without matplotlib (the `bench` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    servers = [k for k in plan.servers if k in results]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    labels = [f"{n} client{'s' if n > 1 else ''} {d}" for n in plan.clients for d in ("up", "down")]
+    width = 0.8 / max(1, len(servers))
+    for i, kind in enumerate(servers):
+        cells = results[kind].get("throughput") or []
+        vals = [float(c.get(f"{d}_mbps") or 0) for c in cells for d in ("up", "down")]
+        vals += [0.0] * (len(labels) - len(vals))
+        axes[0].bar([k + i * width - 0.4 + width / 2 for k in range(len(labels))], vals, width, label=kind)
+    axes[0].set_xticks(range(len(labels)), labels, fontsize=8)
+    axes[0].set_ylabel("Mbit/s, all clients together (iperf3)")
+    axes[0].set_title("aggregate throughput (higher is better)")
+    axes[0].legend(fontsize=8)
+    for ax, key, title in ((axes[1], "clients_per_s", f"{plan.idle} clients: set-up rate, clients/s (higher is better)"),
+                           (axes[2], "rss_per_client_kb", "server RSS per idle client, KB (lower is better)")):
+        vals = [float((results[k].get("idle") or {}).get(key) or 0) for k in servers]
+        ax.bar(servers, vals, color=["tab:blue", "tab:orange"][: len(servers)])
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"trivpn serve vs openvpn --server, commit {plan.extra.get('commit', '?')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _missing_requirements() -> str | None:
     if os.geteuid() != 0:
         return "the benchmark needs root (network namespaces, TUN devices)"
@@ -345,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
            "results": results}
     (plan.out / "bench-server.json").write_text(json.dumps(doc, indent=2) + "\n")
     (plan.out / "bench-server.md").write_text(table + "\n")
-    print(f"\nwrote {plan.out / 'bench-server.json'}")
+    plan.extra["commit"] = machine["commit"]
+    drawn = draw_chart(results, plan, plan.out / "bench-server.png")
+    print(f"\nwrote {plan.out / 'bench-server.json'}" + (" and bench-server.png" if drawn else
+          " (no chart: pip install 'trivpn[bench]' for matplotlib)"))
     failed = [k for k, r in results.items() if not r.get("ok")]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

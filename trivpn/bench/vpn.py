@@ -298,6 +298,10 @@ def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, 
             for rnd in range(plan.rounds):
                 order = clients if rnd % 2 == 0 else tuple(reversed(clients))
                 for client in order:
+                    done = len(runs) + 1
+                    print(f"  [{cell.name} round {rnd + 1}/{plan.rounds}, run {done}/{plan.rounds * len(clients)}] "
+                          f"{client}: start-up, pings, iperf3 up and down "
+                          f"(~{3 * (plan.seconds + plan.omit) + 2:.0f} s) ...", flush=True)
                     spec = _client_spec(client, cell, profile, server.tunnel_v4, plan)
                     res = _probe(pair.client, spec, plan)
                     res["round"] = rnd
@@ -505,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trivpn-bench-") as tmp:
         plan.pycache = Path(tmp) / "pycache"
         _warm_bytecode(plan)
-        for cell in plan.cells:
+        for index, cell in enumerate(plan.cells, 1):
+            print(f"cell {index}/{len(plan.cells)}: {cell.name}", flush=True)
             runs = run_cell(cell, plan, pki, Path(tmp))
             all_runs.extend(runs)
             results[cell.name] = summarize(runs, cell_clients(cell, plan.clients))

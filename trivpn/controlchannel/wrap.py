@@ -96,7 +96,7 @@ class StaticKey:
         """Parse the PEM-like hex block; text outside the BEGIN/END lines is ignored."""
         if STATIC_KEY_BEGIN not in text and "tls-crypt-v2" in text:
             raise ConfigError("static key: this is a tls-crypt-v2 key, not a static key")
-        digits = "".join(_armored_body(text, STATIC_KEY_BEGIN, STATIC_KEY_END, "static key").split())
+        digits = "".join(armored_body(text, STATIC_KEY_BEGIN, STATIC_KEY_END, "static key").split())
         bad = next((c for c in digits if c not in _HEX), None)
         if bad is not None:
             raise ConfigError(f"static key: non-hex character {bad!r} in the key block")
@@ -188,6 +188,16 @@ class _ReplayIds:
         self.next_id = pid + 1
         return _PID.pack(pid, self.timestamp)
 
+    def would_accept(self, raw: bytes, now: float) -> bool:
+        """What `accept` would answer, without recording anything."""
+        packet_id, peer_time = _PID.unpack(raw)
+        window = self._window
+        if window is None or peer_time > self._peer_time:
+            return bool(packet_id > 0)
+        if peer_time < self._peer_time:
+            return False
+        return window.check(packet_id, now)
+
     def accept(self, raw: bytes, now: float) -> bool:
         """Record an authentic packet's id/time; False if it is replayed or too old."""
         packet_id, peer_time = _PID.unpack(raw)
@@ -260,7 +270,8 @@ class TLSAuth:
         mac.update(packet)
         return b"".join((packet[:CLEAR_HEADER_LEN], mac.digest(), pid, packet[CLEAR_HEADER_LEN:]))
 
-    def unwrap(self, data: bytes, now: float) -> bytes:
+    def _open(self, data: bytes) -> tuple[bytes, bytes]:
+        """(plaintext packet, replay id) of an authentic packet; no replay check yet."""
         data = bytes(data)
         tag_end = CLEAR_HEADER_LEN + self._dlen
         body = tag_end + PACKET_ID_LONG_LEN
@@ -273,9 +284,21 @@ class TLSAuth:
         mac.update(data[body:])
         if not hmac.compare_digest(mac.digest(), data[CLEAR_HEADER_LEN:tag_end]):
             raise RemoteProtocolError("tls-auth: HMAC verification failed")
+        return data[:CLEAR_HEADER_LEN] + data[body:], pid
+
+    def unwrap(self, data: bytes, now: float) -> bytes:
+        plain, pid = self._open(data)
         if not self._ids.accept(pid, now):
             raise RemoteProtocolError("tls-auth: replayed or stale packet id")
-        return data[:CLEAR_HEADER_LEN] + data[body:]
+        return plain
+
+    def verifies(self, data: bytes, now: float) -> bool:
+        """Would `unwrap` accept `data`? Records nothing (the server's float check)."""
+        try:
+            _, pid = self._open(data)
+        except RemoteProtocolError:
+            return False
+        return self._ids.would_accept(pid, now)
 
 
 class TLSCrypt:
@@ -325,7 +348,8 @@ class TLSCrypt:
         enc = Cipher(algorithms.AES(self._send_ke), modes.CTR(tag[:16])).encryptor()
         return b"".join((header, pid, tag, enc.update(plaintext), enc.finalize()))
 
-    def unwrap(self, data: bytes, now: float) -> bytes:
+    def _open(self, data: bytes) -> bytes:
+        """The plaintext packet of an authentic `data`; no replay check yet."""
         data = bytes(data)
         if len(data) < TLS_CRYPT_OFF_CT:
             raise RemoteProtocolError("tls-crypt: packet too short")
@@ -337,12 +361,24 @@ class TLSCrypt:
         mac.update(plaintext)
         if not hmac.compare_digest(mac.digest(), tag):
             raise RemoteProtocolError("tls-crypt: authentication tag mismatch")
-        if not self._ids.accept(data[TLS_CRYPT_OFF_PID:TLS_CRYPT_OFF_TAG], now):
-            raise RemoteProtocolError("tls-crypt: replayed or stale packet id")
         return data[:CLEAR_HEADER_LEN] + plaintext
 
+    def unwrap(self, data: bytes, now: float) -> bytes:
+        plain = self._open(data)
+        if not self._ids.accept(data[TLS_CRYPT_OFF_PID:TLS_CRYPT_OFF_TAG], now):
+            raise RemoteProtocolError("tls-crypt: replayed or stale packet id")
+        return plain
 
-def _armored_body(text: str, begin_line: str, end_line: str, what: str) -> str:
+    def verifies(self, data: bytes, now: float) -> bool:
+        """Would `unwrap` accept `data`? Records nothing (the server's float check)."""
+        try:
+            self._open(data)
+        except RemoteProtocolError:
+            return False
+        return self._ids.would_accept(data[TLS_CRYPT_OFF_PID:TLS_CRYPT_OFF_TAG], now)
+
+
+def armored_body(text: str, begin_line: str, end_line: str, what: str) -> str:
     """The text between OpenVPN's BEGIN/END marker lines (ConfigError if one is missing)."""
     begin = text.find(begin_line)
     if begin < 0:
@@ -383,7 +419,7 @@ class TLSCryptV2ClientKey:
 
         if TLS_CRYPT_V2_CLIENT_BEGIN not in text and "tls-crypt-v2 server key" in text:
             raise ConfigError("tls-crypt-v2: this is the server's key; the client needs a client key")
-        body = _armored_body(text, TLS_CRYPT_V2_CLIENT_BEGIN, TLS_CRYPT_V2_CLIENT_END, "tls-crypt-v2")
+        body = armored_body(text, TLS_CRYPT_V2_CLIENT_BEGIN, TLS_CRYPT_V2_CLIENT_END, "tls-crypt-v2")
         try:
             blob = base64.b64decode("".join(body.split()), validate=True)
         except (binascii.Error, ValueError):
@@ -394,3 +430,4 @@ class TLSCryptV2ClientKey:
         if int.from_bytes(wkc[-2:], "big") != len(wkc):
             raise ConfigError("tls-crypt-v2: the wrapped key's length field does not match")
         return cls(StaticKey(blob[:STATIC_KEY_LEN]), wkc)
+

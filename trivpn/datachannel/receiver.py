@@ -266,6 +266,25 @@ class Decryptor:
         s.drop_no_key += no_key
         s.drop_compression += comp
 
+    def would_accept(self, wire: bytes, now: float) -> bool:
+        """Whether `decrypt` would take `wire` as authentic: a known key, a valid tag, and a
+        packet id the replay window has not seen. Changes nothing (no window update, no
+        counters), so the server can ask before it lets a session float to the packet's new
+        source address (reference openvpn-server.md §1.1); `decrypt` then does the real work.
+        Keys follow the table last adopted by `decrypt`."""
+        op = wire[0] >> P_OPCODE_SHIFT if wire else -1
+        off = V2_HDR_LEN if op == OP_V2 else V1_HDR_LEN if op == OP_V1 else 0
+        if not off or len(wire) < off:
+            return False
+        e = self._by_id[wire[0] & P_KEY_ID_MASK]
+        if e is None:
+            return False
+        try:
+            pid, _ = e.open(wire, off)
+        except (DataAuthError, RemoteProtocolError):
+            return False
+        return e.replay.check(pid, now)
+
     def _decrypt_generic(self, wire_packets: Sequence[bytes], now: float) -> list[bytes]:
         """`decrypt` through each key's opener: HMAC/tag, decryption, then the replay check.
 

@@ -148,10 +148,16 @@ class Quit:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """`trivpn-status`: trivpn's own addition, every session's figures as one JSON line
+    (what `trivpn status` reads; OpenVPN answers it as an unknown command)."""
+
+
 Command: TypeAlias = (
     Help | Version | Pid | LoadStats | State | Log | Echo | Status | ByteCount | Signal | Hold
     | Username | Password | AuthRetry | Kill | ClientKill | ClientAuth | ClientAuthNt
-    | ClientDeny | Quit
+    | ClientDeny | Quit | Figures
 )
 #: commands only a server answers; a client replies "not supported by the current daemon mode"
 SERVER_ONLY: dict[type, str] = {
@@ -233,6 +239,8 @@ def parse_command(params: list[str]) -> Command:
     name, args = params[0], params[1:]
     if name == "help":
         return Help()
+    if name == "trivpn-status":
+        return Figures()
     if name == "version":
         return Version(_atoi(args[0]) if args else None)
     if name == "pid":

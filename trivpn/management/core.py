@@ -11,8 +11,8 @@ core does no I/O and reads no clock.
 
 Connecting: with a password the core sends `ENTER PASSWORD:` (no line ending) and treats each
 line as an attempt; a wrong one gets the prompt again (the daemon shows no error text before
-authentication), the third wrong one closes. Then the `>INFO:` banner, and `>HOLD:` when the
-daemon is holding.
+authentication), the third wrong one closes. Then the `>INFO:` banner, `>HOLD:` when the
+daemon is holding, and any query still unanswered (`>PASSWORD:`).
 
 Commands: lines end at LF, a trailing CR is dropped, parameters are split by `lexer`, turned
 into typed commands by `commands`, answered through the host, and also returned to the
@@ -95,8 +95,17 @@ class ManagementHost(Protocol):
 
     def bytecounts(self) -> ByteCounts: ...
 
+    def figures_json(self) -> str:
+        """`trivpn-status`: the instance's figures as one line of JSON."""
+        ...
+
     def hold_waiting(self) -> int | None:
         """The `>HOLD:` figure while the daemon waits for `hold release`, else None."""
+        ...
+
+    def pending_queries(self) -> Sequence[str]:
+        """Real-time lines still waiting for an answer (`>PASSWORD:Need ...`), repeated to
+        every client that connects, like `>HOLD:`."""
         ...
 
     def perform(self, command: c.Command) -> Reply | None:
@@ -268,6 +277,7 @@ class ManagementConnection:
         waiting = self._host.hold_waiting()
         if waiting is not None:
             self._send(f.hold(waiting))
+        self._send(*self._host.pending_queries())
 
     def _line_too_long(self) -> None:
         if self.authenticated:
@@ -366,6 +376,8 @@ class ManagementConnection:
                 self._send("SUCCESS: bytecount interval changed")
             case c.Quit():
                 self.closed = True
+            case c.Figures():
+                self._send(host.figures_json(), "END")
             case _:
                 reply = host.perform(command)
                 if reply is None:
@@ -423,6 +435,7 @@ _HELP = (
     "signal s                : SIGHUP, SIGTERM, SIGUSR1 or SIGUSR2",
     "state [on|off] [N|all]  : real-time state on/off, and state history",
     "status [n]              : status in format n (1, 2 or 3)",
+    "trivpn-status           : every session's figures as one JSON line (trivpn only)",
     "username type u         : answer a username query",
     "version                 : daemon and management versions",
 )

@@ -48,7 +48,8 @@ async def cmd_tunnel(args: argparse.Namespace) -> int:
     stream = await open_rpc_stream(args.rpc_read_fd, args.rpc_write_fd, args.rpc_socket)
     if os.geteuid() == 0 and args.user:
         drop_privileges(args.user)
-    await serve_manager(stream, verbose=args.verbose > 0)
+    given = frozenset(fd for fd in (args.rpc_read_fd, args.rpc_write_fd) if fd is not None)
+    await serve_manager(stream, verbose=args.verbose > 0, rpc_fds=given)
     return 0
 
 

@@ -16,7 +16,14 @@ import trio
 
 from trivpn.errors import ConfigError, FatalError
 
-__all__ = ["PRELOAD", "capabilities", "drop_privileges", "open_rpc_stream", "serve_manager"]
+__all__ = [
+    "PRELOAD",
+    "capabilities",
+    "drop_privileges",
+    "open_rpc_stream",
+    "serve_manager",
+    "stream_fds",
+]
 
 log = logging.getLogger("trivpn.manager")
 
@@ -105,12 +112,34 @@ async def open_rpc_stream(read_fd: int | None, write_fd: int | None, socket_path
     return trio.StapledStream(trio.lowlevel.FdStream(write_fd), trio.lowlevel.FdStream(read_fd))
 
 
-async def serve_manager(stream: trio.abc.Stream, *, verbose: bool = False) -> None:
-    """Handshake, forward logs, serve requests until Stop or hang-up."""
+def stream_fds(stream: trio.abc.Stream) -> frozenset[int]:
+    """The descriptors under an RPC stream (pipes stapled together, or a socket)."""
+    parts: list[object] = [stream]
+    if isinstance(stream, trio.StapledStream):
+        parts = [stream.send_stream, stream.receive_stream]
+    fds: set[int] = set()
+    for part in parts:
+        if isinstance(part, trio.lowlevel.FdStream):
+            fds.add(part.fileno())
+        elif isinstance(part, trio.SocketStream):
+            fds.add(part.socket.fileno())
+    return frozenset(fds)
+
+
+async def serve_manager(
+    stream: trio.abc.Stream, *, verbose: bool = False, rpc_fds: frozenset[int] = frozenset()
+) -> None:
+    """Handshake, forward logs, serve requests until Stop or hang-up.
+
+    A broken stream from the manager (bad frame length, corrupt message, hang-up inside a
+    frame) raises FatalError once the log forwarding is undone, so the reason reaches
+    stderr and the exit status is 1 (the manager cannot be told any more).
+    """
     from trivpn.manager.speaker import Speaker
     from trivpn.manager.tunnel import RPCLogHandler, Tunnel
 
     speaker = Speaker(stream, "tunnel")
+    rpc_fds = rpc_fds | stream_fds(stream)
     async with trio.open_nursery() as nursery:
         await nursery.start(speaker.run)
         root = logging.getLogger("trivpn")
@@ -120,10 +149,12 @@ async def serve_manager(stream: trio.abc.Stream, *, verbose: bool = False) -> No
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
         root.propagate = False
         try:
-            await Tunnel(speaker).serve()
+            await Tunnel(speaker, rpc_fds=rpc_fds).serve()
             with trio.move_on_after(2.0):  # let the Stop reply (the last frame) leave
                 await speaker.wait_closed()
         finally:
             root.handlers[:], level, root.propagate = saved
             root.setLevel(level)
             nursery.cancel_scope.cancel()
+    if speaker.protocol_error is not None:
+        raise FatalError(f"the manager's protocol stream is broken: {speaker.protocol_error}")

@@ -166,6 +166,11 @@ class Speaker:
         return self.core.closed_reason
 
     @property
+    def protocol_error(self) -> str | None:
+        """Why the peer's stream broke (a framing error), None for an ordinary end."""
+        return self.core.protocol_error
+
+    @property
     def dropped_responses(self) -> int:
         return self.core.dropped_responses
 

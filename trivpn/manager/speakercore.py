@@ -128,6 +128,9 @@ class SpeakerCore:
         self.header = format_header(role, versions)  # our own mistakes fail here, early
         self.version: Version | None = None
         self.closed_reason: str | None = None
+        #: why the peer's stream is broken (bad length, corrupt message, hang-up inside a
+        #: frame), as opposed to an ordinary end; the process exits 1 with it
+        self.protocol_error: str | None = None
         self.dropped_responses = 0
         self._in_cls = incoming_class(role)
         self._out_cls = outgoing_class(role)
@@ -236,6 +239,10 @@ class SpeakerCore:
         if not data:
             if self._decoder.buffered:
                 log.error("%s: the %s hung up inside a frame", self.role, self.peer_role)
+                self.protocol_error = (
+                    f"the {self.peer_role} hung up inside a frame "
+                    f"({self._decoder.buffered} bytes of it received)"
+                )
                 self._end("end of stream inside a frame")
             else:
                 self._end("end of stream")
@@ -253,6 +260,7 @@ class SpeakerCore:
             reason = self._decoder.error
         if reason is not None:
             log.critical("%s: hanging up: %s", self.role, reason)
+            self.protocol_error = reason
             self._end(reason)
 
     def read_failed(self, detail: str, *, closed: bool = False) -> None:

@@ -23,8 +23,11 @@ Logs of the "trivpn" logger are forwarded as `Log` messages by `RPCLogHandler`.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -112,8 +115,40 @@ def _one_line(exc: BaseException) -> str:
     return f"internal error: {type(err).__name__}: {err}"
 
 
+#: struct ifreq as TUNGETIFF fills it: the interface name, then ifr_flags (40 bytes).
+_IFREQ = struct.Struct("16sH22x")
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
+IFF_TUN = 0x0001
+
+
+def check_tun_fd(fd: int, rpc_fds: frozenset[int] = frozenset()) -> str:
+    """The kernel's interface name for `fd`, or ConfigError: the manager named one of our
+    RPC descriptors (the TUN reader would steal its frames), or something that is not an
+    attached TUN device (a pipe, a file, a TAP device)."""
+    if fd in rpc_fds:
+        raise ConfigError(f"tunnel_file_descriptor {fd} is the RPC stream, not a TUN device")
+    if fd < 3:
+        raise ConfigError(f"tunnel_file_descriptor {fd} is not a TUN fd (need an inherited fd >= 3)")
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise ConfigError(f"tunnel_file_descriptor {fd} is not open in the tunnel process") from None
+    try:
+        ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size))
+    except OSError as exc:
+        raise ConfigError(
+            f"tunnel_file_descriptor {fd} is not a TUN device (TUNGETIFF: {exc.strerror})"
+        ) from None
+    raw, flags = _IFREQ.unpack(ifr)
+    if not flags & IFF_TUN:
+        raise ConfigError(f"tunnel_file_descriptor {fd} is a TAP device, not TUN")
+    return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+
+
 def prepare_engine(
-    start: pb.StartRequest, on_tunnel_up: Callable[[Any], Awaitable[None]]
+    start: pb.StartRequest,
+    on_tunnel_up: Callable[[Any], Awaitable[None]],
+    rpc_fds: frozenset[int] = frozenset(),
 ) -> tuple[Engine, Any, str]:
     """Engine, TUN device and peer name from a StartRequest (ConfigError: one line)."""
     from trivpn.engine import Engine, inherited_tun
@@ -129,7 +164,8 @@ def prepare_engine(
         raise ConfigError("StartRequest has neither profile_text nor profile_path")
     for w in profile.warnings:
         log.warning("%s", w)
-    device = inherited_tun(start.tunnel_file_descriptor, start.tunnel_name)
+    ifname = check_tun_fd(start.tunnel_file_descriptor, rpc_fds)
+    device = inherited_tun(start.tunnel_file_descriptor, start.tunnel_name or ifname)
     config = SessionConfig.from_profile(
         profile,
         key_derivation=start.key_derivation or "auto",
@@ -148,8 +184,15 @@ def _counters(device: Any) -> Counters | None:
 class Tunnel:
     """Serves one manager over `speaker` (which must already be running)."""
 
-    def __init__(self, speaker: Speaker, *, peer_update_interval: float = PEER_UPDATE_INTERVAL) -> None:
+    def __init__(
+        self,
+        speaker: Speaker,
+        *,
+        peer_update_interval: float = PEER_UPDATE_INTERVAL,
+        rpc_fds: frozenset[int] = frozenset(),
+    ) -> None:
         self.speaker = speaker
+        self.rpc_fds = rpc_fds  # never accepted as the TUN fd
         self.peer_update_interval = peer_update_interval
         self.core = TunnelCore(peer_update_interval=peer_update_interval)
         self.device: Any = None
@@ -214,7 +257,9 @@ class Tunnel:
             return
         try:
             try:
-                engine, self.device, name = prepare_engine(request.message.start, self._on_tunnel_up)
+                engine, self.device, name = prepare_engine(
+                    request.message.start, self._on_tunnel_up, self.rpc_fds
+                )
             except TrivpnError as exc:
                 self._engine_done.set()
                 answer = self.core.start_failed(str(exc))

@@ -16,6 +16,13 @@ MIN_FRAME = 1
 MAX_FRAME = 0xFFFF
 
 
+class FramingError(RemoteProtocolError):
+    """A length prefix no OpenVPN packet can have: the stream is out of step for good.
+
+    Anyone on the path can inject such bytes into a TCP stream, so the session treats it as
+    a lost connection (reconnect), never as a reason to stop."""
+
+
 class TCPFramer:
     """Splits a byte stream into length-prefixed packets."""
 
@@ -29,7 +36,7 @@ class TCPFramer:
         """Add stream bytes; return every packet completed by them.
 
         A zero length or one above `max_frame` can never be resynchronised on a stream, so it
-        raises RemoteProtocolError and the connection must be dropped.
+        raises FramingError and the connection must be dropped.
         """
         buf = self._buf
         buf += data
@@ -39,7 +46,7 @@ class TCPFramer:
         while n - pos >= 2:
             length = (buf[pos] << 8) | buf[pos + 1]
             if length < MIN_FRAME or length > self.max_frame:
-                raise RemoteProtocolError(f"invalid TCP frame length {length}")
+                raise FramingError(f"invalid TCP frame length {length}")
             if n - pos - 2 < length:
                 break
             out.append(bytes(buf[pos + 2 : pos + 2 + length]))

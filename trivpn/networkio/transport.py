@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import trio
 
 from trivpn.errors import SessionRestart
-from trivpn.networkio.framing import TCPFramer, frame_packets
+from trivpn.networkio.framing import FramingError, TCPFramer, frame_packets
 
 #: Upper bound on packets returned by one `recv_batch` (keeps latency and memory bounded).
 MAX_BATCH = 64
@@ -62,6 +62,10 @@ _SENT, _BLOCKED, _REGROUP = object(), object(), object()
 
 class TransportError(SessionRestart):
     """The transport can no longer carry packets (peer closed TCP, socket error)."""
+
+
+class StreamCorrupted(TransportError):
+    """The TCP stream carried an impossible length prefix (injected or corrupted bytes)."""
 
 
 class ResolveError(TransportError):
@@ -285,6 +289,9 @@ class TCPTransport(_SocketTransport):
                 pass
             except OSError as exc:
                 raise TransportError(f"TCP receive failed: {exc.strerror}") from None
+            except FramingError as exc:
+                # the packets framed before the bad prefix are lost with the connection
+                raise StreamCorrupted(f"the TCP stream from {self.endpoint.describe()} is corrupt ({exc})") from None
             if packets:
                 self.rx_packets += len(packets)
                 return packets

@@ -22,6 +22,7 @@ Everything here is sans-IO: time comes in as `now`, wire bytes come in and go ou
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,7 +55,8 @@ class MuxStats:
     drop_unauthentic: int = 0
     drop_session: int = 0
     drop_early: int = 0
-    #: client resets this server-role muxer refused (tls-crypt-v2, not served yet)
+    #: tls-crypt-v2 client resets this server-role muxer refused (only a session made by the
+    #: demultiplexer's cookie exchange serves tls-crypt-v2)
     drop_unsupported: int = 0
 
 
@@ -70,17 +72,24 @@ class PacketMuxer:
         max_reset_timeout: float = MAX_RESET_TIMEOUT,
         wkc: bytes | None = None,
         is_server: bool = False,
+        client_wkc: bytes | None = None,
     ) -> None:
         """`wkc` is the tls-crypt-v2 wrapped client key: the reset becomes
         P_CONTROL_HARD_RESET_CLIENT_V3 carrying it, and if the server asks (early
         negotiation flag RESEND_WKC) our message id 1 is sent as P_CONTROL_WKC_V1 with it.
 
         `is_server`: answer the peer's reset instead of sending ours (see the module
-        docstring); `wrap` must then be built for the server direction."""
+        docstring); `wrap` must then be built for the server direction.
+
+        `client_wkc` (server role, tls-crypt-v2 on a stream): the wrapped key the client
+        appended to its P_CONTROL_HARD_RESET_CLIENT_V3, already opened by the caller, whose
+        Kc keys `wrap`; it is stripped from that reset (and from any P_CONTROL_WKC_V1)."""
         if len(local_session_id) != SESSION_ID_LEN or not any(local_session_id):
             raise LocalProtocolError("session id must be 8 bytes and not all zero")
         if is_server and wkc is not None:
-            raise ConfigError("tls-crypt-v2 is not supported in the server role yet")
+            raise ConfigError("tls-crypt-v2: a server-role muxer sends no wrapped key (it takes client_wkc)")
+        if client_wkc is not None and not is_server:
+            raise ConfigError("tls-crypt-v2: only a server-role muxer takes a client's wrapped key")
         self.is_server = is_server
         #: server role: our reset is owed to the client (first answer or a repeat)
         self._answer_owed = False
@@ -99,20 +108,28 @@ class PacketMuxer:
         self._id1_sent = False
         #: tls-crypt with the dynamic key, for control packets of key id > 0 (2.6 dyn-tls-crypt)
         self.dynamic_wrap: TLSCrypt | None = None
+        #: server role, tls-crypt-v2: the client's WKc (see `server_after_cookie`)
+        self.client_wkc: bytes | None = client_wkc
 
     @classmethod
     def server_after_cookie(
-        cls, wrap: ControlWrap, local_session_id: bytes, remote_session_id: bytes
+        cls, wrap: ControlWrap, local_session_id: bytes, remote_session_id: bytes,
+        *, client_wkc: bytes | None = None,
     ) -> PacketMuxer:
         """Server role for a client whose reset a stateless demultiplexer already answered
         (HMAC cookie = `local_session_id`): the exchange is complete, nothing is owed, and
         the usual `ResetComplete` comes out with the first `receive_datagrams`, so every
         layer above starts exactly as after `_on_client_reset`. `wrap` must not reuse the
-        replay packet-id of that answer (the demultiplexer hands one starting at 2)."""
+        replay packet-id of that answer (the demultiplexer hands one starting at 2).
+
+        `client_wkc`: a tls-crypt-v2 client's wrapped key, which it appends to its
+        P_CONTROL_WKC_V1 (message id 1, retransmissions too): stripped here, and the packet
+        goes up as the P_CONTROL_V1 it is; a WKC_V1 with any other trailer is dropped."""
         if len(remote_session_id) != SESSION_ID_LEN or not any(remote_session_id):
             raise LocalProtocolError("session id must be 8 bytes and not all zero")
         mux = cls(wrap, local_session_id, is_server=True)
         mux.remote_session_id = remote_session_id
+        mux.client_wkc = client_wkc
         mux._events.append(ResetComplete(local_session_id, remote_session_id, b""))
         return mux
 
@@ -182,12 +199,11 @@ class PacketMuxer:
 
     def _on_client_reset(self, pkt: ControlPacket) -> bool:
         """Server role: take (or answer again) a client reset. False: not one to take."""
-        if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3:
+        if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3 and self.client_wkc is None:
             self.stats.drop_unsupported += 1
             return True
         if not (
-            pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V2
-            and pkt.message_id == 0
+            pkt.message_id == 0
             and pkt.key_id == 0
             and any(pkt.session_id)
         ):
@@ -199,6 +215,26 @@ class PacketMuxer:
             return False  # another client: the later server demultiplexer's business
         self._answer_owed = True
         return True
+
+    def authenticates(self, datagram: bytes, now: float) -> bool:
+        """Server role: would this control packet be taken as this client's own? Records
+        nothing (the server asks before it lets the session float to a new address). Only a
+        per-client key can say so: the tls-crypt-v2 client key, or the dynamic tls-crypt key
+        of a renegotiation; a server-wide tls-auth/tls-crypt key is shared by every client,
+        so under it (or without a wrap) the answer is always False."""
+        if not datagram or is_data_byte0(datagram[0]) or self.remote_session_id is None:
+            return False
+        key_id = datagram[0] & P_KEY_ID_MASK
+        if self.client_wkc is None and not (key_id and self.dynamic_wrap is not None):
+            return False
+        if self.client_wkc is not None and datagram[0] >> 3 in _WKC_OPCODES:
+            if len(datagram) <= len(self.client_wkc) or not datagram.endswith(self.client_wkc):
+                return False
+            datagram = datagram[: -len(self.client_wkc)]
+        wrap = self._wrap_for(key_id)
+        if not isinstance(wrap, TLSCrypt) or datagram[1 : 1 + SESSION_ID_LEN] != self.remote_session_id:
+            return False
+        return wrap.verifies(datagram, now)
 
     # -- incoming ----------------------------------------------------------------------
     def receive_datagrams(
@@ -222,6 +258,11 @@ class PacketMuxer:
                 else:
                     data.append(d)
                 continue
+            if self.client_wkc is not None and d[0] >> 3 in _WKC_OPCODES:
+                if len(d) <= len(self.client_wkc) or not d.endswith(self.client_wkc):
+                    stats.drop_unauthentic += 1
+                    continue
+                d = d[: -len(self.client_wkc)]
             try:
                 plain = self._wrap_for(d[0] & P_KEY_ID_MASK).unwrap(d, now)
             except RemoteProtocolError:
@@ -262,6 +303,8 @@ class PacketMuxer:
             if pkt.session_id != self.remote_session_id:
                 stats.drop_session += 1
                 continue
+            if pkt.opcode is Opcode.CONTROL_WKC_V1:
+                pkt = dataclasses.replace(pkt, opcode=Opcode.CONTROL_V1)
             stats.control_in += 1
             control.append(pkt)
         stats.data_in += len(data)
@@ -304,6 +347,8 @@ class PacketMuxer:
 
 
 _CLIENT_RESETS = (Opcode.CONTROL_HARD_RESET_CLIENT_V2, Opcode.CONTROL_HARD_RESET_CLIENT_V3)
+#: opcodes a tls-crypt-v2 client appends its WKc to
+_WKC_OPCODES = frozenset({int(Opcode.CONTROL_HARD_RESET_CLIENT_V3), int(Opcode.CONTROL_WKC_V1)})
 
 
 def _early_neg_flags(payload: bytes) -> int:

@@ -56,7 +56,7 @@ async def run_packetmuxer(
                         await flush_resets()
                     if core.stats.drop_unsupported and not refused_logged:
                         refused_logged = True
-                        log.warning("a client asked for tls-crypt-v2, which the server role does not support yet")
+                        log.warning("a client sent a tls-crypt-v2 reset to a session that has no tls-crypt-v2 key")
                 if data:
                     await hand_over(data_up, data)
                 if events or control:

@@ -132,6 +132,7 @@ class Profile:
     tls_client: bool = False
     persist_tun: bool = False
     persist_key: bool = False
+    kill_switch: bool = False  # trivpn-kill-switch (trivpn's own directive)
     nobind: bool = False
     resolv_retry: float | None = None
     mute_replay_warnings: bool = False
@@ -157,6 +158,13 @@ class Profile:
     bind: bool = False  # bind the socket (set by `local`, `lport`, `bind`); `nobind` clears it
     static_challenge: tuple[str, bool] | None = None  # (prompt text, echo the response)
     explicit_exit_notify: int | None = None
+    #: ``management``: (address or socket path, port or None for ``unix``, password file)
+    management: tuple[str, int | None, str | None] | None = None
+    management_hold: bool = False
+    management_query_passwords: bool = False
+    auth_retry: str | None = None  # none | nointeract | interact
+    status: tuple[str, int] | None = None  # ``status FILE [seconds]``
+    status_version: int | None = None
     http_proxy: ProxySpec | None = None
     socks_proxy: ProxySpec | None = None
     http_proxy_options: HTTPProxyOptions = field(default_factory=HTTPProxyOptions)

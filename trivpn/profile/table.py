@@ -342,6 +342,20 @@ def _static_challenge(args: list[str]) -> tuple[str, bool]:
     return (args[0], args[1] == "1")
 
 
+def _management(args: list[str]) -> tuple[str, int | None, str | None]:
+    """``IP PORT [pw-file]`` or ``/path unix [pw-file]`` (files resolved by the caller)."""
+    if len(args) == 3 and args[2] == "stdin":
+        raise Invalid("a password from 'stdin' is not supported; give a password file")
+    password = args[2] if len(args) == 3 else None
+    if args[1] == "unix":
+        return (args[0], None, password)
+    return (args[0], integer(args[1], 1, 65535), password)
+
+
+def _status(args: list[str]) -> tuple[str, int]:
+    return (args[0], integer(args[1], 0, MAX_SECONDS) if len(args) > 1 else 60)
+
+
 def _ip_address(args: list[str]) -> str:
     try:
         ipaddress.ip_address(args[0])
@@ -416,6 +430,8 @@ TABLE: Mapping[str, Simple] = {
     ),
     "persist-tun": _flag("persist_tun"),
     "persist-key": _flag("persist_key"),
+    # trivpn's own: write it `setenv opt trivpn-kill-switch` so OpenVPN only warns (README)
+    "trivpn-kill-switch": _flag("kill_switch"),
     # where to connect (the remote lines themselves are an explicit function)
     "proto": Simple("proto", _proto),
     "port": Simple("port", _port),
@@ -494,4 +510,14 @@ TABLE: Mapping[str, Simple] = {
     "script-security": _int("script_security", 0, 3),
     "user": Simple("user", _account_name),
     "group": Simple("group", _account_name),
+    # watching it run (trivpn.observe)
+    "management": Simple("management", _management, 2, 3),
+    "management-hold": _flag("management_hold"),
+    "management-query-passwords": _flag("management_query_passwords"),
+    "auth-retry": Simple(
+        "auth_retry",
+        _one_of({m: m for m in ("none", "nointeract", "interact")}, "unknown mode {!r}"),
+    ),
+    "status": Simple("status", _status, 1, 2),
+    "status-version": _int("status_version", 1, 3),  # a client prints one layout for all
 }

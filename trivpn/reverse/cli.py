@@ -2,6 +2,11 @@
 
 Only argparse at import time: the tunnel modules load inside the handlers, so other
 commands start as fast as before.
+
+`--config FILE` (configfile.py) supplies any option; a flag given on the command line
+wins. To tell "given" from "left at its default", the defaults are marked values
+(`_DefaultInt` and friends compare equal to the plain value), and flags that default to
+None or False count as not given.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trivpn.reverse.config import SessionConfig
     from trivpn.reverse.expose import Expose
 
 log = logging.getLogger("trivpn.reverse")
@@ -23,6 +27,26 @@ log = logging.getLogger("trivpn.reverse")
 MIN_TOKEN = 16  # bytes; shorter shared secrets are guessable by an online attacker
 TOKEN_ENV = "TRIVPN_TOKEN"
 TOKEN_HINT = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+
+
+class _DefaultInt(int):
+    """An int default: equal to the plain value, but known not to come from the user."""
+
+
+class _DefaultFloat(float):
+    pass
+
+
+class _DefaultStr(str):
+    __slots__ = ()
+
+
+_MARKED = (_DefaultInt, _DefaultFloat, _DefaultStr)
+
+
+def given(value: object) -> bool:
+    """Was this option set on the command line (not a default)?"""
+    return value is not None and value is not False and not isinstance(value, _MARKED)
 
 
 def _token_options(g: argparse._ActionsContainer, help_token: str) -> None:
@@ -48,8 +72,12 @@ def resolve_token(args: argparse.Namespace) -> bytes:
                 f"cannot read --token-file {args.token_file}: {exc.strerror}"
             ) from None
         what = "--token-file"
+    elif TOKEN_ENV in os.environ:
+        token, what = os.environ[TOKEN_ENV], f"${TOKEN_ENV}"
     else:
-        token, what = os.environ.get(TOKEN_ENV, ""), f"${TOKEN_ENV}"
+        raise ConfigError(
+            f"no token: give --token, --token-file, ${TOKEN_ENV} or token/token_file in --config"
+        )
     check_token(token.encode(), what)
     return token.encode()
 
@@ -65,37 +93,75 @@ def check_token(token: bytes, what: str) -> None:
         )
 
 
+def _size(text: str) -> int:
+    """BYTES, or with a K/M/G suffix (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M)") from None
+
+
 def _common(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    sp.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from this TOML file (see docs/reverse-tunnel.md); flags win",
+    )
+    sp.add_argument("-v", "--verbose", action="count", default=_DefaultInt(0), help="more detail")
     sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sp.add_argument(
         "--max-frame",
         type=int,
-        default=16 * 1024 * 1024,
+        default=_DefaultInt(16 * 1024 * 1024),
         metavar="BYTES",
         help="largest frame payload accepted after authentication (default 16 MiB)",
     )
     sp.add_argument(
         "--window",
         type=int,
-        default=2 * 1024 * 1024,
+        default=_DefaultInt(2 * 1024 * 1024),
         metavar="BYTES",
         help="per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
     )
     sp.add_argument(
+        "--session-buffer",
+        type=_size,
+        default=_DefaultInt(16 * 1024 * 1024),
+        metavar="BYTES",
+        help="received bytes a tunnel may hold for readers that are slow (default 16 MiB)",
+    )
+    sp.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=_DefaultFloat(60.0),
+        metavar="SECONDS",
+        help="reset a connection whose reader takes nothing for this long (default 60)",
+    )
+    sp.add_argument(
         "--no-http-log", action="store_true", help="do not parse HTTP for the request log"
+    )
+    sp.add_argument(
+        "--log-query",
+        action="store_true",
+        help="show query strings in the HTTP request log (redacted by default)",
     )
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: object) -> None:
     r = sub.add_parser("relay", help="public side of a reverse TCP tunnel")
     r.add_argument(
-        "--addr", default=":9000", metavar="HOST:PORT", help="tunnel listen address (default :9000)"
+        "--addr",
+        default=_DefaultStr(":9000"),
+        metavar="HOST:PORT",
+        help="tunnel listen address (default :9000)",
     )
     r.add_argument(
         "--start-port",
         type=int,
-        default=10000,
+        default=_DefaultInt(10000),
         metavar="N",
         help="first public port (default 10000)",
     )
@@ -108,8 +174,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         metavar="HOST",
         help="address the public ports bind (default: --addr's host)",
     )
-    # a token is required unless $TRIVPN_TOKEN holds it
-    g = r.add_mutually_exclusive_group(required=TOKEN_ENV not in os.environ)
+    # a token comes from one of these, $TRIVPN_TOKEN or --config (checked in the handler)
+    g = r.add_mutually_exclusive_group()
     _token_options(g, "the shared token clients authenticate with")
     g.add_argument(
         "--tokens-file", metavar="F", help="one name:token per line (per-client tokens and metrics)"
@@ -126,14 +192,40 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     r.add_argument(
         "--lease",
         type=float,
-        default=60.0,
+        default=_DefaultFloat(60.0),
         metavar="SECONDS",
         help="keep a client's port this long after it leaves (default 60)",
     )
     r.add_argument(
+        "--relay-buffer",
+        type=_size,
+        default=_DefaultInt(256 * 1024 * 1024),
+        metavar="BYTES",
+        help="received bytes all tunnels together may hold (default 256 MiB)",
+    )
+    r.add_argument(
+        "--idle-lease",
+        type=float,
+        default=_DefaultFloat(5.0),
+        metavar="SECONDS",
+        help="the lease of a port no stream went through (default 5)",
+    )
+    r.add_argument(
+        "--port-quota",
+        type=int,
+        default=_DefaultInt(4),
+        metavar="N",
+        help="ports (in use or leased) per client name (default 4)",
+    )
+    r.add_argument(
+        "--bandwidth",
+        metavar="RATE",
+        help="limit each client to RATE each way, e.g. '2 MiB/s' or '100 Mbit/s' (default: none)",
+    )
+    r.add_argument(
         "--heartbeat",
         type=float,
-        default=10.0,
+        default=_DefaultFloat(10.0),
         metavar="SECONDS",
         help="heartbeat interval; 3 missed expire a session (default 10)",
     )
@@ -150,13 +242,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     r.set_defaults(handler=cmd_relay)
 
     e = sub.add_parser("expose", help="expose a local TCP service through a relay")
+    e.add_argument("--server", metavar="HOST:PORT", help="the relay's tunnel address (required)")
     e.add_argument(
-        "--server", required=True, metavar="HOST:PORT", help="the relay's tunnel address"
+        "--local",
+        metavar="HOST:PORT",
+        help="the local service to expose (required, unless --config has [[tunnels]])",
     )
-    e.add_argument(
-        "--local", required=True, metavar="HOST:PORT", help="the local service to expose"
-    )
-    eg = e.add_mutually_exclusive_group(required=TOKEN_ENV not in os.environ)
+    eg = e.add_mutually_exclusive_group()
     _token_options(eg, "the token the relay knows")
     e.add_argument(
         "--tls", action="store_true", help="connect with TLS, verifying the relay's certificate"
@@ -170,7 +262,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     e.add_argument(
         "--remote-port",
         type=int,
-        default=0,
+        default=_DefaultInt(0),
         metavar="N",
         help="ask for this public port (default: any)",
     )
@@ -192,26 +284,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     e.add_argument(
         "--max-attempts",
         type=int,
-        default=10,
+        default=_DefaultInt(10),
         metavar="N",
         help="reconnect attempts in a row, 0 = forever (default 10)",
     )
     _common(e)
     e.set_defaults(handler=cmd_expose)
-
-
-def _session_config(args: argparse.Namespace, heartbeat: float = 10.0) -> SessionConfig:
-    from trivpn.errors import ConfigError
-    from trivpn.reverse.config import MAX_WINDOW, SessionConfig
-    from trivpn.reverse.frames import ABSOLUTE_MAX_FRAME
-
-    if not 256 <= args.max_frame <= ABSOLUTE_MAX_FRAME:
-        raise ConfigError(f"--max-frame must be between 256 and {ABSOLUTE_MAX_FRAME}")
-    if not 1024 <= args.window <= MAX_WINDOW:
-        raise ConfigError("--window must be between 1024 and 2147483647")
-    if not 0.05 <= heartbeat <= 3600:
-        raise ConfigError("--heartbeat must be between 0.05 and 3600 seconds")
-    return SessionConfig(window=args.window, max_frame=args.max_frame, heartbeat=heartbeat)
 
 
 async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[], str]) -> int:
@@ -244,45 +322,10 @@ async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[
 async def cmd_relay(args: argparse.Namespace) -> int:
     import trio
 
-    from trivpn.errors import ConfigError
-    from trivpn.reverse.relay import Relay, RelayConfig, load_tokens
+    from trivpn.reverse.build import build_relay
     from trivpn.reverse.sockets import parse_hostport
 
-    host, port = parse_hostport(args.addr, "--addr")
-    end = args.end_port if args.end_port is not None else min(args.start_port + 999, 65535)
-    if args.tokens_file:
-        tokens = load_tokens(args.tokens_file)
-        for name, token in tokens.items():
-            check_token(token, f"{args.tokens_file}: client {name}")
-    else:
-        tokens = {"default": resolve_token(args)}
-    routing = None
-    if args.domain or args.http_addr or args.https_addr:
-        from trivpn.reverse.http.router import RoutingConfig
-
-        if not args.domain:
-            raise ConfigError("--http-addr/--https-addr need --domain")
-        routing = RoutingConfig(
-            args.domain,
-            parse_hostport(args.http_addr, "--http-addr") if args.http_addr else None,
-            parse_hostport(args.https_addr, "--https-addr") if args.https_addr else None,
-        )
-    relay = Relay(
-        RelayConfig(
-            host=host,
-            port=port,
-            start_port=args.start_port,
-            end_port=end,
-            tokens=tokens,
-            public_host=args.public_host,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            lease=args.lease,
-            observe_http=not args.no_http_log,
-            session=_session_config(args, args.heartbeat),
-            routing=routing,
-        )
-    )
+    relay = build_relay(args)
 
     async def body() -> None:
         async with trio.open_nursery() as nursery:
@@ -355,48 +398,15 @@ def _with_inspector(
 
 
 async def cmd_expose(args: argparse.Namespace) -> int:
-    from trivpn.errors import ConfigError
-    from trivpn.reverse.expose import Expose, ExposeConfig
-    from trivpn.reverse.sockets import parse_hostport, raise_nofile_limit
+    from trivpn.reverse.build import build_expose
+    from trivpn.reverse.sockets import raise_nofile_limit
 
-    shost, sport = parse_hostport(args.server, "--server", "localhost")
-    lhost, lport = parse_hostport(args.local, "--local", "127.0.0.1")
-    token = resolve_token(args)
+    expose = build_expose(args)
     raise_nofile_limit()  # one descriptor per stream: do not stop at the default 1,024
-    if not 0 <= args.remote_port <= 65535:
-        raise ConfigError("--remote-port must be 0..65535")
-    if args.max_attempts < 0:
-        raise ConfigError("--max-attempts must be 0 (forever) or more")
-
-    subdomain, routes = _named(args)
-
-    def on_bound(host: str, port: int) -> None:
-        for addr in expose.urls or [f"{host}:{port}"]:
-            print(f"public address: {addr}", flush=True)
-
-    expose = Expose(
-        ExposeConfig(
-            server_host=shost,
-            server_port=sport,
-            local_host=lhost,
-            local_port=lport,
-            token=token,
-            remote_port=args.remote_port,
-            tls=args.tls or bool(args.tls_ca),
-            tls_ca=args.tls_ca,
-            tls_server_name=args.tls_server_name,
-            reconnect=not args.no_reconnect,
-            attempts=args.max_attempts,
-            observe_http=not args.no_http_log,
-            subdomain=subdomain,
-            routes=routes,
-            session=_session_config(args),
-        ),
-        on_bound=on_bound,
-    )
     body: Callable[[], Awaitable[None]] = expose.run
     if args.inspect:
-        body = _with_inspector(expose, args.inspect, lhost, lport)
+        first = expose.tunnels[0]
+        body = _with_inspector(expose, args.inspect, first.local_host, first.local_port)
     try:
         return await _until_signal(body, lambda: expose.metrics.summary("expose summary"))
     except BaseException:

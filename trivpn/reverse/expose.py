@@ -7,11 +7,14 @@ BOUND and then lived `stable_after` seconds resets the count (one that got a por
 within seconds counts as a failure, so a relay that drops every session cannot make it
 reconnect without end). The client keeps one random client id for its whole life and asks
 for the port it had before, so the relay gives the same public port back (from its lease,
-or simply because the port is still free after a relay restart). Authentication failures
-and TLS verification failures are not retried: hammering a relay with a wrong token or
-an untrusted certificate cannot succeed. Being replaced by another copy of ourselves
-(GOAWAY(REPLACED)) is final too, but only from a relay that proved it knows the token: a
-fake relay must not be able to make us quit for good.
+or simply because the port is still free after a relay restart).
+TLS verification failures are not retried: an untrusted certificate cannot become trusted.
+An authentication failure (AUTH_ERR) is retried with the backoff like a lost connection:
+the relay cannot prove anything when it refuses our token, so a fake relay (or anyone on
+the path of a plain-TCP tunnel) must not be able to make us quit for good; a really wrong
+token still ends the run once the attempts are used up. Being replaced by another copy of
+ourselves (GOAWAY(REPLACED)) is final, but only from a relay that proved it knows the
+token (AUTH_OK) and gave us the takeover secret.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from trivpn.errors import ConfigError, FatalError
 from trivpn.reverse import connection
 from trivpn.reverse import events as E
 from trivpn.reverse.config import SessionConfig
+from trivpn.reverse.events import Binding
 from trivpn.reverse.frames import ErrorCode
+from trivpn.reverse.handshake import TAKEOVER_REFUSED
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Backoff
@@ -41,6 +46,16 @@ from trivpn.reverse.sockets import connect_plain
 log = logging.getLogger("trivpn.reverse")
 
 DIAL_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class TunnelConfig:
+    """One local service behind one public port; several share one tunnel connection."""
+
+    local_host: str
+    local_port: int
+    remote_port: int = 0  # 0 = any
+    label: str = ""  # for the log (lowercase letters, digits, '-')
 
 
 @dataclass(slots=True)
@@ -60,9 +75,14 @@ class ExposeConfig:
     backoff_max: float = 30.0
     stable_after: float = 10.0  # a bound session this old resets the backoff
     observe_http: bool = True
+    log_query: bool = False  # request log: show query strings (redacted by default)
     subdomain: str = ""  # a named bind (relay --domain): routed by Host / SNI, no port
     routes: int = 0  # http.names.ROUTE_HTTP | ROUTE_TLS, with a subdomain
     session: SessionConfig = field(default_factory=SessionConfig)
+    tunnels: list[TunnelConfig] = field(default_factory=list)  # empty: the local_* above
+
+    def all_tunnels(self) -> list[TunnelConfig]:
+        return self.tunnels or [TunnelConfig(self.local_host, self.local_port, self.remote_port)]
 
 
 class Expose:
@@ -71,11 +91,17 @@ class Expose:
     ) -> None:
         if not config.token:
             raise ConfigError("--token must not be empty")
+        self.tunnels = config.all_tunnels()
+        if config.subdomain and len(self.tunnels) > 1:
+            raise ConfigError("a named (--subdomain/--http/--https) tunnel needs its own expose")
         self.config = config
         self.client_id = secrets.token_bytes(16)
+        self.takeover_key = secrets.token_bytes(32)  # revealed to take over our own session
         self.metrics = Metrics()  # whole-run totals
         self.session_metrics: Metrics | None = None
-        self.port = 0
+        self.runner: ExposeRunner | None = None  # the current (or last) session
+        self.port = 0  # the first tunnel's public port
+        self.ports: list[int] = []  # one per tunnel
         self.urls: list[str] = []  # a named bind's public URLs
         self.sessions = 0
         self.on_bound = on_bound
@@ -99,7 +125,8 @@ class Expose:
         """Until cancelled, or a FatalError (auth refused, gave up reconnecting, ...)."""
         cfg = self.config
         backoff = Backoff(cfg.backoff_initial, cfg.backoff_max, cfg.attempts)
-        wanted = cfg.remote_port
+        configured = [t.remote_port for t in self.tunnels]
+        wanted = list(configured)
         while True:
             why = ""
             try:
@@ -111,32 +138,51 @@ class Expose:
                     else str(getattr(exc, "strerror", None) or exc)
                 )
             else:
+                next_key = secrets.token_bytes(32)
                 session = Session(
                     "client",
                     trio.current_time(),
                     cfg.session,
                     token=cfg.token,
                     client_id=self.client_id,
-                    requested_port=wanted,
                     requested_name=cfg.subdomain,
                     routes=cfg.routes if cfg.subdomain else 0,
+                    bindings=tuple(
+                        Binding(w, t.label) for w, t in zip(wanted, self.tunnels, strict=True)
+                    ),
+                    resume_key=self.takeover_key,
+                    next_key=next_key,
                 )
                 metrics = Metrics()
                 self.session_metrics = metrics
-                runner = ExposeRunner(self, session, tunnel, metrics)
+                runner = ExposeRunner(self, session, tunnel, metrics, next_key)
+                self.runner = runner
                 try:
                     closed = await runner.run()
                 finally:
                     self.metrics.add(metrics)
                     self.metrics.state = metrics.state
                 if runner.auth_failed:
-                    raise FatalError(runner.auth_failed)
+                    # AUTH_ERR proves nothing: anyone on the path can send it, so it is
+                    # retried with backoff (the attempts bound still ends a wrong token)
+                    log.error("%s (retrying: a refusal proves nothing)", runner.auth_failed)
+                if session.protocol > 1 and _refused_protocol_2(closed):
+                    raise FatalError(
+                        "the relay speaks only protocol 1 (one tunnel per connection);"
+                        " several tunnels need a newer relay"
+                    )
                 if runner.bind_failed:
-                    if cfg.subdomain or (wanted and wanted == cfg.remote_port):
+                    if TAKEOVER_REFUSED in runner.bind_failed:
+                        # our last BIND_OK was lost, or another client claims our id:
+                        # start over as a new client (new ports)
+                        self.client_id = secrets.token_bytes(16)
+                        self.takeover_key = secrets.token_bytes(32)
+                    elif cfg.subdomain or (any(configured) and wanted == configured):
                         raise FatalError(runner.bind_failed)
-                    wanted = 0  # our remembered port went to someone else: take any
+                    wanted = list(configured)  # a remembered port went to someone else
                 if runner.bound:
-                    wanted = runner.bound_port or wanted
+                    if runner.bound_port:
+                        wanted = list(runner.bound_ports)
                     if trio.current_time() - runner.bound_at >= cfg.stable_after:
                         backoff.reset()
                     log.info("tunnel lost: %s", closed.reason if closed else "closed")
@@ -167,68 +213,97 @@ def public_urls(host: str, http_port: int, https_port: int) -> list[str]:
     return urls
 
 
+def _refused_protocol_2(closed: E.SessionClosed | None) -> bool:
+    """A protocol-1 relay's answer to our extended HELLO (GOAWAY naming its size)."""
+    return (
+        closed is not None
+        and closed.by_peer
+        and closed.code == ErrorCode.PROTOCOL
+        and "HELLO frame of 42 bytes" in closed.reason
+    )
+
+
 class ExposeRunner(SessionRunner):
     def __init__(
-        self, expose: Expose, session: Session, tunnel: connection.Connection, metrics: Metrics
+        self,
+        expose: Expose,
+        session: Session,
+        tunnel: connection.Connection,
+        metrics: Metrics,
+        next_key: bytes = b"",
     ) -> None:
-        super().__init__(session, tunnel, metrics, observe_http=expose.config.observe_http)
+        super().__init__(
+            session,
+            tunnel,
+            metrics,
+            observe_http=expose.config.observe_http,
+            log_query=expose.config.log_query,
+        )
         self.expose = expose
         self.bound = False
         self.bound_port = 0
+        self.bound_ports: tuple[int, ...] = ()
         self.bound_at = 0.0
         self.relay_proven = False  # AUTH_OK carried the relay's proof of the token
         self.bind_failed: str | None = None
+        self.next_key = next_key  # ours once bound: the relay keeps its commitment
 
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
             self.relay_proven = True
         elif isinstance(ev, E.Bound):
             self.bound = True
-            self.bound_port = ev.port
+            ports = ev.ports or (ev.port,)
+            self.bound_port, self.bound_ports = ev.port, ports
             self.bound_at = trio.current_time()
-            self.expose.port = ev.port
+            if self.next_key:
+                self.expose.takeover_key = self.next_key
+            self.expose.port, self.expose.ports = ev.port, list(ports)
             self.expose.sessions += 1
             self.metrics.connections = 1
-            cfg = self.expose.config
-            host, port = cfg.server_host, ev.port
+            host = self.expose.config.server_host
             if ev.host:  # a named bind: URLs on the relay's shared ports
-                host, port = ev.host, ev.http_port or ev.https_port
+                host, ports = ev.host, (ev.http_port or ev.https_port,)
                 self.expose.urls = public_urls(ev.host, ev.http_port, ev.https_port)
-            log.info(
-                "public address %s -> %s:%d (lease %d s)",
-                ", ".join(self.expose.urls) if ev.host else f"{host}:{port}",
-                cfg.local_host,
-                cfg.local_port,
-                ev.lease,
-            )
-            if self.expose.on_bound is not None:
-                self.expose.on_bound(host, port)
+            for t, port in zip(self.expose.tunnels, ports, strict=True):
+                log.info(
+                    "public address %s -> %s:%d%s (lease %d s)",
+                    ", ".join(self.expose.urls) if ev.host else f"{host}:{port}",
+                    t.local_host,
+                    t.local_port,
+                    f" [{t.label}]" if t.label else "",
+                    ev.lease,
+                )
+                if self.expose.on_bound is not None:
+                    self.expose.on_bound(host, port)
         elif isinstance(ev, E.BindFailed):
             self.bind_failed = ev.reason
         elif isinstance(ev, E.StreamOpened):
             pipe = self.expose.pipe_factory(self, ev.stream_id, ev.peer, self.observe_http, False)
             self.pipes[ev.stream_id] = pipe
             assert self.nursery is not None
-            self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe))
+            self.nursery.start_soon(self.run_pipe, pipe, self._dialer(pipe, ev.binding))
 
-    def _dialer(self, pipe: StreamPipe) -> Callable[[], Awaitable[socket.socket]]:
-        cfg = self.expose.config
+    def _dialer(self, pipe: StreamPipe, binding: int) -> Callable[[], Awaitable[socket.socket]]:
+        tunnels = self.expose.tunnels
+        cfg = tunnels[binding] if binding < len(tunnels) else None
 
         async def dial() -> socket.socket:
             try:
+                if cfg is None:
+                    raise OSError(f"the relay named tunnel {binding + 1}, we have {len(tunnels)}")
                 with trio.fail_after(DIAL_TIMEOUT):
                     return await connect_plain(cfg.local_host, cfg.local_port)
             except (OSError, trio.TooSlowError) as exc:
                 self.metrics.streams_refused += 1
                 log.info(
-                    "stream %d from %s: local service %s:%d unreachable: %s",
+                    "stream %d from %s: local service %s unreachable: %s",
                     pipe.sid,
                     pipe.peer,
-                    cfg.local_host,
-                    cfg.local_port,
+                    f"{cfg.local_host}:{cfg.local_port}" if cfg else "?",
                     "timed out"
                     if isinstance(exc, trio.TooSlowError)
-                    else getattr(exc, "strerror", exc),
+                    else getattr(exc, "strerror", None) or exc,
                 )
                 self.session.reset_stream(pipe.sid, ErrorCode.REFUSED)
                 self.flush()

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 
-VERSION = 1
+VERSION = 1  # of the frame header; never changes within protocol 1 and 2
+#: Protocol revisions, negotiated in HELLO / HELLO_ACK (see handshake.py). 1: one binding
+#: per session (HELLO 40 bytes, HELLO_ACK 44; BIND 2 bytes or the named form, BIND_OK 6
+#: or the named form). 2: several port bindings, each with an optional label
+#: (HELLO/HELLO_ACK carry the protocol number as a trailing u16, BIND and BIND_OK carry
+#: lists, OPEN's payload starts with the binding index).
+PROTOCOL = 2
+MAX_BINDINGS = 16
+MAX_BINDING_NAME = 63
 HEADER = struct.Struct("!BBHII")
 HEADER_SIZE = HEADER.size  # 12
 #: Frames allowed before authentication are all small; bore uses the same kind of limit.
@@ -60,24 +68,32 @@ _ALLOWED_FLAGS: dict[int, int] = {t: 0 for t in FrameType}
 _ALLOWED_FLAGS[FrameType.PING] = Flag.ACK
 _ALLOWED_FLAGS[FrameType.OPEN] = Flag.ACK
 _ALLOWED_FLAGS[FrameType.DATA] = Flag.FIN
+#: An older trivpn's AUTH (the MAC alone, no takeover proof): still accepted, and such a
+#: client may take over only a session that did not prove anything either (see relay.py).
+LEGACY_SIZE: dict[int, int] = {FrameType.AUTH: 32}
 #: Exact payload sizes; types absent here carry a variable payload (checked by the session).
 FIXED_SIZE: dict[int, int] = {
     FrameType.HELLO: 40,  # client nonce 16 | client id 16 | window u32 | max frame u32
     FrameType.HELLO_ACK: 44,  # challenge 32 | window u32 | max frame u32 | heartbeat ms u32
-    FrameType.AUTH: 32,  # HMAC-SHA256
+    FrameType.AUTH: 96,  # HMAC-SHA256 | takeover key revealed 32 | next key's SHA-256 32
     FrameType.AUTH_OK: 32,  # the relay's proof that it knows the token too
     FrameType.PING: 8,  # opaque, echoed in the pong
     FrameType.WINDOW: 4,  # credit increment
     FrameType.RST: 4,  # error code
 }
+#: The protocol >= 2 form of HELLO / HELLO_ACK: the same fields and the protocol u16.
+EXTENDED_SIZE: dict[int, int] = {FrameType.HELLO: 42, FrameType.HELLO_ACK: 46}
 MAX_VARIABLE: dict[int, int] = {
     FrameType.AUTH_ERR: MAX_TEXT,
     FrameType.BIND_ERR: MAX_TEXT,
     FrameType.GOAWAY: 4 + MAX_TEXT,
-    # port u16 [| routes u8 | length u8 | subdomain]: exact sizes checked by the handshake
-    FrameType.BIND: 4 + 63,
-    # port u16 | lease u32 [| http port u16 | https port u16 | length u8 | host name]
-    FrameType.BIND_OK: 11 + 253,
+    # exact sizes are checked by the handshake, per protocol. Protocol 1: port u16
+    # [| routes u8 | length u8 | subdomain]; protocol 2: count u8 | count x (port u16 |
+    # label length u8 | label)
+    FrameType.BIND: max(4 + 63, 1 + MAX_BINDINGS * (3 + MAX_BINDING_NAME)),
+    # protocol 1: port u16 | lease u32 [| http port u16 | https port u16 | length u8 | host
+    # name]; protocol 2: lease u32 | count u8 | count x port u16
+    FrameType.BIND_OK: max(11 + 253, 5 + 2 * MAX_BINDINGS),
 }
 
 
@@ -92,6 +108,7 @@ class ErrorCode(enum.IntEnum):
     CANCEL = 5  # RST: one end aborted the connection
     TIMEOUT = 6  # GOAWAY: heartbeats missed; RST: stream lingered half-closed too long
     REPLACED = 7  # GOAWAY: the same client connected again and took over
+    BUSY = 8  # RST: the receiver's buffer limit (session or relay) is reached
 
 
 @dataclass(slots=True, frozen=True)
@@ -178,7 +195,11 @@ class FrameDecoder:
                 f"{kind.name} frame of {length} bytes exceeds the limit of {self.max_frame}"
             )
         fixed = FIXED_SIZE.get(kind)
-        if fixed is not None and length != fixed:
+        if fixed is not None and length not in (
+            fixed,
+            EXTENDED_SIZE.get(kind),
+            LEGACY_SIZE.get(kind),
+        ):
             raise RemoteProtocolError(f"{kind.name} frame of {length} bytes, expected {fixed}")
         limit = MAX_VARIABLE.get(kind)
         if limit is not None and length > limit:

@@ -25,18 +25,44 @@ _METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 MAX_HEAD = 16 * 1024
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters (ESC, CR, newline, DEL, C1, ...)
+    and backslashes become visible escapes, so a peer cannot forge or colour log lines."""
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif c.isprintable():
+            out.append(c)
+        else:
+            code = ord(c)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
+def redact_query(target: str) -> str:
+    """The request target without its query string (tokens and ids often travel there)."""
+    path, sep, _ = target.partition("?")
+    return f"{path}?…" if sep else path
+
+
 @dataclass(slots=True, frozen=True)
 class HttpExchange:
     method: str
-    target: str
+    target: str  # as received (untrusted): escape before printing, see `line`
     status: int
     reason: str
     latency: float  # seconds from the first byte of the request to the response head
 
-    def line(self) -> str:
+    def line(self, show_query: bool = False) -> str:
+        """One log line; the query string is redacted unless `show_query` (--log-query)."""
         mark = "✓" if self.status < 400 else "✗"
-        reason = f" {self.reason}" if self.reason else ""
-        return f"│ HTTP │ {mark} {self.method} {self.target} {self.status}{reason} {self.latency * 1000:.0f}ms"
+        target = self.target if show_query else redact_query(self.target)
+        reason = f" {printable(self.reason)}" if self.reason else ""
+        return (
+            f"│ HTTP │ {mark} {printable(self.method)} {printable(target)} "
+            f"{self.status}{reason} {self.latency * 1000:.0f}ms"
+        )
 
 
 class HttpObserver:

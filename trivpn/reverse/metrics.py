@@ -37,6 +37,18 @@ class Metrics:
     started: float = field(default_factory=time.time)
     state: str = "INIT"
     rtt: float = 0.0
+    ended: float | None = None  # one session's metrics: when it ended
+    #: a running total (per-client totals, merged views): its uptime is the sum of the
+    #: connected time folded into it, not the age of the object
+    is_total: bool = False
+    folded: float = 0.0  # seconds of sessions folded in by `add`
+
+    def uptime(self, now: float | None = None) -> float:
+        """Connected seconds: a session's age (until it ended); a total's sum."""
+        if self.is_total:
+            return self.folded
+        end = self.ended if self.ended is not None else (time.time() if now is None else now)
+        return max(0.0, end - self.started) + self.folded
 
     def record_http(self, ex: HttpExchange) -> None:
         self.http_requests += 1
@@ -45,8 +57,10 @@ class Metrics:
         self.latency_min = min(self.latency_min, ex.latency)
         self.latency_max = max(self.latency_max, ex.latency)
 
-    def add(self, other: Metrics) -> None:
-        """Fold an ended session into a running total."""
+    def add(self, other: Metrics, now: float | None = None) -> None:
+        """Fold an ended session into a running total (its time too, if we are one)."""
+        if self.is_total:
+            self.folded += other.uptime(now)
         self.connections += other.connections
         self.streams_total += other.streams_total
         self.streams_refused += other.streams_refused
@@ -60,7 +74,7 @@ class Metrics:
 
     def summary(self, title: str, now: float | None = None) -> str:
         now = time.time() if now is None else now
-        up = max(0.0, now - self.started)
+        up = self.uptime(now)
         lines = [
             f"── {title} ──",
             f"  uptime        {up:.1f} s   state {self.state}",
@@ -81,10 +95,11 @@ class Metrics:
         return "\n".join(lines)
 
 
-def merged(items: Iterable[Metrics]) -> Metrics:
-    total = Metrics()
+def merged(items: Iterable[Metrics], now: float | None = None) -> Metrics:
+    """One view of several: counters summed, uptime the connected time of all of them."""
+    total = Metrics(is_total=True)
     for m in items:
-        total.add(m)
+        total.add(m, now)
         total.streams_active += m.streams_active
     return total
 

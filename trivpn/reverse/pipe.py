@@ -32,6 +32,7 @@ from typing import Protocol
 
 import trio
 
+from trivpn.reverse.bucket import Shaper
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.httplog import HttpObserver
@@ -42,6 +43,7 @@ from trivpn.reverse.sockets import Buffers, close_plain, send_some
 log = logging.getLogger("trivpn.reverse")
 
 READ_SIZE = 64 * 1024
+SHAPED_SEND = 64 * 1024  # largest single write of a bandwidth-limited stream
 PIPE_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, StreamClosedError)
 
 Opener = Callable[[], Awaitable[socket.socket]]
@@ -52,6 +54,7 @@ class PipeHost(Protocol):
 
     session: Session
     metrics: Metrics
+    log_query: bool  # show query strings in the request log (redacted by default)
 
     def flush(self) -> None: ...
 
@@ -77,6 +80,7 @@ class _TowardsSocket:
         "nursery",
         "observer",
         "requests_from_socket",
+        "shaper",
         "_in_done",
     )
 
@@ -94,6 +98,7 @@ class _TowardsSocket:
         self.nursery: trio.Nursery | None = None
         self.observer = observer
         self.requests_from_socket = False
+        self.shaper: Shaper | None = None  # the client's bandwidth limit (relay side)
         self._in_done: trio.Event | None = None
 
     def deliver(self, data: bytes) -> None:
@@ -103,7 +108,7 @@ class _TowardsSocket:
             return
         self._observe(data, not self.requests_from_socket)
         sock = self.sock
-        if sock is not None and not self.backlog:
+        if sock is not None and not self.backlog and self.shaper is None:
             try:
                 n = sock.send(data)
             except BlockingIOError:
@@ -113,7 +118,7 @@ class _TowardsSocket:
                 return
             if n:
                 self.runner.metrics.bytes_out += n
-                self.runner.session.consumed(self.sid, n)
+                self.runner.session.consumed(self.sid, n, trio.current_time())
             if n == len(data):
                 return
             rest: bytes | memoryview = memoryview(data)[n:]
@@ -140,7 +145,7 @@ class _TowardsSocket:
         else:
             for ex in obs.feed_response(data, now):
                 self.runner.metrics.record_http(ex)
-                log.info("%s", ex.line())
+                log.info("%s", ex.line(self.runner.log_query))
 
     def _fail(self, exc: BaseException) -> None:
         log.debug("stream %d: %s", self.sid, exc)
@@ -172,12 +177,15 @@ class _TowardsSocket:
         runner = self.runner
         try:
             while backlog:
-                await trio.lowlevel.wait_writable(sock)
-                n = send_some(sock, backlog)
+                if self.shaper is not None:
+                    n = await _send_shaped(sock, backlog, self.shaper)
+                else:
+                    await trio.lowlevel.wait_writable(sock)
+                    n = send_some(sock, backlog)
                 if n:
                     self.backlog_bytes -= n
                     runner.metrics.bytes_out += n
-                    runner.session.consumed(self.sid, n)
+                    runner.session.consumed(self.sid, n, trio.current_time())
                     runner.flush()
             if self.ended:
                 self._send_eof()
@@ -185,6 +193,25 @@ class _TowardsSocket:
             self._fail(exc)
         finally:
             self.draining = False
+
+
+async def _send_shaped(sock: socket.socket, backlog: Buffers, shaper: Shaper) -> int:
+    """At most SHAPED_SEND bytes of the backlog, once the client's down bucket allows."""
+    pause = shaper.down.wait(trio.current_time())
+    if pause:
+        await trio.sleep(pause)
+    await trio.lowlevel.wait_writable(sock)
+    first = backlog[0]
+    try:
+        n = sock.send(first[:SHAPED_SEND])
+    except BlockingIOError:
+        return 0
+    if n == len(first):
+        backlog.popleft()
+    else:
+        backlog[0] = memoryview(first)[n:]
+    shaper.down.charge(n, trio.current_time())
+    return n
 
 
 class StreamPipe(_TowardsSocket):
@@ -222,7 +249,6 @@ class StreamPipe(_TowardsSocket):
         runner = self.runner
         core = runner.session
         sid = self.sid
-        half = core.config.send_buffer // 2
         full = False
         try:
             while True:
@@ -244,7 +270,11 @@ class StreamPipe(_TowardsSocket):
                 self._observe(data, self.requests_from_socket)
                 ok = core.send_data(sid, data)
                 runner.flush()
-                if not ok and core.pending_bytes(sid) > half:
+                if self.shaper is not None:  # the client's limit: pause to pay the bytes back
+                    pause = self.shaper.up.charge(len(data), trio.current_time())
+                    if pause:
+                        await trio.sleep(pause)
+                if not ok and core.awaiting_writable(sid):  # flush() may have cleared it
                     self._writable = trio.Event()
                     await self._writable.wait()
                     self._writable = None

@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -22,14 +23,23 @@ import trio
 from trivpn.errors import ConfigError
 from trivpn.reverse import connection
 from trivpn.reverse import events as E
+from trivpn.reverse.bucket import Shaper
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.guard import GuardConfig, SourceGuard
+from trivpn.reverse.handshake import TAKEOVER_REFUSED, takeover_proven
 from trivpn.reverse.http.router import NameRouter, RoutingConfig, bind_name
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
-from trivpn.reverse.ports import Owner, PortAllocator, PortUnavailable
+from trivpn.reverse.ports import (
+    DEFAULT_PORT_QUOTA,
+    IDLE_LEASE,
+    Owner,
+    PortAllocator,
+    PortUnavailable,
+)
+from trivpn.reverse.scheduler import BufferPool
 from trivpn.reverse.service import SessionRunner
 from trivpn.reverse.session import Session
 from trivpn.reverse.sockets import (
@@ -47,6 +57,14 @@ TAKEOVER_WAIT = 3.0
 
 
 @dataclass(slots=True)
+class ClientLimits:
+    """Per token name; None takes the relay-wide value."""
+
+    port_quota: int | None = None
+    bandwidth: float | None = None  # bytes per second, each direction
+
+
+@dataclass(slots=True)
 class RelayConfig:
     host: str = ""
     port: int = 9000
@@ -57,8 +75,15 @@ class RelayConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     lease: float = 60.0
+    idle_lease: float = IDLE_LEASE  # lease of a port no stream went through
+    port_quota: int = DEFAULT_PORT_QUOTA  # ports (in use or leased) per token name
+    bandwidth: float | None = None  # default per-client limit, bytes/s each direction
+    clients: dict[str, ClientLimits] = field(default_factory=dict)
     observe_http: bool = True
+    log_query: bool = False  # request log: show query strings (redacted by default)
     session: SessionConfig = field(default_factory=SessionConfig)
+    #: received-but-unconsumed bytes of all sessions together (`--relay-buffer`)
+    relay_buffer: int = 256 * 1024 * 1024
     guard: GuardConfig = field(default_factory=GuardConfig)  # pre-auth caps, failed logins
     routing: RoutingConfig | None = None  # --domain with --http-addr / --https-addr
 
@@ -98,12 +123,27 @@ class Relay:
         if not 1 <= config.start_port <= config.end_port <= 65535:
             raise ConfigError(f"bad public port range {config.start_port}-{config.end_port}")
         self.config = config
-        self.allocator = PortAllocator(config.start_port, config.end_port, config.lease)
+        if config.port_quota < 1 or any(
+            c.port_quota is not None and c.port_quota < 1 for c in config.clients.values()
+        ):
+            raise ConfigError("a port quota must be at least 1")
+        self.allocator = PortAllocator(
+            config.start_port,
+            config.end_port,
+            config.lease,
+            idle_lease=config.idle_lease,
+            default_quota=config.port_quota,
+            quotas={n: c.port_quota for n, c in config.clients.items() if c.port_quota is not None},
+        )
         self.by_owner: dict[Owner, RelayRunner] = {}
+        #: per owner, the commitment its last bound session left for the next takeover
+        self.commits: dict[Owner, bytes] = {}
         self.live: dict[str, list[Metrics]] = {}
         self.totals: dict[str, Metrics] = {}
         self.tunnel_port = config.port
         self.guard = SourceGuard(config.guard)
+        self.pool = BufferPool(config.relay_buffer)
+        self.shapers: dict[str, Shaper] = {}  # per token name, shared by its sessions
         self.router = NameRouter(config.routing, config.lease) if config.routing else None
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
@@ -116,6 +156,42 @@ class Relay:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from None
             self._ssl = ctx
+
+    def takeover_refused(self, owner: Owner, reveal: bytes) -> str | None:
+        """Why a session of `owner` may not take over its live session or leased port,
+        or None: it may (a new owner, or it revealed the key the last one committed to)."""
+        stored = self.commits.get(owner)
+        known = owner in self.by_owner or self.allocator.port_of(owner) is not None
+        if stored is None or not known or takeover_proven(stored, reveal):
+            return None
+        return f"{TAKEOVER_REFUSED}: this client id is in use and the proof does not match"
+
+    def remember_commit(self, owner: Owner, commit: bytes) -> None:
+        """Keep the bound session's commitment (an older client gives none: its owner
+        then stays open to takeover without proof, as before); forget those of owners
+        with no port."""
+        if commit:
+            self.commits[owner] = commit
+        else:
+            self.commits.pop(owner, None)
+        span = self.config.end_port - self.config.start_port + 1
+        if len(self.commits) > 2 * span + 16:
+            for other in list(self.commits):
+                if other not in self.by_owner and self.allocator.port_of(other) is None:
+                    del self.commits[other]
+
+    def shaper_for(self, name: str) -> Shaper | None:
+        """The bandwidth limit of this client (one pair of buckets per token name)."""
+        limits = self.config.clients.get(name)
+        rate = limits.bandwidth if limits is not None else None
+        if rate is None:
+            rate = self.config.bandwidth
+        if rate is None:
+            return None
+        shaper = self.shapers.get(name)
+        if shaper is None:
+            shaper = self.shapers[name] = Shaper.for_rate(rate, trio.current_time())
+        return shaper
 
     def metrics_groups(self) -> dict[str, list[Metrics]]:
         out: dict[str, list[Metrics]] = {}
@@ -132,7 +208,6 @@ class Relay:
         for name, ms in sorted(self.metrics_groups().items()):
             m = merged(ms)
             m.state = f"{len(self.live.get(name, []))} live session(s)"
-            m.started = min((x.started for x in ms), default=m.started)
             parts.append(m.summary(f"client {name}"))
         return "\n".join(parts) if parts else "── relay ── no client connected"
 
@@ -189,7 +264,11 @@ class Relay:
         try:
             tunnel = await connection.accept(conn, self._ssl)
             session = Session(
-                "relay", trio.current_time(), self.config.session, tokens=self.config.tokens
+                "relay",
+                trio.current_time(),
+                self.config.session,
+                tokens=self.config.tokens,
+                pool=self.pool,
             )
             runner = RelayRunner(self, session, tunnel, peer, source)
             await runner.run()
@@ -238,15 +317,26 @@ class RelayRunner(SessionRunner):
         peer: str,
         source: str = "?",
     ) -> None:
-        super().__init__(session, tunnel, Metrics(), observe_http=relay.config.observe_http)
+        super().__init__(
+            session,
+            tunnel,
+            Metrics(),
+            observe_http=relay.config.observe_http,
+            log_query=relay.config.log_query,
+        )
         self.relay = relay
         self.peer = peer
         self.source = source
         self.name = ""
         self.owner: Owner | None = None
-        self.port = 0
+        self.port = 0  # the first binding's
+        self.ports: list[int] = []  # one per binding
+        self.used_ports: set[int] = set()  # ports a stream went through (worth a full lease)
+        self.shaper: Shaper | None = None
         self.route_name = ""  # a named bind: the subdomain, and its ROUTE_* bits
         self.route_bits = 0
+        self.reveal = b""  # the client's takeover proof and next commitment (AUTH)
+        self.commit = b""
 
     async def run(self) -> E.SessionClosed | None:
         try:
@@ -257,66 +347,91 @@ class RelayRunner(SessionRunner):
     def _unregister(self) -> None:
         relay = self.relay
         if self.owner is not None:
-            if self.port:
-                relay.allocator.release(self.port, self.owner, trio.current_time())
+            for port in self.ports:
+                used = port in self.used_ports
+                keep = relay.allocator.release(port, self.owner, trio.current_time(), used=used)
                 log.info(
-                    "client %s left; port %d leased to it for %g s",
+                    "client %s left; port %d leased to it for %g s%s",
                     self.name,
-                    self.port,
-                    relay.config.lease,
+                    port,
+                    keep,
+                    "" if used else " (no stream went through it)",
                 )
             if self.route_name and relay.router is not None:
                 relay.router.release(self, self.route_name)
             if relay.by_owner.get(self.owner) is self:
                 del relay.by_owner[self.owner]
         if self.name:
+            self.metrics.ended = time.time()
             live = relay.live.get(self.name, [])
             if self.metrics in live:
                 live.remove(self.metrics)
-            relay.totals.setdefault(self.name, Metrics(state="TOTAL")).add(self.metrics)
+            total = relay.totals.setdefault(self.name, Metrics(state="TOTAL", is_total=True))
+            total.add(self.metrics)
 
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
             self.name = ev.name
             self.relay.guard.authenticated(self.source)
             self.owner = (ev.name, ev.client_id)
+            self.reveal, self.commit = ev.reveal, ev.commit
+            self.shaper = self.relay.shaper_for(ev.name)
             self.metrics.connections = 1
             self.relay.live.setdefault(ev.name, []).append(self.metrics)
             log.info("client %s authenticated from %s", ev.name, self.peer)
         elif isinstance(ev, E.BindRequested):
-            assert self.nursery is not None
-            if ev.name:
+            assert self.nursery is not None and self.owner is not None
+            refused = self.relay.takeover_refused(self.owner, self.reveal)
+            if refused is not None:  # a bare client id replay: no port, no takeover
+                log.warning("client %s from %s: %s", self.name, self.peer, refused)
+                self.session.reject_bind(refused)
+                self.ring()
+            elif ev.name:
                 self.nursery.start_soon(self._bind_name, ev.name, ev.routes)
             else:
-                self.nursery.start_soon(self._bind, ev.port)
+                self.nursery.start_soon(self._bind, ev.bindings or (E.Binding(ev.port),))
 
     def on_stream_reset(self, ev: E.StreamReset) -> None:
         if ev.by_peer and ev.code == ErrorCode.REFUSED:
             self.metrics.streams_refused += 1
 
-    async def _bind(self, requested: int) -> None:
+    async def _bind(self, bindings: tuple[E.Binding, ...]) -> None:
+        """A public port per binding, all or none (the BIND_ERR names the one that failed)."""
         relay = self.relay
         assert self.owner is not None and self.nursery is not None
-        got = await _open_port(self, self.owner, requested)
-        if isinstance(got, str):
-            self.session.reject_bind(got)
-            self.dispatch()
-            self.ring()
-            return
-        port, listeners = got
-        if self.session.closed:
-            for lst in listeners:
+        ports: list[int] = []
+        listening: list[trio.SocketListener] = []
+        slots: list[int] = []  # listening[i] serves binding slots[i]
+        refused = ""
+        for slot, b in enumerate(bindings):
+            got = await _open_port(self, self.owner, b.port, slot)
+            if isinstance(got, str):
+                refused = f"tunnel {b.label or slot + 1}: {got}" if len(bindings) > 1 else got
+                break
+            ports.append(got[0])
+            listening += got[1]
+            slots += [slot] * len(got[1])
+        if refused or self.session.closed:
+            for lst in listening:
                 await lst.aclose()
-            relay.allocator.forget(port)
+            for p in ports:
+                relay.allocator.forget(p)
+            if refused:
+                self.session.reject_bind(refused)
+                self.dispatch()
+                self.ring()
             return
-        self.port = port
+        self.port, self.ports = ports[0], ports
         relay.by_owner[self.owner] = self
-        self.session.accept_bind(port, int(relay.config.lease))
+        relay.remember_commit(self.owner, self.commit)
+        self.session.accept_binds(ports, int(relay.config.lease))
         self.dispatch()
         self.ring()
-        log.info("client %s bound to public port %d", self.name, port)
-        for lst in listeners:
-            self.nursery.start_soon(self._public_accept, lst)
+        for b, port in zip(bindings, ports, strict=True):
+            label = f" for tunnel {b.label}" if b.label else ""
+            log.info("client %s bound to public port %d%s", self.name, port, label)
+        for lst, slot in zip(listening, slots, strict=True):
+            self.nursery.start_soon(self._public_accept, lst, slot)
 
     async def _bind_name(self, name: str, routes: int) -> None:
         owner = self.owner
@@ -327,11 +442,11 @@ class RelayRunner(SessionRunner):
 
         await bind_name(self.relay.router, self, name, routes, replace)
 
-    def adopt(self, conn: socket.socket, peer: str, preface: bytes = b"") -> bool:
-        """Carry one public connection over this session; `preface` is what was already
-        read from it (a routed request head). False: the session cannot take it."""
+    def adopt(self, conn: socket.socket, peer: str, preface: bytes = b"", slot: int = 0) -> bool:
+        """Carry one public connection over this session (on binding `slot`); `preface` is
+        what was already read from it (a routed request head). False: it cannot."""
         try:
-            sid = self.session.open_stream(peer, trio.current_time())
+            sid = self.session.open_stream(peer, trio.current_time(), slot)
             if preface:
                 self.session.send_data(sid, preface)
                 self.metrics.bytes_in += len(preface)
@@ -339,6 +454,7 @@ class RelayRunner(SessionRunner):
             log.info("refusing public connection from %s: %s", peer, exc)
             return False
         pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
+        pipe.shaper = self.shaper
         if preface:
             pipe._observe(preface, True)
         self.pipes[sid] = pipe
@@ -351,7 +467,8 @@ class RelayRunner(SessionRunner):
         self.nursery.start_soon(self.run_pipe, pipe, opener)
         return True
 
-    async def _public_accept(self, listener: trio.SocketListener) -> None:
+    async def _public_accept(self, listener: trio.SocketListener, slot: int = 0) -> None:
+        lport = listener.socket.getsockname()[1]
         async with listener:
             while True:
                 try:
@@ -361,12 +478,14 @@ class RelayRunner(SessionRunner):
                     await trio.sleep(0.1)
                     continue
                 conn = plain_socket(tsock)
-                if not self.adopt(conn, format_addr(addr)):
+                if self.adopt(conn, format_addr(addr), slot=slot):
+                    self.used_ports.add(lport)
+                else:
                     close_plain(conn, reset=True)
 
 
 async def _open_port(
-    runner: RelayRunner, owner: Owner, requested: int
+    runner: RelayRunner, owner: Owner, requested: int, slot: int = 0
 ) -> tuple[int, list[trio.SocketListener]] | str:
     """A public port for this client, listening, or why not (the BIND_ERR reason).
 
@@ -378,13 +497,13 @@ async def _open_port(
     for _ in range(64):
         try:
             port, takeover = relay.allocator.assign(
-                owner, requested, trio.current_time(), frozenset(exclude)
+                owner, requested, trio.current_time(), frozenset(exclude), slot
             )
         except PortUnavailable as exc:
             log.info("client %s: bind refused: %s", runner.name, exc)
             return str(exc)
         if takeover:
-            await _replace_previous(runner, owner, port)
+            await _replace_previous(runner, owner, port, slot)
         host = (
             relay.config.public_host if relay.config.public_host is not None else relay.config.host
         )
@@ -400,7 +519,7 @@ async def _open_port(
     return "no free port"
 
 
-async def _replace_previous(runner: RelayRunner, owner: Owner, port: int) -> None:
+async def _replace_previous(runner: RelayRunner, owner: Owner, port: int, slot: int = 0) -> None:
     """The same client reconnected while its old session lingers: end that one first.
 
     Its listener closes before the port is bound again; the wait is bounded, so a takeover
@@ -420,4 +539,4 @@ async def _replace_previous(runner: RelayRunner, owner: Owner, port: int) -> Non
         old.nursery.cancel_scope.cancel()
         await old.done.wait()
     if port:  # a named bind re-leases its name itself
-        relay.allocator.assign(owner, port, trio.current_time())
+        relay.allocator.assign(owner, port, trio.current_time(), slot=slot)

@@ -22,11 +22,19 @@ of the ring. The scheduler knows stream ids only; the frames themselves come fro
 `DataSource` (the stream table), which also says whether the stream is still ready.
 
 `SessionBudget` is the receive side's session-wide cap: bytes that arrived on any stream
-but that the application has not consumed yet. While they reach `config.session_buffer`,
-returning credit (WINDOW) is *deferred*, per stream, and resumed once consumption brings
-the total back below the cap. Memory is therefore bounded by the cap plus one window per
-stalled stream. Every session-wide bound on what a peer can make us hold belongs here
-(or, for what we queue to send, in the `Scheduler`).
+but that the application has not consumed yet (`buffered`), and the sum of the streams'
+windows (`committed`, what the peer is allowed to make us hold). Three rules use it:
+
+* a stream's window grows (see streams.py) only while all windows fit the cap, so the
+  windows of stalled streams cannot add up beyond it, except for the small window every
+  new stream starts with;
+* credit returns (WINDOW) are *deferred* while `buffered` is at half the cap, per stream,
+  and resumed once consumption brings it below;
+* the hard cap: a DATA frame that would take `buffered` beyond `config.session_buffer`
+  (or a relay's shared `BufferPool` beyond its limit) resets its stream (RST BUSY)
+  instead of being held. Memory is therefore bounded by the cap, whatever the number of
+  stalled streams. Every session-wide bound on what a peer can make us hold belongs here
+  (or, for what we queue to send, in the `Scheduler`).
 """
 
 from __future__ import annotations
@@ -107,26 +115,70 @@ class Scheduler:
         return out
 
 
+class BufferPool:
+    """Received-but-unconsumed bytes (and granted windows) of *all* sessions of a relay
+    against one limit (`--relay-buffer`); shared by reference, still pure."""
+
+    __slots__ = ("limit", "buffered", "committed")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffered = 0
+        self.committed = 0  # sum of the streams' current windows
+
+
 class SessionBudget:
-    """Received-but-unconsumed bytes of all streams against `config.session_buffer`."""
+    """Received-but-unconsumed bytes of all streams against `config.session_buffer` (and
+    the relay's `BufferPool`, if any); see the module docstring."""
 
-    __slots__ = ("config", "buffered", "deferred")
+    __slots__ = ("config", "buffered", "committed", "deferred", "pool")
 
-    def __init__(self, config: SessionConfig) -> None:
+    def __init__(self, config: SessionConfig, pool: BufferPool | None = None) -> None:
         self.config = config
         self.buffered = 0
+        self.committed = 0  # sum of the streams' windows: what the peers may make us hold
         self.deferred: set[int] = set()  # streams whose credit return waits for room
+        self.pool = pool
 
     @property
     def has_room(self) -> bool:
-        return self.buffered < self.config.session_buffer
+        """Credit may be returned: below half the cap (the other half absorbs what the
+        credit already out there can still bring)."""
+        pool = self.pool
+        if pool is not None and pool.buffered >= pool.limit // 2:
+            return False
+        return self.buffered < self.config.session_buffer // 2
+
+    def fits(self, n: int) -> bool:
+        """`n` more received bytes stay within the hard caps."""
+        pool = self.pool
+        if pool is not None and pool.buffered + n > pool.limit:
+            return False
+        return self.buffered + n <= self.config.session_buffer
+
+    def may_grow(self, n: int) -> bool:
+        """A stream's window may grow by `n`: all windows still fit the caps."""
+        pool = self.pool
+        if pool is not None and pool.committed + n > pool.limit:
+            return False
+        return self.committed + n <= self.config.session_buffer
+
+    def commit(self, n: int) -> None:
+        """Windows granted (+) or withdrawn with a forgotten stream (-)."""
+        self.committed += n
+        if self.pool is not None:
+            self.pool.committed += n
 
     def received(self, n: int) -> None:
         self.buffered += n
+        if self.pool is not None:
+            self.pool.buffered += n
 
     def released(self, n: int) -> None:
         """Consumed by the application, or no longer counted (the stream was forgotten)."""
         self.buffered -= n
+        if self.pool is not None:
+            self.pool.buffered -= n
 
     def defer(self, sid: int) -> None:
         self.deferred.add(sid)

@@ -206,12 +206,19 @@ class SessionRunner:
     """Runs a Session over a Connection; subclasses handle role-specific events."""
 
     def __init__(
-        self, session: Session, conn: Connection, metrics: Metrics, *, observe_http: bool = True
+        self,
+        session: Session,
+        conn: Connection,
+        metrics: Metrics,
+        *,
+        observe_http: bool = True,
+        log_query: bool = False,
     ) -> None:
         self.session = session
         self.connection = conn
         self.metrics = metrics
         self.observe_http = observe_http
+        self.log_query = log_query
         self.pipes: dict[int, StreamPipe] = {}
         self.io = SessionIO(session, conn, self.dispatch)
         self.closed_event: E.SessionClosed | None = None

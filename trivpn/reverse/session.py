@@ -14,7 +14,8 @@ The work is done by separate pieces, each testable alone, that share one `Schedu
   challenge-response authentication;
 * `streams.Streams` — per-stream state, credit flow control, FIN/RST, linger;
 * `scheduler.Scheduler` / `scheduler.SessionBudget` — control ahead of round-robin DATA
-  within a burst; the session-wide cap on received-but-unconsumed bytes;
+  within a burst; the session-wide cap on received-but-unconsumed bytes and windows
+  (and, on a relay, the `BufferPool` all its sessions share);
 * `heartbeat.Heartbeat` — pings, pongs, expiry after missed heartbeats;
 * `events` — the typed events and `StreamClosedError`.
 
@@ -38,6 +39,7 @@ from trivpn.reverse.events import (
     Authenticated,
     AuthFailed,
     BindFailed,
+    Binding,
     BindRequested,
     Bound,
     Event,
@@ -64,7 +66,7 @@ from trivpn.reverse.frames import (
 )
 from trivpn.reverse.handshake import Handshake, State, auth_mac
 from trivpn.reverse.heartbeat import Heartbeat
-from trivpn.reverse.scheduler import Scheduler, SessionBudget
+from trivpn.reverse.scheduler import BufferPool, Scheduler, SessionBudget
 from trivpn.reverse.streams import Streams
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "Authenticated",
     "AuthFailed",
     "BindFailed",
+    "Binding",
     "BindRequested",
     "Bound",
     "Event",
@@ -96,6 +99,13 @@ __all__ = [
 _U32 = struct.Struct("!I")
 
 
+def _key(key: bytes | None, role: str) -> bytes:
+    """A client's takeover key: given (kept across its sessions), else a fresh one."""
+    if role != "client":
+        return b""
+    return key if key is not None else secrets.token_bytes(32)
+
+
 class Session:
     """One end of a tunnel connection. See the module docstring for the rules."""
 
@@ -110,8 +120,12 @@ class Session:
         client_id: bytes = b"",
         requested_port: int = 0,
         random: bytes | None = None,
+        resume_key: bytes | None = None,
+        next_key: bytes | None = None,
+        pool: BufferPool | None = None,
         requested_name: str = "",
         routes: int = 0,
+        bindings: tuple[Binding, ...] | None = None,
     ) -> None:
         if role not in ("relay", "client"):
             raise LocalProtocolError(f"role must be relay or client, not {role!r}")
@@ -126,7 +140,7 @@ class Session:
         self._decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
         self._events: list[Event] = []
         self._scheduler = Scheduler(self.config)
-        self._budget = SessionBudget(self.config)
+        self._budget = SessionBudget(self.config, pool)
         self._streams = Streams(role, self.config, self._scheduler, self._budget, self._events)
         self._heartbeat = Heartbeat(self.config, now, self._scheduler, self._events)
         self._handshake = Handshake(
@@ -139,8 +153,11 @@ class Session:
             client_id=client_id,
             requested_port=requested_port,
             random=random if random is not None else secrets.token_bytes(32),
+            resume_key=_key(resume_key, role),
+            next_key=_key(next_key, role),
             requested_name=requested_name,
             routes=routes,
+            bindings=bindings,
         )
 
     # ------------------------------------------------------------------ state
@@ -181,6 +198,19 @@ class Session:
     @property
     def port(self) -> int:
         return self._handshake.port
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """One public port per binding, once bound."""
+        return self._handshake.ports
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        return self._handshake.bindings
+
+    @property
+    def protocol(self) -> int:
+        return self._handshake.protocol
 
     @property
     def lease(self) -> int:
@@ -246,19 +276,29 @@ class Session:
         hs.accept_bind(port, lease, host=host, http_port=http_port, https_port=https_port)
         self._enter_bound()
 
+    def accept_binds(self, ports: tuple[int, ...] | list[int], lease: int) -> None:
+        """Relay: one public port per requested binding, in order (protocol 1 or 2)."""
+        hs = self._handshake
+        if self.role != "relay" or self.state is not State.AUTHENTICATED or not hs.bind_asked:
+            raise LocalProtocolError(f"accept_bind in state {self.state.value}")
+        hs.accept_binds(ports, lease)
+        self._enter_bound()
+
     def reject_bind(self, reason: str) -> None:
         if self.role != "relay" or self.state is not State.AUTHENTICATED:
             raise LocalProtocolError(f"reject_bind in state {self.state.value}")
         failed = self._handshake.reject_bind(reason)
         self._finish(failed.reason, ErrorCode.NORMAL, by_peer=failed.by_peer)
 
-    def open_stream(self, peer: str, now: float) -> int:
-        """Relay: announce a new public connection; returns its stream id."""
+    def open_stream(self, peer: str, now: float, binding: int = 0) -> int:
+        """Relay: announce a new public connection (on the `binding`-th port); its id."""
         if self.role != "relay":
             raise LocalProtocolError("only the relay opens streams")
         if self._closed or not self._bound:
             raise StreamClosedError(f"cannot open a stream in state {self.state.value}")
-        sid = self._streams.open(peer)
+        if not 0 <= binding < len(self._handshake.ports):
+            raise LocalProtocolError(f"no binding {binding}")
+        sid = self._streams.open(peer, binding if self._handshake.protocol > 1 else None)
         self._forwarding = True
         return sid
 
@@ -280,17 +320,22 @@ class Session:
         """Half-close our direction once the queued bytes have gone."""
         if self._closed:
             raise StreamClosedError("the session is closed")
-        self._streams.send_fin(sid)
+        self._streams.send_fin(sid, now)
 
     def reset_stream(self, sid: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         """Abort a stream both ways (local service unreachable, socket error, ...)."""
         if not self._closed:
             self._streams.reset(sid, code)
 
-    def consumed(self, sid: int, n: int) -> None:
-        """The application took `n` bytes of this stream's data: give the credit back."""
+    def consumed(self, sid: int, n: int, now: float | None = None) -> None:
+        """The application took `n` bytes of this stream's data: give the credit back.
+        `now` dates the progress for the stalled-reader timeout (else: "recently")."""
         if not self._closed:
-            self._streams.consumed(sid, n)
+            self._streams.consumed(sid, n, now)
+
+    def awaiting_writable(self, sid: int) -> bool:
+        """After `send_data` returned False: still wait for StreamWritable (or a reset)."""
+        return not self._closed and self._streams.awaiting_writable(sid)
 
     @property
     def reading_paused(self) -> bool:
@@ -351,6 +396,7 @@ class Session:
         self._decoder.max_frame = self.config.max_frame
         self._scheduler.max_frame = hs.peer_max_frame
         self._streams.peer_window = hs.peer_window
+        self._streams.binding_prefix = hs.protocol > 1
         self._heartbeat.start(hs.heartbeat)
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
@@ -377,6 +423,9 @@ class Session:
                 self._finish(failed.reason, ErrorCode.NORMAL, by_peer=failed.by_peer)
             elif self._handshake.state is State.BOUND:
                 self._enter_bound()
+            elif self._handshake.state is State.AUTHENTICATED:
+                # the peer proved the token: a protocol-2 BIND may exceed the pre-auth limit
+                self._decoder.max_frame = self.config.max_frame
         elif t is FrameType.DATA:
             self._streams.on_data(f, now)
         elif t is FrameType.WINDOW:
@@ -401,4 +450,6 @@ class Session:
         except ValueError:
             ecode = ErrorCode.INTERNAL
         reason = text(f.payload[4:]) or ecode.name.lower()
+        if ecode is ErrorCode.PROTOCOL and self.role == "client" and not self._bound:
+            reason += " (the relay refused our handshake: is it an older trivpn?)"
         self._finish(f"the peer closed the session: {reason}", ecode, by_peer=True)

@@ -8,28 +8,40 @@ or RST. A client that sees an id it has seen before has a broken peer: that is a
 session-level protocol error (RemoteProtocolError), like any rule only the peer can break
 on the session. Everything else that goes wrong on one stream stays on that stream.
 
-Credit, per stream and direction. The receiver grants `window` bytes at the start
-(announced in HELLO / HELLO_ACK, so `peer_window` is the credit we start with when
-sending) and grants more (WINDOW) only as the application *consumes* bytes
-(`consumed(sid, n)`), once half a window has been consumed, so a stalled reader holds at
-most one window and never blocks the connection. A peer that sends beyond its credit,
-sends after its FIN, or returns a bad increment broke the rules for that stream only: it
-is reset (RST) and the session goes on. While the `SessionBudget` is at its cap, credit
-returns are deferred instead of sent.
+Credit, per stream and direction. Every stream starts with a small window,
+`config.start_window` (announced in HELLO / HELLO_ACK, so `peer_window` is the credit we
+start with when sending). The receiver grants more (WINDOW) only as the application
+*consumes* bytes (`consumed(sid, n)`), once half the stream's window has been consumed,
+and each such return also *grows* the window (doubling, up to `config.window`) while the
+`SessionBudget` says all windows still fit the session's cap: a stream that is read
+quickly gets a large window after a few round trips, a stalled one keeps its small one.
+While the budget is at its cap, credit returns are deferred instead of sent, and a DATA
+frame that would take the buffered bytes beyond the hard cap resets its stream (BUSY).
+A peer that sends beyond its credit, sends after its FIN, or returns a bad increment
+broke the rules for that stream only: it is reset (RST) and the session goes on.
 
-Sending: `send_data` queues bytes on the stream (reporting back-pressure once
-`send_buffer` bytes wait) and tells the `Scheduler` the stream is ready; the scheduler
-later `pull`s DATA frames within the stream's credit. `send_fin` queues a FIN after the
+Stalled readers: a stream holding received bytes that the application has not consumed
+for `config.stall_timeout` is reset (TIMEOUT), FIN or not, so a public client (or local
+service) that never reads cannot pin memory and a descriptor.
+
+Sending: `send_data` queues bytes on the stream and tells the `Scheduler` the stream is
+ready; the scheduler later `pull`s DATA frames within the stream's credit. Back-pressure
+(False, then StreamWritable) comes once `send_buffer` bytes wait *or* more bytes wait than
+the credit can carry, so the producer stops reading its socket while the peer grants
+nothing: a stalled stream queues at most about one read. `send_fin` queues a FIN after the
 queued bytes. When credit returns (WINDOW), a stream with bytes waiting is ready again.
 
 FIN ends one direction; the other keeps flowing until its own FIN. RST aborts both. A
 stream is forgotten when FIN went both ways, or on RST; frames for a forgotten (or never
 known) stream are late, not hostile: ignored and counted. A stream half-closed for longer
-than `linger` is reset, so a peer that never sends its FIN cannot leak it.
+than `linger` is reset, so a peer that never sends its FIN cannot leak it; the linger
+starts when our FIN is queued (it may wait behind bytes the peer never grants credit
+for), and each DATA frame we still send moves it forward.
 """
 
 from __future__ import annotations
 
+import heapq
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -52,6 +64,7 @@ from trivpn.reverse.frames import MAX_TEXT, ErrorCode, Flag, Frame, FrameType, h
 from trivpn.reverse.scheduler import Scheduler, SessionBudget
 
 _U32 = struct.Struct("!I")
+_LINGER, _STALL, _DRY = 0, 1, 2  # the kinds of stream timer
 
 
 @dataclass(slots=True)
@@ -59,6 +72,7 @@ class StreamState:
     sid: int
     send_credit: int
     recv_credit: int  # bytes the peer may still send before our next WINDOW
+    window: int  # our current receive window for it (grows, see the module docstring)
     accepted: bool = False
     pending: deque[bytes] | None = None  # made on first use: an empty deque costs ~0.7 KiB
     pending_len: int = 0
@@ -69,6 +83,9 @@ class StreamState:
     unreturned: int = 0  # consumed, credit not yet given back
     want_writable: bool = False
     half_closed_at: float | None = None
+    stall_at: float | None = None  # when to check the reader (bytes are buffered)
+    progress_at: float | None = None  # last consumption (-1: at an unknown time)
+    dry_at: float | None = None  # our send credit ran out (the peer grants nothing)
 
 
 class Streams:
@@ -86,17 +103,19 @@ class Streams:
         self.config = config
         self.table: dict[int, StreamState] = {}
         self.peer_window = 0  # the credit each new stream starts with, set once bound
+        self.binding_prefix = False  # protocol 2: OPEN starts with the binding index
         self.ignored = 0
         self._scheduler = scheduler
         self._budget = budget
         self._events = events
-        self._linger_q: deque[tuple[float, int]] = deque()
+        self._timers: list[tuple[float, int, int]] = []  # (deadline, sid, kind), a heap
+        self._closing = False  # the session ended: no more credit goes out
         self._next_sid = 1
         self._highest_sid = 0
 
     # ------------------------------------------------------------------ local actions
 
-    def open(self, peer: str) -> int:
+    def open(self, peer: str, binding: int | None = None) -> int:
         """Relay: a new public connection; returns its stream id."""
         if len(self.table) >= self.config.max_streams:
             raise StreamClosedError("too many streams")
@@ -104,8 +123,11 @@ class Streams:
         if sid > MAX_STREAM_ID:
             raise StreamClosedError("stream ids exhausted")
         self._next_sid += 1
-        self.table[sid] = StreamState(sid, self.peer_window, self.config.window)
-        self._scheduler.control(FrameType.OPEN, 0, sid, peer.encode()[:MAX_TEXT])
+        self.table[sid] = self._new(sid)
+        payload = peer.encode()[:MAX_TEXT]
+        if binding is not None:  # protocol 2: the binding index comes first
+            payload = bytes([binding]) + payload
+        self._scheduler.control(FrameType.OPEN, 0, sid, payload)
         return sid
 
     def accept(self, sid: int) -> None:
@@ -126,14 +148,22 @@ class Streams:
             st.pending_len += len(data)
             if st.send_credit > 0:
                 self._scheduler.ready(sid)
-        if st.pending_len >= self.config.send_buffer:
+        if st.pending_len >= self.config.send_buffer or st.pending_len > st.send_credit:
             st.want_writable = True
             return False
         return True
 
-    def send_fin(self, sid: int) -> None:
-        self._writable(sid).fin_queued = True
+    def awaiting_writable(self, sid: int) -> bool:
+        """The producer should wait: StreamWritable will come (or a reset)."""
+        st = self.table.get(sid)
+        return st is not None and st.want_writable
+
+    def send_fin(self, sid: int, now: float | None = None) -> None:
+        st = self._writable(sid)
+        st.fin_queued = True
         self._scheduler.ready(sid)
+        if now is not None and st.half_closed_at is None:
+            self._start_linger(st, now)
 
     def reset(self, sid: int, code: ErrorCode) -> None:
         st = self.table.get(sid)
@@ -144,7 +174,7 @@ class Streams:
         # we only stop counting them against the session here
         self._forget(st)
 
-    def consumed(self, sid: int, n: int) -> None:
+    def consumed(self, sid: int, n: int, now: float | None = None) -> None:
         st = self.table.get(sid)
         if n <= 0 or st is None:
             return  # a forgotten stream's bytes stopped counting when it was forgotten
@@ -153,13 +183,18 @@ class Streams:
         budget.released(n)
         st.buffered -= n
         st.unreturned += n
-        if not st.fin_received and st.unreturned >= self.config.window // 2:
+        st.progress_at = now if now is not None else -1.0
+        if not st.fin_received and st.unreturned >= st.window // 2:
             if budget.has_room:
                 self._return_credit(st)
             else:
                 budget.defer(sid)
-        if budget.deferred:
-            for other in budget.resume():
+        self._resume_deferred()
+
+    def _resume_deferred(self) -> None:
+        """Credit returns that waited for room, once there is room again."""
+        if self._budget.deferred and not self._closing:
+            for other in self._budget.resume():
                 o = self.table.get(other)
                 if o is not None and not o.fin_received and o.unreturned:
                     self._return_credit(o)
@@ -170,6 +205,7 @@ class Streams:
 
     def reset_all(self, by_peer: bool) -> None:
         """The session ended: every stream is reset (reported, forgotten)."""
+        self._closing = True
         for sid in list(self.table):
             self._events.append(StreamReset(sid, ErrorCode.CANCEL, by_peer=by_peer))
             self._forget(self.table[sid])
@@ -187,7 +223,12 @@ class Streams:
             if not st.pending_len:
                 st.pending = None  # idle streams keep no deque
             st.send_credit -= n
+            if not st.send_credit and st.dry_at is None:
+                st.dry_at = now
+                heapq.heappush(self._timers, (now + self.config.stall_timeout, sid, _DRY))
             fin = st.fin_queued and st.pending_len == 0
+            if st.fin_queued and st.half_closed_at is not None and not st.fin_received:
+                st.half_closed_at = now  # still sending what precedes our FIN
             out.append(header(FrameType.DATA, Flag.FIN if fin else 0, sid, n))
             out.append(payload)
         elif st.pending_len == 0 and st.fin_queued and not st.fin_sent:
@@ -200,7 +241,11 @@ class Streams:
             self._after_fin(st, now)
             if sid not in self.table:
                 return n, False
-        if st.want_writable and st.pending_len <= self.config.send_buffer // 2:
+        if (
+            st.want_writable
+            and st.pending_len <= self.config.send_buffer // 2
+            and st.pending_len <= st.send_credit
+        ):
             st.want_writable = False
             self._events.append(StreamWritable(sid))
         again = st.send_credit > 0 and (bool(st.pending_len) or (st.fin_queued and not st.fin_sent))
@@ -209,18 +254,51 @@ class Streams:
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float:
-        return self._linger_q[0][0] if self._linger_q else float("inf")
+        return self._timers[0][0] if self._timers else float("inf")
 
     def expire(self, now: float) -> None:
-        """Reset streams half-closed for longer than `linger`."""
-        q = self._linger_q
-        while q and q[0][0] <= now:
-            _, sid = q.popleft()
+        """Reset streams half-closed for longer than `linger`, and stalled readers."""
+        timers = self._timers
+        timeout = self.config.stall_timeout
+        while timers and timers[0][0] <= now:
+            deadline, sid, kind = heapq.heappop(timers)
             st = self.table.get(sid)
-            if st is not None and st.half_closed_at is not None:
-                if st.half_closed_at + self.config.linger <= now:
-                    self.reset(sid, ErrorCode.TIMEOUT)
-                    self._events.append(StreamReset(sid, ErrorCode.TIMEOUT, by_peer=False))
+            if st is None:
+                continue
+            if kind == _LINGER:
+                if st.half_closed_at is None:
+                    continue
+                due = st.half_closed_at + self.config.linger
+                if due > now:  # moved forward by progress meanwhile
+                    heapq.heappush(timers, (due, sid, _LINGER))
+                    continue
+            elif kind == _DRY:
+                if st.dry_at is None or st.send_credit or deadline < st.dry_at + timeout:
+                    continue  # credit came meanwhile (this entry is stale)
+                if not (st.pending_len or (st.fin_queued and not st.fin_sent)):
+                    heapq.heappush(timers, (now + timeout, sid, _DRY))  # idle: look again
+                    continue
+                self._ignore(f"stream {sid} reset: the peer granted no credit for {timeout:g} s")
+            else:
+                if st.stall_at != deadline:
+                    continue  # superseded
+                if not st.buffered:
+                    st.stall_at = None
+                    continue
+                if st.progress_at is not None:
+                    base = now if st.progress_at < 0 else st.progress_at
+                    st.progress_at = None
+                    due = base + self.config.stall_timeout
+                    if due > now:
+                        st.stall_at = due
+                        heapq.heappush(timers, (due, sid, _STALL))
+                        continue
+                self._ignore(
+                    f"stream {sid} reset: its reader took nothing for "
+                    f"{self.config.stall_timeout:g} s"
+                )
+            self.reset(sid, ErrorCode.TIMEOUT)
+            self._events.append(StreamReset(sid, ErrorCode.TIMEOUT, by_peer=False))
 
     # ------------------------------------------------------------------ frames from the peer
 
@@ -247,8 +325,13 @@ class Streams:
             self._scheduler.control(FrameType.RST, 0, sid, _U32.pack(ErrorCode.REFUSED))
             self._ignore(f"stream {sid} refused: too many streams")
             return
-        self.table[sid] = StreamState(sid, self.peer_window, self.config.window)
-        self._events.append(StreamOpened(sid, text(f.payload)))
+        self.table[sid] = self._new(sid)
+        binding, peer = 0, f.payload
+        if self.binding_prefix:
+            if not peer:
+                raise RemoteProtocolError("OPEN without its binding index")
+            binding, peer = peer[0], peer[1:]
+        self._events.append(StreamOpened(sid, text(peer), binding))
 
     def on_data(self, f: Frame, now: float) -> None:
         st = self.table.get(f.stream_id)
@@ -262,11 +345,17 @@ class Streams:
         if n > st.recv_credit:
             self._violation(st, ErrorCode.FLOW_CONTROL, "DATA beyond the window")
             return
+        if n and not self._budget.fits(n):
+            self._violation(st, ErrorCode.BUSY, "the buffer limit is reached")
+            return
         st.recv_credit -= n
         if n:
             st.buffered += n
             self._budget.received(n)
             self._events.append(StreamData(st.sid, f.payload))
+            if st.stall_at is None:
+                st.stall_at = now + self.config.stall_timeout
+                heapq.heappush(self._timers, (st.stall_at, st.sid, _STALL))
         if f.flags & Flag.FIN:
             st.fin_received = True
             self._events.append(StreamEnded(st.sid))
@@ -282,6 +371,7 @@ class Streams:
             self._violation(st, ErrorCode.FLOW_CONTROL, "bad window increment")
             return
         st.send_credit += inc
+        st.dry_at = None
         if st.pending_len or (st.fin_queued and not st.fin_sent):
             self._scheduler.ready(st.sid)
 
@@ -308,8 +398,20 @@ class Streams:
             raise StreamClosedError(f"stream {sid} is half-closed for writing")
         return st
 
+    def _new(self, sid: int) -> StreamState:
+        start = self.config.start_window
+        self._budget.commit(start)
+        return StreamState(sid, self.peer_window, start, start)
+
     def _return_credit(self, st: StreamState) -> None:
-        inc = st.unreturned
+        """Give consumed bytes back as credit, growing the window if it all still fits."""
+        grow = min(st.window, self.config.window - st.window)
+        if grow > 0 and self._budget.may_grow(grow):
+            st.window += grow
+            self._budget.commit(grow)
+        else:
+            grow = 0
+        inc = st.unreturned + grow
         st.unreturned = 0
         st.recv_credit += inc
         self._scheduler.control(FrameType.WINDOW, 0, st.sid, _U32.pack(inc))
@@ -319,16 +421,25 @@ class Streams:
             self._forget(st)
             self._events.append(StreamClosed(st.sid))
         elif st.half_closed_at is None:
-            st.half_closed_at = now
-            self._linger_q.append((now + self.config.linger, st.sid))
+            self._start_linger(st, now)
+
+    def _start_linger(self, st: StreamState, now: float) -> None:
+        st.half_closed_at = now
+        heapq.heappush(self._timers, (now + self.config.linger, st.sid, _LINGER))
 
     def _forget(self, st: StreamState) -> None:
-        self.table.pop(st.sid, None)
+        if self.table.pop(st.sid, None) is not None:
+            self._budget.commit(-st.window)
         self._budget.forget(st.sid)
         self._budget.released(st.buffered)
         st.buffered = 0
         st.pending = None
         st.pending_len = 0
+        self._resume_deferred()
+        timers = self._timers
+        if len(timers) > 4 * len(self.table) + 1024:  # many streams came and went: prune
+            timers[:] = [t for t in timers if t[1] in self.table]  # in place: expire() holds it
+            heapq.heapify(timers)
 
     def _violation(self, st: StreamState, code: ErrorCode, why: str) -> None:
         """A stream-level error resets that stream only, never the session."""

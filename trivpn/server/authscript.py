@@ -6,6 +6,10 @@ cannot start, or one still running after `seconds`, which is then killed with it
 group). The command is split like a shell word list (quotes, backslashes), as OpenVPN does.
 via-file: a 0600 temp file with two lines (username, password), its path the last
 argument, removed afterwards. via-env: the password is in the environment as `password`.
+As in OpenVPN 2.6 the script may defer: exit status 2, then "1" or "0" written into
+`$auth_control_file` later (by a process it started), within the same time; and it may
+write a reason for the client into `$auth_failed_reason_file`. (`$auth_pending_file` is
+offered but not read: no AUTH_PENDING is sent, so a deferral must fit the time.)
 The password is never logged; the username is made printable first (OpenVPN replaces
 other characters too), since it reaches the environment and the logs.
 """
@@ -15,17 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import signal
-import subprocess
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import trio
 
 from trivpn.server.config_model import AuthScript
+from trivpn.server.scripts import run_script
 from trivpn.server.sessionparts import common_name_of
 
-__all__ = ["printable_username", "script_env", "verify_password"]
+__all__ = ["ScriptVerdict", "printable_username", "run_verify", "script_env", "verify_password"]
 
 log = logging.getLogger("trivpn.server")
 
@@ -39,76 +43,122 @@ def printable_username(name: str) -> str:
 
 
 def script_env(
-    username: str, subject: str, addr: tuple[str, int], password: str | None
+    username: str, subject: str, addr: tuple[str, int], password: str | None,
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The variables OpenVPN sets for a user-pass-verify script (plus our own environment)."""
-    env = dict(os.environ)
+    """The variables of a user-pass-verify script: `base` (the daemon's and the client's,
+    see scripts.py), then the ones this call adds. Nothing of our own environment."""
+    env = dict(base or {})
     env.update(
         script_type="user-pass-verify",
         username=printable_username(username),
-        common_name=common_name_of(subject),
         untrusted_ip=addr[0],
         untrusted_port=str(addr[1]),
-        tls_id_0=subject,
     )
-    for rdn in subject.split(", "):
-        for part in rdn.split(" + "):
-            key, sep, value = part.partition("=")
-            if sep and key.isalnum():
-                env[f"X509_0_{key}"] = value
+    if subject:  # no certificate, no common name yet (as OpenVPN)
+        env["common_name"] = common_name_of(subject)
+    if "tls_id_0" not in env and subject:
+        env["tls_id_0"] = subject
+        for rdn in subject.split(", "):
+            for part in rdn.split(" + "):
+                key, sep, value = part.partition("=")
+                if sep and key.isalnum():
+                    env[f"X509_0_{key}"] = value
     if password is not None:
         env["password"] = password
     return env
 
 
-async def _run(argv: list[str], env: Mapping[str, str], seconds: float) -> int | None:
-    """Exit status, or None when it did not finish within `seconds`."""
+@dataclass(frozen=True, slots=True)
+class ScriptVerdict:
+    """The script's answer: `why` None means accepted; `reason` is what it wrote into
+    auth_failed_reason_file (sent to the client in AUTH_FAILED)."""
 
-    async def kill_group(proc: trio.Process) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    why: str | None
+    reason: str = ""
 
+
+#: The files a (deferring) script may write: its verdict, a reason, a pending request.
+AUTH_FILES = ("auth_control_file", "auth_failed_reason_file", "auth_pending_file")
+#: How often a deferred verdict's file is looked at.
+DEFERRED_POLL = 0.25
+#: The longest auth_failed_reason_file text passed on.
+MAX_REASON = 200
+
+
+def _read_small(path: str, limit: int = 4096) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(limit)
+    except OSError:
+        return ""
+
+
+async def _deferred(control: str, seconds: float) -> str | None:
+    """Exit status 2: the verdict comes later, as "1" or "0" in auth_control_file."""
     with trio.move_on_after(seconds):
-        done = await trio.run_process(
-            argv, env=env, check=False, stdin=subprocess.DEVNULL,
-            start_new_session=True, deliver_cancel=kill_group,
-        )
-        return done.returncode
-    return None
+        while True:
+            answer = (await trio.to_thread.run_sync(_read_small, control, 16)).strip()
+            if answer in ("0", "1"):
+                return None if answer == "1" else "the auth-user-pass-verify script said no (deferred)"
+            await trio.sleep(DEFERRED_POLL)
+    return f"the deferred authentication did not answer within {seconds:g} s"
 
 
 async def verify_password(
     script: AuthScript, username: str, password: str, subject: str, addr: tuple[str, int],
-    seconds: float,
+    seconds: float, base: Mapping[str, str] | None = None, *, tmp_dir: str | None = None,
 ) -> str | None:
     """None when the script accepts the client, else why not (one line, no password)."""
+    return (await run_verify(script, username, password, subject, addr, seconds, base, tmp_dir=tmp_dir)).why
+
+
+async def run_verify(
+    script: AuthScript, username: str, password: str, subject: str, addr: tuple[str, int],
+    seconds: float, base: Mapping[str, str] | None = None, *, tmp_dir: str | None = None,
+) -> ScriptVerdict:
+    """Run the script (see the module docstring), within `seconds` in all: exit 0 accepts,
+    2 defers to `auth_control_file`, anything else refuses; `auth_failed_reason_file`
+    becomes the AUTH_FAILED reason."""
     if "\0" in password or len(password) > MAX_CREDENTIAL:
-        return "malformed password"
+        return ScriptVerdict("malformed password")
     try:
-        argv = shlex.split(script.command)
+        shlex.split(script.command)
     except ValueError as exc:
-        return f"cannot split the auth-user-pass-verify command: {exc}"
-    env = script_env(username, subject, addr, password if script.method == "via-env" else None)
-    path = None
+        return ScriptVerdict(f"cannot split the auth-user-pass-verify command: {exc}")
+    env = script_env(username, subject, addr, password if script.method == "via-env" else None, base)
+    temps: list[str] = []
+    args: list[str] = []
+    deadline = trio.current_time() + seconds
     try:
+        for name in AUTH_FILES:
+            fd, env[name] = tempfile.mkstemp(prefix="trivpn-ac-", dir=tmp_dir)  # mode 0600
+            os.close(fd)
+            temps.append(env[name])
         if script.method == "via-file":
-            fd, path = tempfile.mkstemp(prefix="trivpn-up-")  # mode 0600
+            fd, path = tempfile.mkstemp(prefix="trivpn-up-", dir=tmp_dir)  # mode 0600
+            temps.append(path)
             with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
                 f.write(f"{printable_username(username)}\n{password}\n")
-            argv.append(path)
-        status = await _run(argv, env, seconds)
+            args.append(path)
+        status = await run_script(script.command, args, env, seconds)
+        why: str | None = None
+        if status is None:
+            why = f"the auth-user-pass-verify script did not run or did not answer within {seconds:g} s"
+        elif status == 2:
+            why = await _deferred(env["auth_control_file"], max(0.0, deadline - trio.current_time()))
+        elif status != 0:
+            why = f"the auth-user-pass-verify script said no (exit status {status})"
+        reason = ""
+        if why is not None:
+            text = _read_small(env["auth_failed_reason_file"], MAX_REASON * 4).strip().splitlines()
+            reason = printable_username(text[0])[:MAX_REASON].replace(",", ";") if text else ""
+        return ScriptVerdict(why, reason)
     except OSError as exc:
-        return f"the auth-user-pass-verify script could not run: {exc.strerror or exc}"
+        return ScriptVerdict(f"the auth-user-pass-verify script could not run: {exc.strerror or exc}")
     finally:
-        if path is not None:
+        for temp in temps:
             try:
-                os.unlink(path)
+                os.unlink(temp)
             except OSError:
                 pass
-    if status is None:
-        return f"the auth-user-pass-verify script did not answer within {seconds:g} s"
-    if status != 0:
-        return f"the auth-user-pass-verify script said no (exit status {status})"
-    return None

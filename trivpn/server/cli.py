@@ -18,6 +18,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     s.add_argument("config", metavar="CONFIG", help="an OpenVPN 2.6 server configuration")
     s.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
     s.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    s.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics here")
     s.set_defaults(handler=cmd_serve)
 
 
@@ -26,7 +27,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     from trivpn.server.service import Server
 
     config = load_server_config(args.config)
-    server = Server(config, handle_signals=True)
+    metrics = None
+    if args.metrics_addr:
+        from trivpn.observe.serving import parse_host_port
+
+        metrics = parse_host_port(args.metrics_addr, "--metrics-addr")
+    server = Server(config, handle_signals=True, metrics_addr=metrics)
     for warning in (*config.warnings, *server.warnings):
         log.warning("%s", warning)
     await server.run()

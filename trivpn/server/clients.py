@@ -48,6 +48,8 @@ class ClientTable:
         self.hub = hub
         self.clients: dict[int, ClientSession] = {}
         self._nursery: trio.Nursery | None = None
+        #: called when a client starts, becomes ready or ends (the library's `serve` watches)
+        self.on_change: Callable[[], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the clients' nursery until the server is cancelled."""
@@ -61,6 +63,12 @@ class ClientTable:
         self.hub.clients[client.key] = client
         assert self._nursery is not None, "start clients once run() has started"
         self._nursery.start_soon(self._run, client, sock, io)
+        client.on_ready = self._changed
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _run(self, client: ClientSession, sock: Listening, io: IO) -> None:
         log.info("new session from %s (peer-id %d)", client.addr, client.peer_id)
@@ -83,8 +91,11 @@ class ClientTable:
                 del sock.sessions[client.session]
             self.clients.pop(client.key, None)
             self.hub.clients.pop(client.key, None)
-            client.cleanup(trio.current_time())
             log.info("%r ended: %s", client, reason)
+            await client.finish()  # cleanup, then client-disconnect / learn-address (bounded)
+            if self.hub.observer is not None:
+                self.hub.observer.client_gone(client)
+            self._changed()
 
     async def goodbye(self) -> None:
         """Tell every ready client the server is going away, then give it a moment to leave."""

@@ -7,35 +7,39 @@ by a task that queues them on the listener's socket toward the client's *current
 hub puts TUN packets for this client into `to_client`, and what the client sends comes out
 of the stack's TUN side into `Hub.from_client` (source check, client-to-client).
 
-The pool lease is taken inside the key schedule's push callable, when the client's
-certificate is known (its common name picks the address it had before, or its
-client-config-dir file a fixed one: see ccdclient.py); its addresses and ccd iroutes are
-learned by the router at that moment. `run` returns or raises when the session ends; the
-owner then calls `cleanup`, which gives everything back.
+The client's identity (common name, ccd entry, lease) lives here, where the status, the
+hub and the router read it; how it is chosen, with or without scripts, and how the client
+is admitted, re-checked at renegotiation and its auth-token renewed is `Admission`
+(clientadmit.py). `run` returns or raises when the session ends; the owner then awaits
+`finish`, which gives everything back and runs client-disconnect and the learn-address
+deletes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
-from trivpn.messages import AuthRequest, AuthVerdict, ClientReady, SendExit, SendExitNotify
+from trivpn.messages import (
+    AuthRequest,
+    ClientReady,
+    SendExit,
+    SendExitNotify,
+)
 from trivpn.packetmuxer import PacketMuxer
-from trivpn.server.authscript import printable_username, verify_password
 from trivpn.server.ccd import CcdEntry
-from trivpn.server.ccdclient import client_pushes, find_ccd, unrouted_iroutes
+from trivpn.server.clientadmit import Admission
 from trivpn.server.demux_types import NewSession
 from trivpn.server.hub import Hub
-from trivpn.server.pool_types import FixedAddressError, Lease, PoolExhausted
-from trivpn.server.routing import RouteLimitExceeded
-from trivpn.server.sessionparts import SessionParts, common_name_of
+from trivpn.server.pool_types import Lease
+from trivpn.server.scripts import SCRIPT_SECONDS
+from trivpn.server.sessionparts import SessionParts
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
-from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
 from trivpn.tlssession.service import TLSService
 
 __all__ = ["ClientSession"]
@@ -62,10 +66,16 @@ class ClientSession:
         self.lease: Lease | None = None
         #: the client's client-config-dir entry, once its common name is known
         self.ccd: CcdEntry | None = None
+        #: management `client-auth` lines, laid over the ccd entry at push time
+        self.ccd_extra: CcdEntry | None = None
         self.common_name = ""
         self.tls: TLSService | None = None
         self.ready: ClientReady | None = None
         self.cancel_scope = trio.CancelScope()
+        self.parts = parts
+        self.nursery: trio.Nursery | None = None
+        #: how the client gets in: addresses, password or token, scripts (clientadmit.py)
+        self.admission = Admission(self)
         self.to_client, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
         #: the network side, for whoever moves the datagrams (UDP listener or networkio)
         self.net_up, net_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
@@ -74,7 +84,7 @@ class ClientSession:
         self.stack = SessionStack(
             is_server=True,
             muxer=muxer,
-            make_tls=parts.tls_factory(peer_id, self._push, lambda tls: setattr(self, "tls", tls), proto=proto),
+            make_tls=parts.tls_factory(peer_id, self.admission.push, lambda tls: setattr(self, "tls", tls), proto=proto),
             net_up=net_up_r,
             net_down=net_down_s,
             payload_size=control_payload_size(muxer.wrap.overhead, ipv6=":" in addr[0]),
@@ -82,43 +92,22 @@ class ClientSession:
             tun_down=tun_down_s,
         )
         self.delivered_dropped = 0
+        #: told when the client is ready (ClientTable's change hook)
+        self.on_ready: Callable[[], None] | None = None
 
     @classmethod
     def after_cookie(cls, key: int, new: NewSession, parts: SessionParts, hub: Hub) -> ClientSession:
         """A UDP client the demultiplexer admitted; its first packet is already queued."""
         addr = cast(tuple[str, int], new.addr)  # the UDP listener's (host, port)
-        muxer = PacketMuxer.server_after_cookie(new.wrap, new.local_session_id, new.remote_session_id)
-        client = cls(key, new.session, new.peer_id, addr, muxer, parts, hub)
+        muxer = PacketMuxer.server_after_cookie(
+            new.wrap, new.local_session_id, new.remote_session_id, client_wkc=new.client_wkc
+        )
+        client = cls(key, new.session, new.peer_id, addr, muxer, parts.for_client_key(new.client_key), hub)
         client.net_up.send_nowait([new.first_packet])
         return client
 
     def __repr__(self) -> str:
         return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
-
-    def _push(self, peer: PeerInfo) -> Sequence[str]:
-        """The key schedule asks what to push: the ccd file (if any) is applied, the lease
-        taken (its fixed address, else the pool's), its addresses and iroutes learned."""
-        if self.lease is None:
-            self.common_name = common_name_of(peer.peer_subject)
-            if self.hub.config.username_as_common_name and peer.username:
-                self.common_name = printable_username(peer.username)  # vetted by the script
-            cfg = self.hub.config
-            if cfg.client_config_dir is not None:
-                self.ccd = find_ccd(cfg.client_config_dir, self.common_name, cfg.ccd_exclusive)
-                if self.ccd is not None and (unrouted := unrouted_iroutes(self.ccd, cfg)):
-                    log.warning("%r: no 'route' sends iroute %s into the TUN", self, ", ".join(unrouted))
-            if self.hub.retire_common_name(self.common_name, self.key, trio.current_time()):
-                log.info("%r replaces the older session of %s", self, self.common_name)
-            try:
-                self.lease = self.hub.take_lease(self.common_name, self.ccd, trio.current_time())
-                for item in self.lease.pushes():
-                    self.hub.router.learn(self.key, item.address, self.common_name)
-                if self.ccd is not None:
-                    for net in self.ccd.iroutes + self.ccd.iroutes_ipv6:
-                        self.hub.router.learn(self.key, net, self.common_name)
-            except (PoolExhausted, FixedAddressError, RouteLimitExceeded) as exc:
-                raise NegotiationError(str(exc)) from None
-        return client_pushes(self.hub.config.push, self.ccd, self.lease)
 
     def deliver(self, datagrams: list[bytes]) -> None:
         """Datagrams from the demux; a full channel drops them (the protocol recovers)."""
@@ -142,6 +131,7 @@ class ClientSession:
         """Run the stack with `io` moving its datagrams (see `net_up`/`net_down`)."""
         with self.cancel_scope:
             async with trio.open_nursery() as nursery:
+                self.nursery = nursery
                 nursery.start_soon(io)
                 nursery.start_soon(self._from_client)
                 nursery.start_soon(self._watch_events)
@@ -154,29 +144,27 @@ class ClientSession:
 
     async def _watch_events(self) -> None:
         async for ev in self.stack.events:
-            if isinstance(ev, AuthRequest):
-                await self._verify(ev)
+            if isinstance(ev, AuthRequest) and ev.key_id:
+                await self.admission.reauthenticate(ev)
+            elif isinstance(ev, AuthRequest):
+                await self.admission.admit(ev)
             elif isinstance(ev, ClientReady) and self.ready is None:
                 self.ready = ev
+                if self.on_ready is not None:
+                    self.on_ready()
                 addrs = ", ".join(str(p.address) for p in self.lease.pushes()) if self.lease else "none"
                 log.info("%r ready: %s, %s, address %s", self, ev.cipher, ev.key_derivation, addrs)
+                if self.hub.observer is not None:
+                    self.hub.observer.client_ready(self)
 
-    async def _verify(self, ev: AuthRequest) -> None:
-        """Run the auth-user-pass-verify script (within half the hand window, so that a
-        refusal still reaches the client) and answer the key schedule."""
-        script = self.hub.config.auth_user_pass_verify
-        assert script is not None  # the schedule only asks when a script is configured
-        timeout = self.hub.config.hand_window / 2
-        why = await verify_password(script, ev.username, ev.password, ev.peer_subject, self.addr, timeout)
-        user = printable_username(ev.username)
-        if why is None:
-            log.info("%r: user %r authenticated by the auth-user-pass-verify script", self, user)
-        else:
-            log.warning("%r: user %r refused: %s", self, user, why)
-        try:
-            await self.stack.commands.send(AuthVerdict(why is None))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the session already ended
+    async def finish(self) -> None:
+        """The session ended: give everything back, then client-disconnect (for an admitted
+        client) and learn-address delete, shielded from cancellation but bounded in time."""
+        self.cleanup(trio.current_time())
+        stats = self.stack.data.stats()
+        with trio.CancelScope(shield=True), trio.move_on_after(2 * SCRIPT_SECONDS):
+            await self.admission.hooks.finish(self.admission.admitted, stats.rx_bytes if stats else 0, stats.tx_bytes if stats else 0,
+                                    self.created)
 
     def retire(self, now: float) -> None:
         """Replaced by a newer session of the same common name: free its addresses now,
@@ -185,7 +173,9 @@ class ClientSession:
         self.cancel_scope.cancel()
 
     def cleanup(self, now: float) -> None:
-        """Give back the lease and the routes (idempotent)."""
-        self.hub.router.forget_client(self.key)
+        """Give back the lease and the routes (idempotent; the learn-address deletes wait
+        for `finish`)."""
+        self.admission.hooks.deletes += self.hub.router.forget_client(self.key)
         if self.lease is not None:
             self.hub.pool.release(self.lease, now)
+            self.lease = None

@@ -70,6 +70,7 @@ from trivpn.server.config_model import (
     DEFAULT_HAND_WINDOW,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_RENEG_SEC,
+    AuthGenToken,
     AuthScript,
     Listener,
     Management,
@@ -248,6 +249,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         else None,
         script_security=d.script_security if d.script_security is not None else 1,
         username_as_common_name=d.username_as_common_name,
+        management_client_auth=d.management_client_auth,
         client_connect=d.client_connect,
         client_disconnect=d.client_disconnect,
         learn_address=d.learn_address,
@@ -265,9 +267,27 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         connect_freq_initial=d.connect_freq_initial or DEFAULT_CONNECT_FREQ_INITIAL,
         tun_mtu=d.tun_mtu,
         compression=d.compression,
+        setenv=tuple(d.setenv),
+        auth_gen_token=_auth_gen_token(d),
+        tmp_dir=d.tmp_dir,
         warnings=tuple(text for _, text in sorted(d.warnings, key=lambda w: w[0])),
         source=source,
     )
+
+
+def _auth_gen_token(d: Draft) -> AuthGenToken | None:
+    if d.auth_gen_token is None:
+        if d.auth_gen_token_secret is not None:
+            line = d.lines["auth-gen-token-secret"]
+            d.warnings.append((line, f"option 'auth-gen-token-secret' (line {line}) has no effect without 'auth-gen-token'"))
+        return None
+    if d.auth_user_pass_verify is None:
+        line = d.lines["auth-gen-token"]
+        d.warnings.append((line, f"option 'auth-gen-token' (line {line}) has no effect without 'auth-user-pass-verify'"))
+        return None
+    lifetime, renewal, external = d.auth_gen_token
+    reneg = d.reneg_sec if d.reneg_sec is not None else DEFAULT_RENEG_SEC
+    return AuthGenToken(lifetime, renewal or reneg or DEFAULT_RENEG_SEC, external, d.auth_gen_token_secret)
 
 
 def _str(value: str | None) -> str:

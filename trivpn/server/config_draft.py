@@ -119,6 +119,7 @@ class Draft:
     auth_user_pass_verify: tuple[str, str] | None = None
     script_security: int | None = None
     username_as_common_name: bool = False
+    management_client_auth: bool = False
     client_connect: str | None = None
     client_disconnect: str | None = None
     learn_address: str | None = None
@@ -129,6 +130,10 @@ class Draft:
     management: tuple[str, int | None, str | None] | None = None
     connect_freq: tuple[int, int] | None = None
     connect_freq_initial: tuple[int, int] | None = None
+    setenv: list[tuple[str, str]] = field(default_factory=list)
+    auth_gen_token: tuple[int, int | None, bool] | None = None  # lifetime, renewal, external-auth
+    auth_gen_token_secret: str | None = None
+    tmp_dir: str | None = None
 
 
 # ---- argument checks (shared with the ccd parser) ----------------------------------------------------------------

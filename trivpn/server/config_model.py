@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_STATUS_SECONDS",
     "DEFAULT_VERB",
     "OPENVPN_PORT",
+    "AuthGenToken",
     "AuthScript",
     "Listener",
     "Management",
@@ -78,6 +79,17 @@ class AuthScript:
 
     command: str
     method: str  # "via-file" or "via-env"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthGenToken:
+    """``auth-gen-token [lifetime] [renewal] [external-auth]`` with its secret (None: a
+    random key per process). ``renewal`` defaults to reneg-sec, as in OpenVPN."""
+
+    lifetime: int = 0
+    renewal: int = DEFAULT_RENEG_SEC
+    external_auth: bool = False
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +163,8 @@ class ServerConfig:
     auth_user_pass_verify: AuthScript | None = None
     script_security: int = 1
     username_as_common_name: bool = False
+    #: ``management-client-auth``: every client waits for the management client-auth/deny
+    management_client_auth: bool = False
     client_connect: str | None = None
     client_disconnect: str | None = None
     learn_address: str | None = None
@@ -170,6 +184,11 @@ class ServerConfig:
     #: ``comp-lzo no`` -> "lzo-no", ``compress``/``compress stub(-v2)`` -> "stub"/"stub-v2":
     #: no compression, but the data packets carry the compression framing byte
     compression: str | None = None
+    #: ``setenv NAME VALUE`` lines: extra variables for every script
+    setenv: tuple[tuple[str, str], ...] = ()
+    auth_gen_token: AuthGenToken | None = None
+    #: ``tmp-dir``: where the scripts' temporary files go (None: the system's)
+    tmp_dir: str | None = None
     warnings: tuple[str, ...] = field(default=())
     source: str | None = None
 

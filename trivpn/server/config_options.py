@@ -44,6 +44,7 @@ from trivpn.server.config_draft import (
     parse_proto,
     path,
 )
+from trivpn.server.config_scripts import SCRIPT_OPTIONS
 
 __all__ = ["SERVER", "SHARED", "SILENT", "UNSAFE", "Handler"]
 
@@ -105,9 +106,7 @@ SILENT = frozenset(
         "suppress-timestamps",
         "tun-ipv6",  # obsolete no-op (the helper still pushes it for old clients)
         "txqueuelen",
-        "setenv",  # environment for scripts; applied to what we run is a later step
         "setenv-safe",
-        "tmp-dir",  # via-file temporary files go to a private directory anyway
     }
 )
 
@@ -115,7 +114,6 @@ SILENT = frozenset(
 UNSAFE: Mapping[str, str] = {
     "client-cert-not-required": "removed in OpenVPN 2.5; use 'verify-client-cert none'",
     "plugin": "plugins are not supported (their authentication would be skipped)",
-    "management-client-auth": "clients would be accepted without the management approval",
     "management-external-key": "external keys via the management interface are not supported",
     "management-external-cert": "external certificates are not supported",
     "tls-verify": "the certificate verification script would be skipped",
@@ -465,6 +463,7 @@ SERVER: Mapping[str, Handler] = {
     "duplicate-cn": _flag("duplicate_cn"),
     "ccd-exclusive": _flag("ccd_exclusive"),
     "username-as-common-name": _flag("username_as_common_name"),
+    "management-client-auth": _flag("management_client_auth"),
     "max-clients": _max_clients,
     "max-routes-per-client": _max_routes_per_client,
     "ifconfig-pool-persist": _pool_persist,
@@ -483,4 +482,5 @@ SERVER: Mapping[str, Handler] = {
     "management": _management,
     "connect-freq": _connect_freq,
     "connect-freq-initial": _connect_freq_initial,
+    **SCRIPT_OPTIONS,
 }

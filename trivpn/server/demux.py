@@ -11,7 +11,9 @@ Everything refused is only counted, by `DropReason`, so a flood produces no outp
 Lookup (reference openvpn-server.md §1.1): a P_DATA_V2 of at least 4 bytes whose peer-id is
 not 0xFFFFFF goes to the session holding that peer-id, or is dropped; a source address that
 differs from the session's is a *float candidate*: delivered, flagged, and committed only
-when the session has authenticated the packet and calls `confirm_float`. Every other packet
+when the session has authenticated the packet and calls `confirm_float`. A session's own
+control packet (CONTROL_V1, ACK_V1, WKC_V1, SOFT_RESET_V1 carrying its client session id)
+from an address with no session is a float candidate the same way. Every other packet
 goes to the session of its source address, except a permitted first packet (below) with
 another client session id than that session's: a client restarted on the same port, which
 gets the cookie handshake and, when its cookie returns, a session that `replaces` the old.
@@ -27,13 +29,18 @@ CONTROL_V1 / ACK_V1 echoes the cookie after its ACKs; it is accepted for slot of
 address the cookie was made for. Only then is state created, subject to `max_clients`
 (unauthenticated sessions count) and with the lowest free peer-id.
 
-tls-crypt-v2 (RESET_V3, WKC_V1) is refused and counted (`TLS_CRYPT_V2`): recovering the
-client key Kc from the WKc needs the tls-crypt-v2 *server* unwrap, which trivpn lacks. Once
-it exists the plan is: a RESET_V3 is authenticated with the Kc from its trailing WKc; if its
-replay packet-id has the top byte 0x0f (EARLY_NEG_START) it gets the same stateless reply
-plus the TLV EARLY_NEG_FLAGS=RESEND_WKC, and the client's WKC_V1 (cookie + WKc again) is
-checked like a CONTROL_V1, with NewSession carrying a tls-crypt wrap made from that Kc;
-older clients (no 0x0f) would need state at once, as OpenVPN does without force-cookie.
+tls-crypt-v2 (`tls_crypt_v2` given; reference openvpn-protocol.md §7.3): every first packet
+must then be a RESET_V3 or WKC_V1 carrying the client's wrapped key (WKc) after the packet;
+anything else is dropped. The WKc is opened with the server key (wrapv2.py, pure) and the
+packet authenticated with the client key Kc inside it; a short, mis-sized or forged WKc is
+dropped and counted (`BAD_CLIENT_KEY`) before any other work. A RESET_V3 whose replay
+packet-id has the top byte 0x0f (EARLY_NEG_START) gets the same stateless reply, plus the
+TLV EARLY_NEG_FLAGS=RESEND_WKC, so the client sends the WKc again with its message id 1
+(P_CONTROL_WKC_V1); that packet is checked like a returning CONTROL_V1, and its NewSession
+carries a wrap keyed by that Kc, Kc itself (for dyn-tls-crypt) and the WKc (which the
+session strips off retransmissions). A RESET_V3 without early negotiation (clients before
+2.6) would need state at once; trivpn serves them as OpenVPN's `force-cookie` does: dropped
+and counted (`NO_EARLY_NEGOTIATION`).
 
 Memory: before a valid cookie returns, the only state a packet can touch is the O(1) rate
 limiter and one reusable verifier wrap; tables are bounded by `max_clients`. Time comes in
@@ -55,7 +62,8 @@ from trivpn.controlchannel.packet import (
     parse_control_packet,
     serialize_control_packet,
 )
-from trivpn.controlchannel.wrap import ControlWrap
+from trivpn.controlchannel.wrap import TLS_CRYPT_OFF_PID, ControlWrap
+from trivpn.controlchannel.wrapv2 import TLSCryptV2Server, split_wkc
 from trivpn.errors import ConfigError, RemoteProtocolError
 from trivpn.server.demux_types import (
     Address,
@@ -76,6 +84,7 @@ from trivpn.wire import (
     P_ACK_V1,
     P_CONTROL_HARD_RESET_CLIENT_V2,
     P_CONTROL_HARD_RESET_CLIENT_V3,
+    P_CONTROL_SOFT_RESET_V1,
     P_CONTROL_V1,
     P_CONTROL_WKC_V1,
     P_DATA_V2,
@@ -102,7 +111,15 @@ _FIRST_OPCODES = frozenset(
     }
 )
 _V2_ONLY = frozenset({P_CONTROL_HARD_RESET_CLIENT_V3, P_CONTROL_WKC_V1})
+#: a session's own control packets (not its resets) reach it from a new address by its
+#: client session id, as float candidates
+_FLOAT_OPCODES = frozenset({P_CONTROL_V1, P_ACK_V1, P_CONTROL_WKC_V1, P_CONTROL_SOFT_RESET_V1})
 _U32 = struct.Struct("!I")
+#: The server reset's payload for an early-negotiating tls-crypt-v2 client: the TLV
+#: EARLY_NEG_FLAGS (type 1, length 2) with the flag RESEND_WKC (1).
+EARLY_NEG_RESEND_WKC = bytes.fromhex("000100020001")
+#: Top byte of a replay packet-id that announces early negotiation (EARLY_NEG_START).
+EARLY_NEG_MARK = 0x0F
 
 __all__ = [
     "Address",
@@ -125,6 +142,16 @@ def random_cookie_key() -> bytes:
     return secrets.token_bytes(COOKIE_KEY_LEN)
 
 
+@dataclass(frozen=True, slots=True)
+class _FirstKeys:
+    """How one first packet was authenticated: the wraps to answer with and, for
+    tls-crypt-v2, the client's key and WKc."""
+
+    wraps: WrapFactory
+    client_key: bytes | None = None
+    wkc: bytes | None = None
+
+
 @dataclass(slots=True)
 class _Session:
     session: int
@@ -142,11 +169,15 @@ class ServerDemux:
         *,
         cookie_key: bytes,
         config: DemuxConfig | None = None,
+        tls_crypt_v2: TLSCryptV2Server | None = None,
     ) -> None:
+        """`tls_crypt_v2`: serve tls-crypt-v2 clients only (then `wrap_factory` is unused)."""
         if len(cookie_key) < 16:
             raise ConfigError("the cookie key must be at least 16 bytes")
         self.config = config or DemuxConfig()
         self._wrap_factory = wrap_factory
+        self._static = _FirstKeys(wrap_factory)
+        self._v2 = tls_crypt_v2
         self._cookie_mac = hmac.new(cookie_key, digestmod=hashlib.sha256)
         self._slot_len = (self.config.hand_window + 1) // 2
         self._rate = ResetRateLimit(
@@ -158,6 +189,7 @@ class ServerDemux:
         self._by_addr: dict[Address, _Session] = {}
         self._by_peer: dict[int, _Session] = {}
         self._by_id: dict[int, _Session] = {}
+        self._by_sid: dict[bytes, _Session] = {}  # UDP sessions by the client's session id
         self._free_peer_ids: list[int] = []  # heap of released ids below _next_peer_id
         self._next_peer_id = 0
         self._next_session = 0
@@ -179,7 +211,9 @@ class ServerDemux:
         return None if s is None else (s.peer_id, s.addr)
 
     def table_sizes(self) -> tuple[int, int, int, int]:
-        """Sizes of every per-client structure (for the bounded-memory tests)."""
+        """Sizes of every per-client structure (for the bounded-memory tests; the session-id
+        table is never larger than the address table's sessions)."""
+        assert len(self._by_sid) <= len(self._by_id)
         return len(self._by_addr), len(self._by_peer), len(self._by_id), len(self._free_peer_ids)
 
     # -- incoming ----------------------------------------------------------------------
@@ -215,6 +249,8 @@ class ServerDemux:
         if s is None:
             if op in DATA_OPCODES:
                 self._drop(DropReason.NO_SESSION)
+            elif op in _FLOAT_OPCODES and (t := self._by_sid.get(bytes(data[1:9]))) is not None:
+                self._deliver(t, data, addr, out)  # a client's control packet from a new address
             else:
                 self._first_packet(bytes(data), addr, now, out, None)
         elif (
@@ -259,29 +295,63 @@ class ServerDemux:
         if key_id or op not in _FIRST_OPCODES or not any(data[1 : 1 + SESSION_ID_LEN]):
             self._drop(DropReason.NOT_FIRST_PACKET)
             return
-        if op in _V2_ONLY:
-            self._drop(DropReason.TLS_CRYPT_V2)
+        if (op in _V2_ONLY) != (self._v2 is not None):
+            self._drop(DropReason.TLS_CRYPT_V2 if op in _V2_ONLY else DropReason.NEEDS_CLIENT_KEY)
             return
         if not self.accepting:
             self._drop(DropReason.NOT_ACCEPTING)
             return
-        verifier = self._verifier or self._wrap_factory(1)
-        try:
-            plain = verifier.unwrap(data, now)
-        except RemoteProtocolError:
-            self._verifier = verifier  # authentication failed before any replay state moved
-            self._drop(DropReason.UNAUTHENTIC)
+        opened = self._open_v2(data, now) if self._v2 is not None else self._open(data, now)
+        if opened is None:
             return
-        self._verifier = None
+        plain, keys = opened
         try:
             pkt = parse_control_packet(plain)
         except RemoteProtocolError:
             self._drop(DropReason.MALFORMED)
             return
         if pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V2:
-            self._answer_reset(pkt, addr, now, out)
+            self._answer_reset(pkt, keys, addr, now, out)
+        elif pkt.opcode is Opcode.CONTROL_HARD_RESET_CLIENT_V3:
+            if data[TLS_CRYPT_OFF_PID] != EARLY_NEG_MARK:
+                self._drop(DropReason.NO_EARLY_NEGOTIATION)
+                return
+            self._answer_reset(pkt, keys, addr, now, out, EARLY_NEG_RESEND_WKC)
         else:
-            self._accept_cookie(pkt, data, addr, now, out, holder)
+            self._accept_cookie(pkt, keys, data, addr, now, out, holder)
+
+    def _open(self, data: bytes, now: float) -> tuple[bytes, _FirstKeys] | None:
+        """Authenticate with the server-wide key (tls-auth / tls-crypt / none)."""
+        verifier = self._verifier or self._wrap_factory(1)
+        try:
+            plain = verifier.unwrap(data, now)
+        except RemoteProtocolError:
+            self._verifier = verifier  # authentication failed before any replay state moved
+            self._drop(DropReason.UNAUTHENTIC)
+            return None
+        self._verifier = None
+        return plain, self._static
+
+    def _open_v2(self, data: bytes, now: float) -> tuple[bytes, _FirstKeys] | None:
+        """Open the appended WKc, then authenticate the packet with the Kc inside it."""
+        v2 = self._v2
+        assert v2 is not None
+        try:
+            wrapped, wkc = split_wkc(data)
+            kc = v2.open(wkc).key
+        except RemoteProtocolError:
+            self._drop(DropReason.BAD_CLIENT_KEY)
+            return None
+        try:
+            plain = v2.wrap_for(kc).unwrap(wrapped, now)
+        except RemoteProtocolError:
+            self._drop(DropReason.UNAUTHENTIC)
+            return None
+
+        def wraps(pid: int) -> ControlWrap:
+            return v2.wrap_for(kc, pid)
+
+        return plain, _FirstKeys(wraps, kc.data, wkc)
 
     def _slot(self, now: float) -> int:
         return int(now // self._slot_len)
@@ -294,17 +364,18 @@ class ServerDemux:
         return mac.digest()[:SESSION_ID_LEN]
 
     def _answer_reset(
-        self, pkt: ControlPacket, addr: Address, now: float, out: list[DemuxAction]
+        self, pkt: ControlPacket, keys: _FirstKeys, addr: Address, now: float,
+        out: list[DemuxAction], payload: bytes = b"",
     ) -> None:
         if not self._rate.allow(now):
             self._drop(DropReason.RATE_LIMITED)
             return
         cookie = self._cookie(self._slot(now), addr, pkt.session_id)
         reply = ControlPacket(
-            Opcode.CONTROL_HARD_RESET_SERVER_V2, 0, cookie, (0,), pkt.session_id, 0, b""
+            Opcode.CONTROL_HARD_RESET_SERVER_V2, 0, cookie, (0,), pkt.session_id, 0, payload
         )
         self.stats.resets_answered += 1
-        out.append(Reply(addr, self._wrap_factory(1).wrap(serialize_control_packet(reply), now)))
+        out.append(Reply(addr, keys.wraps(1).wrap(serialize_control_packet(reply), now)))
 
     def _cookie_valid(self, echoed: bytes, addr: Address, client_sid: bytes, now: float) -> bool:
         slot = self._slot(now)
@@ -316,6 +387,7 @@ class ServerDemux:
     def _accept_cookie(
         self,
         pkt: ControlPacket,
+        keys: _FirstKeys,
         data: bytes,
         addr: Address,
         now: float,
@@ -340,6 +412,7 @@ class ServerDemux:
         if new is None:
             return
         self._by_addr[addr] = new
+        self._by_sid[pkt.session_id] = new
         self._rate.credit()
         out.append(
             NewSession(
@@ -348,9 +421,11 @@ class ServerDemux:
                 new.peer_id,
                 pkt.remote_session_id,
                 pkt.session_id,
-                self._wrap_factory(2),
+                keys.wraps(2),
                 data,
                 None if holder is None else holder.session,
+                keys.client_key,
+                keys.wkc,
             )
         )
 
@@ -389,6 +464,8 @@ class ServerDemux:
             return
         if self._by_addr.get(s.addr) is s:
             del self._by_addr[s.addr]
+        if self._by_sid.get(s.client_sid) is s:
+            del self._by_sid[s.client_sid]
         del self._by_peer[s.peer_id]
         heapq.heappush(self._free_peer_ids, s.peer_id)
 

@@ -29,8 +29,14 @@ class DropReason(StrEnum):
     EMPTY = "empty"
     #: from an unknown source and not a permitted first packet (opcode, key id, session id)
     NOT_FIRST_PACKET = "not-first-packet"
-    #: RESET_V3 / WKC_V1: tls-crypt-v2 needs the server-side WKc unwrap, not implemented
-    TLS_CRYPT_V2 = "tls-crypt-v2-unsupported"
+    #: RESET_V3 / WKC_V1 to a server without a tls-crypt-v2 key
+    TLS_CRYPT_V2 = "tls-crypt-v2-not-configured"
+    #: a tls-crypt-v2 server got a first packet without a wrapped client key
+    NEEDS_CLIENT_KEY = "needs-client-key"
+    #: the wrapped client key (WKc) is short, mis-sized or not sealed by our server key
+    BAD_CLIENT_KEY = "bad-client-key"
+    #: RESET_V3 without early negotiation (a pre-2.6 client): served as `force-cookie`
+    NO_EARLY_NEGOTIATION = "no-early-negotiation"
     UNAUTHENTIC = "unauthentic"
     MALFORMED = "malformed"
     #: a valid reset over the `connect-freq-initial` budget: no answer
@@ -73,6 +79,11 @@ class NewSession:
     #: the session that held `addr` before (a client restarted on the same source port):
     #: already forgotten here, its stack must be stopped
     replaces: int | None = None
+    #: tls-crypt-v2: the client's key Kc (256 bytes, mixed into dyn-tls-crypt instead of a
+    #: server-wide key) and its wrapped form, which the client appends to retransmissions of
+    #: its message 1 (`PacketMuxer.server_after_cookie(..., client_wkc=...)` strips it)
+    client_key: bytes | None = field(default=None, repr=False)
+    client_wkc: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -19,6 +19,9 @@ from trivpn.server.config_model import ServerConfig
 from trivpn.server.pool import AddressPool, pool_for_server
 from trivpn.server.pool_types import Lease
 from trivpn.server.routing import Drop, Router, ToClient
+
+if TYPE_CHECKING:
+    from trivpn.observe.hooks import ServerObserver
 
 __all__ = ["Hub", "HubCounters", "Inbound"]
 
@@ -56,6 +59,8 @@ class Hub:
         self.counters = HubCounters()
         self._tun_out = tun_out
         self._next_key = 0
+        #: management (client-auth, >CLIENT: notifications) and metrics, when configured
+        self.observer: ServerObserver | None = None
 
     def new_key(self) -> int:
         """A server-wide client number (never reused; the router's key)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 
 import trio
 
@@ -56,7 +57,10 @@ def _replace(path: str, text: str) -> None:
         raise
 
 
-def write_pool_persist(pool: AddressPool, persist: PoolPersist) -> None:
+Replace = Callable[[str, str], None]
+
+
+def write_pool_persist(pool: AddressPool, persist: PoolPersist, replace: Replace = _replace) -> None:
     """Write the file now (no-op for a read-only SECONDS 0 file); errors are logged."""
     if persist.seconds == 0:
         return
@@ -64,12 +68,12 @@ def write_pool_persist(pool: AddressPool, persist: PoolPersist) -> None:
     if skipped:
         log.warning("ifconfig-pool-persist: %d common name(s) cannot be written and were left out", skipped)
     try:
-        _replace(persist.path, text)
+        replace(persist.path, text)
     except OSError as exc:
         log.warning("ifconfig-pool-persist: cannot write %s: %s", persist.path, exc.strerror or exc)
 
 
-async def run_persist_writer(pool: AddressPool, persist: PoolPersist) -> None:
+async def run_persist_writer(pool: AddressPool, persist: PoolPersist, replace: Replace = _replace) -> None:
     """Write the file every `persist.seconds` (the text is made here, written in a thread)."""
     if persist.seconds <= 0:
         return
@@ -77,13 +81,15 @@ async def run_persist_writer(pool: AddressPool, persist: PoolPersist) -> None:
         await trio.sleep(persist.seconds)
         text, _ = dump_persist(pool)
         try:
-            await trio.to_thread.run_sync(_replace, persist.path, text)
+            await trio.to_thread.run_sync(replace, persist.path, text)
         except OSError as exc:
             log.warning("ifconfig-pool-persist: cannot write %s: %s", persist.path, exc.strerror or exc)
 
 
-def start_pool_persist(m: WorkersManager, pool: AddressPool, persist: PoolPersist) -> None:
-    """Load the file now, write it periodically and when the server's tree exits."""
+def start_pool_persist(m: WorkersManager, pool: AddressPool, persist: PoolPersist, replace: Replace | None = None) -> None:
+    """Load the file now, write it periodically and when the server's tree exits (through
+    `replace`: the atomic rename, or an in-place rewrite after a privilege drop)."""
     load_pool_persist(pool, persist, trio.current_time())
-    m.add_cleanup(lambda: write_pool_persist(pool, persist))
-    m.start_service("pool-persist", run_persist_writer, pool, persist)
+    how = replace or _replace
+    m.add_cleanup(lambda: write_pool_persist(pool, persist, how))
+    m.start_service("pool-persist", run_persist_writer, pool, persist, how)

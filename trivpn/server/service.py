@@ -20,6 +20,7 @@ the cleanups remove the TUN with its addresses and routes.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 
@@ -29,14 +30,17 @@ from trivpn.server.config_model import ServerConfig
 from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_cookie_key
 from trivpn.server.hub import Hub
 from trivpn.server.persist import start_pool_persist
+from trivpn.server.privdrop import PrivilegeDrop
 from trivpn.server.sessionparts import SessionParts, session_parts
 from trivpn.server.sockets import bind_listener
-from trivpn.server.statustask import run_status_file, run_status_signal
+from trivpn.server.statustask import STATUS_FILE_MODE, run_status_file, run_status_signal
 from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
 from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
 from trivpn.server.udp import UDPListener
+from trivpn.server.udpdeliver import deliver_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
+from trivpn.status.writer import write_status_file
 from trivpn.workers.manager import WorkersManager
 
 __all__ = ["Server"]
@@ -47,7 +51,8 @@ class Server:
     """Everything `trivpn serve` runs (see the module docstring)."""
 
     def __init__(
-        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun
+        self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun,
+        metrics_addr: tuple[str, int] | None = None,
     ) -> None:
         #: ignored options (one-line warnings); the unsafe ones raised ConfigError here
         self.warnings = check_served(config)
@@ -63,26 +68,34 @@ class Server:
         self._tun_factory = tun_factory
         #: the bound (host, port) of every listener, once `run` has started
         self.addresses: list[tuple[str, int]] = []
+        self.metrics_addr = metrics_addr
+        #: the management host (trivpn.observe.server.ServerMonitor) once running, if configured
+        self.monitor: Any = None
+        #: user/group: dropped once the TUN and listeners are up (privdrop.py)
+        self.privileges = PrivilegeDrop(config.user, config.group)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.manager.request_stop(reason)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async def setup(m: WorkersManager) -> None:
+            m.add_cleanup(self.privileges.close)  # the oldest cleanup: runs after the last writes
             tun = self._tun_factory(self.config, m.add_cleanup)
             self.tun_name = tun.name
+            self.parts.scripts.opened(tun.name)
             m.start_service("tun-reader", run_tun_reader, tun, self.hub)
             m.start_service("tun-writer", run_tun_writer, tun, self._tun_r)
             m.add_exit_hook(self.table.goodbye)
-            if self.config.pool_persist is not None:
-                start_pool_persist(m, self.hub.pool, self.config.pool_persist)
+            if (persist := self.config.pool_persist) is not None:
+                kept = self.privileges.keep(persist.path, 0o600) if persist.seconds else None
+                start_pool_persist(m, self.hub.pool, persist, kept.replace if kept else None)
             for listener in self.config.listeners:
                 raw = bind_listener(listener)
                 m.add_cleanup(raw.close)
                 host, port = raw.getsockname()[:2]
                 self.addresses.append((host, port))
                 demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
-                                    config=self.config.demux_config())
+                                    config=self.config.demux_config(), tls_crypt_v2=self.parts.tls_crypt_v2)
                 name = f"{listener.proto} {host}:{port}"
                 if listener.proto == "tcp":
                     m.start_service(f"{name} acceptor", run_tcp_acceptor, raw, Listening(demux), self.table,
@@ -94,9 +107,17 @@ class Server:
                 log.info("listening on %s", name)
             assert m.nursery is not None
             await m.nursery.start(self.table.run)
+            if self.config.management is not None or self.metrics_addr is not None:
+                # bound before the privileges go: a unix socket or a low port may need root
+                from trivpn.observe.serverrun import start_observing
+
+                self.monitor = await start_observing(self, m.nursery, self.metrics_addr)
             status = self.config.status
+            kept_status = self.privileges.keep(status.path, STATUS_FILE_MODE) if status is not None else None
+            self.privileges.drop()  # user/group: the TUN and the listeners are up
             if status is not None:
-                m.start_service("status file", run_status_file, status, self.clients, self.hub)
+                m.start_service("status file", run_status_file, status, self.clients, self.hub,
+                                kept_status.write if kept_status else write_status_file)
             if m.handle_signals:
                 m.start_service("SIGUSR2", run_status_signal, self.clients, self.hub, status.version if status else 1)
             log.info("Initialization Sequence Completed")
@@ -109,11 +130,10 @@ class Server:
         assert udp is not None
         while True:
             batch = await udp.receive_batch()
-            for action in demux.receive_datagrams(batch, trio.current_time()):
+            now = trio.current_time()
+            for action in demux.receive_datagrams(batch, now):
                 if isinstance(action, Deliver):
-                    client = sock.sessions.get(action.session)
-                    if client is not None:
-                        client.deliver(action.datagrams)
+                    deliver_udp(sock, action, now)  # and float the client when the packet is authentic
                 elif isinstance(action, Reply):
                     udp.send_nowait(action.addr, [action.datagram])  # type: ignore[arg-type]  # Address is (host, port) here
                 elif isinstance(action, NewSession):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
-from trivpn.errors import ConfigError
+from trivpn.controlchannel.wrapv2 import TLSCryptV2Server, TLSCryptV2ServerKey
+from trivpn.errors import LocalProtocolError
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.crlfile import CRLFile
 from trivpn.server.demux_types import WrapFactory
@@ -27,6 +29,9 @@ from trivpn.tlssession.keyschedule import KeySchedule
 from trivpn.tlssession.negotiation import CipherPolicy, PeerInfo
 from trivpn.tlssession.service import TLSService
 from trivpn.tlssession.tls import TLSConfig
+
+if TYPE_CHECKING:
+    from trivpn.server.admission import ServerScripts
 
 __all__ = ["SessionParts", "common_name_of", "session_parts"]
 
@@ -52,6 +57,15 @@ class SessionParts:
     tls_config: TLSConfig
     options: dict[str, str]  # our OCC options string per transport ("udp", "tcp")
     crl_file: CRLFile | None = None  # crl-verify FILE: re-read when it changes (crlfile.py)
+    #: tls-crypt-v2: every client brings its own key (then `wrap_factory` is not used and
+    #: `wrap_key` is per client, see `for_client_key`)
+    tls_crypt_v2: TLSCryptV2Server | None = None
+    #: scripts' daemon variables and the auth-token key, shared by every client (admission.py)
+    scripts: ServerScripts = field(default=None)  # type: ignore[assignment]  # session_parts always sets it
+
+    def for_client_key(self, client_key: bytes | None) -> SessionParts:
+        """The parts of one tls-crypt-v2 client: its key Kc goes into dyn-tls-crypt."""
+        return self if client_key is None else dataclasses.replace(self, wrap_key=client_key)
 
     def tls_factory(
         self, peer_id: int, push: Callable[[PeerInfo], Sequence[str]], made: Callable[[TLSService], object],
@@ -68,7 +82,8 @@ class SessionParts:
             wrap_key=self.wrap_key,
             push=push,
             peer_id=peer_id,
-            verify_auth=cfg.auth_user_pass_verify is not None,
+            verify_auth=self.scripts.hold or cfg.management_client_auth,
+            reauth=cfg.auth_user_pass_verify is not None or cfg.management_client_auth,
         )
         tls_config, options = self.tls_config, self.options[proto]
         if self.crl_file is not None:  # a new client: take up a replaced CRL file, as OpenVPN
@@ -91,17 +106,23 @@ class SessionParts:
 
 def session_parts(cfg: ServerConfig) -> SessionParts:
     """Build the wraps and TLS settings once (ConfigError for what trivpn cannot serve)."""
-    if cfg.tls_crypt_v2 is not None:  # also refused by support.check_served
-        raise ConfigError("tls-crypt-v2 is not served yet (the server-side key unwrap is missing)")
     stamp = int(time.time())
     factory: WrapFactory
-    if cfg.tls_crypt is not None:
+    v2: TLSCryptV2Server | None = None
+    if cfg.tls_crypt_v2 is not None:
+        v2 = TLSCryptV2Server(TLSCryptV2ServerKey.from_text(cfg.tls_crypt_v2), timestamp=stamp)
+
+        def factory(pid: int) -> ControlWrap:
+            raise LocalProtocolError("tls-crypt-v2: control wraps are keyed per client")
+
+        wrap_key: bytes | None = None
+    elif cfg.tls_crypt is not None:
         key = StaticKey.from_text(cfg.tls_crypt)
 
         def factory(pid: int) -> ControlWrap:
             return TLSCrypt(key, server=True, timestamp=stamp, initial_packet_id=pid)
 
-        wrap_key: bytes | None = key.data
+        wrap_key = key.data
     elif cfg.tls_auth is not None:
         key = StaticKey.from_text(cfg.tls_auth)
         direction, digest = cfg.key_direction, cfg.auth or "SHA1"
@@ -119,7 +140,7 @@ def session_parts(cfg: ServerConfig) -> SessionParts:
     tls_config = TLSConfig(
         ca_pem=cfg.ca, cert_pem=cfg.cert, key_pem=cfg.key, is_server=True,
         remote_cert_tls=cfg.remote_cert_tls, tls_version_min=cfg.tls_version_min or "1.2",
-        crl_pem=cfg.crl_verify,
+        crl_pem=cfg.crl_verify, verify_client_cert=cfg.verify_client_cert,
     )
     crl_file = None
     if cfg.crl_verify is not None:  # a bad CRL is a one-line error at start, not later
@@ -134,4 +155,7 @@ def session_parts(cfg: ServerConfig) -> SessionParts:
         )
         for proto, wire in (("udp", "udp"), ("tcp", "tcp-server"))
     }
-    return SessionParts(cfg, factory, factory(1).overhead, wrap_key, tls_config, options, crl_file)
+    overhead = v2.overhead if v2 is not None else factory(1).overhead
+    from trivpn.server.admission import ServerScripts  # admission imports this module
+
+    return SessionParts(cfg, factory, overhead, wrap_key, tls_config, options, crl_file, v2, ServerScripts(cfg))

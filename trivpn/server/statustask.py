@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trio
@@ -76,7 +76,7 @@ def server_status(clients: Mapping[int, ClientSession], hub: Hub, now: float) ->
             bytes_received=stats.rx_bytes if stats is not None else 0,
             bytes_sent=stats.tx_bytes if stats is not None else 0,
             connected_since=int(c.created),
-            username=None,
+            username=c.admission.username or None,  # auth-user-pass only; else UNDEF
             client_id=key,
             peer_id=c.peer_id,
             cipher=c.ready.cipher if c.ready is not None else "none",
@@ -89,8 +89,13 @@ def server_status(clients: Mapping[int, ClientSession], hub: Hub, now: float) ->
     return ServerStatus(title=TITLE, time=int(now), clients=tuple(entries), routes=tuple(routes))
 
 
-async def run_status_file(option: StatusFile, clients: Mapping[int, ClientSession], hub: Hub) -> None:
-    """Rewrite `option.path` now and then every `option.seconds` (0: only at start)."""
+async def run_status_file(
+    option: StatusFile, clients: Mapping[int, ClientSession], hub: Hub,
+    write: Callable[[Path, str, int], None] = write_status_file,
+) -> None:
+    """Rewrite `option.path` now and then every `option.seconds` (0: only at start).
+    `write` is the atomic replace, or an in-place rewrite through a descriptor opened
+    before the server dropped its privileges (privdrop.py)."""
     version: StatusVersion = 3 if option.version == 3 else 2 if option.version == 2 else 1
     writer = StatusWriter(trio.current_time(), option.seconds, version)
     path = Path(option.path)
@@ -104,7 +109,7 @@ async def run_status_file(option: StatusFile, clients: Mapping[int, ClientSessio
             continue
         text = writer.text(server_status(clients, hub, time.time()))
         try:
-            await trio.to_thread.run_sync(write_status_file, path, text, STATUS_FILE_MODE)
+            await trio.to_thread.run_sync(write, path, text, STATUS_FILE_MODE)
         except OSError as exc:
             if first:  # as OpenVPN, which cannot open its status file at start
                 raise ConfigError(f"cannot write status file {path}: {exc.strerror or exc}") from None

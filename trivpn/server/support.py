@@ -17,19 +17,14 @@ __all__ = ["check_served"]
 def check_served(cfg: ServerConfig) -> list[str]:
     """Warnings for ignored options; ConfigError for the first one unsafe to ignore."""
     unsafe = [
-        (cfg.tls_crypt_v2 is not None, "tls-crypt-v2", "the server-side key unwrap is missing"),
-        (cfg.verify_client_cert != "require", "verify-client-cert", "only 'require' is served"),
-        (cfg.client_connect is not None, "client-connect", "the script could not refuse clients"),
         (cfg.compression is not None, "comp-lzo/compress", "the compression framing is not served yet"),
     ]
+    if cfg.management_client_auth and cfg.management is None:
+        raise ConfigError("option 'management-client-auth' needs 'management' (who else would approve clients?)")
     for bad, name, why in unsafe:
         if bad:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
     ignored = [
-        (cfg.management is not None, "management"),
-        (cfg.client_disconnect is not None, "client-disconnect"),
-        (cfg.learn_address is not None, "learn-address"),
-        (cfg.user is not None or cfg.group is not None, "user/group (privileges are not dropped)"),
         (cfg.connect_freq is not None, "connect-freq"),
     ]
     return [f"option '{name}' is not supported by trivpn serve yet and was ignored" for bad, name in ignored if bad]

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -205,12 +206,15 @@ class ClientSession:
         assert isinstance(up, TunnelUp)
         return up
 
-    async def drain_events(self) -> None:
-        """Log what the TLS service reports after the tunnel is up, until the stack ends."""
+    async def drain_events(self, on_event: Callable[[Any], None] | None = None) -> None:
+        """Log what the TLS service reports after the tunnel is up, until the stack ends
+        (and hand each event to `on_event`: the library's renegotiation events)."""
         events = self.stack.events
         async with events:
             async for ev in events:
                 log.debug("event %r", ev)
+                if on_event is not None:
+                    on_event(ev)
 
     async def exit_notify(self) -> None:
         """Tell the server we are leaving (EXIT with cc-exit, else OCC exit on UDP)."""

@@ -13,26 +13,29 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from trivpn.session.dns import DnsConfigurator
 from trivpn.session.netsettings import NetPlan
+from trivpn.session.serverroute import ServerRoutes
 from trivpn.tun.ip import icmp6_no_route
 from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 
 __all__ = ["TunApplier"]
 
+log = logging.getLogger("trivpn")
+
 
 class _Helper(Protocol):
     """The privileged side after a drop (trivpn.session.privdrop.HelperLink)."""
 
     def apply(self, plan: NetPlan) -> None: ...
+    def reaching(self, addresses: Sequence[str]) -> None: ...
     def undo_net(self) -> None: ...
     def undo_dns(self) -> None: ...
-
-log = logging.getLogger("trivpn")
 
 
 class TunApplier:
@@ -63,6 +66,9 @@ class TunApplier:
         if ifname and self._dns is not None:
             self._dns.recover()
             add_cleanup(self.undo_dns)
+        #: the redirect-gateway host routes to the server: they follow the server in use
+        #: (serverroute.py), apart from the TUN's configuration
+        self.server_routes: ServerRoutes | None = None
 
     def hand_over(self, helper: _Helper) -> None:
         """From now on the host is changed by `helper` (a forked copy of this applier that
@@ -70,11 +76,14 @@ class TunApplier:
         self._helper = helper
 
     def undo_net(self) -> None:
-        """Addresses and routes off (cleanup: never raises)."""
+        """Addresses, routes and the server's host routes off (cleanup: never raises)."""
         if self._helper is not None:
             self._helper.undo_net()
-        elif self._configurator is not None:
+            return
+        if self._configurator is not None:
             self._configurator.undo()
+        if self.server_routes is not None:
+            self.server_routes.clear()
 
     def undo_dns(self) -> None:
         """DNS restored (cleanup: never raises)."""
@@ -82,6 +91,21 @@ class TunApplier:
             self._helper.undo_dns()
         elif self._dns is not None:
             self._dns.undo()
+
+    def _redirected(self, addresses: Sequence[str], cfg: TunConfig) -> list[str]:
+        """The server addresses whose family `cfg` redirects into the tunnel."""
+        return [a for a in addresses if (cfg.redirect_gateway6 if ":" in a else cfg.redirect_gateway)]
+
+    def reaching(self, addresses: Sequence[str]) -> None:
+        """Packets are about to go to these server addresses: with redirect-gateway applied,
+        pin them outside the tunnel first (and unpin the previous server)."""
+        if self._helper is not None:
+            if self.applied is not None:
+                self._helper.reaching(list(addresses))
+            return
+        cfg = self.applied
+        if self.server_routes is not None and cfg is not None:
+            self.server_routes.pin(self._redirected(addresses, cfg))
 
     def apply(self, plan: NetPlan | TunConfig) -> None:
         """Configure the TUN the first time; on a reconnect only what changed."""
@@ -97,11 +121,18 @@ class TunApplier:
             self.applied = cfg
             self._answer_ipv6(plan)
             return
+        # the server's host route is not part of the TUN's configuration: a new server
+        # address must not undo and redo the redirect routes (a moment without them leaks)
+        if self.server_routes is None:
+            self.server_routes = ServerRoutes(self.ifname)
+            self._add_cleanup(self.server_routes.clear)
+        self.server_routes.pin(self._redirected(cfg.server_addresses, cfg))
+        cfg = replace(cfg, pin_servers=False)
         if self._configurator is None:
             self._configurator = NetConfigurator(self.ifname)
             self._add_cleanup(self.undo_net)
             self._configurator.apply(cfg)
-        elif self.applied != cfg:
+        elif not _same_but_server(self.applied, cfg):
             log.info("the server pushed different settings; reconfiguring %s", self.ifname)
             self._configurator.undo()
             self._configurator.apply(cfg)
@@ -116,3 +147,8 @@ class TunApplier:
             self._device.ipv6_answer = (
                 None if source is None else functools.partial(icmp6_no_route, source=source)
             )
+
+
+def _same_but_server(old: TunConfig | None, new: TunConfig) -> bool:
+    """Equal apart from the server addresses (which only block-local's check reads)."""
+    return old is not None and replace(old, server_addresses=[]) == replace(new, server_addresses=[])

@@ -41,10 +41,12 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from trivpn.errors import ConfigError
 from trivpn.profile.model import Profile
+from trivpn.session.killswitch import TABLE, KillSwitch, run_nft
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import DnsSettings, NetPlan
 from trivpn.session.scripts import SCRIPT_TIMEOUT, ScriptRunner
@@ -115,7 +117,9 @@ class HelperLink:
         self.pid = pid
         self._lock = threading.Lock()  # scripts are asked from a worker thread
 
-    def _call(self, request: dict[str, Any], payload: bytes = b"", timeout: float = HELPER_TIMEOUT) -> None:
+    def _call(
+        self, request: dict[str, Any], payload: bytes = b"", timeout: float = HELPER_TIMEOUT
+    ) -> dict[str, Any]:
         head = json.dumps(request).encode()
         with self._lock:
             try:
@@ -124,8 +128,21 @@ class HelperLink:
                 reply = json.loads(self.sock.recv(MAX_MESSAGE) or b'{"error": "the privileged helper is gone"}')
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"privileged helper: {exc}") from None
+        if not isinstance(reply, dict):
+            raise ConfigError("privileged helper: a malformed answer")
         if reply.get("error"):
             raise ConfigError(f"privileged helper: {reply['error']}")
+        return reply
+
+    def reaching(self, addresses: Sequence[str]) -> None:
+        """The server's host routes follow the addresses about to be used (serverroute.py)."""
+        self._call({"op": "reaching", "addresses": list(addresses)})
+
+    def run_nft(self, args: list[str], script: str | None) -> tuple[int, str]:
+        """The kill switch's nft calls, made by the helper (an NftRunner)."""
+        reply = self._call({"op": "nft", "args": args}, (script or "").encode() if script is not None else b"",
+                           timeout=HELPER_TIMEOUT)
+        return int(reply.get("rc", 1)), str(reply.get("out", ""))
 
     def run_script(self, kind: str, argv: list[str], env: dict[str, str]) -> str | None:
         """One of the first tunnel's scripts, run as root by the helper; the problem or None."""
@@ -191,6 +208,27 @@ def _root_script(runner: ScriptRunner | None, done: set[str], request: dict[str,
     return None if r.returncode == 0 else f"exited with status {r.returncode}"
 
 
+#: The nft calls the kill switch makes; nothing else is run for the engine.
+_NFT_CALLS = (["-f", "-"], ["delete", "table", "inet", TABLE], ["list", "table", "inet", TABLE])
+
+
+def _nft(args: object, payload: bytes) -> dict[str, Any]:
+    """One kill-switch nft call as root: only its three forms, only its own table."""
+    if args not in _NFT_CALLS:
+        return {"error": "refused: not a kill switch nft call"}
+    script: str | None = None
+    if args == ["-f", "-"]:
+        script = payload.decode("utf-8", "replace")
+        tables = re.findall(r"\btable\s+(\S+)\s+(\S+)", script)
+        if "include" in script or "ruleset" in script or not tables or any(
+            t != ("inet", TABLE) for t in tables
+        ):
+            return {"error": "refused: the script must only touch the kill switch's table"}
+    assert isinstance(args, list)
+    rc, out = run_nft(args, script)
+    return {"rc": rc, "out": out[:4000]}
+
+
 def _serve(sock: socket.socket, applier: TunApplier, runner: ScriptRunner | None = None) -> None:
     """The helper's loop (in the forked child, still root): requests until EOF."""
     sock.settimeout(None)
@@ -212,6 +250,13 @@ def _serve(sock: socket.socket, applier: TunApplier, runner: ScriptRunner | None
                 applier.undo_net()
             elif op == "undo-dns":
                 applier.undo_dns()
+            elif op == "reaching":
+                addresses = json.loads(head).get("addresses")
+                if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+                    raise ValueError("bad addresses")
+                applier.reaching(addresses)
+            elif op == "nft":
+                reply.update(_nft(json.loads(head).get("args"), payload))
             elif op == "script":
                 problem = _root_script(runner, done, json.loads(head))
                 if problem is not None:
@@ -251,9 +296,11 @@ class PrivDrop:
             raise ConfigError(f"group {profile.group!r} does not exist") from None
         return cls(pw.pw_uid, gid, f"{profile.user or 'root'}:{profile.group or pw.pw_gid}")
 
-    def drop(self, applier: TunApplier, runner: ScriptRunner | None = None) -> None:
-        """Fork the privileged helper for `applier` (and the first tunnel's scripts of
-        `runner`), then become the user with CAP_NET_ADMIN."""
+    def drop(
+        self, applier: TunApplier, runner: ScriptRunner | None = None, kill_switch: KillSwitch | None = None
+    ) -> None:
+        """Fork the privileged helper for `applier` (the first tunnel's scripts of `runner`,
+        the nft calls of `kill_switch`), then become the user with CAP_NET_ADMIN."""
         if self.helper is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -276,6 +323,8 @@ class PrivDrop:
         applier.hand_over(self.helper)
         if runner is not None:
             runner.privileged = self.helper.run_script
+        if kill_switch is not None:
+            kill_switch.use_runner(self.helper.run_nft)
         _become(self.uid, self.gid, keep=(CAP_NET_ADMIN,))
         log.info("dropped privileges to %s (keeping CAP_NET_ADMIN); routes and DNS via helper pid %d",
                  self.name, pid)

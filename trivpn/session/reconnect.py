@@ -21,6 +21,11 @@ and never reads a clock (`now` is passed in) and its randomness comes from an in
 * **give_up_after**: a client that never had a tunnel gives up when the next attempt would
   start after that many seconds;
 * **no_reconnect**: the first session error ends the run (re-raised as it is).
+
+Which errors are worth another attempt is `restart_cause`'s question: everything the network
+or the server can cause (lost or corrupt transport, TLS failures, malformed or unusable
+pushes, timeouts) is; only what the user has to fix (the profile, refused credentials,
+HALT, ping-exit, the limits above) ends the run. docs/security.md has the full list.
 """
 
 from __future__ import annotations
@@ -29,18 +34,20 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trivpn.errors import ConfigError
+from trivpn.errors import ConfigError, RemoteProtocolError, SessionRestart
 from trivpn.profile.profile import Profile, Remote
 from trivpn.session.config import ConnectionConfig, SessionConfig
 
 __all__ = [
     "Candidate",
     "GiveUp",
+    "PeerError",
     "ReconnectPolicy",
     "Retry",
     "SessionEnd",
     "backoff_delay",
     "candidates",
+    "restart_cause",
 ]
 
 #: ± this fraction of jitter on every backoff delay
@@ -80,6 +87,27 @@ def backoff_delay(failures: int, first: float, cap: float, rng: random.Random) -
     return max(0.0, base * rng.uniform(1 - JITTER, 1 + JITTER))
 
 
+class PeerError(SessionRestart):
+    """Bytes from the network were refused in a way that ends the session (a decode error
+    an attacker on the path can cause): reconnect, as for a lost connection."""
+
+
+def restart_cause(exc: BaseException) -> SessionRestart | None:
+    """The `SessionRestart` to reconnect after, or None when `exc` must end the run.
+
+    Never fail open: an error the network can cause must not end the run, because the run's
+    end takes the TUN and its routes away and the traffic then leaves unprotected.
+    `RemoteProtocolError` (hostile or corrupt input) is therefore a restart wherever a layer
+    lets it escape; `FatalError`, `ConfigError` and bugs end the run."""
+    if isinstance(exc, SessionRestart):
+        return exc
+    if isinstance(exc, RemoteProtocolError):
+        err = PeerError(f"refused input from the network: {exc}")
+        err.__cause__ = exc
+        return err
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
     """How one attempt ended, as far as the policy cares."""
@@ -112,6 +140,8 @@ class GiveUp:
 
     message: str
     reraise: bool = False
+    #: no tunnel within give_up_after (raised as ConnectTimeout, else RetryLimitReached)
+    timeout: bool = False
 
 
 class ReconnectPolicy:
@@ -192,7 +222,7 @@ class ReconnectPolicy:
         delay = backoff_delay(max(self.failures, 1), first, cap, self._rng)
         if not self.ever_up and self.give_up_after is not None:
             if now + delay >= self._started_at + self.give_up_after:
-                return GiveUp(f"no tunnel within {self.give_up_after:g} s: {end.reason}")
+                return GiveUp(f"no tunnel within {self.give_up_after:g} s: {end.reason}", timeout=True)
         return self._attempt(delay, end.reason)
 
     def _next(self) -> None:

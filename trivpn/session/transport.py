@@ -8,7 +8,10 @@ connect window, or a `TransportError` saying why not.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Sequence
+from typing import Protocol
 
 import trio
 
@@ -18,36 +21,90 @@ from trivpn.networkio.proxy import open_profile_proxy_transport, proxy_of
 from trivpn.networkio.transport import bind_address
 from trivpn.session.reconnect import Candidate
 
-__all__ = ["open_candidate", "open_within"]
+__all__ = ["PathHooks", "open_candidate", "open_within"]
 
 log = logging.getLogger("trivpn")
 
 
-async def open_candidate(cand: Candidate, attempt: int, connect_timeout: float, family: int | None = None) -> Transport:
+class PathHooks(Protocol):
+    """What must happen on the host before packets can reach a server (the kill switch opens
+    a hole for it, redirect-gateway pins a route to it); the client implements it."""
+
+    def resolving(self, active: bool) -> None:
+        """A name is being resolved (True) / resolution is over (False)."""
+
+    def reaching(self, endpoints: Sequence[Endpoint]) -> None:
+        """Packets are about to go to these endpoints (and no longer to earlier ones)."""
+
+
+class _NoHooks:
+    def resolving(self, active: bool) -> None:
+        pass
+
+    def reaching(self, endpoints: Sequence[Endpoint]) -> None:
+        pass
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _resolve(host: str, port: int, proto: str, hooks: PathHooks) -> list[Endpoint]:
+    if _is_literal(host):
+        return await resolve(host, port, proto)  # no DNS query: nothing to open for it
+    hooks.resolving(True)
+    try:
+        return await resolve(host, port, proto)
+    finally:
+        hooks.resolving(False)
+
+
+async def open_candidate(
+    cand: Candidate,
+    attempt: int,
+    connect_timeout: float,
+    family: int | None = None,
+    hooks: PathHooks | None = None,
+) -> Transport:
     """Resolve the remote and open one transport to it (no retry: the caller loops).
 
     `family` (4 or 6, from -4 / -6 on the command line) overrides the profile's protocol.
+    `hooks` hear of every address before the first packet is sent to it.
     """
     remote = cand.remote
     proto = remote.proto
     if family is not None:
         proto = proto.rstrip("46") + str(family)
+    paths = hooks or _NoHooks()
 
     def report(msg: str) -> None:
         log.warning("%s", msg)
 
-    if proxy_of(cand.profile) is not None:
-        # the proxy resolves the server's name: it may only exist on the proxy's side
-        return await open_profile_proxy_transport(
-            cand.profile,
-            remote.host,
-            remote.port,
-            proto,
-            connect_timeout=connect_timeout,
-            report=report,
-        )
+    via = proxy_of(cand.profile)
+    if via is not None:
+        # the proxy resolves the server's name: it may only exist on the proxy's side; we
+        # resolve the proxy's name first only to tell the hooks where packets will go
+        spec = via[1]
+        paths.reaching(await _resolve(spec.host, spec.port, proto, paths))
+        # the proxy transport resolves the proxy's name again
+        paths.resolving(not _is_literal(spec.host))
+        try:
+            return await open_profile_proxy_transport(
+                cand.profile,
+                remote.host,
+                remote.port,
+                proto,
+                connect_timeout=connect_timeout,
+                report=report,
+            )
+        finally:
+            paths.resolving(False)
     log.info("resolving %s", remote.host)
-    endpoints = await resolve(remote.host, remote.port, proto)
+    endpoints = await _resolve(remote.host, remote.port, proto, paths)
 
     profile = cand.profile
 
@@ -61,17 +118,29 @@ async def open_candidate(cand: Candidate, attempt: int, connect_timeout: float, 
     if endpoints[0].proto == "tcp":
         for ep in endpoints:
             log.info("connecting to %s", ep.describe())
+        paths.reaching(endpoints)  # happy eyeballs may try any of them
         return await connect_first(endpoints, connect_timeout=connect_timeout, report=report, bind=bind)
     # UDP: one address per attempt, rotating through all of them
     ep = endpoints[attempt % len(endpoints)]
     log.info("connecting to %s", ep.describe())
+    paths.reaching([ep])
     return await open_transport(ep, report=report, bind_to=bind(ep))
 
 
-async def open_within(cand: Candidate, attempt: int, deadline: float, family: int | None = None) -> Transport:
-    """`open_candidate` bounded by the connection's connect window, which ends at `deadline`."""
+async def open_within(
+    cand: Candidate, attempt: int, deadline: float, family: int | None = None, hooks: PathHooks | None = None
+) -> Transport:
+    """`open_candidate` bounded by the connection's connect window, which ends at `deadline`;
+    the hooks are told of the one endpoint in use once the transport is open."""
     window = cand.connection.connect_window
     with trio.move_on_at(deadline) as scope:
-        return await open_candidate(cand, attempt, window, family)
+        transport = await open_candidate(cand, attempt, window, family, hooks)
+        if hooks is not None:
+            try:
+                hooks.reaching([transport.endpoint])
+            except BaseException:
+                transport.close()
+                raise
+        return transport
     assert scope.cancelled_caught
     raise TransportError(f"no connection to {cand.remote.host} within {window:g} s")

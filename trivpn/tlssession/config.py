@@ -38,6 +38,9 @@ class KeyScheduleConfig:
     peer_id: int | None = None
     #: server: hold key 0 after key method 2 for an AuthVerdict (auth-user-pass-verify)
     verify_auth: bool = False
+    #: server: hold every renegotiated key too until an AuthVerdict (the password or the
+    #: auth-token is checked again, as OpenVPN does at each renegotiation)
+    reauth: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ("client", "server"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trivpn.errors import AuthFailed, FatalError, Halted
 from trivpn.messages import AuthPending
 
 #: The longest AUTH_PENDING timeout we honour (seconds).
@@ -26,6 +27,8 @@ class Restart:
     reason: str
     advance: bool = False
     auth_token_expired: bool = False
+    #: a refused certificate caused it (raised as `CertificateRestart`)
+    certificate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class Fatal:
     """The session ends and retrying cannot help (AUTH_FAILED, HALT, certificate refused)."""
 
     reason: str
+    #: the error the service raises: typed by cause (AuthFailed, Halted, CertificateRejected)
+    error: type[FatalError] = FatalError
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +76,9 @@ def client_verdict(text: str, *, pushed: bool) -> Verdict:
             return Restart(f"the server refused authentication for now: {reason}")
         if reason.startswith("SESSION") and pushed:
             return Restart(f"the server's auth-token expired: {reason}", auth_token_expired=True)
-        return Fatal("the server refused authentication (AUTH_FAILED" + (f": {reason})" if reason else ")"))
+        return Fatal("the server refused authentication (AUTH_FAILED" + (f": {reason})" if reason else ")"), AuthFailed)
     if head == "HALT":
-        return Fatal(f"the server halted the session: {text}")
+        return Fatal(f"the server halted the session: {text}", Halted)
     if head == "RESTART":
         # RESTART,[flags]message: N = go on to the next remote (P = keep credentials)
         flags = text[len("RESTART,") :].partition("]")[0] if text.startswith("RESTART,[") else ""

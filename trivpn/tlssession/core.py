@@ -87,7 +87,7 @@ class HandshakeComplete:
     peer_subject: str
     tls_version: str
     cipher: str
-    #: the verified peer chain, DER, leaf first (for scripts; not part of equality)
+    #: the verified peer certificate chain as DER, leaf first (empty without a certificate)
     peer_chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 

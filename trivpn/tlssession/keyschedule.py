@@ -29,10 +29,14 @@ when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the fir
 
 A server with a verify script (`verify_auth`) holds key 0 after key method 2: it emits
 `AuthRequest` and installs / pushes only on `answer_auth(True)`; a refusal sends AUTH_FAILED
-and ends the session shortly after. The hand window keeps running meanwhile.
+and ends the session shortly after. The hand window keeps running meanwhile. With `reauth`
+it holds every renegotiated key the same way (the client's password, or its auth-token,
+is checked again, as OpenVPN does); a refusal ends the session too.
 
 Failures: the first key must complete within `hand_window` (AUTH_PENDING extends the
-wait) or the session ends with `Restart`. A renegotiation that fails (TLS error, or not
+wait) or the session ends with `Restart`. A client ends with `Restart` too on any TLS
+failure of key 0 (bad certificate, alert, garbage) and an unusable PUSH_REPLY: the path can
+cause them (docs/security.md); only AUTH_FAILED and HALT are `Fatal` for a client. A renegotiation that fails (TLS error, or not
 done within `hand_window`) is dropped and the current key stays in use; the next attempt
 takes the next key id, skipping the ids of the primary and lame-duck keys.
 
@@ -53,7 +57,8 @@ Interface (time only enters as `now`)::
     ks.items_to_send(now) -> list[SoftReset | DynamicWrapKey | Ciphertext]   (in order)
     ks.events() -> list[InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady
                         | AuthPending | AuthRequest | Restart | Fatal]
-    ks.answer_auth(accept, reason, now)         (server with verify_auth: after AuthRequest)
+    ks.answer_auth(accept, reason, now[, token]) (server with verify_auth: after AuthRequest)
+    ks.push_auth_token(token, now)              (server: auth-gen-token renewal)
     ks.get_timer() -> float | None              ks.handle_timer(now)
 
 After `Restart` or `Fatal` the schedule is closed and ignores further input. Nothing from
@@ -66,7 +71,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from trivpn.errors import FatalError, LocalProtocolError, RemoteProtocolError, SessionRestart
+from trivpn.errors import (
+    CertificateRejected,
+    FatalError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SessionRestart,
+)
 from trivpn.messages import (
     ActivateKey,
     AuthPending,
@@ -158,6 +169,8 @@ class KeySchedule:
         self._push: list[str] | None = None  # server: the options we push
         self._push_requested = False
         self._held: KeyExchangeComplete | None = None  # server: key 0 awaiting answer_auth
+        self._auth_token: str | None = None  # server: auth-gen-token, pushed after peer-id
+        self._reauth_held: int | None = None  # server: a renegotiated key awaiting answer_auth
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
@@ -248,14 +261,14 @@ class KeySchedule:
         self._open_key(key_id, now, local=True)
         return True
 
-    def send_exit(self, now: float, *, advance: bool = False) -> bool:
+    def send_exit(self, now: float, *, advance: bool = False, message: str | None = None) -> bool:
         """Tell the peer we leave: client EXIT (with cc-exit), server RESTART[,[N]].
 
         False if nothing was sent (no key yet, or a client without cc-exit: the caller
         then sends OCC EXIT on the data channel)."""
         if self.closed or self.primary is None or not (self.cc_exit or self.is_server):
             return False
-        text = ("RESTART,[N]" if advance else "RESTART") if self.is_server else "EXIT"
+        text = (message or ("RESTART,[N]" if advance else "RESTART")) if self.is_server else "EXIT"
         self.sessions[self.primary].send_control_message(text)
         return True
 
@@ -379,10 +392,11 @@ class KeySchedule:
             log.warning("renegotiation of key id %d failed: %s", key_id, exc)
             self._drop_pending()
             self._schedule_reneg(now)
-        elif isinstance(exc, FatalError):
-            self._close(Fatal(str(exc)))
+        elif isinstance(exc, FatalError) and self.is_server:
+            self._close(Fatal(str(exc), type(exc)))
         else:
-            self._close(Restart(f"TLS failed: {exc}"))
+            # client: anyone on the path can break the handshake; a restart, never an exit
+            self._close(Restart(f"TLS failed: {exc}", certificate=isinstance(exc, CertificateRejected)))
 
     def _install_renegotiated(self, key_id: int, now: float) -> None:
         assert self._template is not None
@@ -415,7 +429,9 @@ class KeySchedule:
                 log.debug("key exchange complete; peer options: %s", ev.peer_options)
                 if key_id != self.pending:
                     continue
-                if key_id != 0:
+                if key_id != 0 and self.is_server and self.config.reauth:
+                    serverrole.hold_renegotiation(self, key_id, ev)
+                elif key_id != 0:
                     self._install_renegotiated(key_id, now)
                 elif self.is_server and self.config.verify_auth:
                     serverrole.hold_for_auth(self, ev)
@@ -465,7 +481,8 @@ class KeySchedule:
         try:
             agreement = client_agreement(options, self.config.policy)
         except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
-            self._close(Restart(str(exc)) if isinstance(exc, SessionRestart) else Fatal(str(exc)))
+            # OpenVPN's process-push-msg-failed: a soft restart either way
+            self._close(Restart(str(exc)))
             return
         for warning in agreement.settings.warnings:
             log.warning("%s", warning)
@@ -499,9 +516,19 @@ class KeySchedule:
 
     # -- server role (trivpn.tlssession.serverrole) ---------------------------------------
 
-    def answer_auth(self, accept: bool, reason: str, now: float) -> None:
-        """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end."""
-        serverrole.answer_auth(self, accept, reason, now)
+    def answer_auth(
+        self, accept: bool, reason: str, now: float, auth_token: str | None = None, key_id: int = 0
+    ) -> None:
+        """Server: the answer to AuthRequest (of `key_id`); refused clients get AUTH_FAILED and
+        an end. `auth_token` (auth-gen-token) goes into the PUSH_REPLY after `peer-id`."""
+        if key_id:
+            serverrole.answer_reauth(self, key_id, accept, reason, now)
+        else:
+            serverrole.answer_auth(self, accept, reason, now, auth_token)
+
+    def push_auth_token(self, token: str, now: float) -> None:
+        """Server: send a renewed auth-token (`PUSH_REPLY,auth-token ...`) once ready."""
+        serverrole.push_auth_token(self, token, now)
 
     def _on_push_request(self, now: float) -> None:
         serverrole.on_push_request(self, now)

@@ -29,6 +29,10 @@ __all__ = [
     "PUSH_REPEAT_HOLD",
     "SCHEDULED_EXIT",
     "answer_auth",
+    "answer_reauth",
+    "hold_renegotiation",
+    "push_auth_token",
+    "with_auth_token",
     "hold_for_auth",
     "on_push_request",
     "server_ready",
@@ -46,17 +50,49 @@ def hold_for_auth(ks: KeySchedule, ev: KeyExchangeComplete) -> None:
     """A verify script decides first: no keys, no PUSH_REPLY until `answer_auth`."""
     km = ks.sessions[0].peer_km
     ks._held = ev
-    subject = ks.handshake.peer_subject if ks.handshake else ""
-    ks._events.append(AuthRequest(km.username if km else "", subject, km.password if km else ""))
+    hs = ks.handshake
+    ks._events.append(AuthRequest(
+        km.username if km else "", hs.peer_subject if hs else "", km.password if km else "",
+        ev.peer_info, hs.peer_chain if hs else (),
+    ))
 
 
-def answer_auth(ks: KeySchedule, accept: bool, reason: str, now: float) -> None:
+def hold_renegotiation(ks: KeySchedule, key_id: int, ev: KeyExchangeComplete) -> None:
+    """A renegotiated key waits for the credentials to be checked again (`reauth`)."""
+    km = ks.sessions[key_id].peer_km
+    ks._reauth_held = key_id
+    hs = ks.handshake
+    ks._events.append(AuthRequest(
+        km.username if km else "", hs.peer_subject if hs else "", km.password if km else "",
+        ev.peer_info, hs.peer_chain if hs else (), key_id=key_id,
+    ))
+
+
+def answer_reauth(ks: KeySchedule, key_id: int, accept: bool, reason: str, now: float) -> None:
+    """The answer for a renegotiated key: install it, or refuse the client (AUTH_FAILED on the
+    current key, then the end). Stray or late answers are ignored."""
+    if ks.closed or ks._reauth_held != key_id or ks.pending != key_id:
+        return
+    ks._reauth_held = None
+    if accept:
+        ks._install_renegotiated(key_id, now)
+        return
+    ks._drop_pending()
+    log.warning("refusing the client at renegotiation: %s", reason or "authentication failed")
+    primary = ks.sessions.get(ks.primary) if ks.primary is not None else None
+    if primary is not None:
+        primary.send_control_message(f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED")
+    ks._end = (now + SCHEDULED_EXIT, Fatal(f"the client was refused: {reason or 'authentication failed'}"))
+
+
+def answer_auth(ks: KeySchedule, accept: bool, reason: str, now: float, auth_token: str | None = None) -> None:
     """Server: the answer to AuthRequest; refused clients get AUTH_FAILED and an end.
     Stray answers (none asked, or already closed) are ignored."""
     ev, ks._held = ks._held, None
     if ev is None or ks.closed or ks.pending != 0:
         return
     if accept:
+        ks._auth_token = auth_token
         server_ready(ks, ev, now)
     else:
         refuse(ks, reason, now)
@@ -91,7 +127,7 @@ def server_ready(ks: KeySchedule, ev: KeyExchangeComplete, now: float) -> None:
     except FatalError as exc:
         ks._close(Fatal(str(exc)))
         return
-    ks._push = list(agreement.options)
+    ks._push = with_auth_token(list(agreement.options), ks._auth_token)
     ks._agreed(agreement, now)
     ks._events.append(
         ClientReady(
@@ -120,3 +156,24 @@ def send_push(ks: KeySchedule, now: float) -> None:
     assert ks._push is not None and ks.primary is not None
     ks.sessions[ks.primary].send_push_reply(ks._push)
     ks._pushed_at = now
+
+
+def with_auth_token(options: list[str], token: str | None) -> list[str]:
+    """`auth-token TOKEN` goes right after `peer-id` (else at the end of the base options'
+    per-client part), where OpenVPN's prepare_push_reply puts it."""
+    if token is None:
+        return options
+    at = next((i + 1 for i, o in enumerate(options) if o.startswith("peer-id ")), None)
+    if at is None:
+        at = next((i for i, o in enumerate(options) if o.startswith(("cipher ", "protocol-flags ",
+                                                                     "key-derivation "))), len(options))
+    return [*options[:at], f"auth-token {token}", *options[at:]]
+
+
+def push_auth_token(ks: KeySchedule, token: str, now: float) -> None:
+    """A renewed auth-token: alone in a PUSH_REPLY on the primary key (ignored before the
+    client is ready or after the session ended)."""
+    if ks.closed or ks.primary is None or ks._push is None:
+        return
+    ks._auth_token = token
+    ks.sessions[ks.primary].send_push_reply([f"auth-token {token}"])

@@ -13,14 +13,16 @@ from collections.abc import Callable
 
 import trio
 
-from trivpn.errors import FatalError, SessionRestart
+from trivpn.errors import CertificateRestart, SessionRestart
 from trivpn.messages import (
     ActivateKey,
     AuthVerdict,
     Ciphertext,
     ControlToTLS,
     InstallKey,
+    KeysRenegotiated,
     KeyUsage,
+    PushAuthToken,
     Renegotiate,
     ResetComplete,
     RetireKey,
@@ -46,6 +48,12 @@ class AuthTokenExpired(SessionRestart):
     """AUTH_FAILED,SESSION: the pushed auth-token is no longer valid; reconnect without it."""
 
 
+def _restart_error(ev: Restart) -> SessionRestart:
+    if ev.auth_token_expired:
+        return AuthTokenExpired(ev.reason)
+    return CertificateRestart(ev.reason) if ev.certificate else SessionRestart(ev.reason)
+
+
 class TLSService:
     """Runs one KeySchedule; `usage` reads the data channel's KeyUsage (None: no polling)."""
 
@@ -65,6 +73,7 @@ class TLSService:
         self._to_cc: Outbox[TLSToControl] = Outbox(to_cc)
         self._to_data = to_data
         self._events = events
+        self._renegotiations = 0
         self._commands = commands
         self._usage = usage
         self._timer = CoreTimer()
@@ -86,13 +95,16 @@ class TLSService:
                 if isinstance(ev, InstallKey | ActivateKey | RetireKey):
                     await self._to_data.send([ev])
                 elif isinstance(ev, Restart):
-                    err = AuthTokenExpired(ev.reason) if ev.auth_token_expired else SessionRestart(ev.reason)
+                    err = _restart_error(ev)
                     err.advance = ev.advance
                     raise err
                 elif isinstance(ev, Fatal):
-                    raise FatalError(ev.reason)
+                    raise ev.error(ev.reason)
                 else:
                     await self._events.send(ev)
+            if self.schedule.renegotiations != self._renegotiations and self.schedule.primary is not None:
+                self._renegotiations = self.schedule.renegotiations  # told to the owner (library events)
+                await self._events.send(KeysRenegotiated(self.schedule.primary, self._renegotiations))
             await self._to_cc.flush(lambda: self.schedule.items_to_send(trio.current_time()))
         self._timer.poke()
 
@@ -115,9 +127,11 @@ class TLSService:
                 if isinstance(cmd, Renegotiate):
                     self.schedule.renegotiate(cmd.reason, trio.current_time())
                 elif isinstance(cmd, SendExit):
-                    self.schedule.send_exit(trio.current_time())
+                    self.schedule.send_exit(trio.current_time(), message=cmd.message)
                 elif isinstance(cmd, AuthVerdict):
-                    self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time())
+                    self.schedule.answer_auth(cmd.accept, cmd.reason, trio.current_time(), cmd.auth_token, cmd.key_id)
+                elif isinstance(cmd, PushAuthToken):
+                    self.schedule.push_auth_token(cmd.token, trio.current_time())
                 await self._dispatch()
 
     async def _poll_usage(self, usage: Callable[[], KeyUsage]) -> None:

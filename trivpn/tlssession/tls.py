@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
-from trivpn.errors import ConfigError, FatalError, LocalProtocolError, RemoteProtocolError
+from trivpn.errors import CertificateRejected, ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.tlssession.crl import load_crl
 from trivpn.tlssession.tlsload import (
     CERT_PROFILES,
@@ -56,8 +56,6 @@ __all__ = ["CERT_PROFILES", "TLS_CHANNEL_BUF_SIZE", "TLSConfig", "TLSEngine", "c
 
 #: OpenVPN reads TLS plaintext into a buffer of this size, one record at a time (common.h).
 TLS_CHANNEL_BUF_SIZE = 2048
-#: Deepest chain position recorded for scripts (OpenVPN's tls_id_N); deeper ones are checked only.
-_MAX_CHAIN = 16
 #: Largest TLS plaintext record; one SSL_read never returns more.
 _MAX_RECORD = 16384
 
@@ -120,6 +118,8 @@ class TLSConfig:
     security_level: int | None = None
     #: the private key's passphrase (askpass); a secret
     key_password: bytes | None = field(default=None, repr=False)
+    #: server: verify-client-cert none (no certificate asked) | optional | require
+    verify_client_cert: str = "require"
 
 
 def _verify_error_text(errnum: int) -> str:
@@ -132,6 +132,8 @@ def _verify_error_text(errnum: int) -> str:
 
 
 def _check_config(config: TLSConfig) -> None:
+    if config.verify_client_cert not in ("none", "optional", "require"):
+        raise ConfigError(f"verify-client-cert {config.verify_client_cert!r} is not none, optional or require")
     if config.tls_version_min not in _TLS_VERSIONS:
         raise ConfigError(
             f"tls-version-min {config.tls_version_min!r} is not supported (use 1.2 or 1.3)"
@@ -169,6 +171,8 @@ class TLSEngine:
         self.config = config
         self.handshake_done = False
         self.peer_subject: str | None = None
+        #: the verified peer chain as DER, leaf first (server scripts' tls_*/X509_* variables)
+        self.peer_chain: tuple[bytes, ...] = ()
         self.tls_version: str | None = None
         self.cipher_name: str | None = None
         self._peer_role = "client" if config.is_server else "server"
@@ -177,7 +181,6 @@ class TLSEngine:
         self._records: list[bytes] = []
         self._failed: str | None = None
         self._started = False
-        self._chain: dict[int, bytes] = {}
 
         self._conn = SSL.Connection(_context_for(config), None)
         self._conn.set_app_data(self)
@@ -191,25 +194,39 @@ class TLSEngine:
     def _verify_callback(
         self, conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
     ) -> bool:
-        """Called by OpenSSL for every certificate in the chain; must never raise."""
+        """Called by OpenSSL for every certificate in the chain; must never raise.
+
+        pyOpenSSL re-raises an exception from here out of the handshake call, which would
+        crash the session instead of refusing the peer; so anything unexpected — above all
+        a certificate we cannot parse — fails verification."""
+        try:
+            return self._verify(cert, errnum, depth, ok)
+        except Exception as exc:
+            self._verify_failure = f"the certificate could not be checked ({type(exc).__name__})"
+            return False
+
+    def _verify(self, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
         try:
             xcert = cert.to_cryptography()
+        except Exception:
+            self._verify_failure = f"certificate at depth {depth} cannot be parsed"
+            return False
+        try:
             subject = format_subject(xcert.subject)
         except Exception:
-            xcert, subject = None, "?"
-        if xcert is not None and 0 <= depth < _MAX_CHAIN:
-            self._chain[depth] = xcert.public_bytes(serialization.Encoding.DER)
+            subject = "?"
         if self.config.peer_fingerprints:  # PKI-less: only the leaf's digest counts
             if depth != 0:
                 return True
-            if xcert is None or hashlib.sha256(self._chain[0]).digest() not in self.config.peer_fingerprints:
+            der = xcert.public_bytes(serialization.Encoding.DER)
+            if hashlib.sha256(der).digest() not in self.config.peer_fingerprints:
                 self._verify_failure = f"peer-fingerprint does not match (subject {subject})"
                 return False
             return True
         if not ok:
             self._verify_failure = f"{_verify_error_text(errnum)} (subject {subject})"
             return False
-        if depth != 0 or xcert is None:
+        if depth != 0:
             return True
         problem = self._check_leaf(xcert, subject) or crl_dir_check(self.config.crl_dir, xcert)
         if problem is not None:
@@ -282,6 +299,10 @@ class TLSEngine:
         self.handshake_done = True
         peer = self._conn.get_peer_certificate(as_cryptography=True)
         self.peer_subject = format_subject(peer.subject) if peer is not None else ""
+        chain = self._conn.get_verified_chain(as_cryptography=True) if peer is not None else None
+        if not chain and peer is not None:  # peer-fingerprint: no CA, no chain; the leaf only
+            chain = [peer]
+        self.peer_chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain or ())
         self.tls_version = self._conn.get_protocol_version_name()
         self.cipher_name = self._conn.get_cipher_name()
         pending, self._pending_writes = self._pending_writes, []
@@ -308,20 +329,15 @@ class TLSEngine:
             self._failed = (
                 f"{self._peer_role} certificate verification failed: {self._verify_failure}"
             )
-            raise FatalError(self._failed) from None
+            raise CertificateRejected(self._failed) from None
         if "did not return a certificate" in reason:
             self._failed = f"the {self._peer_role} sent no certificate ({reason})"
-            raise FatalError(self._failed) from None
+            raise CertificateRejected(self._failed) from None
         if any(alert in reason for alert in _CERT_ALERTS):
             self._failed = f"the {self._peer_role} rejected our certificate (TLS alert: {reason})"
-            raise FatalError(self._failed) from None
+            raise CertificateRejected(self._failed) from None
         self._failed = f"TLS error: {reason}"
         raise RemoteProtocolError(self._failed) from None
-
-    @property
-    def peer_chain(self) -> tuple[bytes, ...]:
-        """The verified peer chain (DER), leaf first, as the verify callback saw it."""
-        return tuple(self._chain[d] for d in sorted(self._chain))
 
     @property
     def failed(self) -> bool:
@@ -451,7 +467,9 @@ def _build_context(config: TLSConfig) -> SSL.Context:
     if config.cert_pem is not None and config.key_pem is not None:
         load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
     mode = SSL.VERIFY_PEER
-    if config.is_server:
+    if config.is_server and config.verify_client_cert == "none":
+        mode = SSL.VERIFY_NONE  # no CertificateRequest: the password script decides
+    elif config.is_server and config.verify_client_cert == "require":
         mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
     ctx.set_verify(mode, _shared_verify)
     return ctx

@@ -54,6 +54,9 @@ class TunConfig:
     redirect_gateway6: bool = False  # redirect_nets6 (default ::/1 + 8000::/1)
     #: VPN servers, pinned to their current path when their family is redirected
     server_addresses: list[str] = field(default_factory=list)
+    #: False: someone else pins the servers (trivpn connect: session/serverroute.py, so the
+    #: pin can follow a new server without redoing the routes); block-local still sees them
+    pin_servers: bool = True
     #: gateway of the def1 halves (OpenVPN routes them via the VPN gateway); None: on-link
     redirect_via: str | None = None
     #: the IPv6 routes that make up redirect_gateway6
@@ -154,7 +157,7 @@ def _plan(cfg: TunConfig) -> _Plan:
             net = _network(text, 4 if family == socket.AF_INET else 6, "redirect-gateway")
             label = f"{net}" + (f" via {gw}" if gw else "") + " (redirect)"
             plan.routes.append((str(net.network_address), net.prefixlen, gw, None, label))
-        for server in cfg.server_addresses:
+        for server in cfg.server_addresses if cfg.pin_servers else ():
             try:
                 server_ip = ipaddress.ip_address(server)
             except ValueError:

@@ -38,11 +38,11 @@ def test_wrong_flag_is_one_line_and_exit_2() -> None:
         ("client\ndev tun\nremote a\ncomp-lzo yes\n", "compression"),
     ],
 )
-def test_unusable_profile_is_one_line_and_exit_1(tmp_path: Path, text: str, needle: str) -> None:
+def test_unusable_profile_is_one_line_and_exit_2_for_ping(tmp_path: Path, text: str, needle: str) -> None:
     profile = tmp_path / "p.ovpn"
     profile.write_text(text)
     r = run("ping", str(profile), "10.0.0.1")
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr  # iputils: 2 is an error, 1 "no reply"
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert "Traceback" not in r.stdout + r.stderr

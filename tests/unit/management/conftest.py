@@ -49,6 +49,12 @@ class FakeHost:
     def bytecounts(self) -> ByteCounts:
         return self.counts
 
+    def figures_json(self) -> str:
+        return '{"role": "test"}'
+
+    def pending_queries(self) -> Sequence[str]:
+        return []
+
     def hold_waiting(self) -> int | None:
         return self.holding
 

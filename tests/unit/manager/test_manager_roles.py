@@ -150,8 +150,16 @@ async def test_tunnel_refuses_a_tun_fd_it_does_not_have() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_tunnel_stop_while_connecting_answers_start_then_stop() -> None:
+async def test_tunnel_stop_while_connecting_answers_start_then_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Start against a silent loopback UDP port: Stop must end the engine and answer both."""
+    # a pipe stands in for the TUN fd (no root needed); the TUN check itself is tested
+    # in test_manager_tun_check.py
+    def any_fd(fd: int, rpc_fds: frozenset[int] = frozenset()) -> str:
+        return "t0"
+
+    monkeypatch.setattr("trivpn.manager.tunnel.check_tun_fd", any_fd)
     pki = generate_pki()
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))

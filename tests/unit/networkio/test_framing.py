@@ -56,3 +56,31 @@ def test_cannot_frame_empty_or_huge() -> None:
         frame_packets([b""])
     with pytest.raises(ValueError):
         frame_packets([b"x" * 70000])
+
+
+async def test_injected_zero_length_ends_the_tcp_transport_with_a_restart() -> None:
+    """`00 00` injected into the stream: the transport reports a corrupt stream, which is a
+    `TransportError` (so a `SessionRestart`: the client reconnects, it never exits)."""
+    import socket
+
+    from trivpn.errors import SessionRestart
+    from trivpn.networkio.framing import FramingError
+    from trivpn.networkio.transport import Endpoint, StreamCorrupted, TCPTransport, TransportError
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    ep = Endpoint("127.0.0.1", 1194, "tcp", socket.AF_INET, ("127.0.0.1", 1194))
+    transport = TCPTransport(ours, ep)
+    try:
+        theirs.sendall(frame_packets([b"\x38first"]))
+        assert await transport.recv_batch() == [b"\x38first"]
+        theirs.sendall(b"\x00\x00" + frame_packets([b"\x38lost"]))
+        with pytest.raises(StreamCorrupted) as info:
+            await transport.recv_batch()
+        assert isinstance(info.value, TransportError) and isinstance(info.value, SessionRestart)
+        assert "invalid TCP frame length 0" in str(info.value) and "127.0.0.1:1194" in str(info.value)
+        with pytest.raises(FramingError):
+            TCPFramer().feed(b"\x00\x00")
+    finally:
+        transport.close()
+        theirs.close()

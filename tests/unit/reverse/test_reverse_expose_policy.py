@@ -40,6 +40,18 @@ async def _fake_relay_replaces_before_proof(conn: trio.SocketStream) -> None:
             await conn.receive_some(4096)
 
 
+async def _fake_relay_refuses_the_token(conn: trio.SocketStream) -> None:
+    """Knows no token: answers HELLO, then AUTH_ERR whatever the client proves."""
+    async with conn:
+        with trio.move_on_after(5):
+            await conn.receive_some(4096)  # HELLO
+            ack = struct.pack(">32sIII", bytes(32), 65536, 65536, 10_000)
+            await conn.send_all(encode(FrameType.HELLO_ACK, payload=ack))
+            await conn.receive_some(4096)  # AUTH
+            await conn.send_all(encode(FrameType.AUTH_ERR, payload=b"invalid token"))
+            await conn.receive_some(4096)
+
+
 async def _relay_that_drops_after_bind(conn: trio.SocketStream) -> None:
     """A real relay core that binds port 10000, then drops the connection at once."""
     session = Session("relay", trio.current_time(), SessionConfig(), tokens={"a": TOKEN})
@@ -106,3 +118,13 @@ async def test_session_that_dies_right_after_bind_does_not_reset_the_backoff() -
     )
     assert "gave up after 1 attempts" in why
     assert connections == 2  # figure: the first try and one retry
+
+
+async def test_auth_err_from_a_fake_relay_is_retried() -> None:
+    """Before: one AUTH_ERR from anything listening at the relay's address ended expose
+    for good (1 connection). Now it is retried with backoff until the attempts run out."""
+    why, connections = await _run_expose(
+        await _free_port(), _fake_relay_refuses_the_token, attempts=3
+    )
+    assert "rejected the token" in why and "gave up after 3 attempts" in why
+    assert connections == 4  # figure: 1 + 3 retries, not 1

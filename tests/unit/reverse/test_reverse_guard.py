@@ -164,8 +164,8 @@ def test_token_from_file_or_environment(
     assert resolve_token(_parse(["relay", "--token-file", str(f)])) == b"from-a-file-0123456789"
     with pytest.raises(ConfigError, match="cannot read --token-file"):
         resolve_token(_parse(["relay", "--token-file", str(tmp_path / "missing")]))
-    with pytest.raises(SystemExit):  # no token anywhere: argparse says so
-        _parse(EXPOSE)
+    with pytest.raises(ConfigError, match="no token: give --token"):  # no token anywhere
+        resolve_token(_parse(EXPOSE))
     monkeypatch.setenv(TOKEN_ENV, "from-the-environment")
     assert resolve_token(_parse(EXPOSE)) == b"from-the-environment"
     assert resolve_token(_parse(["relay"])) == b"from-the-environment"

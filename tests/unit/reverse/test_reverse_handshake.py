@@ -76,7 +76,7 @@ def test_full_handshake_and_bind() -> None:
     assert r.events == [Authenticated("alice", CID), BindRequested(10007)]
     assert c.events == [Authenticated("", CID)]
     assert c.hs.heartbeat == 7.5  # the relay's interval wins
-    assert c.hs.peer_window == 8192 and r.hs.peer_window == SessionConfig().window
+    assert c.hs.peer_window == 8192 and r.hs.peer_window == SessionConfig().start_window
     r.hs.accept_bind(10007, 60)
     assert state(r) is State.BOUND
     assert exchange(c, r) == []
@@ -146,7 +146,7 @@ def test_bind_answers_only_after_a_bind_request() -> None:
 @pytest.mark.parametrize(
     "ftype, payload",
     [
-        (FrameType.AUTH, bytes(32)),  # before HELLO
+        (FrameType.AUTH, bytes(96)),  # before HELLO
         (FrameType.BIND, b"\x00\x00"),
         (FrameType.HELLO_ACK, bytes(44)),  # a client's frame type sent to the relay
     ],

@@ -177,7 +177,7 @@ def test_cli_parsers_registered() -> None:
     )
     assert e.no_reconnect and e.remote_port == 0 and e.handler.__name__ == "cmd_expose"
     with pytest.raises(SystemExit):
-        p.parse_args(["relay"])  # a token or a tokens file is required
+        p.parse_args(["relay", "--token", "t", "--tokens-file", "f"])  # one or the other
 
 
 def test_parse_hostport() -> None:

@@ -78,12 +78,13 @@ def test_ready_twice_is_one_slot_and_clear_drops_data() -> None:
 
 
 def test_budget_defers_and_resumes() -> None:
-    b = SessionBudget(SessionConfig(session_buffer=100))
-    b.received(100)
-    assert not b.has_room
+    b = SessionBudget(SessionConfig(session_buffer=4096))
+    b.received(4096)
+    assert not b.has_room and b.fits(0) and not b.fits(1)  # the hard cap
     b.defer(1)
     b.defer(2)
-    assert b.resume() == []  # still at the cap
+    b.released(2048)
+    assert b.resume() == []  # still at half the cap: credit returns wait
     b.released(1)
     assert sorted(b.resume()) == [1, 2]
     assert b.resume() == [] and not b.deferred

@@ -12,10 +12,12 @@ from trivpn.reverse.session import Session, SessionConfig, State, StreamClosedEr
 CID = bytes(range(16))
 
 
-def pump(a: Session, b: Session, now: float = 0.0, rounds: int = 50) -> tuple[list, list]:
+def pump(
+    a: Session, b: Session, now: float = 0.0, rounds: int = 50
+) -> tuple[list[S.Event], list[S.Event]]:
     """Move bytes both ways until quiet; return (events of a, events of b)."""
-    ea: list = []
-    eb: list = []
+    ea: list[S.Event] = []
+    eb: list[S.Event] = []
     for _ in range(rounds):
         moved = False
         out = b"".join(a.data_to_send(now))
@@ -33,7 +35,9 @@ def pump(a: Session, b: Session, now: float = 0.0, rounds: int = 50) -> tuple[li
     return ea, eb
 
 
-def pair(cfg: SessionConfig | None = None, token: bytes = b"s3cret", port: int = 0):
+def pair(
+    cfg: SessionConfig | None = None, token: bytes = b"s3cret", port: int = 0
+) -> tuple[Session, Session]:
     relay = Session(
         "relay", 0.0, cfg or SessionConfig(), tokens={"alice": b"s3cret", "bob": b"other"}
     )
@@ -43,7 +47,7 @@ def pair(cfg: SessionConfig | None = None, token: bytes = b"s3cret", port: int =
     return relay, client
 
 
-def bound_pair(cfg: SessionConfig | None = None):
+def bound_pair(cfg: SessionConfig | None = None) -> tuple[Session, Session]:
     relay, client = pair(cfg)
     er, ec = pump(relay, client)
     assert S.Authenticated("alice", CID) in er
@@ -105,7 +109,7 @@ def test_relay_that_cannot_prove_token_is_refused() -> None:
     "frame",
     [
         encode(FrameType.BIND, payload=b"\x00\x00"),  # bind before hello
-        encode(FrameType.AUTH, payload=bytes(32)),  # auth before hello
+        encode(FrameType.AUTH, payload=bytes(96)),  # auth before hello
         encode(FrameType.DATA, 0, 1, b"x"),  # data before bound
         encode(FrameType.PING, payload=bytes(8)),
     ],
@@ -302,15 +306,16 @@ def test_linger_resets_half_closed_stream() -> None:
 
 
 def test_session_buffer_cap_defers_window_updates() -> None:
-    cfg = SessionConfig(window=4096, session_buffer=4096, chunk=4096)
+    cfg = SessionConfig(window=4096, session_buffer=16384, chunk=4096)
     relay, client = bound_pair(cfg)
     a = relay.open_stream("a", 0.0)
     b = relay.open_stream("b", 0.0)
-    relay.send_data(a, b"a" * 4096)
-    relay.send_data(b, b"b" * 4096)
+    c = relay.open_stream("c", 0.0)
+    for sid in (a, b, c):
+        relay.send_data(sid, b"x" * 4096)
     pump(relay, client)
-    assert client.total_buffered == 8192
-    client.consumed(a, 4096)  # total now 4096, still at the cap: window update deferred
+    assert client.total_buffered == 12288
+    client.consumed(a, 4096)  # total now 8192, half the cap: window update deferred
     frames = FrameDecoder(1 << 20).feed(b"".join(client.data_to_send(0.0)))
     assert not any(f.type is FrameType.WINDOW for f in frames)
     client.consumed(b, 4096)  # below the cap: both updates go out

@@ -154,13 +154,14 @@ def test_rst_from_peer_releases_its_buffered_bytes() -> None:
 
 
 def test_budget_at_cap_defers_credit_until_room() -> None:
-    relay, client = pair(window=4096, session_buffer=4096, chunk=4096)
+    relay, client = pair(window=4096, session_buffer=16384, chunk=4096)
     a = relay.streams.open("a")
     b = relay.streams.open("b")
-    relay.streams.send_data(a, b"a" * 4096)
-    relay.streams.send_data(b, b"b" * 4096)
+    c = relay.streams.open("c")
+    for sid in (a, b, c):
+        relay.streams.send_data(sid, b"x" * 4096)
     deliver(relay.frames(), client)
-    client.streams.consumed(a, 4096)  # still 4096 buffered: at the cap
+    client.streams.consumed(a, 4096)  # still 8192 buffered: half the cap
     assert client.budget.deferred == {a}
     assert not client.frames()
     client.streams.consumed(b, 4096)

@@ -30,6 +30,7 @@ class _Demux:
 @dataclass
 class _Hub:
     clients: dict[int, Any] = field(default_factory=dict)
+    observer: Any = None
 
 
 @dataclass
@@ -55,6 +56,10 @@ class _EndingClient:
 
     def cleanup(self, now: float) -> None:
         self.cleaned = True
+
+    async def finish(self) -> None:
+        """What the table awaits when the task ends: the cleanup, then the scripts."""
+        self.cleanup(0.0)
 
 
 async def test_cancelled_while_a_session_ends_lets_only_the_cancellation_out() -> None:

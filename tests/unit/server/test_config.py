@@ -552,7 +552,6 @@ def test_line_errors(extra: str, expected: str) -> None:
     [
         "client-cert-not-required",
         "plugin /usr/lib/openvpn/plugin.so",
-        "management-client-auth",
         "tls-verify /bin/check",
         "tls-crypt-v2-verify /bin/check",
         "verify-x509-name client1 name",

@@ -91,7 +91,11 @@ def only(actions: Sequence[object], kind: type[T]) -> T:
     return actions[0]
 
 
-def connect(d: ServerDemux, addr: object, sid: bytes = CLI, now: float = 0.0) -> NewSession:
+def connect(d: ServerDemux, addr: object, sid: bytes | None = None, now: float = 0.0) -> NewSession:
+    """A session for `addr`; each client has its own session id (CLI for ADDR), as real
+    clients do: the demux finds a client's control packets from a new address by it."""
+    if sid is None:
+        sid = CLI if addr == ADDR else hashlib.sha256(repr(addr).encode()).digest()[:8]
     w = cli_wrap()
     rep = only(d.receive_datagram(reset(w, sid), addr, now), Reply)
     assert isinstance(rep, Reply)
@@ -308,7 +312,7 @@ def test_packets_of_the_sessions_own_client_id_are_delivered_whatever_they_are()
 def test_a_client_restarted_on_the_same_port_replaces_its_session_via_the_cookie() -> None:
     d = demux()
     old = connect(d, ADDR)
-    other = connect(d, ("192.0.2.1", 2))
+    other = connect(d, ("192.0.2.1", 2), sid=b"\x33" * 8)  # session ids are unique per client
     new_sid = b"\x42" * 8
     w = cli_wrap()
     # its new reset gets the stateless answer; the old session is untouched so far
@@ -405,7 +409,7 @@ def test_data_v2_is_routed_by_peer_id_and_a_new_source_is_a_float_candidate() ->
     assert d.confirm_float(a.session, moved)
     assert d.session_for_addr(moved) == a.session and d.session_for_addr(("192.0.2.1", 1)) is None
     assert d.session_info(a.session) == (a.peer_id, moved)
-    dl = only(d.receive_datagram(b"\x20" + CLI + b"\x01" * 12, moved, 2.0), Deliver)
+    dl = only(d.receive_datagram(b"\x20" + a.remote_session_id + b"\x01" * 12, moved, 2.0), Deliver)
     assert isinstance(dl, Deliver) and dl.session == a.session and not dl.float_candidate
     assert d.confirm_float(a.session, moved)  # already there
     assert d.stats.floats_confirmed == 1

@@ -14,6 +14,7 @@ from trivpn.session.netsettings import DnsSettings, NetPlan
 from trivpn.session.privdrop import (
     HelperLink,
     PrivDrop,
+    _nft,
     _root_script,
     _serve,
     plan_from_json,
@@ -94,3 +95,29 @@ def test_root_scripts_only_the_profiles_command_once_with_openvpn_names(tmp_path
     assert "LD_PRELOAD" not in text and "BASH_ENV" not in text
     assert _root_script(runner, done, {"kind": "up", "argv": [str(script), "x"], "env": {}}) is not None  # once
     assert _root_script(runner, done, {"kind": "down", "argv": [str(script)], "env": {}}) is not None
+
+
+def test_helper_runs_only_the_kill_switchs_nft_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trivpn.session import privdrop
+    from trivpn.session.killswitch import TABLE, Hole, ruleset
+
+    calls: list[tuple[list[str], str | None]] = []
+
+    def fake_nft(args: list[str], script: str | None) -> tuple[int, str]:
+        calls.append((args, script))
+        return 0, "ok"
+
+    monkeypatch.setattr(privdrop, "run_nft", fake_nft)
+    script = ruleset("tun0", [Hole("192.0.2.1", 1194, "udp")], owner=1)
+    assert _nft(["-f", "-"], script.encode()) == {"rc": 0, "out": "ok"}
+    assert _nft(["delete", "table", "inet", TABLE], b"") == {"rc": 0, "out": "ok"}
+    assert len(calls) == 2
+    for args, payload in [
+        (["list", "ruleset"], b""),
+        (["-f", "/etc/shadow"], b""),
+        (["-f", "-"], b"flush ruleset\n"),
+        (["-f", "-"], b'include "/etc/shadow"\n' + script.encode()),
+        (["-f", "-"], script.replace(TABLE, "filter").encode()),
+    ]:
+        assert "refused" in _nft(args, payload).get("error", ""), args
+    assert len(calls) == 2

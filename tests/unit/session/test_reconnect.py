@@ -136,7 +136,7 @@ def test_give_up_after_applies_only_until_a_tunnel_came_up() -> None:
     p = policy(conn("a", retry=(4, 4)), give_up_after=10.0)
     p.first()
     assert isinstance(p.ended(FAILED, 3.0), Retry)  # next attempt at 7 < 10
-    assert p.ended(FAILED, 6.0) == GiveUp("no tunnel within 10 s: no answer")  # 6 + 4 >= 10
+    assert p.ended(FAILED, 6.0) == GiveUp("no tunnel within 10 s: no answer", timeout=True)  # 6 + 4 >= 10
     p = policy(conn("a", retry=(4, 4)), give_up_after=10.0)
     p.first()
     assert isinstance(p.ended(SessionEnd(came_up=True, failed=True), 3.0), Retry)
@@ -256,3 +256,41 @@ async def test_client_no_reconnect_raises_the_session_error(autojump_clock: trio
         await run_client(client)
     err = primary_error(exc.value)
     assert isinstance(err, ResolveError) and str(err) == "cannot resolve a"
+
+
+# ----------------------------------------------------------------- never fail open
+
+
+def test_restart_cause_sorts_network_errors_from_user_errors() -> None:
+    from trivpn.datachannel.service import PingExit, PingRestart
+    from trivpn.errors import LocalProtocolError, RemoteProtocolError
+    from trivpn.networkio.transport import StreamCorrupted
+    from trivpn.session.reconnect import PeerError, restart_cause
+
+    for restart in (SessionRestart("x"), TransportError("x"), StreamCorrupted("x"), PingRestart("x")):
+        assert restart_cause(restart) is restart
+    decoded = RemoteProtocolError("invalid TCP frame length 0")
+    cause = restart_cause(decoded)
+    assert isinstance(cause, PeerError) and cause.__cause__ is decoded and "frame length 0" in str(cause)
+    # what the user must fix, and bugs, end the run
+    for final in (FatalError("AUTH_FAILED"), PingExit("ping-exit"), ConfigError("bad profile"),
+                  LocalProtocolError("bug"), ValueError("bug"), KeyboardInterrupt()):
+        assert restart_cause(final) is None
+
+
+async def test_client_reconnects_after_refused_network_input(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decode error that escapes a layer (what an attacker on the path can cause) is a
+    reconnect with backoff; the run then ends only for a reason the user must fix."""
+    from trivpn.errors import RemoteProtocolError
+
+    client = scripted("connect-retry 1 1\n", [Up(RemoteProtocolError("garbage")), FatalError("HALT")])
+    caplog.set_level(logging.WARNING, logger="trivpn")
+    with pytest.raises(BaseException) as exc:
+        await run_client(client)
+    assert str(primary_error(exc.value)) == "HALT"
+    assert client.tried == [("a", 0), ("a", 1)]  # after a tunnel: the same remote again
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused input from the network: garbage; reconnecting in 1.0 s"
+    ]

@@ -210,7 +210,7 @@ def test_client_without_pull_uses_the_fallback_cipher() -> None:
     assert len(up) == 1 and up[0].key_derivation == "tls1-prf"
 
 
-def test_untrusted_server_certificate_is_fatal() -> None:
+def test_untrusted_server_certificate_is_a_restart_not_an_exit() -> None:
     from helpers.keyschedule_pair import pki, server_factory
 
     from trivpn.tlssession.core import TLSSession
@@ -222,7 +222,35 @@ def test_untrusted_server_certificate_is_fatal() -> None:
     p.client.ks = KeySchedule(client_config(), lambda k, t: TLSSession(cfg, options_string="V4"))
     p.server.ks = KeySchedule(server_config(), server_factory())
     p.connect()
-    assert len(_of(p.client.events, Fatal)) == 1 and p.client.ks.closed
+    assert not _of(p.client.events, Fatal) and p.client.ks.closed
+    (end,) = _of(p.client.events, Restart)
+    assert isinstance(end, Restart) and "server certificate verification failed" in end.reason
+
+
+def test_garbage_instead_of_tls_is_a_restart_for_the_client() -> None:
+    """Bytes injected on the path in place of the server's handshake end the session with
+    Restart (a TLS error), never Fatal."""
+    p = Pair()
+    p.start()
+    p.client.ks.items_to_send(p.now)  # the ClientHello leaves
+    p.client.ks.receive_ciphertext(0, b"\x15\x03\x03\x00\x02\x02\x28" + bytes(64), p.now)  # a forged alert
+    p.client.collect()
+    assert not _of(p.client.events, Fatal) and p.client.ks.closed
+    (end,) = _of(p.client.events, Restart)
+    assert isinstance(end, Restart) and end.reason.startswith("TLS failed")
+
+
+def test_unusable_push_reply_is_a_restart_not_an_exit() -> None:
+    """OpenVPN's process-push-msg-failed: the client restarts; it does not give up."""
+    p = Pair(
+        client=client_config(policy=CipherPolicy(["AES-256-GCM"])),
+        server=server_config(policy=CipherPolicy(["AES-128-GCM"])),
+        peer_info=client_peer_info(ciphers=["AES-128-GCM"]),  # announces what it then refuses
+    )
+    p.connect()
+    assert not _of(p.client.events, Fatal) and not _of(p.client.events, TunnelUp)
+    (end,) = _of(p.client.events, Restart)
+    assert isinstance(end, Restart) and "not in data-ciphers" in end.reason and p.client.ks.closed
 
 
 # -- the hand window ------------------------------------------------------------------------

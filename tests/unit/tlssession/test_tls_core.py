@@ -669,3 +669,26 @@ def test_private_key_that_cannot_sign_tls_is_a_one_line_config_error(world: Worl
     with pytest.raises(ConfigError, match="cannot sign a TLS handshake") as info:
         TLSEngine(client_config(world, key_pem=pem.decode()))
     assert "\n" not in str(info.value)
+
+
+# -- a verify callback that meets what it cannot read fails verification, never crashes --------
+
+
+def test_unparseable_certificate_fails_verification(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from OpenSSL import crypto
+
+    def unreadable(self: crypto.X509) -> x509.Certificate:
+        raise ValueError("not a certificate cryptography can read")
+
+    monkeypatch.setattr(crypto.X509, "to_cryptography", unreadable)
+    msg = _fails(world)  # a FatalError naming the cause, not a ValueError out of the handshake
+    assert msg == "server certificate verification failed: certificate at depth 1 cannot be parsed"
+
+
+def test_a_check_that_raises_fails_verification(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: TLSEngine, cert: x509.Certificate, subject: str) -> str | None:
+        raise IndexError("a bug in a leaf check")
+
+    monkeypatch.setattr(TLSEngine, "_check_leaf", broken)
+    msg = _fails(world, client_kw={"remote_cert_tls": "server"})
+    assert msg == "server certificate verification failed: the certificate could not be checked (IndexError)"

@@ -1,0 +1,135 @@
+"""The flags every sub-command shares (-v/-vv/-q/--log/--debug), the examples in every
+--help, and `trivpn ping`'s iputils-style exit status (0 replies, 1 none, 2 error)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from helpers.logstate import kept_logging
+from helpers.profiles import shared_pki
+from helpers.serving import answer_echo, client_profile, running_server, server_config
+
+from trivpn import cli, cli_common
+
+BOUND = 60
+
+
+def _leaves() -> list[tuple[str, argparse.ArgumentParser]]:
+    return cli_common._leaves(cli.build_parser(), "")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    with kept_logging():
+        yield
+
+
+def test_every_command_is_listed() -> None:
+    names = {name for name, _ in _leaves()}
+    assert {"connect", "ping", "serve", "relay", "expose", "manage", "tunnel", "demo",
+            "pki init", "pki client", "pki revoke"} <= names
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _leaves()])
+def test_every_command_has_the_shared_flags_and_examples(name: str) -> None:
+    parser = dict(_leaves())[name]
+    flags = parser._option_string_actions
+    for flag in ("-v", "--verbose", "-q", "--quiet", "--log", "--debug", "--help"):
+        assert flag in flags, f"trivpn {name} lacks {flag}"
+    text = parser.format_help()
+    assert "examples:" in text, f"trivpn {name} --help has no examples"
+    assert re.search(r"^  (sudo )?trivpn \S", text.split("examples:", 1)[1], re.M), text
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_verbosity_levels() -> None:
+    ours = logging.getLogger("trivpn")
+    for argv, level in ((["-q"], logging.WARNING), ([], logging.INFO), (["-v"], logging.DEBUG)):
+        args = _parse("serve", "x.conf", *argv)
+        cli_common.setup_logging(args.verbose, args.quiet, args.log)
+        assert ours.level == level
+    args = _parse("pki", "init", "d", "-vv")
+    assert args.verbose == 2
+    cli_common.setup_logging(args.verbose, args.quiet, args.log)
+    assert logging.getLogger().level == logging.DEBUG  # other libraries too
+
+
+def test_log_file_gets_dated_lines_and_is_private(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "trivpn.log"
+    cli_common.setup_logging(0, False, str(log))
+    logging.getLogger("trivpn.test").info("hello %s", "file")
+    logging.getLogger("trivpn.test").warning("careful")
+    lines = log.read_text().splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d hello file", lines[0]), lines
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d warning: careful", lines[1]), lines
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert capsys.readouterr().out == ""  # the log went to the file, not the terminal
+
+
+def test_log_file_records_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "run.log"
+    rc = cli.main(["pki", "client", str(tmp_path / "missing"), "alice", "--log", str(log)])
+    assert rc == 1
+    assert "missing" in capsys.readouterr().err
+    assert "error:" in log.read_text()
+
+
+def test_unwritable_log_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ping", "p.ovpn", "10.0.0.1", "--log", str(tmp_path / "no" / "dir.log")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--log" in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ping", "{profile}", "not-an-address"],
+        ["ping", "{profile}", "10.8.0.1", "--count", "0"],
+        ["ping", "{missing}", "10.8.0.1"],
+    ],
+)
+def test_ping_errors_exit_2(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profile = tmp_path / "p.ovpn"
+    profile.write_text("client\ndev tun\nremote 127.0.0.1 1\n")
+    args = [a.format(profile=profile, missing=tmp_path / "nope.ovpn") for a in argv]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trivpn: error:"), err
+
+
+def test_other_commands_still_exit_1(tmp_path: Path) -> None:
+    assert cli.main(["connect", str(tmp_path / "nope.ovpn")]) == 1
+
+
+@pytest.mark.parametrize(("answer", "code"), [(True, 0), (False, 1)])
+async def test_ping_exit_status_against_a_userspace_server(answer: bool, code: int, tmp_path: Path) -> None:
+    """A real `trivpn ping` process against trivpn's server on 127.0.0.1 (no root)."""
+    pki = shared_pki()
+    seen: list[bytes] = []
+    with trio.fail_after(BOUND):
+        async with running_server(server_config(pki)) as (server, tun), trio.open_nursery() as nursery:
+            if answer:
+                nursery.start_soon(answer_echo, tun, seen)
+            profile = tmp_path / "c.ovpn"
+            profile.write_text(client_profile(pki, server.addresses[0][1]))
+            r = await trio.run_process(
+                [sys.executable, "-m", "trivpn", "ping", str(profile), "10.8.0.1", "-c", "2",
+                 "-i", "0.1", "-W", "1", "-q"],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+            nursery.cancel_scope.cancel()
+    out = r.stdout.decode()
+    assert r.returncode == code, out + r.stderr.decode()
+    assert "2 packets transmitted" in out
+    assert "tunnel up" not in out  # -q: only warnings from the log

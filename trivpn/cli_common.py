@@ -1,0 +1,122 @@
+"""What every `trivpn` sub-command shares: output flags, logging set-up, help examples.
+
+`finish_parsers` runs once the sub-commands (trivpn.cli's own and the plugins') are
+registered: each leaf command gets the flags it is missing (`-v/--verbose`, `-q/--quiet`,
+`--log FILE`, `--debug`) and an examples section, so a plugin cannot forget them and the
+flags mean the same everywhere. docs/cli.md is the reference for all of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+#: Logging level per verbosity: -q, default, -v; -vv also shows other libraries' debug logs.
+QUIET, NORMAL, VERBOSE = logging.WARNING, logging.INFO, logging.DEBUG
+
+EXAMPLES: dict[str, str] = {
+    "connect": """\
+  sudo trivpn connect client.ovpn
+  sudo trivpn connect client.ovpn -4 --no-reconnect --log /var/log/trivpn.log
+  sudo trivpn connect client.ovpn -vv --debug       # everything, with tracebacks""",
+    "ping": """\
+  trivpn ping client.ovpn 10.8.0.1                  # no root: the tunnel lives in userspace
+  trivpn ping client.ovpn fd00::1 -c 10 -i 0.2 -q   # only the replies and the summary""",
+    "serve": """\
+  sudo trivpn serve /etc/openvpn/server/server.conf
+  trivpn pki init ./pki --name vpn.example.net && sudo trivpn serve ./pki/server.conf -v""",
+    "manage": """\
+  sudo trivpn manage client.ovpn                    # the tunnel process runs as nobody
+  sudo trivpn manage client.ovpn --tunnel-user trivpn --ifname vpn0""",
+    "tunnel": """\
+  trivpn tunnel --rpc-socket /run/trivpn/manager.sock   # normally started by a manager""",
+    "relay": """\
+  TRIVPN_TOKEN=$(cat token) trivpn relay --addr :9000 --start-port 10000
+  trivpn relay --token-file token --domain tunnels.example.net --http-addr :80""",
+    "expose": """\
+  TRIVPN_TOKEN=$(cat token) trivpn expose --server relay.example.net:9000 --local 127.0.0.1:3000
+  trivpn expose --server 127.0.0.1:9000 --local 127.0.0.1:8000 --token-file token --http --subdomain api""",
+    "status": """\
+  trivpn status /run/trivpn/mgmt.sock               # a running connect or serve
+  trivpn status 127.0.0.1:7505 --json --password-file mgmt.pw""",
+    "demo": """\
+  sudo trivpn demo
+  sudo trivpn demo --iperf-seconds 0 --keep""",
+}
+
+
+class LogFormatter(logging.Formatter):
+    """`HH:MM:SS message` on a terminal; with `dates`, `YYYY-MM-DD HH:MM:SS message` (--log)."""
+
+    def __init__(self, *, dates: bool = False) -> None:
+        super().__init__()
+        self.stamp = "%Y-%m-%d %H:%M:%S" if dates else "%H:%M:%S"
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime(self.stamp, time.localtime(record.created))
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"{stamp} {prefix}{record.getMessage()}"
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False, log_file: str | None = None) -> None:
+    """Send trivpn's log to stdout (or append it to `log_file`, mode 0600, dated lines).
+
+    Raises OSError when the log file cannot be opened; the caller reports it in one line.
+    """
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1, encoding="utf-8"))
+        handler.setFormatter(LogFormatter(dates=True))
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(LogFormatter())
+    level = QUIET if quiet else VERBOSE if verbose > 0 else NORMAL
+    ours = logging.getLogger("trivpn")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+    if verbose >= 2 and not quiet:  # -vv: other libraries' debug lines too
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(logging.DEBUG)
+
+
+def _leaves(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(path, parser)]
+    out: list[tuple[str, argparse.ArgumentParser]] = []
+    for action in subs:
+        for name, child in action.choices.items():
+            if child is not parser:
+                out.extend(_leaves(child, f"{path} {name}".strip()))
+    return out
+
+
+def _add_missing_flags(p: argparse.ArgumentParser) -> None:
+    have = p._option_string_actions
+    if "-v" not in have and "--verbose" not in have:
+        p.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: also other libraries)")
+    if "-q" not in have and "--quiet" not in have:
+        p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    if "--log" not in have:
+        p.add_argument("--log", metavar="FILE", help="append the log to FILE (dated lines) instead of the terminal")
+    if "--debug" not in have:
+        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def finish_parsers(root: argparse.ArgumentParser) -> list[str]:
+    """Give every leaf command the shared flags and its examples; returns the leaves' names."""
+    names = []
+    for name, p in _leaves(root, ""):
+        _add_missing_flags(p)
+        top = name.split()[0]
+        if not p.epilog and top in EXAMPLES:
+            p.epilog = "examples:\n" + EXAMPLES[top]
+        if p.epilog:
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+        names.append(name)
+    return names

@@ -1,0 +1,109 @@
+"""The texts `trivpn pki` writes for OpenVPN: the server's server.conf and a client's .ovpn.
+
+Both use only options that OpenVPN 2.6, OpenVPN Connect (OpenVPN 3) and trivpn all read
+the same way. The server config starts with `cd DIR` and then names its files relatively:
+OpenVPN resolves relative names against its working directory, trivpn against the config's
+own directory, and `cd` makes both land in DIR.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from trivpn.pki import store
+
+DATA_CIPHERS = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"
+KEEPALIVE = "keepalive 10 60"
+STATUS_SECONDS = 10
+
+
+def server_network(subnet: str) -> ipaddress.IPv4Network:
+    from trivpn.errors import ConfigError
+
+    try:
+        net = ipaddress.IPv4Network(subnet, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"--subnet {subnet[:60]!r}: {exc}") from None
+    if net.prefixlen > 29:
+        raise ConfigError(f"--subnet {subnet}: too small, a /29 or larger is needed")
+    return net
+
+
+def server_conf(root: Path, settings: store.Settings, made: str) -> str:
+    net = server_network(settings.subnet)
+    wrap = (
+        f"tls-crypt-v2 {store.V2_SERVER_KEY}"
+        if settings.tls_crypt_v2
+        else f"tls-crypt {store.TLS_CRYPT_KEY}"
+    )
+    lines = [
+        f"# OpenVPN 2.6 / trivpn server for {settings.name}, made by trivpn pki on {made}",
+        "# start it with:  sudo trivpn serve server.conf   (or: sudo openvpn --config server.conf)",
+        f"cd {root}",
+        f"port {settings.port}",
+        f"proto {settings.proto}",
+        "dev tun",
+        "topology subnet",
+        f"server {net.network_address} {net.netmask}",
+        "ifconfig-pool-persist ipp.txt",
+        f"ca {store.CA_CERT}",
+        f"cert {store.SERVER_CERT}",
+        f"key {store.SERVER_KEY}",
+        "dh none",
+        wrap,
+        "# revoked clients (trivpn pki revoke); re-read when the file changes",
+        f"crl-verify {store.CRL}",
+        "remote-cert-tls client",
+        "tls-version-min 1.2",
+        f"data-ciphers {DATA_CIPHERS}",
+        KEEPALIVE,
+        f"status status.log {STATUS_SECONDS}",
+        "status-version 2",
+        "persist-key",
+        "persist-tun",
+        "verb 3",
+    ]
+    if settings.proto == "udp":
+        lines.append("explicit-exit-notify 1")
+    return "\n".join(lines) + "\n"
+
+
+def _block(tag: str, text: str) -> str:
+    return f"<{tag}>\n{text.strip()}\n</{tag}>"
+
+
+def client_profile(
+    name: str,
+    settings: store.Settings,
+    remote: tuple[str, int],
+    *,
+    ca: str,
+    cert: str,
+    key: str,
+    wrap_key: str,
+    made: str,
+) -> str:
+    """One self-contained .ovpn: every key and certificate inline."""
+    proto = "tcp-client" if settings.proto == "tcp-server" else "udp"
+    head = [
+        f"# {name}: client profile for {settings.name}, made by trivpn pki on {made}",
+        "# contains this client's private key: keep it as secret as a password",
+        "client",
+        "dev tun",
+        f"proto {proto}",
+        f"remote {remote[0]} {remote[1]}",
+        "resolv-retry infinite",
+        "nobind",
+        "remote-cert-tls server",
+        f"verify-x509-name {settings.name} name",
+        f"data-ciphers {DATA_CIPHERS}",
+        "verb 3",
+    ]
+    blocks = [
+        _block("ca", ca),
+        _block("cert", cert),
+        _block("key", key),
+        _block("tls-crypt-v2" if settings.tls_crypt_v2 else "tls-crypt", wrap_key),
+    ]
+    return "\n".join(head + blocks) + "\n"

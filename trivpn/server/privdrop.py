@@ -1,0 +1,169 @@
+"""`user` / `group`: `trivpn serve` gives up root once its TUN and listeners are up.
+
+Theory of operation
+-------------------
+Everything that needs root happens before the drop: the TUN is opened and configured, the
+listening sockets are bound, the status and ifconfig-pool-persist files are opened. Then
+`drop()` sets the supplementary groups to the one group, the gid, and the uid, in that
+order (a process that changed its uid first could no longer change its groups).
+
+One privilege is kept on purpose: CAP_NET_ADMIN, only that, in the permitted and effective
+sets (PR_SET_KEEPCAPS across setuid, then capset). The exit cleanups remove the server's
+addresses and routes through rtnetlink, which needs it; without it a stopped server would
+leave its routes behind (OpenVPN without persist-tun fails the same way after `user`).
+Nothing else is kept: no file access beyond the new user's, no raw sockets, no setuid.
+Scripts the server starts get no capability at all (execve of a non-root program clears
+them), and run as the new user, as OpenVPN's do.
+
+Files written later keep working because they are opened now and rewritten in place
+through that descriptor (seek, write, truncate), as OpenVPN does, instead of the atomic
+temp-file-and-rename used without a drop (which needs a writable directory).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import grp
+import logging
+import os
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from trivpn.errors import ConfigError, FatalError
+
+__all__ = ["KeptFile", "PrivilegeDrop"]
+
+log = logging.getLogger("trivpn.server")
+
+_PR_SET_KEEPCAPS = 8
+_CAP_NET_ADMIN = 12
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+Writer = Callable[[Path, str, int], None]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise FatalError(f"cannot drop privileges: {what} failed: {os.strerror(err)}")
+
+
+class KeptFile:
+    """A file opened before the drop and rewritten in place later (not atomically)."""
+
+    def __init__(self, path: str | Path, mode: int) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+        except OSError as exc:
+            raise ConfigError(f"cannot open {path}: {exc.strerror or exc}") from None
+        self.path = str(path)
+
+    def write(self, _path: Path, text: str, _mode: int = 0) -> None:
+        """Replace the content (the `write_status_file` signature; path and mode are fixed)."""
+        data = text.encode("utf-8")
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        os.ftruncate(self.fd, len(data))
+
+    def replace(self, _path: str, text: str) -> None:
+        """The same, with the pool-persist writer's signature."""
+        self.write(Path(self.path), text)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    uid: int | None
+    gid: int
+    name: str
+
+
+def _resolve(user: str | None, group: str | None) -> _Identity | None:
+    if user is None and group is None:
+        return None
+    uid = None
+    gid: int | None = None
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise ConfigError(f"option 'user': no such user {user[:64]!r}") from None
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"option 'group': no such group {group[:64]!r}") from None
+    assert gid is not None
+    return _Identity(uid, gid, f"{user or '-'}:{group or gid}")
+
+
+class PrivilegeDrop:
+    """The configured drop (nothing when neither `user` nor `group` is set)."""
+
+    def __init__(self, user: str | None, group: str | None) -> None:
+        self.identity = _resolve(user, group)  # unknown names: ConfigError at once
+        self.kept: list[KeptFile] = []
+
+    @property
+    def active(self) -> bool:
+        return self.identity is not None
+
+    def keep(self, path: str | Path, mode: int) -> KeptFile | None:
+        """Open `path` now if a drop will follow (the caller then writes through it)."""
+        if self.identity is None:
+            return None
+        kept = KeptFile(path, mode)
+        self.kept.append(kept)
+        return kept
+
+    def drop(self) -> None:
+        """setgroups, setgid, setuid; keep CAP_NET_ADMIN (see the module docstring)."""
+        ident = self.identity
+        if ident is None:
+            return
+        libc = _libc()
+        if ident.uid is not None and ident.uid != 0:
+            _check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+        try:
+            os.setgroups([ident.gid])
+            os.setgid(ident.gid)
+            if ident.uid is not None:
+                os.setuid(ident.uid)
+        except OSError as exc:
+            raise FatalError(f"cannot drop privileges to {ident.name}: {exc.strerror or exc}") from None
+        if ident.uid is not None and ident.uid != 0:
+            keep = 1 << _CAP_NET_ADMIN
+            header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+            data = (_CapData * 2)(_CapData(keep, keep, 0), _CapData(0, 0, 0))
+            _check(libc.capset(ctypes.byref(header), data), "capset(CAP_NET_ADMIN)")
+            _check(libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
+        log.info("privileges dropped to %s (uid %s, gid %d), CAP_NET_ADMIN kept for the exit cleanups",
+                 ident.name, ident.uid if ident.uid is not None else os.getuid(), ident.gid)
+
+    def close(self) -> None:
+        for kept in self.kept:
+            try:
+                kept.close()
+            except OSError:
+                pass
+        self.kept.clear()
