@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from trivpn.session.killswitch import TABLE
 from trivpn.testing.netns import NetnsPair
 from trivpn.testing.ovpn_server import OpenVPNServer, ServerOptions, client_profile
 from trivpn.testing.pki import PKI
@@ -55,10 +56,12 @@ def _ping(netns: NetnsPair, target: str) -> bool:
     return netns.client.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", target], check=False).returncode == 0
 
 
+@pytest.mark.parametrize("kill_switch", [False, True], ids=["plain", "kill-switch"])
 def test_user_group_drop_to_cap_net_admin_and_survive_a_server_restart(
-    pki: PKI, netns: NetnsPair, openvpn_server: Callable[[ServerOptions], OpenVPNServer],
+    kill_switch: bool, pki: PKI, netns: NetnsPair, openvpn_server: Callable[[ServerOptions], OpenVPNServer],
     tmp_path: Path, shared_dir: Path,
 ) -> None:
+    """With `--kill-switch` too: its nftables calls after the drop go through the helper."""
     opts = ServerOptions(proto="udp", wrap="tls-crypt", keepalive=(1, 4))
     server = openvpn_server(opts)
     out = shared_dir / "out"
@@ -74,11 +77,15 @@ def test_user_group_drop_to_cap_net_admin_and_survive_a_server_restart(
     ]))
     before = namespace_state(netns.client)
     log = tmp_path / "client.log"
-    proc = netns.client.popen([sys.executable, "-m", "trivpn", "connect", str(profile), "--no-dns"],
+    flags = ["--kill-switch"] if kill_switch else []
+    proc = netns.client.popen([sys.executable, "-m", "trivpn", "connect", str(profile), "--no-dns", *flags],
                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_for_text(log, "tunnel up", 30)
         text = log.read_text()
+        if kill_switch:
+            assert "kill switch on" in text
+            assert netns.client.run(["nft", "list", "table", "inet", TABLE], check=False).returncode == 0
         assert text.index("dropped privileges") < text.index("TLS ok")  # before any network input
         st = _status(proc.pid)
         assert st["Uid"].split() == [str(NOBODY)] * 4, st["Uid"]
@@ -111,6 +118,9 @@ def test_user_group_drop_to_cap_net_admin_and_survive_a_server_restart(
             proc.wait()
     wait_until(lambda: namespace_state(netns.client) == before, 10, "routes and TUN gone after exit")
     assert "Traceback" not in log.read_text()
+    if kill_switch:
+        assert "kill switch off" in log.read_text()
+        assert netns.client.run(["nft", "list", "table", "inet", TABLE], check=False).returncode != 0
 
 
 def test_helper_restores_the_host_when_the_engine_is_killed(
