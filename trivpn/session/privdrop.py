@@ -5,7 +5,7 @@ Why this shape (see docs/architecture.md, "Privilege drop"): two processes.
 * The engine process (TLS, the control channel, every parser of network input, the
   scripts after the first tunnel) becomes the profile's user and group, keeping only
   CAP_NET_ADMIN: `prctl(PR_SET_KEEPCAPS)`, `setgroups`/`setgid`/`setuid`, then `capset`
-  to that one capability (ctypes; no new dependency). The TUN fd stays open. This
+  to that one capability (`trivpn serve`'s switch, trivpn.server.privdrop). The TUN fd stays open. This
   happens when the run starts, right after the TUN was created and a crashed run's DNS
   was restored: the first TLS handshake already runs unprivileged.
 * Just before that, a *privileged helper* is forked. It inherits the run's `TunApplier`
@@ -26,14 +26,10 @@ reopen them.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
-import grp
 import json
 import logging
 import os
-import pwd
 import re
 import shlex
 import signal
@@ -46,19 +42,17 @@ from typing import Any
 
 from trivpn.errors import ConfigError
 from trivpn.profile.model import Profile
+from trivpn.server.privdrop import PrivilegeDrop
 from trivpn.session.killswitch import TABLE, KillSwitch, run_nft
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import DnsSettings, NetPlan
 from trivpn.session.scripts import SCRIPT_TIMEOUT, ScriptRunner
 from trivpn.tun.netconfig import TunConfig
 
-__all__ = ["CAP_NET_ADMIN", "HelperLink", "PrivDrop", "plan_from_json", "plan_to_json"]
+__all__ = ["HelperLink", "PrivDrop", "plan_from_json", "plan_to_json"]
 
 log = logging.getLogger("trivpn")
 
-CAP_NET_ADMIN = 12
-_PR_SET_KEEPCAPS = 8
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 #: Largest request or reply on the helper socket (a plan with hundreds of routes fits).
 MAX_MESSAGE = 256 * 1024
 #: Seconds the engine waits for the helper to answer (a root script gets its own time on top).
@@ -73,13 +67,6 @@ _SCRIPT_ENV = re.compile(
     r"|proto_[0-9]+|tls_[a-z0-9_]+|X509_[0-9]+_[A-Za-z0-9_.]+)"
 )
 
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def plan_to_json(plan: NetPlan) -> bytes:
@@ -274,10 +261,13 @@ def _serve(sock: socket.socket, applier: TunApplier, runner: ScriptRunner | None
 
 
 class PrivDrop:
-    """The profile's `user`/`group`, resolved at start; `drop` does the rest once."""
+    """The profile's `user`/`group`, resolved at start; `drop` does the rest once.
 
-    def __init__(self, uid: int, gid: int, name: str) -> None:
-        self.uid, self.gid, self.name = uid, gid, name
+    The uid/gid switch keeping CAP_NET_ADMIN is `trivpn serve`'s (trivpn.server.privdrop);
+    what is added here is the helper that keeps root for the host changes."""
+
+    def __init__(self, switch: PrivilegeDrop) -> None:
+        self.switch = switch
         self.helper: HelperLink | None = None
 
     @classmethod
@@ -286,15 +276,7 @@ class PrivDrop:
             return None
         if os.geteuid() != 0:
             raise ConfigError("'user'/'group' need trivpn connect to start as root")
-        try:
-            pw = pwd.getpwnam(profile.user) if profile.user else pwd.getpwuid(0)
-        except KeyError:
-            raise ConfigError(f"user {profile.user!r} does not exist") from None
-        try:
-            gid = grp.getgrnam(profile.group).gr_gid if profile.group else pw.pw_gid
-        except KeyError:
-            raise ConfigError(f"group {profile.group!r} does not exist") from None
-        return cls(pw.pw_uid, gid, f"{profile.user or 'root'}:{profile.group or pw.pw_gid}")
+        return cls(PrivilegeDrop(profile.user, profile.group))  # unknown names: ConfigError
 
     def drop(
         self, applier: TunApplier, runner: ScriptRunner | None = None, kill_switch: KillSwitch | None = None
@@ -325,9 +307,8 @@ class PrivDrop:
             runner.privileged = self.helper.run_script
         if kill_switch is not None:
             kill_switch.use_runner(self.helper.run_nft)
-        _become(self.uid, self.gid, keep=(CAP_NET_ADMIN,))
-        log.info("dropped privileges to %s (keeping CAP_NET_ADMIN); routes and DNS via helper pid %d",
-                 self.name, pid)
+        self.switch.drop()
+        log.info("dropped privileges; routes, DNS and the first scripts via the root helper (pid %d)", pid)
 
 
 #: Modules imported lazily on the session path. They are loaded while still root: the user
@@ -343,23 +324,3 @@ def _preload() -> None:
             importlib.import_module(name)
         except ImportError:
             continue
-
-
-def _become(uid: int, gid: int, keep: tuple[int, ...]) -> None:
-    """setgroups/setgid/setuid keeping only the capabilities in `keep` (this thread)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS)")
-    os.setgroups([gid])
-    os.setgid(gid)
-    os.setuid(uid)
-    mask = 0
-    for cap in keep:
-        mask |= 1 << cap
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    data[0].effective = data[0].permitted = mask & 0xFFFFFFFF
-    data[1].effective = data[1].permitted = mask >> 32
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
-    libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0)

@@ -73,10 +73,12 @@ def test_helper_serves_requests_and_undoes_everything_at_eof() -> None:
 
 def test_no_user_no_drop_and_unknown_user_is_a_config_error() -> None:
     assert PrivDrop.from_profile(Profile(remotes=[])) is None
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="no such user"):
         PrivDrop.from_profile(Profile(remotes=[], user="no-such-user-trivpn"))
+    with pytest.raises(ConfigError, match="no such group"):
+        PrivDrop.from_profile(Profile(remotes=[], user="nobody", group="no-such-group-trivpn"))
     drop = PrivDrop.from_profile(Profile(remotes=[], user="nobody"))
-    assert drop is not None and drop.uid == 65534
+    assert drop is not None and drop.switch.identity is not None and drop.switch.identity.uid == 65534
 
 
 def test_root_scripts_only_the_profiles_command_once_with_openvpn_names(tmp_path: Path) -> None:
