@@ -125,6 +125,8 @@ class TunnelUp:
     peer_subject: str
     tls_version: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the verified peer chain, DER, leaf first (scripts' tls_id_N / X509_N_* variables)
+    peer_chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

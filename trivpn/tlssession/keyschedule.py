@@ -93,6 +93,7 @@ from trivpn.messages import (
     TunnelUp,
 )
 from trivpn.profile.push import PushedSettings
+from trivpn.redact import redact_control, redact_option
 from trivpn.tlssession import serverrole
 from trivpn.tlssession.config import TRANSITION_WINDOW, KeyScheduleConfig, PushSource
 from trivpn.tlssession.control import Fatal, Info, Restart, Unknown, client_verdict, server_verdict
@@ -454,14 +455,14 @@ class KeySchedule:
         if isinstance(verdict, Restart | Fatal):
             self._close(verdict)
         elif isinstance(verdict, Info | AuthPending):
-            log.info("%s says: %s", "client" if self.is_server else "server", text)
+            log.info("%s says: %s", "client" if self.is_server else "server", redact_control(text))
             if isinstance(verdict, AuthPending):
                 self._events.append(verdict)
                 if self.pending == 0:  # the server needs more time for the first key
                     self._pending_deadline = max(self._pending_deadline, now + verdict.timeout)
         elif isinstance(verdict, Unknown):
             self.dropped_control_messages += 1
-            log.debug("ignored control message %r", text[:80])
+            log.debug("ignored control message %r", redact_control(text)[:80])
 
     def _close(self, event: Restart | Fatal) -> None:
         self._events.append(event)
@@ -473,7 +474,7 @@ class KeySchedule:
         if self.settings is not None or key_id != 0 or self.pending != 0:
             log.debug("ignoring a repeated PUSH_REPLY")
             return
-        log.info("pushed settings: %s", ",".join(options))
+        log.info("pushed settings: %s", ",".join(redact_option(o) for o in options))
         self._client_ready(options, now)
 
     def _client_ready(self, options: list[str], now: float) -> None:
@@ -494,6 +495,7 @@ class KeySchedule:
                 agreement.key_derivation,
                 hs.peer_subject if hs else "?",
                 hs.tls_version if hs else "?",
+                peer_chain=hs.peer_chain if hs else (),
             )
         )
 
