@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 import trio
 
 from trivpn.errors import AuthFailed, ConnectTimeout, FatalError, RetryLimitReached, SessionRestart
+from trivpn.messages import AuthTokenRenewed
 from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
@@ -216,6 +217,14 @@ class Client:
             await trio.sleep(decision.delay)
             step, delay = decision, decision.delay
 
+    def _session_event(self, ev: Any) -> None:
+        """An event after the tunnel came up: a renewed auth-token is kept for reconnects;
+        the library's hook gets the renegotiations."""
+        if isinstance(ev, AuthTokenRenewed):
+            self._auth_token = ev.token
+        elif self.on_event is not None:
+            self.on_event(ev)
+
     async def _retry_auth(self, error: AuthFailed) -> bool:
         """AUTH_FAILED with management `auth-retry nointeract|interact`: try again."""
         if self.observer is None:
@@ -308,7 +317,7 @@ class Client:
                     observer.session_up(session, info)
                 if task_status is not None:
                     task_status.started(info)
-                await session.drain_events(self.on_event)
+                await session.drain_events(self._session_event)
         finally:
             self._live = None
             transport.close()

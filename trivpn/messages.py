@@ -172,6 +172,14 @@ class AuthPending:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthTokenRenewed:
+    """Client role: the server pushed a new auth-token while the tunnel was up (auth-gen-token
+    renewal); reconnects and renegotiations use it from now on."""
+
+    token: str = field(repr=False)  # a secret: never in a log
+
+
+@dataclass(frozen=True, slots=True)
 class KeysRenegotiated:
     """New data keys are in use (`count`: renegotiations of this session so far)."""
 
@@ -254,4 +262,4 @@ TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
 #: exit notice.
 TLSToData: TypeAlias = "InstallKey | ActivateKey | RetireKey | SendExitNotify"
 #: TLS session → the session runner (one item per send, not a batch).
-SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest | KeysRenegotiated"
+SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest | KeysRenegotiated | AuthTokenRenewed"

@@ -82,6 +82,7 @@ from trivpn.messages import (
     ActivateKey,
     AuthPending,
     AuthRequest,
+    AuthTokenRenewed,
     Ciphertext,
     ClientReady,
     DynamicWrapKey,
@@ -121,6 +122,7 @@ log = logging.getLogger("trivpn.tlssession")
 
 Event = (
     InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady | AuthPending | AuthRequest | Restart | Fatal
+    | AuthTokenRenewed
 )
 Outgoing = SoftReset | DynamicWrapKey | Ciphertext
 
@@ -471,7 +473,18 @@ class KeySchedule:
     # -- client: the PUSH_REPLY makes the first key -------------------------------------------
 
     def _on_push_reply(self, key_id: int, options: list[str], now: float) -> None:
-        if self.settings is not None or key_id != 0 or self.pending != 0:
+        if self.settings is not None:
+            # a later PUSH_REPLY: OpenVPN's servers renew the auth-token this way
+            tokens = [o.split(None, 1)[1].strip() for o in options
+                      if o.startswith("auth-token ") and len(o.split(None, 1)) == 2]
+            if tokens and tokens[-1]:
+                self.settings.auth_token = tokens[-1]
+                self._events.append(AuthTokenRenewed(tokens[-1]))
+                log.info("the server renewed the auth-token")
+            else:
+                log.debug("ignoring a repeated PUSH_REPLY")
+            return
+        if key_id != 0 or self.pending != 0:
             log.debug("ignoring a repeated PUSH_REPLY")
             return
         log.info("pushed settings: %s", ",".join(redact_option(o) for o in options))
