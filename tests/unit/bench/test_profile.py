@@ -1,0 +1,40 @@
+"""`python -m trivpn.bench profile --quick` runs end to end and reports every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trivpn.bench.__main__ import BENCHMARKS
+from trivpn.bench.profile import main, parse_args
+
+STAGES = {
+    "aead-seal", "aead-open", "encrypt", "decrypt", "udp-send", "udp-recv", "tun-write",
+    "tun-read", "loop-up", "loop-down", "python-encrypt", "python-decrypt", "overhead-up",
+    "overhead-down",
+}
+LONE = {"lone-up hot", "lone-down hot", "lone-up cold", "lone-down cold", "relay hot",
+        "relay cold", "rtt hot", "rtt cold"}
+
+
+def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "profile.json"
+    assert main(["--quick", "--gap", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = {r["stage"]: r for r in doc["rows"]}
+    assert set(rows) == STAGES
+    for name in STAGES - {"python-encrypt", "python-decrypt", "overhead-up", "overhead-down"}:
+        assert rows[name]["cpu_ns"] > 0 and rows[name]["wall_ns"] > 0, name
+    assert set(doc["lone_us"]) == LONE
+    assert all(v["p50"] > 0 and v["n"] == 5 for v in doc["lone_us"].values())
+    assert "loop-up" in capsys.readouterr().out
+
+
+def test_profile_is_registered_and_checks_arguments() -> None:
+    assert BENCHMARKS["profile"][0] == "trivpn.bench.profile"
+    for argv in (["--batch", "0"], ["--only", "nothing"], ["--size", "5"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(argv)
+        assert exc.value.code == 2

@@ -1,0 +1,554 @@
+"""`python -m trivpn.bench profile`: what one data packet costs, stage by stage.
+
+Why: the VPN benchmark gives end-to-end figures on a machine shared with the server and
+iperf3; it cannot say where a client's microseconds go. This profile times each stage of the
+data path alone, in one process, on loopback, and reports nanoseconds **per packet** for
+batches of `--batch` packets of `--size` bytes:
+
+* **CPU ns/packet** (the calling thread's, or the data thread's, `CLOCK_THREAD_CPUTIME`):
+  robust on a busy machine, as other processes' work is not counted; the figure to compare.
+* **wall ns/packet**: includes waiting for the CPU and the other thread; noisy when shared.
+
+Stages (each the median of `--repeat` timed batches):
+
+* `aead-seal` / `aead-open`: the `cryptography` AEAD call alone (the floor of crypto).
+* `encrypt` / `decrypt`: `Encryptor.encrypt` / `Decryptor.decrypt` (header, packet id,
+  framing, replay window, counters around the AEAD call); minus the row above = Python.
+* `udp-send` / `udp-recv`: `UDPTransport.send_nowait` (GSO runs) / `recv_nowait` on a
+  connected loopback UDP socket pair.
+* `tun-write` / `tun-read`: `LinuxTun.write_nowait` / `read_nowait` over an AF_UNIX
+  datagram socket pair standing in for the TUN fd (same system calls, not the TUN driver's
+  cost: a real TUN write also runs the stack's input path).
+* `loop-up` / `loop-down`: the real data-plane threads (`fastpath.ThreadPlane`) over those
+  fakes, fed by a third thread in bursts of `--batch`: CPU of the data thread per packet
+  (poll, system calls, crypto, Python, and GIL hand-offs with the feeder).
+* `rtt` (µs, wall): a ping: into the TUN, through the down thread, answered at once by
+  the feeder with a pre-sealed reply, through the up thread, out of the TUN; hot and cold.
+* `lone-up` / `lone-down` (µs, wall): one packet at a time through the data thread, from
+  the feeder's send to its arrival on the other side: back to back (`hot`) and after an
+  idle gap of `--gap` ms (`cold`), next to `relay` — the same hop through a minimal plain
+  thread (poll + read + write, no crypto), the floor for a Python thread on this machine.
+
+Derived rows (`python-*`) subtract the AEAD floor from the codec stages and the stage sums
+from the loops. Output: a table, and JSON with `--json PATH`. Loopback only; every loop is
+bounded in count, every wait in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+#: Bound on any single wait in the profile (a lost packet must not hang it).
+WAIT = 5.0
+_BUF = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Options:
+    batch: int = 64
+    size: int = 1400
+    repeat: int = 200
+    lone: int = 200
+    gap_ms: float = 10.0
+    cipher: str = "AES-256-GCM"
+
+
+@dataclass(slots=True)
+class Row:
+    stage: str
+    cpu_ns: float | None  # per packet
+    wall_ns: float | None  # per packet
+    note: str = ""
+
+
+@dataclass(slots=True)
+class Report:
+    options: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    #: lone-packet latencies (µs, p50 / p90) per kind
+    lone_us: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def row(self, stage: str) -> Row | None:
+        return next((r for r in self.rows if r.stage == stage), None)
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+
+
+def _pair(cipher: str) -> tuple[Any, Any]:
+    """A client and a server data channel under one random key."""
+    from trivpn.datachannel.core import DataChannel
+
+    key2 = os.urandom(256)
+    client = DataChannel(cipher=cipher, is_server=False, peer_id=1)
+    server = DataChannel(cipher=cipher, is_server=True, peer_id=1)
+    client.install_key(0, key2, 0.0)
+    server.install_key(0, key2, 0.0)
+    return client, server
+
+
+def _plain(size: int, n: int) -> list[bytes]:
+    """`n` distinct IPv4-looking packets of `size` bytes."""
+    body = os.urandom(max(size - 4, 0))
+    return [(b"\x45\x00" + (i & 0xFFFF).to_bytes(2, "big") + body)[:size] for i in range(n)]
+
+
+def _udp_pair() -> tuple[socket.socket, socket.socket]:
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUF)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUF)
+        s.bind(("127.0.0.1", 0))
+    a.connect(b.getsockname())
+    b.connect(a.getsockname())
+    a.setblocking(False)
+    return a, b
+
+
+def _tun_pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUF)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUF)
+    a.setblocking(False)
+    return a, b
+
+
+def _transport(sock: socket.socket) -> Any:
+    from trivpn.networkio.transport import Endpoint, UDPTransport
+
+    host, port = sock.getpeername()
+    return UDPTransport(sock, Endpoint(host, port, "udp", socket.AF_INET, (host, port)))
+
+
+def _drain(sock: socket.socket, n: int) -> int:
+    """Read `n` datagrams (blocking, bounded by WAIT each); how many arrived."""
+    sock.settimeout(WAIT)
+    got = 0
+    try:
+        while got < n:
+            sock.recv(65536)
+            got += 1
+    except TimeoutError:
+        pass
+    return got
+
+
+def _median_per_packet(samples: list[tuple[int, int]], per: int) -> tuple[float, float]:
+    cpu = statistics.median(s[0] for s in samples) / per
+    wall = statistics.median(s[1] for s in samples) / per
+    return cpu, wall
+
+
+def _time(fn: Callable[[int], None], repeat: int, per: int) -> tuple[float, float]:
+    """Median (CPU, wall) ns per packet of `fn(i)` over `repeat` calls (setup outside)."""
+    samples: list[tuple[int, int]] = []
+    for i in range(repeat):
+        c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+        fn(i)
+        samples.append((time.thread_time_ns() - c0, time.perf_counter_ns() - w0))
+    return _median_per_packet(samples, per)
+
+
+# ---------------------------------------------------------------------------------------
+# stages in the calling thread
+
+
+def codec_stages(opt: Options, report: Report) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    b, rep = opt.batch, opt.repeat
+    plain = _plain(opt.size, b)
+    aead = (ChaCha20Poly1305 if "CHACHA" in opt.cipher else AESGCM)(os.urandom(32))
+    nonce, ad = os.urandom(12), os.urandom(8)
+    sealed = [aead.encrypt(nonce, p, ad) for p in plain]
+
+    def seal(_i: int) -> None:
+        enc = aead.encrypt
+        for p in plain:
+            enc(nonce, p, ad)
+
+    def open_(_i: int) -> None:
+        dec = aead.decrypt
+        for c in sealed:
+            dec(nonce, c, ad)
+
+    cpu, wall = _time(seal, rep, b)
+    report.rows.append(Row("aead-seal", cpu, wall, "cryptography AEAD encrypt alone"))
+    cpu, wall = _time(open_, rep, b)
+    report.rows.append(Row("aead-open", cpu, wall, "cryptography AEAD decrypt alone"))
+
+    client, server = _pair(opt.cipher)
+    cpu, wall = _time(lambda _i: client.tx.encrypt(plain, 0.0), rep, b)
+    report.rows.append(Row("encrypt", cpu, wall, "Encryptor.encrypt (header, id, AEAD)"))
+    wire = [server.tx.encrypt(plain, 0.0) for _ in range(rep)]
+    cpu, wall = _time(lambda i: client.rx.decrypt(wire[i], 0.0), rep, b)
+    if client.rx.stats.rx_packets != rep * b:
+        raise RuntimeError("profile: decrypt dropped packets")
+    report.rows.append(Row("decrypt", cpu, wall, "Decryptor.decrypt (replay, AEAD, counters)"))
+
+
+def io_stages(opt: Options, report: Report) -> None:
+    from trivpn.tun.linux import LinuxTun
+
+    b, rep = opt.batch, max(opt.repeat // 4, 3)
+    client, server = _pair(opt.cipher)
+    plain = _plain(opt.size, b)
+    wire = client.tx.encrypt(plain, 0.0)
+
+    ours, peer = _udp_pair()
+    tun_ours, tun_peer = _tun_pair()
+    transport = _transport(ours)
+    tun = LinuxTun(tun_ours.fileno(), "fake0", mtu=max(1500, opt.size))
+    try:
+        samples: list[tuple[int, int]] = []
+        for _ in range(rep):
+            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            sent = transport.send_nowait(wire)
+            samples.append((time.thread_time_ns() - c0, time.perf_counter_ns() - w0))
+            if sent != b or _drain(peer, b) != b:
+                raise RuntimeError("profile: udp-send lost packets")
+        cpu, wall = _median_per_packet(samples, b)
+        report.rows.append(Row("udp-send", cpu, wall, "UDPTransport.send_nowait (GSO), loopback"))
+
+        samples = []
+        for _ in range(rep):
+            for w in wire:
+                peer.send(w)
+            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            got = transport.recv_nowait(b)
+            samples.append((time.thread_time_ns() - c0, time.perf_counter_ns() - w0))
+            if len(got) != b:
+                raise RuntimeError("profile: udp-recv lost packets")
+        cpu, wall = _median_per_packet(samples, b)
+        report.rows.append(Row("udp-recv", cpu, wall, "UDPTransport.recv_nowait, loopback"))
+
+        samples = []
+        for _ in range(rep):
+            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            done = tun.write_nowait(plain)
+            samples.append((time.thread_time_ns() - c0, time.perf_counter_ns() - w0))
+            if done != b or _drain(tun_peer, b) != b:
+                raise RuntimeError("profile: tun-write lost packets")
+        cpu, wall = _median_per_packet(samples, b)
+        report.rows.append(Row("tun-write", cpu, wall, "LinuxTun.write_nowait, AF_UNIX stand-in"))
+
+        samples = []
+        for _ in range(rep):
+            for p in plain:
+                tun_peer.send(p)
+            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            batch = tun.read_nowait(b)
+            samples.append((time.thread_time_ns() - c0, time.perf_counter_ns() - w0))
+            if batch is None or len(batch) != b:
+                raise RuntimeError("profile: tun-read lost packets")
+        cpu, wall = _median_per_packet(samples, b)
+        report.rows.append(Row("tun-read", cpu, wall, "LinuxTun.read_nowait, AF_UNIX stand-in"))
+    finally:
+        tun.close()  # closes tun_ours' fd
+        tun_ours.detach()
+        for s in (ours, peer, tun_peer):
+            s.close()
+
+
+# ---------------------------------------------------------------------------------------
+# the data-plane threads
+
+
+def _thread_cpu_ns(name: str) -> Callable[[], int]:
+    """A reader of the CPU time of the live thread called `name`."""
+    for t in threading.enumerate():
+        if t.name == name and t.ident is not None:
+            clock = time.pthread_getcpuclockid(t.ident)
+            return lambda: time.clock_gettime_ns(clock)
+    raise RuntimeError(f"profile: no thread named {name!r}")
+
+
+def _lone(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50": round(ordered[len(ordered) // 2], 1),
+        "p90": round(ordered[int(len(ordered) * 0.9)], 1),
+        "n": len(ordered),
+    }
+
+
+class _Feeder:
+    """The outside world of the data plane: the server's socket and the TUN's other end."""
+
+    def __init__(self, opt: Options, server: Any, peer: socket.socket, tun_peer: socket.socket):
+        self.opt = opt
+        self.server = server
+        self.peer = peer
+        self.tun_peer = tun_peer
+        self.peer.settimeout(WAIT)
+        self.tun_peer.settimeout(WAIT)
+
+    def up_burst(self, wire: list[bytes]) -> None:
+        send = self.peer.send
+        for w in wire:
+            send(w)
+        if _drain(self.tun_peer, len(wire)) != len(wire):
+            raise RuntimeError("profile: loop-up lost packets")
+
+    def round_trip(self, request: bytes, reply: bytes) -> None:
+        """A ping through the tunnel: into the TUN, out as a sealed datagram, answered at
+        once with a sealed `reply` (pre-sealed: the "server" costs nothing), out of the TUN."""
+        self.tun_peer.send(request)
+        self.peer.recv(65536)
+        self.peer.send(reply)
+        self.tun_peer.recv(65536)
+
+    def down_burst(self, plain: list[bytes]) -> None:
+        send = self.tun_peer.send
+        for p in plain:
+            send(p)
+        if _drain(self.peer, len(plain)) != len(plain):
+            raise RuntimeError("profile: loop-down lost packets")
+
+
+def loop_stages(opt: Options, report: Report, *, warm_for: float = 0.0) -> None:
+    """Run the real data-plane threads over the loopback fakes (see the module docstring)."""
+    trio.run(_loop_main, opt, report, warm_for)
+
+
+async def _loop_main(opt: Options, report: Report, warm_for: float) -> None:
+    from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
+    from trivpn.datachannel.link import DataLink
+    from trivpn.tun.linux import LinuxTun
+
+    client, server = _pair(opt.cipher)
+    ours, peer = _udp_pair()
+    tun_ours, tun_peer = _tun_pair()
+    transport = _transport(ours)
+    tun = LinuxTun(tun_ours.fileno(), "fake0", mtu=max(1500, opt.size))
+    to_muxer, from_wire = trio.open_memory_channel[list[bytes]](8)
+    link = DataLink(time.monotonic)
+    link.tx, link.rx = client.tx, client.rx
+    plane = ThreadPlane(FastPathIO(transport, tun, to_muxer, warm_for=warm_for))
+    feeder = _Feeder(opt, server, peer, tun_peer)
+    try:
+        async with from_wire, trio.open_nursery() as nursery:
+            nursery.start_soon(plane.run, link)
+            await trio.to_thread.run_sync(_measure_loops, opt, report, feeder, plane)
+            nursery.cancel_scope.cancel()
+    finally:
+        tun.close()
+        tun_ours.detach()
+        for s in (ours, peer, tun_peer):
+            s.close()
+
+
+def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) -> None:
+    deadline = time.monotonic() + WAIT
+    while plane.threads is None or len(
+        [t for t in threading.enumerate() if t.name.startswith("trivpn data")]
+    ) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("profile: the data-plane threads did not start")
+        time.sleep(0.001)
+    up_cpu, down_cpu = _thread_cpu_ns("trivpn data up"), _thread_cpu_ns("trivpn data down")
+    b, rep = opt.batch, max(opt.repeat // 4, 3)
+    plain = _plain(opt.size, b)
+    server = feeder.server
+    for name, cpu_of, burst, make in (
+        ("loop-up", up_cpu, feeder.up_burst, lambda: server.tx.encrypt(plain, 0.0)),
+        ("loop-down", down_cpu, feeder.down_burst, lambda: plain),
+    ):
+        samples: list[tuple[int, int]] = []
+        for _ in range(rep):
+            packets = make()
+            c0, w0 = cpu_of(), time.perf_counter_ns()
+            burst(packets)
+            samples.append((cpu_of() - c0, time.perf_counter_ns() - w0))
+        cpu, wall = _median_per_packet(samples, b)
+        what = "socket → decrypt → TUN" if name == "loop-up" else "TUN → encrypt → socket"
+        report.rows.append(Row(name, cpu, wall, f"data thread, {what}, bursts of {b}"))
+    one = _plain(opt.size, 1)
+    for kind, gap in (("hot", 0.0), ("cold", opt.gap_ms / 1000)):
+        ups: list[float] = []
+        downs: list[float] = []
+        for _ in range(opt.lone):
+            ups.append(_lone_once(lambda: feeder.up_burst(server.tx.encrypt(one, 0.0)), gap))
+            downs.append(_lone_once(lambda: feeder.down_burst(one), gap))
+        report.lone_us[f"lone-up {kind}"] = _lone(ups)
+        report.lone_us[f"lone-down {kind}"] = _lone(downs)
+    for kind, gap in (("hot", 0.0), ("cold", opt.gap_ms / 1000)):
+        replies = server.tx.encrypt(one * opt.lone, 0.0)
+        rtts = [_lone_once(partial(feeder.round_trip, one[0], reply), gap) for reply in replies]
+        report.lone_us[f"rtt {kind}"] = _lone(rtts)
+
+
+def _lone_once(hop: Callable[[], None], gap: float) -> float:
+    if gap:
+        time.sleep(gap)
+    t0 = time.perf_counter_ns()
+    hop()
+    return (time.perf_counter_ns() - t0) / 1000
+
+
+def relay_floor(opt: Options, report: Report) -> None:
+    """One packet through a minimal Python thread (poll, read, write): what any Python data
+    thread pays for a hop on this machine, without crypto or our code."""
+    a_in, a_peer = _udp_pair()
+    b_in, b_peer = _tun_pair()
+    stop_r, stop_w = os.pipe()
+
+    def relay() -> None:
+        poller = select.poll()
+        poller.register(a_in.fileno(), select.POLLIN)
+        poller.register(stop_r, select.POLLIN)
+        fd_in, fd_out = a_in.fileno(), b_in.fileno()
+        while True:
+            for fd, _ev in poller.poll():
+                if fd == stop_r:
+                    return
+            try:
+                os.write(fd_out, os.read(fd_in, 65536))
+            except BlockingIOError:
+                pass
+
+    thread = threading.Thread(target=relay, name="trivpn profile relay", daemon=True)
+    thread.start()
+    a_peer.settimeout(WAIT)
+    b_peer.settimeout(WAIT)
+    pkt = _plain(opt.size, 1)[0]
+
+    def hop() -> None:
+        a_peer.send(pkt)
+        b_peer.recv(65536)
+
+    try:
+        for kind, gap in (("hot", 0.0), ("cold", opt.gap_ms / 1000)):
+            report.lone_us[f"relay {kind}"] = _lone([_lone_once(hop, gap) for _ in range(opt.lone)])
+    finally:
+        os.write(stop_w, b"x")
+        thread.join(WAIT)
+        for s in (a_in, a_peer, b_in, b_peer):
+            s.close()
+        os.close(stop_r)
+        os.close(stop_w)
+
+
+# ---------------------------------------------------------------------------------------
+# report
+
+
+def derive(report: Report) -> None:
+    """Python overhead rows: codec minus AEAD; loop minus the stages it is made of."""
+
+    def cpu(stage: str) -> float | None:
+        r = report.row(stage)
+        return None if r is None else r.cpu_ns
+
+    def minus(name: str, total: str, parts: tuple[str, ...], note: str) -> None:
+        t = cpu(total)
+        ps = [cpu(p) for p in parts]
+        if t is None or any(p is None for p in ps):
+            return
+        report.rows.append(Row(name, t - sum(p for p in ps if p is not None), None, note))
+
+    minus("python-encrypt", "encrypt", ("aead-seal",), "encrypt − aead-seal")
+    minus("python-decrypt", "decrypt", ("aead-open",), "decrypt − aead-open")
+    minus("overhead-up", "loop-up", ("udp-recv", "decrypt", "tun-write"),
+          "loop-up − (udp-recv + decrypt + tun-write): poll, run loop, GIL")
+    minus("overhead-down", "loop-down", ("tun-read", "encrypt", "udp-send"),
+          "loop-down − (tun-read + encrypt + udp-send): poll, run loop, GIL")
+
+
+def format_report(report: Report) -> str:
+    o = report.options
+    lines = [
+        f"per-packet cost, {o['cipher']}, {o['size']}-byte packets, batches of {o['batch']}",
+        "",
+        f"{'stage':16s} {'CPU ns/pkt':>11s} {'wall ns/pkt':>12s}  what",
+    ]
+    for r in report.rows:
+        cpu = "—" if r.cpu_ns is None else f"{r.cpu_ns:.0f}"
+        wall = "—" if r.wall_ns is None else f"{r.wall_ns:.0f}"
+        lines.append(f"{r.stage:16s} {cpu:>11s} {wall:>12s}  {r.note}")
+    if report.lone_us:
+        lines += ["", f"one packet at a time (µs, wall; cold = after {o['gap_ms']:g} ms idle)",
+                  f"{'hop':16s} {'p50':>8s} {'p90':>8s}"]
+        for name, v in report.lone_us.items():
+            lines.append(f"{name:16s} {v['p50']:8.1f} {v['p90']:8.1f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[str]]:
+    p = argparse.ArgumentParser(prog="python -m trivpn.bench profile", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few batches only (a smoke run, ≈ 1 s)")
+    p.add_argument("--batch", type=int, default=64, help="packets per batch (1..64, default 64)")
+    p.add_argument("--size", type=int, default=1400, help="IP packet size in bytes (default 1400)")
+    p.add_argument("--repeat", type=int, default=200, help="timed batches per codec stage")
+    p.add_argument("--lone", type=int, default=200, help="lone packets per latency figure")
+    p.add_argument("--gap", type=float, default=10.0, help="idle gap (ms) before a cold packet")
+    p.add_argument("--cipher", default="AES-256-GCM", choices=("AES-256-GCM", "CHACHA20-POLY1305"))
+    p.add_argument("--only", default="codec,io,loop,relay",
+                   help="comma-separated parts: codec, io, loop, relay (default all)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    a = p.parse_args(argv)
+    if not 1 <= a.batch <= 64:
+        p.error("--batch must be 1..64")
+    if not 20 <= a.size <= 1500:
+        p.error("--size must be 20..1500")
+    if not 1 <= a.repeat <= 100_000 or not 1 <= a.lone <= 100_000:
+        p.error("--repeat and --lone must be 1..100000")
+    if not 0 <= a.gap <= 1000:
+        p.error("--gap must be 0..1000 ms")
+    parts = {s.strip() for s in a.only.split(",") if s.strip()}
+    if not parts or parts - {"codec", "io", "loop", "relay"}:
+        p.error("--only takes a subset of codec,io,loop,relay")
+    repeat, lone = (8, 5) if a.quick else (a.repeat, a.lone)
+    opt = Options(batch=a.batch, size=a.size, repeat=repeat, lone=lone, gap_ms=a.gap,
+                  cipher=a.cipher)
+    return opt, a.quick, a.json, parts
+
+
+def run(opt: Options, parts: set[str]) -> Report:
+    report = Report(options=asdict(opt))
+    if "codec" in parts:
+        codec_stages(opt, report)
+    if "io" in parts:
+        io_stages(opt, report)
+    if "loop" in parts:
+        loop_stages(opt, report)
+    if "relay" in parts:
+        relay_floor(opt, report)
+    derive(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt, _quick, json_path, parts = parse_args(argv)
+    report = run(opt, parts)
+    print(format_report(report))
+    if json_path is not None:
+        from trivpn.bench.vpn import describe_machine
+
+        doc = {"machine": describe_machine(), **asdict(report)}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nwrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
