@@ -20,14 +20,15 @@ Stages (each the median of `--repeat` timed batches):
   datagram socket pair standing in for the TUN fd (same system calls, not the TUN driver's
   cost: a real TUN write also runs the stack's input path).
 * `loop-up` / `loop-down`: the real data-plane threads (`fastpath.ThreadPlane`) over those
-  fakes, fed by a third thread in bursts of `--batch`: CPU of the data thread per packet
-  (poll, system calls, crypto, Python, and GIL hand-offs with the feeder).
+  fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
+  CPU of the data thread per packet (poll, system calls, crypto, Python); wall is the
+  feeder's, from its first send to the burst's last arrival.
 * `rtt` (µs, wall): a ping: into the TUN, through the down thread, answered at once by
   the feeder with a pre-sealed reply, through the up thread, out of the TUN; hot and cold.
 * `lone-up` / `lone-down` (µs, wall): one packet at a time through the data thread, from
   the feeder's send to its arrival on the other side: back to back (`hot`) and after an
-  idle gap of `--gap` ms (`cold`), next to `relay` — the same hop through a minimal plain
-  thread (poll + read + write, no crypto), the floor for a Python thread on this machine.
+  idle gap of `--gap` ms (`cold`), next to `relay` — the same hop, same feeder, through a
+  minimal plain thread (poll + read + write, no crypto): the floor for a Python thread here.
 
 Derived rows (`python-*`) subtract the AEAD floor from the codec stages and the stage sums
 from the loops. Output: a table, and JSON with `--json PATH`. Loopback only; every loop is
@@ -42,12 +43,13 @@ import os
 import select
 import socket
 import statistics
+import struct
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -290,38 +292,85 @@ def _lone(samples: list[float]) -> dict[str, float]:
     }
 
 
+#: The feeder process: the outside world of the data plane (the server's UDP socket and
+#: the TUN's other end, fd numbers in argv), in its own interpreter so it never competes for our GIL.
+#: Commands on stdin: op (1 byte: u = up burst, d = down burst, r = round trip), a gap in
+#: µs to sleep first, packet count, payload length, then length-prefixed packets. It sends
+#: them, waits for the matching arrivals, and answers with the nanoseconds from its first
+#: send to its last arrival (8 bytes), or 0 if a packet got lost (each wait is bounded).
+FEEDER = r"""
+import os, socket, struct, sys, time
+udp = socket.socket(fileno=int(sys.argv[1])); tun = socket.socket(fileno=int(sys.argv[2]))
+udp.settimeout(%(wait)s); tun.settimeout(%(wait)s)
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def take(n):
+    b = inp.read(n)
+    if len(b) != n: raise SystemExit(0)
+    return b
+while True:
+    op, gap, count, size = struct.unpack("=cIII", take(13))
+    blob = take(size); pkts = []; i = 0
+    while i < size:
+        (n,) = struct.unpack_from("=H", blob, i); pkts.append(blob[i + 2:i + 2 + n]); i += 2 + n
+    if gap: time.sleep(gap / 1e6)
+    try:
+        t0 = time.perf_counter_ns()
+        if op == b"r":
+            tun.send(pkts[0]); udp.recv(65536); udp.send(pkts[1]); tun.recv(65536)
+        else:
+            src, dst = (udp, tun) if op == b"u" else (tun, udp)
+            for p in pkts: src.send(p)
+            for _ in pkts: dst.recv(65536)
+        took = time.perf_counter_ns() - t0
+    except (TimeoutError, OSError):
+        took = 0
+    out.write(struct.pack("=Q", took)); out.flush()
+"""
+
+
 class _Feeder:
-    """The outside world of the data plane: the server's socket and the TUN's other end."""
+    """Drives the data plane from a child process (see `FEEDER`)."""
 
-    def __init__(self, opt: Options, server: Any, peer: socket.socket, tun_peer: socket.socket):
-        self.opt = opt
+    def __init__(self, server: Any, peer: socket.socket, tun_peer: socket.socket) -> None:
         self.server = server
-        self.peer = peer
-        self.tun_peer = tun_peer
-        self.peer.settimeout(WAIT)
-        self.tun_peer.settimeout(WAIT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FEEDER % {"wait": WAIT}, str(peer.fileno()),
+             str(tun_peer.fileno())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            pass_fds=(peer.fileno(), tun_peer.fileno()),
+        )
 
-    def up_burst(self, wire: list[bytes]) -> None:
-        send = self.peer.send
-        for w in wire:
-            send(w)
-        if _drain(self.tun_peer, len(wire)) != len(wire):
-            raise RuntimeError("profile: loop-up lost packets")
+    def _run(self, op: bytes, packets: list[bytes], gap_us: int = 0) -> int:
+        """Run one command; the feeder's ns from first send to last arrival."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        blob = b"".join(struct.pack("=H", len(p)) + p for p in packets)
+        self.proc.stdin.write(struct.pack("=cIII", op, gap_us, len(packets), len(blob)) + blob)
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.read(8)
+        took: int = struct.unpack("=Q", answer)[0] if len(answer) == 8 else 0
+        if not took:
+            raise RuntimeError("profile: the feeder lost packets (or died)")
+        return took
 
-    def round_trip(self, request: bytes, reply: bytes) -> None:
+    def up_burst(self, wire: list[bytes], gap_us: int = 0) -> int:
+        return self._run(b"u", wire, gap_us)
+
+    def down_burst(self, plain: list[bytes], gap_us: int = 0) -> int:
+        return self._run(b"d", plain, gap_us)
+
+    def round_trip(self, request: bytes, reply: bytes, gap_us: int = 0) -> int:
         """A ping through the tunnel: into the TUN, out as a sealed datagram, answered at
         once with a sealed `reply` (pre-sealed: the "server" costs nothing), out of the TUN."""
-        self.tun_peer.send(request)
-        self.peer.recv(65536)
-        self.peer.send(reply)
-        self.tun_peer.recv(65536)
+        return self._run(b"r", [request, reply], gap_us)
 
-    def down_burst(self, plain: list[bytes]) -> None:
-        send = self.tun_peer.send
-        for p in plain:
-            send(p)
-        if _drain(self.peer, len(plain)) != len(plain):
-            raise RuntimeError("profile: loop-down lost packets")
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def loop_stages(opt: Options, report: Report, *, warm_for: float = 0.0) -> None:
@@ -343,13 +392,14 @@ async def _loop_main(opt: Options, report: Report, warm_for: float) -> None:
     link = DataLink(time.monotonic)
     link.tx, link.rx = client.tx, client.rx
     plane = ThreadPlane(FastPathIO(transport, tun, to_muxer, warm_for=warm_for))
-    feeder = _Feeder(opt, server, peer, tun_peer)
+    feeder = _Feeder(server, peer, tun_peer)
     try:
         async with from_wire, trio.open_nursery() as nursery:
             nursery.start_soon(plane.run, link)
             await trio.to_thread.run_sync(_measure_loops, opt, report, feeder, plane)
             nursery.cancel_scope.cancel()
     finally:
+        feeder.close()
         tun.close()
         tun_ours.detach()
         for s in (ours, peer, tun_peer):
@@ -375,38 +425,26 @@ def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) ->
         samples: list[tuple[int, int]] = []
         for _ in range(rep):
             packets = make()
-            c0, w0 = cpu_of(), time.perf_counter_ns()
-            burst(packets)
-            samples.append((cpu_of() - c0, time.perf_counter_ns() - w0))
+            c0 = cpu_of()
+            took = burst(packets)
+            samples.append((cpu_of() - c0, took))
         cpu, wall = _median_per_packet(samples, b)
         what = "socket → decrypt → TUN" if name == "loop-up" else "TUN → encrypt → socket"
         report.rows.append(Row(name, cpu, wall, f"data thread, {what}, bursts of {b}"))
     one = _plain(opt.size, 1)
-    for kind, gap in (("hot", 0.0), ("cold", opt.gap_ms / 1000)):
-        ups: list[float] = []
-        downs: list[float] = []
-        for _ in range(opt.lone):
-            ups.append(_lone_once(lambda: feeder.up_burst(server.tx.encrypt(one, 0.0)), gap))
-            downs.append(_lone_once(lambda: feeder.down_burst(one), gap))
+    for kind, gap in (("hot", 0), ("cold", round(opt.gap_ms * 1000))):
+        ups = [feeder.up_burst(server.tx.encrypt(one, 0.0), gap) / 1000 for _ in range(opt.lone)]
+        downs = [feeder.down_burst(one, gap) / 1000 for _ in range(opt.lone)]
+        replies = server.tx.encrypt(one * opt.lone, 0.0)
+        rtts = [feeder.round_trip(one[0], reply, gap) / 1000 for reply in replies]
         report.lone_us[f"lone-up {kind}"] = _lone(ups)
         report.lone_us[f"lone-down {kind}"] = _lone(downs)
-    for kind, gap in (("hot", 0.0), ("cold", opt.gap_ms / 1000)):
-        replies = server.tx.encrypt(one * opt.lone, 0.0)
-        rtts = [_lone_once(partial(feeder.round_trip, one[0], reply), gap) for reply in replies]
         report.lone_us[f"rtt {kind}"] = _lone(rtts)
 
 
-def _lone_once(hop: Callable[[], None], gap: float) -> float:
-    if gap:
-        time.sleep(gap)
-    t0 = time.perf_counter_ns()
-    hop()
-    return (time.perf_counter_ns() - t0) / 1000
-
-
 def relay_floor(opt: Options, report: Report) -> None:
-    """One packet through a minimal Python thread (poll, read, write): what any Python data
-    thread pays for a hop on this machine, without crypto or our code."""
+    """One packet through a minimal Python thread (poll, read, write), driven by the same
+    feeder process: what any Python data thread pays for a hop here, without our code."""
     a_in, a_peer = _udp_pair()
     b_in, b_peer = _tun_pair()
     stop_r, stop_w = os.pipe()
@@ -427,18 +465,14 @@ def relay_floor(opt: Options, report: Report) -> None:
 
     thread = threading.Thread(target=relay, name="trivpn profile relay", daemon=True)
     thread.start()
-    a_peer.settimeout(WAIT)
-    b_peer.settimeout(WAIT)
-    pkt = _plain(opt.size, 1)[0]
-
-    def hop() -> None:
-        a_peer.send(pkt)
-        b_peer.recv(65536)
-
+    feeder = _Feeder(None, a_peer, b_peer)
+    pkt = _plain(opt.size, 1)
     try:
-        for kind, gap in (("hot", 0.0), ("cold", opt.gap_ms / 1000)):
-            report.lone_us[f"relay {kind}"] = _lone([_lone_once(hop, gap) for _ in range(opt.lone)])
+        for kind, gap in (("hot", 0), ("cold", round(opt.gap_ms * 1000))):
+            hops = [feeder.up_burst(pkt, gap) / 1000 for _ in range(opt.lone)]
+            report.lone_us[f"relay {kind}"] = _lone(hops)
     finally:
+        feeder.close()
         os.write(stop_w, b"x")
         thread.join(WAIT)
         for s in (a_in, a_peer, b_in, b_peer):

@@ -38,3 +38,21 @@ def test_profile_is_registered_and_checks_arguments() -> None:
         with pytest.raises(SystemExit) as exc:
             parse_args(argv)
         assert exc.value.code == 2
+
+
+def test_ab_adds_a_baseline_client_importing_from_another_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trivpn.bench import ab, vpn
+
+    for name in ("CLIENTS", "_client_spec", "_warm_bytecode"):
+        monkeypatch.setattr(vpn, name, getattr(vpn, name))
+    monkeypatch.setitem(vpn.CLIENT_FLAGS, ab.BASE, [])
+    ab.install(tmp_path)
+    plan = vpn.parse_args(["--quick", "--clients", "trivpn,trivpn-base"])
+    cell = vpn.Cell("udp", "AES-256-GCM")
+    base = vpn._client_spec(ab.BASE, cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
+    ours = vpn._client_spec("trivpn", cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
+    assert base["env"]["PYTHONPATH"] == str(tmp_path)
+    assert "PYTHONPATH" not in ours["env"] and base["argv"] == ours["argv"]
+    assert ab.main(["--base", str(tmp_path / "nowhere")]) == 2
