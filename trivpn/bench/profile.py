@@ -25,6 +25,8 @@ Stages (each the median of `--repeat` timed batches):
   feeder's, from its first send to the burst's last arrival.
 * `rtt` (µs, wall): a ping: into the TUN, through the down thread, answered at once by
   the feeder with a pre-sealed reply, through the up thread, out of the TUN; hot and cold.
+  With `--low-latency` the cold series runs again with the threads' warm-up on (`lowlat`),
+  and the data threads' CPU during each cold series is reported (what the warm-up costs).
 * `lone-up` / `lone-down` (µs, wall): one packet at a time through the data thread, from
   the feeder's send to its arrival on the other side: back to back (`hot`) and after an
   idle gap of `--gap` ms (`cold`), next to `relay` — the same hop, same feeder, through a
@@ -68,6 +70,8 @@ class Options:
     lone: int = 200
     gap_ms: float = 10.0
     cipher: str = "AES-256-GCM"
+    #: also run the lone packets with the data threads' low-latency warm-up (`--low-latency`)
+    low_latency: bool = False
 
 
 @dataclass(slots=True)
@@ -84,6 +88,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     #: lone-packet latencies (µs, p50 / p90) per kind
     lone_us: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: CPU of both data threads while the cold lone packets ran, in % of one core
+    cold_cpu_pct: dict[str, float] = field(default_factory=dict)
 
     def row(self, stage: str) -> Row | None:
         return next((r for r in self.rows if r.stage == stage), None)
@@ -373,6 +379,10 @@ class _Feeder:
             self.proc.wait()
 
 
+#: `FastPathIO.warm_for` of the low-latency comparison (what `connect --low-latency` uses)
+LOW_LATENCY_WARM_FOR = 0.1
+
+
 def loop_stages(opt: Options, report: Report, *, warm_for: float = 0.0) -> None:
     """Run the real data-plane threads over the loopback fakes (see the module docstring)."""
     trio.run(_loop_main, opt, report, warm_for)
@@ -418,10 +428,11 @@ def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) ->
     b, rep = opt.batch, max(opt.repeat // 4, 3)
     plain = _plain(opt.size, b)
     server = feeder.server
-    for name, cpu_of, burst, make in (
+    bursts = (
         ("loop-up", up_cpu, feeder.up_burst, lambda: server.tx.encrypt(plain, 0.0)),
         ("loop-down", down_cpu, feeder.down_burst, lambda: plain),
-    ):
+    )
+    for name, cpu_of, burst, make in bursts if not plane.io.warm_for else ():
         samples: list[tuple[int, int]] = []
         for _ in range(rep):
             packets = make()
@@ -432,14 +443,20 @@ def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) ->
         what = "socket → decrypt → TUN" if name == "loop-up" else "TUN → encrypt → socket"
         report.rows.append(Row(name, cpu, wall, f"data thread, {what}, bursts of {b}"))
     one = _plain(opt.size, 1)
-    for kind, gap in (("hot", 0), ("cold", round(opt.gap_ms * 1000))):
+    tag = " lowlat" if plane.io.warm_for else ""
+    kinds = (("cold", round(opt.gap_ms * 1000)),) if tag else (("hot", 0), ("cold", round(opt.gap_ms * 1000)))
+    for kind, gap in kinds:
+        c0, w0 = up_cpu() + down_cpu(), time.perf_counter_ns()
         ups = [feeder.up_burst(server.tx.encrypt(one, 0.0), gap) / 1000 for _ in range(opt.lone)]
         downs = [feeder.down_burst(one, gap) / 1000 for _ in range(opt.lone)]
         replies = server.tx.encrypt(one * opt.lone, 0.0)
         rtts = [feeder.round_trip(one[0], reply, gap) / 1000 for reply in replies]
-        report.lone_us[f"lone-up {kind}"] = _lone(ups)
-        report.lone_us[f"lone-down {kind}"] = _lone(downs)
-        report.lone_us[f"rtt {kind}"] = _lone(rtts)
+        if kind == "cold":
+            cpu = (up_cpu() + down_cpu() - c0) / (time.perf_counter_ns() - w0) * 100
+            report.cold_cpu_pct["default" if not tag else "low-latency"] = round(cpu, 2)
+        report.lone_us[f"lone-up {kind}{tag}"] = _lone(ups)
+        report.lone_us[f"lone-down {kind}{tag}"] = _lone(downs)
+        report.lone_us[f"rtt {kind}{tag}"] = _lone(rtts)
 
 
 def relay_floor(opt: Options, report: Report) -> None:
@@ -520,9 +537,11 @@ def format_report(report: Report) -> str:
         lines.append(f"{r.stage:16s} {cpu:>11s} {wall:>12s}  {r.note}")
     if report.lone_us:
         lines += ["", f"one packet at a time (µs, wall; cold = after {o['gap_ms']:g} ms idle)",
-                  f"{'hop':16s} {'p50':>8s} {'p90':>8s}"]
+                  f"{'hop':20s} {'p50':>8s} {'p90':>8s}"]
         for name, v in report.lone_us.items():
-            lines.append(f"{name:16s} {v['p50']:8.1f} {v['p90']:8.1f}")
+            lines.append(f"{name:20s} {v['p50']:8.1f} {v['p90']:8.1f}")
+        for name, pct in report.cold_cpu_pct.items():
+            lines.append(f"data threads' CPU during the cold packets, {name}: {pct:.2f} % of a core")
     return "\n".join(lines)
 
 
@@ -537,6 +556,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[
     p.add_argument("--cipher", default="AES-256-GCM", choices=("AES-256-GCM", "CHACHA20-POLY1305"))
     p.add_argument("--only", default="codec,io,loop,relay",
                    help="comma-separated parts: codec, io, loop, relay (default all)")
+    p.add_argument("--low-latency", action="store_true",
+                   help="also time the lone packets with the data threads' low-latency warm-up")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
     if not 1 <= a.batch <= 64:
@@ -552,7 +573,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[
         p.error("--only takes a subset of codec,io,loop,relay")
     repeat, lone = (8, 5) if a.quick else (a.repeat, a.lone)
     opt = Options(batch=a.batch, size=a.size, repeat=repeat, lone=lone, gap_ms=a.gap,
-                  cipher=a.cipher)
+                  cipher=a.cipher, low_latency=a.low_latency)
     return opt, a.quick, a.json, parts
 
 
@@ -564,6 +585,8 @@ def run(opt: Options, parts: set[str]) -> Report:
         io_stages(opt, report)
     if "loop" in parts:
         loop_stages(opt, report)
+        if opt.low_latency:
+            loop_stages(opt, report, warm_for=LOW_LATENCY_WARM_FOR)
     if "relay" in parts:
         relay_floor(opt, report)
     derive(report)

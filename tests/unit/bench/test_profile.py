@@ -16,12 +16,13 @@ STAGES = {
     "overhead-down",
 }
 LONE = {"lone-up hot", "lone-down hot", "lone-up cold", "lone-down cold", "relay hot",
-        "relay cold", "rtt hot", "rtt cold"}
+        "relay cold", "rtt hot", "rtt cold", "lone-up cold lowlat", "lone-down cold lowlat",
+        "rtt cold lowlat"}
 
 
 def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "profile.json"
-    assert main(["--quick", "--gap", "1", "--json", str(out)]) == 0
+    assert main(["--quick", "--gap", "1", "--low-latency", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     rows = {r["stage"]: r for r in doc["rows"]}
     assert set(rows) == STAGES
@@ -29,6 +30,7 @@ def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.Captur
         assert rows[name]["cpu_ns"] > 0 and rows[name]["wall_ns"] > 0, name
     assert set(doc["lone_us"]) == LONE
     assert all(v["p50"] > 0 and v["n"] == 5 for v in doc["lone_us"].values())
+    assert set(doc["cold_cpu_pct"]) == {"default", "low-latency"}
     assert "loop-up" in capsys.readouterr().out
 
 
