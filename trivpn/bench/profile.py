@@ -23,6 +23,9 @@ Stages (each the median of `--repeat` timed batches):
   fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
   CPU of the data thread per packet (poll, system calls, crypto, Python); wall is the
   feeder's, from its first send to the burst's last arrival.
+* `loop-both`: a burst each way at the same time; per packet of the 2 × `--batch`. Its
+  wall against the two loops' walls shows how much the threads run in parallel (they
+  share the GIL: only system calls and the AEAD overlap).
 * `rtt` (µs, wall): a ping: into the TUN, through the down thread, answered at once by
   the feeder with a pre-sealed reply, through the up thread, out of the TUN; hot and cold.
   With `--low-latency` the cold series runs again with the threads' warm-up on (`lowlat`),
@@ -300,7 +303,8 @@ def _lone(samples: list[float]) -> dict[str, float]:
 
 #: The feeder process: the outside world of the data plane (the server's UDP socket and
 #: the TUN's other end, fd numbers in argv), in its own interpreter so it never competes for our GIL.
-#: Commands on stdin: op (1 byte: u = up burst, d = down burst, r = round trip), a gap in
+#: Commands on stdin: op (1 byte: u = up burst, d = down burst, b = both at once (first half
+#: up, second half down, sent interleaved), r = round trip), a gap in
 #: µs to sleep first, packet count, payload length, then length-prefixed packets. It sends
 #: them, waits for the matching arrivals, and answers with the nanoseconds from its first
 #: send to its last arrival (8 bytes), or 0 if a packet got lost (each wait is bounded).
@@ -323,6 +327,10 @@ while True:
         t0 = time.perf_counter_ns()
         if op == b"r":
             tun.send(pkts[0]); udp.recv(65536); udp.send(pkts[1]); tun.recv(65536)
+        elif op == b"b":
+            half = len(pkts) // 2
+            for up, down in zip(pkts[:half], pkts[half:]): udp.send(up); tun.send(down)
+            for _ in range(half): tun.recv(65536); udp.recv(65536)
         else:
             src, dst = (udp, tun) if op == b"u" else (tun, udp)
             for p in pkts: src.send(p)
@@ -363,6 +371,9 @@ class _Feeder:
 
     def down_burst(self, plain: list[bytes], gap_us: int = 0) -> int:
         return self._run(b"d", plain, gap_us)
+
+    def both_bursts(self, wire: list[bytes], plain: list[bytes]) -> int:
+        return self._run(b"b", wire + plain)
 
     def round_trip(self, request: bytes, reply: bytes, gap_us: int = 0) -> int:
         """A ping through the tunnel: into the TUN, out as a sealed datagram, answered at
@@ -442,6 +453,16 @@ def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) ->
         cpu, wall = _median_per_packet(samples, b)
         what = "socket → decrypt → TUN" if name == "loop-up" else "TUN → encrypt → socket"
         report.rows.append(Row(name, cpu, wall, f"data thread, {what}, bursts of {b}"))
+    if not plane.io.warm_for:
+        samples = []
+        for _ in range(rep):
+            wire = server.tx.encrypt(plain, 0.0)
+            c0 = up_cpu() + down_cpu()
+            took = feeder.both_bursts(wire, plain)
+            samples.append((up_cpu() + down_cpu() - c0, took))
+        cpu, wall = _median_per_packet(samples, 2 * b)
+        report.rows.append(Row("loop-both", cpu, wall,
+                               f"both threads at once, {b} packets each way (GIL shared)"))
     one = _plain(opt.size, 1)
     tag = " lowlat" if plane.io.warm_for else ""
     kinds = (("cold", round(opt.gap_ms * 1000)),) if tag else (("hot", 0), ("cold", round(opt.gap_ms * 1000)))
