@@ -19,13 +19,13 @@ Stages (each the median of `--repeat` timed batches):
 * `tun-write` / `tun-read`: `LinuxTun.write_nowait` / `read_nowait` over an AF_UNIX
   datagram socket pair standing in for the TUN fd (same system calls, not the TUN driver's
   cost: a real TUN write also runs the stack's input path).
-* `loop-up` / `loop-down`: the real data-plane threads (`fastpath.ThreadPlane`) over those
-  fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
+* `loop-up` / `loop-down`: the real data plane (`fastpath.ThreadPlane`, one thread; with
+  `--split` also the two-thread layout, rows tagged `split`) over those fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
   CPU of the data thread per packet (poll, system calls, crypto, Python); wall is the
   feeder's, from its first send to the burst's last arrival.
 * `loop-both`: a burst each way at the same time; per packet of the 2 × `--batch`. Its
-  wall against the two loops' walls shows how much the threads run in parallel (they
-  share the GIL: only system calls and the AEAD overlap).
+  wall against the two loops' walls shows what running the directions at once buys (two
+  threads share the GIL: only system calls and the AEAD overlap).
 * `rtt` (µs, wall): a ping: into the TUN, through the down thread, answered at once by
   the feeder with a pre-sealed reply, through the up thread, out of the TUN; hot and cold.
   With `--low-latency` the cold series runs again with the threads' warm-up on (`lowlat`),
@@ -75,6 +75,8 @@ class Options:
     cipher: str = "AES-256-GCM"
     #: also run the lone packets with the data threads' low-latency warm-up (`--low-latency`)
     low_latency: bool = False
+    #: also run the loops with two data threads, one per direction (`--split`)
+    split: bool = False
 
 
 @dataclass(slots=True)
@@ -394,12 +396,15 @@ class _Feeder:
 LOW_LATENCY_WARM_FOR = 0.1
 
 
-def loop_stages(opt: Options, report: Report, *, warm_for: float = 0.0) -> None:
-    """Run the real data-plane threads over the loopback fakes (see the module docstring)."""
-    trio.run(_loop_main, opt, report, warm_for)
+def loop_stages(
+    opt: Options, report: Report, *, warm_for: float = 0.0, split: bool = False
+) -> None:
+    """Run the real data plane over the loopback fakes (see the module docstring); `split`:
+    the two-thread layout, rows tagged "split"."""
+    trio.run(_loop_main, opt, report, warm_for, split)
 
 
-async def _loop_main(opt: Options, report: Report, warm_for: float) -> None:
+async def _loop_main(opt: Options, report: Report, warm_for: float, split: bool) -> None:
     from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
     from trivpn.datachannel.link import DataLink
     from trivpn.tun.linux import LinuxTun
@@ -412,7 +417,7 @@ async def _loop_main(opt: Options, report: Report, warm_for: float) -> None:
     to_muxer, from_wire = trio.open_memory_channel[list[bytes]](8)
     link = DataLink(time.monotonic)
     link.tx, link.rx = client.tx, client.rx
-    plane = ThreadPlane(FastPathIO(transport, tun, to_muxer, warm_for=warm_for))
+    plane = ThreadPlane(FastPathIO(transport, tun, to_muxer, warm_for=warm_for, split=split))
     feeder = _Feeder(server, peer, tun_peer)
     try:
         async with from_wire, trio.open_nursery() as nursery:
@@ -428,14 +433,22 @@ async def _loop_main(opt: Options, report: Report, warm_for: float) -> None:
 
 
 def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) -> None:
+    split, warm = plane.io.split, bool(plane.io.warm_for)
+    names = ("trivpn data up", "trivpn data down") if split else ("trivpn data",)
     deadline = time.monotonic() + WAIT
-    while plane.threads is None or len(
-        [t for t in threading.enumerate() if t.name.startswith("trivpn data")]
-    ) < 2:
+    while plane.threads is None or not all(
+        any(t.name == n for t in threading.enumerate()) for n in names
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError("profile: the data-plane threads did not start")
         time.sleep(0.001)
-    up_cpu, down_cpu = _thread_cpu_ns("trivpn data up"), _thread_cpu_ns("trivpn data down")
+    clocks = [_thread_cpu_ns(n) for n in names]
+    up_cpu, down_cpu = clocks[0], clocks[-1]
+
+    def all_cpu() -> int:
+        return sum(c() for c in clocks)
+
+    tag = (" split" if split else "") + (" lowlat" if warm else "")
     b, rep = opt.batch, max(opt.repeat // 4, 3)
     plain = _plain(opt.size, b)
     server = feeder.server
@@ -443,7 +456,7 @@ def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) ->
         ("loop-up", up_cpu, feeder.up_burst, lambda: server.tx.encrypt(plain, 0.0)),
         ("loop-down", down_cpu, feeder.down_burst, lambda: plain),
     )
-    for name, cpu_of, burst, make in bursts if not plane.io.warm_for else ():
+    for name, cpu_of, burst, make in bursts if not warm else ():
         samples: list[tuple[int, int]] = []
         for _ in range(rep):
             packets = make()
@@ -452,29 +465,28 @@ def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) ->
             samples.append((cpu_of() - c0, took))
         cpu, wall = _median_per_packet(samples, b)
         what = "socket → decrypt → TUN" if name == "loop-up" else "TUN → encrypt → socket"
-        report.rows.append(Row(name, cpu, wall, f"data thread, {what}, bursts of {b}"))
-    if not plane.io.warm_for:
+        report.rows.append(Row(name + tag, cpu, wall, f"data thread, {what}, bursts of {b}"))
+    if not warm:
         samples = []
         for _ in range(rep):
             wire = server.tx.encrypt(plain, 0.0)
-            c0 = up_cpu() + down_cpu()
+            c0 = all_cpu()
             took = feeder.both_bursts(wire, plain)
-            samples.append((up_cpu() + down_cpu() - c0, took))
+            samples.append((all_cpu() - c0, took))
         cpu, wall = _median_per_packet(samples, 2 * b)
-        report.rows.append(Row("loop-both", cpu, wall,
-                               f"both threads at once, {b} packets each way (GIL shared)"))
+        report.rows.append(Row("loop-both" + tag, cpu, wall,
+                               f"a burst each way at once, {b} packets each"))
     one = _plain(opt.size, 1)
-    tag = " lowlat" if plane.io.warm_for else ""
-    kinds = (("cold", round(opt.gap_ms * 1000)),) if tag else (("hot", 0), ("cold", round(opt.gap_ms * 1000)))
+    kinds = (("cold", round(opt.gap_ms * 1000)),) if warm else (("hot", 0), ("cold", round(opt.gap_ms * 1000)))
     for kind, gap in kinds:
-        c0, w0 = up_cpu() + down_cpu(), time.perf_counter_ns()
+        c0, w0 = all_cpu(), time.perf_counter_ns()
         ups = [feeder.up_burst(server.tx.encrypt(one, 0.0), gap) / 1000 for _ in range(opt.lone)]
         downs = [feeder.down_burst(one, gap) / 1000 for _ in range(opt.lone)]
         replies = server.tx.encrypt(one * opt.lone, 0.0)
         rtts = [feeder.round_trip(one[0], reply, gap) / 1000 for reply in replies]
         if kind == "cold":
-            cpu = (up_cpu() + down_cpu() - c0) / (time.perf_counter_ns() - w0) * 100
-            report.cold_cpu_pct["default" if not tag else "low-latency"] = round(cpu, 2)
+            cpu = (all_cpu() - c0) / (time.perf_counter_ns() - w0) * 100
+            report.cold_cpu_pct[tag.strip() or "default"] = round(cpu, 2)
         report.lone_us[f"lone-up {kind}{tag}"] = _lone(ups)
         report.lone_us[f"lone-down {kind}{tag}"] = _lone(downs)
         report.lone_us[f"rtt {kind}{tag}"] = _lone(rtts)
@@ -562,7 +574,7 @@ def format_report(report: Report) -> str:
         for name, v in report.lone_us.items():
             lines.append(f"{name:20s} {v['p50']:8.1f} {v['p90']:8.1f}")
         for name, pct in report.cold_cpu_pct.items():
-            lines.append(f"data threads' CPU during the cold packets, {name}: {pct:.2f} % of a core")
+            lines.append(f"data-plane CPU during the cold packets, {name}: {pct:.2f} % of a core")
     return "\n".join(lines)
 
 
@@ -579,6 +591,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[
                    help="comma-separated parts: codec, io, loop, relay (default all)")
     p.add_argument("--low-latency", action="store_true",
                    help="also time the lone packets with the data threads' low-latency warm-up")
+    p.add_argument("--split", action="store_true",
+                   help="also run the loops with two data threads (one per direction)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
     if not 1 <= a.batch <= 64:
@@ -594,7 +608,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[
         p.error("--only takes a subset of codec,io,loop,relay")
     repeat, lone = (8, 5) if a.quick else (a.repeat, a.lone)
     opt = Options(batch=a.batch, size=a.size, repeat=repeat, lone=lone, gap_ms=a.gap,
-                  cipher=a.cipher, low_latency=a.low_latency)
+                  cipher=a.cipher, low_latency=a.low_latency, split=a.split)
     return opt, a.quick, a.json, parts
 
 
@@ -608,6 +622,8 @@ def run(opt: Options, parts: set[str]) -> Report:
         loop_stages(opt, report)
         if opt.low_latency:
             loop_stages(opt, report, warm_for=LOW_LATENCY_WARM_FOR)
+        if opt.split:
+            loop_stages(opt, report, split=True)
     if "relay" in parts:
         relay_floor(opt, report)
     derive(report)

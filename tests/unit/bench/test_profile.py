@@ -12,17 +12,19 @@ from trivpn.bench.profile import main, parse_args
 
 STAGES = {
     "aead-seal", "aead-open", "encrypt", "decrypt", "udp-send", "udp-recv", "tun-write",
-    "tun-read", "loop-up", "loop-down", "python-encrypt", "python-decrypt", "overhead-up",
+    "tun-read", "loop-up", "loop-down", "loop-both", "loop-up split", "loop-down split",
+    "loop-both split", "python-encrypt", "python-decrypt", "overhead-up",
     "overhead-down",
 }
 LONE = {"lone-up hot", "lone-down hot", "lone-up cold", "lone-down cold", "relay hot",
         "relay cold", "rtt hot", "rtt cold", "lone-up cold lowlat", "lone-down cold lowlat",
-        "rtt cold lowlat"}
+        "rtt cold lowlat", "lone-up hot split", "lone-down hot split", "lone-up cold split",
+        "lone-down cold split", "rtt hot split", "rtt cold split"}
 
 
 def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "profile.json"
-    assert main(["--quick", "--gap", "1", "--low-latency", "--json", str(out)]) == 0
+    assert main(["--quick", "--gap", "1", "--low-latency", "--split", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     rows = {r["stage"]: r for r in doc["rows"]}
     assert set(rows) == STAGES
@@ -30,7 +32,7 @@ def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.Captur
         assert rows[name]["cpu_ns"] > 0 and rows[name]["wall_ns"] > 0, name
     assert set(doc["lone_us"]) == LONE
     assert all(v["p50"] > 0 and v["n"] == 5 for v in doc["lone_us"].values())
-    assert set(doc["cold_cpu_pct"]) == {"default", "low-latency"}
+    assert set(doc["cold_cpu_pct"]) == {"default", "lowlat", "split"}
     assert "loop-up" in capsys.readouterr().out
 
 
