@@ -68,10 +68,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trivpn.datachannel.core import DataChannel
-from trivpn.datachannel.keys import DataConfig
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
+from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
 from trivpn.wire import DATA_OPCODES, P_OPCODE_SHIFT
@@ -102,37 +101,6 @@ class FastPathIO:
     warm_every: float = 0.001
     #: two threads, one per direction, instead of one thread for both (the default)
     split: bool = False
-
-
-#: The dummy payload low-latency mode seals and opens.
-WARM_PACKET = bytes(100)
-#: Renew the dummy cores long before their packet ids could run out.
-WARM_PID_RENEW = 1 << 30
-
-
-class _Warmer:
-    """A private client/server pair of data-channel cores under a random key: running them
-    keeps the code and data of the real seal/open path in the caches (low-latency mode)."""
-
-    def __init__(self, config: DataConfig) -> None:
-        key2 = os.urandom(256)
-        pair: list[DataChannel] = []
-        for is_server in (config.is_server, not config.is_server):
-            core = DataChannel(
-                cipher=config.cipher,
-                is_server=is_server,
-                peer_id=config.peer_id,
-                compression=config.compression,
-                auth=config.auth,
-            )
-            core.install_key(0, key2, 0.0)
-            pair.append(core)
-        self.tx, self.rx = pair
-        self.sealed = 0
-
-    def seal(self) -> list[bytes]:
-        self.sealed += 1
-        return self.tx.encrypt((WARM_PACKET,), 0.0)
 
 
 def _drain(fd: int) -> None:
@@ -182,7 +150,7 @@ class _Threads:
     def _toucher(self, *, open_too: bool) -> Callable[[], None]:
         """One thread's low-latency warm-up step, with dummy cores of its own (made once the
         session has keys, renewed long before their packet ids run out)."""
-        warmer: _Warmer | None = None
+        warmer: Warmer | None = None
 
         def touch() -> None:
             nonlocal warmer
@@ -190,7 +158,7 @@ class _Threads:
                 tx = self.link.tx
                 if tx is None:
                     return
-                warmer = _Warmer(tx.config)
+                warmer = Warmer(tx.config)
             wire = warmer.seal()
             if open_too:
                 warmer.rx.decrypt(wire, 0.0)
@@ -374,9 +342,10 @@ class _Threads:
     def both(self) -> None:
         """Socket → TUN and TUN → socket in one thread; also seals the requests.
 
-        Each turn serves the side(s) the last wait found ready, one packet alone right after
-        an idle wait, whole batches while busy, and waits again only once both sides read
-        nothing."""
+        Each turn serves the side(s) known to have input: one packet alone right after an
+        idle wait, whole batches while busy. It waits again only once both sides read
+        nothing; while one side is busy, a `poll` without timeout each turn notices input
+        on the other."""
         io = self.io
         transport, tun, link = io.transport, io.tun, self.link
         sock_fd, tun_fd = transport.sock.fileno(), tun.fd
@@ -411,9 +380,16 @@ class _Threads:
                         self._down_batch(packets, sock_writable, side)
                 if not (up or down):
                     up_limit = down_limit = 1
-                    for fd, _event in self._idle(readable, touch, side):
-                        up = up or fd == sock_fd
-                        down = down or fd == tun_fd
+                    ready = self._idle(readable, touch, side)
+                elif not (up and down):
+                    # One side is busy: look (without waiting) whether the other has input,
+                    # or it would starve until the busy side runs dry (TCP's ACKs, say).
+                    ready = self._ready(readable.poll(0))
+                else:
+                    continue
+                for fd, _event in ready:
+                    up = up or fd == sock_fd
+                    down = down or fd == tun_fd
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:

@@ -329,3 +329,34 @@ async def test_receive_only_key_switches_the_down_thread_on_the_peers_proof(rig:
         assert await sealed_with() == (1, 1)
         assert _stats(rig).drop_no_key == rig.peer.stats.drop_no_key == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_busy_direction_does_not_starve_the_other(rig: Rig) -> None:
+    """While the socket always has input (here: forged data packets, dropped and counted),
+    a packet from the TUN still goes out: the one thread looks at the idle side each turn."""
+    forged = bytearray(rig.peer.encrypt([_ip(9)], 1.0)[0])
+    forged[-1] ^= 1
+    real = rig.transport.recv_nowait
+    busy = [False]
+
+    def always_input(limit: int = 64) -> list[bytes]:
+        batch = real(limit)
+        return batch if batch or not busy[0] else [bytes(forged)]
+
+    rig.transport.recv_nowait = always_input  # type: ignore[method-assign]  # test double
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.service.run)
+        await rig.keys_s.send([rig.install_key()])
+        await _until(lambda: rig.service.core is not None, "key installed")
+        rig.app.send(_ip(1))  # the TUN side goes idle after this one
+        wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+        assert rig.peer.decrypt([wire], 1.0) == [_ip(1)]
+        busy[0] = True
+        rig.server.send(bytes(forged))  # wakes the receiving side, which stays busy from then on
+        await _until(lambda: _stats(rig).drop_auth > 100, "the socket side busy")
+        for i in range(2, 6):
+            rig.app.send(_ip(i))
+            wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+            assert rig.peer.decrypt([wire], 1.0) == [_ip(i)]
+        busy[0] = False
+        nursery.cancel_scope.cancel()
