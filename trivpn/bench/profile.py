@@ -19,8 +19,9 @@ Stages (each the median of `--repeat` timed batches):
 * `tun-write` / `tun-read`: `LinuxTun.write_nowait` / `read_nowait` over an AF_UNIX
   datagram socket pair standing in for the TUN fd (same system calls, not the TUN driver's
   cost: a real TUN write also runs the stack's input path).
-* `loop-up` / `loop-down`: the real data plane (`fastpath.ThreadPlane`, one thread; with
-  `--split` also the two-thread layout, rows tagged `split`) over those fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
+* `loop-up` / `loop-down`: the real data plane (`fastpath.ThreadPlane` in its default
+  layout; with `--other-layout` also the other one, rows tagged `1t` for one thread moving
+  both directions, `2t` for a thread per direction) over those fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
   CPU of the data thread per packet (poll, system calls, crypto, Python); wall is the
   feeder's, from its first send to the burst's last arrival.
 * `loop-both`: a burst each way at the same time; per packet of the 2 × `--batch`. Its
@@ -75,8 +76,8 @@ class Options:
     cipher: str = "AES-256-GCM"
     #: also run the lone packets with the data threads' low-latency warm-up (`--low-latency`)
     low_latency: bool = False
-    #: also run the loops with two data threads, one per direction (`--split`)
-    split: bool = False
+    #: also run the loops with the other data-plane layout (`--other-layout`)
+    other_layout: bool = False
 
 
 @dataclass(slots=True)
@@ -397,14 +398,14 @@ LOW_LATENCY_WARM_FOR = 0.1
 
 
 def loop_stages(
-    opt: Options, report: Report, *, warm_for: float = 0.0, split: bool = False
+    opt: Options, report: Report, *, warm_for: float = 0.0, other_layout: bool = False
 ) -> None:
-    """Run the real data plane over the loopback fakes (see the module docstring); `split`:
-    the two-thread layout, rows tagged "split"."""
-    trio.run(_loop_main, opt, report, warm_for, split)
+    """Run the real data plane over the loopback fakes (see the module docstring); with
+    `other_layout` the layout that is not the default, rows tagged "1t" or "2t"."""
+    trio.run(_loop_main, opt, report, warm_for, other_layout)
 
 
-async def _loop_main(opt: Options, report: Report, warm_for: float, split: bool) -> None:
+async def _loop_main(opt: Options, report: Report, warm_for: float, other: bool) -> None:
     from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
     from trivpn.datachannel.link import DataLink
     from trivpn.tun.linux import LinuxTun
@@ -417,12 +418,15 @@ async def _loop_main(opt: Options, report: Report, warm_for: float, split: bool)
     to_muxer, from_wire = trio.open_memory_channel[list[bytes]](8)
     link = DataLink(time.monotonic)
     link.tx, link.rx = client.tx, client.rx
-    plane = ThreadPlane(FastPathIO(transport, tun, to_muxer, warm_for=warm_for, split=split))
+    io = FastPathIO(transport, tun, to_muxer, warm_for=warm_for)
+    if other:
+        io.split = not io.split
+    plane = ThreadPlane(io)
     feeder = _Feeder(server, peer, tun_peer)
     try:
         async with from_wire, trio.open_nursery() as nursery:
             nursery.start_soon(plane.run, link)
-            await trio.to_thread.run_sync(_measure_loops, opt, report, feeder, plane)
+            await trio.to_thread.run_sync(_measure_loops, opt, report, feeder, plane, other)
             nursery.cancel_scope.cancel()
     finally:
         feeder.close()
@@ -432,7 +436,9 @@ async def _loop_main(opt: Options, report: Report, warm_for: float, split: bool)
             s.close()
 
 
-def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) -> None:
+def _measure_loops(
+    opt: Options, report: Report, feeder: _Feeder, plane: Any, other: bool
+) -> None:
     split, warm = plane.io.split, bool(plane.io.warm_for)
     names = ("trivpn data up", "trivpn data down") if split else ("trivpn data",)
     deadline = time.monotonic() + WAIT
@@ -448,7 +454,7 @@ def _measure_loops(opt: Options, report: Report, feeder: _Feeder, plane: Any) ->
     def all_cpu() -> int:
         return sum(c() for c in clocks)
 
-    tag = (" split" if split else "") + (" lowlat" if warm else "")
+    tag = ((" 2t" if split else " 1t") if other else "") + (" lowlat" if warm else "")
     b, rep = opt.batch, max(opt.repeat // 4, 3)
     plain = _plain(opt.size, b)
     server = feeder.server
@@ -591,8 +597,9 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[
                    help="comma-separated parts: codec, io, loop, relay (default all)")
     p.add_argument("--low-latency", action="store_true",
                    help="also time the lone packets with the data threads' low-latency warm-up")
-    p.add_argument("--split", action="store_true",
-                   help="also run the loops with two data threads (one per direction)")
+    p.add_argument("--other-layout", action="store_true",
+                   help="also run the loops with the data-plane layout that is not the default "
+                   "(one thread for both directions, or two): rows tagged 1t / 2t")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
     if not 1 <= a.batch <= 64:
@@ -608,7 +615,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[
         p.error("--only takes a subset of codec,io,loop,relay")
     repeat, lone = (8, 5) if a.quick else (a.repeat, a.lone)
     opt = Options(batch=a.batch, size=a.size, repeat=repeat, lone=lone, gap_ms=a.gap,
-                  cipher=a.cipher, low_latency=a.low_latency, split=a.split)
+                  cipher=a.cipher, low_latency=a.low_latency, other_layout=a.other_layout)
     return opt, a.quick, a.json, parts
 
 
@@ -622,8 +629,8 @@ def run(opt: Options, parts: set[str]) -> Report:
         loop_stages(opt, report)
         if opt.low_latency:
             loop_stages(opt, report, warm_for=LOW_LATENCY_WARM_FOR)
-        if opt.split:
-            loop_stages(opt, report, split=True)
+        if opt.other_layout:
+            loop_stages(opt, report, other_layout=True)
     if "relay" in parts:
         relay_floor(opt, report)
     derive(report)

@@ -6,17 +6,20 @@ machine) and every task hop after that (~15 µs cold). An idle ping crosses the 
 so on the trio path the client alone added ≈ 0.4–0.5 ms to a 0.3 ms round trip. A plain
 thread that blocks in `poll` answers as fast as a C program's system calls allow.
 
-Why one thread for both directions (the default) and not one per direction: the threads
-share the GIL, so they only overlap inside system calls and the AEAD, and every hand-off
-of the GIL between them costs a futex wake. Measured with `python -m trivpn.bench profile`
-(docs/performance.md): a burst each way at once moves through one thread in less wall time
-than through two, and a ping — request out, reply back — finds the code and data of the
-data path still in the caches of the thread (and core) that just sent the request, where a
-second thread, idle since the last packet, runs cold: one thread halves the profile's cold
-round trip. `FastPathIO.split` keeps the two-thread layout for comparison.
+Two layouts (`FastPathIO.split`). By default two threads, one per direction: the kernel
+work of one direction (a TUN write runs the local stack's input, e.g. TCP's ACK processing
+and the segments it releases; a GSO send runs the segmentation) overlaps with the other
+direction's Python on the second core. The other layout, one thread moving both
+directions (`split=False`, or TRIVPN_DATA_THREADS=1), never hands the GIL between data
+threads, and a ping's reply finds the data path warm in the thread (and core) that has
+just sent the request, where the two-thread layout wakes a thread idle since the last
+packet: `python -m trivpn.bench profile --other-layout` measured the cold round trip
+roughly halved, while the same-run VPN benchmark on this machine measured ~10 % less
+upload and ~8 % more CPU per GB with one thread (docs/performance.md, issue 16).
 
 Theory of operation. `ThreadPlane.run` (a `plane.DataPlane`) starts the thread(s) with
-`trio.to_thread.run_sync`. Each turn of the one thread (`_Threads.both`) serves:
+`trio.to_thread.run_sync`. The steps (each thread of the split layout runs one of them in a
+loop; `_Threads.both` runs both in turns):
 
 * **up** (`_up_batch`): drain the UDP socket (`UDPTransport.recv_nowait`), keep the P_DATA
   packets, open them with the session's `core.Decryptor`, write the plaintext to the TUN
@@ -29,10 +32,9 @@ Theory of operation. `ThreadPlane.run` (a `plane.DataPlane`) starts the thread(s
   seals and sends the keepalive pings and exit notifications the service requests
   (`DataLink.requests`): the service writes a byte to a *kick pipe* polled with the fds.
 
-It waits in one `poll` on the socket, the TUN, the kick pipe and the stop pipe, only after
-a turn in which neither side read anything; after a wait, the first packet of a side goes
-through alone (a drain to EAGAIN first would put one more cold system call in front of it).
-With `split`, `up` and `down` run the same steps in two threads.
+A thread waits in one `poll` on its fd(s), the kick pipe (the sending side) and the stop
+pipe, only once a read found nothing; after a wait, the first packet goes through alone (a
+drain to EAGAIN first would put one more cold system call in front of it).
 
 No lock: the sending and receiving state are separate objects (packet ids and tx counters;
 replay windows and rx counters), each used by one thread, and both read the immutable key
@@ -63,7 +65,7 @@ import logging
 import os
 import select
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -80,6 +82,10 @@ if TYPE_CHECKING:
     from trivpn.tun.linux import LinuxTun
 
 log = logging.getLogger("trivpn.datachannel")
+
+#: Environment variable choosing the data-plane layout when the caller does not: "1" one
+#: thread for both directions, anything else two threads (see `FastPathIO.split`).
+DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
 
 
 
@@ -99,8 +105,9 @@ class FastPathIO:
     warm_for: float = 0.0
     #: ... by touching it this often
     warm_every: float = 0.001
-    #: two threads, one per direction, instead of one thread for both (the default)
-    split: bool = False
+    #: two threads, one per direction (the default), or one thread for both; the default
+    #: can be switched with TRIVPN_DATA_THREADS=1 or 2 (for same-run benchmarks)
+    split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV, "2") != "1")
 
 
 def _drain(fd: int) -> None:
