@@ -344,7 +344,7 @@ class _Threads:
                 return  # the session is being torn down; what failed no longer matters
             raise
 
-    # -- both directions in one thread (the default) -----------------------------------------
+    # -- both directions in one thread (`FastPathIO.split=False`) ----------------------------
 
     def both(self) -> None:
         """Socket → TUN and TUN → socket in one thread; also seals the requests.
