@@ -3,7 +3,7 @@ seconds (cold) — AEAD, Encryptor/Decryptor, a UDP recv, an AF_UNIX write — i
 Usage: python3 issue16_cold_ops.py [GAP]   (0.01: cold; 0.0001: nearly hot)"""
 import os, time, socket, statistics, sys
 
-from trivpn.bench.profile import _pair, _plain, _udp_pair, _tun_pair
+from trivpn.bench.profile import make_pair as _pair, plain_packets as _plain, udp_pair as _udp_pair, tun_pair as _tun_pair
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 client, server = _pair("AES-256-GCM")
 pkt = _plain(100, 1)

@@ -4,7 +4,7 @@ import os
 import statistics
 import time
 
-from trivpn.bench.profile import _udp_pair
+from trivpn.bench.profile import udp_pair as _udp_pair
 
 a, peer = _udp_pair()
 pkt = os.urandom(1424)

@@ -2,7 +2,7 @@
 (batches of 64, 8, 1) on loopback. Usage: python3 issue16_recvmmsg.py [SLOT_BYTES]"""
 import ctypes, ctypes.util, socket, os, time, statistics, sys
 
-from trivpn.bench.profile import _udp_pair
+from trivpn.bench.profile import udp_pair as _udp_pair
 libc = ctypes.CDLL(None, use_errno=True)
 class iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]

@@ -2,7 +2,7 @@
 uses GSO (datagrams coalesced) and when it does not. Usage: python3 issue16_udp_gro.py"""
 import socket, os, time, statistics, struct, sys
 
-from trivpn.bench.profile import _udp_pair
+from trivpn.bench.profile import udp_pair as _udp_pair
 UDP_GRO=104; UDP_SEGMENT=103
 a, peer = _udp_pair()
 a.setsockopt(17, UDP_GRO, 1)
