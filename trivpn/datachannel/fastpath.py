@@ -14,8 +14,9 @@ directions (`split=False`, or TRIVPN_DATA_THREADS=1), never hands the GIL betwee
 threads, and a ping's reply finds the data path warm in the thread (and core) that has
 just sent the request, where the two-thread layout wakes a thread idle since the last
 packet: `python -m trivpn.bench profile --other-layout` measured the cold round trip
-roughly halved, while the same-run VPN benchmark on this machine measured ~10 % less
-upload and ~8 % more CPU per GB with one thread (docs/performance.md, issue 16).
+roughly halved. Three same-run VPN benchmarks on the busy 2-core machine did not settle
+it (one thread ahead in some figures, behind in others; docs/performance.md, issue 16),
+so the two-thread layout stays the default until a quiet-machine run decides.
 
 Theory of operation. `ThreadPlane.run` (a `plane.DataPlane`) starts the thread(s) with
 `trio.to_thread.run_sync`. The steps (each thread of the split layout runs one of them in a
