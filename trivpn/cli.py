@@ -12,7 +12,6 @@ import argparse
 import ipaddress
 import logging
 import os
-import statistics
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -432,6 +431,8 @@ async def cmd_ping(args: argparse.Namespace) -> int:
         f"{loss:.0f}% packet loss, time {elapsed:.0f}ms"
     )
     if rtts:
+        import statistics  # only `trivpn ping` needs it (start-up time of `connect`)
+
         mdev = statistics.pstdev(rtts) if len(rtts) > 1 else 0.0
         print(
             f"rtt min/avg/max/mdev = {min(rtts):.3f}/{statistics.fmean(rtts):.3f}/"
