@@ -12,7 +12,6 @@ import argparse
 import ipaddress
 import logging
 import os
-import statistics
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -62,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--no-reconnect", action="store_true", help="exit when the session ends instead of reconnecting"
         )
-        sp.add_argument("--auth-user", default="", help=argparse.SUPPRESS)
+        sp.add_argument(
+            "--auth-user",
+            default="",
+            help="username for auth-user-pass (the password comes from TRIVPN_PASSWORD or a prompt)",
+        )
         sp.add_argument("--auth-password", default="", help=argparse.SUPPRESS)
 
     c = sub.add_parser("connect", help="bring up a tunnel on a TUN device (needs root)")
@@ -167,24 +170,37 @@ def _add_plugin_commands(sub: argparse._SubParsersAction[_Parser], common: objec
 
 def _load(path: str) -> Profile:
     from trivpn.profile.profile import load_profile
+    from trivpn.session.config import server_check_warning
 
     profile = load_profile(path)
     for w in profile.warnings:
         log.warning("%s", w)
+    if (warning := server_check_warning(profile)) is not None:
+        log.warning("%s", warning)
     return profile
 
 
+#: Where `--auth-user` (and a prompting profile) take the password from, if set.
+PASSWORD_ENV = "TRIVPN_PASSWORD"
+
+
 def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
-    """Username/password from the flags, the profile's auth-user-pass, or a prompt; with
-    `static-challenge` the response is asked for and folded into the password."""
+    """Username/password from `--auth-user` (password from TRIVPN_PASSWORD or a prompt),
+    the profile's auth-user-pass, or a prompt; with `static-challenge` the response is
+    asked for and folded into the password. Never from the command line: argv is public."""
     import getpass
 
     def need_tty(what: str) -> None:
         if not sys.stdin.isatty():
             raise ConfigError(f"the profile asks for {what} and there is no terminal to prompt on")
 
+    _refuse_password_flag(args)
     if args.auth_user:
-        user, password = args.auth_user, args.auth_password
+        user = args.auth_user
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+            need_tty(f"a password for {user!r} (set {PASSWORD_ENV} or run on a terminal)")
+            password = getpass.getpass("Password: ")
     else:
         aup = getattr(profile, "auth_user_pass", None)
         if isinstance(aup, tuple):
@@ -192,7 +208,7 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
         elif aup is True:
             need_tty("a username and password (auth-user-pass)")
             user = input("Username: ")
-            password = getpass.getpass("Password: ")
+            password = os.environ.get(PASSWORD_ENV, "") or getpass.getpass("Password: ")
         else:
             return "", ""
     challenge = getattr(profile, "static_challenge", None)
@@ -202,6 +218,31 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
         response = input(f"{text} ") if echo else getpass.getpass(f"{text} ")
         password = static_challenge_password(password, response)
     return user, password
+
+
+def _ask_key_passphrase(profile: Profile) -> None:
+    """askpass without a file: prompt for the private key's passphrase (as OpenVPN does)."""
+    if profile.askpass is True:
+        import getpass
+
+        if not sys.stdin.isatty():
+            raise ConfigError("the profile asks for the private key's passphrase (askpass) and there is no terminal")
+        profile.askpass = getpass.getpass("Private key passphrase: ")
+
+
+def _reread_password(args: argparse.Namespace) -> str:
+    """auth-nocache: the password again, as OpenVPN gets it (the file re-read, or a prompt)."""
+    from trivpn.profile.profile import load_profile
+
+    return _credentials(load_profile(args.profile), args)[1]
+
+
+def _refuse_password_flag(args: argparse.Namespace) -> None:
+    if getattr(args, "auth_password", None):
+        raise ConfigError(
+            "--auth-password is gone: a password on the command line is visible to every user "
+            "(ps, /proc); use the profile's auth-user-pass file, TRIVPN_PASSWORD or the prompt"
+        )
 
 
 def static_challenge_password(password: str, response: str) -> str:
@@ -220,6 +261,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
 
     profile = _load(args.profile)
     profile.no_dns = profile.no_dns or args.no_dns
+    _ask_key_passphrase(profile)
     observe = _observe_options(profile, args)
     query = observe is not None and observe[1].query_passwords
     if query and getattr(profile, "auth_user_pass", None) is True and not args.auth_user:
@@ -236,6 +278,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         key_derivation=args.key_derivation,
         username=username,
         password=password,
+        reauth=lambda: _reread_password(args),
     )
     device = kernel_tun()
     kill = args.kill_switch or profile.kill_switch
@@ -312,6 +355,7 @@ async def cmd_ping(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"TARGET must be an IP address, not {args.target!r}") from None
     profile = _load(args.profile)
+    _ask_key_passphrase(profile)
     username, password = _credentials(profile, args)
     async with connect(
         profile,
@@ -387,6 +431,8 @@ async def cmd_ping(args: argparse.Namespace) -> int:
         f"{loss:.0f}% packet loss, time {elapsed:.0f}ms"
     )
     if rtts:
+        import statistics  # only `trivpn ping` needs it (start-up time of `connect`)
+
         mdev = statistics.pstdev(rtts) if len(rtts) > 1 else 0.0
         print(
             f"rtt min/avg/max/mdev = {min(rtts):.3f}/{statistics.fmean(rtts):.3f}/"
@@ -411,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
+        _refuse_password_flag(args)
         rc: int = trio.run(handler, args)
         return rc
     except KeyboardInterrupt:

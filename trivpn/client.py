@@ -11,6 +11,7 @@ tunnel and applies the settings (`trivpn.session.netapply`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 import trio
 
 from trivpn.errors import AuthFailed, ConnectTimeout, FatalError, RetryLimitReached, SessionRestart
+from trivpn.messages import AuthTokenRenewed
 from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
 from trivpn.profile.profile import Profile
@@ -37,6 +39,7 @@ from trivpn.session.config import (
 from trivpn.session.killswitch import Hole, KillSwitch
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
+from trivpn.session.privdrop import PrivDrop
 from trivpn.session.reconnect import (
     Candidate,
     GiveUp,
@@ -47,6 +50,7 @@ from trivpn.session.reconnect import (
     restart_cause,
 )
 from trivpn.session.runevents import OnRunEvent, SessionRetry, SessionUp
+from trivpn.session.scripts import ClientScripts, ScriptContext, ScriptRunner
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
@@ -124,6 +128,11 @@ class Client:
         self._came_up = False
         self._auth_token: str | None = None
         self._tun: TunApplier | None = None
+        # the profile's scripts run where trivpn configures a kernel TUN (`trivpn connect`)
+        self._script_runner = ScriptRunner(self.profile) if configure_tun else None
+        self._scripts: ClientScripts | None = None
+        # `user`/`group`: root is given up once the TUN exists (trivpn connect only)
+        self._privdrop = PrivDrop.from_profile(self.profile) if configure_tun else None
         self.kill_switch = kill_switch
         self._paths: _Paths | None = None
         #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
@@ -160,10 +169,14 @@ class Client:
         to the next attempt, anything else ends the run.
         """
         manager.add_exit_hook(self.exit_notify)
+        if self._script_runner is not None:
+            self._scripts = ClientScripts(self._script_runner, manager.add_cleanup, lambda: manager.stop_reason)
         self._tun = TunApplier(
             self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
         )
         self._paths = _Paths(self._tun, self.kill_switch)
+        if self._privdrop is not None:  # before any network input: TLS and parsing run as the user
+            self._privdrop.drop(self._tun, self._script_runner, self.kill_switch)
         policy = ReconnectPolicy.for_config(self.config, self._rng, trio.current_time())
         step = policy.first()
         status: trio.TaskStatus[TunnelInfo] | None = task_status
@@ -204,11 +217,40 @@ class Client:
             await trio.sleep(decision.delay)
             step, delay = decision, decision.delay
 
+    def _session_event(self, ev: Any) -> None:
+        """An event after the tunnel came up: a renewed auth-token is kept for reconnects;
+        the library's hook gets the renegotiations."""
+        if isinstance(ev, AuthTokenRenewed):
+            self._auth_token = ev.token
+        elif self.on_event is not None:
+            self.on_event(ev)
+
     async def _retry_auth(self, error: AuthFailed) -> bool:
         """AUTH_FAILED with management `auth-retry nointeract|interact`: try again."""
         if self.observer is None:
             return False
         return await self.observer.auth_failed(self, str(error))
+
+    def _forget_password(self) -> None:
+        """auth-nocache: the password leaves memory once it was accepted (later key
+        exchanges and reconnects send the pushed auth-token, or ask `reauth` again)."""
+        cfg = self.config
+        if cfg.auth_nocache and cfg.password:
+            # in place, not a copy: the live session's key-exchange factory holds this
+            # object, and a copy would leave the password reachable through it
+            object.__setattr__(cfg, "password", "")
+            if isinstance(self.profile.auth_user_pass, tuple):
+                self.profile.auth_user_pass = True
+
+    async def _recall_password(self) -> None:
+        """A reconnect after auth-nocache without an auth-token: the password again."""
+        cfg = self.config
+        if not (cfg.auth_nocache and cfg.username and not cfg.password and not self._auth_token):
+            return
+        if cfg.reauth is None:
+            raise FatalError("auth-nocache: the password was dropped after use and nothing can supply it again")
+        password = await trio.to_thread.run_sync(cfg.reauth)
+        self.config = dataclasses.replace(cfg, password=password)
 
     async def _session(
         self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
@@ -228,6 +270,7 @@ class Client:
     ) -> bool:
         """One session: every layer in its own nursery, until something ends it."""
         self._came_up = False
+        await self._recall_password()
         window = cand.connection.connect_window
         deadline = trio.current_time() + window
         observer = self.observer
@@ -257,10 +300,16 @@ class Client:
                     self._tun.apply(plan)
                 if self.on_tunnel_up is not None:
                     await self.on_tunnel_up(info)
+                if self._scripts is not None:
+                    await self._scripts.tunnel_up(ScriptContext(
+                        self.ifname or "", plan.tun, up.settings, self.profile,
+                        endpoint.address, endpoint.port, endpoint.proto, up.peer_chain,
+                    ))
                 self.info = info
                 self._came_up = True
                 if up.settings.auth_token:  # reused on renegotiation and on reconnect
                     self._auth_token = up.settings.auth_token
+                self._forget_password()
                 log.info("%s", describe_tunnel(info))
                 if self.on_event is not None:
                     self.on_event(SessionUp(info, session))
@@ -268,7 +317,7 @@ class Client:
                     observer.session_up(session, info)
                 if task_status is not None:
                     task_status.started(info)
-                await session.drain_events(self.on_event)
+                await session.drain_events(self._session_event)
         finally:
             self._live = None
             transport.close()

@@ -125,6 +125,8 @@ class TunnelUp:
     peer_subject: str
     tls_version: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the verified peer chain, DER, leaf first (scripts' tls_id_N / X509_N_* variables)
+    peer_chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,14 @@ class AuthPending:
     """The server is still authenticating us (AUTH_PENDING): wait up to `timeout` seconds."""
 
     timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuthTokenRenewed:
+    """Client role: the server pushed a new auth-token while the tunnel was up (auth-gen-token
+    renewal); reconnects and renegotiations use it from now on."""
+
+    token: str = field(repr=False)  # a secret: never in a log
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,4 +262,4 @@ TLSToControl: TypeAlias = "Ciphertext | SoftReset | DynamicWrapKey"
 #: exit notice.
 TLSToData: TypeAlias = "InstallKey | ActivateKey | RetireKey | SendExitNotify"
 #: TLS session → the session runner (one item per send, not a batch).
-SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest | KeysRenegotiated"
+SessionEvent: TypeAlias = "TunnelUp | AuthPending | ClientReady | AuthRequest | KeysRenegotiated | AuthTokenRenewed"

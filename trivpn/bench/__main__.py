@@ -10,6 +10,8 @@ BENCHMARKS = {
     "vpn": ("trivpn.bench.vpn", "trivpn's client vs OpenVPN's, same server: throughput, latency, start-up"),
     "impaired": ("trivpn.bench.impaired", "behaviour over an impaired link (loss, delay, reordering)"),
     "reverse": ("trivpn.bench.reverse", "the reverse tunnel"),
+    "profile": ("trivpn.bench.profile", "per-packet cost of the data path, stage by stage (loopback, no root)"),
+    "ab": ("trivpn.bench.ab", "the vpn benchmark with trivpn from a baseline tree too (--base DIR): old vs new, same run"),
     "server": ("trivpn.bench.server", "trivpn serve vs openvpn --server: throughput, set-up rate, RSS per client"),
 }
 

@@ -1,48 +1,63 @@
-"""Data-plane threads: the hot path of a UDP session over a kernel TUN, off the event loop.
+"""Data-plane thread(s): the hot path of a UDP session over a kernel TUN, off the event loop.
 
 Why: a packet that wakes a trio task pays for the run loop (epoll_wait, the wake-up and a
 scheduler pass, ~110 µs more than a plain blocking thread for a UDP ping-pong on this
 machine) and every task hop after that (~15 µs cold). An idle ping crosses the client twice,
-so on the trio path the client alone added ≈ 0.4–0.5 ms to a 0.3 ms round trip. Two plain
-threads that block in `poll` answer as fast as a C program's system calls allow, and they
-let the kernel work of one direction (the TUN write, the GSO send) run on the second core
-while the other direction runs Python.
+so on the trio path the client alone added ≈ 0.4–0.5 ms to a 0.3 ms round trip. A plain
+thread that blocks in `poll` answers as fast as a C program's system calls allow.
 
-Theory of operation. `ThreadPlane.run` (a `plane.DataPlane`) starts two threads with
-`trio.to_thread.run_sync`:
+Two layouts (`FastPathIO.split`). By default two threads, one per direction: the kernel
+work of one direction (a TUN write runs the local stack's input, e.g. TCP's ACK processing
+and the segments it releases; a GSO send runs the segmentation) overlaps with the other
+direction's Python on the second core. The other layout, one thread moving both
+directions (`split=False`, or TRIVPN_DATA_THREADS=1), never hands the GIL between data
+threads, and a ping's reply finds the data path warm in the thread (and core) that has
+just sent the request, where the two-thread layout wakes a thread idle since the last
+packet: `python -m trivpn.bench profile --other-layout` measured the cold round trip
+roughly halved. Three same-run VPN benchmarks on the busy 2-core machine did not settle
+it (one thread ahead in some figures, behind in others; docs/performance.md, issue 16),
+so the two-thread layout stays the default until a quiet-machine run decides.
 
-* **up**: drain the UDP socket (`UDPTransport.recv_nowait`), keep the P_DATA packets, open
-  them with the session's `core.Decryptor`, write the plaintext to the TUN
+Theory of operation. `ThreadPlane.run` (a `plane.DataPlane`) starts the thread(s) with
+`trio.to_thread.run_sync`. The steps (each thread of the split layout runs one of them in a
+loop; `_Threads.both` runs both in turns):
+
+* **up** (`_up_batch`): drain the UDP socket (`UDPTransport.recv_nowait`), keep the P_DATA
+  packets, open them with the session's `core.Decryptor`, write the plaintext to the TUN
   (`LinuxTun.write_nowait`). Every other datagram (control, resets, garbage) is handed to
   the packet muxer's input channel through `TrioToken.run_sync_soon`: it never blocks, and a
   full channel drops the batch exactly like a congested network would (the reliable layer
   retransmits). The thread only classifies by opcode; the muxer checks everything else.
-* **down**: drain the TUN (`LinuxTun.read_nowait`), seal with the session's `core.Encryptor`,
-  send with `UDPTransport.send_nowait` (GSO runs). It also seals and sends the keepalive
-  pings and exit notifications the service requests (`DataLink.requests`): the service
-  writes a byte to a *kick pipe* the down thread polls next to the TUN fd.
+* **down** (`_down_batch`): drain the TUN (`LinuxTun.read_nowait`), seal with the
+  session's `core.Encryptor`, send with `UDPTransport.send_nowait` (GSO runs). It also
+  seals and sends the keepalive pings and exit notifications the service requests
+  (`DataLink.requests`): the service writes a byte to a *kick pipe* polled with the fds.
 
-No lock: each thread owns its direction's state (packet ids and tx counters; replay windows
-and rx counters) and both read the immutable key table the service swaps atomically on a
-key install (`keys.KeySlot`). Time comes from the link's clock (`time.monotonic` unless the
-session injects another), never from trio, so `now` means the same in both threads and in
-the service's keepalive timer.
+A thread waits in one `poll` on its fd(s), the kick pipe (the sending side) and the stop
+pipe, only once a read found nothing; after a wait, the first packet goes through alone (a
+drain to EAGAIN first would put one more cold system call in front of it).
+
+No lock: the sending and receiving state are separate objects (packet ids and tx counters;
+replay windows and rx counters), each used by one thread, and both read the immutable key
+table the service swaps atomically on a key install (`keys.KeySlot`). Time comes from the
+link's clock (`time.monotonic` unless the session injects another), never from trio, so
+`now` means the same in the data plane and in the service's keepalive timer.
 
 Low-latency mode (`FastPathIO.warm_for > 0`, `trivpn connect --low-latency`). On this
 machine a thread that slept ~10 ms runs its next packet 10–20× slower than a warm one
 (os.read + AES-GCM: ~80 µs instead of ~5 µs): caches, TLB and branch predictors were
 refilled by others meanwhile. Merely waking up does not help; running the same code does.
-So for `warm_for` seconds after the last data packet each thread wakes every `warm_every`
-seconds and seals/opens a dummy packet with a private pair of cores under a random key
+So for `warm_for` seconds after the last data packet the thread(s) wake every `warm_every`
+seconds and seal/open a dummy packet with a private pair of cores under a random key
 (never on the wire, never touching the session's keys or counters). That buys a lower idle
 RTT for interactive traffic at the price of CPU while traffic is sporadic; once the tunnel
 is silent for `warm_for`, the threads block as usual. Off by default.
 
 Structured concurrency holds: a thread that raises ends its `to_thread.run_sync` call with
 that exception, which cancels the session like any layer's error. Cancellation sets a flag
-and writes a byte to a stop pipe that both threads poll next to their fd, and `run` waits
-for both to return before it returns — so the socket and the TUN are never closed under a
-running thread. A thread that finds its device closed ends the data plane.
+and writes a byte to a stop pipe that every thread polls next to its fds, and `run` waits
+for the thread(s) to return before it returns — so the socket and the TUN are never closed
+under a running thread. A thread that finds its device closed ends the data plane.
 """
 
 from __future__ import annotations
@@ -51,15 +66,14 @@ import logging
 import os
 import select
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
-from trivpn.datachannel.core import DataChannel
-from trivpn.datachannel.keys import DataConfig
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
+from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
 from trivpn.wire import DATA_OPCODES, P_OPCODE_SHIFT
@@ -69,6 +83,10 @@ if TYPE_CHECKING:
     from trivpn.tun.linux import LinuxTun
 
 log = logging.getLogger("trivpn.datachannel")
+
+#: Environment variable choosing the data-plane layout when the caller does not: "1" one
+#: thread for both directions, anything else two threads (see `FastPathIO.split`).
+DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
 
 
 
@@ -88,37 +106,9 @@ class FastPathIO:
     warm_for: float = 0.0
     #: ... by touching it this often
     warm_every: float = 0.001
-
-
-#: The dummy payload low-latency mode seals and opens.
-WARM_PACKET = bytes(100)
-#: Renew the dummy cores long before their packet ids could run out.
-WARM_PID_RENEW = 1 << 30
-
-
-class _Warmer:
-    """A private client/server pair of data-channel cores under a random key: running them
-    keeps the code and data of the real seal/open path in the caches (low-latency mode)."""
-
-    def __init__(self, config: DataConfig) -> None:
-        key2 = os.urandom(256)
-        pair: list[DataChannel] = []
-        for is_server in (config.is_server, not config.is_server):
-            core = DataChannel(
-                cipher=config.cipher,
-                is_server=is_server,
-                peer_id=config.peer_id,
-                compression=config.compression,
-                auth=config.auth,
-            )
-            core.install_key(0, key2, 0.0)
-            pair.append(core)
-        self.tx, self.rx = pair
-        self.sealed = 0
-
-    def seal(self) -> list[bytes]:
-        self.sealed += 1
-        return self.tx.encrypt((WARM_PACKET,), 0.0)
+    #: two threads, one per direction (the default), or one thread for both; the default
+    #: can be switched with TRIVPN_DATA_THREADS=1 or 2 (for same-run benchmarks)
+    split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV, "2") != "1")
 
 
 def _drain(fd: int) -> None:
@@ -168,7 +158,7 @@ class _Threads:
     def _toucher(self, *, open_too: bool) -> Callable[[], None]:
         """One thread's low-latency warm-up step, with dummy cores of its own (made once the
         session has keys, renewed long before their packet ids run out)."""
-        warmer: _Warmer | None = None
+        warmer: Warmer | None = None
 
         def touch() -> None:
             nonlocal warmer
@@ -176,36 +166,38 @@ class _Threads:
                 tx = self.link.tx
                 if tx is None:
                     return
-                warmer = _Warmer(tx.config)
+                warmer = Warmer(tx.config)
             wire = warmer.seal()
             if open_too:
                 warmer.rx.decrypt(wire, 0.0)
 
         return touch
 
-    def _ready(self, ready: list[tuple[int, int]]) -> None:
+    def _ready(self, ready: list[tuple[int, int]]) -> list[tuple[int, int]]:
         for fd, _event in ready:
             if fd == self.stop_fd:
                 raise _Stopped
             if fd == self.kick_fd:
-                _drain(fd)  # the down loop serves the requests on its next turn
+                _drain(fd)  # the sending loop serves the requests on its next turn
         if self.stopping:
             raise _Stopped
+        return ready
 
-    def _idle(self, poller: select.poll, touch: Callable[[], None], side: _Side) -> None:
-        """Wait for the fd. In low-latency mode, shortly after traffic, wake every
-        `warm_every` to run `touch` instead of sleeping through."""
+    def _idle(
+        self, poller: select.poll, touch: Callable[[], None], side: _Side
+    ) -> list[tuple[int, int]]:
+        """Wait for the fds; what became ready. In low-latency mode, shortly after traffic,
+        wake every `warm_every` to run `touch` instead of sleeping through."""
         while self.now() < self._warm_until():
             ready = poller.poll(self.warm_every_ms)
             if ready:
-                self._ready(ready)
-                return
+                return self._ready(ready)
             if self.stopping:
                 raise _Stopped
             touch()
             side.touches += 1
         side.idle_waits += 1
-        self._wait(poller)
+        return self._wait(poller)
 
     def _poller(self, fd: int, event: int, *, kick: bool = False) -> select.poll:
         poller = select.poll()
@@ -215,9 +207,9 @@ class _Threads:
             poller.register(self.kick_fd, select.POLLIN)
         return poller
 
-    def _wait(self, poller: select.poll) -> None:
+    def _wait(self, poller: select.poll) -> list[tuple[int, int]]:
         """Block (GIL released) until an fd is ready; `_Stopped` when asked to stop."""
-        self._ready(poller.poll())
+        return self._ready(poller.poll())
 
     # -- network → TUN ----------------------------------------------------------------------
 
@@ -228,15 +220,41 @@ class _Threads:
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.control_dropped += len(batch)
 
-    def up(self) -> None:
-        transport = self.io.transport
-        tun = self.io.tun
-        link = self.link
-        now_fn = self.now
-        sock_readable = self._poller(transport.sock.fileno(), select.POLLIN)
-        tun_writable = self._poller(tun.fd, select.POLLOUT)
+    def _up_batch(self, batch: list[bytes], tun_writable: select.poll, side: _Side) -> bool:
+        """Datagrams read from the socket: control to the muxer, data decrypted to the TUN.
+        False once the trio run is gone."""
+        data: list[bytes] = []
+        control: list[bytes] = []
         data_ops = DATA_OPCODES
-        warm_for = self.warm_for
+        for d in batch:
+            (data if d and d[0] >> P_OPCODE_SHIFT in data_ops else control).append(d)
+        if control:
+            try:
+                self.token.run_sync_soon(self._deliver, control)
+            except trio.RunFinishedError:
+                return False
+        if not data:
+            return True
+        link = self.link
+        rx = link.rx
+        if rx is None:
+            link.dropped_up += len(data)
+            return True
+        now = self.now()
+        packets = rx.decrypt(data, now)
+        if self.warm_for:
+            side.warm_until = now + self.warm_for
+        if packets:
+            self._write_all(self.io.tun, packets, tun_writable)
+        if rx.peer_exited:
+            raise SessionRestart(PEER_EXITED)
+        return True
+
+    def up(self) -> None:
+        """Socket → TUN, in its own thread (`FastPathIO.split`)."""
+        transport = self.io.transport
+        sock_readable = self._poller(transport.sock.fileno(), select.POLLIN)
+        tun_writable = self._poller(self.io.tun.fd, select.POLLOUT)
         touch = self._toucher(open_too=True)
         side = self.up_side
         limit = 1  # after an idle wait the first datagram goes through alone (see `down`)
@@ -248,29 +266,8 @@ class _Threads:
                     self._idle(sock_readable, touch, side)
                     continue
                 limit = MAX_BATCH
-                data: list[bytes] = []
-                control: list[bytes] = []
-                for d in batch:
-                    (data if d and d[0] >> P_OPCODE_SHIFT in data_ops else control).append(d)
-                if control:
-                    try:
-                        self.token.run_sync_soon(self._deliver, control)
-                    except trio.RunFinishedError:
-                        return
-                if not data:
-                    continue
-                rx = link.rx
-                if rx is None:
-                    link.dropped_up += len(data)
-                    continue
-                now = now_fn()
-                packets = rx.decrypt(data, now)
-                if warm_for:
-                    side.warm_until = now + warm_for
-                if packets:
-                    self._write_all(tun, packets, tun_writable)
-                if rx.peer_exited:
-                    raise SessionRestart(PEER_EXITED)
+                if not self._up_batch(batch, tun_writable, side):
+                    return
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:
@@ -299,14 +296,26 @@ class _Threads:
             if extra:
                 self._send_all(extra, writable)
 
+    def _down_batch(self, batch: list[bytes], sock_writable: select.poll, side: _Side) -> None:
+        """Packets read from the TUN: sealed and sent."""
+        link = self.link
+        tx = link.tx
+        if tx is None:
+            link.dropped_down += len(batch)
+            return
+        now = self.now()
+        out = tx.encrypt(batch, now)
+        if self.warm_for:
+            side.warm_until = now + self.warm_for
+        if out:
+            self._send_all(out, sock_writable)
+
     def down(self) -> None:
-        transport = self.io.transport
+        """TUN → socket, in its own thread (`FastPathIO.split`); also seals the requests."""
         tun = self.io.tun
         link = self.link
-        now_fn = self.now
         tun_readable = self._poller(tun.fd, select.POLLIN, kick=True)
-        sock_writable = self._poller(transport.sock.fileno(), select.POLLOUT, kick=True)
-        warm_for = self.warm_for
+        sock_writable = self._poller(self.io.transport.sock.fileno(), select.POLLOUT, kick=True)
         touch = self._toucher(open_too=False)
         side = self.down_side
         served = 0  # link.requests already served
@@ -328,16 +337,67 @@ class _Threads:
                     self._idle(tun_readable, touch, side)
                     continue
                 limit = 0  # the device's max_batch
-                tx = link.tx
-                if tx is None:
-                    link.dropped_down += len(batch)
+                self._down_batch(batch, sock_writable, side)
+        except (_Stopped, trio.ClosedResourceError):
+            return
+        except Exception:
+            if self.stopping:
+                return  # the session is being torn down; what failed no longer matters
+            raise
+
+    # -- both directions in one thread (`FastPathIO.split=False`) ----------------------------
+
+    def both(self) -> None:
+        """Socket → TUN and TUN → socket in one thread; also seals the requests.
+
+        Each turn serves the side(s) known to have input: one packet alone right after an
+        idle wait, whole batches while busy. It waits again only once both sides read
+        nothing; while one side is busy, a `poll` without timeout each turn notices input
+        on the other."""
+        io = self.io
+        transport, tun, link = io.transport, io.tun, self.link
+        sock_fd, tun_fd = transport.sock.fileno(), tun.fd
+        readable = self._poller(sock_fd, select.POLLIN, kick=True)
+        readable.register(tun_fd, select.POLLIN)
+        tun_writable = self._poller(tun_fd, select.POLLOUT)
+        sock_writable = self._poller(sock_fd, select.POLLOUT, kick=True)
+        touch = self._toucher(open_too=True)
+        side = self.up_side
+        served = 0
+        up = down = True  # worth reading: readable at the last wait, or read something since
+        up_limit = down_limit = 1
+        try:
+            while not self.stopping:
+                if link.requests != served:
+                    served = link.requests
+                    self._serve(link.tx, sock_writable)
+                if up:
+                    batch = transport.recv_nowait(up_limit)
+                    up = bool(batch)
+                    if up:
+                        up_limit = MAX_BATCH
+                        if not self._up_batch(batch, tun_writable, side):
+                            return
+                if down:
+                    packets = tun.read_nowait(down_limit)
+                    if packets is None:
+                        return  # the device was closed
+                    down = bool(packets)
+                    if down:
+                        down_limit = 0
+                        self._down_batch(packets, sock_writable, side)
+                if not (up or down):
+                    up_limit = down_limit = 1
+                    ready = self._idle(readable, touch, side)
+                elif not (up and down):
+                    # One side is busy: look (without waiting) whether the other has input,
+                    # or it would starve until the busy side runs dry (TCP's ACKs, say).
+                    ready = self._ready(readable.poll(0))
+                else:
                     continue
-                now = now_fn()
-                out = tx.encrypt(batch, now)
-                if warm_for:
-                    side.warm_until = now + warm_for
-                if out:
-                    self._send_all(out, sock_writable)
+                for fd, _event in ready:
+                    up = up or fd == sock_fd
+                    down = down or fd == tun_fd
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:
@@ -347,7 +407,8 @@ class _Threads:
 
 
 class ThreadPlane:
-    """The data plane as two threads (see the module docstring); a `plane.DataPlane`."""
+    """The data plane as one thread, or two with `FastPathIO.split` (see the module
+    docstring); a `plane.DataPlane`."""
 
     def __init__(
         self,
@@ -369,10 +430,10 @@ class ThreadPlane:
             try:
                 os.write(self._kick_w, b"k")
             except BlockingIOError:
-                pass  # the pipe is full of kicks the down thread has not drained yet
+                pass  # the pipe is full of kicks the thread has not drained yet
 
     async def run(self, link: DataLink) -> None:
-        """Run both data-plane threads until cancelled, a thread fails, or the TUN closes."""
+        """Run the data-plane thread(s) until cancelled, a thread fails, or the TUN closes."""
         for channel in self._unused:
             await channel.aclose()
         io = self.io
@@ -410,8 +471,11 @@ class ThreadPlane:
             async with io.to_muxer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(stopper)
-                    nursery.start_soon(in_thread, threads.up, "trivpn data up")
-                    nursery.start_soon(in_thread, threads.down, "trivpn data down")
+                    if io.split:
+                        nursery.start_soon(in_thread, threads.up, "trivpn data up")
+                        nursery.start_soon(in_thread, threads.down, "trivpn data down")
+                    else:
+                        nursery.start_soon(in_thread, threads.both, "trivpn data")
         finally:
             self._kick_w = None  # before the close: a later kick must not hit a reused fd
             for fd in (stop_r, stop_w, kick_r, kick_w):

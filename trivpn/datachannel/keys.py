@@ -41,13 +41,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidTag
 
 from trivpn.controlchannel.packet import Opcode
-from trivpn.datachannel.cbc import CBCDirection, make_cbc_directions
-from trivpn.datachannel.cbc import seal_batch as cbc_seal_batch
 from trivpn.datachannel.crypto import (
     AEAD,
     OPENVPN_AEAD_TAG_LENGTH,
@@ -63,6 +61,9 @@ from trivpn.datachannel.framing import Compression, Framer
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK
 from trivpn.wire import MAX_PEER_ID, P_KEY_ID_MASK, P_OPCODE_SHIFT, PACKET_ID_MAX
+
+if TYPE_CHECKING:  # legacy CBC is imported only when a CBC key is made (start-up time)
+    from trivpn.datachannel.cbc import CBCDirection
 
 #: From this id on the key should be renegotiated (`PACKET_ID_WRAP_TRIGGER`).
 PACKET_ID_WRAP_TRIGGER = 0xFF000000
@@ -227,7 +228,9 @@ class CBCKey:
     def seal_batch(
         self, last_pid: int, payloads: Sequence[bytes], frame: Framer | None
     ) -> tuple[list[bytes], int]:
-        return cbc_seal_batch(self.enc, self.header, last_pid, payloads, frame)
+        from trivpn.datachannel.cbc import seal_batch  # imported already by make_key
+
+        return seal_batch(self.enc, self.header, last_pid, payloads, frame)
 
     def opener(self) -> Opener:
         return self.dec.open
@@ -243,6 +246,8 @@ def make_key(config: DataConfig, key_id: int, key2: bytes) -> AEADKey | CBCKey:
     else:
         hdr = OP_V1 << P_OPCODE_SHIFT | key_id
     if config.auth is not None:
+        from trivpn.datachannel.cbc import make_cbc_directions
+
         enc_c, dec_c = make_cbc_directions(
             key2, config.cipher, config.auth, is_server=config.is_server
         )

@@ -104,11 +104,11 @@ class Profile:
     dev_type: str = "tun"
     ca: str | None = None
     cert: str | None = None
-    key: str | None = None
-    tls_auth: str | None = None
+    key: str | None = field(default=None, repr=False)  # a secret
+    tls_auth: str | None = field(default=None, repr=False)  # a secret
     key_direction: int | None = None
-    tls_crypt: str | None = None
-    tls_crypt_v2: str | None = None  # the client key text (Kc + wrapped WKc)
+    tls_crypt: str | None = field(default=None, repr=False)  # a secret
+    tls_crypt_v2: str | None = field(default=None, repr=False)  # a secret
     remote_cert_tls: str | None = None
     verify_x509_name: tuple[str, str] | None = None
     data_ciphers: list[str] = field(default_factory=lambda: list(DEFAULT_DATA_CIPHERS))
@@ -116,6 +116,17 @@ class Profile:
     data_ciphers_fallback: str | None = None
     auth: str = DEFAULT_AUTH
     tls_version_min: str | None = None
+    tls_version_max: str | None = None
+    tls_cipher: str | None = None
+    tls_ciphersuites: str | None = None
+    tls_groups: str | None = None
+    tls_cert_profile: str | None = None
+    #: peer-fingerprint: SHA-256 digests (then the CA is optional)
+    peer_fingerprints: list[bytes] = field(default_factory=list)
+    crl_verify: str | None = None  # the CRL text (file or inline)
+    crl_dir: str | None = None  # crl-verify DIR dir
+    #: askpass: the key's passphrase, or True to prompt
+    askpass: str | bool | None = field(default=None, repr=False)
     verb: int = DEFAULT_VERB
     pull: bool = False
     tls_client: bool = False
@@ -126,7 +137,9 @@ class Profile:
     resolv_retry: float | None = None
     mute_replay_warnings: bool = False
     compression: str | None = None
-    auth_user_pass: tuple[str, str] | None | bool = None
+    auth_user_pass: tuple[str, str] | None | bool = field(default=None, repr=False)
+    #: drop the password from memory once it was used (`auth-nocache`)
+    auth_nocache: bool = False
     tun_mtu: int | None = None
     ping: int | None = None
     ping_restart: int | None = None
@@ -170,6 +183,8 @@ class Profile:
     topology: str | None = None
     dns_servers: list[str] = field(default_factory=list)  # dhcp-option DNS/DNS6, dns server
     dns_domains: list[str] = field(default_factory=list)  # dhcp-option DOMAIN..., dns search-domains
+    #: the profile's `dhcp-option` lines as written (scripts' foreign_option_N)
+    dhcp_option_lines: list[str] = field(default_factory=list)
     #: leave the system's DNS alone (`trivpn connect --no-dns`)
     no_dns: bool = False
     #: every <connection> block's options as written (one list, shared with the alternatives)
@@ -178,3 +193,26 @@ class Profile:
     alternatives: list[Profile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     source: str | None = None
+    # scripts and privileges (trivpn.session.scripts, trivpn.session.privdrop)
+    script_up: str | None = None
+    script_down: str | None = None
+    script_route_up: str | None = None
+    script_route_pre_down: str | None = None
+    script_ipchange: str | None = None
+    #: OpenVPN's default level 1: no external programs
+    script_security: int = 1
+    #: `setenv NAME VALUE` pairs handed to scripts
+    setenv: list[tuple[str, str]] = field(default_factory=list)
+    user: str | None = None
+    group: str | None = None
+
+    @property
+    def scripts(self) -> dict[str, str | None]:
+        """The configured script commands by OpenVPN option name."""
+        return {
+            "up": self.script_up,
+            "down": self.script_down,
+            "route-up": self.script_route_up,
+            "route-pre-down": self.script_route_pre_down,
+            "ipchange": self.script_ipchange,
+        }

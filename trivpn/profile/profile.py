@@ -33,7 +33,7 @@ from trivpn.profile.model import (
 )
 from trivpn.profile.options import _iter_options, is_inline
 from trivpn.profile.scope import Scope
-from trivpn.profile.special import MAX_CUSTOM_HTTP_HEADERS, SPECIAL
+from trivpn.profile.special import MAX_CUSTOM_HTTP_HEADERS, PRIVATE_FILES, SPECIAL, key_mode_warning
 from trivpn.profile.table import CONNECTION_OPTIONS, SILENT_OPTIONS, TABLE, UNSAFE_OPTIONS
 
 __all__ = [
@@ -142,6 +142,9 @@ class _Parser:
             self.warn(line, exc.name)
             return
         scope.lines[name] = line
+        if name in PRIVATE_FILES and args and not inline and args[0] != "stdin":
+            if (w := key_mode_warning(self.base_dir, args[0], line, name)) is not None:
+                scope.warn(line, w)
 
     def warn(self, line: int, name: str) -> None:
         self.scope.warn(line, f"option '{name}' (line {line}) is not supported and was ignored")
@@ -193,8 +196,8 @@ def _finish(s: Scope) -> Profile:
 
     if not (p.tls_client and p.pull):
         raise ConfigError("not a client profile: add 'client' (or both 'tls-client' and 'pull')")
-    if p.ca is None:
-        raise ConfigError("missing 'ca': the server's CA certificate is required")
+    if p.ca is None and not p.peer_fingerprints:
+        raise ConfigError("missing 'ca': the server's CA certificate (or 'peer-fingerprint') is required")
     if (p.cert is None) != (p.key is None):
         missing = "key" if p.key is None else "cert"
         raise ConfigError(f"missing '{missing}': 'cert' and 'key' must be given together")

@@ -40,6 +40,7 @@ from trivpn.profile.pushreply import (
     PushReplyAssembler,
     continuation_value,
 )
+from trivpn.redact import redact_option
 from trivpn.wire import MAX_PEER_ID
 
 __all__ = [
@@ -107,7 +108,7 @@ class PushedSettings:
     key_derivation_ekm: bool = False
     protocol_flags: frozenset[str] = frozenset()
     tun_mtu: int | None = None
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)  # a secret: never in a log
     compression: str | None = None
     options: list[str] = field(default_factory=list)
     #: options the user's pull-filter / route-nopull kept from taking effect
@@ -215,11 +216,13 @@ class _PushParser:
     def feed(self, item: str) -> None:
         if not isinstance(item, str):
             raise RemoteProtocolError("pushed option is not text")
-        self.s.options.append(item)
+        self.s.options.append(redact_option(item))  # options are logged and repr'd
         try:
             tokens = tokenize_line(item)
         except ConfigError as exc:
-            raise RemoteProtocolError(f"malformed pushed option {item[:40]!r}: {exc}") from None
+            raise RemoteProtocolError(
+                f"malformed pushed option {redact_option(item)[:40]!r}: {exc}"
+            ) from None
         if not tokens:
             return
         name, args = tokens[0], tokens[1:]

@@ -24,7 +24,7 @@ from trivpn.profile.checks import (
 from trivpn.profile.model import ProxySpec
 from trivpn.profile.scope import RawRemote, Scope
 
-__all__ = ["MAX_CUSTOM_HTTP_HEADERS", "SOCKS_PROXY_PORT", "SPECIAL", "Context"]
+__all__ = ["MAX_CUSTOM_HTTP_HEADERS", "PRIVATE_FILES", "SOCKS_PROXY_PORT", "SPECIAL", "Context", "key_mode_warning"]
 
 #: ``socks-proxy`` port when none is given (OpenVPN's default).
 SOCKS_PROXY_PORT = 1080
@@ -93,13 +93,91 @@ def _auth_user_pass(ctx: Context, line: int, name: str, args: list[str], inline:
     ctx.scope.set("auth_user_pass", (lines[0], lines[1]))
 
 
+def _file_path(ctx: Context, arg: str) -> Path:
+    path = Path(arg)
+    return path if path.is_absolute() or ctx.base_dir is None else ctx.base_dir / path
+
+
+#: Options whose file holds a secret: OpenVPN warns when group or others may read it.
+PRIVATE_FILES = frozenset(
+    {"key", "tls-auth", "tls-crypt", "tls-crypt-v2", "auth-user-pass", "askpass", "http-proxy-user-pass"}
+)
+
+
+def key_mode_warning(base_dir: Path | None, arg: str, line: int, name: str = "key") -> str | None:
+    """A secret's file that group or others may read: OpenVPN warns about it, so do we."""
+    path = Path(arg)
+    path = path if path.is_absolute() or base_dir is None else base_dir / path
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"option '{name}' (line {line}): '{path}' holds a secret and is readable by group or "
+            f"others (mode {mode & 0o777:o}); chmod 600 it")
+
+
+def _askpass(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    """`askpass [FILE]`: the private key's passphrase from a file's first line, or a prompt."""
+    nargs(args, 0, 1)
+    if not args:
+        ctx.scope.set("askpass", True)
+        return
+    lines = read_content(ctx.base_dir, args[0], inline).splitlines()
+    if not lines or not lines[0]:
+        raise Invalid("the passphrase file is empty")
+    ctx.scope.set("askpass", lines[0].rstrip("\r"))
+
+
+def _crl_verify(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    """`crl-verify FILE`, an inline <crl-verify> block, or `crl-verify DIR dir`."""
+    nargs(args, 1, 2)
+    if len(args) == 2:
+        if args[1] != "dir" or inline:
+            raise Invalid(f"unexpected {args[1][:20]!r} (only 'dir' may follow)")
+        path = _file_path(ctx, args[0])
+        if not path.is_dir():
+            raise Invalid(f"'{path}' is not a directory")
+        ctx.scope.set("crl_dir", str(path))
+        return
+    text = read_content(ctx.base_dir, args[0], inline)
+    if "-----BEGIN X509 CRL-----" not in text:
+        raise Invalid("no PEM CRL found")
+    ctx.scope.set("crl_verify", text)
+
+
+def _peer_fingerprint(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    """`peer-fingerprint AB:CD:...` (SHA-256), or an inline block of them, one per line."""
+    nargs(args, 1, 1)
+    items = [t.strip() for t in args[0].splitlines() if t.strip() and not t.strip().startswith(("#", ";"))]
+    if not inline:
+        items = [args[0]]
+    found = list(ctx.scope.profile.peer_fingerprints)
+    for item in items:
+        parts = item.split(":")
+        if len(parts) != 32 or not all(len(p) == 2 for p in parts):
+            raise Invalid(f"{item[:100]!r} is not a SHA-256 fingerprint (32 hex bytes with ':')")
+        try:
+            found.append(bytes.fromhex("".join(parts)))
+        except ValueError:
+            raise Invalid(f"{item[:100]!r} is not a SHA-256 fingerprint") from None
+    ctx.scope.set("peer_fingerprints", found)
+
+
 def _setenv(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
     # `setenv opt OPTION ...` asks for OPTION to be applied if it is known;
-    # any other setenv only feeds scripts, which we never run.
+    # any other setenv is a variable for the profile's scripts.
     if len(args) >= 2 and args[0] == "opt":
         if args[1].startswith("<"):
             raise Invalid(f"cannot apply inline tag {args[1]!r}")
         ctx.apply(line, args[1:])
+        return
+    nargs(args, 1, 2)
+    if not args[0] or "=" in args[0] or "\0" in args[0]:
+        raise Invalid(f"bad variable name {args[0][:40]!r}")
+    pairs = [kv for kv in ctx.scope.profile.setenv if kv[0] != args[0]]
+    ctx.scope.set("setenv", [*pairs, (args[0], args[1] if len(args) == 2 else "")])
 
 
 def _ignore_unknown_option(
@@ -131,6 +209,7 @@ def _redirect_gateway(ctx: Context, line: int, name: str, args: list[str], inlin
 
 
 def _dhcp_option(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    ctx.scope.append("dhcp_option_lines", " ".join([name, *args]))
     value = netopts.dhcp_option(args)
     if value is None:
         ctx.scope.warn(
@@ -263,6 +342,9 @@ SPECIAL: Mapping[str, Special] = {
     "tls-auth": _tls_auth,
     "auth-user-pass": _auth_user_pass,
     "setenv": _setenv,
+    "askpass": _askpass,
+    "crl-verify": _crl_verify,
+    "peer-fingerprint": _peer_fingerprint,
     "ignore-unknown-option": _ignore_unknown_option,
     "http-proxy": _http_proxy,
     "http-proxy-option": _http_proxy_option,

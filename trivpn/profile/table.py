@@ -76,7 +76,6 @@ DEFAULT_CONNECT_RETRY_MAX_DELAY = 300
 SILENT_OPTIONS = frozenset(
     {
         "allow-compression",  # we never compress; the compression options themselves are checked
-        "auth-nocache",  # we never cache credentials to disk anyway
         "block-outside-dns",  # Windows only
         "dhcp-release",  # Windows only
         "dhcp-renew",  # Windows only
@@ -92,7 +91,6 @@ SILENT_OPTIONS = frozenset(
         "register-dns",  # Windows only
         "route-delay",  # timing of route setup, not what is routed
         "route-method",  # Windows only
-        "script-security",  # we run no scripts
         "setenv-safe",  # environment for scripts we never run
         "sndbuf",  # socket buffer tuning
         "suppress-timestamps",  # log formatting
@@ -106,22 +104,15 @@ SILENT_OPTIONS = frozenset(
 UNSAFE_OPTIONS: Mapping[str, str] = {
     "tls-verify": "the certificate verification script would be skipped",
     "verify-hash": "certificate pinning would be skipped",
-    "peer-fingerprint": "certificate pinning would be skipped",
-    "crl-verify": "certificate revocation checks would be skipped",
     "remote-cert-ku": "the server certificate key-usage check would be skipped",
     "remote-cert-eku": "the server certificate extended-key-usage check would be skipped",
     "ns-cert-type": "removed in OpenVPN 2.5; use 'remote-cert-tls server'",
-    "tls-cipher": "the TLS cipher restriction would be skipped",
-    "tls-ciphersuites": "the TLS 1.3 cipher-suite restriction would be skipped",
-    "tls-groups": "the TLS key-exchange group restriction would be skipped",
-    "tls-cert-profile": "the certificate strength profile would be skipped",
     "pkcs12": "PKCS#12 bundles are not supported; convert to <ca>, <cert> and <key>",
     "pkcs11-providers": "PKCS#11 tokens are not supported",
     "pkcs11-id": "PKCS#11 tokens are not supported",
     "cryptoapicert": "the Windows certificate store is not supported",
     "management-external-key": "external keys via the management interface are not supported",
     "management-external-cert": "external certificates via the management interface are not supported",
-    "askpass": "encrypted private keys are not supported; decrypt the key first",
     "capath": "a CA directory is not supported; use 'ca'",
     "secret": "static-key mode is not supported (it is insecure and removed in OpenVPN 2.7)",
     "fragment": "it changes the data packet framing and the server would not understand us",
@@ -263,11 +254,32 @@ def _verify_x509_name(args: list[str]) -> tuple[str, str]:
 
 
 def _tls_version_min(args: list[str]) -> str:
-    if args[0] not in _TLS_VERSIONS:
-        raise Invalid(f"unknown TLS version {args[0]!r}")
     if len(args) == 2 and args[1] != "or-highest":
         raise Invalid(f"unexpected {args[1]!r} (only 'or-highest' may follow)")
+    if args[0] not in _TLS_VERSIONS:
+        # or-highest: a version newer than we know means "the highest we have"
+        if len(args) == 2 and _is_version(args[0]):
+            return max(_TLS_VERSIONS)
+        raise Invalid(f"unknown TLS version {args[0]!r}")
     return args[0]
+
+
+def _is_version(text: str) -> bool:
+    major, dot, minor = text.partition(".")
+    return bool(dot) and major.isdigit() and minor.isdigit() and len(text) < 8
+
+
+def _tls_version_max(args: list[str]) -> str:
+    if args[0] not in _TLS_VERSIONS:
+        raise Invalid(f"unknown TLS version {args[0]!r}")
+    return args[0]
+
+
+def _openssl_list(args: list[str]) -> str:
+    value = args[0]
+    if not value or len(value) > 4096 or not all(c.isascii() and c.isprintable() and c != " " for c in value):
+        raise Invalid(f"{value[:60]!r} is not an OpenSSL list")
+    return value
 
 
 def _resolv_retry(args: list[str]) -> float:
@@ -352,6 +364,19 @@ def _ip_address(args: list[str]) -> str:
     return args[0]
 
 
+def _command(args: list[str]) -> str:
+    if not args[0].strip():
+        raise Invalid("empty command")
+    return args[0]
+
+
+def _account_name(args: list[str]) -> str:
+    name = args[0]
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
+        raise Invalid(f"{name[:64]!r} is not a user or group name")
+    return name
+
+
 # ---- the table --------------------------------------------------------------------------
 
 
@@ -426,7 +451,7 @@ TABLE: Mapping[str, Simple] = {
     # keys and certificates: a file name or an inline block
     "ca": Simple("ca", _pem_cert, file=True),
     "cert": Simple("cert", _pem_cert, file=True),
-    "key": Simple("key", _pem_key, file=True),
+    "key": Simple("key", _pem_key, file=True),  # + a warning for loose modes (profile.py)
     "tls-crypt": Simple("tls_crypt", _static_key_arg, file=True),
     "tls-crypt-v2": Simple("tls_crypt_v2", _tls_crypt_v2_key, 1, 2, file=True),
     "key-direction": Simple("key_direction", lambda args: key_direction(args[0])),
@@ -437,7 +462,16 @@ TABLE: Mapping[str, Simple] = {
     ),
     "verify-x509-name": Simple("verify_x509_name", _verify_x509_name, 1, 2),
     "tls-version-min": Simple("tls_version_min", _tls_version_min, 1, 2),
+    "tls-version-max": Simple("tls_version_max", _tls_version_max),
+    "tls-cipher": Simple("tls_cipher", _openssl_list),
+    "tls-ciphersuites": Simple("tls_ciphersuites", _openssl_list),
+    "tls-groups": Simple("tls_groups", _openssl_list),
+    "tls-cert-profile": Simple(
+        "tls_cert_profile",
+        _one_of({k: k for k in ("legacy", "preferred", "suiteb")}, "unknown profile {!r} (legacy, preferred, suiteb)"),
+    ),
     "static-challenge": Simple("static_challenge", _static_challenge, 2, 3),
+    "auth-nocache": _flag("auth_nocache"),
     # data channel
     "data-ciphers": Simple("data_ciphers", _cipher_list),
     "ncp-ciphers": Simple("data_ciphers", _cipher_list),
@@ -467,6 +501,15 @@ TABLE: Mapping[str, Simple] = {
     "ifconfig": Simple("ifconfig", netopts.ifconfig, 2, 2),
     "ifconfig-ipv6": Simple("ifconfig_ipv6", netopts.ifconfig_ipv6, 1, 2),
     "topology": Simple("topology", netopts.topology),
+    # scripts (the profile's own only; never pushed) and privileges
+    "up": Simple("script_up", _command),
+    "down": Simple("script_down", _command),
+    "route-up": Simple("script_route_up", _command),
+    "route-pre-down": Simple("script_route_pre_down", _command),
+    "ipchange": Simple("script_ipchange", _command),
+    "script-security": _int("script_security", 0, 3),
+    "user": Simple("user", _account_name),
+    "group": Simple("group", _account_name),
     # watching it run (trivpn.observe)
     "management": Simple("management", _management, 2, 3),
     "management-hold": _flag("management_hold"),

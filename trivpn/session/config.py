@@ -15,6 +15,7 @@ Secrets (keys, the password) are kept out of `repr`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, TypedDict
 
@@ -44,7 +45,7 @@ from trivpn.tlssession.keymethod import (
     peer_info_string,
 )
 from trivpn.tlssession.service import CipherPolicy
-from trivpn.tlssession.tls import TLSConfig, TLSEngine
+from trivpn.tlssession.tls import CERT_PROFILES, TLSConfig, TLSEngine
 
 __all__ = [
     "ANNOUNCED_VERSION",
@@ -242,6 +243,45 @@ class ConnectionConfig:
         )
 
 
+def server_check_warning(profile: Profile) -> str | None:
+    """OpenVPN's start-up warning when nothing checks that the peer is a *server*."""
+    if profile.remote_cert_tls or profile.verify_x509_name or profile.peer_fingerprints:
+        return None
+    return (
+        "no server certificate check is enabled (add 'remote-cert-tls server' or "
+        "'verify-x509-name'): any certificate of the same CA, a client's too, could act as the server"
+    )
+
+
+def tls_config_from(profile: Profile) -> TLSConfig:
+    """The client's TLS settings from the profile (tls-*, crl-verify, peer-fingerprint, askpass)."""
+    version_min = profile.tls_version_min or "1.2"
+    if version_min in ("1.0", "1.1"):  # we never speak below TLS 1.2
+        version_min = "1.2"
+    askpass = profile.askpass
+    if askpass is True:
+        raise ConfigError("the private key's passphrase must be entered (askpass) and nothing asked for it")
+    profile_level = CERT_PROFILES.get(profile.tls_cert_profile) if profile.tls_cert_profile else None
+    return TLSConfig(
+        ca_pem=profile.ca or "",
+        cert_pem=profile.cert,
+        key_pem=profile.key,
+        is_server=False,
+        remote_cert_tls=profile.remote_cert_tls,
+        verify_x509_name=profile.verify_x509_name,
+        tls_version_min=version_min,
+        tls_version_max=profile.tls_version_max,
+        crl_pem=profile.crl_verify,
+        crl_dir=profile.crl_dir,
+        peer_fingerprints=tuple(profile.peer_fingerprints),
+        cipher_list=profile.tls_cipher,
+        ciphersuites=profile.tls_ciphersuites,
+        groups=profile.tls_groups,
+        security_level=profile_level,
+        key_password=askpass.encode() if isinstance(askpass, str) else None,
+    )
+
+
 class SessionOverrides(TypedDict, total=False):
     """What the command line or the API may set on top of a profile (see `from_profile`)."""
 
@@ -249,6 +289,7 @@ class SessionOverrides(TypedDict, total=False):
     family: int | None
     username: str
     password: str
+    reauth: Callable[[], str] | None
     hand_window: float
     data_threads: bool
     low_latency: bool
@@ -285,6 +326,10 @@ class SessionConfig:
     family: int | None = None  # 4 or 6 overrides the remotes' protocol family
     username: str = ""
     password: str = field(default="", repr=False)
+    #: auth-nocache: the password is forgotten after the first successful authentication
+    auth_nocache: bool = False
+    #: where a forgotten password comes from again (re-read the file, prompt); None: nowhere
+    reauth: Callable[[], str] | None = field(default=None, repr=False)
     data_threads: bool = True
     low_latency: bool = False
     no_reconnect: bool = False
@@ -301,6 +346,7 @@ class SessionConfig:
         family: int | None = None,
         username: str = "",
         password: str = "",
+        reauth: Callable[[], str] | None = None,
         hand_window: float = HAND_WINDOW,
         data_threads: bool = True,
         low_latency: bool = False,
@@ -314,17 +360,10 @@ class SessionConfig:
         if role != "client":
             raise ConfigError(f"the {role} role is not supported yet")
         ciphers = negotiable_ciphers(profile)
-        tls = TLSConfig(
-            ca_pem=profile.ca or "",
-            cert_pem=profile.cert,
-            key_pem=profile.key,
-            is_server=False,
-            remote_cert_tls=profile.remote_cert_tls,
-            verify_x509_name=profile.verify_x509_name,
-            tls_version_min=(profile.tls_version_min or "1.2"),
-        )
-        if not profile.ca:
+        tls = tls_config_from(profile)
+        if not profile.ca and not profile.peer_fingerprints:
             raise ConfigError("the profile has no 'ca': the server could not be verified")
+
         TLSEngine(tls)  # fail now, not after connecting, on unusable PEM
         if family not in (None, 4, 6):
             raise ConfigError("the address family must be 4 or 6")
@@ -359,6 +398,8 @@ class SessionConfig:
             family=family,
             username=username,
             password=password,
+            auth_nocache=profile.auth_nocache,
+            reauth=reauth,
             data_threads=data_threads,
             low_latency=low_latency,
             no_reconnect=no_reconnect,

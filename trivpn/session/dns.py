@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -189,6 +188,8 @@ class _Backup:
     written: tuple[str, ...]  # sha256 of each text we wrote (a restore needs one of them)
 
     def to_json(self) -> str:
+        import json  # here, not at the top: most runs never write a backup (start-up time)
+
         return json.dumps(
             {
                 "path": self.path,
@@ -202,6 +203,8 @@ class _Backup:
 
     @classmethod
     def from_json(cls, text: str) -> _Backup:
+        import json
+
         d = json.loads(text)
         return cls(
             str(d["path"]), int(d["dev"]), int(d["ino"]), int(d["pid"]),

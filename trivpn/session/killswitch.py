@@ -174,6 +174,10 @@ class KillSwitch:
         self.dns = False
         self.active = False
 
+    def use_runner(self, run: NftRunner) -> None:
+        """Run nft through `run` from now on (after a privilege drop: the root helper)."""
+        self._run = run
+
     def start(self) -> None:
         """Install the table (no server allowed yet); replace one a crashed run left."""
         stale = _stale(self._run)

@@ -15,6 +15,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from trivpn.session.dns import DnsConfigurator
 from trivpn.session.netsettings import NetPlan
@@ -26,6 +27,15 @@ from trivpn.tun.netconfig import NetConfigurator, TunConfig
 __all__ = ["TunApplier"]
 
 log = logging.getLogger("trivpn")
+
+
+class _Helper(Protocol):
+    """The privileged side after a drop (trivpn.session.privdrop.HelperLink)."""
+
+    def apply(self, plan: NetPlan) -> None: ...
+    def reaching(self, addresses: Sequence[str]) -> None: ...
+    def undo_net(self) -> None: ...
+    def undo_dns(self) -> None: ...
 
 
 class TunApplier:
@@ -51,12 +61,36 @@ class TunApplier:
         self._dns = dns
         if ifname and self._dns is None:
             self._dns = DnsConfigurator(ifname)
+        #: after a privilege drop: the privileged helper that changes the host for us
+        self._helper: _Helper | None = None
         if ifname and self._dns is not None:
             self._dns.recover()
-            add_cleanup(self._dns.undo)
+            add_cleanup(self.undo_dns)
         #: the redirect-gateway host routes to the server: they follow the server in use
         #: (serverroute.py), apart from the TUN's configuration
         self.server_routes: ServerRoutes | None = None
+
+    def hand_over(self, helper: _Helper) -> None:
+        """From now on the host is changed by `helper` (a forked copy of this applier that
+        kept root; see trivpn.session.privdrop); this process only filters block-ipv6."""
+        self._helper = helper
+
+    def undo_net(self) -> None:
+        """Addresses, routes and the server's host routes off (cleanup: never raises)."""
+        if self._helper is not None:
+            self._helper.undo_net()
+            return
+        if self._configurator is not None:
+            self._configurator.undo()
+        if self.server_routes is not None:
+            self.server_routes.clear()
+
+    def undo_dns(self) -> None:
+        """DNS restored (cleanup: never raises)."""
+        if self._helper is not None:
+            self._helper.undo_dns()
+        elif self._dns is not None:
+            self._dns.undo()
 
     def _redirected(self, addresses: Sequence[str], cfg: TunConfig) -> list[str]:
         """The server addresses whose family `cfg` redirects into the tunnel."""
@@ -65,6 +99,10 @@ class TunApplier:
     def reaching(self, addresses: Sequence[str]) -> None:
         """Packets are about to go to these server addresses: with redirect-gateway applied,
         pin them outside the tunnel first (and unpin the previous server)."""
+        if self._helper is not None:
+            if self.applied is not None:
+                self._helper.reaching(list(addresses))
+            return
         cfg = self.applied
         if self.server_routes is not None and cfg is not None:
             self.server_routes.pin(self._redirected(addresses, cfg))
@@ -76,6 +114,13 @@ class TunApplier:
         if isinstance(plan, TunConfig):
             plan = NetPlan(plan)
         cfg = plan.tun
+        if self._helper is not None:
+            if self.applied is None:  # the first plan: its undo belongs to this run's cleanups
+                self._add_cleanup(self.undo_net)
+            self._helper.apply(plan)
+            self.applied = cfg
+            self._answer_ipv6(plan)
+            return
         # the server's host route is not part of the TUN's configuration: a new server
         # address must not undo and redo the redirect routes (a moment without them leaks)
         if self.server_routes is None:
@@ -85,7 +130,7 @@ class TunApplier:
         cfg = replace(cfg, pin_servers=False)
         if self._configurator is None:
             self._configurator = NetConfigurator(self.ifname)
-            self._add_cleanup(self._configurator.undo)
+            self._add_cleanup(self.undo_net)
             self._configurator.apply(cfg)
         elif not _same_but_server(self.applied, cfg):
             log.info("the server pushed different settings; reconfiguring %s", self.ifname)
@@ -94,6 +139,9 @@ class TunApplier:
         self.applied = cfg
         if self._dns is not None:
             self._dns.apply(plan.dns)
+        self._answer_ipv6(plan)
+
+    def _answer_ipv6(self, plan: NetPlan) -> None:
         if self._device is not None:
             source = plan.block_ipv6_source
             self._device.ipv6_answer = (

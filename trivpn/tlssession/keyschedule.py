@@ -82,6 +82,7 @@ from trivpn.messages import (
     ActivateKey,
     AuthPending,
     AuthRequest,
+    AuthTokenRenewed,
     Ciphertext,
     ClientReady,
     DynamicWrapKey,
@@ -93,6 +94,7 @@ from trivpn.messages import (
     TunnelUp,
 )
 from trivpn.profile.push import PushedSettings
+from trivpn.redact import redact_control, redact_option
 from trivpn.tlssession import serverrole
 from trivpn.tlssession.config import TRANSITION_WINDOW, KeyScheduleConfig, PushSource
 from trivpn.tlssession.control import Fatal, Info, Restart, Unknown, client_verdict, server_verdict
@@ -120,6 +122,7 @@ log = logging.getLogger("trivpn.tlssession")
 
 Event = (
     InstallKey | ActivateKey | RetireKey | TunnelUp | ClientReady | AuthPending | AuthRequest | Restart | Fatal
+    | AuthTokenRenewed
 )
 Outgoing = SoftReset | DynamicWrapKey | Ciphertext
 
@@ -454,14 +457,14 @@ class KeySchedule:
         if isinstance(verdict, Restart | Fatal):
             self._close(verdict)
         elif isinstance(verdict, Info | AuthPending):
-            log.info("%s says: %s", "client" if self.is_server else "server", text)
+            log.info("%s says: %s", "client" if self.is_server else "server", redact_control(text))
             if isinstance(verdict, AuthPending):
                 self._events.append(verdict)
                 if self.pending == 0:  # the server needs more time for the first key
                     self._pending_deadline = max(self._pending_deadline, now + verdict.timeout)
         elif isinstance(verdict, Unknown):
             self.dropped_control_messages += 1
-            log.debug("ignored control message %r", text[:80])
+            log.debug("ignored control message %r", redact_control(text)[:80])
 
     def _close(self, event: Restart | Fatal) -> None:
         self._events.append(event)
@@ -470,10 +473,21 @@ class KeySchedule:
     # -- client: the PUSH_REPLY makes the first key -------------------------------------------
 
     def _on_push_reply(self, key_id: int, options: list[str], now: float) -> None:
-        if self.settings is not None or key_id != 0 or self.pending != 0:
+        if self.settings is not None:
+            # a later PUSH_REPLY: OpenVPN's servers renew the auth-token this way
+            tokens = [o.split(None, 1)[1].strip() for o in options
+                      if o.startswith("auth-token ") and len(o.split(None, 1)) == 2]
+            if tokens and tokens[-1]:
+                self.settings.auth_token = tokens[-1]
+                self._events.append(AuthTokenRenewed(tokens[-1]))
+                log.info("the server renewed the auth-token")
+            else:
+                log.debug("ignoring a repeated PUSH_REPLY")
+            return
+        if key_id != 0 or self.pending != 0:
             log.debug("ignoring a repeated PUSH_REPLY")
             return
-        log.info("pushed settings: %s", ",".join(options))
+        log.info("pushed settings: %s", ",".join(redact_option(o) for o in options))
         self._client_ready(options, now)
 
     def _client_ready(self, options: list[str], now: float) -> None:
@@ -494,6 +508,7 @@ class KeySchedule:
                 agreement.key_derivation,
                 hs.peer_subject if hs else "?",
                 hs.tls_version if hs else "?",
+                peer_chain=hs.peer_chain if hs else (),
             )
         )
 

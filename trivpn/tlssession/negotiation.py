@@ -27,6 +27,7 @@ from trivpn.errors import (
 )
 from trivpn.messages import InstallKey
 from trivpn.profile.push import PullPolicy, PushedSettings, PushRejected, parse_push_options
+from trivpn.redact import redact_option
 from trivpn.tlssession.core import push_reply_messages
 from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
@@ -259,7 +260,7 @@ def client_agreement(options: Sequence[str], policy: CipherPolicy) -> Agreement:
     except RemoteProtocolError as exc:
         raise FatalError(f"unusable PUSH_REPLY from the server: {exc}") from None
     for dropped in settings.filtered:
-        log.info("pushed option removed by pull-filter/route-nopull: %s", dropped[:80])
+        log.info("pushed option removed by pull-filter/route-nopull: %s", redact_option(dropped)[:80])
     try:
         cipher = choose_cipher(settings, policy)
     except ConfigError as exc:

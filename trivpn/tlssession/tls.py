@@ -31,17 +31,28 @@ Theory of operation (the same ideas as the comment at the top of trio's `_ssl.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
 from trivpn.errors import CertificateRejected, ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.tlssession.crl import load_crl
+from trivpn.tlssession.tlsload import (
+    CERT_PROFILES,
+    common_name,
+    crl_dir_check,
+    format_subject,
+    load_certs,
+    load_identity,
+    restrict,
+)
+
+__all__ = ["CERT_PROFILES", "TLS_CHANNEL_BUF_SIZE", "TLSConfig", "TLSEngine", "common_name", "format_subject"]
 
 #: OpenVPN reads TLS plaintext into a buffer of this size, one record at a time (common.h).
 TLS_CHANNEL_BUF_SIZE = 2048
@@ -54,29 +65,6 @@ _REMOTE_CERT_TLS = {
     "client": (ExtendedKeyUsageOID.CLIENT_AUTH, "TLS Web Client Authentication"),
 }
 _X509_NAME_TYPES = ("subject", "name", "name-prefix")
-
-# Short names OpenSSL prints with XN_FLAG_FN_SN (what OpenVPN logs and compares for
-# verify-x509-name ... subject). Unknown attributes are printed as dotted OIDs.
-_SHORT_NAMES = {
-    NameOID.COUNTRY_NAME: "C",
-    NameOID.STATE_OR_PROVINCE_NAME: "ST",
-    NameOID.LOCALITY_NAME: "L",
-    NameOID.ORGANIZATION_NAME: "O",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.COMMON_NAME: "CN",
-    NameOID.EMAIL_ADDRESS: "emailAddress",
-    NameOID.SERIAL_NUMBER: "serialNumber",
-    NameOID.STREET_ADDRESS: "street",
-    NameOID.DOMAIN_COMPONENT: "DC",
-    NameOID.USER_ID: "UID",
-    NameOID.TITLE: "title",
-    NameOID.GIVEN_NAME: "GN",
-    NameOID.SURNAME: "SN",
-    NameOID.INITIALS: "initials",
-    NameOID.PSEUDONYM: "pseudonym",
-    NameOID.DN_QUALIFIER: "dnQualifier",
-    NameOID.POSTAL_CODE: "postalCode",
-}
 
 # Fallback texts for the X509_V_ERR_* codes a VPN user actually meets (x509_vfy.h); used only
 # if OpenSSL's own message table is not reachable through pyOpenSSL's bindings.
@@ -106,53 +94,32 @@ _CERT_ALERTS = (
     "access denied",
 )
 
-#: Private keys pyOpenSSL can put into a TLS context (others get a one-line error).
-_TLS_KEY_TYPES = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-    dsa.DSAPrivateKey,
-)
-
-
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
     """Certificates and peer checks for one side of the control channel."""
 
     ca_pem: str
     cert_pem: str | None = None
-    key_pem: str | None = None
+    key_pem: str | None = field(default=None, repr=False)  # a secret: never in a log
     is_server: bool = False
     remote_cert_tls: str | None = None
     verify_x509_name: tuple[str, str] | None = None
     tls_version_min: str = "1.2"
     tls_version_max: str | None = None  # OpenVPN's --tls-version-max; None = what OpenSSL offers
     crl_pem: str | None = None  # crl-verify: a PEM CRL signed by the CA; checked for the peer
+    #: crl-verify DIR dir: a file named after the peer's decimal serial there means revoked
+    crl_dir: str | None = None
+    #: peer-fingerprint: SHA-256 digests of acceptable peer certificates (then no CA is needed)
+    peer_fingerprints: tuple[bytes, ...] = ()
+    cipher_list: str | None = None  # tls-cipher (TLS 1.2 and below, OpenSSL syntax)
+    ciphersuites: str | None = None  # tls-ciphersuites (TLS 1.3)
+    groups: str | None = None  # tls-groups: key-exchange groups, colon separated
+    #: tls-cert-profile as an OpenSSL security level (legacy 1, preferred 2, suiteb 3)
+    security_level: int | None = None
+    #: the private key's passphrase (askpass); a secret
+    key_password: bytes | None = field(default=None, repr=False)
     #: server: verify-client-cert none (no certificate asked) | optional | require
     verify_client_cert: str = "require"
-
-
-def format_subject(name: x509.Name) -> str:
-    """Render a subject the way OpenVPN prints it: "C=US, O=x, CN=y" in certificate order."""
-    rdns = []
-    for rdn in name.rdns:
-        parts = []
-        for attr in rdn:
-            key = _SHORT_NAMES.get(attr.oid, attr.oid.dotted_string)
-            value = attr.value if isinstance(attr.value, str) else attr.value.hex()
-            parts.append(f"{key}={value}")
-        rdns.append(" + ".join(parts))
-    return ", ".join(rdns)
-
-
-def common_name(name: x509.Name) -> str:
-    """The (last) CN of a subject, or "" when there is none."""
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not cns:
-        return ""
-    value = cns[-1].value
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
 def _verify_error_text(errnum: int) -> str:
@@ -162,16 +129,6 @@ def _verify_error_text(errnum: int) -> str:
         return str(ffi.string(lib.X509_verify_cert_error_string(errnum)).decode())
     except Exception:
         return _VERIFY_ERRORS.get(errnum, f"X509 verify error {errnum}")
-
-
-def _load_certs(pem: str, what: str) -> list[x509.Certificate]:
-    try:
-        certs = x509.load_pem_x509_certificates(pem.encode())
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the {what} (PEM): {exc}") from None
-    if not certs:
-        raise ConfigError(f"the {what} contains no certificate")
-    return certs
 
 
 def _check_config(config: TLSConfig) -> None:
@@ -258,12 +215,20 @@ class TLSEngine:
             subject = format_subject(xcert.subject)
         except Exception:
             subject = "?"
+        if self.config.peer_fingerprints:  # PKI-less: only the leaf's digest counts
+            if depth != 0:
+                return True
+            der = xcert.public_bytes(serialization.Encoding.DER)
+            if hashlib.sha256(der).digest() not in self.config.peer_fingerprints:
+                self._verify_failure = f"peer-fingerprint does not match (subject {subject})"
+                return False
+            return True
         if not ok:
             self._verify_failure = f"{_verify_error_text(errnum)} (subject {subject})"
             return False
         if depth != 0:
             return True
-        problem = self._check_leaf(xcert, subject)
+        problem = self._check_leaf(xcert, subject) or crl_dir_check(self.config.crl_dir, xcert)
         if problem is not None:
             self._verify_failure = f"{problem} (subject {subject})"
             return False
@@ -335,6 +300,8 @@ class TLSEngine:
         peer = self._conn.get_peer_certificate(as_cryptography=True)
         self.peer_subject = format_subject(peer.subject) if peer is not None else ""
         chain = self._conn.get_verified_chain(as_cryptography=True) if peer is not None else None
+        if not chain and peer is not None:  # peer-fingerprint: no CA, no chain; the leaf only
+            chain = [peer]
         self.peer_chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain or ())
         self.tls_version = self._conn.get_protocol_version_name()
         self.cipher_name = self._conn.get_cipher_name()
@@ -479,9 +446,16 @@ def _build_context(config: TLSConfig) -> SSL.Context:
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     # Idle sessions (a server holds one per client) give their 16 KiB read/write buffers back.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    restrict(ctx, config)
     store = ctx.get_cert_store()
     assert store is not None
-    cas = _load_certs(config.ca_pem, "CA certificate")
+    if not config.ca_pem and config.peer_fingerprints:
+        if config.cert_pem is not None and config.key_pem is not None:
+            load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
+        ctx.set_verify(SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if config.is_server else 0),
+                       _shared_verify)
+        return ctx
+    cas = load_certs(config.ca_pem, "CA certificate")
     for ca in cas:
         try:
             store.add_cert(crypto.X509.from_cryptography(ca))
@@ -491,7 +465,7 @@ def _build_context(config: TLSConfig) -> SSL.Context:
         store.add_crl(load_crl(config.crl_pem, cas))
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     if config.cert_pem is not None and config.key_pem is not None:
-        _load_identity(ctx, config.cert_pem, config.key_pem)
+        load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)
     mode = SSL.VERIFY_PEER
     if config.is_server and config.verify_client_cert == "none":
         mode = SSL.VERIFY_NONE  # no CertificateRequest: the password script decides
@@ -499,24 +473,3 @@ def _build_context(config: TLSConfig) -> SSL.Context:
         mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
     ctx.set_verify(mode, _shared_verify)
     return ctx
-
-
-def _load_identity(ctx: SSL.Context, cert_pem: str, key_pem: str) -> None:
-    chain = _load_certs(cert_pem, "certificate")
-    try:
-        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the private key (PEM, unencrypted): {exc}") from None
-    if not isinstance(key, _TLS_KEY_TYPES):
-        raise ConfigError(
-            f"the private key is a {type(key).__name__.removeprefix('_')}, which cannot sign "
-            "a TLS handshake (use RSA, EC, Ed25519 or Ed448)"
-        )
-    try:
-        ctx.use_certificate(chain[0])
-        ctx.use_privatekey(key)
-        for extra in chain[1:]:
-            ctx.add_extra_chain_cert(extra)
-        ctx.check_privatekey()
-    except (SSL.Error, crypto.Error, TypeError, ValueError):
-        raise ConfigError("the certificate and the private key do not match") from None

@@ -84,6 +84,22 @@ def test_prompt_without_a_terminal_is_a_config_error(monkeypatch: pytest.MonkeyP
         cli._credentials(profile, _args())
 
 
-def test_flags_override_the_profile() -> None:
+def test_auth_user_takes_the_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     profile = parse_profile(f"client\ndev tun\nremote a\n<ca>\n{CA}</ca>\nauth-user-pass\n")
-    assert cli._credentials(profile, _args(user="bob", password="pw")) == ("bob", "pw")
+    monkeypatch.setenv(cli.PASSWORD_ENV, "pw")
+    assert cli._credentials(profile, _args(user="bob")) == ("bob", "pw")
+
+
+def test_auth_user_without_password_source_and_no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = parse_profile(f"client\ndev tun\nremote a\n<ca>\n{CA}</ca>\nauth-user-pass\n")
+    monkeypatch.delenv(cli.PASSWORD_ENV, raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    with pytest.raises(ConfigError, match="TRIVPN_PASSWORD"):
+        cli._credentials(profile, _args(user="bob"))
+
+
+def test_password_on_the_command_line_is_refused(tmp_path: Path) -> None:
+    r = run("connect", str(tmp_path / "x.ovpn"), "--auth-user", "bob", "--auth-password", "hunter2")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "--auth-password is gone" in r.stderr
+    assert "TRIVPN_PASSWORD" in r.stderr

@@ -33,7 +33,14 @@ LIMIT = 10.0
 class Rig:
     """Both ends of the fast path: app side of the TUN and the server's UDP socket."""
 
-    def __init__(self, warm_for: float = 0.0, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        warm_for: float = 0.0,
+        clock: Callable[[], float] | None = None,
+        *,
+        split: bool = False,
+    ) -> None:
+        self.split = split
         self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tun_end.setblocking(False)
         self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
@@ -60,7 +67,7 @@ class Rig:
         self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
         self.keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](8)
         self.plane = ThreadPlane(
-            FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for)
+            FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for, split=split)
         )
         if clock is None:
             self.service = DataService(control=keys_r, plane=self.plane)
@@ -77,9 +84,10 @@ class Rig:
         self.tun.close()
 
 
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = Rig()
+@pytest.fixture(params=[False, True], ids=["one-thread", "two-threads"])
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """Every test runs against the default one-thread plane and the split two-thread one."""
+    r = Rig(split=request.param)
     yield r
     r.close()
 
@@ -139,7 +147,8 @@ async def test_both_directions_and_control_handover(rig: Rig) -> None:
         rig.server.send(bytes(forged))
         await _until(lambda: _stats(rig).drop_auth == 1, "forgery counted")
         names = {t.name for t in threading.enumerate() if t.is_alive()}
-        assert {"trivpn data up", "trivpn data down"} <= names
+        expected = {"trivpn data up", "trivpn data down"} if rig.split else {"trivpn data"}
+        assert expected <= names
         nursery.cancel_scope.cancel()
     # Cancellation joined both threads before the service returned (trio keeps idle
     # workers cached, but they no longer run our loops or carry our names).
@@ -183,11 +192,12 @@ async def test_closed_tun_ends_the_fast_path(rig: Rig) -> None:
     assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
 
 
-async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["one-thread", "two-threads"])
+async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself(split: bool) -> None:
     # The threads' notion of time is the injected clock: the test moves it by hand, so
     # "after warm_for" is a step of the test, not a sleep.
     now = [100.0]
-    rig = Rig(warm_for=0.05, clock=lambda: now[0])
+    rig = Rig(warm_for=0.05, clock=lambda: now[0], split=split)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rig.service.run)
@@ -196,8 +206,10 @@ async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -
             await _until(lambda: rig.plane.threads is not None, "threads started")
             threads = rig.plane.threads
             assert threads is not None
-            sides = (threads.up_side, threads.down_side)
-            await _until(lambda: all(s.idle_waits >= 1 for s in sides), "both threads blocked")
+            # one thread keeps its counters in up_side; two threads one side each
+            up, down = threads.up_side, threads.down_side if split else threads.up_side
+            sides = (up, down)
+            await _until(lambda: all(s.idle_waits >= 1 for s in sides), "the thread(s) blocked")
             assert threads.touches == 0  # no traffic yet: the threads block without warming
             rig.app.send(_ip(1))
             wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
@@ -206,7 +218,7 @@ async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -
             waits = [s.idle_waits for s in sides]
             now[0] += 1.0  # well past warm_for: the down thread stops warming, blocks again
             # (the up thread was blocked all along: nothing woke it to start warming)
-            await _until(lambda: threads.down_side.idle_waits > waits[1], "down thread blocked")
+            await _until(lambda: down.idle_waits > waits[1], "sending side blocked")
             settled = threads.touches
             # Wake the up thread with a control datagram: it hands it over and blocks again
             # at once, without a single warm-up step.
@@ -214,7 +226,7 @@ async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself() -
             rig.server.send(control)
             with trio.fail_after(LIMIT):
                 assert await rig.to_mux_r.receive() == [control]
-            await _until(lambda: threads.up_side.idle_waits > waits[0], "up thread blocked again")
+            await _until(lambda: up.idle_waits > waits[0] + (0 if split else 1), "blocked again")
             assert threads.touches == settled
             # The dummy cores never touched the session: one packet out, none in.
             stats = _stats(rig)
@@ -316,4 +328,35 @@ async def test_receive_only_key_switches_the_down_thread_on_the_peers_proof(rig:
         assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(2)
         assert await sealed_with() == (1, 1)
         assert _stats(rig).drop_no_key == rig.peer.stats.drop_no_key == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_busy_direction_does_not_starve_the_other(rig: Rig) -> None:
+    """While the socket always has input (here: forged data packets, dropped and counted),
+    a packet from the TUN still goes out: the one thread looks at the idle side each turn."""
+    forged = bytearray(rig.peer.encrypt([_ip(9)], 1.0)[0])
+    forged[-1] ^= 1
+    real = rig.transport.recv_nowait
+    busy = [False]
+
+    def always_input(limit: int = 64) -> list[bytes]:
+        batch = real(limit)
+        return batch if batch or not busy[0] else [bytes(forged)]
+
+    rig.transport.recv_nowait = always_input  # type: ignore[method-assign]  # test double
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.service.run)
+        await rig.keys_s.send([rig.install_key()])
+        await _until(lambda: rig.service.core is not None, "key installed")
+        rig.app.send(_ip(1))  # the TUN side goes idle after this one
+        wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+        assert rig.peer.decrypt([wire], 1.0) == [_ip(1)]
+        busy[0] = True
+        rig.server.send(bytes(forged))  # wakes the receiving side, which stays busy from then on
+        await _until(lambda: _stats(rig).drop_auth > 100, "the socket side busy")
+        for i in range(2, 6):
+            rig.app.send(_ip(i))
+            wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+            assert rig.peer.decrypt([wire], 1.0) == [_ip(i)]
+        busy[0] = False
         nursery.cancel_scope.cancel()

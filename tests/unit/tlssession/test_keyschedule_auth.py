@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from helpers.keyschedule_pair import Pair, server_config
 
-from trivpn.messages import AuthRequest, ClientReady, InstallKey, TunnelUp
+from trivpn.messages import AuthRequest, AuthTokenRenewed, ClientReady, InstallKey, TunnelUp
 from trivpn.tlssession.control import Fatal, Restart
 from trivpn.tlssession.keyschedule import Event
 
@@ -163,3 +163,21 @@ def test_reauth_refusal_sends_auth_failed_and_ends_the_session() -> None:
     assert isinstance(restart, Restart) and restart.auth_token_expired
     p.advance(6)
     assert p.server.ks.closed
+
+
+def test_a_renewed_auth_token_reaches_the_client() -> None:
+    """auth-gen-token renewal: the server pushes `PUSH_REPLY,auth-token ...` while the tunnel
+    is up; the client keeps the new token for renegotiations and reconnects."""
+    p = Pair(server=server_config(verify_auth=True), password="open sesame")
+    p.connect()
+    p.server.ks.answer_auth(True, "", p.now, "SESS_ID_AT_first")
+    p.pump()
+    assert p.client.ks.settings is not None and p.client.ks.settings.auth_token == "SESS_ID_AT_first"
+    p.advance(1)
+    p.server.ks.push_auth_token("SESS_ID_AT_second", p.now)
+    p.pump()
+    (renewed,) = _of(p.client.events, AuthTokenRenewed)
+    assert isinstance(renewed, AuthTokenRenewed) and renewed.token == "SESS_ID_AT_second"
+    assert "SESS_ID_AT_second" not in repr(renewed)
+    assert p.client.ks.settings.auth_token == "SESS_ID_AT_second"
+    assert len(_of(p.client.events, TunnelUp)) == 1  # the tunnel is not set up again

@@ -1,0 +1,67 @@
+"""`python -m trivpn.bench profile --quick` runs end to end and reports every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trivpn.bench.__main__ import BENCHMARKS
+from trivpn.bench.profile import main, parse_args
+
+STAGES = {
+    "aead-seal", "aead-open", "encrypt", "decrypt", "udp-send", "udp-recv", "tun-write",
+    "tun-read", "loop-up", "loop-down", "loop-both", "loop-up 1t", "loop-down 1t",
+    "loop-both 1t", "python-encrypt", "python-decrypt", "overhead-up",
+    "overhead-down",
+}
+LONE = {"lone-up hot", "lone-down hot", "lone-up cold", "lone-down cold", "relay hot",
+        "relay cold", "rtt hot", "rtt cold", "lone-up cold lowlat", "lone-down cold lowlat",
+        "rtt cold lowlat", "lone-up hot 1t", "lone-down hot 1t", "lone-up cold 1t",
+        "lone-down cold 1t", "rtt hot 1t", "rtt cold 1t"}
+
+
+def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "profile.json"
+    assert main(["--quick", "--gap", "1", "--low-latency", "--other-layout", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = {r["stage"]: r for r in doc["rows"]}
+    assert set(rows) == STAGES
+    for name in STAGES - {"python-encrypt", "python-decrypt", "overhead-up", "overhead-down"}:
+        assert rows[name]["cpu_ns"] > 0 and rows[name]["wall_ns"] > 0, name
+    assert set(doc["lone_us"]) == LONE
+    assert all(v["p50"] > 0 and v["n"] == 5 for v in doc["lone_us"].values())
+    assert set(doc["cold_cpu_pct"]) == {"default", "lowlat", "1t"}
+    assert "loop-up" in capsys.readouterr().out
+
+
+def test_profile_is_registered_and_checks_arguments() -> None:
+    assert BENCHMARKS["profile"][0] == "trivpn.bench.profile"
+    for argv in (["--batch", "0"], ["--only", "nothing"], ["--size", "5"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(argv)
+        assert exc.value.code == 2
+
+
+def test_ab_adds_a_baseline_client_importing_from_another_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trivpn.bench import ab, vpn
+
+    for name in ("CLIENTS", "_client_spec", "_warm_bytecode"):
+        monkeypatch.setattr(vpn, name, getattr(vpn, name))
+    monkeypatch.setitem(vpn.CLIENT_FLAGS, ab.BASE, [])
+    monkeypatch.setitem(vpn.CLIENT_FLAGS, "trivpn-1t", [])
+    ab.install(tmp_path, {"trivpn-1t": ("TRIVPN_DATA_THREADS", "1")})
+    plan = vpn.parse_args(["--quick", "--clients", "trivpn,trivpn-base,trivpn-1t"])
+    cell = vpn.Cell("udp", "AES-256-GCM")
+    base = vpn._client_spec(ab.BASE, cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
+    ours = vpn._client_spec("trivpn", cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
+    assert base["env"]["PYTHONPATH"] == str(tmp_path)
+    assert "PYTHONPATH" not in ours["env"] and base["argv"] == ours["argv"]
+    one = vpn._client_spec("trivpn-1t", cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
+    assert one["env"]["TRIVPN_DATA_THREADS"] == "1" and one["argv"] == ours["argv"]
+    assert ab.main(["--base", str(tmp_path / "nowhere")]) == 2
+    assert ab.main(["--variant", "nocolon"]) == 2
+    assert ab.main([]) == 2
