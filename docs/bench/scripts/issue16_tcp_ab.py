@@ -8,7 +8,7 @@ through the tunnel in the chosen directions and the client's CPU seconds per GB.
 `--pyspy NAME` the runs of variant NAME are sampled by py-spy (`pip install py-spy`,
 not a dependency) into `--out`.
 
-    sudo python3 docs/bench/tcp_ab.py --variant old=/work/main: \
+    sudo python3 docs/bench/scripts/issue16_tcp_ab.py --variant old=/work/main: \
         --variant new=$PWD: --cipher AES-256-GCM --rounds 3 --seconds 5 --out /tmp/ab
 
 A variant is NAME=TREE:FLAGS (FLAGS comma-separated, e.g. `trio=$PWD:--no-data-threads`);
