@@ -6,6 +6,7 @@ The data-channel service (`datachannel.service.DataService`) keeps keys and keep
 * `TaskPlane` (here): two trio tasks, up (muxer's data list → decrypt → TUN channel) and
   down (TUN channel → encrypt → networkio's input). Works with every transport and TUN.
 * `fastpath.ThreadPlane`: two plain threads over a UDP socket and a kernel TUN fd.
+* `tcpfast.TCPThreadPlane`: two plain threads over a TCP stream and a kernel TUN fd.
 
 Both implement `DataPlane`. They share a `DataLink` with the service: the direction objects
 (`tx`, `rx`: published once, at the first key), the requests for pings and exit
@@ -23,6 +24,7 @@ import trio
 
 from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
 from trivpn.datachannel.link import PEER_EXITED, DataLink
+from trivpn.datachannel.tcpfast import TCPPathIO, TCPThreadPlane
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.workers.driver import hand_over
 
@@ -113,9 +115,12 @@ def make_plane(
     from_tun: trio.MemoryReceiveChannel[list[bytes]] | None,
     to_tun: trio.MemorySendChannel[list[bytes]] | None,
     to_net: trio.MemorySendChannel[list[bytes]],
-    fastpath: FastPathIO | None = None,
+    fastpath: FastPathIO | TCPPathIO | None = None,
 ) -> DataPlane:
-    """The threads when the caller has a `FastPathIO` for them, otherwise the trio tasks."""
+    """The threads when the caller has a `FastPathIO` (UDP) or `TCPPathIO` (TCP) for
+    them, otherwise the trio tasks."""
+    if isinstance(fastpath, TCPPathIO):
+        return TCPThreadPlane(fastpath, from_mux=from_mux, to_net=to_net)
     if fastpath is not None:
         return ThreadPlane(fastpath, from_mux=from_mux, to_net=to_net)
     if from_tun is None or to_tun is None:

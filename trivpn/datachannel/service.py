@@ -28,6 +28,7 @@ from trivpn.datachannel.framing import Compression
 from trivpn.datachannel.keepalive import PeerSilent
 from trivpn.datachannel.link import DataLink
 from trivpn.datachannel.plane import DataPlane, make_plane
+from trivpn.datachannel.tcpfast import TCPPathIO
 from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
 from trivpn.messages import (
     ActivateKey,
@@ -70,7 +71,7 @@ class DataService:
         to_tun: trio.MemorySendChannel[list[bytes]] | None = None,
         to_net: trio.MemorySendChannel[list[bytes]] | None = None,
         is_server: bool = False,
-        fastpath: FastPathIO | None = None,
+        fastpath: FastPathIO | TCPPathIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Give `plane`, or the channels (and `fastpath`) to build one with `make_plane`."""

@@ -22,10 +22,11 @@ import trio
 
 from trivpn.controlchannel.service import control_payload_size
 from trivpn.datachannel.fastpath import FastPathIO
+from trivpn.datachannel.tcpfast import TCPPathIO
 from trivpn.errors import SessionRestart
 from trivpn.messages import AuthPending, SendExit, SendExitNotify, TunnelUp
 from trivpn.networkio import Transport, run_networkio
-from trivpn.networkio.transport import UDPTransport
+from trivpn.networkio.transport import TCPTransport, UDPTransport
 from trivpn.packetmuxer import PacketMuxer
 from trivpn.session.config import ConnectionConfig, SessionConfig
 from trivpn.session.reconnect import Candidate
@@ -136,9 +137,13 @@ class ClientSession:
         self.muxer = PacketMuxer(wrap, _session_id(), wkc=wkc)
         self._net_up = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
         self._net_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
-        self.fast: FastPathIO | None = None
+        self.fast: FastPathIO | TCPPathIO | None = None
         self._tun_up = self._tun_down = None
-        if config.data_threads and isinstance(device, LinuxTun) and type(transport) is UDPTransport:
+        if config.data_threads and isinstance(device, LinuxTun) and type(transport) is TCPTransport:
+            # the threads own the stream both ways: networkio does not run (see tcpfast.py)
+            self.fast = TCPPathIO(transport, device, self._net_up[0], self._net_down[1])
+            log.info("data packets move in two data-plane threads (TCP)")
+        elif config.data_threads and isinstance(device, LinuxTun) and type(transport) is UDPTransport:
             warm = LOW_LATENCY_WARM_FOR if config.low_latency else 0.0
             self.fast = FastPathIO(transport, device, self._net_up[0], warm_for=warm)
             log.info(
@@ -170,7 +175,9 @@ class ClientSession:
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the edge services (networkio, the TUN pump) and the stack in `nursery`."""
-        if self.fast is not None:
+        if isinstance(self.fast, TCPPathIO):
+            pass  # the TCP data-plane threads read and write the stream; the session closes it
+        elif self.fast is not None:
             # the data-plane threads read the socket; the session closes it after them
             start_named(
                 nursery, "networkio", partial(run_networkio, close_transport=False),

@@ -38,6 +38,7 @@ import trio
 from trivpn.controlchannel.service import run_controlchannel
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
+from trivpn.datachannel.tcpfast import TCPPathIO
 from trivpn.messages import (
     ControlToReliable,
     ControlToTLS,
@@ -94,7 +95,7 @@ class SessionStack:
         payload_size: int,
         tun_up: trio.MemoryReceiveChannel[list[bytes]] | None = None,
         tun_down: trio.MemorySendChannel[list[bytes]] | None = None,
-        fastpath: FastPathIO | None = None,
+        fastpath: FastPathIO | TCPPathIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`tun_up`/`tun_down` carry IP packets from/to the TUN; leave them out only with

@@ -1,0 +1,191 @@
+"""The TCP data-plane threads (`datachannel.tcpfast`) over real sockets, without root.
+
+The "TUN" is a LinuxTun over a SOCK_SEQPACKET socketpair (packet boundaries kept, like a TUN
+fd); the "server" is the far end of a stream socketpair carrying length-prefixed packets,
+with a server-role DataChannel holding the same key. Every wait is bounded by
+`trio.fail_after`; waits for what a thread does poll a condition, never sleep blindly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+
+from trivpn.datachannel.core import DataChannel
+from trivpn.datachannel.service import DataService
+from trivpn.datachannel.tcpfast import TCPPathIO, TCPThreadPlane
+from trivpn.errors import SessionRestart
+from trivpn.messages import InstallKey, TLSToData
+from trivpn.networkio.framing import TCPFramer, frame_packets
+from trivpn.networkio.transport import Endpoint, StreamCorrupted, TCPTransport, TransportError
+from trivpn.tun.linux import LinuxTun
+from trivpn.workers.manager import primary_error
+
+KEY2 = bytes(range(256))
+CIPHER = "CHACHA20-POLY1305"
+LIMIT = 10.0
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        tun_end.setblocking(False)
+        self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
+        tun_end.close()
+        self.server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)
+        self.server.settimeout(LIMIT)
+        self.app.settimeout(LIMIT)
+        ep = Endpoint("127.0.0.1", 1194, "tcp", socket.AF_INET, ("127.0.0.1", 1194))
+        self.transport = TCPTransport(client, ep)
+        self.peer = DataChannel(cipher=CIPHER, is_server=True, peer_id=3)
+        self.peer.install_key(0, KEY2, 0.0)
+        self.framer = TCPFramer()
+        self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
+        self.from_mux_s, from_mux_r = trio.open_memory_channel[list[bytes]](8)
+        self.keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](8)
+        self.plane = TCPThreadPlane(TCPPathIO(self.transport, self.tun, self.to_mux_s, from_mux_r))
+        self.service = DataService(control=keys_r, plane=self.plane)
+
+    async def server_packets(self, n: int) -> list[bytes]:
+        """The next `n` packets the client wrote to the stream."""
+        got: list[bytes] = []
+        while len(got) < n:
+            chunk = await trio.to_thread.run_sync(self.server.recv, 65536)
+            assert chunk, "the client closed the stream"
+            got.extend(self.framer.feed(chunk))
+        return got
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self.service.run)
+        await self.keys_s.send([InstallKey(0, KEY2, CIPHER, 3, None, 0.0)])
+        await _until(lambda: self.service.core is not None, "key installed")
+
+    def close(self) -> None:
+        for s in (self.app, self.server):
+            s.close()
+        self.transport.close()
+        self.tun.close()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.close()
+
+
+async def _until(pred: Callable[[], bool], what: str) -> None:
+    with trio.fail_after(LIMIT):
+        for _ in range(int(LIMIT / 0.005)):
+            if pred():
+                return
+            await trio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+def _ip(i: int, size: int = 100) -> bytes:
+    return bytes([0x45]) + i.to_bytes(4, "big") + bytes(size - 5)
+
+
+def _no_threads_left() -> bool:
+    return not any(t.name.startswith("trivpn tcp data") and t.is_alive() for t in threading.enumerate())
+
+
+async def test_both_directions_and_control_both_ways(rig: Rig) -> None:
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        # TUN → stream: sealed, framed, in order.
+        sent = [_ip(i, 60 + i) for i in range(50)]
+        for p in sent:
+            rig.app.send(p)
+        wire = await rig.server_packets(len(sent))
+        assert rig.peer.decrypt(wire, 1.0) == sent
+
+        # stream → TUN, the frames cut anywhere: every packet comes out whole, in order.
+        back = [_ip(1000 + i, 1400) for i in range(300)]
+        stream = frame_packets(rig.peer.encrypt(back, 1.0))
+
+        def write_cut() -> None:
+            for at in range(0, len(stream), 977):
+                rig.server.sendall(stream[at : at + 977])
+
+        nursery.start_soon(trio.to_thread.run_sync, write_cut)  # while the app reads
+        out = [await trio.to_thread.run_sync(rig.app.recv, 65536) for _ in back]
+        assert out == back
+
+        # What is not P_DATA goes to the muxer; the muxer's packets leave on the stream.
+        control = bytes([7 << 3]) + bytes(13)
+        rig.server.sendall(frame_packets([control]))
+        with trio.fail_after(LIMIT):
+            assert await rig.to_mux_r.receive() == [control]
+        mine = bytes([8 << 3]) + bytes(20)
+        await rig.from_mux_s.send([mine, mine])
+        assert await rig.server_packets(2) == [mine, mine]
+        names = {t.name for t in threading.enumerate() if t.is_alive()}
+        assert {"trivpn tcp data up", "trivpn tcp data down"} <= names
+        nursery.cancel_scope.cancel()
+    assert _no_threads_left()
+
+
+async def test_many_control_batches_wait_for_the_down_thread(rig: Rig) -> None:
+    """More batches than the queue holds: all leave, in order (the writer waits for room)."""
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        batches = [[bytes([8 << 3]) + i.to_bytes(2, "big")] for i in range(200)]
+
+        async def produce() -> None:
+            for b in batches:
+                await rig.from_mux_s.send(b)
+
+        nursery.start_soon(produce)
+        assert await rig.server_packets(len(batches)) == [b[0] for b in batches]
+        nursery.cancel_scope.cancel()
+    assert _no_threads_left()
+
+
+async def _session_error(rig: Rig, act: Callable[[], None]) -> BaseException:
+    with pytest.raises(BaseException) as info:  # noqa: PT011 - checked by the callers
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await rig.start(nursery)
+                act()
+                await trio.sleep_forever()
+    assert _no_threads_left()
+    return primary_error(info.value)
+
+
+async def test_a_bad_length_prefix_is_a_corrupt_stream(rig: Rig) -> None:
+    def inject() -> None:
+        rig.server.sendall(frame_packets(rig.peer.encrypt([_ip(1)], 1.0)) + b"\x00\x00")
+
+    err = await _session_error(rig, inject)
+    assert isinstance(err, StreamCorrupted)  # a TransportError: the client restarts
+    assert "invalid TCP frame length 0" in str(err)
+
+
+async def test_the_end_of_the_stream_is_a_transport_error(rig: Rig) -> None:
+    err = await _session_error(rig, lambda: rig.server.shutdown(socket.SHUT_WR))
+    assert isinstance(err, TransportError)
+    assert "closed the TCP connection" in str(err)
+
+
+async def test_exit_notification_restarts_the_session(rig: Rig) -> None:
+    err = await _session_error(rig, lambda: rig.server.sendall(frame_packets([rig.peer.exit_packet(1.0)])))
+    assert isinstance(err, SessionRestart)
+    assert "exit notification" in str(err)
+
+
+async def test_keepalive_pings_leave_on_the_stream(rig: Rig) -> None:
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+        rig.service._request(pings=2)  # what the keepalive timer does
+        wire = await rig.server_packets(2)
+        assert len(rig.peer.decrypt(wire, 1.0)) == 0  # pings are consumed by the peer's core
+        assert rig.peer.stats.rx_pings == 2
+        nursery.cancel_scope.cancel()
