@@ -14,8 +14,8 @@ to 1, never 0 again). At any time there are at most three:
 The first key starts with `receive_reset` (the muxer's ResetComplete). The client, always
 the TLS client, starts the handshake; the server answers it. Keys are installed when both
 ends know the data-channel parameters: the client on the complete PUSH_REPLY (or at key
-exchange without `pull`), the server at key exchange, after negotiating the cipher (NCP),
-the key derivation and the protocol flags from the client's peer-info; it then pushes the
+exchange without `pull`: P2P NCP from the peer's peer-info, negotiation.py), the server
+at key exchange, after negotiating the cipher (NCP), the key derivation and the protocol flags from the client's peer-info; it then pushes the
 base options plus the per-client part (proactively when the client's IV_PROTO asks for it,
 else on PUSH_REQUEST; a repeated PUSH_REQUEST within 30 s is ignored).
 
@@ -111,6 +111,7 @@ from trivpn.tlssession.negotiation import (
     client_agreement,
     dynamic_wrap_key,
     first_install_key,
+    p2p_agreement,
 )
 from trivpn.tlssession.serverrole import SCHEDULED_EXIT
 
@@ -438,7 +439,7 @@ class KeySchedule:
                 elif self.is_server:
                     serverrole.server_ready(self, ev, now)
                 elif not self.config.pull:
-                    self._client_ready([], now)
+                    self._p2p_ready(ev.peer_info, now)
             elif isinstance(ev, PushReplyReceived):
                 if not self.is_server:
                     self._on_push_reply(key_id, ev.options, now)
@@ -477,9 +478,25 @@ class KeySchedule:
         log.info("pushed settings: %s", ",".join(redact_option(o) for o in options))
         self._client_ready(options, now)
 
-    def _client_ready(self, options: list[str], now: float) -> None:
+    def _p2p_ready(self, peer_info: str, now: float) -> None:
+        """No `pull`: P2P NCP from the peer's peer-info instead of a PUSH_REPLY."""
+        engine = self.sessions[0].engine
         try:
-            agreement = client_agreement(options, self.config.policy)
+            agreement = p2p_agreement(
+                PeerInfo.parse(peer_info), self.config.policy, tls_server=False,
+                export=engine.export_keying_material,
+            )
+        except FatalError as exc:
+            self._close(Restart(str(exc)))
+            return
+        log.info(
+            "P2P NCP: cipher %s, %s, peer-id %s", agreement.cipher, agreement.key_derivation, agreement.peer_id
+        )
+        self._client_ready([], now, agreement)
+
+    def _client_ready(self, options: list[str], now: float, agreement: Agreement | None = None) -> None:
+        try:
+            agreement = agreement or client_agreement(options, self.config.policy)
         except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
             # OpenVPN's process-push-msg-failed: a soft restart either way
             self._close(Restart(str(exc)))
