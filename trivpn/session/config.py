@@ -358,7 +358,7 @@ class SessionConfig:
         username: str = "",
         password: str = "",
         reauth: Callable[[], str] | None = None,
-        hand_window: float = HAND_WINDOW,
+        hand_window: float | None = None,
         data_threads: bool = True,
         low_latency: bool = False,
         no_reconnect: bool = False,
@@ -370,6 +370,8 @@ class SessionConfig:
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
         if role != "client":
             raise ConfigError(f"the {role} role is not supported yet")
+        if hand_window is None:  # the profile's hand-window, else OpenVPN's 60 s
+            hand_window = float(profile.hand_window or HAND_WINDOW)
         ciphers = negotiable_ciphers(profile)
         tls = tls_config_from(profile)
         if not profile.ca and not profile.peer_fingerprints:
