@@ -438,8 +438,8 @@ class KeySchedule:
                     serverrole.hold_for_auth(self, ev)
                 elif self.is_server:
                     serverrole.server_ready(self, ev, now)
-                elif not self.config.pull:
-                    self._p2p_ready(ev.peer_info, now)
+                elif not self.config.pull:  # P2P NCP from the peer's peer-info
+                    self._client_ready([], now, ev.peer_info)
             elif isinstance(ev, PushReplyReceived):
                 if not self.is_server:
                     self._on_push_reply(key_id, ev.options, now)
@@ -478,25 +478,12 @@ class KeySchedule:
         log.info("pushed settings: %s", ",".join(redact_option(o) for o in options))
         self._client_ready(options, now)
 
-    def _p2p_ready(self, peer_info: str, now: float) -> None:
-        """No `pull`: P2P NCP from the peer's peer-info instead of a PUSH_REPLY."""
-        engine = self.sessions[0].engine
+    def _client_ready(self, options: list[str], now: float, p2p_info: str | None = None) -> None:
+        policy = self.config.policy
         try:
-            agreement = p2p_agreement(
-                PeerInfo.parse(peer_info), self.config.policy, tls_server=False,
-                export=engine.export_keying_material,
+            agreement = client_agreement(options, policy) if p2p_info is None else p2p_agreement(
+                PeerInfo.parse(p2p_info), policy, tls_server=False, export=self.sessions[0].engine.export_keying_material
             )
-        except FatalError as exc:
-            self._close(Restart(str(exc)))
-            return
-        log.info(
-            "P2P NCP: cipher %s, %s, peer-id %s", agreement.cipher, agreement.key_derivation, agreement.peer_id
-        )
-        self._client_ready([], now, agreement)
-
-    def _client_ready(self, options: list[str], now: float, agreement: Agreement | None = None) -> None:
-        try:
-            agreement = agreement or client_agreement(options, self.config.policy)
         except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
             # OpenVPN's process-push-msg-failed: a soft restart either way
             self._close(Restart(str(exc)))

@@ -357,6 +357,7 @@ def p2p_agreement(
                 peer_id = int.from_bytes(export(P2P_PEERID_LABEL, 3), "big")
     if policy.key_derivation == "ekm" and not ekm:
         raise FatalError("TLS-EKM key derivation was required but the peer does not offer it")
+    log.info("P2P NCP: cipher %s, %s, peer-id %s", cipher, "tls-ekm" if ekm else "tls1-prf", peer_id)
     return Agreement(PushedSettings(), cipher, ekm, cc_exit, dyn, peer_id)
 
 
