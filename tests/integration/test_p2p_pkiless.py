@@ -79,11 +79,12 @@ def _ping(netns: NetnsPair, *, from_client: bool, address: str) -> None:
     assert r.returncode == 0, r.stdout
 
 
-# (peer data-ciphers, our data-ciphers, --key-derivation, expected cipher)
+# (peer data-ciphers, our data-ciphers, --key-derivation, expected cipher, extra lines for both)
 P2P_CASES = {
     "server-preference-ekm": ("CHACHA20-POLY1305:AES-128-GCM", "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
-                              "auto", "CHACHA20-POLY1305"),
-    "common-subset-prf": ("AES-256-GCM:AES-128-GCM", "AES-128-GCM:CHACHA20-POLY1305", "prf", "AES-128-GCM"),
+                              "auto", "CHACHA20-POLY1305", []),
+    "common-subset-prf-comp-lzo-no": ("AES-256-GCM:AES-128-GCM", "AES-128-GCM:CHACHA20-POLY1305", "prf",
+                                      "AES-128-GCM", ["comp-lzo no"]),
 }
 
 
@@ -91,19 +92,20 @@ P2P_CASES = {
 def test_p2p_tls_mode_against_openvpn(
     case: str, pki: PKI, netns: NetnsPair, peer_dir: list[ConfigPeer], tmp_path: Path
 ) -> None:
-    theirs, ours, kd, expected = P2P_CASES[case]
+    theirs, ours, kd, expected, both = P2P_CASES[case]
     work = tmp_path / "peer"
     peer = ConfigPeer(netns.server, work, {"ca.crt": pki.ca_cert, "peer.crt": pki.server_cert,
                                            "peer.key": pki.server_key, "ta.key": pki.static_key})
     peer_dir.append(peer)
-    peer.start(p2p_config(dev=peer.dev, local=netns.server_v4, port=PORT, data_ciphers=theirs, workdir=work))
+    peer.start(p2p_config(dev=peer.dev, local=netns.server_v4, port=PORT, data_ciphers=theirs, workdir=work,
+                          extra=both))
     profile = tmp_path / "p2p.ovpn"
     profile.write_text("\n".join([
         "tls-client", "dev tun", "proto udp", f"remote {netns.server_v4} {PORT}", "nobind",
         f"ifconfig {P2P_LOCAL_V4} {P2P_PEER_V4}", f"ifconfig-ipv6 {P2P_LOCAL_V6}/64 {P2P_PEER_V6}",
         "remote-cert-tls server", f"data-ciphers {ours}", "keepalive 10 60",
         *_inline("ca", pki.ca_cert), *_inline("cert", pki.client_cert), *_inline("key", pki.client_key),
-        *_inline("tls-crypt", pki.static_key),
+        *_inline("tls-crypt", pki.static_key), *both,
     ]) + "\n")
     log = tmp_path / "client.log"
     proc = _connect(netns, profile, log, "-v", "--key-derivation", kd)

@@ -424,5 +424,6 @@ class SessionConfig:
         """What we accept for the data channel (a fresh object per session)."""
         pull = PullPolicy(tuple(self.profile.pull_filters), self.profile.route_nopull)
         return CipherPolicy(
-            list(self.ciphers), self.cipher_fallback, self.key_derivation, auth=self.auth, pull=pull
+            list(self.ciphers), self.cipher_fallback, self.key_derivation, auth=self.auth, pull=pull,
+            compression=None if self.pull else self.profile.compression,
         )

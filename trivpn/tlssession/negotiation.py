@@ -85,6 +85,9 @@ class CipherPolicy:
     auth: str = "SHA1"
     #: client: the profile's pull-filter / route-nopull, applied to the PUSH_REPLY
     pull: PullPolicy | None = None
+    #: point-to-point mode: the profile's compression framing (comp-lzo no, compress stub...),
+    #: since no PUSH_REPLY says it
+    compression: str | None = None
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class CipherPolicy:
         key_derivation: str = "auto",
         auth: str = "SHA1",
         pull: PullPolicy | None = None,
+        compression: str | None = None,
     ) -> None:
         if key_derivation not in ("auto", "ekm", "prf"):
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
@@ -101,6 +105,7 @@ class CipherPolicy:
         object.__setattr__(self, "key_derivation", key_derivation)
         object.__setattr__(self, "auth", auth)
         object.__setattr__(self, "pull", pull)
+        object.__setattr__(self, "compression", compression)
 
 
 def choose_cipher(settings: PushedSettings, policy: CipherPolicy) -> str:
@@ -358,7 +363,7 @@ def p2p_agreement(
     if policy.key_derivation == "ekm" and not ekm:
         raise FatalError("TLS-EKM key derivation was required but the peer does not offer it")
     log.info("P2P NCP: cipher %s, %s, peer-id %s", cipher, "tls-ekm" if ekm else "tls1-prf", peer_id)
-    return Agreement(PushedSettings(), cipher, ekm, cc_exit, dyn, peer_id)
+    return Agreement(PushedSettings(compression=policy.compression), cipher, ekm, cc_exit, dyn, peer_id)
 
 
 def first_install_key(

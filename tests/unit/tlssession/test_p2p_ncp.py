@@ -99,3 +99,9 @@ def test_p2p_peer_info_announces_ncp_p2p_and_nothing_push_related() -> None:
     assert not iv_proto_bits("auto") & IV_PROTO_NCP_P2P
     info = _peer_info(["AES-256-GCM", "AES-128-GCM"], bits)
     assert "IV_CIPHERS=AES-256-GCM:AES-128-GCM\n" in info and "IV_NCP" not in info
+
+
+def test_the_profiles_compression_framing_applies() -> None:
+    a = p2p_agreement(_peer("AES-256-GCM"), CipherPolicy(["AES-256-GCM"], compression="lzo-no"),
+                      tls_server=False, export=_export)
+    assert a.settings.compression == "lzo-no"
