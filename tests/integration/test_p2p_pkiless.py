@@ -4,7 +4,8 @@
   against `openvpn --tls-server --ifconfig 10.9.0.1 10.9.0.2` (no `mode server`). Both ends
   must settle the same data cipher (the TLS server's preference), key derivation and peer-id
   by P2P NCP: openvpn logs its result, trivpn logs its own, they must agree, and pings go
-  through both ways.
+  through both ways; `comp-lzo no` on both ends keeps its framing; when the peer restarts,
+  trivpn's ping-restart brings the tunnel back.
 * PKI-less: both ends use self-signed certificates and trust each other by `peer-fingerprint`
   alone (no `ca` anywhere). The right fingerprint gives a tunnel and pings; a wrong one never
   does, and the client keeps retrying instead of exiting (fail-open rules, docs/security.md).
@@ -163,6 +164,42 @@ def test_pkiless_peer_fingerprint(
             text = wait_for_text(log, needle, 60, count=2)
             assert "tunnel up" not in text
             assert proc.poll() is None, text[-3000:]
+    finally:
+        rc = _stop(proc)
+    assert rc == 0, log.read_text(errors="replace")[-3000:]
+
+
+def test_p2p_reconnects_after_the_peer_restarts(
+    pki: PKI, netns: NetnsPair, peer_dir: list[ConfigPeer], tmp_path: Path
+) -> None:
+    """The openvpn peer goes away and comes back: ping-restart, a fresh P2P NCP, pings again."""
+    work = tmp_path / "peer"
+    peer = ConfigPeer(netns.server, work, {"ca.crt": pki.ca_cert, "peer.crt": pki.server_cert,
+                                           "peer.key": pki.server_key, "ta.key": pki.static_key})
+    peer_dir.append(peer)
+    config = p2p_config(dev=peer.dev, local=netns.server_v4, port=PORT, data_ciphers="AES-256-GCM", workdir=work)
+    peer.start(config)
+    profile = tmp_path / "p2p.ovpn"
+    profile.write_text("\n".join([
+        "tls-client", "dev tun", "proto udp", f"remote {netns.server_v4} {PORT}", "nobind",
+        f"ifconfig {P2P_LOCAL_V4} {P2P_PEER_V4}", "remote-cert-tls server", "keepalive 2 8",
+        *_inline("ca", pki.ca_cert), *_inline("cert", pki.client_cert), *_inline("key", pki.client_key),
+        *_inline("tls-crypt", pki.static_key),
+    ]) + "\n")
+    log = tmp_path / "client.log"
+    proc = _connect(netns, profile, log, "-v")
+    try:
+        wait_for_text(log, "tunnel up", 30)
+        wait_until(lambda: READY_LINE in peer.log_text(), 15, "openvpn p2p peer up")
+        _ping(netns, from_client=True, address=P2P_PEER_V4)
+        peer.stop()
+        peer.log_path.unlink()
+        peer.start(config)
+        wait_for_text(log, "P2P NCP: cipher AES-256-GCM", 40, count=2)
+        wait_until(lambda: READY_LINE in peer.log_text(), 15, "openvpn p2p peer up again")
+        _ping(netns, from_client=True, address=P2P_PEER_V4)
+        _ping(netns, from_client=False, address=P2P_LOCAL_V4)
+        assert proc.poll() is None
     finally:
         rc = _stop(proc)
     assert rc == 0, log.read_text(errors="replace")[-3000:]
