@@ -194,8 +194,10 @@ def _finish(s: Scope) -> Profile:
         raise err(dev_line, "dev", "tap (layer 2) devices are not supported, only tun")
     p.dev_type = kind
 
-    if not (p.tls_client and p.pull):
-        raise ConfigError("not a client profile: add 'client' (or both 'tls-client' and 'pull')")
+    if not p.tls_client:
+        # 'pull' alone, or neither: trivpn is always the TLS client ('tls-client' without
+        # 'pull' is point-to-point TLS mode: addresses from 'ifconfig', cipher by P2P NCP)
+        raise ConfigError("not a client profile: add 'client' (or 'tls-client', with 'pull' for a server)")
     if p.ca is None and not p.peer_fingerprints:
         raise ConfigError("missing 'ca': the server's CA certificate (or 'peer-fingerprint') is required")
     if (p.cert is None) != (p.key is None):

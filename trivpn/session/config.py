@@ -39,6 +39,7 @@ from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
     IV_PROTO_DYN_TLS_CRYPT,
+    IV_PROTO_NCP_P2P,
     IV_PROTO_REQUEST_PUSH,
     IV_PROTO_TLS_KEY_EXPORT,
     occ_options_string,
@@ -172,15 +173,21 @@ def negotiable_ciphers(profile: Profile) -> list[str]:
     return out
 
 
-def iv_proto_bits(key_derivation: str) -> int:
-    """The IV_PROTO capabilities we announce in peer-info."""
-    bits = (
-        IV_PROTO_DATA_V2
-        | IV_PROTO_REQUEST_PUSH
-        | IV_PROTO_CC_EXIT_NOTIFY
-        | IV_PROTO_AUTH_PENDING_KW  # AUTH_PENDING,timeout N extends the wait
-        | IV_PROTO_AUTH_FAIL_TEMP  # AUTH_FAILED,TEMP is retried, not fatal
-    )
+def iv_proto_bits(key_derivation: str, *, pull: bool = True) -> int:
+    """The IV_PROTO capabilities we announce in peer-info.
+
+    Without `pull` (point-to-point TLS mode) the push-related bits make no sense; NCP_P2P
+    instead tells the peer to settle cipher and features from peer-info (negotiation.py).
+    """
+    bits = IV_PROTO_DATA_V2 | IV_PROTO_CC_EXIT_NOTIFY
+    if pull:
+        bits |= (
+            IV_PROTO_REQUEST_PUSH
+            | IV_PROTO_AUTH_PENDING_KW  # AUTH_PENDING,timeout N extends the wait
+            | IV_PROTO_AUTH_FAIL_TEMP  # AUTH_FAILED,TEMP is retried, not fatal
+        )
+    else:
+        bits |= IV_PROTO_NCP_P2P
     if key_derivation != "prf":
         # dynamic tls-crypt needs the exporter, so both come together
         bits |= IV_PROTO_TLS_KEY_EXPORT | IV_PROTO_DYN_TLS_CRYPT
@@ -188,6 +195,10 @@ def iv_proto_bits(key_derivation: str) -> int:
 
 
 def _peer_info(ciphers: list[str], iv_proto: int) -> str:
+    if iv_proto & IV_PROTO_NCP_P2P:  # no IV_NCP: that promises a pushed cipher
+        return peer_info_string(
+            version=ANNOUNCED_VERSION, platform="linux", ciphers=ciphers, iv_proto=iv_proto
+        )
     return peer_info_string(
         version=ANNOUNCED_VERSION,
         platform="linux",
@@ -347,7 +358,7 @@ class SessionConfig:
         username: str = "",
         password: str = "",
         reauth: Callable[[], str] | None = None,
-        hand_window: float = HAND_WINDOW,
+        hand_window: float | None = None,
         data_threads: bool = True,
         low_latency: bool = False,
         no_reconnect: bool = False,
@@ -359,6 +370,8 @@ class SessionConfig:
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
         if role != "client":
             raise ConfigError(f"the {role} role is not supported yet")
+        if hand_window is None:  # the profile's hand-window, else OpenVPN's 60 s
+            hand_window = float(profile.hand_window or HAND_WINDOW)
         ciphers = negotiable_ciphers(profile)
         tls = tls_config_from(profile)
         if not profile.ca and not profile.peer_fingerprints:
@@ -368,7 +381,7 @@ class SessionConfig:
         if family not in (None, 4, 6):
             raise ConfigError("the address family must be 4 or 6")
         ka = profile.keepalive
-        iv_proto = iv_proto_bits(key_derivation)
+        iv_proto = iv_proto_bits(key_derivation, pull=profile.pull)
         return cls(
             profile=profile,
             connections=tuple(
@@ -411,5 +424,6 @@ class SessionConfig:
         """What we accept for the data channel (a fresh object per session)."""
         pull = PullPolicy(tuple(self.profile.pull_filters), self.profile.route_nopull)
         return CipherPolicy(
-            list(self.ciphers), self.cipher_fallback, self.key_derivation, auth=self.auth, pull=pull
+            list(self.ciphers), self.cipher_fallback, self.key_derivation, auth=self.auth, pull=pull,
+            compression=None if self.pull else self.profile.compression,
         )

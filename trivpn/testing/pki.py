@@ -245,3 +245,33 @@ def revoke(pki: PKI, *cert_pems: str) -> str:
         builder = builder.add_revoked_certificate(entry.build())
     crl = builder.sign(ca_key, hashes.SHA256())
     return crl.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class SelfSigned:
+    """A self-signed certificate and its key (PEM), for 2.6's PKI-less peer-fingerprint mode."""
+
+    cert: str
+    key: str
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER certificate as `peer-fingerprint` spells it (AB:CD:...)."""
+        der = x509.load_pem_x509_certificate(self.cert.encode("ascii")).public_bytes(serialization.Encoding.DER)
+        return ":".join(f"{b:02X}" for b in hashes_sha256(der))
+
+
+def hashes_sha256(data: bytes) -> bytes:
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    return digest.finalize()
+
+
+def self_signed(cn: str, key_type: str = "ec") -> SelfSigned:
+    """A certificate signed by its own key, like `openssl req -x509` makes for PKI-less set-ups
+    (no CA, no key usage extensions: only the fingerprint is checked)."""
+    if key_type not in KEY_TYPES:
+        raise ConfigError(f"key type must be one of {', '.join(KEY_TYPES)}, not {key_type!r}")
+    key = _new_key(key_type)
+    cert = _builder(_name(cn), _name(cn), key.public_key()).sign(key, hashes.SHA256())
+    return SelfSigned(_cert_pem(cert), _key_pem(key))

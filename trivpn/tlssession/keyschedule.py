@@ -14,8 +14,8 @@ to 1, never 0 again). At any time there are at most three:
 The first key starts with `receive_reset` (the muxer's ResetComplete). The client, always
 the TLS client, starts the handshake; the server answers it. Keys are installed when both
 ends know the data-channel parameters: the client on the complete PUSH_REPLY (or at key
-exchange without `pull`), the server at key exchange, after negotiating the cipher (NCP),
-the key derivation and the protocol flags from the client's peer-info; it then pushes the
+exchange without `pull`: P2P NCP from the peer's peer-info, negotiation.py), the server
+at key exchange, after negotiating the cipher (NCP), the key derivation and the protocol flags from the client's peer-info; it then pushes the
 base options plus the per-client part (proactively when the client's IV_PROTO asks for it,
 else on PUSH_REQUEST; a repeated PUSH_REQUEST within 30 s is ignored).
 
@@ -112,6 +112,7 @@ from trivpn.tlssession.negotiation import (
     client_agreement,
     dynamic_wrap_key,
     first_install_key,
+    p2p_agreement,
 )
 from trivpn.tlssession.serverrole import SCHEDULED_EXIT
 
@@ -439,8 +440,8 @@ class KeySchedule:
                     serverrole.hold_for_auth(self, ev)
                 elif self.is_server:
                     serverrole.server_ready(self, ev, now)
-                elif not self.config.pull:
-                    self._client_ready([], now)
+                elif not self.config.pull:  # P2P NCP from the peer's peer-info
+                    self._client_ready([], now, ev.peer_info)
             elif isinstance(ev, PushReplyReceived):
                 if not self.is_server:
                     self._on_push_reply(key_id, ev.options, now)
@@ -490,9 +491,12 @@ class KeySchedule:
         log.info("pushed settings: %s", ",".join(redact_option(o) for o in options))
         self._client_ready(options, now)
 
-    def _client_ready(self, options: list[str], now: float) -> None:
+    def _client_ready(self, options: list[str], now: float, p2p_info: str | None = None) -> None:
+        policy = self.config.policy
         try:
-            agreement = client_agreement(options, self.config.policy)
+            agreement = client_agreement(options, policy) if p2p_info is None else p2p_agreement(
+                PeerInfo.parse(p2p_info), policy, tls_server=False, export=self.sessions[0].engine.export_keying_material
+            )
         except (FatalError, SessionRestart) as exc:  # SessionRestart: a pull-filter reject
             # OpenVPN's process-push-msg-failed: a soft restart either way
             self._close(Restart(str(exc)))

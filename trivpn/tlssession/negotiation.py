@@ -9,12 +9,23 @@ IV_CIPHERS (IV_NCP >= 2 without IV_CIPHERS means AES-256-GCM:AES-128-GCM; no cip
 information at all means "poor man's NCP" from the OCC `cipher`, then data-ciphers-fallback),
 uses TLS-EKM when the client's IV_PROTO has the key-export bit, and `push_options` appends the
 per-client options in OpenVPN's order (peer-id, cipher, protocol-flags / key-derivation).
+
+Point-to-point TLS mode (a `tls-client` profile without `pull`, against `--tls-server` with no
+`mode server`): nothing is pushed, so both ends settle the data channel from each other's
+peer-info with the same deterministic rule ("P2P NCP", OpenVPN 2.6). The cipher is the first
+entry of the *TLS server's* data-ciphers list that appears, spelled exactly alike, in the TLS
+client's list (`p2p_common_cipher`); no common entry, or no IV_CIPHERS at all, means the
+data-ciphers-fallback. Only when the peer announces the NCP_P2P bit do the protocol options
+follow its IV_PROTO: DATA_V2 gives peer-id 0x76706E ("vpn"), or, with TLS-EKM, three bytes
+exported under "EXPORTER-OpenVPN-p2p-peerid"; the key-export, cc-exit and dynamic tls-crypt
+bits switch on those features. Each end tests the bits of the *other*, so both agree as long
+as each announces what it does (`p2p_agreement`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from trivpn.datachannel.crypto import is_cbc, normalize_data_cipher
@@ -33,6 +44,7 @@ from trivpn.tlssession.keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
     IV_PROTO_DYN_TLS_CRYPT,
+    IV_PROTO_NCP_P2P,
     IV_PROTO_REQUEST_PUSH,
     IV_PROTO_TLS_KEY_EXPORT,
 )
@@ -44,6 +56,12 @@ log = logging.getLogger("trivpn")
 DYNAMIC_TLS_CRYPT_LABEL = b"EXPORTER-OpenVPN-dynamic-tls-crypt"
 #: What a client with IV_NCP >= 2 but no IV_CIPHERS supports (ssl_ncp.c).
 IV_NCP2_CIPHERS = ("AES-256-GCM", "AES-128-GCM")
+#: RFC 5705 label of the peer-id two P2P peers with TLS-EKM share (ssl_backend.h).
+P2P_PEERID_LABEL = b"EXPORTER-OpenVPN-p2p-peerid"
+#: The peer-id of P2P peers with DATA_V2 but without TLS-EKM: "vpn" in ASCII.
+P2P_DEFAULT_PEER_ID = 0x76706E
+#: Longest cipher list we look at (OpenVPN caps its own at 127 characters).
+MAX_CIPHER_LIST = 1024
 #: The reason OpenVPN sends with AUTH_FAILED when NCP finds nothing.
 NO_SHARED_CIPHER = "Data channel cipher negotiation failed (no shared cipher)"
 
@@ -67,6 +85,9 @@ class CipherPolicy:
     auth: str = "SHA1"
     #: client: the profile's pull-filter / route-nopull, applied to the PUSH_REPLY
     pull: PullPolicy | None = None
+    #: point-to-point mode: the profile's compression framing (comp-lzo no, compress stub...),
+    #: since no PUSH_REPLY says it
+    compression: str | None = None
 
     def __init__(
         self,
@@ -75,6 +96,7 @@ class CipherPolicy:
         key_derivation: str = "auto",
         auth: str = "SHA1",
         pull: PullPolicy | None = None,
+        compression: str | None = None,
     ) -> None:
         if key_derivation not in ("auto", "ekm", "prf"):
             raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
@@ -83,6 +105,7 @@ class CipherPolicy:
         object.__setattr__(self, "key_derivation", key_derivation)
         object.__setattr__(self, "auth", auth)
         object.__setattr__(self, "pull", pull)
+        object.__setattr__(self, "compression", compression)
 
 
 def choose_cipher(settings: PushedSettings, policy: CipherPolicy) -> str:
@@ -287,6 +310,60 @@ def server_agreement(
     return Agreement(
         settings, neg.cipher, neg.ekm, neg.cc_exit, neg.dyn_tls_crypt, neg.peer_id, tuple(options), neg.request_push
     )
+
+
+def p2p_common_cipher(tls_server_ciphers: str, tls_client_ciphers: str) -> str | None:
+    """P2P NCP: the first of the TLS server's ':'-separated ciphers the TLS client lists too.
+
+    Both ends call this with the same two lists (ours and the peer's IV_CIPHERS, in TLS-role
+    order), so both get the same answer. Names compare exactly, as OpenVPN compares them;
+    empty entries never match. The lists come from the peer: bounded before splitting.
+    """
+    client = {c for c in tls_client_ciphers[:MAX_CIPHER_LIST].split(":") if c}
+    for name in tls_server_ciphers[:MAX_CIPHER_LIST].split(":"):
+        if name and name in client:
+            return name
+    return None
+
+
+def p2p_agreement(
+    peer: PeerInfo, policy: CipherPolicy, *, tls_server: bool, export: Callable[[bytes, int], bytes]
+) -> Agreement:
+    """P2P mode: what both ends settle without a PUSH_REPLY (FatalError if nothing fits).
+
+    `export(label, length)` is the TLS session's keying-material exporter (for the EKM
+    peer-id). Our own IV_PROTO carries the key-export and dynamic tls-crypt bits unless
+    `policy.key_derivation` is "prf", so that is what decides our half of each feature.
+    """
+    ours = ":".join(c for c in (_canonical(n) for n in policy.data_ciphers) if c is not None)
+    theirs = peer.items.get("IV_CIPHERS")
+    cipher = None
+    if theirs is not None:
+        server, client = (ours, theirs) if tls_server else (theirs, ours)
+        cipher = p2p_common_cipher(server, client)
+    if cipher is None and policy.fallback:
+        cipher = _canonical(policy.fallback)
+    if cipher is None:
+        raise FatalError(
+            "no data cipher in common with the peer and no data-ciphers-fallback "
+            f"(ours: {ours or '-'}; the peer's: {(theirs or '-')[:120]})"
+        )
+    cipher = normalize_data_cipher(cipher)
+    we_export = policy.key_derivation != "prf"
+    ekm = cc_exit = dyn = False
+    peer_id = None
+    if peer.has(IV_PROTO_NCP_P2P):
+        cc_exit = peer.has(IV_PROTO_CC_EXIT_NOTIFY)
+        ekm = we_export and peer.has(IV_PROTO_TLS_KEY_EXPORT)
+        dyn = we_export and peer.has(IV_PROTO_DYN_TLS_CRYPT)
+        if peer.has(IV_PROTO_DATA_V2):
+            peer_id = P2P_DEFAULT_PEER_ID
+            if ekm:
+                peer_id = int.from_bytes(export(P2P_PEERID_LABEL, 3), "big")
+    if policy.key_derivation == "ekm" and not ekm:
+        raise FatalError("TLS-EKM key derivation was required but the peer does not offer it")
+    log.info("P2P NCP: cipher %s, %s, peer-id %s", cipher, "tls-ekm" if ekm else "tls1-prf", peer_id)
+    return Agreement(PushedSettings(compression=policy.compression), cipher, ekm, cc_exit, dyn, peer_id)
 
 
 def first_install_key(

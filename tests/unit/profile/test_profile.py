@@ -158,7 +158,13 @@ def test_client_equals_tls_client_plus_pull() -> None:
     assert p.pull and p.tls_client
 
 
-@pytest.mark.parametrize("text", ["tls-client\n", "pull\n", ""])
+def test_tls_client_without_pull_is_point_to_point() -> None:
+    p = parse_profile(f"tls-client\ndev tun\nremote h\nifconfig 10.9.0.2 10.9.0.1\n<ca>\n{CA}</ca>\n")
+    assert p.tls_client and not p.pull
+    assert p.ifconfig == ("10.9.0.2", "10.9.0.1")
+
+
+@pytest.mark.parametrize("text", ["pull\n", ""])
 def test_not_a_client_profile(text: str) -> None:
     with pytest.raises(ConfigError, match="not a client profile"):
         parse_profile(text + f"dev tun\nremote h\n<ca>\n{CA}</ca>\n")
