@@ -121,8 +121,9 @@ class WorkersManager:
                     log.debug("exit hook failed: %s", exc)
         self.cancel_scope.cancel()
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self._stopping:
@@ -139,7 +140,10 @@ class WorkersManager:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
                     if self.handle_signals:
-                        nursery.start_soon(self._signals, name="signals")
+                        # listening before setup runs: a SIGINT during set-up (blocking work
+                        # such as an nft call included) is a graceful stop, never a
+                        # KeyboardInterrupt thrown into whatever code was running
+                        await nursery.start(self._signals, name="signals")
                     await setup(self)
         finally:
             self.nursery = None

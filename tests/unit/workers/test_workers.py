@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 import trio
 import trio.testing
@@ -115,3 +119,21 @@ async def test_outbox_keeps_order_between_concurrent_flushers() -> None:
         for _ in range(20):
             got.extend(await recv.receive())
     assert got == sorted(got)
+
+
+async def test_sigint_while_setup_blocks_is_a_graceful_stop() -> None:
+    """SIGINT during set-up's blocking work (an nft call, say) used to surface as a
+    KeyboardInterrupt inside that code (exit 1, sometimes a TrioInternalError): the signal
+    receiver now listens before setup runs, so it is the usual graceful stop."""
+    cleaned: list[str] = []
+    m = WorkersManager(handle_signals=True, exit_grace=1.0)
+
+    async def setup(mgr: WorkersManager) -> None:
+        mgr.add_cleanup(lambda: cleaned.append("cleanup"))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # blocking set-up work while the signal arrives
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        await m.run(setup)
+    assert m.stop_reason == "SIGINT" and cleaned == ["cleanup"]
