@@ -121,6 +121,11 @@ async def test_outbox_keeps_order_between_concurrent_flushers() -> None:
     assert got == sorted(got)
 
 
+def _blocking_work() -> None:
+    """Stands for set-up work that blocks the event loop (a subprocess, a file)."""
+    time.sleep(0.05)
+
+
 async def test_sigint_while_setup_blocks_is_a_graceful_stop() -> None:
     """SIGINT during set-up's blocking work (an nft call, say) used to surface as a
     KeyboardInterrupt inside that code (exit 1, sometimes a TrioInternalError): the signal
@@ -131,7 +136,7 @@ async def test_sigint_while_setup_blocks_is_a_graceful_stop() -> None:
     async def setup(mgr: WorkersManager) -> None:
         mgr.add_cleanup(lambda: cleaned.append("cleanup"))
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # blocking set-up work while the signal arrives
+        _blocking_work()  # while the signal arrives
         await trio.sleep_forever()
 
     with trio.fail_after(10):
