@@ -59,7 +59,7 @@ def server_conf(workdir: Path, local: str, pki: Any) -> Path:
         (workdir / name).write_text(text)
         (workdir / name).chmod(0o600)
     lines = [
-        "port 1194", "proto udp", f"local {local}", "dev tun", "topology subnet",
+        "port 1194", "proto udp", "dev tun", "topology subnet",  # every address: clients on several links
         "server 10.8.0.0 255.255.240.0", "keepalive 10 60", "ca ca.crt", "cert server.crt", "key server.key",
         "dh none", "tls-crypt ta.key", "data-ciphers AES-256-GCM:CHACHA20-POLY1305", "duplicate-cn",
         "max-clients 4000", "connect-freq-initial 100000 10", "verb 1",
