@@ -72,6 +72,7 @@ class DataStats:
     tx_pings: int = 0
     rx_pings: int = 0
     tx_occ: int = 0
+    drop_no_packet_id: int = 0
     rx_occ: int = 0
     rx_empty: int = 0
     drop_malformed: int = 0
@@ -228,10 +229,11 @@ class DataChannel:
     def encrypt(self, ip_packets: Sequence[bytes], now: float) -> list[bytes]:
         return self.tx.encrypt(ip_packets, now)
 
-    def exit_packet(self, now: float) -> bytes:
-        """One encrypted OCC EXIT (explicit-exit-notify when cc-exit is not negotiated)."""
-        (pkt,) = self.tx.exits(1, now)
-        return pkt
+    def exit_packet(self, now: float) -> bytes | None:
+        """One encrypted OCC EXIT (explicit-exit-notify when cc-exit is not negotiated);
+        None when the key has no packet id left."""
+        out = self.tx.exits(1, now)
+        return out[0] if out else None
 
     def decrypt(self, wire_packets: Sequence[bytes], now: float) -> list[bytes]:
         return self.rx.decrypt(wire_packets, now)

@@ -31,6 +31,8 @@ class TxStats:
     tx_bytes: int = 0
     tx_pings: int = 0
     tx_occ: int = 0
+    #: packets not sent because the sending key ran out of packet ids (until the next key)
+    drop_no_packet_id: int = 0
 
 
 class Encryptor:
@@ -79,9 +81,10 @@ class Encryptor:
             self._base = (key, self.stats.tx_bytes, self.stats.tx_packets)
         pid = self._pid
         if pid + len(payloads) > PACKET_ID_MAX:
-            raise LocalProtocolError(
-                "data-channel packet ids are exhausted for this key; renegotiate first"
-            )
+            # OpenVPN drops too: the renegotiation near_wrap asked for brings a fresh key; a
+            # session is never ended for it (an error here would end the run)
+            self.stats.drop_no_packet_id += len(payloads)
+            return []
         out, self._pid = key.seal_batch(pid, payloads, frame)
         return out
 
