@@ -79,7 +79,30 @@ class LogCapture(logging.Handler):
         self._monitor.add_log(entry)
 
 
-class ClientMonitor:
+class HostHistory:
+    """What every management host answers alike: its title, pid, and the state and log
+    history it keeps (`states`, `logs`); no `echo` lines are kept."""
+
+    states: deque[f.StateRecord]
+    logs: deque[f.LogRecord]
+
+    def version_title(self) -> str:
+        return VERSION_TITLE
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def state_history(self) -> Sequence[f.StateRecord]:
+        return self.states
+
+    def log_history(self) -> Sequence[f.LogRecord]:
+        return self.logs
+
+    def echo_history(self) -> Sequence[f.LogRecord]:
+        return ()
+
+
+class ClientMonitor(HostHistory):
     """The client's management host and observer (see the module docstring)."""
 
     is_server = False
@@ -246,21 +269,6 @@ class ClientMonitor:
             log.info("%s", line)
 
     # -- management host side -------------------------------------------------------------
-
-    def version_title(self) -> str:
-        return VERSION_TITLE
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def state_history(self) -> Sequence[f.StateRecord]:
-        return self.states
-
-    def log_history(self) -> Sequence[f.LogRecord]:
-        return self.logs
-
-    def echo_history(self) -> Sequence[f.LogRecord]:
-        return ()
 
     def status_lines(self, version: int | None) -> Sequence[str] | None:
         return self.status_text().splitlines()[:-1]  # the core adds END

@@ -35,7 +35,7 @@ from trivpn.management import commands as c
 from trivpn.management import formats as f
 from trivpn.management.core import ByteCounts, Notification, Reply
 from trivpn.messages import AuthRequest, SendExit
-from trivpn.observe.client import HISTORY, VERSION_TITLE
+from trivpn.observe.client import HISTORY, HostHistory
 from trivpn.observe.figures import KeyClock, SessionFigures, figures_of
 from trivpn.server.ccd import CcdEntry, parse_ccd
 from trivpn.server.sessionparts import common_name_of
@@ -78,7 +78,7 @@ class _Pending:
     entry: CcdEntry | None = None
 
 
-class ServerMonitor:
+class ServerMonitor(HostHistory):
     """The server's management host and client-auth observer (see the module docstring)."""
 
     is_server = True
@@ -245,21 +245,6 @@ class ServerMonitor:
         })
 
     # -- management host ---------------------------------------------------------------------
-
-    def version_title(self) -> str:
-        return VERSION_TITLE
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def state_history(self) -> Sequence[f.StateRecord]:
-        return self.states
-
-    def log_history(self) -> Sequence[f.LogRecord]:
-        return self.logs
-
-    def echo_history(self) -> Sequence[f.LogRecord]:
-        return ()
 
     def pending_queries(self) -> Sequence[str]:
         return ()
