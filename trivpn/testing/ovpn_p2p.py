@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from trivpn.testing.netns import Netns
 from trivpn.testing.ovpn_server import LOG_TAIL_CHARS, POLL_INTERVAL, STOP_GRACE, ServerStartError
+from trivpn.testing.process import stop_process
 
 #: The p2p tunnel: the openvpn peer is .1, the trivpn end .2.
 P2P_PEER_V4 = "10.9.0.1"
@@ -107,15 +107,8 @@ class ConfigPeer:
     def stop(self) -> None:
         """SIGTERM, a bounded wait, then SIGKILL; calling it again does nothing."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_GRACE)
+        if proc is not None:
+            stop_process(proc, STOP_GRACE)
 
     @property
     def running(self) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from trivpn.errors import ConfigError
 from trivpn.testing.netns import SERVER_V4, SERVER_V6, Netns
 from trivpn.testing.pki import PKI, common_name
+from trivpn.testing.process import stop_process
 
 PROTOS = ("udp", "tcp", "udp6", "tcp6")
 WRAPS = ("none", "tls-auth", "tls-crypt")
@@ -217,15 +217,8 @@ class OpenVPNServer:
     def stop(self) -> None:
         """SIGTERM, a bounded wait, then SIGKILL; calling it again does nothing."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_GRACE)
+        if proc is not None:
+            stop_process(proc, STOP_GRACE)
 
     @property
     def running(self) -> bool:
