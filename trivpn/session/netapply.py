@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Protocol, cast
 
 from trivpn.session.dns import DnsConfigurator
 from trivpn.session.netsettings import NetPlan
@@ -23,6 +23,7 @@ from trivpn.session.serverroute import ServerRoutes
 from trivpn.tun.ip import icmp6_no_route
 from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
+from trivpn.tun.rtnl import RtnlSocket
 
 __all__ = ["TunApplier"]
 
@@ -69,6 +70,16 @@ class TunApplier:
         #: the redirect-gateway host routes to the server: they follow the server in use
         #: (serverroute.py), apart from the TUN's configuration
         self.server_routes: ServerRoutes | None = None
+        #: opens rtnetlink: trivpn's own client here; the privileged helper of a user/group
+        #: run switches to pyroute2 (`use_pyroute2`)
+        self.netlink: Callable[[], RtnlSocket] = RtnlSocket
+
+    def use_pyroute2(self) -> None:
+        """Do the rtnetlink work with pyroute2 from now on (the privileged helper, where its
+        import cost is paid once, outside the engine; trivpn/tun/pyroute2nl.py)."""
+        from trivpn.tun.pyroute2nl import Pyroute2Socket
+
+        self.netlink = cast("Callable[[], RtnlSocket]", Pyroute2Socket)
 
     def hand_over(self, helper: _Helper) -> None:
         """From now on the host is changed by `helper` (a forked copy of this applier that
@@ -124,12 +135,12 @@ class TunApplier:
         # the server's host route is not part of the TUN's configuration: a new server
         # address must not undo and redo the redirect routes (a moment without them leaks)
         if self.server_routes is None:
-            self.server_routes = ServerRoutes(self.ifname)
+            self.server_routes = ServerRoutes(self.ifname, self.netlink)
             self._add_cleanup(self.server_routes.clear)
         self.server_routes.pin(self._redirected(cfg.server_addresses, cfg))
         cfg = replace(cfg, pin_servers=False)
         if self._configurator is None:
-            self._configurator = NetConfigurator(self.ifname)
+            self._configurator = NetConfigurator(self.ifname, self.netlink)
             self._add_cleanup(self.undo_net)
             self._configurator.apply(cfg)
         elif not _same_but_server(self.applied, cfg):

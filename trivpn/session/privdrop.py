@@ -294,6 +294,7 @@ class PrivDrop:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_IGN)
+                applier.use_pyroute2()  # the helper's netlink work goes through pyroute2
                 _serve(theirs, applier, runner)
             except BaseException:
                 code = 1

@@ -20,6 +20,7 @@ import errno
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,8 +180,11 @@ def _plan(cfg: TunConfig) -> _Plan:
 class NetConfigurator:
     """Applies a TunConfig to an interface over rtnetlink and remembers exactly what it added."""
 
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, netlink: Callable[[], RtnlSocket] = RtnlSocket) -> None:
+        """`netlink` opens the rtnetlink connection: trivpn's own client, or pyroute2 in the
+        privileged helper (trivpn/tun/pyroute2nl.py); both take the same calls."""
         self.ifname = ifname
+        self._netlink = netlink
         self._steps: list[_Step] = []
 
     @property
@@ -192,7 +196,7 @@ class NetConfigurator:
         """Set MTU, bring up, add addresses and routes; on failure undo and raise ConfigError."""
         plan = _plan(cfg)
         try:
-            with RtnlSocket() as nl:
+            with self._netlink() as nl:
                 self._apply(nl, cfg, plan)
         except NetlinkError as exc:
             self.undo()
@@ -326,7 +330,7 @@ class NetConfigurator:
             return
         steps, self._steps = self._steps, []
         try:
-            nl = RtnlSocket()
+            nl = self._netlink()
         except Exception as exc:  # never raise from cleanup
             log.error("cannot open netlink to undo %s: %s", self.ifname, exc)
             return
