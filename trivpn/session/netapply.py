@@ -72,7 +72,7 @@ class TunApplier:
         self.server_routes: ServerRoutes | None = None
         #: opens rtnetlink: trivpn's own client here; the privileged helper of a user/group
         #: run switches to pyroute2 (`use_pyroute2`)
-        self.netlink: Callable[[], RtnlSocket] = RtnlSocket
+        self.netlink: Callable[[], RtnlSocket] | None = None
 
     def use_pyroute2(self) -> None:
         """Do the rtnetlink work with pyroute2 from now on (the privileged helper, where its

@@ -44,7 +44,7 @@ _PROBE = {4: "192.0.2.1", 6: "2001:db8::1"}
 class ServerRoutes:
     """Host routes to the VPN server(s) in use, outside the TUN `ifname`."""
 
-    def __init__(self, ifname: str, netlink: Callable[[], RtnlSocket] = RtnlSocket) -> None:
+    def __init__(self, ifname: str, netlink: Callable[[], RtnlSocket] | None = None) -> None:
         self.ifname = ifname
         self._netlink = netlink
         #: address → the add_route/del_route arguments of its pin
@@ -58,7 +58,7 @@ class ServerRoutes:
         if wanted == list(self.pinned) or (not wanted and not self.pinned):
             return
         try:
-            nl = self._netlink()
+            nl = self._netlink() if self._netlink is not None else RtnlSocket()
         except OSError as exc:
             log.warning("cannot open netlink to pin the VPN server route: %s", exc)
             return

@@ -180,12 +180,16 @@ def _plan(cfg: TunConfig) -> _Plan:
 class NetConfigurator:
     """Applies a TunConfig to an interface over rtnetlink and remembers exactly what it added."""
 
-    def __init__(self, ifname: str, netlink: Callable[[], RtnlSocket] = RtnlSocket) -> None:
+    def __init__(self, ifname: str, netlink: Callable[[], RtnlSocket] | None = None) -> None:
         """`netlink` opens the rtnetlink connection: trivpn's own client, or pyroute2 in the
-        privileged helper (trivpn/tun/pyroute2nl.py); both take the same calls."""
+        privileged helper (trivpn/tun/pyroute2nl.py); both take the same calls. None: this
+        module's `RtnlSocket`, looked up at each use."""
         self.ifname = ifname
         self._netlink = netlink
         self._steps: list[_Step] = []
+
+    def _open(self) -> RtnlSocket:
+        return self._netlink() if self._netlink is not None else RtnlSocket()
 
     @property
     def applied(self) -> list[str]:
@@ -196,7 +200,7 @@ class NetConfigurator:
         """Set MTU, bring up, add addresses and routes; on failure undo and raise ConfigError."""
         plan = _plan(cfg)
         try:
-            with self._netlink() as nl:
+            with self._open() as nl:
                 self._apply(nl, cfg, plan)
         except NetlinkError as exc:
             self.undo()
@@ -330,7 +334,7 @@ class NetConfigurator:
             return
         steps, self._steps = self._steps, []
         try:
-            nl = self._netlink()
+            nl = self._open()
         except Exception as exc:  # never raise from cleanup
             log.error("cannot open netlink to undo %s: %s", self.ifname, exc)
             return

@@ -89,7 +89,7 @@ def test_applier_pins_only_with_redirect_gateway_and_keeps_routes_across_servers
     applied: list[TunConfig] = []
 
     class FakeConfigurator:
-        def __init__(self, ifname: str) -> None:
+        def __init__(self, ifname: str, netlink: Any = None) -> None:
             pass
 
         def apply(self, cfg: TunConfig) -> None:
@@ -99,7 +99,7 @@ def test_applier_pins_only_with_redirect_gateway_and_keeps_routes_across_servers
             applied.append(TunConfig(mtu=0))
 
     monkeypatch.setattr(netapply, "NetConfigurator", FakeConfigurator)
-    monkeypatch.setattr(netapply, "ServerRoutes", lambda ifname: ServerRoutes(ifname, nl))  # type: ignore[arg-type]
+    monkeypatch.setattr(netapply, "ServerRoutes", lambda ifname, netlink=None: ServerRoutes(ifname, nl))  # type: ignore[arg-type]
     class NoDns:
         def recover(self) -> None:
             pass
