@@ -7,6 +7,14 @@ by a task that queues them on the listener's socket toward the client's *current
 hub puts TUN packets for this client into `to_client`, and what the client sends comes out
 of the stack's TUN side into `Hub.from_client` (source check, client-to-client).
 
+A UDP client's data packets skip the stack once its data channel has a key: `deliver`
+opens them at once with the session's `Decryptor` (`link.rx`) and hands the plaintext to
+`Hub.from_client`, in the receiving task, instead of four task hops (muxer, data plane,
+`_from_client`). The decryptor still has one user at a time: this and the trio-task plane's
+receiving side run in the same thread and `decrypt` never awaits, so their calls never
+interleave (packets queued before the first key still take the stack's path). The session
+keeps the keys; a peer's OCC EXIT seen here ends the session as it does in the plane.
+
 The client's identity (common name, ccd entry, lease) lives here, where the status, the
 hub and the router read it; how it is chosen, with or without scripts, and how the client
 is admitted, re-checked at renegotiation and its auth-token renewed is `Admission`
@@ -25,6 +33,8 @@ from typing import cast
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
+from trivpn.datachannel.link import PEER_EXITED
+from trivpn.errors import SessionRestart
 from trivpn.messages import (
     AuthRequest,
     ClientReady,
@@ -41,6 +51,7 @@ from trivpn.server.scripts import SCRIPT_SECONDS
 from trivpn.server.sessionparts import SessionParts
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.tlssession.service import TLSService
+from trivpn.wire import is_data_byte0
 
 __all__ = ["ClientSession"]
 
@@ -92,6 +103,7 @@ class ClientSession:
             tun_down=tun_down_s,
         )
         self.delivered_dropped = 0
+        self._exit_seen = False
         #: told when the client is ready (ClientTable's change hook)
         self.on_ready: Callable[[], None] | None = None
 
@@ -110,7 +122,25 @@ class ClientSession:
         return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
 
     def deliver(self, datagrams: list[bytes]) -> None:
-        """Datagrams from the demux; a full channel drops them (the protocol recovers)."""
+        """Datagrams from the demux: data packets opened here once keyed (module docstring),
+        the rest to the stack; a full channel drops them (the protocol recovers)."""
+        link = self.stack.data.link
+        rx = link.rx
+        if rx is not None and self.nursery is not None:
+            data: list[bytes] = []
+            rest: list[bytes] = []
+            for d in datagrams:
+                (data if d and is_data_byte0(d[0]) else rest).append(d)
+            if data:
+                packets = rx.decrypt(data, link.clock())
+                if packets:
+                    self.hub.from_client(self.key, packets)
+                if rx.peer_exited and not self._exit_seen:
+                    self._exit_seen = True
+                    self.nursery.start_soon(_peer_exited)
+            if not rest:
+                return
+            datagrams = rest
         try:
             self.net_up.send_nowait(datagrams)
         except trio.WouldBlock:
@@ -179,3 +209,8 @@ class ClientSession:
         if self.lease is not None:
             self.hub.pool.release(self.lease, now)
             self.lease = None
+
+
+async def _peer_exited() -> None:
+    """Ends the client's task like the data plane does on the peer's OCC EXIT."""
+    raise SessionRestart(PEER_EXITED)
