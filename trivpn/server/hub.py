@@ -23,9 +23,16 @@ from trivpn.server.routing import Drop, Router, ToClient
 if TYPE_CHECKING:
     from trivpn.observe.hooks import ServerObserver
 
-__all__ = ["Hub", "HubCounters", "Inbound"]
+__all__ = ["Hub", "HubCounters", "Inbound", "PacketSink"]
 
 log = logging.getLogger("trivpn.server")
+
+
+class PacketSink(Protocol):
+    """The TUN side: takes a batch at once or raises trio.WouldBlock (tun.TunSink, or a
+    memory channel in tests)."""
+
+    def send_nowait(self, value: list[bytes]) -> None: ...
 
 
 class Inbound(Protocol):
@@ -49,7 +56,7 @@ class HubCounters:
 class Hub:
     """Pool, router, client table and the channel to the TUN writer."""
 
-    def __init__(self, config: ServerConfig, tun_out: trio.MemorySendChannel[list[bytes]]) -> None:
+    def __init__(self, config: ServerConfig, tun_out: PacketSink) -> None:
         self.config = config
         self.pool = AddressPool(config.pool, config.pool_ipv6) if (config.pool or config.pool_ipv6) else (
             pool_for_server(config.network, config.topology, config.network_ipv6)
