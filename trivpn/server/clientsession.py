@@ -14,6 +14,9 @@ opens them at once with the session's `Decryptor` (`link.rx`) and hands the plai
 receiving side run in the same thread and `decrypt` never awaits, so their calls never
 interleave (packets queued before the first key still take the stack's path). The session
 keeps the keys; a peer's OCC EXIT seen here ends the session as it does in the plane.
+The other way round the same holds for `Encryptor`: once keyed, a UDP client's packets
+from the hub (`to_client`) are sealed in the hub's caller (the TUN reader) and queued on
+the listener's socket through `send_direct`, skipping the plane and the client's writer.
 
 The client's identity (common name, ccd entry, lease) lives here, where the status, the
 hub and the router read it; how it is chosen, with or without scripts, and how the client
@@ -87,7 +90,11 @@ class ClientSession:
         self.nursery: trio.Nursery | None = None
         #: how the client gets in: addresses, password or token, scripts (clientadmit.py)
         self.admission = Admission(self)
-        self.to_client, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        to_client, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        #: where the hub puts this client's packets (module docstring)
+        self.to_client = _ToClient(self, to_client)
+        #: queues sealed datagrams toward the client's current address (the UDP listener sets it)
+        self.send_direct: Callable[[list[bytes]], None] | None = None
         #: the network side, for whoever moves the datagrams (UDP listener or networkio)
         self.net_up, net_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
         net_down_s, self.net_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
@@ -214,3 +221,24 @@ class ClientSession:
 async def _peer_exited() -> None:
     """Ends the client's task like the data plane does on the peer's OCC EXIT."""
     raise SessionRestart(PEER_EXITED)
+
+
+class _ToClient:
+    """The hub's way in: sealed and sent at once when keyed over UDP, else the stack's channel."""
+
+    __slots__ = ("_client", "_channel")
+
+    def __init__(self, client: ClientSession, channel: trio.MemorySendChannel[list[bytes]]) -> None:
+        self._client = client
+        self._channel = channel
+
+    def send_nowait(self, value: list[bytes]) -> None:
+        client = self._client
+        link = client.stack.data.link
+        tx = link.tx
+        if tx is not None and client.send_direct is not None:
+            out = tx.encrypt(value, link.clock())
+            if out:
+                client.send_direct(out)
+            return
+        self._channel.send_nowait(value)

@@ -39,7 +39,9 @@ class Inbound(Protocol):
     """What the hub needs of a client: the channel its stack encrypts packets from, and
     its common name with a way to retire it (a newer session with that name replaces it)."""
 
-    to_client: trio.MemorySendChannel[list[bytes]]
+    @property
+    def to_client(self) -> PacketSink: ...
+
     common_name: str
 
     def retire(self, now: float) -> None: ...

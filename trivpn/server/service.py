@@ -144,11 +144,16 @@ class Server:
             old.cancel_scope.cancel()  # a client restarted on the same address
         client = ClientSession.after_cookie(self.hub.new_key(), new, self.parts, self.hub)
 
-        async def writer() -> None:  # to the client's current address (the demux knows it)
+        def send(batch: list[bytes]) -> None:  # to the client's current address (the demux knows it)
+            info = sock.demux.session_info(client.session)
+            if info is not None:
+                client.addr = info[1]  # type: ignore[assignment]  # follows a float; (host, port) here
+                udp.send_nowait(info[1], batch)  # type: ignore[arg-type]  # (host, port)
+
+        async def writer() -> None:
             async for batch in client.net_down:
-                info = sock.demux.session_info(client.session)
-                if info is not None:
-                    client.addr = info[1]  # type: ignore[assignment]  # follows a float; (host, port) here
-                    udp.send_nowait(info[1], batch)  # type: ignore[arg-type]  # (host, port)
+                send(batch)
+
+        client.send_direct = send  # keyed data packets from the hub skip the stack
 
         self.table.start(sock, client, writer)
