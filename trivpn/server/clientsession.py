@@ -139,7 +139,10 @@ class ClientSession:
             for d in datagrams:
                 (data if d and is_data_byte0(d[0]) else rest).append(d)
             if data:
-                packets = rx.decrypt(data, link.clock())
+                try:
+                    packets = rx.decrypt(data, link.clock())
+                except Exception:  # this client's failure, not the listener's: the stack's
+                    packets, rest = [], datagrams  # path meets it again in the client's task
                 if packets:
                     self.hub.from_client(self.key, packets)
                 if rx.peer_exited and not self._exit_seen:
@@ -237,7 +240,11 @@ class _ToClient:
         link = client.stack.data.link
         tx = link.tx
         if tx is not None and client.send_direct is not None:
-            out = tx.encrypt(value, link.clock())
+            try:
+                out = tx.encrypt(value, link.clock())
+            except Exception:  # this client's failure, not the TUN reader's: the plane
+                self._channel.send_nowait(value)  # meets it again in the client's task
+                return
             if out:
                 client.send_direct(out)
             return
