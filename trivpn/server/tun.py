@@ -102,9 +102,11 @@ class TunSink:
         self._s.send_nowait(batch)
         self._backlog = True
 
-    async def run(self, tun: TunDevice) -> None:
+    async def run(self, tun: TunDevice, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer task; started once a kernel TUN may be written directly."""
         if isinstance(tun, LinuxTun):
             self._direct = tun
+        task_status.started()
         async for batch in self._r:
             await tun.write_batch(batch)
             if not self._r.statistics().current_buffer_used:

@@ -27,8 +27,7 @@ async def test_written_at_once_when_idle_and_in_order_under_back_pressure() -> N
     try:
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(sink.run, tun)
-                await trio.lowlevel.checkpoint()  # the writer adopts the kernel TUN
+                await nursery.start(sink.run, tun)  # the writer has adopted the kernel TUN
                 sink.send_nowait(packets[:1])
                 assert peer.recv(2048) == packets[0]  # written by the caller, no task ran
                 # more than the socket buffer holds: the rest queues behind, in order
