@@ -7,6 +7,17 @@ by a task that queues them on the listener's socket toward the client's *current
 hub puts TUN packets for this client into `to_client`, and what the client sends comes out
 of the stack's TUN side into `Hub.from_client` (source check, client-to-client).
 
+A UDP client's data packets skip the stack once its data channel has a key: `deliver`
+opens them at once with the session's `Decryptor` (`link.rx`) and hands the plaintext to
+`Hub.from_client`, in the receiving task, instead of four task hops (muxer, data plane,
+`_from_client`). The decryptor still has one user at a time: this and the trio-task plane's
+receiving side run in the same thread and `decrypt` never awaits, so their calls never
+interleave (packets queued before the first key still take the stack's path). The session
+keeps the keys; a peer's OCC EXIT seen here ends the session as it does in the plane.
+The other way round the same holds for `Encryptor`: once keyed, a UDP client's packets
+from the hub (`to_client`) are sealed in the hub's caller (the TUN reader) and queued on
+the listener's socket through `send_direct`, skipping the plane and the client's writer.
+
 The client's identity (common name, ccd entry, lease) lives here, where the status, the
 hub and the router read it; how it is chosen, with or without scripts, and how the client
 is admitted, re-checked at renegotiation and its auth-token renewed is `Admission`
@@ -25,6 +36,8 @@ from typing import cast
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
+from trivpn.datachannel.link import PEER_EXITED
+from trivpn.errors import SessionRestart
 from trivpn.messages import (
     AuthRequest,
     ClientReady,
@@ -41,6 +54,7 @@ from trivpn.server.scripts import SCRIPT_SECONDS
 from trivpn.server.sessionparts import SessionParts
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.tlssession.service import TLSService
+from trivpn.wire import is_data_byte0
 
 __all__ = ["ClientSession"]
 
@@ -76,7 +90,11 @@ class ClientSession:
         self.nursery: trio.Nursery | None = None
         #: how the client gets in: addresses, password or token, scripts (clientadmit.py)
         self.admission = Admission(self)
-        self.to_client, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        to_client, tun_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
+        #: where the hub puts this client's packets (module docstring)
+        self.to_client = _ToClient(self, to_client)
+        #: queues sealed datagrams toward the client's current address (the UDP listener sets it)
+        self.send_direct: Callable[[list[bytes]], None] | None = None
         #: the network side, for whoever moves the datagrams (UDP listener or networkio)
         self.net_up, net_up_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
         net_down_s, self.net_down = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
@@ -92,6 +110,7 @@ class ClientSession:
             tun_down=tun_down_s,
         )
         self.delivered_dropped = 0
+        self._exit_seen = False
         #: told when the client is ready (ClientTable's change hook)
         self.on_ready: Callable[[], None] | None = None
 
@@ -110,7 +129,28 @@ class ClientSession:
         return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
 
     def deliver(self, datagrams: list[bytes]) -> None:
-        """Datagrams from the demux; a full channel drops them (the protocol recovers)."""
+        """Datagrams from the demux: data packets opened here once keyed (module docstring),
+        the rest to the stack; a full channel drops them (the protocol recovers)."""
+        link = self.stack.data.link
+        rx = link.rx
+        if rx is not None and self.nursery is not None:
+            data: list[bytes] = []
+            rest: list[bytes] = []
+            for d in datagrams:
+                (data if d and is_data_byte0(d[0]) else rest).append(d)
+            if data:
+                try:
+                    packets = rx.decrypt(data, link.clock())
+                except Exception:  # this client's failure, not the listener's: the stack's
+                    packets, rest = [], datagrams  # path meets it again in the client's task
+                if packets:
+                    self.hub.from_client(self.key, packets)
+                if rx.peer_exited and not self._exit_seen:
+                    self._exit_seen = True
+                    self.nursery.start_soon(_peer_exited)
+            if not rest:
+                return
+            datagrams = rest
         try:
             self.net_up.send_nowait(datagrams)
         except trio.WouldBlock:
@@ -179,3 +219,33 @@ class ClientSession:
         if self.lease is not None:
             self.hub.pool.release(self.lease, now)
             self.lease = None
+
+
+async def _peer_exited() -> None:
+    """Ends the client's task like the data plane does on the peer's OCC EXIT."""
+    raise SessionRestart(PEER_EXITED)
+
+
+class _ToClient:
+    """The hub's way in: sealed and sent at once when keyed over UDP, else the stack's channel."""
+
+    __slots__ = ("_client", "_channel")
+
+    def __init__(self, client: ClientSession, channel: trio.MemorySendChannel[list[bytes]]) -> None:
+        self._client = client
+        self._channel = channel
+
+    def send_nowait(self, value: list[bytes]) -> None:
+        client = self._client
+        link = client.stack.data.link
+        tx = link.tx
+        if tx is not None and client.send_direct is not None:
+            try:
+                out = tx.encrypt(value, link.clock())
+            except Exception:  # this client's failure, not the TUN reader's: the plane
+                self._channel.send_nowait(value)  # meets it again in the client's task
+                return
+            if out:
+                client.send_direct(out)
+            return
+        self._channel.send_nowait(value)

@@ -23,16 +23,25 @@ from trivpn.server.routing import Drop, Router, ToClient
 if TYPE_CHECKING:
     from trivpn.observe.hooks import ServerObserver
 
-__all__ = ["Hub", "HubCounters", "Inbound"]
+__all__ = ["Hub", "HubCounters", "Inbound", "PacketSink"]
 
 log = logging.getLogger("trivpn.server")
+
+
+class PacketSink(Protocol):
+    """The TUN side: takes a batch at once or raises trio.WouldBlock (tun.TunSink, or a
+    memory channel in tests)."""
+
+    def send_nowait(self, value: list[bytes]) -> None: ...
 
 
 class Inbound(Protocol):
     """What the hub needs of a client: the channel its stack encrypts packets from, and
     its common name with a way to retire it (a newer session with that name replaces it)."""
 
-    to_client: trio.MemorySendChannel[list[bytes]]
+    @property
+    def to_client(self) -> PacketSink: ...
+
     common_name: str
 
     def retire(self, now: float) -> None: ...
@@ -49,7 +58,7 @@ class HubCounters:
 class Hub:
     """Pool, router, client table and the channel to the TUN writer."""
 
-    def __init__(self, config: ServerConfig, tun_out: trio.MemorySendChannel[list[bytes]]) -> None:
+    def __init__(self, config: ServerConfig, tun_out: PacketSink) -> None:
         self.config = config
         self.pool = AddressPool(config.pool, config.pool_ipv6) if (config.pool or config.pool_ipv6) else (
             pool_for_server(config.network, config.topology, config.network_ipv6)

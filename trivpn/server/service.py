@@ -36,7 +36,7 @@ from trivpn.server.sockets import bind_listener
 from trivpn.server.statustask import STATUS_FILE_MODE, run_status_file, run_status_signal
 from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
-from trivpn.server.tun import TunFactory, open_server_tun, run_tun_reader, run_tun_writer
+from trivpn.server.tun import TunFactory, TunSink, open_server_tun, run_tun_reader
 from trivpn.server.udp import UDPListener
 from trivpn.server.udpdeliver import deliver_udp
 from trivpn.session.stack import DATA_CHANNEL_SIZE
@@ -59,8 +59,8 @@ class Server:
         self.config = config
         self.parts: SessionParts = session_parts(config)
         self.manager = WorkersManager(handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7)
-        self._tun_s, self._tun_r = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE * 4)
-        self.hub = Hub(config, self._tun_s)
+        self._tun_sink = TunSink(DATA_CHANNEL_SIZE * 4)
+        self.hub = Hub(config, self._tun_sink)
         self.table = ClientTable(self.hub)
         #: every live client by its server-wide key
         self.clients = self.table.clients
@@ -84,7 +84,7 @@ class Server:
             self.tun_name = tun.name
             self.parts.scripts.opened(tun.name)
             m.start_service("tun-reader", run_tun_reader, tun, self.hub)
-            m.start_service("tun-writer", run_tun_writer, tun, self._tun_r)
+            m.start_service("tun-writer", self._tun_sink.run, tun)
             m.add_exit_hook(self.table.goodbye)
             if (persist := self.config.pool_persist) is not None:
                 kept = self.privileges.keep(persist.path, 0o600) if persist.seconds else None
@@ -144,11 +144,16 @@ class Server:
             old.cancel_scope.cancel()  # a client restarted on the same address
         client = ClientSession.after_cookie(self.hub.new_key(), new, self.parts, self.hub)
 
-        async def writer() -> None:  # to the client's current address (the demux knows it)
+        def send(batch: list[bytes]) -> None:  # to the client's current address (the demux knows it)
+            info = sock.demux.session_info(client.session)
+            if info is not None:
+                client.addr = info[1]  # type: ignore[assignment]  # follows a float; (host, port) here
+                udp.send_nowait(info[1], batch)  # type: ignore[arg-type]  # (host, port)
+
+        async def writer() -> None:
             async for batch in client.net_down:
-                info = sock.demux.session_info(client.session)
-                if info is not None:
-                    client.addr = info[1]  # type: ignore[assignment]  # follows a float; (host, port) here
-                    udp.send_nowait(info[1], batch)  # type: ignore[arg-type]  # (host, port)
+                send(batch)
+
+        client.send_direct = send  # keyed data packets from the hub skip the stack
 
         self.table.start(sock, client, writer)

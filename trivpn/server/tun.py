@@ -7,8 +7,11 @@ lines, and is brought up — through `NetConfigurator`, whose undo is registered
 cleanup together with closing the device, so every exit path removes all of it.
 
 Two tasks move packets: a reader hands each burst from the kernel to `Hub.from_tun`
-(which batches per client), a writer drains the bounded channel the clients' packets
-reach through `Hub.to_tun`.
+(which batches per client), a writer drains the bounded queue of `TunSink`, where the
+clients' packets arrive through `Hub.to_tun`. The queue is only for back-pressure: while it
+is empty and the writer holds nothing, `TunSink.send_nowait` writes a kernel TUN's packets
+at once from the caller's task (the UDP receiver), saving a task hop per batch; what the
+kernel does not take at once is queued behind, so packets never overtake each other.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 
-__all__ = ["TunFactory", "open_server_tun", "run_tun_reader", "run_tun_writer", "server_tun_config"]
+__all__ = ["TunFactory", "TunSink", "open_server_tun", "run_tun_reader", "server_tun_config"]
 
 log = logging.getLogger("trivpn.server")
 
@@ -76,6 +79,35 @@ async def run_tun_reader(tun: TunDevice, hub: Hub) -> None:
         hub.from_tun(batch)
 
 
-async def run_tun_writer(tun: TunDevice, packets: trio.MemoryReceiveChannel[list[bytes]]) -> None:
-    async for batch in packets:
-        await tun.write_batch(batch)
+class TunSink:
+    """Where the hub puts packets for the TUN (see the module docstring); `run` is the writer."""
+
+    def __init__(self, size: int) -> None:
+        self._s, self._r = trio.open_memory_channel[list[bytes]](size)
+        self._direct: LinuxTun | None = None
+        self._backlog = False  # the writer task holds or may hold packets not yet written
+
+    def send_nowait(self, batch: list[bytes]) -> None:
+        """Write or queue `batch`; raises trio.WouldBlock when the queue is full (the hub
+        drops and counts)."""
+        tun = self._direct
+        if tun is not None and not self._backlog:
+            try:
+                i = tun.write_nowait(batch)
+            except trio.ClosedResourceError:
+                return  # the server is going away
+            if i >= len(batch):
+                return
+            batch = batch[i:]
+        self._s.send_nowait(batch)
+        self._backlog = True
+
+    async def run(self, tun: TunDevice, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer task; started once a kernel TUN may be written directly."""
+        if isinstance(tun, LinuxTun):
+            self._direct = tun
+        task_status.started()
+        async for batch in self._r:
+            await tun.write_batch(batch)
+            if not self._r.statistics().current_buffer_used:
+                self._backlog = False

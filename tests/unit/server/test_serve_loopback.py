@@ -146,3 +146,30 @@ async def test_net30_and_ipv6_pool_addresses() -> None:
                 await ping(tunnel, "10.8.0.6", SERVER_IP, 1)
                 await ping(tunnel, "fd00:8::1000", "fd00:8::1", 2)
             nursery.cancel_scope.cancel()
+
+
+async def test_data_channel_exit_notification_ends_the_client_session() -> None:
+    """A keyed client's data packets are opened in the server's receive task; an OCC EXIT
+    among them still ends that client's session (and frees its address)."""
+    from trivpn.messages import SendExitNotify
+
+    pki = shared_pki()
+    with trio.fail_after(BOUND):
+        async with running_server(server_config(pki)) as (server, tun), trio.open_nursery() as nursery:
+            nursery.start_soon(answer_echo, tun, [])
+            port = server.addresses[0][1]
+            async with api.connect(parse_profile(client_profile(pki, port)), reconnect=False) as tunnel:
+                await ping(tunnel, "10.8.0.2", SERVER_IP, 1)
+                (client,) = server.clients.values()
+                rx = client.stack.data.link.rx
+                assert rx is not None and not rx.peer_exited
+                session = tunnel._session
+                assert session is not None
+                await session.stack.data_control.send([SendExitNotify(count=1)])  # type: ignore[attr-defined]
+                for _ in range(250):
+                    if not server.clients:
+                        break
+                    await trio.sleep(0.02)
+                assert rx.peer_exited
+                assert not server.clients and server.hub.pool.in_use == 0
+            nursery.cancel_scope.cancel()
