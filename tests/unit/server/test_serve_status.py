@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import trio
 from helpers.profiles import shared_pki
+from helpers.require import require_module
 from helpers.serving import client_profile
 
 from trivpn import api
@@ -34,7 +35,7 @@ from trivpn.testing.pki import PKI, common_name
 from trivpn.tun.ip import build_echo_request, echo_reply_to, parse_echo_reply
 from trivpn.tun.userspace import UserspaceTun
 
-openvpn_status = pytest.importorskip("openvpn_status", reason="pip install 'openvpn-status-reader'")
+openvpn_status = require_module("openvpn_status")  # openvpn-status-reader; fails under CI=true
 if not hasattr(openvpn_status.utils, "DATETIME_FORMAT_OPENVPN_V2_5"):
     # the old `openvpn-status` owns the same module name and cannot read 2.5+ dates
     # (tests/unit/status/test_status_reader.py explains; .ci/run installs the reader last)
