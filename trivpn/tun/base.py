@@ -26,6 +26,8 @@ class TunStats:
     dropped_oversize: int = 0  # empty or larger than TUN_MAX_PACKET, refused before writing
     dropped_errors: int = 0  # the device refused the packet (EINVAL, EIO, ...)
     dropped_full: int = 0  # userspace only: the application did not keep up
+    gso_writes: int = 0  # writes that carried several TCP segments at once (`tun.gro`)
+    gso_packets: int = 0  # the packets those writes carried
 
 
 @runtime_checkable

@@ -6,12 +6,19 @@ a burst costs one trio checkpoint instead of one per packet. `write_batch` write
 and only parks when the kernel answers EAGAIN. One packet the kernel refuses is dropped and
 counted; only a closed device is an error. The device is non-persistent: closing the fd
 deletes the interface together with its addresses and the routes through it.
+
+Write offload: `open_tun` asks for `IFF_VNET_HDR` (unless TRIVPN_TUN_GRO=0), and a device
+opened so (`LinuxTun` asks the fd with TUNGETIFF, so an inherited fd works either way)
+reads with the virtio header stripped and writes each batch through `gro.coalesce`:
+consecutive TCP segments of one flow go to the kernel as one GSO write. Read offloads
+(TUNSETOFFLOAD) stay off: the kernel hands us finished packets.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -19,14 +26,22 @@ from collections.abc import Callable, Sequence
 import trio
 
 from trivpn.errors import ConfigError, TrivpnError
+from trivpn.tun import gro
 from trivpn.tun.base import DEFAULT_MAX_BATCH, DEFAULT_TUN_MTU, TUN_MAX_PACKET, TunDevice, TunStats
 
 __all__ = ["LinuxTun", "TunDevice", "TunPermissionError", "open_tun"]
 
+log = logging.getLogger("trivpn.tun")
+
 TUN_CLONE_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
+TUNGETVNETHDRSZ = 0x800454D7  # _IOR('T', 215, int)
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+#: "0" turns the TUN write offload off (same-run benchmarks, a kernel that misbehaves)
+TUN_GRO_ENV = "TRIVPN_TUN_GRO"
 IFNAMSIZ = 16  # including the terminating NUL
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then ifr_flags in the union (40 bytes)
 TUN_READ_SLACK = 256  # read a little more than the MTU so an odd larger packet is not cut
@@ -40,11 +55,20 @@ class TunPermissionError(TrivpnError):
     """Raised instead of a bare PermissionError so the CLI can suggest the userspace tunnel."""
 
 
-def open_tun(name: str = "tvpn%d") -> tuple[int, str]:
+def gro_wanted() -> bool:
+    """Whether new TUNs get the write offload (TRIVPN_TUN_GRO=0 turns it off)."""
+    return os.environ.get(TUN_GRO_ENV, "1") != "0"
+
+
+def open_tun(name: str = "tvpn%d", *, vnet_hdr: bool | None = None) -> tuple[int, str]:
     """Create a TUN interface (IFF_TUN | IFF_NO_PI, non-blocking fd); return (fd, actual name).
 
-    `%d` in `name` lets the kernel pick the first free number.
+    `%d` in `name` lets the kernel pick the first free number. `vnet_hdr` (default: on
+    unless TRIVPN_TUN_GRO=0) adds IFF_VNET_HDR for the write offload; a kernel that refuses
+    it gets a plain TUN.
     """
+    if vnet_hdr is None:
+        vnet_hdr = gro_wanted()
     encoded = name.encode()
     if not encoded or len(encoded) >= IFNAMSIZ or b"/" in encoded or b"\0" in encoded:
         raise ConfigError(f"invalid TUN interface name {name!r} (1 to {IFNAMSIZ - 1} bytes)")
@@ -55,7 +79,14 @@ def open_tun(name: str = "tvpn%d") -> tuple[int, str]:
     except FileNotFoundError:
         raise ConfigError(f"{TUN_CLONE_DEVICE} is missing; load the tun kernel module") from None
     try:
-        ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, IFF_TUN | IFF_NO_PI))
+        flags = IFF_TUN | IFF_NO_PI
+        try:
+            wanted = flags | (IFF_VNET_HDR if vnet_hdr else 0)
+            ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, wanted))
+        except OSError as exc:
+            if not vnet_hdr or exc.errno != errno.EINVAL:
+                raise
+            ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, flags))
         os.set_blocking(fd, False)
     except OSError as exc:
         os.close(fd)
@@ -66,6 +97,22 @@ def open_tun(name: str = "tvpn%d") -> tuple[int, str]:
         raise ConfigError(f"cannot create TUN device {name!r}: {exc.strerror}") from None
     actual = _IFREQ.unpack(ifr)[0].split(b"\0", 1)[0].decode()
     return fd, actual
+
+
+def vnet_header_size(fd: int) -> int:
+    """The virtio header length in front of every packet on this TUN fd: 0 without
+    IFF_VNET_HDR (or if the fd is no TUN at all, e.g. a test's socket pair)."""
+    try:
+        flags = _IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size)))[1]
+    except OSError:
+        return 0
+    if not flags & IFF_VNET_HDR:
+        return 0
+    try:
+        size = struct.unpack("i", fcntl.ioctl(fd, TUNGETVNETHDRSZ, bytes(4)))[0]
+    except OSError:
+        size = gro.VNET_HDR_LEN
+    return size if size >= gro.VNET_HDR_LEN else 0
 
 
 class LinuxTun:
@@ -84,7 +131,9 @@ class LinuxTun:
         self.mtu = mtu
         self.max_batch = max_batch
         self.stats = TunStats()
-        self._read_size = max(mtu, DEFAULT_TUN_MTU) + TUN_READ_SLACK
+        #: bytes of virtio header in front of each packet (0: a plain TUN, no write offload)
+        self.vnet_hdr = vnet_header_size(fd)
+        self._read_size = max(mtu, DEFAULT_TUN_MTU) + TUN_READ_SLACK + self.vnet_hdr
         self._closed = False
         #: block-ipv6: IPv6 packets read are answered with what this returns (ICMPv6
         #: "no route", or None for no answer) and never handed on; None: off
@@ -108,6 +157,7 @@ class LinuxTun:
         max_batch = limit or self.max_batch
         batch: list[bytes] = []
         nbytes = 0
+        vnet = self.vnet_hdr
         while len(batch) < max_batch:
             try:
                 packet = read(fd, read_size)
@@ -121,6 +171,11 @@ class LinuxTun:
                 if not batch:
                     return None
                 break
+            if vnet:
+                if packet[1] or len(packet) <= vnet:  # a GSO packet: never asked for
+                    self.stats.dropped_errors += 1
+                    continue
+                packet = packet[vnet:]
             batch.append(packet)
             nbytes += len(packet)
         if batch:
@@ -140,7 +195,7 @@ class LinuxTun:
             reply = answer(packet)
             if reply is not None:
                 try:
-                    os.write(self.fd, reply)
+                    os.writev(self.fd, (bytes(self.vnet_hdr), reply))
                 except OSError:
                     self.stats.dropped_errors += 1
         return kept
@@ -167,6 +222,8 @@ class LinuxTun:
         """
         if self._closed:
             raise trio.ClosedResourceError("TUN device is closed")
+        if self.vnet_hdr:
+            return self._write_coalesced(packets, start)
         write = os.write
         fd = self.fd
         stats = self.stats
@@ -197,6 +254,51 @@ class LinuxTun:
             stats.bytes_written += nbytes
         return i
 
+    def _write_coalesced(self, packets: Sequence[bytes], start: int) -> int:
+        """`write_nowait` on a TUN with a virtio header: one `writev` per `gro.coalesce` group."""
+        stats = self.stats
+        todo = packets[start:] if start else packets
+        kept: list[bytes] = []
+        for packet in todo:
+            if 0 < len(packet) <= TUN_MAX_PACKET:
+                kept.append(packet)
+            else:
+                stats.dropped_oversize += 1
+        writev = os.writev
+        fd = self.fd
+        done = 0  # of `kept`
+        written = nbytes = 0
+        try:
+            for buffers, count, size in gro.coalesce(kept, self.vnet_hdr):
+                try:
+                    writev(fd, buffers)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise trio.ClosedResourceError("TUN device is closed") from None
+                    stats.dropped_errors += count
+                else:
+                    written += count
+                    nbytes += size
+                    if count > 1:
+                        stats.gso_writes += 1
+                        stats.gso_packets += count
+                done += count
+        finally:
+            stats.packets_written += written
+            stats.bytes_written += nbytes
+        if done == len(kept):
+            return len(packets)
+        # EAGAIN: find the caller's index of the first packet not written
+        seen = 0
+        for j in range(start, len(packets)):
+            if 0 < len(packets[j]) <= TUN_MAX_PACKET:
+                if seen == done:
+                    return j
+                seen += 1
+        return len(packets)  # unreachable: done < len(kept)
+
     async def write_batch(self, packets: Sequence[bytes]) -> None:
         """Write every packet; drop and count the ones the kernel refuses."""
         n = len(packets)
@@ -213,6 +315,9 @@ class LinuxTun:
         if self._closed:
             return
         self._closed = True
+        s = self.stats
+        log.debug("%s closed: %d packets read, %d written (%d of them in %d merged writes)",
+                  self.name, s.packets_read, s.packets_written, s.gso_packets, s.gso_writes)
         try:
             trio.lowlevel.notify_closing(self.fd)
         except RuntimeError:  # not inside trio: nobody can be waiting
