@@ -71,6 +71,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trivpn.datachannel import coalesce
+from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
 from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
@@ -109,6 +111,8 @@ class FastPathIO:
     #: two threads, one per direction (the default), or one thread for both; the default
     #: can be switched with TRIVPN_DATA_THREADS=1 or 2 (for same-run benchmarks)
     split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV, "2") != "1")
+    #: receive coalescing under bulk traffic (the two-thread layout's `up` applies it)
+    rx: RxCoalesce = field(default_factory=default_rx_coalesce)
 
 
 def _drain(fd: int) -> None:
@@ -258,6 +262,7 @@ class _Threads:
         touch = self._toucher(open_too=True)
         side = self.up_side
         limit = 1  # after an idle wait the first datagram goes through alone (see `down`)
+        linger, busy = self.io.rx.udp_linger, self.io.rx.udp_min  # see datachannel/coalesce.py
         try:
             while not self.stopping:
                 batch = transport.recv_nowait(limit)
@@ -268,6 +273,8 @@ class _Threads:
                 limit = MAX_BATCH
                 if not self._up_batch(batch, tun_writable, side):
                     return
+                if len(batch) >= busy and linger:
+                    coalesce.linger(linger)  # bounded: the stop pipe waits at most this long
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:
@@ -319,6 +326,7 @@ class _Threads:
         touch = self._toucher(open_too=False)
         side = self.down_side
         served = 0  # link.requests already served
+        linger, tun_busy = self.io.rx.tun_linger, self.io.rx.tun_min
         # After an idle wait the first packet goes out alone: draining to EAGAIN first would
         # put one more system call (~40 µs with cold caches, see docs/performance.md) in
         # front of a lone packet. Once busy, whole batches are read, and the thread only
@@ -338,6 +346,8 @@ class _Threads:
                     continue
                 limit = 0  # the device's max_batch
                 self._down_batch(batch, sock_writable, side)
+                if len(batch) >= tun_busy and linger:
+                    coalesce.linger(linger)
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:

@@ -44,12 +44,15 @@ import collections
 import logging
 import os
 import select
+import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
+from trivpn.datachannel import coalesce
+from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.framing import MAX_FRAME, FramingError, frame_packets
@@ -81,6 +84,8 @@ class TCPPathIO:
     tun: LinuxTun
     to_muxer: trio.MemorySendChannel[list[bytes]]
     from_muxer: trio.MemoryReceiveChannel[list[bytes]]
+    #: receive coalescing under bulk traffic (the up thread applies it)
+    rx: RxCoalesce = field(default_factory=default_rx_coalesce)
 
 
 def _frame(packets: Sequence[bytes]) -> bytes:
@@ -119,6 +124,16 @@ class _Threads:
             poller.register(self.kick_fd, select.POLLIN)
         return poller
 
+    def _wait_for(self, poller: select.poll, ms: int) -> bool:
+        """`_wait` with a timeout; False if it expired with nothing ready."""
+        ready = poller.poll(ms)
+        for fd, _event in ready:
+            if fd == self.stop_fd:
+                raise _Stopped
+        if self.stopping:
+            raise _Stopped
+        return bool(ready)
+
     def _wait(self, poller: select.poll) -> None:
         """Block (GIL released) until an fd is ready; `_Stopped` when asked to stop."""
         for fd, _event in poller.poll():
@@ -151,15 +166,25 @@ class _Threads:
         tun_writable = self._poller(tun.fd, select.POLLOUT)
         splitter = FrameSplitter()
         recv_into = sock.recv_into
+        rxc = self.io.rx  # receive coalescing (datachannel/coalesce.py)
+        raised = False  # SO_RCVLOWAT is up: the kernel wakes us once rxc.tcp_lowat bytes wait
         try:
             while not self.stopping:
                 try:
                     n = recv_into(splitter.space())
                 except BlockingIOError:
-                    self._wait(readable)
+                    if raised and not self._wait_for(readable, rxc.tcp_wait_ms):
+                        # the stream slowed down: back to waking at the first byte
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                        raised = False
+                    elif not raised:
+                        self._wait(readable)
                     continue
                 except OSError as exc:
                     raise TransportError(f"TCP receive failed: {exc.strerror}") from None
+                if n >= rxc.tcp_busy and not raised:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, rxc.tcp_lowat)
+                    raised = True
                 if not n:
                     raise TransportError("the server closed the TCP connection")
                 transport.rx_bytes += n
@@ -222,6 +247,7 @@ class _Threads:
         tun_readable = self._poller(tun.fd, select.POLLIN, kick=True)
         writable = self._poller(transport.sock.fileno(), select.POLLOUT)
         served = 0  # link.requests already served
+        rxc = self.io.rx
         try:
             while not self.stopping:
                 if link.requests != served:  # pings / exit notifications to seal
@@ -255,6 +281,8 @@ class _Threads:
                 if out:
                     self._send(_frame(out), writable)
                     transport.tx_packets += len(out)
+                if len(batch) >= rxc.tun_min and rxc.tun_linger:
+                    coalesce.linger(rxc.tun_linger)  # bounded
         except (_Stopped, trio.ClosedResourceError):
             return
         except Exception:

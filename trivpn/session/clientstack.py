@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
+from trivpn.datachannel.coalesce import default_rx_coalesce
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.tcpfast import TCPPathIO
 from trivpn.errors import SessionRestart
@@ -141,11 +142,13 @@ class ClientSession:
         self._tun_up = self._tun_down = None
         if config.data_threads and isinstance(device, LinuxTun) and type(transport) is TCPTransport:
             # the threads own the stream both ways: networkio does not run (see tcpfast.py)
-            self.fast = TCPPathIO(transport, device, self._net_up[0], self._net_down[1])
+            self.fast = TCPPathIO(transport, device, self._net_up[0], self._net_down[1],
+                                  rx=default_rx_coalesce(low_latency=config.low_latency))
             log.info("data packets move in two data-plane threads (TCP)")
         elif config.data_threads and isinstance(device, LinuxTun) and type(transport) is UDPTransport:
             warm = LOW_LATENCY_WARM_FOR if config.low_latency else 0.0
-            self.fast = FastPathIO(transport, device, self._net_up[0], warm_for=warm)
+            self.fast = FastPathIO(transport, device, self._net_up[0], warm_for=warm,
+                                   rx=default_rx_coalesce(low_latency=config.low_latency))
             log.info(
                 "data packets move in two data-plane threads%s",
                 " (low-latency: kept warm after traffic)" if warm else "",

@@ -360,3 +360,50 @@ async def test_a_busy_direction_does_not_starve_the_other(rig: Rig) -> None:
             assert rig.peer.decrypt([wire], 1.0) == [_ip(i)]
         busy[0] = False
         nursery.cancel_scope.cancel()
+
+
+async def test_busy_batches_linger_and_lone_packets_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read coalescing (datachannel/coalesce.py): a batch of at least `udp_min` datagrams
+    (or `tun_min` TUN packets) is followed by one bounded wait; a lone packet after an idle
+    wait is not, so an idle tunnel's latency is untouched."""
+    from trivpn.datachannel import coalesce
+
+    waits: list[float] = []
+    monkeypatch.setattr(coalesce, "linger", waits.append)
+    r = Rig(split=True)
+    r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_linger=0.002, tun_min=4, tun_linger=0.003)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.service.run)
+            await r.keys_s.send([r.install_key()])
+            await _until(lambda: r.service.core is not None, "key installed")
+            # one lone packet each way: no wait
+            r.app.send(_ip(1))
+            await trio.to_thread.run_sync(r.server.recv, 65536)
+            r.server.send(r.peer.encrypt([_ip(2)], 1.0)[0])
+            await trio.to_thread.run_sync(r.app.recv, 65536)
+            assert waits == []
+            # a burst faster than the thread reads one by one: some batch holds >= 4
+            wires = r.peer.encrypt([_ip(10 + i) for i in range(300)], 1.0)
+            r.plane.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            for w in wires:
+                r.server.send(w)
+            for _ in wires:
+                await trio.to_thread.run_sync(r.app.recv, 65536)
+            await _until(lambda: 0.002 in waits, "the up thread lingered after a busy batch")
+            nursery.cancel_scope.cancel()
+    finally:
+        r.close()
+    assert set(waits) <= {0.002, 0.003}
+
+
+def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trivpn.datachannel import coalesce
+
+    monkeypatch.delenv(coalesce.RX_COALESCE_ENV, raising=False)
+    on = coalesce.default_rx_coalesce()
+    assert on.udp_linger > 0 and on.tcp_lowat > 1 and on.tun_linger > 0
+    assert coalesce.default_rx_coalesce(low_latency=True) == coalesce.OFF
+    monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "0")
+    assert coalesce.default_rx_coalesce() == coalesce.OFF
+    assert coalesce.OFF.udp_linger == 0 and coalesce.OFF.tun_linger == 0 and coalesce.OFF.tcp_lowat == 1
