@@ -10,11 +10,12 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import trio
+from helpers.waiting import until
 
 from trivpn.datachannel.link import DataLink
 from trivpn.datachannel.threadrun import Body, DataThreads, Stopped, ThreadedPlane
@@ -93,15 +94,6 @@ def plane() -> Iterator[_Plane]:
         b.close()
 
 
-async def _until(pred: Callable[[], bool], what: str) -> None:
-    with trio.fail_after(LIMIT):
-        for _ in range(int(LIMIT / 0.005)):
-            if pred():
-                return
-            await trio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for: {what}")
-
-
 def _alive() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("test threadrun")]
 
@@ -110,7 +102,7 @@ async def test_cancel_stops_the_threads_before_run_returns(plane: _Plane) -> Non
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(plane.run, DataLink(time.monotonic))
-            await _until(lambda: len(_alive()) == 2, "both threads started")
+            await until(lambda: len(_alive()) == 2, "both threads started")
             nursery.cancel_scope.cancel()
     threads = plane.threads
     assert threads is not None and threads.stopping
@@ -125,11 +117,11 @@ async def test_a_kick_wakes_a_thread_and_its_error_ends_the_run(plane: _Plane) -
         with trio.fail_after(LIMIT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(plane.run, DataLink(time.monotonic))
-                await _until(lambda: plane.threads is not None, "threads made")
+                await until(lambda: plane.threads is not None, "threads made")
                 threads = plane.threads
                 assert threads is not None
                 plane.kick()
-                await _until(lambda: threads.kicks == 1, "the kick woke the thread")
+                await until(lambda: threads.kicks == 1, "the kick woke the thread")
                 threads.fail = True
                 plane.kick()
                 await trio.sleep_forever()  # the failing thread ends the run
