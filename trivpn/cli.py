@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--low-latency",
         action="store_true",
-        help="lower idle round-trip times by keeping the data path warm for 0.1 s after "
-        "traffic (costs CPU while traffic is sporadic; UDP with data threads only)",
+        help="lower round-trip times: keep the data path warm for 0.1 s after traffic "
+        "(costs CPU while traffic is sporadic; UDP with data threads only) and never hold "
+        "reads back to batch them under load",
     )
     c.add_argument(
         "--kill-switch",
