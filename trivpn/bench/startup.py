@@ -1,0 +1,212 @@
+"""`python -m trivpn.bench startup`: what `trivpn connect` pays at start-up, package by package.
+
+Why: the issue-16 targets (start → first ping ≤ 0.2 s, RSS ≤ 35 MB) are decided by the
+imports before the first packet; this sub-command turns the one-off traces of that round
+into numbers anyone can reproduce, without root.
+
+1. **Trace.** A child runs `trivpn connect` on a minimal profile (UDP or TCP, tls-crypt,
+   AES-256-GCM: no management, status, metrics, scripts, proxy, kill switch or DNS) against
+   `trivpn.testing`'s loopback server, to the first ping reply, under `-X importtime` and a
+   profile hook (`startupchild.py trace`). That gives the module set, in the order the
+   imports completed, and which modules had none of their functions run: imported for
+   nothing on this path (candidates for a lazy import; a module kept for its exception
+   classes or constants shows here too, so the list is to be read, not obeyed).
+2. **Measure.** `--rounds` fresh children (`startupchild.py measure`) import that set group
+   by group — `ssl` and `ctypes` (with their shared libraries), the rest of the standard
+   library, asyncio, each third-party package in the order met, trivpn last; each row also
+   holds what its modules import that no earlier row loaded — and read `VmRSS` from /proc/self/status after each group. With
+   `--base TREE` the same is done for an older trivpn tree, alternating round by round, so
+   a before → after comparison shares the machine's moment. Medians are reported.
+
+Output: a table, and JSON with `--json PATH`. `--quick`: two rounds (the unit test's smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+CHILD = Path(__file__).with_name("startupchild.py")
+#: bound on one child (a trace includes a TLS handshake under a profile hook)
+CHILD_TIMEOUT = 120.0
+STDLIB = "stdlib"
+#: standard-library modules with a row of their own (large shared libraries behind them);
+#: they are imported first, then the rest of the stdlib, then asyncio
+OWN_ROW = {"_ssl": "ssl", "ssl": "ssl", "_ctypes": "ctypes", "ctypes": "ctypes",
+           "_asyncio": "asyncio", "asyncio": "asyncio"}
+FIRST = ("ssl", "ctypes", STDLIB, "asyncio")
+#: the figures every tree's report carries (tests/unit/bench/test_startup.py)
+TREE_FIGURES = ("modules", "baseline_rss_mb", "import_ms", "rss_after_imports_mb", "packages",
+                "unused_modules", "rounds")
+PACKAGE_FIGURES = ("package", "modules", "unused", "import_ms", "rss_mb")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trivpn.bench startup", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=9, help="measuring children per tree (9)")
+    p.add_argument("--proto", choices=("udp", "tcp"), default="udp", help="the profile's transport (udp)")
+    p.add_argument("--base", metavar="TREE", help="also measure the trivpn in TREE (a checkout), alternating")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON here")
+    p.add_argument("--quick", action="store_true", help="two rounds (smoke run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = 2
+    if not 1 <= args.rounds <= 100:
+        p.error("--rounds must be 1..100")
+    if args.base and not (Path(args.base) / "trivpn" / "__init__.py").is_file():
+        p.error(f"--base {args.base}: no trivpn package there")
+    return args
+
+
+def _child_env(tree: Path, pyc: Path) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONPYCACHEPREFIX=str(pyc / tree.as_posix().strip("/").replace("/", "_")))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def top_level(name: str) -> str:
+    """The package a module is counted under (asyncio apart from the rest of the stdlib)."""
+    top = name.partition(".")[0]
+    if top in OWN_ROW:  # _asyncio's initialisation imports asyncio: counted with it
+        return OWN_ROW[top]
+    return STDLIB if top in sys.stdlib_module_names else top
+
+
+def parse_importtime(stderr: str) -> list[str]:
+    """Module names from `-X importtime` lines, in the order their imports completed."""
+    names = []
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                names.append(name)
+    return names
+
+
+def plan(order: list[str], states: dict[str, str]) -> list[tuple[str, str]]:
+    """(group, module) in import order: `FIRST`, third parties as met, trivpn last.
+
+    `-X importtime` misses what `importlib.import_module` loads (trivpn.cli's sub-command
+    plugins): those follow, in the order the trace saw them start."""
+    mods = [m for m in dict.fromkeys([*order, *states]) if m in states and not m.startswith("trivpn.bench")]
+    met = list(dict.fromkeys(top_level(m) for m in mods))
+    rank = {g: i - len(FIRST) for i, g in enumerate(FIRST)} | {"trivpn": len(met)}
+    groups = sorted(met, key=lambda g: rank.get(g, met.index(g)))
+    return [(g, m) for g in groups for m in mods if top_level(m) == g]
+
+
+async def _trace(tree: Path, proto: str, work: Path, pyc: Path) -> tuple[list[str], dict[str, str]]:
+    """Run the trace child against a loopback server; (import order, module states)."""
+    from trivpn.testing.loopback_server import LoopbackServerConfig, open_loopback_server
+
+    out = work / f"trace-{tree.name}.txt"
+    async with open_loopback_server(LoopbackServerConfig(proto=proto, wrap="tls-crypt")) as server:
+        profile = work / "startup.ovpn"
+        profile.write_text(server.client_profile("data-ciphers AES-256-GCM\n"))
+        cmd = [sys.executable, "-P", "-X", "importtime", str(CHILD), "trace", str(profile), str(out)]
+        with trio.fail_after(CHILD_TIMEOUT):
+            proc = await trio.run_process(cmd, env=_child_env(tree, pyc), capture_stdout=True,
+                                          capture_stderr=True, check=False)
+    err = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join(x for x in err.splitlines() if not x.startswith("import time:"))[-2000:]
+        raise RuntimeError(f"trace child failed (rc {proc.returncode}): {tail}")
+    states = dict(line.split("\t") for line in out.read_text().splitlines())
+    return parse_importtime(err), states
+
+
+def _measure(tree: Path, plan_file: Path, work: Path, pyc: Path) -> list[tuple[str, float, int]]:
+    out = work / f"measure-{tree.name}.txt"
+    subprocess.run([sys.executable, "-P", str(CHILD), "measure", str(plan_file), str(out)],
+                   env=_child_env(tree, pyc), check=True, timeout=CHILD_TIMEOUT, capture_output=True)
+    rows = []
+    for line in out.read_text().splitlines():
+        group, ms, kb = line.split("\t")
+        if group == "failed":
+            raise RuntimeError(f"{tree}: module {ms} did not import on its own")
+        rows.append((group, float(ms), int(kb)))
+    return rows
+
+
+def summarize(steps: list[tuple[str, str]], states: dict[str, str],
+              rounds: list[list[tuple[str, float, int]]]) -> dict[str, Any]:
+    """Medians over the rounds, per group: import ms and RSS added (MB)."""
+    def med(values: list[float]) -> float:
+        return round(statistics.median(values), 2)
+
+    counts = Counter(g for g, _m in steps)
+    unused = [m for _g, m in steps if states.get(m) == "unused"]
+    idle = Counter(top_level(m) for m in unused)
+    packages = []
+    for i, group in enumerate(rounds[0][1:], start=1):
+        packages.append({
+            "package": group[0], "modules": counts[group[0]], "unused": idle[group[0]],
+            "import_ms": med([r[i][1] for r in rounds]),
+            "rss_mb": med([(r[i][2] - r[i - 1][2]) / 1024 for r in rounds]),
+        })
+    return {
+        "modules": len(steps),
+        "baseline_rss_mb": med([r[0][2] / 1024 for r in rounds]),
+        "import_ms": med([sum(row[1] for row in r) for r in rounds]),
+        "rss_after_imports_mb": med([r[-1][2] / 1024 for r in rounds]),
+        "packages": packages,
+        "unused_modules": unused,
+        "rounds": len(rounds),
+    }
+
+
+def format_report(trees: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for name, t in trees.items():
+        lines += [f"{name}: {t['modules']} modules imported before the first ping; interpreter + site "
+                  f"{t['baseline_rss_mb']:.1f} MB; imports {t['import_ms']:.1f} ms, RSS after them "
+                  f"{t['rss_after_imports_mb']:.1f} MB (medians of {t['rounds']})",
+                  "| package | modules | unused | import ms | RSS +MB |", "|---|---|---|---|---|"]
+        lines += [f"| {p['package']} | {p['modules']} | {p['unused']} | {p['import_ms']:.1f} | {p['rss_mb']:.2f} |"
+                  for p in t["packages"]]
+        lines.append(f"imported, none of their functions ran before the first ping ({len(t['unused_modules'])}):")
+        by_package: dict[str, list[str]] = {}
+        for m in t["unused_modules"]:
+            by_package.setdefault(top_level(m), []).append(m)
+        lines += [f"  {g}: {' '.join(ms)}" for g, ms in by_package.items()] + [""]
+    return "\n".join(lines)
+
+
+async def _trace_all(trees: dict[str, Path], proto: str, work: Path, pyc: Path) -> dict[str, Any]:
+    return {name: await _trace(tree, proto, work, pyc) for name, tree in trees.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    here = Path(__file__).resolve().parents[2]
+    trees = {"this": here} | ({"base": Path(args.base).resolve()} if args.base else {})
+    with tempfile.TemporaryDirectory(prefix="trivpn-startup-") as tmp:
+        work, pyc = Path(tmp), Path(tempfile.gettempdir()) / "trivpn-bench-startup-pyc"
+        traced = trio.run(_trace_all, trees, args.proto, work, pyc)
+        steps: dict[str, list[tuple[str, str]]] = {}
+        for name in trees:
+            steps[name] = plan(*traced[name])
+            (work / f"plan-{name}.txt").write_text("".join(f"{g}\t{m}\n" for g, m in steps[name]))
+        rounds: dict[str, list[list[tuple[str, float, int]]]] = {name: [] for name in trees}
+        for i in range(args.rounds + 1):  # round 0 warms the bytecode cache, not counted
+            for name, tree in (trees.items() if i % 2 == 0 else reversed(trees.items())):
+                result = _measure(tree, work / f"plan-{name}.txt", work, pyc)
+                if i:
+                    rounds[name].append(result)
+    report = {name: summarize(steps[name], traced[name][1], rounds[name]) for name in trees}
+    print(format_report(report))
+    if args.json:
+        doc = {"benchmark": "startup", "proto": args.proto, "python": sys.version.split()[0],
+               "trees": {n: str(t) for n, t in trees.items()}, "results": report, "ok": True}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
