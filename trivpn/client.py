@@ -39,7 +39,6 @@ from trivpn.session.config import (
 from trivpn.session.killswitch import Hole, KillSwitch
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
-from trivpn.session.privdrop import PrivDrop
 from trivpn.session.reconnect import (
     Candidate,
     GiveUp,
@@ -59,6 +58,7 @@ from trivpn.workers.manager import WorkersManager, primary_error
 
 if TYPE_CHECKING:
     from trivpn.observe.hooks import ClientObserver
+    from trivpn.session.privdrop import PrivDrop
 
 __all__ = [
     "ANNOUNCED_VERSION", "CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "DEFAULT_CONNECT_RETRY",
@@ -68,6 +68,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("trivpn")
+
+
+def _privilege_drop(profile: Profile) -> PrivDrop | None:
+    """`PrivDrop.from_profile`; its module (the privileged helper, json, pwd/grp: ≈ 7 ms) is
+    imported only for a profile with `user`/`group`, not by every `trivpn connect`."""
+    if profile.user is None and profile.group is None:
+        return None
+    from trivpn.session.privdrop import PrivDrop
+
+    return PrivDrop.from_profile(profile)
 
 
 class _Paths:
@@ -132,7 +142,7 @@ class Client:
         self._script_runner = ScriptRunner(self.profile) if configure_tun else None
         self._scripts: ClientScripts | None = None
         # `user`/`group`: root is given up once the TUN exists (trivpn connect only)
-        self._privdrop = PrivDrop.from_profile(self.profile) if configure_tun else None
+        self._privdrop = _privilege_drop(self.profile) if configure_tun else None
         self.kill_switch = kill_switch
         self._paths: _Paths | None = None
         #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
