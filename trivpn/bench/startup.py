@@ -14,8 +14,9 @@ into numbers anyone can reproduce, without root.
 2. **Measure.** `--rounds` fresh children (`startupchild.py measure`) import that set group
    by group — `ssl` and `ctypes` (with their shared libraries), the rest of the standard
    library, asyncio, each third-party package in the order met, trivpn last; each row also
-   holds what its modules import that no earlier row loaded — and read `VmRSS` from /proc/self/status after each group. With
-   `--base TREE` the same is done for an older trivpn tree, alternating round by round, so
+   holds what its modules import that no earlier row loaded — and read the wall time, the
+   process's CPU time (the steadier figure on a shared machine) and `VmRSS` from
+   /proc/self/status after each group. With `--base TREE` the same is done for an older trivpn tree, alternating round by round, so
    a before → after comparison shares the machine's moment. Medians are reported.
 
 Output: a table, and JSON with `--json PATH`. `--quick`: two rounds (the unit test's smoke run).
@@ -32,7 +33,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -46,9 +47,9 @@ OWN_ROW = {"_ssl": "ssl", "ssl": "ssl", "_ctypes": "ctypes", "ctypes": "ctypes",
            "_asyncio": "asyncio", "asyncio": "asyncio"}
 FIRST = ("ssl", "ctypes", STDLIB, "asyncio")
 #: the figures every tree's report carries (tests/unit/bench/test_startup.py)
-TREE_FIGURES = ("modules", "baseline_rss_mb", "import_ms", "import_ms_min", "rss_after_imports_mb", "packages",
-                "unused_modules", "rounds")
-PACKAGE_FIGURES = ("package", "modules", "unused", "import_ms", "rss_mb")
+TREE_FIGURES = ("modules", "baseline_rss_mb", "import_ms", "import_ms_min", "import_cpu_ms",
+                "rss_after_imports_mb", "packages", "unused_modules", "rounds")
+PACKAGE_FIGURES = ("package", "modules", "unused", "import_ms", "import_cpu_ms", "rss_mb")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -125,22 +126,30 @@ async def _trace(tree: Path, proto: str, work: Path, pyc: Path) -> tuple[list[st
     return parse_importtime(err), states
 
 
-def _measure(tree: Path, plan_file: Path, work: Path, pyc: Path) -> list[tuple[str, float, int]]:
+class Step(NamedTuple):
+    """One group of one measuring child: its imports' wall and CPU time, RSS after them."""
+
+    group: str
+    wall_ms: float
+    cpu_ms: float
+    rss_kb: int
+
+
+def _measure(tree: Path, plan_file: Path, work: Path, pyc: Path) -> list[Step]:
     out = work / f"measure-{tree.name}.txt"
     subprocess.run([sys.executable, "-P", str(CHILD), "measure", str(plan_file), str(out)],
                    env=_child_env(tree, pyc), check=True, timeout=CHILD_TIMEOUT, capture_output=True)
     rows = []
     for line in out.read_text().splitlines():
-        group, ms, kb = line.split("\t")
+        group, wall, cpu, kb = line.split("\t")
         if group == "failed":
-            raise RuntimeError(f"{tree}: module {ms} did not import on its own")
-        rows.append((group, float(ms), int(kb)))
+            raise RuntimeError(f"{tree}: module {wall} did not import on its own")
+        rows.append(Step(group, float(wall), float(cpu), int(kb)))
     return rows
 
 
-def summarize(steps: list[tuple[str, str]], states: dict[str, str],
-              rounds: list[list[tuple[str, float, int]]]) -> dict[str, Any]:
-    """Medians over the rounds, per group: import ms and RSS added (MB)."""
+def summarize(steps: list[tuple[str, str]], states: dict[str, str], rounds: list[list[Step]]) -> dict[str, Any]:
+    """Medians over the rounds, per group: import wall and CPU ms, RSS added (MB)."""
     def med(values: list[float]) -> float:
         return round(statistics.median(values), 2)
 
@@ -148,18 +157,21 @@ def summarize(steps: list[tuple[str, str]], states: dict[str, str],
     unused = [m for _g, m in steps if states.get(m) == "unused"]
     idle = Counter(top_level(m) for m in unused)
     packages = []
-    for i, group in enumerate(rounds[0][1:], start=1):
+    for i, first in enumerate(rounds[0][1:], start=1):
         packages.append({
-            "package": group[0], "modules": counts[group[0]], "unused": idle[group[0]],
-            "import_ms": med([r[i][1] for r in rounds]),
-            "rss_mb": med([(r[i][2] - r[i - 1][2]) / 1024 for r in rounds]),
+            "package": first.group, "modules": counts[first.group], "unused": idle[first.group],
+            "import_ms": med([r[i].wall_ms for r in rounds]),
+            "import_cpu_ms": med([r[i].cpu_ms for r in rounds]),
+            "rss_mb": med([(r[i].rss_kb - r[i - 1].rss_kb) / 1024 for r in rounds]),
         })
+    walls = [sum(row.wall_ms for row in r) for r in rounds]
     return {
         "modules": len(steps),
-        "baseline_rss_mb": med([r[0][2] / 1024 for r in rounds]),
-        "import_ms": med([sum(row[1] for row in r) for r in rounds]),
-        "import_ms_min": round(min(sum(row[1] for row in r) for r in rounds), 2),
-        "rss_after_imports_mb": med([r[-1][2] / 1024 for r in rounds]),
+        "baseline_rss_mb": med([r[0].rss_kb / 1024 for r in rounds]),
+        "import_ms": med(walls),
+        "import_ms_min": round(min(walls), 2),
+        "import_cpu_ms": med([sum(row.cpu_ms for row in r) for r in rounds]),
+        "rss_after_imports_mb": med([r[-1].rss_kb / 1024 for r in rounds]),
         "packages": packages,
         "unused_modules": unused,
         "rounds": len(rounds),
@@ -170,11 +182,12 @@ def format_report(trees: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name, t in trees.items():
         lines += [f"{name}: {t['modules']} modules imported before the first ping; interpreter + site "
-                  f"{t['baseline_rss_mb']:.1f} MB; imports {t['import_ms']:.1f} ms (min {t['import_ms_min']:.1f}), RSS after them "
+                  f"{t['baseline_rss_mb']:.1f} MB; imports {t['import_ms']:.1f} ms wall (fastest "
+                  f"{t['import_ms_min']:.1f}), {t['import_cpu_ms']:.1f} ms CPU; RSS after them "
                   f"{t['rss_after_imports_mb']:.1f} MB (medians of {t['rounds']})",
-                  "| package | modules | unused | import ms | RSS +MB |", "|---|---|---|---|---|"]
-        lines += [f"| {p['package']} | {p['modules']} | {p['unused']} | {p['import_ms']:.1f} | {p['rss_mb']:.2f} |"
-                  for p in t["packages"]]
+                  "| package | modules | unused | import ms wall | CPU | RSS +MB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p['package']} | {p['modules']} | {p['unused']} | {p['import_ms']:.1f} | "
+                  f"{p['import_cpu_ms']:.1f} | {p['rss_mb']:.2f} |" for p in t["packages"]]
         lines.append(f"imported, none of their functions ran before the first ping ({len(t['unused_modules'])}):")
         by_package: dict[str, list[str]] = {}
         for m in t["unused_modules"]:
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in trees:
             steps[name] = plan(*traced[name])
             (work / f"plan-{name}.txt").write_text("".join(f"{g}\t{m}\n" for g, m in steps[name]))
-        rounds: dict[str, list[list[tuple[str, float, int]]]] = {name: [] for name in trees}
+        rounds: dict[str, list[list[Step]]] = {name: [] for name in trees}
         for i in range(args.rounds + 1):  # round 0 warms the bytecode cache, not counted
             for name, tree in (trees.items() if i % 2 == 0 else reversed(trees.items())):
                 result = _measure(tree, work / f"plan-{name}.txt", work, pyc)

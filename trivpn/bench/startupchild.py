@@ -19,8 +19,8 @@ Two modes, each writing its answer to the file named last on its command line:
   (a package whose submodule was used) or `ext` (a C extension: calls into it are not
   all visible, so never called unused).
 * `measure PLAN OUT`: import PLAN's modules (`group<TAB>module` lines, in order) group by
-  group; OUT gets `group<TAB>ms<TAB>VmRSS kB` after each group, the first line (`start`)
-  before any import.
+  group; OUT gets `group<TAB>wall ms<TAB>CPU ms<TAB>VmRSS kB` after each group, the first
+  line (`start`) before any import.
 """
 
 import sys
@@ -46,7 +46,7 @@ def _rss_kb() -> int:
 
 def measure(plan_path: str, out_path: str) -> None:
     """Import the plan's groups in order; time and RSS after each (see the docstring)."""
-    rows = [("start", 0.0, _rss_kb())]
+    rows = [("start", 0.0, 0.0, _rss_kb())]
     groups: list[tuple[str, list[str]]] = []
     with open(plan_path) as f:
         for line in f:
@@ -56,16 +56,16 @@ def measure(plan_path: str, out_path: str) -> None:
             groups[-1][1].append(name)
     failed: list[str] = []
     for group, names in groups:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for name in names:
             try:
                 __import__(name)
             except Exception:  # a module that only imports as a side effect of another
                 failed.append(name)
-        rows.append((group, (time.perf_counter() - t0) * 1000, _rss_kb()))
+        rows.append((group, (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000, _rss_kb()))
     with open(out_path, "w") as f:
-        f.writelines(f"{g}\t{ms:.3f}\t{kb}\n" for g, ms, kb in rows)
-        f.writelines(f"failed\t{name}\t0\n" for name in failed)
+        f.writelines(f"{g}\t{ms:.3f}\t{cpu:.3f}\t{kb}\n" for g, ms, cpu, kb in rows)
+        f.writelines(f"failed\t{name}\t0\t0\n" for name in failed)
 
 
 #: filenames whose functions ran (Python code), modules whose builtins were called
