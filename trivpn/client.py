@@ -49,7 +49,6 @@ from trivpn.session.reconnect import (
     restart_cause,
 )
 from trivpn.session.runevents import OnRunEvent, SessionRetry, SessionUp
-from trivpn.session.scripts import ClientScripts, ScriptContext, ScriptRunner
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
@@ -59,6 +58,7 @@ from trivpn.workers.manager import WorkersManager, primary_error
 if TYPE_CHECKING:
     from trivpn.observe.hooks import ClientObserver
     from trivpn.session.privdrop import PrivDrop
+    from trivpn.session.scripts import ClientScripts, ScriptRunner
 
 __all__ = [
     "ANNOUNCED_VERSION", "CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "DEFAULT_CONNECT_RETRY",
@@ -78,6 +78,15 @@ def _privilege_drop(profile: Profile) -> PrivDrop | None:
     from trivpn.session.privdrop import PrivDrop
 
     return PrivDrop.from_profile(profile)
+
+
+def _script_runner(profile: Profile) -> ScriptRunner | None:
+    """The profile's scripts; their module (≈ 3 ms) is imported only when it names one."""
+    if not any(profile.scripts.values()):
+        return None
+    from trivpn.session.scripts import ScriptRunner
+
+    return ScriptRunner(profile)
 
 
 class _Paths:
@@ -139,7 +148,7 @@ class Client:
         self._auth_token: str | None = None
         self._tun: TunApplier | None = None
         # the profile's scripts run where trivpn configures a kernel TUN (`trivpn connect`)
-        self._script_runner = ScriptRunner(self.profile) if configure_tun else None
+        self._script_runner = _script_runner(self.profile) if configure_tun else None
         self._scripts: ClientScripts | None = None
         # `user`/`group`: root is given up once the TUN exists (trivpn connect only)
         self._privdrop = _privilege_drop(self.profile) if configure_tun else None
@@ -180,6 +189,8 @@ class Client:
         """
         manager.add_exit_hook(self.exit_notify)
         if self._script_runner is not None:
+            from trivpn.session.scripts import ClientScripts
+
             self._scripts = ClientScripts(self._script_runner, manager.add_cleanup, lambda: manager.stop_reason)
         self._tun = TunApplier(
             self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
@@ -311,6 +322,8 @@ class Client:
                 if self.on_tunnel_up is not None:
                     await self.on_tunnel_up(info)
                 if self._scripts is not None:
+                    from trivpn.session.scripts import ScriptContext
+
                     await self._scripts.tunnel_up(ScriptContext(
                         self.ifname or "", plan.tun, up.settings, self.profile,
                         endpoint.address, endpoint.port, endpoint.proto, up.peer_chain,

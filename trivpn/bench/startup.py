@@ -16,8 +16,9 @@ into numbers anyone can reproduce, without root.
    library, asyncio, each third-party package in the order met, trivpn last; each row also
    holds what its modules import that no earlier row loaded — and read the wall time, the
    process's CPU time (the steadier figure on a shared machine) and `VmRSS` from
-   /proc/self/status after each group. With `--base TREE` the same is done for an older trivpn tree, alternating round by round, so
-   a before → after comparison shares the machine's moment. Medians are reported.
+   /proc/self/status after each group. With `--base TREE` the same is done for an older
+   trivpn tree, alternating round by round, so a before → after comparison shares the
+   machine's moment. Medians are reported.
 
 Output: a table, and JSON with `--json PATH`. `--quick`: two rounds (the unit test's smoke run).
 """
