@@ -19,6 +19,11 @@ into numbers anyone can reproduce, without root.
    /proc/self/status after each group. With `--base TREE` the same is done for an older
    trivpn tree, alternating round by round, so a before → after comparison shares the
    machine's moment. Medians are reported.
+3. **Start → first ping.** In each round, after its measuring child, a `startupchild.py
+   ping` child per tree runs the same connect as the trace without any hook: the time from
+   spawning it to the first echo reply, and its peak RSS (VmHWM) at that moment. The server
+   is the Python loopback server in this process (the `vpn` benchmark, against OpenVPN's
+   server, stays the reference for this figure).
 
 Output: a table, and JSON with `--json PATH`. `--quick`: two rounds (the unit test's smoke run).
 """
@@ -29,14 +34,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
+
+if TYPE_CHECKING:
+    from trivpn.testing.pki import PKI
 
 CHILD = Path(__file__).with_name("startupchild.py")
 #: bound on one child (a trace includes a TLS handshake under a profile hook)
@@ -49,7 +58,8 @@ OWN_ROW = {"_ssl": "ssl", "ssl": "ssl", "_ctypes": "ctypes", "ctypes": "ctypes",
 FIRST = ("ssl", "ctypes", STDLIB, "asyncio")
 #: the figures every tree's report carries (tests/unit/bench/test_startup.py)
 TREE_FIGURES = ("modules", "baseline_rss_mb", "import_ms", "import_ms_min", "import_cpu_ms",
-                "rss_after_imports_mb", "packages", "unused_modules", "rounds")
+                "rss_after_imports_mb", "start_to_ping_s", "peak_rss_at_ping_mb", "packages",
+                "unused_modules", "rounds")
 PACKAGE_FIGURES = ("package", "modules", "unused", "import_ms", "import_cpu_ms", "rss_mb")
 
 
@@ -107,24 +117,50 @@ def plan(order: list[str], states: dict[str, str]) -> list[tuple[str, str]]:
     return [(g, m) for g in groups for m in mods if top_level(m) == g]
 
 
-async def _trace(tree: Path, proto: str, work: Path, pyc: Path) -> tuple[list[str], dict[str, str]]:
-    """Run the trace child against a loopback server; (import order, module states)."""
+async def _connect_child(mode: str, tree: Path, ctx: _Context) -> tuple[float, str, Path]:
+    """Run a `trace` or `ping` child against a fresh loopback server: (when it was started
+    on CLOCK_MONOTONIC, its stderr, its answer file)."""
     from trivpn.testing.loopback_server import LoopbackServerConfig, open_loopback_server
 
-    out = work / f"trace-{tree.name}.txt"
-    async with open_loopback_server(LoopbackServerConfig(proto=proto, wrap="tls-crypt")) as server:
-        profile = work / "startup.ovpn"
+    out = ctx.work / f"{mode}-{tree.name}.txt"
+    out.unlink(missing_ok=True)
+    config = LoopbackServerConfig(proto=ctx.proto, wrap="tls-crypt")
+    async with open_loopback_server(config, pki=ctx.pki) as server:
+        profile = ctx.work / "startup.ovpn"
         profile.write_text(server.client_profile("data-ciphers AES-256-GCM\n"))
-        cmd = [sys.executable, "-P", "-X", "importtime", str(CHILD), "trace", str(profile), str(out)]
+        hooks = ["-X", "importtime"] if mode == "trace" else []
+        cmd = [sys.executable, "-P", *hooks, str(CHILD), mode, str(profile), str(out)]
+        started = time.monotonic()
         with trio.fail_after(CHILD_TIMEOUT):
-            proc = await trio.run_process(cmd, env=_child_env(tree, pyc), capture_stdout=True,
+            proc = await trio.run_process(cmd, env=_child_env(tree, ctx.pyc), capture_stdout=True,
                                           capture_stderr=True, check=False)
     err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0 or not out.exists():
         tail = "\n".join(x for x in err.splitlines() if not x.startswith("import time:"))[-2000:]
-        raise RuntimeError(f"trace child failed (rc {proc.returncode}): {tail}")
+        raise RuntimeError(f"{mode} child failed (rc {proc.returncode}): {tail}")
+    return started, err, out
+
+
+async def _trace(tree: Path, ctx: _Context) -> tuple[list[str], dict[str, str]]:
+    """The module set of `connect` from `tree`: (import order, module states)."""
+    _started, err, out = await _connect_child("trace", tree, ctx)
     states = dict(line.split("\t") for line in out.read_text().splitlines())
     return parse_importtime(err), states
+
+
+async def _ping(tree: Path, ctx: _Context) -> tuple[float, int]:
+    """(seconds from spawning the child to its first ping reply, its VmHWM kB then)."""
+    started, _err, out = await _connect_child("ping", tree, ctx)
+    replied, hwm = out.read_text().split("\t")
+    return float(replied) - started, int(hwm)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    proto: str
+    work: Path
+    pyc: Path
+    pki: PKI
 
 
 class Step(NamedTuple):
@@ -136,10 +172,11 @@ class Step(NamedTuple):
     rss_kb: int
 
 
-def _measure(tree: Path, plan_file: Path, work: Path, pyc: Path) -> list[Step]:
-    out = work / f"measure-{tree.name}.txt"
-    subprocess.run([sys.executable, "-P", str(CHILD), "measure", str(plan_file), str(out)],
-                   env=_child_env(tree, pyc), check=True, timeout=CHILD_TIMEOUT, capture_output=True)
+async def _measure(tree: Path, plan_file: Path, ctx: _Context) -> list[Step]:
+    out = ctx.work / f"measure-{tree.name}.txt"
+    with trio.fail_after(CHILD_TIMEOUT):
+        await trio.run_process([sys.executable, "-P", str(CHILD), "measure", str(plan_file), str(out)],
+                               env=_child_env(tree, ctx.pyc), capture_stdout=True, capture_stderr=True)
     rows = []
     for line in out.read_text().splitlines():
         group, wall, cpu, kb = line.split("\t")
@@ -149,8 +186,10 @@ def _measure(tree: Path, plan_file: Path, work: Path, pyc: Path) -> list[Step]:
     return rows
 
 
-def summarize(steps: list[tuple[str, str]], states: dict[str, str], rounds: list[list[Step]]) -> dict[str, Any]:
-    """Medians over the rounds, per group: import wall and CPU ms, RSS added (MB)."""
+def summarize(steps: list[tuple[str, str]], states: dict[str, str], rounds: list[list[Step]],
+              pings: list[tuple[float, int]]) -> dict[str, Any]:
+    """Medians over the rounds: per group import wall and CPU ms, RSS added (MB); start →
+    first ping and the peak RSS then."""
     def med(values: list[float]) -> float:
         return round(statistics.median(values), 2)
 
@@ -173,6 +212,8 @@ def summarize(steps: list[tuple[str, str]], states: dict[str, str], rounds: list
         "import_ms_min": round(min(walls), 2),
         "import_cpu_ms": med([sum(row.cpu_ms for row in r) for r in rounds]),
         "rss_after_imports_mb": med([r[-1].rss_kb / 1024 for r in rounds]),
+        "start_to_ping_s": round(statistics.median(p[0] for p in pings), 4),
+        "peak_rss_at_ping_mb": med([p[1] / 1024 for p in pings]),
         "packages": packages,
         "unused_modules": unused,
         "rounds": len(rounds),
@@ -185,7 +226,8 @@ def format_report(trees: dict[str, dict[str, Any]]) -> str:
         lines += [f"{name}: {t['modules']} modules imported before the first ping; interpreter + site "
                   f"{t['baseline_rss_mb']:.1f} MB; imports {t['import_ms']:.1f} ms wall (fastest "
                   f"{t['import_ms_min']:.1f}), {t['import_cpu_ms']:.1f} ms CPU; RSS after them "
-                  f"{t['rss_after_imports_mb']:.1f} MB (medians of {t['rounds']})",
+                  f"{t['rss_after_imports_mb']:.1f} MB; start → first ping {t['start_to_ping_s']:.3f} s, "
+                  f"peak RSS then {t['peak_rss_at_ping_mb']:.1f} MB (medians of {t['rounds']})",
                   "| package | modules | unused | import ms wall | CPU | RSS +MB |", "|---|---|---|---|---|---|"]
         lines += [f"| {p['package']} | {p['modules']} | {p['unused']} | {p['import_ms']:.1f} | "
                   f"{p['import_cpu_ms']:.1f} | {p['rss_mb']:.2f} |" for p in t["packages"]]
@@ -197,28 +239,34 @@ def format_report(trees: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def _trace_all(trees: dict[str, Path], proto: str, work: Path, pyc: Path) -> dict[str, Any]:
-    return {name: await _trace(tree, proto, work, pyc) for name, tree in trees.items()}
+async def _run(trees: dict[str, Path], args: argparse.Namespace, ctx: _Context) -> dict[str, Any]:
+    traced = {name: await _trace(tree, ctx) for name, tree in trees.items()}
+    steps: dict[str, list[tuple[str, str]]] = {}
+    for name in trees:
+        steps[name] = plan(*traced[name])
+        (ctx.work / f"plan-{name}.txt").write_text("".join(f"{g}\t{m}\n" for g, m in steps[name]))
+    rounds: dict[str, list[list[Step]]] = {name: [] for name in trees}
+    pings: dict[str, list[tuple[float, int]]] = {name: [] for name in trees}
+    for i in range(args.rounds + 1):  # round 0 warms the bytecode cache, not counted
+        for name, tree in (trees.items() if i % 2 == 0 else reversed(trees.items())):
+            result = await _measure(tree, ctx.work / f"plan-{name}.txt", ctx)
+            ping = await _ping(tree, ctx)
+            if i:
+                rounds[name].append(result)
+                pings[name].append(ping)
+    return {name: summarize(steps[name], traced[name][1], rounds[name], pings[name]) for name in trees}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     here = Path(__file__).resolve().parents[2]
     trees = {"this": here} | ({"base": Path(args.base).resolve()} if args.base else {})
+    from trivpn.testing.pki import generate_pki
+
     with tempfile.TemporaryDirectory(prefix="trivpn-startup-") as tmp:
-        work, pyc = Path(tmp), Path(tempfile.gettempdir()) / "trivpn-bench-startup-pyc"
-        traced = trio.run(_trace_all, trees, args.proto, work, pyc)
-        steps: dict[str, list[tuple[str, str]]] = {}
-        for name in trees:
-            steps[name] = plan(*traced[name])
-            (work / f"plan-{name}.txt").write_text("".join(f"{g}\t{m}\n" for g, m in steps[name]))
-        rounds: dict[str, list[list[Step]]] = {name: [] for name in trees}
-        for i in range(args.rounds + 1):  # round 0 warms the bytecode cache, not counted
-            for name, tree in (trees.items() if i % 2 == 0 else reversed(trees.items())):
-                result = _measure(tree, work / f"plan-{name}.txt", work, pyc)
-                if i:
-                    rounds[name].append(result)
-    report = {name: summarize(steps[name], traced[name][1], rounds[name]) for name in trees}
+        ctx = _Context(args.proto, Path(tmp), Path(tempfile.gettempdir()) / "trivpn-bench-startup-pyc",
+                       generate_pki())
+        report = trio.run(_run, trees, args, ctx)
     print(format_report(report))
     if args.json:
         doc = {"benchmark": "startup", "proto": args.proto, "python": sys.version.split()[0],

@@ -8,7 +8,7 @@ directory stays off `sys.path`: its neighbours `profile.py` and `server.py` woul
 standard library's) and `PYTHONPATH` set to the tree under test, so the same file measures
 an older tree too (`--base`).
 
-Two modes, each writing its answer to the file named last on its command line:
+Three modes, each writing its answer to the file named last on its command line:
 
 * `trace PROFILE OUT` (under `-X importtime`): what `trivpn connect PROFILE` runs, up to the
   first ping reply, with a profile hook recording which functions ran. The steps are those
@@ -18,6 +18,8 @@ Two modes, each writing its answer to the file named last on its command line:
   `used` (one of its functions ran), `unused` (only its module/class bodies ran), `parent`
   (a package whose submodule was used) or `ext` (a C extension: calls into it are not
   all visible, so never called unused).
+* `ping PROFILE OUT`: the same run without the hook (and, from the parent, without
+  `-X importtime`); OUT gets `CLOCK_MONOTONIC at the first reply<TAB>VmHWM kB`.
 * `measure PLAN OUT`: import PLAN's modules (`group<TAB>module` lines, in order) group by
   group; OUT gets `group<TAB>wall ms<TAB>CPU ms<TAB>VmRSS kB` after each group, the first
   line (`start`) before any import.
@@ -36,10 +38,10 @@ else:
     Any = object
 
 
-def _rss_kb() -> int:
+def _rss_kb(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -106,7 +108,18 @@ def _echo_request(src: str, dst: str) -> bytes:
 
 def trace(profile_path: str, out_path: str) -> None:
     """`trivpn connect PROFILE` to the first ping reply, recording what ran (see above)."""
-    sys.setprofile(_hook)
+    _connect_and_ping(profile_path, out_path, traced=True)
+
+
+def ping(profile_path: str, out_path: str) -> None:
+    """The same without the hook: when the first reply came (CLOCK_MONOTONIC, the parent
+    knows when it started us) and the peak RSS then."""
+    _connect_and_ping(profile_path, out_path, traced=False)
+
+
+def _connect_and_ping(profile_path: str, out_path: str, *, traced: bool) -> None:
+    if traced:
+        sys.setprofile(_hook)
     import trivpn.cli as cli  # what `python -m trivpn` imports first
 
     args = cli.build_parser().parse_args(["connect", profile_path])
@@ -125,7 +138,8 @@ def trace(profile_path: str, out_path: str) -> None:
         from trivpn.session.config import SessionConfig
         from trivpn.tun.linux import LinuxTun
 
-        threading.setprofile(_hook)  # the data-plane threads
+        if traced:
+            threading.setprofile(_hook)  # the data-plane threads
         profile = cli._load(args.profile)
         profile.no_dns = profile.no_dns or args.no_dns
         cli._ask_key_passphrase(profile)
@@ -149,13 +163,21 @@ def trace(profile_path: str, out_path: str) -> None:
                     reply = far.recv(65536)
                     if len(reply) > 20 and reply[20] == 0:  # ICMP echo reply
                         break
-                sys.setprofile(None)
-                threading.setprofile(None)
-                _write_trace(out_path)
+                if traced:
+                    sys.setprofile(None)
+                    threading.setprofile(None)
+                    _write_trace(out_path)
+                else:
+                    _write_ping(out_path, time.monotonic())
                 engine.request_stop("startup bench done")
         far.close()
 
     trio.run(connect)
+
+
+def _write_ping(out_path: str, replied: float) -> None:
+    with open(out_path, "w") as f:
+        f.write(f"{replied:.6f}\t{_rss_kb('VmHWM')}\n")
 
 
 def _write_trace(out_path: str) -> None:
@@ -179,7 +201,9 @@ def _write_trace(out_path: str) -> None:
         f.writelines(f"{name}\t{st}\n" for name, st in state.items() if getattr(modules[name], "__file__", "") != me)
 
 
+MODES = {"trace": trace, "ping": ping, "measure": measure}
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("trace", "measure"):
-        raise SystemExit("usage: startupchild.py trace PROFILE OUT | measure PLAN OUT")
-    (trace if sys.argv[1] == "trace" else measure)(sys.argv[2], sys.argv[3])
+    if len(sys.argv) != 4 or sys.argv[1] not in MODES:
+        raise SystemExit("usage: startupchild.py trace|ping PROFILE OUT | measure PLAN OUT")
+    MODES[sys.argv[1]](sys.argv[2], sys.argv[3])

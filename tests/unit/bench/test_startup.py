@@ -19,7 +19,8 @@ def test_quick_startup_reports_every_figure(tmp_path: Path, capsys: pytest.Captu
     tree = doc["results"]["this"]
     assert set(TREE_FIGURES) <= set(tree)
     assert tree["rounds"] == 2
-    for key in ("modules", "baseline_rss_mb", "import_ms", "import_ms_min", "import_cpu_ms", "rss_after_imports_mb"):
+    for key in ("modules", "baseline_rss_mb", "import_ms", "import_ms_min", "import_cpu_ms",
+                "rss_after_imports_mb", "start_to_ping_s", "peak_rss_at_ping_mb"):
         assert isinstance(tree[key], (int, float)), key
     rows = {p["package"]: p for p in tree["packages"]}
     assert {"ssl", "stdlib", "trio", "cryptography", "OpenSSL", "trivpn"} <= set(rows)
