@@ -26,7 +26,8 @@ def require_module(name: str, extra: str = "test") -> ModuleType:
     """Import and return module `name`; if it is missing, fail under CI=true, else skip.
 
     A local skip also emits a warning, so it shows in pytest's warnings summary and not
-    only in the `-rs` skip list. `extra` names the pyproject extra that installs it.
+    only in the `-rs` skip list. `extra` names the pyproject extra that installs it. Call
+    it in a test, or at a test module's top to skip (or fail) the whole module.
     """
     try:
         return importlib.import_module(name)
@@ -38,4 +39,4 @@ def require_module(name: str, extra: str = "test") -> ModuleType:
         if in_ci():
             pytest.fail(f"CI=true, so not skipping: {reason}", pytrace=False)
         warnings.warn(f"SKIPPING a test: {reason}", UserWarning, stacklevel=2)
-        pytest.skip(f"NOT RUN: {reason}")
+        pytest.skip(f"NOT RUN: {reason}", allow_module_level=True)

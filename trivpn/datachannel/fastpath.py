@@ -53,16 +53,16 @@ seconds and seal/open a dummy packet with a private pair of cores under a random
 RTT for interactive traffic at the price of CPU while traffic is sporadic; once the tunnel
 is silent for `warm_for`, the threads block as usual. Off by default.
 
-Structured concurrency holds: a thread that raises ends its `to_thread.run_sync` call with
-that exception, which cancels the session like any layer's error. Cancellation sets a flag
-and writes a byte to a stop pipe that every thread polls next to its fds, and `run` waits
-for the thread(s) to return before it returns — so the socket and the TUN are never closed
-under a running thread. A thread that finds its device closed ends the data plane.
+Structured concurrency holds (`threadrun`, shared with `tcpfast`): a thread that raises
+ends its `to_thread.run_sync` call with that exception, which cancels the session like any
+layer's error. Cancellation sets a flag and writes a byte to a stop pipe that every thread
+polls next to its fds, and `run` waits for the thread(s) to return before it returns — so
+the socket and the TUN are never closed under a running thread. A thread that finds its
+device closed ends the data plane.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 from collections.abc import Callable, Sequence
@@ -71,10 +71,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trivpn.datachannel import coalesce
+from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
+from trivpn.datachannel.threadrun import Body, DataThreads, Stopped, ThreadedPlane
 from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
-from trivpn.errors import LocalProtocolError, SessionRestart
+from trivpn.errors import SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
 from trivpn.wire import DATA_OPCODES, P_OPCODE_SHIFT
 
@@ -82,16 +85,9 @@ if TYPE_CHECKING:
     from trivpn.networkio.transport import UDPTransport
     from trivpn.tun.linux import LinuxTun
 
-log = logging.getLogger("trivpn.datachannel")
-
 #: Environment variable choosing the data-plane layout when the caller does not: "1" one
 #: thread for both directions, anything else two threads (see `FastPathIO.split`).
 DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
-
-
-
-class _Stopped(Exception):
-    """The stop pipe became readable: leave the thread loop."""
 
 
 @dataclass(slots=True)
@@ -109,13 +105,8 @@ class FastPathIO:
     #: two threads, one per direction (the default), or one thread for both; the default
     #: can be switched with TRIVPN_DATA_THREADS=1 or 2 (for same-run benchmarks)
     split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV, "2") != "1")
-
-
-def _drain(fd: int) -> None:
-    try:
-        os.read(fd, 4096)
-    except BlockingIOError:
-        pass
+    #: receive coalescing under bulk traffic (the two-thread layout's `up` applies it)
+    rx: RxCoalesce = field(default_factory=default_rx_coalesce)
 
 
 class _Side:
@@ -130,22 +121,21 @@ class _Side:
         self.idle_waits = 0  # times the thread blocked with nothing to do
 
 
-class _Threads:
-    """The two thread bodies and what they share."""
+class _Threads(DataThreads[FastPathIO]):
+    """The thread bodies and what they share beyond `DataThreads`."""
 
     def __init__(self, link: DataLink, io: FastPathIO, stop_fd: int, kick_fd: int) -> None:
-        self.link = link
-        self.io = io
-        self.stop_fd = stop_fd
-        self.kick_fd = kick_fd
-        self.stopping = False
-        self.token = trio.lowlevel.current_trio_token()
+        super().__init__(link, io, stop_fd, kick_fd)
         self.now = link.clock
-        self.control_dropped = 0
         self.warm_for = io.warm_for
         self.warm_every_ms = max(1, round(io.warm_every * 1000))
         self.up_side = _Side()
         self.down_side = _Side()
+
+    def bodies(self) -> list[Body]:
+        if self.io.split:
+            return [(self.up, "trivpn data up"), (self.down, "trivpn data down")]
+        return [(self.both, "trivpn data")]
 
     @property
     def touches(self) -> int:
@@ -173,16 +163,6 @@ class _Threads:
 
         return touch
 
-    def _ready(self, ready: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        for fd, _event in ready:
-            if fd == self.stop_fd:
-                raise _Stopped
-            if fd == self.kick_fd:
-                _drain(fd)  # the sending loop serves the requests on its next turn
-        if self.stopping:
-            raise _Stopped
-        return ready
-
     def _idle(
         self, poller: select.poll, touch: Callable[[], None], side: _Side
     ) -> list[tuple[int, int]]:
@@ -193,32 +173,13 @@ class _Threads:
             if ready:
                 return self._ready(ready)
             if self.stopping:
-                raise _Stopped
+                raise Stopped
             touch()
             side.touches += 1
         side.idle_waits += 1
         return self._wait(poller)
 
-    def _poller(self, fd: int, event: int, *, kick: bool = False) -> select.poll:
-        poller = select.poll()
-        poller.register(fd, event)
-        poller.register(self.stop_fd, select.POLLIN)
-        if kick:
-            poller.register(self.kick_fd, select.POLLIN)
-        return poller
-
-    def _wait(self, poller: select.poll) -> list[tuple[int, int]]:
-        """Block (GIL released) until an fd is ready; `_Stopped` when asked to stop."""
-        return self._ready(poller.poll())
-
     # -- network → TUN ----------------------------------------------------------------------
-
-    def _deliver(self, batch: list[bytes]) -> None:
-        """Runs in the trio thread (run_sync_soon): must never raise or block."""
-        try:
-            self.io.to_muxer.send_nowait(batch)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.control_dropped += len(batch)
 
     def _up_batch(self, batch: list[bytes], tun_writable: select.poll, side: _Side) -> bool:
         """Datagrams read from the socket: control to the muxer, data decrypted to the TUN.
@@ -228,11 +189,8 @@ class _Threads:
         data_ops = DATA_OPCODES
         for d in batch:
             (data if d and d[0] >> P_OPCODE_SHIFT in data_ops else control).append(d)
-        if control:
-            try:
-                self.token.run_sync_soon(self._deliver, control)
-            except trio.RunFinishedError:
-                return False
+        if control and not self._to_trio(self._deliver, control):
+            return False
         if not data:
             return True
         link = self.link
@@ -258,22 +216,18 @@ class _Threads:
         touch = self._toucher(open_too=True)
         side = self.up_side
         limit = 1  # after an idle wait the first datagram goes through alone (see `down`)
-        try:
-            while not self.stopping:
-                batch = transport.recv_nowait(limit)
-                if not batch:
-                    limit = 1
-                    self._idle(sock_readable, touch, side)
-                    continue
-                limit = MAX_BATCH
-                if not self._up_batch(batch, tun_writable, side):
-                    return
-        except (_Stopped, trio.ClosedResourceError):
-            return
-        except Exception:
-            if self.stopping:
-                return  # the session is being torn down; what failed no longer matters
-            raise
+        linger, busy = self.io.rx.udp_linger, self.io.rx.udp_min  # see datachannel/coalesce.py
+        while not self.stopping:
+            batch = transport.recv_nowait(limit)
+            if not batch:
+                limit = 1
+                self._idle(sock_readable, touch, side)
+                continue
+            limit = MAX_BATCH
+            if not self._up_batch(batch, tun_writable, side):
+                return
+            if len(batch) >= busy and linger:
+                coalesce.linger(linger)  # bounded: the stop pipe waits at most this long
 
     def _write_all(self, tun: LinuxTun, packets: Sequence[bytes], writable: select.poll) -> None:
         i = tun.write_nowait(packets)
@@ -319,31 +273,27 @@ class _Threads:
         touch = self._toucher(open_too=False)
         side = self.down_side
         served = 0  # link.requests already served
+        linger, tun_busy = self.io.rx.tun_linger, self.io.rx.tun_min
         # After an idle wait the first packet goes out alone: draining to EAGAIN first would
         # put one more system call (~40 µs with cold caches, see docs/performance.md) in
         # front of a lone packet. Once busy, whole batches are read, and the thread only
         # waits again after a read that found nothing.
         limit = 1
-        try:
-            while not self.stopping:
-                if link.requests != served:  # pings / exit notifications to seal
-                    served = link.requests
-                    self._serve(link.tx, sock_writable)
-                batch = tun.read_nowait(limit)
-                if batch is None:
-                    return  # the device was closed
-                if not batch:
-                    limit = 1
-                    self._idle(tun_readable, touch, side)
-                    continue
-                limit = 0  # the device's max_batch
-                self._down_batch(batch, sock_writable, side)
-        except (_Stopped, trio.ClosedResourceError):
-            return
-        except Exception:
-            if self.stopping:
-                return  # the session is being torn down; what failed no longer matters
-            raise
+        while not self.stopping:
+            if link.requests != served:  # pings / exit notifications to seal
+                served = link.requests
+                self._serve(link.tx, sock_writable)
+            batch = tun.read_nowait(limit)
+            if batch is None:
+                return  # the device was closed
+            if not batch:
+                limit = 1
+                self._idle(tun_readable, touch, side)
+                continue
+            limit = 0  # the device's max_batch
+            self._down_batch(batch, sock_writable, side)
+            if len(batch) >= tun_busy and linger:
+                coalesce.linger(linger)
 
     # -- both directions in one thread (`FastPathIO.split=False`) ----------------------------
 
@@ -366,124 +316,45 @@ class _Threads:
         served = 0
         up = down = True  # worth reading: readable at the last wait, or read something since
         up_limit = down_limit = 1
-        try:
-            while not self.stopping:
-                if link.requests != served:
-                    served = link.requests
-                    self._serve(link.tx, sock_writable)
+        while not self.stopping:
+            if link.requests != served:
+                served = link.requests
+                self._serve(link.tx, sock_writable)
+            if up:
+                batch = transport.recv_nowait(up_limit)
+                up = bool(batch)
                 if up:
-                    batch = transport.recv_nowait(up_limit)
-                    up = bool(batch)
-                    if up:
-                        up_limit = MAX_BATCH
-                        if not self._up_batch(batch, tun_writable, side):
-                            return
+                    up_limit = MAX_BATCH
+                    if not self._up_batch(batch, tun_writable, side):
+                        return
+            if down:
+                packets = tun.read_nowait(down_limit)
+                if packets is None:
+                    return  # the device was closed
+                down = bool(packets)
                 if down:
-                    packets = tun.read_nowait(down_limit)
-                    if packets is None:
-                        return  # the device was closed
-                    down = bool(packets)
-                    if down:
-                        down_limit = 0
-                        self._down_batch(packets, sock_writable, side)
-                if not (up or down):
-                    up_limit = down_limit = 1
-                    ready = self._idle(readable, touch, side)
-                elif not (up and down):
-                    # One side is busy: look (without waiting) whether the other has input,
-                    # or it would starve until the busy side runs dry (TCP's ACKs, say).
-                    ready = self._ready(readable.poll(0))
-                else:
-                    continue
-                for fd, _event in ready:
-                    up = up or fd == sock_fd
-                    down = down or fd == tun_fd
-        except (_Stopped, trio.ClosedResourceError):
-            return
-        except Exception:
-            if self.stopping:
-                return  # the session is being torn down; what failed no longer matters
-            raise
+                    down_limit = 0
+                    self._down_batch(packets, sock_writable, side)
+            if not (up or down):
+                up_limit = down_limit = 1
+                ready = self._idle(readable, touch, side)
+            elif not (up and down):
+                # One side is busy: look (without waiting) whether the other has input,
+                # or it would starve until the busy side runs dry (TCP's ACKs, say).
+                ready = self._ready(readable.poll(0))
+            else:
+                continue
+            for fd, _event in ready:
+                up = up or fd == sock_fd
+                down = down or fd == tun_fd
 
 
-class ThreadPlane:
+class ThreadPlane(ThreadedPlane[FastPathIO, _Threads]):
     """The data plane as one thread, or two with `FastPathIO.split` (see the module
     docstring); a `plane.DataPlane`."""
 
-    def __init__(
-        self,
-        io: FastPathIO,
-        *,
-        from_mux: trio.MemoryReceiveChannel[list[bytes]] | None = None,
-        to_net: trio.MemorySendChannel[list[bytes]] | None = None,
-    ) -> None:
-        """`from_mux` / `to_net`: the session's data channels to and from the muxer and
-        networkio, if it made them; closed at once, as the threads use the socket itself."""
-        self.io = io
-        self._unused = [c for c in (from_mux, to_net) if c is not None]
-        self._kick_w: int | None = None
-        #: the running threads' shared state (counters), for tests and logs
-        self.threads: _Threads | None = None
-
-    def kick(self) -> None:
-        if self._kick_w is not None:
-            try:
-                os.write(self._kick_w, b"k")
-            except BlockingIOError:
-                pass  # the pipe is full of kicks the thread has not drained yet
-
-    async def run(self, link: DataLink) -> None:
-        """Run the data-plane thread(s) until cancelled, a thread fails, or the TUN closes."""
-        for channel in self._unused:
-            await channel.aclose()
-        io = self.io
-        # The threads read before they poll: a blocking fd would park a thread in `read` where
-        # the stop pipe cannot reach it, and the session could never end.
-        if os.get_blocking(io.tun.fd) or io.transport.sock.getblocking():
-            raise LocalProtocolError("the data-plane threads need a non-blocking TUN fd and socket")
-        stop_r, stop_w = os.pipe()
-        kick_r, kick_w = os.pipe()
-        os.set_blocking(kick_r, False)
-        os.set_blocking(kick_w, False)
-        threads = self.threads = _Threads(link, io, stop_r, kick_r)
-        self._kick_w = kick_w
-        limiter = trio.CapacityLimiter(2)  # our own: never waits behind other to_thread users
-
-        def stop() -> None:
-            if not threads.stopping:
-                threads.stopping = True
-                os.write(stop_w, b"x")
-
-        async def in_thread(body: Callable[[], None], name: str) -> None:
-            try:
-                await trio.to_thread.run_sync(body, thread_name=name, limiter=limiter)
-            finally:
-                stop()  # one side ended (or failed): the other must not run on alone
-                nursery.cancel_scope.cancel()
-
-        async def stopper() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                stop()
-
-        try:
-            async with io.to_muxer:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(stopper)
-                    if io.split:
-                        nursery.start_soon(in_thread, threads.up, "trivpn data up")
-                        nursery.start_soon(in_thread, threads.down, "trivpn data down")
-                    else:
-                        nursery.start_soon(in_thread, threads.both, "trivpn data")
-        finally:
-            self._kick_w = None  # before the close: a later kick must not hit a reused fd
-            for fd in (stop_r, stop_w, kick_r, kick_w):
-                os.close(fd)
-            if threads.control_dropped:
-                log.debug(
-                    "data plane: %d control datagrams dropped (muxer busy)", threads.control_dropped
-                )
+    def _make_threads(self, link: DataLink, stop_fd: int, kick_fd: int) -> _Threads:
+        return _Threads(link, self.io, stop_fd, kick_fd)
 
 
 __all__ = ["DATA_OPCODES", "FastPathIO", "ThreadPlane"]

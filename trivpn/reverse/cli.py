@@ -104,6 +104,25 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M)") from None
 
 
+def _marked(
+    p: argparse._ActionsContainer,
+    flag: str,
+    default: int | float | str,
+    metavar: str,
+    help: str,
+    kind: Callable[[str], int | float] | None = None,
+) -> None:
+    """An option whose default is marked as one (module docstring). It parses as `kind`,
+    else as its default's type; a str option takes no type, as argparse would convert
+    the default with it and lose the mark."""
+    if isinstance(default, str):
+        p.add_argument(flag, default=_DefaultStr(default), metavar=metavar, help=help)
+        return
+    marked = _DefaultInt(default) if isinstance(default, int) else _DefaultFloat(default)
+    conv = kind if kind is not None else type(default)
+    p.add_argument(flag, type=conv, default=marked, metavar=metavar, help=help)
+
+
 def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--config",
@@ -112,33 +131,34 @@ def _common(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument("-v", "--verbose", action="count", default=_DefaultInt(0), help="more detail")
     sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sp.add_argument(
+    _marked(
+        sp,
         "--max-frame",
-        type=int,
-        default=_DefaultInt(16 * 1024 * 1024),
-        metavar="BYTES",
-        help="largest frame payload accepted after authentication (default 16 MiB)",
+        16 * 1024 * 1024,
+        "BYTES",
+        "largest frame payload accepted after authentication (default 16 MiB)",
     )
-    sp.add_argument(
+    _marked(
+        sp,
         "--window",
-        type=int,
-        default=_DefaultInt(2 * 1024 * 1024),
-        metavar="BYTES",
-        help="per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
+        2 * 1024 * 1024,
+        "BYTES",
+        "per-stream receive window (default 2 MiB: about 1 Gbit/s at 16 ms RTT)",
     )
-    sp.add_argument(
+    _marked(
+        sp,
         "--session-buffer",
-        type=_size,
-        default=_DefaultInt(16 * 1024 * 1024),
-        metavar="BYTES",
-        help="received bytes a tunnel may hold for readers that are slow (default 16 MiB)",
+        16 * 1024 * 1024,
+        "BYTES",
+        "received bytes a tunnel may hold for readers that are slow (default 16 MiB)",
+        _size,
     )
-    sp.add_argument(
+    _marked(
+        sp,
         "--stall-timeout",
-        type=float,
-        default=_DefaultFloat(60.0),
-        metavar="SECONDS",
-        help="reset a connection whose reader takes nothing for this long (default 60)",
+        60.0,
+        "SECONDS",
+        "reset a connection whose reader takes nothing for this long (default 60)",
     )
     sp.add_argument(
         "--no-http-log", action="store_true", help="do not parse HTTP for the request log"
@@ -152,19 +172,8 @@ def _common(sp: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: object) -> None:
     r = sub.add_parser("relay", help="public side of a reverse TCP tunnel")
-    r.add_argument(
-        "--addr",
-        default=_DefaultStr(":9000"),
-        metavar="HOST:PORT",
-        help="tunnel listen address (default :9000)",
-    )
-    r.add_argument(
-        "--start-port",
-        type=int,
-        default=_DefaultInt(10000),
-        metavar="N",
-        help="first public port (default 10000)",
-    )
+    _marked(r, "--addr", ":9000", "HOST:PORT", "tunnel listen address (default :9000)")
+    _marked(r, "--start-port", 10000, "N", "first public port (default 10000)")
     r.add_argument(
         "--end-port", type=int, default=None, metavar="M", help="last public port (default N+999)"
     )
@@ -189,45 +198,32 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics",
     )
-    r.add_argument(
-        "--lease",
-        type=float,
-        default=_DefaultFloat(60.0),
-        metavar="SECONDS",
-        help="keep a client's port this long after it leaves (default 60)",
+    _marked(
+        r, "--lease", 60.0, "SECONDS", "keep a client's port this long after it leaves (default 60)"
     )
-    r.add_argument(
+    _marked(
+        r,
         "--relay-buffer",
-        type=_size,
-        default=_DefaultInt(256 * 1024 * 1024),
-        metavar="BYTES",
-        help="received bytes all tunnels together may hold (default 256 MiB)",
+        256 * 1024 * 1024,
+        "BYTES",
+        "received bytes all tunnels together may hold (default 256 MiB)",
+        _size,
     )
-    r.add_argument(
-        "--idle-lease",
-        type=float,
-        default=_DefaultFloat(5.0),
-        metavar="SECONDS",
-        help="the lease of a port no stream went through (default 5)",
+    _marked(
+        r, "--idle-lease", 5.0, "SECONDS", "the lease of a port no stream went through (default 5)"
     )
-    r.add_argument(
-        "--port-quota",
-        type=int,
-        default=_DefaultInt(4),
-        metavar="N",
-        help="ports (in use or leased) per client name (default 4)",
-    )
+    _marked(r, "--port-quota", 4, "N", "ports (in use or leased) per client name (default 4)")
     r.add_argument(
         "--bandwidth",
         metavar="RATE",
         help="limit each client to RATE each way, e.g. '2 MiB/s' or '100 Mbit/s' (default: none)",
     )
-    r.add_argument(
+    _marked(
+        r,
         "--heartbeat",
-        type=float,
-        default=_DefaultFloat(10.0),
-        metavar="SECONDS",
-        help="heartbeat interval; 3 missed expire a session (default 10)",
+        10.0,
+        "SECONDS",
+        "heartbeat interval; 3 missed expire a session (default 10)",
     )
     r.add_argument(
         "--domain", metavar="NAME", help="route NAME's subdomains to clients (with --http-addr)"
@@ -259,13 +255,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     e.add_argument(
         "--tls-server-name", metavar="NAME", help="name to verify instead of --server's host"
     )
-    e.add_argument(
-        "--remote-port",
-        type=int,
-        default=_DefaultInt(0),
-        metavar="N",
-        help="ask for this public port (default: any)",
-    )
+    _marked(e, "--remote-port", 0, "N", "ask for this public port (default: any)")
     e.add_argument(
         "--http", action="store_true", help="serve HTTP on the relay's --http-addr by name"
     )
@@ -281,13 +271,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         help="serve a live page of the HTTP requests, with replay (loopback only, e.g. :4040)",
     )
     e.add_argument("--no-reconnect", action="store_true", help="exit when the tunnel is lost")
-    e.add_argument(
-        "--max-attempts",
-        type=int,
-        default=_DefaultInt(10),
-        metavar="N",
-        help="reconnect attempts in a row, 0 = forever (default 10)",
-    )
+    _marked(e, "--max-attempts", 10, "N", "reconnect attempts in a row, 0 = forever (default 10)")
     _common(e)
     e.set_defaults(handler=cmd_expose)
 

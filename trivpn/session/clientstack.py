@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
+from trivpn.datachannel.coalesce import default_rx_coalesce
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.errors import SessionRestart
 from trivpn.messages import AuthPending, SendExit, SendExitNotify, TunnelUp
@@ -145,11 +146,13 @@ class ClientSession:
             # the threads own the stream both ways: networkio does not run (see tcpfast.py)
             from trivpn.datachannel.tcpfast import TCPPathIO
 
-            self.fast = TCPPathIO(transport, device, self._net_up[0], self._net_down[1])
+            self.fast = TCPPathIO(transport, device, self._net_up[0], self._net_down[1],
+                                  rx=default_rx_coalesce(low_latency=config.low_latency))
             log.info("data packets move in two data-plane threads (TCP)")
         elif config.data_threads and isinstance(device, LinuxTun) and type(transport) is UDPTransport:
             warm = LOW_LATENCY_WARM_FOR if config.low_latency else 0.0
-            self.fast = FastPathIO(transport, device, self._net_up[0], warm_for=warm)
+            self.fast = FastPathIO(transport, device, self._net_up[0], warm_for=warm,
+                                   rx=default_rx_coalesce(low_latency=config.low_latency))
             log.info(
                 "data packets move in two data-plane threads%s",
                 " (low-latency: kept warm after traffic)" if warm else "",

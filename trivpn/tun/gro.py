@@ -30,8 +30,10 @@ last segment's flags and, in the TCP checksum field, the pseudo-header sum (what
 driver hands the stack for a partially checksummed packet), then every segment's payload.
 The segments' own TCP checksums are not re-verified: every packet written here was just
 authenticated by the data channel's AEAD, exactly as WireGuard's userspace implementations
-coalesce authenticated packets. Each write is a list of buffers for `os.writev`, so the
-payloads are not copied in Python.
+coalesce authenticated packets. Each write is a list of buffers for `os.writev`: the
+payloads are sliced out of their packets once, not joined in Python (measured: `writev` of
+47 buffers costs 0.7 µs where a join and a `write` cost 1.2 µs, and a bytes slice is cheaper
+than a memoryview slice).
 """
 
 from __future__ import annotations
@@ -60,7 +62,6 @@ GSO_TCPV6 = 4
 _V4 = struct.Struct("!BBHHHBBH4s4sHHIIBBH")
 #: IPv6 header + the first 16 bytes of TCP
 _V6 = struct.Struct("!IHBB16s16sHHIIBBH")
-_IP4_WORDS = struct.Struct("!10H")
 _ADDR6_WORDS = struct.Struct("!16H")  # both IPv6 addresses
 _ACK = 0x10
 _PSH = 0x08
@@ -94,33 +95,52 @@ _LEN_SEQ4 = struct.Struct("!2xH20xI").unpack_from
 _LEN_SEQ6 = struct.Struct("!4xH38xI").unpack_from
 
 
+_V4_HDR = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")  # IPv4 without options + TCP: 40 bytes
+#: virtio headers by (gso type, header length, segment size, header size): a flow keeps one
+_VNET_CACHE: dict[tuple[int, int, int, int], bytes] = {}
+
+
+def _vnet(gso: int, hl: int, mss: int, size: int) -> bytes:
+    key = (gso, hl, mss, size)
+    vnet = _VNET_CACHE.get(key)
+    if vnet is None:
+        if len(_VNET_CACHE) > 256:
+            _VNET_CACHE.clear()
+        csum_start = 40 if gso == GSO_TCPV6 else 20
+        vnet = _VNET.pack(NEEDS_CSUM, gso, hl, mss, csum_start, 16) + bytes(size - VNET_HDR_LEN)
+        _VNET_CACHE[key] = vnet
+    return vnet
+
+
 def _merged(zero: bytes, first: bytes, hl: int, mss: int, total: int, flags: int, v6: bool,
             payloads: list[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
     """The buffers of one GSO write: virtio header, the first segment's headers made to
     describe the whole, the payloads."""
-    h = bytearray(first[:hl])
     if v6:
-        tcp = 40
+        h = bytearray(first[:hl])
         tcp_len = hl - 40 + total
         struct.pack_into("!H", h, 4, tcp_len)
-        pseudo = sum(_ADDR6_WORDS.unpack_from(h, 8))  # source and destination
-        gso = GSO_TCPV6
-    else:
-        tcp = 20
-        tcp_len = hl - 20 + total
-        struct.pack_into("!H", h, 2, hl + total)
-        h[10] = h[11] = 0
-        struct.pack_into("!H", h, 10, ~_fold(sum(_IP4_WORDS.unpack_from(h, 0))) & 0xFFFF)
-        a = int.from_bytes(h[12:16], "big")
-        b = int.from_bytes(h[16:20], "big")
-        pseudo = (a >> 16) + (a & 0xFFFF) + (b >> 16) + (b & 0xFFFF)
-        gso = GSO_TCPV4
-    h[tcp + 13] = flags
-    struct.pack_into("!H", h, tcp + 16, _fold(pseudo + 6 + tcp_len))
-    vnet = _VNET.pack(NEEDS_CSUM, gso, hl, mss, tcp, 16)
-    if len(zero) > VNET_HDR_LEN:  # a 12-byte header: num_buffers stays 0
-        vnet += bytes(len(zero) - VNET_HDR_LEN)
-    return [vnet, h, *payloads]
+        pseudo = _fold(sum(_ADDR6_WORDS.unpack_from(h, 8)) + 6 + tcp_len)  # both addresses
+        h[53] = flags
+        struct.pack_into("!H", h, 56, pseudo)
+        return [_vnet(GSO_TCPV6, hl, mss, len(zero)), h, *payloads]
+    (vihl, tos, tot, ipid, frag, ttl, proto, csum, src, dst, sport, dport, seq, ack, off, _flags,
+     win, _tcp_csum, urg) = _V4_HDR.unpack_from(first)
+    new_tot = hl + total
+    # the header checksum, updated for the new total length (RFC 1624: ~(~HC + ~m + m'))
+    c = (~csum & 0xFFFF) + (~tot & 0xFFFF) + new_tot
+    c = (c & 0xFFFF) + (c >> 16)
+    c = (c & 0xFFFF) + (c >> 16)
+    a = int.from_bytes(src, "big")
+    b = int.from_bytes(dst, "big")
+    ps = (a >> 16) + (a & 0xFFFF) + (b >> 16) + (b & 0xFFFF) + 6 + new_tot - 20
+    ps = (ps & 0xFFFF) + (ps >> 16)
+    ps = (ps & 0xFFFF) + (ps >> 16)
+    hdr = _V4_HDR.pack(vihl, tos, new_tot, ipid, frag, ttl, proto, ~c & 0xFFFF, src, dst, sport,
+                       dport, seq, ack, off, flags, win, ps, urg)
+    if hl > 40:
+        hdr += first[40:hl]
+    return [_vnet(GSO_TCPV4, hl, mss, len(zero)), hdr, *payloads]
 
 
 def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Write]:
@@ -138,8 +158,8 @@ def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Writ
     v4_unpack = _V4.unpack_from
     v6_unpack = _V6.unpack_from
     from_bytes = int.from_bytes
-    # the open group (g_first is None: none)
-    g_first: bytes | None = None
+    # the open group (g_first empty: none)
+    g_first = b""
     g_hl = g_mss = g_total = g_nbytes = g_next = g_key = g_mask = g_adj = g_flagpos = 0
     g_flags = 0
     g_v6 = g_open = False
@@ -153,6 +173,8 @@ def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Writ
             plen = n - g_hl
             if (length == n - g_adj and seq == g_next and plen <= g_mss
                     and g_total + plen <= g_limit):
+                if not g_payloads:  # the group's second segment: now the first's payload counts
+                    g_payloads.append(g_first[g_hl:])
                 g_payloads.append(p[g_hl:])
                 g_total += plen
                 g_nbytes += n
@@ -163,22 +185,24 @@ def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Writ
                     g_flags = flags
                 continue
         # not a continuation: close the open group, then see whether `p` starts one
-        if g_first is not None:
-            if len(g_payloads) == 1:
+        if g_first:
+            if not g_payloads:
                 append(([zero, g_first], 1, g_nbytes))
             else:
                 append((_merged(zero, g_first, g_hl, g_mss, g_total, g_flags, g_v6, g_payloads),
                         len(g_payloads), g_nbytes))
-            g_first = None
+            g_first = b""
             g_open = False
         v6 = False
-        if n > 40 and p[0] == 0x45 and p[9] == 6:
+        # the cheap tests first: TCP with data (pure ACKs, the other half of every TCP
+        # flow, leave here without an unpack)
+        if n > 40 and p[0] == 0x45 and p[9] == 6 and n > 20 + ((p[32] >> 4) << 2):
             (_vihl, _tos, tot, _ipid, frag, _ttl, _proto, _csum, _src, _dst, _sport, _dport, seq,
              _ack, off, flags, _win) = v4_unpack(p)
             hl = 20 + ((off >> 4) << 2)
             plen = tot - hl
             ok = tot == n and plen > 0 and hl >= 40 and not frag & 0xBFFF and flags & 0xF7 == _ACK
-        elif n > 60 and p[0] >> 4 == 6 and p[6] == 6:
+        elif n > 60 and p[0] >> 4 == 6 and p[6] == 6 and n > 40 + ((p[52] >> 4) << 2):
             (_vtf, pl, _nh, _hop, _src, _dst, _sport, _dport, seq, _ack, off, flags,
              _win) = v6_unpack(p)
             hl = 40 + ((off >> 4) << 2)
@@ -204,9 +228,9 @@ def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Writ
         g_flagpos = (40 if v6 else 20) + 13
         g_flags = flags
         g_open = not flags & _PSH
-        g_payloads = [memoryview(p)[hl:]]
-    if g_first is not None:
-        if len(g_payloads) == 1:
+        g_payloads = []  # filled when a second segment joins
+    if g_first:
+        if not g_payloads:
             append(([zero, g_first], 1, g_nbytes))
         else:
             append((_merged(zero, g_first, g_hl, g_mss, g_total, g_flags, g_v6, g_payloads),

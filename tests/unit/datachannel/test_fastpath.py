@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import trio
+from helpers.waiting import until
 
 from trivpn.datachannel.core import DataChannel, DataStats
 from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
@@ -92,16 +93,6 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     r.close()
 
 
-async def _until(pred: Callable[[], bool], what: str) -> None:
-    """Poll a condition set by another thread (a trio.Event cannot be set from there)."""
-    with trio.fail_after(LIMIT):
-        for _ in range(int(LIMIT / 0.005)):
-            if pred():
-                return
-            await trio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for: {what}")
-
-
 def _stats(rig: Rig) -> DataStats:
     stats = rig.service.stats()
     assert stats is not None
@@ -116,7 +107,7 @@ async def test_both_directions_and_control_handover(rig: Rig) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rig.service.run)
         await rig.keys_s.send([rig.install_key()])
-        await _until(lambda: rig.service.core is not None, "key installed")
+        await until(lambda: rig.service.core is not None, "key installed")
 
         # TUN → network: what the app writes arrives encrypted at the server, in order.
         sent = [_ip(i, 60 + i) for i in range(50)]
@@ -145,7 +136,7 @@ async def test_both_directions_and_control_handover(rig: Rig) -> None:
         forged = bytearray(rig.peer.encrypt([_ip(9)], 1.0)[0])
         forged[-1] ^= 1
         rig.server.send(bytes(forged))
-        await _until(lambda: _stats(rig).drop_auth == 1, "forgery counted")
+        await until(lambda: _stats(rig).drop_auth == 1, "forgery counted")
         names = {t.name for t in threading.enumerate() if t.is_alive()}
         expected = {"trivpn data up", "trivpn data down"} if rig.split else {"trivpn data"}
         assert expected <= names
@@ -159,7 +150,7 @@ async def test_packets_before_the_key_are_counted_not_sent(rig: Rig) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rig.service.run)
         rig.app.send(_ip(1))
-        await _until(lambda: rig.service.dropped_before_key == 1, "drop counted")
+        await until(lambda: rig.service.dropped_before_key == 1, "drop counted")
         nursery.cancel_scope.cancel()
     rig.server.setblocking(False)
     with pytest.raises(BlockingIOError):
@@ -172,8 +163,10 @@ async def test_exit_notification_restarts_the_session(rig: Rig) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(rig.service.run)
                 await rig.keys_s.send([rig.install_key()])
-                await _until(lambda: rig.service.core is not None, "key installed")
-                rig.server.send(rig.peer.exit_packet(1.0))
+                await until(lambda: rig.service.core is not None, "key installed")
+                exit_packet = rig.peer.exit_packet(1.0)
+                assert exit_packet is not None
+                rig.server.send(exit_packet)
                 await trio.sleep_forever()
     err = primary_error(info.value)
     assert isinstance(err, SessionRestart)
@@ -186,7 +179,7 @@ async def test_closed_tun_ends_the_fast_path(rig: Rig) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rig.service.run)
             await rig.keys_s.send([rig.install_key()])
-            await _until(lambda: rig.service.core is not None, "key installed")
+            await until(lambda: rig.service.core is not None, "key installed")
             rig.app.close()  # the far end of the "TUN" goes away: reads return b""
             # the service returns on its own: the nursery exits without a cancel
     assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
@@ -202,23 +195,23 @@ async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself(spl
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rig.service.run)
             await rig.keys_s.send([rig.install_key()])
-            await _until(lambda: rig.service.core is not None, "key installed")
-            await _until(lambda: rig.plane.threads is not None, "threads started")
+            await until(lambda: rig.service.core is not None, "key installed")
+            await until(lambda: rig.plane.threads is not None, "threads started")
             threads = rig.plane.threads
             assert threads is not None
             # one thread keeps its counters in up_side; two threads one side each
             up, down = threads.up_side, threads.down_side if split else threads.up_side
             sides = (up, down)
-            await _until(lambda: all(s.idle_waits >= 1 for s in sides), "the thread(s) blocked")
+            await until(lambda: all(s.idle_waits >= 1 for s in sides), "the thread(s) blocked")
             assert threads.touches == 0  # no traffic yet: the threads block without warming
             rig.app.send(_ip(1))
             wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
             assert rig.peer.decrypt([wire], 1.0) == [_ip(1)]
-            await _until(lambda: threads.touches > 0, "warming after traffic")
+            await until(lambda: threads.touches > 0, "warming after traffic")
             waits = [s.idle_waits for s in sides]
             now[0] += 1.0  # well past warm_for: the down thread stops warming, blocks again
             # (the up thread was blocked all along: nothing woke it to start warming)
-            await _until(lambda: down.idle_waits > waits[1], "sending side blocked")
+            await until(lambda: down.idle_waits > waits[1], "sending side blocked")
             settled = threads.touches
             # Wake the up thread with a control datagram: it hands it over and blocks again
             # at once, without a single warm-up step.
@@ -226,7 +219,7 @@ async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself(spl
             rig.server.send(control)
             with trio.fail_after(LIMIT):
                 assert await rig.to_mux_r.receive() == [control]
-            await _until(lambda: up.idle_waits > waits[0] + (0 if split else 1), "blocked again")
+            await until(lambda: up.idle_waits > waits[0] + (0 if split else 1), "blocked again")
             assert threads.touches == settled
             # The dummy cores never touched the session: one packet out, none in.
             stats = _stats(rig)
@@ -260,7 +253,7 @@ async def test_keepalive_pings_and_exit_notifications_leave_from_the_down_thread
         assert rig.peer.peer_exited
         assert rig.peer.stats.drop_replay == rig.peer.stats.drop_auth == 0
         link = rig.service.link
-        await _until(lambda: link.exits_sealed == 2, "exits sealed")
+        await until(lambda: link.exits_sealed == 2, "exits sealed")
         assert link.pings_sealed >= 1
         nursery.cancel_scope.cancel()
 
@@ -320,7 +313,7 @@ async def test_receive_only_key_switches_the_down_thread_on_the_peers_proof(rig:
         late = InstallKey(1, key1, CIPHER, 7, None, 0.0, send_now=False)
         await rig.keys_s.send([rig.install_key(), late])
         core = rig.service
-        await _until(lambda: core.core is not None and core.core.pending_key_id == 1, "pending")
+        await until(lambda: core.core is not None and core.core.pending_key_id == 1, "pending")
         assert await sealed_with() == (0, 1)
         assert await sealed_with() == (0, 2)
         rig.peer.install_key(1, key1, 1.0)
@@ -347,16 +340,63 @@ async def test_a_busy_direction_does_not_starve_the_other(rig: Rig) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rig.service.run)
         await rig.keys_s.send([rig.install_key()])
-        await _until(lambda: rig.service.core is not None, "key installed")
+        await until(lambda: rig.service.core is not None, "key installed")
         rig.app.send(_ip(1))  # the TUN side goes idle after this one
         wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
         assert rig.peer.decrypt([wire], 1.0) == [_ip(1)]
         busy[0] = True
         rig.server.send(bytes(forged))  # wakes the receiving side, which stays busy from then on
-        await _until(lambda: _stats(rig).drop_auth > 100, "the socket side busy")
+        await until(lambda: _stats(rig).drop_auth > 100, "the socket side busy")
         for i in range(2, 6):
             rig.app.send(_ip(i))
             wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
             assert rig.peer.decrypt([wire], 1.0) == [_ip(i)]
         busy[0] = False
         nursery.cancel_scope.cancel()
+
+
+async def test_busy_batches_linger_and_lone_packets_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read coalescing (datachannel/coalesce.py): a batch of at least `udp_min` datagrams
+    (or `tun_min` TUN packets) is followed by one bounded wait; a lone packet after an idle
+    wait is not, so an idle tunnel's latency is untouched."""
+    from trivpn.datachannel import coalesce
+
+    waits: list[float] = []
+    monkeypatch.setattr(coalesce, "linger", waits.append)
+    r = Rig(split=True)
+    r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_linger=0.002, tun_min=4, tun_linger=0.003)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.service.run)
+            await r.keys_s.send([r.install_key()])
+            await until(lambda: r.service.core is not None, "key installed")
+            # one lone packet each way: no wait
+            r.app.send(_ip(1))
+            await trio.to_thread.run_sync(r.server.recv, 65536)
+            r.server.send(r.peer.encrypt([_ip(2)], 1.0)[0])
+            await trio.to_thread.run_sync(r.app.recv, 65536)
+            assert waits == []
+            # a burst faster than the thread reads one by one: some batch holds >= 4
+            wires = r.peer.encrypt([_ip(10 + i) for i in range(300)], 1.0)
+            r.plane.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            for w in wires:
+                r.server.send(w)
+            for _ in wires:
+                await trio.to_thread.run_sync(r.app.recv, 65536)
+            await until(lambda: 0.002 in waits, "the up thread lingered after a busy batch")
+            nursery.cancel_scope.cancel()
+    finally:
+        r.close()
+    assert set(waits) <= {0.002, 0.003}
+
+
+def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trivpn.datachannel import coalesce
+
+    monkeypatch.delenv(coalesce.RX_COALESCE_ENV, raising=False)
+    on = coalesce.default_rx_coalesce()
+    assert on.udp_linger > 0 and on.tcp_lowat > 1 and on.tun_linger > 0
+    assert coalesce.default_rx_coalesce(low_latency=True) == coalesce.OFF
+    monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "0")
+    assert coalesce.default_rx_coalesce() == coalesce.OFF
+    assert coalesce.OFF.udp_linger == 0 and coalesce.OFF.tun_linger == 0 and coalesce.OFF.tcp_lowat == 1

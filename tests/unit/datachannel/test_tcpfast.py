@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import trio
+from helpers.waiting import until
 
 from trivpn.datachannel.core import DataChannel
 from trivpn.datachannel.service import DataService
@@ -64,7 +65,7 @@ class Rig:
     async def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self.service.run)
         await self.keys_s.send([InstallKey(0, KEY2, CIPHER, 3, None, 0.0)])
-        await _until(lambda: self.service.core is not None, "key installed")
+        await until(lambda: self.service.core is not None, "key installed")
 
     def close(self) -> None:
         for s in (self.app, self.server):
@@ -78,15 +79,6 @@ def rig() -> Iterator[Rig]:
     r = Rig()
     yield r
     r.close()
-
-
-async def _until(pred: Callable[[], bool], what: str) -> None:
-    with trio.fail_after(LIMIT):
-        for _ in range(int(LIMIT / 0.005)):
-            if pred():
-                return
-            await trio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for: {what}")
 
 
 def _ip(i: int, size: int = 100) -> bytes:
@@ -176,7 +168,9 @@ async def test_the_end_of_the_stream_is_a_transport_error(rig: Rig) -> None:
 
 
 async def test_exit_notification_restarts_the_session(rig: Rig) -> None:
-    err = await _session_error(rig, lambda: rig.server.sendall(frame_packets([rig.peer.exit_packet(1.0)])))
+    exit_packet = rig.peer.exit_packet(1.0)
+    assert exit_packet is not None
+    err = await _session_error(rig, lambda: rig.server.sendall(frame_packets([exit_packet])))
     assert isinstance(err, SessionRestart)
     assert "exit notification" in str(err)
 

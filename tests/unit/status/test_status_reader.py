@@ -8,21 +8,21 @@ snapshot.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
+from helpers.require import in_ci, require_module
 
 from trivpn.status import ClientEntry, RealAddress, RouteEntry, ServerStatus, format_server_status
 
-openvpn_status = pytest.importorskip("openvpn_status", reason="pip install 'openvpn-status-reader'")
+openvpn_status = require_module("openvpn_status")  # PyPI openvpn-status-reader, extra "test"
 if not hasattr(openvpn_status.utils, "DATETIME_FORMAT_OPENVPN_V2_5"):
     # PyPI `openvpn-status` (pulled in by `openvpn-management-api`) installs the SAME module
     # name without 2.5+ date support; whichever is installed last owns `openvpn_status`.
     # Fix: `pip install --force-reinstall --no-deps openvpn-status-reader` (API-compatible).
     _why = "`openvpn_status` is the old openvpn-status package, not openvpn-status-reader"
-    if os.environ.get("CI", "").lower() == "true":
+    if in_ci():
         pytest.fail(f"CI=true, so not skipping: {_why}", pytrace=False)
     pytest.skip(_why, allow_module_level=True)
 
