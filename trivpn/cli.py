@@ -189,7 +189,6 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
     """Username/password from `--auth-user` (password from TRIVPN_PASSWORD or a prompt),
     the profile's auth-user-pass, or a prompt; with `static-challenge` the response is
     asked for and folded into the password. Never from the command line: argv is public."""
-    import getpass
 
     def need_tty(what: str) -> None:
         if not sys.stdin.isatty():
@@ -201,7 +200,7 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
         password = os.environ.get(PASSWORD_ENV, "")
         if not password:
             need_tty(f"a password for {user!r} (set {PASSWORD_ENV} or run on a terminal)")
-            password = getpass.getpass("Password: ")
+            password = _getpass("Password: ")
     else:
         aup = getattr(profile, "auth_user_pass", None)
         if isinstance(aup, tuple):
@@ -209,16 +208,23 @@ def _credentials(profile: object, args: argparse.Namespace) -> tuple[str, str]:
         elif aup is True:
             need_tty("a username and password (auth-user-pass)")
             user = input("Username: ")
-            password = os.environ.get(PASSWORD_ENV, "") or getpass.getpass("Password: ")
+            password = os.environ.get(PASSWORD_ENV, "") or _getpass("Password: ")
         else:
             return "", ""
     challenge = getattr(profile, "static_challenge", None)
     if challenge is not None:
         text, echo = challenge
         need_tty(f"a response to the static challenge {text!r}")
-        response = input(f"{text} ") if echo else getpass.getpass(f"{text} ")
+        response = input(f"{text} ") if echo else _getpass(f"{text} ")
         password = static_challenge_password(password, response)
     return user, password
+
+
+def _getpass(prompt: str) -> str:
+    """`getpass.getpass`, imported only when a prompt is due (start-up time of `connect`)."""
+    import getpass
+
+    return getpass.getpass(prompt)
 
 
 def _ask_key_passphrase(profile: Profile) -> None:

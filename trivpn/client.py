@@ -39,7 +39,6 @@ from trivpn.session.config import (
 from trivpn.session.killswitch import Hole, KillSwitch
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import TunnelInfo, describe_tunnel, net_plan, tun_config_from
-from trivpn.session.privdrop import PrivDrop
 from trivpn.session.reconnect import (
     Candidate,
     GiveUp,
@@ -50,7 +49,6 @@ from trivpn.session.reconnect import (
     restart_cause,
 )
 from trivpn.session.runevents import OnRunEvent, SessionRetry, SessionUp
-from trivpn.session.scripts import ClientScripts, ScriptContext, ScriptRunner
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
 from trivpn.tlssession.core import TLSSession
@@ -59,6 +57,8 @@ from trivpn.workers.manager import WorkersManager, primary_error
 
 if TYPE_CHECKING:
     from trivpn.observe.hooks import ClientObserver
+    from trivpn.session.privdrop import PrivDrop
+    from trivpn.session.scripts import ClientScripts, ScriptRunner
 
 __all__ = [
     "ANNOUNCED_VERSION", "CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "DEFAULT_CONNECT_RETRY",
@@ -68,6 +68,25 @@ __all__ = [
 ]
 
 log = logging.getLogger("trivpn")
+
+
+def _privilege_drop(profile: Profile) -> PrivDrop | None:
+    """`PrivDrop.from_profile`; its module (the privileged helper, json, pwd/grp: ≈ 7 ms) is
+    imported only for a profile with `user`/`group`, not by every `trivpn connect`."""
+    if profile.user is None and profile.group is None:
+        return None
+    from trivpn.session.privdrop import PrivDrop
+
+    return PrivDrop.from_profile(profile)
+
+
+def _script_runner(profile: Profile) -> ScriptRunner | None:
+    """The profile's scripts; their module (≈ 3 ms) is imported only when it names one."""
+    if not any(profile.scripts.values()):
+        return None
+    from trivpn.session.scripts import ScriptRunner
+
+    return ScriptRunner(profile)
 
 
 class _Paths:
@@ -129,10 +148,10 @@ class Client:
         self._auth_token: str | None = None
         self._tun: TunApplier | None = None
         # the profile's scripts run where trivpn configures a kernel TUN (`trivpn connect`)
-        self._script_runner = ScriptRunner(self.profile) if configure_tun else None
+        self._script_runner = _script_runner(self.profile) if configure_tun else None
         self._scripts: ClientScripts | None = None
         # `user`/`group`: root is given up once the TUN exists (trivpn connect only)
-        self._privdrop = PrivDrop.from_profile(self.profile) if configure_tun else None
+        self._privdrop = _privilege_drop(self.profile) if configure_tun else None
         self.kill_switch = kill_switch
         self._paths: _Paths | None = None
         #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
@@ -170,6 +189,8 @@ class Client:
         """
         manager.add_exit_hook(self.exit_notify)
         if self._script_runner is not None:
+            from trivpn.session.scripts import ClientScripts
+
             self._scripts = ClientScripts(self._script_runner, manager.add_cleanup, lambda: manager.stop_reason)
         self._tun = TunApplier(
             self.ifname if self.configure_tun else None, manager.add_cleanup, device=self.device
@@ -301,6 +322,8 @@ class Client:
                 if self.on_tunnel_up is not None:
                     await self.on_tunnel_up(info)
                 if self._scripts is not None:
+                    from trivpn.session.scripts import ScriptContext
+
                     await self._scripts.tunnel_up(ScriptContext(
                         self.ifname or "", plan.tun, up.settings, self.profile,
                         endpoint.address, endpoint.port, endpoint.proto, up.peer_chain,

@@ -33,11 +33,11 @@ from trivpn.session.netsettings import TunnelInfo
 from trivpn.session.runevents import OnRunEvent
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
-from trivpn.tun.userspace import UserspaceTun
 from trivpn.workers.manager import WorkersManager
 
 if TYPE_CHECKING:
     from trivpn.observe.hooks import ClientObserver
+    from trivpn.tun.userspace import UserspaceTun
 
 __all__ = ["Engine", "inherited_tun", "kernel_tun", "userspace_tun"]
 
@@ -66,6 +66,8 @@ def inherited_tun(fd: int, name: str = "") -> LinuxTun:
 
 def userspace_tun() -> UserspaceTun:
     """An in-process TUN: the application sends and receives the IP packets (no root)."""
+    from trivpn.tun.userspace import UserspaceTun  # not for `trivpn connect` (start-up time)
+
     return UserspaceTun()
 
 

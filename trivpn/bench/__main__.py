@@ -12,6 +12,7 @@ BENCHMARKS = {
     "reverse": ("trivpn.bench.reverse", "the reverse tunnel"),
     "profile": ("trivpn.bench.profile", "per-packet cost of the data path, stage by stage (loopback, no root)"),
     "ab": ("trivpn.bench.ab", "the vpn benchmark with trivpn from a baseline tree too (--base DIR): old vs new, same run"),
+    "startup": ("trivpn.bench.startup", "what `trivpn connect` imports before its first ping: ms and RSS per package (no root)"),
     "server": ("trivpn.bench.server", "trivpn serve vs openvpn --server: throughput, set-up rate, RSS per client"),
 }
 

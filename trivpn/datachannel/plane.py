@@ -18,15 +18,17 @@ only one that seals, pings and OCC EXIT included, so packet ids never need a loc
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
 from trivpn.datachannel.link import PEER_EXITED, DataLink
-from trivpn.datachannel.tcpfast import TCPPathIO, TCPThreadPlane
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.workers.driver import hand_over
+
+if TYPE_CHECKING:  # imported by whoever makes a TCPPathIO: UDP runs never load the TCP plane
+    from trivpn.datachannel.tcpfast import TCPPathIO
 
 
 class DataPlane(Protocol):
@@ -119,10 +121,12 @@ def make_plane(
 ) -> DataPlane:
     """The threads when the caller has a `FastPathIO` (UDP) or `TCPPathIO` (TCP) for
     them, otherwise the trio tasks."""
-    if isinstance(fastpath, TCPPathIO):
-        return TCPThreadPlane(fastpath, from_mux=from_mux, to_net=to_net)
-    if fastpath is not None:
+    if isinstance(fastpath, FastPathIO):
         return ThreadPlane(fastpath, from_mux=from_mux, to_net=to_net)
+    if fastpath is not None:
+        from trivpn.datachannel.tcpfast import TCPThreadPlane
+
+        return TCPThreadPlane(fastpath, from_mux=from_mux, to_net=to_net)
     if from_tun is None or to_tun is None:
         raise LocalProtocolError(
             "the TUN channels are needed unless the data-plane threads move packets"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -28,7 +29,6 @@ from trivpn.datachannel.framing import Compression
 from trivpn.datachannel.keepalive import PeerSilent
 from trivpn.datachannel.link import DataLink
 from trivpn.datachannel.plane import DataPlane, make_plane
-from trivpn.datachannel.tcpfast import TCPPathIO
 from trivpn.errors import FatalError, LocalProtocolError, SessionRestart
 from trivpn.messages import (
     ActivateKey,
@@ -39,6 +39,9 @@ from trivpn.messages import (
     TLSToData,
 )
 from trivpn.workers.driver import CoreTimer
+
+if TYPE_CHECKING:  # imported by whoever makes one (TCP sessions only)
+    from trivpn.datachannel.tcpfast import TCPPathIO
 
 log = logging.getLogger("trivpn.datachannel")
 

@@ -16,14 +16,13 @@ import socket
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from trivpn.controlchannel.service import control_payload_size
 from trivpn.datachannel.coalesce import default_rx_coalesce
 from trivpn.datachannel.fastpath import FastPathIO
-from trivpn.datachannel.tcpfast import TCPPathIO
 from trivpn.errors import SessionRestart
 from trivpn.messages import AuthPending, SendExit, SendExitNotify, TunnelUp
 from trivpn.networkio import Transport, run_networkio
@@ -40,6 +39,9 @@ from trivpn.tun.linux import LinuxTun
 from trivpn.tun.service import run_tun
 from trivpn.wire import SESSION_ID_LEN
 from trivpn.workers.manager import start_named
+
+if TYPE_CHECKING:  # imported when a TCP session makes its data-plane threads (not by UDP runs)
+    from trivpn.datachannel.tcpfast import TCPPathIO
 
 __all__ = ["LOW_LATENCY_WARM_FOR", "ClientSession", "client_tls_factory", "tls_session_factory"]
 
@@ -142,6 +144,8 @@ class ClientSession:
         self._tun_up = self._tun_down = None
         if config.data_threads and isinstance(device, LinuxTun) and type(transport) is TCPTransport:
             # the threads own the stream both ways: networkio does not run (see tcpfast.py)
+            from trivpn.datachannel.tcpfast import TCPPathIO
+
             self.fast = TCPPathIO(transport, device, self._net_up[0], self._net_down[1],
                                   rx=default_rx_coalesce(low_latency=config.low_latency))
             log.info("data packets move in two data-plane threads (TCP)")
@@ -178,14 +182,14 @@ class ClientSession:
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the edge services (networkio, the TUN pump) and the stack in `nursery`."""
-        if isinstance(self.fast, TCPPathIO):
-            pass  # the TCP data-plane threads read and write the stream; the session closes it
-        elif self.fast is not None:
+        if isinstance(self.fast, FastPathIO):
             # the data-plane threads read the socket; the session closes it after them
             start_named(
                 nursery, "networkio", partial(run_networkio, close_transport=False),
                 self.transport, None, self._net_down[1],
             )
+        elif self.fast is not None:
+            pass  # TCPPathIO: its threads read and write the stream; the session closes it
         else:
             start_named(nursery, "networkio", run_networkio, self.transport, self._net_up[0], self._net_down[1])
             if self.device is not None and self._tun_up is not None and self._tun_down is not None:

@@ -20,7 +20,6 @@ from typing import Protocol, cast
 from trivpn.session.dns import DnsConfigurator
 from trivpn.session.netsettings import NetPlan
 from trivpn.session.serverroute import ServerRoutes
-from trivpn.tun.ip import icmp6_no_route
 from trivpn.tun.linux import LinuxTun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 from trivpn.tun.rtnl import RtnlSocket
@@ -155,9 +154,12 @@ class TunApplier:
     def _answer_ipv6(self, plan: NetPlan) -> None:
         if self._device is not None:
             source = plan.block_ipv6_source
-            self._device.ipv6_answer = (
-                None if source is None else functools.partial(icmp6_no_route, source=source)
-            )
+            if source is None:
+                self._device.ipv6_answer = None
+                return
+            from trivpn.tun.ip import icmp6_no_route  # block-ipv6 only (start-up time of the rest)
+
+            self._device.ipv6_answer = functools.partial(icmp6_no_route, source=source)
 
 
 def _same_but_server(old: TunConfig | None, new: TunConfig) -> bool:

@@ -31,14 +31,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from trivpn.controlchannel.service import run_controlchannel
 from trivpn.datachannel.fastpath import FastPathIO
 from trivpn.datachannel.service import DataService
-from trivpn.datachannel.tcpfast import TCPPathIO
 from trivpn.messages import (
     ControlToReliable,
     ControlToTLS,
@@ -53,6 +52,9 @@ from trivpn.messages import (
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
 from trivpn.reliabletransport.service import ReliableService
 from trivpn.workers.manager import start_named
+
+if TYPE_CHECKING:  # the TCP data plane is imported by whoever makes one (start-up time of UDP runs)
+    from trivpn.datachannel.tcpfast import TCPPathIO
 
 __all__ = ["CONTROL_CHANNEL_SIZE", "DATA_CHANNEL_SIZE", "Runnable", "SessionStack", "TLSPorts", "counters_line"]
 

@@ -17,7 +17,6 @@ import trio
 
 from trivpn.networkio import Endpoint, Transport, TransportError, open_transport, resolve
 from trivpn.networkio.connect import connect_first
-from trivpn.networkio.proxy import open_profile_proxy_transport, proxy_of
 from trivpn.networkio.transport import bind_address
 from trivpn.session.reconnect import Candidate
 
@@ -84,11 +83,13 @@ async def open_candidate(
     def report(msg: str) -> None:
         log.warning("%s", msg)
 
-    via = proxy_of(cand.profile)
-    if via is not None:
+    spec = cand.profile.http_proxy or cand.profile.socks_proxy  # proxy.proxy_of's choice
+    if spec is not None:
+        # the proxy code is imported only for a profile that names a proxy (start-up time)
+        from trivpn.networkio.proxy import open_profile_proxy_transport
+
         # the proxy resolves the server's name: it may only exist on the proxy's side; we
         # resolve the proxy's name first only to tell the hooks where packets will go
-        spec = via[1]
         paths.reaching(await _resolve(spec.host, spec.port, proto, paths))
         # the proxy transport resolves the proxy's name again
         paths.resolving(not _is_literal(spec.host))

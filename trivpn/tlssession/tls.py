@@ -41,7 +41,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
 from trivpn.errors import CertificateRejected, ConfigError, LocalProtocolError, RemoteProtocolError
-from trivpn.tlssession.crl import load_crl
 from trivpn.tlssession.tlsload import (
     CERT_PROFILES,
     common_name,
@@ -462,6 +461,8 @@ def _build_context(config: TLSConfig) -> SSL.Context:
         except crypto.Error:
             pass  # the same CA twice in the bundle
     if config.crl_pem is not None:  # revocation of the peer's own certificate, as OpenVPN
+        from trivpn.tlssession.crl import load_crl  # crl-verify only (start-up time of the rest)
+
         store.add_crl(load_crl(config.crl_pem, cas))
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     if config.cert_pem is not None and config.key_pem is not None:
