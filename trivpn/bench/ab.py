@@ -55,12 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     return vpn.main(rest)
 
 
+def base_env(base: Path) -> dict[str, str]:
+    """What makes a child import trivpn from `base`. PYTHONSAFEPATH matters: `python -m` and
+    `-c` put the current directory first on sys.path, so a benchmark started from a
+    checkout would otherwise run that checkout's trivpn as the "baseline" too."""
+    return {"PYTHONPATH": str(base), "PYTHONSAFEPATH": "1"}
+
+
 def install(base: Path | None, variants: dict[str, tuple[str, str]] | None = None) -> None:
     """Teach the `vpn` benchmark the `trivpn-base` client (imports from `base`) and the
     variants (this tree, one environment variable set)."""
     extra: dict[str, dict[str, str]] = {n: {var: val} for n, (var, val) in (variants or {}).items()}
     if base is not None:
-        extra[BASE] = {"PYTHONPATH": str(base)}
+        extra[BASE] = base_env(base)
     for name in extra:
         vpn.CLIENT_FLAGS[name] = []
         if name not in vpn.CLIENTS:
@@ -79,7 +86,7 @@ def install(base: Path | None, variants: dict[str, tuple[str, str]] | None = Non
         warm(plan)
         if base is None:
             return
-        env = {**os.environ, "PYTHONPATH": str(base)}
+        env = {**os.environ, **base_env(base)}
         for name, value in vpn._bytecode_env(plan).items():
             if value is None:
                 env.pop(name, None)

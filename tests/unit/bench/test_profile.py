@@ -58,10 +58,27 @@ def test_ab_adds_a_baseline_client_importing_from_another_tree(
     cell = vpn.Cell("udp", "AES-256-GCM")
     base = vpn._client_spec(ab.BASE, cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
     ours = vpn._client_spec("trivpn", cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
-    assert base["env"]["PYTHONPATH"] == str(tmp_path)
+    assert base["env"]["PYTHONPATH"] == str(tmp_path) and base["env"]["PYTHONSAFEPATH"] == "1"
     assert "PYTHONPATH" not in ours["env"] and base["argv"] == ours["argv"]
     one = vpn._client_spec("trivpn-1t", cell, tmp_path / "c.ovpn", "10.8.0.1", plan)
     assert one["env"]["TRIVPN_DATA_THREADS"] == "1" and one["argv"] == ours["argv"]
     assert ab.main(["--base", str(tmp_path / "nowhere")]) == 2
     assert ab.main(["--variant", "nocolon"]) == 2
     assert ab.main([]) == 2
+
+
+def test_the_baseline_really_imports_from_its_tree_even_from_a_checkout(tmp_path: Path) -> None:
+    """`python -m` puts the working directory first on sys.path: run from this checkout,
+    a child given only PYTHONPATH=base would import this checkout's trivpn."""
+    import subprocess
+    import sys
+
+    from trivpn.bench import ab
+
+    (tmp_path / "trivpn").mkdir()
+    (tmp_path / "trivpn" / "__init__.py").write_text("")
+    (tmp_path / "trivpn" / "where.py").write_text("print(__file__)\n")
+    checkout = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-m", "trivpn.where"], cwd=checkout, text=True,
+                         capture_output=True, timeout=60, env={**ab.base_env(tmp_path)})
+    assert out.stdout.strip() == str(tmp_path / "trivpn" / "where.py"), out.stderr
