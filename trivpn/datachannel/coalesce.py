@@ -13,18 +13,22 @@ UDP 27-33 packets per merged write instead of 6-10, client CPU per GB -30 %; TCP
 
 Policy (pure values; the threads apply them):
 
-* **UDP**: after a batch of at least `udp_min` datagrams (a busy socket: a lone packet
-  after an idle wait never qualifies), sleep `udp_linger` seconds before the next read.
+* **UDP**: after a batch of at least `udp_min` datagrams holding at least `udp_bytes`
+  (a busy socket carrying data: a lone packet after an idle wait never qualifies, nor does
+  a run of ACKs, which would not merge), sleep `udp_linger` seconds before the next read.
 * **TCP**: after a read of at least `tcp_busy` bytes, raise the socket's SO_RCVLOWAT to
   `tcp_lowat` (the kernel wakes us once that much waits) and poll with a `tcp_wait_ms`
   timeout; a poll that times out drops SO_RCVLOWAT back to 1 and reads what is there.
-* **TUN** (the sending direction, both transports): after a batch of at least `tun_min`
-  packets read from the TUN, sleep `tun_linger` seconds before the next read (upload CPU
-  per GB -12 % in the same probe: fewer reads that find little, longer GSO sends).
+* **TUN** (the sending direction, both transports; opt-in, TRIVPN_RX_COALESCE=udp,tcp,tun):
+  after a batch of at least `tun_min` packets read from the TUN, sleep `tun_linger`
+  seconds before the next read. It saves upload CPU (-12 % per GB in the probe) but cost
+  10-15 % upload throughput in the same-run benchmark at af20dbe (probably TCP small
+  queues: the local sender waits for its queued segments to leave), so it is off by default.
 
 The cost is bounded extra latency while busy (≤ `udp_linger`/`tun_linger`, ≤
 `tcp_wait_ms`); an idle tunnel is untouched, as a lone packet after an idle wait never
-qualifies. `trivpn connect --low-latency` and TRIVPN_RX_COALESCE=0 turn it off.
+qualifies. `trivpn connect --low-latency` and TRIVPN_RX_COALESCE=0 turn it off;
+TRIVPN_RX_COALESCE=udp,tcp,tun names the parts to use.
 """
 
 from __future__ import annotations
@@ -44,23 +48,39 @@ class RxCoalesce:
     """When and how long the receiving thread lets packets gather (see module docstring)."""
 
     udp_min: int = 8
+    udp_bytes: int = 8192  # ... holding this much: data, not a run of ACKs
     udp_linger: float = 0.0003
     tcp_busy: int = 16384
     tcp_lowat: int = 65536
     tcp_wait_ms: int = 1
     tun_min: int = 8
-    tun_linger: float = 0.0003
+    tun_linger: float = 0.0  # measured: costs upload throughput; TRIVPN_RX_COALESCE=udp,tcp,tun
 
+
+TUN_LINGER = 0.0003  # the TUN side's wait when it is asked for
 
 OFF = RxCoalesce(udp_min=1 << 30, udp_linger=0.0, tcp_busy=1 << 30, tcp_lowat=1,
                  tun_min=1 << 30, tun_linger=0.0)
 
 
 def default_rx_coalesce(*, low_latency: bool = False) -> RxCoalesce:
-    """The policy a session uses: on, unless low-latency mode or TRIVPN_RX_COALESCE=0."""
-    if low_latency or os.environ.get(RX_COALESCE_ENV, "1") == "0":
+    """The policy a session uses: on, unless low-latency mode or TRIVPN_RX_COALESCE=0;
+    TRIVPN_RX_COALESCE may also name the parts to keep (comma-separated: udp, tcp, tun)."""
+    value = os.environ.get(RX_COALESCE_ENV, "1").strip().lower()
+    if low_latency or value == "0":
         return OFF
-    return RxCoalesce()
+    on = RxCoalesce()
+    if value == "1":
+        return on
+    parts = {p.strip() for p in value.split(",")}
+    return RxCoalesce(
+        udp_min=on.udp_min if "udp" in parts else OFF.udp_min,
+        udp_linger=on.udp_linger if "udp" in parts else 0.0,
+        tcp_busy=on.tcp_busy if "tcp" in parts else OFF.tcp_busy,
+        tcp_lowat=on.tcp_lowat if "tcp" in parts else 1,
+        tun_min=on.tun_min if "tun" in parts else OFF.tun_min,
+        tun_linger=TUN_LINGER if "tun" in parts else 0.0,
+    )
 
 
 def linger(seconds: float) -> None:

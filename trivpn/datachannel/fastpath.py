@@ -216,7 +216,8 @@ class _Threads(DataThreads[FastPathIO]):
         touch = self._toucher(open_too=True)
         side = self.up_side
         limit = 1  # after an idle wait the first datagram goes through alone (see `down`)
-        linger, busy = self.io.rx.udp_linger, self.io.rx.udp_min  # see datachannel/coalesce.py
+        rxc = self.io.rx  # see datachannel/coalesce.py
+        linger, busy, busy_bytes = rxc.udp_linger, rxc.udp_min, rxc.udp_bytes
         while not self.stopping:
             batch = transport.recv_nowait(limit)
             if not batch:
@@ -226,7 +227,7 @@ class _Threads(DataThreads[FastPathIO]):
             limit = MAX_BATCH
             if not self._up_batch(batch, tun_writable, side):
                 return
-            if len(batch) >= busy and linger:
+            if len(batch) >= busy and linger and sum(map(len, batch)) >= busy_bytes:
                 coalesce.linger(linger)  # bounded: the stop pipe waits at most this long
 
     def _write_all(self, tun: LinuxTun, packets: Sequence[bytes], writable: select.poll) -> None:

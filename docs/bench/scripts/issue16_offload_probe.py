@@ -59,16 +59,19 @@ def main() -> None:
                                    env=env)
         time.sleep(2.5)
 
-        def cpu() -> tuple[float, int, int]:
-            f = Path(f"/proc/{client.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        def cpu(pid: int | None = None) -> tuple[float, int, int]:
+            stat = Path(f"/proc/{pid or client.pid}/stat").read_text()
+            f = stat.rsplit(")", 1)[1].split()
             return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"), int(f[11]), int(f[12])
+
+        server_pid = server._proc.pid  # the openvpn server process (its CPU: the bottleneck?)
 
         try:
             for args in runs:
-                a = cpu()
+                a, sa, t0 = cpu(), cpu(server_pid), time.monotonic()
                 r = pair.client.run(["iperf3", "-c", "10.202.0.1", "-t", "3", "-J", *args],
                                     capture_output=True, text=True, timeout=30)
-                b = cpu()
+                b, sb, t1 = cpu(), cpu(server_pid), time.monotonic()
                 end = json.loads(r.stdout).get("end", {})
                 if "sum_received" not in end:
                     print(args or ["up"], "iperf3 failed")
@@ -76,7 +79,8 @@ def main() -> None:
                 nbytes = end["sum_received"]["bytes"]
                 print(args or ["up"], f"{nbytes * 8 / 3e6:.0f} Mbit/s",
                       f"cpu {(b[0] - a[0]) / (nbytes / 1e9):.2f} s/GB "
-                      f"(user {b[1] - a[1]} sys {b[2] - a[2]} ticks)")
+                      f"(user {b[1] - a[1]} sys {b[2] - a[2]} ticks); openvpn server "
+                      f"{100 * (sb[0] - sa[0]) / (t1 - t0):.0f} % of a core")
         finally:
             client.send_signal(signal.SIGINT)
             out, _ = client.communicate(timeout=20)

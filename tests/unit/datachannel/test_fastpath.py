@@ -364,7 +364,8 @@ async def test_busy_batches_linger_and_lone_packets_never(monkeypatch: pytest.Mo
     waits: list[float] = []
     monkeypatch.setattr(coalesce, "linger", waits.append)
     r = Rig(split=True)
-    r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_linger=0.002, tun_min=4, tun_linger=0.003)
+    r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=400, udp_linger=0.002, tun_min=4,
+                                        tun_linger=0.003)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(r.service.run)
@@ -395,8 +396,44 @@ def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest
 
     monkeypatch.delenv(coalesce.RX_COALESCE_ENV, raising=False)
     on = coalesce.default_rx_coalesce()
-    assert on.udp_linger > 0 and on.tcp_lowat > 1 and on.tun_linger > 0
+    assert on.udp_linger > 0 and on.tcp_lowat > 1 and on.tun_linger == 0  # TUN side: opt-in
     assert coalesce.default_rx_coalesce(low_latency=True) == coalesce.OFF
     monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "0")
     assert coalesce.default_rx_coalesce() == coalesce.OFF
     assert coalesce.OFF.udp_linger == 0 and coalesce.OFF.tun_linger == 0 and coalesce.OFF.tcp_lowat == 1
+
+
+def test_the_environment_can_keep_some_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trivpn.datachannel import coalesce
+
+    monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "udp,tcp")
+    part = coalesce.default_rx_coalesce()
+    assert part.udp_linger > 0 and part.tcp_lowat > 1 and part.tun_linger == 0
+    monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "tun")
+    part = coalesce.default_rx_coalesce()
+    assert part.udp_linger == 0 and part.tcp_lowat == 1 and part.tun_linger == coalesce.TUN_LINGER
+
+
+async def test_runs_of_small_datagrams_do_not_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy batch of small datagrams (a run of TCP ACKs during an upload) holds too few
+    bytes to be worth merging: the up thread reads on without waiting."""
+    from trivpn.datachannel import coalesce
+
+    waits: list[float] = []
+    monkeypatch.setattr(coalesce, "linger", waits.append)
+    r = Rig(split=True)
+    r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=1 << 30, udp_linger=0.002)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.service.run)
+            await r.keys_s.send([r.install_key()])
+            await until(lambda: r.service.core is not None, "key installed")
+            wires = r.peer.encrypt([_ip(10 + i) for i in range(300)], 1.0)
+            for w in wires:
+                r.server.send(w)
+            for _ in wires:
+                await trio.to_thread.run_sync(r.app.recv, 65536)
+            nursery.cancel_scope.cancel()
+    finally:
+        r.close()
+    assert waits == []
