@@ -82,6 +82,8 @@ def main() -> None:
                       f"(user {b[1] - a[1]} sys {b[2] - a[2]} ticks); openvpn server "
                       f"{100 * (sb[0] - sa[0]) / (t1 - t0):.0f} % of a core")
         finally:
+            status = Path(f"/proc/{client.pid}/status").read_text()
+            print(next(line for line in status.splitlines() if line.startswith("VmHWM")))
             client.send_signal(signal.SIGINT)
             out, _ = client.communicate(timeout=20)
             print("\n".join(line for line in out.splitlines() if "closed:" in line))
