@@ -133,6 +133,8 @@ class LinuxTun:
         self.stats = TunStats()
         #: bytes of virtio header in front of each packet (0: a plain TUN, no write offload)
         self.vnet_hdr = vnet_header_size(fd)
+        #: merge TCP segments into GSO writes (`tun.gro`); cleared if the kernel refuses one
+        self.merge = True
         self._read_size = max(mtu, DEFAULT_TUN_MTU) + TUN_READ_SLACK + self.vnet_hdr
         self._closed = False
         #: block-ipv6: IPv6 packets read are answered with what this returns (ICMPv6
@@ -255,21 +257,21 @@ class LinuxTun:
         return i
 
     def _write_coalesced(self, packets: Sequence[bytes], start: int) -> int:
-        """`write_nowait` on a TUN with a virtio header: one `writev` per `gro.coalesce` group."""
+        """`write_nowait` on a TUN with a virtio header: one `writev` per `gro.coalesce` group.
+
+        A merged write the kernel refuses (it never should) is not lost: its segments go
+        again one by one, and this device stops merging (one warning)."""
         stats = self.stats
-        todo = packets[start:] if start else packets
-        kept: list[bytes] = []
-        for packet in todo:
-            if 0 < len(packet) <= TUN_MAX_PACKET:
-                kept.append(packet)
-            else:
-                stats.dropped_oversize += 1
+        kept = [p for p in (packets[start:] if start else packets) if 0 < len(p) <= TUN_MAX_PACKET]
         writev = os.writev
         fd = self.fd
-        done = 0  # of `kept`
+        zero = bytes(self.vnet_hdr)
+        writes = (gro.coalesce(kept, self.vnet_hdr) if self.merge
+                  else [([zero, p], 1, len(p)) for p in kept])
+        done = 0  # of `kept`: written, or refused and counted
         written = nbytes = 0
         try:
-            for buffers, count, size in gro.coalesce(kept, self.vnet_hdr):
+            for buffers, count, size in writes:
                 try:
                     writev(fd, buffers)
                 except BlockingIOError:
@@ -277,27 +279,48 @@ class LinuxTun:
                 except OSError as exc:
                     if exc.errno == errno.EBADF:
                         raise trio.ClosedResourceError("TUN device is closed") from None
-                    stats.dropped_errors += count
+                    if count == 1:
+                        stats.dropped_errors += 1
+                        done += 1
+                        continue
+                    self.merge = False
+                    log.warning("%s: the kernel refused a merged write (%s); writing packets "
+                                "one by one from now on", self.name, exc.strerror)
+                    for p in kept[done:done + count]:
+                        try:
+                            writev(fd, (zero, p))
+                        except BlockingIOError:
+                            break
+                        except OSError:
+                            stats.dropped_errors += 1
+                        else:
+                            written += 1
+                            nbytes += len(p)
+                        done += 1
+                    else:
+                        continue
+                    break  # EAGAIN inside the group: the caller resumes at `done`
                 else:
                     written += count
                     nbytes += size
                     if count > 1:
                         stats.gso_writes += 1
                         stats.gso_packets += count
-                done += count
+                    done += count
         finally:
             stats.packets_written += written
             stats.bytes_written += nbytes
-        if done == len(kept):
-            return len(packets)
-        # EAGAIN: find the caller's index of the first packet not written
+        # the caller's index of the first packet not handled; empty or oversize packets
+        # before it are dropped and counted here, the ones after it when the caller resumes
         seen = 0
         for j in range(start, len(packets)):
             if 0 < len(packets[j]) <= TUN_MAX_PACKET:
                 if seen == done:
                     return j
                 seen += 1
-        return len(packets)  # unreachable: done < len(kept)
+            else:
+                stats.dropped_oversize += 1
+        return len(packets)
 
     async def write_batch(self, packets: Sequence[bytes]) -> None:
         """Write every packet; drop and count the ones the kernel refuses."""
