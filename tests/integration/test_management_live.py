@@ -297,22 +297,11 @@ def test_server_management(pki: PKI, netns: NetnsPair, openvpn_server: Any, tmp_
     where they are not per-run, the same status 2 column headers."""
     results = {}
     for impl in IMPLEMENTATIONS:
-        # One retry for the reference run only. PyPI's openvpn-management-api keeps the
-        # last line of a socket read back until the next read; when a reply's line ending
-        # arrives in a read of its own, the reply waits for more data that never comes.
-        # Seen once in CI under load, against Debian's openvpn, stuck after `bytecount 0`;
-        # trivpn's own run gets no second chance.
-        attempts = 2 if impl == "openvpn" else 1
-        for attempt in range(attempts):
-            workdir = tmp_path / f"{impl}-{attempt}"
-            workdir.mkdir()
-            try:
-                results[impl] = _run_server_script(impl, pki, netns, openvpn_server, workdir)
-                break
-            except AssertionError as exc:
-                if attempt + 1 < attempts and "did not finish" in str(exc):
-                    continue
-                raise AssertionError(f"{impl}: {exc}") from None
+        (tmp_path / impl).mkdir()
+        try:
+            results[impl] = _run_server_script(impl, pki, netns, openvpn_server, tmp_path / impl)
+        except AssertionError as exc:
+            raise AssertionError(f"{impl}: {exc}") from None
     cn = common_name(pki.client_cert)
     for impl, result in results.items():
         assert result["version"].startswith("2.6."), impl
