@@ -44,8 +44,32 @@ from trivpn.testing.process import read_until, rest_of_output, stop_process
 pytestmark = pytest.mark.root
 
 require_module("openvpn_management_api")
+from openvpn_management_api.events import register_event  # noqa: E402
+from openvpn_management_api.events.base import BaseEvent  # noqa: E402
 from openvpn_management_api.events.client import ClientEvent  # noqa: E402
 from openvpn_management_api.vpn import VPN  # noqa: E402
+
+
+@register_event
+class ByteCountEvent(BaseEvent):  # type: ignore[misc]  # the library is untyped
+    """`>BYTECOUNT:` / `>BYTECOUNT_CLI:` notifications, through the library's own event
+    registry. It has no parser for them, so it would queue such a line as the reply of
+    whatever command waits next, and that command would never see its reply end: with
+    `bytecount 3600` set, Debian's openvpn server sends `>BYTECOUNT_CLI` at the client's
+    next packet (a PUSH_REQUEST can land between two commands), which hung the script
+    after `bytecount 0` in two CI runs."""
+
+    @classmethod
+    def has_begun(cls, line: str) -> bool:
+        return line.startswith(">BYTECOUNT")
+
+    @classmethod
+    def has_ended(cls, line: str) -> bool:
+        return True
+
+    @classmethod
+    def parse_raw(cls, lines: list[str]) -> ByteCountEvent:
+        return cls()
 
 UP_TIMEOUT = 30.0
 IMPLEMENTATIONS = ["trivpn", "openvpn"]
