@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = describe_machine()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
-          f"kernel {machine['kernel']}, Python {machine['python']}, {machine['openvpn']}", flush=True)
+          f"kernel {machine['kernel']}, Python {machine['python']} ({machine['python_executable']}, starts in "
+          f"{machine['python_start_ms']} ms), {machine['openvpn']}", flush=True)
     print(f"commit: {machine['commit']}", flush=True)
     print(f"plan: iperf3 {plan.seconds:g} s with {', '.join(map(str, plan.clients))} client(s); "
           f"{plan.idle} idle clients from {plan.pools} process(es); servers {', '.join(plan.servers)}", flush=True)

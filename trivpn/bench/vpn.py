@@ -182,11 +182,31 @@ def describe_machine() -> dict[str, Any]:
         "memory": mem,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "python_start_ms": interpreter_start_ms(),
         "openvpn": _first_line(["openvpn", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": source_commit(),
     }
+
+
+def interpreter_start_ms(runs: int = 5) -> float | None:
+    """Median wall time of `python -c pass` with the interpreter under test: what every trivpn
+    start pays before its first import. It shows when an environment makes it costly (a
+    `.pth` file in site-packages runs at every start; a venv made as the README says has
+    none), which start → ping includes and trivpn cannot change."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        try:
+            r = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if r.returncode != 0:
+            return None
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 1)
 
 
 def source_commit() -> str:
@@ -499,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = describe_machine()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
-          f"kernel {machine['kernel']}, Python {machine['python']}, {machine['openvpn']}", flush=True)
+          f"kernel {machine['kernel']}, Python {machine['python']} ({machine['python_executable']}, starts in "
+          f"{machine['python_start_ms']} ms), {machine['openvpn']}", flush=True)
     print(f"plan: {plan.rounds} round(s), {plan.seconds:g} s per iperf3 run, cells "
           f"{', '.join(c.name for c in plan.cells)}, clients {', '.join(plan.clients)}", flush=True)
     pki = generate_pki()
