@@ -2,19 +2,24 @@
 
 Why not `pytest.importorskip`: it skips quietly everywhere, so a CI machine that lost a
 test extra (trustme, pyroute2, ...) would go green while silently running fewer tests. The
-integration gate in tests/integration/conftest.py follows the same rule for root tests.
+integration gate in tests/integration/conftest.py follows the same rule for root tests
+marked `root`; `require_root` is that rule for root tests outside the gate (a kernel TUN
+without openvpn).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
-__all__ = ["in_ci", "require_module"]
+__all__ = ["in_ci", "not_run", "require_module", "require_root"]
 
 
 def in_ci() -> bool:
@@ -36,7 +41,24 @@ def require_module(name: str, extra: str = "test") -> ModuleType:
             f"optional test dependency {name!r} is missing ({exc}); "
             f"install it with: python -m pip install -e '.[{extra}]'"
         )
-        if in_ci():
-            pytest.fail(f"CI=true, so not skipping: {reason}", pytrace=False)
-        warnings.warn(f"SKIPPING a test: {reason}", UserWarning, stacklevel=2)
-        pytest.skip(f"NOT RUN: {reason}", allow_module_level=True)
+        not_run(reason)
+
+
+def require_root(what: str, commands: Sequence[str] = ("ip",)) -> None:
+    """Go on only as root with /dev/net/tun and `commands` on PATH; else fail under CI=true,
+    skip loudly otherwise. `what` names the tests in the reason ("TUN offload test")."""
+    missing = [] if os.geteuid() == 0 else ["root (euid 0)"]
+    missing += [f"the `{c}` command" for c in commands if shutil.which(c) is None]
+    if not os.path.exists("/dev/net/tun"):
+        missing.append("/dev/net/tun")
+    if missing:
+        not_run(f"{what} needs " + ", ".join(missing))
+
+
+def not_run(reason: str) -> NoReturn:
+    """Fail the test under CI=true; else skip it (or, at a module's top, the module) with a
+    warning too, so the skip shows in pytest's warnings summary and not only with `-rs`."""
+    if in_ci():
+        pytest.fail(f"CI=true, so not skipping: {reason}", pytrace=False)
+    warnings.warn(f"SKIPPING a test: {reason}", UserWarning, stacklevel=3)
+    pytest.skip(f"NOT RUN: {reason}", allow_module_level=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -25,34 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.require import require_root
+from helpers.tcpseg import csum
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: for this file run as a script: trivpn, and tests/ for `helpers`
+SCRIPT_PATH = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
 SEGMENTS = 400
 MSS = 1200
 
 
-def _need_root() -> None:
-    missing = [w for w, ok in (("root", os.geteuid() == 0), ("unshare", shutil.which("unshare")),
-                               ("ip", shutil.which("ip")),
-                               ("/dev/net/tun", os.path.exists("/dev/net/tun"))) if not ok]
-    if not missing:
-        return
-    reason = "TUN offload test NOT RUN: needs " + ", ".join(missing)
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true, so this is a failure, not a skip)")
-    pytest.skip(reason)
-
-
 # -- the script side (runs inside the namespace) -------------------------------------------
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 class Peer:
@@ -79,7 +61,7 @@ class Peer:
             pseudo = self.src + self.dst + struct.pack("!IxxxB", length, 6)
         else:
             pseudo = self.src + self.dst + struct.pack("!xBH", 6, length)
-        check = _csum(pseudo + tcp + payload)
+        check = ~csum(pseudo + tcp + payload) & 0xFFFF
         tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
         if self.v6:
             ip = struct.pack("!IHBB", 6 << 28, length, 6, 64) + self.src + self.dst
@@ -87,7 +69,7 @@ class Peer:
             self.ipid += 1
             ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + length, self.ipid, 0x4000, 64, 6, 0)
             ip += self.src + self.dst
-            ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+            ip = ip[:10] + struct.pack("!H", ~csum(ip) & 0xFFFF) + ip[12:]
         return ip + tcp + payload
 
 
@@ -193,8 +175,8 @@ def scenario() -> dict[str, Any]:
 def test_coalesced_segments_reach_a_kernel_socket_whole(gro: str) -> None:
     """With the offload (default) and without (TRIVPN_TUN_GRO=0): the same stream arrives
     whole; only with it do the writes merge and the kernel's ACKs drop."""
-    _need_root()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TRIVPN_TUN_GRO": "1" if gro == "on" else "0"}
+    require_root("TUN offload test", ("unshare", "ip"))  # CI=true: fails, else skips loudly
+    env = {**os.environ, "PYTHONPATH": SCRIPT_PATH, "TRIVPN_TUN_GRO": "1" if gro == "on" else "0"}
     out = subprocess.run(["unshare", "--net", sys.executable, __file__, "scenario"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

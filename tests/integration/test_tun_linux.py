@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from helpers.require import require_root
 
 from trivpn.errors import ConfigError
 from trivpn.tun.base import TunDevice
@@ -34,25 +34,10 @@ from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
 from trivpn.tun.netconfig import NetConfigurator, TunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: for this file run as a script: trivpn, and tests/ for `helpers`
+SCRIPT_PATH = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
 SCRIPT_TIMEOUT = 30.0
 SMALL_SNDBUF = 4096  # the kernel doubles it; larger SEQPACKET messages fail with EMSGSIZE
-
-
-def require_root() -> None:
-    """Skip loudly without root, but fail when CI=true: CI must really run these."""
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root (euid 0)")
-    if shutil.which("ip") is None:
-        missing.append("the `ip` command (iproute2)")
-    if not os.path.exists("/dev/net/tun"):
-        missing.append("/dev/net/tun")
-    if not missing:
-        return
-    reason = "TUN integration test NOT RUN: needs " + ", ".join(missing)
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true, so this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +221,7 @@ def _ip(*args: str) -> None:
 
 @pytest.fixture
 def netns() -> Any:
-    require_root()
+    require_root("TUN integration test")  # fails under CI=true, skips loudly otherwise
     name = f"tvtun-{secrets.token_hex(4)}"
     _ip("netns", "add", name)
     try:
@@ -255,7 +240,7 @@ def netns() -> Any:
 
 
 def _run_inside(ns: str, scenario: str) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, PYTHONPATH=SCRIPT_PATH)
     proc = subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, __file__, scenario],
         capture_output=True,

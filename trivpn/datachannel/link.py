@@ -49,6 +49,22 @@ class DataLink:
         # written by the receiving side
         self.dropped_up = 0  # data packets that arrived before the first key
 
+    def rx_or_drop(self, count: int) -> Decryptor | None:
+        """The receive key, or None after counting `count` data packets that arrived before
+        the first key (receiving side): one place for the drop and its counter."""
+        rx = self.rx
+        if rx is None:
+            self.dropped_up += count
+        return rx
+
+    def tx_or_drop(self, count: int) -> Encryptor | None:
+        """The send key, or None after counting `count` TUN packets read before the first key
+        (sending side)."""
+        tx = self.tx
+        if tx is None:
+            self.dropped_down += count
+        return tx
+
     def requested_packets(self, tx: Encryptor, now: float) -> list[bytes]:
         """Seal the pings and exit notifications asked for since the last call (sending side)."""
         out: list[bytes] = []

@@ -155,9 +155,8 @@ class _Threads(DataThreads[TCPPathIO]):
                 return
             if not data:
                 continue
-            rx = link.rx
+            rx = link.rx_or_drop(len(data))
             if rx is None:
-                link.dropped_up += len(data)
                 continue
             packets = rx.decrypt(data, now_fn())
             if packets:
@@ -217,9 +216,8 @@ class _Threads(DataThreads[TCPPathIO]):
             if not batch:
                 self._wait(tun_readable)
                 continue
-            tx = link.tx
+            tx = link.tx_or_drop(len(batch))
             if tx is None:
-                link.dropped_down += len(batch)
                 continue
             out = tx.encrypt(batch, now_fn())
             if out:

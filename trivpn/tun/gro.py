@@ -113,9 +113,9 @@ def _vnet(gso: int, hl: int, mss: int, size: int) -> bytes:
 
 
 def _merged(zero: bytes, first: bytes, hl: int, mss: int, total: int, flags: int, v6: bool,
-            payloads: list[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
-    """The buffers of one GSO write: virtio header, the first segment's headers made to
-    describe the whole, the payloads."""
+            payloads: list[bytes | bytearray | memoryview], nbytes: int) -> Write:
+    """One GSO write of a group of two or more: virtio header, the first segment's headers
+    made to describe the whole, the payloads (`nbytes`: the group's packets' bytes)."""
     if v6:
         h = bytearray(first[:hl])
         tcp_len = hl - 40 + total
@@ -123,7 +123,7 @@ def _merged(zero: bytes, first: bytes, hl: int, mss: int, total: int, flags: int
         pseudo = _fold(sum(_ADDR6_WORDS.unpack_from(h, 8)) + 6 + tcp_len)  # both addresses
         h[53] = flags
         struct.pack_into("!H", h, 56, pseudo)
-        return [_vnet(GSO_TCPV6, hl, mss, len(zero)), h, *payloads]
+        return [_vnet(GSO_TCPV6, hl, mss, len(zero)), h, *payloads], len(payloads), nbytes
     (vihl, tos, tot, ipid, frag, ttl, proto, csum, src, dst, sport, dport, seq, ack, off, _flags,
      win, _tcp_csum, urg) = _V4_HDR.unpack_from(first)
     new_tot = hl + total
@@ -140,7 +140,7 @@ def _merged(zero: bytes, first: bytes, hl: int, mss: int, total: int, flags: int
                        dport, seq, ack, off, flags, win, ps, urg)
     if hl > 40:
         hdr += first[40:hl]
-    return [_vnet(GSO_TCPV4, hl, mss, len(zero)), hdr, *payloads]
+    return [_vnet(GSO_TCPV4, hl, mss, len(zero)), hdr, *payloads], len(payloads), nbytes
 
 
 def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Write]:
@@ -186,11 +186,8 @@ def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Writ
                 continue
         # not a continuation: close the open group, then see whether `p` starts one
         if g_first:
-            if not g_payloads:
-                append(([zero, g_first], 1, g_nbytes))
-            else:
-                append((_merged(zero, g_first, g_hl, g_mss, g_total, g_flags, g_v6, g_payloads),
-                        len(g_payloads), g_nbytes))
+            append(_merged(zero, g_first, g_hl, g_mss, g_total, g_flags, g_v6, g_payloads, g_nbytes)
+                   if g_payloads else ([zero, g_first], 1, g_nbytes))
             g_first = b""
             g_open = False
         v6 = False
@@ -229,10 +226,10 @@ def coalesce(packets: Sequence[bytes], hdr_len: int = VNET_HDR_LEN) -> list[Writ
         g_flags = flags
         g_open = not flags & _PSH
         g_payloads = []  # filled when a second segment joins
+    # the last open group, emitted as in the loop. Both emits in one place measured slower:
+    # a sentinel packet at the end ~7 % on a batch of 32 ACKs, a call per group ~7 % on a
+    # batch of two interleaved flows.
     if g_first:
-        if not g_payloads:
-            append(([zero, g_first], 1, g_nbytes))
-        else:
-            append((_merged(zero, g_first, g_hl, g_mss, g_total, g_flags, g_v6, g_payloads),
-                    len(g_payloads), g_nbytes))
+        append(_merged(zero, g_first, g_hl, g_mss, g_total, g_flags, g_v6, g_payloads, g_nbytes)
+               if g_payloads else ([zero, g_first], 1, g_nbytes))
     return out

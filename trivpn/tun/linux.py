@@ -115,6 +115,13 @@ def vnet_header_size(fd: int) -> int:
     return size if size >= gro.VNET_HDR_LEN else 0
 
 
+def _raise_if_closed(exc: OSError) -> None:
+    """A write that failed with EBADF found the device closed under it: the one write error
+    that is not a dropped packet (shared by the plain and the merged write paths)."""
+    if exc.errno == errno.EBADF:
+        raise trio.ClosedResourceError("TUN device is closed") from None
+
+
 class LinuxTun:
     """Async batch I/O over a TUN fd: read drains the fd without a checkpoint per packet."""
 
@@ -244,8 +251,7 @@ class LinuxTun:
                     except BlockingIOError:
                         break
                     except OSError as exc:
-                        if exc.errno == errno.EBADF:
-                            raise trio.ClosedResourceError("TUN device is closed") from None
+                        _raise_if_closed(exc)
                         stats.dropped_errors += 1
                     else:
                         written += 1
@@ -277,8 +283,7 @@ class LinuxTun:
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        raise trio.ClosedResourceError("TUN device is closed") from None
+                    _raise_if_closed(exc)
                     if count == 1:
                         stats.dropped_errors += 1
                         done += 1

@@ -17,6 +17,7 @@ import pytest
 import trio
 from helpers.waiting import until
 
+from trivpn.datachannel import coalesce
 from trivpn.datachannel.core import DataChannel, DataStats
 from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
 from trivpn.datachannel.service import DataService
@@ -355,14 +356,30 @@ async def test_a_busy_direction_does_not_starve_the_other(rig: Rig) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_busy_batches_linger_and_lone_packets_never(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The bounded waits the data-plane threads asked `coalesce.linger` for (none slept)."""
+    got: list[float] = []
+    monkeypatch.setattr(coalesce, "linger", got.append)
+    return got
+
+
+async def _burst_to_app(r: Rig, count: int) -> None:
+    """The server sends `count` datagrams faster than the up thread reads them one by one;
+    return once the app side got them all."""
+    wires = r.peer.encrypt([_ip(10 + i) for i in range(count)], 1.0)
+    # room for the whole burst, or the kernel drops some and the reads below wait
+    r.plane.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    for w in wires:
+        r.server.send(w)
+    for _ in wires:
+        await trio.to_thread.run_sync(r.app.recv, 65536)
+
+
+async def test_busy_batches_linger_and_lone_packets_never(waits: list[float]) -> None:
     """Read coalescing (datachannel/coalesce.py): a batch of at least `udp_min` datagrams
     (or `tun_min` TUN packets) is followed by one bounded wait; a lone packet after an idle
     wait is not, so an idle tunnel's latency is untouched."""
-    from trivpn.datachannel import coalesce
-
-    waits: list[float] = []
-    monkeypatch.setattr(coalesce, "linger", waits.append)
     r = Rig(split=True)
     r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=400, udp_linger=0.002, tun_min=4,
                                         tun_linger=0.003)
@@ -377,13 +394,7 @@ async def test_busy_batches_linger_and_lone_packets_never(monkeypatch: pytest.Mo
             r.server.send(r.peer.encrypt([_ip(2)], 1.0)[0])
             await trio.to_thread.run_sync(r.app.recv, 65536)
             assert waits == []
-            # a burst faster than the thread reads one by one: some batch holds >= 4
-            wires = r.peer.encrypt([_ip(10 + i) for i in range(150)], 1.0)
-            r.plane.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            for w in wires:
-                r.server.send(w)
-            for _ in wires:
-                await trio.to_thread.run_sync(r.app.recv, 65536)
+            await _burst_to_app(r, 150)  # some batch holds >= 4
             await until(lambda: 0.002 in waits, "the up thread lingered after a busy batch")
             nursery.cancel_scope.cancel()
     finally:
@@ -392,8 +403,6 @@ async def test_busy_batches_linger_and_lone_packets_never(monkeypatch: pytest.Mo
 
 
 def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trivpn.datachannel import coalesce
-
     monkeypatch.delenv(coalesce.RX_COALESCE_ENV, raising=False)
     on = coalesce.default_rx_coalesce()
     assert on.udp_linger > 0 and on.tcp_lowat > 1 and on.tun_linger == 0  # TUN side: opt-in
@@ -404,8 +413,6 @@ def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest
 
 
 def test_the_environment_can_keep_some_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trivpn.datachannel import coalesce
-
     monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "udp,tcp")
     part = coalesce.default_rx_coalesce()
     assert part.udp_linger > 0 and part.tcp_lowat > 1 and part.tun_linger == 0
@@ -414,13 +421,9 @@ def test_the_environment_can_keep_some_parts(monkeypatch: pytest.MonkeyPatch) ->
     assert part.udp_linger == 0 and part.tcp_lowat == 1 and part.tun_linger == coalesce.TUN_LINGER
 
 
-async def test_runs_of_small_datagrams_do_not_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_runs_of_small_datagrams_do_not_linger(waits: list[float]) -> None:
     """A busy batch of small datagrams (a run of TCP ACKs during an upload) holds too few
     bytes to be worth merging: the up thread reads on without waiting."""
-    from trivpn.datachannel import coalesce
-
-    waits: list[float] = []
-    monkeypatch.setattr(coalesce, "linger", waits.append)
     r = Rig(split=True)
     r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=1 << 30, udp_linger=0.002)
     try:
@@ -428,13 +431,7 @@ async def test_runs_of_small_datagrams_do_not_linger(monkeypatch: pytest.MonkeyP
             nursery.start_soon(r.service.run)
             await r.keys_s.send([r.install_key()])
             await until(lambda: r.service.core is not None, "key installed")
-            wires = r.peer.encrypt([_ip(10 + i) for i in range(150)], 1.0)
-            # room for the whole burst, or the kernel drops some and the reads below wait
-            r.plane.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            for w in wires:
-                r.server.send(w)
-            for _ in wires:
-                await trio.to_thread.run_sync(r.app.recv, 65536)
+            await _burst_to_app(r, 150)
             nursery.cancel_scope.cancel()
     finally:
         r.close()
