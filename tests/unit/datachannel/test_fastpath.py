@@ -365,15 +365,26 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 async def _burst_to_app(r: Rig, count: int) -> None:
-    """The server sends `count` datagrams faster than the up thread reads them one by one;
-    return once the app side got them all."""
+    """The server sends `count` datagrams while the up thread cannot keep up, so later reads
+    find many waiting; return once the app side got them all.
+
+    Not left to timing (a loaded machine may run the sender slower than the thread reads):
+    the TUN stand-in gets the smallest send buffer and the app side reads nothing until the
+    whole burst is sent, so the thread soon waits for the TUN to drain and the rest of the
+    burst piles up in the socket."""
     wires = r.peer.encrypt([_ip(10 + i) for i in range(count)], 1.0)
     # room for the whole burst, or the kernel drops some and the reads below wait
     r.plane.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    for w in wires:
-        r.server.send(w)
-    for _ in wires:
-        await trio.to_thread.run_sync(r.app.recv, 65536)
+    tun_end = socket.socket(fileno=os.dup(r.tun.fd))
+    try:
+        tun_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum
+        for w in wires:
+            r.server.send(w)
+        for _ in wires:
+            await trio.to_thread.run_sync(r.app.recv, 65536)
+    finally:
+        tun_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 18)
+        tun_end.close()
 
 
 async def test_busy_batches_linger_and_lone_packets_never(waits: list[float]) -> None:
