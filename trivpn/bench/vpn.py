@@ -209,6 +209,25 @@ def interpreter_start_ms(runs: int = 5) -> float | None:
     return round(statistics.median(times), 1)
 
 
+#: A bare interpreter start above this (ms) is worth a warning: something in site-packages
+#: runs at every start (a venv made as the README says starts in ~10 ms here).
+SLOW_INTERPRETER_MS = 25.0
+
+
+def machine_report(machine: dict[str, Any]) -> str:
+    """The machine line the benchmarks print first, and a warning when the interpreter's own
+    start is slow enough to distort start → ping and peak RSS."""
+    line = (f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
+            f"kernel {machine['kernel']}, Python {machine['python']} ({machine['python_executable']}, "
+            f"starts in {machine['python_start_ms']} ms), {machine['openvpn']}")
+    start = machine.get("python_start_ms")
+    if start is not None and start > SLOW_INTERPRETER_MS:
+        line += (f"\nwarning: this Python takes {start} ms to start before any trivpn import (a .pth "
+                 "file in its site-packages?); start → ping and RSS include that. Run the bench "
+                 "from a venv made as the README says.")
+    return line
+
+
 def source_commit() -> str:
     """The git commit of the trivpn being measured (with "+dirty" for local changes), so a
     published table names what it measured; "unknown" outside a checkout."""
@@ -518,9 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     from trivpn.testing import generate_pki
 
     machine = describe_machine()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
-          f"kernel {machine['kernel']}, Python {machine['python']} ({machine['python_executable']}, starts in "
-          f"{machine['python_start_ms']} ms), {machine['openvpn']}", flush=True)
+    print(machine_report(machine), flush=True)
     print(f"plan: {plan.rounds} round(s), {plan.seconds:g} s per iperf3 run, cells "
           f"{', '.join(c.name for c in plan.cells)}, clients {', '.join(plan.clients)}", flush=True)
     pki = generate_pki()
