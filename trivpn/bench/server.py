@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trivpn.bench.vpn import describe_machine, machine_report
+from trivpn.bench.machine import describe_machine, machine_report
 
 SERVERS = ("trivpn", "openvpn")
 #: Seconds a server gets to come up, and each client to connect.
