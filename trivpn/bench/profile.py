@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(opt, parts)
     print(format_report(report))
     if json_path is not None:
-        from trivpn.bench.vpn import describe_machine
+        from trivpn.bench.machine import describe_machine
 
         doc = {"machine": describe_machine(), **asdict(report)}
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trivpn.bench.vpn import describe_machine
+from trivpn.bench.machine import describe_machine, machine_report
 
 SERVERS = ("trivpn", "openvpn")
 #: Seconds a server gets to come up, and each client to connect.
@@ -356,9 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     from trivpn.testing import generate_pki
 
     machine = describe_machine()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
-          f"kernel {machine['kernel']}, Python {machine['python']} ({machine['python_executable']}, starts in "
-          f"{machine['python_start_ms']} ms), {machine['openvpn']}", flush=True)
+    print(machine_report(machine), flush=True)
     print(f"commit: {machine['commit']}", flush=True)
     print(f"plan: iperf3 {plan.seconds:g} s with {', '.join(map(str, plan.clients))} client(s); "
           f"{plan.idle} idle clients from {plan.pools} process(es); servers {', '.join(plan.servers)}", flush=True)

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -29,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trivpn.bench.machine import describe_machine, machine_report
 
 #: Variants for A/B runs: "trivpn-trio" is trivpn with `--no-data-threads` (data packets in
 #: trio tasks), "trivpn-lowlat" is trivpn with `--low-latency`.
@@ -147,82 +148,6 @@ def summarize(runs: list[dict[str, Any]], clients: tuple[str, ...]) -> dict[str,
             a, b = medians["trivpn"][m], medians["openvpn"][m]
             ratios[m] = (a / b) if a is not None and b else None
     return {"medians": medians, "ratios": ratios}
-
-
-# ---------------------------------------------------------------------------------------
-# machine description
-
-
-def _first_line(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return ((r.stdout or r.stderr).strip().splitlines() or ["unknown"])[0]
-
-
-def describe_machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "python_start_ms": interpreter_start_ms(),
-        "openvpn": _first_line(["openvpn", "--version"]),
-        "iperf3": _first_line(["iperf3", "--version"]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": source_commit(),
-    }
-
-
-def interpreter_start_ms(runs: int = 5) -> float | None:
-    """Median wall time of `python -c pass` with the interpreter under test: what every trivpn
-    start pays before its first import. It shows when an environment makes it costly (a
-    `.pth` file in site-packages runs at every start; a venv made as the README says has
-    none), which start → ping includes and trivpn cannot change."""
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        try:
-            r = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if r.returncode != 0:
-            return None
-        times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times), 1)
-
-
-def source_commit() -> str:
-    """The git commit of the trivpn being measured (with "+dirty" for local changes), so a
-    published table names what it measured; "unknown" outside a checkout."""
-    here = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,9 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     from trivpn.testing import generate_pki
 
     machine = describe_machine()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
-          f"kernel {machine['kernel']}, Python {machine['python']} ({machine['python_executable']}, starts in "
-          f"{machine['python_start_ms']} ms), {machine['openvpn']}", flush=True)
+    print(machine_report(machine), flush=True)
     print(f"plan: {plan.rounds} round(s), {plan.seconds:g} s per iperf3 run, cells "
           f"{', '.join(c.name for c in plan.cells)}, clients {', '.join(plan.clients)}", flush=True)
     pki = generate_pki()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trivpn.bench import vpn
+from trivpn.bench import machine, vpn
 from trivpn.bench.__main__ import main as bench_main
 from trivpn.bench.probe import Result, _checksum, _echo, missing_measurements
 
@@ -97,3 +97,16 @@ def test_table_shows_a_dash_for_a_client_that_did_not_run_in_a_cell() -> None:
     s = vpn.summarize([_run("trivpn", 100), _run("openvpn", 100)], ("trivpn", "openvpn"))
     table = vpn.format_table({"udp/X": s}, ("trivpn", "openvpn", "openvpn-default"))
     assert "| udp/X | throughput client→server (Mbit/s) | 100 | 100 | — | 1.00× |" in table
+
+
+def test_the_machine_facts_time_the_bare_interpreter_and_warn_when_it_is_slow() -> None:
+    """start → ping includes the interpreter's own start; a site-packages `.pth` can make
+    that several times slower than a clean venv, so the bench measures and flags it."""
+    start = machine.interpreter_start_ms(runs=2)
+    assert start is not None and 0 < start < 10_000
+    facts = {"cpu": "x", "cores": 2, "memory": "1 GiB", "kernel": "6", "python": "3.11",
+             "python_executable": "/venv/bin/python", "openvpn": "OpenVPN 2.6"}
+    quick = machine.machine_report(facts | {"python_start_ms": 9.0})
+    assert "starts in 9.0 ms" in quick and "warning" not in quick
+    slow = machine.machine_report(facts | {"python_start_ms": machine.SLOW_INTERPRETER_MS + 40})
+    assert slow.splitlines()[1].startswith("warning: this Python takes")
