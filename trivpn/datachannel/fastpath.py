@@ -194,9 +194,8 @@ class _Threads(DataThreads[FastPathIO]):
         if not data:
             return True
         link = self.link
-        rx = link.rx
+        rx = link.rx_or_drop(len(data))
         if rx is None:
-            link.dropped_up += len(data)
             return True
         now = self.now()
         packets = rx.decrypt(data, now)
@@ -254,9 +253,8 @@ class _Threads(DataThreads[FastPathIO]):
     def _down_batch(self, batch: list[bytes], sock_writable: select.poll, side: _Side) -> None:
         """Packets read from the TUN: sealed and sent."""
         link = self.link
-        tx = link.tx
+        tx = link.tx_or_drop(len(batch))
         if tx is None:
-            link.dropped_down += len(batch)
             return
         now = self.now()
         out = tx.encrypt(batch, now)

@@ -77,9 +77,8 @@ class TaskPlane:
     async def _up(self, link: DataLink) -> None:
         async with self._from_mux, self._to_tun:
             async for batch in self._from_mux:
-                rx = link.rx
+                rx = link.rx_or_drop(len(batch))
                 if rx is None:
-                    link.dropped_up += len(batch)
                     continue
                 packets = rx.decrypt(batch, link.clock())
                 if packets:
@@ -90,9 +89,8 @@ class TaskPlane:
     async def _down(self, link: DataLink) -> None:
         async with self._from_tun:
             async for batch in self._from_tun:
-                tx = link.tx
+                tx = link.tx_or_drop(len(batch))
                 if tx is None:
-                    link.dropped_down += len(batch)
                     continue
                 out = tx.encrypt(batch, link.clock())
                 if out:
