@@ -268,7 +268,8 @@ class LinuxTun:
         A merged write the kernel refuses (it never should) is not lost: its segments go
         again one by one, and this device stops merging (one warning)."""
         stats = self.stats
-        kept = [p for p in (packets[start:] if start else packets) if 0 < len(p) <= TUN_MAX_PACKET]
+        todo = packets[start:] if start else packets
+        kept = [p for p in todo if 0 < len(p) <= TUN_MAX_PACKET]
         writev = os.writev
         fd = self.fd
         zero = bytes(self.vnet_hdr)
@@ -315,8 +316,11 @@ class LinuxTun:
         finally:
             stats.packets_written += written
             stats.bytes_written += nbytes
-        # the caller's index of the first packet not handled; empty or oversize packets
-        # before it are dropped and counted here, the ones after it when the caller resumes
+        if done == len(kept):  # the usual case: no second pass over the batch
+            stats.dropped_oversize += len(todo) - len(kept)
+            return len(packets)
+        # EAGAIN: the caller's index of the first packet not handled; empty or oversize
+        # packets before it are dropped and counted here, the ones after it when it resumes
         seen = 0
         for j in range(start, len(packets)):
             if 0 < len(packets[j]) <= TUN_MAX_PACKET:
