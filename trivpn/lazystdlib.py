@@ -23,9 +23,10 @@ import types
 
 __all__ = ["DEFERRED", "defer", "is_deferred"]
 
-#: What trio (`ssl`, `hmac`) and `cryptography.x509` (`hashlib`, for one helper) import at
-#: start-up for features the command line does not use.
-DEFERRED = ("ssl", "hmac", "hashlib")
+#: What trio (`ssl`, `hmac`), `cryptography.x509` (`hashlib`, for one helper) and `shutil`
+#: (`bz2`, `lzma`, for its archive formats: +0.5 MB) import at start-up for features the
+#: command line does not use.
+DEFERRED = ("ssl", "hmac", "hashlib", "bz2", "lzma")
 
 
 class _StandIn(types.ModuleType):
