@@ -15,11 +15,15 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import trio
+from trivpn import lazystdlib
 
-from trivpn import __version__
-from trivpn.cli_common import finish_parsers, setup_logging
-from trivpn.errors import ConfigError, TrivpnError
+lazystdlib.defer()  # before trio imports ssl and hmac: see trivpn/lazystdlib.py
+
+import trio  # noqa: E402
+
+from trivpn import __version__  # noqa: E402
+from trivpn.cli_common import finish_parsers, setup_logging  # noqa: E402
+from trivpn.errors import ConfigError, TrivpnError  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
     from trivpn.profile.profile import Profile

@@ -59,7 +59,7 @@ FIRST = ("ssl", "ctypes", STDLIB, "asyncio")
 #: the figures every tree's report carries (tests/unit/bench/test_startup.py)
 TREE_FIGURES = ("modules", "baseline_rss_mb", "import_ms", "import_ms_min", "import_cpu_ms",
                 "rss_after_imports_mb", "start_to_ping_s", "peak_rss_at_ping_mb", "packages",
-                "unused_modules", "rounds")
+                "unused_modules", "rounds", "system_openssl_modules")
 PACKAGE_FIGURES = ("package", "modules", "unused", "import_ms", "import_cpu_ms", "rss_mb")
 
 
@@ -148,11 +148,12 @@ async def _trace(tree: Path, ctx: _Context) -> tuple[list[str], dict[str, str]]:
     return parse_importtime(err), states
 
 
-async def _ping(tree: Path, ctx: _Context) -> tuple[float, int]:
-    """(seconds from spawning the child to its first ping reply, its VmHWM kB then)."""
+async def _ping(tree: Path, ctx: _Context) -> tuple[float, int, list[str]]:
+    """(seconds from spawning the child to its first ping reply, its VmHWM kB then, which
+    bindings of the system's OpenSSL it had loaded by then)."""
     started, _err, out = await _connect_child("ping", tree, ctx)
-    replied, hwm = out.read_text().split("\t")
-    return float(replied) - started, int(hwm)
+    replied, hwm, loaded = out.read_text().strip().split("\t")
+    return float(replied) - started, int(hwm), [m for m in loaded.split(",") if m != "-"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ async def _measure(tree: Path, plan_file: Path, ctx: _Context) -> list[Step]:
 
 
 def summarize(steps: list[tuple[str, str]], states: dict[str, str], rounds: list[list[Step]],
-              pings: list[tuple[float, int]]) -> dict[str, Any]:
+              pings: list[tuple[float, int, list[str]]]) -> dict[str, Any]:
     """Medians over the rounds: per group import wall and CPU ms, RSS added (MB); start →
     first ping and the peak RSS then."""
     def med(values: list[float]) -> float:
@@ -214,6 +215,7 @@ def summarize(steps: list[tuple[str, str]], states: dict[str, str], rounds: list
         "rss_after_imports_mb": med([r[-1].rss_kb / 1024 for r in rounds]),
         "start_to_ping_s": round(statistics.median(p[0] for p in pings), 4),
         "peak_rss_at_ping_mb": med([p[1] / 1024 for p in pings]),
+        "system_openssl_modules": sorted({m for p in pings for m in p[2]}),
         "packages": packages,
         "unused_modules": unused,
         "rounds": len(rounds),
@@ -227,7 +229,8 @@ def format_report(trees: dict[str, dict[str, Any]]) -> str:
                   f"{t['baseline_rss_mb']:.1f} MB; imports {t['import_ms']:.1f} ms wall (fastest "
                   f"{t['import_ms_min']:.1f}), {t['import_cpu_ms']:.1f} ms CPU; RSS after them "
                   f"{t['rss_after_imports_mb']:.1f} MB; start → first ping {t['start_to_ping_s']:.3f} s, "
-                  f"peak RSS then {t['peak_rss_at_ping_mb']:.1f} MB (medians of {t['rounds']})",
+                  f"peak RSS then {t['peak_rss_at_ping_mb']:.1f} MB (medians of {t['rounds']}); "
+                  f"the system's OpenSSL {_openssl(t['system_openssl_modules'])}",
                   "| package | modules | unused | import ms wall | CPU | RSS +MB |", "|---|---|---|---|---|---|"]
         lines += [f"| {p['package']} | {p['modules']} | {p['unused']} | {p['import_ms']:.1f} | "
                   f"{p['import_cpu_ms']:.1f} | {p['rss_mb']:.2f} |" for p in t["packages"]]
@@ -239,6 +242,10 @@ def format_report(trees: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _openssl(loaded: list[str]) -> str:
+    return f"loaded ({', '.join(loaded)})" if loaded else "not loaded"
+
+
 async def _run(trees: dict[str, Path], args: argparse.Namespace, ctx: _Context) -> dict[str, Any]:
     traced = {name: await _trace(tree, ctx) for name, tree in trees.items()}
     steps: dict[str, list[tuple[str, str]]] = {}
@@ -246,7 +253,7 @@ async def _run(trees: dict[str, Path], args: argparse.Namespace, ctx: _Context) 
         steps[name] = plan(*traced[name])
         (ctx.work / f"plan-{name}.txt").write_text("".join(f"{g}\t{m}\n" for g, m in steps[name]))
     rounds: dict[str, list[list[Step]]] = {name: [] for name in trees}
-    pings: dict[str, list[tuple[float, int]]] = {name: [] for name in trees}
+    pings: dict[str, list[tuple[float, int, list[str]]]] = {name: [] for name in trees}
     for i in range(args.rounds + 1):  # round 0 warms the bytecode cache, not counted
         for name, tree in (trees.items() if i % 2 == 0 else reversed(trees.items())):
             result = await _measure(tree, ctx.work / f"plan-{name}.txt", ctx)

@@ -57,6 +57,9 @@ def measure(plan_path: str, out_path: str) -> None:
                 groups.append((group, []))
             groups[-1][1].append(name)
     failed: list[str] = []
+    if any("trivpn.lazystdlib" in names for _g, names in groups):
+        # as `trivpn connect` does before it imports trio (counted in the first group)
+        __import__("trivpn.lazystdlib").lazystdlib.defer()
     for group, names in groups:
         t0, c0 = time.perf_counter(), time.process_time()
         for name in names:
@@ -175,14 +178,25 @@ def _connect_and_ping(profile_path: str, out_path: str, *, traced: bool) -> None
     trio.run(connect)
 
 
+#: the standard library's bindings of the system's OpenSSL (trivpn.lazystdlib keeps them out)
+SYSTEM_OPENSSL = ("_ssl", "_hashlib")
+
+
 def _write_ping(out_path: str, replied: float) -> None:
+    loaded = ",".join(m for m in SYSTEM_OPENSSL if m in sys.modules) or "-"
     with open(out_path, "w") as f:
-        f.write(f"{replied:.6f}\t{_rss_kb('VmHWM')}\n")
+        f.write(f"{replied:.6f}\t{_rss_kb('VmHWM')}\t{loaded}\n")
+
+
+def _stand_in(mod: object) -> bool:
+    """A `trivpn.lazystdlib` stand-in nothing has used: not an imported module."""
+    return type(mod).__name__ == "_StandIn" and type(mod).__module__ == "trivpn.lazystdlib"
 
 
 def _write_trace(out_path: str) -> None:
     me = __file__
-    modules = {name: mod for name, mod in list(sys.modules.items()) if name not in START_MODULES}
+    modules = {name: mod for name, mod in list(sys.modules.items())
+               if name not in START_MODULES and not _stand_in(mod)}
     state: dict[str, str] = {}
     for name, mod in modules.items():
         path = getattr(mod, "__file__", None) or ""

@@ -32,8 +32,6 @@ keys[i].cipher = data[128*i : 128*i+64], keys[i].hmac = data[128*i+64 : 128*i+12
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import string
 import struct
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from trivpn import digests
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK, ReplayWindow
 from trivpn.wire import MAX_UINT32, PACKET_ID_LONG_LEN, SESSION_ID_LEN
@@ -67,7 +66,7 @@ TLS_CRYPT_BUF_OVERHEAD = PACKET_ID_LONG_LEN + TLS_CRYPT_TAG_SIZE + TLS_CRYPT_BLO
 STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
 STATIC_KEY_END = "-----END OpenVPN Static key V1-----"
 
-#: `--auth` digests usable for tls-auth, mapped to hashlib names.
+#: `--auth` digests usable for tls-auth, mapped to the names `trivpn.digests` takes.
 TLS_AUTH_DIGESTS: dict[str, str] = {
     "SHA1": "sha1",
     "SHA224": "sha224",
@@ -248,11 +247,11 @@ class TLSAuth:
             send_index, recv_index = 1, 0
         else:
             raise ConfigError(f"key-direction must be 0 or 1, not {direction!r}")
-        dlen = hashlib.new(name).digest_size
+        dlen = digests.algorithm(name).digest_size
         self._dlen = dlen
         # Keyed HMAC objects are copied per packet, which skips re-deriving the key pads.
-        self._send_mac = hmac.new(key.hmac(send_index)[:dlen], digestmod=name)
-        self._recv_mac = hmac.new(key.hmac(recv_index)[:dlen], digestmod=name)
+        self._send_mac = digests.hmac_key(key.hmac(send_index)[:dlen], name)
+        self._recv_mac = digests.hmac_key(key.hmac(recv_index)[:dlen], name)
         self._ids = _ReplayIds(timestamp, initial_packet_id, replay_window, replay_time)
         self.overhead = dlen + PACKET_ID_LONG_LEN
 
@@ -268,7 +267,7 @@ class TLSAuth:
         mac = self._send_mac.copy()
         mac.update(pid)
         mac.update(packet)
-        return b"".join((packet[:CLEAR_HEADER_LEN], mac.digest(), pid, packet[CLEAR_HEADER_LEN:]))
+        return b"".join((packet[:CLEAR_HEADER_LEN], mac.finalize(), pid, packet[CLEAR_HEADER_LEN:]))
 
     def _open(self, data: bytes) -> tuple[bytes, bytes]:
         """(plaintext packet, replay id) of an authentic packet; no replay check yet."""
@@ -282,7 +281,7 @@ class TLSAuth:
         mac.update(pid)
         mac.update(data[:CLEAR_HEADER_LEN])
         mac.update(data[body:])
-        if not hmac.compare_digest(mac.digest(), data[CLEAR_HEADER_LEN:tag_end]):
+        if not digests.hmac_matches(mac, data[CLEAR_HEADER_LEN:tag_end]):
             raise RemoteProtocolError("tls-auth: HMAC verification failed")
         return data[:CLEAR_HEADER_LEN] + data[body:], pid
 
@@ -322,8 +321,8 @@ class TLSCrypt:
         send_index, recv_index = (0, 1) if server else (1, 0)
         self._send_ke = key.cipher(send_index)[:TLS_CRYPT_KEY_LEN]
         self._recv_ke = key.cipher(recv_index)[:TLS_CRYPT_KEY_LEN]
-        self._send_mac = hmac.new(key.hmac(send_index)[:TLS_CRYPT_KEY_LEN], digestmod="sha256")
-        self._recv_mac = hmac.new(key.hmac(recv_index)[:TLS_CRYPT_KEY_LEN], digestmod="sha256")
+        self._send_mac = digests.hmac_key(key.hmac(send_index)[:TLS_CRYPT_KEY_LEN], "sha256")
+        self._recv_mac = digests.hmac_key(key.hmac(recv_index)[:TLS_CRYPT_KEY_LEN], "sha256")
         self._ids = _ReplayIds(timestamp, initial_packet_id, replay_window, replay_time)
         self.overhead = PACKET_ID_LONG_LEN + TLS_CRYPT_TAG_SIZE
 
@@ -344,7 +343,7 @@ class TLSCrypt:
         mac.update(header)
         mac.update(pid)
         mac.update(plaintext)
-        tag = mac.digest()
+        tag = mac.finalize()
         enc = Cipher(algorithms.AES(self._send_ke), modes.CTR(tag[:16])).encryptor()
         return b"".join((header, pid, tag, enc.update(plaintext), enc.finalize()))
 
@@ -359,7 +358,7 @@ class TLSCrypt:
         mac = self._recv_mac.copy()
         mac.update(data[:TLS_CRYPT_OFF_TAG])  # header and replay packet-id
         mac.update(plaintext)
-        if not hmac.compare_digest(mac.digest(), tag):
+        if not digests.hmac_matches(mac, tag):
             raise RemoteProtocolError("tls-crypt: authentication tag mismatch")
         return data[:CLEAR_HEADER_LEN] + plaintext
 

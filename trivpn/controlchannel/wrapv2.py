@@ -15,12 +15,12 @@ bytes say how long it is. Everything here is pure: no clock, no I/O, nothing rem
 
 from __future__ import annotations
 
-import hmac
 import struct
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from trivpn import digests
 from trivpn.controlchannel.wrap import (
     KEY_SLOT_LEN,
     STATIC_KEY_LEN,
@@ -109,7 +109,7 @@ def wrap_client_key(server: TLSCryptV2ServerKey, kc: StaticKey, metadata: bytes 
     if total > TLS_CRYPT_V2_MAX_WKC_LEN:
         raise ConfigError(f"tls-crypt-v2: metadata too long ({len(metadata)} bytes)")
     net_len = _LEN16.pack(total)
-    tag = hmac.new(server.ka, net_len + plain, "sha256").digest()
+    tag = digests.hmac_digest(server.ka, net_len + plain, "sha256")
     enc = Cipher(algorithms.AES(server.ke), modes.CTR(tag[:16])).encryptor()
     return tag + enc.update(plain) + enc.finalize() + net_len
 
@@ -127,7 +127,9 @@ def unwrap_client_key(server: TLSCryptV2ServerKey, wkc: bytes) -> ClientKeyV2:
     tag = wkc[:TLS_CRYPT_TAG_SIZE]
     dec = Cipher(algorithms.AES(server.ke), modes.CTR(tag[:16])).decryptor()
     plain = dec.update(wkc[TLS_CRYPT_TAG_SIZE:-2]) + dec.finalize()
-    if not hmac.compare_digest(hmac.new(server.ka, net_len + plain, "sha256").digest(), tag):
+    mac = digests.hmac_key(server.ka, "sha256")
+    mac.update(net_len + plain)
+    if not digests.hmac_matches(mac, tag):
         raise RemoteProtocolError("tls-crypt-v2: wrapped client key not authentic")
     return ClientKeyV2(StaticKey(plain[:STATIC_KEY_LEN]), plain[STATIC_KEY_LEN:])
 

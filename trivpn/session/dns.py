@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -37,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trivpn import digests
 from trivpn.session.netsettings import DnsSettings
 
 __all__ = [
@@ -213,7 +213,7 @@ class _Backup:
 
 
 def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return digests.digest("sha256", data).hex()
 
 
 def _trivpn_alive(pid: int) -> bool:

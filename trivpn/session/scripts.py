@@ -24,7 +24,6 @@ Rules kept from OpenVPN 2.6:
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import os
@@ -38,6 +37,7 @@ import trio
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from trivpn import digests
 from trivpn.errors import ConfigError, FatalError
 from trivpn.profile.model import Profile
 from trivpn.profile.push import PushedSettings
@@ -103,8 +103,8 @@ def _chain_env(env: dict[str, str], chain: Sequence[bytes]) -> None:
         except ValueError:
             continue
         env[f"tls_id_{depth}"] = format_subject(cert.subject)
-        env[f"tls_digest_{depth}"] = _colon_hex(hashlib.sha1(der).digest(), False)
-        env[f"tls_digest_sha256_{depth}"] = _colon_hex(hashlib.sha256(der).digest(), False)
+        env[f"tls_digest_{depth}"] = _colon_hex(digests.digest("sha1", der), False)
+        env[f"tls_digest_sha256_{depth}"] = _colon_hex(digests.digest("sha256", der), False)
         serial = cert.serial_number
         env[f"tls_serial_{depth}"] = str(serial)
         env[f"tls_serial_hex_{depth}"] = _colon_hex(serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"), False)

@@ -18,9 +18,9 @@ The PRF uses MD5; that is OpenVPN's choice and only matters outside FIPS mode.
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 
+from trivpn import digests
 from trivpn.errors import LocalProtocolError
 from trivpn.tlssession.keymethod import PRE_MASTER_LEN, RANDOM_LEN, KeyMethod2
 
@@ -44,8 +44,8 @@ def _p_hash(digest: str, secret: bytes, seed: bytes, length: int) -> bytes:
     out = bytearray()
     a = seed
     while len(out) < length:
-        a = hmac.digest(secret, a, digest)
-        out += hmac.digest(secret, a + seed, digest)
+        a = digests.hmac_digest(secret, a, digest)
+        out += digests.hmac_digest(secret, a + seed, digest)
     return bytes(out[:length])
 
 

@@ -31,7 +31,6 @@ Theory of operation (the same ideas as the comment at the top of trio's `_ssl.py
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
+from trivpn import digests
 from trivpn.errors import CertificateRejected, ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.tlssession.tlsload import (
     CERT_PROFILES,
@@ -218,7 +218,7 @@ class TLSEngine:
             if depth != 0:
                 return True
             der = xcert.public_bytes(serialization.Encoding.DER)
-            if hashlib.sha256(der).digest() not in self.config.peer_fingerprints:
+            if digests.digest("sha256", der) not in self.config.peer_fingerprints:
                 self._verify_failure = f"peer-fingerprint does not match (subject {subject})"
                 return False
             return True

@@ -1,0 +1,69 @@
+"""`trivpn.lazystdlib`: the command line keeps the system's OpenSSL out until someone uses it.
+
+Run in fresh interpreters (`-P`, nothing imported before trivpn), as `trivpn connect` starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _run(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def test_the_cli_imports_trio_and_the_client_stack_without_the_systems_openssl() -> None:
+    out = _run(
+        "import sys\n"
+        "from trivpn import lazystdlib\n"
+        "early = {n for n in lazystdlib.DEFERRED if n in sys.modules}  # the interpreter's site\n"
+        "import trivpn.cli, trio\n"
+        "import trivpn.engine, trivpn.tlssession.tls, trivpn.controlchannel.wrap, trivpn.session.dns\n"
+        "print(sorted(m for m in ('_ssl', '_hashlib') if m in sys.modules),"
+        " [n for n in lazystdlib.DEFERRED if n not in early and not lazystdlib.is_deferred(n)])\n"
+    )
+    assert out == "[] []"
+
+
+def test_a_stand_in_becomes_the_real_module_at_its_first_use() -> None:
+    out = _run(
+        "import sys, trivpn.cli, trio, hashlib, hmac, ssl\n"
+        "from trivpn import lazystdlib\n"
+        "assert getattr(ssl, '__path__', None) is None and lazystdlib.is_deferred('ssl')  # probing loads nothing\n"
+        "ctx = ssl.create_default_context()\n"
+        "assert isinstance(ctx, sys.modules['ssl'].SSLContext) and not lazystdlib.is_deferred('ssl')\n"
+        "assert trio._ssl._stdlib_ssl.SSLObject is sys.modules['ssl'].SSLObject  # trio's reference too\n"
+        "mac = hmac.digest(b'key', b'message', 'sha256').hex()\n"
+        "sha = hashlib.sha256(b'abc').hexdigest()\n"
+        "print('_ssl' in sys.modules, '_hashlib' in sys.modules, mac[:16], sha[:16])\n"
+    )
+    assert out == "True True 6e9ef29b75fffc5b ba7816bf8f01cfea"
+
+
+def test_defer_leaves_imported_modules_alone() -> None:
+    from trivpn import lazystdlib
+
+    before = sys.modules["json"] if "json" in sys.modules else __import__("json")
+    lazystdlib.defer(("json",))
+    assert sys.modules["json"] is before and not lazystdlib.is_deferred("json")
+
+
+def test_a_stand_in_for_a_missing_module_fails_at_use_with_the_import_error() -> None:
+    from trivpn import lazystdlib
+
+    name = "trivpn_no_such_module_for_lazystdlib"
+    lazystdlib.defer((name,))
+    try:
+        mod = sys.modules[name]
+        with pytest.raises(ModuleNotFoundError):
+            mod.anything  # noqa: B018
+    finally:
+        sys.modules.pop(name, None)

@@ -1,0 +1,59 @@
+"""Defer the standard-library modules trio imports for features the command line never uses.
+
+Why: `import trio` imports `ssl` (for `trio.SSLStream`) and `hmac` (for trio's DTLS), and
+`cryptography.x509` imports `hashlib` (for one helper that computes a key identifier).
+Each loads and initialises the system's OpenSSL (libssl, libcrypto) although trivpn's TLS,
+AEAD and HMACs run on the OpenSSL inside `cryptography` (`trivpn.digests`). Measured with
+the README's interpreter: 4.7 MB of `trivpn connect`'s peak RSS (43.0 → 38.3 MB on the
+startup probe) and ≈ 5 ms of imports (docs/performance.md, "Start-up and RSS").
+
+`defer()` puts a stand-in module under each name in `sys.modules`. The first attribute
+anyone reads from a stand-in imports the real module and copies its namespace into the
+stand-in, so code that does use `ssl` or `hmac` (the management interface, a server, a
+user's script) works unchanged, one import later. Only the command line calls `defer()`,
+before it imports trio; `import trivpn` as a library changes nothing. A name already
+imported is left alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+__all__ = ["DEFERRED", "defer", "is_deferred"]
+
+#: What trio (`ssl`, `hmac`), `cryptography.x509` (`hashlib`, for one helper) and `shutil`
+#: (`bz2`, `lzma`, for its archive formats: +0.5 MB) import at start-up for features the
+#: command line does not use.
+DEFERRED = ("ssl", "hmac", "hashlib", "bz2", "lzma")
+
+
+class _StandIn(types.ModuleType):
+    """A module that becomes the real one at its first attribute lookup."""
+
+    def __getattr__(self, name: str) -> object:  # only for names not in the namespace yet
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # the import system probing (__path__, __file__...)
+        return getattr(_load(self), name)
+
+
+def _load(stand_in: _StandIn) -> types.ModuleType:
+    name = stand_in.__name__
+    if sys.modules.get(name) is stand_in:
+        del sys.modules[name]
+    real = importlib.import_module(name)  # under the import lock: one load even if raced
+    stand_in.__dict__.update(real.__dict__)
+    return real
+
+
+def defer(names: tuple[str, ...] = DEFERRED) -> None:
+    """Put a stand-in for each of `names` that nobody has imported yet."""
+    for name in names:
+        if name not in sys.modules:
+            sys.modules[name] = _StandIn(name)
+
+
+def is_deferred(name: str) -> bool:
+    """Is `name` still a stand-in (nothing has used it)?"""
+    return isinstance(sys.modules.get(name), _StandIn)
