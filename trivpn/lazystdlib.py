@@ -12,7 +12,8 @@ anyone reads from a stand-in imports the real module and copies its namespace in
 stand-in, so code that does use `ssl` or `hmac` (the management interface, a server, a
 user's script) works unchanged, one import later. Only the command line calls `defer()`,
 before it imports trio; `import trivpn` as a library changes nothing. A name already
-imported is left alone.
+imported is left alone. A run that drops privileges (`user`/`group`) calls `resolve()`
+before the drop, like its other lazy imports (trivpn/session/privdrop.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import importlib
 import sys
 import types
 
-__all__ = ["DEFERRED", "defer", "is_deferred"]
+__all__ = ["DEFERRED", "defer", "is_deferred", "resolve"]
 
 #: What trio (`ssl`, `hmac`), `cryptography.x509` (`hashlib`, for one helper) and `shutil`
 #: (`bz2`, `lzma`, for its archive formats: +0.5 MB) import at start-up for features the
@@ -52,6 +53,15 @@ def defer(names: tuple[str, ...] = DEFERRED) -> None:
     for name in names:
         if name not in sys.modules:
             sys.modules[name] = _StandIn(name)
+
+
+def resolve() -> None:
+    """Import the real module behind every stand-in now (before a privilege drop: the user
+    may not be able to read the Python installation later)."""
+    for name in DEFERRED:
+        stand_in = sys.modules.get(name)
+        if isinstance(stand_in, _StandIn):
+            _load(stand_in)
 
 
 def is_deferred(name: str) -> bool:

@@ -313,15 +313,19 @@ class PrivDrop:
 
 
 #: Modules imported lazily on the session path. They are loaded while still root: the user
-#: may not be able to read the Python installation (e.g. one under /root).
-_LAZY_MODULES = ("encodings.idna", "trivpn.controlchannel.wrap")
+#: may not be able to read the Python installation (e.g. one under /root). Legacy CBC is
+#: imported when a CBC key is made, and the first key exchange comes after the drop.
+_LAZY_MODULES = ("encodings.idna", "trivpn.controlchannel.wrap", "trivpn.datachannel.cbc")
 
 
 def _preload() -> None:
     import importlib
+
+    from trivpn import lazystdlib
 
     for name in _LAZY_MODULES:
         try:
             importlib.import_module(name)
         except ImportError:
             continue
+    lazystdlib.resolve()  # the stand-ins too (CBC's HMAC and the management password use hmac)

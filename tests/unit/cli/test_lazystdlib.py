@@ -67,3 +67,16 @@ def test_a_stand_in_for_a_missing_module_fails_at_use_with_the_import_error() ->
             mod.anything  # noqa: B018
     finally:
         sys.modules.pop(name, None)
+
+
+def test_resolve_loads_every_stand_in_before_a_privilege_drop() -> None:
+    out = _run(
+        "import sys\n"
+        "from trivpn import lazystdlib\n"
+        "import trivpn.cli, trio\n"
+        "from trivpn.session.privdrop import _preload\n"
+        "_preload()\n"
+        "print([lazystdlib.is_deferred(n) for n in lazystdlib.DEFERRED], '_hashlib' in sys.modules,\n"
+        "      'trivpn.datachannel.cbc' in sys.modules, sys.modules['hmac'].compare_digest(b'a', b'a'))\n"
+    )
+    assert out == "[False, False, False, False, False] True True True"
