@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 
 __all__ = ["DEFERRED", "defer", "is_deferred", "resolve"]
@@ -34,17 +35,25 @@ class _StandIn(types.ModuleType):
     """A module that becomes the real one at its first attribute lookup."""
 
     def __getattr__(self, name: str) -> object:  # only for names not in the namespace yet
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)  # the import system probing (__path__, __file__...)
+        if name.startswith("__") and name.endswith("__") and name != "__all__":
+            # probes that walk sys.modules (__file__, __path__, __wrapped__...) load nothing
+            raise AttributeError(name)
         return getattr(_load(self), name)
+
+
+#: one load at a time: without it, a thread that saw the stand-in could remove the real
+#: module another thread had just imported and load a second copy (reentrant: a real
+#: module's import may touch another stand-in)
+_loading = threading.RLock()
 
 
 def _load(stand_in: _StandIn) -> types.ModuleType:
     name = stand_in.__name__
-    if sys.modules.get(name) is stand_in:
-        del sys.modules[name]
-    real = importlib.import_module(name)  # under the import lock: one load even if raced
-    stand_in.__dict__.update(real.__dict__)
+    with _loading:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        stand_in.__dict__.update(real.__dict__)
     return real
 
 

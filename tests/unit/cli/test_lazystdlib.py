@@ -48,6 +48,15 @@ def test_a_stand_in_becomes_the_real_module_at_its_first_use() -> None:
     assert out == "True True 6e9ef29b75fffc5b ba7816bf8f01cfea"
 
 
+def test_star_import_from_a_stand_in_gets_the_real_names() -> None:
+    out = _run(
+        "import trivpn.cli\n"
+        "from hmac import *\n"
+        "print(sorted(n for n in ('compare_digest', 'digest', 'new') if n in globals()))\n"
+    )
+    assert out == "['compare_digest', 'digest', 'new']"
+
+
 def test_defer_leaves_imported_modules_alone() -> None:
     from trivpn import lazystdlib
 
@@ -80,3 +89,20 @@ def test_resolve_loads_every_stand_in_before_a_privilege_drop() -> None:
         "      'trivpn.datachannel.cbc' in sys.modules, sys.modules['hmac'].compare_digest(b'a', b'a'))\n"
     )
     assert out == "[False, False, False, False, False] True True True"
+
+
+def test_threads_racing_to_a_stand_in_get_one_module() -> None:
+    out = _run(
+        "import sys, threading, trivpn.cli\n"
+        "import ssl\n"
+        "stand_in = ssl\n"
+        "seen, go = [], threading.Barrier(8)\n"
+        "def use():\n"
+        "    go.wait()\n"
+        "    seen.append(stand_in.SSLContext)\n"
+        "threads = [threading.Thread(target=use) for _ in range(8)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join(30)\n"
+        "print(len(seen), len(set(map(id, seen))), seen[0] is sys.modules['ssl'].SSLContext)\n"
+    )
+    assert out == "8 1 True"
