@@ -9,6 +9,9 @@ second: Mbit/s into the namespace, TCP memory, rcv_ssthresh of the bulk flow.
 
 Usage: python3 issue16_tcp_pressure_watch.py watch LOG SECONDS   (as root, next to the bench)
        python3 issue16_tcp_pressure_watch.py summarize LOG        (JSON rows on stdout)
+       python3 issue16_tcp_pressure_watch.py sockstat SECONDS     (every 0.2 s: the machine's
+                                                                  TCP memory, max and samples
+                                                                  above the pressure threshold)
 """
 import ast
 import json
@@ -69,8 +72,22 @@ def summarize(log: str) -> None:
     json.dump(rows, sys.stdout, indent=None)
 
 
+def sockstat(seconds: float) -> None:
+    with open("/proc/sys/net/ipv4/tcp_mem") as f:
+        pressure = int(f.read().split()[1])
+    samples = []
+    end = time.time() + seconds
+    while time.time() < end:
+        samples.append(_tcp_mem_pages())
+        time.sleep(0.2)
+    over = sum(1 for s in samples if s > pressure)
+    print(f"max {max(samples)} pages; above tcp_mem[1] = {pressure} in {over} of {len(samples)} samples")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["watch"]:
+    if sys.argv[1:2] == ["sockstat"]:
+        sockstat(float(sys.argv[2]))
+    elif sys.argv[1:2] == ["watch"]:
         watch(sys.argv[2], float(sys.argv[3]))
     elif sys.argv[1:2] == ["summarize"]:
         summarize(sys.argv[2])
