@@ -4,7 +4,7 @@ Why: importing the standard library's `hashlib` or `hmac` loads the system's lib
 (and `ssl` its libssl) next to the OpenSSL that `cryptography` links statically, which the
 data channel needs anyway. A client needs only one of the two: with the client's hashing
 here and trio's unused `ssl`/`hmac` imports deferred (`trivpn.lazystdlib`), `trivpn
-connect` never maps the second one, 4.7 MB less peak RSS (docs/performance.md, "Start-up
+connect` never maps the second one: 5.3 MB less peak RSS (docs/performance.md, "Start-up
 and RSS"). The server and the offline tools may use `hashlib`; nothing breaks if they do.
 """
 

@@ -4,8 +4,9 @@ Why: `import trio` imports `ssl` (for `trio.SSLStream`) and `hmac` (for trio's D
 `cryptography.x509` imports `hashlib` (for one helper that computes a key identifier).
 Each loads and initialises the system's OpenSSL (libssl, libcrypto) although trivpn's TLS,
 AEAD and HMACs run on the OpenSSL inside `cryptography` (`trivpn.digests`). Measured with
-the README's interpreter: 4.7 MB of `trivpn connect`'s peak RSS (43.0 → 38.3 MB on the
-startup probe) and ≈ 5 ms of imports (docs/performance.md, "Start-up and RSS").
+the README's interpreter, together with `bz2`/`lzma`: 5.3 MB of `trivpn connect`'s peak RSS
+(43.2 → 37.9 MB, `bench startup --base`) and ≈ 4 ms of imports (docs/performance.md,
+"Start-up and RSS").
 
 `defer()` puts a stand-in module under each name in `sys.modules`. The first attribute
 anyone reads from a stand-in imports the real module and copies its namespace into the
@@ -19,6 +20,7 @@ before the drop, like its other lazy imports (trivpn/session/privdrop.py).
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import threading
 import types
@@ -58,9 +60,10 @@ def _load(stand_in: _StandIn) -> types.ModuleType:
 
 
 def defer(names: tuple[str, ...] = DEFERRED) -> None:
-    """Put a stand-in for each of `names` that nobody has imported yet."""
+    """Put a stand-in for each of `names` that nobody has imported yet and that this Python
+    has (a build without `lzma` keeps its ImportError where `shutil` expects it)."""
     for name in names:
-        if name not in sys.modules:
+        if name not in sys.modules and importlib.machinery.PathFinder.find_spec(name) is not None:
             sys.modules[name] = _StandIn(name)
 
 
