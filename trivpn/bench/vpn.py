@@ -309,7 +309,7 @@ def _wait_listening(ns: Any, port: int) -> None:
 def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "—"
-    if unit == "Mbit/s":
+    if unit in ("Mbit/s", "per run"):
         return f"{v:.0f}"
     if unit == "s":
         return f"{v:.3f}"
