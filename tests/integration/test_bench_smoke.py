@@ -45,6 +45,10 @@ def test_bench_vpn_quick_one_cell(tmp_path: Path) -> None:
         assert run["rtt_idle_ms"] and run["rtt_load_ms"], run
         assert run["idle_cpu_pct"] is not None and run["idle_cpu_pct"] >= 0, run
         assert run["peak_rss_mb"] > 0 and run["moved_bytes"] > 0, run
+        # a UDP cell counts what reached each receiving socket and what it dropped
+        assert run["server_udp_in"] > 0 and run["client_udp_in"] > 0, run
+        assert run["server_udp_drops"] >= 0 and run["client_udp_drops"] >= 0, run
+        assert run["retransmits_up"] is None or run["retransmits_up"] >= 0, run
     medians = doc["results"]["udp/AES-256-GCM"]["medians"]
     assert set(medians) == {"trivpn", "openvpn"}
     assert doc["results"]["udp/AES-256-GCM"]["ratios"]["tx_mbps"] > 0

@@ -8,6 +8,12 @@ starts the VPN client itself, probes with raw ICMP until the first reply, runs t
 workloads (iperf3 both ways, ping idle and under load), reads the client's CPU time and
 peak RSS from /proc, stops the client and prints one JSON object on stdout.
 
+Where packets are lost: around each iperf3 run it reads the UDP counters of the receiving
+side's network namespace (`/proc/<pid>/net/snmp` of a process inside it: the server's for
+the upload, its own for the download), so a UDP cell reports how many datagrams the
+receiving socket dropped because its buffer was full, and every cell reports the inner
+TCP's retransmits (iperf3's sender).
+
 Stdlib only, and no trio: the probe must never be what limits a measurement.
 """
 
@@ -55,6 +61,8 @@ class Spec:
     ping_interval: float = 0.01
     stop_signal: int = int(signal.SIGINT)
     env: dict[str, str | None] = field(default_factory=dict)  # overrides; None removes
+    #: UDP cells: `/proc/<server pid>/net/snmp`, the server namespace's UDP counters
+    server_snmp: str | None = None
 
 
 @dataclass(slots=True)
@@ -74,6 +82,15 @@ class Result:
     idle_cpu_pct: float | None = None  # client CPU while the idle pings ran, % of one core
     moved_bytes: int = 0
     peak_rss_mb: float | None = None
+    #: UDP cells: datagrams the server's namespace delivered / dropped (receive buffer
+    #: full) during the upload, and the client's namespace during the download
+    server_udp_in: int | None = None
+    server_udp_drops: int | None = None
+    client_udp_in: int | None = None
+    client_udp_drops: int | None = None
+    #: the inner TCP's retransmits (iperf3's sender) in the upload and the download
+    retransmits_up: int | None = None
+    retransmits_down: int | None = None
     exit_code: int | None = None
     tail: str = ""
 
@@ -171,8 +188,27 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def iperf(target: str, seconds: float, omit: int, reverse: bool) -> tuple[float, int]:
-    """(Mbit/s received, bytes received) of one iperf3 TCP run through the tunnel."""
+SELF_SNMP = "/proc/self/net/snmp"
+
+
+def udp_counters(snmp_path: str) -> tuple[int, int]:
+    """(InDatagrams, RcvbufErrors) from a `/proc/…/net/snmp` file: the datagrams that
+    network namespace delivered to sockets, and those it dropped at a full socket."""
+    with open(snmp_path) as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    if len(rows) < 2:
+        raise RuntimeError(f"{snmp_path} has no Udp counters")
+    values = dict(zip(rows[0][1:], rows[1][1:], strict=False))
+    return int(values["InDatagrams"]), int(values["RcvbufErrors"])
+
+
+def _delta(before: tuple[int, int], after: tuple[int, int]) -> tuple[int, int]:
+    return after[0] - before[0], after[1] - before[1]
+
+
+def iperf(target: str, seconds: float, omit: int, reverse: bool) -> tuple[float, int, int | None]:
+    """(Mbit/s received, bytes received, the sender's retransmits) of one iperf3 TCP run
+    through the tunnel."""
     argv = ["iperf3", "-c", target, "-t", f"{seconds:g}", "-J"]
     if omit:
         argv += ["-O", str(omit)]
@@ -190,7 +226,9 @@ def iperf(target: str, seconds: float, omit: int, reverse: bool) -> tuple[float,
             raise RuntimeError(f"iperf3: {data['error']}")
         time.sleep(IPERF_BUSY_WAIT)  # e.g. the server is still finishing the previous test
     recv = data["end"]["sum_received"]
-    return recv["bits_per_second"] / 1e6, int(recv["bytes"])
+    retrans = data["end"].get("sum_sent", {}).get("retransmits")
+    return (recv["bits_per_second"] / 1e6, int(recv["bytes"]),
+            int(retrans) if isinstance(retrans, int) else None)
 
 
 def ping_rtts(target: str, count: int, interval: float) -> list[float]:
@@ -258,8 +296,16 @@ def measure(spec: Spec) -> Result:
         res.rtt_idle_ms = ping_rtts(spec.target, spec.pings, spec.ping_interval)
         res.idle_cpu_pct = 100 * (_cpu_seconds(proc.pid) - cpu_i) / (time.monotonic() - t_i)
         cpu0 = _cpu_seconds(proc.pid)
-        res.tx_mbps, b1 = iperf(spec.target, spec.seconds, spec.omit, reverse=False)
-        res.rx_mbps, b2 = iperf(spec.target, spec.seconds, spec.omit, reverse=True)
+        srv0 = udp_counters(spec.server_snmp) if spec.server_snmp else None
+        res.tx_mbps, b1, res.retransmits_up = iperf(spec.target, spec.seconds, spec.omit,
+                                                    reverse=False)
+        if srv0 is not None and spec.server_snmp:
+            res.server_udp_in, res.server_udp_drops = _delta(srv0, udp_counters(spec.server_snmp))
+        cli0 = udp_counters(SELF_SNMP) if spec.server_snmp else None
+        res.rx_mbps, b2, res.retransmits_down = iperf(spec.target, spec.seconds, spec.omit,
+                                                      reverse=True)
+        if cli0 is not None:
+            res.client_udp_in, res.client_udp_drops = _delta(cli0, udp_counters(SELF_SNMP))
         res.cpu_s = _cpu_seconds(proc.pid) - cpu0
         res.moved_bytes = b1 + b2
         # RTT under load: ping while a forward iperf3 run fills the tunnel. A sample taken
@@ -271,7 +317,7 @@ def measure(spec: Spec) -> Result:
                 res.rtt_load_ms, res.load_mbps = rtts, load_mbps
                 break
         res.peak_rss_mb = _peak_rss_mb(proc.pid)
-        missing = missing_measurements(res)
+        missing = missing_measurements(res, udp=bool(spec.server_snmp))
         if missing:
             raise RuntimeError(f"measurement(s) missing: {', '.join(missing)}")
         res.ok = True
@@ -292,8 +338,9 @@ def measure(spec: Spec) -> Result:
     return res
 
 
-def missing_measurements(res: Result) -> list[str]:
-    """The figures a run promises but did not get; a run missing any is not `ok`."""
+def missing_measurements(res: Result, *, udp: bool = False) -> list[str]:
+    """The figures a run promises but did not get; a run missing any is not `ok`. A UDP
+    cell also promises the receive-drop counts of both directions."""
     missing = [name for name in ("start_to_ping_s", "tx_mbps", "rx_mbps", "idle_cpu_pct", "peak_rss_mb")
                if getattr(res, name) is None]
     if not res.rtt_idle_ms:
@@ -302,6 +349,9 @@ def missing_measurements(res: Result) -> list[str]:
         missing.append("rtt_load_ms (no sample while the load ran)")
     if not res.moved_bytes:
         missing.append("moved_bytes")
+    if udp:
+        missing += [name for name in ("server_udp_in", "server_udp_drops", "client_udp_in",
+                                      "client_udp_drops") if getattr(res, name) is None]
     return missing
 
 

@@ -114,7 +114,18 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "rtt_load_p99": ("ping RTT under load p99", "ms", False),
     "cpu_s_per_gb": ("client CPU per GB moved", "s/GB", False),
     "peak_rss_mb": ("client peak RSS", "MB", False),
+    "udp_drops_up_pct": ("UDP: datagrams the server's socket dropped during the upload", "%", False),
+    "udp_drops_down_pct": ("UDP: datagrams the client's socket dropped during the download", "%", False),
+    "retrans_up": ("inner TCP retransmits during the upload", "per run", False),
+    "retrans_down": ("inner TCP retransmits during the download", "per run", False),
 }
+
+
+def drop_pct(delivered: int | None, dropped: int | None) -> float | None:
+    """Dropped datagrams in % of those that reached the receiving socket's queue."""
+    if delivered is None or dropped is None or delivered + dropped <= 0:
+        return None
+    return 100 * dropped / (delivered + dropped)
 
 
 def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
@@ -133,7 +144,15 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "rtt_load_p99": percentile(run.get("rtt_load_ms") or [], 99),
         "cpu_s_per_gb": (cpu / (moved / 1e9)) if cpu is not None and moved else None,
         "peak_rss_mb": run.get("peak_rss_mb"),
+        "udp_drops_up_pct": drop_pct(run.get("server_udp_in"), run.get("server_udp_drops")),
+        "udp_drops_down_pct": drop_pct(run.get("client_udp_in"), run.get("client_udp_drops")),
+        "retrans_up": _float(run.get("retransmits_up")),
+        "retrans_down": _float(run.get("retransmits_down")),
     }
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
 
 
 def summarize(runs: list[dict[str, Any]], clients: tuple[str, ...]) -> dict[str, Any]:
@@ -248,6 +267,9 @@ def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, 
                           f"{client}: start-up, pings, iperf3 up and down "
                           f"(~{3 * (plan.seconds + plan.omit) + 2:.0f} s) ...", flush=True)
                     spec = _client_spec(client, cell, profile, server.tunnel_v4, plan)
+                    if cell.transport == "udp" and server.pid is not None:
+                        # the server namespace's UDP counters, readable from the client's
+                        spec["server_snmp"] = f"/proc/{server.pid}/net/snmp"
                     res = _probe(pair.client, spec, plan)
                     res["round"] = rnd
                     res["cell"] = cell.name
@@ -287,7 +309,7 @@ def _wait_listening(ns: Any, port: int) -> None:
 def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "—"
-    if unit == "Mbit/s":
+    if unit in ("Mbit/s", "per run"):
         return f"{v:.0f}"
     if unit == "s":
         return f"{v:.3f}"
@@ -310,7 +332,9 @@ def _report_run(res: dict[str, Any]) -> None:
         f"start→ping {_fmt(m['start_to_ping_s'], 's')} s, "
         f"rtt {_fmt(m['rtt_idle_p50'], 'ms')}/{_fmt(m['rtt_load_p50'], 'ms')} ms "
         f"(idle cpu {_fmt(m['idle_cpu_pct'])} %), "
-        f"cpu {_fmt(m['cpu_s_per_gb'], 's/GB')} s/GB, rss {_fmt(m['peak_rss_mb'], 'MB')} MB",
+        f"cpu {_fmt(m['cpu_s_per_gb'], 's/GB')} s/GB, rss {_fmt(m['peak_rss_mb'], 'MB')} MB"
+        + (f", drops {_fmt(m['udp_drops_up_pct'])}/{_fmt(m['udp_drops_down_pct'])} %"
+           if m["udp_drops_up_pct"] is not None else ""),
         flush=True,
     )
 

@@ -221,6 +221,11 @@ class OpenVPNServer:
             stop_process(proc, STOP_GRACE)
 
     @property
+    def pid(self) -> int | None:
+        """The server process's pid while it runs (its `/proc/PID/net` is the namespace's)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -8,7 +8,7 @@ import pytest
 
 from trivpn.bench import machine, vpn
 from trivpn.bench.__main__ import main as bench_main
-from trivpn.bench.probe import Result, _checksum, _echo, missing_measurements
+from trivpn.bench.probe import Result, _checksum, _echo, missing_measurements, udp_counters
 
 
 def test_percentile_nearest_rank() -> None:
@@ -110,3 +110,42 @@ def test_the_machine_facts_time_the_bare_interpreter_and_warn_when_it_is_slow() 
     assert "starts in 9.0 ms" in quick and "warning" not in quick
     slow = machine.machine_report(facts | {"python_start_ms": machine.SLOW_INTERPRETER_MS + 40})
     assert slow.splitlines()[1].startswith("warning: this Python takes")
+
+
+SNMP = """Ip: Forwarding DefaultTTL
+Ip: 1 64
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+Udp: 95000 3 17000 1200 16990 0 0 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+UdpLite: 0 0 0 0 0 0 0 0 0
+"""
+
+
+def test_udp_counters_read_delivered_and_buffer_drops_not_udplite(tmp_path: Path) -> None:
+    snmp = tmp_path / "snmp"
+    snmp.write_text(SNMP)
+    assert udp_counters(str(snmp)) == (95000, 16990)
+    snmp.write_text("Ip: a\nIp: 1\n")
+    with pytest.raises(RuntimeError, match="no Udp counters"):
+        udp_counters(str(snmp))
+
+
+def test_udp_counters_of_this_namespace_are_readable() -> None:
+    delivered, dropped = udp_counters("/proc/self/net/snmp")
+    assert delivered >= 0 and dropped >= 0
+
+
+def test_drops_are_a_share_of_what_reached_the_socket_and_missing_in_a_udp_cell_fails() -> None:
+    assert vpn.drop_pct(85, 15) == 15.0
+    assert vpn.drop_pct(0, 0) is None and vpn.drop_pct(None, 3) is None
+    run = _run("trivpn", 100) | {"server_udp_in": 900, "server_udp_drops": 100,
+                                 "client_udp_in": 1000, "client_udp_drops": 0,
+                                 "retransmits_up": 42, "retransmits_down": None}
+    m = vpn.run_metrics(run)
+    assert m["udp_drops_up_pct"] == 10.0 and m["udp_drops_down_pct"] == 0.0
+    assert m["retrans_up"] == 42.0 and m["retrans_down"] is None
+    res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0,
+                 rtt_idle_ms=[0.5], rtt_load_ms=[0.9], idle_cpu_pct=1.0, moved_bytes=10,
+                 peak_rss_mb=30.0, server_udp_in=5, server_udp_drops=0)
+    assert missing_measurements(res) == []  # a TCP cell promises no UDP counts
+    assert missing_measurements(res, udp=True) == ["client_udp_in", "client_udp_drops"]
