@@ -35,7 +35,9 @@ loop; `_Threads.both` runs both in turns):
 
 A thread waits in one `poll` on its fd(s), the kick pipe (the sending side) and the stop
 pipe, only once a read found nothing; after a wait, the first packet goes through alone (a
-drain to EAGAIN first would put one more cold system call in front of it).
+drain to EAGAIN first would put one more cold system call in front of it), and after that
+lone packet the thread (split layout) waits again at once rather than reading the fd dry
+first: a wait that returns at once means input was queued, and whole batches follow.
 
 No lock: the sending and receiving state are separate objects (packet ids and tx counters;
 replay windows and rx counters), each used by one thread, and both read the immutable key
@@ -88,6 +90,9 @@ if TYPE_CHECKING:
 #: Environment variable choosing the data-plane layout when the caller does not: "1" one
 #: thread for both directions, anything else two threads (see `FastPathIO.split`).
 DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
+#: A wait after a lone packet that returns sooner than this found input already queued:
+#: the thread goes back to reading whole batches (see `_Threads._after_lone`).
+LONE_GAP = 0.0002
 
 
 @dataclass(slots=True)
@@ -179,6 +184,19 @@ class _Threads(DataThreads[FastPathIO]):
         side.idle_waits += 1
         return self._wait(poller)
 
+    def _after_lone(
+        self, poller: select.poll, touch: Callable[[], None], side: _Side
+    ) -> bool:
+        """After the lone packet that followed an idle wait: wait again at once instead of
+        first reading the fd dry. The read would find nothing when traffic is sporadic (a
+        ping), and it is one more cold system call and Python turn before the thread
+        sleeps — while the process it just woke (ping, after our TUN write) often waits
+        for this core. True if the wait returned at once (input was already queued: busy,
+        read whole batches next), False if it blocked (the next packet is lone again)."""
+        start = self.now()
+        self._idle(poller, touch, side)
+        return self.now() - start < LONE_GAP
+
     # -- network → TUN ----------------------------------------------------------------------
 
     def _up_batch(self, batch: list[bytes], tun_writable: select.poll, side: _Side) -> bool:
@@ -223,9 +241,13 @@ class _Threads(DataThreads[FastPathIO]):
                 limit = 1
                 self._idle(sock_readable, touch, side)
                 continue
+            lone = limit == 1
             limit = MAX_BATCH
             if not self._up_batch(batch, tun_writable, side):
                 return
+            if lone:
+                limit = MAX_BATCH if self._after_lone(sock_readable, touch, side) else 1
+                continue
             if len(batch) >= busy and linger and sum(map(len, batch)) >= busy_bytes:
                 coalesce.linger(linger)  # bounded: the stop pipe waits at most this long
 
@@ -289,8 +311,12 @@ class _Threads(DataThreads[FastPathIO]):
                 limit = 1
                 self._idle(tun_readable, touch, side)
                 continue
+            lone = limit == 1
             limit = 0  # the device's max_batch
             self._down_batch(batch, sock_writable, side)
+            if lone:
+                limit = 0 if self._after_lone(tun_readable, touch, side) else 1
+                continue
             if len(batch) >= tun_busy and linger:
                 coalesce.linger(linger)
 

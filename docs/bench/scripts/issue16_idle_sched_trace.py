@@ -18,6 +18,8 @@ The tracing adds work to every hop, so absolute figures are higher than untraced
 and only same-run comparisons count. Needs root, `perf`, tracefs (mounted here if it is
 not) and the trivpn checkout as the working directory.
 
+A client named `trivpn@TREE` runs the trivpn of checkout TREE (old against new, same run).
+
 Usage: python3 docs/bench/scripts/issue16_idle_sched_trace.py [--clients trivpn,openvpn]
            [--rounds 3] [--delay 1] [--syscalls] [--json OUT]
 """
@@ -163,13 +165,16 @@ def _hops(ev: list[tuple[float, str, int, int, str, str]]) -> list[list[float]]:
 
 def one_run(pair: Any, server: OpenVPNServer, profile: Path, client: str, args: argparse.Namespace,
             work: Path) -> dict[str, Any]:
+    env = None
     if client.startswith("trivpn"):
         argv = [sys.executable, "-m", "trivpn", "connect", str(profile)]
         stop = signal.SIGINT
+        if "@" in client:  # trivpn@TREE: the trivpn of another checkout (same-run A/B)
+            env = dict(os.environ, PYTHONPATH=client.split("@", 1)[1], PYTHONSAFEPATH="1")
     else:
         argv = ["openvpn", "--config", str(profile)]
         stop = signal.SIGTERM
-    proc = pair.client.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = pair.client.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         for _ in range(400):
             if pair.client.run(["ping", "-c1", "-W1", server.tunnel_v4], check=False).returncode == 0:

@@ -334,6 +334,8 @@ async def test_a_busy_direction_does_not_starve_the_other(rig: Rig) -> None:
     busy = [False]
 
     def always_input(limit: int = 64) -> list[bytes]:
+        if busy[0]:
+            rig.server.send(bytes(forged))  # the socket really stays readable: a poll returns
         batch = real(limit)
         return batch if batch or not busy[0] else [bytes(forged)]
 
@@ -447,3 +449,49 @@ async def test_runs_of_small_datagrams_do_not_linger(waits: list[float]) -> None
     finally:
         r.close()
     assert waits == []
+
+
+async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> None:
+    """Sporadic traffic (an idle ping): each packet costs one read per direction. The thread
+    that handled a lone packet waits again at once instead of first reading its fd to EAGAIN
+    (one more cold system call while the process it woke may be waiting for the core)."""
+    rig = Rig(split=True)
+    reads = {"socket": 0, "tun": 0}
+    recv, read = rig.transport.recv_nowait, rig.tun.read_nowait
+
+    def counted_recv(limit: int = 64) -> list[bytes]:
+        reads["socket"] += 1
+        return recv(limit)
+
+    def counted_read(limit: int = 0) -> list[bytes] | None:
+        reads["tun"] += 1
+        return read(limit)
+
+    rig.transport.recv_nowait = counted_recv  # type: ignore[method-assign]  # test double
+    rig.tun.read_nowait = counted_read  # type: ignore[method-assign]  # test double
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.service.run)
+            await rig.keys_s.send([rig.install_key()])
+            await until(lambda: rig.plane.threads is not None, "threads started")
+            threads = rig.plane.threads
+            assert threads is not None
+            up, down = threads.up_side, threads.down_side
+            await until(lambda: up.idle_waits >= 1 and down.idle_waits >= 1, "both blocked")
+            for i in range(1, 6):
+                before = dict(reads)
+                waits = (up.idle_waits, down.idle_waits)
+                rig.app.send(_ip(i))
+                wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+                assert rig.peer.decrypt([wire], 1.0) == [_ip(i)]
+                rig.server.send(rig.peer.encrypt([_ip(100 + i)], 1.0)[0])
+                assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
+                w_up, w_down = waits
+                await until(lambda: up.idle_waits > w_up and down.idle_waits > w_down,  # noqa: B023
+                            "both blocked again")
+                assert reads["tun"] - before["tun"] == 1
+                assert reads["socket"] - before["socket"] == 1
+                await trio.sleep(0.005)  # the next ping comes later: lone again
+            nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
