@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -192,10 +193,12 @@ class _Threads(DataThreads[FastPathIO]):
         ping), and it is one more cold system call and Python turn before the thread
         sleeps — while the process it just woke (ping, after our TUN write) often waits
         for this core. True if the wait returned at once (input was already queued: busy,
-        read whole batches next), False if it blocked (the next packet is lone again)."""
-        start = self.now()
+        read whole batches next), False if it blocked (the next packet is lone again).
+        Timed on the machine's clock, not the link's: a session may inject its own time,
+        and this asks how long the thread really slept."""
+        start = time.monotonic()
         self._idle(poller, touch, side)
-        return self.now() - start < LONE_GAP
+        return time.monotonic() - start < LONE_GAP
 
     # -- network → TUN ----------------------------------------------------------------------
 
