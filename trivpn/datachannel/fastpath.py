@@ -78,7 +78,7 @@ from trivpn.datachannel import coalesce
 from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
-from trivpn.datachannel.threadrun import Body, DataThreads, Stopped, ThreadedPlane
+from trivpn.datachannel.threadrun import LONE_GAP, Body, DataThreads, Stopped, ThreadedPlane
 from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
 from trivpn.errors import SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
@@ -91,9 +91,6 @@ if TYPE_CHECKING:
 #: Environment variable choosing the data-plane layout when the caller does not: "1" one
 #: thread for both directions, anything else two threads (see `FastPathIO.split`).
 DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
-#: A wait after a lone packet that returns sooner than this found input already queued:
-#: the thread goes back to reading whole batches (see `_Threads._after_lone`).
-LONE_GAP = 0.0002
 
 
 @dataclass(slots=True)

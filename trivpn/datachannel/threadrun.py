@@ -29,6 +29,7 @@ import logging
 import os
 import select
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple
 
@@ -83,6 +84,9 @@ class PathIO(Protocol):
 
 IO = TypeVar("IO", bound=PathIO)
 Ts = TypeVarTuple("Ts")
+#: A wait after a lone packet that returns sooner than this found input already queued: the
+#: thread goes back to reading whole batches (`DataThreads._wait_after_lone`).
+LONE_GAP = 0.0002
 
 
 class DataThreads(Generic[IO]):
@@ -125,6 +129,17 @@ class DataThreads(Generic[IO]):
     def _wait(self, poller: select.poll) -> list[tuple[int, int]]:
         """Block (GIL released) until an fd is ready; `Stopped` when asked to stop."""
         return self._ready(poller.poll())
+
+    def _wait_after_lone(self, poller: select.poll) -> bool:
+        """After the lone packet that followed an idle wait, wait again at once instead of
+        first reading the fd dry: with sporadic traffic (a ping) that read finds nothing and
+        is one more cold system call before the thread sleeps, while the process it just
+        woke may be waiting for this core. True if the wait returned at once (input was
+        already queued: read whole batches next). Timed on the machine's clock, not the
+        link's: a session may inject its own time, and this asks how long the thread slept."""
+        start = time.monotonic()
+        self._wait(poller)
+        return time.monotonic() - start < LONE_GAP
 
     def _deliver(self, batch: list[bytes]) -> None:
         """Runs in the trio thread (run_sync_soon): must never raise or block."""

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -183,3 +184,60 @@ async def test_keepalive_pings_leave_on_the_stream(rig: Rig) -> None:
         assert len(rig.peer.decrypt(wire, 1.0)) == 0  # pings are consumed by the peer's core
         assert rig.peer.stats.rx_pings == 2
         nursery.cancel_scope.cancel()
+
+
+class _CountingSocket(socket.socket):
+    """The client's end of the stream, counting the up thread's reads."""
+
+    reads = 0
+
+    def recv_into(self, *args: object) -> int:  # type: ignore[override]
+        _CountingSocket.reads += 1
+        return super().recv_into(*args)  # type: ignore[arg-type]
+
+
+async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> None:
+    """An idle ping costs one read per direction: the thread that handled the packet which
+    ended its wait waits again at once instead of first reading its fd to EAGAIN."""
+    rig = Rig()
+    counting = _CountingSocket(fileno=os.dup(rig.transport.sock.fileno()))
+    counting.setblocking(False)
+    rig.transport.sock.close()
+    rig.transport.sock = counting
+    _CountingSocket.reads = 0
+    tun_reads = [0]
+    read = rig.tun.read_nowait
+
+    def counted_read(limit: int = 0) -> list[bytes] | None:
+        tun_reads[0] += 1
+        return read(limit)
+
+    rig.tun.read_nowait = counted_read  # type: ignore[method-assign]  # test double
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await rig.start(nursery)
+                await until(lambda: _threads(rig).up_waits >= 1 and _threads(rig).down_waits >= 1,
+                            "both blocked")
+                for i in range(1, 6):
+                    threads = _threads(rig)
+                    waits = (threads.up_waits, threads.down_waits)
+                    reads = (_CountingSocket.reads, tun_reads[0])
+                    rig.app.send(_ip(i))
+                    assert rig.peer.decrypt(await rig.server_packets(1), 1.0) == [_ip(i)]
+                    rig.server.sendall(frame_packets(rig.peer.encrypt([_ip(100 + i)], 1.0)))
+                    assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
+                    await until(lambda: threads.up_waits > waits[0]  # noqa: B023
+                                and threads.down_waits > waits[1], "both blocked again")  # noqa: B023
+                    assert _CountingSocket.reads - reads[0] == 1
+                    assert tun_reads[0] - reads[1] == 1
+                    await trio.sleep(0.005)  # the next ping comes later: lone again
+                nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+
+
+def _threads(rig: Rig) -> Any:
+    threads = rig.plane.threads
+    assert threads is not None
+    return threads
