@@ -76,3 +76,27 @@ def test_bench_server_quick(tmp_path: Path) -> None:
         assert cell["clients"] == 1 and cell["up_mbps"] > 0 and cell["down_mbps"] > 0, cell
     assert "| 20 idle clients: set-up rate, clients/s |" in (tmp_path / "bench-server.md").read_text()
     assert _bench_namespaces("tb-") <= before
+
+
+def test_bench_rtt_quick_one_cell(tmp_path: Path) -> None:
+    """`bench rtt --quick`: both clients connected at once, both pinged, a ratio per round."""
+    before = _bench_namespaces("tvr-")
+    out = tmp_path / "rtt.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "trivpn.bench", "rtt", "--quick", "--cells", "udp-aes-256-gcm",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=BENCH_TIMEOUT,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    runs = doc["runs"]
+    assert sorted(run["client"] for run in runs) == ["openvpn", "trivpn"]
+    for run in runs:
+        assert run["ok"], run
+        assert len(run["rtt_ms"]) >= 25 and all(x > 0 for x in run["rtt_ms"]), run
+        assert 0 < run["start_to_ping_s"] < 30, run
+    result = doc["results"]["udp/AES-256-GCM"]
+    assert result["trivpn"]["echoes"] == len(runs[0]["rtt_ms"]) or result["openvpn"]["echoes"] > 0
+    assert result["ratio_p50"] > 0 and len(result["round_ratios_p50"]) == 1
+    assert "| udp/AES-256-GCM |" in r.stdout
+    assert _bench_namespaces("tvr-") <= before  # its namespaces (and the second client's) are gone

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "profile": ("trivpn.bench.profile", "per-packet cost of the data path, stage by stage (loopback, no root)"),
     "ab": ("trivpn.bench.ab", "the vpn benchmark with trivpn from a baseline tree too (--base DIR): old vs new, same run"),
     "startup": ("trivpn.bench.startup", "what `trivpn connect` imports before its first ping: ms and RSS per package (no root)"),
+    "rtt": ("trivpn.bench.pairrtt", "idle ping RTT of two clients connected at once, their pings interleaved (drift-free ratio)"),
     "server": ("trivpn.bench.server", "trivpn serve vs openvpn --server: throughput, set-up rate, RSS per client"),
 }
 
