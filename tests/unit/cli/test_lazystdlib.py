@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def _run(code: str) -> str:
     proc = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                                    # run as root by CI: no caches in the checkout
+                                                    "PYTHONDONTWRITEBYTECODE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip()
 
