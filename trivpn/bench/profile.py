@@ -20,8 +20,9 @@ Stages (each the median of `--repeat` timed batches):
   datagram socket pair standing in for the TUN fd (same system calls, not the TUN driver's
   cost: a real TUN write also runs the stack's input path).
 * `loop-up` / `loop-down`: the real data plane (`fastpath.ThreadPlane` in its default
-  layout; with `--other-layout` also the other one, rows tagged `1t` for one thread moving
-  both directions, `2t` for a thread per direction) over those fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
+  layout, one thread that hands bulk input from the socket to a second; with
+  `--other-layout` also one thread per direction, rows tagged `2t`; TRIVPN_DATA_THREADS=1
+  makes the default one thread that never hands over) over those fakes, fed in bursts of `--batch` by a child process (so the feeder never holds our GIL):
   CPU of the data thread per packet (poll, system calls, crypto, Python); wall is the
   feeder's, from its first send to the burst's last arrival.
 * `loop-both`: a burst each way at the same time; per packet of the 2 × `--batch`. Its
@@ -337,8 +338,8 @@ def parse_args(argv: list[str] | None) -> tuple[Options, bool, Path | None, set[
     p.add_argument("--low-latency", action="store_true",
                    help="also time the lone packets with the data threads' low-latency warm-up")
     p.add_argument("--other-layout", action="store_true",
-                   help="also run the loops with the data-plane layout that is not the default "
-                   "(one thread for both directions, or two): rows tagged 1t / 2t")
+                   help="also run the loops with one data-plane thread per direction: rows "
+                   "tagged 2t")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
     if not 1 <= a.batch <= 64:

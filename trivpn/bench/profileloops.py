@@ -152,7 +152,8 @@ def loop_stages(
     opt: Options, report: Report, *, warm_for: float = 0.0, other_layout: bool = False
 ) -> None:
     """Run the real data plane over the loopback fakes (see the module docstring); with
-    `other_layout` the layout that is not the default, rows tagged "1t" or "2t"."""
+    `other_layout` the fixed two-thread layout too (one thread per direction), rows tagged
+    "2t" (or, when TRIVPN_DATA_THREADS=2 made that the default, the adaptive one: "ad")."""
     trio.run(_loop_main, opt, report, warm_for, other_layout)
 
 
@@ -171,7 +172,7 @@ async def _loop_main(opt: Options, report: Report, warm_for: float, other: bool)
     link.tx, link.rx = client.tx, client.rx
     io = FastPathIO(transport, tun, to_muxer, warm_for=warm_for)
     if other:
-        io.split = not io.split
+        io.split, io.adaptive = not io.split, True
     plane = ThreadPlane(io)
     feeder = _Feeder(server, peer, tun_peer)
     try:
@@ -190,8 +191,10 @@ async def _loop_main(opt: Options, report: Report, warm_for: float, other: bool)
 def _measure_loops(
     opt: Options, report: Report, feeder: _Feeder, plane: Any, other: bool
 ) -> None:
-    split, warm = plane.io.split, bool(plane.io.warm_for)
-    names = ("trivpn data up", "trivpn data down") if split else ("trivpn data",)
+    io, warm = plane.io, bool(plane.io.warm_for)
+    layout = "2t" if io.split else ("ad" if io.adaptive else "1t")
+    names = {"2t": ("trivpn data up", "trivpn data down"), "1t": ("trivpn data",),
+             "ad": ("trivpn data", "trivpn data bulk")}[layout]
     deadline = time.monotonic() + WAIT
     while plane.threads is None or not all(
         any(t.name == n for t in threading.enumerate()) for n in names
@@ -201,11 +204,17 @@ def _measure_loops(
         time.sleep(0.001)
     clocks = [_thread_cpu_ns(n) for n in names]
     up_cpu, down_cpu = clocks[0], clocks[-1]
+    if layout == "ad":  # the first thread moves both directions until it hands bulk input over
+
+        def up_cpu() -> int:
+            return clocks[0]() + clocks[1]()
+
+        down_cpu = clocks[0]
 
     def all_cpu() -> int:
         return sum(c() for c in clocks)
 
-    tag = ((" 2t" if split else " 1t") if other else "") + (" lowlat" if warm else "")
+    tag = (" " + layout if other else "") + (" lowlat" if warm else "")
     b, rep = opt.batch, max(opt.repeat // 4, 3)
     plain = plain_packets(opt.size, b)
     server = feeder.server

@@ -6,21 +6,27 @@ machine) and every task hop after that (~15 µs cold). An idle ping crosses the 
 so on the trio path the client alone added ≈ 0.4–0.5 ms to a 0.3 ms round trip. A plain
 thread that blocks in `poll` answers as fast as a C program's system calls allow.
 
-Two layouts (`FastPathIO.split`). By default two threads, one per direction: the kernel
-work of one direction (a TUN write runs the local stack's input, e.g. TCP's ACK processing
-and the segments it releases; a GSO send runs the segmentation) overlaps with the other
-direction's Python on the second core. The other layout, one thread moving both
-directions (`split=False`, or TRIVPN_DATA_THREADS=1), never hands the GIL between data
-threads, and a ping's reply finds the data path warm in the thread (and core) that has
-just sent the request, where the two-thread layout wakes a thread idle since the last
-packet: `python -m trivpn.bench profile --other-layout` measured the cold round trip
-roughly halved. Three same-run VPN benchmarks on the busy 2-core machine did not settle
-it (one thread ahead in some figures, behind in others; docs/performance.md, issue 16),
-so the two-thread layout stays the default until a quiet-machine run decides.
+Three layouts. By default (**adaptive**) one thread moves both directions while traffic
+is sporadic, and hands the socket → TUN direction to a second thread while the socket
+carries bulk data. One thread keeps the idle round trip short: a ping's reply finds the
+data path warm in the thread (and core) that has just sent the request, where a thread per
+direction wakes one that has been idle since the last packet (`bench rtt`, same run: one
+thread 0.87-0.88x the two-thread idle RTT, 11 of 12 rounds lower). Under a bulk download
+the second thread pays: the kernel work of one direction (a TUN write runs the local
+stack's input, TCP's ACK processing and the segments it releases) overlaps with the other
+direction's Python on the second core, where one thread alone lost 11 % of the download
+(docs/performance.md, issue 16). The hand-over (`_Handoff`): the thread that reads a busy
+batch of data datagrams (`HANDOFF_MIN`, `HANDOFF_BYTES`: data, not a run of ACKs) stops
+polling the socket and wakes the bulk thread through a pipe; the bulk thread reads the
+socket until it has been quiet for `HANDOFF_QUIET`, then wakes the first thread through a
+second pipe and sleeps. Exactly one thread reads the socket at any time, and the pipes
+order the hand-overs, so the receiving state is still used by one thread at a time.
+`FastPathIO.split` (TRIVPN_DATA_THREADS=2) runs one fixed thread per direction instead,
+and TRIVPN_DATA_THREADS=1 one thread that never hands over (for same-run benchmarks).
 
 Theory of operation. `ThreadPlane.run` (a `plane.DataPlane`) starts the thread(s) with
 `trio.to_thread.run_sync`. The steps (each thread of the split layout runs one of them in a
-loop; `_Threads.both` runs both in turns):
+loop; `_Threads.both` runs both in turns, `_Threads.bulk` the first while handed over):
 
 * **up** (`_up_batch`): drain the UDP socket (`UDPTransport.recv_nowait`), keep the P_DATA
   packets, open them with the session's `core.Decryptor`, write the plaintext to the TUN
@@ -78,7 +84,15 @@ from trivpn.datachannel import coalesce
 from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
-from trivpn.datachannel.threadrun import LONE_GAP, Body, DataThreads, Stopped, ThreadedPlane
+from trivpn.datachannel.threadrun import (
+    LONE_GAP,
+    Body,
+    DataThreads,
+    Stopped,
+    ThreadedPlane,
+    drain,
+    log,
+)
 from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
 from trivpn.errors import SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
@@ -89,8 +103,16 @@ if TYPE_CHECKING:
     from trivpn.tun.linux import LinuxTun
 
 #: Environment variable choosing the data-plane layout when the caller does not: "1" one
-#: thread for both directions, anything else two threads (see `FastPathIO.split`).
+#: thread for both directions, "2" one thread per direction, anything else adaptive (see
+#: the module docstring).
 DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
+#: Adaptive layout: a batch read from the socket of at least this many datagrams, holding
+#: at least this many bytes (bulk data, not a run of ACKs), hands the socket to the bulk
+#: thread ...
+HANDOFF_MIN = 8
+HANDOFF_BYTES = 8192
+#: ... which gives it back once the socket has been quiet this long (seconds).
+HANDOFF_QUIET = 0.02
 
 
 @dataclass(slots=True)
@@ -105,9 +127,12 @@ class FastPathIO:
     warm_for: float = 0.0
     #: ... by touching it this often
     warm_every: float = 0.001
-    #: two threads, one per direction (the default), or one thread for both; the default
-    #: can be switched with TRIVPN_DATA_THREADS=1 or 2 (for same-run benchmarks)
-    split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV, "2") != "1")
+    #: one fixed thread per direction (TRIVPN_DATA_THREADS=2) instead of one thread for
+    #: both, which with `adaptive` hands bulk input to a second thread (module docstring)
+    split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV) == "2")
+    #: when not `split`: hand the socket to a second thread while it carries bulk data
+    #: (the default; TRIVPN_DATA_THREADS=1 turns it off)
+    adaptive: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV) != "1")
     #: receive coalescing under bulk traffic (the two-thread layout's `up` applies it)
     rx: RxCoalesce = field(default_factory=default_rx_coalesce)
 
@@ -124,6 +149,30 @@ class _Side:
         self.idle_waits = 0  # times the thread blocked with nothing to do
 
 
+class _Handoff:
+    """Adaptive layout: which thread reads the socket, and the two pipes that hand it over
+    (`give`: first thread → bulk thread, `back`: bulk thread → first thread). Both are
+    written once per hand-over and drained by their reader, so a hand-over is never lost
+    and the two never overlap."""
+
+    __slots__ = ("give_r", "give_w", "back_r", "back_w", "given")
+
+    def __init__(self) -> None:
+        self.give_r, self.give_w = os.pipe()
+        self.back_r, self.back_w = os.pipe()
+        for fd in (self.give_r, self.give_w, self.back_r, self.back_w):
+            os.set_blocking(fd, False)
+        self.given = 0  # hand-overs to the bulk thread so far (tests, logs)
+
+    @staticmethod
+    def is_bulk(batch: list[bytes]) -> bool:
+        return len(batch) >= HANDOFF_MIN and sum(map(len, batch)) >= HANDOFF_BYTES
+
+    def close(self) -> None:
+        for fd in (self.give_r, self.give_w, self.back_r, self.back_w):
+            os.close(fd)
+
+
 class _Threads(DataThreads[FastPathIO]):
     """The thread bodies and what they share beyond `DataThreads`."""
 
@@ -134,11 +183,20 @@ class _Threads(DataThreads[FastPathIO]):
         self.warm_every_ms = max(1, round(io.warm_every * 1000))
         self.up_side = _Side()
         self.down_side = _Side()
+        self.bulk_side = _Side()
+        self.handoff = _Handoff() if io.adaptive and not io.split else None
 
     def bodies(self) -> list[Body]:
         if self.io.split:
             return [(self.up, "trivpn data up"), (self.down, "trivpn data down")]
+        if self.handoff is not None:
+            return [(self.both, "trivpn data"), (self.bulk, "trivpn data bulk")]
         return [(self.both, "trivpn data")]
+
+    def close(self) -> None:
+        if self.handoff is not None:
+            log.debug("data plane: socket handed to the bulk thread %d times", self.handoff.given)
+            self.handoff.close()
 
     @property
     def touches(self) -> int:
@@ -328,7 +386,8 @@ class _Threads(DataThreads[FastPathIO]):
         Each turn serves the side(s) known to have input: one packet alone right after an
         idle wait, whole batches while busy. It waits again only once both sides read
         nothing; while one side is busy, a `poll` without timeout each turn notices input
-        on the other."""
+        on the other. In the adaptive layout a busy batch from the socket hands the socket
+        to `bulk` until that gives it back (module docstring)."""
         io = self.io
         transport, tun, link = io.transport, io.tun, self.link
         sock_fd, tun_fd = transport.sock.fileno(), tun.fd
@@ -336,10 +395,18 @@ class _Threads(DataThreads[FastPathIO]):
         readable.register(tun_fd, select.POLLIN)
         tun_writable = self._poller(tun_fd, select.POLLOUT)
         sock_writable = self._poller(sock_fd, select.POLLOUT, kick=True)
+        handoff = self.handoff
+        back_fd = -1
+        without_socket = readable  # what to poll while the bulk thread has the socket
+        if handoff is not None:
+            back_fd = handoff.back_r
+            without_socket = self._poller(tun_fd, select.POLLIN, kick=True)
+            without_socket.register(back_fd, select.POLLIN)
         touch = self._toucher(open_too=True)
         side = self.up_side
         served = 0
         up = down = True  # worth reading: readable at the last wait, or read something since
+        own = True  # this thread reads the socket (false while handed over)
         up_limit = down_limit = 1
         while not self.stopping:
             if link.requests != served:
@@ -352,6 +419,10 @@ class _Threads(DataThreads[FastPathIO]):
                     up_limit = MAX_BATCH
                     if not self._up_batch(batch, tun_writable, side):
                         return
+                    if handoff is not None and handoff.is_bulk(batch):
+                        own = up = False
+                        handoff.given += 1
+                        os.write(handoff.give_w, b"g")
             if down:
                 packets = tun.read_nowait(down_limit)
                 if packets is None:
@@ -360,23 +431,55 @@ class _Threads(DataThreads[FastPathIO]):
                 if down:
                     down_limit = 0
                     self._down_batch(packets, sock_writable, side)
+            poller = readable if own else without_socket
             if not (up or down):
                 up_limit = down_limit = 1
-                ready = self._idle(readable, touch, side)
+                ready = self._idle(poller, touch, side)
             elif not (up and down):
                 # One side is busy: look (without waiting) whether the other has input,
                 # or it would starve until the busy side runs dry (TCP's ACKs, say).
-                ready = self._ready(readable.poll(0))
+                ready = self._ready(poller.poll(0))
             else:
                 continue
             for fd, _event in ready:
-                up = up or fd == sock_fd
+                if fd == back_fd:
+                    drain(fd)  # the bulk thread gave the socket back
+                    own = True
+                up = up or (own and fd in (sock_fd, back_fd))
                 down = down or fd == tun_fd
+
+    def bulk(self) -> None:
+        """Adaptive layout: socket → TUN while `both` has handed the socket over; gives it
+        back after `HANDOFF_QUIET` without input, then sleeps until the next hand-over."""
+        handoff = self.handoff
+        assert handoff is not None  # noqa: S101  # only the adaptive layout runs this body
+        transport = self.io.transport
+        given = self._poller(handoff.give_r, select.POLLIN)
+        sock_readable = self._poller(transport.sock.fileno(), select.POLLIN)
+        tun_writable = self._poller(self.io.tun.fd, select.POLLOUT)
+        side = self.bulk_side
+        quiet_ms = max(1, round(HANDOFF_QUIET * 1000))
+        rxc = self.io.rx  # see datachannel/coalesce.py
+        linger, busy, busy_bytes = rxc.udp_linger, rxc.udp_min, rxc.udp_bytes
+        while not self.stopping:
+            side.idle_waits += 1
+            self._wait(given)
+            drain(handoff.give_r)
+            while True:  # this thread has the socket
+                batch = transport.recv_nowait(MAX_BATCH)
+                if batch:
+                    if not self._up_batch(batch, tun_writable, side):
+                        return
+                    if len(batch) >= busy and linger and sum(map(len, batch)) >= busy_bytes:
+                        coalesce.linger(linger)
+                elif not self._ready(sock_readable.poll(quiet_ms)):
+                    break  # quiet: give it back
+            os.write(handoff.back_w, b"b")
 
 
 class ThreadPlane(ThreadedPlane[FastPathIO, _Threads]):
-    """The data plane as one thread, or two with `FastPathIO.split` (see the module
-    docstring); a `plane.DataPlane`."""
+    """The data plane as one thread that hands bulk input to a second (adaptive), one
+    thread, or one per direction (see the module docstring); a `plane.DataPlane`."""
 
     def _make_threads(self, link: DataLink, stop_fd: int, kick_fd: int) -> _Threads:
         return _Threads(link, self.io, stop_fd, kick_fd)

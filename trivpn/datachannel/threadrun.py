@@ -106,6 +106,10 @@ class DataThreads(Generic[IO]):
         """The thread(s) to run."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the threads used beyond the plane's pipes; runs after they all
+        returned."""
+
     def _poller(self, fd: int, event: int, *, kick: bool = False) -> select.poll:
         poller = select.poll()
         poller.register(fd, event)
@@ -225,7 +229,8 @@ class ThreadedPlane(Generic[IO, T]):
         os.set_blocking(kick_w, False)
         threads = self.threads = self._make_threads(link, stop_r, kick_r)
         self._kick_w = kick_w
-        limiter = trio.CapacityLimiter(2)  # our own: never waits behind other to_thread users
+        bodies = threads.bodies()
+        limiter = trio.CapacityLimiter(len(bodies))  # our own: never waits behind other to_thread users
 
         def stop() -> None:
             if not threads.stopping:
@@ -251,12 +256,13 @@ class ThreadedPlane(Generic[IO, T]):
                     nursery.start_soon(stopper)
                     for task in self._tasks(threads, stop):
                         nursery.start_soon(task)
-                    for body, name in threads.bodies():
+                    for body, name in bodies:
                         nursery.start_soon(in_thread, threads.guarded(body), name)
         finally:
             self._kick_w = None  # before the close: a later kick must not hit a reused fd
             for fd in (stop_r, stop_w, kick_r, kick_w):
                 os.close(fd)
+            threads.close()
             if threads.control_dropped:
                 log.debug(
                     "data plane: %d control packets dropped (muxer busy)", threads.control_dropped

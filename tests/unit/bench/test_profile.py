@@ -12,14 +12,14 @@ from trivpn.bench.profile import main, parse_args
 
 STAGES = {
     "aead-seal", "aead-open", "encrypt", "decrypt", "udp-send", "udp-recv", "tun-write",
-    "tun-read", "loop-up", "loop-down", "loop-both", "loop-up 1t", "loop-down 1t",
-    "loop-both 1t", "python-encrypt", "python-decrypt", "overhead-up",
+    "tun-read", "loop-up", "loop-down", "loop-both", "loop-up 2t", "loop-down 2t",
+    "loop-both 2t", "python-encrypt", "python-decrypt", "overhead-up",
     "overhead-down",
 }
 LONE = {"lone-up hot", "lone-down hot", "lone-up cold", "lone-down cold", "relay hot",
         "relay cold", "rtt hot", "rtt cold", "lone-up cold lowlat", "lone-down cold lowlat",
-        "rtt cold lowlat", "lone-up hot 1t", "lone-down hot 1t", "lone-up cold 1t",
-        "lone-down cold 1t", "rtt hot 1t", "rtt cold 1t"}
+        "rtt cold lowlat", "lone-up hot 2t", "lone-down hot 2t", "lone-up cold 2t",
+        "lone-down cold 2t", "rtt hot 2t", "rtt cold 2t"}
 
 
 def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,7 +32,7 @@ def test_quick_profile_reports_every_stage(tmp_path: Path, capsys: pytest.Captur
         assert rows[name]["cpu_ns"] > 0 and rows[name]["wall_ns"] > 0, name
     assert set(doc["lone_us"]) == LONE
     assert all(v["p50"] > 0 and v["n"] == 5 for v in doc["lone_us"].values())
-    assert set(doc["cold_cpu_pct"]) == {"default", "lowlat", "1t"}
+    assert set(doc["cold_cpu_pct"]) == {"default", "lowlat", "2t"}
     assert "loop-up" in capsys.readouterr().out
 
 

@@ -17,7 +17,7 @@ import pytest
 import trio
 from helpers.waiting import until
 
-from trivpn.datachannel import coalesce
+from trivpn.datachannel import coalesce, fastpath
 from trivpn.datachannel.core import DataChannel, DataStats
 from trivpn.datachannel.fastpath import FastPathIO, ThreadPlane
 from trivpn.datachannel.service import DataService
@@ -40,9 +40,9 @@ class Rig:
         warm_for: float = 0.0,
         clock: Callable[[], float] | None = None,
         *,
-        split: bool = False,
+        layout: str = "one",
     ) -> None:
-        self.split = split
+        self.layout = layout
         self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tun_end.setblocking(False)
         self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
@@ -69,7 +69,8 @@ class Rig:
         self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
         self.keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](8)
         self.plane = ThreadPlane(
-            FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for, split=split)
+            FastPathIO(self.transport, self.tun, self.to_mux_s, warm_for=warm_for,
+                       split=layout == "two", adaptive=layout == "adaptive")
         )
         if clock is None:
             self.service = DataService(control=keys_r, plane=self.plane)
@@ -86,10 +87,14 @@ class Rig:
         self.tun.close()
 
 
-@pytest.fixture(params=[False, True], ids=["one-thread", "two-threads"])
+LAYOUTS = ["one", "two", "adaptive"]
+
+
+@pytest.fixture(params=LAYOUTS)
 def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
-    """Every test runs against the default one-thread plane and the split two-thread one."""
-    r = Rig(split=request.param)
+    """Every test runs against each layout: one thread, one per direction, and the default
+    one thread that hands bulk input to a second."""
+    r = Rig(layout=request.param)
     yield r
     r.close()
 
@@ -139,7 +144,11 @@ async def test_both_directions_and_control_handover(rig: Rig) -> None:
         rig.server.send(bytes(forged))
         await until(lambda: _stats(rig).drop_auth == 1, "forgery counted")
         names = {t.name for t in threading.enumerate() if t.is_alive()}
-        expected = {"trivpn data up", "trivpn data down"} if rig.split else {"trivpn data"}
+        expected = {
+            "one": {"trivpn data"},
+            "two": {"trivpn data up", "trivpn data down"},
+            "adaptive": {"trivpn data", "trivpn data bulk"},
+        }[rig.layout]
         assert expected <= names
         nursery.cancel_scope.cancel()
     # Cancellation joined both threads before the service returned (trio keeps idle
@@ -186,12 +195,13 @@ async def test_closed_tun_ends_the_fast_path(rig: Rig) -> None:
     assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["one-thread", "two-threads"])
-async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself(split: bool) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_low_latency_mode_warms_only_after_traffic_and_stops_by_itself(layout: str) -> None:
     # The threads' notion of time is the injected clock: the test moves it by hand, so
     # "after warm_for" is a step of the test, not a sleep.
     now = [100.0]
-    rig = Rig(warm_for=0.05, clock=lambda: now[0], split=split)
+    split = layout == "two"
+    rig = Rig(warm_for=0.05, clock=lambda: now[0], layout=layout)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rig.service.run)
@@ -366,7 +376,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return got
 
 
-async def _burst_to_app(r: Rig, count: int) -> None:
+async def _burst_to_app(r: Rig, count: int, size: int = 100) -> None:
     """The server sends `count` datagrams while the up thread cannot keep up, so later reads
     find many waiting; return once the app side got them all.
 
@@ -374,7 +384,7 @@ async def _burst_to_app(r: Rig, count: int) -> None:
     the TUN stand-in gets the smallest send buffer and the app side reads nothing until the
     whole burst is sent, so the thread soon waits for the TUN to drain and the rest of the
     burst piles up in the socket."""
-    wires = r.peer.encrypt([_ip(10 + i) for i in range(count)], 1.0)
+    wires = r.peer.encrypt([_ip(10 + i, size) for i in range(count)], 1.0)
     # room for the whole burst, or the kernel drops some and the reads below wait
     r.plane.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     tun_end = socket.socket(fileno=os.dup(r.tun.fd))
@@ -393,7 +403,7 @@ async def test_busy_batches_linger_and_lone_packets_never(waits: list[float]) ->
     """Read coalescing (datachannel/coalesce.py): a batch of at least `udp_min` datagrams
     (or `tun_min` TUN packets) is followed by one bounded wait; a lone packet after an idle
     wait is not, so an idle tunnel's latency is untouched."""
-    r = Rig(split=True)
+    r = Rig(layout="two")
     r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=400, udp_linger=0.002, tun_min=4,
                                         tun_linger=0.003)
     try:
@@ -437,7 +447,7 @@ def test_the_environment_can_keep_some_parts(monkeypatch: pytest.MonkeyPatch) ->
 async def test_runs_of_small_datagrams_do_not_linger(waits: list[float]) -> None:
     """A busy batch of small datagrams (a run of TCP ACKs during an upload) holds too few
     bytes to be worth merging: the up thread reads on without waiting."""
-    r = Rig(split=True)
+    r = Rig(layout="two")
     r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=1 << 30, udp_linger=0.002)
     try:
         async with trio.open_nursery() as nursery:
@@ -455,7 +465,7 @@ async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> N
     """Sporadic traffic (an idle ping): each packet costs one read per direction. The thread
     that handled a lone packet waits again at once instead of first reading its fd to EAGAIN
     (one more cold system call while the process it woke may be waiting for the core)."""
-    rig = Rig(split=True)
+    rig = Rig(layout="two")
     reads = {"socket": 0, "tun": 0}
     recv, read = rig.transport.recv_nowait, rig.tun.read_nowait
 
@@ -493,5 +503,87 @@ async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> N
                 assert reads["socket"] - before["socket"] == 1
                 await trio.sleep(0.005)  # the next ping comes later: lone again
             nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+
+
+async def _round_trip(rig: Rig, i: int) -> None:
+    """One packet each way (an idle ping and its reply)."""
+    rig.app.send(_ip(i))
+    wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+    assert rig.peer.decrypt([wire], 1.0) == [_ip(i)]
+    rig.server.send(rig.peer.encrypt([_ip(100 + i)], 1.0)[0])
+    assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
+
+
+async def test_adaptive_hands_bulk_input_over_and_takes_it_back_when_quiet() -> None:
+    """Sporadic traffic stays in one thread; a burst of data datagrams hands the socket to
+    the bulk thread, which gives it back once the socket is quiet, and every packet of
+    either direction arrives throughout."""
+    rig = Rig(layout="adaptive")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.service.run)
+            await rig.keys_s.send([rig.install_key()])
+            await until(lambda: rig.plane.threads is not None, "threads started")
+            threads = rig.plane.threads
+            assert threads is not None and threads.handoff is not None
+            handoff, bulk = threads.handoff, threads.bulk_side
+            await until(lambda: bulk.idle_waits == 1, "the bulk thread waits for a hand-over")
+            for i in range(1, 4):
+                await _round_trip(rig, i)
+            assert handoff.given == 0  # pings never wake the second thread
+            await _burst_to_app(rig, 200, size=1200)
+            assert handoff.given >= 1
+            # quiet for HANDOFF_QUIET: given back, the bulk thread asleep again
+            await until(lambda: bulk.idle_waits == handoff.given + 1, "the socket given back")
+            given = handoff.given
+            for i in range(4, 7):
+                await _round_trip(rig, i)
+            assert handoff.given == given
+            assert _stats(rig).drop_replay == _stats(rig).drop_auth == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+
+
+async def test_adaptive_stops_while_the_bulk_thread_has_the_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while handed over: both threads end, and both directions kept working
+    until then (the first thread serves the TUN while the bulk thread has the socket)."""
+    monkeypatch.setattr(fastpath, "HANDOFF_QUIET", LIMIT * 10)  # never given back here
+    rig = Rig(layout="adaptive")
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rig.service.run)
+                await rig.keys_s.send([rig.install_key()])
+                await until(lambda: rig.plane.threads is not None, "threads started")
+                threads = rig.plane.threads
+                assert threads is not None and threads.handoff is not None
+                await _burst_to_app(rig, 200, size=1200)
+                assert threads.handoff.given == 1
+                await _round_trip(rig, 1)  # up through the bulk thread, down through the first
+                assert threads.bulk_side.idle_waits == 1  # still has the socket
+                nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+    assert not any(t.name.startswith("trivpn data") and t.is_alive() for t in threading.enumerate())
+
+
+def test_the_environment_picks_the_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = Rig()
+    try:
+        def layout() -> tuple[bool, bool]:
+            io = FastPathIO(rig.transport, rig.tun, rig.to_mux_s)
+            return io.split, io.adaptive
+
+        monkeypatch.delenv(fastpath.DATA_THREADS_ENV, raising=False)
+        assert layout() == (False, True)
+        monkeypatch.setenv(fastpath.DATA_THREADS_ENV, "1")
+        assert layout() == (False, False)
+        monkeypatch.setenv(fastpath.DATA_THREADS_ENV, "2")
+        assert layout()[0] is True
     finally:
         rig.close()
