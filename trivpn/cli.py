@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--no-data-threads",
         action="store_true",
-        help="move data packets in trio tasks instead of the two data-plane threads",
+        help="move data packets in trio tasks instead of the data-plane threads",
     )
     c.add_argument(
         "--low-latency",

@@ -153,9 +153,11 @@ class ClientSession:
             warm = LOW_LATENCY_WARM_FOR if config.low_latency else 0.0
             self.fast = FastPathIO(transport, device, self._net_up[0], warm_for=warm,
                                    rx=default_rx_coalesce(low_latency=config.low_latency))
+            layout = ("one per direction" if self.fast.split else
+                      "one, and a second for bulk input" if self.fast.adaptive else "one")
             log.info(
-                "data packets move in two data-plane threads%s",
-                " (low-latency: kept warm after traffic)" if warm else "",
+                "data packets move in data-plane threads (%s)%s",
+                layout, ", low-latency: kept warm after traffic" if warm else "",
             )
         else:
             self._tun_up = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
