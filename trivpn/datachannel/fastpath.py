@@ -15,7 +15,7 @@ thread 0.87-0.88x the two-thread idle RTT, 11 of 12 rounds lower). Under a bulk 
 the second thread pays: the kernel work of one direction (a TUN write runs the local
 stack's input, TCP's ACK processing and the segments it releases) overlaps with the other
 direction's Python on the second core, where one thread alone lost 11 % of the download
-(docs/performance.md, issue 16). The hand-over (`_Handoff`): the thread that reads a busy
+(docs/performance.md, issue 16). The hand-over (`threadrun.Handoff`): the thread that reads a busy
 batch of data datagrams (`HANDOFF_MIN`, `HANDOFF_BYTES`: data, not a run of ACKs) stops
 polling the socket and wakes the bulk thread through a pipe; the bulk thread reads the
 socket until it has been quiet for `HANDOFF_QUIET`, then wakes the first thread through a
@@ -85,9 +85,11 @@ from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.sender import Encryptor
 from trivpn.datachannel.threadrun import (
+    DATA_THREADS_ENV,
     LONE_GAP,
     Body,
     DataThreads,
+    Handoff,
     Stopped,
     ThreadedPlane,
     drain,
@@ -102,10 +104,6 @@ if TYPE_CHECKING:
     from trivpn.networkio.transport import UDPTransport
     from trivpn.tun.linux import LinuxTun
 
-#: Environment variable choosing the data-plane layout when the caller does not: "1" one
-#: thread for both directions, "2" one thread per direction, anything else adaptive (see
-#: the module docstring).
-DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
 #: Adaptive layout: a batch read from the socket of at least this many datagrams, holding
 #: at least this many bytes (bulk data, not a run of ACKs), hands the socket to the bulk
 #: thread ...
@@ -113,6 +111,10 @@ HANDOFF_MIN = 8
 HANDOFF_BYTES = 8192
 #: ... which gives it back once the socket has been quiet this long (seconds).
 HANDOFF_QUIET = 0.02
+
+
+def _is_bulk(batch: list[bytes]) -> bool:
+    return len(batch) >= HANDOFF_MIN and sum(map(len, batch)) >= HANDOFF_BYTES
 
 
 @dataclass(slots=True)
@@ -149,30 +151,6 @@ class _Side:
         self.idle_waits = 0  # times the thread blocked with nothing to do
 
 
-class _Handoff:
-    """Adaptive layout: which thread reads the socket, and the two pipes that hand it over
-    (`give`: first thread → bulk thread, `back`: bulk thread → first thread). Both are
-    written once per hand-over and drained by their reader, so a hand-over is never lost
-    and the two never overlap."""
-
-    __slots__ = ("give_r", "give_w", "back_r", "back_w", "given")
-
-    def __init__(self) -> None:
-        self.give_r, self.give_w = os.pipe()
-        self.back_r, self.back_w = os.pipe()
-        for fd in (self.give_r, self.give_w, self.back_r, self.back_w):
-            os.set_blocking(fd, False)
-        self.given = 0  # hand-overs to the bulk thread so far (tests, logs)
-
-    @staticmethod
-    def is_bulk(batch: list[bytes]) -> bool:
-        return len(batch) >= HANDOFF_MIN and sum(map(len, batch)) >= HANDOFF_BYTES
-
-    def close(self) -> None:
-        for fd in (self.give_r, self.give_w, self.back_r, self.back_w):
-            os.close(fd)
-
-
 class _Threads(DataThreads[FastPathIO]):
     """The thread bodies and what they share beyond `DataThreads`."""
 
@@ -184,7 +162,7 @@ class _Threads(DataThreads[FastPathIO]):
         self.up_side = _Side()
         self.down_side = _Side()
         self.bulk_side = _Side()
-        self.handoff = _Handoff() if io.adaptive and not io.split else None
+        self.handoff = Handoff() if io.adaptive and not io.split else None
 
     def bodies(self) -> list[Body]:
         if self.io.split:
@@ -419,10 +397,9 @@ class _Threads(DataThreads[FastPathIO]):
                     up_limit = MAX_BATCH
                     if not self._up_batch(batch, tun_writable, side):
                         return
-                    if handoff is not None and handoff.is_bulk(batch):
+                    if handoff is not None and _is_bulk(batch):
                         own = up = False
-                        handoff.given += 1
-                        os.write(handoff.give_w, b"g")
+                        handoff.give()
             if down:
                 packets = tun.read_nowait(down_limit)
                 if packets is None:
@@ -474,7 +451,7 @@ class _Threads(DataThreads[FastPathIO]):
                         coalesce.linger(linger)
                 elif not self._ready(sock_readable.poll(quiet_ms)):
                     break  # quiet: give it back
-            os.write(handoff.back_w, b"b")
+            handoff.back()
 
 
 class ThreadPlane(ThreadedPlane[FastPathIO, _Threads]):

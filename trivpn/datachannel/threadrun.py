@@ -40,7 +40,14 @@ from trivpn.errors import LocalProtocolError
 
 log = logging.getLogger("trivpn.datachannel")
 
-__all__ = ["Body", "DataThreads", "PathIO", "Stopped", "ThreadedPlane", "drain"]
+__all__ = [
+    "DATA_THREADS_ENV", "Body", "DataThreads", "Handoff", "PathIO", "Stopped", "ThreadedPlane", "drain",
+]
+
+#: Environment variable choosing the thread planes' layout when the caller does not: "1"
+#: one thread for both directions, "2" one thread per direction, anything else adaptive
+#: (one thread that hands bulk input to a second; `fastpath`, `tcpfast`).
+DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
 
 
 class Stopped(Exception):
@@ -53,6 +60,36 @@ def drain(fd: int) -> None:
         os.read(fd, 4096)
     except BlockingIOError:
         pass
+
+
+class Handoff:
+    """Adaptive layouts (`fastpath`, `tcpfast`): the two pipes that hand the socket's
+    reading side over between the first thread and the bulk thread
+    (`give`: first thread → bulk thread, `back`: bulk thread → first thread). Both are
+    written once per hand-over and drained by their reader, so a hand-over is never lost
+    and the two never overlap."""
+
+    __slots__ = ("give_r", "give_w", "back_r", "back_w", "given")
+
+    def __init__(self) -> None:
+        self.give_r, self.give_w = os.pipe()
+        self.back_r, self.back_w = os.pipe()
+        for fd in (self.give_r, self.give_w, self.back_r, self.back_w):
+            os.set_blocking(fd, False)
+        self.given = 0  # hand-overs to the bulk thread so far (tests, logs)
+
+    def give(self) -> None:
+        """First thread: stop reading the socket, then call this."""
+        self.given += 1
+        os.write(self.give_w, b"g")
+
+    def back(self) -> None:
+        """Bulk thread: stop reading the socket, then call this."""
+        os.write(self.back_w, b"b")
+
+    def close(self) -> None:
+        for fd in (self.give_r, self.give_w, self.back_r, self.back_w):
+            os.close(fd)
 
 
 #: a thread body and the name its thread gets

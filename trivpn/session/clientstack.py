@@ -148,16 +148,14 @@ class ClientSession:
 
             self.fast = TCPPathIO(transport, device, self._net_up[0], self._net_down[1],
                                   rx=default_rx_coalesce(low_latency=config.low_latency))
-            log.info("data packets move in two data-plane threads (TCP)")
+            log.info("data packets move in data-plane threads (TCP; %s)", _layout(self.fast))
         elif config.data_threads and isinstance(device, LinuxTun) and type(transport) is UDPTransport:
             warm = LOW_LATENCY_WARM_FOR if config.low_latency else 0.0
             self.fast = FastPathIO(transport, device, self._net_up[0], warm_for=warm,
                                    rx=default_rx_coalesce(low_latency=config.low_latency))
-            layout = ("one per direction" if self.fast.split else
-                      "one, and a second for bulk input" if self.fast.adaptive else "one")
             log.info(
                 "data packets move in data-plane threads (%s)%s",
-                layout, ", low-latency: kept warm after traffic" if warm else "",
+                _layout(self.fast), ", low-latency: kept warm after traffic" if warm else "",
             )
         else:
             self._tun_up = trio.open_memory_channel[list[bytes]](DATA_CHANNEL_SIZE)
@@ -243,3 +241,10 @@ class ClientSession:
 
     def counters_line(self) -> str:
         return counters_line(self.muxer, self.stack.data)
+
+
+def _layout(io: FastPathIO | TCPPathIO) -> str:
+    """The data-plane layout, for the log (datachannel/fastpath.py)."""
+    if io.split:
+        return "one per direction"
+    return "one, and a second for bulk input" if io.adaptive else "one"

@@ -18,6 +18,7 @@ import pytest
 import trio
 from helpers.waiting import until
 
+from trivpn.datachannel import tcpfast
 from trivpn.datachannel.core import DataChannel
 from trivpn.datachannel.service import DataService
 from trivpn.datachannel.tcpfast import TCPPathIO, TCPThreadPlane
@@ -34,7 +35,8 @@ LIMIT = 10.0
 
 
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, layout: str = "adaptive") -> None:
+        self.layout = layout
         self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tun_end.setblocking(False)
         self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
@@ -51,7 +53,8 @@ class Rig:
         self.to_mux_s, self.to_mux_r = trio.open_memory_channel[list[bytes]](8)
         self.from_mux_s, from_mux_r = trio.open_memory_channel[list[bytes]](8)
         self.keys_s, keys_r = trio.open_memory_channel[list[TLSToData]](8)
-        self.plane = TCPThreadPlane(TCPPathIO(self.transport, self.tun, self.to_mux_s, from_mux_r))
+        self.plane = TCPThreadPlane(TCPPathIO(self.transport, self.tun, self.to_mux_s, from_mux_r,
+                                              split=layout == "two", adaptive=layout == "adaptive"))
         self.service = DataService(control=keys_r, plane=self.plane)
 
     async def server_packets(self, n: int) -> list[bytes]:
@@ -75,9 +78,18 @@ class Rig:
         self.tun.close()
 
 
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = Rig()
+LAYOUTS = ["one", "two", "adaptive"]
+NAMES = {
+    "one": {"trivpn tcp data"},
+    "two": {"trivpn tcp data up", "trivpn tcp data down"},
+    "adaptive": {"trivpn tcp data", "trivpn tcp data bulk"},
+}
+
+
+@pytest.fixture(params=LAYOUTS)
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """Every test runs against each layout (see `tcpfast`'s docstring)."""
+    r = Rig(request.param)
     yield r
     r.close()
 
@@ -121,7 +133,7 @@ async def test_both_directions_and_control_both_ways(rig: Rig) -> None:
         await rig.from_mux_s.send([mine, mine])
         assert await rig.server_packets(2) == [mine, mine]
         names = {t.name for t in threading.enumerate() if t.is_alive()}
-        assert {"trivpn tcp data up", "trivpn tcp data down"} <= names
+        assert NAMES[rig.layout] <= names
         nursery.cancel_scope.cancel()
     assert _no_threads_left()
 
@@ -199,7 +211,7 @@ class _CountingSocket(socket.socket):
 async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> None:
     """An idle ping costs one read per direction: the thread that handled the packet which
     ended its wait waits again at once instead of first reading its fd to EAGAIN."""
-    rig = Rig()
+    rig = Rig("two")  # the fixed thread-per-direction layout
     counting = _CountingSocket(fileno=os.dup(rig.transport.sock.fileno()))
     counting.setblocking(False)
     rig.transport.sock.close()
@@ -241,3 +253,98 @@ def _threads(rig: Rig) -> Any:
     threads = rig.plane.threads
     assert threads is not None
     return threads
+
+
+async def _burst_to_app(rig: Rig, count: int) -> None:
+    """The server writes `count` full-size data packets in one go; the app reads them all."""
+    stream = frame_packets(rig.peer.encrypt([_ip(10 + i, 1400) for i in range(count)], 1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, rig.server.sendall, stream)
+        for i in range(count):
+            assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(10 + i, 1400)
+
+
+async def _round_trip(rig: Rig, i: int) -> None:
+    rig.app.send(_ip(i))
+    assert rig.peer.decrypt(await rig.server_packets(1), 1.0) == [_ip(i)]
+    rig.server.sendall(frame_packets(rig.peer.encrypt([_ip(100 + i)], 1.0)))
+    assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
+
+
+async def test_adaptive_hands_bulk_input_over_and_takes_it_back_when_quiet() -> None:
+    rig = Rig("adaptive")
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await rig.start(nursery)
+                threads = _threads(rig)
+                handoff = threads.handoff
+                await until(lambda: threads.up_waits == 1, "the bulk thread waits for a hand-over")
+                for i in range(1, 4):
+                    await _round_trip(rig, i)
+                assert handoff.given == 0  # pings never wake the second thread
+                await _burst_to_app(rig, 300)
+                assert handoff.given >= 1
+                await until(lambda: threads.up_waits == handoff.given + 1, "the stream given back")
+                given = handoff.given
+                for i in range(4, 7):
+                    await _round_trip(rig, i)
+                assert handoff.given == given
+                nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+    assert _no_threads_left()
+
+
+async def test_adaptive_stops_while_the_bulk_thread_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcpfast, "HANDOFF_QUIET", LIMIT * 10)  # never given back here
+    rig = Rig("adaptive")
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await rig.start(nursery)
+                await _burst_to_app(rig, 300)
+                assert _threads(rig).handoff.given == 1
+                await _round_trip(rig, 1)  # in through the bulk thread, out through the first
+                nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+    assert _no_threads_left()
+
+
+@pytest.mark.parametrize("layout", ["one", "adaptive"])
+async def test_one_thread_keeps_reading_while_its_sends_wait(layout: str) -> None:
+    """The server stops reading: the client's stream fills and its sends wait. What the
+    server sends meanwhile still reaches the TUN (the one thread reads while it waits to
+    write), and once the server reads again everything it was sent arrives, in order."""
+    rig = Rig(layout)
+    rig.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await rig.start(nursery)
+                sent: list[bytes] = []
+                rig.app.setblocking(False)
+                for i in range(400):  # more than the stream holds while nobody reads
+                    try:
+                        rig.app.send(_ip(i, 1400))
+                    except BlockingIOError:  # the TUN is full too: the thread waits to send
+                        break
+                    sent.append(_ip(i, 1400))
+                    if i % 8 == 7:
+                        await trio.sleep(0.001)  # let the thread take them
+                rig.app.settimeout(LIMIT)
+                count = len(sent)
+                assert count > 20
+                threads = _threads(rig)
+                await until(lambda: rig.transport.tx_packets > 0, "the client sending")
+                for i in range(3):
+                    rig.server.sendall(frame_packets(rig.peer.encrypt([_ip(5000 + i)], 1.0)))
+                    assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(5000 + i)
+                assert threads.handoff is None or threads.handoff.given == 0
+                got = rig.peer.decrypt(await rig.server_packets(count), 1.0)
+                assert got == sent
+                nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+    assert _no_threads_left()
