@@ -71,7 +71,6 @@ device closed ends the data plane.
 
 from __future__ import annotations
 
-import os
 import select
 import time
 from collections.abc import Callable, Sequence
@@ -92,8 +91,9 @@ from trivpn.datachannel.threadrun import (
     Handoff,
     Stopped,
     ThreadedPlane,
+    adaptive_from_env,
     drain,
-    log,
+    split_from_env,
 )
 from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
 from trivpn.errors import SessionRestart
@@ -131,10 +131,10 @@ class FastPathIO:
     warm_every: float = 0.001
     #: one fixed thread per direction (TRIVPN_DATA_THREADS=2) instead of one thread for
     #: both, which with `adaptive` hands bulk input to a second thread (module docstring)
-    split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV) == "2")
+    split: bool = field(default_factory=split_from_env)
     #: when not `split`: hand the socket to a second thread while it carries bulk data
     #: (the default; TRIVPN_DATA_THREADS=1 turns it off)
-    adaptive: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV) != "1")
+    adaptive: bool = field(default_factory=adaptive_from_env)
     #: receive coalescing under bulk traffic (the two-thread layout's `up` applies it)
     rx: RxCoalesce = field(default_factory=default_rx_coalesce)
 
@@ -170,11 +170,6 @@ class _Threads(DataThreads[FastPathIO]):
         if self.handoff is not None:
             return [(self.both, "trivpn data"), (self.bulk, "trivpn data bulk")]
         return [(self.both, "trivpn data")]
-
-    def close(self) -> None:
-        if self.handoff is not None:
-            log.debug("data plane: socket handed to the bulk thread %d times", self.handoff.given)
-            self.handoff.close()
 
     @property
     def touches(self) -> int:
@@ -369,17 +364,10 @@ class _Threads(DataThreads[FastPathIO]):
         io = self.io
         transport, tun, link = io.transport, io.tun, self.link
         sock_fd, tun_fd = transport.sock.fileno(), tun.fd
-        readable = self._poller(sock_fd, select.POLLIN, kick=True)
-        readable.register(tun_fd, select.POLLIN)
+        readable, without_socket, back_fd = self._one_thread_pollers(sock_fd, tun_fd)
         tun_writable = self._poller(tun_fd, select.POLLOUT)
         sock_writable = self._poller(sock_fd, select.POLLOUT, kick=True)
         handoff = self.handoff
-        back_fd = -1
-        without_socket = readable  # what to poll while the bulk thread has the socket
-        if handoff is not None:
-            back_fd = handoff.back_r
-            without_socket = self._poller(tun_fd, select.POLLIN, kick=True)
-            without_socket.register(back_fd, select.POLLIN)
         touch = self._toucher(open_too=True)
         side = self.up_side
         served = 0
@@ -462,4 +450,4 @@ class ThreadPlane(ThreadedPlane[FastPathIO, _Threads]):
         return _Threads(link, self.io, stop_fd, kick_fd)
 
 
-__all__ = ["DATA_OPCODES", "FastPathIO", "ThreadPlane"]
+__all__ = ["DATA_OPCODES", "DATA_THREADS_ENV", "FastPathIO", "ThreadPlane"]

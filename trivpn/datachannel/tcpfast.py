@@ -57,7 +57,6 @@ never closed under a running thread.
 from __future__ import annotations
 
 import collections
-import os
 import select
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -70,14 +69,14 @@ from trivpn.datachannel import coalesce
 from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.threadrun import (
-    DATA_THREADS_ENV,
     Body,
     DataThreads,
     Handoff,
     Stopped,
     ThreadedPlane,
+    adaptive_from_env,
     drain,
-    log,
+    split_from_env,
 )
 from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.framing import MAX_FRAME, FramingError, frame_packets
@@ -112,10 +111,10 @@ class TCPPathIO:
     rx: RxCoalesce = field(default_factory=default_rx_coalesce)
     #: one fixed thread per direction (TRIVPN_DATA_THREADS=2) instead of one thread for
     #: both, which with `adaptive` hands bulk input to a second thread (module docstring)
-    split: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV) == "2")
+    split: bool = field(default_factory=split_from_env)
     #: when not `split`: hand the reading side to a second thread while it carries bulk
     #: data (the default; TRIVPN_DATA_THREADS=1 turns it off)
-    adaptive: bool = field(default_factory=lambda: os.environ.get(DATA_THREADS_ENV) != "1")
+    adaptive: bool = field(default_factory=adaptive_from_env)
 
 
 def _frame(packets: Sequence[bytes]) -> bytes:
@@ -156,11 +155,6 @@ class _Threads(DataThreads[TCPPathIO]):
         if self.handoff is not None:
             return [(self.both, "trivpn tcp data"), (self.bulk, "trivpn tcp data bulk")]
         return [(self.both, "trivpn tcp data")]
-
-    def close(self) -> None:
-        if self.handoff is not None:
-            log.debug("data plane: stream handed to the bulk thread %d times", self.handoff.given)
-            self.handoff.close()
 
     def _wait_for(self, poller: select.poll, ms: int) -> bool:
         """`_wait` with a timeout; False if it expired with nothing ready."""
@@ -358,19 +352,12 @@ class _Threads(DataThreads[TCPPathIO]):
         io = self.io
         tun = io.tun
         sock_fd, tun_fd = io.transport.sock.fileno(), tun.fd
-        readable = self._poller(sock_fd, select.POLLIN, kick=True)
-        readable.register(tun_fd, select.POLLIN)
+        readable, without_socket, back_fd = self._one_thread_pollers(sock_fd, tun_fd)
         tun_writable = self._poller(tun_fd, select.POLLOUT)
         writable = self._poller(sock_fd, select.POLLOUT)
         # while this thread reads the stream, a full send buffer also waits for input
         writable_or_input = self._poller(sock_fd, select.POLLOUT | select.POLLIN)
         handoff = self.handoff
-        back_fd = -1
-        without_socket = readable  # what to poll while the bulk thread reads the stream
-        if handoff is not None:
-            back_fd = handoff.back_r
-            without_socket = self._poller(tun_fd, select.POLLIN, kick=True)
-            without_socket.register(back_fd, select.POLLIN)
         served = 0
         up = down = True  # worth reading: readable at the last wait, or read something since
         own = True  # this thread reads the stream (false while handed over)

@@ -41,13 +41,24 @@ from trivpn.errors import LocalProtocolError
 log = logging.getLogger("trivpn.datachannel")
 
 __all__ = [
-    "DATA_THREADS_ENV", "Body", "DataThreads", "Handoff", "PathIO", "Stopped", "ThreadedPlane", "drain",
+    "DATA_THREADS_ENV", "Body", "DataThreads", "Handoff", "PathIO", "Stopped", "ThreadedPlane",
+    "adaptive_from_env", "drain", "split_from_env",
 ]
 
 #: Environment variable choosing the thread planes' layout when the caller does not: "1"
 #: one thread for both directions, "2" one thread per direction, anything else adaptive
 #: (one thread that hands bulk input to a second; `fastpath`, `tcpfast`).
 DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
+
+
+def split_from_env() -> bool:
+    """The default of a path IO's `split`: one fixed thread per direction."""
+    return os.environ.get(DATA_THREADS_ENV) == "2"
+
+
+def adaptive_from_env() -> bool:
+    """The default of a path IO's `adaptive`: hand bulk input to a second thread."""
+    return os.environ.get(DATA_THREADS_ENV) != "1"
 
 
 class Stopped(Exception):
@@ -138,6 +149,8 @@ class DataThreads(Generic[IO]):
         self.stopping = False
         self.token = trio.lowlevel.current_trio_token()
         self.control_dropped = 0  # written in the trio thread (`_deliver`)
+        #: the adaptive layout's hand-over pipes (set by subclasses that run it)
+        self.handoff: Handoff | None = None
 
     def bodies(self) -> Sequence[Body]:
         """The thread(s) to run."""
@@ -146,6 +159,22 @@ class DataThreads(Generic[IO]):
     def close(self) -> None:
         """Release what the threads used beyond the plane's pipes; runs after they all
         returned."""
+        if self.handoff is not None:
+            log.debug("data plane: reading side handed to the bulk thread %d times",
+                      self.handoff.given)
+            self.handoff.close()
+
+    def _one_thread_pollers(self, sock_fd: int, tun_fd: int) -> tuple[select.poll, select.poll, int]:
+        """The waits of the thread that moves both directions: (the socket, the TUN and the
+        kick pipe; what to poll instead while the bulk thread has the socket, with the
+        hand-back pipe; that pipe's fd, -1 without a hand-over)."""
+        readable = self._poller(sock_fd, select.POLLIN, kick=True)
+        readable.register(tun_fd, select.POLLIN)
+        if self.handoff is None:
+            return readable, readable, -1
+        without_socket = self._poller(tun_fd, select.POLLIN, kick=True)
+        without_socket.register(self.handoff.back_r, select.POLLIN)
+        return readable, without_socket, self.handoff.back_r
 
     def _poller(self, fd: int, event: int, *, kick: bool = False) -> select.poll:
         poller = select.poll()
