@@ -49,6 +49,8 @@ def test_bench_vpn_quick_one_cell(tmp_path: Path) -> None:
         assert run["server_udp_in"] > 0 and run["client_udp_in"] > 0, run
         assert run["server_udp_drops"] >= 0 and run["client_udp_drops"] >= 0, run
         assert run["retransmits_up"] is None or run["retransmits_up"] >= 0, run
+        # the server's CPU in each direction: it moved the same data, so it worked
+        assert run["server_cpu_up_pct"] > 0 and run["server_cpu_down_pct"] > 0, run
     medians = doc["results"]["udp/AES-256-GCM"]["medians"]
     assert set(medians) == {"trivpn", "openvpn"}
     assert doc["results"]["udp/AES-256-GCM"]["ratios"]["tx_mbps"] > 0

@@ -12,7 +12,9 @@ Where packets are lost: around each iperf3 run it reads the UDP counters of the 
 side's network namespace (`/proc/<pid>/net/snmp` of a process inside it: the server's for
 the upload, its own for the download), so a UDP cell reports how many datagrams the
 receiving socket dropped because its buffer was full, and every cell reports the inner
-TCP's retransmits (iperf3's sender).
+TCP's retransmits (iperf3's sender). It also reads the VPN server's CPU time around each
+iperf3 run: the OpenVPN server is one thread, so a direction where it runs near 100 % of a
+core is bound by the server, and no client can move more there.
 
 Stdlib only, and no trio: the probe must never be what limits a measurement.
 """
@@ -63,6 +65,8 @@ class Spec:
     env: dict[str, str | None] = field(default_factory=dict)  # overrides; None removes
     #: UDP cells: `/proc/<server pid>/net/snmp`, the server namespace's UDP counters
     server_snmp: str | None = None
+    #: the VPN server's pid, for its CPU time during each iperf3 run (/proc is shared)
+    server_pid: int | None = None
 
 
 @dataclass(slots=True)
@@ -91,6 +95,9 @@ class Result:
     #: the inner TCP's retransmits (iperf3's sender) in the upload and the download
     retransmits_up: int | None = None
     retransmits_down: int | None = None
+    #: the VPN server's CPU during the upload and the download, % of one core
+    server_cpu_up_pct: float | None = None
+    server_cpu_down_pct: float | None = None
     exit_code: int | None = None
     tail: str = ""
 
@@ -186,6 +193,21 @@ def _peak_rss_mb(pid: int) -> float | None:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+class _ServerLoad:
+    """The server's CPU (% of one core) from now until `pct` is called; None without a pid."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.cpu0 = _cpu_seconds(pid) if pid is not None else 0.0
+        self.t0 = time.monotonic()
+
+    def pct(self) -> float | None:
+        if self.pid is None:
+            return None
+        wall = time.monotonic() - self.t0
+        return 100 * (_cpu_seconds(self.pid) - self.cpu0) / wall if wall > 0 else None
 
 
 SELF_SNMP = "/proc/self/net/snmp"
@@ -297,13 +319,17 @@ def measure(spec: Spec) -> Result:
         res.idle_cpu_pct = 100 * (_cpu_seconds(proc.pid) - cpu_i) / (time.monotonic() - t_i)
         cpu0 = _cpu_seconds(proc.pid)
         srv0 = udp_counters(spec.server_snmp) if spec.server_snmp else None
+        load = _ServerLoad(spec.server_pid)
         res.tx_mbps, b1, res.retransmits_up = iperf(spec.target, spec.seconds, spec.omit,
                                                     reverse=False)
+        res.server_cpu_up_pct = load.pct()
         if srv0 is not None and spec.server_snmp:
             res.server_udp_in, res.server_udp_drops = _delta(srv0, udp_counters(spec.server_snmp))
         cli0 = udp_counters(SELF_SNMP) if spec.server_snmp else None
+        load = _ServerLoad(spec.server_pid)
         res.rx_mbps, b2, res.retransmits_down = iperf(spec.target, spec.seconds, spec.omit,
                                                       reverse=True)
+        res.server_cpu_down_pct = load.pct()
         if cli0 is not None:
             res.client_udp_in, res.client_udp_drops = _delta(cli0, udp_counters(SELF_SNMP))
         res.cpu_s = _cpu_seconds(proc.pid) - cpu0
@@ -317,7 +343,8 @@ def measure(spec: Spec) -> Result:
                 res.rtt_load_ms, res.load_mbps = rtts, load_mbps
                 break
         res.peak_rss_mb = _peak_rss_mb(proc.pid)
-        missing = missing_measurements(res, udp=bool(spec.server_snmp))
+        missing = missing_measurements(res, udp=bool(spec.server_snmp),
+                                       server=spec.server_pid is not None)
         if missing:
             raise RuntimeError(f"measurement(s) missing: {', '.join(missing)}")
         res.ok = True
@@ -338,9 +365,10 @@ def measure(spec: Spec) -> Result:
     return res
 
 
-def missing_measurements(res: Result, *, udp: bool = False) -> list[str]:
+def missing_measurements(res: Result, *, udp: bool = False, server: bool = False) -> list[str]:
     """The figures a run promises but did not get; a run missing any is not `ok`. A UDP
-    cell also promises the receive-drop counts of both directions."""
+    cell also promises the receive-drop counts of both directions, a run given the
+    server's pid the server's CPU in both."""
     missing = [name for name in ("start_to_ping_s", "tx_mbps", "rx_mbps", "idle_cpu_pct", "peak_rss_mb")
                if getattr(res, name) is None]
     if not res.rtt_idle_ms:
@@ -352,6 +380,9 @@ def missing_measurements(res: Result, *, udp: bool = False) -> list[str]:
     if udp:
         missing += [name for name in ("server_udp_in", "server_udp_drops", "client_udp_in",
                                       "client_udp_drops") if getattr(res, name) is None]
+    if server:
+        missing += [name for name in ("server_cpu_up_pct", "server_cpu_down_pct")
+                    if getattr(res, name) is None]
     return missing
 
 

@@ -118,6 +118,9 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "udp_drops_down_pct": ("UDP: datagrams the client's socket dropped during the download", "%", False),
     "retrans_up": ("inner TCP retransmits during the upload", "per run", False),
     "retrans_down": ("inner TCP retransmits during the download", "per run", False),
+    # the server is one thread: near 100 % it, not the client, bounds that direction
+    "server_cpu_up_pct": ("OpenVPN server's CPU during the upload", "% of a core", False),
+    "server_cpu_down_pct": ("OpenVPN server's CPU during the download", "% of a core", False),
 }
 
 
@@ -148,6 +151,8 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "udp_drops_down_pct": drop_pct(run.get("client_udp_in"), run.get("client_udp_drops")),
         "retrans_up": _float(run.get("retransmits_up")),
         "retrans_down": _float(run.get("retransmits_down")),
+        "server_cpu_up_pct": _float(run.get("server_cpu_up_pct")),
+        "server_cpu_down_pct": _float(run.get("server_cpu_down_pct")),
     }
 
 
@@ -267,9 +272,11 @@ def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, 
                           f"{client}: start-up, pings, iperf3 up and down "
                           f"(~{3 * (plan.seconds + plan.omit) + 2:.0f} s) ...", flush=True)
                     spec = _client_spec(client, cell, profile, server.tunnel_v4, plan)
-                    if cell.transport == "udp" and server.pid is not None:
-                        # the server namespace's UDP counters, readable from the client's
-                        spec["server_snmp"] = f"/proc/{server.pid}/net/snmp"
+                    if server.pid is not None:
+                        spec["server_pid"] = server.pid  # its CPU during each iperf3 run
+                        if cell.transport == "udp":
+                            # the server namespace's UDP counters, readable from the client's
+                            spec["server_snmp"] = f"/proc/{server.pid}/net/snmp"
                     res = _probe(pair.client, spec, plan)
                     res["round"] = rnd
                     res["cell"] = cell.name

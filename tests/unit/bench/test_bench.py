@@ -149,3 +149,28 @@ def test_drops_are_a_share_of_what_reached_the_socket_and_missing_in_a_udp_cell_
                  peak_rss_mb=30.0, server_udp_in=5, server_udp_drops=0)
     assert missing_measurements(res) == []  # a TCP cell promises no UDP counts
     assert missing_measurements(res, udp=True) == ["client_udp_in", "client_udp_drops"]
+
+
+def test_server_load_is_the_servers_cpu_share_of_the_wall_time_and_promised_with_a_pid() -> None:
+    """The OpenVPN server is one thread: its CPU during an iperf3 run says whether the
+    server, not the client, bounded that direction."""
+    import os
+    import time
+
+    from trivpn.bench.probe import _ServerLoad
+
+    assert _ServerLoad(None).pct() is None
+    load = _ServerLoad(os.getpid())
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # bounded: 0.3 s of this process's own CPU
+        pass
+    pct = load.pct()
+    assert pct is not None and 20 < pct <= 110  # ticks are 10 ms: a little over 100 can happen
+    m = vpn.run_metrics(_run("trivpn", 100) | {"server_cpu_up_pct": 97.5,
+                                               "server_cpu_down_pct": None})
+    assert m["server_cpu_up_pct"] == 97.5 and m["server_cpu_down_pct"] is None
+    res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0,
+                 rtt_idle_ms=[0.5], rtt_load_ms=[0.9], idle_cpu_pct=1.0, moved_bytes=10,
+                 peak_rss_mb=30.0, server_cpu_up_pct=90.0)
+    assert missing_measurements(res) == []
+    assert missing_measurements(res, server=True) == ["server_cpu_down_pct"]
