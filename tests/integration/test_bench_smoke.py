@@ -51,6 +51,9 @@ def test_bench_vpn_quick_one_cell(tmp_path: Path) -> None:
         assert run["retransmits_up"] is None or run["retransmits_up"] >= 0, run
         # the server's CPU in each direction: it moved the same data, so it worked
         assert run["server_cpu_up_pct"] > 0 and run["server_cpu_down_pct"] > 0, run
+        # the client's own CPU per direction and its busiest thread's share of a core
+        assert run["cpu_up_s"] > 0 and run["cpu_down_s"] > 0 and run["up_bytes"] > 0, run
+        assert run["top_thread_up_pct"] > 0 and run["top_thread_down_pct"] > 0, run
     medians = doc["results"]["udp/AES-256-GCM"]["medians"]
     assert set(medians) == {"trivpn", "openvpn"}
     assert doc["results"]["udp/AES-256-GCM"]["ratios"]["tx_mbps"] > 0

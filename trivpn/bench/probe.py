@@ -85,6 +85,7 @@ class Result:
     cpu_s: float | None = None  # client CPU during both iperf3 runs
     idle_cpu_pct: float | None = None  # client CPU while the idle pings ran, % of one core
     moved_bytes: int = 0
+    up_bytes: int = 0  # of moved_bytes: the upload's, the rest the download's
     peak_rss_mb: float | None = None
     #: UDP cells: datagrams the server's namespace delivered / dropped (receive buffer
     #: full) during the upload, and the client's namespace during the download
@@ -98,6 +99,12 @@ class Result:
     #: the VPN server's CPU during the upload and the download, % of one core
     server_cpu_up_pct: float | None = None
     server_cpu_down_pct: float | None = None
+    #: the client's CPU in each direction (seconds), and its busiest thread's share of
+    #: one core there: near 100 %, that thread bounds the direction
+    cpu_up_s: float | None = None
+    cpu_down_s: float | None = None
+    top_thread_up_pct: float | None = None
+    top_thread_down_pct: float | None = None
     exit_code: int | None = None
     tail: str = ""
 
@@ -181,8 +188,9 @@ class _Output:
         self._thread.join(timeout=2)
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
 
@@ -208,6 +216,33 @@ class _ServerLoad:
             return None
         wall = time.monotonic() - self.t0
         return 100 * (_cpu_seconds(self.pid) - self.cpu0) / wall if wall > 0 else None
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of `pid` (threads that ended are not listed)."""
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[int(tid)] = _cpu_seconds(pid, int(tid))
+    return out
+
+
+class _ThreadLoad:
+    """The client's CPU from now until `result`: its total seconds, and the busiest
+    thread's share of one core (a thread that started meanwhile counts from zero)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.cpu0 = _cpu_seconds(pid)
+        self.threads0 = thread_cpu_seconds(pid)
+        self.t0 = time.monotonic()
+
+    def result(self) -> tuple[float, float | None]:
+        wall = time.monotonic() - self.t0
+        total = _cpu_seconds(self.pid) - self.cpu0
+        now = thread_cpu_seconds(self.pid)
+        busiest = max((cpu - self.threads0.get(tid, 0.0) for tid, cpu in now.items()), default=None)
+        return total, (100 * busiest / wall if busiest is not None and wall > 0 else None)
 
 
 SELF_SNMP = "/proc/self/net/snmp"
@@ -320,20 +355,24 @@ def measure(spec: Spec) -> Result:
         cpu0 = _cpu_seconds(proc.pid)
         srv0 = udp_counters(spec.server_snmp) if spec.server_snmp else None
         load = _ServerLoad(spec.server_pid)
+        threads = _ThreadLoad(proc.pid)
         res.tx_mbps, b1, res.retransmits_up = iperf(spec.target, spec.seconds, spec.omit,
                                                     reverse=False)
         res.server_cpu_up_pct = load.pct()
+        res.cpu_up_s, res.top_thread_up_pct = threads.result()
         if srv0 is not None and spec.server_snmp:
             res.server_udp_in, res.server_udp_drops = _delta(srv0, udp_counters(spec.server_snmp))
         cli0 = udp_counters(SELF_SNMP) if spec.server_snmp else None
         load = _ServerLoad(spec.server_pid)
+        threads = _ThreadLoad(proc.pid)
         res.rx_mbps, b2, res.retransmits_down = iperf(spec.target, spec.seconds, spec.omit,
                                                       reverse=True)
         res.server_cpu_down_pct = load.pct()
+        res.cpu_down_s, res.top_thread_down_pct = threads.result()
         if cli0 is not None:
             res.client_udp_in, res.client_udp_drops = _delta(cli0, udp_counters(SELF_SNMP))
         res.cpu_s = _cpu_seconds(proc.pid) - cpu0
-        res.moved_bytes = b1 + b2
+        res.moved_bytes, res.up_bytes = b1 + b2, b1
         # RTT under load: ping while a forward iperf3 run fills the tunnel. A sample taken
         # while the load did not run (iperf3 server still busy) is thrown away and retaken.
         for _attempt in range(IPERF_ATTEMPTS):
@@ -369,7 +408,8 @@ def missing_measurements(res: Result, *, udp: bool = False, server: bool = False
     """The figures a run promises but did not get; a run missing any is not `ok`. A UDP
     cell also promises the receive-drop counts of both directions, a run given the
     server's pid the server's CPU in both."""
-    missing = [name for name in ("start_to_ping_s", "tx_mbps", "rx_mbps", "idle_cpu_pct", "peak_rss_mb")
+    missing = [name for name in ("start_to_ping_s", "tx_mbps", "rx_mbps", "idle_cpu_pct", "peak_rss_mb",
+                                 "top_thread_up_pct", "top_thread_down_pct")
                if getattr(res, name) is None]
     if not res.rtt_idle_ms:
         missing.append("rtt_idle_ms")

@@ -113,6 +113,11 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "rtt_load_p50": ("ping RTT under load p50", "ms", False),
     "rtt_load_p99": ("ping RTT under load p99", "ms", False),
     "cpu_s_per_gb": ("client CPU per GB moved", "s/GB", False),
+    "cpu_up_s_per_gb": ("client CPU per GB, upload only", "s/GB", False),
+    "cpu_down_s_per_gb": ("client CPU per GB, download only", "s/GB", False),
+    # near 100 %, one thread of the client bounds that direction
+    "top_thread_up_pct": ("client's busiest thread during the upload", "% of a core", False),
+    "top_thread_down_pct": ("client's busiest thread during the download", "% of a core", False),
     "peak_rss_mb": ("client peak RSS", "MB", False),
     "udp_drops_up_pct": ("UDP: datagrams the server's socket dropped during the upload", "%", False),
     "udp_drops_down_pct": ("UDP: datagrams the client's socket dropped during the download", "%", False),
@@ -146,6 +151,10 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "rtt_load_p50": percentile(run.get("rtt_load_ms") or [], 50),
         "rtt_load_p99": percentile(run.get("rtt_load_ms") or [], 99),
         "cpu_s_per_gb": (cpu / (moved / 1e9)) if cpu is not None and moved else None,
+        "cpu_up_s_per_gb": per_gb(run.get("cpu_up_s"), run.get("up_bytes") or 0),
+        "cpu_down_s_per_gb": per_gb(run.get("cpu_down_s"), moved - (run.get("up_bytes") or moved)),
+        "top_thread_up_pct": _float(run.get("top_thread_up_pct")),
+        "top_thread_down_pct": _float(run.get("top_thread_down_pct")),
         "peak_rss_mb": run.get("peak_rss_mb"),
         "udp_drops_up_pct": drop_pct(run.get("server_udp_in"), run.get("server_udp_drops")),
         "udp_drops_down_pct": drop_pct(run.get("client_udp_in"), run.get("client_udp_drops")),
@@ -154,6 +163,11 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "server_cpu_up_pct": _float(run.get("server_cpu_up_pct")),
         "server_cpu_down_pct": _float(run.get("server_cpu_down_pct")),
     }
+
+
+def per_gb(cpu_s: Any, moved: int) -> float | None:
+    """CPU seconds per GB moved; None without a CPU figure or bytes."""
+    return cpu_s / (moved / 1e9) if isinstance(cpu_s, (int, float)) and moved > 0 else None
 
 
 def _float(v: Any) -> float | None:

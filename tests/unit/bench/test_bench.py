@@ -85,7 +85,7 @@ def test_openvpn_gets_tcp_nodelay_on_tcp_only_and_the_default_runs_beside_it(tmp
 
 def test_a_run_missing_a_promised_measurement_is_not_ok() -> None:
     res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0, rtt_idle_ms=[0.5],
-                 idle_cpu_pct=1.0, moved_bytes=10, peak_rss_mb=30.0)
+                 idle_cpu_pct=1.0, moved_bytes=10, peak_rss_mb=30.0, top_thread_up_pct=50.0, top_thread_down_pct=60.0)
     assert missing_measurements(res) == ["rtt_load_ms (no sample while the load ran)"]
     res.rtt_load_ms = [0.9]
     assert missing_measurements(res) == []
@@ -146,7 +146,8 @@ def test_drops_are_a_share_of_what_reached_the_socket_and_missing_in_a_udp_cell_
     assert m["retrans_up"] == 42.0 and m["retrans_down"] is None
     res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0,
                  rtt_idle_ms=[0.5], rtt_load_ms=[0.9], idle_cpu_pct=1.0, moved_bytes=10,
-                 peak_rss_mb=30.0, server_udp_in=5, server_udp_drops=0)
+                 peak_rss_mb=30.0, server_udp_in=5, server_udp_drops=0,
+                 top_thread_up_pct=50.0, top_thread_down_pct=60.0)
     assert missing_measurements(res) == []  # a TCP cell promises no UDP counts
     assert missing_measurements(res, udp=True) == ["client_udp_in", "client_udp_drops"]
 
@@ -171,6 +172,44 @@ def test_server_load_is_the_servers_cpu_share_of_the_wall_time_and_promised_with
     assert m["server_cpu_up_pct"] == 97.5 and m["server_cpu_down_pct"] is None
     res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0,
                  rtt_idle_ms=[0.5], rtt_load_ms=[0.9], idle_cpu_pct=1.0, moved_bytes=10,
-                 peak_rss_mb=30.0, server_cpu_up_pct=90.0)
+                 peak_rss_mb=30.0, server_cpu_up_pct=90.0,
+                 top_thread_up_pct=50.0, top_thread_down_pct=60.0)
     assert missing_measurements(res) == []
     assert missing_measurements(res, server=True) == ["server_cpu_down_pct"]
+
+
+def test_the_busiest_thread_and_per_direction_cpu_are_measured_and_promised() -> None:
+    """A client bound by one of its threads shows it near 100 % of a core, whatever the
+    process's total; each direction gets its own CPU per GB."""
+    import os
+    import threading
+    import time
+
+    from trivpn.bench.probe import _ThreadLoad, thread_cpu_seconds
+
+    load = _ThreadLoad(os.getpid())
+    stop = time.monotonic() + 0.3
+    spun, measured = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        while time.monotonic() < stop:  # bounded: 0.3 s
+            pass
+        spun.set()
+        measured.wait(10)  # alive while measured: /proc lists running threads only
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    assert spun.wait(10)
+    total, busiest = load.result()
+    measured.set()
+    worker.join()
+    assert busiest is not None and 20 < busiest <= 110  # the new thread counts from zero
+    assert total >= 0.05
+    assert os.getpid() in thread_cpu_seconds(os.getpid())
+    m = vpn.run_metrics(_run("trivpn", 100) | {"cpu_up_s": 2.0, "cpu_down_s": 3.0,
+                                               "moved_bytes": 3_000_000_000,
+                                               "up_bytes": 1_000_000_000,
+                                               "top_thread_up_pct": 99.0})
+    assert m["cpu_up_s_per_gb"] == 2.0 and m["cpu_down_s_per_gb"] == 1.5
+    assert m["top_thread_up_pct"] == 99.0 and m["top_thread_down_pct"] is None
+    assert vpn.per_gb(None, 10) is None and vpn.per_gb(1.0, 0) is None
