@@ -54,6 +54,7 @@ def test_bench_vpn_quick_one_cell(tmp_path: Path) -> None:
         # the client's own CPU per direction and its busiest thread's share of a core
         assert run["cpu_up_s"] > 0 and run["cpu_down_s"] > 0 and run["up_bytes"] > 0, run
         assert run["top_thread_up_pct"] > 0 and run["top_thread_down_pct"] > 0, run
+        assert 0 <= run["machine_idle_up_pct"] <= 100 and 0 <= run["machine_idle_down_pct"] <= 100
     medians = doc["results"]["udp/AES-256-GCM"]["medians"]
     assert set(medians) == {"trivpn", "openvpn"}
     assert doc["results"]["udp/AES-256-GCM"]["ratios"]["tx_mbps"] > 0

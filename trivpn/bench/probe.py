@@ -105,6 +105,10 @@ class Result:
     cpu_down_s: float | None = None
     top_thread_up_pct: float | None = None
     top_thread_down_pct: float | None = None
+    #: the whole machine's idle time in each direction, % of all its cores (/proc/stat):
+    #: near 0, the cores are full and what the client spends is taken from the others
+    machine_idle_up_pct: float | None = None
+    machine_idle_down_pct: float | None = None
     exit_code: int | None = None
     tail: str = ""
 
@@ -245,6 +249,25 @@ class _ThreadLoad:
         return total, (100 * busiest / wall if busiest is not None and wall > 0 else None)
 
 
+def machine_ticks(stat: str = "/proc/stat") -> tuple[int, int]:
+    """(idle + iowait, all) clock ticks of all cores since boot, from the `cpu` line."""
+    with open(stat) as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    return fields[3] + fields[4], sum(fields[:8])
+
+
+class _MachineIdle:
+    """The machine's idle share of all its cores from now until `pct`."""
+
+    def __init__(self) -> None:
+        self.idle0, self.all0 = machine_ticks()
+
+    def pct(self) -> float | None:
+        idle, total = machine_ticks()
+        return 100 * (idle - self.idle0) / (total - self.all0) if total > self.all0 else None
+
+
 SELF_SNMP = "/proc/self/net/snmp"
 
 
@@ -355,19 +378,19 @@ def measure(spec: Spec) -> Result:
         cpu0 = _cpu_seconds(proc.pid)
         srv0 = udp_counters(spec.server_snmp) if spec.server_snmp else None
         load = _ServerLoad(spec.server_pid)
-        threads = _ThreadLoad(proc.pid)
+        threads, idle = _ThreadLoad(proc.pid), _MachineIdle()
         res.tx_mbps, b1, res.retransmits_up = iperf(spec.target, spec.seconds, spec.omit,
                                                     reverse=False)
-        res.server_cpu_up_pct = load.pct()
+        res.server_cpu_up_pct, res.machine_idle_up_pct = load.pct(), idle.pct()
         res.cpu_up_s, res.top_thread_up_pct = threads.result()
         if srv0 is not None and spec.server_snmp:
             res.server_udp_in, res.server_udp_drops = _delta(srv0, udp_counters(spec.server_snmp))
         cli0 = udp_counters(SELF_SNMP) if spec.server_snmp else None
         load = _ServerLoad(spec.server_pid)
-        threads = _ThreadLoad(proc.pid)
+        threads, idle = _ThreadLoad(proc.pid), _MachineIdle()
         res.rx_mbps, b2, res.retransmits_down = iperf(spec.target, spec.seconds, spec.omit,
                                                       reverse=True)
-        res.server_cpu_down_pct = load.pct()
+        res.server_cpu_down_pct, res.machine_idle_down_pct = load.pct(), idle.pct()
         res.cpu_down_s, res.top_thread_down_pct = threads.result()
         if cli0 is not None:
             res.client_udp_in, res.client_udp_drops = _delta(cli0, udp_counters(SELF_SNMP))
@@ -409,7 +432,8 @@ def missing_measurements(res: Result, *, udp: bool = False, server: bool = False
     cell also promises the receive-drop counts of both directions, a run given the
     server's pid the server's CPU in both."""
     missing = [name for name in ("start_to_ping_s", "tx_mbps", "rx_mbps", "idle_cpu_pct", "peak_rss_mb",
-                                 "top_thread_up_pct", "top_thread_down_pct")
+                                 "top_thread_up_pct", "top_thread_down_pct",
+                                 "machine_idle_up_pct", "machine_idle_down_pct")
                if getattr(res, name) is None]
     if not res.rtt_idle_ms:
         missing.append("rtt_idle_ms")

@@ -118,6 +118,9 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     # near 100 %, one thread of the client bounds that direction
     "top_thread_up_pct": ("client's busiest thread during the upload", "% of a core", False),
     "top_thread_down_pct": ("client's busiest thread during the download", "% of a core", False),
+    # near 0, the cores are full: what the client spends, the server and iperf3 lack
+    "machine_idle_up_pct": ("machine idle during the upload", "% of all cores", True),
+    "machine_idle_down_pct": ("machine idle during the download", "% of all cores", True),
     "peak_rss_mb": ("client peak RSS", "MB", False),
     "udp_drops_up_pct": ("UDP: datagrams the server's socket dropped during the upload", "%", False),
     "udp_drops_down_pct": ("UDP: datagrams the client's socket dropped during the download", "%", False),
@@ -155,6 +158,8 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "cpu_down_s_per_gb": per_gb(run.get("cpu_down_s"), moved - (run.get("up_bytes") or moved)),
         "top_thread_up_pct": _float(run.get("top_thread_up_pct")),
         "top_thread_down_pct": _float(run.get("top_thread_down_pct")),
+        "machine_idle_up_pct": _float(run.get("machine_idle_up_pct")),
+        "machine_idle_down_pct": _float(run.get("machine_idle_down_pct")),
         "peak_rss_mb": run.get("peak_rss_mb"),
         "udp_drops_up_pct": drop_pct(run.get("server_udp_in"), run.get("server_udp_drops")),
         "udp_drops_down_pct": drop_pct(run.get("client_udp_in"), run.get("client_udp_drops")),

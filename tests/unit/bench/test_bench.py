@@ -85,7 +85,8 @@ def test_openvpn_gets_tcp_nodelay_on_tcp_only_and_the_default_runs_beside_it(tmp
 
 def test_a_run_missing_a_promised_measurement_is_not_ok() -> None:
     res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0, rtt_idle_ms=[0.5],
-                 idle_cpu_pct=1.0, moved_bytes=10, peak_rss_mb=30.0, top_thread_up_pct=50.0, top_thread_down_pct=60.0)
+                 idle_cpu_pct=1.0, moved_bytes=10, peak_rss_mb=30.0, top_thread_up_pct=50.0, top_thread_down_pct=60.0,
+                 machine_idle_up_pct=5.0, machine_idle_down_pct=0.0)
     assert missing_measurements(res) == ["rtt_load_ms (no sample while the load ran)"]
     res.rtt_load_ms = [0.9]
     assert missing_measurements(res) == []
@@ -147,7 +148,8 @@ def test_drops_are_a_share_of_what_reached_the_socket_and_missing_in_a_udp_cell_
     res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0,
                  rtt_idle_ms=[0.5], rtt_load_ms=[0.9], idle_cpu_pct=1.0, moved_bytes=10,
                  peak_rss_mb=30.0, server_udp_in=5, server_udp_drops=0,
-                 top_thread_up_pct=50.0, top_thread_down_pct=60.0)
+                 top_thread_up_pct=50.0, top_thread_down_pct=60.0,
+                 machine_idle_up_pct=5.0, machine_idle_down_pct=0.0)
     assert missing_measurements(res) == []  # a TCP cell promises no UDP counts
     assert missing_measurements(res, udp=True) == ["client_udp_in", "client_udp_drops"]
 
@@ -173,7 +175,8 @@ def test_server_load_is_the_servers_cpu_share_of_the_wall_time_and_promised_with
     res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0,
                  rtt_idle_ms=[0.5], rtt_load_ms=[0.9], idle_cpu_pct=1.0, moved_bytes=10,
                  peak_rss_mb=30.0, server_cpu_up_pct=90.0,
-                 top_thread_up_pct=50.0, top_thread_down_pct=60.0)
+                 top_thread_up_pct=50.0, top_thread_down_pct=60.0,
+                 machine_idle_up_pct=5.0, machine_idle_down_pct=0.0)
     assert missing_measurements(res) == []
     assert missing_measurements(res, server=True) == ["server_cpu_down_pct"]
 
@@ -213,3 +216,15 @@ def test_the_busiest_thread_and_per_direction_cpu_are_measured_and_promised() ->
     assert m["cpu_up_s_per_gb"] == 2.0 and m["cpu_down_s_per_gb"] == 1.5
     assert m["top_thread_up_pct"] == 99.0 and m["top_thread_down_pct"] is None
     assert vpn.per_gb(None, 10) is None and vpn.per_gb(1.0, 0) is None
+
+
+def test_machine_idle_is_the_idle_share_of_all_ticks(tmp_path: Path) -> None:
+    from trivpn.bench.probe import _MachineIdle, machine_ticks
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n")
+    assert machine_ticks(str(stat)) == (850, 1000)
+    idle, total = machine_ticks()
+    assert 0 <= idle <= total
+    pct = _MachineIdle().pct()
+    assert pct is None or 0 <= pct <= 100
