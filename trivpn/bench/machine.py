@@ -46,9 +46,18 @@ def describe_machine() -> dict[str, Any]:
         "python_start_ms": interpreter_start_ms(),
         "openvpn": _first_line(["openvpn", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
+        # new namespaces inherit it, so it is the inner TCP's unless a bench sets -C
+        "tcp_congestion_control": _read("/proc/sys/net/ipv4/tcp_congestion_control"),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": source_commit(),
     }
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def interpreter_start_ms(runs: int = 5) -> float | None:

@@ -67,6 +67,8 @@ class Spec:
     server_snmp: str | None = None
     #: the VPN server's pid, for its CPU time during each iperf3 run (/proc is shared)
     server_pid: int | None = None
+    #: iperf3 -C: the inner TCP's congestion control (None: the namespace's default)
+    congestion: str | None = None
 
 
 @dataclass(slots=True)
@@ -286,10 +288,13 @@ def _delta(before: tuple[int, int], after: tuple[int, int]) -> tuple[int, int]:
     return after[0] - before[0], after[1] - before[1]
 
 
-def iperf(target: str, seconds: float, omit: int, reverse: bool) -> tuple[float, int, int | None]:
+def iperf(target: str, seconds: float, omit: int, reverse: bool,
+          congestion: str | None = None) -> tuple[float, int, int | None]:
     """(Mbit/s received, bytes received, the sender's retransmits) of one iperf3 TCP run
     through the tunnel."""
     argv = ["iperf3", "-c", target, "-t", f"{seconds:g}", "-J"]
+    if congestion is not None:
+        argv += ["-C", congestion]
     if omit:
         argv += ["-O", str(omit)]
     if reverse:
@@ -325,7 +330,8 @@ def ping_rtts(target: str, count: int, interval: float) -> list[float]:
 def _ping_under_load(spec: Spec) -> tuple[list[float], float | None]:
     """(RTTs, load Mbit/s) of pings sent while a forward iperf3 run is going on."""
     load = subprocess.Popen(
-        ["iperf3", "-c", spec.target, "-t", f"{spec.seconds + 1:g}", "-J"],
+        ["iperf3", "-c", spec.target, "-t", f"{spec.seconds + 1:g}", "-J",
+         *(["-C", spec.congestion] if spec.congestion else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -380,7 +386,7 @@ def measure(spec: Spec) -> Result:
         load = _ServerLoad(spec.server_pid)
         threads, idle = _ThreadLoad(proc.pid), _MachineIdle()
         res.tx_mbps, b1, res.retransmits_up = iperf(spec.target, spec.seconds, spec.omit,
-                                                    reverse=False)
+                                                    reverse=False, congestion=spec.congestion)
         res.server_cpu_up_pct, res.machine_idle_up_pct = load.pct(), idle.pct()
         res.cpu_up_s, res.top_thread_up_pct = threads.result()
         if srv0 is not None and spec.server_snmp:
@@ -389,7 +395,7 @@ def measure(spec: Spec) -> Result:
         load = _ServerLoad(spec.server_pid)
         threads, idle = _ThreadLoad(proc.pid), _MachineIdle()
         res.rx_mbps, b2, res.retransmits_down = iperf(spec.target, spec.seconds, spec.omit,
-                                                      reverse=True)
+                                                      reverse=True, congestion=spec.congestion)
         res.server_cpu_down_pct, res.machine_idle_down_pct = load.pct(), idle.pct()
         res.cpu_down_s, res.top_thread_down_pct = threads.result()
         if cli0 is not None:

@@ -81,6 +81,9 @@ class Plan:
     clients: tuple[str, ...]
     out: Path
     pycache: Path | None = None
+    #: iperf3's TCP congestion control (-C); None: the namespaces' default, which they
+    #: inherit from the machine (`machine.tcp_congestion_control` in the JSON)
+    congestion: str | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,6 +233,7 @@ def _client_spec(client: str, cell: Cell, profile: Path, target: str, plan: Plan
         "target": target,
         "seconds": plan.seconds,
         "omit": plan.omit,
+        "congestion": plan.congestion,
         "pings": plan.pings,
         "stop_signal": int(stop),
         "env": env,
@@ -437,6 +441,14 @@ def _missing_requirements() -> str | None:
     return None
 
 
+def available_congestion() -> list[str]:
+    """The TCP congestion controls this kernel offers (loaded or loadable ones it lists)."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    except OSError:
+        return []
+
+
 def parse_args(argv: list[str] | None) -> Plan:
     p = argparse.ArgumentParser(
         prog="python -m trivpn.bench vpn",
@@ -456,7 +468,15 @@ def parse_args(argv: list[str] | None) -> Plan:
         "openvpn-default (OpenVPN as shipped; TCP cells only), trivpn-trio (trivpn "
         "--no-data-threads), trivpn-lowlat (trivpn --low-latency)",
     )
+    p.add_argument(
+        "--congestion", default=None, metavar="ALGO",
+        help="the inner TCP's congestion control for every iperf3 run (iperf3 -C), e.g. cubic "
+        "or bbr; default the machine's (recorded in the JSON)",
+    )
     a = p.parse_args(argv)
+    if a.congestion is not None and a.congestion not in available_congestion():
+        p.error(f"--congestion {a.congestion!r}: this kernel offers "
+                f"{', '.join(available_congestion()) or 'none'}")
     cells = [Cell(t, c) for t in TRANSPORTS for c in CIPHERS]
     if a.cells != "all":
         wanted = {s.strip().lower() for s in a.cells.split(",") if s.strip()}
@@ -481,6 +501,7 @@ def parse_args(argv: list[str] | None) -> Plan:
         cells=cells,
         clients=clients,
         out=a.out,
+        congestion=a.congestion,
     )
 
 
@@ -495,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = describe_machine()
     print(machine_report(machine), flush=True)
     print(f"plan: {plan.rounds} round(s), {plan.seconds:g} s per iperf3 run, cells "
-          f"{', '.join(c.name for c in plan.cells)}, clients {', '.join(plan.clients)}", flush=True)
+          f"{', '.join(c.name for c in plan.cells)}, clients {', '.join(plan.clients)}, inner TCP "
+          f"{plan.congestion or machine.get('tcp_congestion_control')}", flush=True)
     pki = generate_pki()
     started = time.monotonic()
     results: dict[str, Any] = {}
@@ -522,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             "pings": plan.pings,
             "cells": [c.name for c in plan.cells],
             "clients": list(plan.clients),
+            "congestion": plan.congestion or machine.get("tcp_congestion_control"),
             "elapsed_s": round(elapsed, 1),
         },
         "results": results,

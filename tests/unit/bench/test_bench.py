@@ -228,3 +228,16 @@ def test_machine_idle_is_the_idle_share_of_all_ticks(tmp_path: Path) -> None:
     assert 0 <= idle <= total
     pct = _MachineIdle().pct()
     assert pct is None or 0 <= pct <= 100
+
+
+def test_congestion_control_is_chosen_checked_and_recorded() -> None:
+    """The inner TCP's congestion control changes what a tunnel can carry (the namespaces
+    inherit the machine's default): the bench records it and can set it for iperf3."""
+    offered = vpn.available_congestion()
+    assert offered, "the kernel lists its congestion controls"
+    plan = vpn.parse_args(["--congestion", offered[0], "--quick"])
+    assert plan.congestion == offered[0]
+    assert vpn.parse_args(["--quick"]).congestion is None
+    with pytest.raises(SystemExit):
+        vpn.parse_args(["--congestion", "no-such-algorithm"])
+    assert machine.describe_machine()["tcp_congestion_control"] in offered
