@@ -265,7 +265,6 @@ class _Threads(DataThreads[FastPathIO]):
         side = self.up_side
         limit = 1  # after an idle wait the first datagram goes through alone (see `down`)
         rxc = self.io.rx  # see datachannel/coalesce.py
-        linger, busy, busy_bytes = rxc.udp_linger, rxc.udp_min, rxc.udp_bytes
         while not self.stopping:
             batch = transport.recv_nowait(limit)
             if not batch:
@@ -279,8 +278,9 @@ class _Threads(DataThreads[FastPathIO]):
             if lone:
                 limit = MAX_BATCH if self._after_lone(sock_readable, touch, side) else 1
                 continue
-            if len(batch) >= busy and linger and sum(map(len, batch)) >= busy_bytes:
-                coalesce.linger(linger)  # bounded: the stop pipe waits at most this long
+            wait = coalesce.udp_linger_after(rxc, batch, MAX_BATCH)
+            if wait:
+                coalesce.linger(wait)  # bounded: the stop pipe waits at most this long
 
     def _write_all(self, tun: LinuxTun, packets: Sequence[bytes], writable: select.poll) -> None:
         i = tun.write_nowait(packets)
@@ -425,7 +425,6 @@ class _Threads(DataThreads[FastPathIO]):
         side = self.bulk_side
         quiet_ms = max(1, round(HANDOFF_QUIET * 1000))
         rxc = self.io.rx  # see datachannel/coalesce.py
-        linger, busy, busy_bytes = rxc.udp_linger, rxc.udp_min, rxc.udp_bytes
         while not self.stopping:
             side.idle_waits += 1
             self._wait(given)
@@ -435,8 +434,9 @@ class _Threads(DataThreads[FastPathIO]):
                 if batch:
                     if not self._up_batch(batch, tun_writable, side):
                         return
-                    if len(batch) >= busy and linger and sum(map(len, batch)) >= busy_bytes:
-                        coalesce.linger(linger)
+                    wait = coalesce.udp_linger_after(rxc, batch, MAX_BATCH)
+                    if wait:
+                        coalesce.linger(wait)
                 elif not self._ready(sock_readable.poll(quiet_ms)):
                     break  # quiet: give it back
             handoff.back()
