@@ -69,7 +69,6 @@ def drop_pct(delivered: int | None, dropped: int | None) -> float | None:
 def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
     """The per-run figures the table reports, derived from one probe result."""
     moved = run.get("moved_bytes") or 0
-    cpu = run.get("cpu_s")
     return {
         "tx_mbps": run.get("tx_mbps"),
         "rx_mbps": run.get("rx_mbps"),
@@ -80,7 +79,7 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
         "idle_cpu_pct": run.get("idle_cpu_pct"),
         "rtt_load_p50": percentile(run.get("rtt_load_ms") or [], 50),
         "rtt_load_p99": percentile(run.get("rtt_load_ms") or [], 99),
-        "cpu_s_per_gb": (cpu / (moved / 1e9)) if cpu is not None and moved else None,
+        "cpu_s_per_gb": per_gb(run.get("cpu_s"), moved),
         "cpu_up_s_per_gb": per_gb(run.get("cpu_up_s"), run.get("up_bytes") or 0),
         "cpu_down_s_per_gb": per_gb(run.get("cpu_down_s"), moved - (run.get("up_bytes") or moved)),
         "top_thread_up_pct": _float(run.get("top_thread_up_pct")),
