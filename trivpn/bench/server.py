@@ -161,6 +161,28 @@ def measure_idle(plan: Plan, server: subprocess.Popen[bytes], ns: Any, profile: 
     }
 
 
+#: iperf3's server runs one test at a time and may still be closing the previous one
+#: (the down run follows the up run at once): retry a "busy" set this often, this far apart.
+IPERF_ATTEMPTS = 3
+IPERF_BUSY_WAIT = 1.0
+
+
+def _iperf_all(spaces: list[Any], count: int, plan: Plan, flag: list[str]) -> list[dict[str, Any]]:
+    """One iperf3 run per client, all at once; their JSON documents."""
+    runs = [spaces[i][0].popen(
+        ["iperf3", "-c", TUNNEL_ADDR, "-p", str(IPERF_BASE_PORT + i), "-t", f"{plan.seconds:g}", "-J", *flag],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(count)]
+    docs = []
+    for run in runs:
+        out, _ = run.communicate(timeout=plan.seconds + 60)
+        try:
+            docs.append(json.loads(out))
+        except ValueError:
+            raise RuntimeError(f"iperf3 printed no JSON: {out[-300:]}") from None
+    return docs
+
+
 def measure_throughput(plan: Plan, kind: str, server: subprocess.Popen[bytes], spaces: list[Any],
                        workdir: Path, pki: Any, count: int, stack: ExitStack) -> dict[str, Any]:
     """`count` openvpn clients run iperf3 at once; aggregate rate and server CPU per GB."""
@@ -183,19 +205,18 @@ def measure_throughput(plan: Plan, kind: str, server: subprocess.Popen[bytes], s
             _wait_for(log, READY, UP_TIMEOUT, proc)
         result: dict[str, Any] = {"clients": count}
         for direction, flag in (("up", []), ("down", ["-R"])):
-            cpu0 = cpu_seconds(server.pid)
-            runs = [spaces[i][0].popen(
-                ["iperf3", "-c", TUNNEL_ADDR, "-p", str(IPERF_BASE_PORT + i), "-t", f"{plan.seconds:g}", "-J", *flag],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for i in range(count)]
+            for attempt in range(IPERF_ATTEMPTS):
+                cpu0 = cpu_seconds(server.pid)
+                docs = _iperf_all(spaces, count, plan, flag)
+                busy = [d for d in docs if "busy" in str(d.get("error", ""))]
+                if not busy:
+                    break
+                if attempt + 1 == IPERF_ATTEMPTS:
+                    raise RuntimeError(f"iperf3: {busy[0]['error']}")
+                time.sleep(IPERF_BUSY_WAIT)  # the server still finishing the previous test
             total_bps = 0.0
             moved = 0
-            for run in runs:
-                out, _ = run.communicate(timeout=plan.seconds + 60)
-                try:
-                    doc = json.loads(out)
-                except ValueError:
-                    raise RuntimeError(f"iperf3 printed no JSON: {out[-300:]}") from None
+            for doc in docs:
                 if "error" in doc:
                     raise RuntimeError(f"iperf3: {doc['error']}")
                 total_bps += doc["end"]["sum_received"]["bits_per_second"]
