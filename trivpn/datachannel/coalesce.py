@@ -23,11 +23,13 @@ Policy (pure values; the threads apply them):
 * **TCP**: after a read of at least `tcp_busy` bytes, raise the socket's SO_RCVLOWAT to
   `tcp_lowat` (the kernel wakes us once that much waits) and poll with a `tcp_wait_ms`
   timeout; a poll that times out drops SO_RCVLOWAT back to 1 and reads what is there.
-* **TUN** (the sending direction, both transports; opt-in, TRIVPN_RX_COALESCE=udp,tcp,tun):
-  after a batch of at least `tun_min` packets read from the TUN, sleep `tun_linger`
-  seconds before the next read. It saves upload CPU (-12 % per GB in the probe) but cost
-  10-15 % upload throughput in the same-run benchmark at af20dbe (probably TCP small
-  queues: the local sender waits for its queued segments to leave), so it is off by default.
+* **TUN** (the sending direction, both transports and every thread layout; opt-in,
+  TRIVPN_RX_COALESCE=udp,tcp,tun): after a busy batch read from the TUN (`tun_min`
+  packets holding `tun_bytes`) that did not fill the read, sleep `tun_linger` seconds
+  (`tun_linger_after`). Lingering after every busy batch saved upload CPU (-12 % per GB in
+  the probe) but cost 10-15 % upload throughput at af20dbe; with the full-read rule, two
+  same-run A/Bs on a 2-core AMD EPYC (2026-12-02) disagreed (upload CPU per GB -8 to -10 %
+  in one, +0 to +6 % in the other, throughput within the spread), so it stays off.
 
 The cost is bounded extra latency while busy (≤ `udp_linger`/`tun_linger`, ≤
 `tcp_wait_ms`); an idle tunnel is untouched, as a lone packet after an idle wait never
@@ -42,7 +44,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RX_COALESCE_ENV", "RxCoalesce", "default_rx_coalesce", "linger", "udp_linger_after"]
+__all__ = ["RX_COALESCE_ENV", "RxCoalesce", "default_rx_coalesce", "linger", "tun_linger_after",
+           "udp_linger_after"]
 
 #: "0" turns receive coalescing off (same-run benchmarks, latency-first users)
 RX_COALESCE_ENV = "TRIVPN_RX_COALESCE"
@@ -59,7 +62,8 @@ class RxCoalesce:
     tcp_lowat: int = 65536
     tcp_wait_ms: int = 1
     tun_min: int = 8
-    tun_linger: float = 0.0  # measured: costs upload throughput; TRIVPN_RX_COALESCE=udp,tcp,tun
+    tun_bytes: int = 8192  # ... holding this much: data, not a run of ACKs
+    tun_linger: float = 0.0  # measured: does not pay by default; TRIVPN_RX_COALESCE=udp,tcp,tun
 
 
 TUN_LINGER = 0.0003  # the TUN side's wait when it is asked for
@@ -98,6 +102,15 @@ def udp_linger_after(rx: RxCoalesce, batch: Sequence[bytes], full: int) -> float
     if not rx.udp_linger or n < rx.udp_min or n >= full or sum(map(len, batch)) < rx.udp_bytes:
         return 0.0
     return rx.udp_linger
+
+
+def tun_linger_after(rx: RxCoalesce, batch: Sequence[bytes], full: int) -> float:
+    """Seconds to wait before the next TUN read after `batch` (0: read on at once): the
+    rule of `udp_linger_after` for the sending side (opt-in, `tun_linger`)."""
+    n = len(batch)
+    if not rx.tun_linger or n < rx.tun_min or n >= full or sum(map(len, batch)) < rx.tun_bytes:
+        return 0.0
+    return rx.tun_linger
 
 
 def linger(seconds: float) -> None:

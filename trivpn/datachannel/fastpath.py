@@ -325,7 +325,7 @@ class _Threads(DataThreads[FastPathIO]):
         touch = self._toucher(open_too=False)
         side = self.down_side
         served = 0  # link.requests already served
-        linger, tun_busy = self.io.rx.tun_linger, self.io.rx.tun_min
+        rxc = self.io.rx
         # After an idle wait the first packet goes out alone: draining to EAGAIN first would
         # put one more system call (~40 µs with cold caches, see docs/performance.md) in
         # front of a lone packet. Once busy, whole batches are read, and the thread only
@@ -348,8 +348,9 @@ class _Threads(DataThreads[FastPathIO]):
             if lone:
                 limit = 0 if self._after_lone(tun_readable, touch, side) else 1
                 continue
-            if len(batch) >= tun_busy and linger:
-                coalesce.linger(linger)
+            wait = coalesce.tun_linger_after(rxc, batch, tun.max_batch)
+            if wait:
+                coalesce.linger(wait)  # bounded: the stop pipe waits at most this long
 
     # -- both directions in one thread (`FastPathIO.split=False`) ----------------------------
 
@@ -370,6 +371,7 @@ class _Threads(DataThreads[FastPathIO]):
         handoff = self.handoff
         touch = self._toucher(open_too=True)
         side = self.up_side
+        rxc = io.rx  # see datachannel/coalesce.py
         served = 0
         up = down = True  # worth reading: readable at the last wait, or read something since
         own = True  # this thread reads the socket (false while handed over)
@@ -396,6 +398,9 @@ class _Threads(DataThreads[FastPathIO]):
                 if down:
                     down_limit = 0
                     self._down_batch(packets, sock_writable, side)
+                    wait = coalesce.tun_linger_after(rxc, packets, tun.max_batch)
+                    if wait:
+                        coalesce.linger(wait)  # opt-in (coalesce.py); bounded
             poller = readable if own else without_socket
             if not (up or down):
                 up_limit = down_limit = 1

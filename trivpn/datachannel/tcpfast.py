@@ -338,8 +338,10 @@ class _Threads(DataThreads[TCPPathIO]):
             if lone:  # a kick (control, a ping to send) also ends this wait
                 self.down_waits += 1
                 lone = not self._wait_after_lone(tun_readable)
-            elif len(batch) >= rxc.tun_min and rxc.tun_linger:
-                coalesce.linger(rxc.tun_linger)  # bounded
+            else:
+                wait = coalesce.tun_linger_after(rxc, batch, tun.max_batch)
+                if wait:
+                    coalesce.linger(wait)  # bounded
 
     # -- both directions in one thread (the adaptive and one-thread layouts) ----------------
 
@@ -358,6 +360,7 @@ class _Threads(DataThreads[TCPPathIO]):
         # while this thread reads the stream, a full send buffer also waits for input
         writable_or_input = self._poller(sock_fd, select.POLLOUT | select.POLLIN)
         handoff = self.handoff
+        rxc = io.rx  # see datachannel/coalesce.py
         served = 0
         up = down = True  # worth reading: readable at the last wait, or read something since
         own = True  # this thread reads the stream (false while handed over)
@@ -381,6 +384,9 @@ class _Threads(DataThreads[TCPPathIO]):
                 if down:
                     down_limit = 0
                     self._seal(batch, out)
+                    wait = coalesce.tun_linger_after(rxc, batch, tun.max_batch)
+                    if wait:
+                        coalesce.linger(wait)  # opt-in (coalesce.py); bounded
             poller = readable if own else without_socket
             if not (up or down):
                 down_limit = 1

@@ -404,7 +404,7 @@ async def test_busy_batches_linger_and_lone_packets_never(waits: list[float]) ->
     (or `tun_min` TUN packets) is followed by one bounded wait; a lone packet after an idle
     wait is not, so an idle tunnel's latency is untouched."""
     r = Rig(layout="two")
-    r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=400, udp_linger=0.002, tun_min=4,
+    r.plane.io.rx = coalesce.RxCoalesce(udp_min=4, udp_bytes=400, udp_linger=0.002, tun_min=4, tun_bytes=400,
                                         tun_linger=0.003)
     try:
         async with trio.open_nursery() as nursery:
@@ -437,6 +437,19 @@ def test_a_full_read_is_never_followed_by_a_linger() -> None:
     assert coalesce.udp_linger_after(rx, data * 7, full) == 0.0  # below udp_min
     assert coalesce.udp_linger_after(rx, [b"a" * 80] * 40, full) == 0.0  # a run of ACKs
     assert coalesce.udp_linger_after(coalesce.OFF, data * 20, full) == 0.0
+
+
+def test_the_tun_side_follows_the_same_rule_when_asked_for() -> None:
+    """The opt-in TUN linger waits only after a busy read that did not fill its batch, as
+    the socket side does; a run of ACKs from the local TCP never waits."""
+    rx = coalesce.RxCoalesce(tun_min=8, tun_bytes=8192, tun_linger=0.0003)
+    full = 64
+    data = [b"x" * 1400]
+    assert coalesce.tun_linger_after(rx, data * 20, full) == 0.0003
+    assert coalesce.tun_linger_after(rx, data * 64, full) == 0.0  # full: read on
+    assert coalesce.tun_linger_after(rx, data * 7, full) == 0.0
+    assert coalesce.tun_linger_after(rx, [b"a" * 52] * 60, full) == 0.0  # ACKs
+    assert coalesce.tun_linger_after(coalesce.default_rx_coalesce(low_latency=True), data * 20, full) == 0.0
 
 
 def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest.MonkeyPatch) -> None:
