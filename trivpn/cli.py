@@ -26,6 +26,8 @@ from trivpn.cli_common import finish_parsers, setup_logging  # noqa: E402
 from trivpn.errors import ConfigError, TrivpnError  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
+    from collections.abc import Callable
+
     from trivpn.profile.profile import Profile
 
 log = logging.getLogger("trivpn")
@@ -36,7 +38,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The sub-commands this module defines. Parsing one of them needs no plugin module.
+CORE_COMMANDS = ("connect", "ping", "status")
+
+
+def core_command(argv: list[str]) -> str | None:
+    """The core command `argv` runs, if any: the root parser has no option taking a value,
+    so a command is always the first word."""
+    return argv[0] if argv and argv[0] in CORE_COMMANDS else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` (one of `CORE_COMMANDS`) the root with just
+    that command: what `main` parses a core command with. Building every sub-command's
+    parser (argparse looks up a translation for each help string) and importing the plugin
+    modules took 30 ms of `trivpn connect`'s start on a slow day (docs/performance.md)."""
     p = _Parser(
         prog="trivpn",
         description="An OpenVPN 2.6 compatible VPN client and server on trio.",
@@ -72,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--auth-password", default="", help=argparse.SUPPRESS)
 
+    if only in (None, "connect"):
+        _add_connect(sub, common)
+    if only in (None, "ping"):
+        _add_ping(sub, common)
+    if only in (None, "status"):
+        _add_status(sub)
+    if only is None:
+        _add_plugin_commands(sub, common)
+    finish_parsers(p)
+    return p
+
+
+def _add_connect(sub: argparse._SubParsersAction[_Parser], common: Callable[[argparse.ArgumentParser], None]) -> None:
     c = sub.add_parser("connect", help="bring up a tunnel on a TUN device (needs root)")
     common(c)
     c.add_argument(
@@ -99,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         "trivpn runs, reconnecting included (nftables; also `setenv opt trivpn-kill-switch`)",
     )
     _observe_flags(c)
+
+
+def _add_ping(sub: argparse._SubParsersAction[_Parser], common: Callable[[argparse.ArgumentParser], None]) -> None:
     pg = sub.add_parser("ping", help="ping through a userspace tunnel (no root, no TUN)")
     common(pg)
     pg.add_argument("target", metavar="TARGET", help="IPv4 or IPv6 address inside the tunnel")
@@ -109,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument(
         "--connect-timeout", type=float, default=60.0, help="give up if no tunnel within this (default 60 s)"
     )
+
+
+def _add_status(sub: argparse._SubParsersAction[_Parser]) -> None:
     st = sub.add_parser(
         "status", help="show a running instance's state through its management socket",
         description="Connects to the management interface of a running `trivpn connect` or "
@@ -123,9 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds")
     st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     st.set_defaults(handler=_cmd_status)
-    _add_plugin_commands(sub, common)
-    finish_parsers(p)
-    return p
 
 
 def _observe_flags(sp: argparse.ArgumentParser) -> None:
@@ -457,7 +489,9 @@ PING_ERROR = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(core_command(argv)).parse_args(argv)
     failed = PING_ERROR if args.command == "ping" else 1
     try:
         setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False), getattr(args, "log", None))

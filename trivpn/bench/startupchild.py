@@ -125,7 +125,9 @@ def _connect_and_ping(profile_path: str, out_path: str, *, traced: bool) -> None
         sys.setprofile(_hook)
     import trivpn.cli as cli  # what `python -m trivpn` imports first
 
-    args = cli.build_parser().parse_args(["connect", profile_path])
+    argv = ["connect", profile_path]
+    only = getattr(cli, "core_command", lambda _argv: None)(argv)  # as cli.main; older trees lack it
+    args = (cli.build_parser(only) if only else cli.build_parser()).parse_args(argv)
     from trivpn.cli_common import setup_logging
 
     setup_logging(0, True, None)
