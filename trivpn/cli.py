@@ -52,7 +52,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with `only` (one of `CORE_COMMANDS`) the root with just
     that command: what `main` parses a core command with. Building every sub-command's
     parser (argparse looks up a translation for each help string) and importing the plugin
-    modules took 30 ms of `trivpn connect`'s start on a slow day (docs/performance.md)."""
+    modules took ≈ 14 ms of `trivpn connect`'s start on a slow day (docs/performance.md)."""
     p = _Parser(
         prog="trivpn",
         description="An OpenVPN 2.6 compatible VPN client and server on trio.",
