@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from trivpn.bench.machine import describe_machine, machine_report
+from trivpn.bench.probe import IPERF_ATTEMPTS, IPERF_BUSY_WAIT
 
 SERVERS = ("trivpn", "openvpn")
 #: Seconds a server gets to come up, and each client to connect.
@@ -161,12 +162,6 @@ def measure_idle(plan: Plan, server: subprocess.Popen[bytes], ns: Any, profile: 
     }
 
 
-#: iperf3's server runs one test at a time and may still be closing the previous one
-#: (the down run follows the up run at once): retry a "busy" set this often, this far apart.
-IPERF_ATTEMPTS = 3
-IPERF_BUSY_WAIT = 1.0
-
-
 def _iperf_all(spaces: list[Any], count: int, plan: Plan, flag: list[str]) -> list[dict[str, Any]]:
     """One iperf3 run per client, all at once; their JSON documents."""
     runs = [spaces[i][0].popen(
@@ -213,7 +208,9 @@ def measure_throughput(plan: Plan, kind: str, server: subprocess.Popen[bytes], s
                     break
                 if attempt + 1 == IPERF_ATTEMPTS:
                     raise RuntimeError(f"iperf3: {busy[0]['error']}")
-                time.sleep(IPERF_BUSY_WAIT)  # the server still finishing the previous test
+                # iperf3's server runs one test at a time and may still be closing the
+                # previous one (the down run follows the up run at once)
+                time.sleep(IPERF_BUSY_WAIT)
             total_bps = 0.0
             moved = 0
             for doc in docs:

@@ -98,19 +98,21 @@ def udp_linger_after(rx: RxCoalesce, batch: Sequence[bytes], full: int) -> float
     Only a busy batch that did not fill the read (`full` datagrams) waits: a full read
     means the socket holds more, and a wait after each would cap the rate at `full`
     datagrams per linger (a paced sender never lets the queue build up to that)."""
-    n = len(batch)
-    if not rx.udp_linger or n < rx.udp_min or n >= full or sum(map(len, batch)) < rx.udp_bytes:
-        return 0.0
-    return rx.udp_linger
+    return _linger_after(rx.udp_linger, rx.udp_min, rx.udp_bytes, batch, full)
 
 
 def tun_linger_after(rx: RxCoalesce, batch: Sequence[bytes], full: int) -> float:
     """Seconds to wait before the next TUN read after `batch` (0: read on at once): the
     rule of `udp_linger_after` for the sending side (opt-in, `tun_linger`)."""
+    return _linger_after(rx.tun_linger, rx.tun_min, rx.tun_bytes, batch, full)
+
+
+def _linger_after(wait: float, at_least: int, at_least_bytes: int, batch: Sequence[bytes],
+                  full: int) -> float:
     n = len(batch)
-    if not rx.tun_linger or n < rx.tun_min or n >= full or sum(map(len, batch)) < rx.tun_bytes:
+    if not wait or n < at_least or n >= full or sum(map(len, batch)) < at_least_bytes:
         return 0.0
-    return rx.tun_linger
+    return wait
 
 
 def linger(seconds: float) -> None:
