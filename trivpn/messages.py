@@ -11,8 +11,10 @@ module), real unions for the type checker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, TypeAlias
+
+from trivpn.records import dataclass
 
 if TYPE_CHECKING:
     from trivpn.controlchannel.packet import ControlPacket

@@ -3,10 +3,9 @@ fan-out that gives every `Tunnel.events()` subscriber its own bounded queue."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import trio
 
+from trivpn.records import dataclass
 from trivpn.session.netsettings import TunnelInfo
 
 __all__ = ["Counters", "Down", "Reconnecting", "Renegotiated", "TunnelEvent", "Up"]

@@ -13,7 +13,6 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -21,6 +20,7 @@ from trio_util import AsyncValue  # type: ignore[import-untyped]  # trio-util sh
 
 from trivpn.api.failures import raise_cause
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.server.clientsession import ClientSession
 from trivpn.server.config import load_server_config
 from trivpn.server.config_model import Listener, ServerConfig

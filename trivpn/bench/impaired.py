@@ -29,9 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from trivpn.records import dataclass
 
 CLIENTS = ("trivpn", "openvpn")
 TARGET = "10.202.0.1"

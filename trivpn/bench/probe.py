@@ -33,8 +33,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any
+
+from trivpn.records import dataclass
 
 #: Bound on any single wait for the client (start-up, the tunnel, shutdown).
 START_TIMEOUT = 30.0

@@ -52,9 +52,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any
+
+from trivpn.records import dataclass
 
 #: Bound on any single wait in the profile (a lost packet must not hang it).
 WAIT = 5.0

@@ -27,12 +27,13 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from trivpn.bench.machine import describe_machine, machine_report
 from trivpn.bench.probe import IPERF_ATTEMPTS, IPERF_BUSY_WAIT
+from trivpn.records import dataclass
 
 SERVERS = ("trivpn", "openvpn")
 #: Seconds a server gets to come up, and each client to connect.

@@ -38,11 +38,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
+
+from trivpn.records import dataclass
 
 if TYPE_CHECKING:
     from trivpn.testing.pki import PKI

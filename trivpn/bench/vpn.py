@@ -23,12 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trivpn.bench.machine import describe_machine, machine_report
 from trivpn.bench.vpnstats import METRICS, drop_pct, per_gb, percentile, run_metrics, summarize
+from trivpn.records import dataclass
 
 # the statistics live in vpnstats; `bench ab`, pairrtt and the tests reach them through here
 __all__ = ["CLIENTS", "METRICS", "Cell", "Plan", "drop_pct", "main", "parse_args", "per_gb",

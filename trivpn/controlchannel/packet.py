@@ -20,9 +20,9 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.wire import (
     CONTROL_OPCODES,
     CONTROL_SEND_ACK_MAX,

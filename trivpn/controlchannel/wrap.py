@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import string
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from trivpn import digests
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK, ReplayWindow
 from trivpn.wire import MAX_UINT32, PACKET_ID_LONG_LEN, SESSION_ID_LEN
 

@@ -16,7 +16,7 @@ bytes say how long it is. Everything here is pure: no clock, no I/O, nothing rem
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -34,6 +34,7 @@ from trivpn.controlchannel.wrap import (
     armored_body,
 )
 from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.wire import PACKET_ID_LONG_LEN
 
 __all__ = [

@@ -32,7 +32,6 @@ import hmac
 import os
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -48,6 +47,7 @@ from trivpn.datachannel.crypto import (
     normalize_data_cipher,
 )
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 
 #: AES block size, and so the CBC IV length.
 BLOCK = 16

@@ -42,7 +42,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from trivpn.records import dataclass
 
 __all__ = ["RX_COALESCE_ENV", "RxCoalesce", "default_rx_coalesce", "linger", "tun_linger_after",
            "udp_linger_after"]

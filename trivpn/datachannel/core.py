@@ -44,7 +44,7 @@ object single-threaded users (tests, fuzzers, tools) want.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 from trivpn.datachannel.framing import OCC_EXIT, OCC_MAGIC, PING_MAGIC, Compression
 from trivpn.datachannel.keepalive import Keepalive, SendPing
@@ -58,6 +58,7 @@ from trivpn.datachannel.keys import (
 from trivpn.datachannel.receiver import Decryptor, RxStats
 from trivpn.datachannel.sender import Encryptor, TxStats
 from trivpn.messages import KeyUsage
+from trivpn.records import dataclass
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK
 
 

@@ -15,11 +15,10 @@ tunnel is attempted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.wire import PACKET_ID_LEN
 
 #: AEAD ciphers we speak, in OpenVPN 2.6's default `data-ciphers` preference order first.

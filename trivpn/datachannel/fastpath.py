@@ -74,7 +74,7 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 import trio
@@ -98,6 +98,7 @@ from trivpn.datachannel.threadrun import (
 from trivpn.datachannel.warmup import WARM_PID_RENEW, Warmer
 from trivpn.errors import SessionRestart
 from trivpn.networkio.transport import MAX_BATCH
+from trivpn.records import dataclass
 from trivpn.wire import DATA_OPCODES, P_OPCODE_SHIFT
 
 if TYPE_CHECKING:

@@ -24,9 +24,8 @@ stops asking to be woken.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -59,6 +58,7 @@ from trivpn.datachannel.crypto import (
 )
 from trivpn.datachannel.framing import Compression, Framer
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.replay import DEFAULT_SEQ_BACKTRACK, DEFAULT_TIME_BACKTRACK
 from trivpn.wire import MAX_PEER_ID, P_KEY_ID_MASK, P_OPCODE_SHIFT, PACKET_ID_MAX
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 
@@ -33,6 +32,7 @@ from trivpn.datachannel.keys import (
     Opener,
 )
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.replay import ReplayWindow
 from trivpn.wire import P_KEY_ID_MASK, P_OPCODE_SHIFT, PACKET_ID_LEN
 

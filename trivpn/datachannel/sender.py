@@ -10,7 +10,6 @@ one thread or task: the data plane's sending side.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from trivpn.datachannel.framing import FRAMING, OCC_EXIT, OCC_MAGIC, PING_MAGIC, Framer, framed
 from trivpn.datachannel.keys import (
@@ -21,6 +20,7 @@ from trivpn.datachannel.keys import (
     KeySlot,
 )
 from trivpn.errors import LocalProtocolError
+from trivpn.records import dataclass
 
 
 @dataclass(slots=True)

@@ -60,7 +60,7 @@ import collections
 import select
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 import trio
@@ -82,6 +82,7 @@ from trivpn.errors import LocalProtocolError, SessionRestart
 from trivpn.networkio.framing import MAX_FRAME, FramingError, frame_packets
 from trivpn.networkio.splitter import FrameSplitter
 from trivpn.networkio.transport import StreamCorrupted, TransportError
+from trivpn.records import dataclass
 
 if TYPE_CHECKING:
     from trivpn.networkio.transport import TCPTransport

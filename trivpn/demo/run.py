@@ -24,12 +24,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 import trio
 
 from trivpn.errors import ConfigError, TrivpnError
+from trivpn.records import dataclass
 
 SERVER_LINK, CLIENT_LINK, LINK_PREFIX = "10.99.0.1", "10.99.0.2", 24
 SUBNET, SERVER_TUNNEL = "10.8.0.0/24", "10.8.0.1"

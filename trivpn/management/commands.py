@@ -7,8 +7,10 @@ for the same input (observed on Debian's openvpn 2.6.14 where the wording matter
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal, TypeAlias
+
+from trivpn.records import dataclass
 
 OnOff: TypeAlias = bool | None  # None: the command did not change the real-time flag
 #: how much history to show: a count, "all", or None for none

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from trivpn.management import commands as c
 from trivpn.management import formats as f
 from trivpn.management.lexer import LexError, split_line
+from trivpn.records import dataclass
 
 MAX_LINE_BYTES = 2048
 MAX_INPUT_BYTES = 8192

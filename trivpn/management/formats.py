@@ -8,7 +8,8 @@ reasons) has CR and LF replaced by spaces, so nothing can smuggle a fake `>` lin
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from trivpn.records import dataclass
 
 CRLF = b"\r\n"
 BANNER = ">INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info"

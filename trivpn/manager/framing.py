@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 
 __all__ = [
     "MAX_HEADER",

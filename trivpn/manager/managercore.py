@@ -22,12 +22,12 @@ outcome :meth:`settings_answer` turns into the reply; any other request gets an 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from trivpn.errors import FatalError, RemoteProtocolError, TrivpnError
 from trivpn.manager import manager_pb2 as pb
 from trivpn.manager.rpc import Notice, Request
+from trivpn.records import dataclass
 
 __all__ = [
     "ApplySettings",

@@ -25,7 +25,7 @@ so the service can close its side of the stream right after writing it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 from trivpn.manager import manager_pb2 as pb
 from trivpn.manager.framing import ROLES, encode_frame
+from trivpn.records import dataclass
 
 __all__ = [
     "Notice",

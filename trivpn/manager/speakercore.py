@@ -43,7 +43,6 @@ forgotten and its id returned, for the service to wake its waiter.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError, TrivpnError
@@ -65,6 +64,7 @@ from trivpn.manager.rpc import (
     incoming_class,
     outgoing_class,
 )
+from trivpn.records import dataclass
 
 __all__ = [
     "CURRENT_VERSIONS",

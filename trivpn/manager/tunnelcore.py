@@ -34,13 +34,14 @@ seconds when the byte counters moved.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from trivpn.errors import FatalError
 from trivpn.manager import manager_pb2 as pb
 from trivpn.manager.convert import network_settings_request
 from trivpn.manager.rpc import Notice, Request
+from trivpn.records import dataclass
 
 __all__ = [
     "PEER_UPDATE_INTERVAL",

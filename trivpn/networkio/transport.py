@@ -22,12 +22,12 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import trio
 
 from trivpn.errors import SessionRestart
 from trivpn.networkio.framing import FramingError, TCPFramer, frame_packets
+from trivpn.records import dataclass
 
 #: Upper bound on packets returned by one `recv_batch` (keeps latency and memory bounded).
 MAX_BATCH = 64

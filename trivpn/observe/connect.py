@@ -9,13 +9,13 @@ SIGUSR1 and SIGHUP restart the session, SIGUSR2 writes the status report to the 
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
 
 import trio
 
 from trivpn.engine import Engine
 from trivpn.observe.client import ClientMonitor, LogCapture
 from trivpn.observe.serving import ManagementSpec, run_status_file, start_management
+from trivpn.records import dataclass
 
 __all__ = ["ObserveOptions", "run_connect"]
 

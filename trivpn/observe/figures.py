@@ -9,9 +9,10 @@ little higher. Drops are every counter the packet muxer and the data channel kee
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any
 
+from trivpn.records import dataclass
 from trivpn.session.stack import SessionStack
 
 __all__ = ["KeyClock", "SessionFigures", "drops_of", "figures_of"]

@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from trivpn import records
 from trivpn.errors import ConfigError
 from trivpn.management import commands as c
 from trivpn.management import formats as f
@@ -69,7 +70,7 @@ def merge_entries(base: CcdEntry | None, extra: CcdEntry) -> CcdEntry:
     )
 
 
-@dataclasses.dataclass(slots=True)
+@records.dataclass(slots=True)
 class _Pending:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     accept: bool = False

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -15,6 +14,7 @@ from trivpn.errors import ConfigError
 from trivpn.management import config as mconfig
 from trivpn.management.core import ManagementHost
 from trivpn.management.service import ManagementService
+from trivpn.records import dataclass
 from trivpn.status.writer import StatusWriter, write_status_file
 
 __all__ = ["ManagementSpec", "parse_host_port", "run_status_file", "start_management"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from trivpn.controlchannel.packet import (
     SESSION_ID_LEN,
@@ -36,6 +35,7 @@ from trivpn.controlchannel.packet import (
 from trivpn.controlchannel.wrap import ControlWrap, StaticKey, TLSCrypt
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trivpn.messages import ResetComplete
+from trivpn.records import dataclass
 from trivpn.reliabletransport.core import OutgoingPacket
 from trivpn.wire import P_KEY_ID_MASK, is_data_byte0
 

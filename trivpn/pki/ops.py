@@ -7,7 +7,6 @@ thread); `now` is a parameter so tests can pin dates.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from trivpn.errors import ConfigError
 from trivpn.pki import configs, keys, store
 from trivpn.pki.store import Entry, Settings, Store
+from trivpn.records import dataclass
 
 DEFAULT_PORT = 1194
 

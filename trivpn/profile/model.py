@@ -6,7 +6,9 @@ These are plain data: :mod:`trivpn.profile.profile` builds them (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from trivpn.records import dataclass
 
 __all__ = [
     "DEFAULT_AUTH",

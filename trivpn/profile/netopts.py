@@ -17,11 +17,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from trivpn.errors import RemoteProtocolError
 from trivpn.profile.checks import Invalid, integer, nargs
 from trivpn.profile.model import Route, Route6
+from trivpn.records import dataclass
 
 __all__ = [
     "MAX_METRIC",

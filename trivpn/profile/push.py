@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TypeVar
 
 from trivpn.errors import ConfigError, RemoteProtocolError
@@ -40,6 +40,7 @@ from trivpn.profile.pushreply import (
     PushReplyAssembler,
     continuation_value,
 )
+from trivpn.records import dataclass
 from trivpn.redact import redact_option
 from trivpn.wire import MAX_PEER_ID
 

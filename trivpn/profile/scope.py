@@ -10,10 +10,11 @@ text is parsed once, however many blocks it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 from typing import Any
 
 from trivpn.profile.model import Profile
+from trivpn.records import dataclass
 
 __all__ = ["APPEND_FIELDS", "Extras", "RawRemote", "Scope"]
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from trivpn.errors import ConfigError
@@ -58,6 +57,7 @@ from trivpn.profile.checks import (
     read_content,
     static_key,
 )
+from trivpn.records import dataclass
 
 __all__ = ["CONNECTION_OPTIONS", "SILENT_OPTIONS", "TABLE", "UNSAFE_OPTIONS", "Simple"]
 

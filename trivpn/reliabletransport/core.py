@@ -50,9 +50,9 @@ ids outside uint32, a message id on an ACK opcode) is counted in `stats` and ign
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from trivpn.errors import ConfigError, LocalProtocolError
+from trivpn.records import dataclass
 from trivpn.wire import CONTROL_SEND_ACK_MAX, P_ACK_V1, RELIABLE_ACK_SIZE
 from trivpn.wire import MAX_UINT32 as MAX_MESSAGE_ID
 

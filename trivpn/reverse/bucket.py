@@ -20,7 +20,9 @@ so the limit is per client, not per stream; each direction has its own bucket.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from trivpn.records import dataclass
 
 MIN_RATE = 1024.0  # bytes/s; below this a limit is a mistake, not a policy
 MIN_BURST = 64 * 1024  # a read or a frame fits; smaller bursts only add pauses

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from trivpn.errors import LocalProtocolError
+from trivpn.records import dataclass
 from trivpn.reverse.frames import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME, PRE_AUTH_MAX_FRAME
 
 MAX_WINDOW = 2**31 - 1

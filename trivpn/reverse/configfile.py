@@ -24,10 +24,11 @@ import os
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.reverse.bindings import check_label
 from trivpn.reverse.bucket import parse_rate
 from trivpn.reverse.sockets import parse_hostport

@@ -4,9 +4,10 @@ its stream API raises. Pure data; every sans-IO piece appends to one shared list
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from trivpn.errors import LocalProtocolError
+from trivpn.records import dataclass
 from trivpn.reverse.frames import ErrorCode
 
 

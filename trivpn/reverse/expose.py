@@ -25,11 +25,12 @@ import secrets
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import trio
 
 from trivpn.errors import ConfigError, FatalError
+from trivpn.records import dataclass
 from trivpn.reverse import connection
 from trivpn.reverse import events as E
 from trivpn.reverse.config import SessionConfig

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 
 VERSION = 1  # of the frame header; never changes within protocol 1 and 2
 #: Protocol revisions, negotiated in HELLO / HELLO_ACK (see handshake.py). 1: one binding

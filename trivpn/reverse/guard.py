@@ -21,7 +21,8 @@ spread-out flood cannot grow them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+
+from trivpn.records import dataclass
 
 
 @dataclass(slots=True)

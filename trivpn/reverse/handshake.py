@@ -61,9 +61,9 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.reverse.bindings import (
     check_label,
     decode_bind_ok,

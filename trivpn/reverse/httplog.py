@@ -18,10 +18,11 @@ can never alter, delay or drop a byte of the stream.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import h11
+
+from trivpn.records import dataclass
 
 _METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 #: h11 buffers at most this much of an incomplete head; bounds the observer's memory.

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
+from trivpn.records import dataclass
 from trivpn.reverse.httplog import HttpExchange
 
 if TYPE_CHECKING:  # prometheus-client is imported only when an endpoint is asked for

@@ -24,7 +24,9 @@ so a fleet of clients does not reconnect in lock-step after a relay restart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from trivpn.records import dataclass
 
 Owner = tuple[str, bytes]
 

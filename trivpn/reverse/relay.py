@@ -16,11 +16,12 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import trio
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.reverse import connection
 from trivpn.reverse import events as E
 from trivpn.reverse.bucket import Shaper

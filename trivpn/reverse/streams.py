@@ -44,9 +44,9 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import deque
-from dataclasses import dataclass
 
 from trivpn.errors import RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.reverse.config import MAX_STREAM_ID, MAX_WINDOW, SessionConfig
 from trivpn.reverse.events import (
     Event,

@@ -16,10 +16,11 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from trivpn.messages import AuthRequest
 from trivpn.profile.checks import MAX_REFERENCED_FILE_SIZE
+from trivpn.records import dataclass
 from trivpn.server.authscript import MAX_CREDENTIAL, printable_username, run_verify
 from trivpn.server.authtoken import (
     AuthTokenKey,

@@ -21,10 +21,10 @@ import os
 import shlex
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import trio
 
+from trivpn.records import dataclass
 from trivpn.server.config_model import AuthScript
 from trivpn.server.scripts import run_script
 from trivpn.server.sessionparts import common_name_of

@@ -30,9 +30,10 @@ import hashlib
 import hmac
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 
 __all__ = [
     "PREFIX",

@@ -12,13 +12,13 @@ entries do to the pool, routing table and push list is the server's business.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
 
 from trivpn.errors import ConfigError
 from trivpn.profile.checks import MAX_REFERENCED_FILE_SIZE, Invalid, err, nargs, read_limited
 from trivpn.profile.options import is_inline, iter_options
+from trivpn.records import dataclass
 from trivpn.server.config_draft import Draft
 from trivpn.server.config_options import SERVER
 from trivpn.server.pool_types import IfconfigIPv6Push, IfconfigPush

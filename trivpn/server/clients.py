@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import trio
 
+from trivpn.records import dataclass
 from trivpn.server.clientsession import ClientSession
 from trivpn.server.demux import ServerDemux
 from trivpn.server.hub import Hub

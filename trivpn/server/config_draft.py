@@ -8,12 +8,13 @@ with the line and option name.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 from trivpn.profile.checks import Invalid, integer
 from trivpn.profile.table import MAX_SECONDS
+from trivpn.records import dataclass
 
 __all__ = [
     "Draft",

@@ -7,10 +7,11 @@ objects so that consumers never re-parse text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
 
 from trivpn.profile.model import DEFAULT_DATA_CIPHERS, DEFAULT_VERB, OPENVPN_PORT
+from trivpn.records import dataclass
 from trivpn.server.demux_types import DemuxConfig
 from trivpn.server.pool_types import IPv4Pool, IPv6Pool
 from trivpn.server.routing import MAX_ROUTES_PER_CLIENT

@@ -55,7 +55,6 @@ import hmac
 import secrets
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from trivpn.controlchannel.packet import (
     ControlPacket,
@@ -65,6 +64,7 @@ from trivpn.controlchannel.packet import (
 from trivpn.controlchannel.wrap import TLS_CRYPT_OFF_PID, ControlWrap
 from trivpn.controlchannel.wrapv2 import TLSCryptV2Server, split_wkc
 from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.server.demux_types import (
     Address,
     Deliver,

@@ -7,11 +7,12 @@ so that `demux.py` stays one readable core.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 
 from trivpn.controlchannel.wrap import ControlWrap
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.wire import MAX_PEER_ID
 
 #: A peer address as the socket layer reports it, e.g. ("192.0.2.1", 1194); hashable and

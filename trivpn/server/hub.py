@@ -9,11 +9,11 @@ drops the batch and counts it, so one client can never stall another.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from trivpn.records import dataclass
 from trivpn.server.ccd import CcdEntry
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.pool import AddressPool, pool_for_server

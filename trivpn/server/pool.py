@@ -33,10 +33,10 @@ pool side of it. No clock reads: `now` is passed in.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.server.pool_types import (
     POOL_MAX,
     FixedAddressError,

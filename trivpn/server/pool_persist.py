@@ -10,9 +10,9 @@ and at shutdown); this module only turns bytes into entries and entries into tex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
+from trivpn.records import dataclass
 from trivpn.server.pool import AddressPool, PersistEntry
 
 __all__ = [

@@ -7,10 +7,10 @@ the config and push code can name them without the pool.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from trivpn.errors import ConfigError, TrivpnError
+from trivpn.records import dataclass
 
 __all__ = [
     "POOL_MAX",

@@ -29,10 +29,10 @@ import logging
 import os
 import pwd
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from trivpn.errors import ConfigError, FatalError
+from trivpn.records import dataclass
 
 __all__ = ["KeptFile", "PrivilegeDrop"]
 

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Generic, Literal, TypeVar
 
 from trivpn.errors import TrivpnError
+from trivpn.records import dataclass
 
 __all__ = [
     "MAX_ROUTES_PER_CLIENT",

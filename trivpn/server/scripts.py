@@ -30,11 +30,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import trio
 from cryptography import x509
 
+from trivpn.records import dataclass
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.pool_types import Lease
 from trivpn.tlssession.tls import format_subject

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, TLSCrypt
 from trivpn.controlchannel.wrapv2 import TLSCryptV2Server, TLSCryptV2ServerKey
 from trivpn.errors import LocalProtocolError
+from trivpn.records import dataclass
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.crlfile import CRLFile
 from trivpn.server.demux_types import WrapFactory

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal, NamedTuple, TypedDict
 
 from trivpn import __version__
@@ -33,6 +33,7 @@ from trivpn.datachannel.crypto import SUPPORTED_DATA_CIPHERS, normalize_data_cip
 from trivpn.errors import ConfigError
 from trivpn.profile.netopts import PullPolicy
 from trivpn.profile.profile import Profile, Remote
+from trivpn.records import dataclass
 from trivpn.tlssession.keymethod import (
     IV_PROTO_AUTH_FAIL_TEMP,
     IV_PROTO_AUTH_PENDING_KW,

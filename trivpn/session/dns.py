@@ -33,10 +33,10 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from trivpn import digests
+from trivpn.records import dataclass
 from trivpn.session.netsettings import DnsSettings
 
 __all__ = [

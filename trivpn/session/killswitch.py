@@ -35,9 +35,9 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from trivpn.errors import ConfigError, SessionRestart
+from trivpn.records import dataclass
 
 __all__ = ["TABLE", "Hole", "KillSwitch", "NftRunner", "remove_stale_table", "ruleset", "run_nft", "table_owner"]
 

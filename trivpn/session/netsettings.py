@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from trivpn.errors import FatalError
 from trivpn.profile.model import Route
 from trivpn.profile.profile import Profile
 from trivpn.profile.push import PushedSettings
+from trivpn.records import dataclass
 from trivpn.tun.netconfig import TunConfig
 
 __all__ = [

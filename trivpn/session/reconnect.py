@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from trivpn.errors import ConfigError, RemoteProtocolError, SessionRestart
 from trivpn.profile.profile import Profile, Remote
+from trivpn.records import dataclass
 from trivpn.session.config import ConnectionConfig, SessionConfig
 
 __all__ = [

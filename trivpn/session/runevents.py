@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from trivpn.messages import KeysRenegotiated
+from trivpn.records import dataclass
 from trivpn.session.netsettings import TunnelInfo
 
 __all__ = ["KeysRenegotiated", "OnRunEvent", "RunEvent", "SessionRetry", "SessionUp"]

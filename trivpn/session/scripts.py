@@ -31,7 +31,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import trio
 from cryptography import x509
@@ -41,6 +41,7 @@ from trivpn import digests
 from trivpn.errors import ConfigError, FatalError
 from trivpn.profile.model import Profile
 from trivpn.profile.push import PushedSettings
+from trivpn.records import dataclass
 from trivpn.tlssession.tls import format_subject
 from trivpn.tun.netconfig import TunConfig
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -50,6 +49,7 @@ from trivpn.messages import (
     TLSToData,
 )
 from trivpn.packetmuxer import PacketMuxer, run_packetmuxer
+from trivpn.records import dataclass
 from trivpn.reliabletransport.service import ReliableService
 from trivpn.workers.manager import start_named
 

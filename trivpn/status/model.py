@@ -9,11 +9,11 @@ byte count or a port that does not fit in 16 bits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
 
 from trivpn.errors import TrivpnError
+from trivpn.records import dataclass
 
 #: Largest time_t accepted (9999-12-30): local time of any zone still fits in `datetime`.
 MAX_TIME = 253_402_128_000

@@ -23,7 +23,6 @@ import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import trio
 
@@ -33,6 +32,7 @@ from trivpn.messages import ClientReady
 from trivpn.networkio import Endpoint, Transport, run_networkio
 from trivpn.networkio.transport import TCPTransport, UDPTransport
 from trivpn.packetmuxer import PacketMuxer
+from trivpn.records import dataclass
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.testing.pki import PKI, generate_pki
 from trivpn.testing.twoended import (

@@ -18,10 +18,11 @@ beyond which datagrams are dropped and counted as overflow. Time is trio's clock
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import trio
 
+from trivpn.records import dataclass
 from trivpn.testing.relaycore import DOWN, UP, Counters, RelayConfig, RelayCore
 
 #: Batches in flight per link channel (as between networkio and the muxer).

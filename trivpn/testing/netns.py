@@ -18,8 +18,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from trivpn.records import dataclass
 
 #: Addresses of the veth link between the two namespaces (the "internet" of the tests).
 SERVER_V4 = "10.201.0.1"

@@ -18,10 +18,11 @@ import secrets
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.testing.netns import SERVER_V4, SERVER_V6, Netns
 from trivpn.testing.pki import PKI, common_name
 from trivpn.testing.process import stop_process

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import secrets
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 
 #: Size of an OpenVPN static key file ("2048 bit OpenVPN static key"): 4 slots of 64 bytes.
 STATIC_KEY_BYTES = 256

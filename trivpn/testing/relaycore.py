@@ -12,9 +12,10 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 
 #: Directions: UP is client → upstream server, DOWN is upstream server → client.
 UP = 0

@@ -25,7 +25,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import trio
@@ -35,6 +35,7 @@ from trivpn.controlchannel.wrap import ControlWrap, NoWrap, StaticKey, TLSAuth, 
 from trivpn.errors import ConfigError
 from trivpn.messages import ClientReady, Renegotiate, SendExit, SendExitNotify, TunnelUp
 from trivpn.packetmuxer import PacketMuxer
+from trivpn.records import dataclass
 from trivpn.session.stack import DATA_CHANNEL_SIZE, Runnable, SessionStack, TLSPorts
 from trivpn.testing.memlink import MemoryLink
 from trivpn.testing.pki import PKI, generate_pki

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.tlssession.negotiation import CipherPolicy, PeerInfo
 
 #: OpenVPN's tran-window default: how long the lame-duck key keeps decrypting.

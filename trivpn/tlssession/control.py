@@ -10,10 +10,9 @@ here (the TLS core reports it as PushRequestReceived).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from trivpn.errors import AuthFailed, FatalError, Halted
 from trivpn.messages import AuthPending
+from trivpn.records import dataclass
 
 #: The longest AUTH_PENDING timeout we honour (seconds).
 MAX_AUTH_PENDING = 3600

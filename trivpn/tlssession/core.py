@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
 from trivpn.profile.push import PushReplyAssembler
+from trivpn.records import dataclass
 from trivpn.tlssession.keymethod import (
     PRE_MASTER_LEN,
     RANDOM_LEN,

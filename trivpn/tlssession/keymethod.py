@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from trivpn.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 
 #: Wire value of the method byte; the receiver only looks at the low nibble (KEY_METHOD_MASK).
 KEY_METHOD_2 = 2

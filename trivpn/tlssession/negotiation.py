@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from trivpn.datachannel.crypto import is_cbc, normalize_data_cipher
 from trivpn.errors import (
@@ -38,6 +38,7 @@ from trivpn.errors import (
 )
 from trivpn.messages import InstallKey
 from trivpn.profile.push import PullPolicy, PushedSettings, PushRejected, parse_push_options
+from trivpn.records import dataclass
 from trivpn.redact import redact_option
 from trivpn.tlssession.core import push_reply_messages
 from trivpn.tlssession.keymethod import (

@@ -31,7 +31,7 @@ Theory of operation (the same ideas as the comment at the top of trio's `_ssl.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import NoReturn
 
 from cryptography import x509
@@ -41,6 +41,7 @@ from OpenSSL import SSL, crypto
 
 from trivpn import digests
 from trivpn.errors import CertificateRejected, ConfigError, LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.tlssession.tlsload import (
     CERT_PROFILES,
     common_name,

@@ -7,8 +7,9 @@ does not care whether packets come from the kernel or from an in-process applica
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from trivpn.records import dataclass
 
 DEFAULT_TUN_MTU = 1500  # OpenVPN's tun-mtu default
 DEFAULT_MAX_BATCH = 64

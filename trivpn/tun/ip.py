@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
 
 from trivpn.errors import LocalProtocolError
+from trivpn.records import dataclass
 
 IPV4_HEADER_LEN = 20
 IPV6_HEADER_LEN = 40

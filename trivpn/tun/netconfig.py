@@ -21,10 +21,11 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from trivpn.errors import ConfigError, RemoteProtocolError
+from trivpn.records import dataclass
 from trivpn.tun.rtnl import IFF_UP, RTN_UNICAST, NetlinkError, RtnlSocket
 
 log = logging.getLogger(__name__)

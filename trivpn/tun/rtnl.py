@@ -30,9 +30,10 @@ import os
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from trivpn.errors import LocalProtocolError, RemoteProtocolError
+from trivpn.records import dataclass
 
 # Message types and flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4

@@ -20,10 +20,11 @@ ones the connection's end cut short (no response, or a body cut off).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import h11
 
+from trivpn.records import dataclass
 from trivpn.reverse.httplog import HttpPairing
 
 PREVIEW = 4096

@@ -19,11 +19,11 @@ waits until `deadline` and then asks `handle_timer`, which answers 408.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from typing import TypeVar
 
 import h11
 
+from trivpn.records import dataclass
 from trivpn.reverse.http.names import NameUnavailable, check_label
 
 MAX_HEAD = 16 * 1024

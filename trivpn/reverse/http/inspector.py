@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import h11
 
+from trivpn.records import dataclass
 from trivpn.reverse.http.capture import Exchange
 from trivpn.reverse.http.inspector_page import PAGE, SCRIPT, STYLE
 

@@ -10,7 +10,9 @@ is a takeover: the caller ends the old session first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from trivpn.records import dataclass
 
 Owner = tuple[str, bytes]
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 from trivpn.errors import ConfigError
+from trivpn.records import dataclass
 from trivpn.reverse.http.hostrouter import (
     HEAD_TIMEOUT,
     MAX_HEAD,
