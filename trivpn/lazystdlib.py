@@ -6,12 +6,14 @@ Each loads and initialises the system's OpenSSL (libssl, libcrypto) although tri
 AEAD and HMACs run on the OpenSSL inside `cryptography` (`trivpn.digests`). Measured with
 the README's interpreter, together with `bz2`/`lzma`: 5.3 MB of `trivpn connect`'s peak RSS
 (43.2 → 37.9 MB, `bench startup --base`) and ≈ 4 ms of imports (docs/performance.md,
-"Start-up and RSS").
+"Start-up and RSS"). `email.utils`, which `cryptography.x509` imports for one function,
+is deferred the same way (≈ 2–3 ms and 0.25 MB).
 
 `defer()` puts a stand-in module under each name in `sys.modules`. The first attribute
 anyone reads from a stand-in imports the real module and copies its namespace into the
 stand-in, so code that does use `ssl` or `hmac` (the management interface, a server, a
-user's script) works unchanged, one import later. Only the command line calls `defer()`,
+user's script) works unchanged, one import later; a function that a module took with
+`from M import f` while M was a stand-in (`FORWARDED`) imports M at its first call. Only the command line calls `defer()`,
 before it imports trio; `import trivpn` as a library changes nothing. A name already
 imported is left alone. A run that drops privileges (`user`/`group`) calls `resolve()`
 before the drop, like its other lazy imports (trivpn/session/privdrop.py).
@@ -24,13 +26,21 @@ import importlib.machinery
 import sys
 import threading
 import types
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["DEFERRED", "defer", "is_deferred", "resolve"]
 
 #: What trio (`ssl`, `hmac`), `cryptography.x509` (`hashlib`, for one helper) and `shutil`
 #: (`bz2`, `lzma`, for its archive formats: +0.5 MB) import at start-up for features the
 #: command line does not use.
-DEFERRED = ("ssl", "hmac", "hashlib", "bz2", "lzma")
+DEFERRED = ("ssl", "hmac", "hashlib", "bz2", "lzma", "email.utils")
+#: Functions that a module imported at start-up takes from a deferred one with `from M import
+#: f` while it is itself being imported: the stand-in carries a forwarder under that name, so
+#: the real module is imported at the first *call* instead. `cryptography.x509` takes
+#: `parseaddr` for e-mail names in certificates; `email.utils` brings the `email` package's
+#: charset, MIME-encoding and date modules (≈ 5 ms of `trivpn connect`'s start).
+FORWARDED = {"email.utils": ("parseaddr",)}
 
 
 class _StandIn(types.ModuleType):
@@ -59,12 +69,36 @@ def _load(stand_in: _StandIn) -> types.ModuleType:
     return real
 
 
+def _forwarder(stand_in: _StandIn, attr: str) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return getattr(_load(stand_in), attr)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = attr
+    return forward
+
+
+def _exists(name: str) -> types.ModuleType | None:
+    """The parent package of `name` (`sys` for a top-level module) if this Python has
+    `name`, else None; only the parent is imported to find out."""
+    parent_name, _, _ = name.rpartition(".")
+    parent = importlib.import_module(parent_name) if parent_name else sys
+    path = getattr(parent, "__path__", None) if parent_name else None
+    found = importlib.machinery.PathFinder.find_spec(name, path) is not None
+    return parent if found else None
+
+
 def defer(names: tuple[str, ...] = DEFERRED) -> None:
     """Put a stand-in for each of `names` that nobody has imported yet and that this Python
     has (a build without `lzma` keeps its ImportError where `shutil` expects it)."""
     for name in names:
-        if name not in sys.modules and importlib.machinery.PathFinder.find_spec(name) is not None:
-            sys.modules[name] = _StandIn(name)
+        if name in sys.modules or (parent := _exists(name)) is None:
+            continue
+        stand_in = _StandIn(name)
+        for attr in FORWARDED.get(name, ()):
+            setattr(stand_in, attr, _forwarder(stand_in, attr))
+        sys.modules[name] = stand_in
+        if parent is not sys:  # `import email.utils` then reads it from the package
+            setattr(parent, name.rpartition(".")[2], stand_in)
 
 
 def resolve() -> None:
