@@ -381,6 +381,7 @@ class _Threads(DataThreads[FastPathIO]):
             if link.requests != served:
                 served = link.requests
                 self._serve(link.tx, sock_writable)
+            lone = up_limit == 1 and down_limit == 1  # the first turn after an idle wait
             if up:
                 batch = transport.recv_nowait(up_limit)
                 up = bool(batch)
@@ -406,6 +407,16 @@ class _Threads(DataThreads[FastPathIO]):
             if not (up or down):
                 up_limit = down_limit = 1
                 ready = self._idle(poller, touch, side)
+            elif lone and not (up and down):
+                # One packet alone after an idle wait (a ping or its reply): wait again at
+                # once, as `_after_lone` does, instead of a `poll(0)` and a read to EAGAIN
+                # first, while the process it woke may be waiting for this core. The wait
+                # reports whatever is queued; if it returns at once, whole batches follow.
+                start = time.monotonic()
+                ready = self._idle(poller, touch, side)
+                if time.monotonic() - start >= LONE_GAP:
+                    up_limit = down_limit = 1  # sporadic: the next packet is lone again
+                up = down = False
             elif not (up and down):
                 # One side is busy: look (without waiting) whether the other has input,
                 # or it would starve until the busy side runs dry (TCP's ACKs, say).

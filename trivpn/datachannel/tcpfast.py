@@ -59,6 +59,7 @@ from __future__ import annotations
 import collections
 import select
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import field
 from typing import TYPE_CHECKING
@@ -69,6 +70,7 @@ from trivpn.datachannel import coalesce
 from trivpn.datachannel.coalesce import RxCoalesce, default_rx_coalesce
 from trivpn.datachannel.link import PEER_EXITED, DataLink
 from trivpn.datachannel.threadrun import (
+    LONE_GAP,
     Body,
     DataThreads,
     Handoff,
@@ -366,6 +368,7 @@ class _Threads(DataThreads[TCPPathIO]):
         up = down = True  # worth reading: readable at the last wait, or read something since
         own = True  # this thread reads the stream (false while handed over)
         down_limit = 1
+        fresh = False  # this turn follows an idle wait
         while not self.stopping:
             self.reading = tun_writable if own else None
             out = writable_or_input if own else writable
@@ -393,10 +396,24 @@ class _Threads(DataThreads[TCPPathIO]):
                 down_limit = 1
                 self.down_waits += 1
                 ready = self._wait(poller)
+                fresh = True
+            elif fresh and not (up and down):
+                # one side's input alone after an idle wait (a ping or its reply): wait again
+                # at once instead of a `poll(0)` and a read to EAGAIN (see fastpath's `both`)
+                self.down_waits += 1
+                start = time.monotonic()
+                ready = self._wait(poller)
+                if time.monotonic() - start < LONE_GAP:
+                    fresh = False  # input was queued: busy, read whole batches
+                else:
+                    down_limit = 1
+                up = down = False
             elif not (up and down):
                 # one side is busy: look (without waiting) whether the other has input
+                fresh = False
                 ready = self._ready(poller.poll(0))
             else:
+                fresh = False
                 continue
             for fd, _event in ready:
                 if fd == back_fd:

@@ -534,6 +534,51 @@ async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> N
         rig.close()
 
 
+@pytest.mark.parametrize("layout", ["one", "adaptive"])
+async def test_one_thread_sleeps_at_once_after_a_lone_packet(layout: str) -> None:
+    """The same in the one-thread layouts: each packet of an idle ping costs one read and one
+    wait (before: a `poll(0)` and a read to EAGAIN after each lone packet)."""
+    rig = Rig(layout=layout)
+    reads = {"socket": 0, "tun": 0}
+    recv, read = rig.transport.recv_nowait, rig.tun.read_nowait
+
+    def counted_recv(limit: int = 64) -> list[bytes]:
+        reads["socket"] += 1
+        return recv(limit)
+
+    def counted_read(limit: int = 0) -> list[bytes] | None:
+        reads["tun"] += 1
+        return read(limit)
+
+    rig.transport.recv_nowait = counted_recv  # type: ignore[method-assign]  # test double
+    rig.tun.read_nowait = counted_read  # type: ignore[method-assign]  # test double
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.service.run)
+            await rig.keys_s.send([rig.install_key()])
+            await until(lambda: rig.plane.threads is not None, "threads started")
+            threads = rig.plane.threads
+            assert threads is not None
+            side = threads.up_side  # the one thread's
+            await until(lambda: side.idle_waits >= 1, "blocked")
+            await trio.sleep(0.005)
+            for i in range(1, 6):
+                before, waits = dict(reads), side.idle_waits
+                rig.app.send(_ip(i))
+                wire = await trio.to_thread.run_sync(rig.server.recv, 65536)
+                await until(lambda: side.idle_waits > waits, "blocked after the request")  # noqa: B023
+                assert rig.peer.decrypt([wire], 1.0) == [_ip(i)]
+                rig.server.send(rig.peer.encrypt([_ip(100 + i)], 1.0)[0])
+                assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
+                await until(lambda: side.idle_waits > waits + 1, "blocked after the reply")  # noqa: B023
+                assert (reads["tun"] - before["tun"], reads["socket"] - before["socket"]) == (1, 1)
+                assert side.idle_waits == waits + 2
+                await trio.sleep(0.005)  # the next ping comes later: lone again
+            nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+
+
 async def _round_trip(rig: Rig, i: int) -> None:
     """One packet each way (an idle ping and its reply)."""
     rig.app.send(_ip(i))

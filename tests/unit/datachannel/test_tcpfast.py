@@ -249,6 +249,48 @@ async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> N
         rig.close()
 
 
+@pytest.mark.parametrize("layout", ["one", "adaptive"])
+async def test_one_thread_sleeps_at_once_after_a_lone_packet(layout: str) -> None:
+    """The same in the one-thread layouts: one read per direction and one wait after each
+    packet of an idle ping (before: a `poll(0)` and a read to EAGAIN after each)."""
+    rig = Rig(layout)
+    counting = _CountingSocket(fileno=os.dup(rig.transport.sock.fileno()))
+    counting.setblocking(False)
+    rig.transport.sock.close()
+    rig.transport.sock = counting
+    _CountingSocket.reads = 0
+    tun_reads = [0]
+    read = rig.tun.read_nowait
+
+    def counted_read(limit: int = 0) -> list[bytes] | None:
+        tun_reads[0] += 1
+        return read(limit)
+
+    rig.tun.read_nowait = counted_read  # type: ignore[method-assign]  # test double
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await rig.start(nursery)
+                await until(lambda: _threads(rig).down_waits >= 1, "blocked")
+                await trio.sleep(0.005)
+                for i in range(1, 6):
+                    threads = _threads(rig)
+                    waits = threads.down_waits
+                    reads = (_CountingSocket.reads, tun_reads[0])
+                    rig.app.send(_ip(i))
+                    assert rig.peer.decrypt(await rig.server_packets(1), 1.0) == [_ip(i)]
+                    await until(lambda: threads.down_waits > waits, "blocked after the request")  # noqa: B023
+                    rig.server.sendall(frame_packets(rig.peer.encrypt([_ip(100 + i)], 1.0)))
+                    assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
+                    await until(lambda: threads.down_waits > waits + 1, "blocked after the reply")  # noqa: B023
+                    assert (_CountingSocket.reads - reads[0], tun_reads[0] - reads[1]) == (1, 1)
+                    assert threads.down_waits == waits + 2
+                    await trio.sleep(0.005)  # the next ping comes later: lone again
+                nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+
+
 def _threads(rig: Rig) -> Any:
     threads = rig.plane.threads
     assert threads is not None
