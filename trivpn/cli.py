@@ -22,7 +22,7 @@ lazystdlib.defer()  # before trio imports ssl and hmac: see trivpn/lazystdlib.py
 import trio  # noqa: E402
 
 from trivpn import __version__  # noqa: E402
-from trivpn.cli_common import finish_parsers, setup_logging  # noqa: E402
+from trivpn.cli_common import finish_parsers, one_malloc_arena, setup_logging  # noqa: E402
 from trivpn.errors import ConfigError, TrivpnError  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
@@ -500,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         return failed
     from trivpn.workers.manager import primary_error
 
+    if args.command == "connect":
+        one_malloc_arena()  # before any thread exists (cli_common.one_malloc_arena)
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
         _refuse_password_flag(args)
