@@ -202,11 +202,11 @@ def summarize(runs: list[dict[str, Any]], clients: tuple[str, str]) -> dict[str,
 
 
 def run_cell(cell: vpn.Cell, plan: vpn.Plan, pki: Any, workdir: Path) -> list[dict[str, Any]]:
-    from trivpn.testing import OpenVPNServer, ServerOptions, client_profile, netns_pair
+    from trivpn.testing import OpenVPNServer, client_profile, netns_pair
     from trivpn.testing.netns import second_client
     from trivpn.testing.pki import with_client
 
-    opts = ServerOptions(proto=cell.transport, wrap="tls-crypt", data_ciphers=cell.cipher)
+    opts = vpn.server_options(cell)
     runs: list[dict[str, Any]] = []
     with netns_pair(prefix="tvr") as pair, second_client(pair, *SECOND_LINK) as other:
         # the server listens on its first link's address only: route the second to it
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"machine": machine,
                "plan": {"rounds": plan.rounds, "pings": plan.pings, "interval_s": INTERVAL,
                         "cells": [c.name for c in plan.cells], "clients": list(clients),
-                        "elapsed_s": round(time.monotonic() - started, 1)},
+                        "server_tcp_lines": vpn.SERVER_TCP_LINES, "elapsed_s": round(time.monotonic() - started, 1)},
                "results": results, "runs": all_runs}
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"\nwrote {json_path}")

@@ -24,11 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trivpn.bench.machine import describe_machine, machine_report
 from trivpn.bench.vpnstats import METRICS, drop_pct, per_gb, percentile, run_metrics, summarize
 from trivpn.records import dataclass
+
+if TYPE_CHECKING:
+    from trivpn.testing import ServerOptions
 
 # the statistics live in vpnstats; `bench ab`, pairrtt and the tests reach them through here
 __all__ = ["CLIENTS", "METRICS", "Cell", "Plan", "drop_pct", "main", "parse_args", "per_gb",
@@ -42,6 +45,11 @@ CLIENTS = ("trivpn", "openvpn", "openvpn-default", "trivpn-trio", "trivpn-lowlat
 #: ("openvpn") gets the same socket flag. "openvpn-default" is OpenVPN as shipped (Nagle on),
 #: reported beside it; on UDP the two are the same program and only "openvpn" runs.
 OPENVPN_TCP_FLAGS = ["--socket-flags", "TCP_NODELAY"]
+#: ... and the OpenVPN server's end of a TCP cell too, as `trivpn serve` sets it on every
+#: connection it accepts. Without it the server's Nagle held echo replies behind an unacked
+#: segment, and whole rounds of `bench rtt` measured ≈ 24 ms for *both* clients
+#: (docs/performance.md, "The server's Nagle in the TCP cells").
+SERVER_TCP_LINES = ["socket-flags TCP_NODELAY"]
 TRANSPORTS = ("udp", "tcp")
 CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 #: Extra seconds a probe may take beyond its planned workload before it is killed.
@@ -161,10 +169,18 @@ def cell_clients(cell: Cell, clients: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(c for c in clients if not (c == "openvpn-default" and cell.transport != "tcp"))
 
 
-def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, Any]]:
-    from trivpn.testing import OpenVPNServer, ServerOptions, client_profile, netns_pair
+def server_options(cell: Cell) -> ServerOptions:
+    """The reference server's options for `cell` (shared with `bench rtt`)."""
+    from trivpn.testing import ServerOptions
 
-    opts = ServerOptions(proto=cell.transport, wrap="tls-crypt", data_ciphers=cell.cipher)
+    extra = SERVER_TCP_LINES if cell.transport == "tcp" else []
+    return ServerOptions(proto=cell.transport, wrap="tls-crypt", data_ciphers=cell.cipher, extra=list(extra))
+
+
+def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, Any]]:
+    from trivpn.testing import OpenVPNServer, client_profile, netns_pair
+
+    opts = server_options(cell)
     runs: list[dict[str, Any]] = []
     with netns_pair(prefix="tvb") as pair:
         server = OpenVPNServer(
@@ -438,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             "cells": [c.name for c in plan.cells],
             "clients": list(plan.clients),
             "congestion": plan.congestion or machine.get("tcp_congestion_control"),
+            "server_tcp_lines": SERVER_TCP_LINES,
             "elapsed_s": round(elapsed, 1),
         },
         "results": results,

@@ -83,6 +83,17 @@ def test_openvpn_gets_tcp_nodelay_on_tcp_only_and_the_default_runs_beside_it(tmp
     assert "--socket-flags" not in shipped and "--socket-flags" not in over_udp
 
 
+def test_the_reference_server_sets_tcp_nodelay_in_tcp_cells_like_trivpn_serve(tmp_path: Path) -> None:
+    from trivpn.testing.ovpn_server import server_config
+
+    tcp, udp = vpn.Cell("tcp", "CHACHA20-POLY1305"), vpn.Cell("udp", "AES-256-GCM")
+    over_tcp = server_config(vpn.server_options(tcp), dev="tun9", local="10.0.0.1", workdir=tmp_path)
+    over_udp = server_config(vpn.server_options(udp), dev="tun9", local="10.0.0.1", workdir=tmp_path)
+    assert "socket-flags TCP_NODELAY" in over_tcp.splitlines()
+    assert "proto tcp-server" in over_tcp and "data-ciphers CHACHA20-POLY1305" in over_tcp
+    assert "socket-flags" not in over_udp
+
+
 def test_a_run_missing_a_promised_measurement_is_not_ok() -> None:
     res = Result(client="trivpn", start_to_ping_s=0.2, tx_mbps=1.0, rx_mbps=1.0, rtt_idle_ms=[0.5],
                  idle_cpu_pct=1.0, moved_bytes=10, peak_rss_mb=30.0, top_thread_up_pct=50.0, top_thread_down_pct=60.0,
