@@ -206,7 +206,7 @@ def run_cell(cell: vpn.Cell, plan: vpn.Plan, pki: Any, workdir: Path) -> list[di
     from trivpn.testing.netns import second_client
     from trivpn.testing.pki import with_client
 
-    opts = vpn.server_options(cell)
+    opts = vpn.server_options(cell, nagle=plan.server_nagle)
     runs: list[dict[str, Any]] = []
     with netns_pair(prefix="tvr") as pair, second_client(pair, *SECOND_LINK) as other:
         # the server listens on its first link's address only: route the second to it
@@ -271,6 +271,7 @@ def parse_args(argv: list[str] | None) -> tuple[vpn.Plan, Path | None]:
                    help="also offer client trivpn-base: trivpn imported from this source tree")
     p.add_argument("--variant", action="append", default=[],
                    help="also offer client NAME: this tree's trivpn with VAR=VALUE (NAME:VAR=VALUE)")
+    p.add_argument("--server-nagle", action="store_true", help=vpn.SERVER_NAGLE_HELP)
     a = p.parse_args(argv)
     variants: dict[str, tuple[str, str]] = {}
     for v in a.variant:
@@ -300,7 +301,8 @@ def parse_args(argv: list[str] | None) -> tuple[vpn.Plan, Path | None]:
     if not 10 <= pings <= 5000:
         p.error("--pings must be 10..5000")
     plan = vpn.Plan(rounds=rounds, seconds=1.0, omit=0, pings=pings,
-                    cells=[c for c in cells if c.slug in wanted], clients=clients, out=Path("."))
+                    cells=[c for c in cells if c.slug in wanted], clients=clients, out=Path("."),
+                    server_nagle=a.server_nagle)
     return plan, a.json
 
 
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"machine": machine,
                "plan": {"rounds": plan.rounds, "pings": plan.pings, "interval_s": INTERVAL,
                         "cells": [c.name for c in plan.cells], "clients": list(clients),
-                        "server_tcp_lines": vpn.SERVER_TCP_LINES, "elapsed_s": round(time.monotonic() - started, 1)},
+                        "server_tcp_lines": [] if plan.server_nagle else vpn.SERVER_TCP_LINES, "elapsed_s": round(time.monotonic() - started, 1)},
                "results": results, "runs": all_runs}
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"\nwrote {json_path}")

@@ -50,6 +50,7 @@ OPENVPN_TCP_FLAGS = ["--socket-flags", "TCP_NODELAY"]
 #: segment, and whole rounds of `bench rtt` measured ≈ 24 ms for *both* clients
 #: (docs/performance.md, "The server's Nagle in the TCP cells").
 SERVER_TCP_LINES = ["socket-flags TCP_NODELAY"]
+SERVER_NAGLE_HELP = "TCP cells: run the OpenVPN server as shipped, without TCP_NODELAY (Nagle on)"
 TRANSPORTS = ("udp", "tcp")
 CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 #: Extra seconds a probe may take beyond its planned workload before it is killed.
@@ -95,6 +96,8 @@ class Plan:
     #: iperf3's TCP congestion control (-C); None: the namespaces' default, which they
     #: inherit from the machine (`machine.tcp_congestion_control` in the JSON)
     congestion: str | None = None
+    #: TCP cells: the OpenVPN server as shipped (Nagle on) instead of `SERVER_TCP_LINES`
+    server_nagle: bool = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,18 +172,19 @@ def cell_clients(cell: Cell, clients: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(c for c in clients if not (c == "openvpn-default" and cell.transport != "tcp"))
 
 
-def server_options(cell: Cell) -> ServerOptions:
-    """The reference server's options for `cell` (shared with `bench rtt`)."""
+def server_options(cell: Cell, *, nagle: bool = False) -> ServerOptions:
+    """The reference server's options for `cell` (shared with `bench rtt`); `nagle`: on TCP,
+    the server as shipped, without `SERVER_TCP_LINES`."""
     from trivpn.testing import ServerOptions
 
-    extra = SERVER_TCP_LINES if cell.transport == "tcp" else []
+    extra = SERVER_TCP_LINES if cell.transport == "tcp" and not nagle else []
     return ServerOptions(proto=cell.transport, wrap="tls-crypt", data_ciphers=cell.cipher, extra=list(extra))
 
 
 def run_cell(cell: Cell, plan: Plan, pki: Any, workdir: Path) -> list[dict[str, Any]]:
     from trivpn.testing import OpenVPNServer, client_profile, netns_pair
 
-    opts = server_options(cell)
+    opts = server_options(cell, nagle=plan.server_nagle)
     runs: list[dict[str, Any]] = []
     with netns_pair(prefix="tvb") as pair:
         server = OpenVPNServer(
@@ -382,6 +386,7 @@ def parse_args(argv: list[str] | None) -> Plan:
         help="the inner TCP's congestion control for every iperf3 run (iperf3 -C), e.g. cubic "
         "or bbr; default the machine's (recorded in the JSON)",
     )
+    p.add_argument("--server-nagle", action="store_true", help=SERVER_NAGLE_HELP)
     a = p.parse_args(argv)
     if a.congestion is not None and a.congestion not in available_congestion():
         p.error(f"--congestion {a.congestion!r}: this kernel offers "
@@ -411,6 +416,7 @@ def parse_args(argv: list[str] | None) -> Plan:
         clients=clients,
         out=a.out,
         congestion=a.congestion,
+        server_nagle=a.server_nagle,
     )
 
 
@@ -454,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             "cells": [c.name for c in plan.cells],
             "clients": list(plan.clients),
             "congestion": plan.congestion or machine.get("tcp_congestion_control"),
-            "server_tcp_lines": SERVER_TCP_LINES,
+            "server_tcp_lines": [] if plan.server_nagle else SERVER_TCP_LINES,
             "elapsed_s": round(elapsed, 1),
         },
         "results": results,

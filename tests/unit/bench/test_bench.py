@@ -92,6 +92,10 @@ def test_the_reference_server_sets_tcp_nodelay_in_tcp_cells_like_trivpn_serve(tm
     assert "socket-flags TCP_NODELAY" in over_tcp.splitlines()
     assert "proto tcp-server" in over_tcp and "data-ciphers CHACHA20-POLY1305" in over_tcp
     assert "socket-flags" not in over_udp
+    shipped = server_config(vpn.server_options(tcp, nagle=True), dev="tun9", local="10.0.0.1", workdir=tmp_path)
+    assert "socket-flags" not in shipped
+    assert vpn.parse_args(["--quick"]).server_nagle is False
+    assert vpn.parse_args(["--quick", "--server-nagle"]).server_nagle is True
 
 
 def test_a_run_missing_a_promised_measurement_is_not_ok() -> None:
