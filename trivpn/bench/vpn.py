@@ -45,12 +45,16 @@ CLIENTS = ("trivpn", "openvpn", "openvpn-default", "trivpn-trio", "trivpn-lowlat
 #: ("openvpn") gets the same socket flag. "openvpn-default" is OpenVPN as shipped (Nagle on),
 #: reported beside it; on UDP the two are the same program and only "openvpn" runs.
 OPENVPN_TCP_FLAGS = ["--socket-flags", "TCP_NODELAY"]
-#: ... and the OpenVPN server's end of a TCP cell too, as `trivpn serve` sets it on every
+#: The OpenVPN server's end of a TCP cell can set it too, as `trivpn serve` does on every
 #: connection it accepts. Without it the server's Nagle held echo replies behind an unacked
 #: segment, and whole rounds of `bench rtt` measured ≈ 24 ms for *both* clients
 #: (docs/performance.md, "The server's Nagle in the TCP cells").
 SERVER_TCP_LINES = ["socket-flags TCP_NODELAY"]
-SERVER_NAGLE_HELP = "TCP cells: run the OpenVPN server as shipped, without TCP_NODELAY (Nagle on)"
+#: `--server-tcp`: "shipped" runs the server's TCP socket as OpenVPN ships it (Nagle on), the
+#: `bench vpn` default, which keeps throughput comparable with every earlier table (against
+#: "nodelay" trivpn's client spent ≈ 30 % more CPU per GB uploaded, same hour, 4 runs each);
+#: "nodelay" adds `SERVER_TCP_LINES`, the `bench rtt` default.
+SERVER_TCP_MODES = ("shipped", "nodelay")
 TRANSPORTS = ("udp", "tcp")
 CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 #: Extra seconds a probe may take beyond its planned workload before it is killed.
@@ -97,7 +101,7 @@ class Plan:
     #: inherit from the machine (`machine.tcp_congestion_control` in the JSON)
     congestion: str | None = None
     #: TCP cells: the OpenVPN server as shipped (Nagle on) instead of `SERVER_TCP_LINES`
-    server_nagle: bool = False
+    server_nagle: bool = True
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,7 +176,16 @@ def cell_clients(cell: Cell, clients: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(c for c in clients if not (c == "openvpn-default" and cell.transport != "tcp"))
 
 
-def server_options(cell: Cell, *, nagle: bool = False) -> ServerOptions:
+def add_server_tcp_option(p: argparse.ArgumentParser, default: str) -> None:
+    """`--server-tcp`, with this benchmark's default."""
+    p.add_argument(
+        "--server-tcp", choices=SERVER_TCP_MODES, default=default,
+        help=f"TCP cells: the OpenVPN server's socket as shipped (Nagle on) or with TCP_NODELAY, "
+        f"as trivpn serve sets it (default {default})",
+    )
+
+
+def server_options(cell: Cell, *, nagle: bool) -> ServerOptions:
     """The reference server's options for `cell` (shared with `bench rtt`); `nagle`: on TCP,
     the server as shipped, without `SERVER_TCP_LINES`."""
     from trivpn.testing import ServerOptions
@@ -386,7 +399,7 @@ def parse_args(argv: list[str] | None) -> Plan:
         help="the inner TCP's congestion control for every iperf3 run (iperf3 -C), e.g. cubic "
         "or bbr; default the machine's (recorded in the JSON)",
     )
-    p.add_argument("--server-nagle", action="store_true", help=SERVER_NAGLE_HELP)
+    add_server_tcp_option(p, "shipped")
     a = p.parse_args(argv)
     if a.congestion is not None and a.congestion not in available_congestion():
         p.error(f"--congestion {a.congestion!r}: this kernel offers "
@@ -416,7 +429,7 @@ def parse_args(argv: list[str] | None) -> Plan:
         clients=clients,
         out=a.out,
         congestion=a.congestion,
-        server_nagle=a.server_nagle,
+        server_nagle=a.server_tcp == "shipped",
     )
 
 
