@@ -52,7 +52,7 @@ OPENVPN_TCP_FLAGS = ["--socket-flags", "TCP_NODELAY"]
 SERVER_TCP_LINES = ["socket-flags TCP_NODELAY"]
 #: `--server-tcp`: "shipped" runs the server's TCP socket as OpenVPN ships it (Nagle on), the
 #: `bench vpn` default, which keeps throughput comparable with every earlier table (against
-#: "nodelay" trivpn's client spent ≈ 30 % more CPU per GB uploaded, same hour, 4 runs each);
+#: "nodelay" trivpn's client spent 16–30 % more CPU per GB uploaded in two same-hour A/Bs);
 #: "nodelay" adds `SERVER_TCP_LINES`, the `bench rtt` default.
 SERVER_TCP_MODES = ("shipped", "nodelay")
 TRANSPORTS = ("udp", "tcp")
