@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"machine": machine,
                "plan": {"rounds": plan.rounds, "pings": plan.pings, "interval_s": INTERVAL,
                         "cells": [c.name for c in plan.cells], "clients": list(clients),
-                        "server_tcp_lines": [] if plan.server_nagle else vpn.SERVER_TCP_LINES, "elapsed_s": round(time.monotonic() - started, 1)},
+                        "server_tcp_lines": plan.server_tcp_lines,
+                        "elapsed_s": round(time.monotonic() - started, 1)},
                "results": results, "runs": all_runs}
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"\nwrote {json_path}")

@@ -103,6 +103,11 @@ class Plan:
     #: TCP cells: the OpenVPN server as shipped (Nagle on) instead of `SERVER_TCP_LINES`
     server_nagle: bool = True
 
+    @property
+    def server_tcp_lines(self) -> list[str]:
+        """What the server's config adds in TCP cells (recorded in the JSON)."""
+        return [] if self.server_nagle else list(SERVER_TCP_LINES)
+
 
 # ---------------------------------------------------------------------------------------
 # running
@@ -473,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             "cells": [c.name for c in plan.cells],
             "clients": list(plan.clients),
             "congestion": plan.congestion or machine.get("tcp_congestion_control"),
-            "server_tcp_lines": [] if plan.server_nagle else SERVER_TCP_LINES,
+            "server_tcp_lines": plan.server_tcp_lines,
             "elapsed_s": round(elapsed, 1),
         },
         "results": results,

@@ -102,6 +102,9 @@ def test_the_reference_servers_tcp_socket_is_as_shipped_or_nodelay_per_benchmark
     assert pairrtt.parse_args(["--quick", "--server-tcp", "shipped"])[0].server_nagle is True
     with pytest.raises(SystemExit):
         vpn.parse_args(["--server-tcp", "fast"])
+    # the JSON records what the server ran with
+    assert vpn.parse_args(["--quick"]).server_tcp_lines == []
+    assert pairrtt.parse_args(["--quick"])[0].server_tcp_lines == ["socket-flags TCP_NODELAY"]
 
 
 def test_a_run_missing_a_promised_measurement_is_not_ok() -> None:
