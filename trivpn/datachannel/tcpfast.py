@@ -42,6 +42,11 @@ call less per packet and direction (`DataThreads._wait_after_lone`; the down thr
 that packet alone, too). A wait that returns at once means input was queued: whole
 batches follow.
 
+While the one thread reads the stream and has just sent an upload's batch, it waits with
+the stream's SO_RCVLOWAT raised (`_gather`, `coalesce.tcp_ack_lowat_after`) for at most
+`tcp_wait_ms`: the returning ACKs, one small segment each from a peer without Nagle, are
+then read several at a time instead of one wake-up each.
+
 A TCP stream has one writer and one reader, so one thread at a time owns each direction of
 the socket and of the crypto state (`Encryptor` / `Decryptor`, see `datachannel.keys` for
 why no lock is needed). Time comes from the link's clock.
@@ -151,6 +156,9 @@ class _Threads(DataThreads[TCPPathIO]):
         #: one-thread layouts, while the first thread reads the stream: the TUN's "writable"
         #: poller for the reads `_send` makes while it waits (None: `_send` only waits)
         self.reading: select.poll | None = None
+        #: one-thread layouts: SO_RCVLOWAT is at `RxCoalesce.tcp_ack_lowat` (an upload's
+        #: returning ACKs gather before a read; `_gathered`)
+        self.gathering = False
 
     def bodies(self) -> list[Body]:
         if self.io.split:
@@ -203,6 +211,31 @@ class _Threads(DataThreads[TCPPathIO]):
 
     def _lowat(self, value: int) -> None:
         self.io.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+
+    def _gather(self, batch: list[bytes]) -> None:
+        """After sending `batch` from the TUN (one-thread layouts, this thread reading the
+        stream): if it was an upload's, let the returning ACKs gather (coalesce.py)."""
+        lowat = coalesce.tcp_ack_lowat_after(self.io.rx, batch)
+        if lowat:
+            self._lowat(lowat)
+            self.gathering = True
+
+    def _ungather(self) -> None:
+        if self.gathering:
+            self._lowat(1)
+            self.gathering = False
+
+    def _wait_gathering(self, poller: select.poll, sock_fd: int) -> list[tuple[int, int]]:
+        """`_wait`, or while ACKs gather a wait of at most `tcp_wait_ms`: when it expires
+        the stream goes back to waking at the first byte and counts as readable (whatever
+        fewer bytes wait are read now)."""
+        if not self.gathering:
+            return self._wait(poller)
+        ready = self._ready(poller.poll(self.io.rx.tcp_wait_ms))
+        if not ready:
+            self._ungather()
+            ready = [(sock_fd, select.POLLIN)]
+        return ready
 
     def up(self) -> None:
         """Stream → TUN, in its own thread (`TCPPathIO.split`)."""
@@ -377,6 +410,7 @@ class _Threads(DataThreads[TCPPathIO]):
                 n = self._receive(tun_writable)
                 up = n > 0
                 if handoff is not None and n >= HANDOFF_BYTES:
+                    self._ungather()  # the bulk thread sets its own SO_RCVLOWAT
                     own = up = False
                     self.reading, out = None, writable
                     handoff.give()
@@ -388,6 +422,8 @@ class _Threads(DataThreads[TCPPathIO]):
                 if down:
                     down_limit = 0
                     self._seal(batch, out)
+                    if own and not self.gathering:
+                        self._gather(batch)
                     wait = coalesce.tun_linger_after(rxc, batch, tun.max_batch)
                     if wait:
                         coalesce.linger(wait)  # opt-in (coalesce.py); bounded
@@ -395,14 +431,14 @@ class _Threads(DataThreads[TCPPathIO]):
             if not (up or down):
                 down_limit = 1
                 self.down_waits += 1
-                ready = self._wait(poller)
+                ready = self._wait_gathering(poller, sock_fd)
                 fresh = True
             elif fresh and not (up and down):
                 # one side's input alone after an idle wait (a ping or its reply): wait again
                 # at once instead of a `poll(0)` and a read to EAGAIN (see fastpath's `both`)
                 self.down_waits += 1
                 start = time.monotonic()
-                ready = self._wait(poller)
+                ready = self._wait_gathering(poller, sock_fd)
                 if time.monotonic() - start < LONE_GAP:
                     fresh = False  # input was queued: busy, read whole batches
                 else:

@@ -452,6 +452,19 @@ def test_the_tun_side_follows_the_same_rule_when_asked_for() -> None:
     assert coalesce.tun_linger_after(coalesce.default_rx_coalesce(low_latency=True), data * 20, full) == 0.0
 
 
+def test_an_upload_batch_gathers_the_returning_acks_and_nothing_else_does() -> None:
+    """TCP: SO_RCVLOWAT is raised after a busy batch from the TUN (an upload), never after
+    a run of ACKs, a few packets or with coalescing off."""
+    rx = coalesce.RxCoalesce(tun_min=8, tun_bytes=8192, tcp_ack_lowat=1024)
+    data = [b"d" * 1400]
+    assert coalesce.tcp_ack_lowat_after(rx, data * 8) == 1024
+    assert coalesce.tcp_ack_lowat_after(rx, data * 64) == 1024  # a full read too: still an upload
+    assert coalesce.tcp_ack_lowat_after(rx, data * 7) == 0
+    assert coalesce.tcp_ack_lowat_after(rx, [b"a" * 52] * 60) == 0  # our ACKs to a download
+    assert coalesce.tcp_ack_lowat_after(coalesce.OFF, data * 20) == 0
+    assert coalesce.tcp_ack_lowat_after(coalesce.default_rx_coalesce(low_latency=True), data * 20) == 0
+
+
 def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(coalesce.RX_COALESCE_ENV, raising=False)
     on = coalesce.default_rx_coalesce()
@@ -460,6 +473,7 @@ def test_low_latency_and_the_environment_turn_coalescing_off(monkeypatch: pytest
     monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "0")
     assert coalesce.default_rx_coalesce() == coalesce.OFF
     assert coalesce.OFF.udp_linger == 0 and coalesce.OFF.tun_linger == 0 and coalesce.OFF.tcp_lowat == 1
+    assert coalesce.OFF.tcp_ack_lowat == 0 and on.tcp_ack_lowat > 1
 
 
 def test_the_environment_can_keep_some_parts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -469,6 +483,7 @@ def test_the_environment_can_keep_some_parts(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "tun")
     part = coalesce.default_rx_coalesce()
     assert part.udp_linger == 0 and part.tcp_lowat == 1 and part.tun_linger == coalesce.TUN_LINGER
+    assert part.tcp_ack_lowat == 0
 
 
 async def test_runs_of_small_datagrams_do_not_linger(waits: list[float]) -> None:

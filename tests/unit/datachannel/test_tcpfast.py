@@ -18,7 +18,7 @@ import pytest
 import trio
 from helpers.waiting import until
 
-from trivpn.datachannel import tcpfast
+from trivpn.datachannel import coalesce, tcpfast
 from trivpn.datachannel.core import DataChannel
 from trivpn.datachannel.service import DataService
 from trivpn.datachannel.tcpfast import TCPPathIO, TCPThreadPlane
@@ -35,13 +35,19 @@ LIMIT = 10.0
 
 
 class Rig:
-    def __init__(self, layout: str = "adaptive") -> None:
+    def __init__(self, layout: str = "adaptive", stream: str = "unix") -> None:
         self.layout = layout
         self.app, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tun_end.setblocking(False)
         self.tun = LinuxTun(os.dup(tun_end.fileno()), "fake0")
         tun_end.close()
-        self.server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if stream == "tcp":  # a loopback connection; the server sends each write as a segment
+            with socket.create_server(("127.0.0.1", 0)) as listener:
+                client = socket.create_connection(listener.getsockname())
+                self.server, _addr = listener.accept()
+            self.server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            self.server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         client.setblocking(False)
         self.server.settimeout(LIMIT)
         self.app.settimeout(LIMIT)
@@ -386,6 +392,69 @@ async def test_one_thread_keeps_reading_while_its_sends_wait(layout: str) -> Non
                 assert threads.handoff is None or threads.handoff.given == 0
                 got = rig.peer.decrypt(await rig.server_packets(count), 1.0)
                 assert got == sent
+                nursery.cancel_scope.cancel()
+    finally:
+        rig.close()
+    assert _no_threads_left()
+
+
+async def test_an_uploads_returning_acks_are_read_together() -> None:
+    """TCP, one-thread layouts (`coalesce.tcp_ack_lowat_after`): after an upload's busy batch
+    the stream wakes the thread only once `tcp_ack_lowat` bytes wait, so ACK-sized packets
+    that a peer without Nagle sends as one segment each are read in one go instead of one
+    wake-up and read each; fewer bytes are still read when the wait times out, and the
+    stream wakes at the first byte again. Pings alone never raise it. A real TCP connection:
+    a unix socket's poll ignores SO_RCVLOWAT."""
+    rig = Rig("adaptive", stream="tcp")
+    rig.plane.io.rx = coalesce.RxCoalesce(tcp_ack_lowat=600, tcp_wait_ms=1000)  # a wide window
+    counting = _CountingSocket(fileno=os.dup(rig.transport.sock.fileno()))
+    counting.setblocking(False)
+    rig.transport.sock.close()
+    rig.transport.sock = counting
+    set_to: list[int] = []
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await rig.start(nursery)
+                threads = _threads(rig)
+                lowat = threads._lowat
+
+                def recorded(value: int) -> None:
+                    set_to.append(value)
+                    lowat(value)
+
+                threads._lowat = recorded
+                for i in range(1, 4):
+                    await _round_trip(rig, i)
+                assert set_to == []  # pings never gather
+                for burst in range(20):  # until one TUN read held a busy batch (≥ tun_min)
+                    upload = [_ip(1000 + 32 * burst + i, 1400) for i in range(32)]
+                    for packet in upload:
+                        rig.app.send(packet)
+                    assert rig.peer.decrypt(await rig.server_packets(32), 1.0) == upload
+                    if set_to:
+                        break
+                assert set_to == [600]
+                # six ACK-sized packets, one segment each (86 bytes on the stream): below 600
+                acks = [_ip(2000 + i, 60) for i in range(7)]
+                reads = _CountingSocket.reads
+                for ack in acks[:6]:
+                    rig.server.sendall(frame_packets(rig.peer.encrypt([ack], 1.0)))
+                    await trio.sleep(0.005)
+                await trio.sleep(0.05)
+                assert _CountingSocket.reads == reads  # the thread did not wake for them
+                rig.server.sendall(frame_packets(rig.peer.encrypt([acks[6]], 1.0)))  # 602 bytes
+                for ack in acks:
+                    assert await trio.to_thread.run_sync(rig.app.recv, 65536) == ack
+                await until(lambda: _CountingSocket.reads >= reads + 2, "read to EAGAIN")
+                assert _CountingSocket.reads == reads + 2  # all seven, then nothing more
+                # one more, below the mark: read once the wait times out; then back to 1
+                rig.server.sendall(frame_packets(rig.peer.encrypt([_ip(3000, 60)], 1.0)))
+                assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(3000, 60)
+                await until(lambda: set_to == [600, 1], "back to waking at the first byte")
+                assert counting.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+                await _round_trip(rig, 4)
+                assert set_to == [600, 1]
                 nursery.cancel_scope.cancel()
     finally:
         rig.close()
