@@ -11,10 +11,13 @@ thread of the `trivpn connect` process (`/proc/PID/task/*/status`: a thread that
 client's namespace (`-R`: download, else upload), and sums the switches per phase.
 
 Usage (as root, from the project root, nothing else running):
-    python3 docs/bench/scripts/issue16_tcp_wakeups.py RUNS OUT.json
+    python3 docs/bench/scripts/issue16_tcp_wakeups.py RUNS OUT.json [BASE_TREE]
 runs `bench vpn --cells tcp-aes-256-gcm --clients trivpn --rounds 1 --seconds 5` RUNS times
 per server setting, alternating, and writes per run: switches during the upload and the
-download, the bytes moved (from the bench's JSON) and switches per MB.
+download, the bytes moved (from the bench's JSON) and switches per MB. With BASE_TREE (a
+checkout of an older trivpn) the server is always at TCP_NODELAY and the runs alternate
+between this tree's client and BASE_TREE's (`bench ab --base BASE_TREE --clients
+trivpn-base`): the before/after of a change to the upload's wake-ups.
 """
 import json
 import subprocess
@@ -72,15 +75,16 @@ def watch(stop: threading.Event, sums: dict[str, int]) -> None:
         time.sleep(PERIOD)
 
 
-def one_run(mode: str) -> dict[str, object]:
+def one_run(mode: str, base: str | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as out:
         sums: dict[str, int] = {}
         stop = threading.Event()
         t = threading.Thread(target=watch, args=(stop, sums))
         t.start()
         try:
-            subprocess.run([sys.executable, "-m", "trivpn.bench", "vpn", "--cells", "tcp-aes-256-gcm",
-                            "--clients", "trivpn", "--rounds", "1", "--seconds", "5", "--server-tcp", mode,
+            bench = ["ab", "--base", base, "--clients", "trivpn-base"] if base else ["vpn", "--clients", "trivpn"]
+            subprocess.run([sys.executable, "-m", "trivpn.bench", *bench, "--cells", "tcp-aes-256-gcm",
+                            "--rounds", "1", "--seconds", "5", "--server-tcp", mode,
                             "--out", out], check=True, stdout=subprocess.DEVNULL, timeout=300)
         finally:
             stop.set()
@@ -88,7 +92,7 @@ def one_run(mode: str) -> dict[str, object]:
         run = json.loads((Path(out) / "bench-vpn.json").read_text())["runs"][0]
     up_mb = run["up_bytes"] / 1e6
     down_mb = (run["moved_bytes"] - run["up_bytes"]) / 1e6
-    return {"server_tcp": mode, "switches_up": sums.get("up", 0), "switches_down": sums.get("down", 0),
+    return {"server_tcp": mode, "tree": "base" if base else "this", "switches_up": sums.get("up", 0), "switches_down": sums.get("down", 0),
             "up_mb": round(up_mb, 1), "down_mb": round(down_mb, 1),
             "switches_per_mb_up": round(sums.get("up", 0) / up_mb, 1) if up_mb else None,
             "switches_per_mb_down": round(sums.get("down", 0) / down_mb, 1) if down_mb else None,
@@ -98,13 +102,19 @@ def one_run(mode: str) -> dict[str, object]:
 
 def main() -> None:
     runs_each, out = int(sys.argv[1]), Path(sys.argv[2])
+    base = sys.argv[3] if len(sys.argv) > 3 else None
     runs = []
     for i in range(runs_each):
+        if base:
+            for tree in ((None, base) if i % 2 == 0 else (base, None)):
+                runs.append(one_run("nodelay", tree))
+                print(json.dumps(runs[-1]), flush=True)
+            continue
         for mode in (("shipped", "nodelay") if i % 2 == 0 else ("nodelay", "shipped")):
             runs.append(one_run(mode))
             print(json.dumps(runs[-1]), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    out.write_text(json.dumps({"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    out.write_text(json.dumps({"commit": commit, "base": base, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "runs": runs}, indent=2) + "\n")
 
 
