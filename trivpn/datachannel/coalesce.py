@@ -30,8 +30,8 @@ Policy (pure values; the threads apply them):
   an upload the peer's packets are mostly the inner TCP's ACKs, ≈ 80 bytes each on the
   stream, and a peer without Nagle (`trivpn serve`, OpenVPN's `tcp-nodelay`) sends each as
   its own segment: waking at the first byte, the thread woke, read, decrypted and polled
-  once per ACK (48 000 single-ACK reads in one 5 s upload, 2 600 with 400 bytes), and
-  ACKs handed to the local TCP one at a time let it send in small bursts.
+  once per ACK (48 117 single-ACK reads in one `bench vpn` round, 957 with the mark;
+  upload CPU per GB −7 to −38 % in same-run A/Bs, docs/performance.md).
 * **TUN** (the sending direction, both transports and every thread layout; opt-in,
   TRIVPN_RX_COALESCE=udp,tcp,tun): after a busy batch read from the TUN (`tun_min`
   packets holding `tun_bytes`) that did not fill the read, sleep `tun_linger` seconds
