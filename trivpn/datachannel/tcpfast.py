@@ -157,7 +157,7 @@ class _Threads(DataThreads[TCPPathIO]):
         #: poller for the reads `_send` makes while it waits (None: `_send` only waits)
         self.reading: select.poll | None = None
         #: one-thread layouts: SO_RCVLOWAT is at `RxCoalesce.tcp_ack_lowat` (an upload's
-        #: returning ACKs gather before a read; `_gathered`)
+        #: returning ACKs gather before a read; `_gather`)
         self.gathering = False
 
     def bodies(self) -> list[Body]:
@@ -221,6 +221,7 @@ class _Threads(DataThreads[TCPPathIO]):
             self.gathering = True
 
     def _ungather(self) -> None:
+        """Back to waking at the stream's first byte."""
         if self.gathering:
             self._lowat(1)
             self.gathering = False
