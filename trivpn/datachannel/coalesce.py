@@ -99,7 +99,7 @@ def default_rx_coalesce(*, low_latency: bool = False) -> RxCoalesce:
         tcp_busy=on.tcp_busy if "tcp" in parts else OFF.tcp_busy,
         tcp_lowat=on.tcp_lowat if "tcp" in parts else 1,
         tcp_ack_lowat=on.tcp_ack_lowat if "tcp" in parts else 0,
-        tun_min=on.tun_min if "tun" in parts else OFF.tun_min,
+        tun_min=on.tun_min,  # also what a busy TUN batch is for `tcp_ack_lowat_after`
         tun_linger=TUN_LINGER if "tun" in parts else 0.0,
     )
 

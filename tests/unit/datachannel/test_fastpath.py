@@ -480,10 +480,13 @@ def test_the_environment_can_keep_some_parts(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "udp,tcp")
     part = coalesce.default_rx_coalesce()
     assert part.udp_linger > 0 and part.tcp_lowat > 1 and part.tun_linger == 0
+    busy = [b"d" * 1400] * 16
+    assert coalesce.tcp_ack_lowat_after(part, busy) == coalesce.RxCoalesce().tcp_ack_lowat
+    assert coalesce.tun_linger_after(part, busy, 64) == 0  # the TUN side still off
     monkeypatch.setenv(coalesce.RX_COALESCE_ENV, "tun")
     part = coalesce.default_rx_coalesce()
     assert part.udp_linger == 0 and part.tcp_lowat == 1 and part.tun_linger == coalesce.TUN_LINGER
-    assert part.tcp_ack_lowat == 0
+    assert part.tcp_ack_lowat == 0 and coalesce.tcp_ack_lowat_after(part, busy) == 0
 
 
 async def test_runs_of_small_datagrams_do_not_linger(waits: list[float]) -> None:
