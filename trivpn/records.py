@@ -8,6 +8,12 @@ compiles each with its own `exec` when the class statement runs. Measured
 instantiates. Here only `__init__` is compiled, on its class's first instantiation; the
 others are small shared functions built from the field list (`operator.attrgetter` for
 equality and hashing, a closure for frozenness), so a class statement runs no compiler.
+Compiling even that `__init__` cost ≈ 0.15 ms per class, 49 classes before a connect's
+first ping (7–11 ms, docs/performance.md): so a class's first `COMPILE_AFTER`
+instantiations go through one shared `__init__` that binds the arguments from the field
+list, and only a class made more often than that gets its own compiled `__init__` (about
+5× faster per call). Anything but a plain, valid call (a missing, unexpected or repeated
+argument) compiles at once and lets the compiled `__init__` raise the standard error.
 
 How: the standard library still processes the class with its generated methods switched
 off (`init=False, repr=False, eq=False, frozen=False`), so the fields, `__slots__`,
@@ -31,7 +37,7 @@ from dataclasses import MISSING, Field, FrozenInstanceError, field
 from operator import attrgetter
 from typing import Any, TypeVar, dataclass_transform, overload
 
-__all__ = ["dataclass", "field"]
+__all__ = ["COMPILE_AFTER", "dataclass", "field"]
 
 _T = TypeVar("_T")
 #: the marker for "this argument was left out: call the default factory"
@@ -144,12 +150,77 @@ def _install(cls: type, name: str, fn: Callable[..., Any]) -> None:
     type.__setattr__(cls, name, fn)
 
 
+#: Instantiations a class gets through the shared `__init__` before its own is compiled
+#: (module docstring); 0 compiles on the first.
+COMPILE_AFTER = 8
+
+
+class _Binder:
+    """What the shared `__init__` knows about a class's fields, worked out on first use."""
+
+    __slots__ = ("n_init", "index", "required", "steps", "set", "post_init")
+
+    def __init__(self, cls: type, flds: tuple[Field[Any], ...], frozen: bool, slots: bool) -> None:
+        init = [f for f in flds if f.init]
+        self.n_init = len(init)
+        self.index = {f.name: i for i, f in enumerate(init)}
+        self.required = tuple((i, f.name) for i, f in enumerate(init)
+                              if f.default is MISSING and f.default_factory is MISSING)
+        #: (name, argument position or -1, default, default factory), in field order; the
+        #: fields `_compile_init` leaves to their class attribute are left out here too
+        self.steps: list[tuple[str, int, Any, Any]] = []
+        for f in flds:
+            if f.init or f.default_factory is not MISSING or (slots and f.default is not MISSING):
+                self.steps.append((f.name, self.index[f.name] if f.init else -1, f.default,
+                                   f.default_factory))
+        self.set: Callable[[Any, str, Any], None] = object.__setattr__ if frozen else setattr
+        self.post_init = hasattr(cls, "__post_init__")
+
+    def bind(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Initialise `obj` as the compiled `__init__` would; False (and `obj` untouched) for
+        any call that the compiled one would refuse."""
+        n = len(args)
+        if n > self.n_init:
+            return False
+        index = self.index
+        for name in kwargs:
+            if index.get(name, -1) < n:  # unknown, or given positionally as well
+                return False
+        for i, name in self.required:
+            if i >= n and name not in kwargs:
+                return False
+        values = []
+        for name, i, default, factory in self.steps:
+            if 0 <= i < n:
+                values.append(args[i])
+            elif i >= 0 and name in kwargs:
+                values.append(kwargs[name])
+            else:
+                values.append(default if factory is MISSING else factory())
+        set_ = self.set
+        for (name, *_), value in zip(self.steps, values, strict=True):
+            set_(obj, name, value)
+        if self.post_init:
+            obj.__post_init__()
+        return True
+
+
 def _lazy_init(cls: type, flds: tuple[Field[Any], ...], frozen: bool, slots: bool) -> Callable[..., None]:
-    """An `__init__` that compiles the real one for `cls`, installs it and runs it."""
+    """An `__init__` that binds through `_Binder` for the class's first `COMPILE_AFTER`
+    instantiations, then compiles the real one for `cls`, installs it and runs it."""
+    binder: _Binder | None = None
+    made = 0
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal binder, made
         real = cls.__dict__["__init__"]
         if real is __init__:
+            made += 1  # a lost increment under threads only compiles a little later
+            if made <= COMPILE_AFTER:
+                if binder is None:
+                    binder = _Binder(cls, flds, frozen, slots)
+                if binder.bind(self, args, kwargs):
+                    return
             with _compile_lock:
                 real = cls.__dict__["__init__"]
                 if real is __init__:

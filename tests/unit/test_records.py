@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import pickle
 from typing import Any
 
@@ -279,16 +280,73 @@ def test_error_messages_name_the_class() -> None:
         ours(1, zz=2)
 
 
-def test_init_is_compiled_once_on_first_use_and_never_at_definition() -> None:
+def _compiled(cls: type) -> bool:
+    """Whether `cls` has its own compiled `__init__` (not the shared trampoline)."""
+    return bool(cls.__dict__["__init__"].__code__.co_varnames[:3] != ("self", "args", "kwargs"))
+
+
+def test_init_is_compiled_after_a_few_uses_and_never_at_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "COMPILE_AFTER", 3)
     cls = records.dataclass(frozen=True, slots=True)(type("Lazy", (), {"__annotations__": {"a": "int"}}))
     first = cls.__dict__["__init__"]
-    assert first.__code__.co_varnames[:3] == ("self", "args", "kwargs")  # the trampoline
-    assert cls(1).a == 1
+    for i in range(3):  # the shared __init__ binds the arguments
+        assert cls(i).a == i and cls.__dict__["__init__"] is first
+    assert cls(3).a == 3
     compiled = cls.__dict__["__init__"]
     assert compiled is not first and compiled.__code__.co_varnames[:2] == ("self", "a")
     assert compiled.__qualname__ == "Lazy.__init__"
-    cls(2)
+    cls(4)
     assert cls.__dict__["__init__"] is compiled
+    # a call the shared __init__ would have to refuse compiles at once: the error is the
+    # compiled one's, word for word the standard library's
+    other = records.dataclass(type("Lazy2", (), {"__annotations__": {"a": "int"}}))
+    with pytest.raises(TypeError, match=r"Lazy2.__init__\(\) missing 1 required positional argument: 'a'"):
+        other()
+    assert _compiled(other)
+
+
+#: calls per shape, the valid ones first (an invalid call compiles the class's __init__)
+CALLS: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {
+    "Frozen": [((1,), {}), ((1, "y", (2,)), {}), ((), {"a": 3, "note": "n"}),
+               ((), {"c": (5,), "a": 1}), ((1, "y"), {"secret": b"s"}),
+               ((), {}), ((1, 2, 3, 4, 5, 6), {}), ((1,), {"zz": 1}), ((1,), {"a": 2})],
+    "Mutable": [((1,), {}), ((1, 2), {}), ((), {"b": 4, "a": 1}), ((1, 2, 3), {}), ((), {"total": 1})],
+    "Plain": [((1,), {}), ((1, {"k": 1}), {}), ((), {"b": {}, "a": 0}), ((), {"b": {}})],
+    "Derived": [((0,), {}), ((0, 1, 2), {}), ((), {"c": 9, "a": 1}), ((0, 1, 2, 3), {})],
+    "Empty": [((), {}), ((1,), {}), ((), {"x": 1})],
+    "Identity": [((1,), {}), ((), {"a": 2})],
+}
+
+
+@pytest.mark.parametrize("after", [0, 10**6], ids=["compiled", "shared"])
+def test_both_inits_agree_with_the_standard_library(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    monkeypatch.setattr(records, "COMPILE_AFTER", after)
+    ours = shapes(records.dataclass)  # fresh classes: nothing compiled yet
+    for name, calls in CALLS.items():
+        refused = False
+        for args, kwargs in calls:
+            s = outcome(functools.partial(STD[name], *args, **kwargs))
+            o = outcome(functools.partial(ours[name], *args, **kwargs))
+            assert s[0] == o[0], (name, args, kwargs)
+            if s[0] == "ok":
+                mine = reprs(o[1]).replace("shapes.<locals>.", "")
+                assert mine == reprs(s[1]) and dataclasses.astuple(o[1]) == dataclasses.astuple(s[1])
+                assert not hasattr(o[1], "__dict__") or name == "Plain"
+            else:
+                assert o[1] == s[1], (name, args, kwargs)
+                refused = True
+            assert _compiled(ours[name]) == (after == 0 or refused), (name, args, kwargs)
+
+
+def test_the_shared_init_calls_factories_and_post_init_per_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "COMPILE_AFTER", 10**6)
+    ours = shapes(records.dataclass)
+    one, two = ours["Plain"](1), ours["Plain"](1)
+    assert one.b == {} and one.b is not two.b
+    assert ours["Mutable"](1, 5).total == 6
+    assert not _compiled(ours["Plain"]) and not _compiled(ours["Mutable"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ours["Frozen"](1).a = 2  # type: ignore[misc]
 
 
 def test_options_it_does_not_implement_go_to_the_standard_library() -> None:
