@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from helpers.profiles import shared_pki
 from helpers.serving import answer_echo, client_profile, ping, server_config
 
 import trivpn
+import trivpn.api
 from trivpn.api import tunnel as tunnel_module
 from trivpn.api.failures import raise_cause
 from trivpn.profile.profile import load_profile, parse_profile
@@ -210,3 +213,21 @@ def test_control_verdicts_name_their_cause() -> None:
     assert issubclass(trivpn.CertificateRestart, trivpn.CertificateRejected)
     assert issubclass(trivpn.CertificateRestart, trivpn.SessionRestart)
     assert issubclass(trivpn.ConnectTimeout, trivpn.RetryLimitReached)
+
+
+def test_a_client_tunnel_does_not_import_the_server() -> None:
+    """`trivpn.connect` (and `trivpn ping`, which uses it) loads no server module; the
+    server half of `trivpn.api` comes on first use, under the same names."""
+    code = (
+        "import sys, trivpn.api as api\n"
+        "before = sorted(m for m in sys.modules if m.startswith('trivpn.server'))\n"
+        "from trivpn.api import serve, ServedServer, ServedClient\n"
+        "from trivpn.api.server import serve as real\n"
+        "assert serve is real and api.serve is real and 'serve' in dir(api)\n"
+        "assert sys.modules['trivpn.api'].ServedClient is ServedClient\n"
+        "print(before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        trivpn.api.nope  # type: ignore[attr-defined]  # noqa: B018
