@@ -22,7 +22,13 @@ lazystdlib.defer()  # before trio imports ssl and hmac: see trivpn/lazystdlib.py
 import trio  # noqa: E402
 
 from trivpn import __version__  # noqa: E402
-from trivpn.cli_common import finish_parsers, one_malloc_arena, setup_logging  # noqa: E402
+from trivpn.cli_common import (  # noqa: E402
+    TUNING_COMMANDS,
+    check_tuning_env,
+    finish_parsers,
+    one_malloc_arena,
+    setup_logging,
+)
 from trivpn.errors import ConfigError, TrivpnError  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
@@ -505,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "handler", None) or {"connect": cmd_connect, "ping": cmd_ping}[args.command]
     try:
         _refuse_password_flag(args)
+        if args.command in TUNING_COMMANDS:
+            check_tuning_env()
         rc: int = trio.run(handler, args)
         return rc
     except KeyboardInterrupt:

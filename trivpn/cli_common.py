@@ -88,6 +88,24 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: str | None = 
 _M_ARENA_MAX = -8
 
 
+#: the commands whose data paths read the tuning variables below
+TUNING_COMMANDS = frozenset({"connect", "ping", "serve", "tunnel"})
+
+
+def check_tuning_env() -> None:
+    """Read the data-path tuning variables (TRIVPN_RX_COALESCE, TRIVPN_DATA_THREADS,
+    TRIVPN_TUN_GRO) once at start: a mistyped value is a one-line `ConfigError` before
+    anything connects, not a failure (or a silently different layout) later. Each is read
+    again where it applies."""
+    from trivpn.datachannel.coalesce import default_rx_coalesce
+    from trivpn.datachannel.threadrun import data_threads_from_env
+    from trivpn.tun.linux import gro_wanted
+
+    default_rx_coalesce()
+    data_threads_from_env()
+    gro_wanted()
+
+
 def one_malloc_arena() -> bool:
     """Ask glibc's malloc for one arena for the whole process, before any thread starts.
 

@@ -52,6 +52,7 @@ import os
 import time
 from collections.abc import Sequence
 
+from trivpn.errors import ConfigError
 from trivpn.records import dataclass
 
 __all__ = ["RX_COALESCE_ENV", "RxCoalesce", "default_rx_coalesce", "linger", "tcp_ack_lowat_after",
@@ -59,6 +60,8 @@ __all__ = ["RX_COALESCE_ENV", "RxCoalesce", "default_rx_coalesce", "linger", "tc
 
 #: "0" turns receive coalescing off (same-run benchmarks, latency-first users)
 RX_COALESCE_ENV = "TRIVPN_RX_COALESCE"
+#: ... and a comma-separated list of these keeps only the parts named
+RX_PARTS = frozenset({"udp", "tcp", "tun"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +88,18 @@ OFF = RxCoalesce(udp_min=1 << 30, udp_linger=0.0, tcp_busy=1 << 30, tcp_lowat=1,
 
 def default_rx_coalesce(*, low_latency: bool = False) -> RxCoalesce:
     """The policy a session uses: on, unless low-latency mode or TRIVPN_RX_COALESCE=0;
-    TRIVPN_RX_COALESCE may also name the parts to keep (comma-separated: udp, tcp, tun)."""
+    TRIVPN_RX_COALESCE may also name the parts to keep (comma-separated: udp, tcp, tun).
+    Any other value is a `ConfigError`: a mistyped knob must not silently turn parts off."""
     value = os.environ.get(RX_COALESCE_ENV, "1").strip().lower()
     if low_latency or value == "0":
         return OFF
     on = RxCoalesce()
     if value == "1":
         return on
-    parts = {p.strip() for p in value.split(",")}
+    parts = {p.strip() for p in value.split(",")} - {""}
+    if not parts or parts - RX_PARTS:
+        raise ConfigError(f"{RX_COALESCE_ENV}={value!r}: expected 0, 1, or the parts to keep "
+                          f"from {', '.join(sorted(RX_PARTS))}, comma-separated")
     return RxCoalesce(
         udp_min=on.udp_min if "udp" in parts else OFF.udp_min,
         udp_linger=on.udp_linger if "udp" in parts else 0.0,

@@ -36,13 +36,13 @@ from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple
 import trio
 
 from trivpn.datachannel.link import DataLink
-from trivpn.errors import LocalProtocolError
+from trivpn.errors import ConfigError, LocalProtocolError
 
 log = logging.getLogger("trivpn.datachannel")
 
 __all__ = [
     "DATA_THREADS_ENV", "Body", "DataThreads", "Handoff", "PathIO", "Stopped", "ThreadedPlane",
-    "adaptive_from_env", "drain", "split_from_env",
+    "adaptive_from_env", "data_threads_from_env", "drain", "split_from_env",
 ]
 
 #: Environment variable choosing the thread planes' layout when the caller does not: "1"
@@ -51,14 +51,24 @@ __all__ = [
 DATA_THREADS_ENV = "TRIVPN_DATA_THREADS"
 
 
+def data_threads_from_env() -> str:
+    """TRIVPN_DATA_THREADS: "1", "2", or "" (unset: adaptive); anything else is a
+    `ConfigError`, so that a mistyped value does not quietly pick another layout."""
+    value = os.environ.get(DATA_THREADS_ENV, "").strip()
+    if value not in ("", "1", "2"):
+        raise ConfigError(f"{DATA_THREADS_ENV}={value!r}: expected 1 (one thread), 2 (one per "
+                          "direction) or unset (adaptive)")
+    return value
+
+
 def split_from_env() -> bool:
     """The default of a path IO's `split`: one fixed thread per direction."""
-    return os.environ.get(DATA_THREADS_ENV) == "2"
+    return data_threads_from_env() == "2"
 
 
 def adaptive_from_env() -> bool:
     """The default of a path IO's `adaptive`: hand bulk input to a second thread."""
-    return os.environ.get(DATA_THREADS_ENV) != "1"
+    return data_threads_from_env() != "1"
 
 
 class Stopped(Exception):

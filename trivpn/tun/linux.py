@@ -56,8 +56,12 @@ class TunPermissionError(TrivpnError):
 
 
 def gro_wanted() -> bool:
-    """Whether new TUNs get the write offload (TRIVPN_TUN_GRO=0 turns it off)."""
-    return os.environ.get(TUN_GRO_ENV, "1") != "0"
+    """Whether new TUNs get the write offload (TRIVPN_TUN_GRO=0 turns it off; a value other
+    than 0 or 1 is a `ConfigError`)."""
+    value = os.environ.get(TUN_GRO_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise ConfigError(f"{TUN_GRO_ENV}={value!r}: expected 0 (no write offload) or 1")
+    return value == "1"
 
 
 def open_tun(name: str = "tvpn%d", *, vnet_hdr: bool | None = None) -> tuple[int, str]:
