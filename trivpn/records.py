@@ -12,7 +12,7 @@ Compiling even that `__init__` cost ≈ 0.15 ms per class, 49 classes before a c
 first ping (7–11 ms, docs/performance.md): so a class's first `COMPILE_AFTER`
 instantiations go through one shared `__init__` that binds the arguments from the field
 list, and only a class made more often than that gets its own compiled `__init__` (about
-5× faster per call). Anything but a plain, valid call (a missing, unexpected or repeated
+4× faster per call). Anything but a plain, valid call (a missing, unexpected or repeated
 argument) compiles at once and lets the compiled `__init__` raise the standard error.
 
 How: the standard library still processes the class with its generated methods switched
