@@ -113,6 +113,8 @@ async def resolve(host: str, port: int, proto: str) -> list[Endpoint]:
         infos = await trio.socket.getaddrinfo(query, port, _family_for(proto), socktype)
     except socket.gaierror as exc:
         raise ResolveError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except UnicodeError as exc:  # the IDNA codec refused it (an empty label, say): no lookup ran
+        raise ResolveError(f"cannot resolve {host!r}: not a valid host name ({exc})") from None
     out: list[Endpoint] = []
     for family, _type, _proto, _canon, sockaddr in infos:
         # (the (int, bytes) form of sockaddr belongs to other families)

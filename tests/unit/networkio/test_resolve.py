@@ -39,6 +39,13 @@ async def test_names_go_to_the_resolver_as_bytes_unless_they_need_idna(monkeypat
     assert asked == [b"vpn.example.net", "bücher.example"]  # trio encodes the second (IDNA)
 
 
+async def test_a_name_the_idna_codec_refuses_is_a_one_line_error() -> None:
+    """Refused before any lookup is sent (an empty label), so nothing leaves the machine;
+    it used to escape as a UnicodeError (an internal error, not a config one)."""
+    with pytest.raises(ResolveError, match=r"cannot resolve 'bü\.\.example': not a valid host name"):
+        await resolve("bü..example", 1194, "udp")
+
+
 def test_a_numeric_remote_does_not_load_the_idna_codec() -> None:
     """The standard library's getaddrinfo runs a str host through the "idna" codec (and
     imports `encodings.idna` and `stringprep` for it) even when it is an IP address."""
