@@ -318,7 +318,10 @@ def _socks_address(host: str) -> bytes:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        name = host.encode("idna") if not host.isascii() else host.encode()
+        try:
+            name = host.encode("idna") if not host.isascii() else host.encode()
+        except UnicodeError as exc:  # an empty or over-long label, say
+            raise ConfigError(f"{host!r} is not a valid host name ({exc})") from None
         if not 1 <= len(name) <= 255:
             raise ConfigError(f"host name {host!r} is too long for SOCKS5 (255 bytes)") from None
         return bytes((ATYP_DOMAIN, len(name))) + name

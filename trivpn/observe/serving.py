@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from trivpn.errors import ConfigError
+from trivpn.hostnames import check_host_name
 from trivpn.management import config as mconfig
 from trivpn.management.core import ManagementHost
 from trivpn.management.service import ManagementService
@@ -39,6 +40,7 @@ def parse_host_port(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
+    check_host_name(host.strip("[]"), what)
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

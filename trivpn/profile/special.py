@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from trivpn.hostnames import host_name_problem
 from trivpn.profile import netopts
 from trivpn.profile.checks import (
     Invalid,
@@ -56,6 +57,8 @@ def _remote(ctx: Context, line: int, name: str, args: list[str], inline: bool) -
     host = args[0]
     if not host:
         raise Invalid("empty host name")
+    if (problem := host_name_problem(host)) is not None:
+        raise Invalid(f"{host!r} is not a valid host name ({problem})")
     port = integer(args[1], 1, 65535) if len(args) > 1 else None
     proto = proto_name(args[2]) if len(args) > 2 else None
     if ctx.in_block and ctx.scope.extra.raw_remotes:
@@ -271,6 +274,8 @@ def _proxy_credentials(
 def _proxy_host_port(host: str, port: str) -> tuple[str, int]:
     if not host:
         raise Invalid("empty proxy host name")
+    if (problem := host_name_problem(host)) is not None:
+        raise Invalid(f"{host!r} is not a valid host name ({problem})")
     return host, integer(port, 1, 65535)
 
 

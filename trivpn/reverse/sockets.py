@@ -16,6 +16,7 @@ from collections import deque
 import trio
 
 from trivpn.errors import ConfigError
+from trivpn.hostnames import check_host_name
 
 IOV_BATCH = 64  # buffers per sendmsg()
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -36,6 +37,7 @@ def parse_hostport(value: str, what: str, default_host: str = "") -> tuple[str, 
         raise ConfigError(f"{what} has a bad port: {value!r}") from None
     if not 0 <= port <= 65535:
         raise ConfigError(f"{what} port must be 0..65535, not {port}")
+    check_host_name(host, what)
     return host or default_host, port
 
 

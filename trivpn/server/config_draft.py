@@ -12,6 +12,7 @@ from dataclasses import field
 from ipaddress import IPv4Address, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
+from trivpn.hostnames import host_name_problem
 from trivpn.profile.checks import Invalid, integer
 from trivpn.profile.table import MAX_SECONDS
 from trivpn.records import dataclass
@@ -189,6 +190,8 @@ def ipv6_prefix(value: str, *, strict: bool) -> IPv6Interface:
 def host(value: str) -> str:
     if not value or any(c.isspace() for c in value):
         raise Invalid(f"invalid host name {value[:60]!r}")
+    if (problem := host_name_problem(value)) is not None:
+        raise Invalid(f"invalid host name {value[:60]!r} ({problem})")
     return value
 
 

@@ -188,6 +188,13 @@ def test_socks_no_auth_domain_name() -> None:
     assert hs.done and hs.leftover == b"" and hs.method == 0
 
 
+def test_socks_names_it_cannot_send_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"'bü\.\.example' is not a valid host name"):
+        Socks5Handshake("bü..example", 1194)  # IDNA refuses an empty label
+    with pytest.raises(ConfigError, match="too long for SOCKS5"):
+        Socks5Handshake("a" * 256, 1194)
+
+
 @pytest.mark.parametrize(
     ("host", "addr"),
     [("10.201.0.1", b"\x01\x0a\xc9\x00\x01"), ("fd00:201::1", b"\x04" + socket.inet_pton(socket.AF_INET6, "fd00:201::1"))],
