@@ -4,8 +4,8 @@ Why: the standard library's `getaddrinfo` (and trio's, which calls it) runs ever
 host through the IDNA codec first, and a name the codec refuses — an empty label as in
 `a..b`, a label over 63 characters — raises `UnicodeError`, not `socket.gaierror`. Checked
 where a command line or a file names a host, that is a one-line `ConfigError` instead of an
-internal error (or endless retries) at connect time. ASCII names are checked by hand, as
-the codec would, so that a client's start does not import the codec (≈ 1 ms) for them.
+internal error at connect time. ASCII names are checked by hand, as the codec would, so that
+a client's start does not import the codec (≈ 1 ms) for them.
 """
 
 from __future__ import annotations
