@@ -42,6 +42,13 @@ def test_the_places_that_name_hosts_refuse_them() -> None:
     with pytest.raises(ConfigError, match=r"--metrics-addr: 'a\.\.b' is not a valid host name"):
         parse_host_port("a..b:9100", "--metrics-addr")
     assert parse_hostport(":7000", "--addr", "127.0.0.1") == ("127.0.0.1", 7000)
+    assert parse_hostport("[::1]:7000", "--addr") == ("::1", 7000)
+    assert parse_host_port("[::1]:9100", "--metrics-addr") == ("::1", 9100)
+    for bad in ("[::1:7000", "::1]:7000", "[[::1]]:7000"):
+        with pytest.raises(ConfigError, match="must be HOST:PORT"):
+            parse_hostport(bad, "--addr")
+        with pytest.raises(ConfigError, match="must be HOST:PORT"):
+            parse_host_port(bad, "--metrics-addr")
 
 
 def test_expose_says_so_in_one_line() -> None:

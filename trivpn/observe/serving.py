@@ -38,10 +38,12 @@ class ManagementSpec:
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 as `[addr]:port`) or ConfigError."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or "[" in host or "]" in host:
         raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
-    check_host_name(host.strip("[]"), what)
-    return host.strip("[]") or "127.0.0.1", int(port)
+    check_host_name(host, what)
+    return host or "127.0.0.1", int(port)
 
 
 async def start_management(

@@ -31,6 +31,8 @@ def parse_hostport(value: str, what: str, default_host: str = "") -> tuple[str, 
         raise ConfigError(f"{what} must be HOST:PORT, not {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if "[" in host or "]" in host:
+        raise ConfigError(f"{what} must be HOST:PORT or [IPv6]:PORT, not {value!r}")
     try:
         port = int(port_s)
     except ValueError:
