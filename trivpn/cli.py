@@ -361,7 +361,7 @@ def _observe_options(profile: Profile, args: argparse.Namespace) -> tuple[Any, A
         mgmt = (mgmt[0] if mgmt[1] is not None else rel(mgmt[0]), mgmt[1], rel(mgmt[2]) if mgmt[2] else None)
     if args.management:
         host, sep, port = args.management.rpartition(":")
-        if sep and port.isdigit():
+        if sep and port.isascii() and port.isdigit():
             mgmt = (host.strip("[]"), int(port), None)
         else:
             mgmt = (os.path.abspath(args.management), None, None)
@@ -369,7 +369,7 @@ def _observe_options(profile: Profile, args: argparse.Namespace) -> tuple[Any, A
         mgmt = (mgmt[0], mgmt[1], os.path.abspath(args.management_password_file))
     status = (rel(profile.status[0]), float(profile.status[1])) if profile.status else None
     if args.status:
-        if len(args.status) > 2 or (len(args.status) == 2 and not args.status[1].isdigit()):
+        if len(args.status) > 2 or (len(args.status) == 2 and not (args.status[1].isascii() and args.status[1].isdigit())):
             raise ConfigError("--status takes FILE [SECONDS]")
         status = (os.path.abspath(args.status[0]), float(args.status[1]) if len(args.status) == 2 else 60.0)
     if mgmt is None and status is None and not args.metrics_addr:

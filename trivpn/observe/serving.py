@@ -40,7 +40,7 @@ def parse_host_port(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or "[" in host or "]" in host:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536 or "[" in host or "]" in host:
         raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
     check_host_name(host, what)
     return host or "127.0.0.1", int(port)

@@ -25,7 +25,7 @@ MAX_REPLY = 4 * 1024 * 1024
 async def _open(where: str) -> trio.abc.Stream:
     host, sep, port = where.rpartition(":")
     try:
-        if sep and port.isdigit() and "/" not in where:
+        if sep and port.isascii() and port.isdigit() and "/" not in where:
             return await trio.open_tcp_stream(host.strip("[]") or "127.0.0.1", int(port))
         return await trio.open_unix_socket(where)
     except OSError as exc:

@@ -105,7 +105,7 @@ def parse_remote(text: str | None, settings: Settings) -> tuple[str, int]:
         port = rest[1:] or port
     elif text.count(":") == 1:
         host, port = text.split(":")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"--remote {text[:60]!r}: the port must be 1..65535")
     return store.check_host(host), int(port)
 

@@ -266,7 +266,7 @@ def _tls_version_min(args: list[str]) -> str:
 
 def _is_version(text: str) -> bool:
     major, dot, minor = text.partition(".")
-    return bool(dot) and major.isdigit() and minor.isdigit() and len(text) < 8
+    return bool(dot) and text.isascii() and major.isdigit() and minor.isdigit() and len(text) < 8
 
 
 def _tls_version_max(args: list[str]) -> str:

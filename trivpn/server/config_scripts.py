@@ -34,7 +34,7 @@ def _auth_gen_token(d: Draft, line: int, args: list[str], inline: bool) -> None:
     renewal: int | None = None
     external = False
     for i, arg in enumerate(args[1:], start=2):
-        if i == 2 and arg.isdigit():
+        if i == 2 and arg.isascii() and arg.isdigit():
             renewal = integer(arg, 1, MAX_SECONDS)
         elif arg == "external-auth":
             external = True

@@ -60,7 +60,7 @@ def auth_pending_timeout(text: str, default: float = 60.0) -> float:
     """`AUTH_PENDING,timeout 120` → 120 (OpenVPN's keyword list); default otherwise."""
     for part in text.split(",")[1:]:
         words = part.split()
-        if len(words) == 2 and words[0] == "timeout" and words[1].isdigit():
+        if len(words) == 2 and words[0] == "timeout" and words[1].isascii() and words[1].isdigit():
             return float(min(int(words[1]), MAX_AUTH_PENDING))
     return default
 

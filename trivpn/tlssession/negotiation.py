@@ -145,7 +145,7 @@ class PeerInfo:
 
     def _int(self, key: str) -> int:
         value = self.items.get(key, "")
-        return int(value) if value.isdigit() and len(value) <= 9 else 0
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 0
 
     @property
     def iv_proto(self) -> int:

@@ -127,7 +127,8 @@ def test_app_routes_and_guards() -> None:
     ):
         got = app.handle(_req(replay, method=method, extra=extra))
         assert isinstance(got, Response) and got.status == status
-    for bad in (b"/api/replay/999", b"/api/replay/x", b"/api/replay/" + b"9" * 40):
+    for bad in (b"/api/replay/999", b"/api/replay/x", b"/api/replay/" + b"9" * 40,
+                b"/api/replay/%C2%B2"):
         got = app.handle(_req(bad, method=b"POST", extra=ok_header))
         assert isinstance(got, Response) and got.status == 404
 

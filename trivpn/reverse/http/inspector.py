@@ -168,7 +168,7 @@ class InspectorApp:
             if REPLAY_HEADER not in headers:
                 return _error(403, f"replay needs the {REPLAY_HEADER} header")
             rid = path.rpartition("/")[2]
-            rec = self.history.get(int(rid)) if rid.isdigit() and len(rid) < 12 else None
+            rec = self.history.get(int(rid)) if rid.isascii() and rid.isdigit() and len(rid) < 12 else None
             if rec is None:
                 return _error(404, "no such request in the history")
             if not replayable(rec.exchange):
