@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
+from helpers.fresh import fresh_stdout
 from helpers.profiles import shared_pki
 from helpers.serving import answer_echo, client_profile, ping, server_config
 
@@ -227,7 +226,6 @@ def test_a_client_tunnel_does_not_import_the_server() -> None:
         "assert sys.modules['trivpn.api'].ServedClient is ServedClient\n"
         "print(before)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "[]"
+    assert fresh_stdout(code) == "[]"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         trivpn.api.nope  # type: ignore[attr-defined]  # noqa: B018

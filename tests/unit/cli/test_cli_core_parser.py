@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 
 import pytest
+from helpers.fresh import fresh_stdout
 
 from trivpn import cli
 
@@ -57,5 +56,4 @@ def test_connect_imports_no_plugin_module() -> None:
         "import sys, trivpn.cli as c; c.build_parser(c.core_command(['connect', 'a.ovpn']))"
         ".parse_args(['connect', 'a.ovpn']); print(sorted(m for m in c.PLUGIN_COMMANDS if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "[]"
+    assert fresh_stdout(code) == "[]"

@@ -4,11 +4,10 @@ numeric address costs at start-up (numeric addresses only: no lookup leaves the 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import pytest
 import trio
+from helpers.fresh import fresh_stdout
 
 from trivpn.networkio.transport import ResolveError, resolve
 
@@ -55,5 +54,4 @@ def test_a_numeric_remote_does_not_load_the_idna_codec() -> None:
         "trio.run(resolve, '127.0.0.1', 1194, 'udp')\n"
         "print(sorted(m for m in ('encodings.idna', 'stringprep') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "[]"
+    assert fresh_stdout(code) == "[]"
