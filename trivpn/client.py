@@ -159,6 +159,9 @@ class Client:
         self.observer = observer
         self._restart_scope: trio.CancelScope | None = None
         self._restart_reason: str | None = None
+        #: the current session's exit notification went out: None = before a stop, else
+        #: the restart it precedes (a session that ends after it ended as asked)
+        self._goodbye: tuple[str | None] | None = None
 
     def restart(self, reason: str) -> None:
         """End the current session now and go on with the next attempt (SIGUSR1/SIGHUP)."""
@@ -172,9 +175,11 @@ class Client:
         """The per-key TLS session maker of this client's sessions (see `tls_session_factory`)."""
         return tls_session_factory(self.config, proto, connection, lambda: self._auth_token)
 
-    async def exit_notify(self) -> None:
-        """Tell the server we are leaving (EXIT with cc-exit, else OCC exit on UDP)."""
+    async def exit_notify(self, restart: str | None = None) -> None:
+        """Tell the server we are leaving (EXIT with cc-exit, else OCC exit on UDP), before
+        the stop or, when named, the `restart` that follows."""
         if self._live is not None and self.info is not None:
+            self._goodbye = (restart,)
             await self._live.exit_notify()
 
     async def run(
@@ -216,6 +221,15 @@ class Client:
                 cause = None if isinstance(primary, trio.Cancelled) else restart_cause(primary)
                 if cause is None:
                     raise
+                goodbye = self._goodbye
+                if goodbye is not None and (status is None or self._came_up):  # started() was called
+                    # the server answers our EXIT by ending the session (on TCP it closes
+                    # the connection at once): that is the goodbye, not a failure to report
+                    # or to reconnect after. A stop cancels us next; a restart goes on as one.
+                    log.info("session ended after the exit notification: %s", cause)
+                    if goodbye[0] is None:
+                        return
+                    cause = SessionRestart(goodbye[0])
                 err = cause
                 came_up = self._came_up
                 if isinstance(err, AuthTokenExpired):
@@ -291,6 +305,7 @@ class Client:
     ) -> bool:
         """One session: every layer in its own nursery, until something ends it."""
         self._came_up = False
+        self._goodbye = None
         await self._recall_password()
         window = cand.connection.connect_window
         deadline = trio.current_time() + window

@@ -140,6 +140,8 @@ def test_connect_ping_both_ways_and_clean_exit(case, pki, netns, openvpn_server,
         rest = rest_of_output(proc)
         assert rc == 0, f"exit code {rc}:\n{rest}"
         assert "Traceback" not in rest
+        # a server that closes the session when it reads our EXIT ends it as asked
+        assert "reconnecting" not in rest, rest
         assert namespace_state(netns.client) == before
         if opts.proto.startswith("udp"):
             # explicit exit notification: the server frees our slot at once (cc-exit)

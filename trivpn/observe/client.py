@@ -317,7 +317,7 @@ class ClientMonitor(HostHistory):
 
         async def restart() -> None:
             with trio.move_on_after(1.0):
-                await self.engine.client.exit_notify()
+                await self.engine.client.exit_notify(restart=name)
             self.engine.restart(name)
 
         if self.nursery is not None:

@@ -205,9 +205,7 @@ async def test_trivpn_client_with_tls_crypt_v2_through_the_server(proto: str) ->
             port = server.addresses[0][1]
             text = profile.replace(f" 0 {proto}", f" {port} {proto}").split("<tls-crypt>")[0]
             text += f"<tls-crypt-v2>\n{client_key_text(KC, WKC)}\n</tls-crypt-v2>\n"
-            # over TCP the server may close the connection after our EXIT before we are done
-            # reading: as in test_serve_loopback, reconnect=True keeps that from being an error
-            async with api.connect(parse_profile(text), reconnect=proto == "tcp") as tunnel:
+            async with api.connect(parse_profile(text), reconnect=False) as tunnel:
                 assert tunnel.settings.ifconfig_local == "10.8.0.2"
                 for seq in range(3):
                     await ping(tunnel, "10.8.0.2", "10.8.0.1", seq)

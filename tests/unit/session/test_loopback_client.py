@@ -17,14 +17,17 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 from helpers.profiles import shared_pki
+from helpers.serving import client_profile, running_server, server_config
 
 from trivpn import api
 from trivpn.client import Client
+from trivpn.engine import Engine, userspace_tun
 from trivpn.errors import SessionRestart
 from trivpn.messages import ClientReady
 from trivpn.profile.profile import parse_profile
 from trivpn.session.config import SessionConfig
 from trivpn.session.netsettings import TunnelInfo
+from trivpn.session.runevents import SessionRetry, SessionUp
 from trivpn.testing.loopback_server import LoopbackServerConfig, open_loopback_server
 from trivpn.tlssession.keymethod import IV_PROTO_CC_EXIT_NOTIFY
 from trivpn.tun.ip import build_echo_request, parse_echo_reply
@@ -50,20 +53,20 @@ async def ping(send: Callable[[bytes], Awaitable[None]], receive: Callable[[], A
 
 
 @pytest.mark.parametrize(
-    ("proto", "wrap"), [("udp", "none"), ("udp", "tls-crypt"), ("tcp", "tls-auth")]
+    ("proto", "wrap", "reconnect"),
+    [("udp", "none", False), ("udp", "tls-crypt", True), ("tcp", "tls-auth", False), ("tcp", "tls-auth", True)],
 )
 async def test_api_connect_pings_through_a_loopback_server_and_says_goodbye(
-    proto: str, wrap: str, caplog: pytest.LogCaptureFixture
+    proto: str, wrap: str, reconnect: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """On TCP the server closes the connection as soon as it has read our EXIT, within the
+    stop's grace: that close is the goodbye. Leaving the block must neither raise it (reconnect
+    off) nor log a reconnect (on), as it did before the client knew it was leaving."""
     caplog.set_level(logging.INFO, logger="trivpn")
     with trio.fail_after(BOUND):
         async with open_loopback_server(LoopbackServerConfig(proto=proto, wrap=wrap), pki=shared_pki()) as server:
             assert server.port > 0
-            # TCP keeps reconnect on: the server closes the connection as soon as it read our
-            # EXIT, and during the grace before the stop cancels the session that close ends
-            # it (with reconnect off, `connect` would raise the TransportError; see the report
-            # of issue 11's client split)
-            async with api.connect(parse_profile(server.client_profile()), reconnect=proto == "tcp") as tunnel:
+            async with api.connect(parse_profile(server.client_profile()), reconnect=reconnect) as tunnel:
                 assert tunnel.settings.ifconfig_local == CLIENT_IP
                 assert tunnel.info.remote == f"127.0.0.1:{server.port} ({proto}4)"
                 ready = await server.wait_ready()
@@ -76,6 +79,7 @@ async def test_api_connect_pings_through_a_loopback_server_and_says_goodbye(
     assert isinstance(ended, SessionRestart) and "EXIT" in str(ended), repr(ended)
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("tunnel up: 10.8.0.2/24") for line in lines), lines
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], lines
     # the session's counters line: the three pings went out and came back as data packets
     counters = [line for line in lines if line.startswith("counters: data in ")]
     assert counters and " dropped data: 0 unauthentic, 0 replayed" in counters[-1], counters
@@ -109,3 +113,46 @@ async def test_client_runs_under_a_workers_manager_and_exits_by_occ_without_cc_e
     assert got and got[0].remote == f"127.0.0.1:{server.port} (udp4)" and client.info is got[0]
     assert manager.stop_reason == "test over" and server.echoed == 1
     assert isinstance(ended, SessionRestart) and "exit notification" in str(ended), repr(ended)
+
+
+@pytest.mark.parametrize("no_reconnect", [False, True])
+async def test_tcp_goodbye_before_a_restart_and_before_the_stop(
+    no_reconnect: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against `trivpn serve` on TCP (which closes the connection when it reads EXIT): the
+    exit notification before a management SIGUSR1 leads to a restart named SIGUSR1, not to
+    a reconnect after "the server closed the TCP connection"; the one before the stop ends
+    the run cleanly, also with reconnect off (where the close used to be raised)."""
+    caplog.set_level(logging.INFO, logger="trivpn")
+    pki = shared_pki()
+    ups: list[SessionUp] = []
+    retries: list[SessionRetry] = []
+    came_up = trio.Event()
+
+    def on_event(ev: object) -> None:
+        if isinstance(ev, SessionUp):
+            ups.append(ev)
+            came_up.set()
+        elif isinstance(ev, SessionRetry):
+            retries.append(ev)
+
+    with trio.fail_after(BOUND):
+        async with running_server(server_config(pki, protos=("tcp",))) as (server, _tun):
+            port = server.addresses[0][1]
+            config = SessionConfig.from_profile(
+                parse_profile(client_profile(pki, port, "tcp")), no_reconnect=no_reconnect
+            )
+            engine = Engine(config, userspace_tun(), on_event=on_event, close_device=True)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(engine.run)
+                if not no_reconnect:  # as the management's `signal SIGUSR1` does
+                    came_up = trio.Event()
+                    await engine.client.exit_notify(restart="SIGUSR1")
+                    engine.restart("SIGUSR1")
+                    await came_up.wait()
+                engine.request_stop("test over")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(ups) == (1 if no_reconnect else 2)
+    assert [r.reason for r in retries] == ([] if no_reconnect else ["SIGUSR1"]), warnings
+    assert not [w for w in warnings if "closed" in w], warnings
+    assert engine.stop_reason == "test over"
