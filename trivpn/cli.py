@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from trivpn import lazystdlib
 
 lazystdlib.defer()  # before trio imports ssl and hmac: see trivpn/lazystdlib.py
+lazystdlib.known_libraries()  # trio's one library lookup, without running ldconfig
 
 import trio  # noqa: E402
 

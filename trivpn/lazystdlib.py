@@ -17,19 +17,26 @@ user's script) works unchanged, one import later; a function that a module took 
 before it imports trio; `import trivpn` as a library changes nothing. A name already
 imported is left alone. A run that drops privileges (`user`/`group`) calls `resolve()`
 before the drop, like its other lazy imports (trivpn/session/privdrop.py).
+
+`known_libraries()` answers the one library lookup trio makes at import: it looks up
+`pthread` with `ctypes.util.find_library` (to name its worker threads), which on Linux runs
+`/sbin/ldconfig -p` in a child process to find a name that glibc fixes (`libpthread.so.0`),
+≈ 2.5 ms of every start. The command line calls it next to `defer()`; other names, and
+other C libraries than glibc, still go to `find_library`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import os
 import sys
 import threading
 import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFERRED", "defer", "is_deferred", "resolve"]
+__all__ = ["DEFERRED", "GLIBC_SONAMES", "defer", "is_deferred", "known_libraries", "resolve"]
 
 #: What trio (`ssl`, `hmac`), `cryptography.x509` (`hashlib`, for one helper) and `shutil`
 #: (`bz2`, `lzma`, for its archive formats: +0.5 MB) import at start-up for features the
@@ -113,3 +120,32 @@ def resolve() -> None:
 def is_deferred(name: str) -> bool:
     """Is `name` still a stand-in (nothing has used it)?"""
     return isinstance(sys.modules.get(name), _StandIn)
+
+
+#: Names `ctypes.util.find_library` resolves to on every glibc: `libpthread.so.0` is the
+#: thread library before glibc 2.34 and a compatibility stub for it (its symbols resolve in
+#: libc) since.
+GLIBC_SONAMES = {"pthread": "libpthread.so.0"}
+
+
+def known_libraries() -> bool:
+    """Answer `find_library` for `GLIBC_SONAMES` without a child process, on glibc only
+    (False elsewhere: the lookup stays as it was)."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+    except (ValueError, OSError):  # not glibc (musl has no such name)
+        return False
+    import ctypes.util
+
+    lookup = ctypes.util.find_library
+    if getattr(lookup, "_trivpn_known", False):
+        return True
+
+    def find_library(name: str) -> str | None:
+        known = GLIBC_SONAMES.get(name)
+        return known if known is not None else lookup(name)
+
+    find_library._trivpn_known = True  # type: ignore[attr-defined]
+    ctypes.util.find_library = find_library
+    return True

@@ -123,3 +123,41 @@ def test_threads_racing_to_a_stand_in_get_one_module() -> None:
         "print(len(seen), len(set(map(id, seen))), seen[0] is sys.modules['ssl'].SSLContext)\n"
     )
     assert out == "8 1 True"
+
+
+def test_the_cli_starts_no_ldconfig_and_trio_still_names_its_threads() -> None:
+    """`known_libraries`: trio's `find_library("pthread")` is answered without a child
+    process (each run of `ldconfig -p` cost ≈ 2 ms of every start); the answer is one trio
+    can load `pthread_setname_np` from."""
+    if not _run("import os\ntry: print(bool(os.confstr('CS_GNU_LIBC_VERSION')))\nexcept ValueError: print(False)") == "True":
+        pytest.skip("not glibc: the lookup is left as it was")
+    out = _run(
+        "import subprocess\n"
+        "class NoChild:\n"
+        "    def __init__(self, *a, **k): raise AssertionError(f'ran {a[0]}')\n"
+        "subprocess.Popen = NoChild\n"
+        "import trivpn.cli, trio\n"
+        "from trio._core import _thread_cache\n"
+        "print(_thread_cache.set_os_thread_name is not None)\n"
+    )
+    assert out == "True"
+
+
+def test_known_libraries_answers_only_its_names_and_only_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+    import ctypes.util
+    import os
+
+    from trivpn import lazystdlib
+
+    asked: list[str] = []
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: asked.append(name) or f"lib{name}.so.9")
+    monkeypatch.setattr(os, "confstr", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert lazystdlib.known_libraries() is False  # musl: no CS_GNU_LIBC_VERSION
+    assert ctypes.util.find_library("pthread") == "libpthread.so.9" and asked == ["pthread"]
+    monkeypatch.setattr(os, "confstr", lambda name: "glibc 2.36")
+    assert lazystdlib.known_libraries() is True and lazystdlib.known_libraries() is True  # once
+    assert ctypes.util.find_library("pthread") == "libpthread.so.0"
+    assert ctypes.util.find_library("z") == "libz.so.9" and asked == ["pthread", "z"]
+    if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists("/lib64/libc.so.6"):
+        assert hasattr(ctypes.CDLL("libpthread.so.0"), "pthread_setname_np")
