@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(core_command(argv)).parse_args(argv)
     failed = PING_ERROR if args.command == "ping" else 1
     try:
-        setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False), getattr(args, "log", None))
+        setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False), getattr(args, "log", None),
+                      tracebacks=getattr(args, "debug", False))
     except OSError as exc:
         print(f"trivpn: error: --log {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return failed

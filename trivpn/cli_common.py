@@ -49,30 +49,46 @@ EXAMPLES: dict[str, str] = {
 
 
 class LogFormatter(logging.Formatter):
-    """`HH:MM:SS message` on a terminal; with `dates`, `YYYY-MM-DD HH:MM:SS message` (--log)."""
+    """`HH:MM:SS message` on a terminal; with `dates`, `YYYY-MM-DD HH:MM:SS message` (--log).
 
-    def __init__(self, *, dates: bool = False) -> None:
+    A record logged with an exception (`log.exception`) names it at the end of its line, so
+    that "internal error in ..." says which; the traceback follows only with `tracebacks`
+    (`--debug`)."""
+
+    def __init__(self, *, dates: bool = False, tracebacks: bool = False) -> None:
         super().__init__()
         self.stamp = "%Y-%m-%d %H:%M:%S" if dates else "%H:%M:%S"
+        self.tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime(self.stamp, time.localtime(record.created))
         prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return f"{stamp} {prefix}{record.getMessage()}"
+        line = f"{stamp} {prefix}{record.getMessage()}"
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return line
+        text = str(exc).replace("\n", " ")
+        line += f" ({type(exc).__name__}{': ' + text if text else ''})"
+        if self.tracebacks:
+            line += "\n" + self.formatException(record.exc_info).rstrip()  # type: ignore[arg-type]
+        return line
 
 
-def setup_logging(verbose: int = 0, quiet: bool = False, log_file: str | None = None) -> None:
-    """Send trivpn's log to stdout (or append it to `log_file`, mode 0600, dated lines).
+def setup_logging(
+    verbose: int = 0, quiet: bool = False, log_file: str | None = None, *, tracebacks: bool = False
+) -> None:
+    """Send trivpn's log to stdout (or append it to `log_file`, mode 0600, dated lines);
+    `tracebacks` (`--debug`) adds the traceback of a record logged with an exception.
 
     Raises OSError when the log file cannot be opened; the caller reports it in one line.
     """
     if log_file:
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1, encoding="utf-8"))
-        handler.setFormatter(LogFormatter(dates=True))
+        handler.setFormatter(LogFormatter(dates=True, tracebacks=tracebacks))
     else:
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(LogFormatter())
+        handler.setFormatter(LogFormatter(tracebacks=tracebacks))
     level = QUIET if quiet else VERBOSE if verbose > 0 else NORMAL
     ours = logging.getLogger("trivpn")
     ours.handlers[:] = [handler]

@@ -77,6 +77,25 @@ def test_log_file_gets_dated_lines_and_is_private(tmp_path: Path, capsys: pytest
     assert capsys.readouterr().out == ""  # the log went to the file, not the terminal
 
 
+def test_a_logged_exception_is_named_on_its_line_and_traced_only_with_debug() -> None:
+    """`log.exception("internal error in the session from %s", peer)` used to print the
+    message alone: the exception was dropped by the formatter, even with --debug."""
+    def record() -> logging.LogRecord:
+        try:
+            raise OverflowError("cannot convert float infinity\nto integer")
+        except OverflowError:
+            return logging.LogRecord("trivpn.reverse", logging.ERROR, __file__, 1,
+                                     "internal error in the session from %s", ("127.0.0.1:1",), sys.exc_info())
+
+    plain = cli_common.LogFormatter().format(record())
+    assert re.fullmatch(r"\d\d:\d\d:\d\d error: internal error in the session from 127.0.0.1:1 "
+                        r"\(OverflowError: cannot convert float infinity to integer\)", plain), plain
+    traced = cli_common.LogFormatter(tracebacks=True).format(record()).splitlines()
+    assert traced[0] == plain.splitlines()[0] and traced[1] == "Traceback (most recent call last):", traced
+    quiet = logging.LogRecord("trivpn", logging.INFO, __file__, 1, "no exception here", (), None)
+    assert cli_common.LogFormatter(tracebacks=True).format(quiet).endswith(" no exception here")
+
+
 def test_log_file_records_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "run.log"
     rc = cli.main(["pki", "client", str(tmp_path / "missing"), "alice", "--log", str(log)])
