@@ -400,6 +400,8 @@ async def cmd_ping(args: argparse.Namespace) -> int:
         raise ConfigError("--interval must be 0.01..3600 s and --timeout 0..3600 s")
     if not 0 <= args.size <= 1400:
         raise ConfigError("--size must be between 0 and 1400")
+    if not 0 < args.connect_timeout <= 86400:  # also refuses nan
+        raise ConfigError("--connect-timeout must be more than 0 and at most 86400 s")
     try:
         target = ipaddress.ip_address(args.target)
     except ValueError:

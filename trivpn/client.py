@@ -213,7 +213,7 @@ class Client:
             if self.observer is not None:
                 await self.observer.hold(delay)
             try:
-                came_up = await self._session(step.candidate, step.attempt, status)
+                came_up = await self._session(step.candidate, step.attempt, status, policy.give_up_at())
             except BaseException as exc:
                 primary = primary_error(exc)
                 if isinstance(primary, AuthFailed) and await self._retry_auth(primary):
@@ -288,27 +288,33 @@ class Client:
         self.config = dataclasses.replace(cfg, password=password)
 
     async def _session(
-        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
+        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None,
+        give_up_at: float | None = None,
     ) -> bool:
         """One session, ended early by `restart` (as a SessionRestart naming its reason)."""
         self._restart_reason = None
         with trio.CancelScope() as scope:
             self._restart_scope = scope
             try:
-                return await self._attempt(cand, attempt, task_status)
+                return await self._attempt(cand, attempt, task_status, give_up_at)
             finally:
                 self._restart_scope = None
         raise SessionRestart(self._restart_reason or "restart requested")
 
     async def _attempt(
-        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None
+        self, cand: Candidate, attempt: int, task_status: trio.TaskStatus[TunnelInfo] | None,
+        give_up_at: float | None = None,
     ) -> bool:
-        """One session: every layer in its own nursery, until something ends it."""
+        """One session: every layer in its own nursery, until something ends it; the tunnel
+        must come up within the connect window, and before `give_up_at` (--connect-timeout)."""
         self._came_up = False
         self._goodbye = None
         await self._recall_password()
         window = cand.connection.connect_window
-        deadline = trio.current_time() + window
+        now = trio.current_time()
+        if give_up_at is not None and give_up_at < now + window:
+            window = max(give_up_at - now, 0.0)
+        deadline = now + window
         observer = self.observer
         if observer is not None:
             observer.state("CONNECTING")

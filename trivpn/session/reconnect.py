@@ -225,5 +225,13 @@ class ReconnectPolicy:
                 return GiveUp(f"no tunnel within {self.give_up_after:g} s: {end.reason}", timeout=True)
         return self._attempt(delay, end.reason)
 
+    def give_up_at(self) -> float | None:
+        """When the run gives up if no tunnel has come up by then (`give_up_after`, counted
+        from the start): an attempt must end by then too, not run its whole connect window
+        (60 s by default) first. None once a tunnel was up, or without a limit."""
+        if self.ever_up or self.give_up_after is None:
+            return None
+        return self._started_at + self.give_up_after
+
     def _next(self) -> None:
         self._index = (self._index + 1) % len(self.candidates)

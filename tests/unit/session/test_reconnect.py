@@ -12,7 +12,7 @@ import trio.testing
 from helpers.profiles import make_profile
 
 from trivpn.client import Client
-from trivpn.errors import ConfigError, FatalError, SessionRestart
+from trivpn.errors import ConfigError, ConnectTimeout, FatalError, SessionRestart
 from trivpn.networkio.transport import ResolveError, TransportError
 from trivpn.profile.profile import Profile, Remote
 from trivpn.session.config import ConnectionConfig, SessionConfig
@@ -143,6 +143,15 @@ def test_give_up_after_applies_only_until_a_tunnel_came_up() -> None:
     assert isinstance(p.ended(FAILED, 500.0), Retry)
 
 
+def test_give_up_at_bounds_attempts_only_until_a_tunnel_came_up() -> None:
+    assert policy(conn("a")).give_up_at() is None  # no --connect-timeout
+    p = ReconnectPolicy(candidates([conn("a")], random.Random(0)), rng=NoJitter(), now=100.0, give_up_after=2.0)
+    assert p.give_up_at() == 102.0
+    p.first()
+    p.ended(SessionEnd(came_up=True, failed=True), 101.0)
+    assert p.give_up_at() is None  # a tunnel was up: reconnects take their whole window
+
+
 def test_no_reconnect_reraises_the_session_error() -> None:
     p = policy(conn("a"), no_reconnect=True)
     p.first()
@@ -188,9 +197,11 @@ class ScriptedClient(Client):
         super().__init__(config, rng=NoJitter())
         self.script = script
         self.tried: list[tuple[str, int]] = []
+        self.give_up_at: list[float | None] = []
 
-    async def _session(self, cand: Candidate, attempt: int, task_status: Any) -> bool:
+    async def _session(self, cand: Candidate, attempt: int, task_status: Any, give_up_at: float | None = None) -> bool:
         self.tried.append((cand.remote.host, attempt))
+        self.give_up_at.append(give_up_at)
         step = self.script.pop(0)
         self._came_up = step is None or isinstance(step, Up)
         if isinstance(step, Up):
@@ -248,6 +259,33 @@ async def test_client_reconnects_to_the_same_remote_after_a_tunnel(autojump_cloc
         await run_client(client)
     assert str(primary_error(exc.value)) == "AUTH_FAILED"  # not a SessionRestart: ends the run
     assert client.tried == [("a", 0), ("b", 0), ("b", 1), ("b", 2)]
+
+
+async def test_client_bounds_each_attempt_by_the_give_up_instant(autojump_clock: trio.testing.MockClock) -> None:
+    client = scripted("connect-retry 1 1\n", [TransportError("x"), Up(SessionRestart("r")), FatalError("end")],
+                      give_up_after=30.0)
+    with pytest.raises(BaseExceptionGroup) as exc:
+        await run_client(client)
+    assert str(primary_error(exc.value)) == "end"
+    start = client.give_up_at[0]
+    assert start is not None and client.give_up_at[1] == start  # 30 s after the start, both attempts
+    assert client.give_up_at[2] is None  # after a tunnel: no limit
+
+
+async def test_connect_timeout_ends_an_unanswered_udp_attempt_in_time() -> None:
+    """A server that never answers: `--connect-timeout 1.5` gave up only after the attempt's
+    whole connect window (60 s); now the attempt itself ends at the give-up instant."""
+    silent = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    config = SessionConfig.from_profile(make_profile("", remote=f"remote 127.0.0.1 {port} udp\n"),
+                                        give_up_after=1.5)
+    started = trio.current_time()
+    with trio.fail_after(20), silent, pytest.raises(BaseException) as exc:
+        await run_client(Client(config))
+    err = primary_error(exc.value)
+    assert isinstance(err, ConnectTimeout) and str(err).startswith("no tunnel within 1.5 s"), err
+    assert trio.current_time() - started < 10
 
 
 async def test_client_no_reconnect_raises_the_session_error(autojump_clock: trio.testing.MockClock) -> None:
