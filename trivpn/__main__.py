@@ -1,10 +1,23 @@
-"""`python -m trivpn` entry point."""
+"""`python -m trivpn` entry point (and the `trivpn` console script).
+
+The command line is imported inside `main`, so that a Ctrl+C while the imports run (the
+first ≈ 0.15 s of every start) ends in the same "interrupted" line and exit 130 as one
+later, instead of a KeyboardInterrupt traceback."""
 
 from __future__ import annotations
 
 import sys
 
-from trivpn.cli import main
+
+def main() -> int:
+    try:
+        from trivpn.cli import main as cli_main
+
+        return cli_main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

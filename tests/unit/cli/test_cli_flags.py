@@ -152,3 +152,17 @@ async def test_ping_exit_status_against_a_userspace_server(answer: bool, code: i
     assert r.returncode == code, out + r.stderr.decode()
     assert "2 packets transmitted" in out
     assert "tunnel up" not in out  # -q: only warnings from the log
+
+
+def test_ctrl_c_during_the_imports_is_one_line_not_a_traceback() -> None:
+    """The entry point imports the command line inside its own try: a KeyboardInterrupt
+    before `cli.main` reached its handler (the imports, argument parsing) printed a
+    traceback."""
+    import subprocess
+
+    code = ("import sys, trivpn.cli as c\n"
+            "def interrupted(argv=None):\n    raise KeyboardInterrupt\n"
+            "c.main = interrupted\n"
+            "import trivpn.__main__ as m\nsys.exit(m.main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
