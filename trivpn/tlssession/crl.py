@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from trivpn.errors import ConfigError
+from trivpn.tlssession.tlsload import pem_problem
 
 __all__ = ["MAX_CRL_BYTES", "check_crl", "load_crl"]
 
@@ -30,7 +31,7 @@ def load_crl(crl_pem: str, ca_certs: list[x509.Certificate]) -> x509.Certificate
     try:
         crl = x509.load_pem_x509_crl(crl_pem.encode("ascii", "replace"))
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot read the CRL (PEM): {exc}") from None
+        raise ConfigError(f"cannot read the CRL (PEM): {pem_problem(exc)}") from None
     for ca in ca_certs:
         if ca.subject != crl.issuer:
             continue
@@ -50,5 +51,5 @@ def check_crl(crl_pem: str, ca_pem: str) -> None:
     try:
         cas = x509.load_pem_x509_certificates(ca_pem.encode("ascii", "replace"))
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot read the CA certificate (PEM): {exc}") from None
+        raise ConfigError(f"cannot read the CA certificate (PEM): {pem_problem(exc)}") from None
     load_crl(crl_pem, cas)

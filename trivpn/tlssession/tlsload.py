@@ -20,7 +20,7 @@ from trivpn.errors import ConfigError
 if TYPE_CHECKING:
     from trivpn.tlssession.tls import TLSConfig
 
-__all__ = ["CERT_PROFILES", "common_name", "crl_dir_check", "format_subject", "load_certs", "load_identity",
+__all__ = ["CERT_PROFILES", "common_name", "crl_dir_check", "format_subject", "load_certs", "load_identity", "pem_problem",
            "restrict"]
 
 #: tls-cert-profile -> OpenSSL security level (what each profile requires of keys and digests)
@@ -81,11 +81,23 @@ def common_name(name: x509.Name) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
+def pem_problem(exc: Exception) -> str:
+    """What is wrong with a PEM block, in words: `cryptography` reports bad DER inside a
+    well-framed block as its parser's debug form (`ParseError { kind: UnexpectedTag … }`)
+    and bad framing with a link to its FAQ."""
+    text = str(exc)
+    if text.startswith("error parsing asn1 value"):
+        return "the data inside the PEM block is not valid DER (corrupt, or another kind of object)"
+    if text.startswith("Unable to load PEM file"):
+        return "no well-formed PEM block (-----BEGIN …----- / base64 / -----END …-----)"
+    return text
+
+
 def load_certs(pem: str, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem.encode())
     except (ValueError, TypeError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the {what} (PEM): {exc}") from None
+        raise ConfigError(f"cannot read the {what} (PEM): {pem_problem(exc)}") from None
     if not certs:
         raise ConfigError(f"the {what} contains no certificate")
     return certs

@@ -129,3 +129,26 @@ def test_server_schedule_delivers_the_alert_then_ends_the_refused_session() -> N
     server_fatal = [e for e in pair.server.events if isinstance(e, Fatal)]
     assert len(server_fatal) == 1 and "certificate revoked" in server_fatal[0].reason
     assert pair.server.ks.closed
+
+
+def test_bad_der_inside_a_pem_block_is_said_in_words() -> None:
+    """`cryptography` words bad DER as its parser's debug form (`ParseError { kind: … }`)
+    and bad framing with a link to its FAQ; both reach the user as one plain line."""
+    import base64
+
+    from trivpn.tlssession.tlsload import load_certs
+
+    der = base64.b64encode(b"\x02\x01\x05 not a certificate").decode()
+    for label, call in (
+        ("X509 CRL", lambda pem: check_crl(pem, shared_pki().ca_cert)),
+        ("CERTIFICATE", lambda pem: check_crl("", pem)),  # the CA is read first
+        ("CERTIFICATE", lambda pem: load_certs(pem, "CA certificate")),
+    ):
+        pem = f"-----BEGIN {label}-----\n{der}\n-----END {label}-----\n"
+        with pytest.raises(ConfigError) as exc:
+            call(pem)
+        text = str(exc.value)
+        assert "not valid DER" in text and "ParseError" not in text and "{" not in text, text
+    with pytest.raises(ConfigError) as exc:
+        load_certs("no pem at all", "CA certificate")
+    assert "no well-formed PEM block" in str(exc.value) and "http" not in str(exc.value)
