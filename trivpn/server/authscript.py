@@ -143,8 +143,10 @@ async def run_verify(
             args.append(path)
         status = await run_script(script.command, args, env, seconds)
         why: str | None = None
-        if status is None:
-            why = f"the auth-user-pass-verify script did not run or did not answer within {seconds:g} s"
+        if status is None and trio.current_time() < deadline:  # run_script logged why
+            why = "the auth-user-pass-verify script could not run"
+        elif status is None:
+            why = f"the auth-user-pass-verify script did not answer within {round(seconds, 1):g} s"
         elif status == 2:
             why = await _deferred(env["auth_control_file"], max(0.0, deadline - trio.current_time()))
         elif status != 0:

@@ -178,3 +178,18 @@ async def test_deferred_verdict_and_failure_reason(tmp_path: Path, answer: str, 
                 with pytest.raises(FatalError, match=reason):
                     async with _connect(pki, port, "whatever"):
                         pass
+
+
+async def test_a_script_that_cannot_run_is_not_reported_as_slow(tmp_path: Path) -> None:
+    """A missing script was refused at once but reported as "did not run or did not answer
+    within 29.9993 s"; now the two cases say which, and the time is rounded."""
+    from trivpn.server.authscript import run_verify
+    from trivpn.server.config_model import AuthScript
+
+    missing = AuthScript(str(tmp_path / "no-such-script"), "via-env")
+    verdict = await run_verify(missing, "alice", "pw", "CN=alice", ("127.0.0.1", 1), 29.99934, tmp_dir=str(tmp_path))
+    assert verdict.why == "the auth-user-pass-verify script could not run"
+    hanging = AuthScript(str(_script(tmp_path, "exec sleep 30\n")), "via-env")
+    with trio.fail_after(BOUND):
+        verdict = await run_verify(hanging, "alice", "pw", "CN=alice", ("127.0.0.1", 1), 0.54321, tmp_dir=str(tmp_path))
+    assert verdict.why == "the auth-user-pass-verify script did not answer within 0.5 s"
