@@ -63,21 +63,23 @@ def init(
     )
     st = Store(root)
     st.create()
-    ca_cert, ca_key = keys.make_ca(f"trivpn CA for {name}"[:64], curve, now)
-    st.write(store.CA_KEY, keys.key_pem(ca_key), new=True)
-    st.write(store.CA_CERT, keys.cert_pem(ca_cert), new=True)
-    cert, key = keys.make_leaf(name, ca_cert, ca_key, now, server=True)
-    st.write(store.SERVER_KEY, keys.key_pem(key), new=True)
-    st.write(store.SERVER_CERT, keys.cert_pem(cert), new=True)
-    if tls_crypt_v2:
-        st.write(store.V2_SERVER_KEY, keys.v2_server_key_text(), new=True)
-    else:
-        st.write(store.TLS_CRYPT_KEY, keys.static_key_text(), new=True)
-    st.write(store.CRL, keys.make_crl(ca_cert, ca_key, [], 1, now), new=True)
-    st.save_settings(settings)
-    entry = Entry("V", cert.serial_number, store.stamp(now), store.stamp(cert.not_valid_after_utc), "-", "server", name)
-    st.save_entries([entry])
-    st.write(store.SERVER_CONF, configs.server_conf(root.resolve(), settings, store.stamp(now)), new=True)
+    with st.locked():
+        st.claim()
+        ca_cert, ca_key = keys.make_ca(f"trivpn CA for {name}"[:64], curve, now)
+        st.write(store.CA_KEY, keys.key_pem(ca_key), new=True)
+        st.write(store.CA_CERT, keys.cert_pem(ca_cert), new=True)
+        cert, key = keys.make_leaf(name, ca_cert, ca_key, now, server=True)
+        st.write(store.SERVER_KEY, keys.key_pem(key), new=True)
+        st.write(store.SERVER_CERT, keys.cert_pem(cert), new=True)
+        if tls_crypt_v2:
+            st.write(store.V2_SERVER_KEY, keys.v2_server_key_text(), new=True)
+        else:
+            st.write(store.TLS_CRYPT_KEY, keys.static_key_text(), new=True)
+        st.write(store.CRL, keys.make_crl(ca_cert, ca_key, [], 1, now), new=True)
+        st.save_settings(settings)
+        entry = Entry("V", cert.serial_number, store.stamp(now), store.stamp(cert.not_valid_after_utc), "-", "server", name)
+        st.save_entries([entry])
+        st.write(store.SERVER_CONF, configs.server_conf(root.resolve(), settings, store.stamp(now)), new=True)
     return settings
 
 
@@ -117,8 +119,14 @@ def client(
     now = now or _now()
     st = Store(root)
     store.check_name(name)
-    settings = st.settings()
+    settings = st.settings()  # fixed at init; read first so a stray DIR gets no lock file
     where = parse_remote(remote, settings)
+    with st.locked():
+        return _issue(st, name, settings, where, now)
+
+
+def _issue(st: Store, name: str, settings: Settings, where: tuple[str, int], now: datetime.datetime) -> Issued:
+    """`client`'s read-modify-write of index.txt, under DIR's lock."""
     entries = st.entries()
     if any(e.name == name and e.status == "V" for e in entries):
         raise ConfigError(f"{name!r} already has a valid certificate; revoke it first to issue a new one")
@@ -152,11 +160,18 @@ def revoke(root: Path, name: str, *, now: datetime.datetime | None = None) -> li
     now = now or _now()
     st = Store(root)
     store.check_name(name)
+    st.read(store.INDEX)  # is DIR a PKI at all (before a lock file is made in it)
+    with st.locked():
+        return _revoke(st, name, now)
+
+
+def _revoke(st: Store, name: str, now: datetime.datetime) -> list[int]:
+    """`revoke`'s read-modify-write of index.txt and crl.pem, under DIR's lock."""
     entries = st.entries()
     hits = [e for e in entries if e.name == name and e.kind == "client" and e.status == "V"]
     if not hits:
         known = any(e.name == name and e.kind == "client" for e in entries)
-        raise ConfigError(f"{name!r} is already revoked" if known else f"no client named {name!r} in {root}")
+        raise ConfigError(f"{name!r} is already revoked" if known else f"no client named {name!r} in {st.root}")
     for e in hits:
         e.status, e.revoked = "R", store.stamp(now)
     ca_cert, ca_key = _ca(st)

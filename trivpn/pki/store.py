@@ -10,19 +10,25 @@ Layout of DIR (mode 0700, every file 0600):
     settings.json              what `init` was told (name, port, proto, subnet, key mode)
     index.txt                  one line per certificate issued: status, serial, dates, name
     clients/NAME.ovpn          each client's inline profile (its key lives only there)
+    .lock                      held (flock) by the one `trivpn pki` command at work in DIR
 
 Every write goes to a private temporary file in DIR first and is then renamed over the
-target, so a crash never leaves a half-written CRL or index behind.
+target, so a crash never leaves a half-written CRL or index behind. Every read-modify-write
+(init, issuing, revoking) holds DIR's lock, so concurrent commands never lose each other's
+certificates or revocations.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import re
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +39,10 @@ CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 TLS_CRYPT_KEY, V2_SERVER_KEY = "tls-crypt.key", "tls-crypt-v2-server.key"
 CRL, SERVER_CONF, SETTINGS, INDEX = "crl.pem", "server.conf", "settings.json", "index.txt"
-CLIENTS = "clients"
+CLIENTS, LOCK = "clients", ".lock"
+#: How long a command waits for another `trivpn pki` working in the same DIR, then gives up.
+LOCK_WAIT_SECONDS = 30.0
+_LOCK_POLL_SECONDS = 0.05
 _INDEX_HEADER = "# status serial-hex issued expires revoked kind name  (written by trivpn pki)\n"
 #: A name that is safe as a file name, a certificate CN and an OpenVPN config word.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -100,16 +109,66 @@ class Store:
     # ---- creation and private writes ------------------------------------------------------
 
     def create(self) -> None:
-        """Make DIR (0700); refuse a directory that is already in use."""
+        """Make DIR (0700); refuse a directory that is already in use. Call `claim` next,
+        under the lock: another init may be filling the same DIR."""
         if self.root.exists():
             if not self.root.is_dir():
                 raise ConfigError(f"{self.root} exists and is not a directory")
-            if any(self.root.iterdir()):
-                raise ConfigError(f"{self.root} is not empty; refusing to overwrite an existing PKI")
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+            self._check_empty()
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {self.root}: {exc.strerror}") from None
+
+    def claim(self) -> None:
+        """Under the lock: check again that DIR is empty, then make DIR/clients."""
+        self._check_empty()
         (self.root / CLIENTS).mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.root / CLIENTS, 0o700)
+
+    def _check_empty(self) -> None:
+        if any(p.name != LOCK for p in self.root.iterdir()):
+            raise ConfigError(f"{self.root} is not empty; refusing to overwrite an existing PKI")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold DIR's exclusive lock (flock on DIR/.lock), waiting up to LOCK_WAIT_SECONDS.
+
+        Why: two commands that each read index.txt, add a line and write it back would
+        otherwise keep only one of the two lines (a profile nobody could revoke, or a
+        revocation missing from the CRL). The lock goes with the process: a command that
+        dies never leaves DIR locked.
+        """
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise ConfigError(f"{self.root} is missing: is it a PKI made by 'trivpn pki init'?") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot open the lock file {path}: {exc.strerror}") from None
+        try:
+            self._lock(fd, path)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _lock(self, fd: int, path: Path) -> None:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        for _ in range(int(LOCK_WAIT_SECONDS / _LOCK_POLL_SECONDS) + 2):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(_LOCK_POLL_SECONDS)
+            except OSError as exc:
+                raise ConfigError(f"cannot lock {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"{self.root} is busy: another 'trivpn pki' command still holds {path} after "
+            f"{LOCK_WAIT_SECONDS:g} s; try again when it has finished"
+        )
 
     def write(self, relative: str, text: str, *, new: bool = False) -> Path:
         """Write `text` to DIR/relative with mode 0600 (atomically; `new`: must not exist)."""
@@ -134,10 +193,12 @@ class Store:
         path = self.root / relative
         try:
             return path.read_text(encoding="ascii")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ConfigError(f"{path} is missing: is {self.root} a PKI made by 'trivpn pki init'?") from None
         except (UnicodeDecodeError, ValueError):
             raise ConfigError(f"{path} is not a text file trivpn pki wrote") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
     # ---- settings and index ---------------------------------------------------------------
 
