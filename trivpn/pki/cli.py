@@ -43,7 +43,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         "default remote (default vpn.example.net)",
     )
     i.add_argument("--tls-crypt-v2", action="store_true", help="a per-client tls-crypt-v2 key instead of one shared tls-crypt key")
-    i.add_argument("--subnet", default="10.8.0.0/24", help="the tunnel's IPv4 network (default 10.8.0.0/24)")
+    i.add_argument("--subnet", default="10.8.0.0/24", help="the tunnel's IPv4 network, /16 to /29 (default 10.8.0.0/24)")
     i.add_argument("--port", type=int, default=1194, help="server port (default 1194)")
     i.add_argument("--proto", choices=("udp", "tcp"), default="udp", help="transport (default udp)")
     i.add_argument("--curve", choices=("P-256", "P-384"), default="P-256", help="EC curve for every key (default P-256)")

@@ -18,15 +18,26 @@ KEEPALIVE = "keepalive 10 60"
 STATUS_SECONDS = 10
 
 
+#: The `server` network sizes `trivpn serve` accepts (trivpn/server/config.py, _expand_ipv4,
+#: which keeps them inline; tests/unit/pki/test_pki_checks.py checks the two agree).
+SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX = 16, 29
+
+
 def server_network(subnet: str) -> ipaddress.IPv4Network:
+    """The tunnel network, refused here if the server would refuse its config."""
     from trivpn.errors import ConfigError
 
     try:
         net = ipaddress.IPv4Network(subnet, strict=True)
     except ValueError as exc:
         raise ConfigError(f"--subnet {subnet[:60]!r}: {exc}") from None
-    if net.prefixlen > 29:
-        raise ConfigError(f"--subnet {subnet}: too small, a /29 or larger is needed")
+    if net.prefixlen > SUBNET_PREFIX_MAX:
+        raise ConfigError(f"--subnet {subnet}: too small, a /{SUBNET_PREFIX_MAX} or larger is needed")
+    if net.prefixlen < SUBNET_PREFIX_MIN:
+        raise ConfigError(
+            f"--subnet {subnet}: too large, trivpn serve takes a /{SUBNET_PREFIX_MIN} "
+            f"(255.255.0.0) or smaller"
+        )
     return net
 
 
