@@ -41,6 +41,8 @@ CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP
 CA_LIFETIME = datetime.timedelta(days=3650)
 LEAF_LIFETIME = datetime.timedelta(days=825)
 BACKDATE = datetime.timedelta(hours=1)
+#: X.509's upper bound on a common name (RFC 5280 ub-common-name); cryptography enforces it.
+CN_MAX = 64
 
 STATIC_KEY_BYTES = 256
 _STATIC_BEGIN = "-----BEGIN OpenVPN Static key V1-----"

@@ -46,7 +46,9 @@ def init(
     """Make the CA, the server certificate, the control-channel key, an empty CRL and
     server.conf in a new directory `root`."""
     now = now or _now()
-    store.check_host(name)
+    store.check_host(name, "--name")
+    if len(name) > keys.CN_MAX:
+        raise ConfigError(f"--name {name[:70]!r}: longer than a certificate's name may be ({keys.CN_MAX} characters)")
     configs.server_network(subnet)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: must be 1..65535")
@@ -98,7 +100,7 @@ def _ca(st: Store) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 def parse_remote(text: str | None, settings: Settings) -> tuple[str, int]:
     """HOST, HOST:PORT or [IPv6]:PORT; the defaults are init's name and port."""
     if not text:
-        return settings.name, settings.port
+        return store.check_host(settings.name, "the server's name (init's --name; give --remote)"), settings.port
     host, port = text, str(settings.port)
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -109,7 +111,7 @@ def parse_remote(text: str | None, settings: Settings) -> tuple[str, int]:
         host, port = text.split(":")
     if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"--remote {text[:60]!r}: the port must be 1..65535")
-    return store.check_host(host), int(port)
+    return store.check_host(host, "--remote"), int(port)
 
 
 def client(

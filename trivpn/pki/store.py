@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from trivpn.errors import ConfigError
+from trivpn.hostnames import host_name_problem
 from trivpn.records import dataclass
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
@@ -57,9 +59,35 @@ def check_name(name: str, what: str = "client name") -> str:
     return name
 
 
-def check_host(host: str) -> str:
+def check_host(host: str, what: str) -> str:
+    """`host` if a client profile's `remote` may name it, else a ConfigError.
+
+    Why: the rules are the profile parser's (trivpn.hostnames) plus well-formed IP literals,
+    checked before anything is written: a profile the client refuses, or whose remote can
+    never be reached, would still use up the client's name until it is revoked.
+    """
     if not _HOST.fullmatch(host) or host.startswith("-"):
-        raise ConfigError(f"{host[:70]!r} is not a host name or address")
+        raise ConfigError(f"{what} {host[:70]!r}: not a host name or address (letters, digits, '.', '-', '_', ':')")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{what} {host!r}: not a host name or address (not a valid IPv6 address)") from None
+        return host
+    if (problem := host_name_problem(host)) is not None:
+        raise ConfigError(f"{what} {host!r}: not a host name or address ({problem})")
+    if host.rsplit(".", 1)[-1].isdigit():  # no top-level domain is all digits: an IPv4 literal
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"{what} {host!r}: not a host name or address (not a valid IPv4 address)") from None
+    return host
+
+
+def _plausible_host(host: str) -> str:
+    """The loose check for settings.json (a damaged file); `check_host` is the strict one."""
+    if not _HOST.fullmatch(host):
+        raise ValueError(host)
     return host
 
 
@@ -210,7 +238,7 @@ class Store:
         try:
             raw = json.loads(text)
             return Settings(
-                name=check_host(str(raw["name"])),
+                name=_plausible_host(str(raw["name"])),
                 port=int(raw["port"]),
                 proto=str(raw["proto"]),
                 subnet=str(raw["subnet"]),
