@@ -130,6 +130,9 @@ def client(
 def _issue(st: Store, name: str, settings: Settings, where: tuple[str, int], now: datetime.datetime) -> Issued:
     """`client`'s read-modify-write of index.txt, under DIR's lock."""
     entries = st.entries()
+    if name == settings.name or any(e.name == name and e.kind == "server" for e in entries):
+        # not "revoke it first": revoke handles clients only, and the server keeps its name
+        raise ConfigError(f"{name!r} is the server's name (its certificate's); a client needs a name of its own")
     if any(e.name == name and e.status == "V" for e in entries):
         raise ConfigError(f"{name!r} already has a valid certificate; revoke it first to issue a new one")
     ca_cert, ca_key = _ca(st)
@@ -172,6 +175,8 @@ def _revoke(st: Store, name: str, now: datetime.datetime) -> list[int]:
     entries = st.entries()
     hits = [e for e in entries if e.name == name and e.kind == "client" and e.status == "V"]
     if not hits:
+        if any(e.name == name and e.kind == "server" for e in entries):
+            raise ConfigError(f"{name!r} is the server's certificate, not a client's; 'pki revoke' revokes clients")
         known = any(e.name == name and e.kind == "client" for e in entries)
         raise ConfigError(f"{name!r} is already revoked" if known else f"no client named {name!r} in {st.root}")
     for e in hits:

@@ -145,3 +145,31 @@ def test_cli_bad_remote_is_one_line(pki: Path, capsys: pytest.CaptureFixture[str
     assert cli.main(["pki", "client", str(pki), "alice", "--remote", "host..x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--remote 'host..x': not a host name or address" in err[0], err
+
+
+# ---- the server's own name --------------------------------------------------------------
+
+
+def test_client_refuses_the_servers_name(pki: Path) -> None:
+    index = (pki / "index.txt").read_text()
+    with pytest.raises(ConfigError, match=r"^'vpn.example.net' is the server's name .*a client needs a name of its own"):
+        ops.client(pki, "vpn.example.net")
+    assert (pki / "index.txt").read_text() == index
+    assert list((pki / "clients").iterdir()) == []
+
+
+def test_revoke_says_the_servers_name_is_no_clients(pki: Path) -> None:
+    crl = (pki / "crl.pem").read_text()
+    with pytest.raises(ConfigError, match=r"^'vpn.example.net' is the server's certificate, not a client's"):
+        ops.revoke(pki, "vpn.example.net")
+    assert (pki / "crl.pem").read_text() == crl
+    with pytest.raises(ConfigError, match="no client named 'alice'"):
+        ops.revoke(pki, "alice")
+
+
+@pytest.mark.usefixtures("_logging_kept")
+def test_cli_servers_name_is_one_line(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pki", "client", str(pki), "vpn.example.net"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the server's name" in err[0], err
+    assert "revoke it first" not in err[0]
