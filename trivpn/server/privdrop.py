@@ -18,6 +18,11 @@ them), and run as the new user, as OpenVPN's do.
 Files written later keep working because they are opened now and rewritten in place
 through that descriptor (seek, write, truncate), as OpenVPN does, instead of the atomic
 temp-file-and-rename used without a drop (which needs a writable directory).
+
+Files read later (the crl-verify file at each new client, client-config-dir, tmp-dir,
+scripts) are read as the new user, so `access_problem` checks at start, from the mode bits
+of every path component, that the new uid and gid (no other group, no capability) will
+reach them: a CRL the server can no longer read would let revoked clients in.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ import grp
 import logging
 import os
 import pwd
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from trivpn.errors import ConfigError, FatalError
 from trivpn.records import dataclass
 
-__all__ = ["KeptFile", "PrivilegeDrop"]
+__all__ = ["KeptFile", "PrivilegeDrop", "access_problem", "dropped_ids"]
 
 log = logging.getLogger("trivpn.server")
 
@@ -115,6 +121,63 @@ def _resolve(user: str | None, group: str | None) -> _Identity | None:
             raise ConfigError(f"option 'group': no such group {group[:64]!r}") from None
     assert gid is not None
     return _Identity(uid, gid, f"{user or '-'}:{group or gid}")
+
+
+def dropped_ids(user: str | None, group: str | None) -> tuple[int, int, str] | None:
+    """(uid, gid, name) the server will run as after the drop; None without `user`/`group`,
+    or when it stays root (a root process reads anything)."""
+    ident = _resolve(user, group)
+    if ident is None:
+        return None
+    uid = ident.uid if ident.uid is not None else os.getuid()
+    return None if uid == 0 else (uid, ident.gid, ident.name)
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{user}:{group}"
+
+
+def _allows(st: os.stat_result, uid: int, gid: int, want: int) -> bool:
+    """The kernel's mode-bit rule for a process with this uid and only this group: the
+    owner bits for the owner (even if others may do more), else the group's, else others'."""
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want & 7 == want
+
+
+def access_problem(path: str | Path, uid: int, gid: int, want: int, *, directory: bool = False) -> str | None:
+    """Why uid/gid could not `want` (os.R_OK | W_OK | X_OK bits) on `path` after the drop:
+    every directory above it must be searchable; None when nothing stands in the way.
+    Stats as the caller (root); ACLs are not read, so a doubt refuses (fails closed)."""
+    real = Path(os.path.realpath(path))
+    for parent in reversed(real.parents):
+        try:
+            st = os.stat(parent)
+        except OSError as exc:
+            return f"{parent}: {exc.strerror or exc}"
+        if not _allows(st, uid, gid, os.X_OK):
+            return f"{parent} is mode {stat.S_IMODE(st.st_mode):04o} owned by {_owner(st)}"
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return f"{real}: {exc.strerror or exc}"
+    if directory and not stat.S_ISDIR(st.st_mode):
+        return f"{real} is not a directory"
+    if not _allows(st, uid, gid, want):
+        return f"{real} is mode {stat.S_IMODE(st.st_mode):04o} owned by {_owner(st)}"
+    return None
 
 
 class PrivilegeDrop:

@@ -4,12 +4,20 @@ The parser accepts every option of issue 12's list; the service does not impleme
 them yet. Ignoring some would let clients in that the configuration means to keep out
 (a client-connect script that can refuse, client certificates made optional), so
 those are errors; the others are one-line warnings, like an unknown option.
+
+It also runs the start-up checks a parser cannot (they look at the files and users of this
+host), so that a mistake is one line at start instead of a server that says it is up and then
+fails every client: with `user`/`group`, the files read after the drop must be reachable by
+that user (privdrop.access_problem).
 """
 
 from __future__ import annotations
 
+import os
+
 from trivpn.errors import ConfigError
 from trivpn.server.config_model import ServerConfig
+from trivpn.server.privdrop import access_problem, dropped_ids
 
 __all__ = ["check_served"]
 
@@ -24,7 +32,28 @@ def check_served(cfg: ServerConfig) -> list[str]:
     for bad, name, why in unsafe:
         if bad:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
+    _check_after_drop(cfg)
     ignored = [
         (cfg.connect_freq is not None, "connect-freq"),
     ]
     return [f"option '{name}' is not supported by trivpn serve yet and was ignored" for bad, name in ignored if bad]
+
+
+def _check_after_drop(cfg: ServerConfig) -> None:
+    """With `user`/`group`: refuse files the server reads after the drop but could not then
+    (a crl-verify file it cannot re-read would keep letting revoked clients in)."""
+    ids = dropped_ids(cfg.user, cfg.group)
+    if ids is None:
+        return
+    uid, gid, name = ids
+    needs: list[tuple[str, str | None, int, bool, str, str]] = [
+        ("crl-verify", cfg.crl_verify_path, os.R_OK, False, "read", "a revoked client would still be let in"),
+    ]
+    for option, path, want, directory, verb, why in needs:
+        if path is None:
+            continue
+        if (problem := access_problem(path, uid, gid, want, directory=directory)) is not None:
+            raise ConfigError(
+                f"option '{option}': user {name} could not {verb} {path} after the privilege drop "
+                f"({problem}), so {why}"
+            )

@@ -1,0 +1,100 @@
+"""Start-up checks of `trivpn serve` (support.check_served and what it calls): a config
+mistake that would otherwise fail every client, or let a revoked one in, is one line at start."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.profiles import shared_pki
+
+from trivpn.errors import ConfigError
+from trivpn.server.config import parse_server_config
+from trivpn.server.config_model import ServerConfig
+from trivpn.server.privdrop import access_problem
+from trivpn.server.support import check_served
+from trivpn.testing.pki import revoke
+
+#: ids that own nothing on this host (the "others" bits apply to them)
+STRANGER_UID, STRANGER_GID = 4_000_123, 4_000_321
+
+
+def config(extra: str = "") -> ServerConfig:
+    pki = shared_pki()
+    text = "\n".join(
+        [
+            "server 10.8.0.0 255.255.255.0", "topology subnet", "dev tun", "dh none",
+            f"<ca>\n{pki.ca_cert}</ca>", f"<cert>\n{pki.server_cert}</cert>",
+            f"<key>\n{pki.server_key}</key>", extra,
+        ]
+    )
+    return parse_server_config(text)
+
+
+def refused(extra: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_served(config(extra))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.fixture
+def open_tree() -> Iterator[Path]:
+    """A directory every user may search (pytest's tmp_path sits below a root-only one)."""
+    with tempfile.TemporaryDirectory(prefix="trivpn-startchecks-") as name:
+        path = Path(name)
+        path.chmod(0o755)
+        if access_problem(path, STRANGER_UID, STRANGER_GID, os.X_OK) is not None:
+            pytest.skip(f"the directories above {path} are not searchable by every user")
+        yield path
+
+
+# ---- 1. crl-verify after the privilege drop ------------------------------------------------
+
+
+def test_access_follows_the_mode_bits_of_every_component(open_tree: Path) -> None:
+    pki_dir = open_tree / "pki"
+    pki_dir.mkdir(mode=0o700)
+    pki_dir.chmod(0o700)
+    crl = pki_dir / "crl.pem"
+    crl.write_text("x")
+    crl.chmod(0o644)
+    problem = access_problem(crl, STRANGER_UID, STRANGER_GID, os.R_OK)
+    assert problem is not None and f"{pki_dir} is mode 0700" in problem
+    pki_dir.chmod(0o711)  # searchable is enough for a directory on the way
+    assert access_problem(crl, STRANGER_UID, STRANGER_GID, os.R_OK) is None
+    crl.chmod(0o600)
+    problem = access_problem(crl, STRANGER_UID, STRANGER_GID, os.R_OK)
+    assert problem is not None and f"{crl} is mode 0600" in problem
+    st = crl.stat()
+    crl.chmod(0o640)  # the group's bits for a member of the file's group
+    assert access_problem(crl, STRANGER_UID, st.st_gid, os.R_OK) is None
+    crl.chmod(0o044)  # the owner gets the owner's bits, even when others may read
+    assert access_problem(crl, st.st_uid, STRANGER_GID, os.R_OK) is not None
+    assert access_problem(open_tree / "missing", STRANGER_UID, STRANGER_GID, os.R_OK) is not None
+
+
+def test_a_crl_the_dropped_user_cannot_reread_is_refused_at_start(open_tree: Path) -> None:
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' on this host")
+    pki_dir = open_tree / "pki"
+    pki_dir.mkdir()
+    pki_dir.chmod(0o700)  # as `trivpn pki init` makes it
+    crl = pki_dir / "crl.pem"
+    crl.write_text(revoke(shared_pki()))
+    crl.chmod(0o644)
+    message = refused(f"crl-verify {crl}\nuser nobody")
+    assert "option 'crl-verify'" in message and str(crl) in message and "user nobody" in message
+    assert f"{pki_dir} is mode 0700" in message
+    pki_dir.chmod(0o755)
+    assert check_served(config(f"crl-verify {crl}\nuser nobody")) == []
+    crl.chmod(0o600)  # what `trivpn pki revoke` writes
+    assert "crl.pem is mode 0600" in refused(f"crl-verify {crl}\nuser nobody")
+    assert check_served(config(f"crl-verify {crl}")) == []  # no drop: root reads it
