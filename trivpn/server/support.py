@@ -7,8 +7,8 @@ those are errors; the others are one-line warnings, like an unknown option.
 
 It also runs the start-up checks a parser cannot (they look at the files and users of this
 host), so that a mistake is one line at start instead of a server that says it is up and then
-fails every client: with `user`/`group`, the files read after the drop must be reachable by
-that user (privdrop.access_problem).
+fails every client: the private key must belong to the certificate; with `user`/`group`,
+the files read after the drop must be reachable by that user (privdrop.access_problem).
 """
 
 from __future__ import annotations
@@ -32,11 +32,25 @@ def check_served(cfg: ServerConfig) -> list[str]:
     for bad, name, why in unsafe:
         if bad:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
+    _check_identity(cfg)
     _check_after_drop(cfg)
     ignored = [
         (cfg.connect_freq is not None, "connect-freq"),
     ]
     return [f"option '{name}' is not supported by trivpn serve yet and was ignored" for bad, name in ignored if bad]
+
+
+def _check_identity(cfg: ServerConfig) -> None:
+    """The certificate and the key as the TLS context takes them (a key that is not the
+    certificate's would fail every handshake, e.g. `key ca.key`)."""
+    from OpenSSL import SSL
+
+    from trivpn.tlssession.tlsload import load_identity
+
+    try:
+        load_identity(SSL.Context(SSL.TLS_METHOD), cfg.cert, cfg.key)
+    except ConfigError as exc:
+        raise ConfigError(f"options 'cert'/'key': {exc}") from None
 
 
 def _check_after_drop(cfg: ServerConfig) -> None:

@@ -98,3 +98,13 @@ def test_a_crl_the_dropped_user_cannot_reread_is_refused_at_start(open_tree: Pat
     crl.chmod(0o600)  # what `trivpn pki revoke` writes
     assert "crl.pem is mode 0600" in refused(f"crl-verify {crl}\nuser nobody")
     assert check_served(config(f"crl-verify {crl}")) == []  # no drop: root reads it
+
+
+# ---- 2. a key that is not the certificate's -------------------------------------------------
+
+
+def test_a_key_that_does_not_match_the_cert_is_refused_at_start() -> None:
+    pki = shared_pki()
+    message = refused(f"<key>\n{pki.ca_key}</key>")  # the later key wins, as `key ca.key`
+    assert "options 'cert'/'key'" in message and "do not match" in message
+    assert check_served(config()) == []
