@@ -54,6 +54,7 @@ import os
 from ipaddress import IPv4Address, IPv4Network, IPv6Interface
 from pathlib import Path
 
+from trivpn.datachannel.crypto import SUPPORTED_DATA_CIPHERS, normalize_data_cipher
 from trivpn.errors import ConfigError
 from trivpn.profile.checks import (
     MAX_REFERENCED_FILE_SIZE,
@@ -196,6 +197,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         last = max(wraps, key=lambda n: d.lines[n])
         raise _line_err(d, last, f"'{wraps[0]}' and '{wraps[1]}' cannot be used together")
     _check_auth(d)
+    data_ciphers = _data_ciphers(d)
     if d.hand_window is not None and d.hand_window < 1:
         raise _line_err(d, "hand-window", "must be at least 1 second on a server")
     ping, ping_restart, helper_push = _keepalive(d)
@@ -228,7 +230,7 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
         tls_crypt_v2=d.tls_crypt_v2,
         crl_verify=d.crl_verify,
         crl_verify_path=d.crl_verify_path,
-        data_ciphers=tuple(d.data_ciphers) if d.data_ciphers else DEFAULT_DATA_CIPHERS,
+        data_ciphers=data_ciphers,
         data_ciphers_fallback=d.data_ciphers_fallback,
         auth=d.auth,
         tls_version_min=d.tls_version_min,
@@ -342,6 +344,43 @@ def _check_auth(d: Draft) -> None:
                 "'auth-user-pass-verify'",
             )
         )
+
+
+def _supported(cipher: str) -> bool:
+    try:
+        normalize_data_cipher(cipher)
+    except ConfigError:
+        return False
+    return True
+
+
+def _data_ciphers(d: Draft) -> tuple[str, ...]:
+    """The data-ciphers trivpn speaks. None of them would give every client AUTH_FAILED (no
+    shared cipher): an error; the others are dropped with a warning. An unusable fallback
+    only concerns clients without cipher negotiation: a warning."""
+    fallback = d.data_ciphers_fallback
+    if fallback is not None and not _supported(fallback):
+        line = d.lines["data-ciphers-fallback"]
+        d.warnings.append((line, f"option 'data-ciphers-fallback' (line {line}): {fallback} is not supported; "
+                                 "clients that cannot negotiate a cipher will be refused"))
+    if not d.data_ciphers:
+        return DEFAULT_DATA_CIPHERS
+    name = max(("data-ciphers", "ncp-ciphers"), key=lambda n: d.lines.get(n, -1))
+    known = [c for c in d.data_ciphers if _supported(c)]
+    unknown = [c for c in d.data_ciphers if not _supported(c)]
+    if not known:
+        if len(unknown) == 1:
+            try:
+                normalize_data_cipher(unknown[0])
+            except ConfigError as exc:
+                raise _line_err(d, name, str(exc)) from None
+        raise _line_err(
+            d, name, f"none of {', '.join(unknown)} is supported; use one of {', '.join(SUPPORTED_DATA_CIPHERS)}"
+        )
+    if unknown:
+        line = d.lines[name]
+        d.warnings.append((line, f"option '{name}' (line {line}): {', '.join(unknown)} not supported, ignored"))
+    return tuple(known)
 
 
 def _keepalive(d: Draft) -> tuple[int | None, int | None, list[str]]:

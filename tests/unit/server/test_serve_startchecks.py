@@ -108,3 +108,28 @@ def test_a_key_that_does_not_match_the_cert_is_refused_at_start() -> None:
     message = refused(f"<key>\n{pki.ca_key}</key>")  # the later key wins, as `key ca.key`
     assert "options 'cert'/'key'" in message and "do not match" in message
     assert check_served(config()) == []
+
+
+# ---- 3. data-ciphers without one cipher trivpn speaks ----------------------------------------
+
+
+def parse_error(extra: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        config(extra)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_data_ciphers_need_one_supported_cipher() -> None:
+    message = parse_error("data-ciphers FOO-BAR")
+    assert "option 'data-ciphers'" in message and "FOO-BAR" in message and "AES-256-GCM" in message
+    assert "SWEET32" in parse_error("data-ciphers BF-CBC")
+    message = parse_error("ncp-ciphers FOO-BAR:BF-CBC")
+    assert "option 'ncp-ciphers'" in message and "none of FOO-BAR, BF-CBC is supported" in message
+    cfg = config("data-ciphers FOO-BAR:AES-128-GCM:?BAZ-GCM")
+    assert cfg.data_ciphers == ("AES-128-GCM",)
+    assert any("FOO-BAR, BAZ-GCM not supported, ignored" in w for w in cfg.warnings)
+    cfg = config("data-ciphers-fallback BF-CBC")
+    assert any("'data-ciphers-fallback'" in w and "BF-CBC" in w for w in cfg.warnings)
+    assert config("data-ciphers AES-256-GCM:AES-256-CBC").warnings == ()
