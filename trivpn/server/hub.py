@@ -16,7 +16,7 @@ import trio
 from trivpn.records import dataclass
 from trivpn.server.ccd import CcdEntry
 from trivpn.server.config_model import ServerConfig
-from trivpn.server.pool import AddressPool, pool_for_server
+from trivpn.server.pool import AddressPool
 from trivpn.server.pool_types import Lease
 from trivpn.server.routing import Drop, Router, ToClient
 
@@ -60,8 +60,11 @@ class Hub:
 
     def __init__(self, config: ServerConfig, tun_out: PacketSink) -> None:
         self.config = config
-        self.pool = AddressPool(config.pool, config.pool_ipv6) if (config.pool or config.pool_ipv6) else (
-            pool_for_server(config.network, config.topology, config.network_ipv6)
+        # No range at all ('nopool', or 'mode server' without 'ifconfig-pool'): only the
+        # fixed addresses of client-config-dir, never the helper's pool behind the config's back.
+        self.pool = AddressPool(
+            config.pool, config.pool_ipv6, fixed_only=True, network=config.network,
+            server=config.ifconfig[0] if config.ifconfig is not None else None,
         )
         self.router: Router[int] = Router(config.max_routes_per_client)
         self.clients: dict[int, Inbound] = {}

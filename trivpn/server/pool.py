@@ -17,6 +17,10 @@ recorded); otherwise a free entry this CN held before, else the free non-fixed e
 released longest ago (ties: lowest handle). A disconnect releases *softly* (the CN stays,
 so the client gets its address back); a *hard* release forgets the CN.
 
+Without a dynamic range (`server N M nopool`, or `mode server` without `ifconfig-pool`) the
+pool is `fixed_only`: it hands out no address (a client without a fixed one is refused, as
+OpenVPN gives it none) and only keeps the fixed ones apart.
+
 Addresses a client-config-dir file fixes (`ifconfig-push`, `ifconfig-ipv6-push`) are
 handed out by `reserve_fixed`, which refuses an address another live client holds (fixed or
 from the pool) or one outside the server network. Unlike OpenVPN 2.6, a fixed IPv4 address
@@ -77,10 +81,17 @@ class _Entry:
 class AddressPool:
     """One address pool shared by every listener of a server."""
 
-    def __init__(self, ipv4: IPv4Pool | None, ipv6: IPv6Pool | None = None) -> None:
-        if ipv4 is None and ipv6 is None:
+    def __init__(
+        self, ipv4: IPv4Pool | None, ipv6: IPv6Pool | None = None, *, fixed_only: bool = False,
+        network: IPv4Network | None = None, server: IPv4Address | None = None,
+    ) -> None:
+        """`fixed_only` (no range at all): no dynamic address; `network` and `server` (the
+        server's own address) then still bound the fixed IPv4 addresses."""
+        if ipv4 is None and ipv6 is None and not fixed_only:
             raise ConfigError("an address pool needs an IPv4 or an IPv6 range")
         self.ipv4 = ipv4
+        self._network = ipv4.network if ipv4 is not None else network
+        self._server = ipv4.server if ipv4 is not None else server
         self.ipv6 = ipv6
         sizes: list[int] = []
         self._v4_base = 0
@@ -114,8 +125,8 @@ class AddressPool:
                 host = 1
             self._v6_base = base
             sizes.append((1 << host_bits) - host if ipv6.netbits >= 112 else POOL_MAX)
-        self.size = min(sizes)
-        if self.size < 2:
+        self.size = min(sizes) if sizes else 0
+        if sizes and self.size < 2:
             raise ConfigError(
                 f"address pool too small ({self.size}), it needs at least 2 addresses"
             )
@@ -225,6 +236,11 @@ class AddressPool:
     def acquire(self, common_name: str | None, duplicate_cn: bool = False) -> Lease:
         """Give a newcomer an address, following OpenVPN's choice (see the module doc)."""
         h = self._find(common_name, duplicate_cn)
+        if h is None and self.size == 0:
+            raise PoolExhausted(
+                f"no address for {common_name or 'this client'!r}: the server has no dynamic pool ('nopool' or no "
+                "'ifconfig-pool'); give it one with 'ifconfig-push' in client-config-dir"
+            )
         if h is None:
             raise PoolExhausted(f"address pool exhausted: all {self.size} addresses are in use")
         lease = Lease(
@@ -343,16 +359,14 @@ class AddressPool:
         return h
 
     def _check_v4(self, addr: IPv4Address, owner: int | None) -> int | None:
-        v4 = self.ipv4
-        if v4 is not None and v4.network is not None:
-            net = v4.network
+        if (net := self._network) is not None:
             if addr not in net:
                 raise FixedAddressError(f"fixed address {addr} is outside the server network {net}")
             if net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
                 raise FixedAddressError(
                     f"fixed address {addr} is the network or broadcast address of {net}"
                 )
-        if v4 is not None and addr == v4.server:
+        if addr == self._server:
             raise FixedAddressError(f"fixed address {addr} is the server's own address")
         if self._fixed_v4.get(addr, owner) != owner:
             raise FixedAddressError(f"fixed address {addr} is already given to another client")

@@ -33,6 +33,7 @@ def check_served(cfg: ServerConfig) -> list[str]:
         if bad:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
     _check_identity(cfg)
+    _check_addresses(cfg)
     _check_after_drop(cfg)
     ignored = [
         (cfg.connect_freq is not None, "connect-freq"),
@@ -51,6 +52,19 @@ def _check_identity(cfg: ServerConfig) -> None:
         load_identity(SSL.Context(SSL.TLS_METHOD), cfg.cert, cfg.key)
     except ConfigError as exc:
         raise ConfigError(f"options 'cert'/'key': {exc}") from None
+
+
+def _check_addresses(cfg: ServerConfig) -> None:
+    """Without any pool ('nopool', or 'mode server' without 'ifconfig-pool') a client gets
+    an address only from client-config-dir, a client-connect file or management
+    client-auth; with none of them every client would be refused."""
+    if cfg.pool is not None or cfg.pool_ipv6 is not None:
+        return
+    if cfg.client_config_dir is None and cfg.client_connect is None and not cfg.management_client_auth:
+        raise ConfigError(
+            "no address for any client: the server has no dynamic pool ('nopool' or no 'ifconfig-pool') "
+            "and nothing gives a fixed one ('ifconfig-push' in a 'client-config-dir' file)"
+        )
 
 
 def _check_after_drop(cfg: ServerConfig) -> None:

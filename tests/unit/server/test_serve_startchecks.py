@@ -7,14 +7,18 @@ import os
 import pwd
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from helpers.profiles import shared_pki
 
 from trivpn.errors import ConfigError
+from trivpn.server.ccd import parse_ccd
 from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import ServerConfig
+from trivpn.server.hub import Hub
+from trivpn.server.pool_types import FixedAddressError, PoolExhausted
 from trivpn.server.privdrop import access_problem
 from trivpn.server.support import check_served
 from trivpn.testing.pki import revoke
@@ -23,11 +27,11 @@ from trivpn.testing.pki import revoke
 STRANGER_UID, STRANGER_GID = 4_000_123, 4_000_321
 
 
-def config(extra: str = "") -> ServerConfig:
+def config(extra: str = "", server: str = "server 10.8.0.0 255.255.255.0") -> ServerConfig:
     pki = shared_pki()
     text = "\n".join(
         [
-            "server 10.8.0.0 255.255.255.0", "topology subnet", "dev tun", "dh none",
+            server, "topology subnet", "dev tun", "dh none",
             f"<ca>\n{pki.ca_cert}</ca>", f"<cert>\n{pki.server_cert}</cert>",
             f"<key>\n{pki.server_key}</key>", extra,
         ]
@@ -133,3 +137,27 @@ def test_data_ciphers_need_one_supported_cipher() -> None:
     cfg = config("data-ciphers-fallback BF-CBC")
     assert any("'data-ciphers-fallback'" in w and "BF-CBC" in w for w in cfg.warnings)
     assert config("data-ciphers AES-256-GCM:AES-256-CBC").warnings == ()
+
+
+# ---- 4. server ... nopool --------------------------------------------------------------------
+
+
+def test_nopool_hands_out_no_dynamic_address(tmp_path: Path) -> None:
+    cfg = config(f"client-config-dir {tmp_path}", server="server 10.8.0.0 255.255.255.0 nopool")
+    assert cfg.pool is None
+    hub = Hub(cfg, None)  # type: ignore[arg-type]  # the TUN side is not used here
+    with pytest.raises(PoolExhausted, match="no dynamic pool"):
+        hub.take_lease("carol", None, 0.0)
+    lease = hub.take_lease("dave", parse_ccd("ifconfig-push 10.8.0.50 255.255.255.0\n"), 0.0)
+    assert lease.ipv4 is not None and str(lease.ipv4.address) == "10.8.0.50"
+    with pytest.raises(FixedAddressError, match="already given"):
+        hub.take_lease("erin", parse_ccd("ifconfig-push 10.8.0.50 255.255.255.0\n"), 0.0)
+    with pytest.raises(FixedAddressError, match="outside the server network"):
+        hub.take_lease("erin", parse_ccd("ifconfig-push 10.9.0.50 255.255.255.0\n"), 0.0)
+    with pytest.raises(FixedAddressError, match="server's own"):
+        hub.take_lease("erin", parse_ccd("ifconfig-push 10.8.0.1 255.255.255.0\n"), 0.0)
+    assert check_served(cfg) == []
+    with pytest.raises(ConfigError) as info:
+        check_served(replace(cfg, client_config_dir=None))
+    message = str(info.value)
+    assert "no dynamic pool" in message and "client-config-dir" in message
