@@ -466,7 +466,10 @@ def _manual_pool(
         if int(end) - int(start) + 1 > POOL_MAX:
             raise _line_err(d, "ifconfig-pool", f"more than {POOL_MAX} addresses")
         if network is None and server is not None:
-            network = IPv4Network(f"{server}/{mask}", strict=False)
+            try:
+                network = IPv4Network(f"{server}/{mask}", strict=False)
+            except ValueError:  # 'ifconfig A B' with a peer address B, not a netmask
+                raise _line_err(d, "ifconfig", f"topology subnet needs a netmask, not {mask}") from None
         return IPv4Pool(PoolType.INDIV, start, end, mask, network, server)
     first, last = int(start) & ~3, int(end) | 3
     if (last + 1 - first) // 4 > POOL_MAX:

@@ -142,6 +142,21 @@ class AddressPool:
         self._fixed_v4: dict[IPv4Address, int] = {}
         self._fixed_v6: dict[IPv6Address, int] = {}
         self._live: dict[int, Lease] = {}
+        # The server's own tunnel addresses may lie in a manual range (`ifconfig 10.8.0.1 ...`
+        # with `ifconfig-pool 10.8.0.1 ...`): their slots are never handed out (for net30 the
+        # /30 holding it; the IPv4 and IPv6 sides share the slot index).
+        self._reserved = {
+            h
+            for h in (
+                self.handle_of_ipv4(ipv4.server) if ipv4 is not None and ipv4.server is not None else None,
+                self.handle_of_ipv6(ipv6.server) if ipv6 is not None and ipv6.server is not None else None,
+            )
+            if h is not None
+        }
+        if self._reserved and self.size - len(self._reserved) < 1:
+            raise ConfigError("the address pool holds nothing but the server's own address")
+        for h in self._reserved:
+            self._entries[h].in_use = True  # with no holder: no release ever frees it
 
     # ---- address arithmetic -------------------------------------------------------------
 
@@ -242,7 +257,9 @@ class AddressPool:
                 "'ifconfig-pool'); give it one with 'ifconfig-push' in client-config-dir"
             )
         if h is None:
-            raise PoolExhausted(f"address pool exhausted: all {self.size} addresses are in use")
+            raise PoolExhausted(
+                f"address pool exhausted: all {self.size - len(self._reserved)} addresses are in use"
+            )
         lease = Lease(
             lease_id=self._new_id(),
             common_name=common_name,
@@ -283,7 +300,7 @@ class AddressPool:
 
     @property
     def in_use(self) -> int:
-        return sum(1 for e in self._entries if e.in_use)
+        return sum(1 for e in self._entries if e.in_use) - len(self._reserved)
 
     # ---- fixed addresses (client-config-dir) --------------------------------------------
 
@@ -352,6 +369,8 @@ class AddressPool:
         return lease
 
     def _holder_ok(self, h: int | None, owner: int | None, what: str) -> int | None:
+        if h is not None and h in self._reserved:
+            raise FixedAddressError(f"fixed address {what} is in the pool slot of the server's own address")
         if h is not None:
             e = self._entries[h]
             if e.in_use and e.holder != owner:

@@ -161,3 +161,27 @@ def test_nopool_hands_out_no_dynamic_address(tmp_path: Path) -> None:
         check_served(replace(cfg, client_config_dir=None))
     message = str(info.value)
     assert "no dynamic pool" in message and "client-config-dir" in message
+
+
+# ---- 5. a manual pool that holds the server's own address -----------------------------------
+
+
+def test_the_dynamic_pool_never_gives_out_the_servers_address() -> None:
+    manual = "mode server\ntls-server\nifconfig 10.8.0.1 255.255.255.0"
+    hub = Hub(config("ifconfig-pool 10.8.0.1 10.8.0.3", server=manual), None)  # type: ignore[arg-type]
+    got = {str(lease.ipv4.address) for lease in (hub.pool.acquire(n) for n in ("a", "b")) if lease.ipv4}
+    assert got == {"10.8.0.2", "10.8.0.3"} and hub.pool.in_use == 2
+    with pytest.raises(PoolExhausted, match="all 2 addresses"):
+        hub.pool.acquire("c")
+    net30 = "mode server\ntls-server\nifconfig 10.8.0.1 10.8.0.2"
+    hub = Hub(config("topology net30\nifconfig-pool 10.8.0.0 10.8.0.15", server=net30), None)  # type: ignore[arg-type]
+    lease = hub.pool.acquire("a")
+    assert lease.ipv4 is not None and str(lease.ipv4.address) == "10.8.0.6"  # not the server's /30
+    v6 = "ifconfig-ipv6 fd00:9::1/64 fd00:9::2\nifconfig-ipv6-pool fd00:9::1/64"
+    hub = Hub(config(v6), None)  # type: ignore[arg-type]
+    leases = [hub.pool.acquire(n) for n in ("a", "b")]
+    assert [str(lease.ipv6.address) for lease in leases if lease.ipv6] == ["fd00:9::2", "fd00:9::3"]
+    with pytest.raises(FixedAddressError, match="server's own address"):  # the IPv6 server's slot
+        hub.take_lease("c", parse_ccd("ifconfig-push 10.8.0.2 255.255.255.0\n"), 0.0)
+    with pytest.raises(ConfigError, match="option 'ifconfig': topology subnet needs a netmask, not 10.8.0.2"):
+        config("ifconfig-pool 10.8.0.4 10.8.0.15", server=net30)  # was a ValueError traceback
