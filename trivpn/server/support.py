@@ -7,13 +7,17 @@ those are errors; the others are one-line warnings, like an unknown option.
 
 It also runs the start-up checks a parser cannot (they look at the files and users of this
 host), so that a mistake is one line at start instead of a server that says it is up and then
-fails every client: the private key must belong to the certificate; with `user`/`group`,
-the files read after the drop must be reachable by that user (privdrop.access_problem).
+fails every client: the private key must belong to the certificate; `tmp-dir` and
+`client-config-dir` must be directories and the scripts' programs must exist and be
+executable (OpenVPN refuses these at start too); with `user`/`group`, the files read after
+the drop must be reachable by that user (privdrop.access_problem).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 
 from trivpn.errors import ConfigError
 from trivpn.server.config_model import ServerConfig
@@ -34,7 +38,8 @@ def check_served(cfg: ServerConfig) -> list[str]:
             raise ConfigError(f"option '{name}' is not supported by trivpn serve yet: {why}")
     _check_identity(cfg)
     _check_addresses(cfg)
-    _check_after_drop(cfg)
+    programs = _check_paths(cfg)
+    _check_after_drop(cfg, programs)
     ignored = [
         (cfg.connect_freq is not None, "connect-freq"),
     ]
@@ -67,7 +72,58 @@ def _check_addresses(cfg: ServerConfig) -> None:
         )
 
 
-def _check_after_drop(cfg: ServerConfig) -> None:
+def _scripts(cfg: ServerConfig) -> list[tuple[str, str]]:
+    auth = cfg.auth_user_pass_verify
+    commands = [
+        ("auth-user-pass-verify", auth.command if auth is not None else None),
+        ("client-connect", cfg.client_connect),
+        ("client-disconnect", cfg.client_disconnect),
+        ("learn-address", cfg.learn_address),
+    ]
+    return [(option, command) for option, command in commands if command is not None]
+
+
+def _directory(option: str, path: str, want: int, verb: str) -> None:
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"option '{option}': {path} {what}")
+    if not os.access(path, want):
+        raise ConfigError(f"option '{option}': cannot {verb} {path}")
+
+
+def _program(option: str, command: str) -> str:
+    """The file a script command runs (split like a shell word list, as when it runs)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"option '{option}': cannot split the command: {exc}") from None
+    if not argv:
+        raise ConfigError(f"option '{option}': empty command")
+    program = argv[0]
+    if "/" not in program:
+        found = shutil.which(program)
+        if found is None:
+            raise ConfigError(f"option '{option}': no program {program!r} in PATH")
+        return found
+    if not os.path.isfile(program):
+        what = "is not a file" if os.path.exists(program) else "does not exist"
+        raise ConfigError(f"option '{option}': {program} {what}")
+    if not os.access(program, os.X_OK):
+        raise ConfigError(f"option '{option}': {program} is not executable")
+    return program
+
+
+def _check_paths(cfg: ServerConfig) -> list[tuple[str, str]]:
+    """tmp-dir, client-config-dir and the scripts, as OpenVPN checks them at start (else
+    each connecting client would be refused); returns (option, program) of the scripts."""
+    if cfg.tmp_dir is not None:
+        _directory("tmp-dir", cfg.tmp_dir, os.R_OK | os.W_OK | os.X_OK, "write to")
+    if cfg.client_config_dir is not None:
+        _directory("client-config-dir", cfg.client_config_dir, os.R_OK | os.X_OK, "read")
+    return [(option, _program(option, command)) for option, command in _scripts(cfg)]
+
+
+def _check_after_drop(cfg: ServerConfig, programs: list[tuple[str, str]]) -> None:
     """With `user`/`group`: refuse files the server reads after the drop but could not then
     (a crl-verify file it cannot re-read would keep letting revoked clients in)."""
     ids = dropped_ids(cfg.user, cfg.group)
@@ -76,7 +132,11 @@ def _check_after_drop(cfg: ServerConfig) -> None:
     uid, gid, name = ids
     needs: list[tuple[str, str | None, int, bool, str, str]] = [
         ("crl-verify", cfg.crl_verify_path, os.R_OK, False, "read", "a revoked client would still be let in"),
+        ("client-config-dir", cfg.client_config_dir, os.R_OK | os.X_OK, True, "read",
+         "the clients' files (and their 'disable') would be missed"),
+        ("tmp-dir", cfg.tmp_dir, os.W_OK | os.X_OK, True, "write to", "every script call would fail"),
     ]
+    needs += [(option, program, os.X_OK, False, "run", "every call would fail") for option, program in programs]
     for option, path, want, directory, verb, why in needs:
         if path is None:
             continue

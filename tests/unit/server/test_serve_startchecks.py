@@ -185,3 +185,50 @@ def test_the_dynamic_pool_never_gives_out_the_servers_address() -> None:
         hub.take_lease("c", parse_ccd("ifconfig-push 10.8.0.2 255.255.255.0\n"), 0.0)
     with pytest.raises(ConfigError, match="option 'ifconfig': topology subnet needs a netmask, not 10.8.0.2"):
         config("ifconfig-pool 10.8.0.4 10.8.0.15", server=net30)  # was a ValueError traceback
+
+
+# ---- 6. paths OpenVPN checks at start --------------------------------------------------------
+
+
+def test_missing_directories_and_scripts_are_refused_at_start(tmp_path: Path) -> None:
+    message = refused("tmp-dir /nonexistent")
+    assert message == "option 'tmp-dir': /nonexistent does not exist"
+    (tmp_path / "f").write_text("x")
+    assert refused(f"tmp-dir {tmp_path / 'f'}").endswith("is not a directory")
+    message = refused("client-config-dir /nonexistent\nccd-exclusive")
+    assert message == "option 'client-config-dir': /nonexistent does not exist"
+    message = refused("script-security 2\nauth-user-pass-verify /nonexistent/script via-file")
+    assert message == "option 'auth-user-pass-verify': /nonexistent/script does not exist"
+    script = tmp_path / "connect.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    assert refused(f"script-security 2\nclient-connect \"{script} arg\"").endswith("is not executable")
+    assert "no program" in refused("script-security 2\nlearn-address no-such-program-trivpn")
+    script.chmod(0o755)
+    ok = f"script-security 2\nclient-connect \"{script} arg\"\nlearn-address true\ntmp-dir {tmp_path}"
+    assert check_served(config(f"{ok}\nclient-config-dir {tmp_path}")) == []
+
+
+def test_after_the_drop_ccd_tmp_dir_and_scripts_must_be_reachable(open_tree: Path) -> None:
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' on this host")
+    private = open_tree / "private"
+    private.mkdir()
+    private.chmod(0o700)
+    script = private / "connect.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    for extra, option in (
+        (f"client-config-dir {private}", "client-config-dir"),
+        (f"tmp-dir {private}", "tmp-dir"),
+        (f"script-security 2\nclient-connect {script}", "client-connect"),
+    ):
+        message = refused(f"{extra}\nuser nobody")
+        assert message.startswith(f"option '{option}': user nobody") and f"{private} is mode 0700" in message
+    private.chmod(0o755)
+    assert "tmp-dir" in refused(f"tmp-dir {private}\nuser nobody")  # nobody cannot write there
+    private.chmod(0o1777)
+    extra = f"client-config-dir {private}\ntmp-dir {private}\nscript-security 2\nclient-connect {script}"
+    assert check_served(config(f"{extra}\nuser nobody")) == []
