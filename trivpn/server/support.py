@@ -8,8 +8,8 @@ those are errors; the others are one-line warnings, like an unknown option.
 It also runs the start-up checks a parser cannot (they look at the files and users of this
 host), so that a mistake is one line at start instead of a server that says it is up and then
 fails every client: the private key must belong to the certificate; `tmp-dir` and
-`client-config-dir` must be directories and the scripts' programs must exist and be
-executable (OpenVPN refuses these at start too); with `user`/`group`, the files read after
+`client-config-dir` must be directories, the scripts' programs must exist and be
+executable, and the status file must be writable (OpenVPN refuses these at start too); with `user`/`group`, the files read after
 the drop must be reachable by that user (privdrop.access_problem).
 """
 
@@ -113,6 +113,17 @@ def _program(option: str, command: str) -> str:
     return program
 
 
+def _status_file(path: str) -> None:
+    """The status file is first written after 'Initialization Sequence Completed': a path
+    that cannot be written would end the server right after it said it was up. Its
+    directory must take a new file (the atomic replace, or the open before a drop)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"option 'status': {path} is a directory")
+    _directory("status", os.path.dirname(path) or ".", os.W_OK | os.X_OK, "create files in")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"option 'status': cannot write {path}")
+
+
 def _check_paths(cfg: ServerConfig) -> list[tuple[str, str]]:
     """tmp-dir, client-config-dir and the scripts, as OpenVPN checks them at start (else
     each connecting client would be refused); returns (option, program) of the scripts."""
@@ -120,6 +131,8 @@ def _check_paths(cfg: ServerConfig) -> list[tuple[str, str]]:
         _directory("tmp-dir", cfg.tmp_dir, os.R_OK | os.W_OK | os.X_OK, "write to")
     if cfg.client_config_dir is not None:
         _directory("client-config-dir", cfg.client_config_dir, os.R_OK | os.X_OK, "read")
+    if cfg.status is not None:
+        _status_file(cfg.status.path)
     return [(option, _program(option, command)) for option, command in _scripts(cfg)]
 
 

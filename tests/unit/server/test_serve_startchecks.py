@@ -232,3 +232,17 @@ def test_after_the_drop_ccd_tmp_dir_and_scripts_must_be_reachable(open_tree: Pat
     private.chmod(0o1777)
     extra = f"client-config-dir {private}\ntmp-dir {private}\nscript-security 2\nclient-connect {script}"
     assert check_served(config(f"{extra}\nuser nobody")) == []
+
+
+# ---- 7. a status file that cannot be written --------------------------------------------------
+
+
+def test_an_unwritable_status_file_is_refused_before_the_server_is_up(tmp_path: Path) -> None:
+    assert refused(f"status {tmp_path}") == f"option 'status': {tmp_path} is a directory"
+    message = refused("status /nonexistent/dir/status.log 1")
+    assert message == "option 'status': /nonexistent/dir does not exist"
+    assert check_served(config(f"status {tmp_path / 'status.log'} 1")) == []
+    if os.geteuid() != 0:  # root may write anything: the mode bits only stop others
+        (tmp_path / "status.log").write_text("")
+        (tmp_path / "status.log").chmod(0o400)
+        assert refused(f"status {tmp_path / 'status.log'}").startswith("option 'status': cannot write")
