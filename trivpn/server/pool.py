@@ -408,8 +408,9 @@ class AddressPool:
     def load_persist(self, entries: list[PersistEntry], fixed: bool, now: float) -> list[str]:
         """Pre-assign persisted CNs to their old handles (entries stay free). `fixed`
         (persist interval 0) reserves them for that CN. Returns one warning per line that
-        did not map into this pool."""
+        did not map into this pool, or whose address a later line gives another CN."""
         warnings: list[str] = []
+        claimed: dict[int, str] = {}  # handle -> the CN an earlier line of this file gave it
         for pe in entries:
             h: int | None = None
             if pe.ipv4 is not None:
@@ -438,6 +439,15 @@ class AddressPool:
                     f"pool-persist: slot of {pe.common_name!r} is in use, entry ignored"
                 )
                 continue
+            earlier = claimed.get(h)
+            if earlier is not None and earlier != pe.common_name:
+                v6 = self._v6_for(h)
+                where = self.ipv4_base(h) or (v6.address if v6 is not None else h)
+                warnings.append(
+                    f"pool-persist: {earlier!r} and {pe.common_name!r} both have {where}; "
+                    f"{earlier!r} is dropped (the later line wins, as in OpenVPN)"
+                )
+            claimed[h] = pe.common_name
             e.last_release, e.fixed = now, fixed
             self._set_cn(h, pe.common_name)
             self._freed(h)

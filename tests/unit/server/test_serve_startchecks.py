@@ -18,6 +18,7 @@ from trivpn.server.ccd import parse_ccd
 from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.hub import Hub
+from trivpn.server.pool_persist import parse_persist
 from trivpn.server.pool_types import FixedAddressError, PoolExhausted
 from trivpn.server.privdrop import access_problem
 from trivpn.server.support import check_served
@@ -246,3 +247,16 @@ def test_an_unwritable_status_file_is_refused_before_the_server_is_up(tmp_path: 
         (tmp_path / "status.log").write_text("")
         (tmp_path / "status.log").chmod(0o400)
         assert refused(f"status {tmp_path / 'status.log'}").startswith("option 'status': cannot write")
+
+
+# ---- 8. two names with one address in ifconfig-pool-persist ---------------------------------
+
+
+def test_two_names_sharing_a_persisted_address_are_both_named() -> None:
+    hub = Hub(config(), None)  # type: ignore[arg-type]
+    parsed = parse_persist(b"carol,10.8.0.2\ndave,10.8.0.2\nerin,10.8.0.3\n")
+    warnings = hub.pool.load_persist(list(parsed.entries), False, 0.0)
+    assert len(warnings) == 1 and "'carol' and 'dave' both have 10.8.0.2" in warnings[0]
+    assert [(e.common_name, str(e.ipv4)) for e in hub.pool.persist_entries()] == [
+        ("dave", "10.8.0.2"), ("erin", "10.8.0.3"),
+    ]
