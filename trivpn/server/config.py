@@ -369,14 +369,8 @@ def _data_ciphers(d: Draft) -> tuple[str, ...]:
     known = [c for c in d.data_ciphers if _supported(c)]
     unknown = [c for c in d.data_ciphers if not _supported(c)]
     if not known:
-        if len(unknown) == 1:
-            try:
-                normalize_data_cipher(unknown[0])
-            except ConfigError as exc:
-                raise _line_err(d, name, str(exc)) from None
-        raise _line_err(
-            d, name, f"none of {', '.join(unknown)} is supported; use one of {', '.join(SUPPORTED_DATA_CIPHERS)}"
-        )
+        choices = ", ".join(SUPPORTED_DATA_CIPHERS)
+        raise _line_err(d, name, f"no cipher trivpn supports in {', '.join(unknown)} (use one of {choices})")
     if unknown:
         line = d.lines[name]
         d.warnings.append((line, f"option '{name}' (line {line}): {', '.join(unknown)} not supported, ignored"))
