@@ -442,7 +442,7 @@ class AddressPool:
             earlier = claimed.get(h)
             if earlier is not None and earlier != pe.common_name:
                 v6 = self._v6_for(h)
-                where = self.ipv4_base(h) or (v6.address if v6 is not None else h)
+                where = self.ipv4_base(h) if self.ipv4 is not None else v6.address if v6 is not None else h
                 warnings.append(
                     f"pool-persist: {earlier!r} and {pe.common_name!r} both have {where}; "
                     f"{earlier!r} is dropped (the later line wins, as in OpenVPN)"

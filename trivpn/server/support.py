@@ -6,11 +6,12 @@ them yet. Ignoring some would let clients in that the configuration means to kee
 those are errors; the others are one-line warnings, like an unknown option.
 
 It also runs the start-up checks a parser cannot (they look at the files and users of this
-host), so that a mistake is one line at start instead of a server that says it is up and then
-fails every client: the private key must belong to the certificate; `tmp-dir` and
+host), so that a mistake is one line at start instead of a server that says it is up and
+then fails every client: the private key must belong to the certificate; `tmp-dir` and
 `client-config-dir` must be directories, the scripts' programs must exist and be
-executable, and the status file must be writable (OpenVPN refuses these at start too); with `user`/`group`, the files read after
-the drop must be reachable by that user (privdrop.access_problem).
+executable, and the status file must be writable (OpenVPN refuses these at start too);
+some client must be able to get an address; with `user`/`group`, the files read after the
+drop must be reachable by that user (privdrop.access_problem).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _status_file(path: str) -> None:
 
 
 def _check_paths(cfg: ServerConfig) -> list[tuple[str, str]]:
-    """tmp-dir, client-config-dir and the scripts, as OpenVPN checks them at start (else
+    """tmp-dir, client-config-dir, status and the scripts, as OpenVPN checks them at start (else
     each connecting client would be refused); returns (option, program) of the scripts."""
     if cfg.tmp_dir is not None:
         _directory("tmp-dir", cfg.tmp_dir, os.R_OK | os.W_OK | os.X_OK, "write to")
