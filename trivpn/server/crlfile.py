@@ -4,8 +4,10 @@ OpenVPN reads the CRL file again for each new connection, so an operator revokes
 certificate by replacing the file, without a restart. trivpn does the same, cheaply: each
 new client session stats the file and reads it again only if its mtime or size changed.
 The read is bounded (MAX_CRL_BYTES) and validated like at start (one PEM CRL signed by the
-CA); a file that cannot be read or fails validation is logged and the last good CRL stays
-in force, so a half-written file never lets revoked clients back in. The read is a small
+CA); a file that cannot be read or fails validation is logged (an error: certificates it
+revokes are not refused yet) and the last good CRL stays in force, so a half-written file
+never lets revoked clients back in. Such a file is tried again at each new client until it
+loads: fixing its permissions changes neither its mtime nor its size. The read is a small
 blocking file read in the accepting task, as in OpenVPN; sessions already running keep the
 CRL they were verified against (a revoked client is refused at its next connection).
 """
@@ -42,6 +44,7 @@ class CRLFile:
         self.text = text
         self._ca_pem = ca_pem
         self._seen = _signature(path)
+        self._failed: _Signature | None = None  # the version that did not load (logged once)
         #: how often the file was taken up again (tests and logs)
         self.reloads = 0
 
@@ -50,18 +53,20 @@ class CRLFile:
         sig = _signature(self.path)
         if sig is None or sig == self._seen:
             if sig is None and self._seen is not None:
-                log.warning("crl-verify: cannot stat %s; keeping the last CRL read", self.path)
+                log.error("crl-verify: cannot stat %s; keeping the last CRL read", self.path)
                 self._seen = None
             return self.text
-        self._seen = sig
         try:
             with open(self.path, "rb") as f:
                 data = f.read(MAX_CRL_BYTES + 1)
             text = data.decode("ascii")
             check_crl(text, self._ca_pem)
         except (OSError, UnicodeError, ConfigError) as exc:
-            log.warning("crl-verify: cannot use %s (%s); keeping the last CRL read", self.path, exc)
+            if sig != self._failed:
+                self._failed = sig
+                log.error("crl-verify: cannot use %s (%s); keeping the last CRL read", self.path, exc)
             return self.text
+        self._seen, self._failed = sig, None
         self.text = text
         self.reloads += 1
         log.info("crl-verify: re-read %s", self.path)

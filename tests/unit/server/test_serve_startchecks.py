@@ -17,6 +17,7 @@ from trivpn.errors import ConfigError
 from trivpn.server.ccd import parse_ccd
 from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import ServerConfig
+from trivpn.server.crlfile import CRLFile
 from trivpn.server.hub import Hub
 from trivpn.server.pool_persist import parse_persist
 from trivpn.server.pool_types import FixedAddressError, PoolExhausted
@@ -260,3 +261,22 @@ def test_two_names_sharing_a_persisted_address_are_both_named() -> None:
     assert [(e.common_name, str(e.ipv4)) for e in hub.pool.persist_entries()] == [
         ("dave", "10.8.0.2"), ("erin", "10.8.0.3"),
     ]
+
+
+# ---- a CRL file that failed to load is tried again -------------------------------------------
+
+
+def test_a_crl_that_failed_to_load_is_read_again_once_fixed(tmp_path: Path) -> None:
+    """A fixed file may keep its mtime and size (chmod changes neither): it was never taken
+    up again, so a revocation stayed ignored until the next change of the file."""
+    pki = shared_pki()
+    first, second = revoke(pki), revoke(pki, pki.client_cert)
+    path = tmp_path / "crl.pem"
+    path.write_text(first)
+    watch = CRLFile(str(path), first, pki.ca_cert)
+    path.write_text("x" * len(second))  # unusable, the size of the good one
+    stamp = path.stat().st_mtime_ns
+    assert watch.current() == first
+    path.write_text(second)
+    os.utime(path, ns=(stamp, stamp))  # same mtime, same size: what a chmod leaves
+    assert watch.current() == second and watch.reloads == 1
