@@ -2,7 +2,8 @@
 
 Plugged into trivpn.cli like the other sub-commands (only argparse at import time). Errors
 end with one line and exit 1, as `connect`; SIGINT/SIGTERM stop gracefully (clients are
-told, the TUN with its addresses and routes is removed) and exit 0.
+told, the TUN with its addresses and routes is removed) and exit 0, and so do SIGHUP/SIGUSR1
+(no reload: one line says so), SIGUSR2 logs the status report.
 """
 
 from __future__ import annotations

@@ -11,15 +11,17 @@
         └── one task per client, its own cancel scope: the ClientSession's stack
 
 A client's failure ends only its own task (logged; then the demux, pool and router forget
-it); the server's failure or a signal cancels the whole tree. On SIGINT/SIGTERM the exit
-hook first tells every client the server is going away (RESTART, or OCC exit without
-cc-exit), waits a moment for those packets to leave, and then everything is cancelled and
-the cleanups remove the TUN with its addresses and routes.
+it); the server's failure or a signal cancels the whole tree. On SIGINT/SIGTERM (and
+SIGHUP/SIGUSR1: no reload, see NO_RELOAD_SIGNALS) the exit hook first tells every client the
+server is going away (RESTART, or OCC exit without cc-exit), waits a moment for those
+packets to leave, and then everything is cancelled and the cleanups remove the TUN with its
+addresses and routes.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import trio
@@ -47,6 +49,15 @@ __all__ = ["Server"]
 
 log = logging.getLogger("trivpn.server")
 
+#: OpenVPN re-reads its config on SIGHUP and restarts on SIGUSR1; trivpn serve cannot (the
+#: TUN and privileges are gone by then), so admins' routine HUP/USR1 stop it gracefully —
+#: clients told, leases and the management socket handled, exit 0 — instead of the default
+#: action killing it with none of that done.
+NO_RELOAD_SIGNALS = {
+    sig: "trivpn serve does not reload or restart: shutting down (start it again to apply changes)"
+    for sig in (signal.SIGHUP, signal.SIGUSR1)
+}
+
 class Server:
     """Everything `trivpn serve` runs (see the module docstring)."""
 
@@ -58,7 +69,9 @@ class Server:
         self.warnings = check_served(config)
         self.config = config
         self.parts: SessionParts = session_parts(config)
-        self.manager = WorkersManager(handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7)
+        self.manager = WorkersManager(
+            handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7, also_stop_on=NO_RELOAD_SIGNALS
+        )
         self._tun_sink = TunSink(DATA_CHANNEL_SIZE * 4)
         self.hub = Hub(config, self._tun_sink)
         self.table = ClientTable(self.hub)

@@ -6,7 +6,9 @@ task has finished. The manager adds what a VPN needs around that:
 
 * a graceful stop (`request_stop`): run the exit hooks (send EXIT / OCC exit so the server
   frees our slot at once), give them a bounded time, then cancel the root scope;
-* SIGINT/SIGTERM mapped to that graceful stop (the CLI enables it);
+* SIGINT/SIGTERM mapped to that graceful stop (the CLI enables it), and any other signal
+  the owner lists in `also_stop_on` (a server that cannot reload stops on SIGHUP/SIGUSR1
+  rather than die at once of the default action);
 * cleanups (remove routes and addresses, close the TUN) that run on every exit path,
   including cancellation and errors, in reverse order of registration;
 * a name per service, so a failure is reported as "layer X failed: reason".
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -82,8 +84,13 @@ def primary_error(exc: BaseException) -> BaseException:
 
 
 class WorkersManager:
-    def __init__(self, *, handle_signals: bool = False, exit_grace: float = EXIT_GRACE) -> None:
+    def __init__(
+        self, *, handle_signals: bool = False, exit_grace: float = EXIT_GRACE,
+        also_stop_on: Mapping[signal.Signals, str] | None = None,
+    ) -> None:
         self.handle_signals = handle_signals
+        #: more signals that stop gracefully, each with the note logged when it comes
+        self.also_stop_on = dict(also_stop_on or {})
         self.exit_grace = exit_grace
         self.nursery: trio.Nursery | None = None
         self.cancel_scope = trio.CancelScope()
@@ -122,16 +129,17 @@ class WorkersManager:
         self.cancel_scope.cancel()
 
     async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *self.also_stop_on) as signals:
             task_status.started()
             async for signum in signals:
-                name = signal.Signals(signum).name
+                sig = signal.Signals(signum)
                 if self._stopping:
-                    log.warning("%s again: stopping now", name)
+                    log.warning("%s again: stopping now", sig.name)
                     self.cancel_scope.cancel()
                 else:
-                    log.info("%s received, shutting down", name)
-                    self.request_stop(name)
+                    note = self.also_stop_on.get(sig)
+                    log.info("%s received, %s", sig.name, note or "shutting down")
+                    self.request_stop(sig.name)
 
     async def run(self, setup: Callable[[WorkersManager], Awaitable[None]]) -> None:
         """Run `setup` (which starts services) and keep every service under one scope."""
