@@ -14,9 +14,24 @@ class ManagementConfigError(ValueError):
     """A management set-up the service refuses (one line, for the user)."""
 
 
+#: a password file's first line may be this long: reading stops there (a wrong path such as
+#: /dev/zero or a large binary file must not be read whole)
+MAX_PASSWORD_BYTES = 4096
+
+
 def read_password_file(path: str | Path) -> str:
-    """The management password: the file's first line (call before starting the service)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """The management password: the file's first line (call before starting the service).
+    OSError when it cannot be read; ManagementConfigError (one line) when it is empty, not
+    UTF-8 text or its first line is too long."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_PASSWORD_BYTES + 1)
+    first, newline, _ = data.partition(b"\n")
+    if not newline and len(data) > MAX_PASSWORD_BYTES:
+        raise ManagementConfigError(f"management: password file {path}: the first line is too long")
+    try:
+        lines = first.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ManagementConfigError(f"management: password file {path} is not UTF-8 text") from None
     if not lines or not lines[0]:
         raise ManagementConfigError(f"management: password file {path} is empty")
     return lines[0]
