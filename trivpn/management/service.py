@@ -71,7 +71,10 @@ class ManagementService:
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
-            config.remove_socket_file(path)
+            try:
+                config.remove_socket_file(path)
+            except OSError as exc:  # e.g. a root-owned directory after `user nobody`: not fatal
+                log.warning("management: cannot remove the unix socket %s: %s", path, exc.strerror or exc)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Run one management connection until quit, EOF, overflow or error."""
