@@ -56,31 +56,30 @@ def start_named(
     nursery.start_soon(wrapped, name=name)
 
 
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
+def _causes(exc: BaseException) -> list[BaseException]:
+    """Every leaf under `exc`, through exception groups and service wrappers at any depth (a
+    layer with its own nursery wraps a group: ServiceFailed(name, ExceptionGroup([...])))."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _causes(e)]
+    if isinstance(exc, ServiceFailed):
+        return _causes(exc.error)
+    return [exc]
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    return exc.error if isinstance(exc, ServiceFailed) else exc
+#: what a layer raises when another layer ended first and closed the channel between them:
+#: a side effect of that other failure, never its cause
+SIDE_EFFECTS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 def primary_error(exc: BaseException) -> BaseException:
-    """The error that caused a failure, dug out of exception groups and service wrappers."""
-    while True:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves = _leaves(exc)
-            inner = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-            # an error we raised on purpose names the cause better than its side effects
-            ours = [e for e in inner if isinstance(_unwrap(e), TrivpnError)]
-            exc = (ours or inner or leaves)[0]
-            continue
-        if isinstance(exc, ServiceFailed):
-            exc = exc.error
-            continue
-        return exc
+    """The error that caused a failure, dug out of exception groups and service wrappers:
+    an error we raised on purpose (TrivpnError) first, then any other but a closed-channel
+    side effect, then those, then a Cancelled."""
+    leaves = _causes(exc)
+    inner = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    ours = [e for e in inner if isinstance(e, TrivpnError)]
+    causes = [e for e in inner if not isinstance(e, SIDE_EFFECTS)]
+    return (ours or causes or inner or leaves)[0]
 
 
 class WorkersManager:
