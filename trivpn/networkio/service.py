@@ -1,9 +1,10 @@
 """The networkio service: a reader task and a writer task around one transport.
 
 Up: every `recv_batch` (a drained socket) becomes one list on `up`. Down: each list received
-from `down` is written with one `send_batch`. Closing `down` ends the writer; a transport
-error ends the service with an exception, which cancels the whole stack. With `up=None`
-the data-plane threads (`datachannel.fastpath`) own the receive side and only the writer runs.
+from `down` is written with one `send_batch`. Closing `down` ends the writer, closing `up`'s
+receiving end the reader; a transport error ends the service with an exception, which
+cancels the whole stack. With `up=None` the data-plane threads (`datachannel.fastpath`) own
+the receive side and only the writer runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ async def run_networkio(
         async with up:
             while True:
                 batch = await transport.recv_batch()
-                await hand_over(up, batch)
+                try:
+                    await hand_over(up, batch)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # the layer above has ended (and closed its end): its own exit or error
+                    # says why; ours would only hide that (e.g. an AUTH_FAILED as
+                    # "internal error: BrokenResourceError")
+                    return
 
     async def writer() -> None:
         async with down:
