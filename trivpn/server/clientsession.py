@@ -28,6 +28,7 @@ deletes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,7 @@ import trio
 
 from trivpn.controlchannel.service import control_payload_size
 from trivpn.datachannel.link import PEER_EXITED
+from trivpn.datachannel.service import PingExit, PingRestart
 from trivpn.errors import SessionRestart
 from trivpn.messages import (
     AuthRequest,
@@ -44,6 +46,7 @@ from trivpn.messages import (
     SendExit,
     SendExitNotify,
 )
+from trivpn.networkio.transport import TransportError
 from trivpn.packetmuxer import PacketMuxer
 from trivpn.server.ccd import CcdEntry
 from trivpn.server.clientadmit import Admission
@@ -55,8 +58,9 @@ from trivpn.server.sessionparts import SessionParts
 from trivpn.session.stack import DATA_CHANNEL_SIZE, SessionStack
 from trivpn.tlssession.service import TLSService
 from trivpn.wire import is_data_byte0
+from trivpn.workers.manager import ServiceFailed
 
-__all__ = ["ClientSession"]
+__all__ = ["ClientSession", "as_server_reason"]
 
 log = logging.getLogger("trivpn.server")
 
@@ -168,15 +172,22 @@ class ClientSession:
             await self.stack.data_control.send([SendExitNotify(count=2)])
 
     async def run(self, io: Callable[[], Awaitable[object]]) -> None:
-        """Run the stack with `io` moving its datagrams (see `net_up`/`net_down`)."""
-        with self.cancel_scope:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                nursery.start_soon(io)
-                nursery.start_soon(self._from_client)
-                nursery.start_soon(self._watch_events)
-                await self.stack.run()
-                nursery.cancel_scope.cancel()
+        """Run the stack with `io` moving its datagrams (see `net_up`/`net_down`). The
+        session's end reasons are worded for the server's log (`as_server_reason`)."""
+        try:
+            with self.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    nursery.start_soon(io)
+                    nursery.start_soon(self._from_client)
+                    nursery.start_soon(self._watch_events)
+                    await self.stack.run()
+                    nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            reworded = as_server_reason(exc)
+            if reworded is exc:
+                raise
+            raise reworded from None
 
     async def _from_client(self) -> None:
         async for batch in self._tun_down:
@@ -249,3 +260,27 @@ class _ToClient:
                 client.send_direct(out)
             return
         self._channel.send_nowait(value)
+
+
+#: the layers a client and the server share word a lost peer as a client sees it ("the
+#: server closed the TCP connection", "no packet from the server for 8 s (ping-restart)");
+#: in the server's log the peer is the client
+_PEER_WORDED = (TransportError, PingRestart, PingExit)
+
+
+def as_server_reason(exc: BaseException) -> BaseException:
+    """`exc` with those reasons naming the client instead (a copy; `exc` itself when none
+    is in it), through exception groups and service wrappers."""
+    if isinstance(exc, BaseExceptionGroup):
+        parts = [as_server_reason(e) for e in exc.exceptions]
+        if all(new is old for new, old in zip(parts, exc.exceptions, strict=True)):
+            return exc
+        return exc.derive(parts)
+    if isinstance(exc, ServiceFailed):
+        inner = as_server_reason(exc.error)
+        return exc if inner is exc.error else ServiceFailed(exc.service, inner)
+    if isinstance(exc, _PEER_WORDED) and len(exc.args) == 1 and "the server" in str(exc.args[0]):
+        new = copy.copy(exc)
+        new.args = (str(exc.args[0]).replace("the server", "the client"),)
+        return new
+    return exc
