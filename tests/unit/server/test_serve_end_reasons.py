@@ -11,6 +11,7 @@ import pytest
 import trio
 from helpers.profiles import shared_pki
 from helpers.serving import answer_echo, client_profile, ping, running_server, server_config
+from helpers.waiting import until
 
 from trivpn import api
 from trivpn.datachannel.service import PingRestart
@@ -25,6 +26,9 @@ BOUND = 30
 async def _client_vanishes(proto: str, extra: str, caplog: pytest.LogCaptureFixture) -> str:
     """A client that pings once and is then cancelled (no exit notification): the server's
     `ended:` line for it, once logged."""
+    def ended() -> list[str]:
+        return [r.getMessage() for r in caplog.records if " ended: " in r.getMessage()]
+
     pki = shared_pki()
     caplog.set_level(logging.INFO, logger="trivpn")
     with trio.fail_after(BOUND):
@@ -37,10 +41,9 @@ async def _client_vanishes(proto: str, extra: str, caplog: pytest.LogCaptureFixt
                         await ping(tunnel, "10.8.0.2", "10.8.0.1", 1)
                         gone.cancel()  # the client's process dies: nothing more is sent
                         await trio.sleep_forever()
-                while not (ended := [r.getMessage() for r in caplog.records if " ended: " in r.getMessage()]):
-                    await trio.sleep(0.05)
+                await until(lambda: bool(ended()), "the server's 'ended:' line", limit=BOUND)
                 nursery.cancel_scope.cancel()
-    return ended[0]
+    return ended()[0]
 
 
 async def test_client_closing_tcp_is_named(caplog: pytest.LogCaptureFixture) -> None:
