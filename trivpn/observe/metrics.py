@@ -115,6 +115,11 @@ async def _handle(metrics: Metrics, stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
+def _host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets (as a URL and `--metrics-addr` want it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def serve_metrics(
     source: FigureSource, host: str, port: int,
     *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
@@ -125,8 +130,8 @@ async def serve_metrics(
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
-        raise ConfigError(f"--metrics-addr: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    log.info("metrics on http://%s:%d/metrics", host, listeners[0].socket.getsockname()[1])
+        raise ConfigError(f"--metrics-addr: cannot listen on {_host_port(host, port)}: {exc.strerror or exc}") from None
+    log.info("metrics on http://%s/metrics", _host_port(host, listeners[0].socket.getsockname()[1]))
 
     async def handler(stream: trio.SocketStream) -> None:
         await _handle(metrics, stream)

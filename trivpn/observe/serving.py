@@ -18,7 +18,7 @@ from trivpn.management.service import ManagementService
 from trivpn.records import dataclass
 from trivpn.status.writer import StatusWriter, write_status_file
 
-__all__ = ["ManagementSpec", "parse_host_port", "run_status_file", "start_management"]
+__all__ = ["ManagementSpec", "host_port", "parse_host_port", "run_status_file", "start_management"]
 
 log = logging.getLogger("trivpn")
 
@@ -33,6 +33,11 @@ class ManagementSpec:
     address: str
     port: int | None  # None: `address` is a unix socket path
     password_file: str | None = None
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets (the form `parse_host_port` reads back)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
@@ -59,15 +64,15 @@ async def start_management(
         except mconfig.ManagementConfigError as exc:
             raise ConfigError(str(exc)) from None
     service = ManagementService(host, password=password)
+    where = f"unix socket {spec.address}" if spec.port is None else host_port(spec.address, spec.port)
     try:
         if spec.port is None:
             await nursery.start(service.serve_unix, spec.address)
-            where = f"unix socket {spec.address}"
         else:
-            await nursery.start(service.serve_tcp, spec.port, spec.address)
-            where = f"{spec.address}:{spec.port}"
+            listeners = await nursery.start(service.serve_tcp, spec.port, spec.address)
+            where = host_port(spec.address, listeners[0].socket.getsockname()[1])  # port 0: the one bound
     except OSError as exc:
-        raise ConfigError(f"management: cannot listen on {spec.address}: {exc.strerror or exc}") from None
+        raise ConfigError(f"management: cannot listen on {where}: {exc.strerror or exc}") from None
     except mconfig.ManagementConfigError as exc:
         raise ConfigError(str(exc)) from None
     log.info("management interface listening on %s", where)
