@@ -57,7 +57,7 @@ trio.run(main)
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1], ids=["SIGHUP", "SIGUSR1"])
 async def test_hup_and_usr1_stop_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
     pki = shared_pki()
     (tmp_path / "pki.json").write_text(json.dumps(dataclasses.asdict(pki)))  # the client's CA
