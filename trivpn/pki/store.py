@@ -199,13 +199,17 @@ class Store:
         )
 
     def write(self, relative: str, text: str, *, new: bool = False) -> Path:
-        """Write `text` to DIR/relative with mode 0600 (atomically; `new`: must not exist)."""
+        """Write `text` to DIR/relative with mode 0600 (atomically; `new`: must not exist).
+
+        The CRL alone is 0644: it is public, and a server that drops its privileges
+        (`user nobody`) must read it again after every `revoke` — written 0600, the running
+        server kept its old CRL and let the revoked client in."""
         target = self.root / relative
         if new and target.exists():
             raise ConfigError(f"{target} already exists; refusing to overwrite it")
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", text=True)
         try:
-            os.fchmod(fd, 0o600)
+            os.fchmod(fd, 0o644 if relative == CRL else 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as fh:
                 fh.write(text)
                 fh.flush()

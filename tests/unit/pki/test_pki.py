@@ -61,6 +61,7 @@ def test_init_files_are_private(pki: Path) -> None:
     assert modes.pop(".") == 0o700 and modes.pop("clients") == 0o700
     assert set(modes) >= {"ca.crt", "ca.key", "server.crt", "server.key", "tls-crypt.key",
                           "crl.pem", "server.conf", "index.txt", "settings.json", "clients/alice.ovpn"}
+    assert modes.pop("crl.pem") == 0o644  # public; readable after a privilege drop (store.write)
     assert all(m == 0o600 for m in modes.values()), modes
 
 
@@ -190,7 +191,7 @@ def test_revoke_writes_a_crl_signed_by_the_ca(pki: Path) -> None:
         ops.revoke(pki, "carol")
     again = ops.client(pki, "alice").serial  # a revoked name may be issued again
     assert again != alice
-    assert stat.S_IMODE((pki / "crl.pem").stat().st_mode) == 0o600
+    assert stat.S_IMODE((pki / "crl.pem").stat().st_mode) == 0o644  # a revoke keeps it readable
     load_server_config(str(pki / "server.conf"))  # the new CRL still loads
 
 
