@@ -35,6 +35,7 @@ from trivpn.errors import ConfigError, TrivpnError  # noqa: E402
 if TYPE_CHECKING:  # imported lazily at run time so that `trivpn --help` starts fast
     from collections.abc import Callable
 
+    from trivpn.engine import Engine
     from trivpn.profile.profile import Profile
 
 log = logging.getLogger("trivpn")
@@ -334,7 +335,10 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     kill = args.kill_switch or profile.kill_switch
     if observe is None:
         engine = Engine(config, device, configure_tun=True, handle_signals=True, kill_switch=kill)
-        await engine.run()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(restart_on_signals, engine)
+            await engine.run()
+            nursery.cancel_scope.cancel()
     else:
         from trivpn.observe.connect import run_connect
 
@@ -346,6 +350,25 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         await run_connect(engine, monitor, options)
     log.info("disconnected (%s); %s removed", engine.stop_reason or "stopped", device.name)
     return 0
+
+
+async def restart_on_signals(engine: Engine, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """`trivpn connect` without a monitor: SIGUSR1 and SIGHUP restart the session (as
+    OpenVPN's client does, and as `trivpn.observe.connect` does with one), SIGUSR2 logs
+    the counters. Before, the default action of SIGHUP/SIGUSR1 killed the process on the
+    spot, leaving its DNS changes and kill-switch rules behind."""
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2) as signals:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if name == "SIGUSR2":
+                    log.info("%s", engine.client.counters_line() or "no session is up")
+                else:
+                    log.info("%s received, restarting the session", name)
+                    nursery.start_soon(engine.restart_after_goodbye, name)
 
 
 def _observe_options(profile: Profile, args: argparse.Namespace) -> tuple[Any, Any] | None:

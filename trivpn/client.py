@@ -175,6 +175,10 @@ class Client:
         """The per-key TLS session maker of this client's sessions (see `tls_session_factory`)."""
         return tls_session_factory(self.config, proto, connection, lambda: self._auth_token)
 
+    def counters_line(self) -> str | None:
+        """The live session's packet and drop counters (SIGUSR2), None between sessions."""
+        return self._live.counters_line() if self._live is not None else None
+
     async def exit_notify(self, restart: str | None = None) -> None:
         """Tell the server we are leaving (EXIT with cc-exit, else OCC exit on UDP), before
         the stop or, when named, the `restart` that follows."""

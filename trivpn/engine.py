@@ -130,6 +130,13 @@ class Engine:
         """End the current session and reconnect (SIGUSR1/SIGHUP, management `signal`)."""
         self.client.restart(reason)
 
+    async def restart_after_goodbye(self, reason: str) -> None:
+        """SIGUSR1/SIGHUP as OpenVPN's client takes them: tell the server (bounded), then end
+        the session and reconnect; the TUN, its routes and DNS stay (persist-tun)."""
+        with trio.move_on_after(1.0):
+            await self.client.exit_notify(restart=reason)
+        self.restart(reason)
+
     async def run(self, *, task_status: trio.TaskStatus[TunnelInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped or failed; `task_status` gets the first `TunnelInfo`.
 

@@ -315,12 +315,7 @@ class ClientMonitor(HostHistory):
         """SIGUSR1/SIGHUP: tell the server (bounded), then end the session and reconnect."""
         log.info("%s received, restarting the session", name)
 
-        async def restart() -> None:
-            with trio.move_on_after(1.0):
-                await self.engine.client.exit_notify(restart=name)
-            self.engine.restart(name)
-
         if self.nursery is not None:
-            self.nursery.start_soon(restart)
+            self.nursery.start_soon(self.engine.restart_after_goodbye, name)
         else:
             self.engine.restart(name)
