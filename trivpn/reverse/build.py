@@ -67,6 +67,49 @@ def _session_config(
     return cfg
 
 
+#: numeric options held to their config-file key's bounds (configfile.key_check): an
+#: unchecked `--lease inf` or `--idle-lease nan` passed here and broke every session
+BOUNDED = {
+    "relay": (
+        "start_port",
+        "end_port",
+        "lease",
+        "idle_lease",
+        "heartbeat",
+        "port_quota",
+        "relay_buffer",
+        "window",
+        "max_frame",
+        "session_buffer",
+        "stall_timeout",
+    ),
+    "expose": (
+        "remote_port",
+        "max_attempts",
+        "window",
+        "max_frame",
+        "session_buffer",
+        "stall_timeout",
+    ),
+}
+
+
+def check_bounds(args: argparse.Namespace, role: str) -> None:
+    """Refuse a numeric option outside what the config file allows for the same key
+    (nan, inf and huge values included) with one line naming the flag."""
+    from trivpn.errors import ConfigError
+    from trivpn.reverse.configfile import key_check
+
+    for key in BOUNDED[role]:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        try:
+            key_check(role, key)(value)
+        except ValueError as exc:
+            raise ConfigError(f"--{key.replace('_', '-')}: {exc}") from None
+
+
 def _load(args: argparse.Namespace, role: str) -> FileSettings | None:
     if not args.config:
         return None
@@ -115,6 +158,7 @@ def build_relay(args: argparse.Namespace) -> Relay:
         raise ConfigError("--relay-buffer must be at least --session-buffer")
     if args.lease < 0 or args.idle_lease < 0:
         raise ConfigError("--lease and --idle-lease must not be negative")
+    check_bounds(args, "relay")  # after the checks above: they word their cases better
     routing = None
     if args.domain or args.http_addr or args.https_addr:
         from trivpn.reverse.http.router import RoutingConfig
@@ -178,6 +222,8 @@ def build_expose(args: argparse.Namespace) -> Expose:
         raise ConfigError("--max-attempts must be 0 (forever) or more")
 
     subdomain, routes = _named(args)  # after the file: it may set http/https/subdomain
+    session = _session_config(args, limits=file.session if file else None)
+    check_bounds(args, "expose")
 
     def on_bound(host: str, port: int) -> None:
         for addr in expose.urls or [f"{host}:{port}"]:
@@ -201,7 +247,7 @@ def build_expose(args: argparse.Namespace) -> Expose:
             log_query=bool(args.log_query),
             subdomain=subdomain,
             routes=routes,
-            session=_session_config(args, limits=file.session if file else None),
+            session=session,
         ),
         on_bound=on_bound,
     )

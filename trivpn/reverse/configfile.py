@@ -279,6 +279,14 @@ _LIMITS: dict[str, Callable[[Any], Any]] = {
     "stall_timeout": a_float(0.1, 86400),
 }
 _NEGATED = {"http_log": "no_http_log", "reconnect": "no_reconnect"}
+
+
+def key_check(role: str, key: str) -> Callable[[Any], Any]:
+    """The check of `key` in a `role` ("relay"/"expose") file or its [limits], so that
+    the same option given as a flag is held to the same bounds (build.check_bounds)."""
+    return (_RELAY if role == "relay" else _EXPOSE).get(key) or _LIMITS[key]
+
+
 #: file names in a config file are relative to the file's own directory
 PATH_KEYS = ("token_file", "tokens_file", "tls_cert", "tls_key", "tls_ca")
 
