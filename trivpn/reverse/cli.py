@@ -64,13 +64,12 @@ def resolve_token(args: argparse.Namespace) -> bytes:
     if args.token is not None:
         token, what = str(args.token), "--token"
     elif getattr(args, "token_file", None):
+        from trivpn.reverse.configfile import first_line, read_token_text
+
         try:
-            with open(args.token_file, encoding="utf-8") as fh:
-                token = fh.readline().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read --token-file {args.token_file}: {exc.strerror}"
-            ) from None
+            token = first_line(read_token_text(args.token_file))
+        except ValueError as exc:
+            raise ConfigError(f"cannot read --token-file {args.token_file}: {exc}") from None
         what = "--token-file"
     elif TOKEN_ENV in os.environ:
         token, what = os.environ[TOKEN_ENV], f"${TOKEN_ENV}"
@@ -78,8 +77,12 @@ def resolve_token(args: argparse.Namespace) -> bytes:
         raise ConfigError(
             f"no token: give --token, --token-file, ${TOKEN_ENV} or token/token_file in --config"
         )
-    check_token(token.encode(), what)
-    return token.encode()
+    try:  # argv and the environment carry undecodable bytes as surrogates
+        raw = token.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what}: the token is not UTF-8 text") from None
+    check_token(raw, what)
+    return raw
 
 
 def check_token(token: bytes, what: str) -> None:

@@ -20,6 +20,7 @@ The file may hold secrets (tokens), so error messages name keys, never token val
 from __future__ import annotations
 
 import difflib
+import io
 import os
 import re
 import tomllib
@@ -35,6 +36,9 @@ from trivpn.reverse.sockets import parse_hostport
 
 MIN_TOKEN = 16
 MAX_FILE = 1 << 20  # a configuration file is small; refuse to parse a huge one
+#: a token file holds one token, a tokens file a line per client (1,000 clients fit):
+#: a larger one is the wrong file, and /dev/zero must not be read forever
+MAX_TOKEN_FILE = 64 * 1024
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]\]?")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 
@@ -322,13 +326,32 @@ def _read(path: str) -> tuple[_Source, dict[str, Any]]:
     return _Source(path, text), data
 
 
+def read_token_text(path: str) -> str:
+    """A token or tokens file's text, read bounded (MAX_TOKEN_FILE) and strictly UTF-8, so
+    that every reader of one fails alike; ValueError(why, without the path) otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    if len(raw) > MAX_TOKEN_FILE:
+        raise ValueError(f"larger than {MAX_TOKEN_FILE} bytes, not a token file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+
+
+def first_line(text: str) -> str:
+    """The first line, stripped: what a token file holds (later lines are ignored)."""
+    return io.StringIO(text, newline=None).readline().strip()
+
+
 def _read_token_file(table: _Table, key: str, path: str) -> bytes:
     try:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.readline().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise table.fail(key, f"cannot read {path}: {why}") from None
+        token = first_line(read_token_text(path))
+    except ValueError as exc:
+        raise table.fail(key, f"cannot read {path}: {exc}") from None
     try:
         return a_token(token)
     except ValueError as exc:

@@ -91,11 +91,12 @@ class RelayConfig:
 
 def load_tokens(path: str) -> dict[str, bytes]:
     """A tokens file: one `name:token` (or bare token) a line; '#' starts a comment."""
+    from trivpn.reverse.configfile import read_token_text  # bounded, strict UTF-8
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the tokens file {path}: {exc.strerror}") from None
+        lines = read_token_text(path).splitlines()
+    except ValueError as exc:
+        raise ConfigError(f"cannot read the tokens file {path}: {exc}") from None
     tokens: dict[str, bytes] = {}
     for n, raw in enumerate(lines, 1):
         line = raw.strip()

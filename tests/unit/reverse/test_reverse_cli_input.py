@@ -108,3 +108,75 @@ def test_file_value_is_still_checked_as_the_file_key(tmp_path: pathlib.Path) -> 
     path.write_text("lease = 10\n")
     relay = build_relay(build_parser().parse_args(["relay", "--config", str(path)]))
     assert relay.config.lease == 10.0
+
+
+# ---------------------------------------------------------------- token files
+
+
+@pytest.fixture()
+def not_utf8(tmp_path: pathlib.Path) -> pathlib.Path:
+    f = tmp_path / "bad.tok"
+    f.write_bytes(b"\xff\xfe0123456789abcdef-token\n")
+    return f
+
+
+def _token_runs(path: pathlib.Path) -> list[tuple[list[str], str]]:
+    """Every way a token file is named: (arguments, the start of the error line)."""
+    toml = path.parent / "tokens.toml"
+    toml.write_text(f'tokens_file = "{path.name}"\n')
+    return [
+        (["relay", "--token-file", str(path)], f"cannot read --token-file {path}: "),
+        (["relay", "--tokens-file", str(path)], f"cannot read the tokens file {path}: "),
+        ([*EXPOSE, "--token-file", str(path)], f"cannot read --token-file {path}: "),
+        (["relay", "--config", str(toml)], f"cannot read the tokens file {path}: "),
+    ]
+
+
+def test_token_files_that_are_not_utf8_are_one_line(not_utf8: pathlib.Path) -> None:
+    for argv, start in _token_runs(not_utf8):
+        with pytest.raises(ConfigError) as ei:
+            build = build_expose if argv[0] == "expose" else build_relay
+            build(build_parser().parse_args(argv))
+        assert str(ei.value) == f"{start}not UTF-8 text (byte 0)", argv
+
+
+def test_a_client_token_file_still_says_not_utf8(not_utf8: pathlib.Path) -> None:
+    toml = not_utf8.parent / "clients.toml"
+    toml.write_text(f'[[clients]]\nname = "a"\ntoken_file = "{not_utf8.name}"\n')
+    with pytest.raises(ConfigError, match=r"line 3: clients\[1\].token_file: .*not UTF-8 text"):
+        build_relay(build_parser().parse_args(["relay", "--config", str(toml)]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "start"),
+    [
+        (["relay", "--token-file", "/dev/zero"], "cannot read --token-file /dev/zero: "),
+        (["relay", "--tokens-file", "/dev/zero"], "cannot read the tokens file /dev/zero: "),
+        ([*EXPOSE, "--token-file", "/dev/zero"], "cannot read --token-file /dev/zero: "),
+    ],
+)
+def test_endless_token_files_are_refused(argv: list[str], start: str) -> None:
+    rc, err = cli(argv)  # a child: the old code read /dev/zero forever, or ran out of memory
+    assert rc == 1
+    assert err == f"trivpn: error: {start}larger than 65536 bytes, not a token file\n"
+
+
+def test_a_big_token_file_is_refused_and_a_small_one_read(tmp_path: pathlib.Path) -> None:
+    from trivpn.reverse.configfile import MAX_TOKEN_FILE
+
+    big = tmp_path / "big"
+    big.write_text("alice:0123456789abcdef-token\n" + "#" * MAX_TOKEN_FILE)
+    with pytest.raises(ConfigError, match="larger than 65536 bytes, not a token file"):
+        build_relay(build_parser().parse_args(["relay", "--tokens-file", str(big)]))
+    ok = tmp_path / "ok"
+    ok.write_text("0123456789abcdef-from-file\r\nsecond line\n")
+    relay = build_relay(build_parser().parse_args(["relay", "--token-file", str(ok)]))
+    assert relay.config.tokens == {"default": b"0123456789abcdef-from-file"}
+
+
+def test_a_token_that_is_not_utf8_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIVPN_TOKEN", "0123456789abcdef\udcff")  # how the OS hands b"\xff"
+    with pytest.raises(ConfigError, match=r"^\$TRIVPN_TOKEN: the token is not UTF-8 text$"):
+        build_relay(build_parser().parse_args(["relay"]))
+    with pytest.raises(ConfigError, match=r"^--token: the token is not UTF-8 text$"):
+        build_expose(build_parser().parse_args([*EXPOSE, "--token", "0123456789abcdef\udcff"]))
