@@ -431,7 +431,7 @@ def load_expose(path: str) -> FileSettings:
     top = _Table(src, data, "")
     out = _top(top, _EXPOSE)
     for i, entry in enumerate(top.take("tunnels", _tables) or [], 1):
-        out.tunnels.append(_tunnel(_Table(src, entry, f"tunnels[{i}]")))
+        out.tunnels.append(_tunnel(_Table(src, entry, f"tunnels[{i}]"), out.tunnels))
     if "tunnels" in data and not 1 <= len(out.tunnels) <= 16:
         raise src.error("tunnels", "1 to 16 tunnels per expose")
     if out.tunnels and ("local" in out.values or "remote_port" in out.values):
@@ -443,7 +443,9 @@ def load_expose(path: str) -> FileSettings:
     return out
 
 
-def _tunnel(t: _Table) -> TunnelEntry:
+def _tunnel(t: _Table, seen: list[TunnelEntry]) -> TunnelEntry:
+    """One [[tunnels]] entry. A public port or a name may appear once: the relay would
+    refuse the second bind as "in use" at run time, and two names would log as one."""
     local = t.take("local", a_hostport)
     if local is None:
         raise t.src.error(t.prefix, 'a tunnel needs local = "HOST:PORT"')
@@ -453,5 +455,10 @@ def _tunnel(t: _Table) -> TunnelEntry:
     entry = TunnelEntry(
         host, port, t.take("remote_port", an_int(0, 65535)) or 0, t.take("name", a_name) or ""
     )
+    for n, other in enumerate(seen, 1):
+        if entry.remote_port and entry.remote_port == other.remote_port:
+            raise t.fail("remote_port", f"port {entry.remote_port} is tunnels[{n}]'s already")
+        if entry.label and entry.label == other.label:
+            raise t.fail("name", f"tunnel name {entry.label!r} appears twice")
     t.finish(["local", "remote_port", "name"])
     return entry

@@ -180,3 +180,39 @@ def test_a_token_that_is_not_utf8_is_one_line(monkeypatch: pytest.MonkeyPatch) -
         build_relay(build_parser().parse_args(["relay"]))
     with pytest.raises(ConfigError, match=r"^--token: the token is not UTF-8 text$"):
         build_expose(build_parser().parse_args([*EXPOSE, "--token", "0123456789abcdef\udcff"]))
+
+
+# ---------------------------------------------------------------- expose [[tunnels]]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            '[[tunnels]]\nlocal = ":1"\nremote_port = 20005\n'
+            '[[tunnels]]\nlocal = ":2"\nremote_port = 20005\n',
+            r" line 7: tunnels\[2\].remote_port: port 20005 is tunnels\[1\]'s already$",
+        ),
+        (
+            '[[tunnels]]\nname = "a"\nlocal = ":1"\n[[tunnels]]\nname = "a"\nlocal = ":2"\n',
+            r" line 6: tunnels\[2\].name: tunnel name 'a' appears twice$",
+        ),
+    ],
+)
+def test_expose_tunnels_may_not_share_a_port_or_a_name(
+    tmp_path: pathlib.Path, body: str, error: str
+) -> None:
+    path = tmp_path / "expose.toml"
+    path.write_text('server = "127.0.0.1:9000"\n' + body)
+    with pytest.raises(ConfigError, match=error):
+        build_expose(build_parser().parse_args(["expose", "--config", str(path)]))
+
+
+def test_expose_tunnels_may_all_take_any_port_and_go_unnamed(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "expose.toml"
+    path.write_text(
+        'server = "127.0.0.1:9000"\n[[tunnels]]\nlocal = ":1"\n[[tunnels]]\nlocal = ":2"\n'
+        '[[tunnels]]\nlocal = ":3"\nname = "a"\nremote_port = 20005\n'
+    )
+    expose = build_expose(build_parser().parse_args(["expose", "--config", str(path)]))
+    assert [(t.remote_port, t.label) for t in expose.tunnels] == [(0, ""), (0, ""), (20005, "a")]
