@@ -206,6 +206,8 @@ def build_expose(args: argparse.Namespace) -> Expose:
     if not args.server:
         raise ConfigError("expose needs --server HOST:PORT (or server in the --config file)")
     shost, sport = parse_hostport(args.server, "--server", "localhost")
+    if not sport:  # port 0 is for listening: dialling it is retried without end
+        raise ConfigError("--server: the port must not be 0")
     if file is not None and file.tunnels:
         tunnels = [
             TunnelConfig(t.local_host, t.local_port, t.remote_port, t.label) for t in file.tunnels
@@ -214,6 +216,8 @@ def build_expose(args: argparse.Namespace) -> Expose:
         if not 0 <= args.remote_port <= 65535:
             raise ConfigError("--remote-port must be 0..65535")
         lhost, lport = parse_hostport(args.local, "--local", "127.0.0.1")
+        if not lport:
+            raise ConfigError("--local: the port must not be 0")
         tunnels = [TunnelConfig(lhost, lport, args.remote_port)]
     else:
         raise ConfigError("expose needs --local HOST:PORT (or [[tunnels]] in the --config file)")

@@ -201,6 +201,13 @@ def a_hostport(value: Any) -> str:
     return str(value)
 
 
+def a_dial_hostport(value: Any) -> str:
+    """An address we connect to: port 0 would be retried forever, never reached."""
+    if not parse_hostport(a_str(value), "address")[1]:
+        raise ValueError("the port must not be 0")
+    return str(value)
+
+
 def a_rate(value: Any) -> float:
     if not isinstance(value, int | float | str) or isinstance(value, bool):
         raise ValueError(f'must be a rate such as "2 MiB/s", not {_kind(value)}')
@@ -257,8 +264,8 @@ _RELAY: dict[str, Callable[[Any], Any]] = {
 }
 _EXPOSE: dict[str, Callable[[Any], Any]] = {
     **_COMMON,
-    "server": a_hostport,
-    "local": a_hostport,
+    "server": a_dial_hostport,
+    "local": a_dial_hostport,
     "remote_port": an_int(0, 65535),
     "tls": a_bool,
     "tls_ca": a_str,

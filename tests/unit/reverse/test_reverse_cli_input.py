@@ -216,3 +216,33 @@ def test_expose_tunnels_may_all_take_any_port_and_go_unnamed(tmp_path: pathlib.P
     )
     expose = build_expose(build_parser().parse_args(["expose", "--config", str(path)]))
     assert [(t.remote_port, t.label) for t in expose.tunnels] == [(0, ""), (0, ""), (20005, "a")]
+
+
+# ---------------------------------------------------------------- expose addresses
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--server", "127.0.0.1:0", "--local", "127.0.0.1:3000"], "--server"),
+        (["--server", "127.0.0.1:9000", "--local", "127.0.0.1:0"], "--local"),
+        (["--server", "127.0.0.1:9000", "--local", ":0"], "--local"),
+    ],
+)
+def test_expose_refuses_to_dial_port_0(argv: list[str], error: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{error}: the port must not be 0$"):
+        build_expose(build_parser().parse_args(["expose", *argv]))
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('server = "127.0.0.1:0"\nlocal = "127.0.0.1:3000"\n', "line 1: server"),
+        ('server = "127.0.0.1:9000"\nlocal = ":0"\n', "line 2: local"),
+    ],
+)
+def test_expose_file_refuses_to_dial_port_0(tmp_path: pathlib.Path, body: str, key: str) -> None:
+    path = tmp_path / "expose.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=f" {key}: the port must not be 0$"):
+        build_expose(build_parser().parse_args(["expose", "--config", str(path)]))
