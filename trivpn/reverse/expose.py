@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import secrets
 import socket
 import ssl
@@ -134,9 +135,7 @@ class Expose:
                 tunnel = await self._connect()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                 why = f"cannot reach the relay {cfg.server_host}:{cfg.server_port}: " + (
-                    "timed out"
-                    if isinstance(exc, trio.TooSlowError)
-                    else str(getattr(exc, "strerror", None) or exc)
+                    dial_failure(exc)
                 )
             else:
                 next_key = secrets.token_bytes(32)
@@ -202,6 +201,33 @@ class Expose:
                 "%s; reconnecting in %.1f s (attempt %d%s)", why, delay, backoff.failures, limit
             )
             await trio.sleep(delay)
+
+
+#: what OpenSSL says when the answer to our ClientHello is not TLS at all
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG")
+
+
+def dial_failure(exc: BaseException) -> str:
+    """Why dialling the relay failed, in words. A failed TLS handshake is a trio
+    BrokenResourceError whose str() is empty; its cause, an ssl.SSLError, says what
+    happened (a plain-TCP relay answers our ClientHello with frames, not TLS)."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    if isinstance(cause, ssl.SSLZeroReturnError | ssl.SSLEOFError):
+        return "the TLS handshake failed: the relay closed the connection"
+    if isinstance(cause, ssl.SSLError):
+        if cause.reason in _NOT_TLS:
+            return (
+                "the TLS handshake failed: the relay did not answer in TLS"
+                " (does it serve plain TCP? then leave out --tls)"
+            )
+        text = str(cause.args[1] if len(cause.args) > 1 else cause)  # "[SSL: X] text (_ssl.c:N)"
+        text = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text)
+        return f"the TLS handshake failed: {text or cause.reason or type(cause).__name__}"
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    return str(exc) or "the connection broke"
 
 
 def public_urls(host: str, http_port: int, https_port: int) -> list[str]:

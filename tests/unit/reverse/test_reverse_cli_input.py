@@ -3,6 +3,7 @@ never a traceback, a hang, unbounded memory or a session that dies later."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import resource
@@ -10,11 +11,13 @@ import subprocess
 import sys
 
 import pytest
+import trio
 
 import trivpn
 from trivpn.cli import build_parser
-from trivpn.errors import ConfigError
+from trivpn.errors import ConfigError, FatalError
 from trivpn.reverse.build import build_expose, build_relay
+from trivpn.reverse.expose import Expose, ExposeConfig
 
 TOKEN = "0123456789abcdef-cli-input"
 EXPOSE = ["expose", "--server", "127.0.0.1:9000", "--local", "127.0.0.1:3000"]
@@ -246,3 +249,59 @@ def test_expose_file_refuses_to_dial_port_0(tmp_path: pathlib.Path, body: str, k
     path.write_text(body)
     with pytest.raises(ConfigError, match=f" {key}: the port must not be 0$"):
         build_expose(build_parser().parse_args(["expose", "--config", str(path)]))
+
+
+# ---------------------------------------------------------------- TLS against a plain relay
+
+
+async def _tls_expose_fails(port: int) -> str:
+    """The error of `expose --tls --no-reconnect` against 127.0.0.1:`port` (bounded)."""
+    expose = Expose(ExposeConfig("127.0.0.1", port, "127.0.0.1", 9, TOKEN.encode(), tls=True))
+    expose.config.reconnect = False
+    with trio.fail_after(20), pytest.raises(FatalError) as ei:
+        await expose.run()
+    return str(ei.value)
+
+
+async def _against_answer(answer: bytes) -> str:
+    """... against a server that reads the ClientHello, answers `answer` and closes."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        if answer:
+            await stream.send_all(answer)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        why = await _tls_expose_fails(listeners[0].socket.getsockname()[1])
+        nursery.cancel_scope.cancel()
+    return why
+
+
+async def test_tls_expose_says_a_plain_relay_did_not_answer_in_tls() -> None:
+    from trivpn.reverse.relay import Relay, RelayConfig
+
+    relay = Relay(
+        RelayConfig("127.0.0.1", 0, start_port=41100, end_port=41110, tokens={"a": TOKEN.encode()})
+    )
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(relay.serve)
+        why = await _tls_expose_fails(port)
+        nursery.cancel_scope.cancel()
+    assert why == (
+        f"cannot reach the relay 127.0.0.1:{port}: the TLS handshake failed: the relay did not"
+        " answer in TLS (does it serve plain TCP? then leave out --tls)"
+        " (not reconnecting: --no-reconnect)"
+    )
+
+
+async def test_tls_expose_says_the_relay_closed_during_the_handshake() -> None:
+    why = await _against_answer(b"")
+    assert ": the TLS handshake failed: the relay closed the connection (not" in why
+
+
+async def test_tls_expose_names_a_tls_alert() -> None:
+    why = await _against_answer(b"\x15\x03\x03\x00\x02\x02\x28")  # alert: handshake failure
+    assert ": the TLS handshake failed: sslv3 alert handshake failure (not" in why
