@@ -36,7 +36,8 @@ def apply_file(args: argparse.Namespace, file: FileSettings) -> None:
     if "verbose" in file.values and getattr(args, "verbose", 0) > 0:
         from trivpn.cli_common import setup_logging
 
-        setup_logging(args.verbose, getattr(args, "quiet", False), getattr(args, "log", None))
+        setup_logging(args.verbose, getattr(args, "quiet", False), getattr(args, "log", None),
+                      tracebacks=getattr(args, "debug", False))
 
 
 def _session_config(
