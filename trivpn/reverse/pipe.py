@@ -16,8 +16,10 @@ backlog is written (half-close).
 
 Towards the tunnel (`StreamPipe`): the socket's bytes are queued on the stream, waiting
 for StreamWritable when the core says the stream's send buffer is full; end of file
-becomes FIN. The pipe lives until both directions ended. RST or a socket error aborts it
-and closes the socket with SO_LINGER 0, so the remote end sees a TCP reset.
+becomes FIN. The pipe lives until both directions ended. RST, a socket error or being
+cancelled before that (the program stops) aborts it and closes the socket with SO_LINGER
+0, so the remote end sees a TCP reset, never a FIN that would pass a cut-off transfer as
+complete.
 
 The pipe sees its runner only through `PipeHost`, so it runs (and is tested) on its own.
 """
@@ -301,13 +303,20 @@ class StreamPipe(_TowardsSocket):
             await self._in_done.wait()
 
     async def run(self, opener: Opener) -> None:
-        """Open the socket, then both directions until both ended; abort on error or RST."""
+        """Open the socket, then both directions until both ended; abort on error or RST.
+
+        Anything else that ends it early (cancelled: the program stops, its session's
+        nursery ends) resets the socket too: a FIN would tell the peer a cut-off transfer
+        was complete.
+        """
         runner = self.runner
+        finished = False  # both directions ended by FIN (or an error / RST, flagged)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
                     await self._both_ways(opener)
+                    finished = True
                 finally:
                     # the nursery may still checkpoint on its way out: from here on,
                     # deliveries are dropped and no drain task may start
@@ -319,7 +328,7 @@ class StreamPipe(_TowardsSocket):
             if self.backlog:
                 runner.session.consumed(self.sid, self.backlog_bytes)
                 self.backlog = None
-            if self.failed or self.reset:
+            if self.failed or self.reset or not finished:
                 runner.session.reset_stream(self.sid, ErrorCode.CANCEL)
                 runner.ring()
                 if sock is not None:
