@@ -44,6 +44,7 @@ from trivpn.reverse.scheduler import BufferPool
 from trivpn.reverse.service import SessionRunner
 from trivpn.reverse.session import Session
 from trivpn.reverse.sockets import (
+    EvictableScope,
     close_plain,
     format_addr,
     peer_name,
@@ -255,12 +256,22 @@ class Relay:
     async def _handle(self, conn: trio.SocketStream) -> None:
         peer = peer_name(conn)
         source = source_host(conn)
-        refused = self.guard.admit(source, trio.current_time())
+        slot = EvictableScope()
+        refused = self.guard.admit(source, trio.current_time(), slot)
         if refused is not None:  # debug only: a flood must not flood the log too
             log.debug("refusing tunnel connection from %s: %s", peer, refused)
             await trio.aclose_forcefully(conn)
             return
         log.debug("tunnel connection from %s", peer)
+        with slot.scope:
+            await self._serve_tunnel(conn, peer, source, slot)
+        if slot.scope.cancelled_caught:  # evicted before it authenticated
+            log.debug("tunnel connection from %s evicted: the pre-auth table is full", peer)
+            await trio.aclose_forcefully(conn)
+
+    async def _serve_tunnel(
+        self, conn: trio.SocketStream, peer: str, source: str, slot: EvictableScope
+    ) -> None:
         tunnel: connection.Connection | None = None
         runner: RelayRunner | None = None
         try:
@@ -273,6 +284,7 @@ class Relay:
                 pool=self.pool,
             )
             runner = RelayRunner(self, session, tunnel, peer, source)
+            runner.guard_slot = slot
             await runner.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError) as exc:
             level = logging.INFO if runner is not None and runner.name else logging.DEBUG
@@ -283,7 +295,7 @@ class Relay:
             await _close(tunnel, conn)
         finally:
             if runner is None or not runner.name:
-                self.guard.left(source)
+                self.guard.left(source, slot)  # a no-op once evicted
             if runner is not None and runner.auth_failed:
                 self._login_failed(source, peer, runner.auth_failed)
 
@@ -337,6 +349,7 @@ class RelayRunner(SessionRunner):
         self.shaper: Shaper | None = None
         self.route_name = ""  # a named bind: the subdomain, and its ROUTE_* bits
         self.route_bits = 0
+        self.guard_slot: EvictableScope | None = None  # its place in the pre-auth table
         self.reveal = b""  # the client's takeover proof and next commitment (AUTH)
         self.commit = b""
 
@@ -374,7 +387,7 @@ class RelayRunner(SessionRunner):
     def on_event(self, ev: E.Event) -> None:
         if isinstance(ev, E.Authenticated):
             self.name = ev.name
-            self.relay.guard.authenticated(self.source)
+            self.relay.guard.authenticated(self.source, self.guard_slot)
             self.owner = (ev.name, ev.client_id)
             self.reveal, self.commit = ev.reveal, ev.commit
             self.shaper = self.relay.shaper_for(ev.name)

@@ -24,6 +24,19 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 Buffers = deque[bytes | memoryview]
 
 
+class EvictableScope:
+    """A pending connection's handle in a `guard.PendingTable`: evicting it cancels the
+    connection's task (which then closes the socket)."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+
+    def evict(self) -> None:
+        self.scope.cancel()
+
+
 def parse_hostport(value: str, what: str, default_host: str = "") -> tuple[str, int]:
     """'HOST:PORT', '[v6]:PORT' or ':PORT' -> (host, port); one clear line on error."""
     host, sep, port_s = value.rpartition(":")

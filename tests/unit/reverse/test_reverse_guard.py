@@ -27,9 +27,12 @@ def test_pre_auth_caps_in_total_and_per_source() -> None:
     g = SourceGuard(GuardConfig(max_pre_auth=10, max_pre_auth_per_source=4))
     admitted = [g.admit("198.51.100.1", 0.0) for _ in range(6)]
     assert admitted.count(None) == 4  # figure: 4 of 6 from one address
-    assert "from this address" in str(admitted[-1])
+    assert "from this source" in str(admitted[-1])
     others = [g.admit(f"198.51.100.{i}", 0.0) for i in range(2, 12)]
-    assert others.count(None) == 6 and g.pre_auth == 10  # figure: 10 in total
+    # figure: 10 in total; once full, the newcomers evict .1's oldest while it holds at
+    # least two more than they would (3 evicted), and the last one is refused
+    assert others.count(None) == 9 and g.pre_auth == 10 and g.table.evicted == 3
+    assert g.table.held_by("198.51.100.1") == 1
     assert "unauthenticated connections already" in str(others[-1])
     g.authenticated("198.51.100.1")
     g.left("198.51.100.2")
@@ -37,7 +40,7 @@ def test_pre_auth_caps_in_total_and_per_source() -> None:
     assert g.admit("198.51.100.1", 0.0) is None
     for _ in range(10):  # more leaves than admits never go below zero
         g.left("198.51.100.1")
-    assert g.pre_auth == 5  # the other sources still count
+    assert g.pre_auth == 8  # the other sources still count
 
 
 def test_failed_logins_block_a_source_for_a_window() -> None:

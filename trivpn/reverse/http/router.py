@@ -5,8 +5,12 @@ request; `--https-addr` passes TLS through, routed by the ClientHello's server_n
 each public connection a task reads the head with a `HeadReader` / `SniReader` (bounded in
 bytes and time), then either hands the socket and the bytes read to the session that
 leased the name (`RelayRunner.adopt`) or sends the reject (404 page, TLS alert) and
-closes. At most `max_pending` connections may be between accept and decision; more are
-closed at once, so a slowloris crowd costs a bounded number of descriptors.
+closes. Each port has its own `PendingTable` (guard.py) of connections between accept and
+decision: at most `max_pending` in all and `max_pending_per_source` per source (IPv6: per
+/64); when full, the oldest of the most-represented source makes room for a source with
+fewer, so a slowloris crowd costs a bounded number of descriptors and, from one source
+or many, cannot lock the port (or the other port) against everyone else. Refusals are
+logged at WARNING, rate-limited (`LogBudget`: one line, then a count per interval).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import trio
 
 from trivpn.errors import ConfigError
 from trivpn.records import dataclass
+from trivpn.reverse.guard import LogBudget, PendingTable, source_key
 from trivpn.reverse.http.hostrouter import (
     HEAD_TIMEOUT,
     MAX_HEAD,
@@ -31,7 +36,7 @@ from trivpn.reverse.http.hostrouter import (
 )
 from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS, NameLeases, NameUnavailable
 from trivpn.reverse.http.sni import ALERT_UNRECOGNIZED_NAME, SniReader, alert
-from trivpn.reverse.sockets import close_plain, format_addr, plain_socket
+from trivpn.reverse.sockets import EvictableScope, close_plain, format_addr, plain_socket
 
 if TYPE_CHECKING:
     from trivpn.reverse.relay import RelayRunner
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("trivpn.reverse")
 
 REJECT_SEND_TIME = 2.0  # seconds to hand a 404 page or an alert to the kernel
+LOG_INTERVAL = 10.0  # seconds between two refusal lines of one port (the rest counted)
 
 
 @dataclass(slots=True)
@@ -48,7 +54,8 @@ class RoutingConfig:
     https_addr: tuple[str, int] | None = None
     head_timeout: float = HEAD_TIMEOUT  # the whole head / ClientHello, however it trickles
     max_head: int = MAX_HEAD
-    max_pending: int = 256  # public connections still being read
+    max_pending: int = 256  # public connections still being read, per port
+    max_pending_per_source: int = 32  # of them from one source (IPv6: one /64)
 
 
 class NameRouter:
@@ -64,8 +71,25 @@ class NameRouter:
         self.routes: dict[str, RelayRunner] = {}
         self.http_port = 0
         self.https_port = 0
-        self.pending = 0
-        self.rejected = 0
+        # per port (key: TLS or not): the connections waiting for their head
+        self.tables = {
+            tls: PendingTable(
+                config.max_pending,
+                config.max_pending_per_source,
+                "connections waiting for their request head",
+            )
+            for tls in (False, True)
+        }
+        self.refusal_log = {tls: LogBudget(LOG_INTERVAL) for tls in (False, True)}
+        self.rejected = 0  # refused at accept or by the head (404, 408, ...)
+
+    @property
+    def pending(self) -> int:
+        return sum(t.count for t in self.tables.values())
+
+    @property
+    def evicted(self) -> int:
+        return sum(t.evicted for t in self.tables.values())
 
     # leases (called by the relay's sessions) -------------------------------------------
 
@@ -108,7 +132,34 @@ class NameRouter:
                 )
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener, tls, nursery)
+            nursery.start_soon(self._report_suppressed)
             task_status.started()
+
+    async def _report_suppressed(self) -> None:
+        """The count of refusal lines a flood had suppressed, once per interval."""
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            for tls, budget in self.refusal_log.items():
+                n = budget.due(now)
+                if n:
+                    log.warning(
+                        "%d more public %s connections refused or evicted in the last %g s "
+                        "(each port: %d waiting for their head at most, %d per source)",
+                        n,
+                        "TLS" if tls else "HTTP",
+                        budget.interval,
+                        self.config.max_pending,
+                        self.config.max_pending_per_source,
+                    )
+
+    def _flood_line(self, tls: bool, what: str, *args: object) -> None:
+        """A refusal or eviction: one WARNING line, the rest counted (`LogBudget`)."""
+        budget = self.refusal_log[tls]
+        if budget.allow(trio.current_time()):
+            log.warning(
+                what + " (more within %g s are counted, not logged)", *args, budget.interval
+            )
 
     async def _accept_loop(
         self, listener: trio.SocketListener, tls: bool, nursery: trio.Nursery
@@ -121,19 +172,39 @@ class NameRouter:
                     log.warning("public accept failed: %s", exc)
                     await trio.sleep(0.1)
                     continue
-                if self.pending >= self.config.max_pending:
+                peer = format_addr(addr)
+                key = source_key(str(addr[0])) if isinstance(addr, tuple) else str(addr)
+                table = self.tables[tls]
+                slot = EvictableScope()
+                evicted = table.evicted
+                refused = table.admit(key, slot)
+                if refused is not None:
                     self.rejected += 1
                     tsock.close()
+                    self._flood_line(tls, "public connection from %s refused: %s", peer, refused)
                     continue
-                self.pending += 1
-                nursery.start_soon(self._handle, tsock, format_addr(addr), tls)
+                if table.evicted != evicted:
+                    self._flood_line(
+                        tls,
+                        "public connection waiting longest for its head closed to make room "
+                        "for %s: %d waiting",
+                        peer,
+                        table.count,
+                    )
+                nursery.start_soon(self._handle, tsock, peer, tls, key, slot)
 
-    async def _handle(self, tsock: trio.socket.SocketType, peer: str, tls: bool) -> None:
+    async def _handle(
+        self, tsock: trio.socket.SocketType, peer: str, tls: bool, key: str, slot: EvictableScope
+    ) -> None:
         try:
-            try:
-                decision = await read_head(self.config, self.domain, tsock, tls)
-            finally:
-                self.pending -= 1
+            with slot.scope:
+                try:
+                    decision = await read_head(self.config, self.domain, tsock, tls)
+                finally:
+                    self.tables[tls].remove(key, slot)  # a no-op once evicted
+            if slot.scope.cancelled_caught:
+                log.debug("public connection from %s evicted before its head", peer)
+                return
             if isinstance(decision, Route):
                 runner = self.routes.get(decision.name)
                 want = ROUTE_TLS if tls else ROUTE_HTTP
