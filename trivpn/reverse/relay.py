@@ -28,7 +28,7 @@ from trivpn.reverse.bucket import Shaper
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import StreamClosedError
 from trivpn.reverse.frames import ErrorCode
-from trivpn.reverse.guard import GuardConfig, SourceGuard
+from trivpn.reverse.guard import GuardConfig, LogBudget, SourceGuard
 from trivpn.reverse.handshake import TAKEOVER_REFUSED, takeover_proven
 from trivpn.reverse.http.router import NameRouter, RoutingConfig, bind_name
 from trivpn.reverse.metrics import Metrics
@@ -56,6 +56,7 @@ from trivpn.reverse.sockets import (
 log = logging.getLogger("trivpn.reverse")
 
 TAKEOVER_WAIT = 3.0
+LOG_INTERVAL = 10.0  # seconds between two lines about refused public connections
 
 
 @dataclass(slots=True)
@@ -147,6 +148,8 @@ class Relay:
         self.guard = SourceGuard(config.guard)
         self.pool = BufferPool(config.relay_buffer)
         self.shapers: dict[str, Shaper] = {}  # per token name, shared by its sessions
+        #: per token name: the lines of refused public connections under a flood
+        self.refusal_log: dict[str, LogBudget] = {}
         self.router = NameRouter(config.routing, config.lease) if config.routing else None
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
@@ -159,6 +162,37 @@ class Relay:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from None
             self._ssl = ctx
+
+    def stream_refused(self, name: str, peer: str, why: str) -> None:
+        """A public connection the client's session cannot carry (`max_streams`, closing):
+        one INFO line, then a count per interval (`LogBudget`), per client name."""
+        budget = self.refusal_log.get(name)
+        if budget is None:
+            budget = self.refusal_log[name] = LogBudget(LOG_INTERVAL)
+        if budget.allow(trio.current_time()):
+            log.info(
+                "client %s: refusing public connection from %s: %s "
+                "(more within %g s are counted, not logged)",
+                name,
+                peer,
+                why,
+                budget.interval,
+            )
+
+    async def _report_suppressed(self) -> None:
+        """The count of refusal lines a flood had suppressed, once per interval."""
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            for name, budget in list(self.refusal_log.items()):
+                n = budget.due(now)
+                if n:
+                    log.info(
+                        "client %s: %d more public connections refused in the last %g s",
+                        name,
+                        n,
+                        budget.interval,
+                    )
 
     def takeover_refused(self, owner: Owner, reveal: bytes) -> str | None:
         """Why a session of `owner` may not take over its live session or leased port,
@@ -240,6 +274,7 @@ class Relay:
                 await nursery.start(self.router.serve)
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
+            nursery.start_soon(self._report_suppressed)
             task_status.started(self.tunnel_port)
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
@@ -466,7 +501,7 @@ class RelayRunner(SessionRunner):
                 self.session.send_data(sid, preface)
                 self.metrics.bytes_in += len(preface)
         except StreamClosedError as exc:
-            log.info("refusing public connection from %s: %s", peer, exc)
+            self.relay.stream_refused(self.name, peer, str(exc))
             return False
         pipe = StreamPipe(self, sid, peer, self.observe_http, requests_from_socket=True)
         pipe.shaper = self.shaper
