@@ -45,6 +45,7 @@ from trivpn.reverse.service import SessionRunner
 from trivpn.reverse.session import Session
 from trivpn.reverse.sockets import (
     EvictableScope,
+    bind_refused,
     close_plain,
     format_addr,
     peer_name,
@@ -150,6 +151,7 @@ class Relay:
         self.shapers: dict[str, Shaper] = {}  # per token name, shared by its sessions
         #: per token name: the lines of refused public connections under a flood
         self.refusal_log: dict[str, LogBudget] = {}
+        self.bind_log: dict[str, LogBudget] = {}  # per cause: public ports that failed to bind
         self.router = NameRouter(config.routing, config.lease) if config.routing else None
         self._ssl: ssl.SSLContext | None = None
         if config.tls_cert or config.tls_key:
@@ -179,6 +181,26 @@ class Relay:
                 budget.interval,
             )
 
+    def bind_failed(self, name: str, host: str, port: int, exc: OSError) -> None:
+        """A public port could not be bound (the client gets BIND_ERR and retries): one
+        WARNING per cause, then a count per interval, so the operator sees it once."""
+        cause = exc.strerror or str(exc)
+        budget = self.bind_log.get(cause)
+        if budget is None:
+            if len(self.bind_log) >= 64:  # causes are errno texts: a few at most
+                self.bind_log.clear()
+            budget = self.bind_log[cause] = LogBudget(LOG_INTERVAL)
+        if budget.allow(trio.current_time()):
+            log.warning(
+                "client %s: cannot bind public port %d on %s: %s "
+                "(more within %g s are counted, not logged)",
+                name,
+                port,
+                host,
+                cause,
+                budget.interval,
+            )
+
     async def _report_suppressed(self) -> None:
         """The count of refusal lines a flood had suppressed, once per interval."""
         while True:
@@ -192,6 +214,15 @@ class Relay:
                         name,
                         n,
                         budget.interval,
+                    )
+            for cause, budget in list(self.bind_log.items()):
+                n = budget.due(now)
+                if n:
+                    log.warning(
+                        "%d more public port binds failed in the last %g s: %s",
+                        n,
+                        budget.interval,
+                        cause,
                     )
 
     def takeover_refused(self, owner: Owner, reveal: bytes) -> str | None:
@@ -254,6 +285,10 @@ class Relay:
         old, new = raise_nofile_limit()
         if new != old:
             log.debug("open-file limit raised from %d to %d", old, new)
+        if cfg.public_host:
+            why = await bind_refused(cfg.public_host)
+            if why is not None:
+                raise ConfigError(f"--public-host {cfg.public_host}: cannot bind ports: {why}")
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host or None)
         except OSError as exc:
@@ -564,6 +599,7 @@ async def _open_port(
             if exc.errno == errno.EADDRINUSE and not requested:
                 exclude.add(port)
                 continue
+            relay.bind_failed(runner.name, host or "*", port, exc)
             return f"port {port}: {exc.strerror}"
         return port, listeners
     return "no free port"

@@ -56,6 +56,27 @@ def parse_hostport(value: str, what: str, default_host: str = "") -> tuple[str, 
     return host or default_host, port
 
 
+async def bind_refused(host: str) -> str | None:
+    """Why TCP ports cannot be bound on `host` (a port-0 socket per address), or None.
+
+    The public host is bound only when a client binds, so an address not on this machine
+    would otherwise fail every client's bind while the relay itself started fine.
+    """
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    for family, type_, proto, _name, addr in infos:
+        with socket.socket(family, type_, proto) as probe:
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                return str(exc.strerror or exc)
+    return None
+
+
 def abort_socket(stream: trio.abc.Stream) -> None:
     """Close so that the peer sees a TCP RST (SO_LINGER 0), not an orderly FIN."""
     sock = getattr(stream, "socket", None)
