@@ -140,8 +140,29 @@ class WorkersManager:
                     log.info("%s received, %s", sig.name, note or "shutting down")
                     self.request_stop(sig.name)
 
+    def _hold_signals(self) -> dict[int, Any]:
+        """While the manager's own signal receiver is closed (before it opens, and from the
+        moment the nursery ends through the cleanups), a SIGINT/SIGTERM is logged, not
+        obeyed: trio's receiver redelivers the signals still queued when it closes, and a
+        third Ctrl+C or SIGTERM then raised KeyboardInterrupt into the cleanups or killed the
+        process before the routes, DNS and firewall rules were removed (no fail-open).
+        Only in the main thread, where handlers can be set; returns the handlers to restore."""
+        import threading
+
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def held(signum: int, _frame: object) -> None:
+            log.warning("%s while stopping: the cleanup finishes first", signal.Signals(signum).name)
+
+        previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM, *self.also_stop_on):
+            previous[sig] = signal.signal(sig, held)
+        return previous
+
     async def run(self, setup: Callable[[WorkersManager], Awaitable[None]]) -> None:
         """Run `setup` (which starts services) and keep every service under one scope."""
+        held = self._hold_signals()
         try:
             with self.cancel_scope:
                 async with trio.open_nursery() as nursery:
@@ -160,3 +181,5 @@ class WorkersManager:
                 except Exception as exc:
                     log.warning("cleanup failed: %s", exc)
             self._cleanups.clear()
+            for sig, handler in held.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -142,3 +142,39 @@ async def test_sigint_while_setup_blocks_is_a_graceful_stop() -> None:
     with trio.fail_after(10):
         await m.run(setup)
     assert m.stop_reason == "SIGINT" and cleaned == ["cleanup"]
+
+
+async def test_signals_during_the_cleanup_never_cut_it_short() -> None:
+    """Three Ctrl+C / SIGTERM in a row: the first stops gracefully, the second at once, and
+    any further one (still queued when the receiver closed, or arriving while the cleanups
+    run) used to raise KeyboardInterrupt into the cleanups or kill the process (exit 143)
+    before the routes and firewall rules were removed. Now it is logged, and every cleanup
+    runs; the handlers are put back afterwards."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    cleaned: list[str] = []
+    m = WorkersManager(handle_signals=True, exit_grace=5.0)
+
+    def first_cleanup() -> None:  # runs last (newest first)
+        cleaned.append("routes")
+
+    def second_cleanup() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        cleaned.append("dns")
+
+    async def hook() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # second: stop now
+        os.kill(os.getpid(), signal.SIGTERM)  # third: queued as the receiver closes
+        await trio.sleep(0.2)
+
+    async def setup(mgr: WorkersManager) -> None:
+        mgr.add_cleanup(first_cleanup)
+        mgr.add_cleanup(second_cleanup)
+        mgr.add_exit_hook(hook)
+        os.kill(os.getpid(), signal.SIGINT)
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        await m.run(setup)
+    assert m.stop_reason == "SIGINT" and cleaned == ["dns", "routes"]
+    assert {s: signal.getsignal(s) for s in before} == before
