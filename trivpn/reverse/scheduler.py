@@ -21,20 +21,29 @@ stream with a lot queued cannot starve the others: after each frame it goes to t
 of the ring. The scheduler knows stream ids only; the frames themselves come from a
 `DataSource` (the stream table), which also says whether the stream is still ready.
 
-`SessionBudget` is the receive side's session-wide cap: bytes that arrived on any stream
-but that the application has not consumed yet (`buffered`), and the sum of the streams'
-windows (`committed`, what the peer is allowed to make us hold). Three rules use it:
+`SessionBudget` is the receive side's session-wide cap C (`config.session_buffer`, and
+P for a relay's shared `BufferPool`, `--relay-buffer`): bytes that arrived on any stream
+but that the application has not consumed yet (`buffered`), and `grown`, the sum over
+the streams of what their windows grew beyond the start window W0. A stream can never
+hold more than its window, so these rules bound memory without ever starving a reader:
 
-* a stream's window grows (see streams.py) only while all windows fit the cap, so the
-  windows of stalled streams cannot add up beyond it, except for the small window every
-  new stream starts with;
-* credit returns (WINDOW) are *deferred* while `buffered` is at half the cap, per stream,
-  and resumed once consumption brings it below;
-* the hard cap: a DATA frame that would take `buffered` beyond `config.session_buffer`
-  (or a relay's shared `BufferPool` beyond its limit) resets its stream (RST BUSY)
-  instead of being held. Memory is therefore bounded by the cap, whatever the number of
-  stalled streams. Every session-wide bound on what a peer can make us hold belongs here
-  (or, for what we queue to send, in the `Scheduler`).
+* a stream's window grows (see streams.py) only while all the growth fits *half* the cap
+  (`grown` <= C/2, and <= P/2 over the pool), and never while `buffered` is at half the
+  cap (`has_room`): stalled streams' grown windows cannot take more than that half;
+* credit returns are never deferred: a stream whose reader consumes gets its credit back
+  whatever the other streams hold. Under pressure (no `has_room`) a grown window gives
+  back only what keeps it at W0 (it *shrinks*), so the base window W0 is what every
+  stream keeps, a stalled one's grown window drains back as it is read;
+* the hard cap: a DATA frame that would take `buffered` beyond C (or the pool beyond P)
+  first resets (RST BUSY) the session's streams that hold more than its own stream does,
+  largest first, then, if that does not make it fit, its own stream. So the
+  received-but-unconsumed bytes never exceed C per session and P per relay, and the
+  streams reset are the largest holders (stalled readers), not a reader that keeps up.
+
+Figures: a session holds at most min(C, N*W0 + C/2) with N open streams and resets
+nothing while N <= C/(2*W0) (128 with the defaults 16 MiB and 64 KiB); a relay holds at
+most P. Every session-wide bound on what a peer can make us hold belongs here (or, for
+what we queue to send, in the `Scheduler`).
 """
 
 from __future__ import annotations
@@ -116,34 +125,32 @@ class Scheduler:
 
 
 class BufferPool:
-    """Received-but-unconsumed bytes (and granted windows) of *all* sessions of a relay
+    """Received-but-unconsumed bytes (and window growth) of *all* sessions of a relay
     against one limit (`--relay-buffer`); shared by reference, still pure."""
 
-    __slots__ = ("limit", "buffered", "committed")
+    __slots__ = ("limit", "buffered", "grown")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.buffered = 0
-        self.committed = 0  # sum of the streams' current windows
+        self.grown = 0  # sum of what the streams' windows grew beyond the start window
 
 
 class SessionBudget:
     """Received-but-unconsumed bytes of all streams against `config.session_buffer` (and
     the relay's `BufferPool`, if any); see the module docstring."""
 
-    __slots__ = ("config", "buffered", "committed", "deferred", "pool")
+    __slots__ = ("config", "buffered", "grown", "pool")
 
     def __init__(self, config: SessionConfig, pool: BufferPool | None = None) -> None:
         self.config = config
         self.buffered = 0
-        self.committed = 0  # sum of the streams' windows: what the peers may make us hold
-        self.deferred: set[int] = set()  # streams whose credit return waits for room
+        self.grown = 0  # sum of the streams' window - start window: the growth granted
         self.pool = pool
 
     @property
     def has_room(self) -> bool:
-        """Credit may be returned: below half the cap (the other half absorbs what the
-        credit already out there can still bring)."""
+        """Windows may grow (else grown ones shrink back): below half the cap."""
         pool = self.pool
         if pool is not None and pool.buffered >= pool.limit // 2:
             return False
@@ -157,17 +164,18 @@ class SessionBudget:
         return self.buffered + n <= self.config.session_buffer
 
     def may_grow(self, n: int) -> bool:
-        """A stream's window may grow by `n`: all windows still fit the caps."""
+        """A stream's window may grow by `n`: all growth still fits half the caps (the
+        other half is for the start windows)."""
         pool = self.pool
-        if pool is not None and pool.committed + n > pool.limit:
+        if pool is not None and pool.grown + n > pool.limit // 2:
             return False
-        return self.committed + n <= self.config.session_buffer
+        return self.grown + n <= self.config.session_buffer // 2
 
-    def commit(self, n: int) -> None:
-        """Windows granted (+) or withdrawn with a forgotten stream (-)."""
-        self.committed += n
+    def grow(self, n: int) -> None:
+        """A window grew (+) or shrank / was forgotten (-) by `n` beyond its start."""
+        self.grown += n
         if self.pool is not None:
-            self.pool.committed += n
+            self.pool.grown += n
 
     def received(self, n: int) -> None:
         self.buffered += n
@@ -179,17 +187,3 @@ class SessionBudget:
         self.buffered -= n
         if self.pool is not None:
             self.pool.buffered -= n
-
-    def defer(self, sid: int) -> None:
-        self.deferred.add(sid)
-
-    def forget(self, sid: int) -> None:
-        self.deferred.discard(sid)
-
-    def resume(self) -> list[int]:
-        """Streams whose deferred credit may go out now (none while still at the cap)."""
-        if not self.deferred or not self.has_room:
-            return []
-        sids = list(self.deferred)
-        self.deferred.clear()
-        return sids

@@ -13,10 +13,13 @@ Credit, per stream and direction. Every stream starts with a small window,
 start with when sending). The receiver grants more (WINDOW) only as the application
 *consumes* bytes (`consumed(sid, n)`), once half the stream's window has been consumed,
 and each such return also *grows* the window (doubling, up to `config.window`) while the
-`SessionBudget` says all windows still fit the session's cap: a stream that is read
+`SessionBudget` says the growth still fits half the session's cap: a stream that is read
 quickly gets a large window after a few round trips, a stalled one keeps its small one.
-While the budget is at its cap, credit returns are deferred instead of sent, and a DATA
-frame that would take the buffered bytes beyond the hard cap resets its stream (BUSY).
+Credit is never withheld from a reader that consumes: while the budget is at half its cap
+a grown window returns only what keeps it at the start window (it shrinks back), one at
+the start window returns everything. A DATA frame that would take the buffered bytes
+beyond the hard cap resets (BUSY) the session's streams that hold more than its own,
+largest first, and its own stream only if that does not make room; see scheduler.py.
 A peer that sends beyond its credit, sends after its FIN, or returns a bad increment
 broke the rules for that stream only: it is reset (RST) and the session goes on.
 
@@ -184,20 +187,8 @@ class Streams:
         st.buffered -= n
         st.unreturned += n
         st.progress_at = now if now is not None else -1.0
-        if not st.fin_received and st.unreturned >= st.window // 2:
-            if budget.has_room:
-                self._return_credit(st)
-            else:
-                budget.defer(sid)
-        self._resume_deferred()
-
-    def _resume_deferred(self) -> None:
-        """Credit returns that waited for room, once there is room again."""
-        if self._budget.deferred and not self._closing:
-            for other in self._budget.resume():
-                o = self.table.get(other)
-                if o is not None and not o.fin_received and o.unreturned:
-                    self._return_credit(o)
+        if not st.fin_received and st.unreturned >= st.window // 2 and not self._closing:
+            self._return_credit(st)
 
     def pending_bytes(self, sid: int) -> int:
         st = self.table.get(sid)
@@ -345,7 +336,7 @@ class Streams:
         if n > st.recv_credit:
             self._violation(st, ErrorCode.FLOW_CONTROL, "DATA beyond the window")
             return
-        if n and not self._budget.fits(n):
+        if n and not self._budget.fits(n) and not self._make_room(st, n):
             self._violation(st, ErrorCode.BUSY, "the buffer limit is reached")
             return
         st.recv_credit -= n
@@ -400,21 +391,40 @@ class Streams:
 
     def _new(self, sid: int) -> StreamState:
         start = self.config.start_window
-        self._budget.commit(start)
         return StreamState(sid, self.peer_window, start, start)
 
     def _return_credit(self, st: StreamState) -> None:
-        """Give consumed bytes back as credit, growing the window if it all still fits."""
-        grow = min(st.window, self.config.window - st.window)
-        if grow > 0 and self._budget.may_grow(grow):
-            st.window += grow
-            self._budget.commit(grow)
+        """Give consumed bytes back as credit: growing the window while the budget has
+        room, else shrinking a grown one back towards the start window (never below)."""
+        budget = self._budget
+        if budget.has_room:
+            change = min(st.window, self.config.window - st.window)
+            if change <= 0 or not budget.may_grow(change):
+                change = 0
         else:
-            grow = 0
-        inc = st.unreturned + grow
+            change = -min(st.window - self.config.start_window, st.unreturned)
+        st.window += change
+        budget.grow(change)
+        inc = st.unreturned + change
         st.unreturned = 0
-        st.recv_credit += inc
-        self._scheduler.control(FrameType.WINDOW, 0, st.sid, _U32.pack(inc))
+        if inc > 0:
+            st.recv_credit += inc
+            self._scheduler.control(FrameType.WINDOW, 0, st.sid, _U32.pack(inc))
+
+    def _make_room(self, st: StreamState, n: int) -> bool:
+        """`n` bytes for `st` do not fit: reset the streams that hold more than `st` does,
+        largest first (stalled readers; a reader that keeps up holds little), until they
+        fit. False: they still do not (then `st` is reset)."""
+        mine = st.buffered
+        bigger = sorted((-o.buffered, o.sid) for o in self.table.values() if o.buffered > mine)
+        for held, sid in bigger:  # bounded by the table; each one reset leaves it; ties: oldest
+            held = -held
+            self._ignore(f"stream {sid} reset: the buffer limit is reached and it holds {held}")
+            self.reset(sid, ErrorCode.BUSY)
+            self._events.append(StreamReset(sid, ErrorCode.BUSY, by_peer=False))
+            if self._budget.fits(n):
+                return True
+        return False
 
     def _after_fin(self, st: StreamState, now: float) -> None:
         if st.fin_sent and st.fin_received:
@@ -429,13 +439,11 @@ class Streams:
 
     def _forget(self, st: StreamState) -> None:
         if self.table.pop(st.sid, None) is not None:
-            self._budget.commit(-st.window)
-        self._budget.forget(st.sid)
+            self._budget.grow(self.config.start_window - st.window)
         self._budget.released(st.buffered)
         st.buffered = 0
         st.pending = None
         st.pending_len = 0
-        self._resume_deferred()
         timers = self._timers
         if len(timers) > 4 * len(self.table) + 1024:  # many streams came and went: prune
             timers[:] = [t for t in timers if t[1] in self.table]  # in place: expire() holds it

@@ -6,7 +6,7 @@ from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import Event, Pong
 from trivpn.reverse.frames import Flag, FrameDecoder, FrameType, encode, header
 from trivpn.reverse.heartbeat import Heartbeat
-from trivpn.reverse.scheduler import Scheduler, SessionBudget
+from trivpn.reverse.scheduler import BufferPool, Scheduler, SessionBudget
 
 
 class FakeStreams:
@@ -77,20 +77,31 @@ def test_ready_twice_is_one_slot_and_clear_drops_data() -> None:
     assert not s.wants_to_send
 
 
-def test_budget_defers_and_resumes() -> None:
+def test_budget_gates_growth_at_half_the_cap_and_holds_the_hard_cap() -> None:
     b = SessionBudget(SessionConfig(session_buffer=4096))
-    b.received(4096)
-    assert not b.has_room and b.fits(0) and not b.fits(1)  # the hard cap
-    b.defer(1)
-    b.defer(2)
-    b.released(2048)
-    assert b.resume() == []  # still at half the cap: credit returns wait
-    b.released(1)
-    assert sorted(b.resume()) == [1, 2]
-    assert b.resume() == [] and not b.deferred
-    b.defer(3)
-    b.forget(3)
-    assert not b.deferred
+    assert b.may_grow(2048) and not b.may_grow(2049)  # growth: half the cap
+    b.grow(2048)
+    assert not b.may_grow(1)
+    b.grow(-1024)
+    assert b.may_grow(1024) and not b.may_grow(1025)
+    b.received(2047)
+    assert b.has_room
+    b.received(1)
+    assert not b.has_room  # half the cap held: windows shrink back instead of growing
+    b.received(2048)
+    assert b.fits(0) and not b.fits(1)  # the hard cap
+    b.released(2049)
+    assert b.has_room
+
+
+def test_pool_gates_growth_and_room_over_all_sessions() -> None:
+    pool = BufferPool(8192)
+    cfg = SessionConfig(session_buffer=1 << 20)
+    one, two = SessionBudget(cfg, pool), SessionBudget(cfg, pool)
+    one.grow(4000)
+    assert two.may_grow(96) and not two.may_grow(97)  # P/2 over both
+    two.received(4096)
+    assert not one.has_room and not one.fits(4097) and one.fits(4096)
 
 
 def test_heartbeat_pings_pongs_and_expires() -> None:

@@ -1,4 +1,4 @@
-"""The reverse tunnel's stream table alone: credit, FIN/RST, linger, budget deferral.
+"""The reverse tunnel's stream table alone: credit, FIN/RST, linger, the budget.
 
 Two `Streams` (relay and client role), each with its own `Scheduler` and `SessionBudget`,
 joined by decoding what one scheduler sends and handing the frames to the other table.
@@ -153,7 +153,7 @@ def test_rst_from_peer_releases_its_buffered_bytes() -> None:
     assert client.budget.buffered == 0
 
 
-def test_budget_at_cap_defers_credit_until_room() -> None:
+def test_budget_at_half_cap_still_returns_start_window_credit() -> None:
     relay, client = pair(window=4096, session_buffer=16384, chunk=4096)
     a = relay.streams.open("a")
     b = relay.streams.open("b")
@@ -162,10 +162,8 @@ def test_budget_at_cap_defers_credit_until_room() -> None:
         relay.streams.send_data(sid, b"x" * 4096)
     deliver(relay.frames(), client)
     client.streams.consumed(a, 4096)  # still 8192 buffered: half the cap
-    assert client.budget.deferred == {a}
-    assert not client.frames()
-    client.streams.consumed(b, 4096)
-    assert {f.stream_id for f in client.frames() if f.type is FrameType.WINDOW} == {a, b}
+    assert [f.stream_id for f in client.frames() if f.type is FrameType.WINDOW] == [a]
+    assert client.streams.table[a].window == 4096  # kept, did not grow
 
 
 def test_half_closed_stream_is_reset_after_linger() -> None:
