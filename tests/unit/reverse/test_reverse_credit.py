@@ -10,6 +10,8 @@ min(C, N*W0 + C/2) (C = session buffer, W0 = start window, N = open streams).
 
 from __future__ import annotations
 
+import random
+
 from trivpn.reverse import session as S
 from trivpn.reverse.frames import ErrorCode
 from trivpn.reverse.scheduler import BufferPool
@@ -177,3 +179,47 @@ def test_stalled_readers_are_reset_busy_largest_first_never_the_arriving_small_o
     assert busy == [sids[0]]  # one 64 KiB holder made room (equal holders: the oldest)
     assert [e.code for e in events if isinstance(e, S.StreamReset)] == [ErrorCode.BUSY]
     assert relay.total_buffered == 3 * 64 * KIB + 1000
+
+
+def test_random_mix_keeps_the_bound_and_the_reader_flowing() -> None:
+    """400 seeded steps of streams opening, sending, stalling, reading and closing, on a
+    2 MiB cap: after every step the session holds <= min(C, N*W0 + C/2), the growth stays
+    <= C/2, and a reader that consumes everything is never starved or reset."""
+    rnd = random.Random(15)
+    cfg = SessionConfig(session_buffer=2 * MIB, window=512 * KIB, initial_window=32 * KIB)
+    relay, client = bound(cfg)
+    (reader,) = open_streams(relay, client, 1)
+    others: list[int] = []
+    reader_got = 0
+    for step in range(400):  # bounded
+        roll = rnd.random()
+        if roll < 0.15 and len(others) < 100:
+            others += open_streams(relay, client, 1)
+        elif roll < 0.6 and others:
+            sid = rnd.choice(others)
+            if sid in relay._streams.table and client.pending_bytes(sid) < 256 * KIB:
+                client.send_data(sid, bytes(rnd.randrange(1, 128 * KIB)))
+        elif roll < 0.8 and others:
+            sid = rnd.choice(others)  # a slow reader takes some of what it holds
+            st = relay._streams.table.get(sid)
+            if st is not None and st.buffered:
+                relay.consumed(sid, rnd.randrange(1, st.buffered + 1), 0.0)
+        elif others:
+            sid = others.pop(rnd.randrange(len(others)))
+            relay.reset_stream(sid)
+        if client.pending_bytes(reader) < 64 * KIB:
+            client.send_data(reader, bytes(64 * KIB))
+        for ev in pump(client, relay, rounds=3):
+            if isinstance(ev, S.StreamData) and ev.stream_id == reader:
+                reader_got += len(ev.data)
+                relay.consumed(reader, len(ev.data), 0.0)
+            assert not (isinstance(ev, S.StreamReset) and ev.stream_id == reader), step
+        table = relay._streams.table
+        others = [s for s in others if s in table]
+        n = len(table)
+        held = relay.total_buffered
+        assert held <= min(cfg.session_buffer, n * cfg.start_window + cfg.session_buffer // 2)
+        assert relay._budget.grown == sum(st.window - cfg.start_window for st in table.values())
+        assert relay._budget.grown <= cfg.session_buffer // 2
+    assert reader in relay._streams.table
+    assert reader_got >= 400 * 32 * KIB  # at least a start window's worth per step
