@@ -16,7 +16,7 @@ class SessionConfig:
 
     window: int = 2 * 1024 * 1024  # largest per-stream receive credit we grant
     #: credit a new stream starts with (announced in HELLO); it grows towards `window`
-    #: as the application consumes, while the session's windows fit `session_buffer`
+    #: as the application consumes, while the windows' growth fits half `session_buffer`
     initial_window: int = 64 * 1024
     session_buffer: int = 16 * 1024 * 1024  # hard cap on received-but-unconsumed bytes
     #: a stream whose received bytes nobody consumes for this long is reset (TIMEOUT)
