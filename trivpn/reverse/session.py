@@ -14,8 +14,8 @@ The work is done by separate pieces, each testable alone, that share one `Schedu
   challenge-response authentication;
 * `streams.Streams` — per-stream state, credit flow control, FIN/RST, linger;
 * `scheduler.Scheduler` / `scheduler.SessionBudget` — control ahead of round-robin DATA
-  within a burst; the session-wide cap on received-but-unconsumed bytes and windows
-  (and, on a relay, the `BufferPool` all its sessions share);
+  within a burst; the session-wide cap on received-but-unconsumed bytes and on window
+  growth (and, on a relay, the `BufferPool` all its sessions share);
 * `heartbeat.Heartbeat` — pings, pongs, expiry after missed heartbeats;
 * `events` — the typed events and `StreamClosedError`.
 

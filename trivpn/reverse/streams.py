@@ -417,9 +417,10 @@ class Streams:
         fit. False: they still do not (then `st` is reset)."""
         mine = st.buffered
         bigger = sorted((-o.buffered, o.sid) for o in self.table.values() if o.buffered > mine)
-        for held, sid in bigger:  # bounded by the table; each one reset leaves it; ties: oldest
-            held = -held
-            self._ignore(f"stream {sid} reset: the buffer limit is reached and it holds {held}")
+        for minus_held, sid in bigger:  # bounded by the table, each reset leaves it; ties: oldest
+            self._ignore(
+                f"stream {sid} reset: the buffer limit is reached and it holds {-minus_held} bytes"
+            )
             self.reset(sid, ErrorCode.BUSY)
             self._events.append(StreamReset(sid, ErrorCode.BUSY, by_peer=False))
             if self._budget.fits(n):
