@@ -6,8 +6,8 @@ from /proc). Figures measured on this machine, 300 stalled streams each:
 
 * download (public clients request 16 MiB and never read): before, the relay held
   396 MiB (~1.3 MiB a stream) and this process's RSS grew by 547 MiB; now the relay holds
-  11.6 MiB (small windows that grow only while read, the 16 MiB session cap) and RSS
-  grows by 42 MiB.
+  5 to 16 MiB (small windows that grow only while read, the 16 MiB session cap; the
+  largest holders reset BUSY at the cap, 0 to 12 of 300) and RSS grows by 36 to 54 MiB.
 * upload (the local service accepts and never reads, the clients upload then leave):
   before, expose held 376 MiB and the relay 77 MiB, RSS +700 MiB, and all 300 streams
   were still open after the clients left (their FIN waited behind bytes nobody granted
@@ -148,7 +148,10 @@ async def test_public_clients_that_never_read_a_large_response() -> None:
                 s.close()
             nursery.cancel_scope.cancel()
     print(f"download: relay holds {held / 2**20:.1f} MiB, RSS +{grown:.0f} MiB")
-    assert streams == CLIENTS
+    # 300 x 64 KiB start windows exceed the 16 MiB cap: once full, the largest holders are
+    # reset (BUSY) until at most C/(2 x 64 KiB) = 128 streams would fit without any reset;
+    # measured: 0 to 12 of 300 reset (credit is no longer withheld from all at half the cap)
+    assert CLIENTS >= streams >= SessionConfig().session_buffer // (2 * 64 * 1024)
     # figure: 386 MiB held before; now within the 16 MiB session cap
     assert held <= SessionConfig().session_buffer, f"relay holds {held >> 20} MiB"
     assert grown < 64, f"RSS grew {grown:.0f} MiB for {CLIENTS} stalled clients"
