@@ -321,7 +321,9 @@ async def cmd_relay(args: argparse.Namespace) -> int:
                 from trivpn.reverse.promserver import serve_metrics
 
                 mhost, mport = parse_hostport(args.metrics_addr, "--metrics-addr", "127.0.0.1")
-                registry = make_registry(relay.metrics_groups)
+                router = relay.router
+                routed = None if router is None else (lambda: (router.rejected, router.evicted))
+                registry = make_registry(relay.metrics_groups, routed)
                 bound = await nursery.start(serve_metrics, registry, mhost, mport)
                 log.info("metrics on http://%s:%d/metrics", mhost, bound)
             await nursery.start(relay.serve)

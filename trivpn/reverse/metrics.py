@@ -105,8 +105,13 @@ def merged(items: Iterable[Metrics], now: float | None = None) -> Metrics:
     return total
 
 
-def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> CollectorRegistry:
-    """A prometheus CollectorRegistry reading live `Metrics` (grouped by client name)."""
+def make_registry(
+    source: Callable[[], dict[str, list[Metrics]]],
+    routed: Callable[[], tuple[int, int]] | None = None,
+) -> CollectorRegistry:
+    """A prometheus CollectorRegistry reading live `Metrics` (grouped by client name), and
+    with `routed` (the name-routed HTTP/HTTPS ports: refused, evicted) how many public
+    connections those ports turned away, so that a flood is seen on a dashboard."""
     from prometheus_client.core import (
         CollectorRegistry,
         CounterMetricFamily,
@@ -162,6 +167,18 @@ def make_registry(source: Callable[[], dict[str, list[Metrics]]]) -> CollectorRe
                 live = [x for x in ms if x.state not in ("CLOSED", "TOTAL")]
                 fams["up"].add_metric([name], max((now - x.started for x in live), default=0.0))
             yield from fams.values()
+            if routed is not None:
+                refused, evicted = routed()
+                yield CounterMetricFamily(
+                    "trivpn_reverse_routed_refused",
+                    "Connections the name-routed ports refused (per-source cap, full table, bad head)",
+                    value=refused,
+                )
+                yield CounterMetricFamily(
+                    "trivpn_reverse_routed_evicted",
+                    "Unrouted connections closed to make room for a source holding fewer",
+                    value=evicted,
+                )
 
     registry = CollectorRegistry()
     registry.register(_Collector())
