@@ -231,9 +231,9 @@ class Client:
                     # the connection at once): that is the goodbye, not a failure to report
                     # or to reconnect after. A stop cancels us next; a restart goes on as one.
                     log.info("session ended after the exit notification: %s", cause)
-                    if goodbye[0] is None:
+                    if goodbye[0] is None and manager.stop_reason is not None:
                         return
-                    cause = SessionRestart(goodbye[0])
+                    cause = SessionRestart(goodbye[0] or "exit notification sent")
                 err = cause
                 came_up = self._came_up
                 if isinstance(err, AuthTokenExpired):
