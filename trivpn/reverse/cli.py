@@ -280,7 +280,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
 
 
 async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[], str]) -> int:
-    """Run `body()`; SIGINT/SIGTERM ends it gracefully and prints `on_stop()` (exit 0)."""
+    """Run `body()`; SIGINT/SIGTERM/SIGHUP end it gracefully and print `on_stop()` (exit 0).
+
+    SIGHUP too: it is what a relay or expose started in a terminal or an ssh session gets
+    when that closes, and its default action killed the process, so the kernel ended the
+    public connections with a FIN that made a cut-off transfer look complete; a graceful
+    stop resets every unfinished stream instead (pipe.py)."""
     import trio
 
     stopped = False
@@ -288,7 +293,7 @@ async def _until_signal(body: Callable[[], Awaitable[None]], on_stop: Callable[[
 
         async def watch() -> None:
             nonlocal stopped
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for _ in signals:
                     stopped = True
                     nursery.cancel_scope.cancel()
