@@ -13,9 +13,9 @@ from __future__ import annotations
 import socket
 
 import trio
+from helpers.reverse import start_one_port_tunnel
 
-from trivpn.reverse.expose import Expose, ExposeConfig
-from trivpn.reverse.relay import Relay, RelayConfig
+from trivpn.reverse.relay import Relay
 from trivpn.reverse.session import SessionConfig
 
 TOKEN = b"0123456789abcdef-credit-e2e"
@@ -25,33 +25,8 @@ SIZE = 8 * 1024 * 1024
 CHUNK = b"x" * 65536
 
 
-async def _start(
-    nursery: trio.Nursery, service_port: int, session: SessionConfig
-) -> tuple[Relay, int]:
-    listeners = await trio.open_tcp_listeners(0, host=HOST)
-    public = listeners[0].socket.getsockname()[1]
-    await listeners[0].aclose()
-    relay = Relay(
-        RelayConfig(
-            host=HOST,
-            port=0,
-            start_port=public,
-            end_port=public,
-            tokens={"a": TOKEN},
-            observe_http=False,
-            session=session,
-        )
-    )
-    tport = await nursery.start(relay.serve)
-    expose = Expose(
-        ExposeConfig(HOST, tport, HOST, service_port, TOKEN, observe_http=False, session=session)
-    )
-    nursery.start_soon(expose.run)
-    for _ in range(200):  # bounded: the tunnel binds within a few round trips
-        if relay.by_owner:
-            break
-        await trio.sleep(0.05)
-    assert relay.by_owner
+async def _start(nursery: trio.Nursery, service_port: int, session: SessionConfig) -> tuple[Relay, int]:
+    relay, _expose, public = await start_one_port_tunnel(nursery, service_port, session, TOKEN)
     return relay, public
 
 

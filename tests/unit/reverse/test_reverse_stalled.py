@@ -22,9 +22,10 @@ from collections.abc import Callable
 
 import trio
 import trio.testing
+from helpers.reverse import start_one_port_tunnel
 
-from trivpn.reverse.expose import Expose, ExposeConfig, ExposeRunner
-from trivpn.reverse.relay import Relay, RelayConfig
+from trivpn.reverse.expose import Expose, ExposeRunner
+from trivpn.reverse.relay import Relay
 from trivpn.reverse.session import SessionConfig
 
 TOKEN = b"0123456789abcdef-stalled"
@@ -96,34 +97,8 @@ async def _connect_all_n(port: int, n: int, rcvbuf: int | None = 4096) -> list[s
     return socks
 
 
-async def _start(
-    nursery: trio.Nursery, service_port: int, session: SessionConfig
-) -> tuple[Relay, Expose, int]:
-    listeners = await trio.open_tcp_listeners(0, host=HOST)
-    public = listeners[0].socket.getsockname()[1]
-    await listeners[0].aclose()
-    relay = Relay(
-        RelayConfig(
-            host=HOST,
-            port=0,
-            start_port=public,
-            end_port=public,
-            tokens={"a": TOKEN},
-            observe_http=False,
-            session=session,
-        )
-    )
-    tport = await nursery.start(relay.serve)
-    expose = Expose(
-        ExposeConfig(HOST, tport, HOST, service_port, TOKEN, observe_http=False, session=session)
-    )
-    nursery.start_soon(expose.run)
-    for _ in range(200):  # bounded: the tunnel binds within a few round trips
-        if relay.by_owner:
-            break
-        await trio.sleep(0.05)
-    assert relay.by_owner
-    return relay, expose, public
+async def _start(nursery: trio.Nursery, service_port: int, session: SessionConfig) -> tuple[Relay, Expose, int]:
+    return await start_one_port_tunnel(nursery, service_port, session, TOKEN)
 
 
 async def test_public_clients_that_never_read_a_large_response() -> None:
