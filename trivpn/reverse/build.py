@@ -130,7 +130,8 @@ def build_relay(args: argparse.Namespace) -> Relay:
     from trivpn.errors import ConfigError
     from trivpn.reverse.bucket import parse_rate
     from trivpn.reverse.guard import GuardConfig
-    from trivpn.reverse.relay import ClientLimits, Relay, RelayConfig, load_tokens
+    from trivpn.reverse.relay import Relay
+    from trivpn.reverse.relayconfig import ClientLimits, RelayConfig, load_tokens
     from trivpn.reverse.sockets import parse_hostport
 
     file = _load(args, "relay")

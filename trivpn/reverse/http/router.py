@@ -39,7 +39,7 @@ from trivpn.reverse.http.sni import ALERT_UNRECOGNIZED_NAME, SniReader, alert
 from trivpn.reverse.sockets import EvictableScope, close_plain, format_addr, plain_socket
 
 if TYPE_CHECKING:
-    from trivpn.reverse.relay import RelayRunner
+    from trivpn.reverse.relayrunner import RelayRunner
 
 log = logging.getLogger("trivpn.reverse")
 
