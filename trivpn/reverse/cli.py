@@ -216,6 +216,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
         r, "--idle-lease", 5.0, "SECONDS", "the lease of a port no stream went through (default 5)"
     )
     _marked(r, "--port-quota", 4, "N", "ports (in use or leased) per client name (default 4)")
+    _marked(
+        r,
+        "--name-quota",
+        4,
+        "N",
+        "subdomains (in use or leased) per client name, 1-1024, with --domain (default 4)",
+    )
     r.add_argument(
         "--bandwidth",
         metavar="RATE",

@@ -32,6 +32,7 @@ from trivpn.errors import ConfigError
 from trivpn.records import dataclass
 from trivpn.reverse.bindings import check_label
 from trivpn.reverse.bucket import parse_rate
+from trivpn.reverse.http.names import MAX_NAME_QUOTA
 from trivpn.reverse.sockets import parse_hostport
 
 MIN_TOKEN = 16
@@ -45,7 +46,7 @@ _KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 #: relay: key -> argparse destination (same name unless listed in _RENAMED)
 RELAY_KEYS = (
     "addr start_port end_port public_host token token_file tokens_file tls_cert tls_key "
-    "metrics_addr lease idle_lease heartbeat port_quota bandwidth window max_frame "
+    "metrics_addr lease idle_lease heartbeat port_quota name_quota bandwidth window max_frame "
     "http_log verbose debug domain http_addr https_addr relay_buffer log_query"
 ).split()
 EXPOSE_KEYS = (
@@ -256,6 +257,7 @@ _RELAY: dict[str, Callable[[Any], Any]] = {
     "idle_lease": a_float(0, 86400 * 7),
     "heartbeat": a_float(0.05, 3600),
     "port_quota": an_int(1, 65535),
+    "name_quota": an_int(1, MAX_NAME_QUOTA),
     "bandwidth": a_rate,
     "domain": a_str,
     "http_addr": a_hostport,

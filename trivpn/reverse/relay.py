@@ -87,7 +87,9 @@ class Relay:
         #: per token name: the lines of refused public connections under a flood
         self.refusal_log: dict[str, LogBudget] = {}
         self.bind_log: dict[str, LogBudget] = {}  # per cause: public ports that failed to bind
-        self.router = NameRouter(config.routing, config.lease) if config.routing else None
+        self.router = (
+            NameRouter(config.routing, config.lease, config.name_quota) if config.routing else None
+        )
         self._ssl = server_tls(config)
 
     def stream_refused(self, name: str, peer: str, why: str) -> None:

@@ -16,6 +16,7 @@ from trivpn.errors import ConfigError
 from trivpn.records import dataclass
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.guard import GuardConfig
+from trivpn.reverse.http.names import DEFAULT_NAME_QUOTA
 from trivpn.reverse.http.router import RoutingConfig
 from trivpn.reverse.ports import DEFAULT_PORT_QUOTA, IDLE_LEASE
 
@@ -41,6 +42,7 @@ class RelayConfig:
     lease: float = 60.0
     idle_lease: float = IDLE_LEASE  # lease of a port no stream went through
     port_quota: int = DEFAULT_PORT_QUOTA  # ports (in use or leased) per token name
+    name_quota: int = DEFAULT_NAME_QUOTA  # subdomains (in use or leased) per token name
     bandwidth: float | None = None  # default per-client limit, bytes/s each direction
     clients: dict[str, ClientLimits] = field(default_factory=dict)
     observe_http: bool = True
@@ -91,6 +93,8 @@ def check_config(config: RelayConfig) -> None:
         c.port_quota is not None and c.port_quota < 1 for c in config.clients.values()
     ):
         raise ConfigError("a port quota must be at least 1")
+    if config.name_quota < 1:
+        raise ConfigError("a name quota must be at least 1")
 
 
 def server_tls(config: RelayConfig) -> ssl.SSLContext | None:

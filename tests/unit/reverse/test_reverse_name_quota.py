@@ -7,9 +7,25 @@ toward --port-quota, and `NameLeases.assign` walked every name on every bind.
 
 from __future__ import annotations
 
-import pytest
+import pathlib
 
-from trivpn.reverse.http.names import NameLeases, NameUnavailable
+import pytest
+import trio
+from helpers.reverse_http import DOMAIN, HOST, TOKEN, start_expose
+
+from trivpn.cli import build_parser
+from trivpn.errors import ConfigError, FatalError
+from trivpn.reverse.build import build_relay
+from trivpn.reverse.configfile import load_relay
+from trivpn.reverse.expose import Expose, ExposeConfig
+from trivpn.reverse.http.names import (
+    DEFAULT_NAME_QUOTA,
+    ROUTE_HTTP,
+    NameLeases,
+    NameUnavailable,
+)
+from trivpn.reverse.http.router import RoutingConfig
+from trivpn.reverse.relay import Relay, RelayConfig
 
 
 class CountingDict(dict[str, object]):
@@ -92,3 +108,114 @@ def test_stale_expiries_do_not_pile_up() -> None:
     assert len(names._expiries) <= 2 * len(names) + 64 + 1
     assert names.leased("api", 10_000.0) and not names.leased("api", 10_060.0)
     assert names.held("me", 10_060.0) == 0
+
+
+# ------------------------------------------------- the quota as a relay option
+
+
+RELAY = ["relay", "--domain", "tunnels.example.net", "--http-addr", "127.0.0.1:0"]
+OPTION_TOKEN = "0123456789abcdef-name-quota"
+
+
+def _relay(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Relay:
+    monkeypatch.setenv("TRIVPN_TOKEN", OPTION_TOKEN)
+    return build_relay(build_parser().parse_args([*RELAY, *argv]))
+
+
+def test_name_quota_flag_and_config_key_reach_the_name_table(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--name-quota 1` (or `name_quota = 1`): a token's second name is refused while its
+    first is in use; the default stays 4, and the flag wins over the file."""
+    relay = _relay([], monkeypatch)
+    assert relay.router is not None and relay.router.names.quota == DEFAULT_NAME_QUOTA == 4
+    relay = _relay(["--name-quota", "1"], monkeypatch)
+    assert relay.config.name_quota == 1 and relay.router is not None
+    names = relay.router.names
+    names.assign(("default", b"\x01" * 16), "one", 0.0)
+    with pytest.raises(NameUnavailable, match=r"client default already uses its quota of 1 name"):
+        names.assign(("default", b"\x02" * 16), "two", 0.0)
+    path = tmp_path / "relay.toml"
+    path.write_text("name_quota = 1\n")
+    relay = _relay(["--config", str(path)], monkeypatch)
+    assert relay.router is not None and relay.router.names.quota == 1
+    relay = _relay(["--config", str(path), "--name-quota", "7"], monkeypatch)
+    assert relay.router is not None and relay.router.names.quota == 7
+    relay = _relay(["--name-quota", "1024"], monkeypatch)  # the upper bound itself is fine
+    assert relay.config.name_quota == 1024
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1025", "99999999999"])
+def test_out_of_range_name_quota_flag_is_one_line(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError) as ei:
+        _relay(["--name-quota", value], monkeypatch)
+    assert str(ei.value) == f"--name-quota: must be between 1 and 1024, not {int(value)}"
+
+
+def test_non_integer_name_quota_flag_is_one_usage_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for value in ("many", "2.5", ""):
+        with pytest.raises(SystemExit) as ei:
+            build_parser().parse_args([*RELAY, "--name-quota", value])
+        assert ei.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "argument --name-quota: invalid int value" in err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("name_quota = 0\n", "must be between 1 and 1024, not 0"),
+        ("name_quota = 5000\n", "must be between 1 and 1024, not 5000"),
+        ('name_quota = "4"\n', "must be an integer, not a string"),
+        ("name_quota = 2.5\n", "must be an integer, not a number"),
+        ("name_quota = true\n", "must be an integer, not a boolean"),
+    ],
+)
+def test_bad_name_quota_key_is_one_line(tmp_path: pathlib.Path, text: str, problem: str) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load_relay(str(path))
+    assert str(ei.value) == f"{path} line 1: name_quota: {problem}"
+
+
+def test_a_relay_config_with_a_zero_name_quota_is_refused() -> None:
+    with pytest.raises(ConfigError, match="^a name quota must be at least 1$"):
+        Relay(RelayConfig(tokens={"a": b"0123456789abcdef"}, name_quota=0))
+
+
+async def test_a_relay_with_name_quota_1_refuses_the_second_name_of_a_token() -> None:
+    """Over loopback: one expose holds `one`; another of the same token asking for `two`
+    ends with the quota's one line (with the default quota both would bind)."""
+    relay = Relay(
+        RelayConfig(
+            host=HOST,
+            port=0,
+            start_port=40000,
+            end_port=40000,
+            tokens={"alice": TOKEN},
+            name_quota=1,
+            routing=RoutingConfig(DOMAIN, http_addr=(HOST, 0)),
+        )
+    )
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(relay.serve)
+            await start_expose(nursery, relay, 9, "one")  # never dialled: no request is made
+
+            second = Expose(
+                ExposeConfig(
+                    HOST, relay.tunnel_port, HOST, 9, TOKEN, subdomain="two",
+                    routes=ROUTE_HTTP, reconnect=False,
+                )
+            )
+            with pytest.raises(FatalError) as ei:
+                await second.run()
+            assert "client alice already uses its quota of 1 name(s)" in str(ei.value)
+            assert "\n" not in str(ei.value)
+            assert relay.router is not None and set(relay.router.routes) == {"one"}
+            nursery.cancel_scope.cancel()

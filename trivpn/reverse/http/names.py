@@ -8,7 +8,7 @@ can grab it meanwhile. The same client asking while its old session still holds 
 is a takeover: the caller ends the old session first.
 
 Quota: like ports, the names held under one token name (in use or leased, by all its
-client ids) never exceed `quota` (DEFAULT_NAME_QUOTA, 4). A new name beyond it first
+client ids) never exceed `quota` (the relay's `--name-quota`, default 4). A new name beyond it first
 gives up that token name's oldest lease; if all its names are in use the bind is refused,
 so one token (leaked, or a loop of throw-away client ids) holds a few names, not one per
 session. Every operation costs O(log n) in the names held plus O(quota): indexes by client
@@ -47,7 +47,8 @@ def check_label(name: str) -> str:
     return name
 
 
-DEFAULT_NAME_QUOTA = 4  # names (in use or leased) per token name
+DEFAULT_NAME_QUOTA = 4  # names (in use or leased) per token name (`--name-quota`)
+MAX_NAME_QUOTA = 1024  # its bound: a few names per client, not a table per token
 
 
 @dataclass(slots=True)

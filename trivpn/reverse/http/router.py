@@ -34,7 +34,13 @@ from trivpn.reverse.http.hostrouter import (
     not_found,
     offline,
 )
-from trivpn.reverse.http.names import ROUTE_HTTP, ROUTE_TLS, NameLeases, NameUnavailable
+from trivpn.reverse.http.names import (
+    DEFAULT_NAME_QUOTA,
+    ROUTE_HTTP,
+    ROUTE_TLS,
+    NameLeases,
+    NameUnavailable,
+)
 from trivpn.reverse.http.sni import ALERT_UNRECOGNIZED_NAME, SniReader, alert
 from trivpn.reverse.sockets import EvictableScope, close_plain, format_addr, plain_socket
 
@@ -59,7 +65,9 @@ class RoutingConfig:
 
 
 class NameRouter:
-    def __init__(self, config: RoutingConfig, lease: float) -> None:
+    def __init__(
+        self, config: RoutingConfig, lease: float, name_quota: int = DEFAULT_NAME_QUOTA
+    ) -> None:
         domain = config.domain.lower().strip(".")
         if not domain or not all(c.isalnum() or c in "-." for c in domain):
             raise ConfigError(f"--domain: bad domain name {config.domain!r}")
@@ -67,7 +75,7 @@ class NameRouter:
             raise ConfigError("--domain needs --http-addr and/or --https-addr")
         self.config = config
         self.domain = domain
-        self.names = NameLeases(lease)
+        self.names = NameLeases(lease, name_quota)
         self.routes: dict[str, RelayRunner] = {}
         self.http_port = 0
         self.https_port = 0
