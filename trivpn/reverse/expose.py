@@ -37,7 +37,7 @@ from trivpn.reverse import events as E
 from trivpn.reverse.config import SessionConfig
 from trivpn.reverse.events import Binding
 from trivpn.reverse.frames import ErrorCode
-from trivpn.reverse.handshake import TAKEOVER_REFUSED
+from trivpn.reverse.handshake import RELAY_SILENT, RELAY_SPEAKS_TLS, TAKEOVER_REFUSED
 from trivpn.reverse.metrics import Metrics
 from trivpn.reverse.pipe import StreamPipe
 from trivpn.reverse.ports import Backoff
@@ -187,7 +187,8 @@ class Expose:
                         backoff.reset()
                     log.info("tunnel lost: %s", closed.reason if closed else "closed")
                     print(metrics.summary("session summary"), flush=True)
-                why = closed.reason if closed else "the tunnel closed"
+                why = unanswered(closed.reason, self._ssl is not None) if closed else ""
+                why = why or "the tunnel closed"
                 replaced = closed is not None and closed.code == ErrorCode.REPLACED
                 if replaced and runner.relay_proven:
                     raise FatalError("another expose with the same identity replaced this one")
@@ -228,6 +229,23 @@ def dial_failure(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return str(exc.strerror or exc)
     return str(exc) or "the connection broke"
+
+
+def unanswered(reason: str, tls: bool) -> str:
+    """`reason`, and what to check when the relay never answered our HELLO: the usual
+    cause is TLS on one side only (the other way round, see `dial_failure`)."""
+    if reason == RELAY_SPEAKS_TLS:
+        return (
+            f"{reason}: it serves the tunnel over TLS (add --tls, and --tls-ca FILE if its"
+            " certificate is not from a public CA)"
+        )
+    if reason == RELAY_SILENT:
+        may = "" if tls else "expect TLS (add --tls), "
+        return (
+            f"{reason}: it may {may}refuse this address after failed logins (check the"
+            " token), or --server may not be its tunnel port"
+        )
+    return reason
 
 
 def public_urls(host: str, http_port: int, https_port: int) -> list[str]:

@@ -139,6 +139,12 @@ def text(payload: bytes) -> str:
     return "".join(c if c.isprintable() else "?" for c in s)
 
 
+def looks_like_tls(head: bytes) -> bool:
+    """Bytes that start a TLS record (an alert 0x15 or a handshake 0x16, then major
+    version 3), never a frame (whose first byte is VERSION): a TLS peer answered."""
+    return len(head) >= 2 and head[0] in (0x15, 0x16) and head[1] == 0x03
+
+
 class FrameDecoder:
     """Incremental decoder: `feed(bytes)` returns the complete frames so far."""
 
@@ -152,6 +158,10 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
+
+    def head(self, n: int) -> bytes:
+        """The first `n` bytes not yet taken as a frame (fewer if fewer arrived)."""
+        return bytes(self._buf[self._pos : self._pos + n])
 
     def feed(self, data: bytes) -> list[Frame]:
         """All complete frames so far, judged by the current `max_frame`."""

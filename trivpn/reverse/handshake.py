@@ -128,6 +128,12 @@ def auth_mac(token: bytes, label: bytes, challenge: bytes, nonce: bytes, client_
 TAKEOVER_REFUSED = "takeover refused"
 
 
+#: A client's reasons when the relay's answer to HELLO never came: it closed the
+#: connection with nothing, or what it sent was TLS (expose adds what to check).
+RELAY_SILENT = "the relay closed the connection without answering"
+RELAY_SPEAKS_TLS = "the relay answered in TLS"
+
+
 def key_commitment(key: bytes) -> bytes:
     """What a client announces for the takeover key it will reveal next time."""
     return hashlib.sha256(b"trivpn-reverse takeover" + key).digest()

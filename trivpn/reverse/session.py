@@ -22,8 +22,11 @@ The work is done by separate pieces, each testable alone, that share one `Schedu
 This facade owns what spans them: the frame decoder and its limit (256 bytes until the
 session is bound, then `max_frame`), the handshake deadline, the session's end (GOAWAY
 out or in, a protocol error, end of file), and the dispatch of each frame by state: any
-frame not legal in the current state closes the session with GOAWAY(PROTOCOL). States as
-seen from outside: the handshake's, then FORWARDING once a stream opened, then CLOSED.
+frame not legal in the current state closes the session with GOAWAY(PROTOCOL). A client
+whose HELLO gets no answer tells the two usual mistakes apart: the relay closed with
+nothing sent (`RELAY_SILENT`), or what came back starts a TLS record (`RELAY_SPEAKS_TLS`,
+a TLS relay's alert: no frame starts that way). States as seen from outside: the
+handshake's, then FORWARDING once a stream opened, then CLOSED.
 See the pieces' docstrings and docs/reverse-tunnel.md for the rules.
 """
 
@@ -62,9 +65,10 @@ from trivpn.reverse.frames import (
     Frame,
     FrameDecoder,
     FrameType,
+    looks_like_tls,
     text,
 )
-from trivpn.reverse.handshake import Handshake, State, auth_mac
+from trivpn.reverse.handshake import RELAY_SILENT, RELAY_SPEAKS_TLS, Handshake, State, auth_mac
 from trivpn.reverse.heartbeat import Heartbeat
 from trivpn.reverse.scheduler import BufferPool, Scheduler, SessionBudget
 from trivpn.reverse.streams import Streams
@@ -243,6 +247,9 @@ class Session:
             # (call again with b"" once data_to_send() took it; see `reading_paused`)
             decoder = self._decoder
             decoder.push(data)
+            if self._unanswered() and looks_like_tls(decoder.head(2)):
+                self._finish(RELAY_SPEAKS_TLS, ErrorCode.PROTOCOL, by_peer=True)
+                return
             while not scheduler.over_control_limit and (frame := decoder.next_frame()) is not None:
                 self._handle(frame, now)
                 if self._closed:
@@ -254,7 +261,14 @@ class Session:
     def receive_eof(self, now: float) -> None:
         """The connection ended without GOAWAY."""
         if not self._closed:
-            self._finish("the connection was closed", ErrorCode.INTERNAL, by_peer=True)
+            reason = "the connection was closed"
+            if self._unanswered() and not self._decoder.buffered:
+                reason = RELAY_SILENT
+            self._finish(reason, ErrorCode.INTERNAL, by_peer=True)
+
+    def _unanswered(self) -> bool:
+        """A client whose HELLO got no answer yet (no HELLO_ACK)."""
+        return self.role == "client" and self._handshake.state is State.INIT
 
     def close(self, reason: str = "closing", code: ErrorCode = ErrorCode.NORMAL) -> None:
         """Say GOAWAY and stop; every stream is reset (reported as StreamReset)."""
