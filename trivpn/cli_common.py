@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -46,6 +47,45 @@ EXAMPLES: dict[str, str] = {
   sudo trivpn demo
   sudo trivpn demo --iperf-seconds 0 --keep""",
 }
+
+
+class StartupSignals:
+    """Signals kept from a daemon's first line of code until its workers manager listens.
+
+    Why: until a handler is set, SIGHUP, SIGUSR1 and SIGUSR2 end the process by their
+    default action, and `trivpn serve` sets its own only once its configuration is read
+    and its workers manager runs (the `__main__` KeyboardInterrupt catch does the same
+    for Ctrl+C during the imports). Installed by `__main__` before the imports; the
+    manager takes what was kept (`take`, once its own handlers are in) and acts on it as
+    on a signal that came later (`WorkersManager(kept_signals=...)`).
+    A Python handler, never SIG_IGN: scripts started meanwhile get the default actions."""
+
+    SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.kept: list[int] = []
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._keep)
+
+    def _keep(self, signum: int, _frame: object) -> None:
+        self.kept.append(signum)
+
+    def take(self) -> list[int]:
+        """The signals kept so far, in order of arrival (each handed out once)."""
+        kept, self.kept = self.kept, []
+        return kept
+
+
+#: set by `__main__` for `trivpn serve` (see StartupSignals)
+STARTUP_SIGNALS: StartupSignals | None = None
+
+
+def keep_startup_signals() -> StartupSignals:
+    """Start keeping SIGHUP/SIGUSR1/SIGUSR2 for the workers manager (see StartupSignals)."""
+    global STARTUP_SIGNALS
+    if STARTUP_SIGNALS is None:
+        STARTUP_SIGNALS = StartupSignals()
+    return STARTUP_SIGNALS
 
 
 class LogFormatter(logging.Formatter):

@@ -3,7 +3,10 @@
 Plugged into trivpn.cli like the other sub-commands (only argparse at import time). Errors
 end with one line and exit 1, as `connect`; SIGINT/SIGTERM stop gracefully (clients are
 told, the TUN with its addresses and routes is removed) and exit 0, and so do SIGHUP/SIGUSR1
-(no reload: one line says so), SIGUSR2 logs the status report.
+(no reload: one line says so), SIGUSR2 logs the status report. These act at any time of
+the start-up: `__main__` keeps them from its first line (cli_common.StartupSignals) and the
+server's workers manager acts on them once it listens (a SIGHUP/SIGUSR1 by then stops the
+server before it sets anything up).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
+    from trivpn import cli_common
     from trivpn.server.config import load_server_config
     from trivpn.server.service import Server
 
@@ -33,9 +37,13 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         from trivpn.observe.serving import parse_host_port
 
         metrics = parse_host_port(args.metrics_addr, "--metrics-addr")
-    server = Server(config, handle_signals=True, metrics_addr=metrics)
+    kept = cli_common.STARTUP_SIGNALS  # set by __main__
+    server = Server(config, handle_signals=True, metrics_addr=metrics, kept_signals=kept.take if kept else None)
     for warning in (*config.warnings, *server.warnings):
         log.warning("%s", warning)
     await server.run()
-    log.info("stopped (%s); %s removed", server.manager.stop_reason or "stopped", server.tun_name or "tun")
+    if server.tun_name is None:  # a signal during start-up: nothing was set up
+        log.info("stopped (%s) before start-up finished", server.manager.stop_reason or "stopped")
+    else:
+        log.info("stopped (%s); %s removed", server.manager.stop_reason or "stopped", server.tun_name)
     return 0

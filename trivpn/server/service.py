@@ -6,7 +6,7 @@
     ├── per UDP listener: receiver ──ServerDemux──▶ Reply / NewSession / Deliver
     │                     writer   ◀── every client's datagrams, to its current address
     ├── per TCP listener: acceptor (tcp.py: one session per connection, over networkio)
-    ├── status file writer and SIGUSR2 listener (statustask.py)
+    ├── status file writer (statustask.py)
     └── clients nursery (clients.py)
         └── one task per client, its own cancel scope: the ClientSession's stack
 
@@ -15,13 +15,17 @@ it); the server's failure or a signal cancels the whole tree. On SIGINT/SIGTERM 
 SIGHUP/SIGUSR1: no reload, see NO_RELOAD_SIGNALS) the exit hook first tells every client the
 server is going away (RESTART, or OCC exit without cc-exit), waits a moment for those
 packets to leave, and then everything is cancelled and the cleanups remove the TUN with its
-addresses and routes.
+addresses and routes. SIGUSR2 logs the status report. The workers manager listens for all
+of them before anything is set up (a SIGUSR2 once only the status listener at the end of
+the set-up caught it, and killed the server half set up), and the management interface's
+`signal` goes through the same `WorkersManager.handle_signal`.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -35,7 +39,7 @@ from trivpn.server.persist import start_pool_persist
 from trivpn.server.privdrop import PrivilegeDrop
 from trivpn.server.sessionparts import SessionParts, session_parts
 from trivpn.server.sockets import bind_listener
-from trivpn.server.statustask import STATUS_FILE_MODE, run_status_file, run_status_signal
+from trivpn.server.statustask import STATUS_FILE_MODE, log_status, run_status_file
 from trivpn.server.support import check_served
 from trivpn.server.tcp import run_tcp_acceptor
 from trivpn.server.tun import TunFactory, TunSink, open_server_tun, run_tun_reader
@@ -63,18 +67,20 @@ class Server:
 
     def __init__(
         self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun,
-        metrics_addr: tuple[str, int] | None = None,
+        metrics_addr: tuple[str, int] | None = None, kept_signals: Callable[[], Iterable[int]] | None = None,
     ) -> None:
+        """`kept_signals`: signals that came before the server ran (cli_common.StartupSignals)."""
         #: ignored options (one-line warnings); the unsafe ones raised ConfigError here
         self.warnings = check_served(config)
         self.config = config
         self.parts: SessionParts = session_parts(config)
-        self.manager = WorkersManager(
-            handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7, also_stop_on=NO_RELOAD_SIGNALS
-        )
         self._tun_sink = TunSink(DATA_CHANNEL_SIZE * 4)
         self.hub = Hub(config, self._tun_sink)
         self.table = ClientTable(self.hub)
+        self.manager = WorkersManager(
+            handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7, also_stop_on=NO_RELOAD_SIGNALS,
+            also_handle={signal.SIGUSR2: self.log_status}, kept_signals=kept_signals,
+        )
         #: every live client by its server-wide key
         self.clients = self.table.clients
         self.tun_name: str | None = None
@@ -89,6 +95,10 @@ class Server:
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.manager.request_stop(reason)
+
+    def log_status(self) -> None:
+        """SIGUSR2: the status report to the log, in the configured status-version."""
+        log_status(self.clients, self.hub, self.config.status.version if self.config.status else 1)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async def setup(m: WorkersManager) -> None:
@@ -131,8 +141,6 @@ class Server:
             if status is not None:
                 m.start_service("status file", run_status_file, status, self.clients, self.hub,
                                 kept_status.write if kept_status else write_status_file)
-            if m.handle_signals:
-                m.start_service("SIGUSR2", run_status_signal, self.clients, self.hub, status.version if status else 1)
             log.info("Initialization Sequence Completed")
             task_status.started()
 

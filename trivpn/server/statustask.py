@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,7 +42,7 @@ from trivpn.status.format import StatusVersion, format_server_status
 from trivpn.status.model import ClientEntry, RealAddress, RouteEntry, ServerStatus, VirtualAddress
 from trivpn.status.writer import StatusWriter, write_status_file
 
-__all__ = ["STATUS_FILE_MODE", "log_status", "run_status_file", "run_status_signal", "server_status"]
+__all__ = ["STATUS_FILE_MODE", "log_status", "run_status_file", "server_status"]
 
 log = logging.getLogger("trivpn.server")
 
@@ -118,14 +117,9 @@ async def run_status_file(
 
 
 def log_status(clients: Mapping[int, ClientSession], hub: Hub, version: int) -> None:
-    """The report in `version`, one log line per report line (what SIGUSR2 does)."""
+    """The report in `version`, one log line per report line (what SIGUSR2 does: the
+    server's workers manager calls it, service.Server.log_status)."""
     v: StatusVersion = 3 if version == 3 else 2 if version == 2 else 1
     for line in format_server_status(server_status(clients, hub, time.time()), v).splitlines():
         log.info("%s", line)
 
-
-async def run_status_signal(clients: Mapping[int, ClientSession], hub: Hub, version: int) -> None:
-    """SIGUSR2: the status report to the log."""
-    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
-        async for _ in signals:
-            log_status(clients, hub, version)

@@ -8,7 +8,12 @@ task has finished. The manager adds what a VPN needs around that:
   frees our slot at once), give them a bounded time, then cancel the root scope;
 * SIGINT/SIGTERM mapped to that graceful stop (the CLI enables it), and any other signal
   the owner lists in `also_stop_on` (a server that cannot reload stops on SIGHUP/SIGUSR1
-  rather than die at once of the default action);
+  rather than die at once of the default action) or hands to a function in `also_handle`
+  (the server's SIGUSR2 status report). All of them are listened for before set-up runs,
+  and what the caller's own handler kept before the manager ran (`kept_signals`,
+  cli_common.StartupSignals) is acted on as soon as the manager listens: a signal during
+  start-up is never a death by its default action. `handle_signal` is the same action
+  for a signal named by other means (the management interface's `signal`);
 * cleanups (remove routes and addresses, close the TUN) that run on every exit path,
   including cancellation and errors, in reverse order of registration;
 * a name per service, so a failure is reported as "layer X failed: reason".
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -86,16 +91,27 @@ class WorkersManager:
     def __init__(
         self, *, handle_signals: bool = False, exit_grace: float = EXIT_GRACE,
         also_stop_on: Mapping[signal.Signals, str] | None = None,
+        also_handle: Mapping[signal.Signals, Callable[[], None]] | None = None,
+        kept_signals: Callable[[], Iterable[int]] | None = None,
     ) -> None:
         self.handle_signals = handle_signals
         #: more signals that stop gracefully, each with the note logged when it comes
         self.also_stop_on = dict(also_stop_on or {})
+        #: signals that call a function (and stop nothing)
+        self.also_handle = dict(also_handle or {})
+        #: the signals the caller's own handler kept until the manager listens (taken once)
+        self._kept_signals = kept_signals
+        #: signals that came after the manager's handlers went in, before its receiver opened
+        self._early: list[int] = []
+        self._listening = False
         self.exit_grace = exit_grace
         self.nursery: trio.Nursery | None = None
         self.cancel_scope = trio.CancelScope()
         self._cleanups: list[Callable[[], Any]] = []
         self._exit_hooks: list[Callable[[], Awaitable[None]]] = []
         self._stopping = False
+        self._stop_pending = False
+        self._started = False  # `run` was called
         self.stop_reason: str | None = None
 
     def add_cleanup(self, fn: Callable[[], Any]) -> None:
@@ -111,12 +127,34 @@ class WorkersManager:
         start_named(self.nursery, name, fn, *args)
 
     def request_stop(self, reason: str = "stop requested") -> None:
-        """Begin a graceful stop (idempotent)."""
-        if self._stopping or self.nursery is None:
+        """Begin a graceful stop (idempotent). Asked before `run`, the run stops before
+        its set-up starts anything; after it, nothing is left to stop."""
+        if self._stopping or (self.nursery is None and self._started):
             return
         self._stopping = True
         self.stop_reason = reason
-        self.nursery.start_soon(self._graceful_stop)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._graceful_stop)
+        else:
+            self._stop_pending = True  # `run` starts it
+
+    @property
+    def _signal_set(self) -> tuple[signal.Signals, ...]:
+        return (signal.SIGINT, signal.SIGTERM, *self.also_stop_on, *self.also_handle)
+
+    def handle_signal(self, sig: signal.Signals) -> None:
+        """What `sig` does to the run: SIGINT, SIGTERM and `also_stop_on` stop it gracefully
+        (a second one at once), `also_handle` calls its function. The OS signals come here
+        and so does the management interface's `signal`, so both act and log alike."""
+        if (action := self.also_handle.get(sig)) is not None:
+            action()
+        elif self._stopping:
+            log.warning("%s again: stopping now", sig.name)
+            self.cancel_scope.cancel()
+        else:
+            note = self.also_stop_on.get(sig)
+            log.info("%s received, %s", sig.name, note or "shutting down")
+            self.request_stop(sig.name)
 
     async def _graceful_stop(self) -> None:
         with trio.move_on_after(self.exit_grace):
@@ -128,24 +166,23 @@ class WorkersManager:
         self.cancel_scope.cancel()
 
     async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *self.also_stop_on) as signals:
+        with trio.open_signal_receiver(*self._signal_set) as signals:
+            self._listening = True
+            early, self._early = self._early, []
+            for signum in dict.fromkeys(early):  # each kind once, in order of arrival
+                self.handle_signal(signal.Signals(signum))
             task_status.started()
             async for signum in signals:
-                sig = signal.Signals(signum)
-                if self._stopping:
-                    log.warning("%s again: stopping now", sig.name)
-                    self.cancel_scope.cancel()
-                else:
-                    note = self.also_stop_on.get(sig)
-                    log.info("%s received, %s", sig.name, note or "shutting down")
-                    self.request_stop(sig.name)
+                self.handle_signal(signal.Signals(signum))
 
     def _hold_signals(self) -> dict[int, Any]:
-        """While the manager's own signal receiver is closed (before it opens, and from the
-        moment the nursery ends through the cleanups), a SIGINT/SIGTERM is logged, not
-        obeyed: trio's receiver redelivers the signals still queued when it closes, and a
-        third Ctrl+C or SIGTERM then raised KeyboardInterrupt into the cleanups or killed the
-        process before the routes, DNS and firewall rules were removed (no fail-open).
+        """While the manager's own signal receiver is closed, its signals are never obeyed
+        by their default action or a KeyboardInterrupt. Before it opens they are kept, with
+        those the caller kept (`kept_signals`), and acted on once it listens. From the
+        moment the nursery ends through the cleanups they are logged, not obeyed: trio's
+        receiver redelivers the signals still queued when it closes, and a third Ctrl+C or
+        SIGTERM then raised KeyboardInterrupt into the cleanups or killed the process
+        before the routes, DNS and firewall rules were removed (no fail-open).
         Only in the main thread, where handlers can be set; returns the handlers to restore."""
         import threading
 
@@ -153,15 +190,21 @@ class WorkersManager:
             return {}
 
         def held(signum: int, _frame: object) -> None:
-            log.warning("%s while stopping: the cleanup finishes first", signal.Signals(signum).name)
+            if not self._listening:
+                self._early.append(signum)
+            else:
+                log.warning("%s while stopping: the cleanup finishes first", signal.Signals(signum).name)
 
         previous: dict[int, Any] = {}
-        for sig in (signal.SIGINT, signal.SIGTERM, *self.also_stop_on):
+        for sig in self._signal_set:
             previous[sig] = signal.signal(sig, held)
+        if self._kept_signals is not None:  # after ours went in: none is lost in between
+            self._early[:0] = self._kept_signals()
         return previous
 
     async def run(self, setup: Callable[[WorkersManager], Awaitable[None]]) -> None:
         """Run `setup` (which starts services) and keep every service under one scope."""
+        self._started = True
         held = self._hold_signals()
         try:
             with self.cancel_scope:
@@ -172,9 +215,14 @@ class WorkersManager:
                         # such as an nft call included) is a graceful stop, never a
                         # KeyboardInterrupt thrown into whatever code was running
                         await nursery.start(self._signals, name="signals")
-                    await setup(self)
+                    if self._stop_pending:
+                        self._stop_pending = False
+                        nursery.start_soon(self._graceful_stop)
+                    if not self._stopping:  # else: asked before the run, or by a kept signal
+                        await setup(self)
         finally:
             self.nursery = None
+            self._listening = True  # from here on the held signals are only logged
             for fn in reversed(self._cleanups):
                 try:
                     fn()

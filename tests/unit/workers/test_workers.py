@@ -178,3 +178,35 @@ async def test_signals_during_the_cleanup_never_cut_it_short() -> None:
         await m.run(setup)
     assert m.stop_reason == "SIGINT" and cleaned == ["dns", "routes"]
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+async def test_signals_kept_before_the_run_are_acted_on_before_setup() -> None:
+    """What the caller's own handler kept before the manager ran (`trivpn serve`'s start-up,
+    cli_common.StartupSignals) is acted on once the manager listens: SIGUSR2 calls its
+    function, SIGHUP stops the run before set-up starts anything."""
+    reports: list[str] = []
+    m = WorkersManager(
+        handle_signals=True, also_stop_on={signal.SIGHUP: "no reload"},
+        also_handle={signal.SIGUSR2: lambda: reports.append("status")},
+        kept_signals=lambda: [signal.SIGUSR2, signal.SIGHUP, signal.SIGUSR2],
+    )
+
+    async def setup(mgr: WorkersManager) -> None:
+        raise AssertionError("set-up ran after a stop")
+
+    with trio.fail_after(10):
+        await m.run(setup)
+    assert m.stop_reason == "SIGHUP" and reports == ["status"]
+
+
+async def test_a_stop_asked_before_the_run_is_kept() -> None:
+    """Before, `request_stop` before `run` was dropped and the run went on."""
+    m = WorkersManager()
+    m.request_stop("early")
+
+    async def setup(mgr: WorkersManager) -> None:
+        raise AssertionError("set-up ran after a stop")
+
+    with trio.fail_after(10):
+        await m.run(setup)
+    assert m.stop_reason == "early"
