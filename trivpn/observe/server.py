@@ -3,8 +3,9 @@
 `ServerMonitor` answers the core from the live client table (status 1/2/3, per-client byte
 counts, load-stats), acts on `kill CN|IP:port` (the session ends at once, the client is not
 told, as OpenVPN), `client-kill CID [MSG]` (RESTART or MSG on the control channel, the end
-`SCHEDULED_EXIT` seconds later) and `signal`, and with `management-client-auth` it is the
-server's `ServerObserver`: every client's key exchange waits in `authorize` for
+`SCHEDULED_EXIT` seconds later) and `signal` (what the OS signal does: SIGUSR2 logs the
+status, SIGTERM stops, SIGHUP/SIGUSR1 stop too as serve does not reload; the same log
+lines), and with `management-client-auth` it is the server's `ServerObserver`: every client's key exchange waits in `authorize` for
 `client-auth`/`client-auth-nt`/`client-deny` after a `>CLIENT:CONNECT,CID,KID` and its ENV
 block; `>CLIENT:ADDRESS`/`ESTABLISHED` follow when the client is ready, `>CLIENT:DISCONNECT`
 when it leaves. The CID is the server-wide client number the status report shows as Client
@@ -23,6 +24,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -40,7 +42,7 @@ from trivpn.observe.client import HISTORY, HostHistory
 from trivpn.observe.figures import KeyClock, SessionFigures, figures_of
 from trivpn.server.ccd import CcdEntry, parse_ccd
 from trivpn.server.sessionparts import common_name_of
-from trivpn.server.statustask import log_status, server_status
+from trivpn.server.statustask import server_status
 from trivpn.status.format import StatusVersion, format_server_status, real_address_text, time_text
 from trivpn.status.model import RealAddress
 from trivpn.tlssession.negotiation import PeerInfo
@@ -269,13 +271,8 @@ class ServerMonitor(HostHistory):
 
     def perform(self, command: c.Command) -> Reply | None:
         match command:
-            case c.Signal("SIGTERM"):
-                self.server.request_stop("SIGTERM")
-            case c.Signal("SIGUSR2"):
-                version = self.config.status.version if self.config.status else 1
-                log_status(self.server.clients, self.server.hub, version)
-            case c.Signal(name):
-                return Reply.error(f"signal {name} is not supported by trivpn serve (restart the service)")
+            case c.Signal(name):  # exactly what the OS signal does (WorkersManager.handle_signal)
+                self.server.manager.handle_signal(signal.Signals[name])
             case c.Hold("query"):
                 return Reply.success(f"hold={int(self.hold_flag)}")
             case c.Hold("on") | c.Hold("off"):
