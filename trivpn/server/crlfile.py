@@ -1,73 +1,119 @@
-"""The server's ``crl-verify FILE``, re-read when the file changes.
+"""The server's ``crl-verify FILE``, re-read when the file changes; fails closed.
 
 OpenVPN reads the CRL file again for each new connection, so an operator revokes a
 certificate by replacing the file, without a restart. trivpn does the same, cheaply: each
 new client session stats the file and reads it again only if its mtime or size changed.
 The read is bounded (MAX_CRL_BYTES) and validated like at start (one PEM CRL signed by the
-CA); a file that cannot be read or fails validation is logged (an error: certificates it
-revokes are not refused yet) and the last good CRL stays in force, so a half-written file
-never lets revoked clients back in. Such a file is tried again at each new client until it
-loads: fixing its permissions changes neither its mtime nor its size. The read is a small
-blocking file read in the accepting task, as in OpenVPN; sessions already running keep the
-CRL they were verified against (a revoked client is refused at its next connection).
+CA).
+
+A file that is missing, cannot be read (wrong permissions after the privileges were
+dropped, say) or is not a valid CRL fails closed, as in OpenVPN (which throws its old CRL
+away before loading the file, so an unreadable file leaves it with none and every client
+certificate fails): new clients are refused, with an error line naming the file and the
+problem (at once when the problem changes, then at most every LOG_EVERY seconds, with the
+number refused meanwhile). Keeping the last good CRL instead would let in a client revoked
+by the very file that cannot be read. While failing, the file is tried again at each new
+client, since fixing its permissions changes neither its mtime nor its size; the first
+client after the fix is admitted, and a line says so. (One difference: when the file cannot
+even be stat()ed, OpenVPN keeps its CRL; trivpn refuses then too.)
+
+A file caught half-written (an editor or `cp` writing in place) fails to parse and refuses
+the clients that come meanwhile: a transient refusal, which they retry, and the safe side.
+Writing the new file next to it and renaming it over the old one avoids even that.
+
+The read is a small blocking file read in the accepting task, as in OpenVPN. Sessions
+already running keep the CRL they were verified against, renegotiations included (a
+revoked client is refused at its next connection; OpenVPN checks again at each
+renegotiation).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 
 from trivpn.errors import ConfigError
-from trivpn.tlssession.crl import MAX_CRL_BYTES, check_crl
+from trivpn.tlssession.crl import MAX_CRL_BYTES, UNUSABLE_CRL, check_crl
 
-__all__ = ["CRLFile"]
+__all__ = ["LOG_EVERY", "CRLFile"]
 
 log = logging.getLogger("trivpn.server")
+
+#: While the file cannot be used, the same problem is logged at most this often (seconds).
+LOG_EVERY = 60.0
 
 _Signature = tuple[int, int]  # (st_mtime_ns, st_size)
 
 
-def _signature(path: str) -> _Signature | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+def _signature(path: str) -> _Signature:
+    st = os.stat(path)
     return (st.st_mtime_ns, st.st_size)
 
 
-class CRLFile:
-    """The current CRL text of one file (the text read at start until the file changes)."""
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, UnicodeError):
+        return "not a PEM text file"
+    return str(exc)
 
-    def __init__(self, path: str, text: str, ca_pem: str) -> None:
+
+class CRLFile:
+    """The CRL of one file for new clients (see the module docstring): the text read at
+    start until the file changes, `UNUSABLE_CRL` while the file cannot be used."""
+
+    def __init__(self, path: str, text: str, ca_pem: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         check_crl(text, ca_pem)
         self.path = path
         self.text = text
         self._ca_pem = ca_pem
-        self._seen = _signature(path)
-        self._failed: _Signature | None = None  # the version that did not load (logged once)
+        self._clock = clock
+        try:
+            self._seen: _Signature | None = _signature(path)
+        except OSError:
+            self._seen = None  # read a moment ago: current() tries again
+        #: why the file cannot be used now (new clients are refused), else None
+        self.problem: str | None = None
+        self._logged_at = 0.0
+        self._refused = 0  # new clients refused since the last line
         #: how often the file was taken up again (tests and logs)
         self.reloads = 0
 
     def current(self) -> str:
-        """The CRL to verify a new client against; re-reads the file if it changed."""
-        sig = _signature(self.path)
-        if sig is None or sig == self._seen:
-            if sig is None and self._seen is not None:
-                log.error("crl-verify: cannot stat %s; keeping the last CRL read", self.path)
-                self._seen = None
-            return self.text
+        """The CRL to verify a new client against; re-reads the file if it changed, or if it
+        could not be used last time. `UNUSABLE_CRL` (every certificate refused) while the
+        file cannot be used."""
         try:
+            sig = _signature(self.path)
+            if sig == self._seen and self.problem is None:
+                return self.text
             with open(self.path, "rb") as f:
                 data = f.read(MAX_CRL_BYTES + 1)
             text = data.decode("ascii")
-            check_crl(text, self._ca_pem)
+            check_crl(text, self._ca_pem)  # also refuses a file larger than MAX_CRL_BYTES
         except (OSError, UnicodeError, ConfigError) as exc:
-            if sig != self._failed:
-                self._failed = sig
-                log.error("crl-verify: cannot use %s (%s); keeping the last CRL read", self.path, exc)
-            return self.text
-        self._seen, self._failed = sig, None
-        self.text = text
+            self._refuse(_problem(exc))
+            return UNUSABLE_CRL
+        if self.problem is not None:
+            log.warning("crl-verify: %s loads again; new clients are admitted again", self.path)
+        else:
+            log.info("crl-verify: re-read %s", self.path)
+        self._seen, self.problem, self.text = sig, None, text
         self.reloads += 1
-        log.info("crl-verify: re-read %s", self.path)
         return text
+
+    def _refuse(self, problem: str) -> None:
+        """One new client refused: an error line when the problem is new, else at most
+        every LOG_EVERY seconds (a flood of clients must not flood the log)."""
+        now = self._clock()
+        self._refused += 1
+        if problem != self.problem:
+            log.error("crl-verify: cannot use %s (%s): new clients are refused until it loads", self.path, problem)
+        elif now - self._logged_at >= LOG_EVERY:
+            log.error("crl-verify: still cannot use %s (%s): %d new clients refused in the last %.0f s",
+                      self.path, problem, self._refused, now - self._logged_at)
+        else:
+            return
+        self._logged_at, self._refused, self.problem = now, 0, problem

@@ -22,7 +22,7 @@ temp-file-and-rename used without a drop (which needs a writable directory).
 Files read later (the crl-verify file at each new client, client-config-dir, tmp-dir,
 scripts) are read as the new user, so `access_problem` checks at start, from the mode bits
 of every path component, that the new uid and gid (no other group, no capability) will
-reach them: a CRL the server can no longer read would let revoked clients in.
+reach them: a CRL the server can no longer read would refuse every new client (crlfile.py).
 """
 
 from __future__ import annotations

@@ -139,13 +139,13 @@ def _check_paths(cfg: ServerConfig) -> list[tuple[str, str]]:
 
 def _check_after_drop(cfg: ServerConfig, programs: list[tuple[str, str]]) -> None:
     """With `user`/`group`: refuse files the server reads after the drop but could not then
-    (a crl-verify file it cannot re-read would keep letting revoked clients in)."""
+    (a crl-verify file it cannot re-read would refuse every new client: crlfile.py fails closed)."""
     ids = dropped_ids(cfg.user, cfg.group)
     if ids is None:
         return
     uid, gid, name = ids
     needs: list[tuple[str, str | None, int, bool, str, str]] = [
-        ("crl-verify", cfg.crl_verify_path, os.R_OK, False, "read", "a revoked client would still be let in"),
+        ("crl-verify", cfg.crl_verify_path, os.R_OK, False, "read", "every new client would be refused"),
         ("client-config-dir", cfg.client_config_dir, os.R_OK | os.X_OK, True, "read",
          "the clients' files (and their 'disable') would be missed"),
         ("tmp-dir", cfg.tmp_dir, os.W_OK | os.X_OK, True, "write to", "every script call would fail"),

@@ -5,6 +5,9 @@ becomes a one-line ConfigError at start instead of every client being refused la
 must parse as one PEM CRL and be signed by one of the configured CA certificates. OpenSSL
 then checks the peer's own certificate against it during the handshake (X509_V_FLAG_CRL_CHECK,
 as OpenVPN sets it); a revoked peer fails verification like any other chain error.
+`UNUSABLE_CRL` turns the check on without any CRL: then OpenSSL refuses every peer
+certificate ("unable to get certificate CRL"), which is what OpenVPN ends up doing when its
+CRL file cannot be read (it clears the old CRLs before loading the file).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from trivpn.errors import ConfigError
 from trivpn.tlssession.tlsload import pem_problem
 
-__all__ = ["MAX_CRL_BYTES", "check_crl", "load_crl"]
+__all__ = ["MAX_CRL_BYTES", "UNUSABLE_CRL", "check_crl", "load_crl"]
 
 #: Largest CRL file we read (a CRL with ~100k entries is a few MB; this bounds memory).
 MAX_CRL_BYTES = 16 * 1024 * 1024
+#: `TLSConfig.crl_pem` while the crl-verify file cannot be used: every certificate is refused
+UNUSABLE_CRL = ""
 _SIGNING_KEYS = (
     rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey, dsa.DSAPublicKey,
 )

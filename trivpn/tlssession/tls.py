@@ -106,7 +106,9 @@ class TLSConfig:
     verify_x509_name: tuple[str, str] | None = None
     tls_version_min: str = "1.2"
     tls_version_max: str | None = None  # OpenVPN's --tls-version-max; None = what OpenSSL offers
-    crl_pem: str | None = None  # crl-verify: a PEM CRL signed by the CA; checked for the peer
+    #: crl-verify: a PEM CRL signed by the CA, checked for the peer; `crl.UNUSABLE_CRL` ("")
+    #: checks with no CRL at all, so every peer certificate fails (the CRL file is unreadable)
+    crl_pem: str | None = None
     #: crl-verify DIR dir: a file named after the peer's decimal serial there means revoked
     crl_dir: str | None = None
     #: peer-fingerprint: SHA-256 digests of acceptable peer certificates (then no CA is needed)
@@ -464,7 +466,8 @@ def _build_context(config: TLSConfig) -> SSL.Context:
     if config.crl_pem is not None:  # revocation of the peer's own certificate, as OpenVPN
         from trivpn.tlssession.crl import load_crl  # crl-verify only (start-up time of the rest)
 
-        store.add_crl(load_crl(config.crl_pem, cas))
+        if config.crl_pem:  # else UNUSABLE_CRL: "unable to get certificate CRL" for every peer
+            store.add_crl(load_crl(config.crl_pem, cas))
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     if config.cert_pem is not None and config.key_pem is not None:
         load_identity(ctx, config.cert_pem, config.key_pem, config.key_password)

@@ -1,5 +1,6 @@
 """crl-verify FILE in the running server: revoked clients are refused, the server stays up,
-and a replaced CRL file is taken up at the next connection (no restart).
+a replaced CRL file is taken up at the next connection (no restart), and a file that does
+not load refuses every new client until it does (fails closed, as OpenVPN).
 
 The real Server with a userspace TUN and trivpn's own clients on 127.0.0.1 (real sockets,
 every wait bounded); the file watcher's rules are also checked directly.
@@ -8,6 +9,7 @@ every wait bounded); the file watcher's rules are also checked directly.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ from helpers.serving import client_profile, running_server, server_config
 from trivpn import api
 from trivpn.errors import ConfigError, SessionRestart
 from trivpn.profile.profile import parse_profile
-from trivpn.server.crlfile import CRLFile
+from trivpn.server.crlfile import LOG_EVERY, CRLFile
 from trivpn.server.service import Server
 from trivpn.testing.pki import PKI, generate_pki, revoke, with_client
+from trivpn.tlssession.crl import UNUSABLE_CRL
 from trivpn.tun.ip import build_echo_request, echo_reply_to, parse_echo_reply
 from trivpn.tun.userspace import UserspaceTun
 
@@ -104,21 +107,65 @@ def test_crl_dir_stays_refused(tmp_path: Path) -> None:
         server_config(shared_pki(), f"crl-verify {tmp_path} dir")
 
 
-def test_crl_file_keeps_the_last_good_crl(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_crl_file_fails_closed_until_it_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A changed file that cannot be used refuses every new client (before: the last good CRL
+    stayed in force, letting in whoever the new file revokes); the error line comes at once
+    for each new problem and then at most every LOG_EVERY seconds; the first client after
+    the fix is admitted, also when the fix leaves mtime and size alone (permissions)."""
     pki = shared_pki()
     path = tmp_path / "crl.pem"
     first = revoke(pki)
     path.write_text(first)
-    watch = CRLFile(str(path), first, pki.ca_cert)
+    clock = [0.0]
+    watch = CRLFile(str(path), first, pki.ca_cert, clock=lambda: clock[0])
     assert watch.current() == first and watch.reloads == 0  # unchanged: not read again
     second = revoke(pki, pki.client_cert)
     path.write_text(second)
     assert watch.current() == second and watch.reloads == 1
-    with caplog.at_level(logging.WARNING, logger="trivpn.server"):
-        path.write_text("garbage, half written")
-        assert watch.current() == second  # never falls back to "no CRL"
+    good = os.stat(path)
+
+    def errors() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+
+    with caplog.at_level(logging.INFO, logger="trivpn.server"):
+        path.write_text(second[: len(second) // 2])  # half written
+        assert watch.current() == UNUSABLE_CRL and watch.problem is not None
+        assert watch.current() == UNUSABLE_CRL  # the same problem: no second line yet
+        assert errors() == [f"crl-verify: cannot use {path} ({watch.problem}): new clients are refused until it loads"]
+        clock[0] = LOG_EVERY
+        assert watch.current() == UNUSABLE_CRL
+        assert errors()[-1].startswith(f"crl-verify: still cannot use {path}") and "2 new clients refused" in errors()[-1]
         path.unlink()
-        assert watch.current() == second
-    assert len([r for r in caplog.records if "keeping the last CRL" in r.getMessage()]) == 2
-    path.write_text(second + "\n")  # readable again (size changed): taken up
-    assert watch.current() == second + "\n" and watch.reloads == 2
+        path.mkdir()  # unreadable (as root too): a read error, a new problem, a line at once
+        assert watch.current() == UNUSABLE_CRL and watch.problem == "Is a directory" and len(errors()) == 3
+        path.rmdir()
+        path.write_text(second)
+        os.utime(path, ns=(good.st_atime_ns, good.st_mtime_ns))  # mtime and size as before the problem
+        assert watch.current() == second and watch.problem is None and watch.reloads == 2
+        assert watch.current() == second and watch.reloads == 2  # and unchanged again: not read
+    assert any("loads again" in r.getMessage() for r in caplog.records)
+
+
+async def test_unusable_new_crl_refuses_the_client_it_revokes_until_fixed(tmp_path: Path) -> None:
+    """The operator revokes a client, but the new CRL the running server sees does not load
+    (caught half-written): before, the last good CRL stayed in force and let the revoked
+    client in; now every new client is refused until the file loads, then the revoked one
+    still is and the others get in again."""
+    pki = shared_pki()
+    late = with_client(pki, "crl-unusable-client")
+    crl = tmp_path / "crl.pem"
+    crl.write_text(revoke(pki))  # nobody revoked yet
+    with trio.fail_after(BOUND):
+        async with running_server(server_config(pki, f"crl-verify {crl}")) as (server, tun):
+            port = server.addresses[0][1]
+            new = revoke(pki, late.client_cert)
+            crl.write_text(new[: len(new) // 2])
+            for refused in (late, pki):  # fails closed: the good client too
+                with pytest.raises(SessionRestart, match="server rejected our certificate"):
+                    async with api.connect(parse_profile(client_profile(refused, port)), reconnect=False,
+                                           connect_timeout=10):
+                        pass
+            crl.write_text(new)
+            await _refused(late, port)
+            async with api.connect(parse_profile(client_profile(pki, port)), reconnect=False) as tunnel:
+                await _pings_server(tunnel, tun, 1)

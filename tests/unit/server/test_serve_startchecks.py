@@ -24,6 +24,7 @@ from trivpn.server.pool_types import FixedAddressError, PoolExhausted
 from trivpn.server.privdrop import access_problem
 from trivpn.server.support import check_served
 from trivpn.testing.pki import revoke
+from trivpn.tlssession.crl import UNUSABLE_CRL
 
 #: ids that own nothing on this host (the "others" bits apply to them)
 STRANGER_UID, STRANGER_GID = 4_000_123, 4_000_321
@@ -276,7 +277,7 @@ def test_a_crl_that_failed_to_load_is_read_again_once_fixed(tmp_path: Path) -> N
     watch = CRLFile(str(path), first, pki.ca_cert)
     path.write_text("x" * len(second))  # unusable, the size of the good one
     stamp = path.stat().st_mtime_ns
-    assert watch.current() == first
+    assert watch.current() == UNUSABLE_CRL  # fails closed meanwhile
     path.write_text(second)
     os.utime(path, ns=(stamp, stamp))  # same mtime, same size: what a chmod leaves
     assert watch.current() == second and watch.reloads == 1
