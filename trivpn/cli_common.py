@@ -68,7 +68,8 @@ class StartupSignals:
             signal.signal(sig, self._keep)
 
     def _keep(self, signum: int, _frame: object) -> None:
-        self.kept.append(signum)
+        if signum not in self.kept:  # each kind once: a flood stays bounded
+            self.kept.append(signum)
 
     def take(self) -> list[int]:
         """The signals kept so far, in order of arrival (each handed out once)."""

@@ -191,7 +191,8 @@ class WorkersManager:
 
         def held(signum: int, _frame: object) -> None:
             if not self._listening:
-                self._early.append(signum)
+                if signum not in self._early:  # each kind once: a flood stays bounded
+                    self._early.append(signum)
             else:
                 log.warning("%s while stopping: the cleanup finishes first", signal.Signals(signum).name)
 
