@@ -4,7 +4,8 @@ The command line is imported inside `main`, so that a Ctrl+C while the imports r
 first ≈ 0.15 s of every start) ends in the same "interrupted" line and exit 130 as one
 later, instead of a KeyboardInterrupt traceback. For the same reason `serve` keeps
 SIGHUP/SIGUSR1/SIGUSR2 from here on for its workers manager (cli_common.StartupSignals):
-before, one of them during its start-up ended it by the default action."""
+before, one of them during its start-up ended it by the default action. Its restart loop
+(server/restart.py) keeps SIGINT/SIGTERM too, once the configuration was first read."""
 
 from __future__ import annotations
 

@@ -58,7 +58,9 @@ class StartupSignals:
     for Ctrl+C during the imports). Installed by `__main__` before the imports; the
     manager takes what was kept (`take`, once its own handlers are in) and acts on it as
     on a signal that came later (`WorkersManager(kept_signals=...)`).
-    A Python handler, never SIG_IGN: scripts started meanwhile get the default actions."""
+    A Python handler, never SIG_IGN: scripts started meanwhile get the default actions.
+    Between two runs of a restarting server SIGINT/SIGTERM are kept too (`also_keep`): a
+    stop asked for while the configuration is read again is then a stop, not a death."""
 
     SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -71,10 +73,17 @@ class StartupSignals:
         if signum not in self.kept:  # each kind once: a flood stays bounded
             self.kept.append(signum)
 
-    def take(self) -> list[int]:
-        """The signals kept so far, in order of arrival (each handed out once)."""
-        kept, self.kept = self.kept, []
-        return kept
+    def also_keep(self, *signals: signal.Signals) -> None:
+        """Keep `signals` from now on as well (their previous handlers are not restored)."""
+        for sig in signals:
+            signal.signal(sig, self._keep)
+
+    def take(self, only: tuple[int, ...] | None = None) -> list[int]:
+        """The signals kept so far (those in `only`, when given), in order of arrival; each
+        is handed out once, the others stay kept."""
+        taken = [s for s in self.kept if only is None or s in only]
+        self.kept = [s for s in self.kept if s not in taken]
+        return taken
 
 
 #: set by `__main__` for `trivpn serve` (see StartupSignals)

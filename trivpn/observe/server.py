@@ -4,8 +4,8 @@
 counts, load-stats), acts on `kill CN|IP:port` (the session ends at once, the client is not
 told, as OpenVPN), `client-kill CID [MSG]` (RESTART or MSG on the control channel, the end
 `SCHEDULED_EXIT` seconds later) and `signal` (what the OS signal does: SIGUSR2 logs the
-status, SIGTERM stops, SIGHUP/SIGUSR1 stop too as serve does not reload; the same log
-lines), and with `management-client-auth` it is the server's `ServerObserver`: every client's key exchange waits in `authorize` for
+status, SIGTERM stops, SIGHUP/SIGUSR1 restart `trivpn serve` (server/restart.py; the
+management socket is closed and opened again by the new server); the same log lines), and with `management-client-auth` it is the server's `ServerObserver`: every client's key exchange waits in `authorize` for
 `client-auth`/`client-auth-nt`/`client-deny` after a `>CLIENT:CONNECT,CID,KID` and its ENV
 block; `>CLIENT:ADDRESS`/`ESTABLISHED` follow when the client is ready, `>CLIENT:DISCONNECT`
 when it leaves. The CID is the server-wide client number the status report shows as Client

@@ -2,11 +2,13 @@
 
 Plugged into trivpn.cli like the other sub-commands (only argparse at import time). Errors
 end with one line and exit 1, as `connect`; SIGINT/SIGTERM stop gracefully (clients are
-told, the TUN with its addresses and routes is removed) and exit 0, and so do SIGHUP/SIGUSR1
-(no reload: one line says so), SIGUSR2 logs the status report. These act at any time of
-the start-up: `__main__` keeps them from its first line (cli_common.StartupSignals) and the
-server's workers manager acts on them once it listens (a SIGHUP/SIGUSR1 by then stops the
-server before it sets anything up).
+told, the TUN with its addresses and routes is removed) and exit 0. SIGHUP restarts the
+server in this process with the configuration file read again, SIGUSR1 with the one
+already loaded (restart.py: a configuration no longer valid, or root given up by `user`,
+ends it with exit 1 instead). SIGUSR2 logs the status report. These act at any time of the
+start-up: `__main__` keeps them from its first line (cli_common.StartupSignals) and the
+server's workers manager acts on them once it listens (a SIGHUP/SIGUSR1 by then restarts
+the server before it set anything up).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
 async def cmd_serve(args: argparse.Namespace) -> int:
     from trivpn import cli_common
     from trivpn.server.config import load_server_config
+    from trivpn.server.config_model import ServerConfig
+    from trivpn.server.restart import serve_restarting
     from trivpn.server.service import Server
 
     config = load_server_config(args.config)
@@ -37,13 +41,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         from trivpn.observe.serving import parse_host_port
 
         metrics = parse_host_port(args.metrics_addr, "--metrics-addr")
-    kept = cli_common.STARTUP_SIGNALS  # set by __main__
-    server = Server(config, handle_signals=True, metrics_addr=metrics, kept_signals=kept.take if kept else None)
-    for warning in (*config.warnings, *server.warnings):
-        log.warning("%s", warning)
-    await server.run()
-    if server.tun_name is None:  # a signal during start-up: nothing was set up
-        log.info("stopped (%s) before start-up finished", server.manager.stop_reason or "stopped")
-    else:
-        log.info("stopped (%s); %s removed", server.manager.stop_reason or "stopped", server.tun_name)
-    return 0
+    keeper = cli_common.keep_startup_signals()  # set by __main__ already; here when called otherwise
+
+    def start(cfg: ServerConfig) -> Server:
+        server = Server(cfg, handle_signals=True, metrics_addr=metrics, kept_signals=keeper.take, restarts=True)
+        for warning in (*cfg.warnings, *server.warnings):
+            log.warning("%s", warning)
+        return server
+
+    return await serve_restarting(config, lambda: load_server_config(args.config), start, keeper)

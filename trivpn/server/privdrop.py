@@ -186,6 +186,9 @@ class PrivilegeDrop:
     def __init__(self, user: str | None, group: str | None) -> None:
         self.identity = _resolve(user, group)  # unknown names: ConfigError at once
         self.kept: list[KeptFile] = []
+        #: the user this process became, once `drop` gave up root (a group alone keeps uid
+        #: 0): from then on no new TUN, no low port, no second drop, so no restart (restart.py)
+        self.root_given_up: str | None = None
 
     @property
     def active(self) -> bool:
@@ -220,6 +223,7 @@ class PrivilegeDrop:
             data = (_CapData * 2)(_CapData(keep, keep, 0), _CapData(0, 0, 0))
             _check(libc.capset(ctypes.byref(header), data), "capset(CAP_NET_ADMIN)")
             _check(libc.prctl(_PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)")
+            self.root_given_up = ident.name
         log.info("privileges dropped to %s (uid %s, gid %d), CAP_NET_ADMIN kept for the exit cleanups",
                  ident.name, ident.uid if ident.uid is not None else os.getuid(), ident.gid)
 

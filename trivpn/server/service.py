@@ -12,13 +12,15 @@
 
 A client's failure ends only its own task (logged; then the demux, pool and router forget
 it); the server's failure or a signal cancels the whole tree. On SIGINT/SIGTERM (and
-SIGHUP/SIGUSR1: no reload, see NO_RELOAD_SIGNALS) the exit hook first tells every client the
-server is going away (RESTART, or OCC exit without cc-exit), waits a moment for those
-packets to leave, and then everything is cancelled and the cleanups remove the TUN with its
-addresses and routes. SIGUSR2 logs the status report. The workers manager listens for all
-of them before anything is set up (a SIGUSR2 once only the status listener at the end of
-the set-up caught it, and killed the server half set up), and the management interface's
-`signal` goes through the same `WorkersManager.handle_signal`.
+SIGHUP/SIGUSR1) the exit hook first tells every client the server is going away (RESTART,
+or OCC exit without cc-exit), waits a moment for those packets to leave, and then
+everything is cancelled and the cleanups remove the TUN with its addresses and routes.
+`trivpn serve` builds its Server with `restarts=True` and starts a new one after a
+SIGHUP/SIGUSR1 stop (restart.py): a restart is a new Server, nothing of the old one is
+reused, so this class never restarts itself. SIGUSR2 logs the status report. The workers
+manager listens for all of them before anything is set up (a SIGUSR2 once only the status
+listener at the end of the set-up caught it, and killed the server half set up), and the
+management interface's `signal` goes through the same `WorkersManager.handle_signal`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_
 from trivpn.server.hub import Hub
 from trivpn.server.persist import start_pool_persist
 from trivpn.server.privdrop import PrivilegeDrop
+from trivpn.server.restart import restart_notes
 from trivpn.server.sessionparts import SessionParts, session_parts
 from trivpn.server.sockets import bind_listener
 from trivpn.server.statustask import STATUS_FILE_MODE, log_status, run_status_file
@@ -53,12 +56,12 @@ __all__ = ["Server"]
 
 log = logging.getLogger("trivpn.server")
 
-#: OpenVPN re-reads its config on SIGHUP and restarts on SIGUSR1; trivpn serve cannot (the
-#: TUN and privileges are gone by then), so admins' routine HUP/USR1 stop it gracefully —
-#: clients told, leases and the management socket handled, exit 0 — instead of the default
-#: action killing it with none of that done.
+#: A Server run by itself (the `trivpn.serve` API, whose application decides what comes
+#: next) stops gracefully on SIGHUP/SIGUSR1 — clients told, leases and the management
+#: socket handled — instead of the default action killing it with none of that done.
+#: `trivpn serve` restarts on them instead (restart.py).
 NO_RELOAD_SIGNALS = {
-    sig: "trivpn serve does not reload or restart: shutting down (start it again to apply changes)"
+    sig: "shutting down (a server run through the API does not restart by itself)"
     for sig in (signal.SIGHUP, signal.SIGUSR1)
 }
 
@@ -68,8 +71,11 @@ class Server:
     def __init__(
         self, config: ServerConfig, *, handle_signals: bool = False, tun_factory: TunFactory = open_server_tun,
         metrics_addr: tuple[str, int] | None = None, kept_signals: Callable[[], Iterable[int]] | None = None,
+        restarts: bool = False,
     ) -> None:
-        """`kept_signals`: signals that came before the server ran (cli_common.StartupSignals)."""
+        """`kept_signals`: signals that came before the server ran (cli_common.StartupSignals).
+        `restarts`: the caller starts a new Server after a SIGHUP/SIGUSR1 stop (restart.py),
+        so they log that the process restarts rather than that it stops for good."""
         #: ignored options (one-line warnings); the unsafe ones raised ConfigError here
         self.warnings = check_served(config)
         self.config = config
@@ -78,7 +84,8 @@ class Server:
         self.hub = Hub(config, self._tun_sink)
         self.table = ClientTable(self.hub)
         self.manager = WorkersManager(
-            handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7, also_stop_on=NO_RELOAD_SIGNALS,
+            handle_signals=handle_signals, exit_grace=GOODBYE_TIME + 0.7,
+            also_stop_on=restart_notes() if restarts else NO_RELOAD_SIGNALS,
             also_handle={signal.SIGUSR2: self.log_status}, kept_signals=kept_signals,
         )
         #: every live client by its server-wide key
@@ -92,6 +99,7 @@ class Server:
         self.monitor: Any = None
         #: user/group: dropped once the TUN and listeners are up (privdrop.py)
         self.privileges = PrivilegeDrop(config.user, config.group)
+        self._restarts = restarts
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self.manager.request_stop(reason)
@@ -138,6 +146,8 @@ class Server:
             status = self.config.status
             kept_status = self.privileges.keep(status.path, STATUS_FILE_MODE) if status is not None else None
             self.privileges.drop()  # user/group: the TUN and the listeners are up
+            if self._restarts and (user := self.privileges.root_given_up) is not None:
+                m.also_stop_on.update(restart_notes(user))  # no restart from here on: say so at once
             if status is not None:
                 m.start_service("status file", run_status_file, status, self.clients, self.hub,
                                 kept_status.write if kept_status else write_status_file)

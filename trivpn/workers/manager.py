@@ -7,13 +7,16 @@ task has finished. The manager adds what a VPN needs around that:
 * a graceful stop (`request_stop`): run the exit hooks (send EXIT / OCC exit so the server
   frees our slot at once), give them a bounded time, then cancel the root scope;
 * SIGINT/SIGTERM mapped to that graceful stop (the CLI enables it), and any other signal
-  the owner lists in `also_stop_on` (a server that cannot reload stops on SIGHUP/SIGUSR1
-  rather than die at once of the default action) or hands to a function in `also_handle`
-  (the server's SIGUSR2 status report). All of them are listened for before set-up runs,
-  and what the caller's own handler kept before the manager ran (`kept_signals`,
-  cli_common.StartupSignals) is acted on as soon as the manager listens: a signal during
-  start-up is never a death by its default action. `handle_signal` is the same action
-  for a signal named by other means (the management interface's `signal`);
+  the owner lists in `also_stop_on` (the server stops on SIGHUP/SIGUSR1, to restart or for
+  good, rather than die at once of the default action) or hands to a function in
+  `also_handle` (the server's SIGUSR2 status report). Every stopping signal is recorded
+  in `stop_signals`, also those that come while the stop runs, so that the owner can tell
+  a restart (SIGHUP) from a stop for good (a SIGTERM during that restart's stop). All of
+  them are listened for before set-up runs, and what the caller's own handler kept before
+  the manager ran (`kept_signals`, cli_common.StartupSignals) is acted on as soon as the
+  manager listens: a signal during start-up is never a death by its default action.
+  `handle_signal` is the same action for a signal named by other means (the management
+  interface's `signal`);
 * cleanups (remove routes and addresses, close the TUN) that run on every exit path,
   including cancellation and errors, in reverse order of registration;
 * a name per service, so a failure is reported as "layer X failed: reason".
@@ -113,6 +116,9 @@ class WorkersManager:
         self._stop_pending = False
         self._started = False  # `run` was called
         self.stop_reason: str | None = None
+        #: the stopping signals received (each kind once, in order), also those that came
+        #: while the stop ran: what the owner decides on once `run` returned (a restart?)
+        self.stop_signals: list[signal.Signals] = []
 
     def add_cleanup(self, fn: Callable[[], Any]) -> None:
         """Register a synchronous cleanup; runs on every exit path, newest first."""
@@ -143,18 +149,29 @@ class WorkersManager:
         return (signal.SIGINT, signal.SIGTERM, *self.also_stop_on, *self.also_handle)
 
     def handle_signal(self, sig: signal.Signals) -> None:
-        """What `sig` does to the run: SIGINT, SIGTERM and `also_stop_on` stop it gracefully
-        (a second one at once), `also_handle` calls its function. The OS signals come here
-        and so does the management interface's `signal`, so both act and log alike."""
+        """What `sig` does to the run: SIGINT, SIGTERM and `also_stop_on` stop it gracefully,
+        `also_handle` calls its function. While stopping, a SIGINT/SIGTERM cuts the stop
+        short (the exit hooks are not waited for); an `also_stop_on` signal is only noted
+        (a SIGHUP during a restart's stop must neither hurry it nor stack a second
+        restart). The OS signals come here and so does the management interface's
+        `signal`, so both act and log alike."""
         if (action := self.also_handle.get(sig)) is not None:
             action()
+            return
+        self._note_stop_signal(sig)
+        if self._stopping and sig in self.also_stop_on:
+            log.info("%s while stopping: noted, the stop under way goes on", sig.name)
         elif self._stopping:
-            log.warning("%s again: stopping now", sig.name)
+            log.warning("%s while stopping: stopping now", sig.name)
             self.cancel_scope.cancel()
         else:
             note = self.also_stop_on.get(sig)
             log.info("%s received, %s", sig.name, note or "shutting down")
             self.request_stop(sig.name)
+
+    def _note_stop_signal(self, sig: signal.Signals) -> None:
+        if sig not in self.stop_signals:  # each kind once: a flood stays bounded
+            self.stop_signals.append(sig)
 
     async def _graceful_stop(self) -> None:
         with trio.move_on_after(self.exit_grace):
@@ -179,10 +196,11 @@ class WorkersManager:
         """While the manager's own signal receiver is closed, its signals are never obeyed
         by their default action or a KeyboardInterrupt. Before it opens they are kept, with
         those the caller kept (`kept_signals`), and acted on once it listens. From the
-        moment the nursery ends through the cleanups they are logged, not obeyed: trio's
-        receiver redelivers the signals still queued when it closes, and a third Ctrl+C or
-        SIGTERM then raised KeyboardInterrupt into the cleanups or killed the process
-        before the routes, DNS and firewall rules were removed (no fail-open).
+        moment the nursery ends through the cleanups they are logged (and noted in
+        `stop_signals`), not obeyed: trio's receiver redelivers the signals still queued
+        when it closes, and a third Ctrl+C or SIGTERM then raised KeyboardInterrupt into the
+        cleanups or killed the process before the routes, DNS and firewall rules were
+        removed (no fail-open).
         Only in the main thread, where handlers can be set; returns the handlers to restore."""
         import threading
 
@@ -194,7 +212,10 @@ class WorkersManager:
                 if signum not in self._early:  # each kind once: a flood stays bounded
                     self._early.append(signum)
             else:
-                log.warning("%s while stopping: the cleanup finishes first", signal.Signals(signum).name)
+                sig = signal.Signals(signum)
+                if sig not in self.also_handle:  # a SIGTERM now still means "for good"
+                    self._note_stop_signal(sig)
+                log.warning("%s while stopping: the cleanup finishes first", sig.name)
 
         previous: dict[int, Any] = {}
         for sig in self._signal_set:

@@ -21,7 +21,7 @@ from trivpn.management.core import ManagementConnection
 from trivpn.observe.server import ServerMonitor
 from trivpn.server.service import Server
 
-NO_RELOAD = "trivpn serve does not reload or restart: shutting down"
+NO_RELOAD = "shutting down (a server run through the API does not restart by itself)"
 
 
 def _say(conn: ManagementConnection, line: str) -> str:

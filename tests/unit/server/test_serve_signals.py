@@ -1,7 +1,8 @@
-"""SIGHUP/SIGUSR1 stop `trivpn serve` gracefully (it does not reload): before, the default
-action killed it at once (exit 129/138) with the leases unwritten, the clients untold and
-the management socket left behind. A subprocess runs the real Server with its signal
-handling (rootless: a userspace TUN) and a trivpn client connected on 127.0.0.1.
+"""SIGHUP/SIGUSR1 stop a Server run by itself (the `trivpn.serve` API) gracefully; `trivpn
+serve` restarts on them instead (test_serve_restart.py). Before, the default action killed
+it at once (exit 129/138) with the leases unwritten, the clients untold and the management
+socket left behind. A subprocess runs the real Server with its signal handling (rootless: a
+userspace TUN) and a trivpn client connected on 127.0.0.1.
 
 The same signals and SIGUSR2 during the start-up: in the set-up (in process, the TUN
 factory raises them) and from `python -m trivpn serve`'s first line (a subprocess)."""
@@ -12,8 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 import trio
 from helpers.profiles import shared_pki
+from helpers.require import require_root
 from helpers.serving import client_profile, ping, server_config
 
 from trivpn import api
@@ -99,7 +99,7 @@ async def test_hup_and_usr1_stop_gracefully(tmp_path: Path, sig: signal.Signals)
                 await proc.wait()
     log = stderr.decode()
     assert proc.returncode == 0, log
-    assert f"{sig.name} received, trivpn serve does not reload or restart: shutting down" in log
+    assert f"{sig.name} received, shutting down (a server run through the API does not restart" in log
     assert f"stopped ({sig.name})" in log
     assert "Traceback" not in log
     assert not (tmp_path / "mgmt.sock").exists()  # removed, not left stale
@@ -131,7 +131,7 @@ async def test_signals_during_setup_are_handled(caplog: pytest.LogCaptureFixture
     log = caplog.text
     assert default_action == []
     assert "OpenVPN CLIENT LIST" in log  # the status report (status-version 1)
-    assert "SIGHUP received, trivpn serve does not reload or restart: shutting down" in log
+    assert "SIGHUP received, shutting down (a server run through the API does not restart" in log
     assert server.manager.stop_reason == "SIGHUP" and closed == ["tun"]
 
 
@@ -148,20 +148,20 @@ def _catches(pid: int, sig: signal.Signals) -> bool:
 async def test_serve_keeps_signals_from_its_first_line(tmp_path: Path) -> None:
     """`python -m trivpn serve`: a SIGUSR2 and a SIGHUP as soon as the process handles
     signals (while it imports and reads its config) — before, SIGUSR2's default action killed
-    it (exit -12); now the status is logged and SIGHUP stops it before it sets anything up."""
+    it (exit -12); now the status is logged and SIGHUP restarts it before it set anything up
+    (test_serve_restart.py); it comes up once, and SIGTERM then stops it with exit 0."""
+    require_root("serve start-up signals test", ("unshare",))
     pki = shared_pki()
     conf = tmp_path / "server.conf"
     conf.write_text("\n".join([
-        "server 10.8.0.0 255.255.255.0", "topology subnet", "dev tun", "proto udp", "local 127.0.0.1",
-        f"port {random.randrange(20000, 60000)}", "dh none", f"<ca>\n{pki.ca_cert}</ca>", f"<cert>\n{pki.server_cert}</cert>",
-        f"<key>\n{pki.server_key}</key>", "",
+        "server 10.8.0.0 255.255.255.0", "topology subnet", "dev tun", "proto udp", "port 1194", "dh none",
+        f"<ca>\n{pki.ca_cert}</ca>", f"<cert>\n{pki.server_cert}</cert>", f"<key>\n{pki.server_key}</key>", "",
     ]))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # as root, in a network namespace of its own: should it get as far as its TUN (the old
-    # code did, then died), nothing shows up on the host (unshare execs: the pid stays)
-    netns = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
+    # in a network namespace of its own (unshare execs: the pid stays): its TUN, addresses
+    # and wildcard listener show up nowhere else
     proc = await trio.lowlevel.open_process(
-        [*netns, sys.executable, "-m", "trivpn", "serve", str(conf)],
+        ["unshare", "--net", sys.executable, "-m", "trivpn", "serve", str(conf)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     try:
@@ -174,6 +174,11 @@ async def test_serve_keeps_signals_from_its_first_line(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGUSR2)
             proc.send_signal(signal.SIGHUP)
             out = b""
+            while b"Initialization Sequence Completed" not in out:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, out.decode()
+                out += chunk
+            proc.send_signal(signal.SIGTERM)
             while chunk := await proc.stdout.receive_some(65536):
                 out += chunk
             await proc.wait()
@@ -185,5 +190,7 @@ async def test_serve_keeps_signals_from_its_first_line(tmp_path: Path) -> None:
     log = out.decode()
     assert proc.returncode == 0, log
     assert "OpenVPN CLIENT LIST" in log
-    assert "SIGHUP received, trivpn serve does not reload or restart: shutting down" in log
+    assert "SIGHUP received, process restarting (the configuration file is read again)" in log
     assert "stopped (SIGHUP) before start-up finished" in log and "Traceback" not in log
+    assert log.count("Initialization Sequence Completed") == 1
+    assert "stopped (SIGTERM); tun0 removed" in log

@@ -210,3 +210,28 @@ async def test_a_stop_asked_before_the_run_is_kept() -> None:
     with trio.fail_after(10):
         await m.run(setup)
     assert m.stop_reason == "early"
+
+
+async def test_restart_signals_while_stopping_are_noted_and_a_sigterm_still_ends_it() -> None:
+    """A stop on SIGHUP is a restart for `trivpn serve`: more SIGHUPs meanwhile are noted
+    once (before, each cut the stop short, so the clients were not told), a SIGTERM cuts it
+    short and is recorded, so that the owner stops for good (server/restart.py)."""
+    m = WorkersManager(exit_grace=5.0, also_stop_on={signal.SIGHUP: "restarting"})
+    hook_done: list[str] = []
+
+    async def hook() -> None:
+        for _ in range(100):
+            m.handle_signal(signal.SIGHUP)
+        await trio.sleep(0.05)
+        hook_done.append("told")
+        m.handle_signal(signal.SIGTERM)
+        await trio.sleep_forever()
+
+    async def setup(mgr: WorkersManager) -> None:
+        mgr.add_exit_hook(hook)
+        mgr.handle_signal(signal.SIGHUP)
+
+    with trio.fail_after(3):
+        await m.run(setup)
+    assert hook_done == ["told"]  # the SIGHUPs did not hurry the stop
+    assert m.stop_reason == "SIGHUP" and m.stop_signals == [signal.SIGHUP, signal.SIGTERM]
