@@ -86,12 +86,19 @@ class SessionParts:
             verify_auth=self.scripts.hold or cfg.management_client_auth,
             reauth=cfg.auth_user_pass_verify is not None or cfg.management_client_auth,
         )
-        tls_config, options = self.tls_config, self.options[proto]
-        if self.crl_file is not None:  # a new client: take up a replaced CRL file, as OpenVPN
-            tls_config = dataclasses.replace(tls_config, crl_pem=self.crl_file.current())
+        tls_config, options, crl_file = self.tls_config, self.options[proto], self.crl_file
+        first = tls_config
+        if crl_file is not None:  # a new client: take up a replaced CRL file, as OpenVPN
+            first = dataclasses.replace(tls_config, crl_pem=crl_file.current())
 
         def session(key_id: int, token: str | None) -> TLSSession:
-            return TLSSession(tls_config, options_string=options)
+            # Every renegotiation is a full handshake that checks the client's certificate
+            # again, against the CRL of that moment (as OpenVPN reloads it per key state): a
+            # certificate revoked since the client came loses it at the next renegotiation.
+            config = first
+            if key_id != 0 and crl_file is not None:
+                config = dataclasses.replace(tls_config, crl_pem=crl_file.current())
+            return TLSSession(config, options_string=options)
 
         def make(ports: TLSPorts) -> TLSService:
             tls = TLSService(

@@ -38,7 +38,12 @@ wait) or the session ends with `Restart`. A client ends with `Restart` too on an
 failure of key 0 (bad certificate, alert, garbage) and an unusable PUSH_REPLY: the path can
 cause them (docs/security.md); only AUTH_FAILED and HALT are `Fatal` for a client. A renegotiation that fails (TLS error, or not
 done within `hand_window`) is dropped and the current key stays in use; the next attempt
-takes the next key id, skipping the ids of the primary and lame-duck keys.
+takes the next key id, skipping the ids of the primary and lame-duck keys. Except on a
+server whose check of the client's certificate fails at renegotiation (revoked since the
+client came, a CRL that cannot be used, no certificate): every key is a full handshake that
+verifies the certificate again, as in OpenVPN, and a refused one ends the session, like at
+key 0 `SCHEDULED_EXIT` seconds later so that the TLS alert reaches the client; no further
+renegotiation starts meanwhile.
 
 Receive early, send late: the server has a renegotiated key at key exchange, one control
 round trip before the client, so its InstallKey says `send_now=False` (receive only; the
@@ -191,8 +196,8 @@ class KeySchedule:
 
     def receive_soft_reset(self, key_id: int, now: float) -> None:
         """The peer's P_CONTROL_SOFT_RESET_V1 for `key_id` (a start or an answer)."""
-        if self.closed or not 0 < key_id <= 7:
-            return
+        if self.closed or self._end is not None or not 0 < key_id <= 7:
+            return  # closed, or a refused client that only waits for its end
         if key_id == self.pending:
             if self._pending_local and not self._pending_answered:
                 self._pending_answered = True  # the peer answered ours
@@ -255,7 +260,7 @@ class KeySchedule:
 
     def renegotiate(self, reason: str, now: float) -> bool:
         """Start a renegotiation (our SoftReset first); False if one is running or no key yet."""
-        if self.closed or self.primary is None or self.pending is not None:
+        if self.closed or self._end is not None or self.primary is None or self.pending is not None:
             return False
         key_id = next_key_id(self._last_key_id)
         while key_id in (self.primary, self.lame_duck):  # after failed attempts wrapped around
@@ -389,6 +394,14 @@ class KeySchedule:
             log.warning("refusing the client: %s", exc)
             self._end = (now + SCHEDULED_EXIT, Fatal(str(exc)))
             self.pending = None
+            return
+        if self.is_server and key_id == self.pending and isinstance(exc, CertificateRejected):
+            # the client's certificate no longer passes (revoked since it came, the CRL
+            # unusable now): it goes, as in OpenVPN; its alert is delivered first (the pending
+            # session stays to send it) and the current key carries on until the end
+            log.warning("refusing the client at renegotiation of key id %d: %s", key_id, exc)
+            self._end = (now + SCHEDULED_EXIT, Fatal(f"refused at renegotiation: {exc}", CertificateRejected))
+            self.pending, self._reneg_at = None, None
             return
         if key_id == self.pending and key_id != 0:
             # a failed renegotiation: the current key keeps the tunnel up

@@ -68,8 +68,11 @@ _X509_NAME_TYPES = ("subject", "name", "name-prefix")
 
 # Fallback texts for the X509_V_ERR_* codes a VPN user actually meets (x509_vfy.h); used only
 # if OpenSSL's own message table is not reachable through pyOpenSSL's bindings.
+#: X509_V_ERR_UNABLE_TO_GET_CRL: what every peer gets while the CRL is `crl.UNUSABLE_CRL`
+_UNABLE_TO_GET_CRL = 3
 _VERIFY_ERRORS = {
     2: "unable to get issuer certificate",
+    3: "unable to get certificate CRL",
     7: "certificate signature failure",
     9: "certificate is not yet valid",
     10: "certificate has expired",
@@ -226,7 +229,10 @@ class TLSEngine:
                 return False
             return True
         if not ok:
-            self._verify_failure = f"{_verify_error_text(errnum)} (subject {subject})"
+            text = _verify_error_text(errnum)
+            if errnum == _UNABLE_TO_GET_CRL and self.config.crl_pem == "":  # crl.UNUSABLE_CRL
+                text += " (the crl-verify file cannot be used)"  # say why, not only OpenSSL's words
+            self._verify_failure = f"{text} (subject {subject})"
             return False
         if depth != 0:
             return True

@@ -1,6 +1,7 @@
 """crl-verify FILE in the running server: revoked clients are refused, the server stays up,
-a replaced CRL file is taken up at the next connection (no restart), and a file that does
-not load refuses every new client until it does (fails closed, as OpenVPN).
+a replaced CRL file is taken up at the next connection (no restart) and at the next
+renegotiation of a connected client (which ends if it is revoked now), and a file that does
+not load refuses every new or renegotiating client until it does (fails closed, as OpenVPN).
 
 The real Server with a userspace TUN and trivpn's own clients on 127.0.0.1 (real sockets,
 every wait bounded); the file watcher's rules are also checked directly.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,12 @@ from helpers.serving import client_profile, running_server, server_config
 
 from trivpn import api
 from trivpn.errors import ConfigError, SessionRestart
+from trivpn.messages import Renegotiate
 from trivpn.profile.profile import parse_profile
 from trivpn.server.crlfile import LOG_EVERY, CRLFile
 from trivpn.server.service import Server
 from trivpn.testing.pki import PKI, generate_pki, revoke, with_client
+from trivpn.tlssession import keyschedule
 from trivpn.tlssession.crl import UNUSABLE_CRL
 from trivpn.tun.ip import build_echo_request, echo_reply_to, parse_echo_reply
 from trivpn.tun.userspace import UserspaceTun
@@ -131,10 +135,10 @@ def test_crl_file_fails_closed_until_it_loads(tmp_path: Path, caplog: pytest.Log
         path.write_text(second[: len(second) // 2])  # half written
         assert watch.current() == UNUSABLE_CRL and watch.problem is not None
         assert watch.current() == UNUSABLE_CRL  # the same problem: no second line yet
-        assert errors() == [f"crl-verify: cannot use {path} ({watch.problem}): new clients are refused until it loads"]
+        assert errors() == [f"crl-verify: cannot use {path} ({watch.problem}): clients are refused (new ones, connected ones when they renegotiate) until it loads"]
         clock[0] = LOG_EVERY
         assert watch.current() == UNUSABLE_CRL
-        assert errors()[-1].startswith(f"crl-verify: still cannot use {path}") and "2 new clients refused" in errors()[-1]
+        assert errors()[-1].startswith(f"crl-verify: still cannot use {path}") and "2 clients refused" in errors()[-1]
         path.unlink()
         path.mkdir()  # unreadable (as root too): a read error, a new problem, a line at once
         assert watch.current() == UNUSABLE_CRL and watch.problem == "Is a directory" and len(errors()) == 3
@@ -169,3 +173,64 @@ async def test_unusable_new_crl_refuses_the_client_it_revokes_until_fixed(tmp_pa
             await _refused(late, port)
             async with api.connect(parse_profile(client_profile(pki, port)), reconnect=False) as tunnel:
                 await _pings_server(tunnel, tun, 1)
+
+
+async def _renegotiate_all(server: Server) -> None:
+    """The server starts a renegotiation with every client now (as reneg-sec would)."""
+    for client in list(server.clients.values()):
+        await client.stack.commands.send(Renegotiate("test"))
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await trio.sleep(0.02)
+    pytest.fail(f"not within 4 s: {what}")
+
+
+async def test_renegotiation_checks_the_certificate_against_the_crl_of_that_moment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each renegotiation verifies the client's certificate again, against the CRL file as it
+    is then (OpenVPN reloads it per key state): a client revoked while connected loses its
+    session at the next renegotiation, with a line naming it and why, while a client not
+    revoked renegotiates and keeps working; a CRL file that cannot be used at that moment
+    refuses too. Before, a session kept its first CRL for ever."""
+    monkeypatch.setattr(keyschedule, "SCHEDULED_EXIT", 0.2)  # the alert's grace time, shortened
+    pki = shared_pki()
+    doomed = with_client(pki, "crl-reneg-revoked")
+    crl = tmp_path / "crl.pem"
+    crl.write_text(revoke(pki))  # nobody revoked yet
+
+    def names(server: Server) -> list[str]:
+        return sorted(c.common_name for c in server.clients.values() if c.common_name)
+
+    def ended(name: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if f"client {name}@" in r.getMessage()
+                and " ended: " in r.getMessage()]
+
+    with trio.fail_after(BOUND), caplog.at_level(logging.INFO, logger="trivpn"):
+        async with running_server(server_config(pki, f"crl-verify {crl}")) as (server, tun):
+            port = server.addresses[0][1]
+            async with (
+                api.connect(parse_profile(client_profile(doomed, port)), reconnect=False),
+                api.connect(parse_profile(client_profile(pki, port)), reconnect=False) as good,
+            ):
+                await _until(lambda: names(server) == ["crl-reneg-revoked", "trivpn-test-client"], "both up")
+                crl.write_text(revoke(pki, doomed.client_cert))
+                await _renegotiate_all(server)
+                await _until(lambda: names(server) == ["trivpn-test-client"], "the revoked client gone")
+                (line,) = ended("crl-reneg-revoked")
+                assert "refused at renegotiation: client certificate verification failed: certificate revoked" in line
+                (kept,) = server.clients.values()
+                await _until(lambda: kept.tls is not None and kept.tls.schedule.renegotiations == 1,
+                             "the good client renegotiated")
+                await _pings_server(good, tun, 1)  # on the new key
+                assert not ended("trivpn-test-client")
+
+                crl.write_text(revoke(pki)[:100])  # caught half-written: unusable
+                await _renegotiate_all(server)
+                await _until(lambda: not server.clients, "the client refused by the unusable CRL gone")
+                (line,) = ended("trivpn-test-client")
+                assert "refused at renegotiation" in line and "the crl-verify file cannot be used" in line

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from helpers.profiles import shared_pki
 
@@ -152,3 +154,47 @@ def test_bad_der_inside_a_pem_block_is_said_in_words() -> None:
     with pytest.raises(ConfigError) as exc:
         load_certs("no pem at all", "CA certificate")
     assert "no well-formed PEM block" in str(exc.value) and "http" not in str(exc.value)
+
+
+def test_server_schedule_ends_a_client_refused_at_renegotiation() -> None:
+    """KeySchedule, server role: each key is a new TLS session that verifies the client's
+    certificate again (the server builds it with the CRL of that moment); when the check of
+    a renegotiation fails the session ends like a refusal at key 0: the current key carries
+    on while the alert goes out, no other renegotiation starts, then Fatal names the cause.
+    Before, the failed renegotiation was dropped and the client kept its key for ever."""
+    from helpers.keyschedule_pair import Pair, pki, server_config
+
+    from trivpn.errors import CertificateRejected
+    from trivpn.tlssession.core import TLSSession
+    from trivpn.tlssession.keymethod import occ_options_string
+    from trivpn.tlssession.keyschedule import SCHEDULED_EXIT, Fatal, KeySchedule, Restart
+
+    p = pki()
+    base = TLSConfig(ca_pem=p.ca_cert, cert_pem=p.server_cert, key_pem=p.server_key, is_server=True)
+    crl = {"now": revoke(p)}  # nobody revoked when the client comes
+    options = occ_options_string(proto="udp", tls_client=False, tls_auth=False, key_direction=None)
+
+    def make(key_id: int, token: str | None) -> TLSSession:
+        return TLSSession(replace(base, crl_pem=crl["now"]), options_string=options)
+
+    pair = Pair()
+    pair.server.ks = KeySchedule(server_config(), make)
+    pair.connect()
+    assert pair.server.ks.primary == 0 == pair.client.ks.primary
+    crl["now"] = revoke(p, p.client_cert)
+    assert pair.client.ks.renegotiate("test", pair.now)  # the client's own, as reneg-sec would
+    pair.pump()
+    server = pair.server.ks
+    assert not server.closed and server.pending is None and server.primary == 0
+    assert not any(isinstance(e, Fatal) for e in pair.server.events)
+    # the client got the alert and keeps its key (a client never ends over an alert)
+    assert pair.client.ks.primary == 0 and not any(isinstance(e, Restart) for e in pair.client.events)
+    # a refused client renegotiates no more, from either side
+    assert not server.renegotiate("again", pair.now)
+    assert pair.client.ks.renegotiate("retry", pair.now)
+    pair.pump()
+    assert server.pending is None and server.renegotiations == 0
+    pair.advance(SCHEDULED_EXIT + 1)
+    (end,) = [e for e in pair.server.events if isinstance(e, Fatal)]
+    assert end.error is CertificateRejected and server.closed
+    assert end.reason.startswith("refused at renegotiation: client certificate verification failed: certificate revoked")
