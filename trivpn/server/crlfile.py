@@ -3,9 +3,11 @@
 OpenVPN reads the CRL file again whenever it verifies a client certificate, at a new
 connection and at each renegotiation (every new key is a full TLS handshake), so an operator
 revokes a certificate by replacing the file, without a restart, and a client already
-connected loses its session at its next renegotiation. trivpn does the same, cheaply: each
-new client session and each renegotiation stats the file and reads it again only if its
-mtime or size changed. The read is bounded (MAX_CRL_BYTES) and validated like at start (one
+connected is refused at its next renegotiation. trivpn does the same, cheaply: each new
+client session and each renegotiation stats the file and reads it again only if its mtime
+or size changed. A client refused at renegotiation loses its session (keyschedule.py); with
+OpenVPN it keeps its old key until its own hand-window runs out, then reconnects and is
+refused. The read is bounded (MAX_CRL_BYTES) and validated like at start (one
 PEM CRL signed by the CA).
 
 A file that is missing, cannot be read (wrong permissions after the privileges were
