@@ -37,6 +37,7 @@ __all__ = [
     "ifconfig_ipv6",
     "ipv4",
     "ipv6",
+    "merge_redirect",
     "metric",
     "netmask",
     "pull_filter",
@@ -142,6 +143,14 @@ def redirect_flags(args: list[str]) -> tuple[frozenset[str], list[str]]:
     """The known flags of ``redirect-gateway`` and the unknown ones (warned about)."""
     flags = set(args)
     return frozenset(flags & REDIRECT_FLAGS), sorted(flags - REDIRECT_FLAGS)
+
+
+def merge_redirect(old: frozenset[str] | None, new: frozenset[str]) -> frozenset[str]:
+    """A later ``redirect-gateway`` line adds its flags to the earlier ones, as OpenVPN's
+    client ORs them (profile lines, then pushed lines); ``!ipv4`` holds only if the last
+    line says it (any other line turns IPv4 redirection back on). Replacing instead would
+    drop an earlier ``ipv6`` and leak IPv6 outside the tunnel."""
+    return ((old or frozenset()) - {"!ipv4"}) | new
 
 
 def dhcp_option(args: list[str]) -> tuple[str, str] | None:

@@ -295,7 +295,7 @@ class _PushParser:
             self.warn(
                 f"pushed option 'redirect-gateway' flag '{flag[:40]}' is not supported and was ignored"
             )
-        self.s.redirect_gateway = flags
+        self.s.redirect_gateway = netopts.merge_redirect(self.s.redirect_gateway, flags)
 
     def _opt_dhcp_option(self, name: str, args: list[str]) -> None:
         value = _checked(name, netopts.dhcp_option, args)

@@ -208,7 +208,7 @@ def _redirect_gateway(ctx: Context, line: int, name: str, args: list[str], inlin
         ctx.scope.warn(
             line, f"option '{name}' (line {line}) flag '{flag[:40]}' is not supported and was ignored"
         )
-    ctx.scope.set("redirect_gateway", flags)
+    ctx.scope.set("redirect_gateway", netopts.merge_redirect(ctx.scope.get("redirect_gateway"), flags))
 
 
 def _dhcp_option(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from trivpn.errors import FatalError
 from trivpn.profile.model import Route
+from trivpn.profile.netopts import merge_redirect
 from trivpn.profile.profile import Profile
 from trivpn.profile.push import PushedSettings
 from trivpn.records import dataclass
@@ -128,7 +129,9 @@ def net_plan(settings: PushedSettings, server_address: str, profile: Profile | N
             continue
         cfg.routes6.append((r6.network, None, r6.metric if r6.metric is not None else metric))
 
-    flags = settings.redirect_gateway if settings.redirect_gateway is not None else p.redirect_gateway
+    flags = p.redirect_gateway
+    if settings.redirect_gateway is not None:  # pushed flags add to the profile's (OpenVPN)
+        flags = merge_redirect(flags, settings.redirect_gateway)
     block6 = settings.block_ipv6 or p.block_ipv6
     local_server = False
     if flags is not None:

@@ -61,9 +61,29 @@ def test_redirect_gateway_flags_from_the_profile(flags: str, v4: bool, v6: bool,
     assert cfg.server_addresses == pinned
 
 
-def test_pushed_redirect_gateway_replaces_the_profiles() -> None:
+def test_pushed_redirect_gateway_adds_to_the_profiles() -> None:
+    """OpenVPN ORs the pushed flags into the profile's: its `local` stays (no server pin)."""
     cfg = plan([*SUBNET, "redirect-gateway def1 ipv6"], "redirect-gateway def1 local\n").tun
-    assert cfg.redirect_gateway and cfg.redirect_gateway6 and cfg.server_addresses == [SERVER]
+    assert cfg.redirect_gateway and cfg.redirect_gateway6 and cfg.server_addresses == []
+
+
+@pytest.mark.parametrize(
+    ("pushed", "profile", "v4", "v6"),
+    [
+        # the profile's `ipv6` survives a pushed def1: replacing it leaked IPv6
+        (["redirect-gateway def1 bypass-dhcp"], "redirect-gateway def1 ipv6\n", True, True),
+        # two pushed lines (or two profile lines) add up, whatever their order
+        (["redirect-gateway ipv6", "redirect-gateway def1"], "", True, True),
+        ([], "redirect-gateway ipv6\nredirect-gateway def1\n", True, True),
+        # !ipv4 holds only while the last line says it
+        (["redirect-gateway ipv6 !ipv4", "redirect-gateway def1"], "", True, True),
+        (["redirect-gateway def1"], "redirect-gateway ipv6 !ipv4\n", True, True),
+        (["redirect-gateway ipv6 !ipv4"], "redirect-gateway def1\n", False, True),
+    ],
+)
+def test_redirect_gateway_lines_add_up(pushed: list[str], profile: str, v4: bool, v6: bool) -> None:
+    cfg = plan([*SUBNET, *V6, *pushed], profile).tun
+    assert (cfg.redirect_gateway, cfg.redirect_gateway6) == (v4, v6)
 
 
 def test_ipv6_server_pinned_when_ipv6_is_redirected() -> None:
