@@ -144,8 +144,7 @@ class TunApplier:
             self._configurator.apply(cfg)
         elif not _same_but_server(self.applied, cfg):
             log.info("the server pushed different settings; reconfiguring %s", self.ifname)
-            self._configurator.undo()
-            self._configurator.apply(cfg)
+            self._configurator.reapply(cfg)  # no moment without the tunnel's routes
         self.applied = cfg
         if self._dns is not None:
             self._dns.apply(plan.dns)

@@ -26,7 +26,7 @@ from typing import Any
 
 from trivpn.errors import ConfigError, RemoteProtocolError
 from trivpn.records import dataclass
-from trivpn.tun.rtnl import IFF_UP, RTN_UNICAST, NetlinkError, RtnlSocket
+from trivpn.tun.rtnl import IFF_UP, RTN_UNICAST, RTN_UNREACHABLE, NetlinkError, RtnlSocket
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ _ALREADY_GONE = frozenset({errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRN
 
 #: OpenVPN gives the IPv6 host route to its server metric 1 (IPv4's has none); so do we.
 SERVER_ROUTE6_METRIC = 1
+
+#: metric of the unreachable stand-ins `reapply` puts under the tunnel's routes (the highest:
+#: every real route wins over them)
+GUARD_METRIC = 0xFFFFFFFF
 
 REDIRECT_DEF1_V4 = ("0.0.0.0/1", "128.0.0.0/1")
 REDIRECT_DEF1_V6 = ("::/1", "8000::/1")
@@ -188,6 +192,10 @@ class NetConfigurator:
         self.ifname = ifname
         self._netlink = netlink
         self._steps: list[_Step] = []
+        #: the TUN's interface index, once `apply` looked it up
+        self._index: int | None = None
+        #: during `reapply`: the previous settings' routes outside the TUN, kept if wanted again
+        self._kept: list[_Step] = []
 
     def _open(self) -> RtnlSocket:
         return self._netlink() if self._netlink is not None else RtnlSocket()
@@ -216,11 +224,81 @@ class NetConfigurator:
             self.undo()
             raise ConfigError(f"configuring {self.ifname} failed: {exc}") from None
 
+    def reapply(self, cfg: TunConfig) -> None:
+        """Switch from the applied settings to `cfg` (a reconnect brought different ones)
+        without a moment in which the tunnel's routes are missing.
+
+        Undo-then-apply would leave a gap in which redirect-gateway's (or any pushed) traffic
+        takes the default route, outside the tunnel. So every destination routed into the
+        TUN first gets an unreachable route of the highest metric: between the old routes
+        going and the new ones coming, packets fail instead of leaking. The old routes
+        outside the TUN (bypass pins, the LAN gateway) stay if `cfg` wants them again: their
+        lookup would now find the stand-ins. If `cfg` cannot be applied the stand-ins stay
+        (fail closed) and go with `undo` at exit."""
+        plan = _plan(cfg)  # a ConfigError here leaves everything as it is
+        if not self._steps or self._index is None:
+            self.apply(cfg)
+            return
+        index = self._index
+        outside = [s for s in self._steps if s.kind == "route" and s.undo_kwargs.get("oif") != index]
+        into_tun = list(dict.fromkeys(
+            (s.undo_kwargs["dst"], s.undo_kwargs["dst_len"])
+            for s in self._steps
+            if s.kind == "route" and s.undo_kwargs.get("oif") == index
+        ))
+        guards = self._guard(into_tun)
+        self._steps = [s for s in self._steps if s not in outside]
+        self.undo()
+        self._kept = outside
+        try:
+            with self._open() as nl:
+                self._apply(nl, cfg, plan)
+        except Exception as exc:
+            self.undo()
+            self._steps = [*self._kept, *guards]  # fail closed until the next apply or exit
+            self._kept = []
+            if isinstance(exc, ConfigError):
+                raise
+            if isinstance(exc, NetlinkError):
+                raise ConfigError(f"configuring {self.ifname} failed: {_describe(exc)}") from None
+            if isinstance(exc, (RemoteProtocolError, OSError)):
+                raise ConfigError(f"configuring {self.ifname} failed: {exc}") from None
+            raise
+        stale, self._kept = self._kept, []
+        self._undo_steps([*stale, *guards])
+
+    def _guard(self, destinations: list[tuple[str, int]]) -> list[_Step]:
+        """Unreachable routes of the highest metric for `destinations` (those we added)."""
+        steps: list[_Step] = []
+        if not destinations:
+            return steps
+        try:
+            with self._open() as nl:
+                for dst, dst_len in destinations:
+                    kwargs: dict[str, Any] = {"dst": dst, "dst_len": dst_len, "priority": GUARD_METRIC}
+                    label = f"route {dst}/{dst_len} unreachable (while reconfiguring)"
+                    if self._add(nl, "route", {**kwargs, "kind": RTN_UNREACHABLE}, label):
+                        steps.append(_Step("route", kwargs, label))
+        except (NetlinkError, RemoteProtocolError, ConfigError, OSError) as exc:
+            self._undo_steps(steps)
+            raise ConfigError(f"reconfiguring {self.ifname} failed: {exc}") from None
+        return steps
+
+    def _record(self, nl: RtnlSocket, kwargs: dict[str, Any], label: str) -> None:
+        """Add a route outside the TUN, or take over the same one the previous settings made."""
+        for step in self._kept:
+            if step.undo_kwargs == kwargs:
+                self._kept.remove(step)
+                self._steps.append(step)
+                return
+        if self._add(nl, "route", kwargs, label):
+            self._steps.append(_Step("route", kwargs, label))
+
     def _apply(self, nl: RtnlSocket, cfg: TunConfig, plan: _Plan) -> None:
         link = nl.get_link(self.ifname)
         if link is None:
             raise ConfigError(f"network interface {self.ifname!r} does not exist")
-        index = link.index
+        index = self._index = link.index
         was_up = bool(link.flags & IFF_UP)
         nl.set_link(index, mtu=cfg.mtu, up=True)
         restore: dict[str, Any] = {"index": index, "mtu": link.mtu}
@@ -272,8 +350,7 @@ class NetConfigurator:
             kwargs["priority"] = SERVER_ROUTE6_METRIC
         what = f"{server} (VPN server)" if host else f"{server}/{prefixlen} (bypass)"
         label = f"route {what}" + (f" via {gateway}" if gateway else "")
-        if self._add(nl, "route", kwargs, label):
-            self._steps.append(_Step("route", kwargs, label))
+        self._record(nl, kwargs, label)
 
     def _block_local(self, nl: RtnlSocket, tun_index: int, cfg: TunConfig) -> None:
         """OpenVPN's block-local: the default route's local networks, split in halves so they
@@ -304,8 +381,7 @@ class NetConfigurator:
             log.info("block-local: the VPN server is on the local network; not blocking it")
             return
         pin = {"dst": str(gateway), "dst_len": 32, "oif": default.oif, "gateway": str(gateway)}
-        if self._add(nl, "route", pin, f"route {gateway} (LAN gateway)"):
-            self._steps.append(_Step("route", pin, f"route {gateway} (LAN gateway)"))
+        self._record(nl, pin, f"route {gateway} (LAN gateway)")
         via = cfg.redirect_via
         for net in nets:
             for half in net.subnets(prefixlen_diff=1):
@@ -331,9 +407,13 @@ class NetConfigurator:
 
     def undo(self) -> None:
         """Remove everything `apply` added, newest first. Idempotent; never raises."""
-        if not self._steps:
-            return
         steps, self._steps = self._steps, []
+        self._undo_steps(steps)
+
+    def _undo_steps(self, steps: list[_Step]) -> None:
+        """Revert `steps`, newest first; never raises."""
+        if not steps:
+            return
         try:
             nl = self._open()
         except Exception as exc:  # never raise from cleanup

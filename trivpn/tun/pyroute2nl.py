@@ -98,9 +98,19 @@ class Pyroute2Socket:
         return kwargs
 
     def add_route(
-        self, dst: str, dst_len: int, *, oif: int | None = None, gateway: str | None = None, priority: int | None = None
+        self,
+        dst: str,
+        dst_len: int,
+        *,
+        oif: int | None = None,
+        gateway: str | None = None,
+        priority: int | None = None,
+        kind: int = RTN_UNICAST,
     ) -> None:
-        self._call(self._ipr.route, "add", **self._route_args(dst, dst_len, oif, gateway, priority))
+        kwargs = self._route_args(dst, dst_len, oif, gateway, priority)
+        if kind != RTN_UNICAST:
+            kwargs["type"] = kind
+        self._call(self._ipr.route, "add", **kwargs)
 
     def del_route(
         self, dst: str, dst_len: int, *, oif: int | None = None, gateway: str | None = None, priority: int | None = None

@@ -53,6 +53,7 @@ IFF_UP = 0x1
 RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4
 RTN_UNICAST = 1
+RTN_UNREACHABLE = 7  # a route that fails packets with "no route to host"
 IP6_RT_PRIO_USER = 1024  # what the kernel substitutes for an IPv6 metric of 0
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
@@ -182,10 +183,12 @@ def route_body(
     gateway: str | None = None,
     priority: int | None = None,
     new: bool = False,
+    kind: int = RTN_UNICAST,
 ) -> bytes:
     """rtmsg for RTM_NEWROUTE (`new`), RTM_DELROUTE or RTM_GETROUTE, in the main table.
 
-    A new route is a unicast, proto static, scope universe route, also when it is on-link.
+    A new route is a proto static, scope universe route of type `kind` (unicast, also when
+    it is on-link; unreachable for the stand-ins of a re-apply).
     An all-zero destination is left out: the kernel reads a missing RTA_DST as zero.
     """
     ip = _ip(dst)
@@ -199,7 +202,7 @@ def route_body(
         if priority == 0 and family == socket.AF_INET6:
             priority = IP6_RT_PRIO_USER
         attrs += _attr(RTA_PRIORITY, _U32.pack(priority))
-    proto, kind = (RTPROT_STATIC, RTN_UNICAST) if new else (0, 0)
+    proto, kind = (RTPROT_STATIC, kind) if new else (0, 0)
     return _RTMSG.pack(family, dst_len, 0, 0, RT_TABLE_MAIN, proto, 0, kind, 0) + attrs
 
 
@@ -413,8 +416,9 @@ class RtnlSocket:
         oif: int | None = None,
         gateway: str | None = None,
         priority: int | None = None,
+        kind: int = RTN_UNICAST,
     ) -> None:
-        body = route_body(dst, dst_len, oif=oif, gateway=gateway, priority=priority, new=True)
+        body = route_body(dst, dst_len, oif=oif, gateway=gateway, priority=priority, new=True, kind=kind)
         self.request(RTM_NEWROUTE, body, NLM_F_CREATE | NLM_F_EXCL)
 
     def del_route(

@@ -1,0 +1,170 @@
+"""A reconnect with different pushed settings: no moment in which the tunnel's routes are gone.
+
+A fake kernel routing table answers lookups by longest prefix, then lowest metric, and after
+every change the test asks where packets to the Internet would go: into the TUN, or nowhere
+(an unreachable stand-in), but never out of the physical interface.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from typing import Any
+
+from trivpn.session.netapply import TunApplier
+from trivpn.tun.netconfig import GUARD_METRIC, TunConfig
+from trivpn.tun.rtnl import RTN_UNICAST, RTN_UNREACHABLE, Link, NetlinkError, Route
+
+TUN, ETH = 9, 2
+DEFAULTS = [
+    {"dst": "0.0.0.0", "dst_len": 0, "oif": ETH, "gateway": "192.168.1.1"},
+    {"dst": "::", "dst_len": 0, "oif": ETH, "gateway": "fe80::1"},
+]
+#: must never be reached through ETH while a redirect-gateway tunnel is configured
+INTERNET = ("1.1.1.1", "200.1.1.1", "2606:4700::1111")
+BYPASS = "198.51.100.5"  # a net_gateway route: must always go through ETH
+
+
+class RoutingTable:
+    """Just enough of the kernel: routes, lookups, link down flushing the TUN's routes."""
+
+    def __init__(self) -> None:
+        self.routes: list[dict[str, Any]] = [dict(r) for r in DEFAULTS]
+        self.up = False
+        self.leaks: list[str] = []
+        #: check for leaks after every change (from the first tunnel on)
+        self.watch = False
+
+    def __call__(self) -> RoutingTable:
+        return self
+
+    def __enter__(self) -> RoutingTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def _key(r: dict[str, Any]) -> tuple[str, int, int]:
+        return r["dst"], r["dst_len"], r.get("priority") or 0
+
+    def lookup(self, dst: str) -> dict[str, Any] | None:
+        addr = ipaddress.ip_address(dst)
+        found = [
+            r for r in self.routes
+            if addr.version == ipaddress.ip_address(r["dst"]).version
+            and addr in ipaddress.ip_network(f"{r['dst']}/{r['dst_len']}")
+        ]
+        found.sort(key=lambda r: (-r["dst_len"], r.get("priority") or 0))
+        return found[0] if found else None
+
+    def _check(self, what: str) -> None:
+        for dst in INTERNET if self.watch else ():
+            r = self.lookup(dst)
+            if r is not None and r.get("oif") == ETH:
+                self.leaks.append(f"{dst} via ETH after {what}")
+
+    def get_link(self, ifname: str) -> Link:
+        return Link(TUN, 1 if self.up else 0, 1500)
+
+    def set_link(self, index: int, *, mtu: int | None = None, up: bool | None = None) -> None:
+        if up is not None:
+            self.up = up
+            if not up:  # the kernel drops a down link's routes
+                self.routes = [r for r in self.routes if r.get("oif") != TUN]
+        self._check(f"set_link up={up}")
+
+    def add_addr(self, index: int, address: str, prefixlen: int, **kw: Any) -> None:
+        pass
+
+    def del_addr(self, index: int, address: str, prefixlen: int, **kw: Any) -> None:
+        self._check(f"del_addr {address}")
+
+    def get_route(self, dst: str) -> Route | None:
+        r = self.lookup(dst)
+        if r is None:
+            return None
+        return Route(r.get("kind", RTN_UNICAST), r.get("oif"), r.get("gateway"))
+
+    def add_route(self, **kw: Any) -> None:
+        if any(self._key(r) == self._key(kw) for r in self.routes):
+            raise NetlinkError(errno.EEXIST, "File exists")
+        self.routes.append(kw)
+        self._check(f"add {kw['dst']}/{kw['dst_len']}")
+
+    def del_route(self, **kw: Any) -> None:
+        for r in self.routes:
+            if all(r.get(k) == v for k, v in kw.items()):
+                self.routes.remove(r)
+                self._check(f"del {kw['dst']}/{kw['dst_len']}")
+                return
+        raise NetlinkError(errno.ESRCH, "No such process")
+
+
+class NoDns:
+    def recover(self) -> None:
+        pass
+
+    def undo(self) -> None:
+        pass
+
+    def apply(self, dns: object) -> None:
+        pass
+
+
+def config(local: str, peer: str, route: str) -> TunConfig:
+    return TunConfig(
+        ipv4=(local, 32, peer), ipv6=("fd00:8::1000", 64), routes=[(route, peer, None)],
+        redirect_gateway=True, redirect_gateway6=True, redirect_via=peer,
+        server_addresses=["203.0.113.9"], bypass=["198.51.100.0/24"],
+    )
+
+
+def test_changed_settings_are_switched_without_a_moment_outside_the_tunnel() -> None:
+    kernel = RoutingTable()
+    cleanups: list[Any] = []
+    tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]  # duck-typed
+    tun.netlink = kernel  # type: ignore[assignment]  # duck-typed netlink
+    tun.apply(config("10.8.0.6", "10.8.0.5", "10.9.0.0/16"))
+    kernel.watch = True
+    # the reconnect's server pushes another address (so another gateway) and other routes
+    tun.apply(config("10.8.0.10", "10.8.0.9", "10.11.0.0/16"))
+    assert kernel.leaks == []
+    via = {(r["dst"], r["dst_len"]): r.get("gateway") for r in kernel.routes if r.get("oif") == TUN}
+    assert via[("0.0.0.0", 1)] == via[("128.0.0.0", 1)] == "10.8.0.9"
+    assert ("10.11.0.0", 16) in via and ("10.9.0.0", 16) not in via  # the old session's route went
+    assert not [r for r in kernel.routes if r.get("priority") == GUARD_METRIC]  # stand-ins gone
+    assert kernel.lookup(BYPASS) == {"dst": "198.51.100.0", "dst_len": 24, "oif": ETH, "gateway": "192.168.1.1"}
+    kernel.watch = False  # exit: the routes go with the tunnel
+    for fn in reversed(cleanups):
+        fn()
+    assert kernel.routes == DEFAULTS
+
+
+def test_a_failed_reapply_stays_closed_until_exit() -> None:
+    kernel = RoutingTable()
+    cleanups: list[Any] = []
+    tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+    tun.netlink = kernel  # type: ignore[assignment]
+    tun.apply(config("10.8.0.6", "10.8.0.5", "10.9.0.0/16"))
+    kernel.watch = True
+
+    def refuse(index: int, address: str, prefixlen: int, **kw: Any) -> None:
+        raise NetlinkError(errno.EINVAL, "Invalid argument")
+
+    kernel.add_addr = refuse  # type: ignore[method-assign]
+    try:
+        tun.apply(config("10.8.0.10", "10.8.0.9", "10.11.0.0/16"))
+    except Exception as exc:
+        assert "cannot add address 10.8.0.10" in str(exc)
+    else:
+        raise AssertionError("the refused address did not fail the apply")
+    assert kernel.leaks == []
+    assert all(kernel.lookup(d)["kind"] == RTN_UNREACHABLE for d in INTERNET)  # type: ignore[index]
+    kernel.watch = False  # exit: the routes go with the tunnel
+    for fn in reversed(cleanups):
+        fn()
+    assert kernel.routes == DEFAULTS
