@@ -338,7 +338,8 @@ class Client:
                     endpoint.describe(), ifname=self.ifname,
                 )
                 try:
-                    plan = net_plan(up.settings, endpoint.address, self.profile)
+                    kernel = self._tun is not None and bool(self._tun.ifname)
+                    plan = net_plan(up.settings, endpoint.address, self.profile, kernel=kernel)
                 except FatalError as exc:  # what the server pushed cannot be applied
                     raise SessionRestart(f"unusable pushed settings: {exc}") from None
                 info.tun_config = plan.tun

@@ -13,13 +13,13 @@ import logging
 from dataclasses import field
 from typing import Any
 
-from trivpn.errors import FatalError
+from trivpn.errors import ConfigError, FatalError
 from trivpn.profile.model import Route
 from trivpn.profile.netopts import merge_redirect
 from trivpn.profile.profile import Profile
 from trivpn.profile.push import PushedSettings
 from trivpn.records import dataclass
-from trivpn.tun.netconfig import TunConfig
+from trivpn.tun.netconfig import TunConfig, validate
 
 __all__ = [
     "DnsSettings",
@@ -82,8 +82,14 @@ def tun_config_from(
     return net_plan(settings, server_address, profile).tun
 
 
-def net_plan(settings: PushedSettings, server_address: str, profile: Profile | None = None) -> NetPlan:
+def net_plan(
+    settings: PushedSettings, server_address: str, profile: Profile | None = None, *, kernel: bool = False
+) -> NetPlan:
     """What to apply, from the PUSH_REPLY and the profile, with OpenVPN's precedence.
+
+    `kernel`: the plan goes to a kernel TUN, so what the kernel would refuse (an MTU below
+    1280 with IPv6, a prefix length of 0) is a FatalError here, which restarts the session,
+    rather than a ConfigError when applied, which would end the run and so fail open.
 
     The server's ifconfig, topology, route-gateway, route-metric and redirect-gateway win
     over the profile's; routes and DNS servers add up (the profile's first). IPv4 routes
@@ -101,7 +107,10 @@ def net_plan(settings: PushedSettings, server_address: str, profile: Profile | N
         if topology == "subnet":
             if not other:
                 raise FatalError("'ifconfig' lacks a netmask for topology subnet")
-            prefix = ipaddress.IPv4Network(f"0.0.0.0/{other}").prefixlen
+            try:
+                prefix = ipaddress.IPv4Network(f"0.0.0.0/{other}").prefixlen
+            except ValueError:  # e.g. a net30 peer address with the profile's topology subnet
+                raise FatalError(f"'ifconfig {local} {other}': {other} is not a netmask (topology subnet)") from None
             cfg.ipv4 = (local, prefix, None)
         else:
             cfg.ipv4 = (local, 32, other)
@@ -151,6 +160,11 @@ def net_plan(settings: PushedSettings, server_address: str, profile: Profile | N
             cfg.server_addresses = [str(server)]
         elif _covered(server, cfg):
             cfg.bypass.append(str(server))
+    if kernel:
+        try:
+            validate(cfg)
+        except ConfigError as exc:
+            raise FatalError(str(exc)) from None
     return NetPlan(
         cfg,
         _dns(settings, p, cfg.redirect_gateway or cfg.redirect_gateway6),

@@ -182,6 +182,11 @@ def _plan(cfg: TunConfig) -> _Plan:
     return plan
 
 
+def validate(cfg: TunConfig) -> None:
+    """ConfigError if `cfg` cannot be applied (what `NetConfigurator.apply` checks first)."""
+    _plan(cfg)
+
+
 class NetConfigurator:
     """Applies a TunConfig to an interface over rtnetlink and remembers exactly what it added."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers.profiles import make_profile
 
+from trivpn.errors import FatalError
 from trivpn.profile.push import parse_push_options
 from trivpn.session.netsettings import BLOCK_IPV6_SOURCE, REDIRECT_NETS6, DnsSettings, net_plan
 
@@ -138,3 +139,22 @@ def test_dns_merges_profile_and_push_and_knows_the_default_route() -> None:
     no_dns.no_dns = True
     assert net_plan(parse_push_options(pushed), SERVER, no_dns).dns is None
     assert plan([*SUBNET, "dhcp-option DOMAIN corp.example"]).dns is None  # no server: nothing to do
+
+
+@pytest.mark.parametrize(
+    ("pushed", "profile", "kernel", "message"),
+    [
+        # a net30 push met by the profile's topology subnet: was a ValueError traceback
+        (["ifconfig 10.8.0.6 10.8.0.5"], "topology subnet\n", False, "10.8.0.5 is not a netmask"),
+        # what the kernel refuses: was a ConfigError at apply time, which ended the run
+        ([*SUBNET, *V6, "tun-mtu 1200"], "", True, "too small for IPv6"),
+        (["topology subnet", "ifconfig 10.8.0.2 0.0.0.0"], "", True, "bad IPv4 prefix length 0"),
+        (["ifconfig-ipv6 fd00:8::2/0 fd00:8::1"], "", True, "bad prefix length 0"),
+    ],
+)
+def test_unusable_settings_are_a_fatal_error_the_client_restarts_on(
+    pushed: list[str], profile: str, kernel: bool, message: str
+) -> None:
+    with pytest.raises(FatalError, match=message):
+        net_plan(parse_push_options(pushed), SERVER, make_profile(profile), kernel=kernel)
+    net_plan(parse_push_options(pushed[:-1]), SERVER, make_profile(profile), kernel=kernel)  # fine without
