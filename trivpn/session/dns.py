@@ -103,14 +103,16 @@ def resolvectl_commands(ifname: str, dns: DnsSettings) -> list[list[str]]:
     """The ``resolvectl`` calls that give link ``ifname`` the tunnel's DNS.
 
     The domains are search and routing domains (split DNS); ``~.`` plus the default route
-    send every other name there too when the tunnel carries all traffic.
+    send every other name there too when the tunnel carries all traffic, also without
+    domains: the default route alone still lets resolved ask the other links' servers as
+    well, outside the tunnel. The domain list is always set (so never empty), which also
+    replaces an earlier session's domains on a reconnect.
     """
     domains = list(dns.domains)
-    if dns.default_route and dns.domains:
+    if dns.default_route:
         domains.append("~.")
     commands = [["resolvectl", "dns", ifname, *dns.servers]]
-    if domains:
-        commands.append(["resolvectl", "domain", ifname, *domains])
+    commands.append(["resolvectl", "domain", ifname, *(domains or [""])])
     commands.append(["resolvectl", "default-route", ifname, "yes" if dns.default_route else "no"])
     return commands
 

@@ -54,8 +54,11 @@ def test_resolvectl_commands_split_and_default_route() -> None:
         ["resolvectl", "domain", "tun0", "corp.example", "~."],
         ["resolvectl", "default-route", "tun0", "yes"],
     ]
+    # all names through the tunnel also without domains: the default route alone lets
+    # resolved ask the physical link's servers too (a DNS leak)
     assert resolvectl_commands("tun0", DnsSettings(("10.8.0.53",))) == [
         ["resolvectl", "dns", "tun0", "10.8.0.53"],
+        ["resolvectl", "domain", "tun0", "~."],
         ["resolvectl", "default-route", "tun0", "yes"],
     ]
 
@@ -164,3 +167,19 @@ def test_no_dns_pushed_changes_nothing(tmp_path: Path) -> None:
     rc.apply(None)
     rc.undo()
     assert conf.read_bytes() == ORIGINAL and not state.exists()
+
+
+def test_resolved_reconnect_replaces_the_previous_sessions_domains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reconnect whose server pushes no domain any more must not leave the old ones on the link."""
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr("trivpn.session.dns.subprocess.run", fake_run)
+    conf = DnsConfigurator("tun7", use_resolved=True)
+    conf.apply(SPLIT)
+    calls.clear()
+    conf.apply(DnsSettings(("10.8.0.53",), (), default_route=False))
+    assert ["resolvectl", "domain", "tun7", ""] in calls  # resolvectl's way to clear the list
