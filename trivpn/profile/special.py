@@ -203,11 +203,10 @@ def _route_ipv6(ctx: Context, line: int, name: str, args: list[str], inline: boo
 
 
 def _redirect_gateway(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    """An unknown flag is an error, as in OpenVPN: a misspelt ``ipv6`` would leak IPv6."""
     flags, unknown = netopts.redirect_flags(args)
-    for flag in unknown:
-        ctx.scope.warn(
-            line, f"option '{name}' (line {line}) flag '{flag[:40]}' is not supported and was ignored"
-        )
+    if unknown:
+        raise Invalid(f"unknown flag {unknown[0][:40]!r} ({', '.join(sorted(netopts.REDIRECT_FLAGS))})")
     ctx.scope.set("redirect_gateway", netopts.merge_redirect(ctx.scope.get("redirect_gateway"), flags))
 
 

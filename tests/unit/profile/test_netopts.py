@@ -26,7 +26,7 @@ def test_profile_routing_options_are_parsed() -> None:
         "route-ipv6 fd00:1::/48 default 3\n"
         "route-gateway 10.8.0.1\n"
         "route-metric 42\n"
-        "redirect-gateway def1 ipv6 bypass-dhcp frob\n"
+        "redirect-gateway def1 ipv6 bypass-dhcp\n"
         "block-ipv6\n"
         "route-nopull\n"
         "topology subnet\n"
@@ -44,9 +44,13 @@ def test_profile_routing_options_are_parsed() -> None:
     assert p.topology == "subnet"
     assert p.ifconfig == ("10.8.0.2", "255.255.255.0")
     assert p.ifconfig_ipv6 == ("fd00::2/64", "fd00::1")
-    assert p.warnings == [
-        "option 'redirect-gateway' (line 15) flag 'frob' is not supported and was ignored"
-    ]
+    assert p.warnings == []
+
+
+def test_an_unknown_redirect_gateway_flag_is_an_error_as_in_openvpn() -> None:
+    """A misspelt flag (here `ipv` for `ipv6`) must not quietly leave IPv6 outside the tunnel."""
+    with pytest.raises(ConfigError, match=r"line 9: option 'redirect-gateway': unknown flag 'ipv'"):
+        parse("redirect-gateway def1 ipv\n")
 
 
 def test_profile_dns_options_accumulate_without_duplicates() -> None:
