@@ -41,6 +41,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "block-ipv6": ([], ["block-ipv6", "redirect-gateway def1 ipv6"]),
     "block-local": ([], ["redirect-gateway def1 block-local"]),
     "pushed-redirect-ipv6": (['push "redirect-gateway def1 ipv6"', *PUSHED_ROUTES], []),
+    # the pushed flags add to the profile's (its ipv6 stays); route-metric reaches ::/3 & co.
+    "pushed-and-profile-redirect-metric": (
+        ['push "redirect-gateway def1"'], ["redirect-gateway def1 ipv6", "route-metric 7"]
+    ),
     "pull-filter-ignore": (PUSHED_ROUTES, ['pull-filter ignore "route 10.211."']),
     "route-nopull": (
         [*PUSHED_ROUTES, 'push "route-ipv6 fd00:214::/64"', 'push "redirect-gateway def1"'],
@@ -61,6 +65,7 @@ MUST_HAVE = {
     "block-local": ["-4 10.201.0.0/25 via 10.202.0.1 dev TUN", "-4 10.201.0.128/25 via 10.202.0.1 dev TUN",
                     "-4 10.201.0.1 via 10.201.0.1 dev veth0"],
     "pushed-redirect-ipv6": ["-6 fc00::/7 dev TUN", "-4 10.211.0.0/16 via 10.202.0.1 dev TUN"],
+    "pushed-and-profile-redirect-metric": ["-6 ::/3 dev TUN metric 7", "-4 0.0.0.0/1 via 10.202.0.1 dev TUN"],
     "pull-filter-ignore": ["-4 10.212.0.0/16 via 10.202.0.1 dev TUN"],
     "route-nopull": [],
     "udp6-redirect-ipv6": ["-6 fd00:201::1 dev veth0 metric 1", "-6 ::/3 dev TUN", "-4 0.0.0.0/1 via 10.202.0.1"],

@@ -154,6 +154,8 @@ def net_plan(
     if block6:
         cfg.redirect_gateway6 = True  # nothing may leave outside the tunnel
     cfg.redirect_nets6 = REDIRECT_NETS6
+    if cfg.redirect_gateway6:
+        cfg.redirect_metric6 = metric  # OpenVPN: route-metric applies to ::/3 and the rest
     if server is not None and not local_server:
         redirected = cfg.redirect_gateway if server.version == 4 else cfg.redirect_gateway6
         if redirected:

@@ -67,6 +67,9 @@ class TunConfig:
     redirect_via: str | None = None
     #: the IPv6 routes that make up redirect_gateway6
     redirect_nets6: tuple[str, ...] = REDIRECT_DEF1_V6
+    #: their metric: OpenVPN adds them as ordinary route-ipv6 lines, so route-metric applies
+    #: (the IPv4 def1 halves have none)
+    redirect_metric6: int | None = None
     #: hosts or networks routed through the path they use now, before the tunnel's routes
     #: (a server covered by an ordinary route, `net_gateway` routes)
     bypass: list[str] = field(default_factory=list)
@@ -153,16 +156,18 @@ def _plan(cfg: TunConfig) -> _Plan:
             label = f"{net}" + (f" via {gw}" if gw else "")
             plan.routes.append((str(net.network_address), net.prefixlen, gw, metric, label))
     via = str(_addr(cfg.redirect_via, 4, "redirect gateway")) if cfg.redirect_via else None
-    for enabled, nets, family, gw in (
-        (cfg.redirect_gateway, REDIRECT_DEF1_V4, socket.AF_INET, via),
-        (cfg.redirect_gateway6, cfg.redirect_nets6, socket.AF_INET6, None),
+    if cfg.redirect_metric6 is not None and not 0 <= cfg.redirect_metric6 <= 0xFFFFFFFF:
+        raise ConfigError(f"redirect-gateway ipv6: bad metric {cfg.redirect_metric6}")
+    for enabled, nets, family, gw, metric6 in (
+        (cfg.redirect_gateway, REDIRECT_DEF1_V4, socket.AF_INET, via, None),
+        (cfg.redirect_gateway6, cfg.redirect_nets6, socket.AF_INET6, None, cfg.redirect_metric6),
     ):
         if not enabled:
             continue
         for text in nets:
             net = _network(text, 4 if family == socket.AF_INET else 6, "redirect-gateway")
             label = f"{net}" + (f" via {gw}" if gw else "") + " (redirect)"
-            plan.routes.append((str(net.network_address), net.prefixlen, gw, None, label))
+            plan.routes.append((str(net.network_address), net.prefixlen, gw, metric6, label))
         for server in cfg.server_addresses if cfg.pin_servers else ():
             try:
                 server_ip = ipaddress.ip_address(server)

@@ -158,3 +158,15 @@ def test_unusable_settings_are_a_fatal_error_the_client_restarts_on(
     with pytest.raises(FatalError, match=message):
         net_plan(parse_push_options(pushed), SERVER, make_profile(profile), kernel=kernel)
     net_plan(parse_push_options(pushed[:-1]), SERVER, make_profile(profile), kernel=kernel)  # fine without
+
+
+def test_route_metric_applies_to_the_ipv6_redirect_routes_as_in_openvpn() -> None:
+    """OpenVPN adds ::/3, 2000::/4, 3000::/4 and fc00::/7 as route-ipv6 lines: route-metric
+    applies to them (not to the IPv4 def1 halves)."""
+    from trivpn.tun.netconfig import _plan
+
+    cfg = plan([*SUBNET, *V6, "redirect-gateway def1 ipv6", "route-metric 20"]).tun
+    assert cfg.redirect_metric6 == 20
+    metrics = {f"{dst}/{bits}": metric for dst, bits, _gw, metric, _label in _plan(cfg).routes}
+    assert metrics == {"0.0.0.0/1": None, "128.0.0.0/1": None, **{n: 20 for n in REDIRECT_NETS6}}
+    assert plan([*SUBNET, *V6, "redirect-gateway def1 ipv6"]).tun.redirect_metric6 is None
