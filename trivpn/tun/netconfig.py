@@ -92,8 +92,9 @@ class _Plan:
     """A validated TunConfig in the exact form the netlink calls need."""
 
     addrs: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # add_addr kwargs
-    # (dst, prefixlen, gateway, metric, label); gateway None = on-link through the TUN
-    routes: list[tuple[str, int, str | None, int | None, str]] = field(default_factory=list)
+    # (dst, prefixlen, gateway, metric, label, through the TUN); gateway None = on-link
+    # through the TUN; a gateway the TUN cannot reach is left to the kernel, as OpenVPN does
+    routes: list[tuple[str, int, str | None, int | None, str, bool]] = field(default_factory=list)
     #: (network, prefixlen) to pin to the path they use now: VPN servers, bypass routes
     host_routes: list[tuple[str, int]] = field(default_factory=list)
 
@@ -116,6 +117,18 @@ def _network(text: str, version: int, what: str) -> ipaddress.IPv4Network | ipad
     if network.version != version:
         raise ConfigError(f"{what}: {text} is not an IPv{version} network")
     return network
+
+
+def _on_tun(ipv4: tuple[str, int, str | None] | None, gateway: str) -> bool:
+    """Is `gateway` reached through the TUN (its peer, or on its subnet)? A `route` whose
+    gateway is elsewhere (a LAN router) is added without the TUN as its device, so the
+    kernel picks the interface, as OpenVPN 2.6 adds it; forcing the TUN failed the run."""
+    if ipv4 is None:
+        return False
+    local, prefixlen, peer = ipv4
+    if peer is not None:
+        return gateway == peer
+    return ipaddress.IPv4Address(gateway) in ipaddress.IPv4Network(f"{local}/{prefixlen}", strict=False)
 
 
 def _plan(cfg: TunConfig) -> _Plan:
@@ -154,7 +167,8 @@ def _plan(cfg: TunConfig) -> _Plan:
             if metric is not None and not 0 <= metric <= 0xFFFFFFFF:
                 raise ConfigError(f"{what} {network_text}: bad metric {metric}")
             label = f"{net}" + (f" via {gw}" if gw else "")
-            plan.routes.append((str(net.network_address), net.prefixlen, gw, metric, label))
+            on_tun = version == 6 or gw is None or _on_tun(cfg.ipv4, gw)
+            plan.routes.append((str(net.network_address), net.prefixlen, gw, metric, label, on_tun))
     via = str(_addr(cfg.redirect_via, 4, "redirect gateway")) if cfg.redirect_via else None
     if cfg.redirect_metric6 is not None and not 0 <= cfg.redirect_metric6 <= 0xFFFFFFFF:
         raise ConfigError(f"redirect-gateway ipv6: bad metric {cfg.redirect_metric6}")
@@ -167,7 +181,7 @@ def _plan(cfg: TunConfig) -> _Plan:
         for text in nets:
             net = _network(text, 4 if family == socket.AF_INET else 6, "redirect-gateway")
             label = f"{net}" + (f" via {gw}" if gw else "") + " (redirect)"
-            plan.routes.append((str(net.network_address), net.prefixlen, gw, metric6, label))
+            plan.routes.append((str(net.network_address), net.prefixlen, gw, metric6, label, True))
         for server in cfg.server_addresses if cfg.pin_servers else ():
             try:
                 server_ip = ipaddress.ip_address(server)
@@ -295,7 +309,8 @@ class NetConfigurator:
         return steps
 
     def _record(self, nl: RtnlSocket, kwargs: dict[str, Any], label: str) -> None:
-        """Add a route outside the TUN, or take over the same one the previous settings made."""
+        """Add a route (and record it), or take over the same route outside the TUN that the
+        previous settings made (`reapply` kept those)."""
         for step in self._kept:
             if step.undo_kwargs == kwargs:
                 self._kept.remove(step)
@@ -329,14 +344,15 @@ class NetConfigurator:
         if cfg.block_local:
             self._block_local(nl, index, cfg)
 
-        for dst, prefixlen, gateway, metric, label in plan.routes:
-            route: dict[str, Any] = {"dst": dst, "dst_len": prefixlen, "oif": index}
+        for dst, prefixlen, gateway, metric, label, on_tun in plan.routes:
+            route: dict[str, Any] = {"dst": dst, "dst_len": prefixlen}
+            if on_tun:
+                route["oif"] = index
             if gateway is not None:
                 route["gateway"] = gateway
             if metric is not None:
                 route["priority"] = metric
-            if self._add(nl, "route", route, f"route {label}"):
-                self._steps.append(_Step("route", route, f"route {label}"))
+            self._record(nl, route, f"route {label}")
 
     def _add_server_route(self, nl: RtnlSocket, tun_index: int, server: str, prefixlen: int) -> None:
         """Pin the VPN server (or a bypass network) to the path it uses now, so the

@@ -168,3 +168,26 @@ def test_a_failed_reapply_stays_closed_until_exit() -> None:
     for fn in reversed(cleanups):
         fn()
     assert kernel.routes == DEFAULTS
+
+
+def test_a_route_via_a_lan_router_is_left_to_the_kernel_and_survives_a_reapply() -> None:
+    """`route NET MASK 192.168.1.1`: OpenVPN adds it without a device, so the kernel sends it
+    out of the LAN; with the TUN forced as its device the kernel refused it and the run ended."""
+    kernel = RoutingTable()
+    cleanups: list[Any] = []
+    tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+    tun.netlink = kernel  # type: ignore[assignment]
+    lan = {"dst": "192.168.50.0", "dst_len": 24, "gateway": "192.168.1.1"}
+
+    def cfg(local: str) -> TunConfig:
+        return TunConfig(ipv4=(local, 24, None), routes=[("192.168.50.0/24", "192.168.1.1", None),
+                                                         ("10.9.0.0/16", "10.8.0.1", None)])
+
+    tun.apply(cfg("10.8.0.2"))
+    assert lan in kernel.routes
+    assert {"dst": "10.9.0.0", "dst_len": 16, "oif": TUN, "gateway": "10.8.0.1"} in kernel.routes
+    tun.apply(cfg("10.8.0.3"))  # a reconnect with another address: the LAN route stays, once
+    assert kernel.routes.count(lan) == 1
+    for fn in reversed(cleanups):
+        fn()
+    assert kernel.routes == DEFAULTS
