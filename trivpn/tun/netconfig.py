@@ -87,14 +87,29 @@ class _Step:
     label: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """One route of the plan, in the form the netlink call needs."""
+
+    dst: str
+    prefixlen: int
+    gateway: str | None  # None: on-link through the TUN
+    metric: int | None
+    label: str
+    #: through the TUN; a gateway the TUN cannot reach is left to the kernel, as OpenVPN does
+    on_tun: bool = True
+    #: a redirect route: if the kernel refuses it the apply fails; an ordinary `route` the
+    #: kernel refuses is skipped with a warning, as OpenVPN does (ending the run would take
+    #: every other route away and fail open)
+    required: bool = False
+
+
 @dataclass(slots=True)
 class _Plan:
     """A validated TunConfig in the exact form the netlink calls need."""
 
     addrs: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # add_addr kwargs
-    # (dst, prefixlen, gateway, metric, label, through the TUN); gateway None = on-link
-    # through the TUN; a gateway the TUN cannot reach is left to the kernel, as OpenVPN does
-    routes: list[tuple[str, int, str | None, int | None, str, bool]] = field(default_factory=list)
+    routes: list[_Route] = field(default_factory=list)
     #: (network, prefixlen) to pin to the path they use now: VPN servers, bypass routes
     host_routes: list[tuple[str, int]] = field(default_factory=list)
 
@@ -168,7 +183,7 @@ def _plan(cfg: TunConfig) -> _Plan:
                 raise ConfigError(f"{what} {network_text}: bad metric {metric}")
             label = f"{net}" + (f" via {gw}" if gw else "")
             on_tun = version == 6 or gw is None or _on_tun(cfg.ipv4, gw)
-            plan.routes.append((str(net.network_address), net.prefixlen, gw, metric, label, on_tun))
+            plan.routes.append(_Route(str(net.network_address), net.prefixlen, gw, metric, label, on_tun))
     via = str(_addr(cfg.redirect_via, 4, "redirect gateway")) if cfg.redirect_via else None
     if cfg.redirect_metric6 is not None and not 0 <= cfg.redirect_metric6 <= 0xFFFFFFFF:
         raise ConfigError(f"redirect-gateway ipv6: bad metric {cfg.redirect_metric6}")
@@ -181,7 +196,9 @@ def _plan(cfg: TunConfig) -> _Plan:
         for text in nets:
             net = _network(text, 4 if family == socket.AF_INET else 6, "redirect-gateway")
             label = f"{net}" + (f" via {gw}" if gw else "") + " (redirect)"
-            plan.routes.append((str(net.network_address), net.prefixlen, gw, metric6, label, True))
+            plan.routes.append(
+                _Route(str(net.network_address), net.prefixlen, gw, metric6, label, required=True)
+            )
         for server in cfg.server_addresses if cfg.pin_servers else ():
             try:
                 server_ip = ipaddress.ip_address(server)
@@ -344,15 +361,20 @@ class NetConfigurator:
         if cfg.block_local:
             self._block_local(nl, index, cfg)
 
-        for dst, prefixlen, gateway, metric, label, on_tun in plan.routes:
-            route: dict[str, Any] = {"dst": dst, "dst_len": prefixlen}
-            if on_tun:
+        for r in plan.routes:
+            route: dict[str, Any] = {"dst": r.dst, "dst_len": r.prefixlen}
+            if r.on_tun:
                 route["oif"] = index
-            if gateway is not None:
-                route["gateway"] = gateway
-            if metric is not None:
-                route["priority"] = metric
-            self._record(nl, route, f"route {label}")
+            if r.gateway is not None:
+                route["gateway"] = r.gateway
+            if r.metric is not None:
+                route["priority"] = r.metric
+            try:
+                self._record(nl, route, f"route {r.label}")
+            except ConfigError as exc:
+                if r.required:
+                    raise
+                log.warning("%s; the tunnel goes on without it (as OpenVPN does)", exc)
 
     def _add_server_route(self, nl: RtnlSocket, tun_index: int, server: str, prefixlen: int) -> None:
         """Pin the VPN server (or a bypass network) to the path it uses now, so the

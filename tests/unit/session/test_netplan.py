@@ -167,6 +167,6 @@ def test_route_metric_applies_to_the_ipv6_redirect_routes_as_in_openvpn() -> Non
 
     cfg = plan([*SUBNET, *V6, "redirect-gateway def1 ipv6", "route-metric 20"]).tun
     assert cfg.redirect_metric6 == 20
-    metrics = {f"{dst}/{bits}": metric for dst, bits, _gw, metric, _label, _tun in _plan(cfg).routes}
+    metrics = {f"{r.dst}/{r.prefixlen}": r.metric for r in _plan(cfg).routes}
     assert metrics == {"0.0.0.0/1": None, "128.0.0.0/1": None, **{n: 20 for n in REDIRECT_NETS6}}
     assert plan([*SUBNET, *V6, "redirect-gateway def1 ipv6"]).tun.redirect_metric6 is None

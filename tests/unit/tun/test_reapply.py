@@ -191,3 +191,38 @@ def test_a_route_via_a_lan_router_is_left_to_the_kernel_and_survives_a_reapply()
     for fn in reversed(cleanups):
         fn()
     assert kernel.routes == DEFAULTS
+
+
+def test_a_route_the_kernel_refuses_is_skipped_but_a_redirect_route_is_not(caplog: Any) -> None:
+    """OpenVPN logs a failed `route` and goes on; ending the run would take the tunnel's other
+    routes away (fail open). A refused redirect half still fails the apply."""
+    kernel = RoutingTable()
+    real_add = kernel.add_route
+
+    def add_route(**kw: Any) -> None:
+        if kw.get("gateway") == "10.77.0.1" or (kw["dst"] == "128.0.0.0" and refuse_redirect):
+            raise NetlinkError(errno.ENETUNREACH, "Network is unreachable")
+        real_add(**kw)
+
+    kernel.add_route = add_route  # type: ignore[method-assign]
+    refuse_redirect = False
+    cleanups: list[Any] = []
+    tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+    tun.netlink = kernel  # type: ignore[assignment]
+    cfg = TunConfig(ipv4=("10.8.0.2", 24, None), routes=[("10.50.0.0/16", "10.77.0.1", None)],
+                    redirect_gateway=True, redirect_via="10.8.0.1")
+    tun.apply(cfg)
+    assert "cannot add route 10.50.0.0/16 via 10.77.0.1" in caplog.text
+    assert {"dst": "0.0.0.0", "dst_len": 1, "oif": TUN, "gateway": "10.8.0.1"} in kernel.routes
+    for fn in reversed(cleanups):
+        fn()
+    assert kernel.routes == DEFAULTS
+    refuse_redirect = True
+    tun2 = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+    tun2.netlink = kernel  # type: ignore[assignment]
+    try:
+        tun2.apply(cfg)
+    except Exception as exc:
+        assert "cannot add route 128.0.0.0/1" in str(exc)
+    else:
+        raise AssertionError("a refused redirect route did not fail the apply")
