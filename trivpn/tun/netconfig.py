@@ -371,10 +371,13 @@ class NetConfigurator:
                 route["priority"] = r.metric
             try:
                 self._record(nl, route, f"route {r.label}")
-            except ConfigError as exc:
-                if r.required:
+            except _AddError as exc:
+                if not r.required:
+                    log.warning("%s; the tunnel goes on without it (as OpenVPN does)", exc)
+                elif exc.code == errno.EACCES and ":" in r.dst and not _ipv6_elsewhere(nl):
+                    log.warning("%s: IPv6 is off on this host, so no IPv6 can leave anyway", exc)
+                else:
                     raise
-                log.warning("%s; the tunnel goes on without it (as OpenVPN does)", exc)
 
     def _add_server_route(self, nl: RtnlSocket, tun_index: int, server: str, prefixlen: int) -> None:
         """Pin the VPN server (or a bypass network) to the path it uses now, so the
@@ -449,7 +452,7 @@ class NetConfigurator:
             if exc.code == errno.EEXIST:
                 log.warning("%s already exists; leaving it alone", label)
                 return False
-            raise ConfigError(f"cannot add {label}: {_describe(exc)}") from None
+            raise _AddError(f"cannot add {label}: {_describe(exc)}", exc.code) from None
         log.debug("added %s", label)
         return True
 
@@ -488,6 +491,29 @@ class NetConfigurator:
                 nl.close()
             except Exception as exc:
                 log.debug("closing netlink socket failed: %s", exc)
+
+
+class _AddError(ConfigError):
+    """The kernel refused an addition; `code` is its errno."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: looked up (never contacted) to learn whether IPv6 can leave at all
+_PROBE6 = "2001:db8::1"
+
+
+def _ipv6_elsewhere(nl: RtnlSocket) -> bool:
+    """Could IPv6 leave by another interface? The kernel refuses IPv6 routes into a TUN on
+    which IPv6 is disabled (EACCES); with no IPv6 route elsewhere either (IPv6 switched off
+    on the host), redirect-gateway ipv6 / block-ipv6 have nothing to catch and are skipped,
+    instead of ending the run; with one, the refusal stands (fail closed)."""
+    try:
+        return nl.get_route(_PROBE6) is not None
+    except (NetlinkError, RemoteProtocolError):
+        return False
 
 
 def _describe(exc: NetlinkError) -> str:

@@ -226,3 +226,40 @@ def test_a_route_the_kernel_refuses_is_skipped_but_a_redirect_route_is_not(caplo
         assert "cannot add route 128.0.0.0/1" in str(exc)
     else:
         raise AssertionError("a refused redirect route did not fail the apply")
+
+
+def test_ipv6_redirect_on_a_host_without_ipv6_is_skipped_but_not_when_ipv6_could_leak(caplog: Any) -> None:
+    """IPv6 disabled on the TUN: the kernel refuses its IPv6 routes (EACCES). With IPv6 off on
+    the whole host (no IPv6 route anywhere) block-ipv6 / redirect-gateway ipv6 have nothing to
+    catch: the tunnel comes up (it ended the run); with an IPv6 route elsewhere the refusal
+    still fails the apply."""
+    cfg = TunConfig(ipv4=("10.8.0.2", 24, None), redirect_gateway=True, redirect_via="10.8.0.1",
+                    redirect_gateway6=True)
+    for ipv6_elsewhere in (False, True):
+        kernel = RoutingTable()
+        if not ipv6_elsewhere:
+            kernel.routes = [r for r in kernel.routes if ":" not in r["dst"]]
+        real_add = kernel.add_route
+
+        def add_route(real_add: Any = real_add, **kw: Any) -> None:
+            if ":" in kw["dst"]:
+                raise NetlinkError(errno.EACCES, "Permission denied")
+            real_add(**kw)
+
+        kernel.add_route = add_route  # type: ignore[method-assign]
+        cleanups: list[Any] = []
+        tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+        tun.netlink = kernel  # type: ignore[assignment]
+        if ipv6_elsewhere:
+            try:
+                tun.apply(cfg)
+            except Exception as exc:
+                assert "Permission denied" in str(exc)
+            else:
+                raise AssertionError("IPv6 could leak, yet the refused redirect was skipped")
+        else:
+            tun.apply(cfg)
+            assert "cannot add route ::/1 (redirect)" in caplog.text
+            assert {"dst": "0.0.0.0", "dst_len": 1, "oif": TUN, "gateway": "10.8.0.1"} in kernel.routes
+        for fn in reversed(cleanups):
+            fn()
