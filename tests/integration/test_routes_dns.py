@@ -42,10 +42,12 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "block-local": ([], ["redirect-gateway def1 block-local"]),
     "pushed-redirect-ipv6": (['push "redirect-gateway def1 ipv6"', *PUSHED_ROUTES], []),
     # the pushed flags add to the profile's (its ipv6 stays); route-metric reaches ::/3 & co.;
-    # a route via the LAN router goes out of the LAN interface (the kernel picks it)
+    # a route via the LAN router goes out of the LAN interface (the kernel picks it);
+    # route-ipv6 without /bits is a /64
     "redirect-merge-metric-lan-route": (
         ['push "redirect-gateway def1"'],
-        ["redirect-gateway def1 ipv6", "route-metric 7", "route 10.215.0.0 255.255.0.0 10.201.0.1"],
+        ["redirect-gateway def1 ipv6", "route-metric 7", "route 10.215.0.0 255.255.0.0 10.201.0.1",
+         "route-ipv6 fd00:215::"],
     ),
     "pull-filter-ignore": (PUSHED_ROUTES, ['pull-filter ignore "route 10.211."']),
     "route-nopull": (
@@ -68,7 +70,7 @@ MUST_HAVE = {
                     "-4 10.201.0.1 via 10.201.0.1 dev veth0"],
     "pushed-redirect-ipv6": ["-6 fc00::/7 dev TUN", "-4 10.211.0.0/16 via 10.202.0.1 dev TUN"],
     "redirect-merge-metric-lan-route": ["-6 ::/3 dev TUN metric 7", "-4 0.0.0.0/1 via 10.202.0.1 dev TUN",
-                                        "-4 10.215.0.0/16 via 10.201.0.1 dev veth0"],
+                                        "-4 10.215.0.0/16 via 10.201.0.1 dev veth0", "-6 fd00:215::/64 dev TUN"],
     "pull-filter-ignore": ["-4 10.212.0.0/16 via 10.202.0.1 dev TUN"],
     "route-nopull": [],
     "udp6-redirect-ipv6": ["-6 fd00:201::1 dev veth0 metric 1", "-6 ::/3 dev TUN", "-4 0.0.0.0/1 via 10.202.0.1"],

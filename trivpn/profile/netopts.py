@@ -124,10 +124,12 @@ def route(args: list[str]) -> Route:
 
 
 def route_ipv6(args: list[str]) -> Route6:
-    """``route-ipv6 network/bits [gateway [metric]]``."""
+    """``route-ipv6 network/bits [gateway [metric]]``; without ``/bits`` a /64, as OpenVPN
+    reads it (not a host route: the rest of the /64 would go outside the tunnel)."""
     nargs(args, 1, 3)
+    text = args[0] if "/" in args[0] else f"{args[0]}/64"
     try:
-        net = ipaddress.IPv6Network(args[0], strict=False)
+        net = ipaddress.IPv6Network(text, strict=False)
     except ValueError:
         raise Invalid(f"{args[0][:60]!r} is not an IPv6 network") from None
     gateway: str | None = None

@@ -151,3 +151,11 @@ def test_pushed_block_ipv6_and_topology_flag() -> None:
     assert not parse_push_options(["ping 1"]).topology_pushed
     with pytest.raises(RemoteProtocolError, match="block-ipv6"):
         parse_push_options(["block-ipv6 now"])
+
+
+def test_route_ipv6_without_bits_is_a_64_as_in_openvpn() -> None:
+    """OpenVPN reads `route-ipv6 ADDR` as ADDR/64 (get_ipv6_addr's default); a /128 left the
+    rest of that network outside the tunnel."""
+    assert parse("route-ipv6 2001:db8:5::\n").routes_ipv6 == [Route6("2001:db8:5::/64", None, None)]
+    assert parse_push_options(["route-ipv6 2001:db8:6::9"]).routes_ipv6 == [Route6("2001:db8:6::/64", None, None)]
+    assert parse("route-ipv6 2001:db8:5::9/128\n").routes_ipv6 == [Route6("2001:db8:5::9/128", None, None)]
