@@ -26,7 +26,7 @@ from typing import Any
 
 from trivpn.errors import ConfigError, RemoteProtocolError
 from trivpn.records import dataclass
-from trivpn.tun.rtnl import IFF_UP, RTN_UNICAST, RTN_UNREACHABLE, NetlinkError, RtnlSocket
+from trivpn.tun.rtnl import IFF_UP, RTN_UNICAST, RTN_UNREACHABLE, NetlinkError, Route, RtnlSocket
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,8 @@ class NetConfigurator:
         self._index: int | None = None
         #: during `reapply`: the previous settings' routes outside the TUN, kept if wanted again
         self._kept: list[_Step] = []
+        #: `reapply` is applying (lookups may find its unreachable stand-ins)
+        self._reapplying = False
 
     def _open(self) -> RtnlSocket:
         return self._netlink() if self._netlink is not None else RtnlSocket()
@@ -291,6 +293,7 @@ class NetConfigurator:
         self._steps = [s for s in self._steps if s not in outside]
         self.undo()
         self._kept = outside
+        self._reapplying = True
         try:
             with self._open() as nl:
                 self._apply(nl, cfg, plan)
@@ -305,6 +308,8 @@ class NetConfigurator:
             if isinstance(exc, (RemoteProtocolError, OSError)):
                 raise ConfigError(f"configuring {self.ifname} failed: {exc}") from None
             raise
+        finally:
+            self._reapplying = False
         stale, self._kept = self._kept, []
         self._undo_steps([*stale, *guards])
 
@@ -385,8 +390,12 @@ class NetConfigurator:
         try:
             current = nl.get_route(server)
         except NetlinkError as exc:
-            log.warning("no existing route to VPN server %s (%s); not pinning it", server, exc)
-            return
+            if not (self._reapplying and exc.code == errno.EHOSTUNREACH):
+                log.warning("no existing route to VPN server %s (%s); not pinning it", server, exc)
+                return
+            current = Route(RTN_UNREACHABLE, None, None)
+        if current is not None and current.type == RTN_UNREACHABLE and self._reapplying:
+            current = self._default_path(nl, server)
         if current is None:
             return
         oif, gateway = current.oif, current.gateway
@@ -402,6 +411,20 @@ class NetConfigurator:
         what = f"{server} (VPN server)" if host else f"{server}/{prefixlen} (bypass)"
         label = f"route {what}" + (f" via {gateway}" if gateway else "")
         self._record(nl, kwargs, label)
+
+    def _default_path(self, nl: RtnlSocket, dst: str) -> Route | None:
+        """During `reapply` a lookup finds the unreachable stand-ins: a host route the new
+        settings add (a new `net_gateway` route) takes the IPv4 default route instead, the
+        path the lookup would have found. (IPv6: not pinned, with a warning.)"""
+        if ipaddress.ip_address(dst).version == 4:
+            try:
+                default = nl.default_route4()
+            except (NetlinkError, RemoteProtocolError):
+                default = None
+            if default is not None:
+                return default
+        log.warning("no path outside the tunnel known for %s while reconfiguring; not pinning it", dst)
+        return None
 
     def _block_local(self, nl: RtnlSocket, tun_index: int, cfg: TunConfig) -> None:
         """OpenVPN's block-local: the default route's local networks, split in halves so they

@@ -83,6 +83,9 @@ class RoutingTable:
     def del_addr(self, index: int, address: str, prefixlen: int, **kw: Any) -> None:
         self._check(f"del_addr {address}")
 
+    def default_route4(self) -> Route | None:
+        return Route(RTN_UNICAST, ETH, "192.168.1.1")
+
     def get_route(self, dst: str) -> Route | None:
         r = self.lookup(dst)
         if r is None:
@@ -263,3 +266,21 @@ def test_ipv6_redirect_on_a_host_without_ipv6_is_skipped_but_not_when_ipv6_could
             assert {"dst": "0.0.0.0", "dst_len": 1, "oif": TUN, "gateway": "10.8.0.1"} in kernel.routes
         for fn in reversed(cleanups):
             fn()
+
+
+def test_a_bypass_the_new_settings_add_takes_the_default_path() -> None:
+    """During a re-apply a lookup finds the unreachable stand-ins; a `net_gateway` route the
+    new session adds still goes through the default route, as a fresh apply would do."""
+    kernel = RoutingTable()
+    cleanups: list[Any] = []
+    tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+    tun.netlink = kernel  # type: ignore[assignment]
+    first = config("10.8.0.6", "10.8.0.5", "10.9.0.0/16")
+    tun.apply(first)
+    second = config("10.8.0.10", "10.8.0.9", "10.11.0.0/16")
+    second.bypass = [*second.bypass, "100.64.0.0/10"]
+    tun.apply(second)
+    assert kernel.lookup("100.64.1.1") == {"dst": "100.64.0.0", "dst_len": 10, "oif": ETH, "gateway": "192.168.1.1"}
+    for fn in reversed(cleanups):
+        fn()
+    assert kernel.routes == DEFAULTS
