@@ -17,7 +17,7 @@ import trio
 
 from trivpn.networkio import Endpoint, Transport, TransportError, open_transport, resolve
 from trivpn.networkio.connect import connect_first
-from trivpn.networkio.transport import bind_address
+from trivpn.networkio.transport import ResolveError, bind_address
 from trivpn.session.reconnect import Candidate
 
 __all__ = ["PathHooks", "open_candidate", "open_within"]
@@ -52,14 +52,40 @@ def _is_literal(host: str) -> bool:
     return True
 
 
+#: the last addresses each (host, port, proto) resolved to, for when resolving fails later
+_LAST_GOOD: dict[tuple[str, int, str], list[Endpoint]] = {}
+#: bound on `_LAST_GOOD` (a profile has a few remotes; the oldest entry goes first)
+MAX_REMEMBERED = 64
+
+
 async def _resolve(host: str, port: int, proto: str, hooks: PathHooks) -> list[Endpoint]:
+    """The remote's addresses; if the name no longer resolves, the ones it had last time.
+
+    Why: while connected, the system's DNS is the tunnel's (pushed DNS, and with
+    redirect-gateway nothing else). When the tunnel drops, a query for the VPN server's own
+    name goes to that DNS server through the dead tunnel and times out, every attempt: the
+    client could never reconnect. The last good answer of this process is used instead
+    (TLS still checks the server), with a warning.
+    """
     if _is_literal(host):
         return await resolve(host, port, proto)  # no DNS query: nothing to open for it
+    key = (host, port, proto)
     hooks.resolving(True)
     try:
-        return await resolve(host, port, proto)
+        endpoints = await resolve(host, port, proto)
+    except ResolveError as exc:
+        last = _LAST_GOOD.get(key)
+        if last is None:
+            raise
+        log.warning("%s; using the addresses it had before (%s)", exc, ", ".join(ep.address for ep in last))
+        return list(last)
     finally:
         hooks.resolving(False)
+    _LAST_GOOD.pop(key, None)
+    _LAST_GOOD[key] = list(endpoints)
+    while len(_LAST_GOOD) > MAX_REMEMBERED:
+        del _LAST_GOOD[next(iter(_LAST_GOOD))]
+    return endpoints
 
 
 async def open_candidate(

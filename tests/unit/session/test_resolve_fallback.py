@@ -1,0 +1,49 @@
+"""The VPN server's name no longer resolves (the tunnel's DNS died with the tunnel): the
+addresses it had before are used, so the client can reconnect."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from trivpn.networkio.transport import Endpoint, ResolveError
+from trivpn.session import transport
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.dns: list[bool] = []
+
+    def resolving(self, active: bool) -> None:
+        self.dns.append(active)
+
+    def reaching(self, endpoints: object) -> None:
+        pass
+
+
+async def test_a_failed_lookup_falls_back_to_the_last_good_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [Endpoint("vpn.fallback.test", 1194, "udp", socket.AF_INET, ("192.0.2.7", 1194))]
+    answers: list[object] = [good, ResolveError("cannot resolve 'vpn.fallback.test': Temporary failure")]
+
+    async def fake_resolve(host: str, port: int, proto: str) -> list[Endpoint]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, list)
+        return answer
+
+    monkeypatch.setattr(transport, "resolve", fake_resolve)
+    hooks = Hooks()
+    assert await transport._resolve("vpn.fallback.test", 1194, "udp", hooks) == good
+    assert await transport._resolve("vpn.fallback.test", 1194, "udp", hooks) == good  # DNS down now
+    assert "using the addresses it had before (192.0.2.7)" in caplog.text
+    assert hooks.dns == [True, False, True, False]
+    # a name never resolved in this process still fails
+    answers.append(ResolveError("cannot resolve 'other.fallback.test'"))
+    with pytest.raises(ResolveError):
+        await transport._resolve("other.fallback.test", 1194, "udp", hooks)
+    await trio.lowlevel.checkpoint()
