@@ -70,6 +70,10 @@ class TunConfig:
     #: their metric: OpenVPN adds them as ordinary route-ipv6 lines, so route-metric applies
     #: (the IPv4 def1 halves have none)
     redirect_metric6: int | None = None
+    #: an IPv4 route whose gateway the TUN cannot reach (a LAN router) is added without a
+    #: device, so the kernel picks one, as OpenVPN's client adds it; False (the server, the
+    #: manager): every route goes into the TUN
+    kernel_picks_device: bool = False
     #: hosts or networks routed through the path they use now, before the tunnel's routes
     #: (a server covered by an ordinary route, `net_gateway` routes)
     bypass: list[str] = field(default_factory=list)
@@ -141,9 +145,11 @@ def _on_tun(ipv4: tuple[str, int, str | None] | None, gateway: str) -> bool:
     if ipv4 is None:
         return False
     local, prefixlen, peer = ipv4
-    if peer is not None:
-        return gateway == peer
-    return ipaddress.IPv4Address(gateway) in ipaddress.IPv4Network(f"{local}/{prefixlen}", strict=False)
+    if gateway == peer:
+        return True
+    # the kernel's prefix route: the peer's network with a peer, else our own
+    on_link = ipaddress.IPv4Network(f"{peer or local}/{prefixlen}", strict=False)
+    return prefixlen < 32 and ipaddress.IPv4Address(gateway) in on_link
 
 
 def _plan(cfg: TunConfig) -> _Plan:
@@ -182,7 +188,7 @@ def _plan(cfg: TunConfig) -> _Plan:
             if metric is not None and not 0 <= metric <= 0xFFFFFFFF:
                 raise ConfigError(f"{what} {network_text}: bad metric {metric}")
             label = f"{net}" + (f" via {gw}" if gw else "")
-            on_tun = version == 6 or gw is None or _on_tun(cfg.ipv4, gw)
+            on_tun = version == 6 or gw is None or not cfg.kernel_picks_device or _on_tun(cfg.ipv4, gw)
             plan.routes.append(_Route(str(net.network_address), net.prefixlen, gw, metric, label, on_tun))
     via = str(_addr(cfg.redirect_via, 4, "redirect gateway")) if cfg.redirect_via else None
     if cfg.redirect_metric6 is not None and not 0 <= cfg.redirect_metric6 <= 0xFFFFFFFF:

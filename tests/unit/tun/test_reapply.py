@@ -7,6 +7,7 @@ every change the test asks where packets to the Internet would go: into the TUN,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 from typing import Any
@@ -184,8 +185,16 @@ def test_a_route_via_a_lan_router_is_left_to_the_kernel_and_survives_a_reapply()
 
     def cfg(local: str) -> TunConfig:
         return TunConfig(ipv4=(local, 24, None), routes=[("192.168.50.0/24", "192.168.1.1", None),
-                                                         ("10.9.0.0/16", "10.8.0.1", None)])
+                                                         ("10.9.0.0/16", "10.8.0.1", None)],
+                         kernel_picks_device=True)
 
+    tun.apply(dataclasses.replace(cfg("10.8.0.2"), kernel_picks_device=False))
+    assert {**lan, "oif": TUN} in kernel.routes  # the server and the manager: into the TUN
+    for fn in reversed(cleanups):
+        fn()
+    cleanups.clear()
+    tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+    tun.netlink = kernel  # type: ignore[assignment]
     tun.apply(cfg("10.8.0.2"))
     assert lan in kernel.routes
     assert {"dst": "10.9.0.0", "dst_len": 16, "oif": TUN, "gateway": "10.8.0.1"} in kernel.routes
