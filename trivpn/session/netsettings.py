@@ -98,7 +98,9 @@ def net_plan(
     address gets a host route for the server through the path it uses now.
     """
     p = profile if profile is not None else Profile(remotes=[])
-    cfg = TunConfig(mtu=settings.tun_mtu or p.tun_mtu or 1500, kernel_picks_device=True)
+    cfg = TunConfig(
+        mtu=settings.tun_mtu or p.tun_mtu or 1500, kernel_picks_device=True, skip_refused_routes=True
+    )
     topology = settings.topology if settings.topology_pushed or p.topology is None else p.topology
     local, other = settings.ifconfig_local, settings.ifconfig_remote_or_mask
     if local is None and p.ifconfig is not None:

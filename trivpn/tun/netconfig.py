@@ -74,6 +74,9 @@ class TunConfig:
     #: device, so the kernel picks one, as OpenVPN's client adds it; False (the server, the
     #: manager): every route goes into the TUN
     kernel_picks_device: bool = False
+    #: a `route`/`route-ipv6` the kernel refuses is skipped with a warning, as OpenVPN's
+    #: client does (the client: ending the run would fail open); False: an error
+    skip_refused_routes: bool = False
     #: hosts or networks routed through the path they use now, before the tunnel's routes
     #: (a server covered by an ordinary route, `net_gateway` routes)
     bypass: list[str] = field(default_factory=list)
@@ -102,9 +105,8 @@ class _Route:
     label: str
     #: through the TUN; a gateway the TUN cannot reach is left to the kernel, as OpenVPN does
     on_tun: bool = True
-    #: a redirect route: if the kernel refuses it the apply fails; an ordinary `route` the
-    #: kernel refuses is skipped with a warning, as OpenVPN does (ending the run would take
-    #: every other route away and fail open)
+    #: if the kernel refuses it the apply fails (redirect routes; every route of the server
+    #: and the manager); else it is skipped with a warning (see TunConfig.skip_refused_routes)
     required: bool = False
 
 
@@ -189,7 +191,10 @@ def _plan(cfg: TunConfig) -> _Plan:
                 raise ConfigError(f"{what} {network_text}: bad metric {metric}")
             label = f"{net}" + (f" via {gw}" if gw else "")
             on_tun = version == 6 or gw is None or not cfg.kernel_picks_device or _on_tun(cfg.ipv4, gw)
-            plan.routes.append(_Route(str(net.network_address), net.prefixlen, gw, metric, label, on_tun))
+            plan.routes.append(_Route(
+                str(net.network_address), net.prefixlen, gw, metric, label, on_tun,
+                required=not cfg.skip_refused_routes,
+            ))
     via = str(_addr(cfg.redirect_via, 4, "redirect gateway")) if cfg.redirect_via else None
     if cfg.redirect_metric6 is not None and not 0 <= cfg.redirect_metric6 <= 0xFFFFFFFF:
         raise ConfigError(f"redirect-gateway ipv6: bad metric {cfg.redirect_metric6}")

@@ -222,7 +222,7 @@ def test_a_route_the_kernel_refuses_is_skipped_but_a_redirect_route_is_not(caplo
     tun = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
     tun.netlink = kernel  # type: ignore[assignment]
     cfg = TunConfig(ipv4=("10.8.0.2", 24, None), routes=[("10.50.0.0/16", "10.77.0.1", None)],
-                    redirect_gateway=True, redirect_via="10.8.0.1")
+                    redirect_gateway=True, redirect_via="10.8.0.1", skip_refused_routes=True)
     tun.apply(cfg)
     assert "cannot add route 10.50.0.0/16 via 10.77.0.1" in caplog.text
     assert {"dst": "0.0.0.0", "dst_len": 1, "oif": TUN, "gateway": "10.8.0.1"} in kernel.routes
@@ -238,6 +238,15 @@ def test_a_route_the_kernel_refuses_is_skipped_but_a_redirect_route_is_not(caplo
         assert "cannot add route 128.0.0.0/1" in str(exc)
     else:
         raise AssertionError("a refused redirect route did not fail the apply")
+    refuse_redirect = False
+    tun3 = TunApplier("tun0", cleanups.append, dns=NoDns())  # type: ignore[arg-type]
+    tun3.netlink = kernel  # type: ignore[assignment]
+    try:  # the server and the manager (no skip_refused_routes): still an error
+        tun3.apply(dataclasses.replace(cfg, skip_refused_routes=False))
+    except Exception as exc:
+        assert "cannot add route 10.50.0.0/16" in str(exc)
+    else:
+        raise AssertionError("a refused route was skipped without skip_refused_routes")
 
 
 def test_ipv6_redirect_on_a_host_without_ipv6_is_skipped_but_not_when_ipv6_could_leak(caplog: Any) -> None:
