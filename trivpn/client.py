@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 import trio
 
-from trivpn.errors import AuthFailed, ConnectTimeout, FatalError, RetryLimitReached, SessionRestart
+from trivpn.errors import (
+    AuthFailed,
+    ConfigError,
+    ConnectTimeout,
+    FatalError,
+    RetryLimitReached,
+    SessionRestart,
+)
 from trivpn.messages import AuthTokenRenewed
 from trivpn.networkio import Endpoint
 from trivpn.networkio.transport import ResolveError
@@ -344,7 +351,15 @@ class Client:
                     raise SessionRestart(f"unusable pushed settings: {exc}") from None
                 info.tun_config = plan.tun
                 if self._tun is not None:
-                    self._tun.apply(plan)
+                    reconnect = self._tun.configured
+                    try:
+                        self._tun.apply(plan)
+                    except ConfigError as exc:
+                        if not reconnect:  # the first tunnel: a problem here, end the run
+                            raise
+                        # ending the run would take the tunnel's routes (and their unreachable
+                        # stand-ins) away: fail closed and try again, as for any unusable push
+                        raise SessionRestart(f"cannot apply the pushed settings: {exc}") from None
                 if self.on_tunnel_up is not None:
                     await self.on_tunnel_up(info)
                 if self._scripts is not None:

@@ -56,6 +56,11 @@ class TunApplier:
         self.ifname = ifname
         self._add_cleanup = add_cleanup
         self.applied: TunConfig | None = None
+        #: an apply has run (the host may have been changed): a later failure is a reconnect's
+        self.configured = False
+        #: the last apply failed: the host no longer holds `applied` (only the unreachable
+        #: stand-ins of a re-apply), so the next plan is applied even if it is the same
+        self._dirty = False
         self._configurator: NetConfigurator | None = None
         self._device = device if isinstance(device, LinuxTun) else None
         self._dns = dns
@@ -125,12 +130,25 @@ class TunApplier:
             plan = NetPlan(plan)
         cfg = plan.tun
         if self._helper is not None:
-            if self.applied is None:  # the first plan: its undo belongs to this run's cleanups
+            if not self.configured:  # the first plan: its undo belongs to this run's cleanups
                 self._add_cleanup(self.undo_net)
-            self._helper.apply(plan)
+            self.configured = True
+            self._helper.apply(plan)  # the helper's own applier keeps track of failures
             self.applied = cfg
             self._answer_ipv6(plan)
             return
+        self.configured = True
+        try:
+            self._apply_here(plan)
+        except BaseException:
+            self._dirty = True
+            raise
+        self._dirty = False
+
+    def _apply_here(self, plan: NetPlan) -> None:
+        """`apply` in this process (no privileged helper)."""
+        assert self.ifname
+        cfg = plan.tun
         # the server's host route is not part of the TUN's configuration: a new server
         # address must not undo and redo the redirect routes (a moment without them leaks)
         if self.server_routes is None:
@@ -142,7 +160,7 @@ class TunApplier:
             self._configurator = NetConfigurator(self.ifname, self.netlink)
             self._add_cleanup(self.undo_net)
             self._configurator.apply(cfg)
-        elif not _same_but_server(self.applied, cfg):
+        elif self._dirty or not _same_but_server(self.applied, cfg):
             log.info("the server pushed different settings; reconfiguring %s", self.ifname)
             self._configurator.reapply(cfg)  # no moment without the tunnel's routes
         self.applied = cfg

@@ -156,3 +156,60 @@ async def test_tcp_goodbye_before_a_restart_and_before_the_stop(
     assert [r.reason for r in retries] == ([] if no_reconnect else ["SIGUSR1"]), warnings
     assert not [w for w in warnings if "closed" in w], warnings
     assert engine.stop_reason == "test over"
+
+
+async def test_settings_a_reconnect_cannot_apply_restart_the_session_instead_of_ending_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reconnect whose pushed settings the kernel refuses (a ConfigError from the TUN's
+    re-apply): ending the run would take the tunnel's routes away (fail open); the client
+    restarts the session instead, and the next one comes up. The first tunnel's failure
+    still ends the run (a problem on this host)."""
+    import trivpn.client
+    from trivpn.errors import ConfigError
+
+    class Applier:
+        """Stands for TunApplier on a kernel TUN: the second apply is refused."""
+
+        def __init__(self, ifname: object, add_cleanup: object, *, device: object = None) -> None:
+            self.ifname = "tvpn-fake0"
+            self.configured = False
+            self.calls = 0
+
+        def apply(self, plan: object) -> None:
+            self.calls += 1
+            self.configured = True
+            if self.calls == 2:
+                raise ConfigError("cannot add address 10.8.0.2/24: Invalid argument (errno 22)")
+
+        def reaching(self, addresses: object) -> None:
+            pass
+
+    monkeypatch.setattr(trivpn.client, "TunApplier", Applier)
+    pki = shared_pki()
+    ups: list[SessionUp] = []
+    retries: list[SessionRetry] = []
+    came_up = trio.Event()
+
+    def on_event(ev: object) -> None:
+        nonlocal came_up
+        if isinstance(ev, SessionUp):
+            ups.append(ev)
+            came_up.set()
+        elif isinstance(ev, SessionRetry):
+            retries.append(ev)
+
+    with trio.fail_after(BOUND):
+        async with running_server(server_config(pki)) as (server, _tun):
+            port = server.addresses[0][1]
+            config = SessionConfig.from_profile(parse_profile(client_profile(pki, port) + "connect-retry 0\n"))
+            engine = Engine(config, userspace_tun(), on_event=on_event, close_device=True)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(engine.run)
+                while len(ups) < 2:
+                    came_up = trio.Event()
+                    engine.restart("SIGUSR1")
+                    await came_up.wait()
+                engine.request_stop("test over")
+    assert any("cannot apply the pushed settings" in r.reason for r in retries), [r.reason for r in retries]
+    assert engine.stop_reason == "test over"

@@ -168,6 +168,13 @@ def test_a_failed_reapply_stays_closed_until_exit() -> None:
         raise AssertionError("the refused address did not fail the apply")
     assert kernel.leaks == []
     assert all(kernel.lookup(d)["kind"] == RTN_UNREACHABLE for d in INTERNET)  # type: ignore[index]
+    # the next session brings the first settings back: they are applied again (the host
+    # holds only the stand-ins now), and the stand-ins go
+    del kernel.add_addr
+    tun.apply(config("10.8.0.6", "10.8.0.5", "10.9.0.0/16"))
+    assert kernel.leaks == []
+    assert kernel.lookup("1.1.1.1") == {"dst": "0.0.0.0", "dst_len": 1, "oif": TUN, "gateway": "10.8.0.5"}
+    assert not [r for r in kernel.routes if r.get("priority") == GUARD_METRIC]
     kernel.watch = False  # exit: the routes go with the tunnel
     for fn in reversed(cleanups):
         fn()
