@@ -5,9 +5,13 @@ touched), then makes netlink changes one at a time and records each change that 
 an undo step. Something that already existed (EEXIST) is left alone and not recorded, so
 `undo` never removes state that belonged to someone else. `undo` replays the record in reverse
 and never raises: an object that is already gone (the TUN fd was closed first, which deletes
-the interface with its addresses and routes) counts as removed. The one thing closing the TUN
-does not remove is the host route to the VPN server through the *previous* default path,
-added for redirect-gateway; that is why `undo` must always run.
+the interface with its addresses and routes) counts as removed. What closing the TUN does
+not remove are the routes outside it: the host route to the VPN server through the
+*previous* default path (redirect-gateway), `net_gateway` bypasses, a `route` via a LAN
+router, and `reapply`'s unreachable stand-ins; that is why `undo` must always run.
+
+`reapply` switches a configured TUN to new settings (a reconnect's) without a moment in
+which the tunnel's routes are missing (see its docstring).
 
 The netlink requests go through `trivpn.tun.rtnl`, a small synchronous client (it replaced
 pyroute2, whose import alone cost ~0.15 s and ~17 MB). It blocks briefly, at setup and
