@@ -184,8 +184,13 @@ async def open_proxy_transport(
     connect_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     prompt: CredentialsPrompt | None = None,
     report: Reporter | None = None,
+    proxy_endpoints: Sequence[Endpoint] | None = None,
 ) -> ProxiedTCPTransport:
     """A TCP transport to the OpenVPN server `host`:`port` through an HTTP or SOCKS5 proxy.
+
+    `proxy_endpoints`: the proxy's addresses, already resolved by the caller (the client
+    resolved them to open the kill switch for exactly these, and may have fallen back to an
+    earlier answer); None: resolved here.
 
     `kind` is "http" or "socks5". `proto` (tcp, tcp4, tcp6) picks the address family used
     to reach the proxy; `connect_timeout` bounds reaching the proxy and its handshake.
@@ -199,10 +204,12 @@ async def open_proxy_transport(
         raise ConfigError(f"a proxy carries TCP only; proto {proto} cannot use it")
     where = f"{kind} proxy {_target_text(proxy.host, proxy.port)}"
     deadline = trio.current_time() + connect_timeout
-    try:
-        proxy_endpoints = await resolve(proxy.host, proxy.port, proto)
-    except TransportError as exc:
-        raise TransportError(f"{where}: {exc}") from None
+    if proxy_endpoints is None:
+        try:
+            proxy_endpoints = await resolve(proxy.host, proxy.port, proto)
+        except TransportError as exc:
+            raise TransportError(f"{where}: {exc}") from None
+    endpoints = list(proxy_endpoints)
 
     credentials = proxy.credentials
     if credentials is None and (proxy.ask or (kind == "http" and proxy.auth == "basic")):
@@ -217,7 +224,7 @@ async def open_proxy_transport(
 
         try:
             return await proxy_handshake(
-                kind, proxy_endpoints, make, (host, port), deadline=deadline, report=report
+                kind, endpoints, make, (host, port), deadline=deadline, report=report
             )
         except ProxyAuthRequired:
             raise
@@ -285,6 +292,7 @@ async def open_profile_proxy_transport(
     connect_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     prompt: CredentialsPrompt | None = None,
     report: Reporter | None = None,
+    proxy_endpoints: Sequence[Endpoint] | None = None,
 ) -> ProxiedTCPTransport:
     """`open_proxy_transport` with the profile's proxy settings (it must have a proxy)."""
     via = proxy_of(profile)
@@ -301,6 +309,7 @@ async def open_profile_proxy_transport(
         connect_timeout=connect_timeout,
         prompt=prompt,
         report=report,
+        proxy_endpoints=proxy_endpoints,
     )
 
 

@@ -115,21 +115,20 @@ async def open_candidate(
         from trivpn.networkio.proxy import open_profile_proxy_transport
 
         # the proxy resolves the server's name: it may only exist on the proxy's side; we
-        # resolve the proxy's name first only to tell the hooks where packets will go
-        paths.reaching(await _resolve(spec.host, spec.port, proto, paths))
-        # the proxy transport resolves the proxy's name again
-        paths.resolving(not _is_literal(spec.host))
-        try:
-            return await open_profile_proxy_transport(
-                cand.profile,
-                remote.host,
-                remote.port,
-                proto,
-                connect_timeout=connect_timeout,
-                report=report,
-            )
-        finally:
-            paths.resolving(False)
+        # resolve the proxy's name, tell the hooks where packets will go, and connect to
+        # exactly those addresses (one lookup: a second one could answer differently, or
+        # fail through the dead tunnel's DNS during a reconnect)
+        proxy_endpoints = await _resolve(spec.host, spec.port, proto, paths)
+        paths.reaching(proxy_endpoints)
+        return await open_profile_proxy_transport(
+            cand.profile,
+            remote.host,
+            remote.port,
+            proto,
+            connect_timeout=connect_timeout,
+            report=report,
+            proxy_endpoints=proxy_endpoints,
+        )
     log.info("resolving %s", remote.host)
     endpoints = await _resolve(remote.host, remote.port, proto, paths)
 

@@ -602,3 +602,35 @@ def test_profile_proxy_errors(extra: str, match: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=match) as info:
         _parse(extra, tmp_path)
     assert "\n" not in str(info.value)
+
+
+async def test_given_proxy_endpoints_are_used_without_a_second_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client resolved the proxy's name (for the kill switch, maybe from an earlier
+    answer while the tunnel's DNS is dead): those addresses are connected to, and the name is
+    not looked up again (that lookup failed during a reconnect)."""
+    from trivpn.networkio import proxy as proxy_module
+    from trivpn.networkio.transport import Endpoint, ResolveError
+
+    async def no_lookup(host: str, port: int, proto: str) -> list[Endpoint]:
+        raise ResolveError(f"cannot resolve {host!r}: Temporary failure in name resolution")
+
+    monkeypatch.setattr(proxy_module, "resolve", no_lookup)
+
+    async def script(stream: trio.SocketStream, index: int) -> None:
+        await _read_until(stream, b"\r\n\r\n")
+        await stream.send_all(b"HTTP/1.0 200 OK\r\n\r\n" + frame_packets([b"\x40reset"]))
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        port = await _serve(nursery, script)
+        spec = ProxySpec("proxy.unresolvable.test", port)
+        known = [Endpoint("proxy.unresolvable.test", port, "tcp", socket.AF_INET, ("127.0.0.1", port))]
+        with pytest.raises(TransportError, match="Temporary failure"):
+            await open_proxy_transport("http", spec, "vpn.example.net", 1194)
+        t = await open_proxy_transport("http", spec, "vpn.example.net", 1194, proxy_endpoints=known)
+        try:
+            assert t.endpoint.address == "127.0.0.1"
+            assert await _collect(t, 1) == [b"\x40reset"]
+        finally:
+            t.close()
+        nursery.cancel_scope.cancel()
