@@ -31,7 +31,8 @@ from trivpn.errors import ConfigError
 from trivpn.tun.base import TunDevice
 from trivpn.tun.ip import build_echo_request, parse_echo_reply
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
-from trivpn.tun.netconfig import NetConfigurator, TunConfig
+from trivpn.tun.netconfig import NetConfigurator
+from trivpn.tun.tunplan import TunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: for this file run as a script: trivpn, and tests/ for `helpers`

@@ -15,7 +15,7 @@ import re
 
 from trivpn.errors import RemoteProtocolError
 from trivpn.manager import manager_pb2 as pb
-from trivpn.tun.netconfig import REDIRECT_DEF1_V4, REDIRECT_DEF1_V6, TunConfig
+from trivpn.tun.tunplan import REDIRECT_DEF1_V4, REDIRECT_DEF1_V6, TunConfig
 
 __all__ = ["network_settings_request", "parse_remote", "tun_config_from_request", "tunnel_overhead"]
 

@@ -28,7 +28,8 @@ from trivpn.server.config_model import ServerConfig
 from trivpn.server.hub import Hub
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
-from trivpn.tun.netconfig import NetConfigurator, TunConfig
+from trivpn.tun.netconfig import NetConfigurator
+from trivpn.tun.tunplan import TunConfig
 
 __all__ = ["TunFactory", "TunSink", "open_server_tun", "run_tun_reader", "server_tun_config"]
 

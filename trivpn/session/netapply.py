@@ -21,8 +21,9 @@ from trivpn.session.dns import DnsConfigurator
 from trivpn.session.netsettings import NetPlan
 from trivpn.session.serverroute import ServerRoutes
 from trivpn.tun.linux import LinuxTun
-from trivpn.tun.netconfig import NetConfigurator, TunConfig
+from trivpn.tun.netconfig import NetConfigurator
 from trivpn.tun.rtnl import RtnlSocket
+from trivpn.tun.tunplan import TunConfig
 
 __all__ = ["TunApplier"]
 

@@ -19,7 +19,7 @@ from trivpn.profile.netopts import merge_redirect
 from trivpn.profile.profile import Profile
 from trivpn.profile.push import PushedSettings
 from trivpn.records import dataclass
-from trivpn.tun.netconfig import TunConfig, validate
+from trivpn.tun.tunplan import TunConfig, validate
 
 __all__ = [
     "DnsSettings",

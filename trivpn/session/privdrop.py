@@ -47,7 +47,7 @@ from trivpn.session.killswitch import TABLE, KillSwitch, run_nft
 from trivpn.session.netapply import TunApplier
 from trivpn.session.netsettings import DnsSettings, NetPlan
 from trivpn.session.scripts import SCRIPT_TIMEOUT, ScriptRunner
-from trivpn.tun.netconfig import TunConfig
+from trivpn.tun.tunplan import TunConfig
 
 __all__ = ["HelperLink", "PrivDrop", "plan_from_json", "plan_to_json"]
 

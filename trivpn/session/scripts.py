@@ -43,7 +43,7 @@ from trivpn.profile.model import Profile
 from trivpn.profile.push import PushedSettings
 from trivpn.records import dataclass
 from trivpn.tlssession.tls import format_subject
-from trivpn.tun.netconfig import TunConfig
+from trivpn.tun.tunplan import TunConfig
 
 __all__ = ["SCRIPT_TIMEOUT", "ClientScripts", "ScriptContext", "ScriptRunner", "net_gateway", "script_argv", "script_env"]
 

@@ -29,8 +29,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trivpn.tun.netconfig import SERVER_ROUTE6_METRIC
 from trivpn.tun.rtnl import RTN_UNICAST, NetlinkError, RtnlSocket
+from trivpn.tun.tunplan import SERVER_ROUTE6_METRIC
 
 __all__ = ["ServerRoutes"]
 

@@ -10,6 +10,7 @@ not remove are the routes outside it: the host route to the VPN server through t
 *previous* default path (redirect-gateway), `net_gateway` bypasses, a `route` via a LAN
 router, and `reapply`'s unreachable stand-ins; that is why `undo` must always run.
 
+What to configure and its validation are `tunplan` (pure); this module applies a plan.
 `reapply` switches a configured TUN to new settings (a reconnect's) without a moment in
 which the tunnel's routes are missing (see its docstring).
 
@@ -23,70 +24,22 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import socket
 from collections.abc import Callable
-from dataclasses import field
 from typing import Any
 
 from trivpn.errors import ConfigError, RemoteProtocolError
 from trivpn.records import dataclass
 from trivpn.tun.rtnl import IFF_UP, RTN_UNICAST, RTN_UNREACHABLE, NetlinkError, Route, RtnlSocket
+from trivpn.tun.tunplan import SERVER_ROUTE6_METRIC, Plan, TunConfig, make_plan
 
 log = logging.getLogger(__name__)
 
-TUN_MTU_MIN = 68  # IPv4 minimum link MTU (RFC 791)
-TUN_MTU_MAX = 65535
-IPV6_MIN_MTU = 1280  # RFC 8200: an interface carrying IPv6 needs at least this
 # Errors meaning "the thing to remove is not there any more" (its interface is gone, ...).
 _ALREADY_GONE = frozenset({errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL})
-
-#: OpenVPN gives the IPv6 host route to its server metric 1 (IPv4's has none); so do we.
-SERVER_ROUTE6_METRIC = 1
 
 #: metric of the unreachable stand-ins `reapply` puts under the tunnel's routes (the highest:
 #: every real route wins over them)
 GUARD_METRIC = 0xFFFFFFFF
-
-REDIRECT_DEF1_V4 = ("0.0.0.0/1", "128.0.0.0/1")
-REDIRECT_DEF1_V6 = ("::/1", "8000::/1")
-
-
-@dataclass(slots=True)
-class TunConfig:
-    """Everything to put on the TUN interface, usually derived from PUSH_REPLY options."""
-
-    mtu: int = 1500
-    ipv4: tuple[str, int, str | None] | None = None  # (address, prefixlen, p2p/net30 peer)
-    ipv6: tuple[str, int] | None = None  # (address, prefixlen)
-    routes: list[tuple[str, str | None, int | None]] = field(default_factory=list)
-    routes6: list[tuple[str, str | None, int | None]] = field(default_factory=list)
-    redirect_gateway: bool = False  # def1: 0.0.0.0/1 + 128.0.0.0/1 through the tunnel
-    redirect_gateway6: bool = False  # redirect_nets6 (default ::/1 + 8000::/1)
-    #: VPN servers, pinned to their current path when their family is redirected
-    server_addresses: list[str] = field(default_factory=list)
-    #: False: someone else pins the servers (trivpn connect: session/serverroute.py, so the
-    #: pin can follow a new server without redoing the routes); block-local still sees them
-    pin_servers: bool = True
-    #: gateway of the def1 halves (OpenVPN routes them via the VPN gateway); None: on-link
-    redirect_via: str | None = None
-    #: the IPv6 routes that make up redirect_gateway6
-    redirect_nets6: tuple[str, ...] = REDIRECT_DEF1_V6
-    #: their metric: OpenVPN adds them as ordinary route-ipv6 lines, so route-metric applies
-    #: (the IPv4 def1 halves have none)
-    redirect_metric6: int | None = None
-    #: an IPv4 route whose gateway the TUN cannot reach (a LAN router) is added without a
-    #: device, so the kernel picks one, as OpenVPN's client adds it; False (the server, the
-    #: manager): every route goes into the TUN
-    kernel_picks_device: bool = False
-    #: a `route`/`route-ipv6` the kernel refuses is skipped with a warning, as OpenVPN's
-    #: client does (the client: ending the run would fail open); False: an error
-    skip_refused_routes: bool = False
-    #: hosts or networks routed through the path they use now, before the tunnel's routes
-    #: (a server covered by an ordinary route, `net_gateway` routes)
-    bypass: list[str] = field(default_factory=list)
-    #: redirect-gateway block-local: the local network(s) of the default route's interface
-    #: go into the tunnel too (in halves, via redirect_via), except the LAN gateway itself
-    block_local: bool = False
 
 
 @dataclass(slots=True)
@@ -96,146 +49,6 @@ class _Step:
     kind: str  # "link" (undo: set_link), "addr" (del_addr) or "route" (del_route)
     undo_kwargs: dict[str, Any]
     label: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """One route of the plan, in the form the netlink call needs."""
-
-    dst: str
-    prefixlen: int
-    gateway: str | None  # None: on-link through the TUN
-    metric: int | None
-    label: str
-    #: through the TUN; a gateway the TUN cannot reach is left to the kernel, as OpenVPN does
-    on_tun: bool = True
-    #: if the kernel refuses it the apply fails (redirect routes; every route of the server
-    #: and the manager); else it is skipped with a warning (see TunConfig.skip_refused_routes)
-    required: bool = False
-
-
-@dataclass(slots=True)
-class _Plan:
-    """A validated TunConfig in the exact form the netlink calls need."""
-
-    addrs: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # add_addr kwargs
-    routes: list[_Route] = field(default_factory=list)
-    #: (network, prefixlen) to pin to the path they use now: VPN servers, bypass routes
-    host_routes: list[tuple[str, int]] = field(default_factory=list)
-
-
-def _addr(text: str, version: int, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise ConfigError(f"{what}: {text!r} is not an IP address") from None
-    if address.version != version:
-        raise ConfigError(f"{what}: {text} is not an IPv{version} address")
-    return address
-
-
-def _network(text: str, version: int, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ConfigError(f"{what}: {text!r} is not a network (address/prefixlen)") from None
-    if network.version != version:
-        raise ConfigError(f"{what}: {text} is not an IPv{version} network")
-    return network
-
-
-def _on_tun(ipv4: tuple[str, int, str | None] | None, gateway: str) -> bool:
-    """Is `gateway` reached through the TUN (its peer, or on its subnet)? A `route` whose
-    gateway is elsewhere (a LAN router) is added without the TUN as its device, so the
-    kernel picks the interface, as OpenVPN 2.6 adds it; forcing the TUN failed the run."""
-    if ipv4 is None:
-        return False
-    local, prefixlen, peer = ipv4
-    if gateway == peer:
-        return True
-    # the kernel's prefix route: the peer's network with a peer, else our own
-    on_link = ipaddress.IPv4Network(f"{peer or local}/{prefixlen}", strict=False)
-    return prefixlen < 32 and ipaddress.IPv4Address(gateway) in on_link
-
-
-def _plan(cfg: TunConfig) -> _Plan:
-    """Validate `cfg` completely before touching the system."""
-    if not TUN_MTU_MIN <= cfg.mtu <= TUN_MTU_MAX:
-        raise ConfigError(f"tun-mtu {cfg.mtu} is outside {TUN_MTU_MIN}..{TUN_MTU_MAX}")
-    if cfg.ipv6 is not None and cfg.mtu < IPV6_MIN_MTU:
-        raise ConfigError(f"tun-mtu {cfg.mtu} is below {IPV6_MIN_MTU}, too small for IPv6")
-    plan = _Plan()
-    if cfg.ipv4 is not None:
-        local, prefixlen, peer = cfg.ipv4
-        local_ip = _addr(local, 4, "ifconfig")
-        if not 0 < prefixlen <= 32:
-            raise ConfigError(f"ifconfig: bad IPv4 prefix length {prefixlen}")
-        if peer is None:
-            kwargs: dict[str, Any] = {"address": str(local_ip), "prefixlen": prefixlen}
-            if prefixlen < 31:
-                subnet = ipaddress.IPv4Network(f"{local_ip}/{prefixlen}", strict=False)
-                kwargs["broadcast"] = str(subnet.broadcast_address)
-            plan.addrs.append((kwargs, f"{local_ip}/{prefixlen}"))
-        else:
-            # Point-to-point (net30/p2p): IFA_LOCAL is ours, IFA_ADDRESS is the far end.
-            peer_ip = _addr(peer, 4, "ifconfig peer")
-            kwargs = {"address": str(local_ip), "prefixlen": prefixlen, "peer": str(peer_ip)}
-            plan.addrs.append((kwargs, f"{local_ip} peer {peer_ip}"))
-    if cfg.ipv6 is not None:
-        address6, prefixlen6 = cfg.ipv6
-        ip6 = _addr(address6, 6, "ifconfig-ipv6")
-        if not 0 < prefixlen6 <= 128:
-            raise ConfigError(f"ifconfig-ipv6: bad prefix length {prefixlen6}")
-        plan.addrs.append(({"address": str(ip6), "prefixlen": prefixlen6}, f"{ip6}/{prefixlen6}"))
-    for version, routes, what in ((4, cfg.routes, "route"), (6, cfg.routes6, "route-ipv6")):
-        for network_text, gateway, metric in routes:
-            net = _network(network_text, version, what)
-            gw = str(_addr(gateway, version, f"{what} gateway")) if gateway is not None else None
-            if metric is not None and not 0 <= metric <= 0xFFFFFFFF:
-                raise ConfigError(f"{what} {network_text}: bad metric {metric}")
-            label = f"{net}" + (f" via {gw}" if gw else "")
-            on_tun = version == 6 or gw is None or not cfg.kernel_picks_device or _on_tun(cfg.ipv4, gw)
-            plan.routes.append(_Route(
-                str(net.network_address), net.prefixlen, gw, metric, label, on_tun,
-                required=not cfg.skip_refused_routes,
-            ))
-    via = str(_addr(cfg.redirect_via, 4, "redirect gateway")) if cfg.redirect_via else None
-    if cfg.redirect_metric6 is not None and not 0 <= cfg.redirect_metric6 <= 0xFFFFFFFF:
-        raise ConfigError(f"redirect-gateway ipv6: bad metric {cfg.redirect_metric6}")
-    for enabled, nets, family, gw, metric6 in (
-        (cfg.redirect_gateway, REDIRECT_DEF1_V4, socket.AF_INET, via, None),
-        (cfg.redirect_gateway6, cfg.redirect_nets6, socket.AF_INET6, None, cfg.redirect_metric6),
-    ):
-        if not enabled:
-            continue
-        for text in nets:
-            net = _network(text, 4 if family == socket.AF_INET else 6, "redirect-gateway")
-            label = f"{net}" + (f" via {gw}" if gw else "") + " (redirect)"
-            plan.routes.append(
-                _Route(str(net.network_address), net.prefixlen, gw, metric6, label, required=True)
-            )
-        for server in cfg.server_addresses if cfg.pin_servers else ():
-            try:
-                server_ip = ipaddress.ip_address(server)
-            except ValueError:
-                raise ConfigError(f"VPN server address {server!r} is not an IP address") from None
-            server_family = socket.AF_INET if server_ip.version == 4 else socket.AF_INET6
-            if server_family == family:
-                plan.host_routes.append((str(server_ip), server_ip.max_prefixlen))
-    for text in cfg.bypass:
-        try:
-            bypass = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ConfigError(f"bypass route {text!r} is not a network") from None
-        item = (str(bypass.network_address), bypass.prefixlen)
-        if item not in plan.host_routes:
-            plan.host_routes.append(item)
-    return plan
-
-
-def validate(cfg: TunConfig) -> None:
-    """ConfigError if `cfg` cannot be applied (what `NetConfigurator.apply` checks first)."""
-    _plan(cfg)
 
 
 class NetConfigurator:
@@ -265,7 +78,7 @@ class NetConfigurator:
 
     def apply(self, cfg: TunConfig) -> None:
         """Set MTU, bring up, add addresses and routes; on failure undo and raise ConfigError."""
-        plan = _plan(cfg)
+        plan = make_plan(cfg)
         try:
             with self._open() as nl:
                 self._apply(nl, cfg, plan)
@@ -293,7 +106,7 @@ class NetConfigurator:
         outside the TUN (bypass pins, the LAN gateway) stay if `cfg` wants them again: their
         lookup would now find the stand-ins. If `cfg` cannot be applied the stand-ins stay
         (fail closed) and go with `undo` at exit."""
-        plan = _plan(cfg)  # a ConfigError here leaves everything as it is
+        plan = make_plan(cfg)  # a ConfigError here leaves everything as it is
         if not self._steps or self._index is None:
             self.apply(cfg)
             return
@@ -356,7 +169,7 @@ class NetConfigurator:
         if self._add(nl, "route", kwargs, label):
             self._steps.append(_Step("route", kwargs, label))
 
-    def _apply(self, nl: RtnlSocket, cfg: TunConfig, plan: _Plan) -> None:
+    def _apply(self, nl: RtnlSocket, cfg: TunConfig, plan: Plan) -> None:
         link = nl.get_link(self.ifname)
         if link is None:
             raise ConfigError(f"network interface {self.ifname!r} does not exist")

@@ -24,7 +24,7 @@ from trivpn.manager.speaker import Speaker
 from trivpn.manager.tunnel import RPCLogHandler, Tunnel
 from trivpn.testing.ovpn_server import ServerOptions, client_profile
 from trivpn.testing.pki import generate_pki
-from trivpn.tun.netconfig import TunConfig
+from trivpn.tun.tunplan import TunConfig
 
 LIMIT = 20
 

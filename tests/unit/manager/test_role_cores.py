@@ -21,7 +21,7 @@ from trivpn.manager.managercore import (
 )
 from trivpn.manager.rpc import Notice, Request
 from trivpn.manager.tunnelcore import Reply, StartTunnel, StopTunnel, TunnelCore
-from trivpn.tun.netconfig import TunConfig
+from trivpn.tun.tunplan import TunConfig
 
 
 def _tm(**fields: Any) -> pb.TunnelMessage:

@@ -163,10 +163,10 @@ def test_unusable_settings_are_a_fatal_error_the_client_restarts_on(
 def test_route_metric_applies_to_the_ipv6_redirect_routes_as_in_openvpn() -> None:
     """OpenVPN adds ::/3, 2000::/4, 3000::/4 and fc00::/7 as route-ipv6 lines: route-metric
     applies to them (not to the IPv4 def1 halves)."""
-    from trivpn.tun.netconfig import _plan
+    from trivpn.tun.tunplan import make_plan
 
     cfg = plan([*SUBNET, *V6, "redirect-gateway def1 ipv6", "route-metric 20"]).tun
     assert cfg.redirect_metric6 == 20
-    metrics = {f"{r.dst}/{r.prefixlen}": r.metric for r in _plan(cfg).routes}
+    metrics = {f"{r.dst}/{r.prefixlen}": r.metric for r in make_plan(cfg).routes}
     assert metrics == {"0.0.0.0/1": None, "128.0.0.0/1": None, **{n: 20 for n in REDIRECT_NETS6}}
     assert plan([*SUBNET, *V6, "redirect-gateway def1 ipv6"]).tun.redirect_metric6 is None

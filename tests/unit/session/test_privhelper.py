@@ -21,7 +21,7 @@ from trivpn.session.privdrop import (
     plan_to_json,
 )
 from trivpn.session.scripts import ScriptRunner
-from trivpn.tun.netconfig import TunConfig
+from trivpn.tun.tunplan import TunConfig
 
 
 def _plan() -> NetPlan:

@@ -14,7 +14,7 @@ from trivpn.profile.profile import parse_profile
 from trivpn.profile.push import parse_push_options
 from trivpn.session.scripts import ScriptContext, ScriptRunner, net_gateway, script_argv, script_env
 from trivpn.testing.pki import generate_pki
-from trivpn.tun.netconfig import TunConfig
+from trivpn.tun.tunplan import TunConfig
 
 
 def _ctx(**kw: object) -> ScriptContext:

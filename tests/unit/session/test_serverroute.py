@@ -7,8 +7,8 @@ from typing import Any
 
 from trivpn.session.netapply import TunApplier
 from trivpn.session.serverroute import ServerRoutes
-from trivpn.tun.netconfig import TunConfig
 from trivpn.tun.rtnl import RTN_UNICAST, Link, NetlinkError, Route
+from trivpn.tun.tunplan import TunConfig
 
 RTN_LOCAL = 2  # rtnetlink route type "local"
 

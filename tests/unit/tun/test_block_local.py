@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from trivpn.tun import netconfig
-from trivpn.tun.netconfig import NetConfigurator, TunConfig
+from trivpn.tun.netconfig import NetConfigurator
 from trivpn.tun.rtnl import (
     IFA_LOCAL,
     NLMSG_DONE,
@@ -28,6 +28,7 @@ from trivpn.tun.rtnl import (
     parse_attrs,
     route_body,
 )
+from trivpn.tun.tunplan import TunConfig
 
 NLM_F_DUMP = 0x300
 

@@ -13,8 +13,9 @@ import ipaddress
 from typing import Any
 
 from trivpn.session.netapply import TunApplier
-from trivpn.tun.netconfig import GUARD_METRIC, TunConfig
+from trivpn.tun.netconfig import GUARD_METRIC
 from trivpn.tun.rtnl import RTN_UNICAST, RTN_UNREACHABLE, Link, NetlinkError, Route
+from trivpn.tun.tunplan import TunConfig
 
 TUN, ETH = 9, 2
 DEFAULTS = [

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from trivpn.errors import ConfigError, RemoteProtocolError
 from trivpn.tun import netconfig
-from trivpn.tun.netconfig import NetConfigurator, TunConfig
+from trivpn.tun.netconfig import NetConfigurator
 from trivpn.tun.rtnl import (
     IFF_UP,
     NLMSG_DONE,
@@ -50,6 +50,7 @@ from trivpn.tun.rtnl import (
     parse_route,
     route_body,
 )
+from trivpn.tun.tunplan import TunConfig
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
