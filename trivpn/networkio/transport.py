@@ -357,8 +357,15 @@ async def open_transport(
     report: Reporter | None = None,
     bind_to: tuple[str, int] | None = None,
 ) -> Transport:
-    """Connect a socket to `endpoint` (UDP: just fixes the peer; TCP: the handshake)."""
-    sock = _new_socket(endpoint)
+    """Connect a socket to `endpoint` (UDP: just fixes the peer; TCP: the handshake).
+
+    Every failure to reach the endpoint is a `TransportError` (a session restart): a socket
+    error such as ENETUNREACH (network down, no IPv6 route) or EAFNOSUPPORT (IPv6 disabled)
+    must lead to the next attempt or address, never end the run."""
+    try:
+        sock = _new_socket(endpoint)
+    except OSError as exc:
+        raise TransportError(f"cannot open a socket for {endpoint.describe()}: {exc.strerror or exc}") from None
     try:
         if bind_to is not None:
             try:
@@ -366,13 +373,14 @@ async def open_transport(
                 sock.bind(bind_to)
             except OSError as exc:
                 raise TransportError(f"cannot bind to {bind_to[0]} port {bind_to[1]}: {exc.strerror}") from None
-        if endpoint.proto == "udp":
-            sock.connect(endpoint.sockaddr)
-            return UDPTransport(sock, endpoint, report)
         try:
             sock.connect(endpoint.sockaddr)
         except BlockingIOError:
-            pass
+            pass  # TCP: the handshake goes on (UDP's connect never blocks)
+        except OSError as exc:
+            raise TransportError(f"cannot reach {endpoint.describe()}: {exc.strerror or exc}") from None
+        if endpoint.proto == "udp":
+            return UDPTransport(sock, endpoint, report)
         with trio.move_on_after(connect_timeout) as scope:
             await trio.lowlevel.wait_writable(sock)
         if scope.cancelled_caught:
