@@ -10,7 +10,9 @@ hands out what was already delivered and then raises `trio.EndOfChannel`, `send`
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +22,7 @@ from trio_util import AsyncValue  # type: ignore[import-untyped]  # trio-util sh
 from trivpn.api.events import Broadcast, Counters, Down, Reconnecting, Renegotiated, TunnelEvent, Up
 from trivpn.api.failures import raise_cause
 from trivpn.engine import Engine, userspace_tun
+from trivpn.errors import ConfigError
 from trivpn.profile.profile import Profile, load_profile
 from trivpn.profile.push import PushedSettings
 from trivpn.session.config import HAND_WINDOW, SessionConfig
@@ -163,6 +166,21 @@ def _data_drops(session: object | None) -> int:
     return int(stats.drop_auth + stats.drop_replay + stats.drop_malformed + stats.drop_no_key + stats.drop_compression)
 
 
+#: `family` as documented (socket.AF_INET/AF_INET6), and the IP versions the CLI passes.
+_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6, 4: 4, 6: 6}
+
+
+def _family(family: int | None) -> int | None:
+    """The session's IP version (4/6) for `connect(family=...)`: the documented values are
+    socket.AF_INET and AF_INET6, which the session config (4 or 6) refused before."""
+    if family is None:
+        return None
+    try:
+        return _FAMILIES[family]
+    except (KeyError, TypeError):
+        raise ConfigError(f"family must be socket.AF_INET or socket.AF_INET6, not {family!r}") from None
+
+
 @asynccontextmanager
 async def connect(
     profile: str | os.PathLike[str] | Profile,
@@ -186,6 +204,11 @@ async def connect(
     all `TrivpnError`), with the engine's exception group as its `__context__`; the group
     itself when it holds several unrelated errors (see `trivpn.api.failures`).
     """
+    family = _family(family)
+    if not 0 < hand_window < math.inf:  # also refuses nan
+        raise ConfigError(f"hand_window must be a number of seconds above 0, not {hand_window!r}")
+    if connect_timeout is not None and not connect_timeout > 0:
+        raise ConfigError(f"connect_timeout must be None or seconds above 0, not {connect_timeout!r}")
     if not isinstance(profile, Profile):
         profile = await trio.to_thread.run_sync(load_profile, profile)
     config = SessionConfig.from_profile(

@@ -82,6 +82,35 @@ def _free_udp_port() -> int:
         return port
 
 
+async def test_family_takes_the_documented_socket_constants() -> None:
+    """docs/api.md: `family=socket.AF_INET` or `AF_INET6`; both were refused ("must be 4 or 6")."""
+    pki = shared_pki()
+    with trio.fail_after(BOUND):
+        async with trivpn.serve(server_config(pki)) as server:
+            profile = parse_profile(client_profile(pki, server.addresses[0][1]))
+            async with trivpn.connect(profile, reconnect=False, family=socket.AF_INET) as tunnel:
+                assert tunnel.info.remote.endswith("(udp4)")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "why"),
+    [
+        ("family", socket.AF_UNIX, "family must be socket.AF_INET or socket.AF_INET6"),
+        ("hand_window", 0, "hand_window must be"),
+        ("hand_window", -1.0, "hand_window must be"),
+        ("hand_window", float("nan"), "hand_window must be"),  # was trio's ValueError
+        ("connect_timeout", 0, "connect_timeout must be"),  # was a TransportError after 60 s
+        ("connect_timeout", -5.0, "connect_timeout must be"),
+        ("connect_timeout", float("nan"), "connect_timeout must be"),  # was: never give up
+    ],
+)
+async def test_unusable_arguments_are_config_errors(keyword: str, value: float, why: str) -> None:
+    profile = parse_profile(client_profile(shared_pki(), 9))  # never contacted
+    with trio.fail_after(BOUND), pytest.raises(trivpn.ConfigError, match=why):
+        async with trivpn.connect(profile, **{keyword: value}):  # type: ignore[arg-type]
+            pytest.fail("connected")
+
+
 async def test_state_events_and_info_follow_a_reconnect() -> None:
     pki = shared_pki()
     port = _free_udp_port()
