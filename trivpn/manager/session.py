@@ -170,19 +170,24 @@ class ManagedTunnel:
             except trio.WouldBlock:
                 self.dropped_updates += 1
             if action.request is not None:
-                await self.speaker.reply(action.request, pb.ManagerMessage())
+                await self._reply(action.request, pb.ManagerMessage())
         elif isinstance(action, ApplySettings):
             error: TrivpnError | OSError | None = None
             try:
                 await self._apply(action.settings)
             except (TrivpnError, OSError) as exc:
                 error = exc
-            try:
-                await self.speaker.reply(action.request, self.core.settings_answer(error))
-            except RPCClosed:
-                pass
+            await self._reply(action.request, self.core.settings_answer(error))
         elif isinstance(action, EmptyReply):
-            await self.speaker.reply(action.request, pb.ManagerMessage())
+            await self._reply(action.request, pb.ManagerMessage())
+
+    async def _reply(self, request: Request, msg: pb.ManagerMessage) -> None:
+        """Answer the tunnel; a tunnel that hung up meanwhile is no error here (the stream's
+        end closes `closed` and the updates), as on the tunnel's side."""
+        try:
+            await self.speaker.reply(request, msg)
+        except RPCClosed as exc:
+            log.debug("reply to %d not sent: %s", request.msg_id, exc)
 
     def _undo(self) -> None:
         self._dns.undo()

@@ -265,6 +265,34 @@ async def test_manager_role_handles_what_the_tunnel_sends(caplog: pytest.LogCapt
             await managed.closed.wait()
 
 
+@pytest.mark.parametrize("kind", ["peer_update", "start"])  # a pushed update as a request; an unknown one
+async def test_manager_role_survives_a_tunnel_hanging_up_before_its_answer(kind: str) -> None:
+    """A request answered after the tunnel hung up used to raise RPCClosed out of
+    `_serve` (and so out of `open_tunnel`), where the settings answer was already quiet."""
+    with trio.fail_after(LIMIT):
+        a, b = trio.testing.memory_stream_pair()
+        speaker = Speaker(a, "manager")
+        peer = RawPeer(b)
+        await peer.write(b"trivpn tunnel 1.0\n")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(speaker.run)
+            assert await peer.read_line() == b"trivpn manager 1.0\n"
+            managed = ManagedTunnel(speaker, "tvpn9", None)  # type: ignore[arg-type]
+
+            async def apply_after_hang_up(req: pb.NetworkSettingsRequest) -> None:
+                await speaker.wait_closed()  # the next request is answered on a closed stream
+
+            managed._apply = apply_after_hang_up  # type: ignore[method-assign]
+            nursery.start_soon(managed._serve)
+            await peer.write(
+                frame(pb.TunnelMessage(rpc={"msg_id": 1}, network_settings={}))
+                + frame(pb.TunnelMessage(rpc={"msg_id": 2}, **{kind: {}}))
+            )
+            await peer.stream.aclose()
+            await managed.closed.wait()
+            assert [u async for u in managed.peer_updates()] == [pb.PeerUpdate()] * (kind == "peer_update")
+
+
 async def test_tunnel_process_serves_over_a_unix_socket(tmp_path: pytest.TempPathFactory) -> None:
     """`--rpc-socket`: the tunnel connects, forwards its logs, answers Stop last, hangs up."""
     from trivpn.manager.process import open_rpc_stream, serve_manager
