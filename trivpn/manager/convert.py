@@ -15,9 +15,17 @@ import re
 
 from trivpn.errors import RemoteProtocolError
 from trivpn.manager import manager_pb2 as pb
+from trivpn.profile.checks import Invalid
+from trivpn.profile.netopts import domain
 from trivpn.tun.tunplan import REDIRECT_DEF1_V4, REDIRECT_DEF1_V6, TunConfig
 
-__all__ = ["network_settings_request", "parse_remote", "tun_config_from_request", "tunnel_overhead"]
+__all__ = [
+    "dns_from_request",
+    "network_settings_request",
+    "parse_remote",
+    "tun_config_from_request",
+    "tunnel_overhead",
+]
 
 _REMOTE = re.compile(r"^\[?([0-9A-Fa-f:.]+)\]?:(\d+) \((udp|tcp)([46])\)$")
 #: Data-channel overhead on top of the outer IP and transport headers: opcode + peer-id
@@ -26,6 +34,7 @@ DATA_OVERHEAD = 24
 #: Upper bounds on what a request may hold (the manager's own sanity limits).
 MAX_ADDRESSES = 64
 MAX_ROUTES = 4096
+MAX_DNS = 64
 
 
 def parse_remote(remote: str) -> tuple[str, str, int] | None:
@@ -179,3 +188,32 @@ def tun_config_from_request(req: pb.NetworkSettingsRequest) -> TunConfig:
             raise _bad("excluded IPv6 route (only host routes)", f"{r6.destination}/{r6.prefix_length}")
         cfg.server_addresses.append(_ip(r6.destination, 6, "excluded route"))
     return cfg
+
+
+def dns_from_request(req: pb.NetworkSettingsRequest) -> tuple[list[str], list[str]]:
+    """(servers, search domains) for the manager's ``resolvectl`` calls, checked.
+
+    The request comes from the unprivileged tunnel and ends up as arguments of a command run
+    as root: only plain IP addresses (no ``%ifname`` scope, which would send the queries
+    out of another interface) and domain names (never an option such as ``--interface``)
+    pass, as the tunnel's own PUSH_REPLY parser allows.
+    """
+    dns = req.dns_settings
+    if len(dns.servers) > MAX_DNS or len(dns.search_domains) > MAX_DNS:
+        raise RemoteProtocolError("network settings: too many DNS servers or domains")
+    servers = []
+    for text in dns.servers:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise _bad("DNS server", text) from None
+        if getattr(ip, "scope_id", None):
+            raise _bad("DNS server", text)
+        servers.append(str(ip))
+    domains = []
+    for name in dns.search_domains:
+        try:
+            domains.append(domain(name))
+        except Invalid:
+            raise _bad("DNS domain", name) from None
+    return servers, domains

@@ -33,7 +33,7 @@ import trio
 
 from trivpn.errors import ConfigError, FatalError, TrivpnError
 from trivpn.manager import manager_pb2 as pb
-from trivpn.manager.convert import tun_config_from_request
+from trivpn.manager.convert import dns_from_request, tun_config_from_request
 from trivpn.manager.managercore import (
     ApplySettings,
     EmptyReply,
@@ -140,12 +140,12 @@ class ManagedTunnel:
         from trivpn.tun.netconfig import NetConfigurator
 
         cfg = tun_config_from_request(req)
+        servers, domains = dns_from_request(req)  # before anything changes
         if self._configurator is not None:
             self._configurator.undo()
         self._configurator = NetConfigurator(self.ifname)
         await trio.to_thread.run_sync(self._configurator.apply, cfg)
-        dns = req.dns_settings
-        await trio.to_thread.run_sync(self._dns.apply, list(dns.servers), list(dns.search_domains))
+        await trio.to_thread.run_sync(self._dns.apply, servers, domains)
         self.network_settings = req
         log.info("network settings applied on %s: %s", self.ifname, ", ".join(self._configurator.applied) or "nothing")
 

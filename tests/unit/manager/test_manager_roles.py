@@ -91,6 +91,49 @@ def test_malformed_settings_are_remote_errors(req: pb.NetworkSettingsRequest, wh
         tun_config_from_request(req)
 
 
+@pytest.mark.parametrize(
+    ("servers", "domains", "why"),
+    [
+        (["--interface=eth0"], [], "DNS server"),  # an option for the root-run resolvectl
+        (["fe80::1%eth0"], [], "DNS server"),  # queries out of another interface
+        (["10.8.0.1#dns.example"], [], "DNS server"),
+        ([], ["-i"], "DNS domain"),
+        ([], ["~."], "DNS domain"),
+        (["10.8.0.1"] * 65, [], "too many"),
+    ],
+)
+async def test_manager_checks_dns_before_configuring_anything(
+    monkeypatch: pytest.MonkeyPatch, servers: list[str], domains: list[str], why: str
+) -> None:
+    """The tunnel is unprivileged: its DNS strings became arguments of resolvectl run as
+    root, unchecked, after the addresses and routes were already applied."""
+    ran: list[object] = []
+
+    class Recorder:
+        def __init__(self, ifname: str) -> None:
+            self.applied: list[str] = []
+
+        def apply(self, cfg: TunConfig) -> None:
+            ran.append(cfg)
+
+        def undo(self) -> None:
+            pass
+
+    monkeypatch.setattr("trivpn.tun.netconfig.NetConfigurator", Recorder)
+    managed = ManagedTunnel(None, "tvpn9", None)  # type: ignore[arg-type]
+    monkeypatch.setattr(managed._dns, "apply", lambda *args: ran.append(args))
+    req = pb.NetworkSettingsRequest(
+        ipv4_settings={"addrs": ["10.8.0.2"], "subnet_masks": ["255.255.255.0"]},
+        dns_settings={"servers": servers, "search_domains": domains},
+    )
+    with pytest.raises(RemoteProtocolError, match=why):
+        await managed._apply(req)
+    assert ran == []
+    good = pb.NetworkSettingsRequest(dns_settings={"servers": ["10.8.0.1", "fd00::1"], "search_domains": ["vpn.example"]})
+    await managed._apply(good)
+    assert ran[1] == (["10.8.0.1", "fd00::1"], ["vpn.example"])
+
+
 # ---------------------------------------------------------------- tunnel role
 
 
