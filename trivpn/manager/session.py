@@ -24,7 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -254,23 +254,23 @@ async def _protocol(tunnel: ManagedTunnel, start: pb.ManagerMessage, start_timeo
     """Speak to the tunnel: handshake, serve it, Start (bounded); on exit Stop (bounded)."""
     speaker = tunnel.speaker
     # The protocol tasks are shielded: when our caller is cancelled, they must still
-    # carry Stop and its answer. They are cancelled explicitly at the very end.
-    protocol_scopes: list[trio.CancelScope] = []
+    # carry Stop and its answer. They are cancelled explicitly at the very end, so their
+    # scopes exist before the tasks run, and the tasks are started with start_soon: a task
+    # shielded inside `nursery.start` that is cancelled before `started()` stays in
+    # start()'s own nursery, and start() (so this function, so its `finally`) waits for it
+    # for ever.
+    protocol_scopes = [trio.CancelScope(shield=True), trio.CancelScope(shield=True)]
 
-    async def protected(fn: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope(shield=True) as scope:
-            protocol_scopes.append(scope)
-            await fn(task_status=task_status)
-
-    async def serve(task_status: trio.TaskStatus[None]) -> None:
-        task_status.started()
-        await tunnel._serve()
+    async def protected(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
+        with scope:
+            await fn()
 
     async with trio.open_nursery() as nursery:
         try:
-            version = await nursery.start(protected, speaker.run)
+            nursery.start_soon(protected, protocol_scopes[0], speaker.run)
+            nursery.start_soon(protected, protocol_scopes[1], tunnel._serve)  # waits for requests
+            version = await speaker.wait_ready()
             log.debug("protocol version %s with tunnel %d", version, tunnel.pid)
-            await nursery.start(protected, serve)
             answer = None
             with trio.move_on_after(start_timeout) as scope:
                 try:
@@ -281,7 +281,7 @@ async def _protocol(tunnel: ManagedTunnel, start: pb.ManagerMessage, start_timeo
             yield
         finally:
             with trio.CancelScope(shield=True):
-                if len(protocol_scopes) == 2 and not speaker.finished:
+                if speaker.version is not None and not speaker.finished:
                     with trio.move_on_after(STOP_TIMEOUT):
                         try:
                             await tunnel.stop()

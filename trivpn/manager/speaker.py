@@ -160,6 +160,7 @@ class Speaker:
         self._req_s, self.requests = trio.open_memory_channel[list[Request | Notice]](queue_size)
         self._ready = trio.Event()
         self._done = trio.Event()
+        self._failure: TrivpnError | None = None  # why the handshake failed
 
     @property
     def closed_reason(self) -> str | None:
@@ -222,6 +223,16 @@ class Speaker:
     async def wait_closed(self) -> None:
         await self._done.wait()
 
+    async def wait_ready(self) -> Version:
+        """The negotiated version once `run` (started with start_soon) has done the handshake;
+        HandshakeError like `run`'s when it failed, RPCClosed when the speaker stopped first."""
+        await self._ready.wait()
+        if self.version is not None:
+            return self.version
+        if self._failure is not None:
+            raise HandshakeError(str(self._failure))
+        raise self.core.closed_error()
+
     async def handshake(self) -> Version:
         """Exchange headers (concurrently, bounded in time); the negotiated version."""
         return await exchange_headers(self.stream, self.core, trio.current_time())
@@ -234,6 +245,7 @@ class Speaker:
                 self.version = await self.handshake()
             except TrivpnError as exc:
                 reason = f"{exc}"
+                self._failure = exc
                 raise
             reason = "speaker stopped"
             self._ready.set()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import struct
+import types
 
 import pytest
 import trio
@@ -334,6 +336,44 @@ async def test_manager_role_survives_a_tunnel_hanging_up_before_its_answer(kind:
             await peer.stream.aclose()
             await managed.closed.wait()
             assert [u async for u in managed.peer_updates()] == [pb.PeerUpdate()] * (kind == "peer_update")
+
+
+async def test_cancelling_the_manager_during_the_handshake_does_not_hang() -> None:
+    """The protocol tasks are shielded (they must carry Stop); started with `nursery.start`,
+    a cancel that came before the tunnel's header left the speaker in start()'s own
+    nursery, where the scope that ends it (cancelled in `_protocol`'s finally) never came:
+    `trivpn manage` interrupted in its first second hung for good."""
+    from trivpn.manager.session import _protocol
+
+    a, b = trio.testing.memory_stream_pair()
+    process = types.SimpleNamespace(pid=4321)
+    managed = ManagedTunnel(Speaker(a, "manager"), "tvpn9", process)  # type: ignore[arg-type]
+    peer = RawPeer(b)
+    start = pb.ManagerMessage(start={"profile_text": "remote x\n"})
+    done = trio.Event()
+    entered = False
+
+    async def manager(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        nonlocal entered
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with _protocol(managed, start, 60):
+                entered = True
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        scope = await nursery.start(manager)
+        assert await peer.read_line() == b"trivpn manager 1.0\n"
+        scope.cancel()  # before the tunnel's header
+        await trio.sleep(0.01)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await peer.write(b"trivpn tunnel 1.0\n")  # the manager hangs up instead (now)
+        with trio.move_on_after(2):  # fail_after cannot reach into the shielded hang
+            await done.wait()
+        hung = not done.is_set()
+        await peer.stream.aclose()  # what ends the old hang, so the test itself ends
+    assert not hung, "cancelled _protocol did not return"
+    assert not entered and managed.speaker.finished
 
 
 async def test_tunnel_process_serves_over_a_unix_socket(tmp_path: pytest.TempPathFactory) -> None:
