@@ -105,7 +105,7 @@ async def open_rpc_stream(read_fd: int | None, write_fd: int | None, socket_path
     for fd in (read_fd, write_fd):
         try:
             os.fstat(fd)
-        except OSError:
+        except (OSError, OverflowError):  # OverflowError: beyond a C int (a typo)
             raise ConfigError(f"fd {fd} is not open in the tunnel process") from None
     if read_fd == write_fd:
         raise ConfigError("--rpc-read-fd and --rpc-write-fd must differ")

@@ -415,5 +415,7 @@ async def test_rpc_stream_arguments_are_checked() -> None:
         await open_rpc_stream(None, 5, None)
     with pytest.raises(ConfigError, match="not open"):
         await open_rpc_stream(1000, 1001, None)
+    with pytest.raises(ConfigError, match="fd 99999999999 is not open"):  # was "internal error: OverflowError"
+        await open_rpc_stream(99999999999, 1, None)
     with pytest.raises(ConfigError, match="cannot connect"):
         await open_rpc_stream(None, None, "/nonexistent/rpc.sock")
