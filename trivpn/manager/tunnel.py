@@ -48,6 +48,7 @@ from trivpn.manager.tunnelcore import (
     StopTunnel,
     TunnelCore,
 )
+from trivpn.session.runevents import SessionRetry
 
 if TYPE_CHECKING:
     from trivpn.engine import Engine
@@ -149,6 +150,7 @@ def prepare_engine(
     start: pb.StartRequest,
     on_tunnel_up: Callable[[Any], Awaitable[None]],
     rpc_fds: frozenset[int] = frozenset(),
+    on_event: Callable[[Any], None] | None = None,
 ) -> tuple[Engine, Any, str]:
     """Engine, TUN device and peer name from a StartRequest (ConfigError: one line)."""
     from trivpn.engine import Engine, inherited_tun
@@ -172,7 +174,7 @@ def prepare_engine(
         username=start.username,
         password=start.password,
     )
-    engine = Engine(config, device, configure_tun=False, on_tunnel_up=on_tunnel_up)
+    engine = Engine(config, device, configure_tun=False, on_tunnel_up=on_tunnel_up, on_event=on_event)
     return engine, device, profile.remotes[0].host if profile.remotes else ""
 
 
@@ -258,7 +260,7 @@ class Tunnel:
         try:
             try:
                 engine, self.device, name = prepare_engine(
-                    request.message.start, self._on_tunnel_up, self.rpc_fds
+                    request.message.start, self._on_tunnel_up, self.rpc_fds, self._run_event
                 )
             except TrivpnError as exc:
                 self._engine_done.set()
@@ -288,6 +290,12 @@ class Tunnel:
             self._engine_done.set()
             self._settled.set()
             self.core.engine_finished(error)
+            self._push()
+
+    def _run_event(self, event: Any) -> None:
+        """The engine's events (synchronous, must not block): a reconnect is a state change."""
+        if isinstance(event, SessionRetry):
+            self.core.session_retry()
             self._push()
 
     async def _on_tunnel_up(self, info: Any) -> None:

@@ -16,7 +16,7 @@ not serve), or None (a one-way message, ignored). A process serves one Start:
 
 **Start.** The service prepares the engine; :meth:`start_failed` records a failure before
 the engine ran, :meth:`engine_prepared`, :meth:`engine_started` and :meth:`engine_finished`
-frame its run. While connecting, the engine asks for the network settings: :meth:`network_settings_request`
+frame its run; :meth:`session_retry` reports a reconnect. While connecting, the engine asks for the network settings: :meth:`network_settings_request`
 builds the request from the PUSH_REPLY, and :meth:`receive_network_settings` accepts the
 manager's answer (the tunnel is then up) or raises :class:`FatalError`, which fails the
 engine. Start is answered (:meth:`start_reply`) once the tunnel is up or the engine ended.
@@ -178,6 +178,13 @@ class TunnelCore:
         """The engine ended (`error`: one line, empty for a clean stop)."""
         self.engine_done = True
         self._set_state(pb.Peer.FAILED if error else pb.Peer.DISCONNECTED, error)
+
+    def session_retry(self) -> None:
+        """A session ended and the engine reconnects: CONNECTING again. Without this the
+        manager kept showing CONNECTED for as long as the server stayed away."""
+        if self.engine_done or self.peer.state in (pb.Peer.CONNECTING, pb.Peer.DISCONNECTING):
+            return
+        self._set_state(pb.Peer.CONNECTING)
 
     def network_settings_request(self, info: Any) -> pb.TunnelMessage:
         """The request for the manager, from the engine's tunnel-up info (the PUSH_REPLY)."""

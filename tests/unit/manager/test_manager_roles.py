@@ -249,6 +249,38 @@ async def test_tunnel_stop_while_connecting_answers_start_then_stop(
             pass  # the engine's cleanup closed it
 
 
+async def test_engine_reconnects_are_pushed_to_the_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare_engine hands the engine the tunnel's event hook; a SessionRetry pushes
+    CONNECTING (the peer stayed CONNECTED through every reconnect before)."""
+    from trivpn.manager.tunnel import prepare_engine
+    from trivpn.session.runevents import SessionRetry
+
+    monkeypatch.setattr("trivpn.manager.tunnel.check_tun_fd", lambda fd, rpc_fds=frozenset(): "t0")
+    text = client_profile(generate_pki(), ServerOptions(proto="udp", wrap="tls-crypt"), "127.0.0.1")
+    r, w = os.pipe()
+    try:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                _, peer, tunnel = await _tunnel(nursery)
+
+                async def up(info: object) -> None:
+                    pass
+
+                start = pb.StartRequest(profile_text=text, tunnel_file_descriptor=r)
+                engine, device, _ = prepare_engine(start, up, frozenset(), tunnel._run_event)
+                assert engine.client.on_event == tunnel._run_event
+                device.close()
+                tunnel.core.peer.state = pb.Peer.CONNECTED
+                tunnel._run_event(SessionRetry("server restarted", 2.0))
+                update, _ = await _read_until(peer, "peer_update")
+                assert update.peer_update.upserted_peers[0].state == pb.Peer.CONNECTING
+                nursery.cancel_scope.cancel()
+    finally:
+        for fd in (r, w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 async def test_log_records_become_log_messages() -> None:
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:

@@ -113,6 +113,26 @@ def test_network_settings_then_up_then_stop() -> None:
     assert core.stop_reply().stop.success
 
 
+def test_a_reconnect_reports_connecting_again() -> None:
+    """The engine reconnecting (server restart, ping-restart) left the peer CONNECTED."""
+    core = TunnelCore()
+    core.claim_start()
+    core.engine_started()
+    core.session_retry()  # a first attempt that failed: still connecting, nothing new
+    core.receive_network_settings(_mm(network_settings={"success": True}), INFO, wall=1.0)
+    assert _states(core) == [pb.Peer.CONNECTING, pb.Peer.CONNECTED]
+    core.session_retry()
+    core.session_retry()
+    assert _states(core) == [pb.Peer.CONNECTING]
+    core.receive_network_settings(_mm(network_settings={"success": True}), INFO, wall=2.0)
+    assert _states(core) == [pb.Peer.CONNECTED]
+    assert core.stop_engine()
+    core.session_retry()  # a stop under way stays DISCONNECTING
+    core.engine_finished("")
+    core.session_retry()
+    assert _states(core) == [pb.Peer.DISCONNECTING, pb.Peer.DISCONNECTED]
+
+
 @pytest.mark.parametrize(
     ("answer", "why"),
     [
