@@ -48,29 +48,37 @@ QUEUE_SIZE = 64
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
+def _why(exc: BaseException) -> str:
+    """An I/O failure in words: trio's BrokenResourceError for a closed pipe has no text."""
+    if str(exc):
+        return str(exc)
+    return "the peer hung up" if isinstance(exc, trio.BrokenResourceError) else type(exc).__name__
+
+
 async def exchange_headers(stream: trio.abc.Stream, core: SpeakerCore, now: float) -> Version:
     """Write our header while reading the peer's, under the core's deadline."""
     core.start_handshake(now)
 
-    async def write_header() -> None:
+    async def write_header(scope: trio.CancelScope) -> None:
         try:
             await stream.send_all(core.header)
         except _IO_ERRORS as exc:
-            core.write_failed(str(exc))
+            core.write_failed(_why(exc))
+            scope.cancel()  # no point waiting for the peer's header until the deadline
 
     async def read_header(scope: trio.CancelScope) -> None:
         try:
             while not core.receive_header_data(await stream.receive_some(1)):
                 pass
         except _IO_ERRORS as exc:
-            core.read_failed(str(exc))
+            core.read_failed(_why(exc))
         if core.handshake_failed:
             scope.cancel()  # no point finishing our write
 
     deadline = core.get_timer()
     with trio.move_on_at(deadline if deadline is not None else now) as timer:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(write_header)
+            nursery.start_soon(write_header, nursery.cancel_scope)
             nursery.start_soon(read_header, nursery.cancel_scope)
     if timer.cancelled_caught:
         core.handle_timer(trio.current_time())
@@ -109,9 +117,9 @@ async def read_frames(
         try:
             data = await stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, OSError) as exc:
-            core.read_failed(str(exc))
+            core.read_failed(_why(exc))
         except trio.ClosedResourceError as exc:
-            core.read_failed(str(exc), closed=True)
+            core.read_failed(_why(exc), closed=True)
         else:
             core.receive_data(data)
 
@@ -125,7 +133,7 @@ async def write_frames(
             try:
                 await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
             except _IO_ERRORS as exc:
-                core.write_failed(str(exc))
+                core.write_failed(_why(exc))
                 return
             if core.last_frame_written(frames.statistics().current_buffer_used):
                 send_eof = getattr(stream, "send_eof", None)

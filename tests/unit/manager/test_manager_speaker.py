@@ -8,6 +8,7 @@ by `fail_after`, with trio's autojump clock where a deadline must pass.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 
 import pytest
@@ -115,6 +116,21 @@ async def test_peer_hangs_up_during_handshake() -> None:
         await b.aclose()
         with pytest.raises(HandshakeError, match="hung up|could not send"):
             await speaker.run()
+
+
+async def test_a_broken_pipe_ends_the_handshake_at_once_and_is_named() -> None:
+    """A pipe whose reader is gone: trio's BrokenResourceError has no text, so the reason
+    read "could not send our header: ", and only after the 5 s deadline."""
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    os.close(out_r)  # our writes fail; the peer's side stays silent
+    stream = trio.StapledStream(trio.lowlevel.FdStream(out_w), trio.lowlevel.FdStream(in_r))
+    try:
+        with trio.fail_after(1):
+            with pytest.raises(HandshakeError, match="^could not send our header: the peer hung up$"):
+                await Speaker(stream, "manager").run()
+    finally:
+        os.close(in_w)
 
 
 async def _hang_up_case(data: bytes) -> tuple[Speaker, RawPeer, list[BaseException]]:
