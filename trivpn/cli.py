@@ -386,6 +386,8 @@ def _observe_options(profile: Profile, args: argparse.Namespace) -> tuple[Any, A
     if args.management:
         host, sep, port = args.management.rpartition(":")
         if sep and port.isascii() and port.isdigit():
+            if not 0 < int(port) < 65536:  # the kernel would take it modulo 65536, silently
+                raise ConfigError(f"--management port must be 1..65535, not {port}")
             mgmt = (host.strip("[]"), int(port), None)
         else:
             mgmt = (os.path.abspath(args.management), None, None)

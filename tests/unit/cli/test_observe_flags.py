@@ -48,3 +48,10 @@ def test_flags_win(tmp_path: Path) -> None:
 def test_bad_status_flag(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--status takes FILE"):
         _options(tmp_path, "", "--status", "a", "b")
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "65536"])
+def test_management_port_out_of_range(tmp_path: Path, port: str) -> None:
+    """99999 was accepted and the interface listened on 99999 % 65536 = 34463."""
+    with pytest.raises(ConfigError, match=f"--management port must be 1..65535, not {port}"):
+        _options(tmp_path, "", "--management", f"127.0.0.1:{port}")
