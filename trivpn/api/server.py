@@ -103,6 +103,29 @@ class ServedServer:
             await self._ended.wait()
 
 
+def _check_port(port: object, what: str) -> None:
+    """A port the kernel takes as given: it keeps 16 bits, so 70000 listened on 4464."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: the port must be 0..65535, not {port!r}")
+
+
+def _listeners(listeners: Sequence[tuple[str, str, int]]) -> tuple[Listener, ...]:
+    """`serve(listeners=...)` checked: any proto but tcp was served as UDP before."""
+    out = []
+    for item in listeners:
+        try:
+            proto, host, port = item
+        except (TypeError, ValueError):
+            raise ConfigError(f"listeners: each must be (proto, host, port), not {item!r}") from None
+        if proto not in ("udp", "tcp"):
+            raise ConfigError(f"listeners: proto must be 'udp' or 'tcp', not {proto!r}")
+        _check_port(port, "listeners")
+        out.append(Listener(proto, port, host))
+    if not out:
+        raise ConfigError("listeners: give at least one (proto, host, port)")
+    return tuple(out)
+
+
 @asynccontextmanager
 async def serve(
     config: ServerConfig | str | os.PathLike[str],
@@ -124,9 +147,9 @@ async def serve(
     if not isinstance(config, ServerConfig):
         config = await trio.to_thread.run_sync(load_server_config, config)
     if listeners is not None:
-        config = dataclasses.replace(
-            config, listeners=tuple(Listener(proto, port, host) for proto, host, port in listeners)
-        )
+        config = dataclasses.replace(config, listeners=_listeners(listeners))
+    if metrics_addr is not None:
+        _check_port(metrics_addr[1], "metrics_addr")
     if tun not in ("userspace", "kernel"):
         raise ConfigError(f"tun must be 'userspace' or 'kernel', not {tun!r}")
     device = UserspaceTun("srvtun", mtu=config.tun_mtu or 1500) if tun == "userspace" else None

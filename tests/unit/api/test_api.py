@@ -111,6 +111,23 @@ async def test_unusable_arguments_are_config_errors(keyword: str, value: float, 
             pytest.fail("connected")
 
 
+@pytest.mark.parametrize(
+    ("keywords", "why"),
+    [
+        ({"listeners": [("sctp", "127.0.0.1", 0)]}, "proto must be 'udp' or 'tcp'"),  # was served as UDP
+        ({"listeners": [("udp", "127.0.0.1", 70000)]}, "port must be 0..65535"),  # was port 4464
+        ({"listeners": [("udp", "127.0.0.1", -1)]}, "port must be 0..65535"),
+        ({"listeners": [("udp", "127.0.0.1")]}, r"each must be \(proto, host, port\)"),
+        ({"listeners": []}, "at least one"),  # was a server no client could reach
+        ({"metrics_addr": ("127.0.0.1", 70000)}, "port must be 0..65535"),
+    ],
+)
+async def test_serve_refuses_unusable_listeners(keywords: dict[str, object], why: str) -> None:
+    with trio.fail_after(BOUND), pytest.raises(trivpn.ConfigError, match=why):
+        async with trivpn.serve(server_config(shared_pki()), **keywords):  # type: ignore[arg-type]
+            pytest.fail("served")
+
+
 async def test_state_events_and_info_follow_a_reconnect() -> None:
     pki = shared_pki()
     port = _free_udp_port()
