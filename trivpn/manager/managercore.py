@@ -50,6 +50,15 @@ _PY_LEVEL = {
 }
 
 
+def _printable(text: str) -> str:
+    """`text` with every character that is not printable escaped (\\x1b, \\n, ...): the
+    unprivileged tunnel's log text lands in the privileged manager's terminal and log file,
+    where a newline would forge a line and an escape sequence would drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dataclass(slots=True)
 class RelayLog:
     """Log `message` + `extra` at `level`, naming the tunnel's `logger`."""
@@ -138,7 +147,10 @@ class ManagerCore:
             names = entry.logger_names
             logger = ".".join(names[1:]) if names[:1] == ["trivpn"] else ".".join(names)
             extra = "".join(f" [{f.name}={f.value}]" for f in entry.fields if f.name != "time")
-            return RelayLog(_PY_LEVEL.get(entry.level, logging.INFO), entry.message, extra, logger)
+            return RelayLog(
+                _PY_LEVEL.get(entry.level, logging.INFO), _printable(entry.message),
+                _printable(extra), _printable(logger),
+            )
         if item.kind == "peer_update":
             for peer in msg.peer_update.upserted_peers:
                 self.peer = peer

@@ -246,6 +246,19 @@ def test_manager_relays_logs_with_the_tunnel_logger_name() -> None:
     assert isinstance(other, RelayLog) and (other.level, other.logger) == (logging.CRITICAL, "app.x")
 
 
+def test_relayed_log_text_cannot_forge_lines_or_drive_the_terminal() -> None:
+    """The tunnel is unprivileged: its text went as-is into the manager's terminal and log."""
+    core = ManagerCore()
+    entry = {"message": "ok\n12:00:00 managed tunnel up\x1b[2J", "logger_names": ["trivpn", "a\rb"],
+             "fields": [{"name": "error", "value": "x\x07"}]}
+    action = core.receive(_item(log=entry))
+    assert action == RelayLog(
+        logging.DEBUG, "ok\\n12:00:00 managed tunnel up\\x1b[2J", " [error=x\\x07]", "a\\rb"
+    )
+    plain = core.receive(_item(log={"message": "tunnel up: 10.8.0.2/24 — AES-256-GCM"}))
+    assert isinstance(plain, RelayLog) and plain.message == "tunnel up: 10.8.0.2/24 — AES-256-GCM"
+
+
 def test_manager_keeps_the_latest_peer_and_answers_requests() -> None:
     core = ManagerCore()
     pushed = core.receive(_item(peer_update={"upserted_peers": [{"name": "a"}, {"name": "b"}]}))
