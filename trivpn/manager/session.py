@@ -54,6 +54,8 @@ START_TIMEOUT = 90.0
 STOP_TIMEOUT = 10.0
 EXIT_TIMEOUT = 5.0
 PEER_QUEUE = 64
+#: How long a started tunnel's CONNECTED PeerUpdate is waited for before `open_tunnel` yields.
+PEER_WAIT = 1.0
 
 def tunnel_command(read_fd: int, write_fd: int, *, user: str | None, verbose: bool = False) -> list[str]:
     """The argv that starts a tunnel process speaking on the two fds."""
@@ -110,6 +112,15 @@ class ManagedTunnel:
         self._updates_s, self._updates_r = trio.open_memory_channel[pb.PeerUpdate](PEER_QUEUE)
         self._configurator: Any = None
         self._dns = _DNS(ifname)
+        self._peer_noted = trio.Event()  # set (and replaced) on every PeerUpdate handled
+
+    async def _wait_connected(self) -> None:
+        """Until `peer` is CONNECTED. The tunnel pushes that before it answers Start, but
+        our reader hands the answer to `request()` at once while the push waits for `_serve`,
+        so `open_tunnel` yielded a `peer` still CONNECTING (`trivpn manage`: "up on tvpn0: "
+        without addresses)."""
+        while self.core.peer is None or self.core.peer.state != pb.Peer.CONNECTED:
+            await self._peer_noted.wait()
 
     @property
     def pid(self) -> int:
@@ -165,6 +176,8 @@ class ManagedTunnel:
         if isinstance(action, RelayLog):
             tunnel_log.log(action.level, "%s%s", action.message, action.extra, extra={"tunnel_logger": action.logger})
         elif isinstance(action, NotePeerUpdate):
+            self._peer_noted.set()
+            self._peer_noted = trio.Event()
             try:
                 self._updates_s.send_nowait(action.update)
             except trio.WouldBlock:
@@ -278,6 +291,8 @@ async def _protocol(tunnel: ManagedTunnel, start: pb.ManagerMessage, start_timeo
                 except RPCClosed as exc:
                     raise FatalError(f"the tunnel process ended during Start ({exc})") from None
             tunnel.core.check_start(answer, timed_out=scope.cancelled_caught, start_timeout=start_timeout)
+            with trio.move_on_after(PEER_WAIT):  # bounded: a push may have been dropped
+                await tunnel._wait_connected()
             yield
         finally:
             with trio.CancelScope(shield=True):

@@ -408,6 +408,35 @@ async def test_cancelling_the_manager_during_the_handshake_does_not_hang() -> No
     assert not entered and managed.speaker.finished
 
 
+async def test_open_tunnel_yields_once_the_peer_is_connected() -> None:
+    """The tunnel pushes CONNECTED before it answers Start; the answer reached `request()`
+    first, so the tunnel was handed out with `peer` still None or CONNECTING."""
+    from trivpn.manager.session import _protocol
+
+    a, b = trio.testing.memory_stream_pair()
+    managed = ManagedTunnel(Speaker(a, "manager"), "tvpn9", types.SimpleNamespace(pid=4321))  # type: ignore[arg-type]
+    peer = RawPeer(b)
+    connected = pb.TunnelMessage(peer_update={"upserted_peers": [{"state": pb.Peer.CONNECTED, "ip_addrs": ["10.8.0.2/24"]}]})
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+
+            async def tunnel_side() -> None:
+                await peer.write(b"trivpn tunnel 1.0\n")
+                assert await peer.read_line() == b"trivpn manager 1.0\n"
+                start = await peer.read_frame(pb.ManagerMessage)
+                await peer.write(frame(pb.TunnelMessage(rpc={"response_to": start.rpc.msg_id}, start={"success": True})))  # type: ignore[attr-defined]
+                await trio.sleep(0.05)  # the push comes second, as the race made it look
+                await peer.write(frame(connected))
+                stop = await peer.read_frame(pb.ManagerMessage)
+                await peer.write(frame(pb.TunnelMessage(rpc={"response_to": stop.rpc.msg_id}, stop={"success": True})))  # type: ignore[attr-defined]
+                await peer.stream.aclose()
+
+            nursery.start_soon(tunnel_side)
+            async with _protocol(managed, pb.ManagerMessage(start={}), 10):
+                assert managed.peer is not None and managed.peer.state == pb.Peer.CONNECTED
+                assert list(managed.peer.ip_addrs) == ["10.8.0.2/24"]
+
+
 async def test_tunnel_process_serves_over_a_unix_socket(tmp_path: pytest.TempPathFactory) -> None:
     """`--rpc-socket`: the tunnel connects, forwards its logs, answers Stop last, hangs up."""
     from trivpn.manager.process import open_rpc_stream, serve_manager
