@@ -152,6 +152,11 @@ class ManagedTunnel:
 
         cfg = tun_config_from_request(req)
         servers, domains = dns_from_request(req)  # before anything changes
+        if self._configurator is not None and req == self.network_settings:
+            # a reconnect with the same settings (as `trivpn connect` does): undoing and
+            # redoing them left the host without the tunnel's routes for a moment (a leak)
+            log.info("network settings on %s unchanged", self.ifname)
+            return
         if self._configurator is not None:
             self._configurator.undo()
         self._configurator = NetConfigurator(self.ifname)

@@ -136,6 +136,34 @@ async def test_manager_checks_dns_before_configuring_anything(
     assert ran[1] == (["10.8.0.1", "fd00::1"], ["vpn.example"])
 
 
+async def test_manager_leaves_unchanged_settings_alone_on_a_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reconnect sends the settings again: undone and redone, the routes (the
+    redirect-gateway halves too) were gone for a moment, traffic leaving outside."""
+    ran: list[str] = []
+
+    class Recorder:
+        def __init__(self, ifname: str) -> None:
+            self.applied: list[str] = []
+
+        def apply(self, cfg: TunConfig) -> None:
+            ran.append(f"apply {cfg.routes}")
+
+        def undo(self) -> None:
+            ran.append("undo")
+
+    monkeypatch.setattr("trivpn.tun.netconfig.NetConfigurator", Recorder)
+    managed = ManagedTunnel(None, "tvpn9", None)  # type: ignore[arg-type]
+    v4 = {"addrs": ["10.8.0.2"], "subnet_masks": ["255.255.255.0"]}
+    first = pb.NetworkSettingsRequest(ipv4_settings=v4)
+    again = pb.NetworkSettingsRequest()
+    again.CopyFrom(first)
+    other = pb.NetworkSettingsRequest(ipv4_settings={**v4, "included_routes": [{"destination": "10.9.0.0", "mask": "255.255.0.0"}]})
+    for req in (first, again, other):
+        await managed._apply(req)
+    assert ran == ["apply []", "undo", "apply [('10.9.0.0/16', None, None)]"]
+    assert managed.network_settings == other
+
+
 # ---------------------------------------------------------------- tunnel role
 
 
