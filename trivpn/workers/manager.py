@@ -139,10 +139,17 @@ class WorkersManager:
             return
         self._stopping = True
         self.stop_reason = reason
-        if self.nursery is not None:
-            self.nursery.start_soon(self._graceful_stop)
-        else:
+        if self.nursery is None:
             self._stop_pending = True  # `run` starts it
+            return
+        try:
+            self.nursery.start_soon(self._graceful_stop)
+        except RuntimeError:
+            # the nursery closes when its last task ends, but `run` only forgets it when
+            # next scheduled: `trivpn.serve()` / `trivpn.connect()` cancelled from outside
+            # asked in between, and start_soon's "Nursery is closed to new arrivals"
+            # replaced the cancellation
+            log.debug("stop requested (%s) while the run was ending", reason)
 
     @property
     def _signal_set(self) -> tuple[signal.Signals, ...]:

@@ -235,3 +235,15 @@ async def test_restart_signals_while_stopping_are_noted_and_a_sigterm_still_ends
         await m.run(setup)
     assert hook_done == ["told"]  # the SIGHUPs did not hurry the stop
     assert m.stop_reason == "SIGHUP" and m.stop_signals == [signal.SIGHUP, signal.SIGTERM]
+
+
+async def test_a_stop_requested_while_the_run_ends_is_a_no_op() -> None:
+    """The nursery is closed from its last task's end until `run` resumes and forgets it;
+    a request_stop in that gap (trivpn.serve() or connect() cancelled from outside) raised
+    start_soon's "Nursery is closed to new arrivals" instead of doing nothing."""
+    manager = WorkersManager()
+    async with trio.open_nursery() as nursery:
+        pass  # closed from here on
+    manager.nursery = nursery  # the gap, held open
+    manager.request_stop("left the block")
+    assert manager.stop_reason == "left the block"
