@@ -59,10 +59,15 @@ async def cmd_manage(args: argparse.Namespace) -> int:
     import trio
 
     from trivpn.cli import _credentials, _load
-    from trivpn.errors import FatalError
+    from trivpn.errors import ConfigError, FatalError
     from trivpn.manager import manager_pb2 as pb
     from trivpn.manager.session import open_tunnel
 
+    # The shared client flags reach `manage` too, but StartRequest cannot carry these: they
+    # were ignored without a word (an IPv4-only or no-reconnect run that was neither).
+    for flag, given in (("-4/-6", args.family is not None), ("--no-reconnect", args.no_reconnect)):
+        if given:
+            raise ConfigError(f"{flag} is not supported by trivpn manage (use trivpn connect)")
     profile = _load(args.profile)
     username, password = _credentials(profile, args)
     stop_reason: str | None = None

@@ -166,3 +166,14 @@ def test_ctrl_c_during_the_imports_is_one_line_not_a_traceback() -> None:
             "import trivpn.__main__ as m\nsys.exit(m.main())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
+
+
+@pytest.mark.parametrize(("flag", "named"), [("-4", "-4/-6"), ("-6", "-4/-6"), ("--no-reconnect", "--no-reconnect")])
+def test_manage_refuses_the_client_flags_it_cannot_pass_on(
+    flag: str, named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`manage` takes connect's flags, but -4/-6/--no-reconnect never reached the tunnel
+    process: the run silently used both families and reconnected."""
+    assert cli.main(["manage", "/nonexistent/client.ovpn", flag]) == 1
+    err = capsys.readouterr().err
+    assert err == f"trivpn: error: {named} is not supported by trivpn manage (use trivpn connect)\n"
