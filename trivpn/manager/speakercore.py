@@ -19,8 +19,9 @@ recorded, then the timeout, then a bad header line or no common version.
 :func:`decode_message` and :class:`RPCCore`. :meth:`events` hands back, in order: a
 :class:`~trivpn.manager.rpc.Response` per answered request (for its waiter), an
 :class:`AutoReply` (the empty reply the core wrote itself to a request of a type it does not
-know), and at most one :class:`Received` batch of requests and one-way messages for the
-role code per chunk. Unknown responses and unknown one-way messages are dropped and logged
+know), and the requests and one-way messages for the role code as :class:`Received`
+batches of at most :data:`MAX_BATCH` items (the service's queue holds a bounded number of
+batches, so a bounded batch bounds what a flood of tiny frames can make us hold). Unknown responses and unknown one-way messages are dropped and logged
 here. A corrupt frame, a bad length, end of stream (``b""``) or a read failure ends the read
 side: ``reading`` turns False and ``closed_reason`` says why; frames that arrived before the
 bad one are still delivered.
@@ -69,6 +70,7 @@ from trivpn.records import dataclass
 __all__ = [
     "CURRENT_VERSIONS",
     "HANDSHAKE_TIMEOUT",
+    "MAX_BATCH",
     "AutoReply",
     "HandshakeError",
     "RPCClosed",
@@ -82,6 +84,10 @@ log = logging.getLogger("trivpn.manager")
 #: What this implementation speaks: major 1, minors up to 0.
 CURRENT_VERSIONS: tuple[Version, ...] = (Version(1, 0),)
 HANDSHAKE_TIMEOUT = 5.0
+#: Items per `Received` batch. One 64 KiB read of 10-byte frames is 6,500 messages: with
+#: whole chunks as batches, the service's queue of 64 batches let 4 MiB of a peer's flood
+#: (requests it never read the answers to) occupy about 300 MB.
+MAX_BATCH = 64
 
 
 class RPCClosed(TrivpnError):
@@ -254,8 +260,8 @@ class SpeakerCore:
                 self._dispatch(decode_message(payload, self._in_cls), batch)
         except RemoteProtocolError as exc:
             reason = str(exc)
-        if batch:
-            self._events.append(Received(batch))
+        for start in range(0, len(batch), MAX_BATCH):
+            self._events.append(Received(batch[start : start + MAX_BATCH]))
         if self._decoder.error is not None:
             reason = self._decoder.error
         if reason is not None:

@@ -282,3 +282,16 @@ def test_every_request_ends_answered_or_failed_exactly_once(ops: list[tuple[str,
         for msg_id in waiting:
             with pytest.raises(RPCClosed):
                 core.take_response(msg_id)
+
+
+def test_a_flood_of_tiny_frames_comes_out_in_bounded_batches() -> None:
+    """The service queues 64 batches; one batch per 64 KiB chunk let 4 MiB of 10-byte
+    requests (a peer that never reads the answers) hold about 300 MB of messages."""
+    from trivpn.manager.speakercore import MAX_BATCH
+
+    core = _open("manager")
+    flood = b"".join(frame(_tm(rpc={"msg_id": i}, peer_update={})) for i in range(1, 1001))
+    core.receive_data(flood)
+    batches = [ev.batch for ev in core.events() if isinstance(ev, Received)]
+    assert all(len(b) <= MAX_BATCH for b in batches) and len(batches) == -(-1000 // MAX_BATCH)
+    assert [i.msg_id for b in batches for i in b if isinstance(i, Request)] == list(range(1, 1001))
