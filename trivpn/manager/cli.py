@@ -45,12 +45,26 @@ def add_commands(
 async def cmd_tunnel(args: argparse.Namespace) -> int:
     from trivpn.manager.process import drop_privileges, open_rpc_stream, serve_manager
 
+    if 1 in (args.rpc_read_fd, args.rpc_write_fd):
+        _log_to_stderr()
     stream = await open_rpc_stream(args.rpc_read_fd, args.rpc_write_fd, args.rpc_socket)
     if os.geteuid() == 0 and args.user:
         drop_privileges(args.user)
     given = frozenset(fd for fd in (args.rpc_read_fd, args.rpc_write_fd) if fd is not None)
     await serve_manager(stream, verbose=args.verbose > 0, rpc_fds=given)
     return 0
+
+
+def _log_to_stderr() -> None:
+    """The manager made our stdout (fd 1) the protocol stream: log lines written there until
+    the log is forwarded (with -v, "tunnel: protocol version 1.0" right after our header)
+    became bytes inside the stream, which the manager had to refuse as a broken frame."""
+    import sys
+
+    for logger in (logging.getLogger("trivpn"), logging.getLogger()):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                handler.setStream(sys.stderr)
 
 
 async def cmd_manage(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ reason only in a log message sent over that very stream)."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 
@@ -158,3 +159,28 @@ def test_tunnel_process_exits_1_with_the_reason_on_stderr() -> None:
     assert err.decode().strip().splitlines()[-1] == (
         "trivpn: error: the manager's protocol stream is broken: zero-length message"
     )
+
+
+def test_tunnel_speaking_on_its_stdout_logs_to_stderr() -> None:
+    """`--rpc-write-fd 1` with -v: the tunnel's own log line after its header went into the
+    protocol stream (as bytes of the first "frame"), and the manager hung up on it."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    argv = [sys.executable, "-m", "trivpn", "tunnel", "--rpc-read-fd", "0", "--rpc-write-fd", "1", "--user", "", "-v"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(HEADER + frame(pb.ManagerMessage(rpc={"msg_id": 1}, stop={})))
+        proc.stdin.flush()  # stdin stays open: the answer must come before we hang up
+        assert proc.stdout.readline() == b"trivpn tunnel 1.0\n"
+        while True:  # only whole frames follow, until the Stop answer
+            (n,) = struct.unpack(">I", proc.stdout.read(4))
+            msg = pb.TunnelMessage.FromString(proc.stdout.read(n))
+            if msg.WhichOneof("msg") == "stop":
+                break
+        assert msg.rpc.response_to == 1
+        _, err = proc.communicate(timeout=LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and b"protocol version 1.0" in err
