@@ -431,6 +431,8 @@ async def cmd_ping(args: argparse.Namespace) -> int:
         target = ipaddress.ip_address(args.target)
     except ValueError:
         raise ConfigError(f"TARGET must be an IP address, not {args.target!r}") from None
+    if getattr(target, "scope_id", None):  # replies (from the bare address) never matched it
+        raise ConfigError(f"TARGET {args.target!r}: a %scope means nothing inside the tunnel")
     profile = _load(args.profile)
     _ask_key_passphrase(profile)
     username, password = _credentials(profile, args)

@@ -177,3 +177,11 @@ def test_manage_refuses_the_client_flags_it_cannot_pass_on(
     assert cli.main(["manage", "/nonexistent/client.ovpn", flag]) == 1
     err = capsys.readouterr().err
     assert err == f"trivpn: error: {named} is not supported by trivpn manage (use trivpn connect)\n"
+
+
+def test_ping_refuses_a_scoped_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fd00:8::1%lo was pinged, and every reply (from fd00:8::1) ignored: 100% loss, exit 1."""
+    assert cli.main(["ping", str(tmp_path / "p.ovpn"), "fd00:8::1%lo"]) == 2
+    assert capsys.readouterr().err == (
+        "trivpn: error: TARGET 'fd00:8::1%lo': a %scope means nothing inside the tunnel\n"
+    )
