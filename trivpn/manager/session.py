@@ -86,16 +86,25 @@ class _DNS:
             return
         for args in (["dns", self.ifname, *servers], ["domain", self.ifname, *domains]):
             if len(args) > 2:
-                r = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10, check=False)
+                self.applied = True  # from the first attempt: a timed-out call may have half-worked
+                try:
+                    r = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10, check=False)
+                except subprocess.TimeoutExpired:
+                    raise ConfigError(f"resolvectl {args[0]} did not answer within 10 s") from None
                 if r.returncode != 0:
                     raise ConfigError(f"resolvectl {args[0]} failed: {r.stderr.strip()[:200]}")
-                self.applied = True
 
     def undo(self) -> None:
+        """Best effort: it runs in open_tunnel's cleanup, before the TUN is closed, so a
+        hung or vanished resolvectl must not raise (the TUN fd stayed open, and the error
+        replaced the one that ended the run)."""
         tool = shutil.which("resolvectl")
         if self.applied and tool is not None:
-            subprocess.run([tool, "revert", self.ifname], capture_output=True, timeout=10, check=False)
             self.applied = False
+            try:
+                subprocess.run([tool, "revert", self.ifname], capture_output=True, timeout=10, check=False)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("resolvectl revert %s failed: %s", self.ifname, exc)
 
 
 class ManagedTunnel:

@@ -164,6 +164,30 @@ async def test_manager_leaves_unchanged_settings_alone_on_a_reconnect(monkeypatc
     assert managed.network_settings == other
 
 
+def test_a_hung_resolvectl_is_a_refusal_and_never_breaks_the_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """subprocess.TimeoutExpired (and OSError in the revert) escaped: the settings answer
+    never left, and in open_tunnel's cleanup the TUN fd was then left open."""
+    import subprocess
+
+    from trivpn.errors import ConfigError
+    from trivpn.manager import session
+
+    calls: list[list[str]] = []
+
+    def hung(argv: list[str], **kwargs: object) -> None:
+        calls.append(argv[1:])
+        raise subprocess.TimeoutExpired(argv, 10)
+
+    monkeypatch.setattr(session.shutil, "which", lambda name: "/usr/bin/resolvectl")
+    monkeypatch.setattr(session.os.path, "isdir", lambda path: True)
+    monkeypatch.setattr(session.subprocess, "run", hung)
+    dns = session._DNS("tvpn9")
+    with pytest.raises(ConfigError, match="resolvectl dns did not answer within 10 s"):
+        dns.apply(["10.8.0.1"], ["vpn.example"])
+    dns.undo()  # a revert that hangs too is logged, not raised
+    assert calls == [["dns", "tvpn9", "10.8.0.1"], ["revert", "tvpn9"]] and not dns.applied
+
+
 # ---------------------------------------------------------------- tunnel role
 
 
