@@ -167,9 +167,12 @@ class ManagedTunnel:
             log.info("network settings on %s unchanged", self.ifname)
             return
         if self._configurator is not None:
-            self._configurator.undo()
-        self._configurator = NetConfigurator(self.ifname)
-        await trio.to_thread.run_sync(self._configurator.apply, cfg)
+            # different settings: switched without a moment in which the tunnel's routes are
+            # missing (NetConfigurator.reapply's unreachable stand-ins; undo-then-apply leaked)
+            await trio.to_thread.run_sync(self._configurator.reapply, cfg)
+        else:
+            self._configurator = NetConfigurator(self.ifname)
+            await trio.to_thread.run_sync(self._configurator.apply, cfg)
         await trio.to_thread.run_sync(self._dns.apply, servers, domains)
         self.network_settings = req
         log.info("network settings applied on %s: %s", self.ifname, ", ".join(self._configurator.applied) or "nothing")

@@ -138,7 +138,9 @@ async def test_manager_checks_dns_before_configuring_anything(
 
 async def test_manager_leaves_unchanged_settings_alone_on_a_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every reconnect sends the settings again: undone and redone, the routes (the
-    redirect-gateway halves too) were gone for a moment, traffic leaving outside."""
+    redirect-gateway halves too) were gone for a moment, traffic leaving outside. Changed
+    settings are switched by `reapply` (unreachable stand-ins under the old routes while
+    they change, tests/unit/tun/test_reapply.py), never by undo-then-apply."""
     ran: list[str] = []
 
     class Recorder:
@@ -147,6 +149,9 @@ async def test_manager_leaves_unchanged_settings_alone_on_a_reconnect(monkeypatc
 
         def apply(self, cfg: TunConfig) -> None:
             ran.append(f"apply {cfg.routes}")
+
+        def reapply(self, cfg: TunConfig) -> None:
+            ran.append(f"reapply {cfg.routes}")
 
         def undo(self) -> None:
             ran.append("undo")
@@ -160,7 +165,7 @@ async def test_manager_leaves_unchanged_settings_alone_on_a_reconnect(monkeypatc
     other = pb.NetworkSettingsRequest(ipv4_settings={**v4, "included_routes": [{"destination": "10.9.0.0", "mask": "255.255.0.0"}]})
     for req in (first, again, other):
         await managed._apply(req)
-    assert ran == ["apply []", "undo", "apply [('10.9.0.0/16', None, None)]"]
+    assert ran == ["apply []", "reapply [('10.9.0.0/16', None, None)]"]
     assert managed.network_settings == other
 
 
