@@ -22,6 +22,7 @@ from trivpn.datachannel import coalesce, tcpfast
 from trivpn.datachannel.core import DataChannel
 from trivpn.datachannel.service import DataService
 from trivpn.datachannel.tcpfast import TCPPathIO, TCPThreadPlane
+from trivpn.datachannel.threadrun import LONE_GAP
 from trivpn.errors import SessionRestart
 from trivpn.messages import InstallKey, TLSToData
 from trivpn.networkio.framing import TCPFramer, frame_packets
@@ -237,6 +238,7 @@ async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> N
                 await rig.start(nursery)
                 await until(lambda: _threads(rig).up_waits >= 1 and _threads(rig).down_waits >= 1,
                             "both blocked")
+                lone: list[tuple[int, int]] = []
                 for i in range(1, 6):
                     threads = _threads(rig)
                     waits = (threads.up_waits, threads.down_waits)
@@ -247,10 +249,11 @@ async def test_after_a_lone_packet_each_thread_sleeps_without_reading_dry() -> N
                     assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
                     await until(lambda: threads.up_waits > waits[0]  # noqa: B023
                                 and threads.down_waits > waits[1], "both blocked again")  # noqa: B023
-                    assert _CountingSocket.reads - reads[0] == 1
-                    assert tun_reads[0] - reads[1] == 1
+                    lone.append((_CountingSocket.reads - reads[0], tun_reads[0] - reads[1]))
                     await trio.sleep(0.005)  # the next ping comes later: lone again
                 nursery.cancel_scope.cancel()
+            # the old code read each fd to EAGAIN after every lone packet
+            assert lone.count((1, 1)) >= 3, lone  # most, not all: on a loaded machine a wake-up can come late enough to find the next input queued (then whole batches, by design)
     finally:
         rig.close()
 
@@ -279,6 +282,7 @@ async def test_one_thread_sleeps_at_once_after_a_lone_packet(layout: str) -> Non
                 await rig.start(nursery)
                 await until(lambda: _threads(rig).down_waits >= 1, "blocked")
                 await trio.sleep(0.005)
+                costs: list[tuple[int, int, int]] = []
                 for i in range(1, 6):
                     threads = _threads(rig)
                     waits = threads.down_waits
@@ -286,13 +290,15 @@ async def test_one_thread_sleeps_at_once_after_a_lone_packet(layout: str) -> Non
                     rig.app.send(_ip(i))
                     assert rig.peer.decrypt(await rig.server_packets(1), 1.0) == [_ip(i)]
                     await until(lambda: threads.down_waits > waits, "blocked after the request")  # noqa: B023
+                    await trio.sleep(10 * LONE_GAP)  # a reply within LONE_GAP would count as queued input
                     rig.server.sendall(frame_packets(rig.peer.encrypt([_ip(100 + i)], 1.0)))
                     assert await trio.to_thread.run_sync(rig.app.recv, 65536) == _ip(100 + i)
                     await until(lambda: threads.down_waits > waits + 1, "blocked after the reply")  # noqa: B023
-                    assert (_CountingSocket.reads - reads[0], tun_reads[0] - reads[1]) == (1, 1)
-                    assert threads.down_waits == waits + 2
+                    costs.append((_CountingSocket.reads - reads[0], tun_reads[0] - reads[1], threads.down_waits - waits))
                     await trio.sleep(0.005)  # the next ping comes later: lone again
                 nursery.cancel_scope.cancel()
+            # the old code ran a poll(0) and a read to EAGAIN after every lone packet
+            assert costs.count((1, 1, 2)) >= 3, costs  # most, not all: on a loaded machine a wake-up can come late enough to find the next input queued (then whole batches, by design)
     finally:
         rig.close()
 
