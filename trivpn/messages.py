@@ -164,6 +164,8 @@ class AuthRequest:
     peer_chain: tuple[bytes, ...] = field(default=(), repr=False)
     #: 0: the first key (admission); else a renegotiation re-authenticating (password or token)
     key_id: int = 0
+    #: the certificate's CN, printable (never parsed from `peer_subject`); "" without one
+    common_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

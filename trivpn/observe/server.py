@@ -41,7 +41,6 @@ from trivpn.messages import AuthRequest, SendExit
 from trivpn.observe.client import HISTORY, HostHistory
 from trivpn.observe.figures import KeyClock, SessionFigures, figures_of
 from trivpn.server.ccd import CcdEntry, parse_ccd
-from trivpn.server.sessionparts import common_name_of
 from trivpn.server.statustask import server_status
 from trivpn.status.format import StatusVersion, format_server_status, real_address_text, time_text
 from trivpn.status.model import RealAddress
@@ -140,10 +139,12 @@ class ServerMonitor(HostHistory):
             env += [(f"local_port_{n}", str(port)), (f"proto_{n}", client_proto(self.config, n))]
         return env
 
-    def _client_env(self, client: Any, subject: str, peer_info: dict[str, str], username: str) -> list[tuple[str, str]]:
+    def _client_env(
+        self, client: Any, subject: str, peer_info: dict[str, str], username: str, common_name: str = ""
+    ) -> list[tuple[str, str]]:
         """The client's own variables: address, names, peer-info, certificate."""
         env = [("untrusted_ip", _plain(client.addr[0])), ("untrusted_port", str(client.addr[1])),
-               ("common_name", client.common_name or common_name_of(subject)), ("username", username)]
+               ("common_name", client.common_name or common_name), ("username", username)]
         env += [(k, v) for k, v in peer_info.items() if k.startswith("IV_")]
         env += [(f"X509_0_{k}", v) for k, v in _subject_fields(subject)]
         env.append(("tls_id_0", subject))
@@ -160,7 +161,7 @@ class ServerMonitor(HostHistory):
         pending = self._pending[(cid, kid)] = _Pending()
         peer_info = PeerInfo.parse(request.peer_info).items
         env = [("n_clients", str(self._established())), ("password", request.password)]
-        env += self._client_env(client, request.peer_subject, peer_info, request.username)
+        env += self._client_env(client, request.peer_subject, peer_info, request.username, request.common_name)
         env += self._daemon_env()
         self._announced.add(cid)
         kind = "REAUTH" if request.key_id else "CONNECT"

@@ -106,7 +106,7 @@ async def check_credentials(
         env["session_state"] = session_state(ev.password, check)
         env["session_id"] = token[len("SESS_ID_AT_") : len("SESS_ID_AT_") + 16]
     verdict = await run_verify(script, ev.username, ev.password, ev.peer_subject, addr, seconds, env,
-                               tmp_dir=cfg.tmp_dir)
+                               tmp_dir=cfg.tmp_dir, common_name=ev.common_name)
     why = verdict.why
     if why is not None:
         reason = "SESSION: token expired" if check is not None and check.expired else verdict.reason

@@ -27,7 +27,6 @@ import trio
 from trivpn.records import dataclass
 from trivpn.server.config_model import AuthScript
 from trivpn.server.scripts import run_script
-from trivpn.server.sessionparts import common_name_of
 
 __all__ = ["ScriptVerdict", "printable_username", "run_verify", "script_env", "verify_password"]
 
@@ -44,7 +43,7 @@ def printable_username(name: str) -> str:
 
 def script_env(
     username: str, subject: str, addr: tuple[str, int], password: str | None,
-    base: Mapping[str, str] | None = None,
+    base: Mapping[str, str] | None = None, *, common_name: str = "",
 ) -> dict[str, str]:
     """The variables of a user-pass-verify script: `base` (the daemon's and the client's,
     see scripts.py), then the ones this call adds. Nothing of our own environment."""
@@ -55,8 +54,8 @@ def script_env(
         untrusted_ip=addr[0],
         untrusted_port=str(addr[1]),
     )
-    if subject:  # no certificate, no common name yet (as OpenVPN)
-        env["common_name"] = common_name_of(subject)
+    if common_name:  # the certificate's own CN; none without a certificate (as OpenVPN)
+        env["common_name"] = common_name
     if "tls_id_0" not in env and subject:
         env["tls_id_0"] = subject
         for rdn in subject.split(", "):
@@ -108,14 +107,17 @@ async def _deferred(control: str, seconds: float) -> str | None:
 async def verify_password(
     script: AuthScript, username: str, password: str, subject: str, addr: tuple[str, int],
     seconds: float, base: Mapping[str, str] | None = None, *, tmp_dir: str | None = None,
+    common_name: str = "",
 ) -> str | None:
     """None when the script accepts the client, else why not (one line, no password)."""
-    return (await run_verify(script, username, password, subject, addr, seconds, base, tmp_dir=tmp_dir)).why
+    return (await run_verify(script, username, password, subject, addr, seconds, base, tmp_dir=tmp_dir,
+                             common_name=common_name)).why
 
 
 async def run_verify(
     script: AuthScript, username: str, password: str, subject: str, addr: tuple[str, int],
     seconds: float, base: Mapping[str, str] | None = None, *, tmp_dir: str | None = None,
+    common_name: str = "",
 ) -> ScriptVerdict:
     """Run the script (see the module docstring), within `seconds` in all: exit 0 accepts,
     2 defers to `auth_control_file`, anything else refuses; `auth_failed_reason_file`
@@ -126,7 +128,8 @@ async def run_verify(
         shlex.split(script.command)
     except ValueError as exc:
         return ScriptVerdict(f"cannot split the auth-user-pass-verify command: {exc}")
-    env = script_env(username, subject, addr, password if script.method == "via-env" else None, base)
+    env = script_env(username, subject, addr, password if script.method == "via-env" else None, base,
+                     common_name=common_name)
     temps: list[str] = []
     args: list[str] = []
     deadline = trio.current_time() + seconds

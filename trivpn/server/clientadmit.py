@@ -31,7 +31,6 @@ from trivpn.server.clienthooks import ClientHooks
 from trivpn.server.pool_types import FixedAddressError, PoolExhausted
 from trivpn.server.routing import LearnAddress, RouteLimitExceeded
 from trivpn.server.scripts import UNDEF, client_env
-from trivpn.server.sessionparts import common_name_of
 from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
 
 if TYPE_CHECKING:
@@ -59,20 +58,20 @@ class Admission:
         right here (ccd file, lease, routes); with them `admit` already did it."""
         c = self.client
         if c.lease is None:
-            self._take_addresses(peer.peer_subject, peer.username)
+            self._take_addresses(peer.common_name, peer.username)
             self._learn_routes()
         assert c.lease is not None
         self.admitted = True
         return client_pushes(c.hub.config.push, c.ccd, c.lease)
 
-    def _take_addresses(self, subject: str, username: str, dyn: CcdEntry | None = None) -> None:
+    def _take_addresses(self, common_name: str, username: str, dyn: CcdEntry | None = None) -> None:
         """Common name, ccd entry (with a client-connect file's options over it), duplicate
         retirement and the lease (NegotiationError refuses the client)."""
         c = self.client
         cfg = c.hub.config
         if not self._named:
             self._named = True
-            c.common_name = common_name_of(subject)
+            c.common_name = common_name
             if cfg.username_as_common_name and username:
                 c.common_name = printable_username(username)  # vetted by the script
             if cfg.client_config_dir is not None:
@@ -128,7 +127,7 @@ class Admission:
                               peer_info=peer_info, chain=ev.peer_chain, lease=c.lease,
                               connected=c.created, established=established)
 
-        early = env(common_name_of(ev.peer_subject), False)
+        early = env(ev.common_name, False)
         creds = await check_credentials(scripts, ev, c.addr, {**scripts.daemon, **early}, left())
         user = printable_username(ev.username)
         why = creds.why
@@ -141,13 +140,13 @@ class Admission:
             log.warning("%r: user %r refused: %s", c, user, why)
         try:
             if why is None:
-                self._take_addresses(ev.peer_subject, ev.username)
+                self._take_addresses(ev.common_name, ev.username)
                 self.hooks.env = env(c.common_name, True)
                 if cfg.client_connect is not None:
-                    self._take_addresses(ev.peer_subject, ev.username, await self.hooks.client_connect(left()))
+                    self._take_addresses(ev.common_name, ev.username, await self.hooks.client_connect(left()))
                     self.hooks.env = env(c.common_name, True)  # the file may have moved the client
                 if c.ccd_extra is not None:  # management client-auth lines come last, as in OpenVPN
-                    self._take_addresses(ev.peer_subject, ev.username, c.ccd_extra)
+                    self._take_addresses(ev.common_name, ev.username, c.ccd_extra)
                 for learned in self._learn_routes():
                     await self.hooks.learn_address(learned)
         except NegotiationError as exc:

@@ -34,17 +34,7 @@ from trivpn.tlssession.tls import TLSConfig
 if TYPE_CHECKING:
     from trivpn.server.admission import ServerScripts
 
-__all__ = ["SessionParts", "common_name_of", "session_parts"]
-
-
-def common_name_of(subject: str) -> str:
-    """The last CN of a subject as `format_subject` renders it ("C=US, CN=x"), or ""."""
-    cn = ""
-    for rdn in subject.split(", "):
-        for part in rdn.split(" + "):
-            if part.startswith("CN="):
-                cn = part[3:]
-    return cn
+__all__ = ["SessionParts", "session_parts"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,8 @@ class HandshakeComplete:
     cipher: str
     #: the verified peer certificate chain as DER, leaf first (empty without a certificate)
     peer_chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+    #: the certificate's own CN, printable (`tlsload.peer_common_name`); "" without one
+    common_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,7 @@ class TLSSession:
                     self.engine.tls_version or "",
                     self.engine.cipher_name or "",
                     self.engine.peer_chain,
+                    self.engine.peer_common_name,
                 )
             )
         for record in self.engine.read_records():

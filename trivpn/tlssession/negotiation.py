@@ -132,16 +132,20 @@ class PeerInfo:
     items: dict[str, str] = field(default_factory=dict)
     username: str = ""
     peer_subject: str = ""
+    #: the certificate's CN, printable (never parsed from `peer_subject`)
+    common_name: str = ""
 
     @classmethod
-    def parse(cls, text: str, *, username: str = "", peer_subject: str = "") -> PeerInfo:
+    def parse(
+        cls, text: str, *, username: str = "", peer_subject: str = "", common_name: str = ""
+    ) -> PeerInfo:
         """`IV_VER=2.6.14\\nIV_PROTO=990\\n...` → PeerInfo; malformed lines are skipped."""
         items: dict[str, str] = {}
         for line in text.split("\n")[:256]:  # bounded: peer-info comes from the peer
             key, sep, value = line.partition("=")
             if sep and key and key not in items:
                 items[key] = value
-        return cls(items, username, peer_subject)
+        return cls(items, username, peer_subject, common_name)
 
     def _int(self, key: str) -> int:
         value = self.items.get(key, "")

@@ -53,7 +53,7 @@ def hold_for_auth(ks: KeySchedule, ev: KeyExchangeComplete) -> None:
     hs = ks.handshake
     ks._events.append(AuthRequest(
         km.username if km else "", hs.peer_subject if hs else "", km.password if km else "",
-        ev.peer_info, hs.peer_chain if hs else (),
+        ev.peer_info, hs.peer_chain if hs else (), common_name=hs.common_name if hs else "",
     ))
 
 
@@ -65,6 +65,7 @@ def hold_renegotiation(ks: KeySchedule, key_id: int, ev: KeyExchangeComplete) ->
     ks._events.append(AuthRequest(
         km.username if km else "", hs.peer_subject if hs else "", km.password if km else "",
         ev.peer_info, hs.peer_chain if hs else (), key_id=key_id,
+        common_name=hs.common_name if hs else "",
     ))
 
 
@@ -113,7 +114,8 @@ def server_ready(ks: KeySchedule, ev: KeyExchangeComplete, now: float) -> None:
     km = session.peer_km
     hs = ks.handshake
     subject = hs.peer_subject if hs else ""
-    peer = PeerInfo.parse(ev.peer_info, username=km.username if km else "", peer_subject=subject)
+    peer = PeerInfo.parse(ev.peer_info, username=km.username if km else "", peer_subject=subject,
+                          common_name=hs.common_name if hs else "")
     ks.peer = peer
     source = ks.config.push
     try:

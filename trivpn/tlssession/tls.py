@@ -49,6 +49,7 @@ from trivpn.tlssession.tlsload import (
     format_subject,
     load_certs,
     load_identity,
+    peer_common_name,
     restrict,
 )
 
@@ -176,6 +177,8 @@ class TLSEngine:
         self.config = config
         self.handshake_done = False
         self.peer_subject: str | None = None
+        #: the peer certificate's last CN, remapped to printable ASCII (`peer_common_name`)
+        self.peer_common_name = ""
         #: the verified peer chain as DER, leaf first (server scripts' tls_*/X509_* variables)
         self.peer_chain: tuple[bytes, ...] = ()
         self.tls_version: str | None = None
@@ -307,6 +310,7 @@ class TLSEngine:
         self.handshake_done = True
         peer = self._conn.get_peer_certificate(as_cryptography=True)
         self.peer_subject = format_subject(peer.subject) if peer is not None else ""
+        self.peer_common_name = peer_common_name(peer.subject) if peer is not None else ""
         chain = self._conn.get_verified_chain(as_cryptography=True) if peer is not None else None
         if not chain and peer is not None:  # peer-fingerprint: no CA, no chain; the leaf only
             chain = [peer]

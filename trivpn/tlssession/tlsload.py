@@ -81,6 +81,14 @@ def common_name(name: x509.Name) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
+def peer_common_name(name: x509.Name) -> str:
+    """A peer's common name as a server uses it (status file, pool, ccd, logs): the last CN
+    attribute itself, never parsed back out of the rendered subject (a value holding
+    ", CN=alice" would name another client), with every byte outside printable ASCII — CR
+    and LF included — replaced by '_', as OpenVPN's `string_mod_remap_name` does."""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E else "_" for b in common_name(name).encode())
+
+
 def pem_problem(exc: Exception) -> str:
     """What is wrong with a PEM block, in words: `cryptography` reports bad DER inside a
     well-framed block as its parser's debug form (`ParseError { kind: UnexpectedTag … }`)

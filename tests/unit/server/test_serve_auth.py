@@ -154,7 +154,7 @@ def test_script_security_is_enforced() -> None:
 
 def test_env_and_username_are_sanitised() -> None:
     assert printable_username("al\nice\x00\u00e9") == "al_ice__"
-    env = script_env("bob", "C=US, O=x, CN=bob-cert", ("192.0.2.1", 4321), None)
+    env = script_env("bob", "C=US, O=x, CN=bob-cert", ("192.0.2.1", 4321), None, common_name="bob-cert")
     assert env["common_name"] == "bob-cert" and env["X509_0_O"] == "x" and "password" not in env
     assert env["untrusted_port"] == "4321" and env["tls_id_0"] == "C=US, O=x, CN=bob-cert"
 

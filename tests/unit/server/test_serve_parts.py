@@ -17,7 +17,7 @@ from trivpn.errors import ConfigError
 from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import Listener, ServerConfig
 from trivpn.server.hub import Hub
-from trivpn.server.sessionparts import common_name_of, session_parts
+from trivpn.server.sessionparts import session_parts
 from trivpn.server.sockets import bind_listener
 from trivpn.server.support import check_served
 from trivpn.server.tun import server_tun_config
@@ -113,12 +113,6 @@ def test_server_tun_settings_per_topology() -> None:
     assert net30.routes == [("10.8.0.0/24", None, None)]
     v6 = server_tun_config(config("server-ipv6 fd00:8::/64"))
     assert v6.ipv6 == ("fd00:8::1", 64)
-
-
-def test_common_name_of_a_formatted_subject() -> None:
-    assert common_name_of("O=trivpn tests, CN=client-1") == "client-1"
-    assert common_name_of("CN=a + OU=b, CN=last") == "last"
-    assert common_name_of("O=no cn") == ""
 
 
 def test_a_bad_tls_crypt_v2_key_is_refused_and_wraps_are_fresh() -> None:

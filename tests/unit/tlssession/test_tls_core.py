@@ -102,11 +102,12 @@ def make_leaf(
         ExtendedKeyUsageOID.CLIENT_AUTH,
     ),
     key_usage: bool = True,
+    subject: x509.Name | None = None,
 ) -> Pki:
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn, "Example", "US"))
+        .subject_name(subject or _name(cn, "Example", "US"))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -240,6 +241,25 @@ def _of(events: list[object], kind: type) -> list[object]:
 # -- the full exchange ---------------------------------------------------------------------
 
 
+def test_the_servers_common_name_is_the_certificates_own_cn_made_printable(world: World) -> None:
+    """A value holding ", CN=alice" (here an OU after the CN) or a line break must not make
+    the server take another client's name or write extra status/log lines: the name is
+    the last CN attribute itself, bytes outside printable ASCII remapped to '_' (OpenVPN's
+    string_mod_remap_name). Before, the server parsed the rendered subject and got "alice"."""
+    tricky = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "mal\nCLIENT_LIST,x\u00e9"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x, CN=alice"),
+    ])
+    mallory = make_leaf(world.ca, "", subject=tricky)
+    _, _, _, sev = connect(world, client_kw={"cert_pem": mallory.cert_pem, "key_pem": mallory.key_pem})
+    (shs,) = _of(sev, HandshakeComplete)
+    assert shs.peer_subject.endswith(", CN=alice")  # the rendered subject stays ambiguous
+    assert shs.common_name == "mal_CLIENT_LIST,x__"  # é is two bytes, as in OpenVPN
+    (ok,) = _of(connect(world)[3], HandshakeComplete)
+    assert ok.common_name == "alice"
+
+
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 @pytest.mark.parametrize("chunk", [1200, 1])
 def test_full_exchange(world: World, version: str, chunk: int) -> None:
@@ -247,7 +267,8 @@ def test_full_exchange(world: World, version: str, chunk: int) -> None:
     expected = f"TLSv{version}"
     (hs,) = _of(cev, HandshakeComplete)
     assert hs == HandshakeComplete(
-        "C=US, O=Example, CN=vpn.example.com", expected, client.engine.cipher_name or ""
+        "C=US, O=Example, CN=vpn.example.com", expected, client.engine.cipher_name or "",
+        common_name="vpn.example.com",
     )
     (shs,) = _of(sev, HandshakeComplete)
     assert shs.peer_subject == "C=US, O=Example, CN=alice"
