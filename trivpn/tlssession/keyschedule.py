@@ -56,7 +56,8 @@ Interface (time only enters as `now`)::
 
     ks = KeySchedule(KeyScheduleConfig(role="client"|"server", policy=CipherPolicy(...), ...),
                      make_session=lambda key_id, auth_token: TLSSession(...))
-    ks.receive_reset(ResetComplete, now)        ks.receive_soft_reset(key_id, now)
+    ks.begin(now)  (server: the session exists)  ks.receive_reset(ResetComplete, now)
+    ks.receive_soft_reset(key_id, now)
     ks.receive_ciphertext(key_id, data, now)    ks.receive_usage(KeyUsage, now)
     ks.renegotiate(reason, now) -> bool         ks.send_exit(now) -> bool
     ks.items_to_send(now) -> list[SoftReset | DynamicWrapKey | Ciphertext]   (in order)
@@ -153,6 +154,8 @@ class KeySchedule:
         self.pending: int | None = None
         self.lame_duck: int | None = None
         self._pending_deadline = 0.0
+        #: `begin`: when key 0 must be done, counted from the session's start
+        self._first_deadline: float | None = None
         self._pending_local = False  # we sent the first SoftReset of the pending key
         self._pending_answered = False  # both SoftResets were exchanged
         self._lame_until = 0.0
@@ -185,12 +188,22 @@ class KeySchedule:
 
     # -- input --------------------------------------------------------------------------------
 
+    def begin(self, now: float) -> None:
+        """The session exists (server: a TCP connection was accepted, a cookie came back):
+        key 0 must be done within `hand_window` from now, reset or not, as OpenVPN counts
+        from the instance's creation. Without it a TCP connection that never sent a valid
+        reset held its max-clients slot (and socket) for ever."""
+        if self._first_deadline is None and self.reset is None and not self.closed:
+            self._first_deadline = now + self.config.hand_window
+
     def receive_reset(self, reset: ResetComplete, now: float) -> None:
         """The hard reset is done (both session ids known): open key 0."""
         if self.closed or self.reset is not None:
             return
         self.reset = reset
         self._open_key(0, now, local=True)
+        if self._first_deadline is not None:  # the window started with the session (`begin`)
+            self._pending_deadline = self._first_deadline
         self._pending_answered = True
         self.sessions[0].start(now)
 
@@ -299,6 +312,8 @@ class KeySchedule:
         if self.closed:
             return None
         timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
+        if self.reset is None and self._first_deadline is not None:
+            timers.append(self._first_deadline)
         if self.pending is not None:
             timers.append(self._pending_deadline)
         elif self._reneg_at is not None and self.primary is not None:
@@ -318,6 +333,9 @@ class KeySchedule:
             session.handle_timer(now)
         if self._end is not None and now >= self._end[0]:
             self._close(self._end[1])
+            return
+        if self.reset is None and self._first_deadline is not None and now >= self._first_deadline:
+            self._close(Restart(f"no valid reset from the peer within {self.config.hand_window:g} seconds"))
             return
         if self.pending is not None and now >= self._pending_deadline:
             if self.pending == 0:

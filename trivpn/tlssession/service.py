@@ -146,6 +146,8 @@ class TLSService:
 
     async def run(self) -> None:
         async with self._to_cc.channel, self._to_data, self._events:
+            if self.schedule.is_server:  # the hand window counts from the session's start
+                self.schedule.begin(trio.current_time())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commands_loop)
                 nursery.start_soon(self._timer.run, self.schedule.get_timer, self._on_timer)

@@ -270,6 +270,27 @@ def test_first_key_must_complete_within_the_hand_window() -> None:
     assert isinstance(ev, Restart) and "30 seconds" in ev.reason
 
 
+def test_a_server_session_without_a_reset_ends_after_the_hand_window() -> None:
+    """A TCP connection that sends nothing, half a length or a stalled packet never gives
+    the server a reset; its hand window counts from `begin` (the accept) all the same, so
+    it holds its max-clients slot hand_window seconds (here 30), not for ever."""
+    p = Pair(server=server_config(hand_window=30))
+    ks = p.server.ks
+    assert ks.get_timer() is None  # before: no deadline at all without a reset
+    ks.begin(100.0)
+    assert ks.get_timer() == 130.0
+    ks.handle_timer(129.9)
+    assert not ks.closed
+    ks.handle_timer(130.0)
+    (ev,) = ks.events()
+    assert isinstance(ev, Restart) and "30 seconds" in ev.reason and ks.closed
+    # a reset that comes late keeps the window of the session's start, not a new one
+    late = Pair(server=server_config(hand_window=30))
+    late.server.ks.begin(100.0)
+    late.server.ks.receive_reset(ResetComplete(SERVER_SID, CLIENT_SID), 125.0)
+    assert late.server.ks.get_timer() == 130.0
+
+
 def test_auth_pending_extends_the_hand_window() -> None:
     iv = FULL_IV_PROTO & ~IV_PROTO_REQUEST_PUSH
     p = Pair(client=client_config(hand_window=30), peer_info=client_peer_info(iv_proto=iv))
