@@ -40,6 +40,7 @@ from trivpn.management.core import ByteCounts, Notification, Reply
 from trivpn.messages import AuthRequest, SendExit
 from trivpn.observe.client import HISTORY, HostHistory
 from trivpn.observe.figures import KeyClock, SessionFigures, figures_of
+from trivpn.server.authscript import printable_username
 from trivpn.server.ccd import CcdEntry, parse_ccd
 from trivpn.server.statustask import server_status
 from trivpn.status.format import StatusVersion, format_server_status, real_address_text, time_text
@@ -161,7 +162,8 @@ class ServerMonitor(HostHistory):
         pending = self._pending[(cid, kid)] = _Pending()
         peer_info = PeerInfo.parse(request.peer_info).items
         env = [("n_clients", str(self._established())), ("password", request.password)]
-        env += self._client_env(client, request.peer_subject, peer_info, request.username, request.common_name)
+        env += self._client_env(client, request.peer_subject, peer_info, printable_username(request.username),
+                                request.common_name)
         env += self._daemon_env()
         self._announced.add(cid)
         kind = "REAUTH" if request.key_id else "CONNECT"
@@ -186,7 +188,7 @@ class ServerMonitor(HostHistory):
         ready = client.ready
         peer_info = dict(ready.peer_info.items) if ready is not None else {}
         subject = ready.peer_subject if ready is not None else ""
-        username = ready.username if ready is not None else ""
+        username = printable_username(ready.username) if ready is not None else ""  # as OpenVPN remaps it
         env = self._client_env(client, subject, peer_info, username)
         if client.lease is not None:
             env += list(client.lease.env().items())

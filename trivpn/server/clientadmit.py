@@ -49,7 +49,8 @@ class Admission:
         self.hooks = ClientHooks(client.parts.scripts)
         #: the client reached the end of admission (client-disconnect runs for it)
         self.admitted = False
-        #: the username it logged in with (a renegotiation must not change it)
+        #: the username it logged in with (a renegotiation must not change it), printable as
+        #: OpenVPN's string_mod_remap_name leaves it: it goes into the status file
         self.username = ""
         self._named = False
 
@@ -154,7 +155,7 @@ class Admission:
             log.warning("%r refused: %s", c, why)
             c.cleanup(trio.current_time())
         self.admitted = why is None
-        self.username = ev.username if cfg.auth_user_pass_verify is not None else ""  # else unchecked
+        self.username = user if cfg.auth_user_pass_verify is not None else ""  # else unchecked
         try:
             await c.stack.commands.send(AuthVerdict(why is None, tell, creds.token))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -168,7 +169,7 @@ class Admission:
         c = self.client
         why: str | None = "the username changed at renegotiation"
         reason = ""
-        if ev.username == self.username:
+        if printable_username(ev.username) == self.username:
             scripts = c.parts.scripts
             creds = await check_credentials(scripts, ev, c.addr, {**scripts.daemon, **self.hooks.env},
                                             c.hub.config.hand_window / 2)

@@ -24,6 +24,7 @@ from trivpn.profile.profile import parse_profile
 from trivpn.server.authscript import printable_username, script_env
 from trivpn.server.statustask import server_status
 from trivpn.server.support import check_served
+from trivpn.status import format_server_status
 from trivpn.testing.pki import PKI
 from trivpn.tun.ip import build_echo_request, echo_reply_to
 
@@ -110,6 +111,30 @@ async def test_right_password_connects_wrong_is_refused(
         assert rec["argc"] == "1" and rec["password_set"] == "" and rec["mode"] == "600"
         assert rec["path"] and _gone(rec["path"])  # removed afterwards
     assert "Corr3ct-H0rse pass" not in caplog.text and "Wr0ng-Batt3ry" not in caplog.text  # never logged
+
+
+async def test_a_username_with_line_breaks_cannot_write_status_lines(tmp_path: Path) -> None:
+    """A script that checks only the password (a one-time code, say) lets any username in;
+    the status file must still get one line per client. The username is kept as OpenVPN's
+    string_mod_remap_name leaves it: bytes outside printable ASCII become '_'. Before, the
+    raw name went into the status file: two CLIENT_LIST lines for one client, one forged."""
+    pki = shared_pki()
+    script = _script(tmp_path, '[ "$password" = "Corr3ct-H0rse pass" ]\n')
+    cfg = server_config(pki, f"script-security 3\nauth-user-pass-verify {script} via-env")
+    forged = "al\nCLIENT_LIST,forged,6.6.6.6:1\r\x1b"
+    with trio.fail_after(BOUND):
+        async with running_server(cfg) as (server, tun):
+            profile = parse_profile(client_profile(pki, server.addresses[0][1]))
+            async with api.connect(profile, username=forged, password="Corr3ct-H0rse pass", reconnect=False,
+                                   connect_timeout=10) as tunnel:
+                await _ping_server(tunnel, tun)
+                status = server_status(server.clients, server.hub, 0.0)
+                (entry,) = [e for e in status.clients if e.virtual_v4 is not None]
+                assert entry.username == "al_CLIENT_LIST,forged,6.6.6.6:1__"
+                text = format_server_status(status, 2)
+                assert [line for line in text.splitlines() if line.startswith("CLIENT_LIST")] == [
+                    line for line in text.splitlines() if line.startswith("CLIENT_LIST,trivpn-test-client")]
+    assert _record(tmp_path)["username"] == "al_CLIENT_LIST,forged,6.6.6.6:1__"
 
 
 async def test_a_hanging_script_is_refused_after_the_timeout(tmp_path: Path) -> None:
