@@ -8,6 +8,8 @@ first address that works (one socket per resolved address is a later step).
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
 
 import trio
@@ -19,6 +21,12 @@ from trivpn.server.config_model import Listener
 __all__ = ["accept", "bind_listener"]
 
 LISTEN_BACKLOG = 64
+#: accept() errors that mean "no resources now", not "this connection failed"
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: how long accepting pauses after one of them (trio's serve_listeners waits as long)
+ACCEPT_PAUSE = 0.1
+
+log = logging.getLogger("trivpn.server")
 
 Addr = tuple[str, int]
 
@@ -61,13 +69,31 @@ def bind_listener(listener: Listener) -> socket.socket:
 
 
 async def accept(sock: socket.socket) -> tuple[socket.socket, Addr]:
-    """The next connection (non-blocking, TCP_NODELAY) and its peer's (host, port)."""
+    """The next connection (non-blocking, TCP_NODELAY) and its peer's (host, port).
+
+    Running out of descriptors or memory (a flood of connections) pauses accepting for
+    `ACCEPT_PAUSE` seconds and tries again, as trio's serve_listeners does, instead of
+    ending the server; errors of one pending connection skip that connection (accept(2):
+    Linux reports network errors of the new socket from accept)."""
+    paused = 0
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
             conn, addr = sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                continue  # that connection's own error
+            if not paused:  # one line per shortage, not ten a second
+                log.warning("cannot accept TCP connections (%s); trying every %g s", exc.strerror, ACCEPT_PAUSE)
+            paused += 1
+            await trio.sleep(ACCEPT_PAUSE)
+            continue
+        try:
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            conn.close()  # reset already
+            continue
         return conn, (addr[0], addr[1])

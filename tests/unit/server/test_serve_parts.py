@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import socket
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from trivpn.server.config import parse_server_config
 from trivpn.server.config_model import Listener, ServerConfig
 from trivpn.server.hub import Hub
 from trivpn.server.sessionparts import session_parts
-from trivpn.server.sockets import bind_listener
+from trivpn.server.sockets import ACCEPT_PAUSE, accept, bind_listener
 from trivpn.server.support import check_served
 from trivpn.server.tun import server_tun_config
 from trivpn.tun.ip import build_echo_request
@@ -173,3 +175,36 @@ def test_a_common_name_has_one_session_unless_duplicate_cn() -> None:
         hub.clients.update({1: old, 2: other, 3: new})
         assert hub.retire_common_name("alice", keep=3, now=5.0) == len(expect)
         assert old.retired == expect and other.retired == [] and new.retired == []
+
+
+class _ShortOfFiles(socket.socket):
+    """A listening socket whose accept() fails with EMFILE `failures` times first."""
+
+    failures = 0
+    calls = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+async def test_accept_waits_out_a_descriptor_shortage_instead_of_ending_the_server() -> None:
+    """A flood of TCP connections up to the process's open-file limit made accept() raise
+    EMFILE, which ended `trivpn serve` (measured: 66 connections with `ulimit -n 64`, the
+    server exited "Too many open files"). Now accepting pauses ACCEPT_PAUSE and retries:
+    5 failures cost 5 pauses and 6 calls, not a busy loop, and the connection still comes."""
+    with _ShortOfFiles(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        listener.failures = 5
+        with socket.create_connection(listener.getsockname()):
+            start = trio.current_time()
+            with trio.fail_after(5):
+                conn, addr = await accept(listener)
+            conn.close()
+        assert addr[0] == "127.0.0.1" and listener.calls == 6
+        assert trio.current_time() - start >= 5 * ACCEPT_PAUSE
