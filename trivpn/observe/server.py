@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
+from cryptography import x509
 
 from trivpn import records
 from trivpn.errors import ConfigError
@@ -47,6 +48,7 @@ from trivpn.status.format import StatusVersion, format_server_status, real_addre
 from trivpn.status.model import RealAddress
 from trivpn.tlssession.negotiation import PeerInfo
 from trivpn.tlssession.serverrole import SCHEDULED_EXIT
+from trivpn.tlssession.tlsload import subject_fields
 
 __all__ = ["ServerMonitor", "merge_entries"]
 
@@ -147,7 +149,7 @@ class ServerMonitor(HostHistory):
         env = [("untrusted_ip", _plain(client.addr[0])), ("untrusted_port", str(client.addr[1])),
                ("common_name", client.common_name or common_name), ("username", username)]
         env += [(k, v) for k, v in peer_info.items() if k.startswith("IV_")]
-        env += [(f"X509_0_{k}", v) for k, v in _subject_fields(subject)]
+        env += [(f"X509_0_{k}", v) for k, v in _leaf_fields(getattr(client, "peer_chain", ()))]
         env.append(("tls_id_0", subject))
         return env
 
@@ -353,15 +355,14 @@ class ServerMonitor(HostHistory):
         return None
 
 
-def _subject_fields(subject: str) -> list[tuple[str, str]]:
-    """`O=x, CN=y` (format_subject's rendering) as [("O", "x"), ("CN", "y")]."""
-    out = []
-    for rdn in subject.split(", "):
-        for part in rdn.split(" + "):
-            key, sep, value = part.partition("=")
-            if sep and key.isalnum():
-                out.append((key, value))
-    return out
+def _leaf_fields(chain: Sequence[bytes]) -> list[tuple[str, str]]:
+    """The client certificate's subject attributes as [("O", "x"), ("CN", "y")], from the
+    certificate itself (a value holding ", CN=alice" must not add a field)."""
+    try:
+        leaf = x509.load_der_x509_certificate(chain[0]) if chain else None
+    except ValueError:
+        return []
+    return [(k, v) for k, v in subject_fields(leaf.subject) if k.isalnum()] if leaf is not None else []
 
 
 def client_proto(config: Any, n: int) -> str:

@@ -129,6 +129,12 @@ class ClientSession:
         client.net_up.send_nowait([new.first_packet])
         return client
 
+    @property
+    def peer_chain(self) -> tuple[bytes, ...]:
+        """The client's verified certificate chain (DER, leaf first) once TLS is done, else ()."""
+        hs = self.tls.schedule.handshake if self.tls is not None else None
+        return hs.peer_chain if hs is not None else ()
+
     def __repr__(self) -> str:
         return f"client {self.common_name or '?'}@{self.addr[0]}:{self.addr[1]} (peer-id {self.peer_id})"
 

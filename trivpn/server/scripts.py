@@ -38,6 +38,7 @@ from trivpn.records import dataclass
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.pool_types import Lease
 from trivpn.tlssession.tls import format_subject
+from trivpn.tlssession.tlsload import subject_fields
 
 __all__ = [
     "SCRIPT_SECONDS",
@@ -123,11 +124,9 @@ def certificate_env(chain: Sequence[bytes]) -> dict[str, str]:
         env[f"tls_serial_hex_{depth}"] = _colon_hex(serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"))
         env[f"tls_digest_{depth}"] = _colon_hex(hashlib.sha1(der).digest())
         env[f"tls_digest_sha256_{depth}"] = _colon_hex(hashlib.sha256(der).digest())
-        for rdn in format_subject(cert.subject).split(", "):
-            for part in rdn.split(" + "):
-                key, sep, value = part.partition("=")
-                if sep and key.replace("_", "").isalnum():
-                    env[f"X509_{depth}_{key}"] = _printable(value)
+        for key, value in subject_fields(cert.subject):  # the last of a repeated name wins
+            if key.replace("_", "").isalnum():
+                env[f"X509_{depth}_{key}"] = _printable(value)
     return env
 
 

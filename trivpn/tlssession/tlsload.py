@@ -72,6 +72,18 @@ def format_subject(name: x509.Name) -> str:
     return ", ".join(rdns)
 
 
+def subject_fields(name: x509.Name) -> list[tuple[str, str]]:
+    """Each attribute of a subject as (short name, value), in certificate order: what the
+    X509_N_* variables are made of. Taken from the certificate itself, never split out of
+    `format_subject`'s text, where a value holding ", CN=alice" would add a field."""
+    return [
+        (_SHORT_NAMES.get(attr.oid, attr.oid.dotted_string),
+         attr.value if isinstance(attr.value, str) else attr.value.hex())
+        for rdn in name.rdns
+        for attr in rdn
+    ]
+
+
 def common_name(name: x509.Name) -> str:
     """The (last) CN of a subject, or "" when there is none."""
     cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)

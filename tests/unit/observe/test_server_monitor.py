@@ -66,6 +66,7 @@ async def test_client_auth_status_kill_deny(tmp_path: Path) -> None:
                 cid, kid = connect.removeprefix(">CLIENT:CONNECT,").split(",")
                 env = await _env(m)
                 assert env["common_name"] == CN and env["untrusted_ip"] == "127.0.0.1"
+                assert env["X509_0_CN"] == CN  # from the certificate's attributes
                 assert env["IV_PROTO"].isdigit() and "IV_VER" in env and env["password"] == env["username"] == ""
                 await m.send(f"client-auth {cid} {kid}")
                 await m.send('push "route 10.55.0.0 255.255.0.0"')
@@ -75,6 +76,7 @@ async def test_client_auth_status_kill_deny(tmp_path: Path) -> None:
                 established = await _env(m)
                 assert established["ifconfig_pool_remote_ip"] == "10.8.0.2"
                 assert established["common_name"] == CN
+                assert established["X509_0_CN"] == CN
                 await up.wait()
                 routes = [(r.network, r.netmask) for r in got[0].settings.routes]
                 assert ("10.55.0.0", "255.255.0.0") in routes

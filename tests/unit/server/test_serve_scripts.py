@@ -132,6 +132,28 @@ def test_certificate_and_client_env() -> None:
     assert full["ifconfig_pool_remote_ip"] == "10.8.0.9" and full["common_name"] == "bob"
 
 
+def test_x509_variables_come_from_the_certificates_attributes() -> None:
+    """X509_0_CN is the certificate's last CN attribute: a value holding ", CN=alice" (here
+    an OU after the CN) adds no field. Before, the variables were split out of the
+    rendered subject and a script checking X509_0_CN saw "alice" for mallory."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory"),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x, CN=alice + O=evil")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    env = certificate_env([cert.public_bytes(serialization.Encoding.DER)])
+    assert env["X509_0_CN"] == "mallory" and env["X509_0_OU"] == "x, CN=alice + O=evil"
+    assert "X509_0_O" not in env
+
+
 async def test_run_script_passes_only_its_environment_and_is_bounded(tmp_path: Path) -> None:
     out = tmp_path / "env"
     assert await run_script(f"sh -c 'env > {out}' x", ["a b"], {"ONLY": "1"}) == 0
