@@ -59,15 +59,22 @@ _TLS_KEY_TYPES = (
 )
 
 
+def _esc_ctrl(value: str) -> str:
+    """Control characters as \\XX, as OpenSSL's ASN1_STRFLGS_ESC_CTRL (OpenVPN's flag) does:
+    a subject with a line break cannot write lines of its own into a log."""
+    return "".join(f"\\{ord(c):02X}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in value)
+
+
 def format_subject(name: x509.Name) -> str:
-    """Render a subject the way OpenVPN prints it: "C=US, O=x, CN=y" in certificate order."""
+    """Render a subject the way OpenVPN prints it: "C=US, O=x, CN=y" in certificate order,
+    control characters escaped (`_esc_ctrl`)."""
     rdns = []
     for rdn in name.rdns:
         parts = []
         for attr in rdn:
             key = _SHORT_NAMES.get(attr.oid, attr.oid.dotted_string)
             value = attr.value if isinstance(attr.value, str) else attr.value.hex()
-            parts.append(f"{key}={value}")
+            parts.append(f"{key}={_esc_ctrl(value)}")
         rdns.append(" + ".join(parts))
     return ", ".join(rdns)
 

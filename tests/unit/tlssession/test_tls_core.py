@@ -609,6 +609,14 @@ def test_format_subject_matches_openvpn_style(world: World) -> None:
     assert format_subject(world.server.cert.subject) == "C=US, O=Example, CN=vpn.example.com"
 
 
+def test_format_subject_escapes_control_characters_as_openssl_esc_ctrl() -> None:
+    """The subject goes into log lines ("TLS ok: ...") and tls_id_N: a CN with a line break
+    must not start a line of its own. `openssl x509 -nameopt
+    sep_comma_plus_space,sname,utf8,esc_ctrl` (OpenVPN's flags) prints this CN the same."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mal\nX\x7f\u00e9")])
+    assert format_subject(name) == "CN=mal\\0AX\\7F\u00e9"
+
+
 def test_trustme_certificates_work() -> None:
     ca = trustme.CA()
     srv = ca.issue_cert("srv", common_name="srv")
