@@ -73,7 +73,7 @@ class Admission:
         if not self._named:
             self._named = True
             c.common_name = common_name
-            if cfg.username_as_common_name and username:
+            if cfg.username_as_common_name and username and self._username_checked():
                 c.common_name = printable_username(username)  # vetted by the script
             if cfg.client_config_dir is not None:
                 c.ccd = find_ccd(cfg.client_config_dir, c.common_name, cfg.ccd_exclusive)
@@ -93,6 +93,12 @@ class Admission:
                 c.lease = c.hub.take_lease(c.common_name, c.ccd, trio.current_time())
             except (PoolExhausted, FixedAddressError) as exc:
                 raise NegotiationError(str(exc)) from None
+
+    def _username_checked(self) -> bool:
+        """Someone verified the username (a verify script or the management client-auth);
+        an unchecked one never names the client (OpenVPN sets it after verify_user_pass)."""
+        cfg = self.client.hub.config
+        return cfg.auth_user_pass_verify is not None or cfg.management_client_auth
 
     def _learn_routes(self) -> list[LearnAddress]:
         """The lease's addresses and the ccd iroutes into the router: learn-address events."""

@@ -335,7 +335,7 @@ def _check_auth(d: Draft) -> None:
                 "auth-user-pass-verify",
                 "via-env passes the password in the environment, which needs 'script-security 3'",
             )
-    if d.username_as_common_name and d.auth_user_pass_verify is None:
+    if d.username_as_common_name and d.auth_user_pass_verify is None and not d.management_client_auth:
         line = d.lines["username-as-common-name"]
         d.warnings.append(
             (

@@ -166,6 +166,24 @@ async def test_username_as_common_name(tmp_path: Path) -> None:
     assert _record(tmp_path)["common_name"] == CN  # the script still saw the certificate's
 
 
+@pytest.mark.parametrize("extra", ["", "client-connect /bin/true\nscript-security 2"])
+async def test_username_as_common_name_needs_a_checked_username(extra: str) -> None:
+    """Without auth-user-pass-verify (or management-client-auth) nobody checks the username,
+    so it must not become the common name (the config warns "no effect", as OpenVPN sets it
+    only after a verification). Before, a client sending username "alice" took alice's
+    name: her ccd entry and lease, and her session was retired."""
+    pki = shared_pki()
+    cfg = server_config(pki, f"username-as-common-name\n{extra}")
+    with trio.fail_after(BOUND):
+        async with running_server(cfg) as (server, tun):
+            profile = parse_profile(client_profile(pki, server.addresses[0][1]))
+            async with api.connect(profile, username="alice", password="x", reconnect=False,
+                                   connect_timeout=10) as tunnel:
+                await _ping_server(tunnel, tun)
+                (client,) = server.clients.values()
+                assert client.common_name == CN
+
+
 def test_script_security_is_enforced() -> None:
     pki = shared_pki()
     with pytest.raises(ConfigError, match="script-security"):
