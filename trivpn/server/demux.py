@@ -27,7 +27,8 @@ session id), slot = now // ((hand_window + 1) // 2). Nothing is stored. The clie
 CONTROL_V1 / ACK_V1 echoes the cookie after its ACKs; it is accepted for slot offsets
 -2..+1, with every ACKed id and the message id at most 1 (Debian deb12u2), from the very
 address the cookie was made for. Only then is state created, subject to `max_clients`
-(unauthenticated sessions count) and with the lowest free peer-id.
+(unauthenticated sessions count; with several listeners, their sessions together through
+one shared `SessionSlots`) and with the lowest free peer-id.
 
 tls-crypt-v2 (`tls_crypt_v2` given; reference openvpn-protocol.md §7.3): every first packet
 must then be a RESET_V3 or WKC_V1 carrying the client's wrapped key (WKc) after the packet;
@@ -75,6 +76,7 @@ from trivpn.server.demux_types import (
     NewSession,
     Reply,
     ResetRateLimit,
+    SessionSlots,
     WrapFactory,
 )
 from trivpn.wire import (
@@ -132,6 +134,7 @@ __all__ = [
     "Reply",
     "ResetRateLimit",
     "ServerDemux",
+    "SessionSlots",
     "WrapFactory",
     "random_cookie_key",
 ]
@@ -170,8 +173,10 @@ class ServerDemux:
         cookie_key: bytes,
         config: DemuxConfig | None = None,
         tls_crypt_v2: TLSCryptV2Server | None = None,
+        slots: SessionSlots | None = None,
     ) -> None:
-        """`tls_crypt_v2`: serve tls-crypt-v2 clients only (then `wrap_factory` is unused)."""
+        """`tls_crypt_v2`: serve tls-crypt-v2 clients only (then `wrap_factory` is unused);
+        `slots`: max-clients shared with the server's other listeners (else this one's own)."""
         if len(cookie_key) < 16:
             raise ConfigError("the cookie key must be at least 16 bytes")
         self.config = config or DemuxConfig()
@@ -180,6 +185,7 @@ class ServerDemux:
         self._v2 = tls_crypt_v2
         self._cookie_mac = hmac.new(cookie_key, digestmod=hashlib.sha256)
         self._slot_len = (self.config.hand_window + 1) // 2
+        self._slots = slots if slots is not None else SessionSlots(self.config.max_clients)
         self._rate = ResetRateLimit(
             self.config.connect_freq_initial, self.config.connect_freq_initial_period
         )
@@ -432,9 +438,10 @@ class ServerDemux:
     # -- session lifecycle -------------------------------------------------------------
     def _admit(self, addr: Address, client_sid: bytes) -> _Session | None:
         """max-clients, then the lowest free peer-id and a new session number."""
-        if len(self._by_id) >= self.config.max_clients:
+        if self._slots.used >= self._slots.limit:  # every listener's sessions together
             self._drop(DropReason.MAX_CLIENTS)
             return None
+        self._slots.used += 1
         if self._free_peer_ids:
             peer_id = heapq.heappop(self._free_peer_ids)
         else:
@@ -462,6 +469,7 @@ class ServerDemux:
         s = self._by_id.pop(session, None)
         if s is None:
             return
+        self._slots.used -= 1
         if self._by_addr.get(s.addr) is s:
             del self._by_addr[s.addr]
         if self._by_sid.get(s.client_sid) is s:

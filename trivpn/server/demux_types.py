@@ -122,6 +122,15 @@ class DemuxConfig:
 
 
 @dataclass(slots=True)
+class SessionSlots:
+    """max-clients of one server, shared by the demultiplexers of all its listeners: the
+    limit is the server's (OpenVPN's), so `<listen>` blocks must not multiply it."""
+
+    limit: int
+    used: int = 0
+
+
+@dataclass(slots=True)
 class DemuxStats:
     """Counters for status output and tests; nothing here influences routing."""
 

@@ -35,7 +35,14 @@ import trio
 from trivpn.server.clients import GOODBYE_TIME, ClientTable, Listening
 from trivpn.server.clientsession import ClientSession
 from trivpn.server.config_model import ServerConfig
-from trivpn.server.demux import Deliver, NewSession, Reply, ServerDemux, random_cookie_key
+from trivpn.server.demux import (
+    Deliver,
+    NewSession,
+    Reply,
+    ServerDemux,
+    SessionSlots,
+    random_cookie_key,
+)
 from trivpn.server.hub import Hub
 from trivpn.server.persist import start_pool_persist
 from trivpn.server.privdrop import PrivilegeDrop
@@ -120,13 +127,15 @@ class Server:
             if (persist := self.config.pool_persist) is not None:
                 kept = self.privileges.keep(persist.path, 0o600) if persist.seconds else None
                 start_pool_persist(m, self.hub.pool, persist, kept.replace if kept else None)
+            slots = SessionSlots(self.config.max_clients)  # max-clients is the server's, not per socket
             for listener in self.config.listeners:
                 raw = bind_listener(listener)
                 m.add_cleanup(raw.close)
                 host, port = raw.getsockname()[:2]
                 self.addresses.append((host, port))
                 demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
-                                    config=self.config.demux_config(), tls_crypt_v2=self.parts.tls_crypt_v2)
+                                    config=self.config.demux_config(), tls_crypt_v2=self.parts.tls_crypt_v2,
+                                    slots=slots)
                 name = f"{listener.proto} {host}:{port}"
                 if listener.proto == "tcp":
                     m.start_service(f"{name} acceptor", run_tcp_acceptor, raw, Listening(demux), self.table,

@@ -32,6 +32,7 @@ from trivpn.server.demux import (
     NewSession,
     Reply,
     ServerDemux,
+    SessionSlots,
 )
 from trivpn.testing.pki import static_key_text
 
@@ -360,6 +361,26 @@ def test_max_clients_counts_every_session_and_frees_on_removal() -> None:
     d.remove_session(a.session)
     d.remove_session(a.session)  # idempotent
     assert connect(d, third).peer_id == 0
+
+
+def test_max_clients_counts_every_listener_of_the_server() -> None:
+    """With two listeners (`<listen>` blocks: UDP and TCP) and max-clients 2, the server
+    holds 2 sessions in all, as OpenVPN's limit is per server. Before, each listener's
+    demux counted its own: 4 sessions (and N listeners, N times the memory bound)."""
+    slots = SessionSlots(2)
+    udp = ServerDemux(srv_wrap, cookie_key=COOKIE_KEY, config=DemuxConfig(max_clients=2), slots=slots)
+    tcp = ServerDemux(srv_wrap, cookie_key=COOKIE_KEY, config=DemuxConfig(max_clients=2), slots=slots)
+    a = connect(udp, ADDR)
+    assert tcp.add_stream_session(("tcp", "192.0.2.5", 5)) is not None
+    assert tcp.add_stream_session(("tcp", "192.0.2.5", 6)) is None
+    w, other, sid = cli_wrap(), ("192.0.2.1", 2), b"\x22" * 8
+    udp.receive_datagram(reset(w, sid), other, 0.0)
+    assert udp.receive_datagram(returning(w, expected_cookie(0, other, sid), sid=sid), other, 0.0) == []
+    assert udp.stats.drops[DropReason.MAX_CLIENTS] == tcp.stats.drops[DropReason.MAX_CLIENTS] == 1
+    udp.remove_session(a.session)
+    udp.remove_session(a.session)  # idempotent: one slot back, not two
+    assert slots.used == 1 and tcp.add_stream_session(("tcp", "192.0.2.5", 7)) is not None
+    assert tcp.add_stream_session(("tcp", "192.0.2.5", 8)) is None
 
 
 def test_peer_id_is_the_lowest_free_slot() -> None:
