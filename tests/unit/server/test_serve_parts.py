@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from helpers.profiles import shared_pki
 
 from trivpn.cli import main
@@ -191,7 +192,9 @@ class _ShortOfFiles(socket.socket):
         return super().accept()
 
 
-async def test_accept_waits_out_a_descriptor_shortage_instead_of_ending_the_server() -> None:
+async def test_accept_waits_out_a_descriptor_shortage_instead_of_ending_the_server(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A flood of TCP connections up to the process's open-file limit made accept() raise
     EMFILE, which ended `trivpn serve` (measured: 66 connections with `ulimit -n 64`, the
     server exited "Too many open files"). Now accepting pauses ACCEPT_PAUSE and retries:
