@@ -174,9 +174,11 @@ class ServerDemux:
         config: DemuxConfig | None = None,
         tls_crypt_v2: TLSCryptV2Server | None = None,
         slots: SessionSlots | None = None,
+        reset_rate: ResetRateLimit | None = None,
     ) -> None:
         """`tls_crypt_v2`: serve tls-crypt-v2 clients only (then `wrap_factory` is unused);
-        `slots`: max-clients shared with the server's other listeners (else this one's own)."""
+        `slots` (max-clients) and `reset_rate` (connect-freq-initial): shared with the
+        server's other listeners, as both limits are the server's (else this one's own)."""
         if len(cookie_key) < 16:
             raise ConfigError("the cookie key must be at least 16 bytes")
         self.config = config or DemuxConfig()
@@ -186,7 +188,7 @@ class ServerDemux:
         self._cookie_mac = hmac.new(cookie_key, digestmod=hashlib.sha256)
         self._slot_len = (self.config.hand_window + 1) // 2
         self._slots = slots if slots is not None else SessionSlots(self.config.max_clients)
-        self._rate = ResetRateLimit(
+        self._rate = reset_rate if reset_rate is not None else ResetRateLimit(
             self.config.connect_freq_initial, self.config.connect_freq_initial_period
         )
         #: a wrap used only to authenticate first packets; replaced once it has accepted

@@ -31,6 +31,7 @@ from trivpn.server.demux import (
     DropReason,
     NewSession,
     Reply,
+    ResetRateLimit,
     ServerDemux,
     SessionSlots,
 )
@@ -381,6 +382,18 @@ def test_max_clients_counts_every_listener_of_the_server() -> None:
     udp.remove_session(a.session)  # idempotent: one slot back, not two
     assert slots.used == 1 and tcp.add_stream_session(("tcp", "192.0.2.5", 7)) is not None
     assert tcp.add_stream_session(("tcp", "192.0.2.5", 8)) is None
+
+
+def test_connect_freq_initial_counts_every_listener_of_the_server() -> None:
+    """connect-freq-initial 3 per 10 s with two UDP listeners: 3 resets answered in all,
+    not 3 per socket (6 before: N listeners, N times the reflection budget)."""
+    rate = ResetRateLimit(3, 10.0)
+    cfg = DemuxConfig(connect_freq_initial=3)
+    a, b = (ServerDemux(srv_wrap, cookie_key=COOKIE_KEY, config=cfg, reset_rate=rate) for _ in range(2))
+    answered = [len(d.receive_datagram(reset(cli_wrap()), ("192.0.2.9", port), 1.0))
+                for port in range(4) for d in (a, b)]
+    assert sum(answered) == 3
+    assert a.stats.drops[DropReason.RATE_LIMITED] + b.stats.drops[DropReason.RATE_LIMITED] == 5
 
 
 def test_peer_id_is_the_lowest_free_slot() -> None:
