@@ -32,6 +32,7 @@ from trivpn.server.pool_types import FixedAddressError, PoolExhausted
 from trivpn.server.routing import LearnAddress, RouteLimitExceeded
 from trivpn.server.scripts import UNDEF, client_env
 from trivpn.tlssession.negotiation import NegotiationError, PeerInfo
+from trivpn.tlssession.tlsload import remap_name
 
 if TYPE_CHECKING:
     from trivpn.server.clientsession import ClientSession
@@ -49,8 +50,8 @@ class Admission:
         self.hooks = ClientHooks(client.parts.scripts)
         #: the client reached the end of admission (client-disconnect runs for it)
         self.admitted = False
-        #: the username it logged in with (a renegotiation must not change it), printable as
-        #: OpenVPN's string_mod_remap_name leaves it: it goes into the status file
+        #: the username it logged in with (a renegotiation must not change it), control
+        #: characters remapped as OpenVPN does (`remap_name`): it goes into the status file
         self.username = ""
         self._named = False
 
@@ -74,7 +75,7 @@ class Admission:
             self._named = True
             c.common_name = common_name
             if cfg.username_as_common_name and username and self._username_checked():
-                c.common_name = printable_username(username)  # vetted by the script
+                c.common_name = remap_name(username)  # vetted; as OpenVPN names it
             if cfg.client_config_dir is not None:
                 c.ccd = find_ccd(cfg.client_config_dir, c.common_name, cfg.ccd_exclusive)
             if c.hub.retire_common_name(c.common_name, c.key, trio.current_time()):
@@ -161,7 +162,7 @@ class Admission:
             log.warning("%r refused: %s", c, why)
             c.cleanup(trio.current_time())
         self.admitted = why is None
-        self.username = user if cfg.auth_user_pass_verify is not None else ""  # else unchecked
+        self.username = remap_name(ev.username) if cfg.auth_user_pass_verify is not None else ""  # else unchecked
         try:
             await c.stack.commands.send(AuthVerdict(why is None, tell, creds.token))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -175,7 +176,7 @@ class Admission:
         c = self.client
         why: str | None = "the username changed at renegotiation"
         reason = ""
-        if printable_username(ev.username) == self.username:
+        if remap_name(ev.username) == self.username:
             scripts = c.parts.scripts
             creds = await check_credentials(scripts, ev, c.addr, {**scripts.daemon, **self.hooks.env},
                                             c.hub.config.hand_window / 2)

@@ -100,12 +100,18 @@ def common_name(name: x509.Name) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
+def remap_name(text: str) -> str:
+    """OpenVPN's `string_mod_remap_name` (CC_PRINT without CC_CRLF): every control
+    character (below 0x20, and DEL) becomes '_'; UTF-8 stays (Debian's openvpn 2.6.14 lists
+    the CN "mal\\nX,é" as "mal_X,é" in its status file)."""
+    return "".join("_" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+
+
 def peer_common_name(name: x509.Name) -> str:
     """A peer's common name as a server uses it (status file, pool, ccd, logs): the last CN
     attribute itself, never parsed back out of the rendered subject (a value holding
-    ", CN=alice" would name another client), with every byte outside printable ASCII — CR
-    and LF included — replaced by '_', as OpenVPN's `string_mod_remap_name` does."""
-    return "".join(chr(b) if 0x20 <= b <= 0x7E else "_" for b in common_name(name).encode())
+    ", CN=alice" would name another client), its control characters remapped (`remap_name`)."""
+    return remap_name(common_name(name))
 
 
 def pem_problem(exc: Exception) -> str:
