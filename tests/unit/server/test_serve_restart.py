@@ -151,6 +151,10 @@ async def test_sighup_restarts_with_the_edited_file(tmp_path: Path, caplog: pyte
                         await trio.sleep_forever()
                 await up(2)
                 assert servers[1].addresses == [("127.0.0.1", port[0])]  # the same port bound again
+                for _ in range(400):  # bounded: the status task writes its first report just after start-up
+                    if (tmp_path / "status-2.txt").exists():
+                        break
+                    await trio.sleep(0.005)
                 assert (tmp_path / "status-2.txt").exists()  # the edited file is in effect
                 async with api.connect(profile, reconnect=False) as tunnel:
                     assert [r.network for r in tunnel.settings.routes] == ["192.168.77.0"]
