@@ -152,7 +152,10 @@ def prepare_engine(
     rpc_fds: frozenset[int] = frozenset(),
     on_event: Callable[[Any], None] | None = None,
 ) -> tuple[Engine, Any, str]:
-    """Engine, TUN device and peer name from a StartRequest (ConfigError: one line)."""
+    """Engine, TUN device and peer name from a StartRequest (ConfigError: one line).
+
+    On an error the TUN fd is closed here: the caller gets no device to close.
+    """
     from trivpn.engine import Engine, inherited_tun
     from trivpn.profile.profile import load_profile, parse_profile
     from trivpn.session.config import SessionConfig
@@ -168,13 +171,18 @@ def prepare_engine(
         log.warning("%s", w)
     ifname = check_tun_fd(start.tunnel_file_descriptor, rpc_fds)
     device = inherited_tun(start.tunnel_file_descriptor, start.tunnel_name or ifname)
-    config = SessionConfig.from_profile(
-        profile,
-        key_derivation=start.key_derivation or "auto",
-        username=start.username,
-        password=start.password,
-    )
-    engine = Engine(config, device, configure_tun=False, on_tunnel_up=on_tunnel_up, on_event=on_event)
+    try:
+        config = SessionConfig.from_profile(
+            profile,
+            key_derivation=start.key_derivation or "auto",
+            username=start.username,
+            password=start.password,
+        )
+        engine = Engine(config, device, configure_tun=False, on_tunnel_up=on_tunnel_up, on_event=on_event)
+    except BaseException:
+        # nobody else holds the device yet: it stayed open until the process exited
+        device.close()
+        raise
     return engine, device, profile.remotes[0].host if profile.remotes else ""
 
 

@@ -338,6 +338,31 @@ async def test_engine_reconnects_are_pushed_to_the_manager(monkeypatch: pytest.M
                 os.close(fd)
 
 
+def test_prepare_engine_closes_the_tun_when_the_start_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StartRequest that fails after the TUN fd was wrapped (here a bad key derivation)
+    left the device open until the tunnel process exited."""
+    from trivpn.errors import ConfigError
+    from trivpn.manager.tunnel import prepare_engine
+
+    monkeypatch.setattr("trivpn.manager.tunnel.check_tun_fd", lambda fd, rpc_fds=frozenset(): "t0")
+    text = client_profile(generate_pki(), ServerOptions(proto="udp", wrap="tls-crypt"), "127.0.0.1")
+    r, w = os.pipe()
+    try:
+        start = pb.StartRequest(profile_text=text, tunnel_file_descriptor=r, key_derivation="bogus")
+
+        async def up(info: object) -> None:
+            pass
+
+        with pytest.raises(ConfigError, match="key derivation"):
+            prepare_engine(start, up)
+        with pytest.raises(OSError):
+            os.fstat(r)  # closed by prepare_engine
+    finally:
+        for fd in (r, w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 async def test_log_records_become_log_messages() -> None:
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
