@@ -53,6 +53,8 @@ tunnel_log = logging.getLogger("trivpn.tunnel")
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 10.0
 EXIT_TIMEOUT = 5.0
+#: How long a tunnel that failed the handshake may take to obey SIGTERM before SIGKILL.
+TERM_GRACE = 0.5
 PEER_QUEUE = 64
 #: How long a started tunnel's CONNECTED PeerUpdate is waited for before `open_tunnel` yields.
 PEER_WAIT = 1.0
@@ -269,10 +271,20 @@ async def _spawn(
     return process, stream
 
 
-async def _reap(process: trio.Process) -> None:
-    """Wait (bounded) for the tunnel process to exit, then kill it."""
-    with trio.move_on_after(EXIT_TIMEOUT):
-        await process.wait()
+async def _reap(process: trio.Process, *, spoke: bool = True) -> None:
+    """Wait (bounded) for the tunnel process to exit, then kill it.
+
+    A tunnel that never completed the handshake (`spoke` False) was sent no Stop and has no
+    reason to exit: waiting EXIT_TIMEOUT for it only delayed the error. It gets SIGTERM at
+    once, and SIGKILL if it is still there after TERM_GRACE.
+    """
+    if not spoke and process.returncode is None:
+        process.terminate()
+        with trio.move_on_after(TERM_GRACE):
+            await process.wait()
+    else:
+        with trio.move_on_after(EXIT_TIMEOUT):
+            await process.wait()
     if process.returncode is None:
         log.warning("tunnel process %d did not exit; killing it", process.pid)
         process.kill()
@@ -384,7 +396,8 @@ async def open_tunnel(
     finally:
         with trio.CancelScope(shield=True):
             if process is not None:
-                await _reap(process)
+                spoke = tunnel is not None and tunnel.speaker.version is not None
+                await _reap(process, spoke=spoke)
             if tunnel is not None:
                 tunnel._undo()
             _close_fds(tun_fd)

@@ -519,6 +519,57 @@ async def test_open_tunnel_yields_once_the_peer_is_connected() -> None:
                 assert list(managed.peer.ip_addrs) == ["10.8.0.2/24"]
 
 
+#: A tunnel program that answers the manager's header with garbage, ignores SIGTERM and
+#: would then sleep for a minute.
+_BAD_TUNNEL = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "os.write(int(sys.argv[sys.argv.index('--rpc-write-fd') + 1]), b'not a header\\n')\n"
+    "time.sleep(60)\n"
+)
+
+
+async def test_a_tunnel_that_failed_the_handshake_is_ended_at_once(tmp_path: pytest.TempPathFactory) -> None:
+    """Before, `_reap` waited EXIT_TIMEOUT (5 s) for a process that was never sent Stop and
+    had no reason to exit before killing it: the handshake error came 5 s late. Now SIGTERM
+    at once, SIGKILL after TERM_GRACE (this program ignores SIGTERM)."""
+    import sys
+    from pathlib import Path
+
+    from helpers.require import require_root
+
+    from trivpn.errors import TrivpnError
+    from trivpn.manager.session import TERM_GRACE, open_tunnel
+
+    require_root("manager handshake test (a kernel TUN)", ())
+    profile = Path(str(tmp_path)) / "c.ovpn"
+    profile.write_text(client_profile(generate_pki(), ServerOptions(proto="udp", wrap="tls-crypt"), "127.0.0.1"))
+    pids: list[int] = []
+
+    import trivpn.manager.session as session
+
+    real_spawn = session._spawn
+
+    async def spawn(*args: object) -> object:
+        process, stream = await real_spawn(*args)  # type: ignore[arg-type]
+        pids.append(process.pid)
+        return process, stream
+
+    t0 = trio.current_time()
+    with trio.fail_after(LIMIT), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session, "_spawn", spawn)
+        with pytest.raises(TrivpnError, match="handshake failed"):
+            async with open_tunnel(
+                profile, ifname="tvhs%d", tunnel_argv=[sys.executable, "-c", _BAD_TUNNEL]
+            ):
+                pass
+    took = trio.current_time() - t0
+    assert took < TERM_GRACE + 2.0, f"the handshake error took {took:.1f} s"
+    assert pids
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)  # killed and reaped
+
+
 async def test_tunnel_process_serves_over_a_unix_socket(tmp_path: pytest.TempPathFactory) -> None:
     """`--rpc-socket`: the tunnel connects, forwards its logs, answers Stop last, hangs up."""
     from trivpn.manager.process import open_rpc_stream, serve_manager
