@@ -24,8 +24,12 @@ def add_commands(
     t.add_argument("--rpc-write-fd", type=int, metavar="W", help="fd our messages leave on")
     t.add_argument("--rpc-socket", metavar="PATH", help="connect to the manager's Unix socket instead")
     t.add_argument(
-        "--user", default="nobody",
+        "--user", default=None,
         help="when started as root, switch to this user before serving (default nobody)",
+    )
+    t.add_argument(
+        "--keep-user", action="store_true",
+        help="stay the user we were started as (as root: the engine runs as root)",
     )
     t.add_argument("-v", "--verbose", action="count", default=0, help="forward debug logs too")
     t.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -36,20 +40,29 @@ def add_commands(
     )
     common(m)
     m.add_argument(
-        "--tunnel-user", default="nobody", help="user the tunnel process runs as (default nobody)"
+        "--tunnel-user", default=None, help="user the tunnel process runs as (default nobody)"
     )
     m.add_argument("--ifname", default="tvpn%d", help="TUN interface name (%%d: first free number)")
     m.set_defaults(handler=cmd_manage)
 
 
 async def cmd_tunnel(args: argparse.Namespace) -> int:
-    from trivpn.manager.process import drop_privileges, open_rpc_stream, serve_manager
+    from trivpn.manager.process import (
+        drop_privileges,
+        open_rpc_stream,
+        serve_manager,
+        tunnel_identity,
+    )
 
     if 1 in (args.rpc_read_fd, args.rpc_write_fd):
         _log_to_stderr()
+    become = tunnel_identity(args.user, args.keep_user)  # before anything is opened
     stream = await open_rpc_stream(args.rpc_read_fd, args.rpc_write_fd, args.rpc_socket)
-    if os.geteuid() == 0 and args.user:
-        drop_privileges(args.user)
+    if os.geteuid() == 0:
+        if become is not None:
+            drop_privileges(become)
+        else:
+            log.warning("--keep-user: the tunnel runs as root and parses network input as root")
     given = frozenset(fd for fd in (args.rpc_read_fd, args.rpc_write_fd) if fd is not None)
     await serve_manager(stream, verbose=args.verbose > 0, rpc_fds=given)
     return 0
@@ -75,6 +88,7 @@ async def cmd_manage(args: argparse.Namespace) -> int:
     from trivpn.cli import _credentials, _load
     from trivpn.errors import ConfigError, FatalError
     from trivpn.manager import manager_pb2 as pb
+    from trivpn.manager.process import tunnel_identity
     from trivpn.manager.session import open_tunnel
 
     # The shared client flags reach `manage` too, but StartRequest cannot carry these: they
@@ -82,6 +96,7 @@ async def cmd_manage(args: argparse.Namespace) -> int:
     for flag, given in (("-4/-6", args.family is not None), ("--no-reconnect", args.no_reconnect)):
         if given:
             raise ConfigError(f"{flag} is not supported by trivpn manage (use trivpn connect)")
+    tunnel_identity(args.tunnel_user, False)  # --tunnel-user '': one line before any prompt
     profile = _load(args.profile)
     username, password = _credentials(profile, args)
     stop_reason: str | None = None
@@ -102,7 +117,7 @@ async def cmd_manage(args: argparse.Namespace) -> int:
             username=username,
             password=password,
             key_derivation=args.key_derivation,
-            tunnel_user=args.tunnel_user or None,
+            tunnel_user=args.tunnel_user,
             ifname=args.ifname,
             verbose=args.verbose > 0,
         ) as tunnel:

@@ -17,15 +17,21 @@ import trio
 from trivpn.errors import ConfigError, FatalError
 
 __all__ = [
+    "DEFAULT_TUNNEL_USER",
     "PRELOAD",
     "capabilities",
     "drop_privileges",
     "open_rpc_stream",
     "serve_manager",
     "stream_fds",
+    "tunnel_identity",
 ]
 
 log = logging.getLogger("trivpn.manager")
+
+#: Who a tunnel process started as root becomes unless told otherwise: it parses what the
+#: network sends, so by default it must not keep root.
+DEFAULT_TUNNEL_USER = "nobody"
 
 #: Everything the tunnel may import after it dropped root (see the module docstring).
 PRELOAD = (
@@ -66,6 +72,27 @@ def capabilities() -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def tunnel_identity(user: str | None, keep_user: bool) -> str | None:
+    """The account a tunnel process started as root switches to; None means stay as it is.
+
+    Staying must be asked for by name (`keep_user`): a missing user (None) is the safe
+    default, and an empty one (an unset variable, say) is an error, not a quiet "stay root".
+    """
+    if keep_user:
+        if user is not None:
+            raise ConfigError("give a user for the tunnel process or keep its own user, not both")
+        return None
+    if user is None:
+        return DEFAULT_TUNNEL_USER
+    if not user.strip():
+        raise ConfigError(
+            f"empty user name for the tunnel process: leave it out for {DEFAULT_TUNNEL_USER}; "
+            "keeping the process's own user must be asked for (trivpn tunnel --keep-user, "
+            "open_tunnel(keep_user=True))"
+        )
+    return user
 
 
 def drop_privileges(user: str) -> tuple[int, int]:

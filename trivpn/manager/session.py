@@ -41,6 +41,7 @@ from trivpn.manager.managercore import (
     NotePeerUpdate,
     RelayLog,
 )
+from trivpn.manager.process import tunnel_identity
 from trivpn.manager.rpc import Notice, Request
 from trivpn.manager.speaker import RPCClosed, Speaker
 
@@ -59,11 +60,17 @@ PEER_QUEUE = 64
 #: How long a started tunnel's CONNECTED PeerUpdate is waited for before `open_tunnel` yields.
 PEER_WAIT = 1.0
 
-def tunnel_command(read_fd: int, write_fd: int, *, user: str | None, verbose: bool = False) -> list[str]:
-    """The argv that starts a tunnel process speaking on the two fds."""
+def tunnel_command(
+    read_fd: int, write_fd: int, *, user: str | None = None, keep_user: bool = False, verbose: bool = False
+) -> list[str]:
+    """The argv that starts a tunnel process speaking on the two fds.
+
+    The identity is always spelled out (`--user NAME` or `--keep-user`): leaving `--user`
+    out meant the tunnel's own default, `nobody`, where "stay as we are" was documented.
+    """
     argv = [sys.executable, "-m", "trivpn", "tunnel", "--rpc-read-fd", str(read_fd), "--rpc-write-fd", str(write_fd)]
-    if user:
-        argv += ["--user", user]
+    become = tunnel_identity(user, keep_user)
+    argv += ["--keep-user"] if become is None else ["--user", become]
     if verbose:
         argv.append("-v")
     return argv
@@ -345,7 +352,8 @@ async def open_tunnel(
     username: str = "",
     password: str = "",
     key_derivation: str = "auto",
-    tunnel_user: str | None = "nobody",
+    tunnel_user: str | None = None,
+    keep_user: bool = False,
     ifname: str = "tvpn%d",
     verbose: bool = False,
     start_timeout: float = START_TIMEOUT,
@@ -354,14 +362,18 @@ async def open_tunnel(
     """Bring a tunnel up through an unprivileged tunnel process; stop it on exit.
 
     Needs root (CAP_NET_ADMIN) for the TUN and its settings. `tunnel_user` is the account
-    the tunnel process switches to when started as root (None: stay as we are).
+    the tunnel process switches to when started as root (None, the default: `nobody`; an
+    empty name is a ConfigError). Only `keep_user=True` (with `tunnel_user=None`) keeps it as we
+    are, which as root means a root process parsing what the network sends.
     `tunnel_argv` replaces the command (it gets ``--rpc-read-fd R --rpc-write-fd W``
-    appended), for front ends that ship their own tunnel binary.
+    appended and decides about its user itself), for front ends that ship their own
+    tunnel binary.
     """
     from trivpn.tun.linux import TunPermissionError, open_tun
 
     if key_derivation not in ("auto", "ekm", "prf"):
         raise ConfigError(f"key derivation must be auto, ekm or prf, not {key_derivation!r}")
+    tunnel_identity(tunnel_user, keep_user)  # one line now, before the TUN exists
     text, source = _read_profile(profile)
     try:
         tun_fd, name = open_tun(ifname)
@@ -373,7 +385,7 @@ async def open_tunnel(
 
         def argv_for(read_fd: int, write_fd: int) -> list[str]:
             if tunnel_argv is None:
-                return tunnel_command(read_fd, write_fd, user=tunnel_user, verbose=verbose)
+                return tunnel_command(read_fd, write_fd, user=tunnel_user, keep_user=keep_user, verbose=verbose)
             return [*tunnel_argv, "--rpc-read-fd", str(read_fd), "--rpc-write-fd", str(write_fd)]
 
         process, stream = await _spawn(argv_for, tun_fd)

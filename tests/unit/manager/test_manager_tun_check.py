@@ -136,8 +136,7 @@ def test_tunnel_process_exits_1_with_the_reason_on_stderr() -> None:
             str(to_tunnel_r),
             "--rpc-write-fd",
             str(from_tunnel_w),
-            "--user",
-            "",
+            "--keep-user",
         ],
         pass_fds=(to_tunnel_r, from_tunnel_w),
         stdout=subprocess.DEVNULL,
@@ -165,7 +164,7 @@ def test_tunnel_speaking_on_its_stdout_logs_to_stderr() -> None:
     """`--rpc-write-fd 1` with -v: the tunnel's own log line after its header went into the
     protocol stream (as bytes of the first "frame"), and the manager hung up on it."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    argv = [sys.executable, "-m", "trivpn", "tunnel", "--rpc-read-fd", "0", "--rpc-write-fd", "1", "--user", "", "-v"]
+    argv = [sys.executable, "-m", "trivpn", "tunnel", "--rpc-read-fd", "0", "--rpc-write-fd", "1", "--keep-user", "-v"]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdin is not None and proc.stdout is not None
     try:
