@@ -333,8 +333,15 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     )
     device = kernel_tun()
     kill = args.kill_switch or profile.kill_switch
+    monitor = observe[1] if observe is not None else None
+    try:  # a refusal here (no remote can be reached, ...) must not leave the new TUN behind
+        engine = Engine(
+            config, device, configure_tun=True, handle_signals=True, observer=monitor, kill_switch=kill
+        )
+    except BaseException:
+        device.close()
+        raise
     if observe is None:
-        engine = Engine(config, device, configure_tun=True, handle_signals=True, kill_switch=kill)
         async with trio.open_nursery() as nursery:
             await nursery.start(restart_on_signals, engine)
             await engine.run()
@@ -344,9 +351,6 @@ async def cmd_connect(args: argparse.Namespace) -> int:
 
         options, monitor = observe
         monitor.need_credentials(query)
-        engine = Engine(
-            config, device, configure_tun=True, handle_signals=True, observer=monitor, kill_switch=kill
-        )
         await run_connect(engine, monitor, options)
     log.info("disconnected (%s); %s removed", engine.stop_reason or "stopped", device.name)
     return 0

@@ -12,6 +12,7 @@ tunnel and applies the settings (`trivpn.session.netapply`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -96,6 +97,52 @@ def _script_runner(profile: Profile) -> ScriptRunner | None:
     return ScriptRunner(profile)
 
 
+def _literal_version(host: str) -> int | None:
+    """4 or 6 for an IP address literal, None for a name."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def unreachable_remotes(config: SessionConfig) -> list[str]:
+    """Why each remote that can never be reached cannot be, in profile order.
+
+    A literal address of one family under a protocol forced to the other (`-6` with
+    `remote 192.0.2.1`, `proto udp4` with an IPv6 literal) never resolves: the attempt
+    loop retried "cannot resolve" until the connect timeout, or for ever. With a proxy the
+    proxy's own address is the one we resolve; the remote is the proxy's business.
+    """
+    out: list[str] = []
+    for conn in config.connections:
+        proxy = conn.profile.http_proxy or conn.profile.socks_proxy
+        for remote in conn.remotes:
+            host = proxy.host if proxy is not None else remote.host
+            if config.family is not None:
+                wanted, why = config.family, f"-{config.family}"
+            elif remote.proto.endswith(("4", "6")):
+                wanted, why = int(remote.proto[-1]), f"proto {remote.proto}"
+            else:
+                continue
+            version = _literal_version(host)
+            if version is not None and version != wanted:
+                what = "the proxy" if proxy is not None else "remote"
+                out.append(f"{what} {host} is an IPv{version} address, but only IPv{wanted} may be used ({why})")
+    return out
+
+
+def check_remotes(config: SessionConfig) -> None:
+    """One-line ConfigError when no remote can ever be reached; a warning for each remote
+    that cannot while others can (they are still tried, and fail at once)."""
+    problems = unreachable_remotes(config)
+    total = sum(len(conn.remotes) for conn in config.connections)
+    if problems and len(problems) == total:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{problems[0]}{more}: no remote can be reached")
+    for problem in problems:
+        log.warning("%s: that remote can never be reached", problem)
+
+
 class _Paths:
     """The run's `PathHooks`: the kill switch's holes and the redirect-gateway bypass route
     follow the server endpoints actually used."""
@@ -142,6 +189,7 @@ class Client:
             config = SessionConfig.from_profile(config, **overrides)
         elif overrides:
             raise TypeError("session overrides apply only when a Profile is given")
+        check_remotes(config)
         self.config = config
         self.profile = config.profile
         self.device = device
