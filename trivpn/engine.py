@@ -33,6 +33,7 @@ from trivpn.session.netsettings import TunnelInfo
 from trivpn.session.runevents import OnRunEvent
 from trivpn.tun.base import TunDevice
 from trivpn.tun.linux import LinuxTun, TunPermissionError, open_tun
+from trivpn.tunname import DEFAULT_TUN_NAME
 from trivpn.workers.manager import WorkersManager
 
 if TYPE_CHECKING:
@@ -44,13 +45,40 @@ __all__ = ["Engine", "inherited_tun", "kernel_tun", "userspace_tun"]
 log = logging.getLogger("trivpn")
 
 
-def kernel_tun() -> LinuxTun:
-    """A new kernel TUN interface (needs root or CAP_NET_ADMIN; ConfigError otherwise)."""
+def kernel_tun(name: str = DEFAULT_TUN_NAME) -> LinuxTun:
+    """A kernel TUN interface called `name` (`%d`: the first free number); needs root or
+    CAP_NET_ADMIN (ConfigError otherwise).
+
+    A specific name that is already a TUN nobody has open (made with `ip tuntap add`,
+    `openvpn --mktun`) is taken over, as OpenVPN does; the kernel's answer for one that
+    exists as another kind of interface was "Invalid argument", so that is said plainly.
+    """
+    existed = "%" not in name and _interface_exists(name)
     try:
-        fd, name = open_tun()
+        fd, actual = open_tun(name)
     except TunPermissionError as exc:
         raise ConfigError(f"{exc}") from None
-    return LinuxTun(fd, name)
+    except ConfigError:
+        if existed and _interface_exists(name):
+            raise ConfigError(
+                f"interface {name!r} already exists and is not a TUN device trivpn can use "
+                "(another program's, or another kind): choose another 'dev' name, or 'dev tun'"
+            ) from None
+        raise
+    if existed:
+        log.info("using the existing TUN device %s", actual)
+    return LinuxTun(fd, actual)
+
+
+def _interface_exists(name: str) -> bool:
+    """Whether this network namespace has an interface `name` (no sysfs needed)."""
+    import socket
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def inherited_tun(fd: int, name: str = "") -> LinuxTun:
