@@ -10,6 +10,15 @@ Everything here is untrusted input: malformed values (bad address, bad number,
 peer-id beyond 24 bits, compression we refuse) raise :class:`RemoteProtocolError`
 with a clear message; options we do not implement only add a warning line.
 
+A malformed ``route``, ``route-ipv6``, ``route-gateway`` or ``route-metric`` (a host
+name as network, a bad netmask...) is the exception: OpenVPN 2.6's client logs
+"Options error" and goes on without it, so it is skipped with a warning here too
+(:data:`SKIPPABLE`). Losing one of them only leaves a network outside the tunnel that
+OpenVPN leaves outside as well; restarting instead would never connect to a server that
+always pushes it. Everything that defines the tunnel (addresses, topology, MTU, cipher,
+compression) or keeps packets or names from leaving it (``block-ipv6``, DNS) stays a
+restart.
+
 ``dns`` options (2.6, pushed when we announce IV_PROTO bit 6) take precedence over
 ``dhcp-option DNS``/``DOMAIN`` as in OpenVPN: if any ``dns server`` address was
 pushed, :attr:`PushedSettings.dns_servers` only holds those (by ascending server
@@ -78,6 +87,9 @@ _SILENT_PUSH = frozenset(
         "tun-ipv6",
     }
 )
+
+#: Pushed options that are skipped with a warning when malformed, as OpenVPN 2.6 does.
+SKIPPABLE = frozenset({"route", "route-ipv6", "route-gateway", "route-metric"})
 
 _CIPHER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
@@ -229,7 +241,12 @@ class _PushParser:
         name, args = tokens[0], tokens[1:]
         handler = getattr(self, "_opt_" + name.replace("-", "_"), None)
         if handler is not None and name.isascii() and name.replace("-", "").isalnum():
-            handler(name, args)
+            try:
+                handler(name, args)
+            except RemoteProtocolError as exc:
+                if name not in SKIPPABLE:
+                    raise
+                self.warn(f"{exc}; the option was ignored (as OpenVPN does)")
         elif name in _SILENT_PUSH:
             return
         else:

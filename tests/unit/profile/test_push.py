@@ -249,19 +249,15 @@ def test_misc_options() -> None:
         ("ifconfig 10.8.0.300 255.255.255.0", "not an IPv4 address"),
         ("ifconfig 10.8.0.2", "arguments"),
         ("topology star", "unknown topology"),
-        ("route 10.0.0.0 255.0.255.0", "not a valid netmask"),
-        ("route evil.example.com", "not an IPv4 address"),
-        ("route 10.0.0.0 255.0.0.0 10.8.0.1 -1", "not a number"),
-        ("route-ipv6 fd00::/129", "not an IPv6 network"),
         ("ifconfig-ipv6 fd00::1/200 fd00::2", "out of range"),
         ("ifconfig-ipv6 10.0.0.1/64", "not an IPv6 address"),
-        ("route-gateway 10.8.0", "not an IPv4 address"),
         ("peer-id 16777216", "out of range"),
         ("peer-id -1", "not a number"),
         ("peer-id 0x10", "not a number"),
         ("ping ten", "not a number"),
         ("ping-restart 99999999999999", "not a number"),
         ("tun-mtu 10", "out of range"),
+        ("block-ipv6 x", "arguments"),
         ("cipher AES;rm", "invalid cipher"),
         ("key-derivation tls-prf", "unknown key derivation"),
         ("dhcp-option DNS 1.2.3", "not an IPv4 address"),
@@ -279,6 +275,34 @@ def test_hostile_values(option: str, fragment: str) -> None:
     with pytest.raises(RemoteProtocolError, match=fragment) as exc:
         parse_push_options(["ping 1", option])
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        ("route 10.0.0.0 255.0.0.300", "'route': '255.0.0.300' is not an IPv4 address"),
+        ("route 10.0.0.0 255.0.255.0", "not a valid netmask"),
+        ("route vpnhost.example 255.255.255.255", "'route': 'vpnhost.example' is not an IPv4 address"),
+        ("route 10.0.0.0 255.0.0.0 gw.example", "'gw.example' is not an IPv4 address"),
+        ("route 10.0.0.0 255.0.0.0 10.8.0.1 -1", "not a number"),
+        ("route 10.0.0.0 255.0.0.0 10.8.0.1 5 extra", "arguments"),
+        ("route-ipv6 fd00::/129", "'route-ipv6': 'fd00::/129' is not an IPv6 network"),
+        ("route-ipv6 fd00::/64 fd00::zz", "not an IPv6 address"),
+        ("route-gateway 10.8.0.300", "'route-gateway': '10.8.0.300' is not an IPv4 address"),
+        ("route-metric abc", "'route-metric': 'abc' is not a number"),
+    ],
+)
+def test_malformed_route_options_are_skipped_with_a_warning_as_openvpn_does(option: str, fragment: str) -> None:
+    """OpenVPN 2.6's client logs "Options error" for these and connects without them
+    (checked against the real binary); a restart would never connect to such a server."""
+    s = parse_push_options(
+        ["route 10.211.0.0 255.255.0.0", option, "route-gateway 10.8.0.1", "route-metric 3", "ifconfig 10.8.0.2 10.8.0.1"]
+    )
+    assert s.routes[0] == Route("10.211.0.0", "255.255.0.0", None, None)
+    assert len(s.routes) == 1 and s.routes_ipv6 == []
+    assert (s.route_gateway, s.route_metric, s.ifconfig_local) == ("10.8.0.1", 3, "10.8.0.2")
+    assert len(s.warnings) == 1 and "\n" not in s.warnings[0]
+    assert fragment in s.warnings[0] and s.warnings[0].endswith("the option was ignored (as OpenVPN does)")
 
 
 def test_topology_subnet_with_bad_mask_rejected() -> None:
