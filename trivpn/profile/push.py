@@ -23,6 +23,11 @@ restart.
 ``dhcp-option DNS``/``DOMAIN`` as in OpenVPN: if any ``dns server`` address was
 pushed, :attr:`PushedSettings.dns_servers` only holds those (by ascending server
 priority); likewise ``dns search-domains`` replaces the ``dhcp-option`` domains.
+``dns server N resolve-domains`` limits a server to those names (split DNS): when every
+pushed server has such a list, their union is :attr:`PushedSettings.dns_resolve_domains`;
+if one server takes every name, it stays empty (all names go to the tunnel's servers).
+A ``dns server`` given options but no address restarts the session, as in OpenVPN
+("dns server N does not have an address assigned").
 
 ``redirect_gateway_ipv6`` is True when IPv6 default traffic is meant to go through
 the tunnel: the ``ipv6`` flag of ``redirect-gateway``, or a pushed ``route-ipv6``
@@ -114,6 +119,8 @@ class PushedSettings:
     block_ipv6: bool = False
     dns_servers: list[str] = field(default_factory=list)
     dns_domains: list[str] = field(default_factory=list)
+    #: names only these servers resolve (`dns server N resolve-domains`); empty: all names
+    dns_resolve_domains: list[str] = field(default_factory=list)
     ping: int | None = None
     ping_restart: int | None = None
     peer_id: int | None = None
@@ -221,6 +228,7 @@ class _PushParser:
         self.dhcp_domains: list[str] = []
         self.dns_servers: dict[int, list[str]] = {}
         self.dns_search: list[str] | None = None
+        self.dns_resolve: dict[int, list[str]] = {}
         self.proto_flags: set[str] = set()
 
     def warn(self, text: str) -> None:
@@ -259,6 +267,12 @@ class _PushParser:
         else:
             s.dns_servers = self.dhcp_dns
         s.dns_domains = self.dns_search if self.dns_search is not None else self.dhcp_domains
+        for prio in self.dns_resolve:
+            if prio not in self.dns_servers:
+                raise _fail("dns", f"dns server {prio} has resolve-domains but no address")
+        if self.dns_servers and set(self.dns_servers) <= set(self.dns_resolve):
+            rd = [d for prio in sorted(self.dns_resolve) for d in self.dns_resolve[prio]]
+            s.dns_resolve_domains = list(dict.fromkeys(rd))
         s.protocol_flags = frozenset(self.proto_flags)
         if "tls-ekm" in self.proto_flags:
             s.key_derivation_ekm = True
@@ -341,8 +355,8 @@ class _PushParser:
                     addrs.append(self._dns_address(name, a))
                 return
             if args[2] == "resolve-domains":
-                for d in args[3:]:
-                    _domain(name, d)
+                self.dns_resolve.setdefault(prio, []).extend(_domain(name, d) for d in args[3:])
+                return
         self.warn(f"pushed option 'dns {' '.join(args[:3])[:60]}' is not supported and was ignored")
 
     def _dns_address(self, name: str, value: str) -> str:

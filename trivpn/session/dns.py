@@ -9,7 +9,9 @@ the profile) names DNS servers, `trivpn connect` puts them in place for the run:
 * **systemd-resolved** (when it runs and /etc/resolv.conf hands lookups to it): the
   servers and domains go on the TUN link with ``resolvectl``; the pushed domains are
   search and routing domains (split DNS), and with redirect-gateway the link also gets
-  ``~.`` and the default route, so every query goes there. resolved forgets a link's
+  ``~.`` and the default route, so every query goes there; without it, a pushed
+  ``resolve-domains`` list makes ``~domain`` routing domains and only those names go to
+  the tunnel (the split the server asked for). resolved forgets a link's
   settings when the link disappears, so a crash leaves nothing behind; on a clean exit
   ``resolvectl revert`` runs anyway.
 * **/etc/resolv.conf** otherwise: the file is rewritten *in place* (it may be a bind
@@ -102,13 +104,15 @@ def resolv_conf_text(original: bytes, dns: DnsSettings, ifname: str) -> bytes:
 def resolvectl_commands(ifname: str, dns: DnsSettings) -> list[list[str]]:
     """The ``resolvectl`` calls that give link ``ifname`` the tunnel's DNS.
 
-    The domains are search and routing domains (split DNS); ``~.`` plus the default route
-    send every other name there too when the tunnel carries all traffic, also without
-    domains: the default route alone still lets resolved ask the other links' servers as
-    well, outside the tunnel. The domain list is always set (so never empty), which also
-    replaces an earlier session's domains on a reconnect.
+    The domains are search and routing domains (split DNS), the ``resolve-domains`` ones
+    routing domains only (``~corp.example``: looked up there, not appended to short names);
+    ``~.`` plus the default route send every other name there too when the tunnel carries
+    all traffic, also without domains: the default route alone still lets resolved ask the
+    other links' servers as well, outside the tunnel. The domain list is always set (so
+    never empty), which also replaces an earlier session's domains on a reconnect.
     """
     domains = list(dns.domains)
+    domains += [f"~{d}" for d in dns.routing_domains if d not in dns.domains]
     if dns.default_route:
         domains.append("~.")
     commands = [["resolvectl", "dns", ifname, *dns.servers]]

@@ -63,6 +63,9 @@ class DnsSettings:
     domains: tuple[str, ...] = ()
     #: every query goes to these servers (redirect-gateway), not just the domains
     default_route: bool = True
+    #: names only these servers resolve (`dns server N resolve-domains`): routing domains
+    #: that are not search domains
+    routing_domains: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -225,7 +228,12 @@ def _dns(settings: PushedSettings, p: Profile, redirect: bool) -> DnsSettings | 
     domains = list(dict.fromkeys([*p.dns_domains, *settings.dns_domains]))
     if not servers:
         return None
-    return DnsSettings(tuple(servers), tuple(domains), default_route=redirect or not domains)
+    # split DNS by resolve-domains only if no server of the profile's takes every name
+    routing = () if p.dns_servers else tuple(settings.dns_resolve_domains)
+    return DnsSettings(
+        tuple(servers), tuple(domains), default_route=redirect or not (domains or routing),
+        routing_domains=routing,
+    )
 
 
 def describe_tunnel(info: TunnelInfo) -> str:

@@ -91,7 +91,10 @@ def plan_from_json(data: bytes) -> NetPlan:
     dns = d.get("dns")
     return NetPlan(
         TunConfig(**t),
-        None if dns is None else DnsSettings(tuple(dns["servers"]), tuple(dns["domains"]), bool(dns["default_route"])),
+        None if dns is None else DnsSettings(
+            tuple(dns["servers"]), tuple(dns["domains"]), bool(dns["default_route"]),
+            tuple(dns.get("routing_domains", ())),
+        ),
         d.get("block_ipv6_source"),
     )
 

@@ -182,6 +182,13 @@ def _dns_env(env: dict[str, str], settings: PushedSettings) -> None:
             env[f"dns_server_{prio}_address_{m}"] = host
             if port is not None:
                 env[f"dns_server_{prio}_port_{m}"] = port
+    resolve: dict[str, int] = {}
+    for opt in settings.options:  # `dns server N resolve-domains ...` (split DNS), as pushed
+        t = opt.split()
+        if len(t) >= 5 and t[:2] == ["dns", "server"] and t[3] == "resolve-domains":
+            for d in t[4:]:
+                resolve[t[2]] = resolve.get(t[2], 0) + 1
+                env[f"dns_server_{t[2]}_resolve_domain_{resolve[t[2]]}"] = d
 
 
 def script_env(kind: str, ctx: ScriptContext, *, config: str = "", verb: int = 1) -> dict[str, str]:

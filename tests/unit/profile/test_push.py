@@ -218,7 +218,27 @@ def test_dns_option_overrides_dhcp_option() -> None:
     )
     assert s.dns_servers == ["10.9.0.1", "fd00::1", "fd00::2", "10.9.0.2"]
     assert s.dns_domains == ["a.example", "b.example"]
-    assert any("resolve-domains" in w for w in s.warnings)
+    assert s.dns_resolve_domains == []  # server 2 takes every name: no split DNS
+    assert s.warnings == []
+
+
+def test_resolve_domains_of_every_server_make_split_dns() -> None:
+    s = parse_push_options(
+        [
+            "dns server 2 address 10.9.0.2",
+            "dns server 2 resolve-domains lab.example corp.example",
+            "dns server 1 address 10.9.0.1",
+            "dns server 1 resolve-domains corp.example",
+        ]
+    )
+    assert s.dns_servers == ["10.9.0.1", "10.9.0.2"]
+    assert s.dns_resolve_domains == ["corp.example", "lab.example"]
+    assert s.dns_domains == [] and s.warnings == []
+    # as OpenVPN: "dns server 3 does not have an address assigned" restarts the session
+    with pytest.raises(RemoteProtocolError, match="dns server 3 has resolve-domains but no address"):
+        parse_push_options(["dns server 1 address 10.9.0.1", "dns server 3 resolve-domains x.example"])
+    with pytest.raises(RemoteProtocolError, match="not a valid domain"):
+        parse_push_options(["dns server 1 address 10.9.0.1", "dns server 1 resolve-domains bad..;x"])
 
 
 def test_misc_options() -> None:

@@ -63,6 +63,22 @@ def test_resolvectl_commands_split_and_default_route() -> None:
     ]
 
 
+def test_resolve_domains_route_only_their_names_to_the_tunnel() -> None:
+    """`dns server N resolve-domains` without redirect-gateway: ~domain instead of ~., and
+    the link is not resolved's default route, so other names keep the system's servers."""
+    split = DnsSettings(("10.8.0.53",), ("corp.example",), False, ("corp.example", "lab.example"))
+    assert resolvectl_commands("tun0", split) == [
+        ["resolvectl", "dns", "tun0", "10.8.0.53"],
+        ["resolvectl", "domain", "tun0", "corp.example", "~lab.example"],
+        ["resolvectl", "default-route", "tun0", "no"],
+    ]
+    full = DnsSettings(("10.8.0.53",), (), True, ("lab.example",))
+    assert resolvectl_commands("tun0", full)[1:] == [
+        ["resolvectl", "domain", "tun0", "~lab.example", "~."],
+        ["resolvectl", "default-route", "tun0", "yes"],
+    ]
+
+
 def test_resolved_backend_runs_the_commands_and_reverts(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
 

@@ -141,6 +141,15 @@ def test_dns_merges_profile_and_push_and_knows_the_default_route() -> None:
     assert plan([*SUBNET, "dhcp-option DOMAIN corp.example"]).dns is None  # no server: nothing to do
 
 
+def test_pushed_resolve_domains_are_routing_domains_without_redirect_gateway() -> None:
+    pushed = [*SUBNET, "dns server 1 address 10.8.0.53", "dns server 1 resolve-domains corp.example"]
+    assert plan(pushed).dns == DnsSettings(("10.8.0.53",), (), False, ("corp.example",))
+    # with redirect-gateway every name still goes through the tunnel
+    assert plan([*pushed, "redirect-gateway def1"]).dns == DnsSettings(("10.8.0.53",), (), True, ("corp.example",))
+    # a DNS server of the profile's own takes every name: no split
+    assert plan(pushed, "dhcp-option DNS 10.8.0.54\n").dns == DnsSettings(("10.8.0.54", "10.8.0.53"), (), True)
+
+
 @pytest.mark.parametrize(
     ("pushed", "profile", "kernel", "message"),
     [

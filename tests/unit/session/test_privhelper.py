@@ -28,7 +28,7 @@ def _plan() -> NetPlan:
     tun = TunConfig(mtu=1400, ipv4=("10.8.0.2", 24, None), ipv6=("fd00::2", 64),
                     routes=[("10.9.0.0/16", "10.8.0.1", 5)], routes6=[("fd00:9::/64", None, None)],
                     redirect_gateway=True, server_addresses=["192.0.2.1"], redirect_via="10.8.0.1")
-    return NetPlan(tun, DnsSettings(("10.8.0.53",), ("example.test",), False), "fe80::7")
+    return NetPlan(tun, DnsSettings(("10.8.0.53",), ("example.test",), False, ("corp.test",)), "fe80::7")
 
 
 def test_plan_round_trips_exactly() -> None:

@@ -137,6 +137,7 @@ def test_pushed_dns_replaces_dhcp_dns_in_foreign_options_and_ipchange_sees_the_p
     settings = parse_push_options([
         "dhcp-option DNS 10.8.0.53", "dhcp-option DOMAIN example.test", "dhcp-option DOMAIN-SEARCH a.test",
         "dns server 1 address 10.8.0.99 [fd00::53]:5353", "dns search-domains b.test",
+        "dns server 1 resolve-domains corp.test example.net",
     ])
     ctx = _ctx(settings=settings)
     ctx.profile.dhcp_option_lines = ["dhcp-option DOMAIN-SEARCH profile.test"]
@@ -146,6 +147,8 @@ def test_pushed_dns_replaces_dhcp_dns_in_foreign_options_and_ipchange_sees_the_p
         "dhcp-option DOMAIN-SEARCH b.test", None]
     assert (env["dns_server_1_address_2"], env["dns_server_1_port_2"]) == ("fd00::53", "5353")
     assert "dns_server_1_port_1" not in env and env["dns_search_domain_1"] == "b.test"
+    # as the real openvpn 2.6 client's `up` script sees them
+    assert (env["dns_server_1_resolve_domain_1"], env["dns_server_1_resolve_domain_2"]) == ("corp.test", "example.net")
     ipchange = script_env("ipchange", ctx)
     assert ipchange["foreign_option_1"] == "dhcp-option DOMAIN-SEARCH profile.test"
     assert "foreign_option_2" not in ipchange and "dns_search_domain_1" not in ipchange
