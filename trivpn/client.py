@@ -56,6 +56,7 @@ from trivpn.session.reconnect import (
     candidates,
     restart_cause,
 )
+from trivpn.session.routenames import resolve_route_names, route_names
 from trivpn.session.runevents import OnRunEvent, SessionRetry, SessionUp
 from trivpn.session.stack import CONTROL_CHANNEL_SIZE, DATA_CHANNEL_SIZE
 from trivpn.session.transport import open_within
@@ -209,6 +210,8 @@ class Client:
         self._privdrop = _privilege_drop(self.profile) if configure_tun else None
         self.kill_switch = kill_switch
         self._paths: _Paths | None = None
+        #: the profile's route host names and their addresses, resolved once (routenames.py)
+        self._route_addrs: dict[str, str | None] | None = None
         #: the library's hook: tunnel up, reconnecting, renegotiated (session/runevents.py)
         self.on_event = on_event
         self.observer = observer
@@ -392,9 +395,13 @@ class Client:
                     up.settings, up.cipher, up.key_derivation, up.peer_subject, up.tls_version,
                     endpoint.describe(), ifname=self.ifname,
                 )
+                if self._route_addrs is None:
+                    self._route_addrs = await resolve_route_names(route_names(self.profile.routes), self._paths)
                 try:
                     kernel = self._tun is not None and bool(self._tun.ifname)
-                    plan = net_plan(up.settings, endpoint.address, self.profile, kernel=kernel)
+                    plan = net_plan(
+                        up.settings, endpoint.address, self.profile, kernel=kernel, names=self._route_addrs
+                    )
                 except FatalError as exc:  # what the server pushed cannot be applied
                     raise SessionRestart(f"unusable pushed settings: {exc}") from None
                 info.tun_config = plan.tun

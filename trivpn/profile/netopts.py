@@ -37,6 +37,7 @@ __all__ = [
     "ifconfig_ipv6",
     "ipv4",
     "ipv6",
+    "is_route_name",
     "merge_redirect",
     "metric",
     "netmask",
@@ -107,20 +108,48 @@ def domain(value: str) -> str:
     return value
 
 
-def route(args: list[str]) -> Route:
-    """``route network [netmask [gateway [metric]]]``; ``default`` keeps a default."""
+def route(args: list[str], *, names: bool = False) -> Route:
+    """``route network [netmask [gateway [metric]]]``; ``default`` keeps a default.
+
+    ``names``: the network and gateway may be host names (a profile's route, which OpenVPN
+    resolves when it adds the route); a pushed one may not (OpenVPN: only with
+    ``allow-pull-fqdn``).
+    """
     nargs(args, 1, 4)
-    net = args[0] if args[0] in ROUTE_KEYWORDS else ipv4(args[0])
+    net = _route_host(args[0], names)
     mask = "255.255.255.255"
     if len(args) > 1 and args[1] != "default":
         mask = netmask(args[1])
     gateway: str | None = None
     if len(args) > 2 and args[2] != "default":
-        gateway = args[2] if args[2] in ROUTE_KEYWORDS else ipv4(args[2])
+        gateway = _route_host(args[2], names)
     value: int | None = None
     if len(args) > 3 and args[3] != "default":
         value = metric(args[3])
     return Route(net, mask, gateway, value)
+
+
+def is_route_name(value: str) -> bool:
+    """Is this route network or gateway a host name (neither an address nor a keyword)?"""
+    if value in ROUTE_KEYWORDS:
+        return False
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return True
+    return False
+
+
+def _route_host(value: str, names: bool) -> str:
+    """A route's network or gateway: a keyword, an IPv4 address or (``names``) a host name.
+    A name must have a label that is not all digits: ``10.0.0.300`` is a typo, not a name."""
+    if value in ROUTE_KEYWORDS:
+        return value
+    if names and _DOMAIN_RE.match(value) and len(value) <= MAX_DOMAIN_LEN:
+        labels = value.rstrip(".").split(".")
+        if all(0 < len(label) < 64 for label in labels) and not labels[-1].isdigit():
+            return value
+    return ipv4(value)
 
 
 def route_ipv6(args: list[str]) -> Route6:

@@ -195,7 +195,7 @@ def _ignore_unknown_option(
 
 
 def _route(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
-    ctx.scope.append("routes", netopts.route(args))
+    ctx.scope.append("routes", netopts.route(args, names=True))
 
 
 def _route_ipv6(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from dataclasses import field
 from typing import Any
 
 from trivpn.errors import ConfigError, FatalError
 from trivpn.profile.model import Route
-from trivpn.profile.netopts import merge_redirect
+from trivpn.profile.netopts import is_route_name, merge_redirect
 from trivpn.profile.profile import Profile
 from trivpn.profile.push import PushedSettings
 from trivpn.records import dataclass
@@ -86,7 +87,12 @@ def tun_config_from(
 
 
 def net_plan(
-    settings: PushedSettings, server_address: str, profile: Profile | None = None, *, kernel: bool = False
+    settings: PushedSettings,
+    server_address: str,
+    profile: Profile | None = None,
+    *,
+    kernel: bool = False,
+    names: Mapping[str, str | None] | None = None,
 ) -> NetPlan:
     """What to apply, from the PUSH_REPLY and the profile, with OpenVPN's precedence.
 
@@ -99,6 +105,9 @@ def net_plan(
     go via the VPN gateway (route-gateway, or the net30/p2p peer) as OpenVPN sets them,
     IPv6 routes straight into the TUN. Any route that would swallow the VPN server's own
     address gets a host route for the server through the path it uses now.
+
+    `names`: the IPv4 address of each host name in the profile's routes (None: it did not
+    resolve); a route whose name has none is skipped with a warning, as OpenVPN skips it.
     """
     p = profile if profile is not None else Profile(remotes=[])
     cfg = TunConfig(
@@ -136,7 +145,7 @@ def net_plan(
     metric = settings.route_metric if settings.route_metric is not None else p.route_metric
     server = _ip_or_none(server_address)
     for r in [*p.routes, *settings.routes]:
-        _add_route4(cfg, r, gateway, metric, server)
+        _add_route4(cfg, _named(r, names or {}), gateway, metric, server)
     for r6 in [*p.routes_ipv6, *settings.routes_ipv6]:
         if r6.gateway == "net_gateway":
             cfg.bypass.append(r6.network)
@@ -186,14 +195,31 @@ def _ip_or_none(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
+def _named(r: Route, names: Mapping[str, str | None]) -> Route | None:
+    """`r` with its host names replaced by their addresses; None if one has none."""
+    net, gw = r.network, r.gateway
+    for name in (net, gw):
+        if name is not None and is_route_name(name) and names.get(name) is None:
+            log.warning("route %s %s: the name %s did not resolve to an IPv4 address; skipped (as OpenVPN does)",
+                        r.network, r.netmask, name)
+            return None
+    if is_route_name(net):
+        net = names[net] or net
+    if gw is not None and is_route_name(gw):
+        gw = names[gw] or gw
+    return Route(net, r.netmask, gw, r.metric)
+
+
 def _add_route4(
     cfg: TunConfig,
-    r: Route,
+    r: Route | None,
     gateway: str | None,
     metric: int | None,
     server: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
 ) -> None:
     """One IPv4 route, its keywords resolved: vpn_gateway, remote_host, net_gateway."""
+    if r is None:
+        return
     network: str | None = r.network
     if network == "vpn_gateway":
         network = gateway

@@ -68,11 +68,24 @@ def test_profile_dns_options_accumulate_without_duplicates() -> None:
     assert p.warnings == ["option 'dhcp-option WINS' (line 15) is not supported and was ignored"]
 
 
+def test_profile_routes_may_name_hosts() -> None:
+    """As OpenVPN 2.6 reads a profile (checked with the real client): a host name as a
+    route's network or gateway is resolved when the routes go in (session/routenames.py)."""
+    p = parse("route intranet.example 255.255.255.255\nroute 10.3.0.0 255.255.0.0 gw.example 4\n")
+    assert p.routes == [
+        Route("intranet.example", "255.255.255.255", None, None),
+        Route("10.3.0.0", "255.255.0.0", "gw.example", 4),
+    ]
+    assert p.warnings == []
+
+
 @pytest.mark.parametrize(
     ("line", "fragment"),
     [
         ("route 10.1.0.0 255.0.255.0", "netmask"),
         ("route 10.1.0.300", "IPv4 address"),
+        ("route 10.1.0.0 255.255.0.0 10.8.0.300", "IPv4 address"),
+        ("route bad..name", "IPv4 address"),
         ("route-ipv6 nonsense", "IPv6 network"),
         ("route-metric -1", "route-metric"),
         ("pull-filter drop route", "unknown action"),

@@ -179,3 +179,26 @@ def test_route_metric_applies_to_the_ipv6_redirect_routes_as_in_openvpn() -> Non
     metrics = {f"{r.dst}/{r.prefixlen}": r.metric for r in make_plan(cfg).routes}
     assert metrics == {"0.0.0.0/1": None, "128.0.0.0/1": None, **{n: 20 for n in REDIRECT_NETS6}}
     assert plan([*SUBNET, *V6, "redirect-gateway def1 ipv6"]).tun.redirect_metric6 is None
+
+
+def test_profile_route_names_use_their_addresses_and_an_unresolved_one_is_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OpenVPN resolves a profile route's host name when it adds the route and skips the
+    route ("failed to parse/resolve route") if the name does not resolve."""
+    extra = (
+        "route intranet.example 255.255.255.255\n"
+        "route 10.3.0.0 255.255.0.0 gw.example\n"
+        "route gone.example 255.255.255.255\n"
+        "route 10.4.0.0 255.255.0.0\n"
+    )
+    names = {"intranet.example": "10.77.0.5", "gw.example": "10.8.0.9", "gone.example": None}
+    p = net_plan(parse_push_options(SUBNET), SERVER, make_profile(extra), names=names)
+    assert p.tun.routes == [
+        ("10.77.0.5/32", "10.8.0.1", None),
+        ("10.3.0.0/16", "10.8.0.9", None),
+        ("10.4.0.0/16", "10.8.0.1", None),
+    ]
+    assert any("gone.example did not resolve" in r.getMessage() for r in caplog.records)
+    # without answers (e.g. tun_config_from) every named route is skipped, the rest stays
+    assert plan(SUBNET, extra).tun.routes == [("10.4.0.0/16", "10.8.0.1", None)]
