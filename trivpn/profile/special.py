@@ -198,6 +198,21 @@ def _route(ctx: Context, line: int, name: str, args: list[str], inline: bool) ->
     ctx.scope.append("routes", netopts.route(args, names=True))
 
 
+def _route_gateway(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
+    """``route-gateway ADDR``, or ``dhcp``: OpenVPN then learns the gateway from a DHCP
+    answer seen on a TAP device; on a TUN there is none and it sets nothing (the server's
+    route-gateway or the net30 peer is used), so it is a warning here, not an error."""
+    nargs(args, 1, 1)
+    if args[0] == "dhcp":
+        ctx.scope.warn(
+            line,
+            f"option '{name} dhcp' (line {line}) is for TAP devices and sets nothing on a TUN;"
+            " routes use the server's route-gateway",
+        )
+        return
+    ctx.scope.set("route_gateway", netopts.ipv4(args[0]))
+
+
 def _route_ipv6(ctx: Context, line: int, name: str, args: list[str], inline: bool) -> None:
     ctx.scope.append("routes_ipv6", netopts.route_ipv6(args))
 
@@ -356,6 +371,7 @@ SPECIAL: Mapping[str, Special] = {
     "socks-proxy": _socks_proxy,
     "route": _route,
     "route-ipv6": _route_ipv6,
+    "route-gateway": _route_gateway,
     "redirect-gateway": _redirect_gateway,
     "dhcp-option": _dhcp_option,
     "dns": _dns,

@@ -494,7 +494,6 @@ TABLE: Mapping[str, Simple] = {
     "verb": _int("verb", 0, MAX_VERB),
     # routing and addresses (route, route-ipv6, redirect-gateway, dhcp-option, dns and
     # pull-filter accumulate or warn: explicit functions)
-    "route-gateway": Simple("route_gateway", lambda args: netopts.ipv4(args[0])),
     "route-metric": Simple("route_metric", lambda args: netopts.metric(args[0])),
     "route-nopull": _flag("route_nopull"),
     "block-ipv6": _flag("block_ipv6"),

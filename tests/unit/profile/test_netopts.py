@@ -79,6 +79,18 @@ def test_profile_routes_may_name_hosts() -> None:
     assert p.warnings == []
 
 
+def test_route_gateway_dhcp_is_a_warning_on_a_tun() -> None:
+    """OpenVPN 2.6 accepts `route-gateway dhcp` and on a TUN sets nothing with it (it waits
+    for a DHCP answer only a TAP device sees): its routes used the server's route-gateway."""
+    p = parse("route-gateway dhcp\nroute 10.3.0.0 255.255.0.0\n")
+    assert p.route_gateway is None and p.routes == [Route("10.3.0.0", "255.255.0.0", None, None)]
+    assert p.warnings == [
+        "option 'route-gateway dhcp' (line 9) is for TAP devices and sets nothing on a TUN;"
+        " routes use the server's route-gateway"
+    ]
+    assert parse("route-gateway 10.8.0.1\n").route_gateway == "10.8.0.1"
+
+
 @pytest.mark.parametrize(
     ("line", "fragment"),
     [
@@ -86,6 +98,8 @@ def test_profile_routes_may_name_hosts() -> None:
         ("route 10.1.0.300", "IPv4 address"),
         ("route 10.1.0.0 255.255.0.0 10.8.0.300", "IPv4 address"),
         ("route bad..name", "IPv4 address"),
+        ("route-gateway 10.8.0", "IPv4 address"),
+        ("route-gateway 10.8.0.1 extra", "takes exactly 1 argument"),
         ("route-ipv6 nonsense", "IPv6 network"),
         ("route-metric -1", "route-metric"),
         ("pull-filter drop route", "unknown action"),
