@@ -12,8 +12,8 @@ profile) the client installs an nftables table of its own, `inet trivpn_killswit
 * packets to the VPN server in use: its address, port and protocol (for a proxied
   connection: the proxy's), widened to every address of a name while happy eyeballs races
   them and narrowed to the one that answered;
-* for the few seconds in which the client resolves a remote's name, DNS (port 53) — an
-  IP-literal remote never opens this;
+* for the few seconds in which the client resolves a remote's name (or, once per run,
+  the host names of the profile's routes), DNS (port 53) — IP literals never open this;
 * what keeps the physical link itself alive: DHCP (v4 and v6) and IPv6 router/neighbour
   discovery. None of these carry the user's traffic.
 
@@ -201,7 +201,7 @@ class KillSwitch:
             self.holes = new
 
     def allow_dns(self, on: bool) -> None:
-        """Open (or close) port 53 while the client resolves a remote's name."""
+        """Open (or close) port 53 while the client resolves a remote's or a route's name."""
         if on != self.dns:
             if self.active:
                 self._write(self.holes, on)
