@@ -306,20 +306,6 @@ def static_challenge_password(password: str, response: str) -> str:
     return f"SCRV1:{b64(password)}:{b64(response)}"
 
 
-def _profile_dev(path: str) -> str | None:
-    """The profile's `dev` argument. `Profile` keeps only the device type, so the file (a
-    regular file: `load_profile` read it a moment ago) is read once more for it."""
-    from pathlib import Path
-
-    from trivpn.profile.checks import read_limited
-    from trivpn.tunname import profile_dev
-
-    try:
-        return profile_dev(read_limited(Path(path)).decode("utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read profile '{path}' again: {exc}") from None
-
-
 async def cmd_connect(args: argparse.Namespace) -> int:
     from trivpn.engine import Engine, kernel_tun
     from trivpn.session.config import SessionConfig
@@ -346,7 +332,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         password=password,
         reauth=lambda: _reread_password(args),
     )
-    device = kernel_tun(tun_name_for(_profile_dev(args.profile)))
+    device = kernel_tun(tun_name_for(profile.dev_name))
     kill = args.kill_switch or profile.kill_switch
     monitor = observe[1] if observe is not None else None
     try:  # a refusal here (no remote can be reached, ...) must not leave the new TUN behind

@@ -5,32 +5,19 @@ interface. trivpn keeps its own pattern for plain `dev tun` (`tvpn0`, `tvpn1`, .
 mistaken for an OpenVPN's tunN running beside it) and honours a specific name, which
 before was ignored for `tvpn%d`.
 
-Pure: the caller reads the profile text and creates the device.
+Pure: the caller passes `Profile.dev_name` and creates the device.
 """
 
 from __future__ import annotations
 
 from trivpn.errors import ConfigError
-from trivpn.profile.options import iter_options
 
-__all__ = ["DEFAULT_TUN_NAME", "IFNAMSIZ", "profile_dev", "tun_name_for"]
+__all__ = ["DEFAULT_TUN_NAME", "IFNAMSIZ", "tun_name_for"]
 
 #: What plain `dev tun` becomes; `%d`: the kernel picks the first free number.
 DEFAULT_TUN_NAME = "tvpn%d"
 #: Linux's interface name buffer, the terminating NUL included.
 IFNAMSIZ = 16
-
-
-def profile_dev(text: str) -> str | None:
-    """The argument of the profile's last top-level `dev` line (later lines override
-    earlier ones, as for every single-valued option); None without one.
-
-    `dev` is not allowed inside a `<connection>` block, which is yielded as one item."""
-    dev = None
-    for _line, tokens in iter_options(text):
-        if tokens[0] == "dev" and len(tokens) == 2:
-            dev = tokens[1]
-    return dev
 
 
 def tun_name_for(dev: str | None) -> str:

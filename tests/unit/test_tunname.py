@@ -13,7 +13,8 @@ import pytest
 from helpers.profiles import profile_text
 
 from trivpn.errors import ConfigError
-from trivpn.tunname import DEFAULT_TUN_NAME, profile_dev, tun_name_for
+from trivpn.profile.profile import parse_profile
+from trivpn.tunname import DEFAULT_TUN_NAME, tun_name_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,11 +38,11 @@ def test_names_the_kernel_would_refuse_are_one_line(dev: str, why: str) -> None:
         tun_name_for(dev)
 
 
-def test_the_last_top_level_dev_line_counts() -> None:
-    assert profile_dev(profile_text()) == "tun"
-    assert profile_dev(profile_text("dev tun7\n")) == "tun7"
-    assert profile_dev(profile_text("--dev 'my vpn'\n")) == "my vpn"  # refused later, by name
-    assert profile_dev("client\nremote x\n") is None
+def test_the_profile_keeps_its_dev_name() -> None:
+    """`Profile.dev_name` is what `connect` names the TUN after (the last `dev` line counts)."""
+    assert parse_profile(profile_text()).dev_name == "tun"
+    assert parse_profile(profile_text("dev tun7\n")).dev_name == "tun7"
+    assert parse_profile(profile_text("dev vpn0\ndev-type tun\n")).dev_name == "vpn0"
 
 
 def _in_netns(*argv: str) -> subprocess.CompletedProcess[str]:

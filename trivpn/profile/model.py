@@ -104,6 +104,8 @@ class Profile:
 
     remotes: list[Remote]
     dev_type: str = "tun"
+    #: the `dev` argument as given (`tun`, or a specific name: trivpn.tunname)
+    dev_name: str = "tun"
     ca: str | None = None
     cert: str | None = None
     key: str | None = field(default=None, repr=False)  # a secret

@@ -192,7 +192,7 @@ def _finish(s: Scope) -> Profile:
             raise err(dev_line, "dev", f"cannot tell the type of {x.dev!r}; add 'dev-type tun'")
     if kind == "tap":
         raise err(dev_line, "dev", "tap (layer 2) devices are not supported, only tun")
-    p.dev_type = kind
+    p.dev_type, p.dev_name = kind, x.dev
 
     if not p.tls_client:
         # 'pull' alone, or neither: trivpn is always the TLS client ('tls-client' without
