@@ -108,5 +108,6 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
     serials = await trio.to_thread.run_sync(lambda: ops.revoke(Path(args.dir), args.name))
     listed = ", ".join(f"{s:x}" for s in serials)
     print(f"revoked {args.name} (serial {listed}); {Path(args.dir) / store.CRL} rewritten")
-    print("a running server takes the new CRL at the next connection; connected clients stay until they reconnect")
+    print("a running server takes the new CRL at the next connection; a connected client of that"
+          " name is refused at its next renegotiation (reneg-sec) or reconnect")
     return 0

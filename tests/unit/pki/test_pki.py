@@ -277,5 +277,9 @@ def test_cli_one_line_errors(pki: Path, capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refusing to overwrite" in err[0]
     assert cli.main(["pki", "revoke", str(pki), "alice"]) == 0
+    out = capsys.readouterr().out
+    # serve checks the CRL at every renegotiation: a connected client does not stay until it
+    # reconnects (the message said so)
+    assert "next renegotiation" in out and "stay until they reconnect" not in out
     assert cli.main(["pki", "client", str(pki.parent / "nope"), "x"]) == 1
     assert "missing" in capsys.readouterr().err
