@@ -29,7 +29,7 @@ from trivpn import __version__
 from trivpn.management import commands as c
 from trivpn.management import formats as f
 from trivpn.management.core import ByteCounts, Notification, Reply
-from trivpn.observe.figures import KeyClock, SessionFigures, figures_of
+from trivpn.observe.figures import KeyClock, SessionFigures, current_key_id, figures_of
 from trivpn.status.format import format_client_status
 from trivpn.status.model import ClientStatus
 
@@ -189,6 +189,8 @@ class ClientMonitor(HostHistory):
 
     def session_up(self, session: Any, info: Any) -> None:
         self.info = info
+        # the key's age and `trivpn status`'s last handshake count from now, not the first read
+        self.key_clock.observe(current_key_id(session.stack), self.wall())
         if self.session_opened_at is not None:
             self.handshake_seconds = trio.current_time() - self.session_opened_at
             self.on_handshake(self.handshake_seconds)

@@ -15,7 +15,7 @@ from typing import Any
 from trivpn.records import dataclass
 from trivpn.session.stack import SessionStack
 
-__all__ = ["KeyClock", "SessionFigures", "drops_of", "figures_of"]
+__all__ = ["KeyClock", "SessionFigures", "current_key_id", "drops_of", "figures_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +45,12 @@ class SessionFigures:
 
 
 class KeyClock:
-    """When the session's current key came into use, seen by polling the key id.
+    """When the session's current key came into use, seen by watching the key id.
 
-    The key schedule keeps no clock of its own for this; polling once a second (and at every
-    read) places a renegotiation within that second, which is what an operator needs.
+    The key schedule keeps no clock of its own for this. The monitors observe the key when
+    the session comes up (the first handshake's time, not the first read's) and at every
+    read (status, the status file, a metrics scrape), which places a renegotiation at the
+    first read after it.
     """
 
     def __init__(self) -> None:
@@ -59,6 +61,13 @@ class KeyClock:
         if key_id != self.key_id:
             self.key_id = key_id
             self.since = wall if key_id is not None else None
+
+
+def current_key_id(stack: SessionStack) -> int | None:
+    """The key id the session's data channel sends with now (None before the first key)."""
+    schedule = getattr(stack.tls, "schedule", None)
+    key_id = getattr(schedule, "primary", None)
+    return key_id if isinstance(key_id, int) else None
 
 
 def drops_of(stack: SessionStack) -> dict[str, int]:
@@ -89,7 +98,7 @@ def figures_of(
 ) -> SessionFigures:
     """The figures of `stack` at wall-clock time `wall` (updates `clock` first)."""
     schedule = getattr(stack.tls, "schedule", None)
-    key_id = getattr(schedule, "primary", None)
+    key_id = current_key_id(stack)
     clock.observe(key_id, wall)
     d = stack.data.stats()
     return SessionFigures(

@@ -40,7 +40,7 @@ from trivpn.management import formats as f
 from trivpn.management.core import ByteCounts, Notification, Reply
 from trivpn.messages import AuthRequest, SendExit
 from trivpn.observe.client import HISTORY, HostHistory
-from trivpn.observe.figures import KeyClock, SessionFigures, figures_of
+from trivpn.observe.figures import KeyClock, SessionFigures, current_key_id, figures_of
 from trivpn.server.authscript import printable_username
 from trivpn.server.ccd import CcdEntry, parse_ccd
 from trivpn.server.statustask import server_status
@@ -200,6 +200,8 @@ class ServerMonitor(HostHistory):
 
     def client_ready(self, client: Any) -> None:
         self._handshakes[client.key] = seconds = max(0.0, self.wall() - client.created)
+        # the key's age and `trivpn status`'s last handshake count from now, not the first read
+        self._clocks.setdefault(client.key, KeyClock()).observe(current_key_id(client.stack), self.wall())
         self.on_handshake(seconds)
         if client.key not in self._announced:
             return

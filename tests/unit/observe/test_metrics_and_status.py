@@ -94,3 +94,39 @@ def test_trivpn_status_unreachable_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("trivpn: error: cannot reach the management interface")
     assert len(result.stderr.splitlines()) == 1
+
+
+async def test_key_age_counts_from_the_handshake_not_the_first_read(tmp_path: Path) -> None:
+    """`trivpn status` on a server and on a client: the last handshake is when the session
+    came up. Both monitors started the key's clock at the first read of the figures, so a
+    first `trivpn status` a minute after the handshake said "key age 0h00m00s" and gave the
+    read's time as the last handshake."""
+    import time
+
+    from trivpn.engine import Engine, userspace_tun
+    from trivpn.observe.client import ClientMonitor
+    from trivpn.observe.connect import ObserveOptions, run_connect
+    from trivpn.observe.serving import ManagementSpec
+    from trivpn.session.config import SessionConfig
+
+    pki = shared_pki()
+    server_sock, client_sock = tmp_path / "server.sock", tmp_path / "client.sock"
+    with trio.fail_after(BOUND):
+        async with running_server(server_config(pki, f"management {server_sock} unix")) as (server, _tun):
+            port = server.addresses[0][1]
+            config = SessionConfig.from_profile(parse_profile(client_profile(pki, port)))
+            monitor = ClientMonitor()
+            came_up = trio.Event()
+            monitor.on_handshake = lambda _seconds: came_up.set()  # no metrics here to take it
+            engine = Engine(config, userspace_tun(), observer=monitor, close_device=True)
+            async with trio.open_nursery() as nursery:
+                options = ObserveOptions(ManagementSpec(str(client_sock), None))
+                nursery.start_soon(run_connect, engine, monitor, options)
+                await came_up.wait()
+                up = time.time()
+                await trio.sleep(1.5)
+                for sock in (server_sock, client_sock):
+                    (session,) = (await query_figures(str(sock)))["sessions"]
+                    assert session["last_handshake"] <= up + 0.5, (sock.name, session["last_handshake"] - up)
+                    assert session["key_age"] >= 1.0, (sock.name, session["key_age"])
+                nursery.cancel_scope.cancel()
