@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger("trivpn")
@@ -71,6 +73,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], commo
     r.set_defaults(handler=cmd_revoke)
 
 
+def root_command() -> str:
+    """How to run this very trivpn as root. `sudo` searches its own fixed PATH, never a
+    virtual environment's bin/, so plain `sudo trivpn` fails after the README's venv
+    install: the hint names the script's full path (or the interpreter's, for -m)."""
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(script) == "trivpn" and os.path.isfile(script):
+        return script
+    return f"{sys.executable} -m trivpn"
+
+
 async def cmd_init(args: argparse.Namespace) -> int:
     import trio
 
@@ -86,7 +98,7 @@ async def cmd_init(args: argparse.Namespace) -> int:
     wrap = store.V2_SERVER_KEY if settings.tls_crypt_v2 else store.TLS_CRYPT_KEY
     print(f"PKI for {settings.name} in {root} ({settings.curve} keys; {wrap})")
     print(f"  server config: {root / store.SERVER_CONF}")
-    print(f"  next: trivpn pki client {root} NAME      then: sudo trivpn serve {root / store.SERVER_CONF}")
+    print(f"  next: trivpn pki client {root} NAME      then: sudo {root_command()} serve {root / store.SERVER_CONF}")
     return 0
 
 

@@ -50,7 +50,8 @@ def server_conf(root: Path, settings: store.Settings, made: str) -> str:
     )
     lines = [
         f"# OpenVPN 2.6 / trivpn server for {settings.name}, made by trivpn pki on {made}",
-        "# start it with:  sudo trivpn serve server.conf   (or: sudo openvpn --config server.conf)",
+        "# start it with:  sudo trivpn serve server.conf   (or: sudo openvpn --config server.conf);",
+        "# trivpn installed in a virtual environment: give sudo its full path (sudo ~/.trivpn-venv/bin/trivpn ...)",
         f"cd {root}",
         f"port {settings.port}",
         f"proto {settings.proto}",
