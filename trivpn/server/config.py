@@ -207,8 +207,12 @@ def _finish(d: Draft, source: str | None) -> ServerConfig:
     push = [*d.push, *v6.push, *v4.push, *helper_push]
     routes = [*d.routes, *v4.routes]
     management = Management(*d.management) if d.management is not None else None
+    listeners = _listeners(d)
+    if d.connect_freq is not None and any(x.proto == "tcp" for x in listeners):
+        # OpenVPN's words: the limit is on UDP cookie exchanges; TCP has none
+        raise _line_err(d, "connect-freq", "only works with --mode server --proto udp.  Try --max-clients instead.")
     return ServerConfig(
-        listeners=_listeners(d),
+        listeners=listeners,
         ca=_str(d.ca),
         cert=_str(d.cert),
         key=_str(d.key),

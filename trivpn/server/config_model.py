@@ -196,4 +196,5 @@ class ServerConfig:
     def demux_config(self) -> DemuxConfig:
         """The options the UDP demultiplexer obeys."""
         count, period = self.connect_freq_initial
-        return DemuxConfig(self.hand_window, self.max_clients, count, float(period))
+        new, per = self.connect_freq or (0, 0)
+        return DemuxConfig(self.hand_window, self.max_clients, count, float(period), new, float(per))

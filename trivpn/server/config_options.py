@@ -429,7 +429,9 @@ def _management(d: Draft, line: int, args: list[str], inline: bool) -> None:
 
 def _connect_freq(d: Draft, line: int, args: list[str], inline: bool) -> None:
     nargs(args, 2, 2)
-    d.connect_freq = pair(args, 1, 2**31)
+    # as OpenVPN: both may be 0; 'N 0' is no limit, '0 SEC' refuses every new session
+    count, period = integer(args[0], 0, 2**31), integer(args[1], 0, MAX_SECONDS)
+    d.connect_freq = (count, period) if period else None
 
 
 def _connect_freq_initial(d: Draft, line: int, args: list[str], inline: bool) -> None:

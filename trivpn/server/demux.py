@@ -26,7 +26,8 @@ cookie: the first 8 bytes of HMAC-SHA256(process key, time slot | client address
 session id), slot = now // ((hand_window + 1) // 2). Nothing is stored. The client's next
 CONTROL_V1 / ACK_V1 echoes the cookie after its ACKs; it is accepted for slot offsets
 -2..+1, with every ACKed id and the message id at most 1 (Debian deb12u2), from the very
-address the cookie was made for. Only then is state created, subject to `max_clients`
+address the cookie was made for. Only then is state created, subject to `connect-freq`
+(new sessions per window, every listener's together: `ConnectFreq`), to `max_clients`
 (unauthenticated sessions count; with several listeners, their sessions together through
 one shared `SessionSlots`) and with the lowest free peer-id.
 
@@ -68,6 +69,7 @@ from trivpn.errors import ConfigError, RemoteProtocolError
 from trivpn.records import dataclass
 from trivpn.server.demux_types import (
     Address,
+    ConnectFreq,
     Deliver,
     DemuxAction,
     DemuxConfig,
@@ -125,6 +127,7 @@ EARLY_NEG_MARK = 0x0F
 
 __all__ = [
     "Address",
+    "ConnectFreq",
     "Deliver",
     "DemuxAction",
     "DemuxConfig",
@@ -175,10 +178,12 @@ class ServerDemux:
         tls_crypt_v2: TLSCryptV2Server | None = None,
         slots: SessionSlots | None = None,
         reset_rate: ResetRateLimit | None = None,
+        connect_freq: ConnectFreq | None = None,
     ) -> None:
         """`tls_crypt_v2`: serve tls-crypt-v2 clients only (then `wrap_factory` is unused);
-        `slots` (max-clients) and `reset_rate` (connect-freq-initial): shared with the
-        server's other listeners, as both limits are the server's (else this one's own)."""
+        `slots` (max-clients), `reset_rate` (connect-freq-initial) and `connect_freq`:
+        shared with the server's other listeners, as these limits are the server's (else
+        this one's own)."""
         if len(cookie_key) < 16:
             raise ConfigError("the cookie key must be at least 16 bytes")
         self.config = config or DemuxConfig()
@@ -190,6 +195,9 @@ class ServerDemux:
         self._slots = slots if slots is not None else SessionSlots(self.config.max_clients)
         self._rate = reset_rate if reset_rate is not None else ResetRateLimit(
             self.config.connect_freq_initial, self.config.connect_freq_initial_period
+        )
+        self._new_rate = connect_freq if connect_freq is not None else ConnectFreq(
+            self.config.connect_freq, self.config.connect_freq_period
         )
         #: a wrap used only to authenticate first packets; replaced once it has accepted
         #: one (its replay state then holds that packet id), kept while it refuses forgeries
@@ -412,6 +420,9 @@ class ServerDemux:
             return
         if not self._cookie_valid(pkt.remote_session_id, addr, pkt.session_id, now):
             self._drop(DropReason.BAD_COOKIE)
+            return
+        if not self._new_rate.allow(now):  # OpenVPN: before the instance, after the cookie
+            self._drop(DropReason.CONNECT_FREQ)
             return
         if holder is not None:
             self.remove_session(holder.session)

@@ -42,6 +42,8 @@ class DropReason(StrEnum):
     MALFORMED = "malformed"
     #: a valid reset over the `connect-freq-initial` budget: no answer
     RATE_LIMITED = "rate-limited"
+    #: a returning cookie over the `connect-freq` budget of new sessions: no session
+    CONNECT_FREQ = "connect-freq"
     #: no echoed session id, or not the cookie for this source in slots -2..+1
     BAD_COOKIE = "bad-cookie"
     #: a cookie-carrying packet with a message id or ACKed id above 1 (deb12u2)
@@ -111,6 +113,9 @@ class DemuxConfig:
     #: `connect-freq-initial N SEC`: at most N answered resets per SEC seconds
     connect_freq_initial: int = 100
     connect_freq_initial_period: float = 10.0
+    #: `connect-freq N SEC`: at most N new sessions per SEC seconds; period 0 is off
+    connect_freq: int = 0
+    connect_freq_period: float = 0.0
 
     def __post_init__(self) -> None:
         if self.hand_window < 1:
@@ -119,6 +124,8 @@ class DemuxConfig:
             raise ConfigError(f"max-clients must be between 1 and {MAX_PEER_ID - 1}")
         if self.connect_freq_initial < 1 or self.connect_freq_initial_period <= 0:
             raise ConfigError("connect-freq-initial needs a positive count and period")
+        if self.connect_freq < 0 or self.connect_freq_period < 0:
+            raise ConfigError("connect-freq parms must be >= 0")
 
 
 @dataclass(slots=True)
@@ -170,3 +177,28 @@ class ResetRateLimit:
     def credit(self) -> None:
         if self._count:
             self._count -= 1
+
+
+class ConnectFreq:
+    """`connect-freq N SEC`: at most N new sessions (cookies that came back) per window of
+    SEC seconds, as OpenVPN's `frequency_limit_event_allowed`; SEC 0 is no limit. One
+    counter, O(1) whatever the traffic; shared by the server's listeners."""
+
+    __slots__ = ("limit", "period", "_start", "_count")
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self._start: float | None = None
+        self._count = 0
+
+    def allow(self, now: float) -> bool:
+        if not self.period:
+            return True
+        if self._start is None or now >= self._start + self.period or now < self._start:
+            self._start = now
+            self._count = 0
+        if self._count >= self.limit:
+            return False
+        self._count += 1
+        return True

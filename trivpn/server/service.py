@@ -36,6 +36,7 @@ from trivpn.server.clients import GOODBYE_TIME, ClientTable, Listening
 from trivpn.server.clientsession import ClientSession
 from trivpn.server.config_model import ServerConfig
 from trivpn.server.demux import (
+    ConnectFreq,
     Deliver,
     NewSession,
     Reply,
@@ -128,10 +129,11 @@ class Server:
             if (persist := self.config.pool_persist) is not None:
                 kept = self.privileges.keep(persist.path, 0o600) if persist.seconds else None
                 start_pool_persist(m, self.hub.pool, persist, kept.replace if kept else None)
-            # max-clients and connect-freq-initial are the server's limits, not per socket
+            # max-clients, connect-freq-initial and connect-freq are the server's limits, not per socket
             slots = SessionSlots(self.config.max_clients)
             freq = self.config.demux_config()
             reset_rate = ResetRateLimit(freq.connect_freq_initial, freq.connect_freq_initial_period)
+            new_rate = ConnectFreq(freq.connect_freq, freq.connect_freq_period)
             for listener in self.config.listeners:
                 raw = bind_listener(listener)
                 m.add_cleanup(raw.close)
@@ -139,7 +141,7 @@ class Server:
                 self.addresses.append((host, port))
                 demux = ServerDemux(self.parts.wrap_factory, cookie_key=random_cookie_key(),
                                     config=self.config.demux_config(), tls_crypt_v2=self.parts.tls_crypt_v2,
-                                    slots=slots, reset_rate=reset_rate)
+                                    slots=slots, reset_rate=reset_rate, connect_freq=new_rate)
                 name = f"{listener.proto} {host}:{port}"
                 if listener.proto == "tcp":
                     m.start_service(f"{name} acceptor", run_tcp_acceptor, raw, Listening(demux), self.table,

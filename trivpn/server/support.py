@@ -41,10 +41,7 @@ def check_served(cfg: ServerConfig) -> list[str]:
     _check_addresses(cfg)
     programs = _check_paths(cfg)
     _check_after_drop(cfg, programs)
-    ignored = [
-        (cfg.connect_freq is not None, "connect-freq"),
-    ]
-    return [f"option '{name}' is not supported by trivpn serve yet and was ignored" for bad, name in ignored if bad]
+    return []
 
 
 def _check_identity(cfg: ServerConfig) -> None:

@@ -178,7 +178,6 @@ persist-key
 persist-tun
 route 192.168.77.0 255.255.255.0
 route-ipv6 fd00:77::/64
-connect-freq 10 60
 connect-freq-initial 50 10
 """
 
@@ -232,7 +231,7 @@ def test_full_server(tmp_path: Path) -> None:
     assert cfg.management.password_file == "/etc/openvpn/mgmt.pw"
     assert cfg.routes == (IPv4Network("192.168.77.0/24"),)
     assert cfg.routes_ipv6 == (IPv6Network("fd00:77::/64"),)
-    assert cfg.connect_freq == (10, 60) and cfg.connect_freq_initial == (50, 10)
+    assert cfg.connect_freq_initial == (50, 10)
 
 
 def test_defaults() -> None:
@@ -252,6 +251,9 @@ def test_demux_config() -> None:
     assert (demux.hand_window, demux.max_clients) == (30, 10)
     assert (demux.connect_freq_initial, demux.connect_freq_initial_period) == (5, 2.0)
     assert parse().demux_config() == DemuxConfig()  # the same OpenVPN defaults
+    new = parse("connect-freq 10 60\n").demux_config()
+    assert (new.connect_freq, new.connect_freq_period) == (10, 60.0)
+    assert parse("connect-freq 10 0\n").connect_freq is None  # OpenVPN: 0 seconds is off
 
 
 def test_files_relative_to_config(tmp_path: Path) -> None:
@@ -530,6 +532,8 @@ def test_listen_blocks_inherit_top_level_options_anywhere() -> None:
         ("management 127.0.0.1 70000\n", "out of range"),
         ("management 127.0.0.1 7505 stdin\n", "'stdin' is not supported"),
         ("connect-freq 10\n", "takes exactly 2 arguments"),
+        ("connect-freq -1 10\n", "is not a number"),
+        ("proto tcp-server\nconnect-freq 10 60\n", "only works with --mode server --proto udp"),
         ("connect-freq-initial 10 0\n", "out of range"),
         ("connect-freq-initial 0 10\n", "out of range"),
         ("keepalive 10\n", "takes exactly 2 arguments"),

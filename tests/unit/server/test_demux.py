@@ -26,6 +26,7 @@ from trivpn.messages import ResetComplete
 from trivpn.packetmuxer.core import PacketMuxer
 from trivpn.reliabletransport.core import OutgoingPacket
 from trivpn.server.demux import (
+    ConnectFreq,
     Deliver,
     DemuxConfig,
     DropReason,
@@ -396,6 +397,32 @@ def test_connect_freq_initial_counts_every_listener_of_the_server() -> None:
     assert a.stats.drops[DropReason.RATE_LIMITED] + b.stats.drops[DropReason.RATE_LIMITED] == 5
 
 
+def test_connect_freq_limits_new_sessions_of_every_listener() -> None:
+    """connect-freq 2 10 with two UDP listeners: of 5 returning cookies within 10 s, 2
+    become sessions in all (OpenVPN: `frequency_limit_event_allowed` after the cookie); the
+    rest are dropped without state, their resets still answered; the next window starts
+    afresh. Before, connect-freq was ignored: 5 sessions."""
+    rate = ConnectFreq(2, 10.0)
+    cfg = DemuxConfig(connect_freq=2, connect_freq_period=10.0)
+    a, b = (ServerDemux(srv_wrap, cookie_key=COOKIE_KEY, config=cfg, connect_freq=rate) for _ in range(2))
+    made = 0
+    for port in range(5):
+        d, addr, w, sid = (a, b)[port % 2], ("192.0.2.9", port), cli_wrap(), bytes([port + 1]) * 8
+        assert len(d.receive_datagram(reset(w, sid), addr, 1.0)) == 1
+        made += len(d.receive_datagram(returning(w, expected_cookie(0, addr, sid), sid=sid), addr, 1.0))
+    assert made == 2 and a.session_count + b.session_count == 2
+    assert a.stats.drops[DropReason.CONNECT_FREQ] + b.stats.drops[DropReason.CONNECT_FREQ] == 3
+    assert connect(a, ("192.0.2.9", 9), now=11.0).peer_id == 1  # a new window
+
+
+def test_connect_freq_zero_seconds_is_off_and_zero_count_refuses_all() -> None:
+    assert all(connect(demux(connect_freq=0, connect_freq_period=0.0), ("192.0.2.9", p)) for p in range(3))
+    d, w = demux(connect_freq=0, connect_freq_period=5.0), cli_wrap()
+    d.receive_datagram(reset(w), ADDR, 0.0)
+    assert d.receive_datagram(returning(w, expected_cookie(0, ADDR)), ADDR, 0.0) == []
+    assert d.stats.drops[DropReason.CONNECT_FREQ] == 1
+
+
 def test_peer_id_is_the_lowest_free_slot() -> None:
     d = demux()
     s = [connect(d, ("192.0.2.1", p)) for p in range(4)]
@@ -559,5 +586,7 @@ def test_config_is_validated() -> None:
         DemuxConfig(max_clients=0xFFFFFF)
     with pytest.raises(ConfigError):
         DemuxConfig(connect_freq_initial=0)
+    with pytest.raises(ConfigError):
+        DemuxConfig(connect_freq=-1, connect_freq_period=1.0)
     with pytest.raises(ConfigError):
         ServerDemux(srv_wrap, cookie_key=b"short")
