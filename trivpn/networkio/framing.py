@@ -14,6 +14,23 @@ from trivpn.errors import RemoteProtocolError
 MIN_FRAME = 1
 #: The length prefix is 16 bits, so nothing larger can be framed.
 MAX_FRAME = 0xFFFF
+#: The largest control packet a server accepts: a whole control packet is at most 2048
+#: bytes (OpenVPN's TLS_CHANNEL_BUF_SIZE, the top of tls-mtu), plus a tls-crypt-v2 client's
+#: WKc (at most 1024 bytes) appended to its reset and its retransmissions.
+CONTROL_MAX_FRAME = 2048 + 1024
+#: Room around a data packet's tun-mtu payload: opcode and peer-id, packet-id, IV or tag,
+#: CBC padding, an HMAC of up to 64 bytes, the compression byte (about 110 in all).
+DATA_OVERHEAD_MAX = 256
+
+
+def server_frame_limit(keyed: bool, tun_mtu: int) -> int:
+    """The largest TCP frame a server session reads: before its data keys, the largest
+    control packet; after, also a data packet of `tun_mtu`. Anything announced larger
+    closes the connection at once (OpenVPN: "Bad encapsulated packet length") instead of
+    being read up to 64 kB for the hand window."""
+    if not keyed:
+        return CONTROL_MAX_FRAME
+    return min(MAX_FRAME, max(CONTROL_MAX_FRAME, tun_mtu + DATA_OVERHEAD_MAX))
 
 
 class FramingError(RemoteProtocolError):

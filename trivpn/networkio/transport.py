@@ -272,9 +272,14 @@ class UDPTransport(_SocketTransport):
 class TCPTransport(_SocketTransport):
     """Packets with uint16 length prefixes on a TCP stream."""
 
-    def __init__(self, sock: socket.socket, endpoint: Endpoint) -> None:
+    def __init__(
+        self, sock: socket.socket, endpoint: Endpoint, frame_limit: Callable[[], int] | None = None
+    ) -> None:
+        """`frame_limit`: the largest frame length accepted now (a server session's
+        limit depends on its state, `framing.server_frame_limit`); else any 16-bit one."""
         super().__init__(sock, endpoint)
         self._framer = TCPFramer()
+        self._frame_limit = frame_limit
 
     async def recv_batch(self) -> list[bytes]:
         sock = self.sock
@@ -289,6 +294,8 @@ class TCPTransport(_SocketTransport):
                         eof = True
                         break
                     self.rx_bytes += len(data)
+                    if self._frame_limit is not None:
+                        self._framer.max_frame = self._frame_limit()
                     packets.extend(self._framer.feed(data))
                     if len(packets) >= MAX_BATCH:
                         break

@@ -19,6 +19,7 @@ import trio
 
 from trivpn.errors import RemoteProtocolError
 from trivpn.networkio import run_networkio
+from trivpn.networkio.framing import server_frame_limit
 from trivpn.networkio.transport import Endpoint, TCPTransport
 from trivpn.packetmuxer import PacketMuxer
 from trivpn.server.clients import ClientTable, Listening
@@ -90,5 +91,11 @@ def _start(
     client = ClientSession(hub.new_key(), session, peer_id, addr, muxer, parts, hub, proto="tcp")
     if first is not None:
         client.net_up.send_nowait([first])
-    transport = TCPTransport(conn, Endpoint(addr[0], addr[1], "tcp", conn.family, addr))
+    tun_mtu = parts.config.tun_mtu or 1500
+    link = client.stack.data.link
+
+    def frame_limit() -> int:  # a length over it closes the connection at once
+        return server_frame_limit(link.rx is not None, tun_mtu)
+
+    transport = TCPTransport(conn, Endpoint(addr[0], addr[1], "tcp", conn.family, addr), frame_limit)
     table.start(sock, client, partial(run_networkio, transport, client.net_up, client.net_down))

@@ -84,3 +84,42 @@ async def test_injected_zero_length_ends_the_tcp_transport_with_a_restart() -> N
     finally:
         transport.close()
         theirs.close()
+
+
+def test_server_frame_limit_follows_the_session_state() -> None:
+    """Before the data keys: the largest control packet (2048 + a 1024-byte WKc = 3072);
+    after: also a data packet of tun-mtu plus 256 (9256 for tun-mtu 9000), never above 65535."""
+    from trivpn.networkio.framing import server_frame_limit
+
+    assert server_frame_limit(False, 9000) == 3072
+    assert server_frame_limit(True, 1500) == 3072 and server_frame_limit(True, 9000) == 9256
+    assert server_frame_limit(True, 65535) == 65535
+
+
+async def test_a_server_tcp_stream_announcing_65535_bytes_ends_at_once() -> None:
+    """A server session's transport with the state's limit: a 65535 length before the
+    keys fails on its two prefix bytes (OpenVPN: "Bad encapsulated packet length", the
+    connection closed at once). Before, up to 64 kB were read until the hand window ended."""
+    import socket
+
+    from trivpn.networkio.framing import server_frame_limit
+    from trivpn.networkio.transport import Endpoint, StreamCorrupted, TCPTransport
+
+    keyed = [False]
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    ep = Endpoint("127.0.0.1", 40000, "tcp", socket.AF_INET, ("127.0.0.1", 40000))
+    transport = TCPTransport(ours, ep, lambda: server_frame_limit(keyed[0], 9000))
+    try:
+        theirs.sendall(frame_packets([b"\x38" * 3072]))
+        assert await transport.recv_batch() == [b"\x38" * 3072]
+        keyed[0] = True
+        theirs.sendall(frame_packets([b"\x48" * 9256]))
+        assert await transport.recv_batch() == [b"\x48" * 9256]
+        keyed[0] = False
+        theirs.sendall(b"\xff\xff")
+        with pytest.raises(StreamCorrupted, match="invalid TCP frame length 65535"):
+            await transport.recv_batch()
+    finally:
+        transport.close()
+        theirs.close()
