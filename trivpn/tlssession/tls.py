@@ -53,10 +53,12 @@ from trivpn.tlssession.tlsload import (
     restrict,
 )
 
-__all__ = ["CERT_PROFILES", "TLS_CHANNEL_BUF_SIZE", "TLSConfig", "TLSEngine", "common_name", "format_subject"]
+__all__ = ["CERT_PROFILES", "TLS_CHANNEL_BUF_SIZE", "TLS_USERNAME_LEN", "TLSConfig", "TLSEngine", "common_name", "format_subject"]
 
 #: OpenVPN reads TLS plaintext into a buffer of this size, one record at a time (common.h).
 TLS_CHANNEL_BUF_SIZE = 2048
+#: OpenVPN's limit on a certificate's common name, in UTF-8 bytes (ssl_verify.c)
+TLS_USERNAME_LEN = 64
 #: Largest TLS plaintext record; one SSL_read never returns more.
 _MAX_RECORD = 16384
 
@@ -248,6 +250,10 @@ class TLSEngine:
     def _check_leaf(self, cert: x509.Certificate, subject: str) -> str | None:
         """The checks OpenVPN adds on the peer's own certificate; a reason, or None if fine."""
         cfg = self.config
+        if len(common_name(cert.subject).encode("utf-8")) > TLS_USERNAME_LEN:
+            # OpenVPN's CN buffer (TLS_USERNAME_LEN): a longer one fails verify_cert with
+            # "could not extract CN ... the field length is limited to 64 characters"
+            return f"the common name is longer than {TLS_USERNAME_LEN} bytes (OpenVPN's limit)"
         if cfg.remote_cert_tls is not None:
             oid, text = _REMOTE_CERT_TLS[cfg.remote_cert_tls]
             # remote-cert-tls means "key usage present" plus the EKU (OpenVPN's KU_REQUIRED).

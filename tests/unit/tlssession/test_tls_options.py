@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from trivpn.errors import ConfigError, FatalError, RemoteProtocolError
 from trivpn.profile.profile import load_profile, parse_profile
 from trivpn.session.config import server_check_warning, tls_config_from
-from trivpn.testing.pki import PKI, generate_pki
+from trivpn.testing.pki import PKI, generate_pki, with_client
 from trivpn.tlssession.tls import TLSConfig, TLSEngine
 
 PKI_ = generate_pki()
@@ -164,3 +164,19 @@ def test_key_file_readable_by_others_warns(tmp_path: Path) -> None:
     (tmp_path / "c.ovpn").write_text((tmp_path / "c.ovpn").read_text() + "auth-user-pass up.txt\n")
     warnings = load_profile(tmp_path / "c.ovpn").warnings
     assert len(warnings) == 1 and "'auth-user-pass'" in warnings[0] and "mode 640" in warnings[0]
+
+
+@pytest.mark.filterwarnings("ignore:Attribute's length must be:UserWarning")  # cryptography on the long CNs
+@pytest.mark.parametrize(("cn", "refused"), [("a" * 64, False), ("a" * 65, True), ("é" * 32, False), ("é" * 33, True)])
+def test_a_common_name_over_64_utf8_bytes_is_refused(cn: str, refused: bool) -> None:
+    """OpenVPN 2.6 copies the CN into a 64-byte buffer (TLS_USERNAME_LEN) and fails a peer
+    whose CN does not fit: 65 ASCII bytes, or 33 two-byte characters (66 bytes), are
+    refused; 64 bytes pass. Before, any length was accepted."""
+    pki = with_client(PKI_, cn)
+    s = server(pki)
+    if not refused:
+        handshake(client(pki), s)
+        assert s.peer_common_name == cn
+        return
+    with pytest.raises(FatalError, match="client certificate verification failed: the common name is longer than 64 bytes"):
+        handshake(client(pki), s)
