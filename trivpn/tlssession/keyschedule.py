@@ -24,7 +24,9 @@ through the timer, reneg-bytes / reneg-pkts / packet ids near wrap through
 `receive_usage`) opens the next key id and sends our SoftReset; the peer answers with its
 own. A peer's SoftReset opens that key and is answered at once. Whoever sent the first
 SoftReset, the client starts TLS once both resets were exchanged. If both ends start at
-once with different ids, the client yields to the server's. Both ends install the new key
+once with different ids, the client yields to the server's. Otherwise a SoftReset for
+another key id while a key is pending is ignored until that key is done or given up, as in
+OpenVPN: a peer cannot restart key exchanges (and the verify script) back to back. Both ends install the new key
 when key method 2 completes (no new PUSH_REPLY); the cipher and flags of the first key stay.
 
 A server with a verify script (`verify_auth`) holds key 0 after key method 2: it emits
@@ -223,11 +225,17 @@ class KeySchedule:
             log.debug("ignoring a soft reset before the first key is up")
             return
         if self.pending is not None:
-            if self.is_server and self._pending_local and not self._pending_answered:
-                log.info("both ends started a renegotiation; waiting for the client to follow")
+            if not self.is_server and self._pending_local and not self._pending_answered:
+                # both ends started at once with different ids: the client yields
+                log.info("the server renegotiates too; key id %d replaces ours (%d)", key_id, self.pending)
+                self._drop_pending()
+            else:
+                # as OpenVPN (a soft reset counts only once the newest key has generated its
+                # keys): no back-to-back key exchanges (each may run the verify script);
+                # debug only, as the peer chooses how often this happens
+                log.debug("ignoring a soft reset for key id %d: key id %d is still being negotiated",
+                          key_id, self.pending)
                 return
-            log.info("the peer moved on from key id %d to %d", self.pending, key_id)
-            self._drop_pending()
         expected = next_key_id(self._last_key_id)
         peer = "client" if self.is_server else "server"
         if key_id != expected:

@@ -458,6 +458,26 @@ def test_repeated_and_early_soft_resets_are_ignored() -> None:
     assert p.client.ks.pending is None and not p.client.ks.items_to_send(p.now)
 
 
+def test_a_soft_reset_while_a_key_is_pending_is_ignored_until_it_is_done() -> None:
+    """The client asks for key 1, then at once for key 2: the server keeps negotiating key 1
+    (OpenVPN honours a soft reset only once the newest key has its keys), so a client cannot
+    restart key exchanges, and with reauth the verify script, back to back. Before, key 2
+    replaced key 1 (and 3 replaced 2, ...)."""
+    p = Pair()
+    p.connect()
+    srv = p.server.ks
+    srv.receive_soft_reset(1, p.now)
+    for key_id in (2, 3, 4):
+        srv.receive_soft_reset(key_id, p.now)
+        assert srv.pending == 1
+    p.client.ks.renegotiate("c", p.now)  # the client's side of key 1
+    p.pump()
+    _agree(p)
+    assert srv.primary == 1 and srv.pending is None
+    srv.receive_soft_reset(2, p.now)  # key 1 is done: the next one is honoured
+    assert srv.pending == 2
+
+
 # -- control messages -----------------------------------------------------------------------
 
 
