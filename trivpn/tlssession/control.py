@@ -5,7 +5,9 @@ Client side (reference openvpn-protocol.md §5): AUTH_FAILED (TEMP → retry lat
 the auth-token expired, anything else → give up), HALT (give up), RESTART[,[flags]msg]
 (reconnect; flag N = next remote), EXIT (the server left), INFO/INFO_PRE/AUTH_PENDING (logged;
 AUTH_PENDING extends the wait). Server side: EXIT (the client left); PUSH_REQUEST never gets
-here (the TLS core reports it as PushRequestReceived).
+here (the TLS core reports it as PushRequestReceived). INFO lines are the peer's to send as
+often as it likes (many fit in one TLS record), so `InfoLogBudget` bounds their log lines
+per session.
 """
 
 from __future__ import annotations
@@ -16,6 +18,45 @@ from trivpn.records import dataclass
 
 #: The longest AUTH_PENDING timeout we honour (seconds).
 MAX_AUTH_PENDING = 3600
+#: INFO messages logged per session and window; the rest are counted, and the count is
+#: logged once the window has passed.
+INFO_LOG_LINES = 10
+INFO_LOG_WINDOW = 60.0
+
+
+class InfoLogBudget:
+    """At most `lines` log lines per `window` seconds for one peer's INFO messages (pure:
+    time comes in as `now`); `due` hands over the count of the others once that window is
+    over, for one summary line."""
+
+    __slots__ = ("lines", "window", "suppressed", "_start", "_used")
+
+    def __init__(self, lines: int = INFO_LOG_LINES, window: float = INFO_LOG_WINDOW) -> None:
+        self.lines = lines
+        self.window = window
+        self.suppressed = 0
+        self._start = float("-inf")
+        self._used = 0
+
+    def allow(self, now: float) -> bool:
+        if now >= self._start + self.window or now < self._start:
+            self._start, self._used = now, 0
+        if self._used < self.lines:
+            self._used += 1
+            return True
+        self.suppressed += 1
+        return False
+
+    def due(self, now: float) -> int:
+        """The count suppressed in a window that is over (then 0 again), else 0."""
+        if not self.suppressed or self._start <= now < self._start + self.window:
+            return 0
+        n, self.suppressed = self.suppressed, 0
+        return n
+
+    def deadline(self) -> float | None:
+        """When `due` will hand over a count (for the owner's timer), if any."""
+        return self._start + self.window if self.suppressed else None
 
 
 @dataclass(frozen=True, slots=True)

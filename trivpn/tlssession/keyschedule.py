@@ -105,7 +105,15 @@ from trivpn.profile.push import PushedSettings
 from trivpn.redact import redact_control, redact_option
 from trivpn.tlssession import serverrole
 from trivpn.tlssession.config import TRANSITION_WINDOW, KeyScheduleConfig, PushSource
-from trivpn.tlssession.control import Fatal, Info, Restart, Unknown, client_verdict, server_verdict
+from trivpn.tlssession.control import (
+    Fatal,
+    Info,
+    InfoLogBudget,
+    Restart,
+    Unknown,
+    client_verdict,
+    server_verdict,
+)
 from trivpn.tlssession.core import (
     ControlMessage,
     HandshakeComplete,
@@ -187,6 +195,8 @@ class KeySchedule:
         self._pushed_at: float | None = None
         self.renegotiations = 0
         self.dropped_control_messages = 0
+        #: the peer's INFO messages: a few log lines per minute, then a count
+        self.info_log = InfoLogBudget()
 
     # -- input --------------------------------------------------------------------------------
 
@@ -332,6 +342,8 @@ class KeySchedule:
             timers.append(self._activate[1])
         if self._end is not None:
             timers.append(self._end[0])
+        if (info := self.info_log.deadline()) is not None:
+            timers.append(info)
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
@@ -339,6 +351,7 @@ class KeySchedule:
             return
         for session in self.sessions.values():
             session.handle_timer(now)
+        self._log_suppressed_info(now)
         if self._end is not None and now >= self._end[0]:
             self._close(self._end[1])
             return
@@ -497,6 +510,10 @@ class KeySchedule:
         if isinstance(verdict, Restart | Fatal):
             self._close(verdict)
         elif isinstance(verdict, Info | AuthPending):
+            if isinstance(verdict, Info):
+                self._log_suppressed_info(now)
+                if not self.info_log.allow(now):
+                    return
             log.info("%s says: %s", "client" if self.is_server else "server", redact_control(text))
             if isinstance(verdict, AuthPending):
                 self._events.append(verdict)
@@ -505,6 +522,11 @@ class KeySchedule:
         elif isinstance(verdict, Unknown):
             self.dropped_control_messages += 1
             log.debug("ignored control message %r", redact_control(text)[:80])
+
+    def _log_suppressed_info(self, now: float) -> None:
+        if n := self.info_log.due(now):
+            log.info("%s sent %d more INFO messages that were not logged (at most %d lines per %g s)",
+                     "client" if self.is_server else "server", n, self.info_log.lines, self.info_log.window)
 
     def _close(self, event: Restart | Fatal) -> None:
         self._events.append(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -527,6 +528,27 @@ def test_info_and_unknown_messages_do_not_end_the_session() -> None:
     p.pump()
     assert not p.client.ks.closed and not p.server.ks.closed
     assert p.client.ks.dropped_control_messages == 2
+
+
+def test_a_flood_of_client_info_messages_is_logged_a_few_lines_then_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """200 INFO messages from one client within a minute: 10 "client says" lines, then one
+    line with the count of the other 190 once the minute is over. Before, 200 lines."""
+    p = Pair()
+    p.connect()
+    caplog.set_level(logging.INFO, logger="trivpn")
+    for i in range(200):
+        p.client.ks.sessions[0].send_control_message(f"INFO,flood {i}")
+    p.pump()
+    says = [r for r in caplog.records if "client says: INFO" in r.getMessage()]
+    assert len(says) == 10 and p.server.ks.info_log.suppressed == 190
+    deadline = p.server.ks.get_timer()
+    assert deadline is not None and deadline <= p.now + 60
+    p.advance(60)
+    counts = [r.getMessage() for r in caplog.records if "more INFO messages" in r.getMessage()]
+    assert counts == ["client sent 190 more INFO messages that were not logged (at most 10 lines per 60 s)"]
+    assert p.server.ks.info_log.suppressed == 0 and not p.server.ks.closed
 
 
 def test_exit_both_ways() -> None:
