@@ -28,6 +28,10 @@ __all__ = ["CONTENT_TYPE", "FigureSource", "Metrics", "serve_metrics"]
 log = logging.getLogger("trivpn")
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST = 8192
+#: Seconds a scraper gets to send its request, and again to take the answer: a reader
+#: that stalls is dropped instead of holding its file descriptor for ever.
+REQUEST_SECONDS = 5.0
+SEND_SECONDS = 5.0
 #: Handshakes take from milliseconds (loopback) to many seconds (a slow auth script)
 HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -81,6 +85,8 @@ class Metrics:
     def __init__(self, source: FigureSource) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(source))
+        #: answers dropped because the scraper did not read them within SEND_SECONDS
+        self.send_timeouts = 0
         self.handshake = Histogram(
             "trivpn_handshake_duration_seconds",
             "From the session's first packet to the tunnel up (client) or the client ready (server)",
@@ -91,9 +97,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def _handle(metrics: Metrics, stream: trio.SocketStream) -> None:
+async def _handle(metrics: Metrics, stream: trio.abc.Stream) -> None:
     request = b""
-    with trio.move_on_after(5):
+    with trio.move_on_after(REQUEST_SECONDS):
         while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
             chunk = await stream.receive_some(4096)
             if not chunk:
@@ -108,7 +114,10 @@ async def _handle(metrics: Metrics, stream: trio.SocketStream) -> None:
         status, ctype, len(body),
     )
     try:
-        await stream.send_all(head + body)
+        with trio.move_on_after(SEND_SECONDS) as scope:
+            await stream.send_all(head + body)
+        if scope.cancelled_caught:
+            metrics.send_timeouts += 1  # counted only: who scrapes is not worth a log line
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
