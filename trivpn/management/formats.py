@@ -7,7 +7,7 @@ reasons) has CR and LF replaced by spaces, so nothing can smuggle a fake `>` lin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from trivpn.records import dataclass
 
@@ -95,6 +95,30 @@ def hold(waiting: int) -> str:
 
 def password_needed(kind: str = "Auth") -> str:
     return f">PASSWORD:Need '{clean(kind)}' username/password"
+
+
+#: OpenVPN reads each peer-info line into a 256-byte buffer: at most 255 bytes of `k=v`.
+PEER_INFO_LINE_MAX = 255
+#: after the `=`, OpenVPN replaces whitespace, non-printable bytes and these with `_`
+_PEER_INFO_UNSAFE = frozenset(b"$(`")
+_PEER_INFO_NAME = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def peer_info_env(items: Mapping[str, str], prefix: str = "IV_") -> list[tuple[str, str]]:
+    """The client's peer-info lines as `>CLIENT:ENV` pairs, the way OpenVPN 2.6's
+    `validate_peer_info_line` passes them: a name of ASCII letters, digits and `_` (else the
+    line is left out), a value whose control, non-ASCII and space bytes and the shell's
+    $ ( and backquote become `_`, the line cut at 255 bytes. The values are the client's
+    choice: no control byte (ESC, NUL, ...) reaches a management client's terminal or parser."""
+    out: list[tuple[str, str]] = []
+    for key, value in items.items():
+        name = key.encode("utf-8", "replace")
+        if not key.startswith(prefix) or not name or not set(name) <= _PEER_INFO_NAME:
+            continue
+        raw = value.encode("utf-8", "replace")[: max(0, PEER_INFO_LINE_MAX - len(name) - 1)]
+        safe = bytes(b if 0x21 <= b <= 0x7E and b not in _PEER_INFO_UNSAFE else 0x5F for b in raw)
+        out.append((key, safe.decode("ascii")))
+    return out
 
 
 def password_failed(kind: str = "Auth") -> str:

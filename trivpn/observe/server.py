@@ -148,7 +148,7 @@ class ServerMonitor(HostHistory):
         """The client's own variables: address, names, peer-info, certificate."""
         env = [("untrusted_ip", _plain(client.addr[0])), ("untrusted_port", str(client.addr[1])),
                ("common_name", client.common_name or common_name), ("username", username)]
-        env += [(k, v) for k, v in peer_info.items() if k.startswith("IV_")]
+        env += f.peer_info_env(peer_info)  # the client's own text, made safe as OpenVPN does
         env += [(f"X509_0_{k}", v) for k, v in _leaf_fields(getattr(client, "peer_chain", ()))]
         env.append(("tls_id_0", subject))
         return env

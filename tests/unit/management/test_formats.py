@@ -86,3 +86,32 @@ def test_always_notifications_reach_every_authenticated_connection(host: Any) ->
     conn.data_to_send()
     conn.notify(Notification.always(f.password_needed()))
     assert conn.data_to_send() == b">PASSWORD:Need 'Auth' username/password\r\n"
+
+
+def test_client_chosen_peer_info_values_reach_management_without_control_bytes() -> None:
+    """IV_* values are the client's: OpenVPN 2.6's `validate_peer_info_line` makes every
+    whitespace, control or non-ASCII byte and $ ( and backquote a `_`, leaves out a line
+    whose name is not [A-Za-z0-9_], and reads at most 255 bytes of a line. Before, an ESC sequence or a
+    NUL went to the management client as sent."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from trivpn.observe.server import ServerMonitor
+
+    info = {
+        "IV_GUI_VER": "x\x1b[2J\x00\x07y\x7f",
+        "IV_PLAT_VER": "10.0 x64$(id)`z` é",
+        "IV_BAD-NAME": "v",
+        "IV_LONG": "z" * 300,
+        "OTHER": "kept out",
+    }
+    env = dict(f.peer_info_env(info))
+    assert env == {
+        "IV_GUI_VER": "x_[2J__y_",
+        "IV_PLAT_VER": "10.0_x64__id)_z____",
+        "IV_LONG": "z" * (255 - len("IV_LONG=")),
+    }
+    client = SimpleNamespace(addr=("192.0.2.1", 1194), common_name="c", peer_chain=())
+    lines = f.client_event("CONNECT", [0, 1], ServerMonitor._client_env(cast(Any, None), client, "CN=c", info, ""))
+    assert ">CLIENT:ENV,IV_GUI_VER=x_[2J__y_" in lines
+    assert all(ch >= " " and ch != "\x7f" for line in lines for ch in line)
