@@ -51,7 +51,7 @@ def _in_netns(*argv: str) -> subprocess.CompletedProcess[str]:
         pytest.skip("NOT RUN: needs root, unshare and /dev/net/tun")
     return subprocess.run(
         [unshare, "--net", sys.executable, *argv], capture_output=True, text=True, timeout=15, cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
     )
 
 

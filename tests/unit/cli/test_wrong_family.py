@@ -67,7 +67,7 @@ def test_one_unreachable_remote_among_others_is_a_warning(caplog: pytest.LogCapt
 def _run(*argv: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*prefix, sys.executable, "-m", "trivpn", *argv],
-        capture_output=True, text=True, timeout=15, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=15, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
     )
 
 
