@@ -179,26 +179,12 @@ class ResetRateLimit:
             self._count -= 1
 
 
-class ConnectFreq:
+class ConnectFreq(ResetRateLimit):
     """`connect-freq N SEC`: at most N new sessions (cookies that came back) per window of
-    SEC seconds, as OpenVPN's `frequency_limit_event_allowed`; SEC 0 is no limit. One
-    counter, O(1) whatever the traffic; shared by the server's listeners."""
+    SEC seconds, as OpenVPN's `frequency_limit_event_allowed`; SEC 0 is no limit. The same
+    O(1) window counter as `ResetRateLimit` (never credited); shared by the listeners."""
 
-    __slots__ = ("limit", "period", "_start", "_count")
-
-    def __init__(self, limit: int, period: float) -> None:
-        self.limit = limit
-        self.period = period
-        self._start: float | None = None
-        self._count = 0
+    __slots__ = ()
 
     def allow(self, now: float) -> bool:
-        if not self.period:
-            return True
-        if self._start is None or now >= self._start + self.period or now < self._start:
-            self._start = now
-            self._count = 0
-        if self._count >= self.limit:
-            return False
-        self._count += 1
-        return True
+        return not self.period or super().allow(now)
